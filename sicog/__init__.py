@@ -1,0 +1,3 @@
+"""SICOG: Self-Improving Cognition for multimodal LLMs (arXiv 2503.12303)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""`sicog <command>`: one registry of subcommands.
+
+Each command lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``sicog --help`` stays fast and a
+command never pays for another's heavy imports (torch, sentence-transformers, openai).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("sicog.model.cli", "describe a model configuration or checkpoint (parameters, tokens per slice)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser; each subcommand's arguments are attached lazily in :func:`main`."""
+    parser = argparse.ArgumentParser(prog="sicog", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sicog`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if not argv or argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"sicog {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Record schemas, I/O, chat formatting and datasets: the contract between SICOG stages."""

@@ -1,0 +1,196 @@
+"""Reading and writing records: JSON Lines (or a JSON array), atomic and resumable.
+
+Every error names the file, the line (1-based) and, where known, the record id and field, so that a
+bad record in a 100K-record file can be found and fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class RecordError(ValueError):
+    """A record that cannot be used, located by file, line, id and field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike | None = None,
+        line: int | None = None,
+        record_id: Any = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = message
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.record_id = record_id
+        self.field = field
+        where = []
+        if self.path is not None:
+            where.append(self.path if line is None else f"{self.path}:{line}")
+        if record_id is not None:
+            where.append(f"id={record_id!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{' '.join(where)}: {message}" if where else message)
+
+
+def _is_json_array(path: Path) -> bool:
+    with path.open("rb") as handle:
+        while True:
+            char = handle.read(1)
+            if not char:
+                return False
+            if not char.isspace():
+                return char == b"["
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_or_index, record)`` from a ``.jsonl`` file or a ``.json`` array.
+
+    Line numbers are 1-based for JSON Lines; for a JSON array the position is the 1-based index.
+    Blank lines are skipped; a line that is not a JSON object raises :class:`RecordError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError("file not found", path=path)
+    if _is_json_array(path):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise RecordError(f"invalid JSON: {err}", path=path, line=err.lineno) from None
+        for index, record in enumerate(data, start=1):
+            if not isinstance(record, dict):
+                raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=index)
+            yield index, record
+        return
+    with path.open(encoding="utf-8") as handle:
+        for lineno, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise RecordError(f"invalid JSON: {err.msg}", path=path, line=lineno) from None
+            if not isinstance(record, dict):
+                raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=lineno)
+            yield lineno, record
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """Read every record of a ``.jsonl`` or ``.json`` file into a list."""
+    return [record for _, record in iter_records(path)]
+
+
+def record_id(record: dict, *, path: str | os.PathLike | None = None, line: int | None = None) -> str:
+    """Return the record's ``id`` as a string; a missing or empty id raises :class:`RecordError`."""
+    value = record.get("id")
+    if value is None or value == "" or isinstance(value, (dict, list, bool)):
+        raise RecordError("missing or invalid 'id'", path=path, line=line, field="id")
+    return str(value)
+
+
+def dumps(record: dict) -> str:
+    """One JSON line (UTF-8 kept readable, no trailing newline)."""
+    return json.dumps(record, ensure_ascii=False)
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write records atomically (temp file + rename); return how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(dumps(record) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write one JSON document atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, ensure_ascii=False, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def drop_partial_tail(path: str | os.PathLike) -> None:
+    """Cut a last line that a killed writer left without its newline, so appends stay valid JSONL."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+class JsonlAppender:
+    """Append records to a JSONL file, flushed and fsynced on :meth:`flush`, safe to resume.
+
+    Opening repairs a partial last line left by a killed run; :attr:`done_ids` holds the ids already
+    in the file so a rerun can skip them.
+    """
+
+    def __init__(self, path: str | os.PathLike, id_key: str = "id") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        drop_partial_tail(self.path)
+        self.done_ids: set[str] = set()
+        if self.path.exists():
+            for _, record in iter_records(self.path):
+                if id_key in record:
+                    self.done_ids.add(str(record[id_key]))
+        self._id_key = id_key
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        """Queue one record (written on the next :meth:`flush`)."""
+        self._handle.write(dumps(record) + "\n")
+        if self._id_key in record:
+            self.done_ids.add(str(record[self._id_key]))
+
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        """Flush and close."""
+        if not self._handle.closed:
+            self.flush()
+            self._handle.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def error_record(record: dict | None, reason: str, *, record_id: Any = None, **extra: Any) -> dict:
+    """The line written to an errors file: the id, why it failed, and the original record."""
+    rid = record_id if record_id is not None else (record or {}).get("id")
+    return {"id": None if rid is None else str(rid), "reason": reason, **extra, "record": record}

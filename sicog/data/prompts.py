@@ -1,0 +1,66 @@
+"""The exact prompt strings of every SICOG stage (checkpoints were trained on them; do not reword).
+
+One source of truth for generation, annotation, curation and the toy world.
+"""
+
+from __future__ import annotations
+
+IMAGE_TOKEN = "<image>"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+STEP_BY_STEP_DESCRIBE = "Describe the image step-by-step."
+STEP_BY_STEP_ANSWER = "Answer the question step-by-step."
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+
+CAPTION_PROMPTS: dict[str, str] = {
+    "cod-default": f"Please generate a detailed caption of this image. {STEP_BY_STEP_DESCRIBE}",
+    "default": "Please generate a detailed caption of this image. Be as descriptive as possible.",
+}
+CAPTION_PROMPT_TYPES = ("cod-default", "default", "cod-conv")
+REASONING_PROMPT_TYPES = ("cot-default", "default")
+
+# Chain-of-Description: the five steps of systematic perception.
+COD_STEPS = (
+    "Extract the salient content.",
+    "Analyze the fine-grained, instance-level attributes.",
+    "Consider the relations and the spatial layout.",
+    "Examine the marginal and peripheral content.",
+    "Organize all observations into one cohesive, detailed description.",
+)
+# Structured chain-of-thought: the four steps of systematic reasoning.
+COT_STEPS = (
+    "Clarify the task objective.",
+    "Extract the crucial visual information.",
+    "Reason in detail.",
+    "Conclude the task with an answer.",
+)
+
+
+def strip_instruction(question: str) -> str:
+    """The bare question: without ``<image>`` and without a short-answer or step-by-step request."""
+    text = question.replace(IMAGE_TOKEN, "").strip()
+    for suffix in (SHORT_ANSWER, STEP_BY_STEP_ANSWER, STEP_BY_STEP_DESCRIBE):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)].rstrip()
+    return text
+
+
+def caption_prompt(prompt_type: str, question: str | None = None) -> str:
+    """The user text asking for a caption (``cod-conv`` appends the step-by-step request to ``question``)."""
+    if prompt_type == "cod-conv":
+        if not question:
+            raise ValueError("prompt type 'cod-conv' needs the record's own question")
+        return f"{strip_instruction(question)} {STEP_BY_STEP_DESCRIBE}"
+    if prompt_type not in CAPTION_PROMPTS:
+        raise ValueError(f"unknown caption prompt type {prompt_type!r}; choose from {CAPTION_PROMPT_TYPES}")
+    return CAPTION_PROMPTS[prompt_type]
+
+
+def reasoning_prompt(prompt_type: str, question: str) -> str:
+    """The user text for a question: step-by-step (``cot-default``) or direct (``default``)."""
+    if prompt_type not in REASONING_PROMPT_TYPES:
+        raise ValueError(f"unknown reasoning prompt type {prompt_type!r}; choose from {REASONING_PROMPT_TYPES}")
+    bare = strip_instruction(question)
+    if not bare:
+        raise ValueError("empty question")
+    return f"{bare} {STEP_BY_STEP_ANSWER}" if prompt_type == "cot-default" else bare

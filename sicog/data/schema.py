@@ -1,0 +1,61 @@
+"""The LLaVA record schema shared by every stage, and its validator.
+
+A record: ``{"id": str, "image": str | [str, ...] (optional), "conversations": [{"from": "human"|"gpt",
+"value": str}, ...]}``; ``<image>`` placeholders appear only in human turns, one per image.
+Fields a stage does not own are kept untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sicog.data.jsonl import RecordError
+from sicog.data.prompts import IMAGE_TOKEN
+
+ROLES = ("human", "gpt")
+
+
+def record_images(record: dict) -> list[str]:
+    """The record's image paths as a list (empty for a text-only record)."""
+    image = record.get("image")
+    if image is None:
+        return []
+    return [image] if isinstance(image, str) else list(image)
+
+
+def check_llava_record(record: Any, *, path: str | None = None, line: int | None = None) -> None:
+    """Raise :class:`RecordError` (naming file, line, id and field) when ``record`` is not a usable LLaVA record."""
+
+    def fail(message: str, field: str | None = None) -> None:
+        rid = record.get("id") if isinstance(record, dict) else None
+        raise RecordError(message, path=path, line=line, record_id=rid, field=field)
+
+    if not isinstance(record, dict):
+        fail(f"expected an object, got {type(record).__name__}")
+    if record.get("id") in (None, "") or isinstance(record.get("id"), (dict, list, bool)):
+        fail("missing or invalid id", "id")
+    image = record.get("image")
+    if image is not None:
+        images = [image] if isinstance(image, str) else image
+        if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
+            fail("must be a non-empty string or a list of non-empty strings", "image")
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        fail("must be a non-empty list of turns", "conversations")
+    n_placeholders = 0
+    for index, turn in enumerate(conversations):
+        field = f"conversations[{index}]"
+        if not isinstance(turn, dict):
+            fail("turn must be an object", field)
+        role, value = turn.get("from"), turn.get("value")
+        expected = ROLES[index % 2]
+        if role != expected:
+            fail(f"role {role!r} where {expected!r} was expected (turns alternate human, gpt)", f"{field}.from")
+        if not isinstance(value, str):
+            fail("value must be a string", f"{field}.value")
+        if role == "gpt" and IMAGE_TOKEN in value:
+            fail(f"{IMAGE_TOKEN} in an assistant turn", f"{field}.value")
+        n_placeholders += value.count(IMAGE_TOKEN)
+    n_images = len(record_images(record))
+    if n_placeholders != n_images:
+        fail(f"{n_placeholders} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)", "conversations")

@@ -1,0 +1,69 @@
+"""Splitting work over torchrun ranks and merging the per-rank outputs with an exactly-once check."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from sicog.data.jsonl import RecordError, iter_records, write_jsonl
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size, from torchrun's environment (1 process without it)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def shard(items: Sequence, rank: int, world: int) -> list:
+    """The items of one rank: every ``world``-th item from ``rank``, so all items (the tail too) are covered."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside world size {world}")
+    return list(items[rank::world])
+
+
+def shard_path(output: str | os.PathLike, rank: int, world: int) -> Path:
+    """Where rank ``rank`` of ``world`` writes its part of ``output``."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.rank{rank:05d}-of-{world:05d}")
+
+
+def merge_shards(
+    output: str | os.PathLike,
+    parts: Sequence[str | os.PathLike],
+    expected_ids: Sequence[str],
+    *,
+    error_parts: Sequence[str | os.PathLike] = (),
+    errors_output: str | os.PathLike | None = None,
+) -> tuple[int, int]:
+    """Merge per-rank outputs in input order, checking every expected id appears exactly once.
+
+    An id may be in the outputs or in the errors, never both, never twice, never missing.
+    Returns ``(n_outputs, n_errors)``; raises :class:`RecordError` naming the offending ids.
+    """
+    by_id: dict[str, dict] = {}
+    errors: dict[str, dict] = {}
+    seen: Counter[str] = Counter()
+    for target, files in ((by_id, parts), (errors, error_parts)):
+        for part in files:
+            if not Path(part).exists():
+                continue
+            for _, record in iter_records(part):
+                rid = str(record.get("id"))
+                seen[rid] += 1
+                target[rid] = record
+    expected = [str(i) for i in expected_ids]
+    missing = [i for i in expected if seen[i] == 0]
+    duplicated = [i for i, n in seen.items() if n > 1]
+    unexpected = sorted(set(seen) - set(expected))
+    if missing or duplicated or unexpected:
+        raise RecordError(
+            f"shard merge failed: {len(missing)} missing {missing[:5]}, {len(duplicated)} duplicated "
+            f"{duplicated[:5]}, {len(unexpected)} unexpected {unexpected[:5]}",
+            path=output,
+        )
+    n_out = write_jsonl(output, (by_id[i] for i in expected if i in by_id))
+    n_err = 0
+    if errors_output is not None:
+        n_err = write_jsonl(errors_output, (errors[i] for i in expected if i in errors))
+    return n_out, n_err

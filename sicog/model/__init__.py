@@ -1,0 +1,1 @@
+"""The SICOG model: LLaVA-UHD slicing, CLIP vision tower, spatially constrained resampler, causal LLM."""

@@ -1,0 +1,216 @@
+"""Ways to obtain a SICOG model: from separate pretrained parts, from a checkpoint, tiny, or real-size on meta.
+
+Also the projector-only checkpoint that stage 1 writes and stage 1.5 reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase, Qwen2Config
+
+from sicog.data.prompts import IMAGE_TOKEN
+from sicog.model.configuration import CLIP_L14_336, SicogConfig
+from sicog.model.modeling import SicogForConditionalGeneration
+from sicog.model.processing import SicogProcessor, separator_ids
+from sicog.model.resampler import Resampler
+
+PROJECTOR_FILE = "projector.safetensors"
+PROJECTOR_CONFIG = "projector_config.json"
+
+# Qwen2-7B-Instruct's architecture (no download needed to instantiate it on the meta device).
+QWEN2_7B = {
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    "tie_word_embeddings": False,
+}
+QWEN2_7B_IMAGE_TOKEN_ID = 151646  # first id after Qwen2's 151646 tokens: where "<image>" is added
+QWEN2_SEPARATORS = (11, 198)  # "," and "\n" in Qwen2's vocabulary
+
+
+def add_image_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Add ``<image>`` as a special token when missing; return its id."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False)
+    if tokenizer.pad_token is None:
+        raise ValueError("tokenizer has no pad token; set one (Qwen2 uses <|endoftext|>)")
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
+def make_config(vision_config, text_config, tokenizer: PreTrainedTokenizerBase, **settings) -> SicogConfig:
+    """A config whose image and separator ids come from ``tokenizer`` (never hard-coded)."""
+    comma, newline = separator_ids(tokenizer)
+    return SicogConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        slice_comma_id=comma,
+        slice_newline_id=newline,
+        **settings,
+    )
+
+
+def _set_generation_ids(model: SicogForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> None:
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+
+
+def build_from_parts(
+    vision_path: str | os.PathLike,
+    llm_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+    **settings,
+) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
+    """Join a pretrained CLIP vision tower and a pretrained causal LLM with a fresh resampler (stage 1 start).
+
+    ``settings`` are :class:`SicogConfig` fields (``resampler_num_queries``, ``scale_resolution``, ...).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(llm_path)
+    add_image_token(tokenizer)
+    vision = CLIPVisionModel.from_pretrained(vision_path, dtype=dtype, attn_implementation=attn_implementation)
+    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype, attn_implementation=attn_implementation)
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer))
+    config = make_config(vision.config, llm.config, tokenizer, **settings)
+    with torch.device("meta"):
+        model = SicogForConditionalGeneration(config)
+    model.vision_tower, model.language_model = vision, llm
+    model.resampler = Resampler(
+        vision_width=config.vision_config.hidden_size,
+        width=config.text_config.hidden_size,
+        num_queries=config.resampler_num_queries,
+        num_heads=config.resampler_heads,
+        attention=config.resampler_attention,
+        cell_bins=config.resampler_cell_bins,
+    ).to(dtype=llm.dtype)
+    model.set_trainable(vision=True, resampler=True, llm=True)
+    _set_generation_ids(model, tokenizer)
+    return model, SicogProcessor(tokenizer, config)
+
+
+def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
+    """Load a full SICOG checkpoint (model + tokenizer) saved by :func:`save_pretrained`."""
+    model = SicogForConditionalGeneration.from_pretrained(path, **kwargs)
+    return model, SicogProcessor.from_pretrained(path, config=model.config)
+
+
+def save_pretrained(model: SicogForConditionalGeneration, processor: SicogProcessor, path: str | os.PathLike) -> None:
+    """Save a self-contained checkpoint: weights (safetensors), config, generation config, tokenizer."""
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+def save_projector(model: SicogForConditionalGeneration, path: str | os.PathLike) -> Path:
+    """Write the resampler's weights (and the settings it needs) to ``path`` (a directory)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.resampler.state_dict().items()}
+    save_file(state, path / PROJECTOR_FILE)
+    settings = {
+        "vision_hidden_size": model.config.vision_config.hidden_size,
+        "text_hidden_size": model.config.text_config.hidden_size,
+        "resampler_num_queries": model.config.resampler_num_queries,
+        "resampler_attention": model.config.resampler_attention,
+        "resampler_cell_bins": model.config.resampler_cell_bins,
+    }
+    (path / PROJECTOR_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
+    return path / PROJECTOR_FILE
+
+
+def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike) -> None:
+    """Load a projector-only checkpoint (a directory or the .safetensors file) into ``model.resampler``.
+
+    Shapes and settings are checked; call this before DeepSpeed ZeRO-3 partitions the model.
+    """
+    path = Path(path)
+    file = path / PROJECTOR_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no projector checkpoint at {file}")
+    settings_file = file.parent / PROJECTOR_CONFIG
+    if settings_file.is_file():
+        saved = json.loads(settings_file.read_text())
+        mine = {
+            "vision_hidden_size": model.config.vision_config.hidden_size,
+            "text_hidden_size": model.config.text_config.hidden_size,
+            "resampler_num_queries": model.config.resampler_num_queries,
+            "resampler_attention": model.config.resampler_attention,
+            "resampler_cell_bins": model.config.resampler_cell_bins,
+        }
+        differ = {k: (saved[k], v) for k, v in mine.items() if k in saved and saved[k] != v}
+        if differ:
+            raise ValueError(f"projector {file} was trained with other settings (saved, model): {differ}")
+    state = load_file(str(file))
+    expected = model.resampler.state_dict()
+    problems = [k for k in expected if k not in state] + [k for k in state if k not in expected]
+    problems += [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if problems:
+        raise ValueError(f"projector {file} does not fit this model's resampler: {problems}")
+    model.resampler.load_state_dict(state)
+
+
+def tiny_text_config(vocab_size: int, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2) -> Qwen2Config:
+    """A few-layer Qwen2 config for tests and the toy world."""
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_vision_config(hidden_size: int = 32, layers: int = 2, patch_size: int = 8, image_size: int = 32) -> CLIPVisionConfig:
+    """A few-layer CLIP vision config for tests and the toy world."""
+    return CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden_size // 16),
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerBase, **settings) -> SicogConfig:
+    """A tiny SICOG config around ``tokenizer`` (small CLIP, 2-layer Qwen2, 16 queries, 64 px slices)."""
+    defaults = {"scale_resolution": 64, "max_slice_nums": 4, "resampler_num_queries": 16, "resampler_num_heads": 2}
+    defaults.update(settings)
+    vision = defaults.pop("vision_config", tiny_vision_config())
+    text = defaults.pop("text_config", tiny_text_config(len(tokenizer)))
+    return make_config(vision, text, tokenizer, **defaults)
+
+
+def new_model(config: SicogConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
+    """A randomly initialised model and its processor."""
+    model = SicogForConditionalGeneration(config)
+    _set_generation_ids(model, tokenizer)
+    return model, SicogProcessor(tokenizer, config)
+
+
+def real_config(**settings) -> SicogConfig:
+    """The published architecture: CLIP-ViT-L/14-336 + Qwen2-7B-Instruct, 144 queries, 7 slices."""
+    return SicogConfig(
+        vision_config=CLIP_L14_336,
+        text_config={"model_type": "qwen2", **QWEN2_7B},
+        image_token_id=QWEN2_7B_IMAGE_TOKEN_ID,
+        slice_comma_id=QWEN2_SEPARATORS[0],
+        slice_newline_id=QWEN2_SEPARATORS[1],
+        **settings,
+    )

@@ -1,0 +1,46 @@
+"""`sicog info`: describe a model (published architecture, tiny preset, or a checkpoint) without loading weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from sicog.model.builders import real_config
+from sicog.model.configuration import SicogConfig
+from sicog.model.modeling import SicogForConditionalGeneration
+from sicog.model.slicing import plan_slices
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``sicog info``."""
+    parser.add_argument("--checkpoint", help="a SICOG checkpoint directory (reads config.json only)")
+    parser.add_argument("--image-size", default="1024x768", help="WIDTHxHEIGHT of an example image to cost in tokens")
+
+
+def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
+    """Parameter counts (built on the meta device: no memory, no download) and token costs."""
+    with torch.device("meta"):
+        model = SicogForConditionalGeneration(config)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    plan = plan_slices(*image_size, scale_resolution=config.scale_resolution, patch_size=config.patch_size, max_slice_nums=config.max_slice_nums)
+    views = plan.num_slices + 1
+    return {
+        "parameters": count(model),
+        "vision_tower": count(model.vision_tower),
+        "resampler": count(model.resampler),
+        "language_model": count(model.language_model),
+        "tokens_per_slice": config.resampler_num_queries,
+        "example_image": f"{image_size[0]}x{image_size[1]}",
+        "example_grid": plan.grid,
+        "example_image_tokens": views * config.resampler_num_queries + plan.num_slices,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the description as JSON."""
+    config = SicogConfig.from_pretrained(args.checkpoint) if args.checkpoint else real_config()
+    width, height = (int(v) for v in args.image_size.lower().split("x"))
+    print(json.dumps(describe(config, (width, height)), indent=2))
+    return 0

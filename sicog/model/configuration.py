@@ -1,0 +1,102 @@
+"""`SicogConfig`: one composite configuration for the vision tower, the resampler, slicing and the LLM."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# CLIP's normalisation constants (the published checkpoints were trained with them).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# CLIP-ViT-L/14-336, the vision tower of every published SICOG model.
+CLIP_L14_336 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "projection_dim": 768,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+}
+
+
+@strict
+class SicogConfig(PreTrainedConfig):
+    """Configuration of :class:`~sicog.model.modeling.SicogForConditionalGeneration`.
+
+    ``vision_config`` is a CLIP vision config, ``text_config`` any causal-LM config (Qwen2 by default).
+    The slicing patch size is the vision tower's; the resampler's width is the LLM's hidden size.
+    ``image_token_id`` marks placeholder positions; ``slice_comma_id`` and ``slice_newline_id`` are the
+    tokenizer's own "," and "\\n" ids, written between slices.
+    """
+
+    model_type = "sicog"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=CLIPVisionConfig, init_kwargs=CLIP_L14_336),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_id: int | None = None
+    slice_comma_id: int | None = None
+    slice_newline_id: int | None = None
+    vision_feature_layer: int = -2
+    scale_resolution: int = 336
+    max_slice_nums: int = 7
+    resampler_num_queries: int = 144
+    resampler_attention: Literal["cell", "global"] = "cell"
+    resampler_cell_bins: int = 2
+    resampler_num_heads: int | None = None
+    image_mean: tuple[float, float, float] | list[float] = CLIP_MEAN
+    image_std: tuple[float, float, float] | list[float] = CLIP_STD
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    @property
+    def patch_size(self) -> int:
+        """The vision tower's patch size, which slicing also uses."""
+        return int(self.vision_config.patch_size)
+
+    @property
+    def query_grid(self) -> int:
+        """Side of the resampler's square query grid (12 for 144 queries)."""
+        return math.isqrt(self.resampler_num_queries)
+
+    @property
+    def resampler_heads(self) -> int:
+        """Attention heads of the resampler: explicit, else one per 128 channels of the LLM width."""
+        return self.resampler_num_heads or max(1, self.text_config.hidden_size // 128)
+
+    def validate_architecture(self) -> None:
+        """Reject settings that cannot work together, with a message saying which and why."""
+        super().validate_architecture()
+        problems = []
+        if self.query_grid**2 != self.resampler_num_queries:
+            problems.append(f"resampler_num_queries={self.resampler_num_queries} is not a perfect square")
+        if self.scale_resolution % self.patch_size:
+            problems.append(f"scale_resolution={self.scale_resolution} is not a multiple of patch size {self.patch_size}")
+        if self.resampler_attention not in ("cell", "global"):
+            problems.append(f"resampler_attention={self.resampler_attention!r} is not 'cell' or 'global'")
+        if self.text_config.hidden_size % self.resampler_heads:
+            problems.append(f"LLM width {self.text_config.hidden_size} is not divisible by {self.resampler_heads} resampler heads")
+        if self.max_slice_nums < 1 or self.resampler_cell_bins < 1:
+            problems.append("max_slice_nums and resampler_cell_bins must be >= 1")
+        vocab = self.text_config.vocab_size
+        for name in ("image_token_id", "slice_comma_id", "slice_newline_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < vocab:
+                problems.append(f"{name}={value} is outside the LLM vocabulary (size {vocab})")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            problems.append("image_mean and image_std need 3 values")
+        if problems:
+            raise ValueError("invalid SicogConfig: " + "; ".join(problems))

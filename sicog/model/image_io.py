@@ -1,0 +1,49 @@
+"""Opening images of any mode safely: every failure is an `ImageError` that names the file and the cause."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """An image that cannot be used (missing, unreadable, truncated, empty)."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # High-bit-depth grey: scale by the type's range, not by clipping at 255.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels become white rather than whatever colour hides under alpha.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+    """Open ``source`` fully (truncated files fail here, not later) and return it as RGB."""
+    if isinstance(source, Image.Image):
+        image, name = source, "<in-memory image>"
+    else:
+        name = str(source)
+        if not Path(name).is_file():
+            raise ImageError(f"image file not found: {name}")
+        try:
+            image = Image.open(name)
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"cannot read image {name}: {err}") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"image {name} has zero size ({image.width}x{image.height})")
+    try:
+        return _to_rgb(image)
+    except (OSError, ValueError) as err:
+        raise ImageError(f"cannot convert image {name} (mode {image.mode}) to RGB: {err}") from None

@@ -1,0 +1,183 @@
+"""`SicogForConditionalGeneration`: CLIP views -> resampler -> placeholder tokens of a causal LLM."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+
+from sicog.model.configuration import SicogConfig
+from sicog.model.resampler import Resampler, sincos_2d
+from sicog.model.vision import group_by_size, patch_features
+
+
+class ImageTokenMismatchError(ValueError):
+    """The number of image placeholder tokens differs from the number of image features."""
+
+
+class SicogPreTrainedModel(PreTrainedModel):
+    """Shared settings of SICOG models (attention backends, checkpointing, weight init)."""
+
+    config: SicogConfig
+    config_class = SicogConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["CLIPEncoderLayer", "Resampler"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, Resampler):
+            init.trunc_normal_(module.query, std=0.02)
+            side = module.grid * module.cell_bins
+            init.copy_(module.query_pos, sincos_2d(module.grid, module.grid, module.width))
+            init.copy_(module.cell_key_pos, sincos_2d(side, side, module.width))
+
+
+class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
+    """LLaVA-UHD style multimodal LLM.
+
+    Images arrive as ``pixel_values``: a flat list of ``(3, H, W)`` views (each image's slices in
+    row-major order, then its global view), in the order their placeholders appear in ``input_ids``.
+    Each view becomes ``config.resampler_num_queries`` embeddings that replace the ``image_token_id``
+    positions; the separators between slices are ordinary text tokens written by the processor.
+    """
+
+    def __init__(self, config: SicogConfig) -> None:
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.resampler = Resampler(
+            vision_width=config.vision_config.hidden_size,
+            width=config.text_config.hidden_size,
+            num_queries=config.resampler_num_queries,
+            num_heads=config.resampler_heads,
+            attention=config.resampler_attention,
+            cell_bins=config.resampler_cell_bins,
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+        self.set_trainable(vision=True, resampler=True, llm=True)
+
+    def unused_vision_modules(self) -> list[nn.Module]:
+        """Vision layers after ``vision_feature_layer`` and the final norm: computed, never used.
+
+        They are kept so pretrained CLIP checkpoints load unchanged, and frozen so that DDP and
+        DeepSpeed never wait for gradients that cannot arrive.
+        """
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        layers = tower.encoder.layers
+        layer = self.config.vision_feature_layer
+        used = len(layers) + 1 + layer if layer < 0 else layer
+        return list(layers[used:]) + [tower.post_layernorm]
+
+    def set_trainable(self, *, vision: bool, resampler: bool, llm: bool) -> None:
+        """Choose which parts learn; the unused tail of the vision tower never does."""
+        self.vision_tower.requires_grad_(vision)
+        self.resampler.requires_grad_(resampler)
+        self.language_model.requires_grad_(llm)
+        for module in self.unused_vision_modules():
+            module.requires_grad_(False)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    @property
+    def tokens_per_view(self) -> int:
+        """Embeddings produced for every slice or global view."""
+        return self.config.resampler_num_queries
+
+    def get_image_features(self, pixel_values: list[torch.Tensor]) -> torch.Tensor:
+        """Embeddings ``(num_views * tokens_per_view, hidden)`` for a flat list of views, in order."""
+        outputs: list[torch.Tensor | None] = [None] * len(pixel_values)
+        dtype = self.vision_tower.dtype
+        for indices in group_by_size(pixel_values).values():
+            pixels = torch.stack([pixel_values[i] for i in indices]).to(device=self.device, dtype=dtype)
+            features = patch_features(self.vision_tower, pixels, self.config.vision_feature_layer, self.config.patch_size)
+            tokens = self.resampler(features)
+            for row, index in enumerate(indices):
+                outputs[index] = tokens[row]
+        return torch.cat(outputs, dim=0)
+
+    def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Text embeddings with every image placeholder replaced by its image feature (checked count)."""
+        embeds = self.get_input_embeddings()(input_ids)
+        mask = input_ids == self.config.image_token_id
+        n_placeholders = int(mask.sum())
+        views = list(pixel_values) if pixel_values is not None else []
+        n_features = len(views) * self.tokens_per_view
+        if n_placeholders != n_features:
+            raise ImageTokenMismatchError(
+                f"input_ids hold {n_placeholders} image placeholder tokens but the images give {n_features} "
+                f"features ({len(views)} views x {self.tokens_per_view}); build inputs with SicogProcessor"
+            )
+        if views:
+            features = self.get_image_features(views).to(embeds.dtype)
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), features)
+        elif self.training:
+            # Every rank must run the vision tower and resampler in every step (ZeRO-3 gathers their
+            # weights collectively; DDP expects their gradients), also for text-only batches.
+            dummy = torch.zeros(3, self.config.patch_size, self.config.patch_size, device=self.device)
+            embeds = embeds + 0.0 * self.get_image_features([dummy]).sum().to(embeds.dtype)
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: list[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ):
+        """Causal-LM forward; extra keyword arguments (cache, positions, loss options) go to the LLM."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("forward needs input_ids or inputs_embeds")
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        elif pixel_values is not None:
+            raise ValueError("pass pixel_values with input_ids, not with precomputed inputs_embeds")
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: list[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """``GenerationMixin.generate`` with images encoded once, before decoding.
+
+        The prompt embeddings (images merged) are computed a single time and reused for every
+        ``num_return_sequences`` sample; decoding then runs on the KV cache. Returns prompt + new ids.
+        """
+        if input_ids is None or "inputs_embeds" in kwargs:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if kwargs.get("use_cache") is False and bool((input_ids == self.config.image_token_id).any()):
+            raise ValueError("generation with images needs use_cache=True (image features enter at the prompt only)")
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        return super().generate(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModelForImageTextToText`` resolve ``model_type == "sicog"``."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    AutoConfig.register(SicogConfig.model_type, SicogConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(SicogConfig, SicogForConditionalGeneration, exist_ok=True)
+
+
+register_auto_classes()

@@ -1,0 +1,162 @@
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModelForImageTextToText, CLIPVisionModel, Qwen2ForCausalLM
+
+from sicog.model.builders import (
+    build_from_parts,
+    load_pretrained,
+    load_projector,
+    real_config,
+    save_pretrained,
+    save_projector,
+    tiny_text_config,
+    tiny_vision_config,
+)
+from sicog.model.cli import describe
+
+
+def conv(*texts):
+    return [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(texts)]
+
+
+def mixed_batch(processor):
+    samples = [
+        processor.encode(conv("<image>\nDescribe.", "A red circle."), [Image.new("RGB", (128, 96), (200, 0, 0))]),
+        processor.encode(conv("<image>\nDescribe.", "Blue."), [Image.new("RGB", (64, 64), (0, 0, 200))]),
+        processor.encode(conv("How many?", "3")),
+        processor.encode(conv("<image>\nDescribe.", "Green square."), [Image.new("RGB", (96, 64), (0, 200, 0))]),
+    ]
+    return processor.collate(samples)
+
+
+def test_loss_and_gradients_on_a_mixed_batch(tiny_model_factory):
+    model, processor = tiny_model_factory()
+    model.train()
+    batch = mixed_batch(processor)
+    assert len(batch["pixel_values"]) == 5 + 1 + 3  # 4 slices + global, global, 2 slices + global
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, missing
+    assert model.resampler.query.grad.abs().sum() > 0
+    assert model.vision_tower.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("vision_tower.encoder.layers.1.", "vision_tower.post_layernorm")) for n in frozen)
+
+
+def test_text_only_training_batch_still_touches_the_vision_path(tiny_model_factory):
+    model, processor = tiny_model_factory()
+    model.train()
+    model(**processor.collate([processor.encode(conv("hi", "ok"))])).loss.backward()
+    assert model.resampler.query.grad is not None
+
+
+def _greedy_without_cache(model, batch, steps):
+    ids = batch["input_ids"]
+    mask = batch["attention_mask"]
+    for _ in range(steps):
+        logits = model(input_ids=ids, pixel_values=batch.get("pixel_values"), attention_mask=mask, use_cache=False).logits
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+    return ids
+
+
+def test_greedy_generate_with_cache_equals_a_no_cache_loop(tiny_model_factory):
+    model, processor = tiny_model_factory(seed=3)
+    samples = [
+        processor.encode(conv("<image>\nDescribe the image."), [Image.new("RGB", (128, 96), (200, 0, 0))], train=False),
+        processor.encode(conv("<image>\nWhat?"), [Image.new("RGB", (64, 64), (0, 0, 200))], train=False),
+    ]
+    for sample in samples:  # batch of one: no padding, so both paths see identical positions
+        batch = processor.collate([sample], padding_side="left")
+        cached = model.generate(**batch, max_new_tokens=8, do_sample=False, min_new_tokens=8)
+        assert torch.equal(cached, _greedy_without_cache(model, batch, 8))
+    batch = processor.collate(samples, padding_side="left")
+    together = model.generate(**batch, max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    alone = model.generate(**processor.collate(samples[1:], padding_side="left"), max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    assert torch.equal(together[1, -8:], alone[0, -8:])
+
+
+def test_num_return_sequences_samples_each_prompt(tiny_model_factory):
+    model, processor = tiny_model_factory(seed=1)
+    sample = processor.encode(conv("<image>\nDescribe."), [Image.new("RGB", (96, 64), (0, 200, 0))], train=False)
+    batch = processor.collate([sample, sample], padding_side="left")
+    torch.manual_seed(0)
+    out = model.generate(**batch, do_sample=True, temperature=1.5, max_new_tokens=6, min_new_tokens=6, num_return_sequences=3)
+    assert out.shape[0] == 6
+    assert len({tuple(row.tolist()) for row in out[:3]}) > 1
+
+
+def test_save_load_round_trip_and_auto_classes(tiny_model_factory, tmp_path):
+    model, processor = tiny_model_factory(seed=2)
+    batch = mixed_batch(processor)
+    save_pretrained(model, processor, tmp_path)
+    loaded, loaded_processor = load_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "sicog"
+    auto = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(auto(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+    assert loaded_processor.encode(conv("hi", "ok")).input_ids == processor.encode(conv("hi", "ok")).input_ids
+
+
+def test_text_only_logits_equal_the_underlying_llm(tiny_model_factory):
+    model, processor = tiny_model_factory(seed=4)
+    batch = processor.collate([processor.encode(conv("How many circles?", "3"))])
+    del batch["labels"]
+    plain = Qwen2ForCausalLM(model.config.text_config).eval()
+    plain.load_state_dict(model.language_model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, plain(**batch).logits, rtol=0, atol=0)
+
+
+def test_build_from_parts_and_projector_round_trip(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    CLIPVisionModel(tiny_vision_config()).save_pretrained(tmp_path / "clip")
+    Qwen2ForCausalLM(tiny_text_config(len(tokenizer) + 8)).save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    model, processor = build_from_parts(tmp_path / "clip", tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2)
+    model.eval()
+    assert processor.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
+    reference = CLIPVisionModel.from_pretrained(tmp_path / "clip")
+    torch.testing.assert_close(model.vision_tower.state_dict(), reference.state_dict())
+    batch = mixed_batch(processor)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+    save_projector(model, tmp_path / "projector")
+    torch.manual_seed(99)
+    fresh, _ = build_from_parts(tmp_path / "clip", tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2)
+    fresh.eval()
+    features = torch.randn(2, 5, 3, model.config.vision_config.hidden_size)
+    with torch.no_grad():
+        assert not torch.allclose(fresh.resampler(features), model.resampler(features))
+        load_projector(fresh, tmp_path / "projector")
+        torch.testing.assert_close(fresh.resampler(features), model.resampler(features), rtol=0, atol=0)
+
+
+def test_projector_with_other_settings_is_refused(tiny_model_factory, tmp_path):
+    model, _ = tiny_model_factory()
+    save_projector(model, tmp_path)
+    other, _ = tiny_model_factory(resampler_num_queries=64)
+    with pytest.raises(ValueError, match="resampler_num_queries"):
+        load_projector(other, tmp_path)
+
+
+def test_real_size_config_on_meta_device():
+    info = describe(real_config(), (1024, 768))
+    assert 7.8e9 < info["parameters"] < 8.2e9
+    assert info["tokens_per_slice"] == 144
+    assert info["example_image_tokens"] == 1014
+
+
+def test_config_validates_itself(tokenizer):
+    from sicog.model.builders import tiny_config
+
+    with pytest.raises(Exception, match="perfect square"):
+        tiny_config(tokenizer, resampler_num_queries=50)
+    with pytest.raises(Exception, match="outside the LLM vocabulary"):
+        tiny_config(tokenizer, text_config=tiny_text_config(3))

@@ -1,0 +1,145 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sicog.model.builders import tiny_config, tiny_vision_config
+from sicog.model.image_io import ImageError, load_image
+from sicog.model.modeling import ImageTokenMismatchError
+from sicog.model.processing import IGNORE_INDEX, ConversationError
+
+LLAMA_SEPARATORS = (29892, 13)
+
+
+def conv(*texts):
+    return [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(texts)]
+
+
+def test_separators_come_from_the_tokenizer(tokenizer, tiny_model_factory):
+    _, processor = tiny_model_factory()
+    comma, newline = tokenizer.encode(",", add_special_tokens=False), tokenizer.encode("\n", add_special_tokens=False)
+    assert (processor.comma_id, processor.newline_id) == (comma[0], newline[0])
+    assert (processor.comma_id, processor.newline_id) != LLAMA_SEPARATORS
+    _, ids = processor.process_image(Image.new("RGB", (128, 96)))
+    q = processor.config.resampler_num_queries
+    assert ids[q] == processor.comma_id and ids[2 * q + 1] == processor.newline_id
+    assert ids.count(processor.comma_id) == 2 and ids.count(processor.newline_id) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(1024, 768), (640, 480), (500, 375), (1024, 100)])
+def test_placeholders_equal_features_at_published_geometry(size, tiny_model_factory):
+    model, processor = tiny_model_factory(
+        vision_config=tiny_vision_config(hidden_size=16, layers=1, patch_size=14, image_size=336),
+        scale_resolution=336,
+        max_slice_nums=7,
+    )
+    encoded = processor.encode(conv("<image>\nWhat is this?", "A test."), [Image.new("RGB", size, (9, 99, 199))])
+    n_placeholders = encoded.input_ids.count(processor.image_token_id)
+    with torch.no_grad():
+        features = model.get_image_features(encoded.pixel_values)
+    assert n_placeholders == features.shape[0]
+    batch = processor.collate([encoded])
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+def test_mismatch_names_both_numbers(tiny_model_factory):
+    model, processor = tiny_model_factory()
+    encoded = processor.encode(conv("<image>\nhi", "ok"), [Image.new("RGB", (64, 64))])
+    batch = processor.collate([encoded])
+    batch["pixel_values"] = batch["pixel_values"] * 2
+    with pytest.raises(ImageTokenMismatchError, match=r"16 image placeholder tokens but the images give 32 features"):
+        model(**batch)
+
+
+def test_labels_cover_exactly_the_assistant_replies(tokenizer, tiny_model_factory):
+    _, processor = tiny_model_factory()
+    turns = conv("<image>\nHow many circles?", "There are 3.", "And squares?", "Two squares, one red.")
+    encoded = processor.encode(turns, [Image.new("RGB", (64, 64))])
+    supervised = [(i, t) for i, (t, l) in enumerate(zip(encoded.input_ids, encoded.labels)) if l != IGNORE_INDEX]
+    assert all(encoded.labels[i] == t for i, t in supervised)
+    # the supervised tokens, split at gaps, are exactly each reply followed by the end marker
+    runs, current, last = [], [], None
+    for i, t in supervised:
+        if last is not None and i != last + 1:
+            runs.append(current)
+            current = []
+        current.append(t)
+        last = i
+    runs.append(current)
+    expected = [tokenizer.encode(reply + "<|im_end|>", add_special_tokens=False) for reply in ("There are 3.", "Two squares, one red.")]
+    assert runs == expected
+    assert tokenizer.decode(encoded.input_ids[: supervised[0][0]]).endswith("<|im_start|>assistant\n")
+
+
+def test_generation_prompt_drops_a_trailing_answer(tiny_model_factory):
+    _, processor = tiny_model_factory()
+    encoded = processor.encode(conv("Hi", "Hello"), train=False)
+    assert encoded.labels is None
+    assert processor.tokenizer.decode(encoded.input_ids).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_placeholder_count_mismatch_is_clear(tiny_model_factory):
+    _, processor = tiny_model_factory()
+    image = Image.new("RGB", (64, 64))
+    with pytest.raises(ConversationError, match="2 <image> placeholder\\(s\\) but 1 image"):
+        processor.encode(conv("<image><image>\nhi", "ok"), [image])
+    with pytest.raises(ConversationError, match="0 <image> placeholder\\(s\\) but 1 image"):
+        processor.encode(conv("hi", "ok"), [image])
+
+
+def _save(image, fmt="PNG", **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        (Image.new("L", (20, 10), 128), (128, 128, 128)),
+        (Image.new("RGBA", (20, 10), (255, 0, 0, 0)), (255, 255, 255)),
+        (Image.new("RGBA", (20, 10), (255, 0, 0, 255)), (255, 0, 0)),
+        (Image.new("P", (20, 10), 0), (0, 0, 0)),
+        (Image.new("CMYK", (20, 10), (0, 255, 255, 0)), (255, 0, 0)),
+        (Image.fromarray(np.full((10, 20), 65535, dtype=np.uint16)), (255, 255, 255)),
+        (Image.fromarray(np.full((10, 20), 32768, dtype=np.uint16)), (127, 127, 127)),
+    ],
+)
+def test_modes_convert_to_rgb(image, expected):
+    rgb = load_image(image)
+    assert rgb.mode == "RGB"
+    assert rgb.getpixel((3, 3)) == pytest.approx(expected, abs=1)
+
+
+def test_bad_files_raise_image_errors(tmp_path):
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(_save(Image.new("RGB", (64, 64), (1, 2, 3)))[:60])
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image")
+    for path, message in [(truncated, "cannot read"), (garbage, "cannot read"), (tmp_path / "missing.png", "not found")]:
+        with pytest.raises(ImageError, match=message):
+            load_image(path)
+    with pytest.raises(ImageError, match="zero size"):
+        load_image(Image.new("RGB", (0, 5)))
+
+
+@pytest.mark.parametrize("size", [(1, 4000), (4000, 1)])
+def test_extreme_aspect_ratios_run_through_the_model(size, tiny_model_factory):
+    model, processor = tiny_model_factory()
+    encoded = processor.encode(conv("<image>\nhi", "ok"), [Image.new("RGB", size, (200, 0, 0))])
+    with torch.no_grad():
+        out = model(**processor.collate([encoded]))
+    assert torch.isfinite(out.loss)
+
+
+def test_processor_rejects_a_config_that_disagrees_with_the_tokenizer(tokenizer):
+    from sicog.model.processing import SicogProcessor
+
+    config = tiny_config(tokenizer)
+    config.slice_comma_id, config.slice_newline_id = LLAMA_SEPARATORS
+    with pytest.raises(ValueError, match="separator ids"):
+        SicogProcessor(tokenizer, config)
