@@ -1,6 +1,7 @@
-"""`sicog <command>`: one registry of subcommands.
+"""SICOG: self-improving cognition for multimodal LLMs (`sicog <command> --help` for each command).
 
-Each command lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Each command lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``, or
+``main(argv) -> int`` when it parses its own flags.
 Modules are imported only when their command runs, so ``sicog --help`` stays fast and a
 command never pays for another's heavy imports (torch, sentence-transformers, openai).
 """
@@ -15,6 +16,12 @@ from typing import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("sicog.model.cli", "describe a model configuration or checkpoint (parameters, tokens per slice)"),
+    "train": ("sicog.train.cli", "train a stage: 0 (warm-up), 1 (alignment), 1.5 (self-generated pre-training), 2 (SFT)"),
+    "data": ("sicog.data.cli", "check a training dataset before an expensive launch"),
+    "toy": ("sicog.toy.cli", "build the toy world: images with ground truth, every dataset, a tiny tokenizer"),
+    "curate": ("sicog.curate.cli", "self-consistency curation of generated candidates (captions, reasoning, mix)"),
+    "annotate": ("sicog.annotate.cli", "stage-0 annotation: CoD captions through a chat API, CoT conversion"),
+    "generate": ("sicog.generate.cli", "sample N candidate captions or CoT answers per record (sharded, resumable)"),
 }
 
 
@@ -39,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = argv[0]
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
+    if hasattr(module, "main"):  # commands with their own parser (HfArgumentParser)
+        return int(module.main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog=f"sicog {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])

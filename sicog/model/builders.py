@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase, Qwen2Config
 
@@ -17,7 +18,6 @@ from sicog.data.prompts import IMAGE_TOKEN
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids
-from sicog.model.resampler import Resampler
 
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_CONFIG = "projector_config.json"
@@ -86,18 +86,7 @@ def build_from_parts(
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         llm.resize_token_embeddings(len(tokenizer))
     config = make_config(vision.config, llm.config, tokenizer, **settings)
-    with torch.device("meta"):
-        model = SicogForConditionalGeneration(config)
-    model.vision_tower, model.language_model = vision, llm
-    model.resampler = Resampler(
-        vision_width=config.vision_config.hidden_size,
-        width=config.text_config.hidden_size,
-        num_queries=config.resampler_num_queries,
-        num_heads=config.resampler_heads,
-        attention=config.resampler_attention,
-        cell_bins=config.resampler_cell_bins,
-    ).to(dtype=llm.dtype)
-    model.set_trainable(vision=True, resampler=True, llm=True)
+    model = SicogForConditionalGeneration(config, vision_tower=vision, language_model=llm).to(dtype=llm.dtype)
     _set_generation_ids(model, tokenizer)
     return model, SicogProcessor(tokenizer, config)
 
@@ -114,21 +103,45 @@ def save_pretrained(model: SicogForConditionalGeneration, processor: SicogProces
     processor.save_pretrained(path)
 
 
-def save_projector(model: SicogForConditionalGeneration, path: str | os.PathLike) -> Path:
-    """Write the resampler's weights (and the settings it needs) to ``path`` (a directory)."""
+def _projector_settings(config: SicogConfig) -> dict:
+    return {
+        "vision_hidden_size": config.vision_config.hidden_size,
+        "text_hidden_size": config.text_config.hidden_size,
+        "resampler_num_queries": config.resampler_num_queries,
+        "resampler_attention": config.resampler_attention,
+        "resampler_cell_bins": config.resampler_cell_bins,
+    }
+
+
+def write_projector(state: dict[str, torch.Tensor], config: SicogConfig, path: str | os.PathLike) -> Path:
+    """Write resampler weights and the settings they need to directory ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.resampler.state_dict().items()}
-    save_file(state, path / PROJECTOR_FILE)
-    settings = {
-        "vision_hidden_size": model.config.vision_config.hidden_size,
-        "text_hidden_size": model.config.text_config.hidden_size,
-        "resampler_num_queries": model.config.resampler_num_queries,
-        "resampler_attention": model.config.resampler_attention,
-        "resampler_cell_bins": model.config.resampler_cell_bins,
-    }
-    (path / PROJECTOR_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, path / PROJECTOR_FILE)
+    (path / PROJECTOR_CONFIG).write_text(json.dumps(_projector_settings(config), indent=2) + "\n")
     return path / PROJECTOR_FILE
+
+
+def save_projector(model: SicogForConditionalGeneration, path: str | os.PathLike) -> Path:
+    """Write the resampler's weights (and the settings it needs) to ``path`` (a directory)."""
+    return write_projector(model.resampler.state_dict(), model.config, path)
+
+
+def projector_from_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy the resampler weights out of a saved full checkpoint (also one gathered from ZeRO-3)."""
+    checkpoint = Path(checkpoint)
+    index = checkpoint / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    prefix = "resampler."
+    state = {}
+    for name in files:
+        with safe_open(str(checkpoint / name), framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith(prefix):
+                    state[key[len(prefix) :]] = handle.get_tensor(key)
+    if not state:
+        raise ValueError(f"checkpoint {checkpoint} holds no resampler weights")
+    return write_projector(state, SicogConfig.from_pretrained(checkpoint), path)
 
 
 def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike) -> None:
@@ -143,13 +156,7 @@ def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike
     settings_file = file.parent / PROJECTOR_CONFIG
     if settings_file.is_file():
         saved = json.loads(settings_file.read_text())
-        mine = {
-            "vision_hidden_size": model.config.vision_config.hidden_size,
-            "text_hidden_size": model.config.text_config.hidden_size,
-            "resampler_num_queries": model.config.resampler_num_queries,
-            "resampler_attention": model.config.resampler_attention,
-            "resampler_cell_bins": model.config.resampler_cell_bins,
-        }
+        mine = _projector_settings(model.config)
         differ = {k: (saved[k], v) for k, v in mine.items() if k in saved and saved[k] != v}
         if differ:
             raise ValueError(f"projector {file} was trained with other settings (saved, model): {differ}")

@@ -47,9 +47,12 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
     positions; the separators between slices are ordinary text tokens written by the processor.
     """
 
-    def __init__(self, config: SicogConfig) -> None:
+    def __init__(
+        self, config: SicogConfig, vision_tower: nn.Module | None = None, language_model: nn.Module | None = None
+    ) -> None:
+        """Build from ``config``; pretrained ``vision_tower`` / ``language_model`` modules may be passed in."""
         super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
         self.resampler = Resampler(
             vision_width=config.vision_config.hidden_size,
             width=config.text_config.hidden_size,
@@ -58,7 +61,9 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             attention=config.resampler_attention,
             cell_bins=config.resampler_cell_bins,
         )
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = (
+            language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
+        )
         self.post_init()
         self.set_trainable(vision=True, resampler=True, llm=True)
 
@@ -102,14 +107,31 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
     def get_image_features(self, pixel_values: list[torch.Tensor]) -> torch.Tensor:
         """Embeddings ``(num_views * tokens_per_view, hidden)`` for a flat list of views, in order."""
         outputs: list[torch.Tensor | None] = [None] * len(pixel_values)
-        dtype = self.vision_tower.dtype
         for indices in group_by_size(pixel_values).values():
-            pixels = torch.stack([pixel_values[i] for i in indices]).to(device=self.device, dtype=dtype)
-            features = patch_features(self.vision_tower, pixels, self.config.vision_feature_layer, self.config.patch_size)
-            tokens = self.resampler(features)
+            tokens = self._encode_views(torch.stack([pixel_values[i] for i in indices]))
             for row, index in enumerate(indices):
                 outputs[index] = tokens[row]
         return torch.cat(outputs, dim=0)
+
+    def _encode_views(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(device=self.device, dtype=self.vision_tower.dtype)
+        features = patch_features(self.vision_tower, pixels, self.config.vision_feature_layer, self.config.patch_size)
+        return self.resampler(features)
+
+    def _vision_passes(self, own: int) -> int:
+        """Vision passes this step must make.
+
+        While training, at least one (DDP expects gradients for the vision path, also on text-only
+        batches). Under ZeRO-3 every rank makes as many as the busiest rank, because each pass
+        gathers the partitioned weights collectively and the ranks must stay in lockstep.
+        """
+        passes = max(own, 1) if self.training else own
+        zero3 = hasattr(next(self.vision_tower.parameters()), "ds_id")
+        if self.training and zero3 and torch.distributed.is_initialized():
+            count = torch.tensor([passes], device=self.device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+            passes = int(count.item())
+        return passes
 
     def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Text embeddings with every image placeholder replaced by its image feature (checked count)."""
@@ -123,14 +145,16 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
                 f"input_ids hold {n_placeholders} image placeholder tokens but the images give {n_features} "
                 f"features ({len(views)} views x {self.tokens_per_view}); build inputs with SicogProcessor"
             )
+        own_passes = len(group_by_size(views))
+        extra = self._vision_passes(own_passes) - own_passes  # agreed before any pass starts
         if views:
             features = self.get_image_features(views).to(embeds.dtype)
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), features)
-        elif self.training:
-            # Every rank must run the vision tower and resampler in every step (ZeRO-3 gathers their
-            # weights collectively; DDP expects their gradients), also for text-only batches.
-            dummy = torch.zeros(3, self.config.patch_size, self.config.patch_size, device=self.device)
-            embeds = embeds + 0.0 * self.get_image_features([dummy]).sum().to(embeds.dtype)
+        if extra > 0:
+            # A pass whose result is multiplied by zero: it keeps the ranks in step and changes nothing.
+            dummy = torch.zeros(extra, 3, self.config.patch_size, self.config.patch_size)
+            unused = sum(self._encode_views(dummy[i : i + 1]).sum() for i in range(extra))
+            embeds = embeds + 0.0 * unused.to(embeds.dtype)
         return embeds
 
     def forward(

@@ -1,0 +1,174 @@
+"""Chat completions through any OpenAI-compatible server, with our own retry policy.
+
+The official ``openai`` client is built with ``max_retries=0`` so that the policy is ours and visible:
+429, 408/409, 5xx, timeouts and connection errors are retried with exponential backoff (and the
+server's ``Retry-After`` when it sends one); 401/403/404 mean the run is misconfigured and stop it;
+other 4xx fail the one request. The API key is never logged and is masked in every error text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import openai
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gpt-4o"
+# Placeholder key for servers that do not check one (a local vLLM started without --api-key).
+NO_KEY = "EMPTY"
+_FATAL_STATUS = {401, 403, 404}
+_RETRY_STATUS = {408, 409, 429}
+
+
+class FatalAPIError(RuntimeError):
+    """The server rejects the configuration itself (key, permissions, model name): every request would fail."""
+
+
+class RequestFailed(RuntimeError):
+    """One request that failed for good (retries exhausted or a non-retryable status)."""
+
+    def __init__(self, reason: str, attempts: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to wait before retrying a request."""
+
+    max_retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based): doubling, jittered, capped."""
+        # Jitter spreads concurrent workers that hit the same rate limit at the same moment.
+        wait = min(self.max_backoff, self.backoff * 2**retry) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_backoff))
+        return wait
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """The assistant text of a completion, why it stopped, and how many HTTP attempts it took."""
+
+    text: str
+    finish_reason: str | None
+    attempts: int
+
+
+def resolve_endpoint(base_url: str | None) -> tuple[str | None, str]:
+    """``(base_url, api_key)`` from the flag or ``OPENAI_BASE_URL``, and ``OPENAI_API_KEY``.
+
+    A custom base URL without a key gets a placeholder key (local servers often check none);
+    the official endpoint without a key is a usage error.
+    """
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    key = os.environ.get("OPENAI_API_KEY") or ""
+    if not key:
+        if url is None:
+            raise FatalAPIError(
+                "set OPENAI_API_KEY (or point --base-url / OPENAI_BASE_URL at a server that needs no key)"
+            )
+        key = NO_KEY
+    return url, key
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` replaced by ``***``."""
+    if secret and secret != NO_KEY:
+        return text.replace(secret, "***")
+    return text
+
+
+def _retry_after(err: openai.APIStatusError) -> float | None:
+    value = err.response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _reply_of(response: Any, attempts: int) -> ChatReply | None:
+    """The first choice's text of a completion, or None when ``response`` is not a completion."""
+    choices = getattr(response, "choices", None)
+    message = getattr(choices[0], "message", None) if choices else None
+    if message is None:
+        return None
+    return ChatReply(message.content or "", getattr(choices[0], "finish_reason", None), attempts)
+
+
+class ChatAPI:
+    """Send chat completions to one model, retrying per :class:`RetryPolicy`. Thread-safe."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        base_url: str | None = None,
+        api_key: str,
+        timeout: float = 120.0,
+        policy: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.model = model
+        self.base_url = base_url
+        self.policy = policy
+        self._key = api_key
+        self._sleep = sleep
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+
+    def redact(self, text: str) -> str:
+        """``text`` with this client's API key masked (for anything the server sent back)."""
+        return redact(text, self._key)
+
+    def close(self) -> None:
+        """Close the underlying HTTP connections."""
+        self._client.close()
+
+    def complete(self, messages: list[dict], *, label: str = "", **params: Any) -> ChatReply:
+        """One completion of ``messages``; ``params`` go to ``chat.completions.create`` (temperature, ...).
+
+        Raises :class:`RequestFailed` when the request fails for good and :class:`FatalAPIError`
+        when no request can succeed with this configuration.
+        """
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                response = self._client.chat.completions.create(model=self.model, messages=messages, **params)
+            except openai.APIStatusError as err:
+                reason = redact(f"HTTP {err.status_code}: {err.message}", self._key)
+                if err.status_code in _FATAL_STATUS:
+                    raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} refused the request: {reason}") from None
+                if err.status_code not in _RETRY_STATUS and err.status_code < 500:
+                    raise RequestFailed(reason, attempts) from None
+                retry_after = _retry_after(err)
+            except openai.APITimeoutError:
+                reason, retry_after = "request timed out", None
+            except openai.APIConnectionError as err:
+                reason, retry_after = redact(f"connection error: {err}", self._key), None
+            except (openai.APIError, json.JSONDecodeError) as err:
+                # A body that is not JSON (a proxy's error page cut short): as transient as a 502.
+                reason, retry_after = redact(f"unusable response: {err}", self._key), None
+            else:
+                reply = _reply_of(response, attempts)
+                if reply is not None:
+                    return reply
+                # A 200 that is not a completion (an HTML page, an error object): also worth a retry.
+                reason, retry_after = redact(f"not a chat completion: {str(response)[:200]!r}", self._key), None
+            if attempts > self.policy.max_retries:
+                raise RequestFailed(f"{reason} (gave up after {attempts} attempts)", attempts)
+            wait = self.policy.delay(attempts - 1, retry_after)
+            log.warning("%s%s; retry %d/%d in %.1fs", f"{label}: " if label else "", reason, attempts,
+                        self.policy.max_retries, wait)
+            self._sleep(wait)

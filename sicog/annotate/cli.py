@@ -1,0 +1,151 @@
+"""``sicog annotate cod|cot``: stage-0 annotation (see docs/annotation.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sicog.data.jsonl import RecordError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Attach the ``cod`` and ``cot`` sub-commands."""
+    sub = parser.add_subparsers(dest="action", metavar="action", required=True)
+
+    cod = sub.add_parser("cod", help="rewrite captions into 5-step Chain-of-Description captions via a chat API")
+    cod.add_argument("--input", required=True, type=Path,
+                     help="LLaVA records (.jsonl or .json): a question and the original caption")
+    cod.add_argument("--image-folder", type=Path, help="folder the records' relative image paths start from")
+    cod.add_argument("--output-dir", type=Path, help="folder for both outputs (cod.jsonl, detailed_description.jsonl)")
+    cod.add_argument("--cod-dir", type=Path, help="folder for cod.jsonl and failures.jsonl (overrides --output-dir)")
+    cod.add_argument("--dd-dir", type=Path, help="folder for detailed_description.jsonl (overrides --output-dir)")
+    cod.add_argument("--model", default="gpt-4o", help="model name the server knows (default: %(default)s)")
+    cod.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
+                                        "(default: $OPENAI_BASE_URL, else the OpenAI API)")
+    cod.add_argument("--concurrency", type=_positive_int, default=8,
+                     help="requests in flight (default: %(default)s)")
+    cod.add_argument("--limit", type=_positive_int, help="annotate only the first N input records")
+    cod.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default: %(default)s)")
+    cod.add_argument("--max-tokens", type=_positive_int, default=2048,
+                     help="reply length limit (default: %(default)s)")
+    cod.add_argument("--timeout", type=_positive_float, default=120.0,
+                     help="seconds per request (default: %(default)s)")
+    cod.add_argument("--max-retries", type=_non_negative_int, default=5,
+                     help="retries of a request after 429, 5xx, timeouts, connection errors (default: %(default)s)")
+    cod.add_argument("--backoff", type=_positive_float, default=1.0,
+                     help="first retry wait in seconds, doubled per retry (default: %(default)s)")
+    cod.add_argument("--max-backoff", type=_positive_float, default=60.0,
+                     help="longest retry wait in seconds (default: %(default)s)")
+    cod.add_argument("--parse-retries", type=_non_negative_int, default=2,
+                     help="new requests after a reply without the five steps (default: %(default)s)")
+    cod.add_argument("--retry-failures", action="store_true", help="try again the ids recorded in failures.jsonl")
+    cod.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    cot = sub.add_parser("cot", help="convert LLaVA-CoT tagged answers into 4-step CoT and short-answer records")
+    cot.add_argument("--input", required=True, type=Path, help="LLaVA-CoT records (.jsonl or .json)")
+    cot.add_argument("--output-dir", type=Path, help="folder for both outputs (cot.jsonl, short_answer.jsonl)")
+    cot.add_argument("--cot-dir", type=Path, help="folder for cot.jsonl and errors.jsonl (overrides --output-dir)")
+    cot.add_argument("--short-dir", type=Path, help="folder for short_answer.jsonl (overrides --output-dir)")
+    cot.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+class _UsageError(ValueError):
+    """Arguments that argparse accepts but that do not make a run."""
+
+
+def _output_dirs(args: argparse.Namespace, first: str, second: str) -> tuple[Path, Path]:
+    dirs = (getattr(args, first) or args.output_dir, getattr(args, second) or args.output_dir)
+    if dirs[0] is None or dirs[1] is None:
+        flags = [f"--{name.replace('_', '-')}" for name, d in zip((first, second), dirs) if d is None]
+        raise _UsageError(f"give --output-dir or {' and '.join(flags)}")
+    return dirs
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # One INFO line per HTTP request from the client library would drown the progress bar.
+    for name in ("openai", "httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``annotate cod`` or ``annotate cot``; 0 when the run completed (failures are listed, not fatal)."""
+    _setup_logging()
+    try:
+        return _run_cod(args) if args.action == "cod" else _run_cot(args)
+    except _UsageError as err:
+        print(f"sicog annotate {args.action}: error: {err}", file=sys.stderr)
+        return 2
+    except RecordError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_cod(args: argparse.Namespace) -> int:
+    from sicog.annotate.api import ChatAPI, FatalAPIError, RetryPolicy, resolve_endpoint
+    from sicog.annotate.cod_job import CodJob, run_cod_job
+
+    cod_dir, dd_dir = _output_dirs(args, "cod_dir", "dd_dir")
+    job = CodJob(
+        input=args.input, cod_dir=cod_dir, dd_dir=dd_dir, image_folder=args.image_folder,
+        temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency, limit=args.limit,
+        parse_retries=args.parse_retries, retry_failures=args.retry_failures, progress=not args.no_progress,
+    )
+    try:
+        base_url, api_key = resolve_endpoint(args.base_url)
+        api = ChatAPI(args.model, base_url=base_url, api_key=api_key, timeout=args.timeout,
+                      policy=RetryPolicy(args.max_retries, args.backoff, args.max_backoff))
+        try:
+            summary = run_cod_job(job, api)
+        finally:
+            api.close()
+    except FatalAPIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"annotate cod: {summary.annotated} annotated, {summary.failed} failed in this run; "
+        f"{summary.already_done} already done, {summary.already_failed} failed earlier "
+        f"(of {summary.total} records)\n  CoD: {job.cod_path}\n  descriptions: {job.dd_path}",
+        file=sys.stderr,
+    )
+    if summary.failed or summary.already_failed:
+        print(f"  failures: {job.failures_path} (rerun with --retry-failures to try them again)", file=sys.stderr)
+    return 0
+
+
+def _run_cot(args: argparse.Namespace) -> int:
+    from sicog.annotate.cot import COT_FILE, ERRORS_FILE, SHORT_FILE, run_cot_job
+
+    cot_dir, short_dir = _output_dirs(args, "cot_dir", "short_dir")
+    summary = run_cot_job(args.input, cot_dir, short_dir, progress=not args.no_progress)
+    print(
+        f"annotate cot: {summary.converted} of {summary.total} records converted, {summary.errors} errors\n"
+        f"  CoT: {Path(cot_dir) / COT_FILE}\n  short answers: {Path(short_dir) / SHORT_FILE}",
+        file=sys.stderr,
+    )
+    if summary.errors:
+        print(f"  errors: {Path(cot_dir) / ERRORS_FILE}", file=sys.stderr)
+    return 0

@@ -1,0 +1,230 @@
+"""The CoD annotation job over a whole input file: concurrent, resumable, nothing lost.
+
+Every input id ends in exactly one place: ``cod.jsonl`` (with its twin in
+``detailed_description.jsonl``) or ``failures.jsonl``. A record is appended and fsynced the moment its
+reply is parsed, CoD first and then its description, so a killed run loses at most the requests in
+flight; a rerun skips finished ids and rebuilds a description whose CoD line made it to disk alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from sicog.annotate.api import ChatAPI, RequestFailed
+from sicog.annotate.cod import (
+    CodSource,
+    ReplyError,
+    build_messages,
+    cod_record,
+    dd_record,
+    description_of,
+    parse_cod_reply,
+    read_source,
+)
+from sicog.annotate.images import ImageLoadError, image_data_url, resolve_image
+from sicog.data.jsonl import (
+    JsonlAppender,
+    RecordError,
+    drop_partial_tail,
+    error_record,
+    iter_records,
+    load_records,
+    record_id,
+    write_jsonl,
+)
+
+log = logging.getLogger(__name__)
+
+COD_FILE = "cod.jsonl"
+DD_FILE = "detailed_description.jsonl"
+FAILURES_FILE = "failures.jsonl"
+
+
+@dataclass
+class CodJob:
+    """Settings of one annotation run (see ``sicog annotate cod --help``)."""
+
+    input: Path
+    cod_dir: Path
+    dd_dir: Path
+    image_folder: Path | None = None
+    temperature: float = 0.2
+    max_tokens: int = 2048
+    concurrency: int = 8
+    limit: int | None = None
+    parse_retries: int = 2
+    retry_failures: bool = False
+    progress: bool = True
+
+    @property
+    def cod_path(self) -> Path:
+        return Path(self.cod_dir) / COD_FILE
+
+    @property
+    def dd_path(self) -> Path:
+        return Path(self.dd_dir) / DD_FILE
+
+    @property
+    def failures_path(self) -> Path:
+        return Path(self.cod_dir) / FAILURES_FILE
+
+
+@dataclass
+class CodSummary:
+    """Counts of one run, over the selected input records."""
+
+    total: int = 0
+    already_done: int = 0
+    already_failed: int = 0
+    annotated: int = 0
+    failed: int = 0
+    restored_descriptions: int = 0
+
+
+@dataclass
+class _Outcome:
+    """One record's result: its two training records, or its failure line."""
+
+    cod: dict | None = None
+    dd: dict | None = None
+    failure: dict | None = None
+
+
+def load_input(path: Path) -> list[tuple[int, dict]]:
+    """``(line, record)`` for every input record; ids must exist and be unique, since resuming keys on them."""
+    entries, first_line = [], {}
+    for line, record in iter_records(path):
+        rid = record_id(record, path=path, line=line)
+        if rid in first_line:
+            raise RecordError(f"duplicate id (first on line {first_line[rid]})", path=path, line=line,
+                              record_id=rid, field="id")
+        first_line[rid] = line
+        entries.append((line, record))
+    return entries
+
+
+def _forget_failures(path: Path, ids: set[str]) -> int:
+    """Remove the failures of ``ids`` (atomically) so that they are tried again; return how many."""
+    if not path.exists():
+        return 0
+    drop_partial_tail(path)
+    records = load_records(path)
+    kept = [r for r in records if str(r.get("id")) not in ids]
+    write_jsonl(path, kept)
+    return len(records) - len(kept)
+
+
+def _annotate(api: ChatAPI, job: CodJob, record: dict, source: CodSource, line: int) -> _Outcome:
+    """Request, parse and build the two records of one source; runs in a worker thread."""
+    try:
+        image_url = image_data_url(resolve_image(source.image, job.image_folder))
+    except ImageLoadError as err:
+        reason = str(RecordError(str(err), path=job.input, line=line, record_id=source.record_id, field="image"))
+        return _Outcome(failure=error_record(record, reason, requests=0))
+    messages = build_messages(image_url, source)
+    requests, raw, problem = 0, None, None
+    for _ in range(job.parse_retries + 1):
+        try:
+            reply = api.complete(messages, label=f"id={source.record_id}", temperature=job.temperature,
+                                 max_tokens=job.max_tokens)
+        except RequestFailed as err:
+            return _Outcome(failure=error_record(record, err.reason, requests=requests + err.attempts, raw_reply=raw))
+        requests += reply.attempts
+        try:
+            bodies, caption = parse_cod_reply(reply.text, reply.finish_reason)
+        except ReplyError as err:
+            raw, problem = api.redact(reply.text), str(err)
+            log.warning("id=%s: unusable reply (%s)", source.record_id, problem)
+            continue
+        return _Outcome(cod=cod_record(record, source, caption, api.model),
+                        dd=dd_record(record, source, bodies[-1], api.model))
+    reason = f"reply did not parse after {job.parse_retries + 1} replies: {problem}"
+    return _Outcome(failure=error_record(record, reason, requests=requests, raw_reply=raw))
+
+
+def _restore_descriptions(job: CodJob, cod: JsonlAppender, dd: JsonlAppender, by_id: dict[str, tuple]) -> int:
+    """Write the description of every CoD record whose description line a killed run never wrote."""
+    missing = cod.done_ids - dd.done_ids
+    if not missing:
+        return 0
+    restored = 0
+    for _, cod_rec in iter_records(job.cod_path):
+        rid = str(cod_rec.get("id"))
+        if rid not in missing or rid not in by_id:
+            continue
+        line, record = by_id[rid]
+        source = read_source(record, path=job.input, line=line)
+        model = (cod_rec.get("annotation") or {}).get("model", "")
+        dd.write(dd_record(record, source, description_of(cod_rec["conversations"][1]["value"]), model))
+        restored += 1
+    dd.flush()
+    return restored
+
+
+def run_cod_job(job: CodJob, api: ChatAPI) -> CodSummary:
+    """Annotate every selected input record not already done (or failed, unless ``retry_failures``)."""
+    entries = load_input(job.input)
+    by_id = {str(record["id"]): (line, record) for line, record in entries}
+    selected = entries[: job.limit] if job.limit is not None else entries
+    if job.retry_failures:
+        forgotten = _forget_failures(job.failures_path, {str(r["id"]) for _, r in selected})
+        log.info("retrying %d earlier failure(s)", forgotten)
+    summary = CodSummary(total=len(selected))
+    with JsonlAppender(job.cod_path) as cod, JsonlAppender(job.dd_path) as dd, \
+            JsonlAppender(job.failures_path) as failures:
+        summary.restored_descriptions = _restore_descriptions(job, cod, dd, by_id)
+        pending = []
+        for line, record in selected:
+            rid = str(record["id"])
+            if rid in cod.done_ids:
+                summary.already_done += 1
+            elif rid in failures.done_ids:
+                summary.already_failed += 1
+            else:
+                try:
+                    pending.append((record, read_source(record, path=job.input, line=line), line))
+                except RecordError as err:
+                    failures.write(error_record(record, str(err), requests=0))
+                    summary.failed += 1
+        failures.flush()
+        _run_pending(job, api, pending, cod, dd, failures, summary)
+    return summary
+
+
+def _run_pending(job: CodJob, api: ChatAPI, pending: list, cod: JsonlAppender, dd: JsonlAppender,
+                 failures: JsonlAppender, summary: CodSummary) -> None:
+    bar = tqdm(total=summary.total, initial=summary.total - len(pending), desc="annotate cod", unit="rec",
+               disable=not job.progress, dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max_workers=max(1, job.concurrency), thread_name_prefix="annotate")
+    try:
+        with logging_redirect_tqdm():
+            futures = [pool.submit(_annotate, api, job, record, source, line) for record, source, line in pending]
+            for future in as_completed(futures):
+                outcome = future.result()
+                if outcome.failure is not None:
+                    failures.write(outcome.failure)
+                    failures.flush()
+                    summary.failed += 1
+                else:
+                    # CoD first: a description on disk always has its CoD record (see the module docstring).
+                    cod.write(outcome.cod)
+                    cod.flush()
+                    dd.write(outcome.dd)
+                    dd.flush()
+                    summary.annotated += 1
+                bar.update(1)
+                bar.set_postfix(done=summary.already_done + summary.annotated,
+                                failed=summary.already_failed + summary.failed)
+    except BaseException:
+        # Stop at once (fatal API error, Ctrl-C): queued requests are dropped, in-flight ones are not waited for.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown()

@@ -1,0 +1,164 @@
+"""LLaVA-CoT answers (SUMMARY / CAPTION / REASONING / CONCLUSION tags) -> the 4-step CoT format.
+
+Each assistant turn becomes ``format_steps(COT_STEPS, [summary, caption, reasoning, conclusion])`` and
+each question asks "Answer the question step-by-step."; a second record keeps the original questions
+with the conclusions only (short answers). Both outputs are built from untouched copies of the input.
+A record whose tags are missing, repeated, unbalanced or out of order goes to ``errors.jsonl``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
+from sicog.data.jsonl import RecordError, error_record, iter_records, record_id, write_jsonl
+from sicog.data.prompts import COT_STEPS, IMAGE_TOKEN, reasoning_prompt
+from sicog.data.schema import ROLES, check_llava_record, record_images
+
+TAGS = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
+# Only the exact upper-case tags in angle brackets count: the words alone are ordinary prose.
+_TAG = re.compile(r"<(/?)(" + "|".join(TAGS) + r")>")
+
+COT_FILE = "cot.jsonl"
+SHORT_FILE = "short_answer.jsonl"
+ERRORS_FILE = "errors.jsonl"
+
+
+class TagError(ValueError):
+    """An answer whose tags are not exactly SUMMARY, CAPTION, REASONING, CONCLUSION, each once, in order."""
+
+
+def split_tags(text: str) -> list[str]:
+    """The four tag bodies of a LLaVA-CoT answer, in order; :class:`TagError` says what is wrong."""
+    found = list(_TAG.finditer(text))
+    expected = [(slash, tag) for tag in TAGS for slash in ("", "/")]
+    if [(m.group(1), m.group(2)) for m in found] != expected:
+        raise TagError(_describe_tag_problem([(m.group(1), m.group(2)) for m in found]))
+    bodies, outside, cursor = [], [], 0
+    for opening, closing in zip(found[::2], found[1::2]):
+        outside.append(text[cursor : opening.start()])
+        bodies.append(text[opening.end() : closing.start()].strip())
+        cursor = closing.end()
+    outside.append(text[cursor:])
+    stray = " ".join(part.strip() for part in outside if part.strip())
+    if stray:
+        raise TagError(f"text outside the tags: {stray[:80]!r}")
+    empty = [tag for tag, body in zip(TAGS, bodies) if not body]
+    if empty:
+        raise TagError(f"empty tag(s): {', '.join(empty)}")
+    return bodies
+
+
+def _describe_tag_problem(found: list[tuple[str, str]]) -> str:
+    opened = [tag for slash, tag in found if not slash]
+    closed = [tag for slash, tag in found if slash]
+    missing = [tag for tag in TAGS if tag not in opened]
+    if missing:
+        return f"missing tag(s): {', '.join(f'<{tag}>' for tag in missing)}"
+    repeated = sorted({tag for tag in opened if opened.count(tag) > 1})
+    if repeated:
+        return f"repeated tag(s): {', '.join(f'<{tag}>' for tag in repeated)}"
+    if opened != list(TAGS):
+        return f"tags out of order: {' '.join(opened)} (expected {' '.join(TAGS)})"
+    unclosed = [tag for tag in TAGS if closed.count(tag) != 1]
+    if unclosed:
+        return f"unclosed or repeated closing tag(s): {', '.join(f'</{tag}>' for tag in unclosed)}"
+    return "tags nested or interleaved: " + " ".join(f"<{slash}{tag}>" for slash, tag in found)
+
+
+def cot_answer(text: str) -> tuple[str, str]:
+    """``(four-step answer, conclusion)`` of one tagged LLaVA-CoT answer."""
+    bodies = split_tags(text)
+    try:
+        return format_checked_steps(COT_STEPS, bodies), bodies[-1]
+    except StepFormatError as err:
+        raise TagError(str(err)) from None
+
+
+def cot_question(value: str) -> str:
+    """The question asking for a step-by-step answer (replacing a short-answer request), ``<image>`` kept first."""
+    prompt = reasoning_prompt("cot-default", value)
+    return f"{IMAGE_TOKEN}\n{prompt}" if IMAGE_TOKEN in value else prompt
+
+
+def convert_record(
+    record: dict, *, path: str | os.PathLike | None = None, line: int | None = None
+) -> tuple[dict, dict]:
+    """``(cot_record, short_answer_record)`` of one LLaVA-CoT record, every turn converted; ``record`` is not changed.
+
+    Raises :class:`RecordError` naming the file, line, id and the turn at fault.
+    """
+    rid = record_id(record, path=path, line=line)
+
+    def fail(message: str, field: str) -> RecordError:
+        return RecordError(message, path=path, line=line, record_id=rid, field=field)
+
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise fail("must be a non-empty list of turns", "conversations")
+    cot, short = copy.deepcopy(record), copy.deepcopy(record)
+    for index, turn in enumerate(turns):
+        field = f"conversations[{index}]"
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+            raise fail(f"expected {{'from': 'human'|'gpt', 'value': str}}, got {turn!r:.80}", field)
+        value = turn["value"]
+        try:
+            if turn["from"] == "human":
+                cot["conversations"][index]["value"] = cot_question(value)
+            else:
+                answer, conclusion = cot_answer(value)
+                cot["conversations"][index]["value"] = answer
+                short["conversations"][index]["value"] = conclusion
+        except ValueError as err:
+            raise fail(str(err), f"{field}.value") from None
+    for out in (cot, short):
+        _ensure_placeholder(out)
+        check_llava_record(out, path=None if path is None else str(path), line=line)
+    return cot, short
+
+
+def _ensure_placeholder(record: dict) -> None:
+    # LLaVA-CoT questions often omit <image>; training records need it in the first human turn.
+    turns = record["conversations"]
+    if len(record_images(record)) == 1 and not any(IMAGE_TOKEN in t["value"] for t in turns):
+        turns[0]["value"] = f"{IMAGE_TOKEN}\n{turns[0]['value']}"
+
+
+@dataclass
+class CotSummary:
+    """Counts of one conversion."""
+
+    total: int = 0
+    converted: int = 0
+    errors: int = 0
+
+
+def run_cot_job(
+    input_path: str | os.PathLike, cot_dir: str | os.PathLike, short_dir: str | os.PathLike, *, progress: bool = True
+) -> CotSummary:
+    """Convert every record of ``input_path``; write ``cot.jsonl``, ``short_answer.jsonl`` and ``errors.jsonl``.
+
+    All three files are written atomically at the end, so a rerun simply replaces them.
+    """
+    summary = CotSummary()
+    cot_records, short_records, errors = [], [], []
+    for line, record in tqdm(iter_records(input_path), desc="annotate cot", unit="rec", disable=not progress):
+        summary.total += 1
+        try:
+            cot, short = convert_record(record, path=input_path, line=line)
+        except RecordError as err:
+            errors.append(error_record(record, str(err), line=line))
+            continue
+        cot_records.append(cot)
+        short_records.append(short)
+    summary.converted, summary.errors = len(cot_records), len(errors)
+    write_jsonl(Path(cot_dir) / COT_FILE, cot_records)
+    write_jsonl(Path(short_dir) / SHORT_FILE, short_records)
+    write_jsonl(Path(cot_dir) / ERRORS_FILE, errors)
+    return summary

@@ -1,0 +1,32 @@
+"""Step texts that are guaranteed to parse back into the same steps.
+
+Every later stage reads annotations with :func:`sicog.data.steps.split_steps`; a body that carries its
+own "Step N" line would shift the steps it reads, so such a text is rejected here, at the source.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from sicog.data.steps import format_steps, split_steps
+
+
+class StepFormatError(ValueError):
+    """Step bodies that would not survive a format -> parse round trip."""
+
+
+def format_checked_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
+    """:func:`format_steps` of ``bodies``, after checking each is non-empty and parses back unchanged."""
+    empty = [i for i, body in enumerate(bodies, start=1) if not body.strip()]
+    if empty:
+        raise StepFormatError(f"empty step(s) {', '.join(map(str, empty))}")
+    text = format_steps(headers, bodies)
+    parsed = split_steps(text, headers)
+    expected = {i: body.strip() for i, body in enumerate(bodies, start=1)}
+    if parsed != expected:
+        changed = sorted(i for i in set(parsed) | set(expected) if parsed.get(i) != expected.get(i))
+        raise StepFormatError(
+            f"step(s) {', '.join(map(str, changed))} would not parse back (a body contains its own 'Step N' line "
+            "or starts with its step's header)"
+        )
+    return text

@@ -1,0 +1,1 @@
+"""Package data: DeepSpeed configs and presets."""

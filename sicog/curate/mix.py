@@ -1,0 +1,101 @@
+"""The stage-1.5 mixture: curated caption and reasoning records combined by ratios into one file.
+
+A ratio r takes every record floor(r) times plus a seeded random share (r - floor(r)) of the records
+once more: 1.0 = all records, 0.5 = a random half, 2.0 = every record twice. Repeated copies get
+``#<copy>`` appended to their id so ids stay unique. Invalid LLaVA records and repeated ids within a
+file go to the errors file; the same id in two inputs stops the mix (``--prefix-ids`` resolves it).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from sicog.data.jsonl import RecordError, error_record, iter_records, write_json, write_jsonl
+from sicog.data.schema import check_llava_record
+
+
+@dataclass(frozen=True)
+class MixPart:
+    """What one input contributed to the mixture."""
+
+    path: str
+    records: int
+    errors: int
+    ratio: float
+    taken: int
+
+
+def errors_path(output: Path) -> Path:
+    """Where the records that could not be mixed are written, next to the output."""
+    return output.with_name(f"{output.stem}.errors.jsonl")
+
+
+def take(records: Sequence[dict], ratio: float, rng: random.Random) -> list[dict]:
+    """Apply one ratio: ``floor(ratio)`` full copies plus a random share of the records."""
+    if ratio < 0 or not math.isfinite(ratio):
+        raise ValueError(f"ratio must be a finite number >= 0, got {ratio}")
+    copies = math.floor(ratio)
+    extra = round((ratio - copies) * len(records))
+    picked = [(copy, record) for copy in range(copies) for record in records]
+    picked += [(copies, record) for record in rng.sample(list(records), extra)]
+    return [record if copy == 0 else {**record, "id": f"{record['id']}#{copy}"} for copy, record in picked]
+
+
+def mix(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    ratios: Sequence[float] | None = None,
+    seed: int = 0,
+    prefix_ids: bool = False,
+) -> list[MixPart]:
+    """Write the shuffled mixture of ``inputs`` to ``output`` (``.json`` array or JSON Lines)."""
+    output = Path(output)
+    ratios = list(ratios) if ratios else [1.0] * len(inputs)
+    if len(ratios) != len(inputs):
+        raise ValueError(f"{len(inputs)} inputs but {len(ratios)} ratios")
+    mixed: list[dict] = []
+    errors: list[dict] = []
+    parts = []
+    origin: dict[str, list[str]] = {}
+    for position, (path, ratio) in enumerate(zip(inputs, ratios)):
+        path = Path(path)
+        valid, n_errors, seen = [], 0, set()
+        for line, record in iter_records(path):
+            try:
+                check_llava_record(record, path=str(path), line=line)
+                if str(record["id"]) in seen:
+                    raise RecordError(
+                        "duplicate id in this file", path=path, line=line, record_id=record["id"], field="id"
+                    )
+            except RecordError as err:
+                errors.append(error_record(record, str(err), file=str(path), line=line, field=err.field))
+                n_errors += 1
+                continue
+            seen.add(str(record["id"]))
+            record = {**record, "id": f"{path.stem}:{record['id']}" if prefix_ids else str(record["id"])}
+            valid.append(record)
+        chosen = take(valid, ratio, random.Random(f"{seed}:{position}"))
+        for record in chosen:
+            origin.setdefault(record["id"], []).append(str(path))
+        mixed += chosen
+        parts.append(MixPart(str(path), len(valid) + n_errors, n_errors, ratio, len(chosen)))
+    duplicated = {rid: files for rid, files in origin.items() if len(files) > 1}
+    if duplicated:
+        examples = dict(list(duplicated.items())[:3])
+        raise RecordError(
+            f"{len(duplicated)} id(s) occur more than once in the mixture, e.g. {examples}; "
+            "use --prefix-ids to prefix each id with its file's name",
+            path=output,
+        )
+    random.Random(seed).shuffle(mixed)
+    if output.suffix == ".json":
+        write_json(output, mixed)
+    else:
+        write_jsonl(output, mixed)
+    write_jsonl(errors_path(output), errors)
+    return parts

@@ -1,0 +1,215 @@
+"""One curation run: read generation records, extract, embed, score, select, write every output.
+
+Outputs in the output directory (formats in docs/curation.md): ``scored.jsonl``, ``curated.jsonl``,
+``pairs.jsonl``, ``errors.jsonl``, ``report.md``, ``score_histogram.png``, ``summary.json``. Every
+input id ends up in ``scored.jsonl`` or ``errors.jsonl``. All files are written atomically at the end;
+the embeddings, the long part, are cached in resumable chunks under ``.embeddings/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tqdm import tqdm
+
+from sicog.curate.answers import Answer, parse_answer
+from sicog.curate.embed import EncoderSettings, SentenceEncoder
+from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, embed_texts, process_group
+from sicog.curate.extract import Extraction, Task, expects_steps, extract
+from sicog.curate.records import GeneratedRecord, pair_record, parse_generated, training_record
+from sicog.curate.report import summarize, write_report
+from sicog.curate.score import mbr_scores
+from sicog.curate.select import Selection, record_rng, select
+from sicog.data.jsonl import RecordError, error_record, iter_records, write_json, write_jsonl
+from sicog.data.sharding import rank_and_world
+
+log = logging.getLogger(__name__)
+
+SCORED, CURATED, PAIRS, ERRORS = "scored.jsonl", "curated.jsonl", "pairs.jsonl", "errors.jsonl"
+CACHE_DIR = ".embeddings"
+
+
+@dataclass(frozen=True)
+class CurationSettings:
+    """What to compare and when to keep (encoder settings are separate)."""
+
+    task: Task
+    threshold: float = 0.85
+    min_agreement: float = 0.5
+    include_self: bool = False
+    seed: int = 0
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    keep_embeddings: bool = False
+    generator: str | None = None
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in ("captions", "reasoning"):
+            raise ValueError(f"unknown curation task {self.task!r}; choose 'captions' or 'reasoning'")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"min-agreement is a share of candidates, between 0 and 1; got {self.min_agreement}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk size must be at least 1; got {self.chunk_size}")
+
+
+@dataclass
+class ScoredRecord:
+    """One valid record with its extractions, answers, scores and decision."""
+
+    item: GeneratedRecord
+    extractions: list[Extraction]
+    answers: list[Answer] | None
+    text_index: list[int]
+    scores: list[float | None] = field(default_factory=list)
+    selection: Selection | None = None
+
+
+def read_generated(path: Path, task: Task) -> tuple[list[ScoredRecord], list[dict]]:
+    """Validate every input record: usable ones with their extractions, the others as error lines."""
+    items: list[ScoredRecord] = []
+    errors: list[dict] = []
+    first_line: dict[str, int] = {}
+    for line, record in iter_records(path):
+        try:
+            item = parse_generated(record, path=str(path), line=line)
+            if item.id in first_line:
+                raise RecordError(
+                    f"duplicate id (first seen on line {first_line[item.id]})",
+                    path=path, line=line, record_id=item.id, field="id",
+                )
+        except RecordError as err:
+            errors.append(error_record(record, str(err), line=line, field=err.field))
+            continue
+        first_line[item.id] = line
+        expect = expects_steps(item.prompt_type)
+        extractions = [extract(text, task, expect_steps=expect) for text in item.candidates]
+        answers = [parse_answer(e.text) for e in extractions] if task == "reasoning" else None
+        items.append(ScoredRecord(item, extractions, answers, []))
+    return items, errors
+
+
+def _index_texts(items: list[ScoredRecord]) -> list[str]:
+    """Number the unique compared texts (identical samples are embedded once)."""
+    index: dict[str, int] = {}
+    for scored in items:
+        scored.text_index = [index.setdefault(e.text, len(index)) for e in scored.extractions]
+    return list(index)
+
+
+def curate(
+    input_path: str | Path,
+    output_dir: str | Path,
+    settings: CurationSettings,
+    encoder: EncoderSettings,
+    *,
+    encoder_factory: Callable[[EncoderSettings], SentenceEncoder] = SentenceEncoder,
+) -> dict[str, Any] | None:
+    """Run the whole curation; return the summary on rank 0 (``None`` on the other torchrun ranks)."""
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    rank, world = rank_and_world()
+    items, errors = read_generated(input_path, settings.task)
+    texts = _index_texts(items)
+    with process_group(world):
+        store = embed_texts(
+            texts, encoder, output_dir / CACHE_DIR, rank=rank, world=world,
+            chunk_size=settings.chunk_size, encoder_factory=encoder_factory,
+        )
+    if store is None:
+        return None
+    for scored in tqdm(items, desc="scoring", unit="record"):
+        scored.scores = mbr_scores(store.rows(scored.text_index), include_self=settings.include_self)
+        scored.selection = select(
+            scored.scores,
+            scored.item.candidates,
+            threshold=settings.threshold,
+            rng=record_rng(settings.seed, scored.item.id),
+            answers=None if scored.answers is None else [a.normalized for a in scored.answers],
+            min_agreement=settings.min_agreement,
+        )
+    source_file = str(input_path)
+    write_jsonl(output_dir / SCORED, (_scored_line(s) for s in items))
+    n_curated = write_jsonl(output_dir / CURATED, _curated_lines(items, source_file, settings.task))
+    n_pairs = write_jsonl(output_dir / PAIRS, _pair_lines(items, source_file, settings.task))
+    write_jsonl(output_dir / ERRORS, errors)
+    summary = summarize(items, errors, settings=asdict(settings), encoder=asdict(encoder), input_path=source_file)
+    summary.update(curated=n_curated, pairs=n_pairs)
+    if settings.temperature is not None:
+        _check_temperature(summary, settings.temperature)
+    write_report(output_dir, summary, items)
+    write_json(output_dir / "summary.json", summary)
+    if not settings.keep_embeddings:
+        shutil.rmtree(store.directory, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when no other cache is left in it
+            store.directory.parent.rmdir()
+    return summary
+
+
+def _check_temperature(summary: dict[str, Any], expected: float) -> None:
+    found = summary["generation_temperatures"]
+    other = {t: n for t, n in found.items() if t != repr(float(expected))}
+    if other:
+        message = f"{sum(other.values())} record(s) were generated at another temperature than {expected}: {other}"
+        summary["warnings"].append(message)
+        log.warning(message)
+
+
+def _scored_line(scored: ScoredRecord) -> dict:
+    selection = scored.selection
+    out = dict(scored.item.record)
+    out.update(
+        scores=scored.scores,
+        best_index=selection.best_index,
+        best_score=selection.best_score,
+        chosen=scored.item.candidates[selection.best_index],
+        kept=selection.kept,
+        drop_reason=selection.drop_reason,
+        rejected_index=selection.rejected_index,
+        step_found=[e.step_found for e in scored.extractions],
+    )
+    if scored.answers is not None:
+        out.update(
+            answers=[a.normalized for a in scored.answers],
+            majority_answer=selection.majority_answer,
+            agreement=selection.agreement,
+        )
+    return out
+
+
+def _curated_lines(items: list[ScoredRecord], source_file: str, task: Task) -> Iterator[dict]:
+    for scored in items:
+        selection = scored.selection
+        if not selection.kept:
+            continue
+        source: dict[str, Any] = {
+            "file": source_file, "task": task, "candidate": selection.best_index, "score": selection.best_score,
+        }
+        if selection.agreement is not None:
+            source["agreement"] = selection.agreement
+        generator = scored.item.record["generation"].get("model")
+        if generator is not None:
+            source["generator"] = generator
+        yield training_record(scored.item, scored.item.candidates[selection.best_index], source)
+
+
+def _pair_lines(items: list[ScoredRecord], source_file: str, task: Task) -> Iterator[dict]:
+    for scored in items:
+        selection = scored.selection
+        if selection.rejected_index is None:
+            continue
+        best, worst = selection.best_index, selection.rejected_index
+        source: dict[str, Any] = {
+            "file": source_file, "task": task,
+            "chosen_index": best, "rejected_index": worst,
+            "chosen_score": scored.scores[best], "rejected_score": scored.scores[worst],
+        }
+        if scored.answers is not None:
+            source.update(
+                chosen_answer=scored.answers[best].normalized, rejected_answer=scored.answers[worst].normalized
+            )
+        candidates = scored.item.candidates
+        yield pair_record(scored.item, candidates[best], candidates[worst], source)

@@ -1,0 +1,97 @@
+"""Generation records in, curation records out: validation and the scored / curated / pair formats.
+
+Input (from ``sicog generate``): any record with ``id``, optional ``image``, ``candidates`` (a list of
+strings) and ``generation`` (with ``prompt``, the exact user text without ``<image>``). Formats of the
+outputs are documented, with examples, in docs/curation.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sicog.data.jsonl import RecordError, record_id
+from sicog.data.prompts import IMAGE_TOKEN
+from sicog.data.schema import check_llava_record, record_images
+
+# Input fields that do not belong in a training record (the training record has its own conversation).
+NOT_TRAINING_FIELDS = frozenset({"candidates", "generation", "conversations"})
+
+
+@dataclass(frozen=True)
+class GeneratedRecord:
+    """A validated input record with what curation needs pulled out of it."""
+
+    id: str
+    line: int
+    record: dict
+    candidates: list[str]
+    prompt: str
+    prompt_type: str | None
+
+
+def parse_generated(record: dict, *, path: str, line: int) -> GeneratedRecord:
+    """Validate one generation record; raise :class:`RecordError` naming file, line, id and field."""
+    rid = record_id(record, path=path, line=line)
+
+    def fail(message: str, field: str) -> None:
+        raise RecordError(message, path=path, line=line, record_id=rid, field=field)
+
+    candidates = record.get("candidates")
+    if not isinstance(candidates, list):
+        fail("missing or not a list", "candidates")
+    if not candidates:
+        fail("no candidates", "candidates")
+    for index, candidate in enumerate(candidates):
+        if not isinstance(candidate, str):
+            fail(f"candidate is {type(candidate).__name__}, not a string", f"candidates[{index}]")
+    generation = record.get("generation")
+    if not isinstance(generation, dict):
+        fail("missing or not an object (needed for the training prompt)", "generation")
+    prompt = generation.get("prompt")
+    if not isinstance(prompt, str) or not prompt.replace(IMAGE_TOKEN, "").strip():
+        fail("missing or empty (needed for the training prompt)", "generation.prompt")
+    prompt_type = generation.get("prompt_type")
+    prompt_type = prompt_type if isinstance(prompt_type, str) else None
+    item = GeneratedRecord(rid, line, record, list(candidates), prompt, prompt_type)
+    # Build the training record once now so that an unusable image field fails here, not after scoring.
+    try:
+        check_llava_record(training_record(item, "", {}), path=path, line=line)
+    except RecordError as err:
+        fail(err.reason, err.field or "image")
+    return item
+
+
+def human_turn(record: dict, prompt: str) -> str:
+    """The user turn: one ``<image>`` line per image, then the exact generation prompt."""
+    n_images = len(record_images(record)) if isinstance(record.get("image"), (str, list)) else 0
+    return f"{IMAGE_TOKEN}\n" * n_images + prompt.replace(IMAGE_TOKEN, "").strip()
+
+
+def training_record(item: GeneratedRecord, chosen: str, source: dict[str, Any]) -> dict:
+    """A LLaVA conversation for stage 1.5: the generation prompt answered by the chosen candidate.
+
+    Other input fields (e.g. ``question``, ``answer``) are kept; ``source`` records the provenance.
+    """
+    record = item.record
+    out: dict[str, Any] = {"id": item.id}
+    if "image" in record:
+        out["image"] = record["image"]
+    out["conversations"] = [
+        {"from": "human", "value": human_turn(record, item.prompt)},
+        {"from": "gpt", "value": chosen},
+    ]
+    for key, value in record.items():
+        if key not in NOT_TRAINING_FIELDS and key not in out:
+            out[key] = value
+    out["source"] = source
+    return out
+
+
+def pair_record(item: GeneratedRecord, chosen: str, rejected: str, source: dict[str, Any]) -> dict:
+    """A chosen/rejected pair for DPO; ``prompt`` is the user text without ``<image>``."""
+    out: dict[str, Any] = {"id": item.id}
+    if "image" in item.record:
+        out["image"] = item.record["image"]
+    out.update(prompt=item.prompt.replace(IMAGE_TOKEN, "").strip(), chosen=chosen, rejected=rejected, source=source)
+    return out

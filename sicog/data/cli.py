@@ -1,0 +1,47 @@
+"""`sicog data check FILE`: validate a training dataset before an expensive launch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+
+from sicog.data.datasets import SupervisedDataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``sicog data``."""
+    sub = parser.add_subparsers(dest="action", required=True)
+    check = sub.add_parser("check", help="records, images, <image> counts, roles and lengths")
+    check.add_argument("data_path", help=".json/.jsonl file, comma-separated files, or a .yaml mixture")
+    check.add_argument("--model", required=True, help="checkpoint whose tokenizer and image settings define lengths")
+    check.add_argument("--image-folder", help="folder that image paths are relative to")
+    check.add_argument("--max-length", type=int, default=4096)
+    check.add_argument("--stage", default="2", help="stage 1 measures the global view only (no slices)")
+    check.add_argument("--report", help="write every problem as JSON Lines to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print a summary; exit 1 when any record is invalid or would be skipped."""
+    from sicog.data.jsonl import write_jsonl
+    from sicog.model.processing import SicogProcessor
+
+    processor = SicogProcessor.from_pretrained(args.model)
+    dataset = SupervisedDataset(
+        args.data_path, processor, image_folder=args.image_folder, max_length=args.max_length, never_split=args.stage == "1"
+    )
+    lengths = sorted(dataset.lengths)
+    summary = {
+        "usable": len(dataset),
+        "invalid": len(dataset.problems),
+        "skipped_too_long": len(dataset.skipped),
+        "with_image": sum(dataset.has_image),
+        "tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]} if lengths else None,
+        "problems_by_reason": Counter(p.reason.split(":")[-1].strip()[:80] for p in dataset.problems).most_common(10),
+    }
+    print(json.dumps(summary, indent=2))
+    for problem in (dataset.problems + dataset.skipped)[:20]:
+        print(f"{problem.source.path}:{problem.source.line} id={problem.id}: {problem.reason}")
+    if args.report:
+        write_jsonl(args.report, (p.to_json() for p in dataset.problems + dataset.skipped))
+    return 1 if dataset.problems or dataset.skipped else 0

@@ -1,0 +1,155 @@
+"""The supervised training dataset: LLaVA records -> encoded samples, lazily, with exact lengths.
+
+Construction reads every record once (validation, image headers, token counts) so that lengths are
+exact for length-grouped batching and over-long samples are found before training starts. Images are
+decoded and tokens built only in ``__getitem__``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from sicog.data.jsonl import RecordError
+from sicog.data.mixture import Source, load_mixture
+from sicog.data.schema import check_llava_record, record_images
+from sicog.model.processing import ConversationError, Encoded, SicogProcessor
+from sicog.model.slicing import plan_slices
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A record that cannot be trained on, and why."""
+
+    id: str | None
+    source: Source
+    reason: str
+
+    def to_json(self) -> dict:
+        """The line written to an errors or skipped file."""
+        return {"id": self.id, "file": self.source.path, "line": self.source.line, "reason": self.reason}
+
+
+def image_path(image_folder: str | os.PathLike | None, name: str) -> Path:
+    """Resolve an image name from a record against the image folder."""
+    path = Path(name)
+    return path if path.is_absolute() or image_folder is None else Path(image_folder) / path
+
+
+def image_tokens(processor: SicogProcessor, size: tuple[int, int], never_split: bool) -> int:
+    """LLM tokens an image of ``size`` costs (placeholders and separators)."""
+    config = processor.config
+    plan = plan_slices(*size, scale_resolution=config.scale_resolution, patch_size=config.patch_size, max_slice_nums=config.max_slice_nums, never_split=never_split)
+    return (plan.num_slices + 1) * config.resampler_num_queries + plan.num_slices
+
+
+def measure(record: dict, processor: SicogProcessor, image_folder, never_split: bool) -> int:
+    """Exact token length of ``record`` once encoded (reads image headers only, not pixels)."""
+    messages = processor.to_messages(record["conversations"])
+    text = processor.tokenizer.apply_chat_template(messages, tokenize=False)
+    length = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    for name in record_images(record):
+        path = image_path(image_folder, name)
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from None
+        if size[0] == 0 or size[1] == 0:
+            raise ValueError(f"image {path} has zero size")
+        length += image_tokens(processor, size, never_split) - 1
+    return length
+
+
+class SupervisedDataset(Dataset):
+    """LLaVA conversation records for stages 0, 1, 1.5 and 2.
+
+    ``problems`` lists invalid records (bad schema, unreadable image); ``skipped`` lists records that
+    cannot fit ``max_length`` without cutting image tokens or losing every supervised token.
+    """
+
+    def __init__(
+        self,
+        data_path: str | os.PathLike,
+        processor: SicogProcessor,
+        *,
+        image_folder: str | os.PathLike | None = None,
+        max_length: int = 4096,
+        never_split: bool = False,
+        seed: int = 0,
+        show_progress: bool = True,
+    ) -> None:
+        self.processor = processor
+        self.image_folder = image_folder
+        self.max_length = max_length
+        self.never_split = never_split
+        self.records: list[dict] = []
+        self.sources: list[Source] = []
+        self.lengths: list[int] = []
+        self.problems: list[Problem] = []
+        self.skipped: list[Problem] = []
+        loaded = load_mixture(data_path, seed=seed)
+        for record, source in tqdm(loaded, desc="measuring samples", disable=not show_progress):
+            rid = record.get("id")
+            try:
+                check_llava_record(record, path=source.path, line=source.line)
+                length = measure(record, processor, image_folder, never_split)
+            except (RecordError, ConversationError, ValueError) as err:
+                self.problems.append(Problem(rid, source, str(err)))
+                continue
+            if length > max_length and not self._truncatable(record, length):
+                self.skipped.append(Problem(str(rid), source, f"{length} tokens > max_length {max_length} and the cut would fall in image tokens or remove every answer"))
+                continue
+            self.records.append(record)
+            self.sources.append(source)
+            self.lengths.append(min(length, max_length))
+
+    def _truncatable(self, record: dict, length: int) -> bool:
+        try:
+            encoded = self._encode(record)
+        except (ValueError, OSError):
+            return False
+        cut = encoded.input_ids[self.max_length :]
+        kept_labels = encoded.labels[: self.max_length]
+        return self.processor.image_token_id not in cut and any(l != -100 for l in kept_labels)
+
+    @property
+    def has_image(self) -> list[bool]:
+        """Whether each sample carries an image (for modality-grouped batching)."""
+        return [bool(record_images(r)) for r in self.records]
+
+    def _encode(self, record: dict) -> Encoded:
+        images = [image_path(self.image_folder, name) for name in record_images(record)]
+        return self.processor.encode(record["conversations"], images, train=True, never_split=self.never_split)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        try:
+            encoded = self._encode(record)
+        except (ValueError, OSError) as err:
+            source = self.sources[index]
+            raise RecordError(str(err), path=source.path, line=source.line, record_id=record.get("id")) from None
+        if len(encoded.input_ids) > self.max_length:
+            encoded = Encoded(encoded.input_ids[: self.max_length], encoded.labels[: self.max_length], encoded.pixel_values)
+        return {"id": str(record["id"]), "encoded": encoded}
+
+
+class SupervisedCollator:
+    """Pad a list of dataset items into a model batch; keeps the sample ids under ``ids``."""
+
+    def __init__(self, processor: SicogProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        batch = self.processor.collate([item["encoded"] for item in items], padding_side="right")
+        batch["ids"] = [item["id"] for item in items]
+        return batch

@@ -1,0 +1,138 @@
+"""Building the whole toy world into one directory, atomically, and reading its manifest.
+
+The world is written into a hidden sibling folder and renamed into place at the end, so an
+interrupted build leaves nothing half-written; rebuilding with the same seed and size is a no-op.
+Nothing in the tree depends on time, dict or set ordering or the hash seed: the same seed gives a
+byte-identical tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from sicog.data.jsonl import write_json, write_jsonl
+from sicog.data.prompts import CAPTION_PROMPTS, COD_STEPS, COT_STEPS, SHORT_ANSWER, STEP_BY_STEP_ANSWER
+from sicog.toy import datasets as ds
+from sicog.toy.language import vocabulary
+from sicog.toy.answers import MC_INSTRUCTION
+from sicog.toy.questions import CATEGORIES
+from sicog.toy.tokenizer import train_tokenizer
+from sicog.toy.world import SLICING
+
+MANIFEST = "manifest.json"
+# Bump when the same seed would give a different tree, so an old world is not mistaken for a current one.
+WORLD_VERSION = 1
+# Stable manifest keys -> file or folder names inside the world directory.
+FILES = {
+    "align": "align.jsonl",
+    "cod": "cod.jsonl",
+    "detailed": "detailed.jsonl",
+    "cot": "cot.jsonl",
+    "unlabeled_images": "unlabeled_images.jsonl",
+    "unlabeled_questions": "unlabeled_questions.jsonl",
+    "sft": "sft.jsonl",
+    "bench_mc": "bench_mc.tsv",
+    "bench_caption": "bench_caption.jsonl",
+    "image_folder": "images",
+    "ground_truth": "ground_truth.jsonl",
+    "tokenizer": "tokenizer",
+}
+TRAINING_SETS = ("align", "cod", "detailed", "cot", "unlabeled_images", "unlabeled_questions", "sft")
+
+
+def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force: bool = False) -> dict:
+    """Build the toy world into ``out`` and return its manifest.
+
+    An existing world with the same version, seed and size is kept as it is. Any other non-empty
+    ``out`` raises ``FileExistsError`` unless ``force`` is set, in which case it is replaced.
+    """
+    if size not in ds.SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(ds.SIZES)}")
+    out = Path(out)
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file() and not force:
+        existing = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if (existing.get("version"), existing.get("seed"), existing.get("size")) == (WORLD_VERSION, seed, size):
+            return existing
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"{out} exists and holds something else; choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        manifest = _build_into(staging, seed, size)
+        if out.exists():
+            retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
+            os.replace(out, retired)
+            os.replace(staging, out)
+            if retired.is_dir():
+                shutil.rmtree(retired)
+            else:
+                retired.unlink()
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build_into(root: Path, seed: int, size: str) -> dict:
+    counts = ds.SIZES[size]
+    writer = ds.WorldWriter(root, seed)
+    records: dict[str, list[dict]] = {}
+    # The build order fixes which random draws each dataset sees; do not reorder.
+    records["align"] = ds.build_align(writer, counts["align"])
+    records["cod"], records["detailed"] = ds.build_cod(writer, counts["cod"])
+    records["cot"] = ds.build_cot(writer, counts["cot"])
+    records["unlabeled_images"] = ds.build_unlabeled_images(writer, counts["unlabeled_images"])
+    records["unlabeled_questions"] = ds.build_unlabeled_questions(writer, counts["unlabeled_questions"])
+    records["sft"] = ds.build_sft(writer, counts["sft"])
+    bench_rows = ds.build_bench_mc(writer, counts["bench_mc"])
+    records["bench_caption"] = ds.build_bench_caption(writer, counts["bench_caption"])
+
+    for name in ("align", "cod", "detailed", "cot", "sft"):
+        for record in records[name]:
+            writer.learn(*(turn["value"] for turn in record["conversations"]))
+    writer.learn(*(record["question"] for record in records["unlabeled_questions"]))
+    for name, items in records.items():
+        write_jsonl(root / FILES[name], items)
+    ds.write_bench_tsv(root / FILES["bench_mc"], bench_rows)
+    write_jsonl(root / FILES["ground_truth"], writer.ground_truth)
+
+    fixed_texts = [*CAPTION_PROMPTS.values(), *COD_STEPS, *COT_STEPS, SHORT_ANSWER, STEP_BY_STEP_ANSWER, MC_INSTRUCTION]
+    tokenizer = train_tokenizer(writer.corpus + fixed_texts + vocabulary())
+    tokenizer.save_pretrained(str(root / FILES["tokenizer"]))
+
+    item_counts = {name: len(items) for name, items in records.items()}
+    item_counts["bench_mc"] = len(bench_rows)
+    item_counts["images"] = item_counts["ground_truth"] = len(writer.ground_truth)
+    manifest = {
+        "world": "sicog toy world",
+        "version": WORLD_VERSION,
+        "seed": seed,
+        "size": size,
+        **FILES,
+        "counts": {k: item_counts[k] for k in (*TRAINING_SETS, "bench_mc", "bench_caption", "images", "ground_truth")},
+        "bench_mc_categories": {c: sum(row["category"] == c for row in bench_rows) for c in CATEGORIES},
+        "image_settings": dict(SLICING),
+        "vocab_size": len(tokenizer),
+    }
+    write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def load_manifest(directory: str | os.PathLike) -> dict:
+    """Read ``directory/manifest.json``; the file keys become absolute paths (``pathlib.Path``)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; build the world first with `sicog toy build --out {directory}`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    missing = [key for key in FILES if key not in manifest]
+    if missing:
+        raise ValueError(f"{path}: manifest lacks the keys {', '.join(missing)}")
+    return {**manifest, **{key: (directory / manifest[key]).resolve() for key in FILES}}

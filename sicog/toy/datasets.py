@@ -1,0 +1,291 @@
+"""Every dataset of the toy world, in the real SICOG record formats.
+
+Each dataset draws its own images from its own random stream (seeded by the world seed and the
+dataset's name), and no scene is drawn twice across the whole world, so the benchmarks never show a
+training picture. Dataset sizes live in :data:`SIZES`.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import random
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from sicog.data.jsonl import RecordError
+from sicog.data.prompts import (
+    CAPTION_PROMPTS,
+    COD_STEPS,
+    IMAGE_TOKEN,
+    SHORT_ANSWER,
+    STEP_BY_STEP_ANSWER,
+    STEP_BY_STEP_DESCRIBE,
+)
+from sicog.data.steps import format_steps
+from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
+from sicog.toy.language import brief_description, cod_bodies, detailed_description, web_caption
+from sicog.toy.questions import CATEGORIES, MULTIPLE_CHOICE_ONLY, OPEN_ONLY, QUESTION_TYPES, Question
+from sicog.toy.render import png_bytes, render
+from sicog.toy.world import Scene, sample_scene
+
+# Records (or benchmark items) per dataset; "detailed" mirrors "cod" and is not listed.
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {
+        "align": 16,
+        "cod": 12,
+        "cot": 16,
+        "unlabeled_images": 16,
+        "unlabeled_questions": 16,
+        "sft": 16,
+        "bench_mc": 10,
+        "bench_caption": 10,
+    },
+    "demo": {
+        "align": 800,
+        "cod": 200,
+        "cot": 200,
+        "unlabeled_images": 1000,
+        "unlabeled_questions": 1000,
+        "sft": 600,
+        "bench_mc": 250,
+        "bench_caption": 100,
+    },
+}
+TSV_COLUMNS = ("index", "image", "question", "A", "B", "C", "D", "answer", "category")
+
+# The cod-default prompt is this request followed by the step-by-step suffix.
+COD_DEFAULT_REQUEST = CAPTION_PROMPTS["cod-default"][: -len(STEP_BY_STEP_DESCRIBE)].strip()
+CAPTION_REQUESTS = (
+    COD_DEFAULT_REQUEST,
+    "Describe this image in detail.",
+    "Write a detailed description of the picture.",
+)
+ALIGN_REQUESTS = (
+    "Write a short caption for the image.",
+    "Give a brief caption of this picture.",
+    "What is shown in the image? Answer briefly.",
+)
+BRIEF_REQUESTS = ("Describe the image briefly.", "Give a short description of the image.")
+# Shares of the instruction-tuning set: short answers, multiple choice, the rest brief descriptions.
+SFT_SHORT, SFT_MC = 0.6, 0.3
+
+
+def conversation(record_id: str, image: str, prompt: str, reply: str, **extra: object) -> dict:
+    """A one-turn LLaVA record; ``prompt`` is the user text without the ``<image>`` line."""
+    turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": reply}]
+    return {"id": record_id, "image": image, "conversations": turns, **extra}
+
+
+class WorldWriter:
+    """Draws unique scenes, writes their images and collects their ground truth and the text corpus."""
+
+    def __init__(self, root: Path, seed: int) -> None:
+        self.root = root
+        self.seed = seed
+        self.seen: set[tuple] = set()
+        self.ground_truth: list[dict] = []
+        self.corpus: list[str] = []
+
+    def rng(self, dataset: str) -> random.Random:
+        """The dataset's own random stream (string seeding is stable across runs and hash seeds)."""
+        return random.Random(f"sicog-toy/{self.seed}/{dataset}")
+
+    def draw(
+        self, rng: random.Random, accept: Callable[[Scene], object] | None = None, max_tries: int = 10_000
+    ) -> tuple[Scene, object]:
+        """A scene not drawn before for which ``accept`` returns something other than None."""
+        for _ in range(max_tries):
+            scene = sample_scene(rng)
+            if scene.key() in self.seen:
+                continue
+            result = accept(scene) if accept else True
+            if result is not None:
+                self.seen.add(scene.key())
+                return scene, result
+        raise RuntimeError(f"no new acceptable scene after {max_tries} draws")
+
+    def add_image(self, dataset: str, image_id: str, scene: Scene) -> tuple[str, bytes]:
+        """Render and save the scene; record its ground truth; return its path (relative) and PNG bytes."""
+        relative = f"{dataset}/{image_id}.png"
+        data = png_bytes(render(scene))
+        path = self.root / "images" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        entry = {"image": relative, "dataset": dataset, **scene.ground_truth()}
+        entry["description"] = detailed_description(scene, None)
+        self.ground_truth.append(entry)
+        return relative, data
+
+    def learn(self, *texts: str) -> None:
+        """Add texts to the tokenizer corpus (without the image placeholder, a special token)."""
+        self.corpus.extend(t.replace(IMAGE_TOKEN, "").strip() for t in texts)
+
+
+def _progress(dataset: str, count: int) -> tqdm:
+    return tqdm(range(count), desc=f"toy {dataset}", unit="image", leave=False)
+
+
+def _draw_question(writer: WorldWriter, rng: random.Random, kinds: list[str], need_mc: bool) -> tuple[Scene, Question]:
+    kind = rng.choice([k for k in kinds if not (need_mc and k in OPEN_ONLY)])
+    generate = QUESTION_TYPES[kind][1]
+
+    def accept(scene: Scene) -> Question | None:
+        question = generate(scene, rng)
+        if question is None or (need_mc and not question.can_be_multiple_choice):
+            return None
+        return question
+
+    return writer.draw(rng, accept)
+
+
+def build_align(writer: WorldWriter, count: int) -> list[dict]:
+    """Stage-1 alignment: short partial "web" captions."""
+    rng, records = writer.rng("align"), []
+    for i in _progress("align", count):
+        scene, _ = writer.draw(rng)
+        image, _ = writer.add_image("align", f"align-{i:05d}", scene)
+        record = conversation(f"align-{i:05d}", image, rng.choice(ALIGN_REQUESTS), web_caption(scene, rng))
+        records.append(record)
+    return records
+
+
+def build_cod(writer: WorldWriter, count: int) -> tuple[list[dict], list[dict]]:
+    """The annotated Chain-of-Description set and its "detailed" twin (step 5 only, same images)."""
+    rng, cod, detailed = writer.rng("cod"), [], []
+    for i in _progress("cod", count):
+        scene, _ = writer.draw(rng)
+        image, _ = writer.add_image("cod", f"cod-{i:05d}", scene)
+        request = COD_DEFAULT_REQUEST if rng.random() < 0.5 else rng.choice(CAPTION_REQUESTS)
+        bodies = cod_bodies(scene, rng)
+        caption = format_steps(COD_STEPS, bodies)
+        cod.append(conversation(f"cod-{i:05d}", image, f"{request} {STEP_BY_STEP_DESCRIBE}", caption))
+        twin_request = CAPTION_PROMPTS["default"] if request == COD_DEFAULT_REQUEST else request
+        detailed.append(conversation(f"detailed-{i:05d}", image, twin_request, bodies[4]))
+    return cod, detailed
+
+
+def _question_prompt(question: Question, rng: random.Random, multiple: bool) -> tuple[str, str, str | None]:
+    """(question text as asked, short answer, letter or None): options and instruction for multiple choice."""
+    if not multiple:
+        return question.text, question.answer, None
+    options, letter = multiple_choice(question, rng)
+    return multiple_choice_prompt(question.text, options), letter, letter
+
+
+def _wants_mc(question: Question, rng: random.Random) -> bool:
+    if question.kind in MULTIPLE_CHOICE_ONLY:
+        return True
+    return question.can_be_multiple_choice and rng.random() < 0.5
+
+
+def build_cot(writer: WorldWriter, count: int) -> list[dict]:
+    """The annotated structured-CoT set: four-step answers to open and multiple-choice questions."""
+    rng, records, kinds = writer.rng("cot"), [], list(QUESTION_TYPES)
+    for i in _progress("cot", count):
+        scene, question = _draw_question(writer, rng, kinds, need_mc=False)
+        image, _ = writer.add_image("cot", f"cot-{i:05d}", scene)
+        asked, answer, letter = _question_prompt(question, rng, _wants_mc(question, rng))
+        reply = cot_answer(question, rng, letter)
+        meta = {"answer": answer, "question_type": question.kind, "category": question.category}
+        records.append(conversation(f"cot-{i:05d}", image, f"{asked} {STEP_BY_STEP_ANSWER}", reply, **meta))
+    return records
+
+
+def build_unlabeled_images(writer: WorldWriter, count: int) -> list[dict]:
+    """Images without any text: the pool the perception model captions."""
+    rng, records = writer.rng("unlabeled_images"), []
+    for i in _progress("unlabeled_images", count):
+        scene, _ = writer.draw(rng)
+        image, _ = writer.add_image("unlabeled_images", f"unlabeled_images-{i:05d}", scene)
+        records.append({"id": f"unlabeled_images-{i:05d}", "image": image})
+    return records
+
+
+def build_unlabeled_questions(writer: WorldWriter, count: int) -> list[dict]:
+    """Image + question pairs; ``answer`` is the hidden ground truth that generation ignores."""
+    rng, records, kinds = writer.rng("unlabeled_questions"), [], list(QUESTION_TYPES)
+    for i in _progress("unlabeled_questions", count):
+        scene, question = _draw_question(writer, rng, kinds, need_mc=False)
+        image, _ = writer.add_image("unlabeled_questions", f"unlabeled_questions-{i:05d}", scene)
+        asked, answer, _ = _question_prompt(question, rng, _wants_mc(question, rng))
+        records.append(
+            {
+                "id": f"unlabeled_questions-{i:05d}",
+                "image": image,
+                "question": asked,
+                "answer": answer,
+                "question_type": question.kind,
+                "category": question.category,
+            }
+        )
+    return records
+
+
+def build_sft(writer: WorldWriter, count: int) -> list[dict]:
+    """Stage-2 instruction tuning: short answers, multiple-choice letters and a few brief descriptions."""
+    rng, records, kinds = writer.rng("sft"), [], list(QUESTION_TYPES)
+    open_kinds = [k for k in kinds if k not in MULTIPLE_CHOICE_ONLY]
+    for i in _progress("sft", count):
+        record_id, roll = f"sft-{i:05d}", rng.random()
+        if roll < SFT_SHORT + SFT_MC:
+            multiple = roll >= SFT_SHORT
+            scene, question = _draw_question(writer, rng, kinds if multiple else open_kinds, need_mc=multiple)
+            image, _ = writer.add_image("sft", record_id, scene)
+            asked, answer, _ = _question_prompt(question, rng, multiple)
+            prompt = asked if multiple else f"{asked}\n{SHORT_ANSWER}"
+            meta = {"question_type": question.kind, "category": question.category}
+            records.append(conversation(record_id, image, prompt, answer, **meta))
+        else:
+            scene, _ = writer.draw(rng)
+            image, _ = writer.add_image("sft", record_id, scene)
+            records.append(conversation(record_id, image, rng.choice(BRIEF_REQUESTS), brief_description(scene, rng)))
+    return records
+
+
+def build_bench_mc(writer: WorldWriter, count: int) -> list[dict]:
+    """The held-out multiple-choice benchmark (VLMEvalKit TSV rows), balanced over the five categories."""
+    rng, rows = writer.rng("bench_mc"), []
+    for i in _progress("bench_mc", count):
+        category = CATEGORIES[i % len(CATEGORIES)]
+        kinds = [k for k, (c, _) in QUESTION_TYPES.items() if c == category]
+        scene, question = _draw_question(writer, rng, kinds, need_mc=True)
+        _, data = writer.add_image("bench_mc", f"bench_mc-{i:05d}", scene)
+        options, letter = multiple_choice(question, rng)
+        row = {"index": i, "image": base64.b64encode(data).decode("ascii"), "question": question.text}
+        row.update(zip("ABCD", options))
+        row.update(answer=letter, category=category)
+        rows.append(row)
+    return rows
+
+
+def build_bench_caption(writer: WorldWriter, count: int) -> list[dict]:
+    """The held-out caption benchmark: images only; the truth is in ground_truth.jsonl."""
+    rng, records = writer.rng("bench_caption"), []
+    for i in _progress("bench_caption", count):
+        scene, _ = writer.draw(rng)
+        image, _ = writer.add_image("bench_caption", f"bench_caption-{i:05d}", scene)
+        records.append({"id": f"bench_caption-{i:05d}", "image": image})
+    return records
+
+
+def write_bench_tsv(path: Path, rows: list[dict]) -> None:
+    """Write benchmark rows as a tab-separated file with :data:`TSV_COLUMNS`."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=TSV_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_bench_tsv(path: str | Path) -> list[dict]:
+    """Read a VLMEvalKit-style benchmark TSV into dicts (all values are strings)."""
+    csv.field_size_limit(1 << 30)  # base64 images exceed csv's default field limit
+    with Path(path).open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        required = ("index", "image", "question", "A", "B", "answer", "category")
+        missing = [c for c in required if c not in (reader.fieldnames or ())]
+        if missing:
+            raise RecordError(f"missing columns {', '.join(missing)}", path=path, line=1)
+        return list(reader)

@@ -1,0 +1,85 @@
+"""The typed arguments of `sicog train`: the single source of truth for every training setting.
+
+Besides its own flags, `sicog train` takes every HF ``TrainingArguments`` flag (``--learning_rate``,
+``--per_device_train_batch_size``, ``--deepspeed``, ``--gradient_checkpointing``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+from transformers import TrainingArguments
+
+PARTS = ("vision_tower", "resampler", "language_model")
+
+
+@dataclass(frozen=True)
+class StagePreset:
+    """What a stage trains and where its model comes from."""
+
+    parts: tuple[str, ...]
+    never_split: bool
+    source: str  # "checkpoint": --model_name_or_path; "parts": --vision_tower + --language_model (+ --projector)
+
+
+STAGES: dict[str, StagePreset] = {
+    "0": StagePreset(PARTS, never_split=False, source="checkpoint"),
+    "1": StagePreset(("resampler",), never_split=True, source="parts"),
+    "1.5": StagePreset(PARTS, never_split=False, source="parts"),
+    "2": StagePreset(PARTS, never_split=False, source="checkpoint"),
+}
+
+
+@dataclass
+class ModelArguments:
+    """Where the model comes from and, when built from parts, its shape."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "a full SICOG checkpoint"})
+    vision_tower: str | None = field(default=None, metadata={"help": "CLIP checkpoint (building from parts)"})
+    language_model: str | None = field(default=None, metadata={"help": "causal LLM checkpoint (building from parts)"})
+    projector: str | None = field(default=None, metadata={"help": "projector-only checkpoint from stage 1"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager"})
+    resampler_num_queries: int = 144
+    resampler_attention: str = field(default="cell", metadata={"help": "cell (spatially constrained) | global"})
+    scale_resolution: int = 336
+    max_slice_nums: int = 7
+
+
+@dataclass
+class DataArguments:
+    """What the run reads."""
+
+    data_path: str = field(metadata={"help": ".json/.jsonl file, comma-separated files, or a .yaml mixture"})
+    image_folder: str | None = field(default=None, metadata={"help": "folder that image paths are relative to"})
+    model_max_length: int = field(default=4096, metadata={"help": "tokens per sample, image tokens included"})
+    group_by_modality_length: bool = field(default=False, metadata={"help": "batches of image or text-only samples of similar length"})
+    sample_log: str | None = field(default=None, metadata={"help": "write the ids each rank trains on to FILE.rankN.jsonl"})
+
+
+@dataclass
+class SicogTrainingArguments(TrainingArguments):
+    """HF training arguments plus the stage and what it trains."""
+
+    stage: str = field(default="2", metadata={"help": "0 | 1 | 1.5 | 2", "choices": tuple(STAGES)})
+    tunable_parts: str | None = field(default=None, metadata={"help": f"comma list of {','.join(PARTS)}; overrides the stage preset"})
+    vision_tower_lr: float | None = field(default=None, metadata={"help": "separate learning rate for the vision tower"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: full fine-tuning)"})
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: batches carry image views and ids"})
+
+    def __post_init__(self):
+        if isinstance(self.deepspeed, str) and self.deepspeed in ("zero2", "zero3"):
+            self.deepspeed = str(resources.files("sicog.configs") / f"{self.deepspeed}.json")
+        super().__post_init__()
+
+    def trainable_parts(self) -> tuple[str, ...]:
+        """The parts this run trains: the override when given, else the stage preset."""
+        if not self.tunable_parts:
+            return STAGES[self.stage].parts
+        parts = tuple(p.strip() for p in self.tunable_parts.split(",") if p.strip())
+        unknown = [p for p in parts if p not in PARTS]
+        if unknown:
+            raise ValueError(f"unknown tunable part(s) {unknown}; choose from {PARTS}")
+        return parts

@@ -1,0 +1,27 @@
+"""`sicog train --stage 0|1|1.5|2 ...`: HF TrainingArguments flags plus SICOG's model and data flags."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+from transformers import HfArgumentParser
+
+from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+
+
+def main(argv: Sequence[str]) -> int:
+    """Parse the flags (or a single .json/.yaml file of them) and run the stage."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, SicogTrainingArguments), prog="sicog train", description=__doc__)
+    argv = list(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        model_args, data_args, training_args = loader(argv[0])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.process_index == 0 else logging.WARNING, stream=sys.stderr)
+    from sicog.train.run import train
+
+    train(model_args, data_args, training_args)
+    return 0

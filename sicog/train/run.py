@@ -1,0 +1,133 @@
+"""One training run of any stage: build the model for the stage, the data, the trainer; train; save."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from sicog.data.datasets import SupervisedCollator, SupervisedDataset
+from sicog.data.jsonl import write_jsonl
+from sicog.model.builders import build_from_parts, load_pretrained, load_projector, projector_from_checkpoint
+from sicog.model.modeling import SicogForConditionalGeneration
+from sicog.model.processing import SicogProcessor
+from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
+from sicog.train.trainer import SicogTrainer
+
+logger = logging.getLogger(__name__)
+
+
+class DataProblemsError(ValueError):
+    """The training data holds records that cannot be used."""
+
+
+def _dtype(args: SicogTrainingArguments) -> torch.dtype:
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
+def build_model(model_args: ModelArguments, args: SicogTrainingArguments) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
+    """The stage's starting model: a full checkpoint, or vision tower + LLM (+ projector) joined."""
+    preset = STAGES[args.stage]
+    dtype = _dtype(args)
+    if model_args.model_name_or_path:
+        if model_args.vision_tower or model_args.language_model:
+            raise ValueError("give either --model_name_or_path or --vision_tower/--language_model, not both")
+        model, processor = load_pretrained(model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation)
+    elif model_args.vision_tower and model_args.language_model:
+        model, processor = build_from_parts(
+            model_args.vision_tower,
+            model_args.language_model,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            resampler_num_queries=model_args.resampler_num_queries,
+            resampler_attention=model_args.resampler_attention,
+            scale_resolution=model_args.scale_resolution,
+            max_slice_nums=model_args.max_slice_nums,
+        )
+    else:
+        need = "--model_name_or_path" if preset.source == "checkpoint" else "--vision_tower and --language_model (or --model_name_or_path)"
+        raise ValueError(f"stage {args.stage} needs {need}")
+    if model_args.projector:
+        # Before the Trainer wraps the model, so ZeRO-3 partitions the loaded values.
+        load_projector(model, model_args.projector)
+    parts = args.trainable_parts()
+    model.set_trainable(vision="vision_tower" in parts, resampler="resampler" in parts, llm="language_model" in parts)
+    if args.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        if "language_model" not in parts:
+            raise ValueError("--lora_r needs language_model among the trainable parts")
+        lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+        model.language_model = get_peft_model(model.language_model, lora)
+    model.config.use_cache = False
+    return model, processor
+
+
+def load_data(data_args: DataArguments, processor: SicogProcessor, args: SicogTrainingArguments) -> SupervisedDataset:
+    """The training set; invalid records stop the run (all listed), unfittable ones are skipped and listed."""
+    output = Path(args.output_dir)
+    dataset = SupervisedDataset(
+        data_args.data_path,
+        processor,
+        image_folder=data_args.image_folder,
+        max_length=data_args.model_max_length,
+        never_split=STAGES[args.stage].never_split,
+        seed=args.seed,
+        show_progress=args.process_index == 0,
+    )
+    if args.process_index == 0:
+        if dataset.problems:
+            write_jsonl(output / "data_errors.jsonl", (p.to_json() for p in dataset.problems))
+        if dataset.skipped:
+            write_jsonl(output / "skipped_samples.jsonl", (p.to_json() for p in dataset.skipped))
+            logger.warning("skipped %d over-long samples (listed in %s)", len(dataset.skipped), output / "skipped_samples.jsonl")
+    if dataset.problems:
+        first = "; ".join(f"{p.source.path}:{p.source.line} id={p.id}: {p.reason}" for p in dataset.problems[:3])
+        raise DataProblemsError(f"{len(dataset.problems)} invalid training records (all in {output / 'data_errors.jsonl'}); first: {first}")
+    if not len(dataset):
+        raise DataProblemsError(f"no usable training records in {data_args.data_path}")
+    return dataset
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
+    """Run one stage end to end; returns the trainer's metrics. Reruns resume from the last checkpoint."""
+    set_seed(args.seed)
+    if args.deepspeed and torch.distributed.is_initialized():
+        import deepspeed
+
+        # ZeRO-3 partitions weights while loading; DeepSpeed must see the process group first
+        # (accelerate sets it up for GPUs, not for CPU runs).
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    model, processor = build_model(model_args, args)
+    dataset = load_data(data_args, processor, args)
+    trainer = SicogTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=SupervisedCollator(processor),
+        processing_class=processor.tokenizer,
+        group_by_modality=data_args.group_by_modality_length,
+        vision_tower_lr=args.vision_tower_lr,
+        sample_log=data_args.sample_log,
+    )
+    resume = args.resume_from_checkpoint or _last_checkpoint(args.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if args.lora_r:
+        trainer.model.language_model = trainer.model.language_model.merge_and_unload()
+    model.config.use_cache = True
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(args.output_dir)
+        if "resampler" in args.trainable_parts():
+            projector_from_checkpoint(args.output_dir, args.output_dir)
+        metrics = {**result.metrics, "stage": args.stage, "samples": len(dataset), "skipped": len(dataset.skipped)}
+        (Path(args.output_dir) / "train_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return result.metrics

@@ -1,0 +1,91 @@
+"""`SicogTrainer`: the HF Trainer with length/modality-grouped batches, a vision learning rate and a sample log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import Sampler
+from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+
+class ModalityLengthGroupedSampler(Sampler):
+    """Batches that hold only image samples or only text samples, each of similar lengths.
+
+    Mixing both in one batch wastes the vision pass on padding and makes step times uneven.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], has_image: list[bool]) -> None:
+        self.batch_size = batch_size
+        self.lengths = lengths
+        self.has_image = has_image
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        groups = [[i for i, img in enumerate(self.has_image) if img == flag] for flag in (True, False)]
+        batches = []
+        for group in groups:
+            if not group:
+                continue
+            order = get_length_grouped_indices([self.lengths[i] for i in group], self.batch_size)
+            members = [group[i] for i in order]
+            batches += [members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)]
+        # Full batches in random order; the ragged ends of both groups go last.
+        full = [b for b in batches if len(b) == self.batch_size]
+        ragged = [b for b in batches if len(b) < self.batch_size]
+        order = torch.randperm(len(full)).tolist()
+        return iter([i for k in order for i in full[k]] + [i for b in ragged for i in b])
+
+
+class SicogTrainer(Trainer):
+    """Trainer for SICOG stages; the dataset must expose ``lengths`` and ``has_image``."""
+
+    def __init__(self, *args, group_by_modality: bool = False, vision_tower_lr: float | None = None, sample_log: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group_by_modality = group_by_modality
+        self.vision_tower_lr = vision_tower_lr
+        self.sample_log = Path(f"{sample_log}.rank{self.args.process_index}.jsonl") if sample_log else None
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        # Mega-batches span all ranks of one step so that every rank gets samples of similar length.
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        if self.group_by_modality:
+            return ModalityLengthGroupedSampler(batch, dataset.lengths, dataset.has_image)
+        if self.args.train_sampling_strategy == "group_by_length":
+            return LengthGroupedSampler(batch, lengths=dataset.lengths)
+        return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self, model=None):
+        """The default optimizer, with the vision tower in its own groups when it has its own learning rate."""
+        if self.vision_tower_lr is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = []
+        for vision in (False, True):
+            for with_decay in (True, False):
+                params = [
+                    p
+                    for n, p in opt_model.named_parameters()
+                    if p.requires_grad and (n in decay) == with_decay and n.startswith("vision_tower.") == vision
+                ]
+                if params:
+                    group = {"params": params, "weight_decay": self.args.weight_decay if with_decay else 0.0}
+                    if vision:
+                        group["lr"] = self.vision_tower_lr
+                    groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids = inputs.pop("ids", None)
+        if self.sample_log is not None and ids is not None and model.training:
+            with self.sample_log.open("a") as handle:
+                handle.write(json.dumps({"step": self.state.global_step, "ids": ids}) + "\n")
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)

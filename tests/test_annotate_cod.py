@@ -1,0 +1,391 @@
+"""`sicog annotate cod` end to end against a real chat-completions server on 127.0.0.1.
+
+The server decodes the image of each request and describes its colour, size and MIME type, so the
+outputs prove which image reached which record. Per colour it can answer 429, 500, 401, an
+unusable text, or too slowly, for as many requests as a test asks.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sicog.annotate.cod import SYSTEM_PROMPT
+from sicog.cli import main
+from sicog.data.jsonl import load_records, write_jsonl
+from sicog.data.prompts import COD_STEPS
+from sicog.data.steps import format_steps
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "sk-test-DO-NOT-LEAK-31415"
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
+           "cyan": (0, 255, 255), "magenta": (255, 0, 255), "white": (255, 255, 255), "black": (0, 0, 0)}
+
+
+def expected_bodies(colour: str, width: int, height: int, mime: str) -> list[str]:
+    """What the fake server says about an image (the five step bodies)."""
+    return [
+        f"A plain {colour} picture.",
+        f"It measures {width} by {height} pixels and arrived as {mime}.",
+        "Nothing overlaps; the colour fills the frame.",
+        f"The borders are {colour} as well.",
+        f"A uniformly {colour} image of {width}x{height} pixels.",
+    ]
+
+
+def good_reply(colour: str, width: int, height: int, mime: str) -> str:
+    # Decorated the way real models write (preamble, bold and heading markers) to exercise the lenient parser.
+    b = expected_bodies(colour, width, height, mime)
+    return (f"Here is the structured description.\n\n**Step 1: {COD_STEPS[0]}**\n{b[0]}\n\n"
+            f"Step 2: {COD_STEPS[1]}\n{b[1]}\n\n### Step 3: {COD_STEPS[2]}\n{b[2]}\n\n"
+            f"Step 4: {COD_STEPS[3]}\n{b[3]}\n\nStep 5: {COD_STEPS[4]}\n{b[4]}")
+
+
+class FakeVLM:
+    """A threaded HTTP server speaking POST /v1/chat/completions, scripted per image colour."""
+
+    def __init__(self, delay: float = 0.0, slow_seconds: float = 3.0) -> None:
+        self.delay, self.slow_seconds = delay, slow_seconds
+        self.script: dict[str, list[str]] = {}
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def count(self, colour: str) -> int:
+        with self.lock:
+            return sum(r["colour"] == colour for r in self.requests)
+
+    def _next_action(self, info: dict) -> str:
+        with self.lock:
+            n = sum(r["colour"] == info["colour"] for r in self.requests)
+            self.requests.append(info)
+            actions = self.script.get(info["colour"], ["ok"])
+            return actions[min(n, len(actions) - 1)]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/v1/chat/completions":
+                    return self.send(404, {"error": {"message": f"no route {self.path}"}})
+                content = body["messages"][1]["content"]
+                url = next(part["image_url"]["url"] for part in content if part["type"] == "image_url")
+                header, b64 = url.split(",", 1)
+                image = Image.open(io.BytesIO(base64.b64decode(b64)))
+                rgb = image.convert("RGB").getpixel((0, 0))
+                info = {
+                    # Nearest, not equal: JPEG shifts colours a little.
+                    "colour": min(COLOURS, key=lambda n: sum((a - b) ** 2 for a, b in zip(COLOURS[n], rgb))),
+                    "size": image.size, "format": image.format, "mime": header[len("data:"):].split(";")[0],
+                    "client": self.client_address[0], "auth": self.headers.get("Authorization"), "body": body,
+                    "text": next(part["text"] for part in content if part["type"] == "text"),
+                }
+                action = fake._next_action(info)
+                if fake.delay:
+                    fake.stopping.wait(fake.delay)
+                if action == "429":
+                    return self.send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
+                                     {"Retry-After": "0"})
+                if action in ("500", "401"):
+                    return self.send(int(action), {"error": {"message": f"scripted {action}"}})
+                if action == "html":
+                    page = b"<html>bad gateway</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    return self.wfile.write(page)
+                if action == "slow":
+                    fake.stopping.wait(fake.slow_seconds)
+                if action == "malformed":
+                    text = f"I cannot describe this image. (debug: {info['auth']})"
+                else:
+                    text = good_reply(info["colour"], *image.size, info["mime"])
+                return self.send(200, {
+                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                })
+
+        return Handler
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Fail any connection this process opens to an address other than loopback."""
+    original = socket.socket.connect
+
+    def guarded(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"connection attempted outside loopback: {address!r}")
+        return original(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def server(loopback_only):
+    fake = FakeVLM()
+    yield fake
+    fake.stop()
+
+
+def make_dataset(root: Path, specs: list[tuple[str, str, tuple[int, int], str]]) -> Path:
+    """Images and LLaVA caption records; spec = (id, colour, size, "PNG"|"JPEG"|"BMP"); files all named .png."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for rid, colour, size, fmt in specs:
+        Image.new("RGB", size, COLOURS[colour]).save(images / f"{rid}.png", format=fmt)
+        records.append({"id": rid, "image": f"{rid}.png", "source": "vflan", "conversations": [
+            {"from": "human", "value": f"<image>\nWhat is shown in picture {rid}?"},
+            {"from": "gpt", "value": f"Original caption of {rid}: something {colour}."}]})
+    write_jsonl(root / "captions.jsonl", records)
+    return root / "captions.jsonl"
+
+
+def annotate(fake: FakeVLM, root: Path, *extra: str) -> int:
+    return main(["annotate", "cod", "--input", str(root / "captions.jsonl"), "--image-folder", str(root / "images"),
+                 "--cod-dir", str(root / "cod"), "--dd-dir", str(root / "dd"), "--base-url", fake.url,
+                 "--model", "test-vlm", "--timeout", "1", "--backoff", "0.01", "--max-backoff", "0.05",
+                 "--max-retries", "2", "--parse-retries", "1", "--concurrency", "3", "--no-progress", *extra])
+
+
+def ids_of(path: Path) -> list[str]:
+    return [r["id"] for r in load_records(path)] if path.exists() else []
+
+
+def all_text_under(root: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file() and p.suffix != ".png")
+
+
+def test_every_record_is_annotated_from_its_own_image(server, tmp_path, capsys, caplog):
+    make_dataset(tmp_path, [("r1", "red", (40, 30), "PNG"), ("b2", "blue", (64, 48), "JPEG"),
+                            ("g3", "green", (20, 20), "BMP")])
+    assert annotate(server, tmp_path) == 0
+
+    cod = {r["id"]: r for r in load_records(tmp_path / "cod" / "cod.jsonl")}
+    dd = {r["id"]: r for r in load_records(tmp_path / "dd" / "detailed_description.jsonl")}
+    assert sorted(cod) == sorted(dd) == ["b2", "g3", "r1"]
+    # JPEG bytes under a .png name are sent as JPEG; BMP, which the API does not take, as PNG.
+    for rid, colour, size, mime in (("r1", "red", (40, 30), "image/png"), ("b2", "blue", (64, 48), "image/jpeg"),
+                                    ("g3", "green", (20, 20), "image/png")):
+        bodies = expected_bodies(colour, *size, mime)
+        assert cod[rid]["conversations"] == [
+            {"from": "human", "value": f"<image>\nWhat is shown in picture {rid}? Describe the image step-by-step."},
+            {"from": "gpt", "value": format_steps(COD_STEPS, bodies)}]
+        assert dd[rid]["conversations"] == [
+            {"from": "human", "value": f"<image>\nWhat is shown in picture {rid}?"},
+            {"from": "gpt", "value": bodies[4]}]
+        assert cod[rid]["source"] == dd[rid]["source"] == "vflan" and cod[rid]["image"] == f"{rid}.png"
+        assert cod[rid]["annotation"]["model"] == "test-vlm"
+    assert not ids_of(tmp_path / "cod" / "failures.jsonl")
+
+    assert len(server.requests) == 3
+    for request in server.requests:
+        body = request["body"]
+        assert request["client"] == "127.0.0.1" and request["auth"] == f"Bearer {SECRET}"
+        assert body["model"] == "test-vlm" and body["temperature"] == 0.2
+        assert body["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
+    texts = sorted(r["text"] for r in server.requests)
+    assert "What is shown in picture b2?" in texts[0] and "Original caption of b2: something blue." in texts[0]
+    logs = capsys.readouterr()
+    assert "3 annotated, 0 failed" in logs.err
+    assert SECRET not in logs.out + logs.err + caplog.text + all_text_under(tmp_path)
+
+
+def test_rate_limits_and_server_errors_are_retried(server, tmp_path, caplog):
+    make_dataset(tmp_path, [("r1", "red", (16, 16), "PNG"), ("b2", "blue", (16, 16), "PNG")])
+    server.script = {"red": ["429", "ok"], "blue": ["500", "500", "ok"]}
+    assert annotate(server, tmp_path) == 0
+    assert sorted(ids_of(tmp_path / "cod" / "cod.jsonl")) == ["b2", "r1"]
+    assert server.count("red") == 2 and server.count("blue") == 3
+    assert "HTTP 429" in caplog.text and "HTTP 500" in caplog.text
+
+
+def test_failures_are_recorded_with_reason_and_never_written_as_data(server, tmp_path, capsys, caplog):
+    root = tmp_path
+    make_dataset(root, [("ok", "yellow", (16, 16), "PNG"), ("bad-text", "red", (16, 16), "PNG"),
+                        ("down", "blue", (16, 16), "PNG"), ("slow", "green", (16, 16), "PNG"),
+                        ("proxy", "magenta", (16, 16), "PNG")])
+    records = load_records(root / "captions.jsonl")
+    records.append({"id": "no-image", "image": "missing.png", "conversations": records[0]["conversations"]})
+    records.append({"id": "no-caption", "image": "ok.png", "conversations": records[0]["conversations"][:1]})
+    write_jsonl(root / "captions.jsonl", records)
+    server.script = {"red": ["malformed"], "blue": ["500"], "green": ["slow"], "magenta": ["html"]}
+
+    assert annotate(server, root) == 0
+    assert ids_of(root / "cod" / "cod.jsonl") == ["ok"] and ids_of(root / "dd" / "detailed_description.jsonl") == ["ok"]
+    failures = {r["id"]: r for r in load_records(root / "cod" / "failures.jsonl")}
+    assert sorted(failures) == ["bad-text", "down", "no-caption", "no-image", "proxy", "slow"]
+    # An unusable reply is asked again (--parse-retries 1), then kept raw, with the key masked.
+    assert "did not parse after 2 replies" in failures["bad-text"]["reason"]
+    assert failures["bad-text"]["raw_reply"] == "I cannot describe this image. (debug: Bearer ***)"
+    assert server.count("red") == 2
+    assert "HTTP 500" in failures["down"]["reason"] and "gave up after 3 attempts" in failures["down"]["reason"]
+    assert "timed out" in failures["slow"]["reason"] and server.count("blue") == server.count("green") == 3
+    assert "not a chat completion: '<html>bad gateway</html>'" in failures["proxy"]["reason"]
+    assert server.count("magenta") == 3
+    assert "captions.jsonl:6 id='no-image' field 'image'" in failures["no-image"]["reason"]
+    assert "captions.jsonl:7 id='no-caption' field 'conversations'" in failures["no-caption"]["reason"]
+    assert failures["no-image"]["record"] == records[5]
+    logs = capsys.readouterr()
+    assert "1 annotated, 6 failed" in logs.err and "failures.jsonl" in logs.err
+    assert SECRET not in logs.out + logs.err + caplog.text + all_text_under(root)
+
+
+def test_rerun_skips_done_and_failed_ids_until_asked_to_retry(server, tmp_path):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG"), ("c", "cyan", (8, 8), "PNG")])
+    server.script = {"cyan": ["malformed"]}
+    assert annotate(server, tmp_path, "--limit", "1") == 0
+    assert ids_of(tmp_path / "cod" / "cod.jsonl") == ["a"] and len(server.requests) == 1
+    assert annotate(server, tmp_path) == 0
+    assert server.count("red") == 1 and server.count("blue") == 1 and server.count("cyan") == 2
+    assert ids_of(tmp_path / "cod" / "failures.jsonl") == ["c"]
+
+    server.script = {}
+    assert annotate(server, tmp_path) == 0
+    assert len(server.requests) == 4  # nothing was asked again
+    assert annotate(server, tmp_path, "--retry-failures") == 0
+    assert sorted(ids_of(tmp_path / "cod" / "cod.jsonl")) == ["a", "b", "c"]
+    assert sorted(ids_of(tmp_path / "dd" / "detailed_description.jsonl")) == ["a", "b", "c"]
+    assert ids_of(tmp_path / "cod" / "failures.jsonl") == []
+
+
+def test_description_lost_by_a_kill_is_rebuilt_without_a_request(server, tmp_path):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+    assert annotate(server, tmp_path) == 0
+    dd_path = tmp_path / "dd" / "detailed_description.jsonl"
+    complete = {r["id"]: r for r in load_records(dd_path)}
+    lines = dd_path.read_text().splitlines(keepends=True)
+    dd_path.write_text(lines[0] + lines[1][:25])  # the last description cut mid-line
+    assert annotate(server, tmp_path) == 0
+    assert len(server.requests) == 2
+    assert {r["id"]: r for r in load_records(dd_path)} == complete
+
+
+def test_a_refused_key_stops_the_run_without_recording_failures(server, tmp_path, capsys, caplog):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "red", (9, 9), "PNG")])
+    server.script = {"red": ["401"]}
+    assert annotate(server, tmp_path, "--concurrency", "1") == 1
+    err = capsys.readouterr().err
+    assert "refused the request: HTTP 401" in err and SECRET not in err + caplog.text
+    assert ids_of(tmp_path / "cod" / "failures.jsonl") == [] and ids_of(tmp_path / "cod" / "cod.jsonl") == []
+
+
+def test_no_key_for_the_official_endpoint_is_a_usage_error(loopback_only, monkeypatch, tmp_path, capsys):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG")])
+    monkeypatch.delenv("OPENAI_API_KEY")
+    rc = main(["annotate", "cod", "--input", str(tmp_path / "captions.jsonl"), "--output-dir", str(tmp_path / "o")])
+    assert rc == 1 and "set OPENAI_API_KEY" in capsys.readouterr().err
+
+
+def test_duplicate_ids_are_refused_before_any_request(server, tmp_path, capsys):
+    path = make_dataset(tmp_path, [("a", "red", (8, 8), "PNG")])
+    record = load_records(path)[0]
+    write_jsonl(path, [record, record])
+    assert annotate(server, tmp_path) == 2
+    assert "captions.jsonl:2 id='a' field 'id': duplicate id (first on line 1)" in capsys.readouterr().err
+    assert server.requests == []
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_duplicates_or_losses(loopback_only, tmp_path):
+    fake = FakeVLM(delay=0.25)
+    try:
+        n = 16
+        colours = list(COLOURS)
+        make_dataset(tmp_path, [(f"id{i:02d}", colours[i % len(colours)], (10 + i, 12), "PNG") for i in range(n)])
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": SECRET}
+        command = [sys.executable, "-m", "sicog", "annotate", "cod", "--input", str(tmp_path / "captions.jsonl"),
+                   "--image-folder", str(tmp_path / "images"), "--output-dir", str(tmp_path / "out"),
+                   "--base-url", fake.url, "--concurrency", "2", "--timeout", "5"]
+        cod_path = tmp_path / "out" / "cod.jsonl"
+        first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not (cod_path.exists() and len(cod_path.read_bytes().splitlines()) >= 4):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run ended before being killed"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        out, err = first.communicate()
+        assert first.returncode == -signal.SIGKILL
+        done_before_kill = len(ids_of(cod_path))
+        assert 4 <= done_before_kill < n
+
+        second = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        expected = [f"id{i:02d}" for i in range(n)]
+        for path in (cod_path, tmp_path / "out" / "detailed_description.jsonl"):
+            got = ids_of(path)
+            assert sorted(got) == expected, f"{path.name}: duplicates or losses"
+        assert ids_of(tmp_path / "out" / "failures.jsonl") == []
+        # Only the requests in flight at the kill are paid twice.
+        assert n <= len(fake.requests) <= n + 2
+        assert SECRET not in out.decode() + err.decode() + second.stdout + second.stderr + all_text_under(tmp_path)
+    finally:
+        fake.stop()
+
+
+def test_revise_cod_script_runs_from_its_folder_against_a_local_server(loopback_only, tmp_path):
+    fake = FakeVLM()
+    try:
+        make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (9, 9), "PNG")])
+        env = {**os.environ, "PYTHONPATH": str(REPO), "SICOG_PYTHON": sys.executable, "OPENAI_API_KEY": SECRET,
+               "OPENAI_BASE_URL": fake.url, "ANNOTATION_MODEL": "local-vlm",
+               "ORIGINAL_CAPTION_FILE": str(tmp_path / "captions.jsonl"), "IMAGE_DIR": str(tmp_path / "images"),
+               "OUTPUT_COD_DIR": str(tmp_path / "cod"), "OUTPUT_DD_DIR": str(tmp_path / "dd")}
+        result = subprocess.run(["bash", "revise_cod.sh", "--no-progress"], cwd=REPO / "training_data_annotation",
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert sorted(ids_of(tmp_path / "cod" / "cod.jsonl")) == ["a", "b"]
+        assert sorted(ids_of(tmp_path / "dd" / "detailed_description.jsonl")) == ["a", "b"]
+        assert {r["body"]["model"] for r in fake.requests} == {"local-vlm"}
+        assert SECRET not in result.stdout + result.stderr + all_text_under(tmp_path)
+    finally:
+        fake.stop()

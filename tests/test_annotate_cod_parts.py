@@ -1,0 +1,179 @@
+"""The pieces of CoD annotation without a server: reply parsing, source records, images, retry policy."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from sicog.annotate.api import NO_KEY, FatalAPIError, RetryPolicy, redact, resolve_endpoint
+from sicog.annotate.cod import (
+    SYSTEM_PROMPT,
+    CodSource,
+    ReplyError,
+    build_messages,
+    cod_record,
+    dd_record,
+    parse_cod_reply,
+    read_source,
+)
+from sicog.annotate.images import ImageLoadError, image_data_url, resolve_image
+from sicog.data.jsonl import RecordError
+from sicog.data.prompts import COD_STEPS
+from sicog.data.steps import format_steps, split_steps
+
+BODIES = ["A dog on grass.", "The dog is brown, short-haired.", "The dog is left of a ball.",
+          "A fence at the back.", "A brown dog stands on grass left of a red ball, a fence behind."]
+
+
+def test_canonical_reply_round_trips():
+    bodies, caption = parse_cod_reply(format_steps(COD_STEPS, BODIES))
+    assert bodies == BODIES and caption == format_steps(COD_STEPS, BODIES)
+
+
+def test_decorated_reply_parses_to_the_canonical_caption():
+    reply = "Sure, here it is:\n\n" + "\n\n".join(
+        f"**Step {i}: {header}**\n{body}" for i, (header, body) in enumerate(zip(COD_STEPS, BODIES), start=1))
+    bodies, caption = parse_cod_reply(reply)
+    assert bodies == BODIES
+    assert split_steps(caption, COD_STEPS) == dict(enumerate(BODIES, start=1))
+
+
+@pytest.mark.parametrize(("reply", "reason"), [
+    ("", "empty reply"),
+    ("A brown dog on grass.", "no 'Step N' markers"),
+    (format_steps(COD_STEPS[:4], BODIES[:4]), "missing or empty step(s) 5"),
+    (format_steps(COD_STEPS, BODIES[:2] + [""] + BODIES[3:]), "missing or empty step(s) 3"),
+    (format_steps(COD_STEPS, BODIES) + "\n\nStep 6: Extra.\nMore.", "unexpected step(s) 6"),
+])
+def test_unusable_replies_are_rejected_with_a_reason(reply, reason):
+    with pytest.raises(ReplyError, match=re.escape(reason)):
+        parse_cod_reply(reply)
+
+
+def test_truncated_reply_is_rejected_even_when_it_parses():
+    with pytest.raises(ReplyError, match="finish_reason=length"):
+        parse_cod_reply(format_steps(COD_STEPS, BODIES), finish_reason="length")
+
+
+def test_system_prompt_names_the_five_steps_in_order():
+    positions = [SYSTEM_PROMPT.index(f"Step {i}: {header}") for i, header in enumerate(COD_STEPS, start=1)]
+    assert positions == sorted(positions)
+
+
+def llava(question: str = "<image>\nWhat is this?", caption: str = "A dog.", **extra) -> dict:
+    return {"id": 7, "image": "x.jpg", "conversations": [{"from": "human", "value": question},
+                                                         {"from": "gpt", "value": caption}], **extra}
+
+
+def test_source_takes_the_bare_question_and_the_caption():
+    assert read_source(llava()) == CodSource("7", "x.jpg", "What is this?", "A dog.")
+    assert read_source(llava("<image>")).question == ""
+
+
+@pytest.mark.parametrize(("record", "field"), [
+    ({"image": "x.jpg", "conversations": []}, "id"),
+    (llava(image=["a.jpg", "b.jpg"]), "image"),
+    ({"id": 1, "image": "x.jpg", "conversations": [{"from": "human", "value": "q"}]}, "conversations"),
+    ({"id": 1, "image": "x.jpg", "conversations": [{"from": "gpt", "value": "q"}, {"from": "gpt", "value": "c"}]},
+     "conversations[0]"),
+    (llava(caption="  "), "conversations[1].value"),
+])
+def test_bad_source_records_name_file_line_and_field(record, field):
+    with pytest.raises(RecordError) as info:
+        read_source(record, path="in.jsonl", line=3)
+    assert info.value.field == field and info.value.path == "in.jsonl" and info.value.line == 3
+
+
+def test_output_records_keep_other_fields_and_do_not_touch_the_input():
+    record = llava(source="vflan")
+    snapshot = repr(record)
+    source = read_source(record)
+    caption = format_steps(COD_STEPS, BODIES)
+    cod, dd = cod_record(record, source, caption, "m"), dd_record(record, source, BODIES[4], "m")
+    assert repr(record) == snapshot
+    assert cod["conversations"][0]["value"] == "<image>\nWhat is this? Describe the image step-by-step."
+    assert dd["conversations"] == [{"from": "human", "value": "<image>\nWhat is this?"},
+                                   {"from": "gpt", "value": BODIES[4]}]
+    assert cod["source"] == dd["source"] == "vflan"
+    no_question = read_source(llava("<image>"))
+    assert cod_record(record, no_question, caption, "m")["conversations"][0]["value"] == (
+        "<image>\nPlease generate a detailed caption of this image. Describe the image step-by-step.")
+    assert dd_record(record, no_question, "d", "m")["conversations"][0]["value"] == (
+        "<image>\nPlease generate a detailed caption of this image. Be as descriptive as possible.")
+
+
+def test_messages_carry_image_question_and_caption():
+    messages = build_messages("data:image/png;base64,AAAA", read_source(llava()))
+    assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    image, text = messages[1]["content"]
+    assert image == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    assert "What is this?" in text["text"] and "A dog." in text["text"]
+
+
+def decode(url: str) -> tuple[str, Image.Image]:
+    header, data = url.split(",", 1)
+    return header, Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+@pytest.mark.parametrize(("fmt", "mime"), [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"),
+                                           ("GIF", "image/gif"), ("BMP", "image/png"), ("TIFF", "image/png")])
+def test_mime_type_follows_the_content_not_the_name(tmp_path, fmt, mime):
+    path = tmp_path / "picture.png"
+    Image.new("RGB", (12, 9), (10, 200, 30)).save(path, format=fmt)
+    header, image = decode(image_data_url(path))
+    assert header == f"data:{mime};base64" and image.size == (12, 9)
+
+
+def test_cmyk_image_is_converted_before_png_encoding(tmp_path):
+    path = tmp_path / "print.tif"
+    Image.new("CMYK", (5, 5)).save(path, format="TIFF")
+    assert decode(image_data_url(path))[1].mode == "RGB"
+
+
+def test_unreadable_images_raise_a_clear_error(tmp_path):
+    with pytest.raises(ImageLoadError, match="cannot read image"):
+        image_data_url(tmp_path / "missing.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(ImageLoadError, match="not a readable image"):
+        image_data_url(tmp_path / "junk.png")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[:60])
+    with pytest.raises(ImageLoadError):
+        image_data_url(tmp_path / "cut.png")
+
+
+def test_image_paths_resolve_against_the_folder(tmp_path):
+    assert resolve_image("a/b.jpg", tmp_path) == tmp_path / "a" / "b.jpg"
+    assert resolve_image(str(tmp_path / "c.jpg"), "/elsewhere") == tmp_path / "c.jpg"
+    assert str(resolve_image("d.jpg", None)) == "d.jpg"
+
+
+def test_backoff_doubles_with_jitter_caps_and_honours_retry_after():
+    policy = RetryPolicy(max_retries=5, backoff=1.0, max_backoff=5.0)
+    for retry, ceiling in ((0, 1.0), (1, 2.0), (2, 4.0), (3, 5.0), (6, 5.0)):
+        for _ in range(20):
+            assert ceiling / 2 <= policy.delay(retry) <= ceiling
+    assert policy.delay(0, retry_after=3.0) >= 3.0
+    assert policy.delay(0, retry_after=100.0) <= 5.0
+
+
+def test_endpoint_and_key_come_from_flag_or_environment(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abc")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert resolve_endpoint(None) == ("http://127.0.0.1:9/v1", "sk-abc")
+    assert resolve_endpoint("http://127.0.0.1:8000/v1") == ("http://127.0.0.1:8000/v1", "sk-abc")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert resolve_endpoint(None) == ("http://127.0.0.1:9/v1", NO_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    with pytest.raises(FatalAPIError, match="OPENAI_API_KEY"):
+        resolve_endpoint(None)
+
+
+def test_redact_masks_the_key_everywhere():
+    assert redact("Bearer sk-1 and sk-1 again", "sk-1") == "Bearer *** and *** again"
+    assert redact("nothing", "") == "nothing"

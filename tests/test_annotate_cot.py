@@ -1,0 +1,150 @@
+"""`sicog annotate cot`: LLaVA-CoT tags -> 4-step CoT records and short-answer records."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from sicog.annotate.cot import TagError, convert_record, cot_answer, cot_question, run_cot_job, split_tags
+from sicog.cli import main
+from sicog.data.jsonl import RecordError, load_records, write_jsonl
+from sicog.data.prompts import COT_STEPS
+from sicog.data.schema import check_llava_record
+from sicog.data.steps import final_step, split_steps
+
+PARTS = ["I will read the bar chart and compare the two bars.",
+         "A bar chart with a blue bar labelled 2019 at 40 and a red bar labelled 2020 at 55.",
+         "55 is greater than 40, so 2020 has the taller bar.\nThe difference is 15.",
+         "2020"]
+
+
+def tagged(parts=PARTS, tags=("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")) -> str:
+    return "\n\n".join(f"<{tag}> {part} </{tag}>" for tag, part in zip(tags, parts))
+
+
+def cot_record(rid="q1", answer=None, question="<image>\nWhich year is higher? "
+               "Answer the question using a single word or phrase.") -> dict:
+    return {"id": rid, "image": f"{rid}.jpg", "source": "ChartQA", "conversations": [
+        {"from": "human", "value": question}, {"from": "gpt", "value": answer or tagged()}]}
+
+
+def test_tags_round_trip_through_the_four_steps():
+    answer, conclusion = cot_answer(tagged())
+    assert split_steps(answer, COT_STEPS) == dict(enumerate(PARTS, start=1))
+    assert answer.startswith("Step 1: Clarify the task objective.\n")
+    assert "\n\nStep 4: Conclude the task with an answer.\n2020" in answer
+    assert final_step(answer, 4, COT_STEPS) == ("2020", True)
+    assert conclusion == "2020"
+    # and back: the steps re-tagged give the same tag bodies
+    retagged = tagged([split_steps(answer, COT_STEPS)[i] for i in range(1, 5)])
+    assert split_tags(retagged) == PARTS
+
+
+def test_record_conversion_builds_both_outputs_from_the_untouched_input():
+    record = cot_record()
+    snapshot = copy.deepcopy(record)
+    cot, short = convert_record(record)
+    assert record == snapshot
+    assert cot["conversations"][0]["value"] == "<image>\nWhich year is higher? Answer the question step-by-step."
+    assert split_steps(cot["conversations"][1]["value"], COT_STEPS)[3] == PARTS[2]
+    assert short["conversations"] == [snapshot["conversations"][0], {"from": "gpt", "value": "2020"}]
+    assert cot["source"] == short["source"] == "ChartQA" and cot["id"] == short["id"] == "q1"
+    for out in (cot, short):
+        check_llava_record(out)
+
+
+def test_question_without_short_answer_request_gets_the_step_request_appended():
+    assert cot_question("<image>\nWhy is the sky blue?") == (
+        "<image>\nWhy is the sky blue? Answer the question step-by-step.")
+    assert cot_question("And the grass?") == "And the grass? Answer the question step-by-step."
+
+
+def test_missing_image_placeholder_is_added_to_the_first_question():
+    cot, short = convert_record(cot_record(question="Which year is higher?"))
+    assert cot["conversations"][0]["value"] == "<image>\nWhich year is higher? Answer the question step-by-step."
+    assert short["conversations"][0]["value"] == "<image>\nWhich year is higher?"
+
+
+def test_multi_turn_records_are_converted_turn_by_turn():
+    second = ["I will count the bars.", "Two bars.", "One blue, one red: two in total.", "2"]
+    record = cot_record()
+    record["conversations"] += [{"from": "human", "value": "How many bars are there?"},
+                                {"from": "gpt", "value": tagged(second)}]
+    cot, short = convert_record(record)
+    assert [t["from"] for t in cot["conversations"]] == ["human", "gpt", "human", "gpt"]
+    assert cot["conversations"][2]["value"] == "How many bars are there? Answer the question step-by-step."
+    assert split_steps(cot["conversations"][1]["value"], COT_STEPS)[4] == "2020"
+    assert split_steps(cot["conversations"][3]["value"], COT_STEPS) == dict(enumerate(second, start=1))
+    assert [t["value"] for t in short["conversations"][1::2]] == ["2020", "2"]
+    assert short["conversations"][2]["value"] == "How many bars are there?"
+
+
+def test_tag_names_in_prose_are_ordinary_words():
+    parts = ["In SUMMARY, I must find the CONCLUSION of the chart.",
+             "The CAPTION under the chart reads 'REASONING about sales'; a <summary> html tag is visible.",
+             "The word CONCLUSION here is prose, not a tag.", "Summary"]
+    assert split_tags(tagged(parts)) == parts
+    assert cot_answer(tagged(parts))[1] == "Summary"
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    (tagged(PARTS[:3]), "missing tag(s): <CONCLUSION>"),
+    (tagged([PARTS[0], PARTS[2], PARTS[1], PARTS[3]], ("SUMMARY", "REASONING", "CAPTION", "CONCLUSION")),
+     "tags out of order"),
+    (tagged() + "\n<CONCLUSION> again </CONCLUSION>", "repeated tag(s): <CONCLUSION>"),
+    (tagged().replace("</REASONING>", ""), "unclosed"),
+    (tagged([PARTS[0], PARTS[1], PARTS[2], " "]), "empty tag(s): CONCLUSION"),
+    ("Let me think. " + tagged(), "text outside the tags"),
+    (tagged([PARTS[0], PARTS[1], "Step 4: subtract.\n55 - 40 = 15", PARTS[3]]), "would not parse back"),
+])
+def test_malformed_answers_are_rejected_with_a_reason(answer, reason):
+    with pytest.raises(TagError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        cot_answer(answer)
+
+
+def test_a_bad_turn_names_file_line_id_and_field():
+    record = cot_record()
+    record["conversations"] += [{"from": "human", "value": "And?"}, {"from": "gpt", "value": tagged(PARTS[:3])}]
+    with pytest.raises(RecordError) as info:
+        convert_record(record, path="cot.jsonl", line=9)
+    assert str(info.value).startswith("cot.jsonl:9 id='q1' field 'conversations[3].value': missing tag(s)")
+
+
+def test_job_writes_outputs_and_errors_and_keeps_the_input_file(tmp_path, capsys):
+    records = [cot_record("a"), cot_record("b", answer=tagged(PARTS[:3])), cot_record("c"),
+               {"image": "x.jpg", "conversations": []}]
+    source = tmp_path / "llava_cot.jsonl"
+    write_jsonl(source, records)
+    before = source.read_bytes()
+    rc = main(["annotate", "cot", "--input", str(source), "--cot-dir", str(tmp_path / "cot"),
+               "--short-dir", str(tmp_path / "short"), "--no-progress"])
+    assert rc == 0 and source.read_bytes() == before
+    cot = load_records(tmp_path / "cot" / "cot.jsonl")
+    short = load_records(tmp_path / "short" / "short_answer.jsonl")
+    errors = load_records(tmp_path / "cot" / "errors.jsonl")
+    assert [r["id"] for r in cot] == [r["id"] for r in short] == ["a", "c"]
+    assert [e["id"] for e in errors] == ["b", None]
+    assert "llava_cot.jsonl:2 id='b'" in errors[0]["reason"] and "<CONCLUSION>" in errors[0]["reason"]
+    assert errors[0]["record"] == records[1] and errors[1]["line"] == 4
+    assert "field 'id'" in errors[1]["reason"]
+    assert "2 of 4 records converted, 2 errors" in capsys.readouterr().err
+
+
+def test_rerun_replaces_outputs_and_json_arrays_are_read(tmp_path):
+    source = tmp_path / "llava_cot.json"
+    source.write_text('[{"id": "a", "image": "a.jpg", "conversations": [{"from": "human", "value": "Q?"}, '
+                      '{"from": "gpt", "value": "<SUMMARY>s</SUMMARY><CAPTION>c</CAPTION>'
+                      '<REASONING>r</REASONING><CONCLUSION>x</CONCLUSION>"}]}]')
+    for _ in range(2):
+        summary = run_cot_job(source, tmp_path / "out", tmp_path / "out", progress=False)
+        assert (summary.total, summary.converted, summary.errors) == (1, 1, 0)
+    assert len(load_records(tmp_path / "out" / "cot.jsonl")) == 1
+    assert load_records(tmp_path / "out" / "short_answer.jsonl")[0]["conversations"][1]["value"] == "x"
+
+
+def test_output_dirs_are_required(tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, [cot_record()])
+    assert main(["annotate", "cot", "--input", str(source), "--cot-dir", str(tmp_path)]) == 2
+    assert "--short-dir" in capsys.readouterr().err

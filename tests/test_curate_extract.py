@@ -1,0 +1,96 @@
+"""Extraction of the compared part (CoD step 5, CoT step 4) and reasoning answer normalisation."""
+
+from __future__ import annotations
+
+import pytest
+
+from sicog.curate.answers import answer_phrase, normalize_answer, parse_answer
+from sicog.curate.extract import expects_steps, extract
+from sicog.data.prompts import COD_STEPS, COT_STEPS
+from sicog.data.steps import format_steps
+
+FINAL = "A small brown dog sleeps on a red sofa next to a window."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        format_steps(COD_STEPS, ["A dog.", "Brown fur.", "On a sofa.", "A window.", FINAL]),
+        f"Step 1: A dog.\nStep 4: A window.\nStep 5: {FINAL}",
+        f"Step 4: A window.\n\nStep 5: {COD_STEPS[4]}\n{FINAL}",
+        f"**Step 4**: A window.\n**Step 5**: {FINAL}",
+        f"**Step 5: {COD_STEPS[4]}**\n{FINAL}",
+        f"Step 4 - A window.\nStep 5 - {FINAL}",
+        f"step 4: a window.\nstep 5: {FINAL}",
+        f"### Step 5. Final cohesive description\n{FINAL}",
+        f"Step 5: Detailed description\n{FINAL}",
+        f"Step 1: A dog. Step 4: A window. Step 5: {FINAL}",
+        f"Step 5 (Organize the observations): {FINAL}",
+    ],
+    ids=["formatted", "same-line", "header-line", "bold", "bold-header", "dash", "lower-case", "markdown-heading",
+         "paraphrased-header", "inline", "parenthetical"],
+)
+def test_caption_step_five_is_found_in_real_output_formats(text: str) -> None:
+    extraction = extract(text, "captions")
+    assert extraction.step_found and not extraction.fallback
+    assert extraction.text.lower() == FINAL.lower()
+
+
+def test_missing_step_falls_back_to_the_whole_text_and_is_counted() -> None:
+    text = "Step 1: A dog.\nStep 2: Brown fur.\n\nThe dog sleeps."
+    extraction = extract(text, "captions")
+    assert (extraction.text, extraction.step_found, extraction.fallback) == (text, False, True)
+
+
+def test_direct_prompt_output_is_compared_whole_without_counting_a_fallback() -> None:
+    assert not expects_steps("default") and expects_steps("cod-default") and expects_steps(None)
+    extraction = extract(FINAL, "captions", expect_steps=expects_steps("default"))
+    assert (extraction.text, extraction.fallback) == (FINAL, False)
+
+
+def test_reasoning_uses_step_four_not_step_five() -> None:
+    text = format_steps(COT_STEPS, ["Count cubes.", "Cubes.", "One, two, three.", "The answer is 3."])
+    assert extract(text, "reasoning").text == "The answer is 3."
+    assert extract(text, "captions").fallback
+
+
+@pytest.mark.parametrize("first_line", ["3", "Yes", "Blue"])
+def test_a_short_answer_line_is_not_mistaken_for_a_header(first_line: str) -> None:
+    text = f"Step 3: Counted.\nStep 4: {first_line}\nBecause that is what the image shows."
+    assert extract(text, "reasoning").text.startswith(first_line)
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase", "explicit"),
+    [
+        ("There are three cubes. The answer is 3.", "3", True),
+        ("So the final answer is: B. The red cube.", "B", True),
+        ("The answer to the question is 7, because seven dots are visible.", "7", True),
+        ("Counting gives \\boxed{42}.", "42", True),
+        ("I think the answer is:\n5", "5", True),
+        ("The answer is 3.5 cm.", "3.5 cm", True),
+        ("First I counted. There are three cubes.", "There are three cubes.", False),
+        ("", "", False),
+    ],
+)
+def test_answer_phrase(text: str, phrase: str, explicit: bool) -> None:
+    assert answer_phrase(text) == (phrase, explicit)
+
+
+@pytest.mark.parametrize(
+    ("phrase", "normalized"),
+    [
+        ("(B)", "b"), ("B.", "b"), ("B", "b"), ("b)", "b"), ("(B) red cube", "b"), ("Option B", "b"),
+        ("option (c)", "c"), ("three", "3"), ("3", "3"), ("3.0", "3"), ("1,000", "1000"), ("-2", "-2"),
+        ("The Red Cube!", "red cube"), ("an apple", "apple"), ("Yes, there is a cat.", "yes"), ("No.", "no"),
+        ("**3**", "3"), ("3 cubes", "3 cubes"), ("a cube", "cube"),
+    ],
+)
+def test_normalize_answer(phrase: str, normalized: str) -> None:
+    assert normalize_answer(phrase) == normalized
+
+
+def test_different_wordings_of_one_answer_normalise_equal() -> None:
+    wordings = ["The answer is 3.", "So, the answer is three.", "Answer: 3", "The final answer is **3**."]
+    assert {parse_answer(w).normalized for w in wordings} == {"3"}
+    assert parse_answer("The answer is 5.").normalized == "5"

@@ -1,0 +1,78 @@
+"""The stage-1.5 mixture (`sicog curate mix`)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from sicog.cli import main
+from sicog.curate.mix import errors_path, mix, take
+from sicog.data.jsonl import RecordError, load_records
+
+
+def llava(rid: str, answer: str = "A cat.") -> dict:
+    return {"id": rid, "image": f"{rid}.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": answer}]}
+
+
+def write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_ratios_take_all_part_or_repeated_copies(tmp_path: Path) -> None:
+    captions = write(tmp_path / "captions.jsonl", [llava(f"c{i}") for i in range(10)])
+    reasoning = write(tmp_path / "reasoning.jsonl", [llava(f"r{i}") for i in range(4)])
+    parts = mix([captions, reasoning], tmp_path / "mix.jsonl", ratios=[0.5, 2], seed=3)
+    assert [(p.records, p.taken) for p in parts] == [(10, 5), (4, 8)]
+    ids = [r["id"] for r in load_records(tmp_path / "mix.jsonl")]
+    assert len(ids) == len(set(ids)) == 13
+    assert sorted(i for i in ids if i.startswith("r")) == ["r0", "r0#1", "r1", "r1#1", "r2", "r2#1", "r3", "r3#1"]
+    assert len([i for i in ids if i.startswith("c")]) == 5
+
+
+def test_same_seed_same_mixture_other_seed_other_order(tmp_path: Path) -> None:
+    source = write(tmp_path / "a.jsonl", [llava(f"a{i}") for i in range(30)])
+    mix([source], tmp_path / "one.jsonl", ratios=[0.5], seed=1)
+    mix([source], tmp_path / "two.jsonl", ratios=[0.5], seed=1)
+    mix([source], tmp_path / "three.jsonl", ratios=[0.5], seed=2)
+    assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()
+    assert (tmp_path / "one.jsonl").read_text() != (tmp_path / "three.jsonl").read_text()
+
+
+def test_invalid_records_and_repeated_ids_go_to_the_errors_file(tmp_path: Path) -> None:
+    bad_turns = {"id": "bad", "image": "x.jpg", "conversations": [{"from": "gpt", "value": "hi"}]}
+    source = write(tmp_path / "a.jsonl", [llava("ok"), bad_turns, llava("ok", "again")])
+    parts = mix([source], tmp_path / "mix.json")
+    assert (parts[0].records, parts[0].errors, parts[0].taken) == (3, 2, 1)
+    assert [r["id"] for r in json.loads((tmp_path / "mix.json").read_text())] == ["ok"]
+    errors = load_records(errors_path(tmp_path / "mix.json"))
+    assert [(e["id"], e["line"], e["field"]) for e in errors] == [("bad", 2, "conversations[0].from"), ("ok", 3, "id")]
+
+
+def test_colliding_ids_across_inputs_stop_the_mix_unless_prefixed(tmp_path: Path) -> None:
+    first = write(tmp_path / "captions.jsonl", [llava("img1")])
+    second = write(tmp_path / "reasoning.jsonl", [llava("img1")])
+    with pytest.raises(RecordError, match="img1"):
+        mix([first, second], tmp_path / "mix.jsonl")
+    assert not (tmp_path / "mix.jsonl").exists()
+    mix([first, second], tmp_path / "mix.jsonl", prefix_ids=True)
+    assert sorted(r["id"] for r in load_records(tmp_path / "mix.jsonl")) == ["captions:img1", "reasoning:img1"]
+
+
+def test_take_rejects_negative_ratios() -> None:
+    with pytest.raises(ValueError, match="ratio"):
+        take([llava("a")], -1, random.Random(0))
+
+
+def test_cli_mix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = write(tmp_path / "a.jsonl", [llava("a1"), llava("a2")])
+    second = write(tmp_path / "b.jsonl", [llava("b1")])
+    out = tmp_path / "mix.jsonl"
+    assert main(["curate", "mix", "--inputs", str(first), str(second), "--output", str(out), "--ratios", "1", "3"]) == 0
+    assert len(load_records(out)) == 5 and "wrote 5 records" in capsys.readouterr().out
+    assert main(["curate", "mix", "--inputs", str(first), "--output", str(out), "--ratios", "1", "2"]) == 2
+    assert "1 inputs but 2 ratios" in capsys.readouterr().err

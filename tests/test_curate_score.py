@@ -1,0 +1,109 @@
+"""MBR scores, answer agreement and selection, with hand-made embeddings."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from sicog.curate.score import best_index, majority_answer, mbr_scores
+from sicog.curate.select import BELOW_THRESHOLD, LOW_AGREEMENT, NO_ANSWER, SINGLE_CANDIDATE, record_rng, select
+
+
+def unit(angle_degrees: float) -> list[float]:
+    angle = math.radians(angle_degrees)
+    return [math.cos(angle), math.sin(angle)]
+
+
+def test_the_candidate_most_similar_to_the_others_is_chosen() -> None:
+    # Three candidates close together around 10 degrees, one opposite them: the middle of the cluster wins.
+    embeddings = np.array([unit(0), unit(10), unit(20), unit(190)])
+    scores = mbr_scores(embeddings)
+    assert best_index(scores) == 1
+    assert scores.index(min(scores)) == 3
+    expected = (math.cos(math.radians(10)) + math.cos(math.radians(20)) + math.cos(math.radians(190))) / 3
+    assert scores[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_scores_are_cosine_so_vector_length_does_not_matter() -> None:
+    base = np.array([unit(0), unit(30), unit(60)])
+    scaled = base * np.array([[1.0], [5.0], [0.2]])
+    assert mbr_scores(base) == mbr_scores(scaled)
+
+
+def test_self_similarity_is_excluded_by_default_and_included_on_request() -> None:
+    embeddings = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert mbr_scores(embeddings) == [0.0, 0.0]
+    assert mbr_scores(embeddings, include_self=True) == [0.5, 0.5]
+
+
+def test_single_candidate_rule() -> None:
+    assert mbr_scores(np.array([[0.3, 0.4]])) == [None]
+    assert mbr_scores(np.array([[0.3, 0.4]]), include_self=True) == [1.0]
+    decision = select([None], ["only one"], threshold=0.0, rng=random.Random(0))
+    assert (decision.best_index, decision.kept, decision.drop_reason, decision.rejected_index) == (0, False, SINGLE_CANDIDATE, None)
+
+
+def test_zero_rows_from_empty_candidates_score_zero() -> None:
+    scores = mbr_scores(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]))
+    assert scores == [0.5, 0.5, 0.0]
+
+
+def test_exact_threshold_is_kept_and_anything_above_the_best_score_is_not() -> None:
+    # a.b = a.c = 0.5 and b.c = -0.5: the best score is 0.5 up to float error, written as exactly 0.5.
+    embeddings = np.array([unit(0), unit(60), unit(-60)])
+    scores = mbr_scores(embeddings)
+    assert scores == [0.5, 0.0, 0.0]
+    texts = ["a", "b", "c"]
+    assert select(scores, texts, threshold=0.5, rng=random.Random(0)).kept
+    below = select(scores, texts, threshold=0.500001, rng=random.Random(0))
+    assert (below.kept, below.drop_reason, below.rejected_index) == (False, BELOW_THRESHOLD, None)
+
+
+def test_majority_answer_and_agreement() -> None:
+    answers = ["3", "5", "3", "3", "", "3"]
+    assert majority_answer(answers, [0.1] * 6) == ("3", round(4 / 6, 6))
+    assert majority_answer(["", ""], [0.1, 0.2]) == (None, 0.0)
+
+
+def test_majority_tie_goes_to_the_answer_with_the_stronger_candidate() -> None:
+    assert majority_answer(["3", "5", "3", "5"], [0.2, 0.9, 0.3, 0.1])[0] == "5"
+    assert majority_answer(["3", "5"], [0.5, 0.5])[0] == "3"
+
+
+def test_reasoning_best_is_taken_among_the_majority_answer_and_rejected_disagrees() -> None:
+    answers = ["5", "3", "3", "5", "3", "3"]
+    scores = [0.95, 0.9, 0.8, 0.7, 0.85, 0.6]  # the top MBR score belongs to a minority answer
+    texts = [f"candidate {i}" for i in range(6)]
+    for seed in range(20):
+        decision = select(scores, texts, threshold=0.5, rng=random.Random(seed), answers=answers, min_agreement=0.5)
+        assert decision.best_index == 1 and decision.kept
+        assert decision.majority_answer == "3" and decision.agreement == round(4 / 6, 6)
+        assert answers[decision.rejected_index] == "5"
+
+
+def test_reasoning_drop_reasons() -> None:
+    texts = ["a", "b", "c", "d"]
+    low = select([0.9] * 4, texts, threshold=0.5, rng=random.Random(0), answers=["1", "2", "3", "1"], min_agreement=0.75)
+    assert (low.kept, low.drop_reason, low.agreement) == (False, LOW_AGREEMENT, 0.5)
+    none = select([0.9] * 4, texts, threshold=0.5, rng=random.Random(0), answers=["", "", "", ""], min_agreement=0.0)
+    assert (none.kept, none.drop_reason) == (False, NO_ANSWER)
+
+
+def test_rejected_comes_from_the_lower_scoring_half_and_depends_on_the_seed_only() -> None:
+    scores = [0.6, 0.9, 0.5, 0.8, 0.7, 0.4]
+    texts = [f"caption {i}" for i in range(6)]
+    drawn = {select(scores, texts, threshold=0.0, rng=random.Random(seed)).rejected_index for seed in range(50)}
+    assert drawn == {0, 2, 5}  # the three lowest scores
+    first = select(scores, texts, threshold=0.0, rng=record_rng(7, "img-1")).rejected_index
+    assert all(select(scores, texts, threshold=0.0, rng=record_rng(7, "img-1")).rejected_index == first for _ in range(5))
+
+
+def test_rejected_is_never_a_copy_of_the_chosen_text() -> None:
+    scores = [0.9, 0.8, 0.7, 0.6]
+    texts = ["same", "other", "same", "same "]
+    for seed in range(20):
+        assert select(scores, texts, threshold=0.0, rng=random.Random(seed)).rejected_index == 1
+    assert select([0.9, 0.9], ["same", "same"], threshold=0.0, rng=random.Random(0)).rejected_index is None

@@ -1,0 +1,79 @@
+"""The quality-evaluation wrappers: environment variables -> `sicog curate ...`, from any directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {
+    "captions": ROOT / "quality_evaluation" / "scripts" / "recaption_quality_eval.sh",
+    "reasoning": ROOT / "quality_evaluation" / "scripts" / "reasoning_quality_eval.sh",
+}
+VARIABLES = ("RAW_DATASET", "MODEL_NAME_OR_PATH", "TEMPERATURE", "ENCODER_MODEL_NAME_OR_PATH", "THRESHOLD",
+             "OUTPUT_DIR", "MIN_AGREEMENT", "NPROC_PER_NODE", "ENCODER_TRUST_REMOTE_CODE", "ENCODER_APPEND_EOS",
+             "ENCODER_MAX_LENGTH", "ENCODER_QUERY_PREFIX", "ENCODER_DTYPE", "BATCH_SIZE", "SEED")
+
+
+def run_script(task: str, cwd: Path, *args: str, **variables: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    env.update(variables, SICOG_PYTHON=sys.executable, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run(["bash", str(SCRIPTS[task]), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("task", ["captions", "reasoning"])
+def test_missing_dataset_is_named(task: str, tmp_path: Path) -> None:
+    result = run_script(task, tmp_path)
+    assert result.returncode == 2 and "RAW_DATASET" in result.stderr
+
+
+@pytest.mark.parametrize("task", ["captions", "reasoning"])
+def test_dry_run_prints_the_resolved_command(task: str, tmp_path: Path) -> None:
+    result = run_script(
+        task, tmp_path, "--dry-run", "--seed", "4",
+        RAW_DATASET="gen/candidates.jsonl", MODEL_NAME_OR_PATH="ckpt/stage0", TEMPERATURE="0.7",
+        ENCODER_MODEL_NAME_OR_PATH="nvidia/NV-Embed-v2", ENCODER_TRUST_REMOTE_CODE="1", ENCODER_APPEND_EOS="1",
+        ENCODER_MAX_LENGTH="32768", THRESHOLD="0.9", MIN_AGREEMENT="0.6",
+    )
+    assert result.returncode == 0, result.stderr
+    command = shlex.split(result.stdout.strip())
+    assert command[1:5] == ["-m", "sicog", "curate", task]
+    joined = " ".join(command)
+    for expected in ("--input gen/candidates.jsonl", "--output-dir gen/candidates_curated", "--model-name-or-path ckpt/stage0",
+                     "--temperature 0.7", "--encoder nvidia/NV-Embed-v2", "--trust-remote-code", "--append-eos",
+                     "--max-length 32768", "--threshold 0.9", "--seed 4"):
+        assert expected in joined
+    assert ("--min-agreement 0.6" in joined) == (task == "reasoning")
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_torchrun_when_several_processes(tmp_path: Path) -> None:
+    result = run_script("captions", tmp_path, "--dry-run", RAW_DATASET="g.jsonl", NPROC_PER_NODE="2")
+    assert "torch.distributed.run --nproc_per_node 2" in result.stdout
+
+
+@pytest.mark.slow
+def test_script_runs_from_another_directory(tmp_path: Path) -> None:
+    record = {"id": "q", "image": "q.jpg", "candidates": ["Step 4: The answer is 3.", "Step 4: The answer is 3."],
+              "generation": {"prompt_type": "cot-default", "prompt": "How many? Answer the question step-by-step."}}
+    (tmp_path / "gen.json").write_text(json.dumps([record]))
+    result = run_script("reasoning", tmp_path, RAW_DATASET="gen.json", THRESHOLD="0.9")
+    assert result.returncode == 0, result.stderr[-2000:]
+    curated = [json.loads(line) for line in (tmp_path / "gen_curated" / "curated.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in curated] == ["q"]
+
+
+@pytest.mark.parametrize("task", ["captions", "reasoning"])
+def test_wrapper_conventions(task: str) -> None:
+    text = SCRIPTS[task].read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    assert 'source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/_common.sh"' in text
+    assert not re.search(r"(^|[\s=\"'])/(?!dev/)[A-Za-z]", text.replace("#!/usr/bin/env bash", ""))
+    assert "pip install" not in text and "apt-get" not in text

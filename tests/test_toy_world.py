@@ -1,0 +1,129 @@
+"""Toy world scenes and their rendering: invariants, slicing share, pixels where the truth says."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from sicog.model.slicing import plan_slices
+from sicog.toy.datasets import WorldWriter
+from sicog.toy.render import png_bytes, render
+from sicog.toy.settings import TOY_MAX_SLICE_NUMS, TOY_PATCH_SIZE, TOY_SCALE_RESOLUTION
+from sicog.toy.world import (
+    BACKGROUNDS,
+    CORNER_CELLS,
+    COLORS,
+    IMAGE_SIZES,
+    Mark,
+    Scene,
+    SceneObject,
+    holds,
+    sample_scene,
+)
+
+
+def _scenes(n: int, seed: int = 0) -> list[Scene]:
+    rng = random.Random(seed)
+    return [sample_scene(rng) for _ in range(n)]
+
+
+def _plan(width: int, height: int):
+    return plan_slices(
+        width,
+        height,
+        scale_resolution=TOY_SCALE_RESOLUTION,
+        patch_size=TOY_PATCH_SIZE,
+        max_slice_nums=TOY_MAX_SLICE_NUMS,
+    )
+
+
+def test_scene_invariants() -> None:
+    for scene in _scenes(500):
+        cells = [(o.row, o.col) for o in scene.objects]
+        assert 1 <= len(scene.objects) <= 4
+        assert len(set(cells)) == len(cells), "two objects share a grid cell"
+        assert len({o.name for o in scene.objects}) == len(scene.objects), "(colour, shape) not unique"
+        for obj in scene.objects:
+            assert obj.label is None or (obj.size != "small" and 1 <= obj.label <= 9)
+            x0, y0, x1, y1 = scene.object_box(obj)
+            cell_w, cell_h = scene.width / 3, scene.height / 3
+            assert obj.col * cell_w <= x0 < x1 <= (obj.col + 1) * cell_w, "object leaves its cell"
+            assert obj.row * cell_h <= y0 < y1 <= (obj.row + 1) * cell_h, "object leaves its cell"
+        if scene.mark:
+            assert CORNER_CELLS[scene.mark.corner] not in cells, "corner dot drawn over an object's cell"
+
+
+def test_relations_follow_the_grid() -> None:
+    a = SceneObject("circle", "red", "large", 0, 0)
+    b = SceneObject("square", "blue", "small", 2, 1)
+    scene = Scene(64, 64, "white", (a, b))
+    assert set(scene.relations()) == {
+        ("red circle", "left of", "blue square"),
+        ("red circle", "above", "blue square"),
+        ("blue square", "right of", "red circle"),
+        ("blue square", "below", "red circle"),
+    }
+    assert not holds(a, "below", b)
+    with pytest.raises(ValueError, match="unknown relation"):
+        holds(a, "near", b)
+
+
+def test_image_sizes_give_a_good_share_of_two_to_four_slices() -> None:
+    for (width, height) in IMAGE_SIZES:
+        plan = _plan(width, height)
+        assert plan.num_slices in (0, 2, 3, 4), (width, height, plan)
+        assert plan.source_size[0] * plan.source_size[1] <= TOY_SCALE_RESOLUTION**2
+    slices = Counter(_plan(s.width, s.height).num_slices for s in _scenes(1000))
+    assert slices[0] >= 150, "too few whole (unsliced) images"
+    assert slices[2] + slices[3] + slices[4] >= 500, f"too few sliced images: {slices}"
+    assert slices[2] >= 100 and slices[4] >= 100, slices
+
+
+def test_world_writer_never_draws_a_scene_twice(tmp_path) -> None:
+    writer = WorldWriter(tmp_path, seed=0)
+    rng = writer.rng("align")
+    keys = [writer.draw(rng)[0].key() for _ in range(300)]
+    assert len(set(keys)) == 300 and writer.seen == set(keys)
+    scene, answer = writer.draw(rng, accept=lambda s: len(s.objects) if len(s.objects) == 4 else None)
+    assert answer == 4 and len(scene.objects) == 4
+    with pytest.raises(RuntimeError, match="no new acceptable scene"):
+        writer.draw(rng, accept=lambda s: None, max_tries=20)
+
+
+def test_render_size_and_pixels_where_the_truth_says() -> None:
+    for scene in _scenes(60, seed=2):
+        image = render(scene)
+        assert image.size == (scene.width, scene.height) and image.mode == "RGB"
+        for obj in scene.objects:
+            if obj.label is not None or obj.size == "small":
+                continue
+            x0, y0, x1, y1 = scene.object_box(obj)
+            center = image.getpixel((int((x0 + x1) / 2), int((y0 + y1) / 2)))
+            assert max(abs(c - t) for c, t in zip(center, COLORS[obj.color])) <= 12, (obj, center)
+
+
+def test_background_border_and_dot_are_drawn() -> None:
+    obj = SceneObject("square", "blue", "medium", 1, 1)
+    plain = Scene(96, 64, "black", (obj,))
+    framed = Scene(96, 64, "black", (obj,), mark=Mark("yellow", "top right"), border="red")
+    assert render(plain).getpixel((2, 32)) == BACKGROUNDS["black"]
+    assert render(framed).getpixel((0, 32)) == COLORS["red"]
+    dot = render(framed).crop((96 - 14, 0, 96, 14))
+    assert COLORS["yellow"] in {color for _, color in dot.getcolors(256)}
+
+
+def test_digit_labels_change_the_pixels_and_differ_per_digit() -> None:
+    def draw(label):
+        return render(Scene(128, 128, "white", (SceneObject("circle", "blue", "large", 1, 1, label),))).tobytes()
+
+    images = [draw(None)] + [draw(d) for d in range(1, 10)]
+    assert len(set(images)) == 10
+
+
+def test_png_bytes_are_deterministic_and_carry_no_metadata() -> None:
+    scene = _scenes(1, seed=5)[0]
+    first, second = png_bytes(render(scene)), png_bytes(render(scene))
+    assert first == second
+    assert b"tIME" not in first and b"tEXt" not in first

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Re-template LLaVA-CoT answers (SUMMARY/CAPTION/REASONING/CONCLUSION tags) into the 4-step CoT
+# format and short-answer records (`sicog annotate cot`).
+#
+#   export ORIGINAL_COT_FILE=... OUTPUT_COT_DIR=... OUTPUT_SHORT_DIR=...
+#   bash revise_cot.sh [--dry-run] [more `sicog annotate cot` options]
+# or, positionally (an empty argument keeps the exported value):
+#   bash revise_cot.sh COT_FILE COT_DIR SHORT_DIR [options]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
+
+parse_common_args "$@"
+positional=(ORIGINAL_COT_FILE OUTPUT_COT_DIR OUTPUT_SHORT_DIR)
+options=()
+taken=0
+for arg in ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}; do
+    if ((${#options[@]} == 0 && taken < ${#positional[@]})) && [[ "$arg" != -* ]]; then
+        if [[ -n "$arg" ]]; then printf -v "${positional[taken]}" '%s' "$arg"; fi
+        taken=$((taken + 1))
+    else
+        options+=("$arg")
+    fi
+done
+
+require_vars ORIGINAL_COT_FILE OUTPUT_COT_DIR OUTPUT_SHORT_DIR
+
+sicog_exec annotate cot --input "$ORIGINAL_COT_FILE" --cot-dir "$OUTPUT_COT_DIR" --short-dir "$OUTPUT_SHORT_DIR" \
+    ${options[@]+"${options[@]}"}
