@@ -43,3 +43,37 @@ sicog_exec() {
     if ((SICOG_DRY_RUN)); then exit 0; fi
     exec "${cmd[@]}"
 }
+
+# training_flags LEARNING_RATE PER_DEVICE_BATCH: the `sicog train` flags every stage shares, in TRAIN_FLAGS.
+# Reads ACCU_STEPS, OUTPUT_DIR, DATA_PATH, IMAGE_FOLDER, MODEL_MAX_LENGTH, EPOCHS or MAX_STEPS, DEEPSPEED
+# (zero2 | zero3 | a JSON path | none), PRECISION (bf16 | fp16 | fp32), SAVE_STEPS, NUM_WORKERS,
+# GRADIENT_CHECKPOINTING (true | false). Schedule as published: cosine, 3% warm-up, no weight decay.
+training_flags() {
+    TRAIN_FLAGS=(
+        --learning_rate "$1" --per_device_train_batch_size "$2"
+        --gradient_accumulation_steps "${ACCU_STEPS:-1}"
+        --output_dir "${OUTPUT_DIR:-$SICOG_ROOT/model_weight/$EXPERIMENT_NAME}"
+        --data_path "$DATA_PATH" --model_max_length "${MODEL_MAX_LENGTH:-4096}"
+        --lr_scheduler_type cosine --warmup_steps 0.03 --weight_decay 0.0
+        --logging_steps "${LOGGING_STEPS:-1}" --save_strategy steps --save_steps "${SAVE_STEPS:-500}"
+        --save_total_limit "${SAVE_TOTAL_LIMIT:-2}" --dataloader_num_workers "${NUM_WORKERS:-4}"
+        --group_by_modality_length True
+    )
+    if [[ -n "${IMAGE_FOLDER:-}" ]]; then TRAIN_FLAGS+=(--image_folder "$IMAGE_FOLDER"); fi
+    if [[ -n "${MAX_STEPS:-}" ]]; then
+        TRAIN_FLAGS+=(--max_steps "$MAX_STEPS")
+    else
+        TRAIN_FLAGS+=(--num_train_epochs "${EPOCHS:-1}")
+    fi
+    case "${DEEPSPEED:-zero2}" in
+        none) ;;
+        *) TRAIN_FLAGS+=(--deepspeed "${DEEPSPEED:-zero2}") ;;
+    esac
+    case "${PRECISION:-bf16}" in
+        bf16) TRAIN_FLAGS+=(--bf16 True) ;;
+        fp16) TRAIN_FLAGS+=(--fp16 True) ;;
+        fp32) ;;
+        *) echo "error: PRECISION must be bf16, fp16 or fp32 (got ${PRECISION})" >&2; exit 2 ;;
+    esac
+    if [[ "${GRADIENT_CHECKPOINTING:-true}" == "true" ]]; then TRAIN_FLAGS+=(--gradient_checkpointing True); fi
+}

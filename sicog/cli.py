@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "curate": ("sicog.curate.cli", "self-consistency curation of generated candidates (captions, reasoning, mix)"),
     "annotate": ("sicog.annotate.cli", "stage-0 annotation: CoD captions through a chat API, CoT conversion"),
     "generate": ("sicog.generate.cli", "sample N candidate captions or CoT answers per record (sharded, resumable)"),
+    "eval": ("sicog.eval.cli", "evaluate a checkpoint on a VLMEvalKit-style TSV benchmark (multiple choice, yes/no)"),
 }
 
 

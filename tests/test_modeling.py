@@ -87,6 +87,7 @@ def test_num_return_sequences_samples_each_prompt(tiny_model_factory):
     torch.manual_seed(0)
     out = model.generate(**batch, do_sample=True, temperature=1.5, max_new_tokens=6, min_new_tokens=6, num_return_sequences=3)
     assert out.shape[0] == 6
+    assert not (out[:, batch["input_ids"].shape[1] :] == processor.image_token_id).any()
     assert len({tuple(row.tolist()) for row in out[:3]}) > 1
 
 

@@ -87,6 +87,8 @@ def build_from_parts(
         llm.resize_token_embeddings(len(tokenizer))
     config = make_config(vision.config, llm.config, tokenizer, **settings)
     model = SicogForConditionalGeneration(config, vision_tower=vision, language_model=llm).to(dtype=llm.dtype)
+    # The composite's init resets its sub-configs' attention backend; set it again for every part.
+    model.set_attn_implementation(attn_implementation)
     _set_generation_ids(model, tokenizer)
     return model, SicogProcessor(tokenizer, config)
 

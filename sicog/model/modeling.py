@@ -188,6 +188,9 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         The prompt embeddings (images merged) are computed a single time and reused for every
         ``num_return_sequences`` sample; decoding then runs on the KV cache. Returns prompt + new ids.
         """
+        # A placeholder id must never be sampled: the next step would have no image feature for it.
+        suppressed = list(kwargs.pop("suppress_tokens", None) or [])
+        kwargs["suppress_tokens"] = sorted(set(suppressed) | {self.config.image_token_id})
         if input_ids is None or "inputs_embeds" in kwargs:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if kwargs.get("use_cache") is False and bool((input_ids == self.config.image_token_id).any()):

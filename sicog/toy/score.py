@@ -1,8 +1,9 @@
 """Scoring against the toy world's ground truth: multiple-choice answers, short answers and captions.
 
-Answers: the final answer is taken from "The answer is X" (or CoT step 4, or the whole reply); a
-choice is accepted as "B", "(B)", "B. red", "Option B" or the option's text; anything else, such as
-"A or B", is wrong. Captions are parsed with the toy language's own phrase tables: objects are
+Answers are read with the project's one extractor, :mod:`sicog.eval.answers` (``extract_choice`` and
+``answer_matches`` are re-exported here): the final answer is taken from "The answer is X" (or CoT
+step 4, or the whole reply); a choice is accepted as "B", "(B)", "B. red", "Option B" or the option's
+text; "A or B" is wrong. Captions are parsed with the toy language's own phrase tables: objects are
 (colour, shape) mentions, and the size, position and label said after a mention belong to it.
 """
 
@@ -13,13 +14,11 @@ import re
 from typing import Iterable, Mapping, Sequence
 
 from sicog.data.jsonl import RecordError, iter_records
-from sicog.data.prompts import COT_STEPS
-from sicog.data.steps import final_step
+from sicog.eval.answers import answer_matches, extract_choice
 from sicog.toy.answers import LETTERS
 from sicog.toy.language import (
     BACKGROUND_WORDS,
     NO_LABEL_PREDICATES,
-    NUMBER_WORDS,
     POSITION_PHRASES,
     SHAPE_WORDS,
     SIZE_WORDS,
@@ -27,6 +26,15 @@ from sicog.toy.language import (
 from sicog.toy.world import COLORS, CORNERS
 
 ATTRIBUTES = ("size", "position", "label")
+__all__ = [
+    "answer_matches",
+    "extract_choice",
+    "load_ground_truth",
+    "parse_caption",
+    "score_caption",
+    "score_captions",
+    "score_mc",
+]
 
 
 def _alternation(words: Iterable[str]) -> str:
@@ -59,49 +67,6 @@ _SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
 
 
 # ----------------------------------------------------------------------------------------- answers
-
-
-def extract_answer(text: str) -> str:
-    """The final answer of a reply: after the last "answer is", else CoT step 4, else the whole reply."""
-    found = re.findall(r"answer is\s*:?\s*([^\n]*)", text, re.IGNORECASE)
-    if found:
-        answer = found[-1]
-    else:
-        answer, _ = final_step(text, len(COT_STEPS), COT_STEPS)
-    return answer.strip().strip("*\"'` ").rstrip(".").strip()
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, no articles or trailing punctuation, number words as digits, "grey" as "gray"."""
-    text = re.sub(r"[.!?,;:*\"'`]+$", "", text.strip().lower()).strip()
-    text = re.sub(r"^(?:the|a|an)\s+", "", text)
-    text = text.replace("grey", "gray")
-    words = [str(NUMBER_WORDS.index(w)) if w in NUMBER_WORDS else w for w in text.split()]
-    return " ".join(words)
-
-
-def extract_choice(prediction: str, options: Mapping[str, str]) -> str | None:
-    """The option letter a reply chose, or None when it chose none or several.
-
-    ``options`` maps letters to option texts (empty or missing options are ignored).
-    """
-    options = {k: str(v) for k, v in options.items() if k in LETTERS and v not in (None, "")}
-    answer = extract_answer(prediction)
-    match = re.fullmatch(r"(?:option\s+)?\(?([A-D])\)?(?:[\s.:)]+(.*))?", answer, re.IGNORECASE | re.DOTALL)
-    if match and match.group(1).isupper() and match.group(1) in options:
-        letter, rest = match.group(1), (match.group(2) or "").strip()
-        # "B. red" must name B's own text; "A or B" names nothing and is wrong.
-        if not rest or normalize_answer(rest) == normalize_answer(options[letter]):
-            return letter
-    # Otherwise the reply must be one option's text ("A red circle" may be an article, not option A).
-    wanted = normalize_answer(answer)
-    hits = [k for k, v in options.items() if normalize_answer(v) == wanted]
-    return hits[0] if len(hits) == 1 else None
-
-
-def answer_matches(prediction: str, answer: str) -> bool:
-    """Whether a reply's final answer equals a short ground-truth answer (after normalisation)."""
-    return normalize_answer(extract_answer(prediction)) == normalize_answer(answer)
 
 
 def score_mc(predictions: Mapping[str, str], rows: Sequence[Mapping[str, object]]) -> dict:

@@ -1,0 +1,78 @@
+"""Answering prompts about images with a SICOG model: encoding one item, and batched generation.
+
+Shared by the built-in runner and the VLMEvalKit and lmms-eval adapters, so that every way of
+evaluating a checkpoint feeds it the same inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from sicog.data.prompts import IMAGE_TOKEN
+from sicog.model.builders import load_pretrained
+from sicog.model.image_io import ImageError, load_image
+from sicog.model.modeling import SicogForConditionalGeneration
+from sicog.model.processing import ConversationError, Encoded, SicogProcessor
+
+# What makes one item unusable (reported for that item; the others go on).
+ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """``auto``: cuda:LOCAL_RANK when a GPU is available, else cpu; bfloat16 on GPU, float32 on CPU."""
+    if device == "auto":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, float32, bfloat16, float16")
+    return torch.device(device), getattr(torch, dtype)
+
+
+def load_for_eval(
+    path: str | os.PathLike, device: str = "auto", dtype: str = "auto"
+) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
+    """Load a checkpoint onto ``device`` in eval mode (see :func:`resolve_device`)."""
+    torch_device, torch_dtype = resolve_device(device, dtype)
+    model, processor = load_pretrained(path, dtype=torch_dtype)
+    return model.to(torch_device).eval(), processor
+
+
+def encode_item(processor: SicogProcessor, prompt: str, images: Sequence[str | Image.Image] = ()) -> Encoded:
+    """Encode one user turn: one ``<image>`` per image in front of ``prompt`` unless the prompt places them.
+
+    Raises :class:`ImageError` or :class:`ConversationError` for an item that cannot be encoded.
+    """
+    loaded = [load_image(image) for image in images]
+    text = prompt if IMAGE_TOKEN in prompt else "".join(f"{IMAGE_TOKEN}\n" for _ in loaded) + prompt
+    return processor.encode([{"from": "human", "value": text}], loaded, train=False)
+
+
+@torch.no_grad()
+def generate_replies(
+    model: torch.nn.Module,
+    processor: SicogProcessor,
+    encoded: Sequence[Encoded],
+    *,
+    max_new_tokens: int,
+    **generate_kwargs,
+) -> list[str]:
+    """One reply per encoded item (greedy unless ``generate_kwargs`` say otherwise), in input order.
+
+    The items form one left-padded batch; call it with as many as fit in memory.
+    """
+    if not encoded:
+        return []
+    batch = processor.collate(list(encoded), padding_side="left")
+    inputs = {"input_ids": batch["input_ids"].to(model.device), "attention_mask": batch["attention_mask"].to(model.device)}
+    if "pixel_values" in batch:
+        inputs["pixel_values"] = batch["pixel_values"]
+    settings = {"do_sample": False, **generate_kwargs}
+    # A generated image placeholder would have no image feature to take its place.
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, suppress_tokens=[processor.image_token_id], **settings)
+    prompt_len = inputs["input_ids"].shape[1]
+    return [processor.decode(out[row, prompt_len:]) for row in range(len(encoded))]

@@ -1,0 +1,51 @@
+"""Benchmark prompts in VLMEvalKit's LLaVA manner, directly or step by step.
+
+Multiple choice: the hint (if any) and the question, one "A. text" line per option, then "Answer
+with the option's letter from the given choices directly." (the Chinese instruction for Chinese
+questions, as VLMEvalKit does for MMBench-CN). Yes/no: the question and "Answer the question using a
+single word or phrase." (LLaVA-1.5's POPE prompt). The ``cot`` style appends SICOG's step-by-step
+request to the same text, which is how the structured-CoT training data asks its questions.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sicog.data.prompts import SHORT_ANSWER, reasoning_prompt
+from sicog.eval.tsv import MULTIPLE_CHOICE, is_missing, row_options
+
+PROMPT_STYLES = ("direct", "cot")
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+MC_INSTRUCTION_CN = "请直接回答选项字母。"
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _has_chinese(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+def multiple_choice_prompt(question: str, options: dict[str, str], hint: str | None = None) -> str:
+    """Hint, question, one "X. option" line per option, and the answer-with-a-letter instruction."""
+    lines = [hint.strip()] if hint and hint.strip() else []
+    lines.append(question.strip())
+    lines += [f"{letter}. {text.strip()}" for letter, text in options.items()]
+    text = "\n".join(lines)
+    return f"{text}\n{MC_INSTRUCTION_CN if _has_chinese(text) else MC_INSTRUCTION}"
+
+
+def yes_no_prompt(question: str) -> str:
+    """The question and the short-answer instruction."""
+    return f"{question.strip()}\n{SHORT_ANSWER}"
+
+
+def build_prompt(row: dict[str, str], kind: str, style: str = "direct") -> str:
+    """The user text for one benchmark row (without ``<image>``)."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; choose from {', '.join(PROMPT_STYLES)}")
+    hint = None if is_missing(row.get("hint")) else row["hint"]
+    if kind == MULTIPLE_CHOICE:
+        text = multiple_choice_prompt(row["question"], row_options(row), hint)
+    else:
+        question = row["question"] if hint is None else f"{hint.strip()}\n{row['question']}"
+        text = yes_no_prompt(question)
+    return reasoning_prompt("cot-default", text) if style == "cot" else text

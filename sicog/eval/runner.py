@@ -1,0 +1,223 @@
+"""The built-in benchmark runner: batched generation over torchrun ranks, resume, scoring, results.
+
+``evaluate`` writes into ``output_dir``:
+
+- ``predictions.jsonl``: one line per answered row ``{id, prompt, prediction, settings}``;
+- ``errors.jsonl``: one line per row that could not be evaluated, with its reason;
+- ``results.json``: accuracy overall and by category, counts, and the failed rows;
+- ``results.xlsx``: one row per item with its prediction and correctness, and the accuracy table.
+
+Rank ``r`` of ``w`` answers rows ``r, r + w, ...`` into its own shard files, flushed after every
+batch. A rerun skips the rows already answered or failed (in the merged files or in any shard), so
+an interrupted run resumes where it stopped; rows answered with other settings (model, prompt style,
+token limit) make it stop instead of mixing two runs. Rank 0 merges the shards, checking that every
+row is in exactly one of the two files, and scores.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch.distributed as dist
+from tqdm import tqdm
+
+from sicog.data.jsonl import JsonlAppender, RecordError, drop_partial_tail, error_record, iter_records, write_json
+from sicog.data.sharding import merge_shards, rank_and_world, shard, shard_path
+from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
+from sicog.eval.prompts import PROMPT_STYLES, build_prompt
+from sicog.eval.scoring import score_items, summarize
+from sicog.eval.sheet import write_xlsx
+from sicog.eval.tsv import Benchmark, read_benchmark, row_image, row_problem
+from sicog.model.processing import ConversationError
+
+PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
+# Enough for a letter or "yes" with a few words around it, and for a structured chain of thought.
+DEFAULT_MAX_NEW_TOKENS = {"direct": 64, "cot": 1024}
+_SHARD_SUFFIX = re.compile(r"\.rank(\d{5})-of-(\d{5})$")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What decides a prediction (stored with each one; a resumed run must use the same)."""
+
+    model: str
+    prompt_style: str = "direct"
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"unknown prompt style {self.prompt_style!r}; choose from {', '.join(PROMPT_STYLES)}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+
+def shard_files(target: Path) -> list[Path]:
+    """Every per-rank shard file of ``target``, whatever world size wrote it."""
+    pattern = glob.escape(str(target)) + ".rank*-of-*"
+    return sorted(Path(p) for p in glob.glob(pattern) if _SHARD_SUFFIX.search(p))
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict]]:
+    """Records of a file a killed run may have left with an unfinished last line (that line is skipped)."""
+    if not path.exists():
+        return
+    try:
+        yield from iter_records(path)
+    except RecordError as err:
+        data = path.read_bytes()
+        if data.endswith(b"\n") or err.line != data.count(b"\n") + 1:
+            raise
+
+
+def _done_ids(paths: Sequence[Path], settings: EvalSettings) -> set[str]:
+    """Row ids already answered or failed; an answer made with other settings raises :class:`RecordError`."""
+    done: set[str] = set()
+    mine = asdict(settings)
+    for path in paths:
+        for line, record in _records(path):
+            theirs = record.get("settings")
+            if theirs is not None and theirs != mine:
+                raise RecordError(
+                    f"answered with other settings ({theirs}, this run: {mine}); use another output folder or "
+                    "delete the old files to start over",
+                    path=path, line=line, record_id=record.get("id"), field="settings",
+                )
+            done.add(str(record.get("id")))
+    return done
+
+
+def _error(row: dict[str, str], benchmark: Benchmark, field: str, reason: str) -> dict:
+    # The base64 image would make the errors file as large as the benchmark; the index finds it.
+    slim = {k: v for k, v in row.items() if k != "image"}
+    return error_record(slim, reason, record_id=row["index"], field=field, file=str(benchmark.path))
+
+
+def run_rank(
+    benchmark: Benchmark,
+    model,
+    processor,
+    output_dir: Path,
+    settings: EvalSettings,
+    *,
+    batch_size: int = 8,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Answer this rank's rows that no earlier run answered; return counts of this run's work."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    predictions, errors = output_dir / PREDICTIONS, output_dir / ERRORS
+    out_part, err_part = shard_path(predictions, rank, world), shard_path(errors, rank, world)
+    # Shards of another world size come from an earlier run; those of this world size belong to live ranks.
+    foreign = [p for p in shard_files(predictions) + shard_files(errors) if not p.name.endswith(f"-of-{world:05d}")]
+    counts = {"answered": 0, "errors": 0, "skipped": 0}
+    with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as failures:
+        done = _done_ids([predictions, errors, out_part, err_part, *foreign], settings)
+        rows = shard(benchmark.rows, rank, world)
+        pending = [row for row in rows if row["index"] not in done]
+        counts["skipped"] = len(rows) - len(pending)
+        bar = tqdm(total=len(rows), initial=counts["skipped"], unit="row", desc=f"eval {benchmark.name} (rank {rank}/{world})",
+                   disable=not progress)
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            _run_batch(benchmark, batch, model, processor, settings, outputs, failures, counts)
+            bar.update(len(batch))
+        bar.close()
+    return counts
+
+
+def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settings: EvalSettings,
+               outputs: JsonlAppender, failures: JsonlAppender, counts: dict[str, int]) -> None:
+    """Encode the batch's rows (a failing row goes to the errors file), answer the rest in one call."""
+    ready, encoded = [], []
+    for row in batch:
+        problem = row_problem(row, benchmark.kind)
+        if problem is not None:
+            failures.write(_error(row, benchmark, *problem))
+            counts["errors"] += 1
+            continue
+        prompt = build_prompt(row, benchmark.kind, settings.prompt_style)
+        try:
+            encoded.append(encode_item(processor, prompt, [row_image(benchmark, row)]))
+        except ENCODE_ERRORS as err:
+            failures.write(_error(row, benchmark, "question" if isinstance(err, ConversationError) else "image", str(err)))
+            counts["errors"] += 1
+            continue
+        ready.append((row, prompt))
+    replies = generate_replies(model, processor, encoded, max_new_tokens=settings.max_new_tokens)
+    for (row, prompt), reply in zip(ready, replies, strict=True):
+        outputs.write({"id": row["index"], "prompt": prompt, "prediction": reply, "settings": asdict(settings)})
+        counts["answered"] += 1
+    outputs.flush()
+    failures.flush()
+
+
+def merge_and_score(benchmark: Benchmark, output_dir: Path) -> dict:
+    """Merge every shard into predictions.jsonl and errors.jsonl (each row in exactly one), remove the
+    shards, score, and write results.json and results.xlsx; return the summary."""
+    predictions, errors = output_dir / PREDICTIONS, output_dir / ERRORS
+    out_shards, err_shards = shard_files(predictions), shard_files(errors)
+    for part in out_shards + err_shards:
+        drop_partial_tail(part)  # a killed run of another world size may have left half a line
+    parts = ([predictions] if predictions.exists() else []) + out_shards
+    error_parts = ([errors] if errors.exists() else []) + err_shards
+    merge_shards(predictions, parts, benchmark.indices, error_parts=error_parts, errors_output=errors)
+    for part in out_shards + err_shards:
+        part.unlink()
+    answers = {str(r["id"]): r["prediction"] for _, r in iter_records(predictions)}
+    reasons = {str(r["id"]): r["reason"] for _, r in iter_records(errors)}
+    items = score_items(benchmark, answers, reasons)
+    summary = summarize(benchmark, items)
+    summary["files"] = {name: str(output_dir / name) for name in (PREDICTIONS, ERRORS, RESULTS, SHEET)}
+    write_xlsx(output_dir / SHEET, items, summary)
+    write_json(output_dir / RESULTS, summary)
+    return summary
+
+
+def evaluate(
+    model,
+    processor,
+    tsv_path: str | os.PathLike | Benchmark,
+    output_dir: str | os.PathLike,
+    prompt: str = "direct",
+    batch_size: int = 8,
+    *,
+    max_new_tokens: int | None = None,
+    image_root: str | os.PathLike | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> dict | None:
+    """Evaluate ``model`` on a VLMEvalKit-style TSV benchmark; return the results (rank 0) or None.
+
+    ``prompt``: "direct" (answer with the option's letter) or "cot" (step by step); ``max_new_tokens``
+    defaults to 64 for direct and 1024 for cot answers; ``model_name`` (default: the checkpoint path the
+    model was loaded from) is stored with each prediction so that a resumed run cannot mix models.
+    Under torchrun every rank calls this with the process group initialised; rank 0 merges and scores
+    after every rank is done.
+    """
+    benchmark = tsv_path if isinstance(tsv_path, Benchmark) else read_benchmark(tsv_path, image_root)
+    name = model_name if model_name is not None else str(getattr(model, "name_or_path", "") or type(model).__name__)
+    tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 64)
+    settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = rank_and_world()
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"WORLD_SIZE is {world} but no torch.distributed process group is initialised")
+    was_training = model.training
+    model.eval()
+    try:
+        run_rank(benchmark, model, processor, output_dir, settings, batch_size=batch_size, rank=rank, world=world,
+                 progress=progress and rank == 0)
+    finally:
+        model.train(was_training)
+    if world > 1:
+        dist.barrier()
+    return merge_and_score(benchmark, output_dir) if rank == 0 else None
+

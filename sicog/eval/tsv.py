@@ -1,0 +1,175 @@
+"""Reading benchmarks in VLMEvalKit's TSV format (MMStar, MMBench, AI2D, ScienceQA, POPE, ...).
+
+Columns: ``index``, ``image`` (base64; or ``image_path``, a file), ``question``, optional ``hint``,
+options ``A``, ``B``, ... (multiple choice), ``answer`` (a letter, or yes/no), optional ``category``
+and ``l2-category``. As in VLMEvalKit, a short ``image`` cell holding another row's index reuses
+that row's image (MMBench stores each picture once), and empty or "nan" cells are missing values.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from sicog.data.jsonl import RecordError
+from sicog.model.image_io import ImageError, load_image
+
+MULTIPLE_CHOICE = "multiple-choice"
+YES_NO = "yes/no"
+# pandas (which VLMEvalKit reads TSVs with) turns these cells into NaN.
+MISSING = ("", "nan", "NaN", "NAN")
+# VLMEvalKit's rule: an image cell this short is a reference to another row's index, not base64.
+IMAGE_REFERENCE_MAX = 64
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """The rows of one benchmark file (every value a string) and what kind of benchmark it is."""
+
+    path: Path
+    rows: list[dict[str, str]]
+    kind: str
+    image_root: Path
+    by_index: dict[str, dict[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_index", {row["index"]: row for row in self.rows})
+
+    @property
+    def name(self) -> str:
+        """The file name without its extension (``MMStar`` for ``MMStar.tsv``)."""
+        return self.path.stem
+
+    @property
+    def indices(self) -> list[str]:
+        """Every row's index, in file order."""
+        return [row["index"] for row in self.rows]
+
+
+def is_missing(value: object) -> bool:
+    """Whether a cell is empty (missing in VLMEvalKit's reading)."""
+    return value is None or str(value).strip() in MISSING
+
+
+def row_options(row: dict[str, str]) -> dict[str, str]:
+    """The row's options, letter -> text, in letter order (missing letters are skipped)."""
+    return {letter: row[letter] for letter in string.ascii_uppercase if letter in row and not is_missing(row[letter])}
+
+
+def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Benchmark:
+    """Read a VLMEvalKit-style TSV and check its columns and indices.
+
+    ``image_root``: where relative ``image_path`` values start (default: the TSV's folder). Raises
+    :class:`RecordError` naming file, line and column for a missing column, a missing or repeated
+    index, or (without options) an answer that is not yes/no; row-level problems are found by
+    :func:`row_problem` so that they can be reported without stopping the run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError("benchmark file not found", path=path)
+    csv.field_size_limit(1 << 30)  # base64 images exceed csv's default field limit
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        columns = list(reader.fieldnames or ())
+        missing = [c for c in ("index", "question") if c not in columns]
+        if "image" not in columns and "image_path" not in columns:
+            missing.append("image or image_path")
+        if missing:
+            raise RecordError(f"missing columns: {', '.join(missing)}", path=path, line=1)
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if None in row:
+                raise RecordError(f"{len(row[None])} more cells than columns", path=path, line=line)
+            rows.append((line, {k: ("" if v is None else v) for k, v in row.items()}))
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        index = row["index"].strip()
+        if not index:
+            raise RecordError("empty index", path=path, line=line, field="index")
+        if index in seen:
+            raise RecordError(f"index repeats line {seen[index]}", path=path, line=line, record_id=index, field="index")
+        seen[index] = line
+        row["index"] = index
+    root = Path(image_root) if image_root is not None else path.parent
+    return Benchmark(path, [row for _, row in rows], _kind(columns, rows, path), root)
+
+
+def _kind(columns: list[str], rows: list[tuple[int, dict[str, str]]], path: Path) -> str:
+    """Multiple choice when there are options A and B; yes/no when every answer is yes or no."""
+    if "A" in columns and "B" in columns:
+        return MULTIPLE_CHOICE
+    for line, row in rows:
+        answer = row.get("answer", "")
+        if not is_missing(answer) and answer.strip().lower() not in ("yes", "no"):
+            raise RecordError(
+                f"answer {answer.strip()!r} is neither yes nor no and there are no options A, B: the built-in "
+                "runner scores multiple-choice and yes/no benchmarks (use VLMEvalKit for open questions)",
+                path=path, line=line, record_id=row["index"], field="answer",
+            )
+    return YES_NO
+
+
+def row_problem(row: dict[str, str], kind: str) -> tuple[str, str] | None:
+    """``(field, reason)`` when a row cannot be asked or scored, else None (a missing answer is fine:
+    test splits such as MMBench_TEST are predicted, not scored)."""
+    if is_missing(row.get("question")):
+        return "question", "empty question"
+    if kind == MULTIPLE_CHOICE:
+        options = row_options(row)
+        if len(options) < 2:
+            return "A", f"a multiple-choice row needs at least two options, found {', '.join(options) or 'none'}"
+        answer = row.get("answer", "")
+        if not is_missing(answer) and answer.strip() not in options:
+            return "answer", f"answer {answer.strip()!r} is not one of the options {', '.join(options)}"
+    return None
+
+
+def _image_cell(benchmark: Benchmark, row: dict[str, str]) -> str:
+    value = row.get("image", "").strip()
+    if 0 < len(value) <= IMAGE_REFERENCE_MAX:
+        referenced = benchmark.by_index.get(value)
+        if referenced is None:
+            raise ImageError(f"image cell {value!r} is neither base64 nor the index of another row")
+        value = referenced.get("image", "").strip()
+    return value
+
+
+def decode_image(data: str) -> Image.Image:
+    """A base64 image cell as an RGB image; :class:`ImageError` says why one cannot be used."""
+    if data.startswith("["):
+        raise ImageError("several images in one row are not supported")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageError(f"image is not valid base64: {err}") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"cannot read the decoded image: {err}") from None
+    return load_image(image)
+
+
+def row_image(benchmark: Benchmark, row: dict[str, str]) -> Image.Image:
+    """The row's image, from base64 (``image``) or from a file (``image_path``)."""
+    data = _image_cell(benchmark, row)
+    if data:
+        return decode_image(data)
+    relative = row.get("image_path", "").strip()
+    if not relative:
+        raise ImageError("no image: both image and image_path are empty")
+    if relative.startswith("["):
+        raise ImageError("several images in one row are not supported")
+    file = Path(relative) if Path(relative).is_absolute() else benchmark.image_root / relative
+    try:
+        return load_image(file)
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"image {file} is too large: {err}") from None

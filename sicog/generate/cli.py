@@ -1,0 +1,151 @@
+"""``sicog generate captions|reasoning``: N candidates per record, sharded over torchrun ranks, resumable
+(see docs/generation.md)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sicog.data.jsonl import RecordError
+from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
+from sicog.generate.corrupt import CORRUPTIONS
+from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO
+
+if TYPE_CHECKING:
+    import torch
+
+    from sicog.generate.job import GenerationJob
+
+# Ranks wait for the slowest one before rank 0 merges; a rank resuming a big remainder can take hours.
+BARRIER_TIMEOUT = timedelta(hours=48)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Attach the ``captions`` and ``reasoning`` sub-commands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder (model + tokenizer)")
+    common.add_argument("--data", required=True, type=Path, help="input records (.jsonl or .json array)")
+    common.add_argument("--image-folder", type=Path,
+                        help="folder that relative image paths start from (default: the working folder)")
+    common.add_argument("--output", required=True, type=Path,
+                        help="output .jsonl; errors go to <stem>.errors.jsonl beside it")
+    common.add_argument("--num-candidates", type=_positive_int, default=6,
+                        help="candidates per record (default: %(default)s)")
+    common.add_argument("--temperature", type=float, default=0.7, help="0 means greedy (default: %(default)s)")
+    common.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: %(default)s)")
+    common.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 for off (default: %(default)s)")
+    common.add_argument("--num-beams", type=_positive_int, default=1, help="beams (default: %(default)s)")
+    common.add_argument("--max-new-tokens", type=_positive_int, default=1200, help="(default: %(default)s)")
+    common.add_argument("--batch-size", type=_positive_int, default=8,
+                        help="records per generate call; each yields N sequences (default: %(default)s)")
+    common.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
+    common.add_argument("--corrupt", metavar="METHOD[,METHOD]",
+                        help=f"corrupt images before encoding, methods applied in order: {', '.join(CORRUPTIONS)}")
+    common.add_argument("--max-prompt-tokens", type=_positive_int,
+                        help="longer prompts (images included) become errors "
+                             "(default: the LLM's context minus --max-new-tokens)")
+    common.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
+                        help="images more elongated than this are degenerate errors (default: %(default)s)")
+    common.add_argument("--device", default="auto",
+                        help="auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")
+    common.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="model weights (auto: bfloat16 on GPU, float32 on CPU)")
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub = parser.add_subparsers(dest="task", metavar="task", required=True)
+    captions = sub.add_parser("captions", parents=[common], help="captions for images ({id, image})")
+    captions.add_argument("--prompt", default="cod-default", choices=CAPTION_PROMPT_TYPES,
+                          help="cod-default: step-by-step; default: detailed caption; cod-conv: the record's question "
+                               "step-by-step (default: %(default)s)")
+    reasoning = sub.add_parser("reasoning", parents=[common],
+                               help="answers for image-question pairs ({id, image, question})")
+    reasoning.add_argument("--prompt", default="cot-default", choices=REASONING_PROMPT_TYPES,
+                           help="cot-default: step-by-step; default: direct answer (default: %(default)s)")
+
+
+def _device_and_dtype(device: str, dtype: str) -> tuple["torch.device", "torch.dtype"]:
+    import torch
+
+    if device == "auto":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return torch.device(device), getattr(torch, dtype)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate, then (rank 0, after every rank is done) merge; 0 when every input id is accounted for."""
+    from sicog.data.sharding import rank_and_world
+    from sicog.generate.corrupt import parse_methods
+    from sicog.generate.job import GenerationJob
+    from sicog.generate.sample import SamplingSettings
+
+    rank, world = rank_and_world()
+    try:
+        sampling = SamplingSettings(
+            num_candidates=args.num_candidates, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+        )
+        job = GenerationJob(
+            data=args.data, output=args.output, task=args.task, prompt_type=args.prompt, model_name=str(args.model),
+            sampling=sampling, image_folder=args.image_folder, batch_size=args.batch_size, seed=args.seed,
+            corruptions=parse_methods(args.corrupt), max_prompt_tokens=args.max_prompt_tokens,
+            max_aspect_ratio=args.max_aspect_ratio, progress=not args.no_progress,
+        )
+        device, dtype = _device_and_dtype(args.device, args.dtype)
+        if not (args.model / "config.json").is_file():
+            raise ValueError(f"no SICOG checkpoint at {args.model} (config.json missing)")
+    except (ValueError, RuntimeError) as err:
+        print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    if world > 1:
+        dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+    try:
+        return _generate(job, device, dtype, rank, world)
+    except RecordError as err:
+        print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype", rank: int, world: int) -> int:
+    import torch.distributed as dist
+
+    from sicog.generate.job import merge_outputs, read_plan, run_rank
+    from sicog.model.builders import load_pretrained
+    from sicog.model.processing import SicogProcessor
+
+    # The input is checked with the tokenizer alone, before the (possibly large) model is loaded.
+    processor = SicogProcessor.from_pretrained(job.model_name)
+    if job.max_prompt_tokens is None:
+        limit = processor.config.text_config.max_position_embeddings - job.sampling.max_new_tokens
+        job = dataclasses.replace(job, max_prompt_tokens=max(limit, 1))
+    plan = read_plan(job, processor)
+    model, processor = load_pretrained(job.model_name, dtype=dtype)
+    model.to(device).eval()
+    summary = run_rank(job, plan, model, processor, rank=rank, world=world)
+    print(f"rank {rank}/{world}: {summary.generated} records generated, {summary.errors} errors, "
+          f"{summary.skipped} already done ({summary.batches} batches run)", file=sys.stderr)
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        n_out, n_err = merge_outputs(job, plan.ids)
+        print(f"{n_out} records with candidates -> {job.output}; {n_err} errors -> {job.errors_output}",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,216 @@
+"""Input records -> generation tasks: the exact prompt, the image files and the prompt length in tokens.
+
+Reading is cheap on purpose (image headers only, no decoding) because every rank reads the whole
+input to plan the same batches. A record that cannot be generated for (no question, missing or
+unreadable or degenerate image, over-long prompt) becomes an error record here, before batching, so
+it never shifts another record. Images that pass the header check but fail to decode are caught
+when their batch is encoded (see :mod:`sicog.generate.sample`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
+from sicog.data.prompts import (
+    CAPTION_PROMPT_TYPES,
+    IMAGE_TOKEN,
+    REASONING_PROMPT_TYPES,
+    caption_prompt,
+    reasoning_prompt,
+)
+from sicog.model.image_io import ImageError
+from sicog.model.processing import SicogProcessor
+from sicog.model.slicing import plan_slices
+
+TASKS = ("captions", "reasoning")
+# Wider than this, an image is a line: slicing it gives views thousands of pixels long and nothing to see.
+DEFAULT_MAX_ASPECT_RATIO = 100.0
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """One record ready to generate for."""
+
+    index: int
+    line: int
+    id: str
+    record: dict
+    prompt: str
+    images: tuple[Path, ...]
+    num_tokens: int
+
+    def conversation(self) -> list[dict]:
+        """The single human turn the model answers: one ``<image>`` line per image, then the prompt."""
+        return [{"from": "human", "value": f"{IMAGE_TOKEN}\n" * len(self.images) + self.prompt}]
+
+
+@dataclass
+class InputPlan:
+    """Every input id in file order, the records to generate for, and the records that failed."""
+
+    ids: list[str] = field(default_factory=list)
+    tasks: list[GenerationTask] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+
+
+class UnusableRecord(Exception):
+    """A record that goes to the errors file (``field`` names what is wrong)."""
+
+    def __init__(self, reason: str, field: str) -> None:
+        super().__init__(reason)
+        self.reason, self.field = reason, field
+
+
+def record_question(record: dict) -> str | None:
+    """The record's question: its ``question`` field, else its first human turn without ``<image>``."""
+    question = record.get("question")
+    if isinstance(question, str) and question.strip():
+        return question
+    for turn in record.get("conversations") or ():
+        if isinstance(turn, dict) and turn.get("from") == "human" and isinstance(turn.get("value"), str):
+            text = turn["value"].replace(IMAGE_TOKEN, "").strip()
+            return text or None
+    return None
+
+
+def build_prompt(task: str, prompt_type: str, record: dict) -> str:
+    """The exact user text (without ``<image>``) for ``record``; raises :class:`UnusableRecord` without a question."""
+    question = record_question(record)
+    needs_question = task == "reasoning" or prompt_type == "cod-conv"
+    if needs_question and question is None:
+        raise UnusableRecord(f"prompt type {prompt_type!r} needs a question ('question' or a human turn)", "question")
+    try:
+        if task == "captions":
+            return caption_prompt(prompt_type, question)
+        return reasoning_prompt(prompt_type, question)
+    except ValueError as err:
+        raise UnusableRecord(str(err), "question") from None
+
+
+def check_prompt_type(task: str, prompt_type: str) -> None:
+    """Raise ``ValueError`` naming the choices when ``prompt_type`` does not belong to ``task``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    choices = CAPTION_PROMPT_TYPES if task == "captions" else REASONING_PROMPT_TYPES
+    if prompt_type not in choices:
+        raise ValueError(f"prompt type {prompt_type!r} is not a {task} prompt type; choose from: {', '.join(choices)}")
+
+
+def image_size(path: Path, max_aspect_ratio: float) -> tuple[int, int]:
+    """``(width, height)`` from the file header; :class:`ImageError` when missing, unreadable or degenerate."""
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"cannot read image {path}: {err}") from None
+    if width <= 0 or height <= 0:
+        raise ImageError(f"degenerate image {path}: zero size ({width}x{height})")
+    if max(width, height) / min(width, height) > max_aspect_ratio:
+        raise ImageError(
+            f"degenerate image {path}: aspect ratio {max(width, height) / min(width, height):.0f}:1 "
+            f"({width}x{height}) exceeds {max_aspect_ratio:g}:1"
+        )
+    return width, height
+
+
+def image_token_count(processor: SicogProcessor, width: int, height: int) -> int:
+    """Tokens the processor writes for an image of this size: queries + a separator per slice, then the global view."""
+    config = processor.config
+    plan = plan_slices(
+        width, height, scale_resolution=config.scale_resolution, patch_size=config.patch_size,
+        max_slice_nums=config.max_slice_nums,
+    )
+    return plan.num_slices * (config.resampler_num_queries + 1) + config.resampler_num_queries
+
+
+class PromptCounter:
+    """Token length of a generation prompt, images included, without decoding any image.
+
+    The text part is rendered with the processor's chat template and cached per prompt (caption
+    prompts repeat for every record).
+    """
+
+    def __init__(self, processor: SicogProcessor) -> None:
+        self.processor = processor
+        self._text: dict[tuple[str, int], int] = {}
+
+    def __call__(self, prompt: str, sizes: Sequence[tuple[int, int]]) -> int:
+        key = (prompt, len(sizes))
+        if key not in self._text:
+            turn = [{"from": "human", "value": f"{IMAGE_TOKEN}\n" * len(sizes) + prompt}]
+            text = self.processor.tokenizer.apply_chat_template(
+                self.processor.to_messages(turn), tokenize=False, add_generation_prompt=True
+            )
+            ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._text[key] = len(ids) - len(sizes)  # each <image> token is replaced by the image's tokens
+        return self._text[key] + sum(image_token_count(self.processor, w, h) for w, h in sizes)
+
+
+def resolve_image(image: str, image_folder: str | os.PathLike | None) -> Path:
+    """``image`` itself when absolute or when no folder is given, else under ``image_folder``."""
+    path = Path(image)
+    return path if path.is_absolute() or image_folder is None else Path(image_folder) / path
+
+
+def image_paths(record: dict, image_folder: str | os.PathLike | None) -> tuple[Path, ...]:
+    """The record's image files (``image``: a path or a list of paths); raises :class:`UnusableRecord` when unusable."""
+    image = record.get("image")
+    paths = [image] if isinstance(image, str) else image
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+        raise UnusableRecord("missing, empty, or not a path or list of paths: generation needs an image", "image")
+    return tuple(resolve_image(p, image_folder) for p in paths)
+
+
+def read_inputs(
+    path: str | os.PathLike,
+    processor: SicogProcessor,
+    *,
+    task: str,
+    prompt_type: str,
+    image_folder: str | os.PathLike | None = None,
+    max_prompt_tokens: int | None = None,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+) -> InputPlan:
+    """Read every record of ``path`` into tasks and error records.
+
+    A record without a usable id, or with an id seen before, raises :class:`RecordError` (naming file
+    and line): outputs are matched to inputs by id, so ids must be unique.
+    """
+    check_prompt_type(task, prompt_type)
+    plan = InputPlan()
+    first_line: dict[str, int] = {}
+    count = PromptCounter(processor)
+    for line, record in iter_records(path):
+        rid = record_id(record, path=path, line=line)
+        if rid in first_line:
+            raise RecordError(f"duplicate id (first on line {first_line[rid]})", path=path, line=line, record_id=rid,
+                              field="id")
+        first_line[rid] = line
+        plan.ids.append(rid)
+        try:
+            prompt = build_prompt(task, prompt_type, record)
+            images = image_paths(record, image_folder)
+            try:
+                sizes = [image_size(p, max_aspect_ratio) for p in images]
+            except ImageError as err:
+                raise UnusableRecord(str(err), "image") from None
+            num_tokens = count(prompt, sizes)
+            if max_prompt_tokens is not None and num_tokens > max_prompt_tokens:
+                raise UnusableRecord(
+                    f"prompt is {num_tokens} tokens (images included), over the limit of {max_prompt_tokens}", "prompt"
+                )
+        except UnusableRecord as skip:
+            plan.errors.append(
+                error_record(record, skip.reason, record_id=rid, field=skip.field, file=str(path), line=line)
+            )
+            continue
+        plan.tasks.append(GenerationTask(len(plan.ids) - 1, line, rid, record, prompt, images, num_tokens))
+    return plan

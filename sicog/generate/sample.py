@@ -1,0 +1,133 @@
+"""Batched sampling: N candidates per record from one ``generate`` call per batch.
+
+Each record's images are encoded once (the model computes the prompt embeddings before decoding and
+reuses them for all ``num_return_sequences`` samples); records of similar length share a batch with
+left padding; decoding runs on the KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from sicog.generate.corrupt import corrupt, record_rng
+from sicog.generate.inputs import GenerationTask
+from sicog.model.image_io import ImageError, load_image
+from sicog.model.processing import ConversationError, Encoded, SicogProcessor
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How candidates are drawn. Temperature 0 is greedy decoding (or beam search with ``num_beams`` > 1),
+    whose single result is repeated ``num_candidates`` times."""
+
+    num_candidates: int = 6
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    num_beams: int = 1
+    max_new_tokens: int = 1200
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_candidates < 1:
+            problems.append(f"num_candidates must be at least 1, got {self.num_candidates}")
+        if self.temperature < 0:
+            problems.append(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if self.num_beams < 1:
+            problems.append(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.sampling and self.num_beams > 1 and self.num_candidates > self.num_beams:
+            problems.append(
+                f"beam sampling returns at most num_beams sequences: {self.num_candidates} candidates need "
+                f"num_beams >= {self.num_candidates} (or num_beams 1 for independent samples)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def sampling(self) -> bool:
+        """Whether candidates are random samples (temperature above 0)."""
+        return self.temperature > 0
+
+    @property
+    def sequences_per_record(self) -> int:
+        """Sequences ``generate`` returns per record (1 for greedy: the copies are free)."""
+        return self.num_candidates if self.sampling else 1
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for ``model.generate``."""
+        kwargs = {"do_sample": self.sampling, "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens,
+                  "num_return_sequences": self.sequences_per_record}
+        if self.sampling:
+            # All passed explicitly: the values recorded in each record are then the ones applied,
+            # whatever the checkpoint's generation_config.json says (Qwen2's sets top_k 20, top_p 0.8).
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kwargs
+
+    def metadata(self) -> dict:
+        """The sampling parameters as written into each record's ``generation`` field."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "num_beams": self.num_beams,
+                "max_new_tokens": self.max_new_tokens}
+
+
+# What encoding one record can raise; such a record becomes an error record, the batch goes on.
+ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)
+
+
+def encode_task(
+    processor: SicogProcessor, task: GenerationTask, corruptions: Sequence[str] = (), seed: int = 0
+) -> tuple[Encoded, list[dict] | None]:
+    """Load (and corrupt) the task's images and encode its prompt; return the encoding and what was corrupted.
+
+    Raises :class:`ImageError` or :class:`ConversationError` for a record that cannot be encoded.
+    """
+    images: list[Image.Image] = []
+    applied: list[dict] | None = None
+    if corruptions:
+        rng = record_rng(seed, task.id)
+        applied = []
+        for path in task.images:
+            image, done = corrupt(load_image(path), corruptions, rng)
+            images.append(image)
+            applied += done
+    else:
+        images = [load_image(path) for path in task.images]
+    return processor.encode(task.conversation(), images, train=False), applied
+
+
+@torch.no_grad()
+def sample_candidates(
+    model: torch.nn.Module,
+    processor: SicogProcessor,
+    encoded: Sequence[Encoded],
+    settings: SamplingSettings,
+    seed: int,
+) -> list[list[str]]:
+    """``settings.num_candidates`` decoded candidates for each encoded prompt, in input order.
+
+    The random state is set from ``seed`` right before the call, so a batch's candidates depend only
+    on the batch and its seed.
+    """
+    if not encoded:
+        return []
+    batch = processor.collate(list(encoded), padding_side="left")
+    device = model.device
+    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    if "pixel_values" in batch:
+        inputs["pixel_values"] = batch["pixel_values"]
+    torch.manual_seed(seed)
+    out = model.generate(**inputs, **settings.generate_kwargs())
+    prompt_len = inputs["input_ids"].shape[1]
+    per = settings.sequences_per_record
+    texts = [processor.decode(out[row, prompt_len:]) for row in range(out.shape[0])]
+    grouped = [texts[i * per:(i + 1) * per] for i in range(len(encoded))]
+    return grouped if settings.sampling else [group * settings.num_candidates for group in grouped]

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import yaml
+from PIL import Image
+
+from sicog.data.datasets import SupervisedDataset
+from sicog.data.jsonl import RecordError
+from sicog.data.mixture import load_mixture
+from sicog.model.processing import ConversationError
+
+
+def write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def rec(rid, answer="ok", image=None, question="hi"):
+    record = {"id": rid, "conversations": [{"from": "human", "value": ("<image>\n" if image else "") + question}, {"from": "gpt", "value": answer}]}
+    if image:
+        record["image"] = image
+    return record
+
+
+def test_lengths_are_exact_and_overlong_samples_are_handled(tmp_path, tiny_model_factory):
+    _, processor = tiny_model_factory()
+    Image.new("RGB", (128, 96)).save(tmp_path / "a.png")
+    data = write(tmp_path / "d.jsonl", [
+        rec("short", image="a.png"),
+        rec("long-answer", answer="word " * 300, image="a.png"),  # cut falls in the answer: truncated
+        {"id": "long-question", "image": "a.png", "conversations": [  # cut falls in image tokens: skipped
+            {"from": "human", "value": "word " * 300 + "<image>"}, {"from": "gpt", "value": "ok"}]},
+    ])
+    dataset = SupervisedDataset(data, processor, image_folder=tmp_path, max_length=200, show_progress=False)
+    assert [r["id"] for r in dataset.records] == ["short", "long-answer"]
+    assert [p.id for p in dataset.skipped] == ["long-question"] and "image tokens" in dataset.skipped[0].reason
+    short = dataset[0]["encoded"]
+    assert len(short.input_ids) == dataset.lengths[0]
+    truncated = dataset[1]["encoded"]
+    assert len(truncated.input_ids) == len(truncated.labels) == 200 == dataset.lengths[1]
+
+
+def test_problems_name_file_line_and_field(tmp_path, tiny_model_factory):
+    _, processor = tiny_model_factory()
+    data = write(tmp_path / "d.jsonl", [rec("ok"), rec("no-image", image="missing.png"), {"id": "bad", "conversations": []}])
+    dataset = SupervisedDataset(data, processor, image_folder=tmp_path, show_progress=False)
+    assert len(dataset) == 1
+    problems = {p.id: p for p in dataset.problems}
+    assert problems["no-image"].source.line == 2 and "missing.png" in problems["no-image"].reason
+    assert problems["bad"].source.line == 3 and "conversations" in problems["bad"].reason
+
+
+def test_yaml_mixture_with_sampling(tmp_path):
+    write(tmp_path / "a.jsonl", [rec(f"a{i}") for i in range(10)])
+    write(tmp_path / "b.jsonl", [rec(f"b{i}") for i in range(10)])
+    spec = {"datasets": [{"path": "a.jsonl", "sampling": "first:30%"}, {"path": "b.jsonl", "sampling": "random:4"}]}
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(spec))
+    records = load_mixture(tmp_path / "mix.yaml", seed=1)
+    ids = [r["id"] for r, _ in records]
+    assert ids[:3] == ["a0", "a1", "a2"] and len(ids) == 7 and all(i.startswith("b") for i in ids[3:])
+    assert ids == [r["id"] for r, _ in load_mixture(tmp_path / "mix.yaml", seed=1)]
+    assert records[3][1].path.endswith("b.jsonl")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"datasets": [{"path": "a.jsonl", "sampling": "some"}]}))
+    with pytest.raises(RecordError, match="sampling"):
+        load_mixture(tmp_path / "bad.yaml")
+    both = load_mixture(f"{tmp_path / 'a.jsonl'},{tmp_path / 'b.jsonl'}")
+    assert len(both) == 20
+
+
+def test_data_check_command(tmp_path, tiny_model_factory, capsys):
+    from sicog.cli import main
+    from sicog.model.builders import save_pretrained
+
+    model, processor = tiny_model_factory()
+    save_pretrained(model, processor, tmp_path / "model")
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    good = write(tmp_path / "good.jsonl", [rec("g1", image="a.png"), rec("g2")])
+    assert main(["data", "check", str(good), "--model", str(tmp_path / "model"), "--image-folder", str(tmp_path)]) == 0
+    assert '"usable": 2' in capsys.readouterr().out
+    bad = write(tmp_path / "bad.jsonl", [rec("g1", image="a.png"), rec("b2", image="nope.png")])
+    report = tmp_path / "report.jsonl"
+    code = main(["data", "check", str(bad), "--model", str(tmp_path / "model"), "--image-folder", str(tmp_path), "--report", str(report)])
+    assert code == 1
+    assert "bad.jsonl:2 id=b2" in capsys.readouterr().out
+    assert json.loads(report.read_text())["id"] == "b2"
+
+
+def test_template_that_renders_turns_differently_in_context_is_refused(tokenizer, tiny_model_factory):
+    _, processor = tiny_model_factory()
+    original = processor.tokenizer.chat_template
+    processor.tokenizer.chat_template = "{{ messages|length }}" + original
+    try:
+        with pytest.raises(ConversationError, match="differently in context"):
+            processor.encode([{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}])
+    finally:
+        processor.tokenizer.chat_template = original

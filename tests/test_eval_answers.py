@@ -1,0 +1,93 @@
+"""The project's answer extractor: every accepted multiple-choice format, yes/no, and what is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from sicog.data.prompts import COT_STEPS
+from sicog.data.steps import format_steps
+from sicog.eval.answers import answer_matches, extract_answer, extract_choice, extract_yes_no
+
+OPTIONS = {"A": "blue", "B": "red", "C": "green", "D": "yellow"}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "B", "(B)", "[B]", "B.", "B:", "B) red", "B. red", "Option B", "option b",
+        "red", "Red.", "a red", "The colour is red.",
+        "The answer is B.", "The answer is (B)", "The correct answer is B, since the circle is red.",
+        "Answer: B", "**Answer:** B", "Final answer: (B) red", "The answer is:\n\nB",
+        "the answer is b", "answer: (b)", "(b)", "b)", "B. The circle on the left is red.",
+    ],
+)
+def test_accepted_formats(reply: str) -> None:
+    assert extract_choice(reply, OPTIONS) == "B"
+
+
+def test_chain_of_thought_is_read_from_its_conclusion() -> None:
+    reasoning = "The circle is blue on the left and red on the right. Option A is wrong."
+    reply = format_steps(COT_STEPS, ["Find the colour.", "A blue square, a red circle.", reasoning, "The answer is B."])
+    assert extract_choice(reply, OPTIONS) == "B"
+    # Without a marker, step 4 alone is the answer, not the options named while reasoning.
+    assert extract_choice(format_steps(COT_STEPS, ["A?", "A or C.", reasoning, "(b)"]), OPTIONS) == "B"
+    # The last marker wins over earlier ones.
+    assert extract_choice("At first the answer is A. On reflection, the answer is b.", OPTIONS) == "B"
+    # A free-form chain of thought ending with the verdict.
+    assert extract_choice("Let me look. The shape is round and its colour is warm.\nThe answer is B", OPTIONS) == "B"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "", "b", "E", "(E)", "I do not know", "A or B", "B or C", "A, B", "B, C", "B. blue",
+        "red or blue", "The answer is A or B.", "It is red, not blue... or blue.", "The answer is purple.",
+    ],
+)
+def test_ambiguous_or_wrong_formats_choose_nothing(reply: str) -> None:
+    assert extract_choice(reply, OPTIONS) is None
+
+
+def test_article_a_is_not_option_a_and_words_are_not_letters() -> None:
+    options = {"A": "blue square", "B": "green cross", "C": "red circle", "D": "purple diamond"}
+    assert extract_choice("A red circle", options) == "C"
+    assert extract_choice("A. blue square", options) == "A"
+    assert extract_choice("Blue square.", options) == "A"
+    assert extract_choice("Because the cross is green.", options) is None  # "B..." is a word, and no option text matches
+
+
+def test_longer_option_text_wins_over_its_part() -> None:
+    options = {"A": "red", "B": "dark red", "C": "blue"}
+    assert extract_choice("It is dark red.", options) == "B"
+    assert extract_choice("It is red.", options) == "A"
+    assert extract_choice("dark red or blue", options) is None
+
+
+def test_numbers_and_options_beyond_d() -> None:
+    options = {"A": "1", "B": "2", "C": "3", "D": "4", "E": "5", "F": "six apples"}
+    assert extract_choice("The answer is three.", options) == "C"
+    assert extract_choice("(E)", options) == "E"
+    assert extract_choice("There are six apples.", options) == "F"
+    # Missing and empty options are not choices.
+    assert extract_choice("C", {"A": "x", "B": "y", "C": ""}) is None
+    assert extract_choice("C", {"A": "x", "B": "y", "C": None}) is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        ("Yes", "yes"), ("yes.", "yes"), ("NO", "no"), ("No, there is no dog.", "no"),
+        ("Yes, there is a dog but no cat.", "yes"), ("The answer is no.", "no"),
+        (format_steps(COT_STEPS, ["a", "b", "No dog is visible, yes.", "The answer is no."]), "no"),
+        ("There is a dog.", None), ("Maybe.", None), ("", None), ("I see a dog, yes, or no", None),
+    ],
+)
+def test_yes_no(reply: str, said: str | None) -> None:
+    assert extract_yes_no(reply) == said
+
+
+def test_short_answers() -> None:
+    assert extract_answer("Reasoning...\nThe answer is: **top left**.") == "top left"
+    assert answer_matches("The answer is three.", "3")
+    assert answer_matches("Light grey", "light gray")
+    assert not answer_matches("The answer is 4.", "3")

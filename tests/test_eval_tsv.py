@@ -1,0 +1,134 @@
+"""Reading VLMEvalKit-style TSVs (base64, image_path, shared images, missing cells) and building prompts."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import random
+
+import pytest
+from PIL import Image
+
+from sicog.data.jsonl import RecordError
+from sicog.eval.prompts import MC_INSTRUCTION, build_prompt
+from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, decode_image, read_benchmark, row_image, row_options, row_problem
+from sicog.model.image_io import ImageError
+from sicog.toy.answers import MC_INSTRUCTION as TOY_MC_INSTRUCTION
+from sicog.toy.answers import multiple_choice_prompt as toy_multiple_choice_prompt
+
+
+def png_base64(size=(40, 30), color=(200, 30, 30)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_tsv(path, columns, rows) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+MC_COLUMNS = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category"]
+
+
+def test_multiple_choice_rows_images_and_missing_options(tmp_path) -> None:
+    rows = [
+        {"index": 1, "image": png_base64(), "question": "Colour?", "hint": "nan", "A": "red", "B": "blue",
+         "C": "", "D": "nan", "answer": "A", "category": "coarse", "l2-category": "colour"},
+        # MMBench stores a picture once; a short cell names the row that holds it.
+        {"index": 2, "image": "1", "question": "Shape?", "hint": "Look closely.", "A": "circle", "B": "square",
+         "C": "cross", "D": "", "answer": "C", "category": "fine", "l2-category": "shape"},
+    ]
+    write_tsv(tmp_path / "MMB.tsv", MC_COLUMNS, rows)
+    bench = read_benchmark(tmp_path / "MMB.tsv")
+    assert bench.kind == MULTIPLE_CHOICE and bench.name == "MMB" and bench.indices == ["1", "2"]
+    first, second = bench.rows
+    assert row_options(first) == {"A": "red", "B": "blue"}
+    assert row_options(second) == {"A": "circle", "B": "square", "C": "cross"}
+    assert row_image(bench, second).size == (40, 30) and row_image(bench, second).mode == "RGB"
+    assert build_prompt(first, bench.kind) == f"Colour?\nA. red\nB. blue\n{MC_INSTRUCTION}"
+    assert build_prompt(second, bench.kind) == f"Look closely.\nShape?\nA. circle\nB. square\nC. cross\n{MC_INSTRUCTION}"
+    assert build_prompt(first, bench.kind, "cot") == (
+        f"Colour?\nA. red\nB. blue\n{MC_INSTRUCTION} Answer the question step-by-step."
+    )
+    assert row_problem(first, bench.kind) is None
+
+
+def test_prompt_is_the_one_the_toy_world_trains_on() -> None:
+    options = ["red", "blue", "green", "black"]
+    row = {"index": "0", "question": "What colour is the circle?", **dict(zip("ABCD", options))}
+    assert MC_INSTRUCTION == TOY_MC_INSTRUCTION
+    assert build_prompt(row, MULTIPLE_CHOICE) == toy_multiple_choice_prompt(row["question"], options)
+
+
+def test_chinese_questions_get_the_chinese_instruction() -> None:
+    row = {"index": "0", "question": "图中是什么颜色?", "A": "红", "B": "蓝"}
+    assert build_prompt(row, MULTIPLE_CHOICE).endswith("\n请直接回答选项字母。")
+
+
+def test_yes_no_benchmark_with_image_paths(tmp_path) -> None:
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (20, 20), (0, 0, 0)).save(tmp_path / "imgs" / "a.png")
+    rows = [{"index": "p1", "image_path": "imgs/a.png", "question": "Is there a dog in the image?", "answer": "Yes",
+             "category": "adversarial"},
+            {"index": "p2", "image_path": "imgs/none.png", "question": "Is there a cat?", "answer": "no",
+             "category": "random"}]
+    write_tsv(tmp_path / "POPE.tsv", ["index", "image_path", "question", "answer", "category"], rows)
+    bench = read_benchmark(tmp_path / "POPE.tsv")
+    assert bench.kind == YES_NO
+    assert build_prompt(bench.rows[0], bench.kind) == (
+        "Is there a dog in the image?\nAnswer the question using a single word or phrase."
+    )
+    assert build_prompt(bench.rows[0], bench.kind, "cot") == "Is there a dog in the image? Answer the question step-by-step."
+    assert row_image(bench, bench.rows[0]).size == (20, 20)
+    with pytest.raises(ImageError, match="none.png"):
+        row_image(bench, bench.rows[1])
+    # --image-root moves where relative paths start.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert read_benchmark(tmp_path / "POPE.tsv", image_root=other).image_root == other
+
+
+def test_unusable_images_say_why() -> None:
+    with pytest.raises(ImageError, match="not valid base64"):
+        decode_image("@@not base64@@" * 10)
+    noise = base64.b64encode(random.Random(0).randbytes(300)).decode()
+    with pytest.raises(ImageError, match="cannot read the decoded image"):
+        decode_image(noise)
+    with pytest.raises(ImageError, match="several images"):
+        decode_image(f"['{png_base64()}', '{png_base64()}']")
+
+
+def test_file_level_problems_name_file_line_and_field(tmp_path) -> None:
+    path = tmp_path / "bad.tsv"
+    write_tsv(path, ["index", "question", "A", "B", "answer"], [{"index": 0, "question": "?", "A": "x", "B": "y"}])
+    with pytest.raises(RecordError, match=r"bad.tsv:1: missing columns: image or image_path"):
+        read_benchmark(path)
+    rows = [{"index": 0, "image": "x", "question": "?", "A": "a", "B": "b", "answer": "A"}] * 2
+    write_tsv(path, ["index", "image", "question", "A", "B", "answer"], rows)
+    with pytest.raises(RecordError, match=r"bad.tsv:3 id='0' field 'index': index repeats line 2"):
+        read_benchmark(path)
+    write_tsv(path, ["index", "image", "question", "answer"], [{"index": 0, "image": "x", "question": "?", "answer": "a cat"}])
+    with pytest.raises(RecordError, match=r"bad.tsv:2 id='0' field 'answer': answer 'a cat' is neither yes nor no"):
+        read_benchmark(path)
+    with pytest.raises(RecordError, match="benchmark file not found"):
+        read_benchmark(tmp_path / "missing.tsv")
+
+
+def test_row_level_problems_are_returned_not_raised(tmp_path) -> None:
+    rows = [
+        {"index": 0, "image": "x", "question": "?", "A": "a", "B": "b", "answer": "E"},
+        {"index": 1, "image": "x", "question": "?", "A": "a", "B": "", "answer": "A"},
+        {"index": 2, "image": "x", "question": "", "A": "a", "B": "b", "answer": "A"},
+        {"index": 3, "image": "x", "question": "?", "A": "a", "B": "b", "answer": ""},
+    ]
+    write_tsv(tmp_path / "rows.tsv", ["index", "image", "question", "A", "B", "answer"], rows)
+    bench = read_benchmark(tmp_path / "rows.tsv")
+    problems = [row_problem(row, bench.kind) for row in bench.rows]
+    assert problems[0] == ("answer", "answer 'E' is not one of the options A, B")
+    assert problems[1][0] == "A" and "at least two options" in problems[1][1]
+    assert problems[2] == ("question", "empty question")
+    assert problems[3] is None  # no answer: predicted, not scored

@@ -1,0 +1,175 @@
+"""`sicog generate` as users run it: the command, the recap scripts, SIGKILL + rerun, torchrun with 2 ranks."""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sicog.cli import main
+from sicog.data.jsonl import load_records, write_jsonl
+from sicog.data.sharding import shard_path
+from sicog.model.builders import save_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "recap_scripts"
+SCRIPT_VARS = ("EXPERIMENT_NAME", "MODEL_PATH", "DATA_PATH", "SPLIT", "TEMPERATURE", "BEAMS", "TOP_P", "PROMPT",
+               "AUGMENT_METHODS", "IMAGE_FOLDER", "NUM_CANDIDATES", "MAX_NEW_TOKENS", "OUTPUT_DIR", "BATCH_SIZE",
+               "SEED", "NPROC_PER_NODE", "NNODES")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_factory):
+    """A saved tiny checkpoint and 12 image-question records (one image missing)."""
+    root = tmp_path_factory.mktemp("gen_cli")
+    model, processor = tiny_model_factory(seed=2)
+    save_pretrained(model, processor, root / "model")
+    (root / "images").mkdir()
+    records = []
+    for i in range(12):
+        Image.new("RGB", (24 + 6 * i, 40), (20 * i, 90, 255 - 20 * i)).save(root / "images" / f"{i}.png")
+        records.append({"id": f"q{i}", "image": f"{i}.png", "question": f"Which shape is number {i}?"})
+    records[7]["image"] = "missing.png"
+    write_jsonl(root / "questions_train.jsonl", records)
+    return root
+
+
+def cli_args(root: Path, output: Path, *extra: str, data: str = "questions_train.jsonl") -> list[str]:
+    return ["generate", "reasoning", "--model", str(root / "model"), "--data", str(root / data),
+            "--image-folder", str(root / "images"), "--output", str(output), "--num-candidates", "2",
+            "--max-new-tokens", "8", "--batch-size", "2", "--no-progress", *extra]
+
+
+def subprocess_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in SCRIPT_VARS + ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", SICOG_PYTHON=sys.executable, **extra)
+    return env
+
+
+def test_command_writes_outputs_and_errors(setup, tmp_path, capsys):
+    output = tmp_path / "gen.jsonl"
+    assert main(cli_args(setup, output, "--corrupt", "color_jitter", "--temperature", "0.5")) == 0
+    records = load_records(output)
+    assert [r["id"] for r in records] == [f"q{i}" for i in range(12) if i != 7]
+    assert all(len(r["candidates"]) == 2 and r["generation"]["temperature"] == 0.5 for r in records)
+    assert records[0]["generation"]["corruption"][0]["method"] == "color_jitter"
+    (error,) = load_records(tmp_path / "gen.errors.jsonl")
+    assert error["id"] == "q7" and "missing.png" in error["reason"]
+    assert "11 records with candidates" in capsys.readouterr().err
+
+
+def test_command_reports_bad_arguments_and_input(setup, tmp_path, capsys):
+    assert main(cli_args(setup, tmp_path / "a.jsonl", "--corrupt", "blur")) == 2
+    assert "unknown corruption(s) ['blur']" in capsys.readouterr().err
+    bad = tmp_path / "dup.jsonl"
+    write_jsonl(bad, [{"id": "a", "image": "0.png", "question": "?"}, {"id": "a", "image": "1.png", "question": "?"}])
+    args = cli_args(setup, tmp_path / "b.jsonl")
+    args[args.index("--data") + 1] = str(bad)
+    assert main(args) == 2
+    assert "dup.jsonl:2 id='a' field 'id': duplicate id" in capsys.readouterr().err
+    args = cli_args(setup, tmp_path / "c.jsonl")
+    args[args.index("--model") + 1] = str(tmp_path / "no_model")
+    assert main(args) == 2
+    assert "no SICOG checkpoint at" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "captions", "--model", "m", "--data", "d", "--output", "o", "--prompt", "cot-default"])
+
+
+@pytest.mark.parametrize("name", ["recap_inference.sh", "reasoning_inference.sh"])
+def test_scripts_follow_the_wrapper_rules_and_name_missing_variables(name, tmp_path):
+    text = (SCRIPTS / name).read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    assert 'source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"' in text
+    assert "pip install" not in text and "/work" not in text and " /data" not in text
+    result = subprocess.run(["bash", str(SCRIPTS / name)], cwd=tmp_path, env=subprocess_env(DATA_PATH="x"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "EXPERIMENT_NAME MODEL_PATH" in result.stderr and "DATA_PATH" not in result.stderr
+
+
+def dry_run(name: str, cwd: Path, *args: str, **env: str) -> list[str]:
+    result = subprocess.run(["bash", str(SCRIPTS / name), "--dry-run", *args], cwd=cwd, env=subprocess_env(**env),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return shlex.split(result.stdout.strip().splitlines()[-1])
+
+
+def test_scripts_pass_the_readme_variables(tmp_path):
+    readme = dict(EXPERIMENT_NAME="recaption_job_cod", MODEL_PATH="ckpt/perception", DATA_PATH="data/unlabeled.jsonl",
+                  TEMPERATURE="0.7", BEAMS="1", TOP_P="0.9", PROMPT="cod-default")
+    assert dry_run("recap_inference.sh", tmp_path, **readme) == [
+        sys.executable, "-m", "sicog", "generate", "captions", "--model", "ckpt/perception", "--data",
+        "data/unlabeled.jsonl", "--output", "data/recaption_job_cod.jsonl", "--prompt", "cod-default",
+        "--temperature", "0.7", "--top-p", "0.9", "--num-beams", "1"]
+    noisy = dict(EXPERIMENT_NAME="noisy", MODEL_PATH="ckpt/reasoning", DATA_PATH="data/pairs", SPLIT="part1",
+                 AUGMENT_METHODS="gaussian_blur,mask", PROMPT="cot-default", IMAGE_FOLDER="imgs", OUTPUT_DIR="out dir",
+                 NUM_CANDIDATES="4", MAX_NEW_TOKENS="256", BATCH_SIZE="16", SEED="3")
+    assert dry_run("reasoning_inference.sh", tmp_path, "--top-k", "20", **noisy) == [
+        sys.executable, "-m", "sicog", "generate", "reasoning", "--model", "ckpt/reasoning", "--data",
+        "data/pairs_part1.json", "--output", "out dir/noisy.jsonl", "--image-folder", "imgs", "--prompt", "cot-default",
+        "--num-candidates", "4", "--max-new-tokens", "256", "--batch-size", "16", "--seed", "3",
+        "--corrupt", "gaussian_blur,mask", "--top-k", "20"]
+    command = dry_run("reasoning_inference.sh", REPO / "docs", NPROC_PER_NODE="4", **noisy)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node" in command
+    assert command[command.index("-m", 3):][:4] == ["-m", "sicog", "generate", "reasoning"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_output(setup, tmp_path):
+    env = subprocess_env(EXPERIMENT_NAME="reference", MODEL_PATH=str(setup / "model"),
+                         DATA_PATH=str(setup / "questions"), SPLIT="train", IMAGE_FOLDER=str(setup / "images"),
+                         OUTPUT_DIR=str(tmp_path), NUM_CANDIDATES="2", MAX_NEW_TOKENS="8", BATCH_SIZE="2")
+    # The published layout names the input ${DATA_PATH}_${SPLIT}.json: a JSON array works as well as JSON Lines.
+    (setup / "questions_train.json").write_text((setup / "questions_train.jsonl").read_text())
+    result = subprocess.run(["bash", str(SCRIPTS / "reasoning_inference.sh"), "--no-progress"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    reference = tmp_path / "reference.jsonl"
+
+    output = tmp_path / "killed" / "gen.jsonl"
+    part = shard_path(output, 0, 1)
+    kill_after = random.Random(5).randint(1, 9)  # records on disk when the kill comes
+    command = [sys.executable, "-m", "sicog", *cli_args(setup, output, data="questions_train.json")]
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if part.exists() and part.read_bytes().count(b"\n") >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert process.wait(timeout=60) == -signal.SIGKILL, process.stderr.read().decode()
+    assert not output.exists() and part.exists()
+
+    rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already done" in rerun.stderr
+    assert output.read_bytes() == reference.read_bytes()
+    assert (tmp_path / "killed" / "gen.errors.jsonl").read_bytes() == (tmp_path / "reference.errors.jsonl").read_bytes()
+    errors = load_records(tmp_path / "killed" / "gen.errors.jsonl")
+    ids = [r["id"] for r in load_records(output)] + [e["id"] for e in errors]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(12))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_cover_every_id_once_like_one_process(setup, tmp_path):
+    single = tmp_path / "single.jsonl"
+    result = subprocess.run([sys.executable, "-m", "sicog", *cli_args(setup, single)], env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    double = tmp_path / "double.jsonl"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "sicog", *cli_args(setup, double)]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "rank 0/2:" in result.stderr and "rank 1/2:" in result.stderr
+    ids = [r["id"] for r in load_records(double)] + [e["id"] for e in load_records(tmp_path / "double.errors.jsonl")]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(12))
+    assert double.read_bytes() == single.read_bytes()  # batches and seeds do not depend on the world size
+    assert not list(tmp_path.glob("*.rank*"))

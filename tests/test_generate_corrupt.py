@@ -1,0 +1,113 @@
+"""Image corruptions: deterministic per seed, visible, size-preserving (rotation swaps), fast."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sicog.generate.corrupt import CORRUPTIONS, corrupt, mask, parse_methods, record_rng
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A 1024x768 image with smooth gradients, edges and noise (blur and jitter must show on it)."""
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:768, 0:1024].astype(np.float32)
+    array = np.stack([xs / 4, ys / 3, (xs + ys) / 7 % 255], axis=-1)
+    array[200:400, 300:700] = (230, 30, 40)
+    array += rng.normal(0, 12, array.shape)
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_same_seed_same_image_other_seed_other_image(photo, name):
+    first, params = corrupt(photo, [name], np.random.default_rng(7))
+    again, params_again = corrupt(photo, [name], np.random.default_rng(7))
+    assert params == params_again and first.tobytes() == again.tobytes()
+    others = [corrupt(photo, [name], np.random.default_rng(seed)) for seed in (8, 9, 10)]
+    assert any(image.tobytes() != first.tobytes() for image, _ in others)
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_each_corruption_is_visible_and_keeps_the_size(photo, name):
+    for seed in range(4):
+        out, (params,) = corrupt(photo, [name], np.random.default_rng(seed))
+        assert out.mode == "RGB" and params["method"] == name
+        if name == "mirror_rotation":
+            assert out.size == (photo.height, photo.width)
+            back = Image.Transpose.ROTATE_90 if params["rotation"] == 270 else Image.Transpose.ROTATE_270
+            undone = out.transpose(back)
+            assert undone.transpose(Image.Transpose.FLIP_LEFT_RIGHT).tobytes() == photo.tobytes()
+            continue
+        assert out.size == photo.size
+        change = np.abs(pixels(out) - pixels(photo)).mean()
+        assert change > 3.0, f"{name} seed {seed}: mean change {change:.2f} of 255 is not visible"
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_each_corruption_takes_under_50_ms_on_1024x768(photo, name):
+    rng = np.random.default_rng(0)
+    best = math.inf
+    for _ in range(5):  # best of five: the machine is shared
+        start = time.perf_counter()
+        CORRUPTIONS[name](photo, rng)
+        best = min(best, time.perf_counter() - start)
+    assert best < 0.05, f"{name}: {best * 1000:.1f} ms"
+
+
+def test_blur_sigma_and_jitter_ranges_follow_the_published_settings(photo):
+    small = photo.resize((64, 48))
+    for seed in range(50):
+        (blur,) = corrupt(small, ["gaussian_blur"], np.random.default_rng(seed))[1]
+        (jitter,) = corrupt(small, ["color_jitter"], np.random.default_rng(seed))[1]
+        assert 3.0 <= blur["sigma"] <= 5.0
+        assert all(0.2 <= jitter[k] <= 1.8 for k in ("brightness", "contrast", "saturation"))
+        assert -0.2 <= jitter["hue"] <= 0.2
+        assert sorted(jitter["order"]) == ["brightness", "contrast", "hue", "saturation"]
+
+
+def test_mask_covers_a_half_plane_of_25_to_35_percent_with_the_mean_colour():
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    image = Image.fromarray(base)
+    mean = base.reshape(-1, 3).mean(axis=0).round()
+    for seed in range(40):
+        out, params = mask(image, np.random.default_rng(seed))
+        array = np.asarray(out)
+        covered = np.all(array == mean, axis=-1) & np.any(base != mean, axis=-1)
+        share = covered.mean()
+        assert 0.24 <= share <= 0.36 and abs(share - params["fraction"]) < 0.01
+        # A half-plane: every covered pixel lies beyond every uncovered one along the mask's direction.
+        angle = math.radians(params["angle_degrees"])
+        ys, xs = np.mgrid[0:90, 0:120] + 0.5
+        projection = xs * math.cos(angle) + ys * math.sin(angle)
+        assert projection[covered].min() >= projection[~covered].max() - 0.05  # the angle is stored rounded
+
+
+def test_mask_terminates_on_tiny_and_flat_images():
+    for size in [(1, 1), (2, 1), (3, 500), (7, 7)]:
+        out, params = mask(Image.new("RGB", size, (10, 20, 30)), np.random.default_rng(0))
+        assert out.size == size and 0 < params["fraction"] <= 1
+
+
+def test_record_stream_depends_on_seed_and_id_only():
+    draw = lambda seed, rid: record_rng(seed, rid).random(3).tolist()  # noqa: E731
+    assert draw(0, "a") == draw(0, "a")
+    assert draw(0, "a") != draw(0, "b") and draw(0, "a") != draw(1, "a")
+
+
+def test_methods_compose_in_order_and_unknown_names_fail(photo):
+    assert parse_methods("gaussian_blur, mask") == ("gaussian_blur", "mask")
+    assert parse_methods(None) == parse_methods("") == parse_methods("none") == ()
+    with pytest.raises(ValueError, match="unknown corruption.*'blurr'.*gaussian_blur"):
+        parse_methods("blurr")
+    out, applied = corrupt(photo, ["mirror_rotation", "mask"], np.random.default_rng(3))
+    assert [a["method"] for a in applied] == ["mirror_rotation", "mask"] and out.size == (768, 1024)

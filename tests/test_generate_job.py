@@ -1,0 +1,190 @@
+"""Generation runs in-process on a tiny model: candidates, greedy, seeds, alignment, resume, merge."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from sicog.data.jsonl import RecordError, load_records, write_jsonl
+from sicog.data.sharding import shard_path
+from sicog.generate.job import GenerationJob, merge_outputs, plan_batches, read_plan, run_rank, shard_files
+from sicog.generate.sample import SamplingSettings, encode_task
+
+SIZES = [(32, 32), (64, 48), (48, 64), (100, 60), (40, 40), (64, 64), (56, 32), (32, 56), (72, 40), (60, 60)]
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(tiny_model_factory):
+    return tiny_model_factory(seed=1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """10 records with distinct images; record 'r4' has a truncated image that only fails when decoded."""
+    root = tmp_path_factory.mktemp("gen_data")
+    images = root / "images"
+    images.mkdir()
+    records = []
+    for i, size in enumerate(SIZES):
+        image = Image.new("RGB", size, (25 * i, 200 - 15 * i, (70 * i) % 256))
+        image.paste((255 - 20 * i, 10 * i, 90), (2, 2, size[0] // 2, size[1] // 3))
+        image.save(images / f"{i}.png")
+        records.append({"id": f"r{i}", "image": f"{i}.png", "question": f"What is in corner {i}?", "answer": "x"})
+    data = (images / "4.png").read_bytes()
+    (images / "4.png").write_bytes(data[: len(data) // 2])
+    path = root / "questions.jsonl"
+    write_jsonl(path, records)
+    return path, images, records
+
+
+def make_job(dataset, out_dir, **overrides) -> GenerationJob:
+    path, images, _ = dataset
+    default = SamplingSettings(num_candidates=3, temperature=0.8, top_p=0.95, max_new_tokens=6)
+    sampling = overrides.pop("sampling", default)
+    settings = dict(data=path, output=out_dir / "out.jsonl", task="reasoning", prompt_type="cot-default",
+                    model_name="tiny", sampling=sampling, image_folder=images, batch_size=3, seed=0, progress=False)
+    settings.update(overrides)
+    return GenerationJob(**settings)
+
+
+def generate(job, model_and_processor, *, rank=0, world=1, merge=True):
+    model, processor = model_and_processor
+    plan = read_plan(job, processor)
+    summary = run_rank(job, plan, model, processor, rank=rank, world=world)
+    if merge:
+        merge_outputs(job, plan.ids)
+    return summary
+
+
+def by_id(path):
+    return {r["id"]: r for r in load_records(path)}
+
+
+def test_every_record_gets_n_candidates_and_its_generation_metadata(dataset, tmp_path, model_and_processor):
+    job = make_job(dataset, tmp_path)
+    generate(job, model_and_processor)
+    outputs, errors = load_records(job.output), load_records(job.errors_output)
+    assert [r["id"] for r in outputs] == [f"r{i}" for i in range(10) if i != 4]  # input order
+    assert [e["id"] for e in errors] == ["r4"] and "truncated" in errors[0]["reason"] and errors[0]["field"] == "image"
+    assert errors[0]["record"] == dataset[2][4] and errors[0]["line"] == 5
+    assert not shard_files(job.output) and not shard_files(job.errors_output)
+    for record, source in zip(outputs, [r for r in dataset[2] if r["id"] != "r4"]):
+        assert {k: record[k] for k in source} == source
+        assert len(record["candidates"]) == 3 and all(isinstance(c, str) for c in record["candidates"])
+        assert record["generation"] == {
+            "model": "tiny", "prompt_type": "cot-default",
+            "prompt": f"{source['question']} Answer the question step-by-step.", "temperature": 0.8, "top_p": 0.95,
+            "top_k": 50, "num_beams": 1, "max_new_tokens": 6, "seed": 0, "corruption": None}
+    assert any(len(set(r["candidates"])) > 1 for r in outputs)  # samples, not copies
+
+
+@pytest.mark.slow
+def test_temperature_zero_repeats_each_records_own_greedy_output(dataset, tmp_path, model_and_processor):
+    """Greedy candidates of every record equal that record generated alone: alignment by id holds even
+    with the undecodable image in the middle of a batch."""
+    model, processor = model_and_processor
+    greedy = SamplingSettings(num_candidates=4, temperature=0.0, max_new_tokens=6)
+    job = make_job(dataset, tmp_path, sampling=greedy)
+    plan = read_plan(job, processor)
+    assert any("r4" in [t.id for t in batch][1:-1] for batch in plan_batches(plan.tasks, job.batch_size))
+    generate(job, model_and_processor)
+    outputs = by_id(job.output)
+    assert set(outputs) == {f"r{i}" for i in range(10)} - {"r4"}
+    alone = {}
+    for task in plan.tasks:
+        if task.id == "r4":
+            continue
+        batch = processor.collate([encode_task(processor, task)[0]], padding_side="left")
+        out = model.generate(**batch, do_sample=False, max_new_tokens=6, suppress_tokens=[processor.image_token_id])
+        alone[task.id] = processor.decode(out[0, batch["input_ids"].shape[1]:])
+    assert len(set(alone.values())) > 3, "records must differ for this test to detect misalignment"
+    for rid, record in outputs.items():
+        assert record["candidates"] == [alone[rid]] * 4, rid
+
+
+def test_same_seed_same_bytes_other_seed_other_candidates(dataset, tmp_path, model_and_processor):
+    first = make_job(dataset, tmp_path / "a")
+    again = make_job(dataset, tmp_path / "b")
+    other = make_job(dataset, tmp_path / "c", seed=1)
+    for job in (first, again, other):
+        generate(job, model_and_processor)
+    assert first.output.read_bytes() == again.output.read_bytes()
+    a, c = by_id(first.output), by_id(other.output)
+    assert all(a[rid]["candidates"] != c[rid]["candidates"] for rid in a)
+
+
+def test_resume_after_a_kill_mid_batch_is_byte_identical(dataset, tmp_path, model_and_processor):
+    reference = make_job(dataset, tmp_path / "ref")
+    generate(reference, model_and_processor)
+    job = make_job(dataset, tmp_path / "run")
+    generate(job, model_and_processor, merge=False)
+    part = shard_path(job.output, 0, 1)
+    lines = part.read_bytes().splitlines(keepends=True)
+    # Keep four records (a batch and a third) and half of the fifth, as a SIGKILL during a write leaves it.
+    part.write_bytes(b"".join(lines[:4]) + lines[4][: len(lines[4]) // 2])
+    summary = generate(job, model_and_processor)
+    assert summary.skipped >= 3 and summary.generated == 9 - 4
+    assert job.output.read_bytes() == reference.output.read_bytes()
+    assert job.errors_output.read_bytes() == reference.errors_output.read_bytes()
+    rerun = generate(job, model_and_processor)  # everything done: nothing generated, same files
+    assert rerun.generated == 0 and rerun.errors == 0
+    assert job.output.read_bytes() == reference.output.read_bytes()
+
+
+def test_a_rerun_with_another_world_size_completes_the_same_output(dataset, tmp_path, model_and_processor):
+    reference = make_job(dataset, tmp_path / "ref")
+    generate(reference, model_and_processor)
+    job = make_job(dataset, tmp_path / "run")
+    generate(job, model_and_processor, rank=1, world=2, merge=False)  # only rank 1 of 2 ran
+    assert [p.name for p in shard_files(job.output)] == ["out.jsonl.rank00001-of-00002"]
+    summary = generate(job, model_and_processor, world=1)
+    assert summary.skipped > 0 and summary.generated > 0
+    assert job.output.read_bytes() == reference.output.read_bytes()
+    assert {e["id"] for e in load_records(job.errors_output)} == {"r4"}
+
+
+def test_two_ranks_split_the_batches_and_merge_exactly_once(dataset, tmp_path, model_and_processor):
+    job = make_job(dataset, tmp_path, batch_size=2)
+    first = generate(job, model_and_processor, rank=0, world=2, merge=False)
+    with pytest.raises(RecordError, match="missing"):
+        merge_outputs(job, read_plan(job, model_and_processor[1]).ids)  # rank 1 has not run yet
+    second = generate(job, model_and_processor, rank=1, world=2)
+    assert first.batches == 3 and second.batches == 2  # 9 decodable-looking records in 5 batches
+    ids = [r["id"] for r in load_records(job.output)] + [e["id"] for e in load_records(job.errors_output)]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(10))
+
+
+def test_resume_refuses_records_made_with_other_settings(dataset, tmp_path, model_and_processor):
+    generate(make_job(dataset, tmp_path), model_and_processor)
+    hotter = SamplingSettings(num_candidates=3, temperature=1.0, top_p=0.95, max_new_tokens=6)
+    with pytest.raises(RecordError, match=r"out.jsonl:1 id='r0' field 'generation'.*'temperature': \(0.8, 1.0\)"):
+        generate(make_job(dataset, tmp_path, sampling=hotter), model_and_processor)
+    with pytest.raises(RecordError, match=r"'corruption': \(\[\], \['mask'\]\)"):
+        generate(make_job(dataset, tmp_path, corruptions=("mask",)), model_and_processor)
+
+
+def test_corrupted_images_are_recorded_and_planned_at_their_true_length(dataset, tmp_path, model_and_processor):
+    _, processor = model_and_processor
+    job = make_job(dataset, tmp_path, corruptions=("mirror_rotation", "gaussian_blur"))
+    for task in read_plan(job, processor).tasks:
+        if task.id != "r4":
+            encoded, applied = encode_task(processor, task, job.corruptions, job.seed)
+            assert len(encoded.input_ids) == task.num_tokens
+            assert [a["method"] for a in applied] == ["mirror_rotation", "gaussian_blur"]
+    generate(job, model_and_processor)
+    again = make_job(dataset, tmp_path / "again", corruptions=job.corruptions)
+    generate(again, model_and_processor)
+    assert job.output.read_bytes() == again.output.read_bytes()
+    records = load_records(job.output)
+    assert all(r["generation"]["corruption"][0]["rotation"] in (90, 270) for r in records)
+    assert len({r["generation"]["corruption"][1]["sigma"] for r in records}) == len(records)
+
+
+def test_beam_sampling_needs_enough_beams():
+    with pytest.raises(ValueError, match="num_beams >= 4"):
+        SamplingSettings(num_candidates=4, temperature=0.7, num_beams=2)
+    greedy_beams = SamplingSettings(num_candidates=4, temperature=0.0, num_beams=2)
+    assert greedy_beams.generate_kwargs()["num_return_sequences"] == 1
+    with pytest.raises(ValueError, match="temperature must be 0"):
+        SamplingSettings(temperature=-1)
+

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sicog.cli import main
+from train_helpers import TINY_FLAGS, logged_losses, make_checkpoint, make_dataset, make_parts, weights
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("train")
+    clip, llm = make_parts(root, tokenizer)
+    return {"root": root, "clip": clip, "llm": llm, "base": make_checkpoint(root, tokenizer), "data": make_dataset(root, n=4, text_only=0)}
+
+
+def common(world, out, steps=30, lr="2e-3"):
+    return [
+        "--data_path", str(world["data"]), "--image_folder", str(world["root"] / "images"), "--output_dir", str(out),
+        "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", lr, "--logging_steps", "1",
+        "--save_steps", str(steps), "--use_cpu", "--lr_scheduler_type", "constant", "--seed", "0",
+    ]
+
+
+@pytest.mark.slow
+def test_every_stage_learns_a_fixed_batch(world, tmp_path):
+    main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), *TINY_FLAGS,
+          *common(world, tmp_path / "s1", lr="1e-2")])
+    runs = {
+        "1": tmp_path / "s1",
+        "0": ["--model_name_or_path", str(world["base"])],
+        "1.5": ["--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), "--projector", str(tmp_path / "s1"), *TINY_FLAGS],
+        "2": ["--model_name_or_path", str(world["base"])],
+    }
+    for stage, flags in runs.items():
+        out = tmp_path / f"s{stage}"
+        if stage != "1":
+            main(["train", "--stage", stage, *flags, *common(world, out)])
+        losses = logged_losses(out)
+        assert len(losses) == 30
+        assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, (stage, losses)
+
+
+@pytest.mark.slow
+def test_stage1_changes_only_the_projector(world, tmp_path):
+    def stage1(out, lr):
+        main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), *TINY_FLAGS,
+              *common(world, out, steps=3, lr=lr)])
+        return weights(out)
+
+    trained, untouched = stage1(tmp_path / "trained", "1e-2"), stage1(tmp_path / "zero_lr", "0")
+    for part, source in (("vision_tower", world["clip"]), ("language_model", world["llm"])):
+        for name, tensor in weights(source).items():
+            assert torch.equal(trained[f"{part}.{name}"], tensor), name
+    resampler = [k for k in trained if k.startswith("resampler.")]
+    assert any(not torch.equal(trained[k], untouched[k]) for k in resampler)
+    projector = load_file(str(tmp_path / "trained" / "projector.safetensors"))
+    assert sorted(f"resampler.{k}" for k in projector) == sorted(resampler)
+    assert all(torch.equal(trained[f"resampler.{k}"], v) for k, v in projector.items())
+
+
+def test_invalid_records_stop_the_run_and_are_all_listed(world, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = world["data"].read_text().splitlines()
+    bad.write_text("\n".join([good[0], json.dumps({"id": "x1", "image": "missing.png", "conversations": [
+        {"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "ok"}]}), json.dumps({"id": "x2", "conversations": [
+        {"from": "gpt", "value": "wrong order"}]})]) + "\n")
+    flags = common(world, tmp_path / "out", steps=1)
+    flags[flags.index("--data_path") + 1] = str(bad)
+    from sicog.train.run import DataProblemsError
+
+    with pytest.raises(DataProblemsError, match=r"2 invalid training records"):
+        main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *flags])
+    listed = [json.loads(line) for line in (tmp_path / "out" / "data_errors.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["line"]) for p in listed] == [("x1", 2), ("x2", 3)]
+    assert "missing.png" in listed[0]["reason"] and "conversations[0].from" in listed[1]["reason"]
+
+
+def test_stage_needs_its_model_source(world, tmp_path):
+    with pytest.raises(ValueError, match="stage 2 needs --model_name_or_path"):
+        main(["train", "--stage", "2", *common(world, tmp_path / "x", steps=1)])

@@ -1,0 +1,88 @@
+"""The published training scripts, driven by the README's environment variables (dry runs)."""
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {
+    "uhdv1-finetune-qwen-stage0-warmup.sh": ("0", ["EXPERIMENT_NAME", "DATA_PATH", "PREV_STAGE_CHECKPOINT"]),
+    "uhdv1-pretrain-qwen-stage1-align.sh": ("1", ["EXPERIMENT_NAME", "DATA_PATH"]),
+    "uhdv1-finetune-qwen-stage15-sft.sh": ("1.5", ["EXPERIMENT_NAME", "DATA_PATH", "MM_PROJECTOR_CHECKPOINT"]),
+    "uhdv1-finetune-qwen-stage2-sft.sh": ("2", ["EXPERIMENT_NAME", "DATA_PATH", "PREV_STAGE_CHECKPOINT"]),
+}
+README_ENV = {
+    "PRETRAIN_LEARNING_RATE": "2e-4", "FINETUNE_LEARNING_RATE": "2e-5", "PRETRAIN_BATCH": "8", "FINETUNE_BATCH": "4",
+    "ACCU_STEPS": "2", "EXPERIMENT_NAME": "exp", "DATA_PATH": "data.jsonl", "PREV_STAGE_CHECKPOINT": "ckpt",
+    "MM_PROJECTOR_CHECKPOINT": "proj", "LLM_CKPT_DIR": "qwen",
+}
+
+
+def dry_run(script, env, *args, cwd=ROOT):
+    clean = {k: v for k, v in os.environ.items() if k not in README_ENV and k not in ("FINETUNE_RANK_BATCH", "OUTPUT_DIR")}
+    return subprocess.run(["bash", str(ROOT / "training_scripts" / script), "--dry-run", *args], cwd=cwd,
+                          env={**clean, **env}, capture_output=True, text=True, timeout=60)
+
+
+def parsed(stdout):
+    words = shlex.split(stdout.strip().splitlines()[-1])
+    return words, {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_readme_variables_resolve(script, tmp_path):
+    stage, _ = SCRIPTS[script]
+    result = dry_run(script, README_ENV, "--save_steps", "7", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    words, flags = parsed(result.stdout)
+    assert words[words.index("train") + 1 :][:2] == ["--stage", stage]
+    assert flags["--gradient_accumulation_steps"] == "2" and flags["--data_path"] == "data.jsonl"
+    assert flags["--learning_rate"] == ("2e-4" if stage == "1" else "2e-5")
+    assert flags["--per_device_train_batch_size"] == ("8" if stage == "1" else "4")
+    assert flags["--output_dir"] == str(ROOT / "model_weight" / "exp")
+    assert words[-2:] == ["--save_steps", "7"]
+    if stage == "1.5":
+        assert flags["--projector"] == "proj" and flags["--language_model"] == "qwen"
+    if stage in ("0", "2"):
+        assert flags["--model_name_or_path"] == "ckpt"
+
+
+def test_finetune_rank_batch_is_an_alias():
+    env = {k: v for k, v in README_ENV.items() if k != "FINETUNE_BATCH"}
+    _, flags = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**env, "FINETUNE_RANK_BATCH": "3"}).stdout)
+    assert flags["--per_device_train_batch_size"] == "3"
+
+
+def test_multi_node_variables_launch_torchrun():
+    env = {**README_ENV, "NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "12345", "DEEPSPEED": "zero3"}
+    words, flags = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env).stdout)
+    assert "torch.distributed.run" in words
+    assert (flags["--nproc_per_node"], flags["--nnodes"], flags["--node_rank"], flags["--master_addr"]) == ("8", "4", "1", "10.0.0.1")
+    assert flags["--deepspeed"] == "zero3"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_variables_are_all_named(script):
+    result = dry_run(script, {})
+    assert result.returncode == 2
+    for name in SCRIPTS[script][1]:
+        assert name in result.stderr
+
+
+def test_the_readme_typo_path_works():
+    result = subprocess.run(["bash", "training_scritps/uhdv1-finetune-qwen-stage15-sft.sh", "--dry-run"], cwd=ROOT,
+                            env={**os.environ, **README_ENV}, capture_output=True, text=True)
+    assert result.returncode == 0 and "--stage 1.5" in result.stdout
+
+
+def test_scripts_install_nothing_and_hold_no_absolute_paths():
+    files = list((ROOT / "training_scripts").glob("*.sh")) + [ROOT / "scripts" / "_common.sh"]
+    for path in files:
+        text = path.read_text()
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert not re.search(r"pip install|apt-get|conda ", code), path
+        assert not re.search(r"(^|[\s\"'=])/(?!dev/null)[A-Za-z]", code), path

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Stage 0: develop systematic perception (CoD captions) or reasoning (CoT answers) from a base model.
+# Required: EXPERIMENT_NAME, DATA_PATH, PREV_STAGE_CHECKPOINT (the base model).
+# Optional: FINETUNE_LEARNING_RATE (2e-5), FINETUNE_BATCH or FINETUNE_RANK_BATCH (4), ACCU_STEPS (1),
+# IMAGE_FOLDER, OUTPUT_DIR, DEEPSPEED, PRECISION, EPOCHS/MAX_STEPS, NPROC_PER_NODE, NNODES, NODE_RANK,
+# MASTER_ADDR, MASTER_PORT. Extra arguments go to `sicog train`; --dry-run prints the command only.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
+parse_common_args "$@"
+require_vars EXPERIMENT_NAME DATA_PATH PREV_STAGE_CHECKPOINT
+training_flags "${FINETUNE_LEARNING_RATE:-2e-5}" "${FINETUNE_BATCH:-${FINETUNE_RANK_BATCH:-4}}"
+sicog_exec train --stage 0 --model_name_or_path "$PREV_STAGE_CHECKPOINT" "${TRAIN_FLAGS[@]}" "${SICOG_ARGS[@]}"

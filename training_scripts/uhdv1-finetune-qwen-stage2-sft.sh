@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Stage 2: visual instruction tuning of the stage-1.5 model: the next-generation MLLM.
+# Required: EXPERIMENT_NAME, DATA_PATH, PREV_STAGE_CHECKPOINT (the stage-1.5 output).
+# Optional: FINETUNE_LEARNING_RATE (2e-5), FINETUNE_BATCH or FINETUNE_RANK_BATCH (4), ACCU_STEPS (1),
+# IMAGE_FOLDER, OUTPUT_DIR, DEEPSPEED, PRECISION, EPOCHS/MAX_STEPS, torchrun variables.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
+parse_common_args "$@"
+require_vars EXPERIMENT_NAME DATA_PATH PREV_STAGE_CHECKPOINT
+training_flags "${FINETUNE_LEARNING_RATE:-2e-5}" "${FINETUNE_BATCH:-${FINETUNE_RANK_BATCH:-4}}"
+sicog_exec train --stage 2 --model_name_or_path "$PREV_STAGE_CHECKPOINT" "${TRAIN_FLAGS[@]}" "${SICOG_ARGS[@]}"
