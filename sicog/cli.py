@@ -15,6 +15,7 @@ from typing import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "cycle": ("sicog.cycle.cli", "run the whole SICOG loop (toy world by default) and write a report"),
     "info": ("sicog.model.cli", "describe a model configuration or checkpoint (parameters, tokens per slice)"),
     "train": ("sicog.train.cli", "train a stage: 0 (warm-up), 1 (alignment), 1.5 (self-generated pre-training), 2 (SFT)"),
     "data": ("sicog.data.cli", "check a training dataset before an expensive launch"),

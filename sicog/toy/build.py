@@ -24,7 +24,7 @@ from sicog.toy.world import SLICING
 
 MANIFEST = "manifest.json"
 # Bump when the same seed would give a different tree, so an old world is not mistaken for a current one.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 # Stable manifest keys -> file or folder names inside the world directory.
 FILES = {
     "align": "align.jsonl",
@@ -33,6 +33,9 @@ FILES = {
     "cot": "cot.jsonl",
     "unlabeled_images": "unlabeled_images.jsonl",
     "unlabeled_questions": "unlabeled_questions.jsonl",
+    "unlabeled_web": "unlabeled_web.jsonl",
+    "oracle_captions": "oracle_captions.jsonl",
+    "oracle_reasoning": "oracle_reasoning.jsonl",
     "sft": "sft.jsonl",
     "bench_mc": "bench_mc.tsv",
     "bench_caption": "bench_caption.jsonl",
@@ -40,7 +43,10 @@ FILES = {
     "ground_truth": "ground_truth.jsonl",
     "tokenizer": "tokenizer",
 }
-TRAINING_SETS = ("align", "cod", "detailed", "cot", "unlabeled_images", "unlabeled_questions", "sft")
+TRAINING_SETS = (
+    "align", "cod", "detailed", "cot", "unlabeled_images", "unlabeled_questions", "sft",
+    "unlabeled_web", "oracle_captions", "oracle_reasoning",
+)
 
 
 def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force: bool = False) -> dict:
@@ -88,8 +94,10 @@ def _build_into(root: Path, seed: int, size: str) -> dict:
     records["align"] = ds.build_align(writer, counts["align"])
     records["cod"], records["detailed"] = ds.build_cod(writer, counts["cod"])
     records["cot"] = ds.build_cot(writer, counts["cot"])
-    records["unlabeled_images"] = ds.build_unlabeled_images(writer, counts["unlabeled_images"])
-    records["unlabeled_questions"] = ds.build_unlabeled_questions(writer, counts["unlabeled_questions"])
+    unlabeled = ds.build_unlabeled_images(writer, counts["unlabeled_images"])
+    records["unlabeled_images"], records["unlabeled_web"], records["oracle_captions"] = unlabeled
+    questions = ds.build_unlabeled_questions(writer, counts["unlabeled_questions"])
+    records["unlabeled_questions"], records["oracle_reasoning"] = questions
     records["sft"] = ds.build_sft(writer, counts["sft"])
     bench_rows = ds.build_bench_mc(writer, counts["bench_mc"])
     records["bench_caption"] = ds.build_bench_caption(writer, counts["bench_caption"])

@@ -23,6 +23,7 @@ from sicog.data.prompts import (
     SHORT_ANSWER,
     STEP_BY_STEP_ANSWER,
     STEP_BY_STEP_DESCRIBE,
+    reasoning_prompt,
 )
 from sicog.data.steps import format_steps
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
@@ -194,34 +195,41 @@ def build_cot(writer: WorldWriter, count: int) -> list[dict]:
     return records
 
 
-def build_unlabeled_images(writer: WorldWriter, count: int) -> list[dict]:
-    """Images without any text: the pool the perception model captions."""
-    rng, records = writer.rng("unlabeled_images"), []
+def build_unlabeled_images(writer: WorldWriter, count: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Images without any text (the pool the perception model captions), plus two references for them.
+
+    ``web``: a short partial caption per image, the "original caption" a baseline pre-trains on.
+    ``oracle``: the ground-truth CoD caption under the cod-default prompt, what a perfect teacher writes.
+    Both draw from their own random streams, so the images are the same with or without them.
+    """
+    rng, records, web, oracle = writer.rng("unlabeled_images"), [], [], []
+    web_rng, oracle_rng = writer.rng("unlabeled_web"), writer.rng("oracle_captions")
     for i in _progress("unlabeled_images", count):
+        record_id = f"unlabeled_images-{i:05d}"
         scene, _ = writer.draw(rng)
-        image, _ = writer.add_image("unlabeled_images", f"unlabeled_images-{i:05d}", scene)
-        records.append({"id": f"unlabeled_images-{i:05d}", "image": image})
-    return records
+        image, _ = writer.add_image("unlabeled_images", record_id, scene)
+        records.append({"id": record_id, "image": image})
+        web.append(conversation(record_id, image, web_rng.choice(ALIGN_REQUESTS), web_caption(scene, web_rng)))
+        caption = format_steps(COD_STEPS, cod_bodies(scene, oracle_rng))
+        oracle.append(conversation(record_id, image, CAPTION_PROMPTS["cod-default"], caption))
+    return records, web, oracle
 
 
-def build_unlabeled_questions(writer: WorldWriter, count: int) -> list[dict]:
-    """Image + question pairs; ``answer`` is the hidden ground truth that generation ignores."""
-    rng, records, kinds = writer.rng("unlabeled_questions"), [], list(QUESTION_TYPES)
+def build_unlabeled_questions(writer: WorldWriter, count: int) -> tuple[list[dict], list[dict]]:
+    """Image + question pairs (``answer``: the hidden ground truth that generation ignores), and the oracle:
+    the ground-truth four-step answer under the cot-default prompt (its own random stream)."""
+    rng, records, oracle, kinds = writer.rng("unlabeled_questions"), [], [], list(QUESTION_TYPES)
+    oracle_rng = writer.rng("oracle_reasoning")
     for i in _progress("unlabeled_questions", count):
+        record_id = f"unlabeled_questions-{i:05d}"
         scene, question = _draw_question(writer, rng, kinds, need_mc=False)
-        image, _ = writer.add_image("unlabeled_questions", f"unlabeled_questions-{i:05d}", scene)
-        asked, answer, _ = _question_prompt(question, rng, _wants_mc(question, rng))
-        records.append(
-            {
-                "id": f"unlabeled_questions-{i:05d}",
-                "image": image,
-                "question": asked,
-                "answer": answer,
-                "question_type": question.kind,
-                "category": question.category,
-            }
-        )
-    return records
+        image, _ = writer.add_image("unlabeled_questions", record_id, scene)
+        asked, answer, letter = _question_prompt(question, rng, _wants_mc(question, rng))
+        meta = {"question_type": question.kind, "category": question.category}
+        records.append({"id": record_id, "image": image, "question": asked, "answer": answer, **meta})
+        reply = cot_answer(question, oracle_rng, letter)
+        oracle.append(conversation(record_id, image, reasoning_prompt("cot-default", asked), reply, answer=answer, **meta))
+    return records, oracle
 
 
 def build_sft(writer: WorldWriter, count: int) -> list[dict]:

@@ -1,0 +1,1 @@
+"""The SICOG self-improvement loop as resumable steps, with a report comparing its arms."""

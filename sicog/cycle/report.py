@@ -1,0 +1,167 @@
+"""report.md, results.json and the plots: every arm's numbers, curation quality and wall time."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sicog.cycle.config import ARM_NAMES, CycleConfig  # noqa: E402
+from sicog.data.jsonl import iter_records, write_json  # noqa: E402
+from sicog.toy.score import score_captions  # noqa: E402
+
+
+def arm_scores(evaluation: dict, truth: dict[str, dict]) -> dict:
+    """Multiple-choice accuracy (overall, by category) and caption scores of one final model."""
+    mc = json.loads(Path(evaluation["mc"]).read_text())
+    pairs = [(r["candidates"][0], truth[r["image"]]) for _, r in iter_records(evaluation["captions"])]
+    captions = score_captions(pairs)
+    return {
+        "accuracy": mc["accuracy"],
+        "by_category": {k: v["accuracy"] for k, v in mc["by_category"].items()},
+        "caption": {k: captions[k] for k in ("precision", "recall", "f1")},
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(per_seed: list[dict], arms: list[str]) -> dict:
+    """Mean and spread over seeds of accuracy and caption F1 per arm, and the verdict on arm D."""
+    table = {}
+    for arm in arms:
+        acc = [s["arms"][arm]["accuracy"] for s in per_seed]
+        f1 = [s["arms"][arm]["caption"]["f1"] for s in per_seed]
+        table[arm] = {"accuracy": _mean_std(acc), "caption_f1": _mean_std(f1)}
+    verdict = {}
+    for other in (a for a in ("A", "B", "C") if a in table):
+        wins = {}
+        for metric in ("accuracy", "caption_f1"):
+            (md, sd), (mo, so) = table["D"][metric], table[other][metric]
+            wins[metric] = {"difference": md - mo, "spread": sd + so, "beats": md - mo > sd + so}
+        verdict[other] = wins
+    return {"table": table, "verdict": verdict}
+
+
+def _plot_categories(per_seed: list[dict], arms: list[str], path: Path) -> None:
+    categories = sorted(per_seed[0]["arms"][arms[0]]["by_category"])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+        values = [statistics.fmean(s["arms"][arm]["by_category"].get(c, 0.0) for s in per_seed) for c in categories]
+        ax.bar([x + i * width for x in range(len(categories))], values, width, label=f"{arm}: {ARM_NAMES[arm.split('_')[-1]][:28]}")
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=15)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title("Toy benchmark accuracy by category")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_captions(per_seed: list[dict], arms: list[str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.27
+    for i, metric in enumerate(("precision", "recall", "f1")):
+        values = [statistics.fmean(s["arms"][a]["caption"][metric] for s in per_seed) for a in arms]
+        ax.bar([x + i * width for x in range(len(arms))], values, width, label=metric)
+    ax.set_xticks([x + width for x in range(len(arms))], arms)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("Caption benchmark: objects named vs ground truth")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_curation(scored: dict[str, str], thresholds: dict[str, float], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(scored), figsize=(5 * len(scored), 3.2))
+    for ax, (task, file) in zip(axes if len(scored) > 1 else [axes], scored.items()):
+        best = [r["best_score"] for _, r in iter_records(file) if r.get("best_score") is not None]
+        ax.hist(best, bins=30, color="tab:blue")
+        ax.axvline(thresholds[task], color="tab:red", label=f"threshold {thresholds[task]}")
+        kept = sum(b >= thresholds[task] for b in best) / max(len(best), 1)
+        ax.set_title(f"{task}: best MBR score (kept {kept:.0%})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_times(seconds: dict[str, float], path: Path) -> None:
+    names = list(seconds)
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(names) + 1))
+    ax.barh(names, [seconds[n] for n in names], color="tab:gray")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("Wall time per step (first seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(pair: tuple[float, float], seeds: int) -> str:
+    return f"{pair[0]:.3f} ± {pair[1]:.3f}" if seeds > 1 else f"{pair[0]:.3f}"
+
+
+def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: dict) -> dict:
+    """Write report.md, results.json and the PNGs into ``out``; return the results."""
+    arms = list(per_seed[0]["arms"])
+    summary = summarize(per_seed, [a for a in arms if "_" not in a])
+    _plot_categories(per_seed, arms, out / "accuracy_by_category.png")
+    _plot_captions(per_seed, arms, out / "captions.png")
+    _plot_curation({t: first["curation"][1][t]["scored"] for t in ("captions", "reasoning")},
+                   {"captions": config.caption_threshold, "reasoning": config.reasoning_threshold}, out / "curation_scores.png")
+    _plot_times(first["seconds"], out / "wall_time.png")
+    results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": per_seed, "summary": summary}
+    write_json(out / "results.json", results)
+    seeds = len(per_seed)
+    lines = [
+        f"# SICOG cycle report ({config.name}, {seeds} seed{'s' if seeds > 1 else ''})",
+        "",
+        "Arms share every hyper-parameter and step count wherever they share a stage. "
+        "Stage 1.5 data: every arm gets the annotated CoD and CoT sets plus its own data.",
+    ]
+    if config.stage1_tunable_parts and config.stage1_tunable_parts != "resampler":
+        lines += ["", f"Stage 1 trains `{config.stage1_tunable_parts}` (the paper trains the projector only): "
+                      "the toy parts start from random weights, so the projector alone could not align them."]
+    lines += ["", "## Results", "", "| arm | what | MC accuracy | caption F1 |", "|---|---|---|---|"]
+    for arm in arms:
+        if arm in summary["table"]:
+            row = summary["table"][arm]
+            lines.append(f"| {arm} | {ARM_NAMES[arm]} | {_fmt(row['accuracy'], seeds)} | {_fmt(row['caption_f1'], seeds)} |")
+        else:
+            acc = statistics.fmean(s["arms"][arm]["accuracy"] for s in per_seed)
+            f1 = statistics.fmean(s["arms"][arm]["caption"]["f1"] for s in per_seed)
+            lines.append(f"| {arm} | later round of D | {acc:.3f} | {f1:.3f} |")
+    lines += ["", "## Outcome", ""]
+    rule = "the difference of means exceeds the sum of the two standard deviations over seeds" if seeds > 1 else "a single seed: no spread is known, so no win is claimed as significant"
+    lines.append(f"D counts as beating another arm on a metric when {rule}.")
+    lines.append("")
+    for other, wins in summary["verdict"].items():
+        for metric, w in wins.items():
+            verb = "beats" if w["beats"] and seeds > 1 else ("is ahead of" if w["difference"] > 0 else "does not beat")
+            lines.append(f"- D {verb} {other} on {metric.replace('_', ' ')}: {w['difference']:+.3f} (spread {w['spread']:.3f}).")
+    quality = first.get("analysis", {})
+    if quality:
+        lines += ["", "## Does self-consistency find the right data? (first seed, ground truth known)", "",
+                  "| task | AUROC of MBR score | right: all candidates | right: random pick (C) | right: curated (D) | kept |",
+                  "|---|---|---|---|---|---|"]
+        for task, q in quality.items():
+            cells = [q["auroc"], q["right_share_all_candidates"], q["right_share_random_candidate"], q["right_share_curated"]]
+            cells = ["n/a" if v is None else f"{v:.3f}" for v in cells]
+            lines.append(f"| {task} | {' | '.join(cells)} | {q['kept']}/{q['records']} |")
+    lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", "![captions](captions.png)", "",
+              "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
+              "## Wall time (first seed)", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {sec} |" for name, sec in first["seconds"].items()]
+    lines.append(f"| total | {sum(first['seconds'].values()):.0f} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return results

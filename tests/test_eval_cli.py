@@ -1,0 +1,91 @@
+"""`sicog eval` as users run it: a saved checkpoint on the toy benchmark, bad input, torchrun with 2 ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sicog.cli import main
+from sicog.data.jsonl import load_records
+from sicog.model.builders import save_pretrained
+from sicog.toy.build import build_world, load_manifest
+from sicog.toy.datasets import read_bench_tsv
+from sicog.toy.score import score_mc
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_factory) -> dict:
+    """A saved tiny checkpoint and the tiny toy world."""
+    root = tmp_path_factory.mktemp("eval_cli")
+    model, processor = tiny_model_factory(seed=5)
+    save_pretrained(model, processor, root / "model")
+    build_world(root / "world", seed=0, size="tiny")
+    return {"root": root, "model": root / "model", **load_manifest(root / "world")}
+
+
+def eval_args(setup: dict, out: Path, *extra: str) -> list[str]:
+    return ["eval", "--model", str(setup["model"]), "--benchmark", str(setup["bench_mc"]), "--output-dir", str(out),
+            "--max-new-tokens", "6", "--batch-size", "4", "--no-progress", *extra]
+
+
+def test_command_evaluates_a_checkpoint(setup, tmp_path, capsys) -> None:
+    assert main(eval_args(setup, tmp_path)) == 0
+    out = capsys.readouterr().out
+    predictions = {r["id"]: r["prediction"] for r in load_records(tmp_path / "predictions.jsonl")}
+    assert sorted(predictions, key=int) == [str(i) for i in range(10)]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["total"] == results["scored"] == 10 and results["errors"] == 0
+    assert results["accuracy"] == score_mc(predictions, read_bench_tsv(setup["bench_mc"]))["accuracy"]
+    assert f"accuracy {results['accuracy']:.4f} ({results['correct']}/10 scored rows)" in out
+    assert "math:" in out and "results.xlsx" in out
+    record = load_records(tmp_path / "predictions.jsonl")[0]
+    assert record["settings"] == {"model": str(setup["model"]), "prompt_style": "direct", "max_new_tokens": 6}
+    assert record["prompt"].endswith("Answer with the option's letter from the given choices directly.")
+
+
+def test_command_reports_bad_input(setup, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("index\tquestion\n0\tWhat?\n")
+    args = eval_args(setup, tmp_path / "a")
+    args[args.index("--benchmark") + 1] = str(bad)
+    assert main(args) == 2
+    assert "bad.tsv:1: missing columns: image or image_path" in capsys.readouterr().err
+    args = eval_args(setup, tmp_path / "b")
+    args[args.index("--model") + 1] = str(tmp_path / "no_model")
+    assert main(args) == 2
+    assert "sicog eval: error:" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(setup, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    # One row per generate call, so that both runs compute every reply identically.
+    args = eval_args(setup, tmp_path / "OUT", "--batch-size", "1")[1:]
+    single = [sys.executable, "-m", "sicog", "eval", *args]
+    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(free_port()), "-m", "sicog", "eval", *args]
+    for name, command in (("single", single), ("ranks", ranks)):
+        command = [str(tmp_path / name) if part == str(tmp_path / "OUT") else part for part in command]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("predictions.jsonl", "errors.jsonl", "results.json"):
+        single_text = (tmp_path / "single" / name).read_text().replace(str(tmp_path / "single"), "DIR")
+        ranks_text = (tmp_path / "ranks" / name).read_text().replace(str(tmp_path / "ranks"), "DIR")
+        assert ranks_text == single_text, name
+    assert not list((tmp_path / "ranks").glob("*.rank*"))

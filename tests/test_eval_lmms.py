@@ -1,0 +1,183 @@
+"""The lmms-eval adapter against a stand-in of lmms-eval's model API (lmms-eval is not in this venv).
+
+The stand-in mirrors lmms-eval 0.7: ``lmms_eval.api.model.lmms`` (abstract ``loglikelihood``,
+``generate_until``, ``generate_until_multi_round``; ``task_dict``, ``rank``), request objects whose
+``args`` are ``(context, gen_kwargs | target, doc_to_visual, doc_id, task, split)``, and the model
+registry (``ModelManifest``, ``MODEL_REGISTRY_V2``) that entry points feed.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+import torch
+from PIL import Image
+
+from sicog.eval.generation import encode_item, generate_replies
+
+
+class StandInLmms(abc.ABC):
+    is_simple = True
+
+    def __init__(self) -> None:
+        self._rank, self._world_size, self.task_dict = 0, 1, {}
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    @abc.abstractmethod
+    def loglikelihood(self, requests): ...
+
+    @abc.abstractmethod
+    def generate_until(self, requests): ...
+
+    @abc.abstractmethod
+    def generate_until_multi_round(self, requests): ...
+
+
+@dataclass(frozen=True)
+class StandInManifest:
+    model_id: str
+    simple_class_path: str | None = None
+    chat_class_path: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+class StandInRegistry:
+    def __init__(self) -> None:
+        self.manifests = {}
+
+    def register_manifest(self, manifest, *, overwrite=False) -> None:
+        self.manifests[manifest.model_id] = manifest
+
+
+def stand_in_modules() -> dict[str, types.ModuleType]:
+    modules = {name: types.ModuleType(name) for name in (
+        "lmms_eval", "lmms_eval.api", "lmms_eval.api.model", "lmms_eval.models", "lmms_eval.models.registry_v2",
+        "lmms_eval.cli", "lmms_eval.cli.dispatch")}
+    modules["lmms_eval.api.model"].lmms = StandInLmms
+    modules["lmms_eval.models.registry_v2"].ModelManifest = StandInManifest
+    modules["lmms_eval.models"].MODEL_REGISTRY_V2 = StandInRegistry()
+    calls = []
+    modules["lmms_eval.cli.dispatch"].main = lambda: calls.append(list(sys.argv))
+    modules["lmms_eval.cli.dispatch"].calls = calls
+    return modules
+
+
+@pytest.fixture
+def lmms_module(monkeypatch):
+    """``sicog.eval.lmms_eval`` imported against the stand-in."""
+    modules = stand_in_modules()
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delitem(sys.modules, "sicog.eval.lmms_eval", raising=False)
+    module = importlib.import_module("sicog.eval.lmms_eval")
+    yield module, modules
+    sys.modules.pop("sicog.eval.lmms_eval", None)
+
+
+def request(*args):
+    return types.SimpleNamespace(args=args)
+
+
+def docs() -> list[dict]:
+    colours = [(200, 20, 20), (20, 200, 20), (20, 20, 200), (200, 200, 20)]
+    return [{"image": Image.new("RGB", (32 + 16 * i, 32), c), "q": f"Which colour is shape {i}?"} for i, c in enumerate(colours)]
+
+
+def to_visual(doc):
+    return [doc["image"]]
+
+
+def test_generate_until_answers_each_request_in_order(lmms_module, tiny_model_factory) -> None:
+    module, _ = lmms_module
+    model, processor = tiny_model_factory(seed=6)
+    adapter = module.SicogLMMs(model=model, processor=processor, batch_size=1)
+    adapter.task_dict = {"toy": {"test": docs()}}
+    direct = [generate_replies(model, processor, [encode_item(processor, d["q"], [d["image"]])], max_new_tokens=6)[0]
+              for d in docs()]
+    stop = direct[1][2]  # cut reply 1 at its third character
+    settings_a, settings_b = {"max_new_tokens": 6, "until": [stop]}, {"max_new_tokens": 6, "temperature": 0}
+    requests = [request(d["q"], dict(settings_a if i % 2 else settings_b), to_visual, i, "toy", "test")
+                for i, d in enumerate(docs())]
+    replies = adapter.generate_until(requests)
+    assert replies[0] == direct[0] and replies[2] == direct[2]  # groups interleave; the order is kept
+    assert replies[1] == direct[1].split(stop, 1)[0] and replies[3] == direct[3].split(stop, 1)[0]
+    assert len(replies[1]) < len(direct[1])
+    # Batching requests together gives the same replies.
+    batched = module.SicogLMMs(model=model, processor=processor, batch_size=2)
+    batched.task_dict = adapter.task_dict
+    assert batched.generate_until(requests) == replies
+
+
+def test_sampling_settings_and_bad_images(lmms_module, tiny_model_factory) -> None:
+    module, _ = lmms_module
+    model, processor = tiny_model_factory(seed=6)
+    adapter = module.SicogLMMs(model=model, processor=processor, max_new_tokens=3)
+    adapter.task_dict = {"toy": {"test": docs() + [{"image": Image.new("RGB", (0, 0)), "q": "?"}]}}
+    sampled = adapter.generate_until([request("Describe.", {"temperature": 0.9, "top_p": 0.5, "do_sample": True},
+                                              to_visual, 0, "toy", "test")])
+    assert isinstance(sampled[0], str)
+    with pytest.raises(ValueError, match="task 'toy' split 'test' doc 4: .*zero size"):
+        adapter.generate_until([request("?", {}, to_visual, 4, "toy", "test")])
+    with pytest.raises(NotImplementedError, match="multi-round"):
+        adapter.generate_until_multi_round([])
+
+
+def test_loglikelihood_of_continuations(lmms_module, tiny_model_factory) -> None:
+    module, _ = lmms_module
+    model, processor = tiny_model_factory(seed=6)
+    adapter = module.SicogLMMs(model=model, processor=processor)
+    adapter.task_dict = {"toy": {"test": docs()}}
+    doc = docs()[0]
+    batch = processor.collate([encode_item(processor, doc["q"], [doc["image"]])], padding_side="left")
+    with torch.no_grad():
+        logprobs = model(**batch).logits[0, -1].log_softmax(-1)
+    tokenizer = processor.tokenizer
+    # Single tokens whose text encodes back to the same token, best first.
+    ranked = [t for t in logprobs.argsort(descending=True).tolist()
+              if tokenizer.encode(tokenizer.decode([t]), add_special_tokens=False) == [t]]
+    best, other = ranked[0], ranked[5]
+    results = adapter.loglikelihood([
+        request(doc["q"], tokenizer.decode([best]), to_visual, 0, "toy", "test"),
+        request(doc["q"], lambda d: tokenizer.decode([other]), to_visual, 0, "toy", "test"),
+    ])
+    assert results[0][0] == pytest.approx(logprobs[best].item(), abs=1e-4) and results[0][1] is (best == logprobs.argmax().item())
+    assert results[1][0] == pytest.approx(logprobs[other].item(), abs=1e-4) and results[1][1] is False
+    assert results[0][0] > results[1][0]
+
+
+def test_registration_and_command_line(lmms_module, tiny_model_factory) -> None:
+    module, modules = lmms_module
+    manifest = module.manifest()
+    assert (manifest.model_id, manifest.simple_class_path) == ("sicog", "sicog.eval.lmms_eval.SicogLMMs")
+    module_path, class_name = manifest.simple_class_path.rsplit(".", 1)
+    assert getattr(importlib.import_module(module_path), class_name) is module.SicogLMMs
+    assert issubclass(module.SicogLMMs, StandInLmms) and module.SicogLMMs.is_simple
+    assert module.main(["--model", "sicog", "--model_args", "pretrained=ckpt", "--tasks", "mmstar"]) == 0
+    assert modules["lmms_eval.models"].MODEL_REGISTRY_V2.manifests["sicog"] == manifest
+    assert modules["lmms_eval.cli.dispatch"].calls == [["lmms-eval", "--model", "sicog", "--model_args",
+                                                         "pretrained=ckpt", "--tasks", "mmstar"]]
+    model, processor = tiny_model_factory(seed=6)
+    with pytest.raises(ValueError, match="either pretrained=PATH"):
+        module.SicogLMMs(pretrained="x", model=model, processor=processor)
+    assert module.SicogLMMs(model=model, processor=processor, batch_size="4", max_batch_size="2").batch_size == 2
+
+
+def test_import_without_lmms_eval_says_what_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "lmms_eval", None)
+    monkeypatch.setitem(sys.modules, "lmms_eval.api", None)
+    monkeypatch.setitem(sys.modules, "lmms_eval.api.model", None)
+    monkeypatch.delitem(sys.modules, "sicog.eval.lmms_eval", raising=False)
+    with pytest.raises(ImportError, match="pip install lmms-eval"):
+        importlib.import_module("sicog.eval.lmms_eval")

@@ -1,0 +1,112 @@
+"""The VLMEvalKit adapter driven by a minimal stand-in of VLMEvalKit's inference loop and dataset API."""
+
+from __future__ import annotations
+
+import base64
+import sys
+import types
+
+import pytest
+
+from sicog.data.jsonl import load_records
+from sicog.eval.runner import evaluate
+from sicog.eval.tsv import read_benchmark
+from sicog.eval.vlmevalkit import SicogVLM
+from sicog.model.image_io import ImageError
+from sicog.toy.build import build_world, load_manifest
+
+DATASET_TYPES = {"ToyMC": "MCQ", "POPE": "Y/N", "MMVet": "VQA"}
+
+
+@pytest.fixture
+def vlmeval(monkeypatch):
+    """``vlmeval.dataset.DATASET_TYPE``, the one thing the adapter asks VLMEvalKit."""
+    package, dataset = types.ModuleType("vlmeval"), types.ModuleType("vlmeval.dataset")
+    dataset.DATASET_TYPE = lambda name: DATASET_TYPES.get(name, "VQA")
+    package.dataset = dataset
+    monkeypatch.setitem(sys.modules, "vlmeval", package)
+    monkeypatch.setitem(sys.modules, "vlmeval.dataset", dataset)
+
+
+class StandInDataset:
+    """Rows like VLMEvalKit's (missing cells are NaN), images dumped to files, VLMEvalKit's own MCQ prompt."""
+
+    def __init__(self, name, rows, image_dir):
+        self.dataset_name, self.image_dir = name, image_dir
+        self.data = [{k: (float("nan") if v == "" else v) for k, v in row.items()} for row in rows]
+
+    def dump_image(self, line):
+        path = self.image_dir / f"{line['index']}.png"
+        path.write_bytes(base64.b64decode(line["image"]))
+        return [str(path)]
+
+    def build_prompt(self, line):
+        return [{"type": "image", "value": self.dump_image(line)[0]}, {"type": "text", "value": f"Question: {line['question']}"}]
+
+
+def infer(model, dataset) -> dict[str, str]:
+    """VLMEvalKit's loop for local models: hand over the dump function, build each prompt, generate."""
+    model.set_dump_image(dataset.dump_image)
+    answers = {}
+    for line in dataset.data:
+        if model.use_custom_prompt(dataset.dataset_name):
+            struct = model.build_prompt(line, dataset=dataset.dataset_name)
+        else:
+            struct = dataset.build_prompt(line)
+        answers[line["index"]] = model.generate(message=struct, dataset=dataset.dataset_name)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlmeval_toy") / "world"
+    build_world(root, seed=0, size="tiny")
+    return load_manifest(root)
+
+
+def test_vlmevalkit_answers_like_the_built_in_runner(vlmeval, toy, tiny_model_factory, tmp_path) -> None:
+    model, processor = tiny_model_factory(seed=4)
+    bench = read_benchmark(toy["bench_mc"])
+    adapter = SicogVLM(model=model, processor=processor, max_new_tokens=6)
+    dataset = StandInDataset("ToyMC", bench.rows[:4], tmp_path)
+    answers = infer(adapter, dataset)
+    evaluate(model, processor, bench, tmp_path / "runner", batch_size=1, max_new_tokens=6)
+    runner = {r["id"]: r for r in load_records(tmp_path / "runner" / "predictions.jsonl")}
+    assert answers == {index: runner[index]["prediction"] for index in answers}
+    message = adapter.build_prompt(dataset.data[0], dataset="ToyMC")
+    assert [item["type"] for item in message] == ["image", "text"]
+    assert message[1]["value"] == runner["0"]["prompt"]
+
+
+def test_other_dataset_types_keep_the_dataset_prompt(vlmeval, tiny_model_factory, tmp_path) -> None:
+    model, processor = tiny_model_factory(seed=4)
+    adapter = SicogVLM(model=model, processor=processor, max_new_tokens=4)
+    assert adapter.use_custom_prompt("ToyMC") and not adapter.use_custom_prompt("POPE")
+    assert not adapter.use_custom_prompt("MMVet")
+    with pytest.raises(ValueError, match="build_prompt serves multiple-choice datasets; 'POPE' is 'Y/N'"):
+        adapter.build_prompt({"index": 0, "question": "Is there a dog?"}, dataset="POPE")
+
+
+def test_message_forms_and_checks(vlmeval, tiny_model_factory, tmp_path) -> None:
+    from PIL import Image
+
+    model, processor = tiny_model_factory(seed=4)
+    adapter = SicogVLM(model=model, processor=processor, max_new_tokens=4)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (30, 20), (10, 200, 10)).save(image)
+    as_items = adapter.generate([{"type": "image", "value": str(image)}, {"type": "text", "value": "What colour?"}])
+    assert isinstance(as_items, str)
+    assert adapter.generate([str(image), "What colour?"]) == as_items  # strings naming image files are images
+    assert isinstance(adapter.generate("Hello?"), str)  # text only
+    with pytest.raises(ValueError, match="has type 'video'"):
+        adapter.generate([{"type": "video", "value": "v.mp4"}])
+    with pytest.raises(ValueError, match="not {'type', 'value'}"):
+        adapter.generate([{"text": "x"}])
+    with pytest.raises(ImageError, match="missing.png"):
+        adapter.generate([{"type": "image", "value": str(tmp_path / "missing.png")}, {"type": "text", "value": "?"}])
+    with pytest.raises(RuntimeError, match="set_dump_image"):
+        adapter.build_prompt({"index": 0, "question": "?", "A": "x", "B": "y"}, dataset="ToyMC")
+    with pytest.raises(ValueError, match="either model_path"):
+        SicogVLM()
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        SicogVLM(model=model, processor=processor, prompt="fancy")
