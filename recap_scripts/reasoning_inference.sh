@@ -17,20 +17,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 parse_common_args "$@"
 require_vars EXPERIMENT_NAME MODEL_PATH DATA_PATH
 
-input="$DATA_PATH"
-if [[ -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
-OUTPUT_DIR="${OUTPUT_DIR:-$(dirname "$input")}"
-
-args=(generate reasoning --model "$MODEL_PATH" --data "$input" --output "${OUTPUT_DIR}/${EXPERIMENT_NAME}.jsonl")
-if [[ -n "${IMAGE_FOLDER:-}" ]]; then args+=(--image-folder "$IMAGE_FOLDER"); fi
-if [[ -n "${PROMPT:-}" ]]; then args+=(--prompt "$PROMPT"); fi
-if [[ -n "${NUM_CANDIDATES:-}" ]]; then args+=(--num-candidates "$NUM_CANDIDATES"); fi
-if [[ -n "${TEMPERATURE:-}" ]]; then args+=(--temperature "$TEMPERATURE"); fi
-if [[ -n "${TOP_P:-}" ]]; then args+=(--top-p "$TOP_P"); fi
-if [[ -n "${BEAMS:-}" ]]; then args+=(--num-beams "$BEAMS"); fi
-if [[ -n "${MAX_NEW_TOKENS:-}" ]]; then args+=(--max-new-tokens "$MAX_NEW_TOKENS"); fi
-if [[ -n "${BATCH_SIZE:-}" ]]; then args+=(--batch-size "$BATCH_SIZE"); fi
-if [[ -n "${SEED:-}" ]]; then args+=(--seed "$SEED"); fi
-if [[ -n "${AUGMENT_METHODS:-}" ]]; then args+=(--corrupt "$AUGMENT_METHODS"); fi
-
-sicog_exec "${args[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
+generate_flags reasoning
+sicog_exec "${GENERATE_ARGS[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}

@@ -77,3 +77,21 @@ training_flags() {
     esac
     if [[ "${GRADIENT_CHECKPOINTING:-true}" == "true" ]]; then TRAIN_FLAGS+=(--gradient_checkpointing True); fi
 }
+
+# generate_flags TASK: `sicog generate TASK` and its flags from the recap variables, in GENERATE_ARGS.
+# Reads MODEL_PATH, DATA_PATH (+ SPLIT: ${DATA_PATH}_${SPLIT}.json), EXPERIMENT_NAME, OUTPUT_DIR,
+# IMAGE_FOLDER, PROMPT, NUM_CANDIDATES, TEMPERATURE, TOP_P, BEAMS, MAX_NEW_TOKENS, BATCH_SIZE, SEED,
+# AUGMENT_METHODS.
+generate_flags() {
+    local input="$DATA_PATH"
+    if [[ -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
+    local output_dir="${OUTPUT_DIR:-$(dirname "$input")}"
+    GENERATE_ARGS=(generate "$1" --model "$MODEL_PATH" --data "$input" --output "${output_dir}/${EXPERIMENT_NAME}.jsonl")
+    local pair name
+    for pair in IMAGE_FOLDER:--image-folder PROMPT:--prompt NUM_CANDIDATES:--num-candidates TEMPERATURE:--temperature \
+                TOP_P:--top-p BEAMS:--num-beams MAX_NEW_TOKENS:--max-new-tokens BATCH_SIZE:--batch-size SEED:--seed \
+                AUGMENT_METHODS:--corrupt; do
+        name="${pair%%:*}"
+        if [[ -n "${!name:-}" ]]; then GENERATE_ARGS+=("${pair#*:}" "${!name}"); fi
+    done
+}

@@ -53,7 +53,8 @@ def test_article_a_is_not_option_a_and_words_are_not_letters() -> None:
     assert extract_choice("A red circle", options) == "C"
     assert extract_choice("A. blue square", options) == "A"
     assert extract_choice("Blue square.", options) == "A"
-    assert extract_choice("Because the cross is green.", options) is None  # "B..." is a word, and no option text matches
+    # "B..." starts a word, and no option's text is in the reply.
+    assert extract_choice("Because the cross is green.", options) is None
 
 
 def test_longer_option_text_wins_over_its_part() -> None:

@@ -92,7 +92,8 @@ def request(*args):
 
 def docs() -> list[dict]:
     colours = [(200, 20, 20), (20, 200, 20), (20, 20, 200), (200, 200, 20)]
-    return [{"image": Image.new("RGB", (32 + 16 * i, 32), c), "q": f"Which colour is shape {i}?"} for i, c in enumerate(colours)]
+    return [{"image": Image.new("RGB", (32 + 16 * i, 32), c), "q": f"Which colour is shape {i}?"}
+            for i, c in enumerate(colours)]
 
 
 def to_visual(doc):
@@ -152,7 +153,8 @@ def test_loglikelihood_of_continuations(lmms_module, tiny_model_factory) -> None
         request(doc["q"], tokenizer.decode([best]), to_visual, 0, "toy", "test"),
         request(doc["q"], lambda d: tokenizer.decode([other]), to_visual, 0, "toy", "test"),
     ])
-    assert results[0][0] == pytest.approx(logprobs[best].item(), abs=1e-4) and results[0][1] is (best == logprobs.argmax().item())
+    assert results[0][0] == pytest.approx(logprobs[best].item(), abs=1e-4)
+    assert results[0][1] is (best == logprobs.argmax().item())
     assert results[1][0] == pytest.approx(logprobs[other].item(), abs=1e-4) and results[1][1] is False
     assert results[0][0] > results[1][0]
 

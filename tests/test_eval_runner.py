@@ -45,7 +45,8 @@ def scripted_replies(rows: list[dict]) -> dict[str, str]:
     for i, row in enumerate(rows):
         right, text = row["answer"], row[row["answer"]]
         wrong = next(letter for letter in "ABCD" if letter != right)
-        cot = format_steps(COT_STEPS, ["Find it.", "I see shapes.", f"Option {wrong} is not it.", f"The answer is {right}."])
+        bodies = ["Find it.", "I see shapes.", f"Option {wrong} is not it.", f"The answer is {right}."]
+        cot = format_steps(COT_STEPS, bodies)
         formats = [right, f"({right})", f"the answer is {right.lower()}.", text, cot, wrong, f"{right} or {wrong}",
                    "I cannot tell.", f"{right}. {text}", f"Answer: {wrong}"]
         replies[row["index"]] = formats[i % len(formats)]
@@ -106,7 +107,8 @@ def test_broken_images_are_reported_and_the_rest_scored(toy, tiny, tmp_path, mon
     assert set(reasons) == {"3", "5"}
     assert "not valid base64" in reasons["3"] and "cannot read the decoded image" in reasons["5"]
     errors = load_records(tmp_path / "out" / ERRORS)
-    assert [(e["id"], e["field"], e["file"]) for e in errors] == [("3", "image", str(broken)), ("5", "image", str(broken))]
+    assert [(e["id"], e["field"], e["file"]) for e in errors] == [("3", "image", str(broken)),
+                                                                  ("5", "image", str(broken))]
     assert "image" not in errors[0]["record"] and errors[0]["record"]["question"]
     assert [r["id"] for r in load_records(tmp_path / "out" / PREDICTIONS)] == ["0", "1", "2", "4", "6", "7", "8", "9"]
 
@@ -132,7 +134,8 @@ def test_resume_skips_done_rows_and_refuses_other_settings(toy, tiny, tmp_path, 
     # A killed run: four rows answered, a fifth half written.
     settings = {"model": "m", "prompt_style": "direct", "max_new_tokens": 64}
     part = shard_path(tmp_path / PREDICTIONS, 0, 1)
-    lines = [json.dumps({"id": str(i), "prompt": "p", "prediction": replies[str(i)], "settings": settings}) for i in range(4)]
+    lines = [json.dumps({"id": str(i), "prompt": "p", "prediction": replies[str(i)], "settings": settings})
+             for i in range(4)]
     part.write_text("\n".join(lines) + '\n{"id": "4", "predic')
     results = evaluate(*tiny, bench, tmp_path, model_name="m")
     assert scripted.calls == 6 and results["accuracy"] == 0.6
@@ -152,12 +155,14 @@ def test_ranks_share_rows_and_merge_like_one_process(toy, tiny, tmp_path, monkey
     scripted = Scripted(bench, scripted_replies(bench.rows))
     monkeypatch.setattr(runner, "generate_replies", scripted)
     settings = EvalSettings(model="m")
-    done = [run_rank(bench, *tiny, tmp_path, settings, batch_size=2, rank=rank, world=2, progress=False) for rank in (0, 1)]
+    done = [run_rank(bench, *tiny, tmp_path, settings, batch_size=2, rank=rank, world=2, progress=False)
+            for rank in (0, 1)]
     assert [d["answered"] for d in done] == [5, 5]
     assert [r["id"] for r in load_records(shard_path(tmp_path / PREDICTIONS, 1, 2))] == ["1", "3", "5", "7", "9"]
     results = merge_and_score(bench, tmp_path)
     assert results["accuracy"] == 0.6 and results["total"] == 10
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.jsonl", "predictions.jsonl", "results.json", "results.xlsx"]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["errors.jsonl", "predictions.jsonl", "results.json", "results.xlsx"]
 
 
 def test_merge_refuses_a_missing_row(toy, tiny, tmp_path, monkeypatch) -> None:
@@ -166,6 +171,29 @@ def test_merge_refuses_a_missing_row(toy, tiny, tmp_path, monkeypatch) -> None:
     run_rank(bench, *tiny, tmp_path, EvalSettings(model="m"), rank=0, world=2, progress=False)
     with pytest.raises(RecordError, match="5 missing"):
         merge_and_score(bench, tmp_path)
+
+
+def test_yes_no_benchmark_with_image_files_and_a_test_split_row(tiny, tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    rows, replies = [], ["Yes", "No, there is none.", "yes", "Maybe.", "no", "Yes."]
+    for i, answer in enumerate(["yes", "no", "no", "yes", "", "Yes"]):
+        Image.new("RGB", (24 + 8 * i, 24), (40 * i, 100, 100)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"index": f"p{i}", "image_path": f"img/{i}.png", "question": f"Is there a dog in picture {i}?",
+                     "answer": answer, "category": "random" if i < 3 else "adversarial"})
+    with (tmp_path / "POPE.tsv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    bench = read_benchmark(tmp_path / "POPE.tsv")
+    monkeypatch.setattr(runner, "generate_replies", Scripted(bench, dict(zip(bench.indices, replies, strict=True))))
+    results = evaluate(*tiny, bench, tmp_path / "out", batch_size=4)
+    # p2 says yes to a no; p3 says neither; p4 has no answer key (a test split): answered, not scored.
+    assert (results["kind"], results["correct"], results["scored"], results["predicted"]) == ("yes/no", 3, 5, 6)
+    assert (results["no_answer"], results["no_ground_truth"], results["errors"]) == (1, 1, 0)
+    assert results["by_category"]["random"] == {"correct": 2, "scored": 3, "accuracy": 2 / 3}
+    assert results["by_category"]["adversarial"] == {"correct": 1, "scored": 2, "accuracy": 0.5}
 
 
 def test_sheet_keeps_text_as_text(toy, tiny, tmp_path, monkeypatch) -> None:

@@ -50,7 +50,8 @@ def test_multiple_choice_rows_images_and_missing_options(tmp_path) -> None:
     assert row_options(second) == {"A": "circle", "B": "square", "C": "cross"}
     assert row_image(bench, second).size == (40, 30) and row_image(bench, second).mode == "RGB"
     assert build_prompt(first, bench.kind) == f"Colour?\nA. red\nB. blue\n{MC_INSTRUCTION}"
-    assert build_prompt(second, bench.kind) == f"Look closely.\nShape?\nA. circle\nB. square\nC. cross\n{MC_INSTRUCTION}"
+    expected = f"Look closely.\nShape?\nA. circle\nB. square\nC. cross\n{MC_INSTRUCTION}"
+    assert build_prompt(second, bench.kind) == expected
     assert build_prompt(first, bench.kind, "cot") == (
         f"Colour?\nA. red\nB. blue\n{MC_INSTRUCTION} Answer the question step-by-step."
     )
@@ -59,7 +60,7 @@ def test_multiple_choice_rows_images_and_missing_options(tmp_path) -> None:
 
 def test_prompt_is_the_one_the_toy_world_trains_on() -> None:
     options = ["red", "blue", "green", "black"]
-    row = {"index": "0", "question": "What colour is the circle?", **dict(zip("ABCD", options))}
+    row = {"index": "0", "question": "What colour is the circle?", **dict(zip("ABCD", options, strict=True))}
     assert MC_INSTRUCTION == TOY_MC_INSTRUCTION
     assert build_prompt(row, MULTIPLE_CHOICE) == toy_multiple_choice_prompt(row["question"], options)
 
@@ -82,7 +83,8 @@ def test_yes_no_benchmark_with_image_paths(tmp_path) -> None:
     assert build_prompt(bench.rows[0], bench.kind) == (
         "Is there a dog in the image?\nAnswer the question using a single word or phrase."
     )
-    assert build_prompt(bench.rows[0], bench.kind, "cot") == "Is there a dog in the image? Answer the question step-by-step."
+    cot = build_prompt(bench.rows[0], bench.kind, "cot")
+    assert cot == "Is there a dog in the image? Answer the question step-by-step."
     assert row_image(bench, bench.rows[0]).size == (20, 20)
     with pytest.raises(ImageError, match="none.png"):
         row_image(bench, bench.rows[1])
@@ -111,7 +113,8 @@ def test_file_level_problems_name_file_line_and_field(tmp_path) -> None:
     write_tsv(path, ["index", "image", "question", "A", "B", "answer"], rows)
     with pytest.raises(RecordError, match=r"bad.tsv:3 id='0' field 'index': index repeats line 2"):
         read_benchmark(path)
-    write_tsv(path, ["index", "image", "question", "answer"], [{"index": 0, "image": "x", "question": "?", "answer": "a cat"}])
+    write_tsv(path, ["index", "image", "question", "answer"],
+              [{"index": 0, "image": "x", "question": "?", "answer": "a cat"}])
     with pytest.raises(RecordError, match=r"bad.tsv:2 id='0' field 'answer': answer 'a cat' is neither yes nor no"):
         read_benchmark(path)
     with pytest.raises(RecordError, match="benchmark file not found"):

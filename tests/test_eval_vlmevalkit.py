@@ -41,7 +41,8 @@ class StandInDataset:
         return [str(path)]
 
     def build_prompt(self, line):
-        return [{"type": "image", "value": self.dump_image(line)[0]}, {"type": "text", "value": f"Question: {line['question']}"}]
+        return [{"type": "image", "value": self.dump_image(line)[0]},
+                {"type": "text", "value": f"Question: {line['question']}"}]
 
 
 def infer(model, dataset) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""``sicog curate captions|reasoning|mix``: self-consistency curation and the stage-1.5 mixture."""
+"""``sicog curate captions|reasoning|mix|pairs-from-noisy``: self-consistency curation, the stage-1.5
+mixture, and DPO pairs from noisy generation."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the ``captions``, ``reasoning`` and ``mix`` sub-commands."""
-    sub = parser.add_subparsers(dest="curate_command", metavar="{captions,reasoning,mix}", required=True)
+    sub = parser.add_subparsers(dest="curate_command", metavar="{captions,reasoning,mix,pairs-from-noisy}", required=True)
     for task, help_text in (
         ("captions", "score caption candidates by CoD step-5 consistency"),
         ("reasoning", "score CoT candidates by step-4 consistency and answer agreement"),
@@ -61,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mix.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling")
     mix.add_argument("--prefix-ids", action="store_true",
                      help="prefix ids with the input file's name (avoids collisions)")
+    noisy = sub.add_parser("pairs-from-noisy", help="DPO pairs: curated clean answers vs answers generated on corrupted images",
+                           description="join curated answers (chosen) with noisy generations (rejected) by id")
+    noisy.add_argument("--curated", required=True, help="curated.jsonl (or pairs.jsonl) of `sicog curate` on the clean images")
+    noisy.add_argument("--noisy", required=True, help="`sicog generate ... --corrupt ...` output for the same records")
+    noisy.add_argument("--output", required=True, help="pairs .jsonl (errors go to <stem>.errors.jsonl beside it)")
+    noisy.add_argument("--task", choices=("reasoning", "captions"), default="reasoning",
+                       help="reasoning: prefer rejected candidates whose final answer differs from the chosen one")
+    noisy.add_argument("--seed", type=int, default=0, help="seed of the rejected-candidate draw")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.curate_command == "mix":
             return _run_mix(args)
+        if args.curate_command == "pairs-from-noisy":
+            return _run_pairs_from_noisy(args)
         return _run_curation(args)
     except (RecordError, ValueError, EncoderNotFound) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -115,4 +126,14 @@ def _run_mix(args: argparse.Namespace) -> int:
     for part in parts:
         print(f"{part.path:<50} {part.records:>8} {part.errors:>7} {part.ratio:>6g} {part.taken:>8}")
     print(f"wrote {sum(p.taken for p in parts)} records to {args.output} (errors: {errors_path(Path(args.output))})")
+    return 0
+
+
+def _run_pairs_from_noisy(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from sicog.curate.noisy import pairs_from_noisy
+
+    summary = pairs_from_noisy(args.curated, args.noisy, args.output, task=args.task, seed=args.seed)
+    print(json.dumps(asdict(summary)))
     return 0

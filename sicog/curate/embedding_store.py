@@ -13,10 +13,8 @@ import hashlib
 import json
 import os
 import tempfile
-from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -72,22 +70,6 @@ class EmbeddingStore:
     def rows(self, indices: Sequence[int]) -> np.ndarray:
         """The embeddings of the texts at ``indices`` (a new float32 array)."""
         return np.stack([self._chunks[i // self.chunk_size][i % self.chunk_size] for i in indices]).astype(np.float32)
-
-
-@contextmanager
-def process_group(world: int) -> Iterator[None]:
-    """A gloo process group for the ranks' barrier when running under torchrun with several ranks."""
-    import torch.distributed as dist
-
-    if world <= 1 or dist.is_initialized():
-        yield
-        return
-    # Generous timeout: ranks wait here for the slowest one to finish embedding its chunks.
-    dist.init_process_group("gloo", timeout=timedelta(hours=12))
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def embed_texts(

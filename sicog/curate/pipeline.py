@@ -19,14 +19,14 @@ from tqdm import tqdm
 
 from sicog.curate.answers import Answer, parse_answer
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
-from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, embed_texts, process_group
+from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, embed_texts
 from sicog.curate.extract import Extraction, Task, expects_steps, extract
 from sicog.curate.records import GeneratedRecord, pair_record, parse_generated, training_record
 from sicog.curate.report import summarize, write_report
 from sicog.curate.score import mbr_scores
 from sicog.curate.select import Selection, record_rng, select
 from sicog.data.jsonl import RecordError, error_record, iter_records, write_json, write_jsonl
-from sicog.data.sharding import rank_and_world
+from sicog.data.sharding import process_group, rank_and_world
 
 log = logging.getLogger(__name__)
 

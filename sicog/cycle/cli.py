@@ -42,14 +42,13 @@ def run(args: argparse.Namespace) -> int:
     per_seed, first = [], None
     for seed in range(args.seeds):
         results = Cycle(config, out / f"seed{seed}", seed, world, rerun_from=args.rerun_from).run(rounds=args.rounds)
-        if truth is None:
-            continue
         scores = {"seed": seed, "arms": {arm: arm_scores(e, truth) for arm, e in results["evals"].items()}}
         per_seed.append(scores)
         if first is None:
             first = results
-            first["analysis"] = {task: curation_quality(Path(files["scored"]), task, truth, seed)
-                                 for task, files in results["curation"][1].items()}
+            if truth is not None:
+                first["analysis"] = {task: curation_quality(Path(files["scored"]), task, truth, seed)
+                                     for task, files in results["curation"][1].items()}
     if first is not None:
         write_report(out, config, per_seed, first)
         print(f"report: {out / 'report.md'}")

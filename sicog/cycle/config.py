@@ -56,6 +56,7 @@ class CycleConfig:
     reasoning_threshold: float = 0.8
     min_agreement: float = 0.5
     encoder: str | None = None
+    curate_flags: list[str] = field(default_factory=list)
     # Evaluation.
     eval_batch_size: int = 16
     launcher: list[str] = field(default_factory=list)

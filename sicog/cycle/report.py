@@ -16,15 +16,18 @@ from sicog.data.jsonl import iter_records, write_json  # noqa: E402
 from sicog.toy.score import score_captions  # noqa: E402
 
 
-def arm_scores(evaluation: dict, truth: dict[str, dict]) -> dict:
-    """Multiple-choice accuracy (overall, by category) and caption scores of one final model."""
+def arm_scores(evaluation: dict, truth: dict[str, dict] | None) -> dict:
+    """Multiple-choice accuracy (overall, by category) and, with ground truth, caption scores of one model."""
     mc = json.loads(Path(evaluation["mc"]).read_text())
-    pairs = [(r["candidates"][0], truth[r["image"]]) for _, r in iter_records(evaluation["captions"])]
-    captions = score_captions(pairs)
+    caption = None
+    if truth is not None and "captions" in evaluation:
+        pairs = [(r["candidates"][0], truth[r["image"]]) for _, r in iter_records(evaluation["captions"])]
+        scores = score_captions(pairs)
+        caption = {k: scores[k] for k in ("precision", "recall", "f1")}
     return {
-        "accuracy": mc["accuracy"],
-        "by_category": {k: v["accuracy"] for k, v in mc["by_category"].items()},
-        "caption": {k: captions[k] for k in ("precision", "recall", "f1")},
+        "accuracy": mc["accuracy"] or 0.0,
+        "by_category": {k: v["accuracy"] or 0.0 for k, v in mc.get("by_category", {}).items()},
+        "caption": caption,
     }
 
 
@@ -37,7 +40,7 @@ def summarize(per_seed: list[dict], arms: list[str]) -> dict:
     table = {}
     for arm in arms:
         acc = [s["arms"][arm]["accuracy"] for s in per_seed]
-        f1 = [s["arms"][arm]["caption"]["f1"] for s in per_seed]
+        f1 = [(s["arms"][arm]["caption"] or {}).get("f1", 0.0) for s in per_seed]
         table[arm] = {"accuracy": _mean_std(acc), "caption_f1": _mean_std(f1)}
     verdict = {}
     for other in (a for a in ("A", "B", "C") if a in table):
@@ -116,7 +119,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: di
     arms = list(per_seed[0]["arms"])
     summary = summarize(per_seed, [a for a in arms if "_" not in a])
     _plot_categories(per_seed, arms, out / "accuracy_by_category.png")
-    _plot_captions(per_seed, arms, out / "captions.png")
+    if per_seed[0]["arms"][arms[0]]["caption"] is not None:
+        _plot_captions(per_seed, arms, out / "captions.png")
     _plot_curation({t: first["curation"][1][t]["scored"] for t in ("captions", "reasoning")},
                    {"captions": config.caption_threshold, "reasoning": config.reasoning_threshold}, out / "curation_scores.png")
     _plot_times(first["seconds"], out / "wall_time.png")
@@ -139,7 +143,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: di
             lines.append(f"| {arm} | {ARM_NAMES[arm]} | {_fmt(row['accuracy'], seeds)} | {_fmt(row['caption_f1'], seeds)} |")
         else:
             acc = statistics.fmean(s["arms"][arm]["accuracy"] for s in per_seed)
-            f1 = statistics.fmean(s["arms"][arm]["caption"]["f1"] for s in per_seed)
+            f1 = statistics.fmean((s["arms"][arm]["caption"] or {}).get("f1", 0.0) for s in per_seed)
             lines.append(f"| {arm} | later round of D | {acc:.3f} | {f1:.3f} |")
     lines += ["", "## Outcome", ""]
     rule = "the difference of means exceeds the sum of the two standard deviations over seeds" if seeds > 1 else "a single seed: no spread is known, so no win is claimed as significant"

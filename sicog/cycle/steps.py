@@ -71,11 +71,12 @@ class Cycle:
                 argv += ["--min-agreement", str(c.min_agreement)]
             if c.encoder:
                 argv += ["--encoder", c.encoder]
-            self.runner.sicog(argv)
+            self.runner.sicog(argv + c.curate_flags)
             return {"dir": str(folder), "curated": str(folder / "curated.jsonl"), "scored": str(folder / "scored.jsonl"),
                     "summary": str(folder / "summary.json")}
 
-        spec = {"task": task, "generated": generated, "threshold": threshold, "min_agreement": c.min_agreement, "encoder": c.encoder, "seed": self.seed}
+        spec = {"task": task, "generated": generated, "threshold": threshold, "min_agreement": c.min_agreement,
+                "encoder": c.encoder, "flags": c.curate_flags, "seed": self.seed}
         return self.runner.run(name, spec, work, after)
 
     def mix(self, name: str, inputs: list[str], after: tuple[str, ...]) -> str:
@@ -95,6 +96,8 @@ class Cycle:
         def work(folder: Path) -> dict:
             self.runner.sicog(["eval", "--model", model, "--benchmark", self.world["bench_mc"], "--output-dir", str(folder / "mc"),
                                "--batch-size", str(c.eval_batch_size), "--no-progress"])
+            if "bench_caption" not in self.world:
+                return {"mc": str(folder / "mc" / "results.json")}
             captions = folder / "captions.jsonl"
             self.runner.sicog(["generate", "captions", "--model", model, "--data", self.world["bench_caption"],
                                "--image-folder", self.world["image_folder"], "--output", str(captions), "--prompt", "cod-default",

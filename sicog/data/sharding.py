@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from sicog.data.jsonl import RecordError, iter_records, write_jsonl
 
@@ -67,3 +69,22 @@ def merge_shards(
     if errors_output is not None:
         n_err = write_jsonl(errors_output, (errors[i] for i in expected if i in errors))
     return n_out, n_err
+
+
+@contextmanager
+def process_group(world: int) -> Iterator[None]:
+    """A gloo process group for the ranks' barriers when running under torchrun with several ranks.
+
+    The timeout is generous: ranks wait at a barrier for the slowest one, which may be resuming a large
+    remainder of the work.
+    """
+    import torch.distributed as dist
+
+    if world <= 1 or dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", timeout=timedelta(hours=48))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -20,7 +20,8 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 # "The answer is B", "Answer: B", "**Final answer:** (B)": what follows the last marker is the answer.
 _ANSWER_MARKER = re.compile(r"\banswer\**\s*(?:is\b\s*:?|[:\uff1a])\**[ \t]*", re.IGNORECASE)
 _LETTER = re.compile(
-    r"(?P<word>(?:option|choice)\s+)?(?P<open>[(\[])?(?P<letter>[A-Za-z])(?P<close>[)\]])?(?P<sep>[\s.:,;)]*)(?P<rest>.*)",
+    r"(?P<word>(?:option|choice)\s+)?(?P<open>[(\[])?(?P<letter>[A-Za-z])(?P<close>[)\]])?"
+    r"(?P<sep>[\s.:,;)]*)(?P<rest>.*)",
     re.IGNORECASE | re.DOTALL,
 )
 _BARE_LETTER = re.compile(r"(?:option\s+)?[(\[]?([A-Z])[)\]]?[.:]?", re.IGNORECASE)

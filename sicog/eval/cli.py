@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 from sicog.data.jsonl import RecordError
-
-# Ranks wait for the slowest one before rank 0 merges; a rank resuming a big remainder can take hours.
-BARRIER_TIMEOUT = timedelta(hours=48)
-
+from sicog.data.sharding import process_group
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -25,15 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the command's flags."""
     parser.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder (model + tokenizer)")
     parser.add_argument("--benchmark", required=True, type=Path,
-                        help="VLMEvalKit-style .tsv (index, image or image_path, question, [hint], A, B, ..., answer, [category])")
+                        help="VLMEvalKit-style .tsv: index, image or image_path, question, [hint], A, B, ..., "
+                             "answer, [category]")
     parser.add_argument("--output-dir", required=True, type=Path,
                         help="predictions.jsonl, errors.jsonl, results.json and results.xlsx go here")
     parser.add_argument("--prompt", default="direct", choices=("direct", "cot"),
                         help="direct: answer with the option's letter; cot: answer step-by-step (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="rows per generate call (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8,
+                        help="rows per generate call (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=_positive_int, help="default: 64 for direct, 1024 for cot")
-    parser.add_argument("--image-root", type=Path, help="where relative image_path values start (default: the TSV's folder)")
-    parser.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")
+    parser.add_argument("--image-root", type=Path,
+                        help="where relative image_path values start (default: the TSV's folder)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="model weights (auto: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -47,15 +47,14 @@ def _report(summary: dict) -> str:
         for name, s in summary["by_category"].items()
     ]
     if summary["errors"]:
-        lines.append(f"  {summary['errors']} row(s) could not be evaluated; reasons in {summary['files']['errors.jsonl']}")
+        errors = summary["files"]["errors.jsonl"]
+        lines.append(f"  {summary['errors']} row(s) could not be evaluated; reasons in {errors}")
     lines.append(f"  results: {summary['files']['results.json']}, {summary['files']['results.xlsx']}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; rank 0 prints the accuracy. 0 when every row is accounted for, 2 on bad input."""
-    import torch.distributed as dist
-
     from sicog.data.sharding import rank_and_world
     from sicog.eval.generation import load_for_eval
     from sicog.eval.runner import evaluate
@@ -69,19 +68,15 @@ def run(args: argparse.Namespace) -> int:
     except (RecordError, ValueError, OSError) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)
         return 2
-    if world > 1:
-        dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
-    try:
-        summary = evaluate(
-            model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, model_name=str(args.model), progress=not args.no_progress,
-        )
-    except RecordError as err:
-        print(f"sicog eval: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    with process_group(world):
+        try:
+            summary = evaluate(
+                model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens, model_name=str(args.model), progress=not args.no_progress,
+            )
+        except RecordError as err:
+            print(f"sicog eval: error: {err}", file=sys.stderr)
+            return 2
     if summary is not None:
         print(_report(summary))
     return 0

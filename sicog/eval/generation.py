@@ -68,11 +68,13 @@ def generate_replies(
     if not encoded:
         return []
     batch = processor.collate(list(encoded), padding_side="left")
-    inputs = {"input_ids": batch["input_ids"].to(model.device), "attention_mask": batch["attention_mask"].to(model.device)}
+    inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask")}
     if "pixel_values" in batch:
         inputs["pixel_values"] = batch["pixel_values"]
     settings = {"do_sample": False, **generate_kwargs}
     # A generated image placeholder would have no image feature to take its place.
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, suppress_tokens=[processor.image_token_id], **settings)
+    out = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, suppress_tokens=[processor.image_token_id], **settings
+    )
     prompt_len = inputs["input_ids"].shape[1]
     return [processor.decode(out[row, prompt_len:]) for row in range(len(encoded))]

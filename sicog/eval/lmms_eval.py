@@ -148,7 +148,8 @@ class SicogLMMs(lmms):
         encoded = []
         for context, _, doc_to_visual, doc_id, task, split in args:
             try:
-                encoded.append(encode_item(self.processor, context, self._doc_images(doc_to_visual, doc_id, task, split)))
+                images = self._doc_images(doc_to_visual, doc_id, task, split)
+                encoded.append(encode_item(self.processor, context, images))
             except ValueError as err:
                 raise ValueError(f"task {task!r} split {split!r} doc {doc_id}: {err}") from err
         texts = generate_replies(self.model, self.processor, encoded, max_new_tokens=max_new_tokens, **kwargs)
@@ -181,7 +182,9 @@ class SicogLMMs(lmms):
 
     def generate_until_multi_round(self, requests) -> list[str]:
         """Multi-round tasks (interactive video and search agents) are beyond a single-image SICOG model."""
-        raise NotImplementedError("SICOG models answer single-turn image questions; multi-round tasks are not supported")
+        raise NotImplementedError(
+            "SICOG models answer single-turn image questions; multi-round tasks are not supported"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,8 +122,8 @@ def run_rank(
         rows = shard(benchmark.rows, rank, world)
         pending = [row for row in rows if row["index"] not in done]
         counts["skipped"] = len(rows) - len(pending)
-        bar = tqdm(total=len(rows), initial=counts["skipped"], unit="row", desc=f"eval {benchmark.name} (rank {rank}/{world})",
-                   disable=not progress)
+        bar = tqdm(total=len(rows), initial=counts["skipped"], unit="row",
+                   desc=f"eval {benchmark.name} (rank {rank}/{world})", disable=not progress)
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
             _run_batch(benchmark, batch, model, processor, settings, outputs, failures, counts)
@@ -146,7 +146,8 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
         try:
             encoded.append(encode_item(processor, prompt, [row_image(benchmark, row)]))
         except ENCODE_ERRORS as err:
-            failures.write(_error(row, benchmark, "question" if isinstance(err, ConversationError) else "image", str(err)))
+            field = "question" if isinstance(err, ConversationError) else "image"
+            failures.write(_error(row, benchmark, field, str(err)))
             counts["errors"] += 1
             continue
         ready.append((row, prompt))

@@ -48,7 +48,9 @@ def _as_message(message: Any) -> list[dict]:
         if not isinstance(item, dict) or "type" not in item or "value" not in item:
             raise ValueError(f"message item {position} is not {{'type', 'value'}}: {item!r}")
         if item["type"] not in MESSAGE_TYPES:
-            raise ValueError(f"message item {position} has type {item['type']!r}; this model takes {', '.join(MESSAGE_TYPES)}")
+            raise ValueError(
+                f"message item {position} has type {item['type']!r}; this model takes {', '.join(MESSAGE_TYPES)}"
+            )
         items.append(item)
     return items
 

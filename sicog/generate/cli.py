@@ -7,11 +7,11 @@ import argparse
 import dataclasses
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sicog.data.jsonl import RecordError
+from sicog.data.sharding import process_group
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.generate.corrupt import CORRUPTIONS
 from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO
@@ -20,10 +20,6 @@ if TYPE_CHECKING:
     import torch
 
     from sicog.generate.job import GenerationJob
-
-# Ranks wait for the slowest one before rank 0 merges; a rank resuming a big remainder can take hours.
-BARRIER_TIMEOUT = timedelta(hours=48)
-
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -110,18 +106,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
         return 2
-    import torch.distributed as dist
-
-    if world > 1:
-        dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
-    try:
-        return _generate(job, device, dtype, rank, world)
-    except RecordError as err:
-        print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    with process_group(world):
+        try:
+            return _generate(job, device, dtype, rank, world)
+        except RecordError as err:
+            print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
+            return 2
 
 
 def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype", rank: int, world: int) -> int:

@@ -28,6 +28,8 @@ STAGES: dict[str, StagePreset] = {
     "1": StagePreset(("resampler",), never_split=True, source="parts"),
     "1.5": StagePreset(PARTS, never_split=False, source="parts"),
     "2": StagePreset(PARTS, never_split=False, source="checkpoint"),
+    # DPO: the preference is about the answer; the vision tower stays as the SFT model left it.
+    "dpo": StagePreset(("resampler", "language_model"), never_split=False, source="checkpoint"),
 }
 
 
@@ -61,12 +63,19 @@ class DataArguments:
 class SicogTrainingArguments(TrainingArguments):
     """HF training arguments plus the stage and what it trains."""
 
-    stage: str = field(default="2", metadata={"help": "0 | 1 | 1.5 | 2", "choices": tuple(STAGES)})
+    stage: str = field(default="2", metadata={"help": "0 | 1 | 1.5 | 2 | dpo", "choices": tuple(STAGES)})
     tunable_parts: str | None = field(default=None, metadata={"help": f"comma list of {','.join(PARTS)}; overrides the stage preset"})
     vision_tower_lr: float | None = field(default=None, metadata={"help": "separate learning rate for the vision tower"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: full fine-tuning)"})
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    dpo_beta: float = field(default=0.1, metadata={"help": "DPO: inverse temperature of the sigmoid preference loss"})
+    dpo_alpha: float = field(default=1.0, metadata={"help": "DPO: weight of the preference loss"})
+    dpo_gamma: float = field(default=1.0, metadata={"help": "DPO: weight of the SFT loss (mean token NLL) on the chosen answers"})
+    dpo_reference_file: str | None = field(
+        default=None,
+        metadata={"help": "DPO: cache of the reference log-probabilities (default OUTPUT_DIR/reference_logps.json); reused when data and model match"},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: batches carry image views and ids"})
 
     def __post_init__(self):

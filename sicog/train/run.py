@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 from transformers import set_seed
 
 from sicog.data.datasets import SupervisedCollator, SupervisedDataset
@@ -68,7 +69,6 @@ def build_model(model_args: ModelArguments, args: SicogTrainingArguments) -> tup
 
 def load_data(data_args: DataArguments, processor: SicogProcessor, args: SicogTrainingArguments) -> SupervisedDataset:
     """The training set; invalid records stop the run (all listed), unfittable ones are skipped and listed."""
-    output = Path(args.output_dir)
     dataset = SupervisedDataset(
         data_args.data_path,
         processor,
@@ -78,6 +78,15 @@ def load_data(data_args: DataArguments, processor: SicogProcessor, args: SicogTr
         seed=args.seed,
         show_progress=args.process_index == 0,
     )
+    return check_dataset(dataset, data_args.data_path, args)
+
+
+def check_dataset(dataset: Dataset, data_path: str, args: SicogTrainingArguments) -> Dataset:
+    """Write the dataset's invalid and skipped records beside the run; stop when any is invalid or none is left.
+
+    ``dataset`` is a :class:`SupervisedDataset` or any dataset with the same ``problems`` and ``skipped`` lists.
+    """
+    output = Path(args.output_dir)
     if args.process_index == 0:
         if dataset.problems:
             write_jsonl(output / "data_errors.jsonl", (p.to_json() for p in dataset.problems))
@@ -88,7 +97,7 @@ def load_data(data_args: DataArguments, processor: SicogProcessor, args: SicogTr
         first = "; ".join(f"{p.source.path}:{p.source.line} id={p.id}: {p.reason}" for p in dataset.problems[:3])
         raise DataProblemsError(f"{len(dataset.problems)} invalid training records (all in {output / 'data_errors.jsonl'}); first: {first}")
     if not len(dataset):
-        raise DataProblemsError(f"no usable training records in {data_args.data_path}")
+        raise DataProblemsError(f"no usable training records in {data_path}")
     return dataset
 
 
@@ -107,17 +116,22 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
         # (accelerate sets it up for GPUs, not for CPU runs).
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     model, processor = build_model(model_args, args)
-    dataset = load_data(data_args, processor, args)
-    trainer = SicogTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=SupervisedCollator(processor),
-        processing_class=processor.tokenizer,
-        group_by_modality=data_args.group_by_modality_length,
-        vision_tower_lr=args.vision_tower_lr,
-        sample_log=data_args.sample_log,
-    )
+    if args.stage == "dpo":
+        from sicog.train.dpo import build_dpo_trainer
+
+        trainer, dataset = build_dpo_trainer(model, processor, model_args, data_args, args)
+    else:
+        dataset = load_data(data_args, processor, args)
+        trainer = SicogTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=SupervisedCollator(processor),
+            processing_class=processor.tokenizer,
+            group_by_modality=data_args.group_by_modality_length,
+            vision_tower_lr=args.vision_tower_lr,
+            sample_log=data_args.sample_log,
+        )
     resume = args.resume_from_checkpoint or _last_checkpoint(args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     if args.lora_r:

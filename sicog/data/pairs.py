@@ -1,0 +1,175 @@
+"""Preference pairs for DPO: ``{id, image, prompt, chosen, rejected}`` records -> encoded chosen/rejected samples.
+
+``prompt`` is the user text. Without ``<image>`` in it, one ``<image>`` line per image is put in front
+(as curation writes its prompts); with placeholders, their number must equal the number of images.
+Both sides of a pair are encoded by the same processor from the same loaded images and share the
+same image-view tensors, so the model sees exactly the same slices under the chosen and the
+rejected answer. Like :class:`~sicog.data.datasets.SupervisedDataset`, construction validates every
+record and measures exact lengths; invalid pairs are listed in ``problems``, unfittable ones in
+``skipped``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from sicog.data.datasets import Problem, image_path, measure
+from sicog.data.jsonl import RecordError
+from sicog.data.mixture import Source, load_mixture
+from sicog.data.prompts import IMAGE_TOKEN
+from sicog.data.schema import check_llava_record, record_images
+from sicog.model.image_io import load_image
+from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
+
+TEXT_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def human_turn(prompt: str, n_images: int) -> str:
+    """The user turn of a pair: the prompt as given when it places its images, else one ``<image>`` line per image first."""
+    if IMAGE_TOKEN in prompt:
+        return prompt
+    return f"{IMAGE_TOKEN}\n" * n_images + prompt.strip()
+
+
+def pair_conversations(record: dict) -> tuple[list[dict], list[dict]]:
+    """The chosen and the rejected conversation of a pair record (same user turn)."""
+    user = {"from": "human", "value": human_turn(record["prompt"], len(record_images(record)))}
+    return [user, {"from": "gpt", "value": record["chosen"]}], [user, {"from": "gpt", "value": record["rejected"]}]
+
+
+def check_pair_record(record: Any, *, path: str | None = None, line: int | None = None) -> None:
+    """Raise :class:`RecordError` (naming file, line, id and field) when ``record`` is not a usable pair."""
+    if not isinstance(record, dict):
+        raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=line)
+    rid = record.get("id")
+
+    def fail(message: str, field: str) -> None:
+        raise RecordError(message, path=path, line=line, record_id=rid, field=field)
+
+    for field in TEXT_FIELDS:
+        value = record.get(field)
+        if not isinstance(value, str) or not value.strip():
+            fail("missing, empty or not a string", field)
+        if field != "prompt" and IMAGE_TOKEN in value:
+            fail(f"{IMAGE_TOKEN} in an answer", field)
+    if record["chosen"].strip() == record["rejected"].strip():
+        fail("identical to chosen: the pair prefers nothing", "rejected")
+    placed = record["prompt"].count(IMAGE_TOKEN)
+    n_images = len(record_images(record)) if isinstance(record.get("image"), (str, list)) else 0
+    if placed and placed != n_images:
+        fail(f"{placed} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)", "prompt")
+    # The remaining rules (id, image field) are those of every LLaVA record.
+    conversation = [{"from": "human", "value": human_turn(record["prompt"], n_images)}, {"from": "gpt", "value": record["chosen"]}]
+    check_llava_record({**record, "conversations": conversation}, path=path, line=line)
+
+
+class PairDataset(Dataset):
+    """Chosen/rejected pairs for ``sicog train --stage dpo``.
+
+    ``lengths`` holds the longer side of each pair (for length-grouped batches). After
+    :meth:`attach_reference`, every item also carries the reference model's log-probabilities.
+    """
+
+    def __init__(
+        self,
+        data_path: str | os.PathLike,
+        processor: SicogProcessor,
+        *,
+        image_folder: str | os.PathLike | None = None,
+        max_length: int = 4096,
+        seed: int = 0,
+        show_progress: bool = True,
+    ) -> None:
+        self.processor = processor
+        self.image_folder = image_folder
+        self.max_length = max_length
+        self.records: list[dict] = []
+        self.sources: list[Source] = []
+        self.lengths: list[int] = []
+        self.problems: list[Problem] = []
+        self.skipped: list[Problem] = []
+        self.reference: list[tuple[float, float]] | None = None
+        for record, source in tqdm(load_mixture(data_path, seed=seed), desc="measuring pairs", disable=not show_progress):
+            rid = record.get("id") if isinstance(record, dict) else None
+            try:
+                check_pair_record(record, path=source.path, line=source.line)
+                lengths = [measure({"conversations": c, "image": record.get("image")}, processor, image_folder, False) for c in pair_conversations(record)]
+            except (RecordError, ConversationError, ValueError) as err:
+                self.problems.append(Problem(rid, source, str(err)))
+                continue
+            if max(lengths) > max_length and not self._truncatable(record):
+                self.skipped.append(Problem(str(rid), source, f"{max(lengths)} tokens > max_length {max_length} and the cut would fall in image tokens or remove an answer"))
+                continue
+            self.records.append(record)
+            self.sources.append(source)
+            self.lengths.append(min(max(lengths), max_length))
+
+    @property
+    def has_image(self) -> list[bool]:
+        """Whether each pair carries an image (for modality-grouped batching)."""
+        return [bool(record_images(r)) for r in self.records]
+
+    def _encode(self, record: dict) -> tuple[Encoded, Encoded]:
+        images = [load_image(image_path(self.image_folder, name)) for name in record_images(record)]
+        chosen, rejected = (self.processor.encode(c, images, train=True) for c in pair_conversations(record))
+        # One set of view tensors for both sides: the same slices, and no second copy in the batch.
+        return chosen, Encoded(rejected.input_ids, rejected.labels, chosen.pixel_values)
+
+    def _truncatable(self, record: dict) -> bool:
+        try:
+            sides = self._encode(record)
+        except (ValueError, OSError):
+            return False
+        return all(
+            self.processor.image_token_id not in side.input_ids[self.max_length :]
+            and any(label != IGNORE_INDEX for label in side.labels[: self.max_length])
+            for side in sides
+        )
+
+    def attach_reference(self, values: Sequence[tuple[float, float]]) -> None:
+        """Give every pair its reference log-probabilities ``(chosen, rejected)``, in dataset order."""
+        if len(values) != len(self.records):
+            raise ValueError(f"{len(values)} reference values for {len(self.records)} pairs")
+        self.reference = list(values)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        try:
+            chosen, rejected = self._encode(record)
+        except (ValueError, OSError) as err:
+            source = self.sources[index]
+            raise RecordError(str(err), path=source.path, line=source.line, record_id=record.get("id")) from None
+        chosen, rejected = (
+            Encoded(side.input_ids[: self.max_length], side.labels[: self.max_length], side.pixel_values) for side in (chosen, rejected)
+        )
+        item = {"id": str(record["id"]), "chosen": chosen, "rejected": rejected}
+        if self.reference is not None:
+            item["reference"] = self.reference[index]
+        return item
+
+
+class PairCollator:
+    """Pad pairs into one batch: the chosen rows first, then the rejected rows in the same order.
+
+    Keeps the pair ids under ``ids`` and, when the items carry them, the reference log-probabilities
+    under ``reference_chosen_logps`` / ``reference_rejected_logps``.
+    """
+
+    def __init__(self, processor: SicogProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        batch = self.processor.collate([item["chosen"] for item in items] + [item["rejected"] for item in items], padding_side="right")
+        batch["ids"] = [item["id"] for item in items]
+        if all("reference" in item for item in items):
+            reference = torch.tensor([item["reference"] for item in items], dtype=torch.float32)
+            batch["reference_chosen_logps"], batch["reference_rejected_logps"] = reference[:, 0], reference[:, 1]
+        return batch

@@ -1,0 +1,162 @@
+"""Reference log-probabilities for DPO, computed once with the starting model before training begins.
+
+Precomputing them means no second (frozen) model is held during training: nothing to place or
+partition under ZeRO-2/ZeRO-3, nothing extra with LoRA. Each rank scores its share of the pairs
+(every ``world``-th pair), appending to its own shard file so that a killed run resumes; the shares
+are then exchanged between ranks and rank 0 writes one cache file, keyed by a fingerprint of the
+pairs, the model and the settings, that later runs on the same data reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+import torch
+from accelerate.utils import send_to_device
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.integrations import is_deepspeed_zero3_enabled
+
+from sicog.data.jsonl import JsonlAppender, iter_records, write_json
+from sicog.data.pairs import PairCollator, PairDataset
+from sicog.data.sharding import shard
+from sicog.train.dpo_loss import pair_logps
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_FILE = "reference_logps.json"
+
+
+def _weights_signature(model_path: str | None) -> list:
+    """Names, sizes and times of a checkpoint's weight files: a checkpoint rewritten in place changes it."""
+    if not model_path or not Path(model_path).is_dir():
+        return [model_path]
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(model_path).glob("*.safetensors"))]
+
+
+def fingerprint(dataset: PairDataset, settings: dict) -> str:
+    """A digest of every pair (in dataset order) and of the settings that change the log-probabilities."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for record in dataset.records:
+        fields = [record.get("id"), record.get("image"), record["prompt"], record["chosen"], record["rejected"]]
+        digest.update(json.dumps(fields, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def reference_settings(model_path: str | None, dtype: torch.dtype, image_folder: str | None, max_length: int, seed: int) -> dict:
+    """What, besides the pairs, decides the reference log-probabilities."""
+    return {
+        "model": str(Path(model_path).resolve()) if model_path and Path(model_path).exists() else model_path,
+        "weights": _weights_signature(model_path),
+        "dtype": str(dtype),
+        "image_folder": image_folder,
+        "max_length": max_length,
+        "seed": seed,  # a YAML mixture's random sampling decides which pairs, in which order
+    }
+
+
+def _load_cache(path: Path, key: str, n: int) -> list[tuple[float, float]] | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if cached.get("fingerprint") != key or len(cached.get("logps", [])) != n:
+        logger.warning("reference cache %s belongs to other pairs or another model; computing it again", path)
+        return None
+    return [(float(c), float(r)) for c, r in cached["logps"]]
+
+
+def _full_weights(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Under ZeRO-3 the weights are partitioned over ranks: gather them for the (no-grad) scoring pass."""
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+def _score_share(
+    model: nn.Module, dataset: PairDataset, collator: PairCollator, part: Path, indices: list[int], batch_size: int, device, show_progress: bool
+) -> dict[int, tuple[float, float]]:
+    """Score this rank's pairs, resuming from (and appending to) its shard file ``part``."""
+    with JsonlAppender(part) as out:
+        todo = [i for i in indices if str(i) not in out.done_ids]
+        # Longest first, similar lengths together: little padding, and memory trouble shows at once.
+        todo.sort(key=lambda i: -dataset.lengths[i])
+        batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), _full_weights(model):
+            for batch_indices in tqdm(batches, desc="reference log-probs", disable=not show_progress):
+                batch = send_to_device(collator([dataset[i] for i in batch_indices]), device)
+                logps = pair_logps(model, batch)
+                for i, chosen, rejected in zip(batch_indices, logps.chosen.tolist(), logps.rejected.tolist()):
+                    out.write({"id": str(i), "pair": dataset.records[i]["id"], "chosen": chosen, "rejected": rejected})
+                out.flush()
+        model.train(was_training)
+    mine = set(indices)
+    return {int(row["id"]): (row["chosen"], row["rejected"]) for _, row in iter_records(part) if int(row["id"]) in mine}
+
+
+def _all_shares(share: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return share
+    shares: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shares, share)
+    return {i: value for part in shares for i, value in part.items()}
+
+
+def _agreed(value):
+    """Rank 0's ``value`` on every rank (the cache may exist on rank 0's disk only)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def compute_reference(
+    model: nn.Module,
+    dataset: PairDataset,
+    collator: PairCollator,
+    *,
+    path: str | Path,
+    key: str,
+    batch_size: int,
+    device: torch.device | str,
+    rank: int = 0,
+    world: int = 1,
+    show_progress: bool = True,
+) -> list[tuple[float, float]]:
+    """``(chosen, rejected)`` log-probabilities of every pair under ``model`` as it is now, in dataset order.
+
+    Every rank must call this (under ZeRO-3 the weights are gathered collectively). A cache at
+    ``path`` with the same ``key`` is reused; otherwise the result is written there by rank 0.
+    """
+    path = Path(path)
+    cached = _agreed(_load_cache(path, key, len(dataset)) if rank == 0 else None)
+    if cached is not None:
+        logger.info("reference log-probabilities read from %s", path)
+        return cached
+    if not is_deepspeed_zero3_enabled():
+        model.to(device)  # ZeRO-3 gathers the weights onto the device itself
+    shard_dir = path.with_name(f".{path.stem}-{key[:16]}")
+    part = shard_dir / f"rank{rank:05d}-of-{world:05d}.jsonl"
+    indices = shard(range(len(dataset)), rank, world)
+    share = _score_share(model, dataset, collator, part, indices, batch_size, device, show_progress)
+    values = _all_shares(share)
+    missing = [i for i in range(len(dataset)) if i not in values]
+    if missing:
+        raise RuntimeError(f"reference log-probabilities missing for {len(missing)} pairs (first indices {missing[:5]})")
+    result = [values[i] for i in range(len(dataset))]
+    if rank == 0:
+        write_json(path, {"fingerprint": key, "pairs": len(result), "ids": [r["id"] for r in dataset.records], "logps": [list(v) for v in result]})
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    return result
+

@@ -1,0 +1,137 @@
+"""`sicog train --stage dpo` end to end on tiny pairs: step-0 loss, logged rewards, reference cache, ZeRO-2."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from sicog.cli import main
+from sicog.model.builders import load_pretrained
+from train_helpers import COLORS, make_checkpoint, weights
+
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "loss/dpo", "loss/sft")
+
+
+def make_pairs(root, n=8):
+    """Pairs on plain-colour images: chosen names the colour, rejected names another one."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    names = list(COLORS)
+    sizes = [(64, 64), (96, 64), (64, 96)]
+    lines = []
+    for i in range(n):
+        color, wrong = names[i % len(names)], names[(i + 1) % len(names)]
+        Image.new("RGB", sizes[i % len(sizes)], COLORS[color]).save(images / f"{i}.png")
+        lines.append({"id": f"p{i}", "image": f"{i}.png", "prompt": "What colour is this image?",
+                      "chosen": f"The image is {color}.", "rejected": f"The image is {wrong}."})
+    path = root / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("dpo")
+    return {"root": root, "base": make_checkpoint(root, tokenizer), "pairs": make_pairs(root)}
+
+
+def flags(world, out, steps, extra=()):
+    return [
+        "--stage", "dpo", "--model_name_or_path", str(world["base"]), "--data_path", str(world["pairs"]),
+        "--image_folder", str(world["root"] / "images"), "--output_dir", str(out), "--max_steps", str(steps),
+        "--per_device_train_batch_size", "4", "--learning_rate", "2e-3", "--logging_steps", "1", "--save_steps", str(steps),
+        "--lr_scheduler_type", "constant", "--seed", "0", "--use_cpu", "--dataloader_num_workers", "0", *extra,
+    ]
+
+
+def training_logs(out):
+    checkpoint = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [e for e in json.loads((checkpoint / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+
+
+@pytest.mark.slow
+def test_dpo_starts_at_log2_and_learns_the_preference(world, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *flags(world, out, 12)]) == 0
+    logs = training_logs(out)
+    assert len(logs) == 12 and all(name in entry for entry in logs for name in METRICS)
+    first = logs[0]
+    # policy == reference at the first step: every reward is 0 and the DPO part is exactly log 2
+    assert first["loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+    assert abs(first["rewards/chosen"]) < 1e-5 and abs(first["rewards/margins"]) < 1e-5
+    assert first["loss"] == pytest.approx(first["loss/dpo"] + first["loss/sft"], abs=1e-4)  # alpha = gamma = 1
+    assert max(e["rewards/accuracies"] for e in logs[-4:]) > 0.5, [e["rewards/accuracies"] for e in logs]
+    assert logs[-1]["rewards/margins"] > 0 and logs[-1]["loss/dpo"] < math.log(2)
+    cache = json.loads((out / "reference_logps.json").read_text())
+    assert cache["ids"] == [f"p{i}" for i in range(8)] and len(cache["logps"]) == 8
+    assert all(c < 0 and r < 0 for c, r in cache["logps"])
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["stage"] == "dpo" and results["samples"] == 8
+    # the vision tower is frozen by the dpo preset; the language model moved
+    before, after = weights(world["base"]), weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision_tower."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("language_model."))
+
+
+def test_reference_cache_is_reused_only_for_the_same_pairs(world, tmp_path, monkeypatch):
+    from sicog.train import dpo_reference
+
+    out = tmp_path / "run"
+    assert main(["train", *flags(world, out, 1)]) == 0
+    first = json.loads((out / "reference_logps.json").read_text())
+    scored = []
+    original = dpo_reference._score_share
+    monkeypatch.setattr(dpo_reference, "_score_share", lambda *a, **k: scored.append(a[4]) or original(*a, **k))
+    rerun = tmp_path / "rerun"
+    shared = ["--dpo_reference_file", str(out / "reference_logps.json")]
+    assert main(["train", *flags(world, rerun, 1, shared)]) == 0
+    assert scored == []  # same pairs, same model: read from the cache
+    changed = tmp_path / "pairs.jsonl"
+    lines = world["pairs"].read_text().splitlines()
+    changed.write_text("\n".join(lines[:-1] + [lines[-1].replace("The image is", "It is")]) + "\n")
+    args = flags(world, tmp_path / "changed", 1, shared)
+    args[args.index("--data_path") + 1] = str(changed)
+    assert main(["train", *args]) == 0
+    assert len(scored) == 1 and len(scored[0]) == 8  # one pair changed: everything is scored again
+    second = json.loads((out / "reference_logps.json").read_text())
+    assert second["fingerprint"] != first["fingerprint"]
+    assert second["logps"][:7] == pytest.approx(first["logps"][:7], abs=1e-6) and second["logps"][7] != first["logps"][7]
+
+
+def test_invalid_pairs_stop_the_run_and_are_listed(world, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = world["pairs"].read_text().splitlines()
+    bad.write_text("\n".join([good[0], json.dumps({"id": "same", "image": "0.png", "prompt": "Q?", "chosen": "A.", "rejected": "A."}),
+                              json.dumps({"id": "noimg", "image": "missing.png", "prompt": "Q?", "chosen": "A.", "rejected": "B."})]) + "\n")
+    args = flags(world, tmp_path / "out", 1)
+    args[args.index("--data_path") + 1] = str(bad)
+    from sicog.train.run import DataProblemsError
+
+    with pytest.raises(DataProblemsError, match="2 invalid training records"):
+        main(["train", *args])
+    listed = [json.loads(line) for line in (tmp_path / "out" / "data_errors.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["line"]) for p in listed] == [("same", 2), ("noimg", 3)]
+    assert "field 'rejected'" in listed[0]["reason"] and "missing.png" in listed[1]["reason"]
+
+
+@pytest.mark.slow
+def test_two_ranks_zero2_complete_and_save_a_loadable_checkpoint(world, tmp_path):
+    out = tmp_path / "zero2"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631", "-m", "sicog", "train",
+           *flags(world, out, 2, ("--deepspeed", "zero2", "--per_device_train_batch_size", "2"))]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    logs = training_logs(out)
+    assert [e["step"] for e in logs] == [1, 2] and logs[0]["loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+    cache = json.loads((out / "reference_logps.json").read_text())
+    assert cache["ids"] == [f"p{i}" for i in range(8)]
+    assert not list(out.glob(".reference_logps-*"))  # rank shards are removed once merged
+    model, processor = load_pretrained(out)
+    base = weights(world["base"])
+    assert any(not torch.equal(base[k], v) for k, v in model.state_dict().items() if k.startswith("language_model.") and k in base)
+    assert processor.image_token_id == model.config.image_token_id
