@@ -14,7 +14,6 @@ from sicog.data.jsonl import RecordError
 from sicog.eval.prompts import MC_INSTRUCTION, build_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, decode_image, read_benchmark, row_image, row_options, row_problem
 from sicog.model.image_io import ImageError
-from sicog.toy.answers import MC_INSTRUCTION as TOY_MC_INSTRUCTION
 from sicog.toy.answers import multiple_choice_prompt as toy_multiple_choice_prompt
 
 
@@ -61,7 +60,6 @@ def test_multiple_choice_rows_images_and_missing_options(tmp_path) -> None:
 def test_prompt_is_the_one_the_toy_world_trains_on() -> None:
     options = ["red", "blue", "green", "black"]
     row = {"index": "0", "question": "What colour is the circle?", **dict(zip("ABCD", options, strict=True))}
-    assert MC_INSTRUCTION == TOY_MC_INSTRUCTION
     assert build_prompt(row, MULTIPLE_CHOICE) == toy_multiple_choice_prompt(row["question"], options)
 
 

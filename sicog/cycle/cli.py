@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from sicog.toy.score import load_ground_truth
 
     config = load_config("quick" if args.quick else args.config)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if config.toy_size:

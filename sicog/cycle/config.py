@@ -60,6 +60,9 @@ class CycleConfig:
     # Evaluation.
     eval_batch_size: int = 16
     launcher: list[str] = field(default_factory=list)
+    # CPU threads per process (None: torch's default). Tiny models are bound by per-operation overhead,
+    # where one thread is fastest and immune to the spin-waiting of oversubscribed OpenMP threads.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.arms) - set(ARMS)

@@ -6,9 +6,9 @@ import random
 
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
+from sicog.eval.prompts import MC_INSTRUCTION
 from sicog.toy.questions import Question
 
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
 
 

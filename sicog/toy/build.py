@@ -17,7 +17,7 @@ from sicog.data.jsonl import write_json, write_jsonl
 from sicog.data.prompts import CAPTION_PROMPTS, COD_STEPS, COT_STEPS, SHORT_ANSWER, STEP_BY_STEP_ANSWER
 from sicog.toy import datasets as ds
 from sicog.toy.language import vocabulary
-from sicog.toy.answers import MC_INSTRUCTION
+from sicog.eval.prompts import MC_INSTRUCTION
 from sicog.toy.questions import CATEGORIES
 from sicog.toy.tokenizer import train_tokenizer
 from sicog.toy.world import SLICING

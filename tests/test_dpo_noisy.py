@@ -1,0 +1,129 @@
+"""`sicog curate pairs-from-noisy`: curated clean answers joined by id with answers generated on corrupted images."""
+
+import json
+
+import pytest
+
+from sicog.cli import main
+from sicog.curate.noisy import pairs_from_noisy
+from sicog.data.pairs import check_pair_record
+from sicog.data.prompts import COT_STEPS
+from sicog.data.steps import format_steps
+
+PROMPT = "How many cubes are there? Answer the question step-by-step."
+
+
+def cot(answer, detail="I count the cubes."):
+    return format_steps(COT_STEPS, ["Count the cubes.", "There are cubes.", detail, f"The answer is {answer}."])
+
+
+def curated(rid, answer="3", prompt=PROMPT):
+    return {"id": rid, "image": f"{rid}.png", "conversations": [
+        {"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": cot(answer)}],
+        "question": "How many cubes are there?", "source": {"task": "reasoning"}}
+
+
+def generated(rid, candidates, prompt=PROMPT, corruption=({"method": "gaussian_blur", "sigma": 3.5},)):
+    return {"id": rid, "image": f"{rid}.png", "question": "How many cubes are there?", "candidates": candidates,
+            "generation": {"model": "stage0", "prompt_type": "cot-default", "prompt": prompt, "temperature": 0.7,
+                           "corruption": None if corruption is None else list(corruption)}}
+
+
+def write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture()
+def files(tmp_path):
+    clean = write(tmp_path / "curated.jsonl", [
+        curated("q1"),
+        curated("q2"),
+        curated("q3"),
+        {"id": "q4", "image": "q4.png", "prompt": PROMPT, "chosen": cot("2")},  # a curation pairs.jsonl line
+        curated("q7"),
+        {"id": "bad", "conversations": [{"from": "gpt", "value": "no question"}]},
+    ])
+    noisy = write(tmp_path / "noisy.jsonl", [
+        # the same answer as chosen, the chosen text itself, and a wrong answer: the wrong one is taken
+        generated("q1", [cot("3", "Blurry, but I count three."), cot("3"), cot("5", "Blurry; maybe five."), ""]),
+        generated("q2", [cot("4")], prompt="How many cubes are there?"),
+        generated("q4", [cot("2"), "  "]),
+        generated("q5", [cot("1")]),
+        generated("q6", [cot("1")], corruption=None),
+        generated("q7", [cot("3", "Blurry, but I count three.")]),
+        generated("q7", [cot("9")]),
+    ])
+    return clean, noisy, tmp_path / "out" / "noisy_pairs.jsonl"
+
+
+def test_join_by_id_with_every_id_accounted_for(files):
+    clean, noisy, output = files
+    summary = pairs_from_noisy(clean, noisy, output, seed=0)
+    pairs = [json.loads(line) for line in output.read_text().splitlines()]
+    errors = [json.loads(line) for line in output.with_name("noisy_pairs.errors.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in pairs] == ["q1", "q7"]
+    q1 = pairs[0]
+    assert q1["prompt"] == PROMPT and q1["image"] == "q1.png" and q1["chosen"] == cot("3")
+    assert q1["rejected"] == cot("5", "Blurry; maybe five.")
+    assert q1["source"]["rejected_index"] == 2 and q1["source"]["kind"] == "noisy"
+    assert (q1["source"]["chosen_answer"], q1["source"]["rejected_answer"]) == ("3", "5")
+    assert q1["source"]["corruption"] == [{"method": "gaussian_blur", "sigma": 3.5}]
+    # no wrong answer among q7's (first) candidates: any other text will do
+    assert pairs[1]["rejected"] == cot("3", "Blurry, but I count three.") and pairs[1]["source"]["rejected_answer"] == "3"
+    by_id = {}
+    for error in errors:
+        by_id.setdefault(error["id"], []).append(error)
+    assert {k: [(e["side"], e["field"]) for e in v] for k, v in by_id.items()} == {
+        "bad": [("curated", "conversations[0].from")],
+        "q6": [("noisy", "generation.corruption")],
+        "q7": [("noisy", "id")],
+        "q2": [("noisy", "generation.prompt")],
+        "q3": [("curated", "id")],
+        "q4": [("noisy", "candidates")],
+        "q5": [("noisy", "id")],
+    }
+    assert "no answer generated on a corrupted image" in by_id["q3"][0]["reason"]
+    assert "no curated clean answer" in by_id["q5"][0]["reason"] and "noisy.jsonl:4" in by_id["q5"][0]["reason"]
+    assert "repeated (first at line 6)" in by_id["q7"][0]["reason"]
+    assert all(e["record"]["id"] == e["id"] for e in errors)
+    assert (summary.pairs, summary.errors, summary.answer_differs) == (2, 7, 1)
+    for line, pair in enumerate(pairs, start=1):
+        check_pair_record(pair, path=str(output), line=line)  # what `sicog train --stage dpo` accepts
+
+
+def test_the_draw_is_seeded_per_record(files, tmp_path):
+    clean, noisy, _ = files
+    records = [json.loads(line) for line in noisy.read_text().splitlines()]
+    records[0]["candidates"] = [cot(str(n), f"Blurry: {n}.") for n in (4, 5, 6, 7, 8, 9)]
+    write(noisy, records)
+    picks = set()
+    for seed in range(6):
+        output = tmp_path / f"s{seed}.jsonl"
+        pairs_from_noisy(clean, noisy, output, seed=seed)
+        again = tmp_path / f"again{seed}.jsonl"
+        pairs_from_noisy(clean, noisy, again, seed=seed)
+        assert output.read_text() == again.read_text()
+        picks.add(json.loads(output.read_text().splitlines()[0])["source"]["rejected_index"])
+    assert len(picks) > 1
+
+
+def test_captions_take_any_other_candidate(tmp_path):
+    prompt = "Please generate a detailed caption of this image. Describe the image step-by-step."
+    clean = write(tmp_path / "c.jsonl", [{"id": "c1", "image": "c1.png", "conversations": [
+        {"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": "A red cube."}]}])
+    noisy = write(tmp_path / "n.jsonl", [generated("c1", ["A red cube.", "A blurred pink blob."], prompt=prompt)])
+    summary = pairs_from_noisy(clean, noisy, tmp_path / "p.jsonl", task="captions")
+    pair = json.loads((tmp_path / "p.jsonl").read_text())
+    assert pair["rejected"] == "A blurred pink blob." and "chosen_answer" not in pair["source"]
+    assert (summary.pairs, summary.errors) == (1, 0)
+
+
+def test_cli(files, capsys):
+    clean, noisy, output = files
+    assert main(["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["pairs"] == 2 and printed["errors_output"].endswith("noisy_pairs.errors.jsonl")
+    clean.write_text('{"id": "x"\n')
+    assert main(["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]) == 2
+    assert "curated.jsonl:1" in capsys.readouterr().err

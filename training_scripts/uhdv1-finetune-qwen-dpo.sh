@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# DPO: preference training of a SICOG model on chosen/rejected pairs (curation pairs.jsonl and/or
+# `sicog curate pairs-from-noisy` output; several files: DATA_PATH=a.jsonl,b.jsonl or a .yaml mixture).
+# Required: EXPERIMENT_NAME, DATA_PATH (the pairs), PREV_STAGE_CHECKPOINT (the model to improve, also the reference).
+# Optional: DPO_LEARNING_RATE (5e-7), DPO_BATCH (pairs per device, 1), ACCU_STEPS (1), DPO_BETA (0.1),
+# DPO_GAMMA (1.0, weight of the SFT loss on chosen), DPO_ALPHA (1.0, weight of the DPO loss), IMAGE_FOLDER,
+# OUTPUT_DIR, DEEPSPEED, PRECISION, EPOCHS/MAX_STEPS, NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT. Extra arguments go to `sicog train` (e.g. --lora_r 64); --dry-run prints the command only.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
+parse_common_args "$@"
+require_vars EXPERIMENT_NAME DATA_PATH PREV_STAGE_CHECKPOINT
+training_flags "${DPO_LEARNING_RATE:-5e-7}" "${DPO_BATCH:-1}"
+sicog_exec train --stage dpo --model_name_or_path "$PREV_STAGE_CHECKPOINT" \
+    --dpo_beta "${DPO_BETA:-0.1}" --dpo_gamma "${DPO_GAMMA:-1.0}" --dpo_alpha "${DPO_ALPHA:-1.0}" \
+    "${TRAIN_FLAGS[@]}" "${SICOG_ARGS[@]}"
