@@ -1,4 +1,4 @@
-"""`sicog train --stage 0|1|1.5|2 ...`: HF TrainingArguments flags plus SICOG's model and data flags."""
+"""`sicog train --stage 0|1|1.5|2|dpo ...`: HF TrainingArguments flags plus SICOG's model and data flags."""
 
 from __future__ import annotations
 

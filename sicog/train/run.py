@@ -59,8 +59,13 @@ def build_model(model_args: ModelArguments, args: SicogTrainingArguments) -> tup
     if args.lora_r:
         from peft import LoraConfig, get_peft_model
 
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
         if "language_model" not in parts:
             raise ValueError("--lora_r needs language_model among the trainable parts")
+        if is_deepspeed_zero3_enabled():
+            # The adapters are merged into the saved weights, which needs whole (not partitioned) tensors.
+            raise ValueError("--lora_r works with ZeRO-2 or without DeepSpeed, not with ZeRO-3")
         lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
         model.language_model = get_peft_model(model.language_model, lora)
     model.config.use_cache = False
