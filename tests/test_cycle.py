@@ -65,6 +65,14 @@ def test_from_reruns_that_step_and_everything_after(tmp_path):
     assert now["D_stage15"] > stamp["D_stage15"] and now["E_stage2"] > stamp["E_stage2"]
 
 
+def test_dpo_arm_learns_its_pairs_and_is_reported(tmp_path):
+    assert main(["cycle", "--quick", "--dpo", "--out", str(tmp_path)]) == 0
+    assert "| F | SICOG + DPO" in (tmp_path / "report.md").read_text()
+    state = json.loads(next((tmp_path / "seed0" / "F_stage2").glob("checkpoint-*/trainer_state.json")).read_text())
+    accuracies = [e["rewards/accuracies"] for e in state["log_history"] if "rewards/accuracies" in e]
+    assert accuracies and accuracies[-1] > 0.5
+
+
 def test_auroc():
     assert auroc([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 1.0
     assert auroc([0.1, 0.9], [True, False]) == 0.0

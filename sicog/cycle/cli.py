@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the quick preset: a tiny world and few steps (smoke test)")
     parser.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..K-1 and report mean and spread")
     parser.add_argument("--rounds", type=int, default=1, help="self-improvement rounds (round r+1 starts from round r's SICOG model)")
+    parser.add_argument("--dpo", action="store_true", help="add arm F: DPO on the SICOG model with its curation pairs")
     parser.add_argument("--from", dest="rerun_from", help="rerun from this step (a name in manifest.json) onwards")
 
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     truth = load_ground_truth(world["ground_truth"]) if "ground_truth" in world else None
     per_seed, first = [], None
     for seed in range(args.seeds):
-        results = Cycle(config, out / f"seed{seed}", seed, world, rerun_from=args.rerun_from).run(rounds=args.rounds)
+        results = Cycle(config, out / f"seed{seed}", seed, world, rerun_from=args.rerun_from).run(rounds=args.rounds, dpo=args.dpo)
         scores = {"seed": seed, "arms": {arm: arm_scores(e, truth) for arm, e in results["evals"].items()}}
         per_seed.append(scores)
         if first is None:

@@ -17,6 +17,7 @@ ARM_NAMES = {
     "C": "self-training without curation (one random candidate)",
     "D": "SICOG (curated self-generated data)",
     "E": "oracle (ground-truth CoD/CoT for the same data)",
+    "F": "SICOG + DPO on its curation pairs (--dpo)",
 }
 
 
@@ -43,6 +44,8 @@ class CycleConfig:
     stage15_steps: int = 150
     stage2_steps: int = 150
     finetune_lr: float = 1e-3
+    dpo_steps: int = 60
+    dpo_lr: float = 2e-4
     train_flags: list[str] = field(default_factory=list)
     model_flags: list[str] = field(default_factory=list)
     # Generation and curation.

@@ -33,7 +33,7 @@ class Cycle:
             argv = ["train", "--stage", stage, *source, "--data_path", data, "--image_folder", self.world["image_folder"],
                     "--output_dir", str(folder), "--max_steps", str(steps), "--per_device_train_batch_size", str(c.batch_size),
                     "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.03",
-                    "--weight_decay", "0.0", "--logging_steps", "10", "--save_steps", str(max(steps // 2, 1)),
+                    "--weight_decay", "0.0", "--logging_steps", str(max(1, min(10, steps // 5))), "--save_steps", str(max(steps // 2, 1)),
                     "--save_total_limit", "1", "--seed", str(self.seed), "--group_by_modality_length", "True",
                     "--disable_tqdm", "True", *c.train_flags]
             if tunable:
@@ -108,8 +108,8 @@ class Cycle:
         return self.runner.run(name, {"model": model, "batch": c.eval_batch_size}, work, after)
 
     # ----- the loop --------------------------------------------------------------------------------
-    def run(self, rounds: int = 1) -> dict:
-        """All steps; returns the paths of what the report reads."""
+    def run(self, rounds: int = 1, dpo: bool = False) -> dict:
+        """All steps (``dpo``: also arm F, DPO on the SICOG model); returns the paths of what the report reads."""
         c, w = self.config, self.world
         vision, llm = (c.vision_tower, c.language_model) if c.toy_size is None else self._toy_parts()
         stage1 = self.train("stage1", "1", w["align"], c.stage1_steps, c.stage1_lr,
@@ -138,6 +138,10 @@ class Cycle:
                 final = self.train(f"{p}{arm}_stage2", "2", w["sft"], c.stage2_steps, c.finetune_lr, ["--model_name_or_path", s15], (f"{p}{arm}_stage15",))
                 results["models"][f"{p}{arm}"] = final
             teacher, teacher_step = results["models"][f"{p}D"], f"{p}D_stage2"
+        if dpo:
+            pairs = ",".join(results["curation"][1][task]["dir"] + "/pairs.jsonl" for task in ("captions", "reasoning"))
+            results["models"]["F"] = self.train("F_stage2", "dpo", pairs, c.dpo_steps, c.dpo_lr, ["--model_name_or_path", results["models"]["D"]],
+                                                ("D_stage2", "curate_captions", "curate_reasoning"))
         for arm, model in results["models"].items():
             results["evals"][arm] = self.evaluate(f"eval_{arm}", model, (f"{arm}_stage2",))
         results["seconds"] = self.runner.seconds()
