@@ -164,16 +164,23 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
-        """Causal-LM forward; extra keyword arguments (cache, positions, loss options) go to the LLM."""
+        """Causal-LM forward; extra keyword arguments (cache, positions, loss options) go to the LLM.
+
+        ``logits_to_keep`` (declared so that ``generate()`` passes it) limits the vocabulary projection
+        to the last positions: prefill then never materialises logits for the whole prompt.
+        """
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids or inputs_embeds")
             inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         elif pixel_values is not None:
             raise ValueError("pass pixel_values with input_ids, not with precomputed inputs_embeds")
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        return self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, logits_to_keep=logits_to_keep, **kwargs
+        )
 
     @torch.no_grad()
     def generate(

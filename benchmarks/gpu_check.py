@@ -1,0 +1,433 @@
+"""One-GPU check of SICOG at about 1B parameters: bf16 agreement, training MFU, generation, attention backends.
+
+The model is random-init, built with ``sicog.model.builders``: CLIP-ViT-L/14-336 vision tower, the
+144-query spatially constrained resampler, and a 16-layer, 2048-wide Qwen2 with a 32,000-token
+vocabulary; the tokenizer is trained in-process (nothing is downloaded). Every sample holds one
+672x672 image (2x2 slices + the global view: 5 views, 724 of its 1,530 tokens). Sections, each
+timed and run even when an earlier one failed (its error is recorded instead):
+
+- ``agreement``: the forward pass with bfloat16 weights against float32 (same weights and batch; TF32 off);
+- ``training``: forward + backward + fused AdamW step on bfloat16 weights, the whole model trainable
+  (stage 2): tokens/s and MFU;
+- ``generation``: N = 6 candidates per record at batch 8 and 32 through the code path of ``sicog generate``
+  (end-of-sequence disabled, so every candidate has exactly ``--max-new-tokens`` tokens);
+- ``attention``: the training step with SDPA, eager and (when importable) flash-attn 2.
+
+MFU = model FLOPs per second / peak dense bf16 FLOP/s (989 TFLOP/s for H100 SXM, the same for H200;
+756 for H100 PCIe, 835 for H100 NVL). Model FLOPs (see :func:`training_flops`): 6 x parameters x
+tokens for every matmul that runs forward and backward, plus the attention scores and weighted sums
+(causal: half).
+
+    bash benchmarks/gpu_check.sh                                   # GPU: about 2 minutes of work
+    .venv/bin/python benchmarks/gpu_check.py --tiny --out /tmp/gc  # CPU: tiny config, same code paths, < 60 s
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` under ``$OUT`` when set, else under ``--out``; exits 1
+when a section failed or bf16 disagrees with fp32 beyond the tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import CLIPVisionConfig
+from transformers.utils import is_flash_attn_2_available
+
+from sicog.data.jsonl import write_jsonl
+from sicog.generate.job import GenerationJob, read_plan, run_rank
+from sicog.generate.sample import SamplingSettings
+from sicog.model.builders import make_config, new_model, tiny_config, tiny_text_config, tiny_vision_config
+from sicog.model.configuration import CLIP_L14_336
+from sicog.toy.tokenizer import train_tokenizer
+
+# Dense bf16 peaks (TFLOP/s) by device name; H200 has the H100's compute, more and faster memory.
+PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0))
+CORPUS = ["Step 1: Clarify the task objective. How many red circles are in the image? 0 1 2 3 4 5 6 7 8 9",
+          "Step 2: Extract the crucial visual information. A red circle, a blue square, a green triangle."]
+# The ~1B model (GPU) and the test model (CPU). ``image`` is the side of every (square) test image.
+SHAPES = {
+    "full": {"text": {"vocab_size": 32000, "hidden_size": 2048, "layers": 16, "heads": 16, "kv_heads": 2},
+             "image": 672, "answer_repeats": 32},
+    "tiny": {"text": {"vocab_size": 512, "hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2},
+             "image": 128, "answer_repeats": 20},
+}
+AGREEMENT_TOLERANCE = {"min_mean_cosine": 0.99, "max_loss_difference": 0.05}
+
+
+def build(tiny: bool, device: torch.device):
+    """The float32 model on ``device`` and its processor."""
+    tokenizer = train_tokenizer(CORPUS * 10, vocab_size=400)
+    text = dict(SHAPES["tiny" if tiny else "full"]["text"])
+    text_config = tiny_text_config(max(text.pop("vocab_size"), len(tokenizer)), **text)
+    if tiny:
+        config = tiny_config(tokenizer, text_config=text_config, vision_config=tiny_vision_config())
+    else:
+        config = make_config(CLIPVisionConfig(**CLIP_L14_336), text_config, tokenizer)
+    torch.manual_seed(0)
+    with device:  # weights are created (and initialised) on the device itself
+        model, processor = new_model(config, tokenizer)
+    model.generation_config.eos_token_id = None  # every candidate runs to max_new_tokens
+    return model, processor
+
+
+def test_image(side: int) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8))
+
+
+def training_batch(processor, shape: dict, batch_size: int, device: torch.device) -> dict:
+    """``batch_size`` identical samples (no padding), already on the device as the Trainer would put them."""
+    conversation = [{"from": "human", "value": "<image>\nDescribe the image step-by-step."},
+                    {"from": "gpt", "value": " ".join(["a red circle near the top left corner"] * shape["answer_repeats"])}]
+    encoded = processor.encode(conversation, [test_image(shape["image"])], train=True)
+    batch = processor.collate([encoded] * batch_size)
+    batch["pixel_values"] = [v.to(device) for v in batch["pixel_values"]]
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def training_flops(model, batch: dict) -> dict[str, float]:
+    """Model FLOPs of one training step (forward + backward = 3 x forward), by part, and their total.
+
+    A matmul costs 2 FLOPs per weight per token forward. Vision: the patch embedding and the layers up
+    to ``vision_feature_layer`` (later layers run but their output is unused: not counted); attention
+    scores and weighted sums 4 x S x width per token and layer. Resampler: ``kv_proj`` on every patch,
+    the attention projections on the queries and their pooled keys. LLM: every weight except the input
+    embedding (a lookup), LM head included; causal attention counts half: 2 x S x width.
+    """
+    config = model.config
+    tower = getattr(model.vision_tower, "vision_model", model.vision_tower)
+    used = len(tower.encoder.layers) + 1 + config.vision_feature_layer
+    vision_width = config.vision_config.hidden_size
+    layer_params = sum(p.numel() for layer in tower.encoder.layers[:used] for p in layer.parameters())
+    patch_params = tower.embeddings.patch_embedding.weight.numel()
+    width, queries, bins = config.text_config.hidden_size, config.resampler_num_queries, config.resampler_cell_bins
+    forward = dict.fromkeys(("vision_matmul", "vision_attention", "resampler", "llm_matmul", "llm_attention"), 0.0)
+    for view in batch["pixel_values"]:
+        patches = (view.shape[1] // config.patch_size) * (view.shape[2] // config.patch_size)
+        tokens = patches + 1  # + CLS
+        forward["vision_matmul"] += 2 * patch_params * patches + 2 * layer_params * tokens
+        forward["vision_attention"] += used * 4 * tokens * tokens * vision_width
+        # q, out_proj and proj on the queries; k and v on bins^2 pooled keys per query
+        forward["resampler"] += 2 * vision_width * width * patches + 2 * width * width * queries * (3 + 2 * bins * bins)
+    llm = model.language_model
+    text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    rows, length = batch["input_ids"].shape
+    llm_params = sum(p.numel() for p in llm.parameters()) - llm.get_input_embeddings().weight.numel()
+    forward["llm_matmul"] = 2 * llm_params * rows * length
+    forward["llm_attention"] = text.num_hidden_layers * 2 * length * text.num_attention_heads * head_dim * rows * length
+    flops = {k: 3.0 * v for k, v in forward.items()}
+    flops["total"] = sum(flops.values())
+    return flops
+
+
+def peak_flops(device: torch.device, override: float | None) -> tuple[float | None, str]:
+    """Peak dense bf16 FLOP/s of the device and where the number comes from."""
+    if override:
+        return override * 1e12, "--peak-tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in PEAK_TFLOPS:
+            if key in name:
+                return tflops * 1e12, f"{key} dense bf16"
+    return None, "unknown device (give --peak-tflops)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def agreement(model, processor, shape: dict, device: torch.device, batch_size: int) -> dict:
+    """Float32 forward, then the same weights cast to bfloat16; compare logits and loss."""
+    batch = training_batch(processor, shape, batch_size, device)
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference
+    model.eval()
+    with torch.no_grad():
+        reference = model(**batch)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        model.to(torch.bfloat16)
+        half = model(**batch)
+    ref, low = reference.logits.float(), half.logits.float()
+    cosine = F.cosine_similarity(low, ref, dim=-1)
+    result = {"tokens": ref.shape[0] * ref.shape[1], "loss_fp32": reference.loss.item(), "loss_bf16": half.loss.item(),
+              "loss_difference": abs(reference.loss.item() - half.loss.item()),
+              "logits_relative_l2": ((low - ref).norm() / ref.norm()).item(),
+              "logits_max_abs_difference": (low - ref).abs().max().item(),
+              "mean_cosine": cosine.mean().item(), "min_cosine": cosine.min().item(),
+              "top1_agreement": (low.argmax(-1) == ref.argmax(-1)).float().mean().item()}
+    result["ok"] = (result["mean_cosine"] >= AGREEMENT_TOLERANCE["min_mean_cosine"]
+                    and result["loss_difference"] <= AGREEMENT_TOLERANCE["max_loss_difference"])
+    return result
+
+
+def train_steps(model, batch: dict, device: torch.device, warmup: int, steps: int) -> list[float]:
+    """Seconds of each timed step (forward, backward, optimizer), after ``warmup`` untimed steps."""
+    model.train()
+    model.config.use_cache = False
+    model.set_trainable(vision=True, resampler=True, llm=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-6, fused=device.type == "cuda")
+    times = []
+    for step in range(warmup + steps):
+        synchronize(device)
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    del optimizer
+    return times
+
+
+def training(model, processor, shape: dict, device: torch.device, args, peak: float | None) -> dict:
+    batch = training_batch(processor, shape, args.batch_size, device)
+    flops = training_flops(model, batch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = train_steps(model, batch, device, args.warmup, args.steps)
+    seconds = float(np.median(times))
+    tokens = batch["input_ids"].numel()
+    result = {"batch": args.batch_size, "sequence_length": batch["input_ids"].shape[1],
+              "views_per_step": len(batch["pixel_values"]),
+              "median_step_s": seconds, "min_step_s": min(times), "tokens_per_s": tokens / seconds,
+              "samples_per_s": args.batch_size / seconds, "tflops_per_step": flops["total"] / 1e12,
+              "flops_share": {k: round(v / flops["total"], 3) for k, v in flops.items() if k != "total"},
+              "achieved_tflops": flops["total"] / seconds / 1e12,
+              "mfu": flops["total"] / seconds / peak if peak else None,
+              "mfu_formula": "model FLOPs per step (6 x weights x tokens of each part + attention, see training_flops) "
+                             "/ median step time / peak dense bf16 FLOP/s"}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def attention(model, processor, shape: dict, device: torch.device, args) -> dict:
+    """The same training step under each attention backend that can run here (half the batch: eager
+    attention keeps every score matrix for the backward pass)."""
+    implementations = ["sdpa", "eager"] + (["flash_attention_2"] if is_flash_attn_2_available() else [])
+    batch = training_batch(processor, shape, max(1, args.batch_size // 2), device)
+    rows = []
+    for implementation in implementations:
+        row = {"implementation": implementation, "median_step_s": None, "tokens_per_s": None, "error": ""}
+        try:
+            model.set_attn_implementation(implementation)
+            seconds = float(np.median(train_steps(model, batch, device, 1, max(2, args.steps // 2))))
+            row.update(median_step_s=seconds, tokens_per_s=batch["input_ids"].numel() / seconds)
+        except Exception as err:  # noqa: BLE001 - one backend failing must not hide the others' numbers
+            row["error"] = f"{type(err).__name__}: {err}"
+        rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # what one backend cached must not count against the next
+    model.set_attn_implementation("sdpa")
+    unavailable = [] if "flash_attention_2" in implementations else ["flash_attention_2 (flash_attn not importable)"]
+    result = {"batch": len(batch["input_ids"]), "rows": rows, "unavailable": unavailable}
+    if any(row["error"] for row in rows):
+        result["error"] = "; ".join(f"{row['implementation']}: {row['error']}" for row in rows if row["error"])
+    return result
+
+
+def generation(model, processor, shape: dict, device: torch.device, args, root: Path) -> dict:
+    """Candidates and tokens per second through `sicog generate`'s batch plan, encoding and sampling."""
+    model.eval()
+    model.config.use_cache = True
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    test_image(shape["image"]).save(root / "images" / "image.png")
+    settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
+                                max_new_tokens=args.max_new_tokens)
+
+    def run(batch_size: int, records: int) -> tuple[float, int, int]:
+        name = f"b{batch_size}-{records}"
+        write_jsonl(root / f"{name}.jsonl", [{"id": f"{name}-{i}", "image": "image.png",
+                                              "question": f"How many circles are in picture {i}?"} for i in range(records)])
+        job = GenerationJob(data=root / f"{name}.jsonl", output=root / name / "out.jsonl", task="reasoning",
+                            prompt_type="cot-default", model_name="gpu-check", sampling=settings,
+                            image_folder=root / "images", batch_size=batch_size, progress=False)
+        plan = read_plan(job, processor)
+        synchronize(device)
+        start = time.perf_counter()
+        summary = run_rank(job, plan, model, processor)
+        synchronize(device)
+        return time.perf_counter() - start, summary.generated * args.num_candidates, plan.tasks[0].num_tokens
+
+    run(2, 2)  # warm-up: kernels, allocator
+    rows = []
+    for batch_size in args.gen_batch_sizes:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds, candidates, prompt = run(batch_size, batch_size * args.gen_batches)
+        row = {"batch": batch_size, "N": args.num_candidates, "sequences_per_call": batch_size * args.num_candidates,
+               "prompt_tokens": prompt, "new_tokens": args.max_new_tokens, "seconds": seconds,
+               "candidates_per_s": candidates / seconds, "new_tokens_per_s": candidates * args.max_new_tokens / seconds}
+        if device.type == "cuda":
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        rows.append(row)
+    return {"rows": rows}
+
+
+def commit() -> str:
+    """The checked-out commit, or ``SICOG_COMMIT`` where the tree is a copy without git."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("SICOG_COMMIT", "unknown")
+
+
+def environment(device: torch.device, peak: tuple[float | None, str]) -> dict:
+    """Date, commit, versions, device and its peak: what makes two results comparable."""
+    import transformers
+
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                       else f"CPU {platform.processor() or platform.machine()}"),
+            "cpu_count": os.cpu_count(), "peak_tflops": peak[0] / 1e12 if peak[0] else None, "peak_source": peak[1],
+            "flash_attn_importable": is_flash_attn_2_available()}
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def render(results: dict) -> str:
+    """The results as markdown: environment and model, then each section's rows and values as tables."""
+    lines = ["# SICOG GPU check", "", *_table({**results["environment"], **results["model"]})]
+    for name, section in results["sections"].items():
+        lines += ["", f"## {name}", ""]
+        rows = section.get("rows")
+        if rows:
+            lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            lines += ["| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in rows] + [""]
+        lines += _table({k: v for k, v in section.items() if k not in ("rows", "traceback")})
+        if "traceback" in section:
+            lines += ["", "```", section["traceback"].rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _table(values: dict) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in values.items())]
+
+
+def _cell(value) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+class Sections:
+    """Runs named sections under a time budget; a failure is recorded and the next section still runs.
+
+    ``on_result`` is called after every section, so results are on disk even if a later one hangs.
+    """
+
+    def __init__(self, budget_s: float, on_result: Callable[[], None] = lambda: None) -> None:
+        self.start = time.perf_counter()
+        self.budget_s = budget_s
+        self.on_result = on_result
+        self.results: dict[str, dict] = {}
+
+    def run(self, name: str, fn: Callable[[], dict]) -> None:
+        """Run ``fn`` as section ``name`` unless the budget is spent; record its result or its error."""
+        if time.perf_counter() - self.start > self.budget_s:
+            self.results[name] = {"skipped": f"time budget of {self.budget_s:.0f} s spent"}
+        else:
+            started = time.perf_counter()
+            try:
+                result = fn()
+            except Exception as err:  # noqa: BLE001 - every failure is reported, the other sections still run
+                result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=8)}
+            result["seconds_in_section"] = round(time.perf_counter() - started, 2)
+            self.results[name] = result
+        print(f"[gpu_check] {name}: {json.dumps(self.results[name], default=str)[:300]}", flush=True)
+        self.on_result()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny config on the CPU (the test); same code paths")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check_results"), help="results folder when $OUT is not set")
+    parser.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch (default 8; 2 with --tiny)")
+    parser.add_argument("--agreement-batch", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed training steps (default 3; 1 with --tiny)")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20; 2 with --tiny)")
+    parser.add_argument("--num-candidates", type=int, default=6)
+    parser.add_argument("--gen-batch-sizes", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--gen-batches", type=int, default=None, help="batches per size (default 2; 1 with --tiny)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64; 8 with --tiny")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: from the GPU name)")
+    parser.add_argument("--budget-s", type=float, default=200.0, help="sections that would start later are skipped")
+    args = parser.parse_args(argv)
+    tiny = args.tiny
+    defaults = {"batch_size": (8, 2), "warmup": (3, 1), "steps": (20, 2), "gen_batches": (2, 1), "max_new_tokens": (64, 8)}
+    for key, (full, small) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, small if tiny else full)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not tiny else "cpu"))
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # shared CPUs: more threads stall on a busy machine
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out
+    out.mkdir(parents=True, exist_ok=True)
+    shape = SHAPES["tiny" if tiny else "full"]
+    peak = peak_flops(device, args.peak_tflops)
+    results: dict = {"environment": environment(device, peak), "settings": {k: str(v) for k, v in vars(args).items()},
+                     "model": {}}
+
+    def save() -> None:
+        results["total_seconds"] = round(time.perf_counter() - sections.start, 1)
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (out / "gpu_check.md").write_text(render(results))
+
+    sections = Sections(args.budget_s, save)
+    results["sections"] = sections.results
+    built = {}
+
+    def build_section() -> dict:
+        built["model"], built["processor"] = build(tiny, device)
+        model = built["model"]
+        parts = {"vision_tower": model.vision_tower, "resampler": model.resampler, "language_model": model.language_model}
+        results["model"] = {f"{k}_parameters": sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+        results["model"]["total_parameters"] = sum(p.numel() for p in model.parameters())
+        return dict(results["model"])
+
+    def need_model():
+        if "model" not in built:
+            raise RuntimeError("the model could not be built (see the build section)")
+        return built["model"], built["processor"]
+
+    def bf16_model():
+        model, processor = need_model()
+        return model.to(torch.bfloat16), processor  # a no-op once the agreement section has cast it
+
+    sections.run("build", build_section)
+    sections.run("agreement", lambda: agreement(*need_model(), shape, device, args.agreement_batch))
+    sections.run("training", lambda: training(*bf16_model(), shape, device, args, peak[0]))
+    sections.run("attention", lambda: attention(*bf16_model(), shape, device, args))
+    with tempfile.TemporaryDirectory() as tmp:
+        sections.run("generation", lambda: generation(*bf16_model(), shape, device, args, Path(tmp)))
+    print(render(results))
+    failed = [name for name, section in sections.results.items() if "error" in section or "skipped" in section]
+    if not sections.results.get("agreement", {}).get("ok", False):
+        failed.append("agreement tolerance")
+    print(f"results in {out}; {'failed: ' + ', '.join(failed) if failed else 'all sections passed'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

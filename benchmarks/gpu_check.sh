@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# GPU check on one H100/H200 (about 4 minutes with start-up): bf16 vs fp32 agreement of a ~1B SICOG model,
+# training-step tokens/s and MFU, generation throughput (N = 6, batch 8 and 32), SDPA vs flash-attn.
+# Results: $OUT/gpu_check.json and gpu_check.md when OUT is set, else in --out DIR (default ./gpu_check_results).
+# Arguments go to benchmarks/gpu_check.py (--tiny: tiny config on the CPU, what the tests run); --dry-run
+# prints the command only.
+# The GPU machine may have an older transformers than SICOG needs: wheels in WHEEL_DIR (default .whl/ in
+# the repository root), when there are any, are installed first into WHEEL_TARGET (default /tmp/site),
+# which then comes first on PYTHONPATH. Optional: SICOG_PYTHON (python3), SICOG_COMMIT (recorded when
+# the tree has no git metadata).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
+parse_common_args "$@"
+python="${SICOG_PYTHON:-python3}"
+wheel_dir="${WHEEL_DIR:-$SICOG_ROOT/.whl}"
+shopt -s nullglob
+wheels=("$wheel_dir"/*.whl)
+shopt -u nullglob
+if ((${#wheels[@]})); then
+    target="${WHEEL_TARGET:-/tmp/site}"
+    echo "installing ${#wheels[@]} wheel(s) from $wheel_dir into $target"
+    if ((SICOG_DRY_RUN == 0)); then
+        "$python" -m pip install -q --no-index --no-deps --no-compile --target "$target" "${wheels[@]}"
+    fi
+    export PYTHONPATH="$target:$SICOG_ROOT"
+else
+    export PYTHONPATH="$SICOG_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+cmd=("$python" "$SICOG_ROOT/benchmarks/gpu_check.py" "${SICOG_ARGS[@]}")
+printf '%q ' "${cmd[@]}"
+printf '\n'
+if ((SICOG_DRY_RUN)); then exit 0; fi
+exec "${cmd[@]}"
