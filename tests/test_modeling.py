@@ -161,3 +161,16 @@ def test_config_validates_itself(tokenizer):
         tiny_config(tokenizer, resampler_num_queries=50)
     with pytest.raises(Exception, match="outside the LLM vocabulary"):
         tiny_config(tokenizer, text_config=tiny_text_config(3))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (64, 96)])
+def test_vision_features_equal_clips_own_second_to_last_layer(size):
+    from sicog.model.vision import patch_features
+
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(tiny_vision_config(hidden_size=32, layers=3, image_size=64)).eval()
+    pixels = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        reference = tower(pixel_values=pixels, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states[-2][:, 1:]
+        ours = patch_features(tower, pixels, -2, 8)
+    torch.testing.assert_close(ours.reshape(reference.shape), reference, rtol=0, atol=0)

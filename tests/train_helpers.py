@@ -35,9 +35,13 @@ def _pretrain_llm(llm: Qwen2ForCausalLM, tokenizer, steps: int = 60) -> None:
 
 
 def make_parts(root: Path, tokenizer) -> tuple[Path, Path]:
-    """A tiny CLIP vision tower and a tiny pretrained Qwen2 (+ tokenizer) saved like downloaded checkpoints."""
+    """A tiny CLIP vision tower and a tiny pretrained Qwen2 (+ tokenizer) saved like downloaded checkpoints.
+
+    The tower's native size (64) equals the 64x64 images' views, so some ranks see native-size views and
+    others do not: the case where the vision path must still run identically on every rank (ZeRO-3).
+    """
     torch.manual_seed(0)
-    CLIPVisionModel(tiny_vision_config()).save_pretrained(root / "clip")
+    CLIPVisionModel(tiny_vision_config(image_size=64)).save_pretrained(root / "clip")
     llm = Qwen2ForCausalLM(tiny_text_config(len(tokenizer) + 1))
     _pretrain_llm(llm, tokenizer)
     llm.save_pretrained(root / "llm")
@@ -48,7 +52,7 @@ def make_parts(root: Path, tokenizer) -> tuple[Path, Path]:
 def make_checkpoint(root: Path, tokenizer) -> Path:
     """A full tiny SICOG checkpoint."""
     torch.manual_seed(0)
-    model, processor = new_model(tiny_config(tokenizer), tokenizer)
+    model, processor = new_model(tiny_config(tokenizer, vision_config=tiny_vision_config(image_size=64)), tokenizer)
     save_pretrained(model, processor, root / "base")
     return root / "base"
 

@@ -6,10 +6,11 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from sicog.model.configuration import SicogConfig
 from sicog.model.resampler import Resampler, sincos_2d
-from sicog.model.vision import group_by_size, patch_features
+from sicog.model.vision import directly_read_parameters, group_by_size, layers_used, patch_features, tower_body
 
 
 class ImageTokenMismatchError(ValueError):
@@ -66,18 +67,20 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         )
         self.post_init()
         self.set_trainable(vision=True, resampler=True, llm=True)
+        if is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            for parameter in directly_read_parameters(self.vision_tower):
+                deepspeed.zero.register_external_parameter(self, parameter)
 
     def unused_vision_modules(self) -> list[nn.Module]:
-        """Vision layers after ``vision_feature_layer`` and the final norm: computed, never used.
+        """Vision layers after ``vision_feature_layer`` and the final norm: never run.
 
         They are kept so pretrained CLIP checkpoints load unchanged, and frozen so that DDP and
         DeepSpeed never wait for gradients that cannot arrive.
         """
-        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
-        layers = tower.encoder.layers
-        layer = self.config.vision_feature_layer
-        used = len(layers) + 1 + layer if layer < 0 else layer
-        return list(layers[used:]) + [tower.post_layernorm]
+        tower = tower_body(self.vision_tower)
+        return list(tower.encoder.layers[layers_used(self.vision_tower, self.config.vision_feature_layer) :]) + [tower.post_layernorm]
 
     def set_trainable(self, *, vision: bool, resampler: bool, llm: bool) -> None:
         """Choose which parts learn; the unused tail of the vision tower never does."""
