@@ -23,7 +23,10 @@ ARM_NAMES = {
 
 @dataclass
 class CycleConfig:
-    """Everything a cycle run depends on; its hash decides which finished steps can be reused."""
+    """Everything a cycle run depends on; its hash decides which finished steps can be reused.
+
+    The defaults are the toy preset (``make demo``); other presets and config files override them.
+    """
 
     name: str = "toy"
     # Data: a toy world to build, or the paths of real datasets (relative to the config file).
@@ -32,17 +35,17 @@ class CycleConfig:
     data: dict[str, str] = field(default_factory=dict)
     vision_tower: str | None = None
     language_model: str | None = None
-    unlabeled_images_limit: int | None = None
-    unlabeled_questions_limit: int | None = None
+    unlabeled_images_limit: int | None = 150
+    unlabeled_questions_limit: int | None = 150
     arms: tuple[str, ...] = ARMS
     # Training: the same settings for every arm that runs a stage.
-    batch_size: int = 16
-    stage1_steps: int = 150
+    batch_size: int = 8
+    stage1_steps: int = 1000
     stage1_lr: float = 2e-3
     stage1_tunable_parts: str | None = "vision_tower,resampler,language_model"
-    stage0_steps: int = 100
+    stage0_steps: int = 200
     stage15_steps: int = 150
-    stage2_steps: int = 150
+    stage2_steps: int = 200
     finetune_lr: float = 1e-3
     dpo_steps: int = 60
     dpo_lr: float = 2e-4
@@ -52,11 +55,11 @@ class CycleConfig:
     num_candidates: int = 6
     temperature: float = 0.7
     top_p: float = 0.9
-    caption_max_new_tokens: int = 256
-    reasoning_max_new_tokens: int = 160
+    caption_max_new_tokens: int = 200
+    reasoning_max_new_tokens: int = 120
     generation_batch_size: int = 16
-    caption_threshold: float = 0.8
-    reasoning_threshold: float = 0.8
+    caption_threshold: float = 0.7
+    reasoning_threshold: float = 0.7
     min_agreement: float = 0.5
     encoder: str | None = None
     curate_flags: list[str] = field(default_factory=list)

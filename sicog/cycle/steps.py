@@ -22,7 +22,6 @@ class Cycle:
         self.seed = seed
         self.world = world
         self.runner = StepRunner(root, rerun_from=rerun_from, launcher=config.launcher)
-        self.setting = config.to_dict() | {"seed": seed}
 
     # ----- one command per kind of step ----------------------------------------------------------
     def train(self, name: str, stage: str, data: str, steps: int, lr: float, source: list[str], after: tuple[str, ...], tunable: str | None = None) -> str:
@@ -112,8 +111,13 @@ class Cycle:
         """All steps (``dpo``: also arm F, DPO on the SICOG model); returns the paths of what the report reads."""
         c, w = self.config, self.world
         vision, llm = (c.vision_tower, c.language_model) if c.toy_size is None else self._toy_parts()
+        model_flags = c.model_flags
+        if c.toy_size is not None:
+            from sicog.toy.model import toy_model_settings
+
+            model_flags = [f for k, v in toy_model_settings().items() for f in (f"--{k}", str(v))] + model_flags
         stage1 = self.train("stage1", "1", w["align"], c.stage1_steps, c.stage1_lr,
-                            ["--vision_tower", vision, "--language_model", llm, *c.model_flags],
+                            ["--vision_tower", vision, "--language_model", llm, *model_flags],
                             ("parts",) if c.toy_size else (), tunable=c.stage1_tunable_parts)
         base = self.train("A_stage2", "2", w["sft"], c.stage2_steps, c.finetune_lr, ["--model_name_or_path", stage1], ("stage1",))
         results = {"models": {"A": base}, "evals": {}, "curation": {}, "generated": {}}
@@ -151,13 +155,12 @@ class Cycle:
         """The toy world's random-init CLIP and Qwen2, saved like downloaded checkpoints."""
         from transformers import AutoTokenizer
 
-        from sicog.toy.model import save_toy_parts, toy_model_settings
+        from sicog.toy.model import save_toy_parts
 
         def work(folder: Path) -> dict:
             vision, llm = save_toy_parts(folder, AutoTokenizer.from_pretrained(self.world["tokenizer"]), seed=self.seed)
             return {"vision_tower": str(vision), "language_model": str(llm)}
 
-        self.config.model_flags = [f for k, v in toy_model_settings().items() for f in (f"--{k}", str(v))]
         parts = self.runner.run("parts", {"tokenizer": self.world["tokenizer"], "seed": self.seed}, work)
         return parts["vision_tower"], parts["language_model"]
 
