@@ -78,6 +78,16 @@ training_flags() {
     if [[ "${GRADIENT_CHECKPOINTING:-true}" == "true" ]]; then TRAIN_FLAGS+=(--gradient_checkpointing True); fi
 }
 
+# optional_flags NAME:--flag ...: in OPTIONAL_FLAGS, "--flag value" for every variable NAME that is set.
+optional_flags() {
+    OPTIONAL_FLAGS=()
+    local pair name
+    for pair in "$@"; do
+        name="${pair%%:*}"
+        if [[ -n "${!name:-}" ]]; then OPTIONAL_FLAGS+=("${pair#*:}" "${!name}"); fi
+    done
+}
+
 # generate_flags TASK: `sicog generate TASK` and its flags from the recap variables, in GENERATE_ARGS.
 # Reads MODEL_PATH, DATA_PATH (+ SPLIT: ${DATA_PATH}_${SPLIT}.json), EXPERIMENT_NAME, OUTPUT_DIR,
 # IMAGE_FOLDER, PROMPT, NUM_CANDIDATES, TEMPERATURE, TOP_P, BEAMS, MAX_NEW_TOKENS, BATCH_SIZE, SEED,
@@ -86,12 +96,28 @@ generate_flags() {
     local input="$DATA_PATH"
     if [[ -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
     local output_dir="${OUTPUT_DIR:-$(dirname "$input")}"
-    GENERATE_ARGS=(generate "$1" --model "$MODEL_PATH" --data "$input" --output "${output_dir}/${EXPERIMENT_NAME}.jsonl")
-    local pair name
-    for pair in IMAGE_FOLDER:--image-folder PROMPT:--prompt NUM_CANDIDATES:--num-candidates TEMPERATURE:--temperature \
-                TOP_P:--top-p BEAMS:--num-beams MAX_NEW_TOKENS:--max-new-tokens BATCH_SIZE:--batch-size SEED:--seed \
-                AUGMENT_METHODS:--corrupt; do
-        name="${pair%%:*}"
-        if [[ -n "${!name:-}" ]]; then GENERATE_ARGS+=("${pair#*:}" "${!name}"); fi
-    done
+    optional_flags IMAGE_FOLDER:--image-folder PROMPT:--prompt NUM_CANDIDATES:--num-candidates \
+        TEMPERATURE:--temperature TOP_P:--top-p BEAMS:--num-beams MAX_NEW_TOKENS:--max-new-tokens \
+        BATCH_SIZE:--batch-size SEED:--seed AUGMENT_METHODS:--corrupt
+    GENERATE_ARGS=(generate "$1" --model "$MODEL_PATH" --data "$input"
+                   --output "${output_dir}/${EXPERIMENT_NAME}.jsonl" ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
+}
+
+# curate_flags TASK: `sicog curate TASK` and its flags from the quality-evaluation variables, in
+# CURATE_ARGS. Reads RAW_DATASET, OUTPUT_DIR (default: <RAW_DATASET without extension>_curated),
+# MODEL_NAME_OR_PATH, TEMPERATURE, ENCODER_MODEL_NAME_OR_PATH, THRESHOLD, MIN_AGREEMENT (reasoning),
+# ENCODER_TRUST_REMOTE_CODE=1, ENCODER_APPEND_EOS=1, ENCODER_MAX_LENGTH, ENCODER_QUERY_PREFIX,
+# ENCODER_DTYPE, BATCH_SIZE, SEED.
+curate_flags() {
+    local stem="${RAW_DATASET%.jsonl}"
+    stem="${stem%.json}"
+    local pairs=(MODEL_NAME_OR_PATH:--model-name-or-path TEMPERATURE:--temperature ENCODER_MODEL_NAME_OR_PATH:--encoder
+                 THRESHOLD:--threshold ENCODER_MAX_LENGTH:--max-length ENCODER_QUERY_PREFIX:--query-prefix
+                 ENCODER_DTYPE:--dtype BATCH_SIZE:--batch-size SEED:--seed)
+    if [[ "$1" == "reasoning" ]]; then pairs+=(MIN_AGREEMENT:--min-agreement); fi
+    optional_flags "${pairs[@]}"
+    CURATE_ARGS=(curate "$1" --input "$RAW_DATASET" --output-dir "${OUTPUT_DIR:-${stem}_curated}"
+                 ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
+    if [[ "${ENCODER_TRUST_REMOTE_CODE:-0}" == "1" ]]; then CURATE_ARGS+=(--trust-remote-code); fi
+    if [[ "${ENCODER_APPEND_EOS:-0}" == "1" ]]; then CURATE_ARGS+=(--append-eos); fi
 }
