@@ -15,6 +15,21 @@ parse_common_args() {
     done
 }
 
+# positional_vars NAME...: leading plain arguments in SICOG_ARGS fill these variables in order (an empty
+# argument never overwrites an exported value); the rest stay in SICOG_ARGS.
+positional_vars() {
+    local names=("$@") rest=() arg taken=0
+    for arg in ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}; do
+        if ((${#rest[@]} == 0 && taken < ${#names[@]})) && [[ "$arg" != -* ]]; then
+            if [[ -n "$arg" ]]; then printf -v "${names[taken]}" '%s' "$arg"; fi
+            taken=$((taken + 1))
+        else
+            rest+=("$arg")
+        fi
+    done
+    SICOG_ARGS=(${rest[@]+"${rest[@]}"})
+}
+
 # require_vars NAME...: fail once, listing every variable that is unset or empty.
 require_vars() {
     local name missing=()

@@ -13,17 +13,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 
 parse_common_args "$@"
-positional=(ORIGINAL_CAPTION_FILE IMAGE_DIR OUTPUT_COD_DIR OUTPUT_DD_DIR)
-options=()
-taken=0
-for arg in ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}; do
-    if ((${#options[@]} == 0 && taken < ${#positional[@]})) && [[ "$arg" != -* ]]; then
-        if [[ -n "$arg" ]]; then printf -v "${positional[taken]}" '%s' "$arg"; fi
-        taken=$((taken + 1))
-    else
-        options+=("$arg")
-    fi
-done
+positional_vars ORIGINAL_CAPTION_FILE IMAGE_DIR OUTPUT_COD_DIR OUTPUT_DD_DIR
 
 require_vars ORIGINAL_CAPTION_FILE IMAGE_DIR OUTPUT_COD_DIR OUTPUT_DD_DIR
 
@@ -32,4 +22,4 @@ args=(annotate cod
       --cod-dir "$OUTPUT_COD_DIR" --dd-dir "$OUTPUT_DD_DIR")
 if [[ -n "${ANNOTATION_MODEL:-}" ]]; then args+=(--model "$ANNOTATION_MODEL"); fi
 if [[ -n "${ANNOTATION_CONCURRENCY:-}" ]]; then args+=(--concurrency "$ANNOTATION_CONCURRENCY"); fi
-sicog_exec "${args[@]}" ${options[@]+"${options[@]}"}
+sicog_exec "${args[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}

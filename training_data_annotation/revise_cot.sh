@@ -10,19 +10,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 
 parse_common_args "$@"
-positional=(ORIGINAL_COT_FILE OUTPUT_COT_DIR OUTPUT_SHORT_DIR)
-options=()
-taken=0
-for arg in ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}; do
-    if ((${#options[@]} == 0 && taken < ${#positional[@]})) && [[ "$arg" != -* ]]; then
-        if [[ -n "$arg" ]]; then printf -v "${positional[taken]}" '%s' "$arg"; fi
-        taken=$((taken + 1))
-    else
-        options+=("$arg")
-    fi
-done
+positional_vars ORIGINAL_COT_FILE OUTPUT_COT_DIR OUTPUT_SHORT_DIR
 
 require_vars ORIGINAL_COT_FILE OUTPUT_COT_DIR OUTPUT_SHORT_DIR
 
 sicog_exec annotate cot --input "$ORIGINAL_COT_FILE" --cot-dir "$OUTPUT_COT_DIR" --short-dir "$OUTPUT_SHORT_DIR" \
-    ${options[@]+"${options[@]}"}
+    ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}

@@ -7,15 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from sicog.data.argtypes import positive_int
 from sicog.data.jsonl import RecordError
 from sicog.data.sharding import process_group
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the command's flags."""
@@ -27,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictions.jsonl, errors.jsonl, results.json and results.xlsx go here")
     parser.add_argument("--prompt", default="direct", choices=("direct", "cot"),
                         help="direct: answer with the option's letter; cot: answer step-by-step (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8,
+    parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="rows per generate call (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, help="default: 64 for direct, 1024 for cot")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="default: 64 for direct, 1024 for cot")
     parser.add_argument("--image-root", type=Path,
                         help="where relative image_path values start (default: the TSV's folder)")
     parser.add_argument("--device", default="auto",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sicog.data.argtypes import positive_int
 from sicog.data.jsonl import RecordError
 from sicog.data.sharding import process_group
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
@@ -21,13 +22,6 @@ if TYPE_CHECKING:
 
     from sicog.generate.job import GenerationJob
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the ``captions`` and ``reasoning`` sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -37,19 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder that relative image paths start from (default: the working folder)")
     common.add_argument("--output", required=True, type=Path,
                         help="output .jsonl; errors go to <stem>.errors.jsonl beside it")
-    common.add_argument("--num-candidates", type=_positive_int, default=6,
+    common.add_argument("--num-candidates", type=positive_int, default=6,
                         help="candidates per record (default: %(default)s)")
     common.add_argument("--temperature", type=float, default=0.7, help="0 means greedy (default: %(default)s)")
     common.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: %(default)s)")
     common.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 for off (default: %(default)s)")
-    common.add_argument("--num-beams", type=_positive_int, default=1, help="beams (default: %(default)s)")
-    common.add_argument("--max-new-tokens", type=_positive_int, default=1200, help="(default: %(default)s)")
-    common.add_argument("--batch-size", type=_positive_int, default=8,
+    common.add_argument("--num-beams", type=positive_int, default=1, help="beams (default: %(default)s)")
+    common.add_argument("--max-new-tokens", type=positive_int, default=1200, help="(default: %(default)s)")
+    common.add_argument("--batch-size", type=positive_int, default=8,
                         help="records per generate call; each yields N sequences (default: %(default)s)")
     common.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
     common.add_argument("--corrupt", metavar="METHOD[,METHOD]",
                         help=f"corrupt images before encoding, methods applied in order: {', '.join(CORRUPTIONS)}")
-    common.add_argument("--max-prompt-tokens", type=_positive_int,
+    common.add_argument("--max-prompt-tokens", type=positive_int,
                         help="longer prompts (images included) become errors "
                              "(default: the LLM's context minus --max-new-tokens)")
     common.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
