@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("sicog.annotate.cli", "stage-0 annotation: CoD captions through a chat API, CoT conversion"),
     "generate": ("sicog.generate.cli", "sample N candidate captions or CoT answers per record (sharded, resumable)"),
     "eval": ("sicog.eval.cli", "evaluate a checkpoint on a VLMEvalKit-style TSV benchmark (multiple choice, yes/no)"),
+    "image-use": ("sicog.eval.image_use", "does a checkpoint use the image? answer loss with own vs swapped images"),
 }
 
 

@@ -1,6 +1,7 @@
 """The whole cycle on the quick preset: every step, the report, resume after a kill, determinism."""
 
 import json
+from collections import Counter
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from sicog.cli import main
 from sicog.cycle.analysis import auroc
 from sicog.cycle.config import CycleConfig, load_config
+from sicog.toy.datasets import read_bench_tsv
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +33,13 @@ def test_quick_cycle_reports_every_arm_and_repeats_exactly(tmp_path):
         assert (tmp_path / "a" / plot).stat().st_size > 1000
     manifest = json.loads((tmp_path / "a" / "seed0" / "manifest.json").read_text())
     assert all(step["status"] == "done" for step in manifest["steps"].values())
+    for arm, scores in first["per_seed"][0]["arms"].items():
+        check = json.loads((tmp_path / "a" / "seed0" / f"image_use_{arm}" / "image_use.json").read_text())
+        assert check["compared"] > 0 and check["errors"] == [] and scores["image_use_gap"] == check["gap"]
+        assert 0 < scores["top_reply_share"] <= 1
+    answers = Counter(row["answer"] for row in read_bench_tsv(tmp_path / "a" / "world" / "bench_mc.tsv"))
+    assert first["summary"]["constant_answer_accuracy"] == max(answers.values()) / sum(answers.values())
+    assert "| same reply |" in report
     second = run_quick(tmp_path / "b")
     assert first["per_seed"] == second["per_seed"]
 

@@ -35,10 +35,10 @@ from sicog.data.schema import check_llava_record  # noqa: E402
 from sicog.data.steps import split_steps  # noqa: E402
 from sicog.model.slicing import plan_slices  # noqa: E402
 from sicog.toy.build import FILES, build_world, load_manifest  # noqa: E402
-from sicog.toy.datasets import SIZES, TSV_COLUMNS, read_bench_tsv  # noqa: E402
+from sicog.toy.datasets import CAPTION_REQUESTS, SIZES, TSV_COLUMNS, read_bench_tsv  # noqa: E402
 from sicog.toy.answers import MC_INSTRUCTION  # noqa: E402
 from sicog.toy.questions import CATEGORIES  # noqa: E402
-from sicog.toy.score import score_caption, score_mc  # noqa: E402
+from sicog.toy.score import load_ground_truth, score_caption, score_mc  # noqa: E402
 from sicog.toy.world import SLICING  # noqa: E402
 
 LLAVA_SETS = ("align", "cod", "detailed", "cot", "sft")
@@ -132,9 +132,14 @@ def test_cot_sft_and_question_formats(world: Path) -> None:
         if multiple:
             assert "\nA. " in human and "\nD. " in human and record["answer"] in "ABCD"
     assert kinds["mc"] and kinds["open"]
-    sft = [r["conversations"] for r in load_records(world / "sft.jsonl")]
+    sft_records = load_records(world / "sft.jsonl")
+    sft = [r["conversations"] for r in sft_records]
     assert any(c[0]["value"].endswith("\n" + SHORT_ANSWER) for c in sft)
     assert any(c[0]["value"].endswith(MC_INSTRUCTION) and c[1]["value"] in "ABCD" for c in sft)
+    # Detailed captions keep the final model able to caption (the caption benchmark asks for one).
+    truth = load_ground_truth(world / "ground_truth.jsonl")
+    detailed = [r for r in sft_records if r["conversations"][0]["value"].removeprefix(f"{IMAGE_TOKEN}\n") in CAPTION_REQUESTS]
+    assert detailed and all(score_caption(r["conversations"][1]["value"], truth[r["image"]])["f1"] == 1.0 for r in detailed)
     for record in load_records(world / "unlabeled_questions.jsonl"):
         assert STEP_BY_STEP_ANSWER not in record["question"] and IMAGE_TOKEN not in record["question"]
 

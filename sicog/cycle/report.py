@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -24,11 +25,24 @@ def arm_scores(evaluation: dict, truth: dict[str, dict] | None) -> dict:
         pairs = [(r["candidates"][0], truth[r["image"]]) for _, r in iter_records(evaluation["captions"])]
         scores = score_captions(pairs)
         caption = {k: scores[k] for k in ("precision", "recall", "f1")}
+    image_use = json.loads(Path(evaluation["image_use"]).read_text())["gap"] if "image_use" in evaluation else None
+    replies = Counter(r["prediction"].strip() for _, r in iter_records(mc["files"]["predictions.jsonl"]))
     return {
         "accuracy": mc["accuracy"] or 0.0,
         "by_category": {k: v["accuracy"] or 0.0 for k, v in mc.get("by_category", {}).items()},
+        # A model that gives one reply to most questions scores what that letter's share of answers is.
+        "top_reply_share": replies.most_common(1)[0][1] / sum(replies.values()) if replies else None,
         "caption": caption,
+        "image_use_gap": image_use,
     }
+
+
+def constant_answer_accuracy(benchmark: str | Path) -> float:
+    """The best accuracy a model gets by giving the same answer to every question of ``benchmark``."""
+    from sicog.eval.tsv import read_benchmark
+
+    answers = Counter(row["answer"].strip() for row in read_benchmark(benchmark).rows)
+    return answers.most_common(1)[0][1] / sum(answers.values())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -118,6 +132,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: di
     """Write report.md, results.json and the PNGs into ``out``; return the results."""
     arms = list(per_seed[0]["arms"])
     summary = summarize(per_seed, [a for a in arms if "_" not in a])
+    benchmark = json.loads(Path(next(iter(first["evals"].values()))["mc"]).read_text())["benchmark"]
+    summary["constant_answer_accuracy"] = constant_answer = constant_answer_accuracy(benchmark)
     _plot_categories(per_seed, arms, out / "accuracy_by_category.png")
     if per_seed[0]["arms"][arms[0]]["caption"] is not None:
         _plot_captions(per_seed, arms, out / "captions.png")
@@ -136,15 +152,24 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: di
     if config.stage1_tunable_parts and config.stage1_tunable_parts != "resampler":
         lines += ["", f"Stage 1 trains `{config.stage1_tunable_parts}` (the paper trains the projector only): "
                       "the toy parts start from random weights, so the projector alone could not align them."]
-    lines += ["", "## Results", "", "| arm | what | MC accuracy | caption F1 |", "|---|---|---|---|"]
+    lines += ["", "## Results", "", "| arm | what | MC accuracy | same reply | caption F1 | image use |", "|---|---|---|---|---|---|"]
     for arm in arms:
+        gaps = [s["arms"][arm].get("image_use_gap") for s in per_seed]
+        gap = "n/a" if None in gaps else f"{statistics.fmean(gaps):.3f}"
+        same = f"{statistics.fmean(s['arms'][arm]['top_reply_share'] or 0.0 for s in per_seed):.0%}"
         if arm in summary["table"]:
             row = summary["table"][arm]
-            lines.append(f"| {arm} | {ARM_NAMES[arm]} | {_fmt(row['accuracy'], seeds)} | {_fmt(row['caption_f1'], seeds)} |")
+            lines.append(f"| {arm} | {ARM_NAMES[arm]} | {_fmt(row['accuracy'], seeds)} | {same} | {_fmt(row['caption_f1'], seeds)} | {gap} |")
         else:
             acc = statistics.fmean(s["arms"][arm]["accuracy"] for s in per_seed)
             f1 = statistics.fmean((s["arms"][arm]["caption"] or {}).get("f1", 0.0) for s in per_seed)
-            lines.append(f"| {arm} | later round of D | {acc:.3f} | {f1:.3f} |")
+            lines.append(f"| {arm} | later round of D | {acc:.3f} | {same} | {f1:.3f} | {gap} |")
+    lines += ["", f"Same reply: the share of benchmark questions that got the arm's most common reply. Always giving "
+                  f"the benchmark's most common answer scores {constant_answer:.3f}; an arm near that with a high same-reply "
+                  "share has learned an answer prior, not the task.",
+              "", "Image use: the model's loss per token on the reference texts with each record's image swapped for "
+                  "another one, minus the loss with the right images. Near 0, the model ignores the picture and no "
+                  "pre-training data can change what it answers about it."]
     lines += ["", "## Outcome", ""]
     rule = "the difference of means exceeds the sum of the two standard deviations over seeds" if seeds > 1 else "a single seed: no spread is known, so no win is claimed as significant"
     lines.append(f"D counts as beating another arm on a metric when {rule}.")

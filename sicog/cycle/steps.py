@@ -12,6 +12,8 @@ from pathlib import Path
 from sicog.cycle.arms import limited, one_random_candidate
 from sicog.cycle.config import CycleConfig
 from sicog.cycle.runner import StepRunner
+from sicog.data.jsonl import iter_records, write_jsonl
+from sicog.data.prompts import CAPTION_PROMPTS, IMAGE_TOKEN
 
 
 class Cycle:
@@ -106,6 +108,17 @@ class Cycle:
 
         return self.runner.run(name, {"model": model, "batch": c.eval_batch_size}, work, after)
 
+    def image_use(self, name: str, model: str, references: str, after: tuple[str, ...]) -> dict:
+        """Answer loss on reference texts with own vs swapped images: does the model look at the image?"""
+
+        def work(folder: Path) -> dict:
+            output = folder / "image_use.json"
+            self.runner.sicog(["image-use", "--model", model, "--data", references, "--image-folder", self.world["image_folder"],
+                               "--output", str(output), "--batch-size", str(self.config.eval_batch_size), "--no-progress"])
+            return {"image_use": str(output)}
+
+        return self.runner.run(name, {"model": model, "data": references}, work, after)
+
     # ----- the loop --------------------------------------------------------------------------------
     def run(self, rounds: int = 1, dpo: bool = False) -> dict:
         """All steps (``dpo``: also arm F, DPO on the SICOG model); returns the paths of what the report reads."""
@@ -146,8 +159,12 @@ class Cycle:
             pairs = ",".join(results["curation"][1][task]["dir"] + "/pairs.jsonl" for task in ("captions", "reasoning"))
             results["models"]["F"] = self.train("F_stage2", "dpo", pairs, c.dpo_steps, c.dpo_lr, ["--model_name_or_path", results["models"]["D"]],
                                                 ("D_stage2", "curate_captions", "curate_reasoning"))
+        references = self._image_use_references()
+        made = tuple(name for name in ("image_use_references",) if name in self.runner.hashes)
         for arm, model in results["models"].items():
-            results["evals"][arm] = self.evaluate(f"eval_{arm}", model, (f"{arm}_stage2",))
+            results["evals"][arm] = dict(self.evaluate(f"eval_{arm}", model, (f"{arm}_stage2",)))
+            if references:
+                results["evals"][arm].update(self.image_use(f"image_use_{arm}", model, references, (f"{arm}_stage2", *made)))
         results["seconds"] = self.runner.seconds()
         return results
 
@@ -163,6 +180,23 @@ class Cycle:
 
         parts = self.runner.run("parts", {"tokenizer": self.world["tokenizer"], "seed": self.seed}, work)
         return parts["vision_tower"], parts["language_model"]
+
+    def _image_use_references(self) -> str | None:
+        """Records whose answers the image-use check scores: ``data.image_use`` of a real config, or for the
+        toy world the caption benchmark's images with their ground-truth descriptions."""
+        w = self.world
+        if "image_use" in w or "ground_truth" not in w or "bench_caption" not in w:
+            return w.get("image_use")
+
+        def work(folder: Path) -> dict:
+            truth = {r["image"]: r for _, r in iter_records(w["ground_truth"])}
+            records = ({"id": r["id"], "image": r["image"], "conversations": [
+                {"from": "human", "value": f"{IMAGE_TOKEN}\n{CAPTION_PROMPTS['default']}"},
+                {"from": "gpt", "value": truth[r["image"]]["description"]}]} for _, r in iter_records(w["bench_caption"]))
+            write_jsonl(folder / "references.jsonl", records)
+            return {"references": str(folder / "references.jsonl")}
+
+        return self.runner.run("image_use_references", {"captions": w["bench_caption"]}, work)["references"]
 
     def _limited_pools(self) -> dict[str, str]:
         """The unlabeled pools (and their references, in the same order) cut to the configured sizes."""

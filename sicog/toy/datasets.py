@@ -70,8 +70,9 @@ ALIGN_REQUESTS = (
     "What is shown in the image? Answer briefly.",
 )
 BRIEF_REQUESTS = ("Describe the image briefly.", "Give a short description of the image.")
-# Shares of the instruction-tuning set: short answers, multiple choice, the rest brief descriptions.
-SFT_SHORT, SFT_MC = 0.6, 0.3
+# Shares of the instruction-tuning set: short answers, multiple choice, detailed captions (as in
+# LLaVA-NeXT's mixture; without them stage 2 unlearns captioning), the rest brief descriptions.
+SFT_SHORT, SFT_MC, SFT_DETAILED = 0.55, 0.3, 0.1
 
 
 def conversation(record_id: str, image: str, prompt: str, reply: str, **extra: object) -> dict:
@@ -233,7 +234,7 @@ def build_unlabeled_questions(writer: WorldWriter, count: int) -> tuple[list[dic
 
 
 def build_sft(writer: WorldWriter, count: int) -> list[dict]:
-    """Stage-2 instruction tuning: short answers, multiple-choice letters and a few brief descriptions."""
+    """Stage-2 instruction tuning: short answers, multiple-choice letters, detailed and brief descriptions."""
     rng, records, kinds = writer.rng("sft"), [], list(QUESTION_TYPES)
     open_kinds = [k for k in kinds if k not in MULTIPLE_CHOICE_ONLY]
     for i in _progress("sft", count):
@@ -249,7 +250,11 @@ def build_sft(writer: WorldWriter, count: int) -> list[dict]:
         else:
             scene, _ = writer.draw(rng)
             image, _ = writer.add_image("sft", record_id, scene)
-            records.append(conversation(record_id, image, rng.choice(BRIEF_REQUESTS), brief_description(scene, rng)))
+            if roll < SFT_SHORT + SFT_MC + SFT_DETAILED:
+                request, reply = rng.choice(CAPTION_REQUESTS), detailed_description(scene, rng)
+            else:
+                request, reply = rng.choice(BRIEF_REQUESTS), brief_description(scene, rng)
+            records.append(conversation(record_id, image, request, reply))
     return records
 
 

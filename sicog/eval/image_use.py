@@ -1,0 +1,141 @@
+"""Does a model use the image? Its loss on reference answers with their own images vs with other images.
+
+A model that ignores the picture scores the same either way (a gap near 0), and then no pre-training
+data can change what it answers about images. Images are swapped only between records whose images
+cut into the same views, so every input keeps its exact token layout; a record without such a partner
+is not compared (and counted as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sicog.data.argtypes import positive_int
+from sicog.data.datasets import image_path
+from sicog.data.jsonl import RecordError, iter_records, write_json
+from sicog.data.schema import check_llava_record, record_images
+from sicog.model.image_io import ImageError
+from sicog.model.modeling import SicogForConditionalGeneration
+from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
+
+
+@torch.no_grad()
+def answer_losses(
+    model: SicogForConditionalGeneration, processor: SicogProcessor, encoded: Sequence[Encoded], batch_size: int = 16
+) -> list[tuple[float, int]]:
+    """Summed negative log-likelihood of each item's supervised tokens, and how many there are."""
+    results: list[tuple[float, int]] = []
+    for start in range(0, len(encoded), batch_size):
+        batch = processor.collate(list(encoded[start : start + batch_size]), padding_side="right")
+        labels = batch.pop("labels").to(model.device)
+        inputs = {k: v.to(model.device) for k, v in batch.items() if k != "pixel_values"}
+        logits = model(**inputs, pixel_values=batch.get("pixel_values")).logits.float()
+        targets = labels[:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        counts = (targets != IGNORE_INDEX).sum(dim=1)
+        results += [(float(total), int(n)) for total, n in zip(nll.sum(dim=1), counts)]
+    return results
+
+
+def swap_partners(encoded: Sequence[Encoded]) -> dict[int, int]:
+    """For each item with a partner of the same view layout, the item whose images it borrows (a rotation)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, item in enumerate(encoded):
+        groups[tuple(tuple(view.shape) for view in item.pixel_values)].append(index)
+    partners = {}
+    for members in groups.values():
+        if len(members) > 1:
+            partners.update({member: members[(k + 1) % len(members)] for k, member in enumerate(members)})
+    return partners
+
+
+def image_use(
+    model: SicogForConditionalGeneration,
+    processor: SicogProcessor,
+    data: str | os.PathLike,
+    image_folder: str | os.PathLike | None = None,
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Per-token loss on the records' answers with their own images and with swapped images.
+
+    ``data``: LLaVA conversation records with one image each. Records that cannot be read or encoded are
+    listed under ``errors`` (file, line, id, reason); the others are measured.
+    """
+    encoded: list[Encoded] = []
+    errors: list[dict] = []
+    for line, record in iter_records(data):
+        if limit is not None and len(encoded) + len(errors) >= limit:
+            break
+        try:
+            check_llava_record(record, path=str(data), line=line)
+            images = [image_path(image_folder, name) for name in record_images(record)]
+            if len(images) != 1:
+                raise ValueError(f"needs exactly one image, has {len(images)}")
+            encoded.append(processor.encode(record["conversations"], images, train=True))
+        except (ValueError, ConversationError, ImageError, OSError) as err:
+            errors.append({"file": str(data), "line": line, "id": record.get("id"), "reason": str(err)})
+    partners = swap_partners(encoded)
+    compared = sorted(partners)
+    own = [encoded[i] for i in compared]
+    swapped = [replace(encoded[i], pixel_values=encoded[partners[i]].pixel_values) for i in compared]
+    totals = {}
+    for name, items in tqdm((("own", own), ("other", swapped)), desc="image use", disable=not progress):
+        losses = answer_losses(model, processor, items, batch_size)
+        tokens = sum(n for _, n in losses)
+        totals[name] = sum(total for total, _ in losses) / tokens if tokens else None
+    gap = None if totals["own"] is None else totals["other"] - totals["own"]
+    return {
+        "data": str(Path(data)),
+        "records": len(encoded) + len(errors),
+        "compared": len(compared),
+        "without_partner": len(encoded) - len(compared),
+        "loss_own_images": totals["own"],
+        "loss_other_images": totals["other"],
+        "gap": gap,
+        "errors": errors,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Attach the flags of ``sicog image-use``."""
+    parser.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="LLaVA records with one image each; the last answer is the reference text")
+    parser.add_argument("--image-folder", type=Path, help="where the records' image paths start")
+    parser.add_argument("--output", required=True, type=Path, help="JSON with both losses, the gap and any errors")
+    parser.add_argument("--limit", type=positive_int, help="read at most this many records")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="default: %(default)s")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda:0, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and write the result; 2 when the data cannot be read or nothing could be compared."""
+    from sicog.eval.generation import load_for_eval
+
+    try:
+        model, processor = load_for_eval(args.model, args.device)
+        result = image_use(model, processor, args.data, args.image_folder, limit=args.limit,
+                           batch_size=args.batch_size, progress=not args.no_progress)
+    except (RecordError, ValueError, OSError) as err:
+        print(f"sicog image-use: error: {err}", file=sys.stderr)
+        return 2
+    write_json(args.output, {"model": str(args.model), **result})
+    print(f"{args.data}: loss {result['loss_own_images']} with own images, {result['loss_other_images']} with "
+          f"swapped images (gap {result['gap']}; {result['compared']} of {result['records']} records compared, "
+          f"{len(result['errors'])} errors) -> {args.output}")
+    return 0 if result["compared"] else 2
