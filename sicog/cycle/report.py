@@ -178,6 +178,11 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: di
         for metric, w in wins.items():
             verb = "beats" if w["beats"] and seeds > 1 else ("is ahead of" if w["difference"] > 0 else "does not beat")
             lines.append(f"- D {verb} {other} on {metric.replace('_', ' ')}: {w['difference']:+.3f} (spread {w['spread']:.3f}).")
+    above = [arm for arm, row in summary["table"].items() if row["accuracy"][0] > constant_answer]
+    if not above:
+        lines += ["", f"No arm's mean multiple-choice accuracy exceeds {constant_answer:.3f}, what always giving the "
+                      "benchmark's most common answer scores: the accuracy differences above come from which answer an arm "
+                      "prefers (see the same-reply column), not from what it sees or reasons."]
     quality = first.get("analysis", {})
     if quality:
         lines += ["", "## Does self-consistency find the right data? (first seed, ground truth known)", "",
