@@ -171,8 +171,11 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: di
                   "another one, minus the loss with the right images. Near 0, the model ignores the picture and no "
                   "pre-training data can change what it answers about it."]
     lines += ["", "## Outcome", ""]
-    rule = "the difference of means exceeds the sum of the two standard deviations over seeds" if seeds > 1 else "a single seed: no spread is known, so no win is claimed as significant"
-    lines.append(f"D counts as beating another arm on a metric when {rule}.")
+    if seeds > 1:
+        lines.append("D counts as beating another arm on a metric when the difference of means exceeds the sum of "
+                     "the two standard deviations over seeds.")
+    else:
+        lines.append("With a single seed no spread is known, so no difference below is claimed as a win (use --seeds).")
     lines.append("")
     for other, wins in summary["verdict"].items():
         for metric, w in wins.items():

@@ -6,7 +6,6 @@ through :class:`StepRunner` so a rerun skips what is finished and resumes what w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sicog.cycle.arms import limited, one_random_candidate

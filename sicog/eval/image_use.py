@@ -9,7 +9,6 @@ is not compared (and counted as such).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import defaultdict
@@ -32,11 +31,18 @@ from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, Sic
 
 @torch.no_grad()
 def answer_losses(
-    model: SicogForConditionalGeneration, processor: SicogProcessor, encoded: Sequence[Encoded], batch_size: int = 16
+    model: SicogForConditionalGeneration,
+    processor: SicogProcessor,
+    encoded: Sequence[Encoded],
+    batch_size: int = 16,
+    desc: str | None = None,
 ) -> list[tuple[float, int]]:
-    """Summed negative log-likelihood of each item's supervised tokens, and how many there are."""
+    """Summed negative log-likelihood of each item's supervised tokens, and how many there are.
+
+    ``desc``: show a progress bar with this label.
+    """
     results: list[tuple[float, int]] = []
-    for start in range(0, len(encoded), batch_size):
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=desc is None):
         batch = processor.collate(list(encoded[start : start + batch_size]), padding_side="right")
         labels = batch.pop("labels").to(model.device)
         inputs = {k: v.to(model.device) for k, v in batch.items() if k != "pixel_values"}
@@ -93,8 +99,8 @@ def image_use(
     own = [encoded[i] for i in compared]
     swapped = [replace(encoded[i], pixel_values=encoded[partners[i]].pixel_values) for i in compared]
     totals = {}
-    for name, items in tqdm((("own", own), ("other", swapped)), desc="image use", disable=not progress):
-        losses = answer_losses(model, processor, items, batch_size)
+    for name, items in (("own", own), ("other", swapped)):
+        losses = answer_losses(model, processor, items, batch_size, desc=f"{name} images" if progress else None)
         tokens = sum(n for _, n in losses)
         totals[name] = sum(total for total, _ in losses) / tokens if tokens else None
     gap = None if totals["own"] is None else totals["other"] - totals["own"]
