@@ -158,12 +158,12 @@ class Cycle:
             pairs = ",".join(results["curation"][1][task]["dir"] + "/pairs.jsonl" for task in ("captions", "reasoning"))
             results["models"]["F"] = self.train("F_stage2", "dpo", pairs, c.dpo_steps, c.dpo_lr, ["--model_name_or_path", results["models"]["D"]],
                                                 ("D_stage2", "curate_captions", "curate_reasoning"))
-        references = self._image_use_references()
-        made = tuple(name for name in ("image_use_references",) if name in self.runner.hashes)
+        references, references_after = self._image_use_references()
         for arm, model in results["models"].items():
-            results["evals"][arm] = dict(self.evaluate(f"eval_{arm}", model, (f"{arm}_stage2",)))
+            evaluation = dict(self.evaluate(f"eval_{arm}", model, (f"{arm}_stage2",)))
             if references:
-                results["evals"][arm].update(self.image_use(f"image_use_{arm}", model, references, (f"{arm}_stage2", *made)))
+                evaluation.update(self.image_use(f"image_use_{arm}", model, references, (f"{arm}_stage2", *references_after)))
+            results["evals"][arm] = evaluation
         results["seconds"] = self.runner.seconds()
         return results
 
@@ -180,22 +180,25 @@ class Cycle:
         parts = self.runner.run("parts", {"tokenizer": self.world["tokenizer"], "seed": self.seed}, work)
         return parts["vision_tower"], parts["language_model"]
 
-    def _image_use_references(self) -> str | None:
-        """Records whose answers the image-use check scores: ``data.image_use`` of a real config, or for the
-        toy world the caption benchmark's images with their ground-truth descriptions."""
+    def _image_use_references(self) -> tuple[str | None, tuple[str, ...]]:
+        """Records whose answers the image-use check scores, and the step that wrote them (if any):
+        ``data.image_use`` of a real config, or for the toy world the caption benchmark's images with their
+        ground-truth descriptions."""
+        from sicog.toy.score import load_ground_truth
+
         w = self.world
         if "image_use" in w or "ground_truth" not in w or "bench_caption" not in w:
-            return w.get("image_use")
+            return w.get("image_use"), ()
 
         def work(folder: Path) -> dict:
-            truth = {r["image"]: r for _, r in iter_records(w["ground_truth"])}
+            truth = load_ground_truth(w["ground_truth"])
             records = ({"id": r["id"], "image": r["image"], "conversations": [
                 {"from": "human", "value": f"{IMAGE_TOKEN}\n{CAPTION_PROMPTS['default']}"},
                 {"from": "gpt", "value": truth[r["image"]]["description"]}]} for _, r in iter_records(w["bench_caption"]))
             write_jsonl(folder / "references.jsonl", records)
             return {"references": str(folder / "references.jsonl")}
 
-        return self.runner.run("image_use_references", {"captions": w["bench_caption"]}, work)["references"]
+        return self.runner.run("image_use_references", {"captions": w["bench_caption"]}, work)["references"], ("image_use_references",)
 
     def _limited_pools(self) -> dict[str, str]:
         """The unlabeled pools (and their references, in the same order) cut to the configured sizes."""

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sicog.data.argtypes import positive_int
-from sicog.data.datasets import image_path
+from sicog.data.datasets import Problem, image_path
 from sicog.data.jsonl import RecordError, iter_records, write_json
+from sicog.data.mixture import Source
 from sicog.data.schema import check_llava_record, record_images
 from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
@@ -93,7 +94,7 @@ def image_use(
                 raise ValueError(f"needs exactly one image, has {len(images)}")
             encoded.append(processor.encode(record["conversations"], images, train=True))
         except (ValueError, ConversationError, ImageError, OSError) as err:
-            errors.append({"file": str(data), "line": line, "id": record.get("id"), "reason": str(err)})
+            errors.append(Problem(record.get("id"), Source(str(data), line), str(err)).to_json())
     partners = swap_partners(encoded)
     compared = sorted(partners)
     own = [encoded[i] for i in compared]
