@@ -1,15 +1,19 @@
-"""The whole cycle on the quick preset: every step, the report, resume after a kill, determinism."""
+"""The whole cycle on the quick preset: every step, the report, parallel steps, resume after a kill,
+exact reuse of finished steps, determinism."""
 
 import json
-from collections import Counter
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from importlib import resources
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sicog.cli import main
 from sicog.cycle.analysis import auroc
@@ -19,65 +23,110 @@ from sicog.toy.datasets import read_bench_tsv
 pytestmark = pytest.mark.slow
 
 
-def run_quick(out: Path) -> dict:
-    assert main(["cycle", "--quick", "--out", str(out)]) == 0
+def run_quick(out: Path, *extra: str) -> dict:
+    assert main(["cycle", "--quick", "--out", str(out), "--no-progress", *extra]) == 0
     return json.loads((out / "results.json").read_text())
 
 
-def test_quick_cycle_reports_every_arm_and_repeats_exactly(tmp_path):
-    first = run_quick(tmp_path / "a")
-    report = (tmp_path / "a" / "report.md").read_text()
+def steps(out: Path) -> dict:
+    return json.loads((out / "seed0" / "manifest.json").read_text())["steps"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    """One finished quick cycle, two steps at a time; tests that change it work on a copy."""
+    out = tmp_path_factory.mktemp("quick")
+    run_quick(out, "--jobs", "2")
+    return out
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_quick_cycle_reports_every_arm(quick_run):
+    results = json.loads((quick_run / "results.json").read_text())
+    report = (quick_run / "report.md").read_text()
     for arm in "ABCDE":
         assert f"| {arm} |" in report
     for plot in ("accuracy_by_category.png", "captions.png", "curation_scores.png", "wall_time.png"):
-        assert (tmp_path / "a" / plot).stat().st_size > 1000
-    manifest = json.loads((tmp_path / "a" / "seed0" / "manifest.json").read_text())
-    assert all(step["status"] == "done" for step in manifest["steps"].values())
-    for arm, scores in first["per_seed"][0]["arms"].items():
-        check = json.loads((tmp_path / "a" / "seed0" / f"image_use_{arm}" / "image_use.json").read_text())
+        assert (quick_run / plot).stat().st_size > 1000
+    assert all(step["status"] == "done" and step["cpu_seconds"] >= 0 for step in steps(quick_run).values())
+    for arm, scores in results["per_seed"][0]["arms"].items():
+        check = json.loads((quick_run / "seed0" / f"image_use_{arm}" / "image_use.json").read_text())
         assert check["compared"] > 0 and check["errors"] == [] and scores["image_use_gap"] == check["gap"]
         assert 0 < scores["top_reply_share"] <= 1
-    answers = Counter(row["answer"] for row in read_bench_tsv(tmp_path / "a" / "world" / "bench_mc.tsv"))
-    assert first["summary"]["constant_answer_accuracy"] == max(answers.values()) / sum(answers.values())
-    assert "| same reply |" in report
-    second = run_quick(tmp_path / "b")
-    assert first["per_seed"] == second["per_seed"]
+    answers = Counter(row["answer"] for row in read_bench_tsv(quick_run / "world" / "bench_mc.tsv"))
+    assert results["summary"]["constant_answer_accuracy"] == max(answers.values()) / sum(answers.values())
+    assert "| same reply |" in report and "| step | wall s | CPU s |" in report
+    assert set(results["summary"]["verdict"]) == {"D vs A", "D vs B", "D vs C"}
 
 
-def test_killed_cycle_resumes_at_the_step_and_finishes_the_same(tmp_path):
-    reference = run_quick(tmp_path / "reference")
+def test_one_step_at_a_time_gives_the_same_results(quick_run, tmp_path):
+    parallel = json.loads((quick_run / "results.json").read_text())
+    sequential = run_quick(tmp_path, "--jobs", "1")
+    assert sequential["per_seed"] == parallel["per_seed"] and sequential["summary"] == parallel["summary"]
+
+
+def test_rerun_reuses_every_finished_step(quick_run, tmp_path):
+    out = copy_of(quick_run, tmp_path)  # a moved run folder keeps its keys
+    before = steps(out)
+    run_quick(out)
+    assert steps(out) == before
+
+
+def test_a_changed_setting_reruns_only_the_steps_that_depend_on_it(quick_run, tmp_path):
+    out = copy_of(quick_run, tmp_path)
+    before = steps(out)
+    config = yaml.safe_load((resources.files("sicog.configs") / "cycle_quick.yaml").read_text())
+    config_path = tmp_path / "changed.yaml"
+    config_path.write_text(yaml.safe_dump({**config, "generation_batch_size": 2}))
+    assert main(["cycle", "--config", str(config_path), "--out", str(out), "--no-progress"]) == 0
+    after = steps(out)
+    rerun = {name for name in after if after[name]["finished_at"] != before[name]["finished_at"]}
+    changed = {name for name in after if after[name]["key"] != before[name]["key"]}
+    assert rerun == changed and {"generate_captions", "generate_reasoning", "D_stage2", "eval_D"} <= rerun
+    assert not rerun & {"stage1", "A_stage2", "stage0_perception", "B_stage2", "E_stage2", "eval_A", "eval_E"}
+
+
+def test_killed_cycle_resumes_and_finishes_the_same(quick_run, tmp_path):
+    reference = json.loads((quick_run / "results.json").read_text())
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "sicog", "cycle", "--quick", "--out", str(out)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-m", "sicog", "cycle", "--quick", "--out", str(out), "--no-progress"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     manifest = out / "seed0" / "manifest.json"
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while time.time() < deadline:  # kill while a training step of the next generation is running
-        if manifest.is_file() and "B_stage15" in json.loads(manifest.read_text())["steps"]:
+        if manifest.is_file() and json.loads(manifest.read_text())["steps"].get("B_stage15", {}).get("status") == "running":
             break
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    steps = json.loads(manifest.read_text())["steps"]
-    assert steps["stage1"]["status"] == "done" and "eval_D" not in steps
+    killed = json.loads(manifest.read_text())["steps"]
+    assert killed["stage1"]["status"] == "done" and killed.get("eval_D", {}).get("status") != "done"
     resumed = run_quick(out)
     assert resumed["per_seed"] == reference["per_seed"]
 
 
-def test_from_reruns_that_step_and_everything_after(tmp_path):
-    run_quick(tmp_path)
-    seed = tmp_path / "seed0"
-    stamp = {name: (seed / name / "config.json").stat().st_mtime_ns for name in ("stage1", "C_stage2", "D_stage15", "E_stage2")}
-    assert main(["cycle", "--quick", "--out", str(tmp_path), "--from", "D_stage15"]) == 0
-    now = {name: (seed / name / "config.json").stat().st_mtime_ns for name in stamp}
-    assert now["stage1"] == stamp["stage1"] and now["C_stage2"] == stamp["C_stage2"]
-    assert now["D_stage15"] > stamp["D_stage15"] and now["E_stage2"] > stamp["E_stage2"]
+def test_from_reruns_that_step_and_its_dependants(quick_run, tmp_path):
+    out = copy_of(quick_run, tmp_path)
+    before = steps(out)
+    assert main(["cycle", "--quick", "--out", str(out), "--from", "D_stage15", "--no-progress"]) == 0
+    after = steps(out)
+    rerun = {name for name in after if after[name]["finished_at"] != before[name]["finished_at"]}
+    assert rerun == {"D_stage15", "D_stage2", "eval_D", "captions_D", "image_use_D"}
+    assert main(["cycle", "--quick", "--out", str(out), "--from", "no_such_step", "--no-progress"]) == 2
 
 
-def test_dpo_arm_learns_its_pairs_and_is_reported(tmp_path):
-    assert main(["cycle", "--quick", "--dpo", "--out", str(tmp_path)]) == 0
-    assert "| F | SICOG + DPO" in (tmp_path / "report.md").read_text()
-    state = json.loads(next((tmp_path / "seed0" / "F_stage2").glob("checkpoint-*/trainer_state.json")).read_text())
+def test_dpo_arm_learns_its_pairs_and_is_reported(quick_run, tmp_path):
+    out = copy_of(quick_run, tmp_path)
+    before = steps(out)
+    run_quick(out, "--dpo")
+    assert {name for name in steps(out) if name not in before} == {"F_stage2", "eval_F", "captions_F", "image_use_F"}
+    assert "| F | SICOG + DPO" in (out / "report.md").read_text()
+    state = json.loads(next((out / "seed0" / "F_stage2").glob("checkpoint-*/trainer_state.json")).read_text())
     accuracies = [e["rewards/accuracies"] for e in state["log_history"] if "rewards/accuracies" in e]
     assert accuracies and accuracies[-1] > 0.5
 
@@ -89,13 +138,29 @@ def test_auroc():
     assert auroc([0.5], [True]) is None
 
 
-def test_configs_are_checked(tmp_path):
-    assert load_config("toy").toy_size == "demo"
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nstage1_step: 3\n", "unknown setting 'stage1_step'"),
+    ("batch_size: eight\n", "batch_size must be an integer, got 'eight'"),
+    ("stage2_steps: -5\n", "stage2_steps must be positive, got -5"),
+    ("temperature: [1]\n", "temperature must be a number or null"),
+    ("- a list\n", "a cycle config is a mapping of settings, got list"),
+    ("arms: [A, B]\n", "arm D"),
+    ("name: [unclosed\n", "not a readable YAML file"),
+])
+def test_configs_are_checked(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nstage1_step: 3\n")
-    with pytest.raises(ValueError, match="unknown setting"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")) as err:
         load_config(str(bad))
+    assert str(bad) in str(err.value)
+    assert main(["cycle", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+
+
+def test_config_presets_and_real_data_checks():
+    assert load_config("toy").toy_size == "demo"
     with pytest.raises(ValueError, match="arm D"):
         CycleConfig(arms=("A", "B"))
     with pytest.raises(ValueError, match="needs vision_tower"):
         CycleConfig(toy_size=None)
+    with pytest.raises(ValueError, match="arm E needs data.oracle_captions"):
+        CycleConfig(toy_size=None, vision_tower="v", language_model="l", data={"unlabeled_web": "w"})

@@ -45,9 +45,20 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
                       help="the sampling temperature expected in the records (other temperatures are reported)")
 
 
+def curation_option_names() -> set[str]:
+    """The settings ``sicog curate captions|reasoning`` take, by argument name (``batch_size``, ...)."""
+    names = set()
+    for task in ("captions", "reasoning"):
+        parser = argparse.ArgumentParser()
+        _add_curation_arguments(parser, task)
+        names |= {action.dest for action in parser._actions if action.dest != "help"}
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the ``captions``, ``reasoning`` and ``mix`` sub-commands."""
-    sub = parser.add_subparsers(dest="curate_command", metavar="{captions,reasoning,mix,pairs-from-noisy}", required=True)
+    sub = parser.add_subparsers(dest="curate_command", metavar="{captions,reasoning,mix,random,pairs-from-noisy}",
+                                required=True)
     for task, help_text in (
         ("captions", "score caption candidates by CoD step-5 consistency"),
         ("reasoning", "score CoT candidates by step-4 consistency and answer agreement"),
@@ -62,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mix.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling")
     mix.add_argument("--prefix-ids", action="store_true",
                      help="prefix ids with the input file's name (avoids collisions)")
+    pick = sub.add_parser("random", help="one candidate per record drawn at random: self-training without curation",
+                          description="answer every generated record with one of its candidates, drawn at random (seeded)")
+    pick.add_argument("--input", required=True, help="generation output with 'candidates'")
+    pick.add_argument("--output", required=True, help="LLaVA training records (.jsonl)")
+    pick.add_argument("--seed", type=int, default=0, help="seed of the draw")
     noisy = sub.add_parser("pairs-from-noisy", help="DPO pairs: curated clean answers vs answers generated on corrupted images",
                            description="join curated answers (chosen) with noisy generations (rejected) by id")
     noisy.add_argument("--curated", required=True, help="curated.jsonl (or pairs.jsonl) of `sicog curate` on the clean images")
@@ -79,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
             return _run_mix(args)
         if args.curate_command == "pairs-from-noisy":
             return _run_pairs_from_noisy(args)
+        if args.curate_command == "random":
+            from sicog.curate.random_pick import one_random_candidate
+
+            print(f"wrote {one_random_candidate(args.input, args.output, args.seed)} records to {args.output}")
+            return 0
         return _run_curation(args)
     except (RecordError, ValueError, EncoderNotFound) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -5,56 +5,68 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
-from sicog.cycle.config import load_config
+from sicog.data.argtypes import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sicog cycle``."""
-    parser.add_argument("--config", default="toy", help="toy (default), quick, or a cycle YAML file (see docs/pipeline.md)")
+    parser.add_argument("--config", default="toy", help="toy (default), quick, paper, or a cycle YAML file "
+                                                        "(see docs/pipeline.md)")
     parser.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
     parser.add_argument("--quick", action="store_true", help="the quick preset: a tiny world and few steps (smoke test)")
-    parser.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..K-1 and report mean and spread")
-    parser.add_argument("--rounds", type=int, default=1, help="self-improvement rounds (round r+1 starts from round r's SICOG model)")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="repeat with seeds 0..K-1; report mean and spread")
+    parser.add_argument("--rounds", type=positive_int, default=1,
+                        help="self-improvement rounds (round r+1 starts from round r's SICOG model)")
     parser.add_argument("--dpo", action="store_true", help="add arm F: DPO on the SICOG model with its curation pairs")
-    parser.add_argument("--from", dest="rerun_from", help="rerun from this step (a name in manifest.json) onwards")
+    parser.add_argument("--from", dest="rerun_from", help="rerun this step (a name in manifest.json) and its dependants")
+    parser.add_argument("--jobs", type=positive_int,
+                        help="steps run at once (default: the CPU cores divided by the config's threads per step; "
+                             "1 when threads are unset)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run every seed, then write report.md and results.json in ``--out``."""
+    """Run every seed, then write report.md and results.json in ``--out``; 2 on a bad config, 1 when a step failed."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sicog.cycle.analysis import curation_quality
-    from sicog.cycle.report import arm_scores, write_report
-    from sicog.cycle.steps import Cycle
-    from sicog.toy.build import build_world, load_manifest
-    from sicog.toy.score import load_ground_truth
+    from sicog.cycle.config import load_config
+    from sicog.cycle.engine import CycleFailed, Engine, default_jobs
+    from sicog.cycle.plan import plan_seed
+    from sicog.cycle.report import seed_results, write_report
+    from sicog.cycle.world import make_world
 
-    config = load_config("quick" if args.quick else args.config)
-    if config.threads:
-        import torch
-
-        torch.set_num_threads(config.threads)
-    out = Path(args.out)
+    try:
+        config = load_config("quick" if args.quick else args.config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if config.toy_size:
-        build_world(out / "world", seed=config.world_seed, size=config.toy_size)
-        world = {k: str(v) for k, v in load_manifest(out / "world").items() if isinstance(v, Path)}
-    else:
-        world = dict(config.data)
-    truth = load_ground_truth(world["ground_truth"]) if "ground_truth" in world else None
-    per_seed, first = [], None
-    for seed in range(args.seeds):
-        results = Cycle(config, out / f"seed{seed}", seed, world, rerun_from=args.rerun_from).run(rounds=args.rounds, dpo=args.dpo)
-        scores = {"seed": seed, "arms": {arm: arm_scores(e, truth) for arm, e in results["evals"].items()}}
-        per_seed.append(scores)
-        if first is None:
-            first = results
-            if truth is not None:
-                first["analysis"] = {task: curation_quality(Path(files["scored"]), task, truth, seed)
-                                     for task, files in results["curation"][1].items()}
-    if first is not None:
-        write_report(out, config, per_seed, first)
-        print(f"report: {out / 'report.md'}")
+    jobs = args.jobs or default_jobs(config.threads)
+    per_seed = []
+    try:
+        for seed in range(args.seeds):
+            world = make_world(config, out, seed)
+            seed_plan = plan_seed(config, world, seed, rounds=args.rounds, dpo=args.dpo)
+            engine = Engine(out / f"seed{seed}", jobs=jobs, anchor=out, threads=config.threads, launcher=config.launcher,
+                            progress=not args.no_progress)
+            if args.rerun_from and args.rerun_from not in seed_plan.plan.steps:
+                print(f"error: --from {args.rerun_from!r} is not a step; steps: {', '.join(seed_plan.plan.steps)}",
+                      file=sys.stderr)
+                return 2
+            engine.run(seed_plan.plan, force=[args.rerun_from] if args.rerun_from else [])
+            per_seed.append(seed_results(engine, seed_plan, world, seed))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except CycleFailed as err:
+        print(f"error: {len(err.failures)} step(s) failed or could not run:", file=sys.stderr)
+        for name, reason in err.failures.items():
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    write_report(out, config, per_seed)
+    print(f"report: {out / 'report.md'}")
     return 0

@@ -12,12 +12,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sicog.cycle.config import ARM_NAMES, CycleConfig  # noqa: E402
+from sicog.cycle.analysis import curation_quality  # noqa: E402
+from sicog.cycle.arms import ARMS, arm_name  # noqa: E402
+from sicog.cycle.config import CycleConfig  # noqa: E402
+from sicog.cycle.engine import Engine  # noqa: E402
+from sicog.cycle.plan import SeedPlan  # noqa: E402
+from sicog.cycle.world import World  # noqa: E402
 from sicog.data.jsonl import iter_records, write_json  # noqa: E402
-from sicog.toy.score import score_captions  # noqa: E402
+from sicog.toy.score import load_ground_truth, score_captions  # noqa: E402
 
 
-def arm_scores(evaluation: dict, truth: dict[str, dict] | None) -> dict:
+def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None) -> dict:
     """Multiple-choice accuracy (overall, by category) and, with ground truth, caption scores of one model."""
     mc = json.loads(Path(evaluation["mc"]).read_text())
     caption = None
@@ -37,6 +42,23 @@ def arm_scores(evaluation: dict, truth: dict[str, dict] | None) -> dict:
     }
 
 
+def seed_results(engine: Engine, seed_plan: SeedPlan, world: World, seed: int) -> dict:
+    """One seed's scores per arm, the curation analysis (with ground truth), and its steps' wall and CPU time."""
+    truth = load_ground_truth(world.ground_truth) if world.ground_truth else None
+    evals = {arm: {k: str(engine.path(ref)) for k, ref in refs.items()} for arm, refs in seed_plan.evals.items()}
+    scored = {task: str(engine.path(ref) / "scored.jsonl") for task, ref in seed_plan.curation[1].items()}
+    steps = engine.manifest["steps"]
+    return {
+        "seed": seed,
+        "arms": {arm: arm_scores(evaluation, truth) for arm, evaluation in evals.items()},
+        "curation": {task: curation_quality(Path(path), task, truth, seed) for task, path in scored.items()} if truth else {},
+        "scored": scored,
+        "benchmark": json.loads(Path(next(iter(evals.values()))["mc"]).read_text())["benchmark"],
+        "seconds": {name: steps[name]["seconds"] for name in seed_plan.plan.steps},
+        "cpu_seconds": {name: steps[name]["cpu_seconds"] for name in seed_plan.plan.steps},
+    }
+
+
 def constant_answer_accuracy(benchmark: str | Path) -> float:
     """The best accuracy a model gets by giving the same answer to every question of ``benchmark``."""
     from sicog.eval.tsv import read_benchmark
@@ -50,19 +72,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(per_seed: list[dict], arms: list[str]) -> dict:
-    """Mean and spread over seeds of accuracy and caption F1 per arm, and the verdict on arm D."""
+    """Mean and spread over seeds of accuracy and caption F1 per arm, and the verdict on every comparison the
+    arms table asks for (D against A, B and C)."""
     table = {}
     for arm in arms:
         acc = [s["arms"][arm]["accuracy"] for s in per_seed]
         f1 = [(s["arms"][arm]["caption"] or {}).get("f1", 0.0) for s in per_seed]
         table[arm] = {"accuracy": _mean_std(acc), "caption_f1": _mean_std(f1)}
     verdict = {}
-    for other in (a for a in ("A", "B", "C") if a in table):
-        wins = {}
-        for metric in ("accuracy", "caption_f1"):
-            (md, sd), (mo, so) = table["D"][metric], table[other][metric]
-            wins[metric] = {"difference": md - mo, "spread": sd + so, "beats": md - mo > sd + so}
-        verdict[other] = wins
+    for arm in (a for a in table if a in ARMS):
+        for other in (o for o in ARMS[arm].beats if o in table):
+            wins = {}
+            for metric in ("accuracy", "caption_f1"):
+                (ma, sa), (mo, so) = table[arm][metric], table[other][metric]
+                wins[metric] = {"difference": ma - mo, "spread": sa + so, "beats": ma - mo > sa + so}
+            verdict[f"{arm} vs {other}"] = wins
     return {"table": table, "verdict": verdict}
 
 
@@ -72,7 +96,7 @@ def _plot_categories(per_seed: list[dict], arms: list[str], path: Path) -> None:
     width = 0.8 / len(arms)
     for i, arm in enumerate(arms):
         values = [statistics.fmean(s["arms"][arm]["by_category"].get(c, 0.0) for s in per_seed) for c in categories]
-        ax.bar([x + i * width for x in range(len(categories))], values, width, label=f"{arm}: {ARM_NAMES[arm.split('_')[-1]][:28]}")
+        ax.bar([x + i * width for x in range(len(categories))], values, width, label=f"{arm}: {arm_name(arm)[:28]}")
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=15)
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -112,7 +136,8 @@ def _plot_curation(scored: dict[str, str], thresholds: dict[str, float], path: P
     plt.close(fig)
 
 
-def _plot_times(seconds: dict[str, float], path: Path) -> None:
+def _plot_times(seconds: dict[str, float | None], path: Path) -> None:
+    seconds = {k: v or 0.0 for k, v in seconds.items()}
     names = list(seconds)
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(names) + 1))
     ax.barh(names, [seconds[n] for n in names], color="tab:gray")
@@ -128,19 +153,21 @@ def _fmt(pair: tuple[float, float], seeds: int) -> str:
     return f"{pair[0]:.3f} ± {pair[1]:.3f}" if seeds > 1 else f"{pair[0]:.3f}"
 
 
-def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: dict) -> dict:
+def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
     """Write report.md, results.json and the PNGs into ``out``; return the results."""
-    arms = list(per_seed[0]["arms"])
+    first = per_seed[0]
+    arms = list(first["arms"])
     summary = summarize(per_seed, [a for a in arms if "_" not in a])
-    benchmark = json.loads(Path(next(iter(first["evals"].values()))["mc"]).read_text())["benchmark"]
-    summary["constant_answer_accuracy"] = constant_answer = constant_answer_accuracy(benchmark)
+    summary["constant_answer_accuracy"] = constant_answer = constant_answer_accuracy(first["benchmark"])
     _plot_categories(per_seed, arms, out / "accuracy_by_category.png")
-    if per_seed[0]["arms"][arms[0]]["caption"] is not None:
+    if first["arms"][arms[0]]["caption"] is not None:
         _plot_captions(per_seed, arms, out / "captions.png")
-    _plot_curation({t: first["curation"][1][t]["scored"] for t in ("captions", "reasoning")},
-                   {"captions": config.caption_threshold, "reasoning": config.reasoning_threshold}, out / "curation_scores.png")
+    _plot_curation(first["scored"], {"captions": config.caption_threshold, "reasoning": config.reasoning_threshold},
+                   out / "curation_scores.png")
     _plot_times(first["seconds"], out / "wall_time.png")
-    results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": per_seed, "summary": summary}
+    scores = [{k: s[k] for k in ("seed", "arms", "curation")} for s in per_seed]
+    times = [{k: s[k] for k in ("seed", "seconds", "cpu_seconds")} for s in per_seed]
+    results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": scores, "summary": summary, "time": times}
     write_json(out / "results.json", results)
     seeds = len(per_seed)
     lines = [
@@ -152,53 +179,60 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict], first: di
     if config.stage1_tunable_parts and config.stage1_tunable_parts != "resampler":
         lines += ["", f"Stage 1 trains `{config.stage1_tunable_parts}` (the paper trains the projector only): "
                       "the toy parts start from random weights, so the projector alone could not align them."]
-    lines += ["", "## Results", "", "| arm | what | MC accuracy | same reply | caption F1 | image use |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Results", "", "| arm | what | MC accuracy | same reply | caption F1 | image use |",
+              "|---|---|---|---|---|---|"]
     for arm in arms:
         gaps = [s["arms"][arm].get("image_use_gap") for s in per_seed]
         gap = "n/a" if None in gaps else f"{statistics.fmean(gaps):.3f}"
         same = f"{statistics.fmean(s['arms'][arm]['top_reply_share'] or 0.0 for s in per_seed):.0%}"
         if arm in summary["table"]:
             row = summary["table"][arm]
-            lines.append(f"| {arm} | {ARM_NAMES[arm]} | {_fmt(row['accuracy'], seeds)} | {same} | {_fmt(row['caption_f1'], seeds)} | {gap} |")
+            lines.append(f"| {arm} | {arm_name(arm)} | {_fmt(row['accuracy'], seeds)} | {same} | "
+                         f"{_fmt(row['caption_f1'], seeds)} | {gap} |")
         else:
             acc = statistics.fmean(s["arms"][arm]["accuracy"] for s in per_seed)
             f1 = statistics.fmean((s["arms"][arm]["caption"] or {}).get("f1", 0.0) for s in per_seed)
             lines.append(f"| {arm} | later round of D | {acc:.3f} | {same} | {f1:.3f} | {gap} |")
     lines += ["", f"Same reply: the share of benchmark questions that got the arm's most common reply. Always giving "
-                  f"the benchmark's most common answer scores {constant_answer:.3f}; an arm near that with a high same-reply "
-                  "share has learned an answer prior, not the task.",
+                  f"the benchmark's most common answer scores {constant_answer:.3f}; an arm near that with a high "
+                  "same-reply share has learned an answer prior, not the task.",
               "", "Image use: the model's loss per token on the reference texts with each record's image swapped for "
                   "another one, minus the loss with the right images. Near 0, the model ignores the picture and no "
                   "pre-training data can change what it answers about it."]
     lines += ["", "## Outcome", ""]
     if seeds > 1:
-        lines.append("D counts as beating another arm on a metric when the difference of means exceeds the sum of "
+        lines.append("An arm counts as beating another on a metric when the difference of means exceeds the sum of "
                      "the two standard deviations over seeds.")
     else:
         lines.append("With a single seed no spread is known, so no difference below is claimed as a win (use --seeds).")
     lines.append("")
-    for other, wins in summary["verdict"].items():
+    for pair, wins in summary["verdict"].items():
+        arm, other = pair.split(" vs ")
         for metric, w in wins.items():
             verb = "beats" if w["beats"] and seeds > 1 else ("is ahead of" if w["difference"] > 0 else "does not beat")
-            lines.append(f"- D {verb} {other} on {metric.replace('_', ' ')}: {w['difference']:+.3f} (spread {w['spread']:.3f}).")
+            lines.append(f"- {arm} {verb} {other} on {metric.replace('_', ' ')}: {w['difference']:+.3f} "
+                         f"(spread {w['spread']:.3f}).")
     above = [arm for arm, row in summary["table"].items() if row["accuracy"][0] > constant_answer]
     if not above:
         lines += ["", f"No arm's mean multiple-choice accuracy exceeds {constant_answer:.3f}, what always giving the "
-                      "benchmark's most common answer scores: the accuracy differences above come from which answer an arm "
-                      "prefers (see the same-reply column), not from what it sees or reasons."]
-    quality = first.get("analysis", {})
-    if quality:
+                      "benchmark's most common answer scores: the accuracy differences above come from which answer an "
+                      "arm prefers (see the same-reply column), not from what it sees or reasons."]
+    if first["curation"]:
         lines += ["", "## Does self-consistency find the right data? (first seed, ground truth known)", "",
                   "| task | AUROC of MBR score | right: all candidates | right: random pick (C) | right: curated (D) | kept |",
                   "|---|---|---|---|---|---|"]
-        for task, q in quality.items():
-            cells = [q["auroc"], q["right_share_all_candidates"], q["right_share_random_candidate"], q["right_share_curated"]]
+        for task, q in first["curation"].items():
+            cells = [q["auroc"], q["right_share_all_candidates"], q["right_share_random_candidate"],
+                     q["right_share_curated"]]
             cells = ["n/a" if v is None else f"{v:.3f}" for v in cells]
             lines.append(f"| {task} | {' | '.join(cells)} | {q['kept']}/{q['records']} |")
-    lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", "![captions](captions.png)", "",
-              "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
-              "## Wall time (first seed)", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {name} | {sec} |" for name, sec in first["seconds"].items()]
-    lines.append(f"| total | {sum(first['seconds'].values()):.0f} |")
+    lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", "![captions](captions.png)",
+              "", "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
+              "## Time per step (first seed)", "",
+              "Wall and CPU seconds of the run that did the step (a step reused from an earlier run keeps its time).", "",
+              "| step | wall s | CPU s |", "|---|---|---|"]
+    lines += [f"| {name} | {sec} | {first['cpu_seconds'][name]} |" for name, sec in first["seconds"].items()]
+    total_cpu = sum(v or 0 for v in first["cpu_seconds"].values())
+    lines.append(f"| all steps | {sum(v or 0 for v in first['seconds'].values()):.0f} | {total_cpu:.0f} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return results

@@ -1,4 +1,5 @@
-"""`sicog data check FILE`: validate a training dataset before an expensive launch."""
+"""`sicog data check FILE`: validate a training dataset before an expensive launch;
+`sicog data head`: the first records of a file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 import json
 from collections import Counter
 
-from sicog.data.datasets import SupervisedDataset
+from sicog.data.argtypes import positive_int
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +21,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--max-length", type=int, default=4096)
     check.add_argument("--stage", default="2", help="stage 1 measures the global view only (no slices)")
     check.add_argument("--report", help="write every problem as JSON Lines to this file")
+    head = sub.add_parser("head", help="the first records of a .json/.jsonl file")
+    head.add_argument("--input", required=True, help=".json/.jsonl records")
+    head.add_argument("--output", required=True, help="where the first --limit records go (.jsonl)")
+    head.add_argument("--limit", type=positive_int, required=True, help="how many records")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the chosen action."""
+    from sicog.data.jsonl import iter_records, write_jsonl
+
+    if args.action == "head":
+        written = write_jsonl(args.output, (record for (_, record), _ in zip(iter_records(args.input), range(args.limit))))
+        print(f"wrote {written} records to {args.output}")
+        return 0
+    return _check(args)
+
+
+def _check(args: argparse.Namespace) -> int:
     """Print a summary; exit 1 when any record is invalid or would be skipped."""
+    from sicog.data.datasets import SupervisedDataset
     from sicog.data.jsonl import write_jsonl
     from sicog.model.processing import SicogProcessor
 

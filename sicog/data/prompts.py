@@ -64,3 +64,8 @@ def reasoning_prompt(prompt_type: str, question: str) -> str:
     if not bare:
         raise ValueError("empty question")
     return f"{bare} {STEP_BY_STEP_ANSWER}" if prompt_type == "cot-default" else bare
+
+
+def user_turn(prompt: str, images: int = 1) -> str:
+    """The first user message of a record: one ``<image>`` line per image, then the prompt."""
+    return f"{IMAGE_TOKEN}\n" * images + prompt

@@ -1,4 +1,4 @@
-"""`sicog toy build --out DIR [--seed S] [--size tiny|demo]`: write the toy world."""
+"""`sicog toy build|parts|references`: the toy world, its starting model parts, and its image-use references."""
 
 from __future__ import annotations
 
@@ -17,10 +17,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--seed", type=int, default=0, help="world seed (same seed -> byte-identical tree)")
     build.add_argument("--size", choices=tuple(SIZES), default="demo", help="dataset sizes (tiny: for tests)")
     build.add_argument("--force", action="store_true", help="replace an existing, different world in --out")
+    parts = sub.add_parser("parts", help="the toy vision tower and LLM, saved like downloaded checkpoints")
+    parts.add_argument("--world", required=True, help="a built toy world")
+    parts.add_argument("--out", required=True, help="folder for vision/ and llm/")
+    parts.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    references = sub.add_parser("references", help="the caption benchmark's images with their true descriptions "
+                                                   "(reference answers for `sicog image-use`)")
+    references.add_argument("--world", required=True, help="a built toy world")
+    references.add_argument("--output", required=True, help="LLaVA records (.jsonl)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen sub-command."""
+    if args.toy_command == "parts":
+        from transformers import AutoTokenizer
+
+        from sicog.toy.build import load_manifest
+        from sicog.toy.model import save_toy_parts
+
+        tokenizer = AutoTokenizer.from_pretrained(load_manifest(args.world)["tokenizer"])
+        vision, llm = save_toy_parts(args.out, tokenizer, seed=args.seed)
+        print(f"vision tower: {vision}\nlanguage model: {llm}")
+        return 0
+    if args.toy_command == "references":
+        from sicog.toy.references import write_image_use_references
+
+        print(f"wrote {write_image_use_references(args.world, args.output)} records to {args.output}")
+        return 0
     from sicog.toy.build import build_world
 
     start = time.perf_counter()

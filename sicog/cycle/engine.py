@@ -1,0 +1,378 @@
+"""Steps as data and the engine that runs them: exact caching, resume, and independent steps in parallel.
+
+A :class:`Step` is one ``sicog`` command line in which every input and output is marked: :class:`Input`
+(a file or folder from outside the run, hashed by content), :class:`Ref` (something another step wrote)
+and :class:`Out` (something this step writes, inside its own folder). A step's key is the hash of that
+command line with inputs replaced by their content hashes and references by the key of the step that
+wrote them, plus the settings that change how it runs (threads, launcher). Any change to a step's
+command or inputs therefore changes its key and the keys of everything downstream, and nothing else.
+
+``seedK/manifest.json`` records every finished step's key, outputs, wall and CPU seconds. A step whose
+key matches a finished entry is skipped; an interrupted step with the same key keeps its folder, so
+its own resume logic (trainer checkpoints, generation shards, embedding chunks) continues; a step
+whose key changed starts from an empty folder.
+
+Steps run in worker processes (``jobs`` at a time) in dependency order. A failed step stops its
+dependants; independent steps go on, and every failure is reported at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from sicog.data.jsonl import write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file or folder from outside the run; its content is part of the key of every step reading it."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Ref:
+    """``path`` inside the folder of step ``step`` (``""``: the folder itself, e.g. a checkpoint)."""
+
+    step: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Out:
+    """``path`` inside the running step's own folder (``""``: the folder itself)."""
+
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Joined:
+    """Several arguments joined into one (e.g. a comma-separated list of files)."""
+
+    parts: tuple
+    separator: str = ","
+
+
+Arg = str | Input | Ref | Out | Joined
+
+
+def atoms(args: Iterable[Arg]) -> list[Arg]:
+    """The arguments with every :class:`Joined` opened up."""
+    flat: list[Arg] = []
+    for arg in args:
+        flat.extend(atoms(arg.parts) if isinstance(arg, Joined) else [arg])
+    return flat
+
+
+@dataclass
+class Step:
+    """One ``sicog`` command of the cycle; ``launched`` steps go through the configured launcher (torchrun)."""
+
+    name: str
+    argv: tuple[Arg, ...]
+    launched: bool = False
+
+    def deps(self) -> set[str]:
+        """Names of the steps whose outputs this one reads."""
+        return {a.step for a in atoms(self.argv) if isinstance(a, Ref)}
+
+    def outputs(self) -> set[str]:
+        """Paths (relative to its folder) that this step writes."""
+        return {a.path for a in atoms(self.argv) if isinstance(a, Out)}
+
+
+class CycleFailed(RuntimeError):
+    """One or more steps failed; ``failures`` maps step name -> reason."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        super().__init__("; ".join(f"{name}: {reason}" for name, reason in failures.items()))
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, or of a folder's relative file names and their bytes (sorted)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        files = [("", path)]
+    elif path.is_dir():
+        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+    else:
+        raise FileNotFoundError(f"cycle input {path} does not exist")
+    for name, file in files:
+        digest.update(name.encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _stat_signature(path: Path) -> list:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+class Plan:
+    """The steps of one seed in dependency order, checked: unique names, references to earlier steps' outputs."""
+
+    def __init__(self, steps: Iterable[Step]) -> None:
+        self.steps: dict[str, Step] = {}
+        for step in steps:
+            self.add(step)
+
+    def add(self, step: Step) -> Ref:
+        """Append ``step`` (its dependencies must be in the plan already); returns a reference to its folder."""
+        if step.name in self.steps:
+            raise ValueError(f"step {step.name!r} is defined twice")
+        for ref in (a for a in atoms(step.argv) if isinstance(a, Ref)):
+            producer = self.steps.get(ref.step)
+            if producer is None:
+                raise ValueError(f"step {step.name!r} reads {ref.step!r}, which is not an earlier step")
+            if not any(o == "" or ref.path == o or ref.path.startswith(o + "/") for o in producer.outputs()):
+                raise ValueError(f"step {step.name!r} reads {ref.step}/{ref.path}, which {ref.step!r} does not write")
+        self.steps[step.name] = step
+        return Ref(step.name)
+
+    def downstream(self, names: Iterable[str]) -> set[str]:
+        """``names`` and every step that depends on them, directly or not."""
+        closed = set(names)
+        for name, step in self.steps.items():  # dependency order: one pass suffices
+            if step.deps() & closed:
+                closed.add(name)
+        return closed
+
+
+@dataclass
+class Engine:
+    """Runs a :class:`Plan` under ``root`` with a manifest, ``jobs`` steps at a time."""
+
+    root: Path
+    jobs: int = 1
+    # Paths under ``anchor`` enter keys relative to it, so a moved or copied run folder keeps its keys.
+    anchor: Path | None = None
+    threads: int | None = None
+    launcher: list[str] = field(default_factory=list)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.manifest_path = self.root / "manifest.json"
+        manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {}
+        self.manifest: dict = {"steps": manifest.get("steps", {}), "input_hashes": manifest.get("input_hashes", {})}
+        self.keys: dict[str, str] = {}
+
+    # ----- keys ------------------------------------------------------------------------------------------
+    def input_hash(self, path: str) -> str:
+        """Content hash of an outside input, recomputed only when its files' sizes or times changed."""
+        signature = _stat_signature(Path(path)) if Path(path).exists() else None
+        cached = self.manifest["input_hashes"].get(path)
+        if cached and signature is not None and cached["signature"] == json.loads(json.dumps(signature)):
+            return cached["hash"]
+        digest = content_hash(path)
+        self.manifest["input_hashes"][path] = {"signature": signature, "hash": digest}
+        return digest
+
+    def _key_part(self, arg: Arg) -> object:
+        if isinstance(arg, Joined):
+            return ["joined", arg.separator, [self._key_part(a) for a in arg.parts]]
+        if isinstance(arg, Input):
+            return ["input", self.input_hash(arg.path)]
+        if isinstance(arg, Ref):
+            return ["ref", self.keys[arg.step], arg.path]
+        if isinstance(arg, Out):
+            return ["out", arg.path]
+        return arg.replace(str(self.anchor or self.root), "$RUN")
+
+    def key_parts(self, step: Step) -> list:
+        """What the key of ``step`` hashes: its command with inputs as content hashes and references as the
+        keys of the steps that wrote them, and how it runs."""
+        parts = [self._key_part(arg) for arg in step.argv]
+        return [parts, {"threads": self.threads, "launcher": self.launcher if step.launched else []}]
+
+    def key(self, step: Step) -> str:
+        """The step's cache key; keys of its dependencies must be known."""
+        return hashlib.sha256(json.dumps(self.key_parts(step), sort_keys=True).encode()).hexdigest()[:20]
+
+    def compute_keys(self, plan: Plan) -> dict[str, str]:
+        """The key of every step of ``plan`` (in dependency order)."""
+        for name, step in plan.steps.items():
+            self.keys[name] = self.key(step)
+        return dict(self.keys)
+
+    # ----- paths -----------------------------------------------------------------------------------------
+    def path(self, arg: Ref | Out, step: str | None = None) -> Path:
+        """Where a reference or an output lives."""
+        folder = self.root / (arg.step if isinstance(arg, Ref) else step)
+        return folder / arg.path if arg.path else folder
+
+    def resolve(self, arg: Arg, step: str) -> str:
+        """One argument of ``step`` as the command line gets it."""
+        if isinstance(arg, Joined):
+            return arg.separator.join(self.resolve(a, step) for a in arg.parts)
+        if isinstance(arg, Input):
+            return arg.path
+        if isinstance(arg, (Ref, Out)):
+            return str(self.path(arg, step))
+        return arg
+
+    def command(self, step: Step) -> list[str]:
+        """The step's ``sicog`` arguments with every marker resolved to a path."""
+        return [self.resolve(arg, step.name) for arg in step.argv]
+
+    # ----- running ---------------------------------------------------------------------------------------
+    def _finished(self, name: str, key: str) -> bool:
+        entry = self.manifest["steps"].get(name)
+        return bool(entry and entry["key"] == key and entry["status"] == "done")
+
+    def _record(self, name: str, entry: dict) -> None:
+        self.manifest["steps"][name] = entry
+        write_json(self.manifest_path, self.manifest)
+
+    def run(self, plan: Plan, force: Iterable[str] = ()) -> dict[str, dict]:
+        """Run every step of ``plan`` that is not finished with its current key (``force``: rerun these and
+        their dependants); return ``{step: manifest entry}``. Raises :class:`CycleFailed` after running
+        everything that did not depend on a failed step."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        forced = plan.downstream(force)
+        self.compute_keys(plan)
+        todo = [n for n in plan.steps if n in forced or not self._finished(n, self.keys[n])]
+        for name in todo:
+            entry = self.manifest["steps"].get(name)
+            if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):
+                shutil.rmtree(self.root / name, ignore_errors=True)  # another key's output: start clean
+        write_json(self.manifest_path, self.manifest)
+        skipped = len(plan.steps) - len(todo)
+        if skipped:
+            logger.info("%d of %d steps finished before with the same key: reused", skipped, len(plan.steps))
+        failures = self._schedule(plan, todo)
+        if failures:
+            raise CycleFailed(failures)
+        return {name: self.manifest["steps"][name] for name in plan.steps}
+
+    def _schedule(self, plan: Plan, todo: list[str]) -> dict[str, str]:
+        from tqdm import tqdm
+
+        waiting, running, failures = list(todo), {}, {}
+        pending = set(todo)
+        context = multiprocessing.get_context("spawn")
+        bar = tqdm(total=len(todo), desc="cycle steps", unit="step", disable=not self.progress or not todo)
+        with concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,
+                                                    initargs=(self.threads,)) as pool:
+            while waiting or running:
+                for name in list(waiting):
+                    if len(running) >= self.jobs:
+                        break
+                    deps = plan.steps[name].deps()
+                    if deps & set(failures):
+                        failures[name] = f"not run: it needs {', '.join(sorted(deps & set(failures)))}"
+                        waiting.remove(name)
+                        pending.discard(name)
+                        bar.update()
+                    elif not deps & pending:
+                        waiting.remove(name)
+                        running[pool.submit(*self._task(plan.steps[name]))] = name
+                if not running:
+                    continue
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    pending.discard(name)
+                    bar.update()
+                    try:
+                        code, wall, cpu = future.result()
+                    except Exception as err:  # the worker died (killed, out of memory)
+                        code, wall, cpu = f"worker died: {err!r}", None, None
+                    if code == 0:
+                        self._record(name, {"key": self.keys[name], "status": "done", "seconds": wall, "cpu_seconds": cpu,
+                                            "finished_at": time.time(), "outputs": sorted(plan.steps[name].outputs())})
+                        logger.info("step %s: done in %.1f s (%.1f CPU s)", name, wall, cpu)
+                    else:
+                        log = self.root / name / "log.txt"
+                        failures[name] = f"exit {code}; log: {log}"
+                        self._record(name, {"key": self.keys[name], "status": "failed"})
+                        logger.error("step %s failed (exit %s); last lines of %s:\n%s", name, code, log, _tail(log))
+        bar.close()
+        return failures
+
+    def _task(self, step: Step) -> tuple:
+        folder = self.root / step.name
+        folder.mkdir(parents=True, exist_ok=True)
+        self._record(step.name, {"key": self.keys[step.name], "status": "running"})
+        launcher = self.launcher if step.launched else []
+        return _run_step, self.command(step), str(folder / "log.txt"), launcher
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _init_worker(threads: int | None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by launched processes
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _run_step(argv: Sequence[str], log: str, launcher: Sequence[str]) -> tuple[int, float, float]:
+    """Run one ``sicog`` command in this worker with stdout and stderr going to ``log``; returns
+    ``(exit code, wall seconds, CPU seconds)`` (CPU of this process and of launched ones)."""
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a", encoding="utf-8") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            print(f"$ sicog {' '.join(argv)}", flush=True)
+            if launcher:
+                code = subprocess.run([*launcher, "-m", "sicog", *argv]).returncode
+            else:
+                from sicog.cli import main
+
+                code = main(list(argv))
+        except SystemExit as exc:  # argparse errors
+            code = exc.code if isinstance(exc.code, int) else 2
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+    return code, round(time.perf_counter() - started, 1), round(_cpu_seconds() - cpu_before, 1)
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def default_jobs(threads: int | None) -> int:
+    """Steps at a time that the machine's cores allow at ``threads`` per step (1 when threads are unset)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // threads) if threads else 1

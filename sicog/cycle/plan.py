@@ -1,0 +1,217 @@
+"""The steps of one seed of the cycle, as data: world parts, base model, stage 0, generation, curation,
+every arm's stage-1.5 data and next generation, and the evaluations (docs/pipeline.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
+from sicog.cycle.config import CycleConfig
+from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step
+from sicog.cycle.world import World
+
+# Pools cut to the configured sizes, with the references that are in the same order as each pool.
+POOLS = {"unlabeled_images": ("unlabeled_images", "unlabeled_web", "oracle_captions"),
+         "unlabeled_questions": ("unlabeled_questions", "oracle_reasoning")}
+GENERATION = {"captions": ("stage0_perception", "cod", "unlabeled_images", "cod-default"),
+              "reasoning": ("stage0_reasoning", "cot", "unlabeled_questions", "cot-default")}
+
+
+def _option(flag: str, value: object) -> list[str]:
+    """``[flag, value]``, or nothing when the value is None (the command's default applies)."""
+    return [] if value is None else [flag, str(value)]
+
+
+def _flags(settings: dict, known: set[str], what: str, dashes: bool = False) -> list[str]:
+    """Command-line flags from a settings mapping, checked against the command's own argument names."""
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"cycle config: unknown {what} setting(s) {unknown}")
+    flags = []
+    for key, value in settings.items():
+        flag = "--" + (key.replace("_", "-") if dashes else key)
+        if dashes and isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def train_flags(config: CycleConfig) -> list[str]:
+    """``config.train`` as `sicog train` flags."""
+    from sicog.train.arguments import DataArguments, SicogTrainingArguments
+
+    known = {f.name for cls in (DataArguments, SicogTrainingArguments) for f in dataclasses.fields(cls)}
+    return _flags(config.train, known, "train")
+
+
+def model_flags(config: CycleConfig, world: World) -> list[str]:
+    """The world's model settings and ``config.model`` as `sicog train` flags (building from parts)."""
+    from sicog.train.arguments import ModelArguments
+
+    return _flags({**world.model_settings, **config.model}, {f.name for f in dataclasses.fields(ModelArguments)}, "model")
+
+
+def curate_flags(config: CycleConfig) -> list[str]:
+    """``config.curate`` as `sicog curate` flags."""
+    from sicog.curate.cli import curation_option_names
+
+    return _flags(config.curate, curation_option_names(), "curate", dashes=True)
+
+
+@dataclass
+class SeedPlan:
+    """A seed's plan and where its results are: models, evaluations and curation per arm and round."""
+
+    plan: Plan
+    models: dict[str, Ref] = field(default_factory=dict)
+    evals: dict[str, dict[str, Ref]] = field(default_factory=dict)
+    generated: dict[int, dict[str, Ref]] = field(default_factory=dict)
+    curation: dict[int, dict[str, Ref]] = field(default_factory=dict)
+
+
+class _Planner:
+    """Builds the steps; one method per kind of step."""
+
+    def __init__(self, config: CycleConfig, world: World, seed: int) -> None:
+        self.c, self.w, self.seed = config, world, seed
+        self.result = SeedPlan(Plan(world.steps))
+        self.plan = self.result.plan
+        self.train_flags = train_flags(config)
+        self.curate_flags = curate_flags(config)
+        self.data: dict[str, Arg] = {k: world.input(k) for k in world.files}
+
+    def train(self, name: str, stage: str, data: Arg, steps: int, lr: float, source: list[Arg],
+              tunable: str | None = None) -> Ref:
+        c = self.c
+        argv = ["train", "--stage", stage, *source, "--data_path", data, "--image_folder", self.w.image_folder,
+                "--output_dir", Out(), "--max_steps", str(steps), "--per_device_train_batch_size", str(c.batch_size),
+                "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.03",
+                "--weight_decay", "0.0", "--logging_steps", str(max(1, min(10, steps // 5))),
+                "--save_steps", str(max(steps // 2, 1)), "--save_total_limit", "1", "--seed", str(self.seed),
+                "--group_by_modality_length", "True", "--disable_tqdm", "True", *_option("--tunable_parts", tunable),
+                *self.train_flags]
+        return self.plan.add(Step(name, tuple(argv), launched=True))
+
+    def pools(self) -> None:
+        limits = {"unlabeled_images": self.c.unlabeled_images_limit, "unlabeled_questions": self.c.unlabeled_questions_limit}
+        for pool, keys in POOLS.items():
+            for key in (k for k in keys if k in self.data and limits[pool] is not None):
+                self.plan.add(Step(f"pool_{key}", ("data", "head", "--input", self.data[key],
+                                                   "--output", Out("pool.jsonl"), "--limit", str(limits[pool]))))
+                self.data[key] = Ref(f"pool_{key}", "pool.jsonl")
+
+    def generate(self, name: str, task: str, model: Ref, data: Arg, prompt: str) -> Ref:
+        c = self.c
+        max_new = c.caption_max_new_tokens if task == "captions" else c.reasoning_max_new_tokens
+        argv = ("generate", task, "--model", model, "--data", data, "--image-folder", self.w.image_folder,
+                "--output", Out("generated.jsonl"), "--prompt", prompt, *_option("--num-candidates", c.num_candidates),
+                *_option("--temperature", c.temperature), *_option("--top-p", c.top_p),
+                *_option("--max-new-tokens", max_new), *_option("--batch-size", c.generation_batch_size),
+                "--seed", str(self.seed), "--no-progress")
+        self.plan.add(Step(name, argv, launched=True))
+        return Ref(name, "generated.jsonl")
+
+    def curate(self, name: str, task: str, generated: Ref) -> Ref:
+        c = self.c
+        threshold = c.caption_threshold if task == "captions" else c.reasoning_threshold
+        argv = ("curate", task, "--input", generated, "--output-dir", Out(), *_option("--threshold", threshold),
+                "--seed", str(self.seed), *(_option("--min-agreement", c.min_agreement) if task == "reasoning" else []),
+                *_option("--encoder", c.encoder), *self.curate_flags)
+        return self.plan.add(Step(name, argv, launched=True))
+
+    def evaluate(self, arm: str, model: Ref, references: Arg | None) -> None:
+        c, evals = self.c, {}
+        self.plan.add(Step(f"eval_{arm}", ("eval", "--model", model, "--benchmark", self.data["bench_mc"],
+                                           "--output-dir", Out("mc"), "--batch-size", str(c.eval_batch_size),
+                                           "--no-progress"), launched=True))
+        evals["mc"] = Ref(f"eval_{arm}", "mc/results.json")
+        if "bench_caption" in self.data:
+            self.plan.add(Step(f"captions_{arm}", (
+                "generate", "captions", "--model", model, "--data", self.data["bench_caption"],
+                "--image-folder", self.w.image_folder, "--output", Out("captions.jsonl"), "--prompt", "cod-default",
+                "--num-candidates", "1", "--temperature", "0", *_option("--max-new-tokens", c.caption_max_new_tokens),
+                "--batch-size", str(c.eval_batch_size), "--no-progress"), launched=True))
+            evals["captions"] = Ref(f"captions_{arm}", "captions.jsonl")
+        if references is not None:
+            self.plan.add(Step(f"image_use_{arm}", (
+                "image-use", "--model", model, "--data", references, "--image-folder", self.w.image_folder,
+                "--output", Out("image_use.json"), "--batch-size", str(c.eval_batch_size), "--no-progress"),
+                launched=True))
+            evals["image_use"] = Ref(f"image_use_{arm}", "image_use.json")
+        self.result.evals[arm] = evals
+
+    def references(self) -> Arg | None:
+        """Reference answers for the image-use check: ``data.image_use`` of a real config, or the toy world's."""
+        if "image_use" in self.data:
+            return self.data["image_use"]
+        if self.w.toy_root is None:
+            return None
+        self.plan.add(Step("image_use_references", ("toy", "references", "--world", Input(self.w.toy_root),
+                                                    "--output", Out("references.jsonl"))))
+        return Ref("image_use_references", "references.jsonl")
+
+
+class _Sources:
+    """What arms' data is made of in one round (the random-candidate steps are added on first use)."""
+
+    def __init__(self, planner: _Planner, prefix: str, generated: dict[str, Ref], curated: dict[str, Ref]) -> None:
+        self.planner, self.prefix, self.generated, self.curated_steps = planner, prefix, generated, curated
+
+    def world(self, key: str) -> Arg:
+        return self.planner.data[key]
+
+    def curated(self, task: str) -> Arg:
+        return Ref(self.curated_steps[task].step, "curated.jsonl")
+
+    def random(self, task: str) -> Arg:
+        name = f"{self.prefix}C_random_{task}"
+        if name not in self.planner.plan.steps:
+            self.planner.plan.add(Step(name, ("curate", "random", "--input", self.generated[task],
+                                              "--output", Out("random.jsonl"), "--seed", str(self.planner.seed))))
+        return Ref(name, "random.jsonl")
+
+
+def plan_seed(config: CycleConfig, world: World, seed: int, rounds: int = 1, dpo: bool = False) -> SeedPlan:
+    """Every step of one seed: ``rounds`` of self-improvement (later rounds: arm D only, taught by the
+    previous round's D), and with ``dpo`` arm F (DPO on D's final model with its curation pairs)."""
+    p = _Planner(config, world, seed)
+    c, data, result = config, p.data, p.result
+    stage1 = p.train("stage1", "1", data["align"], c.stage1_steps, c.stage1_lr,
+                     ["--vision_tower", world.vision_tower, "--language_model", world.language_model,
+                      *model_flags(config, world)], tunable=c.stage1_tunable_parts)
+    teacher = result.models["A"] = p.train("A_stage2", "2", data["sft"], c.stage2_steps, c.finetune_lr,
+                                           ["--model_name_or_path", stage1])
+    p.pools()
+    for round_index in range(1, rounds + 1):
+        prefix = "" if round_index == 1 else f"round{round_index}_"
+        generated, curated = {}, {}
+        for task, (stage0, annotated, pool, prompt) in GENERATION.items():
+            model = p.train(f"{prefix}{stage0}", "0", data[annotated], c.stage0_steps, c.finetune_lr,
+                            ["--model_name_or_path", teacher])
+            generated[task] = p.generate(f"{prefix}generate_{task}", task, model, data[pool], prompt)
+        for task in TASKS:
+            curated[task] = p.curate(f"{prefix}curate_{task}", task, generated[task])
+        result.generated[round_index], result.curation[round_index] = generated, curated
+        sources = _Sources(p, prefix, generated, curated)
+        for arm in (config.arms if round_index == 1 else ("D",)):
+            if ARMS[arm].data is None:
+                continue
+            own = ARMS[arm].data(sources)
+            mixture = Ref(f"{prefix}{arm}_mixture", "mixture.jsonl")
+            p.plan.add(Step(mixture.step, ("curate", "mix", "--inputs", *own, data["cod"], data["cot"],
+                                           "--output", Out("mixture.jsonl"), "--seed", str(seed))))
+            s15 = p.train(f"{prefix}{arm}_stage15", "1.5", mixture, c.stage15_steps, c.finetune_lr,
+                          ["--model_name_or_path", stage1])
+            result.models[f"{prefix}{arm}"] = p.train(f"{prefix}{arm}_stage2", "2", data["sft"], c.stage2_steps,
+                                                       c.finetune_lr, ["--model_name_or_path", s15])
+        teacher = result.models[f"{prefix}D"]
+    if dpo:
+        pairs = Joined(tuple(Ref(result.curation[1][t].step, "pairs.jsonl") for t in TASKS), ",")
+        result.models[DPO_ARM.letter] = p.train(f"{DPO_ARM.letter}_stage2", "dpo", pairs, c.dpo_steps, c.dpo_lr,
+                                                ["--model_name_or_path", result.models["D"]])
+    references = p.references()
+    for arm, model in result.models.items():
+        p.evaluate(arm, model, references)
+    return result

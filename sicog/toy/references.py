@@ -1,0 +1,21 @@
+"""Reference answers for `sicog image-use` on the toy world: the caption benchmark's images with their
+true descriptions (how much worse a model predicts them with swapped images says whether it looks)."""
+
+from __future__ import annotations
+
+import os
+
+from sicog.data.jsonl import iter_records, write_jsonl
+from sicog.data.prompts import CAPTION_PROMPTS, user_turn
+from sicog.toy.build import load_manifest
+from sicog.toy.score import load_ground_truth
+
+
+def write_image_use_references(world: str | os.PathLike, output: str | os.PathLike) -> int:
+    """Write one LLaVA record per caption-benchmark image, answered by its ground-truth description."""
+    manifest = load_manifest(world)
+    truth = load_ground_truth(manifest["ground_truth"])
+    records = ({"id": r["id"], "image": r["image"], "conversations": [
+        {"from": "human", "value": user_turn(CAPTION_PROMPTS["default"])},
+        {"from": "gpt", "value": truth[r["image"]]["description"]}]} for _, r in iter_records(manifest["bench_caption"]))
+    return write_jsonl(output, records)

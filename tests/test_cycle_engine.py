@@ -1,0 +1,175 @@
+"""The cycle engine: cache keys that follow exactly what each step reads, failures that stop only their
+dependants, and the plan as data."""
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sicog.cycle.config import CycleConfig, load_config
+from sicog.cycle.engine import CycleFailed, Engine, Input, Out, Plan, Ref, Step
+from sicog.cycle.plan import plan_seed
+from sicog.cycle.world import make_world
+
+TRAIN = "stage1 A_stage2 stage0_perception stage0_reasoning B_stage15 B_stage2 C_stage15 C_stage2 D_stage15 D_stage2 " \
+        "E_stage15 E_stage2"
+GENERATE = "generate_captions generate_reasoning"
+CURATE = "curate_captions curate_reasoning"
+EVALS = " ".join(f"{kind}_{arm}" for kind in ("eval", "captions", "image_use") for arm in "ABCDE")
+# Every cycle setting -> (a changed value, the steps whose own command it enters). A new setting fails
+# test_every_setting_is_covered until it is listed here.
+CHANGES = {
+    "name": ("other", ""),
+    # Another world: every step reads it, except the head of the image-only pool, whose records (ids and
+    # paths) are the same in both worlds; the images differ, and every step reading them reruns.
+    "world_seed": (1, "ALL-pool_unlabeled_images"),
+    "toy_size": ("demo", "ALL"),
+    "unlabeled_images_limit": (3, "pool_unlabeled_images pool_unlabeled_web pool_oracle_captions"),
+    "unlabeled_questions_limit": (3, "pool_unlabeled_questions pool_oracle_reasoning"),
+    "batch_size": (3, TRAIN),
+    "stage1_steps": (5, "stage1"),
+    "stage1_lr": (1e-4, "stage1"),
+    "stage1_tunable_parts": ("resampler", "stage1"),
+    "stage0_steps": (5, "stage0_perception stage0_reasoning"),
+    "stage15_steps": (5, "B_stage15 C_stage15 D_stage15 E_stage15"),
+    "stage2_steps": (5, "A_stage2 B_stage2 C_stage2 D_stage2 E_stage2"),
+    "finetune_lr": (1e-4, TRAIN.replace("stage1 ", "")),
+    "dpo_steps": (5, ""),  # no DPO arm in this plan (see test_dpo_settings_change_arm_f_only)
+    "dpo_lr": (1e-4, ""),
+    "train": ({"max_grad_norm": 0.5}, TRAIN),
+    "model": ({"resampler_attention": "global"}, "stage1"),
+    "num_candidates": (2, GENERATE),
+    "temperature": (0.5, GENERATE),
+    "top_p": (0.5, GENERATE),
+    "generation_batch_size": (2, GENERATE),
+    "caption_max_new_tokens": (20, "generate_captions " + " ".join(f"captions_{a}" for a in "ABCDE")),
+    "reasoning_max_new_tokens": (20, "generate_reasoning"),
+    "caption_threshold": (0.6, "curate_captions"),
+    "reasoning_threshold": (0.6, "curate_reasoning"),
+    "min_agreement": (0.7, "curate_reasoning"),
+    "encoder": ("/some/encoder", CURATE),
+    "curate": ({"batch_size": 7}, CURATE),
+    "eval_batch_size": (3, EVALS),
+    "launcher": (["python"], f"{TRAIN} {GENERATE} {CURATE} {EVALS}"),
+    "threads": (2, "ALL"),
+}
+# Settings of a real-data cycle, changed on a real config (see test_real_world_inputs_are_hashed_by_content).
+REAL_ONLY = {"data", "vision_tower", "language_model"}
+
+
+def keys_of(config: CycleConfig, out: Path, dpo: bool = False) -> tuple[dict[str, str], Plan]:
+    world = make_world(config, out, 0)
+    seed_plan = plan_seed(config, world, 0, dpo=dpo)
+    engine = Engine(out / "seed0", threads=config.threads, launcher=config.launcher, anchor=out)
+    return engine.compute_keys(seed_plan.plan), seed_plan.plan
+
+
+@pytest.fixture(scope="module")
+def quick_keys(tmp_path_factory):
+    out = tmp_path_factory.mktemp("keys")
+    return out, load_config("quick"), *keys_of(load_config("quick"), out)
+
+
+def test_every_setting_is_covered():
+    assert set(CHANGES) | REAL_ONLY | {"arms"} == {f.name for f in dataclasses.fields(CycleConfig)}
+
+
+@pytest.mark.parametrize("setting", sorted(CHANGES))
+def test_a_setting_reruns_exactly_the_steps_that_depend_on_it(setting, quick_keys):
+    out, config, base, plan = quick_keys
+    value, direct = CHANGES[setting]
+    changed_config = dataclasses.replace(config, **{setting: value})
+    keys, changed_plan = keys_of(changed_config, out / "changed" if setting in ("world_seed", "toy_size") else out)
+    assert list(changed_plan.steps) == list(plan.steps)
+    if direct.startswith("ALL"):
+        expected = set(plan.steps) - set(direct.split("-")[1:])
+    else:
+        expected = plan.downstream(direct.split())
+    assert {name for name in plan.steps if keys[name] != base[name]} == expected
+    if direct and not direct.startswith("ALL"):
+        assert expected != set(plan.steps) and expected >= set(direct.split())
+
+
+def test_arms_add_and_remove_steps_without_touching_the_others(quick_keys):
+    out, config, base, plan = quick_keys
+    keys, _ = keys_of(dataclasses.replace(config, arms=("A", "B", "D")), out)
+    assert set(base) - set(keys) == {n for n in base if n.startswith(("C_", "E_")) or n[-2:] in ("_C", "_E")}
+    assert all(keys[name] == base[name] for name in keys)
+
+
+def test_dpo_settings_change_arm_f_only(quick_keys):
+    out, config, _, _ = quick_keys
+    base, plan = keys_of(config, out, dpo=True)
+    for setting, value in (("dpo_steps", 5), ("dpo_lr", 1e-4)):
+        keys, _ = keys_of(dataclasses.replace(config, **{setting: value}), out, dpo=True)
+        assert {n for n in base if keys[n] != base[n]} == plan.downstream(["F_stage2"]) == {
+            "F_stage2", "eval_F", "captions_F", "image_use_F"}
+
+
+def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
+    out, _, _, _ = quick_keys
+    world = out / "world"
+    for name in ("vision", "llm"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(f'{{"part": "{name}"}}')
+    data = {k: str(world / f) for k, f in (("align", "align.jsonl"), ("cod", "cod.jsonl"), ("cot", "cot.jsonl"),
+                                           ("sft", "sft.jsonl"), ("unlabeled_images", "unlabeled_images.jsonl"),
+                                           ("unlabeled_questions", "unlabeled_questions.jsonl"),
+                                           ("unlabeled_web", "unlabeled_web.jsonl"), ("bench_mc", "bench_mc.tsv"))}
+    data["image_folder"] = str(world / "images")
+    real = CycleConfig(name="real", toy_size=None, data=data, vision_tower=str(tmp_path / "vision"),
+                       language_model=str(tmp_path / "llm"), arms=("A", "B", "C", "D"), stage1_steps=2)
+    base, plan = keys_of(real, tmp_path / "run")
+    moved = tmp_path / "moved_sft.jsonl"
+    shutil.copy(data["sft"], moved)  # same content elsewhere: nothing reruns
+    keys, _ = keys_of(dataclasses.replace(real, data={**data, "sft": str(moved)}), tmp_path / "run")
+    assert keys == base
+    with moved.open("a") as handle:
+        handle.write('{"id": "extra", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n')
+    keys, _ = keys_of(dataclasses.replace(real, data={**data, "sft": str(moved)}), tmp_path / "run")
+    sft_steps = ["A_stage2", "B_stage2", "C_stage2", "D_stage2"]
+    assert {n for n in base if keys[n] != base[n]} == plan.downstream(sft_steps)
+    (tmp_path / "vision" / "config.json").write_text('{"part": "another vision tower"}')
+    keys, _ = keys_of(real, tmp_path / "run")
+    changed = {n for n in base if keys[n] != base[n]}
+    assert changed == plan.downstream(["stage1"]) and "eval_D" in changed and "B_mixture" not in changed
+
+
+def _head(name: str, source) -> Step:
+    return Step(name, ("data", "head", "--input", source, "--output", Out("out.jsonl"), "--limit", "1"))
+
+
+def test_a_failed_step_stops_its_dependants_and_the_rest_runs(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": 1}\n{"id": 2}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    plan = Plan([_head("first", Input(str(good))), _head("broken", Input(str(bad))),
+                 _head("after_broken", Ref("broken", "out.jsonl")), _head("after_first", Ref("first", "out.jsonl"))])
+    engine = Engine(tmp_path / "run", jobs=2, progress=False)
+    with pytest.raises(CycleFailed) as failed:
+        engine.run(plan)
+    assert set(failed.value.failures) == {"broken", "after_broken"}
+    assert "needs broken" in failed.value.failures["after_broken"]
+    assert (tmp_path / "run" / "after_first" / "out.jsonl").read_text() == '{"id": 1}\n'
+    assert "bad.jsonl:1" in (tmp_path / "run" / "broken" / "log.txt").read_text()
+    steps = Engine(tmp_path / "run").manifest["steps"]
+    assert steps["first"]["status"] == steps["after_first"]["status"] == "done" and steps["broken"]["status"] == "failed"
+
+
+def test_a_missing_input_is_named_before_anything_runs(tmp_path):
+    engine = Engine(tmp_path / "run", progress=False)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+        engine.run(Plan([_head("first", Input(str(tmp_path / "missing.jsonl")))]))
+    assert not (tmp_path / "run" / "first").exists()
+
+
+def test_plan_refuses_unknown_references():
+    plan = Plan([_head("a", "x.jsonl")])
+    with pytest.raises(ValueError, match="not an earlier step"):
+        plan.add(_head("b", Ref("later", "out.jsonl")))
+    with pytest.raises(ValueError, match="does not write"):
+        plan.add(_head("b", Ref("a", "other.jsonl")))
+    with pytest.raises(ValueError, match="defined twice"):
+        plan.add(_head("a", "y.jsonl"))
