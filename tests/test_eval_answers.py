@@ -6,7 +6,7 @@ import pytest
 
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
-from sicog.eval.answers import answer_matches, extract_answer, extract_choice, extract_yes_no
+from sicog.data.answers import answer_matches, extract_answer, extract_choice, extract_yes_no
 
 OPTIONS = {"A": "blue", "B": "red", "C": "green", "D": "yellow"}
 

@@ -43,7 +43,7 @@ import io
 
 from PIL import Image
 
-from sicog.eval.answers import extract_choice
+from sicog.data.answers import extract_choice
 from sicog.eval.prompts import build_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from sicog.curate.answers import parse_answer
+from sicog.data.answers import parse_answer
 from sicog.curate.extract import Task, expects_steps, extract
 from sicog.curate.mix import errors_path
 from sicog.curate.records import GeneratedRecord, parse_generated

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from sicog.curate.answers import Answer, parse_answer
+from sicog.data.answers import Answer, parse_answer
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
 from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, embed_texts
 from sicog.curate.extract import Extraction, Task, expects_steps, extract

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sicog.curate.answers import normalize_answer
+from sicog.data.answers import normalize_answer
 from sicog.data.jsonl import iter_records
 from sicog.toy.score import score_caption
 

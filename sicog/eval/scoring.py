@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from sicog.eval.answers import extract_choice, extract_yes_no
+from sicog.data.answers import extract_choice, extract_yes_no
 from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, is_missing, row_options
 
 UNCATEGORIZED = "(none)"

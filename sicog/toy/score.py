@@ -1,6 +1,6 @@
 """Scoring against the toy world's ground truth: multiple-choice answers, short answers and captions.
 
-Answers are read with the project's one extractor, :mod:`sicog.eval.answers` (``extract_choice`` and
+Answers are read with the project's one extractor, :mod:`sicog.data.answers` (``extract_choice`` and
 ``answer_matches`` are re-exported here): the final answer is taken from "The answer is X" (or CoT
 step 4, or the whole reply); a choice is accepted as "B", "(B)", "B. red", "Option B" or the option's
 text; "A or B" is wrong. Captions are parsed with the toy language's own phrase tables: objects are
@@ -14,7 +14,7 @@ import re
 from typing import Iterable, Mapping, Sequence
 
 from sicog.data.jsonl import RecordError, iter_records
-from sicog.eval.answers import answer_matches, extract_choice
+from sicog.data.answers import answer_matches, extract_choice
 from sicog.toy.answers import LETTERS
 from sicog.toy.language import (
     BACKGROUND_WORDS,

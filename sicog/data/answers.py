@@ -1,0 +1,219 @@
+"""Reading the final answer out of a reply: the project's one set of rules, used by evaluation, by curation's
+answer agreement and by the toy world's scorer, so that they never disagree on what a reply answered.
+
+- **Where the answer is**: after the last marker ("the answer is", "answer:", "the answer to the question
+  would be", "**Final answer:**", ...) or the last ``\\boxed{X}``, on that line or the next non-empty one;
+  without a marker, the body of structured-CoT step 4 when the reply has the steps, else the whole reply.
+- **The answer phrase** (for comparing answers): that text cut at the end of its first sentence and
+  before ", because ..."; without a marker, its last sentence.
+- **Normalisation**: lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever
+  follows a parenthesised letter is dropped); a leading "yes"/"no" -> "yes"/"no"; number words zero to
+  twenty -> digits, "1,000" -> "1000", "3.0" -> "3"; "grey" -> "gray"; punctuation and the articles a, an,
+  the removed; whitespace collapsed. Units are kept ("3 cubes" != "3").
+- **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", or the option's own
+  text ("red", "The colour is red."). Replies that name two options ("A or B", "B. blue" when blue is A)
+  choose nothing; a lone lower-case letter needs a mark around it (the article "a" is not option A).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from sicog.data.prompts import COT_STEPS
+from sicog.data.steps import final_step
+
+_MARKER = re.compile(
+    r"\banswer\b(?:\s+to\s+(?:the|this)\s+question)?\**\s*"
+    r"(?:(?:is|would\s+be|should\s+be|will\s+be)\b\s*:?|[:=\uff1a])\**[ \t]*",
+    re.IGNORECASE,
+)
+_BOXED = re.compile(r"\\boxed\{(?P<ans>[^{}]*)\}")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_REASON_CLAUSE = re.compile(r",\s+(?:because|since|as|which|so)\b.*$", re.IGNORECASE | re.DOTALL)
+_SENTENCES = re.compile(r"(?<=[.!?])\s+")
+_TRIM = " \t\n*\"'`"
+
+_OPTION = re.compile(
+    r"^(?:(?:option|choice)\s*\(?(?P<a>[a-h])\)?(?![a-z])"
+    r"|\((?P<b>[a-h])\)"
+    r"|(?P<c>[a-h])[.):](?:\s|$)"
+    r"|(?P<d>[a-h])$)"
+)
+_YES_NO = re.compile(r"^(yes|no)\b")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_TRAILING_ZEROS = re.compile(r"(?<=\d)\.0+(?!\d)")
+_TOKEN = re.compile(r"-?\d+(?:\.\d+)?|[^\W_]+")
+_ARTICLES = frozenset({"a", "an", "the"})
+_WORDS = {
+    **{word: str(value) for value, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen twenty".split())},
+    "grey": "gray",
+}
+_LETTER = re.compile(
+    r"(?P<word>(?:option|choice)\s+)?(?P<open>[(\[])?(?P<letter>[A-Za-z])(?P<close>[)\]])?"
+    r"(?P<sep>[\s.:,;)]*)(?P<rest>.*)",
+    re.IGNORECASE | re.DOTALL,
+)
+_BARE_LETTER = re.compile(r"(?:option\s+)?[(\[]?([A-Z])[)\]]?[.:]?", re.IGNORECASE)
+
+
+def answer_line(text: str) -> tuple[str, bool]:
+    """Where the reply's final answer is written, and whether a marker (or ``\\boxed``) introduced it."""
+    marks = [(m.end(), None) for m in _MARKER.finditer(text)] + [(m.end(), m.group("ans")) for m in _BOXED.finditer(text)]
+    if marks:
+        end, boxed = max(marks, key=lambda mark: mark[0])
+        if boxed is not None:
+            return boxed.strip(), True
+        # "The answer is:\n\nB": the answer may sit on the next non-empty line.
+        lines = [line for line in text[end:].splitlines() if line.strip(_TRIM)]
+        return (lines[0] if lines else ""), True
+    body, _ = final_step(text, len(COT_STEPS), COT_STEPS)
+    return body, False
+
+
+def answer_phrase(text: str) -> tuple[str, bool]:
+    """The final answer phrase (cut at its sentence's end and before ", because ..."; without a marker, the
+    last sentence) and whether a marker introduced it."""
+    line, marked = answer_line(text)
+    if marked:
+        phrase = _SENTENCE_END.split(line, maxsplit=1)[0]
+        return _REASON_CLAUSE.sub("", phrase).strip(), True
+    sentences = [s for s in _SENTENCES.split(line.strip()) if s.strip()]
+    return (sentences[-1].strip() if sentences else ""), False
+
+
+def _clean(span: str) -> str:
+    return span.strip().strip(_TRIM).rstrip(".").strip(_TRIM)
+
+
+def extract_answer(text: str) -> str:
+    """The reply's final answer as written (marker, step 4 or whole reply), without surrounding marks."""
+    return _clean(answer_line(text)[0])
+
+
+def normalize_answer(phrase: str) -> str:
+    """Normalise an answer phrase so that equal answers compare equal (rules in the module docstring)."""
+    text = phrase.strip().lower()
+    text = re.sub(r"[*`$\"'\u201c\u201d\u2018\u2019]", "", text).strip()
+    text = re.sub(r"^\\text\{(.*)\}$", r"\1", text)
+    option = _OPTION.match(text)
+    if option:
+        return next(group for group in option.groups() if group)
+    yes_no = _YES_NO.match(text)
+    if yes_no:
+        return yes_no.group(1)
+    text = _THOUSANDS.sub("", text)
+    text = _TRAILING_ZEROS.sub("", text)
+    tokens = [_WORDS.get(token, token) for token in _TOKEN.findall(text)]
+    return " ".join(token for token in tokens if token not in _ARTICLES)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A reply's answer: the phrase found, its normalised form, and whether a marker introduced it."""
+
+    phrase: str
+    normalized: str
+    explicit: bool
+
+
+def parse_answer(text: str) -> Answer:
+    """Find and normalise the final answer of a reply."""
+    phrase, explicit = answer_phrase(text)
+    return Answer(phrase, normalize_answer(phrase), explicit)
+
+
+def answer_matches(prediction: str, answer: str) -> bool:
+    """Whether a reply's final answer equals a short ground-truth answer (after normalisation)."""
+    return parse_answer(prediction).normalized == normalize_answer(answer)
+
+
+# ----------------------------------------------------------------------------------- multiple choice
+def _usable_options(options: Mapping[str, object]) -> dict[str, str]:
+    """Single upper-case letters with a non-empty text."""
+    return {
+        str(k): str(v).strip()
+        for k, v in options.items()
+        if len(str(k)) == 1 and str(k).isupper() and v is not None and str(v).strip()
+    }
+
+
+def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[bool, str | None]:
+    """Read ``answer`` as an option letter: ``(decided, letter)``; undecided answers are tried as text."""
+    match = _LETTER.fullmatch(answer)
+    if not match or match.group("letter").upper() not in options:
+        return False, None
+    letter, sep, rest = match.group("letter"), match.group("sep"), match.group("rest").strip()
+    punctuated = any(c in sep for c in ".:,;)") or bool(match.group("close"))
+    if rest and not sep:
+        return False, None  # the letter starts a word ("Blue")
+    if letter.islower():
+        # A lone lower-case letter may be a word (the article "a"); it needs a mark around it.
+        if not (marked or match.group("word") or match.group("open") or punctuated):
+            return False, None
+        letter = letter.upper()
+    if not rest:
+        return True, letter
+    if not punctuated:
+        return False, None  # "A red circle", "A or B": read as text, not as option A
+    wanted = normalize_answer(rest)
+    if wanted == normalize_answer(options[letter]):
+        return True, letter
+    other_text = any(normalize_answer(t) == wanted for k, t in options.items() if k != letter)
+    other_letter = (m := _BARE_LETTER.fullmatch(rest)) is not None and m.group(1).upper() in options
+    if other_text or other_letter:
+        return True, None  # "B. blue" where blue is A, or "A, B": two options named
+    return True, letter  # "B. The circle is red."
+
+
+def _inside_other(span: tuple[int, int], key: str, spans: dict[str, list[tuple[int, int]]]) -> bool:
+    """Whether ``span`` lies within a longer mention of another option ("red" inside "dark red")."""
+    start, end = span
+    return any(
+        other != key and s <= start and end <= e and e - s > end - start for other in spans for s, e in spans[other]
+    )
+
+
+def _text_choice(answer: str, options: dict[str, str]) -> str | None:
+    """The one option whose text the answer is, or else the one it mentions (whole words)."""
+    wanted = normalize_answer(answer)
+    exact = [k for k, v in options.items() if normalize_answer(v) == wanted]
+    if exact:
+        return exact[0] if len(exact) == 1 else None
+    spans = {}
+    for key, value in options.items():
+        text = normalize_answer(value)
+        if text:
+            spans[key] = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(text)}(?!\w)", wanted)]
+    mentioned = [key for key, found in spans.items() if any(not _inside_other(span, key, spans) for span in found)]
+    return mentioned[0] if len(mentioned) == 1 else None
+
+
+def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None:
+    """The option letter a reply chose, or None when it chose none or several.
+
+    ``options`` maps upper-case letters to option texts (empty or missing options are ignored).
+    """
+    usable = _usable_options(options)
+    if not usable or not prediction:
+        return None
+    line, marked = answer_line(prediction)
+    answer = _clean(line)
+    if not answer:
+        return None
+    decided, letter = _letter_choice(answer, usable, marked)
+    if decided:
+        return letter
+    return _text_choice(answer, usable)
+
+
+def extract_yes_no(prediction: str) -> str | None:
+    """"yes" or "no" as the reply's final answer says (any case), or None when it says neither or both."""
+    words = re.findall(r"[a-z]+", extract_answer(prediction).lower())
+    if words and words[0] in ("yes", "no"):
+        return words[0]  # "No, there is no dog." / "Yes, there is a dog, but no cat."
+    said = {"yes", "no"} & set(words)
+    return said.pop() if len(said) == 1 else None
