@@ -164,3 +164,14 @@ def test_config_presets_and_real_data_checks():
         CycleConfig(toy_size=None)
     with pytest.raises(ValueError, match="arm E needs data.oracle_captions"):
         CycleConfig(toy_size=None, vision_tower="v", language_model="l", data={"unlabeled_web": "w"})
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(quick_run, tmp_path, capsys):
+    assert main(["cycle", "--quick", "--out", str(quick_run), "--dry-run"]) == 0
+    finished = capsys.readouterr().out.splitlines()
+    assert finished[0] == "# seed 0: 44 steps, 0 to run" and all(line.startswith("[reuse] ") for line in finished[1:])
+    assert main(["cycle", "--quick", "--out", str(tmp_path), "--dry-run"]) == 0
+    fresh = capsys.readouterr().out.splitlines()
+    assert len(fresh) == 45 and all(line.startswith("[run] ") for line in fresh[1:])
+    assert any(f"sicog train --stage 1.5 --model_name_or_path {tmp_path}/seed0/stage1" in line for line in fresh)
+    assert not (tmp_path / "seed0").exists()

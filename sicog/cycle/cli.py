@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sicog.data.argtypes import positive_int
+
+if TYPE_CHECKING:
+    from sicog.cycle.engine import Engine, Plan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps run at once (default: the CPU cores divided by the config's threads per step; "
                              "1 when threads are unset)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every step's command (and whether it would run) without running anything")
+
+
+def print_plan(engine: "Engine", plan: "Plan", force: list[str], seed: int) -> None:
+    """Every step of one seed with its command line, and whether a run would reuse it or run it."""
+    todo = set(engine.pending(plan, force))
+    print(f"# seed {seed}: {len(plan.steps)} steps, {len(todo)} to run")
+    for name, step in plan.steps.items():
+        launcher = " ".join(engine.launcher) + " -m sicog" if step.launched and engine.launcher else "sicog"
+        print(f"[{'run' if name in todo else 'reuse'}] {name}: {launcher} {shlex.join(engine.command(step))}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: --from {args.rerun_from!r} is not a step; steps: {', '.join(seed_plan.plan.steps)}",
                       file=sys.stderr)
                 return 2
-            engine.run(seed_plan.plan, force=[args.rerun_from] if args.rerun_from else [])
+            force = [args.rerun_from] if args.rerun_from else []
+            if args.dry_run:
+                print_plan(engine, seed_plan.plan, force, seed)
+                continue
+            engine.run(seed_plan.plan, force=force)
             per_seed.append(seed_results(engine, seed_plan, world, seed))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -67,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         for name, reason in err.failures.items():
             print(f"  {name}: {reason}", file=sys.stderr)
         return 1
+    if args.dry_run:
+        return 0
     write_report(out, config, per_seed)
     print(f"report: {out / 'report.md'}")
     return 0

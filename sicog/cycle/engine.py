@@ -215,6 +215,12 @@ class Engine:
             self.keys[name] = self.key(step)
         return dict(self.keys)
 
+    def pending(self, plan: Plan, force: Iterable[str] = ()) -> list[str]:
+        """The steps a run would run: not finished with their current key, or forced (with their dependants)."""
+        forced = plan.downstream(force)
+        self.compute_keys(plan)
+        return [n for n in plan.steps if n in forced or not self._finished(n, self.keys[n])]
+
     # ----- paths -----------------------------------------------------------------------------------------
     def path(self, arg: Ref | Out, step: str | None = None) -> Path:
         """Where a reference or an output lives."""
@@ -249,9 +255,7 @@ class Engine:
         their dependants); return ``{step: manifest entry}``. Raises :class:`CycleFailed` after running
         everything that did not depend on a failed step."""
         self.root.mkdir(parents=True, exist_ok=True)
-        forced = plan.downstream(force)
-        self.compute_keys(plan)
-        todo = [n for n in plan.steps if n in forced or not self._finished(n, self.keys[n])]
+        todo = self.pending(plan, force)
         for name in todo:
             entry = self.manifest["steps"].get(name)
             if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):

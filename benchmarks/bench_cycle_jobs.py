@@ -1,0 +1,58 @@
+"""Wall and CPU time of a whole cycle with one step at a time against several at once, in one run.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_cycle_jobs.py [--config toy] [--jobs 1 2] [--out /tmp/bench_jobs]
+
+Each variant runs ``sicog cycle`` in a fresh folder (the world is built in each, the same way), then the
+script checks that every variant gave the same results and prints a markdown table with the 1-minute load
+average at the start and end of each run. The demo preset (``toy``) takes about 10-15 minutes per variant
+on 2 cores; ``--config quick`` under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="toy", help="cycle preset or YAML (default: toy, what `make demo` runs)")
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="variants to compare")
+    parser.add_argument("--out", default="/tmp/bench_cycle_jobs", help="parent folder of the runs (replaced)")
+    args = parser.parse_args()
+    root = Path(args.out)
+    shutil.rmtree(root, ignore_errors=True)
+    rows, results = [], {}
+    for jobs in args.jobs:
+        out = root / f"jobs{jobs}"
+        before_load, before_cpu = load(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sicog", "cycle", "--config", args.config, "--out", str(out),
+                        "--jobs", str(jobs), "--no-progress"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        wall = time.perf_counter() - started
+        after_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after_cpu.ru_utime + after_cpu.ru_stime) - (before_cpu.ru_utime + before_cpu.ru_stime)
+        results[jobs] = json.loads((out / "results.json").read_text())
+        rows.append((jobs, wall, cpu, before_load, load()))
+    same = all(r["per_seed"] == results[args.jobs[0]]["per_seed"] for r in results.values())
+    print(f"config {args.config}; identical results across variants: {same}\n")
+    print("| --jobs | wall (s) | CPU (s, user+sys) | wall vs first | load at start / end |")
+    print("|---:|---:|---:|---:|---|")
+    for jobs, wall, cpu, start, end in rows:
+        print(f"| {jobs} | {wall:.0f} | {cpu:.0f} | {wall / rows[0][1]:.2f}x | {start:.2f} / {end:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
