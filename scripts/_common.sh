@@ -42,14 +42,24 @@ require_vars() {
     fi
 }
 
-# sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1.
+# sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1 or a
+# training script set SICOG_TORCHRUN=1 (DeepSpeed needs the rank variables torchrun sets; without them it
+# looks for MPI and mpi4py). One node: torchrun --standalone (a free port) unless MASTER_ADDR is set.
+# Several nodes: NODE_RANK and MASTER_ADDR are required (MASTER_PORT defaults to 29500).
 sicog_exec() {
     local python="${SICOG_PYTHON:-python3}" cmd
-    if [[ "${NPROC_PER_NODE:-1}" != "1" || "${NNODES:-1}" != "1" ]]; then
-        cmd=("$python" -m torch.distributed.run
-             --nproc_per_node "${NPROC_PER_NODE:-1}" --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}"
-             --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}"
-             -m sicog "$@")
+    if [[ "${NPROC_PER_NODE:-1}" != "1" || "${NNODES:-1}" != "1" || "${SICOG_TORCHRUN:-0}" == "1" ]]; then
+        cmd=("$python" -m torch.distributed.run --nproc_per_node "${NPROC_PER_NODE:-1}")
+        if [[ "${NNODES:-1}" != "1" ]]; then
+            require_vars NODE_RANK MASTER_ADDR
+            cmd+=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
+                  --master_port "${MASTER_PORT:-29500}")
+        elif [[ -n "${MASTER_ADDR:-}" ]]; then
+            cmd+=(--nnodes 1 --node_rank 0 --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
+        else
+            cmd+=(--standalone)
+        fi
+        cmd+=(-m sicog "$@")
     else
         cmd=("$python" -m sicog "$@")
     fi
@@ -59,11 +69,33 @@ sicog_exec() {
     exec "${cmd[@]}"
 }
 
-# training_flags LEARNING_RATE PER_DEVICE_BATCH: the `sicog train` flags every stage shares, in TRAIN_FLAGS.
-# Reads ACCU_STEPS, OUTPUT_DIR, DATA_PATH, IMAGE_FOLDER, MODEL_MAX_LENGTH, EPOCHS or MAX_STEPS, DEEPSPEED
-# (zero2 | zero3 | a JSON path | none), PRECISION (bf16 | fp16 | fp32), SAVE_STEPS, NUM_WORKERS,
-# GRADIENT_CHECKPOINTING (true | false). Schedule as published: cosine, 3% warm-up, no weight decay.
+# device_kind: cuda when nvidia-smi lists a GPU, else cpu; DEVICE=cpu or DEVICE=cuda decides instead.
+device_kind() {
+    if [[ -n "${DEVICE:-}" ]]; then
+        echo "$DEVICE"
+    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo cuda
+    else
+        echo cpu
+    fi
+}
+
+# training_flags LEARNING_RATE PER_DEVICE_BATCH [PAPER_GLOBAL_BATCH]: the `sicog train` flags every stage
+# shares, in TRAIN_FLAGS. Reads ACCU_STEPS, OUTPUT_DIR, DATA_PATH, IMAGE_FOLDER, MODEL_MAX_LENGTH, EPOCHS or
+# MAX_STEPS, DEEPSPEED (zero2 | zero3 | a JSON path | none), PRECISION (bf16 | fp16 | fp32; default bf16 on
+# a GPU, fp32 on a CPU), DEVICE (see device_kind), SAVE_STEPS, NUM_WORKERS, GRADIENT_CHECKPOINTING (true |
+# false), NPROC_PER_NODE and NNODES. Prints the global batch (per-device batch x ACCU_STEPS x processes) and
+# warns when it is not the paper's for the stage. Schedule as published: cosine, 3% warm-up, no decay.
 training_flags() {
+    local device global
+    device="$(device_kind)"
+    global=$(($2 * ${ACCU_STEPS:-1} * ${NPROC_PER_NODE:-1} * ${NNODES:-1}))
+    echo "global batch: $global = $2 per device x ${ACCU_STEPS:-1} accumulation steps x ${NPROC_PER_NODE:-1}" \
+         "processes per node x ${NNODES:-1} nodes" >&2
+    if [[ -n "${3:-}" && "$global" != "$3" ]]; then
+        echo "warning: the paper trains this stage with a global batch of $3, not $global" \
+             "(set the per-device batch, ACCU_STEPS, NPROC_PER_NODE and NNODES so that they multiply to $3)" >&2
+    fi
     TRAIN_FLAGS=(
         --learning_rate "$1" --per_device_train_batch_size "$2"
         --gradient_accumulation_steps "${ACCU_STEPS:-1}"
@@ -82,13 +114,15 @@ training_flags() {
     fi
     case "${DEEPSPEED:-zero2}" in
         none) ;;
-        *) TRAIN_FLAGS+=(--deepspeed "${DEEPSPEED:-zero2}") ;;
+        *) TRAIN_FLAGS+=(--deepspeed "${DEEPSPEED:-zero2}"); SICOG_TORCHRUN=1 ;;
     esac
-    case "${PRECISION:-bf16}" in
+    if [[ "$device" == "cpu" ]]; then TRAIN_FLAGS+=(--use_cpu True); fi
+    local precision="${PRECISION:-$([[ "$device" == "cpu" ]] && echo fp32 || echo bf16)}"
+    case "$precision" in
         bf16) TRAIN_FLAGS+=(--bf16 True) ;;
         fp16) TRAIN_FLAGS+=(--fp16 True) ;;
         fp32) ;;
-        *) echo "error: PRECISION must be bf16, fp16 or fp32 (got ${PRECISION})" >&2; exit 2 ;;
+        *) echo "error: PRECISION must be bf16, fp16 or fp32 (got ${precision})" >&2; exit 2 ;;
     esac
     if [[ "${GRADIENT_CHECKPOINTING:-true}" == "true" ]]; then TRAIN_FLAGS+=(--gradient_checkpointing True); fi
 }

@@ -82,19 +82,26 @@ def test_stage_needs_its_model_source(world, tmp_path):
         main(["train", "--stage", "2", *common(world, tmp_path / "x", steps=1)])
 
 
+def script_env(world, tmp_path, **extra) -> dict:
+    """The README's variables (DEEPSPEED and PRECISION left to the scripts' defaults, no GPU), tiny sizes."""
+    import os
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES", "DEEPSPEED", "PRECISION")}
+    return {**clean, "DATA_PATH": str(world["data"]), "IMAGE_FOLDER": str(world["root"] / "images"), "MAX_STEPS": "2",
+            "NUM_WORKERS": "0", "GRADIENT_CHECKPOINTING": "false", "PRETRAIN_BATCH": "2", "FINETUNE_BATCH": "2",
+            "ACCU_STEPS": "2", "SICOG_PYTHON": sys.executable, "CLIP_CKPT_DIR": str(world["clip"]),
+            "LLM_CKPT_DIR": str(world["llm"]), "DEVICE": "cpu", "OMP_NUM_THREADS": "1", **extra}
+
+
 @pytest.mark.slow
 def test_every_script_trains_for_real(world, tmp_path):
-    """The four published scripts, driven by the README's variables, run `sicog train` end to end."""
-    import os
+    """The four published scripts, driven by the README's variables with NPROC_PER_NODE unset and the default
+    DEEPSPEED=zero2, run `sicog train` end to end on a CPU: no flag is added by hand."""
     import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    base = {**os.environ, "DATA_PATH": str(world["data"]), "IMAGE_FOLDER": str(world["root"] / "images"),
-            "DEEPSPEED": "none", "PRECISION": "fp32", "MAX_STEPS": "2", "NUM_WORKERS": "0",
-            "GRADIENT_CHECKPOINTING": "false", "PRETRAIN_BATCH": "2", "FINETUNE_BATCH": "2", "ACCU_STEPS": "1",
-            "SICOG_PYTHON": sys.executable, "CLIP_CKPT_DIR": str(world["clip"]), "LLM_CKPT_DIR": str(world["llm"])}
     runs = [
         ("stage1", "uhdv1-pretrain-qwen-stage1-align.sh", {}),
         ("stage0", "uhdv1-finetune-qwen-stage0-warmup.sh", {"PREV_STAGE_CHECKPOINT": str(world["base"])}),
@@ -102,9 +109,40 @@ def test_every_script_trains_for_real(world, tmp_path):
         ("stage2", "uhdv1-finetune-qwen-stage2-sft.sh", {"PREV_STAGE_CHECKPOINT": str(world["base"])}),
     ]
     for name, script, extra in runs:
-        env = {**base, **extra, "EXPERIMENT_NAME": name, "OUTPUT_DIR": str(tmp_path / name)}
-        result = subprocess.run(["bash", str(root / "training_scripts" / script), "--use_cpu", "True", *TINY_FLAGS],
-                                env=env, capture_output=True, text=True, timeout=300)
+        env = script_env(world, tmp_path, **extra, EXPERIMENT_NAME=name, OUTPUT_DIR=str(tmp_path / name))
+        args = TINY_FLAGS if name in ("stage1", "stage15") else []
+        result = subprocess.run(["bash", str(root / "training_scripts" / script), *args],
+                                env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, (script, result.stderr[-3000:])
+        assert "--standalone" in result.stdout and "--deepspeed zero2" in result.stdout and "--use_cpu True" in result.stdout
+        assert "global batch: 4 = 2 per device x 2 accumulation steps" in result.stderr
         assert (tmp_path / name / "model.safetensors").is_file(), script
         assert json.loads((tmp_path / name / "train_results.json").read_text())["stage"] in ("0", "1", "1.5", "2")
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_and_save_once(world, tmp_path):
+    """Two torchrun launches with node ranks 0 and 1 (one process each, gloo): one run, saved once."""
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = script_env(world, tmp_path, EXPERIMENT_NAME="nodes", OUTPUT_DIR=str(tmp_path / "nodes"),
+                     PREV_STAGE_CHECKPOINT=str(world["base"]), NNODES="2", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(port))
+    script = str(root / "training_scripts" / "uhdv1-finetune-qwen-stage2-sft.sh")
+    nodes = [subprocess.Popen(["bash", script], env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert all("--nnodes 2" in out for out, _ in outputs)
+    assert "global batch: 8 = 2 per device x 2 accumulation steps x 1 processes per node x 2 nodes" in outputs[0][1]
+    state = json.loads((tmp_path / "nodes" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["max_steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "nodes" / "checkpoint-2").glob("rng_state_*.pth")) == [
+        "rng_state_0.pth", "rng_state_1.pth"]  # both ranks trained in one run
+    assert len(list((tmp_path / "nodes").glob("model*.safetensors"))) == 1

@@ -86,3 +86,30 @@ def test_scripts_install_nothing_and_hold_no_absolute_paths():
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
         assert not re.search(r"pip install|apt-get|conda ", code), path
         assert not re.search(r"(^|[\s\"'=])/(?!dev/null)[A-Za-z]", code), path
+
+
+def test_one_process_with_deepspeed_starts_through_torchrun_standalone():
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DEVICE": "cpu"})
+    words, flags = parsed(result.stdout)
+    assert "torch.distributed.run" in words and "--standalone" in words and flags["--nproc_per_node"] == "1"
+    assert flags["--use_cpu"] == "True" and "--bf16" not in words  # fp32 on a CPU unless PRECISION says otherwise
+    words, _ = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DEEPSPEED": "none"}).stdout)
+    assert "torch.distributed.run" not in words
+
+
+@pytest.mark.parametrize(("env", "global_batch", "warned"), [
+    ({}, 8, True),  # the README's ACCU_STEPS=2 on one process
+    ({"NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1", "ACCU_STEPS": "1"}, 128, False),
+    ({"NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1"}, 256, True),
+])
+def test_global_batch_is_printed_and_checked_against_the_paper(env, global_batch, warned):
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, **env})
+    assert result.returncode == 0 and f"global batch: {global_batch} = 4 per device" in result.stderr
+    assert ("the paper trains this stage with a global batch of 128" in result.stderr) == warned
+    stage1 = dry_run("uhdv1-pretrain-qwen-stage1-align.sh", {**README_ENV, **env, "ACCU_STEPS": "1"})
+    assert f"global batch: {8 * global_batch // 4 // int(env.get('ACCU_STEPS', '2')) }" in stage1.stderr
+
+
+def test_several_nodes_need_a_node_rank_and_a_master_address():
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "NNODES": "4", "NPROC_PER_NODE": "8"})
+    assert result.returncode == 2 and "NODE_RANK" in result.stderr and "MASTER_ADDR" in result.stderr

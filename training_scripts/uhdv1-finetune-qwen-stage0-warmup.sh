@@ -8,5 +8,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 parse_common_args "$@"
 require_vars EXPERIMENT_NAME DATA_PATH PREV_STAGE_CHECKPOINT
-training_flags "${FINETUNE_LEARNING_RATE:-2e-5}" "${FINETUNE_BATCH:-${FINETUNE_RANK_BATCH:-4}}"
+training_flags "${FINETUNE_LEARNING_RATE:-2e-5}" "${FINETUNE_BATCH:-${FINETUNE_RANK_BATCH:-4}}" 128
 sicog_exec train --stage 0 --model_name_or_path "$PREV_STAGE_CHECKPOINT" "${TRAIN_FLAGS[@]}" "${SICOG_ARGS[@]}"

@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 parse_common_args "$@"
 require_vars EXPERIMENT_NAME DATA_PATH MM_PROJECTOR_CHECKPOINT
-training_flags "${FINETUNE_LEARNING_RATE:-2e-5}" "${FINETUNE_BATCH:-${FINETUNE_RANK_BATCH:-4}}"
+training_flags "${FINETUNE_LEARNING_RATE:-2e-5}" "${FINETUNE_BATCH:-${FINETUNE_RANK_BATCH:-4}}" 128
 sicog_exec train --stage 1.5 \
     --vision_tower "${CLIP_CKPT_DIR:-$SICOG_ROOT/model_weight/clip-vit-large-patch14-336}" \
     --language_model "${LLM_CKPT_DIR:-$SICOG_ROOT/model_weight/Qwen2-7B-Instruct}" \

@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 parse_common_args "$@"
 require_vars EXPERIMENT_NAME DATA_PATH
-training_flags "${PRETRAIN_LEARNING_RATE:-2e-4}" "${PRETRAIN_BATCH:-8}"
+training_flags "${PRETRAIN_LEARNING_RATE:-2e-4}" "${PRETRAIN_BATCH:-8}" 256
 sicog_exec train --stage 1 \
     --vision_tower "${CLIP_CKPT_DIR:-$SICOG_ROOT/model_weight/clip-vit-large-patch14-336}" \
     --language_model "${LLM_CKPT_DIR:-$SICOG_ROOT/model_weight/Qwen2-7B-Instruct}" \
