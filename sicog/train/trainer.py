@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from sicog.data.crash import crash_point
+from sicog.data.jsonl import write_json
+from sicog.train.checkpoints import COMPLETE_MARKER
 
 
 class ModalityLengthGroupedSampler(Sampler):
@@ -89,3 +95,33 @@ class SicogTrainer(Trainer):
             with self.sample_log.open("a") as handle:
                 handle.write(json.dumps({"step": self.state.global_step, "ids": ids}) + "\n")
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save ``checkpoint-N`` as the Trainer does, then mark it complete once every rank has written its part.
+
+        A marker left from an earlier save of the same step is removed first, so that a save killed part
+        way never leaves a folder that claims to be complete (see sicog/train/checkpoints.py).
+        """
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call and self.args.should_save and output_dir is not None:
+            # Kill test point: the checkpoint folder exists, its weights are not written yet.
+            os.makedirs(output_dir, exist_ok=True)
+            crash_point("checkpoint-weights")
+        super().save_model(output_dir, _internal_call=_internal_call)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        crash_point("checkpoint-optimizer")  # kill test point: weights written, optimizer state not
+        super()._save_optimizer_and_scheduler(output_dir)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        crash_point("checkpoint-trainer-state")  # kill test point: all but the trainer state written
