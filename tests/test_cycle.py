@@ -44,8 +44,13 @@ def test_quick_cycle_reports_every_arm_and_repeats_exactly(tmp_path):
     assert first["per_seed"] == second["per_seed"]
 
 
-def test_killed_cycle_resumes_at_the_step_and_finishes_the_same(tmp_path):
-    reference = run_quick(tmp_path / "reference")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """An uninterrupted quick cycle's results."""
+    return run_quick(tmp_path_factory.mktemp("cycle") / "reference")
+
+
+def test_killed_cycle_resumes_at_the_step_and_finishes_the_same(reference, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "sicog", "cycle", "--quick", "--out", str(out)], env=env,
@@ -60,6 +65,21 @@ def test_killed_cycle_resumes_at_the_step_and_finishes_the_same(tmp_path):
     process.wait()
     steps = json.loads(manifest.read_text())["steps"]
     assert steps["stage1"]["status"] == "done" and "eval_D" not in steps
+    resumed = run_quick(out)
+    assert resumed["per_seed"] == reference["per_seed"]
+
+
+def test_cycle_killed_inside_a_checkpoint_save_finishes_the_same(reference, tmp_path):
+    out = tmp_path / "killed"
+    # The 6th optimizer save: stage0_perception's second checkpoint (stage1 and A_stage2 save twice each).
+    env = {**os.environ, "SICOG_CRASH_AT": "checkpoint-optimizer:6"}
+    killed = subprocess.run([sys.executable, "-m", "sicog", "cycle", "--quick", "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert killed.returncode == -signal.SIGKILL
+    steps = json.loads((out / "seed0" / "manifest.json").read_text())["steps"]
+    assert steps["stage0_perception"]["status"] == "running" and steps["A_stage2"]["status"] == "done"
+    assert sorted(p.name for p in (out / "seed0" / "stage0_perception").glob("checkpoint-*")) == ["checkpoint-2",
+                                                                                                   "checkpoint-4"]
     resumed = run_quick(out)
     assert resumed["per_seed"] == reference["per_seed"]
 

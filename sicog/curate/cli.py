@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound
 from sicog.data.jsonl import RecordError
+from sicog.data.lock import OutputLocked, output_lock
 
 
 def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if args.curate_command == "pairs-from-noisy":
             return _run_pairs_from_noisy(args)
         return _run_curation(args)
-    except (RecordError, ValueError, EncoderNotFound) as err:
+    except (RecordError, ValueError, EncoderNotFound, OutputLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_curation(args: argparse.Namespace) -> int:
     from sicog.curate.embed import EncoderSettings, packaged_minilm_path
     from sicog.curate.pipeline import CurationSettings, curate
+    from sicog.data.sharding import rank_and_world
 
     settings = CurationSettings(
         task=args.curate_command,
@@ -111,7 +113,8 @@ def _run_curation(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
     )
-    summary = curate(args.input, args.output_dir, settings, encoder)
+    with output_lock(args.output_dir, folder=True, enabled=rank_and_world()[0] == 0):
+        summary = curate(args.input, args.output_dir, settings, encoder)
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("records_read", "errors", "scored", "kept", "curated", "pairs")}))
         print(f"report: {args.output_dir}/report.md")

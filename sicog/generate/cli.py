@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from sicog.data.argtypes import positive_int
 from sicog.data.jsonl import RecordError
+from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.generate.corrupt import CORRUPTIONS
@@ -100,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
         return 2
-    with process_group(world):
-        try:
+    try:
+        with output_lock(job.output, enabled=rank == 0), process_group(world):
             return _generate(job, device, dtype, rank, world)
-        except RecordError as err:
-            print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
-            return 2
+    except (RecordError, OutputLocked) as err:
+        print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype", rank: int, world: int) -> int:

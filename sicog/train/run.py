@@ -11,6 +11,7 @@ from transformers import set_seed
 
 from sicog.data.datasets import SupervisedCollator, SupervisedDataset
 from sicog.data.jsonl import write_json, write_jsonl
+from sicog.data.lock import output_lock
 from sicog.model.builders import build_from_parts, load_pretrained, load_projector, projector_from_checkpoint
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
@@ -107,9 +108,17 @@ def check_dataset(dataset: Dataset, data_path: str, args: SicogTrainingArguments
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
-    """Run one stage end to end; returns the trainer's metrics. Reruns resume from the newest complete checkpoint."""
+    """Run one stage end to end; returns the trainer's metrics. Reruns resume from the newest complete checkpoint.
+
+    The output folder is locked for the run (rank 0 holds the lock): a second run on it stops at once.
+    """
     if args.resume_from_checkpoint:
         check_resume_target(args.resume_from_checkpoint)
+    with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
+        return _train(model_args, data_args, args)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
     set_seed(args.seed)
     if args.deepspeed and torch.distributed.is_initialized():
         import deepspeed
