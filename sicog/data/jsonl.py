@@ -42,6 +42,8 @@ class RecordError(ValueError):
 
 def _is_json_array(path: Path) -> bool:
     with path.open("rb") as handle:
+        if handle.read(3) != b"\xef\xbb\xbf":  # a UTF-8 byte order mark is not content
+            handle.seek(0)
         while True:
             char = handle.read(1)
             if not char:
@@ -50,18 +52,35 @@ def _is_json_array(path: Path) -> bool:
                 return char == b"["
 
 
+def decode_error(path: str | os.PathLike, data: bytes, err: UnicodeDecodeError, first_line: int = 1) -> RecordError:
+    """A :class:`RecordError` naming the line and column of the first byte of ``data`` that is not UTF-8."""
+    line = first_line + data.count(b"\n", 0, err.start)
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    bad = data[err.start : err.start + 1]
+    return RecordError(f"not UTF-8 text (byte {bad!r} at column {column}); save the file as UTF-8", path=path, line=line)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole text file as UTF-8 (a leading BOM dropped); bad bytes raise :class:`RecordError` naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise decode_error(path, data, err) from None
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_or_index, record)`` from a ``.jsonl`` file or a ``.json`` array.
 
     Line numbers are 1-based for JSON Lines; for a JSON array the position is the 1-based index.
-    Blank lines are skipped; a line that is not a JSON object raises :class:`RecordError`.
+    Blank lines are skipped; a line that is not UTF-8 or not a JSON object raises :class:`RecordError`.
     """
     path = Path(path)
     if not path.is_file():
         raise RecordError("file not found", path=path)
     if _is_json_array(path):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as err:
             raise RecordError(f"invalid JSON: {err}", path=path, line=err.lineno) from None
         for index, record in enumerate(data, start=1):
@@ -69,8 +88,12 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=index)
             yield index, record
         return
-    with path.open(encoding="utf-8") as handle:
-        for lineno, text in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise decode_error(path, raw, err, first_line=lineno) from None
             if not text.strip():
                 continue
             try:
