@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
-from sicog.cycle.config import load_config
+from sicog.cycle.config import ConfigError, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from sicog.toy.build import build_world, load_manifest
     from sicog.toy.score import load_ground_truth
 
-    config = load_config("quick" if args.quick else args.config)
+    try:
+        config = load_config("quick" if args.quick else args.config)
+    except ConfigError as err:
+        print("\n".join(f"sicog cycle: error: {line}" for line in str(err).splitlines()), file=sys.stderr)
+        return 2
     if config.threads:
         import torch
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from sicog.data.jsonl import RecordError, read_text
 
 ARMS = ("A", "B", "C", "D", "E")
 ARM_NAMES = {
@@ -90,17 +93,122 @@ class CycleConfig:
         return dataclasses.asdict(self)
 
 
+class ConfigError(ValueError):
+    """A cycle config file that cannot be used; one line per problem, each naming the file and the key."""
+
+
+# Inclusive bounds of the numeric settings (None: unbounded on that side).
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "world_seed": (0, None),
+    "unlabeled_images_limit": (1, None),
+    "unlabeled_questions_limit": (1, None),
+    "batch_size": (1, None),
+    "stage1_steps": (1, None),
+    "stage0_steps": (1, None),
+    "stage15_steps": (1, None),
+    "stage2_steps": (1, None),
+    "dpo_steps": (1, None),
+    "num_candidates": (1, None),
+    "caption_max_new_tokens": (1, None),
+    "reasoning_max_new_tokens": (1, None),
+    "generation_batch_size": (1, None),
+    "eval_batch_size": (1, None),
+    "threads": (1, None),
+    "temperature": (0, None),
+    "top_p": (0, 1),
+    "caption_threshold": (-1, 1),
+    "reasoning_threshold": (-1, 1),
+    "min_agreement": (0, 1),
+}
+POSITIVE = ("stage1_lr", "finetune_lr", "dpo_lr")
+
+
+def _type_problem(value: object, hint: object) -> tuple[str | None, object]:
+    """``(problem, value)``: what is wrong with ``value`` for the type ``hint`` (None if nothing), and the
+    value to use (a YAML 1.1 string such as ``1e-3`` becomes the float it means)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None, value
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (None if ok else f"expected an integer, got {value!r}"), value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (None if ok else f"expected a number, got {value!r}"), value
+    if hint is str:
+        return (None if isinstance(value, str) else f"expected a string, got {value!r}"), value
+    if origin in (list, tuple):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return (None if ok else f"expected a list of strings, got {value!r}"), value
+    if origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        return (None if ok else f"expected a mapping of names to paths, got {value!r}"), value
+    return None, value
+
+
+def _range_problem(key: str, value: object) -> str | None:
+    if key == "arms":
+        unknown = sorted(set(value) - set(ARMS))
+        if unknown:
+            return f"unknown arm(s) {unknown}; choose from {list(ARMS)}"
+        return None if "D" in value else "arm D (SICOG) is the point of the cycle; keep it among the arms"
+    if value is None or isinstance(value, (str, list, dict)):
+        return None
+    if key in POSITIVE and not value > 0:
+        return f"must be greater than 0, got {value}"
+    low, high = RANGES.get(key, (None, None))
+    if low is not None and value < low or high is not None and value > high:
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        return f"must be {bounds}, got {value}"
+    return None
+
+
+def check_values(values: object, path: Path) -> dict:
+    """The settings of a config file, checked against :class:`CycleConfig`'s fields.
+
+    Raises :class:`ConfigError` listing every problem (file shape, unknown keys, types, ranges), one per line.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings (key: value), got {type(values).__name__}")
+    hints = typing.get_type_hints(CycleConfig)
+    problems, checked = [], {}
+    for key, value in values.items():
+        if key not in hints:
+            problems.append(f"{path}: key {key!r}: unknown setting (see docs/pipeline.md for the settings)")
+            continue
+        problem, value = _type_problem(value, hints[key])
+        problem = problem or _range_problem(key, value)
+        if problem:
+            problems.append(f"{path}: key {key!r}: {problem}")
+        checked[key] = value
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return checked
+
+
 def load_config(spec: str) -> CycleConfig:
-    """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path."""
+    """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path, checked (:class:`ConfigError`)."""
     packaged = resources.files("sicog.configs") / f"cycle_{spec}.yaml"
     path = Path(spec) if os.path.exists(spec) else Path(str(packaged))
     if not path.is_file():
-        raise FileNotFoundError(f"no cycle config {spec!r} (a YAML file, or one of: toy, quick, paper)")
-    values = yaml.safe_load(path.read_text()) or {}
-    known = {f.name for f in dataclasses.fields(CycleConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}")
+        raise ConfigError(f"no cycle config {spec!r} (a YAML file, or one of: toy, quick, paper)")
+    try:
+        loaded = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    except RecordError as err:
+        raise ConfigError(str(err)) from None
+    values = check_values({} if loaded is None else loaded, path)
     base = path.parent
     if "data" in values:
         values["data"] = {k: str(v if os.path.isabs(str(v)) else base / str(v)) for k, v in values["data"].items()}
@@ -109,4 +217,7 @@ def load_config(spec: str) -> CycleConfig:
             values[key] = str(base / values[key])
     if "arms" in values:
         values["arms"] = tuple(values["arms"])
-    return CycleConfig(**values)
+    try:
+        return CycleConfig(**values)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None

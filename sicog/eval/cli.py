@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sicog.data.argtypes import positive_int
+from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # The benchmark is checked before the (possibly large) model is loaded.
         benchmark = read_benchmark(args.benchmark, args.image_root)
+        require_checkpoint(args.model)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
     except (RecordError, ValueError, OSError) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)

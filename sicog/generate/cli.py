@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import positive_int
+from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
@@ -96,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
             max_aspect_ratio=args.max_aspect_ratio, progress=not args.no_progress,
         )
         device, dtype = _device_and_dtype(args.device, args.dtype)
-        if not (args.model / "config.json").is_file():
-            raise ValueError(f"no SICOG checkpoint at {args.model} (config.json missing)")
+        require_checkpoint(args.model)
     except (ValueError, RuntimeError) as err:
         print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
         return 2
