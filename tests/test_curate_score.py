@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from sicog.curate.score import best_index, majority_answer, mbr_scores
-from sicog.curate.select import ALL_EMPTY, BELOW_THRESHOLD, LOW_AGREEMENT, NO_ANSWER, SINGLE_CANDIDATE, record_rng, select
+from sicog.curate.select import (
+    ALL_EMPTY, BELOW_THRESHOLD, LOW_AGREEMENT, NO_ANSWER, SINGLE_CANDIDATE, record_rng, select,
+)
 
 
 def unit(angle_degrees: float) -> list[float]:

@@ -39,6 +39,7 @@ class Case:
     errors_file: str | None = None  # where the record goes when the run goes on
     errors_field: str | None = None
     extra: tuple[str, ...] = field(default_factory=tuple)
+    input_name: str | None = None  # another name than the command's usual input
 
 
 CASES = [
@@ -46,7 +47,8 @@ CASES = [
     Case("generate-invalid-json", "generate", jsonl(GOOD_Q, b'{"id": "g2",'), 2, ("data.jsonl:2", "invalid JSON")),
     Case("generate-not-utf8", "generate", jsonl(GOOD_Q, b'{"id": "g2", "question": "caf\xe9?"}'), 2,
          ("data.jsonl:2", "not UTF-8", "column 30")),
-    Case("generate-not-an-object", "generate", jsonl(GOOD_Q, b'"just text"'), 2, ("data.jsonl:2", "expected an object")),
+    Case("generate-not-an-object", "generate", jsonl(GOOD_Q, b'"just text"'), 2,
+         ("data.jsonl:2", "expected an object")),
     Case("generate-missing-id", "generate", jsonl(GOOD_Q, {"image": "ok.png", "question": "Q?"}), 2,
          ("data.jsonl:2", "field 'id'")),
     Case("generate-duplicate-id", "generate", jsonl(GOOD_Q, GOOD_Q), 2, ("data.jsonl:2", "duplicate id", "field 'id'")),
@@ -102,6 +104,8 @@ CASES = [
     # sicog data check (input train.jsonl)
     Case("check-invalid-json", "check", jsonl(GOOD_LLAVA, b"{"), 2, ("train.jsonl:2", "invalid JSON")),
     Case("check-not-utf8", "check", jsonl(GOOD_LLAVA, b'{"id": "\xfe"}'), 2, ("train.jsonl:2", "not UTF-8")),
+    Case("check-mixture-invalid-yaml", "check", b"datasets: [\n", 2, ("mix.yaml:2", "not valid YAML"),
+         input_name="mix.yaml"),
     Case("check-no-checkpoint", "check", jsonl(GOOD_LLAVA), 2, ("no SICOG checkpoint at", "nowhere"),
          extra=("--model", "nowhere")),
     # sicog cycle --config (input cycle.yaml)
@@ -157,7 +161,7 @@ def argv(case: Case, world: Path, data: Path, out: Path) -> list[str]:
 def test_malformed_input(case, world, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    data = tmp_path / INPUT_NAMES[case.command]
+    data = tmp_path / (case.input_name or INPUT_NAMES[case.command])
     data.write_bytes(case.data)
     out = tmp_path / "out"
     code = main(argv(case, world, data, out))

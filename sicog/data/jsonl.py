@@ -58,7 +58,8 @@ def decode_error(path: str | os.PathLike, data: bytes, err: UnicodeDecodeError, 
     line = first_line + data.count(b"\n", 0, err.start)
     column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
     bad = data[err.start : err.start + 1]
-    return RecordError(f"not UTF-8 text (byte {bad!r} at column {column}); save the file as UTF-8", path=path, line=line)
+    message = f"not UTF-8 text (byte {bad!r} at column {column}); save the file as UTF-8"
+    return RecordError(message, path=path, line=line)
 
 
 def read_text(path: str | os.PathLike) -> str:
