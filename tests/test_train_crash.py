@@ -78,3 +78,20 @@ def test_naming_an_incomplete_checkpoint_is_an_error(world, tmp_path):
                  str(world["data"]), "--output_dir", str(tmp_path), "--max_steps", "1", "--use_cpu",
                  "--resume_from_checkpoint", str(tmp_path / "checkpoint-5")])
     assert code == 2
+
+
+@pytest.mark.slow
+def test_old_checkpoints_are_deleted_only_after_the_new_one_is_complete(world, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SICOG_CRASH_AT": "checkpoint-unmarked:3"}
+    args = ["train", "--stage", "2", "--model_name_or_path", str(world["base"]), "--data_path", str(world["data"]),
+            "--image_folder", str(world["root"] / "images"), "--output_dir", str(out), "--max_steps", "3",
+            "--per_device_train_batch_size", "2", "--save_steps", "1", "--save_total_limit", "1", "--use_cpu",
+            "--report_to", "none"]
+    killed = subprocess.run([sys.executable, "-m", "sicog.cli", *args], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    # Killed with checkpoint-3 written but not yet marked: checkpoint-2 must still be there to resume from
+    # (checkpoint-1 went once checkpoint-2 was complete).
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-2")

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json
@@ -100,16 +100,26 @@ class SicogTrainer(Trainer):
         """Save ``checkpoint-N`` as the Trainer does, then mark it complete once every rank has written its part.
 
         A marker left from an earlier save of the same step is removed first, so that a save killed part
-        way never leaves a folder that claims to be complete (see sicog/train/checkpoints.py).
+        way never leaves a folder that claims to be complete (see sicog/train/checkpoints.py). Older
+        checkpoints beyond ``save_total_limit`` are deleted only after the marker is written: deleting them
+        before (as the Trainer does) could leave no complete checkpoint at all after a kill.
         """
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             (folder / COMPLETE_MARKER).unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
-        super()._save_checkpoint(model, trial)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
+        crash_point("checkpoint-unmarked")  # kill test point: everything written but the completion marker
         if self.args.should_save:
             write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
+                               use_mtime=True)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if _internal_call and self.args.should_save and output_dir is not None:
