@@ -3,6 +3,7 @@ left by a killed run is taken over."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -91,3 +92,27 @@ def test_a_folder_lock_is_exclusive_and_released(tmp_path):
     assert not lock_path(tmp_path, folder=True).exists()
     with output_lock(tmp_path, folder=True, enabled=False):
         assert not lock_path(tmp_path, folder=True).exists()
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "curate"])
+def test_train_eval_and_curate_stop_at_once_on_a_locked_output_folder(command, setup, tmp_path, capsys):
+    from sicog.cli import main
+
+    out = tmp_path / "out"
+    (setup / "bench.tsv").write_text("index\timage_path\tquestion\tA\tB\tanswer\n1\t0.png\tWhich?\tred\tblue\tA\n")
+    (setup / "train.jsonl").write_text(json.dumps({"id": "t1", "image": "0.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhich?"}, {"from": "gpt", "value": "Red."}]}) + "\n")
+    (setup / "gen.jsonl").write_text(json.dumps({"id": "c1", "candidates": ["a", "b"], "generation": {}}) + "\n")
+    argv = {
+        "train": ["train", "--stage", "2", "--model_name_or_path", str(setup / "model"), "--data_path",
+                  str(setup / "train.jsonl"), "--image_folder", str(setup / "images"), "--output_dir", str(out),
+                  "--max_steps", "1", "--use_cpu", "--report_to", "none"],
+        "eval": ["eval", "--model", str(setup / "model"), "--benchmark", str(setup / "bench.tsv"), "--image-root",
+                 str(setup / "images"), "--output-dir", str(out), "--no-progress"],
+        "curate": ["curate", "captions", "--input", str(setup / "gen.jsonl"), "--output-dir", str(out)],
+    }[command]
+    with output_lock(out, folder=True):
+        assert main(argv) == 2
+    message = [line for line in capsys.readouterr().err.splitlines() if "in use by another run" in line]
+    assert len(message) == 1 and f"pid {os.getpid()} on host" in message[0]
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing written next to the other run's files
