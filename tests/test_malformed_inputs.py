@@ -116,6 +116,7 @@ CASES = [
     Case("cycle-invalid-yaml", "cycle", b"name: toy\narms: [A, D\n", 2, ("cycle.yaml:3", "not valid YAML")),
     Case("cycle-unknown-arm", "cycle", b"arms: [A, D, X]\n", 2, ("cycle.yaml", "key 'arms'", "'X'")),
     Case("cycle-out-of-range", "cycle", b"top_p: 1.5\n", 2, ("cycle.yaml", "key 'top_p'", "between 0 and 1")),
+    Case("cycle-unknown-toy-size", "cycle", b"toy_size: huge\n", 2, ("cycle.yaml", "key 'toy_size'", "'huge'")),
     Case("cycle-not-utf8", "cycle", b"name: \xff\n", 2, ("cycle.yaml:1", "not UTF-8")),
 ]
 INPUT_NAMES = {"generate": "data.jsonl", "curate": "gen.jsonl", "eval": "bench.tsv", "cod": "captions.jsonl",

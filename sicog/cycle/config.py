@@ -154,12 +154,16 @@ def _type_problem(value: object, hint: object) -> tuple[str | None, object]:
     return None, value
 
 
-def _range_problem(key: str, value: object) -> str | None:
+def _value_problem(key: str, value: object) -> str | None:
     if key == "arms":
         unknown = sorted(set(value) - set(ARMS))
         if unknown:
             return f"unknown arm(s) {unknown}; choose from {list(ARMS)}"
         return None if "D" in value else "arm D (SICOG) is the point of the cycle; keep it among the arms"
+    if key == "toy_size" and value is not None:
+        from sicog.toy.datasets import SIZES
+
+        return None if value in SIZES else f"unknown toy world size {value!r}; choose from {list(SIZES)}"
     if value is None or isinstance(value, (str, list, dict)):
         return None
     if key in POSITIVE and not value > 0:
@@ -185,7 +189,7 @@ def check_values(values: object, path: Path) -> dict:
             problems.append(f"{path}: key {key!r}: unknown setting (see docs/pipeline.md for the settings)")
             continue
         problem, value = _type_problem(value, hints[key])
-        problem = problem or _range_problem(key, value)
+        problem = problem or _value_problem(key, value)
         if problem:
             problems.append(f"{path}: key {key!r}: {problem}")
         checked[key] = value
