@@ -149,8 +149,17 @@ def test_unreadable_images_raise_a_clear_error(tmp_path):
 
 def test_image_paths_resolve_against_the_folder(tmp_path):
     assert resolve_image("a/b.jpg", tmp_path) == tmp_path / "a" / "b.jpg"
-    assert resolve_image(str(tmp_path / "c.jpg"), "/elsewhere") == tmp_path / "c.jpg"
+    assert resolve_image("a/../b.jpg", tmp_path) == tmp_path / "a" / ".." / "b.jpg"  # still inside
+    assert resolve_image(str(tmp_path / "c.jpg"), tmp_path) == tmp_path / "c.jpg"
     assert str(resolve_image("d.jpg", None)) == "d.jpg"
+
+
+@pytest.mark.parametrize("image", ["../secret.png", "a/../../secret.png", "/etc/hostname"])
+def test_image_paths_that_leave_the_folder_are_refused_unless_allowed(tmp_path, image):
+    folder = tmp_path / "images"
+    with pytest.raises(ImageLoadError, match="leads outside the image folder.*--allow-outside-images"):
+        resolve_image(image, folder)
+    assert resolve_image(image, folder, allow_outside=True) == folder / image
 
 
 def test_backoff_doubles_with_jitter_caps_and_honours_retry_after():

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from sicog.curate.score import best_index, majority_answer, mbr_scores
-from sicog.curate.select import BELOW_THRESHOLD, LOW_AGREEMENT, NO_ANSWER, SINGLE_CANDIDATE, record_rng, select
+from sicog.curate.select import (
+    ALL_EMPTY, BELOW_THRESHOLD, LOW_AGREEMENT, NO_ANSWER, SINGLE_CANDIDATE, record_rng, select,
+)
 
 
 def unit(angle_degrees: float) -> list[float]:
@@ -107,3 +109,17 @@ def test_rejected_is_never_a_copy_of_the_chosen_text() -> None:
     for seed in range(20):
         assert select(scores, texts, threshold=0.0, rng=random.Random(seed)).rejected_index == 1
     assert select([0.9, 0.9], ["same", "same"], threshold=0.0, rng=random.Random(0)).rejected_index is None
+
+
+def test_empty_or_whitespace_candidates_never_win() -> None:
+    # Three empty candidates embed to zero rows: every score ties at 0 and the lowest index would win.
+    texts = ["", "  \n", "A red circle.", "\t"]
+    scores = mbr_scores(np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]))
+    assert scores == [0.0, 0.0, 0.0, 0.0]
+    chosen = select(scores, texts, threshold=0.0, rng=random.Random(0))
+    assert chosen.best_index == 2 and chosen.kept
+    answers = ["", "", "3", ""]
+    chosen = select(scores, texts, threshold=0.0, rng=random.Random(0), answers=answers)
+    assert chosen.best_index == 2
+    nothing = select([0.0, 0.0], ["", " "], threshold=0.0, rng=random.Random(0))
+    assert not nothing.kept and nothing.drop_reason == ALL_EMPTY and nothing.rejected_index is None

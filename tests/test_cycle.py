@@ -110,6 +110,23 @@ def test_killed_cycle_resumes_and_finishes_the_same(quick_run, tmp_path):
     assert resumed["per_seed"] == reference["per_seed"]
 
 
+def test_cycle_killed_inside_a_checkpoint_save_finishes_the_same(quick_run, tmp_path):
+    reference = json.loads((quick_run / "results.json").read_text())
+    out = tmp_path / "killed"
+    # One worker runs the steps in order, so its 6th optimizer save is stage0_perception's second checkpoint
+    # (stage1 and A_stage2 save twice each). The worker dies by SIGKILL; the cycle reports the step as failed.
+    env = {**os.environ, "SICOG_CRASH_AT": "checkpoint-optimizer:6"}
+    killed = subprocess.run([sys.executable, "-m", "sicog", "cycle", "--quick", "--out", str(out), "--jobs", "1",
+                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert killed.returncode == 1 and "stage0_perception: worker died" in killed.stderr
+    steps = json.loads((out / "seed0" / "manifest.json").read_text())["steps"]
+    assert steps["stage0_perception"]["status"] == "failed" and steps["A_stage2"]["status"] == "done"
+    assert sorted(p.name for p in (out / "seed0" / "stage0_perception").glob("checkpoint-*")) == ["checkpoint-2",
+                                                                                                   "checkpoint-4"]
+    resumed = run_quick(out)
+    assert resumed["per_seed"] == reference["per_seed"]
+
+
 def test_from_reruns_that_step_and_its_dependants(quick_run, tmp_path):
     out = copy_of(quick_run, tmp_path)
     before = steps(out)
@@ -139,13 +156,14 @@ def test_auroc():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("name: x\nstage1_step: 3\n", "unknown setting 'stage1_step'"),
-    ("batch_size: eight\n", "batch_size must be an integer, got 'eight'"),
-    ("stage2_steps: -5\n", "stage2_steps must be positive, got -5"),
-    ("temperature: [1]\n", "temperature must be a number or null"),
-    ("- a list\n", "a cycle config is a mapping of settings, got list"),
+    ("name: x\nstage1_step: 3\n", "key 'stage1_step': unknown setting"),
+    ("batch_size: eight\n", "key 'batch_size': expected an integer, got 'eight'"),
+    ("stage2_steps: -5\n", "key 'stage2_steps': must be at least 1, got -5"),
+    ("temperature: [1]\n", "key 'temperature': expected a number"),
+    ("train: {bf16: [1]}\n", "key 'train': expected a mapping of setting names to single values"),
+    ("- a list\n", "expected a mapping of settings \\(key: value\\), got list"),
     ("arms: [A, B]\n", "arm D"),
-    ("name: [unclosed\n", "not a readable YAML file"),
+    ("name: [unclosed\n", "not valid YAML"),
 ])
 def test_configs_are_checked(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"

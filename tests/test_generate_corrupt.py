@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -50,17 +49,6 @@ def test_each_corruption_is_visible_and_keeps_the_size(photo, name):
         assert out.size == photo.size
         change = np.abs(pixels(out) - pixels(photo)).mean()
         assert change > 3.0, f"{name} seed {seed}: mean change {change:.2f} of 255 is not visible"
-
-
-@pytest.mark.parametrize("name", list(CORRUPTIONS))
-def test_each_corruption_takes_under_50_ms_on_1024x768(photo, name):
-    rng = np.random.default_rng(0)
-    best = math.inf
-    for _ in range(5):  # best of five: the machine is shared
-        start = time.perf_counter()
-        CORRUPTIONS[name](photo, rng)
-        best = min(best, time.perf_counter() - start)
-    assert best < 0.05, f"{name}: {best * 1000:.1f} ms"
 
 
 def test_blur_sigma_and_jitter_ranges_follow_the_published_settings(photo):

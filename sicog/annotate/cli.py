@@ -17,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cod = sub.add_parser("cod", help="rewrite captions into 5-step Chain-of-Description captions via a chat API")
     cod.add_argument("--input", required=True, type=Path,
                      help="LLaVA records (.jsonl or .json): a question and the original caption")
-    cod.add_argument("--image-folder", type=Path, help="folder the records' relative image paths start from")
+    cod.add_argument("--image-folder", type=Path,
+                     help="folder the records' relative image paths start from (default: the working folder)")
+    cod.add_argument("--allow-outside-images", action="store_true",
+                     help="allow image paths that lead outside the image folder (../, absolute paths elsewhere)")
     cod.add_argument("--output-dir", type=Path, help="folder for both outputs (cod.jsonl, detailed_description.jsonl)")
     cod.add_argument("--cod-dir", type=Path, help="folder for cod.jsonl and failures.jsonl (overrides --output-dir)")
     cod.add_argument("--dd-dir", type=Path, help="folder for detailed_description.jsonl (overrides --output-dir)")
@@ -111,6 +114,7 @@ def _run_cod(args: argparse.Namespace) -> int:
     cod_dir, dd_dir = _output_dirs(args, "cod_dir", "dd_dir")
     job = CodJob(
         input=args.input, cod_dir=cod_dir, dd_dir=dd_dir, image_folder=args.image_folder,
+        allow_outside_images=args.allow_outside_images,
         temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency, limit=args.limit,
         parse_retries=args.parse_retries, retry_failures=args.retry_failures, progress=not args.no_progress,
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
 from sicog.data.jsonl import RecordError, record_id
 from sicog.data.prompts import CAPTION_PROMPTS, COD_STEPS, IMAGE_TOKEN, caption_prompt, strip_instruction
-from sicog.data.schema import check_llava_record, record_images
+from sicog.data.schema import check_llava_record
 from sicog.data.steps import split_steps
 
 _STEP_LIST = "\n".join(f"Step {i}: {header}" for i, header in enumerate(COD_STEPS, start=1))
@@ -65,9 +65,10 @@ def read_source(record: dict, *, path: str | os.PathLike | None = None, line: in
     def fail(message: str, field: str) -> RecordError:
         return RecordError(message, path=path, line=line, record_id=rid, field=field)
 
-    images = record_images(record)
+    image = record.get("image")
+    images = image if isinstance(image, list) else [image]
     if len(images) != 1 or not isinstance(images[0], str) or not images[0]:
-        raise fail(f"expected exactly one image path, got {record.get('image')!r}", "image")
+        raise fail(f"expected exactly one image path, got {image!r}", "image")
     turns = record.get("conversations")
     if not isinstance(turns, list) or len(turns) < 2:
         raise fail("expected a human question and a gpt caption", "conversations")

@@ -54,6 +54,7 @@ class CodJob:
     cod_dir: Path
     dd_dir: Path
     image_folder: Path | None = None
+    allow_outside_images: bool = False
     temperature: float = 0.2
     max_tokens: int = 2048
     concurrency: int = 8
@@ -123,7 +124,8 @@ def _forget_failures(path: Path, ids: set[str]) -> int:
 def _annotate(api: ChatAPI, job: CodJob, record: dict, source: CodSource, line: int) -> _Outcome:
     """Request, parse and build the two records of one source; runs in a worker thread."""
     try:
-        image_url = image_data_url(resolve_image(source.image, job.image_folder))
+        path = resolve_image(source.image, job.image_folder, allow_outside=job.allow_outside_images)
+        image_url = image_data_url(path)
     except ImageLoadError as err:
         reason = str(RecordError(str(err), path=job.input, line=line, record_id=source.record_id, field="image"))
         return _Outcome(failure=error_record(record, reason, requests=0))

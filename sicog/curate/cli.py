@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound
 from sicog.data.jsonl import RecordError
+from sicog.data.lock import OutputLocked, output_lock
 
 
 def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {one_random_candidate(args.input, args.output, args.seed)} records to {args.output}")
             return 0
         return _run_curation(args)
-    except (RecordError, ValueError, EncoderNotFound) as err:
+    except (RecordError, ValueError, EncoderNotFound, OutputLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_curation(args: argparse.Namespace) -> int:
     from sicog.curate.embed import EncoderSettings, packaged_minilm_path
     from sicog.curate.pipeline import CurationSettings, curate
+    from sicog.data.sharding import rank_and_world
 
     settings = CurationSettings(
         task=args.curate_command,
@@ -132,7 +134,8 @@ def _run_curation(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
     )
-    summary = curate(args.input, args.output_dir, settings, encoder)
+    with output_lock(args.output_dir, folder=True, enabled=rank_and_world()[0] == 0):
+        summary = curate(args.input, args.output_dir, settings, encoder)
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("records_read", "errors", "scored", "kept", "curated", "pairs")}))
         print(f"report: {args.output_dir}/report.md")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
-from sicog.data.jsonl import write_json
+from sicog.data.jsonl import atomic_file, write_json
 from sicog.data.sharding import shard
 
 DEFAULT_CHUNK_SIZE = 1024
@@ -42,16 +40,8 @@ def _chunk_path(directory: Path, index: int) -> Path:
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:
+        np.save(handle, array)
 
 
 class EmbeddingStore:

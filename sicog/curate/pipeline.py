@@ -25,6 +25,7 @@ from sicog.curate.records import GeneratedRecord, pair_record, parse_generated, 
 from sicog.curate.report import summarize, write_report
 from sicog.curate.score import mbr_scores
 from sicog.curate.select import Selection, record_rng, select
+from sicog.data.crash import crash_point
 from sicog.data.jsonl import RecordError, error_record, iter_records, write_json, write_jsonl
 from sicog.data.sharding import process_group, rank_and_world
 
@@ -134,6 +135,7 @@ def curate(
     source_file = str(input_path)
     write_jsonl(output_dir / SCORED, (_scored_line(s) for s in items))
     n_curated = write_jsonl(output_dir / CURATED, _curated_lines(items, source_file, settings.task))
+    crash_point("curate-written")  # kill test point: some outputs rewritten, the others not yet
     n_pairs = write_jsonl(output_dir / PAIRS, _pair_lines(items, source_file, settings.task))
     write_jsonl(output_dir / ERRORS, errors)
     summary = summarize(items, errors, settings=asdict(settings), encoder=asdict(encoder), input_path=source_file)

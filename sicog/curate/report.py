@@ -34,6 +34,7 @@ def summarize(
         str(t): sum(
             drop_reason(
                 s.selection.best_score, t,
+                has_text=any(c.strip() for c in s.item.candidates),
                 has_answer=s.answers is None or s.selection.majority_answer is not None,
                 agreement=s.selection.agreement, min_agreement=min_agreement,
             ) is None

@@ -12,6 +12,7 @@ SINGLE_CANDIDATE = "single candidate (no other candidate to agree with)"
 BELOW_THRESHOLD = "best score below threshold"
 LOW_AGREEMENT = "answer agreement below min-agreement"
 NO_ANSWER = "no answer could be extracted"
+ALL_EMPTY = "every candidate is empty"
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,17 @@ def select(
     Reasoning: best = highest MBR score among the candidates giving the majority answer, kept when
     also ``agreement >= min_agreement``. A rejected candidate is drawn (with ``rng``) from the
     lower-scoring half, preferring candidates whose answer differs from the majority, and never a
-    text identical to the chosen one; only kept records get one.
+    text identical to the chosen one; only kept records get one. An empty or whitespace-only candidate is
+    never the best one, and a record whose candidates are all empty is not kept.
     """
     majority, agreement = (None, None) if answers is None else majority_answer(answers, scores)
-    agrees = [True] * len(scores) if answers is None else [a == majority and a != "" for a in answers]
-    best = best_index(scores, agrees if any(agrees) else None)
+    # An empty or whitespace-only candidate is never a training answer, whatever its score or the threshold.
+    filled = [bool(text.strip()) for text in texts]
+    agrees = filled if answers is None else [f and a == majority and a != "" for f, a in zip(filled, answers)]
+    best = best_index(scores, agrees if any(agrees) else filled)
     score = scores[best]
     reason = drop_reason(
-        score, threshold,
+        score, threshold, has_text=any(filled),
         has_answer=answers is None or majority is not None, agreement=agreement, min_agreement=min_agreement,
     )
     kept = reason is None
@@ -61,6 +65,7 @@ def drop_reason(
     score: float | None,
     threshold: float,
     *,
+    has_text: bool = True,
     has_answer: bool = True,
     agreement: float | None = None,
     min_agreement: float = 0.0,
@@ -72,6 +77,8 @@ def drop_reason(
     """
     if score is None:
         return SINGLE_CANDIDATE
+    if not has_text:
+        return ALL_EMPTY
     if not has_answer:
         return NO_ANSWER
     if score < threshold:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Run every seed, then write report.md and results.json in ``--out``; 2 on a bad config, 1 when a step failed."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sicog.cycle.config import load_config
+    from sicog.cycle.config import ConfigError, load_config
     from sicog.cycle.engine import CycleFailed, Engine, default_jobs
     from sicog.cycle.plan import plan_seed
     from sicog.cycle.report import seed_results, write_report
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = load_config("quick" if args.quick else args.config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ConfigError as err:
+        print("\n".join(f"sicog cycle: error: {line}" for line in str(err).splitlines()), file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from sicog.cycle.arms import ARMS
+from sicog.data.jsonl import RecordError, read_text
 
 
 @dataclass
@@ -91,66 +92,130 @@ class CycleConfig:
         return dataclasses.asdict(self)
 
 
-def _type_error(value: object, annotation: object) -> str | None:
-    """Why ``value`` does not fit ``annotation`` (None when it does); ints are accepted where floats are."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is typing.Any:
-        return None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        errors = [_type_error(value, a) for a in args]
-        return None if None in errors else " or ".join(e for e in errors if e)
-    if annotation is type(None):
-        return None if value is None else "null"
+class ConfigError(ValueError):
+    """A cycle config file that cannot be used; one line per problem, each naming the file and the key."""
+
+
+# Inclusive bounds of the numeric settings (None: unbounded on that side).
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "world_seed": (0, None),
+    "unlabeled_images_limit": (1, None),
+    "unlabeled_questions_limit": (1, None),
+    "batch_size": (1, None),
+    "stage1_steps": (1, None),
+    "stage0_steps": (1, None),
+    "stage15_steps": (1, None),
+    "stage2_steps": (1, None),
+    "dpo_steps": (1, None),
+    "num_candidates": (1, None),
+    "caption_max_new_tokens": (1, None),
+    "reasoning_max_new_tokens": (1, None),
+    "generation_batch_size": (1, None),
+    "eval_batch_size": (1, None),
+    "threads": (1, None),
+    "temperature": (0, None),
+    "top_p": (0, 1),
+    "caption_threshold": (-1, 1),
+    "reasoning_threshold": (-1, 1),
+    "min_agreement": (0, 1),
+}
+POSITIVE = ("stage1_lr", "finetune_lr", "dpo_lr")
+
+
+def _type_problem(value: object, hint: object) -> tuple[str | None, object]:
+    """``(problem, value)``: what is wrong with ``value`` for the type ``hint`` (None if nothing), and the
+    value to use (a YAML 1.1 string such as ``1e-3`` becomes the float it means)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None, value
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (None if ok else f"expected an integer, got {value!r}"), value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (None if ok else f"expected a number, got {value!r}"), value
+    if hint is str:
+        return (None if isinstance(value, str) else f"expected a string, got {value!r}"), value
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return "a list"
-        return next((f"a list of {e}" for e in (_type_error(v, args[0]) for v in value) if e), None)
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return (None if ok else f"expected a list of strings, got {value!r}"), value
     if origin is dict:
-        return None if isinstance(value, dict) else "a mapping"
-    if annotation is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
-    if annotation is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    return None if isinstance(value, annotation) else f"a {annotation.__name__}"
+        values_are = typing.get_args(hint)[1]
+        if values_are is str:
+            ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+            return (None if ok else f"expected a mapping of names to paths, got {value!r}"), value
+        ok = isinstance(value, dict) and all(isinstance(k, str) and not isinstance(v, (dict, list)) for k, v in value.items())
+        return (None if ok else f"expected a mapping of setting names to single values, got {value!r}"), value
+    return None, value
 
 
-POSITIVE = ("batch_size", "stage1_steps", "stage0_steps", "stage15_steps", "stage2_steps", "dpo_steps", "num_candidates",
-            "caption_max_new_tokens", "reasoning_max_new_tokens", "generation_batch_size", "eval_batch_size", "threads",
-            "unlabeled_images_limit", "unlabeled_questions_limit", "stage1_lr", "finetune_lr", "dpo_lr")
+def _value_problem(key: str, value: object) -> str | None:
+    if key == "arms":
+        unknown = sorted(set(value) - set(ARMS))
+        if unknown:
+            return f"unknown arm(s) {unknown}; choose from {list(ARMS)}"
+        return None if "D" in value else "arm D (SICOG) is the point of the cycle; keep it among the arms"
+    if key == "toy_size" and value is not None:
+        from sicog.toy.datasets import SIZES
+
+        return None if value in SIZES else f"unknown toy world size {value!r}; choose from {list(SIZES)}"
+    if value is None or isinstance(value, (str, list, dict)):
+        return None
+    if key in POSITIVE and not value > 0:
+        return f"must be greater than 0, got {value}"
+    low, high = RANGES.get(key, (None, None))
+    if low is not None and value < low or high is not None and value > high:
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        return f"must be {bounds}, got {value}"
+    return None
 
 
-def check_values(values: object, source: str) -> list[str]:
-    """Every problem of a config mapping, one line each naming ``source`` and the key."""
+def check_values(values: object, path: Path) -> dict:
+    """The settings of a config file, checked against :class:`CycleConfig`'s fields.
+
+    Raises :class:`ConfigError` listing every problem (file shape, unknown keys, types, ranges), one per line.
+    """
     if not isinstance(values, dict):
-        return [f"{source}: a cycle config is a mapping of settings, got {type(values).__name__}"]
+        raise ConfigError(f"{path}: expected a mapping of settings (key: value), got {type(values).__name__}")
     hints = typing.get_type_hints(CycleConfig)
-    problems = [f"{source}: unknown setting {key!r}" for key in values if key not in hints]
+    problems, checked = [], {}
     for key, value in values.items():
         if key not in hints:
+            problems.append(f"{path}: key {key!r}: unknown setting (see docs/pipeline.md for the settings)")
             continue
-        wrong = _type_error(value, hints[key])
-        if wrong:
-            problems.append(f"{source}: {key} must be {wrong}, got {value!r}")
-        elif key in POSITIVE and value is not None and value <= 0:
-            problems.append(f"{source}: {key} must be positive, got {value!r}")
-    return problems
+        problem, value = _type_problem(value, hints[key])
+        problem = problem or _value_problem(key, value)
+        if problem:
+            problems.append(f"{path}: key {key!r}: {problem}")
+        checked[key] = value
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return checked
 
 
 def load_config(spec: str) -> CycleConfig:
-    """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path; raises ValueError listing
-    every problem (file and key) of an invalid one."""
+    """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path, checked (:class:`ConfigError`)."""
     packaged = resources.files("sicog.configs") / f"cycle_{spec}.yaml"
     path = Path(spec) if os.path.exists(spec) else Path(str(packaged))
     if not path.is_file():
-        raise FileNotFoundError(f"no cycle config {spec!r} (a YAML file, or one of: toy, quick, paper)")
+        raise ConfigError(f"no cycle config {spec!r} (a YAML file, or one of: toy, quick, paper)")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
-    values = {} if values is None else values
-    problems = check_values(values, str(path))
-    if problems:
-        raise ValueError("\n".join(problems))
+        loaded = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    except RecordError as err:
+        raise ConfigError(str(err)) from None
+    values = check_values({} if loaded is None else loaded, path)
     base = path.parent
     if "data" in values:
         values["data"] = {k: str(v if os.path.isabs(str(v)) else base / str(v)) for k, v in values["data"].items()}
@@ -162,4 +227,4 @@ def load_config(spec: str) -> CycleConfig:
     try:
         return CycleConfig(**values)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ConfigError(f"{path}: {err}") from None

@@ -19,6 +19,7 @@ dependants; independent steps go on, and every failure is reported at the end.
 from __future__ import annotations
 
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
 import hashlib
 import json
 import logging
@@ -273,7 +274,7 @@ class Engine:
         from tqdm import tqdm
 
         waiting, running, failures = list(todo), {}, {}
-        pending = set(todo)
+        pending, broken = set(todo), False
         context = multiprocessing.get_context("spawn")
         bar = tqdm(total=len(todo), desc="cycle steps", unit="step", disable=not self.progress or not todo)
         with concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,
@@ -290,6 +291,11 @@ class Engine:
                         bar.update()
                     elif not deps & pending:
                         waiting.remove(name)
+                        if broken:
+                            failures[name] = "not run: a worker process died earlier in this run"
+                            pending.discard(name)
+                            bar.update()
+                            continue
                         running[pool.submit(*self._task(plan.steps[name]))] = name
                 if not running:
                     continue
@@ -300,17 +306,18 @@ class Engine:
                     bar.update()
                     try:
                         code, wall, cpu = future.result()
-                    except Exception as err:  # the worker died (killed, out of memory)
-                        code, wall, cpu = f"worker died: {err!r}", None, None
+                    except BrokenProcessPool:
+                        # A worker was killed (SIGKILL, out of memory): the pool stops every step it was running.
+                        code, wall, cpu, broken = "worker died", None, None, True
                     if code == 0:
                         self._record(name, {"key": self.keys[name], "status": "done", "seconds": wall, "cpu_seconds": cpu,
                                             "finished_at": time.time(), "outputs": sorted(plan.steps[name].outputs())})
                         logger.info("step %s: done in %.1f s (%.1f CPU s)", name, wall, cpu)
                     else:
                         log = self.root / name / "log.txt"
-                        failures[name] = f"exit {code}; log: {log}"
+                        failures[name] = f"{code if isinstance(code, str) else f'exit {code}'}; log: {log}"
                         self._record(name, {"key": self.keys[name], "status": "failed"})
-                        logger.error("step %s failed (exit %s); last lines of %s:\n%s", name, code, log, _tail(log))
+                        logger.error("step %s failed (%s); last lines of %s:\n%s", name, code, log, _tail(log))
         bar.close()
         return failures
 

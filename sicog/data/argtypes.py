@@ -1,8 +1,10 @@
-"""Argument types shared by the command-line parsers."""
+"""Argument types and checks shared by the command-line parsers."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -11,3 +13,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def require_checkpoint(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` ("no SICOG checkpoint at ...") unless ``path`` is a folder with a ``config.json``.
+
+    Checked before loading, so that a mistyped path is not taken for a Hugging Face hub id.
+    """
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"no SICOG checkpoint at {path} (config.json missing)")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 
 from sicog.data.argtypes import positive_int
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,15 +39,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Print a summary; exit 1 when any record is invalid or would be skipped."""
+    """Print a summary; exit 1 when any record is invalid or would be skipped, 2 when the input cannot be read."""
+    from sicog.data.argtypes import require_checkpoint
     from sicog.data.datasets import SupervisedDataset
-    from sicog.data.jsonl import write_jsonl
+    from sicog.data.jsonl import RecordError, write_jsonl
     from sicog.model.processing import SicogProcessor
 
-    processor = SicogProcessor.from_pretrained(args.model)
-    dataset = SupervisedDataset(
-        args.data_path, processor, image_folder=args.image_folder, max_length=args.max_length, never_split=args.stage == "1"
-    )
+    try:
+        require_checkpoint(args.model)
+        processor = SicogProcessor.from_pretrained(args.model)
+        dataset = SupervisedDataset(
+            args.data_path, processor, image_folder=args.image_folder, max_length=args.max_length,
+            never_split=args.stage == "1",
+        )
+    except (RecordError, ValueError) as err:
+        print(f"sicog data check: error: {err}", file=sys.stderr)
+        return 2
     lengths = sorted(dataset.lengths)
     summary = {
         "usable": len(dataset),

@@ -10,7 +10,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Iterable, Iterator
 
 
 class RecordError(ValueError):
@@ -42,6 +43,8 @@ class RecordError(ValueError):
 
 def _is_json_array(path: Path) -> bool:
     with path.open("rb") as handle:
+        if handle.read(3) != b"\xef\xbb\xbf":  # a UTF-8 byte order mark is not content
+            handle.seek(0)
         while True:
             char = handle.read(1)
             if not char:
@@ -50,18 +53,36 @@ def _is_json_array(path: Path) -> bool:
                 return char == b"["
 
 
+def decode_error(path: str | os.PathLike, data: bytes, err: UnicodeDecodeError, first_line: int = 1) -> RecordError:
+    """A :class:`RecordError` naming the line and column of the first byte of ``data`` that is not UTF-8."""
+    line = first_line + data.count(b"\n", 0, err.start)
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    bad = data[err.start : err.start + 1]
+    message = f"not UTF-8 text (byte {bad!r} at column {column}); save the file as UTF-8"
+    return RecordError(message, path=path, line=line)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole text file as UTF-8 (a leading BOM dropped); bad bytes raise :class:`RecordError` naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise decode_error(path, data, err) from None
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_or_index, record)`` from a ``.jsonl`` file or a ``.json`` array.
 
     Line numbers are 1-based for JSON Lines; for a JSON array the position is the 1-based index.
-    Blank lines are skipped; a line that is not a JSON object raises :class:`RecordError`.
+    Blank lines are skipped; a line that is not UTF-8 or not a JSON object raises :class:`RecordError`.
     """
     path = Path(path)
     if not path.is_file():
         raise RecordError("file not found", path=path)
     if _is_json_array(path):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as err:
             raise RecordError(f"invalid JSON: {err}", path=path, line=err.lineno) from None
         for index, record in enumerate(data, start=1):
@@ -69,8 +90,12 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=index)
             yield index, record
         return
-    with path.open(encoding="utf-8") as handle:
-        for lineno, text in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise decode_error(path, raw, err, first_line=lineno) from None
             if not text.strip():
                 continue
             try:
@@ -100,39 +125,54 @@ def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
-    """Write records atomically (temp file + rename); return how many were written."""
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Files a command writes get the mode a plain open() would give them. Read once, at import (single
+# threaded): setting the umask to read it would race with threads creating files.
+FILE_MODE = 0o666 & ~_process_umask()
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` that replaces ``path`` when the block ends without error.
+
+    Readers never see a half-written file; a killed writer leaves only a hidden ``.NAME.*.tmp``. The
+    file gets the permissions of the user's umask (``mkstemp`` alone would make it private, 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(dumps(record) + "\n")
-                count += 1
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write records atomically (temp file + rename); return how many were written."""
+    count = 0
+    with atomic_file(path) as handle:
+        for record in records:
+            handle.write(dumps(record) + "\n")
+            count += 1
     return count
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write one JSON document atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        json.dump(obj, handle, ensure_ascii=False, indent=2)
+        handle.write("\n")
 
 
 def drop_partial_tail(path: str | os.PathLike) -> None:

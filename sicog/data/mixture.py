@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from sicog.data.jsonl import RecordError, iter_records
+from sicog.data.jsonl import RecordError, iter_records, read_text
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,12 @@ def load_mixture(data_path: str | os.PathLike, seed: int = 0) -> list[tuple[dict
         path = Path(text)
         if not path.is_file():
             raise RecordError("mixture file not found", path=path)
-        spec = yaml.safe_load(path.read_text()) or {}
+        try:
+            spec = yaml.safe_load(read_text(path)) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            raise RecordError(f"not valid YAML: {getattr(err, 'problem', None) or err}", path=path,
+                              line=None if mark is None else mark.line + 1) from None
         entries = spec.get("datasets") if isinstance(spec, dict) else None
         if not isinstance(entries, list) or not entries:
             raise RecordError("expected a non-empty 'datasets' list", path=path, field="datasets")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from collections import Counter
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sicog.data.jsonl import RecordError, iter_records, write_jsonl
+from sicog.data.crash import crash_point
+from sicog.data.jsonl import RecordError, drop_partial_tail, iter_records, write_jsonl
+
+_SHARD_SUFFIX = re.compile(r"\.rank(\d{5})-of-(\d{5})$")
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -30,6 +35,17 @@ def shard_path(output: str | os.PathLike, rank: int, world: int) -> Path:
     return output.with_name(f"{output.name}.rank{rank:05d}-of-{world:05d}")
 
 
+def shard_files(target: str | os.PathLike) -> list[Path]:
+    """Every per-rank shard file of ``target``, whatever world size wrote it."""
+    pattern = glob.escape(str(target)) + ".rank*-of-*"
+    return sorted(Path(p) for p in glob.glob(pattern) if _SHARD_SUFFIX.search(p))
+
+
+def shard_world(path: str | os.PathLike) -> int:
+    """The world size that wrote shard file ``path``."""
+    return int(_SHARD_SUFFIX.search(str(path)).group(2))
+
+
 def merge_shards(
     output: str | os.PathLike,
     parts: Sequence[str | os.PathLike],
@@ -38,20 +54,31 @@ def merge_shards(
     error_parts: Sequence[str | os.PathLike] = (),
     errors_output: str | os.PathLike | None = None,
 ) -> tuple[int, int]:
-    """Merge per-rank outputs in input order, checking every expected id appears exactly once.
+    """Merge per-rank outputs (and an earlier merged ``output``/``errors_output``) in input order, checking
+    every expected id appears exactly once.
 
-    An id may be in the outputs or in the errors, never both, never twice, never missing.
+    An id may be in the outputs or in the errors, never both, never twice, never missing. A shard record
+    identical to the earlier merged one of its id is a copy left by a merge killed before it removed the
+    shards (or a stale shard of a finished run) and is not counted again, so a rerun of the merge finishes.
     Returns ``(n_outputs, n_errors)``; raises :class:`RecordError` naming the offending ids.
     """
     by_id: dict[str, dict] = {}
     errors: dict[str, dict] = {}
+    merged: dict[str, dict] = {}
     seen: Counter[str] = Counter()
-    for target, files in ((by_id, parts), (errors, error_parts)):
+    for target, previous, files in ((by_id, output, parts), (errors, errors_output, error_parts)):
+        if previous is not None and Path(previous).exists():
+            for _, record in iter_records(previous):
+                rid = str(record.get("id"))
+                seen[rid] += 1
+                target[rid] = merged[rid] = record
         for part in files:
-            if not Path(part).exists():
+            if Path(part) == Path(previous or "") or not Path(part).exists():
                 continue
             for _, record in iter_records(part):
                 rid = str(record.get("id"))
+                if merged.get(rid) == record:
+                    continue
                 seen[rid] += 1
                 target[rid] = record
     expected = [str(i) for i in expected_ids]
@@ -65,10 +92,26 @@ def merge_shards(
             path=output,
         )
     n_out = write_jsonl(output, (by_id[i] for i in expected if i in by_id))
+    crash_point("merge-output-written")
     n_err = 0
     if errors_output is not None:
         n_err = write_jsonl(errors_output, (errors[i] for i in expected if i in errors))
     return n_out, n_err
+
+
+def merge_shard_files(
+    output: str | os.PathLike, errors_output: str | os.PathLike, expected_ids: Sequence[str]
+) -> tuple[int, int]:
+    """Merge every shard of ``output`` and ``errors_output`` into them (see :func:`merge_shards`), then
+    remove the shards. Safe to rerun after a kill at any point. Returns ``(n_outputs, n_errors)``."""
+    out_shards, err_shards = shard_files(output), shard_files(errors_output)
+    for part in out_shards + err_shards:
+        drop_partial_tail(part)  # a killed run of another world size may have left half a line
+    counts = merge_shards(output, out_shards, expected_ids, error_parts=err_shards, errors_output=errors_output)
+    crash_point("merge-written")
+    for part in out_shards + err_shards:
+        part.unlink()
+    return counts
 
 
 @contextmanager

@@ -7,8 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from sicog.data.argtypes import positive_int
+from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError
+from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,19 +59,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         # The benchmark is checked before the (possibly large) model is loaded.
         benchmark = read_benchmark(args.benchmark, args.image_root)
+        require_checkpoint(args.model)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
     except (RecordError, ValueError, OSError) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)
         return 2
-    with process_group(world):
-        try:
+    try:
+        with output_lock(args.output_dir, folder=True, enabled=rank == 0), process_group(world):
             summary = evaluate(
                 model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens, model_name=str(args.model), progress=not args.no_progress,
             )
-        except RecordError as err:
-            print(f"sicog eval: error: {err}", file=sys.stderr)
-            return 2
+    except (RecordError, OutputLocked) as err:
+        print(f"sicog eval: error: {err}", file=sys.stderr)
+        return 2
     if summary is not None:
         print(_report(summary))
     return 0

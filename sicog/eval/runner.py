@@ -16,9 +16,7 @@ row is in exactly one of the two files, and scores.
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -26,8 +24,8 @@ from typing import Iterator, Sequence
 import torch.distributed as dist
 from tqdm import tqdm
 
-from sicog.data.jsonl import JsonlAppender, RecordError, drop_partial_tail, error_record, iter_records, write_json
-from sicog.data.sharding import merge_shards, rank_and_world, shard, shard_path
+from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records, write_json
+from sicog.data.sharding import merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
 from sicog.eval.prompts import PROMPT_STYLES, build_prompt
 from sicog.eval.scoring import score_items, summarize
@@ -38,7 +36,6 @@ from sicog.model.processing import ConversationError
 PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
 # Enough for a letter or "yes" with a few words around it, and for a structured chain of thought.
 DEFAULT_MAX_NEW_TOKENS = {"direct": 64, "cot": 1024}
-_SHARD_SUFFIX = re.compile(r"\.rank(\d{5})-of-(\d{5})$")
 
 
 @dataclass(frozen=True)
@@ -54,12 +51,6 @@ class EvalSettings:
             raise ValueError(f"unknown prompt style {self.prompt_style!r}; choose from {', '.join(PROMPT_STYLES)}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-
-
-def shard_files(target: Path) -> list[Path]:
-    """Every per-rank shard file of ``target``, whatever world size wrote it."""
-    pattern = glob.escape(str(target)) + ".rank*-of-*"
-    return sorted(Path(p) for p in glob.glob(pattern) if _SHARD_SUFFIX.search(p))
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict]]:
@@ -163,14 +154,7 @@ def merge_and_score(benchmark: Benchmark, output_dir: Path) -> dict:
     """Merge every shard into predictions.jsonl and errors.jsonl (each row in exactly one), remove the
     shards, score, and write results.json and results.xlsx; return the summary."""
     predictions, errors = output_dir / PREDICTIONS, output_dir / ERRORS
-    out_shards, err_shards = shard_files(predictions), shard_files(errors)
-    for part in out_shards + err_shards:
-        drop_partial_tail(part)  # a killed run of another world size may have left half a line
-    parts = ([predictions] if predictions.exists() else []) + out_shards
-    error_parts = ([errors] if errors.exists() else []) + err_shards
-    merge_shards(predictions, parts, benchmark.indices, error_parts=error_parts, errors_output=errors)
-    for part in out_shards + err_shards:
-        part.unlink()
+    merge_shard_files(predictions, errors, benchmark.indices)
     answers = {str(r["id"]): r["prediction"] for _, r in iter_records(predictions)}
     reasons = {str(r["id"]): r["reason"] for _, r in iter_records(errors)}
     items = score_items(benchmark, answers, reasons)

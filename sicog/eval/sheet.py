@@ -10,13 +10,14 @@ cell limit with a marker.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from openpyxl import Workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.worksheet.worksheet import Worksheet
+
+from sicog.data.jsonl import atomic_file
 
 EXCEL_CELL_LIMIT = 32767
 CUT_MARKER = " [...cut]"
@@ -63,13 +64,6 @@ def write_xlsx(path: str | os.PathLike, items: list[dict], summary: dict) -> Pat
     for split in ("by_category", "by_l2_category"):
         for name, stats in summary.get(split, {}).items():
             _append(accuracy, (split.removeprefix("by_"), name, stats["correct"], stats["scored"], stats["accuracy"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        workbook.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:
+        workbook.save(handle)
     return path

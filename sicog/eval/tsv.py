@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from sicog.data.jsonl import RecordError
+from sicog.data.jsonl import RecordError, read_text
 from sicog.model.image_io import ImageError, load_image
 
 MULTIPLE_CHOICE = "multiple-choice"
@@ -76,7 +76,7 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
     if not path.is_file():
         raise RecordError("benchmark file not found", path=path)
     csv.field_size_limit(1 << 30)  # base64 images exceed csv's default field limit
-    with path.open(encoding="utf-8", newline="") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         columns = list(reader.fieldnames or ())
         missing = [c for c in ("index", "question") if c not in columns]

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import positive_int
+from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError
+from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.generate.corrupt import CORRUPTIONS
@@ -95,17 +96,16 @@ def run(args: argparse.Namespace) -> int:
             max_aspect_ratio=args.max_aspect_ratio, progress=not args.no_progress,
         )
         device, dtype = _device_and_dtype(args.device, args.dtype)
-        if not (args.model / "config.json").is_file():
-            raise ValueError(f"no SICOG checkpoint at {args.model} (config.json missing)")
+        require_checkpoint(args.model)
     except (ValueError, RuntimeError) as err:
         print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
         return 2
-    with process_group(world):
-        try:
+    try:
+        with output_lock(job.output, enabled=rank == 0), process_group(world):
             return _generate(job, device, dtype, rank, world)
-        except RecordError as err:
-            print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
-            return 2
+    except (RecordError, OutputLocked) as err:
+        print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype", rank: int, world: int) -> int:

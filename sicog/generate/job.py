@@ -11,8 +11,6 @@ are missing: the result is byte-identical to an uninterrupted run with the same 
 
 from __future__ import annotations
 
-import glob
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,15 +18,14 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sicog.data.jsonl import JsonlAppender, RecordError, drop_partial_tail, error_record, iter_records
-from sicog.data.sharding import merge_shards, shard_path
+from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records
+from sicog.data.sharding import merge_shard_files, shard_files, shard_path, shard_world
 from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO, GenerationTask, InputPlan, read_inputs
 from sicog.generate.sample import ENCODE_ERRORS, SamplingSettings, encode_task, sample_candidates
 from sicog.model.processing import ConversationError, SicogProcessor
 
 # Generation fields that must agree between the records already written and this run.
 RESUME_FIELDS = ("model", "prompt_type", "temperature", "top_p", "top_k", "num_beams", "max_new_tokens", "seed")
-_SHARD_SUFFIX = re.compile(r"\.rank(\d{5})-of-(\d{5})$")
 
 
 @dataclass(frozen=True)
@@ -101,16 +98,6 @@ def plan_batches(tasks: Sequence[GenerationTask], batch_size: int) -> list[list[
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def shard_files(target: Path) -> list[Path]:
-    """Every per-rank shard file of ``target``, whatever world size wrote it."""
-    pattern = glob.escape(str(target)) + ".rank*-of-*"
-    return sorted(Path(p) for p in glob.glob(pattern) if _SHARD_SUFFIX.search(p))
-
-
-def _world_of(path: Path) -> int:
-    return int(_SHARD_SUFFIX.search(str(path)).group(2))
-
-
 def _existing(path: Path) -> Iterator[tuple[int, dict]]:
     """Records of a file another run may have been killed while writing (an unfinished last line is ignored)."""
     try:
@@ -167,7 +154,7 @@ def run_rank(
     out_part = shard_path(job.output, rank, world)
     err_part = shard_path(job.errors_output, rank, world)
     # Shards of another world size belong to an earlier run and are no longer written to.
-    foreign = [p for p in shard_files(job.output) + shard_files(job.errors_output) if _world_of(p) != world]
+    foreign = [p for p in shard_files(job.output) + shard_files(job.errors_output) if shard_world(p) != world]
     summary = RankSummary()
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as errors:
         done = done_ids(job, [job.output, job.errors_output, out_part, err_part, *foreign])
@@ -223,14 +210,7 @@ def merge_outputs(job: GenerationJob, ids: Sequence[str]) -> tuple[int, int]:
     """Merge every shard (and an earlier merged output) into the output and errors files, in input
     order, checking that every input id is in exactly one of them; then remove the shards.
 
-    Returns ``(n_outputs, n_errors)``. Run it once, after every rank has finished.
+    Returns ``(n_outputs, n_errors)``. Run it once, after every rank has finished; a rerun after a kill
+    during the merge finishes it (see :func:`sicog.data.sharding.merge_shards`).
     """
-    out_shards, err_shards = shard_files(job.output), shard_files(job.errors_output)
-    for part in out_shards + err_shards:
-        drop_partial_tail(part)  # a killed earlier run of another world size may have left half a line
-    parts = ([job.output] if job.output.exists() else []) + out_shards
-    error_parts = ([job.errors_output] if job.errors_output.exists() else []) + err_shards
-    counts = merge_shards(job.output, parts, ids, error_parts=error_parts, errors_output=job.errors_output)
-    for part in out_shards + err_shards:
-        part.unlink()
-    return counts
+    return merge_shard_files(job.output, job.errors_output, ids)

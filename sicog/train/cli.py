@@ -21,7 +21,13 @@ def main(argv: Sequence[str]) -> int:
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.process_index == 0 else logging.WARNING, stream=sys.stderr)
-    from sicog.train.run import train
+    from sicog.data.lock import OutputLocked
+    from sicog.train.checkpoints import IncompleteCheckpointError
+    from sicog.train.run import DataProblemsError, train
 
-    train(model_args, data_args, training_args)
+    try:
+        train(model_args, data_args, training_args)
+    except (DataProblemsError, IncompleteCheckpointError, OutputLocked) as err:
+        print(f"sicog train: error: {err}", file=sys.stderr)
+        return 2
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,11 +10,13 @@ from torch.utils.data import Dataset
 from transformers import set_seed
 
 from sicog.data.datasets import SupervisedCollator, SupervisedDataset
-from sicog.data.jsonl import write_jsonl
+from sicog.data.jsonl import write_json, write_jsonl
+from sicog.data.lock import output_lock
 from sicog.model.builders import build_from_parts, load_pretrained, load_projector, projector_from_checkpoint
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
+from sicog.train.checkpoints import check_resume_target, last_complete_checkpoint
 from sicog.train.trainer import SicogTrainer
 
 logger = logging.getLogger(__name__)
@@ -106,13 +107,18 @@ def check_dataset(dataset: Dataset, data_path: str, args: SicogTrainingArguments
     return dataset
 
 
-def _last_checkpoint(output_dir: str) -> str | None:
-    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
-
-
 def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
-    """Run one stage end to end; returns the trainer's metrics. Reruns resume from the last checkpoint."""
+    """Run one stage end to end; returns the trainer's metrics. Reruns resume from the newest complete checkpoint.
+
+    The output folder is locked for the run (rank 0 holds the lock): a second run on it stops at once.
+    """
+    if args.resume_from_checkpoint:
+        check_resume_target(args.resume_from_checkpoint)
+    with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
+        return _train(model_args, data_args, args)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
     set_seed(args.seed)
     if args.deepspeed and torch.distributed.is_initialized():
         import deepspeed
@@ -137,7 +143,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
             vision_tower_lr=args.vision_tower_lr,
             sample_log=data_args.sample_log,
         )
-    resume = args.resume_from_checkpoint or _last_checkpoint(args.output_dir)
+    resume = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     if args.lora_r:
         trainer.model.language_model = trainer.model.language_model.merge_and_unload()
@@ -148,5 +154,5 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
         if "resampler" in args.trainable_parts():
             projector_from_checkpoint(args.output_dir, args.output_dir)
         metrics = {**result.metrics, "stage": args.stage, "samples": len(dataset), "skipped": len(dataset.skipped)}
-        (Path(args.output_dir) / "train_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(Path(args.output_dir) / "train_results.json", metrics)
     return result.metrics

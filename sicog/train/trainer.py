@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from sicog.data.crash import crash_point
+from sicog.data.jsonl import write_json
+from sicog.train.checkpoints import COMPLETE_MARKER
 
 
 class ModalityLengthGroupedSampler(Sampler):
@@ -89,3 +95,43 @@ class SicogTrainer(Trainer):
             with self.sample_log.open("a") as handle:
                 handle.write(json.dumps({"step": self.state.global_step, "ids": ids}) + "\n")
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save ``checkpoint-N`` as the Trainer does, then mark it complete once every rank has written its part.
+
+        A marker left from an earlier save of the same step is removed first, so that a save killed part
+        way never leaves a folder that claims to be complete (see sicog/train/checkpoints.py). Older
+        checkpoints beyond ``save_total_limit`` are deleted only after the marker is written: deleting them
+        before (as the Trainer does) could leave no complete checkpoint at all after a kill.
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        crash_point("checkpoint-unmarked")  # kill test point: everything written but the completion marker
+        if self.args.should_save:
+            write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
+                               use_mtime=True)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call and self.args.should_save and output_dir is not None:
+            # Kill test point: the checkpoint folder exists, its weights are not written yet.
+            os.makedirs(output_dir, exist_ok=True)
+            crash_point("checkpoint-weights")
+        super().save_model(output_dir, _internal_call=_internal_call)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        crash_point("checkpoint-optimizer")  # kill test point: weights written, optimizer state not
+        super()._save_optimizer_and_scheduler(output_dir)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        crash_point("checkpoint-trainer-state")  # kill test point: all but the trainer state written

@@ -1,0 +1,61 @@
+"""One run per output: an exclusive lock file beside (or in) what a command writes.
+
+Two runs writing one output would interleave shard lines and break the exactly-once merge. The lock is
+filelock's :class:`~filelock.SoftFileLock`: a file holding the owner's pid and host, created
+exclusively, removed on exit; a lock left by a dead process on this host is taken over. Under
+torchrun only rank 0 takes it (torchrun stops the other ranks when rank 0 exits with an error).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from filelock import SoftFileLock, Timeout
+
+
+class OutputLocked(RuntimeError):
+    """The output is in use by another run."""
+
+
+def lock_path(output: str | os.PathLike, *, folder: bool = False) -> Path:
+    """The lock of ``output``: ``<output>.lock`` beside a file, ``<output>/.sicog.lock`` in a folder."""
+    output = Path(output)
+    return output / ".sicog.lock" if folder else output.with_name(f"{output.name}.lock")
+
+
+def holder(path: str | os.PathLike) -> str:
+    """``pid N on host H`` from a lock file (what is known of it)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "a process that just finished"
+    if len(lines) < 2:
+        return "a run that is just taking it"
+    return f"pid {lines[0]} on host {lines[1]}"
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike, *, folder: bool = False, enabled: bool = True) -> Iterator[None]:
+    """Hold the lock of ``output`` (a file, or a ``folder``) for the block; raise :class:`OutputLocked` at once
+    when another run has it. ``enabled=False`` (torchrun ranks other than 0) takes no lock.
+    """
+    if not enabled:
+        yield
+        return
+    path = lock_path(output, folder=folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = SoftFileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputLocked(
+            f"{output} is in use by another run ({holder(path)}; lock file {path}); wait for it to finish, "
+            "or delete the lock file if that run is gone"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,118 @@
+"""One run per output: a second `sicog generate` on the same output stops at once naming the holder; a lock
+left by a killed run is taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sicog.data.jsonl import load_records, write_jsonl
+from sicog.data.lock import OutputLocked, lock_path, output_lock
+from sicog.model.builders import save_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_factory) -> Path:
+    root = tmp_path_factory.mktemp("lock")
+    model, processor = tiny_model_factory(seed=4)
+    save_pretrained(model, processor, root / "model")
+    (root / "images").mkdir()
+    records = []
+    for i in range(4):
+        Image.new("RGB", (32, 32 + 8 * i), (60 * i, 80, 200)).save(root / "images" / f"{i}.png")
+        records.append({"id": f"q{i}", "image": f"{i}.png", "question": f"What is shape {i}?"})
+    write_jsonl(root / "questions.jsonl", records)
+    return root
+
+
+def command(root: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "sicog", "generate", "reasoning", "--model", str(root / "model"), "--data",
+            str(root / "questions.jsonl"), "--image-folder", str(root / "images"), "--output", str(output),
+            "--num-candidates", "2", "--max-new-tokens", "6", "--batch-size", "2", "--no-progress"]
+
+
+def env() -> dict:
+    return {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SICOG_CRASH_AT")},
+            "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def start_and_freeze(root: Path, output: Path) -> subprocess.Popen:
+    """Start a run and stop it (SIGSTOP) as soon as it holds the output's lock."""
+    first = subprocess.Popen(command(root, output), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (lock_path(output).exists() and f"{first.pid}\n" in lock_path(output).read_text()):
+        assert first.poll() is None, first.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    first.send_signal(signal.SIGSTOP)
+    return first
+
+
+@pytest.mark.slow
+def test_second_run_on_one_output_stops_at_once_and_a_stale_lock_is_taken_over(setup, tmp_path):
+    output = tmp_path / "gen.jsonl"
+    first = start_and_freeze(setup, output)
+    try:
+        second = subprocess.run(command(setup, output), env=env(), capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2
+    message = second.stderr.strip().splitlines()
+    assert len(message) == 1 and f"pid {first.pid} on host" in message[0] and "in use by another run" in message[0]
+    assert first.wait(timeout=300) == 0, first.stderr.read().decode()
+    assert sorted(r["id"] for r in load_records(output)) == ["q0", "q1", "q2", "q3"]
+    assert not lock_path(output).exists()
+
+    killed = start_and_freeze(setup, tmp_path / "other.jsonl")
+    killed.kill()  # SIGKILL: the lock file stays, naming a dead process
+    killed.wait()
+    assert lock_path(tmp_path / "other.jsonl").exists()
+    rerun = subprocess.run(command(setup, tmp_path / "other.jsonl"), env=env(), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert load_records(tmp_path / "other.jsonl") == load_records(output)
+
+
+def test_a_folder_lock_is_exclusive_and_released(tmp_path):
+    with output_lock(tmp_path, folder=True):
+        assert str(os.getpid()) == lock_path(tmp_path, folder=True).read_text().splitlines()[0]
+        with pytest.raises(OutputLocked, match=rf"pid {os.getpid()} on host"):
+            with output_lock(tmp_path, folder=True):
+                pass
+    assert not lock_path(tmp_path, folder=True).exists()
+    with output_lock(tmp_path, folder=True, enabled=False):
+        assert not lock_path(tmp_path, folder=True).exists()
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "curate"])
+def test_train_eval_and_curate_stop_at_once_on_a_locked_output_folder(command, setup, tmp_path, capsys):
+    from sicog.cli import main
+
+    out = tmp_path / "out"
+    (setup / "bench.tsv").write_text("index\timage_path\tquestion\tA\tB\tanswer\n1\t0.png\tWhich?\tred\tblue\tA\n")
+    (setup / "train.jsonl").write_text(json.dumps({"id": "t1", "image": "0.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhich?"}, {"from": "gpt", "value": "Red."}]}) + "\n")
+    (setup / "gen.jsonl").write_text(json.dumps({"id": "c1", "candidates": ["a", "b"], "generation": {}}) + "\n")
+    argv = {
+        "train": ["train", "--stage", "2", "--model_name_or_path", str(setup / "model"), "--data_path",
+                  str(setup / "train.jsonl"), "--image_folder", str(setup / "images"), "--output_dir", str(out),
+                  "--max_steps", "1", "--use_cpu", "--report_to", "none"],
+        "eval": ["eval", "--model", str(setup / "model"), "--benchmark", str(setup / "bench.tsv"), "--image-root",
+                 str(setup / "images"), "--output-dir", str(out), "--no-progress"],
+        "curate": ["curate", "captions", "--input", str(setup / "gen.jsonl"), "--output-dir", str(out)],
+    }[command]
+    with output_lock(out, folder=True):
+        assert main(argv) == 2
+    message = [line for line in capsys.readouterr().err.splitlines() if "in use by another run" in line]
+    assert len(message) == 1 and f"pid {os.getpid()} on host" in message[0]
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing written next to the other run's files

@@ -1,0 +1,97 @@
+"""A training run killed while saving a checkpoint finishes on one rerun, with the uninterrupted run's weights."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sicog.train.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
+from train_helpers import make_checkpoint, make_dataset, weights
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("train_crash")
+    return {"root": root, "base": make_checkpoint(root, tokenizer), "data": make_dataset(root, n=4, text_only=0)}
+
+
+def train(world, out, crash_at=None):
+    """`sicog train` in its own process (SIGKILL must not take the test with it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SICOG_CRASH_AT", None)
+    if crash_at:
+        env["SICOG_CRASH_AT"] = crash_at
+    args = ["train", "--stage", "2", "--model_name_or_path", str(world["base"]), "--data_path", str(world["data"]),
+            "--image_folder", str(world["root"] / "images"), "--output_dir", str(out), "--max_steps", "3",
+            "--per_device_train_batch_size", "2", "--learning_rate", "2e-3", "--save_steps", "1", "--use_cpu",
+            "--seed", "0", "--report_to", "none", "--dataloader_num_workers", "0"]
+    return subprocess.run([sys.executable, "-m", "sicog.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world):
+    out = world["root"] / "uninterrupted"
+    result = train(world, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return weights(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["checkpoint-weights", "checkpoint-optimizer", "checkpoint-trainer-state"])
+def test_kill_during_checkpoint_save_then_one_rerun_finishes_identically(world, uninterrupted, point, tmp_path):
+    out = tmp_path / "run"
+    killed = train(world, out, crash_at=f"{point}:2")  # the second save: checkpoint-1 is complete
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-2" / COMPLETE_MARKER).exists()
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-1")
+
+    rerun = train(world, out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "skipping incomplete checkpoint" in rerun.stderr and "checkpoint-2" in rerun.stderr
+    final = weights(out)
+    assert final.keys() == uninterrupted.keys()
+    assert all(torch.equal(final[k], uninterrupted[k]) for k in final)
+    assert all((out / f"checkpoint-{n}" / COMPLETE_MARKER).is_file() for n in (1, 2, 3))
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path, caplog):
+    for step, complete in ((1, True), (2, True), (3, False), (10, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / COMPLETE_MARKER).write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    skipped = [r.getMessage() for r in caplog.records if "skipping incomplete" in r.getMessage()]
+    assert len(skipped) == 2 and "checkpoint-3" in skipped[0] and "checkpoint-10" in skipped[1]
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_naming_an_incomplete_checkpoint_is_an_error(world, tmp_path):
+    (tmp_path / "checkpoint-5").mkdir()
+    from sicog.cli import main
+
+    code = main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), "--data_path",
+                 str(world["data"]), "--output_dir", str(tmp_path), "--max_steps", "1", "--use_cpu",
+                 "--resume_from_checkpoint", str(tmp_path / "checkpoint-5")])
+    assert code == 2
+
+
+@pytest.mark.slow
+def test_old_checkpoints_are_deleted_only_after_the_new_one_is_complete(world, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SICOG_CRASH_AT": "checkpoint-unmarked:3"}
+    args = ["train", "--stage", "2", "--model_name_or_path", str(world["base"]), "--data_path", str(world["data"]),
+            "--image_folder", str(world["root"] / "images"), "--output_dir", str(out), "--max_steps", "3",
+            "--per_device_train_batch_size", "2", "--save_steps", "1", "--save_total_limit", "1", "--use_cpu",
+            "--report_to", "none"]
+    killed = subprocess.run([sys.executable, "-m", "sicog.cli", *args], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    # Killed with checkpoint-3 written but not yet marked: checkpoint-2 must still be there to resume from
+    # (checkpoint-1 went once checkpoint-2 was complete).
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
