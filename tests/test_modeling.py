@@ -34,7 +34,8 @@ def test_loss_and_gradients_on_a_mixed_batch(tiny_model_factory):
     model, processor = tiny_model_factory()
     model.train()
     batch = mixed_batch(processor)
-    assert len(batch["pixel_values"]) == 5 + 1 + 3  # 4 slices + global, global, 2 slices + global
+    # a 2x2 slice grid + global, global, a 2x1 grid + global
+    assert [tuple(v.shape[:-3]) for v in batch["pixel_values"]] == [(2, 2), (), (), (1, 2), ()]
     out = model(**batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -151,7 +152,9 @@ def test_real_size_config_on_meta_device():
     info = describe(real_config(), (1024, 768))
     assert 7.8e9 < info["parameters"] < 8.2e9
     assert info["tokens_per_slice"] == 144
-    assert info["example_image_tokens"] == 1014
+    assert info["example_image_tokens"] == 1033  # 3x2 slices in the published layout
+    assert describe(real_config(), (640, 480))["example_image_tokens"] == 745
+    assert describe(real_config(image_layout="uhd_v1"), (1024, 768))["example_image_tokens"] == 1014
 
 
 def test_config_validates_itself(tokenizer):

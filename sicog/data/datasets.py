@@ -20,7 +20,6 @@ from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.schema import check_llava_record, record_images
 from sicog.model.processing import ConversationError, Encoded, SicogProcessor
-from sicog.model.slicing import plan_slices
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,7 @@ def image_path(image_folder: str | os.PathLike | None, name: str) -> Path:
 
 def image_tokens(processor: SicogProcessor, size: tuple[int, int], never_split: bool) -> int:
     """LLM tokens an image of ``size`` costs (placeholders and separators)."""
-    config = processor.config
-    plan = plan_slices(*size, scale_resolution=config.scale_resolution, patch_size=config.patch_size, max_slice_nums=config.max_slice_nums, never_split=never_split)
-    return (plan.num_slices + 1) * config.resampler_num_queries + plan.num_slices
+    return processor.image_token_count(*size, never_split=never_split)
 
 
 def measure(record: dict, processor: SicogProcessor, image_folder, never_split: bool) -> int:

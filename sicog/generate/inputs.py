@@ -26,7 +26,6 @@ from sicog.data.prompts import (
 )
 from sicog.model.image_io import ImageError
 from sicog.model.processing import SicogProcessor
-from sicog.model.slicing import plan_slices
 
 TASKS = ("captions", "reasoning")
 # Wider than this, an image is a line: slicing it gives views thousands of pixels long and nothing to see.
@@ -122,13 +121,8 @@ def image_size(path: Path, max_aspect_ratio: float) -> tuple[int, int]:
 
 
 def image_token_count(processor: SicogProcessor, width: int, height: int) -> int:
-    """Tokens the processor writes for an image of this size: queries + a separator per slice, then the global view."""
-    config = processor.config
-    plan = plan_slices(
-        width, height, scale_resolution=config.scale_resolution, patch_size=config.patch_size,
-        max_slice_nums=config.max_slice_nums,
-    )
-    return plan.num_slices * (config.resampler_num_queries + 1) + config.resampler_num_queries
+    """Tokens the processor writes for an image of this size at generation (inference resize included)."""
+    return processor.image_token_count(width, height, inference=True)
 
 
 class PromptCounter:

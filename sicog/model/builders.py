@@ -36,7 +36,11 @@ QWEN2_7B = {
     "tie_word_embeddings": False,
 }
 QWEN2_7B_IMAGE_TOKEN_ID = 151646  # first id after Qwen2's 151646 tokens: where "<image>" is added
-QWEN2_SEPARATORS = (11, 198)  # "," and "\n" in Qwen2's vocabulary
+# The ids the published code writes between slices whatever the LLM: LLaMA's "," and "\n". The
+# released checkpoints were trained with these rows of Qwen2's embedding table.
+RELEASE_SEPARATORS = (29892, 13)
+RELEASE_INFERENCE_LONG_SIDE = 1024  # the published generation scripts resize images to this long side first
+SEPARATOR_CHOICES = ("auto", "release", "tokenizer")
 
 
 def add_image_token(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -48,9 +52,20 @@ def add_image_token(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
-def make_config(vision_config, text_config, tokenizer: PreTrainedTokenizerBase, **settings) -> SicogConfig:
-    """A config whose image and separator ids come from ``tokenizer`` (never hard-coded)."""
-    comma, newline = separator_ids(tokenizer)
+def choose_separators(tokenizer: PreTrainedTokenizerBase, vocab_size: int, separators: str = "auto") -> tuple[int, int]:
+    """Slice separator ids: ``release`` (29892, 13), ``tokenizer`` (its own "," and "\\n"), or ``auto``:
+    the release's when the vocabulary holds them (what published tooling expects), else the tokenizer's."""
+    if separators not in SEPARATOR_CHOICES:
+        raise ValueError(f"separators={separators!r} is not one of {SEPARATOR_CHOICES}")
+    if separators == "release" or (separators == "auto" and max(RELEASE_SEPARATORS) < vocab_size):
+        return RELEASE_SEPARATORS
+    return separator_ids(tokenizer)
+
+
+def make_config(vision_config, text_config, tokenizer: PreTrainedTokenizerBase, separators: str = "auto", **settings) -> SicogConfig:
+    """A config whose image id comes from ``tokenizer`` and separators from :func:`choose_separators`."""
+    vocab_size = text_config.vocab_size if hasattr(text_config, "vocab_size") else text_config["vocab_size"]
+    comma, newline = choose_separators(tokenizer, vocab_size, separators)
     return SicogConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -111,6 +126,7 @@ def _projector_settings(config: SicogConfig) -> dict:
         "text_hidden_size": config.text_config.hidden_size,
         "resampler_num_queries": config.resampler_num_queries,
         "resampler_attention": config.resampler_attention,
+        "resampler_pooling": config.resampler_pooling,
         "resampler_cell_bins": config.resampler_cell_bins,
     }
 
@@ -199,7 +215,7 @@ def tiny_vision_config(hidden_size: int = 32, layers: int = 2, patch_size: int =
 
 def tiny_config(tokenizer: PreTrainedTokenizerBase, **settings) -> SicogConfig:
     """A tiny SICOG config around ``tokenizer`` (small CLIP, 2-layer Qwen2, 16 queries, 64 px slices)."""
-    defaults = {"scale_resolution": 64, "max_slice_nums": 4, "resampler_num_queries": 16, "resampler_num_heads": 2}
+    defaults = {"separators": "tokenizer", "scale_resolution": 64, "max_slice_nums": 4, "resampler_num_queries": 16, "resampler_num_heads": 2}
     defaults.update(settings)
     vision = defaults.pop("vision_config", tiny_vision_config())
     text = defaults.pop("text_config", tiny_text_config(len(tokenizer)))
@@ -214,12 +230,13 @@ def new_model(config: SicogConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[
 
 
 def real_config(**settings) -> SicogConfig:
-    """The published architecture: CLIP-ViT-L/14-336 + Qwen2-7B-Instruct, 144 queries, 7 slices."""
+    """The published architecture: CLIP-ViT-L/14-336 + Qwen2-7B-Instruct, 144 queries, 7 slices, release layout."""
+    settings.setdefault("inference_long_side", RELEASE_INFERENCE_LONG_SIDE)
     return SicogConfig(
         vision_config=CLIP_L14_336,
         text_config={"model_type": "qwen2", **QWEN2_7B},
         image_token_id=QWEN2_7B_IMAGE_TOKEN_ID,
-        slice_comma_id=QWEN2_SEPARATORS[0],
-        slice_newline_id=QWEN2_SEPARATORS[1],
+        slice_comma_id=RELEASE_SEPARATORS[0],
+        slice_newline_id=RELEASE_SEPARATORS[1],
         **settings,
     )

@@ -9,6 +9,7 @@ import torch
 
 from sicog.model.builders import real_config
 from sicog.model.configuration import SicogConfig
+from sicog.model.layout import image_token_count
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.slicing import plan_slices
 
@@ -25,7 +26,6 @@ def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
         model = SicogForConditionalGeneration(config)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     plan = plan_slices(*image_size, scale_resolution=config.scale_resolution, patch_size=config.patch_size, max_slice_nums=config.max_slice_nums)
-    views = plan.num_slices + 1
     return {
         "parameters": count(model),
         "vision_tower": count(model.vision_tower),
@@ -34,7 +34,8 @@ def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
         "tokens_per_slice": config.resampler_num_queries,
         "example_image": f"{image_size[0]}x{image_size[1]}",
         "example_grid": plan.grid,
-        "example_image_tokens": views * config.resampler_num_queries + plan.num_slices,
+        "image_layout": config.image_layout,
+        "example_image_tokens": image_token_count(plan.grid, config.resampler_num_queries, config.image_layout),
     }
 
 
