@@ -18,6 +18,7 @@ from sicog.data.prompts import IMAGE_TOKEN
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids
+from sicog.model.release_format import PROJECTOR_BIN, PROJECTOR_PREFIX, read_tensor_file, resampler_from_release
 
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_CONFIG = "projector_config.json"
@@ -163,22 +164,33 @@ def projector_from_checkpoint(checkpoint: str | os.PathLike, path: str | os.Path
 
 
 def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike) -> None:
-    """Load a projector-only checkpoint (a directory or the .safetensors file) into ``model.resampler``.
+    """Load a projector-only checkpoint into ``model.resampler``: ours (a directory or its .safetensors
+    file) or the published stage 1's ``mm_projector.bin`` (a torch pickle with ``model.mm_projector.*``).
 
     Shapes and settings are checked; call this before DeepSpeed ZeRO-3 partitions the model.
     """
     path = Path(path)
-    file = path / PROJECTOR_FILE if path.is_dir() else path
+    if path.is_dir():
+        file = path / PROJECTOR_FILE if (path / PROJECTOR_FILE).is_file() or not (path / PROJECTOR_BIN).is_file() else path / PROJECTOR_BIN
+    else:
+        file = path
     if not file.is_file():
         raise FileNotFoundError(f"no projector checkpoint at {file}")
     settings_file = file.parent / PROJECTOR_CONFIG
-    if settings_file.is_file():
+    if file.suffix == ".safetensors" and settings_file.is_file():
         saved = json.loads(settings_file.read_text())
         mine = _projector_settings(model.config)
         differ = {k: (saved[k], v) for k, v in mine.items() if k in saved and saved[k] != v}
         if differ:
             raise ValueError(f"projector {file} was trained with other settings (saved, model): {differ}")
-    state = load_file(str(file))
+    if file.suffix == ".safetensors":
+        state = load_file(str(file))
+    else:
+        release = read_tensor_file(file)
+        state = resampler_from_release({k: v for k, v in release.items() if k.startswith(PROJECTOR_PREFIX)})
+        ignored = sorted(k for k in release if not k.startswith(PROJECTOR_PREFIX))
+        if ignored:
+            raise ValueError(f"projector {file} holds weights other than the projector: {ignored}")
     expected = model.resampler.state_dict()
     problems = [k for k in expected if k not in state] + [k for k in state if k not in expected]
     problems += [k for k in state if k in expected and state[k].shape != expected[k].shape]
