@@ -86,6 +86,26 @@ def test_labels_cover_exactly_the_assistant_replies(tokenizer, tiny_model_factor
     assert tokenizer.decode(encoded.input_ids[: supervised[0][0]]).endswith("<|im_start|>assistant\n")
 
 
+def test_release_labels_follow_the_published_qwen_preprocessing(tokenizer, tiny_model_factory):
+    """Whole assistant turns, plus every newline, <|im_start|> and <|im_end|> token of the other turns."""
+    _, processor = tiny_model_factory(label_masking="release")
+    turns = conv("<image>\nHow many circles?", "There are 3.")
+    encoded = processor.encode(turns, [Image.new("RGB", (64, 64))])
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    markers = {tokenizer.convert_tokens_to_ids(m) for m in ("<|im_start|>", "<|im_end|>")} | set(newline)
+    # Expected labels built turn by turn, as the published code tokenizes: each rendered message alone.
+    expected = []
+    for message, supervised in (({"role": "system", "content": "You are a helpful assistant."}, False),
+                                ({"role": "user", "content": "<image>\nHow many circles?"}, False),
+                                ({"role": "assistant", "content": "There are 3."}, True)):
+        ids = tokenizer.encode(f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>\n", add_special_tokens=False)
+        expected += [t if supervised or t in markers else IGNORE_INDEX for t in ids]
+    start = encoded.input_ids.index(processor.image_token_id)
+    labels = encoded.labels[:start] + [IGNORE_INDEX] + encoded.labels[start + processor.image_token_count(64, 64) :]
+    assert labels == expected
+    assert set(expected[: expected.index(IGNORE_INDEX)]) <= markers and IGNORE_INDEX in expected[:20]
+
+
 def test_generation_prompt_drops_a_trailing_answer(tiny_model_factory):
     _, processor = tiny_model_factory()
     encoded = processor.encode(conv("Hi", "Hello"), train=False)

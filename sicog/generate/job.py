@@ -92,6 +92,7 @@ def read_plan(job: GenerationJob, processor: SicogProcessor) -> InputPlan:
     return read_inputs(
         job.data, processor, task=job.task, prompt_type=job.prompt_type, image_folder=job.image_folder,
         max_prompt_tokens=job.max_prompt_tokens, max_aspect_ratio=job.max_aspect_ratio,
+        transposed="mirror_rotation" in job.corruptions,
     )
 
 

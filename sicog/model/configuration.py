@@ -57,6 +57,7 @@ class SicogConfig(PreTrainedConfig):
     resampler_cell_bins: int = 2
     image_layout: Literal["release", "uhd_v1"] = "release"
     inference_long_side: int | None = None
+    label_masking: Literal["release", "replies"] = "replies"
     resampler_num_heads: int | None = None
     image_mean: tuple[float, float, float] | list[float] = CLIP_MEAN
     image_std: tuple[float, float, float] | list[float] = CLIP_STD
@@ -98,6 +99,8 @@ class SicogConfig(PreTrainedConfig):
             problems.append(f"image_layout={self.image_layout!r} is not 'release' or 'uhd_v1'")
         if self.text_config.hidden_size % self.resampler_heads:
             problems.append(f"LLM width {self.text_config.hidden_size} is not divisible by {self.resampler_heads} resampler heads")
+        if self.label_masking not in ("release", "replies"):
+            problems.append(f"label_masking={self.label_masking!r} is not 'release' or 'replies'")
         if self.inference_long_side is not None and self.inference_long_side < 1:
             problems.append(f"inference_long_side={self.inference_long_side} must be >= 1 or unset")
         if self.max_slice_nums < 1 or self.resampler_cell_bins < 1:

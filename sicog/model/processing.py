@@ -142,16 +142,24 @@ class SicogProcessor:
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def _supervised_spans(self, messages: list[dict], text: str) -> list[tuple[int, int]]:
-        """Character spans of each assistant reply plus its end marker, checked against the full text."""
+    def _supervised_spans(self, messages: list[dict], text: str, masking: str) -> list[tuple[int, int]]:
+        """Character spans of the supervised text of each assistant turn, checked against the full text.
+
+        ``label_masking="replies"``: the reply and its end marker. ``"release"`` (the published
+        ``preprocess_qwen``): the whole rendered turn, role header and trailing newline included.
+        """
         end_marker = self.tokenizer.eos_token
+        whole_turn = masking == "release"
         spans = []
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self._render(messages[:index], add_generation_prompt=True)
+            before = self._render(messages[:index], add_generation_prompt=not whole_turn)
             through = self._render(messages[: index + 1], add_generation_prompt=False)
-            end = through.rfind(end_marker) + len(end_marker) if end_marker and end_marker in through else len(through)
+            if whole_turn:
+                end = len(through)
+            else:
+                end = through.rfind(end_marker) + len(end_marker) if end_marker and end_marker in through else len(through)
             if not (text.startswith(before) and text.startswith(through[:end]) and end > len(before)):
                 raise ConversationError(f"chat template renders turn {index} differently in context; cannot mask labels")
             spans.append((len(before), end))
@@ -164,10 +172,12 @@ class SicogProcessor:
         *,
         train: bool = True,
         never_split: bool = False,
+        label_masking: str | None = None,
     ) -> Encoded:
-        """Encode a conversation. ``train``: the whole dialogue with labels on assistant replies only;
-        otherwise the dialogue up to its last user turn plus the generation prompt, images resized as
-        at inference (:meth:`inference_size`)."""
+        """Encode a conversation. ``train``: the whole dialogue with labels as ``label_masking`` (default
+        ``config.label_masking``) says; otherwise the dialogue up to its last user turn plus the
+        generation prompt, images resized as at inference (:meth:`inference_size`)."""
+        masking = label_masking or self.config.label_masking
         messages = self.to_messages(conversations)
         if not train and messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
@@ -181,7 +191,10 @@ class SicogProcessor:
         token_ids = encoding["input_ids"]
         token_labels = None
         if train:
-            token_labels = self._labels(token_ids, encoding["offset_mapping"], self._supervised_spans(messages, text))
+            token_labels = self._labels(token_ids, encoding["offset_mapping"], self._supervised_spans(messages, text, masking))
+            if masking == "release":
+                always = self._always_supervised()
+                token_labels = [t if t in always else label for t, label in zip(token_ids, token_labels)]
         input_ids: list[int] = []
         labels: list[int] | None = [] if train else None
         views: list[torch.Tensor] = []
@@ -198,6 +211,15 @@ class SicogProcessor:
                 if labels is not None:
                     labels.append(token_labels[position])
         return Encoded(input_ids, labels, views)
+
+    def _always_supervised(self) -> set[int]:
+        """Ids the published ``preprocess_qwen`` supervises wherever they stand, system and user turns
+        included: the newline token and the chat markers ``<|im_start|>`` / ``<|im_end|>``."""
+        ids = set(self.tokenizer.encode("\n", add_special_tokens=False)[:1])
+        for marker in ("<|im_start|>", "<|im_end|>"):
+            if marker in self.tokenizer.get_vocab():
+                ids.add(self.tokenizer.convert_tokens_to_ids(marker))
+        return ids
 
     @staticmethod
     def _labels(token_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
