@@ -27,7 +27,10 @@ from sicog.generate.sample import ENCODE_ERRORS, SamplingSettings, encode_task, 
 from sicog.model.processing import ConversationError, SicogProcessor
 
 # Generation fields that must agree between the records already written and this run.
-RESUME_FIELDS = ("model", "prompt_type", "temperature", "top_p", "top_k", "num_beams", "max_new_tokens", "seed")
+RESUME_FIELDS = ("model", "prompt_type", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams",
+                 "max_new_tokens", "seed")
+# Fields that outputs written before they were recorded carry implicitly.
+RESUME_DEFAULTS = {"repetition_penalty": 1.0}
 _SHARD_SUFFIX = re.compile(r"\.rank(\d{5})-of-(\d{5})$")
 
 
@@ -140,7 +143,8 @@ def done_ids(job: GenerationJob, paths: Sequence[Path]) -> set[str]:
 
 def _check_resumable(job: GenerationJob, path: Path, line: int, record: dict, generation: dict) -> None:
     mine = job.metadata("", None)
-    differ = {k: (generation.get(k), mine[k]) for k in RESUME_FIELDS if generation.get(k) != mine[k]}
+    theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in RESUME_FIELDS}
+    differ = {k: (theirs[k], mine[k]) for k in RESUME_FIELDS if theirs[k] != mine[k]}
     methods = sorted({c.get("method") for c in generation.get("corruption") or []})
     if methods != sorted(set(job.corruptions)):
         differ["corruption"] = (methods, sorted(set(job.corruptions)))

@@ -12,7 +12,15 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
 
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
@@ -105,6 +113,10 @@ def build_from_parts(
     model = SicogForConditionalGeneration(config, vision_tower=vision, language_model=llm).to(dtype=llm.dtype)
     # The composite's init resets its sub-configs' attention backend; set it again for every part.
     model.set_attn_implementation(attn_implementation)
+    if (Path(llm_path) / "generation_config.json").is_file():
+        # The LLM's own sampling defaults (Qwen2-7B-Instruct: temperature 0.7, top_p 0.8, top_k 20,
+        # repetition_penalty 1.05) travel with every checkpoint built on it, as the published models inherit them.
+        model.generation_config = GenerationConfig.from_pretrained(llm_path)
     _set_generation_ids(model, tokenizer)
     return model, SicogProcessor(tokenizer, config)
 

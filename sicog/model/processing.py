@@ -16,7 +16,7 @@ from sicog.data.prompts import IMAGE_TOKEN
 from sicog.model.configuration import SicogConfig
 from sicog.model.image_io import load_image
 from sicog.model.layout import image_token_count, image_token_ids
-from sicog.model.slicing import SlicePlan, plan_slices, slice_image
+from sicog.model.slicing import SlicePlan, fit_long_side, plan_slices, slice_image
 
 IGNORE_INDEX = -100
 ROLE_OF = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -91,11 +91,7 @@ class SicogProcessor:
         """Size an image is resized to before slicing at inference: long side ``config.inference_long_side``
         (the published generation scripts use 1024), aspect ratio kept; unchanged when that is unset."""
         side = self.config.inference_long_side
-        if side is None:
-            return width, height
-        if width > height:
-            return side, int(side / width * height)
-        return int(side / height * width), side
+        return (width, height) if side is None else fit_long_side(width, height, side)
 
     def image_token_count(self, width: int, height: int, *, never_split: bool = False, inference: bool = False) -> int:
         """Sequence positions an image of this size takes, without reading its pixels."""
