@@ -8,6 +8,7 @@ decoded and tokens built only in ``__getitem__``.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,9 +17,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from sicog.data.augment import AUGMENT_CHOICES, release_augment
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.schema import check_llava_record, record_images
+from sicog.model.image_io import load_image
 from sicog.model.processing import ConversationError, Encoded, SicogProcessor
 
 
@@ -80,8 +83,13 @@ class SupervisedDataset(Dataset):
         max_length: int = 4096,
         never_split: bool = False,
         seed: int = 0,
+        augment: str = "none",
         show_progress: bool = True,
     ) -> None:
+        if augment not in AUGMENT_CHOICES:
+            raise ValueError(f"augment={augment!r} is not one of {AUGMENT_CHOICES}")
+        self.augment = augment
+        self._rng = random.Random(seed)
         self.processor = processor
         self.image_folder = image_folder
         self.max_length = max_length
@@ -121,8 +129,13 @@ class SupervisedDataset(Dataset):
         """Whether each sample carries an image (for modality-grouped batching)."""
         return [bool(record_images(r)) for r in self.records]
 
-    def _encode(self, record: dict) -> Encoded:
-        images = [image_path(self.image_folder, name) for name in record_images(record)]
+    def _encode(self, record: dict, augment: bool = False) -> Encoded:
+        names = record_images(record)
+        images = [image_path(self.image_folder, name) for name in names]
+        if augment:
+            images = [
+                release_augment(load_image(path), str(name), self.processor, self._rng) for path, name in zip(images, names)
+            ]
         return self.processor.encode(record["conversations"], images, train=True, never_split=self.never_split)
 
     def __len__(self) -> int:
@@ -131,7 +144,9 @@ class SupervisedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         try:
-            encoded = self._encode(record)
+            encoded = self._encode(record, augment=self.augment == "release")
+            if self.augment == "release" and self.processor.image_token_id in encoded.input_ids[self.max_length :]:
+                encoded = self._encode(record)  # the resized image would not fit: train on it as it is
         except (ValueError, OSError) as err:
             source = self.sources[index]
             raise RecordError(str(err), path=source.path, line=source.line, record_id=record.get("id")) from None

@@ -62,6 +62,7 @@ class DataArguments:
     data_path: str = field(metadata={"help": ".json/.jsonl file, comma-separated files, or a .yaml mixture"})
     image_folder: str | None = field(default=None, metadata={"help": "folder that image paths are relative to"})
     model_max_length: int = field(default=4096, metadata={"help": "tokens per sample, image tokens included"})
+    augment: str = field(default="none", metadata={"help": "none | release (the published loader's image resizing)"})
     group_by_modality_length: bool = field(default=False, metadata={"help": "batches of image or text-only samples of similar length"})
     sample_log: str | None = field(default=None, metadata={"help": "write the ids each rank trains on to FILE.rankN.jsonl"})
 

@@ -86,6 +86,7 @@ def load_data(data_args: DataArguments, processor: SicogProcessor, args: SicogTr
         max_length=data_args.model_max_length,
         never_split=STAGES[args.stage].never_split,
         seed=args.seed,
+        augment=data_args.augment,
         show_progress=args.process_index == 0,
     )
     return check_dataset(dataset, data_args.data_path, args)
