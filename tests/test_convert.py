@@ -8,7 +8,14 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig
 
 from sicog.cli import main
-from sicog.model.builders import load_pretrained, load_projector, new_model, tiny_config, tiny_text_config, tiny_vision_config
+from sicog.model.builders import (
+    load_pretrained,
+    load_projector,
+    new_model,
+    tiny_config,
+    tiny_text_config,
+    tiny_vision_config,
+)
 from sicog.model.convert import ConversionError, release_to_sicog, sicog_to_release
 from sicog.model.release_format import read_tensor_file, read_weights
 
@@ -58,10 +65,14 @@ def write_release_checkpoint(model, tokenizer, directory, fmt="safetensors"):
     (directory / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     torch.save(projector, directory / "mm_projector.bin")
     fields = model.config.text_config.to_dict()
-    fields.update(model_type="llava_qwen", architectures=["LlavaQwenForCausalLM"], mm_projector_type="adapt_spatial_resampler_v1",
-                  mm_vision_tower="openai/clip-vit-large-patch14-336", mm_vision_select_layer=-2, mm_hidden_size=32, model_mode="uhd_v1")
+    fields.update(
+        model_type="llava_qwen", architectures=["LlavaQwenForCausalLM"], mm_projector_type="adapt_spatial_resampler_v1",
+        mm_vision_tower="openai/clip-vit-large-patch14-336", mm_vision_select_layer=-2, mm_hidden_size=32,
+        model_mode="uhd_v1",
+    )
     (directory / "config.json").write_text(json.dumps(fields))
-    GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05).save_pretrained(directory)
+    qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    qwen_sampling.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return {**state}
 
@@ -86,7 +97,8 @@ def test_release_to_sicog_to_release_is_lossless(tokenizer, tmp_path, fmt, monke
     for key, value in original.items():
         assert torch.equal(back[key], value), key
     projector = read_tensor_file(tmp_path / "back" / "mm_projector.bin")
-    assert all(torch.equal(projector[k], original[k]) for k in projector) and len(projector) == len(RELEASE_PROJECTOR_NAMES)
+    assert len(projector) == len(RELEASE_PROJECTOR_NAMES)
+    assert all(torch.equal(projector[k], original[k]) for k in projector)
     config = json.loads((tmp_path / "back" / "config.json").read_text())
     assert config["model_type"] == "llava_qwen" and config["mm_projector_type"] == "adapt_spatial_resampler_v1"
 
@@ -113,7 +125,8 @@ def test_unknown_and_missing_keys_are_listed_in_one_error(tokenizer, tmp_path, m
     projector.pop("model.mm_projector.ln_post.bias")
     projector["model.mm_projector.extra_scale"] = torch.ones(3)
     torch.save(projector, tmp_path / "release" / "mm_projector.bin")
-    with pytest.raises(ConversionError, match=r"unknown keys \['model.mm_projector.extra_scale'\].*missing keys \['model.mm_projector.ln_post.bias'\]"):
+    expected = r"unknown keys \['model.mm_projector.extra_scale'\].*missing keys \['model.mm_projector.ln_post.bias'\]"
+    with pytest.raises(ConversionError, match=expected):
         release_to_sicog(tmp_path / "release", tmp_path / "ours")
 
 

@@ -198,7 +198,8 @@ def test_sampling_comes_from_the_checkpoint_unless_flags_override(tmp_path):
     from sicog.generate.sample import resolve_sampling
 
     assert resolve_sampling(tmp_path) == SamplingSettings()  # no generation_config.json: the defaults
-    GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05).save_pretrained(tmp_path)
+    qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    qwen_sampling.save_pretrained(tmp_path)
     qwen = resolve_sampling(tmp_path, num_candidates=2)
     assert (qwen.top_p, qwen.top_k, qwen.repetition_penalty, qwen.num_candidates) == (0.8, 20, 1.05, 2)
     assert qwen.generate_kwargs()["repetition_penalty"] == 1.05 and qwen.metadata()["top_k"] == 20

@@ -98,7 +98,8 @@ def test_release_labels_follow_the_published_qwen_preprocessing(tokenizer, tiny_
     for message, supervised in (({"role": "system", "content": "You are a helpful assistant."}, False),
                                 ({"role": "user", "content": "<image>\nHow many circles?"}, False),
                                 ({"role": "assistant", "content": "There are 3."}, True)):
-        ids = tokenizer.encode(f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>\n", add_special_tokens=False)
+        rendered = f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>\n"
+        ids = tokenizer.encode(rendered, add_special_tokens=False)
         expected += [t if supervised or t in markers else IGNORE_INDEX for t in ids]
     start = encoded.input_ids.index(processor.image_token_id)
     labels = encoded.labels[:start] + [IGNORE_INDEX] + encoded.labels[start + processor.image_token_count(64, 64) :]
@@ -188,6 +189,7 @@ def test_inference_resizes_the_long_side_before_slicing(tiny_model_factory):
     turn = conv("<image>\nWhat is it?")
     generation = processor.encode(turn, [image], train=False)
     assert tuple(generation.pixel_values[0].shape[:2]) == (2, 2)  # 128x96 is sliced 2x2
-    assert len(processor.encode(conv("<image>\nWhat is it?", "A box."), [image]).pixel_values) == 1  # training: as given
+    training = processor.encode(conv("<image>\nWhat is it?", "A box."), [image])
+    assert len(training.pixel_values) == 1  # training: the image as given
     n_image = generation.input_ids.count(processor.image_token_id) + 2 * 4 + 1  # placeholders + 8 newlines + separator
     assert processor.image_token_count(64, 48, inference=True) == n_image

@@ -45,7 +45,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 # >= 8 sizes: the published examples, unsliced ones (336x336 is the 1-slice case), extreme aspect ratios.
-SIZES = [(1024, 768), (640, 480), (336, 336), (200, 150), (1500, 200), (120, 1400), (800, 800), (4000, 60), (500, 375), (90, 700)]
+SIZES = [
+    (1024, 768), (640, 480), (336, 336), (200, 150), (1500, 200),
+    (120, 1400), (800, 800), (4000, 60), (500, 375), (90, 700),
+]
 FP32_TOLERANCE = 1e-5
 # bfloat16 keeps 8 significant bits (one unit in the last place is 0.4-0.8% of a value): through a
 # 2-layer tower, the resampler and a 2-layer LLM the two sides round at different points, so the
@@ -69,7 +72,8 @@ class _V4Encoder(nn.Module):
 
         self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, inputs_embeds, attention_mask=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+    def forward(self, inputs_embeds, attention_mask=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
         from transformers.modeling_outputs import BaseModelOutput
 
         hidden, states = inputs_embeds, [inputs_embeds]
@@ -118,11 +122,15 @@ def published():
 
     stand_ins = {
         "llava.utils": _stub("llava.utils", rank0_print=lambda *a, **k: None, rank_print=lambda *a, **k: None),
-        "llava.model.multimodal_encoder.builder": _stub("llava.model.multimodal_encoder.builder", build_vision_tower=build_vision_tower),
+        "llava.model.multimodal_encoder.builder": _stub(
+            "llava.model.multimodal_encoder.builder", build_vision_tower=build_vision_tower
+        ),
         "llava.model.multimodal_resampler.builder": _stub(
             "llava.model.multimodal_resampler.builder", build_vision_resampler=lambda *a, **k: nn.Identity()
         ),
-        "llava.model.multimodal_projector.pooler_projector": _stub("llava.model.multimodal_projector.pooler_projector", PoolerProjector=None),
+        "llava.model.multimodal_projector.pooler_projector": _stub(
+            "llava.model.multimodal_projector.pooler_projector", PoolerProjector=None
+        ),
         "llava.model.multimodal_encoder.hubconf": _stub("llava.model.multimodal_encoder.hubconf", clipLarge=None),
         "imgaug": _stub("imgaug", augmenters=_stub("imgaug.augmenters")),
         "transformers.modeling_attn_mask_utils": _stub(
@@ -137,7 +145,9 @@ def published():
     saved_modules = {name: sys.modules.get(name) for name in stand_ins}
     saved_clip = {name: getattr(modeling_clip, name, None) for name in ("CLIPVisionTransformer", "CLIPEncoder")}
     sys.modules.update(stand_ins)
-    modeling_clip.CLIPVisionTransformer = type("CLIPVisionTransformer", (nn.Module,), {"__init__": lambda self, config: nn.Module.__init__(self)})
+    modeling_clip.CLIPVisionTransformer = type(
+        "CLIPVisionTransformer", (nn.Module,), {"__init__": lambda self, config: nn.Module.__init__(self)}
+    )
     modeling_clip.CLIPEncoder = _V4Encoder
     sys.path.insert(0, REFERENCE)
     try:
@@ -188,8 +198,10 @@ def models(published, tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     torch.manual_seed(0)
     clip_dir = root / "clip"
-    vision_config = CLIPVisionConfig(hidden_size=VISION_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                     image_size=336, patch_size=14)
+    vision_config = CLIPVisionConfig(
+        hidden_size=VISION_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=336,
+        patch_size=14,
+    )
     CLIPVisionModel(vision_config).save_pretrained(clip_dir)
     CLIPImageProcessorPil(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), size={"shortest_edge": 336},
                           crop_size={"height": 336, "width": 336}).save_pretrained(clip_dir)
@@ -249,7 +261,10 @@ def published_inputs(published, models, image: Image.Image, generation: bool):
     )
     kwargs = dict(do_resize=False, do_center_crop=False, do_rescale=True, do_normalize=True, return_tensors="pt")
     source_tensor = models.image_processor.preprocess(source, **kwargs)["pixel_values"]
-    patch_tensor = models.image_processor.preprocess(patches, **kwargs)["pixel_values"] if grid else torch.zeros(1, 3, 336, 336)
+    if grid:
+        patch_tensor = models.image_processor.preprocess(patches, **kwargs)["pixel_values"]
+    else:  # what the published loader passes for an unsliced image (ignored by the model)
+        patch_tensor = torch.zeros(1, 3, 336, 336)
     conv = published.conversation.conv_templates["qwen_1_5"].copy()
     conv.append_message(conv.roles[0], "<image>\nWhat is in the picture?")
     conv.append_message(conv.roles[1], None)
@@ -301,7 +316,8 @@ def _published_forward(published, models, image, dtype, reference=None):
     reference = reference or models.reference
     with torch.no_grad():
         _, _, _, _, embeds, _ = reference.prepare_inputs_labels_for_multimodal(
-            ids[None], None, None, None, None, source.to(dtype), patch_images=[patches.to(dtype)], ind_tokens=[ind_tokens]
+            ids[None], None, None, None, None, source.to(dtype),
+            patch_images=[patches.to(dtype)], ind_tokens=[ind_tokens],
         )
         logits = reference(inputs_embeds=embeds).logits
     return embeds[0], logits[0], ids
@@ -331,7 +347,8 @@ def test_same_embeddings_logits_and_image_tokens_in_float32(published, models, s
     image_rows = ref_embeds[encoded.input_ids.index(models.processor.image_token_id) :][:published_image_tokens]
     assert image_rows.std().item() > 0.1  # image features that actually vary, not a constant that trivially agrees
     assert embed_diff <= FP32_TOLERANCE and logit_diff <= FP32_TOLERANCE, (embed_diff, logit_diff)
-    print(f"{size}: {published_image_tokens} image tokens, max |diff| embeddings {embed_diff:.2e}, logits {logit_diff:.2e}")
+    print(f"{size}: {published_image_tokens} image tokens, max |diff| embeddings {embed_diff:.2e}, "
+          f"logits {logit_diff:.2e}")
 
 
 @pytest.mark.slow

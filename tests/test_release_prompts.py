@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from sicog.annotate.cod import ASSISTANT_PREFILL, SYSTEM_PROMPT
-from sicog.data.prompts import ANNOTATION_DESCRIBE, CAPTION_PROMPTS, COD_STEPS, COT_STEPS, caption_prompt, reasoning_prompt
+from sicog.data.prompts import (
+    ANNOTATION_DESCRIBE,
+    CAPTION_PROMPTS,
+    COD_STEPS,
+    COT_STEPS,
+    caption_prompt,
+    reasoning_prompt,
+)
 
 REFERENCE = Path(os.environ.get("SICOG_REFERENCE_CODE") or "/nonexistent")
 needs_reference = pytest.mark.skipif(
@@ -25,7 +32,8 @@ needs_reference = pytest.mark.skipif(
 
 def string_constants(path: Path) -> list[str]:
     """Every string literal of a Python file (f-strings: their literal parts)."""
-    return [node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    nodes = ast.walk(ast.parse(path.read_text()))
+    return [node.value for node in nodes if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 
 
 @needs_reference
@@ -55,8 +63,9 @@ def test_generation_prompts_are_the_published_ones():
 
 
 def test_prompt_types_as_in_the_readme():
-    assert caption_prompt("cod-default") == "Please generate a detailed caption of this image. Describe the image step-by-step."
-    assert caption_prompt("default") == "Please generate a detailed caption of this image. Be as descriptive as possible."
+    request = "Please generate a detailed caption of this image."
+    assert caption_prompt("cod-default") == f"{request} Describe the image step-by-step."
+    assert caption_prompt("default") == f"{request} Be as descriptive as possible."
     assert caption_prompt("cod-conv", "<image>\nWhat is this?") == "What is this? Describe the image step-by-step."
     assert reasoning_prompt("cot-default", "How many? Answer the question using a single word or phrase.") == (
         "How many? Answer the question step-by-step.")

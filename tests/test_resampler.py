@@ -87,8 +87,10 @@ def test_cell_pooling_equals_scalar_roi_align(shape, grid):
     height, width = shape
     x = torch.randn(2, height, width, 6)
     rows, cols = cell_edges(height, width, grid, torch.float32)
-    boxes = [[b, cols[j, 0], rows[i, 0], cols[j, 1], rows[i, 1]] for b in range(2) for i in range(grid) for j in range(grid)]
-    expected = roi_align(x.permute(0, 3, 1, 2), torch.tensor(boxes), bin_grid(width, height)).flatten(-2).transpose(1, 2)
+    cells = [(i, j) for i in range(grid) for j in range(grid)]
+    boxes = [[b, cols[j, 0], rows[i, 0], cols[j, 1], rows[i, 1]] for b in range(2) for i, j in cells]
+    pooled = roi_align(x.permute(0, 3, 1, 2), torch.tensor(boxes), bin_grid(width, height))
+    expected = pooled.flatten(-2).transpose(1, 2)
     torch.testing.assert_close(roi_align_cells(x, grid), expected, rtol=0, atol=2e-6)
 
 

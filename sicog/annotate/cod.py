@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
 from sicog.data.jsonl import RecordError, record_id
-from sicog.data.prompts import ANNOTATION_DESCRIBE, CAPTION_PROMPTS, COD_STEPS, IMAGE_TOKEN, caption_prompt, strip_instruction
+from sicog.data.prompts import (
+    ANNOTATION_DESCRIBE,
+    CAPTION_PROMPTS,
+    COD_STEPS,
+    IMAGE_TOKEN,
+    caption_prompt,
+    strip_instruction,
+)
 from sicog.data.schema import check_llava_record, record_images
 from sicog.data.steps import split_steps
 
@@ -93,7 +100,9 @@ SYSTEM_PROMPT = (
     "necessary."
 )
 # The published request ends with this assistant turn, so the model continues from step 1.
-ASSISTANT_PREFILL = "Thank you! I will now think step-by-step, starting by extracting the salient content from the image."
+ASSISTANT_PREFILL = (
+    "Thank you! I will now think step-by-step, starting by extracting the salient content from the image."
+)
 
 
 class ReplyError(ValueError):

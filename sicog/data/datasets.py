@@ -134,7 +134,8 @@ class SupervisedDataset(Dataset):
         images = [image_path(self.image_folder, name) for name in names]
         if augment:
             images = [
-                release_augment(load_image(path), str(name), self.processor, self._rng) for path, name in zip(images, names)
+                release_augment(load_image(path), str(name), self.processor, self._rng)
+                for path, name in zip(images, names)
             ]
         return self.processor.encode(record["conversations"], images, train=True, never_split=self.never_split)
 

@@ -80,7 +80,8 @@ class SamplingSettings:
     def metadata(self) -> dict:
         """The sampling parameters as written into each record's ``generation`` field."""
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "repetition_penalty": self.repetition_penalty, "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens}
+                "repetition_penalty": self.repetition_penalty, "num_beams": self.num_beams,
+                "max_new_tokens": self.max_new_tokens}
 
 
 # Settings a checkpoint's generation_config.json may supply (Qwen2-7B-Instruct's: 0.7, 0.8, 20, 1.05).

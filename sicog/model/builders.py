@@ -71,7 +71,9 @@ def choose_separators(tokenizer: PreTrainedTokenizerBase, vocab_size: int, separ
     return separator_ids(tokenizer)
 
 
-def make_config(vision_config, text_config, tokenizer: PreTrainedTokenizerBase, separators: str = "auto", **settings) -> SicogConfig:
+def make_config(
+    vision_config, text_config, tokenizer: PreTrainedTokenizerBase, separators: str = "auto", **settings
+) -> SicogConfig:
     """A config whose image id comes from ``tokenizer`` and separators from :func:`choose_separators`."""
     vocab_size = text_config.vocab_size if hasattr(text_config, "vocab_size") else text_config["vocab_size"]
     comma, newline = choose_separators(tokenizer, vocab_size, separators)
@@ -182,10 +184,10 @@ def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike
     Shapes and settings are checked; call this before DeepSpeed ZeRO-3 partitions the model.
     """
     path = Path(path)
+    file = path
     if path.is_dir():
-        file = path / PROJECTOR_FILE if (path / PROJECTOR_FILE).is_file() or not (path / PROJECTOR_BIN).is_file() else path / PROJECTOR_BIN
-    else:
-        file = path
+        published_only = (path / PROJECTOR_BIN).is_file() and not (path / PROJECTOR_FILE).is_file()
+        file = path / (PROJECTOR_BIN if published_only else PROJECTOR_FILE)
     if not file.is_file():
         raise FileNotFoundError(f"no projector checkpoint at {file}")
     settings_file = file.parent / PROJECTOR_CONFIG
@@ -239,7 +241,8 @@ def tiny_vision_config(hidden_size: int = 32, layers: int = 2, patch_size: int =
 
 def tiny_config(tokenizer: PreTrainedTokenizerBase, **settings) -> SicogConfig:
     """A tiny SICOG config around ``tokenizer`` (small CLIP, 2-layer Qwen2, 16 queries, 64 px slices)."""
-    defaults = {"separators": "tokenizer", "scale_resolution": 64, "max_slice_nums": 4, "resampler_num_queries": 16, "resampler_num_heads": 2}
+    defaults = {"separators": "tokenizer", "scale_resolution": 64, "max_slice_nums": 4, "resampler_num_queries": 16,
+                "resampler_num_heads": 2}
     defaults.update(settings)
     vision = defaults.pop("vision_config", tiny_vision_config())
     text = defaults.pop("text_config", tiny_text_config(len(tokenizer)))

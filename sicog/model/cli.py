@@ -31,7 +31,8 @@ def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
         return plan.grid, image_token_count(plan.grid, config.resampler_num_queries, config.image_layout)
 
     grid, training_tokens = tokens(*image_size)
-    generation_size = image_size if config.inference_long_side is None else fit_long_side(*image_size, config.inference_long_side)
+    side = config.inference_long_side
+    generation_size = image_size if side is None else fit_long_side(*image_size, side)
     generation_grid, generation_tokens = tokens(*generation_size)
     return {
         "parameters": count(model),

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, GenerationConfig, Qwen2Config
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    Qwen2Config,
+)
 
 from sicog.model.builders import (
     RELEASE_INFERENCE_LONG_SIDE,
@@ -67,7 +74,8 @@ def _vision_state(weights: dict[str, torch.Tensor], release_config: dict, vision
         return CLIPVisionConfig(**CLIP_L14_336), {}  # weights in the checkpoint; the hub id fixes the shape
     if source is None or not Path(source).is_dir():
         raise ConversionError(
-            f"{src}: needs the CLIP vision tower's directory (config mm_vision_tower={release_config.get('mm_vision_tower')!r}"
+            f"{src}: needs the CLIP vision tower's directory "
+            f"(config mm_vision_tower={release_config.get('mm_vision_tower')!r}"
             " is not a local directory); pass --vision-tower"
         )
     tower = CLIPVisionModel.from_pretrained(source)
@@ -83,10 +91,13 @@ def release_to_sicog(
     src, out = Path(src), Path(out)
     release_config = json.loads((src / "config.json").read_text())
     if release_config.get("model_type") != RELEASE_MODEL_TYPE:
-        raise ConversionError(f"{src}/config.json: model_type {release_config.get('model_type')!r} is not {RELEASE_MODEL_TYPE!r}")
+        found = release_config.get("model_type")
+        raise ConversionError(f"{src}/config.json: model_type {found!r} is not {RELEASE_MODEL_TYPE!r}")
     projector_type = release_config.get("mm_projector_type")
     if projector_type not in PROJECTOR_TYPES:
-        raise ConversionError(f"{src}/config.json: mm_projector_type {projector_type!r} is not one of {sorted(PROJECTOR_TYPES)}")
+        raise ConversionError(
+            f"{src}/config.json: mm_projector_type {projector_type!r} is not one of {sorted(PROJECTOR_TYPES)}"
+        )
     weights = read_weights(src)
     projector_file = Path(projector) if projector else src / PROJECTOR_BIN
     if projector_file.is_file():
@@ -130,15 +141,17 @@ def release_config_dict(config: SicogConfig, vision_tower_name: str) -> dict:
     problems = []
     expected = {"resampler_pooling": "roi_align", "image_layout": "release", "resampler_attention": "cell"}
     problems += [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in expected.items() if getattr(config, k) != v]
-    geometry = {"scale_resolution": config.scale_resolution, "max_slice_nums": config.max_slice_nums, "patch_size": config.patch_size}
+    geometry = {name: getattr(config, name) for name in RELEASE_GEOMETRY}
     problems += [f"{k}={v} (needs {RELEASE_GEOMETRY[k]})" for k, v in geometry.items() if v != RELEASE_GEOMETRY[k]]
     if (config.slice_comma_id, config.slice_newline_id) != RELEASE_SEPARATORS:
-        problems.append(f"separator ids {(config.slice_comma_id, config.slice_newline_id)} (needs {RELEASE_SEPARATORS})")
+        separators = (config.slice_comma_id, config.slice_newline_id)
+        problems.append(f"separator ids {separators} (needs {RELEASE_SEPARATORS})")
     if config.resampler_heads != config.text_config.hidden_size // 128:
         problems.append(f"{config.resampler_heads} resampler heads (needs hidden_size // 128)")
     projector_type = {v: k for k, v in PROJECTOR_TYPES.items()}.get(config.resampler_num_queries)
     if projector_type is None:
-        problems.append(f"resampler_num_queries={config.resampler_num_queries} (needs one of {sorted(PROJECTOR_TYPES.values())})")
+        choices = sorted(PROJECTOR_TYPES.values())
+        problems.append(f"resampler_num_queries={config.resampler_num_queries} (needs one of {choices})")
     if problems:
         raise ConversionError("the published code cannot run this model: " + "; ".join(problems))
     fields = config.text_config.to_dict()
@@ -199,10 +212,14 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sicog convert``."""
-    parser.add_argument("direction", choices=("from-release", "to-release"), help="release -> SICOG, or SICOG -> release")
+    parser.add_argument(
+        "direction", choices=("from-release", "to-release"), help="release -> SICOG, or SICOG -> release"
+    )
     parser.add_argument("src", help="checkpoint directory to read")
     parser.add_argument("out", help="directory to write")
-    parser.add_argument("--vision-tower", help="from-release: CLIP directory when the checkpoint holds no tower weights")
+    parser.add_argument(
+        "--vision-tower", help="from-release: CLIP directory when the checkpoint holds no tower weights"
+    )
     parser.add_argument("--projector", help=f"from-release: a {PROJECTOR_BIN} to use (default: the one in src, if any)")
     parser.add_argument("--vision-tower-name", help="to-release: mm_vision_tower to record (default: the written copy)")
 

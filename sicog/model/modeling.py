@@ -126,7 +126,8 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
                 start += 1
             else:
                 count = grid[0] * grid[1]
-                ordered.append(order_slice_features(torch.stack(outputs[start : start + count]), grid, self.config.image_layout))
+                slices = torch.stack(outputs[start : start + count])
+                ordered.append(order_slice_features(slices, grid, self.config.image_layout))
                 start += count
         return torch.cat(ordered, dim=0)
 
@@ -236,7 +237,10 @@ def flatten_views(pixel_values: list[torch.Tensor]) -> tuple[list[torch.Tensor],
             views.append(entry)
             grids.append(None)
         else:
-            raise ValueError(f"pixel_values entry {index} has shape {tuple(entry.shape)}; expected (3, H, W) or (rows, cols, 3, h, w)")
+            raise ValueError(
+                f"pixel_values entry {index} has shape {tuple(entry.shape)}; "
+                "expected (3, H, W) or (rows, cols, 3, h, w)"
+            )
     return views, grids
 
 

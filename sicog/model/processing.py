@@ -112,8 +112,10 @@ class SicogProcessor:
             image = image.resize(size, Image.Resampling.BICUBIC)
         plan = self.plan(image.width, image.height, never_split=never_split)
         source, slices = slice_image(image, plan)
+        config = self.config
         ids = image_token_ids(
-            plan.grid, self.config.resampler_num_queries, self.image_token_id, self.comma_id, self.newline_id, self.config.image_layout
+            plan.grid, config.resampler_num_queries, self.image_token_id, self.comma_id, self.newline_id,
+            config.image_layout,
         )
         views = [self._to_tensor(source)]
         if plan.grid is not None:
@@ -155,7 +157,8 @@ class SicogProcessor:
             if whole_turn:
                 end = len(through)
             else:
-                end = through.rfind(end_marker) + len(end_marker) if end_marker and end_marker in through else len(through)
+                has_marker = bool(end_marker) and end_marker in through
+                end = through.rfind(end_marker) + len(end_marker) if has_marker else len(through)
             if not (text.startswith(before) and text.startswith(through[:end]) and end > len(before)):
                 raise ConversationError(f"chat template renders turn {index} differently in context; cannot mask labels")
             spans.append((len(before), end))
@@ -187,7 +190,8 @@ class SicogProcessor:
         token_ids = encoding["input_ids"]
         token_labels = None
         if train:
-            token_labels = self._labels(token_ids, encoding["offset_mapping"], self._supervised_spans(messages, text, masking))
+            spans = self._supervised_spans(messages, text, masking)
+            token_labels = self._labels(token_ids, encoding["offset_mapping"], spans)
             if masking == "release":
                 always = self._always_supervised()
                 token_labels = [t if t in always else label for t, label in zip(token_ids, token_labels)]

@@ -33,7 +33,11 @@ class ConversionError(ValueError):
 def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a directory's ``model*.safetensors`` or ``pytorch_model*.bin`` files (index or single file)."""
     directory = Path(directory)
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+    layouts = (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    )
+    for index_name, single in layouts:
         index = directory / index_name
         if index.is_file():
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -106,9 +110,12 @@ def from_release_state(state: dict[str, torch.Tensor], expected: dict[str, torch
         if ours is None:
             unknown.append(key)
             continue
-        out[ours] = value.t().contiguous() if ours.startswith("resampler.") and ours[len("resampler.") :] in TRANSPOSED else value
+        transposed = ours.startswith("resampler.") and ours[len("resampler.") :] in TRANSPOSED
+        out[ours] = value.t().contiguous() if transposed else value
     missing = sorted(set(expected) - set(out))
-    wrong = [f"{k} {tuple(out[k].shape)} != {tuple(expected[k].shape)}" for k in out if out[k].shape != expected[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in out.items() if v.shape != expected[k].shape
+    ]
     problems = []
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")

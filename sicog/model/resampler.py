@@ -100,8 +100,9 @@ def _axis_weights(edges: torch.Tensor, bins: int, length: int) -> tuple[torch.Te
     count = int(samples.max())
     b = torch.arange(bins, dtype=torch.float32)[None, :, None]
     k = torch.arange(count, dtype=torch.float32)[None, None, :]
-    pos = start[:, None, None] + b * bin_size[:, None, None] + (k + 0.5) * bin_size[:, None, None] / samples[:, None, None]
-    valid = (k < samples[:, None, None]) & (pos >= -1.0) & (pos <= length)
+    start, bin_size, samples = start[:, None, None], bin_size[:, None, None], samples[:, None, None]
+    pos = start + b * bin_size + (k + 0.5) * bin_size / samples
+    valid = (k < samples) & (pos >= -1.0) & (pos <= length)
     pos = pos.clamp(min=0.0)
     low = pos.floor()
     at_end = low >= length - 1
@@ -111,7 +112,7 @@ def _axis_weights(edges: torch.Tensor, bins: int, length: int) -> tuple[torch.Te
     weights = torch.zeros(*pos.shape, length)
     weights.scatter_add_(-1, low.long()[..., None], ((1 - frac) * valid)[..., None])
     weights.scatter_add_(-1, high.long()[..., None], (frac * valid)[..., None])
-    return weights.sum(dim=2), samples
+    return weights.sum(dim=2), samples[:, 0, 0]
 
 
 def roi_align_cells(features: torch.Tensor, grid: int) -> torch.Tensor:
@@ -196,7 +197,9 @@ class Resampler(nn.Module):
             out = self._average_cells(kv, queries)
         return self.proj(self.ln_post(out))
 
-    def _attend_cells(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: int) -> torch.Tensor:
+    def _attend_cells(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: int
+    ) -> torch.Tensor:
         """One query per cell against that cell's keys ``(B * g * g, n, D)``."""
         q = queries.unsqueeze(0).expand(batch, -1, -1).reshape(batch * self.num_queries, 1, self.width)
         out, _ = self.attn(q, keys, values, need_weights=False)
