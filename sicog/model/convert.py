@@ -78,9 +78,9 @@ def _vision_state(weights: dict[str, torch.Tensor], release_config: dict, vision
             f"(config mm_vision_tower={release_config.get('mm_vision_tower')!r}"
             " is not a local directory); pass --vision-tower"
         )
-    tower = CLIPVisionModel.from_pretrained(source)
     if has_tower:
-        return tower.config, {}
+        return CLIPVisionConfig.from_pretrained(source), {}
+    tower = CLIPVisionModel.from_pretrained(source)
     return tower.config, {VISION_PREFIX + k: v for k, v in tower.state_dict().items()}
 
 
