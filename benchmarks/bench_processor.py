@@ -35,6 +35,7 @@ from sicog.data.datasets import SupervisedCollator, SupervisedDataset
 from sicog.data.jsonl import write_jsonl
 from sicog.model.builders import make_config, tiny_text_config
 from sicog.model.configuration import CLIP_L14_336
+from sicog.model.modeling import flatten_views
 from sicog.model.processing import SicogProcessor
 from sicog.toy.tokenizer import train_tokenizer
 
@@ -82,8 +83,8 @@ class ImageViews(Dataset):
 def count_views(batch) -> int:
     """Views in a batch of either measurement."""
     if isinstance(batch, dict):
-        return len(batch.get("pixel_values", []))
-    return sum(len(views) for views, _ in batch)
+        return len(flatten_views(batch.get("pixel_values", []))[0])
+    return sum(len(flatten_views(views)[0]) for views, _ in batch)
 
 
 def timed_pass(dataset: Dataset, collate, workers: int, batch_size: int) -> tuple[float, int]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -48,6 +49,8 @@ from transformers import CLIPVisionConfig
 from transformers.utils import is_flash_attn_2_available
 
 from sicog.data.jsonl import write_jsonl
+from sicog.model.modeling import flatten_views
+from sicog.model.resampler import bin_grid
 from sicog.generate.job import GenerationJob, read_plan, run_rank
 from sicog.generate.sample import SamplingSettings
 from sicog.model.builders import make_config, new_model, tiny_config, tiny_text_config, tiny_vision_config
@@ -116,13 +119,15 @@ def training_flops(model, batch: dict) -> dict[str, float]:
     patch_params = tower.embeddings.patch_embedding.weight.numel()
     width, queries, bins = config.text_config.hidden_size, config.resampler_num_queries, config.resampler_cell_bins
     forward = dict.fromkeys(("vision_matmul", "vision_attention", "resampler", "llm_matmul", "llm_attention"), 0.0)
-    for view in batch["pixel_values"]:
-        patches = (view.shape[1] // config.patch_size) * (view.shape[2] // config.patch_size)
+    for view in flatten_views(batch["pixel_values"])[0]:
+        rows_p, cols_p = view.shape[1] // config.patch_size, view.shape[2] // config.patch_size
+        patches = rows_p * cols_p
         tokens = patches + 1  # + CLS
         forward["vision_matmul"] += 2 * patch_params * patches + 2 * layer_params * tokens
         forward["vision_attention"] += used * 4 * tokens * tokens * vision_width
-        # q, out_proj and proj on the queries; k and v on bins^2 pooled keys per query
-        forward["resampler"] += 2 * vision_width * width * patches + 2 * width * width * queries * (3 + 2 * bins * bins)
+        # q, out_proj and proj on the queries; k and v on the pooled keys of each query's cell
+        keys = bins * bins if config.resampler_pooling == "average" else math.prod(bin_grid(cols_p, rows_p))
+        forward["resampler"] += 2 * vision_width * width * patches + 2 * width * width * queries * (3 + 2 * keys)
     llm = model.language_model
     text = config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -206,7 +211,7 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
     seconds = float(np.median(times))
     tokens = batch["input_ids"].numel()
     result = {"batch": args.batch_size, "sequence_length": batch["input_ids"].shape[1],
-              "views_per_step": len(batch["pixel_values"]),
+              "views_per_step": len(flatten_views(batch["pixel_values"])[0]),
               "median_step_s": seconds, "min_step_s": min(times), "tokens_per_s": tokens / seconds,
               "samples_per_s": args.batch_size / seconds, "tflops_per_step": flops["total"] / 1e12,
               "flops_share": {k: round(v / flops["total"], 3) for k, v in flops.items() if k != "total"},

@@ -218,7 +218,7 @@ def test_every_record_is_annotated_from_its_own_image(server, tmp_path, capsys, 
                                     ("g3", "green", (20, 20), "image/png")):
         bodies = expected_bodies(colour, *size, mime)
         assert cod[rid]["conversations"] == [
-            {"from": "human", "value": f"<image>\nWhat is shown in picture {rid}? Describe the image step-by-step."},
+            {"from": "human", "value": f"<image>\nWhat is shown in picture {rid}? Describe the image step by step."},
             {"from": "gpt", "value": format_steps(COD_STEPS, bodies)}]
         assert dd[rid]["conversations"] == [
             {"from": "human", "value": f"<image>\nWhat is shown in picture {rid}?"},

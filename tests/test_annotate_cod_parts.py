@@ -11,6 +11,7 @@ from PIL import Image
 
 from sicog.annotate.api import NO_KEY, FatalAPIError, RetryPolicy, redact, resolve_endpoint
 from sicog.annotate.cod import (
+    ASSISTANT_PREFILL,
     SYSTEM_PROMPT,
     CodSource,
     ReplyError,
@@ -60,7 +61,7 @@ def test_truncated_reply_is_rejected_even_when_it_parses():
 
 
 def test_system_prompt_names_the_five_steps_in_order():
-    positions = [SYSTEM_PROMPT.index(f"Step {i}: {header}") for i, header in enumerate(COD_STEPS, start=1)]
+    positions = [SYSTEM_PROMPT.index(f"**Step {i}**: {header}") for i, header in enumerate(COD_STEPS, start=1)]
     assert positions == sorted(positions)
 
 
@@ -70,7 +71,7 @@ def llava(question: str = "<image>\nWhat is this?", caption: str = "A dog.", **e
 
 
 def test_source_takes_the_bare_question_and_the_caption():
-    assert read_source(llava()) == CodSource("7", "x.jpg", "What is this?", "A dog.")
+    assert read_source(llava()) == CodSource("7", "x.jpg", "What is this?", "A dog.", "<image>\nWhat is this?")
     assert read_source(llava("<image>")).question == ""
 
 
@@ -95,7 +96,7 @@ def test_output_records_keep_other_fields_and_do_not_touch_the_input():
     caption = format_steps(COD_STEPS, BODIES)
     cod, dd = cod_record(record, source, caption, "m"), dd_record(record, source, BODIES[4], "m")
     assert repr(record) == snapshot
-    assert cod["conversations"][0]["value"] == "<image>\nWhat is this? Describe the image step-by-step."
+    assert cod["conversations"][0]["value"] == "<image>\nWhat is this? Describe the image step by step."
     assert dd["conversations"] == [{"from": "human", "value": "<image>\nWhat is this?"},
                                    {"from": "gpt", "value": BODIES[4]}]
     assert cod["source"] == dd["source"] == "vflan"
@@ -106,12 +107,13 @@ def test_output_records_keep_other_fields_and_do_not_touch_the_input():
         "<image>\nPlease generate a detailed caption of this image. Be as descriptive as possible.")
 
 
-def test_messages_carry_image_question_and_caption():
+def test_messages_are_the_published_request():
     messages = build_messages("data:image/png;base64,AAAA", read_source(llava()))
     assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
-    image, text = messages[1]["content"]
+    text, image = messages[1]["content"]
     assert image == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    assert "What is this?" in text["text"] and "A dog." in text["text"]
+    assert text["text"] == "Question: <image>\nWhat is this?\n\nOriginal description: A dog."
+    assert messages[2] == {"role": "assistant", "content": ASSISTANT_PREFILL}
 
 
 def decode(url: str) -> tuple[str, Image.Image]:

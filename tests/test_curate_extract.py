@@ -94,3 +94,31 @@ def test_different_wordings_of_one_answer_normalise_equal() -> None:
     wordings = ["The answer is 3.", "So, the answer is three.", "Answer: 3", "The final answer is **3**."]
     assert {parse_answer(w).normalized for w in wordings} == {"3"}
     assert parse_answer("The answer is 5.").normalized == "5"
+
+
+# Our captions and the published formats: the annotation API's reply ("**Step 5**: header", blank line,
+# text; what the published data's dd_caption split relies on) and convert_cot.py's "Step 4: header\n".
+RELEASE_COD = (
+    "**Step 1**: Extract salient content by identifying the key elements that define the image or document.\n\n"
+    "A dog on a sofa.\n\n"
+    "**Step 4**: Examine marginal or peripheral content to ensure no important information is missed.\n\n"
+    "A window.\n\n"
+    f"**Step 5**: Organize all observations into a detailed, cohesive description.\n\n{FINAL}"
+)
+
+
+@pytest.mark.parametrize("text", [RELEASE_COD, format_steps(COD_STEPS, ["A dog.", "Fur.", "Sofa.", "Window.", FINAL]),
+                                  RELEASE_COD.replace("**Step", "Step").replace("**:", ":")],
+                         ids=["release", "ours", "release-plain"])
+def test_step_five_has_no_header_sentence_in_either_format(text: str) -> None:
+    extraction = extract(text, "captions")
+    assert extraction.step_found and extraction.text == FINAL
+    assert "Organize all observations" not in extraction.text
+
+
+def test_release_cot_step_four_is_the_answer_alone() -> None:
+    text = ("Step 1: Clarify the task objective.\nCount the cubes.\n\n"
+            "Step 2: Extract the crucial visual information from the image.\nThree cubes.\n\n"
+            "Step 3: Generate detailed reasoning to solve the task.\nOne, two, three.\n\n"
+            "Step 4: Conclude the task with an answer.\n3")
+    assert extract(text, "reasoning").text == "3"

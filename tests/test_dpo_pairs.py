@@ -8,6 +8,7 @@ from PIL import Image
 
 from sicog.data.jsonl import RecordError
 from sicog.data.pairs import PairCollator, PairDataset, check_pair_record
+from sicog.model.modeling import flatten_views
 from sicog.model.processing import IGNORE_INDEX
 from sicog.train.dpo_reference import compute_reference
 
@@ -46,8 +47,9 @@ def test_both_sides_share_prompt_and_image_views(pairs, tiny_model_factory):
         assert dataset.lengths[index] == max(len(chosen.input_ids), len(rejected.input_ids))
     # one "<image>" line is added for the single image; placed placeholders are kept where they are
     first = processor.tokenizer.decode(dataset[0]["chosen"].input_ids)
-    assert first.count("<image>") == (len(dataset[0]["chosen"].pixel_values)) * processor.config.resampler_num_queries
-    assert len(dataset[1]["chosen"].pixel_values) > 2  # two images, sliced
+    views, _ = flatten_views(dataset[0]["chosen"].pixel_values)
+    assert first.count("<image>") == len(views) * processor.config.resampler_num_queries
+    assert len(flatten_views(dataset[1]["chosen"].pixel_values)[0]) > 2  # two images, sliced
 
 
 def test_collator_puts_chosen_rows_first_and_keeps_the_reference(pairs, tiny_model_factory):

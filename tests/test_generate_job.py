@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -74,7 +76,7 @@ def test_every_record_gets_n_candidates_and_its_generation_metadata(dataset, tmp
         assert record["generation"] == {
             "model": "tiny", "prompt_type": "cot-default",
             "prompt": f"{source['question']} Answer the question step-by-step.", "temperature": 0.8, "top_p": 0.95,
-            "top_k": 50, "num_beams": 1, "max_new_tokens": 6, "seed": 0, "corruption": None}
+            "top_k": 50, "repetition_penalty": 1.0, "num_beams": 1, "max_new_tokens": 6, "seed": 0, "corruption": None}
     assert any(len(set(r["candidates"])) > 1 for r in outputs)  # samples, not copies
 
 
@@ -188,3 +190,28 @@ def test_beam_sampling_needs_enough_beams():
     with pytest.raises(ValueError, match="temperature must be 0"):
         SamplingSettings(temperature=-1)
 
+
+
+def test_sampling_comes_from_the_checkpoint_unless_flags_override(tmp_path):
+    from transformers import GenerationConfig
+
+    from sicog.generate.sample import resolve_sampling
+
+    assert resolve_sampling(tmp_path) == SamplingSettings()  # no generation_config.json: the defaults
+    qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    qwen_sampling.save_pretrained(tmp_path)
+    qwen = resolve_sampling(tmp_path, num_candidates=2)
+    assert (qwen.top_p, qwen.top_k, qwen.repetition_penalty, qwen.num_candidates) == (0.8, 20, 1.05, 2)
+    assert qwen.generate_kwargs()["repetition_penalty"] == 1.05 and qwen.metadata()["top_k"] == 20
+    flagged = resolve_sampling(tmp_path, top_k=50, temperature=None)
+    assert (flagged.top_k, flagged.temperature, flagged.top_p) == (50, 0.7, 0.8)
+
+
+def test_outputs_from_before_repetition_penalty_was_recorded_still_resume(dataset, tmp_path, model_and_processor):
+    job = make_job(dataset, tmp_path)
+    generate(job, model_and_processor)
+    lines = [json.loads(line) for line in job.output.read_text().splitlines()]
+    for record in lines:
+        del record["generation"]["repetition_penalty"]
+    job.output.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    generate(job, model_and_processor)  # resumes: a missing penalty means 1.0, this run's value

@@ -1,7 +1,7 @@
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, CLIPVisionModel, Qwen2ForCausalLM
+from transformers import AutoConfig, AutoModelForImageTextToText, CLIPVisionModel, GenerationConfig, Qwen2ForCausalLM
 
 from sicog.model.builders import (
     build_from_parts,
@@ -34,7 +34,8 @@ def test_loss_and_gradients_on_a_mixed_batch(tiny_model_factory):
     model, processor = tiny_model_factory()
     model.train()
     batch = mixed_batch(processor)
-    assert len(batch["pixel_values"]) == 5 + 1 + 3  # 4 slices + global, global, 2 slices + global
+    # a 2x2 slice grid + global, global, a 2x1 grid + global
+    assert [tuple(v.shape[:-3]) for v in batch["pixel_values"]] == [(2, 2), (), (), (1, 2), ()]
     out = model(**batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -119,10 +120,17 @@ def test_build_from_parts_and_projector_round_trip(tokenizer, tmp_path):
     torch.manual_seed(0)
     CLIPVisionModel(tiny_vision_config()).save_pretrained(tmp_path / "clip")
     Qwen2ForCausalLM(tiny_text_config(len(tokenizer) + 8)).save_pretrained(tmp_path / "llm")
+    qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    qwen_sampling.save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
     model, processor = build_from_parts(tmp_path / "clip", tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2)
     model.eval()
     assert processor.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
+    # the LLM's sampling defaults travel with the checkpoint
+    save_pretrained(model, processor, tmp_path / "checkpoint")
+    saved = GenerationConfig.from_pretrained(tmp_path / "checkpoint")
+    assert (saved.top_k, saved.top_p, saved.repetition_penalty) == (20, 0.8, 1.05)
+    assert saved.eos_token_id == tokenizer.eos_token_id
     reference = CLIPVisionModel.from_pretrained(tmp_path / "clip")
     torch.testing.assert_close(model.vision_tower.state_dict(), reference.state_dict())
     batch = mixed_batch(processor)
@@ -151,7 +159,11 @@ def test_real_size_config_on_meta_device():
     info = describe(real_config(), (1024, 768))
     assert 7.8e9 < info["parameters"] < 8.2e9
     assert info["tokens_per_slice"] == 144
-    assert info["example_image_tokens"] == 1014
+    assert info["example_image_tokens"] == 1033  # 3x2 slices in the published layout
+    assert describe(real_config(), (640, 480))["example_image_tokens"] == 745
+    small = describe(real_config(), (336, 336))  # one view in training; resized to 1024x1024 and sliced to generate
+    assert small["example_image_tokens"] == 144 and small["example_generation_image_tokens"] == 1033
+    assert describe(real_config(image_layout="uhd_v1"), (1024, 768))["example_image_tokens"] == 1014
 
 
 def test_config_validates_itself(tokenizer):

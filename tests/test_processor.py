@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sicog.model.builders import tiny_config, tiny_vision_config
+from sicog.model.builders import tiny_config, tiny_text_config, tiny_vision_config
 from sicog.model.image_io import ImageError, load_image
 from sicog.model.modeling import ImageTokenMismatchError
 from sicog.model.processing import IGNORE_INDEX, ConversationError
@@ -17,8 +17,8 @@ def conv(*texts):
     return [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(texts)]
 
 
-def test_separators_come_from_the_tokenizer(tokenizer, tiny_model_factory):
-    _, processor = tiny_model_factory()
+def test_uhd_v1_layout_puts_tokenizer_separators_after_each_slice(tokenizer, tiny_model_factory):
+    _, processor = tiny_model_factory(image_layout="uhd_v1")
     comma, newline = tokenizer.encode(",", add_special_tokens=False), tokenizer.encode("\n", add_special_tokens=False)
     assert (processor.comma_id, processor.newline_id) == (comma[0], newline[0])
     assert (processor.comma_id, processor.newline_id) != LLAMA_SEPARATORS
@@ -26,6 +26,17 @@ def test_separators_come_from_the_tokenizer(tokenizer, tiny_model_factory):
     q = processor.config.resampler_num_queries
     assert ids[q] == processor.comma_id and ids[2 * q + 1] == processor.newline_id
     assert ids.count(processor.comma_id) == 2 and ids.count(processor.newline_id) == 2
+
+
+def test_release_layout_stitches_slices_row_by_row(tiny_model_factory):
+    _, processor = tiny_model_factory()
+    views, ids = processor.process_image(Image.new("RGB", (128, 96)))  # 2x2 slices of 16 queries (4x4)
+    assert tuple(views[0].shape[:2]) == (2, 2) and views[1].ndim == 3
+    image, comma, newline = processor.image_token_id, processor.comma_id, processor.newline_id
+    row = [image] * 8 + [newline]  # two slices side by side, 4 features each, then a newline
+    assert ids == row * 8 + [comma] + [image] * 16
+    _, tall = processor.process_image(Image.new("RGB", (64, 160)))  # one column: the separator is a newline
+    assert tall[-17] == newline and comma not in tall
 
 
 @pytest.mark.slow
@@ -73,6 +84,27 @@ def test_labels_cover_exactly_the_assistant_replies(tokenizer, tiny_model_factor
     expected = [tokenizer.encode(reply + "<|im_end|>", add_special_tokens=False) for reply in ("There are 3.", "Two squares, one red.")]
     assert runs == expected
     assert tokenizer.decode(encoded.input_ids[: supervised[0][0]]).endswith("<|im_start|>assistant\n")
+
+
+def test_release_labels_follow_the_published_qwen_preprocessing(tokenizer, tiny_model_factory):
+    """Whole assistant turns, plus every newline, <|im_start|> and <|im_end|> token of the other turns."""
+    _, processor = tiny_model_factory(label_masking="release")
+    turns = conv("<image>\nHow many circles?", "There are 3.")
+    encoded = processor.encode(turns, [Image.new("RGB", (64, 64))])
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    markers = {tokenizer.convert_tokens_to_ids(m) for m in ("<|im_start|>", "<|im_end|>")} | set(newline)
+    # Expected labels built turn by turn, as the published code tokenizes: each rendered message alone.
+    expected = []
+    for message, supervised in (({"role": "system", "content": "You are a helpful assistant."}, False),
+                                ({"role": "user", "content": "<image>\nHow many circles?"}, False),
+                                ({"role": "assistant", "content": "There are 3."}, True)):
+        rendered = f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>\n"
+        ids = tokenizer.encode(rendered, add_special_tokens=False)
+        expected += [t if supervised or t in markers else IGNORE_INDEX for t in ids]
+    start = encoded.input_ids.index(processor.image_token_id)
+    labels = encoded.labels[:start] + [IGNORE_INDEX] + encoded.labels[start + processor.image_token_count(64, 64) :]
+    assert labels == expected
+    assert set(expected[: expected.index(IGNORE_INDEX)]) <= markers and IGNORE_INDEX in expected[:20]
 
 
 def test_generation_prompt_drops_a_trailing_answer(tiny_model_factory):
@@ -136,10 +168,28 @@ def test_extreme_aspect_ratios_run_through_the_model(size, tiny_model_factory):
     assert torch.isfinite(out.loss)
 
 
-def test_processor_rejects_a_config_that_disagrees_with_the_tokenizer(tokenizer):
+def test_processor_writes_the_configs_separator_ids(tokenizer):
     from sicog.model.processing import SicogProcessor
 
-    config = tiny_config(tokenizer)
+    config = tiny_config(tokenizer, text_config=tiny_text_config(30000))
     config.slice_comma_id, config.slice_newline_id = LLAMA_SEPARATORS
+    processor = SicogProcessor(tokenizer, config)
+    _, ids = processor.process_image(Image.new("RGB", (128, 96)))
+    assert set(ids) == {config.image_token_id, *LLAMA_SEPARATORS}
+    config.slice_comma_id = None
     with pytest.raises(ValueError, match="separator ids"):
         SicogProcessor(tokenizer, config)
+
+
+def test_inference_resizes_the_long_side_before_slicing(tiny_model_factory):
+    _, processor = tiny_model_factory(inference_long_side=128)
+    image = Image.new("RGB", (64, 48), (10, 20, 30))
+    assert processor.inference_size(64, 48) == (128, 96)
+    assert processor.inference_size(48, 64) == (96, 128)
+    turn = conv("<image>\nWhat is it?")
+    generation = processor.encode(turn, [image], train=False)
+    assert tuple(generation.pixel_values[0].shape[:2]) == (2, 2)  # 128x96 is sliced 2x2
+    training = processor.encode(conv("<image>\nWhat is it?", "A box."), [image])
+    assert len(training.pixel_values) == 1  # training: the image as given
+    n_image = generation.input_ids.count(processor.image_token_id) + 2 * 4 + 1  # placeholders + 8 newlines + separator
+    assert processor.image_token_count(64, 48, inference=True) == n_image

@@ -1,7 +1,23 @@
+import math
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from sicog.model.resampler import Resampler, cell_bounds
+from sicog.model.resampler import Resampler, bin_grid, cell_bounds, cell_edges, roi_align_cells, sincos_2d
+
+sys.path.insert(0, str(Path(__file__).parent))
+from roi_align_scalar import roi_align  # noqa: E402
+
+
+def read_window(length: int, grid: int, index: int, pooling: str) -> tuple[int, int]:
+    """``[start, end)`` of the rows (or columns) a cell's keys are computed from."""
+    if pooling == "average":
+        return cell_bounds(length, grid, index)
+    # RoIAlign samples inside the fractional box and interpolates with the next row/column.
+    start, end = index * length / grid, (index + 1) * length / grid
+    return math.floor(start), min(math.ceil(end), length - 1) + 1
 
 
 @pytest.mark.parametrize("shape", [(24, 24), (1, 20), (20, 1), (9, 7), (2, 2), (30, 17)])
@@ -14,16 +30,17 @@ def test_outputs_exactly_num_queries(shape, queries):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("pooling", ["roi_align", "average"])
 @pytest.mark.parametrize("shape", [(24, 24), (25, 22), (1, 20)])
-def test_each_query_sees_only_its_cell(shape):
+def test_each_query_sees_only_its_cell(shape, pooling):
     torch.manual_seed(0)
-    resampler = Resampler(16, 32, num_queries=16, num_heads=2).eval()
+    resampler = Resampler(16, 32, num_queries=16, num_heads=2, pooling=pooling).eval()
     features = torch.randn(1, *shape, 16)
     base = resampler(features)
     g = resampler.grid
     for qi, qj in [(0, 0), (1, 2), (3, 3)]:
-        r0, r1 = cell_bounds(shape[0], g, qi)
-        c0, c1 = cell_bounds(shape[1], g, qj)
+        r0, r1 = read_window(shape[0], g, qi, pooling)
+        c0, c1 = read_window(shape[1], g, qj, pooling)
         changed = features + 5.0
         changed[0, r0:r1, c0:c1] = features[0, r0:r1, c0:c1]
         out = resampler(changed)
@@ -33,10 +50,12 @@ def test_each_query_sees_only_its_cell(shape):
         assert not torch.allclose(out[0, others], base[0, others])
 
 
-def test_position_embeddings_are_frozen():
-    resampler = Resampler(16, 32, num_queries=16, num_heads=2)
+@pytest.mark.parametrize("pooling", ["roi_align", "average"])
+def test_position_embeddings_are_frozen(pooling):
+    resampler = Resampler(16, 32, num_queries=16, num_heads=2, pooling=pooling)
     names = {name for name, _ in resampler.named_parameters()}
     assert "query_pos" not in names and "cell_key_pos" not in names
+    assert ("cell_key_pos" in dict(resampler.named_buffers())) == (pooling == "average")
     resampler(torch.randn(1, 4, 4, 16)).sum().backward()
     assert resampler.query.grad is not None
     assert not resampler.query_pos.requires_grad and resampler.query_pos.grad is None
@@ -58,3 +77,32 @@ def test_bad_settings_are_rejected():
         Resampler(16, 32, num_queries=10)
     with pytest.raises(ValueError, match="attention"):
         Resampler(16, 32, num_queries=16, attention="local")
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (25, 22), (22, 25), (1, 20), (20, 1), (9, 7), (36, 36), (2, 70), (3, 3)])
+@pytest.mark.parametrize("grid", [12, 8])
+def test_cell_pooling_equals_scalar_roi_align(shape, grid):
+    """The vectorised pooling equals RoIAlign computed point by point on the same cell boxes."""
+    torch.manual_seed(0)
+    height, width = shape
+    x = torch.randn(2, height, width, 6)
+    rows, cols = cell_edges(height, width, grid, torch.float32)
+    cells = [(i, j) for i in range(grid) for j in range(grid)]
+    boxes = [[b, cols[j, 0], rows[i, 0], cols[j, 1], rows[i, 1]] for b in range(2) for i, j in cells]
+    pooled = roi_align(x.permute(0, 3, 1, 2), torch.tensor(boxes), bin_grid(width, height))
+    expected = pooled.flatten(-2).transpose(1, 2)
+    torch.testing.assert_close(roi_align_cells(x, grid), expected, rtol=0, atol=2e-6)
+
+
+def test_bin_grid_follows_the_aspect_ratio():
+    assert bin_grid(24, 24) == (3, 3)
+    assert bin_grid(48, 24) == (2, 4)  # twice as wide: 2 rows x 4 columns of bins
+    assert bin_grid(24, 48) == (4, 2)
+    assert bin_grid(25, 22) == (3, 3)
+
+
+def test_sincos_table_puts_columns_first():
+    table = sincos_2d(3, 4, 8).reshape(3, 4, 8)
+    assert torch.equal(table[0, :, :4], table[2, :, :4])  # first half depends on the column only
+    assert torch.equal(table[:, 0, 4:], table[:, 3, 4:])  # second half on the row only
+    assert not torch.equal(table[0, 0, :4], table[0, 1, :4])

@@ -183,8 +183,8 @@ def test_world_tokenizer_loads_and_keeps_texts_short(world: Path) -> None:
         records = load_records(world / f"{name}.jsonl")
         return [len(tokenizer.encode(r["conversations"][1]["value"], add_special_tokens=False)) for r in records]
 
-    # Of a CoD caption about 60 tokens are the five fixed step headers.
-    assert statistics.mean(lengths("cod")) < 175 and max(lengths("cod")) < 260
+    # Of a CoD caption about 100 tokens are the five fixed step headers (the published wording).
+    assert statistics.mean(lengths("cod")) < 200 and max(lengths("cod")) < 260
     assert statistics.mean(lengths("cot")) < 90 and max(lengths("cot")) < 125
 
 

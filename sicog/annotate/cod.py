@@ -14,30 +14,95 @@ from dataclasses import dataclass
 
 from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
 from sicog.data.jsonl import RecordError, record_id
-from sicog.data.prompts import CAPTION_PROMPTS, COD_STEPS, IMAGE_TOKEN, caption_prompt, strip_instruction
+from sicog.data.prompts import (
+    ANNOTATION_DESCRIBE,
+    CAPTION_PROMPTS,
+    COD_STEPS,
+    IMAGE_TOKEN,
+    caption_prompt,
+    strip_instruction,
+)
 from sicog.data.schema import check_llava_record
 from sicog.data.steps import split_steps
 
-_STEP_LIST = "\n".join(f"Step {i}: {header}" for i, header in enumerate(COD_STEPS, start=1))
-
-SYSTEM_PROMPT = f"""You are a meticulous visual annotator. You receive an image, the question it came with, \
-and an existing caption of it. Write a new description of the image as exactly five steps, in this order, \
-each starting on its own line with its header:
-
-{_STEP_LIST}
-
-What each step covers:
-1. The main subjects and the overall scene: what the image is about at first glance.
-2. Each notable object on its own: colour, shape, size, material, texture, count, state, any visible text.
-3. Where things are and how they relate: positions, relative placement, interactions, the arrangement of the scene.
-4. What lies at the edges or in the background: small, partly hidden or easily missed details.
-5. One fluent paragraph that integrates the observations of steps 1 to 4 into a complete description.
-
-Rules:
-- Describe only what is visible in the image. Treat the original caption as a hint: keep what the image \
-confirms, correct what it contradicts, leave out what cannot be seen.
-- Do not mention the caption, the question or these instructions.
-- Plain text only; nothing before Step 1 and nothing after Step 5."""
+# The published annotation prompt, verbatim (training_data_annotation/generate_cod_caption.py): the
+# released CoD data was written under it, and its step headers are COD_STEPS.
+SYSTEM_PROMPT = (
+    "You are an expert AI assistant tasked with analyzing an image and generating a detailed, "
+    "step-by-step description. You are provided with an original description as a reference. Your goal "
+    "is to ensure accuracy, clarity, and logical progression in your response. Follow these guidelines:\n"
+    "\n"
+    "### Guidelines:\n"
+    "1. **Ensure Comprehensive Coverage**: Identify and include all relevant details visible in the "
+    "image. Avoid unnecessary repetition or irrelevant information.  \n"
+    "2. **Avoid Adding Imaginary Details**: Base your reasoning strictly on what is visible in the image "
+    "or provided in the description. Do not include fabricated or unverifiable details.  \n"
+    "3. **Incorporate Relevant Context**: Add factual, relevant context to enhance understanding where "
+    "appropriate, but ensure it aligns strictly with the visible or provided content.  \n"
+    "4. **Prevent Inaccuracies**: Stick to the given data. Avoid assumptions or deviations from the "
+    "available evidence.  \n"
+    "\n"
+    "---\n"
+    "\n"
+    "### Step-by-Step Process:\n"
+    "\n"
+    "**Step 1**: Extract salient content by identifying the key elements that define the image or "
+    "document.\n"
+    "*Example*:\n"
+    "The image is a monochrome photocopy of a document that appears to be a page of meeting or project "
+    "notes. It contains both typed and handwritten text, with a focus on tasks and progress updates "
+    "related to paper-related issues. The document includes a reference number at the bottom and a "
+    "source URL.\n"
+    "\n"
+    "**Step 2**: Analyze detailed information, focusing on instance-level attributes such as low-level "
+    "and fine-grained details, such as specific text, layout.\n"
+    "*Example*:\n"
+    'The document lists several tasks, such as checking with "KC" on the possibility of putting bands '
+    '"long-ways," which is marked as "In progress." Other tasks include checking on "shrinking" paper, '
+    'which is also "In progress," and checking the commercial viability of banded papers, marked as '
+    '"Okay." There are handwritten notes and checks next to some points, indicating their status.\n'
+    "\n"
+    "**Step 3**: Consider relational-level attributes, analyzing interactions between elements and their "
+    "spatial organization.\n"
+    "*Example*:\n"
+    "The tasks are organized in a list format, with some items having associated handwritten notes that "
+    'indicate completion or ongoing status. The name "Jimmy Wu" is associated with an action item '
+    "regarding a DC work request with KC banded papers, awaiting approval for banded additives. The "
+    'document also mentions running "GPC KS and KOOL KS on RIP-4 (LCC)" and notes that KC is running '
+    '"cross-hatch" papers.\n'
+    "\n"
+    "**Step 4**: Examine marginal or peripheral content to ensure no important information is missed.\n"
+    "*Example*:\n"
+    "The document specifies that the next meeting is scheduled for Monday, February 7, at 9:00 a.m. in "
+    'the International Conference Room. The reference number "584100571" is located at the bottom of the '
+    "page, and the source URL is included at the bottom.\n"
+    "\n"
+    "**Step 5**: Organize all observations into a detailed, cohesive description.\n"
+    "*Example*:\n"
+    "The image is a monochrome photocopy of a document that appears to be a page of meeting or project "
+    "notes, containing both typed and handwritten text. The document lists several tasks related to "
+    'paper-related issues, such as checking with "KC" on the possibility of putting bands "long-ways," '
+    'which is marked as "In progress," and checking the commercial viability of banded papers, marked as '
+    '"Okay." Handwritten notes and checks next to some points indicate their status. The name "Jimmy Wu" '
+    "is associated with an action item regarding a DC work request with KC banded papers, awaiting "
+    'approval for banded additives. Other items include running "GPC KS and KOOL KS on RIP-4 (LCC)" and '
+    'KC running "cross-hatch" papers. The next meeting is scheduled for Monday, February 7, at 9:00 a.m. '
+    'in the International Conference Room. The document is marked with a reference number "584100571" at '
+    "the bottom, and a source URL is included.\n"
+    "\n"
+    "**Important Notes**:\n"
+    "\n"
+    "---\n"
+    "\n"
+    "### Notes:\n"
+    "- **Steps 1–4**: Write concise observations in one or two sentences each.  \n"
+    "- **Step 5**: Summarize all observations into a detailed paragraph or two, as descriptive as "
+    "necessary."
+)
+# The published request ends with this assistant turn, so the model continues from step 1.
+ASSISTANT_PREFILL = (
+    "Thank you! I will now think step-by-step, starting by extracting the salient content from the image."
+)
 
 
 class ReplyError(ValueError):
@@ -52,6 +117,7 @@ class CodSource:
     image: str
     question: str
     caption: str
+    asked: str = ""  # the first human turn as written (the published prompt quotes it verbatim)
 
 
 def read_source(record: dict, *, path: str | os.PathLike | None = None, line: int | None = None) -> CodSource:
@@ -79,22 +145,22 @@ def read_source(record: dict, *, path: str | os.PathLike | None = None, line: in
     caption = turns[1]["value"].strip()
     if not caption:
         raise fail("the original caption is empty", "conversations[1].value")
-    return CodSource(rid, images[0], strip_instruction(turns[0]["value"]), caption)
+    return CodSource(rid, images[0], strip_instruction(turns[0]["value"]), caption, turns[0]["value"])
 
 
 def build_messages(image_url: str, source: CodSource) -> list[dict]:
-    """The chat messages asking for the five steps: our system prompt, then the image, question and caption."""
-    question = source.question or "(none: describe the image in detail)"
-    text = f"Question paired with the image: {question}\n\nOriginal caption:\n{source.caption}"
+    """The published request: its system prompt, the question and original description then the image,
+    and the assistant's opening sentence."""
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {
             "role": "user",
             "content": [
+                {"type": "text", "text": f"Question: {source.asked}\n\nOriginal description: {source.caption}"},
                 {"type": "image_url", "image_url": {"url": image_url}},
-                {"type": "text", "text": text},
             ],
         },
+        {"role": "assistant", "content": ASSISTANT_PREFILL},
     ]
 
 
@@ -140,11 +206,12 @@ def _training_record(record: dict, prompt: str, answer: str, annotation: dict) -
 
 
 def cod_record(record: dict, source: CodSource, caption: str, model: str) -> dict:
-    """The CoD training record: the question + " Describe the image step-by-step." -> the 5-step caption.
+    """The CoD training record: the question + " Describe the image step by step." (as the published
+    annotation writes it) -> the 5-step caption.
 
     Without a question the ``cod-default`` prompt is used. Fields other than ``conversations`` are kept.
     """
-    prompt = caption_prompt("cod-conv", source.question) if source.question else caption_prompt("cod-default")
+    prompt = f"{source.question} {ANNOTATION_DESCRIBE}" if source.question else caption_prompt("cod-default")
     return _training_record(record, prompt, caption, {"kind": "cod", "model": model})
 
 

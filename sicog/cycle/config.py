@@ -55,8 +55,9 @@ class CycleConfig:
     num_candidates: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    # The toy world's longest CoD caption is 248 tokens; fewer would cut step 5, the part curation reads.
-    caption_max_new_tokens: int | None = 256
+    # The toy world's longest CoD caption (published step headers) is 286 tokens; fewer would cut step 5,
+    # the part curation reads.
+    caption_max_new_tokens: int | None = 320
     reasoning_max_new_tokens: int | None = 120
     generation_batch_size: int | None = 16
     caption_threshold: float | None = 0.7

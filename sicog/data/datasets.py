@@ -8,6 +8,7 @@ decoded and tokens built only in ``__getitem__``.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,11 +17,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from sicog.data.augment import AUGMENT_CHOICES, release_augment
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.schema import check_llava_record, record_images
+from sicog.model.image_io import load_image
 from sicog.model.processing import ConversationError, Encoded, SicogProcessor
-from sicog.model.slicing import plan_slices
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,7 @@ def image_path(image_folder: str | os.PathLike | None, name: str) -> Path:
 
 def image_tokens(processor: SicogProcessor, size: tuple[int, int], never_split: bool) -> int:
     """LLM tokens an image of ``size`` costs (placeholders and separators)."""
-    config = processor.config
-    plan = plan_slices(*size, scale_resolution=config.scale_resolution, patch_size=config.patch_size, max_slice_nums=config.max_slice_nums, never_split=never_split)
-    return (plan.num_slices + 1) * config.resampler_num_queries + plan.num_slices
+    return processor.image_token_count(*size, never_split=never_split)
 
 
 def measure(record: dict, processor: SicogProcessor, image_folder, never_split: bool) -> int:
@@ -83,8 +83,13 @@ class SupervisedDataset(Dataset):
         max_length: int = 4096,
         never_split: bool = False,
         seed: int = 0,
+        augment: str = "none",
         show_progress: bool = True,
     ) -> None:
+        if augment not in AUGMENT_CHOICES:
+            raise ValueError(f"augment={augment!r} is not one of {AUGMENT_CHOICES}")
+        self.augment = augment
+        self._rng = random.Random(seed)
         self.processor = processor
         self.image_folder = image_folder
         self.max_length = max_length
@@ -124,8 +129,14 @@ class SupervisedDataset(Dataset):
         """Whether each sample carries an image (for modality-grouped batching)."""
         return [bool(record_images(r)) for r in self.records]
 
-    def _encode(self, record: dict) -> Encoded:
-        images = [image_path(self.image_folder, name) for name in record_images(record)]
+    def _encode(self, record: dict, augment: bool = False) -> Encoded:
+        names = record_images(record)
+        images = [image_path(self.image_folder, name) for name in names]
+        if augment:
+            images = [
+                release_augment(load_image(path), str(name), self.processor, self._rng)
+                for path, name in zip(images, names)
+            ]
         return self.processor.encode(record["conversations"], images, train=True, never_split=self.never_split)
 
     def __len__(self) -> int:
@@ -134,7 +145,9 @@ class SupervisedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         try:
-            encoded = self._encode(record)
+            encoded = self._encode(record, augment=self.augment == "release")
+            if self.augment == "release" and self.processor.image_token_id in encoded.input_ids[self.max_length :]:
+                encoded = self._encode(record)  # the resized image would not fit: train on it as it is
         except (ValueError, OSError) as err:
             source = self.sources[index]
             raise RecordError(str(err), path=source.path, line=source.line, record_id=record.get("id")) from None

@@ -116,7 +116,10 @@ class PairDataset(Dataset):
 
     def _encode(self, record: dict) -> tuple[Encoded, Encoded]:
         images = [load_image(image_path(self.image_folder, name)) for name in record_images(record)]
-        chosen, rejected = (self.processor.encode(c, images, train=True) for c in pair_conversations(record))
+        # DPO scores the replies alone, whatever masking supervised training uses.
+        chosen, rejected = (
+            self.processor.encode(c, images, train=True, label_masking="replies") for c in pair_conversations(record)
+        )
         # One set of view tensors for both sides: the same slices, and no second copy in the batch.
         return chosen, Encoded(rejected.input_ids, rejected.labels, chosen.pixel_values)
 

@@ -19,27 +19,33 @@ CAPTION_PROMPTS: dict[str, str] = {
 CAPTION_PROMPT_TYPES = ("cod-default", "default", "cod-conv")
 REASONING_PROMPT_TYPES = ("cot-default", "default")
 
-# Chain-of-Description: the five steps of systematic perception.
+# Chain-of-Description: the five steps of systematic perception, worded as the published annotation
+# prompt words them (training_data_annotation/generate_cod_caption.py); released captions carry them.
 COD_STEPS = (
-    "Extract the salient content.",
-    "Analyze the fine-grained, instance-level attributes.",
-    "Consider the relations and the spatial layout.",
-    "Examine the marginal and peripheral content.",
-    "Organize all observations into one cohesive, detailed description.",
+    "Extract salient content by identifying the key elements that define the image or document.",
+    "Analyze detailed information, focusing on instance-level attributes such as low-level and fine-grained details, "
+    "such as specific text, layout.",
+    "Consider relational-level attributes, analyzing interactions between elements and their spatial organization.",
+    "Examine marginal or peripheral content to ensure no important information is missed.",
+    "Organize all observations into a detailed, cohesive description.",
 )
-# Structured chain-of-thought: the four steps of systematic reasoning.
+# Structured chain-of-thought: the four steps of systematic reasoning, as the published
+# training_data_annotation/convert_cot.py writes them.
 COT_STEPS = (
     "Clarify the task objective.",
-    "Extract the crucial visual information.",
-    "Reason in detail.",
+    "Extract the crucial visual information from the image.",
+    "Generate detailed reasoning to solve the task.",
     "Conclude the task with an answer.",
 )
+# What the published CoD annotation appends to a record's question (without hyphens, unlike the
+# generation prompts above).
+ANNOTATION_DESCRIBE = "Describe the image step by step."
 
 
 def strip_instruction(question: str) -> str:
     """The bare question: without ``<image>`` and without a short-answer or step-by-step request."""
     text = question.replace(IMAGE_TOKEN, "").strip()
-    for suffix in (SHORT_ANSWER, STEP_BY_STEP_ANSWER, STEP_BY_STEP_DESCRIBE):
+    for suffix in (SHORT_ANSWER, STEP_BY_STEP_ANSWER, STEP_BY_STEP_DESCRIBE, ANNOTATION_DESCRIBE):
         if text.endswith(suffix):
             text = text[: -len(suffix)].rstrip()
     return text

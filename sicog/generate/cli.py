@@ -34,9 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output .jsonl; errors go to <stem>.errors.jsonl beside it")
     common.add_argument("--num-candidates", type=positive_int, default=6,
                         help="candidates per record (default: %(default)s)")
-    common.add_argument("--temperature", type=float, default=0.7, help="0 means greedy (default: %(default)s)")
-    common.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: %(default)s)")
-    common.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 for off (default: %(default)s)")
+    from_checkpoint = "default: the checkpoint's generation_config.json, else SamplingSettings' default"
+    common.add_argument("--temperature", type=float, help=f"0 means greedy ({from_checkpoint})")
+    common.add_argument("--top-p", type=float, help=f"nucleus sampling mass ({from_checkpoint})")
+    common.add_argument("--top-k", type=int, help=f"top-k sampling, 0 for off ({from_checkpoint})")
+    common.add_argument("--repetition-penalty", type=float, help=f"1 for off ({from_checkpoint})")
     common.add_argument("--num-beams", type=positive_int, default=1, help="beams (default: %(default)s)")
     common.add_argument("--max-new-tokens", type=positive_int, default=1200, help="(default: %(default)s)")
     common.add_argument("--batch-size", type=positive_int, default=8,
@@ -81,13 +83,14 @@ def run(args: argparse.Namespace) -> int:
     from sicog.data.sharding import rank_and_world
     from sicog.generate.corrupt import parse_methods
     from sicog.generate.job import GenerationJob
-    from sicog.generate.sample import SamplingSettings
+    from sicog.generate.sample import resolve_sampling
 
     rank, world = rank_and_world()
     try:
-        sampling = SamplingSettings(
-            num_candidates=args.num_candidates, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+        sampling = resolve_sampling(
+            args.model, num_candidates=args.num_candidates, temperature=args.temperature, top_p=args.top_p,
+            top_k=args.top_k, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
         )
         job = GenerationJob(
             data=args.data, output=args.output, task=args.task, prompt_type=args.prompt, model_name=str(args.model),

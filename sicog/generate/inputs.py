@@ -26,7 +26,6 @@ from sicog.data.prompts import (
 )
 from sicog.model.image_io import ImageError
 from sicog.model.processing import SicogProcessor
-from sicog.model.slicing import plan_slices
 
 TASKS = ("captions", "reasoning")
 # Wider than this, an image is a line: slicing it gives views thousands of pixels long and nothing to see.
@@ -122,13 +121,8 @@ def image_size(path: Path, max_aspect_ratio: float) -> tuple[int, int]:
 
 
 def image_token_count(processor: SicogProcessor, width: int, height: int) -> int:
-    """Tokens the processor writes for an image of this size: queries + a separator per slice, then the global view."""
-    config = processor.config
-    plan = plan_slices(
-        width, height, scale_resolution=config.scale_resolution, patch_size=config.patch_size,
-        max_slice_nums=config.max_slice_nums,
-    )
-    return plan.num_slices * (config.resampler_num_queries + 1) + config.resampler_num_queries
+    """Tokens the processor writes for an image of this size at generation (inference resize included)."""
+    return processor.image_token_count(width, height, inference=True)
 
 
 class PromptCounter:
@@ -178,8 +172,12 @@ def read_inputs(
     image_folder: str | os.PathLike | None = None,
     max_prompt_tokens: int | None = None,
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    transposed: bool = False,
 ) -> InputPlan:
     """Read every record of ``path`` into tasks and error records.
+
+    ``transposed``: plan images with width and height swapped (the ``mirror_rotation`` corruption
+    turns every image by 90 or 270 degrees, and a slice grid's token cost depends on its orientation).
 
     A record without a usable id, or with an id seen before, raises :class:`RecordError` (naming file
     and line): outputs are matched to inputs by id, so ids must be unique.
@@ -200,6 +198,7 @@ def read_inputs(
             images = image_paths(record, image_folder)
             try:
                 sizes = [image_size(p, max_aspect_ratio) for p in images]
+                sizes = [(h, w) for w, h in sizes] if transposed else sizes
             except ImageError as err:
                 raise UnusableRecord(str(err), "image") from None
             num_tokens = count(prompt, sizes)

@@ -25,7 +25,10 @@ from sicog.generate.sample import ENCODE_ERRORS, SamplingSettings, encode_task, 
 from sicog.model.processing import ConversationError, SicogProcessor
 
 # Generation fields that must agree between the records already written and this run.
-RESUME_FIELDS = ("model", "prompt_type", "temperature", "top_p", "top_k", "num_beams", "max_new_tokens", "seed")
+RESUME_FIELDS = ("model", "prompt_type", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams",
+                 "max_new_tokens", "seed")
+# Fields that outputs written before they were recorded carry implicitly.
+RESUME_DEFAULTS = {"repetition_penalty": 1.0}
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ def read_plan(job: GenerationJob, processor: SicogProcessor) -> InputPlan:
     return read_inputs(
         job.data, processor, task=job.task, prompt_type=job.prompt_type, image_folder=job.image_folder,
         max_prompt_tokens=job.max_prompt_tokens, max_aspect_ratio=job.max_aspect_ratio,
+        transposed="mirror_rotation" in job.corruptions,
     )
 
 
@@ -126,7 +130,8 @@ def done_ids(job: GenerationJob, paths: Sequence[Path]) -> set[str]:
 
 def _check_resumable(job: GenerationJob, path: Path, line: int, record: dict, generation: dict) -> None:
     mine = job.metadata("", None)
-    differ = {k: (generation.get(k), mine[k]) for k in RESUME_FIELDS if generation.get(k) != mine[k]}
+    theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in RESUME_FIELDS}
+    differ = {k: (theirs[k], mine[k]) for k in RESUME_FIELDS if theirs[k] != mine[k]}
     methods = sorted({c.get("method") for c in generation.get("corruption") or []})
     if methods != sorted(set(job.corruptions)):
         differ["corruption"] = (methods, sorted(set(job.corruptions)))

@@ -12,12 +12,21 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
 
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids
+from sicog.model.release_format import PROJECTOR_BIN, PROJECTOR_PREFIX, read_tensor_file, resampler_from_release
 
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_CONFIG = "projector_config.json"
@@ -36,7 +45,11 @@ QWEN2_7B = {
     "tie_word_embeddings": False,
 }
 QWEN2_7B_IMAGE_TOKEN_ID = 151646  # first id after Qwen2's 151646 tokens: where "<image>" is added
-QWEN2_SEPARATORS = (11, 198)  # "," and "\n" in Qwen2's vocabulary
+# The ids the published code writes between slices whatever the LLM: LLaMA's "," and "\n". The
+# released checkpoints were trained with these rows of Qwen2's embedding table.
+RELEASE_SEPARATORS = (29892, 13)
+RELEASE_INFERENCE_LONG_SIDE = 1024  # the published generation scripts resize images to this long side first
+SEPARATOR_CHOICES = ("auto", "release", "tokenizer")
 
 
 def add_image_token(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -48,9 +61,22 @@ def add_image_token(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
-def make_config(vision_config, text_config, tokenizer: PreTrainedTokenizerBase, **settings) -> SicogConfig:
-    """A config whose image and separator ids come from ``tokenizer`` (never hard-coded)."""
-    comma, newline = separator_ids(tokenizer)
+def choose_separators(tokenizer: PreTrainedTokenizerBase, vocab_size: int, separators: str = "auto") -> tuple[int, int]:
+    """Slice separator ids: ``release`` (29892, 13), ``tokenizer`` (its own "," and "\\n"), or ``auto``:
+    the release's when the vocabulary holds them (what published tooling expects), else the tokenizer's."""
+    if separators not in SEPARATOR_CHOICES:
+        raise ValueError(f"separators={separators!r} is not one of {SEPARATOR_CHOICES}")
+    if separators == "release" or (separators == "auto" and max(RELEASE_SEPARATORS) < vocab_size):
+        return RELEASE_SEPARATORS
+    return separator_ids(tokenizer)
+
+
+def make_config(
+    vision_config, text_config, tokenizer: PreTrainedTokenizerBase, separators: str = "auto", **settings
+) -> SicogConfig:
+    """A config whose image id comes from ``tokenizer`` and separators from :func:`choose_separators`."""
+    vocab_size = text_config.vocab_size if hasattr(text_config, "vocab_size") else text_config["vocab_size"]
+    comma, newline = choose_separators(tokenizer, vocab_size, separators)
     return SicogConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -89,6 +115,10 @@ def build_from_parts(
     model = SicogForConditionalGeneration(config, vision_tower=vision, language_model=llm).to(dtype=llm.dtype)
     # The composite's init resets its sub-configs' attention backend; set it again for every part.
     model.set_attn_implementation(attn_implementation)
+    if (Path(llm_path) / "generation_config.json").is_file():
+        # The LLM's own sampling defaults (Qwen2-7B-Instruct: temperature 0.7, top_p 0.8, top_k 20,
+        # repetition_penalty 1.05) travel with every checkpoint built on it, as the published models inherit them.
+        model.generation_config = GenerationConfig.from_pretrained(llm_path)
     _set_generation_ids(model, tokenizer)
     return model, SicogProcessor(tokenizer, config)
 
@@ -111,6 +141,7 @@ def _projector_settings(config: SicogConfig) -> dict:
         "text_hidden_size": config.text_config.hidden_size,
         "resampler_num_queries": config.resampler_num_queries,
         "resampler_attention": config.resampler_attention,
+        "resampler_pooling": config.resampler_pooling,
         "resampler_cell_bins": config.resampler_cell_bins,
     }
 
@@ -147,22 +178,33 @@ def projector_from_checkpoint(checkpoint: str | os.PathLike, path: str | os.Path
 
 
 def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike) -> None:
-    """Load a projector-only checkpoint (a directory or the .safetensors file) into ``model.resampler``.
+    """Load a projector-only checkpoint into ``model.resampler``: ours (a directory or its .safetensors
+    file) or the published stage 1's ``mm_projector.bin`` (a torch pickle with ``model.mm_projector.*``).
 
     Shapes and settings are checked; call this before DeepSpeed ZeRO-3 partitions the model.
     """
     path = Path(path)
-    file = path / PROJECTOR_FILE if path.is_dir() else path
+    file = path
+    if path.is_dir():
+        published_only = (path / PROJECTOR_BIN).is_file() and not (path / PROJECTOR_FILE).is_file()
+        file = path / (PROJECTOR_BIN if published_only else PROJECTOR_FILE)
     if not file.is_file():
         raise FileNotFoundError(f"no projector checkpoint at {file}")
     settings_file = file.parent / PROJECTOR_CONFIG
-    if settings_file.is_file():
+    if file.suffix == ".safetensors" and settings_file.is_file():
         saved = json.loads(settings_file.read_text())
         mine = _projector_settings(model.config)
         differ = {k: (saved[k], v) for k, v in mine.items() if k in saved and saved[k] != v}
         if differ:
             raise ValueError(f"projector {file} was trained with other settings (saved, model): {differ}")
-    state = load_file(str(file))
+    if file.suffix == ".safetensors":
+        state = load_file(str(file))
+    else:
+        release = read_tensor_file(file)
+        state = resampler_from_release({k: v for k, v in release.items() if k.startswith(PROJECTOR_PREFIX)})
+        ignored = sorted(k for k in release if not k.startswith(PROJECTOR_PREFIX))
+        if ignored:
+            raise ValueError(f"projector {file} holds weights other than the projector: {ignored}")
     expected = model.resampler.state_dict()
     problems = [k for k in expected if k not in state] + [k for k in state if k not in expected]
     problems += [k for k in state if k in expected and state[k].shape != expected[k].shape]
@@ -199,7 +241,8 @@ def tiny_vision_config(hidden_size: int = 32, layers: int = 2, patch_size: int =
 
 def tiny_config(tokenizer: PreTrainedTokenizerBase, **settings) -> SicogConfig:
     """A tiny SICOG config around ``tokenizer`` (small CLIP, 2-layer Qwen2, 16 queries, 64 px slices)."""
-    defaults = {"scale_resolution": 64, "max_slice_nums": 4, "resampler_num_queries": 16, "resampler_num_heads": 2}
+    defaults = {"separators": "tokenizer", "scale_resolution": 64, "max_slice_nums": 4, "resampler_num_queries": 16,
+                "resampler_num_heads": 2}
     defaults.update(settings)
     vision = defaults.pop("vision_config", tiny_vision_config())
     text = defaults.pop("text_config", tiny_text_config(len(tokenizer)))
@@ -214,12 +257,13 @@ def new_model(config: SicogConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[
 
 
 def real_config(**settings) -> SicogConfig:
-    """The published architecture: CLIP-ViT-L/14-336 + Qwen2-7B-Instruct, 144 queries, 7 slices."""
+    """The published architecture: CLIP-ViT-L/14-336 + Qwen2-7B-Instruct, 144 queries, 7 slices, release layout."""
+    settings.setdefault("inference_long_side", RELEASE_INFERENCE_LONG_SIDE)
     return SicogConfig(
         vision_config=CLIP_L14_336,
         text_config={"model_type": "qwen2", **QWEN2_7B},
         image_token_id=QWEN2_7B_IMAGE_TOKEN_ID,
-        slice_comma_id=QWEN2_SEPARATORS[0],
-        slice_newline_id=QWEN2_SEPARATORS[1],
+        slice_comma_id=RELEASE_SEPARATORS[0],
+        slice_newline_id=RELEASE_SEPARATORS[1],
         **settings,
     )

@@ -9,8 +9,9 @@ import torch
 
 from sicog.model.builders import real_config
 from sicog.model.configuration import SicogConfig
+from sicog.model.layout import image_token_count
 from sicog.model.modeling import SicogForConditionalGeneration
-from sicog.model.slicing import plan_slices
+from sicog.model.slicing import fit_long_side, plan_slices
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +25,15 @@ def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
     with torch.device("meta"):
         model = SicogForConditionalGeneration(config)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    plan = plan_slices(*image_size, scale_resolution=config.scale_resolution, patch_size=config.patch_size, max_slice_nums=config.max_slice_nums)
-    views = plan.num_slices + 1
+    def tokens(width: int, height: int) -> tuple[tuple[int, int] | None, int]:
+        plan = plan_slices(width, height, scale_resolution=config.scale_resolution, patch_size=config.patch_size,
+                           max_slice_nums=config.max_slice_nums)
+        return plan.grid, image_token_count(plan.grid, config.resampler_num_queries, config.image_layout)
+
+    grid, training_tokens = tokens(*image_size)
+    side = config.inference_long_side
+    generation_size = image_size if side is None else fit_long_side(*image_size, side)
+    generation_grid, generation_tokens = tokens(*generation_size)
     return {
         "parameters": count(model),
         "vision_tower": count(model.vision_tower),
@@ -33,8 +41,12 @@ def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
         "language_model": count(model.language_model),
         "tokens_per_slice": config.resampler_num_queries,
         "example_image": f"{image_size[0]}x{image_size[1]}",
-        "example_grid": plan.grid,
-        "example_image_tokens": views * config.resampler_num_queries + plan.num_slices,
+        "image_layout": config.image_layout,
+        "example_grid": grid,
+        "example_image_tokens": training_tokens,
+        "example_generation_size": f"{generation_size[0]}x{generation_size[1]}",
+        "example_generation_grid": generation_grid,
+        "example_generation_image_tokens": generation_tokens,
     }
 
 

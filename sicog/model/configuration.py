@@ -32,7 +32,9 @@ class SicogConfig(PreTrainedConfig):
     ``vision_config`` is a CLIP vision config, ``text_config`` any causal-LM config (Qwen2 by default).
     The slicing patch size is the vision tower's; the resampler's width is the LLM's hidden size.
     ``image_token_id`` marks placeholder positions; ``slice_comma_id`` and ``slice_newline_id`` are the
-    tokenizer's own "," and "\\n" ids, written between slices.
+    ids written between slices (the published checkpoints use LLaMA's "," and "\\n" ids, 29892 and 13,
+    whatever the tokenizer; models built here may use the tokenizer's own). ``image_layout`` and
+    ``resampler_pooling`` default to what the published checkpoints compute (see docs/model.md).
     """
 
     model_type = "sicog"
@@ -51,7 +53,11 @@ class SicogConfig(PreTrainedConfig):
     max_slice_nums: int = 7
     resampler_num_queries: int = 144
     resampler_attention: Literal["cell", "global"] = "cell"
+    resampler_pooling: Literal["roi_align", "average"] = "roi_align"
     resampler_cell_bins: int = 2
+    image_layout: Literal["release", "uhd_v1"] = "release"
+    inference_long_side: int | None = None
+    label_masking: Literal["release", "replies"] = "replies"
     resampler_num_heads: int | None = None
     image_mean: tuple[float, float, float] | list[float] = CLIP_MEAN
     image_std: tuple[float, float, float] | list[float] = CLIP_STD
@@ -87,8 +93,16 @@ class SicogConfig(PreTrainedConfig):
             problems.append(f"scale_resolution={self.scale_resolution} is not a multiple of patch size {self.patch_size}")
         if self.resampler_attention not in ("cell", "global"):
             problems.append(f"resampler_attention={self.resampler_attention!r} is not 'cell' or 'global'")
+        if self.resampler_pooling not in ("roi_align", "average"):
+            problems.append(f"resampler_pooling={self.resampler_pooling!r} is not 'roi_align' or 'average'")
+        if self.image_layout not in ("release", "uhd_v1"):
+            problems.append(f"image_layout={self.image_layout!r} is not 'release' or 'uhd_v1'")
         if self.text_config.hidden_size % self.resampler_heads:
             problems.append(f"LLM width {self.text_config.hidden_size} is not divisible by {self.resampler_heads} resampler heads")
+        if self.label_masking not in ("release", "replies"):
+            problems.append(f"label_masking={self.label_masking!r} is not 'release' or 'replies'")
+        if self.inference_long_side is not None and self.inference_long_side < 1:
+            problems.append(f"inference_long_side={self.inference_long_side} must be >= 1 or unset")
         if self.max_slice_nums < 1 or self.resampler_cell_bins < 1:
             problems.append("max_slice_nums and resampler_cell_bins must be >= 1")
         vocab = self.text_config.vocab_size

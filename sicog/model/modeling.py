@@ -9,6 +9,7 @@ from transformers import initialization as init
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from sicog.model.configuration import SicogConfig
+from sicog.model.layout import order_slice_features
 from sicog.model.resampler import Resampler, sincos_2d
 from sicog.model.vision import directly_read_parameters, group_by_size, layers_used, patch_features, tower_body
 
@@ -34,18 +35,20 @@ class SicogPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, Resampler):
             init.trunc_normal_(module.query, std=0.02)
-            side = module.grid * module.cell_bins
             init.copy_(module.query_pos, sincos_2d(module.grid, module.grid, module.width))
-            init.copy_(module.cell_key_pos, sincos_2d(side, side, module.width))
+            if module.pooling == "average":
+                side = module.grid * module.cell_bins
+                init.copy_(module.cell_key_pos, sincos_2d(side, side, module.width))
 
 
 class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
     """LLaVA-UHD style multimodal LLM.
 
-    Images arrive as ``pixel_values``: a flat list of ``(3, H, W)`` views (each image's slices in
-    row-major order, then its global view), in the order their placeholders appear in ``input_ids``.
-    Each view becomes ``config.resampler_num_queries`` embeddings that replace the ``image_token_id``
-    positions; the separators between slices are ordinary text tokens written by the processor.
+    Images arrive as ``pixel_values``: a list, in the order their placeholders appear in ``input_ids``,
+    of ``(rows, cols, 3, h, w)`` slice grids and ``(3, H, W)`` single views (each sliced image gives its
+    grid, then its global view). Each view becomes ``config.resampler_num_queries`` embeddings that
+    replace ``image_token_id`` positions, a grid's in the order of ``config.image_layout``; the
+    separators are ordinary text tokens written by the processor.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             num_queries=config.resampler_num_queries,
             num_heads=config.resampler_heads,
             attention=config.resampler_attention,
+            pooling=config.resampler_pooling,
             cell_bins=config.resampler_cell_bins,
         )
         self.language_model = (
@@ -108,13 +112,24 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         return self.config.resampler_num_queries
 
     def get_image_features(self, pixel_values: list[torch.Tensor]) -> torch.Tensor:
-        """Embeddings ``(num_views * tokens_per_view, hidden)`` for a flat list of views, in order."""
-        outputs: list[torch.Tensor | None] = [None] * len(pixel_values)
-        for indices in group_by_size(pixel_values).values():
-            tokens = self._encode_views(torch.stack([pixel_values[i] for i in indices]))
+        """Embeddings ``(num_views * tokens_per_view, hidden)`` for ``pixel_values``, in sequence order."""
+        views, grids = flatten_views(pixel_values)
+        outputs: list[torch.Tensor | None] = [None] * len(views)
+        for indices in group_by_size(views).values():
+            tokens = self._encode_views(torch.stack([views[i] for i in indices]))
             for row, index in enumerate(indices):
                 outputs[index] = tokens[row]
-        return torch.cat(outputs, dim=0)
+        ordered, start = [], 0
+        for grid in grids:
+            if grid is None:
+                ordered.append(outputs[start])
+                start += 1
+            else:
+                count = grid[0] * grid[1]
+                slices = torch.stack(outputs[start : start + count])
+                ordered.append(order_slice_features(slices, grid, self.config.image_layout))
+                start += count
+        return torch.cat(ordered, dim=0)
 
     def _encode_views(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(device=self.device, dtype=self.vision_tower.dtype)
@@ -141,7 +156,7 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         embeds = self.get_input_embeddings()(input_ids)
         mask = input_ids == self.config.image_token_id
         n_placeholders = int(mask.sum())
-        views = list(pixel_values) if pixel_values is not None else []
+        views, _ = flatten_views(list(pixel_values) if pixel_values is not None else [])
         n_features = len(views) * self.tokens_per_view
         if n_placeholders != n_features:
             raise ImageTokenMismatchError(
@@ -151,7 +166,7 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         own_passes = len(group_by_size(views))
         extra = self._vision_passes(own_passes) - own_passes  # agreed before any pass starts
         if views:
-            features = self.get_image_features(views).to(embeds.dtype)
+            features = self.get_image_features(pixel_values).to(embeds.dtype)
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), features)
         if extra > 0:
             # A pass whose result is multiplied by zero: it keeps the ranks in step and changes nothing.
@@ -207,6 +222,26 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             raise ValueError("generation with images needs use_cache=True (image features enter at the prompt only)")
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         return super().generate(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+
+def flatten_views(pixel_values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[tuple[int, int] | None]]:
+    """Single ``(3, H, W)`` views in order, and per entry its slice grid ``(cols, rows)`` (None: a single view)."""
+    views: list[torch.Tensor] = []
+    grids: list[tuple[int, int] | None] = []
+    for index, entry in enumerate(pixel_values):
+        if entry.ndim == 5:
+            rows, cols = int(entry.shape[0]), int(entry.shape[1])
+            views += list(entry.reshape(rows * cols, *entry.shape[2:]))
+            grids.append((cols, rows))
+        elif entry.ndim == 3:
+            views.append(entry)
+            grids.append(None)
+        else:
+            raise ValueError(
+                f"pixel_values entry {index} has shape {tuple(entry.shape)}; "
+                "expected (3, H, W) or (rows, cols, 3, h, w)"
+            )
+    return views, grids
 
 
 def register_auto_classes() -> None:

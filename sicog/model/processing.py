@@ -15,7 +15,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.model.configuration import SicogConfig
 from sicog.model.image_io import load_image
-from sicog.model.slicing import plan_slices, slice_image
+from sicog.model.layout import image_token_count, image_token_ids
+from sicog.model.slicing import SlicePlan, fit_long_side, plan_slices, slice_image
 
 IGNORE_INDEX = -100
 ROLE_OF = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -48,9 +49,9 @@ def separator_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
 class SicogProcessor:
     """Turn images and LLaVA conversations into ``input_ids``, ``labels`` and ``pixel_values``.
 
-    Each ``<image>`` becomes, for every slice in row-major order, ``num_queries`` placeholder ids then
-    the "," id (or "\\n" at the end of a row), followed by ``num_queries`` placeholders for the global
-    view: exactly the positions :class:`SicogForConditionalGeneration` fills.
+    Each ``<image>`` becomes the placeholder and separator ids of ``config.image_layout``
+    (:mod:`sicog.model.layout`): exactly the positions :class:`SicogForConditionalGeneration` fills.
+    The separator ids are the config's (the published checkpoints' LLaMA ids, or the tokenizer's own).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: SicogConfig) -> None:
@@ -64,12 +65,9 @@ class SicogProcessor:
         self.tokenizer = tokenizer
         self.config = config
         self.image_token_id = config.image_token_id
-        self.comma_id, self.newline_id = separator_ids(tokenizer)
-        if (config.slice_comma_id, config.slice_newline_id) != (self.comma_id, self.newline_id):
-            raise ValueError(
-                f"config separator ids ({config.slice_comma_id}, {config.slice_newline_id}) differ from the "
-                f"tokenizer's ({self.comma_id}, {self.newline_id})"
-            )
+        if config.slice_comma_id is None or config.slice_newline_id is None:
+            raise ValueError("config has no slice separator ids (slice_comma_id, slice_newline_id)")
+        self.comma_id, self.newline_id = config.slice_comma_id, config.slice_newline_id
         self._mean = np.asarray(config.image_mean, dtype=np.float32)
         self._std = np.asarray(config.image_std, dtype=np.float32)
 
@@ -78,29 +76,53 @@ class SicogProcessor:
         array = (np.asarray(image, dtype=np.float32) / 255.0 - self._mean) / self._std
         return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
-    def process_image(
-        self, image: str | os.PathLike | Image.Image, *, never_split: bool = False
-    ) -> tuple[list[torch.Tensor], list[int]]:
-        """Views (slices row-major, then the global view) and the placeholder ids that stand for them."""
-        image = load_image(image)
-        plan = plan_slices(
-            image.width,
-            image.height,
+    def plan(self, width: int, height: int, *, never_split: bool = False) -> SlicePlan:
+        """How an image of ``width x height`` pixels (after any inference resize) is sliced."""
+        return plan_slices(
+            width,
+            height,
             scale_resolution=self.config.scale_resolution,
             patch_size=self.config.patch_size,
             max_slice_nums=self.config.max_slice_nums,
             never_split=never_split,
         )
+
+    def inference_size(self, width: int, height: int) -> tuple[int, int]:
+        """Size an image is resized to before slicing at inference: long side ``config.inference_long_side``
+        (the published generation scripts use 1024), aspect ratio kept; unchanged when that is unset."""
+        side = self.config.inference_long_side
+        return (width, height) if side is None else fit_long_side(width, height, side)
+
+    def image_token_count(self, width: int, height: int, *, never_split: bool = False, inference: bool = False) -> int:
+        """Sequence positions an image of this size takes, without reading its pixels."""
+        if inference:
+            width, height = self.inference_size(width, height)
+        plan = self.plan(width, height, never_split=never_split)
+        return image_token_count(plan.grid, self.config.resampler_num_queries, self.config.image_layout)
+
+    def process_image(
+        self, image: str | os.PathLike | Image.Image, *, never_split: bool = False, inference: bool = False
+    ) -> tuple[list[torch.Tensor], list[int]]:
+        """Views (a ``(rows, cols, 3, h, w)`` slice grid if sliced, then the global view) and their ids.
+
+        ``inference``: resize first as :meth:`inference_size` says (generation and evaluation).
+        """
+        image = load_image(image)
+        if inference and (size := self.inference_size(image.width, image.height)) != image.size:
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        plan = self.plan(image.width, image.height, never_split=never_split)
         source, slices = slice_image(image, plan)
-        block = [self.image_token_id] * self.config.resampler_num_queries
-        ids: list[int] = []
+        config = self.config
+        ids = image_token_ids(
+            plan.grid, config.resampler_num_queries, self.image_token_id, self.comma_id, self.newline_id,
+            config.image_layout,
+        )
+        views = [self._to_tensor(source)]
         if plan.grid is not None:
             cols, rows = plan.grid
-            for r in range(rows):
-                for c in range(cols):
-                    ids += block + [self.comma_id if c < cols - 1 else self.newline_id]
-        ids += block
-        return [self._to_tensor(v) for v in (*slices, source)], ids
+            stacked = torch.stack([self._to_tensor(s) for s in slices])
+            views.insert(0, stacked.reshape(rows, cols, *stacked.shape[1:]))
+        return views, ids
 
     # ----- text ---------------------------------------------------------------------------------------
     @staticmethod
@@ -118,16 +140,25 @@ class SicogProcessor:
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def _supervised_spans(self, messages: list[dict], text: str) -> list[tuple[int, int]]:
-        """Character spans of each assistant reply plus its end marker, checked against the full text."""
+    def _supervised_spans(self, messages: list[dict], text: str, masking: str) -> list[tuple[int, int]]:
+        """Character spans of the supervised text of each assistant turn, checked against the full text.
+
+        ``label_masking="replies"``: the reply and its end marker. ``"release"`` (the published
+        ``preprocess_qwen``): the whole rendered turn, role header and trailing newline included.
+        """
         end_marker = self.tokenizer.eos_token
+        whole_turn = masking == "release"
         spans = []
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self._render(messages[:index], add_generation_prompt=True)
+            before = self._render(messages[:index], add_generation_prompt=not whole_turn)
             through = self._render(messages[: index + 1], add_generation_prompt=False)
-            end = through.rfind(end_marker) + len(end_marker) if end_marker and end_marker in through else len(through)
+            if whole_turn:
+                end = len(through)
+            else:
+                has_marker = bool(end_marker) and end_marker in through
+                end = through.rfind(end_marker) + len(end_marker) if has_marker else len(through)
             if not (text.startswith(before) and text.startswith(through[:end]) and end > len(before)):
                 raise ConversationError(f"chat template renders turn {index} differently in context; cannot mask labels")
             spans.append((len(before), end))
@@ -140,9 +171,12 @@ class SicogProcessor:
         *,
         train: bool = True,
         never_split: bool = False,
+        label_masking: str | None = None,
     ) -> Encoded:
-        """Encode a conversation. ``train``: the whole dialogue with labels on assistant replies only;
-        otherwise the dialogue up to its last user turn plus the generation prompt."""
+        """Encode a conversation. ``train``: the whole dialogue with labels as ``label_masking`` (default
+        ``config.label_masking``) says; otherwise the dialogue up to its last user turn plus the
+        generation prompt, images resized as at inference (:meth:`inference_size`)."""
+        masking = label_masking or self.config.label_masking
         messages = self.to_messages(conversations)
         if not train and messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
@@ -156,14 +190,18 @@ class SicogProcessor:
         token_ids = encoding["input_ids"]
         token_labels = None
         if train:
-            token_labels = self._labels(token_ids, encoding["offset_mapping"], self._supervised_spans(messages, text))
+            spans = self._supervised_spans(messages, text, masking)
+            token_labels = self._labels(token_ids, encoding["offset_mapping"], spans)
+            if masking == "release":
+                always = self._always_supervised()
+                token_labels = [t if t in always else label for t, label in zip(token_ids, token_labels)]
         input_ids: list[int] = []
         labels: list[int] | None = [] if train else None
         views: list[torch.Tensor] = []
         image_iter = iter(images)
         for position, token in enumerate(token_ids):
             if token == self.image_token_id:
-                image_views, ids = self.process_image(next(image_iter), never_split=never_split)
+                image_views, ids = self.process_image(next(image_iter), never_split=never_split, inference=not train)
                 views += image_views
                 input_ids += ids
                 if labels is not None:
@@ -173,6 +211,15 @@ class SicogProcessor:
                 if labels is not None:
                     labels.append(token_labels[position])
         return Encoded(input_ids, labels, views)
+
+    def _always_supervised(self) -> set[int]:
+        """Ids the published ``preprocess_qwen`` supervises wherever they stand, system and user turns
+        included: the newline token and the chat markers ``<|im_start|>`` / ``<|im_end|>``."""
+        ids = set(self.tokenizer.encode("\n", add_special_tokens=False)[:1])
+        for marker in ("<|im_start|>", "<|im_end|>"):
+            if marker in self.tokenizer.get_vocab():
+                ids.add(self.tokenizer.convert_tokens_to_ids(marker))
+        return ids
 
     @staticmethod
     def _labels(token_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:

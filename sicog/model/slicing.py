@@ -87,6 +87,14 @@ def plan_slices(
     return SlicePlan(source, (cols, rows), slice_size)
 
 
+def fit_long_side(width: int, height: int, side: int) -> tuple[int, int]:
+    """Size with the long side resized to ``side`` and the other truncated in proportion (the published
+    generation scripts' resize before slicing; a square's height is the long side)."""
+    if width > height:
+        return side, int(side / width * height)
+    return int(side / height * width), side
+
+
 def slice_image(image: Image.Image, plan: SlicePlan) -> tuple[Image.Image, list[Image.Image]]:
     """Cut ``image`` by ``plan``: the resized global image and the slices in row-major order."""
     source = image.resize(plan.source_size, Image.Resampling.BICUBIC)

@@ -44,6 +44,13 @@ class ModelArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager"})
     resampler_num_queries: int = 144
     resampler_attention: str = field(default="cell", metadata={"help": "cell (spatially constrained) | global"})
+    resampler_pooling: str = field(default="roi_align", metadata={"help": "roi_align (published) | average (earlier)"})
+    image_layout: str = field(default="release", metadata={"help": "release (published llava_arch) | uhd_v1 (earlier)"})
+    label_masking: str = field(default="replies", metadata={"help": "replies | release (published preprocess_qwen)"})
+    slice_separators: str = field(default="auto", metadata={"help": "auto | release (LLaMA ids 29892, 13) | tokenizer"})
+    inference_long_side: int | None = field(
+        default=None, metadata={"help": "resize to this long side before slicing at inference (published: 1024)"}
+    )
     scale_resolution: int = 336
     max_slice_nums: int = 7
 
@@ -55,6 +62,7 @@ class DataArguments:
     data_path: str = field(metadata={"help": ".json/.jsonl file, comma-separated files, or a .yaml mixture"})
     image_folder: str | None = field(default=None, metadata={"help": "folder that image paths are relative to"})
     model_max_length: int = field(default=4096, metadata={"help": "tokens per sample, image tokens included"})
+    augment: str = field(default="none", metadata={"help": "none | release (the published loader's image resizing)"})
     group_by_modality_length: bool = field(default=False, metadata={"help": "batches of image or text-only samples of similar length"})
     sample_log: str | None = field(default=None, metadata={"help": "write the ids each rank trains on to FILE.rankN.jsonl"})
 

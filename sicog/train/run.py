@@ -46,6 +46,11 @@ def build_model(model_args: ModelArguments, args: SicogTrainingArguments) -> tup
             attn_implementation=model_args.attn_implementation,
             resampler_num_queries=model_args.resampler_num_queries,
             resampler_attention=model_args.resampler_attention,
+            resampler_pooling=model_args.resampler_pooling,
+            image_layout=model_args.image_layout,
+            label_masking=model_args.label_masking,
+            separators=model_args.slice_separators,
+            inference_long_side=model_args.inference_long_side,
             scale_resolution=model_args.scale_resolution,
             max_slice_nums=model_args.max_slice_nums,
         )
@@ -82,6 +87,7 @@ def load_data(data_args: DataArguments, processor: SicogProcessor, args: SicogTr
         max_length=data_args.model_max_length,
         never_split=STAGES[args.stage].never_split,
         seed=args.seed,
+        augment=data_args.augment,
         show_progress=args.process_index == 0,
     )
     return check_dataset(dataset, data_args.data_path, args)

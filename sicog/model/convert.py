@@ -1,0 +1,238 @@
+"""Checkpoints in the published LLaVA ``llava_qwen`` format <-> SICOG checkpoints, tensor for tensor.
+
+A published checkpoint is a directory with ``config.json`` (``model_type: llava_qwen``, the Qwen2
+fields plus ``mm_*`` settings), weights in safetensors or ``.bin`` shards (LLM under ``model.`` and
+``lm_head.``, resampler under ``model.mm_projector.``, and, once fine-tuned, the CLIP tower under
+``model.vision_tower.vision_tower.vision_model.``), optionally ``mm_projector.bin`` (what stage 1
+writes) and the tokenizer. A tower missing from the weights is read from ``mm_vision_tower`` or the
+``vision_tower`` argument. Every tensor maps to exactly one tensor on the other side (the resampler's
+output matrix is stored transposed); any key that maps nowhere, and any expected key that is
+missing, is reported in one error, so nothing is dropped or invented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from huggingface_hub import save_torch_state_dict
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    Qwen2Config,
+)
+
+from sicog.model.builders import (
+    RELEASE_INFERENCE_LONG_SIDE,
+    RELEASE_SEPARATORS,
+    _set_generation_ids,
+    add_image_token,
+)
+from sicog.model.configuration import CLIP_L14_336, SicogConfig
+from sicog.model.modeling import SicogForConditionalGeneration
+from sicog.model.release_format import (
+    PROJECTOR_BIN,
+    PROJECTOR_PREFIX,
+    PROJECTOR_TYPES,
+    VISION_PREFIX,
+    ConversionError,
+    from_release_state,
+    read_tensor_file,
+    read_weights,
+    to_release_state,
+)
+
+RELEASE_MODEL_TYPE = "llava_qwen"
+CLIP_L14_336_ID = "openai/clip-vit-large-patch14-336"
+# What the published code hard-codes (slicing in train.py and the generation scripts, CLIP-L/14 patches).
+RELEASE_GEOMETRY = {"scale_resolution": 336, "max_slice_nums": 7, "patch_size": 14}
+# config.json fields of the LLaVA wrapper, not of the LLM.
+LLAVA_FIELD_PREFIXES = ("mm_", "model_mode", "image_", "tokenizer_", "use_mm_proj", "vision_tower", "unfreeze_mm",
+                        "tune_mm", "delay_load", "add_faster_video", "faster_token", "pos_skipping", "use_pos_skipping",
+                        "feature_scale_mask", "s2_", "vision_resampler", "architectures", "model_type", "auto_map")
+
+
+def text_config_from_release(config: dict) -> Qwen2Config:
+    """The LLM's config: the release config without the LLaVA wrapper's fields."""
+    fields = {k: v for k, v in config.items() if not k.startswith(LLAVA_FIELD_PREFIXES)}
+    return Qwen2Config(**fields)
+
+
+def _vision_state(weights: dict[str, torch.Tensor], release_config: dict, vision_tower: str | None, src: Path) -> tuple:
+    """The tower's config and release-named weights: from the checkpoint if it holds them, else from the CLIP dir."""
+    source = vision_tower or release_config.get("mm_vision_tower")
+    has_tower = any(k.startswith(VISION_PREFIX) for k in weights)
+    if has_tower and source is not None and source.rstrip("/").endswith(CLIP_L14_336_ID) and not Path(source).is_dir():
+        return CLIPVisionConfig(**CLIP_L14_336), {}  # weights in the checkpoint; the hub id fixes the shape
+    if source is None or not Path(source).is_dir():
+        raise ConversionError(
+            f"{src}: needs the CLIP vision tower's directory "
+            f"(config mm_vision_tower={release_config.get('mm_vision_tower')!r}"
+            " is not a local directory); pass --vision-tower"
+        )
+    if has_tower:
+        return CLIPVisionConfig.from_pretrained(source), {}
+    tower = CLIPVisionModel.from_pretrained(source)
+    return tower.config, {VISION_PREFIX + k: v for k, v in tower.state_dict().items()}
+
+
+def release_to_sicog(
+    src: str | os.PathLike, out: str | os.PathLike, *, vision_tower: str | None = None, projector: str | None = None
+) -> Path:
+    """Convert a published ``llava_qwen`` checkpoint directory into a SICOG checkpoint at ``out``."""
+    src, out = Path(src), Path(out)
+    release_config = json.loads((src / "config.json").read_text())
+    if release_config.get("model_type") != RELEASE_MODEL_TYPE:
+        found = release_config.get("model_type")
+        raise ConversionError(f"{src}/config.json: model_type {found!r} is not {RELEASE_MODEL_TYPE!r}")
+    projector_type = release_config.get("mm_projector_type")
+    if projector_type not in PROJECTOR_TYPES:
+        raise ConversionError(
+            f"{src}/config.json: mm_projector_type {projector_type!r} is not one of {sorted(PROJECTOR_TYPES)}"
+        )
+    weights = read_weights(src)
+    projector_file = Path(projector) if projector else src / PROJECTOR_BIN
+    if projector_file.is_file():
+        extra = read_tensor_file(projector_file)
+        clash = [k for k in extra if k in weights and not torch.equal(extra[k], weights[k])]
+        if clash:
+            raise ConversionError(f"{projector_file} and the model weights hold different values for {sorted(clash)}")
+        weights.update(extra)
+    vision_config, tower_weights = _vision_state(weights, release_config, vision_tower, src)
+    weights.update(tower_weights)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    add_image_token(tokenizer)
+    text_config = text_config_from_release(release_config)
+    config = SicogConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        slice_comma_id=RELEASE_SEPARATORS[0],
+        slice_newline_id=RELEASE_SEPARATORS[1],
+        vision_feature_layer=release_config.get("mm_vision_select_layer", -2),
+        resampler_num_queries=PROJECTOR_TYPES[projector_type],
+        scale_resolution=RELEASE_GEOMETRY["scale_resolution"],
+        max_slice_nums=RELEASE_GEOMETRY["max_slice_nums"],
+        inference_long_side=RELEASE_INFERENCE_LONG_SIDE,
+        tie_word_embeddings=bool(release_config.get("tie_word_embeddings", False)),
+    )
+    with torch.device("meta"):
+        model = SicogForConditionalGeneration(config)
+    state = from_release_state(weights, model.state_dict())
+    model.load_state_dict(state, assign=True, strict=True)
+    _set_generation_ids(model, tokenizer)
+    if (src / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(src)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def release_config_dict(config: SicogConfig, vision_tower_name: str) -> dict:
+    """config.json of the published format for ``config`` (refuses settings the published code cannot compute)."""
+    problems = []
+    expected = {"resampler_pooling": "roi_align", "image_layout": "release", "resampler_attention": "cell"}
+    problems += [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in expected.items() if getattr(config, k) != v]
+    geometry = {name: getattr(config, name) for name in RELEASE_GEOMETRY}
+    problems += [f"{k}={v} (needs {RELEASE_GEOMETRY[k]})" for k, v in geometry.items() if v != RELEASE_GEOMETRY[k]]
+    if (config.slice_comma_id, config.slice_newline_id) != RELEASE_SEPARATORS:
+        separators = (config.slice_comma_id, config.slice_newline_id)
+        problems.append(f"separator ids {separators} (needs {RELEASE_SEPARATORS})")
+    if config.resampler_heads != config.text_config.hidden_size // 128:
+        problems.append(f"{config.resampler_heads} resampler heads (needs hidden_size // 128)")
+    projector_type = {v: k for k, v in PROJECTOR_TYPES.items()}.get(config.resampler_num_queries)
+    if projector_type is None:
+        choices = sorted(PROJECTOR_TYPES.values())
+        problems.append(f"resampler_num_queries={config.resampler_num_queries} (needs one of {choices})")
+    if problems:
+        raise ConversionError("the published code cannot run this model: " + "; ".join(problems))
+    fields = config.text_config.to_dict()
+    fields.update(
+        model_type=RELEASE_MODEL_TYPE,
+        architectures=["LlavaQwenForCausalLM"],
+        mm_vision_tower=vision_tower_name,
+        mm_projector_type=projector_type,
+        mm_hidden_size=config.vision_config.hidden_size,
+        mm_vision_select_layer=config.vision_feature_layer,
+        mm_vision_select_feature="patch",
+        mm_patch_merge_type="flat",
+        model_mode="uhd_v1",
+        use_mm_proj=True,
+        tie_word_embeddings=config.tie_word_embeddings,
+    )
+    return fields
+
+
+def read_sicog_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a SICOG checkpoint directory (single file or shards)."""
+    try:
+        return read_weights(directory)
+    except ConversionError as error:
+        raise ConversionError(f"not a SICOG checkpoint: {error}") from None
+
+
+def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_tower_name: str | None = None) -> Path:
+    """Convert a SICOG checkpoint into the published format at ``out``.
+
+    Writes ``config.json``, the weights (safetensors, sharded when large), ``mm_projector.bin`` (the
+    projector alone, as stage 1 of the published scripts writes it), the tokenizer, the generation
+    config, and the CLIP tower as its own checkpoint under ``vision_tower/`` (``mm_vision_tower``
+    points there unless ``vision_tower_name`` names another copy, e.g. the hub id).
+    """
+    src, out = Path(src), Path(out)
+    config = SicogConfig.from_pretrained(src)
+    tower_dir = out / "vision_tower"
+    fields = release_config_dict(config, vision_tower_name or str(tower_dir.resolve()))
+    state = to_release_state(read_sicog_weights(src))
+    out.mkdir(parents=True, exist_ok=True)
+    save_torch_state_dict(state, out, max_shard_size="5GB")
+    torch.save({k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}, out / PROJECTOR_BIN)
+    (out / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+    tower = CLIPVisionModel(config.vision_config)
+    tower.load_state_dict({k[len(VISION_PREFIX) :]: v for k, v in state.items() if k.startswith(VISION_PREFIX)})
+    tower.save_pretrained(tower_dir)
+    size = config.vision_config.image_size
+    CLIPImageProcessorPil(
+        image_mean=list(config.image_mean), image_std=list(config.image_std), size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+    ).save_pretrained(tower_dir)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    if (src / "generation_config.json").is_file():
+        shutil.copyfile(src / "generation_config.json", out / "generation_config.json")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``sicog convert``."""
+    parser.add_argument(
+        "direction", choices=("from-release", "to-release"), help="release -> SICOG, or SICOG -> release"
+    )
+    parser.add_argument("src", help="checkpoint directory to read")
+    parser.add_argument("out", help="directory to write")
+    parser.add_argument(
+        "--vision-tower", help="from-release: CLIP directory when the checkpoint holds no tower weights"
+    )
+    parser.add_argument("--projector", help=f"from-release: a {PROJECTOR_BIN} to use (default: the one in src, if any)")
+    parser.add_argument("--vision-tower-name", help="to-release: mm_vision_tower to record (default: the written copy)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert; a checkpoint that cannot be converted is one line on stderr and exit status 2."""
+    try:
+        if args.direction == "from-release":
+            out = release_to_sicog(args.src, args.out, vision_tower=args.vision_tower, projector=args.projector)
+        else:
+            out = sicog_to_release(args.src, args.out, vision_tower_name=args.vision_tower_name)
+    except (ConversionError, OSError) as error:
+        print(f"sicog convert: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0

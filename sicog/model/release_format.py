@@ -1,0 +1,130 @@
+"""Names and files of the published ``llava_qwen`` format, and the tensor-for-tensor mapping to ours.
+
+The LLM sits under ``model.`` and ``lm_head.``, the resampler under ``model.mm_projector.``, the CLIP
+tower under ``model.vision_tower.vision_tower.vision_model.``. The resampler's ``pos_embed`` is our
+``query_pos`` and its ``proj`` matrix (applied as ``x @ proj``) is our ``proj`` Linear's weight,
+transposed. Used by :mod:`sicog.model.convert` and by the projector loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+PROJECTOR_BIN = "mm_projector.bin"
+# The published builder's projector types and the query count each hard-codes.
+PROJECTOR_TYPES = {"adapt_spatial_resampler_v1": 144, "uhd_v1_query64": 64}
+VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+PROJECTOR_PREFIX = "model.mm_projector."
+# Resampler names that differ: release -> ours. ``proj`` is a matrix applied as ``x @ proj``; ours is a Linear.
+RESAMPLER_RENAMES = {"pos_embed": "query_pos", "proj": "proj.weight"}
+TRANSPOSED = {"proj.weight"}
+
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted without losing or inventing something."""
+
+
+def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a directory's ``model*.safetensors`` or ``pytorch_model*.bin`` files (index or single file)."""
+    directory = Path(directory)
+    layouts = (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    )
+    for index_name, single in layouts:
+        index = directory / index_name
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (directory / single).is_file():
+            files = [single]
+        else:
+            continue
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            state.update(read_tensor_file(directory / name))
+        return state
+    raise ConversionError(f"{directory}: no model.safetensors, pytorch_model.bin or their shard index")
+
+
+def read_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of one ``.safetensors`` file or one torch pickle (``.bin``, loaded with ``weights_only``)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK") or path.suffix in (".bin", ".pt", ".pth"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ConversionError(f"{path}: a torch file that is not a flat name -> tensor mapping")
+        return state
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def resampler_from_release(state: dict[str, torch.Tensor], prefix: str = PROJECTOR_PREFIX) -> dict[str, torch.Tensor]:
+    """Our ``resampler`` state (without prefix) from a release state's ``model.mm_projector.*`` tensors."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            raise ConversionError(f"{key} is not a projector weight (expected the prefix {prefix!r})")
+        name = RESAMPLER_RENAMES.get(key[len(prefix) :], key[len(prefix) :])
+        out[name] = value.t().contiguous() if name in TRANSPOSED else value
+    return out
+
+
+def release_key(key: str) -> str:
+    """The release name of one of our state-dict keys (raises for keys with no release counterpart)."""
+    if key.startswith("vision_tower."):
+        return VISION_PREFIX + key[len("vision_tower.") :]
+    if key.startswith("resampler."):
+        name = key[len("resampler.") :]
+        inverse = {v: k for k, v in RESAMPLER_RENAMES.items()}
+        return PROJECTOR_PREFIX + inverse.get(name, name)
+    if key.startswith("language_model.model."):
+        return "model." + key[len("language_model.model.") :]
+    if key.startswith("language_model.lm_head."):
+        return key[len("language_model.") :]
+    raise ConversionError(f"{key} has no counterpart in the published format")
+
+
+def to_release_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict -> release names (the resampler's output matrix transposed back)."""
+    out = {}
+    for key, value in state.items():
+        transposed = key.startswith("resampler.") and key[len("resampler.") :] in TRANSPOSED
+        out[release_key(key)] = value.t().contiguous() if transposed else value
+    return out
+
+
+def from_release_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Release state -> our names, checked against ``expected`` (our model's state): one error for all problems."""
+    reverse = {release_key(key): key for key in expected}
+    out, unknown = {}, []
+    for key, value in state.items():
+        ours = reverse.get(key)
+        if ours is None:
+            unknown.append(key)
+            continue
+        transposed = ours.startswith("resampler.") and ours[len("resampler.") :] in TRANSPOSED
+        out[ours] = value.t().contiguous() if transposed else value
+    missing = sorted(set(expected) - set(out))
+    wrong = [
+        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in out.items() if v.shape != expected[k].shape
+    ]
+    problems = []
+    if unknown:
+        problems.append(f"unknown keys {sorted(unknown)}")
+    if missing:
+        problems.append(f"missing keys {[release_key(k) for k in missing]}")
+    if wrong:
+        problems.append(f"shape mismatches {wrong}")
+    if problems:
+        raise ConversionError("release checkpoint does not match the model: " + "; ".join(problems))
+    return out
+
+

@@ -1,0 +1,50 @@
+"""The published training-time resizing (``--augment release``)."""
+
+import json
+import random
+
+from PIL import Image
+
+from sicog.data.augment import release_augment
+from sicog.data.datasets import SupervisedDataset
+
+
+class Draws(random.Random):
+    """A random source that returns the given draws in turn."""
+
+    def __init__(self, *draws: float) -> None:
+        super().__init__(0)
+        self.draws = list(draws)
+
+    def random(self) -> float:
+        return self.draws.pop(0)
+
+
+def test_text_heavy_images_get_a_1024_long_side(tiny_model_factory):
+    _, processor = tiny_model_factory()
+    image = Image.new("RGB", (400, 300))
+    assert release_augment(image, "textvqa/train/1.jpg", processor, Draws()).size == (1024, 768)
+    assert release_augment(image, "TextVQA/2.jpg", processor, Draws()).size == (1024, 768)
+
+
+def test_one_draw_in_ten_resizes_to_six_slices(tiny_model_factory):
+    _, processor = tiny_model_factory(max_slice_nums=9)  # 64 px slices
+    image = Image.new("RGB", (100, 80))
+    assert release_augment(image, "coco/1.jpg", processor, Draws(0.5)).size == (100, 80)
+    resized = release_augment(image, "coco/1.jpg", processor, Draws(0.05))
+    assert resized.size == (175, 140) and processor.plan(*resized.size).num_slices == 6
+    six = Image.new("RGB", resized.size)
+    assert release_augment(six, "coco/2.jpg", processor, Draws(0.05)).size == six.size  # already 6 slices
+
+
+def test_dataset_applies_it_only_when_asked(tiny_model_factory, tmp_path):
+    _, processor = tiny_model_factory(max_slice_nums=9)
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (100, 75), (10, 200, 30)).save(tmp_path / "img" / "textvqa_1.png")
+    record = {"id": "a", "image": "textvqa_1.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": "Nothing."}]}
+    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    kwargs = dict(image_folder=tmp_path / "img", max_length=100000, show_progress=False)
+    plain = SupervisedDataset(tmp_path / "data.jsonl", processor, **kwargs)[0]["encoded"]
+    augmented = SupervisedDataset(tmp_path / "data.jsonl", processor, augment="release", **kwargs)[0]["encoded"]
+    assert len(augmented.input_ids) > len(plain.input_ids)  # 1024x768 makes more slices than 100x75

@@ -1,0 +1,146 @@
+"""`sicog convert`: published llava_qwen checkpoints <-> SICOG checkpoints, every tensor kept."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import GenerationConfig
+
+from sicog.cli import main
+from sicog.model.builders import (
+    load_pretrained,
+    load_projector,
+    new_model,
+    tiny_config,
+    tiny_text_config,
+    tiny_vision_config,
+)
+from sicog.model.convert import ConversionError, release_to_sicog, sicog_to_release
+from sicog.model.release_format import read_tensor_file, read_weights
+
+# Parameter names of the published AdaptSpatialResampler_v1 (adapt_spatial_resampler_v1).
+RELEASE_PROJECTOR_NAMES = {
+    "query", "pos_embed", "proj", "kv_proj.weight", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
+    "attn.out_proj.bias", "ln_q.weight", "ln_q.bias", "ln_kv.weight", "ln_kv.bias", "ln_post.weight", "ln_post.bias",
+}
+
+
+def release_like_model(tokenizer):
+    """A tiny model with the published geometry (vocabulary large enough for the LLaMA separator ids)."""
+    torch.manual_seed(0)
+    config = tiny_config(
+        tokenizer,
+        separators="release",
+        vision_config=tiny_vision_config(hidden_size=32, layers=2, patch_size=14, image_size=336),
+        text_config=tiny_text_config(30000, hidden_size=128, heads=4, kv_heads=2),
+        scale_resolution=336,
+        max_slice_nums=7,
+        resampler_num_queries=144,
+        resampler_num_heads=1,
+    )
+    model, processor = new_model(config, tokenizer)
+    for parameter in model.parameters():  # random everywhere, layer norms included
+        parameter.data.normal_(0, 0.05)
+    return model, processor
+
+
+def write_release_checkpoint(model, tokenizer, directory, fmt="safetensors"):
+    """The published layout: LLM + tower in two shards with an index, the projector in mm_projector.bin."""
+    from sicog.model.release_format import to_release_state
+
+    state = to_release_state({k: v.clone() for k, v in model.state_dict().items()})
+    projector = {k: v for k, v in state.items() if k.startswith("model.mm_projector.")}
+    assert {k[len("model.mm_projector."):] for k in projector} == RELEASE_PROJECTOR_NAMES
+    rest = sorted(k for k in state if k not in projector)
+    halves = [rest[: len(rest) // 2], rest[len(rest) // 2 :]]
+    directory.mkdir()
+    weight_map = {}
+    for i, keys in enumerate(halves):
+        name = f"model-0000{i + 1}-of-00002.{'safetensors' if fmt == 'safetensors' else 'bin'}"
+        part = {k: state[k].contiguous() for k in keys}
+        save_file(part, directory / name) if fmt == "safetensors" else torch.save(part, directory / name)
+        weight_map.update({k: name for k in keys})
+    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    (directory / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    torch.save(projector, directory / "mm_projector.bin")
+    fields = model.config.text_config.to_dict()
+    fields.update(
+        model_type="llava_qwen", architectures=["LlavaQwenForCausalLM"], mm_projector_type="adapt_spatial_resampler_v1",
+        mm_vision_tower="openai/clip-vit-large-patch14-336", mm_vision_select_layer=-2, mm_hidden_size=32,
+        model_mode="uhd_v1",
+    )
+    (directory / "config.json").write_text(json.dumps(fields))
+    qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    qwen_sampling.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return {**state}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_release_to_sicog_to_release_is_lossless(tokenizer, tmp_path, fmt, monkeypatch):
+    import sicog.model.convert as convert
+
+    model, _ = release_like_model(tokenizer)
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())  # tiny tower behind the hub id
+    original = write_release_checkpoint(model, tokenizer, tmp_path / "release", fmt)
+    release_to_sicog(tmp_path / "release", tmp_path / "ours")
+    loaded, processor = load_pretrained(tmp_path / "ours")
+    assert loaded.config.image_layout == "release" and loaded.config.inference_long_side == 1024
+    assert (loaded.config.slice_comma_id, loaded.config.slice_newline_id) == (29892, 13)
+    assert loaded.generation_config.repetition_penalty == 1.05 and loaded.generation_config.top_k == 20
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    sicog_to_release(tmp_path / "ours", tmp_path / "back")
+    back = read_weights(tmp_path / "back")
+    assert sorted(back) == sorted(original)
+    for key, value in original.items():
+        assert torch.equal(back[key], value), key
+    projector = read_tensor_file(tmp_path / "back" / "mm_projector.bin")
+    assert len(projector) == len(RELEASE_PROJECTOR_NAMES)
+    assert all(torch.equal(projector[k], original[k]) for k in projector)
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert config["model_type"] == "llava_qwen" and config["mm_projector_type"] == "adapt_spatial_resampler_v1"
+
+
+def test_release_projector_bin_loads_into_the_resampler(tokenizer, tmp_path):
+    model, _ = release_like_model(tokenizer)
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    torch.manual_seed(1)
+    fresh, _ = release_like_model(tokenizer)
+    for parameter in fresh.resampler.parameters():
+        parameter.data.normal_(0, 0.05)
+    load_projector(fresh, tmp_path / "release" / "mm_projector.bin")
+    for key, value in model.resampler.state_dict().items():
+        assert torch.equal(fresh.resampler.state_dict()[key], value), key
+
+
+def test_unknown_and_missing_keys_are_listed_in_one_error(tokenizer, tmp_path, monkeypatch):
+    import sicog.model.convert as convert
+
+    model, _ = release_like_model(tokenizer)
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    projector = read_tensor_file(tmp_path / "release" / "mm_projector.bin")
+    projector.pop("model.mm_projector.ln_post.bias")
+    projector["model.mm_projector.extra_scale"] = torch.ones(3)
+    torch.save(projector, tmp_path / "release" / "mm_projector.bin")
+    expected = r"unknown keys \['model.mm_projector.extra_scale'\].*missing keys \['model.mm_projector.ln_post.bias'\]"
+    with pytest.raises(ConversionError, match=expected):
+        release_to_sicog(tmp_path / "release", tmp_path / "ours")
+
+
+def test_export_refuses_what_the_published_code_cannot_compute(tiny_model_factory, tmp_path, capsys):
+    from sicog.model.builders import save_pretrained
+
+    model, processor = tiny_model_factory()
+    save_pretrained(model, processor, tmp_path / "ours")
+    assert main(["convert", "to-release", str(tmp_path / "ours"), str(tmp_path / "out")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sicog convert: error:")]
+    assert len(errors) == 1 and "scale_resolution=64 (needs 336)" in errors[0] and "separator ids" in errors[0]
+
+
+def test_non_release_config_is_refused(tokenizer, tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_llama"}))
+    assert main(["convert", "from-release", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "model_type 'llava_llama' is not 'llava_qwen'" in capsys.readouterr().err
