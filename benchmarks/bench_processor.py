@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPVisionConfig
 
-from sicog.data.datasets import SupervisedCollator, SupervisedDataset
+from sicog.train.datasets import SupervisedCollator, SupervisedDataset
 from sicog.data.jsonl import write_jsonl
 from sicog.model.builders import make_config, tiny_text_config
 from sicog.model.configuration import CLIP_L14_336

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from sicog.data.datasets import SupervisedCollator
+from sicog.train.datasets import SupervisedCollator
 from sicog.data.jsonl import write_jsonl
 from sicog.model.builders import new_model, save_pretrained, tiny_config, tiny_text_config, tiny_vision_config
 from sicog.toy.tokenizer import train_tokenizer

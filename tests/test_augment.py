@@ -5,8 +5,8 @@ import random
 
 from PIL import Image
 
-from sicog.data.augment import release_augment
-from sicog.data.datasets import SupervisedDataset
+from sicog.train.augment import release_augment
+from sicog.train.datasets import SupervisedDataset
 
 
 class Draws(random.Random):

@@ -4,7 +4,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from sicog.data.datasets import SupervisedDataset
+from sicog.train.datasets import SupervisedDataset
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import load_mixture
 from sicog.model.processing import ConversationError

@@ -6,7 +6,7 @@ import pytest
 
 from sicog.cli import main
 from sicog.curate.noisy import pairs_from_noisy
-from sicog.data.pairs import check_pair_record
+from sicog.train.pairs import check_pair_record
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
 

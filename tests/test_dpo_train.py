@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sicog.cli import main
-from sicog.data.pairs import PairCollator, PairDataset
+from sicog.train.pairs import PairCollator, PairDataset
 from sicog.model.builders import load_pretrained
 from sicog.train.dpo_reference import compute_reference
 from train_helpers import COLORS, make_checkpoint, weights

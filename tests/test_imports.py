@@ -18,14 +18,23 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path, top_level_only: bool) -> set[str]:
-    """The sicog modules a file imports (at module level only, or anywhere in it)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
-    found = set()
-    for node in nodes:
-        if isinstance(node, ast.If) and top_level_only:  # `if TYPE_CHECKING:` blocks do not import at run time
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under ``if TYPE_CHECKING:`` (imports for type checkers only)."""
+    nodes, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
             continue
+        nodes.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def imports(path: Path) -> set[str]:
+    """The sicog modules a file imports at run time, at module level or inside functions."""
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("sicog")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sicog"):
@@ -34,12 +43,13 @@ def imports(path: Path, top_level_only: bool) -> set[str]:
     return {name for name in found if name in modules}
 
 
-def graph(top_level_only: bool) -> dict[str, set[str]]:
-    return {module_name(p): imports(p, top_level_only) - {module_name(p)} for p in PACKAGE.rglob("*.py")}
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports(p) - {module_name(p)} for p in PACKAGE.rglob("*.py")}
 
 
 def test_no_import_cycles_among_sicog_modules():
-    edges = graph(top_level_only=True)
+    """Deferred imports inside functions count too: two modules that need each other are one tangle."""
+    edges = graph()
     state: dict[str, str] = {}
     cycles = []
 
@@ -60,7 +70,7 @@ def test_no_import_cycles_among_sicog_modules():
 
 def test_the_model_imports_nothing_else_from_sicog():
     outside = {module: sorted(i for i in found if not i.startswith("sicog.model"))
-               for module, found in graph(top_level_only=False).items() if module.startswith("sicog.model")}
+               for module, found in graph().items() if module.startswith("sicog.model")}
     assert {m: found for m, found in outside.items() if found} == {}
 
 

@@ -11,20 +11,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from sicog.data.answers import Answer, parse_answer
+from sicog.data.answers import parse_answer
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
 from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, embed_texts
-from sicog.curate.extract import Extraction, Task, expects_steps, extract
-from sicog.curate.records import GeneratedRecord, pair_record, parse_generated, training_record
+from sicog.curate.extract import Task, expects_steps, extract
+from sicog.curate.records import ScoredRecord, pair_record, parse_generated, training_record
 from sicog.curate.report import summarize, write_report
 from sicog.curate.score import mbr_scores
-from sicog.curate.select import Selection, record_rng, select
+from sicog.curate.select import record_rng, select
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import RecordError, error_record, iter_records, write_json, write_jsonl
 from sicog.data.sharding import process_group, rank_and_world
@@ -56,18 +56,6 @@ class CurationSettings:
             raise ValueError(f"min-agreement is a share of candidates, between 0 and 1; got {self.min_agreement}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk size must be at least 1; got {self.chunk_size}")
-
-
-@dataclass
-class ScoredRecord:
-    """One valid record with its extractions, answers, scores and decision."""
-
-    item: GeneratedRecord
-    extractions: list[Extraction]
-    answers: list[Answer] | None
-    text_index: list[int]
-    scores: list[float | None] = field(default_factory=list)
-    selection: Selection | None = None
 
 
 def read_generated(path: Path, task: Task) -> tuple[list[ScoredRecord], list[dict]]:

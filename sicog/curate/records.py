@@ -7,9 +7,12 @@ outputs are documented, with examples, in docs/curation.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from sicog.curate.extract import Extraction
+from sicog.curate.select import Selection
+from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, record_id
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.schema import check_llava_record, record_images
@@ -95,3 +98,15 @@ def pair_record(item: GeneratedRecord, chosen: str, rejected: str, source: dict[
         out["image"] = item.record["image"]
     out.update(prompt=item.prompt.replace(IMAGE_TOKEN, "").strip(), chosen=chosen, rejected=rejected, source=source)
     return out
+
+
+@dataclass
+class ScoredRecord:
+    """One valid record with its extractions, answers, scores and decision."""
+
+    item: GeneratedRecord
+    extractions: list[Extraction]
+    answers: list[Answer] | None
+    text_index: list[int]
+    scores: list[float | None] = field(default_factory=list)
+    selection: Selection | None = None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from sicog.curate.select import drop_reason
 
 if TYPE_CHECKING:
-    from sicog.curate.pipeline import ScoredRecord
+    from sicog.curate.records import ScoredRecord
 
 # The thresholds the published scripts were run with; the report always shows these plus the run's own.
 REPORT_THRESHOLDS = (0.8, 0.85, 0.9)

@@ -5,7 +5,8 @@ One source of truth for generation, annotation, curation and the toy world.
 
 from __future__ import annotations
 
-IMAGE_TOKEN = "<image>"
+from sicog.model.tokens import IMAGE_TOKEN
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 STEP_BY_STEP_DESCRIBE = "Describe the image step-by-step."

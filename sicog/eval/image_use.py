@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sicog.data.argtypes import positive_int
-from sicog.data.datasets import Problem, image_path
+from sicog.train.datasets import Problem, image_path
 from sicog.data.jsonl import RecordError, iter_records, write_json
 from sicog.data.mixture import Source
 from sicog.data.schema import check_llava_record, record_images

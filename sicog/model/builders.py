@@ -22,7 +22,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from sicog.data.prompts import IMAGE_TOKEN
+from sicog.model.tokens import IMAGE_TOKEN
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids

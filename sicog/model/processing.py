@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from sicog.data.prompts import IMAGE_TOKEN
+from sicog.model.tokens import IMAGE_TOKEN
 from sicog.model.configuration import SicogConfig
 from sicog.model.image_io import load_image
 from sicog.model.layout import image_token_count, image_token_ids

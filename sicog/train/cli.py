@@ -23,7 +23,8 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.process_index == 0 else logging.WARNING, stream=sys.stderr)
     from sicog.data.lock import OutputLocked
     from sicog.train.checkpoints import IncompleteCheckpointError
-    from sicog.train.run import DataProblemsError, train
+    from sicog.train.datasets import DataProblemsError
+    from sicog.train.run import train
 
     try:
         train(model_args, data_args, training_args)

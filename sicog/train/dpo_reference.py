@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from sicog.data.jsonl import JsonlAppender, iter_records, write_json
-from sicog.data.pairs import PairCollator, PairDataset
+from sicog.train.pairs import PairCollator, PairDataset
 from sicog.data.sharding import shard
 from sicog.train.dpo_loss import pair_logps
 

@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 from transformers import set_seed
 
-from sicog.data.datasets import SupervisedCollator, SupervisedDataset
-from sicog.data.jsonl import write_json, write_jsonl
+from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
+from sicog.data.jsonl import write_json
 from sicog.data.lock import output_lock
 from sicog.model.builders import build_from_parts, load_pretrained, load_projector, projector_from_checkpoint
 from sicog.model.modeling import SicogForConditionalGeneration
@@ -20,10 +19,6 @@ from sicog.train.checkpoints import check_resume_target, last_complete_checkpoin
 from sicog.train.trainer import SicogTrainer
 
 logger = logging.getLogger(__name__)
-
-
-class DataProblemsError(ValueError):
-    """The training data holds records that cannot be used."""
 
 
 def _dtype(args: SicogTrainingArguments) -> torch.dtype:
@@ -91,26 +86,6 @@ def load_data(data_args: DataArguments, processor: SicogProcessor, args: SicogTr
         show_progress=args.process_index == 0,
     )
     return check_dataset(dataset, data_args.data_path, args)
-
-
-def check_dataset(dataset: Dataset, data_path: str, args: SicogTrainingArguments) -> Dataset:
-    """Write the dataset's invalid and skipped records beside the run; stop when any is invalid or none is left.
-
-    ``dataset`` is a :class:`SupervisedDataset` or any dataset with the same ``problems`` and ``skipped`` lists.
-    """
-    output = Path(args.output_dir)
-    if args.process_index == 0:
-        if dataset.problems:
-            write_jsonl(output / "data_errors.jsonl", (p.to_json() for p in dataset.problems))
-        if dataset.skipped:
-            write_jsonl(output / "skipped_samples.jsonl", (p.to_json() for p in dataset.skipped))
-            logger.warning("skipped %d over-long samples (listed in %s)", len(dataset.skipped), output / "skipped_samples.jsonl")
-    if dataset.problems:
-        first = "; ".join(f"{p.source.path}:{p.source.line} id={p.id}: {p.reason}" for p in dataset.problems[:3])
-        raise DataProblemsError(f"{len(dataset.problems)} invalid training records (all in {output / 'data_errors.jsonl'}); first: {first}")
-    if not len(dataset):
-        raise DataProblemsError(f"no usable training records in {data_path}")
-    return dataset
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:

@@ -7,6 +7,7 @@ decoded and tokens built only in ``__getitem__``.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -16,13 +17,16 @@ from typing import Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+from transformers import TrainingArguments
 
-from sicog.data.augment import AUGMENT_CHOICES, release_augment
-from sicog.data.jsonl import RecordError
+from sicog.train.augment import AUGMENT_CHOICES, release_augment
+from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.schema import check_llava_record, record_images
 from sicog.model.image_io import load_image
 from sicog.model.processing import ConversationError, Encoded, SicogProcessor
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,3 +170,27 @@ class SupervisedCollator:
         batch = self.processor.collate([item["encoded"] for item in items], padding_side="right")
         batch["ids"] = [item["id"] for item in items]
         return batch
+
+
+class DataProblemsError(ValueError):
+    """The training data holds records that cannot be used."""
+
+
+def check_dataset(dataset: Dataset, data_path: str, args: TrainingArguments) -> Dataset:
+    """Write the dataset's invalid and skipped records beside the run; stop when any is invalid or none is left.
+
+    ``dataset`` is a :class:`SupervisedDataset` or any dataset with the same ``problems`` and ``skipped`` lists.
+    """
+    output = Path(args.output_dir)
+    if args.process_index == 0:
+        if dataset.problems:
+            write_jsonl(output / "data_errors.jsonl", (p.to_json() for p in dataset.problems))
+        if dataset.skipped:
+            write_jsonl(output / "skipped_samples.jsonl", (p.to_json() for p in dataset.skipped))
+            logger.warning("skipped %d over-long samples (listed in %s)", len(dataset.skipped), output / "skipped_samples.jsonl")
+    if dataset.problems:
+        first = "; ".join(f"{p.source.path}:{p.source.line} id={p.id}: {p.reason}" for p in dataset.problems[:3])
+        raise DataProblemsError(f"{len(dataset.problems)} invalid training records (all in {output / 'data_errors.jsonl'}); first: {first}")
+    if not len(dataset):
+        raise DataProblemsError(f"no usable training records in {data_path}")
+    return dataset

@@ -4,7 +4,7 @@
 (as curation writes its prompts); with placeholders, their number must equal the number of images.
 Both sides of a pair are encoded by the same processor from the same loaded images and share the
 same image-view tensors, so the model sees exactly the same slices under the chosen and the
-rejected answer. Like :class:`~sicog.data.datasets.SupervisedDataset`, construction validates every
+rejected answer. Like :class:`~sicog.train.datasets.SupervisedDataset`, construction validates every
 record and measures exact lengths; invalid pairs are listed in ``problems``, unfittable ones in
 ``skipped``.
 """
@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from sicog.data.datasets import Problem, image_path, measure
+from sicog.train.datasets import Problem, image_path, measure
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.prompts import IMAGE_TOKEN

@@ -1,0 +1,3 @@
+"""The placeholder text that marks an image in a conversation (one token id in every SICOG tokenizer)."""
+
+IMAGE_TOKEN = "<image>"
