@@ -21,7 +21,8 @@ from sicog.annotate.cod import (
     parse_cod_reply,
     read_source,
 )
-from sicog.annotate.images import ImageLoadError, image_data_url, resolve_image
+from sicog.annotate.images import ImageLoadError, image_data_url
+from sicog.data.schema import ImageOutsideFolder, resolve_image
 from sicog.data.jsonl import RecordError
 from sicog.data.prompts import COD_STEPS
 from sicog.data.steps import format_steps, split_steps
@@ -150,18 +151,18 @@ def test_unreadable_images_raise_a_clear_error(tmp_path):
 
 
 def test_image_paths_resolve_against_the_folder(tmp_path):
-    assert resolve_image("a/b.jpg", tmp_path) == tmp_path / "a" / "b.jpg"
-    assert resolve_image("a/../b.jpg", tmp_path) == tmp_path / "a" / ".." / "b.jpg"  # still inside
-    assert resolve_image(str(tmp_path / "c.jpg"), tmp_path) == tmp_path / "c.jpg"
+    assert resolve_image("a/b.jpg", tmp_path, allow_outside=False) == tmp_path / "a" / "b.jpg"
+    assert resolve_image("a/../b.jpg", tmp_path, allow_outside=False) == tmp_path / "a" / ".." / "b.jpg"  # inside
+    assert resolve_image(str(tmp_path / "c.jpg"), tmp_path, allow_outside=False) == tmp_path / "c.jpg"
     assert str(resolve_image("d.jpg", None)) == "d.jpg"
 
 
 @pytest.mark.parametrize("image", ["../secret.png", "a/../../secret.png", "/etc/hostname"])
 def test_image_paths_that_leave_the_folder_are_refused_unless_allowed(tmp_path, image):
     folder = tmp_path / "images"
-    with pytest.raises(ImageLoadError, match="leads outside the image folder.*--allow-outside-images"):
-        resolve_image(image, folder)
-    assert resolve_image(image, folder, allow_outside=True) == folder / image
+    with pytest.raises(ImageOutsideFolder, match="leads outside the image folder"):
+        resolve_image(image, folder, allow_outside=False)
+    assert resolve_image(image, folder) == folder / image
 
 
 def test_backoff_doubles_with_jitter_caps_and_honours_retry_after():

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sicog.cli import main
-from sicog.curate.mix import errors_path, mix, take
+from sicog.curate.mix import mix, take
+from sicog.data.jsonl import errors_path
 from sicog.data.jsonl import RecordError, load_records
 
 

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from sicog.data.argtypes import non_negative_int, positive_float, positive_int
 from sicog.data.jsonl import RecordError
 
 
@@ -27,21 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cod.add_argument("--model", default="gpt-4o", help="model name the server knows (default: %(default)s)")
     cod.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
                                         "(default: $OPENAI_BASE_URL, else the OpenAI API)")
-    cod.add_argument("--concurrency", type=_positive_int, default=8,
+    cod.add_argument("--concurrency", type=positive_int, default=8,
                      help="requests in flight (default: %(default)s)")
-    cod.add_argument("--limit", type=_positive_int, help="annotate only the first N input records")
+    cod.add_argument("--limit", type=positive_int, help="annotate only the first N input records")
     cod.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default: %(default)s)")
-    cod.add_argument("--max-tokens", type=_positive_int, default=2048,
+    cod.add_argument("--max-tokens", type=positive_int, default=2048,
                      help="reply length limit (default: %(default)s)")
-    cod.add_argument("--timeout", type=_positive_float, default=120.0,
+    cod.add_argument("--timeout", type=positive_float, default=120.0,
                      help="seconds per request (default: %(default)s)")
-    cod.add_argument("--max-retries", type=_non_negative_int, default=5,
+    cod.add_argument("--max-retries", type=non_negative_int, default=5,
                      help="retries of a request after 429, 5xx, timeouts, connection errors (default: %(default)s)")
-    cod.add_argument("--backoff", type=_positive_float, default=1.0,
+    cod.add_argument("--backoff", type=positive_float, default=1.0,
                      help="first retry wait in seconds, doubled per retry (default: %(default)s)")
-    cod.add_argument("--max-backoff", type=_positive_float, default=60.0,
+    cod.add_argument("--max-backoff", type=positive_float, default=60.0,
                      help="longest retry wait in seconds (default: %(default)s)")
-    cod.add_argument("--parse-retries", type=_non_negative_int, default=2,
+    cod.add_argument("--parse-retries", type=non_negative_int, default=2,
                      help="new requests after a reply without the five steps (default: %(default)s)")
     cod.add_argument("--retry-failures", action="store_true", help="try again the ids recorded in failures.jsonl")
     cod.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -52,27 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cot.add_argument("--cot-dir", type=Path, help="folder for cot.jsonl and errors.jsonl (overrides --output-dir)")
     cot.add_argument("--short-dir", type=Path, help="folder for short_answer.jsonl (overrides --output-dir)")
     cot.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
 
 
 class _UsageError(ValueError):

@@ -18,9 +18,9 @@ from sicog.data.prompts import (
     ANNOTATION_DESCRIBE,
     CAPTION_PROMPTS,
     COD_STEPS,
-    IMAGE_TOKEN,
     caption_prompt,
     strip_instruction,
+    user_turn,
 )
 from sicog.data.schema import check_llava_record
 from sicog.data.steps import split_steps
@@ -197,7 +197,7 @@ def parse_cod_reply(text: str, finish_reason: str | None = None) -> tuple[list[s
 def _training_record(record: dict, prompt: str, answer: str, annotation: dict) -> dict:
     out = copy.deepcopy(record)
     out["conversations"] = [
-        {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"},
+        {"from": "human", "value": user_turn(prompt)},
         {"from": "gpt", "value": answer},
     ]
     out["annotation"] = annotation

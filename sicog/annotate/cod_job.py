@@ -27,7 +27,8 @@ from sicog.annotate.cod import (
     parse_cod_reply,
     read_source,
 )
-from sicog.annotate.images import ImageLoadError, image_data_url, resolve_image
+from sicog.annotate.images import ImageLoadError, image_data_url
+from sicog.data.schema import ImageOutsideFolder, resolve_image
 from sicog.data.jsonl import (
     JsonlAppender,
     RecordError,
@@ -126,6 +127,10 @@ def _annotate(api: ChatAPI, job: CodJob, record: dict, source: CodSource, line: 
     try:
         path = resolve_image(source.image, job.image_folder, allow_outside=job.allow_outside_images)
         image_url = image_data_url(path)
+    except ImageOutsideFolder as err:
+        reason = str(RecordError(f"{err}; pass --allow-outside-images to allow paths outside it", path=job.input,
+                                 line=line, record_id=source.record_id, field="image"))
+        return _Outcome(failure=error_record(record, reason, requests=0))
     except ImageLoadError as err:
         reason = str(RecordError(str(err), path=job.input, line=line, record_id=source.record_id, field="image"))
         return _Outcome(failure=error_record(record, reason, requests=0))

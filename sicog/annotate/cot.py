@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id, write_jsonl
-from sicog.data.prompts import COT_STEPS, IMAGE_TOKEN, reasoning_prompt
+from sicog.data.prompts import COT_STEPS, IMAGE_TOKEN, reasoning_prompt, user_turn
 from sicog.data.schema import ROLES, check_llava_record, record_images
 
 TAGS = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
@@ -84,7 +84,7 @@ def cot_answer(text: str) -> tuple[str, str]:
 def cot_question(value: str) -> str:
     """The question asking for a step-by-step answer (replacing a short-answer request), ``<image>`` kept first."""
     prompt = reasoning_prompt("cot-default", value)
-    return f"{IMAGE_TOKEN}\n{prompt}" if IMAGE_TOKEN in value else prompt
+    return user_turn(prompt) if IMAGE_TOKEN in value else prompt
 
 
 def convert_record(
@@ -127,7 +127,7 @@ def _ensure_placeholder(record: dict) -> None:
     # LLaVA-CoT questions often omit <image>; training records need it in the first human turn.
     turns = record["conversations"]
     if len(record_images(record)) == 1 and not any(IMAGE_TOKEN in t["value"] for t in turns):
-        turns[0]["value"] = f"{IMAGE_TOKEN}\n{turns[0]['value']}"
+        turns[0]["value"] = user_turn(turns[0]["value"])
 
 
 @dataclass

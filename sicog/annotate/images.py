@@ -18,28 +18,6 @@ class ImageLoadError(ValueError):
     """An image file that is missing or that Pillow cannot read."""
 
 
-def resolve_image(image: str, image_folder: str | os.PathLike | None, *, allow_outside: bool = False) -> Path:
-    """The image path: ``image`` under ``image_folder`` (the working folder when None), or ``image`` itself
-    when absolute.
-
-    Unless ``allow_outside``, a path that leads out of the folder (``../``, an absolute path elsewhere)
-    raises :class:`ImageLoadError`: the image is sent to a remote API, and a record must not be able to
-    send any readable file of the machine. The check is on the path as written (symbolic links that the
-    user placed inside the folder are followed as usual).
-    """
-    path = Path(image)
-    full = path if path.is_absolute() or image_folder is None else Path(image_folder) / path
-    if not allow_outside:
-        folder = os.path.abspath(image_folder if image_folder is not None else os.curdir)
-        target = os.path.normpath(os.path.join(folder, full))
-        if os.path.commonpath([folder, target]) != folder:
-            raise ImageLoadError(
-                f"image path {image!r} leads outside the image folder {folder!r}; "
-                "pass --allow-outside-images to allow paths outside it"
-            )
-    return full
-
-
 def image_data_url(path: str | os.PathLike) -> str:
     """``data:<mime>;base64,...`` for ``path``.
 

@@ -143,7 +143,8 @@ def _run_curation(args: argparse.Namespace) -> int:
 
 
 def _run_mix(args: argparse.Namespace) -> int:
-    from sicog.curate.mix import errors_path, mix
+    from sicog.curate.mix import mix
+    from sicog.data.jsonl import errors_path
 
     parts = mix(args.inputs, args.output, ratios=args.ratios, seed=args.seed, prefix_ids=args.prefix_ids)
     print(f"{'input':<50} {'records':>8} {'errors':>7} {'ratio':>6} {'taken':>8}")

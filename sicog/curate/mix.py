@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from sicog.data.jsonl import RecordError, error_record, iter_records, write_json, write_jsonl
+from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, write_json, write_jsonl
 from sicog.data.schema import check_llava_record
 
 
@@ -27,11 +27,6 @@ class MixPart:
     errors: int
     ratio: float
     taken: int
-
-
-def errors_path(output: Path) -> Path:
-    """Where the records that could not be mixed are written, next to the output."""
-    return output.with_name(f"{output.stem}.errors.jsonl")
 
 
 def take(records: Sequence[dict], ratio: float, rng: random.Random) -> list[dict]:

@@ -17,10 +17,10 @@ from typing import Callable, TypeVar
 
 from sicog.data.answers import parse_answer
 from sicog.curate.extract import Task, expects_steps, extract
-from sicog.curate.mix import errors_path
+
 from sicog.curate.records import GeneratedRecord, parse_generated
 from sicog.curate.select import record_rng
-from sicog.data.jsonl import RecordError, error_record, iter_records, record_id, write_jsonl
+from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.schema import check_llava_record, record_images
 

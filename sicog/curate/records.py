@@ -14,7 +14,7 @@ from sicog.curate.extract import Extraction
 from sicog.curate.select import Selection
 from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, record_id
-from sicog.data.prompts import IMAGE_TOKEN
+from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import check_llava_record, record_images
 
 # Input fields that do not belong in a training record (the training record has its own conversation).
@@ -68,7 +68,7 @@ def parse_generated(record: dict, *, path: str, line: int) -> GeneratedRecord:
 def human_turn(record: dict, prompt: str) -> str:
     """The user turn: one ``<image>`` line per image, then the exact generation prompt."""
     n_images = len(record_images(record)) if isinstance(record.get("image"), (str, list)) else 0
-    return f"{IMAGE_TOKEN}\n" * n_images + prompt.replace(IMAGE_TOKEN, "").strip()
+    return user_turn(prompt.replace(IMAGE_TOKEN, "").strip(), n_images)
 
 
 def training_record(item: GeneratedRecord, chosen: str, source: dict[str, Any]) -> dict:

@@ -15,6 +15,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An ``int`` of at least 0 (argparse type)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A ``float`` greater than 0 (argparse type)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
 def require_checkpoint(path: str | os.PathLike) -> None:
     """Raise ``ValueError`` ("no SICOG checkpoint at ...") unless ``path`` is a folder with a ``config.json``.
 

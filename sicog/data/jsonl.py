@@ -234,3 +234,9 @@ def error_record(record: dict | None, reason: str, *, record_id: Any = None, **e
     """The line written to an errors file: the id, why it failed, and the original record."""
     rid = record_id if record_id is not None else (record or {}).get("id")
     return {"id": None if rid is None else str(rid), "reason": reason, **extra, "record": record}
+
+
+def errors_path(output: str | os.PathLike) -> Path:
+    """Where the error records of ``output`` go: ``<stem>.errors.jsonl`` in the same folder."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.errors.jsonl")

@@ -7,6 +7,8 @@ Fields a stage does not own are kept untouched.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from sicog.data.jsonl import RecordError
@@ -59,3 +61,25 @@ def check_llava_record(record: Any, *, path: str | None = None, line: int | None
     n_images = len(record_images(record))
     if n_placeholders != n_images:
         fail(f"{n_placeholders} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)", "conversations")
+
+
+class ImageOutsideFolder(ValueError):
+    """A record's image path that leads out of the image folder where that is not allowed."""
+
+
+def resolve_image(image: str, image_folder: str | os.PathLike | None, *, allow_outside: bool = True) -> Path:
+    """A record's image path: ``image`` under ``image_folder`` (as given when no folder), or ``image`` itself
+    when absolute.
+
+    With ``allow_outside=False`` a path that leads out of the folder (``../``, an absolute path elsewhere;
+    the working folder when no folder is given) raises :class:`ImageOutsideFolder`. The check is on the
+    path as written, so symbolic links that the user placed inside the folder are followed as usual.
+    """
+    path = Path(image)
+    full = path if path.is_absolute() or image_folder is None else Path(image_folder) / path
+    if not allow_outside:
+        folder = os.path.abspath(image_folder if image_folder is not None else os.curdir)
+        target = os.path.normpath(os.path.join(folder, full))
+        if os.path.commonpath([folder, target]) != folder:
+            raise ImageOutsideFolder(f"image path {image!r} leads outside the image folder {folder!r}")
+    return full

@@ -12,25 +12,15 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from sicog.data.prompts import IMAGE_TOKEN
+from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.model.builders import load_pretrained
+from sicog.model.device import resolve_device
 from sicog.model.image_io import ImageError, load_image
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import ConversationError, Encoded, SicogProcessor
 
 # What makes one item unusable (reported for that item; the others go on).
 ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)
-
-
-def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """``auto``: cuda:LOCAL_RANK when a GPU is available, else cpu; bfloat16 on GPU, float32 on CPU."""
-    if device == "auto":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, float32, bfloat16, float16")
-    return torch.device(device), getattr(torch, dtype)
 
 
 def load_for_eval(
@@ -48,7 +38,7 @@ def encode_item(processor: SicogProcessor, prompt: str, images: Sequence[str | I
     Raises :class:`ImageError` or :class:`ConversationError` for an item that cannot be encoded.
     """
     loaded = [load_image(image) for image in images]
-    text = prompt if IMAGE_TOKEN in prompt else "".join(f"{IMAGE_TOKEN}\n" for _ in loaded) + prompt
+    text = prompt if IMAGE_TOKEN in prompt else user_turn(prompt, len(loaded))
     return processor.encode([{"from": "human", "value": text}], loaded, train=False)
 
 

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sicog.data.argtypes import positive_int
-from sicog.train.datasets import Problem, image_path
+from sicog.train.datasets import Problem
 from sicog.data.jsonl import RecordError, iter_records, write_json
 from sicog.data.mixture import Source
-from sicog.data.schema import check_llava_record, record_images
+from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
@@ -89,7 +89,7 @@ def image_use(
             break
         try:
             check_llava_record(record, path=str(data), line=line)
-            images = [image_path(image_folder, name) for name in record_images(record)]
+            images = [resolve_image(name, image_folder) for name in record_images(record)]
             if len(images) != 1:
                 raise ValueError(f"needs exactly one image, has {len(images)}")
             encoded.append(processor.encode(record["conversations"], images, train=True))

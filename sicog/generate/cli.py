@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,16 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="cot-default: step-by-step; default: direct answer (default: %(default)s)")
 
 
-def _device_and_dtype(device: str, dtype: str) -> tuple["torch.device", "torch.dtype"]:
-    import torch
-
-    if device == "auto":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return torch.device(device), getattr(torch, dtype)
-
-
 def run(args: argparse.Namespace) -> int:
     """Generate, then (rank 0, after every rank is done) merge; 0 when every input id is accounted for."""
     from sicog.data.sharding import rank_and_world
@@ -98,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
             corruptions=parse_methods(args.corrupt), max_prompt_tokens=args.max_prompt_tokens,
             max_aspect_ratio=args.max_aspect_ratio, progress=not args.no_progress,
         )
-        device, dtype = _device_and_dtype(args.device, args.dtype)
+        from sicog.model.device import resolve_device
+
+        device, dtype = resolve_device(args.device, args.dtype)
         require_checkpoint(args.model)
     except (ValueError, RuntimeError) as err:
         print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)

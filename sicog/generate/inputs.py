@@ -17,12 +17,14 @@ from typing import Sequence
 from PIL import Image, UnidentifiedImageError
 
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
+from sicog.data.schema import resolve_image
 from sicog.data.prompts import (
     CAPTION_PROMPT_TYPES,
     IMAGE_TOKEN,
     REASONING_PROMPT_TYPES,
     caption_prompt,
     reasoning_prompt,
+    user_turn,
 )
 from sicog.model.image_io import ImageError
 from sicog.model.processing import SicogProcessor
@@ -46,7 +48,7 @@ class GenerationTask:
 
     def conversation(self) -> list[dict]:
         """The single human turn the model answers: one ``<image>`` line per image, then the prompt."""
-        return [{"from": "human", "value": f"{IMAGE_TOKEN}\n" * len(self.images) + self.prompt}]
+        return [{"from": "human", "value": user_turn(self.prompt, len(self.images))}]
 
 
 @dataclass
@@ -120,11 +122,6 @@ def image_size(path: Path, max_aspect_ratio: float) -> tuple[int, int]:
     return width, height
 
 
-def image_token_count(processor: SicogProcessor, width: int, height: int) -> int:
-    """Tokens the processor writes for an image of this size at generation (inference resize included)."""
-    return processor.image_token_count(width, height, inference=True)
-
-
 class PromptCounter:
     """Token length of a generation prompt, images included, without decoding any image.
 
@@ -139,19 +136,13 @@ class PromptCounter:
     def __call__(self, prompt: str, sizes: Sequence[tuple[int, int]]) -> int:
         key = (prompt, len(sizes))
         if key not in self._text:
-            turn = [{"from": "human", "value": f"{IMAGE_TOKEN}\n" * len(sizes) + prompt}]
+            turn = [{"from": "human", "value": user_turn(prompt, len(sizes))}]
             text = self.processor.tokenizer.apply_chat_template(
                 self.processor.to_messages(turn), tokenize=False, add_generation_prompt=True
             )
             ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
             self._text[key] = len(ids) - len(sizes)  # each <image> token is replaced by the image's tokens
-        return self._text[key] + sum(image_token_count(self.processor, w, h) for w, h in sizes)
-
-
-def resolve_image(image: str, image_folder: str | os.PathLike | None) -> Path:
-    """``image`` itself when absolute or when no folder is given, else under ``image_folder``."""
-    path = Path(image)
-    return path if path.is_absolute() or image_folder is None else Path(image_folder) / path
+        return self._text[key] + sum(self.processor.image_token_count(w, h, inference=True) for w, h in sizes)
 
 
 def image_paths(record: dict, image_folder: str | os.PathLike | None) -> tuple[Path, ...]:

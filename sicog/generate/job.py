@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records
+from sicog.data.jsonl import JsonlAppender, RecordError, error_record, errors_path, iter_records
 from sicog.data.sharding import merge_shard_files, shard_files, shard_path, shard_world
 from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO, GenerationTask, InputPlan, read_inputs
 from sicog.generate.sample import ENCODE_ERRORS, SamplingSettings, encode_task, sample_candidates
@@ -79,12 +79,6 @@ class RankSummary:
     generated: int = 0
     errors: int = 0
     skipped: int = 0
-
-
-def errors_path(output: str | Path) -> Path:
-    """Where the error records of ``output`` go: ``<stem>.errors.jsonl`` in the same folder."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}.errors.jsonl")
 
 
 def read_plan(job: GenerationJob, processor: SicogProcessor) -> InputPlan:

@@ -22,7 +22,7 @@ from transformers import TrainingArguments
 from sicog.train.augment import AUGMENT_CHOICES, release_augment
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import Source, load_mixture
-from sicog.data.schema import check_llava_record, record_images
+from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
 from sicog.model.processing import ConversationError, Encoded, SicogProcessor
 
@@ -42,24 +42,13 @@ class Problem:
         return {"id": self.id, "file": self.source.path, "line": self.source.line, "reason": self.reason}
 
 
-def image_path(image_folder: str | os.PathLike | None, name: str) -> Path:
-    """Resolve an image name from a record against the image folder."""
-    path = Path(name)
-    return path if path.is_absolute() or image_folder is None else Path(image_folder) / path
-
-
-def image_tokens(processor: SicogProcessor, size: tuple[int, int], never_split: bool) -> int:
-    """LLM tokens an image of ``size`` costs (placeholders and separators)."""
-    return processor.image_token_count(*size, never_split=never_split)
-
-
 def measure(record: dict, processor: SicogProcessor, image_folder, never_split: bool) -> int:
     """Exact token length of ``record`` once encoded (reads image headers only, not pixels)."""
     messages = processor.to_messages(record["conversations"])
     text = processor.tokenizer.apply_chat_template(messages, tokenize=False)
     length = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
     for name in record_images(record):
-        path = image_path(image_folder, name)
+        path = resolve_image(name, image_folder)
         try:
             with Image.open(path) as image:
                 size = image.size
@@ -67,7 +56,7 @@ def measure(record: dict, processor: SicogProcessor, image_folder, never_split: 
             raise ValueError(f"cannot read image {path}: {err}") from None
         if size[0] == 0 or size[1] == 0:
             raise ValueError(f"image {path} has zero size")
-        length += image_tokens(processor, size, never_split) - 1
+        length += processor.image_token_count(*size, never_split=never_split) - 1
     return length
 
 
@@ -135,7 +124,7 @@ class SupervisedDataset(Dataset):
 
     def _encode(self, record: dict, augment: bool = False) -> Encoded:
         names = record_images(record)
-        images = [image_path(self.image_folder, name) for name in names]
+        images = [resolve_image(name, self.image_folder) for name in names]
         if augment:
             images = [
                 release_augment(load_image(path), str(name), self.processor, self._rng)

@@ -18,11 +18,11 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from sicog.train.datasets import Problem, image_path, measure
+from sicog.train.datasets import Problem, measure
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
-from sicog.data.prompts import IMAGE_TOKEN
-from sicog.data.schema import check_llava_record, record_images
+from sicog.data.prompts import IMAGE_TOKEN, user_turn
+from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
 
@@ -33,7 +33,7 @@ def human_turn(prompt: str, n_images: int) -> str:
     """The user turn of a pair: the prompt as given when it places its images, else one ``<image>`` line per image first."""
     if IMAGE_TOKEN in prompt:
         return prompt
-    return f"{IMAGE_TOKEN}\n" * n_images + prompt.strip()
+    return user_turn(prompt.strip(), n_images)
 
 
 def pair_conversations(record: dict) -> tuple[list[dict], list[dict]]:
@@ -115,7 +115,7 @@ class PairDataset(Dataset):
         return [bool(record_images(r)) for r in self.records]
 
     def _encode(self, record: dict) -> tuple[Encoded, Encoded]:
-        images = [load_image(image_path(self.image_folder, name)) for name in record_images(record)]
+        images = [load_image(resolve_image(name, self.image_folder)) for name in record_images(record)]
         # DPO scores the replies alone, whatever masking supervised training uses.
         chosen, rejected = (
             self.processor.encode(c, images, train=True, label_masking="replies") for c in pair_conversations(record)
