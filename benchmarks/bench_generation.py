@@ -26,7 +26,7 @@ from PIL import Image
 
 from sicog.data.jsonl import write_jsonl
 from sicog.generate.job import GenerationJob, read_plan, run_rank
-from sicog.generate.sample import SamplingSettings
+from sicog.generate.settings import SamplingSettings
 from sicog.model.builders import new_model, tiny_config, tiny_text_config, tiny_vision_config
 
 # Model sizes: "tiny" is the test model; "medium" is closer in shape to a real LLM (still random weights).

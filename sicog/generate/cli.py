@@ -16,6 +16,7 @@ from sicog.data.sharding import process_group
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.generate.corrupt import CORRUPTIONS
 from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO
+from sicog.generate.settings import SamplingSettings
 
 if TYPE_CHECKING:
     import torch
@@ -31,15 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder that relative image paths start from (default: the working folder)")
     common.add_argument("--output", required=True, type=Path,
                         help="output .jsonl; errors go to <stem>.errors.jsonl beside it")
-    common.add_argument("--num-candidates", type=positive_int, default=6,
+    common.add_argument("--num-candidates", type=positive_int, default=SamplingSettings.num_candidates,
                         help="candidates per record (default: %(default)s)")
     from_checkpoint = "default: the checkpoint's generation_config.json, else SamplingSettings' default"
     common.add_argument("--temperature", type=float, help=f"0 means greedy ({from_checkpoint})")
     common.add_argument("--top-p", type=float, help=f"nucleus sampling mass ({from_checkpoint})")
     common.add_argument("--top-k", type=int, help=f"top-k sampling, 0 for off ({from_checkpoint})")
     common.add_argument("--repetition-penalty", type=float, help=f"1 for off ({from_checkpoint})")
-    common.add_argument("--num-beams", type=positive_int, default=1, help="beams (default: %(default)s)")
-    common.add_argument("--max-new-tokens", type=positive_int, default=1200, help="(default: %(default)s)")
+    common.add_argument("--num-beams", type=positive_int, default=SamplingSettings.num_beams,
+                        help="beams (default: %(default)s)")
+    common.add_argument("--max-new-tokens", type=positive_int, default=SamplingSettings.max_new_tokens,
+                        help="(default: %(default)s)")
     common.add_argument("--batch-size", type=positive_int, default=8,
                         help="records per generate call; each yields N sequences (default: %(default)s)")
     common.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from sicog.data.sharding import rank_and_world
     from sicog.generate.corrupt import parse_methods
     from sicog.generate.job import GenerationJob
-    from sicog.generate.sample import resolve_sampling
+    from sicog.generate.settings import resolve_sampling
 
     rank, world = rank_and_world()
     try:

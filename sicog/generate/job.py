@@ -21,7 +21,8 @@ from tqdm import tqdm
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, errors_path, iter_records
 from sicog.data.sharding import merge_shard_files, shard_files, shard_path, shard_world
 from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO, GenerationTask, InputPlan, read_inputs
-from sicog.generate.sample import ENCODE_ERRORS, SamplingSettings, encode_task, sample_candidates
+from sicog.generate.sample import ENCODE_ERRORS, encode_task, sample_candidates
+from sicog.generate.settings import SamplingSettings
 from sicog.model.processing import ConversationError, SicogProcessor
 
 # Generation fields that must agree between the records already written and this run.

@@ -11,6 +11,8 @@ from importlib import resources
 
 from transformers import TrainingArguments
 
+from sicog.model.configuration import SicogConfig
+
 PARTS = ("vision_tower", "resampler", "language_model")
 
 
@@ -42,17 +44,17 @@ class ModelArguments:
     language_model: str | None = field(default=None, metadata={"help": "causal LLM checkpoint (building from parts)"})
     projector: str | None = field(default=None, metadata={"help": "projector-only checkpoint from stage 1"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager"})
-    resampler_num_queries: int = 144
-    resampler_attention: str = field(default="cell", metadata={"help": "cell (spatially constrained) | global"})
-    resampler_pooling: str = field(default="roi_align", metadata={"help": "roi_align (published) | average (earlier)"})
-    image_layout: str = field(default="release", metadata={"help": "release (published llava_arch) | uhd_v1 (earlier)"})
-    label_masking: str = field(default="replies", metadata={"help": "replies | release (published preprocess_qwen)"})
+    resampler_num_queries: int = SicogConfig.resampler_num_queries
+    resampler_attention: str = field(default=SicogConfig.resampler_attention, metadata={"help": "cell (spatially constrained) | global"})
+    resampler_pooling: str = field(default=SicogConfig.resampler_pooling, metadata={"help": "roi_align (published) | average (earlier)"})
+    image_layout: str = field(default=SicogConfig.image_layout, metadata={"help": "release (published llava_arch) | uhd_v1 (earlier)"})
+    label_masking: str = field(default=SicogConfig.label_masking, metadata={"help": "replies | release (published preprocess_qwen)"})
     slice_separators: str = field(default="auto", metadata={"help": "auto | release (LLaMA ids 29892, 13) | tokenizer"})
     inference_long_side: int | None = field(
         default=None, metadata={"help": "resize to this long side before slicing at inference (published: 1024)"}
     )
-    scale_resolution: int = 336
-    max_slice_nums: int = 7
+    scale_resolution: int = SicogConfig.scale_resolution
+    max_slice_nums: int = SicogConfig.max_slice_nums
 
 
 @dataclass

@@ -1,0 +1,93 @@
+"""How candidates are sampled: the settings, their defaults (written once, here) and what a checkpoint's
+``generation_config.json`` supplies. No torch: the command line reads its defaults from here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How candidates are drawn. Temperature 0 is greedy decoding (or beam search with ``num_beams`` > 1),
+    whose single result is repeated ``num_candidates`` times."""
+
+    num_candidates: int = 6
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    num_beams: int = 1
+    max_new_tokens: int = 1200
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_candidates < 1:
+            problems.append(f"num_candidates must be at least 1, got {self.num_candidates}")
+        if self.temperature < 0:
+            problems.append(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be above 0 (1 is off), got {self.repetition_penalty}")
+        if self.num_beams < 1:
+            problems.append(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.sampling and self.num_beams > 1 and self.num_candidates > self.num_beams:
+            problems.append(
+                f"beam sampling returns at most num_beams sequences: {self.num_candidates} candidates need "
+                f"num_beams >= {self.num_candidates} (or num_beams 1 for independent samples)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def sampling(self) -> bool:
+        """Whether candidates are random samples (temperature above 0)."""
+        return self.temperature > 0
+
+    @property
+    def sequences_per_record(self) -> int:
+        """Sequences ``generate`` returns per record (1 for greedy: the copies are free)."""
+        return self.num_candidates if self.sampling else 1
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for ``model.generate``."""
+        # All passed explicitly: the values recorded in each record are then the ones applied.
+        kwargs = {"do_sample": self.sampling, "num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens,
+                  "num_return_sequences": self.sequences_per_record, "repetition_penalty": self.repetition_penalty}
+        if self.sampling:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kwargs
+
+    def metadata(self) -> dict:
+        """The sampling parameters as written into each record's ``generation`` field."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "repetition_penalty": self.repetition_penalty, "num_beams": self.num_beams,
+                "max_new_tokens": self.max_new_tokens}
+
+
+# Settings a checkpoint's generation_config.json may supply (Qwen2-7B-Instruct's: 0.7, 0.8, 20, 1.05).
+CHECKPOINT_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def checkpoint_sampling(model_dir: str | os.PathLike) -> dict:
+    """The sampling values the checkpoint's ``generation_config.json`` sets explicitly (none: empty)."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    from transformers import GenerationConfig
+
+    saved = GenerationConfig.from_pretrained(model_dir).to_diff_dict()
+    return {name: saved[name] for name in CHECKPOINT_SAMPLING_FIELDS if saved.get(name) is not None}
+
+
+def resolve_sampling(model_dir: str | os.PathLike, **given) -> SamplingSettings:
+    """Sampling settings: each value given (not None) wins, then the checkpoint's, then the default."""
+    values = {**checkpoint_sampling(model_dir), **{k: v for k, v in given.items() if v is not None}}
+    known = {f.name for f in fields(SamplingSettings)}
+    return SamplingSettings(**{k: v for k, v in values.items() if k in known})
