@@ -201,6 +201,10 @@ def test_cli_uses_the_packaged_encoder_by_default(tmp_path: Path, capsys: pytest
     assert summary["encoder"]["name_or_path"] == packaged_minilm_path()
     assert main(["curate", "captions", "--input", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "o")]) == 2
     assert "missing.jsonl: file not found" in capsys.readouterr().err
+    broken = write_jsonl(tmp_path / "broken.jsonl", [{"id": "a", "image": "x.png"}, {"id": "b", "image": "y.png"}])
+    assert main(["curate", "captions", "--input", str(broken), "--output-dir", str(tmp_path / "b")]) == 1
+    assert "every one of the 2 records failed" in capsys.readouterr().err
+    assert len(load_records(tmp_path / "b" / "errors.jsonl")) == 2
 
 
 def test_encoder_rows_are_unit_length_and_empty_texts_are_zero(minilm: SentenceEncoder) -> None:

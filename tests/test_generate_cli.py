@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,36 @@ def test_command_writes_outputs_and_errors(setup, tmp_path, capsys):
     (error,) = load_records(tmp_path / "gen.errors.jsonl")
     assert error["id"] == "q7" and "missing.png" in error["reason"]
     assert "11 records with candidates" in capsys.readouterr().err
+
+
+def test_failed_records_are_tried_again_on_a_rerun_unless_skipped(setup, tmp_path, capsys):
+    shutil.copytree(setup / "images", tmp_path / "images")
+    records = load_records(setup / "questions_train.jsonl")
+    write_jsonl(tmp_path / "questions.jsonl", records)
+    output = tmp_path / "gen.jsonl"
+    args = ["generate", "reasoning", "--model", str(setup / "model"), "--data", str(tmp_path / "questions.jsonl"),
+            "--image-folder", str(tmp_path / "images"), "--output", str(output), "--num-candidates", "2",
+            "--max-new-tokens", "8", "--batch-size", "2", "--no-progress"]
+    assert main(args) == 0
+    assert [r["id"] for r in load_records(tmp_path / "gen.errors.jsonl")] == ["q7"]  # its image is missing
+    (tmp_path / "images" / "0.png").rename(tmp_path / "images" / "missing.png")  # q7's image appears, q0's goes
+    assert main([*args, "--skip-failed"]) == 0
+    assert [r["id"] for r in load_records(tmp_path / "gen.errors.jsonl")] == ["q7"]  # kept as failed, q0 kept done
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "retrying 1 records that failed in an earlier run" in capsys.readouterr().err
+    assert load_records(tmp_path / "gen.errors.jsonl") == []
+    assert sorted(r["id"] for r in load_records(output)) == sorted(r["id"] for r in records)
+
+
+def test_a_run_where_every_record_fails_exits_non_zero(setup, tmp_path, capsys):
+    records = [{"id": f"x{i}", "image": "nowhere.png", "question": "What?"} for i in range(3)]
+    write_jsonl(tmp_path / "bad.jsonl", records)
+    code = main(["generate", "reasoning", "--model", str(setup / "model"), "--data", str(tmp_path / "bad.jsonl"),
+                 "--image-folder", str(setup / "images"), "--output", str(tmp_path / "gen.jsonl"), "--no-progress"])
+    assert code == 1
+    assert "every one of the 3 records failed" in capsys.readouterr().err
+    assert len(load_records(tmp_path / "gen.errors.jsonl")) == 3
 
 
 def test_command_reports_bad_arguments_and_input(setup, tmp_path, capsys):

@@ -142,6 +142,10 @@ def _run_curation(args: argparse.Namespace) -> int:
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("records_read", "errors", "scored", "kept", "curated", "pairs")}))
         print(f"report: {args.output_dir}/report.md")
+        if summary["errors"] and not summary["scored"]:
+            print(f"error: every one of the {summary['errors']} records failed; the reasons are in "
+                  f"{args.output_dir}/errors.jsonl", file=sys.stderr)
+            return 1
     return 0
 
 

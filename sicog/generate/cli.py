@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")
     common.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="model weights (auto: bfloat16 on GPU, float32 on CPU)")
+    common.add_argument("--skip-failed", action="store_true",
+                        help="on a rerun, keep the records that failed before as failed (default: try them again)")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub = parser.add_subparsers(dest="task", metavar="task", required=True)
@@ -99,16 +101,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         with output_lock(job.output, enabled=rank == 0), process_group(world):
-            return _generate(job, device, dtype, rank, world)
+            return _generate(job, device, dtype, rank, world, retry_failed=not args.skip_failed)
     except (RecordError, OutputLocked) as err:
         print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
         return 2
 
 
-def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype", rank: int, world: int) -> int:
+def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype", rank: int, world: int,
+              retry_failed: bool) -> int:
     import torch.distributed as dist
 
-    from sicog.generate.job import merge_outputs, read_plan, run_rank
+    from sicog.generate.job import clear_errors, merge_outputs, read_plan, run_rank
     from sicog.model.builders import load_pretrained
     from sicog.model.processing import SicogProcessor
 
@@ -118,6 +121,13 @@ def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype"
         limit = processor.config.text_config.max_position_embeddings - job.sampling.max_new_tokens
         job = dataclasses.replace(job, max_prompt_tokens=max(limit, 1))
     plan = read_plan(job, processor)
+    if retry_failed and rank == 0:
+        retried = clear_errors(job)
+        if retried:
+            print(f"retrying {retried} records that failed in an earlier run (--skip-failed keeps them as they are)",
+                  file=sys.stderr)
+    if world > 1:
+        dist.barrier()  # no rank reads what is done before earlier errors are cleared
     model, processor = load_pretrained(job.model_name, dtype=dtype)
     model.to(device).eval()
     summary = run_rank(job, plan, model, processor, rank=rank, world=world)
@@ -129,4 +139,8 @@ def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype"
         n_out, n_err = merge_outputs(job, plan.ids)
         print(f"{n_out} records with candidates -> {job.output}; {n_err} errors -> {job.errors_output}",
               file=sys.stderr)
+        if n_err and not n_out:
+            print(f"sicog generate {job.task}: error: every one of the {n_err} records failed; the reasons are in "
+                  f"{job.errors_output}", file=sys.stderr)
+            return 1
     return 0

@@ -206,6 +206,16 @@ def _run_batch(job: GenerationJob, index: int, batch: list[GenerationTask], mode
     summary.batches += 1
 
 
+def clear_errors(job: GenerationJob) -> int:
+    """Remove the error records of earlier runs (merged file and shards) so that their records are tried
+    again; returns how many there were. Run it once (rank 0) before any rank starts."""
+    files = [p for p in [job.errors_output, *shard_files(job.errors_output)] if p.exists()]
+    count = sum(1 for path in files for _ in _existing(path))
+    for path in files:
+        path.unlink()
+    return count
+
+
 def merge_outputs(job: GenerationJob, ids: Sequence[str]) -> tuple[int, int]:
     """Merge every shard (and an earlier merged output) into the output and errors files, in input
     order, checking that every input id is in exactly one of them; then remove the shards.
