@@ -31,13 +31,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPVisionConfig
 
-from sicog.train.datasets import SupervisedCollator, SupervisedDataset
 from sicog.data.jsonl import write_jsonl
 from sicog.model.builders import make_config, tiny_text_config
 from sicog.model.configuration import CLIP_L14_336
 from sicog.model.modeling import flatten_views
 from sicog.model.processing import SicogProcessor
 from sicog.toy.tokenizer import train_tokenizer
+from sicog.train.datasets import SupervisedCollator, SupervisedDataset
 
 # Common photo sizes (width, height): no slicing, 2x2, 3x2, 4x2 grids and a portrait.
 SIZES = ((336, 336), (640, 480), (1024, 768), (1280, 720), (1920, 1080), (800, 1200))

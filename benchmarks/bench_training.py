@@ -36,11 +36,11 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from sicog.train.datasets import SupervisedCollator
 from sicog.data.jsonl import write_jsonl
 from sicog.model.builders import new_model, save_pretrained, tiny_config, tiny_text_config, tiny_vision_config
 from sicog.toy.tokenizer import train_tokenizer
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+from sicog.train.datasets import SupervisedCollator
 from sicog.train.run import build_model, load_data
 from sicog.train.trainer import SicogTrainer
 

@@ -38,8 +38,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -49,12 +49,12 @@ from transformers import CLIPVisionConfig
 from transformers.utils import is_flash_attn_2_available
 
 from sicog.data.jsonl import write_jsonl
-from sicog.model.modeling import flatten_views
-from sicog.model.resampler import bin_grid
 from sicog.generate.job import GenerationJob, read_plan, run_rank
 from sicog.generate.settings import SamplingSettings
 from sicog.model.builders import make_config, new_model, tiny_config, tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_L14_336
+from sicog.model.modeling import flatten_views
+from sicog.model.resampler import bin_grid
 from sicog.toy.tokenizer import train_tokenizer
 
 # Dense bf16 peaks (TFLOP/s) by device name; H200 has the H100's compute, more and faster memory.

@@ -22,9 +22,9 @@ from sicog.annotate.cod import (
     read_source,
 )
 from sicog.annotate.images import ImageLoadError, image_data_url
-from sicog.data.schema import ImageOutsideFolder, resolve_image
 from sicog.data.jsonl import RecordError
 from sicog.data.prompts import COD_STEPS
+from sicog.data.schema import ImageOutsideFolder, resolve_image
 from sicog.data.steps import format_steps, split_steps
 
 BODIES = ["A dog on grass.", "The dog is brown, short-haired.", "The dog is left of a ball.",

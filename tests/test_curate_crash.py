@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from test_curate_pipeline import PARAPHRASES, CONTRADICTION, caption_record, write_jsonl
+from test_curate_pipeline import CONTRADICTION, PARAPHRASES, caption_record, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("scored.jsonl", "curated.jsonl", "pairs.jsonl", "errors.jsonl", "summary.json", "report.md")

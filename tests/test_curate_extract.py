@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sicog.data.answers import answer_phrase, normalize_answer, parse_answer
 from sicog.curate.extract import expects_steps, extract
+from sicog.data.answers import answer_phrase, normalize_answer, parse_answer
 from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.steps import format_steps
 

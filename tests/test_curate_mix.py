@@ -10,8 +10,7 @@ import pytest
 
 from sicog.cli import main
 from sicog.curate.mix import mix, take
-from sicog.data.jsonl import errors_path
-from sicog.data.jsonl import RecordError, load_records
+from sicog.data.jsonl import RecordError, errors_path, load_records
 
 
 def llava(rid: str, answer: str = "A cat.") -> dict:

@@ -10,7 +10,13 @@ import pytest
 
 from sicog.curate.score import best_index, majority_answer, mbr_scores
 from sicog.curate.select import (
-    ALL_EMPTY, BELOW_THRESHOLD, LOW_AGREEMENT, NO_ANSWER, SINGLE_CANDIDATE, record_rng, select,
+    ALL_EMPTY,
+    BELOW_THRESHOLD,
+    LOW_AGREEMENT,
+    NO_ANSWER,
+    SINGLE_CANDIDATE,
+    record_rng,
+    select,
 )
 
 

@@ -4,10 +4,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from sicog.train.datasets import SupervisedDataset
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import load_mixture
 from sicog.model.processing import ConversationError
+from sicog.train.datasets import SupervisedDataset
 
 
 def write(path, records):

@@ -6,9 +6,9 @@ import pytest
 
 from sicog.cli import main
 from sicog.curate.noisy import pairs_from_noisy
-from sicog.train.pairs import check_pair_record
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
+from sicog.train.pairs import check_pair_record
 
 PROMPT = "How many cubes are there? Answer the question step-by-step."
 

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from sicog.data.jsonl import RecordError
-from sicog.train.pairs import PairCollator, PairDataset, check_pair_record
 from sicog.model.modeling import flatten_views
 from sicog.model.processing import IGNORE_INDEX
 from sicog.train.dpo_reference import compute_reference
+from sicog.train.pairs import PairCollator, PairDataset, check_pair_record
 
 
 @pytest.fixture()

@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from train_helpers import COLORS, make_checkpoint, weights
 
 from sicog.cli import main
-from sicog.train.pairs import PairCollator, PairDataset
 from sicog.model.builders import load_pretrained
 from sicog.train.dpo_reference import compute_reference
-from train_helpers import COLORS, make_checkpoint, weights
+from sicog.train.pairs import PairCollator, PairDataset
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "loss/dpo", "loss/sft")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sicog.data.answers import answer_matches, extract_answer, extract_choice, extract_yes_no
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
-from sicog.data.answers import answer_matches, extract_answer, extract_choice, extract_yes_no
 
 OPTIONS = {"A": "blue", "B": "red", "C": "green", "D": "yellow"}
 

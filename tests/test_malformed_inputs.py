@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_curate_pipeline import PARAPHRASES, caption_record
 
 from sicog.cli import main
 from sicog.model.builders import save_pretrained
-from test_curate_pipeline import PARAPHRASES, caption_record
 
 GOOD_Q = {"id": "g1", "image": "ok.png", "question": "What is it?"}
 GOOD_LLAVA = {"id": "g1", "image": "ok.png", "conversations": [

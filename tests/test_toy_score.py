@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from sicog.data.jsonl import RecordError
 from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.steps import format_steps
-from sicog.toy.language import detailed_description
-from sicog.data.jsonl import RecordError
 from sicog.toy.datasets import read_bench_tsv
+from sicog.toy.language import detailed_description
 from sicog.toy.score import answer_matches, extract_choice, load_ground_truth, score_caption, score_captions, score_mc
 from sicog.toy.world import Mark, Scene, SceneObject
 

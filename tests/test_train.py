@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import TINY_FLAGS, logged_losses, make_checkpoint, make_dataset, make_parts, weights
 
 from sicog.cli import main
-from train_helpers import TINY_FLAGS, logged_losses, make_checkpoint, make_dataset, make_parts, weights
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from train_helpers import make_checkpoint, make_dataset, weights
 
 from sicog.train.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
-from train_helpers import make_checkpoint, make_dataset, weights
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from train_helpers import TINY_FLAGS, make_checkpoint, make_dataset, make_parts, weights
 
 pytestmark = pytest.mark.slow

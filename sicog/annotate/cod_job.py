@@ -28,7 +28,6 @@ from sicog.annotate.cod import (
     read_source,
 )
 from sicog.annotate.images import ImageLoadError, image_data_url
-from sicog.data.schema import ImageOutsideFolder, resolve_image
 from sicog.data.jsonl import (
     JsonlAppender,
     RecordError,
@@ -39,6 +38,7 @@ from sicog.data.jsonl import (
     record_id,
     write_jsonl,
 )
+from sicog.data.schema import ImageOutsideFolder, resolve_image
 
 log = logging.getLogger(__name__)
 

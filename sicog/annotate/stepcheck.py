@@ -6,7 +6,7 @@ own "Step N" line would shift the steps it reads, so such a text is rejected her
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from sicog.data.steps import format_steps, split_steps
 

@@ -8,8 +8,9 @@ parenthetical ("Step 5 (Summary): ..."), and a paraphrased header line above the
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.steps import final_step

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, write_json, write_jsonl
 from sicog.data.schema import check_llava_record

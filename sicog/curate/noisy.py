@@ -11,15 +11,15 @@ Format of the pairs: the one of curation's pairs.jsonl (docs/curation.md), read 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
-from sicog.data.answers import parse_answer
 from sicog.curate.extract import Task, expects_steps, extract
-
 from sicog.curate.records import GeneratedRecord, parse_generated
 from sicog.curate.select import record_rng
+from sicog.data.answers import parse_answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.schema import check_llava_record, record_images

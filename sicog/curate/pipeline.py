@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
-from sicog.data.answers import parse_answer
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
 from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, embed_texts
 from sicog.curate.extract import Task, expects_steps, extract
@@ -25,6 +25,7 @@ from sicog.curate.records import ScoredRecord, pair_record, parse_generated, tra
 from sicog.curate.report import summarize, write_report
 from sicog.curate.score import mbr_scores
 from sicog.curate.select import record_rng, select
+from sicog.data.answers import parse_answer
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import RecordError, error_record, iter_records, write_json, write_jsonl
 from sicog.data.sharding import process_group, rank_and_world

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sicog.curate.select import drop_reason
 
@@ -19,7 +20,7 @@ HISTOGRAM = "score_histogram.png"
 
 
 def summarize(
-    items: Sequence["ScoredRecord"],
+    items: Sequence[ScoredRecord],
     errors: Sequence[dict],
     *,
     settings: dict[str, Any],
@@ -91,7 +92,7 @@ def _stats(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def plot_histogram(path: Path, items: Sequence["ScoredRecord"], thresholds: Sequence[float], task: str) -> None:
+def plot_histogram(path: Path, items: Sequence[ScoredRecord], thresholds: Sequence[float], task: str) -> None:
     """Histogram of best-candidate and all-candidate scores (and of agreement for reasoning)."""
     import matplotlib
 
@@ -127,7 +128,7 @@ def plot_histogram(path: Path, items: Sequence["ScoredRecord"], thresholds: Sequ
     tmp.replace(path)
 
 
-def write_report(output_dir: Path, summary: dict[str, Any], items: Sequence["ScoredRecord"]) -> None:
+def write_report(output_dir: Path, summary: dict[str, Any], items: Sequence[ScoredRecord]) -> None:
     """Write ``report.md`` and the histogram next to the other outputs."""
     settings = summary["settings"]
     thresholds = [float(t) for t in summary["kept_at_threshold"]]

@@ -6,8 +6,9 @@ Adding an arm is one entry: a letter, a name, how its own stage-1.5 data is made
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from sicog.cycle.engine import Arg
 

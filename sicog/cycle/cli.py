@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print every step's command (and whether it would run) without running anything")
 
 
-def print_plan(engine: "Engine", plan: "Plan", force: list[str], seed: int) -> None:
+def print_plan(engine: Engine, plan: Plan, force: list[str], seed: int) -> None:
     """Every step of one seed with its command line, and whether a run would reuse it or run it."""
     todo = set(engine.pending(plan, force))
     print(f"# seed {seed}: {len(plan.steps)} steps, {len(todo)} to run")

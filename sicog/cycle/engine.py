@@ -19,7 +19,6 @@ dependants; independent steps go on, and every failure is reported at the end.
 from __future__ import annotations
 
 import concurrent.futures
-from concurrent.futures.process import BrokenProcessPool
 import hashlib
 import json
 import logging
@@ -31,9 +30,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from sicog.data.jsonl import write_json
 

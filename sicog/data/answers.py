@@ -18,8 +18,8 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import final_step

@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """Print a summary; exit 1 when any record is invalid or would be skipped, 2 when the input cannot be read."""
     from sicog.data.argtypes import require_checkpoint
-    from sicog.train.datasets import SupervisedDataset
     from sicog.data.jsonl import RecordError, write_jsonl
     from sicog.model.processing import SicogProcessor
+    from sicog.train.datasets import SupervisedDataset
 
     try:
         require_checkpoint(args.model)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
 
 
 class RecordError(ValueError):
@@ -223,7 +224,7 @@ class JsonlAppender:
             self.flush()
             self._handle.close()
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> JsonlAppender:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,9 +9,9 @@ torchrun only rank 0 takes it (torchrun stops the other ranks when rank 0 exits 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from filelock import SoftFileLock, Timeout
 

@@ -6,10 +6,10 @@ import glob
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import RecordError, drop_partial_tail, iter_records, write_jsonl

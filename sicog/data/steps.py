@@ -7,7 +7,7 @@ The reader is lenient because it parses model output: "Step 5: ...", "**Step 5**
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 _MARKER = re.compile(
     r"^[ \t#>*_-]*\**[ \t]*step[ \t]*(\d+)[ \t]*\**[ \t]*[:.)\-\u2013\u2014]?[ \t]*\**[ \t]*",

@@ -7,7 +7,7 @@ evaluating a checkpoint feeds it the same inputs.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image

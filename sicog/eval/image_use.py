@@ -12,22 +12,22 @@ import argparse
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from sicog.data.argtypes import positive_int
-from sicog.train.datasets import Problem
 from sicog.data.jsonl import RecordError, iter_records, write_json
 from sicog.data.mixture import Source
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
+from sicog.train.datasets import Problem
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ answer can be read counts as wrong and is counted in ``no_answer``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from sicog.data.answers import extract_choice, extract_yes_no
 from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, is_missing, row_options

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import mimetypes
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sicog.eval.generation import encode_item, generate_replies, load_for_eval
 from sicog.eval.prompts import PROMPT_STYLES, build_prompt

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
-from sicog.data.sharding import process_group
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
+from sicog.data.sharding import process_group
 from sicog.generate.corrupt import CORRUPTIONS
 from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO
 from sicog.generate.settings import SamplingSettings
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _generate(job: "GenerationJob", device: "torch.device", dtype: "torch.dtype", rank: int, world: int,
+def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank: int, world: int,
               retry_failed: bool) -> int:
     import torch.distributed as dist
 

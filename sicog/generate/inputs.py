@@ -10,14 +10,13 @@ when their batch is encoded (see :mod:`sicog.generate.sample`).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
-from sicog.data.schema import resolve_image
 from sicog.data.prompts import (
     CAPTION_PROMPT_TYPES,
     IMAGE_TOKEN,
@@ -26,6 +25,7 @@ from sicog.data.prompts import (
     reasoning_prompt,
     user_turn,
 )
+from sicog.data.schema import resolve_image
 from sicog.model.image_io import ImageError
 from sicog.model.processing import SicogProcessor
 

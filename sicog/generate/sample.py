@@ -7,7 +7,7 @@ left padding; decoding runs on the KV cache.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -17,7 +17,6 @@ from sicog.generate.inputs import GenerationTask
 from sicog.generate.settings import SamplingSettings
 from sicog.model.image_io import ImageError, load_image
 from sicog.model.processing import ConversationError, Encoded, SicogProcessor
-
 
 # What encoding one record can raise; such a record becomes an error record, the batch goes on.
 ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)

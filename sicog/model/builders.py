@@ -22,11 +22,11 @@ from transformers import (
     Qwen2Config,
 )
 
-from sicog.model.tokens import IMAGE_TOKEN
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids
 from sicog.model.release_format import PROJECTOR_BIN, PROJECTOR_PREFIX, read_tensor_file, resampler_from_release
+from sicog.model.tokens import IMAGE_TOKEN
 
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_CONFIG = "projector_config.json"

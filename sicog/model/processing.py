@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from sicog.model.tokens import IMAGE_TOKEN
 from sicog.model.configuration import SicogConfig
 from sicog.model.image_io import load_image
 from sicog.model.layout import image_token_count, image_token_ids
 from sicog.model.slicing import SlicePlan, fit_long_side, plan_slices, slice_image
+from sicog.model.tokens import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
 ROLE_OF = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -268,7 +268,7 @@ class SicogProcessor:
         self.tokenizer.save_pretrained(path)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config: SicogConfig | None = None) -> "SicogProcessor":
+    def from_pretrained(cls, path: str | os.PathLike, config: SicogConfig | None = None) -> SicogProcessor:
         """Load from a checkpoint directory holding the tokenizer and ``config.json``."""
         config = config or SicogConfig.from_pretrained(path)
         return cls(AutoTokenizer.from_pretrained(Path(path)), config)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from sicog.data.jsonl import RecordError, iter_records
 from sicog.data.answers import answer_matches, extract_choice
+from sicog.data.jsonl import RecordError, iter_records
 from sicog.toy.answers import LETTERS
 from sicog.toy.language import (
     BACKGROUND_WORDS,

@@ -7,7 +7,7 @@ their leading space) and maps bytes to symbols, so any text encodes without unkn
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast

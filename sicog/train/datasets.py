@@ -10,21 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
-from sicog.train.augment import AUGMENT_CHOICES, release_augment
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
 from sicog.model.processing import ConversationError, Encoded, SicogProcessor
+from sicog.train.augment import AUGMENT_CHOICES, release_augment
 
 logger = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from sicog.train.pairs import PairCollator, PairDataset
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+from sicog.train.datasets import check_dataset
 from sicog.train.dpo_loss import dpo_objective, pair_logps
 from sicog.train.dpo_reference import REFERENCE_FILE, compute_reference, fingerprint, reference_settings
-from sicog.train.datasets import check_dataset
+from sicog.train.pairs import PairCollator, PairDataset
 from sicog.train.trainer import SicogTrainer
 
 

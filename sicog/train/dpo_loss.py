@@ -15,7 +15,6 @@ from torch import nn
 
 from sicog.model.processing import IGNORE_INDEX
 
-
 METRICS = (
     "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
     "logps/chosen", "logps/rejected", "loss/dpo", "loss/sft",

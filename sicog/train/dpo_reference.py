@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+
 import torch
 from accelerate.utils import send_to_device
 from torch import nn
@@ -22,9 +23,9 @@ from tqdm.auto import tqdm
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from sicog.data.jsonl import JsonlAppender, iter_records, write_json
-from sicog.train.pairs import PairCollator, PairDataset
 from sicog.data.sharding import shard
 from sicog.train.dpo_loss import pair_logps
+from sicog.train.pairs import PairCollator, PairDataset
 
 logger = logging.getLogger(__name__)
 

@@ -12,19 +12,20 @@ record and measures exact lengths; invalid pairs are listed in ``problems``, unf
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from sicog.train.datasets import Problem, measure
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
+from sicog.train.datasets import Problem, measure
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 

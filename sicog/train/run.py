@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
 from sicog.data.jsonl import write_json
 from sicog.data.lock import output_lock
 from sicog.model.builders import build_from_parts, load_pretrained, load_projector, projector_from_checkpoint
@@ -16,6 +15,7 @@ from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
 from sicog.train.checkpoints import check_resume_target, last_complete_checkpoint
+from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
 from sicog.train.trainer import SicogTrainer
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ def build_model(model_args: ModelArguments, args: SicogTrainingArguments) -> tup
     model.set_trainable(vision="vision_tower" in parts, resampler="resampler" in parts, llm="language_model" in parts)
     if args.lora_r:
         from peft import LoraConfig, get_peft_model
-
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         if "language_model" not in parts:
