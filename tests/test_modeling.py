@@ -13,7 +13,7 @@ from sicog.model.builders import (
     tiny_text_config,
     tiny_vision_config,
 )
-from sicog.model.cli import describe
+from sicog.info import describe
 
 
 def conv(*texts):
@@ -164,6 +164,16 @@ def test_real_size_config_on_meta_device():
     small = describe(real_config(), (336, 336))  # one view in training; resized to 1024x1024 and sliced to generate
     assert small["example_image_tokens"] == 144 and small["example_generation_image_tokens"] == 1033
     assert describe(real_config(image_layout="uhd_v1"), (1024, 768))["example_image_tokens"] == 1014
+
+
+def test_info_names_a_missing_checkpoint_and_a_bad_image_size(tmp_path, capsys):
+    from sicog.cli import main
+
+    assert main(["info", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"sicog info: error: no SICOG checkpoint at {tmp_path / 'nowhere'} " \
+                                              "(config.json missing)"
+    assert main(["info", "--image-size", "1024by768"]) == 2
+    assert "--image-size must be WIDTHxHEIGHT" in capsys.readouterr().err
 
 
 def test_config_validates_itself(tokenizer):

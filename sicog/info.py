@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
+from sicog.data.argtypes import require_checkpoint
 from sicog.model.builders import real_config
 from sicog.model.configuration import SicogConfig
 from sicog.model.layout import image_token_count
@@ -51,8 +53,20 @@ def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the description as JSON."""
-    config = SicogConfig.from_pretrained(args.checkpoint) if args.checkpoint else real_config()
-    width, height = (int(v) for v in args.image_size.lower().split("x"))
+    """Print the description as JSON; 2 when the checkpoint or the image size is unusable."""
+    try:
+        width, height = (int(v) for v in args.image_size.lower().split("x"))
+        if width < 1 or height < 1:
+            raise ValueError
+    except ValueError:
+        print(f"sicog info: error: --image-size must be WIDTHxHEIGHT in pixels, got {args.image_size!r}", file=sys.stderr)
+        return 2
+    try:
+        if args.checkpoint:
+            require_checkpoint(args.checkpoint)
+        config = SicogConfig.from_pretrained(args.checkpoint) if args.checkpoint else real_config()
+    except ValueError as err:
+        print(f"sicog info: error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(describe(config, (width, height)), indent=2))
     return 0
