@@ -28,6 +28,7 @@ CHANGES = {
     "unlabeled_images_limit": (3, "pool_unlabeled_images pool_unlabeled_web pool_oracle_captions"),
     "unlabeled_questions_limit": (3, "pool_unlabeled_questions pool_oracle_reasoning"),
     "batch_size": (3, TRAIN),
+    "stage1_batch_size": (3, "stage1"),
     "stage1_steps": (5, "stage1"),
     "stage1_lr": (1e-4, "stage1"),
     "stage1_tunable_parts": ("resampler", "stage1"),
@@ -173,3 +174,17 @@ def test_plan_refuses_unknown_references():
         plan.add(_head("b", Ref("a", "other.jsonl")))
     with pytest.raises(ValueError, match="defined twice"):
         plan.add(_head("a", "y.jsonl"))
+
+
+def test_paper_config_dry_run_prints_the_paper_global_batches(tmp_path, capsys):
+    from sicog.cli import main
+
+    assert main(["cycle", "--config", "paper", "--out", str(tmp_path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    batches = {line.split(":")[0].split("] ")[1]: line.split("# global batch ")[1].split(" ")[0]
+               for line in lines if "# global batch" in line}
+    assert batches.pop("stage1") == "256" and set(batches.values()) == {"128"}
+    assert set(batches) == {"A_stage2", "stage0_perception", "stage0_reasoning"} | {
+        f"{arm}_{stage}" for arm in "BCD" for stage in ("stage15", "stage2")}
+    assert "2180 steps = 558080 samples" in next(line for line in lines if line.startswith("[run] stage1:"))
+    assert all(line.startswith("[run] ") for line in lines[1:]) and not (tmp_path / "seed0").exists()

@@ -41,7 +41,8 @@ def print_plan(engine: Engine, plan: Plan, force: list[str], seed: int) -> None:
     print(f"# seed {seed}: {len(plan.steps)} steps, {len(todo)} to run")
     for name, step in plan.steps.items():
         launcher = " ".join(engine.launcher) + " -m sicog" if step.launched and engine.launcher else "sicog"
-        print(f"[{'run' if name in todo else 'reuse'}] {name}: {launcher} {shlex.join(engine.command(step))}")
+        note = f"  # {step.note}" if step.note else ""
+        print(f"[{'run' if name in todo else 'reuse'}] {name}: {launcher} {shlex.join(engine.command(step))}{note}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             world = make_world(config, out, seed)
             seed_plan = plan_seed(config, world, seed, rounds=args.rounds, dpo=args.dpo)
             engine = Engine(out / f"seed{seed}", jobs=jobs, anchor=out, threads=config.threads, launcher=config.launcher,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, missing_inputs_ok=args.dry_run)
             if args.rerun_from and args.rerun_from not in seed_plan.plan.steps:
                 print(f"error: --from {args.rerun_from!r} is not a step; steps: {', '.join(seed_plan.plan.steps)}",
                       file=sys.stderr)

@@ -36,6 +36,9 @@ class CycleConfig:
     arms: tuple[str, ...] = tuple(ARMS)
     # Training: the same settings for every arm that runs a stage.
     batch_size: int = 8
+    # Stage 1's batch per device when it differs (the paper aligns with a global batch of 256, the
+    # other stages use 128); None: batch_size.
+    stage1_batch_size: int | None = None
     stage1_steps: int = 1000
     # 2e-3 trains the toy parts' captions but leaves the image unused (held-out caption loss with
     # shuffled images equals the loss with the right ones); 1e-3 grounds them (docs/pipeline.md).
@@ -103,6 +106,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "unlabeled_images_limit": (1, None),
     "unlabeled_questions_limit": (1, None),
     "batch_size": (1, None),
+    "stage1_batch_size": (1, None),
     "stage1_steps": (1, None),
     "stage0_steps": (1, None),
     "stage15_steps": (1, None),

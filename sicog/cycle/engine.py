@@ -88,6 +88,8 @@ class Step:
     name: str
     argv: tuple[Arg, ...]
     launched: bool = False
+    # Shown by --dry-run beside the command (e.g. a training step's global batch); not part of the key.
+    note: str = ""
 
     def deps(self) -> set[str]:
         """Names of the steps whose outputs this one reads."""
@@ -171,6 +173,7 @@ class Engine:
     threads: int | None = None
     launcher: list[str] = field(default_factory=list)
     progress: bool = True
+    missing_inputs_ok: bool = False
 
     def __post_init__(self) -> None:
         self.manifest_path = self.root / "manifest.json"
@@ -180,7 +183,10 @@ class Engine:
 
     # ----- keys ------------------------------------------------------------------------------------------
     def input_hash(self, path: str) -> str:
-        """Content hash of an outside input, recomputed only when its files' sizes or times changed."""
+        """Content hash of an outside input, recomputed only when its files' sizes or times changed. With
+        ``missing_inputs_ok`` (a dry run), a missing input hashes as missing instead of failing."""
+        if self.missing_inputs_ok and not Path(path).exists():
+            return f"missing:{path}"
         signature = _stat_signature(Path(path)) if Path(path).exists() else None
         cached = self.manifest["input_hashes"].get(path)
         if cached and signature is not None and cached["signature"] == json.loads(json.dumps(signature)):
@@ -325,7 +331,8 @@ class Engine:
         folder = self.root / step.name
         folder.mkdir(parents=True, exist_ok=True)
         self._record(step.name, {"key": self.keys[step.name], "status": "running"})
-        launcher = self.launcher if step.launched else []
+        # ${VAR} in the launcher is read from the environment when the step starts (e.g. SLURM's node list).
+        launcher = [os.path.expandvars(arg) for arg in self.launcher] if step.launched else []
         return _run_step, self.command(step), str(folder / "log.txt"), launcher
 
 

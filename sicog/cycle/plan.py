@@ -18,6 +18,19 @@ GENERATION = {"captions": ("stage0_perception", "cod", "unlabeled_images", "cod-
               "reasoning": ("stage0_reasoning", "cot", "unlabeled_questions", "cot-default")}
 
 
+def launcher_processes(launcher: list[str]) -> int:
+    """Processes a torchrun launcher starts: ``--nproc_per_node`` x ``--nnodes`` (1 without a launcher)."""
+    def value(flag: str) -> int:
+        for i, arg in enumerate(launcher):
+            if arg == flag and i + 1 < len(launcher):
+                return int(launcher[i + 1].split(":")[-1])
+            if arg.startswith(flag + "="):
+                return int(arg.split("=", 1)[1].split(":")[-1])
+        return 1
+
+    return value("--nproc_per_node") * value("--nnodes")
+
+
 def _option(flag: str, value: object) -> list[str]:
     """``[flag, value]``, or nothing when the value is None (the command's default applies)."""
     return [] if value is None else [flag, str(value)]
@@ -85,14 +98,19 @@ class _Planner:
     def train(self, name: str, stage: str, data: Arg, steps: int, lr: float, source: list[Arg],
               tunable: str | None = None) -> Ref:
         c = self.c
+        batch = c.stage1_batch_size if stage == "1" and c.stage1_batch_size else c.batch_size
+        accumulation = int(c.train.get("gradient_accumulation_steps", 1))
+        total = batch * accumulation * launcher_processes(c.launcher)
+        note = f"global batch {total} = {batch} per device x {accumulation} accumulation x " \
+               f"{launcher_processes(c.launcher)} processes; {steps} steps = {steps * total} samples"
         argv = ["train", "--stage", stage, *source, "--data_path", data, "--image_folder", self.w.image_folder,
-                "--output_dir", Out(), "--max_steps", str(steps), "--per_device_train_batch_size", str(c.batch_size),
+                "--output_dir", Out(), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
                 "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.03",
                 "--weight_decay", "0.0", "--logging_steps", str(max(1, min(10, steps // 5))),
                 "--save_steps", str(max(steps // 2, 1)), "--save_total_limit", "1", "--seed", str(self.seed),
                 "--group_by_modality_length", "True", "--disable_tqdm", "True", *_option("--tunable_parts", tunable),
                 *self.train_flags]
-        return self.plan.add(Step(name, tuple(argv), launched=True))
+        return self.plan.add(Step(name, tuple(argv), launched=True, note=note))
 
     def pools(self) -> None:
         limits = {"unlabeled_images": self.c.unlabeled_images_limit, "unlabeled_questions": self.c.unlabeled_questions_limit}
