@@ -75,6 +75,17 @@ def test_invalid_records_stop_the_run_and_are_all_listed(world, tmp_path, capsys
     assert "missing.png" in listed[0]["reason"] and "conversations[0].from" in listed[1]["reason"]
 
 
+def test_global_batch_is_logged_recorded_and_checked_against_the_paper(world, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="sicog.train.run"):
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]),
+                     *common(world, tmp_path / "run", steps=1), "--gradient_accumulation_steps", "2"]) == 0
+    assert "global batch 8 = 4 per device x 2 accumulation steps x 1 processes" in caplog.text
+    assert "global batch 8 differs from the paper's 128 for stage 2" in caplog.text
+    assert json.loads((tmp_path / "run" / "train_results.json").read_text())["global_batch"] == 8
+
+
 def test_stage_needs_its_model_source(world, tmp_path):
     with pytest.raises(ValueError, match="stage 2 needs --model_name_or_path"):
         main(["train", "--stage", "2", *common(world, tmp_path / "x", steps=1)])

@@ -19,6 +19,8 @@ from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_da
 from sicog.train.trainer import SicogTrainer
 
 logger = logging.getLogger(__name__)
+# The paper's global batch per stage (seed README: 256 for alignment, 128 for every fine-tuning stage).
+PAPER_GLOBAL_BATCH = {"0": 128, "1": 256, "1.5": 128, "2": 128}
 
 
 def _dtype(args: SicogTrainingArguments) -> torch.dtype:
@@ -98,8 +100,25 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
         return _train(model_args, data_args, args)
 
 
+def global_batch(args: SicogTrainingArguments) -> int:
+    """Samples per optimizer step: per-device batch x gradient accumulation x processes."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
+def check_global_batch(args: SicogTrainingArguments) -> int:
+    """Log the run's global batch, and warn when the paper trains this stage with another one."""
+    total = global_batch(args)
+    logger.info("global batch %d = %d per device x %d accumulation steps x %d processes", total,
+                args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size)
+    paper = PAPER_GLOBAL_BATCH.get(args.stage)
+    if paper is not None and total != paper:
+        logger.warning("global batch %d differs from the paper's %d for stage %s", total, paper, args.stage)
+    return total
+
+
 def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
     set_seed(args.seed)
+    total_batch = check_global_batch(args)
     if args.deepspeed and torch.distributed.is_initialized():
         import deepspeed
 
@@ -133,6 +152,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
         processor.save_pretrained(args.output_dir)
         if "resampler" in args.trainable_parts():
             projector_from_checkpoint(args.output_dir, args.output_dir)
-        metrics = {**result.metrics, "stage": args.stage, "samples": len(dataset), "skipped": len(dataset.skipped)}
+        metrics = {**result.metrics, "stage": args.stage, "samples": len(dataset), "skipped": len(dataset.skipped),
+                   "global_batch": total_batch}
         write_json(Path(args.output_dir) / "train_results.json", metrics)
     return result.metrics
