@@ -95,6 +95,9 @@ def test_record_stream_depends_on_seed_and_id_only():
 def test_methods_compose_in_order_and_unknown_names_fail(photo):
     assert parse_methods("gaussian_blur, mask") == ("gaussian_blur", "mask")
     assert parse_methods(None) == parse_methods("") == parse_methods("none") == ()
+    # The seed README writes the methods as a quoted list.
+    assert parse_methods('"gaussian_blur", "color_jitter"') == ("gaussian_blur", "color_jitter")
+    assert parse_methods("['mask']") == ("mask",)
     with pytest.raises(ValueError, match="unknown corruption.*'blurr'.*gaussian_blur"):
         parse_methods("blurr")
     out, applied = corrupt(photo, ["mirror_rotation", "mask"], np.random.default_rng(3))

@@ -103,11 +103,15 @@ CORRUPTIONS: dict[str, Corruption] = {
 
 
 def parse_methods(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"gaussian_blur,mask"`` (or a list) -> validated method names; empty or ``"none"`` -> ``()``."""
+    """``"gaussian_blur,mask"`` (or a list) -> validated method names; empty or ``"none"`` -> ``()``.
+
+    Quotes and brackets around the names are ignored, so the seed README's ``"gaussian_blur", "color_jitter"``
+    and ``["gaussian_blur"]`` read as written.
+    """
     if text is None:
         return ()
     parts = text.split(",") if isinstance(text, str) else list(text)
-    names = tuple(p.strip() for p in parts if p.strip() and p.strip().lower() != "none")
+    names = tuple(n for n in (p.strip().strip("[]\"' ") for p in parts) if n and n.lower() != "none")
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown:
         raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
