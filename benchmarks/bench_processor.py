@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl(root / "data.jsonl", records)
         samples = SupervisedDataset(root / "data.jsonl", processor, image_folder=root / "images", max_length=8192,
                                     show_progress=False)
-        measurements = {"image": (ImageViews(processor, paths), list), "sample": (samples, SupervisedCollator(processor))}
+        measurements = {
+            "image": (ImageViews(processor, paths), list),
+            "sample": (samples, SupervisedCollator(processor)),
+        }
         best: dict[tuple[str, int], tuple[float, int]] = {}
         # Rounds interleave the settings, so a burst of load from other processes hits all of them alike.
         for _ in range(args.repeats):
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {run['measurement']} | {run['workers']} | {run['seconds']:.2f} | {run['images_per_s']:.1f} | "
               f"{run['views_per_s']:.1f} |")
     if args.json:
-        args.json.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"}, "runs": runs},
-                                        indent=2, default=str) + "\n")
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        args.json.write_text(json.dumps({"settings": settings, "runs": runs}, indent=2, default=str) + "\n")
     return 0
 
 

@@ -48,10 +48,12 @@ from sicog.train.trainer import SicogTrainer
 PRESETS: dict[str, dict] = {
     "tiny": {"text": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2},
              "vision": {"hidden_size": 32, "layers": 2, "patch_size": 8, "image_size": 32},
-             "settings": {"scale_resolution": 64, "max_slice_nums": 4, "resampler_num_queries": 16, "resampler_num_heads": 2}},
+             "settings": {"scale_resolution": 64, "max_slice_nums": 4,
+                          "resampler_num_queries": 16, "resampler_num_heads": 2}},
     "small": {"text": {"hidden_size": 256, "layers": 4, "heads": 4, "kv_heads": 2},
               "vision": {"hidden_size": 128, "layers": 4, "patch_size": 14, "image_size": 112},
-              "settings": {"scale_resolution": 112, "max_slice_nums": 4, "resampler_num_queries": 64, "resampler_num_heads": 2}},
+              "settings": {"scale_resolution": 112, "max_slice_nums": 4,
+                           "resampler_num_queries": 64, "resampler_num_heads": 2}},
 }
 STRATEGIES = ("random", "length", "modality+length")
 WORDS = ("red blue green yellow circle square triangle small large left right top bottom corner shape image "
@@ -117,7 +119,9 @@ def make_world(root: Path, preset: str, records: int, seed: int = 0) -> tuple[Pa
     return root / "checkpoint", root / "data.jsonl"
 
 
-def training_args(out: Path, strategy: str, batch_size: int, steps: int, deepspeed: str | None = None) -> SicogTrainingArguments:
+def training_args(
+    out: Path, strategy: str, batch_size: int, steps: int, deepspeed: str | None = None
+) -> SicogTrainingArguments:
     """Stage-2 arguments for a short timed run (no saving, no logging overhead)."""
     return SicogTrainingArguments(
         output_dir=str(out), stage="2", per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=1e-4,
@@ -207,7 +211,9 @@ def launch(command: list[str], threads: int) -> None:
         raise RunFailed(command, result.stdout + result.stderr)
 
 
-def worker_flags(args: argparse.Namespace, root: Path, checkpoint: Path, data: Path, result: Path, threads: int) -> list[str]:
+def worker_flags(
+    args: argparse.Namespace, root: Path, checkpoint: Path, data: Path, result: Path, threads: int
+) -> list[str]:
     return ["--root", str(root), "--checkpoint", str(checkpoint), "--data", str(data), "--result", str(result),
             "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--threads", str(threads)]
@@ -223,8 +229,8 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict:
         checkpoint, data = worlds[preset]
         result = tmp / f"{preset}.json"
         start = time.perf_counter()
-        launch([sys.executable, __file__, "--worker", *worker_flags(args, tmp / preset, checkpoint, data, result, args.threads),
-                "--strategies", *args.strategies], args.threads)
+        flags = worker_flags(args, tmp / preset, checkpoint, data, result, args.threads)
+        launch([sys.executable, __file__, "--worker", *flags, "--strategies", *args.strategies], args.threads)
         print(f"{preset}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
         results["single"][preset] = json.loads(result.read_text())
     for preset in args.zero_presets:
@@ -272,7 +278,8 @@ def print_tables(args: argparse.Namespace, results: dict) -> None:
                     print(f"| {zero} | {preset} | failed: {run['error']} | | |")
                     continue
                 rss = " / ".join(f"{m:,.0f}" for m in run["peak_rss_mib_per_rank"])
-                print(f"| {zero} | {preset} | {run['seconds_per_step']:.3f} | {run['real_tokens_per_s']:,.0f} | {rss} |")
+                print(f"| {zero} | {preset} | {run['seconds_per_step']:.3f} | {run['real_tokens_per_s']:,.0f} "
+                      f"| {rss} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the single-process runs (1: on a shared 2-core machine more threads stall)")
+                        help="torch threads of the single-process runs "
+                             "(1: on a shared 2-core machine more threads stall)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     # Internal: the child processes this script launches.
     for flag in ("--root", "--checkpoint", "--data", "--result"):

@@ -94,8 +94,9 @@ def test_image(side: int) -> Image.Image:
 
 def training_batch(processor, shape: dict, batch_size: int, device: torch.device) -> dict:
     """``batch_size`` identical samples (no padding), already on the device as the Trainer would put them."""
+    answer = " ".join(["a red circle near the top left corner"] * shape["answer_repeats"])
     conversation = [{"from": "human", "value": "<image>\nDescribe the image step-by-step."},
-                    {"from": "gpt", "value": " ".join(["a red circle near the top left corner"] * shape["answer_repeats"])}]
+                    {"from": "gpt", "value": answer}]
     encoded = processor.encode(conversation, [test_image(shape["image"])], train=True)
     batch = processor.collate([encoded] * batch_size)
     batch["pixel_values"] = [v.to(device) for v in batch["pixel_values"]]
@@ -260,8 +261,9 @@ def generation(model, processor, shape: dict, device: torch.device, args, root: 
 
     def run(batch_size: int, records: int) -> tuple[float, int, int]:
         name = f"b{batch_size}-{records}"
-        write_jsonl(root / f"{name}.jsonl", [{"id": f"{name}-{i}", "image": "image.png",
-                                              "question": f"How many circles are in picture {i}?"} for i in range(records)])
+        questions = [{"id": f"{name}-{i}", "image": "image.png", "question": f"How many circles are in picture {i}?"}
+                     for i in range(records)]
+        write_jsonl(root / f"{name}.jsonl", questions)
         job = GenerationJob(data=root / f"{name}.jsonl", output=root / name / "out.jsonl", task="reasoning",
                             prompt_type="cot-default", model_name="gpu-check", sampling=settings,
                             image_folder=root / "images", batch_size=batch_size, progress=False)
@@ -366,7 +368,8 @@ class Sections:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny config on the CPU (the test); same code paths")
-    parser.add_argument("--out", type=Path, default=Path("gpu_check_results"), help="results folder when $OUT is not set")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check_results"),
+                        help="results folder when $OUT is not set")
     parser.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default 8; 2 with --tiny)")
     parser.add_argument("--agreement-batch", type=int, default=2)
@@ -376,11 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gen-batch-sizes", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--gen-batches", type=int, default=None, help="batches per size (default 2; 1 with --tiny)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64; 8 with --tiny")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s (default: from the GPU name)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak dense bf16 TFLOP/s (default: from the GPU name)")
     parser.add_argument("--budget-s", type=float, default=200.0, help="sections that would start later are skipped")
     args = parser.parse_args(argv)
     tiny = args.tiny
-    defaults = {"batch_size": (8, 2), "warmup": (3, 1), "steps": (20, 2), "gen_batches": (2, 1), "max_new_tokens": (64, 8)}
+    defaults = {"batch_size": (8, 2), "warmup": (3, 1), "steps": (20, 2), "gen_batches": (2, 1),
+                "max_new_tokens": (64, 8)}
     for key, (full, small) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, small if tiny else full)
@@ -406,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     def build_section() -> dict:
         built["model"], built["processor"] = build(tiny, device)
         model = built["model"]
-        parts = {"vision_tower": model.vision_tower, "resampler": model.resampler, "language_model": model.language_model}
+        parts = {"vision_tower": model.vision_tower, "resampler": model.resampler,
+                 "language_model": model.language_model}
         results["model"] = {f"{k}_parameters": sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
         results["model"]["total_parameters"] = sum(p.numel() for p in model.parameters())
         return dict(results["model"])

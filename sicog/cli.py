@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cycle": ("sicog.cycle.cli", "run the whole SICOG loop (toy world by default) and write a report"),
     "info": ("sicog.info", "describe a model configuration or checkpoint (parameters, tokens per slice)"),
     "convert": ("sicog.model.convert", "convert a published llava_qwen checkpoint to a SICOG checkpoint, or back"),
-    "train": ("sicog.train.cli", "train a stage: 0 (warm-up), 1 (alignment), 1.5 (self-generated pre-training), 2 (SFT), dpo"),
+    "train": (
+        "sicog.train.cli",
+        "train a stage: 0 (warm-up), 1 (alignment), 1.5 (self-generated pre-training), 2 (SFT), dpo",
+    ),
     "data": ("sicog.data.cli", "check a training dataset before an expensive launch"),
     "toy": ("sicog.toy.cli", "build the toy world: images with ground truth, every dataset, a tiny tokenizer"),
     "curate": ("sicog.curate.cli", "self-consistency curation of generated candidates (captions, reasoning, mix)"),

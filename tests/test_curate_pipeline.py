@@ -40,7 +40,9 @@ def caption_record(rid: str, finals: list[str]) -> dict:
 
 
 def reasoning_record(rid: str, conclusions: list[str]) -> dict:
-    candidates = [format_steps(COT_STEPS, ["Count the cubes.", "Cubes on a table.", "I count them.", c]) for c in conclusions]
+    candidates = [
+        format_steps(COT_STEPS, ["Count the cubes.", "Cubes on a table.", "I count them.", c]) for c in conclusions
+    ]
     return {"id": rid, "image": f"{rid}.jpg", "question": QUESTION, "answer": "3", "candidates": candidates,
             "generation": generation("cot-default", reasoning_prompt("cot-default", QUESTION))}
 
@@ -57,7 +59,9 @@ def minilm() -> SentenceEncoder:
 
 
 def run(task: str, path: Path, out: Path, encoder: SentenceEncoder, **settings) -> dict:
-    return curate(path, out, CurationSettings(task=task, **settings), encoder.settings, encoder_factory=lambda _: encoder)
+    return curate(
+        path, out, CurationSettings(task=task, **settings), encoder.settings, encoder_factory=lambda _: encoder
+    )
 
 
 def test_minilm_never_chooses_the_contradicting_caption(tmp_path: Path, minilm: SentenceEncoder) -> None:
@@ -78,7 +82,8 @@ def test_minilm_never_chooses_the_contradicting_caption(tmp_path: Path, minilm: 
     for record in curated:
         check_llava_record(record)
         assert record["conversations"][0]["value"] == "<image>\n" + caption_prompt("cod-default")
-        assert record["conversations"][1]["value"].startswith("Step 1:") and CONTRADICTION not in record["conversations"][1]["value"]
+        reply = record["conversations"][1]["value"]
+        assert reply.startswith("Step 1:") and CONTRADICTION not in reply
         assert record["source"]["file"].endswith("gen.jsonl") and record["source"]["score"] >= 0.6
     pairs = load_records(tmp_path / "out" / "pairs.jsonl")
     assert len(pairs) == 6 and all(p["chosen"] != p["rejected"] and p["rejected"].startswith("Step 1:") for p in pairs)
@@ -133,7 +138,8 @@ def test_every_input_id_is_scored_or_an_error_and_candidate_counts_may_differ(tm
     ]
     encoder = TableEncoder(table)
     summary = curate(write_jsonl(tmp_path / "gen.jsonl", records), tmp_path / "out",
-                     CurationSettings(task="captions", threshold=0.5), encoder.settings, encoder_factory=lambda _: encoder)
+                     CurationSettings(task="captions", threshold=0.5), encoder.settings,
+                     encoder_factory=lambda _: encoder)
     scored = load_records(tmp_path / "out" / "scored.jsonl")
     errors = load_records(tmp_path / "out" / "errors.jsonl")
     assert [r["id"] for r in scored] == ["six", "two", "one"]
@@ -163,7 +169,8 @@ def test_report_lists_the_standard_thresholds_and_fallbacks(tmp_path: Path) -> N
     assert summary["kept_at_threshold"] == {"0.3": 1, "0.8": 0, "0.85": 0, "0.9": 0}
     assert summary["extraction_fallbacks"] == 1 and summary["records_with_fallback"] == 1
     report = (tmp_path / "out" / "report.md").read_text()
-    for needle in ("| 0.3 (this run) | 1 |", "| 0.8 | 0 |", "| 0.85 | 0 |", "| 0.9 | 0 |", "1 of 3 candidates", "another temperature"):
+    for needle in ("| 0.3 (this run) | 1 |", "| 0.8 | 0 |", "| 0.85 | 0 |", "| 0.9 | 0 |",
+                   "1 of 3 candidates", "another temperature"):
         assert needle in report
     assert (tmp_path / "out" / "score_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["kept"] == 1
@@ -195,11 +202,13 @@ def test_embeddings_are_resumed_from_chunks(tmp_path: Path) -> None:
 def test_cli_uses_the_packaged_encoder_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = write_jsonl(tmp_path / "gen.jsonl", [caption_record("img", PARAPHRASES[:3])])
-    assert main(["curate", "captions", "--input", str(path), "--output-dir", str(tmp_path / "out"), "--threshold", "0.5"]) == 0
+    args = ["curate", "captions", "--input", str(path), "--output-dir", str(tmp_path / "out"), "--threshold", "0.5"]
+    assert main(args) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["kept"] == 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["encoder"]["name_or_path"] == packaged_minilm_path()
-    assert main(["curate", "captions", "--input", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "o")]) == 2
+    args = ["curate", "captions", "--input", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "o")]
+    assert main(args) == 2
     assert "missing.jsonl: file not found" in capsys.readouterr().err
     broken = write_jsonl(tmp_path / "broken.jsonl", [{"id": "a", "image": "x.png"}, {"id": "b", "image": "y.png"}])
     assert main(["curate", "captions", "--input", str(broken), "--output-dir", str(tmp_path / "b")]) == 1

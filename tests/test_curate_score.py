@@ -51,7 +51,8 @@ def test_single_candidate_rule() -> None:
     assert mbr_scores(np.array([[0.3, 0.4]])) == [None]
     assert mbr_scores(np.array([[0.3, 0.4]]), include_self=True) == [1.0]
     decision = select([None], ["only one"], threshold=0.0, rng=random.Random(0))
-    assert (decision.best_index, decision.kept, decision.drop_reason, decision.rejected_index) == (0, False, SINGLE_CANDIDATE, None)
+    outcome = (decision.best_index, decision.kept, decision.drop_reason, decision.rejected_index)
+    assert outcome == (0, False, SINGLE_CANDIDATE, None)
 
 
 def test_zero_rows_from_empty_candidates_score_zero() -> None:
@@ -94,7 +95,9 @@ def test_reasoning_best_is_taken_among_the_majority_answer_and_rejected_disagree
 
 def test_reasoning_drop_reasons() -> None:
     texts = ["a", "b", "c", "d"]
-    low = select([0.9] * 4, texts, threshold=0.5, rng=random.Random(0), answers=["1", "2", "3", "1"], min_agreement=0.75)
+    low = select(
+        [0.9] * 4, texts, threshold=0.5, rng=random.Random(0), answers=["1", "2", "3", "1"], min_agreement=0.75
+    )
     assert (low.kept, low.drop_reason, low.agreement) == (False, LOW_AGREEMENT, 0.5)
     none = select([0.9] * 4, texts, threshold=0.5, rng=random.Random(0), answers=["", "", "", ""], min_agreement=0.0)
     assert (none.kept, none.drop_reason) == (False, NO_ANSWER)
@@ -106,7 +109,9 @@ def test_rejected_comes_from_the_lower_scoring_half_and_depends_on_the_seed_only
     drawn = {select(scores, texts, threshold=0.0, rng=random.Random(seed)).rejected_index for seed in range(50)}
     assert drawn == {0, 2, 5}  # the three lowest scores
     first = select(scores, texts, threshold=0.0, rng=record_rng(7, "img-1")).rejected_index
-    assert all(select(scores, texts, threshold=0.0, rng=record_rng(7, "img-1")).rejected_index == first for _ in range(5))
+    assert all(
+        select(scores, texts, threshold=0.0, rng=record_rng(7, "img-1")).rejected_index == first for _ in range(5)
+    )
 
 
 def test_rejected_is_never_a_copy_of_the_chosen_text() -> None:

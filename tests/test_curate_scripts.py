@@ -25,7 +25,9 @@ VARIABLES = ("RAW_DATASET", "MODEL_NAME_OR_PATH", "TEMPERATURE", "ENCODER_MODEL_
 def run_script(task: str, cwd: Path, *args: str, **variables: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     env.update(variables, SICOG_PYTHON=sys.executable, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run(["bash", str(SCRIPTS[task]), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", str(SCRIPTS[task]), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("task", ["captions", "reasoning"])
@@ -46,7 +48,8 @@ def test_dry_run_prints_the_resolved_command(task: str, tmp_path: Path) -> None:
     command = shlex.split(result.stdout.strip())
     assert command[1:5] == ["-m", "sicog", "curate", task]
     joined = " ".join(command)
-    for expected in ("--input gen/candidates.jsonl", "--output-dir gen/candidates_curated", "--model-name-or-path ckpt/stage0",
+    for expected in ("--input gen/candidates.jsonl", "--output-dir gen/candidates_curated",
+                     "--model-name-or-path ckpt/stage0",
                      "--temperature 0.7", "--encoder nvidia/NV-Embed-v2", "--trust-remote-code", "--append-eos",
                      "--max-length 32768", "--threshold 0.9", "--seed 4"):
         assert expected in joined

@@ -44,8 +44,8 @@ def test_two_ranks_write_the_same_outputs_as_one_process(tmp_path: Path) -> None
             "id": f"q{i}", "image": f"{i}.jpg", "question": question,
             "candidates": [format_steps(COT_STEPS, ["Count.", f"Picture {i}.", "Counting.", f"In picture {i}: {c}"])
                            for c in conclusions],
-            "generation": {"model": "m", "prompt_type": "cot-default", "prompt": reasoning_prompt("cot-default", question),
-                           "temperature": 0.7},
+            "generation": {"model": "m", "prompt_type": "cot-default",
+                           "prompt": reasoning_prompt("cot-default", question), "temperature": 0.7},
         })
     input_path = tmp_path / "gen.jsonl"
     input_path.write_text("".join(json.dumps(r) + "\n" for r in records))

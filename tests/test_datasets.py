@@ -16,7 +16,10 @@ def write(path, records):
 
 
 def rec(rid, answer="ok", image=None, question="hi"):
-    record = {"id": rid, "conversations": [{"from": "human", "value": ("<image>\n" if image else "") + question}, {"from": "gpt", "value": answer}]}
+    record = {"id": rid, "conversations": [
+        {"from": "human", "value": ("<image>\n" if image else "") + question},
+        {"from": "gpt", "value": answer},
+    ]}
     if image:
         record["image"] = image
     return record
@@ -42,7 +45,9 @@ def test_lengths_are_exact_and_overlong_samples_are_handled(tmp_path, tiny_model
 
 def test_problems_name_file_line_and_field(tmp_path, tiny_model_factory):
     _, processor = tiny_model_factory()
-    data = write(tmp_path / "d.jsonl", [rec("ok"), rec("no-image", image="missing.png"), {"id": "bad", "conversations": []}])
+    data = write(
+        tmp_path / "d.jsonl", [rec("ok"), rec("no-image", image="missing.png"), {"id": "bad", "conversations": []}]
+    )
     dataset = SupervisedDataset(data, processor, image_folder=tmp_path, show_progress=False)
     assert len(dataset) == 1
     problems = {p.id: p for p in dataset.problems}
@@ -79,7 +84,8 @@ def test_data_check_command(tmp_path, tiny_model_factory, capsys):
     assert '"usable": 2' in capsys.readouterr().out
     bad = write(tmp_path / "bad.jsonl", [rec("g1", image="a.png"), rec("b2", image="nope.png")])
     report = tmp_path / "report.jsonl"
-    code = main(["data", "check", str(bad), "--model", str(tmp_path / "model"), "--image-folder", str(tmp_path), "--report", str(report)])
+    code = main(["data", "check", str(bad), "--model", str(tmp_path / "model"), "--image-folder", str(tmp_path),
+                 "--report", str(report)])
     assert code == 1
     assert "bad.jsonl:2 id=b2" in capsys.readouterr().out
     assert json.loads(report.read_text())["id"] == "b2"

@@ -73,16 +73,21 @@ def test_window_scores_like_the_full_logits(tiny_model_factory):
     model, processor = tiny_model_factory()
     image = Image.new("RGB", (96, 64), (200, 30, 30))
     prompt = {"from": "human", "value": "<image>\nWhat colour is this image?"}
-    sides = [processor.encode([prompt, {"from": "gpt", "value": text}], [image]) for text in ("The image is red.", "A blue one, I think.")]
+    sides = [
+        processor.encode([prompt, {"from": "gpt", "value": text}], [image])
+        for text in ("The image is red.", "A blue one, I think.")
+    ]
     batch = processor.collate(sides)
     with torch.no_grad():
-        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]).logits
+        full = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+        ).logits
         expected, counts = sequence_logps(full, batch["labels"])
         got = pair_logps(model, batch)
     assert logits_window(batch["labels"]) < batch["labels"].shape[1] // 2  # image tokens are not scored
     torch.testing.assert_close(torch.cat([got.chosen, got.rejected]), expected, rtol=1e-5, atol=1e-5)
     assert torch.cat([got.chosen_tokens, got.rejected_tokens]).tolist() == counts.tolist()
-    assert counts.tolist() == [sum(1 for l in s.labels if l != IGNORE_INDEX) for s in sides]
+    assert counts.tolist() == [sum(1 for label in s.labels if label != IGNORE_INDEX) for s in sides]
 
 
 def test_batch_without_answers_is_refused():

@@ -70,7 +70,8 @@ def test_join_by_id_with_every_id_accounted_for(files):
     assert (q1["source"]["chosen_answer"], q1["source"]["rejected_answer"]) == ("3", "5")
     assert q1["source"]["corruption"] == [{"method": "gaussian_blur", "sigma": 3.5}]
     # no wrong answer among q7's (first) candidates: any other text will do
-    assert pairs[1]["rejected"] == cot("3", "Blurry, but I count three.") and pairs[1]["source"]["rejected_answer"] == "3"
+    assert pairs[1]["rejected"] == cot("3", "Blurry, but I count three.")
+    assert pairs[1]["source"]["rejected_answer"] == "3"
     by_id = {}
     for error in errors:
         by_id.setdefault(error["id"], []).append(error)
@@ -121,9 +122,10 @@ def test_captions_take_any_other_candidate(tmp_path):
 
 def test_cli(files, capsys):
     clean, noisy, output = files
-    assert main(["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]) == 0
+    args = ["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]
+    assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["pairs"] == 2 and printed["errors_output"].endswith("noisy_pairs.errors.jsonl")
     clean.write_text('{"id": "x"\n')
-    assert main(["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]) == 2
+    assert main(args) == 2
     assert "curated.jsonl:1" in capsys.readouterr().err

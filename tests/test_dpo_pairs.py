@@ -20,7 +20,8 @@ def pairs(tmp_path):
     Image.new("RGB", (96, 64), (220, 30, 30)).save(images / "wide.png")
     Image.new("RGB", (64, 64), (30, 30, 220)).save(images / "square.png")
     records = [
-        {"id": "a", "image": "wide.png", "prompt": "What colour is this image?", "chosen": "The image is red.", "rejected": "The image is blue."},
+        {"id": "a", "image": "wide.png", "prompt": "What colour is this image?", "chosen": "The image is red.",
+         "rejected": "The image is blue."},
         {"id": "b", "image": ["square.png", "wide.png"], "prompt": "<image>\\nFirst. <image>\\nSecond. Which is red?",
          "chosen": "The second.", "rejected": "The first one is red.", "source": {"kind": "noisy"}},
         {"id": "c", "prompt": "Say hello.", "chosen": "Hello there.", "rejected": "No."},
@@ -39,7 +40,7 @@ def test_both_sides_share_prompt_and_image_views(pairs, tiny_model_factory):
         chosen, rejected = item["chosen"], item["rejected"]
         assert item["id"] == record["id"] and "reference" not in item
         assert chosen.pixel_values is rejected.pixel_values  # the same view tensors, not a copy
-        prompt_end = chosen.labels.index(next(l for l in chosen.labels if l != IGNORE_INDEX))
+        prompt_end = chosen.labels.index(next(label for label in chosen.labels if label != IGNORE_INDEX))
         assert rejected.input_ids[:prompt_end] == chosen.input_ids[:prompt_end]
         for side, text in ((chosen, record["chosen"]), (rejected, record["rejected"])):
             supervised = [t for t in side.labels if t != IGNORE_INDEX]
@@ -62,8 +63,10 @@ def test_collator_puts_chosen_rows_first_and_keeps_the_reference(pairs, tiny_mod
     assert batch["input_ids"][0, : len(items[0]["chosen"].input_ids)].tolist() == items[0]["chosen"].input_ids
     assert batch["input_ids"][3, : len(items[1]["rejected"].input_ids)].tolist() == items[1]["rejected"].input_ids
     views = items[0]["chosen"].pixel_values + items[1]["chosen"].pixel_values
-    assert len(batch["pixel_values"]) == 2 * len(views) and all(a is b for a, b in zip(batch["pixel_values"], views + views))
-    assert batch["reference_chosen_logps"].tolist() == [-1.0, -3.0] and batch["reference_rejected_logps"].tolist() == [-2.0, -4.0]
+    assert len(batch["pixel_values"]) == 2 * len(views)
+    assert all(a is b for a, b in zip(batch["pixel_values"], views + views))
+    assert batch["reference_chosen_logps"].tolist() == [-1.0, -3.0]
+    assert batch["reference_rejected_logps"].tolist() == [-2.0, -4.0]
     with pytest.raises(ValueError, match="2 reference values for 3 pairs"):
         dataset.attach_reference([(0.0, 0.0)] * 2)
 
@@ -81,7 +84,8 @@ def test_collator_puts_chosen_rows_first_and_keeps_the_reference(pairs, tiny_mod
     ],
 )
 def test_invalid_pairs_name_their_field(change, field):
-    record = {"id": "x", "image": "a.png", "prompt": "What colour?", "chosen": "The image is red.", "rejected": "The image is blue.", **change}
+    record = {"id": "x", "image": "a.png", "prompt": "What colour?", "chosen": "The image is red.",
+              "rejected": "The image is blue.", **change}
     with pytest.raises(RecordError) as err:
         check_pair_record(record, path="p.jsonl", line=4)
     assert err.value.field == field and err.value.line == 4 and "p.jsonl:4" in str(err.value)
@@ -107,18 +111,21 @@ def test_reference_pass_resumes_and_is_cached(pairs, tiny_model_factory, tmp_pat
     dataset = PairDataset(pairs, processor, image_folder=pairs.parent / "images", show_progress=False)
     collator = PairCollator(processor)
     path = tmp_path / "ref.json"
-    fresh = compute_reference(model, dataset, collator, path=tmp_path / "fresh.json", key="k1", batch_size=2, device="cpu", show_progress=False)
+    options = {"batch_size": 2, "device": "cpu", "show_progress": False}
+    fresh = compute_reference(model, dataset, collator, path=tmp_path / "fresh.json", key="k1", **options)
     assert len(fresh) == 3 and all(c < 0 and r < 0 for c, r in fresh)
     # a killed run left the score of pair 1 in its shard: the rerun keeps it and scores only the others
     shard = tmp_path / ".ref-k1" / "rank00000-of-00001.jsonl"
     shard.parent.mkdir()
     shard.write_text(json.dumps({"id": "1", "pair": "b", "chosen": -1.5, "rejected": -2.5}) + "\n{\"id\": \"2\", \"cho")
-    resumed = compute_reference(model, dataset, collator, path=path, key="k1", batch_size=2, device="cpu", show_progress=False)
+    resumed = compute_reference(model, dataset, collator, path=path, key="k1", **options)
     assert resumed[1] == (-1.5, -2.5)
-    torch.testing.assert_close(torch.tensor([resumed[0], resumed[2]]), torch.tensor([fresh[0], fresh[2]]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor([resumed[0], resumed[2]]), torch.tensor([fresh[0], fresh[2]]), rtol=0, atol=1e-4
+    )
     assert not shard.parent.exists() and json.loads(path.read_text())["ids"] == ["a", "b", "c"]
     # same key: read back without scoring; another key: scored again
     model.language_model.lm_head.weight.data.zero_()
-    assert compute_reference(model, dataset, collator, path=path, key="k1", batch_size=2, device="cpu", show_progress=False) == resumed
-    again = compute_reference(model, dataset, collator, path=path, key="k2", batch_size=2, device="cpu", show_progress=False)
+    assert compute_reference(model, dataset, collator, path=path, key="k1", **options) == resumed
+    again = compute_reference(model, dataset, collator, path=path, key="k2", **options)
     assert again != resumed and json.loads(path.read_text())["fingerprint"] == "k2"

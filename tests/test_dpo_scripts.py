@@ -7,13 +7,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training_scripts" / "uhdv1-finetune-qwen-dpo.sh"
-OURS = ("EXPERIMENT_NAME", "DATA_PATH", "PREV_STAGE_CHECKPOINT", "DPO_LEARNING_RATE", "DPO_BATCH", "DPO_BETA", "DPO_GAMMA",
-        "DPO_ALPHA", "ACCU_STEPS", "OUTPUT_DIR", "DEEPSPEED", "NPROC_PER_NODE", "NNODES", "IMAGE_FOLDER")
+OURS = ("EXPERIMENT_NAME", "DATA_PATH", "PREV_STAGE_CHECKPOINT", "DPO_LEARNING_RATE", "DPO_BATCH", "DPO_BETA",
+        "DPO_GAMMA", "DPO_ALPHA", "ACCU_STEPS", "OUTPUT_DIR", "DEEPSPEED", "NPROC_PER_NODE", "NNODES", "IMAGE_FOLDER")
 
 
 def dry_run(env, *args, cwd=ROOT):
     clean = {k: v for k, v in os.environ.items() if k not in OURS}
-    return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", *args], cwd=cwd, env={**clean, **env}, capture_output=True, text=True,
+        timeout=60,
+    )
 
 
 def parsed(stdout):
@@ -35,8 +38,9 @@ def test_defaults_resolve_from_any_directory(tmp_path):
 
 
 def test_variables_set_the_hyper_parameters_and_torchrun():
-    env = {"EXPERIMENT_NAME": "dpo", "DATA_PATH": "p.jsonl", "PREV_STAGE_CHECKPOINT": "ckpt", "DPO_BETA": "0.2", "DPO_GAMMA": "0",
-           "DPO_ALPHA": "2", "DPO_LEARNING_RATE": "1e-6", "DPO_BATCH": "2", "DEEPSPEED": "zero3", "NPROC_PER_NODE": "8"}
+    env = {"EXPERIMENT_NAME": "dpo", "DATA_PATH": "p.jsonl", "PREV_STAGE_CHECKPOINT": "ckpt", "DPO_BETA": "0.2",
+           "DPO_GAMMA": "0", "DPO_ALPHA": "2", "DPO_LEARNING_RATE": "1e-6", "DPO_BATCH": "2", "DEEPSPEED": "zero3",
+           "NPROC_PER_NODE": "8"}
     words, flags = parsed(dry_run(env).stdout)
     assert "torch.distributed.run" in words and flags["--nproc_per_node"] == "8" and flags["--deepspeed"] == "zero3"
     assert (flags["--dpo_beta"], flags["--dpo_gamma"], flags["--dpo_alpha"]) == ("0.2", "0", "2")

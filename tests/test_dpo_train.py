@@ -16,7 +16,8 @@ from sicog.model.builders import load_pretrained
 from sicog.train.dpo_reference import compute_reference
 from sicog.train.pairs import PairCollator, PairDataset
 
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected", "loss/dpo", "loss/sft")
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+           "logps/rejected", "loss/dpo", "loss/sft")
 
 
 def make_pairs(root, n=8):
@@ -46,8 +47,9 @@ def flags(world, out, steps, extra=()):
     return [
         "--stage", "dpo", "--model_name_or_path", str(world["base"]), "--data_path", str(world["pairs"]),
         "--image_folder", str(world["root"] / "images"), "--output_dir", str(out), "--max_steps", str(steps),
-        "--per_device_train_batch_size", "4", "--learning_rate", "2e-3", "--logging_steps", "1", "--save_steps", str(steps),
-        "--lr_scheduler_type", "constant", "--seed", "0", "--use_cpu", "--dataloader_num_workers", "0", *extra,
+        "--per_device_train_batch_size", "4", "--learning_rate", "2e-3", "--logging_steps", "1",
+        "--save_steps", str(steps), "--lr_scheduler_type", "constant", "--seed", "0", "--use_cpu",
+        "--dataloader_num_workers", "0", *extra,
     ]
 
 
@@ -95,8 +97,9 @@ def test_lora_run_saves_a_merged_checkpoint(world, tmp_path):
 def test_invalid_pairs_stop_the_run_and_are_listed(world, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     good = world["pairs"].read_text().splitlines()
-    bad.write_text("\n".join([good[0], json.dumps({"id": "same", "image": "0.png", "prompt": "Q?", "chosen": "A.", "rejected": "A."}),
-                              json.dumps({"id": "noimg", "image": "missing.png", "prompt": "Q?", "chosen": "A.", "rejected": "B."})]) + "\n")
+    same = {"id": "same", "image": "0.png", "prompt": "Q?", "chosen": "A.", "rejected": "A."}
+    no_image = {"id": "noimg", "image": "missing.png", "prompt": "Q?", "chosen": "A.", "rejected": "B."}
+    bad.write_text("\n".join([good[0], json.dumps(same), json.dumps(no_image)]) + "\n")
     args = flags(world, tmp_path / "out", 1)
     args[args.index("--data_path") + 1] = str(bad)
     assert main(["train", *args]) == 2
@@ -110,27 +113,37 @@ def single_process_reference(world):
     """The reference log-probabilities of the pairs under the base model, computed in this process."""
     model, processor = load_pretrained(world["base"])
     dataset = PairDataset(world["pairs"], processor, image_folder=world["root"] / "images", show_progress=False)
-    return compute_reference(model, dataset, PairCollator(processor), path=world["root"] / "single.json", key="k", batch_size=3,
-                             device="cpu", show_progress=False)
+    return compute_reference(model, dataset, PairCollator(processor), path=world["root"] / "single.json", key="k",
+                             batch_size=3, device="cpu", show_progress=False)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_two_ranks_complete_and_save_a_loadable_checkpoint(world, tmp_path, zero):
     out = tmp_path / zero
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29631 + (zero == "zero3")),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29631 + (zero == "zero3")),
            "-m", "sicog", "train", *flags(world, out, 2, ("--deepspeed", zero, "--per_device_train_batch_size", "2"))]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     logs = training_logs(out)
     assert [e["step"] for e in logs] == [1, 2] and logs[0]["loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
-    # each rank scored half of the pairs (under ZeRO-3 with the gathered weights): together, all of them, as one process does
+    # each rank scored half of the pairs (under ZeRO-3 with the gathered weights): together, all of them,
+    # as one process does
     cache = json.loads((out / "reference_logps.json").read_text())
     assert cache["ids"] == [f"p{i}" for i in range(8)]
-    torch.testing.assert_close(torch.tensor(cache["logps"]), torch.tensor(single_process_reference(world)), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(cache["logps"]), torch.tensor(single_process_reference(world)), rtol=0, atol=1e-4
+    )
     assert not list(out.glob(".reference_logps-*"))  # rank shards are removed once merged
     model, processor = load_pretrained(out)
     base = weights(world["base"])
     assert all(v.numel() > 0 for v in model.state_dict().values())
-    assert any(not torch.equal(base[k], v) for k, v in model.state_dict().items() if k.startswith("language_model.") and k in base)
+    assert any(
+        not torch.equal(base[k], v)
+        for k, v in model.state_dict().items()
+        if k.startswith("language_model.") and k in base
+    )
     assert processor.image_token_id == model.config.image_token_id

@@ -34,7 +34,9 @@ def _colour_data(root: Path, n: int = 8, sizes=((64, 64),)) -> Path:
 
 def _teach_colours(model, processor, data: Path, steps: int = 60) -> None:
     records = [json.loads(line) for line in data.read_text().splitlines()]
-    batch = processor.collate([processor.encode(r["conversations"], [data.parent / "images" / r["image"]]) for r in records])
+    batch = processor.collate(
+        [processor.encode(r["conversations"], [data.parent / "images" / r["image"]]) for r in records]
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):

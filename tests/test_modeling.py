@@ -39,12 +39,16 @@ def test_loss_and_gradients_on_a_mixed_batch(tiny_model_factory):
     out = model(**batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        n for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert not missing, missing
     assert model.resampler.query.grad.abs().sum() > 0
     assert model.vision_tower.embeddings.patch_embedding.weight.grad.abs().sum() > 0
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen and all(n.startswith(("vision_tower.encoder.layers.1.", "vision_tower.post_layernorm")) for n in frozen)
+    assert frozen
+    assert all(n.startswith(("vision_tower.encoder.layers.1.", "vision_tower.post_layernorm")) for n in frozen)
 
 
 def test_text_only_training_batch_still_touches_the_vision_path(tiny_model_factory):
@@ -58,7 +62,9 @@ def _greedy_without_cache(model, batch, steps):
     ids = batch["input_ids"]
     mask = batch["attention_mask"]
     for _ in range(steps):
-        logits = model(input_ids=ids, pixel_values=batch.get("pixel_values"), attention_mask=mask, use_cache=False).logits
+        logits = model(
+            input_ids=ids, pixel_values=batch.get("pixel_values"), attention_mask=mask, use_cache=False
+        ).logits
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], dim=1)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
@@ -77,7 +83,9 @@ def test_greedy_generate_with_cache_equals_a_no_cache_loop(tiny_model_factory):
         assert torch.equal(cached, _greedy_without_cache(model, batch, 8))
     batch = processor.collate(samples, padding_side="left")
     together = model.generate(**batch, max_new_tokens=8, do_sample=False, min_new_tokens=8)
-    alone = model.generate(**processor.collate(samples[1:], padding_side="left"), max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    alone = model.generate(
+        **processor.collate(samples[1:], padding_side="left"), max_new_tokens=8, do_sample=False, min_new_tokens=8
+    )
     assert torch.equal(together[1, -8:], alone[0, -8:])
 
 
@@ -86,7 +94,9 @@ def test_num_return_sequences_samples_each_prompt(tiny_model_factory):
     sample = processor.encode(conv("<image>\nDescribe."), [Image.new("RGB", (96, 64), (0, 200, 0))], train=False)
     batch = processor.collate([sample, sample], padding_side="left")
     torch.manual_seed(0)
-    out = model.generate(**batch, do_sample=True, temperature=1.5, max_new_tokens=6, min_new_tokens=6, num_return_sequences=3)
+    out = model.generate(
+        **batch, do_sample=True, temperature=1.5, max_new_tokens=6, min_new_tokens=6, num_return_sequences=3
+    )
     assert out.shape[0] == 6
     assert not (out[:, batch["input_ids"].shape[1] :] == processor.image_token_id).any()
     assert len({tuple(row.tolist()) for row in out[:3]}) > 1
@@ -123,7 +133,9 @@ def test_build_from_parts_and_projector_round_trip(tokenizer, tmp_path):
     qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
     qwen_sampling.save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
-    model, processor = build_from_parts(tmp_path / "clip", tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2)
+    model, processor = build_from_parts(
+        tmp_path / "clip", tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2
+    )
     model.eval()
     assert processor.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
     # the LLM's sampling defaults travel with the checkpoint
@@ -138,7 +150,9 @@ def test_build_from_parts_and_projector_round_trip(tokenizer, tmp_path):
         assert torch.isfinite(model(**batch).loss)
     save_projector(model, tmp_path / "projector")
     torch.manual_seed(99)
-    fresh, _ = build_from_parts(tmp_path / "clip", tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2)
+    fresh, _ = build_from_parts(
+        tmp_path / "clip", tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2
+    )
     fresh.eval()
     features = torch.randn(2, 5, 3, model.config.vision_config.hidden_size)
     with torch.no_grad():
@@ -193,6 +207,7 @@ def test_vision_features_equal_clips_own_second_to_last_layer(size):
     tower = CLIPVisionModel(tiny_vision_config(hidden_size=32, layers=3, image_size=64)).eval()
     pixels = torch.randn(2, 3, *size)
     with torch.no_grad():
-        reference = tower(pixel_values=pixels, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states[-2][:, 1:]
+        outputs = tower(pixel_values=pixels, output_hidden_states=True, interpolate_pos_encoding=True)
+        reference = outputs.hidden_states[-2][:, 1:]
         ours = patch_features(tower, pixels, -2, 8)
     torch.testing.assert_close(ours.reshape(reference.shape), reference, rtol=0, atol=0)

@@ -70,7 +70,9 @@ def test_labels_cover_exactly_the_assistant_replies(tokenizer, tiny_model_factor
     _, processor = tiny_model_factory()
     turns = conv("<image>\nHow many circles?", "There are 3.", "And squares?", "Two squares, one red.")
     encoded = processor.encode(turns, [Image.new("RGB", (64, 64))])
-    supervised = [(i, t) for i, (t, l) in enumerate(zip(encoded.input_ids, encoded.labels)) if l != IGNORE_INDEX]
+    supervised = [
+        (i, token) for i, (token, label) in enumerate(zip(encoded.input_ids, encoded.labels)) if label != IGNORE_INDEX
+    ]
     assert all(encoded.labels[i] == t for i, t in supervised)
     # the supervised tokens, split at gaps, are exactly each reply followed by the end marker
     runs, current, last = [], [], None
@@ -81,7 +83,10 @@ def test_labels_cover_exactly_the_assistant_replies(tokenizer, tiny_model_factor
         current.append(t)
         last = i
     runs.append(current)
-    expected = [tokenizer.encode(reply + "<|im_end|>", add_special_tokens=False) for reply in ("There are 3.", "Two squares, one red.")]
+    expected = [
+        tokenizer.encode(reply + "<|im_end|>", add_special_tokens=False)
+        for reply in ("There are 3.", "Two squares, one red.")
+    ]
     assert runs == expected
     assert tokenizer.decode(encoded.input_ids[: supervised[0][0]]).endswith("<|im_start|>assistant\n")
 
@@ -111,7 +116,8 @@ def test_generation_prompt_drops_a_trailing_answer(tiny_model_factory):
     _, processor = tiny_model_factory()
     encoded = processor.encode(conv("Hi", "Hello"), train=False)
     assert encoded.labels is None
-    assert processor.tokenizer.decode(encoded.input_ids).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    prompt = processor.tokenizer.decode(encoded.input_ids)
+    assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_placeholder_count_mismatch_is_clear(tiny_model_factory):
@@ -152,7 +158,8 @@ def test_bad_files_raise_image_errors(tmp_path):
     truncated.write_bytes(_save(Image.new("RGB", (64, 64), (1, 2, 3)))[:60])
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"not an image")
-    for path, message in [(truncated, "cannot read"), (garbage, "cannot read"), (tmp_path / "missing.png", "not found")]:
+    cases = [(truncated, "cannot read"), (garbage, "cannot read"), (tmp_path / "missing.png", "not found")]
+    for path, message in cases:
         with pytest.raises(ImageError, match=message):
             load_image(path)
     with pytest.raises(ImageError, match="zero size"):

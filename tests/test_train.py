@@ -12,7 +12,8 @@ from sicog.cli import main
 def world(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("train")
     clip, llm = make_parts(root, tokenizer)
-    return {"root": root, "clip": clip, "llm": llm, "base": make_checkpoint(root, tokenizer), "data": make_dataset(root, n=4, text_only=0)}
+    return {"root": root, "clip": clip, "llm": llm, "base": make_checkpoint(root, tokenizer),
+            "data": make_dataset(root, n=4, text_only=0)}
 
 
 def common(world, out, steps=30, lr="2e-3"):
@@ -25,12 +26,13 @@ def common(world, out, steps=30, lr="2e-3"):
 
 @pytest.mark.slow
 def test_every_stage_learns_a_fixed_batch(world, tmp_path):
-    main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), *TINY_FLAGS,
-          *common(world, tmp_path / "s1", lr="1e-2")])
+    main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
+          *TINY_FLAGS, *common(world, tmp_path / "s1", lr="1e-2")])
     runs = {
         "1": tmp_path / "s1",
         "0": ["--model_name_or_path", str(world["base"])],
-        "1.5": ["--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), "--projector", str(tmp_path / "s1"), *TINY_FLAGS],
+        "1.5": ["--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
+                "--projector", str(tmp_path / "s1"), *TINY_FLAGS],
         "2": ["--model_name_or_path", str(world["base"])],
     }
     for stage, flags in runs.items():
@@ -45,8 +47,8 @@ def test_every_stage_learns_a_fixed_batch(world, tmp_path):
 @pytest.mark.slow
 def test_stage1_changes_only_the_projector(world, tmp_path):
     def stage1(out, lr):
-        main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), *TINY_FLAGS,
-              *common(world, out, steps=3, lr=lr)])
+        main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
+              *TINY_FLAGS, *common(world, out, steps=3, lr=lr)])
         return weights(out)
 
     trained, untouched = stage1(tmp_path / "trained", "1e-2"), stage1(tmp_path / "zero_lr", "0")
@@ -63,9 +65,10 @@ def test_stage1_changes_only_the_projector(world, tmp_path):
 def test_invalid_records_stop_the_run_and_are_all_listed(world, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     good = world["data"].read_text().splitlines()
-    bad.write_text("\n".join([good[0], json.dumps({"id": "x1", "image": "missing.png", "conversations": [
-        {"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "ok"}]}), json.dumps({"id": "x2", "conversations": [
-        {"from": "gpt", "value": "wrong order"}]})]) + "\n")
+    missing_image = {"id": "x1", "image": "missing.png", "conversations": [
+        {"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "ok"}]}
+    wrong_order = {"id": "x2", "conversations": [{"from": "gpt", "value": "wrong order"}]}
+    bad.write_text("\n".join([good[0], json.dumps(missing_image), json.dumps(wrong_order)]) + "\n")
     flags = common(world, tmp_path / "out", steps=1)
     flags[flags.index("--data_path") + 1] = str(bad)
     assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *flags]) == 2
@@ -123,7 +126,7 @@ def test_every_script_trains_for_real(world, tmp_path):
         result = subprocess.run(["bash", str(root / "training_scripts" / script), *args],
                                 env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, (script, result.stderr[-3000:])
-        assert "--standalone" in result.stdout and "--deepspeed zero2" in result.stdout and "--use_cpu True" in result.stdout
+        assert all(flag in result.stdout for flag in ("--standalone", "--deepspeed zero2", "--use_cpu True"))
         assert "global batch: 4 = 2 per device x 2 accumulation steps" in result.stderr
         assert (tmp_path / name / "model.safetensors").is_file(), script
         assert json.loads((tmp_path / name / "train_results.json").read_text())["stage"] in ("0", "1", "1.5", "2")

@@ -23,7 +23,8 @@ README_ENV = {
 
 
 def dry_run(script, env, *args, cwd=ROOT):
-    clean = {k: v for k, v in os.environ.items() if k not in README_ENV and k not in ("FINETUNE_RANK_BATCH", "OUTPUT_DIR")}
+    ours = (*README_ENV, "FINETUNE_RANK_BATCH", "OUTPUT_DIR")
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
     return subprocess.run(["bash", str(ROOT / "training_scripts" / script), "--dry-run", *args], cwd=cwd,
                           env={**clean, **env}, capture_output=True, text=True, timeout=60)
 
@@ -58,10 +59,12 @@ def test_finetune_rank_batch_is_an_alias():
 
 
 def test_multi_node_variables_launch_torchrun():
-    env = {**README_ENV, "NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "12345", "DEEPSPEED": "zero3"}
+    env = {**README_ENV, "NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1",
+           "MASTER_PORT": "12345", "DEEPSPEED": "zero3"}
     words, flags = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env).stdout)
     assert "torch.distributed.run" in words
-    assert (flags["--nproc_per_node"], flags["--nnodes"], flags["--node_rank"], flags["--master_addr"]) == ("8", "4", "1", "10.0.0.1")
+    launch = (flags["--nproc_per_node"], flags["--nnodes"], flags["--node_rank"], flags["--master_addr"])
+    assert launch == ("8", "4", "1", "10.0.0.1")
     assert flags["--deepspeed"] == "zero3"
 
 
@@ -99,7 +102,8 @@ def test_one_process_with_deepspeed_starts_through_torchrun_standalone():
 
 @pytest.mark.parametrize(("env", "global_batch", "warned"), [
     ({}, 8, True),  # the README's ACCU_STEPS=2 on one process
-    ({"NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1", "ACCU_STEPS": "1"}, 128, False),
+    ({"NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1", "ACCU_STEPS": "1"},
+     128, False),
     ({"NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1"}, 256, True),
 ])
 def test_global_batch_is_printed_and_checked_against_the_paper(env, global_batch, warned):

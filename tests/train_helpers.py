@@ -20,7 +20,10 @@ def _pretrain_llm(llm: Qwen2ForCausalLM, tokenizer, steps: int = 60) -> None:
     """Teach the tiny LLM the answer format (not the colour, which only the image tells), like a pretrained LLM."""
     texts = [
         tokenizer.apply_chat_template(
-            [{"role": "user", "content": "What colour is this image?"}, {"role": "assistant", "content": f"The image is {c}."}],
+            [
+                {"role": "user", "content": "What colour is this image?"},
+                {"role": "assistant", "content": f"The image is {c}."},
+            ],
             tokenize=False,
         )
         for c in COLORS

@@ -32,7 +32,8 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     encoder.add_argument("--batch-size", type=int, default=EncoderSettings.batch_size, help="texts per encoder batch")
     encoder.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (NV-Embed-v2)")
     encoder.add_argument("--max-length", type=int, default=None, help="maximum tokens per text (NV-Embed-v2: 32768)")
-    encoder.add_argument("--query-prefix", default=EncoderSettings.query_prefix, help="instruction prepended to every text (NV-Embed-v2 style)")
+    encoder.add_argument("--query-prefix", default=EncoderSettings.query_prefix,
+                         help="instruction prepended to every text (NV-Embed-v2 style)")
     encoder.add_argument("--append-eos", action="store_true", help="append the tokenizer's EOS token to every text")
     encoder.add_argument("--padding-side", choices=("left", "right"), default=None, help="tokenizer padding side")
     encoder.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
@@ -77,14 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mix.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling")
     mix.add_argument("--prefix-ids", action="store_true",
                      help="prefix ids with the input file's name (avoids collisions)")
-    pick = sub.add_parser("random", help="one candidate per record drawn at random: self-training without curation",
-                          description="answer every generated record with one of its candidates, drawn at random (seeded)")
+    pick = sub.add_parser(
+        "random", help="one candidate per record drawn at random: self-training without curation",
+        description="answer every generated record with one of its candidates, drawn at random (seeded)",
+    )
     pick.add_argument("--input", required=True, help="generation output with 'candidates'")
     pick.add_argument("--output", required=True, help="LLaVA training records (.jsonl)")
     pick.add_argument("--seed", type=int, default=0, help="seed of the draw")
-    noisy = sub.add_parser("pairs-from-noisy", help="DPO pairs: curated clean answers vs answers generated on corrupted images",
-                           description="join curated answers (chosen) with noisy generations (rejected) by id")
-    noisy.add_argument("--curated", required=True, help="curated.jsonl (or pairs.jsonl) of `sicog curate` on the clean images")
+    noisy = sub.add_parser(
+        "pairs-from-noisy", help="DPO pairs: curated clean answers vs answers generated on corrupted images",
+        description="join curated answers (chosen) with noisy generations (rejected) by id",
+    )
+    noisy.add_argument("--curated", required=True,
+                       help="curated.jsonl (or pairs.jsonl) of `sicog curate` on the clean images")
     noisy.add_argument("--noisy", required=True, help="`sicog generate ... --corrupt ...` output for the same records")
     noisy.add_argument("--output", required=True, help="pairs .jsonl (errors go to <stem>.errors.jsonl beside it)")
     noisy.add_argument("--task", choices=("reasoning", "captions"), default="reasoning",

@@ -70,7 +70,8 @@ def parse_clean(record: dict, *, path: str, line: int) -> CleanAnswer:
         turns = record["conversations"]
         if len(turns) != 2:
             fail(f"{len(turns)} turns; a curated answer has one question and one answer", "conversations")
-        prompt, chosen, fields = turns[0]["value"], turns[1]["value"], ("conversations[0].value", "conversations[1].value")
+        prompt, chosen = turns[0]["value"], turns[1]["value"]
+        fields = ("conversations[0].value", "conversations[1].value")
     else:
         prompt, chosen, fields = record.get("prompt"), record.get("chosen"), ("prompt", "chosen")
         for value, field in zip((prompt, chosen), fields):
@@ -87,7 +88,10 @@ def parse_noisy(record: dict, *, path: str, line: int) -> GeneratedRecord:
     item = parse_generated(record, path=path, line=line)
     corruption = record["generation"].get("corruption")
     if not corruption:
-        raise RecordError("missing or null: these candidates were not generated on a corrupted image", path=path, line=line, record_id=item.id, field="generation.corruption")
+        raise RecordError(
+            "missing or null: these candidates were not generated on a corrupted image",
+            path=path, line=line, record_id=item.id, field="generation.corruption",
+        )
     return item
 
 
@@ -130,7 +134,8 @@ def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: i
     if _bare(noisy.prompt) != clean.prompt:
         fail(f"prompt {_bare(noisy.prompt)!r} differs from the curated prompt {clean.prompt!r}", "generation.prompt")
     if record_images(noisy.record) != record_images(clean.record):
-        fail(f"images {record_images(noisy.record)} differ from the curated record's {record_images(clean.record)}", "image")
+        fail(f"images {record_images(noisy.record)} differ from the curated record's {record_images(clean.record)}",
+             "image")
     usable = [i for i, text in enumerate(noisy.candidates) if text.strip() and text.strip() != clean.chosen.strip()]
     if not usable:
         fail("every candidate is empty or identical to the chosen answer", "candidates")
@@ -138,7 +143,10 @@ def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: i
     answers = {i: _answer(noisy.candidates[i], task, noisy.prompt_type) for i in usable}
     differing = [i for i in usable if chosen_answer is not None and answers[i] != chosen_answer]
     rejected = record_rng(seed, noisy.id).choice(differing or usable)
-    source = {"kind": "noisy", "task": task, **files, "rejected_index": rejected, "corruption": noisy.record["generation"]["corruption"]}
+    source = {
+        "kind": "noisy", "task": task, **files,
+        "rejected_index": rejected, "corruption": noisy.record["generation"]["corruption"],
+    }
     if chosen_answer is not None:
         source.update(chosen_answer=chosen_answer, rejected_answer=answers[rejected])
     pair = {"id": clean.id}
@@ -149,7 +157,12 @@ def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: i
 
 
 def pairs_from_noisy(
-    curated: str | os.PathLike, noisy: str | os.PathLike, output: str | os.PathLike, *, task: Task = "reasoning", seed: int = 0
+    curated: str | os.PathLike,
+    noisy: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    task: Task = "reasoning",
+    seed: int = 0,
 ) -> NoisySummary:
     """Join curated clean answers with noisy generations by id; write the pairs and the errors (atomically)."""
     curated, noisy, output = str(curated), str(noisy), Path(output)
@@ -161,16 +174,25 @@ def pairs_from_noisy(
     for rid, clean in clean_items.items():
         item = noisy_items.get(rid)
         if item is None:
-            errors.append(error_record(clean.record, f"{curated}:{clean.line} id={rid!r}: {NO_NOISY}", file=curated, line=clean.line, field="id", side="curated"))
+            message = f"{curated}:{clean.line} id={rid!r}: {NO_NOISY}"
+            errors.append(
+                error_record(clean.record, message, file=curated, line=clean.line, field="id", side="curated")
+            )
             continue
         try:
             pairs.append(make_pair(clean, item, task=task, seed=seed, files=files))
         except RecordError as err:
-            errors.append(error_record(item.record, str(err), file=noisy, line=item.line, field=err.field, side="noisy"))
+            errors.append(
+                error_record(item.record, str(err), file=noisy, line=item.line, field=err.field, side="noisy")
+            )
     for rid, item in noisy_items.items():
         if rid not in clean_items:
-            errors.append(error_record(item.record, f"{noisy}:{item.line} id={rid!r}: {NO_CLEAN}", file=noisy, line=item.line, field="id", side="noisy"))
+            message = f"{noisy}:{item.line} id={rid!r}: {NO_CLEAN}"
+            errors.append(error_record(item.record, message, file=noisy, line=item.line, field="id", side="noisy"))
     write_jsonl(output, pairs)
     write_jsonl(errors_path(output), errors)
-    differs = sum(1 for p in pairs if "chosen_answer" in p["source"] and p["source"]["chosen_answer"] != p["source"]["rejected_answer"])
-    return NoisySummary(len(clean_items), len(noisy_items), len(pairs), len(errors), differs, str(output), str(errors_path(output)))
+    sources = [p["source"] for p in pairs]
+    differs = sum(1 for s in sources if "chosen_answer" in s and s["chosen_answer"] != s["rejected_answer"])
+    return NoisySummary(
+        len(clean_items), len(noisy_items), len(pairs), len(errors), differs, str(output), str(errors_path(output))
+    )

@@ -62,7 +62,8 @@ _BARE_LETTER = re.compile(r"(?:option\s+)?[(\[]?([A-Z])[)\]]?[.:]?", re.IGNORECA
 
 def answer_line(text: str) -> tuple[str, bool]:
     """Where the reply's final answer is written, and whether a marker (or ``\\boxed``) introduced it."""
-    marks = [(m.end(), None) for m in _MARKER.finditer(text)] + [(m.end(), m.group("ans")) for m in _BOXED.finditer(text)]
+    marks = [(m.end(), None) for m in _MARKER.finditer(text)]
+    marks += [(m.end(), m.group("ans")) for m in _BOXED.finditer(text)]
     if marks:
         end, boxed = max(marks, key=lambda mark: mark[0])
         if boxed is not None:

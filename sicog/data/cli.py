@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from sicog.data.jsonl import iter_records, write_jsonl
 
     if args.action == "head":
-        written = write_jsonl(args.output, (record for (_, record), _ in zip(iter_records(args.input), range(args.limit))))
+        head = (record for (_, record), _ in zip(iter_records(args.input), range(args.limit)))
+        written = write_jsonl(args.output, head)
         print(f"wrote {written} records to {args.output}")
         return 0
     return _check(args)

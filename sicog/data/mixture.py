@@ -40,7 +40,10 @@ def _sample(items: list, rule: str, seed: int, path: str) -> list:
     except ValueError:
         count = -1
     if how not in ("first", "random") or count < 0:
-        raise RecordError(f"invalid sampling rule {rule!r} (use all, first:N, first:P%, random:N, random:P%)", path=path, field="sampling")
+        raise RecordError(
+            f"invalid sampling rule {rule!r} (use all, first:N, first:P%, random:N, random:P%)",
+            path=path, field="sampling",
+        )
     if how == "first":
         return items[:count]
     picked = sorted(random.Random(seed).sample(range(len(items)), min(count, len(items))))

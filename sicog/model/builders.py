@@ -55,7 +55,9 @@ SEPARATOR_CHOICES = ("auto", "release", "tokenizer")
 def add_image_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """Add ``<image>`` as a special token when missing; return its id."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False
+        )
     if tokenizer.pad_token is None:
         raise ValueError("tokenizer has no pad token; set one (Qwen2 uses <|endoftext|>)")
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -164,7 +166,10 @@ def projector_from_checkpoint(checkpoint: str | os.PathLike, path: str | os.Path
     """Copy the resampler weights out of a saved full checkpoint (also one gathered from ZeRO-3)."""
     checkpoint = Path(checkpoint)
     index = checkpoint / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
     prefix = "resampler."
     state = {}
     for name in files:
@@ -213,7 +218,9 @@ def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike
     model.resampler.load_state_dict(state)
 
 
-def tiny_text_config(vocab_size: int, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2) -> Qwen2Config:
+def tiny_text_config(
+    vocab_size: int, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2
+) -> Qwen2Config:
     """A few-layer Qwen2 config for tests and the toy world."""
     return Qwen2Config(
         vocab_size=vocab_size,
@@ -227,7 +234,9 @@ def tiny_text_config(vocab_size: int, hidden_size: int = 64, layers: int = 2, he
     )
 
 
-def tiny_vision_config(hidden_size: int = 32, layers: int = 2, patch_size: int = 8, image_size: int = 32) -> CLIPVisionConfig:
+def tiny_vision_config(
+    hidden_size: int = 32, layers: int = 2, patch_size: int = 8, image_size: int = 32
+) -> CLIPVisionConfig:
     """A few-layer CLIP vision config for tests and the toy world."""
     return CLIPVisionConfig(
         hidden_size=hidden_size,
@@ -249,7 +258,9 @@ def tiny_config(tokenizer: PreTrainedTokenizerBase, **settings) -> SicogConfig:
     return make_config(vision, text, tokenizer, **defaults)
 
 
-def new_model(config: SicogConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
+def new_model(
+    config: SicogConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
     """A randomly initialised model and its processor."""
     model = SicogForConditionalGeneration(config)
     _set_generation_ids(model, tokenizer)

@@ -90,7 +90,9 @@ class SicogConfig(PreTrainedConfig):
         if self.query_grid**2 != self.resampler_num_queries:
             problems.append(f"resampler_num_queries={self.resampler_num_queries} is not a perfect square")
         if self.scale_resolution % self.patch_size:
-            problems.append(f"scale_resolution={self.scale_resolution} is not a multiple of patch size {self.patch_size}")
+            problems.append(
+                f"scale_resolution={self.scale_resolution} is not a multiple of patch size {self.patch_size}"
+            )
         if self.resampler_attention not in ("cell", "global"):
             problems.append(f"resampler_attention={self.resampler_attention!r} is not 'cell' or 'global'")
         if self.resampler_pooling not in ("roi_align", "average"):
@@ -98,7 +100,9 @@ class SicogConfig(PreTrainedConfig):
         if self.image_layout not in ("release", "uhd_v1"):
             problems.append(f"image_layout={self.image_layout!r} is not 'release' or 'uhd_v1'")
         if self.text_config.hidden_size % self.resampler_heads:
-            problems.append(f"LLM width {self.text_config.hidden_size} is not divisible by {self.resampler_heads} resampler heads")
+            problems.append(
+                f"LLM width {self.text_config.hidden_size} is not divisible by {self.resampler_heads} resampler heads"
+            )
         if self.label_masking not in ("release", "replies"):
             problems.append(f"label_masking={self.label_masking!r} is not 'release' or 'replies'")
         if self.inference_long_side is not None and self.inference_long_side < 1:

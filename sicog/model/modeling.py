@@ -84,7 +84,8 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         DeepSpeed never wait for gradients that cannot arrive.
         """
         tower = tower_body(self.vision_tower)
-        return list(tower.encoder.layers[layers_used(self.vision_tower, self.config.vision_feature_layer) :]) + [tower.post_layernorm]
+        used = layers_used(self.vision_tower, self.config.vision_feature_layer)
+        return list(tower.encoder.layers[used:]) + [tower.post_layernorm]
 
     def set_trainable(self, *, vision: bool, resampler: bool, llm: bool) -> None:
         """Choose which parts learn; the unused tail of the vision tower never does."""
@@ -197,7 +198,11 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         elif pixel_values is not None:
             raise ValueError("pass pixel_values with input_ids, not with precomputed inputs_embeds")
         return self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, logits_to_keep=logits_to_keep, **kwargs
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
         )
 
     @torch.no_grad()
@@ -221,7 +226,9 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         if kwargs.get("use_cache") is False and bool((input_ids == self.config.image_token_id).any()):
             raise ValueError("generation with images needs use_cache=True (image features enter at the prompt only)")
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
-        return super().generate(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return super().generate(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+        )
 
 
 def flatten_views(pixel_values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[tuple[int, int] | None]]:

@@ -41,7 +41,9 @@ def separator_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     for text in (",", "\n"):
         encoded = tokenizer.encode(text, add_special_tokens=False)
         if len(encoded) != 1:
-            raise ValueError(f"separator {text!r} is {len(encoded)} tokens {encoded} in this tokenizer; need exactly one")
+            raise ValueError(
+                f"separator {text!r} is {len(encoded)} tokens {encoded} in this tokenizer; need exactly one"
+            )
         ids.append(encoded[0])
     return ids[0], ids[1]
 
@@ -160,7 +162,9 @@ class SicogProcessor:
                 has_marker = bool(end_marker) and end_marker in through
                 end = through.rfind(end_marker) + len(end_marker) if has_marker else len(through)
             if not (text.startswith(before) and text.startswith(through[:end]) and end > len(before)):
-                raise ConversationError(f"chat template renders turn {index} differently in context; cannot mask labels")
+                raise ConversationError(
+                    f"chat template renders turn {index} differently in context; cannot mask labels"
+                )
             spans.append((len(before), end))
         return spans
 
@@ -182,7 +186,9 @@ class SicogProcessor:
             messages = messages[:-1]
         n_placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
         if n_placeholders != len(images):
-            raise ConversationError(f"conversation has {n_placeholders} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s)")
+            raise ConversationError(
+                f"conversation has {n_placeholders} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s)"
+            )
         if train and not any(m["role"] == "assistant" for m in messages):
             raise ConversationError("no assistant turn to learn from")
         text = self._render(messages, add_generation_prompt=not train)

@@ -33,7 +33,9 @@ def _floor_to(length: float, multiple: int) -> int:
     return max(int(length / multiple) * multiple, multiple)
 
 
-def fit_area(width: float, height: float, scale_resolution: int, patch_size: int, allow_upscale: bool) -> tuple[int, int]:
+def fit_area(
+    width: float, height: float, scale_resolution: int, patch_size: int, allow_upscale: bool
+) -> tuple[int, int]:
     """Resize ``(width, height)`` to about ``scale_resolution**2`` pixels keeping the aspect ratio.
 
     Without ``allow_upscale`` a smaller image keeps its size. Sides are floored to the patch size.

@@ -62,7 +62,8 @@ def patch_features(vision_tower: nn.Module, pixels: torch.Tensor, feature_layer:
     patches = embeddings.patch_embedding(pixels.to(embeddings.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
     cls = embeddings.class_embedding.to(patches.dtype).expand(batch, 1, -1)
     rows, cols = height // patch_size, width // patch_size
-    hidden = torch.cat([cls, patches], dim=1) + _positions(embeddings.position_embedding.weight, rows, cols).to(patches.dtype)
+    positions = _positions(embeddings.position_embedding.weight, rows, cols).to(patches.dtype)
+    hidden = torch.cat([cls, patches], dim=1) + positions
     hidden = body.pre_layrnorm(hidden)
     for layer in body.encoder.layers[: layers_used(vision_tower, feature_layer)]:
         hidden = layer(hidden, None)

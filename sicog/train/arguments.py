@@ -45,10 +45,18 @@ class ModelArguments:
     projector: str | None = field(default=None, metadata={"help": "projector-only checkpoint from stage 1"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager"})
     resampler_num_queries: int = SicogConfig.resampler_num_queries
-    resampler_attention: str = field(default=SicogConfig.resampler_attention, metadata={"help": "cell (spatially constrained) | global"})
-    resampler_pooling: str = field(default=SicogConfig.resampler_pooling, metadata={"help": "roi_align (published) | average (earlier)"})
-    image_layout: str = field(default=SicogConfig.image_layout, metadata={"help": "release (published llava_arch) | uhd_v1 (earlier)"})
-    label_masking: str = field(default=SicogConfig.label_masking, metadata={"help": "replies | release (published preprocess_qwen)"})
+    resampler_attention: str = field(
+        default=SicogConfig.resampler_attention, metadata={"help": "cell (spatially constrained) | global"}
+    )
+    resampler_pooling: str = field(
+        default=SicogConfig.resampler_pooling, metadata={"help": "roi_align (published) | average (earlier)"}
+    )
+    image_layout: str = field(
+        default=SicogConfig.image_layout, metadata={"help": "release (published llava_arch) | uhd_v1 (earlier)"}
+    )
+    label_masking: str = field(
+        default=SicogConfig.label_masking, metadata={"help": "replies | release (published preprocess_qwen)"}
+    )
     slice_separators: str = field(default="auto", metadata={"help": "auto | release (LLaMA ids 29892, 13) | tokenizer"})
     inference_long_side: int | None = field(
         default=None, metadata={"help": "resize to this long side before slicing at inference (published: 1024)"}
@@ -65,8 +73,12 @@ class DataArguments:
     image_folder: str | None = field(default=None, metadata={"help": "folder that image paths are relative to"})
     model_max_length: int = field(default=4096, metadata={"help": "tokens per sample, image tokens included"})
     augment: str = field(default="none", metadata={"help": "none | release (the published loader's image resizing)"})
-    group_by_modality_length: bool = field(default=False, metadata={"help": "batches of image or text-only samples of similar length"})
-    sample_log: str | None = field(default=None, metadata={"help": "write the ids each rank trains on to FILE.rankN.jsonl"})
+    group_by_modality_length: bool = field(
+        default=False, metadata={"help": "batches of image or text-only samples of similar length"}
+    )
+    sample_log: str | None = field(
+        default=None, metadata={"help": "write the ids each rank trains on to FILE.rankN.jsonl"}
+    )
 
 
 @dataclass
@@ -74,19 +86,30 @@ class SicogTrainingArguments(TrainingArguments):
     """HF training arguments plus the stage and what it trains."""
 
     stage: str = field(default="2", metadata={"help": "0 | 1 | 1.5 | 2 | dpo", "choices": tuple(STAGES)})
-    tunable_parts: str | None = field(default=None, metadata={"help": f"comma list of {','.join(PARTS)}; overrides the stage preset"})
-    vision_tower_lr: float | None = field(default=None, metadata={"help": "separate learning rate for the vision tower"})
+    tunable_parts: str | None = field(
+        default=None, metadata={"help": f"comma list of {','.join(PARTS)}; overrides the stage preset"}
+    )
+    vision_tower_lr: float | None = field(
+        default=None, metadata={"help": "separate learning rate for the vision tower"}
+    )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: full fine-tuning)"})
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     dpo_beta: float = field(default=0.1, metadata={"help": "DPO: inverse temperature of the sigmoid preference loss"})
     dpo_alpha: float = field(default=1.0, metadata={"help": "DPO: weight of the preference loss"})
-    dpo_gamma: float = field(default=1.0, metadata={"help": "DPO: weight of the SFT loss (mean token NLL) on the chosen answers"})
+    dpo_gamma: float = field(
+        default=1.0, metadata={"help": "DPO: weight of the SFT loss (mean token NLL) on the chosen answers"}
+    )
     dpo_reference_file: str | None = field(
         default=None,
-        metadata={"help": "DPO: cache of the reference log-probabilities (default OUTPUT_DIR/reference_logps.json); reused when data and model match"},
+        metadata={
+            "help": "DPO: cache of the reference log-probabilities (default OUTPUT_DIR/reference_logps.json); "
+            "reused when data and model match"
+        },
     )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: batches carry image views and ids"})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "kept False: batches carry image views and ids"}
+    )
 
     def __post_init__(self):
         if isinstance(self.deepspeed, str) and self.deepspeed in ("zero2", "zero3"):

@@ -13,14 +13,20 @@ from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingAr
 
 def main(argv: Sequence[str]) -> int:
     """Parse the flags (or a single .json/.yaml file of them) and run the stage."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, SicogTrainingArguments), prog="sicog train", description=__doc__)
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, SicogTrainingArguments), prog="sicog train", description=__doc__
+    )
     argv = list(argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         model_args, data_args, training_args = loader(argv[0])
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.process_index == 0 else logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
+        stream=sys.stderr,
+    )
     from sicog.data.lock import OutputLocked
     from sicog.train.checkpoints import IncompleteCheckpointError
     from sicog.train.datasets import DataProblemsError

@@ -102,7 +102,11 @@ class SupervisedDataset(Dataset):
                 self.problems.append(Problem(rid, source, str(err)))
                 continue
             if length > max_length and not self._truncatable(record, length):
-                self.skipped.append(Problem(str(rid), source, f"{length} tokens > max_length {max_length} and the cut would fall in image tokens or remove every answer"))
+                reason = (
+                    f"{length} tokens > max_length {max_length} "
+                    "and the cut would fall in image tokens or remove every answer"
+                )
+                self.skipped.append(Problem(str(rid), source, reason))
                 continue
             self.records.append(record)
             self.sources.append(source)
@@ -115,7 +119,7 @@ class SupervisedDataset(Dataset):
             return False
         cut = encoded.input_ids[self.max_length :]
         kept_labels = encoded.labels[: self.max_length]
-        return self.processor.image_token_id not in cut and any(l != -100 for l in kept_labels)
+        return self.processor.image_token_id not in cut and any(label != -100 for label in kept_labels)
 
     @property
     def has_image(self) -> list[bool]:
@@ -145,7 +149,9 @@ class SupervisedDataset(Dataset):
             source = self.sources[index]
             raise RecordError(str(err), path=source.path, line=source.line, record_id=record.get("id")) from None
         if len(encoded.input_ids) > self.max_length:
-            encoded = Encoded(encoded.input_ids[: self.max_length], encoded.labels[: self.max_length], encoded.pixel_values)
+            encoded = Encoded(
+                encoded.input_ids[: self.max_length], encoded.labels[: self.max_length], encoded.pixel_values
+            )
         return {"id": str(record["id"]), "encoded": encoded}
 
 
@@ -175,11 +181,14 @@ def check_dataset(dataset: Dataset, data_path: str, args: TrainingArguments) -> 
         if dataset.problems:
             write_jsonl(output / "data_errors.jsonl", (p.to_json() for p in dataset.problems))
         if dataset.skipped:
-            write_jsonl(output / "skipped_samples.jsonl", (p.to_json() for p in dataset.skipped))
-            logger.warning("skipped %d over-long samples (listed in %s)", len(dataset.skipped), output / "skipped_samples.jsonl")
+            skipped_file = output / "skipped_samples.jsonl"
+            write_jsonl(skipped_file, (p.to_json() for p in dataset.skipped))
+            logger.warning("skipped %d over-long samples (listed in %s)", len(dataset.skipped), skipped_file)
     if dataset.problems:
         first = "; ".join(f"{p.source.path}:{p.source.line} id={p.id}: {p.reason}" for p in dataset.problems[:3])
-        raise DataProblemsError(f"{len(dataset.problems)} invalid training records (all in {output / 'data_errors.jsonl'}); first: {first}")
+        raise DataProblemsError(
+            f"{len(dataset.problems)} invalid training records (all in {output / 'data_errors.jsonl'}); first: {first}"
+        )
     if not len(dataset):
         raise DataProblemsError(f"no usable training records in {data_path}")
     return dataset

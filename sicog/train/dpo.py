@@ -49,7 +49,9 @@ class DPOTrainer(SicogTrainer):
         reference_chosen = inputs.pop("reference_chosen_logps")
         reference_rejected = inputs.pop("reference_rejected_logps")
         logps = pair_logps(model, inputs)
-        loss, metrics = dpo_objective(logps, reference_chosen, reference_rejected, beta=self.beta, alpha=self.alpha, gamma=self.gamma)
+        loss, metrics = dpo_objective(
+            logps, reference_chosen, reference_rejected, beta=self.beta, alpha=self.alpha, gamma=self.gamma
+        )
         if model.training:
             for name, value in metrics.items():
                 self._pending[name].append(value)
@@ -59,7 +61,9 @@ class DPOTrainer(SicogTrainer):
         """Add the DPO metrics to each training log (every rank calls this at the same steps)."""
         if "loss" in logs and self._pending:
             names = sorted(self._pending)
-            means = torch.tensor([sum(self._pending[n]) / len(self._pending[n]) for n in names], device=self.args.device)
+            means = torch.tensor(
+                [sum(self._pending[n]) / len(self._pending[n]) for n in names], device=self.args.device
+            )
             means = self.accelerator.reduce(means, reduction="mean")
             logs.update({name: round(float(value), 6) for name, value in zip(names, means.tolist())})
             self._pending.clear()
@@ -88,7 +92,9 @@ def build_dpo_trainer(
         args,
     )
     collator = PairCollator(processor)
-    settings = reference_settings(model_args.model_name_or_path, model.dtype, data_args.image_folder, data_args.model_max_length, args.seed)
+    settings = reference_settings(
+        model_args.model_name_or_path, model.dtype, data_args.image_folder, data_args.model_max_length, args.seed
+    )
     dataset.attach_reference(
         compute_reference(
             model,

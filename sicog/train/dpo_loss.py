@@ -66,7 +66,8 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     picked = logits[:, :-1][mask].float()
     token_logps = picked.log_softmax(dim=-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(mask)[mask]
-    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device)
+    sums = sums.index_add(0, rows, token_logps)
     return sums, mask.sum(dim=1)
 
 

@@ -48,7 +48,9 @@ def fingerprint(dataset: PairDataset, settings: dict) -> str:
     return digest.hexdigest()
 
 
-def reference_settings(model_path: str | None, dtype: torch.dtype, image_folder: str | None, max_length: int, seed: int) -> dict:
+def reference_settings(
+    model_path: str | None, dtype: torch.dtype, image_folder: str | None, max_length: int, seed: int
+) -> dict:
     """What, besides the pairs, decides the reference log-probabilities."""
     return {
         "model": str(Path(model_path).resolve()) if model_path and Path(model_path).exists() else model_path,
@@ -83,7 +85,14 @@ def _full_weights(model: nn.Module) -> contextlib.AbstractContextManager:
 
 
 def _score_share(
-    model: nn.Module, dataset: PairDataset, collator: PairCollator, part: Path, indices: list[int], batch_size: int, device, show_progress: bool
+    model: nn.Module,
+    dataset: PairDataset,
+    collator: PairCollator,
+    part: Path,
+    indices: list[int],
+    batch_size: int,
+    device,
+    show_progress: bool,
 ) -> dict[int, tuple[float, float]]:
     """Score this rank's pairs, resuming from (and appending to) its shard file ``part``."""
     with JsonlAppender(part) as out:
@@ -154,10 +163,17 @@ def compute_reference(
     values = _all_shares(share)
     missing = [i for i in range(len(dataset)) if i not in values]
     if missing:
-        raise RuntimeError(f"reference log-probabilities missing for {len(missing)} pairs (first indices {missing[:5]})")
+        raise RuntimeError(
+            f"reference log-probabilities missing for {len(missing)} pairs (first indices {missing[:5]})"
+        )
     result = [values[i] for i in range(len(dataset))]
     if rank == 0:
-        write_json(path, {"fingerprint": key, "pairs": len(result), "ids": [r["id"] for r in dataset.records], "logps": [list(v) for v in result]})
+        write_json(path, {
+            "fingerprint": key,
+            "pairs": len(result),
+            "ids": [r["id"] for r in dataset.records],
+            "logps": [list(v) for v in result],
+        })
     shutil.rmtree(shard_dir, ignore_errors=True)
     return result
 

@@ -31,7 +31,8 @@ TEXT_FIELDS = ("prompt", "chosen", "rejected")
 
 
 def human_turn(prompt: str, n_images: int) -> str:
-    """The user turn of a pair: the prompt as given when it places its images, else one ``<image>`` line per image first."""
+    """The user turn of a pair: the prompt as given when it places its images, else one ``<image>`` line
+    per image first."""
     if IMAGE_TOKEN in prompt:
         return prompt
     return user_turn(prompt.strip(), n_images)
@@ -65,7 +66,10 @@ def check_pair_record(record: Any, *, path: str | None = None, line: int | None 
     if placed and placed != n_images:
         fail(f"{placed} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)", "prompt")
     # The remaining rules (id, image field) are those of every LLaVA record.
-    conversation = [{"from": "human", "value": human_turn(record["prompt"], n_images)}, {"from": "gpt", "value": record["chosen"]}]
+    conversation = [
+        {"from": "human", "value": human_turn(record["prompt"], n_images)},
+        {"from": "gpt", "value": record["chosen"]},
+    ]
     check_llava_record({**record, "conversations": conversation}, path=path, line=line)
 
 
@@ -95,16 +99,24 @@ class PairDataset(Dataset):
         self.problems: list[Problem] = []
         self.skipped: list[Problem] = []
         self.reference: list[tuple[float, float]] | None = None
-        for record, source in tqdm(load_mixture(data_path, seed=seed), desc="measuring pairs", disable=not show_progress):
+        records = load_mixture(data_path, seed=seed)
+        for record, source in tqdm(records, desc="measuring pairs", disable=not show_progress):
             rid = record.get("id") if isinstance(record, dict) else None
             try:
                 check_pair_record(record, path=source.path, line=source.line)
-                lengths = [measure({"conversations": c, "image": record.get("image")}, processor, image_folder, False) for c in pair_conversations(record)]
+                lengths = [
+                    measure({"conversations": c, "image": record.get("image")}, processor, image_folder, False)
+                    for c in pair_conversations(record)
+                ]
             except (RecordError, ConversationError, ValueError) as err:
                 self.problems.append(Problem(rid, source, str(err)))
                 continue
             if max(lengths) > max_length and not self._truncatable(record):
-                self.skipped.append(Problem(str(rid), source, f"{max(lengths)} tokens > max_length {max_length} and the cut would fall in image tokens or remove an answer"))
+                reason = (
+                    f"{max(lengths)} tokens > max_length {max_length} "
+                    "and the cut would fall in image tokens or remove an answer"
+                )
+                self.skipped.append(Problem(str(rid), source, reason))
                 continue
             self.records.append(record)
             self.sources.append(source)
@@ -152,7 +164,8 @@ class PairDataset(Dataset):
             source = self.sources[index]
             raise RecordError(str(err), path=source.path, line=source.line, record_id=record.get("id")) from None
         chosen, rejected = (
-            Encoded(side.input_ids[: self.max_length], side.labels[: self.max_length], side.pixel_values) for side in (chosen, rejected)
+            Encoded(side.input_ids[: self.max_length], side.labels[: self.max_length], side.pixel_values)
+            for side in (chosen, rejected)
         )
         item = {"id": str(record["id"]), "chosen": chosen, "rejected": rejected}
         if self.reference is not None:
@@ -171,7 +184,8 @@ class PairCollator:
         self.processor = processor
 
     def __call__(self, items: Sequence[dict]) -> dict:
-        batch = self.processor.collate([item["chosen"] for item in items] + [item["rejected"] for item in items], padding_side="right")
+        rows = [item["chosen"] for item in items] + [item["rejected"] for item in items]
+        batch = self.processor.collate(rows, padding_side="right")
         batch["ids"] = [item["id"] for item in items]
         if all("reference" in item for item in items):
             reference = torch.tensor([item["reference"] for item in items], dtype=torch.float32)

@@ -27,14 +27,18 @@ def _dtype(args: SicogTrainingArguments) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
-def build_model(model_args: ModelArguments, args: SicogTrainingArguments) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
+def build_model(
+    model_args: ModelArguments, args: SicogTrainingArguments
+) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
     """The stage's starting model: a full checkpoint, or vision tower + LLM (+ projector) joined."""
     preset = STAGES[args.stage]
     dtype = _dtype(args)
     if model_args.model_name_or_path:
         if model_args.vision_tower or model_args.language_model:
             raise ValueError("give either --model_name_or_path or --vision_tower/--language_model, not both")
-        model, processor = load_pretrained(model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation)
+        model, processor = load_pretrained(
+            model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
+        )
     elif model_args.vision_tower and model_args.language_model:
         model, processor = build_from_parts(
             model_args.vision_tower,
@@ -52,7 +56,10 @@ def build_model(model_args: ModelArguments, args: SicogTrainingArguments) -> tup
             max_slice_nums=model_args.max_slice_nums,
         )
     else:
-        need = "--model_name_or_path" if preset.source == "checkpoint" else "--vision_tower and --language_model (or --model_name_or_path)"
+        if preset.source == "checkpoint":
+            need = "--model_name_or_path"
+        else:
+            need = "--vision_tower and --language_model (or --model_name_or_path)"
         raise ValueError(f"stage {args.stage} needs {need}")
     if model_args.projector:
         # Before the Trainer wraps the model, so ZeRO-3 partitions the loaded values.
@@ -68,7 +75,13 @@ def build_model(model_args: ModelArguments, args: SicogTrainingArguments) -> tup
         if is_deepspeed_zero3_enabled():
             # The adapters are merged into the saved weights, which needs whole (not partitioned) tensors.
             raise ValueError("--lora_r works with ZeRO-2 or without DeepSpeed, not with ZeRO-3")
-        lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
         model.language_model = get_peft_model(model.language_model, lora)
     model.config.use_cache = False
     return model, processor

@@ -50,7 +50,14 @@ class ModalityLengthGroupedSampler(Sampler):
 class SicogTrainer(Trainer):
     """Trainer for SICOG stages; the dataset must expose ``lengths`` and ``has_image``."""
 
-    def __init__(self, *args, group_by_modality: bool = False, vision_tower_lr: float | None = None, sample_log: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        group_by_modality: bool = False,
+        vision_tower_lr: float | None = None,
+        sample_log: str | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.group_by_modality = group_by_modality
         self.vision_tower_lr = vision_tower_lr
