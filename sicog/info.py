@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         if width < 1 or height < 1:
             raise ValueError
     except ValueError:
-        print(f"sicog info: error: --image-size must be WIDTHxHEIGHT in pixels, got {args.image_size!r}", file=sys.stderr)
+        print(f"sicog info: error: --image-size must be WIDTHxHEIGHT in pixels, got {args.image_size!r}",
+              file=sys.stderr)
         return 2
     try:
         if args.checkpoint:

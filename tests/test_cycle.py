@@ -99,7 +99,8 @@ def test_killed_cycle_resumes_and_finishes_the_same(quick_run, tmp_path):
     manifest = out / "seed0" / "manifest.json"
     deadline = time.time() + 600
     while time.time() < deadline:  # kill while a training step of the next generation is running
-        if manifest.is_file() and json.loads(manifest.read_text())["steps"].get("B_stage15", {}).get("status") == "running":
+        step = json.loads(manifest.read_text())["steps"].get("B_stage15", {}) if manifest.is_file() else {}
+        if step.get("status") == "running":
             break
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)

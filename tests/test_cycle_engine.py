@@ -2,6 +2,7 @@
 dependants, and the plan as data."""
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
     keys, _ = keys_of(dataclasses.replace(real, data={**data, "sft": str(moved)}), tmp_path / "run")
     assert keys == base
     with moved.open("a") as handle:
-        handle.write('{"id": "extra", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n')
+        turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]
+        handle.write(json.dumps({"id": "extra", "conversations": turns}) + "\n")
     keys, _ = keys_of(dataclasses.replace(real, data={**data, "sft": str(moved)}), tmp_path / "run")
     sft_steps = ["A_stage2", "B_stage2", "C_stage2", "D_stage2"]
     assert {n for n in base if keys[n] != base[n]} == plan.downstream(sft_steps)
@@ -156,7 +158,8 @@ def test_a_failed_step_stops_its_dependants_and_the_rest_runs(tmp_path):
     assert (tmp_path / "run" / "after_first" / "out.jsonl").read_text() == '{"id": 1}\n'
     assert "bad.jsonl:1" in (tmp_path / "run" / "broken" / "log.txt").read_text()
     steps = Engine(tmp_path / "run").manifest["steps"]
-    assert steps["first"]["status"] == steps["after_first"]["status"] == "done" and steps["broken"]["status"] == "failed"
+    assert steps["first"]["status"] == steps["after_first"]["status"] == "done"
+    assert steps["broken"]["status"] == "failed"
 
 
 def test_a_missing_input_is_named_before_anything_runs(tmp_path):

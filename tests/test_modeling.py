@@ -3,6 +3,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, CLIPVisionModel, GenerationConfig, Qwen2ForCausalLM
 
+from sicog.info import describe
 from sicog.model.builders import (
     build_from_parts,
     load_pretrained,
@@ -13,7 +14,6 @@ from sicog.model.builders import (
     tiny_text_config,
     tiny_vision_config,
 )
-from sicog.info import describe
 
 
 def conv(*texts):

@@ -46,7 +46,8 @@ ARMS: dict[str, Arm] = {arm.letter: arm for arm in (
     Arm("C", "self-training without curation (one random candidate)", lambda s: [s.random(t) for t in TASKS]),
     Arm("D", "SICOG (curated self-generated data)", lambda s: [s.curated(t) for t in TASKS], beats=("A", "B", "C")),
     Arm("E", "oracle (ground-truth CoD/CoT for the same data)",
-        lambda s: [s.world("oracle_captions"), s.world("oracle_reasoning")], needs=("oracle_captions", "oracle_reasoning")),
+        lambda s: [s.world("oracle_captions"), s.world("oracle_reasoning")],
+        needs=("oracle_captions", "oracle_reasoning")),
 )}
 # Arm F is not a stage-1.5 arm: it continues D's final model with DPO on D's curation pairs (--dpo).
 DPO_ARM = Arm("F", "SICOG + DPO on its curation pairs (--dpo)", None)

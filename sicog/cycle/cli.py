@@ -21,12 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="toy", help="toy (default), quick, paper, or a cycle YAML file "
                                                         "(see docs/pipeline.md)")
     parser.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
-    parser.add_argument("--quick", action="store_true", help="the quick preset: a tiny world and few steps (smoke test)")
-    parser.add_argument("--seeds", type=positive_int, default=1, help="repeat with seeds 0..K-1; report mean and spread")
+    parser.add_argument("--quick", action="store_true",
+                        help="the quick preset: a tiny world and few steps (smoke test)")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="repeat with seeds 0..K-1; report mean and spread")
     parser.add_argument("--rounds", type=positive_int, default=1,
                         help="self-improvement rounds (round r+1 starts from round r's SICOG model)")
     parser.add_argument("--dpo", action="store_true", help="add arm F: DPO on the SICOG model with its curation pairs")
-    parser.add_argument("--from", dest="rerun_from", help="rerun this step (a name in manifest.json) and its dependants")
+    parser.add_argument("--from", dest="rerun_from",
+                        help="rerun this step (a name in manifest.json) and its dependants")
     parser.add_argument("--jobs", type=positive_int,
                         help="steps run at once (default: the CPU cores divided by the config's threads per step; "
                              "1 when threads are unset)")
@@ -68,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         for seed in range(args.seeds):
             world = make_world(config, out, seed)
             seed_plan = plan_seed(config, world, seed, rounds=args.rounds, dpo=args.dpo)
-            engine = Engine(out / f"seed{seed}", jobs=jobs, anchor=out, threads=config.threads, launcher=config.launcher,
-                            progress=not args.no_progress, missing_inputs_ok=args.dry_run)
+            engine = Engine(out / f"seed{seed}", jobs=jobs, anchor=out, threads=config.threads,
+                            launcher=config.launcher, progress=not args.no_progress, missing_inputs_ok=args.dry_run)
             if args.rerun_from and args.rerun_from not in seed_plan.plan.steps:
                 print(f"error: --from {args.rerun_from!r} is not a step; steps: {', '.join(seed_plan.plan.steps)}",
                       file=sys.stderr)

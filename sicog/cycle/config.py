@@ -157,7 +157,8 @@ def _type_problem(value: object, hint: object) -> tuple[str | None, object]:
         if values_are is str:
             ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
             return (None if ok else f"expected a mapping of names to paths, got {value!r}"), value
-        ok = isinstance(value, dict) and all(isinstance(k, str) and not isinstance(v, (dict, list)) for k, v in value.items())
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and not isinstance(v, (dict, list)) for k, v in value.items())
         return (None if ok else f"expected a mapping of setting names to single values, got {value!r}"), value
     return None, value
 

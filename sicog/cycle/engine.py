@@ -316,8 +316,9 @@ class Engine:
                         # A worker was killed (SIGKILL, out of memory): the pool stops every step it was running.
                         code, wall, cpu, broken = "worker died", None, None, True
                     if code == 0:
-                        self._record(name, {"key": self.keys[name], "status": "done", "seconds": wall, "cpu_seconds": cpu,
-                                            "finished_at": time.time(), "outputs": sorted(plan.steps[name].outputs())})
+                        self._record(name, {"key": self.keys[name], "status": "done", "seconds": wall,
+                                            "cpu_seconds": cpu, "finished_at": time.time(),
+                                            "outputs": sorted(plan.steps[name].outputs())})
                         logger.info("step %s: done in %.1f s (%.1f CPU s)", name, wall, cpu)
                     else:
                         log = self.root / name / "log.txt"

@@ -63,7 +63,8 @@ def model_flags(config: CycleConfig, world: World) -> list[str]:
     """The world's model settings and ``config.model`` as `sicog train` flags (building from parts)."""
     from sicog.train.arguments import ModelArguments
 
-    return _flags({**world.model_settings, **config.model}, {f.name for f in dataclasses.fields(ModelArguments)}, "model")
+    known = {f.name for f in dataclasses.fields(ModelArguments)}
+    return _flags({**world.model_settings, **config.model}, known, "model")
 
 
 def curate_flags(config: CycleConfig) -> list[str]:
@@ -113,7 +114,8 @@ class _Planner:
         return self.plan.add(Step(name, tuple(argv), launched=True, note=note))
 
     def pools(self) -> None:
-        limits = {"unlabeled_images": self.c.unlabeled_images_limit, "unlabeled_questions": self.c.unlabeled_questions_limit}
+        limits = {"unlabeled_images": self.c.unlabeled_images_limit,
+                  "unlabeled_questions": self.c.unlabeled_questions_limit}
         for pool, keys in POOLS.items():
             for key in (k for k in keys if k in self.data and limits[pool] is not None):
                 self.plan.add(Step(f"pool_{key}", ("data", "head", "--input", self.data[key],

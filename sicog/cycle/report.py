@@ -51,7 +51,8 @@ def seed_results(engine: Engine, seed_plan: SeedPlan, world: World, seed: int) -
     return {
         "seed": seed,
         "arms": {arm: arm_scores(evaluation, truth) for arm, evaluation in evals.items()},
-        "curation": {task: curation_quality(Path(path), task, truth, seed) for task, path in scored.items()} if truth else {},
+        "curation": ({task: curation_quality(Path(path), task, truth, seed) for task, path in scored.items()}
+                     if truth else {}),
         "scored": scored,
         "benchmark": json.loads(Path(next(iter(evals.values()))["mc"]).read_text())["benchmark"],
         "seconds": {name: steps[name]["seconds"] for name in seed_plan.plan.steps},
@@ -167,7 +168,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
     _plot_times(first["seconds"], out / "wall_time.png")
     scores = [{k: s[k] for k in ("seed", "arms", "curation")} for s in per_seed]
     times = [{k: s[k] for k in ("seed", "seconds", "cpu_seconds")} for s in per_seed]
-    results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": scores, "summary": summary, "time": times}
+    results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": scores, "summary": summary,
+               "time": times}
     write_json(out / "results.json", results)
     seeds = len(per_seed)
     lines = [
@@ -219,7 +221,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
                       "arm prefers (see the same-reply column), not from what it sees or reasons."]
     if first["curation"]:
         lines += ["", "## Does self-consistency find the right data? (first seed, ground truth known)", "",
-                  "| task | AUROC of MBR score | right: all candidates | right: random pick (C) | right: curated (D) | kept |",
+                  "| task | AUROC of MBR score | right: all candidates | right: random pick (C) | right: curated (D) "
+                  "| kept |",
                   "|---|---|---|---|---|---|"]
         for task, q in first["curation"].items():
             cells = [q["auroc"], q["right_share_all_candidates"], q["right_share_random_candidate"],
@@ -229,7 +232,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
     lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", "![captions](captions.png)",
               "", "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
               "## Time per step (first seed)", "",
-              "Wall and CPU seconds of the run that did the step (a step reused from an earlier run keeps its time).", "",
+              "Wall and CPU seconds of the run that did the step (a step reused from an earlier run keeps its "
+              "time).", "",
               "| step | wall s | CPU s |", "|---|---|---|"]
     lines += [f"| {name} | {sec} | {first['cpu_seconds'][name]} |" for name, sec in first["seconds"].items()]
     total_cpu = sum(v or 0 for v in first["cpu_seconds"].values())
