@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
 from sicog.curate.pipeline import CurationSettings
-from sicog.data.jsonl import RecordError
+from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.lock import OutputLocked, output_lock
 
 
@@ -23,6 +23,9 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
         parser.add_argument("--min-agreement", type=float, default=CurationSettings.min_agreement,
                             help="also require this share of candidates to give the majority answer "
                                  "(default %(default)s)")
+    parser.add_argument("--embeddings",
+                        help="embeddings computed apart (python -m sicog.curate.embed_file) of the texts that "
+                             "`sicog curate texts` writes for this input; no encoder is loaded")
     parser.add_argument("--include-self", action="store_true",
                         help="average over all candidates including itself (the published scripts' formula)")
     parser.add_argument("--seed", type=int, default=CurationSettings.seed, help="seed of the rejected-candidate draw")
@@ -62,7 +65,8 @@ def curation_option_names() -> set[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the ``captions``, ``reasoning`` and ``mix`` sub-commands."""
-    sub = parser.add_subparsers(dest="curate_command", metavar="{captions,reasoning,mix,random,pairs-from-noisy}",
+    sub = parser.add_subparsers(dest="curate_command",
+                                metavar="{captions,reasoning,texts,mix,random,pairs-from-noisy}",
                                 required=True)
     for task, help_text in (
         ("captions", "score caption candidates by CoD step-5 consistency"),
@@ -78,6 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mix.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling")
     mix.add_argument("--prefix-ids", action="store_true",
                      help="prefix ids with the input file's name (avoids collisions)")
+    texts = sub.add_parser("texts", help="the texts curation compares, to embed apart (see docs/curation.md)",
+                           description="write the unique texts curation compares, one {\"text\": ...} per line")
+    texts.add_argument("task", choices=("captions", "reasoning"))
+    texts.add_argument("--input", required=True, help="generation output with 'candidates'")
+    texts.add_argument("--output", required=True, help="texts file (.jsonl)")
     pick = sub.add_parser(
         "random", help="one candidate per record drawn at random: self-training without curation",
         description="answer every generated record with one of its candidates, drawn at random (seeded)",
@@ -105,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
             return _run_mix(args)
         if args.curate_command == "pairs-from-noisy":
             return _run_pairs_from_noisy(args)
+        if args.curate_command == "texts":
+            from sicog.curate.pipeline import compared_texts
+
+            written = write_jsonl(args.output, ({"text": t} for t in compared_texts(args.input, args.task)))
+            print(f"wrote {written} texts to {args.output}")
+            return 0
         if args.curate_command == "random":
             from sicog.curate.random_pick import one_random_candidate
 
@@ -144,7 +159,7 @@ def _run_curation(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     with output_lock(args.output_dir, folder=True, enabled=rank_and_world()[0] == 0):
-        summary = curate(args.input, args.output_dir, settings, encoder)
+        summary = curate(args.input, args.output_dir, settings, encoder, embeddings=args.embeddings)
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("records_read", "errors", "scored", "kept", "curated", "pairs")}))
         print(f"report: {args.output_dir}/report.md")

@@ -62,6 +62,19 @@ class EmbeddingStore:
         return np.stack([self._chunks[i // self.chunk_size][i % self.chunk_size] for i in indices]).astype(np.float32)
 
 
+class ArrayStore:
+    """Rows of an embedding matrix computed elsewhere (``python -m sicog.curate.embed_file``)."""
+
+    directory = None  # nothing of it to clean up
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def rows(self, indices: Sequence[int]) -> np.ndarray:
+        """The embeddings of the texts at ``indices`` (a new float32 array)."""
+        return np.asarray(self.vectors[list(indices)], dtype=np.float32)
+
+
 def embed_texts(
     texts: Sequence[str],
     settings: EncoderSettings,

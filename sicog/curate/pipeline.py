@@ -19,7 +19,8 @@ from typing import Any
 from tqdm import tqdm
 
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
-from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, embed_texts
+from sicog.curate.embed_file import load_embeddings
+from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, ArrayStore, embed_texts
 from sicog.curate.extract import Task, expects_steps, extract
 from sicog.curate.records import ScoredRecord, pair_record, parse_generated, training_record
 from sicog.curate.report import summarize, write_report
@@ -91,6 +92,12 @@ def _index_texts(items: list[ScoredRecord]) -> list[str]:
     return list(index)
 
 
+def compared_texts(input_path: str | Path, task: Task) -> list[str]:
+    """The unique texts curation compares for ``input_path``, in the order their embeddings are indexed."""
+    items, _ = read_generated(Path(input_path), task)
+    return _index_texts(items)
+
+
 def curate(
     input_path: str | Path,
     output_dir: str | Path,
@@ -98,19 +105,28 @@ def curate(
     encoder: EncoderSettings,
     *,
     encoder_factory: Callable[[EncoderSettings], SentenceEncoder] = SentenceEncoder,
+    embeddings: str | Path | None = None,
 ) -> dict[str, Any] | None:
-    """Run the whole curation; return the summary on rank 0 (``None`` on the other torchrun ranks)."""
+    """Run the whole curation; return the summary on rank 0 (``None`` on the other torchrun ranks).
+
+    ``embeddings``: a file from ``python -m sicog.curate.embed_file`` holding the embeddings of exactly the
+    texts ``sicog curate texts`` writes for this input; then no encoder is loaded here.
+    """
     input_path, output_dir = Path(input_path), Path(output_dir)
     rank, world = rank_and_world()
     items, errors = read_generated(input_path, settings.task)
     texts = _index_texts(items)
-    with process_group(world):
-        store = embed_texts(
-            texts, encoder, output_dir / CACHE_DIR, rank=rank, world=world,
-            chunk_size=settings.chunk_size, encoder_factory=encoder_factory,
-        )
-    if store is None:
-        return None
+    if embeddings is not None:
+        vectors, description = load_embeddings(embeddings, texts)
+        store, encoder = ArrayStore(vectors), EncoderSettings(**description["encoder"])
+    else:
+        with process_group(world):
+            store = embed_texts(
+                texts, encoder, output_dir / CACHE_DIR, rank=rank, world=world,
+                chunk_size=settings.chunk_size, encoder_factory=encoder_factory,
+            )
+        if store is None:
+            return None
     for scored in tqdm(items, desc="scoring", unit="record"):
         scored.scores = mbr_scores(store.rows(scored.text_index), include_self=settings.include_self)
         scored.selection = select(
@@ -133,7 +149,7 @@ def curate(
         _check_temperature(summary, settings.temperature)
     write_report(output_dir, summary, items)
     write_json(output_dir / "summary.json", summary)
-    if not settings.keep_embeddings:
+    if not settings.keep_embeddings and store.directory is not None:
         shutil.rmtree(store.directory, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when no other cache is left in it
             store.directory.parent.rmdir()

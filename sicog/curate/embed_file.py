@@ -1,0 +1,118 @@
+"""Embed a file of texts in any environment: the embedding half of curation, run apart from the scoring.
+
+NV-Embed-v2 (the paper's encoder) runs only with the transformers version its remote code was written
+for (4.42), which this package does not use. Curation therefore splits in three:
+
+    sicog curate texts captions --input generated.jsonl --output texts.jsonl            # here
+    python -m sicog.curate.embed_file --texts texts.jsonl --output embeddings.npy \\
+        --encoder /models/NV-Embed-v2 --trust-remote-code --append-eos --max-length 32768   # NV-Embed's env
+    sicog curate captions --input generated.jsonl --embeddings embeddings.npy --output-dir curated/  # here
+
+This module needs only numpy, sentence-transformers and the standard library (the parts of SICOG it
+imports need nothing else), so in the encoder's environment it runs from a checkout
+(``PYTHONPATH=/path/to/sicog``) without installing SICOG. Beside the array it writes ``<output>.json``:
+the texts' hash and the encoder settings, which scoring checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from sicog.curate.embed import DTYPES, EncoderSettings, SentenceEncoder
+from sicog.data.jsonl import atomic_file, write_json
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """A hash of the texts and their order (what an embeddings file is valid for)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little") + encoded)
+    return digest.hexdigest()
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """The ``text`` of every line of a texts file (as written by ``sicog curate texts``)."""
+    texts = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if line.strip():
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ValueError(f"{path}:{line_number}: expected an object with a string field 'text'")
+                texts.append(record["text"])
+    return texts
+
+
+def sidecar(path: str | os.PathLike) -> Path:
+    """The JSON file that describes an embeddings file."""
+    return Path(f"{path}.json")
+
+
+def save_embeddings(
+    path: str | os.PathLike, vectors: np.ndarray, texts: Sequence[str], settings: EncoderSettings
+) -> None:
+    """Write the description, then the array, each atomically (an array is never older than its description)."""
+    description = {"texts": len(texts), "texts_sha256": texts_digest(texts), "encoder": asdict(settings)}
+    write_json(sidecar(path), description)
+    with atomic_file(path, "wb") as handle:
+        np.save(handle, vectors.astype(np.float32))
+
+
+def load_embeddings(path: str | os.PathLike, texts: Sequence[str]) -> tuple[np.ndarray, dict]:
+    """The embeddings of ``texts`` from a file written by this module, checked against the texts."""
+    path = Path(path)
+    if not path.is_file() or not sidecar(path).is_file():
+        raise ValueError(f"{path}: no embeddings file with its description ({sidecar(path).name}) there")
+    description = json.loads(sidecar(path).read_text(encoding="utf-8"))
+    if description.get("texts_sha256") != texts_digest(texts):
+        raise ValueError(f"{path}: embeddings of other texts ({description.get('texts')} texts); write the texts "
+                         "again with `sicog curate texts` from this input and embed them again")
+    vectors = np.load(path, mmap_mode="r")
+    if vectors.ndim != 2 or len(vectors) != len(texts):
+        raise ValueError(f"{path}: shape {vectors.shape}, expected {len(texts)} rows")
+    return vectors, description
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Embed ``--texts`` into ``--output`` (``python -m sicog.curate.embed_file --help``)."""
+    parser = argparse.ArgumentParser(prog="python -m sicog.curate.embed_file", description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", required=True, help="texts file from `sicog curate texts`")
+    parser.add_argument("--output", required=True, help="embeddings .npy (its description goes to <output>.json)")
+    parser.add_argument("--encoder", required=True, help="sentence-transformers model directory or hub id")
+    parser.add_argument("--batch-size", type=int, default=EncoderSettings.batch_size)
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--max-length", type=int)
+    parser.add_argument("--query-prefix", default=EncoderSettings.query_prefix)
+    parser.add_argument("--append-eos", action="store_true")
+    parser.add_argument("--padding-side", choices=("left", "right"))
+    parser.add_argument("--dtype", choices=DTYPES)
+    parser.add_argument("--device")
+    args = parser.parse_args(argv)
+    try:
+        texts = read_texts(args.texts)
+        settings = EncoderSettings(
+            name_or_path=args.encoder, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
+            query_prefix=args.query_prefix, append_eos=args.append_eos, padding_side=args.padding_side,
+            dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+        )
+    except (OSError, ValueError) as err:
+        print(f"embed_file: error: {err}", file=sys.stderr)
+        return 2
+    vectors = SentenceEncoder(settings).encode(texts)
+    save_embeddings(args.output, vectors, texts, settings)
+    print(f"{len(texts)} embeddings of dimension {vectors.shape[1]} -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

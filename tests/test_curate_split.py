@@ -1,0 +1,72 @@
+"""Curation with the embeddings computed apart (the NV-Embed-v2 route): the same scores as in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_curate_pipeline import caption_record
+
+from sicog.cli import main
+from sicog.curate.embed import packaged_minilm_path
+from sicog.data.jsonl import load_records, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTIONS = [
+    "A red circle sits left of a blue square on a white table.",
+    "On a white table, a red circle is to the left of a blue square.",
+    "A blue square and a red circle lie on a white table, the circle on the left.",
+    "Two green birds fly over a dark lake at night.",
+]
+
+
+def generated(path: Path) -> Path:
+    records = [caption_record(f"r{i}", CAPTIONS[i % 2:] + CAPTIONS[: i % 2]) for i in range(3)]
+    records.append({"id": "broken", "image": "x.png"})  # no candidates: an error either way
+    write_jsonl(path, records)
+    return path
+
+
+def test_split_path_scores_exactly_like_one_process(tmp_path, capsys):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    source = generated(tmp_path / "gen.jsonl")
+    assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "one"),
+                 "--threshold", "0.5"]) == 0
+    assert main(["curate", "texts", "captions", "--input", str(source), "--output", str(tmp_path / "texts.jsonl")]) == 0
+    # The embedding half runs as its own process (as it would in NV-Embed-v2's environment).
+    embed = subprocess.run([sys.executable, "-m", "sicog.curate.embed_file", "--texts", str(tmp_path / "texts.jsonl"),
+                            "--output", str(tmp_path / "emb.npy"), "--encoder", packaged_minilm_path(),
+                            "--device", "cpu"], capture_output=True, text=True, cwd=REPO,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert embed.returncode == 0, embed.stderr
+    assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "split"),
+                 "--threshold", "0.5", "--embeddings", str(tmp_path / "emb.npy")]) == 0
+    one, split = load_records(tmp_path / "one" / "scored.jsonl"), load_records(tmp_path / "split" / "scored.jsonl")
+    assert [r["scores"] for r in split] == [r["scores"] for r in one] and len(one) == 3
+    for name in ("curated.jsonl", "pairs.jsonl", "errors.jsonl"):
+        assert (tmp_path / "split" / name).read_text() == (tmp_path / "one" / name).read_text()
+    summary = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert summary["encoder"]["name_or_path"] == packaged_minilm_path()
+
+
+def test_embeddings_of_other_texts_are_refused(tmp_path, capsys):
+    source = generated(tmp_path / "gen.jsonl")
+    write_jsonl(tmp_path / "texts.jsonl", [{"text": "something else"}])
+    import numpy as np
+
+    from sicog.curate.embed import EncoderSettings
+    from sicog.curate.embed_file import read_texts, save_embeddings
+
+    save_embeddings(tmp_path / "emb.npy", np.ones((1, 4), np.float32), read_texts(tmp_path / "texts.jsonl"),
+                    EncoderSettings("x"))
+    assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "out"),
+                 "--embeddings", str(tmp_path / "emb.npy")]) == 2
+    assert "embeddings of other texts (1 texts)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no embeddings file"):
+        from sicog.curate.embed_file import load_embeddings
+
+        load_embeddings(tmp_path / "nothing.npy", [])
