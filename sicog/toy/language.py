@@ -196,7 +196,7 @@ def peripheral(scene: Scene, rng: random.Random | None) -> str:
         templates = ("The image has a thin {c} border.", "A thin {c} border frames the image.")
         sentences.append(pick(rng, templates).format(c=scene.border))
     if not sentences:
-        sentences.append(pick(rng, ("The corners are empty.", "Nothing is near the edges.")))
+        sentences.append(pick(rng, ("There is no dot and no border.", "Nothing else is in the image.")))
     return " ".join(sentences)
 
 
