@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)  # tiny models: one thread is fastest and never oversubscribes
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def parts_cache(tmp_path_factory):
+    """Pretrained toy parts go to a fresh cache, never the user's (subprocesses inherit it)."""
+    os.environ["SICOG_CACHE"] = str(tmp_path_factory.mktemp("sicog_cache"))
+    return os.environ["SICOG_CACHE"]
+
+
 QWEN_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"

@@ -168,16 +168,16 @@ class Cycle:
         return results
 
     def _toy_parts(self) -> tuple[str, str]:
-        """The toy world's random-init CLIP and Qwen2, saved like downloaded checkpoints."""
-        from transformers import AutoTokenizer
+        """The toy world's pretrained CLIP tower and Qwen2, trained once per world and cached like downloads."""
+        from sicog.toy.pretrain import parts_key, pretrained_parts
 
-        from sicog.toy.model import save_toy_parts
+        world_dir = Path(self.world["tokenizer"]).parent
 
         def work(folder: Path) -> dict:
-            vision, llm = save_toy_parts(folder, AutoTokenizer.from_pretrained(self.world["tokenizer"]), seed=self.seed)
+            vision, llm = pretrained_parts(world_dir)
             return {"vision_tower": str(vision), "language_model": str(llm)}
 
-        parts = self.runner.run("parts", {"tokenizer": self.world["tokenizer"], "seed": self.seed}, work)
+        parts = self.runner.run("parts", {"parts": parts_key(world_dir)}, work)
         return parts["vision_tower"], parts["language_model"]
 
     def _image_use_references(self) -> tuple[str | None, tuple[str, ...]]:
