@@ -43,7 +43,7 @@ from sicog.model.builders import tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_MEAN, CLIP_STD
 from sicog.toy.answers import multiple_choice, multiple_choice_prompt
 from sicog.toy.build import WORLD_VERSION, load_manifest
-from sicog.toy.language import detailed_description
+from sicog.toy.language import brief_description, detailed_description
 from sicog.toy.model import TOY_TEXT, TOY_VISION
 from sicog.toy.questions import QUESTION_TYPES, question_kinds
 from sicog.toy.render import render
@@ -122,11 +122,12 @@ def pretrained_parts(
 
 # ----- the vision tower ------------------------------------------------------------------------------
 def alt_text(scene: Scene, rng: random.Random) -> str:
-    """The pair's text: the scene's description in a random phrasing (every object with its size and place).
+    """The pair's text: every object by colour, shape and place, and the background, in a random phrasing.
 
     Partial texts (a random subset of the objects, like web alt text) trained nothing a linear probe of
-    the tower could see; full descriptions make the in-batch contrast need every object."""
-    return detailed_description(scene, rng)
+    the tower could see; texts naming every object make the in-batch contrast need all of them. The
+    longer detailed descriptions (sizes too) did not train at this budget (loss stayed near chance)."""
+    return brief_description(scene, rng)
 
 
 def pixels(scene: Scene, size: int) -> np.ndarray:
