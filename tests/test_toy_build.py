@@ -100,6 +100,16 @@ def test_ground_truth_covers_every_image(world: Path) -> None:
         assert score_caption(record["description"], record)["f1"] == 1.0
 
 
+def test_align_captions_name_every_object_and_web_captions_stay_partial(world: Path) -> None:
+    truth = load_ground_truth(world / "ground_truth.jsonl")
+    for record in load_records(world / "align.jsonl"):
+        score = score_caption(record["conversations"][1]["value"], truth[record["image"]])
+        assert score["f1"] == 1.0 and score["background"] is True
+    web = [score_caption(r["conversations"][1]["value"], truth[r["image"]])
+           for r in load_records(world / "unlabeled_web.jsonl")]
+    assert all(s["precision"] == 1.0 for s in web) and any(s["recall"] < 1.0 for s in web)
+
+
 def test_cod_and_detailed_formats(world: Path) -> None:
     cod = load_records(world / "cod.jsonl")
     detailed = {r["image"]: r for r in load_records(world / "detailed.jsonl")}

@@ -148,12 +148,15 @@ def _draw_question(writer: WorldWriter, rng: random.Random, kinds: list[str], ne
 
 
 def build_align(writer: WorldWriter, count: int) -> list[dict]:
-    """Stage-1 alignment: short partial "web" captions."""
+    """Stage-1 alignment: one-sentence captions naming every object by colour, shape and place.
+
+    Stage 1 grounds the image only when its text depends on the image: with the partial web captions
+    the toy model learned the captions' wording and nothing of the picture (docs/toy_world.md)."""
     rng, records = writer.rng("align"), []
     for i in _progress("align", count):
         scene, _ = writer.draw(rng)
         image, _ = writer.add_image("align", f"align-{i:05d}", scene)
-        record = conversation(f"align-{i:05d}", image, rng.choice(ALIGN_REQUESTS), web_caption(scene, rng))
+        record = conversation(f"align-{i:05d}", image, rng.choice(ALIGN_REQUESTS), brief_description(scene, rng))
         records.append(record)
     return records
 
