@@ -17,7 +17,7 @@ TRAIN = "stage1 A_stage2 stage0_perception stage0_reasoning B_stage15 B_stage2 C
         "E_stage15 E_stage2"
 GENERATE = "generate_captions generate_reasoning"
 CURATE = "curate_captions curate_reasoning"
-EVALS = " ".join(f"{kind}_{arm}" for kind in ("eval", "captions", "image_use") for arm in "ABCDE")
+EVALS = " ".join(f"{kind}_{arm}" for kind in ("eval", "blind", "letters", "captions", "image_use") for arm in "ABCDE")
 # Every cycle setting -> (a changed value, the steps whose own command it enters). A new setting fails
 # test_every_setting_is_covered until it is listed here.
 CHANGES = {
@@ -61,7 +61,7 @@ REAL_ONLY = {"data", "vision_tower", "language_model"}
 
 
 def keys_of(config: CycleConfig, out: Path, dpo: bool = False) -> tuple[dict[str, str], Plan]:
-    world = make_world(config, out, 0)
+    world = make_world(config, out)
     seed_plan = plan_seed(config, world, 0, dpo=dpo)
     engine = Engine(out / "seed0", threads=config.threads, launcher=config.launcher, anchor=out)
     return engine.compute_keys(seed_plan.plan), seed_plan.plan
@@ -106,7 +106,7 @@ def test_dpo_settings_change_arm_f_only(quick_keys):
     for setting, value in (("dpo_steps", 5), ("dpo_lr", 1e-4)):
         keys, _ = keys_of(dataclasses.replace(config, **{setting: value}), out, dpo=True)
         assert {n for n in base if keys[n] != base[n]} == plan.downstream(["F_stage2"]) == {
-            "F_stage2", "eval_F", "captions_F", "image_use_F"}
+            "F_stage2", "eval_F", "blind_F", "letters_F", "captions_F", "image_use_F"}
 
 
 def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):

@@ -47,7 +47,8 @@ def test_command_evaluates_a_checkpoint(setup, tmp_path, capsys) -> None:
     assert f"accuracy {results['accuracy']:.4f} ({results['correct']}/10 scored rows)" in out
     assert "math:" in out and "results.xlsx" in out
     record = load_records(tmp_path / "predictions.jsonl")[0]
-    assert record["settings"] == {"model": str(setup["model"]), "prompt_style": "direct", "max_new_tokens": 6}
+    assert record["settings"] == {"model": str(setup["model"]), "prompt_style": "direct", "max_new_tokens": 6,
+                                  "mc_scoring": "generate", "blind_seed": None}
     assert record["prompt"].endswith("Answer with the option's letter from the given choices directly.")
 
 

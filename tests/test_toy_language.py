@@ -122,7 +122,7 @@ def _questions(n_scenes: int = 300):
 
 def test_question_types_are_consistent() -> None:
     seen_kinds, seen_categories = set(), set()
-    for scene, kind, category, question in _questions():
+    for _, kind, category, question in _questions():
         seen_kinds.add(kind)
         seen_categories.add(category)
         assert question.kind == kind and question.category == category
@@ -162,7 +162,7 @@ def test_answers_are_true_of_the_scene() -> None:
 
 def test_multiple_choice_and_cot_formats() -> None:
     rng = random.Random(5)
-    for _, kind, _, question in _questions(60):
+    for _, _, _, question in _questions(60):
         answer = cot_answer(question, rng)
         steps = split_steps(answer, COT_STEPS)
         assert sorted(steps) == [1, 2, 3, 4] and steps[4] == f"The answer is {question.answer}."

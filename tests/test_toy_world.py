@@ -1,4 +1,4 @@
-"""Toy world scenes and their rendering: invariants, slicing share, pixels where the truth says."""
+"""Toy world scenes and their rendering: invariants, slicing share, patch-aligned grid, pixels where the truth says."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from sicog.toy.render import png_bytes, render
 from sicog.toy.settings import TOY_MAX_SLICE_NUMS, TOY_PATCH_SIZE, TOY_SCALE_RESOLUTION
 from sicog.toy.world import (
     BACKGROUNDS,
-    CORNER_CELLS,
     COLORS,
-    IMAGE_SIZES,
+    CORNER_CELLS,
+    GRID_LINES,
+    LAYOUTS,
     Mark,
     Scene,
     SceneObject,
@@ -24,9 +25,9 @@ from sicog.toy.world import (
 )
 
 
-def _scenes(n: int, seed: int = 0) -> list[Scene]:
+def _scenes(n: int, seed: int = 0, layout: str = "sliced") -> list[Scene]:
     rng = random.Random(seed)
-    return [sample_scene(rng) for _ in range(n)]
+    return [sample_scene(rng, LAYOUTS[layout]) for _ in range(n)]
 
 
 def _plan(width: int, height: int):
@@ -39,26 +40,39 @@ def _plan(width: int, height: int):
     )
 
 
-def test_scene_invariants() -> None:
-    for scene in _scenes(500):
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_scene_invariants(layout: str) -> None:
+    spec = LAYOUTS[layout]
+    for scene in _scenes(500, layout=layout):
         cells = [(o.row, o.col) for o in scene.objects]
-        assert 1 <= len(scene.objects) <= 4
+        assert (scene.width, scene.height) == (scene.cols * spec.cell, scene.rows * spec.cell)
+        assert 1 <= len(scene.objects) <= (scene.rows * scene.cols if spec.full else 4)
         assert len(set(cells)) == len(cells), "two objects share a grid cell"
         assert len({o.name for o in scene.objects}) == len(scene.objects), "(colour, shape) not unique"
         for obj in scene.objects:
+            assert obj.color in spec.colors and obj.shape in spec.shapes and obj.size in spec.sizes
             assert obj.label is None or (obj.size != "small" and 1 <= obj.label <= 9)
             x0, y0, x1, y1 = scene.object_box(obj)
-            cell_w, cell_h = scene.width / 3, scene.height / 3
-            assert obj.col * cell_w <= x0 < x1 <= (obj.col + 1) * cell_w, "object leaves its cell"
-            assert obj.row * cell_h <= y0 < y1 <= (obj.row + 1) * cell_h, "object leaves its cell"
+            col, row = GRID_LINES[scene.cols].index(obj.col), GRID_LINES[scene.rows].index(obj.row)
+            assert col * spec.cell <= x0 < x1 <= (col + 1) * spec.cell, "object leaves its cell"
+            assert row * spec.cell <= y0 < y1 <= (row + 1) * spec.cell, "object leaves its cell"
         if scene.mark:
             assert CORNER_CELLS[scene.mark.corner] not in cells, "corner dot drawn over an object's cell"
+
+
+def test_grid_layout_puts_one_object_in_every_patch() -> None:
+    """The learnable layout: every image is one unsliced view in which each cell is exactly one patch."""
+    for scene in _scenes(200, layout="grid"):
+        plan = _plan(scene.width, scene.height)
+        assert plan.num_slices == 0 and plan.source_size == (scene.width, scene.height)
+        assert LAYOUTS["grid"].cell == TOY_PATCH_SIZE
+        assert len(scene.objects) == scene.rows * scene.cols and scene.mark is None and scene.border is None
 
 
 def test_relations_follow_the_grid() -> None:
     a = SceneObject("circle", "red", "large", 0, 0)
     b = SceneObject("square", "blue", "small", 2, 1)
-    scene = Scene(64, 64, "white", (a, b))
+    scene = Scene(96, 96, "white", (a, b))
     assert set(scene.relations()) == {
         ("red circle", "left of", "blue square"),
         ("red circle", "above", "blue square"),
@@ -70,13 +84,14 @@ def test_relations_follow_the_grid() -> None:
         holds(a, "near", b)
 
 
-def test_image_sizes_give_a_good_share_of_two_to_four_slices() -> None:
-    for (width, height) in IMAGE_SIZES:
-        plan = _plan(width, height)
-        assert plan.num_slices in (0, 2, 3, 4), (width, height, plan)
+def test_sliced_layout_gives_a_good_share_of_two_to_four_slices() -> None:
+    cell = LAYOUTS["sliced"].cell
+    for rows, cols in LAYOUTS["sliced"].grids:
+        plan = _plan(cols * cell, rows * cell)
+        assert plan.num_slices in (0, 2, 3, 4), (rows, cols, plan)
         assert plan.source_size[0] * plan.source_size[1] <= TOY_SCALE_RESOLUTION**2
     slices = Counter(_plan(s.width, s.height).num_slices for s in _scenes(1000))
-    assert slices[0] >= 150, "too few whole (unsliced) images"
+    assert slices[0] >= 50, "too few whole (unsliced) images"
     assert slices[2] + slices[3] + slices[4] >= 500, f"too few sliced images: {slices}"
     assert slices[2] >= 100 and slices[4] >= 100, slices
 
@@ -88,12 +103,14 @@ def test_world_writer_never_draws_a_scene_twice(tmp_path) -> None:
     assert len(set(keys)) == 300 and writer.seen == set(keys)
     scene, answer = writer.draw(rng, accept=lambda s: len(s.objects) if len(s.objects) == 4 else None)
     assert answer == 4 and len(scene.objects) == 4
+    grid = WorldWriter(tmp_path, seed=0, layout="grid")
+    assert all(len(grid.draw(rng)[0].objects) == 4 for _ in range(20))
     with pytest.raises(RuntimeError, match="no new acceptable scene"):
         writer.draw(rng, accept=lambda s: None, max_tries=20)
 
 
 def test_render_size_and_pixels_where_the_truth_says() -> None:
-    for scene in _scenes(60, seed=2):
+    for scene in _scenes(60, seed=2) + _scenes(60, seed=2, layout="grid"):
         image = render(scene)
         assert image.size == (scene.width, scene.height) and image.mode == "RGB"
         for obj in scene.objects:
@@ -105,9 +122,9 @@ def test_render_size_and_pixels_where_the_truth_says() -> None:
 
 
 def test_background_border_and_dot_are_drawn() -> None:
-    obj = SceneObject("square", "blue", "medium", 1, 1)
-    plain = Scene(96, 64, "black", (obj,))
-    framed = Scene(96, 64, "black", (obj,), mark=Mark("yellow", "top right"), border="red")
+    obj = SceneObject("square", "blue", "medium", 0, 1)
+    plain = Scene(96, 64, "black", (obj,), rows=2, cols=3)
+    framed = Scene(96, 64, "black", (obj,), mark=Mark("yellow", "top right"), border="red", rows=2, cols=3)
     assert render(plain).getpixel((2, 32)) == BACKGROUNDS["black"]
     assert render(framed).getpixel((0, 32)) == COLORS["red"]
     dot = render(framed).crop((96 - 14, 0, 96, 14))

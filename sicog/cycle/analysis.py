@@ -38,8 +38,8 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
     for _, record in iter_records(scored):
         if task == "captions":
             gt = truth[record["image"]]
-            scores = [score_caption(c, gt) for c in record["candidates"]]
-            right = [s["f1"] == 1.0 and s["hallucinated"] == 0 for s in scores]
+            checks = [score_caption(c, gt) for c in record["candidates"]]
+            right = [c["f1"] == 1.0 and c["hallucinated"] == 0 for c in checks]
         else:
             target = normalize_answer(str(record["answer"]))
             right = [a == target for a in record["answers"]]

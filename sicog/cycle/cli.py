@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs or default_jobs(config.threads)
     per_seed = []
     try:
+        world = make_world(config, out)
         for seed in range(args.seeds):
-            world = make_world(config, out, seed)
             seed_plan = plan_seed(config, world, seed, rounds=args.rounds, dpo=args.dpo)
             engine = Engine(out / f"seed{seed}", jobs=jobs, anchor=out, threads=config.threads,
                             launcher=config.launcher, progress=not args.no_progress, missing_inputs_ok=args.dry_run)

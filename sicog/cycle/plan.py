@@ -143,10 +143,16 @@ class _Planner:
 
     def evaluate(self, arm: str, model: Ref, references: Arg | None) -> None:
         c, evals = self.c, {}
-        self.plan.add(Step(f"eval_{arm}", ("eval", "--model", model, "--benchmark", self.data["bench_mc"],
-                                           "--output-dir", Out("mc"), "--batch-size", str(c.eval_batch_size),
-                                           "--no-progress"), launched=True))
-        evals["mc"] = Ref(f"eval_{arm}", "mc/results.json")
+        # The primary score is multiple choice by option likelihood; beside it the same with each question shown
+        # another row's image (blind: what the text alone gives) and with a generated letter.
+        for kind, flags in (("eval", ("--mc-scoring", "likelihood")),
+                            ("blind", ("--mc-scoring", "likelihood", "--blind-seed", str(self.seed))),
+                            ("letters", ("--mc-scoring", "generate"))):
+            self.plan.add(Step(f"{kind}_{arm}", ("eval", "--model", model, "--benchmark", self.data["bench_mc"],
+                                                 "--output-dir", Out("mc"), *flags,
+                                                 "--batch-size", str(c.eval_batch_size), "--no-progress"),
+                               launched=True))
+            evals["mc" if kind == "eval" else kind] = Ref(f"{kind}_{arm}", "mc/results.json")
         if "bench_caption" in self.data:
             self.plan.add(Step(f"captions_{arm}", (
                 "generate", "captions", "--model", model, "--data", self.data["bench_caption"],

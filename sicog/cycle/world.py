@@ -37,7 +37,7 @@ class World:
         return Input(self.files[key])
 
 
-def toy_world(config: CycleConfig, out: Path, seed: int) -> World:
+def toy_world(config: CycleConfig, out: Path) -> World:
     """Build (or reuse) the toy world under ``out/world``; its parts are a step of each seed."""
     from sicog.toy.build import build_world, load_manifest
     from sicog.toy.model import toy_model_settings
@@ -49,7 +49,7 @@ def toy_world(config: CycleConfig, out: Path, seed: int) -> World:
         build_world(root, seed=config.world_seed, size=config.toy_size, force=True)
     manifest = load_manifest(root)
     files = {k: str(v) for k, v in manifest.items() if isinstance(v, Path) and v.is_file()}
-    parts = Step("parts", ("toy", "parts", "--world", Input(str(root)), "--out", Out(), "--seed", str(seed)))
+    parts = Step("parts", ("toy", "parts", "--world", Input(str(root)), "--out", Out()))
     return World(files=files, image_folder=Input(str(manifest["image_folder"])), vision_tower=Ref("parts", "vision"),
                  language_model=Ref("parts", "llm"), ground_truth=str(manifest["ground_truth"]), toy_root=str(root),
                  model_settings=toy_model_settings(), steps=[parts])
@@ -65,6 +65,6 @@ def real_world(config: CycleConfig) -> World:
                  language_model=Input(config.language_model))
 
 
-def make_world(config: CycleConfig, out: Path, seed: int) -> World:
+def make_world(config: CycleConfig, out: Path) -> World:
     """The toy world when the config names a toy size, else the real one."""
-    return toy_world(config, out, seed) if config.toy_size else real_world(config)
+    return toy_world(config, out) if config.toy_size else real_world(config)

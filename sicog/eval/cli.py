@@ -12,6 +12,7 @@ from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the command's flags."""
     parser.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder (model + tokenizer)")
@@ -22,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictions.jsonl, errors.jsonl, results.json and results.xlsx go here")
     parser.add_argument("--prompt", default="direct", choices=("direct", "cot"),
                         help="direct: answer with the option's letter; cot: answer step-by-step (default: %(default)s)")
+    parser.add_argument("--mc-scoring", default="generate", choices=("generate", "likelihood"),
+                        help="generate: read the option from a generated reply; likelihood: pick the option whose "
+                             "text the model finds most likely as its reply (multiple choice only; "
+                             "default: %(default)s)")
+    parser.add_argument("--blind-seed", type=int,
+                        help="ask each question with another row's image (seeded shuffle): the blind baseline")
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="rows per generate call (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=positive_int, help="default: 64 for direct, 1024 for cot")
@@ -69,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
             summary = evaluate(
                 model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens, model_name=str(args.model), progress=not args.no_progress,
+                mc_scoring=args.mc_scoring, blind_seed=args.blind_seed,
             )
-    except (RecordError, OutputLocked) as err:
+    except (RecordError, ValueError, OutputLocked) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)
         return 2
     if summary is not None:

@@ -17,9 +17,9 @@ row is in exactly one of the two files, and scores.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch.distributed as dist
 from tqdm import tqdm
@@ -27,15 +27,17 @@ from tqdm import tqdm
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records, write_json
 from sicog.data.sharding import merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
+from sicog.eval.likelihood import blind_partners, likelihood_prompt, score_rows
 from sicog.eval.prompts import PROMPT_STYLES, build_prompt
 from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx
-from sicog.eval.tsv import Benchmark, read_benchmark, row_image, row_problem
+from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_image, row_problem
 from sicog.model.processing import ConversationError
 
 PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
 # Enough for a letter or "yes" with a few words around it, and for a structured chain of thought.
 DEFAULT_MAX_NEW_TOKENS = {"direct": 64, "cot": 1024}
+MC_SCORING = ("generate", "likelihood")
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,22 @@ class EvalSettings:
     model: str
     prompt_style: str = "direct"
     max_new_tokens: int = 64
+    # "generate": read the answer from a generated reply; "likelihood": the option the model finds most
+    # likely (multiple choice only, sicog/eval/likelihood.py).
+    mc_scoring: str = "generate"
+    # Set: ask each question with another row's image (a seeded permutation), the blind baseline.
+    blind_seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.mc_scoring not in MC_SCORING:
+            raise ValueError(f"unknown mc_scoring {self.mc_scoring!r}; choose from {', '.join(MC_SCORING)}")
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {self.prompt_style!r}; choose from {', '.join(PROMPT_STYLES)}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+
+_SETTING_DEFAULTS = {"mc_scoring": "generate", "blind_seed": None}
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict]]:
@@ -72,6 +84,9 @@ def _done_ids(paths: Sequence[Path], settings: EvalSettings) -> set[str]:
     for path in paths:
         for line, record in _records(path):
             theirs = record.get("settings")
+            if theirs is not None:
+                # Predictions written before a setting existed were made with its default.
+                theirs = {**_SETTING_DEFAULTS, **theirs}
             if theirs is not None and theirs != mine:
                 raise RecordError(
                     f"answered with other settings ({theirs}, this run: {mine}); use another output folder or "
@@ -108,6 +123,9 @@ def run_rank(
     # Shards of another world size come from an earlier run; those of this world size belong to live ranks.
     foreign = [p for p in shard_files(predictions) + shard_files(errors) if not p.name.endswith(f"-of-{world:05d}")]
     counts = {"answered": 0, "errors": 0, "skipped": 0}
+    by_index = {row["index"]: row for row in benchmark.rows}
+    partners = {} if settings.blind_seed is None else blind_partners(list(by_index), settings.blind_seed)
+    images = {index: by_index[partner] for index, partner in partners.items()}
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as failures:
         done = _done_ids([predictions, errors, out_part, err_part, *foreign], settings)
         rows = shard(benchmark.rows, rank, world)
@@ -117,34 +135,45 @@ def run_rank(
                    desc=f"eval {benchmark.name} (rank {rank}/{world})", disable=not progress)
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
-            _run_batch(benchmark, batch, model, processor, settings, outputs, failures, counts)
+            _run_batch(benchmark, batch, model, processor, settings, outputs, failures, counts, images)
             bar.update(len(batch))
         bar.close()
     return counts
 
 
 def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settings: EvalSettings,
-               outputs: JsonlAppender, failures: JsonlAppender, counts: dict[str, int]) -> None:
-    """Encode the batch's rows (a failing row goes to the errors file), answer the rest in one call."""
-    ready, encoded = [], []
+               outputs: JsonlAppender, failures: JsonlAppender, counts: dict[str, int],
+               image_rows: dict[str, dict] | None = None) -> None:
+    """Encode the batch's rows (a failing row goes to the errors file), answer the rest in one call.
+
+    ``image_rows``: row index -> the row whose image to show instead (the blind baseline)."""
+    likelihood = settings.mc_scoring == "likelihood"
+    ready, encoded, images = [], [], []
     for row in batch:
         problem = row_problem(row, benchmark.kind)
         if problem is not None:
             failures.write(_error(row, benchmark, *problem))
             counts["errors"] += 1
             continue
-        prompt = build_prompt(row, benchmark.kind, settings.prompt_style)
+        prompt = likelihood_prompt(row) if likelihood else build_prompt(row, benchmark.kind, settings.prompt_style)
         try:
-            encoded.append(encode_item(processor, prompt, [row_image(benchmark, row)]))
+            image = row_image(benchmark, (image_rows or {}).get(row["index"], row))
+            if not likelihood:
+                encoded.append(encode_item(processor, prompt, [image]))
         except ENCODE_ERRORS as err:
             field = "question" if isinstance(err, ConversationError) else "image"
             failures.write(_error(row, benchmark, field, str(err)))
             counts["errors"] += 1
             continue
         ready.append((row, prompt))
-    replies = generate_replies(model, processor, encoded, max_new_tokens=settings.max_new_tokens)
+        images.append(image)
+    if likelihood:
+        replies = score_rows(model, processor, [row for row, _ in ready], images, batch_size=max(len(ready), 1) * 4)
+    else:
+        generated = generate_replies(model, processor, encoded, max_new_tokens=settings.max_new_tokens)
+        replies = [{"prediction": reply} for reply in generated]
     for (row, prompt), reply in zip(ready, replies, strict=True):
-        outputs.write({"id": row["index"], "prompt": prompt, "prediction": reply, "settings": asdict(settings)})
+        outputs.write({"id": row["index"], "prompt": prompt, **reply, "settings": asdict(settings)})
         counts["answered"] += 1
     outputs.flush()
     failures.flush()
@@ -155,10 +184,17 @@ def merge_and_score(benchmark: Benchmark, output_dir: Path) -> dict:
     shards, score, and write results.json and results.xlsx; return the summary."""
     predictions, errors = output_dir / PREDICTIONS, output_dir / ERRORS
     merge_shard_files(predictions, errors, benchmark.indices)
-    answers = {str(r["id"]): r["prediction"] for _, r in iter_records(predictions)}
+    records = [r for _, r in iter_records(predictions)]
+    answers = {str(r["id"]): r["prediction"] for r in records}
     reasons = {str(r["id"]): r["reason"] for _, r in iter_records(errors)}
     items = score_items(benchmark, answers, reasons)
     summary = summarize(benchmark, items)
+    if records and "prediction_normalised" in records[0]:
+        normalised = {str(r["id"]): r["prediction_normalised"] for r in records}
+        scored = summarize(benchmark, score_items(benchmark, normalised, reasons))
+        summary["length_normalised"] = {k: scored[k] for k in ("correct", "scored", "accuracy", "by_category")}
+    if records:
+        summary["settings"] = records[0]["settings"]
     summary["files"] = {name: str(output_dir / name) for name in (PREDICTIONS, ERRORS, RESULTS, SHEET)}
     write_xlsx(output_dir / SHEET, items, summary)
     write_json(output_dir / RESULTS, summary)
@@ -177,19 +213,27 @@ def evaluate(
     image_root: str | os.PathLike | None = None,
     model_name: str | None = None,
     progress: bool = True,
+    mc_scoring: str = "generate",
+    blind_seed: int | None = None,
 ) -> dict | None:
     """Evaluate ``model`` on a VLMEvalKit-style TSV benchmark; return the results (rank 0) or None.
 
     ``prompt``: "direct" (answer with the option's letter) or "cot" (step by step); ``max_new_tokens``
     defaults to 64 for direct and 1024 for cot answers; ``model_name`` (default: the checkpoint path the
     model was loaded from) is stored with each prediction so that a resumed run cannot mix models.
+    ``mc_scoring="likelihood"`` picks the most likely option instead of generating (multiple choice only);
+    ``blind_seed`` asks each question with another row's image.
     Under torchrun every rank calls this with the process group initialised; rank 0 merges and scores
     after every rank is done.
     """
     benchmark = tsv_path if isinstance(tsv_path, Benchmark) else read_benchmark(tsv_path, image_root)
     name = model_name if model_name is not None else str(getattr(model, "name_or_path", "") or type(model).__name__)
     tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 64)
-    settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens)
+    settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens, mc_scoring=mc_scoring,
+                            blind_seed=blind_seed)
+    if mc_scoring == "likelihood" and benchmark.kind != MULTIPLE_CHOICE:
+        raise ValueError(f"{benchmark.path}: likelihood scoring needs a multiple-choice benchmark, not "
+                         f"{benchmark.kind}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world()

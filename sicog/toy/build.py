@@ -15,16 +15,16 @@ from pathlib import Path
 
 from sicog.data.jsonl import write_json, write_jsonl
 from sicog.data.prompts import CAPTION_PROMPTS, COD_STEPS, COT_STEPS, SHORT_ANSWER, STEP_BY_STEP_ANSWER
+from sicog.eval.prompts import MC_INSTRUCTION
 from sicog.toy import datasets as ds
 from sicog.toy.language import vocabulary
-from sicog.eval.prompts import MC_INSTRUCTION
 from sicog.toy.questions import CATEGORIES
 from sicog.toy.tokenizer import train_tokenizer
 from sicog.toy.world import SLICING
 
 MANIFEST = "manifest.json"
 # Bump when the same seed would give a different tree, so an old world is not mistaken for a current one.
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 # Stable manifest keys -> file or folder names inside the world directory.
 FILES = {
     "align": "align.jsonl",
@@ -88,7 +88,7 @@ def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force
 
 def _build_into(root: Path, seed: int, size: str) -> dict:
     counts = ds.SIZES[size]
-    writer = ds.WorldWriter(root, seed)
+    writer = ds.WorldWriter(root, seed, ds.SIZE_LAYOUTS[size])
     records: dict[str, list[dict]] = {}
     # The build order fixes which random draws each dataset sees; do not reorder.
     records["align"] = ds.build_align(writer, counts["align"])
@@ -123,6 +123,7 @@ def _build_into(root: Path, seed: int, size: str) -> dict:
         "version": WORLD_VERSION,
         "seed": seed,
         "size": size,
+        "layout": writer.layout.name,
         **FILES,
         "counts": {k: item_counts[k] for k in (*TRAINING_SETS, "bench_mc", "bench_caption", "images", "ground_truth")},
         "bench_mc_categories": {c: sum(row["category"] == c for row in bench_rows) for c in CATEGORIES},

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
+from pathlib import Path
 
 from sicog.toy.datasets import SIZES
 
@@ -17,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--seed", type=int, default=0, help="world seed (same seed -> byte-identical tree)")
     build.add_argument("--size", choices=tuple(SIZES), default="demo", help="dataset sizes (tiny: for tests)")
     build.add_argument("--force", action="store_true", help="replace an existing, different world in --out")
-    parts = sub.add_parser("parts", help="the toy vision tower and LLM, saved like downloaded checkpoints")
+    parts = sub.add_parser("parts", help="the world's pretrained toy vision tower and LLM, copied like downloads "
+                                         "(trained once per world and cached, see docs/toy_world.md)")
     parts.add_argument("--world", required=True, help="a built toy world")
     parts.add_argument("--out", required=True, help="folder for vision/ and llm/")
-    parts.add_argument("--seed", type=int, default=0, help="initialisation seed")
     references = sub.add_parser("references", help="the caption benchmark's images with their true descriptions "
                                                    "(reference answers for `sicog image-use`)")
     references.add_argument("--world", required=True, help="a built toy world")
@@ -30,14 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the chosen sub-command."""
     if args.toy_command == "parts":
-        from transformers import AutoTokenizer
+        from sicog.toy.pretrain import pretrained_parts
 
-        from sicog.toy.build import load_manifest
-        from sicog.toy.model import save_toy_parts
-
-        tokenizer = AutoTokenizer.from_pretrained(load_manifest(args.world)["tokenizer"])
-        vision, llm = save_toy_parts(args.out, tokenizer, seed=args.seed)
-        print(f"vision tower: {vision}\nlanguage model: {llm}")
+        out = Path(args.out)
+        for name, source in zip(("vision", "llm"), pretrained_parts(args.world), strict=True):
+            shutil.rmtree(out / name, ignore_errors=True)
+            shutil.copytree(source, out / name)  # a copy: the run keeps working if the cache is cleared
+            print(f"{name}: {out / name} (from {source})")
         return 0
     if args.toy_command == "references":
         from sicog.toy.references import write_image_use_references

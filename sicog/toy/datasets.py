@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import csv
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
@@ -28,9 +28,9 @@ from sicog.data.prompts import (
 from sicog.data.steps import format_steps
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
 from sicog.toy.language import brief_description, cod_bodies, detailed_description, web_caption
-from sicog.toy.questions import CATEGORIES, MULTIPLE_CHOICE_ONLY, OPEN_ONLY, QUESTION_TYPES, Question
+from sicog.toy.questions import CATEGORIES, MULTIPLE_CHOICE_ONLY, OPEN_ONLY, QUESTION_TYPES, Question, question_kinds
 from sicog.toy.render import png_bytes, render
-from sicog.toy.world import Scene, sample_scene
+from sicog.toy.world import LAYOUTS, Scene, sample_scene
 
 # Records (or benchmark items) per dataset; "detailed" mirrors "cod" and is not listed.
 SIZES: dict[str, dict[str, int]] = {
@@ -55,6 +55,9 @@ SIZES: dict[str, dict[str, int]] = {
         "bench_caption": 100,
     },
 }
+# The layout each size draws (sicog.toy.world.LAYOUTS): the demo is learnable by a tiny model on a CPU, the
+# tiny world used by the tests exercises slicing, empty cells, digits, dots and borders.
+SIZE_LAYOUTS = {"tiny": "sliced", "demo": "grid"}
 TSV_COLUMNS = ("index", "image", "question", "A", "B", "C", "D", "answer", "category")
 
 # The cod-default prompt is this request followed by the step-by-step suffix.
@@ -84,9 +87,10 @@ def conversation(record_id: str, image: str, prompt: str, reply: str, **extra: o
 class WorldWriter:
     """Draws unique scenes, writes their images and collects their ground truth and the text corpus."""
 
-    def __init__(self, root: Path, seed: int) -> None:
+    def __init__(self, root: Path, seed: int, layout: str = "sliced") -> None:
         self.root = root
         self.seed = seed
+        self.layout = LAYOUTS[layout]
         self.seen: set[tuple] = set()
         self.ground_truth: list[dict] = []
         self.corpus: list[str] = []
@@ -100,7 +104,7 @@ class WorldWriter:
     ) -> tuple[Scene, object]:
         """A scene not drawn before for which ``accept`` returns something other than None."""
         for _ in range(max_tries):
-            scene = sample_scene(rng)
+            scene = sample_scene(rng, self.layout)
             if scene.key() in self.seen:
                 continue
             result = accept(scene) if accept else True
@@ -144,12 +148,15 @@ def _draw_question(writer: WorldWriter, rng: random.Random, kinds: list[str], ne
 
 
 def build_align(writer: WorldWriter, count: int) -> list[dict]:
-    """Stage-1 alignment: short partial "web" captions."""
+    """Stage-1 alignment: one-sentence captions naming every object by colour, shape and place.
+
+    Stage 1 grounds the image only when its text depends on the image: with the partial web captions
+    the toy model learned the captions' wording and nothing of the picture (docs/toy_world.md)."""
     rng, records = writer.rng("align"), []
     for i in _progress("align", count):
         scene, _ = writer.draw(rng)
         image, _ = writer.add_image("align", f"align-{i:05d}", scene)
-        record = conversation(f"align-{i:05d}", image, rng.choice(ALIGN_REQUESTS), web_caption(scene, rng))
+        record = conversation(f"align-{i:05d}", image, rng.choice(ALIGN_REQUESTS), brief_description(scene, rng))
         records.append(record)
     return records
 
@@ -185,7 +192,7 @@ def _wants_mc(question: Question, rng: random.Random) -> bool:
 
 def build_cot(writer: WorldWriter, count: int) -> list[dict]:
     """The annotated structured-CoT set: four-step answers to open and multiple-choice questions."""
-    rng, records, kinds = writer.rng("cot"), [], list(QUESTION_TYPES)
+    rng, records, kinds = writer.rng("cot"), [], question_kinds(writer.layout)
     for i in _progress("cot", count):
         scene, question = _draw_question(writer, rng, kinds, need_mc=False)
         image, _ = writer.add_image("cot", f"cot-{i:05d}", scene)
@@ -219,7 +226,7 @@ def build_unlabeled_images(writer: WorldWriter, count: int) -> tuple[list[dict],
 def build_unlabeled_questions(writer: WorldWriter, count: int) -> tuple[list[dict], list[dict]]:
     """Image + question pairs (``answer``: the hidden ground truth that generation ignores), and the oracle:
     the ground-truth four-step answer under the cot-default prompt (its own random stream)."""
-    rng, records, oracle, kinds = writer.rng("unlabeled_questions"), [], [], list(QUESTION_TYPES)
+    rng, records, oracle, kinds = writer.rng("unlabeled_questions"), [], [], question_kinds(writer.layout)
     oracle_rng = writer.rng("oracle_reasoning")
     for i in _progress("unlabeled_questions", count):
         record_id = f"unlabeled_questions-{i:05d}"
@@ -229,16 +236,20 @@ def build_unlabeled_questions(writer: WorldWriter, count: int) -> tuple[list[dic
         meta = {"question_type": question.kind, "category": question.category}
         records.append({"id": record_id, "image": image, "question": asked, "answer": answer, **meta})
         reply = cot_answer(question, oracle_rng, letter)
-        oracle.append(conversation(record_id, image, reasoning_prompt("cot-default", asked), reply, answer=answer, **meta))
+        prompt = reasoning_prompt("cot-default", asked)
+        oracle.append(conversation(record_id, image, prompt, reply, answer=answer, **meta))
     return records, oracle
 
 
 def build_sft(writer: WorldWriter, count: int) -> list[dict]:
     """Stage-2 instruction tuning: short answers, multiple-choice letters, detailed and brief descriptions."""
-    rng, records, kinds = writer.rng("sft"), [], list(QUESTION_TYPES)
+    rng, records, kinds = writer.rng("sft"), [], question_kinds(writer.layout)
     open_kinds = [k for k in kinds if k not in MULTIPLE_CHOICE_ONLY]
+    # Stratified rolls: every share is met up to rounding, even in a tiny world.
+    rolls = [(k + rng.random()) / count for k in range(count)]
+    rng.shuffle(rolls)
     for i in _progress("sft", count):
-        record_id, roll = f"sft-{i:05d}", rng.random()
+        record_id, roll = f"sft-{i:05d}", rolls[i]
         if roll < SFT_SHORT + SFT_MC:
             multiple = roll >= SFT_SHORT
             scene, question = _draw_question(writer, rng, kinds if multiple else open_kinds, need_mc=multiple)
@@ -263,7 +274,7 @@ def build_bench_mc(writer: WorldWriter, count: int) -> list[dict]:
     rng, rows = writer.rng("bench_mc"), []
     for i in _progress("bench_mc", count):
         category = CATEGORIES[i % len(CATEGORIES)]
-        kinds = [k for k, (c, _) in QUESTION_TYPES.items() if c == category]
+        kinds = question_kinds(writer.layout, category)
         scene, question = _draw_question(writer, rng, kinds, need_mc=True)
         _, data = writer.add_image("bench_mc", f"bench_mc-{i:05d}", scene)
         options, letter = multiple_choice(question, rng)

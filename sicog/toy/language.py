@@ -10,7 +10,8 @@ front), and its size, position and label follow it in the same clause.
 from __future__ import annotations
 
 import random
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 from sicog.toy.world import Scene, SceneObject
 
@@ -196,7 +197,7 @@ def peripheral(scene: Scene, rng: random.Random | None) -> str:
         templates = ("The image has a thin {c} border.", "A thin {c} border frames the image.")
         sentences.append(pick(rng, templates).format(c=scene.border))
     if not sentences:
-        sentences.append(pick(rng, ("The corners are empty.", "Nothing is near the edges.")))
+        sentences.append(pick(rng, ("There is no dot and no border.", "Nothing else is in the image.")))
     return " ".join(sentences)
 
 

@@ -9,8 +9,8 @@ only when it has at least three.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sicog.toy.language import (
     RELATION_WORDS,
@@ -22,7 +22,7 @@ from sicog.toy.language import (
     place,
     with_article,
 )
-from sicog.toy.world import BACKGROUNDS, COLORS, CORNERS, POSITIONS, RELATIONS, SHAPES, SIZES, Scene, SceneObject, holds
+from sicog.toy.world import CORNERS, LAYOUTS, RELATIONS, SIZES, Layout, Scene, SceneObject, holds
 
 CATEGORIES = (
     "coarse perception",
@@ -59,12 +59,21 @@ def _numbers_near(n: int) -> tuple[str, ...]:
     return tuple(str(v) for v in range(max(0, n - 3), n + 4) if v != n)
 
 
+def _vocab(scene: Scene) -> Layout:
+    """The scene's layout: distractors come from the attributes its world draws, so no option is
+    ruled out by the text alone."""
+    return LAYOUTS[scene.layout]
+
+
+def _absent(scene: Scene) -> list[str]:
+    names, vocab = {o.name for o in scene.objects}, _vocab(scene)
+    return [f"{c} {s}" for c in vocab.colors for s in vocab.shapes if f"{c} {s}" not in names]
+
+
 def _others(scene: Scene, rng: random.Random, exclude: set[str]) -> tuple[str, ...]:
     """Wrong object names: objects of the scene not in ``exclude`` plus a few absent ones."""
     present = [o.name for o in scene.objects if o.name not in exclude]
-    names = {o.name for o in scene.objects}
-    absent = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in names]
-    return tuple(present + rng.sample(absent, 3))
+    return tuple(present + rng.sample(_absent(scene), 3))
 
 
 def _where(objects: list[SceneObject], rng: random.Random) -> str:
@@ -73,7 +82,9 @@ def _where(objects: list[SceneObject], rng: random.Random) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-def count_objects(scene: Scene, rng: random.Random) -> Question:
+def count_objects(scene: Scene, rng: random.Random) -> Question | None:
+    if _vocab(scene).full:  # the count is the same in every image
+        return None
     n = len(scene.objects)
     text = rng.choice(("How many objects are in the image?", "How many shapes are there in the image?"))
     verb = "is" if n == 1 else "are"
@@ -89,7 +100,7 @@ def background_color(scene: Scene, rng: random.Random) -> Question:
     text = rng.choice(("What color is the background?", "What is the background color of the image?"))
     return Question(
         "background_color", "coarse perception", text, scene.background,
-        tuple(b for b in BACKGROUNDS if b != scene.background),
+        tuple(b for b in _vocab(scene).backgrounds if b != scene.background),
         "find the color of the background",
         f"The shapes sit on a {scene.background} background.",
         f"So the background is {scene.background}.",
@@ -99,11 +110,9 @@ def background_color(scene: Scene, rng: random.Random) -> Question:
 def which_present(scene: Scene, rng: random.Random) -> Question:
     """Multiple choice only: one option is in the image, the others are not."""
     obj = rng.choice(scene.objects)
-    names = {o.name for o in scene.objects}
-    absent = tuple(f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in names)
     return Question(
         "which_present", "coarse perception", "Which of these objects is in the image?", obj.name,
-        tuple(rng.sample(absent, 3)),
+        tuple(rng.sample(_absent(scene), 3)),
         "find which of the listed objects appears in the image",
         f"The image shows {object_list(scene, rng)}.",
         f"Of the options, only the {obj.name} is in the image.",
@@ -114,8 +123,7 @@ def is_present(scene: Scene, rng: random.Random) -> Question:
     if rng.random() < 0.5:
         target, answer = rng.choice(scene.objects).name, "yes"
     else:
-        names = {o.name for o in scene.objects}
-        target = rng.choice([f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in names])
+        target = rng.choice(_absent(scene))
         answer = "no"
     verdict = with_article(target) if answer == "yes" else f"no {target}"
     return Question(
@@ -134,7 +142,8 @@ def color_of_shape(scene: Scene, rng: random.Random) -> Question | None:
     obj = rng.choice(unique)
     text = rng.choice((f"What color is the {obj.shape}?", f"What is the color of the {obj.shape}?"))
     return Question(
-        "color_of_shape", "fine-grained perception", text, obj.color, tuple(c for c in COLORS if c != obj.color),
+        "color_of_shape", "fine-grained perception", text, obj.color,
+        tuple(c for c in _vocab(scene).colors if c != obj.color),
         f"find the color of the {obj.shape}",
         f"There is one {obj.shape}, the {obj.name}, {place(obj, rng)}.",
         f"So the {obj.shape} is {obj.color}.",
@@ -160,7 +169,8 @@ def position_of(scene: Scene, rng: random.Random) -> Question:
     obj = rng.choice(scene.objects)
     text = rng.choice((f"Where is the {obj.name} in the image?", f"In which part of the image is the {obj.name}?"))
     return Question(
-        "position_of", "fine-grained perception", text, obj.position, tuple(p for p in POSITIONS if p != obj.position),
+        "position_of", "fine-grained perception", text, obj.position,
+        tuple(p for p in _vocab(scene).positions() if p != obj.position),
         f"locate the {obj.name}",
         f"The {obj.name} is {place(obj, rng)}.",
         f"So its position is the {obj.position}.",
@@ -169,10 +179,11 @@ def position_of(scene: Scene, rng: random.Random) -> Question:
 
 def size_of(scene: Scene, rng: random.Random) -> Question:
     obj = rng.choice(scene.objects)
-    word = SIZE_WORDS[obj.size][0]
+    word, sizes = SIZE_WORDS[obj.size][0], _vocab(scene).sizes
     return Question(
-        "size_of", "fine-grained perception", f"Is the {obj.name} small, medium or large?", obj.size,
-        tuple(s for s in SIZES if s != obj.size),
+        "size_of", "fine-grained perception", f"Is the {obj.name} {join_list(sizes).replace(' and ', ' or ')}?",
+        obj.size,
+        tuple(s for s in sizes if s != obj.size),
         f"judge the size of the {obj.name}",
         f"The {obj.name} is {word} for its part of the image.",
         f"So the {obj.name} is {obj.size}.",
@@ -278,12 +289,12 @@ def _count_matching(
 
 
 def count_shape(scene: Scene, rng: random.Random) -> Question:
-    shape = rng.choice(scene.objects).shape if rng.random() < 0.7 else rng.choice(SHAPES)
+    shape = rng.choice(scene.objects).shape if rng.random() < 0.7 else rng.choice(_vocab(scene).shapes)
     return _count_matching(scene, rng, "count_shape", lambda o: o.shape == shape, SHAPE_PLURALS[shape], shape)
 
 
 def count_color(scene: Scene, rng: random.Random) -> Question:
-    color = rng.choice(scene.objects).color if rng.random() < 0.7 else rng.choice(list(COLORS))
+    color = rng.choice(scene.objects).color if rng.random() < 0.7 else rng.choice(_vocab(scene).colors)
     return _count_matching(scene, rng, "count_color", lambda o: o.color == color, f"{color} objects", f"{color} object")
 
 
@@ -347,7 +358,9 @@ def label_difference(scene: Scene, rng: random.Random) -> Question | None:
     )
 
 
-def count_after_adding(scene: Scene, rng: random.Random) -> Question:
+def count_after_adding(scene: Scene, rng: random.Random) -> Question | None:
+    if _vocab(scene).full:  # with a fixed object count the answer is too easy to guess from the text
+        return None
     shape = rng.choice(scene.objects).shape
     added = rng.randint(1, 3)
     plural = SHAPE_PLURALS[shape]
@@ -360,6 +373,20 @@ def count_after_adding(scene: Scene, rng: random.Random) -> Question:
         f"count the {plural} and add {number_word(added)}",
         f"The image shows {object_list(scene, rng)}.",
         f"There {'is' if n == 1 else 'are'} {n} now, and {n} + {added} = {n + added}.",
+    )
+
+
+def count_two_colors(scene: Scene, rng: random.Random) -> Question:
+    first, second = rng.sample(_vocab(scene).colors, 2)
+    matching = [o for o in scene.objects if o.color in (first, second)]
+    counts = [sum(o.color == c for o in scene.objects) for c in (first, second)]
+    n = len(matching)
+    return Question(
+        "count_two_colors", "math", f"How many objects are {first} or {second}?", str(n), _numbers_near(n),
+        f"count the {first} objects and the {second} objects and add them up",
+        f"The image shows {object_list(scene, rng)}.",
+        f"There {'is' if counts[0] == 1 else 'are'} {counts[0]} {first} and {counts[1]} {second}, and "
+        f"{counts[0]} + {counts[1]} = {n}.",
     )
 
 
@@ -384,7 +411,26 @@ QUESTION_TYPES: dict[str, tuple[str, Generator]] = {
     "label_sum": ("math", label_sum),
     "label_difference": ("math", label_difference),
     "count_after_adding": ("math", count_after_adding),
+    "count_two_colors": ("math", count_two_colors),
 }
+# What a question type needs that a layout may not draw.
+_NEEDS_LABELS = frozenset({"label_of", "count_labelled", "label_sum", "label_difference"})
+# A full grid fixes the object count, and in a full 2-row grid no object is alone left of (above...) another.
+_NEEDS_EMPTY_CELLS = frozenset({"count_objects", "count_after_adding", "relation_lookup"})
+
+
+def question_kinds(layout: Layout, category: str | None = None) -> list[str]:
+    """The question types a world of ``layout`` can ask (of ``category``, if given)."""
+    skip = set()
+    if not layout.label_probability:
+        skip |= _NEEDS_LABELS
+    if not layout.mark_probability:
+        skip.add("mark_corner")
+    if layout.full:
+        skip |= _NEEDS_EMPTY_CELLS
+    return [k for k, (c, _) in QUESTION_TYPES.items() if k not in skip and category in (None, c)]
+
+
 # Types that only make sense with options to choose from, and types with too few wrong answers for four options.
 MULTIPLE_CHOICE_ONLY = frozenset({"which_present"})
 OPEN_ONLY = frozenset({"is_present", "size_of", "relation_yes_no"})

@@ -15,7 +15,8 @@ def write_image_use_references(world: str | os.PathLike, output: str | os.PathLi
     """Write one LLaVA record per caption-benchmark image, answered by its ground-truth description."""
     manifest = load_manifest(world)
     truth = load_ground_truth(manifest["ground_truth"])
+    request = user_turn(CAPTION_PROMPTS["default"])
     records = ({"id": r["id"], "image": r["image"], "conversations": [
-        {"from": "human", "value": user_turn(CAPTION_PROMPTS["default"])},
-        {"from": "gpt", "value": truth[r["image"]]["description"]}]} for _, r in iter_records(manifest["bench_caption"]))
+        {"from": "human", "value": request}, {"from": "gpt", "value": truth[r["image"]]["description"]}]}
+        for _, r in iter_records(manifest["bench_caption"]))
     return write_jsonl(output, records)

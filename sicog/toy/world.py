@@ -1,14 +1,17 @@
-"""The toy world's scenes: coloured shapes on a 3x3 grid, with every fact needed as ground truth.
+"""The toy world's scenes: coloured shapes on a grid of cells, with every fact needed as ground truth.
 
-A scene holds 1-4 objects, each a unique (colour, shape) pair in its own grid cell, with a relative
-size, an optional digit label, and optionally a small dot in an empty corner and a thin border. All
-randomness comes from the ``random.Random`` passed in, so a seed fixes the world.
+A scene is a grid of 1-3 rows and 1-3 columns of square cells; each object is a unique (colour, shape)
+pair in its own cell, with a relative size, an optional digit label, and optionally a small dot in an
+empty corner and a thin border. Positions are always named on a 3x3 scheme ("top left" ... "bottom
+right"): a 2-row grid has a top and a bottom row, a 1-row grid a middle one. A :class:`Layout` says
+which grids, cell size and attributes a world draws from. All randomness comes from the
+``random.Random`` passed in, so a seed fixes the world.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sicog.toy.settings import TOY_MAX_SLICE_NUMS, TOY_PATCH_SIZE, TOY_SCALE_RESOLUTION
 
@@ -36,21 +39,6 @@ CORNERS = ("top left", "top right", "bottom left", "bottom right")
 CORNER_CELLS = {"top left": (0, 0), "top right": (0, 2), "bottom left": (2, 0), "bottom right": (2, 2)}
 RELATIONS = ("left of", "right of", "above", "below")
 
-# (width, height) -> weight. With the toy slicing settings 64x64 stays whole, 96x64, 64x96 and 128x64
-# become 2 slices, 96x96, 128x96 and 128x128 become 4 (checked in the tests with plan_slices).
-IMAGE_SIZES: dict[tuple[int, int], int] = {
-    (64, 64): 3,
-    (96, 64): 2,
-    (64, 96): 1,
-    (128, 64): 1,
-    (96, 96): 1,
-    (128, 96): 2,
-    (128, 128): 1,
-}
-OBJECT_COUNT_WEIGHTS = {1: 4, 2: 4, 3: 2, 4: 1}
-LABEL_PROBABILITY = 0.5  # for medium and large objects; small ones are too small for a readable digit
-MARK_PROBABILITY = 0.5
-BORDER_PROBABILITY = 0.25
 SLICING = {
     "scale_resolution": TOY_SCALE_RESOLUTION,
     "patch_size": TOY_PATCH_SIZE,
@@ -66,6 +54,52 @@ def position_name(row: int, col: int) -> str:
 
 
 POSITIONS = tuple(position_name(r, c) for r in range(3) for c in range(3))
+# The rows (or columns) of the 3x3 naming scheme that a grid of 1, 2 or 3 rows (or columns) uses.
+GRID_LINES = {1: (1,), 2: (0, 2), 3: (0, 1, 2)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a world draws: grid shapes (rows, cols) -> weight, cell size in pixels, and the attributes."""
+
+    name: str
+    grids: dict[tuple[int, int], int]
+    cell: int
+    # Every cell holds an object (no cell shows only background), else ``object_counts`` decides.
+    full: bool
+    colors: tuple[str, ...]
+    shapes: tuple[str, ...]
+    sizes: tuple[str, ...]
+    backgrounds: tuple[str, ...]
+    object_counts: dict[int, int] = field(default_factory=dict)
+    label_probability: float = 0.0  # for medium and large objects; small ones are too small for a digit
+    mark_probability: float = 0.0
+    border_probability: float = 0.0
+
+    def positions(self) -> tuple[str, ...]:
+        """Every position name an object can have in this layout."""
+        return tuple(p for p in POSITIONS if any(_on_grid(p, rows, cols) for rows, cols in self.grids))
+
+
+def _on_grid(position: str, rows: int, cols: int) -> bool:
+    return any(position_name(r, c) == position for r in GRID_LINES[rows] for c in GRID_LINES[cols])
+
+
+LAYOUTS: dict[str, Layout] = {
+    # Learnable by a tiny model on a CPU: a full 2x2 grid of 16-pixel cells, so each cell is exactly one
+    # patch of the toy tower and no image token shows background alone; four well-separated colours and
+    # shapes, two sizes, no digits, dots or borders.
+    "grid": Layout(
+        "grid", {(2, 2): 1}, 16, True, ("red", "yellow", "green", "blue"), ("circle", "square", "triangle", "cross"),
+        ("small", "large"), tuple(BACKGROUNDS),
+    ),
+    # Exercises every code path (slicing, empty cells, digits, dots, borders): 32-pixel cells, so grids of
+    # 2-9 cells give images of 32-96 pixels, most of which the toy slicing cuts into 2-4 slices.
+    "sliced": Layout(
+        "sliced", {(1, 1): 1, (1, 2): 1, (1, 3): 1, (2, 2): 2, (2, 3): 2, (3, 2): 1, (3, 3): 2}, 32, False,
+        tuple(COLORS), SHAPES, SIZES, tuple(BACKGROUNDS), {1: 4, 2: 4, 3: 2, 4: 1}, 0.5, 0.5, 0.25,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -110,6 +144,9 @@ class Scene:
     objects: tuple[SceneObject, ...]
     mark: Mark | None = None
     border: str | None = None
+    rows: int = 3
+    cols: int = 3
+    layout: str = "sliced"
 
     def key(self) -> tuple:
         """What makes two scenes the same picture to a viewer (jitter ignored): used to keep splits disjoint."""
@@ -135,11 +172,12 @@ class Scene:
 
     def object_box(self, obj: SceneObject) -> tuple[float, float, float, float]:
         """The object's bounding square ``(x0, y0, x1, y1)`` in image pixels."""
-        cell_w, cell_h = self.width / 3, self.height / 3
+        cell_w, cell_h = self.width / self.cols, self.height / self.rows
         side = SIZE_FACTORS[obj.size] * min(cell_w, cell_h)
+        col, row = GRID_LINES[self.cols].index(obj.col), GRID_LINES[self.rows].index(obj.row)
         # Jitter moves the object by up to half of its free room, so it never leaves its cell.
-        cx = (obj.col + 0.5) * cell_w + obj.dx * (cell_w - side) / 4
-        cy = (obj.row + 0.5) * cell_h + obj.dy * (cell_h - side) / 4
+        cx = (col + 0.5) * cell_w + obj.dx * (cell_w - side) / 4
+        cy = (row + 0.5) * cell_h + obj.dy * (cell_h - side) / 4
         return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
 
     def ground_truth(self) -> dict:
@@ -147,6 +185,8 @@ class Scene:
         return {
             "width": self.width,
             "height": self.height,
+            "layout": self.layout,
+            "grid": [self.rows, self.cols],
             "background": self.background,
             "objects": [
                 {
@@ -186,25 +226,26 @@ def _weighted(rng: random.Random, table: dict) -> object:
     return rng.choices(keys, weights=[table[k] for k in keys])[0]
 
 
-def sample_scene(rng: random.Random) -> Scene:
-    """Draw one random scene."""
-    width, height = _weighted(rng, IMAGE_SIZES)
-    background = rng.choice(list(BACKGROUNDS))
-    count = _weighted(rng, OBJECT_COUNT_WEIGHTS)
-    cells = rng.sample(range(9), count)
-    kinds = rng.sample([(c, s) for c in COLORS for s in SHAPES], count)
+def sample_scene(rng: random.Random, layout: Layout = LAYOUTS["sliced"]) -> Scene:
+    """Draw one random scene of ``layout``."""
+    rows, cols = _weighted(rng, layout.grids)
+    background = rng.choice(layout.backgrounds)
+    cells = [(r, c) for r in GRID_LINES[rows] for c in GRID_LINES[cols]]
+    count = len(cells) if layout.full else min(_weighted(rng, layout.object_counts), len(cells))
+    cells = rng.sample(cells, count)
+    kinds = rng.sample([(c, s) for c in layout.colors for s in layout.shapes], count)
     objects = []
-    for cell, (color, shape) in zip(cells, kinds):
-        size = rng.choice(SIZES)
-        label = rng.randint(1, 9) if size != "small" and rng.random() < LABEL_PROBABILITY else None
+    for (row, col), (color, shape) in zip(cells, kinds):
+        size = rng.choice(layout.sizes)
+        label = rng.randint(1, 9) if size != "small" and rng.random() < layout.label_probability else None
         dx, dy = round(rng.uniform(-1, 1), 2), round(rng.uniform(-1, 1), 2)
-        objects.append(SceneObject(shape, color, size, cell // 3, cell % 3, label, dx, dy))
+        objects.append(SceneObject(shape, color, size, row, col, label, dx, dy))
     mark = None
-    if rng.random() < MARK_PROBABILITY:
+    if rng.random() < layout.mark_probability:
         taken = {(o.row, o.col) for o in objects}
-        free = [c for c in CORNERS if CORNER_CELLS[c] not in taken]
+        free = [c for c in CORNERS if CORNER_CELLS[c] not in taken and _on_grid(c, rows, cols)]
         if free:
-            mark = Mark(rng.choice(list(COLORS)), rng.choice(free))
-    border = rng.choice(list(COLORS)) if rng.random() < BORDER_PROBABILITY else None
-    return Scene(width, height, background, tuple(objects), mark, border)
-
+            mark = Mark(rng.choice(layout.colors), rng.choice(free))
+    border = rng.choice(layout.colors) if rng.random() < layout.border_probability else None
+    size = (cols * layout.cell, rows * layout.cell)
+    return Scene(*size, background, tuple(objects), mark, border, rows, cols, layout.name)

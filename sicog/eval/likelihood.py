@@ -1,0 +1,81 @@
+"""Multiple choice by option log-likelihood (the lm-evaluation-harness way), with an optional blind baseline.
+
+Each option's text is scored as the assistant's whole reply to the image and the question asked as a
+short-answer question ("... Answer the question using a single word or phrase."): the summed
+log-probability of its tokens, the reply's end marker included, so that "red" and "red circle" are
+told apart. The option with the highest sum is the prediction; the length-normalised prediction (mean
+log-probability per token) is reported beside it. Unlike a generated letter, this needs no skill in
+naming letters and cannot collapse onto one favourite letter, so it measures what the model knows.
+
+Blind: each question is asked with the image of another row (a seeded permutation with no fixed
+point), which measures how much of the accuracy the question text alone gives.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from sicog.data.prompts import IMAGE_TOKEN
+from sicog.eval.image_use import answer_losses
+from sicog.eval.prompts import yes_no_prompt
+from sicog.eval.tsv import is_missing, row_options
+from sicog.model.processing import Encoded, SicogProcessor
+
+
+def likelihood_prompt(row: dict[str, str]) -> str:
+    """The user text an option is scored after: hint, question and the short-answer instruction."""
+    hint = None if is_missing(row.get("hint")) else row["hint"].strip()
+    return yes_no_prompt(row["question"] if hint is None else f"{hint}\n{row['question']}")
+
+
+def encode_options(processor: SicogProcessor, prompt: str, image, options: dict[str, str]) -> list[Encoded]:
+    """One training-style encoding per option: the option's text is the supervised reply."""
+    human = {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}
+    return [processor.encode([human, {"from": "gpt", "value": text.strip()}], [image]) for text in options.values()]
+
+
+def option_scores(
+    model, processor: SicogProcessor, items: Sequence[Encoded], batch_size: int = 16
+) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each encoded option's reply."""
+    return [(-nll, count) for nll, count in answer_losses(model, processor, items, batch_size)]
+
+
+def choose(letters: Sequence[str], scores: Sequence[tuple[float, int]]) -> tuple[str, str]:
+    """The letter with the highest summed log-probability, and the one with the highest mean per token
+    (ties go to the earlier letter)."""
+    by_sum = max(range(len(letters)), key=lambda i: (scores[i][0], -i))
+    by_mean = max(range(len(letters)), key=lambda i: (scores[i][0] / max(scores[i][1], 1), -i))
+    return letters[by_sum], letters[by_mean]
+
+
+def blind_partners(indices: Sequence[str], seed: int) -> dict[str, str]:
+    """For each row index, the index of the row whose image it is shown with: a seeded shuffle of the
+    rows, each one lending its image to the next (so no row keeps its own)."""
+    order = list(indices)
+    random.Random(f"sicog-blind/{seed}").shuffle(order)
+    return {order[k]: order[(k + 1) % len(order)] for k in range(len(order))} if len(order) > 1 else {}
+
+
+def score_rows(
+    model, processor: SicogProcessor, rows: Sequence[dict[str, str]], images: Sequence, batch_size: int = 16
+) -> list[dict]:
+    """Score every option of each row with its image; per row ``prediction`` (by sum), ``prediction_normalised``
+    (by mean) and ``scores`` (letter -> [summed log-probability, tokens])."""
+    encoded, spans = [], []
+    for row, image in zip(rows, images, strict=True):
+        options = row_options(row)
+        spans.append((list(options), len(encoded)))
+        encoded += encode_options(processor, likelihood_prompt(row), image, options)
+    scores = option_scores(model, processor, encoded, batch_size)
+    results = []
+    for letters, start in spans:
+        mine = scores[start : start + len(letters)]
+        by_sum, by_mean = choose(letters, mine)
+        results.append({
+            "prediction": by_sum,
+            "prediction_normalised": by_mean,
+            "scores": {letter: [round(total, 4), count] for letter, (total, count) in zip(letters, mine)},
+        })
+    return results

@@ -1,0 +1,236 @@
+"""The toy world's pretrained parts, the stand-ins for the CLIP and Qwen2 downloads of a real run.
+
+The real SICOG starts from a CLIP vision tower trained contrastively on web image/alt-text pairs and
+from an instruction-tuned Qwen2. The toy does the same in miniature, once per world:
+
+- a tiny CLIP (``transformers.CLIPModel``, its own contrastive loss) trained on a separate pool of toy
+  images with their descriptions; its vision tower is saved as a ``CLIPVisionModel``;
+- a tiny Qwen2 trained on text of the toy language: descriptions, and chat turns that answer a question
+  about a scene given its description in the prompt (reading comprehension, as an instruction-tuned
+  LLM brings it; it never sees an image).
+
+Both pools come from their own random streams of the world's seed and layout; like web data they are
+not checked against the benchmarks (a repeated scene is rare: a 2x2 grid has millions of them). The
+result is cached under ``$SICOG_CACHE`` (default ``~/.cache/sicog``) in a folder named by a hash of
+everything it depends on, so a second cycle on the same world reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPVisionModel,
+    PreTrainedTokenizerBase,
+    Qwen2ForCausalLM,
+    get_cosine_schedule_with_warmup,
+)
+
+from sicog.model.builders import tiny_text_config, tiny_vision_config
+from sicog.model.configuration import CLIP_MEAN, CLIP_STD
+from sicog.toy.answers import multiple_choice, multiple_choice_prompt
+from sicog.toy.build import WORLD_VERSION, load_manifest
+from sicog.toy.language import brief_description, detailed_description
+from sicog.toy.model import TOY_TEXT, TOY_VISION
+from sicog.toy.questions import QUESTION_TYPES, question_kinds
+from sicog.toy.render import render
+from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
+
+# Bump when the same settings would train different parts.
+PARTS_VERSION = 1
+CLIP_TRAINING = {"batch_size": 128, "lr": 2e-3, "text_hidden_size": 64, "text_layers": 2, "projection": 64}
+LM_TRAINING = {"batch_size": 16, "lr": 2e-3, "max_length": 256}
+# Optimizer steps (CLIP, LM) per world size: the tiny world only checks that the path works.
+STEPS = {"tiny": (4, 4), "demo": (1000, 300)}
+DONE = "parts.json"
+
+
+def cache_root() -> Path:
+    """Where pretrained toy parts are kept: ``$SICOG_CACHE``, else ``$XDG_CACHE_HOME/sicog``, else
+    ``~/.cache/sicog``."""
+    if os.environ.get("SICOG_CACHE"):
+        return Path(os.environ["SICOG_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sicog"
+
+
+def parts_key(world_dir: str | os.PathLike) -> str:
+    """A hash of everything the parts depend on: world version, seed and layout, tokenizer, sizes, training."""
+    manifest = load_manifest(world_dir)
+    digest = hashlib.sha256()
+    settings = {
+        "parts": PARTS_VERSION, "world": WORLD_VERSION, "seed": manifest["seed"], "layout": manifest["layout"],
+        "vision": TOY_VISION, "text": TOY_TEXT, "clip": CLIP_TRAINING, "lm": LM_TRAINING,
+        "steps": STEPS[manifest["size"]],
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for path in sorted(Path(manifest["tokenizer"]).iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def pretrained_parts(
+    world_dir: str | os.PathLike, cache: str | os.PathLike | None = None, log: Callable[[str], None] = print
+) -> tuple[Path, Path]:
+    """The world's pretrained (vision tower, language model) folders, trained and cached on first use."""
+    manifest = load_manifest(world_dir)
+    folder = Path(cache or cache_root()) / "toy-parts" / parts_key(world_dir)
+    vision_dir, llm_dir = folder / "vision", folder / "llm"
+    if (folder / DONE).is_file():
+        return vision_dir, llm_dir
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(manifest["tokenizer"]))
+        layout, seed = LAYOUTS[manifest["layout"]], manifest["seed"]
+        clip_steps, lm_steps = STEPS[manifest["size"]]
+        start = time.perf_counter()
+        clip_loss = train_clip(tokenizer, layout, seed, clip_steps).save_pretrained(staging / "vision")
+        clip_seconds = time.perf_counter() - start
+        log(f"toy CLIP: contrastive loss {clip_loss['first']:.3f} -> {clip_loss['last']:.3f} in {clip_seconds:.0f} s")
+        start = time.perf_counter()
+        lm, lm_loss = train_language_model(tokenizer, layout, seed, lm_steps)
+        lm.save_pretrained(staging / "llm")
+        tokenizer.save_pretrained(staging / "llm")
+        lm_seconds = time.perf_counter() - start
+        log(f"toy LM: loss {lm_loss['first']:.3f} -> {lm_loss['last']:.3f} in {lm_seconds:.0f} s")
+        report = {"clip": {**clip_loss, "seconds": round(clip_seconds, 1)},
+                  "lm": {**lm_loss, "seconds": round(lm_seconds, 1)}}
+        (staging / DONE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if folder.exists():  # an interrupted or concurrent build: the finished one wins
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return vision_dir, llm_dir
+
+
+# ----- the vision tower ------------------------------------------------------------------------------
+def alt_text(scene: Scene, rng: random.Random) -> str:
+    """The pair's text: every object by colour, shape and place, and the background, in a random phrasing.
+
+    Partial texts (a random subset of the objects, like web alt text) trained nothing a linear probe of
+    the tower could see; texts naming every object make the in-batch contrast need all of them. The
+    longer detailed descriptions (sizes too) did not train at this budget (loss stayed near chance)."""
+    return brief_description(scene, rng)
+
+
+def pixels(scene: Scene, size: int) -> np.ndarray:
+    """The scene as the tower sees a ``size`` x ``size`` view: CHW, CLIP-normalised."""
+    image = render(scene)
+    if image.size != (size, size):
+        image = image.resize((size, size))
+    mean, std = np.asarray(CLIP_MEAN, np.float32), np.asarray(CLIP_STD, np.float32)
+    array = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
+    return array.transpose(2, 0, 1)
+
+
+class _TowerTrainer:
+    """CLIPModel with the toy tower's geometry; ``save_pretrained`` writes its vision half as CLIPVisionModel."""
+
+    def __init__(self, model: CLIPModel, losses: list[float]) -> None:
+        self.model, self.losses = model, losses
+
+    def save_pretrained(self, out: Path) -> dict:
+        vision = CLIPVisionModel(self.model.config.vision_config)
+        vision.load_state_dict(self.model.vision_model.state_dict())
+        vision.save_pretrained(out)
+        return _loss_summary(self.losses)
+
+
+def train_clip(tokenizer: PreTrainedTokenizerBase, layout: Layout, seed: int, steps: int) -> _TowerTrainer:
+    """Contrastive pretraining of a tiny CLIP on fresh toy images and their descriptions."""
+    settings = CLIP_TRAINING
+    torch.manual_seed(seed)
+    rng = random.Random(f"sicog-toy/{seed}/parts/clip")
+    vision = tiny_vision_config(**TOY_VISION)
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=settings["text_hidden_size"],
+        intermediate_size=2 * settings["text_hidden_size"],
+        num_hidden_layers=settings["text_layers"], num_attention_heads=4, max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                        projection_dim=settings["projection"])
+    model = CLIPModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
+    losses = []
+    for _ in range(steps):
+        scenes = [sample_scene(rng, layout) for _ in range(settings["batch_size"])]
+        images = torch.from_numpy(np.stack([pixels(s, vision.image_size) for s in scenes]))
+        texts = [alt_text(s, rng) + tokenizer.eos_token for s in scenes]
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=images,
+                     return_loss=True).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return _TowerTrainer(model, losses)
+
+
+# ----- the language model ----------------------------------------------------------------------------
+def lm_text(scene: Scene, layout: Layout, rng: random.Random, tokenizer: PreTrainedTokenizerBase) -> str:
+    """One training text: a description, or a chat turn answering a question about a described scene."""
+    description = detailed_description(scene, rng)
+    if rng.random() < 0.3:
+        return description + tokenizer.eos_token
+    for _ in range(20):
+        question = QUESTION_TYPES[rng.choice(question_kinds(layout))][1](scene, rng)
+        if question is not None:
+            break
+    else:
+        return description + tokenizer.eos_token
+    if question.can_be_multiple_choice and rng.random() < 0.5:
+        options, letter = multiple_choice(question, rng)
+        prompt, answer = multiple_choice_prompt(question.text, options), letter
+    else:
+        prompt, answer = question.text, question.answer
+    messages = [{"role": "user", "content": f"{description}\n{prompt}"}, {"role": "assistant", "content": answer}]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def train_language_model(
+    tokenizer: PreTrainedTokenizerBase, layout: Layout, seed: int, steps: int
+) -> tuple[Qwen2ForCausalLM, dict]:
+    """Causal-LM pretraining of the toy Qwen2 on text of the toy language."""
+    settings = LM_TRAINING
+    torch.manual_seed(seed)
+    rng = random.Random(f"sicog-toy/{seed}/parts/lm")
+    model = Qwen2ForCausalLM(tiny_text_config(len(tokenizer), **TOY_TEXT))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
+    losses = []
+    for _ in range(steps):
+        texts = [lm_text(sample_scene(rng, layout), layout, rng, tokenizer) for _ in range(settings["batch_size"])]
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=settings["max_length"], return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return model, _loss_summary(losses)
+
+
+def _loss_summary(losses: list[float]) -> dict:
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"first": round(losses[0], 4), "last": round(sum(tail) / len(tail), 4), "steps": len(losses)}

@@ -1,0 +1,114 @@
+"""Multiple choice by option log-likelihood: the preferred option wins, batching changes nothing, blind runs."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sicog.cli import main
+from sicog.data.jsonl import load_records
+from sicog.eval.likelihood import blind_partners, choose, encode_options, likelihood_prompt, option_scores, score_rows
+from sicog.model.builders import save_pretrained
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+QUESTION = "What colour is this image?"
+
+
+def _image(colour: str) -> Image.Image:
+    return Image.new("RGB", (64, 64), COLORS[colour])
+
+
+def _rows(n: int = 8) -> list[dict[str, str]]:
+    """MC rows about one-colour images; the options are the four colours in a rotating order."""
+    names, rows = list(COLORS), []
+    for i in range(n):
+        colour = names[i % 4]
+        options = names[i % 3:] + names[: i % 3]
+        buffer = io.BytesIO()
+        _image(colour).save(buffer, format="PNG")
+        rows.append({"index": str(i), "image": base64.b64encode(buffer.getvalue()).decode(), "question": QUESTION,
+                     **dict(zip("ABCD", options)), "answer": "ABCD"[options.index(colour)], "category": "colour"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def taught(tiny_model_factory):
+    """A tiny model taught to answer the colour question with the colour's name."""
+    model, processor = tiny_model_factory(seed=3)
+    encoded = [processor.encode([{"from": "human", "value": f"<image>\n{likelihood_prompt({'question': QUESTION})}"},
+                                 {"from": "gpt", "value": colour}], [_image(colour)]) for colour in COLORS]
+    batch = processor.collate(encoded)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), processor
+
+
+def test_the_option_the_model_prefers_is_chosen(taught) -> None:
+    model, processor = taught
+    rows = _rows()
+    results = score_rows(model, processor, rows, [_image(list(COLORS)[i % 4]) for i in range(len(rows))])
+    assert [r["prediction"] for r in results] == [row["answer"] for row in rows]
+    for result in results:
+        best = result["scores"][result["prediction"]][0]
+        assert all(best >= total for total, _ in result["scores"].values())
+
+
+def test_batching_gives_the_same_scores_as_one_by_one(taught) -> None:
+    model, processor = taught
+    row = _rows(1)[0]
+    items = encode_options(processor, likelihood_prompt(row), _image("red"), {k: row[k] for k in "ABCD"})
+    together = option_scores(model, processor, items, batch_size=4)
+    alone = [option_scores(model, processor, [item], batch_size=1)[0] for item in items]
+    assert [n for _, n in together] == [n for _, n in alone]
+    assert [t for t, _ in together] == pytest.approx([t for t, _ in alone], abs=1e-4)
+
+
+def test_choose_by_sum_and_by_mean_and_ties() -> None:
+    # B has the highest sum, A the highest mean per token; a tie keeps the earlier letter.
+    assert choose("ABC", [(-2.0, 1), (-1.5, 3), (-4.0, 2)]) == ("B", "B")
+    assert choose("AB", [(-1.0, 1), (-1.8, 4)]) == ("A", "B")
+    assert choose("AB", [(-1.0, 2), (-1.0, 2)]) == ("A", "A")
+
+
+def test_blind_partners_are_seeded_and_never_the_row_itself() -> None:
+    indices = [str(i) for i in range(10)]
+    partners = blind_partners(indices, seed=0)
+    assert sorted(partners) == indices and sorted(partners.values()) == indices
+    assert all(partners[i] != i for i in indices)
+    assert partners == blind_partners(indices, seed=0) != blind_partners(indices, seed=1)
+
+
+def test_command_scores_by_likelihood_and_blind(taught, tmp_path: Path) -> None:
+    model, processor = taught
+    save_pretrained(model, processor, tmp_path / "model")
+    rows = _rows()
+    bench = tmp_path / "bench.tsv"
+    with bench.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    base = ["eval", "--model", str(tmp_path / "model"), "--benchmark", str(bench), "--mc-scoring", "likelihood",
+            "--batch-size", "3", "--no-progress"]
+    assert main([*base, "--output-dir", str(tmp_path / "seen")]) == 0
+    seen = json.loads((tmp_path / "seen" / "results.json").read_text())
+    assert seen["accuracy"] == 1.0 and seen["length_normalised"]["scored"] == 8
+    record = load_records(tmp_path / "seen" / "predictions.jsonl")[0]
+    assert record["prediction"] in "ABCD" and set(record["scores"]) == set("ABCD")
+    assert record["settings"]["mc_scoring"] == "likelihood" and record["settings"]["blind_seed"] is None
+    assert main([*base, "--output-dir", str(tmp_path / "blind"), "--blind-seed", "0"]) == 0
+    blind = json.loads((tmp_path / "blind" / "results.json").read_text())
+    # Shown another row's image, the model names that image's colour: right only where the colours agree.
+    partners = blind_partners([row["index"] for row in rows], 0)
+    agree = sum(int(partners[row["index"]]) % 4 == int(row["index"]) % 4 for row in rows)
+    assert blind["correct"] == agree and blind["settings"]["blind_seed"] == 0

@@ -1,0 +1,58 @@
+"""Pretrained toy parts: trained once per world like downloads, cached by content, loadable as the real ones."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, CLIPVisionModel, Qwen2ForCausalLM
+
+from sicog.toy.build import build_world
+from sicog.toy.pretrain import DONE, alt_text, parts_key, pixels, pretrained_parts
+from sicog.toy.score import score_caption
+from sicog.toy.world import LAYOUTS, sample_scene
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain") / "world"
+    build_world(out, seed=0, size="tiny")
+    return out
+
+
+def test_parts_are_built_once_and_reused(world: Path, tmp_path: Path) -> None:
+    messages = []
+    vision, llm = pretrained_parts(world, cache=tmp_path, log=messages.append)
+    assert len(messages) == 2 and "toy CLIP" in messages[0] and "toy LM" in messages[1]
+    report = json.loads((vision.parent / DONE).read_text())
+    assert report["clip"]["steps"] > 0 and report["lm"]["steps"] > 0
+    tower = CLIPVisionModel.from_pretrained(vision)
+    lm = Qwen2ForCausalLM.from_pretrained(llm)
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    assert lm.config.vocab_size == len(tokenizer)
+    image = torch.from_numpy(pixels(sample_scene(random.Random(0), LAYOUTS["sliced"]), tower.config.image_size))
+    assert tower(pixel_values=image[None]).last_hidden_state.shape[-1] == tower.config.hidden_size
+    before = vision.stat().st_mtime_ns
+    again = []
+    assert pretrained_parts(world, cache=tmp_path, log=again.append) == (vision, llm)
+    assert again == [] and vision.stat().st_mtime_ns == before, "a second build must reuse the cache"
+    assert not [p for p in (tmp_path / "toy-parts").iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def test_the_key_follows_the_world(world: Path, tmp_path: Path) -> None:
+    other = build_world(tmp_path / "other", seed=1, size="tiny")
+    assert other["seed"] == 1
+    assert parts_key(world) == parts_key(world) != parts_key(tmp_path / "other")
+
+
+def test_alt_texts_name_only_objects_of_the_image() -> None:
+    rng = random.Random(4)
+    for _ in range(50):
+        scene = sample_scene(rng, LAYOUTS["grid"])
+        truth = scene.ground_truth()
+        text = alt_text(scene, rng)
+        score = score_caption(text, truth)
+        assert score["precision"] == 1.0 and not score["hallucinated"]
