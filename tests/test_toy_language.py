@@ -9,8 +9,9 @@ import pytest
 
 from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.steps import format_steps, split_steps
+from sicog.eval.prompts import MC_INSTRUCTION
 from sicog.toy import language
-from sicog.toy.answers import LETTERS, MC_INSTRUCTION, cot_answer, multiple_choice, multiple_choice_prompt
+from sicog.toy.answers import LETTERS, cot_answer, multiple_choice, multiple_choice_prompt
 from sicog.toy.questions import CATEGORIES, MULTIPLE_CHOICE_ONLY, OPEN_ONLY, QUESTION_TYPES
 from sicog.toy.score import parse_caption, score_caption
 from sicog.toy.world import POSITIONS, RELATIONS, Scene, SceneObject, holds, sample_scene

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from sicog.data.prompts import IMAGE_TOKEN
+from sicog.data.prompts import user_turn
 from sicog.eval.image_use import answer_losses
 from sicog.eval.prompts import yes_no_prompt
 from sicog.eval.tsv import is_missing, row_options
@@ -31,7 +31,7 @@ def likelihood_prompt(row: dict[str, str]) -> str:
 
 def encode_options(processor: SicogProcessor, prompt: str, image, options: dict[str, str]) -> list[Encoded]:
     """One training-style encoding per option: the option's text is the supervised reply."""
-    human = {"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}
+    human = {"from": "human", "value": user_turn(prompt)}
     return [processor.encode([human, {"from": "gpt", "value": text.strip()}], [image]) for text in options.values()]
 
 

@@ -6,7 +6,7 @@ import random
 
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
-from sicog.eval.prompts import MC_INSTRUCTION
+from sicog.eval.prompts import multiple_choice_prompt as eval_multiple_choice_prompt
 from sicog.toy.questions import Question
 
 LETTERS = "ABCD"
@@ -22,9 +22,8 @@ def multiple_choice(question: Question, rng: random.Random) -> tuple[list[str], 
 
 
 def multiple_choice_prompt(text: str, options: list[str]) -> str:
-    """The question, its options "A. ..." one per line, and the VLMEvalKit instruction."""
-    lines = [text, *(f"{letter}. {option}" for letter, option in zip(LETTERS, options)), MC_INSTRUCTION]
-    return "\n".join(lines)
+    """The question with its options lettered A, B, ... in the benchmark evaluator's format."""
+    return eval_multiple_choice_prompt(text, dict(zip(LETTERS, options)))
 
 
 def cot_answer(question: Question, rng: random.Random, letter: str | None = None) -> str:

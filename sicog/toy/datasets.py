@@ -24,6 +24,7 @@ from sicog.data.prompts import (
     STEP_BY_STEP_ANSWER,
     STEP_BY_STEP_DESCRIBE,
     reasoning_prompt,
+    user_turn,
 )
 from sicog.data.steps import format_steps
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
@@ -80,7 +81,7 @@ SFT_SHORT, SFT_MC, SFT_DETAILED = 0.55, 0.3, 0.1
 
 def conversation(record_id: str, image: str, prompt: str, reply: str, **extra: object) -> dict:
     """A one-turn LLaVA record; ``prompt`` is the user text without the ``<image>`` line."""
-    turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": reply}]
+    turns = [{"from": "human", "value": user_turn(prompt)}, {"from": "gpt", "value": reply}]
     return {"id": record_id, "image": image, "conversations": turns, **extra}
 
 
