@@ -32,8 +32,8 @@ from sicog.data.prompts import (  # noqa: E402
 )
 from sicog.data.schema import check_llava_record  # noqa: E402
 from sicog.data.steps import split_steps  # noqa: E402
-from sicog.model.slicing import plan_slices  # noqa: E402
 from sicog.eval.prompts import MC_INSTRUCTION  # noqa: E402
+from sicog.model.slicing import plan_slices  # noqa: E402
 from sicog.toy.build import FILES, build_world, load_manifest  # noqa: E402
 from sicog.toy.datasets import CAPTION_REQUESTS, SIZES, TSV_COLUMNS, read_bench_tsv  # noqa: E402
 from sicog.toy.questions import CATEGORIES  # noqa: E402

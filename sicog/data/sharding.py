@@ -6,7 +6,7 @@ import glob
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -131,3 +131,29 @@ def process_group(world: int) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def written_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Records an earlier run wrote to ``path`` (nothing when it does not exist); a last line that a killed
+    writer left unfinished is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        yield from iter_records(path)
+    except RecordError as err:
+        data = path.read_bytes()
+        if data.endswith(b"\n") or err.line != data.count(b"\n") + 1:
+            raise
+
+
+def done_ids(paths: Sequence[Path], check: Callable[[Path, int, dict], None] | None = None) -> set[str]:
+    """Ids that earlier runs already wrote to ``paths`` (outputs, errors, shards of any world size).
+    ``check(path, line, record)`` raises :class:`RecordError` for a record made with other settings."""
+    done: set[str] = set()
+    for path in paths:
+        for line, record in written_records(path):
+            if check is not None:
+                check(path, line, record)
+            done.add(str(record.get("id")))
+    return done

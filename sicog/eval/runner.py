@@ -17,7 +17,7 @@ row is in exactly one of the two files, and scores.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records, write_json
-from sicog.data.sharding import merge_shard_files, rank_and_world, shard, shard_files, shard_path
+from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
 from sicog.eval.likelihood import blind_partners, likelihood_prompt, score_rows
 from sicog.eval.prompts import PROMPT_STYLES, build_prompt
@@ -65,36 +65,21 @@ class EvalSettings:
 _SETTING_DEFAULTS = {"mc_scoring": "generate", "blind_seed": None}
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
-    """Records of a file a killed run may have left with an unfinished last line (that line is skipped)."""
-    if not path.exists():
-        return
-    try:
-        yield from iter_records(path)
-    except RecordError as err:
-        data = path.read_bytes()
-        if data.endswith(b"\n") or err.line != data.count(b"\n") + 1:
-            raise
-
-
-def _done_ids(paths: Sequence[Path], settings: EvalSettings) -> set[str]:
-    """Row ids already answered or failed; an answer made with other settings raises :class:`RecordError`."""
-    done: set[str] = set()
+def _same_settings(settings: EvalSettings) -> Callable[[Path, int, dict], None]:
+    """A check that an earlier prediction was made with ``settings``."""
     mine = asdict(settings)
-    for path in paths:
-        for line, record in _records(path):
-            theirs = record.get("settings")
-            if theirs is not None:
-                # Predictions written before a setting existed were made with its default.
-                theirs = {**_SETTING_DEFAULTS, **theirs}
-            if theirs is not None and theirs != mine:
-                raise RecordError(
-                    f"answered with other settings ({theirs}, this run: {mine}); use another output folder or "
-                    "delete the old files to start over",
-                    path=path, line=line, record_id=record.get("id"), field="settings",
-                )
-            done.add(str(record.get("id")))
-    return done
+
+    def check(path: Path, line: int, record: dict) -> None:
+        theirs = record.get("settings")
+        # Predictions written before a setting existed were made with its default.
+        if theirs is not None and {**_SETTING_DEFAULTS, **theirs} != mine:
+            raise RecordError(
+                f"answered with other settings ({theirs}, this run: {mine}); use another output folder or "
+                "delete the old files to start over",
+                path=path, line=line, record_id=record.get("id"), field="settings",
+            )
+
+    return check
 
 
 def _error(row: dict[str, str], benchmark: Benchmark, field: str, reason: str) -> dict:
@@ -127,7 +112,7 @@ def run_rank(
     partners = {} if settings.blind_seed is None else blind_partners(list(by_index), settings.blind_seed)
     images = {index: by_index[partner] for index, partner in partners.items()}
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as failures:
-        done = _done_ids([predictions, errors, out_part, err_part, *foreign], settings)
+        done = done_ids([predictions, errors, out_part, err_part, *foreign], _same_settings(settings))
         rows = shard(benchmark.rows, rank, world)
         pending = [row for row in rows if row["index"] not in done]
         counts["skipped"] = len(rows) - len(pending)

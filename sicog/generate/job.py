@@ -11,15 +11,15 @@ are missing: the result is byte-identical to an uninterrupted run with the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from sicog.data.jsonl import JsonlAppender, RecordError, error_record, errors_path, iter_records
-from sicog.data.sharding import merge_shard_files, shard_files, shard_path, shard_world
+from sicog.data.jsonl import JsonlAppender, RecordError, error_record, errors_path
+from sicog.data.sharding import done_ids, merge_shard_files, shard_files, shard_path, shard_world, written_records
 from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO, GenerationTask, InputPlan, read_inputs
 from sicog.generate.sample import ENCODE_ERRORS, encode_task, sample_candidates
 from sicog.generate.settings import SamplingSettings
@@ -97,30 +97,16 @@ def plan_batches(tasks: Sequence[GenerationTask], batch_size: int) -> list[list[
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _existing(path: Path) -> Iterator[tuple[int, dict]]:
-    """Records of a file another run may have been killed while writing (an unfinished last line is ignored)."""
-    try:
-        yield from iter_records(path)
-    except RecordError as err:
-        text = path.read_bytes()
-        last_line = text.count(b"\n") + 1
-        if text.endswith(b"\n") or err.line != last_line:
-            raise
+def _resumable(job: GenerationJob) -> Callable[[Path, int, dict], None]:
+    """A check that an earlier output record was made with the job's settings (mixing them would make one
+    output from two different runs)."""
 
+    def check(path: Path, line: int, record: dict) -> None:
+        generation = record.get("generation")
+        if isinstance(generation, dict):
+            _check_resumable(job, path, line, record, generation)
 
-def done_ids(job: GenerationJob, paths: Sequence[Path]) -> set[str]:
-    """Ids already written to ``paths``; raises :class:`RecordError` when an output record was made
-    with other settings (mixing them would make one output from two different runs)."""
-    done: set[str] = set()
-    for path in paths:
-        if not path.exists():
-            continue
-        for line, record in _existing(path):
-            generation = record.get("generation")
-            if isinstance(generation, dict):
-                _check_resumable(job, path, line, record, generation)
-            done.add(str(record.get("id")))
-    return done
+    return check
 
 
 def _check_resumable(job: GenerationJob, path: Path, line: int, record: dict, generation: dict) -> None:
@@ -157,7 +143,7 @@ def run_rank(
     foreign = [p for p in shard_files(job.output) + shard_files(job.errors_output) if shard_world(p) != world]
     summary = RankSummary()
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as errors:
-        done = done_ids(job, [job.output, job.errors_output, out_part, err_part, *foreign])
+        done = done_ids([job.output, job.errors_output, out_part, err_part, *foreign], _resumable(job))
         if rank == 0:
             # Errors found while reading the input are written once, by rank 0.
             for record in plan.errors:
@@ -210,7 +196,7 @@ def clear_errors(job: GenerationJob) -> int:
     """Remove the error records of earlier runs (merged file and shards) so that their records are tried
     again; returns how many there were. Run it once (rank 0) before any rank starts."""
     files = [p for p in [job.errors_output, *shard_files(job.errors_output)] if p.exists()]
-    count = sum(1 for path in files for _ in _existing(path))
+    count = sum(1 for path in files for _ in written_records(path))
     for path in files:
         path.unlink()
     return count
