@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="write images, ground truth, every dataset, a tokenizer and a manifest")
     build.add_argument("--out", required=True, help="directory to write the world into")
     build.add_argument("--seed", type=int, default=0, help="world seed (same seed -> byte-identical tree)")
-    build.add_argument("--size", choices=tuple(SIZES), default="demo", help="dataset sizes (tiny: for tests)")
+    build.add_argument("--size", choices=tuple(SIZES), default="demo",
+                       help="dataset sizes and layout (demo: the learnable 2x2 grid; tiny: sliced images, for tests)")
     build.add_argument("--force", action="store_true", help="replace an existing, different world in --out")
     parts = sub.add_parser("parts", help="the world's pretrained toy vision tower and LLM, copied like downloads "
                                          "(trained once per world and cached, see docs/toy_world.md)")
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
-    print(f"toy world (seed {manifest['seed']}, size {manifest['size']}) in {args.out}: {counts}")
+    where = f"seed {manifest['seed']}, size {manifest['size']}, layout {manifest['layout']}"
+    print(f"toy world ({where}) in {args.out}: {counts}")
     print(f"tokenizer: {manifest['vocab_size']} tokens; took {time.perf_counter() - start:.1f} s")
     return 0

@@ -50,7 +50,7 @@ from sicog.toy.render import render
 from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
 # Bump when the same settings would train different parts.
-PARTS_VERSION = 1
+PARTS_VERSION = 2
 CLIP_TRAINING = {"batch_size": 128, "lr": 2e-3, "text_hidden_size": 64, "text_layers": 2, "projection": 64}
 LM_TRAINING = {"batch_size": 16, "lr": 2e-3, "max_length": 256}
 # Optimizer steps (CLIP, LM) per world size: the tiny world only checks that the path works.
