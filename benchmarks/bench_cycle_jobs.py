@@ -5,8 +5,8 @@
 Each variant runs ``sicog cycle`` in a fresh folder (the world is built in each, the same way), then the
 script checks that every variant gave the same results and prints a markdown table with the 1-minute load
 average at the start and end of each run. The toy world's pretrained parts are built once before the timed
-runs (they are cached per world, like a download), so no variant pays for them. The demo preset (``toy``) takes about 10-15 minutes per variant
-on 2 cores; ``--config quick`` under a minute.
+runs (they are cached per world, like a download), so no variant pays for them. The demo preset (``toy``)
+takes about 8-13 minutes per variant on 2 cores; ``--config quick`` under a minute.
 """
 
 from __future__ import annotations
