@@ -110,7 +110,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
     if args.resume_from_checkpoint:
         check_resume_target(args.resume_from_checkpoint)
     with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
-        return _train(model_args, data_args, args)
+        metrics = _train(model_args, data_args, args)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank leaves together and closes the process group itself: left to interpreter exit, the gloo
+        # threads of a rank that finished first can abort it ("terminate called without an active exception").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return metrics
 
 
 def global_batch(args: SicogTrainingArguments) -> int:
