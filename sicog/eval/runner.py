@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch.distributed as dist
@@ -62,7 +62,8 @@ class EvalSettings:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
 
-_SETTING_DEFAULTS = {"mc_scoring": "generate", "blind_seed": None}
+# Predictions written before a setting existed were made with its default (read from EvalSettings itself).
+_SETTING_DEFAULTS = {f.name: f.default for f in fields(EvalSettings) if f.default is not MISSING}
 
 
 def _same_settings(settings: EvalSettings) -> Callable[[Path, int, dict], None]:
