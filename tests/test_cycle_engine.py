@@ -17,7 +17,8 @@ TRAIN = "stage1 A_stage2 stage0_perception stage0_reasoning B_stage15 B_stage2 C
         "E_stage15 E_stage2"
 GENERATE = "generate_captions generate_reasoning"
 CURATE = "curate_captions curate_reasoning"
-EVALS = " ".join(f"{kind}_{arm}" for kind in ("eval", "blind", "letters", "captions", "image_use") for arm in "ABCDE")
+EVALS = " ".join(f"{kind}_{arm}" for kind in ("eval", "blind", "letters", "perception", "captions", "image_use")
+                 for arm in "ABCDE")
 # Every cycle setting -> (a changed value, the steps whose own command it enters). A new setting fails
 # test_every_setting_is_covered until it is listed here.
 CHANGES = {
@@ -50,7 +51,6 @@ CHANGES = {
     "caption_threshold": (0.6, "curate_captions"),
     "reasoning_threshold": (0.6, "curate_reasoning"),
     "min_agreement": (0.7, "curate_reasoning"),
-    "encoder": ("/some/encoder", CURATE),
     "curate": ({"batch_size": 7}, CURATE),
     "eval_batch_size": (3, EVALS),
     "launcher": (["python"], f"{TRAIN} {GENERATE} {CURATE} {EVALS}"),
@@ -58,6 +58,8 @@ CHANGES = {
 }
 # Settings of a real-data cycle, changed on a real config (see test_real_world_inputs_are_hashed_by_content).
 REAL_ONLY = {"data", "vision_tower", "language_model"}
+# Settings that change which steps there are, each with a test of its own.
+RESHAPING = {"encoder"}
 
 
 def keys_of(config: CycleConfig, out: Path, dpo: bool = False) -> tuple[dict[str, str], Plan]:
@@ -74,7 +76,19 @@ def quick_keys(tmp_path_factory):
 
 
 def test_every_setting_is_covered():
-    assert set(CHANGES) | REAL_ONLY | {"arms"} == {f.name for f in dataclasses.fields(CycleConfig)}
+    assert set(CHANGES) | REAL_ONLY | RESHAPING | {"arms"} == {f.name for f in dataclasses.fields(CycleConfig)}
+
+
+def test_the_toy_encoder_is_two_steps_before_curation_and_a_sentence_encoder_none(quick_keys):
+    out, config, base, plan = quick_keys
+    assert config.encoder == "toy-facts"
+    embed = {f"{step}_{part}" for step in CURATE.split() for part in ("texts", "embed")}
+    assert embed <= set(plan.steps)
+    assert plan.steps["curate_captions_embed"].argv[:3] == ("toy", "embed", "captions")
+    keys, changed_plan = keys_of(dataclasses.replace(config, encoder="/some/encoder"), out)
+    assert set(changed_plan.steps) == set(plan.steps) - embed
+    assert {name for name in changed_plan.steps if keys[name] != base[name]} == plan.downstream(CURATE.split())
+    assert "/some/encoder" in changed_plan.steps["curate_captions"].argv
 
 
 @pytest.mark.parametrize("setting", sorted(CHANGES))
@@ -106,7 +120,7 @@ def test_dpo_settings_change_arm_f_only(quick_keys):
     for setting, value in (("dpo_steps", 5), ("dpo_lr", 1e-4)):
         keys, _ = keys_of(dataclasses.replace(config, **{setting: value}), out, dpo=True)
         assert {n for n in base if keys[n] != base[n]} == plan.downstream(["F_stage2"]) == {
-            "F_stage2", "eval_F", "blind_F", "letters_F", "captions_F", "image_use_F"}
+            "F_stage2", "eval_F", "blind_F", "letters_F", "perception_F", "captions_F", "image_use_F"}
 
 
 def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):

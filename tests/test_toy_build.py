@@ -230,7 +230,7 @@ def test_demo_world_is_the_patch_aligned_grid(tmp_path: Path) -> None:
     for name, count in SIZES["demo"].items():
         assert manifest["counts"][name] == count
     assert manifest["layout"] == "grid"
-    assert manifest["bench_mc_categories"] == {c: 50 for c in CATEGORIES}
+    assert manifest["bench_mc_categories"] == {c: SIZES["demo"]["bench_mc"] // len(CATEGORIES) for c in CATEGORIES}
     # As in the paper, the unlabeled pools are larger than the annotated sets.
     assert min(SIZES["demo"]["unlabeled_images"], SIZES["demo"]["unlabeled_questions"]) > 2 * max(
         SIZES["demo"]["cod"], SIZES["demo"]["cot"])

@@ -144,3 +144,16 @@ def test_png_bytes_are_deterministic_and_carry_no_metadata() -> None:
     first, second = png_bytes(render(scene)), png_bytes(render(scene))
     assert first == second
     assert b"tIME" not in first and b"tEXt" not in first
+
+
+@pytest.mark.parametrize("kind", ["count_color", "count_shape", "count_two_colors"])
+def test_counting_answers_are_not_guessable_from_the_text(kind: str) -> None:
+    from sicog.toy.questions import QUESTION_TYPES
+
+    rng, layout = random.Random(5), LAYOUTS["grid"]
+    questions = [QUESTION_TYPES[kind][1](sample_scene(rng, layout), rng) for _ in range(2000)]
+    answers = Counter(q.answer for q in questions)
+    # Asking about a random object's colour, "1" answered most colour counts of a 2x2 grid.
+    assert max(answers.values()) / len(questions) < 0.45, answers
+    # Every count question offers wrong counts from the same range, whatever its answer.
+    assert {frozenset({q.answer, *q.distractors}) for q in questions} == {frozenset("01234")}

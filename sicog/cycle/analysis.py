@@ -2,7 +2,8 @@
 
 For every generated candidate the ground truth says whether it is right (captions: every object named
 and nothing invented; reasoning: the right final answer). From that: how well the MBR score ranks right
-above wrong candidates (AUROC), and how often the data each arm trains on is right.
+above wrong candidates (AUROC), how often the data each arm trains on is right, and how much of what the
+caption candidates say is true, fact by fact.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from sicog.data.answers import normalize_answer
 from sicog.data.jsonl import iter_records
-from sicog.toy.score import score_caption
+from sicog.toy.score import score_caption, score_captions
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float | None:
@@ -34,10 +35,11 @@ def _share(values: list[bool]) -> float | None:
 
 def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int) -> dict:
     """AUROC of the MBR score and the share of right texts among curated, random and all candidates."""
-    scores, labels, kept, random_pick, chosen_any = [], [], [], [], []
+    scores, labels, kept, random_pick, chosen_any, pairs = [], [], [], [], [], []
     for _, record in iter_records(scored):
         if task == "captions":
             gt = truth[record["image"]]
+            pairs += [(c, gt) for c in record["candidates"]]
             checks = [score_caption(c, gt) for c in record["candidates"]]
             right = [c["f1"] == 1.0 and c["hallucinated"] == 0 for c in checks]
         else:
@@ -53,7 +55,7 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
             chosen_any.append(right[record["best_index"]])
         if record.get("kept"):
             kept.append(right[record["best_index"]])
-    return {
+    quality = {
         "auroc": auroc(scores, labels),
         "candidates": len(labels),
         "right_share_all_candidates": _share(labels),
@@ -63,3 +65,14 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
         "kept": len(kept),
         "records": len(random_pick),
     }
+    if pairs:
+        quality["candidate_facts"] = candidate_facts(pairs)
+    return quality
+
+
+def candidate_facts(pairs: list[tuple[str, dict]]) -> dict:
+    """How much of what the generator's candidates say is true, fact by fact: the perception model's accuracy."""
+    scores = score_captions(pairs)
+    return {"object_precision": scores["precision"], "object_recall": scores["recall"],
+            **{k: v for k, v in scores["attribute_accuracy"].items() if v is not None},
+            "background": scores["background_accuracy"]}

@@ -17,6 +17,7 @@ import yaml
 
 from sicog.cycle.arms import ARMS
 from sicog.data.jsonl import RecordError, read_text
+from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
 
 @dataclass
@@ -89,6 +90,8 @@ class CycleConfig:
                 missing = [k for k in ARMS[arm].needs if k not in self.data]
                 if missing:
                     raise ValueError(f"arm {arm} needs data.{' and data.'.join(missing)}")
+        if self.encoder == TOY_ENCODER and self.toy_size is None:
+            raise ValueError(f"encoder {TOY_ENCODER!r} reads the toy language; choose a sentence encoder for real data")
         self.arms = tuple(a for a in ARMS if a in self.arms)
 
     def to_dict(self) -> dict:

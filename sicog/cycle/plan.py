@@ -10,6 +10,7 @@ from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
 from sicog.cycle.config import CycleConfig
 from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step
 from sicog.cycle.world import World
+from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
 # Pools cut to the configured sizes, with the references that are in the same order as each pool.
 POOLS = {"unlabeled_images": ("unlabeled_images", "unlabeled_web", "oracle_captions"),
@@ -138,8 +139,19 @@ class _Planner:
         threshold = c.caption_threshold if task == "captions" else c.reasoning_threshold
         argv = ("curate", task, "--input", generated, "--output-dir", Out(), *_option("--threshold", threshold),
                 "--seed", str(self.seed), *(_option("--min-agreement", c.min_agreement) if task == "reasoning" else []),
-                *_option("--encoder", c.encoder), *self.curate_flags)
+                *self.encoder(name, task, generated), *self.curate_flags)
         return self.plan.add(Step(name, argv, launched=True))
+
+    def encoder(self, name: str, task: str, generated: Ref) -> tuple[Arg, ...]:
+        """The `sicog curate` flags that choose the encoder; the toy's fact encoder is two steps of its own
+        (the texts curation compares, then their embeddings), read back with ``--embeddings``."""
+        if self.c.encoder != TOY_ENCODER:
+            return tuple(_option("--encoder", self.c.encoder))
+        texts = self.plan.add(Step(f"{name}_texts", ("curate", "texts", task, "--input", generated,
+                                                     "--output", Out("texts.jsonl"))))
+        embed = self.plan.add(Step(f"{name}_embed", ("toy", "embed", task, "--texts", Ref(texts.step, "texts.jsonl"),
+                                                     "--output", Out("embeddings.npy"))))
+        return ("--embeddings", Ref(embed.step, "embeddings.npy"))
 
     def evaluate(self, arm: str, model: Ref, references: Arg | None) -> None:
         c, evals = self.c, {}
@@ -153,6 +165,11 @@ class _Planner:
                                                  "--batch-size", str(c.eval_batch_size), "--no-progress"),
                                launched=True))
             evals["mc" if kind == "eval" else kind] = Ref(f"{kind}_{arm}", "mc/results.json")
+        if "bench_perception" in self.data:  # the true description against the same with one fact changed
+            self.plan.add(Step(f"perception_{arm}", (
+                "eval", "--model", model, "--benchmark", self.data["bench_perception"], "--output-dir", Out("mc"),
+                "--mc-scoring", "likelihood", "--batch-size", str(c.eval_batch_size), "--no-progress"), launched=True))
+            evals["perception"] = Ref(f"perception_{arm}", "mc/results.json")
         if "bench_caption" in self.data:
             self.plan.add(Step(f"captions_{arm}", (
                 "generate", "captions", "--model", model, "--data", self.data["bench_caption"],

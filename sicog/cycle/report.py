@@ -35,6 +35,8 @@ def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None) -> dic
     scores = {"accuracy": accuracy, "by_category": by_category}
     if "blind" in evaluation:
         _, scores["blind"], scores["blind_by_category"] = _accuracy(evaluation["blind"])
+    if "perception" in evaluation:
+        _, scores["perception"], scores["perception_by_fact"] = _accuracy(evaluation["perception"])
     if "letters" in evaluation:
         letters, scores["letters"], _ = _accuracy(evaluation["letters"])
         replies = Counter(r["prediction"].strip() for _, r in iter_records(letters["files"]["predictions.jsonl"]))
@@ -89,8 +91,9 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool]:
     for other in ("B", "C"):
         wins = verdict.get(f"D vs {other}")
         if wins and len(per_seed) > 1:
-            targets[f"SICOG beats {other} on MC accuracy and caption F1 by more than the spread"] = (
-                wins["accuracy"]["beats"] and wins["caption_f1"]["beats"])
+            perceives = wins["caption_f1"]["beats"] or wins.get("perception", {}).get("beats", False)
+            targets[f"SICOG beats {other} on MC accuracy and on caption F1 or the perception check by more than "
+                    "the spread"] = wins["accuracy"]["beats"] and perceives
     for task, quality in per_seed[0]["curation"].items():
         if quality["auroc"] is not None:
             targets[f"{task} curation ranks right candidates first: AUROC >= 0.8 ({quality['auroc']:.3f})"] = (
@@ -127,11 +130,15 @@ def summarize(per_seed: list[dict], arms: list[str]) -> dict:
             table[arm]["above_blind"] = _mean_std([r["accuracy"] - r["blind"] for r in runs])
         if all("letters" in r for r in runs):
             table[arm]["letters"] = _mean_std([r["letters"] for r in runs])
+        if all("perception" in r for r in runs):
+            table[arm]["perception"] = _mean_std([r["perception"] for r in runs])
     verdict = {}
     for arm in (a for a in table if a in ARMS):
         for other in (o for o in ARMS[arm].beats if o in table):
             wins = {}
-            for metric in ("accuracy", "caption_f1"):
+            for metric in ("accuracy", "caption_f1", "perception"):
+                if metric not in table[arm] or metric not in table[other]:
+                    continue
                 (ma, sa), (mo, so) = table[arm][metric], table[other][metric]
                 wins[metric] = {"difference": ma - mo, "spread": sa + so, "beats": ma - mo > sa + so}
             verdict[f"{arm} vs {other}"] = wins
@@ -234,23 +241,30 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
               "MC accuracy: multiple choice by option likelihood (the primary score). Blind: the same with every "
               "question shown another question's image; above blind: the difference, what the model reads from "
               "the image. Letters: accuracy of a generated option letter.", "",
-              "| arm | what | MC accuracy | blind | above blind | letters | same letter | caption F1 | image use |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| arm | what | MC accuracy | blind | above blind | letters | same letter | caption F1 | perception "
+              "| image use |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         gaps = [s["arms"][arm].get("image_use_gap") for s in per_seed]
         gap = "n/a" if None in gaps else f"{statistics.fmean(gaps):.3f}"
         same = f"{mean(arm, 'top_reply_share'):.0%}" if "top_reply_share" in first["arms"][arm] else "n/a"
         row = summary["table"].get(arm)
         if row is None:  # a later round of D
-            row = {k: (mean(arm, k), 0.0) for k in ("accuracy", "blind", "letters") if k in first["arms"][arm]}
+            row = {k: (mean(arm, k), 0.0) for k in ("accuracy", "blind", "letters", "perception")
+                   if k in first["arms"][arm]}
             row["caption_f1"] = (statistics.fmean((s["arms"][arm]["caption"] or {}).get("f1", 0.0)
                                                   for s in per_seed), 0.0)
         cells = [_fmt(row[k], seeds) if k in row else "n/a" for k in ("accuracy", "blind", "above_blind", "letters")]
         name = arm_name(arm) if arm in summary["table"] else "later round of D"
-        lines.append(f"| {arm} | {name} | {' | '.join(cells)} | {same} | {_fmt(row['caption_f1'], seeds)} | {gap} |")
+        perception = _fmt(row["perception"], seeds) if "perception" in row else "n/a"
+        lines.append(f"| {arm} | {name} | {' | '.join(cells)} | {same} | {_fmt(row['caption_f1'], seeds)} "
+                     f"| {perception} | {gap} |")
     lines += ["", f"Always giving the benchmark's most common answer scores {constant_answer:.3f}; picking an "
                   f"option at random {summary['chance_accuracy']:.3f}. Same letter: the share of questions that got "
                   "the arm's most common generated letter (near 100%, the letter accuracy is an answer prior).",
+              "", "Perception: the true description of a caption-benchmark image scored against the same "
+                  "description with one fact changed (colour, shape, size, place or background), by likelihood; "
+                  "chance is 0.5.",
               "", "Image use: the model's loss per token on the reference texts with each record's image swapped for "
                   "another one, minus the loss with the right images. Near 0, the model ignores the picture."]
     if all("blind_by_category" in first["arms"][arm] for arm in arms):
@@ -263,6 +277,14 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
                      f"{statistics.fmean(s['arms'][arm]['blind_by_category'].get(c, 0.0) for s in per_seed):.2f}"
                      for c in categories]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if all("perception_by_fact" in first["arms"][arm] for arm in arms):
+        facts = sorted(first["arms"][arms[0]]["perception_by_fact"])
+        lines += ["", "### Perception check by changed fact", "",
+                  "| arm | " + " | ".join(facts) + " |", "|---" * (len(facts) + 1) + "|"]
+        for arm in arms:
+            lines.append(f"| {arm} | " + " | ".join(
+                f"{statistics.fmean(s['arms'][arm]['perception_by_fact'].get(f, 0.0) for s in per_seed):.2f}"
+                for f in facts) + " |")
     lines += ["", "## Outcome", ""]
     if seeds > 1:
         lines.append("An arm counts as beating another on a metric when the difference of means exceeds the sum of "
@@ -295,6 +317,12 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
                      q["right_share_curated"]]
             cells = ["n/a" if v is None else f"{v:.3f}" for v in cells]
             lines.append(f"| {task} | {' | '.join(cells)} | {q['kept']}/{q['records']} |")
+        facts = first["curation"].get("captions", {}).get("candidate_facts")
+        if facts:
+            lines += ["", "What the perception model's caption candidates say, fact by fact: the share that is true "
+                          "(objects: named objects that are in the image / objects of the image named).", "",
+                      "| " + " | ".join(facts) + " |", "|---" * len(facts) + "|",
+                      "| " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in facts.values()) + " |"]
     lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", "![captions](captions.png)",
               "", "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
               "## Time per step (first seed)", "",

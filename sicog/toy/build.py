@@ -24,7 +24,7 @@ from sicog.toy.world import SLICING
 
 MANIFEST = "manifest.json"
 # Bump when the same seed would give a different tree, so an old world is not mistaken for a current one.
-WORLD_VERSION = 4
+WORLD_VERSION = 5
 # Stable manifest keys -> file or folder names inside the world directory.
 FILES = {
     "align": "align.jsonl",
@@ -39,6 +39,7 @@ FILES = {
     "sft": "sft.jsonl",
     "bench_mc": "bench_mc.tsv",
     "bench_caption": "bench_caption.jsonl",
+    "bench_perception": "bench_perception.tsv",
     "image_folder": "images",
     "ground_truth": "ground_truth.jsonl",
     "tokenizer": "tokenizer",
@@ -100,7 +101,7 @@ def _build_into(root: Path, seed: int, size: str) -> dict:
     records["unlabeled_questions"], records["oracle_reasoning"] = questions
     records["sft"] = ds.build_sft(writer, counts["sft"])
     bench_rows = ds.build_bench_mc(writer, counts["bench_mc"])
-    records["bench_caption"] = ds.build_bench_caption(writer, counts["bench_caption"])
+    records["bench_caption"], perception_rows = ds.build_bench_caption(writer, counts["bench_caption"])
 
     for name in ("align", "cod", "detailed", "cot", "sft"):
         for record in records[name]:
@@ -109,6 +110,7 @@ def _build_into(root: Path, seed: int, size: str) -> dict:
     for name, items in records.items():
         write_jsonl(root / FILES[name], items)
     ds.write_bench_tsv(root / FILES["bench_mc"], bench_rows)
+    ds.write_bench_tsv(root / FILES["bench_perception"], perception_rows)
     write_jsonl(root / FILES["ground_truth"], writer.ground_truth)
 
     fixed_texts = [*CAPTION_PROMPTS.values(), *COD_STEPS, *COT_STEPS, SHORT_ANSWER, STEP_BY_STEP_ANSWER, MC_INSTRUCTION]
@@ -116,7 +118,7 @@ def _build_into(root: Path, seed: int, size: str) -> dict:
     tokenizer.save_pretrained(str(root / FILES["tokenizer"]))
 
     item_counts = {name: len(items) for name, items in records.items()}
-    item_counts["bench_mc"] = len(bench_rows)
+    item_counts["bench_mc"], item_counts["bench_perception"] = len(bench_rows), len(perception_rows)
     item_counts["images"] = item_counts["ground_truth"] = len(writer.ground_truth)
     manifest = {
         "world": "sicog toy world",
@@ -125,7 +127,8 @@ def _build_into(root: Path, seed: int, size: str) -> dict:
         "size": size,
         "layout": writer.layout.name,
         **FILES,
-        "counts": {k: item_counts[k] for k in (*TRAINING_SETS, "bench_mc", "bench_caption", "images", "ground_truth")},
+        "counts": {k: item_counts[k] for k in (*TRAINING_SETS, "bench_mc", "bench_caption", "bench_perception",
+                                                   "images", "ground_truth")},
         "bench_mc_categories": {c: sum(row["category"] == c for row in bench_rows) for c in CATEGORIES},
         "image_settings": dict(SLICING),
         "vocab_size": len(tokenizer),

@@ -1,4 +1,5 @@
-"""`sicog toy build|parts|references`: the toy world, its starting model parts, and its image-use references."""
+"""`sicog toy build|parts|references|embed`: the toy world, its starting model parts, its image-use references,
+and its curation encoder."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "(reference answers for `sicog image-use`)")
     references.add_argument("--world", required=True, help="a built toy world")
     references.add_argument("--output", required=True, help="LLaVA records (.jsonl)")
+    embed = sub.add_parser("embed", help="embed curation texts by the facts they state (the toy's curation encoder, "
+                                         "see docs/curation.md)")
+    embed.add_argument("task", choices=("captions", "reasoning"))
+    embed.add_argument("--texts", required=True, help="texts file from `sicog curate texts`")
+    embed.add_argument("--output", required=True, help="embeddings .npy for `sicog curate --embeddings`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"wrote {write_image_use_references(args.world, args.output)} records to {args.output}")
         return 0
+    if args.toy_command == "embed":
+        return _embed(args)
     from sicog.toy.build import build_world
 
     start = time.perf_counter()
@@ -58,4 +66,20 @@ def run(args: argparse.Namespace) -> int:
     where = f"seed {manifest['seed']}, size {manifest['size']}, layout {manifest['layout']}"
     print(f"toy world ({where}) in {args.out}: {counts}")
     print(f"tokenizer: {manifest['vocab_size']} tokens; took {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from sicog.curate.embed import EncoderSettings
+    from sicog.curate.embed_file import read_texts, save_embeddings
+    from sicog.toy.similarity import ENCODER_NAME, fact_vectors
+
+    try:
+        texts = read_texts(args.texts)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    vectors = fact_vectors(texts, args.task)
+    save_embeddings(args.output, vectors, texts, EncoderSettings(name_or_path=f"{ENCODER_NAME}:{args.task}"))
+    print(f"{len(texts)} texts as {vectors.shape[1]} facts -> {args.output}")
     return 0

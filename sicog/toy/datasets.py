@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_promp
 from sicog.toy.language import brief_description, cod_bodies, detailed_description, web_caption
 from sicog.toy.questions import CATEGORIES, MULTIPLE_CHOICE_ONLY, OPEN_ONLY, QUESTION_TYPES, Question, question_kinds
 from sicog.toy.render import png_bytes, render
-from sicog.toy.world import LAYOUTS, Scene, sample_scene
+from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
 # Records (or benchmark items) per dataset; "detailed" mirrors "cod" and is not listed.
 SIZES: dict[str, dict[str, int]] = {
@@ -52,7 +53,7 @@ SIZES: dict[str, dict[str, int]] = {
         "unlabeled_images": 1000,
         "unlabeled_questions": 1000,
         "sft": 600,
-        "bench_mc": 250,
+        "bench_mc": 640,
         "bench_caption": 100,
     },
 }
@@ -286,14 +287,54 @@ def build_bench_mc(writer: WorldWriter, count: int) -> list[dict]:
     return rows
 
 
-def build_bench_caption(writer: WorldWriter, count: int) -> list[dict]:
-    """The held-out caption benchmark: images only; the truth is in ground_truth.jsonl."""
-    rng, records = writer.rng("bench_caption"), []
+def build_bench_caption(writer: WorldWriter, count: int) -> tuple[list[dict], list[dict]]:
+    """The held-out caption benchmark (images only; the truth is in ground_truth.jsonl) and the perception
+    check on the same images: TSV rows, one per fact kind and image, each offering the image's true
+    description and the same description with one fact changed (category: the kind of fact)."""
+    rng, changes, records, rows = writer.rng("bench_caption"), writer.rng("bench_perception"), [], []
     for i in _progress("bench_caption", count):
         scene, _ = writer.draw(rng)
-        image, _ = writer.add_image("bench_caption", f"bench_caption-{i:05d}", scene)
+        image, data = writer.add_image("bench_caption", f"bench_caption-{i:05d}", scene)
         records.append({"id": f"bench_caption-{i:05d}", "image": image})
-    return records
+        encoded = base64.b64encode(data).decode("ascii")
+        for fact in PERCEPTION_FACTS:
+            changed = one_fact_changed(scene, fact, writer.layout, changes)
+            if changed is None:
+                continue
+            options = [detailed_description(scene, None), detailed_description(changed, None)]
+            changes.shuffle(options)
+            rows.append({"index": len(rows), "image": encoded, "question": CAPTION_PROMPTS["default"],
+                         "A": options[0], "B": options[1], "C": "", "D": "",
+                         "answer": "AB"[options.index(detailed_description(scene, None))], "category": fact})
+    return records, rows
+
+
+# The facts the perception check changes, one at a time (position: two objects trade places).
+PERCEPTION_FACTS = ("color", "shape", "size", "position", "background")
+
+
+def one_fact_changed(scene: Scene, fact: str, layout: Layout, rng: random.Random) -> Scene | None:
+    """``scene`` with one ``fact`` changed (None when the scene has no such change to make)."""
+    objects = list(scene.objects)
+    if fact == "background":
+        others = [b for b in layout.backgrounds if b != scene.background]
+        return dataclasses.replace(scene, background=rng.choice(others))
+    if fact == "position":
+        if len(objects) < 2:
+            return None
+        i, j = rng.sample(range(len(objects)), 2)
+        a, b = objects[i], objects[j]
+        objects[i], objects[j] = (dataclasses.replace(a, row=b.row, col=b.col),
+                                  dataclasses.replace(b, row=a.row, col=a.col))
+        return dataclasses.replace(scene, objects=tuple(objects))
+    i = rng.randrange(len(objects))
+    obj, taken = objects[i], {(o.color, o.shape) for o in objects}
+    values = [v for v in getattr(layout, f"{fact}s") if v != getattr(obj, fact) and (
+        fact == "size" or ((v, obj.shape) if fact == "color" else (obj.color, v)) not in taken)]
+    if not values:
+        return None
+    objects[i] = dataclasses.replace(obj, **{fact: rng.choice(values)})
+    return dataclasses.replace(scene, objects=tuple(objects))
 
 
 def write_bench_tsv(path: Path, rows: list[dict]) -> None:

@@ -59,6 +59,19 @@ def _numbers_near(n: int) -> tuple[str, ...]:
     return tuple(str(v) for v in range(max(0, n - 3), n + 4) if v != n)
 
 
+def _other_counts(n: int) -> tuple[str, ...]:
+    """Wrong counts of objects in one picture: every count from 0 to 4 (or to ``n``) but ``n``, so the
+    options of a counting question do not hint at the answer (numbers near ``n`` centre on it)."""
+    return tuple(str(v) for v in range(max(5, n + 1)) if v != n)
+
+
+def _balanced_choice(rng: random.Random, counts: dict[str, int]) -> str:
+    """A key of ``counts`` chosen so that every distinct count is equally likely: the answer to a counting
+    question then follows no prior that the text alone could learn (most colours of a 2x2 grid occur once)."""
+    target = rng.choice(sorted(set(counts.values())))
+    return rng.choice([k for k, v in counts.items() if v == target])
+
+
 def _vocab(scene: Scene) -> Layout:
     """The scene's layout: distractors come from the attributes its world draws, so no option is
     ruled out by the text alone."""
@@ -89,7 +102,7 @@ def count_objects(scene: Scene, rng: random.Random) -> Question | None:
     text = rng.choice(("How many objects are in the image?", "How many shapes are there in the image?"))
     verb = "is" if n == 1 else "are"
     return Question(
-        "count_objects", "coarse perception", text, str(n), _numbers_near(n),
+        "count_objects", "coarse perception", text, str(n), _other_counts(n),
         "count the objects in the image",
         f"The image shows {object_list(scene, rng)}.",
         f"There {verb} {number_word(n)} in total.",
@@ -281,7 +294,7 @@ def _count_matching(
         verb = "is " + with_article(what) if n == 1 else "are " + noun
         found = f"Of these, {join_list(['the ' + o.name for o in matching])} {verb}."
     return Question(
-        kind, "logical reasoning", f"How many {noun} are there in the image?", str(n), _numbers_near(n),
+        kind, "logical reasoning", f"How many {noun} are there in the image?", str(n), _other_counts(n),
         f"count the {noun}",
         f"The image shows {object_list(scene, rng)}.",
         f"{found} That makes {number_word(n)}.",
@@ -289,12 +302,12 @@ def _count_matching(
 
 
 def count_shape(scene: Scene, rng: random.Random) -> Question:
-    shape = rng.choice(scene.objects).shape if rng.random() < 0.7 else rng.choice(_vocab(scene).shapes)
+    shape = _balanced_choice(rng, {s: sum(o.shape == s for o in scene.objects) for s in _vocab(scene).shapes})
     return _count_matching(scene, rng, "count_shape", lambda o: o.shape == shape, SHAPE_PLURALS[shape], shape)
 
 
 def count_color(scene: Scene, rng: random.Random) -> Question:
-    color = rng.choice(scene.objects).color if rng.random() < 0.7 else rng.choice(_vocab(scene).colors)
+    color = _balanced_choice(rng, {c: sum(o.color == c for o in scene.objects) for c in _vocab(scene).colors})
     return _count_matching(scene, rng, "count_color", lambda o: o.color == color, f"{color} objects", f"{color} object")
 
 
@@ -377,12 +390,14 @@ def count_after_adding(scene: Scene, rng: random.Random) -> Question | None:
 
 
 def count_two_colors(scene: Scene, rng: random.Random) -> Question:
-    first, second = rng.sample(_vocab(scene).colors, 2)
+    colors = _vocab(scene).colors
+    pairs = {f"{a},{b}": sum(o.color in (a, b) for o in scene.objects) for a in colors for b in colors if a != b}
+    first, second = _balanced_choice(rng, pairs).split(",")
     matching = [o for o in scene.objects if o.color in (first, second)]
     counts = [sum(o.color == c for o in scene.objects) for c in (first, second)]
     n = len(matching)
     return Question(
-        "count_two_colors", "math", f"How many objects are {first} or {second}?", str(n), _numbers_near(n),
+        "count_two_colors", "math", f"How many objects are {first} or {second}?", str(n), _other_counts(n),
         f"count the {first} objects and the {second} objects and add them up",
         f"The image shows {object_list(scene, rng)}.",
         f"There {'is' if counts[0] == 1 else 'are'} {counts[0]} {first} and {counts[1]} {second}, and "
