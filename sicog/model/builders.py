@@ -122,7 +122,7 @@ def build_from_parts(
         # repetition_penalty 1.05) travel with every checkpoint built on it, as the published models inherit them.
         model.generation_config = GenerationConfig.from_pretrained(llm_path)
     _set_generation_ids(model, tokenizer)
-    return model, SicogProcessor(tokenizer, config)
+    return model, SicogProcessor.from_config(tokenizer, config)
 
 
 def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
@@ -264,7 +264,7 @@ def new_model(
     """A randomly initialised model and its processor."""
     model = SicogForConditionalGeneration(config)
     _set_generation_ids(model, tokenizer)
-    return model, SicogProcessor(tokenizer, config)
+    return model, SicogProcessor.from_config(tokenizer, config)
 
 
 def real_config(**settings) -> SicogConfig:
