@@ -41,7 +41,9 @@ class SicogConfig(PreTrainedConfig):
     sub_configs_defaults = {
         # By model type rather than class: this module must import without transformers' CLIP code,
         # because it is imported while transformers' AutoConfig module finishes loading (registration.py).
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=CLIP_L14_336),
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=CLIP_L14_336
+        ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
     }
 

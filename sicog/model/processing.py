@@ -359,12 +359,13 @@ class SicogProcessor(ProcessorMixin):
     ) -> SicogProcessor:
         """Load from a checkpoint holding the tokenizer and ``config.json`` (the settings' one source).
 
-        Hub options (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``subfolder``) are
-        passed on; other keyword arguments (those ``AutoProcessor`` adds) are ignored.
+        Hub options (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``subfolder``) and
+        ``trust_remote_code`` are passed on; other keyword arguments (those ``AutoProcessor`` adds) are ignored.
         """
         hub = {k: kwargs[k] for k in HUB_OPTIONS if kwargs.get(k) is not None}
         config = config or SicogConfig.from_pretrained(pretrained_model_name_or_path, **hub)
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub)
+        trust = {"trust_remote_code": kwargs["trust_remote_code"]} if "trust_remote_code" in kwargs else {}
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub, **trust)
         return cls.from_config(tokenizer, config)
 
 
