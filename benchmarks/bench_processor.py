@@ -63,7 +63,7 @@ def build_processor() -> SicogProcessor:
     """A processor with the published image geometry around a small in-process tokenizer."""
     tokenizer = train_tokenizer([CAPTION] * 20, vocab_size=400)
     config = make_config(CLIPVisionConfig(**CLIP_L14_336), tiny_text_config(len(tokenizer)), tokenizer)
-    return SicogProcessor(tokenizer, config)
+    return SicogProcessor.from_config(tokenizer, config)
 
 
 class ImageViews(Dataset):

@@ -84,7 +84,8 @@ device_kind() {
 # shares, in TRAIN_FLAGS. Reads ACCU_STEPS, OUTPUT_DIR, DATA_PATH, IMAGE_FOLDER, MODEL_MAX_LENGTH, EPOCHS or
 # MAX_STEPS, DEEPSPEED (zero2 | zero3 | a JSON path | none), PRECISION (bf16 | fp16 | fp32; default bf16 on
 # a GPU, fp32 on a CPU), DEVICE (see device_kind), SAVE_STEPS, NUM_WORKERS, GRADIENT_CHECKPOINTING (true |
-# false), NPROC_PER_NODE and NNODES. Prints the global batch (per-device batch x ACCU_STEPS x processes) and
+# false), NPROC_PER_NODE, NNODES, REPORT_TO (tracker: tensorboard, wandb, ...; default none) and RUN_NAME
+# (the run's name in the tracker; default EXPERIMENT_NAME). Prints the global batch (per-device batch x ACCU_STEPS x processes) and
 # warns when it is not the paper's for the stage. Schedule as published: cosine, 3% warm-up, no decay.
 training_flags() {
     local device global
@@ -107,6 +108,8 @@ training_flags() {
         --group_by_modality_length True
     )
     if [[ -n "${IMAGE_FOLDER:-}" ]]; then TRAIN_FLAGS+=(--image_folder "$IMAGE_FOLDER"); fi
+    if [[ -n "${REPORT_TO:-}" ]]; then TRAIN_FLAGS+=(--report_to "$REPORT_TO"); fi
+    if [[ -n "${RUN_NAME:-${EXPERIMENT_NAME:-}}" ]]; then TRAIN_FLAGS+=(--run_name "${RUN_NAME:-$EXPERIMENT_NAME}"); fi
     if [[ -n "${MAX_STEPS:-}" ]]; then
         TRAIN_FLAGS+=(--max_steps "$MAX_STEPS")
     else

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "cycle": ("sicog.cycle.cli", "run the whole SICOG loop (toy world by default) and write a report"),
     "info": ("sicog.info", "describe a model configuration or checkpoint (parameters, tokens per slice)"),
-    "convert": ("sicog.model.convert", "convert a published llava_qwen checkpoint to a SICOG checkpoint, or back"),
+    "convert": ("sicog.model.convert_cli", "convert a published llava_qwen checkpoint to a SICOG checkpoint, or back"),
     "train": (
         "sicog.train.cli",
         "train a stage: 0 (warm-up), 1 (alignment), 1.5 (self-generated pre-training), 2 (SFT), dpo",
@@ -28,7 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("sicog.annotate.cli", "stage-0 annotation: CoD captions through a chat API, CoT conversion"),
     "generate": ("sicog.generate.cli", "sample N candidate captions or CoT answers per record (sharded, resumable)"),
     "eval": ("sicog.eval.cli", "evaluate a checkpoint on a VLMEvalKit-style TSV benchmark (multiple choice, yes/no)"),
-    "image-use": ("sicog.eval.image_use", "does a checkpoint use the image? answer loss with own vs swapped images"),
+    "image-use": (
+        "sicog.eval.image_use_cli", "does a checkpoint use the image? answer loss with own vs swapped images"
+    ),
 }
 
 

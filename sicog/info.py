@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from sicog.data.argtypes import require_checkpoint
-from sicog.model.builders import real_config
-from sicog.model.configuration import SicogConfig
-from sicog.model.layout import image_token_count
-from sicog.model.modeling import SicogForConditionalGeneration
-from sicog.model.slicing import fit_long_side, plan_slices
+
+if TYPE_CHECKING:
+    from sicog.model.configuration import SicogConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
     """Parameter counts (built on the meta device: no memory, no download) and token costs."""
+    import torch
+
+    from sicog.model.layout import image_token_count
+    from sicog.model.modeling import SicogForConditionalGeneration
+    from sicog.model.slicing import fit_long_side, plan_slices
+
     with torch.device("meta"):
         model = SicogForConditionalGeneration(config)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
@@ -62,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"sicog info: error: --image-size must be WIDTHxHEIGHT in pixels, got {args.image_size!r}",
               file=sys.stderr)
         return 2
+    # Imported here: `sicog info --help` needs neither torch nor transformers.
+    from sicog.model.builders import real_config
+    from sicog.model.configuration import SicogConfig
+
     try:
         if args.checkpoint:
             require_checkpoint(args.checkpoint)

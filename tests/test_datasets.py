@@ -93,10 +93,10 @@ def test_data_check_command(tmp_path, tiny_model_factory, capsys):
 
 def test_template_that_renders_turns_differently_in_context_is_refused(tokenizer, tiny_model_factory):
     _, processor = tiny_model_factory()
-    original = processor.tokenizer.chat_template
-    processor.tokenizer.chat_template = "{{ messages|length }}" + original
+    original = processor.chat_template
+    processor.chat_template = "{{ messages|length }}" + original
     try:
         with pytest.raises(ConversationError, match="differently in context"):
             processor.encode([{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}])
     finally:
-        processor.tokenizer.chat_template = original
+        processor.chat_template = original

@@ -31,14 +31,25 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
     return nodes
 
 
+def _absolute(node: ast.ImportFrom, path: Path) -> str | None:
+    """The module a ``from ... import`` names, relative imports resolved against ``path``'s package."""
+    if not node.level:
+        return node.module
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports(path: Path) -> set[str]:
     """The sicog modules a file imports at run time, at module level or inside functions."""
     found = set()
     for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("sicog")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sicog"):
-            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+        elif isinstance(node, ast.ImportFrom) and (module := _absolute(node, path)) and module.startswith("sicog"):
+            found |= {f"{module}.{alias.name}" for alias in node.names} | {module}
     modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
     return {name for name in found if name in modules}
 

@@ -180,12 +180,12 @@ def test_processor_writes_the_configs_separator_ids(tokenizer):
 
     config = tiny_config(tokenizer, text_config=tiny_text_config(30000))
     config.slice_comma_id, config.slice_newline_id = LLAMA_SEPARATORS
-    processor = SicogProcessor(tokenizer, config)
+    processor = SicogProcessor.from_config(tokenizer, config)
     _, ids = processor.process_image(Image.new("RGB", (128, 96)))
     assert set(ids) == {config.image_token_id, *LLAMA_SEPARATORS}
     config.slice_comma_id = None
     with pytest.raises(ValueError, match="separator ids"):
-        SicogProcessor(tokenizer, config)
+        SicogProcessor.from_config(tokenizer, config)
 
 
 def test_inference_resizes_the_long_side_before_slicing(tiny_model_factory):

@@ -274,12 +274,12 @@ def published_inputs(published, models, image: Image.Image, generation: bool):
 
 def our_inputs(models, image: Image.Image, generation: bool):
     turn = [{"from": "human", "value": "<image>\nWhat is in the picture?"}]
-    config = models.processor.config
-    saved, config.inference_long_side = config.inference_long_side, (1024 if generation else None)
+    images = models.processor.image_processor
+    saved, images.inference_long_side = images.inference_long_side, (1024 if generation else None)
     try:
         return models.processor.encode(turn, [image], train=False)
     finally:
-        config.inference_long_side = saved
+        images.inference_long_side = saved
 
 
 def collapse_image(ids: list[int], span: tuple[int, int], marker: int) -> list[int]:

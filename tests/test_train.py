@@ -158,3 +158,21 @@ def test_two_nodes_on_loopback_train_and_save_once(world, tmp_path):
     assert sorted(p.name for p in (tmp_path / "nodes" / "checkpoint-2").glob("rng_state_*.pth")) == [
         "rng_state_0.pth", "rng_state_1.pth"]  # both ranks trained in one run
     assert len(list((tmp_path / "nodes").glob("model*.safetensors"))) == 1
+
+
+def test_tensorboard_tracking_records_the_loss_and_remote_code_is_saved(world, tmp_path):
+    """`--report_to tensorboard --run_name` (the scripts' REPORT_TO / RUN_NAME) writes event files with the
+    training loss; `--save_remote_code` writes the model code and the auto_map with the final checkpoint."""
+    pytest.importorskip("tensorboard", reason="tensorboard is the optional 'tensorboard' extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *common(world, out, steps=2),
+                 "--report_to", "tensorboard", "--run_name", "tiny-run", "--save_remote_code", "True"]) == 0
+    events = sorted(out.rglob("events.out.tfevents.*"))
+    assert events, f"no event file under {out}"
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    losses = [event.value for event in accumulator.Scalars("train/loss")]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    assert json.loads((out / "config.json").read_text())["auto_map"]["AutoConfig"] == "configuration.SicogConfig"
+    assert (out / "modeling.py").is_file() and (out / "processing.py").is_file()

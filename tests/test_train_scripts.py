@@ -23,7 +23,7 @@ README_ENV = {
 
 
 def dry_run(script, env, *args, cwd=ROOT):
-    ours = (*README_ENV, "FINETUNE_RANK_BATCH", "OUTPUT_DIR")
+    ours = (*README_ENV, "FINETUNE_RANK_BATCH", "OUTPUT_DIR", "REPORT_TO", "RUN_NAME")
     clean = {k: v for k, v in os.environ.items() if k not in ours}
     return subprocess.run(["bash", str(ROOT / "training_scripts" / script), "--dry-run", *args], cwd=cwd,
                           env={**clean, **env}, capture_output=True, text=True, timeout=60)
@@ -56,6 +56,14 @@ def test_finetune_rank_batch_is_an_alias():
     env = {k: v for k, v in README_ENV.items() if k != "FINETUNE_BATCH"}
     _, flags = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**env, "FINETUNE_RANK_BATCH": "3"}).stdout)
     assert flags["--per_device_train_batch_size"] == "3"
+
+
+def test_tracker_variables_reach_train():
+    _, default = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", README_ENV).stdout)
+    assert "--report_to" not in default and default["--run_name"] == README_ENV["EXPERIMENT_NAME"]
+    _, flags = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh",
+                              {**README_ENV, "REPORT_TO": "tensorboard", "RUN_NAME": "sft-a"}).stdout)
+    assert (flags["--report_to"], flags["--run_name"]) == ("tensorboard", "sft-a")
 
 
 def test_multi_node_variables_launch_torchrun():

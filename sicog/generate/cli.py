@@ -15,8 +15,7 @@ from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.data.sharding import process_group
 from sicog.generate.corrupt import CORRUPTIONS
-from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO
-from sicog.generate.settings import SamplingSettings
+from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO, SamplingSettings
 
 if TYPE_CHECKING:
     import torch

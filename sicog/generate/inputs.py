@@ -26,12 +26,11 @@ from sicog.data.prompts import (
     user_turn,
 )
 from sicog.data.schema import resolve_image
+from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO
 from sicog.model.image_io import ImageError
 from sicog.model.processing import SicogProcessor
 
 TASKS = ("captions", "reasoning")
-# Wider than this, an image is a line: slicing it gives views thousands of pixels long and nothing to see.
-DEFAULT_MAX_ASPECT_RATIO = 100.0
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, errors_path
 from sicog.data.sharding import done_ids, merge_shard_files, shard_files, shard_path, shard_world, written_records
-from sicog.generate.inputs import DEFAULT_MAX_ASPECT_RATIO, GenerationTask, InputPlan, read_inputs
+from sicog.generate.inputs import GenerationTask, InputPlan, read_inputs
 from sicog.generate.sample import ENCODE_ERRORS, encode_task, sample_candidates
-from sicog.generate.settings import SamplingSettings
+from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO, SamplingSettings
 from sicog.model.processing import ConversationError, SicogProcessor
 
 # Generation fields that must agree between the records already written and this run.

@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+# Wider than this, an image is a line: slicing it gives views thousands of pixels long and nothing to see.
+DEFAULT_MAX_ASPECT_RATIO = 100.0
+
 
 @dataclass(frozen=True)
 class SamplingSettings:

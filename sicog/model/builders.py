@@ -5,6 +5,7 @@ Also the projector-only checkpoint that stage 1 writes and stage 1.5 reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -122,7 +123,7 @@ def build_from_parts(
         # repetition_penalty 1.05) travel with every checkpoint built on it, as the published models inherit them.
         model.generation_config = GenerationConfig.from_pretrained(llm_path)
     _set_generation_ids(model, tokenizer)
-    return model, SicogProcessor(tokenizer, config)
+    return model, SicogProcessor.from_config(tokenizer, config)
 
 
 def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
@@ -131,10 +132,47 @@ def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditio
     return model, SicogProcessor.from_pretrained(path, config=model.config)
 
 
-def save_pretrained(model: SicogForConditionalGeneration, processor: SicogProcessor, path: str | os.PathLike) -> None:
-    """Save a self-contained checkpoint: weights (safetensors), config, generation config, tokenizer."""
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+def save_pretrained(
+    model: SicogForConditionalGeneration,
+    processor: SicogProcessor,
+    path: str | os.PathLike,
+    *,
+    remote_code: bool = False,
+) -> None:
+    """Save a self-contained checkpoint: weights (safetensors), config, generation config, processor.
+
+    ``remote_code``: also write the model's code and an ``auto_map`` (see :func:`with_remote_code`).
+    """
+    with with_remote_code(model, processor, enabled=remote_code):
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+
+
+@contextlib.contextmanager
+def with_remote_code(model: SicogForConditionalGeneration, processor: SicogProcessor, *, enabled: bool = True):
+    """While open, saving ``model`` / ``processor`` also writes the code files of ``sicog.model`` they need
+    and an ``auto_map`` in ``config.json`` / ``processor_config.json``: the checkpoint then loads with
+    ``trust_remote_code=True`` where this package is not installed (transformers' custom-code mechanism).
+    """
+    if not enabled:
+        yield
+        return
+    # transformers reads the mark from the class (``register_for_auto_class``); it is undone on leaving.
+    marks = {type(model): "AutoModelForImageTextToText", type(model.config): "AutoConfig",
+             type(processor): "AutoProcessor"}
+    before = {cls: cls.__dict__.get("_auto_class") for cls in marks}
+    auto_map = getattr(model.config, "auto_map", None)
+    for cls, auto_class in marks.items():
+        cls._auto_class = auto_class
+    try:
+        yield
+    finally:
+        for cls, value in before.items():
+            if value is None:
+                del cls._auto_class
+            else:
+                cls._auto_class = value
+        model.config.auto_map = auto_map
 
 
 def _projector_settings(config: SicogConfig) -> dict:
@@ -264,7 +302,7 @@ def new_model(
     """A randomly initialised model and its processor."""
     model = SicogForConditionalGeneration(config)
     _set_generation_ids(model, tokenizer)
-    return model, SicogProcessor(tokenizer, config)
+    return model, SicogProcessor.from_config(tokenizer, config)
 
 
 def real_config(**settings) -> SicogConfig:

@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 # CLIP's normalisation constants (the published checkpoints were trained with them).
@@ -39,7 +39,11 @@ class SicogConfig(PreTrainedConfig):
 
     model_type = "sicog"
     sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=CLIPVisionConfig, init_kwargs=CLIP_L14_336),
+        # By model type rather than class: this module must import without transformers' CLIP code,
+        # because it is imported while transformers' AutoConfig module finishes loading (registration.py).
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=CLIP_L14_336
+        ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
     }
 
@@ -118,3 +122,7 @@ class SicogConfig(PreTrainedConfig):
             problems.append("image_mean and image_std need 3 values")
         if problems:
             raise ValueError("invalid SicogConfig: " + "; ".join(problems))
+
+
+if __name__.startswith("sicog."):  # copies saved with a checkpoint are found through its auto_map instead
+    AutoConfig.register(SicogConfig.model_type, SicogConfig, exist_ok=True)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from sicog.model.configuration import SicogConfig
-from sicog.model.layout import order_slice_features
-from sicog.model.resampler import Resampler, sincos_2d
-from sicog.model.vision import directly_read_parameters, group_by_size, layers_used, patch_features, tower_body
+from .configuration import SicogConfig
+from .layout import order_slice_features
+from .resampler import Resampler, sincos_2d
+from .vision import directly_read_parameters, group_by_size, layers_used, patch_features, tower_body
 
 
 class ImageTokenMismatchError(ValueError):
@@ -72,7 +74,9 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         self.post_init()
         self.set_trainable(vision=True, resampler=True, llm=True)
         if is_deepspeed_zero3_enabled():
-            import deepspeed
+            # Imported by name: deepspeed is a training extra, and this file, saved with a checkpoint as
+            # remote code, must load where it is not installed (transformers checks plain imports).
+            deepspeed = importlib.import_module("deepspeed")
 
             for parameter in directly_read_parameters(self.vision_tower):
                 deepspeed.zero.register_external_parameter(self, parameter)
@@ -251,12 +255,7 @@ def flatten_views(pixel_values: list[torch.Tensor]) -> tuple[list[torch.Tensor],
     return views, grids
 
 
-def register_auto_classes() -> None:
-    """Make ``AutoConfig`` / ``AutoModelForImageTextToText`` resolve ``model_type == "sicog"``."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+if __name__.startswith("sicog."):  # copies saved with a checkpoint are found through its auto_map instead
+    from transformers import AutoModelForImageTextToText
 
-    AutoConfig.register(SicogConfig.model_type, SicogConfig, exist_ok=True)
     AutoModelForImageTextToText.register(SicogConfig, SicogForConditionalGeneration, exist_ok=True)
-
-
-register_auto_classes()

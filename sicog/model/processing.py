@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.image_utils import load_image as transformers_load_image
 
-from sicog.model.configuration import SicogConfig
-from sicog.model.image_io import load_image
-from sicog.model.layout import image_token_count, image_token_ids
-from sicog.model.slicing import SlicePlan, fit_long_side, plan_slices, slice_image
-from sicog.model.tokens import IMAGE_TOKEN
+from .configuration import SicogConfig
+from .image_processing import SicogImageProcessor, flat_images
+from .layout import image_token_count, image_token_ids
+from .slicing import SlicePlan
+from .tokens import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
 ROLE_OF = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -48,55 +47,70 @@ def separator_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-class SicogProcessor:
-    """Turn images and LLaVA conversations into ``input_ids``, ``labels`` and ``pixel_values``.
+class SicogProcessor(ProcessorMixin):
+    """Turn images and conversations into ``input_ids``, ``labels`` and ``pixel_values``.
 
+    A transformers processor (image processor + tokenizer): ``processor(text=..., images=...)``,
+    ``apply_chat_template`` (plain-string content or content parts ``{"type": "image"}`` /
+    ``{"type": "text", "text": ...}``), ``batch_decode``, ``save_pretrained`` / ``from_pretrained``.
     Each ``<image>`` becomes the placeholder and separator ids of ``config.image_layout``
     (:mod:`sicog.model.layout`): exactly the positions :class:`SicogForConditionalGeneration` fills.
     The separator ids are the config's (the published checkpoints' LLaMA ids, or the tokenizer's own).
+    Every setting comes from the model's :class:`SicogConfig`, which travels with the processor.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: SicogConfig) -> None:
+    def __init__(
+        self,
+        image_processor: SicogImageProcessor,
+        tokenizer: PreTrainedTokenizerBase,
+        chat_template: str | None = None,
+        *,
+        config: SicogConfig,
+    ) -> None:
         if config.image_token_id is None or tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != config.image_token_id:
             raise ValueError(
                 f"tokenizer id of {IMAGE_TOKEN} ({tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}) differs from "
                 f"config.image_token_id ({config.image_token_id})"
             )
-        if tokenizer.chat_template is None:
+        chat_template = chat_template or tokenizer.chat_template
+        if chat_template is None:
             raise ValueError("tokenizer has no chat template")
-        self.tokenizer = tokenizer
-        self.config = config
-        self.image_token_id = config.image_token_id
         if config.slice_comma_id is None or config.slice_newline_id is None:
             raise ValueError("config has no slice separator ids (slice_comma_id, slice_newline_id)")
+        super().__init__(image_processor, tokenizer, chat_template=with_content_parts(chat_template))
+        self.config = config
+        self.image_token = IMAGE_TOKEN
+        self.image_token_id = config.image_token_id
         self.comma_id, self.newline_id = config.slice_comma_id, config.slice_newline_id
-        self._mean = np.asarray(config.image_mean, dtype=np.float32)
-        self._std = np.asarray(config.image_std, dtype=np.float32)
+
+    @classmethod
+    def from_config(cls, tokenizer: PreTrainedTokenizerBase, config: SicogConfig) -> SicogProcessor:
+        """The processor of a model with ``config`` around ``tokenizer`` (its chat template included)."""
+        return cls(SicogImageProcessor.from_config(config), tokenizer, config=config)
 
     # ----- images -----------------------------------------------------------------------------------
-    def _to_tensor(self, image: Image.Image) -> torch.Tensor:
-        array = (np.asarray(image, dtype=np.float32) / 255.0 - self._mean) / self._std
-        return torch.from_numpy(array.transpose(2, 0, 1).copy())
-
     def plan(self, width: int, height: int, *, never_split: bool = False) -> SlicePlan:
         """How an image of ``width x height`` pixels (after any inference resize) is sliced."""
-        return plan_slices(
-            width,
-            height,
-            scale_resolution=self.config.scale_resolution,
-            patch_size=self.config.patch_size,
-            max_slice_nums=self.config.max_slice_nums,
-            never_split=never_split,
-        )
+        return self.image_processor.plan(width, height, never_split=never_split)
 
     def inference_size(self, width: int, height: int) -> tuple[int, int]:
-        """Size an image is resized to before slicing at inference: long side ``config.inference_long_side``
-        (the published generation scripts use 1024), aspect ratio kept; unchanged when that is unset."""
-        side = self.config.inference_long_side
-        return (width, height) if side is None else fit_long_side(width, height, side)
+        """Size an image is resized to before slicing at inference (``config.inference_long_side``)."""
+        return self.image_processor.inference_size(width, height)
+
+    def image_ids(self, grid: tuple[int, int] | None) -> list[int]:
+        """Placeholder and separator ids standing for one image sliced on ``grid`` (None: unsliced)."""
+        config = self.config
+        return image_token_ids(
+            grid, config.resampler_num_queries, self.image_token_id, self.comma_id, self.newline_id,
+            config.image_layout,
+        )
 
     def image_token_count(self, width: int, height: int, *, never_split: bool = False, inference: bool = False) -> int:
-        """Sequence positions an image of this size takes, without reading its pixels."""
+        """Sequence positions an image of this size takes, without reading its pixels.
+
+        The one count used everywhere (length filters, batching plans, parity checks); it is the
+        length of the ids :meth:`process_image` writes.
+        """
         if inference:
             width, height = self.inference_size(width, height)
         plan = self.plan(width, height, never_split=never_split)
@@ -109,22 +123,8 @@ class SicogProcessor:
 
         ``inference``: resize first as :meth:`inference_size` says (generation and evaluation).
         """
-        image = load_image(image)
-        if inference and (size := self.inference_size(image.width, image.height)) != image.size:
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        plan = self.plan(image.width, image.height, never_split=never_split)
-        source, slices = slice_image(image, plan)
-        config = self.config
-        ids = image_token_ids(
-            plan.grid, config.resampler_num_queries, self.image_token_id, self.comma_id, self.newline_id,
-            config.image_layout,
-        )
-        views = [self._to_tensor(source)]
-        if plan.grid is not None:
-            cols, rows = plan.grid
-            stacked = torch.stack([self._to_tensor(s) for s in slices])
-            views.insert(0, stacked.reshape(rows, cols, *stacked.shape[1:]))
-        return views, ids
+        views, grid = self.image_processor.process(image, never_split=never_split, inference=inference)
+        return views, self.image_ids(grid)
 
     # ----- text ---------------------------------------------------------------------------------------
     @staticmethod
@@ -140,7 +140,9 @@ class SicogProcessor:
         return messages
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def _supervised_spans(self, messages: list[dict], text: str, masking: str) -> list[tuple[int, int]]:
         """Character spans of the supervised text of each assistant turn, checked against the full text.
@@ -201,13 +203,25 @@ class SicogProcessor:
             if masking == "release":
                 always = self._always_supervised()
                 token_labels = [t if t in always else label for t, label in zip(token_ids, token_labels)]
+        return self._expand(token_ids, token_labels, images, never_split=never_split, inference=not train)
+
+    def _expand(
+        self,
+        token_ids: Sequence[int],
+        token_labels: Sequence[int] | None,
+        images: Sequence,
+        *,
+        never_split: bool,
+        inference: bool,
+    ) -> Encoded:
+        """Replace each image placeholder id by that image's ids (unsupervised) and collect its views."""
         input_ids: list[int] = []
-        labels: list[int] | None = [] if train else None
+        labels: list[int] | None = None if token_labels is None else []
         views: list[torch.Tensor] = []
         image_iter = iter(images)
         for position, token in enumerate(token_ids):
             if token == self.image_token_id:
-                image_views, ids = self.process_image(next(image_iter), never_split=never_split, inference=not train)
+                image_views, ids = self.process_image(next(image_iter), never_split=never_split, inference=inference)
                 views += image_views
                 input_ids += ids
                 if labels is not None:
@@ -264,17 +278,135 @@ class SicogProcessor:
             batch["pixel_values"] = views
         return batch
 
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Text of generated ids, special tokens removed."""
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    def __call__(
+        self,
+        images=None,
+        text: str | Sequence[str] | None = None,
+        videos=None,
+        audio=None,
+        *,
+        padding: bool | str = False,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        never_split: bool = False,
+        inference: bool = True,
+        **kwargs,
+    ) -> BatchFeature:
+        """Model inputs for rendered prompt(s) ``text`` holding one ``<image>`` per image.
+
+        ``images``: one image, a flat list in placeholder order, or one list per prompt (paths, URLs,
+        PIL images or arrays). Returns ``input_ids``, ``attention_mask`` and, with images, the flat
+        ``pixel_values`` list the model takes. ``inference`` (default): images are resized as
+        :meth:`inference_size` says, as in generation; pass False for the training geometry.
+        ``padding`` pads a batch (on ``padding_side``, default the tokenizer's); ``return_tensors="pt"``
+        gives tensors. Other tokenizer options are not supported and raise.
+        """
+        if videos is not None or audio is not None:
+            raise ValueError(f"{type(self).__name__} takes images and text only")
+        if text is None:
+            raise ValueError(f"{type(self).__name__} needs text holding one {IMAGE_TOKEN} per image")
+        unsupported = {k for k, v in kwargs.items() if v not in (None, False)} - {"add_special_tokens"}
+        if unsupported:
+            raise TypeError(f"{type(self).__name__} does not support {sorted(unsupported)}")
+        prompts = [text] if isinstance(text, str) else list(text)
+        flat = [load_url(image) for image in flat_images(images)]
+        n_placeholders = [prompt.count(IMAGE_TOKEN) for prompt in prompts]
+        if sum(n_placeholders) != len(flat):
+            raise ConversationError(
+                f"text has {sum(n_placeholders)} {IMAGE_TOKEN} placeholder(s) but {len(flat)} image(s) were given"
+            )
+        samples, start = [], 0
+        for prompt, count in zip(prompts, n_placeholders):
+            token_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            samples.append(self._expand(token_ids, None, flat[start : start + count],
+                                        never_split=never_split, inference=inference))
+            start += count
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' or None")
+        lengths = {len(sample.input_ids) for sample in samples}
+        if return_tensors == "pt" or padding:
+            if len(lengths) > 1 and not padding:
+                raise ValueError("prompts of different lengths need padding=True to become one tensor")
+            data = self.collate(samples, padding_side=padding_side or self.tokenizer.padding_side)
+            if return_tensors is None:
+                data = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+        else:
+            data = {"input_ids": [s.input_ids for s in samples],
+                    "attention_mask": [[1] * len(s.input_ids) for s in samples]}
+            views = [view for s in samples for view in s.pixel_values]
+            if views:
+                data["pixel_values"] = views
+        return BatchFeature(data, skip_tensor_conversion=["pixel_values"])
+
+    def decode(self, token_ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True, **kwargs) -> str:
+        """Text of generated ids: special tokens removed (by default), surrounding whitespace stripped."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs).strip()
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+        """:meth:`decode` of every row of a batch."""
+        return [self.decode(row, skip_special_tokens=skip_special_tokens, **kwargs) for row in sequences]
 
     # ----- persistence --------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Save the tokenizer (the image settings live in the model's config)."""
-        self.tokenizer.save_pretrained(path)
+    def to_dict(self) -> dict:
+        """The processor's saved settings; the model settings it uses are the checkpoint's ``config.json``."""
+        output = super().to_dict()
+        output.pop("config", None)
+        return output
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, config: SicogConfig | None = None) -> SicogProcessor:
-        """Load from a checkpoint directory holding the tokenizer and ``config.json``."""
-        config = config or SicogConfig.from_pretrained(path)
-        return cls(AutoTokenizer.from_pretrained(Path(path)), config)
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, config: SicogConfig | None = None, **kwargs
+    ) -> SicogProcessor:
+        """Load from a checkpoint holding the tokenizer and ``config.json`` (the settings' one source).
+
+        Hub options (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``subfolder``) and
+        ``trust_remote_code`` are passed on; other keyword arguments (those ``AutoProcessor`` adds) are ignored.
+        """
+        hub = {k: kwargs[k] for k in HUB_OPTIONS if kwargs.get(k) is not None}
+        config = config or SicogConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        trust = {"trust_remote_code": kwargs["trust_remote_code"]} if "trust_remote_code" in kwargs else {}
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub, **trust)
+        return cls.from_config(tokenizer, config)
+
+
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "subfolder", "token")
+
+# Rendering of transformers' content parts, put in front of a chat template: each message whose
+# content is a list of parts becomes plain text, an image part "<image>\n" (the placeholder and
+# newline that LLaVA-style training data puts before the question), a text part its text.
+# String content passes through, so the template renders it exactly as before.
+CONTENT_PARTS = (
+    "{%- set sicog_parts = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string or message['content'] is none -%}"
+    "{%- set sicog_parts.messages = sicog_parts.messages + [message] -%}"
+    "{%- else -%}"
+    "{%- set sicog_text = namespace(value='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set sicog_text.value = sicog_text.value + '" + IMAGE_TOKEN + "\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set sicog_text.value = sicog_text.value + part['text'] -%}"
+    "{%- else -%}{{- raise_exception('unsupported content part type: ' + part['type']) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set sicog_parts.messages = sicog_parts.messages + [dict(message, content=sicog_text.value)] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set messages = sicog_parts.messages -%}"
+    "{{ '' }}"
+)
+
+
+def with_content_parts(chat_template: str) -> str:
+    """``chat_template`` extended to content parts (unchanged if it already is)."""
+    return chat_template if chat_template.startswith(CONTENT_PARTS) else CONTENT_PARTS + chat_template
+
+
+def load_url(image):
+    """An image given by http(s) URL, fetched by transformers; any other input as it is."""
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        return transformers_load_image(image)
+    return image
+
+
+if __name__.startswith("sicog."):  # copies saved with a checkpoint are found through its auto_map instead
+    AutoProcessor.register(SicogConfig, SicogProcessor, exist_ok=True)

@@ -107,6 +107,11 @@ class SicogTrainingArguments(TrainingArguments):
             "reused when data and model match"
         },
     )
+    save_remote_code: bool = field(
+        default=False,
+        metadata={"help": "also write the model code and an auto_map: the checkpoint then loads with "
+                  "trust_remote_code=True where sicog is not installed"},
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "kept False: batches carry image views and ids"}
     )

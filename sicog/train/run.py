@@ -10,7 +10,13 @@ from transformers import set_seed
 
 from sicog.data.jsonl import write_json
 from sicog.data.lock import output_lock
-from sicog.model.builders import build_from_parts, load_pretrained, load_projector, projector_from_checkpoint
+from sicog.model.builders import (
+    build_from_parts,
+    load_pretrained,
+    load_projector,
+    projector_from_checkpoint,
+    with_remote_code,
+)
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
@@ -166,9 +172,11 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
     if args.lora_r:
         trainer.model.language_model = trainer.model.language_model.merge_and_unload()
     model.config.use_cache = True
-    trainer.save_model(args.output_dir)
+    with with_remote_code(model, processor, enabled=args.save_remote_code):
+        trainer.save_model(args.output_dir)
+        if trainer.is_world_process_zero():
+            processor.save_pretrained(args.output_dir)
     if trainer.is_world_process_zero():
-        processor.save_pretrained(args.output_dir)
         if "resampler" in args.trainable_parts():
             projector_from_checkpoint(args.output_dir, args.output_dir)
         metrics = {**result.metrics, "stage": args.stage, "samples": len(dataset), "skipped": len(dataset.skipped),

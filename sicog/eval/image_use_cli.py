@@ -1,0 +1,43 @@
+"""`sicog image-use`: its flags and entry point; the measurement lives in :mod:`sicog.eval.image_use`, imported
+when the command runs so that ``--help`` needs neither torch nor transformers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sicog.data.argtypes import positive_int
+from sicog.data.jsonl import RecordError, write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Attach the flags of ``sicog image-use``."""
+    parser.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="LLaVA records with one image each; the last answer is the reference text")
+    parser.add_argument("--image-folder", type=Path, help="where the records' image paths start")
+    parser.add_argument("--output", required=True, type=Path, help="JSON with both losses, the gap and any errors")
+    parser.add_argument("--limit", type=positive_int, help="read at most this many records")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="default: %(default)s")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda:0, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and write the result; 2 when the data cannot be read or nothing could be compared."""
+    from sicog.eval.generation import load_for_eval
+    from sicog.eval.image_use import image_use
+
+    try:
+        model, processor = load_for_eval(args.model, args.device)
+        result = image_use(model, processor, args.data, args.image_folder, limit=args.limit,
+                           batch_size=args.batch_size, progress=not args.no_progress)
+    except (RecordError, ValueError, OSError) as err:
+        print(f"sicog image-use: error: {err}", file=sys.stderr)
+        return 2
+    write_json(args.output, {"model": str(args.model), **result})
+    print(f"{args.data}: loss {result['loss_own_images']} with own images, {result['loss_other_images']} with "
+          f"swapped images (gap {result['gap']}; {result['compared']} of {result['records']} records compared, "
+          f"{len(result['errors'])} errors) -> {args.output}")
+    return 0 if result["compared"] else 2

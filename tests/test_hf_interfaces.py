@@ -1,0 +1,186 @@
+"""transformers-native use of a SICOG checkpoint: the processor's conformance (in the style of transformers'
+own processor tests), the Auto classes and pipeline after only `import sicog`, and remote code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+
+from sicog.model.builders import save_pretrained
+from sicog.model.processing import ConversationError, SicogProcessor
+
+QUESTION = "How many circles are there?"
+PARTS = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+STRING = [{"role": "user", "content": f"<image>\n{QUESTION}"}]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model_factory, tmp_path_factory):
+    model, processor = tiny_model_factory()
+    path = tmp_path_factory.mktemp("hf") / "ckpt"
+    save_pretrained(model, processor, path)
+    return path, model, processor
+
+
+def image(width: int = 128, height: int = 96) -> Image.Image:
+    return Image.new("RGB", (width, height), (200, 40, 40))
+
+
+def test_save_load_round_trip(checkpoint, tmp_path):
+    path, _, processor = checkpoint
+    loaded = SicogProcessor.from_pretrained(path)
+    assert type(loaded.image_processor).__name__ == "SicogImageProcessor"
+    assert loaded.chat_template == processor.chat_template
+    assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
+    prompt = processor.apply_chat_template(PARTS, add_generation_prompt=True)
+    first, second = processor(text=prompt, images=image()), loaded(text=prompt, images=image())
+    assert first["input_ids"] == second["input_ids"]
+    assert json.loads((path / "processor_config.json").read_text())["processor_class"] == "SicogProcessor"
+    loaded.save_pretrained(tmp_path)  # saving what was loaded writes the same template, not a doubled one
+    assert (tmp_path / "chat_template.jinja").read_text() == processor.chat_template
+
+
+def test_chat_template_renders_content_parts_as_the_string_form(checkpoint):
+    _, _, processor = checkpoint
+    parts = processor.apply_chat_template(PARTS, add_generation_prompt=True)
+    assert parts == processor.apply_chat_template(STRING, add_generation_prompt=True)
+    assert "<image>\n" + QUESTION in parts and "'type'" not in parts
+    # The tokenizer's own template still renders string content exactly as it did.
+    original = processor.tokenizer.chat_template
+    assert processor.tokenizer.apply_chat_template(STRING, chat_template=original, tokenize=False) == (
+        processor.apply_chat_template(STRING)
+    )
+    with pytest.raises(Exception, match="unsupported content part type: video"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}]}])
+
+
+def test_tokenized_chat_template_gives_model_inputs(checkpoint):
+    _, model, processor = checkpoint
+    messages = [{"role": "user", "content": [{"type": "image", "image": image()}, {"type": "text", "text": QUESTION}]}]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    expected = processor.encode(STRING, [image()], train=False)
+    assert inputs["input_ids"][0].tolist() == expected.input_ids
+    assert all(torch.equal(a, b) for a, b in zip(inputs["pixel_values"], expected.pixel_values))
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, inputs["input_ids"].shape[1] + 3)
+
+
+@pytest.mark.parametrize("size", [(128, 96), (64, 160), (40, 40)])
+def test_image_token_count_is_what_the_model_consumes(checkpoint, size):
+    _, model, processor = checkpoint
+    prompt = processor.apply_chat_template(PARTS, add_generation_prompt=True)
+    inputs = processor(text=prompt, images=image(*size), return_tensors="pt")
+    text_only = processor(text=prompt.replace("<image>", ""))["input_ids"][0]
+    expected = processor.image_token_count(*size, inference=True)
+    assert inputs["input_ids"].shape[1] - len(text_only) == expected
+    placeholders = int((inputs["input_ids"] == processor.image_token_id).sum())
+    features = model.get_image_features(inputs["pixel_values"])
+    assert placeholders == features.shape[0]
+
+
+def test_batches_pad_on_the_requested_side(checkpoint):
+    _, _, processor = checkpoint
+    prompts = [processor.apply_chat_template(PARTS, add_generation_prompt=True),
+               processor.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)]
+    images = [[image()], []]
+    alone = [processor(text=p, images=i or None)["input_ids"][0] for p, i in zip(prompts, images)]
+    pad = processor.tokenizer.pad_token_id
+    for side in ("left", "right"):
+        batch = processor(text=prompts, images=images, padding=True, padding_side=side, return_tensors="pt")
+        short = batch["input_ids"][1].tolist()
+        n_pad = len(short) - len(alone[1])
+        assert n_pad > 0 and batch["attention_mask"][1].sum() == len(alone[1])
+        kept = short[n_pad:] if side == "left" else short[: len(alone[1])]
+        padding = short[:n_pad] if side == "left" else short[len(alone[1]):]
+        assert kept == alone[1] and set(padding) == {pad}
+        assert batch["input_ids"][0].tolist() == alone[0]
+    with pytest.raises(ValueError, match="padding=True"):
+        processor(text=prompts, images=images, return_tensors="pt")
+    with pytest.raises(ConversationError, match="1 <image> placeholder"):
+        processor(text=prompts[0], images=[image(), image()])
+
+
+def test_batch_decode_decodes_each_row(checkpoint):
+    _, _, processor = checkpoint
+    texts = ["a red circle", "How many circles are there?"]
+    ids = [processor.tokenizer(t, add_special_tokens=False)["input_ids"] + [processor.tokenizer.eos_token_id]
+           for t in texts]
+    assert processor.batch_decode(ids) == texts
+    assert processor.decode(ids[0]) == texts[0]
+    assert processor.batch_decode(ids, skip_special_tokens=False)[0].endswith(processor.tokenizer.eos_token)
+
+
+def run_python(code: str, *args: str, env: dict | None = None, cwd=None) -> str:
+    result = subprocess.run([sys.executable, *args, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_auto_classes_and_pipeline_after_only_import_sicog(checkpoint):
+    path, _, _ = checkpoint
+    out = run_python(f"""
+        import sys
+        import sicog
+        print("torch after import sicog:", "torch" in sys.modules)
+        from PIL import Image
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, pipeline
+        path = {str(path)!r}
+        config = AutoConfig.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path)
+        print(type(config).__name__, type(model).__name__, type(processor).__name__)
+        messages = [{{"role": "user", "content": [{{"type": "image", "image": Image.new("RGB", (128, 96))}},
+                                                 {{"type": "text", "text": "How many?"}}]}}]
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt")
+        print("generated", model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1]
+              - inputs["input_ids"].shape[1])
+        reply = pipeline("image-text-to-text", model=path)(text=messages, max_new_tokens=3, do_sample=False)
+        print("pipeline", reply[0]["generated_text"][-1]["role"])
+    """)
+    assert "torch after import sicog: False" in out
+    assert "SicogConfig SicogForConditionalGeneration SicogProcessor" in out
+    assert "generated 3" in out and "pipeline assistant" in out
+
+
+def test_remote_code_checkpoint_loads_where_sicog_is_not_importable(tiny_model_factory, tmp_path):
+    """`python -S` skips site initialisation, so the editable install's path hook is not set up; the
+    site-packages folder is put back on sys.path by hand (transformers, torch), and the test first
+    asserts that `sicog` cannot be found. The run starts in a folder outside the repository."""
+    model, processor = tiny_model_factory()
+    save_pretrained(model, processor, tmp_path / "ckpt", remote_code=True)
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration.SicogConfig",
+                                  "AutoModelForImageTextToText": "modeling.SicogForConditionalGeneration"}
+    assert getattr(model.config, "auto_map", None) is None and type(model)._auto_class is None
+    inputs = processor.apply_chat_template(STRING, add_generation_prompt=True)
+    expected = model.generate(**processor(text=inputs, images=image(), return_tensors="pt"), max_new_tokens=4,
+                              do_sample=False)
+    out = run_python(f"""
+        import importlib.util, sys
+        sys.path.append({sysconfig.get_paths()["purelib"]!r})
+        assert importlib.util.find_spec("sicog") is None, "sicog is importable"
+        from PIL import Image
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        path = {str(tmp_path / "ckpt")!r}
+        model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        prompt = processor.apply_chat_template({STRING!r}, add_generation_prompt=True)
+        inputs = processor(text=prompt, images=Image.new("RGB", (128, 96), (200, 40, 40)), return_tensors="pt")
+        print(model.generate(**inputs, max_new_tokens=4, do_sample=False)[0].tolist())
+        print(type(model).__module__, [m for m in sys.modules if m.split(".")[0] == "sicog"])
+    """, "-S", env={"HF_MODULES_CACHE": str(tmp_path / "modules")}, cwd=tmp_path)
+    generated, where = out.strip().splitlines()[-2:]
+    assert generated == str(expected[0].tolist())
+    assert where.startswith("transformers_modules.") and where.endswith(" []")
