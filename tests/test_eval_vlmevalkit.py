@@ -186,3 +186,17 @@ def test_launcher_refuses_bad_input(vlmeval, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         vlmevalkit.main(["--sicog-model", str(tmp_path), "--vlmevalkit", str(tmp_path), "--data", "MMStar"])
     assert stop.value.code == 2 and f"no VLMEvalKit run.py in {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("visible", "local_rank", "expected"),
+                         [(8, "3", "cuda:3"), (1, "3", "cuda:0"), (2, "0", "cuda:0")])
+def test_auto_device_is_one_gpu_per_local_rank(monkeypatch, visible, local_rank, expected) -> None:
+    """torchrun / accelerate show every GPU (cuda:LOCAL_RANK); VLMEvalKit's run.py shows each process its own."""
+    import torch
+
+    from sicog.model.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert resolve_device() == (torch.device(expected), torch.bfloat16)
