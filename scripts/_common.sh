@@ -143,7 +143,7 @@ optional_flags() {
 # generate_flags TASK: `sicog generate TASK` and its flags from the recap variables, in GENERATE_ARGS.
 # Reads MODEL_PATH, DATA_PATH (+ SPLIT: ${DATA_PATH}_${SPLIT}.json), EXPERIMENT_NAME, OUTPUT_DIR,
 # IMAGE_FOLDER, PROMPT, NUM_CANDIDATES, TEMPERATURE, TOP_P, BEAMS, MAX_NEW_TOKENS, BATCH_SIZE, SEED,
-# AUGMENT_METHODS.
+# AUGMENT_METHODS (one of them per record, as released), AUGMENT_ALL=1 (all of them, in order).
 generate_flags() {
     local input="$DATA_PATH"
     if [[ -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
@@ -153,6 +153,7 @@ generate_flags() {
         BATCH_SIZE:--batch-size SEED:--seed AUGMENT_METHODS:--corrupt
     GENERATE_ARGS=(generate "$1" --model "$MODEL_PATH" --data "$input"
                    --output "${output_dir}/${EXPERIMENT_NAME}.jsonl" ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
+    if [[ "${AUGMENT_ALL:-0}" == "1" ]]; then GENERATE_ARGS+=(--corrupt-all); fi
 }
 
 # curate_flags TASK: `sicog curate TASK` and its flags from the quality-evaluation variables, in

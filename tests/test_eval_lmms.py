@@ -163,9 +163,12 @@ def test_registration_and_command_line(lmms_module, tiny_model_factory) -> None:
     module, modules = lmms_module
     manifest = module.manifest()
     assert (manifest.model_id, manifest.simple_class_path) == ("sicog", "sicog.eval.lmms_eval.SicogLMMs")
-    module_path, class_name = manifest.simple_class_path.rsplit(".", 1)
-    assert getattr(importlib.import_module(module_path), class_name) is module.SicogLMMs
+    assert manifest.chat_class_path == "sicog.eval.lmms_eval.SicogLMMsChat"  # what --model sicog resolves to
+    for path, cls in ((manifest.simple_class_path, module.SicogLMMs), (manifest.chat_class_path, module.SicogLMMsChat)):
+        module_path, class_name = path.rsplit(".", 1)
+        assert getattr(importlib.import_module(module_path), class_name) is cls
     assert issubclass(module.SicogLMMs, StandInLmms) and module.SicogLMMs.is_simple
+    assert issubclass(module.SicogLMMsChat, StandInLmms) and not module.SicogLMMsChat.is_simple
     assert module.main(["--model", "sicog", "--model_args", "pretrained=ckpt", "--tasks", "mmstar"]) == 0
     assert modules["lmms_eval.models"].MODEL_REGISTRY_V2.manifests["sicog"] == manifest
     assert modules["lmms_eval.cli.dispatch"].calls == [["lmms-eval", "--model", "sicog", "--model_args",
@@ -174,6 +177,70 @@ def test_registration_and_command_line(lmms_module, tiny_model_factory) -> None:
     with pytest.raises(ValueError, match="either pretrained=PATH"):
         module.SicogLMMs(pretrained="x", model=model, processor=processor)
     assert module.SicogLMMs(model=model, processor=processor, batch_size="4", max_batch_size="2").batch_size == 2
+
+
+def messages_of(doc):
+    """What lmms-eval's chat tasks build from doc_to_visual and doc_to_text: the images, then the text."""
+    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["q"]}]}]
+
+
+def test_chat_requests_answer_like_simple_ones(lmms_module, tiny_model_factory) -> None:
+    module, _ = lmms_module
+    model, processor = tiny_model_factory(seed=6)
+    settings = {"max_new_tokens": 6, "temperature": 0}
+    simple = module.SicogLMMs(model=model, processor=processor, batch_size=2)
+    chat = module.SicogLMMsChat(model=model, processor=processor, batch_size=2)
+    simple.task_dict = chat.task_dict = {"toy": {"test": docs()}}
+    expected = simple.generate_until([request(d["q"], dict(settings), to_visual, i, "toy", "test")
+                                      for i, d in enumerate(docs())])
+    replies = chat.generate_until([request(d["q"], messages_of, dict(settings), i, "toy", "test")
+                                   for i, d in enumerate(docs())])
+    assert replies == expected
+    # A system turn and text around the image are kept in order; a video is refused, naming the document.
+    turns, images = module.conversation_of([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Look: "}, {"type": "image", "url": "a.png"},
+                                     {"type": "text", "text": "What is it?"}]}])
+    assert turns == [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Look: <image>\nWhat is it?"}]
+    assert images == ["a.png"]
+    video = [{"role": "user", "content": [{"type": "video", "url": "v.mp4"}, {"type": "text", "text": "?"}]}]
+    with pytest.raises(ValueError, match="task 'toy' split 'test' doc 1: message 0 holds a 'video' item"):
+        chat.generate_until([request("?", lambda doc: video, dict(settings), 1, "toy", "test")])
+
+
+def test_batch_size_auto_halves_when_a_batch_does_not_fit(lmms_module, tiny_model_factory, monkeypatch) -> None:
+    module, _ = lmms_module
+    model, processor = tiny_model_factory(seed=6)
+    assert module.parse_batch_size("auto") == (module.AUTO_BATCH_START, True)
+    assert module.parse_batch_size("auto:3", "8") == (8, True) and module.parse_batch_size("4", 2) == (2, False)
+    for batch_size, largest, message in (("many", None, "N, auto or auto:N"), ("0", None, "at least 1"),
+                                         ("auto", 0, "at least 1")):
+        with pytest.raises(ValueError, match=message):
+            module.parse_batch_size(batch_size, largest)
+    settings = {"max_new_tokens": 5, "temperature": 0}
+    requests = [request(d["q"], dict(settings), to_visual, i, "toy", "test") for i, d in enumerate(docs())]
+    one = module.SicogLMMs(model=model, processor=processor, batch_size=1)
+    one.task_dict = {"toy": {"test": docs()}}
+    expected = one.generate_until(requests)
+
+    real_generate, sizes = module.generate_replies, []
+
+    def fits_two(model, processor, encoded, **kwargs):
+        sizes.append(len(encoded))
+        if len(encoded) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_generate(model, processor, encoded, **kwargs)
+
+    monkeypatch.setattr(module, "generate_replies", fits_two)
+    auto = module.SicogLMMs(model=model, processor=processor, batch_size="auto", max_batch_size=8)
+    auto.task_dict = one.task_dict
+    assert auto.generate_until(requests) == expected
+    assert sizes == [4, 2, 2] and auto.batch_size == 2  # 4 requests: 4 did not fit, then two batches of 2
+    fixed = module.SicogLMMs(model=model, processor=processor, batch_size=4)
+    fixed.task_dict = one.task_dict
+    with pytest.raises(torch.OutOfMemoryError):  # a batch size the user set is not changed behind their back
+        fixed.generate_until(requests)
 
 
 def test_import_without_lmms_eval_says_what_to_install(monkeypatch) -> None:

@@ -15,17 +15,24 @@ from sicog.eval.vlmevalkit import SicogVLM
 from sicog.model.image_io import ImageError
 from sicog.toy.build import build_world, load_manifest
 
-DATASET_TYPES = {"ToyMC": "MCQ", "POPE": "Y/N", "MMVet": "VQA"}
+# VLMEvalKit calls any custom TSV (ToyOpen) multiple choice, options or not.
+DATASET_TYPES = {"ToyMC": "MCQ", "ToyOpen": "MCQ", "POPE": "Y/N", "MMVet": "VQA"}
 
 
 @pytest.fixture
-def vlmeval(monkeypatch):
-    """``vlmeval.dataset.DATASET_TYPE``, the one thing the adapter asks VLMEvalKit."""
+def vlmeval(monkeypatch, tmp_path):
+    """``vlmeval.dataset.DATASET_TYPE``, the one thing the adapter asks VLMEvalKit, and ``vlmeval.config``'s
+    ``supported_VLM``, where the launcher registers the model (the package lives in a checkout folder)."""
     package, dataset = types.ModuleType("vlmeval"), types.ModuleType("vlmeval.dataset")
+    config = types.ModuleType("vlmeval.config")
     dataset.DATASET_TYPE = lambda name: DATASET_TYPES.get(name, "VQA")
-    package.dataset = dataset
+    config.supported_VLM = {}
+    package.dataset, package.config = dataset, config
+    package.__file__ = str(tmp_path / "checkout" / "vlmeval" / "__init__.py")
     monkeypatch.setitem(sys.modules, "vlmeval", package)
     monkeypatch.setitem(sys.modules, "vlmeval.dataset", dataset)
+    monkeypatch.setitem(sys.modules, "vlmeval.config", config)
+    return package
 
 
 class StandInDataset:
@@ -111,3 +118,85 @@ def test_message_forms_and_checks(vlmeval, tiny_model_factory, tmp_path) -> None
         SicogVLM()
     with pytest.raises(ValueError, match="unknown prompt style"):
         SicogVLM(model=model, processor=processor, prompt="fancy")
+
+
+def test_rows_without_options_are_not_asked_for_a_letter(vlmeval, tiny_model_factory, tmp_path) -> None:
+    from sicog.data.prompts import SHORT_ANSWER
+    from sicog.eval.prompts import MC_INSTRUCTION
+
+    model, processor = tiny_model_factory(seed=4)
+    adapter = SicogVLM(model=model, processor=processor, max_new_tokens=4)
+    adapter.set_dump_image(lambda line: str(tmp_path / "a.png"))
+    nan = float("nan")
+    rows = {
+        "options": {"index": 0, "question": "Which colour?", "A": "red", "B": "blue", "C": nan, "answer": "A"},
+        "open": {"index": 1, "hint": "A toy picture.", "question": "Which colour?", "A": nan, "B": nan,
+                 "answer": "red"},
+        "yes/no": {"index": 2, "question": "Is it red?", "answer": "Yes"},
+    }
+    texts = {kind: adapter.build_prompt(row, dataset="ToyOpen")[-1]["value"] for kind, row in rows.items()}
+    assert texts["options"] == f"Which colour?\nA. red\nB. blue\n{MC_INSTRUCTION}"
+    assert texts["open"] == "A toy picture.\nWhich colour?"
+    assert texts["yes/no"] == f"Is it red?\n{SHORT_ANSWER}"
+    cot = SicogVLM(model=model, processor=processor, prompt="cot")
+    cot.set_dump_image(adapter.dump_image_func)
+    assert cot.build_prompt(rows["open"], dataset="ToyOpen")[-1]["value"].endswith("Answer the question step-by-step.")
+
+
+RUN_PY = """\
+import json, sys
+from vlmeval.config import supported_VLM
+entry = supported_VLM["sicog"]
+json.dump({"argv": sys.argv, "path0": sys.path[0], "keywords": entry.keywords}, open(sys.argv[-1], "w"))
+"""
+
+
+def test_launcher_registers_the_model_and_runs_run_py(vlmeval, tmp_path, monkeypatch) -> None:
+    import json
+
+    from sicog.eval import vlmevalkit
+
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "run.py").write_text(RUN_PY)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)  # no run.py here: the one beside the vlmeval package is found
+    report = tmp_path / "report.json"
+    assert vlmevalkit.main(["--sicog-model", "ckpt", "--model", "sicog", "--sicog-prompt", "cot", "--data", "MMStar",
+                            "POPE", "--work-dir", "out", str(report)]) == 0
+    ran = json.loads(report.read_text())
+    assert ran["argv"] == [str(checkout / "run.py"), "--model", "sicog", "--data", "MMStar", "POPE",
+                           "--work-dir", "out", str(report)]
+    assert ran["path0"] == str(checkout)
+    assert ran["keywords"] == {"model_path": str(tmp_path / "ckpt"), "prompt": "cot", "max_new_tokens": 1024,
+                               "device": "auto", "dtype": "auto"}
+    assert vlmevalkit.find_run_script(checkout) == checkout / "run.py"
+
+
+def test_launcher_refuses_bad_input(vlmeval, tmp_path, capsys) -> None:
+    from sicog.eval import vlmevalkit
+
+    with pytest.raises(SystemExit) as stop:
+        vlmevalkit.main(["--sicog-model", str(tmp_path / "none"), "--model", "sicog", "--data", "MMStar"])
+    assert stop.value.code == 2 and "no SICOG checkpoint at" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as stop:
+        vlmevalkit.main(["--sicog-model", str(tmp_path), "--vlmevalkit", str(tmp_path), "--data", "MMStar"])
+    assert stop.value.code == 2 and f"no VLMEvalKit run.py in {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("visible", "local_rank", "expected"),
+                         [(8, "3", "cuda:3"), (1, "3", "cuda:0"), (2, "0", "cuda:0")])
+def test_auto_device_is_one_gpu_per_local_rank(monkeypatch, visible, local_rank, expected) -> None:
+    """torchrun / accelerate show every GPU (cuda:LOCAL_RANK); VLMEvalKit's run.py shows each process its own."""
+    import torch
+
+    from sicog.model.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert resolve_device() == (torch.device(expected), torch.bfloat16)

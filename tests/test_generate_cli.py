@@ -57,11 +57,11 @@ def subprocess_env(**extra: str) -> dict:
 
 def test_command_writes_outputs_and_errors(setup, tmp_path, capsys):
     output = tmp_path / "gen.jsonl"
-    assert main(cli_args(setup, output, "--corrupt", "color_jitter", "--temperature", "0.5")) == 0
+    assert main(cli_args(setup, output, "--corrupt", "color_jitter,mask", "--corrupt-all", "--temperature", "0.5")) == 0
     records = load_records(output)
     assert [r["id"] for r in records] == [f"q{i}" for i in range(12) if i != 7]
     assert all(len(r["candidates"]) == 2 and r["generation"]["temperature"] == 0.5 for r in records)
-    assert records[0]["generation"]["corruption"][0]["method"] == "color_jitter"
+    assert [c["method"] for c in records[0]["generation"]["corruption"]] == ["color_jitter", "mask"]
     (error,) = load_records(tmp_path / "gen.errors.jsonl")
     assert error["id"] == "q7" and "missing.png" in error["reason"]
     assert "11 records with candidates" in capsys.readouterr().err
@@ -147,6 +147,8 @@ def test_scripts_pass_the_readme_variables(tmp_path):
         "data/pairs_part1.json", "--output", "out dir/noisy.jsonl", "--image-folder", "imgs", "--prompt", "cot-default",
         "--num-candidates", "4", "--max-new-tokens", "256", "--batch-size", "16", "--seed", "3",
         "--corrupt", "gaussian_blur,mask", "--top-k", "20"]
+    every = dry_run("reasoning_inference.sh", tmp_path, AUGMENT_ALL="1", **noisy)
+    assert every[every.index("--corrupt"):] == ["--corrupt", "gaussian_blur,mask", "--corrupt-all"]
     command = dry_run("reasoning_inference.sh", REPO / "docs", NPROC_PER_NODE="4", **noisy)
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node" in command
     assert command[command.index("-m", 3):][:4] == ["-m", "sicog", "generate", "reasoning"]

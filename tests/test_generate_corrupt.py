@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sicog.generate.corrupt import CORRUPTIONS, corrupt, mask, parse_methods, record_rng
+from sicog.generate.corrupt import (
+    CORRUPTIONS,
+    chosen_methods,
+    corrupt,
+    mask,
+    parse_methods,
+    record_methods,
+    record_rng,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +110,19 @@ def test_methods_compose_in_order_and_unknown_names_fail(photo):
         parse_methods("blurr")
     out, applied = corrupt(photo, ["mirror_rotation", "mask"], np.random.default_rng(3))
     assert [a["method"] for a in applied] == ["mirror_rotation", "mask"] and out.size == (768, 1024)
+
+
+def test_one_corruption_per_record_drawn_from_the_seed_and_id_as_released():
+    methods = tuple(CORRUPTIONS)
+    ids = [f"rec{i}" for i in range(400)]
+    picks = [record_methods(methods, 0, rid) for rid in ids]
+    assert all(len(pick) == 1 and pick[0] in methods for pick in picks)
+    assert picks == [record_methods(methods, 0, rid) for rid in ids]  # deterministic under the seed
+    assert picks != [record_methods(methods, 1, rid) for rid in ids]
+    counts = {name: sum(pick == (name,) for pick in picks) for name in methods}
+    assert all(60 <= count <= 140 for count in counts.values()), counts  # each about a quarter of 400
+    # apply_all keeps every method in the given order; one method is used without a draw.
+    assert record_methods(("mask", "gaussian_blur"), 0, "a", apply_all=True) == ("mask", "gaussian_blur")
+    rng, untouched = np.random.default_rng(5), np.random.default_rng(5)
+    assert chosen_methods(("mask",), rng) == ("mask",) and rng.random() == untouched.random()
+    assert chosen_methods((), np.random.default_rng(0)) == ()

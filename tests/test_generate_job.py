@@ -9,6 +9,7 @@ from PIL import Image
 
 from sicog.data.jsonl import RecordError, load_records, write_jsonl
 from sicog.data.sharding import shard_path
+from sicog.generate.corrupt import record_methods
 from sicog.generate.job import GenerationJob, merge_outputs, plan_batches, read_plan, run_rank, shard_files
 from sicog.generate.sample import encode_task
 from sicog.generate.settings import SamplingSettings
@@ -168,19 +169,47 @@ def test_resume_refuses_records_made_with_other_settings(dataset, tmp_path, mode
 
 def test_corrupted_images_are_recorded_and_planned_at_their_true_length(dataset, tmp_path, model_and_processor):
     _, processor = model_and_processor
-    job = make_job(dataset, tmp_path, corruptions=("mirror_rotation", "gaussian_blur"))
+    job = make_job(dataset, tmp_path, corruptions=("mirror_rotation", "gaussian_blur"), corrupt_all=True)
     for task in read_plan(job, processor).tasks:
         if task.id != "r4":
-            encoded, applied = encode_task(processor, task, job.corruptions, job.seed)
+            encoded, applied = encode_task(processor, task, job.corruptions, job.seed, corrupt_all=True)
             assert len(encoded.input_ids) == task.num_tokens
             assert [a["method"] for a in applied] == ["mirror_rotation", "gaussian_blur"]
     generate(job, model_and_processor)
-    again = make_job(dataset, tmp_path / "again", corruptions=job.corruptions)
+    again = make_job(dataset, tmp_path / "again", corruptions=job.corruptions, corrupt_all=True)
     generate(again, model_and_processor)
     assert job.output.read_bytes() == again.output.read_bytes()
     records = load_records(job.output)
     assert all(r["generation"]["corruption"][0]["rotation"] in (90, 270) for r in records)
     assert len({r["generation"]["corruption"][1]["sigma"] for r in records}) == len(records)
+
+
+def test_one_corruption_per_record_by_default_as_released(dataset, tmp_path, model_and_processor):
+    _, processor = model_and_processor
+    methods = ("mirror_rotation", "gaussian_blur")
+    job = make_job(dataset, tmp_path, corruptions=methods)
+    assert not job.corrupt_all
+    chosen = {}
+    for task in read_plan(job, processor).tasks:
+        if task.id == "r4":  # its image fails when decoded
+            continue
+        encoded, applied = encode_task(processor, task, methods, job.seed)
+        chosen[task.id] = [a["method"] for a in applied]
+        assert chosen[task.id] == list(record_methods(methods, job.seed, task.id))
+        assert len(encoded.input_ids) == task.num_tokens  # a record is planned rotated only when it is rotated
+    assert all(len(names) == 1 for names in chosen.values())
+    assert {names[0] for names in chosen.values()} == set(methods)  # both drawn among this run's records
+    generate(job, model_and_processor)
+    again = make_job(dataset, tmp_path / "again", corruptions=methods)
+    generate(again, model_and_processor)
+    assert job.output.read_bytes() == again.output.read_bytes()
+    records = load_records(job.output)
+    assert {r["id"]: [c["method"] for c in r["generation"]["corruption"]] for r in records} == chosen
+    # Another seed draws another assignment; resuming with all methods is refused.
+    assignment = lambda seed: [record_methods(methods, seed, rid) for rid in chosen]  # noqa: E731
+    assert any(assignment(seed) != assignment(0) for seed in (1, 2, 3))
+    with pytest.raises(RecordError, match="'corruption'"):
+        generate(make_job(dataset, tmp_path, corruptions=methods, corrupt_all=True), model_and_processor)
 
 
 def test_beam_sampling_needs_enough_beams():

@@ -5,7 +5,8 @@
 # Optional:  MODEL_NAME_OR_PATH          the model that generated the candidates (recorded in the report)
 #            TEMPERATURE                 sampling temperature expected in the records (others are reported)
 #            ENCODER_MODEL_NAME_OR_PATH  sentence encoder (default: the packaged all-MiniLM-L6-v2)
-#            THRESHOLD                   keep records whose best MBR score >= THRESHOLD (default 0.85)
+#            THRESHOLD                   keep records whose best MBR score >= THRESHOLD (default: the
+#                                        encoder's, 0.83 for the packaged MiniLM, 0.85 for NV-Embed-v2)
 #            OUTPUT_DIR                  default: RAW_DATASET without its extension + "_curated"
 #            ENCODER_TRUST_REMOTE_CODE=1, ENCODER_APPEND_EOS=1, ENCODER_MAX_LENGTH, ENCODER_QUERY_PREFIX,
 #            ENCODER_DTYPE, BATCH_SIZE, SEED, NPROC_PER_NODE (ranks sharing the embedding work)

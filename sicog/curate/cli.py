@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
-from sicog.curate.pipeline import CurationSettings
+from sicog.curate.pipeline import ENCODER_THRESHOLDS, PAPER_ENCODER, CurationSettings
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.lock import OutputLocked, output_lock
 
@@ -18,7 +18,9 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--input", required=True, help="generation output (.jsonl or .json) with 'candidates'")
     parser.add_argument("--output-dir", required=True, help="where scored/curated/pairs/errors/report go")
     parser.add_argument("--threshold", type=float, default=CurationSettings.threshold,
-                        help="keep a record when its best MBR score >= this (encoder-specific; default %(default)s)")
+                        help="keep a record when its best MBR score >= this (default: the encoder's, "
+                             f"{', '.join(f'{k} {v}' for k, v in ENCODER_THRESHOLDS.items())}; others "
+                             f"{ENCODER_THRESHOLDS[PAPER_ENCODER]})")
     if task == "reasoning":
         parser.add_argument("--min-agreement", type=float, default=CurationSettings.min_agreement,
                             help="also require this share of candidates to give the majority answer "
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_curation(args: argparse.Namespace) -> int:
     from sicog.curate.embed import packaged_minilm_path
-    from sicog.curate.pipeline import curate
+    from sicog.curate.pipeline import curate, default_threshold
     from sicog.data.sharding import rank_and_world
 
     settings = CurationSettings(
@@ -162,6 +164,11 @@ def _run_curation(args: argparse.Namespace) -> int:
         summary = curate(args.input, args.output_dir, settings, encoder, embeddings=args.embeddings)
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("records_read", "errors", "scored", "kept", "curated", "pairs")}))
+        threshold, encoder_name = summary["settings"]["threshold"], summary["encoder"]["name_or_path"]
+        origin = "--threshold" if args.threshold is not None else default_threshold(encoder_name)[1]
+        share = summary["kept"] / summary["scored"] if summary["scored"] else 0.0
+        print(f"kept {summary['kept']} of {summary['scored']} scored records ({share:.1%}) at threshold {threshold} "
+              f"({origin})")
         print(f"report: {args.output_dir}/report.md")
         if summary["errors"] and not summary["scored"]:
             print(f"error: every one of the {summary['errors']} records failed; the reasons are in "

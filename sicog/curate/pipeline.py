@@ -12,7 +12,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,35 @@ log = logging.getLogger(__name__)
 SCORED, CURATED, PAIRS, ERRORS = "scored.jsonl", "curated.jsonl", "pairs.jsonl", "errors.jsonl"
 CACHE_DIR = ".embeddings"
 
+# Each encoder's default threshold on the best candidate's score (scores depend on the encoder), keyed by the
+# model's name (a hub id's or folder's last part; the packaged MiniLM's folder counts as all-MiniLM-L6-v2).
+# NV-Embed-v2: the paper's setting (its scripts were run at 0.9, 0.85 and 0.8). all-MiniLM-L6-v2: measured by
+# benchmarks/bench_curation_threshold.py, the best separation of consistent from inconsistent candidate sets
+# (docs/curation.md#thresholds). An encoder not listed gets the paper's setting.
+ENCODER_THRESHOLDS = {"NV-Embed-v2": 0.85, "all-MiniLM-L6-v2": 0.83}
+PAPER_ENCODER = "NV-Embed-v2"
+
+
+def default_threshold(encoder: str) -> tuple[float, str]:
+    """The default threshold for ``encoder`` (a model directory or hub id) and where it comes from."""
+    from sicog.curate.embed import EncoderNotFound, packaged_minilm_path
+
+    name = Path(encoder.rstrip("/")).name
+    with contextlib.suppress(EncoderNotFound):
+        if Path(encoder).resolve() == Path(packaged_minilm_path()).resolve():
+            name = "all-MiniLM-L6-v2"
+    for known, threshold in ENCODER_THRESHOLDS.items():
+        if name.lower() == known.lower():
+            return threshold, f"the default for {known}"
+    return ENCODER_THRESHOLDS[PAPER_ENCODER], f"no measured default for {name}: the paper's, for {PAPER_ENCODER}"
+
 
 @dataclass(frozen=True)
 class CurationSettings:
     """What to compare and when to keep (encoder settings are separate)."""
 
     task: Task
-    threshold: float = 0.85
+    threshold: float | None = None  # None: the encoder's default (ENCODER_THRESHOLDS)
     min_agreement: float = 0.5
     include_self: bool = False
     seed: int = 0
@@ -127,6 +149,8 @@ def curate(
             )
         if store is None:
             return None
+    if settings.threshold is None:
+        settings = replace(settings, threshold=default_threshold(encoder.name_or_path)[0])
     for scored in tqdm(items, desc="scoring", unit="record"):
         scored.scores = mbr_scores(store.rows(scored.text_index), include_self=settings.include_self)
         scored.selection = select(

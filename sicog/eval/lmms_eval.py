@@ -5,9 +5,12 @@ lmms-eval (0.7 and later) finds plugin models through the Python entry-point gro
 Without the entry point, ``python -m sicog.eval.lmms_eval ARGS`` registers the model and runs
 lmms-eval's own command line with ``ARGS``.
 
-The class is a "simple" lmms-eval model: each request carries the task's prompt text (which already
-holds the benchmark's instruction, e.g. "Answer with the option's letter ...") and a function giving
-the document's images; replies are generated greedily unless the task asks for sampling.
+``--model sicog`` is the chat model (:class:`SicogLMMsChat`): each request carries the task's messages
+(``doc_to_messages``: images and text in order, as lmms-eval builds them from the task's own prompt).
+The "simple" model (:class:`SicogLMMs`, lmms-eval's ``--force_simple``) takes the prompt text and a
+function giving the document's images instead. Both generate greedily unless the task asks for
+sampling, batch requests with the same settings (``batch_size=auto``: the largest batch that fits,
+halved on out-of-memory) and put each process on its own GPU (cuda:LOCAL_RANK).
 Importing this module needs lmms-eval installed.
 """
 
@@ -15,10 +18,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from PIL import Image
 from tqdm import tqdm
 
@@ -29,16 +33,23 @@ except ImportError as err:
 
 from sicog.data.sharding import rank_and_world
 from sicog.eval.generation import encode_item, generate_replies, load_for_eval
+from sicog.model.image_io import load_image
+from sicog.model.processing import Encoded
+from sicog.model.tokens import IMAGE_TOKEN
 
 MODEL_ID = "sicog"
 CLASS_PATH = "sicog.eval.lmms_eval.SicogLMMs"
+CHAT_CLASS_PATH = "sicog.eval.lmms_eval.SicogLMMsChat"
+# The first batch size tried with batch_size=auto when max_batch_size does not say (lm-eval's default too).
+AUTO_BATCH_START = 64
 
 
 def manifest():
-    """The lmms-eval model manifest of SICOG (the ``lmms_eval.models`` entry point's payload)."""
+    """The lmms-eval model manifest of SICOG (the ``lmms_eval.models`` entry point's payload): the chat
+    model, and the simple one for ``--force_simple``."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH)
+    return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH, chat_class_path=CHAT_CLASS_PATH)
 
 
 def register() -> None:
@@ -46,6 +57,26 @@ def register() -> None:
     from lmms_eval.models import MODEL_REGISTRY_V2
 
     MODEL_REGISTRY_V2.register_manifest(manifest(), overwrite=True)
+
+
+def parse_batch_size(batch_size: int | str | None, max_batch_size: int | str | None = None) -> tuple[int, bool]:
+    """``(requests per generate call, whether that number halves on out-of-memory)`` from lmms-eval's
+    ``batch_size`` (N, ``auto`` or ``auto:N``) and ``max_batch_size``.
+
+    ``auto`` starts at ``max_batch_size`` (default :data:`AUTO_BATCH_START`) and keeps the largest size
+    that fitted; lm-eval's ``auto:N`` (re-detect N times) is read as ``auto``, which already adapts.
+    """
+    text = str(1 if batch_size is None else batch_size).strip().lower()
+    auto = text == "auto" or text.startswith("auto:")
+    try:
+        size = (AUTO_BATCH_START if max_batch_size is None else int(max_batch_size)) if auto else int(text)
+        if not auto and max_batch_size is not None:
+            size = min(size, int(max_batch_size))
+    except ValueError:
+        raise ValueError(f"batch_size must be N, auto or auto:N, got {batch_size!r}") from None
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r} (max_batch_size {max_batch_size!r})")
+    return size, auto
 
 
 def _images(visuals: Any) -> list[Image.Image | str]:
@@ -60,6 +91,30 @@ def _images(visuals: Any) -> list[Image.Image | str]:
     return found
 
 
+def conversation_of(messages: Sequence[dict]) -> tuple[list[dict], list[Image.Image | str]]:
+    """lmms-eval chat messages (``{"role", "content": [{"type": "text" | "image", ...}]}``) -> SICOG
+    turns, with ``<image>`` where each image stands, and the images in order.
+
+    An image followed by text is written as the training data writes it: ``<image>`` on its own line.
+    """
+    turns, images = [], []
+    for number, message in enumerate(messages):
+        content = message.get("content")
+        items = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+        parts = []
+        for item in items:
+            kind = item.get("type")
+            if kind == "text":
+                parts.append(str(item.get("text", "")))
+            elif kind == "image":
+                images.append(item.get("url"))
+                parts.append(f"{IMAGE_TOKEN}\n")
+            else:
+                raise ValueError(f"message {number} holds a {kind!r} item; SICOG models take text and images")
+        turns.append({"role": message.get("role"), "content": "".join(parts)})
+    return turns, images
+
+
 def _cut_at_stop(text: str, until: Sequence[str]) -> str:
     """The reply up to the first stop string the task gave."""
     for stop in until:
@@ -69,12 +124,12 @@ def _cut_at_stop(text: str, until: Sequence[str]) -> str:
 
 
 class SicogLMMs(lmms):
-    """lmms-eval's model interface around a SICOG checkpoint.
+    """lmms-eval's "simple" model interface around a SICOG checkpoint.
 
-    ``pretrained``: the checkpoint folder; ``batch_size``: requests per generate call;
-    ``max_new_tokens``: the reply budget when the task sets none; ``device``/``dtype`` as for
-    ``sicog eval`` (auto: cuda:LOCAL_RANK, bfloat16). ``model``/``processor`` take an already loaded
-    model instead of ``pretrained``.
+    ``pretrained``: the checkpoint folder; ``batch_size``: requests per generate call (N, or ``auto``:
+    see :func:`parse_batch_size`); ``max_new_tokens``: the reply budget when the task sets none;
+    ``device``/``dtype`` as for ``sicog eval`` (auto: cuda:LOCAL_RANK, bfloat16). ``model``/``processor``
+    take an already loaded model instead of ``pretrained``.
     """
 
     is_simple = True
@@ -93,14 +148,10 @@ class SicogLMMs(lmms):
         super().__init__()
         if (model is None) != (processor is None) or (model is None) == (pretrained is None):
             raise ValueError("give either pretrained=PATH, or an already loaded model and processor")
+        self.batch_size, self.auto_batch = parse_batch_size(batch_size, max_batch_size)
         if model is None:
             model, processor = load_for_eval(pretrained, device or "auto", dtype)
         self.model, self.processor = model.eval(), processor
-        self.batch_size = int(batch_size or 1)
-        if max_batch_size is not None:
-            self.batch_size = min(self.batch_size, int(max_batch_size))
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.max_new_tokens = int(max_new_tokens)
         self._rank, self._world_size = rank_and_world()
 
@@ -114,8 +165,18 @@ class SicogLMMs(lmms):
             return []
         return _images(doc_to_visual(self.task_dict[task][split][doc_id]))
 
+    @staticmethod
+    def _request_settings(args: tuple) -> dict:
+        """The generation settings of a simple request ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``."""
+        return dict(args[1] or {})
+
+    def _encode_request(self, args: tuple) -> Encoded:
+        """The prompt of a simple request: its images, then the task's context text."""
+        context, _, doc_to_visual, doc_id, task, split = args
+        return encode_item(self.processor, context, self._doc_images(doc_to_visual, doc_id, task, split))
+
     def generate_until(self, requests) -> list[str]:
-        """Answer each request (``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``), in order.
+        """Answer each request, in order.
 
         Requests with the same generation settings share a batch; a request whose images cannot be
         used raises, naming the task and document.
@@ -123,20 +184,30 @@ class SicogLMMs(lmms):
         replies: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
         for position, request in enumerate(requests):
-            groups.setdefault(repr(sorted(dict(request.args[1] or {}).items())), []).append(position)
+            groups.setdefault(repr(sorted(self._request_settings(request.args).items())), []).append(position)
         bar = tqdm(total=len(requests), desc="sicog answering", disable=self.rank != 0)
         for positions in groups.values():
-            for start in range(0, len(positions), self.batch_size):
+            start = 0
+            while start < len(positions):
                 chunk = positions[start : start + self.batch_size]
-                texts = self._generate_chunk([requests[p].args for p in chunk])
+                try:
+                    texts = self._generate_chunk([requests[p].args for p in chunk])
+                except RuntimeError as err:
+                    if not (self.auto_batch and len(chunk) > 1 and should_reduce_batch_size(err)):
+                        raise
+                    # batch_size=auto: this batch did not fit; try it again at half the size, and keep that size.
+                    self.batch_size = len(chunk) // 2
+                    clear_device_cache(garbage_collection=True)
+                    continue
                 for position, text in zip(chunk, texts, strict=True):
                     replies[position] = text
                 bar.update(len(chunk))
+                start += len(chunk)
         bar.close()
         return replies
 
     def _generate_chunk(self, args: list[tuple]) -> list[str]:
-        settings = dict(args[0][1] or {})
+        settings = self._request_settings(args[0])
         until = settings.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         max_new_tokens = int(settings.pop("max_new_tokens", self.max_new_tokens))
@@ -147,11 +218,11 @@ class SicogLMMs(lmms):
             if settings.get("top_p") is not None:
                 kwargs["top_p"] = float(settings["top_p"])
         encoded = []
-        for context, _, doc_to_visual, doc_id, task, split in args:
+        for request in args:
             try:
-                images = self._doc_images(doc_to_visual, doc_id, task, split)
-                encoded.append(encode_item(self.processor, context, images))
+                encoded.append(self._encode_request(request))
             except ValueError as err:
+                doc_id, task, split = request[-3:]
                 raise ValueError(f"task {task!r} split {split!r} doc {doc_id}: {err}") from err
         texts = generate_replies(self.model, self.processor, encoded, max_new_tokens=max_new_tokens, **kwargs)
         return [_cut_at_stop(text, until) for text in texts]
@@ -186,6 +257,30 @@ class SicogLMMs(lmms):
         raise NotImplementedError(
             "SICOG models answer single-turn image questions; multi-round tasks are not supported"
         )
+
+
+class SicogLMMsChat(SicogLMMs):
+    """lmms-eval's chat model interface around a SICOG checkpoint (what ``--model sicog`` loads).
+
+    A request is ``(context, doc_to_messages, gen_kwargs, doc_id, task, split)``: the document's messages
+    give the images and text in order (see :func:`conversation_of`). Arguments as :class:`SicogLMMs`.
+    lmms-eval's chat tasks only generate; log-likelihood tasks run on the simple model (``--force_simple``).
+    """
+
+    is_simple = False
+
+    @staticmethod
+    def _request_settings(args: tuple) -> dict:
+        return dict(args[2] or {})
+
+    def _encode_request(self, args: tuple) -> Encoded:
+        """The prompt of a chat request: the document's messages as SICOG turns, with their images."""
+        _, doc_to_messages, _, doc_id, task, split = args
+        messages: Callable | list = doc_to_messages
+        if callable(messages):
+            messages = messages(self.task_dict[task][split][doc_id])
+        turns, images = conversation_of(messages)
+        return self.processor.encode(turns, [load_image(image) for image in images], train=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

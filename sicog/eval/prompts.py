@@ -3,8 +3,10 @@
 Multiple choice: the hint (if any) and the question, one "A. text" line per option, then "Answer
 with the option's letter from the given choices directly." (the Chinese instruction for Chinese
 questions, as VLMEvalKit does for MMBench-CN). Yes/no: the question and "Answer the question using a
-single word or phrase." (LLaVA-1.5's POPE prompt). The ``cot`` style appends SICOG's step-by-step
-request to the same text, which is how the structured-CoT training data asks its questions.
+single word or phrase." (LLaVA-1.5's POPE prompt). Open questions (no options, answers that are not
+yes or no; only through VLMEvalKit): the hint and the question as written. The ``cot`` style appends
+SICOG's step-by-step request to the same text, which is how the structured-CoT training data asks its
+questions.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from sicog.data.prompts import SHORT_ANSWER, reasoning_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, is_missing, row_options
 
 PROMPT_STYLES = ("direct", "cot")
+# A benchmark kind beside tsv's MULTIPLE_CHOICE and YES_NO: questions answered in the model's own words.
+OPEN_QUESTION = "open"
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 MC_INSTRUCTION_CN = "请直接回答选项字母。"
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -43,9 +47,11 @@ def build_prompt(row: dict[str, str], kind: str, style: str = "direct") -> str:
     if style not in PROMPT_STYLES:
         raise ValueError(f"unknown prompt style {style!r}; choose from {', '.join(PROMPT_STYLES)}")
     hint = None if is_missing(row.get("hint")) else row["hint"]
+    question = row["question"] if hint is None else f"{hint.strip()}\n{row['question']}"
     if kind == MULTIPLE_CHOICE:
         text = multiple_choice_prompt(row["question"], row_options(row), hint)
+    elif kind == OPEN_QUESTION:
+        text = question.strip()
     else:
-        question = row["question"] if hint is None else f"{hint.strip()}\n{row['question']}"
         text = yes_no_prompt(question)
     return reasoning_prompt("cot-default", text) if style == "cot" else text

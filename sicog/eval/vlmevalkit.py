@@ -1,25 +1,37 @@
-"""A SICOG checkpoint as a VLMEvalKit model (see docs/evaluation.md for registering it).
+"""A SICOG checkpoint as a VLMEvalKit model, and a launcher that runs VLMEvalKit's ``run.py`` with it.
 
 VLMEvalKit drives a model through ``use_custom_prompt(dataset)``, ``build_prompt(line, dataset)``,
 ``set_dump_image(fn)`` and ``generate(message, dataset)``, where a message is a list of
-``{"type": "image" | "text", "value": ...}`` items (image values are file paths). This class provides
-that interface without importing VLMEvalKit, which is needed only to ask a dataset's type
+``{"type": "image" | "text", "value": ...}`` items (image values are file paths). :class:`SicogVLM`
+provides that interface without importing VLMEvalKit, which is needed only to ask a dataset's type
 (``vlmeval.dataset.DATASET_TYPE``). For multiple-choice datasets it builds the prompt the built-in
 runner builds, so both harnesses ask a SICOG model the same question.
+
+VLMEvalKit knows its models from the dict ``vlmeval.config.supported_VLM``. ``python -m
+sicog.eval.vlmevalkit --sicog-model CKPT RUN_PY_ARGS`` adds ``sicog`` to that dict in its own process
+and then runs VLMEvalKit's ``run.py`` with the remaining arguments, so VLMEvalKit needs no edit
+(see docs/evaluation.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import mimetypes
 import os
-from collections.abc import Callable
+import runpy
+import sys
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.eval.generation import encode_item, generate_replies, load_for_eval
-from sicog.eval.prompts import PROMPT_STYLES, build_prompt
-from sicog.eval.tsv import MULTIPLE_CHOICE, is_missing
+from sicog.eval.prompts import OPEN_QUESTION, PROMPT_STYLES, build_prompt
+from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, is_missing, row_options
 
 MESSAGE_TYPES = ("image", "text")
+MODEL_NAME = "sicog"
 
 
 def dataset_type(dataset: str | None) -> str | None:
@@ -101,15 +113,31 @@ class SicogVLM:
         return [paths] if isinstance(paths, str) else list(paths)
 
     def use_custom_prompt(self, dataset: str | None) -> bool:
-        """Multiple-choice datasets get SICOG's own prompt; the others keep the dataset's."""
+        """Multiple-choice datasets get SICOG's own prompt; the others keep the dataset's.
+
+        VLMEvalKit calls every custom TSV multiple choice, options or not: :meth:`build_prompt` asks
+        the rows without options as yes/no or open questions.
+        """
         return dataset_type(dataset) == "MCQ"
 
     def build_prompt(self, line: Any, dataset: str | None = None) -> list[dict]:
-        """The message for one multiple-choice row (a pandas Series or a dict): its images, then the text."""
+        """The message for one row of a multiple-choice dataset (a pandas Series or a dict): its images,
+        then the text.
+
+        A row with options gets the built-in runner's multiple-choice prompt; a row without them (a custom
+        TSV of open or yes/no questions) is not told to answer with a letter: it gets the yes/no prompt
+        when its answer is yes or no, else its hint and question as written.
+        """
         if not self.use_custom_prompt(dataset):
             raise ValueError(f"build_prompt serves multiple-choice datasets; {dataset!r} is {dataset_type(dataset)!r}")
         row = {str(k): "" if is_missing(v) else str(v) for k, v in dict(line).items()}
-        text = build_prompt(row, MULTIPLE_CHOICE, self.prompt_style)
+        if len(row_options(row)) >= 2:
+            kind = MULTIPLE_CHOICE
+        elif row.get("answer", "").strip().lower() in ("yes", "no"):
+            kind = YES_NO
+        else:
+            kind = OPEN_QUESTION
+        text = build_prompt(row, kind, self.prompt_style)
         return [{"type": "image", "value": path} for path in self.dump_image(line, dataset)] + [
             {"type": "text", "value": text}
         ]
@@ -124,3 +152,78 @@ class SicogVLM:
         text = "\n".join(str(item["value"]) for item in message if item["type"] == "text")
         encoded = encode_item(self.processor, text, images)
         return generate_replies(self.model, self.processor, [encoded], max_new_tokens=self.max_new_tokens)[0]
+
+
+def register(
+    model_path: str | os.PathLike,
+    name: str = MODEL_NAME,
+    **settings: Any,
+) -> None:
+    """Add ``name`` (a SICOG checkpoint with ``settings``: prompt, max_new_tokens, device, dtype) to
+    VLMEvalKit's ``supported_VLM`` in this process."""
+    from vlmeval.config import supported_VLM  # only available inside a VLMEvalKit installation
+
+    supported_VLM[name] = partial(SicogVLM, model_path=str(Path(model_path).resolve()), **settings)
+
+
+def find_run_script(vlmevalkit: str | os.PathLike | None = None) -> Path:
+    """VLMEvalKit's ``run.py``: in ``vlmevalkit`` when given, else in the current folder, else beside the
+    installed ``vlmeval`` package (an editable install of a checkout)."""
+    places = [Path(vlmevalkit)] if vlmevalkit is not None else [Path.cwd()]
+    if vlmevalkit is None and not (Path.cwd() / "run.py").is_file():
+        import vlmeval  # only available inside a VLMEvalKit installation
+
+        places.append(Path(vlmeval.__file__).resolve().parents[1])
+    for place in places:
+        if (place / "run.py").is_file():
+            return place / "run.py"
+    raise FileNotFoundError(f"no VLMEvalKit run.py in {', '.join(str(p) for p in places)} (give --vlmevalkit DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The launcher's own options; every other argument goes to VLMEvalKit's run.py."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sicog.eval.vlmevalkit",
+        description="Run VLMEvalKit's run.py with a SICOG checkpoint registered as a model. Arguments not listed "
+        "here go to run.py, e.g. --model sicog --data MMStar AI2D_TEST --work-dir outputs.",
+        allow_abbrev=False,  # run.py's own options must never be taken for abbreviations of these
+    )
+    parser.add_argument("--sicog-model", required=True, type=Path, help="SICOG checkpoint folder")
+    parser.add_argument("--sicog-name", default=MODEL_NAME,
+                        help="the model name to give run.py's --model (default: %(default)s)")
+    parser.add_argument("--sicog-prompt", default="direct", choices=PROMPT_STYLES,
+                        help="how multiple-choice questions are asked (default: %(default)s)")
+    parser.add_argument("--sicog-max-new-tokens", type=positive_int, default=1024,
+                        help="longest reply (default: %(default)s)")
+    parser.add_argument("--sicog-device", default="auto",
+                        help="auto (one GPU per process when available, else cpu), cpu, cuda:0, ...")
+    parser.add_argument("--sicog-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="model weights (auto: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--vlmevalkit", type=Path,
+                        help="VLMEvalKit checkout holding run.py (default: the current folder, else the checkout "
+                             "of the installed vlmeval package)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Register the checkpoint, then run VLMEvalKit's run.py with the other arguments (as ``python run.py``)."""
+    parser = build_parser()
+    args, run_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    prog = parser.prog
+    try:
+        require_checkpoint(args.sicog_model)
+        run_script = find_run_script(args.vlmevalkit)
+        sys.path.insert(0, str(run_script.parent))  # what `python run.py` puts first on the path
+        register(args.sicog_model, args.sicog_name, prompt=args.sicog_prompt,
+                 max_new_tokens=args.sicog_max_new_tokens, device=args.sicog_device, dtype=args.sicog_dtype)
+    except ImportError as err:
+        parser.exit(2, f"{prog}: error: VLMEvalKit cannot be imported here ({err})\n")
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"{prog}: error: {err}\n")
+    sys.argv = [str(run_script), *run_args]
+    runpy.run_path(str(run_script), run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

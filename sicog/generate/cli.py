@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="records per generate call; each yields N sequences (default: %(default)s)")
     common.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
     common.add_argument("--corrupt", metavar="METHOD[,METHOD]",
-                        help=f"corrupt images before encoding, methods applied in order: {', '.join(CORRUPTIONS)}")
+                        help="corrupt images before encoding: one of these methods per record, drawn at random "
+                             f"(seeded) as in the release: {', '.join(CORRUPTIONS)}")
+    common.add_argument("--corrupt-all", action="store_true",
+                        help="apply every --corrupt method to each record, in the order given")
     common.add_argument("--max-prompt-tokens", type=positive_int,
                         help="longer prompts (images included) become errors "
                              "(default: the LLM's context minus --max-new-tokens)")
@@ -88,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         job = GenerationJob(
             data=args.data, output=args.output, task=args.task, prompt_type=args.prompt, model_name=str(args.model),
             sampling=sampling, image_folder=args.image_folder, batch_size=args.batch_size, seed=args.seed,
-            corruptions=parse_methods(args.corrupt), max_prompt_tokens=args.max_prompt_tokens,
-            max_aspect_ratio=args.max_aspect_ratio, progress=not args.no_progress,
+            corruptions=parse_methods(args.corrupt), corrupt_all=args.corrupt_all,
+            max_prompt_tokens=args.max_prompt_tokens, max_aspect_ratio=args.max_aspect_ratio,
+            progress=not args.no_progress,
         )
         from sicog.model.device import resolve_device
 

@@ -3,6 +3,8 @@
 Each corruption takes an RGB image and a numpy ``Generator`` and returns the corrupted image and the
 parameters it drew, so that every generation record can say exactly what was done to its image.
 The random stream of a record depends only on the run seed and the record id, never on batching.
+As in the release, a record gets one of the listed corruptions, drawn at random (:func:`chosen_methods`);
+``apply_all`` applies every listed one in order instead.
 """
 
 from __future__ import annotations
@@ -122,6 +124,19 @@ def record_rng(seed: int, record_id: str) -> np.random.Generator:
     """The random stream of one record: a function of the run seed and the id only (stable across processes)."""
     digest = hashlib.sha256(str(record_id).encode("utf-8")).digest()
     return np.random.default_rng([seed, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()])
+
+
+def chosen_methods(methods: Sequence[str], rng: np.random.Generator, apply_all: bool = False) -> tuple[str, ...]:
+    """The corruptions of one record: one of ``methods`` drawn from ``rng`` (the release's choice per record),
+    or with ``apply_all`` every one of them in order. One listed method is taken without a draw."""
+    if apply_all or len(methods) <= 1:
+        return tuple(methods)
+    return (methods[int(rng.integers(len(methods)))],)
+
+
+def record_methods(methods: Sequence[str], seed: int, record_id: str, apply_all: bool = False) -> tuple[str, ...]:
+    """The corruptions record ``record_id`` gets in a run with ``seed`` (the first draw of its stream)."""
+    return chosen_methods(methods, record_rng(seed, record_id), apply_all)
 
 
 def corrupt(image: Image.Image, methods: Sequence[str], rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:

@@ -10,7 +10,7 @@ when their batch is encoded (see :mod:`sicog.generate.sample`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,12 +162,13 @@ def read_inputs(
     image_folder: str | os.PathLike | None = None,
     max_prompt_tokens: int | None = None,
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
-    transposed: bool = False,
+    transposed: Callable[[str], bool] | None = None,
 ) -> InputPlan:
     """Read every record of ``path`` into tasks and error records.
 
-    ``transposed``: plan images with width and height swapped (the ``mirror_rotation`` corruption
-    turns every image by 90 or 270 degrees, and a slice grid's token cost depends on its orientation).
+    ``transposed(record_id)``: whether to plan a record's images with width and height swapped (the
+    ``mirror_rotation`` corruption turns them by 90 or 270 degrees, and a slice grid's token cost depends
+    on its orientation).
 
     A record without a usable id, or with an id seen before, raises :class:`RecordError` (naming file
     and line): outputs are matched to inputs by id, so ids must be unique.
@@ -188,7 +189,7 @@ def read_inputs(
             images = image_paths(record, image_folder)
             try:
                 sizes = [image_size(p, max_aspect_ratio) for p in images]
-                sizes = [(h, w) for w, h in sizes] if transposed else sizes
+                sizes = [(h, w) for w, h in sizes] if transposed is not None and transposed(rid) else sizes
             except ImageError as err:
                 raise UnusableRecord(str(err), "image") from None
             num_tokens = count(prompt, sizes)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, errors_path
 from sicog.data.sharding import done_ids, merge_shard_files, shard_files, shard_path, shard_world, written_records
+from sicog.generate.corrupt import record_methods
 from sicog.generate.inputs import GenerationTask, InputPlan, read_inputs
 from sicog.generate.sample import ENCODE_ERRORS, encode_task, sample_candidates
 from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO, SamplingSettings
@@ -46,6 +47,7 @@ class GenerationJob:
     batch_size: int = 8
     seed: int = 0
     corruptions: tuple[str, ...] = ()
+    corrupt_all: bool = False
     max_prompt_tokens: int | None = None
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
     progress: bool = True
@@ -87,7 +89,7 @@ def read_plan(job: GenerationJob, processor: SicogProcessor) -> InputPlan:
     return read_inputs(
         job.data, processor, task=job.task, prompt_type=job.prompt_type, image_folder=job.image_folder,
         max_prompt_tokens=job.max_prompt_tokens, max_aspect_ratio=job.max_aspect_ratio,
-        transposed="mirror_rotation" in job.corruptions,
+        transposed=lambda rid: "mirror_rotation" in record_methods(job.corruptions, job.seed, rid, job.corrupt_all),
     )
 
 
@@ -114,8 +116,9 @@ def _check_resumable(job: GenerationJob, path: Path, line: int, record: dict, ge
     theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in RESUME_FIELDS}
     differ = {k: (theirs[k], mine[k]) for k in RESUME_FIELDS if theirs[k] != mine[k]}
     methods = sorted({c.get("method") for c in generation.get("corruption") or []})
-    if methods != sorted(set(job.corruptions)):
-        differ["corruption"] = (methods, sorted(set(job.corruptions)))
+    expected = sorted(set(record_methods(job.corruptions, job.seed, str(record.get("id")), job.corrupt_all)))
+    if methods != expected:
+        differ["corruption"] = (methods, expected)
     if len(record.get("candidates") or []) != job.sampling.num_candidates:
         differ["candidates"] = (len(record.get("candidates") or []), job.sampling.num_candidates)
     if differ:
@@ -170,7 +173,7 @@ def _run_batch(job: GenerationJob, index: int, batch: list[GenerationTask], mode
     encoded, ready = [], []
     for task in batch:
         try:
-            encoding, corruption = encode_task(processor, task, job.corruptions, job.seed)
+            encoding, corruption = encode_task(processor, task, job.corruptions, job.seed, job.corrupt_all)
         except ENCODE_ERRORS as err:
             if task.id not in done:
                 where = "prompt" if isinstance(err, ConversationError) else "image"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from sicog.generate.corrupt import corrupt, record_rng
+from sicog.generate.corrupt import chosen_methods, corrupt, record_rng
 from sicog.generate.inputs import GenerationTask
 from sicog.generate.settings import SamplingSettings
 from sicog.model.image_io import ImageError, load_image
@@ -23,19 +23,26 @@ ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)
 
 
 def encode_task(
-    processor: SicogProcessor, task: GenerationTask, corruptions: Sequence[str] = (), seed: int = 0
+    processor: SicogProcessor,
+    task: GenerationTask,
+    corruptions: Sequence[str] = (),
+    seed: int = 0,
+    corrupt_all: bool = False,
 ) -> tuple[Encoded, list[dict] | None]:
     """Load (and corrupt) the task's images and encode its prompt; return the encoding and what was corrupted.
 
+    ``corruptions``: one of them per record, drawn from the record's stream, or all in order with
+    ``corrupt_all`` (:func:`~sicog.generate.corrupt.chosen_methods`); each image of the record gets them.
     Raises :class:`ImageError` or :class:`ConversationError` for a record that cannot be encoded.
     """
     images: list[Image.Image] = []
     applied: list[dict] | None = None
     if corruptions:
         rng = record_rng(seed, task.id)
+        methods = chosen_methods(corruptions, rng, corrupt_all)
         applied = []
         for path in task.images:
-            image, done = corrupt(load_image(path), corruptions, rng)
+            image, done = corrupt(load_image(path), methods, rng)
             images.append(image)
             applied += done
     else:

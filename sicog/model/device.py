@@ -10,9 +10,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """``auto``: cuda:LOCAL_RANK when a GPU is available, else cpu; bfloat16 on GPU, float32 on CPU."""
+    """``auto``: one GPU per local rank when GPUs are visible, else cpu; bfloat16 on GPU, float32 on CPU.
+
+    The GPU is cuda:(LOCAL_RANK modulo the visible GPUs): cuda:LOCAL_RANK under torchrun or accelerate,
+    and cuda:0 where a launcher shows each process only its own GPU (VLMEvalKit's run.py does).
+    """
     if device == "auto":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+        else:
+            device = "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
     if dtype not in DTYPES:
