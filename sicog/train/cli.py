@@ -31,6 +31,7 @@ def main(argv: Sequence[str]) -> int:
     from sicog.data.lock import OutputLocked
     from sicog.train.checkpoints import IncompleteCheckpointError
     from sicog.train.datasets import DataProblemsError
+    from sicog.train.hub import PushError
     from sicog.train.run import train
 
     try:
@@ -38,6 +39,9 @@ def main(argv: Sequence[str]) -> int:
     except (DataProblemsError, IncompleteCheckpointError, OutputLocked) as err:
         print(f"sicog train: error: {err}", file=sys.stderr)
         return 2
+    except PushError as err:
+        print(f"sicog train: error: {err}", file=sys.stderr)
+        return 1
     if training_args.world_size > 1:
         # Everything is saved and the process group is closed. Under torchrun with DeepSpeed ZeRO-3 on gloo,
         # interpreter teardown can still abort a rank ("terminate called without an active exception",
