@@ -79,6 +79,16 @@ def test_invalid_records_stop_the_run_and_are_all_listed(world, tmp_path, capsys
     assert "missing.png" in listed[0]["reason"] and "conversations[0].from" in listed[1]["reason"]
 
 
+def test_an_unreadable_data_source_stops_with_one_line(world, tmp_path, capsys):
+    flags = common(world, tmp_path / "out", steps=1)
+    for source, says in ((tmp_path / "gone.jsonl", "gone.jsonl: file not found"),
+                         (tmp_path / "mix.yaml", "mix.yaml: mixture file not found")):
+        flags[flags.index("--data_path") + 1] = str(source)
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"sicog train: error: {tmp_path}/{says}" in err and "Traceback" not in err
+
+
 def test_global_batch_is_logged_recorded_and_checked_against_the_paper(world, tmp_path, caplog):
     import logging
 

@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sicog data``."""
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="records, images, <image> counts, roles and lengths")
-    check.add_argument("data_path", help=".json/.jsonl file, comma-separated files, or a .yaml mixture")
+    check.add_argument("data_path", help="records (.jsonl/.json, .parquet/.arrow, a dataset folder, a cached Hub "
+                       "dataset id), comma-separated sources, or a .yaml mixture")
     check.add_argument("--model", required=True, help="checkpoint whose tokenizer and image settings define lengths")
     check.add_argument("--image-folder", help="folder that image paths are relative to")
     check.add_argument("--max-length", type=int, default=4096)

@@ -72,7 +72,9 @@ class ModelArguments:
 class DataArguments:
     """What the run reads."""
 
-    data_path: str = field(metadata={"help": ".json/.jsonl file, comma-separated files, or a .yaml mixture"})
+    data_path: str = field(metadata={
+        "help": "records: .jsonl/.json, .parquet/.arrow, a dataset folder (save_to_disk), a cached Hub dataset id "
+        "(owner/name[:split]), comma-separated sources, or a .yaml mixture"})
     image_folder: str | None = field(default=None, metadata={"help": "folder that image paths are relative to"})
     model_max_length: int = field(default=4096, metadata={"help": "tokens per sample, image tokens included"})
     augment: str = field(default="none", metadata={"help": "none | release (the published loader's image resizing)"})

@@ -28,6 +28,7 @@ def main(argv: Sequence[str]) -> int:
         level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
         stream=sys.stderr,
     )
+    from sicog.data.jsonl import RecordError
     from sicog.data.lock import OutputLocked
     from sicog.train.checkpoints import IncompleteCheckpointError
     from sicog.train.datasets import DataProblemsError
@@ -36,7 +37,7 @@ def main(argv: Sequence[str]) -> int:
 
     try:
         train(model_args, data_args, training_args)
-    except (DataProblemsError, IncompleteCheckpointError, OutputLocked) as err:
+    except (DataProblemsError, RecordError, IncompleteCheckpointError, OutputLocked) as err:
         print(f"sicog train: error: {err}", file=sys.stderr)
         return 2
     except PushError as err:
