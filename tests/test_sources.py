@@ -66,6 +66,22 @@ def test_unreadable_sources_are_named(saved, tmp_path):
         assert str(source) in str(err.value)
 
 
+def test_a_damaged_file_is_named(saved, tmp_path):
+    data = (saved / "records.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    (tmp_path / "cut.arrow").write_bytes((saved / "records.arrow").read_bytes()[:100])
+    for name in ("cut.parquet", "cut.arrow"):
+        with pytest.raises(RecordError, match=f"{name}: cannot read after row 0: "):
+            rows(tmp_path / name)
+
+
+def test_without_the_datasets_package_the_error_says_so(saved, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)
+    with pytest.raises(RecordError, match=r"saved: reading a dataset needs the `datasets` package \(pip install"):
+        rows(saved / "saved")
+    assert len(rows(saved / "records.jsonl")) == 3
+
+
 def test_embedded_images_stop_with_the_field_named(tmp_path):
     from PIL import Image
 
@@ -170,3 +186,15 @@ def test_training_records_from_a_dataset_name_the_row_of_each_problem(saved, tmp
     (problem,) = dataset.problems
     assert (problem.id, problem.source) == ("b", Source(str(saved / "records.parquet"), 2))
     assert "b.png" in problem.reason
+
+
+def test_data_head_writes_the_first_rows_of_a_dataset_as_jsonl(saved, tmp_path, capsys):
+    from sicog.cli import main
+    from sicog.data.jsonl import load_records
+
+    assert main(["data", "head", "--input", str(saved / "dict"), "--output", str(tmp_path / "two.jsonl"),
+                 "--limit", "2"]) == 0
+    assert load_records(tmp_path / "two.jsonl") == RECORDS[:2]
+    assert main(["data", "head", "--input", str(tmp_path / "gone.parquet"), "--output", str(tmp_path / "x.jsonl"),
+                 "--limit", "2"]) == 2
+    assert "sicog data head: error: " in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()

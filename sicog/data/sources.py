@@ -38,10 +38,22 @@ def iter_input_records(source: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         yield from iter_records(source)
         return
     row = 0
-    for batch in dataset_batches(text):
-        for record in batch.to_pylist():
-            row += 1
-            yield row, _without_nulls(record)
+    try:
+        for batch in dataset_batches(text):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, _without_nulls(record)
+    except _read_errors() as err:  # a damaged or truncated file
+        raise RecordError(f"cannot read after row {row}: {err}", path=source) from None
+
+
+def _read_errors() -> tuple[type[Exception], ...]:
+    """What reading a damaged file raises: OSError, and pyarrow's errors where pyarrow is installed."""
+    try:
+        from pyarrow import ArrowException
+    except ImportError:
+        return (OSError,)
+    return (OSError, ArrowException)
 
 
 def _without_nulls(value: Any) -> Any:
@@ -120,7 +132,11 @@ def _from_hub(source: str):
     except LocalEntryNotFoundError:
         raise RecordError(f"no local file or folder, and not a Hub dataset in the local cache ({prepared_error})",
                           path=source) from None
-    return _one_split(datasets.load_dataset(folder), split, source)
+    try:
+        snapshot = datasets.load_dataset(folder)
+    except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError) as err:
+        raise RecordError(f"cannot read its files in the Hub cache ({folder}): {err}", path=source) from None
+    return _one_split(snapshot, split, source)
 
 
 def _check_features(features, source: str) -> None:
