@@ -258,3 +258,19 @@ def test_a_failed_upload_exits_1_and_says_how_to_upload_the_saved_run(world, tmp
     assert "(ConnectionError: connection reset); the run is saved" in err
     assert f'hf upload me/tiny {out} --exclude "_*" --exclude ".*" --exclude "checkpoint-*"' in err
     assert (out / "model.safetensors").is_file() and "- checkpoint: `" in (out / "README.md").read_text()
+
+
+def test_model_card_metadata_names_only_hub_parts_and_datasets(tmp_path):
+    from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+    from sicog.train.hub import model_card
+
+    args = SicogTrainingArguments(output_dir=str(tmp_path / "out"), stage="1.5", warmup_steps=0.03, use_cpu=True,
+                                  lr_scheduler_type="cosine", save_remote_code=True, push_to_hub=True)
+    assert args.push_at_end and not args.push_to_hub  # the Trainer's own save-time push is off
+    model = ModelArguments(vision_tower="openai/clip-vit-large-patch14-336", language_model=str(tmp_path))
+    data = DataArguments(data_path=f"{tmp_path}, lmms-lab/LLaVA-OneVision-Data:train")
+    card = model_card(model, data, args, {"global_batch": 128, "samples": 10, "skipped": 0})
+    assert card.data.base_model == ["openai/clip-vit-large-patch14-336"]
+    assert card.data.datasets == ["lmms-lab/LLaVA-OneVision-Data"]
+    assert "| schedule | cosine, warm-up 3% of the steps, weight decay 0 |" in card.text
+    assert "pass `trust_remote_code=True`" in card.text and "final train loss" not in card.text

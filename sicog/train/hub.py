@@ -13,6 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from sicog.data.sources import HUB_ID
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ def hub_repo_id(args: SicogTrainingArguments) -> str:
 
 
 def _hub_ids(names: list[str | None]) -> list[str]:
-    """The names that are Hub repositories rather than local folders (only those are valid card metadata)."""
-    return [n for n in names if n and not os.path.exists(n) and n.count("/") == 1]
+    """The Hub repositories among ``names`` (not local paths; a dataset's ``:split`` dropped): only those are
+    valid card metadata."""
+    matches = [HUB_ID.match(n.strip()) for n in names if n and not os.path.exists(n.strip())]
+    return [m["repo"] for m in matches if m]
 
 
 def _value(setting: object) -> str:
