@@ -67,6 +67,20 @@ def test_command_writes_outputs_and_errors(setup, tmp_path, capsys):
     assert "11 records with candidates" in capsys.readouterr().err
 
 
+def test_a_datasets_folder_generates_what_its_jsonl_does(setup, tmp_path, capsys):
+    """`--data` a folder written by `Dataset.save_to_disk`: same outputs as the JSONL; errors name the row."""
+    datasets = pytest.importorskip("datasets", reason="datasets is part of the 'train' extra")
+    datasets.Dataset.from_list(load_records(setup / "questions_train.jsonl")).save_to_disk(tmp_path / "questions")
+    assert main(cli_args(setup, tmp_path / "from_json.jsonl")) == 0
+    args = cli_args(setup, tmp_path / "from_dataset.jsonl")
+    args[args.index("--data") + 1] = str(tmp_path / "questions")
+    assert main(args) == 0
+    from_json, from_dataset = load_records(tmp_path / "from_json.jsonl"), load_records(tmp_path / "from_dataset.jsonl")
+    assert [r["candidates"] for r in from_dataset] == [r["candidates"] for r in from_json] and len(from_json) == 11
+    (error,) = load_records(tmp_path / "from_dataset.errors.jsonl")
+    assert (error["id"], error["file"], error["line"]) == ("q7", str(tmp_path / "questions"), 8)
+
+
 def test_failed_records_are_tried_again_on_a_rerun_unless_skipped(setup, tmp_path, capsys):
     shutil.copytree(setup / "images", tmp_path / "images")
     records = load_records(setup / "questions_train.jsonl")

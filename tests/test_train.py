@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +77,16 @@ def test_invalid_records_stop_the_run_and_are_all_listed(world, tmp_path, capsys
     listed = [json.loads(line) for line in (tmp_path / "out" / "data_errors.jsonl").read_text().splitlines()]
     assert [(p["id"], p["line"]) for p in listed] == [("x1", 2), ("x2", 3)]
     assert "missing.png" in listed[0]["reason"] and "conversations[0].from" in listed[1]["reason"]
+
+
+def test_an_unreadable_data_source_stops_with_one_line(world, tmp_path, capsys):
+    flags = common(world, tmp_path / "out", steps=1)
+    for source, says in ((tmp_path / "gone.jsonl", "gone.jsonl: file not found"),
+                         (tmp_path / "mix.yaml", "mix.yaml: mixture file not found")):
+        flags[flags.index("--data_path") + 1] = str(source)
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"sicog train: error: {tmp_path}/{says}" in err and "Traceback" not in err
 
 
 def test_global_batch_is_logged_recorded_and_checked_against_the_paper(world, tmp_path, caplog):
@@ -176,3 +187,90 @@ def test_tensorboard_tracking_records_the_loss_and_remote_code_is_saved(world, t
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     assert json.loads((out / "config.json").read_text())["auto_map"]["AutoConfig"] == "configuration.SicogConfig"
     assert (out / "modeling.py").is_file() and (out / "processing.py").is_file()
+
+
+def test_push_to_hub_uploads_once_after_everything_is_saved_with_a_model_card(world, tmp_path, monkeypatch):
+    """`--push_to_hub`: no upload at save time; one upload at the end, when the weights, processor, projector,
+    results and model card are all in the folder (the Hub client is replaced: no network)."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create", repo_id, kwargs))
+        return RepoUrl(f"https://huggingface.co/me/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = {str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()}
+        card = (Path(folder_path) / "README.md").read_text() if "README.md" in files else None
+        calls.append(("upload", repo_id, kwargs, files, card))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "tiny-stage1"
+    flags = common(world, out, steps=2)
+    flags[flags.index("--save_steps") + 1] = "1"  # checkpoints saved during the run: the Trainer must not push them
+    assert main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
+                 *TINY_FLAGS, *flags, "--push_to_hub", "True", "--hub_private_repo", "True"]) == 0
+    assert [c[0] for c in calls] == ["create", "upload"]
+    assert calls[0][1] == "tiny-stage1" and calls[0][2]["private"] is True
+    _, repo_id, kwargs, files, card = calls[1]
+    assert repo_id == "me/tiny-stage1" and "checkpoint-*" in kwargs["ignore_patterns"]
+    for name in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json",
+                 "projector.safetensors", "projector_config.json", "train_results.json", "README.md"):
+        assert name in files, f"{name} was not written before the upload"
+    assert card.startswith("---\n") and "pipeline_tag: image-text-to-text" in card
+    assert "stage 1, alignment (projector only)" in card
+    assert f"- vision tower: `{world['clip']}`" in card and f"`{world['data']}`: 4 samples trained on" in card
+    assert "| global batch | 4 (4 per device x 1 accumulation steps x 1 processes) |" in card
+    assert "| trained parts | resampler |" in card and "| learning rate | 0.002 |" in card
+    assert 'AutoModelForImageTextToText.from_pretrained("me/tiny-stage1")' in card  # the full id, as created
+    assert "import sicog" in card and "licences apply" in card
+
+
+def test_a_run_that_cannot_push_stops_before_training(world, tmp_path, capsys):
+    """Offline (the tests' HF_HUB_OFFLINE=1), the repository cannot be created: exit 1 at once, naming it."""
+    out = tmp_path / "run"
+    assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *common(world, out, steps=1),
+                 "--push_to_hub", "True", "--hub_model_id", "me/tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "to the Hub repository me/tiny failed (OfflineModeIsEnabled" in err and "before training" in err
+    assert not (out / "model.safetensors").exists()
+
+
+def test_a_failed_upload_exits_1_and_says_how_to_upload_the_saved_run(world, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    def upload_folder(self, **kwargs):
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "run"
+    assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *common(world, out, steps=1),
+                 "--push_to_hub", "True", "--hub_model_id", "me/tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "(ConnectionError: connection reset); the run is saved" in err
+    assert f'hf upload me/tiny {out} --exclude "_*" --exclude ".*" --exclude "checkpoint-*"' in err
+    assert (out / "model.safetensors").is_file() and "- checkpoint: `" in (out / "README.md").read_text()
+
+
+def test_model_card_metadata_names_only_hub_parts_and_datasets(tmp_path):
+    from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+    from sicog.train.hub import model_card
+
+    args = SicogTrainingArguments(output_dir=str(tmp_path / "out"), stage="1.5", warmup_steps=0.03, use_cpu=True,
+                                  lr_scheduler_type="cosine", save_remote_code=True, push_to_hub=True)
+    assert args.push_at_end and not args.push_to_hub  # the Trainer's own save-time push is off
+    model = ModelArguments(vision_tower="openai/clip-vit-large-patch14-336", language_model=str(tmp_path))
+    data = DataArguments(data_path=f"{tmp_path}, lmms-lab/LLaVA-OneVision-Data:train")
+    card = model_card(model, data, args, {"global_batch": 128, "samples": 10, "skipped": 0})
+    assert card.data.base_model == ["openai/clip-vit-large-patch14-336"]
+    assert card.data.datasets == ["lmms-lab/LLaVA-OneVision-Data"]
+    assert "| schedule | cosine, warm-up 3% of the steps, weight decay 0 |" in card.text
+    assert "pass `trust_remote_code=True`" in card.text and "final train loss" not in card.text

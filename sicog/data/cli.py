@@ -1,5 +1,5 @@
 """`sicog data check FILE`: validate a training dataset before an expensive launch;
-`sicog data head`: the first records of a file."""
+`sicog data head`: the first records of a file or dataset."""
 
 from __future__ import annotations
 
@@ -15,25 +15,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sicog data``."""
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="records, images, <image> counts, roles and lengths")
-    check.add_argument("data_path", help=".json/.jsonl file, comma-separated files, or a .yaml mixture")
+    check.add_argument("data_path", help="records (.jsonl/.json, .parquet/.arrow, a dataset folder, a cached Hub "
+                       "dataset id), comma-separated sources, or a .yaml mixture")
     check.add_argument("--model", required=True, help="checkpoint whose tokenizer and image settings define lengths")
     check.add_argument("--image-folder", help="folder that image paths are relative to")
     check.add_argument("--max-length", type=int, default=4096)
     check.add_argument("--stage", default="2", help="stage 1 measures the global view only (no slices)")
     check.add_argument("--report", help="write every problem as JSON Lines to this file")
-    head = sub.add_parser("head", help="the first records of a .json/.jsonl file")
-    head.add_argument("--input", required=True, help=".json/.jsonl records")
+    head = sub.add_parser("head", help="the first records of a file or dataset, as JSON Lines")
+    head.add_argument("--input", required=True, help="records: .json/.jsonl, or a dataset (see docs/data_formats.md)")
     head.add_argument("--output", required=True, help="where the first --limit records go (.jsonl)")
     head.add_argument("--limit", type=positive_int, required=True, help="how many records")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action."""
-    from sicog.data.jsonl import iter_records, write_jsonl
+    from sicog.data.jsonl import RecordError, write_jsonl
+    from sicog.data.sources import iter_input_records
 
     if args.action == "head":
-        head = (record for (_, record), _ in zip(iter_records(args.input), range(args.limit)))
-        written = write_jsonl(args.output, head)
+        head = (record for (_, record), _ in zip(iter_input_records(args.input), range(args.limit)))
+        try:
+            written = write_jsonl(args.output, head)
+        except RecordError as err:
+            print(f"sicog data head: error: {err}", file=sys.stderr)
+            return 2
         print(f"wrote {written} records to {args.output}")
         return 0
     return _check(args)

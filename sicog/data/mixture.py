@@ -1,82 +1,124 @@
-"""Which records a training run reads: one file, a comma-separated list, or a YAML mixture.
+"""Which records a training run reads: one source, a comma-separated list, or a YAML mixture.
 
-A mixture file::
+A source is anything :func:`sicog.data.sources.iter_input_records` reads (JSON files, HF ``datasets``
+folders, parquet and arrow files, cached Hub datasets). A mixture file, in SICOG's keys or in
+LLaVA-NeXT / LLaVA-OneVision's (``json_path``, ``sampling_strategy``)::
 
     datasets:
-      - path: captions.jsonl          # relative to the YAML file's folder, or absolute
-        sampling: all                 # all | first:N | first:P% | random:N | random:P%
-      - path: reasoning.json
-        sampling: random:50%
+      - path: captions.jsonl          # relative to the YAML file's folder (else to the working folder), or absolute
+        sampling: all                 # all | first:N | end:N | random:N; N a count or a percentage (10%)
+      - json_path: reasoning.json
+        sampling_strategy: random:50%
 
+A percentage is rounded up (as LLaVA-NeXT does); ``random`` keeps the file order of a seeded draw.
 Each loaded record remembers its source as ``(path, line)`` so every later error can point at it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import yaml
 
-from sicog.data.jsonl import RecordError, iter_records, read_text
+from sicog.data.jsonl import RecordError, read_text
+from sicog.data.sources import HUB_ID, iter_input_records
+
+SAMPLING_RULES = ("first", "end", "random")
+# SICOG's key, then LLaVA-NeXT's, for the source and for the sampling rule of one mixture entry.
+PATH_KEYS = ("path", "json_path")
+SAMPLING_KEYS = ("sampling", "sampling_strategy")
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where a record came from."""
+    """Where a record came from: the file or dataset and its line (JSON Lines), index (JSON array) or row."""
 
     path: str
     line: int
 
 
-def _sample(items: list, rule: str, seed: int, path: str) -> list:
+def sample(items: list, rule: str | None, seed: int, *, path: str | None = None, field: str = "sampling") -> list:
+    """``items`` picked by a sampling rule: ``all``, or ``first``/``end``/``random`` ``:N`` (a count or ``P%``).
+
+    ``random`` draws with ``random.Random(seed)`` and keeps the drawn items in their original order; a
+    count larger than ``items`` keeps them all. An invalid rule raises :class:`RecordError` naming ``field``.
+    """
     if rule in (None, "all"):
         return items
-    how, _, amount = str(rule).partition(":")
+    how, _, amount = str(rule).strip().partition(":")
     try:
-        count = round(len(items) * float(amount[:-1]) / 100) if amount.endswith("%") else int(amount)
-    except ValueError:
+        count = math.ceil(Fraction(amount[:-1]) * len(items) / 100) if amount.endswith("%") else int(amount)
+    except (ValueError, ZeroDivisionError):
         count = -1
-    if how not in ("first", "random") or count < 0:
-        raise RecordError(
-            f"invalid sampling rule {rule!r} (use all, first:N, first:P%, random:N, random:P%)",
-            path=path, field="sampling",
-        )
+    if how not in SAMPLING_RULES or count < 0:
+        raise RecordError(f"invalid sampling rule {rule!r} (use all, or first, end or random followed by :N or :P%)",
+                          path=path, field=field)
     if how == "first":
         return items[:count]
+    if how == "end":
+        return items[len(items) - min(count, len(items)) :]
     picked = sorted(random.Random(seed).sample(range(len(items)), min(count, len(items))))
     return [items[i] for i in picked]
 
 
+def _entry_value(entry: dict, keys: tuple[str, ...], mixture: Path, index: int) -> tuple[str | None, str]:
+    """The entry's value under one of ``keys`` (at most one may be given) and the key it was under."""
+    given = [key for key in keys if key in entry]
+    if len(given) > 1:
+        raise RecordError(f"give {' or '.join(keys)}, not both", path=mixture, field=f"datasets[{index}]")
+    return (entry[given[0]], given[0]) if given else (None, keys[0])
+
+
+def _entry_source(name: str, mixture: Path) -> str:
+    """An entry's source: relative to the YAML file's folder, else to the working folder (where LLaVA-NeXT's
+    scripts resolve them), else a Hub dataset id."""
+    path = Path(name)
+    if path.is_absolute():
+        return name
+    for candidate in (mixture.parent / path, path):
+        if candidate.exists():
+            return str(candidate)
+    return name if HUB_ID.match(name) else str(mixture.parent / path)
+
+
+def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
+    if not path.is_file():
+        raise RecordError("mixture file not found", path=path)
+    try:
+        spec = yaml.safe_load(read_text(path)) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise RecordError(f"not valid YAML: {getattr(err, 'problem', None) or err}", path=path,
+                          line=None if mark is None else mark.line + 1) from None
+    entries = spec.get("datasets") if isinstance(spec, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise RecordError("expected a non-empty 'datasets' list", path=path, field="datasets")
+    records: list[tuple[dict, Source]] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise RecordError("each dataset must be a mapping", path=path, field=f"datasets[{index}]")
+        name, _ = _entry_value(entry, PATH_KEYS, path, index)
+        if not isinstance(name, str) or not name:
+            raise RecordError(f"each dataset needs a {' or '.join(PATH_KEYS)}", path=path, field=f"datasets[{index}]")
+        rule, key = _entry_value(entry, SAMPLING_KEYS, path, index)
+        source = _entry_source(name, path)
+        loaded = [(r, Source(source, line)) for line, r in iter_input_records(source)]
+        records += sample(loaded, rule, seed + index, path=str(path), field=f"datasets[{index}].{key}")
+    return records
+
+
 def load_mixture(data_path: str | os.PathLike, seed: int = 0) -> list[tuple[dict, Source]]:
-    """Records (with their sources) named by ``data_path``: a .json/.jsonl file, a comma list, or a .yaml mixture."""
+    """Records (with their sources) named by ``data_path``: one source, a comma list, or a .yaml mixture."""
     text = str(data_path)
     if text.endswith((".yaml", ".yml")):
-        path = Path(text)
-        if not path.is_file():
-            raise RecordError("mixture file not found", path=path)
-        try:
-            spec = yaml.safe_load(read_text(path)) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            raise RecordError(f"not valid YAML: {getattr(err, 'problem', None) or err}", path=path,
-                              line=None if mark is None else mark.line + 1) from None
-        entries = spec.get("datasets") if isinstance(spec, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise RecordError("expected a non-empty 'datasets' list", path=path, field="datasets")
-        records: list[tuple[dict, Source]] = []
-        for index, entry in enumerate(entries):
-            if not isinstance(entry, dict) or "path" not in entry:
-                raise RecordError("each dataset needs a 'path'", path=path, field=f"datasets[{index}]")
-            file = Path(entry["path"])
-            file = file if file.is_absolute() else path.parent / file
-            loaded = [(r, Source(str(file), line)) for line, r in iter_records(file)]
-            records += _sample(loaded, entry.get("sampling", "all"), seed + index, str(path))
-        return records
+        return _read_mixture(Path(text), seed)
     records = []
     for part in (p.strip() for p in text.split(",")):
         if part:
-            records += [(r, Source(part, line)) for line, r in iter_records(part)]
+            records += [(r, Source(part, line)) for line, r in iter_input_records(part)]
     return records

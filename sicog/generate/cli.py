@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the ``captions`` and ``reasoning`` sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder (model + tokenizer)")
-    common.add_argument("--data", required=True, type=Path, help="input records (.jsonl or .json array)")
+    common.add_argument("--data", required=True, type=Path,
+                        help="input records: .jsonl, .json array, .parquet, .arrow, a dataset folder (save_to_disk), "
+                        "or a Hub dataset id in the local cache (owner/name[:split])")
     common.add_argument("--image-folder", type=Path,
                         help="folder that relative image paths start from (default: the working folder)")
     common.add_argument("--output", required=True, type=Path,

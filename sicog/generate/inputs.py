@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
+from sicog.data.jsonl import RecordError, error_record, record_id
 from sicog.data.prompts import (
     CAPTION_PROMPT_TYPES,
     IMAGE_TOKEN,
@@ -26,6 +26,7 @@ from sicog.data.prompts import (
     user_turn,
 )
 from sicog.data.schema import resolve_image
+from sicog.data.sources import iter_input_records
 from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO
 from sicog.model.image_io import ImageError
 from sicog.model.processing import SicogProcessor
@@ -164,7 +165,7 @@ def read_inputs(
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
     transposed: Callable[[str], bool] | None = None,
 ) -> InputPlan:
-    """Read every record of ``path`` into tasks and error records.
+    """Read every record of ``path`` (any source of :mod:`sicog.data.sources`) into tasks and error records.
 
     ``transposed(record_id)``: whether to plan a record's images with width and height swapped (the
     ``mirror_rotation`` corruption turns them by 90 or 270 degrees, and a slice grid's token cost depends
@@ -177,7 +178,7 @@ def read_inputs(
     plan = InputPlan()
     first_line: dict[str, int] = {}
     count = PromptCounter(processor)
-    for line, record in iter_records(path):
+    for line, record in iter_input_records(path):
         rid = record_id(record, path=path, line=line)
         if rid in first_line:
             raise RecordError(f"duplicate id (first on line {first_line[rid]})", path=path, line=line, record_id=rid,

@@ -23,15 +23,18 @@ class StagePreset:
     parts: tuple[str, ...]
     never_split: bool
     source: str  # "checkpoint": --model_name_or_path; "parts": --vision_tower + --language_model (+ --projector)
+    title: str  # what the stage is, in the model card
 
 
 STAGES: dict[str, StagePreset] = {
-    "0": StagePreset(PARTS, never_split=False, source="checkpoint"),
-    "1": StagePreset(("resampler",), never_split=True, source="parts"),
-    "1.5": StagePreset(PARTS, never_split=False, source="parts"),
-    "2": StagePreset(PARTS, never_split=False, source="checkpoint"),
+    "0": StagePreset(PARTS, never_split=False, source="checkpoint", title="warm-up on annotated CoD / CoT data"),
+    "1": StagePreset(("resampler",), never_split=True, source="parts", title="alignment (projector only)"),
+    "1.5": StagePreset(PARTS, never_split=False, source="parts",
+                       title="pre-training on self-generated, self-curated data"),
+    "2": StagePreset(PARTS, never_split=False, source="checkpoint", title="visual instruction tuning"),
     # DPO: the preference is about the answer; the vision tower stays as the SFT model left it.
-    "dpo": StagePreset(("resampler", "language_model"), never_split=False, source="checkpoint"),
+    "dpo": StagePreset(("resampler", "language_model"), never_split=False, source="checkpoint",
+                       title="preference training on chosen / rejected pairs"),
 }
 
 
@@ -69,7 +72,9 @@ class ModelArguments:
 class DataArguments:
     """What the run reads."""
 
-    data_path: str = field(metadata={"help": ".json/.jsonl file, comma-separated files, or a .yaml mixture"})
+    data_path: str = field(metadata={
+        "help": "records: .jsonl/.json, .parquet/.arrow, a dataset folder (save_to_disk), a cached Hub dataset id "
+        "(owner/name[:split]), comma-separated sources, or a .yaml mixture"})
     image_folder: str | None = field(default=None, metadata={"help": "folder that image paths are relative to"})
     model_max_length: int = field(default=4096, metadata={"help": "tokens per sample, image tokens included"})
     augment: str = field(default="none", metadata={"help": "none | release (the published loader's image resizing)"})
@@ -115,11 +120,15 @@ class SicogTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "kept False: batches carry image views and ids"}
     )
+    push_at_end: bool = field(default=False, init=False)  # --push_to_hub, taken over (see __post_init__)
 
     def __post_init__(self):
         if isinstance(self.deepspeed, str) and self.deepspeed in ("zero2", "zero3"):
             self.deepspeed = str(resources.files("sicog.configs") / f"{self.deepspeed}.json")
         super().__post_init__()
+        # The Trainer would push at save time, before the processor, projector, results and model card are
+        # written; `sicog train` pushes once, after all of them (sicog/train/hub.py).
+        self.push_at_end, self.push_to_hub = self.push_to_hub, False
 
     def trainable_parts(self) -> tuple[str, ...]:
         """The parts this run trains: the override when given, else the stage preset."""

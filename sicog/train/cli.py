@@ -28,16 +28,21 @@ def main(argv: Sequence[str]) -> int:
         level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
         stream=sys.stderr,
     )
+    from sicog.data.jsonl import RecordError
     from sicog.data.lock import OutputLocked
     from sicog.train.checkpoints import IncompleteCheckpointError
     from sicog.train.datasets import DataProblemsError
+    from sicog.train.hub import PushError
     from sicog.train.run import train
 
     try:
         train(model_args, data_args, training_args)
-    except (DataProblemsError, IncompleteCheckpointError, OutputLocked) as err:
+    except (DataProblemsError, RecordError, IncompleteCheckpointError, OutputLocked) as err:
         print(f"sicog train: error: {err}", file=sys.stderr)
         return 2
+    except PushError as err:
+        print(f"sicog train: error: {err}", file=sys.stderr)
+        return 1
     if training_args.world_size > 1:
         # Everything is saved and the process group is closed. Under torchrun with DeepSpeed ZeRO-3 on gloo,
         # interpreter teardown can still abort a rank ("terminate called without an active exception",

@@ -22,6 +22,7 @@ from sicog.model.processing import SicogProcessor
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
 from sicog.train.checkpoints import check_resume_target, last_complete_checkpoint
 from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
+from sicog.train.hub import create_repo, push_output, write_model_card
 from sicog.train.trainer import SicogTrainer
 
 logger = logging.getLogger(__name__)
@@ -112,16 +113,23 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
     """Run one stage end to end; returns the trainer's metrics. Reruns resume from the newest complete checkpoint.
 
     The output folder is locked for the run (rank 0 holds the lock): a second run on it stops at once.
+    With ``--push_to_hub`` rank 0 creates the Hub repository first (a run that cannot push stops before training)
+    and uploads the output folder once everything is saved, the model card included.
     """
     if args.resume_from_checkpoint:
         check_resume_target(args.resume_from_checkpoint)
     with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
+        if args.push_at_end and args.process_index == 0:
+            args.hub_model_id = create_repo(args)
         metrics = _train(model_args, data_args, args)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Every rank leaves together and closes the process group itself: left to interpreter exit, the gloo
-        # threads of a rank that finished first can abort it ("terminate called without an active exception").
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank leaves together and closes the process group itself: left to interpreter exit, the gloo
+            # threads of a rank that finished first can abort it ("terminate called without an active
+            # exception"). Before the upload, which may take longer than a collective's timeout.
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        if args.push_at_end and args.process_index == 0:
+            push_output(args)
     return metrics
 
 
@@ -182,4 +190,5 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
         metrics = {**result.metrics, "stage": args.stage, "samples": len(dataset), "skipped": len(dataset.skipped),
                    "global_batch": total_batch}
         write_json(Path(args.output_dir) / "train_results.json", metrics)
+        write_model_card(model_args, data_args, args, metrics)
     return result.metrics

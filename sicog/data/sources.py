@@ -1,0 +1,155 @@
+"""Where input records come from: JSON files, or HF ``datasets`` sources.
+
+- ``.jsonl`` / ``.json``: :func:`sicog.data.jsonl.iter_records` (the number given with each record is its line);
+- a folder written by ``Dataset.save_to_disk`` (a ``DatasetDict`` folder: its ``train`` split, or its only one);
+- a ``.parquet`` file, or an ``.arrow`` file as ``datasets`` writes them;
+- a Hub dataset id ``owner/name`` (``owner/name:split`` for a split other than ``train``), read from the local
+  cache when offline: the dataset as ``load_dataset`` prepared it, else the files ``hf download`` fetched.
+
+Dataset rows are LLaVA records like the JSON ones; the number given with each is its 1-based row. Columns a
+row lacks are null in Arrow; they are dropped, as if the field were absent. Images must be file paths:
+a column of embedded images (a ``datasets.Image`` feature) stops with an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sicog.data.jsonl import RecordError, iter_records
+
+JSON_SUFFIXES = (".jsonl", ".json")
+DATASET_SUFFIXES = (".parquet", ".arrow")
+# owner/name, optionally :split (a Hub repository id cannot hold a colon).
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.-]+))?$")
+BATCH_ROWS = 1024
+
+
+def iter_input_records(source: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_or_row, record)`` from any input this module reads (see the module docstring).
+
+    Every problem raises :class:`RecordError` naming the source (and the row or field when known).
+    """
+    text = str(source)
+    if text.lower().endswith(JSON_SUFFIXES):
+        yield from iter_records(source)
+        return
+    row = 0
+    try:
+        for batch in dataset_batches(text):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, _without_nulls(record)
+    except _read_errors() as err:  # a damaged or truncated file
+        raise RecordError(f"cannot read after row {row}: {err}", path=source) from None
+
+
+def _read_errors() -> tuple[type[Exception], ...]:
+    """What reading a damaged file raises: OSError, and pyarrow's errors where pyarrow is installed."""
+    try:
+        from pyarrow import ArrowException
+    except ImportError:
+        return (OSError,)
+    return (OSError, ArrowException)
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def dataset_batches(source: str) -> Iterator:
+    """The rows of the dataset that ``source`` names (a saved folder, a .parquet or .arrow file, or a Hub id) as
+    Arrow batches, in order, undecoded; a column of embedded media raises :class:`RecordError` naming it.
+
+    Parquet is read with pyarrow, so a local file leaves nothing in the ``datasets`` cache.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise RecordError("reading a dataset needs the `datasets` package (pip install datasets, or the "
+                          "'train' extra of sicog)", path=source) from None
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(source)
+        _check_features(datasets.Features.from_arrow_schema(parquet.schema_arrow), source)
+        return parquet.iter_batches(batch_size=BATCH_ROWS)
+    if path.is_dir():
+        try:
+            dataset = datasets.load_from_disk(source)
+        except FileNotFoundError:
+            raise RecordError("not a dataset folder (none written by save_to_disk)", path=source) from None
+        dataset = _one_split(dataset, None, source)
+    elif path.is_file() and path.suffix.lower() == ".arrow":
+        dataset = datasets.Dataset.from_file(source)
+    elif path.is_file():
+        raise RecordError(f"unsupported input file (use {', '.join(JSON_SUFFIXES + DATASET_SUFFIXES)}, a dataset "
+                          "folder, or a Hub dataset id)", path=source)
+    elif path.suffix.lower() in DATASET_SUFFIXES or not HUB_ID.match(source):
+        raise RecordError("file not found", path=source)
+    else:
+        dataset = _from_hub(source)
+    _check_features(dataset.features, source)
+    return dataset.with_format("arrow").iter(batch_size=BATCH_ROWS)
+
+
+def _one_split(dataset, split: str | None, source: str):
+    """The split asked for; else ``train``; else the only split of a ``DatasetDict``."""
+    if not hasattr(dataset, "keys"):
+        return dataset
+    splits = list(dataset.keys())
+    chosen = split or ("train" if "train" in splits else splits[0] if len(splits) == 1 else None)
+    if chosen not in splits:
+        how = "name one as owner/name:SPLIT" if HUB_ID.match(source) else "give the split's folder"
+        wanted = f"no split {split!r}" if split else "no 'train' split"
+        raise RecordError(f"{wanted}; it holds {', '.join(splits)} ({how})", path=source)
+    return dataset[chosen]
+
+
+def _from_hub(source: str):
+    """A Hub dataset from the local cache (or the Hub, when online)."""
+    import datasets
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    match = HUB_ID.match(source)
+    repo, split = match["repo"], match["split"]
+    try:
+        return _one_split(datasets.load_dataset(repo), split, source)
+    except (ConnectionError, FileNotFoundError) as err:
+        prepared_error = err
+    # Files fetched with `hf download --repo-type dataset` are in the Hub cache, not in the datasets cache.
+    try:
+        folder = snapshot_download(repo, repo_type="dataset", local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise RecordError(f"no local file or folder, and not a Hub dataset in the local cache ({prepared_error})",
+                          path=source) from None
+    try:
+        snapshot = datasets.load_dataset(folder)
+    except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError) as err:
+        raise RecordError(f"cannot read its files in the Hub cache ({folder}): {err}", path=source) from None
+    return _one_split(snapshot, split, source)
+
+
+def _check_features(features, source: str) -> None:
+    from datasets.features.features import require_decoding
+
+    for name, feature in (features or {}).items():
+        if require_decoding(feature, ignore_decode_attribute=True):
+            raise RecordError(
+                f"holds embedded {type(_leaf(feature)).__name__.lower()} data; SICOG records name image files: "
+                "write the images out and store their paths (docs/data_formats.md)", path=source, field=name)
+
+
+def _leaf(feature):
+    while hasattr(feature, "feature"):
+        feature = feature.feature
+    return feature
