@@ -28,17 +28,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("sicog.annotate.cli", "stage-0 annotation: CoD captions through a chat API, CoT conversion"),
     "generate": ("sicog.generate.cli", "sample N candidate captions or CoT answers per record (sharded, resumable)"),
     "eval": ("sicog.eval.cli", "evaluate a checkpoint on a VLMEvalKit-style TSV benchmark (multiple choice, yes/no)"),
-<<<<<<< HEAD
-    "image-use": (
-        "sicog.eval.image_use_cli", "does a checkpoint use the image? answer loss with own vs swapped images"
-    ),
-=======
     "eval-suite": (
         "sicog.eval.suite",
         "the paper's 12 Figure-1 benchmarks (or another suite) through VLMEvalKit or lmms-eval, as one command",
     ),
-    "image-use": ("sicog.eval.image_use", "does a checkpoint use the image? answer loss with own vs swapped images"),
->>>>>>> cluster
+    "image-use": (
+        "sicog.eval.image_use_cli", "does a checkpoint use the image? answer loss with own vs swapped images"
+    ),
 }
 
 

@@ -39,9 +39,9 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
+from sicog.data.prompts import reasoning_prompt
 from sicog.model.builders import tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_MEAN, CLIP_STD
-from sicog.data.prompts import reasoning_prompt
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
 from sicog.toy.build import WORLD_VERSION, load_manifest
 from sicog.toy.language import brief_description, detailed_description
