@@ -122,6 +122,15 @@ def test_rejected_is_never_a_copy_of_the_chosen_text() -> None:
     assert select([0.9, 0.9], ["same", "same"], threshold=0.0, rng=random.Random(0)).rejected_index is None
 
 
+def test_rejected_is_never_an_empty_candidate() -> None:
+    # A failed sample is no answer to prefer the chosen one over (DPO training refuses an empty rejected).
+    for seed in range(20):
+        chosen = select([0.9, 0.8, 0.1, 0.0], ["a red circle", "a blue square", " ", ""], threshold=0.0,
+                        rng=random.Random(seed))
+        assert chosen.rejected_index == 1
+    assert select([0.9, 0.0], ["a red circle", ""], threshold=0.0, rng=random.Random(0)).rejected_index is None
+
+
 def test_empty_or_whitespace_candidates_never_win() -> None:
     # Three empty candidates embed to zero rows: every score ties at 0 and the lowest index would win.
     texts = ["", "  \n", "A red circle.", "\t"]

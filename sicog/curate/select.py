@@ -42,8 +42,8 @@ def select(
     Captions (``answers`` is None): best = highest MBR score, kept when ``score >= threshold``.
     Reasoning: best = highest MBR score among the candidates giving the majority answer, kept when
     also ``agreement >= min_agreement``. A rejected candidate is drawn (with ``rng``) from the
-    lower-scoring half, preferring candidates whose answer differs from the majority, and never a
-    text identical to the chosen one; only kept records get one. An empty or whitespace-only candidate is
+    lower-scoring half, preferring candidates whose answer differs from the majority, and never an
+    empty text or one identical to the chosen one; only kept records get one. An empty or whitespace-only candidate is
     never the best one, and a record whose candidates are all empty is not kept.
     """
     majority, agreement = (None, None) if answers is None else majority_answer(answers, scores)
@@ -94,7 +94,8 @@ def _rejected(
     """Draw the rejected candidate from the lower half of the ranking (agreeing first, then by score)."""
     n = len(scores)
     ranking = sorted(range(n), key=lambda i: (not agrees[i], -_value(scores[i]), i))
-    others = [i for i in ranking if i != best and texts[i].strip() != texts[best].strip()]
+    # An empty candidate is no answer to prefer the chosen one over: DPO training refuses an empty rejected.
+    others = [i for i in ranking if i != best and texts[i].strip() and texts[i].strip() != texts[best].strip()]
     lower = [i for i in ranking[n - max(1, n // 2) :] if i in others] or others
     if not lower:
         return None
