@@ -61,7 +61,13 @@ def test_quick_cycle_reports_every_arm(quick_run):
     assert results["summary"]["constant_answer_accuracy"] == max(answers.values()) / sum(answers.values())
     assert "| above blind |" in report and "| step | wall s | CPU s |" in report
     row = results["per_seed"][0]["arms"]["D"]
-    assert {"accuracy", "blind", "letters", "blind_by_category", "top_reply_share"} <= set(row)
+    assert {"accuracy", "blind", "letters", "blind_by_category", "top_reply_share", "perception"} <= set(row)
+    perception = json.loads((quick_run / "seed0" / "perception_D" / "mc" / "results.json").read_text())
+    assert row["perception"] == perception["accuracy"] and set(row["perception_by_fact"]) <= {
+        "color", "shape", "size", "position", "background"}
+    assert "| perception |" in report and "### Perception check by changed fact" in report
+    facts = results["per_seed"][0]["curation"]["captions"]["candidate_facts"]
+    assert 0 <= facts["object_precision"] <= 1 and 0 <= facts["object_recall"] <= 1
     assert 0 < results["summary"]["chance_accuracy"] <= 0.5
     assert set(results["summary"]["verdict"]) == {"D vs A", "D vs B", "D vs C"}
 

@@ -238,3 +238,30 @@ def test_demo_world_is_the_patch_aligned_grid(tmp_path: Path) -> None:
     plans = {plan_slices(r["width"], r["height"], **SLICING) for r in truth}
     assert {(p.num_slices, p.source_size) for p in plans} == {(0, (32, 32))}
     assert {len(r["objects"]) for r in truth} == {4}
+
+
+def test_perception_check_offers_the_truth_and_one_fact_changed(world: Path) -> None:
+    from sicog.toy.datasets import PERCEPTION_FACTS
+
+    manifest = load_manifest(world)
+    truth = load_ground_truth(manifest["ground_truth"])
+    captions = load_records(manifest["bench_caption"])
+    rows = read_bench_tsv(manifest["bench_perception"])
+    assert len(rows) == manifest["counts"]["bench_perception"] > len(captions)
+    described = {base64.b64encode((manifest["image_folder"] / r["image"]).read_bytes()).decode(): r["image"]
+                 for r in captions}
+    for row in rows:
+        assert row["category"] in PERCEPTION_FACTS and row["C"] == row["D"] == ""
+        gt = truth[described[row["image"]]]
+        right, wrong = row[row["answer"]], row["B" if row["answer"] == "A" else "A"]
+        assert right == gt["description"] and wrong != right
+        # The changed description still parses; it differs from the truth in the changed kind of fact.
+        assert score_caption(right, gt)["f1"] == 1.0
+        changed = score_caption(wrong, gt)
+        if row["category"] in ("color", "shape"):
+            assert changed["hallucinated"] == 1
+        elif row["category"] == "background":
+            assert changed["background"] is False
+        else:
+            assert changed["f1"] == 1.0 and changed["attribute_accuracy"][
+                "size" if row["category"] == "size" else "position"] < 1.0

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer, CLIPVisionModel, Qwen2ForCausalLM
 
 from sicog.toy.build import build_world
-from sicog.toy.pretrain import DONE, alt_text, parts_key, pixels, pretrained_parts
+from sicog.toy.pretrain import DONE, CellTags, alt_text, parts_key, pixels, pretrained_parts, tags_apply
 from sicog.toy.score import score_caption
 from sicog.toy.world import LAYOUTS, sample_scene
 
@@ -56,3 +56,30 @@ def test_alt_texts_name_only_objects_of_the_image() -> None:
         text = alt_text(scene, rng)
         score = score_caption(text, truth)
         assert score["precision"] == 1.0 and not score["hallucinated"]
+
+
+def test_cell_tags_read_each_object_from_its_own_patch() -> None:
+    layout = LAYOUTS["grid"]
+    assert tags_apply(layout, image_size=32, patch_size=16)
+    assert not tags_apply(LAYOUTS["sliced"], image_size=32, patch_size=16)
+    rng = random.Random(0)
+    scenes = [sample_scene(rng, layout) for _ in range(64)]
+    values = [*layout.colors, *layout.shapes, *layout.sizes]
+    # Each object's attributes, one-hot, in the patch of its cell (row-major on the 2x2 grid of the 32-px view).
+    patches = torch.zeros(len(scenes), 4, len(values))
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            for value in (obj.color, obj.shape, obj.size):
+                patches[i, (obj.row // 2) * 2 + obj.col // 2, values.index(value)] = 1.0
+    torch.manual_seed(0)
+    tags = CellTags(layout, len(values))
+    optimizer = torch.optim.Adam(tags.parameters(), lr=0.1)
+    for _ in range(150):
+        loss = tags.loss(patches, scenes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # Linear heads fit the labels exactly only if every object is read from its own patch.
+    assert tags.loss(patches, scenes).item() < 0.05
+    transposed = patches.reshape(-1, 2, 2, len(values)).transpose(1, 2).reshape(-1, 4, len(values))
+    assert tags.loss(transposed, scenes).item() > 0.5
