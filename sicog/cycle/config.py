@@ -67,6 +67,7 @@ class CycleConfig:
     caption_threshold: float | None = 0.7
     reasoning_threshold: float | None = 0.7
     min_agreement: float | None = None
+    # A sentence encoder (None: curation's packaged MiniLM), or "toy-facts": the toy world's fact encoder.
     encoder: str | None = None
     # More `sicog curate` settings by name (batch_size, trust_remote_code, max_length, query_prefix, ...).
     curate: dict[str, typing.Any] = field(default_factory=dict)

@@ -166,11 +166,11 @@ class CellTags(torch.nn.Module):
         columns = patches.shape[1] ** 0.5
         rows, objects = [], []
         for i, scene in enumerate(scenes):
+            # A full grid's cells are its rows and columns in order (GRID_LINES place them on the 3x3 names).
+            row_of = {r: k for k, r in enumerate(sorted({o.row for o in scene.objects}))}
+            col_of = {c: k for k, c in enumerate(sorted({o.col for o in scene.objects}))}
             for obj in scene.objects:
-                # A full grid's cells are its rows and columns in order (GRID_LINES place them on the 3x3 names).
-                row, col = sorted({o.row for o in scene.objects}).index(obj.row), \
-                    sorted({o.col for o in scene.objects}).index(obj.col)
-                rows.append(i * patches.shape[1] + int(row * columns + col))
+                rows.append(i * patches.shape[1] + int(row_of[obj.row] * columns + col_of[obj.col]))
                 objects.append(obj)
         features = patches.reshape(-1, patches.shape[-1])[torch.tensor(rows)]
         return sum(
