@@ -66,6 +66,10 @@ def test_quick_cycle_reports_every_arm(quick_run):
     assert row["perception"] == perception["accuracy"] and set(row["perception_by_fact"]) <= {
         "color", "shape", "size", "position", "background"}
     assert "| perception |" in report and "### Perception check by changed fact" in report
+    opened = json.loads((quick_run / "seed0" / "open_D" / "mc" / "results.json").read_text())
+    assert row["open"] == opened["accuracy"] and set(row["open_by_category"]) == set(row["by_category"])
+    assert opened["settings"]["mc_scoring"] == "open" and opened["scored"] == opened["total"]
+    assert 0 <= results["summary"]["table"]["D"]["open"][0] <= 1 and "| open answers |" in report
     facts = results["per_seed"][0]["curation"]["captions"]["candidate_facts"]
     assert 0 <= facts["object_precision"] <= 1 and 0 <= facts["object_recall"] <= 1
     assert 0 < results["summary"]["chance_accuracy"] <= 0.5
@@ -143,8 +147,8 @@ def test_from_reruns_that_step_and_its_dependants(quick_run, tmp_path):
     assert main(["cycle", "--quick", "--out", str(out), "--from", "D_stage15", "--no-progress"]) == 0
     after = steps(out)
     rerun = {name for name in after if after[name]["finished_at"] != before[name]["finished_at"]}
-    assert rerun == {"D_stage15", "D_stage2", "eval_D", "blind_D", "letters_D", "perception_D", "captions_D",
-                     "image_use_D"}
+    assert rerun == {"D_stage15", "D_stage2", "eval_D", "blind_D", "letters_D", "open_D", "perception_D",
+                     "captions_D", "image_use_D"}
     assert main(["cycle", "--quick", "--out", str(out), "--from", "no_such_step", "--no-progress"]) == 2
 
 
@@ -153,7 +157,7 @@ def test_dpo_arm_learns_its_pairs_and_is_reported(quick_run, tmp_path):
     before = steps(out)
     run_quick(out, "--dpo")
     assert {name for name in steps(out) if name not in before} == {
-        "F_stage2", "eval_F", "blind_F", "letters_F", "perception_F", "captions_F", "image_use_F"}
+        "F_stage2", "eval_F", "blind_F", "letters_F", "open_F", "perception_F", "captions_F", "image_use_F"}
     assert "| F | SICOG + DPO" in (out / "report.md").read_text()
     state = json.loads(next((out / "seed0" / "F_stage2").glob("checkpoint-*/trainer_state.json")).read_text())
     accuracies = [e["rewards/accuracies"] for e in state["log_history"] if "rewards/accuracies" in e]
@@ -199,9 +203,9 @@ def test_config_presets_and_real_data_checks():
 def test_dry_run_prints_every_command_and_runs_nothing(quick_run, tmp_path, capsys):
     assert main(["cycle", "--quick", "--out", str(quick_run), "--dry-run"]) == 0
     finished = capsys.readouterr().out.splitlines()
-    assert finished[0] == "# seed 0: 63 steps, 0 to run" and all(line.startswith("[reuse] ") for line in finished[1:])
+    assert finished[0] == "# seed 0: 69 steps, 0 to run" and all(line.startswith("[reuse] ") for line in finished[1:])
     assert main(["cycle", "--quick", "--out", str(tmp_path), "--dry-run"]) == 0
     fresh = capsys.readouterr().out.splitlines()
-    assert len(fresh) == 64 and all(line.startswith("[run] ") for line in fresh[1:])
+    assert len(fresh) == 70 and all(line.startswith("[run] ") for line in fresh[1:])
     assert any(f"sicog train --stage 1.5 --model_name_or_path {tmp_path}/seed0/stage1" in line for line in fresh)
     assert not (tmp_path / "seed0").exists()

@@ -17,16 +17,18 @@ TRAIN = "stage1 A_stage2 stage0_perception stage0_reasoning B_stage15 B_stage2 C
         "E_stage15 E_stage2"
 GENERATE = "generate_captions generate_reasoning"
 CURATE = "curate_captions curate_reasoning"
-EVALS = " ".join(f"{kind}_{arm}" for kind in ("eval", "blind", "letters", "perception", "captions", "image_use")
+EVALS = " ".join(f"{kind}_{arm}" for kind in ("eval", "blind", "letters", "open", "perception", "captions",
+                                                 "image_use")
                  for arm in "ABCDE")
 # Every cycle setting -> (a changed value, the steps whose own command it enters). A new setting fails
 # test_every_setting_is_covered until it is listed here.
 CHANGES = {
     "name": ("other", ""),
     # Another world: every step reads it, except the head of the image-only pool, whose records (ids and
-    # paths) are the same in both worlds; the images differ, and every step reading them reruns.
-    "world_seed": (1, "ALL-pool_unlabeled_images"),
-    "toy_size": ("demo", "ALL"),
+    # paths) are the same in both worlds (the images differ, and every step reading them reruns), and the
+    # toy language's synonym table.
+    "world_seed": (1, "ALL-pool_unlabeled_images-open_synonyms"),
+    "toy_size": ("demo", "ALL-open_synonyms"),
     "unlabeled_images_limit": (3, "pool_unlabeled_images pool_unlabeled_web pool_oracle_captions"),
     "unlabeled_questions_limit": (3, "pool_unlabeled_questions pool_oracle_reasoning"),
     "batch_size": (3, TRAIN),
@@ -91,6 +93,14 @@ def test_the_toy_encoder_is_two_steps_before_curation_and_a_sentence_encoder_non
     assert "/some/encoder" in changed_plan.steps["curate_captions"].argv
 
 
+def test_open_answers_read_the_toy_synonyms(quick_keys):
+    _, _, _, plan = quick_keys
+    argv = plan.steps["open_D"].argv
+    assert argv[argv.index("--mc-scoring") + 1] == "open"
+    assert argv[argv.index("--synonyms") + 1] == Ref("open_synonyms", "synonyms.json")
+    assert plan.steps["open_synonyms"].argv[:2] == ("toy", "synonyms")
+
+
 @pytest.mark.parametrize("setting", sorted(CHANGES))
 def test_a_setting_reruns_exactly_the_steps_that_depend_on_it(setting, quick_keys):
     out, config, base, plan = quick_keys
@@ -120,7 +130,7 @@ def test_dpo_settings_change_arm_f_only(quick_keys):
     for setting, value in (("dpo_steps", 5), ("dpo_lr", 1e-4)):
         keys, _ = keys_of(dataclasses.replace(config, **{setting: value}), out, dpo=True)
         assert {n for n in base if keys[n] != base[n]} == plan.downstream(["F_stage2"]) == {
-            "F_stage2", "eval_F", "blind_F", "letters_F", "perception_F", "captions_F", "image_use_F"}
+            "F_stage2", "eval_F", "blind_F", "letters_F", "open_F", "perception_F", "captions_F", "image_use_F"}
 
 
 def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
@@ -151,6 +161,7 @@ def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
     keys, _ = keys_of(real, tmp_path / "run")
     changed = {n for n in base if keys[n] != base[n]}
     assert changed == plan.downstream(["stage1"]) and "eval_D" in changed and "B_mixture" not in changed
+    assert "open_synonyms" not in plan.steps and "--synonyms" not in plan.steps["open_D"].argv
 
 
 def _head(name: str, source) -> Step:

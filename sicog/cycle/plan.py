@@ -153,13 +153,16 @@ class _Planner:
                                                      "--output", Out("embeddings.npy"))))
         return ("--embeddings", Ref(embed.step, "embeddings.npy"))
 
-    def evaluate(self, arm: str, model: Ref, references: Arg | None) -> None:
+    def evaluate(self, arm: str, model: Ref, references: Arg | None, synonyms: Arg | None) -> None:
         c, evals = self.c, {}
         # The primary score is multiple choice by option likelihood; beside it the same with each question shown
-        # another row's image (blind: what the text alone gives) and with a generated letter.
+        # another row's image (blind: what the text alone gives), with a generated letter, and asked without the
+        # options (open short answers, read through the world's synonyms if it has them).
+        open_flags = ("--mc-scoring", "open", *(() if synonyms is None else ("--synonyms", synonyms)))
         for kind, flags in (("eval", ("--mc-scoring", "likelihood")),
                             ("blind", ("--mc-scoring", "likelihood", "--blind-seed", str(self.seed))),
-                            ("letters", ("--mc-scoring", "generate"))):
+                            ("letters", ("--mc-scoring", "generate")),
+                            ("open", open_flags)):
             self.plan.add(Step(f"{kind}_{arm}", ("eval", "--model", model, "--benchmark", self.data["bench_mc"],
                                                  "--output-dir", Out("mc"), *flags,
                                                  "--batch-size", str(c.eval_batch_size), "--no-progress"),
@@ -194,6 +197,13 @@ class _Planner:
         self.plan.add(Step("image_use_references", ("toy", "references", "--world", Input(self.w.toy_root),
                                                     "--output", Out("references.jsonl"))))
         return Ref("image_use_references", "references.jsonl")
+
+    def synonyms(self) -> Arg | None:
+        """The toy language's synonym table for open short answers (None for real data: exact answers)."""
+        if self.w.toy_root is None:
+            return None
+        self.plan.add(Step("open_synonyms", ("toy", "synonyms", "--output", Out("synonyms.json"))))
+        return Ref("open_synonyms", "synonyms.json")
 
 
 class _Sources:
@@ -254,7 +264,7 @@ def plan_seed(config: CycleConfig, world: World, seed: int, rounds: int = 1, dpo
         pairs = Joined(tuple(Ref(result.curation[1][t].step, "pairs.jsonl") for t in TASKS), ",")
         result.models[DPO_ARM.letter] = p.train(f"{DPO_ARM.letter}_stage2", "dpo", pairs, c.dpo_steps, c.dpo_lr,
                                                 ["--model_name_or_path", result.models["D"]])
-    references = p.references()
+    references, synonyms = p.references(), p.synonyms()
     for arm, model in result.models.items():
-        p.evaluate(arm, model, references)
+        p.evaluate(arm, model, references, synonyms)
     return result

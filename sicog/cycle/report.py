@@ -29,8 +29,8 @@ def _accuracy(path: str) -> tuple[dict, float, dict[str, float]]:
 
 
 def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None) -> dict:
-    """One model's multiple-choice accuracy by option likelihood (the primary score), its blind and
-    generated-letter accuracies (overall and by category), and with ground truth its caption scores."""
+    """One model's multiple-choice accuracy by option likelihood (the primary score), its blind, generated-letter
+    and open short-answer accuracies (overall and by category), and with ground truth its caption scores."""
     _, accuracy, by_category = _accuracy(evaluation["mc"])
     scores = {"accuracy": accuracy, "by_category": by_category}
     if "blind" in evaluation:
@@ -42,6 +42,8 @@ def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None) -> dic
         replies = Counter(r["prediction"].strip() for _, r in iter_records(letters["files"]["predictions.jsonl"]))
         # A model that gives one reply to most questions scores what that letter's share of answers is.
         scores["top_reply_share"] = replies.most_common(1)[0][1] / sum(replies.values()) if replies else None
+    if "open" in evaluation:
+        _, scores["open"], scores["open_by_category"] = _accuracy(evaluation["open"])
     scores["caption"] = None
     if truth is not None and "captions" in evaluation:
         pairs = [(r["candidates"][0], truth[r["image"]]) for _, r in iter_records(evaluation["captions"])]
@@ -128,8 +130,9 @@ def summarize(per_seed: list[dict], arms: list[str]) -> dict:
         if all("blind" in r for r in runs):
             table[arm]["blind"] = _mean_std([r["blind"] for r in runs])
             table[arm]["above_blind"] = _mean_std([r["accuracy"] - r["blind"] for r in runs])
-        if all("letters" in r for r in runs):
-            table[arm]["letters"] = _mean_std([r["letters"] for r in runs])
+        for metric in ("letters", "open"):
+            if all(metric in r for r in runs):
+                table[arm][metric] = _mean_std([r[metric] for r in runs])
         if all("perception" in r for r in runs):
             table[arm]["perception"] = _mean_std([r["perception"] for r in runs])
     verdict = {}
@@ -240,25 +243,27 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
     lines += ["", "## Results", "",
               "MC accuracy: multiple choice by option likelihood (the primary score). Blind: the same with every "
               "question shown another question's image; above blind: the difference, what the model reads from "
-              "the image. Letters: accuracy of a generated option letter.", "",
-              "| arm | what | MC accuracy | blind | above blind | letters | same letter | caption F1 | perception "
-              "| image use |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "the image. Letters: accuracy of a generated option letter. Open answers: the question asked "
+              "without its options, the generated short answer compared with the right option's text (synonyms "
+              "count as the same answer where the world supplies them, as the toy world does).", "",
+              "| arm | what | MC accuracy | blind | above blind | letters | same letter | open answers | caption F1 "
+              "| perception | image use |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         gaps = [s["arms"][arm].get("image_use_gap") for s in per_seed]
         gap = "n/a" if None in gaps else f"{statistics.fmean(gaps):.3f}"
         same = f"{mean(arm, 'top_reply_share'):.0%}" if "top_reply_share" in first["arms"][arm] else "n/a"
         row = summary["table"].get(arm)
         if row is None:  # a later round of D
-            row = {k: (mean(arm, k), 0.0) for k in ("accuracy", "blind", "letters", "perception")
+            row = {k: (mean(arm, k), 0.0) for k in ("accuracy", "blind", "letters", "open", "perception")
                    if k in first["arms"][arm]}
             row["caption_f1"] = (statistics.fmean((s["arms"][arm]["caption"] or {}).get("f1", 0.0)
                                                   for s in per_seed), 0.0)
         cells = [_fmt(row[k], seeds) if k in row else "n/a" for k in ("accuracy", "blind", "above_blind", "letters")]
         name = arm_name(arm) if arm in summary["table"] else "later round of D"
-        perception = _fmt(row["perception"], seeds) if "perception" in row else "n/a"
-        lines.append(f"| {arm} | {name} | {' | '.join(cells)} | {same} | {_fmt(row['caption_f1'], seeds)} "
-                     f"| {perception} | {gap} |")
+        perception, open_answers = (_fmt(row[k], seeds) if k in row else "n/a" for k in ("perception", "open"))
+        lines.append(f"| {arm} | {name} | {' | '.join(cells)} | {same} | {open_answers} "
+                     f"| {_fmt(row['caption_f1'], seeds)} | {perception} | {gap} |")
     lines += ["", f"Always giving the benchmark's most common answer scores {constant_answer:.3f}; picking an "
                   f"option at random {summary['chance_accuracy']:.3f}. Same letter: the share of questions that got "
                   "the arm's most common generated letter (near 100%, the letter accuracy is an answer prior).",

@@ -23,10 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictions.jsonl, errors.jsonl, results.json and results.xlsx go here")
     parser.add_argument("--prompt", default="direct", choices=("direct", "cot"),
                         help="direct: answer with the option's letter; cot: answer step-by-step (default: %(default)s)")
-    parser.add_argument("--mc-scoring", default="generate", choices=("generate", "likelihood"),
+    parser.add_argument("--mc-scoring", default="generate", choices=("generate", "likelihood", "open"),
                         help="generate: read the option from a generated reply; likelihood: pick the option whose "
-                             "text the model finds most likely as its reply (multiple choice only; "
-                             "default: %(default)s)")
+                             "text the model finds most likely as its reply; open: ask without the options and "
+                             "compare the reply with the right option's text (likelihood and open: multiple "
+                             "choice only; default: %(default)s)")
+    parser.add_argument("--synonyms", type=Path,
+                        help="with --mc-scoring open: JSON object, canonical phrase -> list of other phrasings "
+                             "counted as the same answer (the toy world's: `sicog toy synonyms`)")
     parser.add_argument("--blind-seed", type=int,
                         help="ask each question with another row's image (seeded shuffle): the blind baseline")
     parser.add_argument("--batch-size", type=positive_int, default=8,
@@ -59,13 +63,14 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; rank 0 prints the accuracy. 0 when every row is accounted for, 2 on bad input."""
     from sicog.data.sharding import rank_and_world
     from sicog.eval.generation import load_for_eval
-    from sicog.eval.runner import evaluate
+    from sicog.eval.runner import evaluate, open_scoring
     from sicog.eval.tsv import read_benchmark
 
     rank, world = rank_and_world()
     try:
-        # The benchmark is checked before the (possibly large) model is loaded.
+        # The benchmark and the synonym table are checked before the (possibly large) model is loaded.
         benchmark = read_benchmark(args.benchmark, args.image_root)
+        open_scoring(args.mc_scoring, args.synonyms)
         require_checkpoint(args.model)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
     except (RecordError, ValueError, OSError) as err:
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             summary = evaluate(
                 model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens, model_name=str(args.model), progress=not args.no_progress,
-                mc_scoring=args.mc_scoring, blind_seed=args.blind_seed,
+                mc_scoring=args.mc_scoring, blind_seed=args.blind_seed, synonyms=args.synonyms,
             )
     except (RecordError, ValueError, OutputLocked) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)

@@ -18,15 +18,14 @@ from collections.abc import Sequence
 
 from sicog.data.prompts import user_turn
 from sicog.eval.image_use import answer_losses
-from sicog.eval.prompts import yes_no_prompt
-from sicog.eval.tsv import is_missing, row_options
+from sicog.eval.prompts import short_answer_prompt
+from sicog.eval.tsv import row_options
 from sicog.model.processing import Encoded, SicogProcessor
 
 
 def likelihood_prompt(row: dict[str, str]) -> str:
     """The user text an option is scored after: hint, question and the short-answer instruction."""
-    hint = None if is_missing(row.get("hint")) else row["hint"].strip()
-    return yes_no_prompt(row["question"] if hint is None else f"{hint}\n{row['question']}")
+    return short_answer_prompt(row)
 
 
 def encode_options(processor: SicogProcessor, prompt: str, image, options: dict[str, str]) -> list[Encoded]:

@@ -2,11 +2,12 @@
 
 Multiple choice: the hint (if any) and the question, one "A. text" line per option, then "Answer
 with the option's letter from the given choices directly." (the Chinese instruction for Chinese
-questions, as VLMEvalKit does for MMBench-CN). Yes/no: the question and "Answer the question using a
-single word or phrase." (LLaVA-1.5's POPE prompt). Open questions (no options, answers that are not
-yes or no; only through VLMEvalKit): the hint and the question as written. The ``cot`` style appends
-SICOG's step-by-step request to the same text, which is how the structured-CoT training data asks its
-questions.
+questions, as VLMEvalKit does for MMBench-CN). Yes/no, and a multiple-choice question asked without
+its options (open short answers): the question and "Answer the question using a single word or phrase."
+(LLaVA-1.5's POPE prompt, and how the toy world's instruction data asks its short-answer questions).
+Open questions (no options, answers that are not yes or no; only through VLMEvalKit): the hint and the
+question as written. The ``cot`` style appends SICOG's step-by-step request to the same text, which is
+how the structured-CoT training data asks its questions.
 """
 
 from __future__ import annotations
@@ -42,16 +43,28 @@ def yes_no_prompt(question: str) -> str:
     return f"{question.strip()}\n{SHORT_ANSWER}"
 
 
-def build_prompt(row: dict[str, str], kind: str, style: str = "direct") -> str:
-    """The user text for one benchmark row (without ``<image>``)."""
+def _styled(text: str, style: str) -> str:
     if style not in PROMPT_STYLES:
         raise ValueError(f"unknown prompt style {style!r}; choose from {', '.join(PROMPT_STYLES)}")
-    hint = None if is_missing(row.get("hint")) else row["hint"]
-    question = row["question"] if hint is None else f"{hint.strip()}\n{row['question']}"
-    if kind == MULTIPLE_CHOICE:
-        text = multiple_choice_prompt(row["question"], row_options(row), hint)
-    elif kind == OPEN_QUESTION:
-        text = question.strip()
-    else:
-        text = yes_no_prompt(question)
     return reasoning_prompt("cot-default", text) if style == "cot" else text
+
+
+def _hinted_question(row: dict[str, str]) -> str:
+    hint = None if is_missing(row.get("hint")) else row["hint"]
+    return row["question"] if hint is None else f"{hint.strip()}\n{row['question']}"
+
+
+def short_answer_prompt(row: dict[str, str], style: str = "direct") -> str:
+    """Hint, question and the short-answer instruction, without options (a yes/no row, a multiple-choice row
+    scored by option likelihood or asked as an open question)."""
+    return _styled(yes_no_prompt(_hinted_question(row)), style)
+
+
+def build_prompt(row: dict[str, str], kind: str, style: str = "direct") -> str:
+    """The user text for one benchmark row (without ``<image>``)."""
+    if kind == MULTIPLE_CHOICE:
+        hint = None if is_missing(row.get("hint")) else row["hint"]
+        return _styled(multiple_choice_prompt(row["question"], row_options(row), hint), style)
+    if kind == OPEN_QUESTION:
+        return _styled(_hinted_question(row).strip(), style)
+    return short_answer_prompt(row, style)

@@ -28,16 +28,17 @@ from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_reco
 from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
 from sicog.eval.likelihood import blind_partners, likelihood_prompt, score_rows
-from sicog.eval.prompts import PROMPT_STYLES, build_prompt
+from sicog.eval.prompts import PROMPT_STYLES, build_prompt, short_answer_prompt
 from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx
+from sicog.eval.short_answers import ShortAnswers, load_synonyms
 from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_image, row_problem
 from sicog.model.processing import ConversationError
 
 PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
 # Enough for a letter or "yes" with a few words around it, and for a structured chain of thought.
 DEFAULT_MAX_NEW_TOKENS = {"direct": 64, "cot": 1024}
-MC_SCORING = ("generate", "likelihood")
+MC_SCORING = ("generate", "likelihood", "open")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class EvalSettings:
     prompt_style: str = "direct"
     max_new_tokens: int = 64
     # "generate": read the answer from a generated reply; "likelihood": the option the model finds most
-    # likely (multiple choice only, sicog/eval/likelihood.py).
+    # likely (multiple choice only, sicog/eval/likelihood.py); "open": the question asked without its options,
+    # the reply compared with the right option's text (multiple choice only, sicog/eval/short_answers.py).
     mc_scoring: str = "generate"
     # Set: ask each question with another row's image (a seeded permutation), the blind baseline.
     blind_seed: int | None = None
@@ -64,6 +66,15 @@ class EvalSettings:
 
 # Predictions written before a setting existed were made with its default (read from EvalSettings itself).
 _SETTING_DEFAULTS = {f.name: f.default for f in fields(EvalSettings) if f.default is not MISSING}
+
+
+def open_scoring(mc_scoring: str, synonyms: str | os.PathLike | None = None) -> ShortAnswers | None:
+    """How open short answers are read (None for the other scorings); a synonym table goes with "open" only."""
+    if mc_scoring != "open":
+        if synonyms is not None:
+            raise ValueError(f"a synonym table is for open short answers (mc_scoring 'open'), not {mc_scoring!r}")
+        return None
+    return ShortAnswers(None if synonyms is None else load_synonyms(synonyms))
 
 
 def _same_settings(settings: EvalSettings) -> Callable[[Path, int, dict], None]:
@@ -141,7 +152,12 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
             failures.write(_error(row, benchmark, *problem))
             counts["errors"] += 1
             continue
-        prompt = likelihood_prompt(row) if likelihood else build_prompt(row, benchmark.kind, settings.prompt_style)
+        if likelihood:
+            prompt = likelihood_prompt(row)
+        elif settings.mc_scoring == "open":
+            prompt = short_answer_prompt(row, settings.prompt_style)
+        else:
+            prompt = build_prompt(row, benchmark.kind, settings.prompt_style)
         try:
             image = row_image(benchmark, (image_rows or {}).get(row["index"], row))
             if not likelihood:
@@ -165,15 +181,16 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
     failures.flush()
 
 
-def merge_and_score(benchmark: Benchmark, output_dir: Path) -> dict:
+def merge_and_score(benchmark: Benchmark, output_dir: Path, short_answers: ShortAnswers | None = None) -> dict:
     """Merge every shard into predictions.jsonl and errors.jsonl (each row in exactly one), remove the
-    shards, score, and write results.json and results.xlsx; return the summary."""
+    shards, score (with ``short_answers``: as open short answers), and write results.json and results.xlsx;
+    return the summary."""
     predictions, errors = output_dir / PREDICTIONS, output_dir / ERRORS
     merge_shard_files(predictions, errors, benchmark.indices)
     records = [r for _, r in iter_records(predictions)]
     answers = {str(r["id"]): r["prediction"] for r in records}
     reasons = {str(r["id"]): r["reason"] for _, r in iter_records(errors)}
-    items = score_items(benchmark, answers, reasons)
+    items = score_items(benchmark, answers, reasons, short_answers)
     summary = summarize(benchmark, items)
     if records and "prediction_normalised" in records[0]:
         normalised = {str(r["id"]): r["prediction_normalised"] for r in records}
@@ -201,6 +218,7 @@ def evaluate(
     progress: bool = True,
     mc_scoring: str = "generate",
     blind_seed: int | None = None,
+    synonyms: str | os.PathLike | None = None,
 ) -> dict | None:
     """Evaluate ``model`` on a VLMEvalKit-style TSV benchmark; return the results (rank 0) or None.
 
@@ -208,6 +226,8 @@ def evaluate(
     defaults to 64 for direct and 1024 for cot answers; ``model_name`` (default: the checkpoint path the
     model was loaded from) is stored with each prediction so that a resumed run cannot mix models.
     ``mc_scoring="likelihood"`` picks the most likely option instead of generating (multiple choice only);
+    ``mc_scoring="open"`` asks each question without its options and compares the reply with the right
+    option's text, reading phrasings through the ``synonyms`` table file if given (multiple choice only);
     ``blind_seed`` asks each question with another row's image.
     Under torchrun every rank calls this with the process group initialised; rank 0 merges and scores
     after every rank is done.
@@ -217,8 +237,9 @@ def evaluate(
     tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 64)
     settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens, mc_scoring=mc_scoring,
                             blind_seed=blind_seed)
-    if mc_scoring == "likelihood" and benchmark.kind != MULTIPLE_CHOICE:
-        raise ValueError(f"{benchmark.path}: likelihood scoring needs a multiple-choice benchmark, not "
+    short_answers = open_scoring(mc_scoring, synonyms)
+    if mc_scoring != "generate" and benchmark.kind != MULTIPLE_CHOICE:
+        raise ValueError(f"{benchmark.path}: {mc_scoring} scoring needs a multiple-choice benchmark, not "
                          f"{benchmark.kind}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -234,5 +255,5 @@ def evaluate(
         model.train(was_training)
     if world > 1:
         dist.barrier()
-    return merge_and_score(benchmark, output_dir) if rank == 0 else None
+    return merge_and_score(benchmark, output_dir, short_answers) if rank == 0 else None
 

@@ -3,7 +3,8 @@
 Accuracy is over the rows that have both a prediction and a ground-truth answer. Rows that could not
 be evaluated (an unusable image, an answer that is not an option) are counted in ``errors`` and
 listed with their reasons, never silently scored as wrong or dropped; a prediction from which no
-answer can be read counts as wrong and is counted in ``no_answer``.
+answer can be read counts as wrong and is counted in ``no_answer``. Multiple-choice rows asked without
+their options are scored as open short answers (:mod:`sicog.eval.short_answers`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sicog.data.answers import extract_choice, extract_yes_no
+from sicog.eval.short_answers import ShortAnswers
 from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, is_missing, row_options
 
 UNCATEGORIZED = "(none)"
@@ -29,15 +31,23 @@ def _truth(row: Mapping[str, str], kind: str) -> str | None:
     return answer.strip() if kind == MULTIPLE_CHOICE else answer.strip().lower()
 
 
-def score_items(benchmark: Benchmark, predictions: Mapping[str, str], errors: Mapping[str, str]) -> list[dict]:
+def score_items(benchmark: Benchmark, predictions: Mapping[str, str], errors: Mapping[str, str],
+                short_answers: ShortAnswers | None = None) -> list[dict]:
     """One item per benchmark row, in file order: the row's text fields, its prediction, the answer read
-    from it (``extracted``), ``correct`` (None when unscored) and ``error`` (the reason, for failed rows)."""
+    from it (``extracted``), ``correct`` (None when unscored) and ``error`` (the reason, for failed rows).
+
+    With ``short_answers`` the predictions are open short answers: ``answer`` and ``extracted`` are then the
+    canonical texts of the right option and of the reply."""
     items = []
     for row in benchmark.rows:
         index = row["index"]
         prediction = predictions.get(index)
-        truth = _truth(row, benchmark.kind)
-        extracted = None if prediction is None else _extracted(prediction, row, benchmark.kind)
+        if short_answers is None:
+            truth = _truth(row, benchmark.kind)
+            extracted = None if prediction is None else _extracted(prediction, row, benchmark.kind)
+        else:
+            truth = short_answers.truth(row)
+            extracted = None if prediction is None else short_answers.reply(prediction)
         correct = None if prediction is None or truth is None else extracted == truth
         item = {k: v for k, v in row.items() if k not in ("image", "answer")}
         item.update(

@@ -1,5 +1,5 @@
-"""`sicog toy build|parts|references|embed`: the toy world, its starting model parts, its image-use references,
-and its curation encoder."""
+"""`sicog toy build|parts|references|synonyms|embed`: the toy world, its starting model parts, its image-use
+references, its synonym table for open short answers, and its curation encoder."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "(reference answers for `sicog image-use`)")
     references.add_argument("--world", required=True, help="a built toy world")
     references.add_argument("--output", required=True, help="LLaVA records (.jsonl)")
+    synonyms = sub.add_parser("synonyms", help="the toy language's synonyms (for `sicog eval --mc-scoring open "
+                                               "--synonyms`)")
+    synonyms.add_argument("--output", required=True, help="JSON: canonical phrase -> list of other phrasings")
     embed = sub.add_parser("embed", help="embed curation texts by the facts they state (the toy's curation encoder, "
                                          "see docs/curation.md)")
     embed.add_argument("task", choices=("captions", "reasoning"))
@@ -51,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
         from sicog.toy.references import write_image_use_references
 
         print(f"wrote {write_image_use_references(args.world, args.output)} records to {args.output}")
+        return 0
+    if args.toy_command == "synonyms":
+        from sicog.toy.synonyms import write_synonyms
+
+        print(f"wrote {write_synonyms(args.output)} canonical phrases to {args.output}")
         return 0
     if args.toy_command == "embed":
         return _embed(args)
