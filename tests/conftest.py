@@ -67,3 +67,23 @@ def tiny_model_factory(tokenizer):
         return model.eval(), processor
 
     return make
+
+
+@pytest.fixture(scope="session")
+def taught_replies(tiny_model_factory):
+    """Build a tiny model (seeded) taught, by 60 full-batch AdamW steps, each ``(prompt, image, reply)`` example."""
+
+    def make(examples: list, seed: int = 0):
+        model, processor = tiny_model_factory(seed=seed)
+        batch = processor.collate([processor.encode([{"from": "human", "value": f"<image>\n{prompt}"},
+                                                     {"from": "gpt", "value": reply}], [image])
+                                   for prompt, image, reply in examples])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(60):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return model.eval(), processor
+
+    return make

@@ -381,7 +381,7 @@ def test_revise_cod_script_runs_from_its_folder_against_a_local_server(loopback_
                "ORIGINAL_CAPTION_FILE": str(tmp_path / "captions.jsonl"), "IMAGE_DIR": str(tmp_path / "images"),
                "OUTPUT_COD_DIR": str(tmp_path / "cod"), "OUTPUT_DD_DIR": str(tmp_path / "dd")}
         result = subprocess.run(["bash", "revise_cod.sh", "--no-progress"], cwd=REPO / "training_data_annotation",
-                                env=env, capture_output=True, text=True, timeout=60)
+                                env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
         assert sorted(ids_of(tmp_path / "cod" / "cod.jsonl")) == ["a", "b"]
         assert sorted(ids_of(tmp_path / "dd" / "detailed_description.jsonl")) == ["a", "b"]

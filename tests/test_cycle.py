@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sicog.cli import main
-from sicog.cycle.analysis import auroc
+from sicog.cycle.analysis import auroc, caption_right
 from sicog.cycle.config import CycleConfig, load_config
 from sicog.toy.datasets import read_bench_tsv
 
@@ -169,6 +169,25 @@ def test_auroc():
     assert auroc([0.1, 0.9], [True, False]) == 0.0
     assert auroc([0.5, 0.5], [True, False]) == 0.5
     assert auroc([0.5], [True]) is None
+
+
+def test_a_caption_is_right_only_when_every_fact_it_states_is_true():
+    import random
+
+    from sicog.toy.datasets import one_fact_changed
+    from sicog.toy.language import detailed_description
+    from sicog.toy.score import score_caption
+    from sicog.toy.world import LAYOUTS, sample_scene
+
+    layout, rng = LAYOUTS["grid"], random.Random(0)
+    scene = sample_scene(rng, layout)
+    truth = scene.ground_truth()
+    assert caption_right(score_caption(detailed_description(scene, None), truth))
+    for fact in ("size", "position", "background", "color"):
+        changed = one_fact_changed(scene, fact, layout, rng)
+        assert not caption_right(score_caption(detailed_description(changed, None), truth)), fact
+    fewer = scene.objects[0].name  # every object must be named
+    assert not caption_right(score_caption(f"A {fewer} on a {scene.background} background.", truth))
 
 
 @pytest.mark.parametrize("text, message", [

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from sicog.cli import main
@@ -39,19 +38,10 @@ def _rows(n: int = 8) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def taught(tiny_model_factory):
+def taught(taught_replies):
     """A tiny model taught to answer the colour question with the colour's name."""
-    model, processor = tiny_model_factory(seed=3)
-    encoded = [processor.encode([{"from": "human", "value": f"<image>\n{likelihood_prompt({'question': QUESTION})}"},
-                                 {"from": "gpt", "value": colour}], [_image(colour)]) for colour in COLORS]
-    batch = processor.collate(encoded)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(60):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval(), processor
+    prompt = likelihood_prompt({"question": QUESTION})
+    return taught_replies([(prompt, _image(colour), colour) for colour in COLORS], seed=3)
 
 
 def test_the_option_the_model_prefers_is_chosen(taught) -> None:
@@ -112,3 +102,28 @@ def test_command_scores_by_likelihood_and_blind(taught, tmp_path: Path) -> None:
     partners = blind_partners([row["index"] for row in rows], 0)
     agree = sum(int(partners[row["index"]]) % 4 == int(row["index"]) % 4 for row in rows)
     assert blind["correct"] == agree and blind["settings"]["blind_seed"] == 0
+
+
+def test_options_are_scored_after_the_question_as_asked(taught_replies, tmp_path: Path) -> None:
+    """A caption-like request is scored without the short-answer instruction when asked to (--as-asked)."""
+    assert likelihood_prompt({"question": QUESTION}, short_answer=False) == QUESTION
+    assert likelihood_prompt({"question": QUESTION}) != QUESTION
+    model, processor = taught_replies([(QUESTION, _image(colour), colour) for colour in COLORS], seed=4)
+    rows = _rows()
+    images = [_image(list(COLORS)[i % 4]) for i in range(len(rows))]
+    results = score_rows(model, processor, rows, images, short_answer=False)
+    assert [r["prediction"] for r in results] == [row["answer"] for row in rows]
+    save_pretrained(model, processor, tmp_path / "model")
+    bench = tmp_path / "bench.tsv"
+    with bench.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    base = ["eval", "--model", str(tmp_path / "model"), "--benchmark", str(bench), "--as-asked", "--no-progress"]
+    assert main([*base, "--mc-scoring", "likelihood", "--output-dir", str(tmp_path / "asked")]) == 0
+    record = load_records(tmp_path / "asked" / "predictions.jsonl")[0]
+    assert record["prompt"] == QUESTION and record["settings"]["short_answer"] is False
+    assert json.loads((tmp_path / "asked" / "results.json").read_text())["accuracy"] == 1.0
+    # Generated answers have no options to score: the flag is refused before the model loads.
+    assert main([*base, "--output-dir", str(tmp_path / "generated")]) == 2
+    assert not (tmp_path / "generated").exists()

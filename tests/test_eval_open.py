@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from sicog.cli import main
@@ -53,20 +52,10 @@ def _write_bench(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def taught(tiny_model_factory):
+def taught(taught_replies):
     """A tiny model taught to answer the colour question with the colour's name."""
-    model, processor = tiny_model_factory(seed=3)
-    prompt = f"<image>\n{short_answer_prompt({'question': QUESTION})}"
-    encoded = [processor.encode([{"from": "human", "value": prompt}, {"from": "gpt", "value": colour}],
-                                [Image.new("RGB", (64, 64), rgb)]) for colour, rgb in COLORS.items()]
-    batch = processor.collate(encoded)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(60):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval(), processor
+    prompt = short_answer_prompt({"question": QUESTION})
+    return taught_replies([(prompt, Image.new("RGB", (64, 64), rgb), colour) for colour, rgb in COLORS.items()], seed=3)
 
 
 @pytest.fixture

@@ -58,28 +58,40 @@ def test_alt_texts_name_only_objects_of_the_image() -> None:
         assert score["precision"] == 1.0 and not score["hallucinated"]
 
 
-def test_cell_tags_read_each_object_from_its_own_patch() -> None:
-    layout = LAYOUTS["grid"]
-    assert tags_apply(layout, image_size=32, patch_size=16)
-    assert not tags_apply(LAYOUTS["sliced"], image_size=32, patch_size=16)
-    rng = random.Random(0)
-    scenes = [sample_scene(rng, layout) for _ in range(64)]
-    values = [*layout.colors, *layout.shapes, *layout.sizes]
-    # Each object's attributes, one-hot, in the patch of its cell (row-major on the 2x2 grid of the 32-px view).
-    patches = torch.zeros(len(scenes), 4, len(values))
-    for i, scene in enumerate(scenes):
-        for obj in scene.objects:
-            for value in (obj.color, obj.shape, obj.size):
-                patches[i, (obj.row // 2) * 2 + obj.col // 2, values.index(value)] = 1.0
+def _fitted_tags(layout, patches: torch.Tensor, scenes: list) -> CellTags:
+    """Cell tags fitted to fixed patch features by 150 Adam steps."""
     torch.manual_seed(0)
-    tags = CellTags(layout, len(values))
+    tags = CellTags(layout, patches.shape[-1])
     optimizer = torch.optim.Adam(tags.parameters(), lr=0.1)
     for _ in range(150):
         loss = tags.loss(patches, scenes)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return tags
+
+
+def test_cell_tags_read_each_object_from_its_own_patch() -> None:
+    layout = LAYOUTS["grid"]
+    assert tags_apply(layout, image_size=32, patch_size=16)
+    assert not tags_apply(LAYOUTS["sliced"], image_size=32, patch_size=16)
+    rng = random.Random(0)
+    scenes = [sample_scene(rng, layout) for _ in range(64)]
+    values = [*layout.colors, *layout.shapes, *layout.sizes, *range(4)]
+    # Each object's attributes and its cell, one-hot, in the patch of that cell (row-major on the 2x2 grid of
+    # the 32-px view), as a tower keeps its position embedding.
+    patches = torch.zeros(len(scenes), 4, len(values))
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            cell = (obj.row // 2) * 2 + obj.col // 2
+            for value in (obj.color, obj.shape, obj.size, cell):
+                patches[i, cell, values.index(value)] = 1.0
+    tags = _fitted_tags(layout, patches, scenes)
     # Linear heads fit the labels exactly only if every object is read from its own patch.
     assert tags.loss(patches, scenes).item() < 0.05
     transposed = patches.reshape(-1, 2, 2, len(values)).transpose(1, 2).reshape(-1, 4, len(values))
     assert tags.loss(transposed, scenes).item() > 0.5
+    # The place head needs the patch's position: without it the tags cannot be fitted.
+    no_place = patches.clone()
+    no_place[..., -4:] = 0.0
+    assert _fitted_tags(layout, no_place, scenes).loss(no_place, scenes).item() > 0.2

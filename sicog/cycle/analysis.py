@@ -1,9 +1,11 @@
 """What only the toy world can tell: is the self-consistency score a good judge of correctness?
 
-For every generated candidate the ground truth says whether it is right (captions: every object named
-and nothing invented; reasoning: the right final answer). From that: how well the MBR score ranks right
-above wrong candidates (AUROC), how often the data each arm trains on is right, and how much of what the
-caption candidates say is true, fact by fact.
+For every generated candidate the ground truth says whether it is right. A caption is judged by the
+description it ends with (the step curation reads): right when it names every object and nothing else,
+and, stricter, right in every fact when every size, place, label, background and mark it states is true
+too. A reasoning candidate is right when its final answer is. From that: how well the MBR score ranks
+right above wrong candidates (AUROC), how often the data each arm trains on is right, and how much of
+what the caption candidates say is true, fact by fact.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sicog.curate.extract import extract
 from sicog.data.answers import normalize_answer
 from sicog.data.jsonl import iter_records
 from sicog.toy.score import score_caption, score_captions
@@ -29,33 +32,36 @@ def auroc(scores: list[float], labels: list[bool]) -> float | None:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+def objects_right(check: dict) -> bool:
+    """Whether a caption scored by :func:`sicog.toy.score.score_caption` names every object and nothing else."""
+    return check["f1"] == 1.0 and check["hallucinated"] == 0
+
+
+def caption_right(check: dict) -> bool:
+    """Whether a scored caption is wholly true: :func:`objects_right`, and every attribute, the background and
+    the mark it states are the image's."""
+    return (objects_right(check) and all(a["correct"] == a["stated"] for a in check["attributes"].values())
+            and check["background"] is not False and check["mark"] is not False)
+
+
 def _share(values: list[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int) -> dict:
-    """AUROC of the MBR score and the share of right texts among curated, random and all candidates."""
-    scores, labels, kept, random_pick, chosen_any, pairs = [], [], [], [], [], []
-    for _, record in iter_records(scored):
-        if task == "captions":
-            gt = truth[record["image"]]
-            pairs += [(c, gt) for c in record["candidates"]]
-            checks = [score_caption(c, gt) for c in record["candidates"]]
-            right = [c["f1"] == 1.0 and c["hallucinated"] == 0 for c in checks]
-        else:
-            target = normalize_answer(str(record["answer"]))
-            right = [a == target for a in record["answers"]]
-        for score, ok in zip(record["scores"], right):
+def _ranking(records: list[dict], right: list[list[bool]], seed: int) -> dict:
+    """AUROC of the MBR score and the share of right texts among all, random, best and curated candidates."""
+    scores, labels, kept, random_pick, chosen_any = [], [], [], [], []
+    for record, ok in zip(records, right, strict=True):
+        for score, good in zip(record["scores"], ok):
             if score is not None:
                 scores.append(score)
-                labels.append(ok)
-        pick = random.Random(f"{seed}/{record['id']}").randrange(len(record["candidates"]))
-        random_pick.append(right[pick])
+                labels.append(good)
+        random_pick.append(ok[random.Random(f"{seed}/{record['id']}").randrange(len(record["candidates"]))])
         if record.get("best_index") is not None:
-            chosen_any.append(right[record["best_index"]])
+            chosen_any.append(ok[record["best_index"]])
         if record.get("kept"):
-            kept.append(right[record["best_index"]])
-    quality = {
+            kept.append(ok[record["best_index"]])
+    return {
         "auroc": auroc(scores, labels),
         "candidates": len(labels),
         "right_share_all_candidates": _share(labels),
@@ -65,8 +71,20 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
         "kept": len(kept),
         "records": len(random_pick),
     }
-    if pairs:
-        quality["candidate_facts"] = candidate_facts(pairs)
+
+
+def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int) -> dict:
+    """:func:`_ranking` of a curation step's scored records; for captions (right: every object named and
+    nothing else) also ``every_fact`` (right in every fact) and the candidates' ``candidate_facts``."""
+    records = [record for _, record in iter_records(scored)]
+    if task != "captions":
+        return _ranking(records, [[a == normalize_answer(str(r["answer"])) for a in r["answers"]] for r in records],
+                        seed)
+    pairs = [[(extract(c, "captions").text, truth[r["image"]]) for c in r["candidates"]] for r in records]
+    checks = [[score_caption(text, gt) for text, gt in record_pairs] for record_pairs in pairs]
+    quality = _ranking(records, [[objects_right(c) for c in cs] for cs in checks], seed)
+    quality["every_fact"] = _ranking(records, [[caption_right(c) for c in cs] for cs in checks], seed)
+    quality["candidate_facts"] = candidate_facts([p for record_pairs in pairs for p in record_pairs])
     return quality
 
 

@@ -168,10 +168,13 @@ class _Planner:
                                                  "--batch-size", str(c.eval_batch_size), "--no-progress"),
                                launched=True))
             evals["mc" if kind == "eval" else kind] = Ref(f"{kind}_{arm}", "mc/results.json")
-        if "bench_perception" in self.data:  # the true description against the same with one fact changed
+        if "bench_perception" in self.data:
+            # The true description against the same with one fact changed, as the reply to the caption request
+            # itself (a description is no short answer).
             self.plan.add(Step(f"perception_{arm}", (
                 "eval", "--model", model, "--benchmark", self.data["bench_perception"], "--output-dir", Out("mc"),
-                "--mc-scoring", "likelihood", "--batch-size", str(c.eval_batch_size), "--no-progress"), launched=True))
+                "--mc-scoring", "likelihood", "--as-asked", "--batch-size", str(c.eval_batch_size), "--no-progress"),
+                launched=True))
             evals["perception"] = Ref(f"perception_{arm}", "mc/results.json")
         if "bench_caption" in self.data:
             self.plan.add(Step(f"captions_{arm}", (

@@ -317,11 +317,16 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
                   "| task | AUROC of MBR score | right: all candidates | right: random pick (C) | right: curated (D) "
                   "| kept |",
                   "|---|---|---|---|---|---|"]
-        for task, q in first["curation"].items():
+        rows = [(task, q) for task, q in first["curation"].items()]
+        if "every_fact" in first["curation"].get("captions", {}):
+            rows.insert(1, ("captions, every fact", first["curation"]["captions"]["every_fact"]))
+        for task, q in rows:
             cells = [q["auroc"], q["right_share_all_candidates"], q["right_share_random_candidate"],
                      q["right_share_curated"]]
             cells = ["n/a" if v is None else f"{v:.3f}" for v in cells]
             lines.append(f"| {task} | {' | '.join(cells)} | {q['kept']}/{q['records']} |")
+        lines += ["", "A caption is right when the description it ends with names every object and nothing else; "
+                      "right in every fact when every size, place and background it states is true as well."]
         facts = first["curation"].get("captions", {}).get("candidate_facts")
         if facts:
             lines += ["", "What the perception model's caption candidates say, fact by fact: the share that is true "

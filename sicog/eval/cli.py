@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synonyms", type=Path,
                         help="with --mc-scoring open: JSON object, canonical phrase -> list of other phrasings "
                              "counted as the same answer (the toy world's: `sicog toy synonyms`)")
+    parser.add_argument("--as-asked", action="store_true",
+                        help="with --mc-scoring likelihood: score each option after the question as asked, without "
+                             "the short-answer instruction (for requests answered by a whole text, such as a "
+                             "caption request scored against descriptions)")
     parser.add_argument("--blind-seed", type=int,
                         help="ask each question with another row's image (seeded shuffle): the blind baseline")
     parser.add_argument("--batch-size", type=positive_int, default=8,
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         # The benchmark and the synonym table are checked before the (possibly large) model is loaded.
         benchmark = read_benchmark(args.benchmark, args.image_root)
         open_scoring(args.mc_scoring, args.synonyms)
+        if args.as_asked and args.mc_scoring != "likelihood":
+            raise ValueError(f"--as-asked is for --mc-scoring likelihood, not {args.mc_scoring}")
         require_checkpoint(args.model)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
     except (RecordError, ValueError, OSError) as err:
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens, model_name=str(args.model), progress=not args.no_progress,
                 mc_scoring=args.mc_scoring, blind_seed=args.blind_seed, synonyms=args.synonyms,
+                short_answer=not args.as_asked,
             )
     except (RecordError, ValueError, OutputLocked) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)

@@ -18,14 +18,16 @@ from collections.abc import Sequence
 
 from sicog.data.prompts import user_turn
 from sicog.eval.image_use import answer_losses
-from sicog.eval.prompts import short_answer_prompt
+from sicog.eval.prompts import hinted_question, short_answer_prompt
 from sicog.eval.tsv import row_options
 from sicog.model.processing import Encoded, SicogProcessor
 
 
-def likelihood_prompt(row: dict[str, str]) -> str:
-    """The user text an option is scored after: hint, question and the short-answer instruction."""
-    return short_answer_prompt(row)
+def likelihood_prompt(row: dict[str, str], short_answer: bool = True) -> str:
+    """The user text an option is scored after: hint, question and the short-answer instruction, or (not
+    ``short_answer``) the hint and question as asked, for a request whose reply is a whole text, such as
+    a caption request scored against descriptions."""
+    return short_answer_prompt(row) if short_answer else hinted_question(row).strip()
 
 
 def encode_options(processor: SicogProcessor, prompt: str, image, options: dict[str, str]) -> list[Encoded]:
@@ -58,15 +60,16 @@ def blind_partners(indices: Sequence[str], seed: int) -> dict[str, str]:
 
 
 def score_rows(
-    model, processor: SicogProcessor, rows: Sequence[dict[str, str]], images: Sequence, batch_size: int = 16
+    model, processor: SicogProcessor, rows: Sequence[dict[str, str]], images: Sequence, batch_size: int = 16,
+    short_answer: bool = True,
 ) -> list[dict]:
-    """Score every option of each row with its image; per row ``prediction`` (by sum), ``prediction_normalised``
-    (by mean) and ``scores`` (letter -> [summed log-probability, tokens])."""
+    """Score every option of each row with its image (after :func:`likelihood_prompt`); per row ``prediction``
+    (by sum), ``prediction_normalised`` (by mean) and ``scores`` (letter -> [summed log-probability, tokens])."""
     encoded, spans = [], []
     for row, image in zip(rows, images, strict=True):
         options = row_options(row)
         spans.append((list(options), len(encoded)))
-        encoded += encode_options(processor, likelihood_prompt(row), image, options)
+        encoded += encode_options(processor, likelihood_prompt(row, short_answer), image, options)
     scores = option_scores(model, processor, encoded, batch_size)
     results = []
     for letters, start in spans:

@@ -49,7 +49,8 @@ def _styled(text: str, style: str) -> str:
     return reasoning_prompt("cot-default", text) if style == "cot" else text
 
 
-def _hinted_question(row: dict[str, str]) -> str:
+def hinted_question(row: dict[str, str]) -> str:
+    """The row's hint (if any) and question, as written."""
     hint = None if is_missing(row.get("hint")) else row["hint"]
     return row["question"] if hint is None else f"{hint.strip()}\n{row['question']}"
 
@@ -57,7 +58,7 @@ def _hinted_question(row: dict[str, str]) -> str:
 def short_answer_prompt(row: dict[str, str], style: str = "direct") -> str:
     """Hint, question and the short-answer instruction, without options (a yes/no row, a multiple-choice row
     scored by option likelihood or asked as an open question)."""
-    return _styled(yes_no_prompt(_hinted_question(row)), style)
+    return _styled(yes_no_prompt(hinted_question(row)), style)
 
 
 def build_prompt(row: dict[str, str], kind: str, style: str = "direct") -> str:
@@ -66,5 +67,5 @@ def build_prompt(row: dict[str, str], kind: str, style: str = "direct") -> str:
         hint = None if is_missing(row.get("hint")) else row["hint"]
         return _styled(multiple_choice_prompt(row["question"], row_options(row), hint), style)
     if kind == OPEN_QUESTION:
-        return _styled(_hinted_question(row).strip(), style)
+        return _styled(hinted_question(row).strip(), style)
     return short_answer_prompt(row, style)

@@ -54,12 +54,16 @@ class EvalSettings:
     mc_scoring: str = "generate"
     # Set: ask each question with another row's image (a seeded permutation), the blind baseline.
     blind_seed: int | None = None
+    # Likelihood: score the options after the short-answer instruction (False: after the question as asked).
+    short_answer: bool = True
 
     def __post_init__(self) -> None:
         if self.mc_scoring not in MC_SCORING:
             raise ValueError(f"unknown mc_scoring {self.mc_scoring!r}; choose from {', '.join(MC_SCORING)}")
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {self.prompt_style!r}; choose from {', '.join(PROMPT_STYLES)}")
+        if not self.short_answer and self.mc_scoring != "likelihood":
+            raise ValueError("scoring after the question as asked is for likelihood scoring only")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
@@ -153,7 +157,7 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
             counts["errors"] += 1
             continue
         if likelihood:
-            prompt = likelihood_prompt(row)
+            prompt = likelihood_prompt(row, settings.short_answer)
         elif settings.mc_scoring == "open":
             prompt = short_answer_prompt(row, settings.prompt_style)
         else:
@@ -170,7 +174,8 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
         ready.append((row, prompt))
         images.append(image)
     if likelihood:
-        replies = score_rows(model, processor, [row for row, _ in ready], images, batch_size=max(len(ready), 1) * 4)
+        replies = score_rows(model, processor, [row for row, _ in ready], images, batch_size=max(len(ready), 1) * 4,
+                             short_answer=settings.short_answer)
     else:
         generated = generate_replies(model, processor, encoded, max_new_tokens=settings.max_new_tokens)
         replies = [{"prediction": reply} for reply in generated]
@@ -219,6 +224,7 @@ def evaluate(
     mc_scoring: str = "generate",
     blind_seed: int | None = None,
     synonyms: str | os.PathLike | None = None,
+    short_answer: bool = True,
 ) -> dict | None:
     """Evaluate ``model`` on a VLMEvalKit-style TSV benchmark; return the results (rank 0) or None.
 
@@ -228,7 +234,9 @@ def evaluate(
     ``mc_scoring="likelihood"`` picks the most likely option instead of generating (multiple choice only);
     ``mc_scoring="open"`` asks each question without its options and compares the reply with the right
     option's text, reading phrasings through the ``synonyms`` table file if given (multiple choice only);
-    ``blind_seed`` asks each question with another row's image.
+    ``blind_seed`` asks each question with another row's image; ``short_answer=False`` scores the options of
+    likelihood scoring after the question as asked, without the short-answer instruction (a caption request
+    scored against descriptions, as the toy world's perception check is).
     Under torchrun every rank calls this with the process group initialised; rank 0 merges and scores
     after every rank is done.
     """
@@ -236,7 +244,7 @@ def evaluate(
     name = model_name if model_name is not None else str(getattr(model, "name_or_path", "") or type(model).__name__)
     tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 64)
     settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens, mc_scoring=mc_scoring,
-                            blind_seed=blind_seed)
+                            blind_seed=blind_seed, short_answer=short_answer)
     short_answers = open_scoring(mc_scoring, synonyms)
     if mc_scoring != "generate" and benchmark.kind != MULTIPLE_CHOICE:
         raise ValueError(f"{benchmark.path}: {mc_scoring} scoring needs a multiple-choice benchmark, not "
