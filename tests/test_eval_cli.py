@@ -48,7 +48,7 @@ def test_command_evaluates_a_checkpoint(setup, tmp_path, capsys) -> None:
     assert "math:" in out and "results.xlsx" in out
     record = load_records(tmp_path / "predictions.jsonl")[0]
     assert record["settings"] == {"model": str(setup["model"]), "prompt_style": "direct", "max_new_tokens": 6,
-                                  "mc_scoring": "generate", "blind_seed": None}
+                                  "mc_scoring": "generate", "blind_seed": None, "short_answer": True}
     assert record["prompt"].endswith("Answer with the option's letter from the given choices directly.")
 
 
