@@ -317,7 +317,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
                   "| task | AUROC of MBR score | right: all candidates | right: random pick (C) | right: curated (D) "
                   "| kept |",
                   "|---|---|---|---|---|---|"]
-        rows = [(task, q) for task, q in first["curation"].items()]
+        rows = list(first["curation"].items())
         if "every_fact" in first["curation"].get("captions", {}):
             rows.insert(1, ("captions, every fact", first["curation"]["captions"]["every_fact"]))
         for task, q in rows:

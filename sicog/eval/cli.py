@@ -67,16 +67,17 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; rank 0 prints the accuracy. 0 when every row is accounted for, 2 on bad input."""
     from sicog.data.sharding import rank_and_world
     from sicog.eval.generation import load_for_eval
-    from sicog.eval.runner import evaluate, open_scoring
+    from sicog.eval.runner import EvalSettings, evaluate, open_scoring
     from sicog.eval.tsv import read_benchmark
 
     rank, world = rank_and_world()
     try:
-        # The benchmark and the synonym table are checked before the (possibly large) model is loaded.
+        # The benchmark, the scoring settings and the synonym table are checked before the (possibly large)
+        # model is loaded.
         benchmark = read_benchmark(args.benchmark, args.image_root)
+        EvalSettings(model=str(args.model), prompt_style=args.prompt, mc_scoring=args.mc_scoring,
+                     short_answer=not args.as_asked)
         open_scoring(args.mc_scoring, args.synonyms)
-        if args.as_asked and args.mc_scoring != "likelihood":
-            raise ValueError(f"--as-asked is for --mc-scoring likelihood, not {args.mc_scoring}")
         require_checkpoint(args.model)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
     except (RecordError, ValueError, OSError) as err:

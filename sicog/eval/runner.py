@@ -63,7 +63,7 @@ class EvalSettings:
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {self.prompt_style!r}; choose from {', '.join(PROMPT_STYLES)}")
         if not self.short_answer and self.mc_scoring != "likelihood":
-            raise ValueError("scoring after the question as asked is for likelihood scoring only")
+            raise ValueError("scoring after the question as asked (--as-asked) is for likelihood scoring only")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
