@@ -74,6 +74,9 @@ def test_quick_cycle_reports_every_arm(quick_run):
     assert 0 <= facts["object_precision"] <= 1 and 0 <= facts["object_recall"] <= 1
     assert 0 < results["summary"]["chance_accuracy"] <= 0.5
     assert set(results["summary"]["verdict"]) == {"D vs A", "D vs B", "D vs C"}
+    parts = json.loads((quick_run / "seed0" / "parts" / "parts.json").read_text())
+    assert results["per_seed"][0]["lm_reading"] == parts["lm"]["reading"]
+    assert f"answers {parts['lm']['reading']['accuracy']:.3f} of" in report
 
 
 def test_one_step_at_a_time_gives_the_same_results(quick_run, tmp_path):

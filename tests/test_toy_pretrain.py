@@ -10,8 +10,19 @@ import pytest
 import torch
 from transformers import AutoTokenizer, CLIPVisionModel, Qwen2ForCausalLM
 
+from sicog.model.builders import tiny_text_config
 from sicog.toy.build import build_world
-from sicog.toy.pretrain import DONE, CellTags, alt_text, parts_key, pixels, pretrained_parts, tags_apply
+from sicog.toy.model import PARTS_RECORD, TOY_TEXT
+from sicog.toy.pretrain import (
+    CellTags,
+    _option_log_likelihoods,
+    alt_text,
+    parts_key,
+    pixels,
+    pretrained_parts,
+    reading_check,
+    tags_apply,
+)
 from sicog.toy.score import score_caption
 from sicog.toy.world import LAYOUTS, sample_scene
 
@@ -27,8 +38,9 @@ def test_parts_are_built_once_and_reused(world: Path, tmp_path: Path) -> None:
     messages = []
     vision, llm = pretrained_parts(world, cache=tmp_path, log=messages.append)
     assert len(messages) == 2 and "toy CLIP" in messages[0] and "toy LM" in messages[1]
-    report = json.loads((vision.parent / DONE).read_text())
+    report = json.loads((vision.parent / PARTS_RECORD).read_text())
     assert report["clip"]["steps"] > 0 and report["lm"]["steps"] > 0
+    assert 0.25 <= report["lm"]["reading"]["chance"] <= 0.5 and 0 <= report["lm"]["reading"]["accuracy"] <= 1
     tower = CLIPVisionModel.from_pretrained(vision)
     lm = Qwen2ForCausalLM.from_pretrained(llm)
     tokenizer = AutoTokenizer.from_pretrained(llm)
@@ -95,3 +107,23 @@ def test_cell_tags_read_each_object_from_its_own_patch() -> None:
     no_place = patches.clone()
     no_place[..., -4:] = 0.0
     assert _fitted_tags(layout, no_place, scenes).loss(no_place, scenes).item() > 0.2
+
+
+def test_reading_check_scores_each_option_as_its_own_sequence(world: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
+    torch.manual_seed(0)
+    lm = Qwen2ForCausalLM(tiny_text_config(len(tokenizer), **TOY_TEXT)).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What color is the square?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    options = ["red", "light gray", "top left", "2"]
+    batched = _option_log_likelihoods(lm, tokenizer, prompt, options)
+    context = tokenizer(prompt)["input_ids"]
+    for option, score in zip(options, batched, strict=True):
+        ids = torch.tensor([context + tokenizer(option)["input_ids"]])
+        with torch.no_grad():
+            log_probs = lm(input_ids=ids).logits.log_softmax(-1)[0]
+        alone = sum(log_probs[i - 1, ids[0, i]].item() for i in range(len(context), ids.shape[1]))
+        assert score == pytest.approx(alone, abs=1e-4), option
+    first = reading_check(lm, tokenizer, LAYOUTS["grid"], seed=0, count=12)
+    assert first == reading_check(lm, tokenizer, LAYOUTS["grid"], seed=0, count=12)
+    assert first["questions"] == 12 and 0.25 <= first["chance"] <= 0.5

@@ -19,6 +19,7 @@ from sicog.cycle.engine import Engine  # noqa: E402
 from sicog.cycle.plan import SeedPlan  # noqa: E402
 from sicog.cycle.world import World  # noqa: E402
 from sicog.data.jsonl import iter_records, write_json  # noqa: E402
+from sicog.toy.model import PARTS_RECORD  # noqa: E402
 from sicog.toy.score import load_ground_truth, score_captions  # noqa: E402
 
 
@@ -66,10 +67,19 @@ def seed_results(engine: Engine, seed_plan: SeedPlan, world: World, seed: int) -
         "curation": ({task: curation_quality(Path(path), task, truth, seed) for task, path in scored.items()}
                      if truth else {}),
         "scored": scored,
+        "lm_reading": _lm_reading(engine, world),
         "benchmark": json.loads(Path(next(iter(evals.values()))["mc"]).read_text())["benchmark"],
         "seconds": {name: steps[name]["seconds"] for name in seed_plan.plan.steps},
         "cpu_seconds": {name: steps[name]["cpu_seconds"] for name in seed_plan.plan.steps},
     }
+
+
+def _lm_reading(engine: Engine, world: World) -> dict | None:
+    """The toy LM's reading check from its parts' record (:func:`sicog.toy.pretrain.reading_check`), if any."""
+    if world.toy_root is None:
+        return None
+    record = engine.path(world.language_model).parent / PARTS_RECORD
+    return json.loads(record.read_text())["lm"].get("reading") if record.is_file() else None
 
 
 def constant_answer_accuracy(benchmark: str | Path) -> float:
@@ -224,7 +234,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
     _plot_curation(first["scored"], {"captions": config.caption_threshold, "reasoning": config.reasoning_threshold},
                    out / "curation_scores.png")
     _plot_times(first["seconds"], out / "wall_time.png")
-    scores = [{k: s[k] for k in ("seed", "arms", "curation")} for s in per_seed]
+    scores = [{k: s.get(k) for k in ("seed", "arms", "curation", "lm_reading")} for s in per_seed]
     times = [{k: s[k] for k in ("seed", "seconds", "cpu_seconds")} for s in per_seed]
     results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": scores, "summary": summary,
                "time": times}
@@ -272,6 +282,12 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
                   "chance is 0.5.",
               "", "Image use: the model's loss per token on the reference texts with each record's image swapped for "
                   "another one, minus the loss with the right images. Near 0, the model ignores the picture."]
+    if first.get("lm_reading"):
+        reading = first["lm_reading"]
+        lines += ["", f"The starting LM reads: given a scene's true description in text, it answers "
+                      f"{reading['accuracy']:.3f} of {reading['questions']} questions about it right (chance "
+                      f"{reading['chance']:.3f}). A step-by-step answer rests on this: it describes, then answers "
+                      "from the description."]
     if all("blind_by_category" in first["arms"][arm] for arm in arms):
         categories = sorted(first["arms"][arms[0]]["by_category"])
         lines += ["", "### By category: MC accuracy / blind", "",

@@ -42,13 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the chosen sub-command."""
     if args.toy_command == "parts":
+        from sicog.toy.model import PARTS_RECORD
         from sicog.toy.pretrain import pretrained_parts
 
         out = Path(args.out)
-        for name, source in zip(("vision", "llm"), pretrained_parts(args.world), strict=True):
+        sources = pretrained_parts(args.world)
+        for name, source in zip(("vision", "llm"), sources, strict=True):
             shutil.rmtree(out / name, ignore_errors=True)
             shutil.copytree(source, out / name)  # a copy: the run keeps working if the cache is cleared
             print(f"{name}: {out / name} (from {source})")
+        shutil.copyfile(sources[0].parent / PARTS_RECORD, out / PARTS_RECORD)  # with the LM reading check
         return 0
     if args.toy_command == "references":
         from sicog.toy.references import write_image_use_references

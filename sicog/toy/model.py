@@ -14,6 +14,8 @@ from sicog.toy.settings import TOY_MAX_SLICE_NUMS, TOY_PATCH_SIZE, TOY_SCALE_RES
 TOY_VISION = {"hidden_size": 64, "layers": 3, "patch_size": TOY_PATCH_SIZE, "image_size": TOY_SCALE_RESOLUTION}
 TOY_TEXT = {"hidden_size": 192, "layers": 4, "heads": 4, "kv_heads": 2}
 TOY_RESAMPLER_QUERIES = 16
+# The record a finished set of parts carries: losses, seconds and the LM's reading check.
+PARTS_RECORD = "parts.json"
 
 
 def toy_model_settings() -> dict:

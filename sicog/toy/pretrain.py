@@ -45,18 +45,17 @@ from sicog.model.configuration import CLIP_MEAN, CLIP_STD
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
 from sicog.toy.build import WORLD_VERSION, load_manifest
 from sicog.toy.language import brief_description, detailed_description
-from sicog.toy.model import TOY_TEXT, TOY_VISION
+from sicog.toy.model import PARTS_RECORD, TOY_TEXT, TOY_VISION
 from sicog.toy.questions import QUESTION_TYPES, question_kinds
 from sicog.toy.render import render
 from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
 # Bump when the same settings would train different parts.
-PARTS_VERSION = 5
+PARTS_VERSION = 6
 CLIP_TRAINING = {"batch_size": 128, "lr": 2e-3, "text_hidden_size": 64, "text_layers": 2, "projection": 64}
 LM_TRAINING = {"batch_size": 16, "lr": 2e-3, "max_length": 320}
 # Optimizer steps (CLIP, LM) per world size: the tiny world only checks that the path works.
 STEPS = {"tiny": (4, 4), "demo": (1000, 500)}
-DONE = "parts.json"
 
 
 def cache_root() -> Path:
@@ -89,7 +88,7 @@ def pretrained_parts(
     manifest = load_manifest(world_dir)
     folder = Path(cache or cache_root()) / "toy-parts" / parts_key(world_dir)
     vision_dir, llm_dir = folder / "vision", folder / "llm"
-    if (folder / DONE).is_file():
+    if (folder / PARTS_RECORD).is_file():
         return vision_dir, llm_dir
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
@@ -107,10 +106,12 @@ def pretrained_parts(
         lm.save_pretrained(staging / "llm")
         tokenizer.save_pretrained(staging / "llm")
         lm_seconds = time.perf_counter() - start
-        log(f"toy LM: loss {lm_loss['first']:.3f} -> {lm_loss['last']:.3f} in {lm_seconds:.0f} s")
+        reading = reading_check(lm, tokenizer, layout, seed)
+        log(f"toy LM: loss {lm_loss['first']:.3f} -> {lm_loss['last']:.3f} in {lm_seconds:.0f} s; answers "
+            f"{reading['accuracy']:.2f} of questions about a described scene (chance {reading['chance']:.2f})")
         report = {"clip": {**clip_loss, "seconds": round(clip_seconds, 1)},
-                  "lm": {**lm_loss, "seconds": round(lm_seconds, 1)}}
-        (staging / DONE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+                  "lm": {**lm_loss, "seconds": round(lm_seconds, 1), "reading": reading}}
+        (staging / PARTS_RECORD).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if folder.exists():  # an interrupted or concurrent build: the finished one wins
             shutil.rmtree(staging)
         else:
@@ -288,6 +289,45 @@ def train_language_model(
         optimizer.zero_grad()
         losses.append(loss.item())
     return model, _loss_summary(losses)
+
+
+def reading_check(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, layout: Layout, seed: int, count: int = 200
+) -> dict:
+    """How often the language model answers a question about a scene given the scene's true description
+    in the prompt: the reading a real instruction-tuned LLM brings, which every step-by-step answer needs
+    (the description is step 2, the answer follows from it). Each question's answer competes with up to
+    three wrong ones by summed log-likelihood, asked as in pretraining, on scenes of their own stream."""
+    rng = random.Random(f"sicog-toy/{seed}/parts/reading-check")
+    right, chance = 0, 0.0
+    model.eval()
+    for _ in range(count):
+        scene = sample_scene(rng, layout)
+        question = None
+        while question is None:
+            question = QUESTION_TYPES[rng.choice(question_kinds(layout))][1](scene, rng)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{detailed_description(scene, rng)}\n{question.text}"}],
+            tokenize=False, add_generation_prompt=True)
+        options = [question.answer, *rng.sample(question.distractors, min(3, len(question.distractors)))]
+        scores = _option_log_likelihoods(model, tokenizer, prompt, options)
+        right += max(range(len(options)), key=scores.__getitem__) == 0
+        chance += 1 / len(options)
+    return {"accuracy": round(right / count, 3), "chance": round(chance / count, 3), "questions": count}
+
+
+@torch.no_grad()
+def _option_log_likelihoods(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, prompt: str, options: list[str]
+) -> list[float]:
+    """Summed log-probability of each option's tokens after ``prompt``, in one right-padded batch."""
+    context = tokenizer(prompt)["input_ids"]
+    sequences = [context + tokenizer(option)["input_ids"] for option in options]
+    width = max(map(len, sequences))
+    ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in sequences])
+    log_probs = model(input_ids=ids).logits.log_softmax(-1)
+    return [sum(log_probs[row, position - 1, s[position]].item() for position in range(len(context), len(s)))
+            for row, s in enumerate(sequences)]
 
 
 def _loss_summary(losses: list[float]) -> dict:
