@@ -50,7 +50,7 @@ from sicog.toy.questions import QUESTION_TYPES, question_kinds
 from sicog.toy.render import render
 from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
-# Bump when the same settings would train different parts.
+# Bump when the same settings would train different parts or record them differently (6: the reading check).
 PARTS_VERSION = 6
 CLIP_TRAINING = {"batch_size": 128, "lr": 2e-3, "text_hidden_size": 64, "text_layers": 2, "projection": 64}
 LM_TRAINING = {"batch_size": 16, "lr": 2e-3, "max_length": 320}
