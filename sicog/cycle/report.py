@@ -234,7 +234,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
     _plot_curation(first["scored"], {"captions": config.caption_threshold, "reasoning": config.reasoning_threshold},
                    out / "curation_scores.png")
     _plot_times(first["seconds"], out / "wall_time.png")
-    scores = [{k: s.get(k) for k in ("seed", "arms", "curation", "lm_reading")} for s in per_seed]
+    scores = [{k: s[k] for k in ("seed", "arms", "curation", "lm_reading")} for s in per_seed]
     times = [{k: s[k] for k in ("seed", "seconds", "cpu_seconds")} for s in per_seed]
     results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": scores, "summary": summary,
                "time": times}
@@ -282,7 +282,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
                   "chance is 0.5.",
               "", "Image use: the model's loss per token on the reference texts with each record's image swapped for "
                   "another one, minus the loss with the right images. Near 0, the model ignores the picture."]
-    if first.get("lm_reading"):
+    if first["lm_reading"]:
         reading = first["lm_reading"]
         lines += ["", f"The starting LM reads: given a scene's true description in text, it answers "
                       f"{reading['accuracy']:.3f} of {reading['questions']} questions about it right (chance "

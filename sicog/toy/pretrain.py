@@ -46,7 +46,7 @@ from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_promp
 from sicog.toy.build import WORLD_VERSION, load_manifest
 from sicog.toy.language import brief_description, detailed_description
 from sicog.toy.model import PARTS_RECORD, TOY_TEXT, TOY_VISION
-from sicog.toy.questions import QUESTION_TYPES, question_kinds
+from sicog.toy.questions import QUESTION_TYPES, Question, question_kinds
 from sicog.toy.render import render
 from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
@@ -249,11 +249,8 @@ def lm_text(scene: Scene, layout: Layout, rng: random.Random, tokenizer: PreTrai
     description = detailed_description(scene, rng)
     if rng.random() < 0.3:
         return description + tokenizer.eos_token
-    for _ in range(20):
-        question = QUESTION_TYPES[rng.choice(question_kinds(layout))][1](scene, rng)
-        if question is not None:
-            break
-    else:
+    question = ask(scene, layout, rng)
+    if question is None:
         return description + tokenizer.eos_token
     letter = None
     if question.can_be_multiple_choice and rng.random() < 0.5:
@@ -265,6 +262,15 @@ def lm_text(scene: Scene, layout: Layout, rng: random.Random, tokenizer: PreTrai
         prompt, answer = reasoning_prompt("cot-default", prompt), cot_answer(question, rng, letter)
     messages = [{"role": "user", "content": f"{description}\n{prompt}"}, {"role": "assistant", "content": answer}]
     return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def ask(scene: Scene, layout: Layout, rng: random.Random, tries: int = 20) -> Question | None:
+    """A question of a random kind the layout asks that ``scene`` allows, or None after ``tries`` kinds."""
+    for _ in range(tries):
+        question = QUESTION_TYPES[rng.choice(question_kinds(layout))][1](scene, rng)
+        if question is not None:
+            return question
+    return None
 
 
 def train_language_model(
@@ -302,10 +308,10 @@ def reading_check(
     right, chance = 0, 0.0
     model.eval()
     for _ in range(count):
-        scene = sample_scene(rng, layout)
         question = None
-        while question is None:
-            question = QUESTION_TYPES[rng.choice(question_kinds(layout))][1](scene, rng)
+        while question is None:  # a scene no question fits is drawn again
+            scene = sample_scene(rng, layout)
+            question = ask(scene, layout, rng)
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": f"{detailed_description(scene, rng)}\n{question.text}"}],
             tokenize=False, add_generation_prompt=True)
@@ -325,9 +331,9 @@ def _option_log_likelihoods(
     sequences = [context + tokenizer(option)["input_ids"] for option in options]
     width = max(map(len, sequences))
     ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in sequences])
-    log_probs = model(input_ids=ids).logits.log_softmax(-1)
-    return [sum(log_probs[row, position - 1, s[position]].item() for position in range(len(context), len(s)))
-            for row, s in enumerate(sequences)]
+    # token_log_probs[:, i] is the log-probability of token i + 1 given the tokens before it.
+    token_log_probs = model(input_ids=ids).logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+    return [token_log_probs[row, len(context) - 1:len(s) - 1].sum().item() for row, s in enumerate(sequences)]
 
 
 def _loss_summary(losses: list[float]) -> dict:
