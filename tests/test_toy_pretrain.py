@@ -22,6 +22,7 @@ from sicog.toy.pretrain import (
     pretrained_parts,
     reading_check,
     tags_apply,
+    times_named,
 )
 from sicog.toy.score import score_caption
 from sicog.toy.world import LAYOUTS, sample_scene
@@ -127,3 +128,16 @@ def test_reading_check_scores_each_option_as_its_own_sequence(world: Path) -> No
     first = reading_check(lm, tokenizer, LAYOUTS["grid"], seed=0, count=12)
     assert first == reading_check(lm, tokenizer, LAYOUTS["grid"], seed=0, count=12)
     assert first["questions"] == 12 and 0.25 <= first["chance"] <= 0.5
+    assert 0 < first["commonest"] <= 1  # some answer is named as often as any other option
+
+
+def test_times_named_counts_every_wording_as_whole_words() -> None:
+    text = ("On a dark grey background, a small blue square in the top right corner, a tiny blue disk in the "
+            "lower left, a big red circle at the top left and a small green triangle in the bottom right.")
+    assert times_named("blue", text) == 2
+    assert times_named("small", text) == 3  # "tiny" is a wording of small
+    assert times_named("circle", text) == 2  # "disk" too
+    assert times_named("top right", text) == 1 and times_named("bottom left", text) == 1
+    assert times_named("dark gray", text) == 1
+    assert times_named("red", "a reddish square") == 0
+    assert times_named("yes", text) == 0

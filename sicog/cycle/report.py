@@ -286,8 +286,9 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
         reading = first["lm_reading"]
         lines += ["", f"The starting LM reads: given a scene's true description in text, it answers "
                       f"{reading['accuracy']:.3f} of {reading['questions']} questions about it right (chance "
-                      f"{reading['chance']:.3f}). A step-by-step answer rests on this: it describes, then answers "
-                      "from the description."]
+                      f"{reading['chance']:.3f}; naming whichever option the description names most often, "
+                      f"whatever object is asked about: {reading['commonest']:.3f}). A step-by-step answer "
+                      "rests on this: it describes, then answers from the description."]
     if all("blind_by_category" in first["arms"][arm] for arm in arms):
         categories = sorted(first["arms"][arms[0]]["by_category"])
         lines += ["", "### By category: MC accuracy / blind", "",

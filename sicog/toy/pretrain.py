@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -48,10 +49,12 @@ from sicog.toy.language import brief_description, detailed_description
 from sicog.toy.model import PARTS_RECORD, TOY_TEXT, TOY_VISION
 from sicog.toy.questions import QUESTION_TYPES, Question, question_kinds
 from sicog.toy.render import render
+from sicog.toy.synonyms import synonym_table
 from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
-# Bump when the same settings would train different parts or record them differently (6: the reading check).
-PARTS_VERSION = 6
+# Bump when the same settings would train different parts or record them differently (7: the reading
+# check's word-count baseline).
+PARTS_VERSION = 7
 CLIP_TRAINING = {"batch_size": 128, "lr": 2e-3, "text_hidden_size": 64, "text_layers": 2, "projection": 64}
 LM_TRAINING = {"batch_size": 16, "lr": 2e-3, "max_length": 320}
 # Optimizer steps (CLIP, LM) per world size: the tiny world only checks that the path works.
@@ -303,23 +306,36 @@ def reading_check(
     """How often the language model answers a question about a scene given the scene's true description
     in the prompt: the reading a real instruction-tuned LLM brings, which every step-by-step answer needs
     (the description is step 2, the answer follows from it). Each question's answer competes with up to
-    three wrong ones by summed log-likelihood, asked as in pretraining, on scenes of their own stream."""
+    three wrong ones by summed log-likelihood, asked as in pretraining, on scenes of their own stream.
+
+    Beside chance it records ``commonest``: what a reader scores that answers with the option the
+    description names most often, whichever object the question is about (ties shared). A model at or
+    below it has not learned to bind an attribute to its object; it counts words."""
     rng = random.Random(f"sicog-toy/{seed}/parts/reading-check")
-    right, chance = 0, 0.0
+    right, chance, commonest = 0, 0.0, 0.0
     model.eval()
     for _ in range(count):
         question = None
         while question is None:  # a scene no question fits is drawn again
             scene = sample_scene(rng, layout)
             question = ask(scene, layout, rng)
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{detailed_description(scene, rng)}\n{question.text}"}],
-            tokenize=False, add_generation_prompt=True)
+        description = detailed_description(scene, rng)
+        messages = [{"role": "user", "content": f"{description}\n{question.text}"}]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         options = [question.answer, *rng.sample(question.distractors, min(3, len(question.distractors)))]
         scores = _option_log_likelihoods(model, tokenizer, prompt, options)
         right += max(range(len(options)), key=scores.__getitem__) == 0
         chance += 1 / len(options)
-    return {"accuracy": round(right / count, 3), "chance": round(chance / count, 3), "questions": count}
+        named = [times_named(option, description) for option in options]
+        commonest += (named[0] == max(named)) / named.count(max(named))
+    return {"accuracy": round(right / count, 3), "chance": round(chance / count, 3),
+            "commonest": round(commonest / count, 3), "questions": count}
+
+
+def times_named(phrase: str, text: str) -> int:
+    """How often ``text`` names ``phrase`` in any of the toy language's wordings, as whole words."""
+    wordings = sorted([phrase, *synonym_table().get(phrase, ())], key=len, reverse=True)
+    return len(re.findall(r"\b(?:" + "|".join(map(re.escape, wordings)) + r")\b", text, flags=re.IGNORECASE))
 
 
 @torch.no_grad()

@@ -1,0 +1,177 @@
+"""Which look-ups the toy language model learns within a CPU budget, on synthetic token sequences.
+
+A toy scene is four objects, each with a colour, a shape and a place (four of each). The same tiny Qwen2
+as the toy world's (``TOY_TEXT``) is trained from scratch on one task at a time and scored on fresh
+sequences; each task is one way an answer can depend on an object's attributes:
+
+- ``text pairs``: each object is written as two tokens, shape then colour, and the question names a
+  shape right before the answer: the answer is the token after the shape's mention (binding across
+  neighbouring text tokens, as a description in the prompt needs it).
+- ``bound, asked last``: each object is one token that carries all its attributes (as an image token
+  of the toy tower does), and the question's last token is the shape to look up; answer its place.
+- ``bound, asked 5 back``: the same, with the shape five tokens before the answer (as a chat template's
+  end-of-turn and assistant header put it).
+- ``bound, two words last`` / ``two words 5 back``: the object is named by colour and shape (either
+  may repeat between objects), right before the answer or five tokens before it.
+- ``bound, describe``: every object is described in a random order, "colour shape word place"; scored
+  on the place, predicted from the words just written (what a caption needs).
+
+Prints a markdown table: accuracy on 512 fresh sequences after training, and what guessing among the
+scene's own values scores. Results are in docs/pipeline.md ("What the demo shows today").
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import Qwen2ForCausalLM, get_cosine_schedule_with_warmup
+
+from sicog.model.builders import tiny_text_config
+from sicog.toy.model import TOY_TEXT
+
+VALUES = 4  # colours, shapes and places
+OBJECTS = 4
+BOS, SEP, T1, T2, T3 = 1, 2, 3, 4, 5  # T1-T3: a fixed template between question and answer
+
+
+def colour(c: int) -> int:
+    return 10 + c
+
+
+def shape(s: int) -> int:
+    return 20 + s
+
+
+def place(p: int) -> int:
+    return 30 + p
+
+
+FILLER = range(40, 60)
+
+
+def bound(c: int, s: int, p: int) -> int:
+    """One token per (colour, shape, place): the object as one image token."""
+    return 100 + (c * VALUES + s) * VALUES + p
+
+
+VOCAB = bound(VALUES - 1, VALUES - 1, VALUES - 1) + 1
+Sample = tuple[list[int], list[int]]  # tokens, and the positions whose next token is scored
+
+
+def _scene(rng: random.Random, distinct: bool) -> list[tuple[int, int, int]]:
+    """Four objects in four places; ``distinct``: no colour or shape repeats, else no (colour, shape) pair."""
+    places = rng.sample(range(VALUES), OBJECTS)
+    if distinct:
+        pairs = list(zip(rng.sample(range(VALUES), OBJECTS), rng.sample(range(VALUES), OBJECTS), strict=True))
+    else:
+        pairs = rng.sample([(c, s) for c in range(VALUES) for s in range(VALUES)], OBJECTS)
+    return [(c, s, p) for (c, s), p in zip(pairs, places, strict=True)]
+
+
+def _image(objects: list[tuple[int, int, int]]) -> list[int]:
+    return [BOS] + [bound(*o) for o in sorted(objects, key=lambda o: o[2])] + [SEP]
+
+
+def text_pairs(rng: random.Random) -> Sample:
+    objects = _scene(rng, distinct=True)
+    tokens = [BOS] + [t for c, s, _ in objects for t in (shape(s), colour(c))] + [SEP]
+    c, s, _ = rng.choice(objects)
+    tokens += [shape(s), colour(c)]
+    return tokens, [len(tokens) - 2]
+
+
+def asked(words: int, gap: int) -> Callable[[random.Random], Sample]:
+    """A question naming the object by its shape (``words`` 1) or colour and shape (2), ``gap`` tokens
+    before the answer, which is the object's place."""
+
+    def task(rng: random.Random) -> Sample:
+        objects = _scene(rng, distinct=words == 1)
+        c, s, p = rng.choice(objects)
+        name = [shape(s)] if words == 1 else [colour(c), shape(s)]
+        template = [rng.choice(FILLER), T1, T2, T3][:gap - 1] if gap > 1 else []
+        question = [rng.choice(FILLER) for _ in range(8 - len(name) - len(template))] + name + template
+        tokens = _image(objects) + question + [place(p)]
+        return tokens, [len(tokens) - 2]
+
+    return task
+
+
+def describe(rng: random.Random) -> Sample:
+    objects = _scene(rng, distinct=False)
+    tokens, scored = _image(objects), []
+    for c, s, p in rng.sample(objects, OBJECTS):
+        tokens += [colour(c), shape(s), rng.choice(FILLER)]
+        scored.append(len(tokens) - 1)
+        tokens.append(place(p))
+    return tokens, scored
+
+
+TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
+    # name: (task, what guessing among the scene's own values scores)
+    "text pairs": (text_pairs, 1 / OBJECTS),
+    "bound, asked last": (asked(1, 1), 1 / OBJECTS),
+    "bound, asked 5 back": (asked(1, 5), 1 / OBJECTS),
+    "bound, two words last": (asked(2, 1), 1 / OBJECTS),
+    "bound, two words 5 back": (asked(2, 5), 1 / OBJECTS),
+    # Places already said are excluded by a guesser too: 1/4, 1/3, 1/2, 1.
+    "bound, describe": (describe, (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
+}
+
+
+def _batch(task: Callable[[random.Random], Sample], rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = [task(rng) for _ in range(size)]
+    tokens = torch.tensor([t for t, _ in samples])
+    scored = torch.zeros_like(tokens, dtype=torch.bool)
+    for row, (_, positions) in enumerate(samples):
+        scored[row, positions] = True
+    return tokens, scored
+
+
+def run(name: str, steps: int, layers: int, lr: float, batch_size: int, seed: int) -> dict:
+    """Train a fresh toy Qwen2 on one task; accuracy on 512 fresh sequences."""
+    task, guess = TASKS[name]
+    torch.manual_seed(seed)
+    rng = random.Random(f"{name}/{seed}")
+    model = Qwen2ForCausalLM(tiny_text_config(VOCAB, **{**TOY_TEXT, "layers": layers}))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
+    start = time.process_time()
+    for _ in range(steps):
+        tokens, scored = _batch(task, rng, batch_size)
+        logits = model(input_ids=tokens).logits
+        loss = torch.nn.functional.cross_entropy(logits[scored], tokens[:, 1:][scored[:, :-1]])
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        tokens, scored = _batch(task, random.Random(f"{name}/held-out"), 512)
+        predicted = model(input_ids=tokens).logits.argmax(-1)
+        accuracy = (predicted[scored] == tokens[:, 1:][scored[:, :-1]]).float().mean().item()
+    return {"task": name, "accuracy": accuracy, "guess": guess, "cpu_s": time.process_time() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--layers", type=int, default=TOY_TEXT["layers"])
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"{args.steps} steps of {args.batch_size} sequences, lr {args.lr}, {args.layers} layers\n")
+    print("| task | accuracy | guessing among the scene's values | CPU s |\n|---|---|---|---|")
+    for name in args.tasks:
+        result = run(name, args.steps, args.layers, args.lr, args.batch_size, args.seed)
+        print(f"| {name} | {result['accuracy']:.3f} | {result['guess']:.3f} | {result['cpu_s']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""benchmarks/bench_toy_lookup.py: every task's scored token is the attribute of the object it asks about,
+at the distance the task's name says, and a short run reports an accuracy on fresh sequences."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_toy_lookup", ROOT / "benchmarks" / "bench_toy_lookup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _objects(bench, tokens: list[int]) -> list[tuple[int, int, int]]:
+    """The (colour, shape, place) of each one-token object, decoded independently of the task code."""
+    base = bench.bound(0, 0, 0)
+    return [divmod(divmod(t - base, 4)[0], 4) + (divmod(t - base, 4)[1],) for t in tokens if t >= base]
+
+
+@pytest.mark.parametrize("gap", [1, 5])
+@pytest.mark.parametrize("words", [1, 2])
+def test_a_question_scores_the_place_of_the_object_it_names(bench, words: int, gap: int) -> None:
+    rng = random.Random(0)
+    for _ in range(50):
+        tokens, (scored,) = bench.asked(words, gap)(rng)
+        answer = len(tokens) - 1
+        assert scored == answer - 1
+        shape = tokens[answer - gap] - bench.shape(0)
+        named = [o for o in _objects(bench, tokens) if o[1] == shape]
+        if words == 2:
+            colour = tokens[answer - gap - 1] - bench.colour(0)
+            named = [o for o in named if o[0] == colour]
+        assert len(named) == 1
+        assert tokens[answer] == bench.place(named[0][2])
+
+
+def test_text_pairs_ask_for_the_colour_written_after_the_shape(bench) -> None:
+    rng = random.Random(0)
+    for _ in range(50):
+        tokens, (scored,) = bench.text_pairs(rng)
+        pairs = dict(zip(tokens[1:9:2], tokens[2:9:2], strict=True))
+        assert len(pairs) == 4 and tokens[scored + 1] == pairs[tokens[scored]]
+
+
+def test_a_description_scores_each_place_after_its_object(bench) -> None:
+    rng = random.Random(0)
+    tokens, scored = bench.describe(rng)
+    objects = _objects(bench, tokens)
+    assert len(scored) == len(objects) == 4
+    for position in scored:
+        colour, shape = tokens[position - 2] - bench.colour(0), tokens[position - 1] - bench.shape(0)
+        (place,) = [p for c, s, p in objects if (c, s) == (colour, shape)]
+        assert tokens[position + 1] == bench.place(place)
+
+
+def test_a_short_run_reports_held_out_accuracy(bench) -> None:
+    result = bench.run("bound, asked last", steps=3, layers=1, lr=1e-3, batch_size=4, seed=0)
+    assert result["task"] == "bound, asked last" and 0.0 <= result["accuracy"] <= 1.0 and result["guess"] == 0.25
