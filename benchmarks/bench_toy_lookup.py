@@ -7,6 +7,8 @@ sequences; each task is one way an answer can depend on an object's attributes:
 - ``text pairs``: each object is written as two tokens, shape then colour, and the question names a
   shape right before the answer: the answer is the token after the shape's mention (binding across
   neighbouring text tokens, as a description in the prompt needs it).
+- ``text pairs, colour first``: the same with each object written colour then shape, as English puts
+  an adjective before its noun ("a red circle"): the answer is the token before the shape's mention.
 - ``bound, asked last``: each object is one token that carries all its attributes (as an image token
   of the toy tower does), and the question's last token is the shape to look up; answer its place.
 - ``bound, asked 5 back``: the same, with the shape five tokens before the answer (as a chat template's
@@ -76,12 +78,18 @@ def _image(objects: list[tuple[int, int, int]]) -> list[int]:
     return [BOS] + [bound(*o) for o in sorted(objects, key=lambda o: o[2])] + [SEP]
 
 
-def text_pairs(rng: random.Random) -> Sample:
-    objects = _scene(rng, distinct=True)
-    tokens = [BOS] + [t for c, s, _ in objects for t in (shape(s), colour(c))] + [SEP]
-    c, s, _ = rng.choice(objects)
-    tokens += [shape(s), colour(c)]
-    return tokens, [len(tokens) - 2]
+def text_pairs(colour_first: bool) -> Callable[[random.Random], Sample]:
+    """Objects as two text tokens each; the question's shape is followed by the answer, its colour."""
+
+    def task(rng: random.Random) -> Sample:
+        objects = _scene(rng, distinct=True)
+        pairs = [(colour(c), shape(s)) if colour_first else (shape(s), colour(c)) for c, s, _ in objects]
+        tokens = [BOS] + [t for pair in pairs for t in pair] + [SEP]
+        c, s, _ = rng.choice(objects)
+        tokens += [shape(s), colour(c)]
+        return tokens, [len(tokens) - 2]
+
+    return task
 
 
 def asked(words: int, gap: int) -> Callable[[random.Random], Sample]:
@@ -112,7 +120,8 @@ def describe(rng: random.Random) -> Sample:
 
 TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     # name: (task, what guessing among the scene's own values scores)
-    "text pairs": (text_pairs, 1 / OBJECTS),
+    "text pairs": (text_pairs(colour_first=False), 1 / OBJECTS),
+    "text pairs, colour first": (text_pairs(colour_first=True), 1 / OBJECTS),
     "bound, asked last": (asked(1, 1), 1 / OBJECTS),
     "bound, asked 5 back": (asked(1, 5), 1 / OBJECTS),
     "bound, two words last": (asked(2, 1), 1 / OBJECTS),
