@@ -77,6 +77,7 @@ def test_quick_cycle_reports_every_arm(quick_run):
     parts = json.loads((quick_run / "seed0" / "parts" / "parts.json").read_text())
     assert results["per_seed"][0]["lm_reading"] == parts["lm"]["reading"]
     assert f"answers {parts['lm']['reading']['accuracy']:.3f} of" in report
+    assert f"whatever object is asked about: {parts['lm']['reading']['commonest']:.3f})" in report
 
 
 def test_one_step_at_a_time_gives_the_same_results(quick_run, tmp_path):
