@@ -9,6 +9,7 @@ sequences; each task is one way an answer can depend on an object's attributes:
   neighbouring text tokens, as a description in the prompt needs it).
 - ``text pairs, colour first``: the same with each object written colour then shape, as English puts
   an adjective before its noun ("a red circle"): the answer is the token before the shape's mention.
+- ``text pairs, asked 5 back``: shape then colour, with the shape five tokens before the answer.
 - ``bound, asked last``: each object is one token that carries all its attributes (as an image token
   of the toy tower does), and the question's last token is the shape to look up; answer its place.
 - ``bound, asked 5 back``: the same, with the shape five tokens before the answer (as a chat template's
@@ -78,15 +79,20 @@ def _image(objects: list[tuple[int, int, int]]) -> list[int]:
     return [BOS] + [bound(*o) for o in sorted(objects, key=lambda o: o[2])] + [SEP]
 
 
-def text_pairs(colour_first: bool) -> Callable[[random.Random], Sample]:
-    """Objects as two text tokens each; the question's shape is followed by the answer, its colour."""
+def _template(rng: random.Random, gap: int) -> list[int]:
+    """The ``gap`` - 1 tokens between the question's key and the answer (a filler, then a fixed template)."""
+    return [rng.choice(FILLER), T1, T2, T3][: gap - 1] if gap > 1 else []
+
+
+def text_pairs(colour_first: bool, gap: int = 1) -> Callable[[random.Random], Sample]:
+    """Objects as two text tokens each; the question names a shape ``gap`` tokens before its colour."""
 
     def task(rng: random.Random) -> Sample:
         objects = _scene(rng, distinct=True)
         pairs = [(colour(c), shape(s)) if colour_first else (shape(s), colour(c)) for c, s, _ in objects]
         tokens = [BOS] + [t for pair in pairs for t in pair] + [SEP]
         c, s, _ = rng.choice(objects)
-        tokens += [shape(s), colour(c)]
+        tokens += [shape(s), *_template(rng, gap), colour(c)]
         return tokens, [len(tokens) - 2]
 
     return task
@@ -100,7 +106,7 @@ def asked(words: int, gap: int) -> Callable[[random.Random], Sample]:
         objects = _scene(rng, distinct=words == 1)
         c, s, p = rng.choice(objects)
         name = [shape(s)] if words == 1 else [colour(c), shape(s)]
-        template = [rng.choice(FILLER), T1, T2, T3][:gap - 1] if gap > 1 else []
+        template = _template(rng, gap)
         question = [rng.choice(FILLER) for _ in range(8 - len(name) - len(template))] + name + template
         tokens = _image(objects) + question + [place(p)]
         return tokens, [len(tokens) - 2]
@@ -122,6 +128,7 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     # name: (task, what guessing among the scene's own values scores)
     "text pairs": (text_pairs(colour_first=False), 1 / OBJECTS),
     "text pairs, colour first": (text_pairs(colour_first=True), 1 / OBJECTS),
+    "text pairs, asked 5 back": (text_pairs(colour_first=False, gap=5), 1 / OBJECTS),
     "bound, asked last": (asked(1, 1), 1 / OBJECTS),
     "bound, asked 5 back": (asked(1, 5), 1 / OBJECTS),
     "bound, two words last": (asked(2, 1), 1 / OBJECTS),

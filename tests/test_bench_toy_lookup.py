@@ -43,14 +43,15 @@ def test_a_question_scores_the_place_of_the_object_it_names(bench, words: int, g
         assert tokens[answer] == bench.place(named[0][2])
 
 
-@pytest.mark.parametrize("colour_first", [False, True])
-def test_text_pairs_ask_for_the_colour_written_with_the_shape(bench, colour_first: bool) -> None:
+@pytest.mark.parametrize(("colour_first", "gap"), [(False, 1), (True, 1), (False, 5)])
+def test_text_pairs_ask_for_the_colour_written_with_the_shape(bench, colour_first: bool, gap: int) -> None:
     rng = random.Random(0)
     for _ in range(50):
-        tokens, (scored,) = bench.text_pairs(colour_first)(rng)
+        tokens, (scored,) = bench.text_pairs(colour_first, gap)(rng)
         firsts, seconds = tokens[1:9:2], tokens[2:9:2]
         pairs = dict(zip(seconds, firsts, strict=True)) if colour_first else dict(zip(firsts, seconds, strict=True))
-        assert len(pairs) == 4 and tokens[scored + 1] == pairs[tokens[scored]]
+        answer = scored + 1
+        assert len(pairs) == 4 and answer == len(tokens) - 1 and tokens[answer] == pairs[tokens[answer - gap]]
         assert all(bench.shape(0) <= t < bench.shape(4) for t in (seconds if colour_first else firsts))
 
 
