@@ -17,6 +17,7 @@ everything it depends on, so a second cycle on the same world reuses it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -334,8 +335,14 @@ def reading_check(
 
 def times_named(phrase: str, text: str) -> int:
     """How often ``text`` names ``phrase`` in any of the toy language's wordings, as whole words."""
+    return len(_wordings(phrase).findall(text))
+
+
+@functools.cache
+def _wordings(phrase: str) -> re.Pattern[str]:
+    """``phrase`` or any of its synonyms as whole words, longest first; built once per phrase."""
     wordings = sorted([phrase, *synonym_table().get(phrase, ())], key=len, reverse=True)
-    return len(re.findall(r"\b(?:" + "|".join(map(re.escape, wordings)) + r")\b", text, flags=re.IGNORECASE))
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, wordings)) + r")\b", re.IGNORECASE)
 
 
 @torch.no_grad()
