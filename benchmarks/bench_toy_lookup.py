@@ -14,6 +14,8 @@ sequences; each task is one way an answer can depend on an object's attributes:
   of the toy tower does), and the question's last token is the shape to look up; answer its place.
 - ``bound, asked 5 back``: the same, with the shape five tokens before the answer (as a chat template's
   end-of-turn and assistant header put it).
+- ``bound, asked 5 back, restated``: the same, and the reply names the shape again right before the
+  answer ("the circle is ..."), as the toy world's short replies do.
 - ``bound, two words last`` / ``two words 5 back``: the object is named by colour and shape (either
   may repeat between objects), right before the answer or five tokens before it.
 - ``bound, describe``: every object is described in a random order, "colour shape word place"; scored
@@ -38,7 +40,7 @@ from sicog.toy.model import TOY_TEXT
 
 VALUES = 4  # colours, shapes and places
 OBJECTS = 4
-BOS, SEP, T1, T2, T3 = 1, 2, 3, 4, 5  # T1-T3: a fixed template between question and answer
+BOS, SEP, T1, T2, T3, IS = 1, 2, 3, 4, 5, 6  # T1-T3: a fixed template between question and answer
 
 
 def colour(c: int) -> int:
@@ -114,6 +116,17 @@ def asked(words: int, gap: int) -> Callable[[random.Random], Sample]:
     return task
 
 
+def restated(rng: random.Random) -> Sample:
+    """The question names a shape five tokens before the reply, and the reply names it again: "the
+    circle is" before the answer."""
+    objects = _scene(rng, distinct=True)
+    c, s, p = rng.choice(objects)
+    template = _template(rng, 5)
+    question = [rng.choice(FILLER) for _ in range(7 - len(template))] + [shape(s)] + template
+    tokens = _image(objects) + question + [shape(s), IS, place(p)]
+    return tokens, [len(tokens) - 2]
+
+
 def describe(rng: random.Random) -> Sample:
     objects = _scene(rng, distinct=False)
     tokens, scored = _image(objects), []
@@ -131,6 +144,7 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "text pairs, asked 5 back": (text_pairs(colour_first=False, gap=5), 1 / OBJECTS),
     "bound, asked last": (asked(1, 1), 1 / OBJECTS),
     "bound, asked 5 back": (asked(1, 5), 1 / OBJECTS),
+    "bound, asked 5 back, restated": (restated, 1 / OBJECTS),
     "bound, two words last": (asked(2, 1), 1 / OBJECTS),
     "bound, two words 5 back": (asked(2, 5), 1 / OBJECTS),
     # Places already said are excluded by a guesser too: 1/4, 1/3, 1/2, 1.

@@ -55,6 +55,18 @@ def test_text_pairs_ask_for_the_colour_written_with_the_shape(bench, colour_firs
         assert all(bench.shape(0) <= t < bench.shape(4) for t in (seconds if colour_first else firsts))
 
 
+def test_a_restated_reply_scores_the_place_of_the_shape_asked_and_named_again(bench) -> None:
+    rng = random.Random(0)
+    for _ in range(50):
+        tokens, (scored,) = bench.restated(rng)
+        answer = len(tokens) - 1
+        assert scored == answer - 1 and tokens[scored] == bench.IS
+        shape = tokens[answer - 2] - bench.shape(0)
+        assert tokens[answer - 2 - 5] == tokens[answer - 2], "the reply names the shape the question asked about"
+        (named,) = [o for o in _objects(bench, tokens) if o[1] == shape]
+        assert tokens[answer] == bench.place(named[2])
+
+
 def test_a_description_scores_each_place_after_its_object(bench) -> None:
     rng = random.Random(0)
     tokens, scored = bench.describe(rng)

@@ -161,6 +161,26 @@ def test_answers_are_true_of_the_scene() -> None:
             assert q.answer == str(sum(o.color == color for o in scene.objects))
 
 
+def test_replies_name_what_was_asked_right_before_the_answer() -> None:
+    """Each short reply states the answer once, at its end, right after the object or quantity the question
+    is about, so the reply's last words before the answer are the key to look it up by."""
+    for scene, kind, _, q in _questions(100):
+        if kind in ("relation_yes_no", "is_present"):
+            assert q.reply == q.answer, "a yes or no is not restated"
+            continue
+        assert q.claim.count("{}") == 1 and q.reply == q.claim.replace("{}", q.answer) and q.reply.endswith(".")
+        before = q.claim.split("{}")[0]
+        if kind == "color_of_shape":
+            obj = next(o for o in scene.objects if f"the {o.shape}?" in q.text)
+            assert before == f"The {obj.shape} is " and q.answer == obj.color
+        elif kind in ("size_of", "position_of", "label_of"):
+            obj = next(o for o in scene.objects if f"the {o.name}" in q.text)
+            assert before == {"size_of": f"The {obj.name} is ", "position_of": f"The {obj.name} is in the ",
+                              "label_of": f"The number on the {obj.name} is "}[kind]
+        else:
+            assert before[:1].isupper() and before.endswith((" is ", " is the ", " be ", " shows the ")), (kind, before)
+
+
 def test_multiple_choice_and_cot_formats() -> None:
     rng = random.Random(5)
     for _, _, _, question in _questions(60):
@@ -172,7 +192,8 @@ def test_multiple_choice_and_cot_formats() -> None:
                 multiple_choice(question, rng)
             continue
         options, letter = multiple_choice(question, rng)
-        assert len(set(options)) == 4 and options[LETTERS.index(letter)] == question.answer
+        assert len(set(options)) == 4 and options[LETTERS.index(letter)] == question.reply
+        assert all(o in {question.say(v) for v in (question.answer, *question.distractors)} for o in options)
         prompt = multiple_choice_prompt(question.text, options)
         assert prompt.splitlines() == [question.text, *(f"{k}. {o}" for k, o in zip(LETTERS, options)), MC_INSTRUCTION]
         assert split_steps(cot_answer(question, rng, letter), COT_STEPS)[4] == f"The answer is {letter}."

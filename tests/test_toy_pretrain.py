@@ -11,9 +11,10 @@ import torch
 from transformers import AutoTokenizer, CLIPVisionModel, Qwen2ForCausalLM
 
 from sicog.model.builders import tiny_text_config
-from sicog.toy.build import build_world
+from sicog.toy.build import build_world, load_manifest
 from sicog.toy.model import PARTS_RECORD, TOY_TEXT
 from sicog.toy.pretrain import (
+    STEPS,
     CellTags,
     _option_log_likelihoods,
     alt_text,
@@ -23,6 +24,8 @@ from sicog.toy.pretrain import (
     reading_check,
     tags_apply,
     times_named,
+    train_clip,
+    train_language_model,
 )
 from sicog.toy.score import score_caption
 from sicog.toy.world import LAYOUTS, sample_scene
@@ -53,6 +56,21 @@ def test_parts_are_built_once_and_reused(world: Path, tmp_path: Path) -> None:
     assert pretrained_parts(world, cache=tmp_path, log=again.append) == (vision, llm)
     assert again == [] and vision.stat().st_mtime_ns == before, "a second build must reuse the cache"
     assert not [p for p in (tmp_path / "toy-parts").iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def test_parts_trained_side_by_side_equal_one_after_the_other(world: Path, tmp_path: Path) -> None:
+    """The CLIP trains in a second process beside the LM; its weights are those of training it alone here."""
+    vision, llm = pretrained_parts(world, cache=tmp_path, log=lambda _: None)
+    manifest = load_manifest(world)
+    tokenizer = AutoTokenizer.from_pretrained(str(manifest["tokenizer"]))
+    layout, (clip_steps, lm_steps) = LAYOUTS[manifest["layout"]], STEPS[manifest["size"]]
+    alone = train_clip(tokenizer, layout, manifest["seed"], clip_steps)
+    alone.save_pretrained(tmp_path / "alone")
+    for name, weight in CLIPVisionModel.from_pretrained(tmp_path / "alone").state_dict().items():
+        assert torch.equal(weight, CLIPVisionModel.from_pretrained(vision).state_dict()[name]), name
+    lm, _ = train_language_model(tokenizer, layout, manifest["seed"], lm_steps)
+    saved = Qwen2ForCausalLM.from_pretrained(llm).state_dict()
+    assert all(torch.equal(weight, saved[name]) for name, weight in lm.state_dict().items())
 
 
 def test_the_key_follows_the_world(world: Path, tmp_path: Path) -> None:

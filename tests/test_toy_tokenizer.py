@@ -72,3 +72,14 @@ def test_training_is_deterministic() -> None:
     corpus = ["a red circle at the top", "two blue squares, one small", "Step 1: count\nthe objects"] * 20
     first, second = train_tokenizer(corpus, 400), train_tokenizer(corpus, 400)
     assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+
+
+def test_chat_template_words_are_whole_tokens(tokenizer) -> None:
+    """The corpus never writes the template's role names or system prompt; they are learned anyway, so the
+    template puts a few tokens, not dozens of characters, between a question and its answer."""
+    header = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                           add_generation_prompt=True)
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode(header, add_special_tokens=False)]
+    for word in ("system", "user", "assistant", " helpful"):
+        assert word in pieces, word
+    assert len(pieces) <= 20, pieces

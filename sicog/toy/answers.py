@@ -13,12 +13,13 @@ LETTERS = "ABCD"
 
 
 def multiple_choice(question: Question, rng: random.Random) -> tuple[list[str], str]:
-    """Four shuffled options (the answer and three distractors) and the answer's letter."""
+    """Four shuffled options (the answer and three distractors, each as the short reply states it) and the
+    answer's letter."""
     if not question.can_be_multiple_choice:
         raise ValueError(f"question type {question.kind!r} has too few distractors for multiple choice")
-    options = [question.answer, *rng.sample(question.distractors, 3)]
-    rng.shuffle(options)
-    return options, LETTERS[options.index(question.answer)]
+    values = [question.answer, *rng.sample(question.distractors, 3)]
+    rng.shuffle(values)
+    return [question.say(v) for v in values], LETTERS[values.index(question.answer)]
 
 
 def multiple_choice_prompt(text: str, options: list[str]) -> str:

@@ -24,7 +24,7 @@ from sicog.toy.world import SLICING
 
 MANIFEST = "manifest.json"
 # Bump when the same seed would give a different tree, so an old world is not mistaken for a current one.
-WORLD_VERSION = 5
+WORLD_VERSION = 6
 # Stable manifest keys -> file or folder names inside the world directory.
 FILES = {
     "align": "align.jsonl",

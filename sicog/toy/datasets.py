@@ -256,10 +256,10 @@ def build_sft(writer: WorldWriter, count: int) -> list[dict]:
             multiple = roll >= SFT_SHORT
             scene, question = _draw_question(writer, rng, kinds if multiple else open_kinds, need_mc=multiple)
             image, _ = writer.add_image("sft", record_id, scene)
-            asked, answer, _ = _question_prompt(question, rng, multiple)
-            prompt = asked if multiple else f"{asked}\n{SHORT_ANSWER}"
+            asked, _, letter = _question_prompt(question, rng, multiple)
+            prompt, reply = (asked, letter) if multiple else (f"{asked}\n{SHORT_ANSWER}", question.reply)
             meta = {"question_type": question.kind, "category": question.category}
-            records.append(conversation(record_id, image, prompt, answer, **meta))
+            records.append(conversation(record_id, image, prompt, reply, **meta))
         else:
             scene, _ = writer.draw(rng)
             image, _ = writer.add_image("sft", record_id, scene)

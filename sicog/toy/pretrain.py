@@ -17,9 +17,11 @@ everything it depends on, so a second cycle on the same world reuses it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -101,15 +103,19 @@ def pretrained_parts(
         tokenizer = AutoTokenizer.from_pretrained(str(manifest["tokenizer"]))
         layout, seed = LAYOUTS[manifest["layout"]], manifest["seed"]
         clip_steps, lm_steps = STEPS[manifest["size"]]
-        start = time.perf_counter()
-        clip_loss = train_clip(tokenizer, layout, seed, clip_steps).save_pretrained(staging / "vision")
-        clip_seconds = time.perf_counter() - start
+        # The two parts are independent and each seeds its own generators: the CLIP trains in a second
+        # process beside the LM, on a second core, with the same weights as one after the other.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            clip_job = pool.submit(_clip_part, str(manifest["tokenizer"]), layout.name, seed, clip_steps,
+                                   str(staging / "vision"), max(1, torch.get_num_threads() // 2))
+            start = time.perf_counter()
+            lm, lm_loss = train_language_model(tokenizer, layout, seed, lm_steps)
+            lm.save_pretrained(staging / "llm")
+            tokenizer.save_pretrained(staging / "llm")
+            lm_seconds = time.perf_counter() - start
+            clip_loss, clip_seconds = clip_job.result()
         log(f"toy CLIP: contrastive loss {clip_loss['first']:.3f} -> {clip_loss['last']:.3f} in {clip_seconds:.0f} s")
-        start = time.perf_counter()
-        lm, lm_loss = train_language_model(tokenizer, layout, seed, lm_steps)
-        lm.save_pretrained(staging / "llm")
-        tokenizer.save_pretrained(staging / "llm")
-        lm_seconds = time.perf_counter() - start
         reading = reading_check(lm, tokenizer, layout, seed)
         log(f"toy LM: loss {lm_loss['first']:.3f} -> {lm_loss['last']:.3f} in {lm_seconds:.0f} s; answers "
             f"{reading['accuracy']:.2f} of questions about a described scene (chance {reading['chance']:.2f})")
@@ -205,6 +211,16 @@ class _TowerTrainer:
         return _loss_summary(self.losses)
 
 
+def _clip_part(tokenizer_dir: str, layout: str, seed: int, steps: int, out: str, threads: int) -> tuple[dict, float]:
+    """Train the toy CLIP and save its vision tower to ``out`` (in a process of its own); its loss summary
+    and seconds."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    loss = train_clip(tokenizer, LAYOUTS[layout], seed, steps).save_pretrained(Path(out))
+    return loss, time.perf_counter() - start
+
+
 def train_clip(tokenizer: PreTrainedTokenizerBase, layout: Layout, seed: int, steps: int) -> _TowerTrainer:
     """Contrastive pretraining of a tiny CLIP on fresh toy images and their descriptions."""
     settings = CLIP_TRAINING
@@ -261,7 +277,7 @@ def lm_text(scene: Scene, layout: Layout, rng: random.Random, tokenizer: PreTrai
         options, letter = multiple_choice(question, rng)
         prompt, answer = multiple_choice_prompt(question.text, options), letter
     else:
-        prompt, answer = question.text, question.answer
+        prompt, answer = question.text, question.reply
     if rng.random() < 0.5:
         prompt, answer = reasoning_prompt("cot-default", prompt), cot_answer(question, rng, letter)
     messages = [{"role": "user", "content": f"{description}\n{prompt}"}, {"role": "assistant", "content": answer}]
@@ -324,7 +340,7 @@ def reading_check(
         messages = [{"role": "user", "content": f"{description}\n{question.text}"}]
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         options = [question.answer, *rng.sample(question.distractors, min(3, len(question.distractors)))]
-        scores = _option_log_likelihoods(model, tokenizer, prompt, options)
+        scores = _option_log_likelihoods(model, tokenizer, prompt, [question.say(o) for o in options])
         right += max(range(len(options)), key=scores.__getitem__) == 0
         chance += 1 / len(options)
         named = [times_named(option, description) for option in options]

@@ -45,6 +45,18 @@ class Question:
     task: str  # what the question asks, as "count the objects" (CoT step 1)
     evidence: str  # the visual facts that matter (CoT step 2)
     reasoning: str  # how the answer follows from them (CoT step 3)
+    # The short reply with "{}" for the answer: it names what was asked about right before the answer
+    # ("The circle is {}."), so the reply's last words are the key a tiny model looks the answer up by.
+    claim: str = "{}"
+
+    def say(self, value: str) -> str:
+        """``value`` (the answer or a distractor) as the short reply states it."""
+        return self.claim.format(value)
+
+    @property
+    def reply(self) -> str:
+        """The right short reply: the answer as the claim states it."""
+        return self.say(self.answer)
 
     @property
     def can_be_multiple_choice(self) -> bool:
@@ -106,6 +118,7 @@ def count_objects(scene: Scene, rng: random.Random) -> Question | None:
         "count the objects in the image",
         f"The image shows {object_list(scene, rng)}.",
         f"There {verb} {number_word(n)} in total.",
+        "The number of objects is {}.",
     )
 
 
@@ -117,6 +130,7 @@ def background_color(scene: Scene, rng: random.Random) -> Question:
         "find the color of the background",
         f"The shapes sit on a {scene.background} background.",
         f"So the background is {scene.background}.",
+        "The background is {}.",
     )
 
 
@@ -129,6 +143,7 @@ def which_present(scene: Scene, rng: random.Random) -> Question:
         "find which of the listed objects appears in the image",
         f"The image shows {object_list(scene, rng)}.",
         f"Of the options, only the {obj.name} is in the image.",
+        "The image shows the {}.",
     )
 
 
@@ -160,6 +175,7 @@ def color_of_shape(scene: Scene, rng: random.Random) -> Question | None:
         f"find the color of the {obj.shape}",
         f"There is one {obj.shape}, the {obj.name}, {place(obj, rng)}.",
         f"So the {obj.shape} is {obj.color}.",
+        f"The {obj.shape} is {{}}.",
     )
 
 
@@ -175,6 +191,7 @@ def label_of(scene: Scene, rng: random.Random) -> Question | None:
         f"read the number on the {obj.name}",
         f"The {obj.name} is {place(obj, rng)} and shows the digit {obj.label}.",
         f"The digit on the {obj.name} is {obj.label}.",
+        f"The number on the {obj.name} is {{}}.",
     )
 
 
@@ -187,6 +204,7 @@ def position_of(scene: Scene, rng: random.Random) -> Question:
         f"locate the {obj.name}",
         f"The {obj.name} is {place(obj, rng)}.",
         f"So its position is the {obj.position}.",
+        f"The {obj.name} is in the {{}}.",
     )
 
 
@@ -200,6 +218,7 @@ def size_of(scene: Scene, rng: random.Random) -> Question:
         f"judge the size of the {obj.name}",
         f"The {obj.name} is {word} for its part of the image.",
         f"So the {obj.name} is {obj.size}.",
+        f"The {obj.name} is {{}}.",
     )
 
 
@@ -213,6 +232,7 @@ def mark_corner(scene: Scene, rng: random.Random) -> Question | None:
         "find the corner with the small dot",
         f"A small {scene.mark.color} dot sits in the {corner} corner.",
         f"So the dot is in the {corner} corner.",
+        "The corner with the dot is the {}.",
     )
 
 
@@ -233,6 +253,7 @@ def relation_lookup(scene: Scene, rng: random.Random) -> Question | None:
         f"find the object {words} the {anchor.name}",
         _where(list(scene.objects), rng),
         f"Only the {hit.name} is {words} the {anchor.name}.",
+        f"{words[:1].upper() + words[1:]} the {anchor.name} is the {{}}.",
     )
 
 
@@ -264,6 +285,7 @@ def compare_size(scene: Scene, rng: random.Random) -> Question | None:
         f"compare the sizes of the {first.name} and the {second.name}",
         f"The {first.name} is {SIZE_WORDS[first.size][0]} and the {second.name} is {SIZE_WORDS[second.size][0]}.",
         f"So the {big.name} is larger.",
+        "The larger one is the {}.",
     )
 
 
@@ -280,6 +302,7 @@ def largest_object(scene: Scene, rng: random.Random) -> Question | None:
         "find the largest object",
         sizes[:1].upper() + sizes[1:] + ".",
         f"Only the {big.name} is {SIZE_WORDS[big.size][0]}, so it is the largest.",
+        "The largest object is the {}.",
     )
 
 
@@ -298,6 +321,7 @@ def _count_matching(
         f"count the {noun}",
         f"The image shows {object_list(scene, rng)}.",
         f"{found} That makes {number_word(n)}.",
+        f"The number of {noun} is {{}}.",
     )
 
 
@@ -333,6 +357,7 @@ def same_line(scene: Scene, rng: random.Random) -> Question | None:
         f"find the object in the same {line} as the {anchor.name}",
         _where(list(scene.objects), rng),
         f"Only the {mate.name} shares the {line} of the {anchor.name}.",
+        f"In the same {line} as the {anchor.name} is the {{}}.",
     )
 
 
@@ -353,6 +378,7 @@ def label_sum(scene: Scene, rng: random.Random) -> Question | None:
         "add up the numbers written on the objects",
         "The numbers are " + join_list([f"{o.label} on the {o.name}" for o in labelled]) + ".",
         " + ".join(str(o.label) for o in labelled) + f" = {total}.",
+        "The sum of the numbers is {}.",
     )
 
 
@@ -368,6 +394,7 @@ def label_difference(scene: Scene, rng: random.Random) -> Question | None:
         f"subtract the number on the {b.name} from the number on the {a.name}",
         f"The {a.name} shows {a.label} and the {b.name} shows {b.label}.",
         f"{a.label} - {b.label} = {diff}.",
+        "The difference is {}.",
     )
 
 
@@ -386,6 +413,7 @@ def count_after_adding(scene: Scene, rng: random.Random) -> Question | None:
         f"count the {plural} and add {number_word(added)}",
         f"The image shows {object_list(scene, rng)}.",
         f"There {'is' if n == 1 else 'are'} {n} now, and {n} + {added} = {n + added}.",
+        f"The number of {plural} would be {{}}.",
     )
 
 
@@ -402,6 +430,7 @@ def count_two_colors(scene: Scene, rng: random.Random) -> Question:
         f"The image shows {object_list(scene, rng)}.",
         f"There {'is' if counts[0] == 1 else 'are'} {counts[0]} {first} and {counts[1]} {second}, and "
         f"{counts[0]} + {counts[1]} = {n}.",
+        f"The number of {first} or {second} objects is {{}}.",
     )
 
 

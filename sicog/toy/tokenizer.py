@@ -7,6 +7,7 @@ their leading space) and maps bytes to symbols, so any text encodes without unkn
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -37,10 +38,15 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '" + IM_START + "assistant\\n' }}{% endif %}"
 )
+# The template's own words, learned with every corpus so that each is one token: spelled in characters they
+# would stand between a question and its answer in every chat turn, and a tiny model looks words up by
+# how near they are.
+TEMPLATE_TEXTS = ("system", "user", "assistant", DEFAULT_SYSTEM_PROMPT)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """Train byte-level BPE on ``texts`` and wrap it with the special tokens and the chat template.
+    """Train byte-level BPE on ``texts`` and the chat template's words, and wrap it with the special tokens
+    and the chat template.
 
     Training stops early when the corpus has no more pairs to merge, so a small corpus gives a
     smaller vocabulary. The result is the same for the same texts in the same order.
@@ -59,7 +65,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(texts, trainer)
+    backend.train_from_iterator(itertools.chain(texts, TEMPLATE_TEXTS), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=IM_END,
