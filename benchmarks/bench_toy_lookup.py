@@ -20,6 +20,11 @@ sequences; each task is one way an answer can depend on an object's attributes:
   may repeat between objects), right before the answer or five tokens before it.
 - ``bound, describe``: every object is described in a random order, "colour shape word place"; scored
   on the place, predicted from the words just written (what a caption needs).
+- ``composed, describe, distinct``: the same where no colour or shape repeats in a scene;
+  ``colours distinct``: where no colour repeats (shapes may).
+- ``composed, ...``: the same tasks with each object's token replaced by a fixed feature, the sum of
+  random vectors for its colour, shape and place, through a trained linear projector: an image token as
+  the toy model gets it, where a one-token object has an embedding of its own.
 
 Prints a markdown table: accuracy on 512 fresh sequences after training, and what guessing among the
 scene's own values scores. Results are in docs/pipeline.md ("What the demo shows today").
@@ -67,10 +72,13 @@ VOCAB = bound(VALUES - 1, VALUES - 1, VALUES - 1) + 1
 Sample = tuple[list[int], list[int]]  # tokens, and the positions whose next token is scored
 
 
-def _scene(rng: random.Random, distinct: bool) -> list[tuple[int, int, int]]:
-    """Four objects in four places; ``distinct``: no colour or shape repeats, else no (colour, shape) pair."""
+def _scene(rng: random.Random, distinct: bool | str) -> list[tuple[int, int, int]]:
+    """Four objects in four places; ``distinct``: no colour or shape repeats ("colours": no colour), else no
+    (colour, shape) pair."""
     places = rng.sample(range(VALUES), OBJECTS)
-    if distinct:
+    if distinct == "colours":
+        pairs = list(zip(rng.sample(range(VALUES), OBJECTS), [rng.randrange(VALUES) for _ in range(OBJECTS)]))
+    elif distinct:
         pairs = list(zip(rng.sample(range(VALUES), OBJECTS), rng.sample(range(VALUES), OBJECTS), strict=True))
     else:
         pairs = rng.sample([(c, s) for c in range(VALUES) for s in range(VALUES)], OBJECTS)
@@ -127,14 +135,24 @@ def restated(rng: random.Random) -> Sample:
     return tokens, [len(tokens) - 2]
 
 
-def describe(rng: random.Random) -> Sample:
-    objects = _scene(rng, distinct=False)
-    tokens, scored = _image(objects), []
-    for c, s, p in rng.sample(objects, OBJECTS):
-        tokens += [colour(c), shape(s), rng.choice(FILLER)]
-        scored.append(len(tokens) - 1)
-        tokens.append(place(p))
-    return tokens, scored
+def describing(distinct: bool | str) -> Callable[[random.Random], Sample]:
+    """Every object described in a random order, "colour shape word place", scored on the place;
+    ``distinct``: no colour or shape repeats, so either word alone names the object ("colours": the
+    colour does)."""
+
+    def task(rng: random.Random) -> Sample:
+        objects = _scene(rng, distinct)
+        tokens, scored = _image(objects), []
+        for c, s, p in rng.sample(objects, OBJECTS):
+            tokens += [colour(c), shape(s), rng.choice(FILLER)]
+            scored.append(len(tokens) - 1)
+            tokens.append(place(p))
+        return tokens, scored
+
+    return task
+
+
+describe = describing(distinct=False)
 
 
 TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
@@ -149,7 +167,33 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "bound, two words 5 back": (asked(2, 5), 1 / OBJECTS),
     # Places already said are excluded by a guesser too: 1/4, 1/3, 1/2, 1.
     "bound, describe": (describe, (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
+    "composed, asked last": (asked(1, 1), 1 / OBJECTS),
+    "composed, asked 5 back, restated": (restated, 1 / OBJECTS),
+    "composed, describe": (describe, (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
+    "composed, describe, distinct": (describing(distinct=True), (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
+    "composed, describe, colours distinct": (describing(distinct="colours"), (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
 }
+FEATURES = 64  # the toy tower's width
+
+
+class ComposedObjects(torch.nn.Module):
+    """Image tokens as the toy model gets them: a fixed feature per object, the sum of random vectors for
+    its colour, shape and place (what a tower's patch feature superposes), through a trained projector."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.register_buffer("parts", torch.randn(3, VALUES, FEATURES))
+        self.projector = torch.nn.Linear(FEATURES, hidden_size)
+
+    def embed(self, model: Qwen2ForCausalLM, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's input embeddings with every one-token object replaced by its projected feature."""
+        embeddings = model.get_input_embeddings()(tokens)
+        objects = tokens >= bound(0, 0, 0)
+        code = tokens[objects] - bound(0, 0, 0)
+        colour, shape, place = code // (VALUES * VALUES), code // VALUES % VALUES, code % VALUES
+        features = self.parts[0, colour] + self.parts[1, shape] + self.parts[2, place]
+        embeddings[objects] = self.projector(features)
+        return embeddings
 
 
 def _batch(task: Callable[[random.Random], Sample], rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,12 +211,20 @@ def run(name: str, steps: int, layers: int, lr: float, batch_size: int, seed: in
     torch.manual_seed(seed)
     rng = random.Random(f"{name}/{seed}")
     model = Qwen2ForCausalLM(tiny_text_config(VOCAB, **{**TOY_TEXT, "layers": layers}))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    composed = ComposedObjects(model.config.hidden_size) if name.startswith("composed") else None
+
+    def forward(tokens: torch.Tensor) -> torch.Tensor:
+        if composed is None:
+            return model(input_ids=tokens).logits
+        return model(inputs_embeds=composed.embed(model, tokens)).logits
+
+    parameters = [*model.parameters(), *(composed.parameters() if composed else ())]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     start = time.process_time()
     for _ in range(steps):
         tokens, scored = _batch(task, rng, batch_size)
-        logits = model(input_ids=tokens).logits
+        logits = forward(tokens)
         loss = torch.nn.functional.cross_entropy(logits[scored], tokens[:, 1:][scored[:, :-1]])
         loss.backward()
         optimizer.step()
@@ -181,7 +233,7 @@ def run(name: str, steps: int, layers: int, lr: float, batch_size: int, seed: in
     model.eval()
     with torch.no_grad():
         tokens, scored = _batch(task, random.Random(f"{name}/held-out"), 512)
-        predicted = model(input_ids=tokens).logits.argmax(-1)
+        predicted = forward(tokens).argmax(-1)
         accuracy = (predicted[scored] == tokens[:, 1:][scored[:, :-1]]).float().mean().item()
     return {"task": name, "accuracy": accuracy, "guess": guess, "cpu_s": time.process_time() - start}
 

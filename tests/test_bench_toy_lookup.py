@@ -8,6 +8,10 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import Qwen2ForCausalLM
+
+from sicog.model.builders import tiny_text_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,3 +85,16 @@ def test_a_description_scores_each_place_after_its_object(bench) -> None:
 def test_a_short_run_reports_held_out_accuracy(bench) -> None:
     result = bench.run("bound, asked last", steps=3, layers=1, lr=1e-3, batch_size=4, seed=0)
     assert result["task"] == "bound, asked last" and 0.0 <= result["accuracy"] <= 1.0 and result["guess"] == 0.25
+
+
+def test_composed_objects_are_the_projected_sum_of_their_attributes(bench) -> None:
+    model = Qwen2ForCausalLM(tiny_text_config(bench.VOCAB, hidden_size=32, layers=1, heads=2, kv_heads=1))
+    composed = bench.ComposedObjects(32)
+    tokens = torch.tensor([[bench.BOS, bench.bound(1, 2, 3), bench.bound(1, 2, 0), bench.shape(2)]])
+    embedded = composed.embed(model, tokens)[0]
+    parts = composed.parts
+    assert torch.allclose(embedded[1], composed.projector(parts[0, 1] + parts[1, 2] + parts[2, 3]))
+    assert torch.allclose(embedded[2] - embedded[1], composed.projector.weight @ (parts[2, 0] - parts[2, 3]), atol=1e-5)
+    assert torch.equal(embedded[3], model.get_input_embeddings().weight[bench.shape(2)])
+    result = bench.run("composed, describe", steps=3, layers=1, lr=1e-3, batch_size=4, seed=0)
+    assert 0.0 <= result["accuracy"] <= 1.0
