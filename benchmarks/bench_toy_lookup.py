@@ -20,11 +20,11 @@ sequences; each task is one way an answer can depend on an object's attributes:
   may repeat between objects), right before the answer or five tokens before it.
 - ``bound, describe``: every object is described in a random order, "colour shape word place"; scored
   on the place, predicted from the words just written (what a caption needs).
-- ``composed, describe, distinct``: the same where no colour or shape repeats in a scene;
-  ``colours distinct``: where no colour repeats (shapes may).
 - ``composed, ...``: the same tasks with each object's token replaced by a fixed feature, the sum of
   random vectors for its colour, shape and place, through a trained linear projector: an image token as
   the toy model gets it, where a one-token object has an embedding of its own.
+- ``composed, describe, distinct``: a description where no colour or shape repeats in a scene;
+  ``colours distinct``: where no colour repeats (shapes may).
 
 Prints a markdown table: accuracy on 512 fresh sequences after training, and what guessing among the
 scene's own values scores. Results are in docs/pipeline.md ("What the demo shows today").
@@ -155,6 +155,8 @@ def describing(distinct: bool | str) -> Callable[[random.Random], Sample]:
 describe = describing(distinct=False)
 
 
+# Guessing a description's places: those already said are excluded, so 1/4, 1/3, 1/2, then 1.
+DESCRIBE_GUESS = (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4
 TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     # name: (task, what guessing among the scene's own values scores)
     "text pairs": (text_pairs(colour_first=False), 1 / OBJECTS),
@@ -165,13 +167,12 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "bound, asked 5 back, restated": (restated, 1 / OBJECTS),
     "bound, two words last": (asked(2, 1), 1 / OBJECTS),
     "bound, two words 5 back": (asked(2, 5), 1 / OBJECTS),
-    # Places already said are excluded by a guesser too: 1/4, 1/3, 1/2, 1.
-    "bound, describe": (describe, (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
+    "bound, describe": (describe, DESCRIBE_GUESS),
     "composed, asked last": (asked(1, 1), 1 / OBJECTS),
     "composed, asked 5 back, restated": (restated, 1 / OBJECTS),
-    "composed, describe": (describe, (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
-    "composed, describe, distinct": (describing(distinct=True), (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
-    "composed, describe, colours distinct": (describing(distinct="colours"), (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4),
+    "composed, describe": (describe, DESCRIBE_GUESS),
+    "composed, describe, distinct": (describing(distinct=True), DESCRIBE_GUESS),
+    "composed, describe, colours distinct": (describing(distinct="colours"), DESCRIBE_GUESS),
 }
 FEATURES = 64  # the toy tower's width
 
