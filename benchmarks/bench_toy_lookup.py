@@ -25,6 +25,9 @@ sequences; each task is one way an answer can depend on an object's attributes:
   the toy model gets it, where a one-token object has an embedding of its own.
 - ``composed, describe, distinct``: a description where no colour or shape repeats in a scene;
   ``colours distinct``: where no colour repeats (shapes may).
+- ``composed, describe, named``: a description where each object's colour, shape and the word before its
+  place are one token (as the toy tokenizer's word groups write " red circle in the"); colours and shapes
+  repeat as in ``describe``.
 
 Prints a markdown table: accuracy on 512 fresh sequences after training, and what guessing among the
 scene's own values scores. Results are in docs/pipeline.md ("What the demo shows today").
@@ -61,6 +64,11 @@ def place(p: int) -> int:
 
 
 FILLER = range(40, 60)
+
+
+def named(c: int, s: int) -> int:
+    """One text token for "colour shape word": an object's name with the word before its place."""
+    return 60 + c * VALUES + s
 
 
 def bound(c: int, s: int, p: int) -> int:
@@ -135,16 +143,16 @@ def restated(rng: random.Random) -> Sample:
     return tokens, [len(tokens) - 2]
 
 
-def describing(distinct: bool | str) -> Callable[[random.Random], Sample]:
+def describing(distinct: bool | str, one_token: bool = False) -> Callable[[random.Random], Sample]:
     """Every object described in a random order, "colour shape word place", scored on the place;
     ``distinct``: no colour or shape repeats, so either word alone names the object ("colours": the
-    colour does)."""
+    colour does); ``one_token``: "colour shape word" is one token."""
 
     def task(rng: random.Random) -> Sample:
         objects = _scene(rng, distinct)
         tokens, scored = _image(objects), []
         for c, s, p in rng.sample(objects, OBJECTS):
-            tokens += [colour(c), shape(s), rng.choice(FILLER)]
+            tokens += [named(c, s)] if one_token else [colour(c), shape(s), rng.choice(FILLER)]
             scored.append(len(tokens) - 1)
             tokens.append(place(p))
         return tokens, scored
@@ -169,10 +177,12 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "bound, two words 5 back": (asked(2, 5), 1 / OBJECTS),
     "bound, describe": (describe, DESCRIBE_GUESS),
     "composed, asked last": (asked(1, 1), 1 / OBJECTS),
+    "composed, two words last": (asked(2, 1), 1 / OBJECTS),
     "composed, asked 5 back, restated": (restated, 1 / OBJECTS),
     "composed, describe": (describe, DESCRIBE_GUESS),
     "composed, describe, distinct": (describing(distinct=True), DESCRIBE_GUESS),
     "composed, describe, colours distinct": (describing(distinct="colours"), DESCRIBE_GUESS),
+    "composed, describe, named": (describing(distinct=False, one_token=True), DESCRIBE_GUESS),
 }
 FEATURES = 64  # the toy tower's width
 
@@ -206,12 +216,13 @@ def _batch(task: Callable[[random.Random], Sample], rng: random.Random, size: in
     return tokens, scored
 
 
-def run(name: str, steps: int, layers: int, lr: float, batch_size: int, seed: int) -> dict:
-    """Train a fresh toy Qwen2 on one task; accuracy on 512 fresh sequences."""
+def run(name: str, steps: int, lr: float, batch_size: int, seed: int, **size: int) -> dict:
+    """Train a fresh toy Qwen2 (``TOY_TEXT``, with ``size`` overriding its settings) on one task; accuracy on
+    512 fresh sequences."""
     task, guess = TASKS[name]
     torch.manual_seed(seed)
     rng = random.Random(f"{name}/{seed}")
-    model = Qwen2ForCausalLM(tiny_text_config(VOCAB, **{**TOY_TEXT, "layers": layers}))
+    model = Qwen2ForCausalLM(tiny_text_config(VOCAB, **{**TOY_TEXT, **size}))
     composed = ComposedObjects(model.config.hidden_size) if name.startswith("composed") else None
 
     def forward(tokens: torch.Tensor) -> torch.Tensor:
@@ -242,17 +253,19 @@ def run(name: str, steps: int, layers: int, lr: float, batch_size: int, seed: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--layers", type=int, default=TOY_TEXT["layers"])
+    for setting in TOY_TEXT:
+        parser.add_argument(f"--{setting.replace('_', '-')}", type=int, default=TOY_TEXT[setting])
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{args.steps} steps of {args.batch_size} sequences, lr {args.lr}, {args.layers} layers\n")
+    size = {setting: getattr(args, setting) for setting in TOY_TEXT}
+    print(f"{args.steps} steps of {args.batch_size} sequences, lr {args.lr}, {size}\n")
     print("| task | accuracy | guessing among the scene's values | CPU s |\n|---|---|---|---|")
     for name in args.tasks:
-        result = run(name, args.steps, args.layers, args.lr, args.batch_size, args.seed)
+        result = run(name, args.steps, args.lr, args.batch_size, args.seed, **size)
         print(f"| {name} | {result['accuracy']:.3f} | {result['guess']:.3f} | {result['cpu_s']:.0f} |", flush=True)
 
 

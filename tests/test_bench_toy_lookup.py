@@ -82,8 +82,20 @@ def test_a_description_scores_each_place_after_its_object(bench) -> None:
         assert tokens[position + 1] == bench.place(place)
 
 
+def test_a_named_description_scores_each_place_after_the_one_token_naming_its_object(bench) -> None:
+    rng = random.Random(0)
+    names = {bench.named(c, s): (c, s) for c in range(4) for s in range(4)}
+    for _ in range(20):
+        tokens, scored = bench.TASKS["composed, describe, named"][0](rng)
+        objects = _objects(bench, tokens)
+        assert len(scored) == len(objects) == 4 and len(set(scored)) == 4
+        for position in scored:
+            (place,) = [p for c, s, p in objects if (c, s) == names[tokens[position]]]
+            assert tokens[position + 1] == bench.place(place)
+
+
 def test_a_short_run_reports_held_out_accuracy(bench) -> None:
-    result = bench.run("bound, asked last", steps=3, layers=1, lr=1e-3, batch_size=4, seed=0)
+    result = bench.run("bound, asked last", steps=3, lr=1e-3, batch_size=4, seed=0, layers=1)
     assert result["task"] == "bound, asked last" and 0.0 <= result["accuracy"] <= 1.0 and result["guess"] == 0.25
 
 
@@ -96,5 +108,5 @@ def test_composed_objects_are_the_projected_sum_of_their_attributes(bench) -> No
     assert torch.allclose(embedded[1], composed.projector(parts[0, 1] + parts[1, 2] + parts[2, 3]))
     assert torch.allclose(embedded[2] - embedded[1], composed.projector.weight @ (parts[2, 0] - parts[2, 3]), atol=1e-5)
     assert torch.equal(embedded[3], model.get_input_embeddings().weight[bench.shape(2)])
-    result = bench.run("composed, describe", steps=3, layers=1, lr=1e-3, batch_size=4, seed=0)
+    result = bench.run("composed, describe", steps=3, lr=1e-3, batch_size=4, seed=0, layers=1, hidden_size=32)
     assert 0.0 <= result["accuracy"] <= 1.0
