@@ -26,8 +26,7 @@ sequences; each task is one way an answer can depend on an object's attributes:
 - ``composed, describe, distinct``: a description where no colour or shape repeats in a scene;
   ``colours distinct``: where no colour repeats (shapes may).
 - ``composed, describe, named``: a description where each object's colour, shape and the word before its
-  place are one token (as the toy tokenizer's word groups write " red circle in the"); colours and shapes
-  repeat as in ``describe``.
+  place are one token (" red circle in the" kept whole); colours and shapes repeat as in ``describe``.
 
 Prints a markdown table: accuracy on 512 fresh sequences after training, and what guessing among the
 scene's own values scores. Results are in docs/pipeline.md ("What the demo shows today").
@@ -80,13 +79,13 @@ VOCAB = bound(VALUES - 1, VALUES - 1, VALUES - 1) + 1
 Sample = tuple[list[int], list[int]]  # tokens, and the positions whose next token is scored
 
 
-def _scene(rng: random.Random, distinct: bool | str) -> list[tuple[int, int, int]]:
-    """Four objects in four places; ``distinct``: no colour or shape repeats ("colours": no colour), else no
-    (colour, shape) pair."""
+def _scene(rng: random.Random, unique: str) -> list[tuple[int, int, int]]:
+    """Four objects in four places, no two sharing ``unique``: "pair" (colour and shape together), "colour",
+    or "each" (neither their colour nor their shape)."""
     places = rng.sample(range(VALUES), OBJECTS)
-    if distinct == "colours":
+    if unique == "colour":
         pairs = list(zip(rng.sample(range(VALUES), OBJECTS), [rng.randrange(VALUES) for _ in range(OBJECTS)]))
-    elif distinct:
+    elif unique == "each":
         pairs = list(zip(rng.sample(range(VALUES), OBJECTS), rng.sample(range(VALUES), OBJECTS), strict=True))
     else:
         pairs = rng.sample([(c, s) for c in range(VALUES) for s in range(VALUES)], OBJECTS)
@@ -106,7 +105,7 @@ def text_pairs(colour_first: bool, gap: int = 1) -> Callable[[random.Random], Sa
     """Objects as two text tokens each; the question names a shape ``gap`` tokens before its colour."""
 
     def task(rng: random.Random) -> Sample:
-        objects = _scene(rng, distinct=True)
+        objects = _scene(rng, "each")
         pairs = [(colour(c), shape(s)) if colour_first else (shape(s), colour(c)) for c, s, _ in objects]
         tokens = [BOS] + [t for pair in pairs for t in pair] + [SEP]
         c, s, _ = rng.choice(objects)
@@ -121,7 +120,7 @@ def asked(words: int, gap: int) -> Callable[[random.Random], Sample]:
     before the answer, which is the object's place."""
 
     def task(rng: random.Random) -> Sample:
-        objects = _scene(rng, distinct=words == 1)
+        objects = _scene(rng, "each" if words == 1 else "pair")
         c, s, p = rng.choice(objects)
         name = [shape(s)] if words == 1 else [colour(c), shape(s)]
         template = _template(rng, gap)
@@ -135,7 +134,7 @@ def asked(words: int, gap: int) -> Callable[[random.Random], Sample]:
 def restated(rng: random.Random) -> Sample:
     """The question names a shape five tokens before the reply, and the reply names it again: "the
     circle is" before the answer."""
-    objects = _scene(rng, distinct=True)
+    objects = _scene(rng, "each")
     c, s, p = rng.choice(objects)
     template = _template(rng, 5)
     question = [rng.choice(FILLER) for _ in range(7 - len(template))] + [shape(s)] + template
@@ -143,13 +142,13 @@ def restated(rng: random.Random) -> Sample:
     return tokens, [len(tokens) - 2]
 
 
-def describing(distinct: bool | str, one_token: bool = False) -> Callable[[random.Random], Sample]:
-    """Every object described in a random order, "colour shape word place", scored on the place;
-    ``distinct``: no colour or shape repeats, so either word alone names the object ("colours": the
-    colour does); ``one_token``: "colour shape word" is one token."""
+def describing(unique: str, one_token: bool = False) -> Callable[[random.Random], Sample]:
+    """Every object described in a random order, "colour shape word place", scored on the place; no two
+    objects share ``unique`` (as in ``_scene``: with "each", either word alone names the object, with
+    "colour" the colour does); ``one_token``: "colour shape word" is one token."""
 
     def task(rng: random.Random) -> Sample:
-        objects = _scene(rng, distinct)
+        objects = _scene(rng, unique)
         tokens, scored = _image(objects), []
         for c, s, p in rng.sample(objects, OBJECTS):
             tokens += [named(c, s)] if one_token else [colour(c), shape(s), rng.choice(FILLER)]
@@ -160,7 +159,7 @@ def describing(distinct: bool | str, one_token: bool = False) -> Callable[[rando
     return task
 
 
-describe = describing(distinct=False)
+describe = describing("pair")
 
 
 # Guessing a description's places: those already said are excluded, so 1/4, 1/3, 1/2, then 1.
@@ -180,9 +179,9 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "composed, two words last": (asked(2, 1), 1 / OBJECTS),
     "composed, asked 5 back, restated": (restated, 1 / OBJECTS),
     "composed, describe": (describe, DESCRIBE_GUESS),
-    "composed, describe, distinct": (describing(distinct=True), DESCRIBE_GUESS),
-    "composed, describe, colours distinct": (describing(distinct="colours"), DESCRIBE_GUESS),
-    "composed, describe, named": (describing(distinct=False, one_token=True), DESCRIBE_GUESS),
+    "composed, describe, distinct": (describing("each"), DESCRIBE_GUESS),
+    "composed, describe, colours distinct": (describing("colour"), DESCRIBE_GUESS),
+    "composed, describe, named": (describing("pair", one_token=True), DESCRIBE_GUESS),
 }
 FEATURES = 64  # the toy tower's width
 
