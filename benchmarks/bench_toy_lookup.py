@@ -27,6 +27,15 @@ sequences; each task is one way an answer can depend on an object's attributes:
   ``colours distinct``: where no colour repeats (shapes may).
 - ``composed, describe, named``: a description where each object's colour, shape and the word before its
   place are one token (" red circle in the" kept whole); colours and shapes repeat as in ``describe``.
+- ``composed, describe, named, 6 fixed tokens after the image``: the same with six tokens between the image
+  and the description, the same in every sequence like a chat template's (``varied``: drawn afresh);
+  ``in a chat turn``: the demo's layout, 14 fixed tokens before the image and 14 after it (system turn and
+  user header; caption request and assistant header), and four image tokens per object (the resampler's
+  four queries per cell).
+- ``tower, describe, named`` (with ``--tower``, a toy parts folder): the same with real image tokens: each
+  scene drawn as a toy world picture (the demo's 2x2 grid, random sizes, background and jitter), its four
+  patch features from the toy tower at the layer the model reads, through a trained projector;
+  ``centred``: the features less their mean over 1,024 other such pictures.
 
 Prints a markdown table: accuracy on 512 fresh sequences after training, and what guessing among the
 scene's own values scores. Results are in docs/pipeline.md ("What the demo shows today").
@@ -38,12 +47,18 @@ import argparse
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import Qwen2ForCausalLM, get_cosine_schedule_with_warmup
+from transformers import CLIPVisionModel, Qwen2ForCausalLM, get_cosine_schedule_with_warmup
 
 from sicog.model.builders import tiny_text_config
+from sicog.model.configuration import SicogConfig
+from sicog.model.vision import patch_features
 from sicog.toy.model import TOY_TEXT
+from sicog.toy.pretrain import pixels
+from sicog.toy.world import GRID_LINES, LAYOUTS, Scene, SceneObject
 
 VALUES = 4  # colours, shapes and places
 OBJECTS = 4
@@ -160,6 +175,29 @@ def describing(unique: str, one_token: bool = False) -> Callable[[random.Random]
 
 
 describe = describing("pair")
+# The demo's chat layout around its image: the system turn and the user header before the image tokens
+# (14 tokens with the toy tokenizer), the caption request and the assistant header after them (14, here
+# after the token that closes the image), and four image tokens per object (the resampler's four queries
+# per cell).
+CHAT_BEFORE, CHAT_AFTER, QUERIES_PER_CELL = 14, 14, 4
+
+
+def in_context(task: Callable[[random.Random], Sample], before: int, after: int, copies: int = 1,
+               varied: bool = False) -> Callable[[random.Random], Sample]:
+    """``task`` with ``before`` tokens between BOS and its image tokens, ``after`` between them and its text,
+    and every image token repeated ``copies`` times; the added tokens are fillers, the same in every
+    sequence like a chat template's, or drawn afresh for each one if ``varied``."""
+    template = random.Random("template")
+    fixed = [template.choice(FILLER) for _ in range(before + after)]
+
+    def wrapped(rng: random.Random) -> Sample:
+        tokens, scored = task(rng)
+        added = [rng.choice(FILLER) for _ in fixed] if varied else fixed
+        image = [t for t in tokens[1 : 1 + OBJECTS] for _ in range(copies)]
+        out = [BOS, *added[:before], *image, SEP, *added[before:], *tokens[2 + OBJECTS :]]
+        return out, [k + len(out) - len(tokens) for k in scored]
+
+    return wrapped
 
 
 # Guessing a description's places: those already said are excluded, so 1/4, 1/3, 1/2, then 1.
@@ -182,8 +220,18 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "composed, describe, distinct": (describing("each"), DESCRIBE_GUESS),
     "composed, describe, colours distinct": (describing("colour"), DESCRIBE_GUESS),
     "composed, describe, named": (describing("pair", one_token=True), DESCRIBE_GUESS),
+    "composed, describe, named, 6 fixed tokens after the image": (
+        in_context(describing("pair", one_token=True), 0, 6), DESCRIBE_GUESS),
+    "composed, describe, named, 6 varied tokens after the image": (
+        in_context(describing("pair", one_token=True), 0, 6, varied=True), DESCRIBE_GUESS),
+    "composed, describe, named, in a chat turn": (
+        in_context(describing("pair", one_token=True), CHAT_BEFORE, CHAT_AFTER, QUERIES_PER_CELL), DESCRIBE_GUESS),
+    "tower, describe, named": (describing("pair", one_token=True), DESCRIBE_GUESS),
+    "tower, describe, named, centred": (describing("pair", one_token=True), DESCRIBE_GUESS),
 }
 FEATURES = 64  # the toy tower's width
+CENTRING_PICTURES = 1024
+FEATURE_LAYER = SicogConfig.vision_feature_layer  # the tower's hidden layer the multimodal model reads
 
 
 class ComposedObjects(torch.nn.Module):
@@ -206,6 +254,52 @@ class ComposedObjects(torch.nn.Module):
         return embeddings
 
 
+class TowerObjects(torch.nn.Module):
+    """Image tokens from a toy tower: each sequence's objects drawn as a toy world picture (the demo's 2x2
+    grid, every cell one patch; random sizes, background and jitter), its patch features at the layer the
+    model reads, less their mean over ``CENTRING_PICTURES`` random pictures if ``centre``, through a trained
+    projector."""
+
+    def __init__(self, tower_dir: Path, hidden_size: int, centre: bool, seed: int) -> None:
+        super().__init__()
+        self.tower = CLIPVisionModel.from_pretrained(tower_dir).eval().requires_grad_(False)
+        self.layout, self.rng = LAYOUTS["grid"], random.Random(f"tower/{seed}")
+        width = self.tower.config.hidden_size
+        self.register_buffer("mean", torch.zeros(width))
+        if centre:
+            pool = random.Random(f"tower/{seed}/centring")
+            scenes = [self._drawn(sorted(_scene(pool, "pair"), key=lambda o: o[2])) for _ in range(CENTRING_PICTURES)]
+            self.mean = self._features(scenes).mean(0)
+        self.projector = torch.nn.Linear(width, hidden_size)
+
+    def _features(self, scenes: list[Scene]) -> torch.Tensor:
+        """Every scene's patch features in reading order, one row per patch."""
+        config = self.tower.config
+        images = torch.from_numpy(np.stack([pixels(scene, config.image_size) for scene in scenes]))
+        with torch.no_grad():
+            return patch_features(self.tower, images, FEATURE_LAYER, config.patch_size).flatten(0, 2)
+
+    def _drawn(self, objects: list[tuple[int, int, int]]) -> Scene:
+        """A toy world picture of ``objects`` (colour, shape, place), given in place order."""
+        cells, layout, rng = self.layout.cell, self.layout, self.rng
+        drawn = tuple(
+            SceneObject(layout.shapes[s], layout.colors[c], rng.choice(layout.sizes), GRID_LINES[2][p // 2],
+                        GRID_LINES[2][p % 2], dx=round(rng.uniform(-1, 1), 2), dy=round(rng.uniform(-1, 1), 2))
+            for c, s, p in objects)
+        return Scene(2 * cells, 2 * cells, rng.choice(layout.backgrounds), drawn, rows=2, cols=2, layout="grid")
+
+    def embed(self, model: Qwen2ForCausalLM, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's input embeddings with each sequence's image tokens (its objects in place order, as
+        ``_image`` writes them, which is the order of the tower's patches) replaced by projected features."""
+        embeddings = model.get_input_embeddings()(tokens)
+        objects = tokens >= bound(0, 0, 0)
+        code = (tokens[objects] - bound(0, 0, 0)).reshape(len(tokens), OBJECTS)
+        scenes = [self._drawn([(int(k) // (VALUES * VALUES), int(k) // VALUES % VALUES, int(k) % VALUES) for k in row])
+                  for row in code]
+        embeddings[objects] = self.projector(self._features(scenes) - self.mean)
+        return embeddings
+
+
 def _batch(task: Callable[[random.Random], Sample], rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     samples = [task(rng) for _ in range(size)]
     tokens = torch.tensor([t for t, _ in samples])
@@ -215,21 +309,27 @@ def _batch(task: Callable[[random.Random], Sample], rng: random.Random, size: in
     return tokens, scored
 
 
-def run(name: str, steps: int, lr: float, batch_size: int, seed: int, **size: int) -> dict:
+def run(name: str, steps: int, lr: float, batch_size: int, seed: int, tower: Path | None = None, **size: int) -> dict:
     """Train a fresh toy Qwen2 (``TOY_TEXT``, with ``size`` overriding its settings) on one task; accuracy on
-    512 fresh sequences."""
+    512 fresh sequences. ``tower``: a toy parts folder, for the ``tower`` tasks."""
     task, guess = TASKS[name]
     torch.manual_seed(seed)
     rng = random.Random(f"{name}/{seed}")
     model = Qwen2ForCausalLM(tiny_text_config(VOCAB, **{**TOY_TEXT, **size}))
-    composed = ComposedObjects(model.config.hidden_size) if name.startswith("composed") else None
+    images = None
+    if name.startswith("composed"):
+        images = ComposedObjects(model.config.hidden_size)
+    elif name.startswith("tower"):
+        if tower is None:
+            raise SystemExit(f"task {name!r} needs --tower (a toy parts folder)")
+        images = TowerObjects(tower / "vision", model.config.hidden_size, name.endswith("centred"), seed)
 
     def forward(tokens: torch.Tensor) -> torch.Tensor:
-        if composed is None:
+        if images is None:
             return model(input_ids=tokens).logits
-        return model(inputs_embeds=composed.embed(model, tokens)).logits
+        return model(inputs_embeds=images.embed(model, tokens)).logits
 
-    parameters = [*model.parameters(), *(composed.parameters() if composed else ())]
+    parameters = [p for p in (*model.parameters(), *(images.parameters() if images else ())) if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     start = time.process_time()
@@ -257,14 +357,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tower", type=Path, help="a toy parts folder (sicog toy parts), for the tower tasks")
+    parser.add_argument("--tasks", nargs="*", choices=list(TASKS),
+                        help="default: every task, the tower ones only with --tower")
     args = parser.parse_args()
+    tasks = args.tasks or [name for name in TASKS if args.tower or not name.startswith("tower")]
     torch.set_num_threads(1)
     size = {setting: getattr(args, setting) for setting in TOY_TEXT}
     print(f"{args.steps} steps of {args.batch_size} sequences, lr {args.lr}, {size}\n")
     print("| task | accuracy | guessing among the scene's values | CPU s |\n|---|---|---|---|")
-    for name in args.tasks:
-        result = run(name, args.steps, args.lr, args.batch_size, args.seed, **size)
+    for name in tasks:
+        result = run(name, args.steps, args.lr, args.batch_size, args.seed, args.tower, **size)
         print(f"| {name} | {result['accuracy']:.3f} | {result['guess']:.3f} | {result['cpu_s']:.0f} |", flush=True)
 
 

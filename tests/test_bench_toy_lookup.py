@@ -3,15 +3,18 @@ at the distance the task's name says, and a short run reports an accuracy on fre
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import random
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2ForCausalLM
+from transformers import CLIPVisionModel, Qwen2ForCausalLM
 
-from sicog.model.builders import tiny_text_config
+from sicog.model.builders import tiny_text_config, tiny_vision_config
+from sicog.model.vision import patch_features
+from sicog.toy.pretrain import pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +97,26 @@ def test_a_named_description_scores_each_place_after_the_one_token_naming_its_ob
             assert tokens[position + 1] == bench.place(place)
 
 
+@pytest.mark.parametrize("varied", [False, True])
+def test_a_description_in_context_keeps_its_image_and_scores_its_places(bench, varied: bool) -> None:
+    task = bench.in_context(bench.describing("pair", one_token=True), before=3, after=5, copies=2, varied=varied)
+    names = {bench.named(c, s): (c, s) for c in range(4) for s in range(4)}
+    rng, templates = random.Random(0), set()
+    for _ in range(20):
+        tokens, scored = task(rng)
+        image = tokens[4:12]
+        assert tokens[0] == bench.BOS and tokens[12] == bench.SEP and image[::2] == image[1::2]
+        objects = _objects(bench, tokens)
+        assert len(objects) == 8 and len(set(objects)) == 4 and len(scored) == 4
+        assert all(k > 17 for k in scored)
+        for position in scored:
+            (place,) = {p for c, s, p in objects if (c, s) == names[tokens[position]]}
+            assert tokens[position + 1] == bench.place(place)
+        templates.add(tuple(tokens[1:4] + tokens[13:18]))
+        assert all(t in bench.FILLER for t in tokens[1:4] + tokens[13:18])
+    assert (len(templates) > 1) == varied
+
+
 def test_a_short_run_reports_held_out_accuracy(bench) -> None:
     result = bench.run("bound, asked last", steps=3, lr=1e-3, batch_size=4, seed=0, layers=1)
     assert result["task"] == "bound, asked last" and 0.0 <= result["accuracy"] <= 1.0 and result["guess"] == 0.25
@@ -109,4 +132,30 @@ def test_composed_objects_are_the_projected_sum_of_their_attributes(bench) -> No
     assert torch.allclose(embedded[2] - embedded[1], composed.projector.weight @ (parts[2, 0] - parts[2, 3]), atol=1e-5)
     assert torch.equal(embedded[3], model.get_input_embeddings().weight[bench.shape(2)])
     result = bench.run("composed, describe", steps=3, lr=1e-3, batch_size=4, seed=0, layers=1, hidden_size=32)
+    assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_tower_objects_are_projected_patch_features_of_their_drawn_cells(bench, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    CLIPVisionModel(tiny_vision_config(hidden_size=16, layers=2, patch_size=16, image_size=32)).save_pretrained(
+        tmp_path / "vision")
+    images = bench.TowerObjects(tmp_path / "vision", 32, centre=True, seed=0)
+    pool = [images._drawn(sorted(bench._scene(random.Random(k), "pair"), key=lambda o: o[2])) for k in range(64)]
+    assert images._features(pool).mean(0).sub(images.mean).norm() < images.mean.norm(), "the mean of other pictures"
+    objects = [(1, 2, 3), (0, 0, 1), (3, 1, 0), (2, 3, 2)]
+    drawn = copy.deepcopy(images.rng)
+    scene = images._drawn(sorted(objects, key=lambda o: o[2]))
+    assert [o.position for o in scene.objects] == ["top left", "top right", "bottom left", "bottom right"]
+    assert [(o.color, o.shape) for o in scene.objects] == [("blue", "square"), ("red", "circle"), ("green", "cross"),
+                                                           ("yellow", "triangle")]
+    images.rng = drawn
+    model = Qwen2ForCausalLM(tiny_text_config(bench.VOCAB, hidden_size=32, layers=1, heads=2, kv_heads=1))
+    tokens = torch.tensor([bench._image(objects) + [bench.named(1, 2)]])
+    embedded = images.embed(model, tokens)[0]
+    pixel_values = torch.from_numpy(pixels(scene, 32))[None]
+    features = patch_features(images.tower, pixel_values, bench.FEATURE_LAYER, 16).flatten(0, 2)
+    torch.testing.assert_close(embedded[1:5], images.projector(features - images.mean))
+    assert torch.equal(embedded[-1], model.get_input_embeddings().weight[bench.named(1, 2)])
+    result = bench.run("tower, describe, named, centred", steps=2, lr=1e-3, batch_size=2, seed=0, tower=tmp_path,
+                       layers=1, hidden_size=32)
     assert 0.0 <= result["accuracy"] <= 1.0
