@@ -90,6 +90,11 @@ def bound(c: int, s: int, p: int) -> int:
     return 100 + (c * VALUES + s) * VALUES + p
 
 
+def unbound(code: int | torch.Tensor) -> tuple:
+    """(colour, shape, place) of one-token objects given as ``token - bound(0, 0, 0)`` (ints or a tensor)."""
+    return code // (VALUES * VALUES), code // VALUES % VALUES, code % VALUES
+
+
 VOCAB = bound(VALUES - 1, VALUES - 1, VALUES - 1) + 1
 Sample = tuple[list[int], list[int]]  # tokens, and the positions whose next token is scored
 
@@ -175,6 +180,7 @@ def describing(unique: str, one_token: bool = False) -> Callable[[random.Random]
 
 
 describe = describing("pair")
+describe_named = describing("pair", one_token=True)
 # The demo's chat layout around its image: the system turn and the user header before the image tokens
 # (14 tokens with the toy tokenizer), the caption request and the assistant header after them (14, here
 # after the token that closes the image), and four image tokens per object (the resampler's four queries
@@ -219,15 +225,14 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "composed, describe": (describe, DESCRIBE_GUESS),
     "composed, describe, distinct": (describing("each"), DESCRIBE_GUESS),
     "composed, describe, colours distinct": (describing("colour"), DESCRIBE_GUESS),
-    "composed, describe, named": (describing("pair", one_token=True), DESCRIBE_GUESS),
-    "composed, describe, named, 6 fixed tokens after the image": (
-        in_context(describing("pair", one_token=True), 0, 6), DESCRIBE_GUESS),
+    "composed, describe, named": (describe_named, DESCRIBE_GUESS),
+    "composed, describe, named, 6 fixed tokens after the image": (in_context(describe_named, 0, 6), DESCRIBE_GUESS),
     "composed, describe, named, 6 varied tokens after the image": (
-        in_context(describing("pair", one_token=True), 0, 6, varied=True), DESCRIBE_GUESS),
+        in_context(describe_named, 0, 6, varied=True), DESCRIBE_GUESS),
     "composed, describe, named, in a chat turn": (
-        in_context(describing("pair", one_token=True), CHAT_BEFORE, CHAT_AFTER, QUERIES_PER_CELL), DESCRIBE_GUESS),
-    "tower, describe, named": (describing("pair", one_token=True), DESCRIBE_GUESS),
-    "tower, describe, named, centred": (describing("pair", one_token=True), DESCRIBE_GUESS),
+        in_context(describe_named, CHAT_BEFORE, CHAT_AFTER, QUERIES_PER_CELL), DESCRIBE_GUESS),
+    "tower, describe, named": (describe_named, DESCRIBE_GUESS),
+    "tower, describe, named, centred": (describe_named, DESCRIBE_GUESS),
 }
 FEATURES = 64  # the toy tower's width
 CENTRING_PICTURES = 1024
@@ -247,8 +252,7 @@ class ComposedObjects(torch.nn.Module):
         """The model's input embeddings with every one-token object replaced by its projected feature."""
         embeddings = model.get_input_embeddings()(tokens)
         objects = tokens >= bound(0, 0, 0)
-        code = tokens[objects] - bound(0, 0, 0)
-        colour, shape, place = code // (VALUES * VALUES), code // VALUES % VALUES, code % VALUES
+        colour, shape, place = unbound(tokens[objects] - bound(0, 0, 0))
         features = self.parts[0, colour] + self.parts[1, shape] + self.parts[2, place]
         embeddings[objects] = self.projector(features)
         return embeddings
@@ -268,7 +272,7 @@ class TowerObjects(torch.nn.Module):
         self.register_buffer("mean", torch.zeros(width))
         if centre:
             pool = random.Random(f"tower/{seed}/centring")
-            scenes = [self._drawn(sorted(_scene(pool, "pair"), key=lambda o: o[2])) for _ in range(CENTRING_PICTURES)]
+            scenes = [self._drawn(_scene(pool, "pair")) for _ in range(CENTRING_PICTURES)]
             self.mean = self._features(scenes).mean(0)
         self.projector = torch.nn.Linear(width, hidden_size)
 
@@ -280,12 +284,12 @@ class TowerObjects(torch.nn.Module):
             return patch_features(self.tower, images, FEATURE_LAYER, config.patch_size).flatten(0, 2)
 
     def _drawn(self, objects: list[tuple[int, int, int]]) -> Scene:
-        """A toy world picture of ``objects`` (colour, shape, place), given in place order."""
+        """A toy world picture of ``objects`` (colour, shape, place), its objects in place order."""
         cells, layout, rng = self.layout.cell, self.layout, self.rng
         drawn = tuple(
             SceneObject(layout.shapes[s], layout.colors[c], rng.choice(layout.sizes), GRID_LINES[2][p // 2],
                         GRID_LINES[2][p % 2], dx=round(rng.uniform(-1, 1), 2), dy=round(rng.uniform(-1, 1), 2))
-            for c, s, p in objects)
+            for c, s, p in sorted(objects, key=lambda o: o[2]))
         return Scene(2 * cells, 2 * cells, rng.choice(layout.backgrounds), drawn, rows=2, cols=2, layout="grid")
 
     def embed(self, model: Qwen2ForCausalLM, tokens: torch.Tensor) -> torch.Tensor:
@@ -293,9 +297,8 @@ class TowerObjects(torch.nn.Module):
         ``_image`` writes them, which is the order of the tower's patches) replaced by projected features."""
         embeddings = model.get_input_embeddings()(tokens)
         objects = tokens >= bound(0, 0, 0)
-        code = (tokens[objects] - bound(0, 0, 0)).reshape(len(tokens), OBJECTS)
-        scenes = [self._drawn([(int(k) // (VALUES * VALUES), int(k) // VALUES % VALUES, int(k) % VALUES) for k in row])
-                  for row in code]
+        codes = (tokens[objects] - bound(0, 0, 0)).reshape(len(tokens), OBJECTS).tolist()
+        scenes = [self._drawn([unbound(code) for code in row]) for row in codes]
         embeddings[objects] = self.projector(self._features(scenes) - self.mean)
         return embeddings
 
@@ -320,8 +323,8 @@ def run(name: str, steps: int, lr: float, batch_size: int, seed: int, tower: Pat
     if name.startswith("composed"):
         images = ComposedObjects(model.config.hidden_size)
     elif name.startswith("tower"):
-        if tower is None:
-            raise SystemExit(f"task {name!r} needs --tower (a toy parts folder)")
+        if tower is None or not (tower / "vision").is_dir():
+            raise SystemExit(f"task {name!r} needs --tower, a toy parts folder with a vision/ tower (got {tower})")
         images = TowerObjects(tower / "vision", model.config.hidden_size, name.endswith("centred"), seed)
 
     def forward(tokens: torch.Tensor) -> torch.Tensor:
