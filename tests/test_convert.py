@@ -1,6 +1,7 @@
 """`sicog convert`: published llava_qwen checkpoints <-> SICOG checkpoints, every tensor kept."""
 
 import json
+import stat
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from safetensors.torch import save_file
 from transformers import GenerationConfig
 
 from sicog.cli import main
+from sicog.data.jsonl import FILE_MODE
 from sicog.model.builders import (
     load_pretrained,
     load_projector,
@@ -101,6 +103,8 @@ def test_release_to_sicog_to_release_is_lossless(tokenizer, tmp_path, fmt, monke
     assert all(torch.equal(projector[k], original[k]) for k in projector)
     config = json.loads((tmp_path / "back" / "config.json").read_text())
     assert config["model_type"] == "llava_qwen" and config["mm_projector_type"] == "adapt_spatial_resampler_v1"
+    written = [p for folder in ("ours", "back") for p in (tmp_path / folder).rglob("*.safetensors")]
+    assert written and {stat.S_IMODE(p.stat().st_mode) for p in written} == {FILE_MODE}
 
 
 def test_release_projector_bin_loads_into_the_resampler(tokenizer, tmp_path):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, CLIPVisionModel, Qwen2ForCausalLM
 
+from sicog.data.jsonl import FILE_MODE
 from sicog.model.builders import tiny_text_config
 from sicog.toy.build import build_world, load_manifest
 from sicog.toy.model import PARTS_RECORD, TOY_TEXT
@@ -49,6 +51,7 @@ def test_parts_are_built_once_and_reused(world: Path, tmp_path: Path) -> None:
     lm = Qwen2ForCausalLM.from_pretrained(llm)
     tokenizer = AutoTokenizer.from_pretrained(llm)
     assert lm.config.vocab_size == len(tokenizer)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in vision.parent.rglob("*.safetensors")} == {FILE_MODE}
     image = torch.from_numpy(pixels(sample_scene(random.Random(0), LAYOUTS["sliced"]), tower.config.image_size))
     assert tower(pixel_values=image[None]).last_hidden_state.shape[-1] == tower.config.hidden_size
     before = vision.stat().st_mtime_ns

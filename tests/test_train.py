@@ -1,4 +1,5 @@
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from safetensors.torch import load_file
 from train_helpers import TINY_FLAGS, logged_losses, make_checkpoint, make_dataset, make_parts, weights
 
 from sicog.cli import main
+from sicog.data.jsonl import FILE_MODE
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,16 @@ def test_stage1_changes_only_the_projector(world, tmp_path):
     projector = load_file(str(tmp_path / "trained" / "projector.safetensors"))
     assert sorted(f"resampler.{k}" for k in projector) == sorted(resampler)
     assert all(torch.equal(trained[f"resampler.{k}"], v) for k, v in projector.items())
+
+
+def test_checkpoints_and_final_weights_get_the_umask_mode(world, tmp_path):
+    main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
+          *TINY_FLAGS, *common(world, tmp_path / "s1", steps=2), "--save_steps", "1"])
+    weights = sorted((tmp_path / "s1").rglob("*.safetensors"))
+    assert {p.relative_to(tmp_path / "s1").as_posix() for p in weights} >= {
+        "model.safetensors", "projector.safetensors", "checkpoint-2/model.safetensors"}
+    for path in weights:
+        assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE, path
 
 
 def test_invalid_records_stop_the_run_and_are_all_listed(world, tmp_path, capsys):

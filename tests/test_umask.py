@@ -31,3 +31,24 @@ def test_outputs_follow_the_umask(tmp_path, umask, mode):
     assert result.returncode == 0, result.stderr
     for name in ("mix.jsonl", "mix.errors.jsonl", "doc.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_saved_weights_follow_the_umask(tmp_path, tokenizer, umask, mode):
+    """safetensors writes weights private (0600) whatever the umask; a checkpoint on a shared disk must not be."""
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    script = (
+        "from transformers import AutoTokenizer\n"
+        "from sicog.model.builders import new_model, save_pretrained, save_projector, tiny_config\n"
+        f"tok = AutoTokenizer.from_pretrained({str(tmp_path / 'tokenizer')!r})\n"
+        "model, processor = new_model(tiny_config(tok), tok)\n"
+        f"save_pretrained(model, processor, {str(tmp_path / 'model')!r})\n"
+        f"save_projector(model, {str(tmp_path / 'projector')!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=lambda: os.umask(umask), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = [p for folder in ("model", "projector") for p in (tmp_path / folder).iterdir()]
+    assert {p.name for p in written} >= {"model.safetensors", "projector.safetensors", "config.json"}
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path.name

@@ -23,6 +23,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from sicog.data.jsonl import share_like_umask
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids
@@ -146,6 +147,7 @@ def save_pretrained(
     with with_remote_code(model, processor, enabled=remote_code):
         model.save_pretrained(path)
         processor.save_pretrained(path)
+    share_like_umask(path)
 
 
 @contextlib.contextmanager
@@ -191,6 +193,7 @@ def write_projector(state: dict[str, torch.Tensor], config: SicogConfig, path: s
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, path / PROJECTOR_FILE)
+    share_like_umask(path)
     (path / PROJECTOR_CONFIG).write_text(json.dumps(_projector_settings(config), indent=2) + "\n")
     return path / PROJECTOR_FILE
 

@@ -28,6 +28,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from sicog.data.jsonl import share_like_umask
 from sicog.model.builders import (
     RELEASE_INFERENCE_LONG_SIDE,
     RELEASE_SEPARATORS,
@@ -131,6 +132,7 @@ def release_to_sicog(
         model.generation_config = GenerationConfig.from_pretrained(src)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    share_like_umask(out)
     return out
 
 
@@ -205,5 +207,6 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     if (src / "generation_config.json").is_file():
         shutil.copyfile(src / "generation_config.json", out / "generation_config.json")
+    share_like_umask(out)
     return out
 

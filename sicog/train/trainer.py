@@ -13,7 +13,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from sicog.data.crash import crash_point
-from sicog.data.jsonl import write_json
+from sicog.data.jsonl import share_like_umask, write_json
 from sicog.train.checkpoints import COMPLETE_MARKER
 
 
@@ -134,6 +134,8 @@ class SicogTrainer(Trainer):
             os.makedirs(output_dir, exist_ok=True)
             crash_point("checkpoint-weights")
         super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            share_like_umask(output_dir or self.args.output_dir)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         crash_point("checkpoint-optimizer")  # kill test point: weights written, optimizer state not
