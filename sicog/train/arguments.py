@@ -28,7 +28,7 @@ class StagePreset:
 
 STAGES: dict[str, StagePreset] = {
     "0": StagePreset(PARTS, never_split=False, source="checkpoint", title="warm-up on annotated CoD / CoT data"),
-    "1": StagePreset(("resampler",), never_split=True, source="parts", title="alignment (projector only)"),
+    "1": StagePreset(("resampler",), never_split=True, source="parts", title="alignment"),
     "1.5": StagePreset(PARTS, never_split=False, source="parts",
                        title="pre-training on self-generated, self-curated data"),
     "2": StagePreset(PARTS, never_split=False, source="checkpoint", title="visual instruction tuning"),
