@@ -36,6 +36,9 @@ sequences; each task is one way an answer can depend on an object's attributes:
   scene drawn as a toy world picture (the demo's 2x2 grid, random sizes, background and jitter), its four
   patch features from the toy tower at the layer the model reads, through a trained projector;
   ``centred``: the features less their mean over 1,024 other such pictures.
+- ``..., every token``: trained on every token after the image, as a caption is (the names too, each
+  drawn from the objects not yet said), still scored on the places; ``by colour``: the objects described
+  by colour, then shape, not in a random order; ``chat``: in a chat turn, as above.
 
 Prints a markdown table: accuracy on 512 fresh sequences after training, and what guessing among the
 scene's own values scores. Results are in docs/pipeline.md ("What the demo shows today").
@@ -96,7 +99,8 @@ def unbound(code: int | torch.Tensor) -> tuple:
 
 
 VOCAB = bound(VALUES - 1, VALUES - 1, VALUES - 1) + 1
-Sample = tuple[list[int], list[int]]  # tokens, and the positions whose next token is scored
+# Tokens, the positions whose next token is scored, and optionally those trained on (else the scored ones).
+Sample = tuple[list[int], list[int]] | tuple[list[int], list[int], list[int]]
 
 
 def _scene(rng: random.Random, unique: str) -> list[tuple[int, int, int]]:
@@ -162,15 +166,15 @@ def restated(rng: random.Random) -> Sample:
     return tokens, [len(tokens) - 2]
 
 
-def describing(unique: str, one_token: bool = False) -> Callable[[random.Random], Sample]:
-    """Every object described in a random order, "colour shape word place", scored on the place; no two
-    objects share ``unique`` (as in ``_scene``: with "each", either word alone names the object, with
-    "colour" the colour does); ``one_token``: "colour shape word" is one token."""
+def describing(unique: str, one_token: bool = False, by_colour: bool = False) -> Callable[[random.Random], Sample]:
+    """Every object described in a random order (``by_colour``: by colour, then shape), "colour shape word
+    place", scored on the place; no two objects share ``unique`` (as in ``_scene``: with "each", either word
+    alone names the object, with "colour" the colour does); ``one_token``: "colour shape word" is one token."""
 
     def task(rng: random.Random) -> Sample:
         objects = _scene(rng, unique)
         tokens, scored = _image(objects), []
-        for c, s, p in rng.sample(objects, OBJECTS):
+        for c, s, p in sorted(objects) if by_colour else rng.sample(objects, OBJECTS):
             tokens += [named(c, s)] if one_token else [colour(c), shape(s), rng.choice(FILLER)]
             scored.append(len(tokens) - 1)
             tokens.append(place(p))
@@ -206,6 +210,21 @@ def in_context(task: Callable[[random.Random], Sample], before: int, after: int,
     return wrapped
 
 
+def every_token(task: Callable[[random.Random], Sample]) -> Callable[[random.Random], Sample]:
+    """``task`` trained on every token after the image, as a caption is, and scored as before."""
+
+    def wrapped(rng: random.Random) -> Sample:
+        tokens, scored = task(rng)[:2]
+        return tokens, scored, list(range(tokens.index(SEP), len(tokens) - 1))
+
+    return wrapped
+
+
+def chat_turn(task: Callable[[random.Random], Sample]) -> Callable[[random.Random], Sample]:
+    """``task`` laid out as the demo's chat turn (``in_context`` with the chat template's lengths)."""
+    return in_context(task, CHAT_BEFORE, CHAT_AFTER, QUERIES_PER_CELL)
+
+
 # Guessing a description's places: those already said are excluded, so 1/4, 1/3, 1/2, then 1.
 DESCRIBE_GUESS = (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4
 TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
@@ -229,10 +248,15 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "composed, describe, named, 6 fixed tokens after the image": (in_context(describe_named, 0, 6), DESCRIBE_GUESS),
     "composed, describe, named, 6 varied tokens after the image": (
         in_context(describe_named, 0, 6, varied=True), DESCRIBE_GUESS),
-    "composed, describe, named, in a chat turn": (
-        in_context(describe_named, CHAT_BEFORE, CHAT_AFTER, QUERIES_PER_CELL), DESCRIBE_GUESS),
+    "composed, describe, named, in a chat turn": (chat_turn(describe_named), DESCRIBE_GUESS),
+    "composed, describe, named, every token": (every_token(describe_named), DESCRIBE_GUESS),
     "tower, describe, named": (describe_named, DESCRIBE_GUESS),
     "tower, describe, named, centred": (describe_named, DESCRIBE_GUESS),
+    "tower, describe, named, every token": (every_token(describe_named), DESCRIBE_GUESS),
+    "tower, describe, named, by colour, every token": (every_token(describing("pair", True, True)), DESCRIBE_GUESS),
+    "tower, describe, named, chat, every token": (every_token(chat_turn(describe_named)), DESCRIBE_GUESS),
+    "tower, describe, named, by colour, chat, every token": (
+        every_token(chat_turn(describing("pair", True, True))), DESCRIBE_GUESS),
 }
 FEATURES = 64  # the toy tower's width
 CENTRING_PICTURES = 1024
@@ -297,19 +321,23 @@ class TowerObjects(torch.nn.Module):
         ``_image`` writes them, which is the order of the tower's patches) replaced by projected features."""
         embeddings = model.get_input_embeddings()(tokens)
         objects = tokens >= bound(0, 0, 0)
-        codes = (tokens[objects] - bound(0, 0, 0)).reshape(len(tokens), OBJECTS).tolist()
+        copies = int(objects.sum()) // (len(tokens) * OBJECTS)  # image tokens per object (``in_context``)
+        codes = (tokens[objects] - bound(0, 0, 0)).reshape(len(tokens), -1)[:, ::copies].tolist()
         scenes = [self._drawn([unbound(code) for code in row]) for row in codes]
-        embeddings[objects] = self.projector(self._features(scenes) - self.mean)
+        features = self._features(scenes).reshape(len(tokens), OBJECTS, -1).repeat_interleave(copies, dim=1)
+        embeddings[objects] = self.projector(features.flatten(0, 1) - self.mean)
         return embeddings
 
 
-def _batch(task: Callable[[random.Random], Sample], rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(task: Callable[[random.Random], Sample], rng: random.Random, size: int) -> tuple[torch.Tensor, ...]:
+    """Tokens, and masks of the positions scored and trained on."""
     samples = [task(rng) for _ in range(size)]
-    tokens = torch.tensor([t for t, _ in samples])
-    scored = torch.zeros_like(tokens, dtype=torch.bool)
-    for row, (_, positions) in enumerate(samples):
-        scored[row, positions] = True
-    return tokens, scored
+    tokens = torch.tensor([sample[0] for sample in samples])
+    scored, trained = torch.zeros_like(tokens, dtype=torch.bool), torch.zeros_like(tokens, dtype=torch.bool)
+    for row, sample in enumerate(samples):
+        scored[row, sample[1]] = True
+        trained[row, sample[-1]] = True
+    return tokens, scored, trained
 
 
 def run(name: str, steps: int, lr: float, batch_size: int, seed: int, tower: Path | None = None, **size: int) -> dict:
@@ -337,16 +365,16 @@ def run(name: str, steps: int, lr: float, batch_size: int, seed: int, tower: Pat
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     start = time.process_time()
     for _ in range(steps):
-        tokens, scored = _batch(task, rng, batch_size)
+        tokens, _, trained = _batch(task, rng, batch_size)
         logits = forward(tokens)
-        loss = torch.nn.functional.cross_entropy(logits[scored], tokens[:, 1:][scored[:, :-1]])
+        loss = torch.nn.functional.cross_entropy(logits[trained], tokens[:, 1:][trained[:, :-1]])
         loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
     model.eval()
     with torch.no_grad():
-        tokens, scored = _batch(task, random.Random(f"{name}/held-out"), 512)
+        tokens, scored, _ = _batch(task, random.Random(f"{name}/held-out"), 512)
         predicted = forward(tokens).argmax(-1)
         accuracy = (predicted[scored] == tokens[:, 1:][scored[:, :-1]]).float().mean().item()
     return {"task": name, "accuracy": accuracy, "guess": guess, "cpu_s": time.process_time() - start}

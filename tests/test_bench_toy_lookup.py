@@ -159,3 +159,45 @@ def test_tower_objects_are_projected_patch_features_of_their_drawn_cells(bench, 
     result = bench.run("tower, describe, named, centred", steps=2, lr=1e-3, batch_size=2, seed=0, tower=tmp_path,
                        layers=1, hidden_size=32)
     assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_every_token_trains_on_the_whole_text_after_the_image_and_scores_the_places(bench) -> None:
+    names = {bench.named(c, s): (c, s) for c in range(4) for s in range(4)}
+    ordered = bench.every_token(bench.describing("pair", one_token=True, by_colour=True))
+    rng = random.Random(0)
+    for _ in range(20):
+        tokens, scored, trained = ordered(rng)
+        start = tokens.index(bench.SEP)
+        assert trained == list(range(start, len(tokens) - 1)) and set(scored) < set(trained)
+        said = [names[tokens[k]] for k in scored]
+        assert said == sorted(said), "by colour, then shape"
+        objects = _objects(bench, tokens)
+        for position in scored:
+            (place,) = [p for c, s, p in objects if (c, s) == names[tokens[position]]]
+            assert tokens[position + 1] == bench.place(place)
+    randomly = bench.TASKS["tower, describe, named, every token"][0]
+    orders = {tuple(names[tokens[k]] for k in scored) for tokens, scored, _ in (randomly(rng) for _ in range(20))}
+    assert len(orders) > 1 and any(list(o) != sorted(o) for o in orders)
+
+
+def test_a_trained_mask_differs_from_the_scored_one_only_when_a_task_says_so(bench) -> None:
+    tokens, scored, trained = bench._batch(bench.describe, random.Random(0), 3)
+    assert torch.equal(scored, trained)
+    tokens, scored, trained = bench._batch(bench.every_token(bench.describe), random.Random(0), 3)
+    assert torch.equal(scored & trained, scored) and trained.sum() > scored.sum()
+    assert not trained[:, : 1 + bench.OBJECTS].any(), "the image is never a target"
+
+
+def test_tower_tokens_in_a_chat_turn_repeat_each_objects_features(bench, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    CLIPVisionModel(tiny_vision_config(hidden_size=16, layers=2, patch_size=16, image_size=32)).save_pretrained(
+        tmp_path / "vision")
+    images = bench.TowerObjects(tmp_path / "vision", 32, centre=False, seed=0)
+    model = Qwen2ForCausalLM(tiny_text_config(bench.VOCAB, hidden_size=32, layers=1, heads=2, kv_heads=1))
+    tokens, _, _ = bench._batch(bench.TASKS["tower, describe, named, chat, every token"][0], random.Random(0), 2)
+    embedded = images.embed(model, tokens)
+    first = bench.CHAT_BEFORE + 1
+    image = embedded[:, first : first + bench.OBJECTS * bench.QUERIES_PER_CELL]
+    copies = image.reshape(2, bench.OBJECTS, bench.QUERIES_PER_CELL, -1)
+    assert torch.equal(copies, copies[:, :, :1].expand_as(copies))
+    assert not torch.allclose(copies[:, 0, 0], copies[:, 1, 0])
