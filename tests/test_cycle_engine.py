@@ -216,3 +216,17 @@ def test_paper_config_dry_run_prints_the_paper_global_batches(tmp_path, capsys):
         f"{arm}_{stage}" for arm in "BCD" for stage in ("stage15", "stage2")}
     assert "2180 steps = 558080 samples" in next(line for line in lines if line.startswith("[run] stage1:"))
     assert all(line.startswith("[run] ") for line in lines[1:]) and not (tmp_path / "seed0").exists()
+
+
+def test_stage1_tunable_parts_win_over_the_train_settings_of_every_stage(quick_keys):
+    out, config, _, _ = quick_keys
+    changed = dataclasses.replace(config, stage1_tunable_parts="resampler",
+                                  train={**config.train, "tunable_parts": "resampler,language_model"})
+    _, plan = keys_of(changed, out)
+
+    def parts(step: str) -> list[str]:
+        argv = plan.steps[step].argv
+        return [argv[i + 1] for i, flag in enumerate(argv) if flag == "--tunable_parts"]
+
+    assert parts("stage1") == ["resampler"]
+    assert parts("A_stage2") == parts("D_stage15") == ["resampler,language_model"]

@@ -37,6 +37,13 @@ def _option(flag: str, value: object) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
+def _without(flags: list[str], flag: str) -> list[str]:
+    """``flags`` less ``flag`` and its value: a stage's own setting (stage 1's tunable parts) replaces the
+    one ``config.train`` gives every stage, instead of being silently overridden by it."""
+    drop = {i for i, f in enumerate(flags) if f == flag}
+    return [f for i, f in enumerate(flags) if i not in drop and i - 1 not in drop]
+
+
 def _flags(settings: dict, known: set[str], what: str, dashes: bool = False) -> list[str]:
     """Command-line flags from a settings mapping, checked against the command's own argument names."""
     unknown = sorted(set(settings) - known)
@@ -110,8 +117,9 @@ class _Planner:
                 "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.03",
                 "--weight_decay", "0.0", "--logging_steps", str(max(1, min(10, steps // 5))),
                 "--save_steps", str(max(steps // 2, 1)), "--save_total_limit", "1", "--seed", str(self.seed),
-                "--group_by_modality_length", "True", "--disable_tqdm", "True", *_option("--tunable_parts", tunable),
-                *self.train_flags]
+                "--group_by_modality_length", "True", "--disable_tqdm", "True",
+                *(_without(self.train_flags, "--tunable_parts") if tunable else self.train_flags),
+                *_option("--tunable_parts", tunable)]
         return self.plan.add(Step(name, tuple(argv), launched=True, note=note))
 
     def pools(self) -> None:
