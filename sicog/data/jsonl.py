@@ -137,17 +137,6 @@ def _process_umask() -> int:
 FILE_MODE = 0o666 & ~_process_umask()
 
 
-def share_like_umask(directory: str | os.PathLike) -> None:
-    """Give every ``*.safetensors`` file under ``directory`` the permissions of the user's umask.
-
-    safetensors 0.8 writes weights through a temporary file that it creates private (0600) and renames
-    into place (safetensors issue #782): on a cluster's shared disk nobody but the writer could load the
-    checkpoint. Call it after anything saves weights into ``directory``.
-    """
-    for path in Path(directory).rglob("*.safetensors"):
-        os.chmod(path, FILE_MODE)
-
-
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path`` that replaces ``path`` when the block ends without error.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -23,7 +24,6 @@ from transformers import (
     Qwen2Config,
 )
 
-from sicog.data.jsonl import share_like_umask
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids
@@ -133,6 +133,20 @@ def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditio
     return model, SicogProcessor.from_pretrained(path, config=model.config)
 
 
+def share_weights_like_config(directory: str | os.PathLike) -> None:
+    """Give every ``*.safetensors`` file under ``directory`` the permissions of a config file beside it.
+
+    safetensors 0.8 writes weights through a temporary file that it creates private (0600) and renames into
+    place (safetensors issue #782): on a cluster's shared disk nobody but the writer could load them. The
+    configs saved with them were written by a plain ``open`` and have the user's umask. Call it after
+    anything saves weights (and their config) into ``directory``.
+    """
+    for weights in Path(directory).rglob("*.safetensors"):
+        config = next(weights.parent.glob("*config.json"), None)
+        if config is not None:
+            os.chmod(weights, stat.S_IMODE(config.stat().st_mode))
+
+
 def save_pretrained(
     model: SicogForConditionalGeneration,
     processor: SicogProcessor,
@@ -147,7 +161,7 @@ def save_pretrained(
     with with_remote_code(model, processor, enabled=remote_code):
         model.save_pretrained(path)
         processor.save_pretrained(path)
-    share_like_umask(path)
+    share_weights_like_config(path)
 
 
 @contextlib.contextmanager
@@ -193,8 +207,8 @@ def write_projector(state: dict[str, torch.Tensor], config: SicogConfig, path: s
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, path / PROJECTOR_FILE)
-    share_like_umask(path)
     (path / PROJECTOR_CONFIG).write_text(json.dumps(_projector_settings(config), indent=2) + "\n")
+    share_weights_like_config(path)
     return path / PROJECTOR_FILE
 
 

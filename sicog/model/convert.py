@@ -28,12 +28,12 @@ from transformers import (
     Qwen2Config,
 )
 
-from sicog.data.jsonl import share_like_umask
 from sicog.model.builders import (
     RELEASE_INFERENCE_LONG_SIDE,
     RELEASE_SEPARATORS,
     _set_generation_ids,
     add_image_token,
+    share_weights_like_config,
 )
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
@@ -132,7 +132,7 @@ def release_to_sicog(
         model.generation_config = GenerationConfig.from_pretrained(src)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    share_like_umask(out)
+    share_weights_like_config(out)
     return out
 
 
@@ -207,6 +207,6 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     if (src / "generation_config.json").is_file():
         shutil.copyfile(src / "generation_config.json", out / "generation_config.json")
-    share_like_umask(out)
+    share_weights_like_config(out)
     return out
 

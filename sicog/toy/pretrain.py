@@ -43,9 +43,8 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from sicog.data.jsonl import share_like_umask
 from sicog.data.prompts import reasoning_prompt
-from sicog.model.builders import tiny_text_config, tiny_vision_config
+from sicog.model.builders import share_weights_like_config, tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_MEAN, CLIP_STD
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
 from sicog.toy.build import WORLD_VERSION, load_manifest
@@ -122,7 +121,7 @@ def pretrained_parts(
             f"{reading['accuracy']:.2f} of questions about a described scene (chance {reading['chance']:.2f})")
         report = {"clip": {**clip_loss, "seconds": round(clip_seconds, 1)},
                   "lm": {**lm_loss, "seconds": round(lm_seconds, 1), "reading": reading}}
-        share_like_umask(staging)
+        share_weights_like_config(staging)
         (staging / PARTS_RECORD).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if folder.exists():  # an interrupted or concurrent build: the finished one wins
             shutil.rmtree(staging)

@@ -13,7 +13,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from sicog.data.crash import crash_point
-from sicog.data.jsonl import share_like_umask, write_json
+from sicog.data.jsonl import write_json
+from sicog.model.builders import share_weights_like_config
 from sicog.train.checkpoints import COMPLETE_MARKER
 
 
@@ -135,7 +136,7 @@ class SicogTrainer(Trainer):
             crash_point("checkpoint-weights")
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save:
-            share_like_umask(output_dir or self.args.output_dir)
+            share_weights_like_config(output_dir or self.args.output_dir)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         crash_point("checkpoint-optimizer")  # kill test point: weights written, optimizer state not
