@@ -185,6 +185,7 @@ def describing(unique: str, one_token: bool = False, by_colour: bool = False) ->
 
 describe = describing("pair")
 describe_named = describing("pair", one_token=True)
+describe_by_colour = describing("pair", one_token=True, by_colour=True)
 # The demo's chat layout around its image: the system turn and the user header before the image tokens
 # (14 tokens with the toy tokenizer), the caption request and the assistant header after them (14, here
 # after the token that closes the image), and four image tokens per object (the resampler's four queries
@@ -253,10 +254,10 @@ TASKS: dict[str, tuple[Callable[[random.Random], Sample], float]] = {
     "tower, describe, named": (describe_named, DESCRIBE_GUESS),
     "tower, describe, named, centred": (describe_named, DESCRIBE_GUESS),
     "tower, describe, named, every token": (every_token(describe_named), DESCRIBE_GUESS),
-    "tower, describe, named, by colour, every token": (every_token(describing("pair", True, True)), DESCRIBE_GUESS),
+    "tower, describe, named, by colour, every token": (every_token(describe_by_colour), DESCRIBE_GUESS),
     "tower, describe, named, chat, every token": (every_token(chat_turn(describe_named)), DESCRIBE_GUESS),
     "tower, describe, named, by colour, chat, every token": (
-        every_token(chat_turn(describing("pair", True, True))), DESCRIBE_GUESS),
+        every_token(chat_turn(describe_by_colour)), DESCRIBE_GUESS),
 }
 FEATURES = 64  # the toy tower's width
 CENTRING_PICTURES = 1024
