@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from sicog.data.prompts import COT_STEPS, reasoning_prompt
 from sicog.data.steps import format_steps
@@ -17,12 +17,6 @@ from sicog.data.steps import format_steps
 ROOT = Path(__file__).resolve().parents[1]
 CONCLUSIONS = ["There are three cubes. The answer is 3.", "The answer is 5.", "I count three, so the answer is three.",
                "Answer: 3", "Five cubes. The answer is 5.", "Three cubes are visible. The answer is 3."]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def curate_command(nproc: int, input_path: Path, out: Path) -> list[str]:

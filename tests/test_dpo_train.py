@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from ports import free_port
 from train_helpers import COLORS, make_checkpoint, weights
 
 from sicog.cli import main
@@ -122,7 +123,7 @@ def single_process_reference(world):
 def test_two_ranks_complete_and_save_a_loadable_checkpoint(world, tmp_path, zero):
     out = tmp_path / zero
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29631 + (zero == "zero3")),
+           "--master_port", str(free_port()),
            "-m", "sicog", "train", *flags(world, out, 2, ("--deepspeed", zero, "--per_device_train_batch_size", "2"))]
     result = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from sicog.cli import main
 from sicog.data.jsonl import load_records
@@ -64,12 +64,6 @@ def test_command_reports_bad_input(setup, tmp_path, capsys) -> None:
     assert main(args) == 2
     assert "sicog eval: error:" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -158,17 +158,15 @@ def test_every_script_trains_for_real(world, tmp_path):
 @pytest.mark.slow
 def test_two_nodes_on_loopback_train_and_save_once(world, tmp_path):
     """Two torchrun launches with node ranks 0 and 1 (one process each, gloo): one run, saved once."""
-    import socket
     import subprocess
     from pathlib import Path
 
+    from ports import free_port
+
     root = Path(__file__).resolve().parents[1]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = script_env(world, tmp_path, EXPERIMENT_NAME="nodes", OUTPUT_DIR=str(tmp_path / "nodes"),
                      PREV_STAGE_CHECKPOINT=str(world["base"]), NNODES="2", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT=str(port))
+                     MASTER_PORT=str(free_port()))
     script = str(root / "training_scripts" / "uhdv1-finetune-qwen-stage2-sft.sh")
     nodes = [subprocess.Popen(["bash", script], env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for rank in (0, 1)]

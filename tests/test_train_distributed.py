@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from ports import free_port
 from safetensors.torch import load_file
 from train_helpers import TINY_FLAGS, make_checkpoint, make_dataset, make_parts, weights
 
@@ -22,8 +23,8 @@ def world(tmp_path_factory, tokenizer):
             "data": make_dataset(root, n=14, text_only=2)}
 
 
-def torchrun(args, port):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+def torchrun(args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "sicog", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -50,7 +51,7 @@ def test_two_ranks_cover_the_data_and_resume_exactly(world, tmp_path, zero):
     full = tmp_path / "full"
     # 16 records / (2 per device x 2 accumulation x 2 ranks) -> 2 optimizer steps an epoch; 4 steps = 2 epochs.
     torchrun(["--stage", "2", "--model_name_or_path", str(world["base"]), "--sample_log", str(tmp_path / "ids"),
-              *flags(world, full, zero, 4)], 29611 if zero == "zero2" else 29612)
+              *flags(world, full, zero, 4)])
     per_rank = [
         [json.loads(line) for line in (tmp_path / f"ids.rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)
     ]
@@ -63,8 +64,7 @@ def test_two_ranks_cover_the_data_and_resume_exactly(world, tmp_path, zero):
     # resume: cut the run back to its step-2 checkpoint and finish it again
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
-    torchrun(["--stage", "2", "--model_name_or_path", str(world["base"]), *flags(world, resumed, zero, 4)],
-             29613 if zero == "zero2" else 29614)
+    torchrun(["--stage", "2", "--model_name_or_path", str(world["base"]), *flags(world, resumed, zero, 4)])
     expected, got = losses(full), losses(resumed)
     assert sorted(got) == [1, 2, 3, 4]
     for step in (3, 4):
@@ -77,13 +77,12 @@ def test_two_ranks_cover_the_data_and_resume_exactly(world, tmp_path, zero):
 def test_stage1_projector_loads_into_stage15_under_zero3(world, tmp_path):
     stage1 = tmp_path / "stage1"
     torchrun(["--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), *TINY_FLAGS,
-              *flags(world, stage1, "zero2", 2)], 29615)
+              *flags(world, stage1, "zero2", 2)])
     projector = load_file(str(stage1 / "projector.safetensors"))
     # learning rate 0: what stage 1.5 saves is exactly what it loaded under ZeRO-3
     stage15 = tmp_path / "stage15"
     torchrun(["--stage", "1.5", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
-              "--projector", str(stage1), *TINY_FLAGS, *flags(world, stage15, "zero3", 1, ("--learning_rate", "0"))],
-             29616)
+              "--projector", str(stage1), *TINY_FLAGS, *flags(world, stage15, "zero3", 1, ("--learning_rate", "0"))])
     saved = weights(stage15)
     for name, tensor in projector.items():
         assert saved[f"resampler.{name}"].numel() > 0
