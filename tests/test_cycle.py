@@ -198,7 +198,7 @@ def test_a_caption_is_right_only_when_every_fact_it_states_is_true():
     ("name: x\nstage1_step: 3\n", "key 'stage1_step': unknown setting"),
     ("batch_size: eight\n", "key 'batch_size': expected an integer, got 'eight'"),
     ("stage2_steps: -5\n", "key 'stage2_steps': must be at least 1, got -5"),
-    ("temperature: [1]\n", "key 'temperature': expected a number"),
+    ("caption_temperature: [1]\n", "key 'caption_temperature': expected a number"),
     ("train: {bf16: [1]}\n", "key 'train': expected a mapping of setting names to single values"),
     ("- a list\n", "expected a mapping of settings \\(key: value\\), got list"),
     ("arms: [A, B]\n", "arm D"),

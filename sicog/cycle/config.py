@@ -55,9 +55,12 @@ class CycleConfig:
     train: dict[str, typing.Any] = field(default_factory=dict)
     # Model settings when stage 1 builds the model from parts (resampler_num_queries, scale_resolution, ...).
     model: dict[str, typing.Any] = field(default_factory=dict)
-    # Generation and curation (None: the command's default).
-    num_candidates: int | None = None
-    temperature: float | None = None
+    # Generation and curation (None: the command's default). Candidates and temperature are set per task,
+    # as the published README sets them for each generation script.
+    caption_candidates: int | None = None
+    reasoning_candidates: int | None = None
+    caption_temperature: float | None = None
+    reasoning_temperature: float | None = None
     top_p: float | None = None
     # The toy world's longest CoD caption (published step headers) is 286 tokens; fewer would cut step 5,
     # the part curation reads.
@@ -116,13 +119,15 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "stage15_steps": (1, None),
     "stage2_steps": (1, None),
     "dpo_steps": (1, None),
-    "num_candidates": (1, None),
+    "caption_candidates": (1, None),
+    "reasoning_candidates": (1, None),
     "caption_max_new_tokens": (1, None),
     "reasoning_max_new_tokens": (1, None),
     "generation_batch_size": (1, None),
     "eval_batch_size": (1, None),
     "threads": (1, None),
-    "temperature": (0, None),
+    "caption_temperature": (0, None),
+    "reasoning_temperature": (0, None),
     "top_p": (0, 1),
     "caption_threshold": (-1, 1),
     "reasoning_threshold": (-1, 1),

@@ -133,10 +133,13 @@ class _Planner:
 
     def generate(self, name: str, task: str, model: Ref, data: Arg, prompt: str) -> Ref:
         c = self.c
-        max_new = c.caption_max_new_tokens if task == "captions" else c.reasoning_max_new_tokens
+        captions = task == "captions"
+        max_new = c.caption_max_new_tokens if captions else c.reasoning_max_new_tokens
+        candidates = c.caption_candidates if captions else c.reasoning_candidates
+        temperature = c.caption_temperature if captions else c.reasoning_temperature
         argv = ("generate", task, "--model", model, "--data", data, "--image-folder", self.w.image_folder,
-                "--output", Out("generated.jsonl"), "--prompt", prompt, *_option("--num-candidates", c.num_candidates),
-                *_option("--temperature", c.temperature), *_option("--top-p", c.top_p),
+                "--output", Out("generated.jsonl"), "--prompt", prompt, *_option("--num-candidates", candidates),
+                *_option("--temperature", temperature), *_option("--top-p", c.top_p),
                 *_option("--max-new-tokens", max_new), *_option("--batch-size", c.generation_batch_size),
                 "--seed", str(self.seed), "--no-progress")
         self.plan.add(Step(name, argv, launched=True))
