@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 from safetensors.torch import load_file
 from train_helpers import TINY_FLAGS, logged_losses, make_checkpoint, make_dataset, make_parts, weights
 
@@ -159,9 +160,6 @@ def test_every_script_trains_for_real(world, tmp_path):
 def test_two_nodes_on_loopback_train_and_save_once(world, tmp_path):
     """Two torchrun launches with node ranks 0 and 1 (one process each, gloo): one run, saved once."""
     import subprocess
-    from pathlib import Path
-
-    from ports import free_port
 
     root = Path(__file__).resolve().parents[1]
     env = script_env(world, tmp_path, EXPERIMENT_NAME="nodes", OUTPUT_DIR=str(tmp_path / "nodes"),
