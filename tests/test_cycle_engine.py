@@ -3,6 +3,7 @@ dependants, and the plan as data."""
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sicog.cycle.config import CycleConfig, load_config
 from sicog.cycle.engine import CycleFailed, Engine, Input, Out, Plan, Ref, Step
 from sicog.cycle.plan import plan_seed
 from sicog.cycle.world import make_world
+from sicog.data.lock import OutputLocked, lock_path, output_lock
 
 TRAIN = "stage1 A_stage2 stage0_perception stage0_reasoning B_stage15 B_stage2 C_stage15 C_stage2 D_stage15 D_stage2 " \
         "E_stage15 E_stage2"
@@ -194,6 +196,24 @@ def test_a_missing_input_is_named_before_anything_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
         engine.run(Plan([_head("first", Input(str(tmp_path / "missing.jsonl")))]))
     assert not (tmp_path / "run" / "first").exists()
+
+
+def test_one_run_per_seed_folder_and_a_killed_runs_step_locks_are_cleared(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1}\n')
+    plan = Plan([_head("first", Input(str(source)))])
+    engine = Engine(tmp_path / "run", progress=False)
+    with output_lock(tmp_path / "run", folder=True):
+        with pytest.raises(OutputLocked, match="in use by another run"):
+            engine.run(plan)
+    assert not (tmp_path / "run" / "first").exists()
+    # A run killed inside the step leaves the step's output lock; the next run of the seed holds the seed
+    # folder, so that lock cannot belong to a live step.
+    (tmp_path / "run" / "first").mkdir()
+    lock_path(tmp_path / "run" / "first" / "out.jsonl").write_text(f"{os.getpid()}\nthis-host\n")
+    engine.run(plan)
+    assert sorted(p.name for p in (tmp_path / "run" / "first").iterdir()) == ["log.txt", "out.jsonl"]
+    assert not lock_path(tmp_path / "run", folder=True).exists()
 
 
 def test_plan_refuses_unknown_references():

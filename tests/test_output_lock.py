@@ -116,3 +116,20 @@ def test_train_eval_and_curate_stop_at_once_on_a_locked_output_folder(command, s
     message = [line for line in capsys.readouterr().err.splitlines() if "in use by another run" in line]
     assert len(message) == 1 and f"pid {os.getpid()} on host" in message[0]
     assert sorted(p.name for p in out.iterdir()) == []  # nothing written next to the other run's files
+
+
+def test_an_empty_lock_file_is_taken_over_only_once_it_is_stale(tmp_path):
+    """A run killed between creating the lock file and writing its pid leaves it empty: a fresh one may be a
+    run taking it now and is respected; one unchanged for the grace period is taken over."""
+    from sicog.data.lock import RECORDLESS_GRACE_S
+
+    path = lock_path(tmp_path, folder=True)
+    path.touch()
+    with pytest.raises(OutputLocked, match="a run that is just taking it"):
+        with output_lock(tmp_path, folder=True):
+            pass
+    old = time.time() - RECORDLESS_GRACE_S - 1
+    os.utime(path, (old, old))
+    with output_lock(tmp_path, folder=True):
+        assert str(os.getpid()) == path.read_text().splitlines()[0]
+    assert not path.exists()

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from sicog.cycle.plan import plan_seed
     from sicog.cycle.report import seed_results, write_report
     from sicog.cycle.world import make_world
+    from sicog.data.lock import OutputLocked
 
     try:
         config = load_config("quick" if args.quick else args.config)
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             engine.run(seed_plan.plan, force=force)
             per_seed.append(seed_results(engine, seed_plan, world, seed))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, OutputLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except CycleFailed as err:

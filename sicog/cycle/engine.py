@@ -10,7 +10,9 @@ command or inputs therefore changes its key and the keys of everything downstrea
 ``seedK/manifest.json`` records every finished step's key, outputs, wall and CPU seconds. A step whose
 key matches a finished entry is skipped; an interrupted step with the same key keeps its folder, so
 its own resume logic (trainer checkpoints, generation shards, embedding chunks) continues; a step
-whose key changed starts from an empty folder.
+whose key changed starts from an empty folder. A run holds the seed folder's lock (one run per seed
+folder), so a step's own output lock found in a folder it is about to run was left by a killed run
+and is removed.
 
 Steps run in worker processes (``jobs`` at a time) in dependency order. A failed step stops its
 dependants; independent steps go on, and every failure is reported at the end.
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sicog.data.jsonl import write_json
+from sicog.data.lock import output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -259,19 +262,23 @@ class Engine:
 
     def run(self, plan: Plan, force: Iterable[str] = ()) -> dict[str, dict]:
         """Run every step of ``plan`` that is not finished with its current key (``force``: rerun these and
-        their dependants); return ``{step: manifest entry}``. Raises :class:`CycleFailed` after running
-        everything that did not depend on a failed step."""
+        their dependants); return ``{step: manifest entry}``. Raises :class:`~sicog.data.lock.OutputLocked`
+        when another run holds the seed folder, :class:`CycleFailed` after running everything that did not
+        depend on a failed step."""
         self.root.mkdir(parents=True, exist_ok=True)
-        todo = self.pending(plan, force)
-        for name in todo:
-            entry = self.manifest["steps"].get(name)
-            if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):
-                shutil.rmtree(self.root / name, ignore_errors=True)  # another key's output: start clean
-        write_json(self.manifest_path, self.manifest)
-        skipped = len(plan.steps) - len(todo)
-        if skipped:
-            logger.info("%d of %d steps finished before with the same key: reused", skipped, len(plan.steps))
-        failures = self._schedule(plan, todo)
+        with output_lock(self.root, folder=True):
+            todo = self.pending(plan, force)
+            for name in todo:
+                entry = self.manifest["steps"].get(name)
+                if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):
+                    shutil.rmtree(self.root / name, ignore_errors=True)  # another key's output: start clean
+                for stale in (self.root / name).glob("*.lock"):  # a killed run's: this run holds the seed
+                    stale.unlink(missing_ok=True)
+            write_json(self.manifest_path, self.manifest)
+            skipped = len(plan.steps) - len(todo)
+            if skipped:
+                logger.info("%d of %d steps finished before with the same key: reused", skipped, len(plan.steps))
+            failures = self._schedule(plan, todo)
         if failures:
             raise CycleFailed(failures)
         return {name: self.manifest["steps"][name] for name in plan.steps}

@@ -2,18 +2,24 @@
 
 Two runs writing one output would interleave shard lines and break the exactly-once merge. The lock is
 filelock's :class:`~filelock.SoftFileLock`: a file holding the owner's pid and host, created
-exclusively, removed on exit; a lock left by a dead process on this host is taken over. Under
-torchrun only rank 0 takes it (torchrun stops the other ranks when rank 0 exits with an error).
+exclusively, removed on exit; a lock left by a dead process on this host is taken over, and so is an
+empty one left by a run killed between creating the file and writing its pid. Under torchrun only rank 0
+takes it (torchrun stops the other ranks when rank 0 exits with an error).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from filelock import SoftFileLock, Timeout
+
+#: An empty lock file unchanged this long (seconds) was left by a run killed while taking it: a holder
+#: writes its pid microseconds after creating the file.
+RECORDLESS_GRACE_S = 2.0
 
 
 class OutputLocked(RuntimeError):
@@ -37,6 +43,24 @@ def holder(path: str | os.PathLike) -> str:
     return f"pid {lines[0]} on host {lines[1]}"
 
 
+class _OutputFileLock(SoftFileLock):
+    """filelock's soft lock, which also takes over a stale empty lock file.
+
+    filelock never breaks an empty marker, because releases before 3.22 held the lock with one; every
+    holder of a SICOG lock writes its record (``filelock>=4.3``), so an old empty one is abandoned. The
+    takeover is filelock's own atomic one, which re-checks the marker before replacing it.
+    """
+
+    def _try_break_stale_lock(self) -> None:
+        super()._try_break_stale_lock()
+        if self.is_locked:
+            return
+        with suppress(OSError):  # the marker went away or changed: the next run tries again
+            marker = os.stat(self._lock_path)
+            if marker.st_size == 0 and time.time() - marker.st_mtime >= RECORDLESS_GRACE_S:
+                self._take_over(marker, None)
+
+
 @contextmanager
 def output_lock(output: str | os.PathLike, *, folder: bool = False, enabled: bool = True) -> Iterator[None]:
     """Hold the lock of ``output`` (a file, or a ``folder``) for the block; raise :class:`OutputLocked` at once
@@ -47,7 +71,7 @@ def output_lock(output: str | os.PathLike, *, folder: bool = False, enabled: boo
         return
     path = lock_path(output, folder=folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = SoftFileLock(path, timeout=0)
+    lock = _OutputFileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
