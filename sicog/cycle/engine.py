@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sicog.data.jsonl import write_json
-from sicog.data.lock import output_lock
+from sicog.data.lock import locks_in, output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class Engine:
                 entry = self.manifest["steps"].get(name)
                 if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):
                     shutil.rmtree(self.root / name, ignore_errors=True)  # another key's output: start clean
-                for stale in (self.root / name).glob("*.lock"):  # a killed run's: this run holds the seed
+                for stale in locks_in(self.root / name):  # a killed run's: this run holds the seed
                     stale.unlink(missing_ok=True)
             write_json(self.manifest_path, self.manifest)
             skipped = len(plan.steps) - len(todo)

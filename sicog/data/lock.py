@@ -43,6 +43,11 @@ def holder(path: str | os.PathLike) -> str:
     return f"pid {lines[0]} on host {lines[1]}"
 
 
+def locks_in(folder: str | os.PathLike) -> list[Path]:
+    """The lock files directly in ``folder``: its own and those of the files in it."""
+    return sorted(Path(folder).glob("*.lock"))
+
+
 class _OutputFileLock(SoftFileLock):
     """filelock's soft lock, which also takes over a stale empty lock file.
 
