@@ -8,10 +8,14 @@ timed and run even when an earlier one failed (its error is recorded instead):
 
 - ``agreement``: the forward pass with bfloat16 weights against float32 (same weights and batch; TF32 off);
 - ``training``: forward + backward + fused AdamW step on bfloat16 weights, the whole model trainable
-  (stage 2): tokens/s and MFU;
-- ``generation``: N = 6 candidates per record at batch 8 and 32 through the code path of ``sicog generate``
-  (end-of-sequence disabled, so every candidate has exactly ``--max-new-tokens`` tokens);
-- ``attention``: the training step with SDPA, eager and (when importable) flash-attn 2.
+  (stage 2): tokens/s and MFU of the plain path (the section's own values) and, in ``rows``, of each fast
+  path of ``sicog train`` (``--fused_loss liger``, ``--compile_layers``, both), each from the same weights
+  with its loss curve against the plain one;
+- ``attention``: the training step with SDPA, eager and (when importable) flash-attn 2;
+- ``generation``: N = 6 candidates per record at batch 8, 32 and 128 through the code path of ``sicog
+  generate`` (end-of-sequence disabled, so every candidate has exactly ``--max-new-tokens`` tokens), on
+  each decoding path: the dynamic cache, the static cache, the static cache with compiled steps;
+- ``greedy``: temperature 0 on 8 records through each decoding path: identical outputs or where they part.
 
 MFU = model FLOPs per second / peak dense bf16 FLOP/s (989 TFLOP/s for H100 SXM, the same for H200;
 756 for H100 PCIe, 835 for H100 NVL). Model FLOPs (see :func:`training_flops`): 6 x parameters x
@@ -20,6 +24,9 @@ tokens for every matmul that runs forward and backward, plus the attention score
 
     bash benchmarks/gpu_check.sh                                   # GPU: about 2 minutes of work
     .venv/bin/python benchmarks/gpu_check.py --tiny --out /tmp/gc  # CPU: tiny config, same code paths, < 60 s
+
+In ``--tiny`` mode the compiled layers use dynamo's ``eager`` backend (the graphs are traced, not turned
+into kernels, which would take minutes on a CPU), and ``generate()`` compiles decoding on GPUs only.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` under ``$OUT`` when set, else under ``--out``; exits 1
 when a section failed or bf16 disagrees with fp32 beyond the tolerance.
@@ -48,14 +55,15 @@ from PIL import Image
 from transformers import CLIPVisionConfig
 from transformers.utils import is_flash_attn_2_available
 
-from sicog.data.jsonl import write_jsonl
-from sicog.generate.job import GenerationJob, read_plan, run_rank
+from sicog.data.jsonl import load_records, write_jsonl
+from sicog.generate.job import GenerationJob, merge_outputs, read_plan, run_rank
 from sicog.generate.settings import SamplingSettings
 from sicog.model.builders import make_config, new_model, tiny_config, tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_L14_336
 from sicog.model.modeling import flatten_views
 from sicog.model.resampler import bin_grid
 from sicog.toy.tokenizer import train_tokenizer
+from sicog.train.fast_paths import FastPathError, compile_layers, fused_loss, repeated_layers
 
 # Dense bf16 peaks (TFLOP/s) by device name; H200 has the H100's compute, more and faster memory.
 PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0))
@@ -69,6 +77,11 @@ SHAPES = {
              "image": 128, "answer_repeats": 20},
 }
 AGREEMENT_TOLERANCE = {"min_mean_cosine": 0.99, "max_loss_difference": 0.05}
+# The training paths of `sicog train` measured here: (name, --fused_loss liger, --compile_layers).
+TRAINING_PATHS = (("plain", False, False), ("fused_loss", True, False), ("compiled", False, True),
+                  ("fused_loss+compiled", True, True))
+# The decoding paths of `sicog generate`: (name, --cache, --compile).
+DECODING_PATHS = (("dynamic", "dynamic", False), ("static", "static", False), ("static+compiled", "static", True))
 
 
 def build(tiny: bool, device: torch.device):
@@ -182,47 +195,97 @@ def agreement(model, processor, shape: dict, device: torch.device, batch_size: i
     return result
 
 
-def train_steps(model, batch: dict, device: torch.device, warmup: int, steps: int) -> list[float]:
-    """Seconds of each timed step (forward, backward, optimizer), after ``warmup`` untimed steps."""
+def train_steps(model, batch: dict, device: torch.device, warmup: int, steps: int,
+                lr: float = 1e-6) -> tuple[list[float], list[float]]:
+    """Seconds of each timed step (forward, backward, optimizer) after ``warmup`` untimed steps, and the
+    loss of every step."""
     model.train()
     model.config.use_cache = False
     model.set_trainable(vision=True, resampler=True, llm=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-6, fused=device.type == "cuda")
-    times = []
+    optimizer = torch.optim.AdamW(params, lr=lr, fused=device.type == "cuda")
+    times, losses = [], []
     for step in range(warmup + steps):
         synchronize(device)
         start = time.perf_counter()
-        model(**batch).loss.backward()
+        loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
+        losses.append(loss.item())
     del optimizer
-    return times
+    return times, losses
 
 
 def training(model, processor, shape: dict, device: torch.device, args, peak: float | None) -> dict:
+    """The plain training step's throughput (the section's values) and every fast path's, from the same weights."""
     batch = training_batch(processor, shape, args.batch_size, device)
     flops = training_flops(model, batch)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = train_steps(model, batch, device, args.warmup, args.steps)
-    seconds = float(np.median(times))
     tokens = batch["input_ids"].numel()
+    initial = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    rows, curves = [], {}
+    try:
+        for name, fused, compiled in TRAINING_PATHS:
+            row = {"path": name, "median_step_s": None, "tokens_per_s": None, "mfu": None, "peak_memory_gib": None,
+                   "loss_first": None, "loss_last": None, "max_loss_difference": None, "error": ""}
+            rows.append(row)
+            try:
+                model.load_state_dict(initial)
+                model.fused_loss = fused_loss("liger", device) if fused else None
+                if compiled:
+                    compile_layers(model, backend="eager" if args.tiny else "inductor")
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                times, curves[name] = train_steps(model, batch, device, args.warmup, args.steps, lr=args.curve_lr)
+            except FastPathError as err:
+                row["error"] = f"unavailable: {err}"
+                continue
+            except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
+                row["error"] = f"{type(err).__name__}: {err}"
+                continue
+            finally:
+                model.fused_loss = None
+                uncompile_layers(model)
+            seconds = float(np.median(times))
+            row.update(median_step_s=seconds, tokens_per_s=tokens / seconds,
+                       mfu=flops["total"] / seconds / peak if peak else None,
+                       loss_first=curves[name][0], loss_last=curves[name][-1])
+            if "plain" in curves:
+                row["max_loss_difference"] = max(abs(a - b) for a, b in zip(curves[name], curves["plain"], strict=True))
+            if device.type == "cuda":
+                row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    finally:
+        model.load_state_dict(initial)
+    plain = rows[0]
+    if plain["error"]:
+        raise RuntimeError(f"the plain training path failed: {plain['error']}")
     result = {"batch": args.batch_size, "sequence_length": batch["input_ids"].shape[1],
               "views_per_step": len(flatten_views(batch["pixel_values"])[0]),
-              "median_step_s": seconds, "min_step_s": min(times), "tokens_per_s": tokens / seconds,
-              "samples_per_s": args.batch_size / seconds, "tflops_per_step": flops["total"] / 1e12,
+              "median_step_s": plain["median_step_s"], "tokens_per_s": plain["tokens_per_s"],
+              "samples_per_s": args.batch_size / plain["median_step_s"], "tflops_per_step": flops["total"] / 1e12,
               "flops_share": {k: round(v / flops["total"], 3) for k, v in flops.items() if k != "total"},
-              "achieved_tflops": flops["total"] / seconds / 1e12,
-              "mfu": flops["total"] / seconds / peak if peak else None,
+              "achieved_tflops": flops["total"] / plain["median_step_s"] / 1e12, "mfu": plain["mfu"],
               "mfu_formula": "model FLOPs per step (6 x weights x tokens of each part + attention, see training_flops) "
-                             "/ median step time / peak dense bf16 FLOP/s"}
+                             "/ median step time / peak dense bf16 FLOP/s",
+              "curve": f"{args.warmup + args.steps} steps on one batch at learning rate {args.curve_lr}; "
+                       "max_loss_difference: the largest gap to the plain path's loss at the same step",
+              "rows": rows}
     if device.type == "cuda":
-        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        result["peak_memory_gib"] = plain["peak_memory_gib"]
+    failed = [f"{row['path']}: {row['error']}" for row in rows if row["error"] and not row["error"].startswith("unav")]
+    if failed:
+        result["error"] = "; ".join(failed)
     return result
+
+
+def uncompile_layers(model) -> None:
+    """Undo :func:`compile_layers` (``nn.Module.compile`` keeps the compiled call beside the module)."""
+    for layer in repeated_layers(model):
+        layer._compiled_call_impl = None
+    torch._dynamo.reset()
 
 
 def attention(model, processor, shape: dict, device: torch.device, args) -> dict:
@@ -235,7 +298,7 @@ def attention(model, processor, shape: dict, device: torch.device, args) -> dict
         row = {"implementation": implementation, "median_step_s": None, "tokens_per_s": None, "error": ""}
         try:
             model.set_attn_implementation(implementation)
-            seconds = float(np.median(train_steps(model, batch, device, 1, max(2, args.steps // 2))))
+            seconds = float(np.median(train_steps(model, batch, device, 1, max(2, args.steps // 2))[0]))
             row.update(median_step_s=seconds, tokens_per_s=batch["input_ids"].numel() / seconds)
         except Exception as err:  # noqa: BLE001 - one backend failing must not hide the others' numbers
             row["error"] = f"{type(err).__name__}: {err}"
@@ -250,43 +313,107 @@ def attention(model, processor, shape: dict, device: torch.device, args) -> dict
     return result
 
 
-def generation(model, processor, shape: dict, device: torch.device, args, root: Path) -> dict:
-    """Candidates and tokens per second through `sicog generate`'s batch plan, encoding and sampling."""
+def generate_records(model, processor, root: Path, name: str, records: int, batch_size: int,
+                     settings: SamplingSettings) -> tuple[float, list[list[str]], int]:
+    """Seconds, candidates per record and prompt tokens of one `sicog generate` run over ``records`` records."""
+    questions = [{"id": f"{name}-{i}", "image": "image.png", "question": f"How many circles are in picture {i}?"}
+                 for i in range(records)]
+    write_jsonl(root / f"{name}.jsonl", questions)
+    job = GenerationJob(data=root / f"{name}.jsonl", output=root / name / "out.jsonl", task="reasoning",
+                        prompt_type="cot-default", model_name="gpu-check", sampling=settings,
+                        image_folder=root / "images", batch_size=batch_size, progress=False)
+    plan = read_plan(job, processor)
+    synchronize(model.device)
+    start = time.perf_counter()
+    run_rank(job, plan, model, processor)
+    synchronize(model.device)
+    seconds = time.perf_counter() - start
+    merge_outputs(job, plan.ids)
+    candidates = {record["id"]: record["candidates"] for record in load_records(job.output)}
+    return seconds, [candidates.get(f"{name}-{i}") for i in range(records)], plan.tasks[0].num_tokens
+
+
+def prepare_generation(model, shape: dict, root: Path) -> None:
     model.eval()
     model.config.use_cache = True
     (root / "images").mkdir(parents=True, exist_ok=True)
     test_image(shape["image"]).save(root / "images" / "image.png")
-    settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
-                                max_new_tokens=args.max_new_tokens)
 
-    def run(batch_size: int, records: int) -> tuple[float, int, int]:
-        name = f"b{batch_size}-{records}"
-        questions = [{"id": f"{name}-{i}", "image": "image.png", "question": f"How many circles are in picture {i}?"}
-                     for i in range(records)]
-        write_jsonl(root / f"{name}.jsonl", questions)
-        job = GenerationJob(data=root / f"{name}.jsonl", output=root / name / "out.jsonl", task="reasoning",
-                            prompt_type="cot-default", model_name="gpu-check", sampling=settings,
-                            image_folder=root / "images", batch_size=batch_size, progress=False)
-        plan = read_plan(job, processor)
-        synchronize(device)
-        start = time.perf_counter()
-        summary = run_rank(job, plan, model, processor)
-        synchronize(device)
-        return time.perf_counter() - start, summary.generated * args.num_candidates, plan.tasks[0].num_tokens
 
-    run(2, 2)  # warm-up: kernels, allocator
+def generation(model, processor, shape: dict, device: torch.device, args, root: Path) -> dict:
+    """Candidates and tokens per second on each decoding path and batch size, through `sicog generate`'s code.
+
+    Each (path, batch size) first runs one untimed batch of the same shape: compilation, CUDA graphs, allocator.
+    """
+    prepare_generation(model, shape, root)
     rows = []
-    for batch_size in args.gen_batch_sizes:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds, candidates, prompt = run(batch_size, batch_size * args.gen_batches)
-        row = {"batch": batch_size, "N": args.num_candidates, "sequences_per_call": batch_size * args.num_candidates,
-               "prompt_tokens": prompt, "new_tokens": args.max_new_tokens, "seconds": seconds,
-               "candidates_per_s": candidates / seconds, "new_tokens_per_s": candidates * args.max_new_tokens / seconds}
-        if device.type == "cuda":
-            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    for path, cache, compiled in DECODING_PATHS:
+        settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
+                                    max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled)
+        for batch_size in args.gen_batch_sizes:
+            row = {"path": path, "batch": batch_size, "N": args.num_candidates,
+                   "sequences_per_call": batch_size * args.num_candidates, "prompt_tokens": None,
+                   "new_tokens": args.max_new_tokens, "warmup_s": None, "seconds": None, "candidates_per_s": None,
+                   "new_tokens_per_s": None, "peak_memory_gib": None, "error": ""}
+            rows.append(row)
+            try:
+                row["warmup_s"] = generate_records(model, processor, root, f"{path}-w{batch_size}", batch_size,
+                                                   batch_size, settings)[0]
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                records = batch_size * args.gen_batches
+                seconds, _, row["prompt_tokens"] = generate_records(model, processor, root, f"{path}-b{batch_size}",
+                                                                    records, batch_size, settings)
+            except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
+                row["error"] = f"{type(err).__name__}: {err}"
+                continue
+            candidates = records * args.num_candidates
+            row.update(seconds=seconds, candidates_per_s=candidates / seconds,
+                       new_tokens_per_s=candidates * args.max_new_tokens / seconds)
+            if device.type == "cuda":
+                row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    torch._dynamo.reset()
+    result = {"rows": rows}
+    plain = {row["batch"]: row["new_tokens_per_s"] for row in rows if row["path"] == "dynamic" and not row["error"]}
+    result["speedup_over_dynamic"] = {
+        f"{row['path']} batch {row['batch']}": row["new_tokens_per_s"] / plain[row["batch"]]
+        for row in rows if row["path"] != "dynamic" and not row["error"] and row["batch"] in plain}
+    if any(row["error"] for row in rows):
+        result["error"] = "; ".join(f"{row['path']} batch {row['batch']}: {row['error']}"
+                                    for row in rows if row["error"])
+    return result
+
+
+def greedy(model, processor, shape: dict, device: torch.device, args, root: Path) -> dict:
+    """Temperature 0 on ``--greedy-records`` records through every decoding path: the texts must be the same."""
+    prepare_generation(model, shape, root)
+    texts, rows = {}, []
+    for path, cache, compiled in DECODING_PATHS:
+        settings = SamplingSettings(num_candidates=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
+                                    cache=cache, compile=compiled)
+        row = {"path": path, "identical_records": None, "records": args.greedy_records, "first_difference": None,
+               "error": ""}
         rows.append(row)
-    return {"rows": rows}
+        try:
+            texts[path] = [c[0] for c in generate_records(model, processor, root, f"greedy-{path}",
+                                                          args.greedy_records, args.greedy_records, settings)[1]]
+        except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' outputs
+            row["error"] = f"{type(err).__name__}: {err}"
+            continue
+        reference = texts.get("dynamic")
+        if reference is not None:
+            same = [a == b for a, b in zip(texts[path], reference, strict=True)]
+            row["identical_records"] = sum(same)
+            parted = [(i, a, b) for i, (a, b) in enumerate(zip(texts[path], reference, strict=True)) if a != b]
+            if parted:
+                i, a, b = parted[0]
+                at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                row["first_difference"] = f"record {i}, character {at}: {a[at:at + 30]!r} vs {b[at:at + 30]!r}"
+    torch._dynamo.reset()
+    result = {"rows": rows, "ok": all(row["identical_records"] == args.greedy_records for row in rows)}
+    if any(row["error"] for row in rows):
+        result["error"] = "; ".join(f"{row['path']}: {row['error']}" for row in rows if row["error"])
+    return result
 
 
 def commit() -> str:
@@ -376,16 +503,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed training steps (default 3; 1 with --tiny)")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20; 2 with --tiny)")
     parser.add_argument("--num-candidates", type=int, default=6)
-    parser.add_argument("--gen-batch-sizes", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--gen-batch-sizes", type=int, nargs="+", default=None,
+                        help="records per generate call (default 8 32 128; 2 8 with --tiny)")
+    parser.add_argument("--greedy-records", type=int, default=8, help="records of the greedy check")
+    parser.add_argument("--curve-lr", type=float, default=1e-4,
+                        help="learning rate of the training paths' loss curves (timing does not depend on it)")
     parser.add_argument("--gen-batches", type=int, default=None, help="batches per size (default 2; 1 with --tiny)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64; 8 with --tiny")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak dense bf16 TFLOP/s (default: from the GPU name)")
-    parser.add_argument("--budget-s", type=float, default=200.0, help="sections that would start later are skipped")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="sections that would start later are skipped")
     args = parser.parse_args(argv)
     tiny = args.tiny
     defaults = {"batch_size": (8, 2), "warmup": (3, 1), "steps": (20, 2), "gen_batches": (2, 1),
-                "max_new_tokens": (64, 8)}
+                "max_new_tokens": (64, 8), "gen_batch_sizes": ([8, 32, 128], [2, 8])}
     for key, (full, small) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, small if tiny else full)
@@ -432,10 +563,13 @@ def main(argv: list[str] | None = None) -> int:
     sections.run("attention", lambda: attention(*bf16_model(), shape, device, args))
     with tempfile.TemporaryDirectory() as tmp:
         sections.run("generation", lambda: generation(*bf16_model(), shape, device, args, Path(tmp)))
+        sections.run("greedy", lambda: greedy(*bf16_model(), shape, device, args, Path(tmp)))
     print(render(results))
     failed = [name for name, section in sections.results.items() if "error" in section or "skipped" in section]
     if not sections.results.get("agreement", {}).get("ok", False):
         failed.append("agreement tolerance")
+    if not sections.results.get("greedy", {}).get("ok", False):
+        failed.append("greedy outputs differ between decoding paths")
     print(f"results in {out}; {'failed: ' + ', '.join(failed) if failed else 'all sections passed'}")
     return 1 if failed else 0
 

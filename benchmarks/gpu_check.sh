@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# GPU check on one H100/H200 (about 4 minutes with start-up): bf16 vs fp32 agreement of a ~1B SICOG model,
-# training-step tokens/s and MFU, generation throughput (N = 6, batch 8 and 32), SDPA vs flash-attn.
+# GPU check on one H100/H200: bf16 vs fp32 agreement of a ~1B SICOG model; training-step tokens/s, MFU,
+# peak memory and loss curve of the plain path and of each fast path (--fused_loss liger,
+# --compile_layers, both); SDPA vs eager vs flash-attn; generation throughput (N = 6, batch 8, 32 and
+# 128) on each decoding path (dynamic cache, static cache, static cache with compiled steps); greedy
+# outputs of every decoding path on 8 records. Sections that would start after --budget-s (default
+# 480 s) are skipped and say so.
 # Results: $OUT/gpu_check.json and gpu_check.md when OUT is set, else in --out DIR (default ./gpu_check_results).
 # Arguments go to benchmarks/gpu_check.py (--tiny: tiny config on the CPU, what the tests run); --dry-run
 # prints the command only.
-# The GPU machine may have an older transformers than SICOG needs: wheels in WHEEL_DIR (default .whl/ in
-# the repository root), when there are any, are installed first into WHEEL_TARGET (default /tmp/site),
-# which then comes first on PYTHONPATH. Optional: SICOG_PYTHON (python3), SICOG_COMMIT (recorded when
-# the tree has no git metadata).
+# The GPU machine may have an older transformers than SICOG needs, and no liger-kernel: wheels in WHEEL_DIR
+# (default .whl/ in the repository root; benchmarks/gpu_wheels.sh fetches both), when there are any, are
+# installed first into WHEEL_TARGET (default /tmp/site), which then comes first on PYTHONPATH. Optional:
+# SICOG_PYTHON (python3), SICOG_COMMIT (recorded when the tree has no git metadata).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 parse_common_args "$@"

@@ -38,7 +38,7 @@ def run_script(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPr
     environment = {k: v for k, v in os.environ.items() if k != "OUT"}
     environment.update({"SICOG_PYTHON": sys.executable, "WHEEL_DIR": str(tmp_path / "no-wheels"), **env})
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=environment, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)
 
 
 def test_tiny_mode_runs_every_section(tmp_path):
@@ -46,7 +46,7 @@ def test_tiny_mode_runs_every_section(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "gpu_check.json").read_text())
     sections = results["sections"]
-    assert list(sections) == ["build", "agreement", "training", "attention", "generation"]
+    assert list(sections) == ["build", "agreement", "training", "attention", "generation", "greedy"]
     assert not [name for name, section in sections.items() if "error" in section or "skipped" in section]
     agreement = sections["agreement"]
     assert agreement["ok"] and agreement["mean_cosine"] > 0.99
@@ -54,15 +54,26 @@ def test_tiny_mode_runs_every_section(tmp_path):
     training = sections["training"]
     assert training["tokens_per_s"] > 0 and training["views_per_step"] == 2 * 5  # 2 samples x (2x2 slices + global)
     assert training["mfu"] is None  # no known peak for a CPU
+    paths = {row["path"]: row for row in training["rows"]}
+    assert list(paths) == ["plain", "fused_loss", "compiled", "fused_loss+compiled"]
+    assert paths["fused_loss"]["error"].startswith("unavailable: --fused_loss liger needs a CUDA device")
+    assert paths["compiled"]["tokens_per_s"] > 0 and not paths["compiled"]["error"]
+    assert paths["compiled"]["max_loss_difference"] < 1e-3  # the traced layers compute what the eager ones do
+    assert paths["plain"]["loss_last"] < paths["plain"]["loss_first"]  # the curve moves: a comparison that can fail
     assert {row["implementation"] for row in sections["attention"]["rows"]} >= {"sdpa", "eager"}
     rows = sections["generation"]["rows"]
-    assert [(row["batch"], row["N"], row["sequences_per_call"]) for row in rows] == [(8, 6, 48), (32, 6, 192)]
+    assert [(row["path"], row["batch"], row["N"], row["sequences_per_call"]) for row in rows] == [
+        (path, batch, 6, 6 * batch) for path in ("dynamic", "static", "static+compiled") for batch in (2, 8)]
     for row in rows:  # one batch of each size: every record got its N candidates
         assert row["candidates_per_s"] * row["seconds"] == pytest.approx(row["sequences_per_call"])
         assert row["new_tokens_per_s"] == pytest.approx(row["candidates_per_s"] * row["new_tokens"])
+    assert set(sections["generation"]["speedup_over_dynamic"]) == {
+        f"{path} batch {batch}" for path in ("static", "static+compiled") for batch in (2, 8)}
+    greedy = sections["greedy"]
+    assert greedy["ok"] and [row["identical_records"] for row in greedy["rows"]] == [8, 8, 8]
     assert results["model"]["total_parameters"] > 0 and results["environment"]["commit"]
     markdown = (tmp_path / "results" / "gpu_check.md").read_text()
-    assert "## training" in markdown and "| 32 | 6 | 192 |" in markdown
+    assert "## training" in markdown and "| static+compiled | 8 | 6 | 48 |" in markdown
 
 
 def test_out_environment_variable_wins_and_a_failed_build_is_reported(tmp_path, monkeypatch):
@@ -78,7 +89,7 @@ def test_out_environment_variable_wins_and_a_failed_build_is_reported(tmp_path, 
     assert not (tmp_path / "flag").exists()
     results = json.loads((tmp_path / "from-env" / "gpu_check.json").read_text())
     assert results["sections"]["build"]["error"] == "RuntimeError: no model here"
-    for name in ("agreement", "training", "attention", "generation"):  # each says why instead of crashing the run
+    for name in ("agreement", "training", "attention", "generation", "greedy"):  # each says why, none crashes the run
         assert "could not be built" in results["sections"][name]["error"]
     assert "## generation" in (tmp_path / "from-env" / "gpu_check.md").read_text()
 

@@ -15,7 +15,7 @@ from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.data.sharding import process_group
 from sicog.generate.corrupt import CORRUPTIONS
-from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO, SamplingSettings
+from sicog.generate.settings import CACHES, DEFAULT_MAX_ASPECT_RATIO, SamplingSettings
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="beams (default: %(default)s)")
     common.add_argument("--max-new-tokens", type=positive_int, default=SamplingSettings.max_new_tokens,
                         help="(default: %(default)s)")
+    common.add_argument("--cache", choices=CACHES, default=SamplingSettings.cache,
+                        help="KV cache: dynamic grows as tokens come; static is allocated once at prompt + "
+                             "--max-new-tokens, which --compile needs (default: %(default)s)")
+    common.add_argument("--compile", action="store_true",
+                        help="compile each decoding step into one graph (GPU; with --cache static): removes the "
+                             "per-token Python and kernel-launch overhead; the first batch pays the compilation")
     common.add_argument("--batch-size", type=positive_int, default=8,
                         help="records per generate call; each yields N sequences (default: %(default)s)")
     common.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         sampling = resolve_sampling(
             args.model, num_candidates=args.num_candidates, temperature=args.temperature, top_p=args.top_p,
             top_k=args.top_k, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=args.max_new_tokens, cache=args.cache, compile=args.compile,
         )
         job = GenerationJob(
             data=args.data, output=args.output, task=args.task, prompt_type=args.prompt, model_name=str(args.model),

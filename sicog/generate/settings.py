@@ -9,6 +9,9 @@ from pathlib import Path
 
 # Wider than this, an image is a line: slicing it gives views thousands of pixels long and nothing to see.
 DEFAULT_MAX_ASPECT_RATIO = 100.0
+# KV caches for decoding: HF's growing one, or one allocated once at full length (fixed shapes, so a
+# compiled decoding step can replay as one CUDA graph).
+CACHES = ("dynamic", "static")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,9 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
     num_beams: int = 1
     max_new_tokens: int = 1200
+    # How decoding runs, not what it draws: greedy outputs are the same on every path (tests/test_fast_decoding.py).
+    cache: str = "dynamic"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -40,6 +46,10 @@ class SamplingSettings:
             problems.append(f"num_beams must be at least 1, got {self.num_beams}")
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.cache not in CACHES:
+            problems.append(f"cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if self.compile and self.cache != "static":
+            problems.append("compiled decoding needs the static cache (cache='static'): a growing cache recompiles")
         if self.sampling and self.num_beams > 1 and self.num_candidates > self.num_beams:
             problems.append(
                 f"beam sampling returns at most num_beams sequences: {self.num_candidates} candidates need "
@@ -65,6 +75,15 @@ class SamplingSettings:
                   "num_return_sequences": self.sequences_per_record, "repetition_penalty": self.repetition_penalty}
         if self.sampling:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.cache == "static":
+            kwargs["cache_implementation"] = "static"
+        # generate() compiles decoding by itself on a GPU with a static cache; CPUs decode uncompiled unless asked.
+        kwargs["disable_compile"] = not self.compile
+        if self.compile:
+            from transformers import CompileConfig
+
+            # One graph per decoding step: a break would cut the CUDA graph that removes the per-step overhead.
+            kwargs["compile_config"] = CompileConfig(fullgraph=True)
         return kwargs
 
     def metadata(self) -> dict:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import SicogConfig
 from .layout import order_slice_features
@@ -52,6 +54,10 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
     replace ``image_token_id`` positions, a grid's in the order of ``config.image_layout``; the
     separators are ordinary text tokens written by the processor.
     """
+
+    # Set for training by sicog.train.fast_paths: a fused linear cross-entropy ``(weight, hidden, targets) ->
+    # summed loss`` that never materialises the logits. None: the LLM computes logits and its own loss.
+    fused_loss = None
 
     def __init__(
         self, config: SicogConfig, vision_tower: nn.Module | None = None, language_model: nn.Module | None = None
@@ -159,6 +165,10 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
     def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Text embeddings with every image placeholder replaced by its image feature (checked count)."""
         embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is None and not self.training and torch.compiler.is_compiling():
+            # A compiled decoding step (static cache): its tokens are sampled, and generate() suppresses the
+            # placeholder id, so there is nothing to count; the count would read a GPU value and split the graph.
+            return embeds
         mask = input_ids == self.config.image_token_id
         n_placeholders = int(mask.sum())
         views, _ = flatten_views(list(pixel_values) if pixel_values is not None else [])
@@ -201,6 +211,8 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         elif pixel_values is not None:
             raise ValueError("pass pixel_values with input_ids, not with precomputed inputs_embeds")
+        if labels is not None and self.fused_loss is not None:
+            return self._fused_loss_forward(inputs_embeds, attention_mask, labels, **kwargs)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -208,6 +220,19 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def _fused_loss_forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                            labels: torch.LongTensor, num_items_in_batch: torch.Tensor | int | None = None,
+                            **kwargs) -> CausalLMOutputWithPast:
+        """The loss of the LLM's own loss function (next-token targets, -100 ignored; summed over
+        ``num_items_in_batch`` when the trainer gives it, else the mean), from hidden states and the head's
+        weight: no logits are returned."""
+        hidden = self.language_model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                                   **kwargs).last_hidden_state
+        targets = F.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1).to(hidden.device)
+        total = self.fused_loss(self.get_output_embeddings().weight, hidden.reshape(-1, hidden.shape[-1]), targets)
+        count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+        return CausalLMOutputWithPast(loss=total / (count.to(total.device) if torch.is_tensor(count) else count))
 
     @torch.no_grad()
     def generate(

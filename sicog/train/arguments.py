@@ -12,6 +12,7 @@ from importlib import resources
 from transformers import TrainingArguments
 
 from sicog.model.configuration import SicogConfig
+from sicog.train.fast_paths import FUSED_LOSSES
 
 PARTS = ("vision_tower", "resampler", "language_model")
 
@@ -112,6 +113,12 @@ class SicogTrainingArguments(TrainingArguments):
             "reused when data and model match"
         },
     )
+    fused_loss: str = field(default="auto", metadata={
+        "help": "auto: the loss straight from the hidden states (Liger's fused linear cross-entropy) on a GPU "
+                "where liger-kernel is installed, without ZeRO-3; liger: that or an error; off: the LLM's logits "
+                "and loss", "choices": FUSED_LOSSES})
+    compile_layers: bool = field(default=False, metadata={
+        "help": "torch.compile each vision and LLM layer (the first steps pay the compilation)"})
     save_remote_code: bool = field(
         default=False,
         metadata={"help": "also write the model code and an auto_map: the checkpoint then loads with "

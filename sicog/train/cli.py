@@ -32,12 +32,13 @@ def main(argv: Sequence[str]) -> int:
     from sicog.data.lock import OutputLocked
     from sicog.train.checkpoints import IncompleteCheckpointError
     from sicog.train.datasets import DataProblemsError
+    from sicog.train.fast_paths import FastPathError
     from sicog.train.hub import PushError
     from sicog.train.run import train
 
     try:
         train(model_args, data_args, training_args)
-    except (DataProblemsError, RecordError, IncompleteCheckpointError, OutputLocked) as err:
+    except (DataProblemsError, RecordError, IncompleteCheckpointError, OutputLocked, FastPathError) as err:
         print(f"sicog train: error: {err}", file=sys.stderr)
         return 2
     except PushError as err:

@@ -22,6 +22,7 @@ from sicog.model.processing import SicogProcessor
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
 from sicog.train.checkpoints import check_resume_target, last_complete_checkpoint
 from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
+from sicog.train.fast_paths import compile_layers, fused_loss
 from sicog.train.hub import create_repo, push_output, write_model_card
 from sicog.train.trainer import SicogTrainer
 
@@ -158,7 +159,11 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
         # ZeRO-3 partitions weights while loading; DeepSpeed must see the process group first
         # (accelerate sets it up for GPUs, not for CPU runs).
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    loss = fused_loss(args.fused_loss, args.device)  # checked before the (possibly large) model is built
     model, processor = build_model(model_args, args)
+    model.fused_loss = loss
+    if args.compile_layers:
+        logger.info("compiled %d layers", compile_layers(model))
     if args.stage == "dpo":
         from sicog.train.dpo import build_dpo_trainer
 

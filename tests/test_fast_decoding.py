@@ -1,0 +1,92 @@
+"""The fast decoding path (static KV cache, one compiled graph per step) gives what the plain path gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import CompileConfig
+
+from sicog.data.jsonl import load_records, write_jsonl
+from sicog.generate.job import GenerationJob, merge_outputs, read_plan, run_rank
+from sicog.generate.settings import SamplingSettings
+
+
+def conv(text: str) -> list[dict]:
+    return [{"from": "human", "value": text}]
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model_factory):
+    """A tiny model and a left-padded batch of two prompts of different lengths and image sizes."""
+    model, processor = tiny_model_factory(seed=3)
+    samples = [
+        processor.encode(conv("<image>\nDescribe the image."), [Image.new("RGB", (128, 96), (200, 0, 0))], train=False),
+        processor.encode(conv("<image>\nWhat?"), [Image.new("RGB", (64, 64), (0, 0, 200))], train=False),
+    ]
+    return model, processor, processor.collate(samples, padding_side="left")
+
+
+GREEDY = {"max_new_tokens": 10, "min_new_tokens": 10, "do_sample": False}
+
+
+def test_greedy_with_a_static_cache_equals_the_dynamic_cache(prompts):
+    model, _, batch = prompts
+    plain = model.generate(**batch, **GREEDY)
+    static = model.generate(**batch, cache_implementation="static", disable_compile=True, **GREEDY)
+    longer = model.generate(**batch, cache_implementation="static", disable_compile=True, max_cache_len=200, **GREEDY)
+    assert torch.equal(static, plain) and torch.equal(longer, plain)
+
+
+def test_each_decoding_step_compiles_to_one_graph_and_decodes_the_same(prompts):
+    """fullgraph=True fails on any graph break (a GPU read in the step would split its CUDA graph)."""
+    model, _, batch = prompts
+    plain = model.generate(**batch, **GREEDY)
+    config = CompileConfig(fullgraph=True, backend="eager", mode=None)
+    config._compile_all_devices = True  # generate() compiles on GPUs only unless told
+    torch._dynamo.reset()
+    try:
+        compiled = model.generate(**batch, cache_implementation="static", compile_config=config, **GREEDY)
+    finally:
+        torch._dynamo.reset()
+        del model._compiled_call
+    assert torch.equal(compiled, plain)
+
+
+def test_placeholders_are_still_counted_outside_compiled_decoding(prompts):
+    model, processor, batch = prompts
+    with pytest.raises(ValueError, match="image placeholder tokens"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def test_decoding_settings_are_checked_and_passed_to_generate():
+    with pytest.raises(ValueError, match="compiled decoding needs the static cache"):
+        SamplingSettings(compile=True)
+    with pytest.raises(ValueError, match="cache must be one of dynamic, static"):
+        SamplingSettings(cache="paged")
+    assert SamplingSettings().generate_kwargs()["disable_compile"] is True
+    kwargs = SamplingSettings(cache="static", compile=True).generate_kwargs()
+    assert kwargs["cache_implementation"] == "static" and kwargs["disable_compile"] is False
+    assert kwargs["compile_config"].fullgraph is True
+
+
+def test_a_static_cache_run_writes_the_same_candidates(tiny_model_factory, tmp_path):
+    model, processor = tiny_model_factory(seed=1)
+    images = tmp_path / "images"
+    images.mkdir()
+    records = []
+    for i, size in enumerate([(32, 32), (100, 60), (48, 64), (64, 64), (72, 40)]):
+        Image.new("RGB", size, (40 * i, 200 - 30 * i, 90)).save(images / f"{i}.png")
+        records.append({"id": f"r{i}", "image": f"{i}.png", "question": "How many shapes?" + " Count." * i})
+    write_jsonl(tmp_path / "q.jsonl", records)
+    outputs = {}
+    for cache in ("dynamic", "static"):
+        sampling = SamplingSettings(num_candidates=2, temperature=0.0, max_new_tokens=6, cache=cache)
+        job = GenerationJob(data=tmp_path / "q.jsonl", output=tmp_path / cache / "out.jsonl", task="reasoning",
+                            prompt_type="cot-default", model_name="tiny", sampling=sampling, image_folder=images,
+                            batch_size=2, progress=False)
+        plan = read_plan(job, processor)
+        run_rank(job, plan, model, processor)
+        merge_outputs(job, plan.ids)
+        outputs[cache] = [(r["id"], r["candidates"]) for r in load_records(job.output)]
+    assert outputs["static"] == outputs["dynamic"] and len(outputs["static"]) == 5
