@@ -282,3 +282,15 @@ def test_model_card_metadata_names_only_hub_parts_and_datasets(tmp_path):
     assert card.data.datasets == ["lmms-lab/LLaVA-OneVision-Data"]
     assert "| schedule | cosine, warm-up 3% of the steps, weight decay 0 |" in card.text
     assert "pass `trust_remote_code=True`" in card.text and "final train loss" not in card.text
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_as_the_plain_path(world, tmp_path):
+    """`--compile_layers` (inductor, as on a GPU) through a whole run with gradient checkpointing: the same losses."""
+    losses = {}
+    for compiled in ("False", "True"):
+        out = tmp_path / f"compiled-{compiled}"
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *common(world, out, steps=3),
+                     "--gradient_checkpointing", "True", "--compile_layers", compiled]) == 0
+        losses[compiled] = logged_losses(out)
+    assert len(losses["True"]) == 3 and losses["True"] == pytest.approx(losses["False"], abs=1e-4)
