@@ -70,8 +70,11 @@ def test_quick_cycle_reports_every_arm(quick_run):
     assert row["open"] == opened["accuracy"] and set(row["open_by_category"]) == set(row["by_category"])
     assert opened["settings"]["mc_scoring"] == "open" and opened["scored"] == opened["total"]
     assert 0 <= results["summary"]["table"]["D"]["open"][0] <= 1 and "| open answers |" in report
-    facts = results["per_seed"][0]["curation"]["captions"]["candidate_facts"]
+    captions = results["per_seed"][0]["curation"]["captions"]
+    facts = captions["candidate_facts"]
     assert 0 <= facts["object_precision"] <= 1 and 0 <= facts["object_recall"] <= 1
+    assert set(captions["candidate_facts_by_pick"]) == {"random", "curated"}
+    assert "| random pick (C) |" in report and "| curated (D) |" in report
     assert 0 < results["summary"]["chance_accuracy"] <= 0.5
     assert set(results["summary"]["verdict"]) == {"D vs A", "D vs B", "D vs C"}
     parts = json.loads((quick_run / "seed0" / "parts" / "parts.json").read_text())
@@ -192,6 +195,34 @@ def test_a_caption_is_right_only_when_every_fact_it_states_is_true():
         assert not caption_right(score_caption(detailed_description(changed, None), truth)), fact
     fewer = scene.objects[0].name  # every object must be named
     assert not caption_right(score_caption(f"A {fewer} on a {scene.background} background.", truth))
+
+
+def test_curation_analysis_gives_each_fact_for_the_random_and_the_curated_picks(tmp_path):
+    import random
+
+    from sicog.cycle.analysis import candidate_facts, curation_quality, random_index
+    from sicog.data.jsonl import write_jsonl
+    from sicog.toy.datasets import one_fact_changed
+    from sicog.toy.language import detailed_description
+    from sicog.toy.world import LAYOUTS, sample_scene
+
+    layout, rng = LAYOUTS["grid"], random.Random(1)
+    records, truth = [], {}
+    for i in range(12):
+        scene = sample_scene(rng, layout)
+        truth[f"{i}.png"] = scene.ground_truth()
+        wrong = [detailed_description(one_fact_changed(scene, "color", layout, rng), None) for _ in range(3)]
+        # the true caption scores highest; every second record is kept
+        records.append({"id": f"r{i}", "image": f"{i}.png", "candidates": [*wrong, detailed_description(scene, None)],
+                        "scores": [0.2, 0.3, 0.1, 0.9], "best_index": 3, "kept": i % 2 == 0})
+    write_jsonl(tmp_path / "scored.jsonl", records)
+    quality = curation_quality(tmp_path / "scored.jsonl", "captions", truth, seed=0)
+    picks = quality["candidate_facts_by_pick"]
+    assert picks["curated"]["object_precision"] == 1.0 and picks["curated"]["background"] == 1.0
+    randomly = [(r["candidates"][random_index(r, 0)], truth[r["image"]]) for r in records]
+    assert picks["random"] == candidate_facts(randomly)
+    assert picks["random"]["object_precision"] < 1.0  # some random picks name an object in a wrong colour
+    assert quality["right_share_curated"] == 1.0 and quality["kept"] == 6
 
 
 @pytest.mark.parametrize("text, message", [

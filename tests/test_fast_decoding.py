@@ -70,7 +70,8 @@ def test_decoding_settings_are_checked_and_passed_to_generate():
     assert kwargs["compile_config"].fullgraph is True
 
 
-def test_a_static_cache_run_writes_the_same_candidates(tiny_model_factory, tmp_path):
+def test_a_static_cache_run_samples_the_same_candidates(tiny_model_factory, tmp_path):
+    """Same seeds, same logits up to the masked cache slots: the same samples (on a CPU, in float32)."""
     model, processor = tiny_model_factory(seed=1)
     images = tmp_path / "images"
     images.mkdir()
@@ -81,7 +82,7 @@ def test_a_static_cache_run_writes_the_same_candidates(tiny_model_factory, tmp_p
     write_jsonl(tmp_path / "q.jsonl", records)
     outputs = {}
     for cache in ("dynamic", "static"):
-        sampling = SamplingSettings(num_candidates=2, temperature=0.0, max_new_tokens=6, cache=cache)
+        sampling = SamplingSettings(num_candidates=3, temperature=0.9, max_new_tokens=6, cache=cache)
         job = GenerationJob(data=tmp_path / "q.jsonl", output=tmp_path / cache / "out.jsonl", task="reasoning",
                             prompt_type="cot-default", model_name="tiny", sampling=sampling, image_folder=images,
                             batch_size=2, progress=False)
@@ -90,3 +91,4 @@ def test_a_static_cache_run_writes_the_same_candidates(tiny_model_factory, tmp_p
         merge_outputs(job, plan.ids)
         outputs[cache] = [(r["id"], r["candidates"]) for r in load_records(job.output)]
     assert outputs["static"] == outputs["dynamic"] and len(outputs["static"]) == 5
+    assert any(len(set(candidates)) > 1 for _, candidates in outputs["static"])  # really sampled

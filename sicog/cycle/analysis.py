@@ -5,7 +5,7 @@ description it ends with (the step curation reads): right when it names every ob
 and, stricter, right in every fact when every size, place, label, background and mark it states is true
 too. A reasoning candidate is right when its final answer is. From that: how well the MBR score ranks
 right above wrong candidates (AUROC), how often the data each arm trains on is right, and how much of
-what the caption candidates say is true, fact by fact.
+what the caption candidates say is true, fact by fact: all of them, the random pick and the curated ones.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ def _share(values: list[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def random_index(record: dict, seed: int) -> int:
+    """The candidate a random pick (arm C's kind) takes from ``record``: drawn from the seed and the record's id."""
+    return random.Random(f"{seed}/{record['id']}").randrange(len(record["candidates"]))
+
+
 def _ranking(records: list[dict], right: list[list[bool]], seed: int) -> dict:
     """AUROC of the MBR score and the share of right texts among all, random, best and curated candidates."""
     scores, labels, kept, random_pick, chosen_any = [], [], [], [], []
@@ -56,7 +61,7 @@ def _ranking(records: list[dict], right: list[list[bool]], seed: int) -> dict:
             if score is not None:
                 scores.append(score)
                 labels.append(good)
-        random_pick.append(ok[random.Random(f"{seed}/{record['id']}").randrange(len(record["candidates"]))])
+        random_pick.append(ok[random_index(record, seed)])
         if record.get("best_index") is not None:
             chosen_any.append(ok[record["best_index"]])
         if record.get("kept"):
@@ -75,7 +80,9 @@ def _ranking(records: list[dict], right: list[list[bool]], seed: int) -> dict:
 
 def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int) -> dict:
     """:func:`_ranking` of a curation step's scored records; for captions (right: every object named and
-    nothing else) also ``every_fact`` (right in every fact) and the candidates' ``candidate_facts``."""
+    nothing else) also ``every_fact`` (right in every fact) and :func:`candidate_facts` of all candidates
+    (``candidate_facts``) and, in ``candidate_facts_by_pick``, of a random pick per record and of the curated
+    ones: which facts curation makes more often true."""
     records = [record for _, record in iter_records(scored)]
     if task != "captions":
         return _ranking(records, [[a == normalize_answer(str(r["answer"])) for a in r["answers"]] for r in records],
@@ -85,6 +92,10 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
     quality = _ranking(records, [[objects_right(c) for c in cs] for cs in checks], seed)
     quality["every_fact"] = _ranking(records, [[caption_right(c) for c in cs] for cs in checks], seed)
     quality["candidate_facts"] = candidate_facts([p for record_pairs in pairs for p in record_pairs])
+    curated = [ps[r["best_index"]] for r, ps in zip(records, pairs, strict=True) if r.get("kept")]
+    quality["candidate_facts_by_pick"] = {
+        "random": candidate_facts([ps[random_index(r, seed)] for r, ps in zip(records, pairs, strict=True)]),
+        "curated": candidate_facts(curated) if curated else None}
     return quality
 
 

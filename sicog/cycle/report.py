@@ -344,12 +344,19 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
             lines.append(f"| {task} | {' | '.join(cells)} | {q['kept']}/{q['records']} |")
         lines += ["", "A caption is right when the description it ends with names every object and nothing else; "
                       "right in every fact when every size, place and background it states is true as well."]
-        facts = first["curation"].get("captions", {}).get("candidate_facts")
-        if facts:
+        captions = first["curation"].get("captions", {})
+        if captions.get("candidate_facts"):
+            picks = {"all candidates": captions["candidate_facts"]}
+            by_pick = captions.get("candidate_facts_by_pick", {})
+            picks.update({"random pick (C)": by_pick.get("random"), "curated (D)": by_pick.get("curated")})
+            facts = list(captions["candidate_facts"])
             lines += ["", "What the perception model's caption candidates say, fact by fact: the share that is true "
-                          "(objects: named objects that are in the image / objects of the image named).", "",
-                      "| " + " | ".join(facts) + " |", "|---" * len(facts) + "|",
-                      "| " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in facts.values()) + " |"]
+                          "(objects: named objects that are in the image / objects of the image named). Curation "
+                          "helps a fact where the curated row is above the random pick's.", "",
+                      "| candidates | " + " | ".join(facts) + " |", "|---" * (len(facts) + 1) + "|"]
+            for name, values in picks.items():
+                cells = ["n/a" if not values or values.get(f) is None else f"{values[f]:.3f}" for f in facts]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", "![captions](captions.png)",
               "", "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
               "## Time per step (first seed)", "",
