@@ -52,6 +52,7 @@ CHANGES = {
     "reasoning_temperature": (0.5, "generate_reasoning"),
     "top_p": (0.5, GENERATE),
     "generation_batch_size": (2, GENERATE),
+    "generate": ({"cache": "static"}, GENERATE),
     "caption_max_new_tokens": (20, "generate_captions " + " ".join(f"captions_{a}" for a in "ABCDE")),
     "reasoning_max_new_tokens": (20, "generate_reasoning"),
     "caption_threshold": (0.6, "curate_captions"),
@@ -252,3 +253,15 @@ def test_stage1_tunable_parts_win_over_the_train_settings_of_every_stage(quick_k
 
     assert parts("stage1") == ["resampler"]
     assert parts("A_stage2") == parts("D_stage15") == ["resampler,language_model"]
+
+
+def test_generate_settings_become_flags_and_the_cycles_own_are_refused():
+    from sicog.cycle.plan import generate_flags
+
+    flags = generate_flags(CycleConfig(generate={"cache": "static", "compile": True, "dtype": "bfloat16"}))
+    assert flags == ["--cache", "static", "--compile", "--dtype", "bfloat16"]
+    assert generate_flags(CycleConfig(generate={"compile": False})) == []
+    with pytest.raises(ValueError, match=r"generate setting\(s\) \['temperature'\] are set by the cycle itself"):
+        generate_flags(CycleConfig(generate={"temperature": 1.0}))
+    with pytest.raises(ValueError, match=r"unknown generate setting\(s\) \['kv_cache'\]"):
+        generate_flags(CycleConfig(generate={"kv_cache": "static"}))

@@ -67,6 +67,8 @@ class CycleConfig:
     caption_max_new_tokens: int | None = 320
     reasoning_max_new_tokens: int | None = 120
     generation_batch_size: int | None = 16
+    # More `sicog generate` settings by name (cache, compile, dtype, ...), beside those the keys above set.
+    generate: dict[str, typing.Any] = field(default_factory=dict)
     caption_threshold: float | None = 0.7
     reasoning_threshold: float | None = 0.7
     min_agreement: float | None = None

@@ -82,6 +82,22 @@ def curate_flags(config: CycleConfig) -> list[str]:
     return _flags(config.curate, curation_option_names(), "curate", dashes=True)
 
 
+# `sicog generate` flags the cycle sets from keys of its own (model, data and output from the plan).
+PLANNED_GENERATE = {"model", "data", "image_folder", "output", "prompt", "num_candidates", "temperature", "top_p",
+                    "max_new_tokens", "batch_size", "seed", "no_progress"}
+
+
+def generate_flags(config: CycleConfig) -> list[str]:
+    """``config.generate`` as `sicog generate` flags."""
+    from sicog.generate.cli import generation_option_names
+
+    planned = sorted(set(config.generate) & PLANNED_GENERATE)
+    if planned:
+        raise ValueError(f"cycle config: generate setting(s) {planned} are set by the cycle itself (the plan, or "
+                         "its keys *_candidates, *_temperature, top_p, *_max_new_tokens, generation_batch_size)")
+    return _flags(config.generate, generation_option_names(), "generate", dashes=True)
+
+
 @dataclass
 class SeedPlan:
     """A seed's plan and where its results are: models, evaluations and curation per arm and round."""
@@ -102,6 +118,7 @@ class _Planner:
         self.plan = self.result.plan
         self.train_flags = train_flags(config)
         self.curate_flags = curate_flags(config)
+        self.generate_flags = generate_flags(config)
         self.data: dict[str, Arg] = {k: world.input(k) for k in world.files}
 
     def train(self, name: str, stage: str, data: Arg, steps: int, lr: float, source: list[Arg],
@@ -141,7 +158,7 @@ class _Planner:
                 "--output", Out("generated.jsonl"), "--prompt", prompt, *_option("--num-candidates", candidates),
                 *_option("--temperature", temperature), *_option("--top-p", c.top_p),
                 *_option("--max-new-tokens", max_new), *_option("--batch-size", c.generation_batch_size),
-                "--seed", str(self.seed), "--no-progress")
+                "--seed", str(self.seed), "--no-progress", *self.generate_flags)
         self.plan.add(Step(name, argv, launched=True))
         return Ref(name, "generated.jsonl")
 

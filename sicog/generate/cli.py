@@ -22,8 +22,13 @@ if TYPE_CHECKING:
 
     from sicog.generate.job import GenerationJob
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Attach the ``captions`` and ``reasoning`` sub-commands."""
+def generation_option_names() -> set[str]:
+    """The settings ``sicog generate captions|reasoning`` take, by argument name (``cache``, ``dtype``, ...)."""
+    return {action.dest for action in _common_arguments()._actions} | {"prompt"}
+
+
+def _common_arguments() -> argparse.ArgumentParser:
+    """The arguments both tasks take (a parent parser)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder (model + tokenizer)")
     common.add_argument("--data", required=True, type=Path,
@@ -70,7 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--skip-failed", action="store_true",
                         help="on a rerun, keep the records that failed before as failed (default: try them again)")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return common
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Attach the ``captions`` and ``reasoning`` sub-commands."""
+    common = _common_arguments()
     sub = parser.add_subparsers(dest="task", metavar="task", required=True)
     captions = sub.add_parser("captions", parents=[common], help="captions for images ({id, image})")
     captions.add_argument("--prompt", default="cod-default", choices=CAPTION_PROMPT_TYPES,
