@@ -47,9 +47,10 @@ def test_each_decoding_step_compiles_to_one_graph_and_decodes_the_same(prompts):
     torch._dynamo.reset()
     try:
         compiled = model.generate(**batch, cache_implementation="static", compile_config=config, **GREEDY)
+        assert "_compiled_call" in model.__dict__  # generate() did decode through the compiled step
     finally:
         torch._dynamo.reset()
-        del model._compiled_call
+        model.__dict__.pop("_compiled_call", None)
     assert torch.equal(compiled, plain)
 
 
