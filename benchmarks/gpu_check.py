@@ -275,10 +275,15 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
               "rows": rows}
     if device.type == "cuda":
         result["peak_memory_gib"] = plain["peak_memory_gib"]
-    failed = [f"{row['path']}: {row['error']}" for row in rows if row["error"] and not row["error"].startswith("unav")]
+    add_row_errors(result, [row for row in rows if not row["error"].startswith("unavailable")], lambda row: row["path"])
+    return result
+
+
+def add_row_errors(result: dict, rows: list[dict], label: Callable[[dict], str]) -> None:
+    """Set ``result["error"]`` to every failed row's error, each after its ``label``, when any row failed."""
+    failed = [f"{label(row)}: {row['error']}" for row in rows if row["error"]]
     if failed:
         result["error"] = "; ".join(failed)
-    return result
 
 
 def uncompile_layers(model) -> None:
@@ -308,8 +313,7 @@ def attention(model, processor, shape: dict, device: torch.device, args) -> dict
     model.set_attn_implementation("sdpa")
     unavailable = [] if "flash_attention_2" in implementations else ["flash_attention_2 (flash_attn not importable)"]
     result = {"batch": len(batch["input_ids"]), "rows": rows, "unavailable": unavailable}
-    if any(row["error"] for row in rows):
-        result["error"] = "; ".join(f"{row['implementation']}: {row['error']}" for row in rows if row["error"])
+    add_row_errors(result, rows, lambda row: row["implementation"])
     return result
 
 
@@ -378,9 +382,7 @@ def generation(model, processor, shape: dict, device: torch.device, args, root: 
     result["speedup_over_dynamic"] = {
         f"{row['path']} batch {row['batch']}": row["new_tokens_per_s"] / plain[row["batch"]]
         for row in rows if row["path"] != "dynamic" and not row["error"] and row["batch"] in plain}
-    if any(row["error"] for row in rows):
-        result["error"] = "; ".join(f"{row['path']} batch {row['batch']}: {row['error']}"
-                                    for row in rows if row["error"])
+    add_row_errors(result, rows, lambda row: f"{row['path']} batch {row['batch']}")
     return result
 
 
@@ -402,17 +404,15 @@ def greedy(model, processor, shape: dict, device: torch.device, args, root: Path
             continue
         reference = texts.get("dynamic")
         if reference is not None:
-            same = [a == b for a, b in zip(texts[path], reference, strict=True)]
-            row["identical_records"] = sum(same)
             parted = [(i, a, b) for i, (a, b) in enumerate(zip(texts[path], reference, strict=True)) if a != b]
+            row["identical_records"] = len(reference) - len(parted)
             if parted:
                 i, a, b = parted[0]
                 at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
                 row["first_difference"] = f"record {i}, character {at}: {a[at:at + 30]!r} vs {b[at:at + 30]!r}"
     torch._dynamo.reset()
     result = {"rows": rows, "ok": all(row["identical_records"] == args.greedy_records for row in rows)}
-    if any(row["error"] for row in rows):
-        result["error"] = "; ".join(f"{row['path']}: {row['error']}" for row in rows if row["error"])
+    add_row_errors(result, rows, lambda row: row["path"])
     return result
 
 

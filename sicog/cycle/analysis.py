@@ -18,7 +18,7 @@ import numpy as np
 from sicog.curate.extract import extract
 from sicog.data.answers import normalize_answer
 from sicog.data.jsonl import iter_records
-from sicog.toy.score import score_caption, score_captions
+from sicog.toy.score import score_caption, summarize_captions
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float | None:
@@ -87,21 +87,26 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
     if task != "captions":
         return _ranking(records, [[a == normalize_answer(str(r["answer"])) for a in r["answers"]] for r in records],
                         seed)
-    pairs = [[(extract(c, "captions").text, truth[r["image"]]) for c in r["candidates"]] for r in records]
-    checks = [[score_caption(text, gt) for text, gt in record_pairs] for record_pairs in pairs]
+    checks = [[score_caption(extract(c, "captions").text, truth[r["image"]]) for c in r["candidates"]]
+              for r in records]
     quality = _ranking(records, [[objects_right(c) for c in cs] for cs in checks], seed)
     quality["every_fact"] = _ranking(records, [[caption_right(c) for c in cs] for cs in checks], seed)
-    quality["candidate_facts"] = candidate_facts([p for record_pairs in pairs for p in record_pairs])
-    curated = [ps[r["best_index"]] for r, ps in zip(records, pairs, strict=True) if r.get("kept")]
+    quality["candidate_facts"] = _facts([c for cs in checks for c in cs])
+    curated = [cs[r["best_index"]] for r, cs in zip(records, checks, strict=True) if r.get("kept")]
     quality["candidate_facts_by_pick"] = {
-        "random": candidate_facts([ps[random_index(r, seed)] for r, ps in zip(records, pairs, strict=True)]),
-        "curated": candidate_facts(curated) if curated else None}
+        "random": _facts([cs[random_index(r, seed)] for r, cs in zip(records, checks, strict=True)]),
+        "curated": _facts(curated) if curated else None}
     return quality
 
 
 def candidate_facts(pairs: list[tuple[str, dict]]) -> dict:
     """How much of what the generator's candidates say is true, fact by fact: the perception model's accuracy."""
-    scores = score_captions(pairs)
+    return _facts([score_caption(text, truth) for text, truth in pairs])
+
+
+def _facts(checks: list[dict]) -> dict:
+    """:func:`candidate_facts` of captions already scored by :func:`~sicog.toy.score.score_caption`."""
+    scores = summarize_captions(checks)
     return {"object_precision": scores["precision"], "object_recall": scores["recall"],
             **{k: v for k, v in scores["attribute_accuracy"].items() if v is not None},
             "background": scores["background_accuracy"]}

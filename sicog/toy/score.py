@@ -33,6 +33,7 @@ __all__ = [
     "parse_caption",
     "score_caption",
     "score_captions",
+    "summarize_captions",
     "score_mc",
 ]
 
@@ -189,7 +190,11 @@ def score_captions(pairs: Iterable[tuple[str, Mapping]]) -> dict:
     Precision, recall and F1 are averaged over captions; attribute accuracy pools every stated
     attribute; background and mark accuracy are over the captions that state them.
     """
-    scores = [score_caption(text, truth) for text, truth in pairs]
+    return summarize_captions([score_caption(text, truth) for text, truth in pairs])
+
+
+def summarize_captions(scores: Sequence[Mapping]) -> dict:
+    """What :func:`score_captions` gives, from captions already scored by :func:`score_caption`."""
     n = len(scores)
     pooled = {a: {k: sum(s["attributes"][a][k] for s in scores) for k in ("stated", "correct")} for a in ATTRIBUTES}
 
