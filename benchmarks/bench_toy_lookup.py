@@ -41,7 +41,7 @@ sequences; each task is one way an answer can depend on an object's attributes:
   by colour, then shape, not in a random order; ``chat``: in a chat turn, as above.
 
 Prints a markdown table: accuracy on 512 fresh sequences after training, and what guessing among the
-scene's own values scores. Results are in docs/pipeline.md ("What the demo shows today").
+scene's own values scores. Results are in docs/toy_findings.md.
 """
 
 from __future__ import annotations

@@ -271,7 +271,10 @@ class Engine:
             for name in todo:
                 entry = self.manifest["steps"].get(name)
                 if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):
-                    shutil.rmtree(self.root / name, ignore_errors=True)  # another key's output: start clean
+                    # Another key's output, or a forced rerun: start clean, and forget the step until it runs
+                    # again, so that a run killed before then does not leave it "done" without its output.
+                    del self.manifest["steps"][name]
+                    shutil.rmtree(self.root / name, ignore_errors=True)
                 for stale in locks_in(self.root / name):  # a killed run's: this run holds the seed
                     stale.unlink(missing_ok=True)
             write_json(self.manifest_path, self.manifest)
