@@ -40,6 +40,11 @@ def quick_run(tmp_path_factory) -> Path:
     return out
 
 
+def rerun_steps(before: dict, after: dict) -> set[str]:
+    """The steps of manifest ``after`` that finished again since manifest ``before``."""
+    return {name for name in after if after[name]["finished_at"] != before[name]["finished_at"]}
+
+
 def copy_of(run: Path, tmp_path: Path) -> Path:
     shutil.copytree(run, tmp_path / "run")
     return tmp_path / "run"
@@ -98,7 +103,7 @@ def test_a_changed_setting_reruns_only_the_steps_that_depend_on_it(quick_run, tm
     config_path.write_text(yaml.safe_dump({**config, "caption_threshold": -0.5}))
     assert main(["cycle", "--config", str(config_path), "--out", str(out), "--no-progress"]) == 0
     after = steps(out)
-    rerun = {name for name in after if after[name]["finished_at"] != before[name]["finished_at"]}
+    rerun = rerun_steps(before, after)
     changed = {name for name in after if after[name]["key"] != before[name]["key"]}
     assert rerun == changed and {"curate_captions", "D_mixture", "D_stage2", "eval_D"} <= rerun
     assert not rerun & {"stage1", "A_stage2", "stage0_perception", "generate_captions", "C_stage15", "B_stage2",
@@ -127,7 +132,7 @@ def test_cycle_killed_in_a_training_step_resumes_and_finishes_the_same(quick_run
     resumed = run_quick(out)
     assert resumed["per_seed"] == reference["per_seed"]
     before, after = steps(quick_run), steps(out)
-    rerun = {name for name in after if after[name]["finished_at"] != before[name]["finished_at"]}
+    rerun = rerun_steps(before, after)
     assert rerun == {"B_stage15", "B_stage2", "eval_B", "blind_B", "letters_B", "open_B", "perception_B",
                      "captions_B", "image_use_B"}
 
@@ -155,7 +160,7 @@ def test_from_reruns_that_step_and_its_dependants(quick_run, tmp_path):
     before = steps(out)
     assert main(["cycle", "--quick", "--out", str(out), "--from", "D_stage15", "--no-progress"]) == 0
     after = steps(out)
-    rerun = {name for name in after if after[name]["finished_at"] != before[name]["finished_at"]}
+    rerun = rerun_steps(before, after)
     assert rerun == {"D_stage15", "D_stage2", "eval_D", "blind_D", "letters_D", "open_D", "perception_D",
                      "captions_D", "image_use_D"}
     assert main(["cycle", "--quick", "--out", str(out), "--from", "no_such_step", "--no-progress"]) == 2
