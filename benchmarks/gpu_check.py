@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import math
 import os
@@ -80,6 +81,9 @@ AGREEMENT_TOLERANCE = {"min_mean_cosine": 0.99, "max_loss_difference": 0.05}
 # The training paths of `sicog train` measured here: (name, --fused_loss liger, --compile_layers).
 TRAINING_PATHS = (("plain", False, False), ("fused_loss", True, False), ("compiled", False, True),
                   ("fused_loss+compiled", True, True))
+# Optional fast-path libraries whose versions the environment records: liger-kernel (--fused_loss liger),
+# flash-attn, and the inference engines a decoding backend could be built on.
+OPTIONAL_BACKENDS = ("liger-kernel", "flash-attn", "vllm", "sglang")
 # The decoding paths of `sicog generate`: (name, --cache, --compile).
 DECODING_PATHS = (("dynamic", "dynamic", False), ("static", "static", False), ("static+compiled", "static", True))
 
@@ -425,8 +429,20 @@ def commit() -> str:
         return os.environ.get("SICOG_COMMIT", "unknown")
 
 
+def installed(distribution: str) -> str | None:
+    """The installed version of ``distribution``, or None where it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device, peak: tuple[float | None, str]) -> dict:
-    """Date, commit, versions, device and its peak: what makes two results comparable."""
+    """Date, commit, versions, device and its peak: what makes two results comparable.
+
+    Also the versions of the optional fast-path libraries (None where absent), so that one run on a lent
+    machine says which backends it could offer (e.g. whether a vLLM decoding backend is worth building).
+    """
     import transformers
 
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
@@ -435,6 +451,7 @@ def environment(device: torch.device, peak: tuple[float | None, str]) -> dict:
                        else f"CPU {platform.processor() or platform.machine()}"),
             "cpu_count": os.cpu_count(), "peak_tflops": peak[0] / 1e12 if peak[0] else None, "peak_source": peak[1],
             "flash_attn_importable": is_flash_attn_2_available()}
+    info.update({f"{name.replace('-', '_')}_version": installed(name) for name in OPTIONAL_BACKENDS})
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
     return info

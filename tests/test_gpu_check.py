@@ -137,6 +137,14 @@ def test_peak_flops_by_device_name(monkeypatch):
     assert gpu_check.peak_flops(torch.device("cpu"), 100.0) == (100e12, "--peak-tflops")
 
 
+
+def test_environment_records_each_optional_backend_version(monkeypatch):
+    gpu_check = load_gpu_check()
+    monkeypatch.setattr(gpu_check, "OPTIONAL_BACKENDS", ("pytest", "no-such-distribution"))
+    info = gpu_check.environment(torch.device("cpu"), (None, "unknown"))
+    assert info["pytest_version"] == pytest.__version__
+    assert info["no_such_distribution_version"] is None
+
 def make_wheel(folder: Path) -> Path:
     """A minimal valid wheel of a one-module package (pip installs it offline)."""
     folder.mkdir()
