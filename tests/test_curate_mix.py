@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sicog.cli import main
-from sicog.curate.mix import mix, take
+from sicog.curate.mix import id_prefixes, mix, take
 from sicog.data.jsonl import RecordError, errors_path, load_records
 
 
@@ -61,6 +61,38 @@ def test_colliding_ids_across_inputs_stop_the_mix_unless_prefixed(tmp_path: Path
     assert not (tmp_path / "mix.jsonl").exists()
     mix([first, second], tmp_path / "mix.jsonl", prefix_ids=True)
     assert sorted(r["id"] for r in load_records(tmp_path / "mix.jsonl")) == ["captions:img1", "reasoning:img1"]
+
+
+def test_prefix_ids_tell_inputs_of_the_same_name_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The documented layout: curated/captions/curated.jsonl and curated/reasoning/curated.jsonl share a name.
+    (tmp_path / "captions").mkdir()
+    (tmp_path / "reasoning").mkdir()
+    first = write(tmp_path / "captions" / "curated.jsonl", [llava("img1"), llava("img2")])
+    second = write(tmp_path / "reasoning" / "curated.jsonl", [llava("img1")])
+    out = tmp_path / "mix.jsonl"
+    args = ["curate", "mix", "--inputs", str(first), str(second), "--output", str(out), "--prefix-ids"]
+    assert main(args) == 0
+    assert sorted(r["id"] for r in load_records(out)) == [
+        "captions/curated:img1", "captions/curated:img2", "reasoning/curated:img1"]
+    capsys.readouterr()
+
+
+def test_id_prefixes_are_the_shortest_distinct_path_ends(tmp_path: Path) -> None:
+    assert id_prefixes([tmp_path / "a" / "x.jsonl", tmp_path / "b" / "x.jsonl"]) == ["a/x", "b/x"]
+    assert id_prefixes([tmp_path / "b" / "x.jsonl", tmp_path / "a" / "b" / "x.jsonl"])[1] == "a/b/x"
+    assert id_prefixes([tmp_path / "x.json", tmp_path / "x.jsonl"]) == ["x.json", "x.jsonl"]
+
+
+def test_the_same_file_twice_stops_the_mix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a").mkdir()
+    source = write(tmp_path / "a" / "curated.jsonl", [llava("img1")])
+    again = tmp_path / "a" / ".." / "a" / "curated.jsonl"
+    out = tmp_path / "mix.jsonl"
+    with pytest.raises(ValueError, match="same file"):
+        mix([source, again], out, prefix_ids=True)
+    assert main(["curate", "mix", "--inputs", str(source), str(again), "--output", str(out), "--prefix-ids"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are the same file" in err and not out.exists()
 
 
 def test_take_rejects_negative_ratios() -> None:

@@ -158,6 +158,31 @@ def test_every_input_id_is_scored_or_an_error_and_candidate_counts_may_differ(tm
     assert summary["candidates_per_record"] == {"1": 1, "2": 1, "6": 1}
 
 
+def test_candidates_with_the_image_placeholder_never_reach_the_training_files(tmp_path: Path) -> None:
+    # The placeholder candidates agree best with the others; chosen, they would make curated.jsonl invalid.
+    table = {"A red <image> square.": [1, 0], "A red square.": [0.9, 0.1], "A blue circle.": [0, 1],
+             "<image>": [1, 0], "A <image> cat.": [1, 0]}
+    good = {"generation": generation("default", caption_prompt("default")), "image": "x.jpg"}
+    records = [
+        {"id": "some", "candidates": ["A red <image> square.", "A red <image> square.", "A red square.",
+                                      "A blue circle."], **good},
+        {"id": "all", "candidates": ["<image>", "A <image> cat."], **good},
+    ]
+    encoder = TableEncoder(table)
+    summary = curate(write_jsonl(tmp_path / "gen.jsonl", records), tmp_path / "out",
+                     CurationSettings(task="captions", threshold=0.0), encoder.settings,
+                     encoder_factory=lambda _: encoder)
+    some, every = load_records(tmp_path / "out" / "scored.jsonl")
+    assert (some["best_index"], some["kept"], some["rejected_index"]) == (2, True, 3)
+    assert (every["kept"], every["drop_reason"]) == (False, "every candidate is empty or contains <image>")
+    [curated] = load_records(tmp_path / "out" / "curated.jsonl")
+    check_llava_record(curated)
+    assert curated["conversations"][1]["value"] == "A red square."
+    [pair] = load_records(tmp_path / "out" / "pairs.jsonl")
+    assert "<image>" not in pair["chosen"] + pair["rejected"]
+    assert summary["kept_at_threshold"]["0.0"] == 1
+
+
 def test_report_lists_the_standard_thresholds_and_fallbacks(tmp_path: Path) -> None:
     # The first candidate has no step 5 and is compared whole; the table holds the compared texts.
     encoder = TableEncoder({"A cat.": [1, 0], "A cat sits.": [1, 0.1], "A dog.": [0, 1]})

@@ -10,10 +10,10 @@ import pytest
 
 from sicog.curate.score import best_index, majority_answer, mbr_scores
 from sicog.curate.select import (
-    ALL_EMPTY,
     BELOW_THRESHOLD,
     LOW_AGREEMENT,
     NO_ANSWER,
+    NO_USABLE,
     SINGLE_CANDIDATE,
     record_rng,
     select,
@@ -142,4 +142,23 @@ def test_empty_or_whitespace_candidates_never_win() -> None:
     chosen = select(scores, texts, threshold=0.0, rng=random.Random(0), answers=answers)
     assert chosen.best_index == 2
     nothing = select([0.0, 0.0], ["", " "], threshold=0.0, rng=random.Random(0))
-    assert not nothing.kept and nothing.drop_reason == ALL_EMPTY and nothing.rejected_index is None
+    assert not nothing.kept and nothing.drop_reason == NO_USABLE and nothing.rejected_index is None
+
+
+def test_candidates_with_the_image_placeholder_are_never_chosen_or_rejected() -> None:
+    # A literal <image> in an assistant turn makes the training record invalid (curate mix and training reject it).
+    texts = ["A red <image> circle.", "A red circle.", "A blue square.", "A green <image> dot."]
+    for seed in range(20):
+        chosen = select([0.9, 0.8, 0.1, 0.0], texts, threshold=0.0, rng=random.Random(seed))
+        assert (chosen.best_index, chosen.kept, chosen.rejected_index) == (1, True, 2)
+    nothing = select([0.5, 0.5], ["<image>", "A <image>."], threshold=0.0, rng=random.Random(0))
+    assert not nothing.kept and nothing.drop_reason == NO_USABLE and nothing.rejected_index is None
+
+
+def test_answers_of_image_placeholder_candidates_do_not_make_the_majority() -> None:
+    # Counted, "5" would win 2 to 1 and the usable "3" would be kept as if it were the majority's answer.
+    texts = ["<image> The answer is 5.", "<image> The answer is 5.", "The answer is 3.", ""]
+    decision = select([0.9, 0.9, 0.8, 0.0], texts, threshold=0.0, rng=random.Random(0), answers=["5", "5", "3", ""],
+                      min_agreement=0.5)
+    assert (decision.best_index, decision.majority_answer, decision.agreement) == (2, "3", 0.25)
+    assert (decision.kept, decision.drop_reason) == (False, LOW_AGREEMENT)

@@ -6,12 +6,13 @@ import json
 import os
 
 import numpy as np
+import pytest
 from test_curate_split import generated
 
 from sicog.cli import main
 from sicog.curate.embed import EncoderSettings, packaged_minilm_path
 from sicog.curate.embed_file import save_embeddings
-from sicog.curate.pipeline import ENCODER_THRESHOLDS, compared_texts, default_threshold
+from sicog.curate.pipeline import ENCODER_THRESHOLDS, CurationSettings, compared_texts, default_threshold
 
 
 def test_default_threshold_by_encoder_name() -> None:
@@ -54,3 +55,27 @@ def test_curate_uses_the_encoders_default_and_prints_the_kept_share(tmp_path, ca
                               "--embeddings", str(tmp_path / "emb.npy"))
     assert summary["settings"]["threshold"] == 0.85
     assert "at threshold 0.85 (the default for NV-Embed-v2)" in out
+
+
+def test_thresholds_must_be_finite(tmp_path, capsys) -> None:
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="threshold must be a finite number"):
+            CurationSettings(task="captions", threshold=value)
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        CurationSettings(task="captions", temperature=float("nan"))
+    source = str(generated(tmp_path / "gen.jsonl"))
+    args = ["curate", "captions", "--input", source, "--output-dir", str(tmp_path / "out"), "--threshold", "nan"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == "error: threshold must be a finite number; got nan\n"
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys) -> None:
+    source = str(generated(tmp_path / "gen.jsonl"))
+    (tmp_path / "afile").write_text("x\n")
+    assert main(["curate", "captions", "--input", source, "--output-dir", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == f"error: --output-dir {tmp_path / 'afile'}: exists and is not a folder\n"
+    # Below a file no folder can be made: the operating system's refusal is reported on one line too.
+    assert main(["curate", "captions", "--input", source, "--output-dir", str(tmp_path / "afile" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "afile" in err

@@ -207,7 +207,8 @@ def test_a_caption_is_right_only_when_every_fact_it_states_is_true():
 def test_curation_analysis_gives_each_fact_for_the_random_and_the_curated_picks(tmp_path):
     import random
 
-    from sicog.cycle.analysis import candidate_facts, curation_quality, random_index
+    from sicog.curate.random_pick import random_index
+    from sicog.cycle.analysis import candidate_facts, curation_quality
     from sicog.data.jsonl import write_jsonl
     from sicog.toy.datasets import one_fact_changed
     from sicog.toy.language import detailed_description
@@ -226,7 +227,7 @@ def test_curation_analysis_gives_each_fact_for_the_random_and_the_curated_picks(
     quality = curation_quality(tmp_path / "scored.jsonl", "captions", truth, seed=0)
     picks = quality["candidate_facts_by_pick"]
     assert picks["curated"]["object_precision"] == 1.0 and picks["curated"]["background"] == 1.0
-    randomly = [(r["candidates"][random_index(r, 0)], truth[r["image"]]) for r in records]
+    randomly = [(r["candidates"][random_index(r["candidates"], r["id"], 0)], truth[r["image"]]) for r in records]
     assert picks["random"] == candidate_facts(randomly)
     assert picks["random"]["object_precision"] < 1.0  # some random picks name an object in a wrong colour
     assert quality["right_share_curated"] == 1.0 and quality["kept"] == 6

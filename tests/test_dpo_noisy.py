@@ -129,3 +129,26 @@ def test_cli(files, capsys):
     clean.write_text('{"id": "x"\n')
     assert main(args) == 2
     assert "curated.jsonl:1" in capsys.readouterr().err
+
+
+def test_a_pair_record_with_an_unusable_image_or_placeholder_answer_is_an_error(tmp_path, capsys):
+    clean = write(tmp_path / "pairs.jsonl", [
+        {"id": "q1", "image": 5, "prompt": PROMPT, "chosen": cot("3")},
+        {"id": "q2", "image": ["q2.png", ""], "prompt": PROMPT, "chosen": cot("3")},
+        {"id": "q3", "image": "q3.png", "prompt": PROMPT, "chosen": "<image>\n" + cot("3")},
+        {"id": "q4", "image": "q4.png", "prompt": PROMPT, "chosen": cot("3")},
+    ])
+    # q4's wrong answer carries a placeholder: the pair would be refused by DPO training, so the right one is taken.
+    noisy = write(tmp_path / "noisy.jsonl", [generated(rid, [cot("3", "Blurry."), "<image> " + cot("5")])
+                                             for rid in ("q1", "q2", "q3", "q4")])
+    output = tmp_path / "out.jsonl"
+    args = ["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]
+    assert main(args) == 0
+    errors = [json.loads(line) for line in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    curated_side = [(e["id"], e["field"]) for e in errors if e["side"] == "curated"]
+    assert curated_side == [("q1", "image"), ("q2", "image"), ("q3", "chosen")]
+    assert "pairs.jsonl:1 id='q1' field 'image'" in errors[0]["reason"]
+    [pair] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert pair["id"] == "q4" and pair["rejected"] == cot("3", "Blurry.")
+    check_pair_record(pair, path=str(output), line=1)
+    capsys.readouterr()

@@ -42,6 +42,9 @@ def test_chain_of_thought_is_read_from_its_conclusion() -> None:
     [
         "", "b", "E", "(E)", "I do not know", "A or B", "B or C", "A, B", "B, C", "B. blue",
         "red or blue", "The answer is A or B.", "It is red, not blue... or blue.", "The answer is purple.",
+        # The option list echoed: every option is named, none chosen.
+        "A. blue\nB. red\nC. green", "(A) blue (B) red (C) green", "A. blue, B. red", "A) blue, B) red",
+        "B. red\nC. green", "a. blue\nb. red", "(b) red (d) yellow", "The answer is B. red, C. green",
     ],
 )
 def test_ambiguous_or_wrong_formats_choose_nothing(reply: str) -> None:
@@ -55,6 +58,23 @@ def test_article_a_is_not_option_a_and_words_are_not_letters() -> None:
     assert extract_choice("Blue square.", options) == "A"
     # "B..." starts a word, and no option's text is in the reply.
     assert extract_choice("Because the cross is green.", options) is None
+
+
+def test_a_repeated_letter_or_other_capitals_are_not_another_option() -> None:
+    assert extract_choice("B. red (B)", OPTIONS) == "B"
+    assert extract_choice("B. It is red, i.e. warm, as in Washington D.C.", OPTIONS) == "B"
+    assert extract_choice("(B) red, the answer", OPTIONS) == "B"
+
+
+def test_options_that_start_with_yes_or_no_are_phrases() -> None:
+    options = {"A": "No entry", "B": "No parking", "C": "Stop"}
+    assert extract_choice("No parking", options) == "B"
+    assert extract_choice("The sign says no entry.", options) == "A"
+    assert extract_choice("The answer is: No parking.", options) == "B"
+    assert extract_choice("No", options) is None
+    # "yes"/"no" before a new clause still is the answer "yes"/"no".
+    assert answer_matches("No, it is not.", "no") and answer_matches("Yes.", "yes") and answer_matches("no", "No")
+    assert not answer_matches("No entry", "No parking") and not answer_matches("No parking", "no")
 
 
 def test_longer_option_text_wins_over_its_part() -> None:

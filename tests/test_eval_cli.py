@@ -66,6 +66,29 @@ def test_command_reports_bad_input(setup, tmp_path, capsys) -> None:
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_command_refuses_an_output_dir_that_is_a_file(setup, tmp_path, capsys, monkeypatch) -> None:
+    import sicog.eval.generation
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(sicog.eval.generation, "load_for_eval", no_load)
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert main(eval_args(setup, taken)) == 2
+    assert capsys.readouterr().err == f"sicog eval: error: --output-dir {taken} is not a folder\n"
+    assert main(eval_args(setup, taken / "sub")) == 2
+    inside = f"sicog eval: error: --output-dir {taken / 'sub'} is not a folder ({taken} is a file)\n"
+    assert capsys.readouterr().err == inside
+
+
+def test_image_use_refuses_a_folder_that_is_no_checkpoint(tmp_path, capsys) -> None:
+    data, typo = tmp_path / "refs.jsonl", tmp_path / "ckpt_typo"
+    data.write_text("")
+    assert main(["image-use", "--model", str(typo), "--data", str(data), "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"sicog image-use: error: no SICOG checkpoint at {typo} (config.json missing)\n"
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(setup, tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

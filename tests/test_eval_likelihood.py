@@ -14,6 +14,7 @@ from PIL import Image
 from sicog.cli import main
 from sicog.data.jsonl import load_records
 from sicog.eval.likelihood import blind_partners, choose, encode_options, likelihood_prompt, option_scores, score_rows
+from sicog.eval.runner import evaluate
 from sicog.model.builders import save_pretrained
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
@@ -37,6 +38,14 @@ def _rows(n: int = 8) -> list[dict[str, str]]:
     return rows
 
 
+def _write_tsv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 @pytest.fixture(scope="module")
 def taught(taught_replies):
     """A tiny model taught to answer the colour question with the colour's name."""
@@ -47,7 +56,8 @@ def taught(taught_replies):
 def test_the_option_the_model_prefers_is_chosen(taught) -> None:
     model, processor = taught
     rows = _rows()
-    results = score_rows(model, processor, rows, [_image(list(COLORS)[i % 4]) for i in range(len(rows))])
+    encoded = [encode_options(processor, row, _image(list(COLORS)[i % 4])) for i, row in enumerate(rows)]
+    results = score_rows(model, processor, encoded)
     assert [r["prediction"] for r in results] == [row["answer"] for row in rows]
     for result in results:
         best = result["scores"][result["prediction"]][0]
@@ -57,7 +67,7 @@ def test_the_option_the_model_prefers_is_chosen(taught) -> None:
 def test_batching_gives_the_same_scores_as_one_by_one(taught) -> None:
     model, processor = taught
     row = _rows(1)[0]
-    items = encode_options(processor, likelihood_prompt(row), _image("red"), {k: row[k] for k in "ABCD"})
+    items = list(encode_options(processor, row, _image("red")).values())
     together = option_scores(model, processor, items, batch_size=4)
     alone = [option_scores(model, processor, [item], batch_size=1)[0] for item in items]
     assert [n for _, n in together] == [n for _, n in alone]
@@ -83,11 +93,7 @@ def test_command_scores_by_likelihood_and_blind(taught, tmp_path: Path) -> None:
     model, processor = taught
     save_pretrained(model, processor, tmp_path / "model")
     rows = _rows()
-    bench = tmp_path / "bench.tsv"
-    with bench.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
-        writer.writeheader()
-        writer.writerows(rows)
+    bench = _write_tsv(tmp_path / "bench.tsv", rows)
     base = ["eval", "--model", str(tmp_path / "model"), "--benchmark", str(bench), "--mc-scoring", "likelihood",
             "--batch-size", "3", "--no-progress"]
     assert main([*base, "--output-dir", str(tmp_path / "seen")]) == 0
@@ -111,14 +117,11 @@ def test_options_are_scored_after_the_question_as_asked(taught_replies, tmp_path
     model, processor = taught_replies([(QUESTION, _image(colour), colour) for colour in COLORS], seed=4)
     rows = _rows()
     images = [_image(list(COLORS)[i % 4]) for i in range(len(rows))]
-    results = score_rows(model, processor, rows, images, short_answer=False)
+    results = score_rows(model, processor, [encode_options(processor, r, i, short_answer=False)
+                                            for r, i in zip(rows, images, strict=True)])
     assert [r["prediction"] for r in results] == [row["answer"] for row in rows]
     save_pretrained(model, processor, tmp_path / "model")
-    bench = tmp_path / "bench.tsv"
-    with bench.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
-        writer.writeheader()
-        writer.writerows(rows)
+    bench = _write_tsv(tmp_path / "bench.tsv", rows)
     base = ["eval", "--model", str(tmp_path / "model"), "--benchmark", str(bench), "--as-asked", "--no-progress"]
     assert main([*base, "--mc-scoring", "likelihood", "--output-dir", str(tmp_path / "asked")]) == 0
     record = load_records(tmp_path / "asked" / "predictions.jsonl")[0]
@@ -127,3 +130,18 @@ def test_options_are_scored_after_the_question_as_asked(taught_replies, tmp_path
     # Generated answers have no options to score: the flag is refused before the model loads.
     assert main([*base, "--output-dir", str(tmp_path / "generated")]) == 2
     assert not (tmp_path / "generated").exists()
+
+
+def test_a_row_that_cannot_be_encoded_is_reported_and_the_rest_scored(taught, tmp_path: Path) -> None:
+    """A literal <image> in a question or an option makes that row an error, not the end of the run."""
+    rows = _rows(4)
+    rows[1]["question"] = f"<image> {QUESTION}"
+    rows[2]["C"] = f"{rows[2]['C']} <image>"
+    results = evaluate(*taught, _write_tsv(tmp_path / "bench.tsv", rows), tmp_path / "out", batch_size=4,
+                       mc_scoring="likelihood", progress=False)
+    assert (results["errors"], results["scored"], results["correct"]) == (2, 2, 2)
+    errors = load_records(tmp_path / "out" / "errors.jsonl")
+    assert [(e["id"], e["field"], e["file"]) for e in errors] == [("1", "question", str(tmp_path / "bench.tsv")),
+                                                                  ("2", "C", str(tmp_path / "bench.tsv"))]
+    assert all("placeholder" in e["reason"] for e in errors)
+    assert [r["id"] for r in load_records(tmp_path / "out" / "predictions.jsonl")] == ["0", "3"]

@@ -88,6 +88,8 @@ def test_toy_phrasings_match_the_right_option(reply, truth, toy_synonyms) -> Non
     ("top", "top left"),             # "top" alone is the top center
     ("red", "red circle"),           # half an answer
     ("It is the red circle.", "red circle"),  # a sentence, not the short answer
+    ("No entry", "No parking"),      # phrases that start with "no" are not the answer "no"
+    ("No.", "No parking"),
 ])
 def test_wrong_answers_do_not_match(reply, truth, toy_synonyms) -> None:
     assert toy_synonyms.reply(reply) != toy_synonyms.canonical(truth)
@@ -98,6 +100,8 @@ def test_without_a_table_only_normalisation_applies() -> None:
     assert plain.reply("The Red circle.") == plain.canonical("red circle") == "red circle"
     assert plain.reply("red disk") != plain.canonical("red circle")
     assert plain.reply("") is None and plain.reply("   .") is None
+    assert plain.reply("No, it is not.") == plain.canonical("no") == "no"
+    assert plain.reply("No parking.") == plain.canonical("No parking") == "no parking"
     row = {"A": "Red circle", "B": "blue square", "answer": "A"}
     assert plain.truth(row) == "red circle" and plain.truth({**row, "answer": ""}) is None
 

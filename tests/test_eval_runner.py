@@ -18,7 +18,7 @@ from sicog.data.sharding import shard_path
 from sicog.data.steps import format_steps
 from sicog.eval.prompts import build_prompt
 from sicog.eval.runner import ERRORS, PREDICTIONS, EvalSettings, evaluate, merge_and_score, run_rank
-from sicog.eval.tsv import read_benchmark
+from sicog.eval.tsv import read_benchmark, row_hash
 from sicog.toy.build import build_world, load_manifest
 from sicog.toy.datasets import read_bench_tsv
 from sicog.toy.score import score_mc
@@ -134,7 +134,8 @@ def test_resume_skips_done_rows_and_refuses_other_settings(toy, tiny, tmp_path, 
     # A killed run: four rows answered, a fifth half written.
     settings = {"model": "m", "prompt_style": "direct", "max_new_tokens": 64}
     part = shard_path(tmp_path / PREDICTIONS, 0, 1)
-    lines = [json.dumps({"id": str(i), "prompt": "p", "prediction": replies[str(i)], "settings": settings})
+    lines = [json.dumps({"id": str(i), "prompt": "p", "prediction": replies[str(i)],
+                         "row_hash": row_hash(bench, bench.by_index[str(i)]), "settings": settings})
              for i in range(4)]
     part.write_text("\n".join(lines) + '\n{"id": "4", "predic')
     results = evaluate(*tiny, bench, tmp_path, model_name="m")
@@ -148,6 +149,52 @@ def test_resume_skips_done_rows_and_refuses_other_settings(toy, tiny, tmp_path, 
         evaluate(*tiny, bench, tmp_path, prompt="cot", model_name="m")
     with pytest.raises(RecordError, match="answered with other settings"):
         evaluate(*tiny, bench, tmp_path, model_name="another checkpoint")
+
+
+def write_tsv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_resume_refuses_the_rows_of_another_benchmark(toy, tiny, tmp_path, monkeypatch) -> None:
+    """Benchmarks number their rows alike: a folder answered for one is not reused for another."""
+    first = read_benchmark(toy["bench_mc"])
+    rows = [dict(row) for row in first.rows]
+    rows[3]["image"] = "not an image"  # an error record, checked as predictions are
+    first = read_benchmark(write_tsv(tmp_path / "first.tsv", rows))
+    replies = {row["index"]: row["answer"] for row in first.rows}
+    monkeypatch.setattr(runner, "generate_replies", Scripted(first, replies))
+    out = tmp_path / "out"
+    assert evaluate(*tiny, first, out, model_name="m")["errors"] == 1
+    # Same indices, another question for each row.
+    second = read_benchmark(write_tsv(tmp_path / "second.tsv", [{**row, "question": f"Really? {row['question']}"}
+                                                                 for row in rows]))
+    with pytest.raises(RecordError, match=r"predictions.jsonl:1 id='0' field 'row_hash': row_hash '[0-9a-f]{16}' is "
+                                          r"not '[0-9a-f]{16}': written for the row with this index in .*second.tsv"):
+        evaluate(*tiny, second, out, model_name="m")
+    # A line without a row_hash cannot be told to be for this row.
+    lines = (out / PREDICTIONS).read_text().splitlines()
+    (out / PREDICTIONS).write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "row_hash"})
+                                           + "\n" for line in lines))
+    with pytest.raises(RecordError, match=r"id='0' field 'row_hash': no row_hash: not known to be for the row"):
+        evaluate(*tiny, first, out, model_name="m")
+    # A changed image is another row as well; so is an index the benchmark does not have.
+    (out / PREDICTIONS).unlink()
+    with pytest.raises(RecordError, match=r"errors.jsonl:1 id='3' field 'row_hash'"):
+        evaluate(*tiny, write_tsv(tmp_path / "third.tsv", [{**row, "image": rows[0]["image"]} for row in rows]),
+                 out, model_name="m")
+    with pytest.raises(RecordError, match=r"errors.jsonl:1 id='3' field 'id': .*fourth.tsv has no row with this index"):
+        evaluate(*tiny, write_tsv(tmp_path / "fourth.tsv", rows[:3]), out, model_name="m")
+    # Started over: the same benchmark again reuses everything.
+    (out / ERRORS).unlink()
+    scripted = Scripted(first, replies)
+    monkeypatch.setattr(runner, "generate_replies", scripted)
+    evaluate(*tiny, first, out, model_name="m")
+    assert scripted.calls == 9
+    assert evaluate(*tiny, first, out, model_name="m")["accuracy"] == 1.0 and scripted.calls == 9
 
 
 def test_ranks_share_rows_and_merge_like_one_process(toy, tiny, tmp_path, monkeypatch) -> None:

@@ -128,6 +128,63 @@ def test_command_reports_bad_arguments_and_input(setup, tmp_path, capsys):
         main(["generate", "captions", "--model", "m", "--data", "d", "--output", "o", "--prompt", "cot-default"])
 
 
+def test_a_refused_rerun_leaves_a_finished_output_and_its_errors_as_they_were(setup, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "gen.jsonl"
+    assert main(cli_args(setup, output)) == 0
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(files) == {"gen.jsonl", "gen.errors.jsonl"}
+    capsys.readouterr()
+    assert main(cli_args(setup, output, "--seed", "1")) == 2  # other settings: the run stops before any change
+    assert "written by a run with other settings" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files  # q7 still in the errors file, no shards
+
+    def no_model(*args, **kwargs):
+        raise RuntimeError("weights unreadable")
+
+    monkeypatch.setattr("sicog.model.builders.load_pretrained", no_model)
+    with pytest.raises(RuntimeError, match="weights unreadable"):
+        main(cli_args(setup, output))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_an_output_that_is_not_a_generated_file_is_refused(setup, tmp_path, capsys):
+    """`--output` the input itself: its records have no candidates, so none of them counts as done."""
+    data = tmp_path / "questions.jsonl"
+    shutil.copy(setup / "questions_train.jsonl", data)
+    before = data.read_bytes()
+    args = cli_args(setup, data)
+    args[args.index("--data") + 1] = str(data)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:1 id='q0' field 'generation': not a generated record" in err
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["questions.jsonl"]
+
+
+def test_unusable_output_model_and_sampling_arguments_stop_with_one_line(setup, tmp_path, capsys):
+    (tmp_path / "folder.jsonl").mkdir()
+    assert main(cli_args(setup, tmp_path / "folder.jsonl")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "folder.jsonl is a folder; give the path of a .jsonl file" in err
+    model = tmp_path / "model"
+    shutil.copytree(setup / "model", model)
+    config = model / "generation_config.json"
+    config.write_bytes(config.read_bytes()[:10])  # cut short, as by a failed copy
+    args = cli_args(setup, tmp_path / "a.jsonl")
+    args[args.index("--model") + 1] = str(model)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{config}: cannot be read" in err
+    for flag, value in (("--temperature", "nan"), ("--temperature", "-1"), ("--top-p", "nan"),
+                        ("--repetition-penalty", "inf")):
+        with pytest.raises(SystemExit) as stop:
+            main(cli_args(setup, tmp_path / "b.jsonl", flag, value))
+        assert stop.value.code == 2
+        assert f"argument {flag}: must be" in capsys.readouterr().err
+    assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "b.jsonl").exists()
+
+
 @pytest.mark.parametrize("name", ["recap_inference.sh", "reasoning_inference.sh"])
 def test_scripts_follow_the_wrapper_rules_and_name_missing_variables(name, tmp_path):
     text = (SCRIPTS / name).read_text()

@@ -10,6 +10,7 @@ from PIL import Image
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.prompts import CAPTION_PROMPTS
 from sicog.generate.inputs import PromptCounter, read_inputs
+from sicog.model.image_io import ImageError, load_image
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,18 @@ def test_json_array_input_and_prompt_type_checks(tmp_path, folder, processor):
     assert len(read_inputs(data, processor, task="reasoning", prompt_type="default", image_folder=folder).tasks) == 1
     with pytest.raises(ValueError, match="'cod-default' is not a reasoning prompt type; choose from: cot-default"):
         read_inputs(data, processor, task="reasoning", prompt_type="cod-default")
+
+
+def test_conversations_that_are_not_a_list_and_over_long_image_names_are_error_records(tmp_path, folder, processor):
+    records = [{"id": "a", "image": "small.png", "conversations": 5},
+               {"id": "b", "image": "x" * 300 + ".png", "question": "What?"},
+               {"id": "c", "image": "small.png", "question": "What?", "conversations": 5}]
+    for task, prompt_type in (("captions", "cod-default"), ("reasoning", "cot-default")):
+        plan = read_inputs(write(tmp_path, records), processor, task=task, prompt_type=prompt_type,
+                           image_folder=folder)
+        assert [(e["id"], e["field"]) for e in plan.errors] == [("a", "conversations"), ("b", "image")]
+        assert "'conversations' is int, not a list" in plan.errors[0]["reason"]
+        assert "cannot read image" in plan.errors[1]["reason"]
+        assert [t.id for t in plan.tasks] == ["c"]  # its question field is used; conversations is not read
+    with pytest.raises(ImageError, match="cannot read image"):
+        load_image(folder / ("x" * 300 + ".png"))

@@ -147,6 +147,19 @@ def test_a_rerun_with_another_world_size_completes_the_same_output(dataset, tmp_
     assert {e["id"] for e in load_records(job.errors_output)} == {"r4"}
 
 
+def test_a_last_record_without_its_newline_is_generated_again(dataset, tmp_path, model_and_processor):
+    """A shard of another world size whose whole last record lacks only its newline: the merge cuts that line,
+    so the rerun must not count the record as done."""
+    reference = make_job(dataset, tmp_path / "ref")
+    generate(reference, model_and_processor)
+    job = make_job(dataset, tmp_path / "run")
+    generate(job, model_and_processor, rank=1, world=2, merge=False)
+    (part,) = shard_files(job.output)
+    part.write_bytes(part.read_bytes().removesuffix(b"\n"))
+    generate(job, model_and_processor, world=1)
+    assert job.output.read_bytes() == reference.output.read_bytes()
+
+
 def test_two_ranks_split_the_batches_and_merge_exactly_once(dataset, tmp_path, model_and_processor):
     job = make_job(dataset, tmp_path, batch_size=2)
     first = generate(job, model_and_processor, rank=0, world=2, merge=False)
@@ -165,6 +178,14 @@ def test_resume_refuses_records_made_with_other_settings(dataset, tmp_path, mode
         generate(make_job(dataset, tmp_path, sampling=hotter), model_and_processor)
     with pytest.raises(RecordError, match=r"'corruption': \(\[\], \['mask'\]\)"):
         generate(make_job(dataset, tmp_path, corruptions=("mask",)), model_and_processor)
+
+
+def test_resume_refuses_an_output_that_holds_records_without_candidates(dataset, tmp_path, model_and_processor):
+    job = make_job(dataset, tmp_path)
+    write_jsonl(job.output, dataset[2][:2])  # the input records themselves
+    with pytest.raises(RecordError, match=r"out.jsonl:1 id='r0' field 'generation': not a generated record"):
+        generate(job, model_and_processor)
+    assert not shard_files(job.output) and not shard_files(job.errors_output)
 
 
 def test_corrupted_images_are_recorded_and_planned_at_their_true_length(dataset, tmp_path, model_and_processor):

@@ -60,6 +60,14 @@ CASES = [
          ("junk.png",), "gen.errors.jsonl", "image"),
     Case("generate-no-question", "generate", jsonl(GOOD_Q, {"id": "g2", "image": "ok.png"}), 0,
          ("needs a question",), "gen.errors.jsonl", "question"),
+    Case("generate-conversations-not-a-list", "generate", jsonl(GOOD_Q, {"id": "g2", "image": "ok.png",
+                                                                          "conversations": 5}), 0,
+         ("'conversations' is int",), "gen.errors.jsonl", "conversations"),
+    Case("generate-image-name-too-long", "generate", jsonl(GOOD_Q, {**GOOD_Q, "id": "g2", "image": "x" * 300}), 0,
+         ("cannot read image",), "gen.errors.jsonl", "image"),
+    Case("generate-lone-surrogate", "generate",
+         jsonl(GOOD_Q, b'{"id": "g2", "image": "ok.png", "question": "\\ud800?"}'), 2,
+         ("data.jsonl:2", "id='g2'", "field 'question'", "\\ud800")),
     # sicog curate captions (input gen.jsonl)
     Case("curate-invalid-json", "curate", jsonl(GOOD_CURATE, b"{oops"), 2, ("gen.jsonl:2", "invalid JSON")),
     Case("curate-not-utf8", "curate", jsonl(GOOD_CURATE, b'{"id": "\xff"}'), 2, ("gen.jsonl:2", "not UTF-8")),
@@ -71,6 +79,8 @@ CASES = [
          ("gen.jsonl:2", "duplicate id", "field 'id'"), "errors.jsonl", "id"),
     Case("curate-no-generation", "curate", jsonl(GOOD_CURATE, {"id": "g2", "candidates": ["a", "b"]}), 0,
          ("gen.jsonl:2", "generation"), "errors.jsonl", None),
+    Case("curate-lone-surrogate", "curate", jsonl(GOOD_CURATE, b'{"id": "g2", "candidates": ["\\udfff", "b"]}'), 2,
+         ("gen.jsonl:2", "field 'candidates'", "\\udfff")),
     # sicog eval (input bench.tsv)
     Case("eval-missing-column", "eval", b"index\timage_path\tA\tB\tanswer\n1\tok.png\tred\tblue\tA\n", 2,
          ("bench.tsv:1", "missing columns: question")),

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from sicog.data.jsonl import RecordError, load_records, write_jsonl
-from sicog.data.sharding import merge_shard_files, shard_files, shard_path
+from sicog.data.sharding import merge_shard_files, shard_files, shard_path, written_records
 from sicog.model.builders import save_pretrained
 from sicog.toy.build import build_world, load_manifest
 
@@ -116,3 +116,14 @@ def test_a_stale_shard_that_disagrees_with_the_merged_output_still_fails(tmp_pat
     write_jsonl(shard_path(output, 0, 1), [{"id": "a", "v": 9}])  # another answer for "a": two runs mixed
     with pytest.raises(RecordError, match=r"1 duplicated \['a'\]"):
         merge_shard_files(output, errors, ["a", "b"])
+
+
+def test_a_last_line_without_its_newline_is_not_counted_as_written(tmp_path):
+    """`written_records` and the merge agree: a whole record that lacks only its newline is cut, so not done."""
+    part = shard_path(tmp_path / "out.jsonl", 0, 2)
+    part.write_bytes(b'{"id": "a"}\n{"id": "b"}')
+    assert [r["id"] for _, r in written_records(part)] == ["a"]
+    part.write_bytes(b'{"id": "a"}\n{"id": "b"')  # cut inside the record
+    assert [r["id"] for _, r in written_records(part)] == ["a"]
+    with pytest.raises(RecordError, match="is not a file"):
+        list(written_records(tmp_path))

@@ -198,3 +198,14 @@ def test_data_head_writes_the_first_rows_of_a_dataset_as_jsonl(saved, tmp_path, 
     assert main(["data", "head", "--input", str(tmp_path / "gone.parquet"), "--output", str(tmp_path / "x.jsonl"),
                  "--limit", "2"]) == 2
     assert "sicog data head: error: " in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+
+
+def test_data_head_reads_no_further_than_the_limit(tmp_path, capsys):
+    """A bad line just after the records asked for does not stop the command."""
+    from sicog.cli import main
+    from sicog.data.jsonl import load_records
+
+    (tmp_path / "in.jsonl").write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps(RECORDS[1]) + "\n{not json\n")
+    assert main(["data", "head", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "two.jsonl"),
+                 "--limit", "2"]) == 0
+    assert load_records(tmp_path / "two.jsonl") == RECORDS[:2]

@@ -83,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="one per input: 1 = all, 0.5 = a random half, 2 = twice (default: all 1)")
     mix.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling")
     mix.add_argument("--prefix-ids", action="store_true",
-                     help="prefix ids with the input file's name (avoids collisions)")
+                     help="prefix each id with the shortest end of its input's path that tells the inputs apart, "
+                          "e.g. captions/curated:ID (avoids collisions)")
     texts = sub.add_parser("texts", help="the texts curation compares, to embed apart (see docs/curation.md)",
                            description="write the unique texts curation compares, one {\"text\": ...} per line")
     texts.add_argument("task", choices=("captions", "reasoning"))
@@ -94,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="answer every generated record with one of its candidates, drawn at random (seeded)",
     )
     pick.add_argument("--input", required=True, help="generation output with 'candidates'")
-    pick.add_argument("--output", required=True, help="LLaVA training records (.jsonl)")
+    pick.add_argument("--output", required=True,
+                      help="LLaVA training records (.jsonl; errors go to <stem>.errors.jsonl beside it)")
     pick.add_argument("--seed", type=int, default=0, help="seed of the draw")
     noisy = sub.add_parser(
         "pairs-from-noisy", help="DPO pairs: curated clean answers vs answers generated on corrupted images",
@@ -125,11 +127,21 @@ def run(args: argparse.Namespace) -> int:
         if args.curate_command == "random":
             from sicog.curate.random_pick import one_random_candidate
 
-            print(f"wrote {one_random_candidate(args.input, args.output, args.seed)} records to {args.output}")
+            picked = one_random_candidate(args.input, args.output, args.seed)
+            print(f"wrote {picked.records} records to {picked.output} (errors: {picked.errors}, in "
+                  f"{picked.errors_output})")
+            if picked.errors and not picked.records:
+                print(f"error: every one of the {picked.errors} records failed; the reasons are in "
+                      f"{picked.errors_output}", file=sys.stderr)
+                return 1
             return 0
         return _run_curation(args)
     except (RecordError, ValueError, EncoderNotFound, OutputLocked) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an output that cannot be created (a file in the way, no permission, disk full)
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
 
 
@@ -138,6 +150,8 @@ def _run_curation(args: argparse.Namespace) -> int:
     from sicog.curate.pipeline import curate, default_threshold
     from sicog.data.sharding import rank_and_world
 
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise ValueError(f"--output-dir {args.output_dir}: exists and is not a folder")
     settings = CurationSettings(
         task=args.curate_command,
         threshold=args.threshold,

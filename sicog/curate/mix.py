@@ -3,7 +3,8 @@
 A ratio r takes every record floor(r) times plus a seeded random share (r - floor(r)) of the records
 once more: 1.0 = all records, 0.5 = a random half, 2.0 = every record twice. Repeated copies get
 ``#<copy>`` appended to their id so ids stay unique. Invalid LLaVA records and repeated ids within a
-file go to the errors file; the same id in two inputs stops the mix (``--prefix-ids`` resolves it).
+file go to the errors file; the same id in two inputs stops the mix (``--prefix-ids`` resolves it by
+prefixing each id with the shortest end of its input's path that tells the inputs apart).
 """
 
 from __future__ import annotations
@@ -40,6 +41,35 @@ def take(records: Sequence[dict], ratio: float, rng: random.Random) -> list[dict
     return [record if copy == 0 else {**record, "id": f"{record['id']}#{copy}"} for copy, record in picked]
 
 
+def id_prefixes(inputs: Sequence[str | Path]) -> list[str]:
+    """One prefix per input, unique among the inputs: the shortest end of each path, without its extension,
+    that tells the inputs apart (``captions/curated`` and ``reasoning/curated`` for two ``curated.jsonl``).
+
+    Paths are compared resolved, so ``a/x.jsonl`` and ``./a/x.jsonl`` are one file; the extension is kept
+    only when it is the sole difference (``x.json`` and ``x.jsonl``). The same file twice raises
+    :class:`ValueError`.
+    """
+    resolved = [Path(path).resolve() for path in inputs]
+    _check_distinct(inputs, resolved)
+    # The anchor ("/") is left out: distinct resolved paths differ below it, at the latest in the extension.
+    stems = [r.parts[1:-1] + (r.stem,) for r in resolved]
+    names = [r.parts[1:] for r in resolved]
+    depth = max(len(parts) for parts in names)
+    tries = (["/".join(parts[-d:]) for parts in paths] for paths in (stems, names) for d in range(1, depth + 1))
+    return next(prefixes for prefixes in tries if len(set(prefixes)) == len(prefixes))
+
+
+def _check_distinct(inputs: Sequence[str | Path], resolved: Sequence[Path]) -> None:
+    first: dict[Path, str | Path] = {}
+    for path, real in zip(inputs, resolved):
+        if real in first:
+            raise ValueError(
+                f"inputs {first[real]} and {path} are the same file; give it once "
+                "(a ratio of 2 takes every record twice)"
+            )
+        first[real] = path
+
+
 def mix(
     inputs: Sequence[str | Path],
     output: str | Path,
@@ -48,16 +78,21 @@ def mix(
     seed: int = 0,
     prefix_ids: bool = False,
 ) -> list[MixPart]:
-    """Write the shuffled mixture of ``inputs`` to ``output`` (``.json`` array or JSON Lines)."""
+    """Write the shuffled mixture of ``inputs`` to ``output`` (``.json`` array or JSON Lines).
+
+    With ``prefix_ids`` every id becomes ``<prefix>:<id>``, the prefix from :func:`id_prefixes`. The same
+    file given twice raises :class:`ValueError`; an id in two inputs raises :class:`RecordError`.
+    """
     output = Path(output)
     ratios = list(ratios) if ratios else [1.0] * len(inputs)
     if len(ratios) != len(inputs):
         raise ValueError(f"{len(inputs)} inputs but {len(ratios)} ratios")
+    prefixes = id_prefixes(inputs)
     mixed: list[dict] = []
     errors: list[dict] = []
     parts = []
     origin: dict[str, list[str]] = {}
-    for position, (path, ratio) in enumerate(zip(inputs, ratios)):
+    for position, (path, ratio, prefix) in enumerate(zip(inputs, ratios, prefixes)):
         path = Path(path)
         valid, n_errors, seen = [], 0, set()
         for line, record in iter_records(path):
@@ -72,7 +107,7 @@ def mix(
                 n_errors += 1
                 continue
             seen.add(str(record["id"]))
-            record = {**record, "id": f"{path.stem}:{record['id']}" if prefix_ids else str(record["id"])}
+            record = {**record, "id": f"{prefix}:{record['id']}" if prefix_ids else str(record["id"])}
             valid.append(record)
         chosen = take(valid, ratio, random.Random(f"{seed}:{position}"))
         for record in chosen:
@@ -82,9 +117,11 @@ def mix(
     duplicated = {rid: files for rid, files in origin.items() if len(files) > 1}
     if duplicated:
         examples = dict(list(duplicated.items())[:3])
+        # Prefixes do not help when a copy's "#1" equals another id of its own file, or when an id holding ':'
+        # meets another input's prefix plus id ("a" + "b:c" = "a:b" + "c").
+        advice = "rename the ids" if prefix_ids else "use --prefix-ids to prefix each id with its input's path"
         raise RecordError(
-            f"{len(duplicated)} id(s) occur more than once in the mixture, e.g. {examples}; "
-            "use --prefix-ids to prefix each id with its file's name",
+            f"{len(duplicated)} id(s) occur more than once in the mixture, e.g. {examples}; {advice}",
             path=output,
         )
     random.Random(seed).shuffle(mixed)

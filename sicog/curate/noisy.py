@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from sicog.curate.extract import Task, expects_steps, extract
 from sicog.curate.records import GeneratedRecord, parse_generated
-from sicog.curate.select import record_rng
+from sicog.curate.select import record_rng, usable
 from sicog.data.answers import parse_answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl
 from sicog.data.prompts import IMAGE_TOKEN
@@ -57,6 +57,14 @@ def _bare(prompt: str) -> str:
     return prompt.replace(IMAGE_TOKEN, "").strip()
 
 
+def _valid_image(image: object) -> bool:
+    """Whether a record's ``image`` is absent, a non-empty path, or a non-empty list of them."""
+    if image is None:
+        return True
+    images = [image] if isinstance(image, str) else image
+    return isinstance(images, list) and bool(images) and all(isinstance(path, str) and path for path in images)
+
+
 def parse_clean(record: dict, *, path: str, line: int) -> CleanAnswer:
     """A curated record: a LLaVA record with one question and one answer (curated.jsonl), or a pair
     record with ``prompt`` and ``chosen`` (pairs.jsonl). Raises :class:`RecordError` naming the field."""
@@ -77,6 +85,11 @@ def parse_clean(record: dict, *, path: str, line: int) -> CleanAnswer:
         for value, field in zip((prompt, chosen), fields):
             if not isinstance(value, str):
                 fail("missing or not a string (need 'conversations', or 'prompt' and 'chosen')", field)
+        # check_llava_record checks these two in the LLaVA form; the pair form has no conversation to check.
+        if not _valid_image(record.get("image")):
+            fail("must be a non-empty string or a list of non-empty strings", "image")
+        if IMAGE_TOKEN in chosen:
+            fail(f"{IMAGE_TOKEN} in an answer", "chosen")
     for value, field in zip((_bare(prompt), chosen.strip()), fields):
         if not value:
             fail("empty", field)
@@ -122,9 +135,9 @@ def _answer(text: str, task: Task, prompt_type: str | None) -> str | None:
 def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: int, files: dict[str, str]) -> dict:
     """The pair of one joined id; raises :class:`RecordError` (about the noisy record) when it cannot be made.
 
-    The rejected candidate is drawn (seeded by ``seed`` and the id) among the candidates that are
-    neither empty nor the chosen text; for reasoning, those whose final answer differs from the
-    chosen answer's are preferred: they are the answers the corruption misled.
+    The rejected candidate is drawn (seeded by ``seed`` and the id) among the usable candidates (not empty,
+    without ``<image>``) other than the chosen text; for reasoning, those whose final answer differs from
+    the chosen answer's are preferred: they are the answers the corruption misled.
     """
     path = files["noisy_file"]
 
@@ -136,13 +149,13 @@ def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: i
     if record_images(noisy.record) != record_images(clean.record):
         fail(f"images {record_images(noisy.record)} differ from the curated record's {record_images(clean.record)}",
              "image")
-    usable = [i for i, text in enumerate(noisy.candidates) if text.strip() and text.strip() != clean.chosen.strip()]
-    if not usable:
-        fail("every candidate is empty or identical to the chosen answer", "candidates")
+    allowed = [i for i, text in enumerate(noisy.candidates) if usable(text) and text.strip() != clean.chosen.strip()]
+    if not allowed:
+        fail(f"every candidate is empty, contains {IMAGE_TOKEN} or is identical to the chosen answer", "candidates")
     chosen_answer = _answer(clean.chosen, task, noisy.prompt_type)
-    answers = {i: _answer(noisy.candidates[i], task, noisy.prompt_type) for i in usable}
-    differing = [i for i in usable if chosen_answer is not None and answers[i] != chosen_answer]
-    rejected = record_rng(seed, noisy.id).choice(differing or usable)
+    answers = {i: _answer(noisy.candidates[i], task, noisy.prompt_type) for i in allowed}
+    differing = [i for i in allowed if chosen_answer is not None and answers[i] != chosen_answer]
+    rejected = record_rng(seed, noisy.id).choice(differing or allowed)
     source = {
         "kind": "noisy", "task": task, **files,
         "rejected_index": rejected, "corruption": noisy.record["generation"]["corruption"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -22,13 +23,13 @@ from sicog.curate.embed import EncoderSettings, SentenceEncoder
 from sicog.curate.embed_file import load_embeddings
 from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, ArrayStore, embed_texts
 from sicog.curate.extract import Task, expects_steps, extract
-from sicog.curate.records import ScoredRecord, pair_record, parse_generated, training_record
+from sicog.curate.records import ScoredRecord, pair_record, read_generated_records, training_record
 from sicog.curate.report import summarize, write_report
 from sicog.curate.score import mbr_scores
 from sicog.curate.select import record_rng, select
 from sicog.data.answers import parse_answer
 from sicog.data.crash import crash_point
-from sicog.data.jsonl import RecordError, error_record, iter_records, write_json, write_jsonl
+from sicog.data.jsonl import write_json, write_jsonl
 from sicog.data.sharding import process_group, rank_and_world
 
 log = logging.getLogger(__name__)
@@ -80,25 +81,18 @@ class CurationSettings:
             raise ValueError(f"min-agreement is a share of candidates, between 0 and 1; got {self.min_agreement}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk size must be at least 1; got {self.chunk_size}")
+        # NaN would compare false with every score (and keep everything through `score < threshold`), and
+        # NaN or infinity would be written to summary.json, which then is no longer valid JSON.
+        for name, value in (("threshold", self.threshold), ("temperature", self.temperature)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number; got {value}")
 
 
 def read_generated(path: Path, task: Task) -> tuple[list[ScoredRecord], list[dict]]:
     """Validate every input record: usable ones with their extractions, the others as error lines."""
+    generated, errors = read_generated_records(path)
     items: list[ScoredRecord] = []
-    errors: list[dict] = []
-    first_line: dict[str, int] = {}
-    for line, record in iter_records(path):
-        try:
-            item = parse_generated(record, path=str(path), line=line)
-            if item.id in first_line:
-                raise RecordError(
-                    f"duplicate id (first seen on line {first_line[item.id]})",
-                    path=path, line=line, record_id=item.id, field="id",
-                )
-        except RecordError as err:
-            errors.append(error_record(record, str(err), line=line, field=err.field))
-            continue
-        first_line[item.id] = line
+    for item in generated:
         expect = expects_steps(item.prompt_type)
         extractions = [extract(text, task, expect_steps=expect) for text in item.candidates]
         answers = [parse_answer(e.text) for e in extractions] if task == "reasoning" else None

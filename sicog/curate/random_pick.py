@@ -4,17 +4,48 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
+from pathlib import Path
 
-from sicog.curate.records import parse_generated, training_record
-from sicog.data.jsonl import iter_records, write_jsonl
+from sicog.curate.records import read_generated_records, training_record
+from sicog.curate.select import NO_USABLE, usable
+from sicog.data.jsonl import error_record, errors_path, write_jsonl
 
 
-def one_random_candidate(generated: str | os.PathLike, output: str | os.PathLike, seed: int) -> int:
-    """Answer every generated record with one of its candidates drawn at random (seeded by record id);
-    write LLaVA training records to ``output`` and return how many."""
+@dataclass(frozen=True)
+class RandomPick:
+    """What one random pick wrote."""
+
+    records: int
+    errors: int
+    output: str
+    errors_output: str
+
+
+def random_index(candidates: list[str], record_id: str, seed: int) -> int | None:
+    """The candidate a random pick takes: one of the usable ones, drawn from ``seed`` and the record's id
+    (None when none is usable). The cycle's curation analysis scores the same pick."""
+    allowed = [i for i, text in enumerate(candidates) if usable(text)]
+    return random.Random(f"{seed}/{record_id}").choice(allowed) if allowed else None
+
+
+def one_random_candidate(generated: str | os.PathLike, output: str | os.PathLike, seed: int) -> RandomPick:
+    """Answer every generated record with one of its usable candidates drawn at random (seeded by record id).
+
+    Records are read and checked as ``sicog curate captions`` reads them; invalid and repeated records,
+    and records without a usable candidate (all empty or containing ``<image>``), go to
+    ``<output stem>.errors.jsonl`` with the reason. Both files are written atomically.
+    """
+    output = Path(output)
+    items, errors = read_generated_records(generated)
     records = []
-    for line, record in iter_records(generated):
-        item = parse_generated(record, path=str(generated), line=line)
-        choice = random.Random(f"{seed}/{item.id}").randrange(len(item.candidates))
+    for item in items:
+        choice = random_index(item.candidates, item.id, seed)
+        if choice is None:
+            reason = f"{generated}:{item.line} id={item.id!r} field 'candidates': {NO_USABLE}"
+            errors.append(error_record(item.record, reason, line=item.line, field="candidates"))
+            continue
         records.append(training_record(item, item.candidates[choice], {"file": str(generated), "candidate": choice}))
-    return write_jsonl(output, records)
+    written = write_jsonl(output, records)
+    write_jsonl(errors_path(output), errors)
+    return RandomPick(written, len(errors), str(output), str(errors_path(output)))

@@ -7,13 +7,14 @@ outputs are documented, with examples, in docs/curation.md.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from sicog.curate.extract import Extraction
 from sicog.curate.select import Selection
 from sicog.data.answers import Answer
-from sicog.data.jsonl import RecordError, record_id
+from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import check_llava_record, record_images
 
@@ -63,6 +64,28 @@ def parse_generated(record: dict, *, path: str, line: int) -> GeneratedRecord:
     except RecordError as err:
         fail(err.reason, err.field or "image")
     return item
+
+
+def read_generated_records(path: str | os.PathLike) -> tuple[list[GeneratedRecord], list[dict]]:
+    """Validate every generation record of ``path``: the usable ones in file order, and one error line
+    (reason naming file, line, id and field, plus the original record) for each invalid or repeated one."""
+    items: list[GeneratedRecord] = []
+    errors: list[dict] = []
+    first_line: dict[str, int] = {}
+    for line, record in iter_records(path):
+        try:
+            item = parse_generated(record, path=str(path), line=line)
+            if item.id in first_line:
+                raise RecordError(
+                    f"duplicate id (first seen on line {first_line[item.id]})",
+                    path=path, line=line, record_id=item.id, field="id",
+                )
+        except RecordError as err:
+            errors.append(error_record(record, str(err), line=line, field=err.field))
+            continue
+        first_line[item.id] = line
+        items.append(item)
+    return items, errors
 
 
 def human_turn(record: dict, prompt: str) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sicog.curate.select import drop_reason
+from sicog.curate.select import drop_reason, usable
 
 if TYPE_CHECKING:
     from sicog.curate.records import ScoredRecord
@@ -35,7 +35,7 @@ def summarize(
         str(t): sum(
             drop_reason(
                 s.selection.best_score, t,
-                has_text=any(c.strip() for c in s.item.candidates),
+                has_usable=any(usable(c) for c in s.item.candidates),
                 has_answer=s.answers is None or s.selection.majority_answer is not None,
                 agreement=s.selection.agreement, min_agreement=min_agreement,
             ) is None

@@ -7,12 +7,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sicog.curate.score import best_index, majority_answer
+from sicog.data.prompts import IMAGE_TOKEN
 
 SINGLE_CANDIDATE = "single candidate (no other candidate to agree with)"
 BELOW_THRESHOLD = "best score below threshold"
 LOW_AGREEMENT = "answer agreement below min-agreement"
 NO_ANSWER = "no answer could be extracted"
-ALL_EMPTY = "every candidate is empty"
+NO_USABLE = f"every candidate is empty or contains {IMAGE_TOKEN}"
+
+
+def usable(text: str) -> bool:
+    """Whether a candidate can be a training answer: not blank, and free of the image placeholder.
+
+    A literal ``<image>`` in an assistant turn breaks the LLaVA record rules (one placeholder per image,
+    human turns only), so training and ``curate mix`` would reject the record.
+    """
+    return bool(text.strip()) and IMAGE_TOKEN not in text
 
 
 @dataclass(frozen=True)
@@ -43,17 +53,22 @@ def select(
     Reasoning: best = highest MBR score among the candidates giving the majority answer, kept when
     also ``agreement >= min_agreement``. A rejected candidate is drawn (with ``rng``) from the
     lower-scoring half, preferring candidates whose answer differs from the majority, and never an
-    empty text or one identical to the chosen one; only kept records get one. An empty or whitespace-only candidate is
-    never the best one, and a record whose candidates are all empty is not kept.
+    unusable text (see :func:`usable`) or one identical to the chosen one; only kept records get one. An
+    unusable candidate (empty, whitespace-only, or containing ``<image>``) is never the best one and its
+    answer does not count toward the majority; a record without a usable candidate is not kept.
     """
+    # An unusable candidate is never a training answer, whatever its score or the threshold.
+    allowed = [usable(text) for text in texts]
+    if answers is not None:
+        # Its answer is no vote either: a majority carried by unusable candidates would let a usable
+        # candidate with another answer be chosen for it.
+        answers = [answer if ok else "" for answer, ok in zip(answers, allowed)]
     majority, agreement = (None, None) if answers is None else majority_answer(answers, scores)
-    # An empty or whitespace-only candidate is never a training answer, whatever its score or the threshold.
-    filled = [bool(text.strip()) for text in texts]
-    agrees = filled if answers is None else [f and a == majority and a != "" for f, a in zip(filled, answers)]
-    best = best_index(scores, agrees if any(agrees) else filled)
+    agrees = allowed if answers is None else [ok and a == majority and a != "" for ok, a in zip(allowed, answers)]
+    best = best_index(scores, agrees if any(agrees) else allowed)
     score = scores[best]
     reason = drop_reason(
-        score, threshold, has_text=any(filled),
+        score, threshold, has_usable=any(allowed),
         has_answer=answers is None or majority is not None, agreement=agreement, min_agreement=min_agreement,
     )
     kept = reason is None
@@ -65,7 +80,7 @@ def drop_reason(
     score: float | None,
     threshold: float,
     *,
-    has_text: bool = True,
+    has_usable: bool = True,
     has_answer: bool = True,
     agreement: float | None = None,
     min_agreement: float = 0.0,
@@ -77,8 +92,8 @@ def drop_reason(
     """
     if score is None:
         return SINGLE_CANDIDATE
-    if not has_text:
-        return ALL_EMPTY
+    if not has_usable:
+        return NO_USABLE
     if not has_answer:
         return NO_ANSWER
     if score < threshold:
@@ -94,8 +109,9 @@ def _rejected(
     """Draw the rejected candidate from the lower half of the ranking (agreeing first, then by score)."""
     n = len(scores)
     ranking = sorted(range(n), key=lambda i: (not agrees[i], -_value(scores[i]), i))
-    # An empty candidate is no answer to prefer the chosen one over: DPO training refuses an empty rejected.
-    others = [i for i in ranking if i != best and texts[i].strip() and texts[i].strip() != texts[best].strip()]
+    # An unusable candidate is no answer to prefer the chosen one over: DPO training refuses an empty rejected
+    # one and one containing <image>.
+    others = [i for i in ranking if i != best and usable(texts[i]) and texts[i].strip() != texts[best].strip()]
     lower = [i for i in ranking[n - max(1, n // 2) :] if i in others] or others
     if not lower:
         return None

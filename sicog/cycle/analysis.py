@@ -10,12 +10,12 @@ what the caption candidates say is true, fact by fact: all of them, the random p
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 
 from sicog.curate.extract import extract
+from sicog.curate.random_pick import random_index
 from sicog.data.answers import normalize_answer
 from sicog.data.jsonl import iter_records
 from sicog.toy.score import score_caption, summarize_captions
@@ -48,11 +48,6 @@ def _share(values: list[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def random_index(record: dict, seed: int) -> int:
-    """The candidate a random pick (arm C's kind) takes from ``record``: drawn from the seed and the record's id."""
-    return random.Random(f"{seed}/{record['id']}").randrange(len(record["candidates"]))
-
-
 def _ranking(records: list[dict], right: list[list[bool]], seed: int) -> dict:
     """AUROC of the MBR score and the share of right texts among all, random, best and curated candidates."""
     scores, labels, kept, random_pick, chosen_any = [], [], [], [], []
@@ -61,7 +56,9 @@ def _ranking(records: list[dict], right: list[list[bool]], seed: int) -> dict:
             if score is not None:
                 scores.append(score)
                 labels.append(good)
-        random_pick.append(ok[random_index(record, seed)])
+        pick = random_index(record["candidates"], record["id"], seed)
+        if pick is not None:  # arm C skips a record without a usable candidate
+            random_pick.append(ok[pick])
         if record.get("best_index") is not None:
             chosen_any.append(ok[record["best_index"]])
         if record.get("kept"):
@@ -74,7 +71,7 @@ def _ranking(records: list[dict], right: list[list[bool]], seed: int) -> dict:
         "right_share_best_candidate": _share(chosen_any),
         "right_share_curated": _share(kept),
         "kept": len(kept),
-        "records": len(random_pick),
+        "records": len(records),
     }
 
 
@@ -94,7 +91,8 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
     quality["candidate_facts"] = _facts([c for cs in checks for c in cs])
     curated = [cs[r["best_index"]] for r, cs in zip(records, checks, strict=True) if r.get("kept")]
     quality["candidate_facts_by_pick"] = {
-        "random": _facts([cs[random_index(r, seed)] for r, cs in zip(records, checks, strict=True)]),
+        "random": _facts([cs[pick] for r, cs in zip(records, checks, strict=True)
+                          if (pick := random_index(r["candidates"], r["id"], seed)) is not None]),
         "curated": _facts(curated) if curated else None}
     return quality
 

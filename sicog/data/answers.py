@@ -7,12 +7,14 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
 - **The answer phrase** (for comparing answers): that text cut at the end of its first sentence and
   before ", because ..."; without a marker, its last sentence.
 - **Normalisation**: lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever
-  follows a parenthesised letter is dropped); a leading "yes"/"no" -> "yes"/"no"; number words zero to
-  twenty -> digits, "1,000" -> "1000", "3.0" -> "3"; "grey" -> "gray"; punctuation and the articles a, an,
-  the removed; whitespace collapsed. Units are kept ("3 cubes" != "3").
+  follows a parenthesised letter is dropped); "yes"/"no" alone or before punctuation ("No, it is not.")
+  -> "yes"/"no" ("no parking" stays a phrase); number words zero to twenty -> digits, "1,000" -> "1000",
+  "3.0" -> "3"; "grey" -> "gray"; punctuation and the articles a, an, the removed; whitespace collapsed.
+  Units are kept ("3 cubes" != "3").
 - **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", or the option's own
-  text ("red", "The colour is red."). Replies that name two options ("A or B", "B. blue" when blue is A)
-  choose nothing; a lone lower-case letter needs a mark around it (the article "a" is not option A).
+  text ("red", "The colour is red."). Replies that name two options ("A or B", "B. blue" when blue is A,
+  an echoed option list "A. blue, B. red") choose nothing; a lone lower-case letter needs a mark around it
+  (the article "a" is not option A).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ _OPTION = re.compile(
     r"|(?P<c>[a-h])[.):](?:\s|$)"
     r"|(?P<d>[a-h])$)"
 )
-_YES_NO = re.compile(r"^(yes|no)\b")
+# "yes"/"no" alone or before a new clause ("No, it is not."), which punctuation starts; "no parking" and
+# "no entry" are answers of their own.
+_YES_NO = re.compile(r"^(yes|no)\b\s*(?:$|[,.;:!?\u2013\u2014]|-\s)")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _TRAILING_ZEROS = re.compile(r"(?<=\d)\.0+(?!\d)")
 _TOKEN = re.compile(r"-?\d+(?:\.\d+)?|[^\W_]+")
@@ -58,6 +62,13 @@ _LETTER = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _BARE_LETTER = re.compile(r"(?:option\s+)?[(\[]?([A-Z])[)\]]?[.:]?", re.IGNORECASE)
+# An option letter marked the way option lists mark them, anywhere in a reply: "(c)", "[C]", "c." or "c)"
+# opening a line, and "C.", "C)", "C:" anywhere (upper case only: "e." in "i.e." is no option, nor "C." in "D.C.").
+_MARKED_LETTER = re.compile(
+    r"(?i:[(\[](?P<bracketed>[a-z])[)\]])"
+    r"|(?im:^[ \t]*(?P<listed>[a-z])[.)](?=\s))"
+    r"|(?<![\w.(\[])(?P<upper>[A-Z])[.):](?=\s|$)"
+)
 
 
 def answer_line(text: str) -> tuple[str, bool]:
@@ -163,10 +174,13 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     wanted = normalize_answer(rest)
     if wanted == normalize_answer(options[letter]):
         return True, letter
-    other_text = any(normalize_answer(t) == wanted for k, t in options.items() if k != letter)
+    others = set(options) - {letter}
+    other_text = any(normalize_answer(options[k]) == wanted for k in others)
     other_letter = (m := _BARE_LETTER.fullmatch(rest)) is not None and m.group(1).upper() in options
-    if other_text or other_letter:
-        return True, None  # "B. blue" where blue is A, or "A, B": two options named
+    # An echoed option list ("A. blue\nB. red", "(A) blue (B) red") marks other letters after the first.
+    listed = any(next(filter(None, m.groups())).upper() in others for m in _MARKED_LETTER.finditer(rest))
+    if other_text or other_letter or listed:
+        return True, None  # "B. blue" where blue is A, "A, B", or a list of options: several options named
     return True, letter  # "B. The circle is red."
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections import Counter
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from sicog.data.sources import iter_input_records
 
     if args.action == "head":
-        head = (record for (_, record), _ in zip(iter_input_records(args.input), range(args.limit)))
+        # islice stops after the last record wanted; zip would read one more, and a bad line there would stop us.
+        head = (record for _, record in itertools.islice(iter_input_records(args.input), args.limit))
         try:
             written = write_jsonl(args.output, head)
         except RecordError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -72,23 +73,45 @@ def read_text(path: str | os.PathLike) -> str:
         raise decode_error(path, data, err) from None
 
 
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff). Only lines holding one can decode to a string that
+# UTF-8 cannot encode (an unpaired surrogate); the regex spares the costlier check on every other line.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_encodable(path: Path, line: int, record: dict) -> None:
+    """Raise :class:`RecordError` when a string of ``record`` holds an unpaired surrogate (``"\\ud800"``):
+    ``json`` reads it, but no UTF-8 file can hold it, so writing the record would fail far from its line."""
+    for key, value in record.items():
+        try:
+            dumps({key: value}).encode("utf-8")
+        except UnicodeEncodeError as err:
+            char = ascii(err.object[err.start])[1:-1]
+            raise RecordError(f"holds the escape {char}, half of a UTF-16 pair and no character: fix or drop it",
+                              path=path, line=line, record_id=record.get("id"), field=str(key)) from None
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_or_index, record)`` from a ``.jsonl`` file or a ``.json`` array.
 
     Line numbers are 1-based for JSON Lines; for a JSON array the position is the 1-based index.
-    Blank lines are skipped; a line that is not UTF-8 or not a JSON object raises :class:`RecordError`.
+    Blank lines are skipped; a line that is not UTF-8, not a JSON object, or holds a string that UTF-8
+    cannot encode (an unpaired ``\\ud800``-style escape) raises :class:`RecordError`.
     """
     path = Path(path)
     if not path.is_file():
         raise RecordError("file not found", path=path)
     if _is_json_array(path):
+        text = read_text(path)
         try:
-            data = json.loads(read_text(path))
+            data = json.loads(text)
         except json.JSONDecodeError as err:
             raise RecordError(f"invalid JSON: {err}", path=path, line=err.lineno) from None
+        surrogates = _SURROGATE_ESCAPE.search(text) is not None
         for index, record in enumerate(data, start=1):
             if not isinstance(record, dict):
                 raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=index)
+            if surrogates:
+                _check_encodable(path, index, record)
             yield index, record
         return
     with path.open("rb") as handle:
@@ -105,6 +128,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 raise RecordError(f"invalid JSON: {err.msg}", path=path, line=lineno) from None
             if not isinstance(record, dict):
                 raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=lineno)
+            if _SURROGATE_ESCAPE.search(text):
+                _check_encodable(path, lineno, record)
             yield lineno, record
 
 
@@ -174,6 +199,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(obj, handle, ensure_ascii=False, indent=2)
         handle.write("\n")
+
+
+def unfinished_line(path: str | os.PathLike) -> int | None:
+    """The number of the last line of a JSON Lines file when it lacks its newline (a killed writer's
+    line, cut by :func:`drop_partial_tail` before anything is appended), else ``None``."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end == 0:
+            return None
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n" or _is_json_array(path):
+            return None
+        handle.seek(0)
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) + 1
 
 
 def drop_partial_tail(path: str | os.PathLike) -> None:

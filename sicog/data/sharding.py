@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sicog.data.crash import crash_point
-from sicog.data.jsonl import RecordError, drop_partial_tail, iter_records, write_jsonl
+from sicog.data.jsonl import RecordError, drop_partial_tail, iter_records, unfinished_line, write_jsonl
 
 _SHARD_SUFFIX = re.compile(r"\.rank(\d{5})-of-(\d{5})$")
 
@@ -134,16 +134,24 @@ def process_group(world: int) -> Iterator[None]:
 
 
 def written_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Records an earlier run wrote to ``path`` (nothing when it does not exist); a last line that a killed
-    writer left unfinished is skipped."""
+    """Records an earlier run wrote to ``path`` (nothing when it does not exist).
+
+    A last line without its newline is skipped even when it holds a whole record: a killed writer may
+    have stopped just before the newline, and appending or merging cuts that line
+    (:func:`sicog.data.jsonl.drop_partial_tail`), so its record must be written again.
+    """
     path = Path(path)
     if not path.exists():
         return
+    if not path.is_file():
+        raise RecordError("is not a file (a folder?): give a .jsonl file path", path=path)
+    unfinished = unfinished_line(path)
     try:
-        yield from iter_records(path)
+        for line, record in iter_records(path):
+            if line != unfinished:
+                yield line, record
     except RecordError as err:
-        data = path.read_bytes()
-        if data.endswith(b"\n") or err.line != data.count(b"\n") + 1:
+        if unfinished is None or err.line != unfinished:
             raise
 
 

@@ -63,6 +63,14 @@ def _report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_output_dir(path: Path) -> None:
+    """Raise ``ValueError`` when ``path`` is a file or lies inside one (it could never be made a folder)."""
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        inside = "" if existing == path else f" ({existing} is a file)"
+        raise ValueError(f"--output-dir {path} is not a folder{inside}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate; rank 0 prints the accuracy. 0 when every row is accounted for, 2 on bad input."""
     from sicog.data.sharding import rank_and_world
@@ -72,12 +80,13 @@ def run(args: argparse.Namespace) -> int:
 
     rank, world = rank_and_world()
     try:
-        # The benchmark, the scoring settings and the synonym table are checked before the (possibly large)
-        # model is loaded.
+        # The benchmark, the scoring settings, the synonym table and the output folder are checked before the
+        # (possibly large) model is loaded.
         benchmark = read_benchmark(args.benchmark, args.image_root)
         EvalSettings(model=str(args.model), prompt_style=args.prompt, mc_scoring=args.mc_scoring,
                      short_answer=not args.as_asked)
         open_scoring(args.mc_scoring, args.synonyms)
+        _check_output_dir(args.output_dir)
         require_checkpoint(args.model)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
     except (RecordError, ValueError, OSError) as err:
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 mc_scoring=args.mc_scoring, blind_seed=args.blind_seed, synonyms=args.synonyms,
                 short_answer=not args.as_asked,
             )
-    except (RecordError, ValueError, OutputLocked) as err:
+    except (RecordError, ValueError, OutputLocked, OSError) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)
         return 2
     if summary is not None:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sicog.data.argtypes import positive_int
+from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError, write_json
 
 
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from sicog.eval.image_use import image_use
 
     try:
+        require_checkpoint(args.model)  # a mistyped folder is not taken for a Hugging Face hub id
         model, processor = load_for_eval(args.model, args.device)
         result = image_use(model, processor, args.data, args.image_folder, limit=args.limit,
                            batch_size=args.batch_size, progress=not args.no_progress)

@@ -14,7 +14,7 @@ point), which measures how much of the accuracy the question text alone gives.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sicog.data.prompts import user_turn
 from sicog.eval.image_use import answer_losses
@@ -30,10 +30,17 @@ def likelihood_prompt(row: dict[str, str], short_answer: bool = True) -> str:
     return short_answer_prompt(row) if short_answer else hinted_question(row).strip()
 
 
-def encode_options(processor: SicogProcessor, prompt: str, image, options: dict[str, str]) -> list[Encoded]:
-    """One training-style encoding per option: the option's text is the supervised reply."""
-    human = {"from": "human", "value": user_turn(prompt)}
-    return [processor.encode([human, {"from": "gpt", "value": text.strip()}], [image]) for text in options.values()]
+def encode_options(
+    processor: SicogProcessor, row: dict[str, str], image, short_answer: bool = True
+) -> dict[str, Encoded]:
+    """Letter -> a training-style encoding of the row's :func:`likelihood_prompt` with that option's text as
+    the supervised reply. Raises :class:`~sicog.model.processing.ConversationError` for a row that cannot be
+    encoded (a literal ``<image>`` in its text), so that the caller can report that row and score the rest."""
+    human = {"from": "human", "value": user_turn(likelihood_prompt(row, short_answer))}
+    return {
+        letter: processor.encode([human, {"from": "gpt", "value": text.strip()}], [image])
+        for letter, text in row_options(row).items()
+    }
 
 
 def option_scores(
@@ -60,20 +67,17 @@ def blind_partners(indices: Sequence[str], seed: int) -> dict[str, str]:
 
 
 def score_rows(
-    model, processor: SicogProcessor, rows: Sequence[dict[str, str]], images: Sequence, batch_size: int = 16,
-    short_answer: bool = True,
+    model, processor: SicogProcessor, rows: Sequence[Mapping[str, Encoded]], batch_size: int = 16
 ) -> list[dict]:
-    """Score every option of each row with its image (after :func:`likelihood_prompt`); per row ``prediction``
-    (by sum), ``prediction_normalised`` (by mean) and ``scores`` (letter -> [summed log-probability, tokens])."""
-    encoded, spans = [], []
-    for row, image in zip(rows, images, strict=True):
-        options = row_options(row)
-        spans.append((list(options), len(encoded)))
-        encoded += encode_options(processor, likelihood_prompt(row, short_answer), image, options)
-    scores = option_scores(model, processor, encoded, batch_size)
+    """Score the encoded options of each row (from :func:`encode_options`), all rows' options batched together;
+    per row ``prediction`` (by sum), ``prediction_normalised`` (by mean) and ``scores`` (letter -> [summed
+    log-probability, tokens])."""
+    encoded = [item for options in rows for item in options.values()]
+    scores = iter(option_scores(model, processor, encoded, batch_size))
     results = []
-    for letters, start in spans:
-        mine = scores[start : start + len(letters)]
+    for options in rows:
+        letters = list(options)
+        mine = [next(scores) for _ in letters]
         by_sum, by_mean = choose(letters, mine)
         results.append({
             "prediction": by_sum,

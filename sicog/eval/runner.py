@@ -2,7 +2,7 @@
 
 ``evaluate`` writes into ``output_dir``:
 
-- ``predictions.jsonl``: one line per answered row ``{id, prompt, prediction, settings}``;
+- ``predictions.jsonl``: one line per answered row ``{id, prompt, prediction, row_hash, settings}``;
 - ``errors.jsonl``: one line per row that could not be evaluated, with its reason;
 - ``results.json``: accuracy overall and by category, counts, and the failed rows;
 - ``results.xlsx``: one row per item with its prediction and correctness, and the accuracy table.
@@ -10,8 +10,9 @@
 Rank ``r`` of ``w`` answers rows ``r, r + w, ...`` into its own shard files, flushed after every
 batch. A rerun skips the rows already answered or failed (in the merged files or in any shard), so
 an interrupted run resumes where it stopped; rows answered with other settings (model, prompt style,
-token limit) make it stop instead of mixing two runs. Rank 0 merges the shards, checking that every
-row is in exactly one of the two files, and scores.
+token limit) or for another row (another benchmark, or an edited row: each record stores the
+:func:`~sicog.eval.tsv.row_hash` of its row) make it stop instead of mixing two runs. Rank 0 merges the
+shards, checking that every row is in exactly one of the two files, and scores.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records, write_json
+from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
-from sicog.eval.likelihood import blind_partners, likelihood_prompt, score_rows
+from sicog.eval.likelihood import blind_partners, encode_options, likelihood_prompt, score_rows
 from sicog.eval.prompts import PROMPT_STYLES, build_prompt, short_answer_prompt
 from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx
 from sicog.eval.short_answers import ShortAnswers, load_synonyms
-from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_image, row_problem
+from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_hash, row_image, row_options, row_problem
 from sicog.model.processing import ConversationError
 
 PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
@@ -81,18 +83,32 @@ def open_scoring(mc_scoring: str, synonyms: str | os.PathLike | None = None) -> 
     return ShortAnswers(None if synonyms is None else load_synonyms(synonyms))
 
 
-def _same_settings(settings: EvalSettings) -> Callable[[Path, int, dict], None]:
-    """A check that an earlier prediction was made with ``settings``."""
+def _reusable(settings: EvalSettings, benchmark: Benchmark) -> Callable[[Path, int, dict], None]:
+    """A check that an earlier prediction or error was made with ``settings`` for the row of ``benchmark``
+    that has its id (benchmarks number their rows alike, 0 to N-1: the id alone does not tell)."""
     mine = asdict(settings)
+    hashes = {row["index"]: row_hash(benchmark, row) for row in benchmark.rows}
+    start_over = "use another output folder or delete the old files to start over"
 
     def check(path: Path, line: int, record: dict) -> None:
+        rid = str(record.get("id"))
         theirs = record.get("settings")
         # Predictions written before a setting existed were made with its default.
         if theirs is not None and {**_SETTING_DEFAULTS, **theirs} != mine:
+            raise RecordError(f"answered with other settings ({theirs}, this run: {mine}); {start_over}",
+                              path=path, line=line, record_id=rid, field="settings")
+        if rid not in hashes:
+            raise RecordError(f"{benchmark.path} has no row with this index; {start_over}",
+                              path=path, line=line, record_id=rid, field="id")
+        theirs = record.get("row_hash")
+        if theirs != hashes[rid]:
+            # Lines written before rows were hashed cannot be told apart from another benchmark's either.
+            why = ("no row_hash: not known to be" if theirs is None else
+                   f"row_hash {theirs!r} is not {hashes[rid]!r}: written")
             raise RecordError(
-                f"answered with other settings ({theirs}, this run: {mine}); use another output folder or "
-                "delete the old files to start over",
-                path=path, line=line, record_id=record.get("id"), field="settings",
+                f"{why} for the row with this index in {benchmark.path} (another benchmark's row, or one whose "
+                f"hint, question, options or image changed since); {start_over}",
+                path=path, line=line, record_id=rid, field="row_hash",
             )
 
     return check
@@ -101,7 +117,8 @@ def _same_settings(settings: EvalSettings) -> Callable[[Path, int, dict], None]:
 def _error(row: dict[str, str], benchmark: Benchmark, field: str, reason: str) -> dict:
     # The base64 image would make the errors file as large as the benchmark; the index finds it.
     slim = {k: v for k, v in row.items() if k != "image"}
-    return error_record(slim, reason, record_id=row["index"], field=field, file=str(benchmark.path))
+    return error_record(slim, reason, record_id=row["index"], field=field, file=str(benchmark.path),
+                        row_hash=row_hash(benchmark, row))
 
 
 def run_rank(
@@ -128,7 +145,7 @@ def run_rank(
     partners = {} if settings.blind_seed is None else blind_partners(list(by_index), settings.blind_seed)
     images = {index: by_index[partner] for index, partner in partners.items()}
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as failures:
-        done = done_ids([predictions, errors, out_part, err_part, *foreign], _same_settings(settings))
+        done = done_ids([predictions, errors, out_part, err_part, *foreign], _reusable(settings, benchmark))
         rows = shard(benchmark.rows, rank, world)
         pending = [row for row in rows if row["index"] not in done]
         counts["skipped"] = len(rows) - len(pending)
@@ -142,6 +159,13 @@ def run_rank(
     return counts
 
 
+def _placeholder_field(row: dict[str, str]) -> str:
+    """The field whose text makes the row's conversation unencodable: the first holding a literal image
+    placeholder (the model's one ``<image>`` would then stand twice), else the question."""
+    names = ("hint", "question", *row_options(row))
+    return next((name for name in names if IMAGE_TOKEN in row.get(name, "")), "question")
+
+
 def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settings: EvalSettings,
                outputs: JsonlAppender, failures: JsonlAppender, counts: dict[str, int],
                image_rows: dict[str, dict] | None = None) -> None:
@@ -149,7 +173,7 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
 
     ``image_rows``: row index -> the row whose image to show instead (the blind baseline)."""
     likelihood = settings.mc_scoring == "likelihood"
-    ready, encoded, images = [], [], []
+    ready, encoded = [], []
     for row in batch:
         problem = row_problem(row, benchmark.kind)
         if problem is not None:
@@ -164,23 +188,24 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
             prompt = build_prompt(row, benchmark.kind, settings.prompt_style)
         try:
             image = row_image(benchmark, (image_rows or {}).get(row["index"], row))
-            if not likelihood:
+            if likelihood:
+                encoded.append(encode_options(processor, row, image, settings.short_answer))
+            else:
                 encoded.append(encode_item(processor, prompt, [image]))
         except ENCODE_ERRORS as err:
-            field = "question" if isinstance(err, ConversationError) else "image"
+            field = _placeholder_field(row) if isinstance(err, ConversationError) else "image"
             failures.write(_error(row, benchmark, field, str(err)))
             counts["errors"] += 1
             continue
         ready.append((row, prompt))
-        images.append(image)
     if likelihood:
-        replies = score_rows(model, processor, [row for row, _ in ready], images, batch_size=max(len(ready), 1) * 4,
-                             short_answer=settings.short_answer)
+        replies = score_rows(model, processor, encoded, batch_size=max(len(ready), 1) * 4)
     else:
         generated = generate_replies(model, processor, encoded, max_new_tokens=settings.max_new_tokens)
         replies = [{"prediction": reply} for reply in generated]
     for (row, prompt), reply in zip(ready, replies, strict=True):
-        outputs.write({"id": row["index"], "prompt": prompt, **reply, "settings": asdict(settings)})
+        outputs.write({"id": row["index"], "prompt": prompt, **reply, "row_hash": row_hash(benchmark, row),
+                       "settings": asdict(settings)})
         counts["answered"] += 1
     outputs.flush()
     failures.flush()

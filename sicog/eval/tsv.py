@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import hashlib
 import io
+import json
 import os
 import string
 from dataclasses import dataclass, field
@@ -140,6 +142,18 @@ def _image_cell(benchmark: Benchmark, row: dict[str, str]) -> str:
             raise ImageError(f"image cell {value!r} is neither base64 nor the index of another row")
         value = referenced.get("image", "").strip()
     return value
+
+
+def row_hash(benchmark: Benchmark, row: dict[str, str]) -> str:
+    """A digest of what the row asks: its hint, question, options and image (a referenced row's image
+    resolved). Stored with each prediction and error, so that a rerun reuses them only for the same row,
+    not for the row of another benchmark (or an edited one) that has the same index."""
+    try:
+        image = _image_cell(benchmark, row)
+    except ImageError:
+        image = row.get("image", "")  # a dangling reference: the row is reported as an error all the same
+    asked = [row.get("hint", ""), row.get("question", ""), row_options(row), image, row.get("image_path", "")]
+    return hashlib.sha256(json.dumps(asked, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
 def decode_image(data: str) -> Image.Image:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,23 @@ if TYPE_CHECKING:
     import torch
 
     from sicog.generate.job import GenerationJob
+
+
+def _finite_float(text: str) -> float:
+    """A finite ``float`` (argparse type): ``nan`` would pass every range check and silently change decoding."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    """A finite ``float`` of 0 (greedy) or more (argparse type)."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or more, got {text}")
+    return value
+
 
 def generation_option_names() -> set[str]:
     """The settings ``sicog generate captions|reasoning`` take, by argument name (``cache``, ``dtype``, ...)."""
@@ -41,10 +59,10 @@ def _common_arguments() -> argparse.ArgumentParser:
     common.add_argument("--num-candidates", type=positive_int, default=SamplingSettings.num_candidates,
                         help="candidates per record (default: %(default)s)")
     from_checkpoint = "default: the checkpoint's generation_config.json, else SamplingSettings' default"
-    common.add_argument("--temperature", type=float, help=f"0 means greedy ({from_checkpoint})")
-    common.add_argument("--top-p", type=float, help=f"nucleus sampling mass ({from_checkpoint})")
+    common.add_argument("--temperature", type=_temperature, help=f"0 means greedy ({from_checkpoint})")
+    common.add_argument("--top-p", type=_finite_float, help=f"nucleus sampling mass ({from_checkpoint})")
     common.add_argument("--top-k", type=int, help=f"top-k sampling, 0 for off ({from_checkpoint})")
-    common.add_argument("--repetition-penalty", type=float, help=f"1 for off ({from_checkpoint})")
+    common.add_argument("--repetition-penalty", type=_finite_float, help=f"1 for off ({from_checkpoint})")
     common.add_argument("--num-beams", type=positive_int, default=SamplingSettings.num_beams,
                         help="beams (default: %(default)s)")
     common.add_argument("--max-new-tokens", type=positive_int, default=SamplingSettings.max_new_tokens,
@@ -113,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
             max_prompt_tokens=args.max_prompt_tokens, max_aspect_ratio=args.max_aspect_ratio,
             progress=not args.no_progress,
         )
+        for path in (job.output, job.errors_output):
+            if path.is_dir():
+                raise ValueError(f"--output {job.output}: {path} is a folder; give the path of a .jsonl file")
         from sicog.model.device import resolve_device
 
         device, dtype = resolve_device(args.device, args.dtype)
@@ -132,16 +153,22 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
               retry_failed: bool) -> int:
     import torch.distributed as dist
 
-    from sicog.generate.job import clear_errors, merge_outputs, read_plan, run_rank
+    from sicog.generate.job import clear_errors, merge_outputs, read_plan, run_rank, written_outputs
     from sicog.model.builders import load_pretrained
     from sicog.model.processing import SicogProcessor
 
-    # The input is checked with the tokenizer alone, before the (possibly large) model is loaded.
+    # The input and the earlier outputs are checked with the tokenizer alone, before the (possibly large)
+    # model is loaded.
     processor = SicogProcessor.from_pretrained(job.model_name)
     if job.max_prompt_tokens is None:
         limit = processor.config.text_config.max_position_embeddings - job.sampling.max_new_tokens
         job = dataclasses.replace(job, max_prompt_tokens=max(limit, 1))
     plan = read_plan(job, processor)
+    written = written_outputs(job, rank=rank, world=world)
+    model, processor = load_pretrained(job.model_name, dtype=dtype)
+    model.to(device).eval()
+    # Earlier errors are removed only now that the run is sure to retry them: a run refused above, or one
+    # whose model does not load, leaves the errors file of a finished output as it was.
     if retry_failed and rank == 0:
         retried = clear_errors(job)
         if retried:
@@ -149,9 +176,7 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
                   file=sys.stderr)
     if world > 1:
         dist.barrier()  # no rank reads what is done before earlier errors are cleared
-    model, processor = load_pretrained(job.model_name, dtype=dtype)
-    model.to(device).eval()
-    summary = run_rank(job, plan, model, processor, rank=rank, world=world)
+    summary = run_rank(job, plan, model, processor, rank=rank, world=world, written=written)
     print(f"rank {rank}/{world}: {summary.generated} records generated, {summary.errors} errors, "
           f"{summary.skipped} already done ({summary.batches} batches run)", file=sys.stderr)
     if world > 1:

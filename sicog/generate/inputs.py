@@ -28,7 +28,7 @@ from sicog.data.prompts import (
 from sicog.data.schema import resolve_image
 from sicog.data.sources import iter_input_records
 from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO
-from sicog.model.image_io import ImageError
+from sicog.model.image_io import ImageError, check_image_file
 from sicog.model.processing import SicogProcessor
 
 TASKS = ("captions", "reasoning")
@@ -69,11 +69,19 @@ class UnusableRecord(Exception):
 
 
 def record_question(record: dict) -> str | None:
-    """The record's question: its ``question`` field, else its first human turn without ``<image>``."""
+    """The record's question: its ``question`` field, else its first human turn without ``<image>``.
+
+    Raises :class:`UnusableRecord` when ``conversations`` is there but not a list of turns.
+    """
     question = record.get("question")
     if isinstance(question, str) and question.strip():
         return question
-    for turn in record.get("conversations") or ():
+    conversations = record.get("conversations")
+    if conversations is not None and not isinstance(conversations, list):
+        raise UnusableRecord(
+            f"'conversations' is {type(conversations).__name__}, not a list of {{from, value}} turns", "conversations"
+        )
+    for turn in conversations or ():
         if isinstance(turn, dict) and turn.get("from") == "human" and isinstance(turn.get("value"), str):
             text = turn["value"].replace(IMAGE_TOKEN, "").strip()
             return text or None
@@ -105,8 +113,7 @@ def check_prompt_type(task: str, prompt_type: str) -> None:
 
 def image_size(path: Path, max_aspect_ratio: float) -> tuple[int, int]:
     """``(width, height)`` from the file header; :class:`ImageError` when missing, unreadable or degenerate."""
-    if not path.is_file():
-        raise ImageError(f"image file not found: {path}")
+    check_image_file(path)
     try:
         with Image.open(path) as image:
             width, height = image.size

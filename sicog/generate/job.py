@@ -57,6 +57,8 @@ class GenerationJob:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.seed < 0:
             raise ValueError(f"seed must be 0 or more, got {self.seed}")
+        if not self.max_aspect_ratio >= 1:  # also refuses nan, which no image would exceed
+            raise ValueError(f"max_aspect_ratio must be at least 1, got {self.max_aspect_ratio}")
 
     @property
     def errors_output(self) -> Path:
@@ -105,8 +107,15 @@ def _resumable(job: GenerationJob) -> Callable[[Path, int, dict], None]:
 
     def check(path: Path, line: int, record: dict) -> None:
         generation = record.get("generation")
-        if isinstance(generation, dict):
-            _check_resumable(job, path, line, record, generation)
+        if not isinstance(generation, dict) or not isinstance(record.get("candidates"), list):
+            # Not written by this command (the input given as --output, another stage's file): taking its ids
+            # as done would skip their generation and report success.
+            raise RecordError(
+                "not a generated record (no 'candidates' list and 'generation' object): --output must be a new "
+                "file or the output of an earlier sicog generate run, never the input",
+                path=path, line=line, record_id=record.get("id"), field="generation",
+            )
+        _check_resumable(job, path, line, record, generation)
 
     return check
 
@@ -129,6 +138,21 @@ def _check_resumable(job: GenerationJob, path: Path, line: int, record: dict, ge
         )
 
 
+def _earlier_files(target: Path, rank: int, world: int) -> list[Path]:
+    """The merged ``target``, this rank's shard of it and its shards of other world sizes: what earlier runs
+    wrote that this rank may skip. Shards of other ranks of this world size are left out: they are being
+    written while this rank runs, and their batches are not this rank's."""
+    foreign = [p for p in shard_files(target) if shard_world(p) != world]
+    return [target, shard_path(target, rank, world), *foreign]
+
+
+def written_outputs(job: GenerationJob, *, rank: int = 0, world: int = 1) -> set[str]:
+    """Ids of the records with candidates that earlier runs wrote (see :func:`run_rank`), after checking that
+    each was made with this job's settings: a :class:`RecordError` names the first that was not (or that is
+    no generated record at all). Nothing is written or removed, so a refused run leaves every file as it was."""
+    return done_ids(_earlier_files(job.output, rank, world), _resumable(job))
+
+
 def run_rank(
     job: GenerationJob,
     plan: InputPlan,
@@ -137,16 +161,21 @@ def run_rank(
     *,
     rank: int = 0,
     world: int = 1,
+    written: set[str] | None = None,
 ) -> RankSummary:
-    """Generate this rank's batches into its shard files, skipping what earlier runs already wrote."""
+    """Generate this rank's batches into its shard files, skipping what earlier runs already wrote.
+
+    ``written``: the result of :func:`written_outputs` when the caller has checked the earlier outputs
+    already (it is computed here otherwise); ids in the error files are skipped as well.
+    """
     batches = plan_batches(plan.tasks, job.batch_size)
     out_part = shard_path(job.output, rank, world)
     err_part = shard_path(job.errors_output, rank, world)
-    # Shards of another world size belong to an earlier run and are no longer written to.
-    foreign = [p for p in shard_files(job.output) + shard_files(job.errors_output) if shard_world(p) != world]
+    # Checked before a shard file is opened, so that a refused run does not leave empty shards behind.
+    done = written_outputs(job, rank=rank, world=world) if written is None else set(written)
+    done |= done_ids(_earlier_files(job.errors_output, rank, world))
     summary = RankSummary()
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as errors:
-        done = done_ids([job.output, job.errors_output, out_part, err_part, *foreign], _resumable(job))
         if rank == 0:
             # Errors found while reading the input are written once, by rank 0.
             for record in plan.errors:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,13 +35,14 @@ class SamplingSettings:
         problems = []
         if self.num_candidates < 1:
             problems.append(f"num_candidates must be at least 1, got {self.num_candidates}")
-        if self.temperature < 0:
+        # Written so that nan fails each check (every comparison with nan is false).
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
             problems.append(f"temperature must be 0 (greedy) or more, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             problems.append(f"top_k must be 0 (off) or more, got {self.top_k}")
-        if self.repetition_penalty <= 0:
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             problems.append(f"repetition_penalty must be above 0 (1 is off), got {self.repetition_penalty}")
         if self.num_beams < 1:
             problems.append(f"num_beams must be at least 1, got {self.num_beams}")
@@ -104,8 +106,15 @@ def checkpoint_sampling(model_dir: str | os.PathLike) -> dict:
         return {}
     from transformers import GenerationConfig
 
-    saved = GenerationConfig.from_pretrained(model_dir).to_diff_dict()
-    return {name: saved[name] for name in CHECKPOINT_SAMPLING_FIELDS if saved.get(name) is not None}
+    try:
+        saved = GenerationConfig.from_pretrained(model_dir).to_diff_dict()
+    except (OSError, ValueError, TypeError) as err:  # not JSON (a cut copy), or not a JSON object
+        raise ValueError(f"{path}: cannot be read ({str(err).splitlines()[0]}); repair or delete it") from None
+    values = {name: saved[name] for name in CHECKPOINT_SAMPLING_FIELDS if saved.get(name) is not None}
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int if name == "top_k" else (int, float)):
+            raise ValueError(f"{path}: {name} is {value!r}, not a number")
+    return values
 
 
 def resolve_sampling(model_dir: str | os.PathLike, **given) -> SamplingSettings:

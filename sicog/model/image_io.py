@@ -28,14 +28,23 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_image_file(path: str | os.PathLike) -> None:
+    """Raise :class:`ImageError` unless ``path`` is a file: missing, or a path the system refuses to look up."""
+    try:
+        found = Path(path).is_file()
+    except OSError as err:  # is_file() answers False for a missing file but raises for a name over 255 bytes
+        raise ImageError(f"cannot read image {path}: {err.strerror or err}") from None
+    if not found:
+        raise ImageError(f"image file not found: {path}")
+
+
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     """Open ``source`` fully (truncated files fail here, not later) and return it as RGB."""
     if isinstance(source, Image.Image):
         image, name = source, "<in-memory image>"
     else:
         name = str(source)
-        if not Path(name).is_file():
-            raise ImageError(f"image file not found: {name}")
+        check_image_file(name)
         try:
             image = Image.open(name)
             image.load()
