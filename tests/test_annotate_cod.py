@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from sicog.annotate import cod_job
 from sicog.annotate.cod import SYSTEM_PROMPT
 from sicog.cli import main
-from sicog.data.jsonl import load_records, write_jsonl
+from sicog.data.jsonl import RecordError, load_records, write_jsonl
 from sicog.data.prompts import COD_STEPS
 from sicog.data.steps import format_steps
 
@@ -139,6 +140,8 @@ class FakeVLM:
                     fake.stopping.wait(fake.slow_seconds)
                 if action == "malformed":
                     text = f"I cannot describe this image. (debug: {info['auth']})"
+                elif action == "placeholder":
+                    text = good_reply(info["colour"], *image.size, info["mime"]).replace("A plain", "An <image> of a")
                 else:
                     text = good_reply(info["colour"], *image.size, info["mime"])
                 return self.send(200, {
@@ -278,6 +281,40 @@ def test_failures_are_recorded_with_reason_and_never_written_as_data(server, tmp
     logs = capsys.readouterr()
     assert "1 annotated, 6 failed" in logs.err and "failures.jsonl" in logs.err
     assert SECRET not in logs.out + logs.err + caplog.text + all_text_under(root)
+
+
+def test_a_reply_with_an_image_placeholder_is_asked_again_then_recorded_as_a_failure(server, tmp_path, capsys):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG"), ("c", "cyan", (8, 8), "PNG")])
+    server.script = {"red": ["placeholder", "ok"], "blue": ["placeholder"]}
+    assert annotate(server, tmp_path) == 0
+    cod = load_records(tmp_path / "cod" / "cod.jsonl")
+    assert sorted(r["id"] for r in cod) == ["a", "c"] and server.count("red") == 2
+    assert all("<image>" not in r["conversations"][1]["value"] for r in cod)
+    failures = {r["id"]: r for r in load_records(tmp_path / "cod" / "failures.jsonl")}
+    assert list(failures) == ["b"] and server.count("blue") == 2
+    assert "did not parse after 2 replies: <image> in step(s) 1" in failures["b"]["reason"]
+    assert "An <image> of a blue picture." in failures["b"]["raw_reply"]
+    assert "2 annotated, 1 failed" in capsys.readouterr().err
+
+
+def test_an_invalid_training_record_fails_its_record_not_the_run(server, tmp_path, monkeypatch):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+    real_cod_record = cod_job.cod_record
+
+    def cod_record(record, source, caption, model):
+        if record["id"] == "b":
+            raise RecordError("<image> in an assistant turn", record_id="b", field="conversations[1].value")
+        return real_cod_record(record, source, caption, model)
+
+    monkeypatch.setattr(cod_job, "cod_record", cod_record)
+    assert annotate(server, tmp_path) == 0
+    assert ids_of(tmp_path / "cod" / "cod.jsonl") == ["a"]
+    failures = load_records(tmp_path / "cod" / "failures.jsonl")
+    assert [r["id"] for r in failures] == ["b"] and failures[0]["requests"] == 1
+    assert failures[0]["reason"].endswith("captions.jsonl:2 id='b': the annotated record is invalid (field "
+                                          "'conversations[1].value' of the training record): <image> in an "
+                                          "assistant turn")
+    assert "A plain blue picture." in failures[0]["raw_reply"]
 
 
 def test_rerun_skips_done_and_failed_ids_until_asked_to_retry(server, tmp_path):

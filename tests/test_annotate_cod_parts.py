@@ -50,6 +50,7 @@ def test_decorated_reply_parses_to_the_canonical_caption():
     (format_steps(COD_STEPS[:4], BODIES[:4]), "missing or empty step(s) 5"),
     (format_steps(COD_STEPS, BODIES[:2] + [""] + BODIES[3:]), "missing or empty step(s) 3"),
     (format_steps(COD_STEPS, BODIES) + "\n\nStep 6: Extra.\nMore.", "unexpected step(s) 6"),
+    (format_steps(COD_STEPS, BODIES[:1] + ["A dog <image> on grass."] + BODIES[2:]), "<image> in step(s) 2"),
 ])
 def test_unusable_replies_are_rejected_with_a_reason(reply, reason):
     with pytest.raises(ReplyError, match=re.escape(reason)):
@@ -148,6 +149,8 @@ def test_unreadable_images_raise_a_clear_error(tmp_path):
     (tmp_path / "cut.png").write_bytes(buffer.getvalue()[:60])
     with pytest.raises(ImageLoadError):
         image_data_url(tmp_path / "cut.png")
+    with pytest.raises(ImageLoadError, match="cannot read image .*null byte"):
+        image_data_url(tmp_path / "ok\0.png")
 
 
 def test_image_paths_resolve_against_the_folder(tmp_path):

@@ -48,3 +48,24 @@ def test_dataset_applies_it_only_when_asked(tiny_model_factory, tmp_path):
     plain = SupervisedDataset(tmp_path / "data.jsonl", processor, **kwargs)[0]["encoded"]
     augmented = SupervisedDataset(tmp_path / "data.jsonl", processor, augment="release", **kwargs)[0]["encoded"]
     assert len(augmented.input_ids) > len(plain.input_ids)  # 1024x768 makes more slices than 100x75
+
+
+def test_an_augmented_sample_that_would_lose_every_answer_is_trained_as_it_is(tiny_model_factory, tmp_path):
+    """The enlarged image still fits ``max_length`` but pushes the whole answer past it: the plain sample is used."""
+    _, processor = tiny_model_factory(max_slice_nums=9)
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (100, 75), (10, 200, 30)).save(tmp_path / "img" / "textvqa_1.png")
+    record = {"id": "a", "image": "textvqa_1.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": "Nothing is written here."}]}
+    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    kwargs = dict(image_folder=tmp_path / "img", show_progress=False)
+    plain = SupervisedDataset(tmp_path / "data.jsonl", processor, max_length=100000, **kwargs)[0]["encoded"]
+    big = SupervisedDataset(tmp_path / "data.jsonl", processor, max_length=100000, augment="release", **kwargs)
+    enlarged = big[0]["encoded"]
+    last_image_token = max(i for i, t in enumerate(enlarged.input_ids) if t == processor.image_token_id)
+    first_answer = min(i for i, label in enumerate(enlarged.labels) if label != -100)
+    max_length = last_image_token + 5
+    assert len(plain.input_ids) <= max_length < first_answer  # the case: image kept, every answer token cut
+    dataset = SupervisedDataset(tmp_path / "data.jsonl", processor, max_length=max_length, augment="release", **kwargs)
+    item = dataset[0]["encoded"]
+    assert item.input_ids == plain.input_ids and item.labels == plain.labels

@@ -1,6 +1,7 @@
 """`sicog convert`: published llava_qwen checkpoints <-> SICOG checkpoints, every tensor kept."""
 
 import json
+import re
 import stat
 
 import pytest
@@ -119,6 +120,21 @@ def test_release_projector_bin_loads_into_the_resampler(tokenizer, tmp_path):
         assert torch.equal(fresh.resampler.state_dict()[key], value), key
 
 
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"resampler_attention": "global"}, "this model has resampler_attention='global'"),
+    ({"resampler_pooling": "average"}, "this model has resampler_pooling='average'"),
+])
+def test_release_projector_bin_needs_the_published_resampler_settings(tokenizer, tmp_path, settings, named):
+    model, _ = release_like_model(tokenizer)
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    other, _ = new_model(model.config.__class__.from_dict({**model.config.to_dict(), **settings}), tokenizer)
+    before = {k: v.clone() for k, v in other.resampler.state_dict().items()}
+    expected = "needs resampler_attention='cell', resampler_pooling='roi_align'; " + named
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_projector(other, tmp_path / "release" / "mm_projector.bin")
+    assert all(torch.equal(other.resampler.state_dict()[k], v) for k, v in before.items())
+
+
 def test_unknown_and_missing_keys_are_listed_in_one_error(tokenizer, tmp_path, monkeypatch):
     import sicog.model.convert as convert
 
@@ -148,3 +164,94 @@ def test_non_release_config_is_refused(tokenizer, tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_llama"}))
     assert main(["convert", "from-release", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "model_type 'llava_llama' is not 'llava_qwen'" in capsys.readouterr().err
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize(("fmt", "damage", "named"), [
+    ("safetensors", lambda d: _truncate(d / "config.json"), "config.json: not valid JSON"),
+    ("safetensors", lambda d: (d / "config.json").write_text("[1, 2]"), "config.json: expected a JSON object"),
+    ("safetensors", lambda d: (d / "config.json").unlink(), "release: no config.json"),
+    ("safetensors", lambda d: (d / "model.safetensors.index.json").write_text('{"metadata": {}}'),
+     "model.safetensors.index.json: no 'weight_map'"),
+    ("safetensors", lambda d: _truncate(d / "model.safetensors.index.json"),
+     "model.safetensors.index.json: not valid JSON"),
+    ("safetensors", lambda d: _truncate(d / "model-00002-of-00002.safetensors", 0.01),
+     "model-00002-of-00002.safetensors: not a readable safetensors file"),
+    ("safetensors", lambda d: _truncate(d / "model-00002-of-00002.safetensors"),
+     "model-00002-of-00002.safetensors: not a readable safetensors file"),
+    ("bin", lambda d: _truncate(d / "model-00001-of-00002.bin"), "model-00001-of-00002.bin: not a readable torch file"),
+    ("bin", lambda d: (d / "model-00001-of-00002.bin").write_bytes(b""), "model-00001-of-00002.bin: not a readable"),
+    ("safetensors", lambda d: _truncate(d / "mm_projector.bin"), "mm_projector.bin: not a readable torch file"),
+])
+def test_damaged_release_files_are_one_line_errors_naming_the_file(tokenizer, tmp_path, capsys, fmt, damage, named):
+    model, _ = release_like_model(tokenizer)
+    write_release_checkpoint(model, tokenizer, tmp_path / "release", fmt)
+    damage(tmp_path / "release")
+    assert main(["convert", "from-release", str(tmp_path / "release"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("sicog convert: error:")]
+    assert len(errors) == 1 and named in errors[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_named_projector_that_does_not_exist_is_an_error(tokenizer, tmp_path, capsys):
+    model, _ = release_like_model(tokenizer)
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    missing = tmp_path / "stage1" / "mm_projector.bin"
+    assert main(["convert", "from-release", str(tmp_path / "release"), str(tmp_path / "out"),
+                 "--projector", str(missing)]) == 2
+    assert f"sicog convert: error: --projector {missing}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def tied_release_model(tokenizer):
+    """A release-like model whose LM head is its input embedding."""
+    model, processor = release_like_model(tokenizer)
+    config = model.config
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = True
+    tied, processor = new_model(config, tokenizer)
+    tied.load_state_dict({k: v for k, v in model.state_dict().items() if k != "language_model.lm_head.weight"},
+                         strict=False)
+    tied.tie_weights()
+    return tied, processor
+
+
+def test_tied_release_checkpoint_saved_without_lm_head_converts(tokenizer, tmp_path, monkeypatch):
+    import sicog.model.convert as convert
+
+    model, _ = tied_release_model(tokenizer)
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    # transformers saves a tied model without its LM head; so do the published checkpoints built on one.
+    index = json.loads((tmp_path / "release" / "model.safetensors.index.json").read_text())
+    shard = tmp_path / "release" / index["weight_map"].pop("lm_head.weight")
+    save_file({k: v for k, v in read_tensor_file(shard).items() if k != "lm_head.weight"}, shard)
+    (tmp_path / "release" / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "release" / "config.json").write_text(json.dumps(
+        {**json.loads((tmp_path / "release" / "config.json").read_text()), "tie_word_embeddings": True}))
+
+    release_to_sicog(tmp_path / "release", tmp_path / "ours")
+    loaded, _ = load_pretrained(tmp_path / "ours")
+    assert loaded.config.tie_word_embeddings
+    embedding = loaded.get_input_embeddings().weight
+    assert torch.equal(loaded.get_output_embeddings().weight, embedding)
+    assert torch.equal(embedding, model.get_input_embeddings().weight)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_tied_release_checkpoint_with_a_different_lm_head_is_refused(tokenizer, tmp_path, monkeypatch):
+    import sicog.model.convert as convert
+
+    model, _ = release_like_model(tokenizer)  # untied: its head differs from its embedding
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    (tmp_path / "release" / "config.json").write_text(json.dumps(
+        {**json.loads((tmp_path / "release" / "config.json").read_text()), "tie_word_embeddings": True}))
+    with pytest.raises(ConversionError, match="tie_word_embeddings is true but lm_head.weight differs"):
+        release_to_sicog(tmp_path / "release", tmp_path / "ours")

@@ -175,7 +175,9 @@ def test_dpo_arm_learns_its_pairs_and_is_reported(quick_run, tmp_path):
     assert "| F | SICOG + DPO" in (out / "report.md").read_text()
     state = json.loads(next((out / "seed0" / "F_stage2").glob("checkpoint-*/trainer_state.json")).read_text())
     accuracies = [e["rewards/accuracies"] for e in state["log_history"] if "rewards/accuracies" in e]
-    assert accuracies and accuracies[-1] > 0.5
+    # One logged batch holds a few pairs: judge the later half of training against the earlier half and chance.
+    early, late = accuracies[: len(accuracies) // 2], accuracies[len(accuracies) // 2 :]
+    assert early and sum(late) / len(late) > max(0.5, sum(early) / len(early))
 
 
 def test_auroc():

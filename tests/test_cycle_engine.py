@@ -261,7 +261,8 @@ def test_generate_settings_become_flags_and_the_cycles_own_are_refused():
     flags = generate_flags(CycleConfig(generate={"cache": "static", "compile": True, "dtype": "bfloat16"}))
     assert flags == ["--cache", "static", "--compile", "--dtype", "bfloat16"]
     assert generate_flags(CycleConfig(generate={"compile": False})) == []
-    with pytest.raises(ValueError, match=r"generate setting\(s\) \['temperature'\] are set by the cycle itself"):
+    with pytest.raises(ValueError, match=r"key 'generate': setting\(s\) \['temperature'\] are set by the cycle "
+                                         r"itself \(temperature: use caption_temperature and reasoning_temperature\)"):
         generate_flags(CycleConfig(generate={"temperature": 1.0}))
-    with pytest.raises(ValueError, match=r"unknown generate setting\(s\) \['kv_cache'\]"):
+    with pytest.raises(ValueError, match=r"key 'generate': unknown setting\(s\) \['kv_cache'\]"):
         generate_flags(CycleConfig(generate={"kv_cache": "static"}))

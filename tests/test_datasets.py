@@ -100,3 +100,43 @@ def test_template_that_renders_turns_differently_in_context_is_refused(tokenizer
             processor.encode([{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}])
     finally:
         processor.chat_template = original
+
+
+def test_an_image_too_large_to_open_is_a_listed_problem(tmp_path, tiny_model_factory, monkeypatch):
+    """PIL refuses to open an image whose header claims too many pixels: a listed problem, SFT and DPO alike."""
+    from sicog.train.pairs import PairDataset
+
+    _, processor = tiny_model_factory()
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is over twice the limit: DecompressionBombError
+    data = write(tmp_path / "d.jsonl", [rec("ok"), rec("big", image="big.png")])
+    pairs = write(tmp_path / "p.jsonl", [{"id": "p", "image": "big.png", "prompt": "What?", "chosen": "Black.",
+                                           "rejected": "White."}])
+    for dataset in (SupervisedDataset(data, processor, image_folder=tmp_path, show_progress=False),
+                    PairDataset(pairs, processor, image_folder=tmp_path, show_progress=False)):
+        assert len(dataset.problems) == 1 and "cannot read image" in dataset.problems[0].reason
+        assert "decompression bomb" in dataset.problems[0].reason
+
+
+def test_a_clean_rerun_removes_the_lists_of_an_earlier_run(tmp_path, tiny_model_factory):
+    """After the data is fixed, the errors and skipped files of the earlier run on the folder do not stay behind."""
+    from types import SimpleNamespace
+
+    from sicog.train.datasets import DataProblemsError, check_dataset
+
+    _, processor = tiny_model_factory()
+    Image.new("RGB", (128, 96)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = SimpleNamespace(output_dir=str(out), process_index=0)
+    too_long = {"id": "long", "image": "a.png", "conversations": [  # the cut would fall in image tokens
+        {"from": "human", "value": "word " * 300 + "<image>"}, {"from": "gpt", "value": "ok"}]}
+    broken = write(tmp_path / "broken.jsonl", [rec("ok"), rec("gone", image="missing.png"), too_long])
+    with pytest.raises(DataProblemsError):
+        check_dataset(SupervisedDataset(broken, processor, image_folder=tmp_path, max_length=200,
+                                        show_progress=False), str(broken), args)
+    assert (out / "data_errors.jsonl").is_file() and (out / "skipped_samples.jsonl").is_file()
+    fixed = write(tmp_path / "fixed.jsonl", [rec("ok")])
+    check_dataset(SupervisedDataset(fixed, processor, image_folder=tmp_path, max_length=200, show_progress=False),
+                  str(fixed), args)
+    assert not (out / "data_errors.jsonl").exists() and not (out / "skipped_samples.jsonl").exists()

@@ -213,6 +213,40 @@ def test_cli_keeps_replaces_or_refuses(world: Path, tmp_path: Path, capsys) -> N
         build_world(tmp_path / "x", size="huge")
 
 
+@pytest.mark.parametrize("command", ["parts", "references"])
+@pytest.mark.parametrize("damage", ["missing", "unbuilt", "truncated", "not an object"])
+def test_world_commands_refuse_a_missing_or_damaged_world_in_one_line(tmp_path: Path, capsys, command: str,
+                                                                       damage: str) -> None:
+    world = tmp_path / "world"
+    if damage != "missing":
+        world.mkdir()
+    if damage == "truncated":
+        (world / "manifest.json").write_text('{"world": "sicog toy world", "vers')
+    elif damage == "not an object":
+        (world / "manifest.json").write_text("[]")
+    target = ["--out", str(tmp_path / "parts")] if command == "parts" else ["--output", str(tmp_path / "r.jsonl")]
+    assert main(["toy", command, "--world", str(world), *target]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert str(world / "manifest.json") in err
+    if damage in ("missing", "unbuilt"):
+        assert "build the world first" in err
+    else:
+        assert "not a valid manifest" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if damage == "missing" else ["world"])
+
+
+def test_build_refuses_a_damaged_manifest_unless_forced(world: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"version": ')
+    assert main(["toy", "build", "--out", str(out), "--size", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a valid manifest" in err and "--force" in err
+    assert main(["toy", "build", "--out", str(out), "--size", "tiny", "--force"]) == 0
+    assert _tree_digest(out) == _tree_digest(world)
+
+
 @pytest.mark.slow
 def test_same_seed_same_tree_in_fresh_processes(world: Path, tmp_path: Path) -> None:
     def build(out: Path, seed: int, hash_seed: str) -> str:

@@ -76,6 +76,34 @@ def test_checkpoints_and_final_weights_get_the_umask_mode(world, tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE, path
 
 
+@pytest.mark.parametrize("sampler", [["--group_by_modality_length", "True"],
+                                     ["--train_sampling_strategy", "group_by_length"]], ids=["modality", "length"])
+def test_grouped_samplers_resume_mid_epoch_in_the_uninterrupted_order(world, tmp_path, sampler):
+    """Resumed from a checkpoint in the middle of the second epoch, a grouped sampler trains the rest of the run
+    on the very samples, in the very order, of the run that was never stopped."""
+    import shutil
+
+    data = make_dataset(tmp_path / "data", n=6, text_only=2)  # 8 samples, 4 steps an epoch
+    flags = common(world, tmp_path / "full", steps=8, lr="1e-3")
+    flags[flags.index("--data_path") + 1] = str(data)
+    flags[flags.index("--image_folder") + 1] = str(tmp_path / "data" / "images")
+    flags[flags.index("--per_device_train_batch_size") + 1] = "2"
+    flags[flags.index("--save_steps") + 1] = "6"
+
+    def run(out, log):
+        flags[flags.index("--output_dir") + 1] = str(out)
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *flags, *sampler,
+                     "--report_to", "none", "--sample_log", str(log)]) == 0
+        return {e["step"]: e["ids"] for e in map(json.loads, Path(f"{log}.rank0.jsonl").read_text().splitlines())}
+
+    full = run(tmp_path / "full", tmp_path / "full_ids")
+    assert sorted(i for step in range(4, 8) for i in full[step]) == sorted(json.loads(r)["id"] for r in
+                                                                            data.read_text().splitlines())
+    shutil.copytree(tmp_path / "full" / "checkpoint-6", tmp_path / "resumed" / "checkpoint-6")
+    resumed = run(tmp_path / "resumed", tmp_path / "resumed_ids")
+    assert resumed == {step: full[step] for step in (6, 7)}
+
+
 def test_invalid_records_stop_the_run_and_are_all_listed(world, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     good = world["data"].read_text().splitlines()
@@ -113,9 +141,25 @@ def test_global_batch_is_logged_recorded_and_checked_against_the_paper(world, tm
     assert json.loads((tmp_path / "run" / "train_results.json").read_text())["global_batch"] == 8
 
 
-def test_stage_needs_its_model_source(world, tmp_path):
-    with pytest.raises(ValueError, match="stage 2 needs --model_name_or_path"):
-        main(["train", "--stage", "2", *common(world, tmp_path / "x", steps=1)])
+def test_bad_arguments_stop_with_one_line_and_exit_2(world, tmp_path, capsys):
+    """A missing model source, a config file with an unknown key or none at all, a model path that does not
+    exist: each is one `sicog train: error:` line and exit 2, never a traceback."""
+    unknown_key = tmp_path / "typo.yaml"
+    unknown_key.write_text(f"data_path: {world['data']}\noutput_dir: {tmp_path / 'y'}\nlearning_rat: 1e-5\n")
+    runs = [
+        (["--stage", "2", *common(world, tmp_path / "x", steps=1)], "stage 2 needs --model_name_or_path"),
+        ([str(unknown_key)], f"{unknown_key}: Some keys are not used by the HfArgumentParser: ['learning_rat']"),
+        ([str(tmp_path / "gone.json")], f"{tmp_path / 'gone.json'}: No such file or directory"),
+        (["--stage", "2", "--model_name_or_path", str(tmp_path / "nonexistent"), *common(world, tmp_path / "x")],
+         f"--model_name_or_path {tmp_path / 'nonexistent'}: no such file or folder"),
+        (["--stage", "1.5", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
+          "--projector", str(world["root"] / "images"), *TINY_FLAGS, *common(world, tmp_path / "x")],
+         f"--projector {world['root'] / 'images'}: no projector checkpoint at"),
+    ]
+    for argv, says in runs:
+        assert main(["train", *argv]) == 2, says
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith(f"sicog train: error: {says}") and "Traceback" not in err
 
 
 def script_env(world, tmp_path, **extra) -> dict:

@@ -87,3 +87,19 @@ def test_stage1_projector_loads_into_stage15_under_zero3(world, tmp_path):
     for name, tensor in projector.items():
         assert saved[f"resampler.{name}"].numel() > 0
         assert torch.equal(saved[f"resampler.{name}"], tensor), name
+
+
+def test_modality_grouped_sampler_resumes_mid_epoch_on_two_ranks(world, tmp_path):
+    """Resumed in the middle of the second epoch, each rank trains on the uninterrupted run's samples: the epoch
+    reaches the sampler even through the batch skipping of a multi-process resume."""
+    # 16 records / (2 per device x 2 ranks) -> 4 steps an epoch; checkpoint-6 is half way through the second.
+    extra = ("--gradient_accumulation_steps", "1", "--save_steps", "6", "--group_by_modality_length", "True")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    base = ["--stage", "2", "--model_name_or_path", str(world["base"])]
+    torchrun([*base, "--sample_log", str(tmp_path / "full_ids"), *flags(world, full, "zero2", 8, extra)])
+    shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
+    torchrun([*base, "--sample_log", str(tmp_path / "resumed_ids"), *flags(world, resumed, "zero2", 8, extra)])
+    for rank in (0, 1):
+        logged = {name: {e["step"]: e["ids"] for e in map(json.loads, (tmp_path / f"{name}_ids.rank{rank}.jsonl")
+                                                          .read_text().splitlines())} for name in ("full", "resumed")}
+        assert logged["resumed"] == {step: logged["full"][step] for step in (6, 7)}, rank

@@ -18,6 +18,7 @@ from sicog.data.prompts import (
     ANNOTATION_DESCRIBE,
     CAPTION_PROMPTS,
     COD_STEPS,
+    IMAGE_TOKEN,
     caption_prompt,
     strip_instruction,
     user_turn,
@@ -168,7 +169,8 @@ def parse_cod_reply(text: str, finish_reason: str | None = None) -> tuple[list[s
     """The five step bodies of a reply and the caption they format to; :class:`ReplyError` says why not.
 
     Lenient about how steps are marked (see :func:`split_steps`), strict about content: all five steps
-    present and non-empty, no other step numbers, and a caption that parses back to the same steps.
+    present and non-empty, no other step numbers, no ``<image>`` in a step, and a caption that parses
+    back to the same steps.
     """
     if finish_reason == "length":
         raise ReplyError("reply cut off at the token limit (finish_reason=length)")
@@ -188,6 +190,10 @@ def parse_cod_reply(text: str, finish_reason: str | None = None) -> tuple[list[s
     if problems:
         raise ReplyError("; ".join(problems))
     bodies = [steps[n] for n in expected]
+    # The image placeholder marks where image features go; in a caption it would be read as a second image.
+    with_placeholder = [str(n) for n, body in zip(expected, bodies) if IMAGE_TOKEN in body]
+    if with_placeholder:
+        raise ReplyError(f"{IMAGE_TOKEN} in step(s) {', '.join(with_placeholder)}")
     try:
         return bodies, format_checked_steps(COD_STEPS, bodies)
     except StepFormatError as err:

@@ -149,8 +149,15 @@ def _annotate(api: ChatAPI, job: CodJob, record: dict, source: CodSource, line: 
             raw, problem = api.redact(reply.text), str(err)
             log.warning("id=%s: unusable reply (%s)", source.record_id, problem)
             continue
-        return _Outcome(cod=cod_record(record, source, caption, api.model),
-                        dd=dd_record(record, source, bodies[-1], api.model))
+        try:
+            return _Outcome(cod=cod_record(record, source, caption, api.model),
+                            dd=dd_record(record, source, bodies[-1], api.model))
+        except RecordError as err:
+            # A reply that parses can still make an invalid training record; that fails this record, not the run.
+            where = f" (field {err.field!r} of the training record)" if err.field else ""
+            reason = str(RecordError(f"the annotated record is invalid{where}: {err.reason}", path=job.input,
+                                     line=line, record_id=source.record_id))
+            return _Outcome(failure=error_record(record, reason, requests=requests, raw_reply=api.redact(reply.text)))
     reason = f"reply did not parse after {job.parse_retries + 1} replies: {problem}"
     return _Outcome(failure=error_record(record, reason, requests=requests, raw_reply=raw))
 

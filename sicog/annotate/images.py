@@ -29,6 +29,9 @@ def image_data_url(path: str | os.PathLike) -> str:
         data = path.read_bytes()
     except OSError as err:
         raise ImageLoadError(f"cannot read image {str(path)!r}: {err.strerror or err}") from None
+    except ValueError as err:
+        # The OS refuses some paths before opening them (an embedded NUL byte): still this record's failure.
+        raise ImageLoadError(f"cannot read image {str(path)!r}: {err}") from None
     try:
         with Image.open(io.BytesIO(data)) as image:
             mime = image.get_format_mimetype()

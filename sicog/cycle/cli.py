@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sicog cycle``."""
-    parser.add_argument("--config", default="toy", help="toy (default), quick, paper, or a cycle YAML file "
-                                                        "(see docs/pipeline.md)")
+    # --quick names a preset, so it and --config would be two answers to one question.
+    config = parser.add_mutually_exclusive_group()
+    config.add_argument("--config", default="toy", help="toy (default), quick, paper, or a cycle YAML file "
+                                                       "(see docs/pipeline.md)")
+    config.add_argument("--quick", action="store_true",
+                        help="the quick preset (= --config quick): a tiny world and few steps (smoke test)")
     parser.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
-    parser.add_argument("--quick", action="store_true",
-                        help="the quick preset: a tiny world and few steps (smoke test)")
     parser.add_argument("--seeds", type=positive_int, default=1,
                         help="repeat with seeds 0..K-1; report mean and spread")
     parser.add_argument("--rounds", type=positive_int, default=1,

@@ -7,6 +7,7 @@ every default is written once, where the command defines it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ class CycleConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        real = [key for key in ("data", "vision_tower", "language_model") if getattr(self, key)]
+        if self.toy_size is not None and real:
+            # The toy world never reads them: a real-data config that kept the toy default would run the demo.
+            raise ValueError(f"key(s) {', '.join(map(repr, real))} name real data, but toy_size is "
+                             f"{self.toy_size!r} (the toy world); set toy_size: null for a cycle on real data")
         unknown = set(self.arms) - set(ARMS)
         if unknown:
             raise ValueError(f"unknown arm(s) {sorted(unknown)}; choose from {tuple(ARMS)}")
@@ -103,6 +109,12 @@ class CycleConfig:
     def to_dict(self) -> dict:
         """Plain data (for results.json)."""
         return dataclasses.asdict(self)
+
+
+# The datasets of a real-data cycle (``data``): those every cycle reads, then optional ones (those arms need,
+# and the image-use check's references).
+DATA_REQUIRED = ("align", "cod", "cot", "sft", "unlabeled_images", "unlabeled_questions", "bench_mc", "image_folder")
+DATA_OPTIONAL = (*dict.fromkeys(key for arm in ARMS.values() for key in arm.needs), "image_use")
 
 
 class ConfigError(ValueError):
@@ -184,8 +196,13 @@ def _value_problem(key: str, value: object) -> str | None:
         from sicog.toy.datasets import SIZES
 
         return None if value in SIZES else f"unknown toy world size {value!r}; choose from {list(SIZES)}"
+    if key == "data":
+        unknown = sorted(set(value) - {*DATA_REQUIRED, *DATA_OPTIONAL})
+        return f"unknown dataset(s) {unknown}; choose from {[*DATA_REQUIRED, *DATA_OPTIONAL]}" if unknown else None
     if value is None or isinstance(value, (str, list, dict)):
         return None
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
     if key in POSITIVE and not value > 0:
         return f"must be greater than 0, got {value}"
     low, high = RANGES.get(key, (None, None))
@@ -242,6 +259,13 @@ def load_config(spec: str) -> CycleConfig:
     if "arms" in values:
         values["arms"] = tuple(values["arms"])
     try:
-        return CycleConfig(**values)
+        config = CycleConfig(**values)
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
+    # Settings passed on to commands by name are checked here too, so that a run never starts on them.
+    from sicog.cycle.plan import setting_problems
+
+    problems = setting_problems(config)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
+    return config

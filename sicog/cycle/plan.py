@@ -19,17 +19,30 @@ GENERATION = {"captions": ("stage0_perception", "cod", "unlabeled_images", "cod-
               "reasoning": ("stage0_reasoning", "cot", "unlabeled_questions", "cot-default")}
 
 
-def launcher_processes(launcher: list[str]) -> int:
-    """Processes a torchrun launcher starts: ``--nproc_per_node`` x ``--nnodes`` (1 without a launcher)."""
-    def value(flag: str) -> int:
+# torchrun accepts both spellings of its process-count flags.
+PROCESS_FLAGS = (("--nproc_per_node", "--nproc-per-node"), ("--nnodes",))
+
+
+def launcher_processes(launcher: list[str]) -> int | None:
+    """Processes a torchrun launcher starts: ``--nproc_per_node`` x ``--nnodes`` (1 without a launcher).
+
+    None when a count is not a number before the launcher runs (torchrun's ``gpu``, ``auto`` or ``cpu``, or an
+    environment variable): the global batch then depends on the machine.
+    """
+    def value(flags: tuple[str, ...]) -> int | None:
         for i, arg in enumerate(launcher):
-            if arg == flag and i + 1 < len(launcher):
-                return int(launcher[i + 1].split(":")[-1])
-            if arg.startswith(flag + "="):
-                return int(arg.split("=", 1)[1].split(":")[-1])
+            name, sep, given = arg.partition("=")
+            if name not in flags:
+                continue
+            if not sep:
+                given = launcher[i + 1] if i + 1 < len(launcher) else ""
+            # An elastic range (``--nnodes=1:4``) counts its largest size.
+            count = given.split(":")[-1]
+            return int(count) if count.isdigit() else None
         return 1
 
-    return value("--nproc_per_node") * value("--nnodes")
+    counts = [value(flags) for flags in PROCESS_FLAGS]
+    return None if None in counts else counts[0] * counts[1]
 
 
 def _option(flag: str, value: object) -> list[str]:
@@ -44,11 +57,18 @@ def _without(flags: list[str], flag: str) -> list[str]:
     return [f for i, f in enumerate(flags) if i not in drop and i - 1 not in drop]
 
 
-def _flags(settings: dict, known: set[str], what: str, dashes: bool = False) -> list[str]:
-    """Command-line flags from a settings mapping, checked against the command's own argument names."""
-    unknown = sorted(set(settings) - known)
+def _flags(settings: dict, known: set[str], planned: dict[str, str | None], what: str,
+           dashes: bool = False) -> list[str]:
+    """Command-line flags from a settings mapping, checked against the command's own argument names and
+    against those the plan sets itself (``planned``: name -> the cycle keys that set it, None for the plan)."""
+    unknown = sorted(set(settings) - known - set(planned))
     if unknown:
-        raise ValueError(f"cycle config: unknown {what} setting(s) {unknown}")
+        raise ValueError(f"cycle config: key {what!r}: unknown setting(s) {unknown}")
+    owned = sorted(set(settings) & set(planned))
+    if owned:
+        where = "; ".join(f"{name}: {'the plan' if planned[name] is None else 'use ' + planned[name]}"
+                          for name in owned)
+        raise ValueError(f"cycle config: key {what!r}: setting(s) {owned} are set by the cycle itself ({where})")
     flags = []
     for key, value in settings.items():
         flag = "--" + (key.replace("_", "-") if dashes else key)
@@ -59,43 +79,83 @@ def _flags(settings: dict, known: set[str], what: str, dashes: bool = False) -> 
     return flags
 
 
+# `sicog train` flags the plan writes into every training step; a `train` setting may not replace them, or the
+# cycle's own keys (and the global batch the plan prints) would silently stop applying.
+PLANNED_TRAIN: dict[str, str | None] = {
+    "max_steps": "stage1_steps, stage0_steps, stage15_steps, stage2_steps and dpo_steps",
+    "per_device_train_batch_size": "batch_size and stage1_batch_size",
+    "learning_rate": "stage1_lr, finetune_lr and dpo_lr",
+    **dict.fromkeys(("stage", "data_path", "image_folder", "output_dir", "seed", "lr_scheduler_type", "warmup_steps",
+                     "weight_decay", "logging_steps", "save_steps", "save_total_limit", "group_by_modality_length",
+                     "disable_tqdm")),
+}
+# `sicog train` model flags stage 1 gets from the cycle's keys.
+PLANNED_MODEL: dict[str, str | None] = {"vision_tower": "vision_tower", "language_model": "language_model",
+                                        "model_name_or_path": None}
+# `sicog curate captions|reasoning` flags the plan writes. Every other curation option is taken by both tasks,
+# so ``config.curate`` goes to both unchanged.
+PLANNED_CURATE: dict[str, str | None] = {
+    "threshold": "caption_threshold and reasoning_threshold", "min_agreement": "min_agreement",
+    "encoder": "encoder", **dict.fromkeys(("input", "output_dir", "seed", "embeddings")),
+}
+# `sicog generate` flags the plan writes.
+PLANNED_GENERATE: dict[str, str | None] = {
+    "num_candidates": "caption_candidates and reasoning_candidates",
+    "temperature": "caption_temperature and reasoning_temperature", "top_p": "top_p",
+    "max_new_tokens": "caption_max_new_tokens and reasoning_max_new_tokens", "batch_size": "generation_batch_size",
+    **dict.fromkeys(("model", "data", "image_folder", "output", "prompt", "seed", "no_progress")),
+}
+
+
 def train_flags(config: CycleConfig) -> list[str]:
     """``config.train`` as `sicog train` flags."""
     from sicog.train.arguments import DataArguments, SicogTrainingArguments
 
     known = {f.name for cls in (DataArguments, SicogTrainingArguments) for f in dataclasses.fields(cls)}
-    return _flags(config.train, known, "train")
+    accumulation = config.train.get("gradient_accumulation_steps", 1)
+    if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
+        raise ValueError(f"cycle config: key 'train': gradient_accumulation_steps must be a whole number of at "
+                         f"least 1, got {accumulation!r}")
+    return _flags(config.train, known, PLANNED_TRAIN, "train")
 
 
 def model_flags(config: CycleConfig, world: World) -> list[str]:
     """The world's model settings and ``config.model`` as `sicog train` flags (building from parts)."""
+    return _flags({**world.model_settings, **config.model}, _model_names(), PLANNED_MODEL, "model")
+
+
+def _model_names() -> set[str]:
     from sicog.train.arguments import ModelArguments
 
-    known = {f.name for f in dataclasses.fields(ModelArguments)}
-    return _flags({**world.model_settings, **config.model}, known, "model")
+    return {f.name for f in dataclasses.fields(ModelArguments)}
 
 
 def curate_flags(config: CycleConfig) -> list[str]:
-    """``config.curate`` as `sicog curate` flags."""
+    """``config.curate`` as `sicog curate captions|reasoning` flags."""
     from sicog.curate.cli import curation_option_names
 
-    return _flags(config.curate, curation_option_names(), "curate", dashes=True)
-
-
-# `sicog generate` flags the cycle sets from keys of its own (model, data and output from the plan).
-PLANNED_GENERATE = {"model", "data", "image_folder", "output", "prompt", "num_candidates", "temperature", "top_p",
-                    "max_new_tokens", "batch_size", "seed", "no_progress"}
+    return _flags(config.curate, curation_option_names(), PLANNED_CURATE, "curate", dashes=True)
 
 
 def generate_flags(config: CycleConfig) -> list[str]:
     """``config.generate`` as `sicog generate` flags."""
     from sicog.generate.cli import generation_option_names
 
-    planned = sorted(set(config.generate) & PLANNED_GENERATE)
-    if planned:
-        raise ValueError(f"cycle config: generate setting(s) {planned} are set by the cycle itself (the plan, or "
-                         "its keys *_candidates, *_temperature, top_p, *_max_new_tokens, generation_batch_size)")
-    return _flags(config.generate, generation_option_names(), "generate", dashes=True)
+    return _flags(config.generate, generation_option_names(), PLANNED_GENERATE, "generate", dashes=True)
+
+
+def setting_problems(config: CycleConfig) -> list[str]:
+    """What is wrong with the settings the cycle passes on to commands by name (``train``, ``model``,
+    ``generate``, ``curate``), one line per key (``key 'train': ...``); empty when they can all be used."""
+    checks = (lambda: train_flags(config), lambda: _flags(config.model, _model_names(), PLANNED_MODEL, "model"),
+              lambda: generate_flags(config), lambda: curate_flags(config))
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except ValueError as err:
+            problems.append(str(err).removeprefix("cycle config: "))
+    return problems
 
 
 @dataclass
@@ -125,10 +185,15 @@ class _Planner:
               tunable: str | None = None) -> Ref:
         c = self.c
         batch = c.stage1_batch_size if stage == "1" and c.stage1_batch_size else c.batch_size
-        accumulation = int(c.train.get("gradient_accumulation_steps", 1))
-        total = batch * accumulation * launcher_processes(c.launcher)
-        note = f"global batch {total} = {batch} per device x {accumulation} accumulation x " \
-               f"{launcher_processes(c.launcher)} processes; {steps} steps = {steps * total} samples"
+        accumulation = c.train.get("gradient_accumulation_steps", 1)
+        processes = launcher_processes(c.launcher)
+        if processes is None:
+            note = f"global batch not known here: {batch} per device x {accumulation} accumulation x the processes " \
+                   f"the launcher starts (its process count is not a number); {steps} steps"
+        else:
+            total = batch * accumulation * processes
+            note = f"global batch {total} = {batch} per device x {accumulation} accumulation x {processes} " \
+                   f"processes; {steps} steps = {steps * total} samples"
         argv = ["train", "--stage", stage, *source, "--data_path", data, "--image_folder", self.w.image_folder,
                 "--output_dir", Out(), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
                 "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.03",

@@ -103,9 +103,13 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool]:
     for other in ("B", "C"):
         wins = verdict.get(f"D vs {other}")
         if wins and len(per_seed) > 1:
-            perceives = wins["caption_f1"]["beats"] or wins.get("perception", {}).get("beats", False)
-            targets[f"SICOG beats {other} on MC accuracy and on caption F1 or the perception check by more than "
-                    "the spread"] = wins["accuracy"]["beats"] and perceives
+            # Perception counts where it was measured (caption F1 needs ground truth, the check a benchmark).
+            measured = {m: text for m, text in (("caption_f1", "caption F1"), ("perception", "the perception check"))
+                        if m in wins}
+            also = f" and on {' or '.join(measured.values())}" if measured else ""
+            perceives = not measured or any(wins[m]["beats"] for m in measured)
+            targets[f"SICOG beats {other} on MC accuracy{also} by more than the spread"] = (
+                wins["accuracy"]["beats"] and perceives)
     for task, quality in per_seed[0]["curation"].items():
         if quality["auroc"] is not None:
             targets[f"{task} curation ranks right candidates first: AUROC >= 0.8 ({quality['auroc']:.3f})"] = (
@@ -130,13 +134,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(per_seed: list[dict], arms: list[str]) -> dict:
-    """Mean and spread over seeds of accuracy and caption F1 per arm, and the verdict on every comparison the
-    arms table asks for (D against A, B and C)."""
+    """Mean and spread over seeds of every measured score per arm, and the verdict on every comparison the
+    arms table asks for (D against A, B and C), on the scores both arms have."""
     table = {}
     for arm in arms:
         runs = [s["arms"][arm] for s in per_seed]
-        table[arm] = {"accuracy": _mean_std([r["accuracy"] for r in runs]),
-                      "caption_f1": _mean_std([(r["caption"] or {}).get("f1", 0.0) for r in runs])}
+        table[arm] = {"accuracy": _mean_std([r["accuracy"] for r in runs])}
+        # Caption scores need ground truth (the toy world); without it they are not measured, not zero.
+        if all(r.get("caption") is not None for r in runs):
+            table[arm]["caption_f1"] = _mean_std([r["caption"]["f1"] for r in runs])
         if all("blind" in r for r in runs):
             table[arm]["blind"] = _mean_std([r["blind"] for r in runs])
             table[arm]["above_blind"] = _mean_std([r["accuracy"] - r["blind"] for r in runs])
@@ -190,15 +196,26 @@ def _plot_captions(per_seed: list[dict], arms: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_curation(scored: dict[str, str], thresholds: dict[str, float], path: Path) -> None:
+def curation_threshold(scored: str | Path) -> float | None:
+    """The threshold a curation step used, from the ``summary.json`` beside its ``scored.jsonl`` (with no
+    ``--threshold`` the command chooses it by encoder); None when there is no summary."""
+    summary = Path(scored).parent / "summary.json"
+    return json.loads(summary.read_text())["settings"]["threshold"] if summary.is_file() else None
+
+
+def _plot_curation(scored: dict[str, str], path: Path) -> None:
     fig, axes = plt.subplots(1, len(scored), figsize=(5 * len(scored), 3.2))
     for ax, (task, file) in zip(axes if len(scored) > 1 else [axes], scored.items()):
         best = [r["best_score"] for _, r in iter_records(file) if r.get("best_score") is not None]
         ax.hist(best, bins=30, color="tab:blue")
-        ax.axvline(thresholds[task], color="tab:red", label=f"threshold {thresholds[task]}")
-        kept = sum(b >= thresholds[task] for b in best) / max(len(best), 1)
-        ax.set_title(f"{task}: best MBR score (kept {kept:.0%})")
-        ax.legend(fontsize=8)
+        threshold = curation_threshold(file)
+        if threshold is None:
+            ax.set_title(f"{task}: best MBR score")
+        else:
+            ax.axvline(threshold, color="tab:red", label=f"threshold {threshold}")
+            kept = sum(b >= threshold for b in best) / max(len(best), 1)
+            ax.set_title(f"{task}: best MBR score (kept {kept:.0%})")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -225,14 +242,14 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
     """Write report.md, results.json and the PNGs into ``out``; return the results."""
     first = per_seed[0]
     arms = list(first["arms"])
-    summary = summarize(per_seed, [a for a in arms if "_" not in a])
+    summary = summarize(per_seed, arms)
     summary["constant_answer_accuracy"] = constant_answer = constant_answer_accuracy(first["benchmark"])
     summary["chance_accuracy"] = chance_accuracy(first["benchmark"])
     _plot_categories(per_seed, arms, out / "accuracy_by_category.png")
-    if first["arms"][arms[0]]["caption"] is not None:
+    captions_scored = first["arms"][arms[0]]["caption"] is not None
+    if captions_scored:
         _plot_captions(per_seed, arms, out / "captions.png")
-    _plot_curation(first["scored"], {"captions": config.caption_threshold, "reasoning": config.reasoning_threshold},
-                   out / "curation_scores.png")
+    _plot_curation(first["scored"], out / "curation_scores.png")
     _plot_times(first["seconds"], out / "wall_time.png")
     scores = [{k: s[k] for k in ("seed", "arms", "curation", "lm_reading")} for s in per_seed]
     times = [{k: s[k] for k in ("seed", "seconds", "cpu_seconds")} for s in per_seed]
@@ -263,17 +280,13 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
         gaps = [s["arms"][arm].get("image_use_gap") for s in per_seed]
         gap = "n/a" if None in gaps else f"{statistics.fmean(gaps):.3f}"
         same = f"{mean(arm, 'top_reply_share'):.0%}" if "top_reply_share" in first["arms"][arm] else "n/a"
-        row = summary["table"].get(arm)
-        if row is None:  # a later round of D
-            row = {k: (mean(arm, k), 0.0) for k in ("accuracy", "blind", "letters", "open", "perception")
-                   if k in first["arms"][arm]}
-            row["caption_f1"] = (statistics.fmean((s["arms"][arm]["caption"] or {}).get("f1", 0.0)
-                                                  for s in per_seed), 0.0)
+        row = summary["table"][arm]
         cells = [_fmt(row[k], seeds) if k in row else "n/a" for k in ("accuracy", "blind", "above_blind", "letters")]
-        name = arm_name(arm) if arm in summary["table"] else "later round of D"
-        perception, open_answers = (_fmt(row[k], seeds) if k in row else "n/a" for k in ("perception", "open"))
+        name = "later round of D" if "_" in arm else arm_name(arm)
+        open_answers, caption_f1, perception = (_fmt(row[k], seeds) if k in row else "n/a"
+                                                for k in ("open", "caption_f1", "perception"))
         lines.append(f"| {arm} | {name} | {' | '.join(cells)} | {same} | {open_answers} "
-                     f"| {_fmt(row['caption_f1'], seeds)} | {perception} | {gap} |")
+                     f"| {caption_f1} | {perception} | {gap} |")
     lines += ["", f"Always giving the benchmark's most common answer scores {constant_answer:.3f}; picking an "
                   f"option at random {summary['chance_accuracy']:.3f}. Same letter: the share of questions that got "
                   "the arm's most common generated letter (near 100%, the letter accuracy is an answer prior).",
@@ -357,8 +370,9 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
             for name, values in picks.items():
                 cells = ["n/a" if not values or values.get(f) is None else f"{values[f]:.3f}" for f in facts]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", "![captions](captions.png)",
-              "", "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
+    captions_plot = ["![captions](captions.png)", ""] if captions_scored else []
+    lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", *captions_plot,
+              "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
               "## Time per step (first seed)", "",
               "Wall and CPU seconds of the run that did the step (a step reused from an earlier run keeps its "
               "time).", "",

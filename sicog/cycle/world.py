@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sicog.cycle.config import CycleConfig
+from sicog.cycle.config import DATA_REQUIRED, CycleConfig
 from sicog.cycle.engine import Arg, Input, Out, Ref, Step
-
-REQUIRED = ("align", "cod", "cot", "sft", "unlabeled_images", "unlabeled_questions", "bench_mc", "image_folder")
 
 
 @dataclass
@@ -57,7 +55,7 @@ def toy_world(config: CycleConfig, out: Path) -> World:
 
 def real_world(config: CycleConfig) -> World:
     """The datasets and starting checkpoints named by a real config."""
-    missing = [k for k in REQUIRED if k not in config.data]
+    missing = [k for k in DATA_REQUIRED if k not in config.data]
     if missing:
         raise ValueError(f"cycle config: data lacks {', '.join(missing)}")
     files = {k: v for k, v in config.data.items() if k != "image_folder"}

@@ -27,7 +27,13 @@ from transformers import (
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids
-from sicog.model.release_format import PROJECTOR_BIN, PROJECTOR_PREFIX, read_tensor_file, resampler_from_release
+from sicog.model.release_format import (
+    PROJECTOR_BIN,
+    PROJECTOR_PREFIX,
+    RELEASE_RESAMPLER_SETTINGS,
+    read_tensor_file,
+    resampler_from_release,
+)
 from sicog.model.tokens import IMAGE_TOKEN
 
 PROJECTOR_FILE = "projector.safetensors"
@@ -241,7 +247,9 @@ def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike
     """Load a projector-only checkpoint into ``model.resampler``: ours (a directory or its .safetensors
     file) or the published stage 1's ``mm_projector.bin`` (a torch pickle with ``model.mm_projector.*``).
 
-    Shapes and settings are checked; call this before DeepSpeed ZeRO-3 partitions the model.
+    Shapes and settings are checked (a ``.bin`` needs the published resampler's settings:
+    ``resampler_attention: cell``, ``resampler_pooling: roi_align``); call this before DeepSpeed ZeRO-3
+    partitions the model.
     """
     path = Path(path)
     file = path
@@ -260,6 +268,13 @@ def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike
     if file.suffix == ".safetensors":
         state = load_file(str(file))
     else:
+        # A published projector has no settings file: its settings are those of the published resampler, and
+        # weights trained for them load into another resampler without a shape error.
+        differ = [k for k, v in RELEASE_RESAMPLER_SETTINGS.items() if getattr(model.config, k) != v]
+        if differ:
+            needs = ", ".join(f"{k}={v!r}" for k, v in RELEASE_RESAMPLER_SETTINGS.items())
+            has = ", ".join(f"{k}={getattr(model.config, k)!r}" for k in differ)
+            raise ValueError(f"projector {file} is a published projector and needs {needs}; this model has {has}")
         release = read_tensor_file(file)
         state = resampler_from_release({k: v for k, v in release.items() if k.startswith(PROJECTOR_PREFIX)})
         ignored = sorted(k for k in release if not k.startswith(PROJECTOR_PREFIX))

@@ -41,15 +41,18 @@ from sicog.model.release_format import (
     PROJECTOR_BIN,
     PROJECTOR_PREFIX,
     PROJECTOR_TYPES,
+    RELEASE_RESAMPLER_SETTINGS,
     VISION_PREFIX,
     ConversionError,
     from_release_state,
+    read_json_object,
     read_tensor_file,
     read_weights,
     to_release_state,
 )
 
 RELEASE_MODEL_TYPE = "llava_qwen"
+RELEASE_EMBEDDING, RELEASE_LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 CLIP_L14_336_ID = "openai/clip-vit-large-patch14-336"
 # What the published code hard-codes (slicing in train.py and the generation scripts, CLIP-L/14 patches).
 RELEASE_GEOMETRY = {"scale_resolution": 336, "max_slice_nums": 7, "patch_size": 14}
@@ -83,12 +86,28 @@ def _vision_state(weights: dict[str, torch.Tensor], release_config: dict, vision
     return tower.config, {VISION_PREFIX + k: v for k, v in tower.state_dict().items()}
 
 
+def _tie_lm_head(weights: dict[str, torch.Tensor], src: Path) -> None:
+    """Give a tied checkpoint its ``lm_head.weight``: the input embedding, which transformers saves alone."""
+    embedding, head = weights.get(RELEASE_EMBEDDING), weights.get(RELEASE_LM_HEAD)
+    if embedding is None:
+        return  # reported with the other missing keys
+    if head is None:
+        weights[RELEASE_LM_HEAD] = embedding
+    elif not torch.equal(head, embedding):
+        # Tying would overwrite one of them: converting must not drop weights.
+        raise ConversionError(
+            f"{src}: tie_word_embeddings is true but {RELEASE_LM_HEAD} differs from {RELEASE_EMBEDDING}"
+        )
+
+
 def release_to_sicog(
     src: str | os.PathLike, out: str | os.PathLike, *, vision_tower: str | None = None, projector: str | None = None
 ) -> Path:
     """Convert a published ``llava_qwen`` checkpoint directory into a SICOG checkpoint at ``out``."""
     src, out = Path(src), Path(out)
-    release_config = json.loads((src / "config.json").read_text())
+    if not (src / "config.json").is_file():
+        raise ConversionError(f"{src}: no config.json (not a published checkpoint directory)")
+    release_config = read_json_object(src / "config.json")
     if release_config.get("model_type") != RELEASE_MODEL_TYPE:
         found = release_config.get("model_type")
         raise ConversionError(f"{src}/config.json: model_type {found!r} is not {RELEASE_MODEL_TYPE!r}")
@@ -97,6 +116,9 @@ def release_to_sicog(
         raise ConversionError(
             f"{src}/config.json: mm_projector_type {projector_type!r} is not one of {sorted(PROJECTOR_TYPES)}"
         )
+    if projector and not Path(projector).is_file():
+        # Converting without the projector the user named would silently keep the checkpoint's own.
+        raise ConversionError(f"--projector {projector}: no such file")
     weights = read_weights(src)
     projector_file = Path(projector) if projector else src / PROJECTOR_BIN
     if projector_file.is_file():
@@ -105,6 +127,9 @@ def release_to_sicog(
         if clash:
             raise ConversionError(f"{projector_file} and the model weights hold different values for {sorted(clash)}")
         weights.update(extra)
+    tied = bool(release_config.get("tie_word_embeddings", False))
+    if tied:
+        _tie_lm_head(weights, src)
     vision_config, tower_weights = _vision_state(weights, release_config, vision_tower, src)
     weights.update(tower_weights)
     tokenizer = AutoTokenizer.from_pretrained(src)
@@ -121,7 +146,7 @@ def release_to_sicog(
         scale_resolution=RELEASE_GEOMETRY["scale_resolution"],
         max_slice_nums=RELEASE_GEOMETRY["max_slice_nums"],
         inference_long_side=RELEASE_INFERENCE_LONG_SIDE,
-        tie_word_embeddings=bool(release_config.get("tie_word_embeddings", False)),
+        tie_word_embeddings=tied,
     )
     with torch.device("meta"):
         model = SicogForConditionalGeneration(config)
@@ -139,7 +164,7 @@ def release_to_sicog(
 def release_config_dict(config: SicogConfig, vision_tower_name: str) -> dict:
     """config.json of the published format for ``config`` (refuses settings the published code cannot compute)."""
     problems = []
-    expected = {"resampler_pooling": "roi_align", "image_layout": "release", "resampler_attention": "cell"}
+    expected = {**RELEASE_RESAMPLER_SETTINGS, "image_layout": "release"}
     problems += [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in expected.items() if getattr(config, k) != v]
     geometry = {name: getattr(config, name) for name in RELEASE_GEOMETRY}
     problems += [f"{k}={v} (needs {RELEASE_GEOMETRY[k]})" for k, v in geometry.items() if v != RELEASE_GEOMETRY[k]]

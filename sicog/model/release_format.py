@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 PROJECTOR_BIN = "mm_projector.bin"
 # The published builder's projector types and the query count each hard-codes.
@@ -23,11 +25,31 @@ PROJECTOR_PREFIX = "model.mm_projector."
 # Resampler names that differ: release -> ours. ``proj`` is a matrix applied as ``x @ proj``; ours is a Linear.
 RESAMPLER_RENAMES = {"pos_embed": "query_pos", "proj": "proj.weight"}
 TRANSPOSED = {"proj.weight"}
-
+# What the published resampler computes: every query sees only its own cell, sampled with RoIAlign bins.
+RELEASE_RESAMPLER_SETTINGS = {"resampler_attention": "cell", "resampler_pooling": "roi_align"}
 
 
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted without losing or inventing something."""
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; :class:`ConversionError` naming the file when it is not one."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _index_files(index: Path) -> list[str]:
+    """The weight files a shard index names (its ``weight_map`` values)."""
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise ConversionError(f"{index}: no 'weight_map' object of tensor name -> file name")
+    return sorted(set(weight_map.values()))
 
 
 def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -40,7 +62,7 @@ def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     for index_name, single in layouts:
         index = directory / index_name
         if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            files = _index_files(index)
         elif (directory / single).is_file():
             files = [single]
         else:
@@ -58,12 +80,24 @@ def read_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head.startswith(b"PK") or path.suffix in (".bin", ".pt", ".pth"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
+            # Truncated or corrupt archives surface as any of these, depending on where the bytes stop.
+            raise ConversionError(f"{path}: not a readable torch file ({_first_line(error)})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ConversionError(f"{path}: a torch file that is not a flat name -> tensor mapping")
         return state
-    with safe_open(str(path), framework="pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+    except SafetensorError as error:
+        raise ConversionError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (torch's messages run over several lines)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def resampler_from_release(state: dict[str, torch.Tensor], prefix: str = PROJECTOR_PREFIX) -> dict[str, torch.Tensor]:

@@ -60,12 +60,19 @@ def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(ds.SIZES)}")
     out = Path(out)
     manifest_path = out / MANIFEST
+    unreadable = ""
     if manifest_path.is_file() and not force:
-        existing = json.loads(manifest_path.read_text(encoding="utf-8"))
+        try:
+            existing = _read_manifest(manifest_path)
+        except ValueError as err:
+            # A damaged manifest is not this world: refused below like any other content, unless forced.
+            existing, unreadable = {}, f" ({err})"
         if (existing.get("version"), existing.get("seed"), existing.get("size")) == (WORLD_VERSION, seed, size):
             return existing
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FileExistsError(f"{out} exists and holds something else; choose another --out or pass --force")
+        raise FileExistsError(
+            f"{out} exists and holds something else{unreadable}; choose another --out or pass --force"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -137,13 +144,28 @@ def _build_into(root: Path, seed: int, size: str) -> dict:
     return manifest
 
 
+def _read_manifest(path: Path) -> dict:
+    """The JSON object in ``path``; ``ValueError`` naming the file when it is not one."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a valid manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a valid manifest (a JSON {type(manifest).__name__}, not an object)")
+    return manifest
+
+
 def load_manifest(directory: str | os.PathLike) -> dict:
-    """Read ``directory/manifest.json``; the file keys become absolute paths (``pathlib.Path``)."""
+    """Read ``directory/manifest.json``; the file keys become absolute paths (``pathlib.Path``).
+
+    ``FileNotFoundError`` when the world was never built, ``ValueError`` (naming the file) when the
+    manifest is damaged.
+    """
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; build the world first with `sicog toy build --out {directory}`")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = _read_manifest(path)
     missing = [key for key in FILES if key not in manifest]
     if missing:
         raise ValueError(f"{path}: manifest lacks the keys {', '.join(missing)}")

@@ -42,9 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the chosen sub-command."""
     if args.toy_command == "parts":
+        from sicog.toy.build import load_manifest
         from sicog.toy.model import PARTS_RECORD
         from sicog.toy.pretrain import pretrained_parts
 
+        try:
+            load_manifest(args.world)  # before any training: a missing or damaged world is a usage error
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         out = Path(args.out)
         sources = pretrained_parts(args.world)
         for name, source in zip(("vision", "llm"), sources, strict=True):
@@ -56,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
     if args.toy_command == "references":
         from sicog.toy.references import write_image_use_references
 
-        print(f"wrote {write_image_use_references(args.world, args.output)} records to {args.output}")
+        try:
+            count = write_image_use_references(args.world, args.output)
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {count} records to {args.output}")
         return 0
     if args.toy_command == "synonyms":
         from sicog.toy.synonyms import write_synonyms

@@ -17,6 +17,10 @@ from sicog.train.fast_paths import FUSED_LOSSES
 PARTS = ("vision_tower", "resampler", "language_model")
 
 
+class UsageError(ValueError):
+    """The arguments of `sicog train` do not describe a run that can start (the command exits 2)."""
+
+
 @dataclass(frozen=True)
 class StagePreset:
     """What a stage trains and where its model comes from."""
@@ -144,5 +148,5 @@ class SicogTrainingArguments(TrainingArguments):
         parts = tuple(p.strip() for p in self.tunable_parts.split(",") if p.strip())
         unknown = [p for p in parts if p not in PARTS]
         if unknown:
-            raise ValueError(f"unknown tunable part(s) {unknown}; choose from {PARTS}")
+            raise UsageError(f"unknown tunable part(s) {unknown}; choose from {PARTS}")
         return parts

@@ -7,9 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+import yaml
 from transformers import HfArgumentParser
 
-from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments, UsageError
 
 
 def main(argv: Sequence[str]) -> int:
@@ -18,11 +19,19 @@ def main(argv: Sequence[str]) -> int:
         (ModelArguments, DataArguments, SicogTrainingArguments), prog="sicog train", description=__doc__
     )
     argv = list(argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        model_args, data_args, training_args = loader(argv[0])
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    config = argv[0] if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) else None
+    try:
+        if config:
+            loader = parser.parse_json_file if config.endswith(".json") else parser.parse_yaml_file
+            model_args, data_args, training_args = loader(config)
+        else:
+            model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    # A config file that is missing, unparsable or has unknown keys, or settings that TrainingArguments refuses
+    # (argparse itself already reports a bad flag in one line with exit 2).
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
+        print(f"sicog train: error: {config + ': ' if config else ''}{reason}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
@@ -38,7 +47,8 @@ def main(argv: Sequence[str]) -> int:
 
     try:
         train(model_args, data_args, training_args)
-    except (DataProblemsError, RecordError, IncompleteCheckpointError, OutputLocked, FastPathError) as err:
+    except (UsageError, DataProblemsError, RecordError, IncompleteCheckpointError, OutputLocked,
+            FastPathError) as err:
         print(f"sicog train: error: {err}", file=sys.stderr)
         return 2
     except PushError as err:

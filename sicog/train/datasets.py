@@ -52,7 +52,7 @@ def measure(record: dict, processor: SicogProcessor, image_folder, never_split: 
         try:
             with Image.open(path) as image:
                 size = image.size
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise ValueError(f"cannot read image {path}: {err}") from None
         if size[0] == 0 or size[1] == 0:
             raise ValueError(f"image {path} has zero size")
@@ -117,6 +117,10 @@ class SupervisedDataset(Dataset):
             encoded = self._encode(record)
         except (ValueError, OSError):
             return False
+        return self._fits(encoded)
+
+    def _fits(self, encoded: Encoded) -> bool:
+        """Whether cutting ``encoded`` at ``max_length`` keeps every image token and at least one supervised label."""
         cut = encoded.input_ids[self.max_length :]
         kept_labels = encoded.labels[: self.max_length]
         return self.processor.image_token_id not in cut and any(label != -100 for label in kept_labels)
@@ -143,8 +147,10 @@ class SupervisedDataset(Dataset):
         record = self.records[index]
         try:
             encoded = self._encode(record, augment=self.augment == "release")
-            if self.augment == "release" and self.processor.image_token_id in encoded.input_ids[self.max_length :]:
-                encoded = self._encode(record)  # the resized image would not fit: train on it as it is
+            if self.augment == "release" and not self._fits(encoded):
+                # The resized image would be cut, or would push every answer token past the cut (a sample
+                # without labels gives a NaN loss): train on the image as it is, which construction checked.
+                encoded = self._encode(record)
         except (ValueError, OSError) as err:
             source = self.sources[index]
             raise RecordError(str(err), path=source.path, line=source.line, record_id=record.get("id")) from None
@@ -178,12 +184,17 @@ def check_dataset(dataset: Dataset, data_path: str, args: TrainingArguments) -> 
     """
     output = Path(args.output_dir)
     if args.process_index == 0:
+        errors_file, skipped_file = output / "data_errors.jsonl", output / "skipped_samples.jsonl"
+        # A list from an earlier run on the same folder would describe data that has since been fixed.
         if dataset.problems:
-            write_jsonl(output / "data_errors.jsonl", (p.to_json() for p in dataset.problems))
+            write_jsonl(errors_file, (p.to_json() for p in dataset.problems))
+        else:
+            errors_file.unlink(missing_ok=True)
         if dataset.skipped:
-            skipped_file = output / "skipped_samples.jsonl"
             write_jsonl(skipped_file, (p.to_json() for p in dataset.skipped))
             logger.warning("skipped %d over-long samples (listed in %s)", len(dataset.skipped), skipped_file)
+        else:
+            skipped_file.unlink(missing_ok=True)
     if dataset.problems:
         first = "; ".join(f"{p.source.path}:{p.source.line} id={p.id}: {p.reason}" for p in dataset.problems[:3])
         raise DataProblemsError(

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import set_seed
 
 from sicog.data.jsonl import write_json
@@ -19,7 +21,7 @@ from sicog.model.builders import (
 )
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
-from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
+from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments, UsageError
 from sicog.train.checkpoints import check_resume_target, last_complete_checkpoint
 from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
 from sicog.train.fast_paths import compile_layers, fused_loss
@@ -35,43 +37,76 @@ def _dtype(args: SicogTrainingArguments) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
+def _is_repo_id(name: str) -> bool:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_model_sources(model_args: ModelArguments) -> None:
+    """Stop with a :class:`UsageError` when a model source names a local path that does not exist.
+
+    Without this, a missing folder reaches the Hub client as a repository id and fails with its message
+    about repository names. A name that can be a Hub id (``owner/name``) is left to the loader, except for
+    the projector, which is only read from disk.
+    """
+    for flag in ("model_name_or_path", "vision_tower", "language_model", "projector"):
+        value = getattr(model_args, flag)
+        if value and not Path(value).exists() and (flag == "projector" or not _is_repo_id(value)):
+            raise UsageError(f"--{flag} {value}: no such file or folder")
+
+
 def build_model(
     model_args: ModelArguments, args: SicogTrainingArguments
 ) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
     """The stage's starting model: a full checkpoint, or vision tower + LLM (+ projector) joined."""
     preset = STAGES[args.stage]
     dtype = _dtype(args)
+    check_model_sources(model_args)
     if model_args.model_name_or_path:
         if model_args.vision_tower or model_args.language_model:
-            raise ValueError("give either --model_name_or_path or --vision_tower/--language_model, not both")
-        model, processor = load_pretrained(
-            model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
-        )
+            raise UsageError("give either --model_name_or_path or --vision_tower/--language_model, not both")
+        try:
+            model, processor = load_pretrained(
+                model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
+            )
+        except OSError as err:  # a folder that is no checkpoint, or a Hub id neither cached nor reachable
+            raise UsageError(f"cannot load --model_name_or_path {model_args.model_name_or_path}: "
+                             f"{str(err).splitlines()[0]}") from None
     elif model_args.vision_tower and model_args.language_model:
-        model, processor = build_from_parts(
-            model_args.vision_tower,
-            model_args.language_model,
-            dtype=dtype,
-            attn_implementation=model_args.attn_implementation,
-            resampler_num_queries=model_args.resampler_num_queries,
-            resampler_attention=model_args.resampler_attention,
-            resampler_pooling=model_args.resampler_pooling,
-            image_layout=model_args.image_layout,
-            label_masking=model_args.label_masking,
-            separators=model_args.slice_separators,
-            inference_long_side=model_args.inference_long_side,
-            scale_resolution=model_args.scale_resolution,
-            max_slice_nums=model_args.max_slice_nums,
-        )
+        try:
+            model, processor = build_from_parts(
+                model_args.vision_tower,
+                model_args.language_model,
+                dtype=dtype,
+                attn_implementation=model_args.attn_implementation,
+                resampler_num_queries=model_args.resampler_num_queries,
+                resampler_attention=model_args.resampler_attention,
+                resampler_pooling=model_args.resampler_pooling,
+                image_layout=model_args.image_layout,
+                label_masking=model_args.label_masking,
+                separators=model_args.slice_separators,
+                inference_long_side=model_args.inference_long_side,
+                scale_resolution=model_args.scale_resolution,
+                max_slice_nums=model_args.max_slice_nums,
+            )
+        except OSError as err:  # as for --model_name_or_path
+            raise UsageError(f"cannot load --vision_tower {model_args.vision_tower} / --language_model "
+                             f"{model_args.language_model}: {str(err).splitlines()[0]}") from None
     else:
         if preset.source == "checkpoint":
             need = "--model_name_or_path"
         else:
             need = "--vision_tower and --language_model (or --model_name_or_path)"
-        raise ValueError(f"stage {args.stage} needs {need}")
+        raise UsageError(f"stage {args.stage} needs {need}")
     if model_args.projector:
         # Before the Trainer wraps the model, so ZeRO-3 partitions the loaded values.
-        load_projector(model, model_args.projector)
+        try:
+            load_projector(model, model_args.projector)
+        except (FileNotFoundError, ValueError) as err:  # no projector checkpoint there, or one for another shape
+            raise UsageError(f"--projector {model_args.projector}: {err}") from None
     parts = args.trainable_parts()
     model.set_trainable(vision="vision_tower" in parts, resampler="resampler" in parts, llm="language_model" in parts)
     if args.lora_r:
@@ -79,10 +114,10 @@ def build_model(
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         if "language_model" not in parts:
-            raise ValueError("--lora_r needs language_model among the trainable parts")
+            raise UsageError("--lora_r needs language_model among the trainable parts")
         if is_deepspeed_zero3_enabled():
             # The adapters are merged into the saved weights, which needs whole (not partitioned) tensors.
-            raise ValueError("--lora_r works with ZeRO-2 or without DeepSpeed, not with ZeRO-3")
+            raise UsageError("--lora_r works with ZeRO-2 or without DeepSpeed, not with ZeRO-3")
         lora = LoraConfig(
             r=args.lora_r,
             lora_alpha=args.lora_alpha,

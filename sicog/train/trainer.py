@@ -18,34 +18,68 @@ from sicog.model.builders import share_weights_like_config
 from sicog.train.checkpoints import COMPLETE_MARKER
 
 
-class ModalityLengthGroupedSampler(Sampler):
+class EpochSeeded:
+    """A sampler mixin: every epoch's shuffle comes from its own generator, seeded from the run's seed and the epoch.
+
+    Drawing from the global torch RNG instead would make the order of an epoch depend on everything drawn
+    before it, and a run resumed mid-epoch restores that RNG only after its sampler has drawn: the rest of the
+    epoch would follow another order than the uninterrupted run (some samples twice, others never).
+    """
+
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle the next pass as epoch ``epoch`` (called by the Trainer before each epoch)."""
+        self.epoch = epoch
+
+    def epoch_generator(self) -> torch.Generator:
+        """A generator in the same state wherever and whenever this epoch's order is drawn."""
+        return torch.Generator().manual_seed(self.seed + self.epoch)
+
+
+class ModalityLengthGroupedSampler(EpochSeeded, Sampler):
     """Batches that hold only image samples or only text samples, each of similar lengths.
 
     Mixing both in one batch wastes the vision pass on padding and makes step times uneven.
     """
 
-    def __init__(self, batch_size: int, lengths: list[int], has_image: list[bool]) -> None:
+    def __init__(self, batch_size: int, lengths: list[int], has_image: list[bool], seed: int) -> None:
         self.batch_size = batch_size
         self.lengths = lengths
         self.has_image = has_image
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self):
+        generator = self.epoch_generator()
         groups = [[i for i, img in enumerate(self.has_image) if img == flag] for flag in (True, False)]
         batches = []
         for group in groups:
             if not group:
                 continue
-            order = get_length_grouped_indices([self.lengths[i] for i in group], self.batch_size)
+            order = get_length_grouped_indices([self.lengths[i] for i in group], self.batch_size, generator=generator)
             members = [group[i] for i in order]
             batches += [members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)]
         # Full batches in random order; the ragged ends of both groups go last.
         full = [b for b in batches if len(b) == self.batch_size]
         ragged = [b for b in batches if len(b) < self.batch_size]
-        order = torch.randperm(len(full)).tolist()
+        order = torch.randperm(len(full), generator=generator).tolist()
         return iter([i for k in order for i in full[k]] + [i for b in ragged for i in b])
+
+
+class SeededLengthGroupedSampler(EpochSeeded, LengthGroupedSampler):
+    """transformers' :class:`LengthGroupedSampler` (``--train_sampling_strategy group_by_length``), seeded by epoch."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+
+    def __iter__(self):
+        self.generator = self.epoch_generator()
+        return super().__iter__()
 
 
 class SicogTrainer(Trainer):
@@ -63,16 +97,27 @@ class SicogTrainer(Trainer):
         self.group_by_modality = group_by_modality
         self.vision_tower_lr = vision_tower_lr
         self.sample_log = Path(f"{sample_log}.rank{self.args.process_index}.jsonl") if sample_log else None
+        self.seeded_sampler: EpochSeeded | None = None
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         # Mega-batches span all ranks of one step so that every rank gets samples of similar length.
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         if self.group_by_modality:
-            return ModalityLengthGroupedSampler(batch, dataset.lengths, dataset.has_image)
-        if self.args.train_sampling_strategy == "group_by_length":
-            return LengthGroupedSampler(batch, lengths=dataset.lengths)
-        return super()._get_train_sampler(train_dataset)
+            self.seeded_sampler = ModalityLengthGroupedSampler(batch, dataset.lengths, dataset.has_image, seed)
+        elif self.args.train_sampling_strategy == "group_by_length":
+            self.seeded_sampler = SeededLengthGroupedSampler(batch, dataset.lengths, seed)
+        else:
+            return super()._get_train_sampler(train_dataset)
+        return self.seeded_sampler
+
+    def _run_epoch(self, model, epoch, *args, **kwargs):
+        # The Trainer's set_epoch goes through accelerate's data loader, which does not reach the sampler under
+        # the batch skipping of a multi-process run resumed mid-epoch: that epoch would be drawn as epoch 0.
+        if self.seeded_sampler is not None:
+            self.seeded_sampler.set_epoch(epoch)
+        return super()._run_epoch(model, epoch, *args, **kwargs)
 
     def create_optimizer(self, model=None):
         """The default optimizer, with the vision tower in its own groups when it has its own learning rate."""

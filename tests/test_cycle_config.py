@@ -1,0 +1,114 @@
+"""Cycle config files: every setting checked when the file is read (one line naming the file and the key,
+exit 2), and the plan's own flags and global batch notes."""
+
+import pytest
+import yaml
+
+from sicog.cli import main
+from sicog.cycle.config import ConfigError, load_config
+from sicog.cycle.plan import launcher_processes
+
+REAL = {
+    "name": "real", "toy_size": None, "vision_tower": "/data/clip", "language_model": "/data/qwen",
+    "data": {"image_folder": "/data/images", "align": "/data/align.jsonl", "cod": "/data/cod.jsonl",
+             "cot": "/data/cot.jsonl", "sft": "/data/sft.jsonl", "unlabeled_images": "/data/ui.jsonl",
+             "unlabeled_questions": "/data/uq.jsonl", "unlabeled_web": "/data/uw.jsonl",
+             "bench_mc": "/data/MMStar.tsv"},
+    "arms": ["A", "B", "C", "D"],
+}
+
+
+def write(tmp_path, omit: tuple[str, ...] = (), **settings) -> str:
+    """A real-data config with ``settings`` changed and the keys ``omit`` left out."""
+    values = {k: v for k, v in {**REAL, **settings}.items() if k not in omit}
+    path = tmp_path / "cycle.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def refused(tmp_path, path: str, *messages: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    for message in messages:
+        assert any(message in line for line in lines), (message, lines)
+    assert main(["cycle", "--config", path, "--out", str(tmp_path / "run"), "--dry-run"]) == 2
+
+
+def test_real_data_without_toy_size_null_is_refused_not_run_as_the_toy_demo(tmp_path):
+    refused(tmp_path, write(tmp_path, omit=("toy_size",)),
+            "key(s) 'data', 'vision_tower', 'language_model' name real data, but toy_size is 'demo'",
+            "set toy_size: null")
+    refused(tmp_path, write(tmp_path, toy_size="tiny"), "but toy_size is 'tiny'")
+    assert load_config(write(tmp_path)).toy_size is None
+
+
+def test_unknown_datasets_are_refused(tmp_path):
+    data = {**REAL["data"], "image_uses": "/data/refs.jsonl"}
+    refused(tmp_path, write(tmp_path, data=data), "key 'data': unknown dataset(s) ['image_uses']")
+    assert "image_use" in load_config(write(tmp_path, data={**REAL["data"], "image_use": "/r.jsonl"})).data
+
+
+@pytest.mark.parametrize("key, settings, messages", [
+    ("train", {"learning_rate": 1e-5, "per_device_train_batch_size": 2, "max_steps": 50, "warmup_steps": 3},
+     ["key 'train': setting(s) ['learning_rate', 'max_steps', 'per_device_train_batch_size', 'warmup_steps'] are "
+      "set by the cycle itself", "learning_rate: use stage1_lr, finetune_lr and dpo_lr",
+      "max_steps: use stage1_steps", "per_device_train_batch_size: use batch_size and stage1_batch_size",
+      "warmup_steps: the plan"]),
+    ("train", {"gradient_accumulation_steps": "two"},
+     ["key 'train': gradient_accumulation_steps must be a whole number of at least 1, got 'two'"]),
+    ("train", {"learnig_rate": 1.0}, ["key 'train': unknown setting(s) ['learnig_rate']"]),
+    ("curate", {"threshold": 0.5, "min_agreement": 0.5},
+     ["key 'curate': setting(s) ['min_agreement', 'threshold'] are set by the cycle itself",
+      "min_agreement: use min_agreement", "threshold: use caption_threshold and reasoning_threshold"]),
+    ("curate", {"encoder": "/m"}, ["encoder: use encoder"]),
+    ("model", {"vision_tower": "/other"}, ["key 'model': setting(s) ['vision_tower']", "use vision_tower"]),
+    ("generate", {"top_p": 0.5}, ["key 'generate': setting(s) ['top_p']", "top_p: use top_p"]),
+])
+def test_settings_the_plan_sets_are_refused_when_the_file_is_read(tmp_path, key, settings, messages):
+    refused(tmp_path, write(tmp_path, **{key: settings}), *messages)
+
+
+def test_passed_on_settings_the_plan_does_not_set_are_kept(tmp_path):
+    config = load_config(write(tmp_path, train={"bf16": True, "gradient_accumulation_steps": 2},
+                               curate={"trust_remote_code": True, "batch_size": 4}))
+    assert config.train["gradient_accumulation_steps"] == 2 and config.curate["batch_size"] == 4
+
+
+@pytest.mark.parametrize("text, key", [("top_p: .nan\n", "top_p"), ("caption_threshold: .nan\n", "caption_threshold"),
+                                       ("stage1_lr: .inf\n", "stage1_lr"), ("finetune_lr: -.inf\n", "finetune_lr")])
+def test_non_finite_numbers_are_refused(tmp_path, text, key):
+    path = tmp_path / "nan.yaml"
+    path.write_text("toy_size: tiny\n" + text)
+    refused(tmp_path, str(path), f"key '{key}': must be a finite number")
+
+
+@pytest.mark.parametrize("launcher, processes", [
+    ([], 1), (["torchrun", "--nproc_per_node=8"], 8), (["torchrun", "--nproc-per-node=8"], 8),
+    (["torchrun", "--nproc-per-node", "4", "--nnodes", "2"], 8),
+    (["torchrun", "--nnodes=1:4", "--nproc_per_node=2"], 8),
+    (["torchrun", "--nproc_per_node=gpu"], None), (["torchrun", "--nproc-per-node", "auto"], None),
+    (["torchrun", "--nproc_per_node=${GPUS}"], None),
+])
+def test_launcher_processes_read_both_spellings_and_unknown_counts(launcher, processes):
+    assert launcher_processes(launcher) == processes
+
+
+@pytest.mark.parametrize("launcher, note", [
+    (["torchrun", "--nproc_per_node=gpu"], "# global batch not known here: 8 per device x 2 accumulation x the "
+                                           "processes the launcher starts"),
+    (["torchrun", "--nproc-per-node=8"], "# global batch 128 = 8 per device x 2 accumulation x 8 processes"),
+])
+def test_dry_run_notes_the_global_batch_of_any_valid_launcher(tmp_path, capsys, launcher, note):
+    path = write(tmp_path, launcher=launcher, train={"gradient_accumulation_steps": 2})
+    assert main(["cycle", "--config", path, "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    stage1 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[run] stage1:"))
+    assert note in stage1
+
+
+def test_quick_and_config_are_one_choice(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["cycle", "--quick", "--config", "paper", "--out", str(tmp_path), "--dry-run"])
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
