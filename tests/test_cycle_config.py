@@ -51,11 +51,11 @@ def test_unknown_datasets_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key, settings, messages", [
-    ("train", {"learning_rate": 1e-5, "per_device_train_batch_size": 2, "max_steps": 50, "warmup_steps": 3},
-     ["key 'train': setting(s) ['learning_rate', 'max_steps', 'per_device_train_batch_size', 'warmup_steps'] are "
+    ("train", {"learning_rate": 1e-5, "per_device_train_batch_size": 2, "max_steps": 50, "seed": 3},
+     ["key 'train': setting(s) ['learning_rate', 'max_steps', 'per_device_train_batch_size', 'seed'] are "
       "set by the cycle itself", "learning_rate: use stage1_lr, finetune_lr and dpo_lr",
       "max_steps: use stage1_steps", "per_device_train_batch_size: use batch_size and stage1_batch_size",
-      "warmup_steps: the plan"]),
+      "seed: the plan"]),
     ("train", {"gradient_accumulation_steps": "two"},
      ["key 'train': gradient_accumulation_steps must be a whole number of at least 1, got 'two'"]),
     ("train", {"learnig_rate": 1.0}, ["key 'train': unknown setting(s) ['learnig_rate']"]),
@@ -105,6 +105,15 @@ def test_dry_run_notes_the_global_batch_of_any_valid_launcher(tmp_path, capsys, 
     assert main(["cycle", "--config", path, "--out", str(tmp_path / "run"), "--dry-run"]) == 0
     stage1 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[run] stage1:"))
     assert note in stage1
+
+
+def test_a_schedule_flag_in_train_replaces_the_plans_own(tmp_path, capsys):
+    path = write(tmp_path, train={"warmup_steps": 5, "weight_decay": 0.1})
+    assert main(["cycle", "--config", path, "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    stage1 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[run] stage1:")).split()
+    assert [stage1[i + 1] for i, arg in enumerate(stage1) if arg == "--warmup_steps"] == ["5"]
+    assert [stage1[i + 1] for i, arg in enumerate(stage1) if arg == "--weight_decay"] == ["0.1"]
+    assert stage1[stage1.index("--lr_scheduler_type") + 1] == "cosine"  # the plan's, where train is silent
 
 
 def test_quick_and_config_are_one_choice(tmp_path, capsys):

@@ -256,7 +256,7 @@ def test_stage1_tunable_parts_win_over_the_train_settings_of_every_stage(quick_k
 
 
 def test_generate_settings_become_flags_and_the_cycles_own_are_refused():
-    from sicog.cycle.plan import generate_flags
+    from sicog.cycle.flags import generate_flags
 
     flags = generate_flags(CycleConfig(generate={"cache": "static", "compile": True, "dtype": "bfloat16"}))
     assert flags == ["--cache", "static", "--compile", "--dtype", "bfloat16"]

@@ -263,7 +263,7 @@ def load_config(spec: str) -> CycleConfig:
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
     # Settings passed on to commands by name are checked here too, so that a run never starts on them.
-    from sicog.cycle.plan import setting_problems
+    from sicog.cycle.flags import setting_problems
 
     problems = setting_problems(config)
     if problems:

@@ -3,12 +3,12 @@ every arm's stage-1.5 data and next generation, and the evaluations (docs/pipeli
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
 from sicog.cycle.config import CycleConfig
 from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step
+from sicog.cycle.flags import TRAIN_SCHEDULE, curate_flags, generate_flags, model_flags, train_flags
 from sicog.cycle.world import World
 from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
@@ -57,107 +57,6 @@ def _without(flags: list[str], flag: str) -> list[str]:
     return [f for i, f in enumerate(flags) if i not in drop and i - 1 not in drop]
 
 
-def _flags(settings: dict, known: set[str], planned: dict[str, str | None], what: str,
-           dashes: bool = False) -> list[str]:
-    """Command-line flags from a settings mapping, checked against the command's own argument names and
-    against those the plan sets itself (``planned``: name -> the cycle keys that set it, None for the plan)."""
-    unknown = sorted(set(settings) - known - set(planned))
-    if unknown:
-        raise ValueError(f"cycle config: key {what!r}: unknown setting(s) {unknown}")
-    owned = sorted(set(settings) & set(planned))
-    if owned:
-        where = "; ".join(f"{name}: {'the plan' if planned[name] is None else 'use ' + planned[name]}"
-                          for name in owned)
-        raise ValueError(f"cycle config: key {what!r}: setting(s) {owned} are set by the cycle itself ({where})")
-    flags = []
-    for key, value in settings.items():
-        flag = "--" + (key.replace("_", "-") if dashes else key)
-        if dashes and isinstance(value, bool):
-            flags += [flag] if value else []
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
-# `sicog train` flags the plan writes into every training step; a `train` setting may not replace them, or the
-# cycle's own keys (and the global batch the plan prints) would silently stop applying.
-PLANNED_TRAIN: dict[str, str | None] = {
-    "max_steps": "stage1_steps, stage0_steps, stage15_steps, stage2_steps and dpo_steps",
-    "per_device_train_batch_size": "batch_size and stage1_batch_size",
-    "learning_rate": "stage1_lr, finetune_lr and dpo_lr",
-    **dict.fromkeys(("stage", "data_path", "image_folder", "output_dir", "seed", "lr_scheduler_type", "warmup_steps",
-                     "weight_decay", "logging_steps", "save_steps", "save_total_limit", "group_by_modality_length",
-                     "disable_tqdm")),
-}
-# `sicog train` model flags stage 1 gets from the cycle's keys.
-PLANNED_MODEL: dict[str, str | None] = {"vision_tower": "vision_tower", "language_model": "language_model",
-                                        "model_name_or_path": None}
-# `sicog curate captions|reasoning` flags the plan writes. Every other curation option is taken by both tasks,
-# so ``config.curate`` goes to both unchanged.
-PLANNED_CURATE: dict[str, str | None] = {
-    "threshold": "caption_threshold and reasoning_threshold", "min_agreement": "min_agreement",
-    "encoder": "encoder", **dict.fromkeys(("input", "output_dir", "seed", "embeddings")),
-}
-# `sicog generate` flags the plan writes.
-PLANNED_GENERATE: dict[str, str | None] = {
-    "num_candidates": "caption_candidates and reasoning_candidates",
-    "temperature": "caption_temperature and reasoning_temperature", "top_p": "top_p",
-    "max_new_tokens": "caption_max_new_tokens and reasoning_max_new_tokens", "batch_size": "generation_batch_size",
-    **dict.fromkeys(("model", "data", "image_folder", "output", "prompt", "seed", "no_progress")),
-}
-
-
-def train_flags(config: CycleConfig) -> list[str]:
-    """``config.train`` as `sicog train` flags."""
-    from sicog.train.arguments import DataArguments, SicogTrainingArguments
-
-    known = {f.name for cls in (DataArguments, SicogTrainingArguments) for f in dataclasses.fields(cls)}
-    accumulation = config.train.get("gradient_accumulation_steps", 1)
-    if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
-        raise ValueError(f"cycle config: key 'train': gradient_accumulation_steps must be a whole number of at "
-                         f"least 1, got {accumulation!r}")
-    return _flags(config.train, known, PLANNED_TRAIN, "train")
-
-
-def model_flags(config: CycleConfig, world: World) -> list[str]:
-    """The world's model settings and ``config.model`` as `sicog train` flags (building from parts)."""
-    return _flags({**world.model_settings, **config.model}, _model_names(), PLANNED_MODEL, "model")
-
-
-def _model_names() -> set[str]:
-    from sicog.train.arguments import ModelArguments
-
-    return {f.name for f in dataclasses.fields(ModelArguments)}
-
-
-def curate_flags(config: CycleConfig) -> list[str]:
-    """``config.curate`` as `sicog curate captions|reasoning` flags."""
-    from sicog.curate.cli import curation_option_names
-
-    return _flags(config.curate, curation_option_names(), PLANNED_CURATE, "curate", dashes=True)
-
-
-def generate_flags(config: CycleConfig) -> list[str]:
-    """``config.generate`` as `sicog generate` flags."""
-    from sicog.generate.cli import generation_option_names
-
-    return _flags(config.generate, generation_option_names(), PLANNED_GENERATE, "generate", dashes=True)
-
-
-def setting_problems(config: CycleConfig) -> list[str]:
-    """What is wrong with the settings the cycle passes on to commands by name (``train``, ``model``,
-    ``generate``, ``curate``), one line per key (``key 'train': ...``); empty when they can all be used."""
-    checks = (lambda: train_flags(config), lambda: _flags(config.model, _model_names(), PLANNED_MODEL, "model"),
-              lambda: generate_flags(config), lambda: curate_flags(config))
-    problems = []
-    for check in checks:
-        try:
-            check()
-        except ValueError as err:
-            problems.append(str(err).removeprefix("cycle config: "))
-    return problems
-
-
 @dataclass
 class SeedPlan:
     """A seed's plan and where its results are: models, evaluations and curation per arm and round."""
@@ -196,10 +95,10 @@ class _Planner:
                    f"processes; {steps} steps = {steps * total} samples"
         argv = ["train", "--stage", stage, *source, "--data_path", data, "--image_folder", self.w.image_folder,
                 "--output_dir", Out(), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
-                "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.03",
-                "--weight_decay", "0.0", "--logging_steps", str(max(1, min(10, steps // 5))),
-                "--save_steps", str(max(steps // 2, 1)), "--save_total_limit", "1", "--seed", str(self.seed),
-                "--group_by_modality_length", "True", "--disable_tqdm", "True",
+                "--learning_rate", str(lr), "--seed", str(self.seed),
+                *(flag for name, value in {**TRAIN_SCHEDULE, "logging_steps": str(max(1, min(10, steps // 5))),
+                                           "save_steps": str(max(steps // 2, 1))}.items()
+                  if name not in c.train for flag in (f"--{name}", value)),
                 *(_without(self.train_flags, "--tunable_parts") if tunable else self.train_flags),
                 *_option("--tunable_parts", tunable)]
         return self.plan.add(Step(name, tuple(argv), launched=True, note=note))
