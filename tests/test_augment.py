@@ -37,13 +37,18 @@ def test_one_draw_in_ten_resizes_to_six_slices(tiny_model_factory):
     assert release_augment(six, "coco/2.jpg", processor, Draws(0.05)).size == six.size  # already 6 slices
 
 
+def write_textvqa_sample(folder, answer: str) -> None:
+    """A 100x75 TextVQA-named image (the release resizes those) and one record asking about it, in ``folder``."""
+    (folder / "img").mkdir()
+    Image.new("RGB", (100, 75), (10, 200, 30)).save(folder / "img" / "textvqa_1.png")
+    record = {"id": "a", "image": "textvqa_1.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": answer}]}
+    (folder / "data.jsonl").write_text(json.dumps(record) + "\n")
+
+
 def test_dataset_applies_it_only_when_asked(tiny_model_factory, tmp_path):
     _, processor = tiny_model_factory(max_slice_nums=9)
-    (tmp_path / "img").mkdir()
-    Image.new("RGB", (100, 75), (10, 200, 30)).save(tmp_path / "img" / "textvqa_1.png")
-    record = {"id": "a", "image": "textvqa_1.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": "Nothing."}]}
-    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    write_textvqa_sample(tmp_path, "Nothing.")
     kwargs = dict(image_folder=tmp_path / "img", max_length=100000, show_progress=False)
     plain = SupervisedDataset(tmp_path / "data.jsonl", processor, **kwargs)[0]["encoded"]
     augmented = SupervisedDataset(tmp_path / "data.jsonl", processor, augment="release", **kwargs)[0]["encoded"]
@@ -53,11 +58,7 @@ def test_dataset_applies_it_only_when_asked(tiny_model_factory, tmp_path):
 def test_an_augmented_sample_that_would_lose_every_answer_is_trained_as_it_is(tiny_model_factory, tmp_path):
     """The enlarged image still fits ``max_length`` but pushes the whole answer past it: the plain sample is used."""
     _, processor = tiny_model_factory(max_slice_nums=9)
-    (tmp_path / "img").mkdir()
-    Image.new("RGB", (100, 75), (10, 200, 30)).save(tmp_path / "img" / "textvqa_1.png")
-    record = {"id": "a", "image": "textvqa_1.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is written?"}, {"from": "gpt", "value": "Nothing is written here."}]}
-    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    write_textvqa_sample(tmp_path, "Nothing is written here.")
     kwargs = dict(image_folder=tmp_path / "img", show_progress=False)
     plain = SupervisedDataset(tmp_path / "data.jsonl", processor, max_length=100000, **kwargs)[0]["encoded"]
     big = SupervisedDataset(tmp_path / "data.jsonl", processor, max_length=100000, augment="release", **kwargs)

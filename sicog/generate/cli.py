@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import positive_int, require_checkpoint
+from sicog.data.argtypes import finite_float, non_negative_float, positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
@@ -22,22 +21,6 @@ if TYPE_CHECKING:
     import torch
 
     from sicog.generate.job import GenerationJob
-
-
-def _finite_float(text: str) -> float:
-    """A finite ``float`` (argparse type): ``nan`` would pass every range check and silently change decoding."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    """A finite ``float`` of 0 (greedy) or more (argparse type)."""
-    value = _finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or more, got {text}")
-    return value
 
 
 def generation_option_names() -> set[str]:
@@ -59,10 +42,10 @@ def _common_arguments() -> argparse.ArgumentParser:
     common.add_argument("--num-candidates", type=positive_int, default=SamplingSettings.num_candidates,
                         help="candidates per record (default: %(default)s)")
     from_checkpoint = "default: the checkpoint's generation_config.json, else SamplingSettings' default"
-    common.add_argument("--temperature", type=_temperature, help=f"0 means greedy ({from_checkpoint})")
-    common.add_argument("--top-p", type=_finite_float, help=f"nucleus sampling mass ({from_checkpoint})")
+    common.add_argument("--temperature", type=non_negative_float, help=f"0 means greedy ({from_checkpoint})")
+    common.add_argument("--top-p", type=finite_float, help=f"nucleus sampling mass ({from_checkpoint})")
     common.add_argument("--top-k", type=int, help=f"top-k sampling, 0 for off ({from_checkpoint})")
-    common.add_argument("--repetition-penalty", type=_finite_float, help=f"1 for off ({from_checkpoint})")
+    common.add_argument("--repetition-penalty", type=finite_float, help=f"1 for off ({from_checkpoint})")
     common.add_argument("--num-beams", type=positive_int, default=SamplingSettings.num_beams,
                         help="beams (default: %(default)s)")
     common.add_argument("--max-new-tokens", type=positive_int, default=SamplingSettings.max_new_tokens,
