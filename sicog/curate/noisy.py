@@ -22,7 +22,7 @@ from sicog.curate.select import record_rng, usable
 from sicog.data.answers import parse_answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl
 from sicog.data.prompts import IMAGE_TOKEN
-from sicog.data.schema import check_llava_record, record_images
+from sicog.data.schema import IMAGE_FIELD_RULE, check_llava_record, record_images, valid_image_field
 
 Item = TypeVar("Item")
 NO_NOISY = "no answer generated on a corrupted image for this id"
@@ -57,14 +57,6 @@ def _bare(prompt: str) -> str:
     return prompt.replace(IMAGE_TOKEN, "").strip()
 
 
-def _valid_image(image: object) -> bool:
-    """Whether a record's ``image`` is absent, a non-empty path, or a non-empty list of them."""
-    if image is None:
-        return True
-    images = [image] if isinstance(image, str) else image
-    return isinstance(images, list) and bool(images) and all(isinstance(path, str) and path for path in images)
-
-
 def parse_clean(record: dict, *, path: str, line: int) -> CleanAnswer:
     """A curated record: a LLaVA record with one question and one answer (curated.jsonl), or a pair
     record with ``prompt`` and ``chosen`` (pairs.jsonl). Raises :class:`RecordError` naming the field."""
@@ -86,8 +78,8 @@ def parse_clean(record: dict, *, path: str, line: int) -> CleanAnswer:
             if not isinstance(value, str):
                 fail("missing or not a string (need 'conversations', or 'prompt' and 'chosen')", field)
         # check_llava_record checks these two in the LLaVA form; the pair form has no conversation to check.
-        if not _valid_image(record.get("image")):
-            fail("must be a non-empty string or a list of non-empty strings", "image")
+        if not valid_image_field(record.get("image")):
+            fail(IMAGE_FIELD_RULE, "image")
         if IMAGE_TOKEN in chosen:
             fail(f"{IMAGE_TOKEN} in an answer", "chosen")
     for value, field in zip((_bare(prompt), chosen.strip()), fields):

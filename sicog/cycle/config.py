@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from sicog.cycle.arms import ARMS
+from sicog.cycle.flags import setting_problems
 from sicog.data.jsonl import RecordError, read_text
 from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
@@ -263,8 +264,6 @@ def load_config(spec: str) -> CycleConfig:
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
     # Settings passed on to commands by name are checked here too, so that a run never starts on them.
-    from sicog.cycle.flags import setting_problems
-
     problems = setting_problems(config)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))

@@ -25,6 +25,17 @@ def record_images(record: dict) -> list[str]:
     return [image] if isinstance(image, str) else list(image)
 
 
+IMAGE_FIELD_RULE = "must be a non-empty string or a list of non-empty strings"
+
+
+def valid_image_field(image: object) -> bool:
+    """Whether a record's ``image`` is absent, a non-empty path, or a non-empty list of them."""
+    if image is None:
+        return True
+    images = [image] if isinstance(image, str) else image
+    return isinstance(images, list) and bool(images) and all(isinstance(path, str) and path for path in images)
+
+
 def check_llava_record(record: Any, *, path: str | None = None, line: int | None = None) -> None:
     """Raise :class:`RecordError` (naming file, line, id and field) when ``record`` is not a usable LLaVA record."""
 
@@ -36,11 +47,8 @@ def check_llava_record(record: Any, *, path: str | None = None, line: int | None
         fail(f"expected an object, got {type(record).__name__}")
     if record.get("id") in (None, "") or isinstance(record.get("id"), (dict, list, bool)):
         fail("missing or invalid id", "id")
-    image = record.get("image")
-    if image is not None:
-        images = [image] if isinstance(image, str) else image
-        if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
-            fail("must be a non-empty string or a list of non-empty strings", "image")
+    if not valid_image_field(record.get("image")):
+        fail(IMAGE_FIELD_RULE, "image")
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         fail("must be a non-empty list of turns", "conversations")

@@ -34,7 +34,7 @@ from sicog.eval.prompts import PROMPT_STYLES, build_prompt, short_answer_prompt
 from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx
 from sicog.eval.short_answers import ShortAnswers, load_synonyms
-from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_hash, row_image, row_options, row_problem
+from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_image, row_options, row_problem
 from sicog.model.processing import ConversationError
 
 PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
@@ -87,7 +87,7 @@ def _reusable(settings: EvalSettings, benchmark: Benchmark) -> Callable[[Path, i
     """A check that an earlier prediction or error was made with ``settings`` for the row of ``benchmark``
     that has its id (benchmarks number their rows alike, 0 to N-1: the id alone does not tell)."""
     mine = asdict(settings)
-    hashes = {row["index"]: row_hash(benchmark, row) for row in benchmark.rows}
+    hashes = benchmark.row_hashes
     start_over = "use another output folder or delete the old files to start over"
 
     def check(path: Path, line: int, record: dict) -> None:
@@ -118,7 +118,7 @@ def _error(row: dict[str, str], benchmark: Benchmark, field: str, reason: str) -
     # The base64 image would make the errors file as large as the benchmark; the index finds it.
     slim = {k: v for k, v in row.items() if k != "image"}
     return error_record(slim, reason, record_id=row["index"], field=field, file=str(benchmark.path),
-                        row_hash=row_hash(benchmark, row))
+                        row_hash=benchmark.row_hashes[row["index"]])
 
 
 def run_rank(
@@ -204,7 +204,7 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
         generated = generate_replies(model, processor, encoded, max_new_tokens=settings.max_new_tokens)
         replies = [{"prediction": reply} for reply in generated]
     for (row, prompt), reply in zip(ready, replies, strict=True):
-        outputs.write({"id": row["index"], "prompt": prompt, **reply, "row_hash": row_hash(benchmark, row),
+        outputs.write({"id": row["index"], "prompt": prompt, **reply, "row_hash": benchmark.row_hashes[row["index"]],
                        "settings": asdict(settings)})
         counts["answered"] += 1
     outputs.flush()

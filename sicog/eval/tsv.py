@@ -17,6 +17,7 @@ import json
 import os
 import string
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -49,6 +50,11 @@ class Benchmark:
     def name(self) -> str:
         """The file name without its extension (``MMStar`` for ``MMStar.tsv``)."""
         return self.path.stem
+
+    @cached_property
+    def row_hashes(self) -> dict[str, str]:
+        """Row index -> :func:`row_hash` of the row, computed once per benchmark."""
+        return {row["index"]: row_hash(self, row) for row in self.rows}
 
     @property
     def indices(self) -> list[str]:
