@@ -153,7 +153,7 @@ def test_modes_convert_to_rgb(image, expected):
     assert rgb.getpixel((3, 3)) == pytest.approx(expected, abs=1)
 
 
-def test_bad_files_raise_image_errors(tmp_path):
+def test_bad_files_raise_image_errors(tmp_path, monkeypatch):
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(_save(Image.new("RGB", (64, 64), (1, 2, 3)))[:60])
     garbage = tmp_path / "garbage.jpg"
@@ -164,6 +164,11 @@ def test_bad_files_raise_image_errors(tmp_path):
             load_image(path)
     with pytest.raises(ImageError, match="zero size"):
         load_image(Image.new("RGB", (0, 5)))
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(huge)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is over twice the limit: a decompression bomb
+    with pytest.raises(ImageError, match="cannot read image .*huge.png.*decompression bomb"):
+        load_image(huge)
 
 
 @pytest.mark.parametrize("size", [(1, 4000), (4000, 1)])

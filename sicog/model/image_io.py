@@ -48,7 +48,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
         try:
             image = Image.open(name)
             image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ImageError(f"cannot read image {name}: {err}") from None
     if image.width == 0 or image.height == 0:
         raise ImageError(f"image {name} has zero size ({image.width}x{image.height})")
