@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sicog.cycle.config import CycleConfig
-from sicog.cycle.report import check_targets, curation_threshold, summarize, write_report
+from sicog.cycle.report import NO_LETTER, arm_scores, check_targets, curation_threshold, summarize, write_report
 
 
 def arm(accuracy: float, f1: float | None = None) -> dict:
@@ -85,3 +85,121 @@ def test_measured_caption_scores_stay_required():
     targets = check_targets(summary, per_seed)
     assert targets == {f"SICOG beats {o} on MC accuracy and on caption F1 by more than the spread": False
                        for o in "BC"}
+
+
+def test_one_seed_claims_no_win_and_lists_sicogs_targets_as_not_checked(tmp_path, bench):
+    scored = {"captions": scored_file(tmp_path / "captions", 0.5)}
+    arms = {"A": arm(0.40), "B": arm(0.41), "C": arm(0.42), "D": arm(0.60)}
+    results = write_report(tmp_path, CycleConfig(arms=("A", "B", "C", "D")), [seed(0, arms, scored, bench)])
+    # With one seed the spread is 0, so any lead would pass as a win: none is claimed in either file.
+    assert {pair: wins["accuracy"]["beats"] for pair, wins in results["summary"]["verdict"].items()} == {
+        "D vs A": None, "D vs B": None, "D vs C": None}
+    saved = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert saved["verdict"]["D vs B"]["accuracy"]["beats"] is None
+    assert saved["targets"] == {f"SICOG beats {o} on MC accuracy by more than the spread (one seed: no spread to "
+                                "compare with)": None for o in "BC"}
+    report = (tmp_path / "report.md").read_text()
+    assert "- not checked: SICOG beats B on MC accuracy" in report and "D is ahead of B on accuracy" in report
+
+
+def test_an_oracle_gain_of_exactly_the_margin_meets_its_target():
+    per_seed = [{"arms": {"A": arm(0.55), "E": arm(0.70)}, "curation": {}}]
+    assert 0.70 - 0.55 < 0.15  # the float gain falls a rounding error short
+    assert check_targets(summarize(per_seed, ["A", "E"]), per_seed) == {
+        "the oracle teaches: E >= A + 0.15 on MC accuracy (+0.150)": True}
+
+
+def curation(auroc: float | None, every_fact: float | None, curated: float, random_pick: float) -> dict:
+    return {"auroc": auroc, "every_fact": {"auroc": every_fact}, "right_share_curated": curated,
+            "right_share_random_candidate": random_pick}
+
+
+def test_curation_targets_hold_only_when_met_on_every_seed_and_name_what_right_means():
+    def targets(second: dict) -> dict:
+        per_seed = [{"seed": s, "arms": {"D": arm(0.5)}, "curation": {"captions": q}}
+                    for s, q in ((0, curation(0.85, 0.6, 0.6, 0.2)), (1, second))]
+        return check_targets(summarize(per_seed, ["D"]), per_seed)
+
+    right = "(right: it names every object and nothing else; its other facts are not checked)"
+    assert targets(curation(0.7, 0.5, 0.1, 0.2)) == {
+        f"captions curation ranks right candidates first {right}: AUROC >= 0.8 on every seed (seed 0: 0.850, "
+        "seed 1: 0.700; right in every fact, not a target: 0.600, 0.500)": False,
+        f"curated captions right more often than a random pick {right} on every seed (seed 0: 0.600 vs 0.200, "
+        "seed 1: 0.100 vs 0.200)": False}
+    assert list(targets(curation(0.8, None, 0.5, 0.2)).values()) == [True, True]
+    # A seed whose candidates were all wrong has no AUROC: the target is not checked rather than met.
+    assert list(targets(curation(None, None, 0.5, 0.2)).values()) == [None, True]
+
+
+def test_the_curation_plot_counts_what_curation_kept(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from sicog.cycle import report
+
+    folder = tmp_path / "reasoning"
+    folder.mkdir()
+    # Every record clears the threshold, but answer agreement dropped eight of them.
+    (folder / "scored.jsonl").write_text("".join(json.dumps({"id": str(i), "best_score": 0.9, "kept": i < 2}) + "\n"
+                                                 for i in range(10)))
+    (folder / "summary.json").write_text(json.dumps({"settings": {"threshold": 0.5}}))
+    titles = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, text, *a, **k: titles.append(text))
+    report._plot_curation({"reasoning": str(folder / "scored.jsonl")}, tmp_path / "plot.png")
+    assert titles == ["reasoning: best MBR score (kept 2 of 10, 20%)"]
+
+
+def eval_results(folder: Path, benchmark: Path, predictions: list[str], accuracy: float | None, errors: int) -> str:
+    """An eval's results.json and predictions.jsonl as `sicog eval` writes them (the fields the report reads)."""
+    folder.mkdir()
+    (folder / "predictions.jsonl").write_text("".join(json.dumps({"id": str(i), "prediction": p}) + "\n"
+                                                      for i, p in enumerate(predictions)))
+    results = {"benchmark": str(benchmark), "accuracy": accuracy, "total": len(predictions) + errors,
+               "scored": len(predictions), "errors": errors, "by_category": {"x": {"accuracy": accuracy}},
+               "files": {"predictions.jsonl": str(folder / "predictions.jsonl")}}
+    (folder / "results.json").write_text(json.dumps(results))
+    return str(folder / "results.json")
+
+
+def test_same_letter_counts_the_letter_each_reply_chose(tmp_path):
+    path = tmp_path / "bench.tsv"
+    path.write_text("index\timage_path\tquestion\tA\tB\tanswer\n"
+                    + "".join(f"{i}\ta.png\tWhat colour?\tred\tblue\tB\n" for i in range(4)))
+    replies = ["B", "(B)", "The answer is blue.", "I cannot tell."]
+    letters = eval_results(tmp_path / "letters", path, replies, 0.75, 0)
+    scores = arm_scores({"mc": letters, "letters": letters}, None, None)
+    # Three differently worded replies chose B; the fourth chose no letter, a bucket of its own.
+    assert scores["letter_counts"] == {"B": 3, NO_LETTER: 1}
+    assert (scores["top_reply"], scores["top_reply_share"]) == ("B", 0.75)
+    unread = eval_results(tmp_path / "unread", path, ["...", "B or A", "I cannot tell.", "B"], 0.25, 0)
+    scores = arm_scores({"mc": unread, "letters": unread}, None, None)
+    assert (scores["top_reply"], scores["top_reply_share"]) == (NO_LETTER, 0.75)
+    scored = {"captions": scored_file(tmp_path / "curation", 0.5)}
+    write_report(tmp_path, CycleConfig(arms=("A", "D")), [seed(0, {"A": arm(0.5), "D": scores}, scored, str(path))])
+    assert row(tmp_path / "report.md", "D")[6] == "75% no letter"
+
+
+def test_failed_captions_score_zero_and_unscored_rows_stay_unscored(tmp_path, bench):
+    truth = {f"{i}.png": {"image": f"{i}.png", "background": "white", "objects": [
+        {"name": "red circle", "shape": "circle", "color": "red", "size": "small", "position": "center",
+         "label": None}]} for i in range(4)}
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"id": "c0", "image": "0.png", "candidates": ["A red circle."]}) + "\n")
+    caption_benchmark = [{"id": f"c{i}", "image": f"{i}.png"} for i in range(4)]
+    # Every MC row failed: nothing was scored, which is not an accuracy of 0.
+    mc = eval_results(tmp_path / "mc", Path(bench), [], None, 2)
+    scores = arm_scores({"mc": mc, "captions": str(captions)}, truth, caption_benchmark)
+    assert scores["caption"] == {"precision": 0.25, "recall": 0.25, "f1": 0.25}  # three images never captioned
+    assert scores["accuracy"] is None and scores["by_category"] == {"x": None}
+    assert scores["counts"] == {"mc": {"total": 2, "scored": 0, "errors": 2},
+                                "captions": {"total": 4, "scored": 1, "errors": 3}}
+    other = {**scores, "accuracy": 0.5, "by_category": {"x": 0.5}}
+    scored = {"captions": scored_file(tmp_path / "curation", 0.5)}
+    results = write_report(tmp_path, CycleConfig(arms=("A", "D")), [seed(0, {"A": other, "D": scores}, scored, bench)])
+    assert "accuracy" not in results["summary"]["table"]["D"]
+    assert row(tmp_path / "report.md", "D")[2] == "n/a"
+    counted = next(line for line in (tmp_path / "report.md").read_text().splitlines()
+                   if line.startswith("| D |") and "errors" in line)
+    cells = [cell.strip() for cell in counted.strip("|").split("|")]
+    assert (cells[1], cells[6]) == ("0/2 (2 errors)", "1/4 (3 errors)")  # the MC and captions columns
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["per_seed"][0]["arms"]["D"]["counts"]["captions"] == {"total": 4, "scored": 1, "errors": 3}

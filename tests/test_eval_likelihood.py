@@ -13,8 +13,17 @@ from PIL import Image
 
 from sicog.cli import main
 from sicog.data.jsonl import load_records
-from sicog.eval.likelihood import blind_partners, choose, encode_options, likelihood_prompt, option_scores, score_rows
+from sicog.eval.likelihood import (
+    blind_partners,
+    choose,
+    encode_options,
+    image_keys,
+    likelihood_prompt,
+    option_scores,
+    score_rows,
+)
 from sicog.eval.runner import evaluate
+from sicog.eval.tsv import Benchmark, read_benchmark
 from sicog.model.builders import save_pretrained
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
@@ -81,12 +90,41 @@ def test_choose_by_sum_and_by_mean_and_ties() -> None:
     assert choose("AB", [(-1.0, 2), (-1.0, 2)]) == ("A", "A")
 
 
-def test_blind_partners_are_seeded_and_never_the_row_itself() -> None:
-    indices = [str(i) for i in range(10)]
-    partners = blind_partners(indices, seed=0)
-    assert sorted(partners) == indices and sorted(partners.values()) == indices
-    assert all(partners[i] != i for i in indices)
-    assert partners == blind_partners(indices, seed=0) != blind_partners(indices, seed=1)
+def _png(colour: str) -> str:
+    buffer = io.BytesIO()
+    _image(colour).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _shared_pictures(tmp_path: Path) -> Benchmark:
+    """Rows that share pictures the ways real benchmarks store them: MMBench's picture stored once and named by
+    later rows' index, one picture repeated in full, and a picture file named two ways."""
+    images = ["red", "0", "0", "green", "3", "green", "", ""]
+    paths = ["", "", "", "", "", "", "blue.png", "./sub/../blue.png"]
+    rows = [{"index": str(i), "image": _png(cell) if cell in COLORS else cell, "image_path": path,
+             "question": QUESTION, "A": "red", "B": "green", "answer": "A"}
+            for i, (cell, path) in enumerate(zip(images, paths, strict=True))]
+    return read_benchmark(_write_tsv(tmp_path / "shared.tsv", rows))
+
+
+def test_blind_partners_never_show_a_row_its_own_picture(tmp_path: Path) -> None:
+    keys = image_keys(_shared_pictures(tmp_path))
+    assert len(set(keys.values())) == 3  # red (rows 0-2), green (3-5), blue (6, 7)
+    for seed in range(20):
+        partners = blind_partners(keys, seed)
+        assert sorted(partners) == sorted(keys) and all(keys[i] != keys[p] for i, p in partners.items())
+        # No picture has more than half the rows: every row lends its image exactly once.
+        assert sorted(partners.values()) == sorted(keys)
+    assert blind_partners(keys, seed=0) == blind_partners(dict(reversed(keys.items())), seed=0)
+    assert blind_partners(keys, seed=0) != blind_partners(keys, seed=1)
+
+
+def test_blind_partners_with_one_dominant_picture_or_only_one() -> None:
+    keys = {str(i): "x" for i in range(5)} | {"5": "y"}
+    partners = blind_partners(keys, seed=0)
+    assert all(partners[str(i)] == "5" for i in range(5)) and keys[partners["5"]] == "x"
+    with pytest.raises(ValueError, match="at least two distinct images"):
+        blind_partners({str(i): "x" for i in range(5)}, seed=0)
 
 
 def test_command_scores_by_likelihood_and_blind(taught, tmp_path: Path) -> None:
@@ -104,10 +142,15 @@ def test_command_scores_by_likelihood_and_blind(taught, tmp_path: Path) -> None:
     assert record["settings"]["mc_scoring"] == "likelihood" and record["settings"]["blind_seed"] is None
     assert main([*base, "--output-dir", str(tmp_path / "blind"), "--blind-seed", "0"]) == 0
     blind = json.loads((tmp_path / "blind" / "results.json").read_text())
-    # Shown another row's image, the model names that image's colour: right only where the colours agree.
-    partners = blind_partners([row["index"] for row in rows], 0)
-    agree = sum(int(partners[row["index"]]) % 4 == int(row["index"]) % 4 for row in rows)
-    assert blind["correct"] == agree and blind["settings"]["blind_seed"] == 0
+    # Shown another picture (the benchmark repeats each colour's picture twice), the model names that picture's
+    # colour: never the row's own.
+    partners = blind_partners(image_keys(read_benchmark(bench)), 0)
+    assert all(int(partners[row["index"]]) % 4 != int(row["index"]) % 4 for row in rows)
+    assert blind["correct"] == 0 and blind["scored"] == 8 and blind["settings"]["blind_seed"] == 0
+    # With one picture for every row no blind score exists: the command refuses instead of showing each its own.
+    one = _write_tsv(tmp_path / "one.tsv", [{**row, "image": rows[0]["image"]} for row in rows])
+    assert main([*base[:4], str(one), *base[5:], "--output-dir", str(tmp_path / "one"), "--blind-seed", "0"]) == 2
+    assert not (tmp_path / "one" / "predictions.jsonl").exists()
 
 
 def test_options_are_scored_after_the_question_as_asked(taught_replies, tmp_path: Path) -> None:

@@ -7,19 +7,23 @@ told apart. The option with the highest sum is the prediction; the length-normal
 log-probability per token) is reported beside it. Unlike a generated letter, this needs no skill in
 naming letters and cannot collapse onto one favourite letter, so it measures what the model knows.
 
-Blind: each question is asked with the image of another row (a seeded permutation with no fixed
-point), which measures how much of the accuracy the question text alone gives.
+Blind: each question is asked with another picture than its own (rows are paired by image content, not by
+index, since benchmarks such as MMBench show one picture with several rows), which measures how much of the
+accuracy the question text alone gives.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 from collections.abc import Mapping, Sequence
 
 from sicog.data.prompts import user_turn
 from sicog.eval.image_use import answer_losses
 from sicog.eval.prompts import hinted_question, short_answer_prompt
-from sicog.eval.tsv import row_options
+from sicog.eval.tsv import Benchmark, image_cell, row_options
+from sicog.model.image_io import ImageError
 from sicog.model.processing import Encoded, SicogProcessor
 
 
@@ -58,12 +62,50 @@ def choose(letters: Sequence[str], scores: Sequence[tuple[float, int]]) -> tuple
     return letters[by_sum], letters[by_mean]
 
 
-def blind_partners(indices: Sequence[str], seed: int) -> dict[str, str]:
-    """For each row index, the index of the row whose image it is shown with: a seeded shuffle of the
-    rows, each one lending its image to the next (so no row keeps its own)."""
-    order = list(indices)
-    random.Random(f"sicog-blind/{seed}").shuffle(order)
-    return {order[k]: order[(k + 1) % len(order)] for k in range(len(order))} if len(order) > 1 else {}
+def image_keys(benchmark: Benchmark) -> dict[str, str]:
+    """Row index -> a digest of the picture the row shows: its base64 cell with a reference to another row
+    resolved, else its ``image_path`` under the image root. Rows with the same digest show the same picture."""
+    keys = {}
+    for row in benchmark.rows:
+        try:
+            # The reader's own resolution of references, so that the pairs and the runner agree on the picture.
+            cell = image_cell(benchmark, row)
+        except ImageError:
+            cell = row.get("image", "").strip()  # a dangling reference: the row fails on its own image anyway
+        relative = row.get("image_path", "").strip()
+        where = os.path.normpath(benchmark.image_root / relative) if relative and not cell else ""
+        keys[row["index"]] = hashlib.sha256(f"{cell}\0{where}".encode()).hexdigest()
+    return keys
+
+
+def blind_partners(images: Mapping[str, str], seed: int) -> dict[str, str]:
+    """For each row index of ``images`` (row index -> :func:`image_keys` digest), the index of the row whose
+    image it is shown with, always a different picture. The rows are grouped by picture (groups and rows in a
+    seeded order) and each is paired with the row as many places on as the largest group has rows, skipping on
+    past rows of its own picture; so while no picture has more than half the rows, every row lends its image
+    exactly once. Raises ``ValueError`` when fewer than two distinct pictures exist: a blind score would then
+    show rows their own image."""
+    if len(set(images.values())) < 2:
+        raise ValueError("the blind baseline needs at least two distinct images; this benchmark has "
+                         f"{len(set(images.values()))}")
+    rng = random.Random(f"sicog-blind/{seed}")
+    groups: dict[str, list[str]] = {}
+    for index in sorted(images):
+        groups.setdefault(images[index], []).append(index)
+    keys = sorted(groups)
+    rng.shuffle(keys)
+    order = []
+    for key in keys:
+        rng.shuffle(groups[key])
+        order += groups[key]
+    shift, n = max(len(rows) for rows in groups.values()), len(order)
+    partners = {}
+    for k, index in enumerate(order):
+        j = (k + shift) % n
+        while images[order[j]] == images[index]:
+            j = (j + 1) % n
+        partners[index] = order[j]
+    return partners
 
 
 def score_rows(

@@ -29,7 +29,7 @@ from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_reco
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
-from sicog.eval.likelihood import blind_partners, encode_options, likelihood_prompt, score_rows
+from sicog.eval.likelihood import blind_partners, encode_options, image_keys, likelihood_prompt, score_rows
 from sicog.eval.prompts import PROMPT_STYLES, build_prompt, short_answer_prompt
 from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx
@@ -54,7 +54,7 @@ class EvalSettings:
     # likely (multiple choice only, sicog/eval/likelihood.py); "open": the question asked without its options,
     # the reply compared with the right option's text (multiple choice only, sicog/eval/short_answers.py).
     mc_scoring: str = "generate"
-    # Set: ask each question with another row's image (a seeded permutation), the blind baseline.
+    # Set: ask each question with another row's picture (seeded, never its own), the blind baseline.
     blind_seed: int | None = None
     # Likelihood: score the options after the short-answer instruction (False: after the question as asked).
     short_answer: bool = True
@@ -142,7 +142,7 @@ def run_rank(
     foreign = [p for p in shard_files(predictions) + shard_files(errors) if not p.name.endswith(f"-of-{world:05d}")]
     counts = {"answered": 0, "errors": 0, "skipped": 0}
     by_index = {row["index"]: row for row in benchmark.rows}
-    partners = {} if settings.blind_seed is None else blind_partners(list(by_index), settings.blind_seed)
+    partners = {} if settings.blind_seed is None else blind_partners(image_keys(benchmark), settings.blind_seed)
     images = {index: by_index[partner] for index, partner in partners.items()}
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as failures:
         done = done_ids([predictions, errors, out_part, err_part, *foreign], _reusable(settings, benchmark))
@@ -259,7 +259,8 @@ def evaluate(
     ``mc_scoring="likelihood"`` picks the most likely option instead of generating (multiple choice only);
     ``mc_scoring="open"`` asks each question without its options and compares the reply with the right
     option's text, reading phrasings through the ``synonyms`` table file if given (multiple choice only);
-    ``blind_seed`` asks each question with another row's image; ``short_answer=False`` scores the options of
+    ``blind_seed`` asks each question with a picture other than its own (``ValueError`` when the benchmark has
+    only one distinct picture); ``short_answer=False`` scores the options of
     likelihood scoring after the question as asked, without the short-answer instruction (a caption request
     scored against descriptions, as the toy world's perception check is).
     Under torchrun every rank calls this with the process group initialised; rank 0 merges and scores

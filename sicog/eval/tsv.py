@@ -140,7 +140,9 @@ def row_problem(row: dict[str, str], kind: str) -> tuple[str, str] | None:
     return None
 
 
-def _image_cell(benchmark: Benchmark, row: dict[str, str]) -> str:
+def image_cell(benchmark: Benchmark, row: dict[str, str]) -> str:
+    """The row's base64 image cell, a reference to another row's index (VLMEvalKit stores each picture once)
+    resolved; "" when the row has none. :class:`ImageError` for a reference to no row."""
     value = row.get("image", "").strip()
     if 0 < len(value) <= IMAGE_REFERENCE_MAX:
         referenced = benchmark.by_index.get(value)
@@ -155,7 +157,7 @@ def row_hash(benchmark: Benchmark, row: dict[str, str]) -> str:
     resolved). Stored with each prediction and error, so that a rerun reuses them only for the same row,
     not for the row of another benchmark (or an edited one) that has the same index."""
     try:
-        image = _image_cell(benchmark, row)
+        image = image_cell(benchmark, row)
     except ImageError:
         image = row.get("image", "")  # a dangling reference: the row is reported as an error all the same
     asked = [row.get("hint", ""), row.get("question", ""), row_options(row), image, row.get("image_path", "")]
@@ -180,7 +182,7 @@ def decode_image(data: str) -> Image.Image:
 
 def row_image(benchmark: Benchmark, row: dict[str, str]) -> Image.Image:
     """The row's image, from base64 (``image``) or from a file (``image_path``)."""
-    data = _image_cell(benchmark, row)
+    data = image_cell(benchmark, row)
     if data:
         return decode_image(data)
     relative = row.get("image_path", "").strip()
