@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The wheels the GPU check needs on a device machine without internet (Python 3.12, x86-64 Linux), saved
-# into WHEEL_DIR (default .whl/, ignored by git): the transformers installed here (the device's may be
-# older than SICOG needs) and liger-kernel at the `gpu` extra's version (`sicog train --fused_loss`).
-# gpu_check.sh installs whatever it finds there before it runs. Needs the package index (run it here,
-# then carry .whl to the device). Optional: SICOG_PYTHON (default .venv/bin/python).
+# Wheels for the GPU check on a device machine without internet (Python 3.12, x86-64 Linux), saved into
+# WHEEL_DIR (default .whl/, ignored by git). Exactly two, fetched with --no-deps: transformers at the
+# version installed here (the device's may be older than SICOG needs) and the newest liger-kernel that the
+# `gpu` extra's requirement allows (`sicog train --fused_loss`). Their dependencies are not fetched: the
+# device must already have torch with CUDA (liger-kernel runs on its triton) and what this transformers
+# needs (huggingface_hub, tokenizers, safetensors, ... at versions it accepts), or WHEEL_DIR must hold
+# those too (benchmarks/README.md lists a full set). gpu_check.sh installs whatever WHEEL_DIR holds, also
+# with --no-deps, before it runs. Needs the package index (run it here, then carry .whl to the device).
+# Optional: SICOG_PYTHON (default .venv/bin/python).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${SICOG_PYTHON:-$root/.venv/bin/python}"

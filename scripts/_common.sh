@@ -42,12 +42,26 @@ require_vars() {
     fi
 }
 
+# sicog_python: the interpreter that runs sicog: SICOG_PYTHON when set, else the repository's .venv (what
+# `make install` creates, so the scripts work without activating it), else python3 from PATH.
+sicog_python() {
+    if [[ -n "${SICOG_PYTHON:-}" ]]; then
+        echo "$SICOG_PYTHON"
+    elif [[ -x "$SICOG_ROOT/.venv/bin/python" ]]; then
+        echo "$SICOG_ROOT/.venv/bin/python"
+    else
+        echo python3
+    fi
+}
+
 # sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1 or a
 # training script set SICOG_TORCHRUN=1 (DeepSpeed needs the rank variables torchrun sets; without them it
 # looks for MPI and mpi4py). One node: torchrun --standalone (a free port) unless MASTER_ADDR is set.
 # Several nodes: NODE_RANK and MASTER_ADDR are required (MASTER_PORT defaults to 29500).
+# The interpreter is SICOG_PYTHON, else sicog_python's choice.
 sicog_exec() {
-    local python="${SICOG_PYTHON:-python3}" cmd
+    local python cmd
+    python="$(sicog_python)"
     if [[ "${NPROC_PER_NODE:-1}" != "1" || "${NNODES:-1}" != "1" || "${SICOG_TORCHRUN:-0}" == "1" ]]; then
         cmd=("$python" -m torch.distributed.run --nproc_per_node "${NPROC_PER_NODE:-1}")
         if [[ "${NNODES:-1}" != "1" ]]; then

@@ -125,3 +125,27 @@ def test_global_batch_is_printed_and_checked_against_the_paper(env, global_batch
 def test_several_nodes_need_a_node_rank_and_a_master_address():
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "NNODES": "4", "NPROC_PER_NODE": "8"})
     assert result.returncode == 2 and "NODE_RANK" in result.stderr and "MASTER_ADDR" in result.stderr
+
+
+@pytest.mark.parametrize(("venv", "override", "expected"), [
+    (True, None, "{root}/.venv/bin/python"),  # what `make install` creates, used without activating it
+    (False, None, "python3"),
+    (True, "/opt/py/bin/python", "/opt/py/bin/python"),  # SICOG_PYTHON wins over the checkout's .venv
+])
+def test_interpreter_defaults_to_the_checkouts_venv(tmp_path, venv, override, expected):
+    # A copy of the scripts, so that whether a .venv exists is up to the test, not to this checkout.
+    for folder in ("training_scripts", "scripts"):
+        (tmp_path / folder).mkdir()
+        for script in (ROOT / folder).glob("*.sh"):
+            (tmp_path / folder / script.name).write_text(script.read_text())
+    if venv:
+        (tmp_path / ".venv" / "bin").mkdir(parents=True)
+        (tmp_path / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
+        (tmp_path / ".venv" / "bin" / "python").chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if k not in (*README_ENV, "SICOG_PYTHON")}
+    env = {**clean, **README_ENV, "DEEPSPEED": "none", **({"SICOG_PYTHON": override} if override else {})}
+    result = subprocess.run(["bash", "training_scripts/uhdv1-finetune-qwen-stage2-sft.sh", "--dry-run"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    words, _ = parsed(result.stdout)
+    assert words[:3] == [expected.format(root=tmp_path), "-m", "sicog"]

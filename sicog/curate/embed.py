@@ -9,6 +9,7 @@ length; see docs/curation.md.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -96,12 +97,15 @@ class SentenceEncoder:
         from sentence_transformers import SentenceTransformer
 
         self.settings = settings
-        self.model = SentenceTransformer(
-            settings.name_or_path,
-            device=settings.device or default_device(),
-            trust_remote_code=settings.trust_remote_code,
-            model_kwargs=_dtype_kwargs(settings.dtype) or None,
-        )
+        load: dict[str, Any] = {"device": settings.device or default_device(),
+                                "trust_remote_code": settings.trust_remote_code}
+        dtype = _dtype_kwargs(settings.dtype)
+        # sentence-transformers < 3 (NV-Embed-v2's pinned 2.7) takes no model_kwargs: cast after loading there.
+        if dtype and "model_kwargs" in inspect.signature(SentenceTransformer.__init__).parameters:
+            load["model_kwargs"] = dtype
+        self.model = SentenceTransformer(settings.name_or_path, **load)
+        if dtype and "model_kwargs" not in load:
+            self.model.to(next(iter(dtype.values())))
         if settings.max_length is not None:
             self.model.max_seq_length = settings.max_length
         tokenizer = getattr(self.model, "tokenizer", None)
@@ -135,11 +139,12 @@ class SentenceEncoder:
                 [texts[i] + self._eos for i in keep],
                 prompt=self.settings.query_prefix or None,
                 batch_size=self.settings.batch_size,
-                convert_to_numpy=True,
+                convert_to_tensor=True,
                 normalize_embeddings=False,
                 show_progress_bar=False,
             )
-            out[keep] = l2_normalize(np.asarray(vectors, dtype=np.float32))
+            # As a tensor, cast here: sentence-transformers 2.7 cannot turn bfloat16 output into numpy itself.
+            out[keep] = l2_normalize(vectors.float().cpu().numpy())
         return out
 
 

@@ -50,7 +50,9 @@ def fit_area(
 def best_grid(width: int, height: int, num_slices: int, max_slice_nums: int) -> tuple[int, int]:
     """The ``(cols, rows)`` grid among ``num_slices - 1 .. num_slices + 1`` slices closest to the aspect ratio.
 
-    Ties keep the first candidate in order of increasing slice count then increasing column count.
+    Candidates are tried by increasing slice count, then column count; a later one wins only with a strictly
+    smaller floating-point error, as in the published code. Mirror grids of a square image do not tie in
+    floating point (``log(2/3)`` rounds further from 0 than ``log(3/2)``): 1024x1024 gets 3 cols x 2 rows.
     """
     log_ratio = math.log(width / height)
     best, best_error = (1, 1), math.inf
