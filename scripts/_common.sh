@@ -42,11 +42,15 @@ require_vars() {
     fi
 }
 
-# sicog_python: the interpreter that runs sicog: SICOG_PYTHON when set, else the repository's .venv (what
-# `make install` creates, so the scripts work without activating it), else python3 from PATH.
+# sicog_python: the interpreter that runs sicog: SICOG_PYTHON when set; else python3 from PATH when it imports
+# sicog (an activated environment, e.g. a cluster's GPU one, even where the checkout also has a .venv); else the
+# checkout's .venv (what `make install` creates, so the scripts work without activating it); else python3.
+# The import is tried from / so that a checkout in the working directory does not count as installed.
 sicog_python() {
     if [[ -n "${SICOG_PYTHON:-}" ]]; then
         echo "$SICOG_PYTHON"
+    elif (cd / && python3 -c "import sicog") >/dev/null 2>&1; then
+        echo python3
     elif [[ -x "$SICOG_ROOT/.venv/bin/python" ]]; then
         echo "$SICOG_ROOT/.venv/bin/python"
     else

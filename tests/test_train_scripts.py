@@ -127,12 +127,13 @@ def test_several_nodes_need_a_node_rank_and_a_master_address():
     assert result.returncode == 2 and "NODE_RANK" in result.stderr and "MASTER_ADDR" in result.stderr
 
 
-@pytest.mark.parametrize(("venv", "override", "expected"), [
-    (True, None, "{root}/.venv/bin/python"),  # what `make install` creates, used without activating it
-    (False, None, "python3"),
-    (True, "/opt/py/bin/python", "/opt/py/bin/python"),  # SICOG_PYTHON wins over the checkout's .venv
+@pytest.mark.parametrize(("venv", "active", "override", "expected"), [
+    (True, False, None, "{root}/.venv/bin/python"),  # what `make install` creates, used without activating it
+    (True, True, None, "python3"),  # an activated environment with sicog wins over the checkout's .venv
+    (False, False, None, "python3"),
+    (True, True, "/opt/py/bin/python", "/opt/py/bin/python"),  # SICOG_PYTHON wins over both
 ])
-def test_interpreter_defaults_to_the_checkouts_venv(tmp_path, venv, override, expected):
+def test_interpreter_defaults_to_the_checkouts_venv(tmp_path, venv, active, override, expected):
     # A copy of the scripts, so that whether a .venv exists is up to the test, not to this checkout.
     for folder in ("training_scripts", "scripts"):
         (tmp_path / folder).mkdir()
@@ -142,8 +143,13 @@ def test_interpreter_defaults_to_the_checkouts_venv(tmp_path, venv, override, ex
         (tmp_path / ".venv" / "bin").mkdir(parents=True)
         (tmp_path / ".venv" / "bin" / "python").write_text("#!/bin/sh\n")
         (tmp_path / ".venv" / "bin" / "python").chmod(0o755)
+    # The python3 on PATH: one whose `import sicog` succeeds (an activated environment) or fails.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").write_text(f"#!/bin/sh\nexit {0 if active else 1}\n")
+    (tmp_path / "bin" / "python3").chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if k not in (*README_ENV, "SICOG_PYTHON")}
-    env = {**clean, **README_ENV, "DEEPSPEED": "none", **({"SICOG_PYTHON": override} if override else {})}
+    env = {**clean, **README_ENV, "DEEPSPEED": "none", "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           **({"SICOG_PYTHON": override} if override else {})}
     result = subprocess.run(["bash", "training_scripts/uhdv1-finetune-qwen-stage2-sft.sh", "--dry-run"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
