@@ -31,12 +31,15 @@ def test_lengths_are_exact_and_overlong_samples_are_handled(tmp_path, tiny_model
     data = write(tmp_path / "d.jsonl", [
         rec("short", image="a.png"),
         rec("long-answer", answer="word " * 300, image="a.png"),  # cut falls in the answer: truncated
-        {"id": "long-question", "image": "a.png", "conversations": [  # cut falls in image tokens: skipped
-            {"from": "human", "value": "word " * 300 + "<image>"}, {"from": "gpt", "value": "ok"}]},
+        rec("long-question", question="word " * 300, image="a.png"),  # cut removes the answer: skipped
+        {"id": "late-image", "image": "a.png", "conversations": [  # cut falls in image tokens (130-218): skipped
+            {"from": "human", "value": "hi"}, {"from": "gpt", "value": "word " * 15},
+            {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "ok"}]},
     ])
     dataset = SupervisedDataset(data, processor, image_folder=tmp_path, max_length=200, show_progress=False)
     assert [r["id"] for r in dataset.records] == ["short", "long-answer"]
-    assert [p.id for p in dataset.skipped] == ["long-question"] and "image tokens" in dataset.skipped[0].reason
+    assert [p.id for p in dataset.skipped] == ["long-question", "late-image"]
+    assert "image tokens" in dataset.skipped[1].reason
     short = dataset[0]["encoded"]
     assert len(short.input_ids) == dataset.lengths[0]
     truncated = dataset[1]["encoded"]
@@ -129,8 +132,7 @@ def test_a_clean_rerun_removes_the_lists_of_an_earlier_run(tmp_path, tiny_model_
     out = tmp_path / "out"
     out.mkdir()
     args = SimpleNamespace(output_dir=str(out), process_index=0)
-    too_long = {"id": "long", "image": "a.png", "conversations": [  # the cut would fall in image tokens
-        {"from": "human", "value": "word " * 300 + "<image>"}, {"from": "gpt", "value": "ok"}]}
+    too_long = rec("long", question="word " * 300, image="a.png")  # the cut would remove the answer
     broken = write(tmp_path / "broken.jsonl", [rec("ok"), rec("gone", image="missing.png"), too_long])
     with pytest.raises(DataProblemsError):
         check_dataset(SupervisedDataset(broken, processor, image_folder=tmp_path, max_length=200,
@@ -140,3 +142,36 @@ def test_a_clean_rerun_removes_the_lists_of_an_earlier_run(tmp_path, tiny_model_
     check_dataset(SupervisedDataset(fixed, processor, image_folder=tmp_path, max_length=200, show_progress=False),
                   str(fixed), args)
     assert not (out / "data_errors.jsonl").exists() and not (out / "skipped_samples.jsonl").exists()
+
+
+def test_records_whose_labels_cannot_be_built_are_listed_before_training(tmp_path, tiny_model_factory):
+    """A conversation with no assistant turn passes the schema but has nothing to learn: a listed problem naming
+    file, line and field at construction, never an error at the step that reaches it."""
+    _, processor = tiny_model_factory()
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    human_only = {"id": "human-only", "image": "a.png",
+                  "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}]}
+    data = write(tmp_path / "d.jsonl", [rec("ok", image="a.png"), human_only])
+    dataset = SupervisedDataset(data, processor, image_folder=tmp_path, show_progress=False)
+    assert [r["id"] for r in dataset.records] == ["ok"]
+    [problem] = dataset.problems
+    assert (problem.id, problem.source.line) == ("human-only", 2)
+    assert "field 'conversations'" in problem.reason and "no assistant turn" in problem.reason
+    assert any(label != -100 for label in dataset[0]["encoded"].labels)
+
+
+@pytest.mark.parametrize("masking", ["replies", "release"])
+def test_a_cut_that_keeps_no_answer_token_is_skipped_whatever_the_masking(tmp_path, tiny_model_factory, masking):
+    """``release`` masking labels the prompt's newlines and chat markers too: a cut keeping only those is skipped
+    like one keeping no label at all; a cut inside the answer is trained on, answer tokens kept."""
+    _, processor = tiny_model_factory(label_masking=masking)
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    data = write(tmp_path / "d.jsonl", [
+        rec("long-question", question="How many circles are there? " * 12, answer="The answer is 3.", image="a.png"),
+        rec("long-answer", answer="The answer is 3. " * 12, image="a.png"),
+    ])
+    dataset = SupervisedDataset(data, processor, image_folder=tmp_path, max_length=80, show_progress=False)
+    assert [p.id for p in dataset.skipped] == ["long-question"]
+    assert [r["id"] for r in dataset.records] == ["long-answer"]
+    kept = dataset[0]["encoded"]
+    assert len(kept.input_ids) == 80 and any(kept.in_reply[i] and kept.labels[i] != -100 for i in range(80))

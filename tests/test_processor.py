@@ -8,9 +8,13 @@ from PIL import Image
 from sicog.model.builders import tiny_config, tiny_text_config, tiny_vision_config
 from sicog.model.image_io import ImageError, load_image
 from sicog.model.modeling import ImageTokenMismatchError
-from sicog.model.processing import IGNORE_INDEX, ConversationError
+from sicog.model.processing import IGNORE_INDEX, ConversationError, SicogProcessor
 
 LLAMA_SEPARATORS = (29892, 13)
+# Qwen2's pre-tokenizer split pattern (its tokenizer.json): whitespace ending in newlines is one piece, so the
+# role header's "\n" and a reply's leading "\n" become one "\n\n" token.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
 
 
 def conv(*texts):
@@ -127,6 +131,58 @@ def test_placeholder_count_mismatch_is_clear(tiny_model_factory):
         processor.encode(conv("<image><image>\nhi", "ok"), [image])
     with pytest.raises(ConversationError, match="0 <image> placeholder\\(s\\) but 1 image"):
         processor.encode(conv("hi", "ok"), [image])
+
+
+def test_a_single_placeholder_moves_in_front_for_training_and_inference(tiny_model_factory):
+    """As the published preprocess_multimodal rewrites a turn: one <image> goes first on its own line, the rest
+    stripped after it; a turn starting with it, or holding several, stays as written."""
+    _, processor = tiny_model_factory()
+    moved = {"How many circles?\n<image>": "<image>\nHow many circles?",
+             "How many <image> circles?": "<image>\nHow many  circles?", "\n<image>\n": "<image>"}
+    kept = ["<image>How many circles?", "<image>\nHow many circles?", "A <image> and B <image>", "No image."]
+    for written, expected in [*moved.items(), *((text, text) for text in kept)]:
+        assert processor.to_messages(conv(written))[0]["content"] == expected
+    image = Image.new("RGB", (64, 64))
+    for written, expected in moved.items():
+        for train in (True, False):
+            as_written = processor.encode(conv(written, "3"), [image], train=train)
+            assert as_written.input_ids == processor.encode(conv(expected, "3"), [image], train=train).input_ids
+
+
+@pytest.fixture(scope="module")
+def qwen2_split_tokenizer(tokenizer):
+    """A byte-level BPE pre-tokenized with Qwen2's split pattern, so that two newlines are one token as in Qwen2."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                                                                  "<image>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["You are a helpful assistant. Describe the image.", "assistant\n\nStep 1: Extract the salient content."]
+    bpe.train_from_iterator(corpus * 20, trainer)
+    qwen2_like = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                         additional_special_tokens=["<|im_start|>", "<image>"])
+    qwen2_like.chat_template = tokenizer.chat_template
+    return qwen2_like
+
+
+@pytest.mark.parametrize("masking", ["replies", "release"])
+def test_a_reply_starting_with_a_newline_trains(qwen2_split_tokenizer, masking):
+    """The two-newline token that runs from the role header into the reply is part prompt: unsupervised with
+    ``replies`` masking, the rest of the reply learned; ``release`` supervises the whole turn, as published."""
+    tokenizer = qwen2_split_tokenizer
+    processor = SicogProcessor.from_config(tokenizer, tiny_config(tokenizer, label_masking=masking))
+    reply = "Step 1: Extract the salient content."
+    encoded = processor.encode(conv("<image>\nDescribe the image.", "\n" + reply), [Image.new("RGB", (64, 64))])
+    merged = encoded.input_ids.index(tokenizer.convert_tokens_to_ids("ĊĊ"))
+    assert tokenizer.decode(encoded.input_ids[: merged + 1]).endswith("<|im_start|>assistant\n\n")
+    assert encoded.labels[merged] == (IGNORE_INDEX if masking == "replies" else encoded.input_ids[merged])
+    learned = [label for label, reply_token in zip(encoded.labels, encoded.in_reply) if reply_token]
+    assert learned == tokenizer.encode(reply + "<|im_end|>", add_special_tokens=False)
 
 
 def _save(image, fmt="PNG", **kwargs):

@@ -139,6 +139,20 @@ def test_global_batch_is_logged_recorded_and_checked_against_the_paper(world, tm
     assert "global batch 8 = 4 per device x 2 accumulation steps x 1 processes" in caplog.text
     assert "global batch 8 differs from the paper's 128 for stage 2" in caplog.text
     assert json.loads((tmp_path / "run" / "train_results.json").read_text())["global_batch"] == 8
+    assert "inference_long_side" not in caplog.text  # this checkpoint generates on images as trained
+
+
+def test_a_model_that_resizes_images_at_inference_is_warned_about_once(world, tmp_path, caplog):
+    """Training encodes images at their own size; with inference_long_side set, generation does not."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sicog.train.run"):
+        assert main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model",
+                     str(world["llm"]), *TINY_FLAGS, "--inference_long_side", "128",
+                     *common(world, tmp_path / "run", steps=1)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "inference_long_side" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "native size" in warnings[0] and "long side of 128 pixels" in warnings[0]
 
 
 def test_bad_arguments_stop_with_one_line_and_exit_2(world, tmp_path, capsys):

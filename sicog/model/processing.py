@@ -27,11 +27,30 @@ class ConversationError(ValueError):
 
 @dataclass
 class Encoded:
-    """One encoded sample: token ids, labels (training only) and its image views in placeholder order."""
+    """One encoded sample: token ids, labels (training only) and its image views in placeholder order.
+
+    ``in_reply`` (training only): whether each position holds assistant-reply text or its end marker,
+    whatever ``label_masking`` supervises besides; a sample cut short must keep one such labelled position.
+    """
 
     input_ids: list[int]
     labels: list[int] | None = None
     pixel_values: list[torch.Tensor] = field(default_factory=list)
+    in_reply: list[bool] | None = None
+
+
+def image_first(text: str) -> str:
+    """A turn's text with its one ``<image>`` moved in front, on a line of its own.
+
+    LLaVA-style training (the published ``preprocess_multimodal``) rewrites every turn holding exactly one
+    placeholder that does not already start with it: the placeholder is removed, the rest stripped and
+    put after ``"<image>\n"`` (``"How many?\n<image>"`` -> ``"<image>\nHow many?"``; one in the middle
+    leaves its two neighbouring spaces). Turns with no or several placeholders are left as written.
+    """
+    if text.count(IMAGE_TOKEN) != 1 or text.startswith(IMAGE_TOKEN):
+        return text
+    rest = text.replace(IMAGE_TOKEN, "").strip()
+    return f"{IMAGE_TOKEN}\n{rest}" if rest else IMAGE_TOKEN
 
 
 def separator_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
@@ -129,14 +148,18 @@ class SicogProcessor(ProcessorMixin):
     # ----- text ---------------------------------------------------------------------------------------
     @staticmethod
     def to_messages(conversations: Sequence[dict]) -> list[dict]:
-        """LLaVA turns ``{"from", "value"}`` (or chat messages ``{"role", "content"}``) -> chat messages."""
+        """LLaVA turns ``{"from", "value"}`` (or chat messages ``{"role", "content"}``) -> chat messages.
+
+        A turn's single ``<image>`` is moved in front as :func:`image_first` says, for training and
+        inference alike, so a model sees its images where it was trained to.
+        """
         messages = []
         for index, turn in enumerate(conversations):
             role = turn.get("from", turn.get("role"))
             content = turn.get("value", turn.get("content"))
             if role not in ROLE_OF or not isinstance(content, str):
                 raise ConversationError(f"turn {index}: unknown role {role!r} or non-string text")
-            messages.append({"role": ROLE_OF[role], "content": content})
+            messages.append({"role": ROLE_OF[role], "content": image_first(content)})
         return messages
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -144,31 +167,58 @@ class SicogProcessor(ProcessorMixin):
             messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def _supervised_spans(self, messages: list[dict], text: str, masking: str) -> list[tuple[int, int]]:
-        """Character spans of the supervised text of each assistant turn, checked against the full text.
-
-        ``label_masking="replies"``: the reply and its end marker. ``"release"`` (the published
-        ``preprocess_qwen``): the whole rendered turn, role header and trailing newline included.
-        """
+    def _assistant_spans(
+        self, messages: list[dict], text: str
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Character spans in ``text`` of each assistant turn: its reply (the reply and its end marker)
+        and the whole rendered turn (role header and trailing newline included), checked against the text."""
         end_marker = self.tokenizer.eos_token
-        whole_turn = masking == "release"
-        spans = []
+        replies, turns = [], []
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self._render(messages[:index], add_generation_prompt=not whole_turn)
+            header = self._render(messages[:index], add_generation_prompt=False)
+            prompt = self._render(messages[:index], add_generation_prompt=True)
             through = self._render(messages[: index + 1], add_generation_prompt=False)
-            if whole_turn:
-                end = len(through)
-            else:
-                has_marker = bool(end_marker) and end_marker in through
-                end = through.rfind(end_marker) + len(end_marker) if has_marker else len(through)
-            if not (text.startswith(before) and text.startswith(through[:end]) and end > len(before)):
+            has_marker = bool(end_marker) and end_marker in through
+            end = through.rfind(end_marker) + len(end_marker) if has_marker else len(through)
+            if not (all(map(text.startswith, (header, prompt, through))) and len(header) <= len(prompt) < end):
                 raise ConversationError(
                     f"chat template renders turn {index} differently in context; cannot mask labels"
                 )
-            spans.append((len(before), end))
-        return spans
+            replies.append((len(prompt), end))
+            turns.append((len(header), len(through)))
+        return replies, turns
+
+    def encode_text(
+        self, conversations: Sequence[dict], *, train: bool = True, label_masking: str | None = None
+    ) -> Encoded:
+        """The text part of :meth:`encode`: one image placeholder id per ``<image>`` (no image is read),
+        labels and ``in_reply`` as :meth:`encode` gives them.
+
+        Cheap enough to run on every record before training, so that a conversation whose labels cannot
+        be built raises :class:`ConversationError` then, not when a training step reaches it.
+        """
+        masking = label_masking or self.config.label_masking
+        messages = self.to_messages(conversations)
+        if not train and messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        if train and not any(m["role"] == "assistant" for m in messages):
+            raise ConversationError("no assistant turn to learn from")
+        text = self._render(messages, add_generation_prompt=not train)
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=train)
+        token_ids = encoding["input_ids"]
+        if not train:
+            return Encoded(token_ids)
+        replies, turns = self._assistant_spans(messages, text)
+        offsets = encoding["offset_mapping"]
+        in_reply = self._inside(token_ids, offsets, replies)
+        supervised = self._inside(token_ids, offsets, turns) if masking == "release" else in_reply
+        labels = [token if inside else IGNORE_INDEX for token, inside in zip(token_ids, supervised)]
+        if masking == "release":
+            always = self._always_supervised()
+            labels = [t if t in always else label for t, label in zip(token_ids, labels)]
+        return Encoded(token_ids, labels, in_reply=in_reply)
 
     def encode(
         self,
@@ -182,55 +232,38 @@ class SicogProcessor(ProcessorMixin):
         """Encode a conversation. ``train``: the whole dialogue with labels as ``label_masking`` (default
         ``config.label_masking``) says; otherwise the dialogue up to its last user turn plus the
         generation prompt, images resized as at inference (:meth:`inference_size`)."""
-        masking = label_masking or self.config.label_masking
-        messages = self.to_messages(conversations)
-        if not train and messages and messages[-1]["role"] == "assistant":
-            messages = messages[:-1]
-        n_placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
+        text = self.encode_text(conversations, train=train, label_masking=label_masking)
+        n_placeholders = text.input_ids.count(self.image_token_id)
         if n_placeholders != len(images):
             raise ConversationError(
                 f"conversation has {n_placeholders} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s)"
             )
-        if train and not any(m["role"] == "assistant" for m in messages):
-            raise ConversationError("no assistant turn to learn from")
-        text = self._render(messages, add_generation_prompt=not train)
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=train)
-        token_ids = encoding["input_ids"]
-        token_labels = None
-        if train:
-            spans = self._supervised_spans(messages, text, masking)
-            token_labels = self._labels(token_ids, encoding["offset_mapping"], spans)
-            if masking == "release":
-                always = self._always_supervised()
-                token_labels = [t if t in always else label for t, label in zip(token_ids, token_labels)]
-        return self._expand(token_ids, token_labels, images, never_split=never_split, inference=not train)
+        return self._expand(text, images, never_split=never_split, inference=not train)
 
-    def _expand(
-        self,
-        token_ids: Sequence[int],
-        token_labels: Sequence[int] | None,
-        images: Sequence,
-        *,
-        never_split: bool,
-        inference: bool,
-    ) -> Encoded:
-        """Replace each image placeholder id by that image's ids (unsupervised) and collect its views."""
+    def _expand(self, text: Encoded, images: Sequence, *, never_split: bool, inference: bool) -> Encoded:
+        """Replace each image placeholder id of ``text`` by that image's ids (unsupervised, not reply) and
+        collect its views."""
         input_ids: list[int] = []
-        labels: list[int] | None = None if token_labels is None else []
+        labels: list[int] | None = None if text.labels is None else []
+        in_reply: list[bool] | None = None if text.in_reply is None else []
         views: list[torch.Tensor] = []
         image_iter = iter(images)
-        for position, token in enumerate(token_ids):
+        for position, token in enumerate(text.input_ids):
             if token == self.image_token_id:
                 image_views, ids = self.process_image(next(image_iter), never_split=never_split, inference=inference)
                 views += image_views
                 input_ids += ids
                 if labels is not None:
                     labels += [IGNORE_INDEX] * len(ids)
+                if in_reply is not None:
+                    in_reply += [False] * len(ids)
             else:
                 input_ids.append(token)
                 if labels is not None:
-                    labels.append(token_labels[position])
-        return Encoded(input_ids, labels, views)
+                    labels.append(text.labels[position])
+                if in_reply is not None:
+                    in_reply.append(text.in_reply[position])
+        return Encoded(input_ids, labels, views, in_reply)
 
     def _always_supervised(self) -> set[int]:
         """Ids the published ``preprocess_qwen`` supervises wherever they stand, system and user turns
@@ -242,15 +275,22 @@ class SicogProcessor(ProcessorMixin):
         return ids
 
     @staticmethod
-    def _labels(token_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-        labels = []
+    def _inside(token_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+        """Whether each token lies within one of ``spans``.
+
+        A token running from before a span into it is outside: Qwen2's pre-tokenizer merges the role
+        header's newline with a reply's leading newlines into one token, which is part prompt, so it stays
+        unsupervised and the rest of the reply is learned (the published ``preprocess_qwen`` tokenizes
+        each turn alone, header and reply together, and meets no such boundary). A token running out of a
+        span raises: the text after a turn's end marker is never the model's to write.
+        """
+        inside = []
         for token, (start, end) in zip(token_ids, offsets):
-            inside = any(s <= start and end <= e for s, e in spans)
-            straddles = any(start < s < end or start < e < end for s, e in spans)
-            if straddles:
-                raise ConversationError(f"token {token} at characters {start}-{end} crosses an assistant-turn boundary")
-            labels.append(token if inside else IGNORE_INDEX)
-        return labels
+            if any(start < e < end for _, e in spans):
+                raise ConversationError(f"token {token} at characters {start}-{end} runs past the end of an "
+                                        "assistant turn")
+            inside.append(any(s <= start and end <= e for s, e in spans))
+        return inside
 
     # ----- batches ------------------------------------------------------------------------------------
     def collate(self, samples: Sequence[Encoded], padding_side: str = "right") -> dict:
@@ -318,7 +358,7 @@ class SicogProcessor(ProcessorMixin):
         samples, start = [], 0
         for prompt, count in zip(prompts, n_placeholders):
             token_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            samples.append(self._expand(token_ids, None, flat[start : start + count],
+            samples.append(self._expand(Encoded(token_ids), flat[start : start + count],
                                         never_split=never_split, inference=inference))
             start += count
         if return_tensors not in (None, "pt"):

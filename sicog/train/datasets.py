@@ -1,8 +1,8 @@
 """The supervised training dataset: LLaVA records -> encoded samples, lazily, with exact lengths.
 
-Construction reads every record once (validation, image headers, token counts) so that lengths are
-exact for length-grouped batching and over-long samples are found before training starts. Images are
-decoded and tokens built only in ``__getitem__``.
+Construction reads every record once (validation, image headers, token counts, text labels) so that
+lengths are exact for length-grouped batching, and over-long samples and conversations whose labels cannot
+be built are found before training starts. Images are decoded and their tokens built only in ``__getitem__``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
-from sicog.model.processing import ConversationError, Encoded, SicogProcessor
+from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
 from sicog.train.augment import AUGMENT_CHOICES, release_augment
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,12 @@ class Problem:
 
 
 def measure(record: dict, processor: SicogProcessor, image_folder, never_split: bool) -> int:
-    """Exact token length of ``record`` once encoded (reads image headers only, not pixels)."""
-    messages = processor.to_messages(record["conversations"])
-    text = processor.tokenizer.apply_chat_template(messages, tokenize=False)
-    length = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    """Exact token length of ``record`` once encoded (reads image headers only, not pixels).
+
+    The text is encoded with its labels, so a conversation that cannot be trained on (no assistant turn,
+    a token running past a turn's end) raises :class:`ConversationError` here, before training.
+    """
+    length = len(processor.encode_text(record["conversations"], train=True).input_ids)
     for name in record_images(record):
         path = resolve_image(name, image_folder)
         try:
@@ -63,8 +65,9 @@ def measure(record: dict, processor: SicogProcessor, image_folder, never_split: 
 class SupervisedDataset(Dataset):
     """LLaVA conversation records for stages 0, 1, 1.5 and 2.
 
-    ``problems`` lists invalid records (bad schema, unreadable image); ``skipped`` lists records that
-    cannot fit ``max_length`` without cutting image tokens or losing every supervised token.
+    ``problems`` lists invalid records (bad schema, unreadable image, labels that cannot be built);
+    ``skipped`` lists records that cannot fit ``max_length`` without cutting image tokens or losing every
+    supervised reply token.
     """
 
     def __init__(
@@ -98,7 +101,12 @@ class SupervisedDataset(Dataset):
             try:
                 check_llava_record(record, path=source.path, line=source.line)
                 length = measure(record, processor, image_folder, never_split)
-            except (RecordError, ConversationError, ValueError) as err:
+            except ConversationError as err:  # its labels cannot be built: named like a schema error
+                located = RecordError(str(err), path=source.path, line=source.line, record_id=rid,
+                                      field="conversations")
+                self.problems.append(Problem(rid, source, str(located)))
+                continue
+            except (RecordError, ValueError) as err:
                 self.problems.append(Problem(rid, source, str(err)))
                 continue
             if length > max_length and not self._truncatable(record, length):
@@ -120,10 +128,14 @@ class SupervisedDataset(Dataset):
         return self._fits(encoded)
 
     def _fits(self, encoded: Encoded) -> bool:
-        """Whether cutting ``encoded`` at ``max_length`` keeps every image token and at least one supervised label."""
+        """Whether cutting ``encoded`` at ``max_length`` keeps every image token and at least one supervised
+        reply token (with ``label_masking: release`` the newlines and chat markers of the prompt are labels
+        too, but a sample keeping only those teaches no answer)."""
         cut = encoded.input_ids[self.max_length :]
-        kept_labels = encoded.labels[: self.max_length]
-        return self.processor.image_token_id not in cut and any(label != -100 for label in kept_labels)
+        kept = zip(encoded.labels[: self.max_length], encoded.in_reply[: self.max_length])
+        return self.processor.image_token_id not in cut and any(
+            label != IGNORE_INDEX and reply for label, reply in kept
+        )
 
     @property
     def has_image(self) -> list[bool]:
@@ -156,7 +168,8 @@ class SupervisedDataset(Dataset):
             raise RecordError(str(err), path=source.path, line=source.line, record_id=record.get("id")) from None
         if len(encoded.input_ids) > self.max_length:
             encoded = Encoded(
-                encoded.input_ids[: self.max_length], encoded.labels[: self.max_length], encoded.pixel_values
+                encoded.input_ids[: self.max_length], encoded.labels[: self.max_length], encoded.pixel_values,
+                encoded.in_reply[: self.max_length],
             )
         return {"id": str(record["id"]), "encoded": encoded}
 

@@ -185,6 +185,24 @@ def check_global_batch(args: SicogTrainingArguments) -> int:
     return total
 
 
+def warn_inference_resize(model: SicogForConditionalGeneration, args: SicogTrainingArguments) -> None:
+    """Warn once (rank 0) when the model's config resizes images at inference: training does not.
+
+    The published system trains on images at their own size and generates on images resized to a long
+    side of 1024; this package keeps that mismatch for parity, and says so rather than hiding it.
+    """
+    side = model.config.inference_long_side
+    if side is not None and args.process_index == 0:
+        logger.warning(
+            "training encodes images at their native size, but generation and evaluation with this model "
+            "resize them to a long side of %d pixels first (config inference_long_side), so they see other "
+            "slices and token counts than training did; to generate as trained, set \"inference_long_side\": "
+            "null in config.json (of the starting checkpoint, or of this run's output) or, building from "
+            "parts, leave out --inference_long_side",
+            side,
+        )
+
+
 def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
     set_seed(args.seed)
     total_batch = check_global_batch(args)
@@ -196,6 +214,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     loss = fused_loss(args.fused_loss, args.device)  # checked before the (possibly large) model is built
     model, processor = build_model(model_args, args)
+    warn_inference_resize(model, args)
     model.fused_loss = loss
     if args.compile_layers:
         logger.info("compiled %d layers", compile_layers(model))
