@@ -95,6 +95,15 @@ def test_the_same_file_twice_stops_the_mix(tmp_path: Path, capsys: pytest.Captur
     assert err.count("\n") == 1 and "are the same file" in err and not out.exists()
 
 
+def test_a_ratios_share_is_rounded_half_up() -> None:
+    # round() rounds half to even: 0.5 of 5 records would take 2, though 0.5 of 3 takes 2.
+    five = [llava(f"r{i}") for i in range(5)]
+    assert len(take(five, 0.5, random.Random(0))) == 3
+    assert len(take(five, 2.5, random.Random(0))) == 13
+    assert len(take(five, 0.1, random.Random(0))) == 1
+    assert len(take(five, 0.09, random.Random(0))) == 0
+
+
 def test_take_rejects_negative_ratios() -> None:
     with pytest.raises(ValueError, match="ratio"):
         take([llava("a")], -1, random.Random(0))

@@ -137,8 +137,9 @@ def test_every_input_id_is_scored_or_an_error_and_candidate_counts_may_differ(tm
         {"id": "bad-image", "candidates": ["a", "b"], **good, "image": ["ok.jpg", ""]},
     ]
     encoder = TableEncoder(table)
+    # The mean over the other candidates: a single candidate has nothing to agree with.
     summary = curate(write_jsonl(tmp_path / "gen.jsonl", records), tmp_path / "out",
-                     CurationSettings(task="captions", threshold=0.5), encoder.settings,
+                     CurationSettings(task="captions", threshold=0.5, include_self=False), encoder.settings,
                      encoder_factory=lambda _: encoder)
     scored = load_records(tmp_path / "out" / "scored.jsonl")
     errors = load_records(tmp_path / "out" / "errors.jsonl")
@@ -156,6 +157,26 @@ def test_every_input_id_is_scored_or_an_error_and_candidate_counts_may_differ(tm
     assert (two["kept"], two["drop_reason"]) == (False, "best score below threshold")
     assert (one["kept"], one["rejected_index"]) == (False, None)
     assert summary["candidates_per_record"] == {"1": 1, "2": 1, "6": 1}
+
+
+def test_reasoning_pairs_reject_a_marked_other_answer_and_ties_are_not_kept(tmp_path: Path) -> None:
+    # Compared whole ("default" prompt): "There are three cubes." has no answer marker, so its answer is the
+    # sentence, which differs from "3" in words only; the marked "5" is the wrong answer to reject.
+    texts = ["The answer is 3.", "So the answer is 3.", "Counting, the answer is 3.", "Answer: 3",
+             "There are three cubes.", "The answer is 5.", "The answer is yes.", "The answer is no."]
+    encoder = TableEncoder({t: [np.cos(i / 10), np.sin(i / 10)] for i, t in enumerate(texts)})
+    prompt = {"generation": generation("default", "How many cubes?"), "image": "x.jpg"}
+    records = [{"id": "four", "candidates": texts[:6], **prompt},
+               {"id": "tie", "candidates": [texts[6]] * 2 + [texts[7]] * 2 + texts[:2], **prompt}]
+    path = write_jsonl(tmp_path / "gen.jsonl", records)
+    for seed in range(5):
+        curate(path, tmp_path / "out", CurationSettings(task="reasoning", threshold=0.0, seed=seed),
+               encoder.settings, encoder_factory=lambda _: encoder)
+        [pair] = load_records(tmp_path / "out" / "pairs.jsonl")
+        assert pair["id"] == "four" and pair["rejected"] == "The answer is 5."
+        tie = load_records(tmp_path / "out" / "scored.jsonl")[1]
+        assert (tie["kept"], tie["majority_answer"], tie["rejected_index"]) == (False, None, None)
+        assert tie["drop_reason"] == "no majority answer (answers tied for the top count)"
 
 
 def test_candidates_with_the_image_placeholder_never_reach_the_training_files(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from sicog.curate.select import (
     NO_ANSWER,
     NO_USABLE,
     SINGLE_CANDIDATE,
+    TIED_ANSWERS,
     record_rng,
     select,
 )
@@ -73,13 +74,21 @@ def test_exact_threshold_is_kept_and_anything_above_the_best_score_is_not() -> N
 
 def test_majority_answer_and_agreement() -> None:
     answers = ["3", "5", "3", "3", "", "3"]
-    assert majority_answer(answers, [0.1] * 6) == ("3", round(4 / 6, 6))
-    assert majority_answer(["", ""], [0.1, 0.2]) == (None, 0.0)
+    assert majority_answer(answers) == ("3", round(4 / 6, 6))
+    assert majority_answer(["", ""]) == (None, 0.0)
 
 
-def test_majority_tie_goes_to_the_answer_with_the_stronger_candidate() -> None:
-    assert majority_answer(["3", "5", "3", "5"], [0.2, 0.9, 0.3, 0.1])[0] == "5"
-    assert majority_answer(["3", "5"], [0.5, 0.5])[0] == "3"
+def test_answers_tied_for_the_top_count_make_no_majority_and_no_pair() -> None:
+    # Half the candidates say yes, half no: nothing self-consistent to keep, and a pair would pick a side.
+    assert majority_answer(["yes", "yes", "yes", "no", "no", "no"]) == (None, 0.5)
+    assert majority_answer(["3", "3", "5", "5", "7", "7"]) == (None, round(2 / 6, 6))
+    assert majority_answer(["3", "3", "5", "5", "3", "7"]) == ("3", 0.5)  # a 3-2-1 split has one
+    texts = [f"candidate {i}" for i in range(6)]
+    for answers in (["yes", "yes", "yes", "no", "no", "no"], ["3", "3", "5", "5", "7", "7"]):
+        decision = select([0.9, 0.8, 0.85, 0.7, 0.6, 0.5], texts, threshold=0.0, rng=random.Random(0),
+                          answers=answers, min_agreement=0.0)
+        assert (decision.kept, decision.drop_reason) == (False, TIED_ANSWERS)
+        assert (decision.majority_answer, decision.rejected_index) == (None, None)
 
 
 def test_reasoning_best_is_taken_among_the_majority_answer_and_rejected_disagrees() -> None:
@@ -120,6 +129,27 @@ def test_rejected_is_never_a_copy_of_the_chosen_text() -> None:
     for seed in range(20):
         assert select(scores, texts, threshold=0.0, rng=random.Random(seed)).rejected_index == 1
     assert select([0.9, 0.9], ["same", "same"], threshold=0.0, rng=random.Random(0)).rejected_index is None
+
+
+def test_rejected_never_gives_the_chosen_answer_and_prefers_a_marked_one() -> None:
+    # Every candidate answers 3: a pair of two right answers teaches nothing about the answer.
+    texts = [f"reasoning {i}. The answer is 3." for i in range(4)]
+    for seed in range(20):
+        decision = select([0.9, 0.8, 0.7, 0.6], texts, threshold=0.0, rng=random.Random(seed), answers=["3"] * 4,
+                          explicit=[True] * 4)
+        assert decision.kept and decision.rejected_index is None
+    # In the lower half, "there are 3 cubes" (read from a last sentence, no marker) may be the chosen answer in
+    # other words; "5" was introduced by a marker.
+    answers = ["3", "3", "3", "3", "there are 3 cubes", "5"]
+    explicit = [True, True, True, True, False, True]
+    for seed in range(20):
+        decision = select([0.9, 0.85, 0.8, 0.3, 0.7, 0.6], [f"c{i}" for i in range(6)], threshold=0.0,
+                          rng=random.Random(seed), answers=answers, explicit=explicit, min_agreement=0.5)
+        assert decision.rejected_index == 5
+    # Without a marked one, an unmarked different answer is still a rejected candidate.
+    decision = select([0.9, 0.8, 0.7], ["c0", "c1", "c2"], threshold=0.0, rng=random.Random(0),
+                      answers=["3", "3", "5"], explicit=[True, True, False])
+    assert decision.rejected_index == 2
 
 
 def test_rejected_is_never_an_empty_candidate() -> None:

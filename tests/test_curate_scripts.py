@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,27 @@ def test_script_runs_from_another_directory(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     curated = [json.loads(line) for line in (tmp_path / "gen_curated" / "curated.jsonl").read_text().splitlines()]
     assert [r["id"] for r in curated] == ["q"]
+
+
+@pytest.mark.slow
+def test_script_with_the_papers_encoder_scores_as_the_published_scripts(tmp_path: Path) -> None:
+    # NV-Embed-v2's embeddings, computed apart and passed on: its defaults are the paper's threshold on the
+    # published formula (self-similarity included).
+    from sicog.curate.embed import EncoderSettings
+    from sicog.curate.embed_file import save_embeddings
+    from sicog.curate.pipeline import compared_texts
+
+    candidates = [f"Step 4: Counting again. The answer is {n}." for n in (3, 3, 3, 5)]
+    record = {"id": "q", "image": "q.jpg", "candidates": candidates,
+              "generation": {"prompt_type": "cot-default", "prompt": "How many? Answer the question step-by-step."}}
+    (tmp_path / "gen.json").write_text(json.dumps([record]))
+    texts = compared_texts(tmp_path / "gen.json", "reasoning")
+    save_embeddings(tmp_path / "emb.npy", np.eye(len(texts), 4, dtype=np.float32), texts,
+                    EncoderSettings("/models/NV-Embed-v2", trust_remote_code=True, max_length=512))
+    result = run_script("reasoning", tmp_path, "--embeddings", "emb.npy", RAW_DATASET="gen.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    settings = json.loads((tmp_path / "gen_curated" / "summary.json").read_text())["settings"]
+    assert (settings["threshold"], settings["include_self"]) == (0.85, True)
 
 
 @pytest.mark.parametrize("task", ["captions", "reasoning"])

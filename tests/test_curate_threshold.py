@@ -1,29 +1,38 @@
-"""Each encoder's default curation threshold, `--threshold` over it, and the kept share `sicog curate` prints."""
+"""Each encoder's default curation threshold and score formula, the options over them, and the kept share
+`sicog curate` prints."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
 import numpy as np
 import pytest
+from test_curate_pipeline import caption_record
 from test_curate_split import generated
 
 from sicog.cli import main
+from sicog.curate.cli import add_arguments
 from sicog.curate.embed import EncoderSettings, packaged_minilm_path
 from sicog.curate.embed_file import save_embeddings
-from sicog.curate.pipeline import ENCODER_THRESHOLDS, CurationSettings, compared_texts, default_threshold
+from sicog.curate.pipeline import ENCODER_DEFAULTS, CurationSettings, EncoderDefaults, compared_texts, encoder_defaults
 
 
-def test_default_threshold_by_encoder_name() -> None:
-    minilm = ENCODER_THRESHOLDS["all-MiniLM-L6-v2"]
-    assert default_threshold(packaged_minilm_path()) == (minilm, "the default for all-MiniLM-L6-v2")
-    assert default_threshold("sentence-transformers/all-MiniLM-L6-v2")[0] == minilm
+def test_default_threshold_and_formula_by_encoder_name() -> None:
+    minilm = ENCODER_DEFAULTS["all-MiniLM-L6-v2"]
+    assert minilm == EncoderDefaults(0.83, include_self=False)  # measured on the mean over the other candidates
+    assert encoder_defaults(packaged_minilm_path()) == (minilm, "the default for all-MiniLM-L6-v2")
+    assert encoder_defaults("sentence-transformers/all-MiniLM-L6-v2")[0] == minilm
+    # The paper's setting: 0.85 on the published scripts' mean, which includes the candidate's own similarity.
+    paper = EncoderDefaults(0.85, include_self=True)
     for name in ("nvidia/NV-Embed-v2", "/models/nv-embed-v2/"):
-        assert default_threshold(name) == (0.85, "the default for NV-Embed-v2")  # the paper's setting
-    assert default_threshold("BAAI/bge-small-en") == (0.85, "no measured default for bge-small-en: the paper's, "
-                                                             "for NV-Embed-v2")
-    assert minilm < 0.85  # MiniLM scores paraphrases lower than NV-Embed-v2's setting assumes
+        assert encoder_defaults(name) == (paper, "the default for NV-Embed-v2")
+    assert encoder_defaults("BAAI/bge-small-en") == (paper, "no measured default for bge-small-en: the paper's, "
+                                                            "for NV-Embed-v2")
+    # The toy's fact encoder keeps the formula its presets' thresholds were set on.
+    assert not encoder_defaults("toy-facts:reasoning")[0].include_self
+    assert minilm.threshold < 0.85  # MiniLM scores paraphrases lower than NV-Embed-v2's setting assumes
 
 
 def run_curate(capsys, *args: str) -> tuple[str, dict]:
@@ -38,8 +47,8 @@ def test_curate_uses_the_encoders_default_and_prints_the_kept_share(tmp_path, ca
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     source = str(generated(tmp_path / "gen.jsonl"))
     out, summary = run_curate(capsys, "--input", source, "--output-dir", str(tmp_path / "default"))
-    minilm = ENCODER_THRESHOLDS["all-MiniLM-L6-v2"]
-    assert summary["settings"]["threshold"] == minilm
+    minilm = ENCODER_DEFAULTS["all-MiniLM-L6-v2"].threshold
+    assert summary["settings"]["threshold"] == minilm and summary["settings"]["include_self"] is False
     kept, scored = summary["kept"], summary["scored"]
     assert f"kept {kept} of {scored} scored records ({kept / scored:.1%}) at threshold {minilm} " \
            "(the default for all-MiniLM-L6-v2)" in out
@@ -79,3 +88,48 @@ def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys) -> N
     assert main(["curate", "captions", "--input", source, "--output-dir", str(tmp_path / "afile" / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "afile" in err
+
+
+def equicorrelated(n: int, cosine: float, dim: int = 16) -> np.ndarray:
+    """``n`` unit vectors whose pairwise cosine similarity is ``cosine``."""
+    axes = np.eye(dim)
+    return np.stack([np.sqrt(cosine) * axes[0] + np.sqrt(1 - cosine) * axes[i + 1] for i in range(n)])
+
+
+def test_the_papers_threshold_applies_on_the_papers_scale(tmp_path, capsys) -> None:
+    # Six candidates agreeing at cosine 0.83: the published scripts scored them (1 + 5 x 0.83) / 6 = 0.858 and kept
+    # the record at their 0.85; the mean over the other candidates alone (0.83) would drop it.
+    records = [caption_record("r", [f"A red kettle on the stove, view {i}." for i in range(6)])]
+    source = tmp_path / "gen.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    texts = compared_texts(source, "captions")
+    save_embeddings(tmp_path / "emb.npy", equicorrelated(6, 0.83).astype(np.float32), texts,
+                    EncoderSettings("nvidia/NV-Embed-v2", trust_remote_code=True))
+    given = ("--input", str(source), "--embeddings", str(tmp_path / "emb.npy"))
+    out, summary = run_curate(capsys, *given, "--output-dir", str(tmp_path / "paper"))
+    assert summary["settings"]["include_self"] is True and summary["best_score"]["max"] == 0.858333
+    assert summary["kept"] == 1 and summary["kept_at_threshold"] == {"0.8": 1, "0.85": 1, "0.9": 0}
+    assert "score: mean cosine similarity to all candidates, itself included (the default for NV-Embed-v2)" in out
+    report = (tmp_path / "paper" / "report.md").read_text()
+    assert "0.8, 0.85, 0.9 are the paper's thresholds on the paper's scale" in report
+    out, summary = run_curate(capsys, *given, "--output-dir", str(tmp_path / "others"), "--no-include-self")
+    assert summary["settings"]["include_self"] is False and summary["best_score"]["max"] == 0.83
+    assert summary["kept"] == 0 and "(--no-include-self)" in out
+    report = (tmp_path / "others" / "report.md").read_text()
+    assert "0.8, 0.85, 0.9 on this scale are stricter than the paper's 0.8, 0.85, 0.9" in report
+
+
+def test_the_paper_cycle_curates_as_the_paper_did(tmp_path, capsys) -> None:
+    # The plan's curation commands, read back by the command's own parser.
+    assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[run] curate_")]
+    assert len(lines) == 2
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for line in lines:
+        argv = line.split()
+        args = parser.parse_args(argv[argv.index("curate") + 1 :])
+        assert args.threshold == 0.85 and args.include_self is None  # the encoder's formula decides
+        assert encoder_defaults(args.encoder)[0] == EncoderDefaults(0.85, include_self=True)
+        assert args.query_prefix == "" and args.max_length == 1024 and args.append_eos
+        assert args.padding_side == "right" and args.dtype == "float32"

@@ -121,3 +121,14 @@ def test_quick_and_config_are_one_choice(tmp_path, capsys):
         main(["cycle", "--quick", "--config", "paper", "--out", str(tmp_path), "--dry-run"])
     assert exit_.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, expected", [(True, ["--include-self"]), (False, ["--no-include-self"])])
+def test_a_curate_switch_with_a_no_form_is_passed_either_way(value, expected):
+    # include_self defaults by encoder (sicog/curate/pipeline.py), so false must reach the command, not vanish.
+    from sicog.cycle.config import CycleConfig
+    from sicog.cycle.flags import curate_flags, generate_flags
+
+    assert curate_flags(CycleConfig(curate={"include_self": value})) == expected
+    # A switch without a --no- form is off when left out: false passes nothing.
+    assert generate_flags(CycleConfig(generate={"compile": False})) == []

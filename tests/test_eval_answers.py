@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sicog.data.answers import answer_matches, extract_answer, extract_choice, extract_yes_no
+from sicog.data.answers import answer_matches, extract_answer, extract_choice, extract_yes_no, parse_answer
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
 
@@ -112,3 +112,28 @@ def test_short_answers() -> None:
     assert answer_matches("The answer is three.", "3")
     assert answer_matches("Light grey", "light gray")
     assert not answer_matches("The answer is 4.", "3")
+
+
+def test_a_period_after_an_abbreviation_or_an_initial_does_not_end_the_answer() -> None:
+    assert parse_answer("The answer is Mr. Smith.").normalized == "mr smith"
+    assert not answer_matches("The answer is Mr. Smith.", "Mr. Jones")
+    assert parse_answer("The answer is St. Louis. It lies on the river.").normalized == "st louis"
+    assert not answer_matches("The answer is St. Louis.", "St. Paul")
+    assert parse_answer("The answer is e.g. 3").normalized == "e g 3"
+    assert parse_answer("The answer is John F. Kennedy. He was president.").normalized == "john f kennedy"
+    assert parse_answer("The answer is J. K. Rowling.").normalized == "j k rowling"
+    # Without a marker the last sentence is the answer, cut by the same rule.
+    assert parse_answer("I looked closely.\nIt was painted by Mr. Smith.").normalized == "it was painted by mr smith"
+    # An option letter, "No" and a number still end the answer.
+    for reply, said in (("The answer is B. Because it is red.", "b"), ("the answer is b. because", "b"),
+                        ("The answer is option B. Because", "b"), ("The answer is No. There is none.", "no"),
+                        ("The answer is vitamin C. It is sour.", "vitamin c"), ("The answer is 3. Then", "3")):
+        assert parse_answer(reply).normalized == said, reply
+
+
+def test_a_correct_option_phrase_is_an_answer_marker() -> None:
+    for reply in ("The correct option is B.", "So the best choice would be (B).", "Final choice: B",
+                  "Option A is wrong. The right option is B."):
+        answer = parse_answer(reply)
+        assert (answer.normalized, answer.explicit) == ("b", True), reply
+        assert extract_choice(reply, OPTIONS) == "B", reply

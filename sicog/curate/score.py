@@ -36,6 +36,12 @@ def mbr_scores(embeddings: np.ndarray, *, include_self: bool = False) -> list[fl
     return [round(float(value), SCORE_DECIMALS) for value in means]
 
 
+def score_formula(include_self: bool) -> str:
+    """What a score of :func:`mbr_scores` averages, in words (for the report and the command's summary line)."""
+    return ("mean cosine similarity to all candidates, itself included" if include_self
+            else "mean cosine similarity to the other candidates")
+
+
 def best_index(scores: Sequence[float | None], eligible: Sequence[bool] | None = None) -> int:
     """Index of the highest score among eligible candidates (first one on ties; ``None`` ranks lowest)."""
     allowed = [i for i in range(len(scores)) if eligible is None or eligible[i]] or list(range(len(scores)))
@@ -46,20 +52,16 @@ def _rank_value(score: float | None) -> float:
     return float("-inf") if score is None else score
 
 
-def majority_answer(answers: Sequence[str], scores: Sequence[float | None]) -> tuple[str | None, float]:
+def majority_answer(answers: Sequence[str]) -> tuple[str | None, float]:
     """The most frequent non-empty normalised answer and its share of all candidates.
 
-    Ties go to the answer whose best candidate has the higher MBR score, then to the answer seen
-    first. Empty answers (nothing could be extracted) never win but count in the denominator.
+    When two answers tie for the top count the candidates did not settle on an answer: the majority is
+    ``None`` (the share is still the top count's). Empty answers (nothing could be extracted) never win but
+    count in the denominator.
     """
     counts = Counter(answer for answer in answers if answer)
     if not counts:
         return None, 0.0
-    top = max(counts.values())
-    tied = [answer for answer in dict.fromkeys(answers) if answer and counts[answer] == top]
-
-    def strength(answer: str) -> float:
-        return max(_rank_value(scores[i]) for i, a in enumerate(answers) if a == answer)
-
-    winner = max(tied, key=lambda answer: (strength(answer), -tied.index(answer)))
-    return winner, round(top / len(answers), SCORE_DECIMALS)
+    (winner, top), *rest = counts.most_common()
+    share = round(top / len(answers), SCORE_DECIMALS)
+    return (None if rest and rest[0][1] == top else winner), share

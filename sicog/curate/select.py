@@ -13,6 +13,7 @@ SINGLE_CANDIDATE = "single candidate (no other candidate to agree with)"
 BELOW_THRESHOLD = "best score below threshold"
 LOW_AGREEMENT = "answer agreement below min-agreement"
 NO_ANSWER = "no answer could be extracted"
+TIED_ANSWERS = "no majority answer (answers tied for the top count)"
 NO_USABLE = f"every candidate is empty or contains {IMAGE_TOKEN}"
 
 
@@ -45,17 +46,20 @@ def select(
     threshold: float,
     rng: random.Random,
     answers: Sequence[str] | None = None,
+    explicit: Sequence[bool] | None = None,
     min_agreement: float = 0.0,
 ) -> Selection:
     """Decide one record: best candidate, kept or not (and why), and a rejected candidate for a pair.
 
     Captions (``answers`` is None): best = highest MBR score, kept when ``score >= threshold``.
     Reasoning: best = highest MBR score among the candidates giving the majority answer, kept when
-    also ``agreement >= min_agreement``. A rejected candidate is drawn (with ``rng``) from the
-    lower-scoring half, preferring candidates whose answer differs from the majority, and never an
-    unusable text (see :func:`usable`) or one identical to the chosen one; only kept records get one. An
-    unusable candidate (empty, whitespace-only, or containing ``<image>``) is never the best one and its
-    answer does not count toward the majority; a record without a usable candidate is not kept.
+    also ``agreement >= min_agreement``; answers tied for the top count make no majority, and the record
+    is not kept. A rejected candidate is drawn (with ``rng``) from the lower-scoring half, never an
+    unusable text (see :func:`usable`) or one identical to the chosen one; for reasoning never one giving
+    the chosen answer, and preferably one whose answer an explicit marker introduced (``explicit``, one
+    flag per candidate). Only kept records get one. An unusable candidate (empty, whitespace-only, or
+    containing ``<image>``) is never the best one and its answer does not count toward the majority; a
+    record without a usable candidate is not kept.
     """
     # An unusable candidate is never a training answer, whatever its score or the threshold.
     allowed = [usable(text) for text in texts]
@@ -63,16 +67,17 @@ def select(
         # Its answer is no vote either: a majority carried by unusable candidates would let a usable
         # candidate with another answer be chosen for it.
         answers = [answer if ok else "" for answer, ok in zip(answers, allowed)]
-    majority, agreement = (None, None) if answers is None else majority_answer(answers, scores)
+    majority, agreement = (None, None) if answers is None else majority_answer(answers)
     agrees = allowed if answers is None else [ok and a == majority and a != "" for ok, a in zip(allowed, answers)]
     best = best_index(scores, agrees if any(agrees) else allowed)
     score = scores[best]
+    has_answer = answers is None or any(answers)
     reason = drop_reason(
-        score, threshold, has_usable=any(allowed),
-        has_answer=answers is None or majority is not None, agreement=agreement, min_agreement=min_agreement,
+        score, threshold, has_usable=any(allowed), has_answer=has_answer,
+        tied=has_answer and answers is not None and majority is None, agreement=agreement, min_agreement=min_agreement,
     )
     kept = reason is None
-    rejected = _rejected(scores, texts, agrees, best, rng) if kept else None
+    rejected = _rejected(scores, texts, agrees, best, rng, answers=answers, explicit=explicit) if kept else None
     return Selection(best, score, kept, reason, rejected, majority, agreement)
 
 
@@ -82,13 +87,14 @@ def drop_reason(
     *,
     has_usable: bool = True,
     has_answer: bool = True,
+    tied: bool = False,
     agreement: float | None = None,
     min_agreement: float = 0.0,
 ) -> str | None:
     """Why a record with this best score (and answer agreement) is not kept; ``None`` when it is.
 
     The rule is ``score >= threshold`` (and ``agreement >= min_agreement`` when there is one), on
-    scores rounded as written in scored.jsonl.
+    scores rounded as written in scored.jsonl; ``tied``: answers tied for the top count, no majority.
     """
     if score is None:
         return SINGLE_CANDIDATE
@@ -96,6 +102,8 @@ def drop_reason(
         return NO_USABLE
     if not has_answer:
         return NO_ANSWER
+    if tied:
+        return TIED_ANSWERS
     if score < threshold:
         return BELOW_THRESHOLD
     if agreement is not None and agreement < min_agreement:
@@ -104,19 +112,33 @@ def drop_reason(
 
 
 def _rejected(
-    scores: Sequence[float | None], texts: Sequence[str], agrees: Sequence[bool], best: int, rng: random.Random
+    scores: Sequence[float | None],
+    texts: Sequence[str],
+    agrees: Sequence[bool],
+    best: int,
+    rng: random.Random,
+    *,
+    answers: Sequence[str] | None,
+    explicit: Sequence[bool] | None,
 ) -> int | None:
     """Draw the rejected candidate from the lower half of the ranking (agreeing first, then by score)."""
     n = len(scores)
     ranking = sorted(range(n), key=lambda i: (not agrees[i], -_value(scores[i]), i))
     # An unusable candidate is no answer to prefer the chosen one over: DPO training refuses an empty rejected
-    # one and one containing <image>.
-    others = [i for i in ranking if i != best and usable(texts[i]) and texts[i].strip() != texts[best].strip()]
+    # one and one containing <image>. Nor is a candidate giving the chosen answer, however it reasons: the pair
+    # would teach the model to prefer one right answer over the same answer.
+    others = [
+        i for i in ranking
+        if i != best and usable(texts[i]) and texts[i].strip() != texts[best].strip()
+        and (answers is None or answers[i] != answers[best])
+    ]
     lower = [i for i in ranking[n - max(1, n // 2) :] if i in others] or others
     if not lower:
         return None
-    disagreeing = [i for i in lower if not agrees[i]]
-    return rng.choice(disagreeing or lower)
+    # An answer read from a last sentence, without a marker, may be the chosen answer in other words ("There
+    # are three cubes." against "3"); one a marker introduced is what the candidate answered.
+    marked = [i for i in lower if explicit is not None and explicit[i]]
+    return rng.choice(marked or lower)
 
 
 def _value(score: float | None) -> float:

@@ -5,6 +5,7 @@ command-line flags. Checked when the config is read (:func:`setting_problems`) a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -12,10 +13,12 @@ if TYPE_CHECKING:
     from sicog.cycle.world import World
 
 
-def _flags(settings: dict, known: set[str], planned: dict[str, str | None], what: str,
-           dashes: bool = False) -> list[str]:
+def _flags(settings: dict, known: Collection[str], planned: dict[str, str | None], what: str,
+           dashes: bool = False, negatable: Collection[str] = ()) -> list[str]:
     """Command-line flags from a settings mapping, checked against the command's own argument names and
-    against those the plan sets itself (``planned``: name -> the cycle keys that set it, None for the plan)."""
+    against those the plan sets itself (``planned``: name -> the cycle keys that set it, None for the plan).
+    With ``dashes``, true is the bare flag and false is ``--no-`` + the flag for the ``negatable`` names, nothing
+    for the others (a switch that is off unless given)."""
     unknown = sorted(set(settings) - known - set(planned))
     if unknown:
         raise ValueError(f"cycle config: key {what!r}: unknown setting(s) {unknown}")
@@ -28,7 +31,7 @@ def _flags(settings: dict, known: set[str], planned: dict[str, str | None], what
     for key, value in settings.items():
         flag = "--" + (key.replace("_", "-") if dashes else key)
         if dashes and isinstance(value, bool):
-            flags += [flag] if value else []
+            flags += [flag] if value else ["--no-" + flag[2:]] if key in negatable else []
         else:
             flags += [flag, str(value)]
     return flags
@@ -90,7 +93,9 @@ def curate_flags(config: CycleConfig) -> list[str]:
     """``config.curate`` as `sicog curate captions|reasoning` flags."""
     from sicog.curate.cli import curation_option_names
 
-    return _flags(config.curate, curation_option_names(), PLANNED_CURATE, "curate", dashes=True)
+    options = curation_option_names()
+    return _flags(config.curate, set(options), PLANNED_CURATE, "curate", dashes=True,
+                  negatable={name for name, negatable in options.items() if negatable})
 
 
 def generate_flags(config: CycleConfig) -> list[str]:

@@ -2,10 +2,13 @@
 answer agreement and by the toy world's scorer, so that they never disagree on what a reply answered.
 
 - **Where the answer is**: after the last marker ("the answer is", "answer:", "the answer to the question
-  would be", "**Final answer:**", ...) or the last ``\\boxed{X}``, on that line or the next non-empty one;
-  without a marker, the body of structured-CoT step 4 when the reply has the steps, else the whole reply.
+  would be", "**Final answer:**", "the correct option is", "the best choice would be", ...) or the last
+  ``\\boxed{X}``, on that line or the next non-empty one; without a marker, the body of structured-CoT
+  step 4 when the reply has the steps, else the whole reply.
 - **The answer phrase** (for comparing answers): that text cut at the end of its first sentence and
-  before ", because ..."; without a marker, its last sentence.
+  before ", because ..."; without a marker, its last sentence. A period after a common abbreviation
+  ("Mr. Smith", "St. Louis", "e.g.") or after an initial inside a name ("John F. Kennedy") ends no
+  sentence; a letter opening the phrase is an option letter and ends it ("B. Because ..." -> "B").
 - **Normalisation**: lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever
   follows a parenthesised letter is dropped); "yes"/"no" alone or before punctuation ("No, it is not.")
   -> "yes"/"no" ("no parking" stays a phrase); number words zero to twenty -> digits, "1,000" -> "1000",
@@ -27,14 +30,16 @@ from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import final_step
 
 _MARKER = re.compile(
-    r"\banswer\b(?:\s+to\s+(?:the|this)\s+question)?\**\s*"
+    r"(?:\banswer\b(?:\s+to\s+(?:the|this)\s+question)?|\b(?:correct|right|best|final)\s+(?:option|choice)\b)\**\s*"
     r"(?:(?:is|would\s+be|should\s+be|will\s+be)\b\s*:?|[:=\uff1a])\**[ \t]*",
     re.IGNORECASE,
 )
 _BOXED = re.compile(r"\\boxed\{(?P<ans>[^{}]*)\}")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# Words a period follows inside a sentence ("Mr. Smith", "St. Louis", "e.g. 3"). "No." is left out: it is an answer.
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "mt", "ft", "vs", "e.g", "i.e", "cf", "approx"})
+_INITIAL = re.compile(r"[A-Z]\.")
 _REASON_CLAUSE = re.compile(r",\s+(?:because|since|as|which|so)\b.*$", re.IGNORECASE | re.DOTALL)
-_SENTENCES = re.compile(r"(?<=[.!?])\s+")
 _TRIM = " \t\n*\"'`"
 
 _OPTION = re.compile(
@@ -86,15 +91,49 @@ def answer_line(text: str) -> tuple[str, bool]:
     return body, False
 
 
+def _ends_sentence(before: str, after: str) -> bool:
+    """Whether a period ends its sentence, given the sentence before it and the text after it.
+
+    Not after a common abbreviation ("Mr. Smith"), nor after an initial inside a name ("John F. Kennedy").
+    A letter opening the sentence, or after "option", is an option letter and ends it ("B. Because ..."),
+    unless more initials follow ("J. K. Rowling").
+    """
+    words = before.split()
+    if not words:
+        return True
+    word = words[-1].lstrip(_TRIM + "([")
+    if word.lower() in _ABBREVIATIONS:
+        return False
+    if len(word) != 1 or not word.isalpha():
+        return True
+    following = after.split(maxsplit=1)
+    following = following[0] if following else ""
+    if len(words) == 1 or words[-2].lower() in ("option", "choice"):
+        return not _INITIAL.fullmatch(following)
+    return not (word.isupper() and words[-2][:1].isupper() and following[:1].isupper())
+
+
+def _sentences(text: str) -> list[str]:
+    """``text`` split after each mark that ends a sentence (each sentence keeps its mark)."""
+    sentences, start = [], 0
+    for mark in _SENTENCE_END.finditer(text):
+        if mark.group() != "." or _ends_sentence(text[start : mark.start()], text[mark.end() :]):
+            sentences.append(text[start : mark.end()])
+            start = mark.end()
+    return [*sentences, text[start:]]
+
+
 def answer_phrase(text: str) -> tuple[str, bool]:
     """The final answer phrase (cut at its sentence's end and before ", because ..."; without a marker, the
     last sentence) and whether a marker introduced it."""
     line, marked = answer_line(text)
     if marked:
-        phrase = _SENTENCE_END.split(line, maxsplit=1)[0]
+        phrase = _sentences(line)[0].strip()
+        if _SENTENCE_END.fullmatch(phrase[-1:]):
+            phrase = phrase[:-1]
         return _REASON_CLAUSE.sub("", phrase).strip(), True
-    sentences = [s for s in _SENTENCES.split(line.strip()) if s.strip()]
-    return (sentences[-1].strip() if sentences else ""), False
+    sentences = [s.strip() for s in _sentences(line.strip()) if s.strip()]
+    return (sentences[-1] if sentences else ""), False
 
 
 def _clean(span: str) -> str:
