@@ -70,3 +70,27 @@ def test_an_augmented_sample_that_would_lose_every_answer_is_trained_as_it_is(ti
     dataset = SupervisedDataset(tmp_path / "data.jsonl", processor, max_length=max_length, augment="release", **kwargs)
     item = dataset[0]["encoded"]
     assert item.input_ids == plain.input_ids and item.labels == plain.labels
+
+
+def test_a_samples_draws_depend_on_its_index_and_epoch_only(tiny_model_factory, tmp_path):
+    """Whichever DataLoader worker or rank builds a sample, and whatever it built before (a resumed run), the
+    sample gets the same resizing; another epoch draws afresh."""
+    _, processor = tiny_model_factory(max_slice_nums=9)
+    (tmp_path / "img").mkdir()
+    records = []
+    for i in range(40):
+        Image.new("RGB", (100, 80), (i, 50, 90)).save(tmp_path / "img" / f"photo_{i}.png")
+        records.append({"id": str(i), "image": f"photo_{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A colour."}]})
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def lengths(order, epoch=0):
+        dataset = SupervisedDataset(tmp_path / "data.jsonl", processor, image_folder=tmp_path / "img",
+                                    max_length=100000, augment="release", seed=3, show_progress=False)
+        dataset.set_epoch(epoch)
+        return {i: len(dataset[i]["encoded"].input_ids) for i in order}
+
+    forward = lengths(range(40))
+    assert len(set(forward.values())) == 2  # some samples resized to six slices, the others kept as they are
+    assert lengths(reversed(range(40))) == forward
+    assert lengths(range(40), epoch=1) != forward

@@ -85,7 +85,8 @@ class SupervisedDataset(Dataset):
         if augment not in AUGMENT_CHOICES:
             raise ValueError(f"augment={augment!r} is not one of {AUGMENT_CHOICES}")
         self.augment = augment
-        self._rng = random.Random(seed)
+        self.seed = seed
+        self.epoch = 0
         self.processor = processor
         self.image_folder = image_folder
         self.max_length = max_length
@@ -142,14 +143,20 @@ class SupervisedDataset(Dataset):
         """Whether each sample carries an image (for modality-grouped batching)."""
         return [bool(record_images(r)) for r in self.records]
 
-    def _encode(self, record: dict, augment: bool = False) -> Encoded:
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentations of epoch ``epoch`` (called by the trainer before each epoch)."""
+        self.epoch = epoch
+
+    def _encode(self, record: dict, index: int | None = None) -> Encoded:
+        """``record`` encoded; with ``index``, its images augmented as the sample ``index`` of this epoch."""
         names = record_images(record)
         images = [resolve_image(name, self.image_folder) for name in names]
-        if augment:
-            images = [
-                release_augment(load_image(path), str(name), self.processor, self._rng)
-                for path, name in zip(images, names)
-            ]
+        if index is not None:
+            # One generator per sample and epoch: the draws do not depend on which DataLoader worker or rank
+            # builds the sample, nor on what it built before, so a resumed run augments as the first did.
+            rng = random.Random(f"sicog-augment/{self.seed}/{self.epoch}/{index}")
+            images = [release_augment(load_image(path), str(name), self.processor, rng)
+                      for path, name in zip(images, names)]
         return self.processor.encode(record["conversations"], images, train=True, never_split=self.never_split)
 
     def __len__(self) -> int:
@@ -158,7 +165,7 @@ class SupervisedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         try:
-            encoded = self._encode(record, augment=self.augment == "release")
+            encoded = self._encode(record, index if self.augment == "release" else None)
             if self.augment == "release" and not self._fits(encoded):
                 # The resized image would be cut, or would push every answer token past the cut (a sample
                 # without labels gives a NaN loss): train on the image as it is, which construction checked.

@@ -117,6 +117,8 @@ class SicogTrainer(Trainer):
         # the batch skipping of a multi-process run resumed mid-epoch: that epoch would be drawn as epoch 0.
         if self.seeded_sampler is not None:
             self.seeded_sampler.set_epoch(epoch)
+        if hasattr(self.train_dataset, "set_epoch"):  # the augmentation draws of this epoch
+            self.train_dataset.set_epoch(epoch)
         return super()._run_epoch(model, epoch, *args, **kwargs)
 
     def create_optimizer(self, model=None):
