@@ -33,7 +33,8 @@ def load_for_eval(
 
 
 def encode_item(processor: SicogProcessor, prompt: str, images: Sequence[str | Image.Image] = ()) -> Encoded:
-    """Encode one user turn: one ``<image>`` per image in front of ``prompt`` unless the prompt places them.
+    """Encode one user turn: one ``<image>`` per image in front of ``prompt`` unless the prompt places them
+    (a single placeholder is still moved in front, as in training: :func:`~sicog.model.processing.image_first`).
 
     Raises :class:`ImageError` or :class:`ConversationError` for an item that cannot be encoded.
     """
