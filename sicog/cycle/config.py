@@ -71,8 +71,8 @@ class CycleConfig:
     generation_batch_size: int | None = 16
     # More `sicog generate` settings by name (cache, compile, dtype, ...), beside those the keys above set.
     generate: dict[str, typing.Any] = field(default_factory=dict)
-    caption_threshold: float | None = 0.7
-    reasoning_threshold: float | None = 0.7
+    caption_threshold: float | None = None
+    reasoning_threshold: float | None = None
     min_agreement: float | None = None
     # A sentence encoder (None: curation's packaged MiniLM), or "toy-facts": the toy world's fact encoder.
     encoder: str | None = None
