@@ -168,18 +168,19 @@ class SicogProcessor(ProcessorMixin):
         )
 
     def _assistant_spans(
-        self, messages: list[dict], text: str
+        self, messages: list[dict], text: str, whole_turns: bool
     ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """Character spans in ``text`` of each assistant turn: its reply (the reply and its end marker)
-        and the whole rendered turn (role header and trailing newline included), checked against the text."""
+        """Character spans in ``text`` of each assistant turn, in order, checked against the text: its reply
+        (the reply and its end marker) and, with ``whole_turns``, the whole rendered turn (role header and
+        trailing newline included; else no turn spans, sparing a render per turn on every record)."""
         end_marker = self.tokenizer.eos_token
         replies, turns = [], []
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            header = self._render(messages[:index], add_generation_prompt=False)
             prompt = self._render(messages[:index], add_generation_prompt=True)
             through = self._render(messages[: index + 1], add_generation_prompt=False)
+            header = self._render(messages[:index], add_generation_prompt=False) if whole_turns else ""
             has_marker = bool(end_marker) and end_marker in through
             end = through.rfind(end_marker) + len(end_marker) if has_marker else len(through)
             if not (all(map(text.startswith, (header, prompt, through))) and len(header) <= len(prompt) < end):
@@ -187,7 +188,8 @@ class SicogProcessor(ProcessorMixin):
                     f"chat template renders turn {index} differently in context; cannot mask labels"
                 )
             replies.append((len(prompt), end))
-            turns.append((len(header), len(through)))
+            if whole_turns:
+                turns.append((len(header), len(through)))
         return replies, turns
 
     def encode_text(
@@ -210,7 +212,7 @@ class SicogProcessor(ProcessorMixin):
         token_ids = encoding["input_ids"]
         if not train:
             return Encoded(token_ids)
-        replies, turns = self._assistant_spans(messages, text)
+        replies, turns = self._assistant_spans(messages, text, whole_turns=masking == "release")
         offsets = encoding["offset_mapping"]
         in_reply = self._inside(token_ids, offsets, replies)
         supervised = self._inside(token_ids, offsets, turns) if masking == "release" else in_reply
@@ -284,12 +286,20 @@ class SicogProcessor(ProcessorMixin):
         each turn alone, header and reply together, and meets no such boundary). A token running out of a
         span raises: the text after a turn's end marker is never the model's to write.
         """
-        inside = []
+        inside, current = [], 0
         for token, (start, end) in zip(token_ids, offsets):
-            if any(start < e < end for _, e in spans):
+            # Spans come in text order and do not overlap: only the first one not ended before the token
+            # can hold it or be crossed by it (one pass, not every span for every token).
+            while current < len(spans) and spans[current][1] <= start:
+                current += 1
+            if current == len(spans):
+                inside.append(False)
+                continue
+            span_start, span_end = spans[current]
+            if start < span_end < end:
                 raise ConversationError(f"token {token} at characters {start}-{end} runs past the end of an "
                                         "assistant turn")
-            inside.append(any(s <= start and end <= e for s, e in spans))
+            inside.append(span_start <= start and end <= span_end)
         return inside
 
     # ----- batches ------------------------------------------------------------------------------------
