@@ -243,6 +243,21 @@ def test_every_record_is_annotated_from_its_own_image(server, tmp_path, capsys, 
     assert SECRET not in logs.out + logs.err + caplog.text + all_text_under(tmp_path)
 
 
+
+def test_a_caption_field_is_sent_as_the_original_description(server, tmp_path):
+    # The published script's input: the question in the first human turn, the caption in 'caption'.
+    make_dataset(tmp_path, [("r1", "red", (8, 8), "PNG"), ("g2", "green", (8, 8), "PNG")])
+    records = load_records(tmp_path / "captions.jsonl")
+    records[0]["caption"] = "A red square (the original caption)."
+    records[1]["caption"] = "A green square (the original caption)."
+    records[1]["conversations"] = records[1]["conversations"][:1]
+    write_jsonl(tmp_path / "captions.jsonl", records)
+    assert annotate(server, tmp_path) == 0
+    assert sorted(ids_of(tmp_path / "cod" / "cod.jsonl")) == ["g2", "r1"]
+    assert sorted(r["text"] for r in server.requests) == [
+        f"Question: <image>\nWhat is shown in picture {rid}?\n\nOriginal description: {record['caption']}"
+        for rid, record in sorted((r["id"], r) for r in records)]
+
 def test_rate_limits_and_server_errors_are_retried(server, tmp_path, caplog):
     make_dataset(tmp_path, [("r1", "red", (16, 16), "PNG"), ("b2", "blue", (16, 16), "PNG")])
     server.script = {"red": ["429", "ok"], "blue": ["500", "500", "ok"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -44,6 +45,45 @@ def test_decorated_reply_parses_to_the_canonical_caption():
     assert split_steps(caption, COD_STEPS) == dict(enumerate(BODIES, start=1))
 
 
+def published_reply(bodies: list[str], headers=COD_STEPS) -> str:
+    """A reply laid out as the published prompt's example: "**Step N**: header", a blank line, the text."""
+    return "\n\n".join(f"**Step {i}**: {h}\n\n{b}" for i, (h, b) in enumerate(zip(headers, bodies), start=1))
+
+
+@pytest.mark.parametrize("body", ["The banner reads *Grand Opening*", "A sign reading **STOP**",
+                                  "*Grand Opening* is written on it", "**Note:** a sign\n- *red*\n- **big**"])
+def test_markdown_emphasis_in_a_reply_is_kept_as_written(body):
+    for reply in (published_reply([body, *BODIES[1:4], body]),
+                  "\n".join(f"**Step {i}:** {b}" for i, b in enumerate([body, *BODIES[1:4], body], start=1))):
+        bodies, caption = parse_cod_reply(reply)
+        assert bodies[0] == bodies[4] == body
+        assert split_steps(caption, COD_STEPS)[5] == body
+
+
+def test_a_first_line_ending_in_a_colon_is_body_text_when_the_header_is_left_out():
+    first = "The shelf holds three items:\n- a red mug\n- a blue jar\n- a book"
+    reply = "\n\n".join(f"**Step {i}**: {b}" for i, b in enumerate([first, *BODIES[1:4], first], start=1))
+    bodies, _ = parse_cod_reply(reply)
+    assert bodies[0] == bodies[4] == first
+
+
+@pytest.mark.parametrize("marker", ["### Step {i}: Salient Content", "**Step {i}: Salient Content**",
+                                    "Step {i}: **Salient Content**", "**Step {i}**\n## Salient Content"])
+def test_a_shortened_header_styled_as_a_heading_is_not_kept_in_the_body(marker):
+    reply = "\n\n".join(f"{marker.format(i=i)}\n\n{b}" for i, b in enumerate(BODIES, start=1))
+    bodies, _ = parse_cod_reply(reply)
+    assert bodies == BODIES
+
+
+def test_header_forms_of_the_published_reply_are_removed():
+    assert parse_cod_reply(published_reply(BODIES))[0] == BODIES
+    same_line = "\n".join(f"**Step {i}: {h}** {b}" for i, (h, b) in enumerate(zip(COD_STEPS, BODIES), start=1))
+    assert parse_cod_reply(same_line)[0] == BODIES
+    # a plain first line that is neither the header nor styled as one is the step's text
+    assert split_steps("**Step 1**: Salient content\n\nA dog.", COD_STEPS)[1] == "Salient content\n\nA dog."
+    assert split_steps("**Step 1**\n**A dog.**", COD_STEPS)[1] == "**A dog.**"
+
+
 @pytest.mark.parametrize(("reply", "reason"), [
     ("", "empty reply"),
     ("A brown dog on grass.", "no 'Step N' markers"),
@@ -77,6 +117,20 @@ def test_source_takes_the_bare_question_and_the_caption():
     assert read_source(llava("<image>")).question == ""
 
 
+def test_a_caption_field_is_the_original_description_as_in_the_published_input():
+    # generate_cod_caption.py: question = conversations[0].value, caption = data['caption']
+    record = {**llava(caption="Red."), "caption": " A red square. "}
+    assert read_source(record).caption == "A red square."
+    assert build_messages("data:,", read_source(record))[1]["content"][0]["text"] == (
+        "Question: <image>\nWhat is this?\n\nOriginal description: A red square.")
+    question_only = {"id": 1, "image": "x.jpg", "caption": "A green square.",
+                     "conversations": [{"from": "human", "value": "<image>\nDescribe it."}]}
+    assert read_source(question_only).caption == "A green square."
+    # an empty or missing caption field: the first gpt turn
+    assert read_source({**llava(), "caption": "  "}).caption == "A dog."
+    assert read_source({**llava(), "caption": None}).caption == "A dog."
+
+
 @pytest.mark.parametrize(("record", "field"), [
     ({"image": "x.jpg", "conversations": []}, "id"),
     (llava(image=["a.jpg", "b.jpg"]), "image"),
@@ -84,6 +138,11 @@ def test_source_takes_the_bare_question_and_the_caption():
     ({"id": 1, "image": "x.jpg", "conversations": [{"from": "gpt", "value": "q"}, {"from": "gpt", "value": "c"}]},
      "conversations[0]"),
     (llava(caption="  "), "conversations[1].value"),
+    ({**llava(), "caption": 3}, "caption"),
+    ({"id": 1, "image": "x.jpg", "caption": "A dog.", "conversations": [{"from": "gpt", "value": "q"}]},
+     "conversations[0]"),
+    ({"id": 1, "image": "x.jpg", "caption": "", "conversations": [{"from": "human", "value": "q"}]},
+     "conversations"),
 ])
 def test_bad_source_records_name_file_line_and_field(record, field):
     with pytest.raises(RecordError) as info:
@@ -167,6 +226,16 @@ def test_image_paths_that_leave_the_folder_are_refused_unless_allowed(tmp_path, 
         resolve_image(image, folder, allow_outside=False)
     assert resolve_image(image, folder) == folder / image
 
+
+
+@pytest.mark.parametrize("image", ["../../private.png", "../private.png", "a/../../../private.png"])
+def test_a_relative_image_folder_is_not_escaped_either(tmp_path, monkeypatch, image):
+    # The folder as the scripts pass it (IMAGE_DIR=data/allava): relative to the working folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "allava").mkdir(parents=True)
+    with pytest.raises(ImageOutsideFolder, match="leads outside the image folder"):
+        resolve_image(image, "data/allava", allow_outside=False)
+    assert resolve_image("a/../b.jpg", "data/allava", allow_outside=False) == Path("data/allava/a/../b.jpg")
 
 def test_backoff_doubles_with_jitter_caps_and_honours_retry_after():
     policy = RetryPolicy(max_retries=5, backoff=1.0, max_backoff=5.0)

@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from sicog.annotate.cot import TagError, convert_record, cot_answer, cot_question, run_cot_job, split_tags
+from sicog.annotate.cot import TagError, convert_record, cot_question, run_cot_job, split_tags
+from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
 from sicog.cli import main
 from sicog.data.jsonl import RecordError, load_records, write_jsonl
 from sicog.data.prompts import COT_STEPS
@@ -29,6 +30,12 @@ def cot_record(rid="q1", answer=None, question="<image>\nWhich year is higher? "
         {"from": "human", "value": question}, {"from": "gpt", "value": answer or tagged()}]}
 
 
+def cot_answer(text: str) -> tuple[str, str]:
+    """The 4-step answer and the conclusion of one tagged answer, as the conversion builds them."""
+    bodies = split_tags(text)
+    return format_checked_steps(COT_STEPS, bodies), bodies[-1]
+
+
 def test_tags_round_trip_through_the_four_steps():
     answer, conclusion = cot_answer(tagged())
     assert split_steps(answer, COT_STEPS) == dict(enumerate(PARTS, start=1))
@@ -44,8 +51,9 @@ def test_tags_round_trip_through_the_four_steps():
 def test_record_conversion_builds_both_outputs_from_the_untouched_input():
     record = cot_record()
     snapshot = copy.deepcopy(record)
-    cot, short = convert_record(record)
-    assert record == snapshot
+    conversion = convert_record(record)
+    cot, short = conversion.cot, conversion.short
+    assert record == snapshot and conversion.cot_error is None
     assert cot["conversations"][0]["value"] == "<image>\nWhich year is higher? Answer the question step-by-step."
     assert split_steps(cot["conversations"][1]["value"], COT_STEPS)[3] == PARTS[2]
     assert short["conversations"] == [snapshot["conversations"][0], {"from": "gpt", "value": "2020"}]
@@ -61,7 +69,8 @@ def test_question_without_short_answer_request_gets_the_step_request_appended():
 
 
 def test_missing_image_placeholder_is_added_to_the_first_question():
-    cot, short = convert_record(cot_record(question="Which year is higher?"))
+    conversion = convert_record(cot_record(question="Which year is higher?"))
+    cot, short = conversion.cot, conversion.short
     assert cot["conversations"][0]["value"] == "<image>\nWhich year is higher? Answer the question step-by-step."
     assert short["conversations"][0]["value"] == "<image>\nWhich year is higher?"
 
@@ -71,7 +80,8 @@ def test_multi_turn_records_are_converted_turn_by_turn():
     record = cot_record()
     record["conversations"] += [{"from": "human", "value": "How many bars are there?"},
                                 {"from": "gpt", "value": tagged(second)}]
-    cot, short = convert_record(record)
+    conversion = convert_record(record)
+    cot, short = conversion.cot, conversion.short
     assert [t["from"] for t in cot["conversations"]] == ["human", "gpt", "human", "gpt"]
     assert cot["conversations"][2]["value"] == "How many bars are there? Answer the question step-by-step."
     assert split_steps(cot["conversations"][1]["value"], COT_STEPS)[4] == "2020"
@@ -96,11 +106,61 @@ def test_tag_names_in_prose_are_ordinary_words():
     (tagged().replace("</REASONING>", ""), "unclosed"),
     (tagged([PARTS[0], PARTS[1], PARTS[2], " "]), "empty tag(s): CONCLUSION"),
     ("Let me think. " + tagged(), "text outside the tags"),
-    (tagged([PARTS[0], PARTS[1], "Step 4: subtract.\n55 - 40 = 15", PARTS[3]]), "would not parse back"),
 ])
 def test_malformed_answers_are_rejected_with_a_reason(answer, reason):
     with pytest.raises(TagError, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        cot_answer(answer)
+        split_tags(answer)
+
+
+@pytest.mark.parametrize("parts", [
+    [PARTS[0], PARTS[1], PARTS[2], "**B**"],
+    [PARTS[0], "A red sign reading *STOP*", PARTS[2], "STOP"],
+    [PARTS[0], PARTS[1], "The bar for 2020 is *highest*", "2020"],
+    ["*Compare* the bars:", "**Note:** two bars:\n- 2019: 40\n- 2020: 55", "55 > 40:\n2020 is higher", "**2020**"],
+], ids=["bold-conclusion", "italic-caption", "italic-reasoning", "colons-and-emphasis"])
+def test_bodies_with_markdown_emphasis_are_converted_as_written(parts):
+    conversion = convert_record(cot_record(answer=tagged(parts)))
+    assert conversion.cot_error is None
+    answer = conversion.cot["conversations"][1]["value"]
+    # the published convert_long_template: "Step i: header\n<tag body>", blank lines between
+    assert answer == "\n\n".join(f"Step {i}: {header}\n{part}"
+                                  for i, (header, part) in enumerate(zip(COT_STEPS, parts), start=1))
+    assert split_steps(answer, COT_STEPS) == dict(enumerate(parts, start=1))
+    assert conversion.short["conversations"][1]["value"] == parts[3]
+
+
+def test_a_body_with_a_step_line_loses_only_the_four_step_record(tmp_path, capsys):
+    answer = tagged([PARTS[0], PARTS[1], "Step 4: subtract.\n55 - 40 = 15", PARTS[3]])
+    with pytest.raises(StepFormatError, match=r"step\(s\) 3, 4 would not parse back \(a line of a body reads as a "
+                                              r"'Step N' marker\)"):
+        format_checked_steps(COT_STEPS, split_tags(answer))
+    conversion = convert_record(cot_record(answer=answer), path="cot.jsonl", line=2)
+    assert conversion.cot is None
+    assert str(conversion.cot_error).startswith("cot.jsonl:2 id='q1' field 'conversations[1].value': step(s) 3, 4")
+    assert conversion.short["conversations"][1]["value"] == "2020"
+
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, [cot_record("a"), cot_record("b", answer=answer), cot_record("c", answer=tagged(PARTS[:3]))])
+    assert main(["annotate", "cot", "--input", str(source), "--output-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert [r["id"] for r in load_records(tmp_path / "out" / "cot.jsonl")] == ["a"]
+    short = load_records(tmp_path / "out" / "short_answer.jsonl")
+    assert [r["id"] for r in short] == ["a", "b"] and short[1]["conversations"][1]["value"] == "2020"
+    errors = load_records(tmp_path / "out" / "errors.jsonl")
+    assert [e["id"] for e in errors] == ["b", "c"]
+    assert errors[0]["reason"].endswith("only its short answer was written (short_answer.jsonl)")
+    assert "in.jsonl:2 id='b' field 'conversations[1].value': step(s) 3, 4 would not parse back" in errors[0]["reason"]
+    assert "1 of 3 records converted, 2 errors (1 of them with a short answer only)" in capsys.readouterr().err
+
+
+def test_the_short_answer_request_is_replaced_in_place_as_published():
+    # convert_cot.py's process_long_data: question.replace(<short-answer request>, <step-by-step request>)
+    assert cot_question("<image>\nWhat color is the bus?\nAnswer the question using a single word or phrase.") == (
+        "<image>\nWhat color is the bus?\nAnswer the question step-by-step.")
+    assert cot_question("Answer the question using a single word or phrase. What is this?") == (
+        "Answer the question step-by-step. What is this?")
+    assert cot_question("<image>\nWhat is this?\nAnswer the question step-by-step.") == (
+        "<image>\nWhat is this?\nAnswer the question step-by-step.")
 
 
 def test_a_bad_turn_names_file_line_id_and_field():

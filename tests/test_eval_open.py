@@ -109,7 +109,7 @@ def test_without_a_table_only_normalisation_applies() -> None:
 def test_the_question_is_asked_without_its_options() -> None:
     row = {"hint": "Shapes.", "question": "What is red?", "A": "red circle", "B": "blue square", "answer": "A"}
     assert short_answer_prompt(row) == f"Shapes.\nWhat is red?\n{SHORT_ANSWER}"
-    assert short_answer_prompt(row, "cot") == f"Shapes.\nWhat is red? {STEP_BY_STEP_ANSWER}"
+    assert short_answer_prompt(row, "cot") == f"Shapes.\nWhat is red?\n{STEP_BY_STEP_ANSWER}"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -19,6 +19,8 @@ from sicog.data.prompts import (
     CAPTION_PROMPTS,
     COD_STEPS,
     COT_STEPS,
+    SHORT_ANSWER,
+    STEP_BY_STEP_ANSWER,
     caption_prompt,
     reasoning_prompt,
 )
@@ -70,3 +72,28 @@ def test_prompt_types_as_in_the_readme():
     assert reasoning_prompt("cot-default", "How many? Answer the question using a single word or phrase.") == (
         "How many? Answer the question step-by-step.")
     assert reasoning_prompt("default", "How many?") == "How many?"
+
+
+@pytest.mark.parametrize(("question", "asked"), [
+    # the request replaced in place, the line break before it kept
+    ("<image>\nWhat color is the bus?\nAnswer the question using a single word or phrase.",
+     "What color is the bus?\nAnswer the question step-by-step."),
+    ("Answer the question using a single word or phrase. What is this?",
+     "Answer the question step-by-step. What is this?"),
+    # no short-answer request: appended after a space
+    ("<image>\nWhy is the sky blue?", "Why is the sky blue? Answer the question step-by-step."),
+    # an already converted question is sent as written (the published cot-default inference)
+    ("<image>\nWhat color is the bus?\nAnswer the question step-by-step.",
+     "What color is the bus?\nAnswer the question step-by-step."),
+])
+def test_cot_default_asks_as_the_published_conversion_does(question, asked):
+    assert reasoning_prompt("cot-default", question) == asked
+
+
+@needs_reference
+def test_the_published_conversion_replaces_in_place_or_appends():
+    strings = string_constants(REFERENCE / "training_data_annotation" / "convert_cot.py")
+    assert {SHORT_ANSWER, STEP_BY_STEP_ANSWER, f" {STEP_BY_STEP_ANSWER}"} <= set(strings)
+    text = (REFERENCE / "training_data_annotation" / "convert_cot.py").read_text()
+    assert f'question.replace("{SHORT_ANSWER}", "{STEP_BY_STEP_ANSWER}")' in text
+    assert f'question += " {STEP_BY_STEP_ANSWER}"' in text

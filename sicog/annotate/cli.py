@@ -125,8 +125,10 @@ def _run_cot(args: argparse.Namespace) -> int:
 
     cot_dir, short_dir = _output_dirs(args, "cot_dir", "short_dir")
     summary = run_cot_job(args.input, cot_dir, short_dir, progress=not args.no_progress)
+    short_only = f" ({summary.short_only} of them with a short answer only)" if summary.short_only else ""
     print(
-        f"annotate cot: {summary.converted} of {summary.total} records converted, {summary.errors} errors\n"
+        f"annotate cot: {summary.converted} of {summary.total} records converted, {summary.errors} errors"
+        f"{short_only}\n"
         f"  CoT: {Path(cot_dir) / COT_FILE}\n  short answers: {Path(short_dir) / SHORT_FILE}",
         file=sys.stderr,
     )

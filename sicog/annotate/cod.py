@@ -1,7 +1,8 @@
 """Chain-of-Description annotation: what the VLM is asked, how its reply is read, what is written.
 
-A source record is a LLaVA record whose first exchange is a question about one image and the image's
-original caption. The VLM rewrites the caption into the five CoD steps; the reply becomes a CoD
+A source record is a LLaVA record whose first human turn is a question about one image and which holds
+the image's original caption: in a ``caption`` field (the published annotation's input) or, without one,
+as the first gpt turn. The VLM rewrites the caption into the five CoD steps; the reply becomes a CoD
 training record (``cod-conv`` prompt -> the 5-step caption) and a detailed-description record
 (the bare question -> step 5 only).
 """
@@ -124,8 +125,9 @@ class CodSource:
 def read_source(record: dict, *, path: str | os.PathLike | None = None, line: int | None = None) -> CodSource:
     """The id, image, bare question and original caption of ``record``; :class:`RecordError` names what is wrong.
 
-    The first human turn is the question (``<image>`` and step-by-step requests removed; it may be empty)
-    and the first assistant turn is the original caption.
+    The first human turn is the question (``<image>`` and step-by-step requests removed; it may be empty).
+    The original caption is the record's ``caption`` field when that is a non-empty string, as in the
+    published annotation's input (then no gpt turn is needed); otherwise the first gpt turn.
     """
     rid = record_id(record, path=path, line=line)
 
@@ -136,16 +138,23 @@ def read_source(record: dict, *, path: str | os.PathLike | None = None, line: in
     images = image if isinstance(image, list) else [image]
     if len(images) != 1 or not isinstance(images[0], str) or not images[0]:
         raise fail(f"expected exactly one image path, got {image!r}", "image")
+    given = record.get("caption")
+    if given is not None and not isinstance(given, str):
+        raise fail(f"expected the original caption as a string, got {type(given).__name__}", "caption")
+    caption = (given or "").strip()
     turns = record.get("conversations")
-    if not isinstance(turns, list) or len(turns) < 2:
-        raise fail("expected a human question and a gpt caption", "conversations")
-    for index, role in ((0, "human"), (1, "gpt")):
+    needed = ((0, "human"),) if caption else ((0, "human"), (1, "gpt"))
+    if not isinstance(turns, list) or len(turns) < len(needed):
+        wanted = "a human question" if caption else "a human question and a gpt caption (or a 'caption' field)"
+        raise fail(f"expected {wanted}", "conversations")
+    for index, role in needed:
         turn = turns[index]
         if not isinstance(turn, dict) or turn.get("from") != role or not isinstance(turn.get("value"), str):
             raise fail(f"expected a {role!r} turn with a string value", f"conversations[{index}]")
-    caption = turns[1]["value"].strip()
     if not caption:
-        raise fail("the original caption is empty", "conversations[1].value")
+        caption = turns[1]["value"].strip()
+        if not caption:
+            raise fail("the original caption is empty (and there is no 'caption' field)", "conversations[1].value")
     return CodSource(rid, images[0], strip_instruction(turns[0]["value"]), caption, turns[0]["value"])
 
 

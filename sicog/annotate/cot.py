@@ -3,7 +3,8 @@
 Each assistant turn becomes ``format_steps(COT_STEPS, [summary, caption, reasoning, conclusion])`` and
 each question asks "Answer the question step-by-step."; a second record keeps the original questions
 with the conclusions only (short answers). Both outputs are built from untouched copies of the input.
-A record whose tags are missing, repeated, unbalanced or out of order goes to ``errors.jsonl``.
+A record whose tags are missing, repeated, unbalanced or out of order goes to ``errors.jsonl``; one whose
+4-step record alone is unusable keeps its short answer and goes to ``errors.jsonl`` for the 4-step record.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
+from sicog.annotate.stepcheck import format_checked_steps
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id, write_jsonl
 from sicog.data.prompts import COT_STEPS, IMAGE_TOKEN, reasoning_prompt, user_turn
 from sicog.data.schema import ROLES, check_llava_record, record_images
@@ -72,27 +74,35 @@ def _describe_tag_problem(found: list[tuple[str, str]]) -> str:
     return "tags nested or interleaved: " + " ".join(f"<{slash}{tag}>" for slash, tag in found)
 
 
-def cot_answer(text: str) -> tuple[str, str]:
-    """``(four-step answer, conclusion)`` of one tagged LLaVA-CoT answer."""
-    bodies = split_tags(text)
-    try:
-        return format_checked_steps(COT_STEPS, bodies), bodies[-1]
-    except StepFormatError as err:
-        raise TagError(str(err)) from None
-
-
 def cot_question(value: str) -> str:
-    """The question asking for a step-by-step answer (replacing a short-answer request), ``<image>`` kept first."""
+    """The question asking for a step-by-step answer, ``<image>`` kept first (see
+    :func:`sicog.data.prompts.step_by_step_question`: a short-answer request is replaced in place, else the
+    step-by-step request is appended)."""
     prompt = reasoning_prompt("cot-default", value)
     return user_turn(prompt) if IMAGE_TOKEN in value else prompt
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """The outputs of one LLaVA-CoT record.
+
+    ``short`` needs only the tags, so it exists whenever they are valid. ``cot`` is None, with the reason in
+    ``cot_error``, when only the 4-step record is unusable: a question that is empty without ``<image>``, a
+    tag body with a line that reads as a "Step N" marker, or a 4-step record that is no valid LLaVA record.
+    """
+
+    short: dict
+    cot: dict | None
+    cot_error: RecordError | None = None
+
+
 def convert_record(
     record: dict, *, path: str | os.PathLike | None = None, line: int | None = None
-) -> tuple[dict, dict]:
-    """``(cot_record, short_answer_record)`` of one LLaVA-CoT record, every turn converted; ``record`` is not changed.
+) -> Conversion:
+    """The short-answer and 4-step records of one LLaVA-CoT record, every turn converted; ``record`` is not changed.
 
-    Raises :class:`RecordError` naming the file, line, id and the turn at fault.
+    Raises :class:`RecordError` (naming the file, line, id and the turn at fault) when neither can be made:
+    a malformed turn or tags.
     """
     rid = record_id(record, path=path, line=line)
 
@@ -102,25 +112,43 @@ def convert_record(
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise fail("must be a non-empty list of turns", "conversations")
-    cot, short = copy.deepcopy(record), copy.deepcopy(record)
+    tag_bodies: dict[int, list[str]] = {}
     for index, turn in enumerate(turns):
         field = f"conversations[{index}]"
         if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
             raise fail(f"expected {{'from': 'human'|'gpt', 'value': str}}, got {turn!r:.80}", field)
-        value = turn["value"]
+        if turn["from"] == "gpt":
+            try:
+                tag_bodies[index] = split_tags(turn["value"])
+            except TagError as err:
+                raise fail(str(err), f"{field}.value") from None
+    source = None if path is None else str(path)
+    short = copy.deepcopy(record)
+    for index, bodies in tag_bodies.items():
+        short["conversations"][index]["value"] = bodies[-1]
+    _ensure_placeholder(short)
+    check_llava_record(short, path=source, line=line)
+    try:
+        cot = _cot_record(record, tag_bodies, fail)
+        check_llava_record(cot, path=source, line=line)
+    except RecordError as err:
+        return Conversion(short, None, err)
+    return Conversion(short, cot)
+
+
+def _cot_record(record: dict, tag_bodies: dict[int, list[str]], fail: Callable[[str, str], RecordError]) -> dict:
+    """A copy of ``record`` with step-by-step questions and the 4-step answers of ``tag_bodies`` (by turn index)."""
+    cot = copy.deepcopy(record)
+    for index, turn in enumerate(cot["conversations"]):
         try:
-            if turn["from"] == "human":
-                cot["conversations"][index]["value"] = cot_question(value)
+            if index in tag_bodies:
+                turn["value"] = format_checked_steps(COT_STEPS, tag_bodies[index])
             else:
-                answer, conclusion = cot_answer(value)
-                cot["conversations"][index]["value"] = answer
-                short["conversations"][index]["value"] = conclusion
+                turn["value"] = cot_question(turn["value"])
         except ValueError as err:
-            raise fail(str(err), f"{field}.value") from None
-    for out in (cot, short):
-        _ensure_placeholder(out)
-        check_llava_record(out, path=None if path is None else str(path), line=line)
-    return cot, short
+            raise fail(str(err), f"conversations[{index}].value") from None
+    _ensure_placeholder(cot)
+    return cot
 
 
 def _ensure_placeholder(record: dict) -> None:
@@ -135,8 +163,9 @@ class CotSummary:
     """Counts of one conversion."""
 
     total: int = 0
-    converted: int = 0
-    errors: int = 0
+    converted: int = 0  # records in both outputs
+    short_only: int = 0  # records whose 4-step record failed but whose short answer was written
+    errors: int = 0  # lines of errors.jsonl (short_only included)
 
 
 def run_cot_job(
@@ -151,12 +180,17 @@ def run_cot_job(
     for line, record in tqdm(iter_records(input_path), desc="annotate cot", unit="rec", disable=not progress):
         summary.total += 1
         try:
-            cot, short = convert_record(record, path=input_path, line=line)
+            conversion = convert_record(record, path=input_path, line=line)
         except RecordError as err:
             errors.append(error_record(record, str(err), line=line))
             continue
-        cot_records.append(cot)
-        short_records.append(short)
+        short_records.append(conversion.short)
+        if conversion.cot is None:
+            summary.short_only += 1
+            reason = f"{conversion.cot_error}; only its short answer was written ({SHORT_FILE})"
+            errors.append(error_record(record, reason, line=line))
+        else:
+            cot_records.append(conversion.cot)
     summary.converted, summary.errors = len(cot_records), len(errors)
     write_jsonl(Path(cot_dir) / COT_FILE, cot_records)
     write_jsonl(Path(short_dir) / SHORT_FILE, short_records)

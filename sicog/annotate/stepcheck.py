@@ -1,7 +1,9 @@
 """Step texts that are guaranteed to parse back into the same steps.
 
-Every later stage reads annotations with :func:`sicog.data.steps.split_steps`; a body that carries its
-own "Step N" line would shift the steps it reads, so such a text is rejected here, at the source.
+Every later stage reads annotations with :func:`sicog.data.steps.split_steps`; a body with a line that
+reads as a "Step N" marker would shift the steps it reads, so such a text is rejected here, at the source.
+(In the :func:`format_steps` layout every other body parses back as written: the header sentence on the
+marker's line is the only line the reader removes.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def format_checked_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
     if parsed != expected:
         changed = sorted(i for i in set(parsed) | set(expected) if parsed.get(i) != expected.get(i))
         raise StepFormatError(
-            f"step(s) {', '.join(map(str, changed))} would not parse back (a body contains its own 'Step N' line "
-            "or starts with its step's header)"
+            f"step(s) {', '.join(map(str, changed))} would not parse back (a line of a body reads as a "
+            "'Step N' marker)"
         )
     return text

@@ -44,12 +44,29 @@ ANNOTATION_DESCRIBE = "Describe the image step by step."
 
 
 def strip_instruction(question: str) -> str:
-    """The bare question: without ``<image>`` and without a short-answer or step-by-step request."""
+    """The bare question: without ``<image>`` and without a trailing short-answer or step-by-step request."""
     text = question.replace(IMAGE_TOKEN, "").strip()
     for suffix in (SHORT_ANSWER, STEP_BY_STEP_ANSWER, STEP_BY_STEP_DESCRIBE, ANNOTATION_DESCRIBE):
         if text.endswith(suffix):
             text = text[: -len(suffix)].rstrip()
     return text
+
+
+def step_by_step_question(question: str) -> str:
+    """``question`` (without ``<image>``, stripped) asking for a step-by-step answer as the published
+    convert_cot.py asks it.
+
+    Every :data:`SHORT_ANSWER` is replaced in place by :data:`STEP_BY_STEP_ANSWER`, keeping the text around
+    it (``"Q?\\n" + SHORT_ANSWER`` -> ``"Q?\\n" + STEP_BY_STEP_ANSWER``); without one, the request is appended
+    after a space. A question that already ends with the request is kept as written: the published
+    ``cot-default`` inference sends such a converted question unchanged.
+    """
+    text = question.replace(IMAGE_TOKEN, "").strip()
+    if SHORT_ANSWER in text:
+        return text.replace(SHORT_ANSWER, STEP_BY_STEP_ANSWER)
+    if text.endswith(STEP_BY_STEP_ANSWER):
+        return text
+    return f"{text} {STEP_BY_STEP_ANSWER}"
 
 
 def caption_prompt(prompt_type: str, question: str | None = None) -> str:
@@ -64,13 +81,14 @@ def caption_prompt(prompt_type: str, question: str | None = None) -> str:
 
 
 def reasoning_prompt(prompt_type: str, question: str) -> str:
-    """The user text for a question: step-by-step (``cot-default``) or direct (``default``)."""
+    """The user text for a question: step-by-step (``cot-default``, see :func:`step_by_step_question`) or
+    direct (``default``: the bare question of :func:`strip_instruction`)."""
     if prompt_type not in REASONING_PROMPT_TYPES:
         raise ValueError(f"unknown reasoning prompt type {prompt_type!r}; choose from {REASONING_PROMPT_TYPES}")
     bare = strip_instruction(question)
     if not bare:
         raise ValueError("empty question")
-    return f"{bare} {STEP_BY_STEP_ANSWER}" if prompt_type == "cot-default" else bare
+    return step_by_step_question(question) if prompt_type == "cot-default" else bare
 
 
 def user_turn(prompt: str, images: int = 1) -> str:

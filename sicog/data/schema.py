@@ -87,7 +87,8 @@ def resolve_image(image: str, image_folder: str | os.PathLike | None, *, allow_o
     full = path if path.is_absolute() or image_folder is None else Path(image_folder) / path
     if not allow_outside:
         folder = os.path.abspath(image_folder if image_folder is not None else os.curdir)
-        target = os.path.normpath(os.path.join(folder, full))
+        # Join the record's own path (not ``full``, which already holds a relative folder) to the absolute folder.
+        target = os.path.normpath(os.path.join(folder, path))
         if os.path.commonpath([folder, target]) != folder:
             raise ImageOutsideFolder(f"image path {image!r} leads outside the image folder {folder!r}")
     return full

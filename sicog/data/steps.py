@@ -1,7 +1,9 @@
 """Writing and reading step-by-step texts ("Step 1: ...", CoD's five steps, CoT's four).
 
-The reader is lenient because it parses model output: "Step 5: ...", "**Step 5**:", "Step 5 -",
-"### Step 5. Header" followed by the text on the next line, any case.
+The reader is lenient about how a step is marked, because it parses model output: "Step 5: ...",
+"**Step 5**:", "**Step 5:** ...", "**Step 5: Header**", "Step 5 -", "### Step 5. Header" followed by the
+text on the next line, any case. It never edits the text of a step: it removes only the marker with its
+own decoration and, where there is one, the step's header line (see :func:`split_steps`).
 """
 
 from __future__ import annotations
@@ -9,10 +11,21 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+# A step marker at a line start: heading marks, quote or list bullet ("lead"), the emphasis that opens
+# right at "Step" ("open"), the number, emphasis closed before the separator ("close"), the separator.
+# Emphasis closed after the separator ("**Step 1:** text") is resolved in code: the regex cannot tell it
+# from emphasis that opens the body ("Step 1: *Grand Opening* ...").
 _MARKER = re.compile(
-    r"^[ \t#>*_-]*\**[ \t]*step[ \t]*(\d+)[ \t]*\**[ \t]*[:.)\-\u2013\u2014]?[ \t]*\**[ \t]*",
+    r"^(?P<lead>[ \t#>*_-]*?)(?P<open>\**)step[ \t]*(?P<number>\d+)[ \t]*(?P<close>\**)[ \t]*"
+    r"[:.)\-\u2013\u2014]?[ \t]*",
     re.IGNORECASE | re.MULTILINE,
 )
+# A Markdown heading line: "## Salient content".
+_HEADING_LINE = re.compile(r"^#{1,6}[ \t]")
+# A line that is one bold span: "**Salient content**", "__Salient content__:".
+_BOLD_LINE = re.compile(r"^(\*\*|__)(?:(?!\1).)+\1[:.]?$")
+# What may decorate a header line before its text: heading marks and emphasis.
+_HEADER_LEAD = re.compile(r"^[#*_ \t]*")
 
 
 def format_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
@@ -23,31 +36,76 @@ def format_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
 
 
 def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
-    """Map step number -> body text. A known header (or a header line ending in ':') is removed.
+    """Map step number -> body text, the body as written (stripped) but for its header line.
 
+    The header line is the text after the marker on the marker's line or, when the marker stands alone
+    on its line, the next non-empty line. It is removed when
+
+    - it starts with the step's known header sentence (``headers[N - 1]``; any case, the final period
+      optional, heading marks and emphasis aside); text after the sentence on that line stays, or
+    - it is styled as a heading and more text follows: the marker is a Markdown heading
+      (``### Step 1: Salient content``), the marker's own emphasis spans the line
+      (``**Step 1: Salient content**``), or the line is a Markdown heading or one bold span.
+
+    Any other first line is body text, also one that ends in ":". Emphasis is removed only where it
+    belongs to the marker (``**Step 1:**``, ``**Step 1: ...**``) or to a removed header, never from the body.
     When a step number occurs twice, the first occurrence wins; text before the first marker is ignored.
     """
     matches = list(_MARKER.finditer(text))
     steps: dict[int, str] = {}
     for i, match in enumerate(matches):
-        number = int(match.group(1))
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = text[match.end() : end].strip().strip("*").strip()
+        number = int(match.group("number"))
         if number in steps:
             continue
-        steps[number] = _drop_header(body, headers[number - 1] if 0 < number <= len(headers) else None)
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        header = headers[number - 1] if 0 < number <= len(headers) else None
+        steps[number] = _step_body(match, text[match.end() : end], header)
     return steps
 
 
-def _drop_header(body: str, header: str | None) -> str:
-    first, _, rest = body.partition("\n")
-    first_clean = first.strip().strip("*#").strip()
-    if header and first_clean.lower().startswith(header.lower().rstrip(".")):
-        remainder = first_clean[len(header.rstrip(".")) :].lstrip(".:*- \t")
-        return (remainder + ("\n" + rest if rest else "")).strip()
-    if rest and first_clean.endswith(":"):
-        return rest.strip()
-    return body
+def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
+    """The body of one step: ``raw`` (the text after ``marker``) without the marker's emphasis and header line."""
+    line, _, after = raw.partition("\n")
+    # Emphasis opened at "Step" and not closed before the separator is still open here.
+    pending = "*" * max(len(marker.group("open")) - len(marker.group("close")), 0)
+    if pending and re.match(re.escape(pending) + r"(?:[ \t]|$)", line):
+        line, pending = line[len(pending) :], ""  # "**Step 1:** text"
+    styled = "#" in marker.group("lead")
+    inside = line.rstrip()[: -len(pending)] if pending and line.rstrip().endswith(pending) else None
+    if inside is not None and pending not in inside:
+        line, pending, styled = inside, "", True  # "**Step 1: Salient content**"
+    if not line.strip():
+        # The marker stands alone on its line: a header would be the next non-empty line.
+        line, _, after = after.strip().partition("\n")
+        styled, pending = False, ""
+    first = line.strip()
+    if header is not None:
+        remainder = _after_header(first, header, pending)
+        if remainder is not None:
+            return (remainder + "\n" + after).strip()
+    styled = styled or bool(_HEADING_LINE.match(first) or _BOLD_LINE.match(first))
+    if styled and after.strip():
+        return after.strip()
+    return (first + "\n" + after).strip()
+
+
+def _after_header(line: str, header: str, pending: str) -> str | None:
+    """What follows ``header`` on ``line``, or None when the line does not start with it.
+
+    ``pending`` is emphasis opened before the line (by the marker) that may close after the header.
+    """
+    lead = _HEADER_LEAD.match(line).group()
+    text = line[len(lead) :]
+    sentence = header.rstrip(".")
+    if not text.lower().startswith(sentence.lower()):
+        return None
+    remainder = text[len(sentence) :]
+    if remainder[:1].isalnum():
+        return None  # a longer word or sentence that merely starts like the header
+    # The header's own decoration: its period, the emphasis it was wrapped in, a separator.
+    closer = pending + "".join(char for char in lead if char in "*_")
+    decoration = re.match(rf"\.?(?:{re.escape(closer)})?\.?[ \t]*(?:[:\-\u2013\u2014][ \t]*)?", remainder)
+    return remainder[decoration.end() :]
 
 
 def final_step(text: str, step: int, headers: Sequence[str] = ()) -> tuple[str, bool]:
