@@ -70,21 +70,24 @@ def test_blur_sigma_and_jitter_ranges_follow_the_published_settings(photo):
         assert sorted(jitter["order"]) == ["brightness", "contrast", "hue", "saturation"]
 
 
-def test_mask_covers_a_half_plane_of_25_to_35_percent_with_the_mean_colour():
-    rng = np.random.default_rng(1)
-    base = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+def test_mask_covers_a_half_plane_of_25_to_35_percent_with_the_mean_colour_it_hides():
+    """As the published apply_mask: the half-plane is filled with the mean colour of the pixels it covers
+    (on a colour gradient that differs from the whole image's mean)."""
+    ys, xs = np.mgrid[0:90, 0:120]
+    gradient = np.stack([xs * 1.8, ys * 2.4, 215 - xs * 1.8], axis=-1)
+    base = (gradient + np.random.default_rng(1).integers(0, 40, (90, 120, 3))).astype(np.uint8)
     image = Image.fromarray(base)
-    mean = base.reshape(-1, 3).mean(axis=0).round()
     for seed in range(40):
         out, params = mask(image, np.random.default_rng(seed))
         array = np.asarray(out)
-        covered = np.all(array == mean, axis=-1) & np.any(base != mean, axis=-1)
+        covered = np.any(array != base, axis=-1)  # a covered pixel that already had the fill colour is missed
         share = covered.mean()
         assert 0.24 <= share <= 0.36 and abs(share - params["fraction"]) < 0.01
+        (fill,) = np.unique(array[covered], axis=0)
+        assert np.abs(fill - base[covered].mean(axis=0)).max() <= 1.0
         # A half-plane: every covered pixel lies beyond every uncovered one along the mask's direction.
         angle = math.radians(params["angle_degrees"])
-        ys, xs = np.mgrid[0:90, 0:120] + 0.5
-        projection = xs * math.cos(angle) + ys * math.sin(angle)
+        projection = (xs + 0.5) * math.cos(angle) + (ys + 0.5) * math.sin(angle)
         assert projection[covered].min() >= projection[~covered].max() - 0.05  # the angle is stored rounded
 
 

@@ -54,11 +54,11 @@ def test_reasoning_prompts_use_the_question_field_first(tmp_path, folder, proces
          "conversations": [{"from": "human", "value": "<image>\nWhich colour?"}, {"from": "gpt", "value": "Red."}]},
     ])
     plan = read_inputs(data, processor, task="reasoning", prompt_type="cot-default", image_folder=folder)
-    assert [t.prompt for t in plan.tasks] == ["How many circles? Answer the question step-by-step.",
+    assert [t.prompt for t in plan.tasks] == ["How many circles?\nAnswer the question step-by-step.",
                                               "Which colour? Answer the question step-by-step."]
     assert plan.tasks[1].images == (folder / "big.jpg",)  # absolute paths are kept
     assert plan.tasks[0].conversation() == [
-        {"from": "human", "value": "<image>\nHow many circles? Answer the question step-by-step."}]
+        {"from": "human", "value": "<image>\nHow many circles?\nAnswer the question step-by-step."}]
     plan = read_inputs(data, processor, task="reasoning", prompt_type="default", image_folder=folder)
     assert [t.prompt for t in plan.tasks] == ["How many circles?", "Which colour?"]
 
@@ -119,11 +119,21 @@ def test_json_array_input_and_prompt_type_checks(tmp_path, folder, processor):
         read_inputs(data, processor, task="reasoning", prompt_type="cod-default")
 
 
+def test_caption_prompts_without_a_question_never_read_conversations(tmp_path, folder, processor):
+    """As published, cod-default and default captions need only the image, whatever ``conversations`` holds."""
+    data = write(tmp_path, [{"id": "a", "image": "small.png", "conversations": "<image>\nDescribe."},
+                            {"id": "b", "image": "small.png", "conversations": {"from": "human", "value": "hi"}},
+                            {"id": "c", "image": "small.png", "conversations": 5}])
+    for prompt_type in ("cod-default", "default"):
+        plan = read_inputs(data, processor, task="captions", prompt_type=prompt_type, image_folder=folder)
+        assert not plan.errors and [t.prompt for t in plan.tasks] == [CAPTION_PROMPTS[prompt_type]] * 3
+
+
 def test_conversations_that_are_not_a_list_and_over_long_image_names_are_error_records(tmp_path, folder, processor):
     records = [{"id": "a", "image": "small.png", "conversations": 5},
                {"id": "b", "image": "x" * 300 + ".png", "question": "What?"},
                {"id": "c", "image": "small.png", "question": "What?", "conversations": 5}]
-    for task, prompt_type in (("captions", "cod-default"), ("reasoning", "cot-default")):
+    for task, prompt_type in (("captions", "cod-conv"), ("reasoning", "cot-default")):
         plan = read_inputs(write(tmp_path, records), processor, task=task, prompt_type=prompt_type,
                            image_folder=folder)
         assert [(e["id"], e["field"]) for e in plan.errors] == [("a", "conversations"), ("b", "image")]

@@ -76,7 +76,7 @@ def test_every_record_gets_n_candidates_and_its_generation_metadata(dataset, tmp
         assert {k: record[k] for k in source} == source
         assert len(record["candidates"]) == 3 and all(isinstance(c, str) for c in record["candidates"])
         assert record["generation"] == {
-            "model": "tiny", "prompt_type": "cot-default",
+            "model": "tiny", "task": "reasoning", "prompt_type": "cot-default",
             "prompt": f"{source['question']} Answer the question step-by-step.", "temperature": 0.8, "top_p": 0.95,
             "top_k": 50, "repetition_penalty": 1.0, "num_beams": 1, "max_new_tokens": 6, "seed": 0, "corruption": None}
     assert any(len(set(r["candidates"])) > 1 for r in outputs)  # samples, not copies
@@ -178,6 +178,54 @@ def test_resume_refuses_records_made_with_other_settings(dataset, tmp_path, mode
         generate(make_job(dataset, tmp_path, sampling=hotter), model_and_processor)
     with pytest.raises(RecordError, match=r"'corruption': \(\[\], \['mask'\]\)"):
         generate(make_job(dataset, tmp_path, corruptions=("mask",)), model_and_processor)
+
+
+def test_resume_refuses_another_task_or_another_prompt_for_an_id(dataset, tmp_path, model_and_processor):
+    """Both tasks have a `default` prompt type: a reasoning rerun into a cut captions output must not append
+    answers to captions; nor may a rerun whose input changed a question under the same id."""
+    captions = make_job(dataset, tmp_path, task="captions", prompt_type="default")
+    generate(captions, model_and_processor)
+    with pytest.raises(RecordError, match=r"'task': \('captions', 'reasoning'\).*'prompt': \('Please generate"):
+        generate(make_job(dataset, tmp_path, prompt_type="default"), model_and_processor)
+    job = make_job(dataset, tmp_path / "reasoning")
+    generate(job, model_and_processor)
+    path, images, records = dataset
+    changed = [{**r, "question": "What colour is it?"} if r["id"] == "r2" else r for r in records]
+    write_jsonl(tmp_path / "changed.jsonl", changed)
+    with pytest.raises(RecordError, match=r"id='r2' field 'generation'.*'prompt': \('What is in corner 2\?"):
+        generate(make_job(dataset, tmp_path / "reasoning", data=tmp_path / "changed.jsonl"), model_and_processor)
+
+
+def test_outputs_from_before_the_task_was_recorded_resume_by_their_prompts(dataset, tmp_path, model_and_processor):
+    job = make_job(dataset, tmp_path, task="captions", prompt_type="default")
+    generate(job, model_and_processor)
+    lines = [json.loads(line) for line in job.output.read_text().splitlines()]
+    for record in lines:
+        del record["generation"]["task"]
+    job.output.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert generate(job, model_and_processor).generated == 0
+    with pytest.raises(RecordError, match=r"'prompt': \('Please generate"):
+        generate(make_job(dataset, tmp_path, prompt_type="default"), model_and_processor)
+
+
+def test_resume_refuses_another_order_of_all_corruptions(dataset, tmp_path, model_and_processor):
+    generate(make_job(dataset, tmp_path, corruptions=("mask", "color_jitter"), corrupt_all=True), model_and_processor)
+    swapped = make_job(dataset, tmp_path, corruptions=("color_jitter", "mask"), corrupt_all=True)
+    with pytest.raises(RecordError, match=r"'corruption': \(\['mask', 'color_jitter'\], \['color_jitter', 'mask'\]\)"):
+        generate(swapped, model_and_processor)
+
+
+def test_resume_takes_the_same_model_folder_however_it_is_spelled(dataset, tmp_path, model_and_processor,
+                                                                 monkeypatch):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "ckpt")
+    generate(make_job(dataset, tmp_path, model_name=str(tmp_path / "ckpt")), model_and_processor)
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("ckpt", "./ckpt/", "link", str(tmp_path / "link" / ".." / "ckpt")):
+        assert generate(make_job(dataset, tmp_path, model_name=spelling), model_and_processor).generated == 0
+    (tmp_path / "other").mkdir()
+    with pytest.raises(RecordError, match="'model'"):
+        generate(make_job(dataset, tmp_path, model_name="other"), model_and_processor)
 
 
 def test_resume_refuses_an_output_that_holds_records_without_candidates(dataset, tmp_path, model_and_processor):

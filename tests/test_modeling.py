@@ -102,6 +102,71 @@ def test_num_return_sequences_samples_each_prompt(tiny_model_factory):
     assert len({tuple(row.tolist()) for row in out[:3]}) > 1
 
 
+def test_num_return_sequences_rows_start_with_their_prompt(tiny_model_factory):
+    """Decoding starts from embeddings alone; the prompt ids are put back in front of every returned row."""
+    model, processor = tiny_model_factory(seed=1)
+    samples = [
+        processor.encode(conv("<image>\nDescribe."), [Image.new("RGB", (96, 64), (0, 200, 0))], train=False),
+        processor.encode(conv("How many circles are there?"), train=False),
+    ]
+    batch = processor.collate(samples, padding_side="left")
+    prompt = batch["input_ids"].shape[1]
+    out = model.generate(**batch, do_sample=True, max_new_tokens=4, min_new_tokens=4, num_return_sequences=2,
+                         return_dict_in_generate=True, output_scores=True)
+    assert out.sequences.shape == (4, prompt + 4) and len(out.scores) == 4
+    assert torch.equal(out.sequences[:, :prompt], batch["input_ids"].repeat_interleave(2, dim=0))
+
+
+def favour_token(model, token: int) -> None:
+    """Make every logit positive (so a repetition penalty lowers it) and put ``token`` on top by 0.5."""
+
+    def hook(module, inputs, logits):
+        logits = logits * 0.01 + 20.0
+        logits[..., token] = logits.max(-1).values + 0.5
+        return logits
+
+    model.get_output_embeddings().register_forward_hook(hook)
+
+
+@pytest.mark.filterwarnings("ignore:Passing `repetition_penalty` with `inputs_embeds`")  # the published-style call
+def test_repetition_penalty_skips_the_prompt_as_published(tiny_model_factory, tokenizer):
+    """The published generate passes embeddings only, so the penalty hits generated tokens alone: a token of
+    the prompt is still sampled first, then, once generated, penalized."""
+    from transformers import GenerationMixin
+
+    model, processor = tiny_model_factory(seed=0)
+    token = tokenizer.encode(" circles", add_special_tokens=False)[0]  # the first piece of a prompt word
+    sample = processor.encode(conv("<image>\nHow many circles are there?"), [Image.new("RGB", (64, 64))],
+                              train=False)
+    assert token in sample.input_ids
+    batch = processor.collate([sample], padding_side="left")
+    favour_token(model, token)
+    settings = dict(do_sample=False, max_new_tokens=4, repetition_penalty=1.05,
+                    suppress_tokens=[processor.image_token_id])
+    new = model.generate(**batch, **settings)[0, batch["input_ids"].shape[1]:].tolist()
+    assert new[0] == token and token not in new[1:]
+    embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"])
+    published = GenerationMixin.generate(model, inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                         **settings)
+    assert new == published[0].tolist()
+
+
+def test_repetition_penalty_does_not_depend_on_left_padding(tiny_model_factory, tokenizer):
+    """A short prompt padded beside a long one gets the penalty from its first generated token, as alone."""
+    model, processor = tiny_model_factory(seed=0)
+    favour_token(model, tokenizer.encode(" circle", add_special_tokens=False)[0])
+    image = Image.new("RGB", (64, 64), (0, 0, 200))
+    short = processor.encode(conv("<image>\nDescribe."), [image], train=False)
+    long = processor.encode(conv("<image>\nHow many circles are there? Describe the image step-by-step."), [image],
+                            train=False)
+    settings = dict(do_sample=False, max_new_tokens=6, repetition_penalty=1.3)
+    together = model.generate(**processor.collate([short, long], padding_side="left"), **settings)
+    alone = model.generate(**processor.collate([short], padding_side="left"), **settings)
+    assert len(long.input_ids) - len(short.input_ids) >= 6  # the short row's padding spans every new token
+    assert len(set(alone[0, -6:].tolist())) == 6  # each token penalized once generated
+    assert torch.equal(together[0, -6:], alone[0, -6:])
+
+
 def test_save_load_round_trip_and_auto_classes(tiny_model_factory, tmp_path):
     model, processor = tiny_model_factory(seed=2)
     batch = mixed_batch(processor)
@@ -130,7 +195,10 @@ def test_build_from_parts_and_projector_round_trip(tokenizer, tmp_path):
     torch.manual_seed(0)
     CLIPVisionModel(tiny_vision_config()).save_pretrained(tmp_path / "clip")
     Qwen2ForCausalLM(tiny_text_config(len(tokenizer) + 8)).save_pretrained(tmp_path / "llm")
-    qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    # As Qwen2-7B-Instruct's generation_config.json: it also stops at <|endoftext|>, listed after <|im_end|>.
+    stops = [tokenizer.eos_token_id, tokenizer.pad_token_id]
+    qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05,
+                                     eos_token_id=stops)
     qwen_sampling.save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
     model, processor = build_from_parts(
@@ -142,7 +210,7 @@ def test_build_from_parts_and_projector_round_trip(tokenizer, tmp_path):
     save_pretrained(model, processor, tmp_path / "checkpoint")
     saved = GenerationConfig.from_pretrained(tmp_path / "checkpoint")
     assert (saved.top_k, saved.top_p, saved.repetition_penalty) == (20, 0.8, 1.05)
-    assert saved.eos_token_id == tokenizer.eos_token_id
+    assert saved.eos_token_id == stops  # the LLM's stop ids are kept
     reference = CLIPVisionModel.from_pretrained(tmp_path / "clip")
     torch.testing.assert_close(model.vision_tower.state_dict(), reference.state_dict())
     batch = mixed_batch(processor)
@@ -159,6 +227,16 @@ def test_build_from_parts_and_projector_round_trip(tokenizer, tmp_path):
         assert not torch.allclose(fresh.resampler(features), model.resampler(features))
         load_projector(fresh, tmp_path / "projector")
         torch.testing.assert_close(fresh.resampler(features), model.resampler(features), rtol=0, atol=0)
+
+
+def test_generation_ids_add_the_tokenizers_eos_to_the_llms_stop_ids(tiny_model_factory, tokenizer):
+    from sicog.model.builders import _set_generation_ids
+
+    model, _ = tiny_model_factory()
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id  # a fresh model: the tokenizer's alone
+    model.generation_config.eos_token_id = tokenizer.pad_token_id  # a base LLM stopping at <|endoftext|> only
+    _set_generation_ids(model, tokenizer)
+    assert model.generation_config.eos_token_id == [tokenizer.pad_token_id, tokenizer.eos_token_id]
 
 
 def test_projector_with_other_settings_is_refused(tiny_model_factory, tmp_path):

@@ -195,7 +195,8 @@ def _save(image, fmt="PNG", **kwargs):
     "image, expected",
     [
         (Image.new("L", (20, 10), 128), (128, 128, 128)),
-        (Image.new("RGBA", (20, 10), (255, 0, 0, 0)), (255, 255, 255)),
+        (Image.new("RGBA", (20, 10), (255, 0, 0, 0)), (255, 0, 0)),  # alpha dropped, as convert("RGB") does
+        (Image.new("LA", (20, 10), (90, 0)), (90, 90, 90)),
         (Image.new("RGBA", (20, 10), (255, 0, 0, 255)), (255, 0, 0)),
         (Image.new("P", (20, 10), 0), (0, 0, 0)),
         (Image.new("CMYK", (20, 10), (0, 255, 255, 0)), (255, 0, 0)),

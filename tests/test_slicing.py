@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from sicog.model.slicing import plan_slices, slice_image
+from sicog.model.slicing import fit_long_side, plan_slices, slice_image
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,12 @@ def test_zero_size_is_a_clear_error():
 
 def test_tie_break_is_deterministic():
     assert plan_slices(672, 672).grid == plan_slices(672, 672).grid == (2, 2)
+
+
+@pytest.mark.parametrize("size, resized", [((2100, 2), (1024, 1)), ((2, 2100), (1, 1024))])
+def test_images_more_elongated_than_the_inference_side_keep_one_pixel(size, resized, tiny_model_factory):
+    """Possible only with a raised --max-aspect-ratio: the short side must not be truncated to nothing."""
+    assert fit_long_side(*size, 1024) == resized
+    _, processor = tiny_model_factory(inference_long_side=1024)
+    encoded = processor.encode([{"from": "human", "value": "<image>\nWhat?"}], [Image.new("RGB", size)], train=False)
+    assert encoded.input_ids.count(processor.image_token_id) == processor.image_token_count(*size, inference=True)

@@ -147,7 +147,7 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
         limit = processor.config.text_config.max_position_embeddings - job.sampling.max_new_tokens
         job = dataclasses.replace(job, max_prompt_tokens=max(limit, 1))
     plan = read_plan(job, processor)
-    written = written_outputs(job, rank=rank, world=world)
+    written = written_outputs(job, plan, rank=rank, world=world)
     model, processor = load_pretrained(job.model_name, dtype=dtype)
     model.to(device).eval()
     # Earlier errors are removed only now that the run is sure to retry them: a run refused above, or one

@@ -75,7 +75,9 @@ def mirror_rotation(image: Image.Image, rng: np.random.Generator) -> tuple[Image
 
 
 def mask(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, dict]:
-    """Fill a half-plane covering 25-35% of the pixels with the image's mean colour.
+    """Fill a half-plane covering 25-35% of the pixels with the mean colour of the pixels it covers.
+
+    The region keeps its average colour and loses its detail, as in the published ``apply_mask``.
 
     The half-plane's direction is random; its offset is the quantile of the pixels' projections onto
     that direction, so the covered share is exact up to ties and the computation is one vectorised pass.
@@ -91,7 +93,7 @@ def mask(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, dic
     n_covered = min(max(int(round(target * n_pixels)), 1), n_pixels)
     threshold = np.partition(projection, n_pixels - n_covered)[n_pixels - n_covered]
     covered = (projection >= threshold).reshape(height, width)
-    array[covered] = array.reshape(-1, array.shape[-1]).mean(axis=0).round().astype(array.dtype)
+    array[covered] = array[covered].mean(axis=0).round().astype(array.dtype)
     params = {"fraction": round(float(covered.mean()), 4), "angle_degrees": round(math.degrees(angle), 2)}
     return Image.fromarray(array), params
 

@@ -89,9 +89,12 @@ def record_question(record: dict) -> str | None:
 
 
 def build_prompt(task: str, prompt_type: str, record: dict) -> str:
-    """The exact user text (without ``<image>``) for ``record``; raises :class:`UnusableRecord` without a question."""
-    question = record_question(record)
+    """The exact user text (without ``<image>``) for ``record``; raises :class:`UnusableRecord` without a question.
+
+    Only prompts built on the record's question look it up: the others never read ``conversations``.
+    """
     needs_question = task == "reasoning" or prompt_type == "cod-conv"
+    question = record_question(record) if needs_question else None
     if needs_question and question is None:
         raise UnusableRecord(f"prompt type {prompt_type!r} needs a question ('question' or a human turn)", "question")
     try:

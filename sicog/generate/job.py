@@ -11,7 +11,8 @@ are missing: the result is byte-identical to an uninterrupted run with the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from sicog.generate.sample import ENCODE_ERRORS, encode_task, sample_candidates
 from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO, SamplingSettings
 from sicog.model.processing import ConversationError, SicogProcessor
 
-# Generation fields that must agree between the records already written and this run.
-RESUME_FIELDS = ("model", "prompt_type", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams",
+# Generation fields that must agree between the records already written and this run (besides each record's
+# prompt and corruption, checked against what this run plans for its id).
+RESUME_FIELDS = ("model", "task", "prompt_type", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams",
                  "max_new_tokens", "seed")
 # Fields that outputs written before they were recorded carry implicitly.
 RESUME_DEFAULTS = {"repetition_penalty": 1.0}
@@ -67,7 +69,7 @@ class GenerationJob:
 
     def metadata(self, prompt: str, corruption: list[dict] | None) -> dict:
         """The ``generation`` field of an output record with this ``prompt`` and image ``corruption``."""
-        return {"model": self.model_name, "prompt_type": self.prompt_type, "prompt": prompt,
+        return {"model": self.model_name, "task": self.task, "prompt_type": self.prompt_type, "prompt": prompt,
                 **self.sampling.metadata(), "seed": self.seed, "corruption": corruption}
 
     def batch_seed(self, batch_index: int) -> int:
@@ -101,9 +103,10 @@ def plan_batches(tasks: Sequence[GenerationTask], batch_size: int) -> list[list[
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _resumable(job: GenerationJob) -> Callable[[Path, int, dict], None]:
-    """A check that an earlier output record was made with the job's settings (mixing them would make one
-    output from two different runs)."""
+def _resumable(job: GenerationJob, prompts: Mapping[str, str]) -> Callable[[Path, int, dict], None]:
+    """A check that an earlier output record was made with the job's settings and, when its id is in
+    ``prompts`` (id -> the prompt this run plans), with that prompt (mixing them would make one output from
+    two different runs)."""
 
     def check(path: Path, line: int, record: dict) -> None:
         generation = record.get("generation")
@@ -115,17 +118,25 @@ def _resumable(job: GenerationJob) -> Callable[[Path, int, dict], None]:
                 "file or the output of an earlier sicog generate run, never the input",
                 path=path, line=line, record_id=record.get("id"), field="generation",
             )
-        _check_resumable(job, path, line, record, generation)
+        _check_resumable(job, prompts, path, line, record, generation)
 
     return check
 
 
-def _check_resumable(job: GenerationJob, path: Path, line: int, record: dict, generation: dict) -> None:
+def _check_resumable(job: GenerationJob, prompts: Mapping[str, str], path: Path, line: int, record: dict,
+                     generation: dict) -> None:
+    rid = str(record.get("id"))
     mine = job.metadata("", None)
-    theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in RESUME_FIELDS}
-    differ = {k: (theirs[k], mine[k]) for k in RESUME_FIELDS if theirs[k] != mine[k]}
-    methods = sorted({c.get("method") for c in generation.get("corruption") or []})
-    expected = sorted(set(record_methods(job.corruptions, job.seed, str(record.get("id")), job.corrupt_all)))
+    # Outputs written before the task was recorded are told apart by their prompts, compared below.
+    fields = [k for k in RESUME_FIELDS if k != "task" or "task" in generation]
+    theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in fields}
+    differ = {k: (theirs[k], mine[k]) for k in fields if not _same_setting(k, theirs[k], mine[k])}
+    planned = prompts.get(rid)
+    if planned is not None and generation.get("prompt") != planned:
+        differ["prompt"] = (generation.get("prompt"), planned)
+    # Each image gets the record's methods in order (a different order draws other parameters).
+    methods = [c.get("method") for c in generation.get("corruption") or []]
+    expected = list(record_methods(job.corruptions, job.seed, rid, job.corrupt_all)) * _image_count(record)
     if methods != expected:
         differ["corruption"] = (methods, expected)
     if len(record.get("candidates") or []) != job.sampling.num_candidates:
@@ -138,6 +149,20 @@ def _check_resumable(job: GenerationJob, path: Path, line: int, record: dict, ge
         )
 
 
+def _same_setting(name: str, theirs, mine) -> bool:
+    """Whether a written generation setting equals this run's: the model is the same folder however its path
+    is spelled (relative, with ``..``, through a link)."""
+    if name == "model" and isinstance(theirs, str) and isinstance(mine, str):
+        return os.path.realpath(theirs) == os.path.realpath(mine)
+    return theirs == mine
+
+
+def _image_count(record: dict) -> int:
+    """How many images a written record was generated with (its ``image``: a path or a list of them)."""
+    image = record.get("image")
+    return len(image) if isinstance(image, list) else 1
+
+
 def _earlier_files(target: Path, rank: int, world: int) -> list[Path]:
     """The merged ``target``, this rank's shard of it and its shards of other world sizes: what earlier runs
     wrote that this rank may skip. Shards of other ranks of this world size are left out: they are being
@@ -146,11 +171,13 @@ def _earlier_files(target: Path, rank: int, world: int) -> list[Path]:
     return [target, shard_path(target, rank, world), *foreign]
 
 
-def written_outputs(job: GenerationJob, *, rank: int = 0, world: int = 1) -> set[str]:
+def written_outputs(job: GenerationJob, plan: InputPlan, *, rank: int = 0, world: int = 1) -> set[str]:
     """Ids of the records with candidates that earlier runs wrote (see :func:`run_rank`), after checking that
-    each was made with this job's settings: a :class:`RecordError` names the first that was not (or that is
-    no generated record at all). Nothing is written or removed, so a refused run leaves every file as it was."""
-    return done_ids(_earlier_files(job.output, rank, world), _resumable(job))
+    each was made with this job's settings and with the prompt ``plan`` has for its id: a :class:`RecordError`
+    names the first that was not (or that is no generated record at all). Nothing is written or removed, so a
+    refused run leaves every file as it was."""
+    prompts = {task.id: task.prompt for task in plan.tasks}
+    return done_ids(_earlier_files(job.output, rank, world), _resumable(job, prompts))
 
 
 def run_rank(
@@ -172,7 +199,7 @@ def run_rank(
     out_part = shard_path(job.output, rank, world)
     err_part = shard_path(job.errors_output, rank, world)
     # Checked before a shard file is opened, so that a refused run does not leave empty shards behind.
-    done = written_outputs(job, rank=rank, world=world) if written is None else set(written)
+    done = written_outputs(job, plan, rank=rank, world=world) if written is None else set(written)
     done |= done_ids(_earlier_files(job.errors_output, rank, world))
     summary = RankSummary()
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as errors:

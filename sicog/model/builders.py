@@ -98,7 +98,13 @@ def make_config(
 
 
 def _set_generation_ids(model: SicogForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> None:
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    """Stop at the tokenizer's eos as well as at every stop id the generation config already has (the LLM's
+    own: Qwen2-7B-Instruct stops at <|im_end|> and <|endoftext|>); pad with the tokenizer's pad id."""
+    eos = model.generation_config.eos_token_id
+    stops = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id not in stops:
+        stops.append(tokenizer.eos_token_id)
+    model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
 

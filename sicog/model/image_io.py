@@ -20,11 +20,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels become white rather than whatever colour hides under alpha.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    # Alpha is dropped, not composited: the published training and inference code, VLMEvalKit and lmms-eval
+    # all call convert("RGB"), so a transparent pixel shows the colour stored under it there too.
     return image.convert("RGB")
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.generation import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers.generation.utils import GenerateOutput
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -16,6 +19,9 @@ from .configuration import SicogConfig
 from .layout import order_slice_features
 from .resampler import Resampler, sincos_2d
 from .vision import directly_read_parameters, group_by_size, layers_used, patch_features, tower_body
+
+# What transformers warns when logits processors run without prompt ids (see generate()).
+EMBEDS_ONLY_WARNING = r"Passing `\w+` with `inputs_embeds` and without `input_ids`"
 
 
 class ImageTokenMismatchError(ValueError):
@@ -241,23 +247,60 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         pixel_values: list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ):
+    ) -> torch.LongTensor | GenerateOutput:
         """``GenerationMixin.generate`` with images encoded once, before decoding.
 
         The prompt embeddings (images merged) are computed a single time and reused for every
-        ``num_return_sequences`` sample; decoding then runs on the KV cache. Returns prompt + new ids.
+        ``num_return_sequences`` sample; decoding then runs on the KV cache. As in the published
+        ``LlavaQwenForCausalLM.generate``, only the embeddings go to ``GenerationMixin.generate``, so the
+        logits processors (``repetition_penalty``, ``no_repeat_ngram_size``, ...) see the generated tokens
+        alone, never the prompt. The prompt ids are then put back in front: the result is prompt + new ids
+        (``sequences`` of a returned dict), the transformers convention. Without ``attention_mask`` every
+        prompt position is attended to.
         """
         # A placeholder id must never be sampled: the next step would have no image feature for it.
         suppressed = list(kwargs.pop("suppress_tokens", None) or [])
         kwargs["suppress_tokens"] = sorted(set(suppressed) | {self.config.image_token_id})
         if input_ids is None or "inputs_embeds" in kwargs:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if kwargs.get("use_cache") is False and bool((input_ids == self.config.image_token_id).any()):
-            raise ValueError("generation with images needs use_cache=True (image features enter at the prompt only)")
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
-        return super().generate(
-            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
-        )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with warnings.catch_warnings():
+            # transformers warns that the penalties then skip the prompt: that is the point.
+            warnings.filterwarnings("ignore", message=EMBEDS_ONLY_WARNING, category=UserWarning)
+            out = super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return with_prompt_ids(out, input_ids)
+
+    def _get_logits_processor(
+        self, generation_config: GenerationConfig, input_ids_seq_length: int | None = None, **kwargs
+    ) -> LogitsProcessorList:
+        """transformers' processors, with the repetition penalty on every generated token when decoding
+        starts from embeddings alone.
+
+        transformers skips each row's left padding (read from the attention mask) in the penalty; with no
+        prompt ids, the ids it sees are generated tokens only, and skipping would leave a padded row's
+        first tokens unpenalized, so a record's samples would depend on the batch it shares.
+        """
+        processors = super()._get_logits_processor(generation_config, input_ids_seq_length, **kwargs)
+        if input_ids_seq_length == 0:
+            for processor in processors:
+                if isinstance(processor, RepetitionPenaltyLogitsProcessor):
+                    processor.prompt_ignore_length = None
+        return processors
+
+
+def with_prompt_ids(
+    out: torch.LongTensor | GenerateOutput, input_ids: torch.LongTensor
+) -> torch.LongTensor | GenerateOutput:
+    """``out`` (new ids only, ``num_return_sequences`` rows per prompt) with each row's prompt ids in front."""
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    copies = sequences.shape[0] // input_ids.shape[0]
+    full = torch.cat([input_ids.to(sequences.device).repeat_interleave(copies, dim=0), sequences], dim=1)
+    if isinstance(out, torch.Tensor):
+        return full
+    out.sequences = full
+    return out
 
 
 def flatten_views(pixel_values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[tuple[int, int] | None]]:

@@ -93,10 +93,11 @@ def plan_slices(
 
 def fit_long_side(width: int, height: int, side: int) -> tuple[int, int]:
     """Size with the long side resized to ``side`` and the other truncated in proportion (the published
-    generation scripts' resize before slicing; a square's height is the long side)."""
+    generation scripts' resize before slicing; a square's height is the long side). The short side is at
+    least 1 pixel, so an image more elongated than ``side``:1 still has one."""
     if width > height:
-        return side, int(side / width * height)
-    return int(side / height * width), side
+        return side, max(1, int(side / width * height))
+    return max(1, int(side / height * width)), side
 
 
 def slice_image(image: Image.Image, plan: SlicePlan) -> tuple[Image.Image, list[Image.Image]]:
