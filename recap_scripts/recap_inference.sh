@@ -7,7 +7,9 @@
 #                             with SPLIT set the input is ${DATA_PATH}_${SPLIT}.json
 # Optional:  SPLIT, IMAGE_FOLDER (where relative image paths start), OUTPUT_DIR (default: the input's folder),
 #            PROMPT (cod-default | default | cod-conv; default cod-default), NUM_CANDIDATES (default 6),
-#            TEMPERATURE (0.7), TOP_P (0.9), BEAMS (1), MAX_NEW_TOKENS (1200), BATCH_SIZE (8), SEED (0),
+#            TEMPERATURE (0.7), TOP_P (0.9): always passed, so the checkpoint's generation_config.json
+#                             (top_p 0.8 on Qwen2-7B-Instruct) does not decide them, as released;
+#            BEAMS (1), MAX_NEW_TOKENS (1200), BATCH_SIZE (8), SEED (0),
 #            AUGMENT_METHODS (corrupted images; comma-separated or the README's quoted list; each record gets
 #                             one of them at random, seeded, as released: gaussian_blur, color_jitter,
 #                             mirror_rotation, mask), AUGMENT_ALL=1 (apply all of them, in order),

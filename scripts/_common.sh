@@ -65,6 +65,7 @@ sicog_python() {
 # The interpreter is SICOG_PYTHON, else sicog_python's choice.
 sicog_exec() {
     local python cmd
+    resolve_nproc_per_node
     python="$(sicog_python)"
     if [[ "${NPROC_PER_NODE:-1}" != "1" || "${NNODES:-1}" != "1" || "${SICOG_TORCHRUN:-0}" == "1" ]]; then
         cmd=("$python" -m torch.distributed.run --nproc_per_node "${NPROC_PER_NODE:-1}")
@@ -87,6 +88,26 @@ sicog_exec() {
     exec "${cmd[@]}"
 }
 
+# resolve_nproc_per_node: NPROC_PER_NODE as a number (default 1). torchrun's own spellings gpu and auto become the number of GPUs
+# that nvidia-smi lists (the scripts multiply it into the global batch); anything else that is not a positive
+# whole number stops the script with one line.
+resolve_nproc_per_node() {
+    local value="${NPROC_PER_NODE:-1}" gpus
+    if [[ "$value" == "gpu" || "$value" == "auto" ]]; then
+        gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+        if ((gpus == 0)); then
+            echo "error: NPROC_PER_NODE=$value: no GPU found (nvidia-smi -L lists none); set the number of processes" >&2
+            exit 2
+        fi
+        NPROC_PER_NODE="$gpus"
+    elif [[ "$value" =~ ^[0-9]+$ ]] && ((10#$value > 0)); then
+        NPROC_PER_NODE="$((10#$value))"
+    else
+        echo "error: NPROC_PER_NODE must be a number of processes, gpu or auto (got $value)" >&2
+        exit 2
+    fi
+}
+
 # device_kind: cuda when nvidia-smi lists a GPU, else cpu; DEVICE=cpu or DEVICE=cuda decides instead.
 device_kind() {
     if [[ -n "${DEVICE:-}" ]]; then
@@ -98,32 +119,54 @@ device_kind() {
     fi
 }
 
-# training_flags LEARNING_RATE PER_DEVICE_BATCH [PAPER_GLOBAL_BATCH]: the `sicog train` flags every stage
-# shares, in TRAIN_FLAGS. Reads ACCU_STEPS, OUTPUT_DIR, DATA_PATH, IMAGE_FOLDER, MODEL_MAX_LENGTH, EPOCHS or
-# MAX_STEPS, DEEPSPEED (zero2 | zero3 | a JSON path | none), PRECISION (bf16 | fp16 | fp32; default bf16 on
-# a GPU, fp32 on a CPU), DEVICE (see device_kind), SAVE_STEPS, NUM_WORKERS, GRADIENT_CHECKPOINTING (true |
-# false), NPROC_PER_NODE, NNODES, REPORT_TO (tracker: tensorboard, wandb, ...; default none) and RUN_NAME
-# (the run's name in the tracker; default EXPERIMENT_NAME). Prints the global batch (per-device batch x ACCU_STEPS x processes) and
-# warns when it is not the paper's for the stage. Schedule as published: cosine, 3% warm-up, no decay.
+# training_flags --learning-rate LR --batch PER_DEVICE --folder NAME --save-steps N --save-total-limit N
+#                [--paper-batch N] [--scheduler NAME --warmup RATIO]:
+# the `sicog train` flags every stage shares, in TRAIN_FLAGS. Each script gives its published settings: the output
+# folder model_weight/$EXPERIMENT_NAME/NAME (the published CKPT; OUTPUT_DIR replaces the whole path), the checkpoint
+# cadence (the variables SAVE_STEPS and SAVE_TOTAL_LIMIT override it), the paper's global batch (warned about when
+# the run's differs) and the schedule (default: the published SFT one, cosine with 3% warm-up).
+# Reads ACCU_STEPS, OUTPUT_DIR, DATA_PATH, IMAGE_FOLDER, MODEL_MAX_LENGTH, EPOCHS or MAX_STEPS, DEEPSPEED (zero2 |
+# zero3 | a JSON path | none), PRECISION (bf16 | fp16 | fp32; default bf16 on a GPU, fp32 on a CPU), DEVICE (see
+# device_kind), NUM_WORKERS, GRADIENT_CHECKPOINTING (true | false), NPROC_PER_NODE, NNODES, REPORT_TO (tracker:
+# tensorboard, wandb, ...; default none) and RUN_NAME (the run's name in the tracker; default EXPERIMENT_NAME).
+# Prints the global batch (per-device batch x ACCU_STEPS x processes). As published: no weight decay, and the
+# last partial batch of an epoch is dropped (every published stage, and LLaVA-NeXT's DPO, pass
+# --dataloader_drop_last True).
 training_flags() {
+    local lr="" batch="" folder="" save_steps="" save_limit="" paper="" scheduler=cosine warmup=0.03
+    while (($#)); do
+        case "$1" in
+            --learning-rate) lr="$2" ;;
+            --batch) batch="$2" ;;
+            --folder) folder="$2" ;;
+            --save-steps) save_steps="$2" ;;
+            --save-total-limit) save_limit="$2" ;;
+            --paper-batch) paper="$2" ;;
+            --scheduler) scheduler="$2" ;;
+            --warmup) warmup="$2" ;;
+            *) echo "training_flags: unknown option $1" >&2; exit 2 ;;
+        esac
+        shift 2
+    done
     local device global
+    resolve_nproc_per_node
     device="$(device_kind)"
-    global=$(($2 * ${ACCU_STEPS:-1} * ${NPROC_PER_NODE:-1} * ${NNODES:-1}))
-    echo "global batch: $global = $2 per device x ${ACCU_STEPS:-1} accumulation steps x ${NPROC_PER_NODE:-1}" \
+    global=$((batch * ${ACCU_STEPS:-1} * NPROC_PER_NODE * ${NNODES:-1}))
+    echo "global batch: $global = $batch per device x ${ACCU_STEPS:-1} accumulation steps x $NPROC_PER_NODE" \
          "processes per node x ${NNODES:-1} nodes" >&2
-    if [[ -n "${3:-}" && "$global" != "$3" ]]; then
-        echo "warning: the paper trains this stage with a global batch of $3, not $global" \
-             "(set the per-device batch, ACCU_STEPS, NPROC_PER_NODE and NNODES so that they multiply to $3)" >&2
+    if [[ -n "$paper" && "$global" != "$paper" ]]; then
+        echo "warning: the paper trains this stage with a global batch of $paper, not $global" \
+             "(set the per-device batch, ACCU_STEPS, NPROC_PER_NODE and NNODES so that they multiply to $paper)" >&2
     fi
     TRAIN_FLAGS=(
-        --learning_rate "$1" --per_device_train_batch_size "$2"
+        --learning_rate "$lr" --per_device_train_batch_size "$batch"
         --gradient_accumulation_steps "${ACCU_STEPS:-1}"
-        --output_dir "${OUTPUT_DIR:-$SICOG_ROOT/model_weight/$EXPERIMENT_NAME}"
+        --output_dir "${OUTPUT_DIR:-$SICOG_ROOT/model_weight/$EXPERIMENT_NAME/$folder}"
         --data_path "$DATA_PATH" --model_max_length "${MODEL_MAX_LENGTH:-4096}"
-        --lr_scheduler_type cosine --warmup_steps 0.03 --weight_decay 0.0
-        --logging_steps "${LOGGING_STEPS:-1}" --save_strategy steps --save_steps "${SAVE_STEPS:-500}"
-        --save_total_limit "${SAVE_TOTAL_LIMIT:-2}" --dataloader_num_workers "${NUM_WORKERS:-4}"
-        --group_by_modality_length True
+        --lr_scheduler_type "$scheduler" --warmup_steps "$warmup" --weight_decay 0.0
+        --logging_steps "${LOGGING_STEPS:-1}" --save_strategy steps --save_steps "${SAVE_STEPS:-$save_steps}"
+        --save_total_limit "${SAVE_TOTAL_LIMIT:-$save_limit}" --dataloader_num_workers "${NUM_WORKERS:-4}"
+        --dataloader_drop_last True
     )
     if [[ -n "${IMAGE_FOLDER:-}" ]]; then TRAIN_FLAGS+=(--image_folder "$IMAGE_FOLDER"); fi
     if [[ -n "${REPORT_TO:-}" ]]; then TRAIN_FLAGS+=(--report_to "$REPORT_TO"); fi
@@ -162,7 +205,17 @@ optional_flags() {
 # Reads MODEL_PATH, DATA_PATH (+ SPLIT: ${DATA_PATH}_${SPLIT}.json), EXPERIMENT_NAME, OUTPUT_DIR,
 # IMAGE_FOLDER, PROMPT, NUM_CANDIDATES, TEMPERATURE, TOP_P, BEAMS, MAX_NEW_TOKENS, BATCH_SIZE, SEED,
 # AUGMENT_METHODS (one of them per record, as released), AUGMENT_ALL=1 (all of them, in order).
+# TEMPERATURE and TOP_P are always passed, as the published recap scripts pass them: left unset they are
+# `sicog generate`'s own defaults (the paper's 0.7 and 0.9, read from sicog/generate/settings.py), never the
+# checkpoint's generation_config.json (top_p 0.8 on Qwen2-7B-Instruct).
 generate_flags() {
+    local python defaults default_temperature default_top_p
+    python="$(sicog_python)"
+    defaults="$("$python" -c 'from sicog.generate.settings import SamplingSettings as S; print(S.temperature, S.top_p)')" \
+        || { echo "error: $python cannot import sicog (activate its environment or set SICOG_PYTHON)" >&2; exit 2; }
+    read -r default_temperature default_top_p <<<"$defaults"
+    # Local: optional_flags below reads them by name; the caller's environment is left as it was.
+    local TEMPERATURE="${TEMPERATURE:-$default_temperature}" TOP_P="${TOP_P:-$default_top_p}"
     local input="$DATA_PATH"
     if [[ -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
     local output_dir="${OUTPUT_DIR:-$(dirname "$input")}"

@@ -8,7 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training_scripts" / "uhdv1-finetune-qwen-dpo.sh"
 OURS = ("EXPERIMENT_NAME", "DATA_PATH", "PREV_STAGE_CHECKPOINT", "DPO_LEARNING_RATE", "DPO_BATCH", "DPO_BETA",
-        "DPO_GAMMA", "DPO_ALPHA", "ACCU_STEPS", "OUTPUT_DIR", "DEEPSPEED", "NPROC_PER_NODE", "NNODES", "IMAGE_FOLDER")
+        "DPO_GAMMA", "DPO_ALPHA", "ACCU_STEPS", "OUTPUT_DIR", "DEEPSPEED", "NPROC_PER_NODE", "NNODES", "IMAGE_FOLDER",
+        "SAVE_STEPS", "SAVE_TOTAL_LIMIT")
 
 
 def dry_run(env, *args, cwd=ROOT):
@@ -33,8 +34,22 @@ def test_defaults_resolve_from_any_directory(tmp_path):
     assert flags["--model_name_or_path"] == "ckpt" and flags["--data_path"] == "pairs.jsonl,noisy_pairs.jsonl"
     assert (flags["--dpo_beta"], flags["--dpo_gamma"], flags["--dpo_alpha"]) == ("0.1", "1.0", "1.0")
     assert (flags["--learning_rate"], flags["--per_device_train_batch_size"]) == ("5e-7", "1")
-    assert flags["--deepspeed"] == "zero2" and flags["--output_dir"] == str(ROOT / "model_weight" / "dpo")
+    assert flags["--deepspeed"] == "zero2"
+    assert flags["--output_dir"] == str(ROOT / "model_weight" / "dpo" / "llava-qwen-uhd-dpo")
     assert words[-2:] == ["--lora_r", "8"]
+
+
+def test_schedule_and_batches_are_llava_next_dpo():
+    """LLaVA-NeXT's scripts/train/dpo.sh: linear decay after a 10% warm-up, the last partial batch dropped, batches
+    grouped by modality and length, a checkpoint every 3000 steps keeping one (SAVE_STEPS / SAVE_TOTAL_LIMIT)."""
+    env = {"EXPERIMENT_NAME": "dpo", "DATA_PATH": "p.jsonl", "PREV_STAGE_CHECKPOINT": "ckpt"}
+    words, flags = parsed(dry_run(env).stdout)
+    assert (flags["--lr_scheduler_type"], flags["--warmup_steps"]) == ("linear", "0.1")
+    assert words.count("--lr_scheduler_type") == 1 and words.count("--warmup_steps") == 1
+    assert flags["--dataloader_drop_last"] == "True" and flags["--group_by_modality_length"] == "True"
+    assert (flags["--save_steps"], flags["--save_total_limit"]) == ("3000", "1")
+    _, flags = parsed(dry_run({**env, "SAVE_STEPS": "50", "SAVE_TOTAL_LIMIT": "2"}).stdout)
+    assert (flags["--save_steps"], flags["--save_total_limit"]) == ("50", "2")
 
 
 def test_variables_set_the_hyper_parameters_and_torchrun():

@@ -216,13 +216,30 @@ def test_scripts_pass_the_readme_variables(tmp_path):
     assert dry_run("reasoning_inference.sh", tmp_path, "--top-k", "20", **noisy) == [
         sys.executable, "-m", "sicog", "generate", "reasoning", "--model", "ckpt/reasoning", "--data",
         "data/pairs_part1.json", "--output", "out dir/noisy.jsonl", "--image-folder", "imgs", "--prompt", "cot-default",
-        "--num-candidates", "4", "--max-new-tokens", "256", "--batch-size", "16", "--seed", "3",
-        "--corrupt", "gaussian_blur,mask", "--top-k", "20"]
+        "--num-candidates", "4", "--temperature", "0.7", "--top-p", "0.9", "--max-new-tokens", "256",
+        "--batch-size", "16", "--seed", "3", "--corrupt", "gaussian_blur,mask", "--top-k", "20"]
     every = dry_run("reasoning_inference.sh", tmp_path, AUGMENT_ALL="1", **noisy)
     assert every[every.index("--corrupt"):] == ["--corrupt", "gaussian_blur,mask", "--corrupt-all"]
     command = dry_run("reasoning_inference.sh", REPO / "docs", NPROC_PER_NODE="4", **noisy)
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node" in command
     assert command[command.index("-m", 3):][:4] == ["-m", "sicog", "generate", "reasoning"]
+
+
+@pytest.mark.parametrize("name", ["recap_inference.sh", "reasoning_inference.sh"])
+def test_scripts_pass_the_documented_sampling_when_unset(name, tmp_path):
+    """As the published recap scripts, the scripts always pass temperature and top_p: unset, they are `sicog
+    generate`'s defaults (the paper's), never what the checkpoint's generation_config.json holds."""
+    from sicog.generate.settings import SamplingSettings
+
+    assert f"TEMPERATURE ({SamplingSettings.temperature}), TOP_P ({SamplingSettings.top_p})" in (
+        SCRIPTS / name).read_text()
+    words = dry_run(name, tmp_path, EXPERIMENT_NAME="job", MODEL_PATH="ckpt", DATA_PATH="data.jsonl")
+    assert words[words.index("--temperature") + 1] == str(SamplingSettings.temperature)
+    assert words[words.index("--top-p") + 1] == str(SamplingSettings.top_p)
+    words = dry_run(name, tmp_path, EXPERIMENT_NAME="job", MODEL_PATH="ckpt", DATA_PATH="data.jsonl",
+                    TEMPERATURE="1.0", TOP_P="0.8")
+    assert (words.count("--temperature"), words.count("--top-p")) == (1, 1)
+    assert words[words.index("--temperature") + 1] == "1.0" and words[words.index("--top-p") + 1] == "0.8"
 
 
 @pytest.mark.slow

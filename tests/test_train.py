@@ -352,3 +352,53 @@ def test_compiled_layers_train_as_the_plain_path(world, tmp_path):
                      "--gradient_checkpointing", "True", "--compile_layers", compiled]) == 0
         losses[compiled] = logged_losses(out)
     assert len(losses["True"]) == 3 and losses["True"] == pytest.approx(losses["False"], abs=1e-4)
+
+
+def test_modality_grouped_steps_are_random_draws_of_one_modality():
+    """As the published LengthGroupedSampler(group_by_modality=True): each optimizer step (one global batch) is a
+    random draw of image or of text samples, only arranged by length inside it. Sorting 50 global batches together
+    instead would give every step samples of nearly one length (all short answers, then all long captions)."""
+    from sicog.train.trainer import ModalityLengthGroupedSampler
+
+    batch, steps = 128, 200
+    lengths = torch.randint(100, 3000, (batch * steps,), generator=torch.Generator().manual_seed(0)).tolist()
+    has_image = [i % 4 != 0 for i in range(len(lengths))]
+    order = list(ModalityLengthGroupedSampler(batch, lengths, has_image, seed=0))
+    assert sorted(order) == list(range(len(lengths)))
+    full = [order[i : i + batch] for i in range(0, len(order), batch)][: steps - 2]  # the ragged ends go last
+    for step in full:
+        assert len({has_image[i] for i in step}) == 1
+        spread = max(lengths[i] for i in step) - min(lengths[i] for i in step)
+        assert spread > 2500, spread  # a random draw from 100..3000 spans nearly all of it
+    means = torch.tensor([sum(lengths[i] for i in step) / batch for step in full])
+    assert means.std() < 150, means[:5].tolist()  # a random draw's mean: about 1550 +- 70, whatever the step
+
+
+def test_loss_weighting_micro_batches_reproduces_the_release(world, tmp_path):
+    """Under gradient accumulation, `--loss_weighting micro_batches` averages each micro-batch's token mean, as the
+    published trainer did; the default weighs every supervised token of the step the same (transformers' current
+    loss), so a 3-token answer counts far less than a long one. Learning rate 0: every run scores one model."""
+    long_answer = " ".join(["The image shows shapes, colours and numbers 0 1 2 3 4 5 6 7 8 9."] * 4)
+    records = [("short", "Hi."), ("long", long_answer)]
+    data = tmp_path / "answers.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "conversations": [{"from": "human", "value": "Say something."},
+                                                                    {"from": "gpt", "value": a}]}) + "\n"
+                            for i, a in records))
+
+    def step_losses(name, steps, accumulation, *extra):
+        flags = common(world, tmp_path / name, steps=steps, lr="0")
+        flags[flags.index("--data_path") + 1] = str(data)
+        flags[flags.index("--per_device_train_batch_size") + 1] = "1"
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *flags,
+                     "--gradient_accumulation_steps", str(accumulation), "--report_to", "none",
+                     "--sample_log", str(tmp_path / name), *extra]) == 0
+        return logged_losses(tmp_path / name)
+
+    alone = step_losses("alone", 2, 1)  # one sample a step: each sample's own token mean
+    order = [json.loads(line)["ids"][0] for line in Path(f"{tmp_path / 'alone'}.rank0.jsonl").read_text().splitlines()]
+    per_sample = dict(zip(order, alone))
+    release = (per_sample["short"] + per_sample["long"]) / 2
+    [micro] = step_losses("micro", 1, 2, "--loss_weighting", "micro_batches")
+    [tokens] = step_losses("tokens", 1, 2)
+    assert micro == pytest.approx(release, abs=2e-4)
+    assert abs(tokens - per_sample["long"]) < abs(release - per_sample["long"]) - 1e-3, (tokens, per_sample)

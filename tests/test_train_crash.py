@@ -1,5 +1,6 @@
 """A training run killed while saving a checkpoint finishes on one rerun, with the uninterrupted run's weights."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 import torch
 from train_helpers import make_checkpoint, make_dataset, weights
 
-from sicog.train.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
+from sicog.train.checkpoints import COMPLETE_MARKER, ForeignCheckpointError, last_complete_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_kill_during_checkpoint_save_then_one_rerun_finishes_identically(world, 
     killed = train(world, out, crash_at=f"{point}:2")  # the second save: checkpoint-1 is complete
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-2" / COMPLETE_MARKER).exists()
-    assert last_complete_checkpoint(out) == str(out / "checkpoint-1")
+    assert last_complete_checkpoint(out, "2") == str(out / "checkpoint-1")
 
     rerun = train(world, out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -62,12 +63,49 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path, caplog):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         if complete:
-            (folder / COMPLETE_MARKER).write_text("{}")
+            (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": step, "stage": "2"}))
     with caplog.at_level("WARNING"):
-        assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+        assert last_complete_checkpoint(tmp_path, "2") == str(tmp_path / "checkpoint-2")
     skipped = [r.getMessage() for r in caplog.records if "skipping incomplete" in r.getMessage()]
     assert len(skipped) == 2 and "checkpoint-3" in skipped[0] and "checkpoint-10" in skipped[1]
-    assert last_complete_checkpoint(tmp_path / "missing") is None
+    assert last_complete_checkpoint(tmp_path / "missing", "2") is None
+
+
+@pytest.mark.parametrize(("marker", "says"), [
+    ('{"global_step": 4, "stage": "1.5"}', "is stage 1.5's, not stage 2's"),
+    ('{"global_step": 4}', "does not name the stage that wrote it"),  # written before markers named their stage
+    ("", "does not name the stage that wrote it"),  # made by hand
+])
+def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path, marker, says):
+    for step in (4, 9):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    folder = tmp_path / "checkpoint-4"  # older than this stage's own checkpoint-9: still refused
+    (folder / COMPLETE_MARKER).write_text(marker)
+    (tmp_path / "checkpoint-9" / COMPLETE_MARKER).write_text('{"global_step": 9, "stage": "2"}')
+    with pytest.raises(ForeignCheckpointError, match=f"{folder} {says}"):
+        last_complete_checkpoint(tmp_path, "2")
+
+
+def test_a_stage_never_resumes_the_checkpoint_another_stage_left_in_its_output_folder(world, tmp_path, capsys):
+    """One output folder for two stages (one EXPERIMENT_NAME and OUTPUT_DIR for the chain): the second stage stops
+    before loading anything, instead of continuing the first stage's run (its weights, optimizer, schedule and
+    step) as its own."""
+    from sicog.cli import main
+
+    def run(stage):
+        return main(["train", "--stage", stage, "--model_name_or_path", str(world["base"]), "--data_path",
+                     str(world["data"]), "--image_folder", str(world["root"] / "images"), "--output_dir",
+                     str(tmp_path), "--max_steps", "1", "--per_device_train_batch_size", "2", "--save_steps", "1",
+                     "--use_cpu", "--report_to", "none", "--dataloader_num_workers", "0"])
+
+    assert run("2") == 0
+    assert json.loads((tmp_path / "checkpoint-1" / COMPLETE_MARKER).read_text()) == {"global_step": 1, "stage": "2"}
+    saved = (tmp_path / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run("0") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"sicog train: error: {tmp_path / 'checkpoint-1'} is stage 2's, not stage 0's")
+    assert (tmp_path / "model.safetensors").stat().st_mtime_ns == saved
 
 
 def test_naming_an_incomplete_checkpoint_is_an_error(world, tmp_path):
@@ -94,4 +132,4 @@ def test_old_checkpoints_are_deleted_only_after_the_new_one_is_complete(world, t
     # Killed with checkpoint-3 written but not yet marked: checkpoint-2 must still be there to resume from
     # (checkpoint-1 went once checkpoint-2 was complete).
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
-    assert last_complete_checkpoint(out) == str(out / "checkpoint-2")
+    assert last_complete_checkpoint(out, "2") == str(out / "checkpoint-2")

@@ -103,3 +103,23 @@ def test_modality_grouped_sampler_resumes_mid_epoch_on_two_ranks(world, tmp_path
         logged = {name: {e["step"]: e["ids"] for e in map(json.loads, (tmp_path / f"{name}_ids.rank{rank}.jsonl")
                                                           .read_text().splitlines())} for name in ("full", "resumed")}
         assert logged["resumed"] == {step: logged["full"][step] for step in (6, 7)}, rank
+
+
+def test_exit_handlers_run_after_a_multi_process_run(world, tmp_path):
+    """A multi-process run leaves through os._exit (see sicog/train/cli.py), which skips interpreter exit; the exit
+    handlers must still run, for trackers finish there (wandb writes and uploads a run's history at exit)."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(
+        "import atexit, os, sys\n"
+        "from pathlib import Path\n"
+        "from sicog.cli import main\n"
+        f"atexit.register(lambda: Path({str(tmp_path)!r}, 'exited.rank' + os.environ['RANK']).write_text('ok'))\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(launcher), "train", "--stage", "2", "--model_name_or_path", str(world["base"]),
+           *flags(world, tmp_path / "out", "zero2", 1)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("exited.rank*")) == ["exited.rank0", "exited.rank1"]

@@ -15,6 +15,14 @@ SCRIPTS = {
     "uhdv1-finetune-qwen-stage15-sft.sh": ("1.5", ["EXPERIMENT_NAME", "DATA_PATH", "MM_PROJECTOR_CHECKPOINT"]),
     "uhdv1-finetune-qwen-stage2-sft.sh": ("2", ["EXPERIMENT_NAME", "DATA_PATH", "PREV_STAGE_CHECKPOINT"]),
 }
+# What each published script passes (SICOG_REFERENCE_CODE/training_scripts; checked below when it is there): the
+# output folder under model_weight/$EXPERIMENT_NAME, the checkpoint cadence, and whether batches are grouped.
+PUBLISHED = {
+    "uhdv1-finetune-qwen-stage0-warmup.sh": ("llava-qwen-uhd-stage0", "2000", "2", True),
+    "uhdv1-pretrain-qwen-stage1-align.sh": ("checkpoints_new/llava-qwen-uhd-stage1", "24000", "1", False),
+    "uhdv1-finetune-qwen-stage15-sft.sh": ("llava-qwen-uhd-stage15", "4000", "2", True),
+    "uhdv1-finetune-qwen-stage2-sft.sh": ("llava-qwen-uhd-stage2", "4000", "2", True),
+}
 README_ENV = {
     "PRETRAIN_LEARNING_RATE": "2e-4", "FINETUNE_LEARNING_RATE": "2e-5", "PRETRAIN_BATCH": "8", "FINETUNE_BATCH": "4",
     "ACCU_STEPS": "2", "EXPERIMENT_NAME": "exp", "DATA_PATH": "data.jsonl", "PREV_STAGE_CHECKPOINT": "ckpt",
@@ -23,7 +31,8 @@ README_ENV = {
 
 
 def dry_run(script, env, *args, cwd=ROOT):
-    ours = (*README_ENV, "FINETUNE_RANK_BATCH", "OUTPUT_DIR", "REPORT_TO", "RUN_NAME")
+    ours = (*README_ENV, "FINETUNE_RANK_BATCH", "OUTPUT_DIR", "REPORT_TO", "RUN_NAME", "SAVE_STEPS",
+            "SAVE_TOTAL_LIMIT", "NPROC_PER_NODE", "NNODES")
     clean = {k: v for k, v in os.environ.items() if k not in ours}
     return subprocess.run(["bash", str(ROOT / "training_scripts" / script), "--dry-run", *args], cwd=cwd,
                           env={**clean, **env}, capture_output=True, text=True, timeout=60)
@@ -44,12 +53,43 @@ def test_readme_variables_resolve(script, tmp_path):
     assert flags["--gradient_accumulation_steps"] == "2" and flags["--data_path"] == "data.jsonl"
     assert flags["--learning_rate"] == ("2e-4" if stage == "1" else "2e-5")
     assert flags["--per_device_train_batch_size"] == ("8" if stage == "1" else "4")
-    assert flags["--output_dir"] == str(ROOT / "model_weight" / "exp")
+    assert flags["--output_dir"] == str(ROOT / "model_weight" / "exp" / PUBLISHED[script][0])
     assert words[-2:] == ["--save_steps", "7"]
     if stage == "1.5":
         assert flags["--projector"] == "proj" and flags["--language_model"] == "qwen"
     if stage in ("0", "2"):
         assert flags["--model_name_or_path"] == "ckpt"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_stage_settings_are_the_published_scripts(script, tmp_path):
+    """Each stage writes to its own folder of the experiment (one EXPERIMENT_NAME for the whole chain never makes a
+    stage resume another's checkpoints), saves at the published cadence, drops the last partial batch, and groups
+    batches by modality and length only where the published script does (not in stage 1)."""
+    folder, save_steps, save_limit, grouped = PUBLISHED[script]
+    words, flags = parsed(dry_run(script, README_ENV, cwd=tmp_path).stdout)
+    assert flags["--output_dir"] == str(ROOT / "model_weight" / "exp" / folder)
+    assert (flags["--save_steps"], flags["--save_total_limit"]) == (save_steps, save_limit)
+    assert flags["--dataloader_drop_last"] == "True"
+    assert (flags.get("--group_by_modality_length") == "True") == grouped
+    assert (flags["--lr_scheduler_type"], flags["--warmup_steps"]) == ("cosine", "0.03")
+    env = {**README_ENV, "SAVE_STEPS": "9", "SAVE_TOTAL_LIMIT": "3", "OUTPUT_DIR": str(tmp_path / "out")}
+    _, flags = parsed(dry_run(script, env, cwd=tmp_path).stdout)
+    assert (flags["--save_steps"], flags["--save_total_limit"]) == ("9", "3")
+    assert flags["--output_dir"] == str(tmp_path / "out")
+
+
+@pytest.mark.skipif(not (Path(os.environ.get("SICOG_REFERENCE_CODE") or "/nonexistent") / "training_scripts").is_dir(),
+                    reason="published SICOG code not found: set SICOG_REFERENCE_CODE to the folder holding llava/")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_published_table_matches_the_published_scripts(script):
+    text = (Path(os.environ["SICOG_REFERENCE_CODE"]) / "training_scripts" / script).read_text()
+    ckpt = re.search(r"^CKPT=(\S+)", text, re.M).group(1)
+    output = re.search(r"^OUTPUT_DIR=/model_weight/\$EXPERIMENT_NAME/(\S+)", text, re.M).group(1)
+    published = (output.replace("$CKPT", ckpt), re.search(r"--save_steps (\d+)", text).group(1),
+                 re.search(r"--save_total_limit (\d+)", text).group(1), "--group_by_modality_length True" in text)
+    assert published == PUBLISHED[script]
+    assert "--dataloader_drop_last True" in text
 
 
 def test_finetune_rank_batch_is_an_alias():
@@ -120,6 +160,37 @@ def test_global_batch_is_printed_and_checked_against_the_paper(env, global_batch
     assert ("the paper trains this stage with a global batch of 128" in result.stderr) == warned
     stage1 = dry_run("uhdv1-pretrain-qwen-stage1-align.sh", {**README_ENV, **env, "ACCU_STEPS": "1"})
     assert f"global batch: {8 * global_batch // 4 // int(env.get('ACCU_STEPS', '2')) }" in stage1.stderr
+
+
+def fake_nvidia_smi(folder: Path, gpus: int | None) -> dict:
+    """PATH with an nvidia-smi that lists ``gpus`` GPUs (None: one that fails, as on a machine without a driver)."""
+    folder.mkdir(exist_ok=True)
+    listing = "".join(f"echo 'GPU {i}: NVIDIA H100 (UUID: GPU-{i})'\n" for i in range(gpus or 0))
+    (folder / "nvidia-smi").write_text(f"#!/bin/sh\n{listing}exit {0 if gpus is not None else 9}\n")
+    (folder / "nvidia-smi").chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("spelling", ["gpu", "auto"])
+def test_nproc_per_node_gpu_is_the_number_of_gpus(spelling, tmp_path):
+    """torchrun's own spellings: the script counts the GPUs, so the global batch and the launch agree."""
+    env = {**README_ENV, **fake_nvidia_smi(tmp_path / "bin", 4), "NPROC_PER_NODE": spelling, "ACCU_STEPS": "1"}
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env)
+    assert result.returncode == 0, result.stderr
+    words, flags = parsed(result.stdout)
+    assert "torch.distributed.run" in words and flags["--nproc_per_node"] == "4"
+    assert "global batch: 16 = 4 per device x 1 accumulation steps x 4 processes per node" in result.stderr
+
+
+@pytest.mark.parametrize(("value", "gpus", "says"), [
+    ("two", 4, "NPROC_PER_NODE must be a number of processes, gpu or auto (got two)"),
+    ("0", 4, "NPROC_PER_NODE must be a number of processes, gpu or auto (got 0)"),
+    ("gpu", None, "NPROC_PER_NODE=gpu: no GPU found (nvidia-smi -L lists none); set the number of processes"),
+])
+def test_nproc_per_node_that_is_no_count_stops_with_one_line(value, gpus, says, tmp_path):
+    env = {**README_ENV, **fake_nvidia_smi(tmp_path / "bin", gpus), "NPROC_PER_NODE": value}
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {says}"
 
 
 def test_several_nodes_need_a_node_rank_and_a_master_address():

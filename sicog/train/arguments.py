@@ -15,6 +15,8 @@ from sicog.model.configuration import SicogConfig
 from sicog.train.fast_paths import FUSED_LOSSES
 
 PARTS = ("vision_tower", "resampler", "language_model")
+# How the SFT loss weighs the samples of one optimizer step (docs/training.md, "Loss weighting").
+LOSS_WEIGHTINGS = ("tokens", "micro_batches")
 
 
 class UsageError(ValueError):
@@ -117,6 +119,11 @@ class SicogTrainingArguments(TrainingArguments):
             "reused when data and model match"
         },
     )
+    loss_weighting: str = field(default="tokens", metadata={
+        "help": "tokens: every supervised token of an optimizer step weighs the same, whatever the accumulation "
+                "steps and processes (transformers' loss); micro_batches: the mean of the micro-batches' token "
+                "means, as the published trainer computed it (DPO always averages its micro-batches)",
+        "choices": LOSS_WEIGHTINGS})
     fused_loss: str = field(default="auto", metadata={
         "help": "auto: the loss straight from the hidden states (Liger's fused linear cross-entropy) on a GPU "
                 "where liger-kernel is installed, without ZeRO-3; liger: that or an error; off: the LLM's logits "

@@ -1,18 +1,25 @@
-"""Which checkpoints a run may resume from: only those whose save finished.
+"""Which checkpoints a run may resume from: only those whose save finished, written by the same stage.
 
 The Trainer writes ``checkpoint-N`` in place (weights, then optimizer and scheduler, then RNG and
 trainer state); a run killed part way leaves a folder that looks like a checkpoint but cannot be
 loaded. :class:`~sicog.train.trainer.SicogTrainer` writes :data:`COMPLETE_MARKER` into the folder
 after every rank has finished its part, and resuming only considers folders that hold it.
+
+The marker also names the stage that wrote the checkpoint. Resuming another stage's checkpoint would
+silently continue that stage's run (its weights, optimizer state, schedule position and step count,
+skipping as many of this stage's samples), so an output folder holding one stops the run instead.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 from transformers.trainer_utils import sort_checkpoints
+
+from sicog.data.jsonl import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -23,21 +30,54 @@ class IncompleteCheckpointError(ValueError):
     """A checkpoint asked for by name whose save did not finish."""
 
 
+class ForeignCheckpointError(ValueError):
+    """The output folder holds a complete checkpoint that another stage (or an unknown one) wrote."""
+
+
 def is_complete(checkpoint: str | os.PathLike) -> bool:
     """Whether ``checkpoint``'s save finished (its completion marker exists)."""
     return (Path(checkpoint) / COMPLETE_MARKER).is_file()
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+def mark_complete(checkpoint: str | os.PathLike, global_step: int, stage: str) -> None:
+    """Write the completion marker: the save of ``checkpoint`` by ``stage`` at ``global_step`` finished."""
+    write_json(Path(checkpoint) / COMPLETE_MARKER, {"global_step": global_step, "stage": stage})
+
+
+def checkpoint_stage(checkpoint: str | os.PathLike) -> str | None:
+    """The stage named in a complete checkpoint's marker (None: a marker from before markers named it, or one
+    written by hand that is no JSON object)."""
+    try:
+        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
+    except ValueError:
+        return None
+    return marker.get("stage") if isinstance(marker, dict) else None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike, stage: str) -> str | None:
     """The newest complete ``checkpoint-N`` in ``output_dir`` (None when there is none).
 
     Newer folders without the marker were left by a run killed while saving; each is named in a
-    warning and skipped (the resumed run writes that step's checkpoint again).
+    warning and skipped (the resumed run writes that step's checkpoint again). A complete checkpoint
+    whose marker names another stage than ``stage``, or none, raises :class:`ForeignCheckpointError`.
     """
     if not Path(output_dir).is_dir():
         return None
     checkpoints = sort_checkpoints(str(output_dir))
     complete = [c for c in checkpoints if is_complete(c)]
+    for checkpoint in complete:
+        written_by = checkpoint_stage(checkpoint)
+        if written_by is None:
+            raise ForeignCheckpointError(
+                f"{checkpoint} does not name the stage that wrote it (saved by an older sicog); if it is this "
+                f"stage's, resume it with --resume_from_checkpoint {checkpoint}, else use another --output_dir"
+            )
+        if written_by != stage:
+            raise ForeignCheckpointError(
+                f"{checkpoint} is stage {written_by}'s, not stage {stage}'s: resuming it would continue that "
+                "stage's run; give each stage its own --output_dir (the training scripts default to one folder "
+                "per stage under model_weight/$EXPERIMENT_NAME)"
+            )
     newest = complete[-1] if complete else None
     skipped = [c for c in checkpoints if not is_complete(c) and (newest is None or _step(c) > _step(newest))]
     for checkpoint in skipped:

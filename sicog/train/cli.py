@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -39,7 +40,7 @@ def main(argv: Sequence[str]) -> int:
     )
     from sicog.data.jsonl import RecordError
     from sicog.data.lock import OutputLocked
-    from sicog.train.checkpoints import IncompleteCheckpointError
+    from sicog.train.checkpoints import ForeignCheckpointError, IncompleteCheckpointError
     from sicog.train.datasets import DataProblemsError
     from sicog.train.fast_paths import FastPathError
     from sicog.train.hub import PushError
@@ -47,8 +48,8 @@ def main(argv: Sequence[str]) -> int:
 
     try:
         train(model_args, data_args, training_args)
-    except (UsageError, DataProblemsError, RecordError, IncompleteCheckpointError, OutputLocked,
-            FastPathError) as err:
+    except (UsageError, DataProblemsError, RecordError, IncompleteCheckpointError, ForeignCheckpointError,
+            OutputLocked, FastPathError) as err:
         print(f"sicog train: error: {err}", file=sys.stderr)
         return 2
     except PushError as err:
@@ -58,6 +59,9 @@ def main(argv: Sequence[str]) -> int:
         # Everything is saved and the process group is closed. Under torchrun with DeepSpeed ZeRO-3 on gloo,
         # interpreter teardown can still abort a rank ("terminate called without an active exception",
         # seen in about one 2-rank CPU run in three), which would fail a finished run; leave at once instead.
+        # os._exit skips the exit handlers, where trackers finish their run (wandb writes and uploads its
+        # history there: transformers' WandbCallback never calls wandb.finish()), so run them first.
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

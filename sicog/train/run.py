@@ -148,16 +148,18 @@ def load_data(data_args: DataArguments, processor: SicogProcessor, args: SicogTr
 def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
     """Run one stage end to end; returns the trainer's metrics. Reruns resume from the newest complete checkpoint.
 
-    The output folder is locked for the run (rank 0 holds the lock): a second run on it stops at once.
+    The output folder is locked for the run (rank 0 holds the lock): a second run on it stops at once, and so does a
+    run whose output folder holds a checkpoint of another stage (before anything is loaded).
     With ``--push_to_hub`` rank 0 creates the Hub repository first (a run that cannot push stops before training)
     and uploads the output folder once everything is saved, the model card included.
     """
     if args.resume_from_checkpoint:
         check_resume_target(args.resume_from_checkpoint)
     with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
+        resume = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir, args.stage)
         if args.push_at_end and args.process_index == 0:
             args.hub_model_id = create_repo(args)
-        metrics = _train(model_args, data_args, args)
+        metrics = _train(model_args, data_args, args, resume)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every rank leaves together and closes the process group itself: left to interpreter exit, the gloo
             # threads of a rank that finished first can abort it ("terminate called without an active
@@ -203,7 +205,8 @@ def warn_inference_resize(model: SicogForConditionalGeneration, args: SicogTrain
         )
 
 
-def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
+def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments,
+           resume: str | None) -> dict:
     set_seed(args.seed)
     total_batch = check_global_batch(args)
     if args.deepspeed and torch.distributed.is_initialized():
@@ -234,7 +237,6 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
             vision_tower_lr=args.vision_tower_lr,
             sample_log=data_args.sample_log,
         )
-    resume = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     if args.lora_r:
         trainer.model.language_model = trainer.model.language_model.merge_and_unload()

@@ -13,9 +13,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from sicog.data.crash import crash_point
-from sicog.data.jsonl import write_json
 from sicog.model.builders import share_weights_like_config
-from sicog.train.checkpoints import COMPLETE_MARKER
+from sicog.train.checkpoints import COMPLETE_MARKER, mark_complete
 
 
 class EpochSeeded:
@@ -39,9 +38,13 @@ class EpochSeeded:
 
 
 class ModalityLengthGroupedSampler(EpochSeeded, Sampler):
-    """Batches that hold only image samples or only text samples, each of similar lengths.
+    """Batches that hold only image samples or only text samples, arranged by length inside each batch.
 
-    Mixing both in one batch wastes the vision pass on padding and makes step times uneven.
+    Mixing both in one batch wastes the vision pass on padding and makes step times uneven. As in the published
+    sampler (LLaVA-NeXT's ``LengthGroupedSampler(group_by_modality=True)``), the length sort spans one batch
+    only: each batch (the trainer passes the global batch of one optimizer step) is a random draw of one
+    modality, sorted so that its micro-batches pad little. Sorting several batches together would make every
+    step length-homogeneous, which changes the gradient statistics and the order the data is seen in.
     """
 
     def __init__(self, batch_size: int, lengths: list[int], has_image: list[bool], seed: int) -> None:
@@ -60,7 +63,8 @@ class ModalityLengthGroupedSampler(EpochSeeded, Sampler):
         for group in groups:
             if not group:
                 continue
-            order = get_length_grouped_indices([self.lengths[i] for i in group], self.batch_size, generator=generator)
+            order = get_length_grouped_indices([self.lengths[i] for i in group], self.batch_size,
+                                               mega_batch_mult=1, generator=generator)
             members = [group[i] for i in order]
             batches += [members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)]
         # Full batches in random order; the ragged ends of both groups go last.
@@ -98,10 +102,15 @@ class SicogTrainer(Trainer):
         self.vision_tower_lr = vision_tower_lr
         self.sample_log = Path(f"{sample_log}.rank{self.args.process_index}.jsonl") if sample_log else None
         self.seeded_sampler: EpochSeeded | None = None
+        if self.args.loss_weighting == "micro_batches":
+            # Not told the step's token count, the model returns each micro-batch's token mean; the Trainer then
+            # divides it by the accumulation steps and the ranks' gradients are averaged: the published weighting.
+            self.model_accepts_loss_kwargs = False
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        # Mega-batches span all ranks of one step so that every rank gets samples of similar length.
+        # A batch of the samplers is one optimizer step over all ranks: the modality sampler draws each step from
+        # one modality and sorts it by length, so every rank's micro-batches pad little.
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         if self.group_by_modality:
@@ -172,7 +181,7 @@ class SicogTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         crash_point("checkpoint-unmarked")  # kill test point: everything written but the completion marker
         if self.args.should_save:
-            write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+            mark_complete(folder, self.state.global_step, self.args.stage)
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
                                use_mtime=True)
 
