@@ -82,7 +82,7 @@ def test_yes_no_benchmark_with_image_paths(tmp_path) -> None:
         "Is there a dog in the image?\nAnswer the question using a single word or phrase."
     )
     cot = build_prompt(bench.rows[0], bench.kind, "cot")
-    assert cot == "Is there a dog in the image? Answer the question step-by-step."
+    assert cot == "Is there a dog in the image?\nAnswer the question step-by-step."
     assert row_image(bench, bench.rows[0]).size == (20, 20)
     with pytest.raises(ImageError, match="none.png"):
         row_image(bench, bench.rows[1])
@@ -133,3 +133,49 @@ def test_row_level_problems_are_returned_not_raised(tmp_path) -> None:
     assert problems[1][0] == "A" and "at least two options" in problems[1][1]
     assert problems[2] == ("question", "empty question")
     assert problems[3] is None  # no answer: predicted, not scored
+
+
+@pytest.mark.parametrize("cell", ["None", "N/A", "NA", "null", "NULL", "n/a", "<NA>", "#N/A", "-nan", "1.#IND"])
+def test_cells_pandas_reads_as_nan_are_no_option(tmp_path, cell) -> None:
+    """VLMEvalKit reads TSVs with pandas, whose default NA strings become NaN: no option C there, nor here."""
+    rows = [{"index": 0, "image": "x", "question": "Which is right?", "A": "cat", "B": "dog", "C": cell, "answer": "C"}]
+    write_tsv(tmp_path / "na.tsv", ["index", "image", "question", "A", "B", "C", "answer"], rows)
+    row = read_benchmark(tmp_path / "na.tsv").rows[0]
+    assert row_options(row) == {"A": "cat", "B": "dog"}
+    assert row_problem(row, MULTIPLE_CHOICE) == ("answer", "answer 'C' is not one of the options A, B")
+
+
+@pytest.mark.parametrize("cell", ["NAN", " NA ", "none", "0"])
+def test_cells_pandas_keeps_are_options(tmp_path, cell) -> None:
+    rows = [{"index": 0, "image": "x", "question": "Which is right?", "A": "cat", "B": "dog", "C": cell, "answer": "C"}]
+    write_tsv(tmp_path / "na.tsv", ["index", "image", "question", "A", "B", "C", "answer"], rows)
+    assert list(row_options(read_benchmark(tmp_path / "na.tsv").rows[0])) == ["A", "B", "C"]
+
+
+def test_a_one_image_list_cell_is_that_image(tmp_path) -> None:
+    """VLMEvalKit's toliststr reads "['x']" as a list of one image, and uses that image."""
+    Image.new("RGB", (20, 10)).save(tmp_path / "a.png")
+    rows = [{"index": 0, "image": f"['{png_base64((30, 12))}']", "image_path": "", "question": "?", "answer": "yes"},
+            {"index": 1, "image": "", "image_path": "['a.png']", "question": "?", "answer": "no"},
+            {"index": 2, "image": "", "image_path": '["a.png", "a.png"]', "question": "?", "answer": "no"},
+            {"index": 3, "image": "", "image_path": "[a.png]", "question": "?", "answer": "no"}]
+    write_tsv(tmp_path / "list.tsv", ["index", "image", "image_path", "question", "answer"], rows)
+    bench = read_benchmark(tmp_path / "list.tsv")
+    assert row_image(bench, bench.rows[0]).size == (30, 12)
+    assert row_image(bench, bench.rows[1]).size == (20, 10)
+    with pytest.raises(ImageError, match="several images"):
+        row_image(bench, bench.rows[2])
+    with pytest.raises(ImageError, match="is not a list"):
+        row_image(bench, bench.rows[3])
+    with pytest.raises(ImageError, match="empty list"):
+        decode_image("[]")
+
+
+def test_base64_with_line_breaks_is_decoded() -> None:
+    """MIME-wrapped base64 (a line break every 76 characters), which VLMEvalKit's decoder reads."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(buffer, format="PNG")
+    wrapped = base64.encodebytes(buffer.getvalue()).decode("ascii")
+    assert "\n" in wrapped.strip()
+    assert decode_image(wrapped.strip()).size == (64, 64)
+    assert decode_image(wrapped.strip().replace("\n", "\r\n")).size == (64, 64)

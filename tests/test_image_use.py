@@ -97,3 +97,41 @@ def test_cli_writes_the_result(tiny_model_factory, tmp_path: Path, capsys) -> No
     assert result["records"] == 6 and result["compared"] == 6 and result["model"] == str(tmp_path / "model")
     assert result["gap"] == pytest.approx(result["loss_other_images"] - result["loss_own_images"])
     assert "gap" in capsys.readouterr().out
+
+
+def test_only_the_last_answer_is_the_reference(tiny_model_factory, tmp_path: Path, monkeypatch) -> None:
+    """Earlier turns, answers included, are context: the loss is measured on the last reply and its end marker."""
+    import sicog.eval.image_use as image_use_module
+
+    model, processor = tiny_model_factory()
+    data = _colour_data(tmp_path, n=4)
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    for record in records:
+        first, answer = record["conversations"]
+        record["conversations"] = [first, {"from": "gpt", "value": "There are 3 circles on a blue background."},
+                                   {"from": "human", "value": "And its colour, in a word?"},
+                                   {"from": "gpt", "value": answer["value"].split()[-1].rstrip(".")}]
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    measured = []
+
+    def spy(model, processor, encoded, batch_size=16, desc=None):
+        measured.extend(encoded)
+        return [(1.0, 1)] * len(encoded)
+
+    monkeypatch.setattr(image_use_module, "answer_losses", spy)
+    image_use(model, processor, data, tmp_path / "images", progress=False)
+    end = processor.tokenizer.eos_token
+    texts = [processor.tokenizer.decode([t for t in item.labels if t >= 0]) for item in measured]
+    colours = [list(COLORS)[i % len(COLORS)] for i in range(4)]
+    assert texts == [f"{colour}{end}" for colour in colours] * 2  # own images, then swapped ones
+
+
+def test_the_reference_is_the_reply_whatever_training_supervises(tiny_model_factory, tmp_path: Path) -> None:
+    from sicog.eval.image_use import last_reply_only
+
+    _, processor = tiny_model_factory()
+    image = Image.new("RGB", (64, 64), COLORS["red"])
+    turns = [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A square."},
+             {"from": "human", "value": "Its colour?"}, {"from": "gpt", "value": "red"}]
+    item = last_reply_only(processor.encode(turns, [image], label_masking="release"))
+    assert processor.tokenizer.decode([t for t in item.labels if t >= 0]) == f"red{processor.tokenizer.eos_token}"

@@ -49,13 +49,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _report(summary: dict) -> str:
-    accuracy = "n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.4f}"
-    lines = [f"{summary['benchmark']}: accuracy {accuracy} ({summary['correct']}/{summary['scored']} scored rows)"]
-    lines += [
-        f"  {name}: {'n/a' if s['accuracy'] is None else format(s['accuracy'], '.4f')} ({s['correct']}/{s['scored']})"
-        for name, s in summary["by_category"].items()
-    ]
+    """What the command prints: the headline (VLMEvalKit's number for the benchmark) when it is not the
+    accuracy, the accuracy, and the same by category."""
+    accuracy = f"accuracy {_number(summary['accuracy'])} ({summary['correct']}/{summary['scored']} scored rows)"
+    yes_no, circular = summary.get("yes_no"), summary.get("circular")
+    metric = summary["headline"]["metric"]
+    if metric == "f1":
+        first = (f"F1 {_number(yes_no['f1'])} (VLMEvalKit's POPE number: yes as positive, each row once per split; "
+                 f"precision {_number(yes_no['precision'])}, recall {_number(yes_no['recall'])}); {accuracy}")
+    elif metric == "circular_accuracy":
+        first = (f"circular accuracy {_number(circular['accuracy'])} ({circular['correct']}/{circular['scored']} "
+                 f"questions right in every circular copy); {accuracy}")
+    else:
+        first = accuracy
+    lines = [f"{summary['benchmark']}: {first}"]
+    if metric == "accuracy" and yes_no is not None:
+        lines.append(f"  precision {_number(yes_no['precision'])}, recall {_number(yes_no['recall'])}, "
+                     f"F1 {_number(yes_no['f1'])} (yes as positive)")
+    for name, s in summary["by_category"].items():
+        line = f"  {name}: {_number(s['accuracy'])} ({s['correct']}/{s['scored']})"
+        if yes_no is not None:
+            line += f", F1 {_number(yes_no['by_category'][name]['f1'])}"
+        if circular is not None and name in circular["by_category"]:
+            by = circular["by_category"][name]
+            line += f", circular {_number(by['accuracy'])} ({by['correct']}/{by['scored']})"
+        lines.append(line)
     if summary["errors"]:
         errors = summary["files"]["errors.jsonl"]
         lines.append(f"  {summary['errors']} row(s) could not be evaluated; reasons in {errors}")
@@ -72,7 +95,8 @@ def _check_output_dir(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate; rank 0 prints the accuracy. 0 when every row is accounted for, 2 on bad input."""
+    """Evaluate; rank 0 prints the headline number and the accuracy. 0 when every row is accounted for, 2 on bad
+    input."""
     from sicog.data.sharding import rank_and_world
     from sicog.eval.generation import load_for_eval
     from sicog.eval.runner import EvalSettings, evaluate, open_scoring

@@ -1,9 +1,10 @@
 """Does a model use the image? Its loss on reference answers with their own images vs with other images.
 
 A model that ignores the picture scores the same either way (a gap near 0), and then no pre-training
-data can change what it answers about images. Images are swapped only between records whose images
-cut into the same views, so every input keeps its exact token layout; a record without such a partner
-is not compared (and counted as such).
+data can change what it answers about images. The reference is each record's last assistant reply (its
+text and end marker); earlier turns, answers included, are context it is asked in. Images are swapped only
+between records whose images cut into the same views, so every input keeps its exact token layout; a
+record without such a partner is not compared (and counted as such).
 """
 
 from __future__ import annotations
@@ -52,6 +53,20 @@ def answer_losses(
     return results
 
 
+def last_reply_only(item: Encoded) -> Encoded:
+    """``item`` with only its last assistant reply supervised (text and end marker, the tokens ``in_reply``
+    marks), whatever the training labels supervise besides: earlier replies and, under release masking,
+    role headers and chat markers."""
+    if not item.in_reply or not any(item.in_reply):
+        raise ConversationError("no assistant reply to measure")
+    end = len(item.in_reply) - item.in_reply[::-1].index(True)
+    start = end
+    while start > 0 and item.in_reply[start - 1]:
+        start -= 1
+    labels = [token if start <= position < end else IGNORE_INDEX for position, token in enumerate(item.input_ids)]
+    return replace(item, labels=labels)
+
+
 def swap_partners(encoded: Sequence[Encoded]) -> dict[int, int]:
     """For each item with a partner of the same view layout, the item whose images it borrows (a rotation)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -76,8 +91,9 @@ def image_use(
 ) -> dict:
     """Per-token loss on the records' answers with their own images and with swapped images.
 
-    ``data``: LLaVA conversation records with one image each. Records that cannot be read or encoded are
-    listed under ``errors`` (file, line, id, reason); the others are measured.
+    ``data``: LLaVA conversation records with one image each, measured on their last assistant reply.
+    Records that cannot be read or encoded are listed under ``errors`` (file, line, id, reason); the others
+    are measured.
     """
     encoded: list[Encoded] = []
     errors: list[dict] = []
@@ -89,7 +105,7 @@ def image_use(
             images = [resolve_image(name, image_folder) for name in record_images(record)]
             if len(images) != 1:
                 raise ValueError(f"needs exactly one image, has {len(images)}")
-            encoded.append(processor.encode(record["conversations"], images, train=True))
+            encoded.append(last_reply_only(processor.encode(record["conversations"], images, train=True)))
         except (ValueError, ConversationError, ImageError, OSError) as err:
             errors.append(Problem(record.get("id"), Source(str(data), line), str(err)).to_json())
     partners = swap_partners(encoded)

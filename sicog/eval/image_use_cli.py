@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the flags of ``sicog image-use``."""
     parser.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder")
     parser.add_argument("--data", required=True, type=Path,
-                        help="LLaVA records with one image each; the last answer is the reference text")
+                        help="LLaVA records with one image each; the last assistant answer is the reference text "
+                             "(earlier turns, answers included, are its context)")
     parser.add_argument("--image-folder", type=Path, help="where the records' image paths start")
     parser.add_argument("--output", required=True, type=Path, help="JSON with both losses, the gap and any errors")
     parser.add_argument("--limit", type=positive_int, help="read at most this many records")

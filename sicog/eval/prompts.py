@@ -6,8 +6,10 @@ questions, as VLMEvalKit does for MMBench-CN). Yes/no, and a multiple-choice que
 its options (open short answers): the question and "Answer the question using a single word or phrase."
 (LLaVA-1.5's POPE prompt, and how the toy world's instruction data asks its short-answer questions).
 Open questions (no options, answers that are not yes or no; only through VLMEvalKit): the hint and the
-question as written. The ``cot`` style appends SICOG's step-by-step request to the same text, which is
-how the structured-CoT training data asks its questions.
+question as written. The ``cot`` style asks the same text for a step-by-step answer the way the
+structured-CoT training data asks its questions (:func:`sicog.data.prompts.step_by_step_question`): the
+short-answer line, where the text has one, is replaced by SICOG's step-by-step request; otherwise (the
+multiple-choice instruction, an open question) the request is appended after a space.
 """
 
 from __future__ import annotations

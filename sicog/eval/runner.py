@@ -4,8 +4,10 @@
 
 - ``predictions.jsonl``: one line per answered row ``{id, prompt, prediction, row_hash, settings}``;
 - ``errors.jsonl``: one line per row that could not be evaluated, with its reason;
-- ``results.json``: accuracy overall and by category, counts, and the failed rows;
-- ``results.xlsx``: one row per item with its prediction and correctness, and the accuracy table.
+- ``results.json``: the headline number (VLMEvalKit's metric for the benchmark), accuracy overall and by
+  category, counts, the failed rows, and for yes/no benchmarks precision, recall and F1, for MMBench-style
+  ones circular accuracy (:func:`~sicog.eval.scoring.summarize`);
+- ``results.xlsx``: one row per item with its prediction and correctness, and the accuracy tables.
 
 Rank ``r`` of ``w`` answers rows ``r, r + w, ...`` into its own shard files, flushed after every
 batch. A rerun skips the rows already answered or failed (in the merged files or in any shard), so
@@ -225,7 +227,8 @@ def merge_and_score(benchmark: Benchmark, output_dir: Path, short_answers: Short
     if records and "prediction_normalised" in records[0]:
         normalised = {str(r["id"]): r["prediction_normalised"] for r in records}
         scored = summarize(benchmark, score_items(benchmark, normalised, reasons))
-        summary["length_normalised"] = {k: scored[k] for k in ("correct", "scored", "accuracy", "by_category")}
+        kept = ("headline", "correct", "scored", "accuracy", "by_category", "circular")
+        summary["length_normalised"] = {k: scored[k] for k in kept if k in scored}
     if records:
         summary["settings"] = records[0]["settings"]
     summary["files"] = {name: str(output_dir / name) for name in (PREDICTIONS, ERRORS, RESULTS, SHEET)}

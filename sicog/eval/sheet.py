@@ -2,9 +2,11 @@
 
 Sheet "predictions": the row's fields (index, category, question, hint, options ...), the answer,
 the model's prediction, the extracted answer, whether it is correct, and the error for failed rows.
-Sheet "accuracy": overall and per category. Text is written as text (a reply starting with "=" is not
-a formula), characters that Excel cannot store are removed, and over-long cells are cut at Excel's
-cell limit with a marker.
+Sheet "accuracy": overall and per category. Sheet "headline": the metric VLMEvalKit reports for the
+benchmark and its value. Yes/no benchmarks add sheet "yes_no" (accuracy, precision, recall and F1 overall and
+per category), circularly evaluated ones sheet "circular" (circular accuracy overall and per category). Text
+is written as text (a reply starting with "=" is not a formula), characters that Excel cannot store are
+removed, and over-long cells are cut at Excel's cell limit with a marker.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ EXCEL_CELL_LIMIT = 32767
 CUT_MARKER = " [...cut]"
 LEADING = ("index", "category", "l2-category", "question", "hint")
 TRAILING = ("answer", "prediction", "extracted", "correct", "error")
+STATS = ("correct", "scored", "accuracy")
 
 
 def _cell_value(value: object) -> object:
@@ -48,6 +51,15 @@ def item_columns(items: list[dict]) -> list[str]:
     return [k for k in LEADING if k in seen] + middle + [k for k in TRAILING if k in seen]
 
 
+def _write_table(sheet: Worksheet, table: dict, stats: tuple[str, ...]) -> None:
+    """One line for ``table`` overall, then one per category (and l2-category) of it."""
+    _append(sheet, ("split", "name", *stats))
+    _append(sheet, ("overall", "all", *(table[stat] for stat in stats)))
+    for split in ("by_category", "by_l2_category"):
+        for name, group in table.get(split, {}).items():
+            _append(sheet, (split.removeprefix("by_"), name, *(group[stat] for stat in stats)))
+
+
 def write_xlsx(path: str | os.PathLike, items: list[dict], summary: dict) -> Path:
     """Write the spreadsheet atomically (temp file + rename) and return its path."""
     path = Path(path)
@@ -58,12 +70,14 @@ def write_xlsx(path: str | os.PathLike, items: list[dict], summary: dict) -> Pat
     _append(predictions, columns)
     for item in items:
         _append(predictions, (item.get(column) for column in columns))
-    accuracy = workbook.create_sheet("accuracy")
-    _append(accuracy, ("split", "name", "correct", "scored", "accuracy"))
-    _append(accuracy, ("overall", "all", summary["correct"], summary["scored"], summary["accuracy"]))
-    for split in ("by_category", "by_l2_category"):
-        for name, stats in summary.get(split, {}).items():
-            _append(accuracy, (split.removeprefix("by_"), name, stats["correct"], stats["scored"], stats["accuracy"]))
+    _write_table(workbook.create_sheet("accuracy"), summary, STATS)
+    headline = workbook.create_sheet("headline")
+    _append(headline, ("metric", "value"))
+    _append(headline, (summary["headline"]["metric"], summary["headline"]["value"]))
+    if "yes_no" in summary:
+        _write_table(workbook.create_sheet("yes_no"), summary["yes_no"], (*STATS, "precision", "recall", "f1"))
+    if "circular" in summary:
+        _write_table(workbook.create_sheet("circular"), summary["circular"], STATS)
     with atomic_file(path, "wb") as handle:
         workbook.save(handle)
     return path

@@ -3,11 +3,14 @@
 Columns: ``index``, ``image`` (base64; or ``image_path``, a file), ``question``, optional ``hint``,
 options ``A``, ``B``, ... (multiple choice), ``answer`` (a letter, or yes/no), optional ``category``
 and ``l2-category``. As in VLMEvalKit, a short ``image`` cell holding another row's index reuses
-that row's image (MMBench stores each picture once), and empty or "nan" cells are missing values.
+that row's image (MMBench stores each picture once), a one-element list cell (``['<base64>']``,
+``['a.png']``) is that one image, and the cells pandas reads as NaN (empty, ``nan``, ``NA``, ``None``,
+``N/A``, ...) are missing values.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import csv
@@ -15,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,8 +31,14 @@ from sicog.model.image_io import ImageError, load_image
 
 MULTIPLE_CHOICE = "multiple-choice"
 YES_NO = "yes/no"
-# pandas (which VLMEvalKit reads TSVs with) turns these cells into NaN.
-MISSING = ("", "nan", "NaN", "NAN")
+# The cells that pandas' read_csv turns into NaN by default (pandas._libs.parsers.STR_NA_VALUES, the same set
+# from pandas 2.0 to 3.1), matched exactly as written as pandas matches them: VLMEvalKit reads TSVs with plain
+# pd.read_csv and drops NaN options, so an option "None" or "N/A" is no option there (and "NAN" is one).
+# pandas is not a dependency of SICOG, hence the copy.
+MISSING = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null",
+})
 # VLMEvalKit's rule: an image cell this short is a reference to another row's index, not base64.
 IMAGE_REFERENCE_MAX = 64
 
@@ -63,8 +73,11 @@ class Benchmark:
 
 
 def is_missing(value: object) -> bool:
-    """Whether a cell is empty (missing in VLMEvalKit's reading)."""
-    return value is None or str(value).strip() in MISSING
+    """Whether a cell is missing: one of pandas' NA strings (missing in VLMEvalKit's reading; a NaN or None
+    value passed in reads as one of them too), or blank. pandas keeps a cell of spaces as text, but no
+    question, option or answer can be made of one."""
+    text = str(value)  # None, NaN and pandas' NA print as "None", "nan" and "<NA>"
+    return text in MISSING or not text.strip()
 
 
 def row_options(row: dict[str, str]) -> dict[str, str]:
@@ -164,12 +177,30 @@ def row_hash(benchmark: Benchmark, row: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(asked, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
-def decode_image(data: str) -> Image.Image:
-    """A base64 image cell as an RGB image; :class:`ImageError` says why one cannot be used."""
-    if data.startswith("["):
-        raise ImageError("several images in one row are not supported")
+def single_image(cell: str) -> str:
+    """An ``image`` or ``image_path`` cell as its one image: a list cell (``"['x']"``, which VLMEvalKit's
+    ``toliststr`` reads as a list) unwrapped when it holds exactly one; :class:`ImageError` for a list of
+    several or none, or a cell written like a list that is not one."""
+    if not (len(cell) > 1 and cell.startswith("[") and cell.endswith("]")):
+        return cell
     try:
-        raw = base64.b64decode(data, validate=True)
+        items = ast.literal_eval(cell)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ImageError("image cell starts with '[' and ends with ']' but is not a list") from None
+    if not isinstance(items, list):
+        raise ImageError("image cell starts with '[' and ends with ']' but is not a list")
+    if len(items) != 1:
+        raise ImageError("several images in one row are not supported" if items else "image cell is an empty list")
+    return str(items[0])
+
+
+def decode_image(data: str) -> Image.Image:
+    """A base64 image cell (or a one-element list of one) as an RGB image; :class:`ImageError` says why one
+    cannot be used. Line breaks and other whitespace inside the base64 are skipped, as VLMEvalKit's decoder
+    skips them (MIME-wrapped base64 has one every 76 characters); any other character is an error."""
+    data = single_image(data)
+    try:
+        raw = base64.b64decode(re.sub(r"\s+", "", data), validate=True)
     except (binascii.Error, ValueError) as err:
         raise ImageError(f"image is not valid base64: {err}") from None
     try:
@@ -185,11 +216,9 @@ def row_image(benchmark: Benchmark, row: dict[str, str]) -> Image.Image:
     data = image_cell(benchmark, row)
     if data:
         return decode_image(data)
-    relative = row.get("image_path", "").strip()
+    relative = single_image(row.get("image_path", "").strip())
     if not relative:
         raise ImageError("no image: both image and image_path are empty")
-    if relative.startswith("["):
-        raise ImageError("several images in one row are not supported")
     file = Path(relative) if Path(relative).is_absolute() else benchmark.image_root / relative
     try:
         return load_image(file)
