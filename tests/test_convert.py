@@ -6,7 +6,7 @@ import stat
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig
 
 from sicog.cli import main
@@ -158,6 +158,35 @@ def test_export_refuses_what_the_published_code_cannot_compute(tiny_model_factor
     assert main(["convert", "to-release", str(tmp_path / "ours"), str(tmp_path / "out")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sicog convert: error:")]
     assert len(errors) == 1 and "scale_resolution=64 (needs 336)" in errors[0] and "separator ids" in errors[0]
+
+
+def test_tower_saved_with_clips_prefix_converts_and_a_tower_that_fits_neither_naming_is_one_line(
+    tokenizer, tmp_path, capsys
+):
+    """ZeRO-3 runs saved the tower as vision_tower.vision_model.* (transformers put CLIP's prefix back): such a
+    checkpoint converts to the same release files; a tower missing a weight under both namings is one error line."""
+    from sicog.model.builders import save_pretrained
+
+    model, processor = release_like_model(tokenizer)
+    save_pretrained(model, processor, tmp_path / "ours")
+    assert main(["convert", "to-release", str(tmp_path / "ours"), str(tmp_path / "plain")]) == 0
+    weights_file = tmp_path / "ours" / "model.safetensors"
+    prefixed = {"vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k: v
+                for k, v in load_file(weights_file).items()}
+    save_file(prefixed, weights_file)
+    assert main(["convert", "to-release", str(tmp_path / "ours"), str(tmp_path / "prefixed")]) == 0
+    plain, converted = read_weights(tmp_path / "plain"), read_weights(tmp_path / "prefixed")
+    assert sorted(converted) == sorted(plain) and all(torch.equal(converted[k], v) for k, v in plain.items())
+    capsys.readouterr()
+    del prefixed["vision_tower.vision_model.embeddings.class_embedding"]
+    save_file(prefixed, weights_file)
+    assert main(["convert", "to-release", str(tmp_path / "ours"), str(tmp_path / "broken")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("sicog convert: error:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert f"{tmp_path / 'ours'}: the vision tower's weights do not fit" in errors[0]
+    assert "missing ['vision_tower.embeddings.class_embedding']" in errors[0]
+    assert not (tmp_path / "broken").exists()
 
 
 def test_non_release_config_is_refused(tokenizer, tmp_path, capsys):

@@ -342,6 +342,23 @@ def test_model_card_metadata_names_only_hub_parts_and_datasets(tmp_path):
     assert "pass `trust_remote_code=True`" in card.text and "final train loss" not in card.text
 
 
+@pytest.mark.parametrize(("precision", "deepspeed", "weights", "autocast"), [
+    ("bf16", None, torch.float32, torch.bfloat16),
+    ("fp16", None, torch.float32, torch.float16),
+    (None, None, torch.float32, None),
+    ("bf16", "zero2", torch.bfloat16, None),
+    ("fp16", "zero3", torch.float16, None),
+])
+def test_16_bit_weights_only_under_deepspeed(tmp_path, precision, deepspeed, weights, autocast):
+    """Without DeepSpeed the optimizer updates the loaded weights themselves: they stay fp32 and --bf16 / --fp16
+    autocast the passes. DeepSpeed keeps fp32 master weights of its own, so it gets the 16-bit weights."""
+    from sicog.train.arguments import SicogTrainingArguments
+
+    flags = {precision: True} if precision else {}
+    args = SicogTrainingArguments(output_dir=str(tmp_path), use_cpu=True, deepspeed=deepspeed, **flags)
+    assert args.weights_dtype() == weights and args.autocast_dtype() == autocast
+
+
 @pytest.mark.slow
 def test_compiled_layers_train_as_the_plain_path(world, tmp_path):
     """`--compile_layers` (inductor, as on a GPU) through a whole run with gradient checkpointing: the same losses."""

@@ -10,7 +10,11 @@ import pytest
 import torch
 from ports import free_port
 from safetensors.torch import load_file
+from test_convert import release_like_model
 from train_helpers import TINY_FLAGS, make_checkpoint, make_dataset, make_parts, weights
+
+from sicog.cli import main
+from sicog.model.builders import save_pretrained, save_projector
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +91,29 @@ def test_stage1_projector_loads_into_stage15_under_zero3(world, tmp_path):
     for name, tensor in projector.items():
         assert saved[f"resampler.{name}"].numel() > 0
         assert torch.equal(saved[f"resampler.{name}"], tensor), name
+
+
+def test_zero3_run_from_a_checkpoint_loads_its_projector_and_saves_under_the_usual_names(world, tmp_path, tokenizer):
+    """A model loaded with --model_name_or_path under ZeRO-3 is partitioned while it loads: the --projector given
+    with it still loads (its full tensors), and the save names every weight as a save without DeepSpeed does
+    (transformers would write the tower as vision_tower.vision_model.*), so the result converts to the release."""
+    model, processor = release_like_model(tokenizer)  # the published geometry, which `convert to-release` needs
+    save_pretrained(model, processor, tmp_path / "base")
+    for parameter in model.resampler.parameters():
+        parameter.data.normal_(0, 0.05)  # other values than the checkpoint's resampler
+    save_projector(model, tmp_path / "projector")
+    projector = load_file(str(tmp_path / "projector" / "projector.safetensors"))
+    out = tmp_path / "out"
+    # learning rate 0: what the run saves is what it loaded
+    torchrun(["--stage", "2", "--model_name_or_path", str(tmp_path / "base"),
+              "--projector", str(tmp_path / "projector"),
+              *flags(world, out, "zero3", 1, ("--learning_rate", "0"))])
+    base, saved = weights(tmp_path / "base"), weights(out)
+    assert sorted(saved) == sorted(base)
+    for name, tensor in saved.items():
+        expected = projector[name[len("resampler."):]] if name.startswith("resampler.") else base[name]
+        assert torch.equal(tensor, expected), name
+    assert main(["convert", "to-release", str(out), str(tmp_path / "release")]) == 0
 
 
 def test_modality_grouped_sampler_resumes_mid_epoch_on_two_ranks(world, tmp_path):

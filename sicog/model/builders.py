@@ -254,8 +254,9 @@ def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike
     file) or the published stage 1's ``mm_projector.bin`` (a torch pickle with ``model.mm_projector.*``).
 
     Shapes and settings are checked (a ``.bin`` needs the published resampler's settings:
-    ``resampler_attention: cell``, ``resampler_pooling: roi_align``); call this before DeepSpeed ZeRO-3
-    partitions the model.
+    ``resampler_attention: cell``, ``resampler_pooling: roi_align``). A model that ZeRO-3 has already
+    partitioned (one loaded with ``from_pretrained`` under ZeRO-3) is loaded through its full tensors; every
+    rank must then call this.
     """
     path = Path(path)
     file = path
@@ -286,12 +287,22 @@ def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike
         ignored = sorted(k for k in release if not k.startswith(PROJECTOR_PREFIX))
         if ignored:
             raise ValueError(f"projector {file} holds weights other than the projector: {ignored}")
-    expected = model.resampler.state_dict()
+    # A ZeRO-3 partitioned parameter holds a 0-element placeholder; ds_shape is its full shape.
+    expected = {k: getattr(v, "ds_shape", v.shape) for k, v in model.resampler.state_dict(keep_vars=True).items()}
     problems = [k for k in expected if k not in state] + [k for k in state if k not in expected]
-    problems += [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    problems += [k for k in state if k in expected and state[k].shape != expected[k]]
     if problems:
         raise ValueError(f"projector {file} does not fit this model's resampler: {problems}")
-    model.resampler.load_state_dict(state)
+    partitioned = [p for p in model.resampler.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        model.resampler.load_state_dict(state)
+        return
+    import deepspeed  # only a model partitioned by DeepSpeed gets here
+
+    # Every rank loads the file (the buffers are not partitioned, so each rank needs them); rank 0's
+    # parameters are partitioned again on leaving.
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        model.resampler.load_state_dict(state)
 
 
 def tiny_text_config(

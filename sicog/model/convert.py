@@ -54,6 +54,9 @@ from sicog.model.release_format import (
 RELEASE_MODEL_TYPE = "llava_qwen"
 RELEASE_EMBEDDING, RELEASE_LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 CLIP_L14_336_ID = "openai/clip-vit-large-patch14-336"
+TOWER_PREFIX = "vision_tower."
+# The tower's keys with CLIP's own prefix, as transformers saved a model it had loaded under ZeRO-3.
+CLIP_PREFIXED = TOWER_PREFIX + "vision_model."
 # What the published code hard-codes (slicing in train.py and the generation scripts, CLIP-L/14 patches).
 RELEASE_GEOMETRY = {"scale_resolution": 336, "max_slice_nums": 7, "patch_size": 14}
 # config.json fields of the LLaVA wrapper, not of the LLM.
@@ -197,11 +200,44 @@ def release_config_dict(config: SicogConfig, vision_tower_name: str) -> dict:
 
 
 def read_sicog_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a SICOG checkpoint directory (single file or shards)."""
+    """All tensors of a SICOG checkpoint directory (single file or shards), under the model's own names.
+
+    The tower's weights are also accepted as ``vision_tower.vision_model.*``: transformers wrote CLIP's
+    ``vision_model.`` prefix back when saving a model it had loaded under ZeRO-3 (SICOG training runs saved
+    that way before the model's ``save_pretrained`` stopped it), and strips it again when loading.
+    """
     try:
-        return read_weights(directory)
+        state = read_weights(directory)
     except ConversionError as error:
         raise ConversionError(f"not a SICOG checkpoint: {error}") from None
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = TOWER_PREFIX + key[len(CLIP_PREFIXED) :] if key.startswith(CLIP_PREFIXED) else key
+        if name in out:
+            raise ConversionError(f"{directory}: holds both {name} and {CLIP_PREFIXED}{name[len(TOWER_PREFIX) :]}")
+        out[name] = value
+    return out
+
+
+def _tower_state(state: dict[str, torch.Tensor], config: CLIPVisionConfig, src: Path) -> dict[str, torch.Tensor]:
+    """The CLIP tower's weights out of a release-named ``state``, checked against a tower of ``config``."""
+    weights = {k[len(VISION_PREFIX) :]: v for k, v in state.items() if k.startswith(VISION_PREFIX)}
+    with torch.device("meta"):
+        expected = CLIPVisionModel(config).state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(weights))
+    unknown = sorted(set(weights) - set(expected))
+    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
+             for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+    if missing:
+        problems.append(f"missing {[TOWER_PREFIX + k for k in missing]}")
+    if unknown:
+        problems.append(f"unknown {[TOWER_PREFIX + k for k in unknown]}")
+    if wrong:
+        problems.append(f"shape mismatches {wrong}")
+    if problems:
+        raise ConversionError(f"{src}: the vision tower's weights do not fit its config.json: " + "; ".join(problems))
+    return weights
 
 
 def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_tower_name: str | None = None) -> Path:
@@ -217,12 +253,13 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     tower_dir = out / "vision_tower"
     fields = release_config_dict(config, vision_tower_name or str(tower_dir.resolve()))
     state = to_release_state(read_sicog_weights(src))
+    tower_weights = _tower_state(state, config.vision_config, src)  # checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     save_torch_state_dict(state, out, max_shard_size="5GB")
     torch.save({k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}, out / PROJECTOR_BIN)
     (out / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
     tower = CLIPVisionModel(config.vision_config)
-    tower.load_state_dict({k[len(VISION_PREFIX) :]: v for k, v in state.items() if k.startswith(VISION_PREFIX)})
+    tower.load_state_dict(tower_weights)
     tower.save_pretrained(tower_dir)
     size = config.vision_config.image_size
     CLIPImageProcessorPil(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 
 import torch
@@ -40,6 +41,19 @@ class SicogPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["CLIPEncoderLayer", "Resampler"]
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args, save_original_format: bool = False, **kwargs
+    ) -> None:
+        """transformers' ``save_pretrained``, writing the weights under their module names (``vision_tower.*``).
+
+        transformers' default (``save_original_format=True``) reverts the renamings it applied while loading,
+        and which it reverts depends on how the model was loaded: after a ZeRO-3 ``from_pretrained`` it keeps
+        every registered renaming, used or not, so CLIP's dropped ``vision_model.`` prefix came back
+        (``vision_tower.vision_model.*``), while every other load and save wrote ``vision_tower.*``. A SICOG
+        checkpoint has one naming, whatever wrote it; loading still accepts both.
+        """
+        super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 
+import torch
 from transformers import TrainingArguments
 
 from sicog.model.configuration import SicogConfig
@@ -147,6 +148,27 @@ class SicogTrainingArguments(TrainingArguments):
         # The Trainer would push at save time, before the processor, projector, results and model card are
         # written; `sicog train` pushes once, after all of them (sicog/train/hub.py).
         self.push_at_end, self.push_to_hub = self.push_to_hub, False
+
+    def half_precision(self) -> torch.dtype | None:
+        """The 16-bit type of ``--bf16`` / ``--fp16``; None for an fp32 run."""
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
+
+    def weights_dtype(self) -> torch.dtype:
+        """The type the model's weights are loaded and trained in.
+
+        Under DeepSpeed, the 16-bit type of ``--bf16`` / ``--fp16``: DeepSpeed keeps fp32 master weights for
+        the optimizer. Without DeepSpeed the optimizer updates the weights themselves, so they stay fp32 and
+        the Trainer runs forward and backward under autocast (HF's mixed precision): in bf16 weights, an update
+        smaller than half the spacing of bf16 values near the weight (about 1e-4 for a weight of 0.02; DPO's
+        steps are about its learning rate, 5e-7) is rounded away at every step.
+        """
+        half = self.half_precision()
+        return half if half is not None and self.deepspeed else torch.float32
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The type the Trainer autocasts each forward pass to: the 16-bit type without DeepSpeed, else None
+        (DeepSpeed runs the 16-bit weights as they are)."""
+        return None if self.deepspeed else self.half_precision()
 
     def trainable_parts(self) -> tuple[str, ...]:
         """The parts this run trains: the override when given, else the stage preset."""

@@ -93,7 +93,8 @@ def build_dpo_trainer(
     )
     collator = PairCollator(processor)
     settings = reference_settings(
-        model_args.model_name_or_path, model.dtype, data_args.image_folder, data_args.model_max_length, args.seed
+        model_args.model_name_or_path, model.dtype, data_args.image_folder, data_args.model_max_length, args.seed,
+        autocast=args.autocast_dtype(),
     )
     dataset.attach_reference(
         compute_reference(
@@ -107,6 +108,7 @@ def build_dpo_trainer(
             rank=args.process_index,
             world=args.world_size,
             show_progress=args.process_index == 0 and not args.disable_tqdm,
+            autocast=args.autocast_dtype(),
         )
     )
     trainer = DPOTrainer(

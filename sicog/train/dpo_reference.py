@@ -49,13 +49,19 @@ def fingerprint(dataset: PairDataset, settings: dict) -> str:
 
 
 def reference_settings(
-    model_path: str | None, dtype: torch.dtype, image_folder: str | None, max_length: int, seed: int
+    model_path: str | None,
+    dtype: torch.dtype,
+    image_folder: str | None,
+    max_length: int,
+    seed: int,
+    autocast: torch.dtype | None = None,
 ) -> dict:
     """What, besides the pairs, decides the reference log-probabilities."""
     return {
         "model": str(Path(model_path).resolve()) if model_path and Path(model_path).exists() else model_path,
         "weights": _weights_signature(model_path),
         "dtype": str(dtype),
+        "autocast": str(autocast),
         "image_folder": image_folder,
         "max_length": max_length,
         "seed": seed,  # a YAML mixture's random sampling decides which pairs, in which order
@@ -84,6 +90,13 @@ def _full_weights(model: nn.Module) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s type, as the Trainer runs the policy's forward; none for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 def _score_share(
     model: nn.Module,
     dataset: PairDataset,
@@ -93,6 +106,7 @@ def _score_share(
     batch_size: int,
     device,
     show_progress: bool,
+    autocast: torch.dtype | None,
 ) -> dict[int, tuple[float, float]]:
     """Score this rank's pairs, resuming from (and appending to) its shard file ``part``."""
     with JsonlAppender(part) as out:
@@ -102,7 +116,7 @@ def _score_share(
         batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
         was_training = model.training
         model.eval()
-        with torch.no_grad(), _full_weights(model):
+        with torch.no_grad(), _full_weights(model), _autocast(device, autocast):
             for batch_indices in tqdm(batches, desc="reference log-probs", disable=not show_progress):
                 batch = send_to_device(collator([dataset[i] for i in batch_indices]), device)
                 logps = pair_logps(model, batch)
@@ -143,11 +157,14 @@ def compute_reference(
     rank: int = 0,
     world: int = 1,
     show_progress: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> list[tuple[float, float]]:
     """``(chosen, rejected)`` log-probabilities of every pair under ``model`` as it is now, in dataset order.
 
     Every rank must call this (under ZeRO-3 the weights are gathered collectively). A cache at
     ``path`` with the same ``key`` is reused; otherwise the result is written there by rank 0.
+    ``autocast``: the type the Trainer autocasts the policy's forward to (fp32 weights with ``--bf16``
+    and no DeepSpeed), so that the reference is the starting policy computed the same way.
     """
     path = Path(path)
     cached = _agreed(_load_cache(path, key, len(dataset)) if rank == 0 else None)
@@ -159,7 +176,7 @@ def compute_reference(
     shard_dir = path.with_name(f".{path.stem}-{key[:16]}")
     part = shard_dir / f"rank{rank:05d}-of-{world:05d}.jsonl"
     indices = shard(range(len(dataset)), rank, world)
-    share = _score_share(model, dataset, collator, part, indices, batch_size, device, show_progress)
+    share = _score_share(model, dataset, collator, part, indices, batch_size, device, show_progress, autocast)
     values = _all_shares(share)
     missing = [i for i in range(len(dataset)) if i not in values]
     if missing:

@@ -33,10 +33,6 @@ logger = logging.getLogger(__name__)
 PAPER_GLOBAL_BATCH = {"0": 128, "1": 256, "1.5": 128, "2": 128}
 
 
-def _dtype(args: SicogTrainingArguments) -> torch.dtype:
-    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-
-
 def _is_repo_id(name: str) -> bool:
     try:
         validate_repo_id(name)
@@ -63,7 +59,7 @@ def build_model(
 ) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
     """The stage's starting model: a full checkpoint, or vision tower + LLM (+ projector) joined."""
     preset = STAGES[args.stage]
-    dtype = _dtype(args)
+    dtype = args.weights_dtype()
     check_model_sources(model_args)
     if model_args.model_name_or_path:
         if model_args.vision_tower or model_args.language_model:
@@ -102,7 +98,8 @@ def build_model(
             need = "--vision_tower and --language_model (or --model_name_or_path)"
         raise UsageError(f"stage {args.stage} needs {need}")
     if model_args.projector:
-        # Before the Trainer wraps the model, so ZeRO-3 partitions the loaded values.
+        # Before the Trainer wraps the model. Under ZeRO-3 a model built from parts is partitioned only then (with
+        # the loaded values); one from --model_name_or_path already is, and load_projector gathers its resampler.
         try:
             load_projector(model, model_args.projector)
         except (FileNotFoundError, ValueError) as err:  # no projector checkpoint there, or one for another shape
