@@ -185,7 +185,7 @@ def test_tower_saved_with_clips_prefix_converts_and_a_tower_that_fits_neither_na
     errors = [line for line in err.splitlines() if line.startswith("sicog convert: error:")]
     assert "Traceback" not in err and len(errors) == 1, err
     assert f"{tmp_path / 'ours'}: the vision tower's weights do not fit" in errors[0]
-    assert "missing ['vision_tower.embeddings.class_embedding']" in errors[0]
+    assert "missing keys ['vision_tower.embeddings.class_embedding']" in errors[0]
     assert not (tmp_path / "broken").exists()
 
 

@@ -48,6 +48,7 @@ from sicog.model.release_format import (
     read_json_object,
     read_tensor_file,
     read_weights,
+    state_problems,
     to_release_state,
 )
 
@@ -224,17 +225,8 @@ def _tower_state(state: dict[str, torch.Tensor], config: CLIPVisionConfig, src: 
     weights = {k[len(VISION_PREFIX) :]: v for k, v in state.items() if k.startswith(VISION_PREFIX)}
     with torch.device("meta"):
         expected = CLIPVisionModel(config).state_dict()
-    problems = []
-    missing = sorted(set(expected) - set(weights))
-    unknown = sorted(set(weights) - set(expected))
-    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-             for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
-    if missing:
-        problems.append(f"missing {[TOWER_PREFIX + k for k in missing]}")
-    if unknown:
-        problems.append(f"unknown {[TOWER_PREFIX + k for k in unknown]}")
-    if wrong:
-        problems.append(f"shape mismatches {wrong}")
+    unknown = [TOWER_PREFIX + k for k in set(weights) - set(expected)]
+    problems = state_problems(weights, expected, lambda key: TOWER_PREFIX + key, unknown)
     if problems:
         raise ConversionError(f"{src}: the vision tower's weights do not fit its config.json: " + "; ".join(problems))
     return weights

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -135,6 +136,27 @@ def to_release_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def state_problems(
+    state: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    name: Callable[[str], str] = str,
+    unknown: Sequence[str] = (),
+) -> list[str]:
+    """What keeps ``state`` from loading into a model whose state is ``expected``: keys ``unknown`` to it (already
+    under their file names), missing keys and shape mismatches, each kind one item; keys shown as ``name`` gives."""
+    missing = sorted(set(expected) - set(state))
+    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    problems = []
+    if unknown:
+        problems.append(f"unknown keys {sorted(unknown)}")
+    if missing:
+        problems.append(f"missing keys {[name(k) for k in missing]}")
+    if wrong:
+        problems.append(f"shape mismatches {wrong}")
+    return problems
+
+
 def from_release_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Release state -> our names, checked against ``expected`` (our model's state): one error for all problems."""
     reverse = {release_key(key): key for key in expected}
@@ -146,17 +168,7 @@ def from_release_state(state: dict[str, torch.Tensor], expected: dict[str, torch
             continue
         transposed = ours.startswith("resampler.") and ours[len("resampler.") :] in TRANSPOSED
         out[ours] = value.t().contiguous() if transposed else value
-    missing = sorted(set(expected) - set(out))
-    wrong = [
-        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in out.items() if v.shape != expected[k].shape
-    ]
-    problems = []
-    if unknown:
-        problems.append(f"unknown keys {sorted(unknown)}")
-    if missing:
-        problems.append(f"missing keys {[release_key(k) for k in missing]}")
-    if wrong:
-        problems.append(f"shape mismatches {wrong}")
+    problems = state_problems(out, expected, release_key, unknown)
     if problems:
         raise ConversionError("release checkpoint does not match the model: " + "; ".join(problems))
     return out
