@@ -167,6 +167,55 @@ def test_repetition_penalty_does_not_depend_on_left_padding(tiny_model_factory, 
     assert torch.equal(together[0, -6:], alone[0, -6:])
 
 
+def test_generate_numbers_positions_from_a_padded_rows_first_token(tiny_model_factory):
+    """generate() builds position ids from the attention mask (forward declares them), so a left-padded row's
+    first real token is position 0, as the published forward had it; the LLM sees them at every step."""
+    model, processor = tiny_model_factory(seed=0)
+    image = Image.new("RGB", (64, 64), (0, 0, 200))
+    short = processor.encode(conv("<image>\nDescribe."), [image], train=False)
+    long = processor.encode(conv("<image>\nHow many circles are there? Describe it."), [image], train=False)
+    seen = []
+    hook = model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True)
+    try:
+        model.generate(**processor.collate([short, long], padding_side="left"), do_sample=False, max_new_tokens=2)
+    finally:
+        hook.remove()
+    pad = len(long.input_ids) - len(short.input_ids)
+    first = seen[0]
+    assert first is not None and first[0, pad].item() == 0 and first[1, 0].item() == 0
+    assert seen[1][:, -1].tolist() == [len(short.input_ids), len(long.input_ids)]
+
+
+def test_generate_takes_inputs_streams_the_prompt_and_keeps_configured_suppressions(tiny_model_factory):
+    model, processor = tiny_model_factory(seed=0)
+    batch = processor.collate([processor.encode(conv("<image>\nDescribe."), [Image.new("RGB", (64, 64))],
+                                                train=False)])
+    ids = batch.pop("input_ids")
+    settings = dict(do_sample=False, max_new_tokens=4)
+    reference = model.generate(input_ids=ids, **batch, **settings)
+    assert torch.equal(model.generate(inputs=ids, **batch, **settings), reference)
+
+    class Recorder:
+        def __init__(self):
+            self.chunks = []
+
+        def put(self, value):
+            self.chunks.append(value.clone())
+
+        def end(self):
+            pass
+
+    streamer = Recorder()
+    model.generate(input_ids=ids, **batch, streamer=streamer, **settings)
+    assert torch.equal(streamer.chunks[0], ids)  # the prompt first, as transformers streams it
+    assert torch.cat([c.reshape(-1) for c in streamer.chunks[1:]]).tolist() == reference[0, ids.shape[1]:].tolist()
+
+    banned = reference[0, ids.shape[1]].item()
+    model.generation_config.suppress_tokens = [banned]
+    assert model.generate(input_ids=ids, **batch, **settings)[0, ids.shape[1]].item() != banned
+
+
 def test_save_load_round_trip_and_auto_classes(tiny_model_factory, tmp_path):
     model, processor = tiny_model_factory(seed=2)
     batch = mixed_batch(processor)

@@ -218,13 +218,17 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
-        """Causal-LM forward; extra keyword arguments (cache, positions, loss options) go to the LLM.
+        """Causal-LM forward; extra keyword arguments (cache, loss options) go to the LLM.
 
         ``logits_to_keep`` (declared so that ``generate()`` passes it) limits the vocabulary projection
-        to the last positions: prefill then never materialises logits for the whole prompt.
+        to the last positions: prefill then never materialises logits for the whole prompt. ``position_ids``
+        is declared for the same reason: ``generate()`` then numbers a left-padded row's positions from its
+        first real token, as the published forward (which declares it) had them.
         """
+        kwargs["position_ids"] = position_ids
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids or inputs_embeds")
@@ -272,14 +276,23 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         (``sequences`` of a returned dict), the transformers convention. Without ``attention_mask`` every
         prompt position is attended to.
         """
-        # A placeholder id must never be sampled: the next step would have no image feature for it.
-        suppressed = list(kwargs.pop("suppress_tokens", None) or [])
-        kwargs["suppress_tokens"] = sorted(set(suppressed) | {self.config.image_token_id})
+        if input_ids is None and torch.is_tensor(kwargs.get("inputs")):  # generate(inputs=ids), as transformers takes
+            input_ids = kwargs.pop("inputs")
+        # A placeholder id must never be sampled: the next step would have no image feature for it. The ids the
+        # call or its generation config already suppress stay suppressed.
+        suppressed = kwargs.pop("suppress_tokens", None)
+        if suppressed is None:
+            suppressed = (kwargs.get("generation_config") or self.generation_config).suppress_tokens
+        kwargs["suppress_tokens"] = sorted(set(suppressed or []) | {self.config.image_token_id})
         if input_ids is None or "inputs_embeds" in kwargs:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if kwargs.get("streamer") is not None:
+            # transformers hands a streamer the prompt first (TextStreamer prints it unless skip_prompt); with
+            # embeddings alone it would only see the new tokens.
+            kwargs["streamer"].put(input_ids.cpu())
         with warnings.catch_warnings():
             # transformers warns that the penalties then skip the prompt: that is the point.
             warnings.filterwarnings("ignore", message=EMBEDS_ONLY_WARNING, category=UserWarning)
