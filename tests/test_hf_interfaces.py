@@ -48,6 +48,15 @@ def test_save_load_round_trip(checkpoint, tmp_path):
     assert (tmp_path / "chat_template.jinja").read_text() == processor.chat_template
 
 
+def test_image_processor_without_an_inference_side_reloads(checkpoint, tmp_path):
+    """transformers leaves a None setting out of the saved dict; loading must not then ask for it."""
+    _, _, processor = checkpoint
+    assert processor.image_processor.inference_long_side is None  # the tiny model's, as for models built from parts
+    processor.image_processor.save_pretrained(tmp_path)
+    loaded = type(processor.image_processor).from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.image_processor.to_dict()
+
+
 def test_chat_template_renders_content_parts_as_the_string_form(checkpoint):
     _, _, processor = checkpoint
     parts = processor.apply_chat_template(PARTS, add_generation_prompt=True)

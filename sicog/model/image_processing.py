@@ -35,7 +35,7 @@ class SicogImageProcessor(BaseImageProcessor):
         scale_resolution: int,
         patch_size: int,
         max_slice_nums: int,
-        inference_long_side: int | None,
+        inference_long_side: int | None = None,
         image_mean: Sequence[float],
         image_std: Sequence[float],
         **kwargs,
