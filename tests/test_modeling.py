@@ -187,6 +187,19 @@ def test_generate_numbers_positions_from_a_padded_rows_first_token(tiny_model_fa
     assert seen[1][:, -1].tolist() == [len(short.input_ids), len(long.input_ids)]
 
 
+def test_pixel_values_in_one_list_per_sample_read_as_the_flat_list(tiny_model_factory):
+    """transformers' pipeline collates a batch's pixel_values as one list per sample."""
+    model, processor = tiny_model_factory(seed=1)
+    samples = [processor.encode(conv("<image>\nDescribe."), [Image.new("RGB", size, colour)], train=False)
+               for size, colour in (((128, 96), (200, 0, 0)), ((64, 64), (0, 0, 200)))]
+    batch = processor.collate(samples, padding_side="left")
+    flat = batch["pixel_values"]
+    nested = [flat[: len(samples[0].pixel_values)], flat[len(samples[0].pixel_values):]]
+    with torch.no_grad():
+        expected = model(**batch).logits
+        torch.testing.assert_close(model(**{**batch, "pixel_values": nested}).logits, expected, rtol=0, atol=0)
+
+
 def test_generate_takes_inputs_streams_the_prompt_and_keeps_configured_suppressions(tiny_model_factory):
     model, processor = tiny_model_factory(seed=0)
     batch = processor.collate([processor.encode(conv("<image>\nDescribe."), [Image.new("RGB", (64, 64))],

@@ -331,10 +331,13 @@ def with_prompt_ids(
 
 
 def flatten_views(pixel_values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[tuple[int, int] | None]]:
-    """Single ``(3, H, W)`` views in order, and per entry its slice grid ``(cols, rows)`` (None: a single view)."""
+    """Single ``(3, H, W)`` views in order, and per entry its slice grid ``(cols, rows)`` (None: a single view).
+
+    Entries may come in one list per sample, as transformers' pipeline collates a batch: they are read in order.
+    """
     views: list[torch.Tensor] = []
     grids: list[tuple[int, int] | None] = []
-    for index, entry in enumerate(pixel_values):
+    for index, entry in enumerate(_in_order(pixel_values)):
         if entry.ndim == 5:
             rows, cols = int(entry.shape[0]), int(entry.shape[1])
             views += list(entry.reshape(rows * cols, *entry.shape[2:]))
@@ -348,6 +351,11 @@ def flatten_views(pixel_values: list[torch.Tensor]) -> tuple[list[torch.Tensor],
                 "expected (3, H, W) or (rows, cols, 3, h, w)"
             )
     return views, grids
+
+
+def _in_order(entries: list) -> list[torch.Tensor]:
+    """``entries`` with nested lists and tuples opened, in order."""
+    return [t for e in entries for t in (_in_order(e) if isinstance(e, (list, tuple)) else [e])]
 
 
 if __name__.startswith("sicog."):  # copies saved with a checkpoint are found through its auto_map instead
