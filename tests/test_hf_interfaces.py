@@ -71,6 +71,40 @@ def test_chat_template_renders_content_parts_as_the_string_form(checkpoint):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}]}])
 
 
+@pytest.mark.parametrize("content", [
+    [{"type": "text", "text": QUESTION}, {"type": "image"}],
+    f"{QUESTION}\n<image>",
+    f"{QUESTION} <image>",
+])
+def test_chat_template_puts_the_image_first_as_encode_does(checkpoint, content):
+    """A turn with its one image after the text renders as training saw it: the image in front."""
+    _, _, processor = checkpoint
+    messages = [{"role": "user", "content": content}]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert rendered == processor.apply_chat_template(STRING, add_generation_prompt=True)
+    tokens = processor(text=rendered, images=image())["input_ids"][0]
+    assert tokens == processor.encode([{"from": "human", "value": f"{QUESTION}\n<image>"}], [image()],
+                                      train=False).input_ids
+    two = [{"role": "user", "content": f"{QUESTION}\n<image>\n<image>"}]  # several images stay as written
+    assert f"{QUESTION}\n<image>\n<image>" in processor.apply_chat_template(two)
+
+
+def test_from_pretrained_passes_tokenizer_options_and_chat_template(checkpoint):
+    """transformers' idiom for batched generation, AutoProcessor.from_pretrained(path, padding_side="left")."""
+    from transformers import AutoProcessor
+
+    path, _, processor = checkpoint
+    assert processor.tokenizer.padding_side == "right"
+    left = AutoProcessor.from_pretrained(path, padding_side="left")
+    assert isinstance(left, SicogProcessor) and left.tokenizer.padding_side == "left"
+    prompts = [processor.apply_chat_template(STRING, add_generation_prompt=True), "Hi"]
+    batch = left(text=prompts, images=[[image()], []], padding=True, return_tensors="pt")
+    assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][1, -1] == 1
+    custom = SicogProcessor.from_pretrained(path, chat_template="{{ messages[0]['content'] }}!")
+    assert custom.apply_chat_template(STRING) == f"<image>\n{QUESTION}!"
+    assert custom.encode_text(STRING, train=False).input_ids == custom.tokenizer(f"<image>\n{QUESTION}!")["input_ids"]
+
+
 def test_tokenized_chat_template_gives_model_inputs(checkpoint):
     _, model, processor = checkpoint
     messages = [{"role": "user", "content": [{"type": "image", "image": image()}, {"type": "text", "text": QUESTION}]}]
@@ -193,3 +227,22 @@ def test_remote_code_checkpoint_loads_where_sicog_is_not_importable(tiny_model_f
     generated, where = out.strip().splitlines()[-2:]
     assert generated == str(expected[0].tolist())
     assert where.startswith("transformers_modules.") and where.endswith(" []")
+
+
+def test_generate_warns_on_right_padding_and_names_the_prompt_length(checkpoint, caplog):
+    """transformers checks both on input_ids, which generate does not hand it: it checks them itself."""
+    _, model, processor = checkpoint
+    prompts = [processor.apply_chat_template(STRING, add_generation_prompt=True), "Hi"]
+    images = [[image()], []]
+    settings = {"max_new_tokens": 2, "do_sample": False}
+    for side, warned in (("left", False), ("right", True)):
+        caplog.clear()
+        batch = processor(text=prompts, images=images, padding=True, padding_side=side, return_tensors="pt")
+        model.generate(**batch, **settings)
+        assert ("right-padding was detected" in caplog.text) is warned
+    inputs = processor(text=prompts[0], images=image(), return_tensors="pt")
+    length = inputs["input_ids"].shape[1]
+    message = f"Input length of input_ids is {length}, but `max_length` is set to {length - 3}"
+    with pytest.raises(ValueError, match=message):
+        model.generate(**inputs, max_length=length - 3, do_sample=False)
+    assert model.generate(**inputs, max_length=length + 2, do_sample=False).shape[1] == length + 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import warnings
 
@@ -22,6 +23,7 @@ from .resampler import Resampler, sincos_2d
 from .vision import directly_read_parameters, group_by_size, layers_used, patch_features, tower_body
 
 # What transformers warns when logits processors run without prompt ids (see generate()).
+logger = logging.getLogger(__name__)
 EMBEDS_ONLY_WARNING = r"Passing `\w+` with `inputs_embeds` and without `input_ids`"
 
 
@@ -286,9 +288,16 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         kwargs["suppress_tokens"] = sorted(set(suppressed or []) | {self.config.image_token_id})
         if input_ids is None or "inputs_embeds" in kwargs:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        check_prompt_length(input_ids.shape[1], kwargs.get("generation_config") or self.generation_config, kwargs)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        elif input_ids.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
+            # transformers looks for right padding in input_ids only, so it never sees it here.
+            logger.warning(
+                "A decoder-only architecture is being used, but right-padding was detected! For correct "
+                "generation results, please set `padding_side='left'` when initializing the tokenizer."
+            )
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         if kwargs.get("streamer") is not None:
             # transformers hands a streamer the prompt first (TextStreamer prints it unless skip_prompt); with
             # embeddings alone it would only see the new tokens.
@@ -315,6 +324,21 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
                 if isinstance(processor, RepetitionPenaltyLogitsProcessor):
                     processor.prompt_ignore_length = None
         return processors
+
+
+def check_prompt_length(prompt_length: int, generation_config: GenerationConfig, kwargs: dict) -> None:
+    """Raise as transformers does when ``max_length`` (the total length) leaves no room after the prompt.
+
+    transformers checks it against the embeddings' empty ids, which gives a wrong message.
+    """
+    if kwargs.get("max_new_tokens", generation_config.max_new_tokens) is not None:
+        return  # max_new_tokens decides, as in transformers
+    max_length = kwargs.get("max_length", generation_config.max_length)
+    if max_length is not None and prompt_length >= max_length:
+        raise ValueError(
+            f"Input length of input_ids is {prompt_length}, but `max_length` is set to {max_length}. "
+            "Increase `max_length` or, better yet, set `max_new_tokens`."
+        )
 
 
 def with_prompt_ids(

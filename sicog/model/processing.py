@@ -409,35 +409,45 @@ class SicogProcessor(ProcessorMixin):
     ) -> SicogProcessor:
         """Load from a checkpoint holding the tokenizer and ``config.json`` (the settings' one source).
 
-        Hub options (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``subfolder``) and
-        ``trust_remote_code`` are passed on; other keyword arguments (those ``AutoProcessor`` adds) are ignored.
+        As transformers processors do, ``chat_template=`` replaces the saved template and the other keyword
+        arguments go to the tokenizer (``padding_side="left"`` for batched generation, hub options,
+        ``trust_remote_code``); the config is read with the hub options alone.
         """
+        kwargs.pop("_from_auto", None)
+        chat_template = kwargs.pop("chat_template", None)
         hub = {k: kwargs[k] for k in HUB_OPTIONS if kwargs.get(k) is not None}
         config = config or SicogConfig.from_pretrained(pretrained_model_name_or_path, **hub)
-        trust = {"trust_remote_code": kwargs["trust_remote_code"]} if "trust_remote_code" in kwargs else {}
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub, **trust)
-        return cls.from_config(tokenizer, config)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls(SicogImageProcessor.from_config(config), tokenizer, chat_template, config=config)
 
 
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "subfolder", "token")
 
-# Rendering of transformers' content parts, put in front of a chat template: each message whose
-# content is a list of parts becomes plain text, an image part "<image>\n" (the placeholder and
-# newline that LLaVA-style training data puts before the question), a text part its text.
-# String content passes through, so the template renders it exactly as before.
+# Put in front of a chat template, so that every path renders a turn as `encode` does: each message's
+# content parts become plain text (an image part "<image>\n", the placeholder and newline LLaVA-style
+# data puts before the question, a text part its text), then a turn holding one placeholder anywhere but
+# in front is rewritten as `image_first` says. Messages without content pass through unchanged.
 CONTENT_PARTS = (
     "{%- set sicog_parts = namespace(messages=[]) -%}"
     "{%- for message in messages -%}"
-    "{%- if message['content'] is string or message['content'] is none -%}"
+    "{%- if message['content'] is none -%}"
     "{%- set sicog_parts.messages = sicog_parts.messages + [message] -%}"
     "{%- else -%}"
     "{%- set sicog_text = namespace(value='') -%}"
+    "{%- if message['content'] is string -%}{%- set sicog_text.value = message['content'] -%}"
+    "{%- else -%}"
     "{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' -%}{%- set sicog_text.value = sicog_text.value + '" + IMAGE_TOKEN + "\n' -%}"
     "{%- elif part['type'] == 'text' -%}{%- set sicog_text.value = sicog_text.value + part['text'] -%}"
     "{%- else -%}{{- raise_exception('unsupported content part type: ' + part['type']) -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- if sicog_text.value.count('" + IMAGE_TOKEN + "') == 1"
+    " and not sicog_text.value.startswith('" + IMAGE_TOKEN + "') -%}"
+    "{%- set sicog_rest = sicog_text.value.replace('" + IMAGE_TOKEN + "', '').strip() -%}"
+    "{%- set sicog_text.value = '" + IMAGE_TOKEN + "' + ('\n' + sicog_rest if sicog_rest else '') -%}"
+    "{%- endif -%}"
     "{%- set sicog_parts.messages = sicog_parts.messages + [dict(message, content=sicog_text.value)] -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
