@@ -46,13 +46,18 @@ def _teach_colours(model, processor, data: Path, steps: int = 60) -> None:
     model.eval()
 
 
-def test_swap_partners_rotate_within_a_view_layout() -> None:
+def test_swap_partners_pair_different_pictures_of_a_view_layout() -> None:
     def item(*shapes):
         return Encoded([0], [0], [torch.zeros(shape) for shape in shapes])
 
-    items = [item((3, 8, 8)), item((3, 8, 16)), item((3, 8, 8)), item((3, 8, 8)), item((3, 16, 8))]
-    partners = swap_partners(items)
-    assert partners == {0: 2, 2: 3, 3: 0}  # items 1 and 4 have no partner of their layout
+    square, wide, tall = (3, 8, 8), (3, 8, 16), (3, 16, 8)
+    items = [item(square), item(wide), item(square), item(square), item(tall), item(square), item(wide)]
+    pictures = ["a", "w", "a", "b", "t", "c", "w"]  # "a" twice; the wide layout holds one picture twice
+    partners = swap_partners(items, pictures)
+    assert sorted(partners) == [0, 2, 3, 5]  # items 1, 6 (one picture) and 4 (alone) have no partner
+    assert all(items[p].pixel_values[0].shape == items[i].pixel_values[0].shape for i, p in partners.items())
+    assert all(pictures[p] != pictures[i] for i, p in partners.items())
+    assert partners == swap_partners(items, pictures)  # fixed: a rerun compares the same records
 
 
 def test_a_model_blind_to_the_image_has_no_gap(tiny_model_factory, tmp_path: Path) -> None:
@@ -84,6 +89,44 @@ def test_bad_records_are_listed_and_the_rest_measured(tiny_model_factory, tmp_pa
     assert [(e["line"], e["id"]) for e in result["errors"]] == [(3, "gone")]
     assert "missing.png" in result["errors"][0]["reason"]
     assert result["records"] == 9 and result["compared"] == 8 and result["without_partner"] == 0
+
+
+def _repeated_pictures(root: Path) -> Path:
+    """Two questions per picture on consecutive lines, as instruction data holds them: four 64x64 pictures, and
+    one 96x64 picture, the only one of its view layout."""
+    data = _colour_data(root, n=4)
+    Image.new("RGB", (96, 64), COLORS["red"]).save(root / "images" / "wide.png")
+    records = []
+    for record in [json.loads(line) for line in data.read_text().splitlines()] + [
+            {"id": "wide", "image": "wide.png", "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is this image?"},
+                {"from": "gpt", "value": "The image is red."}]}]:
+        second = json.loads(json.dumps(record))
+        second["id"] += "-again"
+        second["image"] = f"./{record['image']}"  # another spelling of the same file
+        second["conversations"][0]["value"] = "<image>\nWhich colour fills the image?"
+        records += [record, second]
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return data
+
+
+def test_records_are_never_shown_their_own_picture_as_the_other_one(tiny_model_factory, tmp_path, monkeypatch) -> None:
+    import sicog.eval.image_use as image_use_module
+
+    model, processor = tiny_model_factory()
+    measured = []
+
+    def spy(model, processor, encoded, batch_size=16, desc=None):
+        measured.append(list(encoded))
+        return [(1.0, 1)] * len(encoded)
+
+    monkeypatch.setattr(image_use_module, "answer_losses", spy)
+    result = image_use(model, processor, _repeated_pictures(tmp_path), tmp_path / "images", progress=False)
+    assert (result["records"], result["compared"], result["without_partner"]) == (10, 8, 2)
+    own, other = measured
+    for mine, borrowed in zip(own, other, strict=True):
+        assert mine.input_ids == borrowed.input_ids
+        assert not torch.equal(mine.pixel_values[0], borrowed.pixel_values[0])  # always another picture
 
 
 def test_cli_writes_the_result(tiny_model_factory, tmp_path: Path, capsys) -> None:
@@ -135,3 +178,44 @@ def test_the_reference_is_the_reply_whatever_training_supervises(tiny_model_fact
              {"from": "human", "value": "Its colour?"}, {"from": "gpt", "value": "red"}]
     item = last_reply_only(processor.encode(turns, [image], label_masking="release"))
     assert processor.tokenizer.decode([t for t in item.labels if t >= 0]) == f"red{processor.tokenizer.eos_token}"
+
+
+def test_cli_checks_its_paths_before_loading_the_model(tiny_model_factory, tmp_path: Path, capsys, monkeypatch) -> None:
+    import sicog.eval.generation as generation
+
+    model, processor = tiny_model_factory()
+    save_pretrained(model, processor, tmp_path / "model")
+    data = _colour_data(tmp_path, n=2)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(generation, "load_for_eval", lambda *args: pytest.fail("the model was loaded"))
+    cases = [
+        (data, tmp_path / "images", f"--output {tmp_path / 'images'} is a folder, not a file"),
+        (data, tmp_path / "afile" / "out.json",
+         f"--output {tmp_path / 'afile' / 'out.json'} cannot be written ({tmp_path / 'afile'} is a file)"),
+        (tmp_path / "none.jsonl", tmp_path / "out.json", f"--data {tmp_path / 'none.jsonl'}: no such file"),
+        (tmp_path / "images", tmp_path / "out.json", f"--data {tmp_path / 'images'}: a folder, not a file"),
+    ]
+    for data_path, output, message in cases:
+        code = main(["image-use", "--model", str(tmp_path / "model"), "--data", str(data_path), "--output", str(output),
+                     "--image-folder", str(tmp_path / "images"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.splitlines()[-1] == f"sicog image-use: error: {message}" and "Traceback" not in err
+
+
+def test_cli_reports_a_failed_write_in_one_line(tiny_model_factory, tmp_path: Path, capsys, monkeypatch) -> None:
+    import sicog.eval.image_use_cli as cli
+
+    model, processor = tiny_model_factory()
+    save_pretrained(model, processor, tmp_path / "model")
+    data = _colour_data(tmp_path, n=2)
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_json", full_disk)
+    code = main(["image-use", "--model", str(tmp_path / "model"), "--data", str(data), "--image-folder",
+                 str(tmp_path / "images"), "--output", str(tmp_path / "out.json"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2 and "gap" in captured.out  # the measurement is printed, not lost
+    assert captured.err.splitlines()[-1] == (f"sicog image-use: error: cannot write --output {tmp_path / 'out.json'}: "
+                                             "[Errno 28] No space left on device") and "Traceback" not in captured.err

@@ -86,7 +86,7 @@ def _report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_output_dir(path: Path) -> None:
+def check_output_dir(path: Path) -> None:
     """Raise ``ValueError`` when ``path`` is a file or lies inside one (it could never be made a folder)."""
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())
     if not existing.is_dir():
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         EvalSettings(model=str(args.model), prompt_style=args.prompt, mc_scoring=args.mc_scoring,
                      short_answer=not args.as_asked)
         open_scoring(args.mc_scoring, args.synonyms)
-        _check_output_dir(args.output_dir)
+        check_output_dir(args.output_dir)
         require_checkpoint(args.model)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
     except (RecordError, ValueError, OSError) as err:

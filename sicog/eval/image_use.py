@@ -3,8 +3,9 @@
 A model that ignores the picture scores the same either way (a gap near 0), and then no pre-training
 data can change what it answers about images. The reference is each record's last assistant reply (its
 text and end marker); earlier turns, answers included, are context it is asked in. Images are swapped only
-between records whose images cut into the same views, so every input keeps its exact token layout; a
-record without such a partner is not compared (and counted as such).
+between records whose images cut into the same views, so every input keeps its exact token layout, and only
+between different pictures (instruction data asks several questions about one picture): a record whose
+layout no other picture shares is not compared (and counted as such).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
 from sicog.train.datasets import Problem
+
+PAIRING_SEED = 0  # the pairing is fixed: a rerun compares the same records
 
 
 @torch.no_grad()
@@ -67,15 +70,25 @@ def last_reply_only(item: Encoded) -> Encoded:
     return replace(item, labels=labels)
 
 
-def swap_partners(encoded: Sequence[Encoded]) -> dict[int, int]:
-    """For each item with a partner of the same view layout, the item whose images it borrows (a rotation)."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for index, item in enumerate(encoded):
-        groups[tuple(tuple(view.shape) for view in item.pixel_values)].append(index)
+def swap_partners(encoded: Sequence[Encoded], pictures: Sequence[str]) -> dict[int, int]:
+    """For each item that has one, the item whose images it borrows: another picture of the same view layout.
+
+    ``pictures[i]`` names item ``i``'s picture (its resolved path): items showing one picture are never paired,
+    however they lie in the data. Within a layout the pairing is the blind baseline's of ``sicog eval
+    --blind-seed`` (:func:`~sicog.eval.likelihood.blind_partners`, with a fixed seed), so while no picture holds
+    more than half of a layout's items, each lends its images exactly once. A layout with a single picture has
+    no partners.
+    """
+    # Imported here: sicog.eval.likelihood imports this module's answer_losses.
+    from sicog.eval.likelihood import blind_partners
+
+    groups: dict[tuple, dict[str, str]] = defaultdict(dict)
+    for index, (item, picture) in enumerate(zip(encoded, pictures, strict=True)):
+        groups[tuple(tuple(view.shape) for view in item.pixel_values)][str(index)] = picture
     partners = {}
     for members in groups.values():
-        if len(members) > 1:
-            partners.update({member: members[(k + 1) % len(members)] for k, member in enumerate(members)})
+        if len(set(members.values())) > 1:
+            partners.update({int(k): int(v) for k, v in blind_partners(members, PAIRING_SEED).items()})
     return partners
 
 
@@ -96,6 +109,7 @@ def image_use(
     are measured.
     """
     encoded: list[Encoded] = []
+    pictures: list[str] = []
     errors: list[dict] = []
     for line, record in iter_records(data):
         if limit is not None and len(encoded) + len(errors) >= limit:
@@ -106,9 +120,10 @@ def image_use(
             if len(images) != 1:
                 raise ValueError(f"needs exactly one image, has {len(images)}")
             encoded.append(last_reply_only(processor.encode(record["conversations"], images, train=True)))
+            pictures.append(os.path.realpath(images[0]))  # "a.png", "./a.png" and links to it are one picture
         except (ValueError, ConversationError, ImageError, OSError) as err:
             errors.append(Problem(record.get("id"), Source(str(data), line), str(err)).to_json())
-    partners = swap_partners(encoded)
+    partners = swap_partners(encoded, pictures)
     compared = sorted(partners)
     own = [encoded[i] for i in compared]
     swapped = [replace(encoded[i], pixel_values=encoded[partners[i]].pixel_values) for i in compared]

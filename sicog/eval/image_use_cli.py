@@ -4,6 +4,7 @@ when the command runs so that ``--help`` needs neither torch nor transformers.""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,21 +26,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Measure and write the result; 2 when the data cannot be read or nothing could be compared."""
-    from sicog.eval.generation import load_for_eval
-    from sicog.eval.image_use import image_use
+def _check_paths(data: Path, output: Path) -> None:
+    """Raise ``ValueError`` when ``data`` is not a file or ``output`` could not be written (a folder, a path inside a
+    file, an unwritable folder): checked before the model is loaded and every loss computed."""
+    if not data.is_file():
+        raise ValueError(f"--data {data}: {'a folder, not a file' if data.is_dir() else 'no such file'}")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder, not a file")
+    folder = next(p for p in output.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise ValueError(f"--output {output} cannot be written ({folder} is a file)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output} cannot be written (no permission to write in {folder})")
 
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and write the result; 2 when the data cannot be read, the output cannot be written or nothing could
+    be compared."""
     try:
+        _check_paths(args.data, args.output)
         require_checkpoint(args.model)  # a mistyped folder is not taken for a Hugging Face hub id
+        # Imported once the paths are known to be usable: the model code needs torch and transformers.
+        from sicog.eval.generation import load_for_eval
+        from sicog.eval.image_use import image_use
+
         model, processor = load_for_eval(args.model, args.device)
         result = image_use(model, processor, args.data, args.image_folder, limit=args.limit,
                            batch_size=args.batch_size, progress=not args.no_progress)
     except (RecordError, ValueError, OSError) as err:
         print(f"sicog image-use: error: {err}", file=sys.stderr)
         return 2
-    write_json(args.output, {"model": str(args.model), **result})
-    print(f"{args.data}: loss {result['loss_own_images']} with own images, {result['loss_other_images']} with "
-          f"swapped images (gap {result['gap']}; {result['compared']} of {result['records']} records compared, "
-          f"{len(result['errors'])} errors) -> {args.output}")
+    summary = (f"{args.data}: loss {result['loss_own_images']} with own images, {result['loss_other_images']} with "
+               f"swapped images (gap {result['gap']}; {result['compared']} of {result['records']} records compared, "
+               f"{len(result['errors'])} errors)")
+    try:
+        write_json(args.output, {"model": str(args.model), **result})
+    except OSError as err:
+        print(summary)  # the measurement is not lost with the file
+        print(f"sicog image-use: error: cannot write --output {args.output}: {err}", file=sys.stderr)
+        return 2
+    print(f"{summary} -> {args.output}")
     return 0 if result["compared"] else 2

@@ -2,44 +2,81 @@
 or lmms-eval as one command (see docs/evaluation.md).
 
 The frameworks score the replies themselves (MME's score, MMBench's circular evaluation, ANLS, LLM
-judges); this command only names the benchmarks in each framework's terms, starts one process per GPU and
-points the framework at the checkpoint.
+judges); this command names the benchmarks in each framework's terms, starts one process per GPU, points the
+framework at the checkpoint, and afterwards reads what the run wrote (:mod:`sicog.eval.framework_results`):
+which benchmarks are done, failed or missing, and each one's headline number, the metric the paper reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from sicog.data.argtypes import positive_int, require_checkpoint
+from sicog.data.jsonl import atomic_file, write_json
+from sicog.eval.cli import check_output_dir  # sicog eval's check of the same flag
+from sicog.eval.framework_results import (
+    DONE,
+    FAILED,
+    LMMS_EVAL,
+    VLMEVALKIT,
+    Headline,
+    Outcome,
+    is_number,
+    read_outcomes,
+    result_files,
+)
 
 # command-line name -> the package that must be importable
-FRAMEWORKS = {"vlmevalkit": "vlmeval", "lmms-eval": "lmms_eval"}
+FRAMEWORKS = {VLMEVALKIT: "vlmeval", LMMS_EVAL: "lmms_eval"}
+# command-line name -> the suite file's field naming a benchmark in that framework
+FIELDS = {VLMEVALKIT: "vlmevalkit", LMMS_EVAL: "lmms_eval"}
 DEFAULT_SUITE = "figure1"
+# The name SICOG has in both frameworks: the launcher registers it in VLMEvalKit under it (run.py's --model, and
+# so the folder of its runs), and it is the lmms-eval entry point (pyproject.toml).
+MODEL = "sicog"
+# Written in --output-dir: the checkpoint and framework whose runs the folder holds (VLMEvalKit's --reuse takes
+# the predictions of any earlier run in the folder, whichever checkpoint made them).
+OWNER_FILE = "sicog_suite.json"
+HEADLINE_JSON, HEADLINE_MD = "headline.json", "headline.md"
+PAPER_ARMS = ("base", "sicog")
+HEADLINE_FIELDS = ("metric", "scale")
+BENCHMARK_FIELDS = ("name", "vlmevalkit", "lmms_eval", "headline", "paper", "note")
 
 
 @dataclass(frozen=True)
 class SuiteBenchmark:
-    """One benchmark of a suite: its name, and its names in VLMEvalKit (``--data``) and lmms-eval (``--tasks``)."""
+    """One benchmark of a suite: its name, its names in VLMEvalKit (``--data``) and lmms-eval (``--tasks``), and
+    optionally where its headline number lies in each framework's results (suite field -> :class:`Headline`), the
+    paper's numbers for it (``base``, ``sicog``) and a note printed with the headline table."""
 
     name: str
     vlmevalkit: str
     lmms_eval: str
+    headline: Mapping[str, Headline] = field(default_factory=dict)
+    paper: Mapping[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def task(self, framework: str) -> str:
+        """This benchmark's name in ``framework`` (a command-line name)."""
+        return getattr(self, FIELDS[framework])
 
 
 def load_suite(spec: str) -> list[SuiteBenchmark]:
-    """A packaged suite (``figure1``) or a YAML file with a ``benchmarks`` list of ``{name, vlmevalkit,
-    lmms_eval}``; raises ``ValueError`` naming the file, entry and field of a problem."""
+    """A packaged suite (``figure1``) or a YAML file with a ``benchmarks`` list of ``{name, vlmevalkit, lmms_eval}``
+    (and optionally ``headline``, ``paper``, ``note``); raises ``ValueError`` naming the file, entry and field of
+    a problem."""
     packaged = resources.files("sicog.configs") / f"eval_{spec}.yaml"
     path = Path(spec) if os.path.exists(spec) else Path(str(packaged))
     if not path.is_file():
@@ -53,23 +90,57 @@ def load_suite(spec: str) -> list[SuiteBenchmark]:
         raise ValueError(f"{path}: field 'benchmarks': a non-empty list of {{name, vlmevalkit, lmms_eval}} is needed")
     suite = []
     for number, entry in enumerate(entries, start=1):
+        where = f"{path}: benchmark {number}"
         if not isinstance(entry, dict):
-            raise ValueError(f"{path}: benchmark {number}: a mapping {{name, vlmevalkit, lmms_eval}} is needed")
-        for field in ("name", "vlmevalkit", "lmms_eval"):
-            if not isinstance(entry.get(field), str) or not entry[field].strip():
-                raise ValueError(f"{path}: benchmark {number}: field {field!r}: a non-empty string is needed")
-        unknown = sorted(set(entry) - {"name", "vlmevalkit", "lmms_eval"})
+            raise ValueError(f"{where}: a mapping {{name, vlmevalkit, lmms_eval}} is needed")
+        for name in ("name", "vlmevalkit", "lmms_eval"):
+            if not isinstance(entry.get(name), str) or not entry[name].strip():
+                raise ValueError(f"{where}: field {name!r}: a non-empty string is needed")
+        unknown = sorted(set(entry) - set(BENCHMARK_FIELDS))
         if unknown:
-            raise ValueError(f"{path}: benchmark {number}: unknown field(s) {', '.join(unknown)}")
-        suite.append(SuiteBenchmark(entry["name"], entry["vlmevalkit"], entry["lmms_eval"]))
+            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        if not isinstance(entry.get("note", ""), str):
+            raise ValueError(f"{where}: field 'note': a string is needed")
+        suite.append(SuiteBenchmark(entry["name"], entry["vlmevalkit"], entry["lmms_eval"],
+                                    _headlines(entry.get("headline", {}), where), _paper(entry.get("paper", {}), where),
+                                    entry.get("note", "")))
     return suite
+
+
+def _headlines(value: object, where: str) -> dict[str, Headline]:
+    """A benchmark's ``headline`` field: suite field (``vlmevalkit``, ``lmms_eval``) -> ``{metric, scale}``."""
+    if not isinstance(value, dict) or set(value) - set(FIELDS.values()):
+        raise ValueError(f"{where}: field 'headline': a mapping from {' and/or '.join(FIELDS.values())} to "
+                         "{metric, scale} is needed")
+    headlines = {}
+    for framework, spec in value.items():
+        name = f"headline.{framework}"
+        if not isinstance(spec, dict) or set(spec) - set(HEADLINE_FIELDS):
+            raise ValueError(f"{where}: field {name!r}: a mapping {{metric, scale}} is needed")
+        if not isinstance(spec.get("metric"), str) or not spec["metric"].strip():
+            raise ValueError(f"{where}: field '{name}.metric': a non-empty string is needed")
+        scale = spec.get("scale", 1)
+        if not is_number(scale) or scale <= 0:
+            raise ValueError(f"{where}: field '{name}.scale': a number above 0 is needed, got {scale!r}")
+        headlines[framework] = Headline(spec["metric"], float(scale))
+    return headlines
+
+
+def _paper(value: object, where: str) -> dict[str, float]:
+    """A benchmark's ``paper`` field: ``{base, sicog}``, the paper's numbers."""
+    if not isinstance(value, dict) or set(value) - set(PAPER_ARMS) or not all(is_number(v) for v in value.values()):
+        raise ValueError(f"{where}: field 'paper': a mapping {{{', '.join(PAPER_ARMS)}}} of numbers is needed")
+    return dict(value)
 
 
 def select(suite: list[SuiteBenchmark], names: Sequence[str] | None) -> list[SuiteBenchmark]:
     """The benchmarks of ``suite`` named in ``names`` (all when None), in suite order; ``ValueError`` for an
-    unknown name."""
-    if not names:
+    unknown name or an empty selection."""
+    if names is None:
         return suite
+    if not names:
+        # An empty --benchmarks (a script's unset variable) is a mistake, not a request for the whole suite.
+        raise ValueError("--benchmarks names no benchmark")
     known = {b.name.lower(): b for b in suite}
     unknown = [n for n in names if n.lower() not in known]
     if unknown:
@@ -90,15 +161,17 @@ def framework_command(
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The command that runs ``benchmarks`` with ``framework`` on the checkpoint ``model``: one process,
-    or ``processes`` under torchrun (each on its own GPU)."""
+    or ``processes`` under torchrun (each on its own GPU). VLMEvalKit gets ``--reuse``: a rerun after a crash
+    keeps the predictions that earlier runs in ``output_dir`` finished."""
     model = str(Path(model).resolve())
-    if framework == "vlmevalkit":
+    if framework == VLMEVALKIT:
         module = "sicog.eval.vlmevalkit"
         args = ["--sicog-model", model, *(["--vlmevalkit", str(vlmevalkit)] if vlmevalkit else []),
-                "--model", "sicog", "--data", *(b.vlmevalkit for b in benchmarks), "--work-dir", str(output_dir)]
-    elif framework == "lmms-eval":
+                "--model", MODEL, "--data", *(b.vlmevalkit for b in benchmarks), "--work-dir", str(output_dir),
+                "--reuse"]
+    elif framework == LMMS_EVAL:
         module = "lmms_eval"
-        args = ["--model", "sicog", "--model_args", f"pretrained={model}",
+        args = ["--model", MODEL, "--model_args", f"pretrained={model}",
                 "--tasks", ",".join(b.lmms_eval for b in benchmarks), "--batch_size", batch_size,
                 "--output_path", str(output_dir), "--log_samples"]
     else:
@@ -110,13 +183,83 @@ def framework_command(
     return [*launcher, module, *args, *extra]
 
 
+def claim_output_dir(output_dir: Path, model: Path, framework: str) -> None:
+    """Check that ``output_dir`` is (or can be made) a folder holding only runs of checkpoint ``model`` with
+    ``framework``, and record that in it (``OWNER_FILE``). ``ValueError`` naming the folder otherwise: VLMEvalKit's
+    ``--reuse`` would take another checkpoint's predictions for this one's."""
+    check_output_dir(output_dir)
+    owner = {"model": str(model.resolve()), "framework": framework}
+    path = output_dir / OWNER_FILE
+    if not path.exists():
+        write_json(path, owner)
+        return
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not readable ({err}); it records whose runs {output_dir} holds") from None
+    if held != owner:
+        whose = f"{held.get('model')} with {held.get('framework')}" if isinstance(held, dict) else "another run"
+        raise ValueError(f"--output-dir {output_dir} holds the runs of {whose} ({path}); give checkpoint {model} "
+                         f"with {framework} another folder")
+
+
+def headline_rows(
+    benchmarks: Sequence[SuiteBenchmark], framework: str, outcomes: Mapping[str, Outcome]
+) -> list[dict]:
+    """One row per benchmark: its state (a scored benchmark whose headline metric cannot be read has failed), the
+    reason when it is not done, the headline metric and value on the paper's scale, the paper's numbers, the
+    note, every number the framework recorded for it, and the file they came from."""
+    rows = []
+    for benchmark in benchmarks:
+        outcome = outcomes[benchmark.task(framework)]
+        state, reason, metric, value = outcome.state, outcome.reason, None, None
+        spec = benchmark.headline.get(FIELDS[framework])
+        if state == DONE and spec is not None:
+            if outcome.metrics:
+                try:
+                    metric, value = spec.find(outcome.metrics)
+                except ValueError as err:
+                    state, reason = FAILED, f"no headline number in {outcome.source}: {err}"
+            else:
+                reason = reason or "no scores recorded"
+        rows.append({
+            "benchmark": benchmark.name, "task": outcome.task, "state": state, "reason": reason,
+            "metric": metric, "scale": None if spec is None else spec.scale,
+            "value": None if value is None else round(value, 4), "paper": dict(benchmark.paper),
+            "note": benchmark.note, "metrics": outcome.metrics, "source": outcome.source,
+        })
+    return rows
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|")  # a VLMEvalKit metric key holds "|"
+
+
+def headline_markdown(rows: Sequence[dict], framework: str) -> str:
+    """The headline table (values to one decimal, as the paper gives them), then why each benchmark without a
+    number has none, then the notes."""
+    lines = [f"| benchmark | {framework} | state | metric | value | paper base | paper SICOG |", "|" + "---|" * 7]
+    for row in rows:
+        metric = row["metric"] if row["metric"] is None or row["scale"] == 1 else f"{row['metric']} x{row['scale']:g}"
+        lines.append("| " + " | ".join(_cell(v) for v in (
+            row["benchmark"], row["task"], row["state"], metric, row["value"], row["paper"].get("base"),
+            row["paper"].get("sicog"))) + " |")
+    lines += [""] + [f"- {row['benchmark']}: {row['state']}: {row['reason']}" for row in rows if row["reason"]]
+    lines += [f"- {row['benchmark']}: {row['note']}" for row in rows if row["note"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the command's flags."""
     parser.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder")
-    parser.add_argument("--framework", default="vlmevalkit", choices=tuple(FRAMEWORKS),
+    parser.add_argument("--framework", default=VLMEVALKIT, choices=tuple(FRAMEWORKS),
                         help="the evaluation framework (installed beside SICOG; default: %(default)s, as the paper)")
     parser.add_argument("--output-dir", required=True, type=Path,
-                        help="the framework's output folder (VLMEvalKit --work-dir, lmms-eval --output_path)")
+                        help="the framework's output folder (VLMEvalKit --work-dir, lmms-eval --output_path), one per "
+                             "checkpoint and framework; the headline table goes there too")
     parser.add_argument("--suite", default=DEFAULT_SUITE,
                         help=f"{DEFAULT_SUITE} (the paper's Figure 1) or a YAML file of the same layout "
                              "(default: %(default)s)")
@@ -136,7 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the framework command and run it (its exit status); 2 on bad input."""
+    """Print the framework command, run it, then print and write the headline table: 1 when a benchmark failed or
+    is missing, else the framework's exit status; 2 on bad input."""
     try:
         benchmarks = select(load_suite(args.suite), args.benchmarks)
         if not args.dry_run:
@@ -144,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
             if importlib.util.find_spec(FRAMEWORKS[args.framework]) is None:
                 raise ValueError(f"{args.framework} is not installed in this environment (docs/evaluation.md: "
                                  "install it beside SICOG)")
-    except ValueError as err:
+            claim_output_dir(args.output_dir, args.model, args.framework)
+    except (ValueError, OSError) as err:
         print(f"sicog eval-suite: error: {err}", file=sys.stderr)
         return 2
     command = framework_command(args.framework, benchmarks, args.model, args.output_dir, processes=args.nproc,
@@ -153,4 +298,28 @@ def run(args: argparse.Namespace) -> int:
     print(shlex.join(command), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.run(command).returncode
+    earlier = result_files(args.framework, args.output_dir, MODEL)
+    status = subprocess.run(command).returncode
+    # Only this run's files count: an earlier run's result is not this checkpoint's answer to this command.
+    outcomes = read_outcomes(args.framework, [b.task(args.framework) for b in benchmarks],
+                             result_files(args.framework, args.output_dir, MODEL) - earlier)
+    rows = headline_rows(benchmarks, args.framework, outcomes)
+    table = headline_markdown(rows, args.framework)
+    print(table, end="")
+    try:
+        write_json(args.output_dir / HEADLINE_JSON, {
+            "model": str(args.model.resolve()), "framework": args.framework, "suite": args.suite,
+            "command": command, "exit_status": status, "benchmarks": rows})
+        with atomic_file(args.output_dir / HEADLINE_MD) as handle:
+            handle.write(table)
+    except OSError as err:
+        print(f"sicog eval-suite: error: cannot write the headline table to {args.output_dir}: {err}", file=sys.stderr)
+        return 2
+    print(f"headline table: {args.output_dir / HEADLINE_JSON}, {args.output_dir / HEADLINE_MD}")
+    unfinished = [row["benchmark"] for row in rows if row["state"] != DONE]
+    if unfinished:
+        again = " (their finished predictions are reused)" if args.framework == VLMEVALKIT else ""
+        print(f"sicog eval-suite: {len(unfinished)} of {len(rows)} benchmark(s) failed or missing; once the cause is "
+              f"fixed, run them again with --benchmarks {','.join(unfinished)}{again}", file=sys.stderr)
+        return 1
+    return status

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Test SICOG inside the real evaluation frameworks: install VLMEvalKit and lmms-eval from source checkouts
 # into a throwaway virtual environment beside SICOG, then run the tests that drive them
-# (tests/test_eval_vlmevalkit_real.py, tests/test_eval_lmms_real.py). CI does not run this: the frameworks
+# (tests/test_eval_vlmevalkit_real.py, tests/test_eval_lmms_real.py,
+# tests/test_eval_suite_lmms_real.py). CI does not run this: the frameworks
 # pull in several GiB of packages. Without them installed those tests skip.
 #
 #   git clone https://github.com/open-compass/VLMEvalKit ../VLMEvalKit
@@ -43,4 +44,4 @@ PIP=("$VENV/bin/python" -m pip install --quiet)
 "${PIP[@]}" "filelock<4"  # pip reports the conflict with SICOG's pin (see above) and installs it
 "$VENV/bin/python" -c "import vlmeval.config, vlmeval.dataset, lmms_eval.evaluator, lmms_eval.tasks"
 cd "$REPO"
-"$VENV/bin/python" -m pytest -q -rs tests/test_eval_vlmevalkit_real.py tests/test_eval_lmms_real.py
+"$VENV/bin/python" -m pytest -q -rs tests/test_eval_vlmevalkit_real.py tests/test_eval_lmms_real.py tests/test_eval_suite_lmms_real.py
