@@ -84,7 +84,7 @@ def test_minilm_never_chooses_the_contradicting_caption(tmp_path: Path, minilm: 
         assert record["conversations"][0]["value"] == "<image>\n" + caption_prompt("cod-default")
         reply = record["conversations"][1]["value"]
         assert reply.startswith("Step 1:") and CONTRADICTION not in reply
-        assert record["source"]["file"].endswith("gen.jsonl") and record["source"]["score"] >= 0.6
+        assert record["sicog_source"]["file"].endswith("gen.jsonl") and record["sicog_source"]["score"] >= 0.6
     pairs = load_records(tmp_path / "out" / "pairs.jsonl")
     assert len(pairs) == 6 and all(p["chosen"] != p["rejected"] and p["rejected"].startswith("Step 1:") for p in pairs)
 
@@ -105,7 +105,7 @@ def test_reasoning_majority_agreement_and_full_text_pair(tmp_path: Path, minilm:
     assert pair["chosen"].startswith("Step 1:") and pair["rejected"].startswith("Step 1:")
     assert pair["prompt"] == reasoning_prompt("cot-default", QUESTION)
     [curated] = load_records(tmp_path / "out" / "curated.jsonl")
-    assert curated["answer"] == "3" and curated["source"]["agreement"] == round(4 / 6, 6)
+    assert curated["answer"] == "3" and curated["sicog_source"]["agreement"] == round(4 / 6, 6)
 
 
 class TableEncoder:

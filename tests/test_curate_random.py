@@ -42,7 +42,7 @@ def test_empty_and_image_placeholder_candidates_are_never_picked(tmp_path: Path)
         one_random_candidate(write_jsonl(tmp_path / "gen.jsonl", [usable, unusable]), tmp_path / "r.jsonl", seed)
         [picked] = load_records(tmp_path / "r.jsonl")
         check_llava_record(picked)
-        assert picked["conversations"][1]["value"] == "A red square." and picked["source"]["candidate"] == 2
+        assert picked["conversations"][1]["value"] == "A red square." and picked["sicog_source"]["candidate"] == 2
         [error] = load_records(tmp_path / "r.errors.jsonl")
         assert error["id"] == "none" and error["field"] == "candidates" and "contains <image>" in error["reason"]
 
@@ -54,7 +54,7 @@ def test_the_cycle_analysis_scores_the_picks_arm_c_trains_on(tmp_path: Path) -> 
                for i in range(40)]
     generated = write_jsonl(tmp_path / "gen.jsonl", records)
     one_random_candidate(generated, tmp_path / "r.jsonl", seed=3)
-    picked = {r["id"]: r["source"]["candidate"] for r in load_records(tmp_path / "r.jsonl")}
+    picked = {r["id"]: r["sicog_source"]["candidate"] for r in load_records(tmp_path / "r.jsonl")}
     assert not [rid for rid, pick in picked.items() if pick == 0 and int(rid[1:]) % 2]
     right = [str(picked[r["id"]]) == r["answer"] for r in records]
     quality = curation_quality(generated, "reasoning", {}, seed=3)

@@ -90,7 +90,7 @@ def test_data_check_command(tmp_path, tiny_model_factory, capsys):
     code = main(["data", "check", str(bad), "--model", str(tmp_path / "model"), "--image-folder", str(tmp_path),
                  "--report", str(report)])
     assert code == 1
-    assert "bad.jsonl:2 id=b2" in capsys.readouterr().out
+    assert "bad.jsonl:2 id='b2'" in capsys.readouterr().out
     assert json.loads(report.read_text())["id"] == "b2"
 
 

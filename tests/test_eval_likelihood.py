@@ -14,7 +14,6 @@ from PIL import Image
 from sicog.cli import main
 from sicog.data.jsonl import load_records
 from sicog.eval.likelihood import (
-    blind_partners,
     choose,
     encode_options,
     image_keys,
@@ -22,6 +21,7 @@ from sicog.eval.likelihood import (
     option_scores,
     score_rows,
 )
+from sicog.eval.pairing import blind_partners
 from sicog.eval.runner import evaluate
 from sicog.eval.tsv import Benchmark, read_benchmark
 from sicog.model.builders import save_pretrained

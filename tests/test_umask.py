@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_outputs_follow_the_umask(tmp_path, umask, mode):
     records = tmp_path / "curated.jsonl"
-    records.write_text("".join(json.dumps({"id": f"r{i}", "conversations": []}) + "\n" for i in range(3)))
+    # Two invalid records (for the errors file) and a valid one: a mix of nothing but invalid records exits 1.
+    valid = {"id": "ok", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
+    lines = [{"id": f"r{i}", "conversations": []} for i in range(2)] + [valid]
+    records.write_text("".join(json.dumps(record) + "\n" for record in lines))
     script = (
         "import sys\n"
         "from sicog.cli import main\n"

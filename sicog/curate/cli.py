@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
 from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
-from sicog.data.jsonl import RecordError, write_jsonl
+from sicog.data.jsonl import RecordError, errors_path, write_jsonl, write_records
 from sicog.data.lock import OutputLocked, output_lock
 
 
@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mix = sub.add_parser("mix", help="combine curated files into the stage-1.5 mixture",
                          description="combine curated files into the stage-1.5 mixture")
     mix.add_argument("--inputs", nargs="+", required=True, help="curated LLaVA files")
-    mix.add_argument("--output", required=True, help="mixture file (.jsonl, or .json for a JSON array)")
+    mix.add_argument("--output", required=True,
+                     help="mixture file (.jsonl; .json for a JSON array; errors go to <stem>.errors.jsonl beside it)")
     mix.add_argument("--ratios", nargs="+", type=float, default=None,
                      help="one per input: 1 = all, 0.5 = a random half, 2 = twice (default: all 1)")
     mix.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling")
@@ -99,14 +100,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            description="write the unique texts curation compares, one {\"text\": ...} per line")
     texts.add_argument("task", choices=("captions", "reasoning"))
     texts.add_argument("--input", required=True, help="generation output with 'candidates'")
-    texts.add_argument("--output", required=True, help="texts file (.jsonl)")
+    texts.add_argument("--output", required=True,
+                       help="texts file (.jsonl, or .json for a JSON array; invalid records go to "
+                            "<stem>.errors.jsonl beside it)")
     pick = sub.add_parser(
         "random", help="one candidate per record drawn at random: self-training without curation",
         description="answer every generated record with one of its candidates, drawn at random (seeded)",
     )
     pick.add_argument("--input", required=True, help="generation output with 'candidates'")
     pick.add_argument("--output", required=True,
-                      help="LLaVA training records (.jsonl; errors go to <stem>.errors.jsonl beside it)")
+                      help="LLaVA training records (.jsonl, or .json for a JSON array; errors go to "
+                           "<stem>.errors.jsonl beside it)")
     pick.add_argument("--seed", type=int, default=0, help="seed of the draw")
     noisy = sub.add_parser(
         "pairs-from-noisy", help="DPO pairs: curated clean answers vs answers generated on corrupted images",
@@ -115,25 +119,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     noisy.add_argument("--curated", required=True,
                        help="curated.jsonl (or pairs.jsonl) of `sicog curate` on the clean images")
     noisy.add_argument("--noisy", required=True, help="`sicog generate ... --corrupt ...` output for the same records")
-    noisy.add_argument("--output", required=True, help="pairs .jsonl (errors go to <stem>.errors.jsonl beside it)")
+    noisy.add_argument("--output", required=True,
+                       help="pairs .jsonl, or .json for a JSON array (errors go to <stem>.errors.jsonl beside it)")
     noisy.add_argument("--task", choices=("reasoning", "captions"), default="reasoning",
                        help="reasoning: prefer rejected candidates whose final answer differs from the chosen one")
     noisy.add_argument("--seed", type=int, default=0, help="seed of the rejected-candidate draw")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen sub-command; 2 on unusable input (the message names file, line and field)."""
+    """Run the chosen sub-command: 0 when it wrote something, 1 when every input record failed (the reasons are
+    in the errors file), 2 on unusable arguments or input (the message names file, line and field)."""
     try:
         if args.curate_command == "mix":
             return _run_mix(args)
         if args.curate_command == "pairs-from-noisy":
             return _run_pairs_from_noisy(args)
         if args.curate_command == "texts":
-            from sicog.curate.pipeline import compared_texts
-
-            written = write_jsonl(args.output, ({"text": t} for t in compared_texts(args.input, args.task)))
-            print(f"wrote {written} texts to {args.output}")
-            return 0
+            return _run_texts(args)
         if args.curate_command == "random":
             from sicog.curate.random_pick import one_random_candidate
 
@@ -203,15 +205,39 @@ def _run_curation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_texts(args: argparse.Namespace) -> int:
+    from sicog.curate.pipeline import compared_texts_and_errors
+
+    texts, errors = compared_texts_and_errors(args.input, args.task)
+    written = write_records(args.output, ({"text": t} for t in texts))
+    write_jsonl(errors_path(args.output), errors)
+    print(f"wrote {written} texts to {args.output} ({len(errors)} invalid records, listed in "
+          f"{errors_path(args.output)}: curation will not score them)")
+    if errors and not texts:
+        print(f"error: every one of the {len(errors)} records failed; the reasons are in {errors_path(args.output)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run_mix(args: argparse.Namespace) -> int:
     from sicog.curate.mix import mix
-    from sicog.data.jsonl import errors_path
 
     parts = mix(args.inputs, args.output, ratios=args.ratios, seed=args.seed, prefix_ids=args.prefix_ids)
     print(f"{'input':<50} {'records':>8} {'errors':>7} {'ratio':>6} {'taken':>8}")
     for part in parts:
         print(f"{part.path:<50} {part.records:>8} {part.errors:>7} {part.ratio:>6g} {part.taken:>8}")
-    print(f"wrote {sum(p.taken for p in parts)} records to {args.output} (errors: {errors_path(Path(args.output))})")
+    taken, errors = sum(p.taken for p in parts), sum(p.errors for p in parts)
+    print(f"wrote {taken} records to {args.output} (errors: {errors_path(args.output)})")
+    for part in parts:
+        if not part.taken:
+            why = "it holds no record" if not part.records else (
+                "every record failed" if part.errors == part.records else f"ratio {part.ratio:g}")
+            print(f"warning: {part.path} contributes no record to the mixture ({why})", file=sys.stderr)
+    if errors and not taken:
+        print(f"error: every one of the {errors} records failed; the reasons are in {errors_path(args.output)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sicog.curate.embed import DTYPES, EncoderSettings, SentenceEncoder
-from sicog.data.jsonl import atomic_file, write_json
+from sicog.data.jsonl import RecordError, atomic_file, iter_records, write_json
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -42,15 +42,14 @@ def texts_digest(texts: Sequence[str]) -> str:
 
 
 def read_texts(path: str | os.PathLike) -> list[str]:
-    """The ``text`` of every line of a texts file (as written by ``sicog curate texts``)."""
+    """The ``text`` of every record of a texts file (as written by ``sicog curate texts``: JSON Lines, or a JSON
+    array). A problem raises :class:`RecordError` naming the file and line (JSON that does not parse, text that
+    is not UTF-8, a record without a string ``text``)."""
     texts = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError(f"{path}:{line_number}: expected an object with a string field 'text'")
-                texts.append(record["text"])
+    for line, record in iter_records(path):
+        if not isinstance(record.get("text"), str):
+            raise RecordError("expected an object with a string field 'text'", path=path, line=line, field="text")
+        texts.append(record["text"])
     return texts
 
 
@@ -62,11 +61,18 @@ def sidecar(path: str | os.PathLike) -> Path:
 def save_embeddings(
     path: str | os.PathLike, vectors: np.ndarray, texts: Sequence[str], settings: EncoderSettings
 ) -> None:
-    """Write the description, then the array, each atomically (an array is never older than its description)."""
+    """Write the array, then its description, each atomically, after removing the old description.
+
+    A description vouches for the array beside it, so it goes first and comes back last: a run killed in
+    between (the array of 1M NV-Embed vectors takes minutes to write) leaves an array without a description,
+    which :func:`load_embeddings` refuses, never a description of other texts beside an array it does not
+    describe.
+    """
     description = {"texts": len(texts), "texts_sha256": texts_digest(texts), "encoder": asdict(settings)}
-    write_json(sidecar(path), description)
+    sidecar(path).unlink(missing_ok=True)
     with atomic_file(path, "wb") as handle:
         np.save(handle, vectors.astype(np.float32))
+    write_json(sidecar(path), description)
 
 
 def load_embeddings(path: str | os.PathLike, texts: Sequence[str]) -> tuple[np.ndarray, dict]:

@@ -14,9 +14,10 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
-from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, write_json, write_jsonl
+from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, write_jsonl, write_records
 from sicog.data.schema import check_llava_record
 
 
@@ -36,8 +37,11 @@ def take(records: Sequence[dict], ratio: float, rng: random.Random) -> list[dict
     if ratio < 0 or not math.isfinite(ratio):
         raise ValueError(f"ratio must be a finite number >= 0, got {ratio}")
     copies = math.floor(ratio)
-    # Half up, not Python's half to even: a ratio of 0.5 takes 3 of 5 records, as it takes 2 of 3.
-    extra = math.floor((ratio - copies) * len(records) + 0.5)
+    # The ratio as the decimal the user wrote (1.15, not the float 1.149999...): in floats 1.15 - 1 is
+    # 0.1499999..., whose share of 10 records would round down. Half up, not Python's half to even: a ratio
+    # of 0.5 takes 3 of 5 records, as it takes 2 of 3.
+    share = (Fraction(repr(float(ratio))) - copies) * len(records)
+    extra = math.floor(share + Fraction(1, 2))
     picked = [(copy, record) for copy in range(copies) for record in records]
     picked += [(copies, record) for record in rng.sample(list(records), extra)]
     return [record if copy == 0 else {**record, "id": f"{record['id']}#{copy}"} for copy, record in picked]
@@ -80,7 +84,8 @@ def mix(
     seed: int = 0,
     prefix_ids: bool = False,
 ) -> list[MixPart]:
-    """Write the shuffled mixture of ``inputs`` to ``output`` (``.json`` array or JSON Lines).
+    """Write the shuffled mixture of ``inputs`` to ``output`` (a JSON array for a ``.json`` name, in any letter
+    case, else JSON Lines).
 
     With ``prefix_ids`` every id becomes ``<prefix>:<id>``, the prefix from :func:`id_prefixes`. The same
     file given twice raises :class:`ValueError`; an id in two inputs raises :class:`RecordError`.
@@ -127,9 +132,6 @@ def mix(
             path=output,
         )
     random.Random(seed).shuffle(mixed)
-    if output.suffix == ".json":
-        write_json(output, mixed)
-    else:
-        write_jsonl(output, mixed)
+    write_records(output, mixed)
     write_jsonl(errors_path(output), errors)
     return parts

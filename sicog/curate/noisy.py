@@ -20,7 +20,7 @@ from sicog.curate.extract import Task, expects_steps, extract
 from sicog.curate.records import GeneratedRecord, parse_generated
 from sicog.curate.select import record_rng, usable
 from sicog.data.answers import parse_answer
-from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl
+from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl, write_records
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.schema import IMAGE_FIELD_RULE, check_llava_record, record_images, valid_image_field
 
@@ -194,7 +194,7 @@ def pairs_from_noisy(
         if rid not in clean_items:
             message = f"{noisy}:{item.line} id={rid!r}: {NO_CLEAN}"
             errors.append(error_record(item.record, message, file=noisy, line=item.line, field="id", side="noisy"))
-    write_jsonl(output, pairs)
+    write_records(output, pairs)
     write_jsonl(errors_path(output), errors)
     sources = [p["source"] for p in pairs]
     differs = sum(1 for s in sources if "chosen_answer" in s and s["chosen_answer"] != s["rejected_answer"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sicog.curate.records import read_generated_records, training_record
 from sicog.curate.select import NO_USABLE, usable
-from sicog.data.jsonl import error_record, errors_path, write_jsonl
+from sicog.data.jsonl import error_record, errors_path, write_jsonl, write_records
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ def one_random_candidate(generated: str | os.PathLike, output: str | os.PathLike
 
     Records are read and checked as ``sicog curate captions`` reads them; invalid and repeated records,
     and records without a usable candidate (all empty or containing ``<image>``), go to
-    ``<output stem>.errors.jsonl`` with the reason. Both files are written atomically.
+    ``<output stem>.errors.jsonl`` with the reason. Both files are written atomically; the output is a JSON
+    array when its name ends in ``.json``, else JSON Lines.
     """
     output = Path(output)
     items, errors = read_generated_records(generated)
@@ -46,6 +47,6 @@ def one_random_candidate(generated: str | os.PathLike, output: str | os.PathLike
             errors.append(error_record(item.record, reason, line=item.line, field="candidates"))
             continue
         records.append(training_record(item, item.candidates[choice], {"file": str(generated), "candidate": choice}))
-    written = write_jsonl(output, records)
+    written = write_records(output, records)
     write_jsonl(errors_path(output), errors)
     return RandomPick(written, len(errors), str(output), str(errors_path(output)))

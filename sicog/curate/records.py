@@ -20,6 +20,13 @@ from sicog.data.schema import check_llava_record, record_images
 
 # Input fields that do not belong in a training record (the training record has its own conversation).
 NOT_TRAINING_FIELDS = frozenset({"candidates", "generation", "conversations"})
+# The key under which a training record made by curation or a random pick says where its answer came from.
+# Not "source": many LLaVA-style pools (ALLaVA, LLaVA-CoT) already carry a "source" field of their own (the
+# dataset of origin), which is kept like every input field this stage does not own.
+PROVENANCE = "sicog_source"
+# Checking the training record's shape before any candidate is chosen needs some answer text; its content
+# does not matter, only that it is a valid answer (non-empty, no <image>).
+_STAND_IN_ANSWER = "answer"
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ def parse_generated(record: dict, *, path: str, line: int) -> GeneratedRecord:
     item = GeneratedRecord(rid, line, record, list(candidates), prompt, prompt_type)
     # Build the training record once now so that an unusable image field fails here, not after scoring.
     try:
-        check_llava_record(training_record(item, "", {}), path=path, line=line)
+        check_llava_record(training_record(item, _STAND_IN_ANSWER, {}), path=path, line=line)
     except RecordError as err:
         fail(err.reason, err.field or "image")
     return item
@@ -97,7 +104,8 @@ def human_turn(record: dict, prompt: str) -> str:
 def training_record(item: GeneratedRecord, chosen: str, source: dict[str, Any]) -> dict:
     """A LLaVA conversation for stage 1.5: the generation prompt answered by the chosen candidate.
 
-    Other input fields (e.g. ``question``, ``answer``) are kept; ``source`` records the provenance.
+    Other input fields (e.g. ``question``, ``answer``, a dataset's own ``source``) are kept unchanged;
+    ``source`` (where the answer came from) goes under :data:`PROVENANCE`, which this stage owns.
     """
     record = item.record
     out: dict[str, Any] = {"id": item.id}
@@ -110,7 +118,7 @@ def training_record(item: GeneratedRecord, chosen: str, source: dict[str, Any]) 
     for key, value in record.items():
         if key not in NOT_TRAINING_FIELDS and key not in out:
             out[key] = value
-    out["source"] = source
+    out[PROVENANCE] = source
     return out
 
 

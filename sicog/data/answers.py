@@ -12,7 +12,8 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
 - **Normalisation**: lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever
   follows a parenthesised letter is dropped); "yes"/"no" alone or before punctuation ("No, it is not.")
   -> "yes"/"no" ("no parking" stays a phrase); number words zero to twenty -> digits, "1,000" -> "1000",
-  "3.0" -> "3"; "grey" -> "gray"; punctuation and the articles a, an, the removed; whitespace collapsed.
+  "3.0" -> "3", "3.50" -> "3.5"; capital initials written with periods joined ("U.S.A." -> "usa"); "grey" -> "gray";
+  punctuation and the articles a, an, the removed; whitespace collapsed.
   Units are kept ("3 cubes" != "3").
 - **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", or the option's own
   text ("red", "The colour is red."). Replies that name two options ("A or B", "B. blue" when blue is A,
@@ -52,7 +53,13 @@ _OPTION = re.compile(
 # "no entry" are answers of their own.
 _YES_NO = re.compile(r"^(yes|no)\b\s*(?:$|[,.;:!?\u2013\u2014]|-\s)")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_TRAILING_ZEROS = re.compile(r"(?<=\d)\.0+(?!\d)")
+# Zeros ending a decimal part, and the point when nothing else follows it: "3.50" -> "3.5", "3.0" -> "3".
+_TRAILING_ZEROS = re.compile(r"(?<=\d)(\.\d*?)0+(?!\d)")
+_BARE_POINT = re.compile(r"(?<=\d)\.(?!\d)")
+# Capital initials written with periods ("U.S.A.", "D.C."): one word. Split at the periods, the letters would
+# be words of their own and the "A" of "U.S.A." taken for an article; joined, "U.S.A." and "USA" agree. Lower
+# case ("e.g.", "a.m.") is left to the usual rules: "e g" is not a word to join, and "a" may be an article.
+_DOTTED_INITIALS = re.compile(r"(?<!\w)[A-Z](?:\.[A-Z])+\.?(?!\w)")
 _TOKEN = re.compile(r"-?\d+(?:\.\d+)?|[^\W_]+")
 _ARTICLES = frozenset({"a", "an", "the"})
 _WORDS = {
@@ -147,7 +154,7 @@ def extract_answer(text: str) -> str:
 
 def normalize_answer(phrase: str) -> str:
     """Normalise an answer phrase so that equal answers compare equal (rules in the module docstring)."""
-    text = phrase.strip().lower()
+    text = _DOTTED_INITIALS.sub(lambda initials: initials.group().replace(".", ""), phrase).strip().lower()
     text = re.sub(r"[*`$\"'\u201c\u201d\u2018\u2019]", "", text).strip()
     text = re.sub(r"^\\text\{(.*)\}$", r"\1", text)
     option = _OPTION.match(text)
@@ -157,7 +164,7 @@ def normalize_answer(phrase: str) -> str:
     if yes_no:
         return yes_no.group(1)
     text = _THOUSANDS.sub("", text)
-    text = _TRAILING_ZEROS.sub("", text)
+    text = _BARE_POINT.sub("", _TRAILING_ZEROS.sub(r"\1", text))
     tokens = [_WORDS.get(token, token) for token in _TOKEN.findall(text)]
     return " ".join(token for token in tokens if token not in _ARTICLES)
 

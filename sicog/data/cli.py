@@ -8,39 +8,68 @@ import itertools
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 from sicog.data.argtypes import positive_int
+from sicog.data.mixture import DEFAULT_SEED
+
+# The stages whose data `data check` reads (DPO pairs are another format); `sicog train --stage` names the
+# same ones (tests/test_data_check.py keeps the two lists, and the max-length defaults, in step).
+SFT_STAGES = ("0", "1", "1.5", "2")
+MAX_LENGTH = 4096
+SHOWN = 20  # problems printed; --report lists every one
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sicog data``."""
     sub = parser.add_subparsers(dest="action", required=True)
-    check = sub.add_parser("check", help="records, images, <image> counts, roles and lengths")
+    check = sub.add_parser("check", help="records, images, <image> counts, roles, ids and lengths")
     check.add_argument("data_path", help="records (.jsonl/.json, .parquet/.arrow, a dataset folder, a cached Hub "
-                       "dataset id), comma-separated sources, or a .yaml mixture")
+                       "dataset id), comma-separated sources or brace patterns (/data/{a,b}.json), or a .yaml "
+                       "mixture")
     check.add_argument("--model", required=True, help="checkpoint whose tokenizer and image settings define lengths")
     check.add_argument("--image-folder", help="folder that image paths are relative to")
-    check.add_argument("--max-length", type=int, default=4096)
-    check.add_argument("--stage", default="2", help="stage 1 measures the global view only (no slices)")
-    check.add_argument("--report", help="write every problem as JSON Lines to this file")
+    check.add_argument("--max-length", type=positive_int, default=MAX_LENGTH,
+                       help="sicog train's --model_max_length (default %(default)s)")
+    check.add_argument("--stage", choices=SFT_STAGES, default="2",
+                       help="the stage to train (default %(default)s); stage 1 measures the global view only")
+    check.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                       help="sicog train's --seed, which draws a YAML mixture's random: rules (default: training's, "
+                            "%(default)s)")
+    check.add_argument("--decode-images", action=argparse.BooleanOptionalAction, default=True,
+                       help="decode every image in full, which finds truncated files (default); "
+                            "--no-decode-images reads headers only, as training does before it starts")
+    check.add_argument("--workers", type=positive_int, default=None,
+                       help="threads decoding images (default: one per core, at most 8)")
+    check.add_argument("--report", help="write every problem and warning to this file (JSON Lines; .json: an array)")
     head = sub.add_parser("head", help="the first records of a file or dataset, as JSON Lines")
-    head.add_argument("--input", required=True, help="records: .json/.jsonl, or a dataset (see docs/data_formats.md)")
-    head.add_argument("--output", required=True, help="where the first --limit records go (.jsonl)")
+    head.add_argument("--input", required=True,
+                      help="records: .json/.jsonl, or a dataset (see docs/data_formats.md); comma-separated "
+                           "sources or brace patterns are read in turn")
+    head.add_argument("--output", required=True,
+                      help="where the first --limit records go (.jsonl; .json for a JSON array)")
     head.add_argument("--limit", type=positive_int, required=True, help="how many records")
 
 
+def _os_error(err: OSError) -> str:
+    return f"{err.filename}: {err.strerror or err}" if err.filename is not None else str(err)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen action."""
-    from sicog.data.jsonl import RecordError, write_jsonl
-    from sicog.data.sources import iter_input_records
+    """Run the chosen action; 2 when an input cannot be read or an output cannot be written."""
+    from sicog.data.jsonl import RecordError, write_records
+    from sicog.data.sources import iter_data_path
 
     if args.action == "head":
         # islice stops after the last record wanted; zip would read one more, and a bad line there would stop us.
-        head = (record for _, record in itertools.islice(iter_input_records(args.input), args.limit))
+        head = (record for _, _, record in itertools.islice(iter_data_path(args.input), args.limit))
         try:
-            written = write_jsonl(args.output, head)
+            written = write_records(args.output, head)
         except RecordError as err:
             print(f"sicog data head: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # an output that cannot be created: a folder in the way, no permission, disk full
+            print(f"sicog data head: error: cannot write --output {_os_error(err)}", file=sys.stderr)
             return 2
         print(f"wrote {written} records to {args.output}")
         return 0
@@ -48,34 +77,62 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Print a summary; exit 1 when any record is invalid or would be skipped, 2 when the input cannot be read."""
+    """Print a summary; exit 1 when a record is invalid, would be skipped or is a copy of another, or none is
+    usable; 2 when the input cannot be read or the report cannot be written."""
     from sicog.data.argtypes import require_checkpoint
-    from sicog.data.jsonl import RecordError, write_jsonl
+    from sicog.data.jsonl import RecordError, write_records
     from sicog.model.processing import SicogProcessor
-    from sicog.train.datasets import SupervisedDataset
+    from sicog.train.arguments import STAGES
+    from sicog.train.datasets import SupervisedDataset, repeated_ids
 
+    if args.report and Path(args.report).is_dir():  # found now, not after a check of a million records
+        print(f"sicog data check: error: cannot write --report {args.report}: is a folder, not a file", file=sys.stderr)
+        return 2
     try:
         require_checkpoint(args.model)
         processor = SicogProcessor.from_pretrained(args.model)
         dataset = SupervisedDataset(
             args.data_path, processor, image_folder=args.image_folder, max_length=args.max_length,
-            never_split=args.stage == "1",
+            never_split=STAGES[args.stage].never_split, seed=args.seed, decode_images=args.decode_images,
+            decode_workers=args.workers,
         )
     except (RecordError, ValueError) as err:
         print(f"sicog data check: error: {err}", file=sys.stderr)
         return 2
-    lengths = sorted(dataset.lengths)
+    except OSError as err:
+        print(f"sicog data check: error: {_os_error(err)}", file=sys.stderr)
+        return 2
+    copies, repeats = repeated_ids(dataset.records, dataset.sources)
+    # Errors make the exit status 1 (training would stop, skip, or train a record twice); warnings do not.
+    errors = dataset.problems + dataset.skipped + copies
+    warnings = repeats + dataset.truncated
+    counts = sorted(dataset.token_counts)
     summary = {
         "usable": len(dataset),
         "invalid": len(dataset.problems),
         "skipped_too_long": len(dataset.skipped),
+        "duplicate_records": len(copies),
+        "truncated": len(dataset.truncated),
+        "repeated_ids": len(repeats),
         "with_image": sum(dataset.has_image),
-        "tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]} if lengths else None,
-        "problems_by_reason": Counter(p.reason.split(":")[-1].strip()[:80] for p in dataset.problems).most_common(10),
+        # Whole lengths, before the cut at --max-length: the longest sample is not hidden by the cut.
+        "tokens": {"min": counts[0], "median": counts[len(counts) // 2], "max": counts[-1]} if counts else None,
+        "max_length": args.max_length,
+        "problems_by_category": Counter(p.category for p in errors + warnings).most_common(),
     }
     print(json.dumps(summary, indent=2))
-    for problem in (dataset.problems + dataset.skipped)[:20]:
-        print(f"{problem.source.path}:{problem.source.line} id={problem.id}: {problem.reason}")
+    listed = [("error", p) for p in errors] + [("warning", p) for p in warnings]
+    for label, problem in listed[:SHOWN]:
+        print(f"{label} ({problem.category}): {problem.message}")
+    hidden = len(listed) - SHOWN
+    if hidden > 0:
+        print(f"... and {hidden} more ({'all in ' + args.report if args.report else 'list them all with --report'})")
     if args.report:
-        write_jsonl(args.report, (p.to_json() for p in dataset.problems + dataset.skipped))
-    return 1 if dataset.problems or dataset.skipped else 0
+        try:
+            write_records(args.report, (p.to_json() for p in errors + warnings))
+        except OSError as err:
+            print(f"sicog data check: error: cannot write --report {_os_error(err)}", file=sys.stderr)
+            return 2
+    if not len(dataset):
+        print(f"sicog data check: error: no usable training records in {args.data_path}", file=sys.stderr)
+    return 1 if errors or not len(dataset) else 0

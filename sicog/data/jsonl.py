@@ -6,6 +6,7 @@ bad record in a 100K-record file can be found and fixed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,7 +18,11 @@ from typing import IO, Any
 
 
 class RecordError(ValueError):
-    """A record that cannot be used, located by file, line, id and field."""
+    """A record that cannot be used, located by file, line, id and field.
+
+    ``kind`` is a short category of the problem ("empty answer", "role order", ...) by which summaries group
+    many errors; ``None`` where the raiser gives none.
+    """
 
     def __init__(
         self,
@@ -27,12 +32,14 @@ class RecordError(ValueError):
         line: int | None = None,
         record_id: Any = None,
         field: str | None = None,
+        kind: str | None = None,
     ) -> None:
         self.reason = message
         self.path = None if path is None else str(path)
         self.line = line
         self.record_id = record_id
         self.field = field
+        self.kind = kind
         where = []
         if self.path is not None:
             where.append(self.path if line is None else f"{self.path}:{line}")
@@ -170,18 +177,32 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     file gets the permissions of the user's umask (``mkstemp`` alone would make it private, 0600).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with _naming(path):
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block as one about ``path``: the user named the output, not the hidden
+    temporary file beside it, so a message such as "Permission denied: '.x.jsonl.ab12.tmp'" would mislead."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -199,6 +220,27 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(obj, handle, ensure_ascii=False, indent=2)
         handle.write("\n")
+
+
+def is_json_array_path(path: str | os.PathLike) -> bool:
+    """Whether records written to ``path`` form one JSON array: a ``.json`` name, in any letter case
+    (readers such as the published ``train.py`` load a ``.json`` file whole with ``json.load``)."""
+    return Path(path).suffix.lower() == ".json"
+
+
+def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write records atomically as a JSON array when ``path`` ends in ``.json`` (any case), else as JSON Lines;
+    return how many were written. The array is written record by record, never held whole in memory."""
+    if not is_json_array_path(path):
+        return write_jsonl(path, records)
+    count = 0
+    with atomic_file(path) as handle:
+        handle.write("[")
+        for record in records:
+            handle.write(("\n  " if count == 0 else ",\n  ") + dumps(record))
+            count += 1
+        handle.write("\n]\n" if count else "]\n")
+    return count
 
 
 def unfinished_line(path: str | os.PathLike) -> int | None:

@@ -1,4 +1,5 @@
-"""Which records a training run reads: one source, a comma-separated list, or a YAML mixture.
+"""Which records a training run reads: one source, a comma-separated list (with brace patterns, see
+:func:`sicog.data.sources.split_data_path`), or a YAML mixture.
 
 A source is anything :func:`sicog.data.sources.iter_input_records` reads (JSON files, HF ``datasets``
 folders, parquet and arrow files, cached Hub datasets). A mixture file, in SICOG's keys or in
@@ -26,8 +27,11 @@ from pathlib import Path
 import yaml
 
 from sicog.data.jsonl import RecordError, read_text
-from sicog.data.sources import HUB_ID, iter_input_records
+from sicog.data.sources import HUB_ID, expand_braces, iter_input_records, split_data_path
 
+# The seed of the random: sampling rules when none is given: `sicog train`'s --seed default (42, transformers'
+# TrainingArguments.seed), so that `sicog data check` without --seed checks the records a run trains on.
+DEFAULT_SEED = 42
 SAMPLING_RULES = ("first", "end", "random")
 # SICOG's key, then LLaVA-NeXT's, for the source and for the sampling rule of one mixture entry.
 PATH_KEYS = ("path", "json_path")
@@ -106,19 +110,20 @@ def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
         if not isinstance(name, str) or not name:
             raise RecordError(f"each dataset needs a {' or '.join(PATH_KEYS)}", path=path, field=f"datasets[{index}]")
         rule, key = _entry_value(entry, SAMPLING_KEYS, path, index)
-        source = _entry_source(name, path)
-        loaded = [(r, Source(source, line)) for line, r in iter_input_records(source)]
+        # A brace pattern names several files; the entry's rule samples them together, as one source.
+        loaded = [(r, Source(source, line)) for source in (_entry_source(part, path) for part in expand_braces(name))
+                  for line, r in iter_input_records(source)]
         records += sample(loaded, rule, seed + index, path=str(path), field=f"datasets[{index}].{key}")
     return records
 
 
-def load_mixture(data_path: str | os.PathLike, seed: int = 0) -> list[tuple[dict, Source]]:
-    """Records (with their sources) named by ``data_path``: one source, a comma list, or a .yaml mixture."""
-    text = str(data_path)
-    if text.endswith((".yaml", ".yml")):
-        return _read_mixture(Path(text), seed)
+def load_mixture(data_path: str | os.PathLike, seed: int = DEFAULT_SEED) -> list[tuple[dict, Source]]:
+    """Records (with their sources) named by ``data_path``: one source, a comma list or brace pattern of them,
+    or a .yaml mixture (``seed`` draws its ``random:`` rules)."""
     records = []
-    for part in (p.strip() for p in text.split(",")):
-        if part:
+    for part in split_data_path(data_path):
+        if part.lower().endswith((".yaml", ".yml")):
+            records += _read_mixture(Path(part), seed)
+        else:
             records += [(r, Source(part, line)) for line, r in iter_input_records(part)]
     return records

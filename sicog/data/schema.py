@@ -37,38 +37,48 @@ def valid_image_field(image: object) -> bool:
 
 
 def check_llava_record(record: Any, *, path: str | None = None, line: int | None = None) -> None:
-    """Raise :class:`RecordError` (naming file, line, id and field) when ``record`` is not a usable LLaVA record."""
+    """Raise :class:`RecordError` (naming file, line, id and field) when ``record`` is not a usable LLaVA record.
 
-    def fail(message: str, field: str | None = None) -> None:
+    Besides the shape, an assistant turn must hold text: an empty or whitespace-only answer would teach the
+    model to answer nothing (curation never chooses such a candidate either). Human turns may be empty apart
+    from their ``<image>``, as in published captioning data. The error's ``kind`` is a short category of the
+    problem, by which ``sicog data check`` groups its summary.
+    """
+
+    def fail(message: str, field: str | None, kind: str) -> None:
         rid = record.get("id") if isinstance(record, dict) else None
-        raise RecordError(message, path=path, line=line, record_id=rid, field=field)
+        raise RecordError(message, path=path, line=line, record_id=rid, field=field, kind=kind)
 
     if not isinstance(record, dict):
-        fail(f"expected an object, got {type(record).__name__}")
+        fail(f"expected an object, got {type(record).__name__}", None, "not an object")
     if record.get("id") in (None, "") or isinstance(record.get("id"), (dict, list, bool)):
-        fail("missing or invalid id", "id")
+        fail("missing or invalid id", "id", "invalid id")
     if not valid_image_field(record.get("image")):
-        fail(IMAGE_FIELD_RULE, "image")
+        fail(IMAGE_FIELD_RULE, "image", "invalid image field")
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
-        fail("must be a non-empty list of turns", "conversations")
+        fail("must be a non-empty list of turns", "conversations", "invalid conversations")
     n_placeholders = 0
     for index, turn in enumerate(conversations):
         field = f"conversations[{index}]"
         if not isinstance(turn, dict):
-            fail("turn must be an object", field)
+            fail("turn must be an object", field, "invalid conversations")
         role, value = turn.get("from"), turn.get("value")
         expected = ROLES[index % 2]
         if role != expected:
-            fail(f"role {role!r} where {expected!r} was expected (turns alternate human, gpt)", f"{field}.from")
+            fail(f"role {role!r} where {expected!r} was expected (turns alternate human, gpt)", f"{field}.from",
+                 "role order")
         if not isinstance(value, str):
-            fail("value must be a string", f"{field}.value")
+            fail("value must be a string", f"{field}.value", "invalid conversations")
+        if role == "gpt" and not value.strip():
+            fail("empty answer: an assistant turn needs text to learn from", f"{field}.value", "empty answer")
         if role == "gpt" and IMAGE_TOKEN in value:
-            fail(f"{IMAGE_TOKEN} in an assistant turn", f"{field}.value")
+            fail(f"{IMAGE_TOKEN} in an assistant turn", f"{field}.value", "<image> in answer")
         n_placeholders += value.count(IMAGE_TOKEN)
     n_images = len(record_images(record))
     if n_placeholders != n_images:
-        fail(f"{n_placeholders} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)", "conversations")
+        fail(f"{n_placeholders} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)", "conversations",
+             "placeholder count")
 
 
 class ImageOutsideFolder(ValueError):

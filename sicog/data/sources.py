@@ -6,6 +6,10 @@
 - a Hub dataset id ``owner/name`` (``owner/name:split`` for a split other than ``train``), read from the local
   cache when offline: the dataset as ``load_dataset`` prepared it, else the files ``hf download`` fetched.
 
+A data path (``sicog train --data_path``, ``sicog data check|head``) may name several sources: a comma-separated
+list, each part possibly a brace pattern as the published ``train.py`` documents (``/data/{captions,reasoning}.json``;
+ranges such as ``part{1..3}.jsonl`` too), expanded by :func:`split_data_path`.
+
 Dataset rows are LLaVA records like the JSON ones; the number given with each is its 1-based row. Columns a
 row lacks are null in Arrow; they are dropped, as if the field were absent. Images must be file paths:
 a column of embedded images (a ``datasets.Image`` feature) stops with an error naming it.
@@ -19,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from braceexpand import UnbalancedBracesError, braceexpand
+
 from sicog.data.jsonl import RecordError, iter_records
 
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -26,6 +32,42 @@ DATASET_SUFFIXES = (".parquet", ".arrow")
 # owner/name, optionally :split (a Hub repository id cannot hold a colon).
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.-]+))?$")
 BATCH_ROWS = 1024
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """The paths a brace pattern names, in order (``a/{x,y}.json`` -> ``a/x.json``, ``a/y.json``); a path without
+    braces is itself. Unbalanced braces raise :class:`RecordError`."""
+    if "{" not in pattern:
+        return [pattern]
+    try:
+        # escape=False: a backslash is part of a path here, not an escape to drop.
+        return list(braceexpand(pattern, escape=False))
+    except UnbalancedBracesError:
+        raise RecordError("unbalanced braces in the path pattern (write {a,b} for a or b)", path=pattern) from None
+
+
+def split_data_path(data_path: str | os.PathLike) -> list[str]:
+    """The sources a data path names: its comma-separated parts, each brace pattern expanded, in order.
+
+    A comma inside braces belongs to the pattern (``/d/{a,b}.json,/e/c.json`` is three files); empty parts and
+    the spaces around a part are dropped.
+    """
+    parts, depth, start = [], 0, 0
+    text = str(data_path)
+    for index, char in enumerate(text):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == "," and depth <= 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return [path for part in parts if part.strip() for path in expand_braces(part.strip())]
+
+
+def iter_data_path(data_path: str | os.PathLike) -> Iterator[tuple[str, int, dict]]:
+    """Yield ``(source, line_or_row, record)`` from every source :func:`split_data_path` names, in order."""
+    for source in split_data_path(data_path):
+        for line, record in iter_input_records(source):
+            yield source, line, record
 
 
 def iter_input_records(source: str | os.PathLike) -> Iterator[tuple[int, dict]]:

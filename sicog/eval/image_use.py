@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sicog.data.jsonl import iter_records
 from sicog.data.mixture import Source
 from sicog.data.schema import check_llava_record, record_images, resolve_image
+from sicog.eval.pairing import blind_partners
 from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
@@ -75,13 +76,10 @@ def swap_partners(encoded: Sequence[Encoded], pictures: Sequence[str]) -> dict[i
 
     ``pictures[i]`` names item ``i``'s picture (its resolved path): items showing one picture are never paired,
     however they lie in the data. Within a layout the pairing is the blind baseline's of ``sicog eval
-    --blind-seed`` (:func:`~sicog.eval.likelihood.blind_partners`, with a fixed seed), so while no picture holds
+    --blind-seed`` (:func:`~sicog.eval.pairing.blind_partners`, with a fixed seed), so while no picture holds
     more than half of a layout's items, each lends its images exactly once. A layout with a single picture has
     no partners.
     """
-    # Imported here: sicog.eval.likelihood imports this module's answer_losses.
-    from sicog.eval.likelihood import blind_partners
-
     groups: dict[tuple, dict[str, str]] = defaultdict(dict)
     for index, (item, picture) in enumerate(zip(encoded, pictures, strict=True)):
         groups[tuple(tuple(view.shape) for view in item.pixel_values)][str(index)] = picture

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 from collections.abc import Mapping, Sequence
 
 from sicog.data.prompts import user_turn
@@ -76,36 +75,6 @@ def image_keys(benchmark: Benchmark) -> dict[str, str]:
         where = os.path.normpath(benchmark.image_root / relative) if relative and not cell else ""
         keys[row["index"]] = hashlib.sha256(f"{cell}\0{where}".encode()).hexdigest()
     return keys
-
-
-def blind_partners(images: Mapping[str, str], seed: int) -> dict[str, str]:
-    """For each row index of ``images`` (row index -> :func:`image_keys` digest), the index of the row whose
-    image it is shown with, always a different picture. The rows are grouped by picture (groups and rows in a
-    seeded order) and each is paired with the row as many places on as the largest group has rows, skipping on
-    past rows of its own picture; so while no picture has more than half the rows, every row lends its image
-    exactly once. Raises ``ValueError`` when fewer than two distinct pictures exist: a blind score would then
-    show rows their own image."""
-    if len(set(images.values())) < 2:
-        raise ValueError("the blind baseline needs at least two distinct images; this benchmark has "
-                         f"{len(set(images.values()))}")
-    rng = random.Random(f"sicog-blind/{seed}")
-    groups: dict[str, list[str]] = {}
-    for index in sorted(images):
-        groups.setdefault(images[index], []).append(index)
-    keys = sorted(groups)
-    rng.shuffle(keys)
-    order = []
-    for key in keys:
-        rng.shuffle(groups[key])
-        order += groups[key]
-    shift, n = max(len(rows) for rows in groups.values()), len(order)
-    partners = {}
-    for k, index in enumerate(order):
-        j = (k + shift) % n
-        while images[order[j]] == images[index]:
-            j = (j + 1) % n
-        partners[index] = order[j]
-    return partners
 
 
 def score_rows(

@@ -31,7 +31,8 @@ from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_reco
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
-from sicog.eval.likelihood import blind_partners, encode_options, image_keys, likelihood_prompt, score_rows
+from sicog.eval.likelihood import encode_options, image_keys, likelihood_prompt, score_rows
+from sicog.eval.pairing import blind_partners
 from sicog.eval.prompts import PROMPT_STYLES, build_prompt, short_answer_prompt
 from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx

@@ -2,16 +2,22 @@
 
 Construction reads every record once (validation, image headers, token counts, text labels) so that
 lengths are exact for length-grouped batching, and over-long samples and conversations whose labels cannot
-be built are found before training starts. Images are decoded and their tokens built only in ``__getitem__``.
+be built are found before training starts. Training decodes images and builds their tokens only in
+``__getitem__``; ``sicog data check`` also decodes every image in full at construction (``decode_images``),
+which finds the truncated and corrupt files that a header does not show.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from PIL import Image
@@ -20,9 +26,9 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
 from sicog.data.jsonl import RecordError, write_jsonl
-from sicog.data.mixture import Source, load_mixture
-from sicog.data.schema import check_llava_record, record_images, resolve_image
-from sicog.model.image_io import load_image
+from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
+from sicog.data.schema import check_llava_record, record_images, resolve_image, valid_image_field
+from sicog.model.image_io import ImageError, load_image
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
 from sicog.train.augment import AUGMENT_CHOICES, release_augment
 
@@ -31,22 +37,46 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Problem:
-    """A record that cannot be trained on, and why."""
+    """A record that cannot be trained on (or, for ``data check``, one worth a look), and why.
+
+    ``reason`` names the record's location (file:line, id, field) and the cause; ``category`` is a short kind
+    ("missing image", "empty answer", "too long", ...) by which summaries group problems; ``field`` is the
+    field at fault, when one is.
+    """
 
     id: str | None
     source: Source
     reason: str
+    category: str = "invalid record"
+    field: str | None = None
+
+    @property
+    def message(self) -> str:
+        """``reason`` led by the record's location, once: a reason from a :class:`RecordError` names it already."""
+        if self.reason.startswith(f"{self.source.path}:{self.source.line}"):
+            return self.reason
+        return f"{self.source.path}:{self.source.line} id={self.id!r}: {self.reason}"
 
     def to_json(self) -> dict:
         """The line written to an errors or skipped file."""
-        return {"id": self.id, "file": self.source.path, "line": self.source.line, "reason": self.reason}
+        return {"id": self.id, "file": self.source.path, "line": self.source.line, "field": self.field,
+                "category": self.category, "reason": self.message}
+
+
+class ImageProblem(ValueError):
+    """An image a record names that cannot be used; ``category`` says how (missing, unreadable, zero size)."""
+
+    def __init__(self, message: str, category: str) -> None:
+        super().__init__(message)
+        self.category = category
 
 
 def measure(record: dict, processor: SicogProcessor, image_folder, never_split: bool) -> int:
     """Exact token length of ``record`` once encoded (reads image headers only, not pixels).
 
     The text is encoded with its labels, so a conversation that cannot be trained on (no assistant turn,
-    a token running past a turn's end) raises :class:`ConversationError` here, before training.
+    a token running past a turn's end) raises :class:`ConversationError` here, before training. An image
+    that cannot be used raises :class:`ImageProblem`.
     """
     length = len(processor.encode_text(record["conversations"], train=True).input_ids)
     for name in record_images(record):
@@ -54,12 +84,53 @@ def measure(record: dict, processor: SicogProcessor, image_folder, never_split: 
         try:
             with Image.open(path) as image:
                 size = image.size
+        except FileNotFoundError:
+            raise ImageProblem(f"image file not found: {path}", "missing image") from None
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from None
+            raise ImageProblem(f"cannot read image {path}: {err}", "unreadable image") from None
         if size[0] == 0 or size[1] == 0:
-            raise ValueError(f"image {path} has zero size")
+            raise ImageProblem(f"image {path} has zero size", "zero-size image")
         length += processor.image_token_count(*size, never_split=never_split) - 1
     return length
+
+
+def default_decode_workers() -> int:
+    """Threads that decode images for ``data check`` (Pillow decodes outside the GIL): one per core, at most 8,
+    beyond which the disk, not the decoding, sets the pace."""
+    return min(8, os.cpu_count() or 1)
+
+
+def decode_failures(paths: Iterable[Path], *, workers: int, show_progress: bool = True) -> dict[Path, str]:
+    """Decode every image in full, as training's loader does; the reason of each that fails, by path.
+
+    A header can be whole while the pixels are cut off (a truncated download): only decoding finds it.
+    """
+    paths = list(dict.fromkeys(paths))
+
+    def failure(path: Path) -> str | None:
+        try:
+            load_image(path)
+        except ImageError as err:
+            return str(err)
+        return None
+
+    failures: dict[Path, str] = {}
+    progress = tqdm(total=len(paths), desc="decoding images", unit="image", disable=not show_progress)
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress:
+        # Submitted in slices, so that a million images do not make a million pending futures at once.
+        pending = iter(paths)
+        while batch := list(islice(pending, 64 * workers)):
+            for path, reason in zip(batch, pool.map(failure, batch)):
+                if reason is not None:
+                    failures[path] = reason
+            progress.update(len(batch))
+    return failures
+
+
+def _located(rid: object, source: Source, message: str, category: str, field: str | None) -> Problem:
+    """A problem whose reason names the record's file, line, id and field, as a schema error's does."""
+    located = RecordError(message, path=source.path, line=source.line, record_id=rid, field=field)
+    return Problem(rid, source, str(located), category, field)
 
 
 class SupervisedDataset(Dataset):
@@ -67,7 +138,10 @@ class SupervisedDataset(Dataset):
 
     ``problems`` lists invalid records (bad schema, unreadable image, labels that cannot be built);
     ``skipped`` lists records that cannot fit ``max_length`` without cutting image tokens or losing every
-    supervised reply token.
+    supervised reply token; ``truncated`` lists the usable records that will be cut at ``max_length``
+    (answer text only). ``lengths`` are the trained lengths (at most ``max_length``), ``token_counts`` the
+    samples' whole lengths. With ``decode_images`` every image is decoded in full (``decode_workers``
+    threads), so a truncated or corrupt image is a problem here rather than an error at the step reaching it.
     """
 
     def __init__(
@@ -78,9 +152,11 @@ class SupervisedDataset(Dataset):
         image_folder: str | os.PathLike | None = None,
         max_length: int = 4096,
         never_split: bool = False,
-        seed: int = 0,
+        seed: int = DEFAULT_SEED,
         augment: str = "none",
         show_progress: bool = True,
+        decode_images: bool = False,
+        decode_workers: int | None = None,
     ) -> None:
         if augment not in AUGMENT_CHOICES:
             raise ValueError(f"augment={augment!r} is not one of {AUGMENT_CHOICES}")
@@ -94,32 +170,53 @@ class SupervisedDataset(Dataset):
         self.records: list[dict] = []
         self.sources: list[Source] = []
         self.lengths: list[int] = []
+        self.token_counts: list[int] = []
         self.problems: list[Problem] = []
         self.skipped: list[Problem] = []
+        self.truncated: list[Problem] = []
         loaded = load_mixture(data_path, seed=seed)
+        undecodable: dict[Path, str] = {}
+        if decode_images:
+            paths = (resolve_image(name, image_folder) for record, _ in loaded
+                     if valid_image_field(record.get("image")) for name in record_images(record))
+            undecodable = decode_failures(paths, workers=decode_workers or default_decode_workers(),
+                                          show_progress=show_progress)
         for record, source in tqdm(loaded, desc="measuring samples", disable=not show_progress):
             rid = record.get("id")
             try:
                 check_llava_record(record, path=source.path, line=source.line)
                 length = measure(record, processor, image_folder, never_split)
             except ConversationError as err:  # its labels cannot be built: named like a schema error
-                located = RecordError(str(err), path=source.path, line=source.line, record_id=rid,
-                                      field="conversations")
-                self.problems.append(Problem(rid, source, str(located)))
+                self.problems.append(_located(rid, source, str(err), "labels cannot be built", "conversations"))
                 continue
-            except (RecordError, ValueError) as err:
-                self.problems.append(Problem(rid, source, str(err)))
+            except ImageProblem as err:
+                self.problems.append(_located(rid, source, str(err), err.category, "image"))
                 continue
-            if length > max_length and not self._truncatable(record, length):
-                reason = (
-                    f"{length} tokens > max_length {max_length} "
-                    "and the cut would fall in image tokens or remove every answer"
-                )
-                self.skipped.append(Problem(str(rid), source, reason))
+            except RecordError as err:
+                self.problems.append(Problem(rid, source, str(err), err.kind or "invalid record", err.field))
                 continue
+            except ValueError as err:  # any other reason the processor cannot encode it
+                self.problems.append(_located(rid, source, str(err), "invalid record", None))
+                continue
+            bad = [undecodable[path] for path in (resolve_image(n, image_folder) for n in record_images(record))
+                   if path in undecodable]
+            if bad:
+                self.problems.append(_located(rid, source, bad[0], "unreadable image", "image"))
+                continue
+            if length > max_length:
+                if not self._truncatable(record, length):
+                    reason = (
+                        f"{length} tokens > max_length {max_length} "
+                        "and the cut would fall in image tokens or remove every answer"
+                    )
+                    self.skipped.append(Problem(str(rid), source, reason, "too long"))
+                    continue
+                reason = f"{length} tokens > max_length {max_length}: its last {length - max_length} tokens are cut"
+                self.truncated.append(Problem(str(rid), source, reason, "truncated"))
             self.records.append(record)
             self.sources.append(source)
             self.lengths.append(min(length, max_length))
+            self.token_counts.append(length)
 
     def _truncatable(self, record: dict, length: int) -> bool:
         try:
@@ -181,6 +278,35 @@ class SupervisedDataset(Dataset):
         return {"id": str(record["id"]), "encoded": encoded}
 
 
+def repeated_ids(records: Sequence[dict], sources: Sequence[Source]) -> tuple[list[Problem], list[Problem]]:
+    """The records whose id an earlier record already has, each naming both places: ``(copies, others)``.
+
+    A copy (the same record again) almost always means that a file was concatenated or listed twice. A
+    repeated id with other content can be deliberate: published instruction mixtures reuse an image's id for
+    several conversations on it; training accepts both kinds.
+    """
+    # Per id, the index of each distinct content, keyed by a digest of its canonical JSON: an id used a thousand
+    # times is not compared a million times, and a million records are not held twice.
+    earlier: dict[str, dict[bytes, int]] = {}
+    copies: list[Problem] = []
+    others: list[Problem] = []
+    for index, (record, source) in enumerate(zip(records, sources)):
+        rid = str(record["id"])
+        contents = earlier.setdefault(rid, {})
+        key = hashlib.blake2b(json.dumps(record, sort_keys=True).encode(), digest_size=16).digest()
+        if key in contents:
+            same = sources[contents[key]]
+            copies.append(_located(rid, source, f"the same record as {same.path}:{same.line} (a file read twice?)",
+                                   "duplicate record", "id"))
+            continue
+        if contents:
+            first = sources[next(iter(contents.values()))]
+            others.append(_located(rid, source, f"id also at {first.path}:{first.line}, with other content",
+                                   "repeated id", "id"))
+        contents[key] = index
+    return copies, others
+
+
 class SupervisedCollator:
     """Pad a list of dataset items into a model batch; keeps the sample ids under ``ids``."""
 
@@ -216,7 +342,7 @@ def check_dataset(dataset: Dataset, data_path: str, args: TrainingArguments) -> 
         else:
             skipped_file.unlink(missing_ok=True)
     if dataset.problems:
-        first = "; ".join(f"{p.source.path}:{p.source.line} id={p.id}: {p.reason}" for p in dataset.problems[:3])
+        first = "; ".join(p.message for p in dataset.problems[:3])
         raise DataProblemsError(
             f"{len(dataset.problems)} invalid training records (all in {output / 'data_errors.jsonl'}); first: {first}"
         )

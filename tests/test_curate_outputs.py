@@ -1,0 +1,140 @@
+"""What `sicog curate texts|mix|random` write and return: the input's own `source` kept, `.json` outputs as JSON
+arrays, invalid records counted, exit codes, ratios rounded half up, and the embeddings file's safety."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_curate_pipeline import generation, write_jsonl
+
+from sicog.cli import main
+from sicog.curate import embed_file
+from sicog.curate.embed import EncoderSettings
+from sicog.curate.mix import take
+from sicog.curate.records import PROVENANCE
+from sicog.data.jsonl import load_records
+from sicog.data.prompts import caption_prompt
+
+
+def generated(rid: str, candidates: list, **fields) -> dict:
+    return {"id": rid, "image": f"{rid}.jpg", "candidates": candidates,
+            "generation": generation("default", caption_prompt("default")), **fields}
+
+
+def llava(rid: str, answer: str = "A cat.") -> dict:
+    return {"id": rid, "conversations": [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": answer}]}
+
+
+def test_a_dataset_own_source_field_is_kept_beside_the_provenance(tmp_path: Path) -> None:
+    gen = write_jsonl(tmp_path / "gen.jsonl", [generated("s1", ["A cat."], source="ALLaVA-VFLAN/vflan_123")])
+    assert main(["curate", "random", "--input", str(gen), "--output", str(tmp_path / "r.jsonl")]) == 0
+    [record] = load_records(tmp_path / "r.jsonl")
+    assert record["source"] == "ALLaVA-VFLAN/vflan_123"
+    assert record[PROVENANCE] == {"file": str(gen), "candidate": 0}
+
+
+@pytest.mark.parametrize("name", ["r.json", "r.JSON"])
+def test_random_writes_a_json_array_for_a_json_name(tmp_path: Path, name: str) -> None:
+    gen = write_jsonl(tmp_path / "gen.jsonl", [generated("a", ["A cat."]), generated("b", ["A dog."])])
+    assert main(["curate", "random", "--input", str(gen), "--output", str(tmp_path / name)]) == 0
+    assert [r["id"] for r in json.loads((tmp_path / name).read_text())] == ["a", "b"]
+
+
+def test_mix_writes_a_json_array_for_a_json_name_in_any_case(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "a.jsonl", [llava("a"), llava("b")])
+    assert main(["curate", "mix", "--inputs", str(source), "--output", str(tmp_path / "m.JSON")]) == 0
+    assert sorted(r["id"] for r in json.loads((tmp_path / "m.JSON").read_text())) == ["a", "b"]
+
+
+def test_mix_exits_1_when_every_record_failed_and_warns_of_inputs_that_add_nothing(tmp_path: Path, capsys) -> None:
+    bad = write_jsonl(tmp_path / "bad.jsonl", [llava("x", answer="")])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["curate", "mix", "--inputs", str(bad), "--output", str(tmp_path / "m.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "every one of the 1 records failed" in err and f"{bad} contributes no record" in err
+    good = write_jsonl(tmp_path / "good.jsonl", [llava("a")])
+    assert main(["curate", "mix", "--inputs", str(good), str(empty), "--output", str(tmp_path / "m.jsonl")]) == 0
+    assert f"{empty} contributes no record to the mixture (it holds no record)" in capsys.readouterr().err
+
+
+def test_texts_lists_the_records_curation_will_not_score(tmp_path: Path, capsys) -> None:
+    gen = write_jsonl(tmp_path / "gen.jsonl", [generated("a", ["A cat.", "A cat."]), generated("b", [])])
+    assert main(["curate", "texts", "captions", "--input", str(gen), "--output", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text()) == [{"text": "A cat."}]
+    [error] = load_records(tmp_path / "t.errors.jsonl")
+    assert (error["id"], error["field"]) == ("b", "candidates")
+    assert "1 invalid records" in capsys.readouterr().out
+    only_bad = write_jsonl(tmp_path / "bad.jsonl", [generated("b", [])])
+    assert main(["curate", "texts", "captions", "--input", str(only_bad), "--output", str(tmp_path / "u.jsonl")]) == 1
+    assert "every one of the 1 records failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ratio, taken", [(0.15, 2), (1.15, 12), (2.15, 22), (0.05, 1), (0.25, 3), (1.0, 10)])
+def test_a_fractional_share_is_rounded_half_up_as_written(ratio: float, taken: int) -> None:
+    records = [{"id": str(i)} for i in range(10)]
+    assert len(take(records, ratio, random.Random(0))) == taken
+
+
+def test_texts_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "t.jsonl").write_text('{"text": "a"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"t\.jsonl:2.*invalid JSON"):
+        embed_file.read_texts(tmp_path / "t.jsonl")
+    (tmp_path / "u.jsonl").write_bytes(b'{"text": "a"}\n{"text": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"u\.jsonl:2.*not UTF-8"):
+        embed_file.read_texts(tmp_path / "u.jsonl")
+    (tmp_path / "v.jsonl").write_text('{"text": 3}\n')
+    with pytest.raises(ValueError, match=r"v\.jsonl:1 field 'text'"):
+        embed_file.read_texts(tmp_path / "v.jsonl")
+
+
+def test_the_texts_file_error_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    (tmp_path / "t.jsonl").write_text("oops\n")
+    code = embed_file.main(["--texts", str(tmp_path / "t.jsonl"), "--output", str(tmp_path / "e.npy"),
+                            "--encoder", "none"])
+    assert code == 2 and f"{tmp_path / 't.jsonl'}:1: invalid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("killed_at", ["array", "description"])
+def test_a_killed_rewrite_leaves_no_embeddings_that_pass_for_other_texts(tmp_path: Path, monkeypatch,
+                                                                         killed_at: str) -> None:
+    """Rewriting an embeddings file for other texts (the same count) and being killed part way must not leave
+    a description that vouches for an array of other texts."""
+    path, settings = tmp_path / "e.npy", EncoderSettings(name_or_path="enc")
+    old_texts, new_texts = ["a cat", "a dog"], ["a bird", "a fish"]
+    embed_file.save_embeddings(path, np.eye(2, dtype=np.float32), old_texts, settings)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    if killed_at == "array":  # the long write: minutes for a million NV-Embed vectors
+        monkeypatch.setattr(np, "save", killed)
+    else:
+        monkeypatch.setattr(embed_file, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        embed_file.save_embeddings(path, np.full((2, 2), 0.5, dtype=np.float32), new_texts, settings)
+    monkeypatch.undo()
+    for texts in (old_texts, new_texts):
+        with pytest.raises(ValueError, match="no embeddings file with its description"):
+            embed_file.load_embeddings(path, texts)
+    embed_file.save_embeddings(path, np.full((2, 2), 0.5, dtype=np.float32), new_texts, settings)
+    assert np.asarray(embed_file.load_embeddings(path, new_texts)[0]).tolist() == [[0.5, 0.5], [0.5, 0.5]]
+
+
+def test_pairs_from_noisy_write_a_json_array_for_a_json_name(tmp_path: Path) -> None:
+    prompt = caption_prompt("default")
+    clean = write_jsonl(tmp_path / "curated.jsonl", [
+        {"id": "a", "image": "a.jpg", "conversations": [{"from": "human", "value": f"<image>\n{prompt}"},
+                                                       {"from": "gpt", "value": "A red cube."}]}])
+    noisy = generated("a", ["A blurred blob."])
+    noisy["generation"]["corruption"] = [{"method": "gaussian_blur", "sigma": 3.5}]
+    noisy_file = write_jsonl(tmp_path / "noisy.jsonl", [noisy])
+    output = tmp_path / "pairs.json"
+    assert main(["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy_file),
+                 "--output", str(output), "--task", "captions"]) == 0
+    [pair] = json.loads(output.read_text())
+    assert (pair["chosen"], pair["rejected"]) == ("A red cube.", "A blurred blob.")

@@ -1,0 +1,73 @@
+"""Data paths that name several sources (comma lists and the published train.py's brace patterns), and the one
+writer of record files (a `.json` name is a JSON array), whose errors name the user's path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sicog.data.jsonl import RecordError, iter_records, write_records
+from sicog.data.mixture import load_mixture
+from sicog.data.sources import split_data_path
+
+
+def write(path: Path, ids: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": i}) + "\n" for i in ids))
+    return path
+
+
+def test_brace_patterns_and_comma_lists_expand_in_order() -> None:
+    assert split_data_path("/d/{a,b,c}.json") == ["/d/a.json", "/d/b.json", "/d/c.json"]
+    assert split_data_path("/d/{a,b}.json, /e/c.jsonl,") == ["/d/a.json", "/d/b.json", "/e/c.jsonl"]
+    assert split_data_path("part{1..3}.jsonl") == ["part1.jsonl", "part2.jsonl", "part3.jsonl"]
+    assert split_data_path("x/{a,b/{c,d}}.json") == ["x/a.json", "x/b/c.json", "x/b/d.json"]
+    assert split_data_path("owner/name:train") == ["owner/name:train"]
+    assert split_data_path(r"C:\data\a.json") == [r"C:\data\a.json"]  # a backslash is no escape
+    with pytest.raises(RecordError, match="unbalanced braces"):
+        split_data_path("/d/{a,b.json")
+
+
+def test_training_reads_every_file_of_a_pattern(tmp_path: Path) -> None:
+    write(tmp_path / "a.json", ["a1", "a2"])
+    write(tmp_path / "b.json", ["b1"])
+    loaded = load_mixture(f"{tmp_path}/{{a,b}}.json")
+    assert [(r["id"], s.path, s.line) for r, s in loaded] == [
+        ("a1", f"{tmp_path}/a.json", 1), ("a2", f"{tmp_path}/a.json", 2), ("b1", f"{tmp_path}/b.json", 1)]
+
+
+def test_a_mixture_entry_may_be_a_pattern_sampled_as_one_source(tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", ["a1", "a2"])
+    write(tmp_path / "b.jsonl", ["b1", "b2"])
+    spec = {"datasets": [{"json_path": "{a,b}.jsonl", "sampling_strategy": "first:3"}]}
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(spec))
+    assert [r["id"] for r, _ in load_mixture(tmp_path / "mix.yaml")] == ["a1", "a2", "b1"]
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.JSON", "out.Json"])
+def test_a_json_name_gets_a_json_array(tmp_path: Path, name: str) -> None:
+    records = [{"id": "a", "text": "é"}, {"id": "b"}]
+    assert write_records(tmp_path / name, iter(records)) == 2
+    assert json.loads((tmp_path / name).read_text(encoding="utf-8")) == records
+    assert write_records(tmp_path / name, []) == 0 and json.loads((tmp_path / name).read_text()) == []
+
+
+def test_other_names_get_json_lines(tmp_path: Path) -> None:
+    write_records(tmp_path / "out.jsonl", [{"id": "a"}, {"id": "b"}])
+    assert (tmp_path / "out.jsonl").read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    assert [r["id"] for _, r in iter_records(tmp_path / "out.jsonl")] == ["a", "b"]
+
+
+def test_an_output_that_cannot_be_written_is_named_not_its_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        write_records(tmp_path / "folder", [{"id": "a"}])
+    assert caught.value.filename == str(tmp_path / "folder")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError) as caught:
+        write_records(tmp_path / "file" / "out.jsonl", [{"id": "a"}])  # a file where a folder must be
+    assert caught.value.filename == str(tmp_path / "file" / "out.jsonl")
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+

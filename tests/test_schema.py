@@ -1,0 +1,92 @@
+"""The LLaVA record check shared by training, `data check`, `curate mix` and the curation outputs: empty answers
+are refused (with field, reason and category), and nothing that published data holds is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_curate_pipeline import generation
+
+from sicog.curate.mix import mix
+from sicog.curate.records import parse_generated, training_record
+from sicog.data.jsonl import RecordError, errors_path, load_records
+from sicog.data.prompts import caption_prompt
+from sicog.data.schema import check_llava_record
+
+
+def turns(*values: str) -> list[dict]:
+    return [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("answer", ["", " ", "\n\t "])
+def test_an_empty_answer_is_refused_naming_its_field(answer: str) -> None:
+    record = {"id": "q1", "conversations": turns("Hi?", "Hello.", "And?", answer)}
+    with pytest.raises(RecordError) as caught:
+        check_llava_record(record, path="d.jsonl", line=4)
+    err = caught.value
+    assert (err.field, err.kind, err.line) == ("conversations[3].value", "empty answer", 4)
+    assert str(err).startswith("d.jsonl:4 id='q1' field 'conversations[3].value': empty answer")
+
+
+@pytest.mark.parametrize("record", [
+    {"id": 1, "image": "a.jpg", "conversations": turns("<image>", "A cat on a mat.")},  # captioning data
+    {"id": "t", "conversations": turns("", "Hello! How can I help?")},  # text-only, empty first prompt
+    {"id": "m", "image": ["a.jpg", "b.jpg"], "conversations": turns("<image>\n<image>\nSame?", "No.")},
+    {"id": "later", "image": "a.jpg", "conversations": turns("Hi", "Hello.", "<image>\nWhat?", "A cat.")},
+])
+def test_published_shapes_are_accepted(record: dict) -> None:
+    check_llava_record(record)
+
+
+def test_every_failure_has_a_category() -> None:
+    cases = {
+        "not an object": [],
+        "invalid id": {"conversations": turns("a", "b")},
+        "invalid image field": {"id": "x", "image": "", "conversations": turns("a", "b")},
+        "invalid conversations": {"id": "x", "conversations": []},
+        "role order": {"id": "x", "conversations": [{"from": "user", "value": "a"}]},
+        "<image> in answer": {"id": "x", "image": "a.jpg", "conversations": turns("a", "<image>")},
+        "placeholder count": {"id": "x", "image": "a.jpg", "conversations": turns("a", "b")},
+    }
+    for kind, record in cases.items():
+        with pytest.raises(RecordError) as caught:
+            check_llava_record(record)
+        assert caught.value.kind == kind
+
+
+def test_a_generated_record_is_checked_before_any_candidate_is_chosen() -> None:
+    """Curation checks the training record's shape with a stand-in answer: an empty answer is not the input's
+    fault, and an unusable image field still is."""
+    record = {"id": "c1", "image": "c1.jpg", "candidates": ["", "A cat."],
+              "generation": generation("default", caption_prompt("default"))}
+    item = parse_generated(record, path="gen.jsonl", line=1)
+    check_llava_record(training_record(item, "A cat.", {}))
+    with pytest.raises(RecordError, match="field 'image'"):
+        parse_generated({**record, "image": [""]}, path="gen.jsonl", line=1)
+
+
+def test_curate_mix_sends_empty_answers_to_the_errors_file(tmp_path: Path) -> None:
+    good = {"id": "ok", "conversations": turns("Q?", "A.")}
+    bad = {"id": "bad", "conversations": turns("Q?", "  ")}
+    source = tmp_path / "curated.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in (good, bad)))
+    [part] = mix([source], tmp_path / "mix.jsonl")
+    assert (part.records, part.errors, part.taken) == (2, 1, 1)
+    [error] = load_records(errors_path(tmp_path / "mix.jsonl"))
+    assert (error["id"], error["line"], error["field"]) == ("bad", 2, "conversations[1].value")
+    assert "empty answer" in error["reason"]
+
+
+def test_training_lists_an_empty_answer_as_an_invalid_record(tmp_path: Path, tiny_model_factory) -> None:
+    from sicog.train.datasets import SupervisedDataset
+
+    _, processor = tiny_model_factory()
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": rid, "conversations": turns("Q?", answer)}) + "\n"
+                            for rid, answer in (("ok", "Yes."), ("empty", ""))))
+    dataset = SupervisedDataset(data, processor, show_progress=False)
+    assert [r["id"] for r in dataset.records] == ["ok"]
+    [problem] = dataset.problems
+    assert (problem.id, problem.category, problem.field) == ("empty", "empty answer", "conversations[1].value")
