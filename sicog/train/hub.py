@@ -13,7 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from sicog.data.sources import HUB_ID
+from sicog.data.sources import HUB_ID, split_data_path
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ that trained it is Apache-2.0.
         pipeline_tag="image-text-to-text",
         tags=["sicog", f"stage-{args.stage}"],
         base_model=_hub_ids(bases) or None,
-        datasets=_hub_ids(str(data_args.data_path).split(",")) or None,
+        datasets=_hub_ids(split_data_path(data_args.data_path)) or None,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
