@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of this version is what a CPU-only machine should get; override for a CUDA build.
+# Installed before the package. Which build comes (CPU or CUDA) depends on the index pip is configured with
+# (PyPI's Linux wheel is the CUDA one); set TORCH_SPEC to pin another, e.g. a +cpu local version.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 

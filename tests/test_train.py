@@ -160,8 +160,11 @@ def test_bad_arguments_stop_with_one_line_and_exit_2(world, tmp_path, capsys):
     exist: each is one `sicog train: error:` line and exit 2, never a traceback."""
     unknown_key = tmp_path / "typo.yaml"
     unknown_key.write_text(f"data_path: {world['data']}\noutput_dir: {tmp_path / 'y'}\nlearning_rat: 1e-5\n")
+    no_data = tmp_path / "no_data.yaml"
+    no_data.write_text(f"stage: '2'\noutput_dir: {tmp_path / 'y'}\n")
     runs = [
         (["--stage", "2", *common(world, tmp_path / "x", steps=1)], "stage 2 needs --model_name_or_path"),
+        ([str(no_data)], f"{no_data}: missing required key(s): data_path"),
         ([str(unknown_key)], f"{unknown_key}: Some keys are not used by the HfArgumentParser: ['learning_rat']"),
         ([str(tmp_path / "gone.json")], f"{tmp_path / 'gone.json'}: No such file or directory"),
         (["--stage", "2", "--model_name_or_path", str(tmp_path / "nonexistent"), *common(world, tmp_path / "x")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,13 @@ def main(argv: Sequence[str]) -> int:
     except (OSError, ValueError, yaml.YAMLError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
         print(f"sicog train: error: {config + ': ' if config else ''}{reason}", file=sys.stderr)
+        return 2
+    except TypeError as err:  # a config file without a required key: the argument dataclass cannot be built
+        if not config:
+            raise
+        names = re.findall(r"'(\w+)'", str(err)) if "missing" in str(err) else []
+        reason = f"missing required key(s): {', '.join(names)}" if names else str(err)
+        print(f"sicog train: error: {config}: {reason}", file=sys.stderr)
         return 2
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
