@@ -10,19 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from test_datasets import rec
 
 from sicog.cli import main
 from sicog.data.mixture import DEFAULT_SEED, load_mixture
-
-
-def rec(rid: str, answer: str = "A red square.", image: str | None = None, question: str = "What is it?") -> dict:
-    record = {"id": rid, "conversations": [
-        {"from": "human", "value": ("<image>\n" if image else "") + question},
-        {"from": "gpt", "value": answer},
-    ]}
-    if image:
-        record["image"] = image
-    return record
 
 
 def write(path: Path, records: list[dict]) -> Path:
