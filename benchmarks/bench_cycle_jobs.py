@@ -36,8 +36,12 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     rows, results = [], {}
     warm = root / "warm"
-    subprocess.run([sys.executable, "-m", "sicog", "cycle", "--config", args.config, "--out", str(warm), "--dry-run"],
-                   check=True, stdout=subprocess.DEVNULL)
+    # The config's world, built as the cycle builds it (a dry run builds nothing).
+    from sicog.cycle.config import load_config
+
+    config = load_config(args.config)
+    subprocess.run([sys.executable, "-m", "sicog", "toy", "build", "--out", str(warm / "world"), "--size",
+                    config.toy_size, "--seed", str(config.world_seed)], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([sys.executable, "-m", "sicog", "toy", "parts", "--world", str(warm / "world"),
                     "--out", str(warm / "parts")], check=True, stdout=subprocess.DEVNULL)
     for jobs in args.jobs:

@@ -270,6 +270,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(quick_run, tmp_path, caps
     assert finished[0] == "# seed 0: 69 steps, 0 to run" and all(line.startswith("[reuse] ") for line in finished[1:])
     assert main(["cycle", "--quick", "--out", str(tmp_path), "--dry-run"]) == 0
     fresh = capsys.readouterr().out.splitlines()
-    assert len(fresh) == 70 and all(line.startswith("[run] ") for line in fresh[1:])
+    assert fresh[0].startswith("# the toy world in ") and fresh[1] == "# seed 0: 69 steps, 69 to run"
+    assert len(fresh) == 71 and all(line.startswith("[run] ") for line in fresh[2:])
     assert any(f"sicog train --stage 1.5 --model_name_or_path {tmp_path}/seed0/stage1" in line for line in fresh)
-    assert not (tmp_path / "seed0").exists()
+    assert not (tmp_path / "seed0").exists() and not (tmp_path / "world").exists()

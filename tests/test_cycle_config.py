@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from sicog.cli import main
+from sicog.cycle.commands import load_checked
 from sicog.cycle.config import ConfigError, load_config
 from sicog.cycle.plan import launcher_processes
 
@@ -15,6 +16,9 @@ REAL = {
              "unlabeled_questions": "/data/uq.jsonl", "unlabeled_web": "/data/uw.jsonl",
              "bench_mc": "/data/MMStar.tsv"},
     "arms": ["A", "B", "C", "D"],
+    # The training schedule every config names.
+    "batch_size": 8, "stage1_steps": 100, "stage1_lr": 1e-3, "stage0_steps": 20, "stage15_steps": 20,
+    "stage2_steps": 50, "finetune_lr": 2e-5,
 }
 
 
@@ -28,7 +32,7 @@ def write(tmp_path, omit: tuple[str, ...] = (), **settings) -> str:
 
 def refused(tmp_path, path: str, *messages: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_checked(path)  # as a run loads it
     lines = str(err.value).splitlines()
     assert all(line.startswith(f"{path}: ") for line in lines)
     for message in messages:
@@ -42,6 +46,11 @@ def test_real_data_without_toy_size_null_is_refused_not_run_as_the_toy_demo(tmp_
             "set toy_size: null")
     refused(tmp_path, write(tmp_path, toy_size="tiny"), "but toy_size is 'tiny'")
     assert load_config(write(tmp_path)).toy_size is None
+
+
+def test_a_required_dataset_left_out_is_named_before_anything_runs(tmp_path):
+    data = {k: v for k, v in REAL["data"].items() if k != "bench_mc"}
+    refused(tmp_path, write(tmp_path, data=data), "key 'data': lacks bench_mc")
 
 
 def test_unknown_datasets_are_refused(tmp_path):
@@ -132,3 +141,58 @@ def test_a_curate_switch_with_a_no_form_is_passed_either_way(value, expected):
     assert curate_flags(CycleConfig(curate={"include_self": value})) == expected
     # A switch without a --no- form is off when left out: false passes nothing.
     assert generate_flags(CycleConfig(generate={"compile": False})) == []
+
+
+def test_a_real_config_leaving_out_generation_and_pool_settings_gets_the_commands_defaults(tmp_path, capsys):
+    # No toy value may reach real data: the pools are used whole, and generation and evaluation use their own
+    # defaults (sicog generate: 1,200 new tokens, 8 records a batch).
+    assert main(["cycle", "--config", write(tmp_path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not any("] pool_" in line for line in lines)
+    for step in ("generate_captions", "generate_reasoning", "eval_D", "letters_D"):
+        line = next(line for line in lines if line.startswith(f"[run] {step}:")).split()
+        assert "--max-new-tokens" not in line and "--batch-size" not in line, step
+    assert "--unlabeled_images_limit" not in " ".join(lines)
+
+
+@pytest.mark.parametrize("omit", ["stage15_steps", "finetune_lr", "batch_size"])
+def test_the_training_schedule_is_required(tmp_path, omit):
+    refused(tmp_path, write(tmp_path, omit=(omit,)), f"key {omit!r}: required")
+
+
+def test_the_dpo_schedule_is_required_with_dpo_only(tmp_path, capsys):
+    path = write(tmp_path)
+    assert main(["cycle", "--config", path, "--out", str(tmp_path / "run"), "--dry-run", "--dpo"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"sicog cycle: error: {path}: key '{key}': required (with --dpo); the presets in sicog/configs/cycle_*.yaml "
+        "show values" for key in ("dpo_steps", "dpo_lr")]
+    path = write(tmp_path, dpo_steps=10, dpo_lr=1e-4)
+    assert main(["cycle", "--config", path, "--out", str(tmp_path / "run"), "--dry-run", "--dpo"]) == 0
+
+
+@pytest.mark.parametrize("key, settings, message", [
+    ("generate", {"compile": "maybe"},
+     "key 'generate': setting 'compile': unrecognized arguments: maybe (as `sicog generate` reads it)"),
+    ("generate", {"cache": "huge"}, "key 'generate': setting 'cache': argument --cache: invalid choice: 'huge'"),
+    ("train", {"bf16": "yes_please"}, "key 'train': setting 'bf16': argument --bf16: Truthy value expected"),
+    ("train", {"max_grad_norm": "high"}, "key 'train': setting 'max_grad_norm': argument --max_grad_norm/"
+                                         "--max-grad-norm: invalid float value: 'high' (as `sicog train` reads it)"),
+    ("curate", {"batch_size": "ten"}, "key 'curate': setting 'batch_size': argument --batch-size:"),
+    ("curate", {"batch_size": 0}, "key 'curate': setting 'batch_size': argument --batch-size: must be at least 1"),
+    ("model", {"resampler_num_queries": "many"}, "key 'model': setting 'resampler_num_queries': argument "
+                                                 "--resampler_num_queries/--resampler-num-queries: invalid int "
+                                                 "value: 'many'"),
+])
+def test_passed_on_values_are_parsed_by_their_commands_when_the_file_is_read(tmp_path, key, settings, message):
+    path = write(tmp_path, **{key: settings})
+    refused(tmp_path, path, message)
+    assert not (tmp_path / "run").exists()  # refused before anything ran, the dry run's reading included
+
+
+def test_every_bad_passed_on_value_is_named_and_good_ones_pass(tmp_path):
+    path = write(tmp_path, generate={"compile": "maybe", "dtype": "float32"}, train={"bf16": "yes_please",
+                                                                                    "bf16_full_eval": True})
+    with pytest.raises(ConfigError) as err:
+        load_checked(path)
+    assert [line.split(": ")[1] for line in str(err.value).splitlines()] == ["key 'train'", "key 'generate'"]
+    assert load_checked(write(tmp_path, generate={"compile": True, "cache": "static"}, train={"bf16": True}))

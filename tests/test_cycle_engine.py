@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import sicog
 from sicog.cycle.config import CycleConfig, load_config
-from sicog.cycle.engine import CycleFailed, Engine, Input, Out, Plan, Ref, Step
+from sicog.cycle.engine import CycleFailed, Engine, Input, Out, Plan, Ref, Step, code_fingerprint
 from sicog.cycle.plan import plan_seed
 from sicog.cycle.world import make_world
 from sicog.data.lock import OutputLocked, lock_path, output_lock
@@ -63,6 +64,9 @@ CHANGES = {
     "launcher": (["python"], f"{TRAIN} {GENERATE} {CURATE} {EVALS}"),
     "threads": (2, "ALL"),
 }
+# The training schedule every config names (sicog.cycle.config.REQUIRED).
+SCHEDULE = {"batch_size": 2, "stage1_steps": 2, "stage1_lr": 1e-3, "stage0_steps": 2, "stage15_steps": 2,
+            "stage2_steps": 2, "finetune_lr": 1e-4}
 # Settings of a real-data cycle, changed on a real config (see test_real_world_inputs_are_hashed_by_content).
 REAL_ONLY = {"data", "vision_tower", "language_model"}
 # Settings that change which steps there are, each with a test of its own.
@@ -150,7 +154,7 @@ def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
                                            ("unlabeled_web", "unlabeled_web.jsonl"), ("bench_mc", "bench_mc.tsv"))}
     data["image_folder"] = str(world / "images")
     real = CycleConfig(name="real", toy_size=None, data=data, vision_tower=str(tmp_path / "vision"),
-                       language_model=str(tmp_path / "llm"), arms=("A", "B", "C", "D"), stage1_steps=2)
+                       language_model=str(tmp_path / "llm"), arms=("A", "B", "C", "D"), **SCHEDULE)
     base, plan = keys_of(real, tmp_path / "run")
     moved = tmp_path / "moved_sft.jsonl"
     shutil.copy(data["sft"], moved)  # same content elsewhere: nothing reruns
@@ -266,3 +270,87 @@ def test_generate_settings_become_flags_and_the_cycles_own_are_refused():
         generate_flags(CycleConfig(generate={"temperature": 1.0}))
     with pytest.raises(ValueError, match=r"key 'generate': unknown setting\(s\) \['kv_cache'\]"):
         generate_flags(CycleConfig(generate={"kv_cache": "static"}))
+
+
+def _chain(tmp_path: Path, limit: str = "1") -> Plan:
+    source = tmp_path / "in.jsonl"
+    if not source.exists():
+        source.write_text('{"id": 1}\n{"id": 2}\n')
+    second = Step("second", ("data", "head", "--input", Ref("first", "out.jsonl"), "--output", Out("out.jsonl"),
+                             "--limit", limit))
+    return Plan([_head("first", Input(str(source))), second, _head("third", Ref("second", "out.jsonl"))])
+
+
+def test_the_code_fingerprint_covers_the_package_but_not_the_cycle_or_byte_code(tmp_path):
+    package = tmp_path / "pkg"
+    for name, text in (("train/run.py", "x = 1\n"), ("configs/zero2.json", "{}"), ("configs/cycle_toy.yaml", "a: 1"),
+                       ("cycle/report.py", "y = 1\n"), ("data/prompts.py", "P = 'describe'\n")):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    fingerprint = code_fingerprint.__wrapped__
+    base = fingerprint(str(package))
+    (package / "cycle" / "report.py").write_text("y = 2\n")  # the report and the cycle's presets make no output
+    (package / "configs" / "cycle_toy.yaml").write_text("a: 2")
+    (package / "train" / "__pycache__").mkdir()
+    (package / "train" / "__pycache__" / "run.cpython-311.pyc").write_bytes(b"\0")
+    assert fingerprint(str(package)) == base
+    for name, text in (("data/prompts.py", "P = 'describe step by step'\n"), ("configs/zero2.json", '{"a": 1}'),
+                       ("train/run.py", "x = 1  # a comment\n")):
+        (package / name).write_text(text)
+        assert fingerprint(str(package)) != base, name
+        base = fingerprint(str(package))
+    assert fingerprint() == fingerprint(os.path.dirname(sicog.__file__))  # by default, the installed package
+
+
+def test_changed_code_reruns_every_step(tmp_path):
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", code="v1", progress=False).run(plan)
+    entries = Engine(tmp_path / "run").manifest["steps"]
+    assert {entry["code"] for entry in entries.values()} == {"v1"}
+    assert Engine(tmp_path / "run", code="v2").pending(plan) == ["first", "second", "third"]
+    assert Engine(tmp_path / "run", code="v1").pending(plan) == []
+
+
+def test_a_code_change_can_be_ignored_on_purpose_and_the_manifest_says_so(tmp_path):
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", code="v1", progress=False).run(plan)
+    before = Engine(tmp_path / "run").manifest["steps"]
+    # A setting changed as well: that step and what reads it rerun, the rest is kept.
+    changed = _chain(tmp_path, limit="2")
+    engine = Engine(tmp_path / "run", code="v2", keep_code_changes=True, progress=False)
+    assert engine.pending(changed) == ["second", "third"] and set(engine.kept) == {"first"}
+    engine.run(changed)
+    after = Engine(tmp_path / "run").manifest["steps"]
+    assert after["first"]["finished_at"] == before["first"]["finished_at"] and after["first"]["code"] == "v2"
+    assert [(k["made_by"], k["kept_for"]) for k in after["first"]["kept_across_code_changes"]] == [("v1", "v2")]
+    assert after["second"]["finished_at"] > before["second"]["finished_at"]
+    assert "kept_across_code_changes" not in after["second"]
+    # Kept once, kept from then on: a plain run of the same code reruns nothing.
+    assert Engine(tmp_path / "run", code="v2").pending(changed) == []
+
+
+def test_outputs_from_before_keys_had_a_code_fingerprint_can_be_kept(tmp_path):
+    plan = _chain(tmp_path)
+    old = Engine(tmp_path / "run", code="", progress=False)  # keys as they were made without a fingerprint
+    old.run(plan)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    for entry in manifest["steps"].values():
+        entry.pop("code")
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    assert Engine(tmp_path / "run", code="v2").pending(plan) == ["first", "second", "third"]
+    kept = Engine(tmp_path / "run", code="v2", keep_code_changes=True)
+    assert kept.pending(plan) == [] and kept.kept == {"first": None, "second": None, "third": None}
+
+
+def test_a_requested_rerun_survives_until_its_run_starts(tmp_path):
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", progress=False).run(plan)
+    before = Engine(tmp_path / "run").manifest["steps"]
+    Engine(tmp_path / "run").request_rerun(["second"])  # --from second, then killed before this seed started
+    resumed = Engine(tmp_path / "run", progress=False)
+    assert resumed.pending(plan) == ["second", "third"]
+    resumed.run(plan)
+    after = Engine(tmp_path / "run").manifest
+    assert after["rerun"] == [] and after["steps"]["first"] == before["first"]
+    assert after["steps"]["second"]["finished_at"] > before["second"]["finished_at"]
+    assert Engine(tmp_path / "run").pending(plan) == []

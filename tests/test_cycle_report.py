@@ -6,13 +6,27 @@ from pathlib import Path
 import pytest
 
 from sicog.cycle.config import CycleConfig
-from sicog.cycle.report import NO_LETTER, arm_scores, check_targets, curation_threshold, summarize, write_report
+from sicog.cycle.report import (
+    NO_LETTER,
+    WIN_STANDARD_ERRORS,
+    arm_scores,
+    check_targets,
+    curation_threshold,
+    summarize,
+    write_report,
+)
+
+WIN = f"{WIN_STANDARD_ERRORS:g}"
 
 
-def arm(accuracy: float, f1: float | None = None) -> dict:
-    """One arm's scores as arm_scores gives them (caption None without ground truth)."""
+def arm(accuracy: float, f1: float | None = None, items: int = 640) -> dict:
+    """One arm's scores as arm_scores gives them (caption None without ground truth), over ``items`` questions
+    (and as many caption images)."""
     caption = None if f1 is None else {"precision": f1, "recall": f1, "f1": f1}
-    return {"accuracy": accuracy, "by_category": {"x": accuracy}, "caption": caption, "image_use_gap": None}
+    counts = {kind: {"total": items, "scored": items, "errors": 0} for kind in ("mc", *(() if f1 is None else
+                                                                                     ("captions",)))}
+    return {"accuracy": accuracy, "by_category": {"x": accuracy}, "caption": caption, "image_use_gap": None,
+            "counts": counts}
 
 
 @pytest.fixture
@@ -74,8 +88,8 @@ def test_without_ground_truth_caption_scores_are_not_measured_nor_required(tmp_p
     assert row(tmp_path / "report.md", "D")[9] == "n/a"  # caption F1
     assert "caption f1" not in report and "captions.png" not in report
     assert "caption_f1" not in results["summary"]["table"]["D"]
-    assert results["summary"]["targets"] == {f"SICOG beats {o} on MC accuracy by more than the spread": True
-                                             for o in "BC"}
+    assert results["summary"]["targets"] == {f"SICOG beats {o} on MC accuracy by more than {WIN} standard errors "
+                                             "of the paired difference": True for o in "BC"}
 
 
 def test_measured_caption_scores_stay_required():
@@ -83,8 +97,8 @@ def test_measured_caption_scores_stay_required():
                  "curation": {}} for s in (0, 1)]
     summary = summarize(per_seed, ["B", "C", "D"])
     targets = check_targets(summary, per_seed)
-    assert targets == {f"SICOG beats {o} on MC accuracy and on caption F1 by more than the spread": False
-                       for o in "BC"}
+    assert targets == {f"SICOG beats {o} on MC accuracy and on caption F1 by more than {WIN} standard errors of the "
+                       "paired difference": False for o in "BC"}
 
 
 def test_one_seed_claims_no_win_and_lists_sicogs_targets_as_not_checked(tmp_path, bench):
@@ -96,8 +110,8 @@ def test_one_seed_claims_no_win_and_lists_sicogs_targets_as_not_checked(tmp_path
         "D vs A": None, "D vs B": None, "D vs C": None}
     saved = json.loads((tmp_path / "results.json").read_text())["summary"]
     assert saved["verdict"]["D vs B"]["accuracy"]["beats"] is None
-    assert saved["targets"] == {f"SICOG beats {o} on MC accuracy by more than the spread (one seed: no spread to "
-                                "compare with)": None for o in "BC"}
+    assert saved["targets"] == {f"SICOG beats {o} on MC accuracy by more than {WIN} standard errors of the paired "
+                                "difference (one seed: no spread to compare with)": None for o in "BC"}
     report = (tmp_path / "report.md").read_text()
     assert "- not checked: SICOG beats B on MC accuracy" in report and "D is ahead of B on accuracy" in report
 
@@ -203,3 +217,79 @@ def test_failed_captions_score_zero_and_unscored_rows_stay_unscored(tmp_path, be
     assert (cells[1], cells[6]) == ("0/2 (2 errors)", "1/4 (3 errors)")  # the MC and captions columns
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["per_seed"][0]["arms"]["D"]["counts"]["captions"] == {"total": 4, "scored": 1, "errors": 3}
+
+
+def two_seeds(d: tuple[float, float], other: tuple[float, float], items: int) -> list[dict]:
+    return [{"seed": s, "arms": {"C": arm(other[s], items=items), "D": arm(d[s], items=items)}, "curation": {}}
+            for s in (0, 1)]
+
+
+def test_a_lead_within_the_benchmarks_sampling_error_is_no_win_even_with_zero_spread():
+    # Both seeds at the same accuracies, one question of ten apart: no spread over seeds, but the benchmark's
+    # sampling error of the difference is about 0.19, so +0.1 is noise (the old rule called it a win).
+    verdict = summarize(two_seeds((0.3, 0.3), (0.2, 0.2), items=10), ["C", "D"])["verdict"]["D vs C"]["accuracy"]
+    assert verdict["difference"] == pytest.approx(0.1) and verdict["se_seeds"] == 0
+    assert verdict["se_sampling"] == pytest.approx((0.3 * 0.7 / 10 + 0.2 * 0.8 / 10) ** 0.5)
+    assert verdict["se"] == verdict["se_sampling"] and verdict["beats"] is False
+    # The same lead on 6,400 questions clears the sampling error.
+    assert summarize(two_seeds((0.3, 0.3), (0.2, 0.2), items=6400), ["C", "D"])["verdict"]["D vs C"]["accuracy"][
+        "beats"] is True
+
+
+def test_the_verdict_pairs_seeds_and_uses_the_standard_error_of_the_difference():
+    # Paired per seed, D leads by 0.10 and 0.30: the mean 0.20 is one standard error of the differences
+    # (0.1) from 0, not a win, although the old rule (difference of means above the sum of the arms' SDs) saw
+    # 0.20 > 0.0 + 0.141.
+    wins = summarize(two_seeds((0.60, 0.70), (0.50, 0.40), items=100_000), ["C", "D"])["verdict"]["D vs C"]["accuracy"]
+    assert wins["per_seed"] == pytest.approx([0.1, 0.3]) and wins["se_seeds"] == pytest.approx(0.1)
+    assert wins["se"] == pytest.approx(0.1) and wins["beats"] is False
+    # Differences that agree (0.20 and 0.21) are a win although each arm's own spread is wide.
+    wins = summarize(two_seeds((0.60, 0.81), (0.40, 0.60), items=100_000), ["C", "D"])["verdict"]["D vs C"]["accuracy"]
+    assert wins["se_seeds"] == pytest.approx(0.005) and wins["beats"] is True
+
+
+def test_standard_errors_are_in_the_report_and_results(tmp_path, bench):
+    scored = {"captions": scored_file(tmp_path / "captions", 0.5)}
+    per_seed = [seed(s, {"C": arm(0.2, items=10), "D": arm(0.3, items=10)}, scored, bench) for s in (0, 1)]
+    results = write_report(tmp_path, CycleConfig(arms=("C", "D")), per_seed)
+    saved = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert saved["standard_errors"]["D"]["accuracy"] == {"seeds": 0.0, "sampling": pytest.approx((0.21 / 10) ** 0.5),
+                                                         "items": 10}
+    assert saved["verdict"]["D vs C"]["accuracy"]["beats"] is False
+    report = (tmp_path / "report.md").read_text()
+    assert "### Standard errors" in report and "| D | 0.000 / 0.145 (N 10) |" in report
+    assert "- D is ahead of C on accuracy: +0.100 (standard error over seeds 0.000, of sampling 0.192; a win needs " \
+           "more than +0.385)." in report
+    assert results["summary"]["verdict"]["D vs C"]["accuracy"]["se"] == pytest.approx(0.037 ** 0.5)
+
+
+def test_a_report_over_the_seeds_that_finished_names_the_incomplete_ones(tmp_path, bench):
+    scored = {"captions": scored_file(tmp_path / "captions", 0.5)}
+    results = write_report(tmp_path, CycleConfig(arms=("A", "D")), [seed(0, {"A": arm(0.5), "D": arm(0.6)}, scored,
+                                                                         bench)],
+                           incomplete={1: ["D_stage2", "eval_D"]})
+    assert results["seeds"] == 1 and results["incomplete_seeds"] == {"1": ["D_stage2", "eval_D"]}
+    report = (tmp_path / "report.md").read_text()
+    assert "**Incomplete: seed 1 did not finish; every number below is over seed 0 only.**" in report
+    assert "- seed 1: failed or not run: D_stage2, eval_D" in report
+
+
+def test_caption_f1_scores_the_description_a_caption_ends_with(tmp_path, bench):
+    from sicog.data.prompts import COD_STEPS
+    from sicog.data.steps import format_steps
+
+    truth = {"0.png": {"image": "0.png", "background": "white", "objects": [
+        {"name": "red circle", "shape": "circle", "color": "red", "size": "small", "position": "center",
+         "label": None}]}}
+    # Step 2 names a blue square that is not there; step 5, what curation reads, names the image's objects only.
+    text = format_steps(COD_STEPS, ["A red circle.", "The blue square is large.", "The red circle is in the center.",
+                                    "There is no dot and no border.", "A small red circle in the center."])
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"id": "c0", "image": "0.png", "candidates": [text]}) + "\n")
+    mc = eval_results(tmp_path / "mc", Path(bench), ["A", "B"], 0.5, 0)
+    scores = arm_scores({"mc": mc, "captions": str(captions)}, truth, [{"id": "c0", "image": "0.png"}])
+    assert scores["caption"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    # A reply without steps is its own description.
+    captions.write_text(json.dumps({"id": "c0", "image": "0.png", "candidates": ["A blue square."]}) + "\n")
+    assert arm_scores({"mc": mc, "captions": str(captions)}, truth, [{"id": "c0", "image": "0.png"}])["caption"][
+        "f1"] == 0.0

@@ -20,7 +20,7 @@ from PIL import Image  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from sicog.cli import main  # noqa: E402
-from sicog.cycle.config import CycleConfig  # noqa: E402
+from sicog.cycle.config import load_config  # noqa: E402
 from sicog.data.jsonl import iter_records, load_records  # noqa: E402
 from sicog.data.prompts import (  # noqa: E402
     CAPTION_PROMPTS,
@@ -194,8 +194,8 @@ def test_world_tokenizer_loads_and_keeps_texts_short(world: Path) -> None:
         return [len(tokenizer.encode(r["conversations"][1]["value"], add_special_tokens=False)) for r in records]
 
     # Of a CoD caption about 100 tokens are the five fixed step headers (the published wording); the longest
-    # must fit the cycle's caption budget, or generation would cut step 5, the part curation reads.
-    assert statistics.mean(lengths("cod")) < 200 and max(lengths("cod")) < CycleConfig().caption_max_new_tokens
+    # must fit the toy preset's caption budget, or generation would cut step 5, the part curation reads.
+    assert statistics.mean(lengths("cod")) < 200 and max(lengths("cod")) < load_config("toy").caption_max_new_tokens
     assert statistics.mean(lengths("cot")) < 90 and max(lengths("cot")) < 125
 
 

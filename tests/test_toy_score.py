@@ -146,3 +146,46 @@ def test_bad_inputs_name_file_line_and_field(tmp_path) -> None:
     tsv.write_text("index\tquestion\n0\tWhat?\n")
     with pytest.raises(RecordError, match="bench.tsv:1: missing columns image, A, B, answer, category"):
         read_bench_tsv(tsv)
+
+
+def test_every_peripheral_phrasing_reads_back_as_its_mark() -> None:
+    """Step 4 in every wording: the dot and its corner, or that there is none (the border is not scored)."""
+    import random
+
+    from sicog.toy.language import NO_PERIPHERAL, peripheral
+    from sicog.toy.world import COLORS, CORNERS
+
+    base = Scene(96, 96, "white", (SceneObject("circle", "red", "large", 1, 1),))
+    with_dots = [Scene(96, 96, "white", base.objects, Mark(colour, corner), border)
+                 for colour in COLORS for corner in CORNERS for border in (None, "blue")]
+    for scene in [*with_dots, base, Scene(96, 96, "white", base.objects, border="green")]:
+        texts = {peripheral(scene, random.Random(seed)) for seed in range(12)}
+        if scene.mark is None and scene.border is None:
+            assert texts == set(NO_PERIPHERAL)
+        truth = scene.ground_truth()
+        other = {**truth, "mark": None} if scene.mark else {**truth, "mark": {"color": "red", "corner": "top left"}}
+        for text in texts:
+            said = score_caption(text, truth)["mark"]
+            # A border alone says nothing about a dot; every other step 4 does, and is false of another image.
+            assert said is (None if scene.mark is None and scene.border else True), text
+            assert score_caption(text, other)["mark"] is (None if said is None else False), text
+
+
+def test_a_caption_denying_a_real_dot_is_wrong_and_one_denying_none_is_right() -> None:
+    denial = "A large red circle in the top left on a light gray background. There is no dot."
+    assert score_caption(denial, TRUTH)["mark"] is False  # SCENE has a yellow dot
+    assert score_caption(denial, {**TRUTH, "mark": None})["mark"] is True
+    assert score_caption("There is no yellow dot.", TRUTH)["mark"] is False  # SCENE's dot is yellow
+    assert score_caption("There is no red dot.", TRUTH)["mark"] is True
+    assert score_caption("There is a small yellow dot.", TRUTH)["mark"] is True  # no corner named: colour only
+    assert score_caption("There is a small red dot.", TRUTH)["mark"] is False
+
+
+def test_a_dot_in_a_sentence_that_names_an_object_is_read_without_taking_its_place() -> None:
+    caption = "A large red circle in the top left, and a blue dot in the bottom right corner."
+    score = score_caption(caption, TRUTH)
+    assert score["mark"] is False  # the dot is yellow, in the top right
+    assert score["attribute_accuracy"]["position"] == 1.0  # the circle's place is its own, not the dot's
+    right = "A small yellow dot in the top right corner beside a large red circle in the top left."
+    assert score_caption(right, TRUTH)["mark"] is True
+    assert score_caption(right, TRUTH)["attribute_accuracy"]["position"] == 1.0

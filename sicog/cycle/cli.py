@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING
 from sicog.data.argtypes import positive_int
 
 if TYPE_CHECKING:
+    from sicog.cycle.config import CycleConfig
     from sicog.cycle.engine import Engine, Plan
+    from sicog.cycle.plan import SeedPlan
+    from sicog.cycle.world import World
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,71 +34,125 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="self-improvement rounds (round r+1 starts from round r's SICOG model)")
     parser.add_argument("--dpo", action="store_true", help="add arm F: DPO on the SICOG model with its curation pairs")
     parser.add_argument("--from", dest="rerun_from",
-                        help="rerun this step (a name in manifest.json) and its dependants")
+                        help="rerun this step (a name in manifest.json) and its dependants, in every seed")
+    parser.add_argument("--ignore-code-changes", action="store_true",
+                        help="keep finished steps that the sicog code has changed since (their keys differ only by "
+                             "the code fingerprint): only when you know the change does not alter their outputs; "
+                             "each kept step's manifest entry records it (see docs/pipeline.md)")
     parser.add_argument("--jobs", type=positive_int,
                         help="steps run at once (default: the CPU cores divided by the config's threads per step; "
                              "1 when threads are unset)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print every step's command (and whether it would run) without running anything")
+                        help="print every step's command (and whether it would run) without running or building "
+                             "anything")
 
 
 def print_plan(engine: Engine, plan: Plan, force: list[str], seed: int) -> None:
-    """Every step of one seed with its command line, and whether a run would reuse it or run it."""
+    """Every step of one seed with its command line, and whether a run would reuse it, keep it across a code
+    change, or run it."""
     todo = set(engine.pending(plan, force))
-    print(f"# seed {seed}: {len(plan.steps)} steps, {len(todo)} to run")
+    requested = ", ".join(engine.manifest["rerun"])
+    print(f"# seed {seed}: {len(plan.steps)} steps, {len(todo)} to run"
+          + (f" (an earlier run's --from {requested} is still to rerun)" if requested else ""))
     for name, step in plan.steps.items():
         launcher = " ".join(engine.launcher) + " -m sicog" if step.launched and engine.launcher else "sicog"
         note = f"  # {step.note}" if step.note else ""
-        print(f"[{'run' if name in todo else 'reuse'}] {name}: {launcher} {shlex.join(engine.command(step))}{note}")
+        status = "run" if name in todo else "keep" if name in engine.kept else "reuse"
+        print(f"[{status}] {name}: {launcher} {shlex.join(engine.command(step))}{note}")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run every seed, then write report.md and results.json in ``--out``; 2 on a bad config, 1 when a step failed."""
+    """Run every seed, then write report.md and results.json in ``--out``; 2 on a bad config or a run folder in
+    use, 1 when a step failed (after every seed ran what did not depend on a failure)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sicog.cycle.config import ConfigError, load_config
-    from sicog.cycle.engine import CycleFailed, Engine, default_jobs
-    from sicog.cycle.plan import plan_seed
-    from sicog.cycle.report import seed_results, write_report
-    from sicog.cycle.world import make_world
-    from sicog.data.lock import OutputLocked
+    from sicog.cycle.commands import load_checked
+    from sicog.cycle.config import ConfigError
+    from sicog.data.lock import OutputLocked, output_lock
 
     try:
-        config = load_config("quick" if args.quick else args.config)
+        config = load_checked("quick" if args.quick else args.config, dpo=args.dpo)
     except ConfigError as err:
         print("\n".join(f"sicog cycle: error: {line}" for line in str(err).splitlines()), file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = args.jobs or default_jobs(config.threads)
-    per_seed = []
     try:
-        world = make_world(config, out)
-        for seed in range(args.seeds):
-            seed_plan = plan_seed(config, world, seed, rounds=args.rounds, dpo=args.dpo)
-            engine = Engine(out / f"seed{seed}", jobs=jobs, anchor=out, threads=config.threads,
-                            launcher=config.launcher, progress=not args.no_progress, missing_inputs_ok=args.dry_run)
-            if args.rerun_from and args.rerun_from not in seed_plan.plan.steps:
-                print(f"error: --from {args.rerun_from!r} is not a step; steps: {', '.join(seed_plan.plan.steps)}",
-                      file=sys.stderr)
-                return 2
-            force = [args.rerun_from] if args.rerun_from else []
-            if args.dry_run:
-                print_plan(engine, seed_plan.plan, force, seed)
-                continue
-            engine.run(seed_plan.plan, force=force)
-            per_seed.append(seed_results(engine, seed_plan, world, seed))
+        if args.dry_run:
+            return _dry_run(args, config, out)
+        out.mkdir(parents=True, exist_ok=True)
+        # One run per run folder, taken before the shared world is built or replaced, held to the end.
+        with output_lock(out, folder=True):
+            return _run(args, config, out)
     except (ValueError, FileNotFoundError, OutputLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except CycleFailed as err:
-        print(f"error: {len(err.failures)} step(s) failed or could not run:", file=sys.stderr)
-        for name, reason in err.failures.items():
-            print(f"  {name}: {reason}", file=sys.stderr)
+
+
+def _seed_plans(args: argparse.Namespace, config: CycleConfig, world: World, out: Path,
+                **engine_settings) -> dict[int, tuple[SeedPlan, Engine]]:
+    """Every seed's plan and engine; ValueError for a ``--from`` that names no step."""
+    from sicog.cycle.engine import Engine, default_jobs
+    from sicog.cycle.plan import plan_seed
+
+    seeds = {}
+    for seed in range(args.seeds):
+        seed_plan = plan_seed(config, world, seed, rounds=args.rounds, dpo=args.dpo)
+        if args.rerun_from and args.rerun_from not in seed_plan.plan.steps:
+            raise ValueError(f"--from {args.rerun_from!r} is not a step; steps: {', '.join(seed_plan.plan.steps)}")
+        seeds[seed] = seed_plan, Engine(out / f"seed{seed}", jobs=args.jobs or default_jobs(config.threads),
+                                        anchor=out, threads=config.threads, launcher=config.launcher,
+                                        progress=not args.no_progress,
+                                        keep_code_changes=args.ignore_code_changes, **engine_settings)
+    return seeds
+
+
+def _dry_run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
+    """Print every seed's plan against what ``out`` holds now; build, replace and write nothing."""
+    from sicog.cycle.world import make_world, toy_world_change
+
+    change = toy_world_change(config, out) if config.toy_size else None
+    world = make_world(config, out, build=False)
+    if change:
+        print(f"# the toy world in {out / 'world'} would be built first: {change}; every step reading it is "
+              "shown as to run")
+    unbuilt = (world.toy_root,) if change else ()
+    force = [args.rerun_from] if args.rerun_from else []
+    for seed, (seed_plan, engine) in _seed_plans(args, config, world, out, missing_inputs_ok=True,
+                                                 unbuilt=unbuilt).items():
+        print_plan(engine, seed_plan.plan, force, seed)
+    return 0
+
+
+def _run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
+    """Run every seed (the caller holds ``out``'s lock); a seed with a failed step does not stop the others."""
+    from sicog.cycle.engine import CycleFailed
+    from sicog.cycle.report import seed_results, write_report
+    from sicog.cycle.world import make_world
+
+    world = make_world(config, out)
+    seeds = _seed_plans(args, config, world, out)
+    if args.rerun_from:
+        # Recorded in every seed before any runs, so a run killed in seed 0 still reruns the step in seed 1.
+        for _, engine in seeds.values():
+            engine.request_rerun([args.rerun_from])
+    per_seed, failures = [], {}
+    for seed, (seed_plan, engine) in seeds.items():
+        try:
+            engine.run(seed_plan.plan)
+        except CycleFailed as err:
+            failures[seed] = err.failures
+            continue
+        per_seed.append(seed_results(engine, seed_plan, world, seed))
+    if per_seed:
+        write_report(out, config, per_seed, incomplete={seed: sorted(failed) for seed, failed in failures.items()})
+        print(f"report: {out / 'report.md'}"
+              + (f" (seeds {', '.join(map(str, failures))} left out: incomplete)" if failures else ""))
+    if failures:
+        count = sum(map(len, failures.values()))
+        print(f"error: {count} step(s) failed or could not run:", file=sys.stderr)
+        for seed, failed in failures.items():
+            for name, reason in failed.items():
+                print(f"  seed{seed}/{name}: {reason}", file=sys.stderr)
         return 1
-    if args.dry_run:
-        return 0
-    write_report(out, config, per_seed)
-    print(f"report: {out / 'report.md'}")
     return 0

@@ -1,7 +1,8 @@
 """Cycle configuration: one typed dataclass, filled from a packaged preset (toy, quick, paper) or a YAML file.
 
-A generation or curation setting left at None is not passed, so the command's own default applies:
-every default is written once, where the command defines it.
+A setting left at None is not passed, so the command's own default applies: every default is written once,
+where the command defines it. The training schedule, which no command default fits, is required; the toy
+values live in the toy presets (sicog/configs/cycle_toy.yaml, cycle_quick.yaml), not here.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
 @dataclass
 class CycleConfig:
-    """Everything a cycle run depends on. The defaults are the toy preset (``make demo``); other presets and
-    config files override them."""
+    """Everything a cycle run depends on. A setting left out (None) is not passed, so the command's own default
+    applies, except the training schedule (:data:`REQUIRED`), which no command default fits and every config
+    names. The presets (sicog/configs/cycle_*.yaml) hold the values tuned for the toy world and the paper."""
 
     name: str = "toy"
     # Data: a toy world to build, or the paths of real datasets (relative to the config file).
@@ -34,25 +36,26 @@ class CycleConfig:
     data: dict[str, str] = field(default_factory=dict)
     vision_tower: str | None = None
     language_model: str | None = None
-    unlabeled_images_limit: int | None = 150
-    unlabeled_questions_limit: int | None = 150
+    # Records of each unlabeled pool the cycle uses (None: all of them).
+    unlabeled_images_limit: int | None = None
+    unlabeled_questions_limit: int | None = None
     arms: tuple[str, ...] = tuple(ARMS)
     # Training: the same settings for every arm that runs a stage.
-    batch_size: int = 8
+    batch_size: int | None = None
     # Stage 1's batch per device when it differs (the paper aligns with a global batch of 256, the
     # other stages use 128); None: batch_size.
     stage1_batch_size: int | None = None
-    stage1_steps: int = 1000
-    # 2e-3 trains the toy parts' captions but leaves the image unused (held-out caption loss with
-    # shuffled images equals the loss with the right ones); 1e-3 grounds them (docs/pipeline.md).
-    stage1_lr: float = 1e-3
-    stage1_tunable_parts: str | None = "vision_tower,resampler,language_model"
-    stage0_steps: int = 200
-    stage15_steps: int = 150
-    stage2_steps: int = 200
-    finetune_lr: float = 1e-3
-    dpo_steps: int = 60
-    dpo_lr: float = 2e-4
+    stage1_steps: int | None = None
+    stage1_lr: float | None = None
+    # Stage 1's trained parts (None: the stage's preset, sicog/train).
+    stage1_tunable_parts: str | None = None
+    stage0_steps: int | None = None
+    stage15_steps: int | None = None
+    stage2_steps: int | None = None
+    finetune_lr: float | None = None
+    # Arm F (--dpo) only.
+    dpo_steps: int | None = None
+    dpo_lr: float | None = None
     # More `sicog train` settings by name (any TrainingArguments or data argument: bf16, deepspeed, ...).
     train: dict[str, typing.Any] = field(default_factory=dict)
     # Model settings when stage 1 builds the model from parts (resampler_num_queries, scale_resolution, ...).
@@ -64,11 +67,9 @@ class CycleConfig:
     caption_temperature: float | None = None
     reasoning_temperature: float | None = None
     top_p: float | None = None
-    # The toy world's longest CoD caption (published step headers) is 286 tokens; fewer would cut step 5,
-    # the part curation reads.
-    caption_max_new_tokens: int | None = 320
-    reasoning_max_new_tokens: int | None = 120
-    generation_batch_size: int | None = 16
+    caption_max_new_tokens: int | None = None
+    reasoning_max_new_tokens: int | None = None
+    generation_batch_size: int | None = None
     # More `sicog generate` settings by name (cache, compile, dtype, ...), beside those the keys above set.
     generate: dict[str, typing.Any] = field(default_factory=dict)
     caption_threshold: float | None = None
@@ -78,8 +79,8 @@ class CycleConfig:
     encoder: str | None = None
     # More `sicog curate` settings by name (batch_size, trust_remote_code, max_length, query_prefix, ...).
     curate: dict[str, typing.Any] = field(default_factory=dict)
-    # Evaluation.
-    eval_batch_size: int = 16
+    # Evaluation (None: the command's default batch).
+    eval_batch_size: int | None = None
     launcher: list[str] = field(default_factory=list)
     # CPU threads per step (None: torch's default). Tiny models are bound by per-operation overhead,
     # where one thread is fastest and immune to the spin-waiting of oversubscribed OpenMP threads.
@@ -116,6 +117,12 @@ class CycleConfig:
 # and the image-use check's references).
 DATA_REQUIRED = ("align", "cod", "cot", "sft", "unlabeled_images", "unlabeled_questions", "bench_mc", "image_folder")
 DATA_OPTIONAL = (*dict.fromkeys(key for arm in ARMS.values() for key in arm.needs), "image_use")
+
+
+# The training schedule: no command default fits it (`sicog train` would train three epochs at
+# TrainingArguments' rate), so every config names it; the DPO arm's only with --dpo.
+REQUIRED = ("batch_size", "stage1_steps", "stage1_lr", "stage0_steps", "stage15_steps", "stage2_steps", "finetune_lr")
+REQUIRED_FOR_DPO = ("dpo_steps", "dpo_lr")
 
 
 class ConfigError(ValueError):
@@ -213,10 +220,12 @@ def _value_problem(key: str, value: object) -> str | None:
     return None
 
 
-def check_values(values: object, path: Path) -> dict:
-    """The settings of a config file, checked against :class:`CycleConfig`'s fields.
+def check_values(values: object, path: Path, dpo: bool = False) -> dict:
+    """The settings of a config file, checked against :class:`CycleConfig`'s fields (with ``dpo``: for a run
+    with arm F).
 
-    Raises :class:`ConfigError` listing every problem (file shape, unknown keys, types, ranges), one per line.
+    Raises :class:`ConfigError` listing every problem (file shape, unknown keys, types, ranges; when there are
+    none of those, required settings left out), one per line.
     """
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (key: value), got {type(values).__name__}")
@@ -231,15 +240,29 @@ def check_values(values: object, path: Path) -> dict:
         if problem:
             problems.append(f"{path}: key {key!r}: {problem}")
         checked[key] = value
+    # Once the settings given are sound: a misspelt key would otherwise be reported twice, as unknown and as
+    # the required one left out.
+    for key in () if problems else (*REQUIRED, *(REQUIRED_FOR_DPO if dpo else ())):
+        if checked.get(key) is None:
+            why = "with --dpo" if key in REQUIRED_FOR_DPO else "no command default fits every dataset"
+            problems.append(f"{path}: key {key!r}: required ({why}); the presets in sicog/configs/cycle_*.yaml "
+                            "show values")
     if problems:
         raise ConfigError("\n".join(problems))
     return checked
 
 
-def load_config(spec: str) -> CycleConfig:
-    """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path, checked (:class:`ConfigError`)."""
+def config_path(spec: str) -> Path:
+    """The file of a packaged preset name (``toy``, ``quick``, ``paper``) or of a YAML file path."""
     packaged = resources.files("sicog.configs") / f"cycle_{spec}.yaml"
-    path = Path(spec) if os.path.exists(spec) else Path(str(packaged))
+    return Path(spec) if os.path.exists(spec) else Path(str(packaged))
+
+
+def load_config(spec: str, dpo: bool = False) -> CycleConfig:
+    """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path, checked for a run (with
+    ``dpo``: one with arm F): every value and the names of the settings passed on to commands
+    (:class:`ConfigError`)."""
+    path = config_path(spec)
     if not path.is_file():
         raise ConfigError(f"no cycle config {spec!r} (a YAML file, or one of: toy, quick, paper)")
     try:
@@ -250,7 +273,7 @@ def load_config(spec: str) -> CycleConfig:
         raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
     except RecordError as err:
         raise ConfigError(str(err)) from None
-    values = check_values({} if loaded is None else loaded, path)
+    values = check_values({} if loaded is None else loaded, path, dpo)
     base = path.parent
     if "data" in values:
         values["data"] = {k: str(v if os.path.isabs(str(v)) else base / str(v)) for k, v in values["data"].items()}
@@ -263,7 +286,8 @@ def load_config(spec: str) -> CycleConfig:
         config = CycleConfig(**values)
     except ValueError as err:
         raise ConfigError(f"{path}: {err}") from None
-    # Settings passed on to commands by name are checked here too, so that a run never starts on them.
+    # Settings passed on to commands by name are checked here too, so that a run never starts on them (their
+    # values by the commands' own parsers: sicog.cycle.commands.load_checked).
     problems = setting_problems(config)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))

@@ -4,10 +4,13 @@ A :class:`Step` is one ``sicog`` command line in which every input and output is
 (a file or folder from outside the run, hashed by content), :class:`Ref` (something another step wrote)
 and :class:`Out` (something this step writes, inside its own folder). A step's key is the hash of that
 command line with inputs replaced by their content hashes and references by the key of the step that
-wrote them, plus the settings that change how it runs (threads, launcher). Any change to a step's
-command or inputs therefore changes its key and the keys of everything downstream, and nothing else.
+wrote them, plus the settings that change how it runs (threads, launcher) and the fingerprint of the
+code that runs it (:func:`code_fingerprint`). Any change to a step's command, inputs or code therefore
+changes its key and the keys of everything downstream. With ``keep_code_changes`` a finished step whose
+key differs only by the code fingerprint is kept, and its manifest entry records that it was.
 
-``seedK/manifest.json`` records every finished step's key, outputs, wall and CPU seconds. A step whose
+``seedK/manifest.json`` records every finished step's key, code fingerprint, outputs, wall and CPU
+seconds, and the steps a run was asked to rerun (``--from``) until that rerun has started. A step whose
 key matches a finished entry is skipped; an interrupted step with the same key keeps its folder, so
 its own resume logic (trainer checkpoints, generation shards, embedding chunks) continues; a step
 whose key changed starts from an empty folder. A run holds the seed folder's lock (one run per seed
@@ -21,6 +24,7 @@ dependants; independent steps go on, and every failure is reported at the end.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -32,7 +36,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +134,31 @@ def content_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+# The parts of the package that make no step's output: the cycle's own modules and presets shape a step only
+# through its command line, which is in the key already (so a report or plan change reruns nothing).
+_NOT_STEP_CODE = ("cycle/", "configs/cycle_")
+
+
+@functools.cache
+def code_fingerprint(package: str | None = None) -> str:
+    """A hash of the code steps run: every file of the ``sicog`` package (``package``: another folder), sources
+    and data (prompts, configs) alike, less byte code and the cycle's own modules and presets. Computed once per
+    process."""
+    if package is None:
+        import sicog
+
+        package = os.path.dirname(sicog.__file__)
+    root = Path(package)
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if (not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo")
+                or path.name.startswith(".") or name.startswith(_NOT_STEP_CODE)):
+            continue
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def _stat_signature(path: Path) -> list:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
@@ -177,18 +206,28 @@ class Engine:
     launcher: list[str] = field(default_factory=list)
     progress: bool = True
     missing_inputs_ok: bool = False
+    # Inputs that will be rebuilt before the run (a dry run's toy world from another seed): hashed as missing.
+    unbuilt: tuple[str, ...] = ()
+    # The fingerprint of the code that runs the steps; part of every key.
+    code: str = field(default_factory=code_fingerprint)
+    # Keep a finished step whose key differs only by the code fingerprint (the user vouches for the change).
+    keep_code_changes: bool = False
 
     def __post_init__(self) -> None:
         self.manifest_path = self.root / "manifest.json"
         manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {}
-        self.manifest: dict = {"steps": manifest.get("steps", {}), "input_hashes": manifest.get("input_hashes", {})}
+        self.manifest: dict = {"steps": manifest.get("steps", {}), "input_hashes": manifest.get("input_hashes", {}),
+                               "rerun": manifest.get("rerun", [])}
         self.keys: dict[str, str] = {}
+        # Finished steps kept across a code change in this run: name -> the code fingerprint they were made by.
+        self.kept: dict[str, str | None] = {}
 
     # ----- keys ------------------------------------------------------------------------------------------
     def input_hash(self, path: str) -> str:
         """Content hash of an outside input, recomputed only when its files' sizes or times changed. With
         ``missing_inputs_ok`` (a dry run), a missing input hashes as missing instead of failing."""
-        if self.missing_inputs_ok and not Path(path).exists():
+        if self.missing_inputs_ok and (not Path(path).exists() or any(
+                path == root or path.startswith(root.rstrip("/") + "/") for root in self.unbuilt)):
             return f"missing:{path}"
         signature = _stat_signature(Path(path)) if Path(path).exists() else None
         cached = self.manifest["input_hashes"].get(path)
@@ -198,26 +237,29 @@ class Engine:
         self.manifest["input_hashes"][path] = {"signature": signature, "hash": digest}
         return digest
 
-    def _key_part(self, arg: Arg) -> object:
+    def _key_part(self, arg: Arg, keys: Mapping[str, str]) -> object:
         if isinstance(arg, Joined):
-            return ["joined", arg.separator, [self._key_part(a) for a in arg.parts]]
+            return ["joined", arg.separator, [self._key_part(a, keys) for a in arg.parts]]
         if isinstance(arg, Input):
             return ["input", self.input_hash(arg.path)]
         if isinstance(arg, Ref):
-            return ["ref", self.keys[arg.step], arg.path]
+            return ["ref", keys[arg.step], arg.path]
         if isinstance(arg, Out):
             return ["out", arg.path]
         return arg.replace(str(self.anchor or self.root), "$RUN")
 
-    def key_parts(self, step: Step) -> list:
+    def key_parts(self, step: Step, code: str | None = None, keys: Mapping[str, str] | None = None) -> list:
         """What the key of ``step`` hashes: its command with inputs as content hashes and references as the
-        keys of the steps that wrote them, and how it runs."""
-        parts = [self._key_part(arg) for arg in step.argv]
-        return [parts, {"threads": self.threads, "launcher": self.launcher if step.launched else []}]
+        keys of the steps that wrote them (``keys``, default this run's), how it runs, and the code
+        fingerprint (``code``, default this run's; ``""`` leaves it out, as keys made before it did)."""
+        parts = [self._key_part(arg, self.keys if keys is None else keys) for arg in step.argv]
+        how = {"threads": self.threads, "launcher": self.launcher if step.launched else []}
+        fingerprint = self.code if code is None else code
+        return [parts, {**how, "code": fingerprint} if fingerprint else how]
 
-    def key(self, step: Step) -> str:
-        """The step's cache key; keys of its dependencies must be known."""
-        return hashlib.sha256(json.dumps(self.key_parts(step), sort_keys=True).encode()).hexdigest()[:20]
+    def key(self, step: Step, code: str | None = None, keys: Mapping[str, str] | None = None) -> str:
+        """The step's cache key (arguments as for :meth:`key_parts`); keys of its dependencies must be known."""
+        return hashlib.sha256(json.dumps(self.key_parts(step, code, keys), sort_keys=True).encode()).hexdigest()[:20]
 
     def compute_keys(self, plan: Plan) -> dict[str, str]:
         """The key of every step of ``plan`` (in dependency order)."""
@@ -225,11 +267,37 @@ class Engine:
             self.keys[name] = self.key(step)
         return dict(self.keys)
 
+    def request_rerun(self, names: Iterable[str]) -> None:
+        """Record in the manifest that ``names`` and their dependants are to run again (``--from``): the next
+        :meth:`run` of this seed reruns them, even one started after this run was killed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manifest["rerun"] = sorted({*self.manifest["rerun"], *names})
+        write_json(self.manifest_path, self.manifest)
+
     def pending(self, plan: Plan, force: Iterable[str] = ()) -> list[str]:
-        """The steps a run would run: not finished with their current key, or forced (with their dependants)."""
-        forced = plan.downstream(force)
+        """The steps a run would run: not finished with their current key (nor kept across a code change), or
+        forced (``force`` and the reruns the manifest records, with their dependants)."""
+        forced = plan.downstream([*force, *self.manifest["rerun"]])
         self.compute_keys(plan)
-        return [n for n in plan.steps if n in forced or not self._finished(n, self.keys[n])]
+        self.kept = self._kept_across_code_change(plan, forced) if self.keep_code_changes else {}
+        return [n for n in plan.steps
+                if n in forced or not (self._finished(n, self.keys[n]) or n in self.kept)]
+
+    def _kept_across_code_change(self, plan: Plan, forced: set[str]) -> dict[str, str | None]:
+        """The finished steps whose recorded key is the one they would have with the code fingerprint they were
+        made by, the steps they read being kept too: only the code changed since. Name -> that fingerprint."""
+        recorded: dict[str, str] = {}  # step -> the key its output is recorded under, for outputs that stay
+        kept: dict[str, str | None] = {}
+        for name, step in plan.steps.items():
+            entry = self.manifest["steps"].get(name)
+            if name in forced or not entry or entry["status"] != "done":
+                continue
+            if entry["key"] == self.keys[name]:
+                recorded[name] = entry["key"]
+            elif step.deps() <= recorded.keys() and self.key(step, entry.get("code") or "", recorded) == entry["key"]:
+                recorded[name] = entry["key"]
+                kept[name] = entry.get("code")
+        return kept
 
     # ----- paths -----------------------------------------------------------------------------------------
     def path(self, arg: Ref | Out, step: str | None = None) -> Path:
@@ -261,13 +329,19 @@ class Engine:
         write_json(self.manifest_path, self.manifest)
 
     def run(self, plan: Plan, force: Iterable[str] = ()) -> dict[str, dict]:
-        """Run every step of ``plan`` that is not finished with its current key (``force``: rerun these and
-        their dependants); return ``{step: manifest entry}``. Raises :class:`~sicog.data.lock.OutputLocked`
+        """Run every step of ``plan`` that is not finished with its current key (``force`` and the reruns the
+        manifest records: rerun these and their dependants); return ``{step: manifest entry}``. Raises
+        :class:`~sicog.data.lock.OutputLocked`
         when another run holds the seed folder, :class:`CycleFailed` after running everything that did not
         depend on a failed step."""
         self.root.mkdir(parents=True, exist_ok=True)
         with output_lock(self.root, folder=True):
             todo = self.pending(plan, force)
+            for name, made_by in self.kept.items():
+                entry = self.manifest["steps"][name]
+                history = [*entry.get("kept_across_code_changes", []),
+                           {"made_by": made_by, "kept_for": self.code, "at": time.time()}]
+                entry.update(key=self.keys[name], code=self.code, kept_across_code_changes=history)
             for name in todo:
                 entry = self.manifest["steps"].get(name)
                 if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):
@@ -277,10 +351,13 @@ class Engine:
                     shutil.rmtree(self.root / name, ignore_errors=True)
                 for stale in locks_in(self.root / name):  # a killed run's: this run holds the seed
                     stale.unlink(missing_ok=True)
+            # The requested reruns are now pending by their missing entries: the request is done with.
+            self.manifest["rerun"] = []
             write_json(self.manifest_path, self.manifest)
             skipped = len(plan.steps) - len(todo)
             if skipped:
-                logger.info("%d of %d steps finished before with the same key: reused", skipped, len(plan.steps))
+                logger.info("%d of %d steps finished before: reused%s", skipped, len(plan.steps),
+                            f" ({len(self.kept)} of them made by older code, kept as asked)" if self.kept else "")
             failures = self._schedule(plan, todo)
         if failures:
             raise CycleFailed(failures)
@@ -326,15 +403,16 @@ class Engine:
                         # A worker was killed (SIGKILL, out of memory): the pool stops every step it was running.
                         code, wall, cpu, broken = "worker died", None, None, True
                     if code == 0:
-                        self._record(name, {"key": self.keys[name], "status": "done", "seconds": wall,
-                                            "cpu_seconds": cpu, "finished_at": time.time(),
+                        self._record(name, {"key": self.keys[name], "code": self.code, "status": "done",
+                                            "seconds": wall, "cpu_seconds": cpu, "finished_at": time.time(),
                                             "outputs": sorted(plan.steps[name].outputs())})
                         logger.info("step %s: done in %.1f s (%.1f CPU s)", name, wall, cpu)
                     else:
                         log = self.root / name / "log.txt"
                         failures[name] = f"{code if isinstance(code, str) else f'exit {code}'}; log: {log}"
                         self._record(name, {"key": self.keys[name], "status": "failed"})
-                        logger.error("step %s failed (%s); last lines of %s:\n%s", name, code, log, _tail(log))
+                        logger.error("step %s/%s failed (%s); last lines of %s:\n%s", self.root.name, name, code, log,
+                                     _tail(log))
         bar.close()
         return failures
 

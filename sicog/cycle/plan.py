@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
-from sicog.cycle.config import CycleConfig
+from sicog.cycle.config import REQUIRED, REQUIRED_FOR_DPO, CycleConfig
 from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step
 from sicog.cycle.flags import TRAIN_SCHEDULE, curate_flags, generate_flags, model_flags, train_flags
 from sicog.cycle.world import World
@@ -80,10 +80,13 @@ class _Planner:
         self.generate_flags = generate_flags(config)
         self.data: dict[str, Arg] = {k: world.input(k) for k in world.files}
 
-    def train(self, name: str, stage: str, data: Arg, steps: int, lr: float, source: list[Arg],
+    def train(self, name: str, stage: str, data: Arg, steps: int | None, lr: float | None, source: list[Arg],
               tunable: str | None = None) -> Ref:
         c = self.c
         batch = c.stage1_batch_size if stage == "1" and c.stage1_batch_size else c.batch_size
+        if None in (steps, lr, batch):  # load_config requires them; a config built in code may lack them
+            raise ValueError(f"cycle config: step {name!r} needs its step count, learning rate and batch size "
+                             f"(the keys {', '.join(REQUIRED_FOR_DPO if stage == 'dpo' else REQUIRED)})")
         accumulation = c.train.get("gradient_accumulation_steps", 1)
         processes = launcher_processes(c.launcher)
         if processes is None:
@@ -157,7 +160,7 @@ class _Planner:
                             ("open", open_flags)):
             self.plan.add(Step(f"{kind}_{arm}", ("eval", "--model", model, "--benchmark", self.data["bench_mc"],
                                                  "--output-dir", Out("mc"), *flags,
-                                                 "--batch-size", str(c.eval_batch_size), "--no-progress"),
+                                                 *_option("--batch-size", c.eval_batch_size), "--no-progress"),
                                launched=True))
             evals["mc" if kind == "eval" else kind] = Ref(f"{kind}_{arm}", "mc/results.json")
         if "bench_perception" in self.data:
@@ -165,20 +168,20 @@ class _Planner:
             # itself (a description is no short answer).
             self.plan.add(Step(f"perception_{arm}", (
                 "eval", "--model", model, "--benchmark", self.data["bench_perception"], "--output-dir", Out("mc"),
-                "--mc-scoring", "likelihood", "--as-asked", "--batch-size", str(c.eval_batch_size), "--no-progress"),
-                launched=True))
+                "--mc-scoring", "likelihood", "--as-asked", *_option("--batch-size", c.eval_batch_size),
+                "--no-progress"), launched=True))
             evals["perception"] = Ref(f"perception_{arm}", "mc/results.json")
         if "bench_caption" in self.data:
             self.plan.add(Step(f"captions_{arm}", (
                 "generate", "captions", "--model", model, "--data", self.data["bench_caption"],
                 "--image-folder", self.w.image_folder, "--output", Out("captions.jsonl"), "--prompt", "cod-default",
                 "--num-candidates", "1", "--temperature", "0", *_option("--max-new-tokens", c.caption_max_new_tokens),
-                "--batch-size", str(c.eval_batch_size), "--no-progress"), launched=True))
+                *_option("--batch-size", c.eval_batch_size), "--no-progress"), launched=True))
             evals["captions"] = Ref(f"captions_{arm}", "captions.jsonl")
         if references is not None:
             self.plan.add(Step(f"image_use_{arm}", (
                 "image-use", "--model", model, "--data", references, "--image-folder", self.w.image_folder,
-                "--output", Out("image_use.json"), "--batch-size", str(c.eval_batch_size), "--no-progress"),
+                "--output", Out("image_use.json"), *_option("--batch-size", c.eval_batch_size), "--no-progress"),
                 launched=True))
             evals["image_use"] = Ref(f"image_use_{arm}", "image_use.json")
         self.result.evals[arm] = evals

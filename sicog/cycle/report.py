@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -12,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sicog.curate.extract import extract  # noqa: E402
 from sicog.cycle.analysis import curation_quality  # noqa: E402
 from sicog.cycle.arms import ARMS, arm_name  # noqa: E402
 from sicog.cycle.config import CycleConfig  # noqa: E402
@@ -37,6 +39,15 @@ RIGHT_CANDIDATE = {"captions": "right: it names every object and nothing else; i
 # The evals of an arm whose scored and failed rows the report counts, in its column order.
 COUNTED = {"mc": "MC", "blind": "blind", "letters": "letters", "open": "open answers", "perception": "perception",
            "captions": "captions", "image_use": "image use"}
+# The benchmark items behind each score, from an arm's ``counts``: the eval and which count (every
+# caption-benchmark image counts, one without a caption scoring 0).
+ITEMS = {"accuracy": ("mc", "scored"), "blind": ("blind", "scored"), "letters": ("letters", "scored"),
+         "open": ("open", "scored"), "perception": ("perception", "scored"), "caption_f1": ("captions", "total")}
+# The metrics a comparison of two arms (the arms table's ``beats``) is judged on.
+COMPARED = ("accuracy", "caption_f1", "perception")
+# An arm beats another when their mean paired difference exceeds this many standard errors of it (about 2.3%
+# one-sided under the normal approximation; docs/pipeline.md says why the error has a floor).
+WIN_STANDARD_ERRORS = 2.0
 
 
 def _accuracy(path: str) -> tuple[dict, float | None, dict[str, float | None]]:
@@ -66,7 +77,8 @@ def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None,
     """One model's multiple-choice accuracy by option likelihood (the primary score), its blind, generated-letter
     and open short-answer accuracies (overall and by category; None where nothing was scored), with ground truth
     its caption scores over every record of ``caption_benchmark`` (an image without a caption counts 0), and
-    in ``counts`` how many rows (images) each eval scored and how many failed."""
+    in ``counts`` how many rows (images) each eval scored and how many failed. A caption is scored by the
+    description it ends with, CoD step 5 (the whole reply when it has none), as curation reads it."""
     results, accuracy, by_category = _accuracy(evaluation["mc"])
     scores = {"accuracy": accuracy, "by_category": by_category, "counts": {"mc": _counts(results)}}
     if "blind" in evaluation:
@@ -91,7 +103,8 @@ def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None,
     if truth is not None and caption_benchmark is not None and "captions" in evaluation:
         captioned = {r["id"]: r["candidates"][0] for _, r in iter_records(evaluation["captions"])}
         # An image whose generation failed has no caption: it scores 0, rather than leaving the average.
-        caption = score_captions([(captioned.get(r["id"], ""), truth[r["image"]]) for r in caption_benchmark])
+        caption = score_captions([(extract(captioned.get(r["id"], ""), "captions").text, truth[r["image"]])
+                                  for r in caption_benchmark])
         scores["caption"] = {k: caption[k] for k in ("precision", "recall", "f1")}
         done = sum(r["id"] in captioned for r in caption_benchmark)
         scores["counts"]["captions"] = {"total": len(caption_benchmark), "scored": done,
@@ -152,10 +165,10 @@ def _on_every_seed(values: list[tuple[int, str, bool | None]]) -> tuple[str, boo
 
 
 def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool | None]:
-    """The demo's claims, each checked on this run: the oracle teaches, SICOG beats its baselines by more
-    than the spread, and self-consistency ranks right candidates first on every seed (only what this run
-    measured). True: met; False: not met; None: not checked (SICOG's wins with one seed, a curation target
-    some seed could not measure)."""
+    """The demo's claims, each checked on this run: the oracle teaches, SICOG beats its baselines (the verdict
+    of :func:`summarize`), and self-consistency ranks right candidates first on every seed (only what this run
+    measured). True: met; False: not met; None: not checked (SICOG's wins with one seed or unknown item counts,
+    a curation target some seed could not measure)."""
     table, verdict, targets = summary["table"], summary["verdict"], {}
     if "accuracy" in table.get("A", {}) and "accuracy" in table.get("E", {}):
         gain = table["E"]["accuracy"][0] - table["A"]["accuracy"][0]
@@ -172,10 +185,14 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool | None]
             measured = {m: text for m, text in (("caption_f1", "caption F1"), ("perception", "the perception check"))
                         if m in wins}
             also = f" and on {' or '.join(measured.values())}" if measured else ""
-            text = f"SICOG beats {other} on MC accuracy{also} by more than the spread"
+            text = (f"SICOG beats {other} on MC accuracy{also} by more than {WIN_STANDARD_ERRORS:g} standard errors of "
+                    "the paired difference")
             if len(per_seed) > 1:
-                perceives = not measured or any(wins[m]["beats"] for m in measured)
-                targets[text] = wins["accuracy"]["beats"] and perceives
+                # Unknown (None) where a comparison could not be judged: it neither meets nor fails the target.
+                perception = [wins[m]["beats"] for m in measured]
+                perceives = True if not measured or True in perception else None if None in perception else False
+                both = [wins["accuracy"]["beats"], perceives]
+                targets[text] = False if False in both else None if None in both else True
             else:
                 targets[f"{text} (one seed: no spread to compare with)"] = None
     for task in per_seed[0]["curation"]:
@@ -216,11 +233,37 @@ def _mean(values: list[float | None]) -> float | None:
     return None if not values or None in values else statistics.fmean(values)
 
 
+def _score(run: dict, metric: str) -> float:
+    return run["caption"]["f1"] if metric == "caption_f1" else run[metric]
+
+
+def _items(runs: list[dict], metric: str) -> int | None:
+    """The benchmark items a score averages over (the fewest of any seed), None when not recorded."""
+    kind, count = ITEMS[metric]
+    counts = [run.get("counts", {}).get(kind, {}).get(count) for run in runs]
+    return None if not counts or None in counts else min(counts)
+
+
+def sampling_variance(mean: float, items: int | None) -> float | None:
+    """The variance of a score that averages ``items`` benchmark items, ``p(1 - p) / N``: binomial for an
+    accuracy, and an upper bound for any score in [0, 1] such as a caption F1 (its items' variance is at most
+    ``p(1 - p)``). None when the items are not known."""
+    if not items:
+        return None
+    p = min(max(mean, 0.0), 1.0)
+    return p * (1 - p) / items
+
+
 def summarize(per_seed: list[dict], arms: list[str]) -> dict:
-    """Mean and spread over seeds of every score each arm measured on every seed (a score no row was scored
-    for, None, is left out, not taken as 0), and the verdict on every comparison the arms table asks for (D
-    against A, B and C), on the scores both arms have; ``beats`` is None with one seed (no spread is known)."""
-    table = {}
+    """Mean and spread (SD) over seeds of every score each arm measured on every seed (a score no row was
+    scored for, None, is left out, not taken as 0); each score's standard errors (over seeds, SD / sqrt(seeds),
+    and of the benchmark's sampling, sqrt(p(1 - p) / N)); and the verdict on every comparison the arms table
+    asks for (D against A, B and C) on the scores both arms have: the per-seed paired difference, its mean and
+    standard error, the larger of the one over seeds and the sampling one of the difference, and ``beats``:
+    the mean above :data:`WIN_STANDARD_ERRORS` standard errors (None with one seed, whose spread is unknown,
+    or where the items are not known)."""
+    table, errors = {}, {}
+    seeds = len(per_seed)
     for arm in arms:
         runs = [s["arms"][arm] for s in per_seed]
         table[arm] = {metric: _mean_std([r[metric] for r in runs])
@@ -231,18 +274,30 @@ def summarize(per_seed: list[dict], arms: list[str]) -> dict:
             table[arm]["caption_f1"] = _mean_std([r["caption"]["f1"] for r in runs])
         if "accuracy" in table[arm] and "blind" in table[arm]:
             table[arm]["above_blind"] = _mean_std([r["accuracy"] - r["blind"] for r in runs])
+        errors[arm] = {}
+        for metric, (mean, sd) in table[arm].items():
+            items = _items(runs, metric) if metric in ITEMS else None
+            variance = sampling_variance(mean, items)
+            errors[arm][metric] = {"seeds": sd / math.sqrt(seeds) if seeds > 1 else None,
+                                   "sampling": None if variance is None else math.sqrt(variance), "items": items}
     verdict = {}
     for arm in (a for a in table if a in ARMS):
         for other in (o for o in ARMS[arm].beats if o in table):
             wins = {}
-            for metric in ("accuracy", "caption_f1", "perception"):
-                if metric not in table[arm] or metric not in table[other]:
-                    continue
-                (ma, sa), (mo, so) = table[arm][metric], table[other][metric]
-                wins[metric] = {"difference": ma - mo, "spread": sa + so,
-                                "beats": ma - mo > sa + so if len(per_seed) > 1 else None}
+            for metric in (m for m in COMPARED if m in table[arm] and m in table[other]):
+                differences = [_score(s["arms"][arm], metric) - _score(s["arms"][other], metric) for s in per_seed]
+                over_seeds = statistics.stdev(differences) / math.sqrt(seeds) if seeds > 1 else None
+                variances = [sampling_variance(table[a][metric][0], errors[a][metric]["items"]) for a in (arm, other)]
+                # The arms answer the same items, so the sampling error of their difference is at most that of two
+                # independent scores; it does not shrink with seeds, which reuse the items.
+                sampling = None if None in variances else math.sqrt(sum(variances))
+                error = None if over_seeds is None or sampling is None else max(over_seeds, sampling)
+                mean = statistics.fmean(differences)
+                wins[metric] = {"difference": mean, "per_seed": differences, "se_seeds": over_seeds,
+                                "se_sampling": sampling, "se": error,
+                                "beats": None if error is None else mean > WIN_STANDARD_ERRORS * error}
             verdict[f"{arm} vs {other}"] = wins
-    return {"table": table, "verdict": verdict}
+    return {"table": table, "standard_errors": errors, "verdict": verdict}
 
 
 def _plot_categories(per_seed: list[dict], arms: list[str], path: Path) -> None:
@@ -272,7 +327,7 @@ def _plot_captions(per_seed: list[dict], arms: list[str], path: Path) -> None:
     ax.set_xticks([x + width for x in range(len(arms))], arms)
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title("Caption benchmark: objects named vs ground truth")
+    ax.set_title("Caption benchmark: objects named in step 5 vs ground truth")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -343,8 +398,36 @@ def _count_lines(per_seed: list[dict], arms: list[str]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
-    """Write report.md, results.json and the PNGs into ``out``; return the results."""
+def _standard_error_lines(summary: dict, arms: list[str], seeds: int) -> list[str]:
+    """report.md's table of each score's standard errors: over seeds and of the benchmark's sampling."""
+    metrics = [m for m in ("accuracy", "blind", "letters", "open", "caption_f1", "perception")
+               if any(m in summary["standard_errors"][arm] for arm in arms)]
+    names = {"accuracy": "MC accuracy", "open": "open answers", "caption_f1": "caption F1"}
+    lines = ["", "### Standard errors", "",
+             f"Each cell: the standard error over {seeds} seed{'s' if seeds > 1 else ''} (SD / sqrt(seeds); n/a with "
+             "one seed) / the benchmark's sampling error sqrt(p(1 - p) / N) for the N items scored (an upper bound "
+             "for caption F1); the seeds reuse the items, so averaging seeds does not reduce the second.", "",
+             "| arm | " + " | ".join(names.get(m, m) for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for arm in arms:
+        cells = []
+        for metric in metrics:
+            error = summary["standard_errors"][arm].get(metric)
+            if error is None:
+                cells.append("n/a")
+                continue
+            over_seeds = "n/a" if error["seeds"] is None else f"{error['seeds']:.3f}"
+            sampling = "n/a" if error["sampling"] is None else f"{error['sampling']:.3f} (N {error['items']})"
+            cells.append(f"{over_seeds} / {sampling}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
+                 incomplete: dict[int, list[str]] | None = None) -> dict:
+    """Write report.md, results.json and the PNGs into ``out`` from the seeds that finished (``per_seed``);
+    ``incomplete``: the seeds that did not, each with its failed or unrun steps, named in both files. Returns
+    the results."""
+    incomplete = incomplete or {}
     first = per_seed[0]
     arms = list(first["arms"])
     summary = summarize(per_seed, arms)
@@ -360,7 +443,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
     scores = [{k: s[k] for k in ("seed", "arms", "curation", "lm_reading")} for s in per_seed]
     times = [{k: s[k] for k in ("seed", "seconds", "cpu_seconds")} for s in per_seed]
     results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": scores, "summary": summary,
-               "time": times}
+               "time": times, "incomplete_seeds": {str(seed): steps for seed, steps in incomplete.items()}}
     write_json(out / "results.json", results)
     seeds = len(per_seed)
     lines = [
@@ -369,6 +452,12 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
         "Arms share every hyper-parameter and step count wherever they share a stage. "
         "Stage 1.5 data: every arm gets the annotated CoD and CoT sets plus its own data.",
     ]
+    if incomplete:
+        done = ", ".join(str(s["seed"]) for s in per_seed)
+        missing = ", ".join(map(str, incomplete))
+        lines += ["", f"**Incomplete: seed{'s' if len(incomplete) > 1 else ''} {missing} did not finish; every "
+                      f"number below is over seed{'s' if seeds > 1 else ''} {done} only.**", ""]
+        lines += [f"- seed {seed}: failed or not run: {', '.join(steps)}" for seed, steps in incomplete.items()]
     if config.stage1_tunable_parts and config.stage1_tunable_parts != "resampler":
         lines += ["", f"Stage 1 trains `{config.stage1_tunable_parts}`; the paper trains the projector only "
                       "(docs/toy_world.md says why the toy preset trains more)."]
@@ -379,7 +468,10 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
               "question shown a picture other than its own; above blind: the difference, what the model reads from "
               "the image. Letters: accuracy of a generated option letter. Open answers: the question asked "
               "without its options, the generated short answer compared with the right option's text (synonyms "
-              "count as the same answer where the world supplies them, as the toy world does).", "",
+              "count as the same answer where the world supplies them, as the toy world does). Caption F1: the "
+              "objects a caption-benchmark image's caption names against the image's (precision and recall over "
+              "objects), read from the description the caption ends with (CoD step 5, what curation reads; the whole "
+              "reply when it has no step 5).", "",
               "| arm | what | MC accuracy | blind | above blind | letters | same letter | open answers | caption F1 "
               "| perception | image use |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -431,19 +523,25 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict]) -> dict:
             lines.append(f"| {arm} | " + " | ".join(
                 shown(_mean([s["arms"][arm]["perception_by_fact"].get(f) for s in per_seed]), ".2f")
                 for f in facts) + " |")
+    lines += _standard_error_lines(summary, arms, seeds)
     lines += ["", "## Outcome", ""]
     if seeds > 1:
-        lines.append("An arm counts as beating another on a metric when the difference of means exceeds the sum of "
-                     "the two standard deviations over seeds.")
+        lines.append(f"An arm counts as beating another on a metric when the mean over seeds of their per-seed "
+                     f"difference exceeds {WIN_STANDARD_ERRORS:g} standard errors of it, taken as the larger of its "
+                     "standard error over seeds (SD of the differences / sqrt(seeds)) and the benchmark's sampling "
+                     "error of the difference (sqrt(p1(1 - p1) / N + p2(1 - p2) / N)): a lead within either is noise.")
     else:
         lines.append("With a single seed no spread is known, so no difference below is claimed as a win (use --seeds).")
     lines.append("")
+    shown_error = lambda value: "n/a" if value is None else f"{value:.3f}"  # noqa: E731
     for pair, wins in summary["verdict"].items():
         arm, other = pair.split(" vs ")
         for metric, w in wins.items():
             verb = "beats" if w["beats"] else ("is ahead of" if w["difference"] > 0 else "does not beat")
+            needs = "" if w["se"] is None else f"; a win needs more than {WIN_STANDARD_ERRORS * w['se']:+.3f}"
             lines.append(f"- {arm} {verb} {other} on {metric.replace('_', ' ')}: {w['difference']:+.3f} "
-                         f"(spread {w['spread']:.3f}).")
+                         f"(standard error over seeds {shown_error(w['se_seeds'])}, of sampling "
+                         f"{shown_error(w['se_sampling'])}{needs}).")
     above = [arm for arm, row in summary["table"].items() if "accuracy" in row and row["accuracy"][0] > constant_answer]
     if not above:
         lines += ["", f"No arm's mean multiple-choice accuracy exceeds {constant_answer:.3f}, what always giving the "

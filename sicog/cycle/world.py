@@ -35,34 +35,55 @@ class World:
         return Input(self.files[key])
 
 
-def toy_world(config: CycleConfig, out: Path) -> World:
-    """Build (or reuse) the toy world under ``out/world``; its parts are a step of each seed."""
-    from sicog.toy.build import build_world, load_manifest
+def toy_world_change(config: CycleConfig, out: Path) -> str | None:
+    """Why a run would build the toy world in ``out/world`` before its steps, or None when the world there is
+    the config's (same world version, seed and size)."""
+    from sicog.toy.build import WORLD_VERSION, load_manifest
+
+    try:
+        manifest = load_manifest(out / "world")
+    except FileNotFoundError:
+        return "there is none yet"
+    except ValueError as err:
+        return f"the one there is damaged ({err})"
+    have = tuple(manifest.get(key) for key in ("version", "seed", "size"))
+    want = (WORLD_VERSION, config.world_seed, config.toy_size)
+    if have == want:
+        return None
+    return f"the one there is world version {have[0]}, seed {have[1]}, size {have[2]}; the config's is " \
+           f"world version {want[0]}, seed {want[1]}, size {want[2]}"
+
+
+def toy_world(config: CycleConfig, out: Path, build: bool = True) -> World:
+    """The toy world under ``out/world``, built (or reused) unless ``build`` is false (a dry run: its paths
+    only); its parts are a step of each seed. The caller holds the run's lock on ``out``."""
+    from sicog.toy.build import FILES, FOLDERS, build_world
     from sicog.toy.model import toy_model_settings
 
     root = out / "world"
-    try:
-        build_world(root, seed=config.world_seed, size=config.toy_size)
-    except FileExistsError:  # the run's world, from another world seed or size: the cycle owns it, replace it
-        build_world(root, seed=config.world_seed, size=config.toy_size, force=True)
-    manifest = load_manifest(root)
-    files = {k: str(v) for k, v in manifest.items() if isinstance(v, Path) and v.is_file()}
+    if build:
+        try:
+            build_world(root, seed=config.world_seed, size=config.toy_size)
+        except FileExistsError:  # the run's world, from another world seed or size: the cycle owns it, replace it
+            build_world(root, seed=config.world_seed, size=config.toy_size, force=True)
+    files = {key: str(root / name) for key, name in FILES.items() if key not in FOLDERS}
     parts = Step("parts", ("toy", "parts", "--world", Input(str(root)), "--out", Out()))
-    return World(files=files, image_folder=Input(str(manifest["image_folder"])), vision_tower=Ref("parts", "vision"),
-                 language_model=Ref("parts", "llm"), ground_truth=str(manifest["ground_truth"]), toy_root=str(root),
-                 model_settings=toy_model_settings(), steps=[parts])
+    return World(files=files, image_folder=Input(str(root / FILES["image_folder"])),
+                 vision_tower=Ref("parts", "vision"), language_model=Ref("parts", "llm"),
+                 ground_truth=files["ground_truth"], toy_root=str(root), model_settings=toy_model_settings(),
+                 steps=[parts])
 
 
 def real_world(config: CycleConfig) -> World:
     """The datasets and starting checkpoints named by a real config."""
     missing = [k for k in DATA_REQUIRED if k not in config.data]
     if missing:
-        raise ValueError(f"cycle config: data lacks {', '.join(missing)}")
+        raise ValueError(f"cycle config: key 'data': lacks {', '.join(missing)}")
     files = {k: v for k, v in config.data.items() if k != "image_folder"}
     return World(files=files, image_folder=config.data["image_folder"], vision_tower=Input(config.vision_tower),
                  language_model=Input(config.language_model))
 
 
-def make_world(config: CycleConfig, out: Path) -> World:
-    """The toy world when the config names a toy size, else the real one."""
-    return toy_world(config, out) if config.toy_size else real_world(config)
+def make_world(config: CycleConfig, out: Path, build: bool = True) -> World:
+    """The toy world when the config names a toy size (built unless ``build`` is false), else the real one."""
+    return toy_world(config, out, build) if config.toy_size else real_world(config)

@@ -44,6 +44,8 @@ FILES = {
     "ground_truth": "ground_truth.jsonl",
     "tokenizer": "tokenizer",
 }
+# The keys of FILES that name folders; the others name files.
+FOLDERS = ("image_folder", "tokenizer")
 TRAINING_SETS = (
     "align", "cod", "detailed", "cot", "unlabeled_images", "unlabeled_questions", "sft",
     "unlabeled_web", "oracle_captions", "oracle_reasoning",

@@ -64,6 +64,8 @@ RELATION_WORDS: dict[str, tuple[str, ...]] = {
 LABEL_AFTER_NAME = ("labeled {n}", "with the number {n}", "marked with a {n}", "bearing the digit {n}")
 LABEL_PREDICATES = ("carries the number {n}", "has a {n} on it", "shows the digit {n}")
 NO_LABEL_PREDICATES = ("has no number", "carries no digit")
+# CoD step 4 for an image without a dot or a border: each also says that there is no dot.
+NO_PERIPHERAL = ("There is no dot and no border.", "Nothing else is in the image.")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
@@ -197,7 +199,7 @@ def peripheral(scene: Scene, rng: random.Random | None) -> str:
         templates = ("The image has a thin {c} border.", "A thin {c} border frames the image.")
         sentences.append(pick(rng, templates).format(c=scene.border))
     if not sentences:
-        sentences.append(pick(rng, ("There is no dot and no border.", "Nothing else is in the image.")))
+        sentences.append(pick(rng, NO_PERIPHERAL))
     return " ".join(sentences)
 
 

@@ -24,6 +24,9 @@ from sicog.toy.language import (
 )
 from sicog.toy.world import CORNERS, LAYOUTS, RELATIONS, SIZES, Layout, Scene, SceneObject, holds
 
+# How a short reply states a place: "The red circle is in the {place}." (position_of's claim).
+PLACE_CLAIM = "in the {}"
+
 CATEGORIES = (
     "coarse perception",
     "fine-grained perception",
@@ -204,7 +207,7 @@ def position_of(scene: Scene, rng: random.Random) -> Question:
         f"locate the {obj.name}",
         f"The {obj.name} is {place(obj, rng)}.",
         f"So its position is the {obj.position}.",
-        f"The {obj.name} is in the {{}}.",
+        f"The {obj.name} is {PLACE_CLAIM}.",
     )
 
 

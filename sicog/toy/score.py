@@ -4,7 +4,8 @@ Answers are read with the project's one extractor, :mod:`sicog.data.answers` (``
 ``answer_matches`` are re-exported here): the final answer is taken from "The answer is X" (or CoT
 step 4, or the whole reply); a choice is accepted as "B", "(B)", "B. red", "Option B" or the option's
 text; "A or B" is wrong. Captions are parsed with the toy language's own phrase tables: objects are
-(colour, shape) mentions, and the size, position and label said after a mention belong to it.
+(colour, shape) mentions, and the size, position and label said after a mention, up to the next object or
+dot, belong to it; a corner dot is named (in any sentence) or denied ("There is no dot").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sicog.toy.answers import LETTERS
 from sicog.toy.language import (
     BACKGROUND_WORDS,
     NO_LABEL_PREDICATES,
+    NO_PERIPHERAL,
     POSITION_PHRASES,
     SHAPE_WORDS,
     SIZE_WORDS,
@@ -63,6 +65,10 @@ _LABEL_RE = re.compile(r"\b(?:labell?ed|number|digit|with a|has a)\s+(\d+)\b", r
 _NO_LABEL_RE = re.compile(rf"\b(?:{_alternation(NO_LABEL_PREDICATES)}|no number|no label|unlabell?ed)\b", re.IGNORECASE)
 _BACKGROUND_RE = re.compile(rf"\b({_alternation(_BACKGROUND)})\s+(?:background|backdrop)\b", re.IGNORECASE)
 _DOT_RE = re.compile(rf"\b({_alternation(COLORS)})\s+dot\b", re.IGNORECASE)
+# "There is no dot" ("no red dot": none of that colour), and the language's sentences that say so along with
+# other things.
+_NO_DOT_RE = re.compile(rf"\bno\s+(?:(?P<color>{_alternation(COLORS)})\s+)?dots?\b"
+                        rf"|\b(?:{_alternation(s.rstrip('.') for s in NO_PERIPHERAL)})\b", re.IGNORECASE)
 _CORNER_RE = re.compile(rf"\b({_alternation(CORNERS)})\s+corner\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
 
@@ -117,32 +123,51 @@ def score_mc(predictions: Mapping[str, str], rows: Sequence[Mapping[str, object]
 def parse_caption(text: str) -> dict:
     """Read a toy caption: ``{"objects": {name: {attribute: [stated values]}}, "background": [...], "mark": [...]}``.
 
-    A stated label of None means the caption said the object has no number.
+    A stated label of None means the caption said the object has no number. A mark claim is ``(colour, corner,
+    present)``: a dot named (``present`` true; corner None when the caption gives none) or denied (false; colour
+    None for "no dot" at all, a colour for "no red dot").
     """
     objects: dict[str, dict[str, list]] = {}
     backgrounds, marks = [], []
     for sentence in _SENTENCE_END.split(text):
         backgrounds += [_BACKGROUND[m.lower()] for m in _BACKGROUND_RE.findall(sentence)]
+        denials = list(_NO_DOT_RE.finditer(sentence))
+        marks += [(d.group("color") and d.group("color").lower(), None, False) for d in denials]
+        denied = [d.span() for d in denials]
         mentions = list(_MENTION.finditer(sentence))
-        if not mentions:
-            dot, corner = _DOT_RE.search(sentence), _CORNER_RE.search(sentence)
-            if dot and corner:
-                marks.append((dot.group(1).lower(), corner.group(1).lower()))
-            continue
-        for i, mention in enumerate(mentions):
+        dots = [d for d in _DOT_RE.finditer(sentence) if not any(a <= d.start() < b for a, b in denied)]
+        starts = sorted(m.start() for m in (*mentions, *dots))
+        for dot in dots:
+            # "The top left corner holds a small red dot." names the corner first: read alone, no object's place.
+            corner = _CORNER_RE.search(_said_of(dot, sentence, starts)) or (
+                None if mentions else _CORNER_RE.search(sentence))
+            marks.append((dot.group(1).lower(), corner.group(1).lower() if corner else None, True))
+        for mention in mentions:
             name = f"{mention.group('color').lower()} {_SHAPE[mention.group('shape').lower()]}"
             facts = objects.setdefault(name, {a: [] for a in ATTRIBUTES})
-            scope = sentence[mention.end() : mentions[i + 1].start() if i + 1 < len(mentions) else len(sentence)]
-            size = mention.group("size") or (m.group(1) if (m := _SIZE_PREDICATE.search(scope)) else None)
+            said = _said_of(mention, sentence, starts)
+            size = mention.group("size") or (m.group(1) if (m := _SIZE_PREDICATE.search(said)) else None)
             if size:
                 facts["size"].append(_SIZE[size.lower()])
-            if position := _POSITION_RE.search(scope):
+            if position := _POSITION_RE.search(said):
                 facts["position"].append(_POSITION[position.group(0).lower()])
-            if label := _LABEL_RE.search(scope):
+            if label := _LABEL_RE.search(said):
                 facts["label"].append(int(label.group(1)))
-            elif _NO_LABEL_RE.search(scope):
+            elif _NO_LABEL_RE.search(said):
                 facts["label"].append(None)
     return {"objects": objects, "background": backgrounds, "mark": marks}
+
+
+def _said_of(match: re.Match, sentence: str, starts: list[int]) -> str:
+    """What ``sentence`` says after an object or dot mention, up to the next one (whose ``starts`` are given)."""
+    return sentence[match.end():next((s for s in starts if s > match.start()), len(sentence))]
+
+
+def _mark_true(claim: tuple[str | None, str | None, bool], mark: Mapping | None) -> bool:
+    """Whether one mark claim of :func:`parse_caption` is true of the image's ``mark`` (None: it has none)."""
+    colour, corner, present = claim
+    named = mark is not None and colour in (None, mark["color"]) and corner in (None, mark["corner"])
+    return named if present else not named
 
 
 def score_caption(text: str, ground_truth: Mapping) -> dict:
@@ -168,7 +193,6 @@ def score_caption(text: str, ground_truth: Mapping) -> dict:
                 attributes[attribute]["correct"] += all(v == truth[name][attribute] for v in values)
     backgrounds = parsed["background"]
     mark = ground_truth.get("mark")
-    true_mark = None if mark is None else (mark["color"], mark["corner"])
     return {
         "precision": precision,
         "recall": recall,
@@ -180,7 +204,7 @@ def score_caption(text: str, ground_truth: Mapping) -> dict:
         "attributes": attributes,
         "attribute_accuracy": {a: (s["correct"] / s["stated"] if s["stated"] else None) for a, s in attributes.items()},
         "background": None if not backgrounds else all(b == ground_truth["background"] for b in backgrounds),
-        "mark": None if not parsed["mark"] else all(m == true_mark for m in parsed["mark"]),
+        "mark": None if not parsed["mark"] else all(_mark_true(m, mark) for m in parsed["mark"]),
     }
 
 

@@ -28,11 +28,18 @@ def caption_facts(text: str) -> set[str]:
     """Every fact a toy caption states, as ``kind:object=value`` strings."""
     parsed = parse_caption(text)
     facts = {f"background={value}" for value in parsed["background"]}
-    facts |= {f"dot={colour} {corner}" for colour, corner in parsed["mark"]}
+    facts |= {_mark_fact(*claim) for claim in parsed["mark"]}
     for name, attributes in parsed["objects"].items():
         facts.add(f"object={name}")
         facts |= {f"{attribute}:{name}={value}" for attribute, values in attributes.items() for value in values}
     return facts
+
+
+def _mark_fact(colour: str | None, corner: str | None, present: bool) -> str:
+    """A corner-dot claim of :func:`~sicog.toy.score.parse_caption` as a fact."""
+    if present:
+        return f"dot={colour}" + (f" {corner}" if corner else "")
+    return f"no dot={colour}" if colour else "no dot"
 
 
 def answer_facts(text: str) -> set[str]:

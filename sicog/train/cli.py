@@ -15,11 +15,15 @@ from transformers import HfArgumentParser
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments, UsageError
 
 
+def build_parser() -> HfArgumentParser:
+    """The parser of ``sicog train``'s flags (also what ``sicog cycle`` checks its planned training lines with)."""
+    return HfArgumentParser((ModelArguments, DataArguments, SicogTrainingArguments), prog="sicog train",
+                            description=__doc__)
+
+
 def main(argv: Sequence[str]) -> int:
     """Parse the flags (or a single .json/.yaml file of them) and run the stage."""
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, SicogTrainingArguments), prog="sicog train", description=__doc__
-    )
+    parser = build_parser()
     argv = list(argv)
     config = argv[0] if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) else None
     try:
