@@ -1,6 +1,8 @@
 """Cycle config files: every setting checked when the file is read (one line naming the file and the key,
 exit 2), and the plan's own flags and global batch notes."""
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -196,3 +198,23 @@ def test_every_bad_passed_on_value_is_named_and_good_ones_pass(tmp_path):
         load_checked(path)
     assert [line.split(": ")[1] for line in str(err.value).splitlines()] == ["key 'train'", "key 'generate'"]
     assert load_checked(write(tmp_path, generate={"compile": True, "cache": "static"}, train={"bf16": True}))
+
+
+def test_a_toy_config_starts_from_the_toy_preset_and_may_name_another(tmp_path, monkeypatch):
+    """A file setting only `world_seed` is the toy demo on another world; `preset: quick` starts from quick;
+    a real-data file starts from nothing (its left-out settings take the commands' defaults)."""
+    seed_only = tmp_path / "seed.yaml"
+    seed_only.write_text("world_seed: 3\n")
+    toy = load_config("toy")
+    assert load_config(str(seed_only)) == dataclasses.replace(toy, world_seed=3)
+    quick = tmp_path / "quick.yaml"
+    quick.write_text("preset: quick\nworld_seed: 2\nstage2_steps: 5\n")
+    assert load_config(str(quick)) == dataclasses.replace(load_config("quick"), world_seed=2, stage2_steps=5)
+    real = load_config(write(tmp_path))
+    assert real.unlabeled_images_limit is None and real.caption_max_new_tokens is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: demo\n")
+    refused(tmp_path, str(bad), "key 'preset': one of toy, quick, paper, got 'demo'")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy").mkdir()  # a folder named like a preset (an earlier --out toy) does not hide it
+    assert load_config("toy") == toy

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
 
 from sicog.cli import main
 from sicog.eval import suite as suite_module
-from sicog.eval.suite import framework_command, load_suite, select
+from sicog.eval.suite import checkpoint_signature, framework_command, load_suite, select
 
 # Figure 1 of the paper (arXiv 2503.12303), in its order.
 FIGURE_1 = ["MMStar", "AI2D", "ScienceQA", "MathVista", "RealWorldQA", "ChartQA", "POPE", "MMVet", "MMBench", "MME",
@@ -225,7 +226,9 @@ def test_the_command_runs_and_its_status_is_returned(tmp_path, monkeypatch, fram
     assert main(["eval-suite", "--model", str(model), "--output-dir", str(out), "--framework", framework,
                  "--benchmarks", "POPE"]) == 3
     assert ran == [framework_command(framework, select(load_suite("figure1"), ["POPE"]), model, out)]
-    assert json.loads((out / "sicog_suite.json").read_text()) == {"model": str(model.resolve()), "framework": framework}
+    owner = json.loads((out / "sicog_suite.json").read_text())
+    assert owner == {"model": str(model.resolve()), "weights": checkpoint_signature(model), "framework": framework,
+                     "extra": []}
 
 
 def test_an_output_folder_holds_one_checkpoint(tmp_path, monkeypatch, capsys) -> None:
@@ -236,10 +239,17 @@ def test_an_output_folder_holds_one_checkpoint(tmp_path, monkeypatch, capsys) ->
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text("{}")
-    for model, framework in ((other, "vlmevalkit"), (first, "lmms-eval")):
+    for model, framework, differ in ((other, "vlmevalkit", "model and weights"), (first, "lmms-eval", "framework")):
         assert main(["eval-suite", "--model", str(model), "--output-dir", str(out), "--framework", framework]) == 2
-        err = capsys.readouterr().err
-        assert f"--output-dir {out} holds the runs of {first.resolve()} with vlmevalkit" in err
+        assert f"--output-dir {out} holds runs of another {differ} (" in capsys.readouterr().err
+    # The same folder retrained (its weights rewritten), or other framework arguments: other predictions.
+    assert main(["eval-suite", "--model", str(first), "--output-dir", str(out), "--benchmarks", "POPE", "--",
+                 "--sicog-prompt", "cot"]) == 2
+    assert "holds runs of another extra (" in capsys.readouterr().err
+    weights = next(p for p in first.iterdir() if p.is_file())
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert main(["eval-suite", "--model", str(first), "--output-dir", str(out), "--benchmarks", "POPE"]) == 2
+    assert "holds runs of another weights (" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert main(["eval-suite", "--model", str(first), "--output-dir", str(tmp_path / "file" / "o")]) == 2
     assert f"is not a folder ({tmp_path / 'file'} is a file)" in capsys.readouterr().err

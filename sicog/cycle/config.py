@@ -252,28 +252,61 @@ def check_values(values: object, path: Path, dpo: bool = False) -> dict:
     return checked
 
 
+PRESETS = ("toy", "quick", "paper")
+# A config file's key naming the preset whose values it starts from (its own keys win).
+PRESET_KEY = "preset"
+# The preset a toy config (one without `data`) starts from unless it names another: the toy world's own
+# values (pool sizes, token budgets, schedule) then come with a file that sets only, say, `world_seed: 1`.
+TOY_BASE = "toy"
+
+
 def config_path(spec: str) -> Path:
-    """The file of a packaged preset name (``toy``, ``quick``, ``paper``) or of a YAML file path."""
-    packaged = resources.files("sicog.configs") / f"cycle_{spec}.yaml"
-    return Path(spec) if os.path.exists(spec) else Path(str(packaged))
+    """The file of a packaged preset name (``toy``, ``quick``, ``paper``) or of a YAML file path (a preset's name
+    is the preset unless a file of that name exists: a folder named ``quick`` does not hide it)."""
+    return Path(spec) if os.path.isfile(spec) or spec not in PRESETS else preset_file(spec)
 
 
-def load_config(spec: str, dpo: bool = False) -> CycleConfig:
-    """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path, checked for a run (with
-    ``dpo``: one with arm F): every value and the names of the settings passed on to commands
-    (:class:`ConfigError`)."""
-    path = config_path(spec)
-    if not path.is_file():
-        raise ConfigError(f"no cycle config {spec!r} (a YAML file, or one of: toy, quick, paper)")
+def _read_yaml(path: Path) -> object:
+    """A config file's YAML, or :class:`ConfigError` naming the file (and line) of what cannot be read."""
     try:
-        loaded = yaml.safe_load(read_text(path))
+        return yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
     except RecordError as err:
         raise ConfigError(str(err)) from None
-    values = check_values({} if loaded is None else loaded, path, dpo)
+
+
+def preset_file(name: str) -> Path:
+    """The packaged file of preset ``name``."""
+    return Path(str(resources.files("sicog.configs") / f"cycle_{name}.yaml"))
+
+
+def with_preset(values: object, path: Path) -> object:
+    """A config file's settings over those of the preset it starts from: the one its ``preset`` key names, else
+    for a toy config (no ``data``) the toy preset; a real-data config without ``preset`` starts from nothing, so
+    each setting it leaves out takes its command's own default. The presets themselves start from nothing."""
+    if not isinstance(values, dict) or path in {preset_file(name) for name in PRESETS}:
+        return values
+    values = dict(values)
+    name = values.pop(PRESET_KEY, None if "data" in values else TOY_BASE)
+    if name is None:
+        return values
+    if name not in PRESETS:
+        raise ConfigError(f"{path}: key {PRESET_KEY!r}: one of {', '.join(PRESETS)}, got {name!r}")
+    return {**_read_yaml(preset_file(name)), **values}
+
+
+def load_config(spec: str, dpo: bool = False) -> CycleConfig:
+    """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path, checked for a run (with
+    ``dpo``: one with arm F): every value and the names of the settings passed on to commands
+    (:class:`ConfigError`). A file's settings lie over its preset's (:func:`with_preset`)."""
+    path = config_path(spec)
+    if not path.is_file():
+        raise ConfigError(f"no cycle config {spec!r} (a YAML file, or one of: {', '.join(PRESETS)})")
+    loaded = with_preset({} if (raw := _read_yaml(path)) is None else raw, path)
+    values = check_values(loaded, path, dpo)
     base = path.parent
     if "data" in values:
         values["data"] = {k: str(v if os.path.isabs(str(v)) else base / str(v)) for k, v in values["data"].items()}

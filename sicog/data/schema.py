@@ -16,6 +16,9 @@ from sicog.data.prompts import IMAGE_TOKEN
 
 ROLES = ("human", "gpt")
 
+# The kind of the schema error of an assistant turn without text (training skips such records).
+EMPTY_ANSWER = "empty answer"
+
 
 def record_images(record: dict) -> list[str]:
     """The record's image paths as a list (empty for a text-only record)."""
@@ -71,7 +74,7 @@ def check_llava_record(record: Any, *, path: str | None = None, line: int | None
         if not isinstance(value, str):
             fail("value must be a string", f"{field}.value", "invalid conversations")
         if role == "gpt" and not value.strip():
-            fail("empty answer: an assistant turn needs text to learn from", f"{field}.value", "empty answer")
+            fail("empty answer: an assistant turn needs text to learn from", f"{field}.value", EMPTY_ANSWER)
         if role == "gpt" and IMAGE_TOKEN in value:
             fail(f"{IMAGE_TOKEN} in an assistant turn", f"{field}.value", "<image> in answer")
         n_placeholders += value.count(IMAGE_TOKEN)

@@ -10,6 +10,7 @@ which benchmarks are done, failed or missing, and each one's headline number, th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -183,12 +184,23 @@ def framework_command(
     return [*launcher, module, *args, *extra]
 
 
-def claim_output_dir(output_dir: Path, model: Path, framework: str) -> None:
-    """Check that ``output_dir`` is (or can be made) a folder holding only runs of checkpoint ``model`` with
-    ``framework``, and record that in it (``OWNER_FILE``). ``ValueError`` naming the folder otherwise: VLMEvalKit's
-    ``--reuse`` would take another checkpoint's predictions for this one's."""
+def checkpoint_signature(model: Path) -> str:
+    """A digest of the checkpoint folder's files (names, sizes, modification times): retraining into the same
+    folder changes it, so predictions of the earlier weights are never taken for the new ones."""
+    files = sorted(p for p in model.resolve().iterdir() if p.is_file()) if model.is_dir() else []
+    listing = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def claim_output_dir(output_dir: Path, model: Path, framework: str, extra: Sequence[str] = ()) -> None:
+    """Check that ``output_dir`` is (or can be made) a folder holding only runs of checkpoint ``model`` (these
+    weights: :func:`checkpoint_signature`) with ``framework`` and the framework arguments ``extra`` (which may
+    change the predictions: a prompt, a decoding setting), and record that in it (``OWNER_FILE``). ``ValueError``
+    naming the folder and what differs otherwise: VLMEvalKit's ``--reuse`` would take another run's predictions
+    for this one's."""
     check_output_dir(output_dir)
-    owner = {"model": str(model.resolve()), "framework": framework}
+    owner = {"model": str(model.resolve()), "weights": checkpoint_signature(model), "framework": framework,
+             "extra": list(extra)}
     path = output_dir / OWNER_FILE
     if not path.exists():
         write_json(path, owner)
@@ -198,9 +210,10 @@ def claim_output_dir(output_dir: Path, model: Path, framework: str) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not readable ({err}); it records whose runs {output_dir} holds") from None
     if held != owner:
-        whose = f"{held.get('model')} with {held.get('framework')}" if isinstance(held, dict) else "another run"
-        raise ValueError(f"--output-dir {output_dir} holds the runs of {whose} ({path}); give checkpoint {model} "
-                         f"with {framework} another folder")
+        differ = [key for key in owner if not isinstance(held, dict) or held.get(key) != owner[key]]
+        raise ValueError(f"--output-dir {output_dir} holds runs of another {' and '.join(differ)} ({path}: "
+                         f"{held}); give this run another folder, or VLMEvalKit's --reuse would take those "
+                         "predictions for its own")
 
 
 def headline_rows(
@@ -288,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
             if importlib.util.find_spec(FRAMEWORKS[args.framework]) is None:
                 raise ValueError(f"{args.framework} is not installed in this environment (docs/evaluation.md: "
                                  "install it beside SICOG)")
-            claim_output_dir(args.output_dir, args.model, args.framework)
+            claim_output_dir(args.output_dir, args.model, args.framework, args.extra)
     except (ValueError, OSError) as err:
         print(f"sicog eval-suite: error: {err}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from transformers import TrainingArguments
 
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
-from sicog.data.schema import check_llava_record, record_images, resolve_image, valid_image_field
+from sicog.data.schema import EMPTY_ANSWER, check_llava_record, record_images, resolve_image, valid_image_field
 from sicog.model.image_io import ImageError, load_image
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
 from sicog.train.augment import AUGMENT_CHOICES, release_augment
@@ -138,10 +138,11 @@ class SupervisedDataset(Dataset):
 
     ``problems`` lists invalid records (bad schema, unreadable image, labels that cannot be built);
     ``skipped`` lists records that cannot fit ``max_length`` without cutting image tokens or losing every
-    supervised reply token; ``truncated`` lists the usable records that will be cut at ``max_length``
-    (answer text only). ``lengths`` are the trained lengths (at most ``max_length``), ``token_counts`` the
-    samples' whole lengths. With ``decode_images`` every image is decoded in full (``decode_workers``
-    threads), so a truncated or corrupt image is a problem here rather than an error at the step reaching it.
+    supervised reply token, and those with an empty answer; ``truncated`` lists the usable records that will be
+    cut at ``max_length`` (answer text only). ``lengths`` are the trained lengths (at most ``max_length``),
+    ``token_counts`` the samples' whole lengths. With ``decode_images`` every image is decoded in full
+    (``decode_workers`` threads), so a truncated or corrupt image is a problem here rather than an error at
+    the step reaching it.
     """
 
     def __init__(
@@ -193,7 +194,10 @@ class SupervisedDataset(Dataset):
                 self.problems.append(_located(rid, source, str(err), err.category, "image"))
                 continue
             except RecordError as err:
-                self.problems.append(Problem(rid, source, str(err), err.kind or "invalid record", err.field))
+                # An empty answer teaches nothing but the end marker: skipped and listed like an over-long sample
+                # (public SFT sets hold a few), not a reason to stop the run.
+                found = self.skipped if err.kind == EMPTY_ANSWER else self.problems
+                found.append(Problem(rid, source, str(err), err.kind or "invalid record", err.field))
                 continue
             except ValueError as err:  # any other reason the processor cannot encode it
                 self.problems.append(_located(rid, source, str(err), "invalid record", None))
@@ -338,7 +342,8 @@ def check_dataset(dataset: Dataset, data_path: str, args: TrainingArguments) -> 
             errors_file.unlink(missing_ok=True)
         if dataset.skipped:
             write_jsonl(skipped_file, (p.to_json() for p in dataset.skipped))
-            logger.warning("skipped %d over-long samples (listed in %s)", len(dataset.skipped), skipped_file)
+            logger.warning("skipped %d samples, over-long or with an empty answer (listed in %s)", len(dataset.skipped),
+                           skipped_file)
         else:
             skipped_file.unlink(missing_ok=True)
     if dataset.problems:
