@@ -2,6 +2,7 @@
 exit 2), and the plan's own flags and global batch notes."""
 
 import dataclasses
+from importlib import resources
 
 import pytest
 import yaml
@@ -210,6 +211,9 @@ def test_a_toy_config_starts_from_the_toy_preset_and_may_name_another(tmp_path, 
     quick = tmp_path / "quick.yaml"
     quick.write_text("preset: quick\nworld_seed: 2\nstage2_steps: 5\n")
     assert load_config(str(quick)) == dataclasses.replace(load_config("quick"), world_seed=2, stage2_steps=5)
+    copy = tmp_path / "copy.yaml"  # a copy of the quick preset, edited or not, is the quick run
+    copy.write_text((resources.files("sicog.configs") / "cycle_quick.yaml").read_text())
+    assert load_config(str(copy)) == load_config("quick")
     real = load_config(write(tmp_path))
     assert real.unlabeled_images_limit is None and real.caption_max_new_tokens is None
     bad = tmp_path / "bad.yaml"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -119,3 +121,13 @@ def test_a_killed_from_run_is_finished_in_every_seed_by_a_plain_rerun(tmp_path, 
         after = manifest(out, seed)
         assert after["rerun"] == [] and after["steps"]["a"] == before[seed]["a"]
         assert after["steps"]["b"]["finished_at"] > before[seed]["b"]["finished_at"], seed
+
+
+def test_a_dry_run_read_by_head_stops_quietly(tmp_path):
+    """`sicog cycle --dry-run | head`: the reader closing the pipe early is no error and no traceback."""
+    command = [sys.executable, "-m", "sicog", "cycle", "--quick", "--out", str(tmp_path / "run"), "--dry-run"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdout.close()  # as head does once it has its lines: here before the first, so every write fails
+        errors = process.stderr.read().decode()
+        assert process.wait() == 0, errors
+    assert "Traceback" not in errors and not (tmp_path / "run").exists()

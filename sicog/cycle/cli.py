@@ -113,14 +113,20 @@ def _dry_run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
 
     change = toy_world_change(config, out) if config.toy_size else None
     world = make_world(config, out, build=False)
-    if change:
-        print(f"# the toy world in {out / 'world'} would be built first: {change}; every step reading it is "
-              "shown as to run")
     unbuilt = (world.toy_root,) if change else ()
     force = [args.rerun_from] if args.rerun_from else []
-    for seed, (seed_plan, engine) in _seed_plans(args, config, world, out, missing_inputs_ok=True,
-                                                 unbuilt=unbuilt).items():
-        print_plan(engine, seed_plan.plan, force, seed)
+    try:
+        if change:
+            print(f"# the toy world in {out / 'world'} would be built first: {change}; every step reading it is "
+                  "shown as to run")
+        for seed, (seed_plan, engine) in _seed_plans(args, config, world, out, missing_inputs_ok=True,
+                                                     unbuilt=unbuilt).items():
+            print_plan(engine, seed_plan.plan, force, seed)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`--dry-run | head`): nothing else was to be done. Standard output then points
+        # at /dev/null so the interpreter's last flush does not fail again on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
