@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,7 +16,14 @@ import torch
 from PIL import Image
 
 from sicog.model.builders import save_pretrained
-from sicog.model.processing import ConversationError, SicogProcessor
+from sicog.model.processing import (
+    CONTENT_PARTS,
+    CONTENT_PARTS_END,
+    CONTENT_PARTS_START,
+    ConversationError,
+    SicogProcessor,
+    with_content_parts,
+)
 
 QUESTION = "How many circles are there?"
 PARTS = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
@@ -46,6 +54,21 @@ def test_save_load_round_trip(checkpoint, tmp_path):
     assert json.loads((path / "processor_config.json").read_text())["processor_class"] == "SicogProcessor"
     loaded.save_pretrained(tmp_path)  # saving what was loaded writes the same template, not a doubled one
     assert (tmp_path / "chat_template.jinja").read_text() == processor.chat_template
+
+
+def test_a_template_saved_by_an_earlier_version_gets_this_versions_rendering_once(checkpoint, tmp_path):
+    """A checkpoint saved before the content-parts rendering changed loads with today's in place of its own."""
+    path, _, processor = checkpoint
+    original = processor.tokenizer.chat_template
+    earlier = CONTENT_PARTS_START + "{%- set messages = messages -%}" + CONTENT_PARTS_END + original
+    assert with_content_parts(earlier) == with_content_parts(original) == CONTENT_PARTS + original
+    saved = tmp_path / "ckpt"
+    shutil.copytree(path, saved)
+    (saved / "chat_template.jinja").write_text(earlier)
+    loaded = SicogProcessor.from_pretrained(saved)
+    assert loaded.chat_template == processor.chat_template
+    assert loaded.apply_chat_template(PARTS, add_generation_prompt=True) == (
+        processor.apply_chat_template(PARTS, add_generation_prompt=True))
 
 
 def test_image_processor_without_an_inference_side_reloads(checkpoint, tmp_path):

@@ -427,8 +427,10 @@ HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "s
 # content parts become plain text (an image part "<image>\n", the placeholder and newline LLaVA-style
 # data puts before the question, a text part its text), then a turn holding one placeholder anywhere but
 # in front is rewritten as `image_first` says. Messages without content pass through unchanged.
-CONTENT_PARTS = (
-    "{%- set sicog_parts = namespace(messages=[]) -%}"
+# Every version of the rendering below starts and ends with these two (a saved one is found by them).
+CONTENT_PARTS_START = "{%- set sicog_parts = namespace(messages=[]) -%}"
+CONTENT_PARTS_END = "{%- set messages = sicog_parts.messages -%}{{ '' }}"
+CONTENT_PARTS = CONTENT_PARTS_START + (
     "{%- for message in messages -%}"
     "{%- if message['content'] is none -%}"
     "{%- set sicog_parts.messages = sicog_parts.messages + [message] -%}"
@@ -451,14 +453,15 @@ CONTENT_PARTS = (
     "{%- set sicog_parts.messages = sicog_parts.messages + [dict(message, content=sicog_text.value)] -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- set messages = sicog_parts.messages -%}"
-    "{{ '' }}"
-)
+) + CONTENT_PARTS_END
 
 
 def with_content_parts(chat_template: str) -> str:
-    """``chat_template`` extended to content parts (unchanged if it already is)."""
-    return chat_template if chat_template.startswith(CONTENT_PARTS) else CONTENT_PARTS + chat_template
+    """``chat_template`` extended to content parts: this version's rendering put in front, in place of the one an
+    earlier version saved with a checkpoint (so loading and saving never stack two)."""
+    if chat_template.startswith(CONTENT_PARTS_START) and CONTENT_PARTS_END in chat_template:
+        chat_template = chat_template.split(CONTENT_PARTS_END, 1)[1]
+    return CONTENT_PARTS + chat_template
 
 
 def load_url(image):
