@@ -142,3 +142,20 @@ def test_conversations_that_are_not_a_list_and_over_long_image_names_are_error_r
         assert [t.id for t in plan.tasks] == ["c"]  # its question field is used; conversations is not read
     with pytest.raises(ImageError, match="cannot read image"):
         load_image(folder / ("x" * 300 + ".png"))
+
+
+def test_several_sources_are_read_in_order_and_name_their_file(tmp_path, folder, processor):
+    """A brace pattern or a comma-separated list, as `sicog train --data_path` takes: errors name their own file."""
+    first = write(tmp_path, [{"id": "a", "image": "small.png"}, {"id": "b", "image": "missing.png"}], "part1.jsonl")
+    second = write(tmp_path, [{"id": "c", "image": "wide.png"}], "part2.jsonl")
+    for data in (tmp_path / "part{1..2}.jsonl", f"{second},{first}"):
+        plan = read_inputs(data, processor, task="captions", prompt_type="default", image_folder=folder)
+        expected = ["a", "b", "c"] if "{" in str(data) else ["c", "a", "b"]
+        assert plan.ids == expected
+        assert [(t.id, t.index) for t in plan.tasks] == [(i, expected.index(i)) for i in expected if i != "b"]
+        assert {t.id: (t.source, t.line) for t in plan.tasks} == {"a": (str(first), 1), "c": (str(second), 1)}
+        assert [(e["id"], e["file"], e["line"]) for e in plan.errors] == [("b", str(first), 2)]
+    again = write(tmp_path, [{"id": "a", "image": "small.png"}], "part3.jsonl")
+    with pytest.raises(RecordError, match=r"part3.jsonl:1 id='a' field 'id': duplicate id \(first on line 1 of "
+                                          r".*part1.jsonl\)"):
+        read_inputs(f"{first},{again}", processor, task="captions", prompt_type="default", image_folder=folder)

@@ -34,7 +34,8 @@ def _common_arguments() -> argparse.ArgumentParser:
     common.add_argument("--model", required=True, type=Path, help="SICOG checkpoint folder (model + tokenizer)")
     common.add_argument("--data", required=True, type=Path,
                         help="input records: .jsonl, .json array, .parquet, .arrow, a dataset folder (save_to_disk), "
-                        "or a Hub dataset id in the local cache (owner/name[:split])")
+                        "or a Hub dataset id in the local cache (owner/name[:split]); several, comma-separated "
+                        "or as a brace pattern (/data/part{1..3}.jsonl), are read in order")
     common.add_argument("--image-folder", type=Path,
                         help="folder that relative image paths start from (default: the working folder)")
     common.add_argument("--output", required=True, type=Path,

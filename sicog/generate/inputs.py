@@ -26,7 +26,7 @@ from sicog.data.prompts import (
     user_turn,
 )
 from sicog.data.schema import resolve_image
-from sicog.data.sources import iter_input_records
+from sicog.data.sources import iter_data_path
 from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO
 from sicog.model.image_io import ImageError, check_image_file
 from sicog.model.processing import SicogProcessor
@@ -39,6 +39,7 @@ class GenerationTask:
     """One record ready to generate for."""
 
     index: int
+    source: str  # the file (or dataset) it came from; ``line`` is its line or row there
     line: int
     id: str
     record: dict
@@ -175,25 +176,26 @@ def read_inputs(
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
     transposed: Callable[[str], bool] | None = None,
 ) -> InputPlan:
-    """Read every record of ``path`` (any source of :mod:`sicog.data.sources`) into tasks and error records.
+    """Read every record of ``path`` into tasks and error records: any source of :mod:`sicog.data.sources`, or
+    several (comma-separated, or a brace pattern such as ``/data/part{1..3}.jsonl``), read in order.
 
     ``transposed(record_id)``: whether to plan a record's images with width and height swapped (the
     ``mirror_rotation`` corruption turns them by 90 or 270 degrees, and a slice grid's token cost depends
     on its orientation).
 
-    A record without a usable id, or with an id seen before, raises :class:`RecordError` (naming file
-    and line): outputs are matched to inputs by id, so ids must be unique.
+    A record without a usable id, or with an id seen before (in any of the sources), raises
+    :class:`RecordError` (naming file and line): outputs are matched to inputs by id, so ids must be unique.
     """
     check_prompt_type(task, prompt_type)
     plan = InputPlan()
-    first_line: dict[str, int] = {}
+    first_seen: dict[str, str] = {}
     count = PromptCounter(processor)
-    for line, record in iter_input_records(path):
-        rid = record_id(record, path=path, line=line)
-        if rid in first_line:
-            raise RecordError(f"duplicate id (first on line {first_line[rid]})", path=path, line=line, record_id=rid,
+    for source, line, record in iter_data_path(path):
+        rid = record_id(record, path=source, line=line)
+        if rid in first_seen:
+            raise RecordError(f"duplicate id (first on {first_seen[rid]})", path=source, line=line, record_id=rid,
                               field="id")
-        first_line[rid] = line
+        first_seen[rid] = f"line {line}" if source == str(path) else f"line {line} of {source}"
         plan.ids.append(rid)
         try:
             prompt = build_prompt(task, prompt_type, record)
@@ -210,8 +212,8 @@ def read_inputs(
                 )
         except UnusableRecord as skip:
             plan.errors.append(
-                error_record(record, skip.reason, record_id=rid, field=skip.field, file=str(path), line=line)
+                error_record(record, skip.reason, record_id=rid, field=skip.field, file=source, line=line)
             )
             continue
-        plan.tasks.append(GenerationTask(len(plan.ids) - 1, line, rid, record, prompt, images, num_tokens))
+        plan.tasks.append(GenerationTask(len(plan.ids) - 1, source, line, rid, record, prompt, images, num_tokens))
     return plan

@@ -234,7 +234,7 @@ def _run_batch(job: GenerationJob, index: int, batch: list[GenerationTask], mode
             if task.id not in done:
                 where = "prompt" if isinstance(err, ConversationError) else "image"
                 errors.write(error_record(task.record, str(err), record_id=task.id, field=where,
-                                          file=str(job.data), line=task.line))
+                                          file=task.source, line=task.line))
                 summary.errors += 1
             continue
         encoded.append(encoding)
