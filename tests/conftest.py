@@ -35,25 +35,32 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tokenizer():
-    """A trained byte-level BPE tokenizer whose ids differ from LLaMA's and Qwen2's."""
+def bpe_tokenizer(image_token: bool = True):
+    """A trained byte-level BPE tokenizer whose ids differ from LLaMA's and Qwen2's; without ``<image>`` it is like
+    the published checkpoints' (Qwen2's), which mark images by splitting the prompt text instead."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
+    image = ["<image>"] if image_token else []
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *image]
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(CORPUS * 20, trainer)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<image>"],
+        additional_special_tokens=["<|im_start|>", *image],
     )
     tok.chat_template = QWEN_TEMPLATE
     return tok
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """:func:`bpe_tokenizer` with ``<image>``, as a SICOG checkpoint's."""
+    return bpe_tokenizer()
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,32 @@ def test_release_to_sicog_to_release_is_lossless(tokenizer, tmp_path, fmt, monke
     assert written and {stat.S_IMODE(p.stat().st_mode) for p in written} == {FILE_MODE}
 
 
+def test_a_release_tokenizer_without_an_image_token_gets_one(tokenizer, tmp_path, monkeypatch):
+    """The published checkpoints' tokenizer (Qwen2's) has no <image>: the published code splits the prompt text on
+    it. Conversion adds it as one special token, so our ids are the published chunk-by-chunk tokenization."""
+    from conftest import bpe_tokenizer
+
+    import sicog.model.convert as convert
+
+    release_tokenizer = bpe_tokenizer(image_token=False)
+    assert "<image>" not in release_tokenizer.get_vocab()
+    model, _ = release_like_model(tokenizer)
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
+    write_release_checkpoint(model, release_tokenizer, tmp_path / "release")
+    release_to_sicog(tmp_path / "release", tmp_path / "ours")
+    loaded, processor = load_pretrained(tmp_path / "ours")
+    ours = processor.tokenizer
+    image_id = ours.convert_tokens_to_ids("<image>")
+    assert image_id == len(release_tokenizer) == loaded.config.image_token_id
+    assert {"<image>", "<|im_start|>", "<|im_end|>"} <= set(ours.all_special_tokens)
+    for question in ("<image>\nHow many circles?", "<image> How many?", "Describe <image>\nnow"):
+        prompt = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        before, after = (release_tokenizer(chunk)["input_ids"] for chunk in prompt.split("<image>"))
+        assert ours(prompt)["input_ids"] == before + [image_id] + after
+    assert ours.decode([image_id, *before], skip_special_tokens=True) == release_tokenizer.decode(
+        before, skip_special_tokens=True)
+
+
 def test_release_projector_bin_loads_into_the_resampler(tokenizer, tmp_path):
     model, _ = release_like_model(tokenizer)
     write_release_checkpoint(model, tokenizer, tmp_path / "release")

@@ -200,8 +200,10 @@ def _save(image, fmt="PNG", **kwargs):
         (Image.new("RGBA", (20, 10), (255, 0, 0, 255)), (255, 0, 0)),
         (Image.new("P", (20, 10), 0), (0, 0, 0)),
         (Image.new("CMYK", (20, 10), (0, 255, 255, 0)), (255, 0, 0)),
+        # 16-bit grey clips at 255, as the published code's convert("RGB") does (not rescaled).
         (Image.fromarray(np.full((10, 20), 65535, dtype=np.uint16)), (255, 255, 255)),
-        (Image.fromarray(np.full((10, 20), 32768, dtype=np.uint16)), (127, 127, 127)),
+        (Image.fromarray(np.full((10, 20), 200, dtype=np.uint16)), (200, 200, 200)),
+        (Image.fromarray(np.full((10, 20), 32768, dtype=np.uint16)), (255, 255, 255)),
     ],
 )
 def test_modes_convert_to_rgb(image, expected):

@@ -106,3 +106,26 @@ def test_sincos_table_puts_columns_first():
     assert torch.equal(table[0, :, :4], table[2, :, :4])  # first half depends on the column only
     assert torch.equal(table[:, 0, 4:], table[:, 3, 4:])  # second half on the row only
     assert not torch.equal(table[0, 0, :4], table[0, 1, :4])
+
+
+@pytest.mark.parametrize("attention", ["cell", "global"])
+def test_attention_in_bfloat16_is_bit_equal_to_the_published_call(attention):
+    """The published resampler calls nn.MultiheadAttention sequence-first with its default need_weights=True; the
+    same weights and inputs must round the same way in bfloat16, not one step apart."""
+    torch.manual_seed(0)
+    resampler = Resampler(16, 64, num_queries=16, num_heads=2, attention=attention).eval().to(torch.bfloat16)
+    captured = {}
+    attn_forward = resampler.attn.forward
+
+    def record(query, key, value, **kwargs):
+        captured["inputs"], captured["out"] = (query, key, value), attn_forward(query, key, value, **kwargs)[0]
+        return captured["out"], None
+
+    resampler.attn.forward = record
+    with torch.no_grad():
+        resampler(torch.randn(3, 6, 6, 16, dtype=torch.bfloat16))
+        published_attn = torch.nn.MultiheadAttention(64, 2).to(torch.bfloat16)  # sequence-first, as published
+        published_attn.load_state_dict(resampler.attn.state_dict())
+        published, _ = published_attn(*(t.transpose(0, 1) for t in captured["inputs"]))
+    assert captured["out"].dtype == torch.bfloat16
+    assert torch.equal(captured["out"], published.transpose(0, 1))

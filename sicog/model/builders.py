@@ -63,9 +63,9 @@ SEPARATOR_CHOICES = ("auto", "release", "tokenizer")
 def add_image_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """Add ``<image>`` as a special token when missing; return its id."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False
-        )
+        # False: keep the tokenizer's other special tokens special. Positional, as the flag's name changed between
+        # transformers versions (replace_additional_special_tokens, then replace_extra_special_tokens).
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, False)
     if tokenizer.pad_token is None:
         raise ValueError("tokenizer has no pad token; set one (Qwen2 uses <|endoftext|>)")
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
@@ -14,14 +13,9 @@ class ImageError(ValueError):
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # High-bit-depth grey: scale by the type's range, not by clipping at 255.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
-    # Alpha is dropped, not composited: the published training and inference code, VLMEvalKit and lmms-eval
-    # all call convert("RGB"), so a transparent pixel shows the colour stored under it there too.
+    # PIL's convert("RGB") whatever the mode, as the published training and inference code, VLMEvalKit and
+    # lmms-eval do: alpha is dropped, not composited (a transparent pixel shows the colour stored under it), and
+    # 16- and 32-bit grey clips at 255 rather than being rescaled, so every image gives the release's pixels.
     return image.convert("RGB")
 
 

@@ -188,7 +188,7 @@ class Resampler(nn.Module):
         if self.attention == "global":
             pos = sincos_2d(height, width, self.width).to(device=kv.device, dtype=kv.dtype)
             values = kv.reshape(batch, height * width, self.width)
-            out, _ = self.attn(queries.expand(batch, -1, -1), values + pos, values, need_weights=False)
+            out, _ = self.attn(queries.expand(batch, -1, -1), values + pos, values, need_weights=True)
         elif self.pooling == "roi_align":
             key_pos = resize_table(self.query_pos, height, width).to(kv.dtype).reshape(height, width, self.width)
             keys, values = roi_align_cells(kv + key_pos, self.grid), roi_align_cells(kv, self.grid)
@@ -202,7 +202,9 @@ class Resampler(nn.Module):
     ) -> torch.Tensor:
         """One query per cell against that cell's keys ``(B * g * g, n, D)``."""
         q = queries.unsqueeze(0).expand(batch, -1, -1).reshape(batch * self.num_queries, 1, self.width)
-        out, _ = self.attn(q, keys, values, need_weights=False)
+        # need_weights=True, the published call's default, takes the same kernel: in bfloat16 need_weights=False (the
+        # fused path) rounds about half the outputs one step apart from the release's; the weights cost little here.
+        out, _ = self.attn(q, keys, values, need_weights=True)
         return out.reshape(batch, self.num_queries, self.width)
 
     def _average_cells(self, kv: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
