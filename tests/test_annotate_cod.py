@@ -441,3 +441,80 @@ def test_revise_cod_script_runs_from_its_folder_against_a_local_server(loopback_
         assert SECRET not in result.stdout + result.stderr + all_text_under(tmp_path)
     finally:
         fake.stop()
+
+
+@pytest.mark.parametrize(("name", "flags"), [
+    ("cod.jsonl", ["--output-dir", "{out}"]),
+    ("detailed_description.jsonl", ["--cod-dir", "{out}/x", "--dd-dir", "{out}"]),
+    ("failures.jsonl", ["--cod-dir", "{out}/x/..", "--dd-dir", "{out}/x"]),
+], ids=["cod", "descriptions", "failures-spelled-otherwise"])
+def test_an_input_that_is_an_output_file_is_refused_and_kept(server, tmp_path, capsys, name, flags):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG")])
+    out = tmp_path / "out"
+    (out / "x").mkdir(parents=True)
+    source = out / name
+    (tmp_path / "captions.jsonl").rename(source)
+    before = source.read_bytes()
+    rc = main(["annotate", "cod", "--input", str(source), "--image-folder", str(tmp_path / "images"),
+               *[f.format(out=out) for f in flags], "--base-url", server.url, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"--input {source} is also the output " in err and f"/{name}, which this run would overwrite" in err
+    assert source.read_bytes() == before and server.requests == []
+    assert [p.name for p in out.rglob("*") if p.is_file()] == [name]
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--output-dir", "afile"], "--output-dir afile is a file, not a folder"),
+    (["--output-dir", "afile/x"], "--output-dir afile/x cannot be made a folder (afile is a file)"),
+    (["--cod-dir", "ok", "--dd-dir", "afile"], "--dd-dir afile is a file, not a folder"),
+], ids=["file", "inside-a-file", "dd-dir-file"])
+def test_an_output_folder_that_is_a_file_is_one_line(server, tmp_path, monkeypatch, capsys, flags, says):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG")])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("keep me")
+    rc = main(["annotate", "cod", "--input", "captions.jsonl", "--image-folder", "images", *flags,
+               "--base-url", server.url, "--no-progress"])
+    assert rc == 2 and capsys.readouterr().err == f"sicog annotate cod: error: {says}\n"
+    assert (tmp_path / "afile").read_text() == "keep me" and not (tmp_path / "ok").exists()
+    assert server.requests == []
+
+
+def _cut_description(root: Path, change) -> Path:
+    """After a full run: ``b``'s CoD line (line 2) changed by ``change`` and its description gone, as a resume
+    would find them after a kill and an edit."""
+    cod_path, dd_path = root / "cod" / "cod.jsonl", root / "dd" / "detailed_description.jsonl"
+    cod = sorted(load_records(cod_path), key=lambda r: r["id"])
+    change(cod[1])
+    write_jsonl(cod_path, cod)
+    write_jsonl(dd_path, [r for r in load_records(dd_path) if r["id"] == "a"])
+    return cod_path
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda r: r["conversations"][1].update(value="A plain blue picture, in prose."),
+     "the CoD caption does not parse back (no 'Step N' markers in the reply)"),
+    (lambda r: r.update(conversations=r["conversations"][:1]), "no CoD caption to rebuild the missing description"),
+], ids=["prose", "no-caption"])
+def test_a_cod_line_that_cannot_be_read_back_stops_the_resume_naming_it(server, tmp_path, capsys, change, says):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+    assert annotate(server, tmp_path) == 0
+    cod_path = _cut_description(tmp_path, change)
+    before = cod_path.read_bytes()
+    capsys.readouterr()
+    assert annotate(server, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {cod_path}:2 id='b' field 'conversations[1].value': {says}")
+    assert err.count("\n") == 1 and err.endswith("fix or delete this line\n")
+    assert cod_path.read_bytes() == before and len(server.requests) == 2
+    assert ids_of(tmp_path / "dd" / "detailed_description.jsonl") == ["a"]
+
+
+def test_a_description_is_rebuilt_from_a_cod_line_without_a_model_name(server, tmp_path):
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+    assert annotate(server, tmp_path) == 0
+    _cut_description(tmp_path, lambda r: r.update(annotation="hand-written"))
+    assert annotate(server, tmp_path) == 0
+    dd = {r["id"]: r for r in load_records(tmp_path / "dd" / "detailed_description.jsonl")}
+    assert dd["b"]["annotation"] == {"kind": "detailed_description", "model": ""}
+    assert dd["b"]["conversations"][1]["value"] == expected_bodies("blue", 8, 8, "image/png")[4]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import errno
 
 import pytest
 
+from sicog.annotate import cot as cot_module
 from sicog.annotate.cot import TagError, convert_record, cot_question, run_cot_job, split_tags
 from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
 from sicog.cli import main
@@ -191,6 +193,19 @@ def test_job_writes_outputs_and_errors_and_keeps_the_input_file(tmp_path, capsys
     assert "2 of 4 records converted, 2 errors" in capsys.readouterr().err
 
 
+def test_a_repeated_id_goes_to_the_errors_file(tmp_path):
+    """Later stages match records by id: a repeat is an error naming the first line, not a second copy."""
+    source = tmp_path / "llava_cot.jsonl"
+    write_jsonl(source, [cot_record("q0"), cot_record("q1"), {**cot_record("q0"), "image": "other.jpg"}])
+    rc = main(["annotate", "cot", "--input", str(source), "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0
+    assert [r["id"] for r in load_records(tmp_path / "out" / "cot.jsonl")] == ["q0", "q1"]
+    assert [r["id"] for r in load_records(tmp_path / "out" / "short_answer.jsonl")] == ["q0", "q1"]
+    [error] = load_records(tmp_path / "out" / "errors.jsonl")
+    assert error["id"] == "q0" and error["line"] == 3 and error["record"]["image"] == "other.jpg"
+    assert "llava_cot.jsonl:3 id='q0' field 'id': duplicate id (first on line 1)" in error["reason"]
+
+
 def test_rerun_replaces_outputs_and_json_arrays_are_read(tmp_path):
     source = tmp_path / "llava_cot.json"
     source.write_text('[{"id": "a", "image": "a.jpg", "conversations": [{"from": "human", "value": "Q?"}, '
@@ -208,3 +223,71 @@ def test_output_dirs_are_required(tmp_path, capsys):
     write_jsonl(source, [cot_record()])
     assert main(["annotate", "cot", "--input", str(source), "--cot-dir", str(tmp_path)]) == 2
     assert "--short-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "flags"), [
+    ("cot.jsonl", ["--output-dir", "{dir}"]),
+    ("short_answer.jsonl", ["--cot-dir", "{dir}/cot", "--short-dir", "{dir}"]),
+    ("errors.jsonl", ["--output-dir", "{dir}/sub/.."]),
+], ids=["cot", "short-answers", "errors-spelled-otherwise"])
+def test_an_input_that_is_an_output_file_is_refused_and_kept(tmp_path, capsys, name, flags):
+    source = tmp_path / name
+    write_jsonl(source, [cot_record("a"), cot_record("b")])
+    (tmp_path / "sub").mkdir()
+    before = source.read_bytes()
+    argv = ["annotate", "cot", "--input", str(source), *[f.format(dir=tmp_path) for f in flags], "--no-progress"]
+    for _ in range(2):  # the second run would read what the first wrote over the input
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert f"--input {source} is also the output " in err and f"/{name}, which this run would overwrite" in err
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [name]
+
+
+def test_an_input_beside_the_outputs_is_converted(tmp_path):
+    source = tmp_path / "llava_cot.jsonl"
+    write_jsonl(source, [cot_record("a")])
+    assert main(["annotate", "cot", "--input", str(source), "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    assert [r["id"] for r in load_records(tmp_path / "cot.jsonl")] == ["a"]
+
+
+def test_a_run_where_every_record_fails_exits_1(tmp_path, capsys):
+    short_only = tagged([PARTS[0], PARTS[1], "Step 4: subtract.\n55 - 40 = 15", PARTS[3]])
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, [cot_record("a", answer=tagged(PARTS[:3])), cot_record("b", answer=short_only)])
+    assert main(["annotate", "cot", "--input", str(source), "--output-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "0 of 2 records converted, 2 errors (1 of them with a short answer only)" in err
+    assert f"error: every one of the 2 records failed; the reasons are in {tmp_path / 'out' / 'errors.jsonl'}" in err
+    # Nothing is lost: the reasons and the one short answer are still written.
+    assert [e["id"] for e in load_records(tmp_path / "out" / "errors.jsonl")] == ["a", "b"]
+    assert [r["id"] for r in load_records(tmp_path / "out" / "short_answer.jsonl")] == ["b"]
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--output-dir", "afile"], "--output-dir afile is a file, not a folder"),
+    (["--output-dir", "afile/cot"], "--output-dir afile/cot cannot be made a folder (afile is a file)"),
+    (["--cot-dir", "ok", "--short-dir", "afile/x"], "--short-dir afile/x cannot be made a folder (afile is a file)"),
+], ids=["file", "inside-a-file", "short-dir-inside-a-file"])
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys, flags, says):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", [cot_record()])
+    (tmp_path / "afile").write_text("keep me")
+    assert main(["annotate", "cot", "--input", "in.jsonl", *flags, "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"sicog annotate cot: error: {says}\n"
+    assert (tmp_path / "afile").read_text() == "keep me" and not (tmp_path / "ok").exists()
+
+
+def test_an_unreadable_input_is_one_line(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, [cot_record()])
+
+    def refused(path):  # what opening a file without read permission raises (root may read any file)
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(cot_module, "iter_records", refused)
+    assert main(["annotate", "cot", "--input", str(source), "--output-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"sicog annotate cot: error: {source}: Permission denied\n"
+    assert not (tmp_path / "out").exists()

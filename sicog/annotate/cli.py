@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from sicog.data.argtypes import non_negative_int, positive_float, positive_int
@@ -64,7 +66,31 @@ def _output_dirs(args: argparse.Namespace, first: str, second: str) -> tuple[Pat
     if dirs[0] is None or dirs[1] is None:
         flags = [f"--{name.replace('_', '-')}" for name, d in zip((first, second), dirs) if d is None]
         raise _UsageError(f"give --output-dir or {' and '.join(flags)}")
+    for name, folder in zip((first, second), dirs):
+        _check_folder(f"--{name.replace('_', '-')}" if getattr(args, name) else "--output-dir", folder)
     return dirs
+
+
+def _check_folder(flag: str, path: Path) -> None:
+    """Raise :class:`_UsageError` when ``path`` is a file or lies inside one, so it can never be made a folder.
+
+    Found before the input is read and converted (cot) or a request is paid for (cod), and named by the flag
+    that gave it, where mkdir would only say "File exists" or "Not a directory".
+    """
+    # The parents as the user spelled them (a relative path ends at "."), so the message names what they typed.
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        inside = "is a file, not a folder" if existing == path else f"cannot be made a folder ({existing} is a file)"
+        raise _UsageError(f"{flag} {path} {inside}")
+
+
+def _refuse_input_as_output(input_path: Path, outputs: Iterable[Path]) -> None:
+    """Raise :class:`_UsageError` when ``input_path`` is one of ``outputs``, however spelled (relative, through a
+    link): the run would write over the records it reads, and a rerun would find them gone."""
+    for output in outputs:
+        if os.path.realpath(output) == os.path.realpath(input_path):
+            raise _UsageError(f"--input {input_path} is also the output {output}, which this run would overwrite; "
+                              "write the outputs to another folder")
 
 
 def _setup_logging() -> None:
@@ -75,7 +101,9 @@ def _setup_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``annotate cod`` or ``annotate cot``; 0 when the run completed (failures are listed, not fatal)."""
+    """Run ``annotate cod`` or ``annotate cot``: 0 when the run completed (failures are listed, not fatal), 1 when
+    the API refused the configuration (cod) or every record failed (cot), 2 on unusable arguments, input or
+    output paths (one line naming the file, line and field, or the path and the cause)."""
     _setup_logging()
     try:
         return _run_cod(args) if args.action == "cod" else _run_cot(args)
@@ -84,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except RecordError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an input that cannot be read, an output that cannot be written (no permission, disk full)
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(f"sicog annotate {args.action}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
 
 
@@ -98,6 +130,7 @@ def _run_cod(args: argparse.Namespace) -> int:
         temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency, limit=args.limit,
         parse_retries=args.parse_retries, retry_failures=args.retry_failures, progress=not args.no_progress,
     )
+    _refuse_input_as_output(args.input, (job.cod_path, job.dd_path, job.failures_path))
     try:
         base_url, api_key = resolve_endpoint(args.base_url)
         api = ChatAPI(args.model, base_url=base_url, api_key=api_key, timeout=args.timeout,
@@ -117,6 +150,10 @@ def _run_cod(args: argparse.Namespace) -> int:
     )
     if summary.failed or summary.already_failed:
         print(f"  failures: {job.failures_path} (rerun with --retry-failures to try them again)", file=sys.stderr)
+    if summary.total and not summary.annotated + summary.already_done:
+        print(f"error: every one of the {summary.total} records failed; the reasons are in {job.failures_path}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -124,6 +161,8 @@ def _run_cot(args: argparse.Namespace) -> int:
     from sicog.annotate.cot import COT_FILE, ERRORS_FILE, SHORT_FILE, run_cot_job
 
     cot_dir, short_dir = _output_dirs(args, "cot_dir", "short_dir")
+    errors_file = Path(cot_dir) / ERRORS_FILE
+    _refuse_input_as_output(args.input, (Path(cot_dir) / COT_FILE, Path(short_dir) / SHORT_FILE, errors_file))
     summary = run_cot_job(args.input, cot_dir, short_dir, progress=not args.no_progress)
     short_only = f" ({summary.short_only} of them with a short answer only)" if summary.short_only else ""
     print(
@@ -133,5 +172,9 @@ def _run_cot(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if summary.errors:
-        print(f"  errors: {Path(cot_dir) / ERRORS_FILE}", file=sys.stderr)
+        print(f"  errors: {errors_file}", file=sys.stderr)
+    if summary.total and not summary.converted:
+        print(f"error: every one of the {summary.total} records failed; the reasons are in {errors_file}",
+              file=sys.stderr)
+        return 1
     return 0

@@ -168,17 +168,35 @@ def _restore_descriptions(job: CodJob, cod: JsonlAppender, dd: JsonlAppender, by
     if not missing:
         return 0
     restored = 0
-    for _, cod_rec in iter_records(job.cod_path):
+    for cod_line, cod_rec in iter_records(job.cod_path):
         rid = str(cod_rec.get("id"))
         if rid not in missing or rid not in by_id:
             continue
         line, record = by_id[rid]
         source = read_source(record, path=job.input, line=line)
-        model = (cod_rec.get("annotation") or {}).get("model", "")
-        dd.write(dd_record(record, source, description_of(cod_rec["conversations"][1]["value"]), model))
+        annotation = cod_rec.get("annotation")
+        model = annotation.get("model", "") if isinstance(annotation, dict) else ""
+        dd.write(dd_record(record, source, _written_description(job.cod_path, cod_line, cod_rec), model))
         restored += 1
     dd.flush()
     return restored
+
+
+def _written_description(path: Path, line: int, cod_rec: dict) -> str:
+    """Step 5 of a CoD record already in ``path``; :class:`RecordError` names the line when it is not one this
+    command writes (edited by hand, another stage's file), which a resume must not guess at."""
+    turns = cod_rec.get("conversations")
+    answer = turns[1] if isinstance(turns, list) and len(turns) > 1 else None
+    caption = answer.get("value") if isinstance(answer, dict) else None
+    where = {"path": path, "line": line, "record_id": cod_rec.get("id"), "field": "conversations[1].value"}
+    if not isinstance(caption, str):
+        raise RecordError("no CoD caption to rebuild the missing description from; fix or delete this line",
+                          **where)
+    try:
+        return description_of(caption)
+    except ReplyError as err:
+        raise RecordError(f"the CoD caption does not parse back ({err}), so its missing description cannot be "
+                          "rebuilt; fix or delete this line", **where) from None
 
 
 def run_cod_job(job: CodJob, api: ChatAPI) -> CodSummary:

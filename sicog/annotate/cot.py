@@ -177,10 +177,16 @@ def run_cot_job(
     """
     summary = CotSummary()
     cot_records, short_records, errors = [], [], []
+    first_line: dict[str, int] = {}
     for line, record in tqdm(iter_records(input_path), desc="annotate cot", unit="rec", disable=not progress):
         summary.total += 1
         try:
             conversion = convert_record(record, path=input_path, line=line)
+            rid = record_id(record, path=input_path, line=line)
+            if rid in first_line:  # training and curation match records by id, so a repeat would shadow the first
+                raise RecordError(f"duplicate id (first on line {first_line[rid]})", path=input_path, line=line,
+                                  record_id=rid, field="id")
+            first_line[rid] = line
         except RecordError as err:
             errors.append(error_record(record, str(err), line=line))
             continue
