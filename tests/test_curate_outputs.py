@@ -138,3 +138,82 @@ def test_pairs_from_noisy_write_a_json_array_for_a_json_name(tmp_path: Path) -> 
                  "--output", str(output), "--task", "captions"]) == 0
     [pair] = json.loads(output.read_text())
     assert (pair["chosen"], pair["rejected"]) == ("A red cube.", "A blurred blob.")
+
+
+def _one_of_each_input(tmp_path: Path) -> dict[str, Path]:
+    """A generation file, a curated file and a noisy generation file, each with one usable record."""
+    noisy = generated("a", ["A blurred blob."])
+    noisy["generation"]["corruption"] = [{"method": "gaussian_blur", "sigma": 3.5}]
+    return {"gen": write_jsonl(tmp_path / "gen.jsonl", [generated("a", ["A cat."])]),
+            "curated": write_jsonl(tmp_path / "curated.jsonl", [llava("a")]),
+            "noisy": write_jsonl(tmp_path / "noisy.jsonl", [noisy])}
+
+
+def _snapshot(folder: Path) -> dict[Path, bytes | None]:
+    """Every path under ``folder``, with the bytes of the files."""
+    return {path: path.read_bytes() if path.is_file() else None for path in folder.rglob("*")}
+
+
+# Each command with its output set to one of its inputs (another spelling of it, a link to it, or the errors file
+# beside the output), and the start of the one error line.
+OVERWRITING = {
+    "random": (["curate", "random", "--input", "{gen}", "--output", "{gen}"],
+               "--output {gen} is the same file as --input {gen};"),
+    "random-errors-file": (["curate", "random", "--input", "{dir}/r.errors.jsonl", "--output", "{dir}/r.jsonl"],
+                           "--output {dir}/r.jsonl writes {dir}/r.errors.jsonl, which is the same file as --input "
+                           "{dir}/r.errors.jsonl;"),
+    "texts": (["curate", "texts", "captions", "--input", "{gen}", "--output", "{dir}/./gen.jsonl"],
+              "--output {dir}/./gen.jsonl is the same file as --input {gen};"),
+    "mix": (["curate", "mix", "--inputs", "{dir}/link.jsonl", "{gen}", "--output", "{curated}"],
+            "--output {curated} is the same file as --inputs {dir}/link.jsonl;"),
+    "pairs-from-noisy": (["curate", "pairs-from-noisy", "--curated", "{curated}", "--noisy", "{noisy}",
+                          "--output", "{noisy}"], "--output {noisy} is the same file as --noisy {noisy};"),
+    "captions": (["curate", "captions", "--input", "{dir}/out/curated.jsonl", "--output-dir", "{dir}/out"],
+                 "--output-dir {dir}/out writes {dir}/out/curated.jsonl, which is the same file as --input "
+                 "{dir}/out/curated.jsonl;"),
+}
+
+
+@pytest.mark.parametrize("case", OVERWRITING)
+def test_an_output_that_is_an_input_is_refused_before_anything_is_written(tmp_path: Path, capsys, case: str) -> None:
+    files = _one_of_each_input(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "curated.jsonl").write_bytes(files["gen"].read_bytes())
+    (tmp_path / "r.errors.jsonl").write_bytes(files["gen"].read_bytes())  # records an earlier run could not use
+    (tmp_path / "link.jsonl").symlink_to(files["curated"])
+    before = _snapshot(tmp_path)
+    argv, says = OVERWRITING[case]
+    names = {"dir": str(tmp_path), **{key: str(path) for key, path in files.items()}}
+    assert main([arg.format(**names) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {says.format(**names)} writing it would replace the input")
+    assert _snapshot(tmp_path) == before
+
+
+def test_embed_file_refuses_to_write_over_its_texts(tmp_path: Path, capsys) -> None:
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": "a cat"}])
+    assert embed_file.main(["--texts", str(texts), "--output", str(texts), "--encoder", "none"]) == 2
+    assert f"--output {texts} is the same file as --texts {texts}" in capsys.readouterr().err
+    assert load_records(texts) == [{"text": "a cat"}]
+
+
+@pytest.mark.parametrize("argv", [
+    ["curate", "random", "--input", "{gen}", "--output", "{dir}/afile/m.jsonl"],
+    ["curate", "mix", "--inputs", "{curated}", "--output", "{dir}/afile/m.jsonl"],
+    ["curate", "texts", "captions", "--input", "{gen}", "--output", "{dir}/afile/sub/m.json"],
+], ids=["random", "mix", "texts"])
+def test_an_output_inside_a_file_names_that_file(tmp_path: Path, capsys, argv: list[str]) -> None:
+    files = _one_of_each_input(tmp_path)
+    (tmp_path / "afile").write_text("")
+    names = {"dir": str(tmp_path), **{key: str(path) for key, path in files.items()}}
+    assert main([arg.format(**names) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"({tmp_path / 'afile'} is a file)" in err and "File exists" not in err
+
+
+def test_an_output_folder_inside_a_file_names_that_file(tmp_path: Path, capsys) -> None:
+    gen = _one_of_each_input(tmp_path)["gen"]
+    (tmp_path / "afile").write_text("")
+    assert main(["curate", "captions", "--input", str(gen), "--output-dir", str(tmp_path / "afile" / "out")]) == 2
+    assert capsys.readouterr().err == (f"error: --output-dir {tmp_path / 'afile' / 'out'} cannot be made a folder "
+                                       f"({tmp_path / 'afile'} is a file)\n")

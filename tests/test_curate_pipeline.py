@@ -11,7 +11,7 @@ import pytest
 
 from sicog.cli import main
 from sicog.curate.embed import EncoderSettings, SentenceEncoder, packaged_minilm_path
-from sicog.curate.pipeline import CurationSettings, curate
+from sicog.curate.pipeline import CurationSettings, compared_texts_and_errors, curate
 from sicog.data.jsonl import load_records
 from sicog.data.prompts import COD_STEPS, COT_STEPS, caption_prompt, reasoning_prompt
 from sicog.data.schema import check_llava_record
@@ -260,6 +260,34 @@ def test_cli_uses_the_packaged_encoder_by_default(tmp_path: Path, capsys: pytest
     assert main(["curate", "captions", "--input", str(broken), "--output-dir", str(tmp_path / "b")]) == 1
     assert "every one of the 2 records failed" in capsys.readouterr().err
     assert len(load_records(tmp_path / "b" / "errors.jsonl")) == 2
+
+
+def generated_for(task: str, rid: str, *, tagged: bool) -> dict:
+    """A record as `sicog generate <task>` writes it; ``tagged=False``: as older runs wrote it, without the task."""
+    record = caption_record(rid, PARAPHRASES[:2]) if task == "captions" else reasoning_record(rid, ["The answer is 3."])
+    if tagged:
+        record["generation"]["task"] = task
+    return record
+
+
+@pytest.mark.parametrize("command", [["captions"], ["reasoning"], ["texts", "captions"], ["texts", "reasoning"]])
+def test_records_generated_for_the_other_task_stop_curation(tmp_path: Path, capsys, command: list[str]) -> None:
+    task = command[-1]
+    other = {"captions": "reasoning", "reasoning": "captions"}[task]
+    gen = write_jsonl(tmp_path / "gen.jsonl", [generated_for(other, "old", tagged=False),
+                                               generated_for(other, "new", tagged=True)])
+    output = ["--output", str(tmp_path / "t.jsonl")] if command[0] == "texts" else [
+        "--output-dir", str(tmp_path / "out"), "--encoder", "never-loaded"]
+    assert main(["curate", *command, "--input", str(gen), *output]) == 2
+    assert capsys.readouterr().err == (f"error: {gen}:2 id='new' field 'generation.task': {other!r}, not {task!r}: "
+                                       f"the file holds the output of `sicog generate {other}`, not of `sicog "
+                                       f"generate {task}`\n")
+    assert not (tmp_path / "t.jsonl").exists() and not (tmp_path / "out" / "scored.jsonl").exists()
+    # Records of the task curated, with or without the task written in them, are read as before.
+    same = write_jsonl(tmp_path / "same.jsonl", [generated_for(task, "old", tagged=False),
+                                                 generated_for(task, "new", tagged=True)])
+    texts, errors = compared_texts_and_errors(same, task)
+    assert len(texts) == (2 if task == "captions" else 1) and errors == []
 
 
 def test_encoder_rows_are_unit_length_and_empty_texts_are_zero(minilm: SentenceEncoder) -> None:

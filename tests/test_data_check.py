@@ -3,6 +3,7 @@ records it checks (those training reads), its summary, its exit codes, and `sico
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 from pathlib import Path
@@ -180,3 +181,33 @@ def test_head_writes_a_json_array_for_a_json_name_and_reads_brace_patterns(tmp_p
     assert main(["data", "head", "--input", str(tmp_path / "a.jsonl"), "--output", str(tmp_path / "h.jsonl"),
                  "--limit", "1"]) == 0
     assert json.loads((tmp_path / "h.jsonl").read_text())["id"] == "a1"
+
+
+def test_head_refuses_an_output_that_is_its_input_and_keeps_the_input(tmp_path, capsys):
+    data = write(tmp_path / "h.jsonl", [rec(f"r{i}") for i in range(4)])
+    (tmp_path / "link.jsonl").symlink_to(data)
+    kept = data.read_bytes()
+    for given, output in ((data, data), (f"{tmp_path}/{{a,h}}.jsonl", tmp_path / "." / "h.jsonl"),
+                          (tmp_path / "link.jsonl", data)):
+        assert main(["data", "head", "--input", str(given), "--output", str(output), "--limit", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--output {output} is the same file as --input " in err
+        assert data.read_bytes() == kept
+    assert check(data, "no-model-needed", None, "--report", str(data)) == 2
+    assert f"--report {data} is the same file as data_path {data}" in capsys.readouterr().err
+    assert data.read_bytes() == kept
+
+
+def test_head_blames_an_input_it_cannot_read_not_the_output(tmp_path, capsys, monkeypatch):
+    data = write(tmp_path / "d.jsonl", [rec("a")])
+    opened = Path.open
+
+    def unreadable(path, *args, **kwargs):
+        if path == data:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", unreadable)
+    assert main(["data", "head", "--input", str(data), "--output", str(tmp_path / "o.jsonl"), "--limit", "1"]) == 2
+    assert capsys.readouterr().err == f"sicog data head: error: cannot read --input {data}: Permission denied\n"
+    assert not (tmp_path / "o.jsonl").exists()

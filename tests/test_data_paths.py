@@ -66,8 +66,10 @@ def test_an_output_that_cannot_be_written_is_named_not_its_temporary_file(tmp_pa
         write_records(tmp_path / "folder", [{"id": "a"}])
     assert caught.value.filename == str(tmp_path / "folder")
     (tmp_path / "file").write_text("")
-    with pytest.raises(OSError) as caught:
-        write_records(tmp_path / "file" / "out.jsonl", [{"id": "a"}])  # a file where a folder must be
-    assert caught.value.filename == str(tmp_path / "file" / "out.jsonl")
+    for output in (tmp_path / "file" / "out.jsonl", tmp_path / "file" / "sub" / "out.jsonl"):
+        with pytest.raises(OSError) as caught:
+            write_records(output, [{"id": "a"}])  # a file where a folder must be: named, not mkdir's "File exists"
+        assert caught.value.filename == str(output)
+        assert caught.value.strerror == f"its folder cannot be made ({tmp_path / 'file'} is a file)"
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 

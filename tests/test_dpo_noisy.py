@@ -152,3 +152,29 @@ def test_a_pair_record_with_an_unusable_image_or_placeholder_answer_is_an_error(
     assert pair["id"] == "q4" and pair["rejected"] == cot("3", "Blurry.")
     check_pair_record(pair, path=str(output), line=1)
     capsys.readouterr()
+
+
+def test_no_pair_made_from_records_read_exits_1(files, capsys):
+    clean, noisy, output = files
+    write(noisy, [generated("other", [cot("5")])])
+    args = ["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["pairs"] == 0
+    errors_output = output.with_name("noisy_pairs.errors.jsonl")
+    assert captured.err == f"error: every one of the 7 records failed; the reasons are in {errors_output}\n"
+    assert len(errors_output.read_text().splitlines()) == 7  # nothing lost: every record says why
+
+
+@pytest.mark.parametrize("task, generated_for", [("reasoning", "captions"), ("captions", "reasoning")])
+def test_noisy_records_generated_for_the_other_task_stop_the_join(files, capsys, task, generated_for):
+    clean, noisy, output = files
+    tagged = generated("q1", [cot("5")])
+    tagged["generation"]["task"] = generated_for
+    write(noisy, [generated("q2", [cot("4")]), tagged])
+    args = ["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output),
+            "--task", task]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{noisy}:2 id='q1' field 'generation.task': {generated_for!r}, not {task!r}" in err
+    assert not output.exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
 from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
 from sicog.data.argtypes import positive_int
-from sicog.data.jsonl import RecordError, errors_path, write_jsonl, write_records
+from sicog.data.jsonl import RecordError, blocking_file, errors_path, refuse_overwriting, write_jsonl, write_records
 from sicog.data.lock import OutputLocked, output_lock
 
 
@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         if args.curate_command == "random":
             from sicog.curate.random_pick import one_random_candidate
 
+            _refuse_overwriting([("--input", args.input)], args.output)
             picked = one_random_candidate(args.input, args.output, args.seed)
             print(f"wrote {picked.records} records to {picked.output} (errors: {picked.errors}, in "
                   f"{picked.errors_output})")
@@ -161,12 +162,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_curation(args: argparse.Namespace) -> int:
     from sicog.curate.embed import packaged_minilm_path
-    from sicog.curate.pipeline import curate, encoder_defaults
+    from sicog.curate.pipeline import OUTPUTS, curate, encoder_defaults
     from sicog.curate.score import score_formula
     from sicog.data.sharding import rank_and_world
 
-    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-        raise ValueError(f"--output-dir {args.output_dir}: exists and is not a folder")
+    blocker = blocking_file(args.output_dir)
+    if blocker is not None:
+        inside = blocker != Path(args.output_dir)
+        raise ValueError(f"--output-dir {args.output_dir} cannot be made a folder ({blocker} is a file)" if inside
+                         else f"--output-dir {args.output_dir}: exists and is not a folder")
+    inputs = [("--input", args.input)] + ([("--embeddings", args.embeddings)] if args.embeddings else [])
+    refuse_overwriting(inputs, "--output-dir", args.output_dir, also=[Path(args.output_dir) / name for name in OUTPUTS])
     settings = CurationSettings(
         task=args.curate_command,
         threshold=args.threshold,
@@ -210,6 +216,7 @@ def _run_curation(args: argparse.Namespace) -> int:
 def _run_texts(args: argparse.Namespace) -> int:
     from sicog.curate.pipeline import compared_texts_and_errors
 
+    _refuse_overwriting([("--input", args.input)], args.output)
     texts, errors = compared_texts_and_errors(args.input, args.task)
     written = write_records(args.output, ({"text": t} for t in texts))
     write_jsonl(errors_path(args.output), errors)
@@ -225,6 +232,7 @@ def _run_texts(args: argparse.Namespace) -> int:
 def _run_mix(args: argparse.Namespace) -> int:
     from sicog.curate.mix import mix
 
+    _refuse_overwriting([("--inputs", path) for path in args.inputs], args.output)
     parts = mix(args.inputs, args.output, ratios=args.ratios, seed=args.seed, prefix_ids=args.prefix_ids)
     print(f"{'input':<50} {'records':>8} {'errors':>7} {'ratio':>6} {'taken':>8}")
     for part in parts:
@@ -248,6 +256,16 @@ def _run_pairs_from_noisy(args: argparse.Namespace) -> int:
 
     from sicog.curate.noisy import pairs_from_noisy
 
+    _refuse_overwriting([("--curated", args.curated), ("--noisy", args.noisy)], args.output)
     summary = pairs_from_noisy(args.curated, args.noisy, args.output, task=args.task, seed=args.seed)
     print(json.dumps(asdict(summary)))
+    if summary.errors and not summary.pairs:
+        print(f"error: every one of the {summary.errors} records failed; the reasons are in {summary.errors_output}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _refuse_overwriting(inputs: list[tuple[str, str]], output: str) -> None:
+    """Refuse an ``--output`` (or the errors file beside it) that is one of ``inputs``, before anything is read."""
+    refuse_overwriting(inputs, "--output", output, also=[errors_path(output)])

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sicog.curate.embed import DTYPES, EncoderSettings, SentenceEncoder
-from sicog.data.jsonl import RecordError, atomic_file, iter_records, write_json
+from sicog.data.jsonl import RecordError, atomic_file, iter_records, refuse_overwriting, write_json
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device")
     args = parser.parse_args(argv)
     try:
+        refuse_overwriting([("--texts", args.texts)], "--output", args.output, also=[sidecar(args.output)])
         texts = read_texts(args.texts)
         settings = EncoderSettings(
             name_or_path=args.encoder, trust_remote_code=args.trust_remote_code, max_length=args.max_length,

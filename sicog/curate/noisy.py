@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sicog.curate.extract import Task, expects_steps, extract
-from sicog.curate.records import GeneratedRecord, parse_generated
+from sicog.curate.records import GeneratedRecord, check_task, parse_generated
 from sicog.curate.select import record_rng, usable
 from sicog.data.answers import parse_answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl, write_records
@@ -100,11 +100,16 @@ def parse_noisy(record: dict, *, path: str, line: int) -> GeneratedRecord:
     return item
 
 
-def _read(path: str, parse: Callable[..., Item], side: str) -> tuple[dict[str, Item], list[dict]]:
-    """Parsed records by id, and error lines for the invalid and repeated ones."""
+def _read(
+    path: str, parse: Callable[..., Item], side: str, task: Task | None = None
+) -> tuple[dict[str, Item], list[dict]]:
+    """Parsed records by id, and error lines for the invalid and repeated ones; with ``task``, a record generated
+    for another task stops the join (:func:`~sicog.curate.records.check_task`)."""
     items: dict[str, Item] = {}
     errors: list[dict] = []
     for line, record in iter_records(path):
+        if task is not None:
+            check_task(record, task, path=path, line=line)
         try:
             item = parse(record, path=path, line=line)
         except RecordError as err:
@@ -169,10 +174,13 @@ def pairs_from_noisy(
     task: Task = "reasoning",
     seed: int = 0,
 ) -> NoisySummary:
-    """Join curated clean answers with noisy generations by id; write the pairs and the errors (atomically)."""
+    """Join curated clean answers with noisy generations by id; write the pairs and the errors (atomically).
+
+    A noisy record generated for another task than ``task`` raises :class:`RecordError`: the file is of the
+    wrong kind (or ``task`` is)."""
     curated, noisy, output = str(curated), str(noisy), Path(output)
     clean_items, errors = _read(curated, parse_clean, "curated")
-    noisy_items, noisy_errors = _read(noisy, parse_noisy, "noisy")
+    noisy_items, noisy_errors = _read(noisy, parse_noisy, "noisy", task)
     errors += noisy_errors
     files = {"curated_file": curated, "noisy_file": noisy}
     pairs = []

@@ -25,7 +25,7 @@ from sicog.curate.embed_file import load_embeddings
 from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, ArrayStore, embed_texts
 from sicog.curate.extract import Task, expects_steps, extract
 from sicog.curate.records import ScoredRecord, pair_record, read_generated_records, training_record
-from sicog.curate.report import summarize, write_report
+from sicog.curate.report import HISTOGRAM, REPORT, summarize, write_report
 from sicog.curate.score import mbr_scores
 from sicog.curate.select import record_rng, select
 from sicog.data.answers import parse_answer
@@ -36,6 +36,8 @@ from sicog.data.sharding import process_group, rank_and_world
 log = logging.getLogger(__name__)
 
 SCORED, CURATED, PAIRS, ERRORS = "scored.jsonl", "curated.jsonl", "pairs.jsonl", "errors.jsonl"
+SUMMARY = "summary.json"
+OUTPUTS = (SCORED, CURATED, PAIRS, ERRORS, SUMMARY, REPORT, HISTOGRAM)  # every file a run writes in its folder
 CACHE_DIR = ".embeddings"
 
 
@@ -109,7 +111,7 @@ class CurationSettings:
 
 def read_generated(path: Path, task: Task) -> tuple[list[ScoredRecord], list[dict]]:
     """Validate every input record: usable ones with their extractions, the others as error lines."""
-    generated, errors = read_generated_records(path)
+    generated, errors = read_generated_records(path, task)
     items: list[ScoredRecord] = []
     for item in generated:
         expect = expects_steps(item.prompt_type)
@@ -195,7 +197,7 @@ def curate(
     if settings.temperature is not None:
         _check_temperature(summary, settings.temperature)
     write_report(output_dir, summary, items)
-    write_json(output_dir / "summary.json", summary)
+    write_json(output_dir / SUMMARY, summary)
     if not settings.keep_embeddings and store.directory is not None:
         shutil.rmtree(store.directory, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when no other cache is left in it

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from sicog.curate.extract import Extraction
+from sicog.curate.extract import Extraction, Task
 from sicog.curate.select import Selection
 from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
@@ -73,13 +73,33 @@ def parse_generated(record: dict, *, path: str, line: int) -> GeneratedRecord:
     return item
 
 
-def read_generated_records(path: str | os.PathLike) -> tuple[list[GeneratedRecord], list[dict]]:
+def check_task(record: dict, task: Task, *, path: str | os.PathLike, line: int) -> None:
+    """Raise :class:`RecordError` when ``record`` was generated for another task than ``task`` (its
+    ``generation.task``, written by ``sicog generate``): reasoning answers curated as captions, or the reverse,
+    would be kept and labelled as the wrong kind. Records without it (older runs, hand-made files) pass."""
+    generation = record.get("generation")
+    if isinstance(generation, dict) and "task" in generation and generation["task"] != task:
+        raise RecordError(
+            f"{generation['task']!r}, not {task!r}: the file holds the output of `sicog generate "
+            f"{generation['task']}`, not of `sicog generate {task}`",
+            path=path, line=line, record_id=record.get("id"), field="generation.task",
+        )
+
+
+def read_generated_records(
+    path: str | os.PathLike, task: Task | None = None
+) -> tuple[list[GeneratedRecord], list[dict]]:
     """Validate every generation record of ``path``: the usable ones in file order, and one error line
-    (reason naming file, line, id and field, plus the original record) for each invalid or repeated one."""
+    (reason naming file, line, id and field, plus the original record) for each invalid or repeated one.
+
+    With ``task``, a record generated for another task raises :class:`RecordError` (:func:`check_task`): then
+    the whole file is of the wrong kind, and listing every record as an error would bury the one cause."""
     items: list[GeneratedRecord] = []
     errors: list[dict] = []
     first_line: dict[str, int] = {}
     for line, record in iter_records(path):
+        if task is not None:
+            check_task(record, task, path=path, line=line)
         try:
             item = parse_generated(record, path=str(path), line=line)
             if item.id in first_line:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # shows these plus the run's own.
 REPORT_THRESHOLDS = (0.8, 0.85, 0.9)
 HISTOGRAM = "score_histogram.png"
+REPORT = "report.md"
 
 
 def summarize(
@@ -204,6 +205,6 @@ def write_report(output_dir: Path, summary: dict[str, Any], items: Sequence[Scor
     if summary["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
     lines += ["", f"![score histogram]({HISTOGRAM})", ""]
-    tmp = output_dir / ".report.md.tmp"
+    tmp = output_dir / f".{REPORT}.tmp"
     tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(output_dir / "report.md")
+    tmp.replace(output_dir / REPORT)

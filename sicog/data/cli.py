@@ -8,6 +8,7 @@ import itertools
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from sicog.data.argtypes import positive_int
@@ -57,15 +58,14 @@ def _os_error(err: OSError) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; 2 when an input cannot be read or an output cannot be written."""
-    from sicog.data.jsonl import RecordError, write_records
-    from sicog.data.sources import iter_data_path
+    from sicog.data.jsonl import refuse_overwriting, write_records
+    from sicog.data.sources import split_data_path
 
     if args.action == "head":
-        # islice stops after the last record wanted; zip would read one more, and a bad line there would stop us.
-        head = (record for _, _, record in itertools.islice(iter_data_path(args.input), args.limit))
         try:
-            written = write_records(args.output, head)
-        except RecordError as err:
+            refuse_overwriting([("--input", path) for path in split_data_path(args.input)], "--output", args.output)
+            written = write_records(args.output, _head(args.input, args.limit))
+        except ValueError as err:  # RecordError included: a bad record, an unreadable input, the input as output
             print(f"sicog data head: error: {err}", file=sys.stderr)
             return 2
         except OSError as err:  # an output that cannot be created: a folder in the way, no permission, disk full
@@ -76,11 +76,26 @@ def run(args: argparse.Namespace) -> int:
     return _check(args)
 
 
+def _head(data_path: str, limit: int) -> Iterator[dict]:
+    """The first ``limit`` records of ``data_path``. They are read while the output is written, so an input that
+    cannot be read raises :class:`RecordError`, not the ``OSError`` that stands for an output not written."""
+    from sicog.data.jsonl import RecordError
+    from sicog.data.sources import iter_data_path
+
+    try:
+        # islice stops after the last record wanted; zip would read one more, and a bad line there would stop us.
+        for _, _, record in itertools.islice(iter_data_path(data_path), limit):
+            yield record
+    except OSError as err:
+        raise RecordError(f"cannot read --input {_os_error(err)}") from None
+
+
 def _check(args: argparse.Namespace) -> int:
     """Print a summary; exit 1 when a record is invalid, would be skipped or is a copy of another, or none is
     usable; 2 when the input cannot be read or the report cannot be written."""
     from sicog.data.argtypes import require_checkpoint
-    from sicog.data.jsonl import RecordError, write_records
+    from sicog.data.jsonl import RecordError, refuse_overwriting, write_records
+    from sicog.data.sources import split_data_path
     from sicog.model.processing import SicogProcessor
     from sicog.train.arguments import STAGES
     from sicog.train.datasets import SupervisedDataset, repeated_ids
@@ -89,6 +104,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"sicog data check: error: cannot write --report {args.report}: is a folder, not a file", file=sys.stderr)
         return 2
     try:
+        if args.report:
+            refuse_overwriting([("data_path", path) for path in split_data_path(args.data_path)], "--report",
+                               args.report)
         require_checkpoint(args.model)
         processor = SicogProcessor.from_pretrained(args.model)
         dataset = SupervisedDataset(

@@ -180,6 +180,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     with _naming(path):
+        blocker = blocking_file(path.parent)
+        if blocker is not None:  # mkdir would say "File exists" about the output, not about the file in the way
+            raise NotADirectoryError(errno.ENOTDIR, f"its folder cannot be made ({blocker} is a file)", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -193,6 +196,45 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def blocking_file(folder: str | os.PathLike) -> Path | None:
+    """The file that keeps ``folder`` from being a folder or being made one: ``folder`` itself, or the nearest
+    existing path above it, when that is not a folder; ``None`` when nothing is in the way."""
+    folder = Path(folder)
+    # A relative path's parents end at ".", which exists: the file is named as the user spelled its path.
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    return None if existing.is_dir() else existing
+
+
+def same_file(one: str | os.PathLike, other: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same inode (through links, ``..`` or another spelling) where both
+    exist, else the same resolved path."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:  # one of them does not exist (yet): only the same name can become the other
+        return Path(one).resolve() == Path(other).resolve()
+
+
+def refuse_overwriting(
+    inputs: Iterable[tuple[str, str | os.PathLike]],
+    option: str,
+    output: str | os.PathLike,
+    *,
+    also: Iterable[str | os.PathLike] = (),
+) -> None:
+    """Raise :class:`ValueError` when ``output`` (given as the command-line ``option``), or a file it implies
+    (``also``: its errors file, the files of an output folder), is the same file as one of ``inputs``
+    (``(option, path)`` pairs): writing it would replace the records the command reads, so nothing may be
+    written. Commands call it before they read or write anything."""
+    inputs = list(inputs)
+    for written in (output, *also):
+        for input_option, path in inputs:
+            if not same_file(written, path):
+                continue
+            what = f"{option} {output}" if written is output else f"{option} {output} writes {written}, which"
+            raise ValueError(f"{what} is the same file as {input_option} {path}; writing it would replace the "
+                             f"input: choose another {option}")
 
 
 @contextmanager
