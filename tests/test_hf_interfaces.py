@@ -269,3 +269,29 @@ def test_generate_warns_on_right_padding_and_names_the_prompt_length(checkpoint,
     with pytest.raises(ValueError, match=message):
         model.generate(**inputs, max_length=length - 3, do_sample=False)
     assert model.generate(**inputs, max_length=length + 2, do_sample=False).shape[1] == length + 2
+
+
+def test_an_image_url_is_opened_as_stored_like_a_local_path(checkpoint, tmp_path, monkeypatch):
+    """A photo whose EXIF says "rotate 90" keeps its stored size from a URL too, as from a path and in the
+    published code (transformers' load_image would turn it, and the slices with it)."""
+    from huggingface_hub.utils import httpx
+
+    _, _, processor = checkpoint
+    photo = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 clockwise to display
+    image(160, 96).save(photo, exif=exif)
+    requested = []
+
+    def get(url, **kwargs):
+        requested.append(url)
+        return httpx.Response(200, content=photo.read_bytes(), request=httpx.Request("GET", url))
+
+    monkeypatch.setattr(httpx, "get", get)
+    prompt = processor.apply_chat_template(PARTS, add_generation_prompt=True)
+    from_url = processor(text=prompt, images=["https://example.test/photo.jpg"])
+    from_path = processor(text=prompt, images=[str(photo)])
+    assert requested == ["https://example.test/photo.jpg"]
+    assert from_url["input_ids"] == from_path["input_ids"]
+    assert all(torch.equal(a, b) for a, b in zip(from_url["pixel_values"], from_path["pixel_values"], strict=True))
+    assert processor(text=prompt, images=[Image.open(photo)])["input_ids"] == from_path["input_ids"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
 
 import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
-from transformers.image_utils import load_image as transformers_load_image
 
 from .configuration import SicogConfig
 from .image_processing import SicogImageProcessor, flat_images
@@ -464,10 +464,19 @@ def with_content_parts(chat_template: str) -> str:
     return CONTENT_PARTS + chat_template
 
 
+URL_TIMEOUT_S = 60
+
+
 def load_url(image):
-    """An image given by http(s) URL, fetched by transformers; any other input as it is."""
+    """An image given by http(s) URL, fetched with the HTTP client transformers uses and opened as stored; any other
+    input as it is. Not transformers' load_image: it turns a photo by its EXIF orientation, which neither a local
+    path here nor the published code does, so the same picture would be sliced on another grid."""
     if isinstance(image, str) and image.startswith(("http://", "https://")):
-        return transformers_load_image(image)
+        from huggingface_hub.utils import httpx
+
+        response = httpx.get(image, timeout=URL_TIMEOUT_S, follow_redirects=True)
+        response.raise_for_status()
+        return Image.open(BytesIO(response.content))
     return image
 
 
