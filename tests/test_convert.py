@@ -3,6 +3,7 @@
 import json
 import re
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +311,85 @@ def test_tied_release_checkpoint_with_a_different_lm_head_is_refused(tokenizer, 
         {**json.loads((tmp_path / "release" / "config.json").read_text()), "tie_word_embeddings": True}))
     with pytest.raises(ConversionError, match="tie_word_embeddings is true but lm_head.weight differs"):
         release_to_sicog(tmp_path / "release", tmp_path / "ours")
+
+
+def _files(folder):
+    """Every file under ``folder`` with its bytes: what a refused conversion must leave as it was."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def checkpoints(tokenizer, tmp_path, monkeypatch):
+    """A published checkpoint ("release") and a SICOG checkpoint ("ours") of the same release-like model."""
+    import sicog.model.convert as convert
+    from sicog.model.builders import save_pretrained
+
+    model, processor = release_like_model(tokenizer)
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    save_pretrained(model, processor, tmp_path / "ours")
+    return {"from-release": tmp_path / "release", "to-release": tmp_path / "ours"}
+
+
+@pytest.mark.parametrize("direction", ["from-release", "to-release"])
+@pytest.mark.parametrize("inside", [False, True])
+def test_converting_into_the_source_is_refused_and_changes_nothing(checkpoints, capsys, direction, inside):
+    """`convert to-release ck ck` overwrote the checkpoint's weights before failing; `from-release rel rel` deleted
+    the release's shards and exited 0."""
+    src = checkpoints[direction]
+    before = _files(src)
+    out = src / "converted" if inside else src
+    capsys.readouterr()
+    assert main(["convert", direction, str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    says = "lies inside the checkpoint being converted" if inside else "is the checkpoint being converted"
+    assert err.startswith(f"sicog convert: error: output folder {out} {says} ({src})") and len(err.splitlines()) == 1
+    assert _files(src) == before and sorted(src.parent.glob(".*")) == []
+
+
+@pytest.mark.parametrize("direction", ["from-release", "to-release"])
+def test_an_output_folder_that_holds_files_is_refused_and_an_empty_one_is_used(checkpoints, tmp_path, capsys,
+                                                                               direction):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert main(["convert", direction, str(checkpoints[direction]), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sicog convert: error: output folder {out} already holds files: remove it or choose another folder\n"
+    assert _files(out) == {Path("notes.txt"): b"keep me"}
+    (out / "notes.txt").unlink()
+    assert main(["convert", direction, str(checkpoints[direction]), str(out)]) == 0
+    assert (out / "config.json").is_file() and sorted(tmp_path.glob(".*")) == []
+    (tmp_path / "probe").mkdir()  # the user's umask, as a folder made by hand has it
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE((tmp_path / "probe").stat().st_mode)
+    if direction == "to-release":  # the tower is recorded where it ends up, not in the staging folder
+        assert json.loads((out / "config.json").read_text())["mm_vision_tower"] == str(out.resolve() / "vision_tower")
+        assert (out / "vision_tower" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("direction", ["from-release", "to-release"])
+def test_an_interrupted_conversion_leaves_no_output(checkpoints, tmp_path, monkeypatch, direction):
+    """A conversion killed while writing must not leave a half-written folder that looks like a checkpoint."""
+    import sicog.model.convert as convert
+
+    def interrupted(folder):
+        assert any(folder.glob("*.safetensors"))  # the weights are written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert, "share_weights_like_config", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["convert", direction, str(checkpoints[direction]), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() and sorted(tmp_path.glob(".*")) == []
+
+
+def test_to_release_of_a_folder_that_is_no_sicog_checkpoint_is_one_line(checkpoints, tmp_path, capsys):
+    """A mistyped folder was looked up on the Hub ("We couldn't connect to 'https://huggingface.co'...")."""
+    typo = tmp_path / "ourz"
+    assert main(["convert", "to-release", str(typo), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"sicog convert: error: no SICOG checkpoint at {typo} (config.json missing)\n"
+    release = checkpoints["from-release"]
+    assert main(["convert", "to-release", str(release), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"sicog convert: error: {release}/config.json: model_type 'llava_qwen' is not "
+                                       "'sicog' (a published checkpoint: convert it with from-release)\n")
+    assert not (tmp_path / "out").exists()

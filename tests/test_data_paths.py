@@ -73,3 +73,35 @@ def test_an_output_that_cannot_be_written_is_named_not_its_temporary_file(tmp_pa
         assert caught.value.strerror == f"its folder cannot be made ({tmp_path / 'file'} is a file)"
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
+
+
+@pytest.mark.parametrize(("spec", "field", "allowed"), [
+    ({"datasets": [{"path": "a.jsonl"}, {"path": "a.jsonl", "sampling_stratgy": "first:1"}]},
+     "datasets[1].sampling_stratgy", "path, json_path, sampling, sampling_strategy"),
+    ({"datasets": [{"json_path": "a.jsonl", "sample": "first:1"}]}, "datasets[0].sample",
+     "path, json_path, sampling, sampling_strategy"),
+    ({"datasets": [{"path": "a.jsonl"}], "dataset": [{"path": "b.jsonl"}]}, "dataset", "datasets"),
+])
+def test_a_mixture_key_that_nothing_reads_is_refused(tmp_path: Path, spec: dict, field: str, allowed: str) -> None:
+    """A misspelt sampling rule must not leave the entry at `all` (the whole file trained on, exit 0)."""
+    write(tmp_path / "a.jsonl", ["a1", "a2", "a3"])
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(RecordError) as caught:
+        load_mixture(tmp_path / "mix.yaml")
+    assert str(caught.value) == f"{tmp_path / 'mix.yaml'} field '{field}': unknown key (allowed: {allowed})"
+
+
+def test_data_check_stops_on_a_misspelt_mixture_key(tmp_path: Path, tiny_model_factory, capsys) -> None:
+    from sicog.cli import main
+    from sicog.model.builders import save_pretrained
+
+    save_pretrained(*tiny_model_factory(), tmp_path / "model")
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": f"a{i}", "conversations": [
+        {"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hi."}]}) + "\n" for i in range(3)))
+    (tmp_path / "mix.yaml").write_text("datasets:\n  - path: a.jsonl\n    sampling_stratgy: first:2\n")
+    capsys.readouterr()  # saving's progress bar
+    assert main(["data", "check", str(tmp_path / "mix.yaml"), "--model", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        f"sicog data check: error: {tmp_path / 'mix.yaml'} field 'datasets[0].sampling_stratgy': unknown key "
+        "(allowed: path, json_path, sampling, sampling_strategy)"]

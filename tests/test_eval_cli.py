@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,40 @@ def test_command_refuses_an_output_dir_that_is_a_file(setup, tmp_path, capsys, m
     assert main(eval_args(setup, taken / "sub")) == 2
     inside = f"sicog eval: error: --output-dir {taken / 'sub'} is not a folder ({taken} is a file)\n"
     assert capsys.readouterr().err == inside
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (lambda ck: _cut(ck / "model.safetensors"),
+     "{ck}/model.safetensors: not a readable safetensors file (Error while deserializing header: incomplete metadata"),
+    (lambda ck: (ck / "model.safetensors").unlink(),
+     "cannot load the checkpoint {ck}: Error no file named model.safetensors"),
+    (lambda ck: _cut(ck / "config.json"), "{ck}/config.json: not valid JSON ("),
+    (lambda ck: (ck / "config.json").write_text("[1, 2]"), "{ck}/config.json: expected a JSON object, got list"),
+    (lambda ck: _cut(ck / "tokenizer.json"), "{ck}/tokenizer.json: not valid JSON ("),
+])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(setup, tmp_path, capsys, damage, says) -> None:
+    """What a run killed while saving leaves: one error line naming the file, exit 2, no output folder."""
+    checkpoint = tmp_path / "ck"
+    shutil.copytree(setup["model"], checkpoint)
+    damage(checkpoint)
+    args = eval_args(setup, tmp_path / "out")
+    args[args.index("--model") + 1] = str(checkpoint)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("sicog eval: error:")]  # not the progress bar
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert errors[0].startswith("sicog eval: error: " + says.format(ck=checkpoint)), err
+    assert not (tmp_path / "out").exists()
+    # One type for every such problem, caught by commands that catch either OSError or ValueError.
+    from sicog.model.builders import CheckpointError, load_pretrained
+
+    with pytest.raises(CheckpointError) as caught:
+        load_pretrained(checkpoint)
+    assert isinstance(caught.value, OSError) and isinstance(caught.value, ValueError)
 
 
 def test_image_use_refuses_a_folder_that_is_no_checkpoint(tmp_path, capsys) -> None:

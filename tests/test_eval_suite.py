@@ -85,6 +85,28 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path, capsys, monkeypatch) -> Non
     assert "lmms-eval is not installed in this environment" in capsys.readouterr().err
 
 
+def test_an_invalid_suite_yaml_is_one_line_naming_file_line_and_column(tmp_path, capsys) -> None:
+    """PyYAML's own message spans five lines."""
+    bad = tmp_path / "suite.yaml"
+    bad.write_text("benchmarks:\n  - name: A\n    lmms_eval: a: b\n")
+    assert main(["eval-suite", "--model", "ckpt", "--output-dir", "o", "--suite", str(bad), "--dry-run"]) == 2
+    says = f"sicog eval-suite: error: {bad}:3:17: not valid YAML: mapping values are not allowed here\n"
+    assert capsys.readouterr().err == says
+
+
+def test_lmms_eval_batch_size_is_n_auto_or_auto_n(capsys) -> None:
+    """What lmms-eval's CLI documents and the SICOG model reads; anything else stops before the framework starts."""
+    dry_run = ["eval-suite", "--model", "ckpt", "--output-dir", "o", "--framework", "lmms-eval", "--dry-run"]
+    for size in ("0", "-2", "two", "auto:x"):
+        with pytest.raises(SystemExit) as stop:
+            main([*dry_run, f"--batch-size={size}"])
+        assert stop.value.code == 2
+        assert f"argument --batch-size: must be N (at least 1), auto or auto:N, got {size!r}" in capsys.readouterr().err
+    for size in ("1", "16", "auto", "auto:4"):
+        assert main([*dry_run, "--batch-size", size]) == 0
+        assert f" --batch_size {size} " in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("empty", [",", "", " , "])
 def test_an_empty_benchmark_list_is_refused(capsys, empty) -> None:
     """--benchmarks "$BENCH" with BENCH unset names no benchmark: not a request for the whole suite."""

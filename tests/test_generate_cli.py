@@ -185,6 +185,37 @@ def test_unusable_output_model_and_sampling_arguments_stop_with_one_line(setup, 
     assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "b.jsonl").exists()
 
 
+def test_an_unreadable_input_or_unwritable_output_stops_with_one_line(setup, tmp_path, capsys, monkeypatch):
+    """`--data` the run may not read, `--output` under a file or in a folder it may not write: one line naming the
+    path and the cause, exit 2, nothing written (root reads and writes everything: the refusals are simulated)."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    data = tmp_path / "locked.jsonl"
+    shutil.copy(setup / "questions_train.jsonl", data)
+    real_open = Path.open
+
+    def refuse_data(self, *args, **kwargs):
+        if self == data:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    def refuse_lock(self):
+        raise PermissionError(13, "Permission denied", self.lock_file)
+
+    def refused(argv: list[str], says: str) -> None:
+        assert main(argv) == 2, says
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [f"sicog generate reasoning: error: {says}"], err
+
+    refused(cli_args(setup, afile / "x.jsonl"), f"{afile / 'x.jsonl'} cannot be written ({afile} is a file)")
+    monkeypatch.setattr(Path, "open", refuse_data)
+    refused(cli_args(setup, tmp_path / "a.jsonl", data=str(data)), f"{data}: Permission denied")
+    monkeypatch.setattr("sicog.data.lock._OutputFileLock._acquire", refuse_lock)
+    output = tmp_path / "ro" / "g.jsonl"
+    refused(cli_args(setup, output), f"{output} cannot be written ({output}.lock: Permission denied)")
+    assert sorted(p.name for p in tmp_path.rglob("*.jsonl")) == ["locked.jsonl"]
+
+
 @pytest.mark.parametrize("name", ["recap_inference.sh", "reasoning_inference.sh"])
 def test_scripts_follow_the_wrapper_rules_and_name_missing_variables(name, tmp_path):
     text = (SCRIPTS / name).read_text()

@@ -56,6 +56,8 @@ CASES = [
          ("not a path",), "gen.errors.jsonl", "image"),
     Case("generate-image-missing", "generate", jsonl(GOOD_Q, {**GOOD_Q, "id": "g2", "image": "nope.png"}), 0,
          ("nope.png",), "gen.errors.jsonl", "image"),
+    Case("generate-image-a-folder", "generate", jsonl(GOOD_Q, {**GOOD_Q, "id": "g2", "image": "album"}), 0,
+         ("is a folder, not an image file", "album"), "gen.errors.jsonl", "image"),
     Case("generate-image-not-an-image", "generate", jsonl(GOOD_Q, {**GOOD_Q, "id": "g2", "image": "junk.png"}), 0,
          ("junk.png",), "gen.errors.jsonl", "image"),
     Case("generate-no-question", "generate", jsonl(GOOD_Q, {"id": "g2", "image": "ok.png"}), 0,
@@ -101,15 +103,15 @@ CASES = [
     # sicog annotate cod (input captions.jsonl; nothing reaches the API)
     Case("cod-invalid-json", "cod", jsonl(b'{"id": 1'), 2, ("captions.jsonl:1", "invalid JSON")),
     Case("cod-missing-id", "cod", jsonl({"image": "ok.png"}), 2, ("captions.jsonl:1", "field 'id'")),
-    Case("cod-image-not-a-path", "cod", jsonl({**GOOD_LLAVA, "image": 5}), 0,
+    Case("cod-image-not-a-path", "cod", jsonl({**GOOD_LLAVA, "image": 5}), 1,
          ("captions.jsonl:1", "field 'image'"), "failures.jsonl", None),
-    Case("cod-image-outside-folder", "cod", jsonl({**GOOD_LLAVA, "image": "../secret.png"}), 0,
+    Case("cod-image-outside-folder", "cod", jsonl({**GOOD_LLAVA, "image": "../secret.png"}), 1,
          ("captions.jsonl:1", "field 'image'", "leads outside the image folder"), "failures.jsonl", None),
-    Case("cod-no-caption", "cod", jsonl({**GOOD_LLAVA, "conversations": []}), 0,
+    Case("cod-no-caption", "cod", jsonl({**GOOD_LLAVA, "conversations": []}), 1,
          ("captions.jsonl:1", "field 'conversations'"), "failures.jsonl", None),
     # sicog annotate cot (input cot_in.jsonl)
     Case("cot-not-utf8", "cot", jsonl(b'{"id": "c1", "image": "\xc3("}'), 2, ("cot_in.jsonl:1", "not UTF-8")),
-    Case("cot-no-conversations", "cot", jsonl({"id": "c1", "image": "ok.png"}), 0,
+    Case("cot-no-conversations", "cot", jsonl({"id": "c1", "image": "ok.png"}), 1,
          ("cot_in.jsonl:1", "field 'conversations'"), "errors.jsonl", None),
     # sicog data check (input train.jsonl)
     Case("check-invalid-json", "check", jsonl(GOOD_LLAVA, b"{"), 2, ("train.jsonl:2", "invalid JSON")),
@@ -144,6 +146,7 @@ def world(tmp_path_factory, tiny_model_factory) -> Path:
     (root / "images").mkdir()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(root / "images" / "ok.png")
     (root / "images" / "junk.png").write_bytes(b"not an image at all")
+    (root / "images" / "album").mkdir()
     Image.new("RGB", (32, 32)).save(root / "secret.png")
     return root
 

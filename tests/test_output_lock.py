@@ -133,3 +133,30 @@ def test_an_empty_lock_file_is_taken_over_only_once_it_is_stale(tmp_path):
     with output_lock(tmp_path, folder=True):
         assert str(os.getpid()) == path.read_text().splitlines()[0]
     assert not path.exists()
+
+
+def test_a_lock_that_cannot_be_created_is_one_line_naming_the_path_at_fault(tmp_path, monkeypatch):
+    """A file where a folder must be, or a folder the run may not write in: the lock names the output and what is in
+    the way (the OSError's own message names only the path it tried), so every command that locks says so."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for output, folder, says in (
+        (afile / "x.jsonl", False, f"{afile / 'x.jsonl'} cannot be written ({afile} is a file)"),
+        (afile / "sub" / "x.jsonl", False, f"{afile / 'sub' / 'x.jsonl'} cannot be written ({afile} is a file)"),
+        (afile / "sub", True, f"{afile / 'sub'} cannot be written ({afile} is a file)"),
+        (afile, True, f"{afile} is a file, not a folder"),
+    ):
+        with pytest.raises(OutputLocked) as refused:
+            with output_lock(output, folder=folder):
+                pass
+        assert str(refused.value) == says
+
+    def denied(self):  # what creating the lock file in a folder without write permission raises (root may write)
+        raise PermissionError(13, "Permission denied", self.lock_file)
+
+    monkeypatch.setattr("sicog.data.lock._OutputFileLock._acquire", denied)
+    output = tmp_path / "ro" / "g.jsonl"
+    with pytest.raises(OutputLocked) as refused:
+        with output_lock(output):
+            pass
+    assert str(refused.value) == f"{output} cannot be written ({lock_path(output)}: Permission denied)"

@@ -217,7 +217,8 @@ def test_bad_files_raise_image_errors(tmp_path, monkeypatch):
     truncated.write_bytes(_save(Image.new("RGB", (64, 64), (1, 2, 3)))[:60])
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"not an image")
-    cases = [(truncated, "cannot read"), (garbage, "cannot read"), (tmp_path / "missing.png", "not found")]
+    cases = [(truncated, "cannot read"), (garbage, "cannot read"), (tmp_path / "missing.png", "not found"),
+             (tmp_path, "image path is a folder, not an image file")]
     for path, message in cases:
         with pytest.raises(ImageError, match=message):
             load_image(path)

@@ -164,9 +164,9 @@ def test_bad_arguments_stop_with_one_line_and_exit_2(world, tmp_path, capsys):
     no_data.write_text(f"stage: '2'\noutput_dir: {tmp_path / 'y'}\n")
     runs = [
         (["--stage", "2", *common(world, tmp_path / "x", steps=1)], "stage 2 needs --model_name_or_path"),
-        ([str(no_data)], f"{no_data}: missing required key(s): data_path"),
-        ([str(unknown_key)], f"{unknown_key}: Some keys are not used by the HfArgumentParser: ['learning_rat']"),
-        ([str(tmp_path / "gone.json")], f"{tmp_path / 'gone.json'}: No such file or directory"),
+        ([str(no_data)], f"config {no_data}: missing required key(s): data_path"),
+        ([str(unknown_key)], f"config {unknown_key}: Some keys are not used by the HfArgumentParser: ['learning_rat']"),
+        ([str(tmp_path / "gone.json")], f"config {tmp_path / 'gone.json'}: No such file or directory"),
         (["--stage", "2", "--model_name_or_path", str(tmp_path / "nonexistent"), *common(world, tmp_path / "x")],
          f"--model_name_or_path {tmp_path / 'nonexistent'}: no such file or folder"),
         (["--stage", "1.5", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),

@@ -55,3 +55,9 @@ def require_checkpoint(path: str | os.PathLike) -> None:
     """
     if not (Path(path) / "config.json").is_file():
         raise ValueError(f"no SICOG checkpoint at {path} (config.json missing)")
+
+
+def os_error_text(err: OSError) -> str:
+    """``PATH: reason`` for an ``OSError`` (``Permission denied``, ``Not a directory``, ...): one line naming the
+    file, without Python's ``[Errno N]``."""
+    return f"{err.filename}: {err.strerror or err}" if err.filename is not None else str(err)

@@ -17,13 +17,16 @@ from pathlib import Path
 
 from filelock import SoftFileLock, Timeout
 
+from sicog.data.argtypes import os_error_text
+
 #: An empty lock file unchanged this long (seconds) was left by a run killed while taking it: a holder
 #: writes its pid microseconds after creating the file.
 RECORDLESS_GRACE_S = 2.0
 
 
 class OutputLocked(RuntimeError):
-    """The output is in use by another run."""
+    """The output cannot be taken for this run: another run holds its lock, or the lock file cannot be created
+    there (a file where a folder must be, no permission to write)."""
 
 
 def lock_path(output: str | os.PathLike, *, folder: bool = False) -> Path:
@@ -46,6 +49,18 @@ def holder(path: str | os.PathLike) -> str:
 def locks_in(folder: str | os.PathLike) -> list[Path]:
     """The lock files directly in ``folder``: its own and those of the files in it."""
     return sorted(Path(folder).glob("*.lock"))
+
+
+def _unwritable(output: str | os.PathLike, lock: Path, err: OSError) -> str:
+    """Why the lock file ``lock`` of ``output`` could not be created (``err``), naming the path at fault: a file
+    where a folder must be, worded as ``sicog eval`` words it ("(... is a file)"), else the system's reason."""
+    # os.path.exists, not Path.exists: it answers False instead of raising for a folder that cannot be searched.
+    existing = next(p for p in (lock.parent, *lock.parent.absolute().parents) if os.path.exists(p))
+    if existing.is_dir():
+        return f"{output} cannot be written ({os_error_text(err)})"
+    if existing == Path(output):
+        return f"{output} is a file, not a folder"
+    return f"{output} cannot be written ({existing} is a file)"
 
 
 class _OutputFileLock(SoftFileLock):
@@ -75,15 +90,17 @@ def output_lock(output: str | os.PathLike, *, folder: bool = False, enabled: boo
         yield
         return
     path = lock_path(output, folder=folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = _OutputFileLock(path, timeout=0)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
         raise OutputLocked(
             f"{output} is in use by another run ({holder(path)}; lock file {path}); wait for it to finish, "
             "or delete the lock file if that run is gone"
         ) from None
+    except OSError as err:
+        raise OutputLocked(_unwritable(output, path, err)) from None
     try:
         yield
     finally:

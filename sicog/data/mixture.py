@@ -11,7 +11,8 @@ LLaVA-NeXT / LLaVA-OneVision's (``json_path``, ``sampling_strategy``)::
       - json_path: reasoning.json
         sampling_strategy: random:50%
 
-A percentage is rounded up (as LLaVA-NeXT does); ``random`` keeps the file order of a seeded draw.
+A percentage is rounded up (as LLaVA-NeXT does); ``random`` keeps the file order of a seeded draw. Any other
+key, at the top or in an entry, is refused: a misspelt rule would otherwise train on the whole source.
 Each loaded record remembers its source as ``(path, line)`` so every later error can point at it.
 """
 
@@ -36,6 +37,8 @@ SAMPLING_RULES = ("first", "end", "random")
 # SICOG's key, then LLaVA-NeXT's, for the source and for the sampling rule of one mixture entry.
 PATH_KEYS = ("path", "json_path")
 SAMPLING_KEYS = ("sampling", "sampling_strategy")
+ENTRY_KEYS = PATH_KEYS + SAMPLING_KEYS
+TOP_KEYS = ("datasets",)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,17 @@ def _entry_value(entry: dict, keys: tuple[str, ...], mixture: Path, index: int) 
     return (entry[given[0]], given[0]) if given else (None, keys[0])
 
 
+def _refuse_unknown_keys(mapping: dict, allowed: tuple[str, ...], mixture: Path, prefix: str) -> None:
+    """Raise :class:`RecordError` naming the first key of ``mapping`` (as ``prefix`` + key) not in ``allowed``.
+
+    Nothing reads such a key: a misspelt ``sampling_stratgy`` would leave the entry's rule at ``all`` and silently
+    train on the whole source.
+    """
+    for key in mapping:
+        if key not in allowed:
+            raise RecordError(f"unknown key (allowed: {', '.join(allowed)})", path=mixture, field=f"{prefix}{key}")
+
+
 def _entry_source(name: str, mixture: Path) -> str:
     """An entry's source: relative to the YAML file's folder, else to the working folder (where LLaVA-NeXT's
     scripts resolve them), else a Hub dataset id."""
@@ -99,6 +113,8 @@ def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
         mark = getattr(err, "problem_mark", None)
         raise RecordError(f"not valid YAML: {getattr(err, 'problem', None) or err}", path=path,
                           line=None if mark is None else mark.line + 1) from None
+    if isinstance(spec, dict):
+        _refuse_unknown_keys(spec, TOP_KEYS, path, "")
     entries = spec.get("datasets") if isinstance(spec, dict) else None
     if not isinstance(entries, list) or not entries:
         raise RecordError("expected a non-empty 'datasets' list", path=path, field="datasets")
@@ -106,6 +122,7 @@ def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise RecordError("each dataset must be a mapping", path=path, field=f"datasets[{index}]")
+        _refuse_unknown_keys(entry, ENTRY_KEYS, path, f"datasets[{index}].")
         name, _ = _entry_value(entry, PATH_KEYS, path, index)
         if not isinstance(name, str) or not name:
             raise RecordError(f"each dataset needs a {' or '.join(PATH_KEYS)}", path=path, field=f"datasets[{index}]")

@@ -84,7 +84,13 @@ def load_suite(spec: str) -> list[SuiteBenchmark]:
         raise ValueError(f"no benchmark suite {spec!r} (a YAML file, or: {DEFAULT_SUITE})")
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+    except yaml.YAMLError as err:
+        # PyYAML's own message spans lines (with a copy of the bad line); its mark gives the place in one.
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ValueError(f"{where}: not valid YAML: {problem}") from None
+    except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not a readable YAML file ({err})") from None
     entries = loaded.get("benchmarks") if isinstance(loaded, dict) else None
     if not isinstance(entries, list) or not entries:
@@ -132,6 +138,20 @@ def _paper(value: object, where: str) -> dict[str, float]:
     if not isinstance(value, dict) or set(value) - set(PAPER_ARMS) or not all(is_number(v) for v in value.values()):
         raise ValueError(f"{where}: field 'paper': a mapping {{{', '.join(PAPER_ARMS)}}} of numbers is needed")
     return dict(value)
+
+
+def lmms_batch_size(text: str) -> str:
+    """lmms-eval's batch size (argparse type): N (at least 1), ``auto`` or ``auto:N``, as lmms-eval's CLI documents it
+    and the SICOG model reads it (:func:`sicog.eval.lmms_eval.parse_batch_size`, importable only where lmms-eval is
+    installed); passed on as given."""
+    head, colon, tries = text.strip().lower().partition(":")
+    if head == "auto" and (not colon or tries.isdigit()):
+        return text
+    try:
+        positive_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"must be N (at least 1), auto or auto:N, got {text!r}") from None
+    return text
 
 
 def select(suite: list[SuiteBenchmark], names: Sequence[str] | None) -> list[SuiteBenchmark]:
@@ -280,8 +300,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these benchmarks of the suite, comma-separated (e.g. MMStar,MME)")
     parser.add_argument("--nproc", type=positive_int, default=1,
                         help="processes, one GPU each (torchrun on one node; default: %(default)s)")
-    parser.add_argument("--batch-size", default="auto",
-                        help="lmms-eval's batch size: N, or auto (default: %(default)s)")
+    parser.add_argument("--batch-size", type=lmms_batch_size, default="auto",
+                        help="lmms-eval's batch size: N, auto or auto:N (default: %(default)s)")
     parser.add_argument("--vlmevalkit", type=Path,
                         help="VLMEvalKit checkout holding run.py (default: the current folder, else the checkout of "
                              "the installed vlmeval package)")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import finite_float, non_negative_float, positive_int, require_checkpoint
+from sicog.data.argtypes import finite_float, non_negative_float, os_error_text, positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
             return _generate(job, device, dtype, rank, world, retry_failed=not args.skip_failed)
     except (RecordError, OutputLocked) as err:
         print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an input that cannot be read, an output that cannot be written (no permission, disk full)
+        print(f"sicog generate {args.task}: error: {os_error_text(err)}", file=sys.stderr)
         return 2
 
 

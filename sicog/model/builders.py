@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
@@ -31,6 +31,9 @@ from sicog.model.release_format import (
     PROJECTOR_BIN,
     PROJECTOR_PREFIX,
     RELEASE_RESAMPLER_SETTINGS,
+    ConversionError,
+    first_line,
+    read_json_object,
     read_tensor_file,
     resampler_from_release,
 )
@@ -139,10 +142,52 @@ def build_from_parts(
     return model, SicogProcessor.from_config(tokenizer, config)
 
 
+class CheckpointError(OSError, ValueError):
+    """A checkpoint that cannot be loaded: a weights file missing, truncated or damaged (as a run killed while
+    saving leaves it), a ``config.json`` or other JSON file that is no JSON object; the message names the file.
+
+    An ``OSError``, as transformers' own errors about a checkpoint's files are (``sicog train`` and ``sicog
+    generate`` catch those around loading), and a ``ValueError``, as the commands' other bad-input errors are:
+    whichever a command catches, it reports the problem in one line.
+    """
+
+
 def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
-    """Load a full SICOG checkpoint (model + tokenizer) saved by :func:`save_pretrained`."""
-    model = SicogForConditionalGeneration.from_pretrained(path, **kwargs)
-    return model, SicogProcessor.from_pretrained(path, config=model.config)
+    """Load a full SICOG checkpoint (model + tokenizer) saved by :func:`save_pretrained`.
+
+    Raises :class:`CheckpointError` when it cannot be loaded (a path that is no checkpoint, a missing,
+    truncated or invalid file).
+    """
+    config = Path(path) / "config.json"
+    try:
+        if config.is_file():
+            # A config.json holding a JSON list or number would reach the config class as a TypeError naming no file.
+            read_json_object(config)
+        model = SicogForConditionalGeneration.from_pretrained(path, **kwargs)
+        return model, SicogProcessor.from_pretrained(path, config=model.config)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise CheckpointError(_load_problem(Path(path), error)) from error
+
+
+def _load_problem(path: Path, error: Exception) -> str:
+    """Why ``path`` did not load, naming the file: safetensors' and json's messages name none, so the damaged
+    file of that kind in ``path`` is looked for; transformers' own messages name the missing file."""
+    if isinstance(error, ConversionError):
+        return str(error)
+    if isinstance(error, SafetensorError):
+        for weights in sorted(path.glob("*.safetensors")):
+            try:
+                with safe_open(str(weights), framework="pt"):  # reads the header, which covers the whole file
+                    pass
+            except SafetensorError as damaged:
+                return f"{weights}: not a readable safetensors file ({first_line(damaged)})"
+    elif isinstance(error, ValueError):
+        for file in sorted(path.glob("*.json")):
+            try:
+                read_json_object(file)
+            except ConversionError as damaged:
+                return str(damaged)
+    return f"cannot load the checkpoint {path}: {first_line(error)}"
 
 
 def share_weights_like_config(directory: str | os.PathLike) -> None:

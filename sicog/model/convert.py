@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,6 +30,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from sicog.data.argtypes import require_checkpoint
+from sicog.data.jsonl import blocking_file
 from sicog.model.builders import (
     RELEASE_INFERENCE_LONG_SIDE,
     RELEASE_SEPARATORS,
@@ -104,10 +108,49 @@ def _tie_lm_head(weights: dict[str, torch.Tensor], src: Path) -> None:
         )
 
 
+def _check_output(src: Path, out: Path) -> None:
+    """Refuse an ``out`` that converting could lose something in: ``src`` itself or a folder inside it, a file, or a
+    folder that already holds files (an empty one is fine). Called before the weights are read."""
+    source, target = src.resolve(), out.resolve()
+    if target == source:
+        raise ConversionError(f"output folder {out} is the checkpoint being converted ({src}); writing there would "
+                              "overwrite it: choose another folder")
+    if source in target.parents:
+        raise ConversionError(f"output folder {out} lies inside the checkpoint being converted ({src}): choose a "
+                              "folder outside it")
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"output folder {out} is a file")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConversionError(f"output folder {out} already holds files: remove it or choose another folder")
+    blocker = blocking_file(out.parent)
+    if blocker is not None:  # mkdir would say "File exists" about the output, not about the file in the way
+        raise ConversionError(f"output folder {out} cannot be made ({blocker} is a file)")
+
+
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A hidden folder beside ``out`` to write into, renamed to ``out`` when the block ends without error and removed
+    otherwise: an interrupted conversion leaves no half-written ``out`` that looks like a checkpoint."""
+    target = out.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.converting-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # a killed conversion that had the same process id left it
+    staging.mkdir()
+    try:
+        yield staging
+        os.replace(staging, target)  # an empty ``out`` (allowed by _check_output) is replaced too
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def release_to_sicog(
     src: str | os.PathLike, out: str | os.PathLike, *, vision_tower: str | None = None, projector: str | None = None
 ) -> Path:
-    """Convert a published ``llava_qwen`` checkpoint directory into a SICOG checkpoint at ``out``."""
+    """Convert a published ``llava_qwen`` checkpoint directory into a SICOG checkpoint at ``out``.
+
+    ``out`` must be a new or empty folder outside ``src``; it appears only once the checkpoint is complete.
+    """
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src}: no config.json (not a published checkpoint directory)")
@@ -123,6 +166,7 @@ def release_to_sicog(
     if projector and not Path(projector).is_file():
         # Converting without the projector the user named would silently keep the checkpoint's own.
         raise ConversionError(f"--projector {projector}: no such file")
+    _check_output(src, out)
     weights = read_weights(src)
     projector_file = Path(projector) if projector else src / PROJECTOR_BIN
     if projector_file.is_file():
@@ -159,9 +203,10 @@ def release_to_sicog(
     _set_generation_ids(model, tokenizer)
     if (src / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(src)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    share_weights_like_config(out)
+    with _staged(out) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        share_weights_like_config(staging)
     return out
 
 
@@ -238,29 +283,39 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     Writes ``config.json``, the weights (safetensors, sharded when large), ``mm_projector.bin`` (the
     projector alone, as stage 1 of the published scripts writes it), the tokenizer, the generation
     config, and the CLIP tower as its own checkpoint under ``vision_tower/`` (``mm_vision_tower``
-    points there unless ``vision_tower_name`` names another copy, e.g. the hub id).
+    points there unless ``vision_tower_name`` names another copy, e.g. the hub id). ``out`` must be a new or
+    empty folder outside ``src``; it appears only once the checkpoint is complete.
     """
     src, out = Path(src), Path(out)
+    try:
+        require_checkpoint(src)  # else a mistyped folder would be looked up as a Hub id
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
+    found = read_json_object(src / "config.json").get("model_type")
+    if found != SicogConfig.model_type:  # transformers would build a config of defaults from it, with a warning
+        hint = " (a published checkpoint: convert it with from-release)" if found == RELEASE_MODEL_TYPE else ""
+        raise ConversionError(f"{src}/config.json: model_type {found!r} is not {SicogConfig.model_type!r}{hint}")
+    _check_output(src, out)
     config = SicogConfig.from_pretrained(src)
-    tower_dir = out / "vision_tower"
-    fields = release_config_dict(config, vision_tower_name or str(tower_dir.resolve()))
+    # Where the tower will be once the staging folder is renamed into place.
+    fields = release_config_dict(config, vision_tower_name or str(out.resolve() / "vision_tower"))
     state = to_release_state(read_sicog_weights(src))
     tower_weights = _tower_state(state, config.vision_config, src)  # checked before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    save_torch_state_dict(state, out, max_shard_size="5GB")
-    torch.save({k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}, out / PROJECTOR_BIN)
-    (out / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
-    tower = CLIPVisionModel(config.vision_config)
-    tower.load_state_dict(tower_weights)
-    tower.save_pretrained(tower_dir)
-    size = config.vision_config.image_size
-    CLIPImageProcessorPil(
-        image_mean=list(config.image_mean), image_std=list(config.image_std), size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-    ).save_pretrained(tower_dir)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    if (src / "generation_config.json").is_file():
-        shutil.copyfile(src / "generation_config.json", out / "generation_config.json")
-    share_weights_like_config(out)
+    with _staged(out) as staging:
+        save_torch_state_dict(state, staging, max_shard_size="5GB")
+        torch.save({k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}, staging / PROJECTOR_BIN)
+        (staging / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+        tower = CLIPVisionModel(config.vision_config)
+        tower.load_state_dict(tower_weights)
+        tower.save_pretrained(staging / "vision_tower")
+        size = config.vision_config.image_size
+        CLIPImageProcessorPil(
+            image_mean=list(config.image_mean), image_std=list(config.image_std), size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+        ).save_pretrained(staging / "vision_tower")
+        AutoTokenizer.from_pretrained(src).save_pretrained(staging)
+        if (src / "generation_config.json").is_file():
+            shutil.copyfile(src / "generation_config.json", staging / "generation_config.json")
+        share_weights_like_config(staging)
     return out
 

@@ -20,13 +20,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def check_image_file(path: str | os.PathLike) -> None:
-    """Raise :class:`ImageError` unless ``path`` is a file: missing, or a path the system refuses to look up."""
+    """Raise :class:`ImageError` unless ``path`` is a file: missing, a folder, or a path the system refuses to look
+    up."""
     try:
-        found = Path(path).is_file()
+        if Path(path).is_file():
+            return
+        folder = Path(path).is_dir()
     except OSError as err:  # is_file() answers False for a missing file but raises for a name over 255 bytes
         raise ImageError(f"cannot read image {path}: {err.strerror or err}") from None
-    if not found:
-        raise ImageError(f"image file not found: {path}")
+    if folder:
+        raise ImageError(f"image path is a folder, not an image file: {path}")
+    raise ImageError(f"image file not found: {path}")
 
 
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:

@@ -85,7 +85,7 @@ def read_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as error:
             # Truncated or corrupt archives surface as any of these, depending on where the bytes stop.
-            raise ConversionError(f"{path}: not a readable torch file ({_first_line(error)})") from None
+            raise ConversionError(f"{path}: not a readable torch file ({first_line(error)})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ConversionError(f"{path}: a torch file that is not a flat name -> tensor mapping")
         return state
@@ -93,10 +93,10 @@ def read_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}
     except SafetensorError as error:
-        raise ConversionError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+        raise ConversionError(f"{path}: not a readable safetensors file ({first_line(error)})") from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     """The first line of an error's message (torch's messages run over several lines)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 

@@ -2,23 +2,89 @@
 
 from __future__ import annotations
 
+import argparse
 import atexit
+import json
 import logging
 import os
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
+from sicog.data.argtypes import non_negative_int, positive_int
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments, UsageError
+
+# TrainingArguments' counts, which transformers types as any int: 0 (or -1 workers) would pass and fail only once the
+# model is loaded, in the DataLoader or the step arithmetic. Their flags take these types instead, in the one parser
+# that the command line, config files (:func:`read_config`) and `sicog cycle` all go through.
+COUNT_TYPES = {
+    "per_device_train_batch_size": positive_int,
+    "per_device_eval_batch_size": positive_int,
+    "gradient_accumulation_steps": positive_int,
+    "eval_accumulation_steps": positive_int,
+    "dataloader_num_workers": non_negative_int,
+}
+# What a value of a flag's type is, in a config file's error message.
+EXPECTED = {int: "an integer", positive_int: "an integer", non_negative_int: "an integer", float: "a number",
+            str: "a string", string_to_bool: "true or false"}
 
 
 def build_parser() -> HfArgumentParser:
     """The parser of ``sicog train``'s flags (also what ``sicog cycle`` checks its planned training lines with)."""
-    return HfArgumentParser((ModelArguments, DataArguments, SicogTrainingArguments), prog="sicog train",
-                            description=__doc__)
+    parser = HfArgumentParser((ModelArguments, DataArguments, SicogTrainingArguments), prog="sicog train",
+                              description=__doc__)
+    for action in parser._actions:
+        if action.dest in COUNT_TYPES:
+            action.type = COUNT_TYPES[action.dest]
+    return parser
+
+
+def read_config(parser: HfArgumentParser, config: str) -> tuple:
+    """The argument dataclasses from a ``.json`` or ``.yaml`` file of flags (names without the dashes).
+
+    Each value is converted as the command line converts its flag's text: YAML reads ``1e-4`` as a string, which
+    the dataclasses would keep and AdamW refuse once the model is loaded. Raises ``ValueError`` (``key 'x':
+    expected ...``) for a value the command line would refuse, and for null where the flag has a default; keys
+    that name no flag are left to the parser, which lists them.
+    """
+    text = Path(config).read_text(encoding="utf-8")
+    settings = json.loads(text) if config.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(settings, dict):
+        raise ValueError("expected a mapping of flag names to values")
+    actions = {action.dest: action for action in parser._actions if action.type is not None}
+    typed = {key: _typed(key, value, actions[key]) if key in actions else value for key, value in settings.items()}
+    return parser.parse_dict(typed)
+
+
+def _typed(key: str, value: object, action: argparse.Action) -> object:
+    """One config value as its flag's type (see :func:`read_config`)."""
+    expected = (f"one of {', '.join(map(str, action.choices))}" if action.choices
+                else EXPECTED.get(action.type, f"a {getattr(action.type, '__name__', 'valid')} value"))
+    if isinstance(value, list) and action.nargs in ("+", "*"):
+        return [_typed(key, item, action) for item in value]
+    if value is None:
+        if action.default is None and not action.required:
+            return None
+        raise ValueError(f"key {key!r}: expected {expected}, got null")
+    if isinstance(value, (dict, list)):
+        if action.type in (str, dict) and not action.choices:  # deepspeed, report_to: TrainingArguments reads them
+            return value
+        raise ValueError(f"key {key!r}: expected {expected}, got {value!r}")
+    try:
+        typed = action.type(str(value))
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"key {key!r}: {err}") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"key {key!r}: expected {expected}, got {value!r}") from None
+    if action.choices and typed not in action.choices:
+        hint = " (YAML reads an unquoted no, off, yes or on as a boolean: quote it)" if isinstance(value, bool) else ""
+        raise ValueError(f"key {key!r}: expected {expected}, got {value!r}{hint}")
+    return typed
 
 
 def main(argv: Sequence[str]) -> int:
@@ -28,22 +94,21 @@ def main(argv: Sequence[str]) -> int:
     config = argv[0] if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) else None
     try:
         if config:
-            loader = parser.parse_json_file if config.endswith(".json") else parser.parse_yaml_file
-            model_args, data_args, training_args = loader(config)
+            model_args, data_args, training_args = read_config(parser, config)
         else:
             model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    # A config file that is missing, unparsable or has unknown keys, or settings that TrainingArguments refuses
-    # (argparse itself already reports a bad flag in one line with exit 2).
+    # A config file that is missing, unparsable, has unknown keys or a value of the wrong type, or settings that
+    # TrainingArguments refuses (argparse itself already reports a bad flag in one line with exit 2).
     except (OSError, ValueError, yaml.YAMLError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
-        print(f"sicog train: error: {config + ': ' if config else ''}{reason}", file=sys.stderr)
+        print(f"sicog train: error: {f'config {config}: ' if config else ''}{reason}", file=sys.stderr)
         return 2
     except TypeError as err:  # a config file without a required key: the argument dataclass cannot be built
         if not config:
             raise
         names = re.findall(r"'(\w+)'", str(err)) if "missing" in str(err) else []
         reason = f"missing required key(s): {', '.join(names)}" if names else str(err)
-        print(f"sicog train: error: {config}: {reason}", file=sys.stderr)
+        print(f"sicog train: error: config {config}: {reason}", file=sys.stderr)
         return 2
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,92 @@
+"""`sicog train` settings that cannot start a run stop before anything is loaded: config values are typed as the
+command line types its flags, counts are at least 1, and an output folder that cannot be made is one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sicog.cli import main
+
+
+@pytest.fixture
+def trained(monkeypatch) -> list:
+    """The settings `sicog train` would train with, in place of the run itself (nothing is loaded)."""
+    runs = []
+
+    def train(model_args, data_args, training_args) -> dict:
+        runs.append((model_args, data_args, training_args))
+        return {}
+
+    monkeypatch.setattr("sicog.train.run.train", train)
+    return runs
+
+
+def config(tmp_path: Path, text: str) -> str:
+    """A YAML config of a CPU run with ``text`` added (and a data path unless ``text`` gives one)."""
+    path = tmp_path / "run.yaml"
+    data = "" if text.startswith("data_path") else "data_path: data.jsonl\n"
+    path.write_text(f"{data}output_dir: {tmp_path / 'out'}\nuse_cpu: true\nreport_to: none\n{text}")
+    return str(path)
+
+
+def test_config_values_are_converted_as_the_command_line_converts_them(tmp_path, trained):
+    """YAML reads 1e-4 as a string and "2" stays one: both reached the Trainer as text and failed once the model
+    was loaded (AdamW, the DataLoader)."""
+    yaml_config = config(tmp_path, 'stage: 1.5\nlearning_rate: 1e-4\nper_device_train_batch_size: "2"\n'
+                                   "vision_tower_lr: 2e-5\nbf16: 'false'\nsave_strategy: 'no'\ndeepspeed: null\n")
+    assert main(["train", yaml_config]) == 0
+    json_config = tmp_path / "run.json"
+    json_config.write_text('{"data_path": "d.jsonl", "output_dir": "o", "use_cpu": true, "learning_rate": "3e-4", '
+                           '"gradient_accumulation_steps": 4.0e0, "report_to": ["none"]}')
+    assert main(["train", str(json_config)]) == 2  # 4.0 is no integer on the command line either
+    json_config.write_text(json_config.read_text().replace("4.0e0", '"4"'))
+    assert main(["train", str(json_config)]) == 0
+    (_, _, yaml_args), (_, _, json_args) = trained
+    assert (yaml_args.stage, yaml_args.learning_rate, yaml_args.per_device_train_batch_size) == ("1.5", 1e-4, 2)
+    assert (yaml_args.vision_tower_lr, yaml_args.bf16, yaml_args.save_strategy) == (2e-5, False, "no")
+    assert (json_args.learning_rate, json_args.gradient_accumulation_steps, json_args.report_to) == (3e-4, 4, [])
+
+
+def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, trained, capsys):
+    cases = [
+        ("learning_rate: fast\n", "key 'learning_rate': expected a number, got 'fast'"),
+        ("learning_rate: null\n", "key 'learning_rate': expected a number, got null"),
+        ("per_device_train_batch_size: 0\n", "key 'per_device_train_batch_size': must be at least 1, got 0"),
+        ("per_device_train_batch_size: 2.5\n", "key 'per_device_train_batch_size': expected an integer, got 2.5"),
+        ("gradient_accumulation_steps: -1\n", "key 'gradient_accumulation_steps': must be at least 1, got -1"),
+        ("dataloader_num_workers: -1\n", "key 'dataloader_num_workers': must be 0 or more, got -1"),
+        ("bf16: maybe\n", "key 'bf16': Truthy value expected: got maybe"),
+        ("stage: 3\n", "key 'stage': expected one of 0, 1, 1.5, 2, dpo, got 3"),
+        ("save_strategy: no\n", "key 'save_strategy': expected one of no, steps, epoch, best, got False (YAML reads "
+                                "an unquoted no, off, yes or on as a boolean: quote it)"),
+        ("max_steps: [1, 2]\n", "key 'max_steps': expected an integer, got [1, 2]"),
+        ("data_path: null\n", "key 'data_path': expected a string, got null"),
+    ]
+    for text, says in cases:
+        path = config(tmp_path, text)
+        assert main(["train", path]) == 2, says
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith(f"sicog train: error: config {path}: {says}"), err
+    assert trained == []
+
+
+def test_a_count_below_1_on_the_command_line_stops_in_argparse(tmp_path, trained, capsys):
+    for flag in ("--per_device_train_batch_size", "--gradient_accumulation_steps"):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--data_path", "d.jsonl", "--output_dir", str(tmp_path), flag, "0"])
+        assert stop.value.code == 2
+        assert f"argument {flag}" in capsys.readouterr().err.splitlines()[-1]
+    assert trained == []
+
+
+def test_an_output_folder_that_is_or_lies_in_a_file_is_one_line(tmp_path, capsys):
+    """Stopped by the output lock, before the model source is even looked at."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for output, says in ((afile, f"{afile} is a file, not a folder"),
+                         (afile / "sub", f"{afile / 'sub'} cannot be written ({afile} is a file)")):
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(tmp_path / "model"), "--data_path",
+                     "d.jsonl", "--output_dir", str(output), "--use_cpu", "--report_to", "none"]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"sicog train: error: {says}"
