@@ -135,6 +135,25 @@ def test_a_release_tokenizer_without_an_image_token_gets_one(tokenizer, tmp_path
         before, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"model_mode": "llava"}, "model_mode 'llava' is not 'uhd_v1'"),
+    ({"model_mode": None}, "model_mode 'llava' (absent: the published code's default) is not 'uhd_v1'"),
+    ({"mm_vision_select_feature": "cls_patch"}, "mm_vision_select_feature 'cls_patch' is not 'patch'"),
+])
+def test_a_release_the_published_code_computes_another_way_is_refused(tokenizer, tmp_path, capsys, fields, named):
+    """The published code's non-slicing mode, or a tower that keeps CLS, would give other numbers once converted."""
+    model, _ = release_like_model(tokenizer)
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    config_path = tmp_path / "release" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update({k: v for k, v in fields.items() if v is not None})
+    for key in (k for k, v in fields.items() if v is None):
+        del config[key]
+    config_path.write_text(json.dumps(config))
+    assert main(["convert", "from-release", str(tmp_path / "release"), str(tmp_path / "ours")]) == 2
+    assert named in capsys.readouterr().err and not (tmp_path / "ours").exists()
+
+
 def test_release_projector_bin_loads_into_the_resampler(tokenizer, tmp_path):
     model, _ = release_like_model(tokenizer)
     write_release_checkpoint(model, tokenizer, tmp_path / "release")

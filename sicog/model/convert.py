@@ -108,6 +108,22 @@ def _tie_lm_head(weights: dict[str, torch.Tensor], src: Path) -> None:
         )
 
 
+# Release config fields that choose how the published code computes image features, with the one value (the
+# published code's default where the field is absent) that this model computes.
+RELEASE_COMPUTATION = {"model_mode": ("uhd_v1", "llava"), "mm_vision_select_feature": ("patch", "patch")}
+
+
+def _check_release_computation(src: Path, release_config: dict) -> None:
+    """Refuse a release whose config makes the published code compute image features another way (its non-slicing
+    ``llava`` mode, or the CLS token kept): converted, it would give other numbers without saying so."""
+    for field, (supported, default) in RELEASE_COMPUTATION.items():
+        value = release_config.get(field, default)
+        if value != supported:
+            absent = "" if field in release_config else " (absent: the published code's default)"
+            raise ConversionError(f"{src}/config.json: {field} {value!r}{absent} is not {supported!r}, the only "
+                                  "setting this model computes as the published code does")
+
+
 def _check_output(src: Path, out: Path) -> None:
     """Refuse an ``out`` that converting could lose something in: ``src`` itself or a folder inside it, a file, or a
     folder that already holds files (an empty one is fine). Called before the weights are read."""
@@ -163,6 +179,7 @@ def release_to_sicog(
         raise ConversionError(
             f"{src}/config.json: mm_projector_type {projector_type!r} is not one of {sorted(PROJECTOR_TYPES)}"
         )
+    _check_release_computation(src, release_config)
     if projector and not Path(projector).is_file():
         # Converting without the projector the user named would silently keep the checkpoint's own.
         raise ConversionError(f"--projector {projector}: no such file")
