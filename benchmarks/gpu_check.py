@@ -15,21 +15,34 @@ timed and run even when an earlier one failed (its error is recorded instead):
 - ``generation``: N = 6 candidates per record at batch 8, 32 and 128 through the code path of ``sicog
   generate`` (end-of-sequence disabled, so every candidate has exactly ``--max-new-tokens`` tokens), on
   each decoding path: the dynamic cache, the static cache, the static cache with compiled steps;
-- ``greedy``: temperature 0 on 8 records through each decoding path: identical outputs or where they part.
+- ``greedy``: temperature 0 on 8 records through each decoding path, in float32: identical outputs or where they
+  part.
 
 MFU = model FLOPs per second / peak dense bf16 FLOP/s (989 TFLOP/s for H100 SXM, the same for H200;
 756 for H100 PCIe, 835 for H100 NVL). Model FLOPs (see :func:`training_flops`): 6 x parameters x
 tokens for every matmul that runs forward and backward, plus the attention scores and weighted sums
 (causal: half).
 
-    bash benchmarks/gpu_check.sh                                   # GPU: about 2 minutes of work
-    .venv/bin/python benchmarks/gpu_check.py --tiny --out /tmp/gc  # CPU: tiny config, same code paths, < 60 s
+    bash benchmarks/gpu_check.sh                                   # GPU: at most --budget-s (480 s) of work
+    .venv/bin/python benchmarks/gpu_check.py --tiny --out /tmp/gc  # CPU: tiny config, same code paths, about 1 min
 
 In ``--tiny`` mode the compiled layers use dynamo's ``eager`` backend (the graphs are traced, not turned
 into kernels, which would take minutes on a CPU), and ``generate()`` compiles decoding on GPUs only.
 
-Writes ``gpu_check.json`` and ``gpu_check.md`` under ``$OUT`` when set, else under ``--out``; exits 1
-when a section failed or bf16 disagrees with fp32 beyond the tolerance.
+The time budget (``--budget-s``, counted from the start of ``gpu_check.sh`` when it set
+``GPU_CHECK_STARTED_AT``) is checked before every section and, inside the training, attention, generation
+and greedy sections, before every configuration (path, batch size, backend); what is left out is listed
+under ``skipped``. Results are written when a section starts, after every configuration and when it ends,
+so a run killed at the machine's time limit keeps every finished row. Compiled configurations run last in
+their section: they take longest to start.
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` under ``$OUT`` when set, else under ``--out``, also when
+torch, transformers or sicog cannot be imported (the ``imports`` section says why) or when
+``gpu_check.sh`` could not install the carried wheels (the ``setup`` section); exits 1 when a section
+failed or was skipped, bf16 disagrees with fp32 beyond the tolerance, or greedy outputs differ.
+
+``--wheel-set VERSION --wheel-dir DIR`` (what ``gpu_wheels.sh`` runs) prints the wheels still to fetch
+for the device and writes ``DIR/requirements.txt``; see :func:`wheel_pins`.
 """
 
 from __future__ import annotations
@@ -46,25 +59,35 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from collections.abc import Callable
+from email.parser import Parser
 from pathlib import Path
+from typing import Protocol
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from transformers import CLIPVisionConfig
-from transformers.utils import is_flash_attn_2_available
+# Everything below the standard library: on a lent machine any of these can fail (a missing or too old package),
+# and the check must still write gpu_check.json saying what failed. main() records the error instead of the run.
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from transformers import CLIPVisionConfig
+    from transformers.utils import is_flash_attn_2_available
 
-from sicog.data.jsonl import load_records, write_jsonl
-from sicog.generate.job import GenerationJob, merge_outputs, read_plan, run_rank
-from sicog.generate.settings import SamplingSettings
-from sicog.model.builders import make_config, new_model, tiny_config, tiny_text_config, tiny_vision_config
-from sicog.model.configuration import CLIP_L14_336
-from sicog.model.modeling import flatten_views
-from sicog.model.resampler import bin_grid
-from sicog.toy.tokenizer import train_tokenizer
-from sicog.train.fast_paths import FastPathError, compile_layers, fused_loss, repeated_layers
+    from sicog.data.jsonl import load_records, write_jsonl
+    from sicog.generate.job import GenerationJob, merge_outputs, read_plan, run_rank
+    from sicog.generate.settings import SamplingSettings
+    from sicog.model.builders import make_config, new_model, tiny_config, tiny_text_config, tiny_vision_config
+    from sicog.model.configuration import CLIP_L14_336
+    from sicog.model.modeling import flatten_views
+    from sicog.model.resampler import bin_grid
+    from sicog.toy.tokenizer import train_tokenizer
+    from sicog.train.fast_paths import FastPathError, compile_layers, fused_loss, repeated_layers
+except Exception:  # noqa: BLE001 - an ImportError, or anything a package raises while it loads
+    IMPORT_ERROR: str | None = traceback.format_exc(limit=12)
+else:
+    IMPORT_ERROR = None
 
 # Dense bf16 peaks (TFLOP/s) by device name; H200 has the H100's compute, more and faster memory.
 PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0))
@@ -78,13 +101,16 @@ SHAPES = {
              "image": 128, "answer_repeats": 20},
 }
 AGREEMENT_TOLERANCE = {"min_mean_cosine": 0.99, "max_loss_difference": 0.05}
-# The training paths of `sicog train` measured here: (name, --fused_loss liger, --compile_layers).
+# The training paths of `sicog train` measured here: (name, --fused_loss liger, --compile_layers). The plain path
+# first (the others are compared with it), the compiled ones last: they take longest to start, so a run that
+# meets its time budget loses them, not the others.
 TRAINING_PATHS = (("plain", False, False), ("fused_loss", True, False), ("compiled", False, True),
                   ("fused_loss+compiled", True, True))
 # Optional fast-path libraries whose versions the environment records: liger-kernel (--fused_loss liger),
 # flash-attn, and the inference engines a decoding backend could be built on.
 OPTIONAL_BACKENDS = ("liger-kernel", "flash-attn", "vllm", "sglang")
-# The decoding paths of `sicog generate`: (name, --cache, --compile).
+# The decoding paths of `sicog generate`: (name, --cache, --compile); dynamic first (the reference of the speed-ups
+# and of the greedy outputs), compiled last (see TRAINING_PATHS).
 DECODING_PATHS = (("dynamic", "dynamic", False), ("static", "static", False), ("static+compiled", "static", True))
 
 
@@ -224,43 +250,56 @@ def train_steps(model, batch: dict, device: torch.device, warmup: int, steps: in
     return times, losses
 
 
-def training(model, processor, shape: dict, device: torch.device, args, peak: float | None) -> dict:
-    """The plain training step's throughput (the section's values) and every fast path's, from the same weights."""
+def training(model, processor, shape: dict, device: torch.device, args, peak: float | None,
+             progress: Progress | None = None) -> dict:
+    """The plain training step's throughput (the section's values) and every fast path's, from the same weights.
+
+    ``progress`` (the running :class:`Sections`) is asked before each path after the plain one whether the time
+    budget is spent, and is given the rows measured so far after each path."""
+    progress = progress or NO_BUDGET
     batch = training_batch(processor, shape, args.batch_size, device)
     flops = training_flops(model, batch)
     tokens = batch["input_ids"].numel()
     initial = {name: value.detach().clone() for name, value in model.state_dict().items()}
-    rows, curves = [], {}
+    rows, curves, skipped = [], {}, []
+
+    def measure(row: dict, name: str, fused: bool, compiled: bool) -> None:
+        try:
+            model.load_state_dict(initial)
+            model.fused_loss = fused_loss("liger", device) if fused else None
+            if compiled:
+                compile_layers(model, backend="eager" if args.tiny else "inductor")
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times, curves[name] = train_steps(model, batch, device, args.warmup, args.steps, lr=args.curve_lr)
+        except FastPathError as err:
+            row["error"] = f"unavailable: {err}"
+            return
+        except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
+            row["error"] = f"{type(err).__name__}: {err}"
+            return
+        finally:
+            model.fused_loss = None
+            uncompile_layers(model)
+        seconds = float(np.median(times))
+        row.update(median_step_s=seconds, tokens_per_s=tokens / seconds,
+                   mfu=flops["total"] / seconds / peak if peak else None,
+                   loss_first=curves[name][0], loss_last=curves[name][-1])
+        if "plain" in curves:
+            row["max_loss_difference"] = max(abs(a - b) for a, b in zip(curves[name], curves["plain"], strict=True))
+        if device.type == "cuda":
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+
     try:
         for name, fused, compiled in TRAINING_PATHS:
+            if rows and progress.over_budget():  # the plain path always runs: the section started within the budget
+                skipped.append(name)
+                continue
             row = {"path": name, "median_step_s": None, "tokens_per_s": None, "mfu": None, "peak_memory_gib": None,
                    "loss_first": None, "loss_last": None, "max_loss_difference": None, "error": ""}
             rows.append(row)
-            try:
-                model.load_state_dict(initial)
-                model.fused_loss = fused_loss("liger", device) if fused else None
-                if compiled:
-                    compile_layers(model, backend="eager" if args.tiny else "inductor")
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                times, curves[name] = train_steps(model, batch, device, args.warmup, args.steps, lr=args.curve_lr)
-            except FastPathError as err:
-                row["error"] = f"unavailable: {err}"
-                continue
-            except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
-                row["error"] = f"{type(err).__name__}: {err}"
-                continue
-            finally:
-                model.fused_loss = None
-                uncompile_layers(model)
-            seconds = float(np.median(times))
-            row.update(median_step_s=seconds, tokens_per_s=tokens / seconds,
-                       mfu=flops["total"] / seconds / peak if peak else None,
-                       loss_first=curves[name][0], loss_last=curves[name][-1])
-            if "plain" in curves:
-                row["max_loss_difference"] = max(abs(a - b) for a, b in zip(curves[name], curves["plain"], strict=True))
-            if device.type == "cuda":
-                row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            measure(row, name, fused, compiled)
+            progress.partial({"rows": rows})
     finally:
         model.load_state_dict(initial)
     plain = rows[0]
@@ -280,6 +319,7 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
     if device.type == "cuda":
         result["peak_memory_gib"] = plain["peak_memory_gib"]
     add_row_errors(result, [row for row in rows if not row["error"].startswith("unavailable")], lambda row: row["path"])
+    note_skipped(result, skipped, progress)
     return result
 
 
@@ -290,6 +330,12 @@ def add_row_errors(result: dict, rows: list[dict], label: Callable[[dict], str])
         result["error"] = "; ".join(failed)
 
 
+def note_skipped(result: dict, skipped: list[str], progress: Progress) -> None:
+    """Set ``result["skipped"]`` to the configurations left out because the time budget was spent, if any."""
+    if skipped:
+        result["skipped"] = f"time budget of {progress.budget_s:.0f} s spent before: {', '.join(skipped)}"
+
+
 def uncompile_layers(model) -> None:
     """Undo :func:`compile_layers` (``nn.Module.compile`` keeps the compiled call beside the module)."""
     for layer in repeated_layers(model):
@@ -297,13 +343,26 @@ def uncompile_layers(model) -> None:
     torch._dynamo.reset()
 
 
-def attention(model, processor, shape: dict, device: torch.device, args) -> dict:
+def attention(model, processor, shape: dict, device: torch.device, args, progress: Progress | None = None) -> dict:
     """The same training step under each attention backend that can run here (half the batch: eager
-    attention keeps every score matrix for the backward pass)."""
+    attention keeps every score matrix for the backward pass). ``progress``: as in :func:`training`."""
+    progress = progress or NO_BUDGET
     implementations = ["sdpa", "eager"] + (["flash_attention_2"] if is_flash_attn_2_available() else [])
     batch = training_batch(processor, shape, max(1, args.batch_size // 2), device)
-    rows = []
+    rows, skipped = [], []
+
+    def summary() -> dict:
+        result = {"batch": len(batch["input_ids"]), "rows": rows,
+                  "unavailable": [] if "flash_attention_2" in implementations
+                  else ["flash_attention_2 (flash_attn not importable)"]}
+        add_row_errors(result, rows, lambda row: row["implementation"])
+        note_skipped(result, skipped, progress)
+        return result
+
     for implementation in implementations:
+        if rows and progress.over_budget():
+            skipped.append(implementation)
+            continue
         row = {"implementation": implementation, "median_step_s": None, "tokens_per_s": None, "error": ""}
         try:
             model.set_attn_implementation(implementation)
@@ -314,11 +373,9 @@ def attention(model, processor, shape: dict, device: torch.device, args) -> dict
         rows.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # what one backend cached must not count against the next
+        progress.partial(summary())
     model.set_attn_implementation("sdpa")
-    unavailable = [] if "flash_attention_2" in implementations else ["flash_attention_2 (flash_attn not importable)"]
-    result = {"batch": len(batch["input_ids"]), "rows": rows, "unavailable": unavailable}
-    add_row_errors(result, rows, lambda row: row["implementation"])
-    return result
+    return summary()
 
 
 def generate_records(model, processor, root: Path, name: str, records: int, batch_size: int,
@@ -348,53 +405,91 @@ def prepare_generation(model, shape: dict, root: Path) -> None:
     test_image(shape["image"]).save(root / "images" / "image.png")
 
 
-def generation(model, processor, shape: dict, device: torch.device, args, root: Path) -> dict:
+def generation(model, processor, shape: dict, device: torch.device, args, root: Path,
+               progress: Progress | None = None) -> dict:
     """Candidates and tokens per second on each decoding path and batch size, through `sicog generate`'s code.
 
     Each (path, batch size) first runs one untimed batch of the same shape: compilation, CUDA graphs, allocator.
+    Before each (path, batch size) ``progress`` is asked whether the time budget is spent (then it is listed under
+    ``skipped``), after each it is given the section's result so far; the compiled path comes last.
     """
+    progress = progress or NO_BUDGET
     prepare_generation(model, shape, root)
-    rows = []
+    rows, skipped = [], []
+
+    def summary() -> dict:
+        result = {"rows": rows}
+        plain = {row["batch"]: row["new_tokens_per_s"] for row in rows if row["path"] == "dynamic" and not row["error"]}
+        result["speedup_over_dynamic"] = {
+            f"{row['path']} batch {row['batch']}": row["new_tokens_per_s"] / plain[row["batch"]]
+            for row in rows if row["path"] != "dynamic" and not row["error"] and row["batch"] in plain}
+        add_row_errors(result, rows, lambda row: f"{row['path']} batch {row['batch']}")
+        note_skipped(result, skipped, progress)
+        return result
+
     for path, cache, compiled in DECODING_PATHS:
         settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
                                     max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled)
         for batch_size in args.gen_batch_sizes:
-            row = {"path": path, "batch": batch_size, "N": args.num_candidates,
-                   "sequences_per_call": batch_size * args.num_candidates, "prompt_tokens": None,
-                   "new_tokens": args.max_new_tokens, "warmup_s": None, "seconds": None, "candidates_per_s": None,
-                   "new_tokens_per_s": None, "peak_memory_gib": None, "error": ""}
-            rows.append(row)
-            try:
-                row["warmup_s"] = generate_records(model, processor, root, f"{path}-w{batch_size}", batch_size,
-                                                   batch_size, settings)[0]
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                records = batch_size * args.gen_batches
-                seconds, _, row["prompt_tokens"] = generate_records(model, processor, root, f"{path}-b{batch_size}",
-                                                                    records, batch_size, settings)
-            except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
-                row["error"] = f"{type(err).__name__}: {err}"
+            if progress.over_budget():
+                skipped.append(f"{path} batch {batch_size}")
                 continue
-            candidates = records * args.num_candidates
-            row.update(seconds=seconds, candidates_per_s=candidates / seconds,
-                       new_tokens_per_s=candidates * args.max_new_tokens / seconds)
-            if device.type == "cuda":
-                row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            rows.append(generation_row(model, processor, device, args, root, path, batch_size, settings))
+            progress.partial(summary())
     torch._dynamo.reset()
-    result = {"rows": rows}
-    plain = {row["batch"]: row["new_tokens_per_s"] for row in rows if row["path"] == "dynamic" and not row["error"]}
-    result["speedup_over_dynamic"] = {
-        f"{row['path']} batch {row['batch']}": row["new_tokens_per_s"] / plain[row["batch"]]
-        for row in rows if row["path"] != "dynamic" and not row["error"] and row["batch"] in plain}
-    add_row_errors(result, rows, lambda row: f"{row['path']} batch {row['batch']}")
-    return result
+    return summary()
 
 
-def greedy(model, processor, shape: dict, device: torch.device, args, root: Path) -> dict:
-    """Temperature 0 on ``--greedy-records`` records through every decoding path: the texts must be the same."""
+def generation_row(model, processor, device: torch.device, args, root: Path, path: str, batch_size: int,
+                   settings: SamplingSettings) -> dict:
+    """One row of :func:`generation`: an untimed batch, then ``--gen-batches`` timed ones; a failure is its error."""
+    row = {"path": path, "batch": batch_size, "N": args.num_candidates,
+           "sequences_per_call": batch_size * args.num_candidates, "prompt_tokens": None,
+           "new_tokens": args.max_new_tokens, "warmup_s": None, "seconds": None, "candidates_per_s": None,
+           "new_tokens_per_s": None, "peak_memory_gib": None, "error": ""}
+    try:
+        row["warmup_s"] = generate_records(model, processor, root, f"{path}-w{batch_size}", batch_size,
+                                           batch_size, settings)[0]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        records = batch_size * args.gen_batches
+        seconds, _, row["prompt_tokens"] = generate_records(model, processor, root, f"{path}-b{batch_size}",
+                                                            records, batch_size, settings)
+    except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
+        row["error"] = f"{type(err).__name__}: {err}"
+        return row
+    candidates = records * args.num_candidates
+    row.update(seconds=seconds, candidates_per_s=candidates / seconds,
+               new_tokens_per_s=candidates * args.max_new_tokens / seconds)
+    if device.type == "cuda":
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def greedy(model, processor, shape: dict, device: torch.device, args, root: Path,
+           progress: Progress | None = None) -> dict:
+    """Temperature 0 on ``--greedy-records`` records through every decoding path: the texts must be the same.
+
+    ``ok`` is False when a path that ran gave other texts than the dynamic cache, None when no path could be
+    compared with it (an error, or the time budget: see ``error`` and ``skipped``). ``progress``: as in
+    :func:`generation`.
+    """
+    progress = progress or NO_BUDGET
     prepare_generation(model, shape, root)
-    texts, rows = {}, []
+    texts, rows, skipped = {}, [], []
+
+    def summary() -> dict:
+        compared = [row for row in rows if row["identical_records"] is not None]
+        result = {"rows": rows,
+                  "ok": all(row["identical_records"] == args.greedy_records for row in compared) if compared else None}
+        add_row_errors(result, rows, lambda row: row["path"])
+        note_skipped(result, skipped, progress)
+        return result
+
     for path, cache, compiled in DECODING_PATHS:
+        if progress.over_budget():
+            skipped.append(path)
+            continue
         settings = SamplingSettings(num_candidates=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
                                     cache=cache, compile=compiled)
         row = {"path": path, "identical_records": None, "records": args.greedy_records, "first_difference": None,
@@ -405,19 +500,17 @@ def greedy(model, processor, shape: dict, device: torch.device, args, root: Path
                                                           args.greedy_records, args.greedy_records, settings)[1]]
         except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' outputs
             row["error"] = f"{type(err).__name__}: {err}"
-            continue
         reference = texts.get("dynamic")
-        if reference is not None:
+        if path in texts and reference is not None:
             parted = [(i, a, b) for i, (a, b) in enumerate(zip(texts[path], reference, strict=True)) if a != b]
             row["identical_records"] = len(reference) - len(parted)
             if parted:
                 i, a, b = parted[0]
                 at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
                 row["first_difference"] = f"record {i}, character {at}: {a[at:at + 30]!r} vs {b[at:at + 30]!r}"
+        progress.partial(summary())
     torch._dynamo.reset()
-    result = {"rows": rows, "ok": all(row["identical_records"] == args.greedy_records for row in rows)}
-    add_row_errors(result, rows, lambda row: row["path"])
-    return result
+    return summary()
 
 
 def commit() -> str:
@@ -437,6 +530,18 @@ def installed(distribution: str) -> str | None:
         return None
 
 
+# Distributions whose versions every run records, also when the imports failed: what the check imports.
+RECORDED_PACKAGES = ("torch", "transformers", "huggingface-hub", "tokenizers", "safetensors", "accelerate", "numpy",
+                     "pillow", "braceexpand")
+
+
+def basic_environment() -> dict:
+    """What the standard library alone can say: date, commit, interpreter, versions of the packages the check needs."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+            "python": platform.python_version(), "executable": sys.executable,
+            "packages": {name: installed(name) for name in RECORDED_PACKAGES}}
+
+
 def environment(device: torch.device, peak: tuple[float | None, str]) -> dict:
     """Date, commit, versions, device and its peak: what makes two results comparable.
 
@@ -445,16 +550,40 @@ def environment(device: torch.device, peak: tuple[float | None, str]) -> dict:
     """
     import transformers
 
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                       else f"CPU {platform.processor() or platform.machine()}"),
-            "cpu_count": os.cpu_count(), "peak_tflops": peak[0] / 1e12 if peak[0] else None, "peak_source": peak[1],
-            "flash_attn_importable": is_flash_attn_2_available()}
+    info = basic_environment()
+    info.update({"torch": torch.__version__, "transformers": transformers.__version__,
+                 "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else f"CPU {platform.processor() or platform.machine()}"),
+                 "cpu_count": os.cpu_count(), "peak_tflops": peak[0] / 1e12 if peak[0] else None,
+                 "peak_source": peak[1], "flash_attn_importable": is_flash_attn_2_available()})
     info.update({f"{name.replace('-', '_')}_version": installed(name) for name in OPTIONAL_BACKENDS})
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
     return info
+
+
+def setup_section() -> dict | None:
+    """What gpu_check.sh reported of its wheel install, or None where it installed nothing: the interpreter, what
+    pip took from the wheels, what pip said conflicts with the machine's other packages, and the error if it failed
+    (with the end of pip's output)."""
+    log_path = os.environ.get("GPU_CHECK_SETUP_LOG")
+    if not log_path:
+        return None
+    try:
+        log = Path(log_path).read_text(errors="replace")
+    except OSError as err:
+        log = f"(no log: {err})"
+    lines = log.splitlines()
+    taken = [line.split("Successfully installed", 1)[1].split() for line in lines if "Successfully installed" in line]
+    section = {"wheel_dir": os.environ.get("GPU_CHECK_WHEEL_DIR", ""), "python": sys.executable,
+               "installed_from_wheels": " ".join(taken[-1]) if taken else "",
+               "conflicts_with_machine_packages": [line for line in lines if ", but you have " in line]}
+    if os.environ.get("GPU_CHECK_SETUP_SECONDS"):
+        section["seconds_in_section"] = float(os.environ["GPU_CHECK_SETUP_SECONDS"])
+    if os.environ.get("GPU_CHECK_SETUP_ERROR"):
+        section["error"] = os.environ["GPU_CHECK_SETUP_ERROR"]
+        section["log"] = "\n".join(lines[-40:])
+    return section
 
 
 def render(results: dict) -> str:
@@ -466,9 +595,10 @@ def render(results: dict) -> str:
         if rows:
             lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
             lines += ["| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in rows] + [""]
-        lines += _table({k: v for k, v in section.items() if k not in ("rows", "traceback")})
-        if "traceback" in section:
-            lines += ["", "```", section["traceback"].rstrip(), "```"]
+        lines += _table({k: v for k, v in section.items() if k not in ("rows", "traceback", "log")})
+        for block in ("traceback", "log"):
+            if block in section:
+                lines += ["", "```", section[block].rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -481,35 +611,216 @@ def _cell(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+class Progress(Protocol):
+    """What a section's loop asks of the run: is the time budget spent, and keep this partial result."""
+
+    budget_s: float
+
+    def over_budget(self) -> bool: ...
+
+    def partial(self, result: dict) -> None: ...
+
+
+class _NoBudget:
+    """The progress of a section run on its own (tests, a notebook): no budget, nothing saved."""
+
+    budget_s = math.inf
+
+    def over_budget(self) -> bool:
+        return False
+
+    def partial(self, result: dict) -> None:
+        pass
+
+
+NO_BUDGET = _NoBudget()
+
+
 class Sections:
     """Runs named sections under a time budget; a failure is recorded and the next section still runs.
 
-    ``on_result`` is called after every section, so results are on disk even if a later one hangs.
+    ``on_result`` is called when a section starts, whenever the running section reports a partial result
+    (:meth:`partial`, after each of its configurations) and when it ends, so results are on disk even if the
+    process is killed mid-section. ``spent_s``: seconds already used before this object was made (the wheel
+    install of gpu_check.sh, the imports), counted against ``budget_s``.
     """
 
-    def __init__(self, budget_s: float, on_result: Callable[[], None] = lambda: None) -> None:
-        self.start = time.perf_counter()
+    def __init__(self, budget_s: float, on_result: Callable[[], None] = lambda: None, spent_s: float = 0.0) -> None:
+        self.start = time.perf_counter() - spent_s
         self.budget_s = budget_s
         self.on_result = on_result
         self.results: dict[str, dict] = {}
+        self.current: str | None = None
+
+    def over_budget(self) -> bool:
+        """Whether the time budget is spent: sections and configurations that would start now are skipped."""
+        return time.perf_counter() - self.start > self.budget_s
+
+    def partial(self, result: dict) -> None:
+        """Record what the running section has measured so far, and save it."""
+        if self.current is not None:
+            self.results[self.current] = {**result, "incomplete": "the section was still running when this was saved"}
+            self.on_result()
 
     def run(self, name: str, fn: Callable[[], dict]) -> None:
         """Run ``fn`` as section ``name`` unless the budget is spent; record its result or its error."""
-        if time.perf_counter() - self.start > self.budget_s:
+        if self.over_budget():
             self.results[name] = {"skipped": f"time budget of {self.budget_s:.0f} s spent"}
         else:
             started = time.perf_counter()
+            self.current = name
+            self.results[name] = {"incomplete": "the section was still running when this was saved"}
+            self.on_result()
             try:
                 result = fn()
             except Exception as err:  # noqa: BLE001 - every failure is reported, the other sections still run
                 result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=8)}
+            finally:
+                self.current = None
             result["seconds_in_section"] = round(time.perf_counter() - started, 2)
             self.results[name] = result
         print(f"[gpu_check] {name}: {json.dumps(self.results[name], default=str)[:300]}", flush=True)
         self.on_result()
 
 
-def main(argv: list[str] | None = None) -> int:
+# Wheels for a machine without internet (gpu_wheels.sh fetches them here, gpu_check.sh installs them there).
+# Never carried, because the GPU image has them (KINDS.md lists each) and they are big: torch and its CUDA stack
+# (gigabytes; only the machine's own build fits its driver, and liger-kernel runs on its triton); numpy, scipy and
+# scikit-learn (tens of MB; scipy and scikit-learn for sentence-transformers); matplotlib and pillow (17 MB with
+# fonttools; any version from the last years satisfies pyproject.toml). Their requirements stay in requirements.txt,
+# so pip there still checks that the machine's versions fit (the setup section of gpu_check.json says when not).
+NOT_CARRIED = ("torch", "triton", "nvidia-*", "cuda-*", "numpy", "scipy", "scikit-learn", "matplotlib", "pillow")
+# Pinned to the version installed here, not left to whatever the machine has that pyproject.toml allows: the check
+# measures the transformers this checkout is developed and tested with (its generation and cache code is timed).
+PINNED_TO_LOCAL = ("transformers",)
+
+
+def not_carried(name: str) -> bool:
+    from fnmatch import fnmatch
+
+    return any(fnmatch(name, pattern) for pattern in NOT_CARRIED)
+
+
+def top_requirements(root: Path) -> list[str]:
+    """What gpu_check.sh installs on the device: sicog's runtime requirements (pyproject.toml) and the ``gpu`` extra's
+    liger-kernel (``--fused_loss liger``), with :data:`PINNED_TO_LOCAL` pinned to the versions installed here."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        import tomllib
+
+        project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+        requirements = [*project["dependencies"], *project["optional-dependencies"]["gpu"]]
+    except ImportError:  # Python 3.10: the installed metadata says the same
+        requirements = [r for r in importlib.metadata.requires("sicog") or []
+                        if "extra" not in r or 'extra == "gpu"' in r.replace("'", '"')]
+    chosen = []
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if requirement.marker is not None and "extra" in str(requirement.marker):
+            requirement.marker = None
+        if name in ("flash-attn",):  # a CUDA build of its own: the check reports whether it imports, nothing more
+            continue
+        if name in PINNED_TO_LOCAL and installed(name):
+            requirement = Requirement(f"{requirement.name}=={installed(name)}")
+        chosen.append(str(requirement))
+    return chosen
+
+
+def device_markers(python_version: str) -> dict[str, str]:
+    """Environment-marker values of the device: CPython ``python_version`` (``3.12`` or ``3.12.3``) on x86-64 Linux."""
+    full = python_version if python_version.count(".") >= 2 else f"{python_version}.0"
+    return {"python_version": ".".join(full.split(".")[:2]), "python_full_version": full,
+            "implementation_name": "cpython", "implementation_version": full,
+            "platform_python_implementation": "CPython", "os_name": "posix", "sys_platform": "linux",
+            "platform_system": "Linux", "platform_machine": "x86_64"}
+
+
+def wheel_metadata(wheel_dir: Path) -> dict[str, tuple[str, list[str]]]:
+    """Canonical name -> (version, Requires-Dist) of every wheel in ``wheel_dir``."""
+    from packaging.utils import parse_wheel_filename
+
+    found = {}
+    for path in sorted(wheel_dir.glob("*.whl")):
+        name, version, _, _ = parse_wheel_filename(path.name)
+        with zipfile.ZipFile(path) as archive:
+            member = next(n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+            message = Parser().parsestr(archive.read(member).decode("utf-8", errors="replace"))
+        found[name] = (str(version), message.get_all("Requires-Dist") or [])
+    return found
+
+
+def local_metadata(name: str) -> tuple[str, list[str]] | None:
+    """(version, requirements) of ``name`` as installed here, or None where it is not installed."""
+    try:
+        distribution = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return distribution.version, distribution.requires or []
+
+
+def wheel_pins(requirements: list[str], python_version: str, wheels: dict[str, tuple[str, list[str]]],
+               local: Callable[[str], tuple[str, list[str]] | None] = local_metadata) -> dict[str, str]:
+    """Canonical name -> what to download, for every distribution in the dependency closure of ``requirements`` on
+    the device (markers evaluated for it, extras followed) except :data:`NOT_CARRIED`: ``name==version`` of the wheel
+    already in ``wheels``, else of the version installed here (``local``), else the requirement itself (its own
+    requirements are walked once its wheel is in ``wheels``: call again after downloading)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    markers = device_markers(python_version)
+
+    def applies(requirement: Requirement, extra: str) -> bool:
+        return requirement.marker is None or requirement.marker.evaluate({**markers, "extra": extra})
+
+    pins: dict[str, str] = {}
+    walked: set[tuple[str, str]] = set()
+    stack = [r for r in map(Requirement, requirements) if applies(r, "")]
+    while stack:
+        requirement = stack.pop()
+        name = canonicalize_name(requirement.name)
+        if not_carried(name):
+            continue
+        metadata = wheels.get(name) or local(name)
+        if name not in pins:
+            if metadata:
+                pins[name] = f"{name}=={metadata[0]}"
+            else:
+                bare = Requirement(str(requirement))
+                bare.marker = None
+                pins[name] = str(bare)
+        if metadata is None:
+            continue
+        for extra in ("", *sorted(requirement.extras)):
+            if (name, extra) not in walked:
+                walked.add((name, extra))
+                stack += [r for r in map(Requirement, metadata[1]) if applies(r, extra)]
+    return pins
+
+
+def print_wheel_set(python_version: str, wheel_dir: Path) -> int:
+    """Write ``wheel_dir/requirements.txt`` (what gpu_check.sh installs) and print, one a line, the wheels that
+    ``wheel_dir`` still lacks for it (nothing once the set is complete); warn about wheels nothing needs."""
+    root = Path(__file__).resolve().parents[1]
+    requirements = top_requirements(root)
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    (wheel_dir / "requirements.txt").write_text(
+        "# Written by benchmarks/gpu_wheels.sh: what benchmarks/gpu_check.sh installs from the wheels beside this\n"
+        "# file (pip install --no-index --find-links), taking only what the machine's own packages do not satisfy.\n"
+        + "".join(f"{line}\n" for line in requirements))
+    wheels = wheel_metadata(wheel_dir)
+    pins = wheel_pins(requirements, python_version, wheels)
+    for name in sorted(set(wheels) - set(pins)):
+        print(f"warning: {wheel_dir} holds {name}, which nothing needs", file=sys.stderr)
+    for name, pin in sorted(pins.items()):
+        if name not in wheels:
+            print(pin)
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny config on the CPU (the test); same code paths")
     parser.add_argument("--out", type=Path, default=Path("gpu_check_results"),
@@ -529,22 +840,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64; 8 with --tiny")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak dense bf16 TFLOP/s (default: from the GPU name)")
-    parser.add_argument("--budget-s", type=float, default=480.0, help="sections that would start later are skipped")
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="sections and configurations that would start later are skipped (seconds since "
+                             "gpu_check.sh started, or since this script did when run directly)")
+    parser.add_argument("--wheel-set", metavar="PYTHON_VERSION", default=None,
+                        help="instead of the check: print the wheels still to fetch into --wheel-dir for a machine "
+                             "with this CPython on x86-64 Linux, and write its requirements.txt (gpu_wheels.sh)")
+    parser.add_argument("--wheel-dir", type=Path, default=None, help="the folder of --wheel-set")
     args = parser.parse_args(argv)
-    tiny = args.tiny
+    if args.wheel_set and args.wheel_dir is None:
+        parser.error("--wheel-set needs --wheel-dir")
     defaults = {"batch_size": (8, 2), "warmup": (3, 1), "steps": (20, 2), "gen_batches": (2, 1),
                 "max_new_tokens": (64, 8), "gen_batch_sizes": ([8, 32, 128], [2, 8])}
     for key, (full, small) in defaults.items():
         if getattr(args, key) is None:
-            setattr(args, key, small if tiny else full)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not tiny else "cpu"))
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # shared CPUs: more threads stall on a busy machine
+            setattr(args, key, small if args.tiny else full)
+    return args
+
+
+def seconds_since_start() -> float:
+    """Seconds since gpu_check.sh started (``GPU_CHECK_STARTED_AT``, Unix time), 0 where it did not set it."""
+    try:
+        return max(0.0, time.time() - float(os.environ["GPU_CHECK_STARTED_AT"]))
+    except (KeyError, ValueError):
+        return 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.wheel_set:
+        return print_wheel_set(args.wheel_set, args.wheel_dir)
+    tiny = args.tiny
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else args.out
     out.mkdir(parents=True, exist_ok=True)
-    shape = SHAPES["tiny" if tiny else "full"]
-    peak = peak_flops(device, args.peak_tflops)
-    results: dict = {"environment": environment(device, peak), "settings": {k: str(v) for k, v in vars(args).items()},
+    results: dict = {"environment": basic_environment(), "settings": {k: str(v) for k, v in vars(args).items()},
                      "model": {}}
 
     def save() -> None:
@@ -552,8 +881,25 @@ def main(argv: list[str] | None = None) -> int:
         (out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         (out / "gpu_check.md").write_text(render(results))
 
-    sections = Sections(args.budget_s, save)
+    sections = Sections(args.budget_s, save, spent_s=seconds_since_start())
     results["sections"] = sections.results
+    setup = setup_section()
+    if setup is not None:
+        sections.results["setup"] = setup
+    if IMPORT_ERROR is not None:  # nothing below can run; say why
+        sections.results["imports"] = {"error": IMPORT_ERROR.strip().splitlines()[-1], "traceback": IMPORT_ERROR}
+        save()
+        print(render(results))
+        failed = [name for name, section in sections.results.items() if "error" in section]
+        print(f"results in {out}; failed: {', '.join(failed)}")
+        return 1
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not tiny else "cpu"))
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # shared CPUs: more threads stall on a busy machine
+    shape = SHAPES["tiny" if tiny else "full"]
+    peak = peak_flops(device, args.peak_tflops)
+    results["environment"] = environment(device, peak)
+    save()
     built = {}
 
     def build_section() -> dict:
@@ -576,16 +922,20 @@ def main(argv: list[str] | None = None) -> int:
 
     sections.run("build", build_section)
     sections.run("agreement", lambda: agreement(*need_model(), shape, device, args.agreement_batch))
-    sections.run("training", lambda: training(*bf16_model(), shape, device, args, peak[0]))
-    sections.run("attention", lambda: attention(*bf16_model(), shape, device, args))
+    sections.run("training", lambda: training(*bf16_model(), shape, device, args, peak[0], sections))
+    sections.run("attention", lambda: attention(*bf16_model(), shape, device, args, sections))
     with tempfile.TemporaryDirectory() as tmp:
-        sections.run("generation", lambda: generation(*bf16_model(), shape, device, args, Path(tmp)))
-        sections.run("greedy", lambda: greedy(*bf16_model(), shape, device, args, Path(tmp)))
+        sections.run("generation", lambda: generation(*bf16_model(), shape, device, args, Path(tmp), sections))
+        # In float32: the model's weights are random, so its logits hold near-ties that bfloat16 rounding in one
+        # kernel or another (each path uses other kernels) would flip without any path being wrong.
+        sections.run("greedy", lambda: greedy(need_model()[0].float(), need_model()[1], shape, device, args,
+                                              Path(tmp), sections))
     print(render(results))
     failed = [name for name, section in sections.results.items() if "error" in section or "skipped" in section]
-    if not sections.results.get("agreement", {}).get("ok", False):
+    # Only a comparison that was made can fail: a section that errored or was skipped is already listed above.
+    if sections.results["agreement"].get("ok") is False:
         failed.append("agreement tolerance")
-    if not sections.results.get("greedy", {}).get("ok", False):
+    if sections.results["greedy"].get("ok") is False:
         failed.append("greedy outputs differ between decoding paths")
     print(f"results in {out}; {'failed: ' + ', '.join(failed) if failed else 'all sections passed'}")
     return 1 if failed else 0

@@ -1,7 +1,10 @@
-"""benchmarks/gpu_check.sh in its tiny CPU mode, its FLOP count, its failure handling and its wheel install."""
+"""benchmarks/gpu_check.sh in its tiny CPU mode, its FLOP count, its failure handling, its time budget and its
+wheel install."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -47,7 +50,7 @@ def test_tiny_mode_runs_every_section(tmp_path):
     results = json.loads((tmp_path / "results" / "gpu_check.json").read_text())
     sections = results["sections"]
     assert list(sections) == ["build", "agreement", "training", "attention", "generation", "greedy"]
-    assert not [name for name, section in sections.items() if "error" in section or "skipped" in section]
+    assert not [name for name, section in sections.items() if {"error", "skipped", "incomplete"} & set(section)]
     agreement = sections["agreement"]
     assert agreement["ok"] and agreement["mean_cosine"] > 0.99
     assert 0 < agreement["logits_relative_l2"] < 0.05  # bf16 really ran: not fp32 against itself
@@ -145,49 +148,264 @@ def test_environment_records_each_optional_backend_version(monkeypatch):
     assert info["pytest_version"] == pytest.__version__
     assert info["no_such_distribution_version"] is None
 
-def make_wheel(folder: Path) -> Path:
+
+def fake_model():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_tower, self.resampler, self.language_model = (torch.nn.Linear(1, 1) for _ in range(3))
+
+    return Model()
+
+
+def fake_sections(gpu_check, monkeypatch, generation_row=None, generation=None):
+    """main() with a fake model and instant sections: only generation (row by row) or what is given runs."""
+    monkeypatch.setattr(gpu_check, "build", lambda tiny, device: (fake_model(), None))
+    monkeypatch.setattr(gpu_check, "agreement", lambda *args: {"ok": True})
+    monkeypatch.setattr(gpu_check, "training", lambda *args: {"value": 1})
+    monkeypatch.setattr(gpu_check, "attention", lambda *args: {"value": 1})
+    monkeypatch.setattr(gpu_check, "greedy", lambda *args: {"ok": True, "rows": []})
+    monkeypatch.setattr(gpu_check, "prepare_generation", lambda *args: None)
+    if generation_row is not None:
+        monkeypatch.setattr(gpu_check, "generation_row", generation_row)
+    if generation is not None:
+        monkeypatch.setattr(gpu_check, "generation", generation)
+
+
+def test_generation_checks_the_budget_before_and_saves_after_every_configuration(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    saved = []
+    sections = gpu_check.Sections(budget_s=1000, on_result=lambda: saved.append(
+        json.loads(json.dumps(sections.results.get("generation", {})))))
+    calls = []
+
+    def row(model, processor, device, args, root, path, batch_size, settings):
+        calls.append((path, batch_size, settings.compile))
+        if len(calls) == 4:
+            sections.budget_s = 0  # the budget runs out during the fourth configuration
+        return {"path": path, "batch": batch_size, "new_tokens_per_s": 10.0 * len(calls), "error": ""}
+
+    monkeypatch.setattr(gpu_check, "generation_row", row)
+    monkeypatch.setattr(gpu_check, "prepare_generation", lambda *args: None)
+    args = argparse.Namespace(num_candidates=6, max_new_tokens=8, gen_batch_sizes=[8, 32, 128])
+    sections.run("generation", lambda: gpu_check.generation(None, None, {}, torch.device("cpu"), args, tmp_path,
+                                                             sections))
+    assert [(path, batch) for path, batch, _ in calls] == [("dynamic", 8), ("dynamic", 32), ("dynamic", 128),
+                                                           ("static", 8)]
+    result = sections.results["generation"]
+    assert result["skipped"] == ("time budget of 0 s spent before: static batch 32, static batch 128, "
+                                 "static+compiled batch 8, static+compiled batch 32, static+compiled batch 128")
+    assert result["speedup_over_dynamic"] == {"static batch 8": 4.0}
+    # saved when the section starts, after each configuration (marked incomplete), and at its end
+    assert [len(snapshot.get("rows", [])) for snapshot in saved] == [0, 1, 2, 3, 4, 4]
+    assert all("incomplete" in snapshot for snapshot in saved[:-1]) and "incomplete" not in saved[-1]
+
+
+def test_compiled_configurations_run_last_in_their_section():
+    gpu_check = load_gpu_check()
+    for paths, compiled_at in ((gpu_check.DECODING_PATHS, 2), (gpu_check.TRAINING_PATHS, -1)):
+        flags = [path[compiled_at] for path in paths]
+        assert flags == sorted(flags)  # False (eager) before True (compiled)
+
+
+def test_a_run_killed_mid_section_keeps_its_finished_rows(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    calls = []
+
+    def row(model, processor, device, args, root, path, batch_size, settings):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what the machine's time limit does: nothing in the script sees it coming
+        return {"path": path, "batch": batch_size, "new_tokens_per_s": 1.0, "error": ""}
+
+    fake_sections(gpu_check, monkeypatch, generation_row=row)
+    monkeypatch.delenv("OUT", raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(["--tiny", "--out", str(tmp_path), "--gen-batch-sizes", "8", "32"])
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    generation = results["sections"]["generation"]
+    assert [(r["path"], r["batch"]) for r in generation["rows"]] == [("dynamic", 8), ("dynamic", 32)]
+    assert "incomplete" in generation and "greedy" not in results["sections"]
+    assert "| dynamic | 32 |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_skipped_greedy_section_is_not_reported_as_differing_outputs(tmp_path, monkeypatch, capsys):
+    gpu_check = load_gpu_check()
+
+    def generation(model, processor, shape, device, args, root, progress):
+        progress.budget_s = 0  # spent by the end of generation: greedy does not start
+        return {"rows": []}
+
+    fake_sections(gpu_check, monkeypatch, generation=generation)
+    monkeypatch.setattr(gpu_check, "greedy", lambda *args: pytest.fail("greedy ran after the budget was spent"))
+    monkeypatch.delenv("OUT", raising=False)
+    assert gpu_check.main(["--tiny", "--out", str(tmp_path)]) == 1
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert "time budget" in results["sections"]["greedy"]["skipped"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith("failed: greedy")  # skipped, and nothing else: no claim about outputs that were not made
+
+
+def test_greedy_compares_only_the_paths_that_ran(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+
+    def generate(model, processor, root, name, records, batch_size, settings):
+        if settings.compile:
+            raise RuntimeError("no compiler here")
+        return 0.0, [["same text"]] * records, 10
+
+    monkeypatch.setattr(gpu_check, "generate_records", generate)
+    monkeypatch.setattr(gpu_check, "prepare_generation", lambda *args: None)
+    args = argparse.Namespace(max_new_tokens=8, greedy_records=4)
+    result = gpu_check.greedy(None, None, {}, torch.device("cpu"), args, tmp_path)
+    assert result["ok"] is True  # dynamic and static agree; the failed path is an error, not a difference
+    assert result["error"] == "static+compiled: RuntimeError: no compiler here"
+    assert [row["identical_records"] for row in result["rows"]] == [4, 4, None]
+
+    def different(model, processor, root, name, records, batch_size, settings):
+        return 0.0, [["static text" if settings.cache == "static" else "dynamic text"]] * records, 10
+
+    monkeypatch.setattr(gpu_check, "generate_records", different)
+    result = gpu_check.greedy(None, None, {}, torch.device("cpu"), args, tmp_path)
+    assert result["ok"] is False and result["rows"][1]["first_difference"].startswith("record 0, character 0")
+
+
+def test_an_import_failure_still_writes_the_results(tmp_path):
+    """The lent machine lacked braceexpand once: the check crashed at import and wrote nothing."""
+    blocker = tmp_path / "blocker" / "braceexpand"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('braceexpand blocked for the test')\n")
+    environment = {k: v for k, v in os.environ.items() if k != "OUT"}
+    environment["PYTHONPATH"] = f"{blocker.parent}:{ROOT}"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--out",
+                             str(tmp_path / "results")], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads((tmp_path / "results" / "gpu_check.json").read_text())
+    assert list(results["sections"]) == ["imports"]
+    assert results["sections"]["imports"]["error"] == "ImportError: braceexpand blocked for the test"
+    assert "sicog/data/sources.py" in results["sections"]["imports"]["traceback"]
+    assert results["environment"]["packages"]["torch"] == importlib.metadata.version("torch")
+    assert "## imports" in (tmp_path / "results" / "gpu_check.md").read_text()
+
+
+def make_wheel(folder: Path, version: str = "1.0") -> Path:
     """A minimal valid wheel of a one-module package (pip installs it offline)."""
-    folder.mkdir()
-    path = folder / "gpu_check_probe-1.0-py3-none-any.whl"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"gpu_check_probe-{version}-py3-none-any.whl"
+    info = f"gpu_check_probe-{version}.dist-info"
     files = {
-        "gpu_check_probe.py": "VALUE = 42\n",
-        "gpu_check_probe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpu-check-probe\nVersion: 1.0\n",
-        "gpu_check_probe-1.0.dist-info/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
+        "gpu_check_probe.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: gpu-check-probe\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
-    record = "".join(f"{name},,\n" for name in files) + "gpu_check_probe-1.0.dist-info/RECORD,,\n"
+    record = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as archive:
         for name, text in files.items():
             archive.writestr(name, text)
-        archive.writestr("gpu_check_probe-1.0.dist-info/RECORD", record)
+        archive.writestr(f"{info}/RECORD", record)
     return path
 
 
-def fake_python(tmp_path: Path) -> Path:
-    """Runs pip with this interpreter; anything else only reports the PYTHONPATH it was given."""
-    path = tmp_path / "python"
-    path.write_text(f'#!/usr/bin/env bash\nif [[ "$1" == "-m" ]]; then exec "{sys.executable}" "$@"; fi\n'
-                    'echo "PYTHONPATH=$PYTHONPATH"\n')
-    path.chmod(0o755)
-    return path
+def test_wheels_are_installed_into_a_fresh_environment_over_the_interpreters_packages(tmp_path):
+    """The environment sees this interpreter's packages (torch, sicog: the check imports), takes from the wheels
+    only what they lack (the probe, not pytest), and starts empty on every run (a rerun gets the new probe)."""
+    venv = tmp_path / "venv"
+    for version in ("1.0", "2.0"):
+        wheels = tmp_path / f"wheels-{version}"
+        make_wheel(wheels, version)
+        (wheels / "requirements.txt").write_text("gpu-check-probe\npytest>=7\n")
+        result = run_script(tmp_path, "--tiny", "--budget-s", "0", "--out", str(tmp_path / "results"),
+                            WHEEL_DIR=str(wheels), GPU_CHECK_VENV=str(venv))
+        assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # every section skipped
+        assert f"{venv}/bin/python {ROOT}/benchmarks/gpu_check.py" in result.stdout
+        results = json.loads((tmp_path / "results" / "gpu_check.json").read_text())
+        setup = results["sections"]["setup"]
+        assert "error" not in setup and setup["installed_from_wheels"] == f"gpu-check-probe-{version}"
+        assert "imports" not in results["sections"]  # torch, transformers and sicog came from the interpreter
+        assert results["environment"]["executable"] == f"{venv}/bin/python"
+        assert all("skipped" in results["sections"][name] for name in ("build", "generation", "greedy"))
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import gpu_check_probe as p; print(p.VERSION)"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert probe.stdout.strip() == "2.0", probe.stderr
+    assert [p.name for p in venv.glob("lib/python*/site-packages/gpu_check_probe-*")] == [
+        "gpu_check_probe-2.0.dist-info"]
 
 
-def test_wheels_are_installed_first_and_come_first_on_the_path(tmp_path):
-    make_wheel(tmp_path / "wheels")
-    target = tmp_path / "site"
-    result = run_script(tmp_path, "--tiny", WHEEL_DIR=str(tmp_path / "wheels"), WHEEL_TARGET=str(target),
-                        SICOG_PYTHON=str(fake_python(tmp_path)))
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert (target / "gpu_check_probe.py").read_text() == "VALUE = 42\n"
-    assert "installing 1 wheel(s)" in result.stdout
-    assert f"PYTHONPATH={target}:{ROOT}\n" in result.stdout
+def test_a_failed_install_is_recorded_and_the_check_still_runs(tmp_path):
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels)
+    (wheels / "requirements.txt").write_text("gpu-check-probe\nno-such-distribution-for-gpu-check\n")
+    result = run_script(tmp_path, "--tiny", "--budget-s", "0", "--out", str(tmp_path / "results"),
+                        WHEEL_DIR=str(wheels), GPU_CHECK_VENV=str(tmp_path / "venv"))
+    assert result.returncode == 1
+    assert f"{sys.executable} {ROOT}/benchmarks/gpu_check.py" in result.stdout  # the interpreter as it is
+    setup = json.loads((tmp_path / "results" / "gpu_check.json").read_text())["sections"]["setup"]
+    assert setup["error"].startswith(f"installing {wheels}/requirements.txt into {tmp_path / 'venv'} failed (exit 1)")
+    assert "no-such-distribution-for-gpu-check" in setup["log"]
 
 
-def test_dry_run_prints_the_command_and_installs_nothing(tmp_path):
-    make_wheel(tmp_path / "wheels")
-    result = run_script(tmp_path, "--tiny", "--dry-run", WHEEL_DIR=str(tmp_path / "wheels"),
-                        WHEEL_TARGET=str(tmp_path / "site"))
+def test_wheels_without_requirements_are_reported(tmp_path):
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels)
+    result = run_script(tmp_path, "--tiny", "--budget-s", "0", "--out", str(tmp_path / "results"),
+                        WHEEL_DIR=str(wheels), GPU_CHECK_VENV=str(tmp_path / "venv"))
+    assert result.returncode == 1
+    setup = json.loads((tmp_path / "results" / "gpu_check.json").read_text())["sections"]["setup"]
+    assert "no requirements.txt" in setup["error"] and not (tmp_path / "venv").exists()
+
+
+def test_dry_run_prints_the_commands_and_installs_nothing(tmp_path):
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels)
+    (wheels / "requirements.txt").write_text("gpu-check-probe\n")
+    result = run_script(tmp_path, "--tiny", "--dry-run", WHEEL_DIR=str(wheels), GPU_CHECK_VENV=str(tmp_path / "venv"))
     assert result.returncode == 0, result.stderr
+    assert f"--find-links {wheels}" in result.stdout and f"-r {wheels}/requirements.txt" in result.stdout
     assert "benchmarks/gpu_check.py --tiny" in result.stdout
-    assert not (tmp_path / "site").exists()
+    assert not (tmp_path / "venv").exists()
+
+
+def test_without_sicog_python_the_checkout_environment_is_used(tmp_path):
+    """python3 on PATH that cannot import sicog (e.g. a system Python): the checkout's .venv, as the other scripts."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("no .venv in this checkout")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python3").write_text("#!/bin/sh\nexit 1\n")
+    (shim / "python3").chmod(0o755)
+    environment = {k: v for k, v in os.environ.items() if k not in ("OUT", "SICOG_PYTHON")}
+    environment.update(PATH=f"{shim}:{environment['PATH']}", WHEEL_DIR=str(tmp_path / "no-wheels"))
+    result = subprocess.run(["bash", str(SCRIPT), "--tiny", "--dry-run"], cwd=tmp_path, env=environment,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{ROOT}/.venv/bin/python {ROOT}/benchmarks/gpu_check.py --tiny")
+
+
+def test_wheel_pins_walk_the_dependency_closure_for_the_device():
+    gpu_check = load_gpu_check()
+    here = {
+        "app": ("1.0", ["lib>=1", "torch>=2", "tomli; python_version < '3.11'", "pywin; sys_platform == 'win32'",
+                        "docs-tool; extra == 'docs'", "helper[fast]>=2"]),
+        "lib": ("1.5", ["nvidia-cublas-cu12", "numpy"]),
+        "helper": ("2.0", ["speedup; extra == 'fast'", "slow; extra == 'other'"]),
+        "speedup": ("0.3", []),
+        "tomli": ("2.0", []),
+    }
+    pins = gpu_check.wheel_pins(["app>=1", "new-thing>=0.8"], "3.12", {}, here.get)
+    assert pins == {"app": "app==1.0", "lib": "lib==1.5", "helper": "helper==2.0", "speedup": "speedup==0.3",
+                    "new-thing": "new-thing>=0.8"}  # not installed here: the newest its requirement allows
+    # on Python 3.10, tomli too; a downloaded wheel is pinned to its own version and its requirements are walked
+    wheels = {"new-thing": ("0.9", ["speedup", "triton>=3; platform_machine == 'x86_64'"])}
+    pins = gpu_check.wheel_pins(["app>=1", "new-thing>=0.8"], "3.10", wheels, here.get)
+    assert pins["tomli"] == "tomli==2.0" and pins["new-thing"] == "new-thing==0.9" and "triton" not in pins
+
+
+def test_top_requirements_are_sicogs_own_with_this_transformers():
+    import transformers
+
+    gpu_check = load_gpu_check()
+    requirements = gpu_check.top_requirements(ROOT)
+    assert f"transformers=={transformers.__version__}" in requirements
+    names = {r.split(">")[0].split("=")[0].split("<")[0] for r in requirements}
+    assert {"braceexpand", "liger-kernel", "torch"} <= names
+    assert not [r for r in requirements if r.startswith("flash")]
