@@ -99,6 +99,42 @@ def test_the_texts_file_error_is_one_line_exit_2(tmp_path: Path, capsys) -> None
     assert code == 2 and f"{tmp_path / 't.jsonl'}:1: invalid JSON" in capsys.readouterr().err
 
 
+def test_embed_file_checks_its_output_and_encoder_before_embedding(tmp_path: Path, capsys) -> None:
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": "a cat"}])
+    (tmp_path / "afile").write_text("")
+    blocked = (tmp_path / "afile" / "e.npy", f"({tmp_path / 'afile'} is a file)")
+    for output, says in ((tmp_path, "is a folder"), blocked):
+        assert embed_file.main(["--texts", str(texts), "--output", str(output), "--encoder", "none"]) == 2
+        assert says in capsys.readouterr().err
+    assert embed_file.main(["--texts", str(texts), "--output", str(tmp_path / "e.npy"),
+                            "--encoder", str(tmp_path / "no-encoder")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-encoder" in err and "Traceback" not in err
+
+
+def test_embed_file_resumes_from_the_chunks_a_killed_run_saved(tmp_path: Path, monkeypatch) -> None:
+    """Each chunk is kept as it is done: a rerun after a kill needs no encoder for them, and the chunks go once
+    the array is written."""
+    from sicog.curate.embed import SentenceEncoder, packaged_minilm_path
+
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in ("a red circle", "two blue squares")])
+    output = tmp_path / "e.npy"
+    argv = ["--texts", str(texts), "--output", str(output), "--encoder", packaged_minilm_path(), "--device", "cpu"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(embed_file, "save_embeddings", killed)
+    with pytest.raises(KeyboardInterrupt):
+        embed_file.main(argv)
+    monkeypatch.undo()
+    assert list(embed_file.chunk_folder(output).rglob("chunk-*.npy")) and not output.exists()
+    monkeypatch.setattr(SentenceEncoder, "__init__", killed)  # the chunks are all there: no encoder is loaded
+    assert embed_file.main(argv) == 0
+    vectors, _ = embed_file.load_embeddings(output, ["a red circle", "two blue squares"])
+    assert vectors.shape[0] == 2 and not embed_file.chunk_folder(output).exists()
+
+
 @pytest.mark.parametrize("killed_at", ["array", "description"])
 def test_a_killed_rewrite_leaves_no_embeddings_that_pass_for_other_texts(tmp_path: Path, monkeypatch,
                                                                          killed_at: str) -> None:

@@ -49,8 +49,8 @@ SITECUSTOMIZE = '''
 import importlib.abc
 import sys
 
-# packaging: a requirement of transformers and sentence-transformers.
-ALLOWED = {{"numpy", "packaging", "sicog", "transformers", "sentence_transformers", *{extra!r}}}
+# packaging and tqdm: requirements of transformers and sentence-transformers.
+ALLOWED = {{"numpy", "packaging", "tqdm", "sicog", "transformers", "sentence_transformers", *{extra!r}}}
 
 
 class Hide(importlib.abc.MetaPathFinder):

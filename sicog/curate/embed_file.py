@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -28,8 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sicog.curate.embed import DTYPES, EncoderSettings, SentenceEncoder
-from sicog.data.jsonl import RecordError, atomic_file, iter_records, refuse_overwriting, write_json
+from sicog.curate.embed import DTYPES, EncoderNotFound, EncoderSettings
+from sicog.curate.embedding_store import embed_texts
+from sicog.data.jsonl import (
+    RecordError,
+    atomic_file,
+    blocking_file,
+    iter_records,
+    refuse_overwriting,
+    write_json,
+)
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -107,19 +116,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         refuse_overwriting([("--texts", args.texts)], "--output", args.output, also=[sidecar(args.output)])
+        _check_output(Path(args.output))
         texts = read_texts(args.texts)
         settings = EncoderSettings(
             name_or_path=args.encoder, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
             query_prefix=args.query_prefix, append_eos=args.append_eos, padding_side=args.padding_side,
             dtype=args.dtype, device=args.device, batch_size=args.batch_size,
         )
-    except (OSError, ValueError) as err:
+        # Chunk files beside the output, each saved as it is done, with a progress bar: a run killed after
+        # hours (1M texts through NV-Embed) resumes from its last chunk instead of starting again.
+        chunks = chunk_folder(args.output)
+        vectors = embed_texts(texts, settings, chunks).all()
+    except (OSError, ValueError, EncoderNotFound) as err:
         print(f"embed_file: error: {err}", file=sys.stderr)
         return 2
-    vectors = SentenceEncoder(settings).encode(texts)
     save_embeddings(args.output, vectors, texts, settings)
+    shutil.rmtree(chunks)
     print(f"{len(texts)} embeddings of dimension {vectors.shape[1]} -> {args.output}")
     return 0
+
+
+def chunk_folder(output: str | os.PathLike) -> Path:
+    """Where the embeddings of ``output`` are kept chunk by chunk until it is written."""
+    return Path(f"{output}.chunks")
+
+
+def _check_output(output: Path) -> None:
+    """Refuse, before any text is embedded, an ``--output`` that could not be written at the end."""
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give the path of a .npy file")
+    blocker = blocking_file(output.parent)
+    if blocker is not None:
+        raise ValueError(f"--output {output} cannot be written ({blocker} is a file)")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ class EmbeddingStore:
         """The embeddings of the texts at ``indices`` (a new float32 array)."""
         return np.stack([self._chunks[i // self.chunk_size][i % self.chunk_size] for i in indices]).astype(np.float32)
 
+    def all(self) -> np.ndarray:
+        """Every text's embedding, in order (a new float32 array; no rows, and no columns, for no texts)."""
+        if not self._chunks:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(self._chunks).astype(np.float32)
+
 
 class ArrayStore:
     """Rows of an embedding matrix computed elsewhere (``python -m sicog.curate.embed_file``)."""
