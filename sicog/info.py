@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import require_checkpoint
+from sicog.data.argtypes import os_error_text, require_checkpoint
 
 if TYPE_CHECKING:
     from sicog.model.configuration import SicogConfig
@@ -17,6 +18,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sicog info``."""
     parser.add_argument("--checkpoint", help="a SICOG checkpoint directory (reads config.json only)")
     parser.add_argument("--image-size", default="1024x768", help="WIDTHxHEIGHT of an example image to cost in tokens")
+
+
+def checkpoint_config(checkpoint: str) -> SicogConfig:
+    """The configuration in ``checkpoint/config.json``; ``ValueError`` (one line naming the file) when the file is
+    missing, unreadable, damaged or not a SICOG model's.
+
+    The model type is checked first: transformers would read a plain Qwen2 or CLIP config (what model_weight/
+    holds) into SicogConfig's defaults and describe a 7B model that is not there.
+    """
+    from huggingface_hub.errors import StrictDataclassError
+
+    from sicog.model.configuration import SicogConfig
+    from sicog.model.release_format import read_json_object
+
+    require_checkpoint(checkpoint)
+    path = Path(checkpoint) / "config.json"
+    try:
+        fields = read_json_object(path)
+    except OSError as err:
+        raise ValueError(os_error_text(err)) from None
+    if fields.get("model_type") != SicogConfig.model_type:
+        raise ValueError(f"{path}: not a SICOG checkpoint (model_type {fields.get('model_type')!r}, "
+                         f"not {SicogConfig.model_type!r})")
+    try:
+        return SicogConfig.from_pretrained(checkpoint)
+    except StrictDataclassError as err:
+        # The validators' message spans several lines around its cause, which alone says what is wrong.
+        raise ValueError(f"{path}: {err.__cause__ or err}") from None
+    except (ValueError, TypeError, AttributeError) as err:
+        # A field of the wrong JSON type (a number where a sub-config's object belongs) fails inside transformers.
+        raise ValueError(f"{path}: {err}") from None
 
 
 def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:
@@ -67,12 +99,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # Imported here: `sicog info --help` needs neither torch nor transformers.
     from sicog.model.builders import real_config
-    from sicog.model.configuration import SicogConfig
 
     try:
-        if args.checkpoint:
-            require_checkpoint(args.checkpoint)
-        config = SicogConfig.from_pretrained(args.checkpoint) if args.checkpoint else real_config()
+        config = checkpoint_config(args.checkpoint) if args.checkpoint else real_config()
     except ValueError as err:
         print(f"sicog info: error: {err}", file=sys.stderr)
         return 2

@@ -6,9 +6,14 @@ import base64
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from sicog.cli import main  # noqa: E402
 from sicog.cycle.config import load_config  # noqa: E402
 from sicog.data.jsonl import iter_records, load_records  # noqa: E402
+from sicog.data.lock import output_lock  # noqa: E402
 from sicog.data.prompts import (  # noqa: E402
     CAPTION_PROMPTS,
     COD_STEPS,
@@ -35,7 +41,7 @@ from sicog.data.schema import check_llava_record  # noqa: E402
 from sicog.data.steps import split_steps  # noqa: E402
 from sicog.eval.prompts import MC_INSTRUCTION  # noqa: E402
 from sicog.model.slicing import plan_slices  # noqa: E402
-from sicog.toy.build import FILES, build_world, load_manifest  # noqa: E402
+from sicog.toy.build import FILES, WORLD_VERSION, build_world, load_manifest  # noqa: E402
 from sicog.toy.datasets import CAPTION_REQUESTS, SIZES, TSV_COLUMNS, read_bench_tsv  # noqa: E402
 from sicog.toy.questions import CATEGORIES  # noqa: E402
 from sicog.toy.score import load_ground_truth, score_caption, score_mc  # noqa: E402
@@ -213,36 +219,89 @@ def test_cli_keeps_replaces_or_refuses(world: Path, tmp_path: Path, capsys) -> N
         build_world(tmp_path / "x", size="huge")
 
 
+# A built world with one thing wrong -> what the error line says.
+INCOMPLETE = {
+    "no size": "manifest lacks the keys size",
+    "seed as text": "seed is '0', not a JSON integer",
+    "seed as true": "seed is True, not a JSON integer",
+    "unknown layout": "layout 'round' is not one of",
+    "no tokenizer": "its tokenizer folder",
+    "no ground truth": "its ground_truth file",
+}
+
+
 @pytest.mark.parametrize("command", ["parts", "references"])
-@pytest.mark.parametrize("damage", ["missing", "unbuilt", "truncated", "not an object"])
-def test_world_commands_refuse_a_missing_or_damaged_world_in_one_line(tmp_path: Path, capsys, command: str,
-                                                                       damage: str) -> None:
-    world = tmp_path / "world"
-    if damage != "missing":
-        world.mkdir()
+@pytest.mark.parametrize("damage", ["missing", "unbuilt", "truncated", "not an object", *INCOMPLETE])
+def test_world_commands_refuse_a_missing_or_damaged_world_in_one_line(world: Path, tmp_path: Path, capsys,
+                                                                       command: str, damage: str) -> None:
+    """Before any training: an incomplete world (a copy without its tokenizer, a hand-edited manifest) gave a
+    KeyError or FileNotFoundError traceback from the middle of `toy parts`."""
+    target = tmp_path / "world"
+    if damage in INCOMPLETE:
+        shutil.copytree(world, target)
+        _damage(target, damage)
+    elif damage != "missing":
+        target.mkdir()
     if damage == "truncated":
-        (world / "manifest.json").write_text('{"world": "sicog toy world", "vers')
+        (target / "manifest.json").write_text('{"world": "sicog toy world", "vers')
     elif damage == "not an object":
-        (world / "manifest.json").write_text("[]")
-    target = ["--out", str(tmp_path / "parts")] if command == "parts" else ["--output", str(tmp_path / "r.jsonl")]
-    assert main(["toy", command, "--world", str(world), *target]) == 2
+        (target / "manifest.json").write_text("[]")
+    output = ["--out", str(tmp_path / "parts")] if command == "parts" else ["--output", str(tmp_path / "r.jsonl")]
+    assert main(["toy", command, "--world", str(target), *output]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
-    assert str(world / "manifest.json") in err
+    assert err.startswith(f"sicog toy {command}: error: ") and len(err.strip().splitlines()) == 1, err
+    assert str(target / "manifest.json") in err
     if damage in ("missing", "unbuilt"):
         assert "build the world first" in err
+    elif damage in INCOMPLETE:
+        assert INCOMPLETE[damage] in err
     else:
         assert "not a valid manifest" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if damage == "missing" else ["world"])
 
 
-def test_build_refuses_a_damaged_manifest_unless_forced(world: Path, tmp_path: Path, capsys) -> None:
+def _damage(world: Path, damage: str) -> None:
+    manifest = json.loads((world / "manifest.json").read_text())
+    if damage == "no size":
+        del manifest["size"]
+    elif damage == "seed as text":
+        manifest["seed"] = "0"
+    elif damage == "seed as true":
+        manifest["seed"] = True
+    elif damage == "unknown layout":
+        manifest["layout"] = "round"
+    elif damage == "no tokenizer":
+        shutil.rmtree(world / "tokenizer")
+    elif damage == "no ground truth":
+        (world / "ground_truth.jsonl").unlink()
+    (world / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("manifest", "says"), [
+    ('{"version": ', "not a valid manifest"),
+    # The version, seed and size of this build, and nothing else: it was kept as a finished world, and the
+    # command then failed with a KeyError traceback on "counts".
+    (json.dumps({"version": WORLD_VERSION, "seed": 0, "size": "tiny"}), "manifest lacks the keys layout, counts"),
+])
+def test_build_refuses_a_damaged_or_incomplete_manifest_unless_forced(world: Path, tmp_path: Path, capsys,
+                                                                      manifest: str, says: str) -> None:
     out = tmp_path / "w"
     out.mkdir()
-    (out / "manifest.json").write_text('{"version": ')
+    (out / "manifest.json").write_text(manifest)
     assert main(["toy", "build", "--out", str(out), "--size", "tiny"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "not a valid manifest" in err and "--force" in err
+    assert err.startswith("sicog toy build: error: ") and len(err.strip().splitlines()) == 1, err
+    assert says in err and "--force" in err
+    assert main(["toy", "build", "--out", str(out), "--size", "tiny", "--force"]) == 0
+    assert _tree_digest(out) == _tree_digest(world)
+
+
+def test_build_refuses_a_world_missing_a_file(world: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "w"
+    shutil.copytree(world, out)
+    shutil.rmtree(out / "tokenizer")
+    assert main(["toy", "build", "--out", str(out), "--size", "tiny"]) == 2
+    assert "its tokenizer folder" in capsys.readouterr().err
     assert main(["toy", "build", "--out", str(out), "--size", "tiny", "--force"]) == 0
     assert _tree_digest(out) == _tree_digest(world)
 
@@ -260,9 +319,17 @@ def test_same_seed_same_tree_in_fresh_processes(world: Path, tmp_path: Path) -> 
     assert build(tmp_path / "c", 1, "1") != _tree_digest(world)
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The demo world of seed 0, which the docs' samples come from."""
+    out = tmp_path_factory.mktemp("demo") / "world"
+    build_world(out, seed=0, size="demo")
+    return out
+
+
 @pytest.mark.slow
-def test_demo_world_is_the_patch_aligned_grid(tmp_path: Path) -> None:
-    manifest = build_world(tmp_path / "demo", seed=0, size="demo")
+def test_demo_world_is_the_patch_aligned_grid(demo: Path) -> None:
+    manifest = json.loads((demo / "manifest.json").read_text())
     for name, count in SIZES["demo"].items():
         assert manifest["counts"][name] == count
     assert manifest["layout"] == "grid"
@@ -270,10 +337,35 @@ def test_demo_world_is_the_patch_aligned_grid(tmp_path: Path) -> None:
     # As in the paper, the unlabeled pools are larger than the annotated sets.
     assert min(SIZES["demo"]["unlabeled_images"], SIZES["demo"]["unlabeled_questions"]) > 2 * max(
         SIZES["demo"]["cod"], SIZES["demo"]["cot"])
-    truth = load_records(tmp_path / "demo" / "ground_truth.jsonl")
+    truth = load_records(demo / "ground_truth.jsonl")
     plans = {plan_slices(r["width"], r["height"], **SLICING) for r in truth}
     assert {(p.num_slices, p.source_size) for p in plans} == {(0, (32, 32))}
     assert {len(r["objects"]) for r in truth} == {4}
+
+
+@pytest.mark.slow
+def test_doc_samples_are_the_records_their_pictures_show(demo: Path) -> None:
+    """Each dataset's picture in docs/toy_world.md is a demo record's image: its section names that record
+    (bench_mc: its row), and a record the doc quotes is the world's, as written. The sft sample's text once
+    asked another question, with another answer, than the record pictured."""
+    doc = (REPO / "docs" / "toy_world.md").read_text(encoding="utf-8")
+    pictured = 0
+    for section in doc.split("\n### "):
+        picture = re.search(r'<img src="images/toy_(\w+)\.png"', section)
+        if picture is None:
+            continue
+        dataset, shown = picture[1], (REPO / "docs" / "images" / f"toy_{picture[1]}.png").read_bytes()
+        (record_id,) = [p.stem for p in (demo / "images" / dataset).glob("*.png") if p.read_bytes() == shown]
+        named = f"Row {int(record_id.rsplit('-', 1)[1])}:" if dataset == "bench_mc" else record_id
+        assert named in section, f"the {dataset} picture is {record_id}, which its section does not name"
+        pictured += 1
+    assert pictured == 8
+    quoted = [*re.findall(r"```json\n(.*?)```", doc, re.DOTALL), *re.findall(r"`(\{\"id\".*?\})`", doc)]
+    records = [json.loads(text) for text in quoted if '"..."' not in text]  # not the elided ground truth
+    assert len(records) == 5
+    for record in records:
+        written = load_records(demo / f"{record['id'].rsplit('-', 1)[0]}.jsonl")
+        assert record == next(r for r in written if r["id"] == record["id"])
 
 
 def test_perception_check_offers_the_truth_and_one_fact_changed(world: Path) -> None:
@@ -301,3 +393,86 @@ def test_perception_check_offers_the_truth_and_one_fact_changed(world: Path) -> 
         else:
             assert changed["f1"] == 1.0 and changed["attribute_accuracy"][
                 "size" if row["category"] == "size" else "position"] < 1.0
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_a_build_removes_staging_left_by_killed_builds_only(tmp_path: Path) -> None:
+    """A build killed by SIGKILL leaves its hidden staging folder (or the old world it had moved aside); the next
+    build removes those of processes that are gone on this host, not those of live ones or of other hosts."""
+    host, dead = socket.gethostname(), _dead_pid()
+    stale = [f".w.building-{host}-{dead}", f".w.replaced-{host}-{dead}", f".w.building-{dead}"]
+    kept = [f".w.building-{host}-{os.getppid()}", f".w.building-elsewhere-{dead}", f".other.building-{host}-{dead}"]
+    for name in stale + kept:
+        (tmp_path / name / "images").mkdir(parents=True)
+    build_world(tmp_path / "w", seed=0, size="tiny")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["w", *kept])
+
+
+@pytest.mark.parametrize("other_seed", [0, 1])
+def test_a_world_finished_meanwhile_is_kept_or_refused_never_replaced(world: Path, tmp_path: Path, monkeypatch,
+                                                                      other_seed: int) -> None:
+    """Two builds into one --out at once: the second to finish checks again, under the output's lock, before
+    replacing. Both used to exit 0, the seed-1 world silently replaced by the seed-0 one."""
+    from sicog.toy import build
+
+    out = tmp_path / "w"
+    build_into = build._build_into
+
+    def another_build_finishes_meanwhile(root: Path, seed: int, size: str) -> dict:
+        manifest = build_into(root, seed, size)
+        shutil.copytree(world, out)
+        theirs = json.loads((out / "manifest.json").read_text())
+        (out / "manifest.json").write_text(json.dumps({**theirs, "seed": other_seed}))
+        return manifest
+
+    monkeypatch.setattr(build, "_build_into", another_build_finishes_meanwhile)
+    if other_seed == 0:
+        assert build_world(out, seed=0, size="tiny")["seed"] == 0
+    else:
+        with pytest.raises(FileExistsError, match="holds something else.*--force"):
+            build_world(out, seed=0, size="tiny")
+    assert json.loads((out / "manifest.json").read_text())["seed"] == other_seed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"], "staging or lock left behind"
+
+
+def test_build_refuses_an_output_another_build_is_replacing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "w"
+    with output_lock(out):
+        assert main(["toy", "build", "--out", str(out), "--size", "tiny"]) == 2
+    err = capsys.readouterr().err
+    line = err.rsplit("\r", 1)[-1]  # after the progress bars, which it builds before it replaces
+    assert line.startswith(f"sicog toy build: error: {out} is in use by another run") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_build_into_the_current_folder(world: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`--out .` has no name to stage beside: renaming "." failed with an OSError traceback. The empty folder is
+    filled in place, so the current folder (the shell's) shows the world rather than being a deleted one."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["toy", "build", "--out", ".", "--size", "tiny"]) == 0
+    assert Path("manifest.json").is_file() and _tree_digest(tmp_path / "here") == _tree_digest(world)
+    assert main(["toy", "build", "--out", ".", "--size", "tiny"]) == 0  # kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_build_and_removes_its_staging(tmp_path: Path) -> None:
+    """SIGTERM (kill, timeout, a scheduler) ends a build as Ctrl-C does: its staging folder is removed. It used to
+    kill the process at once and leave the folder for good."""
+    command = [sys.executable, "-m", "sicog", "toy", "build", "--out", str(tmp_path / "w"), "--size", "demo"]
+    build = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while build.poll() is None and not list(tmp_path.glob(".w.building-*/images/*")):
+            time.sleep(0.05)
+        build.send_signal(signal.SIGTERM)
+        assert build.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        build.kill()
+    assert list(tmp_path.iterdir()) == []

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import random
+import signal
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +19,7 @@ from transformers import AutoTokenizer, CLIPVisionModel, Qwen2ForCausalLM
 
 from sicog.data.jsonl import FILE_MODE
 from sicog.model.builders import tiny_text_config
+from sicog.toy import pretrain
 from sicog.toy.build import build_world, load_manifest
 from sicog.toy.model import PARTS_RECORD, TOY_TEXT
 from sicog.toy.pretrain import (
@@ -40,10 +47,13 @@ def world(tmp_path_factory) -> Path:
     return out
 
 
-def test_parts_are_built_once_and_reused(world: Path, tmp_path: Path) -> None:
+def test_parts_are_built_once_and_reused(world: Path, tmp_path: Path, capfd) -> None:
     messages = []
     vision, llm = pretrained_parts(world, cache=tmp_path, log=messages.append)
     assert len(messages) == 2 and "toy CLIP" in messages[0] and "toy LM" in messages[1]
+    # Progress on stderr (minutes on the demo world), the CLIP's from its own process.
+    progress = capfd.readouterr().err
+    assert all(f"{bar}: " in progress for bar in ("toy CLIP", "toy LM", "toy LM reading check")), progress
     report = json.loads((vision.parent / PARTS_RECORD).read_text())
     assert report["clip"]["steps"] > 0 and report["lm"]["steps"] > 0
     assert 0.25 <= report["lm"]["reading"]["chance"] <= 0.5 and 0 <= report["lm"]["reading"]["accuracy"] <= 1
@@ -162,3 +172,39 @@ def test_times_named_counts_every_wording_as_whole_words() -> None:
     assert times_named("dark gray", text) == 1
     assert times_named("red", "a reddish square") == 0
     assert times_named("yes", text) == 0
+
+
+def test_an_interrupted_run_stops_the_clip_worker_and_keeps_nothing(world: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Ctrl-C, or SIGTERM (which `sicog toy` turns into SystemExit), while the LM trains: the CLIP's worker is
+    terminated. Leaving the pool used to wait for it to finish its job, minutes on the demo world; a SIGTERM
+    then left it training as an orphan."""
+    before = set(multiprocessing.active_children())
+    workers = []
+
+    def interrupted(*args) -> None:
+        workers.extend(set(multiprocessing.active_children()) - before)
+        raise SystemExit(143)
+
+    monkeypatch.setattr(pretrain, "train_language_model", interrupted)
+    with pytest.raises(SystemExit):
+        pretrained_parts(world, cache=tmp_path, log=lambda _: None)
+    assert len(workers) == 1
+    workers[0].join()
+    assert workers[0].exitcode == -signal.SIGTERM
+    assert list((tmp_path / "toy-parts").iterdir()) == [], "staging left behind"
+
+
+def test_a_run_removes_parts_staging_left_by_killed_runs_only(world: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "toy-parts" / parts_key(world)
+    folder.mkdir(parents=True)
+    (folder / PARTS_RECORD).write_text("{}")  # cached: nothing is trained
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    host, dead = socket.gethostname(), process.pid
+    stale = [f".{folder.name}.building-{host}-{dead}", f".0123456789abcdef.building-{dead}"]
+    kept = [f".{folder.name}.building-{host}-{os.getppid()}", f".{folder.name}.building-elsewhere-{dead}"]
+    for name in stale + kept:
+        (folder.parent / name / "vision").mkdir(parents=True)
+    assert pretrained_parts(world, cache=tmp_path) == (folder / "vision", folder / "llm")
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, *kept])

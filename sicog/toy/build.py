@@ -1,7 +1,8 @@
 """Building the whole toy world into one directory, atomically, and reading its manifest.
 
 The world is written into a hidden sibling folder and renamed into place at the end, so an
-interrupted build leaves nothing half-written; rebuilding with the same seed and size is a no-op.
+interrupted build leaves nothing half-written (a later build removes the staging folder of one that was
+killed); rebuilding with the same seed and size is a no-op.
 Nothing in the tree depends on time, dict or set ordering or the hash seed: the same seed gives a
 byte-identical tree.
 """
@@ -14,13 +15,15 @@ import shutil
 from pathlib import Path
 
 from sicog.data.jsonl import write_json, write_jsonl
+from sicog.data.lock import output_lock
 from sicog.data.prompts import CAPTION_PROMPTS, COD_STEPS, COT_STEPS, SHORT_ANSWER, STEP_BY_STEP_ANSWER
 from sicog.eval.prompts import MC_INSTRUCTION
 from sicog.toy import datasets as ds
 from sicog.toy.language import vocabulary
 from sicog.toy.questions import CATEGORIES
+from sicog.toy.staging import remove_stale_staging, staging_path
 from sicog.toy.tokenizer import train_tokenizer
-from sicog.toy.world import SLICING
+from sicog.toy.world import LAYOUTS, SLICING
 
 MANIFEST = "manifest.json"
 # Bump when the same seed would give a different tree, so an old world is not mistaken for a current one.
@@ -46,6 +49,9 @@ FILES = {
 }
 # The keys of FILES that name folders; the others name files.
 FOLDERS = ("image_folder", "tokenizer")
+# The other manifest keys the commands read, with their JSON types.
+FIELDS = {"version": int, "seed": int, "size": str, "layout": str, "counts": dict, "vocab_size": int}
+_JSON_TYPES = {int: "integer", str: "string", dict: "object"}
 TRAINING_SETS = (
     "align", "cod", "detailed", "cot", "unlabeled_images", "unlabeled_questions", "sft",
     "unlabeled_web", "oracle_captions", "oracle_reasoning",
@@ -56,44 +62,71 @@ def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force
     """Build the toy world into ``out`` and return its manifest.
 
     An existing world with the same version, seed and size is kept as it is. Any other non-empty
-    ``out`` raises ``FileExistsError`` unless ``force`` is set, in which case it is replaced.
+    ``out`` (an incomplete world included) raises ``FileExistsError`` unless ``force`` is set, in which
+    case it is replaced; an empty folder is filled in place. Two builds into one ``out`` take its lock
+    (``OUT.lock`` beside it) to check and replace, so the second finds the first's world: kept when it is
+    the same, refused when not.
     """
     if size not in ds.SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(ds.SIZES)}")
-    out = Path(out)
-    manifest_path = out / MANIFEST
-    unreadable = ""
-    if manifest_path.is_file() and not force:
-        try:
-            existing = _read_manifest(manifest_path)
-        except ValueError as err:
-            # A damaged manifest is not this world: refused below like any other content, unless forced.
-            existing, unreadable = {}, f" ({err})"
-        if (existing.get("version"), existing.get("seed"), existing.get("size")) == (WORLD_VERSION, seed, size):
-            return existing
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FileExistsError(
-            f"{out} exists and holds something else{unreadable}; choose another --out or pass --force"
-        )
+    # Absolute first: "." or ".." has no name to stage beside, nor a parent to stage in.
+    out = Path(os.path.abspath(out))
+    existing = _world_to_keep(out, seed, size, force)
+    if existing is not None:
+        return existing
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_staging(out.parent, out.name)
+    staging, retired = staging_path(out, "building"), staging_path(out, "replaced")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process that had this pid
     try:
         manifest = _build_into(staging, seed, size)
-        if out.exists():
-            retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            os.replace(out, retired)
-            os.replace(staging, out)
-            if retired.is_dir():
-                shutil.rmtree(retired)
+        with output_lock(out):
+            # Checked again: another build may have finished a world here while this one was building.
+            existing = _world_to_keep(out, seed, size, force)
+            if existing is not None:
+                shutil.rmtree(staging)
+                return existing
+            if out.is_dir() and not any(out.iterdir()):
+                # Filled in place: an empty --out may be the shell's current folder or a mount point, which a
+                # rename would replace (leaving the shell in a deleted folder) or fail on. The manifest goes
+                # last: until it is there, the folder holds no finished world.
+                for entry in sorted(staging.iterdir(), key=lambda path: path.name == MANIFEST):
+                    os.replace(entry, out / entry.name)
+                staging.rmdir()
             else:
-                retired.unlink()
-        else:
-            os.replace(staging, out)
+                if out.exists():
+                    os.replace(out, retired)
+                os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # Outside the lock: the old world is no longer at ``out``, and removing a demo world takes a while.
+    if retired.is_dir():
+        shutil.rmtree(retired)
+    elif retired.exists():
+        retired.unlink()
     return manifest
+
+
+def _world_to_keep(out: Path, seed: int, size: str, force: bool) -> dict | None:
+    """The manifest of the finished world of this version, seed and size in ``out``, or None when ``out`` is
+    free (absent or empty) or ``force`` is set; ``FileExistsError`` when it holds anything else."""
+    if force:
+        return None
+    unreadable = ""
+    if (out / MANIFEST).is_file():
+        try:
+            existing = _checked_manifest(out)
+        except ValueError as err:
+            # A damaged or incomplete world is not this world: refused below like any other content.
+            existing, unreadable = {}, f" ({err})"
+        if (existing.get("version"), existing.get("seed"), existing.get("size")) == (WORLD_VERSION, seed, size):
+            return existing
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"{out} exists and holds something else{unreadable}; choose another --out or pass --force"
+        )
+    return None
 
 
 def _build_into(root: Path, seed: int, size: str) -> dict:
@@ -147,28 +180,51 @@ def _build_into(root: Path, seed: int, size: str) -> dict:
 
 
 def _read_manifest(path: Path) -> dict:
-    """The JSON object in ``path``; ``ValueError`` naming the file when it is not one."""
+    """The JSON object in ``path``; ``ValueError`` naming the file when it is not one or cannot be read."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a valid manifest ({err})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{path}: not a valid manifest (a JSON {type(manifest).__name__}, not an object)")
     return manifest
 
 
+def _checked_manifest(directory: Path) -> dict:
+    """The manifest of the world in ``directory`` as written, once it holds every key the commands read, with
+    its type, and every file and folder it names exists; ``ValueError`` naming the manifest otherwise."""
+    path = directory / MANIFEST
+    manifest = _read_manifest(path)
+    missing = [key for key in (*FIELDS, *FILES) if key not in manifest]
+    if missing:
+        raise ValueError(f"{path}: manifest lacks the keys {', '.join(missing)}")
+    for key, kind in (*FIELDS.items(), *((key, str) for key in FILES)):
+        # bool is an int to isinstance, and no count or seed is true or false.
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            raise ValueError(f"{path}: {key} is {manifest[key]!r}, not a JSON {_JSON_TYPES[kind]}")
+    for key, known in (("size", ds.SIZES), ("layout", LAYOUTS)):
+        if manifest[key] not in known:
+            raise ValueError(f"{path}: {key} {manifest[key]!r} is not one of {', '.join(known)}")
+    for key in FILES:
+        target = directory / manifest[key]
+        if not (target.is_dir() if key in FOLDERS else target.is_file()):
+            kind = "folder" if key in FOLDERS else "file"
+            raise ValueError(f"{path}: its {key} {kind} {target} is missing; rebuild the world with "
+                             f"`sicog toy build --out {directory} --force`")
+    return manifest
+
+
 def load_manifest(directory: str | os.PathLike) -> dict:
-    """Read ``directory/manifest.json``; the file keys become absolute paths (``pathlib.Path``).
+    """Read and check ``directory/manifest.json``; the file keys become absolute paths (``pathlib.Path``).
 
     ``FileNotFoundError`` when the world was never built, ``ValueError`` (naming the file) when the
-    manifest is damaged.
+    manifest is damaged or incomplete or a file it names is missing.
     """
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; build the world first with `sicog toy build --out {directory}`")
-    manifest = _read_manifest(path)
-    missing = [key for key in FILES if key not in manifest]
-    if missing:
-        raise ValueError(f"{path}: manifest lacks the keys {', '.join(missing)}")
+    manifest = _checked_manifest(directory)
     return {**manifest, **{key: (directory / manifest[key]).resolve() for key in FILES}}

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
+from sicog.data.argtypes import os_error_text
+from sicog.data.jsonl import blocking_file
 from sicog.toy.datasets import SIZES
 
 
@@ -40,50 +46,100 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen sub-command."""
-    if args.toy_command == "parts":
-        from sicog.toy.build import load_manifest
-        from sicog.toy.model import PARTS_RECORD
-        from sicog.toy.pretrain import pretrained_parts
-
+    """Run the chosen sub-command; 2, with one line naming the file, when an input or an output is unusable."""
+    command = args.toy_command
+    with _sigterm_exits():
         try:
-            load_manifest(args.world)  # before any training: a missing or damaged world is a usage error
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        out = Path(args.out)
-        sources = pretrained_parts(args.world)
-        for name, source in zip(("vision", "llm"), sources, strict=True):
-            shutil.rmtree(out / name, ignore_errors=True)
-            shutil.copytree(source, out / name)  # a copy: the run keeps working if the cache is cleared
-            print(f"{name}: {out / name} (from {source})")
-        shutil.copyfile(sources[0].parent / PARTS_RECORD, out / PARTS_RECORD)  # with the LM reading check
-        return 0
-    if args.toy_command == "references":
-        from sicog.toy.references import write_image_use_references
+            return _COMMANDS[command](args)
+        except OSError as err:  # an output that cannot be written (no permission, disk full) or an unreadable input
+            return _error(command, os_error_text(err))
 
-        try:
-            count = write_image_use_references(args.world, args.output)
-        except (OSError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"wrote {count} records to {args.output}")
-        return 0
-    if args.toy_command == "synonyms":
-        from sicog.toy.synonyms import write_synonyms
 
-        print(f"wrote {write_synonyms(args.output)} canonical phrases to {args.output}")
-        return 0
-    if args.toy_command == "embed":
-        return _embed(args)
+def _parts(args: argparse.Namespace) -> int:
+    """Train (or reuse) the world's parts and copy them into --out."""
+    from sicog.toy.build import load_manifest
+    from sicog.toy.model import PARTS_RECORD
+    from sicog.toy.pretrain import pretrained_parts
+
+    try:
+        load_manifest(args.world)  # before any training: a missing or damaged world is a usage error
+    except (FileNotFoundError, ValueError) as err:
+        return _error("parts", str(err))
+    blocked = _blocked(args.out, folder=True)
+    if blocked:
+        return _error("parts", blocked)
+    out = Path(args.out)
+    sources = pretrained_parts(args.world)
+    for name, source in zip(("vision", "llm"), sources, strict=True):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(source, out / name)  # a copy: the run keeps working if the cache is cleared
+        print(f"{name}: {out / name} (from {source})")
+    shutil.copyfile(sources[0].parent / PARTS_RECORD, out / PARTS_RECORD)  # with the LM reading check
+    return 0
+
+
+def _references(args: argparse.Namespace) -> int:
+    """Write the caption benchmark's references for `sicog image-use`."""
+    from sicog.toy.references import write_image_use_references
+
+    blocked = _blocked(args.output, folder=False)
+    if blocked:
+        return _error("references", blocked)
+    try:
+        count = write_image_use_references(args.world, args.output)
+    except ValueError as err:
+        return _error("references", str(err))
+    print(f"wrote {count} records to {args.output}")
+    return 0
+
+
+def _synonyms(args: argparse.Namespace) -> int:
+    """Write the toy language's synonym table."""
+    from sicog.toy.synonyms import write_synonyms
+
+    blocked = _blocked(args.output, folder=False)
+    if blocked:
+        return _error("synonyms", blocked)
+    print(f"wrote {write_synonyms(args.output)} canonical phrases to {args.output}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    """Embed curation texts by the facts they state."""
+    from sicog.curate.embed import EncoderSettings
+    from sicog.curate.embed_file import read_texts, save_embeddings
+    from sicog.toy.similarity import ENCODER_NAME, fact_vectors
+
+    try:
+        texts = read_texts(args.texts)
+    except ValueError as err:
+        return _error("embed", str(err))
+    blocked = _blocked(args.output, folder=False)
+    if blocked:
+        return _error("embed", blocked)
+    vectors = fact_vectors(texts, args.task)
+    save_embeddings(args.output, vectors, texts, EncoderSettings(name_or_path=f"{ENCODER_NAME}:{args.task}"))
+    print(f"{len(texts)} texts as {vectors.shape[1]} facts -> {args.output}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    """Build the world, or keep the same one already there."""
+    from sicog.data.lock import OutputLocked
     from sicog.toy.build import build_world
 
+    # The folder above --out only: --out itself may be a file, which --force replaces.
+    blocked = _blocked(args.out, folder=False)
+    if blocked:
+        return _error("build", blocked)
     start = time.perf_counter()
     try:
         manifest = build_world(args.out, seed=args.seed, size=args.size, force=args.force)
-    except FileExistsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (FileExistsError, OutputLocked) as err:
+        return _error("build", str(err))
+    except OSError as err:
+        # The system names the hidden staging folder beside --out; the user named --out.
+        return _error("build", f"{args.out}: cannot be written ({os_error_text(err)})")
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     where = f"seed {manifest['seed']}, size {manifest['size']}, layout {manifest['layout']}"
     print(f"toy world ({where}) in {args.out}: {counts}")
@@ -91,17 +147,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed(args: argparse.Namespace) -> int:
-    from sicog.curate.embed import EncoderSettings
-    from sicog.curate.embed_file import read_texts, save_embeddings
-    from sicog.toy.similarity import ENCODER_NAME, fact_vectors
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "build": _build, "parts": _parts, "references": _references, "synonyms": _synonyms, "embed": _embed,
+}
 
+
+def _error(command: str, message: str) -> int:
+    """Print ``message`` as the one error line of ``sicog toy COMMAND``; the exit status of a usage error."""
+    print(f"sicog toy {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _blocked(path: str, *, folder: bool) -> str | None:
+    """``PATH: reason`` when a file stands where ``path`` (a ``folder``) or a folder above it must be, else None.
+
+    Checked before the work (the parts train for minutes), and naming the file in the way, where mkdir would
+    say only "File exists" or "Not a directory" about another path.
+    """
+    target = Path(path)
+    blocker = blocking_file(target if folder else target.parent)
+    if blocker is None:
+        return None
+    return f"{path}: is a file, not a folder" if blocker == target else f"{path}: cannot be made ({blocker} is a file)"
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (kill, timeout, a batch scheduler's stop) ends the command as Ctrl-C does, by an exception, so
+    that its cleanup runs: the CLIP worker is stopped, staging folders and temporary files are removed. Without
+    it the process died at once and left both. The exit status is the shell's for SIGTERM, 143."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        texts = read_texts(args.texts)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    vectors = fact_vectors(texts, args.task)
-    save_embeddings(args.output, vectors, texts, EncoderSettings(name_or_path=f"{ENCODER_NAME}:{args.task}"))
-    print(f"{len(texts)} texts as {vectors.shape[1]} facts -> {args.output}")
-    return 0
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

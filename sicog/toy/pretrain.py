@@ -26,12 +26,15 @@ import os
 import random
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from transformers import (
     AutoTokenizer,
     CLIPConfig,
@@ -52,6 +55,7 @@ from sicog.toy.language import brief_description, detailed_description
 from sicog.toy.model import PARTS_RECORD, TOY_TEXT, TOY_VISION
 from sicog.toy.questions import QUESTION_TYPES, Question, question_kinds
 from sicog.toy.render import render
+from sicog.toy.staging import remove_stale_staging, staging_path
 from sicog.toy.synonyms import synonym_table
 from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
@@ -94,11 +98,12 @@ def pretrained_parts(
     manifest = load_manifest(world_dir)
     folder = Path(cache or cache_root()) / "toy-parts" / parts_key(world_dir)
     vision_dir, llm_dir = folder / "vision", folder / "llm"
+    remove_stale_staging(folder.parent)
     if (folder / PARTS_RECORD).is_file():
         return vision_dir, llm_dir
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_path(folder, "building")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process that had this pid
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(manifest["tokenizer"]))
         layout, seed = LAYOUTS[manifest["layout"]], manifest["seed"]
@@ -106,15 +111,23 @@ def pretrained_parts(
         # The two parts are independent and each seeds its own generators: the CLIP trains in a second
         # process beside the LM, on a second core, with the same weights as one after the other.
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            clip_job = pool.submit(_clip_part, str(manifest["tokenizer"]), layout.name, seed, clip_steps,
-                                   str(staging / "vision"), max(1, torch.get_num_threads() // 2))
-            start = time.perf_counter()
-            lm, lm_loss = train_language_model(tokenizer, layout, seed, lm_steps)
-            lm.save_pretrained(staging / "llm")
-            tokenizer.save_pretrained(staging / "llm")
-            lm_seconds = time.perf_counter() - start
-            clip_loss, clip_seconds = clip_job.result()
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker) as pool:
+            try:
+                clip_job = pool.submit(_clip_part, str(manifest["tokenizer"]), layout.name, seed, clip_steps,
+                                       str(staging / "vision"), max(1, torch.get_num_threads() // 2))
+                start = time.perf_counter()
+                lm, lm_loss = train_language_model(tokenizer, layout, seed, lm_steps)
+                lm.save_pretrained(staging / "llm")
+                tokenizer.save_pretrained(staging / "llm")
+                lm_seconds = time.perf_counter() - start
+                clip_loss, clip_seconds = clip_job.result()
+            except BaseException:
+                # Leaving the block waits for the worker's job: minutes of a CLIP nobody will use, writing into
+                # the staging folder removed below. ProcessPoolExecutor.terminate_workers (Python 3.14) does
+                # this; before it, the executor's process table is the only handle on its workers.
+                for process in list((pool._processes or {}).values()):
+                    process.terminate()
+                raise
         log(f"toy CLIP: contrastive loss {clip_loss['first']:.3f} -> {clip_loss['last']:.3f} in {clip_seconds:.0f} s")
         reading = reading_check(lm, tokenizer, layout, seed)
         log(f"toy LM: loss {lm_loss['first']:.3f} -> {lm_loss['last']:.3f} in {lm_seconds:.0f} s; answers "
@@ -212,18 +225,33 @@ class _TowerTrainer:
         return _loss_summary(self.losses)
 
 
+def _init_worker() -> None:
+    """Set up the CLIP's worker, which the main process stops by terminating it (see pretrained_parts).
+
+    Ctrl-C, which the terminal sends to the whole process group, is ignored: the main process stops the worker,
+    without a second traceback from it. tqdm's lock is a thread lock: its default also takes a multiprocessing
+    semaphore, which a terminated worker leaves for the resource tracker to warn about.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
+
+
 def _clip_part(tokenizer_dir: str, layout: str, seed: int, steps: int, out: str, threads: int) -> tuple[dict, float]:
     """Train the toy CLIP and save its vision tower to ``out`` (in a process of its own); its loss summary
     and seconds."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    loss = train_clip(tokenizer, LAYOUTS[layout], seed, steps).save_pretrained(Path(out))
+    # Its bar on the line below the LM's, which the main process draws at the same time.
+    loss = train_clip(tokenizer, LAYOUTS[layout], seed, steps, progress_line=1).save_pretrained(Path(out))
     return loss, time.perf_counter() - start
 
 
-def train_clip(tokenizer: PreTrainedTokenizerBase, layout: Layout, seed: int, steps: int) -> _TowerTrainer:
-    """Contrastive pretraining of a tiny CLIP on fresh toy images and their descriptions."""
+def train_clip(
+    tokenizer: PreTrainedTokenizerBase, layout: Layout, seed: int, steps: int, progress_line: int = 0
+) -> _TowerTrainer:
+    """Contrastive pretraining of a tiny CLIP on fresh toy images and their descriptions (a progress bar on
+    stderr, ``progress_line`` lines below the cursor)."""
     settings = CLIP_TRAINING
     torch.manual_seed(seed)
     rng = random.Random(f"sicog-toy/{seed}/parts/clip")
@@ -242,7 +270,7 @@ def train_clip(tokenizer: PreTrainedTokenizerBase, layout: Layout, seed: int, st
     optimizer = torch.optim.AdamW(parameters, lr=settings["lr"], weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     losses = []
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="toy CLIP", unit="step", position=progress_line, leave=False):
         scenes = [sample_scene(rng, layout) for _ in range(settings["batch_size"])]
         images = torch.from_numpy(np.stack([pixels(s, vision.image_size) for s in scenes]))
         texts = [alt_text(s, rng) + tokenizer.eos_token for s in scenes]
@@ -297,7 +325,7 @@ def ask(scene: Scene, layout: Layout, rng: random.Random, tries: int = 20) -> Qu
 def train_language_model(
     tokenizer: PreTrainedTokenizerBase, layout: Layout, seed: int, steps: int
 ) -> tuple[Qwen2ForCausalLM, dict]:
-    """Causal-LM pretraining of the toy Qwen2 on text of the toy language."""
+    """Causal-LM pretraining of the toy Qwen2 on text of the toy language (a progress bar on stderr)."""
     settings = LM_TRAINING
     torch.manual_seed(seed)
     rng = random.Random(f"sicog-toy/{seed}/parts/lm")
@@ -305,7 +333,7 @@ def train_language_model(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     losses = []
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="toy LM", unit="step", leave=False):
         texts = [lm_text(sample_scene(rng, layout), layout, rng, tokenizer) for _ in range(settings["batch_size"])]
         batch = tokenizer(texts, padding=True, truncation=True, max_length=settings["max_length"], return_tensors="pt")
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -332,7 +360,7 @@ def reading_check(
     rng = random.Random(f"sicog-toy/{seed}/parts/reading-check")
     right, chance, commonest = 0, 0.0, 0.0
     model.eval()
-    for _ in range(count):
+    for _ in tqdm(range(count), desc="toy LM reading check", unit="question", leave=False):
         question = None
         while question is None:  # a scene no question fits is drawn again
             scene = sample_scene(rng, layout)
