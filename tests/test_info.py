@@ -57,6 +57,9 @@ def test_another_models_checkpoint_is_refused(tmp_path: Path, capsys, model: str
     ('{"model_type": "sicog", "text_config": {"hidden_size": "x"}}', "Field 'hidden_size' expected int, got str"),
     ('{"model_type": "sicog", "text_config": 5}', "'int' object has no attribute"),
     ('{"model_type": "sicog", "resampler_num_queries": 143}', "resampler_num_queries=143 is not a perfect square"),
+    # Passed validation and failed building the model: a RuntimeError traceback from torch.
+    ('{"model_type": "sicog", "text_config": {"hidden_size": -3}}', "text_config.hidden_size=-3 must be >= 1"),
+    ('{"model_type": "sicog", "vision_config": {"patch_size": 0}}', "vision_config.patch_size=0 must be >= 1"),
 ])
 def test_a_damaged_config_is_one_line_naming_it(tmp_path: Path, capsys, content: str, says: str) -> None:
     (tmp_path / "config.json").write_text(content)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -59,3 +60,115 @@ def test_build_names_an_output_the_system_refuses(capsys) -> None:
     line = capsys.readouterr().err.rsplit("\r", 1)[-1]  # after the progress bar it had started
     assert line.startswith("sicog toy build: error: /proc/toy: cannot be written (/proc/.toy.building-")
     assert line.count("\n") == 1
+
+
+def _fake_cache(root: Path, dir_mode: int, file_mode: int) -> tuple[Path, Path]:
+    """Cached parts (vision/, llm/ with a file each, parts.json) whose folders and files have the given modes."""
+    from sicog.toy.model import PARTS_RECORD
+
+    parts = []
+    for name in ("vision", "llm"):
+        (root / name / "sub").mkdir(parents=True)
+        for file in (root / name / "config.json", root / name / "sub" / "weights.bin"):
+            file.write_text(f"{name}\n")
+            file.chmod(file_mode)
+        for folder in (root / name / "sub", root / name):
+            folder.chmod(dir_mode)
+        parts.append(root / name)
+    (root / PARTS_RECORD).write_text('{"reading": 0.4}\n')
+    (root / PARTS_RECORD).chmod(file_mode)
+    root.chmod(dir_mode)
+    return parts[0], parts[1]
+
+
+def _modes(folder: Path) -> set[int]:
+    return {path.stat().st_mode & 0o777 for path in (folder, *folder.rglob("*"))}
+
+
+@pytest.mark.parametrize(("cache_modes", "umask", "expected"), [
+    ((0o700, 0o600), 0o022, {0o755, 0o644}),  # a cache built under umask 077 gave private parts to a shared run
+    ((0o755, 0o644), 0o077, {0o700, 0o600}),  # and a shared cache gave readable parts to a private one
+])
+def test_parts_get_the_modes_of_the_current_umask(world: Path, tmp_path: Path, monkeypatch, capsys,
+                                                  cache_modes: tuple[int, int], umask: int,
+                                                  expected: set[int]) -> None:
+    sources = _fake_cache(tmp_path / "cache", *cache_modes)
+    monkeypatch.setattr("sicog.toy.pretrain.pretrained_parts", lambda world_dir: sources)
+    previous = os.umask(umask)
+    try:
+        assert main(["toy", "parts", "--world", str(world), "--out", str(tmp_path / "p")]) == 0
+    finally:
+        os.umask(previous)
+    assert _modes(tmp_path / "p") == expected
+    assert (tmp_path / "p" / "llm" / "sub" / "weights.bin").read_text() == "llm\n"
+    assert (tmp_path / "p" / "parts.json").read_text() == '{"reading": 0.4}\n'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "p"]
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_failed_parts_copy_leaves_no_partial_output(world: Path, tmp_path: Path, monkeypatch, capsys,
+                                                      earlier: bool) -> None:
+    """A copy that stops half way left a --out with the vision part and half the LLM; now the --out is absent,
+    or still holds the earlier parts whole."""
+    import shutil
+
+    sources = _fake_cache(tmp_path / "cache", 0o755, 0o644)
+    monkeypatch.setattr("sicog.toy.pretrain.pretrained_parts", lambda world_dir: sources)
+    out = tmp_path / "p"
+    if earlier:
+        assert main(["toy", "parts", "--world", str(world), "--out", str(out)]) == 0
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    copy, calls = shutil.copyfile, []
+
+    def fails_on_the_third(source, target, **kwargs):
+        calls.append(source)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(target))
+        return copy(source, target, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", fails_on_the_third)
+    assert main(["toy", "parts", "--world", str(world), "--out", str(out)]) == 2
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["cache", "p"] if earlier else ["cache"])
+
+
+def test_build_into_a_link_writes_the_world_into_its_target(tmp_path: Path, capsys) -> None:
+    """Replacing what the target held, the link was renamed aside (.L.replaced-PID) and rmtree refused it: an
+    error, the link hidden and a real folder at L."""
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.mkdir()
+    (target / "old").write_text("an earlier world\n")
+    link.symlink_to(target)
+    assert main(["toy", "build", "--size", "tiny", "--force", "--out", str(link)]) == 0
+    assert link.is_symlink() and link.readlink() == target
+    assert (target / "manifest.json").is_file() and not (target / "old").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "target"]
+
+
+def test_references_name_a_caption_image_without_ground_truth(world: Path, tmp_path: Path, capsys) -> None:
+    """A KeyError traceback before."""
+    import shutil
+
+    copy = tmp_path / "world"
+    shutil.copytree(world, copy)
+    bench = copy / "bench_caption.jsonl"
+    lines = bench.read_text().splitlines()
+    record = {**json.loads(lines[0]), "id": "stray", "image": "images/none.png"}
+    bench.write_text("\n".join([*lines, json.dumps(record)]) + "\n")
+    output = tmp_path / "r.jsonl"
+    assert main(["toy", "references", "--world", str(copy), "--output", str(output)]) == 2
+    assert capsys.readouterr().err == (
+        f"sicog toy references: error: {bench}:{len(lines) + 1} id='stray' field 'image': image "
+        f"'images/none.png' is not in {copy / 'ground_truth.jsonl'}\n")
+    assert not output.exists() and not list(tmp_path.glob(".r.jsonl*"))
+
+
+def test_embed_refuses_to_write_over_its_texts(tmp_path: Path, capsys) -> None:
+    texts = tmp_path / "texts.jsonl"
+    write_jsonl(texts, [{"id": "a", "text": "A red circle in the top left."}])
+    before = texts.read_bytes()
+    assert main(["toy", "embed", "captions", "--texts", str(texts), "--output", str(texts)]) == 2
+    assert capsys.readouterr().err == (
+        f"sicog toy embed: error: --output {texts} is the same file as --texts {texts}; writing it would replace "
+        "the input: choose another --output\n")
+    assert texts.read_bytes() == before and sorted(tmp_path.iterdir()) == [texts]

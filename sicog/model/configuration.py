@@ -24,6 +24,13 @@ CLIP_L14_336 = {
     "patch_size": 14,
 }
 
+# The sub-configs' sizes a model is built with; each must be >= 1 (where the sub-config has it).
+_SIZES = {
+    "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                      "patch_size"),
+    "text_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"),
+}
+
 
 @strict
 class SicogConfig(PreTrainedConfig):
@@ -90,6 +97,15 @@ class SicogConfig(PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Reject settings that cannot work together, with a message saying which and why."""
         super().validate_architecture()
+        # First, and alone: the checks below divide by these sizes, and a model built with a size below 1 fails
+        # deep inside torch ("Trying to create tensor with negative dimension") without naming the field.
+        sizes = [(f"{name}.{field}", getattr(getattr(self, name), field, None))
+                 for name, fields in _SIZES.items() for field in fields]
+        sizes += [(name, getattr(self, name)) for name in ("scale_resolution", "resampler_num_queries")]
+        too_small = [f"{label}={value} must be >= 1" for label, value in sizes
+                     if isinstance(value, int) and not isinstance(value, bool) and value < 1]
+        if too_small:
+            raise ValueError("invalid SicogConfig: " + "; ".join(too_small))
         problems = []
         if self.query_grid**2 != self.resampler_num_queries:
             problems.append(f"resampler_num_queries={self.resampler_num_queries} is not a perfect square")

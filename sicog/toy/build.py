@@ -69,8 +69,9 @@ def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force
     """
     if size not in ds.SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(ds.SIZES)}")
-    # Absolute first: "." or ".." has no name to stage beside, nor a parent to stage in.
-    out = Path(os.path.abspath(out))
+    # Resolved first: "." or ".." has no name to stage beside, nor a parent to stage in, and a link to a folder
+    # would be renamed aside and replaced by a real folder where its target should get the world.
+    out = Path(out).resolve()
     existing = _world_to_keep(out, seed, size, force)
     if existing is not None:
         return existing

@@ -4,6 +4,7 @@ references, its synonym table for open short answers, and its curation encoder."
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -14,8 +15,9 @@ from pathlib import Path
 from types import FrameType
 
 from sicog.data.argtypes import os_error_text
-from sicog.data.jsonl import blocking_file
+from sicog.data.jsonl import blocking_file, refuse_overwriting
 from sicog.toy.datasets import SIZES
+from sicog.toy.staging import remove_stale_staging, staging_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,14 +70,55 @@ def _parts(args: argparse.Namespace) -> int:
     blocked = _blocked(args.out, folder=True)
     if blocked:
         return _error("parts", blocked)
-    out = Path(args.out)
+    out = Path(os.path.abspath(args.out))  # absolute: "." has no name to stage beside
     sources = pretrained_parts(args.world)
+    remove_stale_staging(out.parent, out.name)
+    staging = staging_path(out, "building")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process that had this pid
+    try:
+        # A copy: the run keeps working if the cache is cleared.
+        for name, source in zip(("vision", "llm"), sources, strict=True):
+            _copy_tree(source, staging / name)
+        shutil.copyfile(sources[0].parent / PARTS_RECORD, staging / PARTS_RECORD)  # with the LM reading check
+        _move_into(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for name, source in zip(("vision", "llm"), sources, strict=True):
-        shutil.rmtree(out / name, ignore_errors=True)
-        shutil.copytree(source, out / name)  # a copy: the run keeps working if the cache is cleared
         print(f"{name}: {out / name} (from {source})")
-    shutil.copyfile(sources[0].parent / PARTS_RECORD, out / PARTS_RECORD)  # with the LM reading check
     return 0
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy the folder ``source`` to ``target`` with the modes of a plain mkdir and open() under the current
+    umask: ``shutil.copytree`` copies the cache's own bits, so a cache built under umask 077 gave private parts
+    to a shared run, and a shared cache gave readable parts to a private one."""
+    target.mkdir(parents=True)
+    for entry in source.iterdir():
+        if entry.is_dir():
+            _copy_tree(entry, target / entry.name)
+        else:
+            shutil.copyfile(entry, target / entry.name)  # creates the file by open(): the umask's mode
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Put the finished parts in ``staging`` at ``out``: the whole folder renamed into place when ``out`` is
+    new, else entry by entry with the parts record removed first and put back last, so that at no moment does
+    ``out`` hold a record beside parts that are half old or half copied."""
+    from sicog.toy.model import PARTS_RECORD
+
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    (out / PARTS_RECORD).unlink(missing_ok=True)
+    retired = staging_path(out, "replaced")
+    retired.mkdir()
+    try:
+        for entry in sorted(staging.iterdir(), key=lambda path: path.name == PARTS_RECORD):
+            if (out / entry.name).is_dir() and not (out / entry.name).is_symlink():
+                os.replace(out / entry.name, retired / entry.name)  # a folder cannot be replaced by a rename
+            os.replace(entry, out / entry.name)
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _references(args: argparse.Namespace) -> int:
@@ -107,10 +150,11 @@ def _synonyms(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     """Embed curation texts by the facts they state."""
     from sicog.curate.embed import EncoderSettings
-    from sicog.curate.embed_file import read_texts, save_embeddings
+    from sicog.curate.embed_file import read_texts, save_embeddings, sidecar
     from sicog.toy.similarity import ENCODER_NAME, fact_vectors
 
     try:
+        refuse_overwriting([("--texts", args.texts)], "--output", args.output, also=[sidecar(args.output)])
         texts = read_texts(args.texts)
     except ValueError as err:
         return _error("embed", str(err))

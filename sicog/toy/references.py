@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from sicog.data.jsonl import iter_records, write_jsonl
+from sicog.data.jsonl import RecordError, iter_records, write_jsonl
 from sicog.data.prompts import CAPTION_PROMPTS, user_turn
 from sicog.toy.build import load_manifest
 from sicog.toy.score import load_ground_truth
@@ -16,7 +16,13 @@ def write_image_use_references(world: str | os.PathLike, output: str | os.PathLi
     manifest = load_manifest(world)
     truth = load_ground_truth(manifest["ground_truth"])
     request = user_turn(CAPTION_PROMPTS["default"])
-    records = ({"id": r["id"], "image": r["image"], "conversations": [
-        {"from": "human", "value": request}, {"from": "gpt", "value": truth[r["image"]]["description"]}]}
-        for _, r in iter_records(manifest["bench_caption"]))
-    return write_jsonl(output, records)
+
+    def reference(line: int, record: dict) -> dict:
+        image = record["image"]
+        if image not in truth:
+            raise RecordError(f"image {image!r} is not in {manifest['ground_truth']}",
+                              path=manifest["bench_caption"], line=line, record_id=record.get("id"), field="image")
+        return {"id": record["id"], "image": image, "conversations": [
+            {"from": "human", "value": request}, {"from": "gpt", "value": truth[image]["description"]}]}
+
+    return write_jsonl(output, (reference(line, record) for line, record in iter_records(manifest["bench_caption"])))
