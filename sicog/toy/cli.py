@@ -67,8 +67,7 @@ def _parts(args: argparse.Namespace) -> int:
         load_manifest(args.world)  # before any training: a missing or damaged world is a usage error
     except (FileNotFoundError, ValueError) as err:
         return _error("parts", str(err))
-    blocked = _blocked(args.out, folder=True)
-    if blocked:
+    if blocked := _blocked(args.out, folder=True):
         return _error("parts", blocked)
     out = Path(os.path.abspath(args.out))  # absolute: "." has no name to stage beside
     sources = pretrained_parts(args.world)
@@ -125,8 +124,7 @@ def _references(args: argparse.Namespace) -> int:
     """Write the caption benchmark's references for `sicog image-use`."""
     from sicog.toy.references import write_image_use_references
 
-    blocked = _blocked(args.output, folder=False)
-    if blocked:
+    if blocked := _blocked(args.output, folder=False):
         return _error("references", blocked)
     try:
         count = write_image_use_references(args.world, args.output)
@@ -140,8 +138,7 @@ def _synonyms(args: argparse.Namespace) -> int:
     """Write the toy language's synonym table."""
     from sicog.toy.synonyms import write_synonyms
 
-    blocked = _blocked(args.output, folder=False)
-    if blocked:
+    if blocked := _blocked(args.output, folder=False):
         return _error("synonyms", blocked)
     print(f"wrote {write_synonyms(args.output)} canonical phrases to {args.output}")
     return 0
@@ -158,8 +155,7 @@ def _embed(args: argparse.Namespace) -> int:
         texts = read_texts(args.texts)
     except ValueError as err:
         return _error("embed", str(err))
-    blocked = _blocked(args.output, folder=False)
-    if blocked:
+    if blocked := _blocked(args.output, folder=False):
         return _error("embed", blocked)
     vectors = fact_vectors(texts, args.task)
     save_embeddings(args.output, vectors, texts, EncoderSettings(name_or_path=f"{ENCODER_NAME}:{args.task}"))
@@ -173,8 +169,7 @@ def _build(args: argparse.Namespace) -> int:
     from sicog.toy.build import build_world
 
     # The folder above --out only: --out itself may be a file, which --force replaces.
-    blocked = _blocked(args.out, folder=False)
-    if blocked:
+    if blocked := _blocked(args.out, folder=False):
         return _error("build", blocked)
     start = time.perf_counter()
     try:
