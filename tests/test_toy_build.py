@@ -472,7 +472,7 @@ def test_sigterm_stops_a_build_and_removes_its_staging(tmp_path: Path) -> None:
         while build.poll() is None and not list(tmp_path.glob(".w.building-*/images/*")):
             time.sleep(0.05)
         build.send_signal(signal.SIGTERM)
-        assert build.wait(timeout=60) == 128 + signal.SIGTERM
+        assert build.wait(timeout=60) == -signal.SIGTERM  # died by the signal after its cleanup (a shell says 143)
     finally:
         build.kill()
     assert list(tmp_path.iterdir()) == []

@@ -172,3 +172,33 @@ def test_embed_refuses_to_write_over_its_texts(tmp_path: Path, capsys) -> None:
         f"sicog toy embed: error: --output {texts} is the same file as --texts {texts}; writing it would replace "
         "the input: choose another --output\n")
     assert texts.read_bytes() == before and sorted(tmp_path.iterdir()) == [texts]
+
+
+SIGTERM_IN_PROCESS = """
+import argparse, os, signal, time
+from sicog.toy import cli
+
+def command(args):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    finally:
+        print("cleaned", flush=True)
+
+cli._COMMANDS["synonyms"] = command
+try:
+    cli.run(argparse.Namespace(toy_command="synonyms"))
+except SystemExit:  # what an in-process caller does, such as the cycle's pool worker
+    print("lived on", flush=True)
+"""
+
+
+def test_sigterm_still_ends_the_process_after_the_cleanup_when_the_caller_catches_systemexit() -> None:
+    """The cycle runs toy commands inside a pool worker that catches SystemExit: a SIGTERM turned into one would
+    leave that worker alive, orphaned, once the cycle's main process died."""
+    import signal
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SIGTERM_IN_PROCESS], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["cleaned"] and done.returncode == -signal.SIGTERM

@@ -212,14 +212,24 @@ def _blocked(path: str, *, folder: bool) -> str | None:
 
 @contextmanager
 def _sigterm_exits() -> Iterator[None]:
-    """SIGTERM (kill, timeout, a batch scheduler's stop) ends the command as Ctrl-C does, by an exception, so
-    that its cleanup runs: the CLIP worker is stopped, staging folders and temporary files are removed. Without
-    it the process died at once and left both. The exit status is the shell's for SIGTERM, 143."""
+    """SIGTERM (kill, timeout, a batch scheduler's stop) unwinds the command by an exception, so that its cleanup
+    runs (the CLIP worker is stopped, staging folders and temporary files are removed; without it the process died
+    at once and left both), and then reaches the process as it would have: it dies by SIGTERM (status 143), or
+    the handler it had before runs. Raised again rather than left as an exception, because a caller that runs the
+    command in-process (the cycle's pool worker) catches SystemExit and would live on, orphaned."""
     def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
+        raise _Terminated(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGTERM)
+        raise  # only when the earlier disposition ignores SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM arrived while a toy command ran (see :func:`_sigterm_exits`)."""
