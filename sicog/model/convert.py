@@ -30,8 +30,6 @@ from transformers import (
     Qwen2Config,
 )
 
-from sicog.data.argtypes import require_checkpoint
-from sicog.data.jsonl import blocking_file
 from sicog.model.builders import (
     RELEASE_INFERENCE_LONG_SIDE,
     RELEASE_SEPARATORS,
@@ -138,8 +136,9 @@ def _check_output(src: Path, out: Path) -> None:
         raise ConversionError(f"output folder {out} is a file")
     if out.is_dir() and any(out.iterdir()):
         raise ConversionError(f"output folder {out} already holds files: remove it or choose another folder")
-    blocker = blocking_file(out.parent)
-    if blocker is not None:  # mkdir would say "File exists" about the output, not about the file in the way
+    # The nearest existing folder above: a file there makes mkdir say "File exists" about the output instead.
+    blocker = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    if not blocker.is_dir():  # mkdir would say "File exists" about the output, not about the file in the way
         raise ConversionError(f"output folder {out} cannot be made ({blocker} is a file)")
 
 
@@ -304,10 +303,8 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     empty folder outside ``src``; it appears only once the checkpoint is complete.
     """
     src, out = Path(src), Path(out)
-    try:
-        require_checkpoint(src)  # else a mistyped folder would be looked up as a Hub id
-    except ValueError as error:
-        raise ConversionError(str(error)) from None
+    if not (src / "config.json").is_file():  # else a mistyped folder would be looked up as a Hub id
+        raise ConversionError(f"no SICOG checkpoint at {src} (config.json missing)")
     found = read_json_object(src / "config.json").get("model_type")
     if found != SicogConfig.model_type:  # transformers would build a config of defaults from it, with a warning
         hint = " (a published checkpoint: convert it with from-release)" if found == RELEASE_MODEL_TYPE else ""
