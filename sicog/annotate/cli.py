@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from sicog.data.argtypes import non_negative_int, positive_float, positive_int
-from sicog.data.jsonl import RecordError
+from sicog.data.argtypes import non_negative_int, os_error_text, positive_float, positive_int
+from sicog.data.jsonl import RecordError, blocking_file, same_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,10 +76,9 @@ def _check_folder(flag: str, path: Path) -> None:
     Found before the input is read and converted (cot) or a request is paid for (cod), and named by the flag
     that gave it, where mkdir would only say "File exists" or "Not a directory".
     """
-    # The parents as the user spelled them (a relative path ends at "."), so the message names what they typed.
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        inside = "is a file, not a folder" if existing == path else f"cannot be made a folder ({existing} is a file)"
+    blocker = blocking_file(path)
+    if blocker is not None:
+        inside = "is a file, not a folder" if blocker == path else f"cannot be made a folder ({blocker} is a file)"
         raise _UsageError(f"{flag} {path} {inside}")
 
 
@@ -88,7 +86,7 @@ def _refuse_input_as_output(input_path: Path, outputs: Iterable[Path]) -> None:
     """Raise :class:`_UsageError` when ``input_path`` is one of ``outputs``, however spelled (relative, through a
     link): the run would write over the records it reads, and a rerun would find them gone."""
     for output in outputs:
-        if os.path.realpath(output) == os.path.realpath(input_path):
+        if same_file(output, input_path):
             raise _UsageError(f"--input {input_path} is also the output {output}, which this run would overwrite; "
                               "write the outputs to another folder")
 
@@ -114,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # an input that cannot be read, an output that cannot be written (no permission, disk full)
-        where = f"{err.filename}: " if err.filename is not None else ""
-        print(f"sicog annotate {args.action}: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"sicog annotate {args.action}: error: {os_error_text(err)}", file=sys.stderr)
         return 2
 
 

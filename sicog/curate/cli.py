@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
 from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
-from sicog.data.argtypes import positive_int
+from sicog.data.argtypes import os_error_text, positive_int
 from sicog.data.jsonl import RecordError, blocking_file, errors_path, refuse_overwriting, write_jsonl, write_records
 from sicog.data.lock import OutputLocked, output_lock
 
@@ -155,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # an output that cannot be created (a file in the way, no permission, disk full)
-        where = f"{err.filename}: " if err.filename is not None else ""
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"error: {os_error_text(err)}", file=sys.stderr)
         return 2
 
 

@@ -60,4 +60,5 @@ def require_checkpoint(path: str | os.PathLike) -> None:
 def os_error_text(err: OSError) -> str:
     """``PATH: reason`` for an ``OSError`` (``Permission denied``, ``Not a directory``, ...): one line naming the
     file, without Python's ``[Errno N]``."""
-    return f"{err.filename}: {err.strerror or err}" if err.filename is not None else str(err)
+    where = f"{err.filename}: " if err.filename is not None else ""
+    return f"{where}{err.strerror or err}"

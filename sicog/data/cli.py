@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from sicog.data.argtypes import positive_int
+from sicog.data.argtypes import os_error_text, positive_int
 from sicog.data.mixture import DEFAULT_SEED
 
 # The stages whose data `data check` reads (DPO pairs are another format); `sicog train --stage` names the
@@ -52,10 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     head.add_argument("--limit", type=positive_int, required=True, help="how many records")
 
 
-def _os_error(err: OSError) -> str:
-    return f"{err.filename}: {err.strerror or err}" if err.filename is not None else str(err)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; 2 when an input cannot be read or an output cannot be written."""
     from sicog.data.jsonl import refuse_overwriting, write_records
@@ -69,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"sicog data head: error: {err}", file=sys.stderr)
             return 2
         except OSError as err:  # an output that cannot be created: a folder in the way, no permission, disk full
-            print(f"sicog data head: error: cannot write --output {_os_error(err)}", file=sys.stderr)
+            print(f"sicog data head: error: cannot write --output {os_error_text(err)}", file=sys.stderr)
             return 2
         print(f"wrote {written} records to {args.output}")
         return 0
@@ -87,7 +83,7 @@ def _head(data_path: str, limit: int) -> Iterator[dict]:
         for _, _, record in itertools.islice(iter_data_path(data_path), limit):
             yield record
     except OSError as err:
-        raise RecordError(f"cannot read --input {_os_error(err)}") from None
+        raise RecordError(f"cannot read --input {os_error_text(err)}") from None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -118,7 +114,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"sicog data check: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"sicog data check: error: {_os_error(err)}", file=sys.stderr)
+        print(f"sicog data check: error: {os_error_text(err)}", file=sys.stderr)
         return 2
     copies, repeats = repeated_ids(dataset.records, dataset.sources)
     # Errors make the exit status 1 (training would stop, skip, or train a record twice); warnings do not.
@@ -149,7 +145,7 @@ def _check(args: argparse.Namespace) -> int:
         try:
             write_records(args.report, (p.to_json() for p in errors + warnings))
         except OSError as err:
-            print(f"sicog data check: error: cannot write --report {_os_error(err)}", file=sys.stderr)
+            print(f"sicog data check: error: cannot write --report {os_error_text(err)}", file=sys.stderr)
             return 2
     if not len(dataset):
         print(f"sicog data check: error: no usable training records in {args.data_path}", file=sys.stderr)
