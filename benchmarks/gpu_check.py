@@ -112,6 +112,8 @@ OPTIONAL_BACKENDS = ("liger-kernel", "flash-attn", "vllm", "sglang")
 # The decoding paths of `sicog generate`: (name, --cache, --compile); dynamic first (the reference of the speed-ups
 # and of the greedy outputs), compiled last (see TRAINING_PATHS).
 DECODING_PATHS = (("dynamic", "dynamic", False), ("static", "static", False), ("static+compiled", "static", True))
+# The sections of the check, in the order they run by default (--sections picks some and their order).
+SECTIONS = ("agreement", "training", "attention", "generation", "greedy")
 
 
 def build(tiny: bool, device: torch.device):
@@ -410,8 +412,10 @@ def generation(model, processor, shape: dict, device: torch.device, args, root: 
     """Candidates and tokens per second on each decoding path and batch size, through `sicog generate`'s code.
 
     Each (path, batch size) first runs one untimed batch of the same shape: compilation, CUDA graphs, allocator.
-    Before each (path, batch size) ``progress`` is asked whether the time budget is spent (then it is listed under
-    ``skipped``), after each it is given the section's result so far; the compiled path comes last.
+    Batch sizes in the order of ``--gen-batch-sizes``, each on every path (the compiled one last), so a run that
+    meets its budget has compared the paths at its first sizes. Before each (path, batch size) ``progress`` is
+    asked whether the time budget is spent (then it is listed under ``skipped``), after each it is given the
+    section's result so far.
     """
     progress = progress or NO_BUDGET
     prepare_generation(model, shape, root)
@@ -427,10 +431,10 @@ def generation(model, processor, shape: dict, device: torch.device, args, root: 
         note_skipped(result, skipped, progress)
         return result
 
-    for path, cache, compiled in DECODING_PATHS:
-        settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
-                                    max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled)
-        for batch_size in args.gen_batch_sizes:
+    for batch_size in args.gen_batch_sizes:
+        for path, cache, compiled in DECODING_PATHS:
+            settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
+                                        max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled)
             if progress.over_budget():
                 skipped.append(f"{path} batch {batch_size}")
                 continue
@@ -840,6 +844,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64; 8 with --tiny")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak dense bf16 TFLOP/s (default: from the GPU name)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="the sections to run after building the model, in this order (default: all, in "
+                             "the order listed)")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="sections and configurations that would start later are skipped (seconds since "
                              "gpu_check.sh started, or since this script did when run directly)")
@@ -920,22 +927,26 @@ def main(argv: list[str] | None = None) -> int:
         model, processor = need_model()
         return model.to(torch.bfloat16), processor  # a no-op once the agreement section has cast it
 
-    sections.run("build", build_section)
-    sections.run("agreement", lambda: agreement(*need_model(), shape, device, args.agreement_batch))
-    sections.run("training", lambda: training(*bf16_model(), shape, device, args, peak[0], sections))
-    sections.run("attention", lambda: attention(*bf16_model(), shape, device, args, sections))
     with tempfile.TemporaryDirectory() as tmp:
-        sections.run("generation", lambda: generation(*bf16_model(), shape, device, args, Path(tmp), sections))
-        # In float32: the model's weights are random, so its logits hold near-ties that bfloat16 rounding in one
-        # kernel or another (each path uses other kernels) would flip without any path being wrong.
-        sections.run("greedy", lambda: greedy(need_model()[0].float(), need_model()[1], shape, device, args,
-                                              Path(tmp), sections))
+        run = {
+            "agreement": lambda: agreement(*need_model(), shape, device, args.agreement_batch),
+            "training": lambda: training(*bf16_model(), shape, device, args, peak[0], sections),
+            "attention": lambda: attention(*bf16_model(), shape, device, args, sections),
+            "generation": lambda: generation(*bf16_model(), shape, device, args, Path(tmp), sections),
+            # In float32: the model's weights are random, so its logits hold near-ties that bfloat16 rounding in
+            # one kernel or another (each path uses other kernels) would flip without any path being wrong.
+            "greedy": lambda: greedy(need_model()[0].float(), need_model()[1], shape, device, args, Path(tmp),
+                                     sections),
+        }
+        sections.run("build", build_section)
+        for name in dict.fromkeys(args.sections):
+            sections.run(name, run[name])
     print(render(results))
     failed = [name for name, section in sections.results.items() if "error" in section or "skipped" in section]
     # Only a comparison that was made can fail: a section that errored or was skipped is already listed above.
-    if sections.results["agreement"].get("ok") is False:
+    if sections.results.get("agreement", {}).get("ok") is False:
         failed.append("agreement tolerance")
-    if sections.results["greedy"].get("ok") is False:
+    if sections.results.get("greedy", {}).get("ok") is False:
         failed.append("greedy outputs differ between decoding paths")
     print(f"results in {out}; {'failed: ' + ', '.join(failed) if failed else 'all sections passed'}")
     return 1 if failed else 0

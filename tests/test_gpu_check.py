@@ -66,7 +66,7 @@ def test_tiny_mode_runs_every_section(tmp_path):
     assert {row["implementation"] for row in sections["attention"]["rows"]} >= {"sdpa", "eager"}
     rows = sections["generation"]["rows"]
     assert [(row["path"], row["batch"], row["N"], row["sequences_per_call"]) for row in rows] == [
-        (path, batch, 6, 6 * batch) for path in ("dynamic", "static", "static+compiled") for batch in (2, 8)]
+        (path, batch, 6, 6 * batch) for batch in (2, 8) for path in ("dynamic", "static", "static+compiled")]
     for row in rows:  # one batch of each size: every record got its N candidates
         assert row["candidates_per_s"] * row["seconds"] == pytest.approx(row["sequences_per_call"])
         assert row["new_tokens_per_s"] == pytest.approx(row["candidates_per_s"] * row["new_tokens"])
@@ -190,15 +190,29 @@ def test_generation_checks_the_budget_before_and_saves_after_every_configuration
     args = argparse.Namespace(num_candidates=6, max_new_tokens=8, gen_batch_sizes=[8, 32, 128])
     sections.run("generation", lambda: gpu_check.generation(None, None, {}, torch.device("cpu"), args, tmp_path,
                                                              sections))
-    assert [(path, batch) for path, batch, _ in calls] == [("dynamic", 8), ("dynamic", 32), ("dynamic", 128),
-                                                           ("static", 8)]
+    # batch-major: the first size is measured on every path before the next size starts
+    assert [(path, batch) for path, batch, _ in calls] == [("dynamic", 8), ("static", 8), ("static+compiled", 8),
+                                                           ("dynamic", 32)]
     result = sections.results["generation"]
-    assert result["skipped"] == ("time budget of 0 s spent before: static batch 32, static batch 128, "
-                                 "static+compiled batch 8, static+compiled batch 32, static+compiled batch 128")
-    assert result["speedup_over_dynamic"] == {"static batch 8": 4.0}
+    assert result["skipped"] == ("time budget of 0 s spent before: static batch 32, static+compiled batch 32, "
+                                 "dynamic batch 128, static batch 128, static+compiled batch 128")
+    assert result["speedup_over_dynamic"] == {"static batch 8": 2.0, "static+compiled batch 8": 3.0}
     # saved when the section starts, after each configuration (marked incomplete), and at its end
     assert [len(snapshot.get("rows", [])) for snapshot in saved] == [0, 1, 2, 3, 4, 4]
     assert all("incomplete" in snapshot for snapshot in saved[:-1]) and "incomplete" not in saved[-1]
+
+
+def test_sections_run_only_those_asked_for_in_the_order_given(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    order = []
+    fake_sections(gpu_check, monkeypatch)
+    for name in gpu_check.SECTIONS:
+        monkeypatch.setattr(gpu_check, name, lambda *args, name=name: order.append(name) or {"ok": True, "rows": []})
+    monkeypatch.delenv("OUT", raising=False)
+    assert gpu_check.main(["--tiny", "--out", str(tmp_path), "--sections", "greedy", "training", "greedy"]) == 0
+    assert order == ["greedy", "training"]
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(results["sections"]) == ["build", "greedy", "training"]
 
 
 def test_compiled_configurations_run_last_in_their_section():
@@ -224,9 +238,9 @@ def test_a_run_killed_mid_section_keeps_its_finished_rows(tmp_path, monkeypatch)
         gpu_check.main(["--tiny", "--out", str(tmp_path), "--gen-batch-sizes", "8", "32"])
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     generation = results["sections"]["generation"]
-    assert [(r["path"], r["batch"]) for r in generation["rows"]] == [("dynamic", 8), ("dynamic", 32)]
+    assert [(r["path"], r["batch"]) for r in generation["rows"]] == [("dynamic", 8), ("static", 8)]
     assert "incomplete" in generation and "greedy" not in results["sections"]
-    assert "| dynamic | 32 |" in (tmp_path / "gpu_check.md").read_text()
+    assert "| static | 8 |" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_a_skipped_greedy_section_is_not_reported_as_differing_outputs(tmp_path, monkeypatch, capsys):
