@@ -109,9 +109,12 @@ TRAINING_PATHS = (("plain", False, False), ("fused_loss", True, False), ("compil
 # Optional fast-path libraries whose versions the environment records: liger-kernel (--fused_loss liger),
 # flash-attn, and the inference engines a decoding backend could be built on.
 OPTIONAL_BACKENDS = ("liger-kernel", "flash-attn", "vllm", "sglang")
-# The decoding paths of `sicog generate`: (name, --cache, --compile); dynamic first (the reference of the speed-ups
-# and of the greedy outputs), compiled last (see TRAINING_PATHS).
-DECODING_PATHS = (("dynamic", "dynamic", False), ("static", "static", False), ("static+compiled", "static", True))
+# The decoding paths of `sicog generate`: (name, --cache, --compile, shared prefill). "plain" is transformers' own
+# generate (each of a record's N sequences prefilled on its own: --no-shared-prefill), the in-run reference of the
+# speed-ups and of the outputs; the others prefill each prompt once; compiled last (see TRAINING_PATHS).
+DECODING_PATHS = (("plain", "dynamic", False, False), ("shared", "dynamic", False, True),
+                  ("static", "static", False, True), ("static+compiled", "static", True, True))
+REFERENCE_PATH = DECODING_PATHS[0][0]
 # The sections of the check, in the order they run by default (--sections picks some and their order).
 SECTIONS = ("agreement", "training", "attention", "generation", "greedy")
 
@@ -252,6 +255,25 @@ def train_steps(model, batch: dict, device: torch.device, warmup: int, steps: in
     return times, losses
 
 
+def kernel_profile(model, batch: dict, device: torch.device, top: int = 8) -> str:
+    """Where one forward + backward spends its time: the ``top`` kernels (GPU) or operators (CPU) by their own time,
+    each with its share of the total, as one line."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as trace:
+        model(**batch).loss.backward()
+        synchronize(device)
+    model.zero_grad(set_to_none=True)
+    # On a GPU, kernels only: an operator's device time is also its kernels', which would count it twice.
+    events = [(event.key, event.self_device_time_total if cuda else event.self_cpu_time_total)
+              for event in trace.key_averages() if not cuda or event.device_type == DeviceType.CUDA]
+    total = sum(time_us for _, time_us in events) or 1.0
+    ranked = sorted(events, key=lambda event: event[1], reverse=True)[:top]
+    return f"{total / 1e3:.1f} ms: " + "; ".join(f"{name[:60]} {time_us / total:.0%}" for name, time_us in ranked)
+
+
 def training(model, processor, shape: dict, device: torch.device, args, peak: float | None,
              progress: Progress | None = None) -> dict:
     """The plain training step's throughput (the section's values) and every fast path's, from the same weights.
@@ -263,7 +285,7 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
     flops = training_flops(model, batch)
     tokens = batch["input_ids"].numel()
     initial = {name: value.detach().clone() for name, value in model.state_dict().items()}
-    rows, curves, skipped = [], {}, []
+    rows, curves, skipped, profiles = [], {}, [], {}
 
     def measure(row: dict, name: str, fused: bool, compiled: bool) -> None:
         try:
@@ -274,6 +296,7 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times, curves[name] = train_steps(model, batch, device, args.warmup, args.steps, lr=args.curve_lr)
+            profiles[name] = kernel_profile(model, batch, device)
         except FastPathError as err:
             row["error"] = f"unavailable: {err}"
             return
@@ -317,7 +340,7 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
                              "/ median step time / peak dense bf16 FLOP/s",
               "curve": f"{args.warmup + args.steps} steps on one batch at learning rate {args.curve_lr}; "
                        "max_loss_difference: the largest gap to the plain path's loss at the same step",
-              "rows": rows}
+              "kernel_profile": profiles, "rows": rows}
     if device.type == "cuda":
         result["peak_memory_gib"] = plain["peak_memory_gib"]
     add_row_errors(result, [row for row in rows if not row["error"].startswith("unavailable")], lambda row: row["path"])
@@ -423,18 +446,20 @@ def generation(model, processor, shape: dict, device: torch.device, args, root: 
 
     def summary() -> dict:
         result = {"rows": rows}
-        plain = {row["batch"]: row["new_tokens_per_s"] for row in rows if row["path"] == "dynamic" and not row["error"]}
-        result["speedup_over_dynamic"] = {
+        plain = {row["batch"]: row["new_tokens_per_s"] for row in rows
+                 if row["path"] == REFERENCE_PATH and not row["error"]}
+        result[f"speedup_over_{REFERENCE_PATH}"] = {
             f"{row['path']} batch {row['batch']}": row["new_tokens_per_s"] / plain[row["batch"]]
-            for row in rows if row["path"] != "dynamic" and not row["error"] and row["batch"] in plain}
+            for row in rows if row["path"] != REFERENCE_PATH and not row["error"] and row["batch"] in plain}
         add_row_errors(result, rows, lambda row: f"{row['path']} batch {row['batch']}")
         note_skipped(result, skipped, progress)
         return result
 
     for batch_size in args.gen_batch_sizes:
-        for path, cache, compiled in DECODING_PATHS:
+        for path, cache, compiled, shared in DECODING_PATHS:
             settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
-                                        max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled)
+                                        max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled,
+                                        shared_prefill=shared)
             if progress.over_budget():
                 skipped.append(f"{path} batch {batch_size}")
                 continue
@@ -472,58 +497,74 @@ def generation_row(model, processor, device: torch.device, args, root: Path, pat
 
 def greedy(model, processor, shape: dict, device: torch.device, args, root: Path,
            progress: Progress | None = None) -> dict:
-    """Temperature 0 on ``--greedy-records`` records through every decoding path: the texts must be the same.
+    """The outputs of every decoding path on ``--greedy-records`` records: they must be the plain path's.
 
-    ``ok`` is False when a path that ran gave other texts than the dynamic cache, None when no path could be
-    compared with it (an error, or the time budget: see ``error`` and ``skipped``). ``progress``: as in
-    :func:`generation`.
+    Two runs per path: temperature 0 (one sequence per record: ``identical_greedy``) and seeded sampling of
+    ``--num-candidates`` sequences per record (``identical_sampled``: the shared prefill's copies of the cache must
+    sample what a prefill per sequence samples). ``ok`` is False when a path that ran gave other texts than the
+    plain one, None when no path could be compared with it (an error, or the time budget: see ``error`` and
+    ``skipped``). ``progress``: as in :func:`generation`.
     """
     progress = progress or NO_BUDGET
     prepare_generation(model, shape, root)
     texts, rows, skipped = {}, [], []
+    runs = {"greedy": {"num_candidates": 1, "temperature": 0.0},
+            "sampled": {"num_candidates": args.num_candidates, "temperature": 0.7, "top_p": 0.9}}
 
     def summary() -> dict:
-        compared = [row for row in rows if row["identical_records"] is not None]
-        result = {"rows": rows,
-                  "ok": all(row["identical_records"] == args.greedy_records for row in compared) if compared else None}
+        compared = [row[f"identical_{run}"] for row in rows for run in runs if row[f"identical_{run}"] is not None]
+        result = {"rows": rows, "ok": all(n == args.greedy_records for n in compared) if compared else None}
         add_row_errors(result, rows, lambda row: row["path"])
         note_skipped(result, skipped, progress)
         return result
 
-    for path, cache, compiled in DECODING_PATHS:
+    for path, cache, compiled, shared in DECODING_PATHS:
         if progress.over_budget():
             skipped.append(path)
             continue
-        settings = SamplingSettings(num_candidates=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
-                                    cache=cache, compile=compiled)
-        row = {"path": path, "identical_records": None, "records": args.greedy_records, "first_difference": None,
-               "error": ""}
+        row = {"path": path, "records": args.greedy_records, **{f"identical_{run}": None for run in runs},
+               "first_difference": None, "error": ""}
         rows.append(row)
-        try:
-            texts[path] = [c[0] for c in generate_records(model, processor, root, f"greedy-{path}",
-                                                          args.greedy_records, args.greedy_records, settings)[1]]
-        except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' outputs
-            row["error"] = f"{type(err).__name__}: {err}"
-        reference = texts.get("dynamic")
-        if path in texts and reference is not None:
-            parted = [(i, a, b) for i, (a, b) in enumerate(zip(texts[path], reference, strict=True)) if a != b]
-            row["identical_records"] = len(reference) - len(parted)
-            if parted:
-                i, a, b = parted[0]
-                at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-                row["first_difference"] = f"record {i}, character {at}: {a[at:at + 30]!r} vs {b[at:at + 30]!r}"
+        for run, sampling in runs.items():
+            settings = SamplingSettings(**sampling, max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled,
+                                        shared_prefill=shared)
+            try:
+                texts[path, run] = generate_records(model, processor, root, f"{run}-{path}", args.greedy_records,
+                                                    args.greedy_records, settings)[1]
+            except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' outputs
+                row["error"] = f"{type(err).__name__}: {err}"
+                break
+            reference = texts.get((REFERENCE_PATH, run))
+            if reference is None:
+                continue
+            parted = [(i, a, b) for i, (a, b) in enumerate(zip(texts[path, run], reference, strict=True)) if a != b]
+            row[f"identical_{run}"] = len(reference) - len(parted)
+            if parted and row["first_difference"] is None:
+                i, ours, theirs = parted[0]
+                ours, theirs = ours or [], theirs or []  # a record that got no candidates reads as none
+                k = next((k for k, (x, y) in enumerate(zip(ours, theirs)) if x != y), None)
+                if k is None:
+                    row["first_difference"] = f"{run}, record {i}: {len(ours)} vs {len(theirs)} candidates"
+                else:
+                    a, b = ours[k], theirs[k]
+                    at = next((c for c, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                    row["first_difference"] = (f"{run}, record {i}, candidate {k}, character {at}: "
+                                               f"{a[at:at + 30]!r} vs {b[at:at + 30]!r}")
         progress.partial(summary())
     torch._dynamo.reset()
     return summary()
 
 
 def commit() -> str:
-    """The checked-out commit, or ``SICOG_COMMIT`` where the tree is a copy without git."""
+    """``SICOG_COMMIT`` when set (a copied tree's git metadata can be older than its files), else the checked-out
+    commit."""
+    if os.environ.get("SICOG_COMMIT"):
+        return os.environ["SICOG_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("SICOG_COMMIT", "unknown")
+        return "unknown"
 
 
 def installed(distribution: str) -> str | None:

@@ -19,7 +19,7 @@
 # not satisfy, and checks that the versions fit), and runs the check with it. If that fails, the check still runs
 # with the interpreter as it is, and gpu_check.json records the failure and pip's output.
 # The interpreter: SICOG_PYTHON, else what scripts/_common.sh's sicog_python finds (python3 where it imports sicog,
-# else the checkout's .venv, else python3). Optional: SICOG_COMMIT (recorded when the tree has no git metadata).
+# else the checkout's .venv, else python3). Optional: SICOG_COMMIT (recorded as the commit, instead of git's).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 parse_common_args "$@"

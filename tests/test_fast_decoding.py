@@ -93,3 +93,96 @@ def test_a_static_cache_run_samples_the_same_candidates(tiny_model_factory, tmp_
         outputs[cache] = [(r["id"], r["candidates"]) for r in load_records(job.output)]
     assert outputs["static"] == outputs["dynamic"] and len(outputs["static"]) == 5
     assert any(len(set(candidates)) > 1 for _, candidates in outputs["static"])  # really sampled
+
+
+def sample(model, batch, **kwargs):
+    torch.manual_seed(11)
+    return model.generate(**batch, do_sample=True, temperature=0.9, top_k=0, num_return_sequences=3,
+                          max_new_tokens=8, min_new_tokens=8, output_scores=True, return_dict_in_generate=True,
+                          **kwargs)
+
+
+def prompt_batches(model) -> tuple[list, object]:
+    """Record the (batch, length) of every LLM call; returns the list and the hook's handle."""
+    shapes = []
+    handle = model.language_model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    return shapes, handle
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_shared_prefill_samples_what_a_prefill_per_sequence_samples(prompts, cache):
+    """The prompt runs once per record (not once per candidate); same seed, same candidates and scores."""
+    model, _, batch = prompts
+    length = batch["input_ids"].shape[1]
+    options = {"cache_implementation": "static", "disable_compile": True} if cache == "static" else {}
+    shapes, handle = prompt_batches(model)
+    try:
+        per_sequence = sample(model, batch, shared_prefill=False, **options)
+        assert shapes[0] == (6, length)  # transformers: each prompt copied 3 times, then prefilled
+        shapes.clear()
+        shared = sample(model, batch, **options)
+        assert shapes[:2] == [(2, length - 1), (6, 1)]  # once per prompt, then the last position of each copy
+    finally:
+        handle.remove()
+    assert torch.equal(shared.sequences, per_sequence.sequences)
+    for ours, theirs in zip(shared.scores, per_sequence.scores, strict=True):
+        finite = torch.isfinite(theirs)
+        assert torch.equal(torch.isfinite(ours), finite)
+        assert torch.allclose(ours[finite], theirs[finite], atol=1e-4)
+    assert len({tuple(row.tolist()) for row in shared.sequences}) > 2  # really sampled
+
+
+def test_a_shared_prefill_with_compiled_steps_samples_the_same(prompts):
+    model, _, batch = prompts
+    plain = sample(model, batch, shared_prefill=False)
+    config = CompileConfig(fullgraph=True, backend="eager", mode=None)
+    config._compile_all_devices = True
+    torch._dynamo.reset()
+    try:
+        compiled = sample(model, batch, cache_implementation="static", compile_config=config)
+        assert "_compiled_call" in model.__dict__
+    finally:
+        torch._dynamo.reset()
+        model.__dict__.pop("_compiled_call", None)
+    assert torch.equal(compiled.sequences, plain.sequences)
+
+
+def test_a_prefill_per_sequence_is_kept_where_sharing_does_not_apply(prompts):
+    """One sequence per prompt, beam search, or a cache the caller gives: transformers' own path."""
+    model, _, batch = prompts
+    length = batch["input_ids"].shape[1]
+    shapes, handle = prompt_batches(model)
+    try:
+        model.generate(**batch, max_new_tokens=2, do_sample=False)
+        model.generate(**batch, max_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
+    finally:
+        handle.remove()
+    assert shapes[0] == (2, length) and (4, length) in shapes
+
+
+def test_the_shared_prefill_setting_reaches_generate():
+    assert SamplingSettings().generate_kwargs()["shared_prefill"] is True
+    assert SamplingSettings(shared_prefill=False).generate_kwargs()["shared_prefill"] is False
+
+
+def test_compiled_shared_decoding_is_not_compiled_again_for_a_shorter_prompt(prompts):
+    """Batches come longest first; the static cache keeps the longest length, so the compiled step is reused."""
+    from torch._dynamo.utils import counters
+
+    model, processor, batch = prompts
+    shorter = processor.collate([processor.encode(conv("<image>\nWhy?"), [Image.new("RGB", (64, 64))], train=False)
+                                 for _ in range(2)], padding_side="left")
+    assert shorter["input_ids"].shape[1] < batch["input_ids"].shape[1]
+    config = CompileConfig(fullgraph=True, backend="eager", mode=None)
+    config._compile_all_devices = True
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        sample(model, batch, cache_implementation="static", compile_config=config)
+        graphs = counters["stats"]["unique_graphs"]
+        sample(model, shorter, cache_implementation="static", compile_config=config)
+        assert counters["stats"]["unique_graphs"] == graphs
+    finally:
+        torch._dynamo.reset()
+        model.__dict__.pop("_compiled_call", None)

@@ -8,6 +8,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -63,17 +64,20 @@ def test_tiny_mode_runs_every_section(tmp_path):
     assert paths["compiled"]["tokens_per_s"] > 0 and not paths["compiled"]["error"]
     assert paths["compiled"]["max_loss_difference"] < 1e-3  # the traced layers compute what the eager ones do
     assert paths["plain"]["loss_last"] < paths["plain"]["loss_first"]  # the curve moves: a comparison that can fail
+    profile = training["kernel_profile"]  # the paths that ran (liger is GPU-only): time, then the top operators
+    assert set(profile) == {"plain", "compiled"} and re.fullmatch(r"[\d.]+ ms: .*aten::\w+ \d+%.*", profile["plain"])
     assert {row["implementation"] for row in sections["attention"]["rows"]} >= {"sdpa", "eager"}
     rows = sections["generation"]["rows"]
     assert [(row["path"], row["batch"], row["N"], row["sequences_per_call"]) for row in rows] == [
-        (path, batch, 6, 6 * batch) for batch in (2, 8) for path in ("dynamic", "static", "static+compiled")]
+        (path, batch, 6, 6 * batch) for batch in (2, 8) for path in ("plain", "shared", "static", "static+compiled")]
     for row in rows:  # one batch of each size: every record got its N candidates
         assert row["candidates_per_s"] * row["seconds"] == pytest.approx(row["sequences_per_call"])
         assert row["new_tokens_per_s"] == pytest.approx(row["candidates_per_s"] * row["new_tokens"])
-    assert set(sections["generation"]["speedup_over_dynamic"]) == {
-        f"{path} batch {batch}" for path in ("static", "static+compiled") for batch in (2, 8)}
+    assert set(sections["generation"]["speedup_over_plain"]) == {
+        f"{path} batch {batch}" for path in ("shared", "static", "static+compiled") for batch in (2, 8)}
     greedy = sections["greedy"]
-    assert greedy["ok"] and [row["identical_records"] for row in greedy["rows"]] == [8, 8, 8]
+    assert greedy["ok"] and [(row["identical_greedy"], row["identical_sampled"]) for row in greedy["rows"]] == [
+        (8, 8)] * 4
     assert results["model"]["total_parameters"] > 0 and results["environment"]["commit"]
     markdown = (tmp_path / "results" / "gpu_check.md").read_text()
     assert "## training" in markdown and "| static+compiled | 8 | 6 | 48 |" in markdown
@@ -191,12 +195,14 @@ def test_generation_checks_the_budget_before_and_saves_after_every_configuration
     sections.run("generation", lambda: gpu_check.generation(None, None, {}, torch.device("cpu"), args, tmp_path,
                                                              sections))
     # batch-major: the first size is measured on every path before the next size starts
-    assert [(path, batch) for path, batch, _ in calls] == [("dynamic", 8), ("static", 8), ("static+compiled", 8),
-                                                           ("dynamic", 32)]
+    assert [(path, batch) for path, batch, _ in calls] == [("plain", 8), ("shared", 8), ("static", 8),
+                                                           ("static+compiled", 8)]
     result = sections.results["generation"]
-    assert result["skipped"] == ("time budget of 0 s spent before: static batch 32, static+compiled batch 32, "
-                                 "dynamic batch 128, static batch 128, static+compiled batch 128")
-    assert result["speedup_over_dynamic"] == {"static batch 8": 2.0, "static+compiled batch 8": 3.0}
+    assert result["skipped"] == ("time budget of 0 s spent before: plain batch 32, shared batch 32, static batch 32, "
+                                 "static+compiled batch 32, plain batch 128, shared batch 128, static batch 128, "
+                                 "static+compiled batch 128")
+    assert result["speedup_over_plain"] == {"shared batch 8": 2.0, "static batch 8": 3.0,
+                                            "static+compiled batch 8": 4.0}
     # saved when the section starts, after each configuration (marked incomplete), and at its end
     assert [len(snapshot.get("rows", [])) for snapshot in saved] == [0, 1, 2, 3, 4, 4]
     assert all("incomplete" in snapshot for snapshot in saved[:-1]) and "incomplete" not in saved[-1]
@@ -238,9 +244,9 @@ def test_a_run_killed_mid_section_keeps_its_finished_rows(tmp_path, monkeypatch)
         gpu_check.main(["--tiny", "--out", str(tmp_path), "--gen-batch-sizes", "8", "32"])
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     generation = results["sections"]["generation"]
-    assert [(r["path"], r["batch"]) for r in generation["rows"]] == [("dynamic", 8), ("static", 8)]
+    assert [(r["path"], r["batch"]) for r in generation["rows"]] == [("plain", 8), ("shared", 8)]
     assert "incomplete" in generation and "greedy" not in results["sections"]
-    assert "| static | 8 |" in (tmp_path / "gpu_check.md").read_text()
+    assert "| shared | 8 |" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_a_skipped_greedy_section_is_not_reported_as_differing_outputs(tmp_path, monkeypatch, capsys):
@@ -270,18 +276,24 @@ def test_greedy_compares_only_the_paths_that_ran(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gpu_check, "generate_records", generate)
     monkeypatch.setattr(gpu_check, "prepare_generation", lambda *args: None)
-    args = argparse.Namespace(max_new_tokens=8, greedy_records=4)
+    args = argparse.Namespace(max_new_tokens=8, greedy_records=4, num_candidates=3)
     result = gpu_check.greedy(None, None, {}, torch.device("cpu"), args, tmp_path)
-    assert result["ok"] is True  # dynamic and static agree; the failed path is an error, not a difference
+    assert result["ok"] is True  # the other paths agree; the failed path is an error, not a difference
     assert result["error"] == "static+compiled: RuntimeError: no compiler here"
-    assert [row["identical_records"] for row in result["rows"]] == [4, 4, None]
+    assert [(row["identical_greedy"], row["identical_sampled"]) for row in result["rows"]] == [(4, 4)] * 3 + [
+        (None, None)]
 
     def different(model, processor, root, name, records, batch_size, settings):
-        return 0.0, [["static text" if settings.cache == "static" else "dynamic text"]] * records, 10
+        if settings.sampling and settings.shared_prefill:  # greedy agrees; the second sampled candidate does not
+            return 0.0, [["same", "shared text"]] * records, 10
+        return 0.0, [["same", "plain text"][:settings.num_candidates]] * records, 10
 
     monkeypatch.setattr(gpu_check, "generate_records", different)
     result = gpu_check.greedy(None, None, {}, torch.device("cpu"), args, tmp_path)
-    assert result["ok"] is False and result["rows"][1]["first_difference"].startswith("record 0, character 0")
+    assert result["ok"] is False
+    shared = result["rows"][1]
+    assert (shared["identical_greedy"], shared["identical_sampled"]) == (4, 0)
+    assert shared["first_difference"] == "sampled, record 0, candidate 1, character 0: 'shared text' vs 'plain text'"
 
 
 def test_an_import_failure_still_writes_the_results(tmp_path):

@@ -351,3 +351,14 @@ def test_vision_features_equal_clips_own_second_to_last_layer(size):
         reference = outputs.hidden_states[-2][:, 1:]
         ours = patch_features(tower, pixels, -2, 8)
     torch.testing.assert_close(ours.reshape(reference.shape), reference, rtol=0, atol=0)
+
+
+def test_a_training_forward_builds_no_kv_cache(tiny_model_factory):
+    """Training never reads a cache: none is built unless asked for; inference keeps the config's default."""
+    model, processor = tiny_model_factory()
+    batch = mixed_batch(processor)
+    model.train()
+    assert model(**batch).past_key_values is None
+    assert model(**batch, use_cache=True).past_key_values is not None
+    model.eval()
+    assert model(**batch).past_key_values is not None

@@ -57,6 +57,9 @@ def _common_arguments() -> argparse.ArgumentParser:
     common.add_argument("--compile", action="store_true",
                         help="compile each decoding step into one graph (GPU; with --cache static): removes the "
                              "per-token Python and kernel-launch overhead; the first batch pays the compilation")
+    common.add_argument("--no-shared-prefill", dest="shared_prefill", action="store_false",
+                        help="prefill each of a record's N sequences on its own, as transformers does, instead of "
+                             "the prompt once with its KV cache copied N times (same candidates, more compute)")
     common.add_argument("--batch-size", type=positive_int, default=8,
                         help="records per generate call; each yields N sequences (default: %(default)s)")
     common.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, num_candidates=args.num_candidates, temperature=args.temperature, top_p=args.top_p,
             top_k=args.top_k, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens, cache=args.cache, compile=args.compile,
+            shared_prefill=args.shared_prefill,
         )
         job = GenerationJob(
             data=args.data, output=args.output, task=args.task, prompt_type=args.prompt, model_name=str(args.model),

@@ -30,6 +30,8 @@ class SamplingSettings:
     # How decoding runs, not what it draws: greedy outputs are the same on every path (tests/test_fast_decoding.py).
     cache: str = "dynamic"
     compile: bool = False
+    # The prompt prefilled once per record, its KV cache copied to the N candidates (not prefilled N times).
+    shared_prefill: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +83,7 @@ class SamplingSettings:
             kwargs["cache_implementation"] = "static"
         # generate() compiles decoding by itself on a GPU with a static cache; CPUs decode uncompiled unless asked.
         kwargs["disable_compile"] = not self.compile
+        kwargs["shared_prefill"] = self.shared_prefill
         if self.compile:
             from transformers import CompileConfig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import warnings
@@ -231,6 +232,10 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         first real token, as the published forward (which declares it) had them.
         """
         kwargs["position_ids"] = position_ids
+        if self.training:
+            # A training step never reads a KV cache; building one costs memory, and its per-layer state makes
+            # compiled layers (--compile_layers) recompile for every layer.
+            kwargs.setdefault("use_cache", False)
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids or inputs_embeds")
@@ -271,13 +276,15 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         """``GenerationMixin.generate`` with images encoded once, before decoding.
 
         The prompt embeddings (images merged) are computed a single time and reused for every
-        ``num_return_sequences`` sample; decoding then runs on the KV cache. As in the published
+        ``num_return_sequences`` sample, and so is the prompt's KV cache (``shared_prefill``, default True: see
+        :meth:`_prefill_once`); decoding then runs on the KV cache. As in the published
         ``LlavaQwenForCausalLM.generate``, only the embeddings go to ``GenerationMixin.generate``, so the
         logits processors (``repetition_penalty``, ``no_repeat_ngram_size``, ...) see the generated tokens
         alone, never the prompt. The prompt ids are then put back in front: the result is prompt + new ids
         (``sequences`` of a returned dict), the transformers convention. Without ``attention_mask`` every
         prompt position is attended to.
         """
+        shared_prefill = kwargs.pop("shared_prefill", True)
         if input_ids is None and torch.is_tensor(kwargs.get("inputs")):  # generate(inputs=ids), as transformers takes
             input_ids = kwargs.pop("inputs")
         # A placeholder id must never be sampled: the next step would have no image feature for it. The ids the
@@ -298,6 +305,8 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
                 "generation results, please set `padding_side='left'` when initializing the tokenizer."
             )
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        if shared_prefill:
+            inputs_embeds, attention_mask = self._prefill_once(inputs_embeds, attention_mask, kwargs)
         if kwargs.get("streamer") is not None:
             # transformers hands a streamer the prompt first (TextStreamer prints it unless skip_prompt); with
             # embeddings alone it would only see the new tokens.
@@ -307,6 +316,60 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             warnings.filterwarnings("ignore", message=EMBEDS_ONLY_WARNING, category=UserWarning)
             out = super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         return with_prompt_ids(out, input_ids)
+
+    def _prefill_once(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompt through the LLM once per prompt, not once per returned sequence.
+
+        transformers copies each prompt ``num_return_sequences`` times and then prefills every copy: with
+        N = 6 candidates, six times the prompt's compute (most of a candidate's cost at SICOG's prompt
+        lengths). Here all but the last prompt position are prefilled once per prompt, the KV cache is
+        copied N times (into the static cache when that is the one asked for), and ``generate`` goes on
+        from it with the copied embeddings: it computes only the last position, as it does when a cache is
+        reused. Positions are numbered as transformers numbers them (from each row's first real token), so
+        every copy sees the cache its own prefill would have built. ``kwargs`` (those of ``generate``) are
+        updated in place; the embeddings and mask of the copies are returned. Left as transformers does it
+        (nothing changed) for one sequence per prompt, beam search, a cache given by the caller, a cache
+        implementation other than dynamic or static, chunked prefill, or assisted decoding.
+        """
+        config = kwargs.get("generation_config") or self.generation_config
+
+        def setting(name: str):
+            return kwargs[name] if name in kwargs else getattr(config, name, None)
+
+        copies = setting("num_return_sequences") or 1
+        cache_implementation = setting("cache_implementation")
+        length = inputs_embeds.shape[1]
+        if (copies == 1 or (setting("num_beams") or 1) > 1 or length < 2 or setting("use_cache") is False
+                or cache_implementation not in (None, "dynamic", "static") or setting("prefill_chunk_size")
+                or any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "assistant_model"))):
+            return inputs_embeds, attention_mask
+        from transformers import DynamicCache, StaticCache
+
+        cache_argument = ("cache" if "cache" in inspect.signature(type(self.language_model).forward).parameters
+                          else "past_key_values")
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        cache = DynamicCache(config=self.language_model.config)
+        self.language_model.get_decoder()(inputs_embeds=inputs_embeds[:, :-1], attention_mask=attention_mask[:, :-1],
+                                          position_ids=positions[:, :-1], use_cache=True, **{cache_argument: cache})
+        if cache_implementation == "static":
+            max_new_tokens = setting("max_new_tokens")
+            needed = length + max_new_tokens if max_new_tokens is not None else setting("max_length")
+            # Never shorter than an earlier call's (nor than max_cache_len): as transformers sizes its own, so
+            # that compiled decoding is not compiled again for every prompt length.
+            self._static_cache_length = max(needed, setting("max_cache_len") or 0,
+                                            getattr(self, "_static_cache_length", 0))
+            static = StaticCache(config=self.language_model.config, max_cache_len=self._static_cache_length)
+            filled = {"cache_position": torch.arange(length - 1, device=inputs_embeds.device)}
+            for index, layer in enumerate(cache.layers):
+                static.update(layer.keys.repeat_interleave(copies, dim=0),
+                              layer.values.repeat_interleave(copies, dim=0), index, filled)
+            cache = static
+        else:
+            cache.batch_repeat_interleave(copies)
+        # The copies are made here: generate is asked for one sequence per (copied) prompt.
+        kwargs.update({cache_argument: cache, "num_return_sequences": 1, "cache_implementation": None})
+        return inputs_embeds.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0)
 
     def _get_logits_processor(
         self, generation_config: GenerationConfig, input_ids_seq_length: int | None = None, **kwargs
