@@ -10,13 +10,14 @@ timed and run even when an earlier one failed (its error is recorded instead):
 - ``training``: forward + backward + fused AdamW step on bfloat16 weights, the whole model trainable
   (stage 2): tokens/s and MFU of the plain path (the section's own values) and, in ``rows``, of each fast
   path of ``sicog train`` (``--fused_loss liger``, ``--compile_layers``, both), each from the same weights
-  with its loss curve against the plain one;
+  with its loss curve against the plain one, and each path's top kernels in one forward + backward;
 - ``attention``: the training step with SDPA, eager and (when importable) flash-attn 2;
 - ``generation``: N = 6 candidates per record at batch 8, 32 and 128 through the code path of ``sicog
   generate`` (end-of-sequence disabled, so every candidate has exactly ``--max-new-tokens`` tokens), on
-  each decoding path: the dynamic cache, the static cache, the static cache with compiled steps;
-- ``greedy``: temperature 0 on 8 records through each decoding path, in float32: identical outputs or where they
-  part.
+  each decoding path: transformers' own (``plain``: every candidate prefilled on its own), then the prompt
+  prefilled once per record on the dynamic cache, on the static cache, and with compiled steps;
+- ``greedy``: temperature 0, and seeded sampling of N candidates, on 8 records through each decoding path, in
+  float32: identical outputs or where they part.
 
 MFU = model FLOPs per second / peak dense bf16 FLOP/s (989 TFLOP/s for H100 SXM, the same for H200;
 756 for H100 PCIe, 835 for H100 NVL). Model FLOPs (see :func:`training_flops`): 6 x parameters x
@@ -255,23 +256,26 @@ def train_steps(model, batch: dict, device: torch.device, warmup: int, steps: in
     return times, losses
 
 
-def kernel_profile(model, batch: dict, device: torch.device, top: int = 8) -> str:
-    """Where one forward + backward spends its time: the ``top`` kernels (GPU) or operators (CPU) by their own time,
-    each with its share of the total, as one line."""
+def kernel_profile(run: Callable[[], object], device: torch.device, top: int = 8) -> str:
+    """Where ``run()`` spends its time, as one line: its wall time, the time of its kernels (GPU; how busy the GPU
+    was) or operators (CPU), and the ``top`` of them by their own time, each with its share of that total."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
+    synchronize(device)
     with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as trace:
-        model(**batch).loss.backward()
+        start = time.perf_counter()
+        run()
         synchronize(device)
-    model.zero_grad(set_to_none=True)
+        wall_us = (time.perf_counter() - start) * 1e6
     # On a GPU, kernels only: an operator's device time is also its kernels', which would count it twice.
     events = [(event.key, event.self_device_time_total if cuda else event.self_cpu_time_total)
               for event in trace.key_averages() if not cuda or event.device_type == DeviceType.CUDA]
     total = sum(time_us for _, time_us in events) or 1.0
     ranked = sorted(events, key=lambda event: event[1], reverse=True)[:top]
-    return f"{total / 1e3:.1f} ms: " + "; ".join(f"{name[:60]} {time_us / total:.0%}" for name, time_us in ranked)
+    return (f"{wall_us / 1e3:.1f} ms wall, {total / 1e3:.1f} ms in {'kernels' if cuda else 'operators'}: "
+            + "; ".join(f"{name[:60]} {time_us / total:.0%}" for name, time_us in ranked))
 
 
 def training(model, processor, shape: dict, device: torch.device, args, peak: float | None,
@@ -296,7 +300,8 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times, curves[name] = train_steps(model, batch, device, args.warmup, args.steps, lr=args.curve_lr)
-            profiles[name] = kernel_profile(model, batch, device)
+            profiles[name] = kernel_profile(lambda: model(**batch).loss.backward(), device)
+            model.zero_grad(set_to_none=True)
         except FastPathError as err:
             row["error"] = f"unavailable: {err}"
             return
@@ -471,11 +476,12 @@ def generation(model, processor, shape: dict, device: torch.device, args, root: 
 
 def generation_row(model, processor, device: torch.device, args, root: Path, path: str, batch_size: int,
                    settings: SamplingSettings) -> dict:
-    """One row of :func:`generation`: an untimed batch, then ``--gen-batches`` timed ones; a failure is its error."""
+    """One row of :func:`generation`: an untimed batch, then ``--gen-batches`` timed ones (at the first batch size,
+    then one more under the profiler: ``profile``, see :func:`kernel_profile`); a failure is its error."""
     row = {"path": path, "batch": batch_size, "N": args.num_candidates,
            "sequences_per_call": batch_size * args.num_candidates, "prompt_tokens": None,
            "new_tokens": args.max_new_tokens, "warmup_s": None, "seconds": None, "candidates_per_s": None,
-           "new_tokens_per_s": None, "peak_memory_gib": None, "error": ""}
+           "new_tokens_per_s": None, "peak_memory_gib": None, "profile": None, "error": ""}
     try:
         row["warmup_s"] = generate_records(model, processor, root, f"{path}-w{batch_size}", batch_size,
                                            batch_size, settings)[0]
@@ -484,6 +490,9 @@ def generation_row(model, processor, device: torch.device, args, root: Path, pat
         records = batch_size * args.gen_batches
         seconds, _, row["prompt_tokens"] = generate_records(model, processor, root, f"{path}-b{batch_size}",
                                                             records, batch_size, settings)
+        if batch_size == args.gen_batch_sizes[0]:  # how busy the GPU is while one batch decodes, on each path
+            row["profile"] = kernel_profile(lambda: generate_records(
+                model, processor, root, f"{path}-p{batch_size}", batch_size, batch_size, settings), device)
     except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
         row["error"] = f"{type(err).__name__}: {err}"
         return row

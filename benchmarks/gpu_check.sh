@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU check on one H100/H200: bf16 vs fp32 agreement of a ~1B SICOG model; training-step tokens/s, MFU,
 # peak memory and loss curve of the plain path and of each fast path (--fused_loss liger, --compile_layers,
-# both); SDPA vs eager vs flash-attn; generation throughput (N = 6, batch 8, 32 and 128) on each decoding path
-# (dynamic cache, static cache, static cache with compiled steps); greedy outputs of every decoding path on
-# 8 records. Sections and configurations that would start after --budget-s (default 480 s, counted from the
+# both) and where its time goes (top kernels); SDPA vs eager vs flash-attn; generation throughput (N = 6, batch 8,
+# 32 and 128) on each decoding path (transformers' own, the shared prefill on the dynamic cache, on the static
+# cache, and with compiled steps); greedy and seeded sampled outputs of every decoding path on 8 records.
+# --sections picks sections and their order. Sections and configurations that would start after --budget-s (default 480 s, counted from the
 # start of this script) are skipped and say so; results are saved after every configuration.
 # Results: $OUT/gpu_check.json and gpu_check.md when OUT is set, else in --out DIR (default ./gpu_check_results),
 # also when the wheels or the imports fail (the setup and imports sections say why).

@@ -325,3 +325,23 @@ def test_torchrun_two_processes_cover_every_id_once_like_one_process(setup, tmp_
     assert sorted(ids) == sorted(f"q{i}" for i in range(12))
     assert double.read_bytes() == single.read_bytes()  # batches and seeds do not depend on the world size
     assert not list(tmp_path.glob("*.rank*"))
+
+
+def test_no_shared_prefill_prefills_per_candidate_and_writes_the_same_candidates(setup, tmp_path, monkeypatch):
+    from sicog.model.modeling import SicogForConditionalGeneration
+
+    calls = []
+    original = SicogForConditionalGeneration._prefill_once
+
+    def counted(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(SicogForConditionalGeneration, "_prefill_once", counted)
+    assert main(cli_args(setup, tmp_path / "shared.jsonl", "--seed", "3")) == 0
+    shared_calls = len(calls)
+    assert main(cli_args(setup, tmp_path / "plain.jsonl", "--seed", "3", "--no-shared-prefill")) == 0
+    assert shared_calls == 6 and len(calls) == shared_calls  # one per batch of 2 records; none with the flag
+    candidates = {name: [(r["id"], r["candidates"]) for r in load_records(tmp_path / f"{name}.jsonl")]
+                  for name in ("shared", "plain")}
+    assert candidates["shared"] == candidates["plain"] and len(candidates["shared"]) == 11

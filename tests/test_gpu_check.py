@@ -65,7 +65,8 @@ def test_tiny_mode_runs_every_section(tmp_path):
     assert paths["compiled"]["max_loss_difference"] < 1e-3  # the traced layers compute what the eager ones do
     assert paths["plain"]["loss_last"] < paths["plain"]["loss_first"]  # the curve moves: a comparison that can fail
     profile = training["kernel_profile"]  # the paths that ran (liger is GPU-only): time, then the top operators
-    assert set(profile) == {"plain", "compiled"} and re.fullmatch(r"[\d.]+ ms: .*aten::\w+ \d+%.*", profile["plain"])
+    profile_line = r"[\d.]+ ms wall, [\d.]+ ms in operators: .*aten::\w+ \d+%.*"
+    assert set(profile) == {"plain", "compiled"} and re.fullmatch(profile_line, profile["plain"])
     assert {row["implementation"] for row in sections["attention"]["rows"]} >= {"sdpa", "eager"}
     rows = sections["generation"]["rows"]
     assert [(row["path"], row["batch"], row["N"], row["sequences_per_call"]) for row in rows] == [
@@ -73,6 +74,8 @@ def test_tiny_mode_runs_every_section(tmp_path):
     for row in rows:  # one batch of each size: every record got its N candidates
         assert row["candidates_per_s"] * row["seconds"] == pytest.approx(row["sequences_per_call"])
         assert row["new_tokens_per_s"] == pytest.approx(row["candidates_per_s"] * row["new_tokens"])
+        # one batch of the first size decoded again under the profiler, on each path
+        assert re.fullmatch(profile_line, row["profile"]) if row["batch"] == 2 else row["profile"] is None
     assert set(sections["generation"]["speedup_over_plain"]) == {
         f"{path} batch {batch}" for path in ("shared", "static", "static+compiled") for batch in (2, 8)}
     greedy = sections["greedy"]

@@ -362,3 +362,18 @@ def test_a_training_forward_builds_no_kv_cache(tiny_model_factory):
     assert model(**batch, use_cache=True).past_key_values is not None
     model.eval()
     assert model(**batch).past_key_values is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_position_table_at_its_native_size_is_what_bicubic_gives(dtype):
+    """The vision tower skips the resize at the table's own grid: bicubic there is an exact copy."""
+    import torch.nn.functional as F
+
+    from sicog.model.vision import _positions
+
+    table = torch.randn(1 + 6 * 6, 8).to(dtype)
+    grid = table[1:].reshape(1, 6, 6, -1).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)
+    expected = torch.cat([table[:1], resized.permute(0, 2, 3, 1).reshape(36, -1).to(dtype)])
+    assert torch.equal(_positions(table, 6, 6), expected)
+    assert _positions(table, 4, 8).shape == (1 + 32, 8)  # other grids are still resized

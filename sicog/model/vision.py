@@ -47,6 +47,8 @@ def group_by_size(views: list[torch.Tensor]) -> dict[tuple[int, int], list[int]]
 def _positions(table: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """CLS position + the square patch-position table resized (bicubic) to a ``rows x cols`` grid."""
     side = math.isqrt(table.shape[0] - 1)
+    if rows == cols == side:  # what bicubic gives at the native size, without its slow kernel on every forward
+        return table
     grid = table[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
     return torch.cat([table[:1], grid.permute(0, 2, 3, 1).reshape(rows * cols, -1).to(table.dtype)])
