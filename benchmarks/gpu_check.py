@@ -10,7 +10,8 @@ timed and run even when an earlier one failed (its error is recorded instead):
 - ``training``: forward + backward + fused AdamW step on bfloat16 weights, the whole model trainable
   (stage 2): tokens/s and MFU of the plain path (the section's own values) and, in ``rows``, of each fast
   path of ``sicog train`` (``--fused_loss liger``, ``--compile_layers``, both), each from the same weights
-  with its loss curve against the plain one, and each path's top kernels in one forward + backward;
+  with its loss curve against the plain one (``noise_floor``: the gap of a control, the plain path with eager
+  attention), and each path's top kernels in one forward + backward;
 - ``attention``: the training step with SDPA, eager and (when importable) flash-attn 2;
 - ``generation``: N = 6 candidates per record at batch 8, 32 and 128 through the code path of ``sicog
   generate`` (end-of-sequence disabled, so every candidate has exactly ``--max-new-tokens`` tokens), on
@@ -102,11 +103,15 @@ SHAPES = {
              "image": 128, "answer_repeats": 20},
 }
 AGREEMENT_TOLERANCE = {"min_mean_cosine": 0.99, "max_loss_difference": 0.05}
-# The training paths of `sicog train` measured here: (name, --fused_loss liger, --compile_layers). The plain path
-# first (the others are compared with it), the compiled ones last: they take longest to start, so a run that
-# meets its time budget loses them, not the others.
-TRAINING_PATHS = (("plain", False, False), ("fused_loss", True, False), ("compiled", False, True),
-                  ("fused_loss+compiled", True, True))
+# The training paths of `sicog train` measured here: (name, --fused_loss liger, --compile_layers, attention). The
+# plain path first (the others are compared with it); then a control, the plain path with eager attention: the same
+# function through other kernels, so its loss gap to the plain path is the size of bfloat16 noise over the curve
+# (the section's noise_floor), against which the fast paths' gaps are read; the compiled ones last: they take
+# longest to start, so a run that meets its time budget loses them, not the others.
+NOISE_CONTROL = "plain, eager attention"
+TRAINING_PATHS = (("plain", False, False, "sdpa"), (NOISE_CONTROL, False, False, "eager"),
+                  ("fused_loss", True, False, "sdpa"), ("compiled", False, True, "sdpa"),
+                  ("fused_loss+compiled", True, True, "sdpa"))
 # Optional fast-path libraries whose versions the environment records: liger-kernel (--fused_loss liger),
 # flash-attn, and the inference engines a decoding backend could be built on.
 OPTIONAL_BACKENDS = ("liger-kernel", "flash-attn", "vllm", "sglang")
@@ -291,9 +296,10 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
     initial = {name: value.detach().clone() for name, value in model.state_dict().items()}
     rows, curves, skipped, profiles = [], {}, [], {}
 
-    def measure(row: dict, name: str, fused: bool, compiled: bool) -> None:
+    def measure(row: dict, name: str, fused: bool, compiled: bool, implementation: str) -> None:
         try:
             model.load_state_dict(initial)
+            model.set_attn_implementation(implementation)
             model.fused_loss = fused_loss("liger", device) if fused else None
             if compiled:
                 compile_layers(model, backend="eager" if args.tiny else "inductor")
@@ -310,6 +316,7 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
             return
         finally:
             model.fused_loss = None
+            model.set_attn_implementation("sdpa")
             uncompile_layers(model)
         seconds = float(np.median(times))
         row.update(median_step_s=seconds, tokens_per_s=tokens / seconds,
@@ -321,14 +328,14 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
     try:
-        for name, fused, compiled in TRAINING_PATHS:
+        for name, fused, compiled, implementation in TRAINING_PATHS:
             if rows and progress.over_budget():  # the plain path always runs: the section started within the budget
                 skipped.append(name)
                 continue
             row = {"path": name, "median_step_s": None, "tokens_per_s": None, "mfu": None, "peak_memory_gib": None,
                    "loss_first": None, "loss_last": None, "max_loss_difference": None, "error": ""}
             rows.append(row)
-            measure(row, name, fused, compiled)
+            measure(row, name, fused, compiled, implementation)
             progress.partial({"rows": rows})
     finally:
         model.load_state_dict(initial)
@@ -345,6 +352,7 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
                              "/ median step time / peak dense bf16 FLOP/s",
               "curve": f"{args.warmup + args.steps} steps on one batch at learning rate {args.curve_lr}; "
                        "max_loss_difference: the largest gap to the plain path's loss at the same step",
+              "noise_floor": next((row["max_loss_difference"] for row in rows if row["path"] == NOISE_CONTROL), None),
               "kernel_profile": profiles, "rows": rows}
     if device.type == "cuda":
         result["peak_memory_gib"] = plain["peak_memory_gib"]

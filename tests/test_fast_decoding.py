@@ -186,3 +186,62 @@ def test_compiled_shared_decoding_is_not_compiled_again_for_a_shorter_prompt(pro
     finally:
         torch._dynamo.reset()
         model.__dict__.pop("_compiled_call", None)
+
+
+def both_prefills(model, batch, **kwargs) -> tuple:
+    """The result (or the error) of each prefill, from the same seed."""
+    results = []
+    for shared in (False, True):
+        torch.manual_seed(11)
+        try:
+            results.append(model.generate(**batch, shared_prefill=shared, **kwargs))
+        except ValueError as err:
+            results.append(err)
+    return tuple(results)
+
+
+def test_a_shared_prefill_keeps_transformers_settings_and_checks(prompts):
+    """Settings resolved as generate() resolves them: a config given without num_beams takes the model's, greedy
+    with several sequences is refused, a static cache without a length gets transformers' default, attentions
+    asked for come from transformers' own prefill (the prompt's are in them)."""
+    from transformers import GenerationConfig
+
+    model, _, batch = prompts
+    per_sequence, shared = both_prefills(model, batch, do_sample=False, num_return_sequences=3)
+    assert isinstance(per_sequence, ValueError) and type(shared) is type(per_sequence)
+    assert str(shared) == str(per_sequence)
+    per_sequence, shared = both_prefills(model, batch, do_sample=True, num_return_sequences=2,
+                                         cache_implementation="static", disable_compile=True)
+    assert torch.equal(shared, per_sequence) and shared.shape[1] == batch["input_ids"].shape[1] + 20
+    model.generation_config.num_beams = 2  # as a checkpoint's generation_config.json may set it
+    try:
+        config = GenerationConfig(do_sample=True, num_return_sequences=2, max_new_tokens=4)
+        per_sequence, shared = both_prefills(model, batch, generation_config=config)
+    finally:
+        model.generation_config.num_beams = 1
+    assert torch.equal(shared, per_sequence)
+    options = {"do_sample": True, "num_return_sequences": 2, "max_new_tokens": 3, "return_dict_in_generate": True,
+               "output_hidden_states": True}
+    per_sequence, shared = both_prefills(model, batch, **options)
+    assert shared.hidden_states[0][-1].shape == per_sequence.hidden_states[0][-1].shape
+
+
+def test_a_shared_prefill_on_the_static_cache_with_sliding_window_layers(tiny_model_factory):
+    """A full-attention layer and a sliding-window one, a prompt longer than the window: the static cache is given
+    every position (a sliding layer of a dynamic cache keeps only its window)."""
+    from transformers import Qwen2Config
+
+    model, processor = tiny_model_factory(seed=3)
+    text = Qwen2Config(**{**model.config.text_config.to_dict(), "use_sliding_window": True, "sliding_window": 32,
+                          "max_window_layers": 1, "layer_types": None})
+    model, processor = tiny_model_factory(seed=3, text_config=text)
+    assert model.language_model.config.layer_types == ["full_attention", "sliding_attention"]
+    batch = processor.collate([
+        processor.encode(conv("<image>\nDescribe the image."), [Image.new("RGB", (128, 96), (200, 0, 0))], train=False),
+        processor.encode(conv("<image>\nWhat?"), [Image.new("RGB", (64, 64), (0, 0, 200))], train=False),
+    ], padding_side="left")
+    assert batch["input_ids"].shape[1] > 2 * 32
+    options = {"do_sample": True, "num_return_sequences": 3, "max_new_tokens": 6, "min_new_tokens": 6,
+               "cache_implementation": "static", "disable_compile": True}
+    per_sequence, shared = both_prefills(model, batch, **options)
+    assert torch.equal(shared, per_sequence)

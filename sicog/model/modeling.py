@@ -330,41 +330,45 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         every copy sees the cache its own prefill would have built. ``kwargs`` (those of ``generate``) are
         updated in place; the embeddings and mask of the copies are returned. Left as transformers does it
         (nothing changed) for one sequence per prompt, beam search, a cache given by the caller, a cache
-        implementation other than dynamic or static, chunked prefill, or assisted decoding.
+        implementation other than dynamic or static, chunked prefill, assisted decoding, or attentions or
+        hidden states asked for (the prompt's are returned only when generate computes them).
         """
-        config = kwargs.get("generation_config") or self.generation_config
-
-        def setting(name: str):
-            return kwargs[name] if name in kwargs else getattr(config, name, None)
-
-        copies = setting("num_return_sequences") or 1
-        cache_implementation = setting("cache_implementation")
+        # The settings as generate() will see them: the given config, the model's for what it leaves unset, the
+        # keyword arguments over both, validated (greedy decoding asked for several sequences raises transformers'
+        # own error here).
+        config, _ = self._prepare_generation_config(
+            kwargs.get("generation_config"), **{k: v for k, v in kwargs.items() if k != "generation_config"})
+        copies = config.num_return_sequences or 1
         length = inputs_embeds.shape[1]
-        if (copies == 1 or (setting("num_beams") or 1) > 1 or length < 2 or setting("use_cache") is False
-                or cache_implementation not in (None, "dynamic", "static") or setting("prefill_chunk_size")
+        if (copies == 1 or (config.num_beams or 1) > 1 or length < 2 or config.use_cache is False
+                or config.cache_implementation not in (None, "dynamic", "static") or config.prefill_chunk_size
+                # the prompt's attentions and hidden states are returned only when generate computes them
+                or config.output_attentions or config.output_hidden_states
                 or any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "assistant_model"))):
             return inputs_embeds, attention_mask
         from transformers import DynamicCache, StaticCache
 
+        static = config.cache_implementation == "static"
         cache_argument = ("cache" if "cache" in inspect.signature(type(self.language_model).forward).parameters
                           else "past_key_values")
         positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-        cache = DynamicCache(config=self.language_model.config)
+        # For the static cache, every position is kept (a sliding-window layer of a configured cache keeps only its
+        # window, and the static layers count what they are given).
+        cache = DynamicCache() if static else DynamicCache(config=self.language_model.config)
         self.language_model.get_decoder()(inputs_embeds=inputs_embeds[:, :-1], attention_mask=attention_mask[:, :-1],
                                           position_ids=positions[:, :-1], use_cache=True, **{cache_argument: cache})
-        if cache_implementation == "static":
-            max_new_tokens = setting("max_new_tokens")
-            needed = length + max_new_tokens if max_new_tokens is not None else setting("max_length")
+        if static:
+            new_tokens = config.max_new_tokens if config.max_new_tokens is not None else config.max_length
             # Never shorter than an earlier call's (nor than max_cache_len): as transformers sizes its own, so
             # that compiled decoding is not compiled again for every prompt length.
-            self._static_cache_length = max(needed, setting("max_cache_len") or 0,
+            self._static_cache_length = max(length + new_tokens, config.max_cache_len or 0,
                                             getattr(self, "_static_cache_length", 0))
-            static = StaticCache(config=self.language_model.config, max_cache_len=self._static_cache_length)
-            filled = {"cache_position": torch.arange(length - 1, device=inputs_embeds.device)}
+            filled = StaticCache(config=self.language_model.config, max_cache_len=self._static_cache_length)
+            positions_filled = {"cache_position": torch.arange(length - 1, device=inputs_embeds.device)}
             for index, layer in enumerate(cache.layers):
-                static.update(layer.keys.repeat_interleave(copies, dim=0),
-                              layer.values.repeat_interleave(copies, dim=0), index, filled)
-            cache = static
+                filled.update(layer.keys.repeat_interleave(copies, dim=0),
+                              layer.values.repeat_interleave(copies, dim=0), index, positions_filled)
+            cache = filled
         else:
             cache.batch_repeat_interleave(copies)
         # The copies are made here: generate is asked for one sequence per (copied) prompt.
