@@ -91,7 +91,7 @@ def _cut(path: Path) -> None:
     (lambda ck: _cut(ck / "model.safetensors"),
      "{ck}/model.safetensors: not a readable safetensors file (Error while deserializing header: incomplete metadata"),
     (lambda ck: (ck / "model.safetensors").unlink(),
-     "cannot load the checkpoint {ck}: Error no file named model.safetensors"),
+     "Error no file named model.safetensors, or pytorch_model.bin, found in directory {ck}"),
     (lambda ck: _cut(ck / "config.json"), "{ck}/config.json: not valid JSON ("),
     (lambda ck: (ck / "config.json").write_text("[1, 2]"), "{ck}/config.json: expected a JSON object, got list"),
     (lambda ck: _cut(ck / "tokenizer.json"), "{ck}/tokenizer.json: not valid JSON ("),

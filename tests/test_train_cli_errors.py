@@ -90,3 +90,21 @@ def test_an_output_folder_that_is_or_lies_in_a_file_is_one_line(tmp_path, capsys
         assert main(["train", "--stage", "2", "--model_name_or_path", str(tmp_path / "model"), "--data_path",
                      "d.jsonl", "--output_dir", str(output), "--use_cpu", "--report_to", "none"]) == 2
         assert capsys.readouterr().err.splitlines()[-1] == f"sicog train: error: {says}"
+
+
+def test_a_damaged_or_missing_checkpoint_is_one_line_naming_it_once(tmp_path, capsys, tiny_model_factory):
+    from sicog.model.builders import save_pretrained
+
+    checkpoint = tmp_path / "ck"
+    save_pretrained(*tiny_model_factory(), checkpoint)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a save cut short
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "conversations": []}\n')
+    (tmp_path / "empty").mkdir()
+    for source, says in ((checkpoint, f"{weights}: not a readable safetensors file ("),
+                         (tmp_path / "empty", "")):  # transformers' message names the folder
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(source), "--data_path",
+                     str(tmp_path / "d.jsonl"), "--output_dir", str(tmp_path / "out"), "--use_cpu",
+                     "--report_to", "none"]) == 2
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert line.startswith(f"sicog train: error: --model_name_or_path: {says}") and line.count(str(source)) == 1

@@ -187,7 +187,8 @@ def _load_problem(path: Path, error: Exception) -> str:
                 read_json_object(file)
             except ConversionError as damaged:
                 return str(damaged)
-    return f"cannot load the checkpoint {path}: {first_line(error)}"
+    reason = first_line(error)
+    return reason if str(path) in reason else f"cannot load the checkpoint {path}: {reason}"
 
 
 def share_weights_like_config(directory: str | os.PathLike) -> None:

@@ -13,6 +13,7 @@ from transformers import set_seed
 from sicog.data.jsonl import write_json
 from sicog.data.lock import output_lock
 from sicog.model.builders import (
+    CheckpointError,
     build_from_parts,
     load_pretrained,
     load_projector,
@@ -68,9 +69,8 @@ def build_model(
             model, processor = load_pretrained(
                 model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
             )
-        except OSError as err:  # a folder that is no checkpoint, or a Hub id neither cached nor reachable
-            raise UsageError(f"cannot load --model_name_or_path {model_args.model_name_or_path}: "
-                             f"{str(err).splitlines()[0]}") from None
+        except CheckpointError as err:  # it names the folder, or the damaged file in it
+            raise UsageError(f"--model_name_or_path: {str(err).splitlines()[0]}") from None
     elif model_args.vision_tower and model_args.language_model:
         try:
             model, processor = build_from_parts(
@@ -88,7 +88,7 @@ def build_model(
                 scale_resolution=model_args.scale_resolution,
                 max_slice_nums=model_args.max_slice_nums,
             )
-        except OSError as err:  # as for --model_name_or_path
+        except OSError as err:  # a folder that is no model, or a Hub id neither cached nor reachable
             raise UsageError(f"cannot load --vision_tower {model_args.vision_tower} / --language_model "
                              f"{model_args.language_model}: {str(err).splitlines()[0]}") from None
     else:
