@@ -9,7 +9,9 @@ otherwise stop at arbitrary points and make the comparison meaningless).
     python benchmarks/bench_generation.py                 # tiny model on CPU, < 5 minutes on 2 cores
     python benchmarks/bench_generation.py --preset medium --device cuda
 
-Prints markdown tables (candidates/s and speed-up) and optionally writes them as JSON.
+Prints a markdown table (wall and CPU seconds, candidates/s and speed-up) and optionally writes it as JSON.
+CPU seconds are this process's user+sys (``time.process_time``), which other processes on a shared
+machine disturb far less than wall time.
 """
 
 from __future__ import annotations
@@ -115,15 +117,16 @@ def ours(job: GenerationJob, model, processor) -> int:
     return summary.generated * job.sampling.num_candidates
 
 
-def timed(fn, *args) -> tuple[float, int]:
-    """Seconds taken and candidates made by ``fn(*args)`` (GPU work included)."""
+def timed(fn, *args) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user+sys of this process) and candidates made by ``fn(*args)`` (GPU work
+    included in the wall time)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    cpu_start, start = time.process_time(), time.perf_counter()
     made = fn(*args)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start, made
+    return time.perf_counter() - start, time.process_time() - cpu_start, made
 
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, int, int]]:
@@ -135,7 +138,8 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, int, int]]:
 
 
 def measure(args: argparse.Namespace, model, processor, root: Path) -> list[dict]:
-    """Best time of every configuration over ``args.repeats`` interleaved rounds (the machine may be shared)."""
+    """Best wall and best CPU time of every configuration over ``args.repeats`` interleaved rounds (the machine
+    may be shared; load only ever slows a round down)."""
     data = write_records(root / "data", args.records)
 
     def job(name: str, n: int, batch_size: int) -> GenerationJob:
@@ -146,18 +150,21 @@ def measure(args: argparse.Namespace, model, processor, root: Path) -> list[dict
 
     ours(job("warmup", 2, 4), model, processor)  # first-call costs (allocator, kernels) are not the method's
     configs = configurations(args)
-    best: dict[tuple, tuple[float, int]] = {}
+    best: dict[tuple, list[float]] = {}  # (wall, CPU, candidates)
     for round_index in range(args.repeats):
         for method, n, batch_size in configs:
             fn = published_loop if method == "published loop" else ours
-            seconds, made = timed(fn, job(f"{fn.__name__}_{n}_{batch_size}_{round_index}", n, batch_size), model,
-                                  processor)
+            seconds, cpu, made = timed(fn, job(f"{fn.__name__}_{n}_{batch_size}_{round_index}", n, batch_size),
+                                       model, processor)
             key = (method, n, batch_size)
-            best[key] = min(best.get(key, (float("inf"), 0)), (seconds, made))
-    base = best[configs[0]][1] / best[configs[0]][0]
-    return [{"method": method, "N": n, "batch": batch_size, "seconds": seconds, "candidates": made,
-             "candidates_per_s": made / seconds, "speedup": made / seconds / base}
-            for (method, n, batch_size), (seconds, made) in best.items()]
+            previous = best.get(key, [float("inf"), float("inf"), made])
+            best[key] = [min(previous[0], seconds), min(previous[1], cpu), made]
+    base_wall = best[configs[0]][2] / best[configs[0]][0]
+    base_cpu = best[configs[0]][2] / best[configs[0]][1]
+    return [{"method": method, "N": n, "batch": batch_size, "seconds": seconds, "cpu_s": cpu, "candidates": made,
+             "candidates_per_s": made / seconds, "candidates_per_cpu_s": made / cpu,
+             "speedup": made / seconds / base_wall, "speedup_cpu": made / cpu / base_cpu}
+            for (method, n, batch_size), (seconds, cpu, made) in best.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,12 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         runs = measure(args, model, processor, Path(tmp))
     print(f"device {device} ({dtype}), preset {args.preset}, {args.records} records, "
-          f"{args.max_new_tokens} new tokens per candidate, best of {args.repeats} rounds\n")
-    print("| method | N | batch | seconds | candidates | candidates/s | vs published |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.max_new_tokens} new tokens per candidate, torch threads {torch.get_num_threads()}; wall and CPU "
+          f"seconds each the best of {args.repeats} rounds, CPU = user+sys of this process\n")
+    print("| method | N | batch | wall s | CPU s | candidates | candidates/s | candidates/CPU s | vs published (wall) "
+          "| vs published (CPU) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
-        print(f"| {run['method']} | {run['N']} | {run['batch']} | {run['seconds']:.2f} | {run['candidates']} | "
-              f"{run['candidates_per_s']:.1f} | {run['speedup']:.1f}x |")
+        print(f"| {run['method']} | {run['N']} | {run['batch']} | {run['seconds']:.2f} | {run['cpu_s']:.2f} | "
+              f"{run['candidates']} | {run['candidates_per_s']:.1f} | {run['candidates_per_cpu_s']:.1f} | "
+              f"{run['speedup']:.1f}x | {run['speedup_cpu']:.1f}x |")
     if args.json:
         results = {"device": str(device), "dtype": str(dtype), "preset": args.preset, "records": args.records,
                    "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "runs": runs}

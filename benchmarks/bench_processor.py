@@ -11,7 +11,9 @@ training. Two measurements, each with ``num_workers`` 0, 1 and 2:
     .venv/bin/python benchmarks/bench_processor.py                  # < 2 minutes on 2 cores
     .venv/bin/python benchmarks/bench_processor.py --images 384 --workers 0 2 4 8
 
-Prints a markdown table (best of ``--repeats`` passes over the images); ``--json FILE`` writes it too.
+Prints a markdown table (wall and CPU seconds, each the best of ``--repeats`` passes over the images);
+``--json FILE`` writes it too. CPU seconds are user+sys of this process and of its DataLoader workers
+(``time.process_time`` and ``RUSAGE_CHILDREN`` of the workers, which end with each pass).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -87,12 +90,22 @@ def count_views(batch) -> int:
     return sum(len(flatten_views(views)[0]) for views, _ in batch)
 
 
-def timed_pass(dataset: Dataset, collate, workers: int, batch_size: int) -> tuple[float, int]:
-    """Seconds for one pass over ``dataset`` (worker start-up included) and the views it made."""
+def cpu_s() -> float:
+    """User+sys seconds of this process and of its finished (waited-for) children so far."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def timed_pass(dataset: Dataset, collate, workers: int, batch_size: int) -> tuple[float, float, int]:
+    """Wall seconds and CPU seconds (this process and its workers) for one pass over ``dataset`` (worker
+    start-up included), and the views it made."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    start = time.perf_counter()
-    views = sum(count_views(batch) for batch in loader)
-    return time.perf_counter() - start, views
+    cpu_start, start = cpu_s(), time.perf_counter()
+    iterator = iter(loader)
+    views = sum(count_views(batch) for batch in iterator)
+    # The exhausted iterator has joined its workers (no persistent_workers), so their CPU time is counted.
+    del iterator
+    return time.perf_counter() - start, cpu_s() - cpu_start, views
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,24 +133,27 @@ def main(argv: list[str] | None = None) -> int:
             "image": (ImageViews(processor, paths), list),
             "sample": (samples, SupervisedCollator(processor)),
         }
-        best: dict[tuple[str, int], tuple[float, int]] = {}
+        best: dict[tuple[str, int], list[float]] = {}  # (wall, CPU, views)
         # Rounds interleave the settings, so a burst of load from other processes hits all of them alike.
         for _ in range(args.repeats):
             for name, (dataset, collate) in measurements.items():
                 for workers in args.workers:
-                    timing = timed_pass(dataset, collate, workers, args.batch_size)
-                    best[name, workers] = min(best.get((name, workers), timing), timing)
-        for (name, workers), (seconds, views) in best.items():
-            runs.append({"measurement": name, "workers": workers, "seconds": seconds, "images": args.images,
-                         "views": views, "images_per_s": args.images / seconds, "views_per_s": views / seconds})
+                    seconds, cpu, views = timed_pass(dataset, collate, workers, args.batch_size)
+                    previous = best.get((name, workers), [float("inf"), float("inf"), views])
+                    best[name, workers] = [min(previous[0], seconds), min(previous[1], cpu), views]
+        for (name, workers), (seconds, cpu, views) in best.items():
+            runs.append({"measurement": name, "workers": workers, "seconds": seconds, "cpu_s": cpu,
+                         "images": args.images, "views": views, "images_per_s": args.images / seconds,
+                         "views_per_s": views / seconds, "images_per_cpu_s": args.images / cpu})
 
     print(f"CPU {platform.machine()}, {os.cpu_count()} cores; {args.images} JPEG images of {len(SIZES)} sizes "
-          f"({', '.join(f'{w}x{h}' for w, h in SIZES)}); batch {args.batch_size}; best of {args.repeats} passes\n")
-    print("| measurement | workers | seconds | images / s | views / s |")
-    print("|---|---:|---:|---:|---:|")
+          f"({', '.join(f'{w}x{h}' for w, h in SIZES)}); batch {args.batch_size}; wall and CPU seconds each the best "
+          f"of {args.repeats} passes, CPU = user+sys of this process and its workers\n")
+    print("| measurement | workers | wall s | CPU s | images / s | views / s | images / CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for run in runs:
-        print(f"| {run['measurement']} | {run['workers']} | {run['seconds']:.2f} | {run['images_per_s']:.1f} | "
-              f"{run['views_per_s']:.1f} |")
+        print(f"| {run['measurement']} | {run['workers']} | {run['seconds']:.2f} | {run['cpu_s']:.2f} | "
+              f"{run['images_per_s']:.1f} | {run['views_per_s']:.1f} | {run['images_per_cpu_s']:.1f} |")
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
         args.json.write_text(json.dumps({"settings": settings, "runs": runs}, indent=2, default=str) + "\n")
