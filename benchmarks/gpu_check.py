@@ -56,6 +56,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -263,24 +264,35 @@ def train_steps(model, batch: dict, device: torch.device, warmup: int, steps: in
 
 def kernel_profile(run: Callable[[], object], device: torch.device, top: int = 8) -> str:
     """Where ``run()`` spends its time, as one line: its wall time, the time of its kernels (GPU; how busy the GPU
-    was) or operators (CPU), and the ``top`` of them by their own time, each with its share of that total."""
+    was) or operators (CPU), and the ``top`` of them by their own time, each with its share of that total. Never
+    raises: a failure is the line (the measurement it goes with stays)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as trace:
-        start = time.perf_counter()
-        run()
+    try:
         synchronize(device)
-        wall_us = (time.perf_counter() - start) * 1e6
-    # On a GPU, kernels only: an operator's device time is also its kernels', which would count it twice.
-    events = [(event.key, event.self_device_time_total if cuda else event.self_cpu_time_total)
-              for event in trace.key_averages() if not cuda or event.device_type == DeviceType.CUDA]
+        with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as trace:
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            wall_us = (time.perf_counter() - start) * 1e6
+        # On a GPU, kernels only: an operator's device time is also its kernels', which would count it twice.
+        events = [(event.key, event.self_device_time_total if cuda else event.self_cpu_time_total)
+                  for event in trace.key_averages() if not cuda or event.device_type == DeviceType.CUDA]
+    except Exception as err:  # noqa: BLE001 - the profile is an aside; the timing it accompanies must stay
+        return f"profile failed: {type(err).__name__}: {err}"
     total = sum(time_us for _, time_us in events) or 1.0
     ranked = sorted(events, key=lambda event: event[1], reverse=True)[:top]
     return (f"{wall_us / 1e3:.1f} ms wall, {total / 1e3:.1f} ms in {'kernels' if cuda else 'operators'}: "
-            + "; ".join(f"{name[:60]} {time_us / total:.0%}" for name, time_us in ranked))
+            + "; ".join(f"{kernel_name(name)} {time_us / total:.0%}" for name, time_us in ranked))
+
+
+def kernel_name(name: str, width: int = 90) -> str:
+    """A kernel's or operator's name, short enough for a table: no leading ``void``, no namespaces (the template
+    arguments stay: they tell apart the elementwise kernels), cut at ``width``."""
+    name = re.sub(r"^void\s+", "", name)
+    return re.sub(r"\(anonymous namespace\)::|\b(?:\w+::)+", "", name)[:width]
 
 
 def training(model, processor, shape: dict, device: torch.device, args, peak: float | None,
@@ -498,9 +510,6 @@ def generation_row(model, processor, device: torch.device, args, root: Path, pat
         records = batch_size * args.gen_batches
         seconds, _, row["prompt_tokens"] = generate_records(model, processor, root, f"{path}-b{batch_size}",
                                                             records, batch_size, settings)
-        if batch_size == args.gen_batch_sizes[0]:  # how busy the GPU is while one batch decodes, on each path
-            row["profile"] = kernel_profile(lambda: generate_records(
-                model, processor, root, f"{path}-p{batch_size}", batch_size, batch_size, settings), device)
     except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
         row["error"] = f"{type(err).__name__}: {err}"
         return row
@@ -509,6 +518,9 @@ def generation_row(model, processor, device: torch.device, args, root: Path, pat
                new_tokens_per_s=candidates * args.max_new_tokens / seconds)
     if device.type == "cuda":
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if batch_size == args.gen_batch_sizes[0]:  # how busy the GPU is while one batch decodes, on each path
+        row["profile"] = kernel_profile(lambda: generate_records(
+            model, processor, root, f"{path}-p{batch_size}", batch_size, batch_size, settings), device)
     return row
 
 

@@ -67,7 +67,7 @@ def test_tiny_mode_runs_every_section(tmp_path):
     assert paths["compiled"]["max_loss_difference"] < 1e-3  # the traced layers compute what the eager ones do
     assert paths["plain"]["loss_last"] < paths["plain"]["loss_first"]  # the curve moves: a comparison that can fail
     profile = training["kernel_profile"]  # the paths that ran (liger is GPU-only): time, then the top operators
-    profile_line = r"[\d.]+ ms wall, [\d.]+ ms in operators: .*aten::\w+ \d+%.*"
+    profile_line = r"[\d.]+ ms wall, [\d.]+ ms in operators: .+ \d+%"
     assert set(profile) == {"plain", "plain, eager attention", "compiled"}
     assert re.fullmatch(profile_line, profile["plain"])
     assert {row["implementation"] for row in sections["attention"]["rows"]} >= {"sdpa", "eager"}

@@ -108,3 +108,13 @@ def test_a_damaged_or_missing_checkpoint_is_one_line_naming_it_once(tmp_path, ca
                      "--report_to", "none"]) == 2
         line = capsys.readouterr().err.splitlines()[-1]
         assert line.startswith(f"sicog train: error: --model_name_or_path: {says}") and line.count(str(source)) == 1
+
+
+def test_a_load_error_names_the_checkpoint_unless_it_names_it_already():
+    from sicog.model.builders import _load_problem
+
+    offline = OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them.")
+    assert _load_problem(Path("files"), offline).startswith("cannot load the checkpoint files: We couldn't")
+    missing = OSError("Error no file named model.safetensors found in directory /data/ck.")
+    assert _load_problem(Path("/data/ck"), missing) == str(missing)
+    assert _load_problem(Path("/data/c"), missing).startswith("cannot load the checkpoint /data/c: ")

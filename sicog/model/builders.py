@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -188,7 +189,10 @@ def _load_problem(path: Path, error: Exception) -> str:
             except ConversionError as damaged:
                 return str(damaged)
     reason = first_line(error)
-    return reason if str(path) in reason else f"cannot load the checkpoint {path}: {reason}"
+    # transformers' own message may name the folder already: a path with a folder in it, as a whole (a bare name
+    # such as "files" could be a word of the message)
+    named = "/" in str(path) and re.search(rf"(?<![\w./-]){re.escape(str(path))}(?![\w/-])", reason)
+    return reason if named else f"cannot load the checkpoint {path}: {reason}"
 
 
 def share_weights_like_config(directory: str | os.PathLike) -> None:
