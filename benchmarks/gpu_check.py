@@ -616,15 +616,16 @@ def basic_environment() -> dict:
             "packages": {name: installed(name) for name in RECORDED_PACKAGES}}
 
 
-def environment(device: torch.device, peak: tuple[float | None, str]) -> dict:
+def environment(device: torch.device, peak: tuple[float | None, str], basic: dict | None = None) -> dict:
     """Date, commit, versions, device and its peak: what makes two results comparable.
 
     Also the versions of the optional fast-path libraries (None where absent), so that one run on a lent
     machine says which backends it could offer (e.g. whether a vLLM decoding backend is worth building).
+    ``basic``: :func:`basic_environment`'s answer where it was already taken.
     """
     import transformers
 
-    info = basic_environment()
+    info = dict(basic or basic_environment())
     info.update({"torch": torch.__version__, "transformers": transformers.__version__,
                  "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                             else f"CPU {platform.processor() or platform.machine()}"),
@@ -797,8 +798,8 @@ def top_requirements(root: Path) -> list[str]:
             requirement.marker = None
         if name in ("flash-attn",):  # a CUDA build of its own: the check reports whether it imports, nothing more
             continue
-        if name in PINNED_TO_LOCAL and installed(name):
-            requirement = Requirement(f"{requirement.name}=={installed(name)}")
+        if name in PINNED_TO_LOCAL and (version := installed(name)):
+            requirement = Requirement(f"{requirement.name}=={version}")
         chosen.append(str(requirement))
     return chosen
 
@@ -975,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)  # shared CPUs: more threads stall on a busy machine
     shape = SHAPES["tiny" if tiny else "full"]
     peak = peak_flops(device, args.peak_tflops)
-    results["environment"] = environment(device, peak)
+    results["environment"] = environment(device, peak, results["environment"])
     save()
     built = {}
 

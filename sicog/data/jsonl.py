@@ -203,7 +203,8 @@ def blocking_file(folder: str | os.PathLike) -> Path | None:
     existing path above it, when that is not a folder; ``None`` when nothing is in the way."""
     folder = Path(folder)
     # A relative path's parents end at ".", which exists: the file is named as the user spelled its path.
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    # os.path.exists, not Path.exists: it answers False instead of raising for a folder that cannot be searched.
+    existing = next(p for p in (folder, *folder.parents) if os.path.exists(p))
     return None if existing.is_dir() else existing
 
 

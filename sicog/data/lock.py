@@ -18,6 +18,7 @@ from pathlib import Path
 from filelock import SoftFileLock, Timeout
 
 from sicog.data.argtypes import os_error_text
+from sicog.data.jsonl import blocking_file
 
 #: An empty lock file unchanged this long (seconds) was left by a run killed while taking it: a holder
 #: writes its pid microseconds after creating the file.
@@ -54,9 +55,8 @@ def locks_in(folder: str | os.PathLike) -> list[Path]:
 def _unwritable(output: str | os.PathLike, lock: Path, err: OSError) -> str:
     """Why the lock file ``lock`` of ``output`` could not be created (``err``), naming the path at fault: a file
     where a folder must be, worded as ``sicog eval`` words it ("(... is a file)"), else the system's reason."""
-    # os.path.exists, not Path.exists: it answers False instead of raising for a folder that cannot be searched.
-    existing = next(p for p in (lock.parent, *lock.parent.absolute().parents) if os.path.exists(p))
-    if existing.is_dir():
+    existing = blocking_file(lock.parent.absolute())
+    if existing is None:
         return f"{output} cannot be written ({os_error_text(err)})"
     if existing == Path(output):
         return f"{output} is a file, not a folder"

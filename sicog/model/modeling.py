@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -349,8 +350,7 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         from transformers import DynamicCache, StaticCache
 
         static = config.cache_implementation == "static"
-        cache_argument = ("cache" if "cache" in inspect.signature(type(self.language_model).forward).parameters
-                          else "past_key_values")
+        cache_argument = _cache_argument(type(self.language_model))
         positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
         # For the static cache, every position is kept (a sliding-window layer of a configured cache keeps only its
         # window, and the static layers count what they are given).
@@ -391,6 +391,12 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
                 if isinstance(processor, RepetitionPenaltyLogitsProcessor):
                     processor.prompt_ignore_length = None
         return processors
+
+
+@functools.cache
+def _cache_argument(language_model: type) -> str:
+    """The name under which ``language_model``'s forward takes a KV cache (transformers renamed it in 5.x)."""
+    return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
 
 def check_prompt_length(prompt_length: int, generation_config: GenerationConfig, kwargs: dict) -> None:
