@@ -245,3 +245,84 @@ def test_a_shared_prefill_on_the_static_cache_with_sliding_window_layers(tiny_mo
                "cache_implementation": "static", "disable_compile": True}
     per_sequence, shared = both_prefills(model, batch, **options)
     assert torch.equal(shared, per_sequence)
+
+
+class Grouped(torch.nn.Module):
+    """An attention module's one attribute the attention functions read: query heads per key/value head."""
+
+    num_key_value_groups = 2
+
+
+def repeated_heads_attention(query, key, value, mask):
+    """Grouped-query attention with every key/value head repeated for its query heads (the compiled decoding step
+    of transformers' SDPA attention)."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    out = torch.nn.functional.scaled_dot_product_attention(query, repeat_kv(key, 2), repeat_kv(value, 2),
+                                                           attn_mask=mask)
+    return out.transpose(1, 2)
+
+
+def test_grouped_attention_equals_repeated_heads_and_leaves_other_calls_to_transformers():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from sicog.model.attention import grouped_sdpa_attention
+
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 4, 1, 8), torch.randn(3, 2, 10, 8), torch.randn(3, 2, 10, 8)
+    mask = torch.ones(3, 1, 1, 10, dtype=torch.bool)
+    mask[0, ..., :4] = False  # a left-padded row
+    mask[2, ..., 7:] = False  # static cache slots not yet written
+    ours, _ = grouped_sdpa_attention(Grouped(), query, key, value, mask)
+    assert ours.shape == (3, 1, 4, 8)
+    assert torch.allclose(ours, repeated_heads_attention(query, key, value, mask), atol=1e-6)
+    prefill = torch.randn(3, 4, 5, 8)
+    causal = torch.ones(5, 10, dtype=torch.bool).tril(5)[None, None].expand(3, 1, 5, 10)
+    for args in ((query, key, value, None), (prefill, key, value, causal)):
+        assert torch.equal(grouped_sdpa_attention(Grouped(), *args)[0], sdpa_attention_forward(Grouped(), *args)[0])
+
+
+def test_compiled_decoding_reads_each_key_value_head_once(prompts):
+    """Each compiled step attends with the cache's own key/value heads, not copies per query head, and decodes
+    what the plain path decodes."""
+    model, _, batch = prompts
+    text = model.language_model.config
+    assert text.num_attention_heads > text.num_key_value_heads  # the tiny model has grouped-query attention
+    attended = []
+
+    def recording(graph, example_inputs):
+        for node in graph.graph.nodes:
+            if node.op == "call_function" and "scaled_dot_product" in str(node.target):
+                attended.append(tuple(node.args[1].meta["example_value"].shape))
+        return graph.forward
+
+    plain = model.generate(**batch, **GREEDY)
+    config = CompileConfig(fullgraph=True, backend=recording, mode=None)
+    config._compile_all_devices = True
+    torch._dynamo.reset()
+    try:
+        compiled = model.generate(**batch, cache_implementation="static", compile_config=config, **GREEDY)
+    finally:
+        torch._dynamo.reset()
+        model.__dict__.pop("_compiled_call", None)
+    assert len(attended) == text.num_hidden_layers
+    assert all(shape[1] == text.num_key_value_heads for shape in attended)
+    assert torch.equal(compiled, plain)
+    assert text._attn_implementation == "sdpa"  # switched back after generate
+
+
+def test_generate_switches_the_attention_back_after_an_error(prompts):
+    model, _, batch = prompts
+    with pytest.raises(ValueError, match="max_length"):
+        model.generate(**batch, max_length=2)
+    assert model.language_model.config._attn_implementation == "sdpa"
+    model.set_attn_implementation("eager")
+    try:
+        seen = []
+        handle = model.language_model.get_decoder().register_forward_pre_hook(
+            lambda module, args: seen.append(model.language_model.config._attn_implementation))
+        model.generate(**batch, max_new_tokens=2, do_sample=False)
+        handle.remove()
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert set(seen) == {"eager"}  # an implementation other than SDPA is kept

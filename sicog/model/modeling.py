@@ -19,6 +19,7 @@ from transformers.generation.utils import GenerateOutput
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .attention import grouped_decoding
 from .configuration import SicogConfig
 from .layout import order_slice_features
 from .resampler import Resampler, sincos_2d
@@ -283,8 +284,15 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         logits processors (``repetition_penalty``, ``no_repeat_ngram_size``, ...) see the generated tokens
         alone, never the prompt. The prompt ids are then put back in front: the result is prompt + new ids
         (``sequences`` of a returned dict), the transformers convention. Without ``attention_mask`` every
-        prompt position is attended to.
+        prompt position is attended to. Decoding steps read each key/value head of the cache once, compiled or
+        not (:func:`.attention.grouped_decoding`).
         """
+        with grouped_decoding(self.language_model.config):
+            return self._generate(input_ids, pixel_values, attention_mask, **kwargs)
+
+    def _generate(self, input_ids: torch.LongTensor | None, pixel_values: list[torch.Tensor] | None,
+                  attention_mask: torch.Tensor | None, **kwargs) -> torch.LongTensor | GenerateOutput:
+        """:meth:`generate`'s work, with the LLM on the attention it decodes with."""
         shared_prefill = kwargs.pop("shared_prefill", True)
         if input_ids is None and torch.is_tensor(kwargs.get("inputs")):  # generate(inputs=ids), as transformers takes
             input_ids = kwargs.pop("inputs")
