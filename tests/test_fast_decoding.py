@@ -326,3 +326,20 @@ def test_generate_switches_the_attention_back_after_an_error(prompts):
     finally:
         model.set_attn_implementation("sdpa")
     assert set(seen) == {"eager"}  # an implementation other than SDPA is kept
+
+
+def test_the_static_cache_is_kept_between_calls_of_one_size_and_emptied(tiny_model_factory, prompts):
+    """A compiled step's CUDA graphs are recorded at the cache's addresses: one cache serves every batch of a size,
+    emptied for each, and samples what the dynamic cache samples."""
+    _, processor, batch = prompts
+    model, _ = tiny_model_factory(seed=3)
+    other = processor.collate([processor.encode(conv("<image>\nWhy?"), [Image.new("RGB", (64, 64), (0, 90, 0))],
+                                                train=False) for _ in range(2)], padding_side="left")
+    static = {"cache_implementation": "static", "disable_compile": True}
+    sample(model, batch, **static)
+    keys = model._static_cache.layers[0].keys
+    reused = sample(model, other, **static)
+    assert model._static_cache.layers[0].keys is keys
+    assert torch.equal(reused.sequences, sample(model, other).sequences)
+    sample(model, {name: value[:1] for name, value in other.items()}, **static)  # fewer rows: another cache
+    assert model._static_cache.layers[0].keys.shape[0] == 3 and model._static_cache.layers[0].keys is not keys

@@ -12,7 +12,15 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    DynamicCache,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+    StaticCache,
+)
 from transformers import initialization as init
 from transformers.generation import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 from transformers.generation.utils import GenerateOutput
@@ -333,14 +341,15 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         transformers copies each prompt ``num_return_sequences`` times and then prefills every copy: with
         N = 6 candidates, six times the prompt's compute (most of a candidate's cost at SICOG's prompt
         lengths). Here all but the last prompt position are prefilled once per prompt, the KV cache is
-        copied N times (into the static cache when that is the one asked for), and ``generate`` goes on
-        from it with the copied embeddings: it computes only the last position, as it does when a cache is
-        reused. Positions are numbered as transformers numbers them (from each row's first real token), so
-        every copy sees the cache its own prefill would have built. ``kwargs`` (those of ``generate``) are
-        updated in place; the embeddings and mask of the copies are returned. Left as transformers does it
-        (nothing changed) for one sequence per prompt, beam search, a cache given by the caller, a cache
-        implementation other than dynamic or static, chunked prefill, assisted decoding, or attentions or
-        hidden states asked for (the prompt's are returned only when generate computes them).
+        copied N times (into the static cache when that is the one asked for, one kept between calls: see
+        :meth:`_empty_static_cache`), and ``generate`` goes on from it with the copied embeddings: it computes
+        only the last position, as it does when a cache is reused. Positions are numbered as transformers
+        numbers them (from each row's first real token), so every copy sees the cache its own prefill would
+        have built. ``kwargs`` (those of ``generate``) are updated in place; the embeddings and mask of the
+        copies are returned. Left as transformers does it (nothing changed) for one sequence per prompt, beam
+        search, a cache given by the caller, a cache implementation other than dynamic or static, chunked
+        prefill, assisted decoding, or attentions or hidden states asked for (the prompt's are returned only
+        when generate computes them).
         """
         # The settings as generate() will see them: the given config, the model's for what it leaves unset, the
         # keyword arguments over both, validated (greedy decoding asked for several sequences raises transformers'
@@ -355,8 +364,6 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
                 or config.output_attentions or config.output_hidden_states
                 or any(kwargs.get(name) is not None for name in ("cache", "past_key_values", "assistant_model"))):
             return inputs_embeds, attention_mask
-        from transformers import DynamicCache, StaticCache
-
         static = config.cache_implementation == "static"
         cache_argument = _cache_argument(type(self.language_model))
         positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
@@ -371,7 +378,7 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             # that compiled decoding is not compiled again for every prompt length.
             self._static_cache_length = max(length + new_tokens, config.max_cache_len or 0,
                                             getattr(self, "_static_cache_length", 0))
-            filled = StaticCache(config=self.language_model.config, max_cache_len=self._static_cache_length)
+            filled = self._empty_static_cache(inputs_embeds.shape[0] * copies, cache.layers[0].keys)
             positions_filled = {"cache_position": torch.arange(length - 1, device=inputs_embeds.device)}
             for index, layer in enumerate(cache.layers):
                 filled.update(layer.keys.repeat_interleave(copies, dim=0),
@@ -382,6 +389,23 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         # The copies are made here: generate is asked for one sequence per (copied) prompt.
         kwargs.update({cache_argument: cache, "num_return_sequences": 1, "cache_implementation": None})
         return inputs_embeds.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0)
+
+    def _empty_static_cache(self, rows: int, keys: torch.Tensor) -> StaticCache:
+        """An empty static cache of ``rows`` sequences at the current length, for keys like ``keys``: the previous
+        call's, emptied, when it has that size, dtype and device.
+
+        A compiled decoding step replays CUDA graphs recorded at the cache's addresses: a new cache for every batch
+        would have them recorded again for every batch (and allocate the whole cache each time), as transformers'
+        own static cache is.
+        """
+        cache = getattr(self, "_static_cache", None)
+        layer = cache.layers[0] if cache is not None else None
+        if (layer is not None and layer.is_initialized and layer.max_cache_len == self._static_cache_length
+                and layer.keys.shape[0] == rows and (layer.keys.dtype, layer.keys.device) == (keys.dtype, keys.device)):
+            cache.reset()
+            return cache
+        self._static_cache = StaticCache(config=self.language_model.config, max_cache_len=self._static_cache_length)
+        return self._static_cache
 
     def _get_logits_processor(
         self, generation_config: GenerationConfig, input_ids_seq_length: int | None = None, **kwargs
