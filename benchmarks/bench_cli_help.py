@@ -19,11 +19,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
-import time
+
+from cpu_time import stopwatch
 
 from sicog.cli import COMMANDS
 
@@ -39,19 +39,12 @@ PROBE = (
 )
 
 
-def children_cpu_s() -> float:
-    """User+sys seconds of this process's finished (waited-for) children so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def time_help(command: str) -> tuple[float, float, bool]:
     """Wall seconds and CPU seconds (user+sys of the child) of one fresh ``--help`` of ``command``, and whether
     it imported torch."""
-    cpu_start, start = children_cpu_s(), time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", PROBE, command], capture_output=True, text=True, check=True)
-    elapsed, cpu = time.perf_counter() - start, children_cpu_s() - cpu_start
-    return elapsed, cpu, "TORCH=True" in result.stderr
+    with stopwatch(scope="children") as clock:
+        result = subprocess.run([sys.executable, "-c", PROBE, command], capture_output=True, text=True, check=True)
+    return clock.wall_s, clock.cpu_s, "TORCH=True" in result.stderr
 
 
 def main(argv: list[str] | None = None) -> int:

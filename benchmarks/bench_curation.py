@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from cpu_time import stopwatch
 
 from sicog.curate.embed import EncoderSettings, SentenceEncoder, packaged_minilm_path
 from sicog.curate.score import mbr_scores
@@ -42,9 +43,9 @@ def synthetic_caption(rng: random.Random, words: int) -> str:
 
 def timed(fn, *args) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user+sys of this process, every thread) of ``fn(*args)``."""
-    cpu_start, start = time.process_time(), time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start, time.process_time() - cpu_start
+    with stopwatch(scope="process") as clock:
+        fn(*args)
+    return clock.wall_s, clock.cpu_s
 
 
 def load() -> float:

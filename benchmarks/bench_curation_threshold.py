@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
+from cpu_time import stopwatch
 
 from sicog.curate.embed import EncoderSettings, SentenceEncoder, packaged_minilm_path
 from sicog.curate.score import mbr_scores
@@ -211,9 +211,9 @@ def best_scores(encoder: SentenceEncoder, scenes: list[Scene], rng: random.Rando
 
 def timed(fn, *args):
     """``fn(*args)``, its wall seconds and its CPU seconds (user+sys of this process, every thread)."""
-    cpu_start, start = time.process_time(), time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start, time.process_time() - cpu_start
+    with stopwatch(scope="process") as clock:
+        result = fn(*args)
+    return result, clock.wall_s, clock.cpu_s
 
 
 def _stats(values: list[float]) -> str:

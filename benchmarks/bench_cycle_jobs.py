@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from cpu_time import stopwatch
 
 
 def load() -> float:
@@ -46,16 +46,13 @@ def main() -> None:
                     "--out", str(warm / "parts")], check=True, stdout=subprocess.DEVNULL)
     for jobs in args.jobs:
         out = root / f"jobs{jobs}"
-        before_load, before_cpu = load(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "sicog", "cycle", "--config", args.config, "--out", str(out),
-                        "--jobs", str(jobs), "--no-progress"], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        wall = time.perf_counter() - started
-        after_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after_cpu.ru_utime + after_cpu.ru_stime) - (before_cpu.ru_utime + before_cpu.ru_stime)
+        before_load = load()
+        with stopwatch(scope="children") as clock:
+            subprocess.run([sys.executable, "-m", "sicog", "cycle", "--config", args.config, "--out", str(out),
+                            "--jobs", str(jobs), "--no-progress"], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         results[jobs] = json.loads((out / "results.json").read_text())
-        rows.append((jobs, wall, cpu, before_load, load()))
+        rows.append((jobs, clock.wall_s, clock.cpu_s, before_load, load()))
     same = all(r["per_seed"] == results[args.jobs[0]]["per_seed"] for r in results.values())
     print(f"config {args.config}; identical results across variants: {same}\n")
     print("| --jobs | wall (s) | CPU (s, user+sys) | wall vs first | load at start / end |")

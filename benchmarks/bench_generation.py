@@ -10,8 +10,8 @@ otherwise stop at arbitrary points and make the comparison meaningless).
     python benchmarks/bench_generation.py --preset medium --device cuda
 
 Prints a markdown table (wall and CPU seconds, candidates/s and speed-up) and optionally writes it as JSON.
-CPU seconds are this process's user+sys (``time.process_time``), which other processes on a shared
-machine disturb far less than wall time.
+CPU seconds are this process's user+sys (``cpu_time.py``, scope ``process``), which other processes on a
+shared machine disturb far less than wall time.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from cpu_time import stopwatch
 from PIL import Image
 
 from sicog.data.jsonl import write_jsonl
@@ -122,11 +122,11 @@ def timed(fn, *args) -> tuple[float, float, int]:
     included in the wall time)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    cpu_start, start = time.process_time(), time.perf_counter()
-    made = fn(*args)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, time.process_time() - cpu_start, made
+    with stopwatch(scope="process") as clock:
+        made = fn(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return clock.wall_s, clock.cpu_s, made
 
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, int, int]]:

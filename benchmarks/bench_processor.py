@@ -13,7 +13,7 @@ training. Two measurements, each with ``num_workers`` 0, 1 and 2:
 
 Prints a markdown table (wall and CPU seconds, each the best of ``--repeats`` passes over the images);
 ``--json FILE`` writes it too. CPU seconds are user+sys of this process and of its DataLoader workers
-(``time.process_time`` and ``RUSAGE_CHILDREN`` of the workers, which end with each pass).
+(``cpu_time.py``, scope ``process+children``: ``RUSAGE_CHILDREN`` counts the workers, which end with each pass).
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from cpu_time import Scope, stopwatch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPVisionConfig
@@ -44,6 +43,8 @@ from sicog.train.datasets import SupervisedCollator, SupervisedDataset
 
 # Common photo sizes (width, height): no slicing, 2x2, 3x2, 4x2 grids and a portrait.
 SIZES = ((336, 336), (640, 480), (1024, 768), (1280, 720), (1920, 1080), (800, 1200))
+# What the CPU seconds count: this process and its DataLoader workers (children, reaped at the end of each pass).
+CPU_SCOPE: Scope = "process+children"
 CAPTION = "A red bus is parked next to a small green kiosk on a sunny street, with two people waiting."
 
 
@@ -90,22 +91,16 @@ def count_views(batch) -> int:
     return sum(len(flatten_views(views)[0]) for views, _ in batch)
 
 
-def cpu_s() -> float:
-    """User+sys seconds of this process and of its finished (waited-for) children so far."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
 def timed_pass(dataset: Dataset, collate, workers: int, batch_size: int) -> tuple[float, float, int]:
     """Wall seconds and CPU seconds (this process and its workers) for one pass over ``dataset`` (worker
     start-up included), and the views it made."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    cpu_start, start = cpu_s(), time.perf_counter()
-    iterator = iter(loader)
-    views = sum(count_views(batch) for batch in iterator)
-    # The exhausted iterator has joined its workers (no persistent_workers), so their CPU time is counted.
-    del iterator
-    return time.perf_counter() - start, cpu_s() - cpu_start, views
+    with stopwatch(scope=CPU_SCOPE) as clock:
+        iterator = iter(loader)
+        views = sum(count_views(batch) for batch in iterator)
+        # The exhausted iterator has joined its workers (no persistent_workers), so their CPU time is counted.
+        del iterator
+    return clock.wall_s, clock.cpu_s, views
 
 
 def main(argv: list[str] | None = None) -> int:

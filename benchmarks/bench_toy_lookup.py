@@ -48,12 +48,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from cpu_time import cpu_seconds
 from transformers import CLIPVisionModel, Qwen2ForCausalLM, get_cosine_schedule_with_warmup
 
 from sicog.model.builders import tiny_text_config
@@ -364,7 +364,7 @@ def run(name: str, steps: int, lr: float, batch_size: int, seed: int, tower: Pat
     parameters = [p for p in (*model.parameters(), *(images.parameters() if images else ())) if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
-    start = time.process_time()
+    start = cpu_seconds("process")
     for _ in range(steps):
         tokens, _, trained = _batch(task, rng, batch_size)
         logits = forward(tokens)
@@ -378,7 +378,7 @@ def run(name: str, steps: int, lr: float, batch_size: int, seed: int, tower: Pat
         tokens, scored, _ = _batch(task, random.Random(f"{name}/held-out"), 512)
         predicted = forward(tokens).argmax(-1)
         accuracy = (predicted[scored] == tokens[:, 1:][scored[:, :-1]]).float().mean().item()
-    return {"task": name, "accuracy": accuracy, "guess": guess, "cpu_s": time.process_time() - start}
+    return {"task": name, "accuracy": accuracy, "guess": guess, "cpu_s": cpu_seconds("process") - start}
 
 
 def main() -> None:

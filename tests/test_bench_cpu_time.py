@@ -1,23 +1,32 @@
 """The five timing benchmarks (generation, processor, CLI --help, curation, curation threshold) report CPU
 seconds beside wall seconds for every variant, in their tables and their JSON; bench_curation compares
-several thread counts in one run. Tiny settings; no duration or speed is asserted."""
+several thread counts in one run. benchmarks/cpu_time.py, which they share, counts what its scope names.
+Tiny settings; no duration or speed is asserted."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    # A script run as `python benchmarks/bench_x.py` finds its sibling `cpu_time` on sys.path; so must this.
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    if name == "cpu_time":  # their shared module: the very one they import, not a second copy
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -85,12 +94,38 @@ def test_bench_processor_reports_cpu_seconds_with_workers(tmp_path, capsys) -> N
 
 def test_processor_cpu_seconds_count_finished_workers() -> None:
     """A finished child's CPU time is part of the measure (DataLoader workers are such children)."""
-    import subprocess
-
-    bench = load("bench_processor")
-    before = bench.cpu_s()
+    bench, cpu_time = load("bench_processor"), load("cpu_time")
+    before = cpu_time.cpu_seconds(bench.CPU_SCOPE)
     subprocess.run([sys.executable, "-c", "sum(range(10**6))"], check=True)
-    assert bench.cpu_s() - before > 0
+    assert cpu_time.cpu_seconds(bench.CPU_SCOPE) - before > 0
+
+
+def test_cpu_time_scopes_count_this_process_its_children_or_both() -> None:
+    cpu_time = load("cpu_time")
+    assert set(cpu_time.SCOPES) == {"process", "children", "process+children"}
+    before = {scope: cpu_time.cpu_seconds(scope) for scope in cpu_time.SCOPES}
+    subprocess.run([sys.executable, "-c", "sum(range(3 * 10**6))"], check=True)
+    used = {scope: cpu_time.cpu_seconds(scope) - before[scope] for scope in cpu_time.SCOPES}
+    assert used["children"] > 0, "a Python interpreter that ran cannot have used no CPU time"
+    assert used["process"] >= 0
+    assert used["process+children"] == pytest.approx(used["process"] + used["children"], abs=0.05)
+
+
+def test_stopwatch_times_its_block_in_the_scope_it_names() -> None:
+    cpu_time = load("cpu_time")
+    with cpu_time.stopwatch(scope="process") as clock:
+        assert math.isnan(clock.wall_s) and math.isnan(clock.cpu_s)
+        start = time.process_time()
+        while time.process_time() - start < 0.05:  # busy: CPU time of this process
+            pass
+    assert clock.cpu_s >= 0.05 and clock.wall_s > 0
+    with cpu_time.stopwatch(scope="children") as clock:
+        start = time.process_time()
+        while time.process_time() - start < 0.05:
+            pass
+    assert clock.cpu_s == 0, "no child ended during the block"
+    with pytest.raises(ValueError, match="scope must be one of"), cpu_time.stopwatch(scope="self"):
+        pass
 
 
 @pytest.mark.slow

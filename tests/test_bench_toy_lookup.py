@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
+    # A script run as `python benchmarks/bench_toy_lookup.py` finds its sibling `cpu_time` on sys.path; so must this.
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_toy_lookup", ROOT / "benchmarks" / "bench_toy_lookup.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
