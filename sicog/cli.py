@@ -17,7 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "cycle": ("sicog.cycle.cli", "run the whole SICOG loop (toy world by default) and write a report"),
     "info": ("sicog.info", "describe a model configuration or checkpoint (parameters, tokens per slice)"),
-    "convert": ("sicog.model.convert_cli", "convert a published llava_qwen checkpoint to a SICOG checkpoint, or back"),
+    "convert": ("sicog.convert.cli", "convert a published llava_qwen checkpoint to a SICOG checkpoint, or back"),
     "train": (
         "sicog.train.cli",
         "train a stage: 0 (warm-up), 1 (alignment), 1.5 (self-generated pre-training), 2 (SFT), dpo",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import os_error_text, require_checkpoint
+from sicog.data.argtypes import os_error_text
 
 if TYPE_CHECKING:
     from sicog.model.configuration import SicogConfig
@@ -24,23 +24,20 @@ def checkpoint_config(checkpoint: str) -> SicogConfig:
     """The configuration in ``checkpoint/config.json``; ``ValueError`` (one line naming the file) when the file is
     missing, unreadable, damaged or not a SICOG model's.
 
-    The model type is checked first: transformers would read a plain Qwen2 or CLIP config (what model_weight/
-    holds) into SicogConfig's defaults and describe a 7B model that is not there.
+    The model type is checked first (:func:`~sicog.model.checkpoint_config.read_checkpoint_config`): transformers
+    would read a plain Qwen2 or CLIP config (what model_weight/ holds) into SicogConfig's defaults and describe a
+    7B model that is not there.
     """
     from huggingface_hub.errors import StrictDataclassError
 
+    from sicog.model.checkpoint_config import read_checkpoint_config
     from sicog.model.configuration import SicogConfig
-    from sicog.model.release_format import read_json_object
 
-    require_checkpoint(checkpoint)
     path = Path(checkpoint) / "config.json"
     try:
-        fields = read_json_object(path)
+        read_checkpoint_config(checkpoint)
     except OSError as err:
         raise ValueError(os_error_text(err)) from None
-    if fields.get("model_type") != SicogConfig.model_type:
-        raise ValueError(f"{path}: not a SICOG checkpoint (model_type {fields.get('model_type')!r}, "
-                         f"not {SicogConfig.model_type!r})")
     try:
         return SicogConfig.from_pretrained(checkpoint)
     except StrictDataclassError as err:

@@ -225,12 +225,12 @@ def test_output_dirs_are_required(tmp_path, capsys):
     assert "--short-dir" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("name", "flags"), [
-    ("cot.jsonl", ["--output-dir", "{dir}"]),
-    ("short_answer.jsonl", ["--cot-dir", "{dir}/cot", "--short-dir", "{dir}"]),
-    ("errors.jsonl", ["--output-dir", "{dir}/sub/.."]),
+@pytest.mark.parametrize(("name", "flags", "named"), [
+    ("cot.jsonl", ["--output-dir", "{dir}"], "--output-dir {dir}"),
+    ("short_answer.jsonl", ["--cot-dir", "{dir}/cot", "--short-dir", "{dir}"], "--short-dir {dir}"),
+    ("errors.jsonl", ["--output-dir", "{dir}/sub/.."], "--output-dir {dir}/sub/.."),
 ], ids=["cot", "short-answers", "errors-spelled-otherwise"])
-def test_an_input_that_is_an_output_file_is_refused_and_kept(tmp_path, capsys, name, flags):
+def test_an_input_that_is_an_output_file_is_refused_and_kept(tmp_path, capsys, name, flags, named):
     source = tmp_path / name
     write_jsonl(source, [cot_record("a"), cot_record("b")])
     (tmp_path / "sub").mkdir()
@@ -240,7 +240,9 @@ def test_an_input_that_is_an_output_file_is_refused_and_kept(tmp_path, capsys, n
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
-        assert f"--input {source} is also the output " in err and f"/{name}, which this run would overwrite" in err
+        # Named by the option that gave the folder, the one to change.
+        assert err.startswith(f"sicog annotate cot: error: {named.format(dir=tmp_path)} writes ")
+        assert f"/{name}, which is the same file as --input {source}; writing it would replace the input" in err
     assert source.read_bytes() == before
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [name]
 

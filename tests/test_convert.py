@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig
 
 from sicog.cli import main
+from sicog.convert.release import ConversionError, release_to_sicog, sicog_to_release
 from sicog.data.jsonl import FILE_MODE
 from sicog.model.builders import (
     load_pretrained,
@@ -20,7 +21,6 @@ from sicog.model.builders import (
     tiny_text_config,
     tiny_vision_config,
 )
-from sicog.model.convert import ConversionError, release_to_sicog, sicog_to_release
 from sicog.model.release_format import read_tensor_file, read_weights
 
 # Parameter names of the published AdaptSpatialResampler_v1 (adapt_spatial_resampler_v1).
@@ -83,7 +83,7 @@ def write_release_checkpoint(model, tokenizer, directory, fmt="safetensors"):
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_release_to_sicog_to_release_is_lossless(tokenizer, tmp_path, fmt, monkeypatch):
-    import sicog.model.convert as convert
+    import sicog.convert.release as convert
 
     model, _ = release_like_model(tokenizer)
     monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())  # tiny tower behind the hub id
@@ -114,7 +114,7 @@ def test_a_release_tokenizer_without_an_image_token_gets_one(tokenizer, tmp_path
     it. Conversion adds it as one special token, so our ids are the published chunk-by-chunk tokenization."""
     from conftest import bpe_tokenizer
 
-    import sicog.model.convert as convert
+    import sicog.convert.release as convert
 
     release_tokenizer = bpe_tokenizer(image_token=False)
     assert "<image>" not in release_tokenizer.get_vocab()
@@ -182,7 +182,7 @@ def test_release_projector_bin_needs_the_published_resampler_settings(tokenizer,
 
 
 def test_unknown_and_missing_keys_are_listed_in_one_error(tokenizer, tmp_path, monkeypatch):
-    import sicog.model.convert as convert
+    import sicog.convert.release as convert
 
     model, _ = release_like_model(tokenizer)
     monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
@@ -297,7 +297,7 @@ def tied_release_model(tokenizer):
 
 
 def test_tied_release_checkpoint_saved_without_lm_head_converts(tokenizer, tmp_path, monkeypatch):
-    import sicog.model.convert as convert
+    import sicog.convert.release as convert
 
     model, _ = tied_release_model(tokenizer)
     monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
@@ -321,7 +321,7 @@ def test_tied_release_checkpoint_saved_without_lm_head_converts(tokenizer, tmp_p
 
 
 def test_tied_release_checkpoint_with_a_different_lm_head_is_refused(tokenizer, tmp_path, monkeypatch):
-    import sicog.model.convert as convert
+    import sicog.convert.release as convert
 
     model, _ = release_like_model(tokenizer)  # untied: its head differs from its embedding
     monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
@@ -340,7 +340,7 @@ def _files(folder):
 @pytest.fixture
 def checkpoints(tokenizer, tmp_path, monkeypatch):
     """A published checkpoint ("release") and a SICOG checkpoint ("ours") of the same release-like model."""
-    import sicog.model.convert as convert
+    import sicog.convert.release as convert
     from sicog.model.builders import save_pretrained
 
     model, processor = release_like_model(tokenizer)
@@ -390,7 +390,7 @@ def test_an_output_folder_that_holds_files_is_refused_and_an_empty_one_is_used(c
 @pytest.mark.parametrize("direction", ["from-release", "to-release"])
 def test_an_interrupted_conversion_leaves_no_output(checkpoints, tmp_path, monkeypatch, direction):
     """A conversion killed while writing must not leave a half-written folder that looks like a checkpoint."""
-    import sicog.model.convert as convert
+    import sicog.convert.release as convert
 
     def interrupted(folder):
         assert any(folder.glob("*.safetensors"))  # the weights are written
@@ -402,6 +402,36 @@ def test_an_interrupted_conversion_leaves_no_output(checkpoints, tmp_path, monke
     assert not (tmp_path / "out").exists() and sorted(tmp_path.glob(".*")) == []
 
 
+def test_staging_folders_of_killed_conversions_are_removed_and_no_others(tmp_path):
+    """A conversion killed outright (SIGKILL, the out-of-memory killer) runs no clean-up: its hidden staging folder,
+    a whole checkpoint, stayed beside the output for good. The next conversion into the same folder removes those
+    of this host whose process is gone, and leaves a running conversion's, another host's and another output's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from sicog.convert.release import _staged
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    host = socket.gethostname()
+    killed = tmp_path / f".out.converting-{host}-{finished.pid}"
+    same_id = tmp_path / f".out.converting-{host}-{os.getpid()}"  # a killed conversion that had this process's id
+    running = tmp_path / f".out.converting-{host}-{os.getppid()}"
+    other_host = tmp_path / f".out.converting-not-{host}-{finished.pid}"
+    other_output = tmp_path / f".out2.converting-{host}-{finished.pid}"
+    not_a_process = tmp_path / f".out.converting-{host}-{finished.pid}-x"
+    for folder in (killed, same_id, running, other_host, other_output, not_a_process):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+    with _staged(tmp_path / "out") as staging:
+        (staging / "config.json").write_text("{}")
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert sorted(tmp_path.glob(".*")) == sorted([running, other_host, other_output, not_a_process])
+    assert all((folder / "model.safetensors").is_file() for folder in tmp_path.glob(".*"))
+
+
 def test_to_release_of_a_folder_that_is_no_sicog_checkpoint_is_one_line(checkpoints, tmp_path, capsys):
     """A mistyped folder was looked up on the Hub ("We couldn't connect to 'https://huggingface.co'...")."""
     typo = tmp_path / "ourz"
@@ -409,6 +439,7 @@ def test_to_release_of_a_folder_that_is_no_sicog_checkpoint_is_one_line(checkpoi
     assert capsys.readouterr().err == f"sicog convert: error: no SICOG checkpoint at {typo} (config.json missing)\n"
     release = checkpoints["from-release"]
     assert main(["convert", "to-release", str(release), str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == (f"sicog convert: error: {release}/config.json: model_type 'llava_qwen' is not "
-                                       "'sicog' (a published checkpoint: convert it with from-release)\n")
+    assert capsys.readouterr().err == (f"sicog convert: error: {release}/config.json: not a SICOG checkpoint "
+                                       "(model_type 'llava_qwen', not 'sicog') but a published one: convert it with "
+                                       "`sicog convert from-release`\n")
     assert not (tmp_path / "out").exists()

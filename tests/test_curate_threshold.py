@@ -83,7 +83,7 @@ def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys) -> N
     source = str(generated(tmp_path / "gen.jsonl"))
     (tmp_path / "afile").write_text("x\n")
     assert main(["curate", "captions", "--input", source, "--output-dir", str(tmp_path / "afile")]) == 2
-    assert capsys.readouterr().err == f"error: --output-dir {tmp_path / 'afile'}: exists and is not a folder\n"
+    assert capsys.readouterr().err == f"error: --output-dir {tmp_path / 'afile'} is a file, not a folder\n"
     # Below a file no folder can be made: the operating system's refusal is reported on one line too.
     assert main(["curate", "captions", "--input", source, "--output-dir", str(tmp_path / "afile" / "out")]) == 2
     err = capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sicog.data.jsonl import RecordError, iter_records, write_records
+from sicog.data.jsonl import RecordError, blocked_reason, iter_records, write_records
 from sicog.data.mixture import load_mixture
 from sicog.data.sources import split_data_path
 
@@ -70,8 +70,26 @@ def test_an_output_that_cannot_be_written_is_named_not_its_temporary_file(tmp_pa
         with pytest.raises(OSError) as caught:
             write_records(output, [{"id": "a"}])  # a file where a folder must be: named, not mkdir's "File exists"
         assert caught.value.filename == str(output)
-        assert caught.value.strerror == f"its folder cannot be made ({tmp_path / 'file'} is a file)"
+        assert caught.value.strerror == f"cannot be written ({tmp_path / 'file'} is a file)"
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_file_in_the_way_of_an_output_is_worded_one_way(tmp_path: Path, monkeypatch) -> None:
+    """The one wording every command puts after the output's name: the file in the way named as the user spelled
+    the path, nothing to say where a folder can be (or is) there."""
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("")
+    Path("folder").mkdir()
+    for path, folder, says in (
+        ("afile", True, "is a file, not a folder"),
+        ("afile/sub/deeper", True, "cannot be made a folder (afile is a file)"),
+        (tmp_path / "afile" / "sub", True, f"cannot be made a folder ({tmp_path / 'afile'} is a file)"),
+        ("afile/x.jsonl", False, "cannot be written (afile is a file)"),
+        ("afile/sub/x.jsonl", False, "cannot be written (afile is a file)"),
+        ("folder", True, None), ("folder/new/sub", True, None), ("new", True, None),
+        ("x.jsonl", False, None), ("afile", False, None), ("folder/new/x.jsonl", False, None),
+    ):
+        assert blocked_reason(path, folder=folder) == says, (path, folder)
 
 
 

@@ -77,9 +77,9 @@ def test_command_refuses_an_output_dir_that_is_a_file(setup, tmp_path, capsys, m
     taken = tmp_path / "taken"
     taken.write_text("a file")
     assert main(eval_args(setup, taken)) == 2
-    assert capsys.readouterr().err == f"sicog eval: error: --output-dir {taken} is not a folder\n"
+    assert capsys.readouterr().err == f"sicog eval: error: --output-dir {taken} is a file, not a folder\n"
     assert main(eval_args(setup, taken / "sub")) == 2
-    inside = f"sicog eval: error: --output-dir {taken / 'sub'} is not a folder ({taken} is a file)\n"
+    inside = f"sicog eval: error: --output-dir {taken / 'sub'} cannot be made a folder ({taken} is a file)\n"
     assert capsys.readouterr().err == inside
 
 

@@ -92,6 +92,10 @@ def test_an_invalid_suite_yaml_is_one_line_naming_file_line_and_column(tmp_path,
     assert main(["eval-suite", "--model", "ckpt", "--output-dir", "o", "--suite", str(bad), "--dry-run"]) == 2
     says = f"sicog eval-suite: error: {bad}:3:17: not valid YAML: mapping values are not allowed here\n"
     assert capsys.readouterr().err == says
+    bad.write_bytes(b"benchmarks:\n  - name: Caf\xe9\n")  # named no line before
+    assert main(["eval-suite", "--model", "ckpt", "--output-dir", "o", "--suite", str(bad), "--dry-run"]) == 2
+    says = f"sicog eval-suite: error: {bad}:2: not UTF-8 text (byte b'\\xe9' at column 14); save the file as UTF-8\n"
+    assert capsys.readouterr().err == says
 
 
 def test_lmms_eval_batch_size_is_n_auto_or_auto_n(capsys) -> None:
@@ -274,7 +278,7 @@ def test_an_output_folder_holds_one_checkpoint(tmp_path, monkeypatch, capsys) ->
     assert "holds runs of another weights (" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert main(["eval-suite", "--model", str(first), "--output-dir", str(tmp_path / "file" / "o")]) == 2
-    assert f"is not a folder ({tmp_path / 'file'} is a file)" in capsys.readouterr().err
+    assert f"cannot be made a folder ({tmp_path / 'file'} is a file)" in capsys.readouterr().err
     assert len(ran) == 1
 
 

@@ -50,6 +50,14 @@ def test_another_models_checkpoint_is_refused(tmp_path: Path, capsys, model: str
                     f"(model_type {found!r}, not 'sicog')")
 
 
+def test_a_published_checkpoint_is_refused_with_the_way_to_convert_it(tmp_path: Path, capsys) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "llava_qwen"}')
+    assert main(["info", "--checkpoint", str(tmp_path)]) == 2
+    assert _one_error_line(capsys) == (f"sicog info: error: {tmp_path / 'config.json'}: not a SICOG checkpoint "
+                                       "(model_type 'llava_qwen', not 'sicog') but a published one: convert it with "
+                                       "`sicog convert from-release`")
+
+
 @pytest.mark.parametrize(("content", "says"), [
     ("{bad", "not valid JSON"),
     ("[]", "expected a JSON object, got list"),

@@ -116,7 +116,7 @@ CASES = [
     # sicog data check (input train.jsonl)
     Case("check-invalid-json", "check", jsonl(GOOD_LLAVA, b"{"), 2, ("train.jsonl:2", "invalid JSON")),
     Case("check-not-utf8", "check", jsonl(GOOD_LLAVA, b'{"id": "\xfe"}'), 2, ("train.jsonl:2", "not UTF-8")),
-    Case("check-mixture-invalid-yaml", "check", b"datasets: [\n", 2, ("mix.yaml:2", "not valid YAML"),
+    Case("check-mixture-invalid-yaml", "check", b"datasets: [\n", 2, ("mix.yaml:2:1: not valid YAML",),
          input_name="mix.yaml"),
     Case("check-no-checkpoint", "check", jsonl(GOOD_LLAVA), 2, ("no SICOG checkpoint at", "nowhere"),
          extra=("--model", "nowhere")),
@@ -128,7 +128,7 @@ CASES = [
     Case("cycle-negative-steps", "cycle", b"stage1_steps: -3\n", 2, ("cycle.yaml", "key 'stage1_steps'", "at least 1")),
     Case("cycle-unknown-key", "cycle", b"stage1_step: 3\n", 2, ("cycle.yaml", "key 'stage1_step'", "unknown")),
     Case("cycle-not-a-mapping", "cycle", b"- a\n- b\n", 2, ("cycle.yaml", "expected a mapping")),
-    Case("cycle-invalid-yaml", "cycle", b"name: toy\narms: [A, D\n", 2, ("cycle.yaml:3", "not valid YAML")),
+    Case("cycle-invalid-yaml", "cycle", b"name: toy\narms: [A, D\n", 2, ("cycle.yaml:3:1: not valid YAML",)),
     Case("cycle-unknown-arm", "cycle", b"arms: [A, D, X]\n", 2, ("cycle.yaml", "key 'arms'", "'X'")),
     Case("cycle-out-of-range", "cycle", b"top_p: 1.5\n", 2, ("cycle.yaml", "key 'top_p'", "between 0 and 1")),
     Case("cycle-unknown-toy-size", "cycle", b"toy_size: huge\n", 2, ("cycle.yaml", "key 'toy_size'", "'huge'")),

@@ -143,11 +143,18 @@ def test_a_lock_that_cannot_be_created_is_one_line_naming_the_path_at_fault(tmp_
     for output, folder, says in (
         (afile / "x.jsonl", False, f"{afile / 'x.jsonl'} cannot be written ({afile} is a file)"),
         (afile / "sub" / "x.jsonl", False, f"{afile / 'sub' / 'x.jsonl'} cannot be written ({afile} is a file)"),
-        (afile / "sub", True, f"{afile / 'sub'} cannot be written ({afile} is a file)"),
+        (afile / "sub", True, f"{afile / 'sub'} cannot be made a folder ({afile} is a file)"),
         (afile, True, f"{afile} is a file, not a folder"),
     ):
         with pytest.raises(OutputLocked) as refused:
             with output_lock(output, folder=folder):
+                pass
+        assert str(refused.value) == says
+    monkeypatch.chdir(tmp_path)  # named as the user spelled it: "afile" was "afile cannot be written (/.../afile ...)"
+    for output, says in (("afile", "afile is a file, not a folder"),
+                         ("afile/sub", "afile/sub cannot be made a folder (afile is a file)")):
+        with pytest.raises(OutputLocked) as refused:
+            with output_lock(output, folder=True):
                 pass
         assert str(refused.value) == says
 

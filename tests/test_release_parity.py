@@ -191,9 +191,9 @@ def models(published, tokenizer, tmp_path_factory):
     """(published model, its tokenizer-side helpers, our converted model, our processor)."""
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
+    from sicog.convert.release import release_to_sicog
     from sicog.model.builders import load_pretrained
     from sicog.model.configuration import CLIP_MEAN, CLIP_STD
-    from sicog.model.convert import release_to_sicog
 
     root = tmp_path_factory.mktemp("parity")
     torch.manual_seed(0)

@@ -27,15 +27,17 @@ def world(tmp_path_factory) -> Path:
 # FileExistsError), `toy parts` after minutes of training.
 CASES = {
     "synonyms into a folder": ("synonyms", "--output {folder}", "{folder}: is a folder, not a file"),
-    "synonyms under a file": ("synonyms", "--output {file}/x.json", "{file}/x.json: cannot be made ({file} is a file)"),
+    "synonyms under a file": ("synonyms", "--output {file}/x.json",
+                              "{file}/x.json: cannot be written ({file} is a file)"),
     "embed into a folder": ("embed", "captions --texts {texts} --output {folder}", "{folder}: is a folder, not a file"),
     "embed under a file": ("embed", "captions --texts {texts} --output {file}/x.npy",
-                           "{file}/x.npy: cannot be made ({file} is a file)"),
+                           "{file}/x.npy: cannot be written ({file} is a file)"),
     "references under a file": ("references", "--world {world} --output {file}/r.jsonl",
-                                "{file}/r.jsonl: cannot be made ({file} is a file)"),
+                                "{file}/r.jsonl: cannot be written ({file} is a file)"),
     "parts into a file": ("parts", "--world {world} --out {file}", "{file}: is a file, not a folder"),
-    "parts under a file": ("parts", "--world {world} --out {file}/p", "{file}/p: cannot be made ({file} is a file)"),
-    "build under a file": ("build", "--size tiny --out {file}/w", "{file}/w: cannot be made ({file} is a file)"),
+    "parts under a file": ("parts", "--world {world} --out {file}/p",
+                           "{file}/p: cannot be made a folder ({file} is a file)"),
+    "build under a file": ("build", "--size tiny --out {file}/w", "{file}/w: cannot be written ({file} is a file)"),
 }
 
 

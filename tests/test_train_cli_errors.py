@@ -72,6 +72,18 @@ def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, t
     assert trained == []
 
 
+def test_an_invalid_yaml_config_is_one_line_naming_file_line_and_column(tmp_path, trained, capsys):
+    """PyYAML's message spans five lines; squeezed into one it named the file twice, as config and as a string."""
+    path = config(tmp_path, "learning_rate: 1e-4\nlr_scheduler_type: [cosine\n")
+    assert main(["train", path]) == 2
+    assert capsys.readouterr().err == (f"sicog train: error: config {path}:7:1: not valid YAML: expected ',' or ']', "
+                                       "but got '<stream end>'\n")
+    Path(path).write_bytes(b"data_path: caf\xe9.jsonl\n")
+    assert main(["train", path]) == 2
+    assert capsys.readouterr().err.startswith(f"sicog train: error: config {path}:1: not UTF-8 text (byte ")
+    assert trained == []
+
+
 def test_a_count_below_1_on_the_command_line_stops_in_argparse(tmp_path, trained, capsys):
     for flag in ("--per_device_train_batch_size", "--gradient_accumulation_steps"):
         with pytest.raises(SystemExit) as stop:
@@ -86,7 +98,7 @@ def test_an_output_folder_that_is_or_lies_in_a_file_is_one_line(tmp_path, capsys
     afile = tmp_path / "afile"
     afile.write_text("")
     for output, says in ((afile, f"{afile} is a file, not a folder"),
-                         (afile / "sub", f"{afile / 'sub'} cannot be written ({afile} is a file)")):
+                         (afile / "sub", f"{afile / 'sub'} cannot be made a folder ({afile} is a file)")):
         assert main(["train", "--stage", "2", "--model_name_or_path", str(tmp_path / "model"), "--data_path",
                      "d.jsonl", "--output_dir", str(output), "--use_cpu", "--report_to", "none"]) == 2
         assert capsys.readouterr().err.splitlines()[-1] == f"sicog train: error: {says}"

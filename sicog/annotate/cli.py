@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 from sicog.data.argtypes import non_negative_int, os_error_text, positive_float, positive_int
-from sicog.data.jsonl import RecordError, blocking_file, same_file
+from sicog.data.jsonl import RecordError, blocked_reason, refuse_overwriting
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,11 +62,21 @@ class _UsageError(ValueError):
 def _output_dirs(args: argparse.Namespace, first: str, second: str) -> tuple[Path, Path]:
     dirs = (getattr(args, first) or args.output_dir, getattr(args, second) or args.output_dir)
     if dirs[0] is None or dirs[1] is None:
-        flags = [f"--{name.replace('_', '-')}" for name, d in zip((first, second), dirs) if d is None]
+        flags = [_flag(name) for name, d in zip((first, second), dirs) if d is None]
         raise _UsageError(f"give --output-dir or {' and '.join(flags)}")
     for name, folder in zip((first, second), dirs):
-        _check_folder(f"--{name.replace('_', '-')}" if getattr(args, name) else "--output-dir", folder)
+        _check_folder(_given_by(args, name), folder)
     return dirs
+
+
+def _flag(name: str) -> str:
+    """The option of the argument ``name`` (``cod_dir`` -> ``--cod-dir``)."""
+    return f"--{name.replace('_', '-')}"
+
+
+def _given_by(args: argparse.Namespace, name: str) -> str:
+    """The option that gave the output folder ``name``: its own, or --output-dir when it was left out."""
+    return _flag(name) if getattr(args, name) else "--output-dir"
 
 
 def _check_folder(flag: str, path: Path) -> None:
@@ -76,19 +85,20 @@ def _check_folder(flag: str, path: Path) -> None:
     Found before the input is read and converted (cot) or a request is paid for (cod), and named by the flag
     that gave it, where mkdir would only say "File exists" or "Not a directory".
     """
-    blocker = blocking_file(path)
-    if blocker is not None:
-        inside = "is a file, not a folder" if blocker == path else f"cannot be made a folder ({blocker} is a file)"
-        raise _UsageError(f"{flag} {path} {inside}")
+    if blocked := blocked_reason(path):
+        raise _UsageError(f"{flag} {path} {blocked}")
 
 
-def _refuse_input_as_output(input_path: Path, outputs: Iterable[Path]) -> None:
-    """Raise :class:`_UsageError` when ``input_path`` is one of ``outputs``, however spelled (relative, through a
-    link): the run would write over the records it reads, and a rerun would find them gone."""
-    for output in outputs:
-        if same_file(output, input_path):
-            raise _UsageError(f"--input {input_path} is also the output {output}, which this run would overwrite; "
-                              "write the outputs to another folder")
+def _refuse_input_as_output(args: argparse.Namespace, outputs: dict[str, list[Path]]) -> None:
+    """Raise :class:`_UsageError` when ``--input`` is one of the files written (``outputs``: the files of each
+    output folder, by argument name), however spelled (relative, through a link): the run would write over the
+    records it reads, and a rerun would find them gone."""
+    for name, files in outputs.items():
+        folder = getattr(args, name) or args.output_dir
+        try:
+            refuse_overwriting([("--input", args.input)], _given_by(args, name), folder, also=files)
+        except ValueError as err:  # a usage error: one line naming the command, like the other refusals here
+            raise _UsageError(str(err)) from None
 
 
 def _setup_logging() -> None:
@@ -127,7 +137,7 @@ def _run_cod(args: argparse.Namespace) -> int:
         temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency, limit=args.limit,
         parse_retries=args.parse_retries, retry_failures=args.retry_failures, progress=not args.no_progress,
     )
-    _refuse_input_as_output(args.input, (job.cod_path, job.dd_path, job.failures_path))
+    _refuse_input_as_output(args, {"cod_dir": [job.cod_path, job.failures_path], "dd_dir": [job.dd_path]})
     try:
         base_url, api_key = resolve_endpoint(args.base_url)
         api = ChatAPI(args.model, base_url=base_url, api_key=api_key, timeout=args.timeout,
@@ -159,7 +169,8 @@ def _run_cot(args: argparse.Namespace) -> int:
 
     cot_dir, short_dir = _output_dirs(args, "cot_dir", "short_dir")
     errors_file = Path(cot_dir) / ERRORS_FILE
-    _refuse_input_as_output(args.input, (Path(cot_dir) / COT_FILE, Path(short_dir) / SHORT_FILE, errors_file))
+    _refuse_input_as_output(args, {"cot_dir": [Path(cot_dir) / COT_FILE, errors_file],
+                                   "short_dir": [Path(short_dir) / SHORT_FILE]})
     summary = run_cot_job(args.input, cot_dir, short_dir, progress=not args.no_progress)
     short_only = f" ({summary.short_only} of them with a short answer only)" if summary.short_only else ""
     print(

@@ -11,7 +11,7 @@ from pathlib import Path
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
 from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
 from sicog.data.argtypes import os_error_text, positive_int
-from sicog.data.jsonl import RecordError, blocking_file, errors_path, refuse_overwriting, write_jsonl, write_records
+from sicog.data.jsonl import RecordError, blocked_reason, errors_path, refuse_overwriting, write_jsonl, write_records
 from sicog.data.lock import OutputLocked, output_lock
 
 
@@ -165,11 +165,8 @@ def _run_curation(args: argparse.Namespace) -> int:
     from sicog.curate.score import score_formula
     from sicog.data.sharding import rank_and_world
 
-    blocker = blocking_file(args.output_dir)
-    if blocker is not None:
-        inside = blocker != Path(args.output_dir)
-        raise ValueError(f"--output-dir {args.output_dir} cannot be made a folder ({blocker} is a file)" if inside
-                         else f"--output-dir {args.output_dir}: exists and is not a folder")
+    if blocked := blocked_reason(args.output_dir):
+        raise ValueError(f"--output-dir {args.output_dir} {blocked}")
     inputs = [("--input", args.input)] + ([("--embeddings", args.embeddings)] if args.embeddings else [])
     refuse_overwriting(inputs, "--output-dir", args.output_dir, also=[Path(args.output_dir) / name for name in OUTPUTS])
     settings = CurationSettings(

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from sicog.cycle.arms import ARMS
 from sicog.cycle.flags import setting_problems
-from sicog.data.jsonl import RecordError, read_text
+from sicog.data.jsonl import RecordError
+from sicog.data.yaml_file import read_yaml
 from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
 
@@ -267,14 +266,10 @@ def config_path(spec: str) -> Path:
 
 
 def _read_yaml(path: Path) -> object:
-    """A config file's YAML, or :class:`ConfigError` naming the file (and line) of what cannot be read."""
+    """A config file's YAML, or :class:`ConfigError` naming the file, line and column of what cannot be read."""
     try:
-        return yaml.safe_load(read_text(path))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
-    except RecordError as err:
+        return read_yaml(path)
+    except RecordError as err:  # invalid YAML, or bytes that are not UTF-8
         raise ConfigError(str(err)) from None
 
 

@@ -180,9 +180,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     with _naming(path):
-        blocker = blocking_file(path.parent)
-        if blocker is not None:  # mkdir would say "File exists" about the output, not about the file in the way
-            raise NotADirectoryError(errno.ENOTDIR, f"its folder cannot be made ({blocker} is a file)", str(path))
+        blocked = blocked_reason(path, folder=False)
+        if blocked is not None:  # mkdir would say "File exists" about the output, not about the file in the way
+            raise NotADirectoryError(errno.ENOTDIR, blocked, str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -206,6 +206,23 @@ def blocking_file(folder: str | os.PathLike) -> Path | None:
     # os.path.exists, not Path.exists: it answers False instead of raising for a folder that cannot be searched.
     existing = next(p for p in (folder, *folder.parents) if os.path.exists(p))
     return None if existing.is_dir() else existing
+
+
+def blocked_reason(path: str | os.PathLike, *, folder: bool = True) -> str | None:
+    """Why a file keeps ``path`` from being written, worded to follow the path in a message, else ``None``.
+
+    ``folder``: ``path`` must be a folder: "is a file, not a folder" when it is a file, "cannot be made a folder
+    (X is a file)" when a path above it is. Otherwise ``path`` is a file to write and only the folders above it
+    must be: "cannot be written (X is a file)". Every command words this one way, naming the file in the way,
+    where mkdir would say only "File exists" or "Not a directory" about another path.
+    """
+    path = Path(path)
+    blocker = blocking_file(path if folder else path.parent)
+    if blocker is None:
+        return None
+    if blocker == path:
+        return "is a file, not a folder"
+    return f"cannot be {'made a folder' if folder else 'written'} ({blocker} is a file)"
 
 
 def same_file(one: str | os.PathLike, other: str | os.PathLike) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import SoftFileLock, Timeout
 
 from sicog.data.argtypes import os_error_text
-from sicog.data.jsonl import blocking_file
+from sicog.data.jsonl import blocked_reason
 
 #: An empty lock file unchanged this long (seconds) was left by a run killed while taking it: a holder
 #: writes its pid microseconds after creating the file.
@@ -52,15 +52,13 @@ def locks_in(folder: str | os.PathLike) -> list[Path]:
     return sorted(Path(folder).glob("*.lock"))
 
 
-def _unwritable(output: str | os.PathLike, lock: Path, err: OSError) -> str:
-    """Why the lock file ``lock`` of ``output`` could not be created (``err``), naming the path at fault: a file
-    where a folder must be, worded as ``sicog eval`` words it ("(... is a file)"), else the system's reason."""
-    existing = blocking_file(lock.parent.absolute())
-    if existing is None:
-        return f"{output} cannot be written ({os_error_text(err)})"
-    if existing == Path(output):
-        return f"{output} is a file, not a folder"
-    return f"{output} cannot be written ({existing} is a file)"
+def _unwritable(output: str | os.PathLike, folder: bool, err: OSError) -> str:
+    """Why the lock file of ``output`` (a file, or a ``folder``) could not be created (``err``), naming the path at
+    fault: a file where a folder must be, worded as every command words it, else the system's reason."""
+    blocked = blocked_reason(output, folder=folder)
+    if blocked is None:
+        blocked = f"cannot be written ({os_error_text(err)})"
+    return f"{output} {blocked}"
 
 
 class _OutputFileLock(SoftFileLock):
@@ -100,7 +98,7 @@ def output_lock(output: str | os.PathLike, *, folder: bool = False, enabled: boo
             "or delete the lock file if that run is gone"
         ) from None
     except OSError as err:
-        raise OutputLocked(_unwritable(output, path, err)) from None
+        raise OutputLocked(_unwritable(output, folder, err)) from None
     try:
         yield
     finally:

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import yaml
-
-from sicog.data.jsonl import RecordError, read_text
+from sicog.data.jsonl import RecordError
 from sicog.data.sources import HUB_ID, expand_braces, iter_input_records, split_data_path
+from sicog.data.yaml_file import read_yaml
 
 # The seed of the random: sampling rules when none is given: `sicog train`'s --seed default (42, transformers'
 # TrainingArguments.seed), so that `sicog data check` without --seed checks the records a run trains on.
@@ -107,12 +106,7 @@ def _entry_source(name: str, mixture: Path) -> str:
 def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
     if not path.is_file():
         raise RecordError("mixture file not found", path=path)
-    try:
-        spec = yaml.safe_load(read_text(path)) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise RecordError(f"not valid YAML: {getattr(err, 'problem', None) or err}", path=path,
-                          line=None if mark is None else mark.line + 1) from None
+    spec = read_yaml(path) or {}
     if isinstance(spec, dict):
         _refuse_unknown_keys(spec, TOP_KEYS, path, "")
     entries = spec.get("datasets") if isinstance(spec, dict) else None

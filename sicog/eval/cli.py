@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sicog.data.argtypes import positive_int, require_checkpoint
-from sicog.data.jsonl import RecordError
+from sicog.data.jsonl import RecordError, blocked_reason
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
 
@@ -88,10 +88,8 @@ def _report(summary: dict) -> str:
 
 def check_output_dir(path: Path) -> None:
     """Raise ``ValueError`` when ``path`` is a file or lies inside one (it could never be made a folder)."""
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        inside = "" if existing == path else f" ({existing} is a file)"
-        raise ValueError(f"--output-dir {path} is not a folder{inside}")
+    if blocked := blocked_reason(path):
+        raise ValueError(f"--output-dir {path} {blocked}")
 
 
 def run(args: argparse.Namespace) -> int:

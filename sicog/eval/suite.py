@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import atomic_file, write_json
+from sicog.data.yaml_file import read_yaml
 from sicog.eval.cli import check_output_dir  # sicog eval's check of the same flag
 from sicog.eval.framework_results import (
     DONE,
@@ -82,16 +81,7 @@ def load_suite(spec: str) -> list[SuiteBenchmark]:
     path = Path(spec) if os.path.exists(spec) else Path(str(packaged))
     if not path.is_file():
         raise ValueError(f"no benchmark suite {spec!r} (a YAML file, or: {DEFAULT_SUITE})")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        # PyYAML's own message spans lines (with a copy of the bad line); its mark gives the place in one.
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or " ".join(str(err).split())
-        raise ValueError(f"{where}: not valid YAML: {problem}") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a readable YAML file ({err})") from None
+    loaded = read_yaml(path)
     entries = loaded.get("benchmarks") if isinstance(loaded, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: field 'benchmarks': a non-empty list of {{name, vlmevalkit, lmms_eval}} is needed")

@@ -25,6 +25,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from sicog.model.checkpoint_config import read_checkpoint_config
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor, separator_ids
@@ -162,8 +163,9 @@ def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditio
     config = Path(path) / "config.json"
     try:
         if config.is_file():
-            # A config.json holding a JSON list or number would reach the config class as a TypeError naming no file.
-            read_json_object(config)
+            # A config.json holding a JSON list or number would reach the config class as a TypeError naming no file,
+            # and another model's (a plain Qwen2 folder) would load as SicogConfig's defaults, with only a warning.
+            read_checkpoint_config(path)
         model = SicogForConditionalGeneration.from_pretrained(path, **kwargs)
         return model, SicogProcessor.from_pretrained(path, config=model.config)
     except (OSError, ValueError, SafetensorError) as error:

@@ -3,7 +3,7 @@
 The LLM sits under ``model.`` and ``lm_head.``, the resampler under ``model.mm_projector.``, the CLIP
 tower under ``model.vision_tower.vision_tower.vision_model.``. The resampler's ``pos_embed`` is our
 ``query_pos`` and its ``proj`` matrix (applied as ``x @ proj``) is our ``proj`` Linear's weight,
-transposed. Used by :mod:`sicog.model.convert` and by the projector loader.
+transposed. Used by :mod:`sicog.convert.release` and by the projector loader.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from pathlib import Path
 from sicog.data.jsonl import write_json, write_jsonl
 from sicog.data.lock import output_lock
 from sicog.data.prompts import CAPTION_PROMPTS, COD_STEPS, COT_STEPS, SHORT_ANSWER, STEP_BY_STEP_ANSWER
+from sicog.data.staging import remove_stale_staging, staged_folder, staging_path
 from sicog.eval.prompts import MC_INSTRUCTION
 from sicog.toy import datasets as ds
 from sicog.toy.language import vocabulary
 from sicog.toy.questions import CATEGORIES
-from sicog.toy.staging import remove_stale_staging, staging_path
 from sicog.toy.tokenizer import train_tokenizer
 from sicog.toy.world import LAYOUTS, SLICING
 
@@ -75,17 +75,15 @@ def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force
     existing = _world_to_keep(out, seed, size, force)
     if existing is not None:
         return existing
-    out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent, out.name)
-    staging, retired = staging_path(out, "building"), staging_path(out, "replaced")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process that had this pid
-    try:
+    retired = staging_path(out, "replaced")
+    with staged_folder(staging_path(out, "building")) as staging:
         manifest = _build_into(staging, seed, size)
         with output_lock(out):
-            # Checked again: another build may have finished a world here while this one was building.
+            # Checked again: another build may have finished a world here while this one was building; it is
+            # kept, and the world staged here is dropped.
             existing = _world_to_keep(out, seed, size, force)
             if existing is not None:
-                shutil.rmtree(staging)
                 return existing
             if out.is_dir() and not any(out.iterdir()):
                 # Filled in place: an empty --out may be the shell's current folder or a mount point, which a
@@ -93,14 +91,10 @@ def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force
                 # last: until it is there, the folder holds no finished world.
                 for entry in sorted(staging.iterdir(), key=lambda path: path.name == MANIFEST):
                     os.replace(entry, out / entry.name)
-                staging.rmdir()
             else:
                 if out.exists():
                     os.replace(out, retired)
                 os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     # Outside the lock: the old world is no longer at ``out``, and removing a demo world takes a while.
     if retired.is_dir():
         shutil.rmtree(retired)

@@ -15,9 +15,9 @@ from pathlib import Path
 from types import FrameType
 
 from sicog.data.argtypes import os_error_text
-from sicog.data.jsonl import blocking_file, refuse_overwriting
+from sicog.data.jsonl import blocked_reason, refuse_overwriting
+from sicog.data.staging import remove_stale_staging, staged_folder, staging_path
 from sicog.toy.datasets import SIZES
-from sicog.toy.staging import remove_stale_staging, staging_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,16 +72,12 @@ def _parts(args: argparse.Namespace) -> int:
     out = Path(os.path.abspath(args.out))  # absolute: "." has no name to stage beside
     sources = pretrained_parts(args.world)
     remove_stale_staging(out.parent, out.name)
-    staging = staging_path(out, "building")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process that had this pid
-    try:
+    with staged_folder(staging_path(out, "building")) as staging:
         # A copy: the run keeps working if the cache is cleared.
         for name, source in zip(("vision", "llm"), sources, strict=True):
             _copy_tree(source, staging / name)
         shutil.copyfile(sources[0].parent / PARTS_RECORD, staging / PARTS_RECORD)  # with the LM reading check
         _move_into(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for name, source in zip(("vision", "llm"), sources, strict=True):
         print(f"{name}: {out / name} (from {source})")
     return 0
@@ -91,7 +87,7 @@ def _copy_tree(source: Path, target: Path) -> None:
     """Copy the folder ``source`` to ``target`` with the modes of a plain mkdir and open() under the current
     umask: ``shutil.copytree`` copies the cache's own bits, so a cache built under umask 077 gave private parts
     to a shared run, and a shared cache gave readable parts to a private one."""
-    target.mkdir(parents=True)
+    target.mkdir()
     for entry in source.iterdir():
         if entry.is_dir():
             _copy_tree(entry, target / entry.name)
@@ -203,11 +199,8 @@ def _blocked(path: str, *, folder: bool) -> str | None:
     Checked before the work (the parts train for minutes), and naming the file in the way, where mkdir would
     say only "File exists" or "Not a directory" about another path.
     """
-    target = Path(path)
-    blocker = blocking_file(target if folder else target.parent)
-    if blocker is None:
-        return None
-    return f"{path}: is a file, not a folder" if blocker == target else f"{path}: cannot be made ({blocker} is a file)"
+    blocked = blocked_reason(path, folder=folder)
+    return None if blocked is None else f"{path}: {blocked}"
 
 
 @contextmanager

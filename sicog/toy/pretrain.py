@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import random
 import re
-import shutil
 import signal
 import threading
 import time
@@ -47,6 +46,7 @@ from transformers import (
 )
 
 from sicog.data.prompts import reasoning_prompt
+from sicog.data.staging import remove_stale_staging, staged_folder, staging_path
 from sicog.model.builders import share_weights_like_config, tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_MEAN, CLIP_STD
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
@@ -55,7 +55,6 @@ from sicog.toy.language import brief_description, detailed_description
 from sicog.toy.model import PARTS_RECORD, TOY_TEXT, TOY_VISION
 from sicog.toy.questions import QUESTION_TYPES, Question, question_kinds
 from sicog.toy.render import render
-from sicog.toy.staging import remove_stale_staging, staging_path
 from sicog.toy.synonyms import synonym_table
 from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
@@ -101,10 +100,7 @@ def pretrained_parts(
     remove_stale_staging(folder.parent)
     if (folder / PARTS_RECORD).is_file():
         return vision_dir, llm_dir
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(folder, "building")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process that had this pid
-    try:
+    with staged_folder(staging_path(folder, "building")) as staging:
         tokenizer = AutoTokenizer.from_pretrained(str(manifest["tokenizer"]))
         layout, seed = LAYOUTS[manifest["layout"]], manifest["seed"]
         clip_steps, lm_steps = STEPS[manifest["size"]]
@@ -123,7 +119,7 @@ def pretrained_parts(
                 clip_loss, clip_seconds = clip_job.result()
             except BaseException:
                 # Leaving the block waits for the worker's job: minutes of a CLIP nobody will use, writing into
-                # the staging folder removed below. ProcessPoolExecutor.terminate_workers (Python 3.14) does
+                # the staging folder, which is then removed. ProcessPoolExecutor.terminate_workers (Python 3.14) does
                 # this; before it, the executor's process table is the only handle on its workers.
                 for process in list((pool._processes or {}).values()):
                     process.terminate()
@@ -136,13 +132,9 @@ def pretrained_parts(
                   "lm": {**lm_loss, "seconds": round(lm_seconds, 1), "reading": reading}}
         share_weights_like_config(staging)
         (staging / PARTS_RECORD).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():  # an interrupted or concurrent build: the finished one wins
-            shutil.rmtree(staging)
-        else:
+        # A folder there now (an interrupted or concurrent build) wins: the parts staged here are dropped on leaving.
+        if not folder.exists():
             os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return vision_dir, llm_dir
 
 

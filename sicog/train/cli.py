@@ -12,11 +12,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from sicog.data.argtypes import non_negative_int, positive_int
+from sicog.data.jsonl import RecordError
+from sicog.data.yaml_file import read_yaml
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments, UsageError
 
 # TrainingArguments' counts, which transformers types as any int: 0 (or -1 workers) would pass and fail only once the
@@ -52,8 +53,7 @@ def read_config(parser: HfArgumentParser, config: str) -> tuple:
     expected ...``) for a value the command line would refuse, and for null where the flag has a default; keys
     that name no flag are left to the parser, which lists them.
     """
-    text = Path(config).read_text(encoding="utf-8")
-    settings = json.loads(text) if config.endswith(".json") else yaml.safe_load(text)
+    settings = json.loads(Path(config).read_text(encoding="utf-8")) if config.endswith(".json") else read_yaml(config)
     if not isinstance(settings, dict):
         raise ValueError("expected a mapping of flag names to values")
     actions = {action.dest: action for action in parser._actions if action.type is not None}
@@ -99,9 +99,15 @@ def main(argv: Sequence[str]) -> int:
             model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     # A config file that is missing, unparsable, has unknown keys or a value of the wrong type, or settings that
     # TrainingArguments refuses (argparse itself already reports a bad flag in one line with exit 2).
-    except (OSError, ValueError, yaml.YAMLError) as err:
+    except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
-        print(f"sicog train: error: {f'config {config}: ' if config else ''}{reason}", file=sys.stderr)
+        if not config:
+            where = ""
+        elif isinstance(err, RecordError) and err.path == config:  # invalid YAML, or bytes that are not UTF-8
+            where = "config "  # its message starts with the file and line already
+        else:
+            where = f"config {config}: "
+        print(f"sicog train: error: {where}{reason}", file=sys.stderr)
         return 2
     except TypeError as err:  # a config file without a required key: the argument dataclass cannot be built
         if not config:
@@ -115,7 +121,6 @@ def main(argv: Sequence[str]) -> int:
         level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
         stream=sys.stderr,
     )
-    from sicog.data.jsonl import RecordError
     from sicog.data.lock import OutputLocked
     from sicog.train.checkpoints import ForeignCheckpointError, IncompleteCheckpointError
     from sicog.train.datasets import DataProblemsError

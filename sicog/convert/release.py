@@ -30,6 +30,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from sicog.data.jsonl import blocked_reason
+from sicog.data.staging import remove_stale_staging, staged_folder, staging_path
 from sicog.model.builders import (
     RELEASE_INFERENCE_LONG_SIDE,
     RELEASE_SEPARATORS,
@@ -37,6 +39,7 @@ from sicog.model.builders import (
     add_image_token,
     share_weights_like_config,
 )
+from sicog.model.checkpoint_config import RELEASE_MODEL_TYPE, read_checkpoint_config
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.release_format import (
@@ -54,7 +57,6 @@ from sicog.model.release_format import (
     to_release_state,
 )
 
-RELEASE_MODEL_TYPE = "llava_qwen"
 RELEASE_EMBEDDING, RELEASE_LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 CLIP_L14_336_ID = "openai/clip-vit-large-patch14-336"
 TOWER_PREFIX = "vision_tower."
@@ -132,31 +134,24 @@ def _check_output(src: Path, out: Path) -> None:
     if source in target.parents:
         raise ConversionError(f"output folder {out} lies inside the checkpoint being converted ({src}): choose a "
                               "folder outside it")
-    if out.exists() and not out.is_dir():
-        raise ConversionError(f"output folder {out} is a file")
     if out.is_dir() and any(out.iterdir()):
         raise ConversionError(f"output folder {out} already holds files: remove it or choose another folder")
-    # The nearest existing folder above: a file there makes mkdir say "File exists" about the output instead.
-    blocker = next(p for p in (out.parent, *out.parent.parents) if p.exists())
-    if not blocker.is_dir():  # mkdir would say "File exists" about the output, not about the file in the way
-        raise ConversionError(f"output folder {out} cannot be made ({blocker} is a file)")
+    if blocked := blocked_reason(out):
+        raise ConversionError(f"output folder {out} {blocked}")
 
 
 @contextmanager
 def _staged(out: Path) -> Iterator[Path]:
     """A hidden folder beside ``out`` to write into, renamed to ``out`` when the block ends without error and removed
-    otherwise: an interrupted conversion leaves no half-written ``out`` that looks like a checkpoint."""
+    otherwise: an interrupted conversion leaves no half-written ``out`` that looks like a checkpoint. Those left by
+    conversions into ``out`` that were killed outright (SIGKILL, the out-of-memory killer), each a hidden copy of a
+    whole checkpoint, go first."""
     target = out.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.converting-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)  # a killed conversion that had the same process id left it
-    staging.mkdir()
-    try:
+    remove_stale_staging(target.parent, target.name)
+    with staged_folder(staging_path(target, "converting")) as staging:
         yield staging
         os.replace(staging, target)  # an empty ``out`` (allowed by _check_output) is replaced too
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def release_to_sicog(
@@ -303,12 +298,7 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     empty folder outside ``src``; it appears only once the checkpoint is complete.
     """
     src, out = Path(src), Path(out)
-    if not (src / "config.json").is_file():  # else a mistyped folder would be looked up as a Hub id
-        raise ConversionError(f"no SICOG checkpoint at {src} (config.json missing)")
-    found = read_json_object(src / "config.json").get("model_type")
-    if found != SicogConfig.model_type:  # transformers would build a config of defaults from it, with a warning
-        hint = " (a published checkpoint: convert it with from-release)" if found == RELEASE_MODEL_TYPE else ""
-        raise ConversionError(f"{src}/config.json: model_type {found!r} is not {SicogConfig.model_type!r}{hint}")
+    read_checkpoint_config(src)
     _check_output(src, out)
     config = SicogConfig.from_pretrained(src)
     # Where the tower will be once the staging folder is renamed into place.

@@ -1,4 +1,4 @@
-"""`sicog convert`: its flags and entry point; the conversion lives in :mod:`sicog.model.convert`, imported
+"""`sicog convert`: its flags and entry point; the conversion lives in :mod:`sicog.convert.release`, imported
 when the command runs so that ``--help`` needs neither torch nor transformers."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert; a checkpoint that cannot be converted is one line on stderr and exit status 2."""
-    from sicog.model.convert import ConversionError, release_to_sicog, sicog_to_release
+    from sicog.convert.release import ConversionError, release_to_sicog, sicog_to_release
 
     try:
         if args.direction == "from-release":

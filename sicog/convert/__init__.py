@@ -1,0 +1,1 @@
+"""`sicog convert`: checkpoints in the published LLaVA format <-> SICOG checkpoints."""

@@ -1,0 +1,81 @@
+"""Folders written under a hidden name beside their target and put in place only once complete.
+
+A reader of the target never sees a half-written folder: the writer fills the staging folder, then renames it
+(or its entries) into place (see :mod:`sicog.data.jsonl` for the same for single files). A run that is killed
+(SIGKILL, a lost node) cannot remove its own staging folder, so every later run removes those of processes that
+are gone. The name carries the host as well as the pid: a cache under a shared home is written from several
+machines, and a pid says nothing about another host's processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# What a staging folder holds: the new one being written; the old one moved aside for the swap; a checkpoint
+# being converted.
+KINDS = ("building", "replaced", "converting")
+# ".<target>.<kind>-<host>-<pid>"; names from before the host was added have no "<host>-".
+_STAGING = re.compile(rf"\.(?P<target>.+)\.(?:{'|'.join(KINDS)})-(?:(?P<host>.+)-)?(?P<pid>[1-9]\d*)")
+
+
+def staging_path(target: Path, kind: str) -> Path:
+    """This process's hidden sibling of ``target`` for ``kind`` (one of :data:`KINDS`)."""
+    if kind not in KINDS:
+        raise ValueError(f"staging kind {kind!r} is not one of {', '.join(KINDS)}")
+    return target.parent / f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_stale_staging(folder: Path, target: str | None = None) -> None:
+    """Remove the staging folders (of ``target`` only, when given) in ``folder`` whose process on this host is
+    gone; a live run's, and other hosts', are left alone."""
+    if not folder.is_dir():
+        return
+    host = socket.gethostname()
+    for path in folder.iterdir():
+        match = _STAGING.fullmatch(path.name)
+        if match is None or (target is not None and match["target"] != target):
+            continue
+        if match["host"] not in (None, host) or _alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (signal 0 only checks that it could be sent)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; no pid is that large
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextmanager
+def staged_folder(staging: Path) -> Iterator[Path]:
+    """Create ``staging``, a hidden sibling of the target named by the caller, for the block to fill and move into
+    place; remove whatever of it is left when the block ends, with or without an error.
+
+    The block does the move itself, because what an existing target means differs by command: kept (a finished
+    copy made meanwhile wins), merged into, or replaced under a lock. Whatever the block leaves behind (all of it
+    after an error, or when it keeps the existing target; the emptied folder after a merge) is removed. A folder
+    of the same name is removed first: a killed earlier process that had this pid left it. The folder is made by
+    ``mkdir``, so with the mode the user's umask gives (``mkdtemp`` would make it private), which the rename
+    into place keeps. Staging folders of other, dead processes are removed by
+    :func:`remove_stale_staging`.
+    """
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,44 @@
+"""Reading a YAML file (a cycle config, a data mixture, a benchmark suite, a `sicog train` config) with one error
+line naming the file, line and column of what is wrong."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from sicog.data.jsonl import RecordError, read_text
+
+
+class YamlError(RecordError):
+    """A file that is not valid YAML: ``FILE:LINE:COLUMN: not valid YAML: problem``, in one line (PyYAML's own
+    message spans several, with a copy of the bad line). A :class:`RecordError` (a ``ValueError``), so that
+    commands report it as they report a bad record; ``line`` and ``column`` are 1-based, None where unknown."""
+
+    def __init__(self, problem: str, *, path: str | os.PathLike, line: int | None, column: int | None) -> None:
+        super().__init__(f"not valid YAML: {problem}", path=path, line=line)
+        self.column = column
+        if line is not None and column is not None:
+            # RecordError writes FILE:LINE; the column joins them as a compiler's FILE:LINE:COLUMN does.
+            self.args = (f"{self.path}:{line}:{column}: {self.reason}",)
+
+
+def read_yaml(path: str | os.PathLike) -> object:
+    """The YAML document in ``path`` (None for an empty file), read as UTF-8 (a leading BOM dropped).
+
+    Raises :class:`YamlError` for invalid YAML and :class:`RecordError` (naming the line) for bytes that are not
+    UTF-8; an ``OSError`` (no such file, a folder, no permission) is left to the caller.
+    """
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.reader.ReaderError as err:
+        # A character YAML does not allow (a control character): PyYAML gives its offset in the text, not a mark.
+        start = text.rfind("\n", 0, err.position) + 1
+        raise YamlError(f"unacceptable character #x{err.character:04x}: {err.reason}", path=path,
+                        line=text.count("\n", 0, err.position) + 1, column=err.position - start + 1) from None
+    except yaml.YAMLError as err:  # the scanner's, parser's, composer's or constructor's, with a mark
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise YamlError(problem, path=path, line=None if mark is None else mark.line + 1,
+                        column=None if mark is None else mark.column + 1) from None

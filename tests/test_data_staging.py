@@ -1,0 +1,52 @@
+"""A folder staged under a hidden name beside its target: made with the umask's mode, and nothing of it left
+behind, whether the block put it in place, kept the existing target, or failed."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sicog.data.staging import staged_folder
+
+
+def test_a_folder_renamed_into_place_is_complete_and_leaves_nothing_beside_it(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out"  # its parent is made too
+    with staged_folder(tmp_path / "sub" / ".out.building") as staging:
+        assert staging.is_dir() and not target.exists()
+        (staging / "a.txt").write_text("a")
+        os.replace(staging, target)
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["out"]
+    assert (target / "a.txt").read_text() == "a"
+
+
+def test_what_the_block_leaves_is_removed_after_success_or_failure(tmp_path: Path) -> None:
+    staging = tmp_path / ".out.building"
+    with staged_folder(staging):  # kept the existing target: the staged copy is dropped
+        (staging / "a.txt").write_text("a")
+    assert not staging.exists()
+    with pytest.raises(KeyboardInterrupt), staged_folder(staging):
+        (staging / "half").mkdir()
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_leftover_of_the_same_name_is_removed_first(tmp_path: Path) -> None:
+    """A killed earlier process that had this pid left it: its files must not end up in the new folder."""
+    staging = tmp_path / ".out.building"
+    (staging / "old").mkdir(parents=True)
+    with staged_folder(staging):
+        assert list(staging.iterdir()) == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o077, 0o700), (0o002, 0o775)])
+def test_the_staging_folder_follows_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """The folder is renamed into place as it is: its mode becomes the target's."""
+    previous = os.umask(umask)
+    try:
+        with staged_folder(tmp_path / ".out.building") as staging:
+            assert stat.S_IMODE(staging.stat().st_mode) == mode
+    finally:
+        os.umask(previous)

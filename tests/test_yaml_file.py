@@ -1,0 +1,48 @@
+"""sicog.data.yaml_file.read_yaml: every YAML file SICOG reads (cycle configs, mixtures, benchmark suites, `sicog
+train` configs) fails in one line naming the file, line and column."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sicog.data.jsonl import RecordError
+from sicog.data.yaml_file import YamlError, read_yaml
+
+
+def test_a_yaml_file_is_read_as_utf8_without_its_byte_order_mark(tmp_path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_bytes("\ufeffname: café\nsteps: [1, 2]\n".encode())
+    assert read_yaml(path) == {"name": "café", "steps": [1, 2]}
+    path.write_text("")
+    assert read_yaml(str(path)) is None
+
+
+@pytest.mark.parametrize(("text", "line", "column", "problem"), [
+    ("benchmarks:\n  - name: A\n    lmms_eval: a: b\n", 3, 17, "mapping values are not allowed here"),
+    ("name: toy\narms: [A, D\n", 3, 1, "expected ',' or ']', but got '<stream end>'"),
+    ("a: !!python/object:os.system x\n", 1, 4, "could not determine a constructor for the tag "
+                                            "'tag:yaml.org,2002:python/object:os.system'"),
+    # PyYAML gives no mark for a character it refuses, only its offset in the text.
+    ("a: 1\nb: x\x07y\n", 2, 5, "unacceptable character #x0007: special characters are not allowed"),
+])
+def test_invalid_yaml_is_one_line_naming_file_line_and_column(tmp_path, text, line, column, problem) -> None:
+    """PyYAML's own messages span several lines, with a copy of the bad line."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(YamlError) as caught:
+        read_yaml(path)
+    assert str(caught.value) == f"{path}:{line}:{column}: not valid YAML: {problem}"
+    assert (caught.value.path, caught.value.line, caught.value.column) == (str(path), line, column)
+    # What the commands catch: a bad record's error, and ValueError.
+    assert isinstance(caught.value, RecordError) and isinstance(caught.value, ValueError)
+
+
+def test_bytes_that_are_not_utf8_name_the_line_and_a_missing_file_is_left_to_the_caller(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"a: 1\nb: caf\xe9\n")
+    with pytest.raises(RecordError, match=f"^{re.escape(str(path))}:2: not UTF-8 text"):
+        read_yaml(path)
+    with pytest.raises(FileNotFoundError):
+        read_yaml(tmp_path / "missing.yaml")
