@@ -16,7 +16,9 @@ timed and run even when an earlier one failed (its error is recorded instead):
 - ``generation``: N = 6 candidates per record at batch 8, 32 and 128 through the code path of ``sicog
   generate`` (end-of-sequence disabled, so every candidate has exactly ``--max-new-tokens`` tokens), on
   each decoding path: transformers' own (``plain``: every candidate prefilled on its own), then the prompt
-  prefilled once per record on the dynamic cache, on the static cache, and with compiled steps;
+  prefilled once per record on the dynamic cache, on the static cache, and with compiled steps; each row counts
+  the graphs compiled and the compiled graphs run without a CUDA graph during its timed batches (both belong to
+  the warm-up batch alone);
 - ``greedy``: temperature 0, and seeded sampling of N candidates, on 8 records through each decoding path, in
   float32: identical outputs or where they part.
 
@@ -501,15 +503,19 @@ def generation_row(model, processor, device: torch.device, args, root: Path, pat
     row = {"path": path, "batch": batch_size, "N": args.num_candidates,
            "sequences_per_call": batch_size * args.num_candidates, "prompt_tokens": None,
            "new_tokens": args.max_new_tokens, "warmup_s": None, "seconds": None, "candidates_per_s": None,
-           "new_tokens_per_s": None, "peak_memory_gib": None, "profile": None, "error": ""}
+           "new_tokens_per_s": None, "peak_memory_gib": None, "graphs_compiled_while_timed": None,
+           "cudagraph_skips_while_timed": None, "profile": None, "error": ""}
     try:
         row["warmup_s"] = generate_records(model, processor, root, f"{path}-w{batch_size}", batch_size,
                                            batch_size, settings)[0]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         records = batch_size * args.gen_batches
+        before = compile_counts()
         seconds, _, row["prompt_tokens"] = generate_records(model, processor, root, f"{path}-b{batch_size}",
                                                             records, batch_size, settings)
+        # What the timed batches compiled or ran outside CUDA graphs: compiling belongs to the warm-up batch alone.
+        row.update({f"{name}_while_timed": count - before[name] for name, count in compile_counts().items()})
     except Exception as err:  # noqa: BLE001 - one path failing must not hide the others' numbers
         row["error"] = f"{type(err).__name__}: {err}"
         return row
@@ -522,6 +528,14 @@ def generation_row(model, processor, device: torch.device, args, root: Path, pat
         row["profile"] = kernel_profile(lambda: generate_records(
             model, processor, root, f"{path}-p{batch_size}", batch_size, batch_size, settings), device)
     return row
+
+
+def compile_counts() -> dict[str, int]:
+    """So far in this process: graphs dynamo compiled, and compiled graphs run without a CUDA graph (skipped)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs_compiled": counters["stats"]["unique_graphs"],
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
 
 
 def greedy(model, processor, shape: dict, device: torch.device, args, root: Path,

@@ -79,6 +79,7 @@ def test_tiny_mode_runs_every_section(tmp_path):
         assert row["new_tokens_per_s"] == pytest.approx(row["candidates_per_s"] * row["new_tokens"])
         # one batch of the first size decoded again under the profiler, on each path
         assert re.fullmatch(profile_line, row["profile"]) if row["batch"] == 2 else row["profile"] is None
+        assert row["graphs_compiled_while_timed"] == row["cudagraph_skips_while_timed"] == 0
     assert set(sections["generation"]["speedup_over_plain"]) == {
         f"{path} batch {batch}" for path in ("shared", "static", "static+compiled") for batch in (2, 8)}
     greedy = sections["greedy"]
