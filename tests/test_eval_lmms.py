@@ -210,14 +210,16 @@ def test_chat_requests_answer_like_simple_ones(lmms_module, tiny_model_factory) 
 
 
 def test_batch_size_auto_halves_when_a_batch_does_not_fit(lmms_module, tiny_model_factory, monkeypatch) -> None:
+    from sicog.eval.batch_size import AUTO_BATCH_START, parse_batch_size
+
     module, _ = lmms_module
     model, processor = tiny_model_factory(seed=6)
-    assert module.parse_batch_size("auto") == (module.AUTO_BATCH_START, True)
-    assert module.parse_batch_size("auto:3", "8") == (8, True) and module.parse_batch_size("4", 2) == (2, False)
-    for batch_size, largest, message in (("many", None, "N, auto or auto:N"), ("0", None, "at least 1"),
-                                         ("auto", 0, "at least 1")):
+    assert parse_batch_size("auto") == (AUTO_BATCH_START, True)
+    assert parse_batch_size("auto:3", "8") == (8, True) and parse_batch_size("4", 2) == (2, False)
+    for batch_size, largest, message in (("many", None, "N, auto or auto:N"), ("auto:x", None, "N, auto or auto:N"),
+                                         ("0", None, "at least 1"), ("auto", 0, "at least 1")):
         with pytest.raises(ValueError, match=message):
-            module.parse_batch_size(batch_size, largest)
+            parse_batch_size(batch_size, largest)
     settings = {"max_new_tokens": 5, "temperature": 0}
     requests = [request(d["q"], dict(settings), to_visual, i, "toy", "test") for i, d in enumerate(docs())]
     one = module.SicogLMMs(model=model, processor=processor, batch_size=1)

@@ -32,6 +32,7 @@ except ImportError as err:
     raise ImportError("sicog.eval.lmms_eval needs lmms-eval: pip install lmms-eval") from err
 
 from sicog.data.sharding import rank_and_world
+from sicog.eval.batch_size import parse_batch_size
 from sicog.eval.generation import encode_item, generate_replies, load_for_eval
 from sicog.model.image_io import load_image
 from sicog.model.processing import Encoded
@@ -40,8 +41,6 @@ from sicog.model.tokens import IMAGE_TOKEN
 MODEL_ID = "sicog"
 CLASS_PATH = "sicog.eval.lmms_eval.SicogLMMs"
 CHAT_CLASS_PATH = "sicog.eval.lmms_eval.SicogLMMsChat"
-# The first batch size tried with batch_size=auto when max_batch_size does not say (lm-eval's default too).
-AUTO_BATCH_START = 64
 
 
 def manifest():
@@ -57,26 +56,6 @@ def register() -> None:
     from lmms_eval.models import MODEL_REGISTRY_V2
 
     MODEL_REGISTRY_V2.register_manifest(manifest(), overwrite=True)
-
-
-def parse_batch_size(batch_size: int | str | None, max_batch_size: int | str | None = None) -> tuple[int, bool]:
-    """``(requests per generate call, whether that number halves on out-of-memory)`` from lmms-eval's
-    ``batch_size`` (N, ``auto`` or ``auto:N``) and ``max_batch_size``.
-
-    ``auto`` starts at ``max_batch_size`` (default :data:`AUTO_BATCH_START`) and keeps the largest size
-    that fitted; lm-eval's ``auto:N`` (re-detect N times) is read as ``auto``, which already adapts.
-    """
-    text = str(1 if batch_size is None else batch_size).strip().lower()
-    auto = text == "auto" or text.startswith("auto:")
-    try:
-        size = (AUTO_BATCH_START if max_batch_size is None else int(max_batch_size)) if auto else int(text)
-        if not auto and max_batch_size is not None:
-            size = min(size, int(max_batch_size))
-    except ValueError:
-        raise ValueError(f"batch_size must be N, auto or auto:N, got {batch_size!r}") from None
-    if size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size!r} (max_batch_size {max_batch_size!r})")
-    return size, auto
 
 
 def _images(visuals: Any) -> list[Image.Image | str]:

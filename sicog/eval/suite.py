@@ -25,6 +25,7 @@ from pathlib import Path
 from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import atomic_file, write_json
 from sicog.data.yaml_file import read_yaml
+from sicog.eval.batch_size import parse_batch_size
 from sicog.eval.cli import check_output_dir  # sicog eval's check of the same flag
 from sicog.eval.framework_results import (
     DONE,
@@ -132,14 +133,10 @@ def _paper(value: object, where: str) -> dict[str, float]:
 
 def lmms_batch_size(text: str) -> str:
     """lmms-eval's batch size (argparse type): N (at least 1), ``auto`` or ``auto:N``, as lmms-eval's CLI documents it
-    and the SICOG model reads it (:func:`sicog.eval.lmms_eval.parse_batch_size`, importable only where lmms-eval is
-    installed); passed on as given."""
-    head, colon, tries = text.strip().lower().partition(":")
-    if head == "auto" and (not colon or tries.isdigit()):
-        return text
+    and the SICOG model reads it (:func:`sicog.eval.batch_size.parse_batch_size`); passed on as given."""
     try:
-        positive_int(text)
-    except (ValueError, argparse.ArgumentTypeError):
+        parse_batch_size(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"must be N (at least 1), auto or auto:N, got {text!r}") from None
     return text
 
