@@ -329,13 +329,19 @@ def test_generate_switches_the_attention_back_after_an_error(prompts):
 
 
 def test_the_static_cache_is_kept_between_calls_of_one_size_and_emptied(tiny_model_factory, prompts):
-    """A compiled step's CUDA graphs are recorded at the cache's addresses: one cache serves every batch of a size,
-    emptied for each, and samples what the dynamic cache samples."""
+    """A compiled step's CUDA graphs are recorded at the cache's addresses: asked to, one cache serves every batch of
+    a size, emptied for each, and samples what the dynamic cache samples. Unasked, every call has its own cache,
+    as in transformers: one a caller kept is not overwritten by the next call."""
     _, processor, batch = prompts
     model, _ = tiny_model_factory(seed=3)
     other = processor.collate([processor.encode(conv("<image>\nWhy?"), [Image.new("RGB", (64, 64), (0, 90, 0))],
                                                 train=False) for _ in range(2)], padding_side="left")
     static = {"cache_implementation": "static", "disable_compile": True}
+    first = sample(model, batch, **static).past_key_values
+    kept = first.layers[0].keys.clone()
+    assert sample(model, other, **static).past_key_values is not first and torch.equal(first.layers[0].keys, kept)
+    assert SamplingSettings(cache="static").generate_kwargs()["keep_static_cache"] is True
+    static["keep_static_cache"] = True
     sample(model, batch, **static)
     keys = model._static_cache.layers[0].keys
     reused = sample(model, other, **static)

@@ -33,7 +33,12 @@ def staging_path(target: Path, kind: str) -> Path:
 
 def remove_stale_staging(folder: Path, target: str | None = None) -> None:
     """Remove the staging folders (of ``target`` only, when given) in ``folder`` whose process on this host is
-    gone; a live run's, and other hosts', are left alone."""
+    gone; a live run's, and other hosts', are left alone.
+
+    A host is its host name, and its processes are the pids this process can see: containers that share a host
+    name but not a pid namespace (Docker's ``--network host``) and write to one folder would take each other's
+    staging folders for stale ones; such containers need host names of their own (``--hostname``).
+    """
     if not folder.is_dir():
         return
     host = socket.gethostname()

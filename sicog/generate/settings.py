@@ -80,7 +80,8 @@ class SamplingSettings:
         if self.sampling:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         if self.cache == "static":
-            kwargs["cache_implementation"] = "static"
+            # One cache for every batch of a size: compiled steps replay their CUDA graphs at its addresses.
+            kwargs.update(cache_implementation="static", keep_static_cache=True)
         # generate() compiles decoding by itself on a GPU with a static cache; CPUs decode uncompiled unless asked.
         kwargs["disable_compile"] = not self.compile
         kwargs["shared_prefill"] = self.shared_prefill

@@ -293,7 +293,8 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         alone, never the prompt. The prompt ids are then put back in front: the result is prompt + new ids
         (``sequences`` of a returned dict), the transformers convention. Without ``attention_mask`` every
         prompt position is attended to. Decoding steps read each key/value head of the cache once, compiled or
-        not (:func:`.attention.grouped_decoding`).
+        not (:func:`.attention.grouped_decoding`). ``keep_static_cache`` (default False): the shared prefill's
+        static cache is kept on the model for the next call of the same size (see :meth:`_empty_static_cache`).
         """
         with grouped_decoding(self.language_model.config):
             return self._generate(input_ids, pixel_values, attention_mask, **kwargs)
@@ -302,6 +303,7 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
                   attention_mask: torch.Tensor | None, **kwargs) -> torch.LongTensor | GenerateOutput:
         """:meth:`generate`'s work, with the LLM on the attention it decodes with."""
         shared_prefill = kwargs.pop("shared_prefill", True)
+        keep_static_cache = kwargs.pop("keep_static_cache", False)
         if input_ids is None and torch.is_tensor(kwargs.get("inputs")):  # generate(inputs=ids), as transformers takes
             input_ids = kwargs.pop("inputs")
         # A placeholder id must never be sampled: the next step would have no image feature for it. The ids the
@@ -323,7 +325,7 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             )
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         if shared_prefill:
-            inputs_embeds, attention_mask = self._prefill_once(inputs_embeds, attention_mask, kwargs)
+            inputs_embeds, attention_mask = self._prefill_once(inputs_embeds, attention_mask, kwargs, keep_static_cache)
         if kwargs.get("streamer") is not None:
             # transformers hands a streamer the prompt first (TextStreamer prints it unless skip_prompt); with
             # embeddings alone it would only see the new tokens.
@@ -334,18 +336,18 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             out = super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         return with_prompt_ids(out, input_ids)
 
-    def _prefill_once(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                      kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefill_once(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, kwargs: dict,
+                      keep_static_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the prompt through the LLM once per prompt, not once per returned sequence.
 
         transformers copies each prompt ``num_return_sequences`` times and then prefills every copy: with
         N = 6 candidates, six times the prompt's compute (most of a candidate's cost at SICOG's prompt
         lengths). Here all but the last prompt position are prefilled once per prompt, the KV cache is
-        copied N times (into the static cache when that is the one asked for, one kept between calls: see
-        :meth:`_empty_static_cache`), and ``generate`` goes on from it with the copied embeddings: it computes
-        only the last position, as it does when a cache is reused. Positions are numbered as transformers
-        numbers them (from each row's first real token), so every copy sees the cache its own prefill would
-        have built. ``kwargs`` (those of ``generate``) are updated in place; the embeddings and mask of the
+        copied N times (into the static cache when that is the one asked for; with ``keep_static_cache``, one kept
+        between calls: see :meth:`_empty_static_cache`), and ``generate`` goes on from it with the copied embeddings:
+        it computes only the last position, as it does when a cache is reused. Positions are numbered as
+        transformers numbers them (from each row's first real token), so every copy sees the cache its own prefill
+        would have built. ``kwargs`` (those of ``generate``) are updated in place; the embeddings and mask of the
         copies are returned. Left as transformers does it (nothing changed) for one sequence per prompt, beam
         search, a cache given by the caller, a cache implementation other than dynamic or static, chunked
         prefill, assisted decoding, or attentions or hidden states asked for (the prompt's are returned only
@@ -378,7 +380,7 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
             # that compiled decoding is not compiled again for every prompt length.
             self._static_cache_length = max(length + new_tokens, config.max_cache_len or 0,
                                             getattr(self, "_static_cache_length", 0))
-            filled = self._empty_static_cache(inputs_embeds.shape[0] * copies, cache.layers[0].keys)
+            filled = self._empty_static_cache(inputs_embeds.shape[0] * copies, cache.layers[0].keys, keep_static_cache)
             positions_filled = {"cache_position": torch.arange(length - 1, device=inputs_embeds.device)}
             for index, layer in enumerate(cache.layers):
                 filled.update(layer.keys.repeat_interleave(copies, dim=0),
@@ -390,14 +392,18 @@ class SicogForConditionalGeneration(SicogPreTrainedModel, GenerationMixin):
         kwargs.update({cache_argument: cache, "num_return_sequences": 1, "cache_implementation": None})
         return inputs_embeds.repeat_interleave(copies, dim=0), attention_mask.repeat_interleave(copies, dim=0)
 
-    def _empty_static_cache(self, rows: int, keys: torch.Tensor) -> StaticCache:
-        """An empty static cache of ``rows`` sequences at the current length, for keys like ``keys``: the previous
-        call's, emptied, when it has that size, dtype and device.
+    def _empty_static_cache(self, rows: int, keys: torch.Tensor, keep: bool) -> StaticCache:
+        """An empty static cache of ``rows`` sequences at the current length, for keys like ``keys``: a new one, as
+        transformers makes for every call, or with ``keep`` the one kept from the previous such call, emptied, when
+        it has that size, dtype and device.
 
         A compiled decoding step replays CUDA graphs recorded at the cache's addresses: a new cache for every batch
-        would have them recorded again for every batch (and allocate the whole cache each time), as transformers'
-        own static cache is.
+        may have them recorded again for every batch (and allocates the whole cache each time). Kept, the cache
+        returned by one call (``past_key_values``) is emptied by the next, and two threads must not generate with
+        one model at once: for a job that decodes batch after batch (``sicog generate``).
         """
+        if not keep:
+            return StaticCache(config=self.language_model.config, max_cache_len=self._static_cache_length)
         cache = getattr(self, "_static_cache", None)
         layer = cache.layers[0] if cache is not None else None
         if (layer is not None and layer.is_initialized and layer.max_cache_len == self._static_cache_length
