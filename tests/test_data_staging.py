@@ -4,6 +4,7 @@ behind, whether the block put it in place, kept the existing target, or failed."
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -50,3 +51,32 @@ def test_the_staging_folder_follows_the_umask(tmp_path: Path, umask: int, mode: 
             assert stat.S_IMODE(staging.stat().st_mode) == mode
     finally:
         os.umask(previous)
+
+
+def test_stale_folders_of_dead_processes_go_and_a_folder_that_cannot_be_listed_is_left(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    from sicog.data.staging import remove_stale_staging, staging_path
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    target = tmp_path / "out"
+    dead = tmp_path / f".out.converting-{socket.gethostname()}-{finished.pid}"
+    mine = staging_path(target, "converting")
+    for folder in (dead, mine):
+        folder.mkdir()
+    original = Path.iterdir
+
+    def drop_box(path: Path):
+        if path == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return original(path)
+
+    monkeypatch.setattr(Path, "iterdir", drop_box)
+    remove_stale_staging(tmp_path, "out")  # a folder that may be written to but not read: nothing found, no error
+    assert dead.is_dir()
+    monkeypatch.setattr(Path, "iterdir", original)
+    remove_stale_staging(tmp_path, "out")
+    assert not dead.exists() and mine.is_dir()  # this process runs: its folder stays

@@ -39,10 +39,12 @@ def remove_stale_staging(folder: Path, target: str | None = None) -> None:
     name but not a pid namespace (Docker's ``--network host``) and write to one folder would take each other's
     staging folders for stale ones; such containers need host names of their own (``--hostname``).
     """
-    if not folder.is_dir():
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # none yet, or one that may be written to but not listed (a drop box): nothing to find
         return
     host = socket.gethostname()
-    for path in folder.iterdir():
+    for path in entries:
         match = _STAGING.fullmatch(path.name)
         if match is None or (target is not None and match["target"] != target):
             continue
