@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sicog.data.staging import staged_folder
+from sicog.data.staging import staged_folder, staging_path
 
 
 def test_a_folder_renamed_into_place_is_complete_and_leaves_nothing_beside_it(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "out"  # its parent is made too
-    with staged_folder(tmp_path / "sub" / ".out.building") as staging:
+    with staged_folder(target) as staging:
         assert staging.is_dir() and not target.exists()
         (staging / "a.txt").write_text("a")
         os.replace(staging, target)
@@ -24,11 +24,10 @@ def test_a_folder_renamed_into_place_is_complete_and_leaves_nothing_beside_it(tm
 
 
 def test_what_the_block_leaves_is_removed_after_success_or_failure(tmp_path: Path) -> None:
-    staging = tmp_path / ".out.building"
-    with staged_folder(staging):  # kept the existing target: the staged copy is dropped
+    with staged_folder(tmp_path / "out") as staging:  # kept the existing target: the staged copy is dropped
         (staging / "a.txt").write_text("a")
     assert not staging.exists()
-    with pytest.raises(KeyboardInterrupt), staged_folder(staging):
+    with pytest.raises(KeyboardInterrupt), staged_folder(tmp_path / "out") as staging:
         (staging / "half").mkdir()
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
@@ -36,9 +35,9 @@ def test_what_the_block_leaves_is_removed_after_success_or_failure(tmp_path: Pat
 
 def test_a_leftover_of_the_same_name_is_removed_first(tmp_path: Path) -> None:
     """A killed earlier process that had this pid left it: its files must not end up in the new folder."""
-    staging = tmp_path / ".out.building"
+    staging = staging_path(tmp_path / "out", "building")
     (staging / "old").mkdir(parents=True)
-    with staged_folder(staging):
+    with staged_folder(tmp_path / "out"):
         assert list(staging.iterdir()) == []
 
 
@@ -47,7 +46,7 @@ def test_the_staging_folder_follows_the_umask(tmp_path: Path, umask: int, mode: 
     """The folder is renamed into place as it is: its mode becomes the target's."""
     previous = os.umask(umask)
     try:
-        with staged_folder(tmp_path / ".out.building") as staging:
+        with staged_folder(tmp_path / "out") as staging:
             assert stat.S_IMODE(staging.stat().st_mode) == mode
     finally:
         os.umask(previous)
@@ -58,7 +57,7 @@ def test_stale_folders_of_dead_processes_go_and_a_folder_that_cannot_be_listed_i
     import subprocess
     import sys
 
-    from sicog.data.staging import remove_stale_staging, staging_path
+    from sicog.data.staging import remove_stale_staging
 
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()

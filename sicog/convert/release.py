@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from sicog.data.jsonl import blocked_reason
-from sicog.data.staging import remove_stale_staging, staged_folder, staging_path
+from sicog.data.staging import staged_folder
 from sicog.model.builders import (
     RELEASE_INFERENCE_LONG_SIDE,
     RELEASE_SEPARATORS,
@@ -147,9 +147,7 @@ def _staged(out: Path) -> Iterator[Path]:
     conversions into ``out`` that were killed outright (SIGKILL, the out-of-memory killer), each a hidden copy of a
     whole checkpoint, go first."""
     target = out.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(target.parent, target.name)
-    with staged_folder(staging_path(target, "converting")) as staging:
+    with staged_folder(target, "converting") as staging:
         yield staging
         os.replace(staging, target)  # an empty ``out`` (allowed by _check_output) is replaced too
 

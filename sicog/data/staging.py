@@ -68,18 +68,19 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def staged_folder(staging: Path) -> Iterator[Path]:
-    """Create ``staging``, a hidden sibling of the target named by the caller, for the block to fill and move into
-    place; remove whatever of it is left when the block ends, with or without an error.
+def staged_folder(target: Path, kind: str = "building") -> Iterator[Path]:
+    """This process's hidden sibling of ``target`` (:func:`staging_path`), made for the block to fill and move into
+    place; whatever of it is left when the block ends, with or without an error, is removed.
 
     The block does the move itself, because what an existing target means differs by command: kept (a finished
     copy made meanwhile wins), merged into, or replaced under a lock. Whatever the block leaves behind (all of it
-    after an error, or when it keeps the existing target; the emptied folder after a merge) is removed. A folder
-    of the same name is removed first: a killed earlier process that had this pid left it. The folder is made by
-    ``mkdir``, so with the mode the user's umask gives (``mkdtemp`` would make it private), which the rename
-    into place keeps. Staging folders of other, dead processes are removed by
-    :func:`remove_stale_staging`.
+    after an error, or when it keeps the existing target; the emptied folder after a merge) is removed. First go
+    the staging folders of ``target`` that dead processes left (:func:`remove_stale_staging`) and one of this
+    process's own name (a killed earlier process had this pid). The folder is made by ``mkdir``, so with the mode
+    the user's umask gives (``mkdtemp`` would make it private), which the rename into place keeps.
     """
+    remove_stale_staging(target.parent, target.name)
+    staging = staging_path(target, kind)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:

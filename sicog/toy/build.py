@@ -17,7 +17,7 @@ from pathlib import Path
 from sicog.data.jsonl import write_json, write_jsonl
 from sicog.data.lock import output_lock
 from sicog.data.prompts import CAPTION_PROMPTS, COD_STEPS, COT_STEPS, SHORT_ANSWER, STEP_BY_STEP_ANSWER
-from sicog.data.staging import remove_stale_staging, staged_folder, staging_path
+from sicog.data.staging import staged_folder, staging_path
 from sicog.eval.prompts import MC_INSTRUCTION
 from sicog.toy import datasets as ds
 from sicog.toy.language import vocabulary
@@ -75,9 +75,8 @@ def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force
     existing = _world_to_keep(out, seed, size, force)
     if existing is not None:
         return existing
-    remove_stale_staging(out.parent, out.name)
     retired = staging_path(out, "replaced")
-    with staged_folder(staging_path(out, "building")) as staging:
+    with staged_folder(out) as staging:
         manifest = _build_into(staging, seed, size)
         with output_lock(out):
             # Checked again: another build may have finished a world here while this one was building; it is

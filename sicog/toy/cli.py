@@ -16,7 +16,7 @@ from types import FrameType
 
 from sicog.data.argtypes import os_error_text
 from sicog.data.jsonl import blocked_reason, refuse_overwriting
-from sicog.data.staging import remove_stale_staging, staged_folder, staging_path
+from sicog.data.staging import staged_folder, staging_path
 from sicog.toy.datasets import SIZES
 
 
@@ -71,8 +71,7 @@ def _parts(args: argparse.Namespace) -> int:
         return _error("parts", blocked)
     out = Path(os.path.abspath(args.out))  # absolute: "." has no name to stage beside
     sources = pretrained_parts(args.world)
-    remove_stale_staging(out.parent, out.name)
-    with staged_folder(staging_path(out, "building")) as staging:
+    with staged_folder(out) as staging:
         # A copy: the run keeps working if the cache is cleared.
         for name, source in zip(("vision", "llm"), sources, strict=True):
             _copy_tree(source, staging / name)

@@ -46,7 +46,7 @@ from transformers import (
 )
 
 from sicog.data.prompts import reasoning_prompt
-from sicog.data.staging import remove_stale_staging, staged_folder, staging_path
+from sicog.data.staging import remove_stale_staging, staged_folder
 from sicog.model.builders import share_weights_like_config, tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_MEAN, CLIP_STD
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
@@ -100,7 +100,7 @@ def pretrained_parts(
     remove_stale_staging(folder.parent)
     if (folder / PARTS_RECORD).is_file():
         return vision_dir, llm_dir
-    with staged_folder(staging_path(folder, "building")) as staging:
+    with staged_folder(folder) as staging:
         tokenizer = AutoTokenizer.from_pretrained(str(manifest["tokenizer"]))
         layout, seed = LAYOUTS[manifest["layout"]], manifest["seed"]
         clip_steps, lm_steps = STEPS[manifest["size"]]
