@@ -34,7 +34,7 @@ from sicog.curate.embedding_store import embed_texts
 from sicog.data.jsonl import (
     RecordError,
     atomic_file,
-    blocking_file,
+    blocked_reason,
     iter_records,
     refuse_overwriting,
     write_json,
@@ -145,9 +145,8 @@ def _check_output(output: Path) -> None:
     """Refuse, before any text is embedded, an ``--output`` that could not be written at the end."""
     if output.is_dir():
         raise ValueError(f"--output {output} is a folder; give the path of a .npy file")
-    blocker = blocking_file(output.parent)
-    if blocker is not None:
-        raise ValueError(f"--output {output} cannot be written ({blocker} is a file)")
+    if blocked := blocked_reason(output, folder=False):
+        raise ValueError(f"--output {output} {blocked}")
 
 
 if __name__ == "__main__":
