@@ -5,7 +5,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from sicog.model.resampler import Resampler, bin_grid, cell_bounds, cell_edges, roi_align_cells, sincos_2d
+from sicog.model.resampler import (
+    KEY_POSITION_SIZES,
+    Resampler,
+    bin_grid,
+    cell_bounds,
+    cell_edges,
+    resize_table,
+    roi_align_cells,
+    sincos_2d,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from roi_align_scalar import roi_align  # noqa: E402
@@ -129,3 +138,55 @@ def test_attention_in_bfloat16_is_bit_equal_to_the_published_call(attention):
         published, _ = published_attn(*(t.transpose(0, 1) for t in captured["inputs"]))
     assert captured["out"].dtype == torch.bfloat16
     assert torch.equal(captured["out"], published.transpose(0, 1))
+
+
+def key_positions_uncached(resampler: Resampler, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    return resize_table(resampler.query_pos, height, width).to(dtype).reshape(height, width, resampler.width)
+
+
+def test_key_positions_are_kept_per_map_size_and_equal_a_fresh_resize():
+    resampler = Resampler(16, 32, num_queries=16, num_heads=2)
+    first = resampler._key_positions(6, 5, torch.float32)
+    assert resampler._key_positions(6, 5, torch.float32) is first
+    sizes = [(6, 5, torch.float32), (5, 6, torch.float32), (6, 5, torch.bfloat16), (7, 7, torch.bfloat16)]
+    for height, width, dtype in sizes:
+        assert torch.equal(resampler._key_positions(height, width, dtype),
+                           key_positions_uncached(resampler, height, width, dtype))
+    for size in range(1, KEY_POSITION_SIZES + 10):
+        resampler._key_positions(size, 3, torch.float32)
+    assert len(resampler._key_pos_cache) == KEY_POSITION_SIZES
+    assert torch.equal(resampler._key_positions(6, 5, torch.float32), first)  # dropped, made again alike
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "in_place", "to_dtype"])
+def test_key_positions_follow_a_changed_table(change):
+    """Loading a checkpoint and DDP's buffer broadcast write the table in place, ``.to()`` replaces it: each must
+    reach the keys, as in a resampler made with that table."""
+    torch.manual_seed(0)
+    resampler = Resampler(16, 32, num_queries=16, num_heads=2).eval()
+    features = torch.randn(2, 6, 5, 16)
+    resampler(features)  # fills the cache from the old table
+    other = torch.randn_like(resampler.query_pos)
+    if change == "load_state_dict":
+        resampler.load_state_dict({**resampler.state_dict(), "query_pos": other})
+    elif change == "in_place":
+        resampler.query_pos.copy_(other)
+    else:
+        resampler.query_pos = other.double()
+        resampler.to(torch.float32)
+        other = other.double().float()
+    fresh = Resampler(16, 32, num_queries=16, num_heads=2).eval()
+    fresh.load_state_dict({**resampler.state_dict(), "query_pos": other})
+    with torch.no_grad():
+        assert torch.equal(resampler(features), fresh(features))
+
+
+def test_key_positions_made_in_inference_mode_do_not_reach_training():
+    torch.manual_seed(0)
+    resampler = Resampler(16, 32, num_queries=16, num_heads=2)
+    features = torch.randn(1, 6, 5, 16)
+    with torch.inference_mode():
+        resampler(features)
+    assert not resampler._key_positions(6, 5, torch.float32).is_inference()
+    resampler(features).sum().backward()
+    assert resampler.query.grad is not None

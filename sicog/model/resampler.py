@@ -27,6 +27,9 @@ from torch import nn
 
 # RoIAlign bin grids as (columns, rows), in the order the published resampler tries them (ties keep the first).
 BIN_GRIDS = ((4, 2), (3, 2), (4, 3), (3, 3), (2, 4), (2, 3), (3, 4))
+# Resized key position tables a resampler keeps (least recently used dropped first): a view's map size follows
+# its image's aspect ratio, so the sizes are many, but a few (the slices') make up most views.
+KEY_POSITION_SIZES = 32
 
 
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
@@ -171,6 +174,10 @@ class Resampler(nn.Module):
         nn.init.trunc_normal_(self.query, std=0.02)
         # Buffers, not parameters: frozen by construction; persistent so checkpoints are self-contained.
         self.register_buffer("query_pos", sincos_2d(self.grid, self.grid, width))
+        # The table the cache was made from is held, so a later table cannot reuse its address unnoticed.
+        self._key_pos_table: torch.Tensor | None = None
+        self._key_pos_state: tuple[int, int, bool] | None = None
+        self._key_pos_cache: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
         if pooling == "average":
             side = self.grid * cell_bins
             self.register_buffer("cell_key_pos", sincos_2d(side, side, width))
@@ -190,12 +197,36 @@ class Resampler(nn.Module):
             values = kv.reshape(batch, height * width, self.width)
             out, _ = self.attn(queries.expand(batch, -1, -1), values + pos, values, need_weights=True)
         elif self.pooling == "roi_align":
-            key_pos = resize_table(self.query_pos, height, width).to(kv.dtype).reshape(height, width, self.width)
+            key_pos = self._key_positions(height, width, kv.dtype)
             keys, values = roi_align_cells(kv + key_pos, self.grid), roi_align_cells(kv, self.grid)
             out = self._attend_cells(queries, keys, values, batch)
         else:
             out = self._average_cells(kv, queries)
         return self.proj(self.ln_post(out))
+
+    def _key_positions(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """The query position table resized onto a ``height x width`` map, ``(height, width, D)`` in ``dtype``.
+
+        PyTorch's bicubic kernel is slow for a table this wide (3% of a training step on a GPU, with the tower's
+        own resize), and the result depends only on the map's size, so it is kept per size. The key holds the
+        table itself, its storage and its version counter: loading a state dict and DDP's buffer broadcast
+        write the table in place, ``.to()`` replaces it, and each of them starts a fresh cache. Compiled graphs
+        fuse the resize instead, and inference tensors keep no version counter: both compute it every time.
+        """
+        table = self.query_pos
+        if torch.compiler.is_compiling() or table.is_inference():
+            return resize_table(table, height, width).to(dtype).reshape(height, width, self.width)
+        state = (table._version, table.data_ptr(), torch.is_inference_mode_enabled())
+        if self._key_pos_table is not table or self._key_pos_state != state:
+            self._key_pos_table, self._key_pos_state, self._key_pos_cache = table, state, {}
+        key = (height, width, dtype)
+        resized = self._key_pos_cache.pop(key, None)
+        if resized is None:
+            resized = resize_table(table, height, width).to(dtype).reshape(height, width, self.width)
+            if len(self._key_pos_cache) >= KEY_POSITION_SIZES:
+                del self._key_pos_cache[next(iter(self._key_pos_cache))]
+        self._key_pos_cache[key] = resized  # last in the (ordered) dict: the least recently used goes first
+        return resized
 
     def _attend_cells(
         self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, batch: int
