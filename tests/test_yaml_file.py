@@ -26,11 +26,15 @@ def test_a_yaml_file_is_read_as_utf8_without_its_byte_order_mark(tmp_path) -> No
                                             "'tag:yaml.org,2002:python/object:os.system'"),
     # PyYAML gives no mark for a character it refuses, only its offset in the text.
     ("a: 1\nb: x\x07y\n", 2, 5, "unacceptable character #x0007: special characters are not allowed"),
+    # ... counted in YAML's line breaks, as its marks are
+    ("a: 1\r\nb: 2\rc: x\x07y\r", 3, 5, "unacceptable character #x0007: special characters are not allowed"),
+    ("a: 1\u2028b: 2\x85c: x\x07y\n", 3, 5, "unacceptable character #x0007: special characters are not allowed"),
+    ("a: 1\rb: [x\r", 3, 1, "expected ',' or ']', but got '<stream end>'"),
 ])
 def test_invalid_yaml_is_one_line_naming_file_line_and_column(tmp_path, text, line, column, problem) -> None:
     """PyYAML's own messages span several lines, with a copy of the bad line."""
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path.write_text(text, newline="")
     with pytest.raises(YamlError) as caught:
         read_yaml(path)
     assert str(caught.value) == f"{path}:{line}:{column}: not valid YAML: {problem}"

@@ -4,10 +4,15 @@ line naming the file, line and column of what is wrong."""
 from __future__ import annotations
 
 import os
+import re
 
 import yaml
 
 from sicog.data.jsonl import RecordError, read_text
+
+# What YAML counts as a line break (the YAML 1.1 spec PyYAML follows), so a file with old Mac line endings
+# gets the same line numbers as PyYAML's marks give it.
+LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 
 class YamlError(RecordError):
@@ -34,9 +39,10 @@ def read_yaml(path: str | os.PathLike) -> object:
         return yaml.safe_load(text)
     except yaml.reader.ReaderError as err:
         # A character YAML does not allow (a control character): PyYAML gives its offset in the text, not a mark.
-        start = text.rfind("\n", 0, err.position) + 1
+        breaks = list(LINE_BREAK.finditer(text, 0, err.position))
+        start = breaks[-1].end() if breaks else 0
         raise YamlError(f"unacceptable character #x{err.character:04x}: {err.reason}", path=path,
-                        line=text.count("\n", 0, err.position) + 1, column=err.position - start + 1) from None
+                        line=len(breaks) + 1, column=err.position - start + 1) from None
     except yaml.YAMLError as err:  # the scanner's, parser's, composer's or constructor's, with a mark
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
