@@ -79,3 +79,27 @@ def test_stale_folders_of_dead_processes_go_and_a_folder_that_cannot_be_listed_i
     monkeypatch.setattr(Path, "iterdir", original)
     remove_stale_staging(tmp_path, "out")
     assert not dead.exists() and mine.is_dir()  # this process runs: its folder stays
+
+
+def test_a_target_whose_name_is_near_the_file_name_limit_is_staged_and_its_stale_folders_found(tmp_path: Path) -> None:
+    """A file name has at most 255 bytes: the staging name adds a kind, host and pid, so it shortens the target's
+    name, and two long names with the same start still get staging folders of their own."""
+    import subprocess
+    import sys
+
+    from sicog.data.staging import remove_stale_staging
+
+    first, second = (tmp_path / ("é" * 120 + end) for end in ("a", "b"))  # 241 bytes each
+    with staged_folder(first) as staging:
+        assert staging.parent == tmp_path and staging_path(second, "building") != staging
+        (staging / "done").write_text("x")
+        staging.rename(first)
+    assert (first / "done").read_text() == "x"
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = {target: staging_path(target, "building").name.replace(f"-{os.getpid()}", f"-{finished.pid}")
+            for target in (first, second)}
+    for name in dead.values():
+        (tmp_path / name).mkdir()
+    remove_stale_staging(tmp_path, first.name)
+    assert not (tmp_path / dead[first]).exists() and (tmp_path / dead[second]).is_dir()

@@ -9,6 +9,7 @@ machines, and a pid says nothing about another host's processes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -24,11 +25,25 @@ KINDS = ("building", "replaced", "converting")
 _STAGING = re.compile(rf"\.(?P<target>.+)\.(?:{'|'.join(KINDS)})-(?:(?P<host>.+)-)?(?P<pid>[1-9]\d*)")
 
 
+# Bytes of the target's name a staging name keeps: with a host name (at most 64 bytes), a kind and a pid it
+# stays within the 255 bytes a file name may have, however long the target's name is.
+_TARGET_BYTES = 120
+
+
+def _target_part(name: str) -> str:
+    """``name``, or when longer than :data:`_TARGET_BYTES` its start and a hash of the whole, which stays unique."""
+    encoded = name.encode()
+    if len(encoded) <= _TARGET_BYTES:
+        return name
+    start = encoded[: _TARGET_BYTES - 17].decode(errors="ignore")  # a character cut in two is dropped
+    return f"{start}~{hashlib.blake2b(encoded, digest_size=8).hexdigest()}"
+
+
 def staging_path(target: Path, kind: str) -> Path:
     """This process's hidden sibling of ``target`` for ``kind`` (one of :data:`KINDS`)."""
     if kind not in KINDS:
         raise ValueError(f"staging kind {kind!r} is not one of {', '.join(KINDS)}")
-    return target.parent / f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}"
+    return target.parent / f".{_target_part(target.name)}.{kind}-{socket.gethostname()}-{os.getpid()}"
 
 
 def remove_stale_staging(folder: Path, target: str | None = None) -> None:
@@ -46,7 +61,7 @@ def remove_stale_staging(folder: Path, target: str | None = None) -> None:
     host = socket.gethostname()
     for path in entries:
         match = _STAGING.fullmatch(path.name)
-        if match is None or (target is not None and match["target"] != target):
+        if match is None or (target is not None and match["target"] != _target_part(target)):
             continue
         if match["host"] not in (None, host) or _alive(int(match["pid"])):
             continue
