@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -65,10 +66,10 @@ import tempfile
 import time
 import traceback
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from email.parser import Parser
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 # Everything below the standard library: on a lent machine any of these can fail (a missing or too old package),
 # and the check must still write gpu_check.json saying what failed. main() records the error instead of the run.
@@ -124,6 +125,8 @@ OPTIONAL_BACKENDS = ("liger-kernel", "flash-attn", "vllm", "sglang")
 DECODING_PATHS = (("plain", "dynamic", False, False), ("shared", "dynamic", False, True),
                   ("static", "static", False, True), ("static+compiled", "static", True, True))
 REFERENCE_PATH = DECODING_PATHS[0][0]
+# A configuration a section runs (see within_budget).
+T = TypeVar("T")
 # The sections of the check, in the order they run by default (--sections picks some and their order).
 SECTIONS = ("agreement", "training", "attention", "generation", "greedy")
 
@@ -342,10 +345,9 @@ def training(model, processor, shape: dict, device: torch.device, args, peak: fl
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
     try:
-        for name, fused, compiled, implementation in TRAINING_PATHS:
-            if rows and progress.over_budget():  # the plain path always runs: the section started within the budget
-                skipped.append(name)
-                continue
+        # The plain path always runs: the section started within the budget.
+        for name, fused, compiled, implementation in within_budget(TRAINING_PATHS, progress, skipped,
+                                                                   lambda path: path[0], first_always=True):
             row = {"path": name, "median_step_s": None, "tokens_per_s": None, "mfu": None, "peak_memory_gib": None,
                    "loss_first": None, "loss_last": None, "max_loss_difference": None, "error": ""}
             rows.append(row)
@@ -382,6 +384,18 @@ def add_row_errors(result: dict, rows: list[dict], label: Callable[[dict], str])
         result["error"] = "; ".join(failed)
 
 
+def within_budget(configurations: Iterable[T], progress: Progress, skipped: list[str], label: Callable[[T], str],
+                  first_always: bool = False) -> Iterator[T]:
+    """The ``configurations`` a section runs: before each, ``progress`` is asked whether the time budget is spent,
+    and one that would start after it is listed in ``skipped`` (by its ``label``) instead; ``first_always``: the
+    first runs regardless (the section's baseline; the section started within the budget)."""
+    for index, configuration in enumerate(configurations):
+        if (index or not first_always) and progress.over_budget():
+            skipped.append(label(configuration))
+            continue
+        yield configuration
+
+
 def note_skipped(result: dict, skipped: list[str], progress: Progress) -> None:
     """Set ``result["skipped"]`` to the configurations left out because the time budget was spent, if any."""
     if skipped:
@@ -411,10 +425,7 @@ def attention(model, processor, shape: dict, device: torch.device, args, progres
         note_skipped(result, skipped, progress)
         return result
 
-    for implementation in implementations:
-        if rows and progress.over_budget():
-            skipped.append(implementation)
-            continue
+    for implementation in within_budget(implementations, progress, skipped, str, first_always=True):
         row = {"implementation": implementation, "median_step_s": None, "tokens_per_s": None, "error": ""}
         try:
             model.set_attn_implementation(implementation)
@@ -482,16 +493,14 @@ def generation(model, processor, shape: dict, device: torch.device, args, root: 
         note_skipped(result, skipped, progress)
         return result
 
-    for batch_size in args.gen_batch_sizes:
-        for path, cache, compiled, shared in DECODING_PATHS:
-            settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
-                                        max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled,
-                                        shared_prefill=shared)
-            if progress.over_budget():
-                skipped.append(f"{path} batch {batch_size}")
-                continue
-            rows.append(generation_row(model, processor, device, args, root, path, batch_size, settings))
-            progress.partial(summary())
+    configurations = itertools.product(args.gen_batch_sizes, DECODING_PATHS)
+    for batch_size, (path, cache, compiled, shared) in within_budget(
+            configurations, progress, skipped, lambda configuration: f"{configuration[1][0]} batch {configuration[0]}"):
+        settings = SamplingSettings(num_candidates=args.num_candidates, temperature=0.7, top_p=0.9,
+                                    max_new_tokens=args.max_new_tokens, cache=cache, compile=compiled,
+                                    shared_prefill=shared)
+        rows.append(generation_row(model, processor, device, args, root, path, batch_size, settings))
+        progress.partial(summary())
     torch._dynamo.reset()
     return summary()
 
@@ -561,10 +570,7 @@ def greedy(model, processor, shape: dict, device: torch.device, args, root: Path
         note_skipped(result, skipped, progress)
         return result
 
-    for path, cache, compiled, shared in DECODING_PATHS:
-        if progress.over_budget():
-            skipped.append(path)
-            continue
+    for path, cache, compiled, shared in within_budget(DECODING_PATHS, progress, skipped, lambda path: path[0]):
         row = {"path": path, "records": args.greedy_records, **{f"identical_{run}": None for run in runs},
                "first_difference": None, "error": ""}
         rows.append(row)

@@ -215,6 +215,18 @@ def test_generation_checks_the_budget_before_and_saves_after_every_configuration
     assert all("incomplete" in snapshot for snapshot in saved[:-1]) and "incomplete" not in saved[-1]
 
 
+def test_a_section_lists_what_the_budget_left_out_and_its_baseline_always_runs():
+    """Training and attention always measure their first (plain) path, the baseline of the others' numbers."""
+    gpu_check = load_gpu_check()
+    paths = ["plain", "eager", "compiled"]
+    for progress, first_always, ran in ((gpu_check.NO_BUDGET, False, paths),
+                                        (gpu_check.Sections(budget_s=-1), True, ["plain"]),
+                                        (gpu_check.Sections(budget_s=-1), False, [])):
+        skipped = []
+        assert list(gpu_check.within_budget(paths, progress, skipped, str.upper, first_always)) == ran
+        assert skipped == [path.upper() for path in paths if path not in ran]
+
+
 def test_sections_run_only_those_asked_for_in_the_order_given(tmp_path, monkeypatch):
     gpu_check = load_gpu_check()
     order = []
