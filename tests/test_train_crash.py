@@ -99,13 +99,54 @@ def test_a_stage_never_resumes_the_checkpoint_another_stage_left_in_its_output_f
                      "--use_cpu", "--report_to", "none", "--dataloader_num_workers", "0"])
 
     assert run("2") == 0
-    assert json.loads((tmp_path / "checkpoint-1" / COMPLETE_MARKER).read_text()) == {"global_step": 1, "stage": "2"}
+    marker = json.loads((tmp_path / "checkpoint-1" / COMPLETE_MARKER).read_text())
+    assert (marker["global_step"], marker["stage"], marker["run"]["data_path"]) == (1, "2", str(world["data"]))
     saved = (tmp_path / "model.safetensors").stat().st_mtime_ns
     capsys.readouterr()
     assert run("0") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"sicog train: error: {tmp_path / 'checkpoint-1'} is stage 2's, not stage 0's")
     assert (tmp_path / "model.safetensors").stat().st_mtime_ns == saved
+
+
+def train_in_process(world, out, data, *extra):
+    from sicog.cli import main
+
+    return main(["train", "--stage", "0", "--model_name_or_path", str(world["base"]), "--data_path", str(data),
+                 "--image_folder", str(world["root"] / "images"), "--output_dir", str(out), "--max_steps", "1",
+                 "--per_device_train_batch_size", "2", "--save_steps", "1", "--use_cpu", "--report_to", "none",
+                 "--dataloader_num_workers", "0", *extra])
+
+
+def test_a_run_never_resumes_the_checkpoint_of_a_run_with_other_settings(world, tmp_path, capsys):
+    """Two stage-0 runs (perception, then reasoning) into one output folder: the second stops before loading
+    anything, instead of taking the first one's finished checkpoint as its own and training no step."""
+    other = make_dataset(tmp_path / "reasoning", n=2, text_only=2)
+    assert train_in_process(world, tmp_path / "out", world["data"]) == 0
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in ("model.safetensors", "train_results.json")}
+    capsys.readouterr()
+    assert train_in_process(world, tmp_path / "out", other, "--learning_rate", "1e-3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"sicog train: error: {tmp_path / 'out' / 'checkpoint-1'} was written by a run with other settings "
+        f"(data_path: {str(world['data'])!r} -> {str(other)!r}; learning_rate: 5e-05 -> 0.001): resuming it would "
+        "continue that run; give this run another --output_dir (each stage-0 run its own EXPERIMENT_NAME), remove "
+        f"that run's checkpoints to train again, or resume it anyway with --resume_from_checkpoint "
+        f"{tmp_path / 'out' / 'checkpoint-1'}")
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in before} == before
+
+
+def test_a_finished_run_started_again_trains_nothing_and_keeps_its_results(world, tmp_path, monkeypatch, caplog):
+    """Resuming the last step would train nothing and write a train loss of 0 over the run's results. The same
+    data named by a relative path from another working folder is the same run."""
+    assert train_in_process(world, tmp_path / "out", world["data"]) == 0
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in ("model.safetensors", "train_results.json")}
+    assert json.loads(before["train_results.json"])["train_loss"] > 0
+    monkeypatch.chdir(world["root"])
+    with caplog.at_level("INFO", logger="sicog.train.run"):
+        assert train_in_process(world, tmp_path / "out", world["data"].relative_to(world["root"])) == 0
+    assert "holds this run's last step and train_results.json: nothing to train" in caplog.text
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in before} == before
 
 
 def test_naming_an_incomplete_checkpoint_is_an_error(world, tmp_path):

@@ -5,9 +5,11 @@ trainer state); a run killed part way leaves a folder that looks like a checkpoi
 loaded. :class:`~sicog.train.trainer.SicogTrainer` writes :data:`COMPLETE_MARKER` into the folder
 after every rank has finished its part, and resuming only considers folders that hold it.
 
-The marker also names the stage that wrote the checkpoint. Resuming another stage's checkpoint would
-silently continue that stage's run (its weights, optimizer state, schedule position and step count,
-skipping as many of this stage's samples), so an output folder holding one stops the run instead.
+The marker also names the stage that wrote the checkpoint and the settings that decide its run's course (data,
+starting weights, learning rate, steps, ...). Resuming another stage's checkpoint, or one of a run with other
+settings (a second stage-0 run into the first one's folder), would silently continue that run (its weights,
+optimizer state, schedule position and step count, skipping as many of this run's samples), so an output folder
+holding one stops the run instead.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class IncompleteCheckpointError(ValueError):
 
 
 class ForeignCheckpointError(ValueError):
-    """The output folder holds a complete checkpoint that another stage (or an unknown one) wrote."""
+    """The output folder holds a complete checkpoint that another stage (or an unknown one), or a run with other
+    settings, wrote."""
 
 
 def is_complete(checkpoint: str | os.PathLike) -> bool:
@@ -39,27 +42,54 @@ def is_complete(checkpoint: str | os.PathLike) -> bool:
     return (Path(checkpoint) / COMPLETE_MARKER).is_file()
 
 
-def mark_complete(checkpoint: str | os.PathLike, global_step: int, stage: str) -> None:
-    """Write the completion marker: the save of ``checkpoint`` by ``stage`` at ``global_step`` finished."""
-    write_json(Path(checkpoint) / COMPLETE_MARKER, {"global_step": global_step, "stage": stage})
+def mark_complete(checkpoint: str | os.PathLike, global_step: int, stage: str, run: dict | None = None) -> None:
+    """Write the completion marker: the save of ``checkpoint`` by ``stage`` at ``global_step`` finished; ``run``:
+    the settings of the run that wrote it (see :func:`last_complete_checkpoint`)."""
+    write_json(Path(checkpoint) / COMPLETE_MARKER,
+               {"global_step": global_step, "stage": stage, **({"run": run} if run is not None else {})})
+
+
+def _marker(checkpoint: str | os.PathLike) -> dict:
+    """A complete checkpoint's marker ({} for one written by hand that is no JSON object)."""
+    try:
+        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
+    except ValueError:
+        return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 def checkpoint_stage(checkpoint: str | os.PathLike) -> str | None:
     """The stage named in a complete checkpoint's marker (None: a marker from before markers named it, or one
     written by hand that is no JSON object)."""
+    return _marker(checkpoint).get("stage")
+
+
+def settings_differences(written: dict | None, run: dict | None) -> list[str]:
+    """``"NAME: WRITTEN -> NOW"`` for each setting both know and that differs (none when either is None: a
+    marker from before markers held settings is resumed as before)."""
+    if written is None or run is None:
+        return []
+    now = json.loads(json.dumps(run))  # as the marker holds it: tuples as lists
+    return [f"{name}: {written[name]!r} -> {value!r}" for name, value in now.items()
+            if name in written and written[name] != value]
+
+
+def is_last_step(checkpoint: str | os.PathLike) -> bool:
+    """Whether ``checkpoint`` was saved at its run's last step (its ``trainer_state.json`` says so)."""
     try:
-        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
-    except ValueError:
-        return None
-    return marker.get("stage") if isinstance(marker, dict) else None
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and 0 < (state.get("max_steps") or 0) <= (state.get("global_step") or 0)
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike, stage: str) -> str | None:
+def last_complete_checkpoint(output_dir: str | os.PathLike, stage: str, run: dict | None = None) -> str | None:
     """The newest complete ``checkpoint-N`` in ``output_dir`` (None when there is none).
 
     Newer folders without the marker were left by a run killed while saving; each is named in a
     warning and skipped (the resumed run writes that step's checkpoint again). A complete checkpoint
-    whose marker names another stage than ``stage``, or none, raises :class:`ForeignCheckpointError`.
+    whose marker names another stage than ``stage``, or none, raises :class:`ForeignCheckpointError`, and so
+    does a newest one whose run had other settings than ``run`` (:func:`settings_differences`).
     """
     if not Path(output_dir).is_dir():
         return None
@@ -79,6 +109,13 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, stage: str) -> str |
                 "per stage under model_weight/$EXPERIMENT_NAME)"
             )
     newest = complete[-1] if complete else None
+    differences = settings_differences(_marker(newest).get("run"), run) if newest is not None else []
+    if differences:
+        raise ForeignCheckpointError(
+            f"{newest} was written by a run with other settings ({'; '.join(differences)}): resuming it would "
+            "continue that run; give this run another --output_dir (each stage-0 run its own EXPERIMENT_NAME), "
+            f"remove that run's checkpoints to train again, or resume it anyway with --resume_from_checkpoint {newest}"
+        )
     skipped = [c for c in checkpoints if not is_complete(c) and (newest is None or _step(c) > _step(newest))]
     for checkpoint in skipped:
         logger.warning("skipping incomplete checkpoint %s (its save was interrupted)", checkpoint)

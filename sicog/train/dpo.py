@@ -76,9 +76,10 @@ def build_dpo_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
     args: SicogTrainingArguments,
+    run_settings: dict | None = None,
 ) -> tuple[DPOTrainer, PairDataset]:
     """The pairs (checked; invalid ones listed and stopping the run), their reference log-probabilities
-    under the starting ``model``, and the trainer."""
+    under the starting ``model``, and the trainer (``run_settings``: see :class:`SicogTrainer`)."""
     dataset = check_dataset(
         PairDataset(
             data_args.data_path,
@@ -123,5 +124,6 @@ def build_dpo_trainer(
         beta=args.dpo_beta,
         alpha=args.dpo_alpha,
         gamma=args.dpo_gamma,
+        run_settings=run_settings,
     )
     return trainer, dataset

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ from sicog.model.builders import (
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments, UsageError
-from sicog.train.checkpoints import check_resume_target, last_complete_checkpoint
+from sicog.train.checkpoints import check_resume_target, is_last_step, last_complete_checkpoint
 from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
 from sicog.train.fast_paths import compile_layers, fused_loss
 from sicog.train.hub import create_repo, push_output, write_model_card
@@ -152,11 +154,19 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
     """
     if args.resume_from_checkpoint:
         check_resume_target(args.resume_from_checkpoint)
+    settings = run_settings(model_args, data_args, args)
     with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
-        resume = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir, args.stage)
+        resume = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir, args.stage, settings)
         if args.push_at_end and args.process_index == 0:
             args.hub_model_id = create_repo(args)
-        metrics = _train(model_args, data_args, args, resume)
+        results = Path(args.output_dir) / "train_results.json"
+        if resume is not None and not args.resume_from_checkpoint and is_last_step(resume) and results.is_file():
+            # The run finished: resuming would train no step and write a train loss of 0 over its results.
+            logger.info("%s holds this run's last step and %s: nothing to train (remove the folder to train again)",
+                        resume, results.name)
+            metrics = json.loads(results.read_text())
+        else:
+            metrics = _train(model_args, data_args, args, resume, settings)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every rank leaves together and closes the process group itself: left to interpreter exit, the gloo
             # threads of a rank that finished first can abort it ("terminate called without an active
@@ -166,6 +176,23 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
         if args.push_at_end and args.process_index == 0:
             push_output(args)
     return metrics
+
+
+def run_settings(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments) -> dict:
+    """What decides a run's course, as its checkpoints' markers record it: a run resumes a checkpoint of its output
+    folder only when these are the same (paths that exist are compared resolved, so a relative one from another
+    working folder is the same path)."""
+
+    def where(value: str | None) -> str | None:
+        return os.path.realpath(value) if value and os.path.exists(value) else value
+
+    return {"model_name_or_path": where(model_args.model_name_or_path), "vision_tower": where(model_args.vision_tower),
+            "language_model": where(model_args.language_model), "projector": where(model_args.projector),
+            "data_path": where(data_args.data_path), "image_folder": where(data_args.image_folder),
+            "tunable_parts": list(args.trainable_parts()), "learning_rate": args.learning_rate,
+            "max_steps": args.max_steps, "num_train_epochs": args.num_train_epochs, "global_batch": global_batch(args),
+            "seed": args.seed, "lora_r": args.lora_r,
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))}
 
 
 def global_batch(args: SicogTrainingArguments) -> int:
@@ -203,7 +230,7 @@ def warn_inference_resize(model: SicogForConditionalGeneration, args: SicogTrain
 
 
 def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrainingArguments,
-           resume: str | None) -> dict:
+           resume: str | None, settings: dict) -> dict:
     set_seed(args.seed)
     total_batch = check_global_batch(args)
     if args.deepspeed and torch.distributed.is_initialized():
@@ -221,7 +248,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
     if args.stage == "dpo":
         from sicog.train.dpo import build_dpo_trainer
 
-        trainer, dataset = build_dpo_trainer(model, processor, model_args, data_args, args)
+        trainer, dataset = build_dpo_trainer(model, processor, model_args, data_args, args, settings)
     else:
         dataset = load_data(data_args, processor, args)
         trainer = SicogTrainer(
@@ -233,6 +260,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
             group_by_modality=data_args.group_by_modality_length,
             vision_tower_lr=args.vision_tower_lr,
             sample_log=data_args.sample_log,
+            run_settings=settings,
         )
     result = trainer.train(resume_from_checkpoint=resume)
     if args.lora_r:

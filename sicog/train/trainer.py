@@ -95,9 +95,11 @@ class SicogTrainer(Trainer):
         group_by_modality: bool = False,
         vision_tower_lr: float | None = None,
         sample_log: str | None = None,
+        run_settings: dict | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.run_settings = run_settings  # written into every checkpoint's completion marker
         self.group_by_modality = group_by_modality
         self.vision_tower_lr = vision_tower_lr
         self.sample_log = Path(f"{sample_log}.rank{self.args.process_index}.jsonl") if sample_log else None
@@ -181,7 +183,7 @@ class SicogTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         crash_point("checkpoint-unmarked")  # kill test point: everything written but the completion marker
         if self.args.should_save:
-            mark_complete(folder, self.state.global_step, self.args.stage)
+            mark_complete(folder, self.state.global_step, self.args.stage, self.run_settings)
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
                                use_mtime=True)
 
