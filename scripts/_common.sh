@@ -58,16 +58,20 @@ sicog_python() {
     fi
 }
 
-# sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1 or a
-# training script set SICOG_TORCHRUN=1 (DeepSpeed needs the rank variables torchrun sets; without them it
-# looks for MPI and mpi4py). One node: torchrun --standalone (a free port) unless MASTER_ADDR is set.
-# Several nodes: NODE_RANK and MASTER_ADDR are required (MASTER_PORT defaults to 29500).
+# sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1.
+# One node: torchrun --standalone (a free port) unless MASTER_ADDR is set. Several nodes: NODE_RANK and
+# MASTER_ADDR are required (MASTER_PORT defaults to 29500). One process that a training script runs under DeepSpeed
+# (SICOG_TORCHRUN=1) gets the rank variables torchrun would set (without them DeepSpeed looks for MPI and mpi4py),
+# but not torchrun itself, whose agent turns the command's one-line error and exit 2 into a traceback and exit 1.
 # The interpreter is SICOG_PYTHON, else sicog_python's choice.
 sicog_exec() {
     local python cmd
     resolve_nproc_per_node
     python="$(sicog_python)"
-    if [[ "${NPROC_PER_NODE:-1}" != "1" || "${NNODES:-1}" != "1" || "${SICOG_TORCHRUN:-0}" == "1" ]]; then
+    if [[ "${NPROC_PER_NODE:-1}" == "1" && "${NNODES:-1}" == "1" && "${SICOG_TORCHRUN:-0}" == "1" ]]; then
+        cmd=(env RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+             MASTER_PORT="${MASTER_PORT:-$(free_port "$python")}" "$python" -m sicog "$@")
+    elif [[ "${NPROC_PER_NODE:-1}" != "1" || "${NNODES:-1}" != "1" ]]; then
         cmd=("$python" -m torch.distributed.run --nproc_per_node "${NPROC_PER_NODE:-1}")
         if [[ "${NNODES:-1}" != "1" ]]; then
             require_vars NODE_RANK MASTER_ADDR
@@ -86,6 +90,11 @@ sicog_exec() {
     printf '\n'
     if ((SICOG_DRY_RUN)); then exit 0; fi
     exec "${cmd[@]}"
+}
+
+# free_port PYTHON: a TCP port on the loopback interface that no process listens on now.
+free_port() {
+    "$1" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # resolve_nproc_per_node: NPROC_PER_NODE as a number (default 1). torchrun's own spellings gpu and auto become the number of GPUs

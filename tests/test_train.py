@@ -211,10 +211,25 @@ def test_every_script_trains_for_real(world, tmp_path):
         result = subprocess.run(["bash", str(root / "training_scripts" / script), *args],
                                 env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, (script, result.stderr[-3000:])
-        assert all(flag in result.stdout for flag in ("--standalone", "--deepspeed zero2", "--use_cpu True"))
+        assert all(flag in result.stdout for flag in ("WORLD_SIZE=1", "--deepspeed zero2", "--use_cpu True"))
         assert "global batch: 4 = 2 per device x 2 accumulation steps" in result.stderr
         assert (tmp_path / name / "model.safetensors").is_file(), script
         assert json.loads((tmp_path / name / "train_results.json").read_text())["stage"] in ("0", "1", "1.5", "2")
+
+
+def test_a_script_on_one_process_under_deepspeed_fails_in_one_line(world, tmp_path):
+    """The default DEEPSPEED=zero2 on one process: a bad input is `sicog train`'s one line and exit 2, as with
+    DEEPSPEED=none, not a launcher's traceback."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = script_env(world, tmp_path, EXPERIMENT_NAME="bad", OUTPUT_DIR=str(tmp_path / "bad"),
+                     PREV_STAGE_CHECKPOINT=str(world["base"]), DATA_PATH=str(tmp_path / "missing.jsonl"))
+    result = subprocess.run(["bash", str(root / "training_scripts" / "uhdv1-finetune-qwen-stage0-warmup.sh")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"sicog train: error: {tmp_path / 'missing.jsonl'}")
 
 
 @pytest.mark.slow

@@ -139,10 +139,14 @@ def test_scripts_install_nothing_and_hold_no_absolute_paths():
         assert not re.search(r"(^|[\s\"'=])/(?!dev/null)[A-Za-z]", code), path
 
 
-def test_one_process_with_deepspeed_starts_through_torchrun_standalone():
+def test_one_process_with_deepspeed_starts_with_the_rank_variables_and_without_torchrun():
+    """torchrun's agent would turn the command's one-line error (exit 2) into a traceback and exit 1."""
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DEVICE": "cpu"})
     words, flags = parsed(result.stdout)
-    assert "torch.distributed.run" in words and "--standalone" in words and flags["--nproc_per_node"] == "1"
+    assert "torch.distributed.run" not in words and words[0] == "env"
+    assert {"RANK=0", "LOCAL_RANK=0", "WORLD_SIZE=1", "LOCAL_WORLD_SIZE=1", "MASTER_ADDR=127.0.0.1"} <= set(words)
+    assert int(next(w for w in words if w.startswith("MASTER_PORT=")).split("=")[1]) > 0
+    assert words[words.index("-m") + 1] == "sicog"
     assert flags["--use_cpu"] == "True" and "--bf16" not in words  # fp32 on a CPU unless PRECISION says otherwise
     words, _ = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DEEPSPEED": "none"}).stdout)
     assert "torch.distributed.run" not in words
