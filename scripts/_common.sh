@@ -92,6 +92,14 @@ sicog_exec() {
     exec "${cmd[@]}"
 }
 
+# pretrained NAME: the folder of a downloaded checkpoint: model_weight/NAME in this checkout, else, when only it
+# exists, NAME in the folder the seed README tells users to put the downloads in (PUBLISHED_WEIGHTS_DIR, by
+# default the model_weight folder at the file system's root).
+pretrained() {
+    local ours="$SICOG_ROOT/model_weight/$1" published="${PUBLISHED_WEIGHTS_DIR:-/model_weight}/$1"
+    if [[ ! -e "$ours" && -e "$published" ]]; then echo "$published"; else echo "$ours"; fi
+}
+
 # free_port PYTHON: a TCP port on the loopback interface that no process listens on now.
 free_port() {
     "$1" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -227,7 +235,8 @@ generate_flags() {
     local TEMPERATURE="${TEMPERATURE:-$default_temperature}" TOP_P="${TOP_P:-$default_top_p}"
     local input="$DATA_PATH"
     if [[ -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
-    local output_dir="${OUTPUT_DIR:-$(dirname "$input")}"
+    # Of several comma-separated inputs (`sicog generate --data a.jsonl,b.jsonl`), the first one's folder.
+    local output_dir="${OUTPUT_DIR:-$(dirname "${input%%,*}")}"
     optional_flags IMAGE_FOLDER:--image-folder PROMPT:--prompt NUM_CANDIDATES:--num-candidates \
         TEMPERATURE:--temperature TOP_P:--top-p BEAMS:--num-beams MAX_NEW_TOKENS:--max-new-tokens \
         BATCH_SIZE:--batch-size SEED:--seed AUGMENT_METHODS:--corrupt

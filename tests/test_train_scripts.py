@@ -124,6 +124,24 @@ def test_missing_variables_are_all_named(script):
         assert name in result.stderr
 
 
+@pytest.mark.parametrize("script", ["uhdv1-pretrain-qwen-stage1-align.sh", "uhdv1-finetune-qwen-stage15-sft.sh"])
+def test_downloads_where_the_seed_readme_puts_them_are_found(script, tmp_path):
+    """The seed README has users download CLIP and Qwen2 into /model_weight/: used when the checkout's model_weight/
+    lacks them, the checkout's own wins."""
+    env = {k: v for k, v in README_ENV.items() if k not in ("LLM_CKPT_DIR", "CLIP_CKPT_DIR")}
+    env["PUBLISHED_WEIGHTS_DIR"] = str(tmp_path)
+    names = ("clip-vit-large-patch14-336", "Qwen2-7B-Instruct")
+    ours = [ROOT / "model_weight" / name for name in names]
+    _, flags = parsed(dry_run(script, env).stdout)
+    assert [flags["--vision_tower"], flags["--language_model"]] == [str(path) for path in ours]
+    for name in names:
+        (tmp_path / name).mkdir()
+    _, flags = parsed(dry_run(script, env).stdout)
+    # a checkout holding its own downloads keeps them
+    assert [flags["--vision_tower"], flags["--language_model"]] == [
+        str(path if path.exists() else tmp_path / path.name) for path in ours]
+
+
 def test_the_readme_typo_path_works():
     result = subprocess.run(["bash", "training_scritps/uhdv1-finetune-qwen-stage15-sft.sh", "--dry-run"], cwd=ROOT,
                             env={**os.environ, **README_ENV}, capture_output=True, text=True)
