@@ -206,6 +206,20 @@ def test_a_repeated_id_goes_to_the_errors_file(tmp_path):
     assert "llava_cot.jsonl:3 id='q0' field 'id': duplicate id (first on line 1)" in error["reason"]
 
 
+@pytest.mark.parametrize("image", [5, 1.5, True], ids=["int", "float", "bool"])
+def test_a_scalar_image_goes_to_the_errors_file_and_the_others_are_converted(tmp_path, image):
+    """A number or a boolean as the image is the record's error, like any other invalid image field."""
+    source = tmp_path / "llava_cot.jsonl"
+    write_jsonl(source, [cot_record("a"), {**cot_record("b"), "image": image}, cot_record("c")])
+    rc = main(["annotate", "cot", "--input", str(source), "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0
+    assert [r["id"] for r in load_records(tmp_path / "out" / "cot.jsonl")] == ["a", "c"]
+    assert [r["id"] for r in load_records(tmp_path / "out" / "short_answer.jsonl")] == ["a", "c"]
+    [error] = load_records(tmp_path / "out" / "errors.jsonl")
+    assert error["id"] == "b" and error["line"] == 2 and error["record"]["image"] == image
+    assert "llava_cot.jsonl:2 id='b' field 'image': must be a non-empty string" in error["reason"]
+
+
 def test_rerun_replaces_outputs_and_json_arrays_are_read(tmp_path):
     source = tmp_path / "llava_cot.json"
     source.write_text('[{"id": "a", "image": "a.jpg", "conversations": [{"from": "human", "value": "Q?"}, '

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sicog.cli import main
 from sicog.data.jsonl import RecordError, blocked_reason, iter_records, write_records
 from sicog.data.mixture import load_mixture
-from sicog.data.sources import split_data_path
+from sicog.data.sources import iter_input_records, split_data_path
 
 
 def write(path: Path, ids: list[str]) -> Path:
@@ -44,6 +45,39 @@ def test_a_mixture_entry_may_be_a_pattern_sampled_as_one_source(tmp_path: Path) 
     spec = {"datasets": [{"json_path": "{a,b}.jsonl", "sampling_strategy": "first:3"}]}
     (tmp_path / "mix.yaml").write_text(yaml.safe_dump(spec))
     assert [r["id"] for r, _ in load_mixture(tmp_path / "mix.yaml")] == ["a1", "a2", "b1"]
+
+
+@pytest.mark.parametrize(("read", "name", "what"), [
+    (lambda path: list(iter_records(path)), "in.jsonl", "file"),
+    (lambda path: list(iter_input_records(path)), "in.json", "file"),
+    (load_mixture, "in.jsonl", "file"),
+    (load_mixture, "mix.yaml", "mixture file"),
+], ids=["iter_records", "iter_input_records", "data-path", "mixture"])
+def test_a_folder_given_as_an_input_file_is_called_a_folder(tmp_path: Path, read, name, what) -> None:
+    """A folder exists: "not found" would send the user looking for it. A missing file is still not found."""
+    (tmp_path / name).mkdir()
+    with pytest.raises(RecordError) as caught:
+        read(tmp_path / name)
+    assert str(caught.value) == f"{tmp_path / name}: is a folder, not a {what}"
+    with pytest.raises(RecordError) as caught:
+        read(tmp_path / "missing" / name)
+    assert str(caught.value) == f"{tmp_path / 'missing' / name}: {what} not found"
+
+
+@pytest.mark.parametrize("command", [
+    "curate texts captions --input {folder} --output {out}.jsonl",
+    "curate random --input {folder} --output {out}.jsonl",
+    "curate mix --inputs {folder} --output {out}.jsonl",
+    "toy embed captions --texts {folder} --output {out}.npy",
+    "annotate cot --input {folder} --output-dir {out} --no-progress",
+], ids=["curate-texts", "curate-random", "curate-mix", "toy-embed", "annotate-cot"])
+def test_commands_say_an_input_folder_is_a_folder(tmp_path: Path, capsys, command: str) -> None:
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    argv = command.format(folder=folder, out=tmp_path / "out").split()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith(f"{folder}: is a folder, not a file\n")
 
 
 @pytest.mark.parametrize("name", ["out.json", "out.JSON", "out.Json"])

@@ -117,6 +117,18 @@ def test_file_level_problems_name_file_line_and_field(tmp_path) -> None:
         read_benchmark(path)
     with pytest.raises(RecordError, match="benchmark file not found"):
         read_benchmark(tmp_path / "missing.tsv")
+    (tmp_path / "folder.tsv").mkdir()
+    with pytest.raises(RecordError, match=r"folder.tsv: is a folder, not a benchmark file$"):
+        read_benchmark(tmp_path / "folder.tsv")
+
+
+def test_a_column_named_twice_is_refused_on_line_1(tmp_path) -> None:
+    """Each row would keep only the last of the two cells: scored against an answer nobody chose."""
+    path = tmp_path / "twice.tsv"
+    path.write_text("index\timage_path\tquestion\tA\tB\tanswer\tanswer\n1\tok.png\tQ?\tred\tblue\tA\tB\n")
+    with pytest.raises(RecordError) as caught:
+        read_benchmark(path)
+    assert str(caught.value) == f"{path}:1: repeated column(s): answer"
 
 
 def test_row_level_problems_are_returned_not_raised(tmp_path) -> None:

@@ -50,3 +50,36 @@ def test_bytes_that_are_not_utf8_name_the_line_and_a_missing_file_is_left_to_the
         read_yaml(path)
     with pytest.raises(FileNotFoundError):
         read_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(("text", "line", "column", "key", "first"), [
+    # a data mixture: the second sampling would silently replace the first
+    ("datasets:\n  - path: ll.jsonl\n    sampling: all\n    sampling: first:1\n", 4, 5, "'sampling'", 3),
+    ("stage1_steps: 3\nstage1_steps: 5\n", 2, 1, "'stage1_steps'", 1),
+    ("{a: 1, b: 2, a: 3}\n", 1, 14, "'a'", 1),
+    # keys equal once read, as the dict would hold them, though spelled otherwise
+    ("1: a\n0x1: b\n", 2, 1, "1", 1),
+])
+def test_a_key_given_twice_names_it_and_its_first_line(tmp_path, text, line, column, key, first) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(YamlError) as caught:
+        read_yaml(path)
+    assert str(caught.value) == f"{path}:{line}:{column}: not valid YAML: duplicate key {key} (first on line {first})"
+
+
+def test_merged_keys_may_be_overridden_and_are_no_repeat(tmp_path) -> None:
+    """``<<`` merges another mapping's keys, which the mapping's own keys override: that is no key given twice."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base {lr: 1, steps: 2}\n"
+                    "outer: {inner: &mid {<<: *base, lr: 3}}\n"
+                    "later: {<<: *mid, steps: 4}\n")
+    assert read_yaml(path) == {"base": {"lr": 1, "steps": 2}, "outer": {"inner": {"lr": 3, "steps": 2}},
+                               "later": {"lr": 3, "steps": 4}}
+
+
+def test_duplicate_key_checks_keep_loading_safe(tmp_path) -> None:
+    path = tmp_path / "tag.yaml"
+    path.write_text("a: !!python/name:os.system\n")
+    with pytest.raises(YamlError, match="could not determine a constructor"):
+        read_yaml(path)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from sicog.annotate.stepcheck import format_checked_steps
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id, write_jsonl
 from sicog.data.prompts import COT_STEPS, IMAGE_TOKEN, reasoning_prompt, user_turn
-from sicog.data.schema import ROLES, check_llava_record, record_images
+from sicog.data.schema import IMAGE_FIELD_RULE, ROLES, check_llava_record, record_images, valid_image_field
 
 TAGS = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
 # Only the exact upper-case tags in angle brackets count: the words alone are ordinary prose.
@@ -101,14 +101,17 @@ def convert_record(
 ) -> Conversion:
     """The short-answer and 4-step records of one LLaVA-CoT record, every turn converted; ``record`` is not changed.
 
-    Raises :class:`RecordError` (naming the file, line, id and the turn at fault) when neither can be made:
-    a malformed turn or tags.
+    Raises :class:`RecordError` (naming the file, line, id and the field at fault) when neither can be made:
+    a malformed image field, turn or tags.
     """
     rid = record_id(record, path=path, line=line)
 
     def fail(message: str, field: str) -> RecordError:
         return RecordError(message, path=path, line=line, record_id=rid, field=field)
 
+    # Checked before the placeholder is added, which counts the images: a number or a boolean has no count.
+    if not valid_image_field(record.get("image")):
+        raise fail(IMAGE_FIELD_RULE, "image")
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise fail("must be a non-empty list of turns", "conversations")

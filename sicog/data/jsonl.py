@@ -97,6 +97,16 @@ def _check_encodable(path: Path, line: int, record: dict) -> None:
                               path=path, line=line, record_id=record.get("id"), field=str(key)) from None
 
 
+def require_file(path: str | os.PathLike, what: str = "file") -> None:
+    """Raise :class:`RecordError` naming ``path`` unless it is a file to read: ``"{what} not found"``, or, for a
+    folder, ``"is a folder, not a {what}"`` (it exists: "not found" would send the user looking for it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise RecordError(f"is a folder, not a {what}", path=path)
+    if not path.is_file():
+        raise RecordError(f"{what} not found", path=path)
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_or_index, record)`` from a ``.jsonl`` file or a ``.json`` array.
 
@@ -105,8 +115,7 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     cannot encode (an unpaired ``\\ud800``-style escape) raises :class:`RecordError`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RecordError("file not found", path=path)
+    require_file(path)
     if _is_json_array(path):
         text = read_text(path)
         try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from sicog.data.jsonl import RecordError
+from sicog.data.jsonl import RecordError, require_file
 from sicog.data.sources import HUB_ID, expand_braces, iter_input_records, split_data_path
 from sicog.data.yaml_file import read_yaml
 
@@ -104,8 +104,7 @@ def _entry_source(name: str, mixture: Path) -> str:
 
 
 def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
-    if not path.is_file():
-        raise RecordError("mixture file not found", path=path)
+    require_file(path, "mixture file")
     spec = read_yaml(path) or {}
     if isinstance(spec, dict):
         _refuse_unknown_keys(spec, TOP_KEYS, path, "")

@@ -21,7 +21,10 @@ EMPTY_ANSWER = "empty answer"
 
 
 def record_images(record: dict) -> list[str]:
-    """The record's image paths as a list (empty for a text-only record)."""
+    """The record's image paths as a list (empty for a text-only record).
+
+    The ``image`` field must pass :func:`valid_image_field` first: a number or a boolean is no list of paths.
+    """
     image = record.get("image")
     if image is None:
         return []

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from sicog.data.jsonl import RecordError, read_text
+from sicog.data.jsonl import RecordError, read_text, require_file
 from sicog.model.image_io import ImageError, load_image
 
 MULTIPLE_CHOICE = "multiple-choice"
@@ -89,17 +89,17 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
     """Read a VLMEvalKit-style TSV and check its columns and indices.
 
     ``image_root``: where relative ``image_path`` values start (default: the TSV's folder). Raises
-    :class:`RecordError` naming file, line and column for a missing column, a missing or repeated
+    :class:`RecordError` naming file, line and column for a missing or repeated column, a missing or repeated
     index, or (without options) an answer that is not yes/no; row-level problems are found by
     :func:`row_problem` so that they can be reported without stopping the run.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RecordError("benchmark file not found", path=path)
+    require_file(path, "benchmark file")
     csv.field_size_limit(1 << 30)  # base64 images exceed csv's default field limit
     with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         columns = list(reader.fieldnames or ())
+        _check_unique_columns(columns, path)
         missing = [c for c in ("index", "question") if c not in columns]
         if "image" not in columns and "image_path" not in columns:
             missing.append("image or image_path")
@@ -121,6 +121,14 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
         row["index"] = index
     root = Path(image_root) if image_root is not None else path.parent
     return Benchmark(path, [row for _, row in rows], _kind(columns, rows, path), root)
+
+
+def _check_unique_columns(columns: list[str], path: Path) -> None:
+    """Raise :class:`RecordError` (line 1) for a column named twice: each row would keep only its last cell
+    (pandas, and so VLMEvalKit, would rename the second one instead), so which one is meant is unclear."""
+    repeated = list(dict.fromkeys(name for name in columns if columns.count(name) > 1))  # in header order
+    if repeated:
+        raise RecordError(f"repeated column(s): {', '.join(repeated)}", path=path, line=1)
 
 
 def _kind(columns: list[str], rows: list[tuple[int, dict[str, str]]], path: Path) -> str:
