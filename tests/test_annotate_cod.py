@@ -375,7 +375,9 @@ def test_no_key_for_the_official_endpoint_is_a_usage_error(loopback_only, monkey
     make_dataset(tmp_path, [("a", "red", (8, 8), "PNG")])
     monkeypatch.delenv("OPENAI_API_KEY")
     rc = main(["annotate", "cod", "--input", str(tmp_path / "captions.jsonl"), "--output-dir", str(tmp_path / "o")])
-    assert rc == 1 and "set OPENAI_API_KEY" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("sicog annotate cod: error: set OPENAI_API_KEY")
+    assert not (tmp_path / "o").exists()
 
 
 def test_duplicate_ids_are_refused_before_any_request(server, tmp_path, capsys):

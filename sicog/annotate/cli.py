@@ -110,8 +110,9 @@ def _setup_logging() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``annotate cod`` or ``annotate cot``: 0 when the run completed (failures are listed, not fatal), 1 when
-    the API refused the configuration (cod) or every record failed (cot), 2 on unusable arguments, input or
-    output paths (one line naming the file, line and field, or the path and the cause)."""
+    the API refused the configuration (cod) or every record failed (cot), 2 on unusable arguments (no API key for
+    the official endpoint included), input or output paths (one line naming the file, line and field, or the path
+    and the cause)."""
     _setup_logging()
     try:
         return _run_cod(args) if args.action == "cod" else _run_cot(args)
@@ -140,6 +141,9 @@ def _run_cod(args: argparse.Namespace) -> int:
     _refuse_input_as_output(args, {"cod_dir": [job.cod_path, job.failures_path], "dd_dir": [job.dd_path]})
     try:
         base_url, api_key = resolve_endpoint(args.base_url)
+    except FatalAPIError as err:  # no key for the official endpoint: an argument missing, not the API's refusal
+        raise _UsageError(str(err)) from None
+    try:
         api = ChatAPI(args.model, base_url=base_url, api_key=api_key, timeout=args.timeout,
                       policy=RetryPolicy(args.max_retries, args.backoff, args.max_backoff))
         try:
