@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sicog.data.argtypes import os_error_text
@@ -22,30 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def checkpoint_config(checkpoint: str) -> SicogConfig:
     """The configuration in ``checkpoint/config.json``; ``ValueError`` (one line naming the file) when the file is
-    missing, unreadable, damaged or not a SICOG model's.
+    missing, unreadable, damaged, not a SICOG model's, or has a field of the wrong type or settings that do not
+    work together.
 
-    The model type is checked first (:func:`~sicog.model.checkpoint_config.read_checkpoint_config`): transformers
+    The file is checked first (:func:`~sicog.model.checkpoint_config.read_checkpoint_config`): transformers
     would read a plain Qwen2 or CLIP config (what model_weight/ holds) into SicogConfig's defaults and describe a
-    7B model that is not there.
+    7B model that is not there, and fails without naming the file on a field of the wrong type.
     """
-    from huggingface_hub.errors import StrictDataclassError
-
     from sicog.model.checkpoint_config import read_checkpoint_config
     from sicog.model.configuration import SicogConfig
 
-    path = Path(checkpoint) / "config.json"
     try:
         read_checkpoint_config(checkpoint)
     except OSError as err:
         raise ValueError(os_error_text(err)) from None
-    try:
-        return SicogConfig.from_pretrained(checkpoint)
-    except StrictDataclassError as err:
-        # The validators' message spans several lines around its cause, which alone says what is wrong.
-        raise ValueError(f"{path}: {err.__cause__ or err}") from None
-    except (ValueError, TypeError, AttributeError) as err:
-        # A field of the wrong JSON type (a number where a sub-config's object belongs) fails inside transformers.
-        raise ValueError(f"{path}: {err}") from None
+    return SicogConfig.from_pretrained(checkpoint)
 
 
 def describe(config: SicogConfig, image_size: tuple[int, int]) -> dict:

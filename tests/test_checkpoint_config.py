@@ -3,6 +3,7 @@ info`, `sicog convert to-release` and the loader of every command."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -42,3 +43,46 @@ def test_the_loader_refuses_another_models_folder(tmp_path) -> None:
     with pytest.raises(CheckpointError) as caught:
         load_pretrained(tmp_path)
     assert str(caught.value) == f"{tmp_path}/config.json: not a SICOG checkpoint (model_type 'qwen2', not 'sicog')"
+
+
+@pytest.mark.parametrize(("fields", "says"), [
+    ({"vision_config": 5}, "field 'vision_config': expected an object or null, got 5"),
+    ({"resampler_num_queries": "many"}, "field 'resampler_num_queries': expected an integer, got \"many\""),
+    ({"max_slice_nums": True}, "field 'max_slice_nums': expected an integer, got true"),
+    ({"inference_long_side": 1.5}, "field 'inference_long_side': expected an integer or null, got 1.5"),
+    ({"tie_word_embeddings": "no"}, "field 'tie_word_embeddings': expected true or false, got \"no\""),
+    ({"resampler_pooling": "max"},
+     "field 'resampler_pooling': expected one of \"roi_align\", \"average\", got \"max\""),
+    ({"image_mean": [0.5, "x", 0.5]},
+     "field 'image_mean': expected a list of 3 numbers or a list of numbers, got [0.5, \"x\", 0.5]"),
+    ({"text_config": {"hidden_size": "64"}}, "field 'text_config.hidden_size': expected an integer, got \"64\""),
+    ({"vision_config": {"patch_size": [8, "8"]}}, "field 'vision_config.patch_size': expected an integer or a list of "
+                                                  "integers or a list of 2 integers or null, got [8, \"8\"]"),
+    ({"text_config": {"model_type": 2}}, "field 'text_config.model_type': expected a string, got 2"),
+    ({"text_config": {"model_type": "nope"}}, "field 'text_config.model_type': unknown model type \"nope\""),
+    # Of the right type, but settings that cannot work together: the config class's own check, in one line.
+    ({"resampler_num_queries": 143}, "invalid SicogConfig: resampler_num_queries=143 is not a perfect square"),
+])
+def test_a_field_of_the_wrong_type_is_one_line_naming_the_file_and_field(tmp_path, fields, says) -> None:
+    """transformers failed on these inside SicogConfig ("'int' object has no attribute 'get'"), and every command
+    but `sicog info` showed its traceback."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "sicog", **fields}))
+    with pytest.raises(ConversionError) as caught:
+        read_checkpoint_config(tmp_path)
+    assert str(caught.value) == f"{tmp_path}/config.json: {says}"
+
+
+def test_json_spellings_of_the_annotated_types_are_accepted(tmp_path) -> None:
+    """JSON has lists, not tuples, and may write a whole number where a float is annotated."""
+    fields = {"model_type": "sicog", "image_mean": [0, 1, 0.5], "image_std": [1, 1, 1], "vision_config": None,
+              "text_config": {"model_type": "qwen2", "hidden_size": 64, "rope_parameters": {"rope_type": "default"}},
+              "inference_long_side": None, "resampler_attention": "global", "extra_field_of_a_later_version": [1]}
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    assert read_checkpoint_config(tmp_path) == fields
+
+
+def test_the_loader_reports_a_field_of_the_wrong_type_in_one_line(tmp_path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "sicog", "vision_config": 5}')
+    with pytest.raises(CheckpointError) as caught:
+        load_pretrained(tmp_path)
+    assert str(caught.value) == f"{tmp_path}/config.json: field 'vision_config': expected an object or null, got 5"

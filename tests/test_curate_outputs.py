@@ -161,6 +161,56 @@ def test_a_killed_rewrite_leaves_no_embeddings_that_pass_for_other_texts(tmp_pat
     assert np.asarray(embed_file.load_embeddings(path, new_texts)[0]).tolist() == [[0.5, 0.5], [0.5, 0.5]]
 
 
+def _save_objects(path: Path) -> None:
+    with path.open("wb") as handle:
+        np.save(handle, np.array([{"a": 1}] * 6, dtype=object).reshape(2, 3), allow_pickle=True)
+
+
+# What is done to a good embeddings file (its .npy, its description), which of the two the line names, what it says.
+DAMAGES = {
+    "description: a JSON array": (lambda npy, desc: desc.write_text("[1, 2]"), "desc",
+                                  "expected a JSON object, got list"),
+    "description: not JSON": (lambda npy, desc: desc.write_text("{not json"), "desc",
+                              "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+                              "(char 1))"),
+    "description: no hash": (lambda npy, desc: desc.write_text('{"encoder": {"name_or_path": "enc"}}'), "desc",
+                             "field 'texts_sha256': expected the texts' hash (a string), got null"),
+    "description: an encoder setting unknown": (
+        lambda npy, desc: desc.write_text(json.dumps({**json.loads(desc.read_text()), "encoder": {"colour": 1}})),
+        "desc", "field 'encoder': EncoderSettings.__init__() got an unexpected keyword argument 'colour'"),
+    "array: not a .npy file": (lambda npy, desc: npy.write_text("garbage"), "npy",
+                               "not a .npy file (no NumPy array header)"),
+    "array: cut short": (lambda npy, desc: npy.write_bytes(npy.read_bytes()[:-8]), "npy",
+                         "not a readable .npy array (mmap length is greater than file size)"),
+    "array: Python objects": (lambda npy, desc: _save_objects(npy), "npy",
+                              "not a readable .npy array (Array can't be memory-mapped: Python objects in dtype.)"),
+    "array: strings": (lambda npy, desc: np.save(npy, np.array([["a"] * 3] * 2)), "npy",
+                       "holds str32 values, not numbers (expected float32 embeddings)"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_embeddings_file_is_one_line_naming_it(tmp_path: Path, capsys, damage: str) -> None:
+    """`curate captions --embeddings`: a description holding a JSON array was a traceback; invalid JSON, an array
+    of no numbers or no .npy file at all were reported without naming the file (numpy calls any file without an
+    array header pickled data)."""
+    from test_curate_pipeline import PARAPHRASES, caption_record
+
+    generated_file = write_jsonl(tmp_path / "gen.jsonl", [caption_record("g1", PARAPHRASES[:3])])
+    texts_file = tmp_path / "texts.jsonl"
+    assert main(["curate", "texts", "captions", "--input", str(generated_file), "--output", str(texts_file)]) == 0
+    texts, npy = embed_file.read_texts(texts_file), tmp_path / "e.npy"
+    embed_file.save_embeddings(npy, np.eye(len(texts), 3, dtype=np.float32), texts, EncoderSettings("enc"))
+    embed_file.load_embeddings(npy, texts)  # good before the damage
+    damaged, named, says = DAMAGES[damage]
+    damaged(npy, embed_file.sidecar(npy))
+    capsys.readouterr()
+    assert main(["curate", "captions", "--input", str(generated_file), "--embeddings", str(npy),
+                 "--output-dir", str(tmp_path / "out"), "--threshold", "0.5"]) == 2
+    file = npy if named == "npy" else embed_file.sidecar(npy)
+    assert capsys.readouterr().err.splitlines() == [f"error: {file}: {says}"]
+
+
 def test_pairs_from_noisy_write_a_json_array_for_a_json_name(tmp_path: Path) -> None:
     prompt = caption_prompt("default")
     clean = write_jsonl(tmp_path / "curated.jsonl", [

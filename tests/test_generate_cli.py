@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shlex
@@ -183,6 +184,33 @@ def test_unusable_output_model_and_sampling_arguments_stop_with_one_line(setup, 
         assert stop.value.code == 2
         assert f"argument {flag}: must be" in capsys.readouterr().err
     assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "b.jsonl").exists()
+
+
+def test_a_config_field_of_the_wrong_type_stops_with_one_line_naming_it(setup, tmp_path, capsys):
+    """transformers failed on it inside SicogConfig with a traceback (exit 1), after the input was read."""
+    model = tmp_path / "model"
+    shutil.copytree(setup / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    for field, value, expected in (("vision_config", 5, "an object or null"),
+                                   ("resampler_num_queries", "many", "an integer")):
+        (model / "config.json").write_text(json.dumps({**config, field: value}))
+        args = cli_args(setup, tmp_path / "a.jsonl")
+        args[args.index("--model") + 1] = str(model)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"sicog generate reasoning: error: {model / 'config.json'}: field '{field}': "
+                                    f"expected {expected}, got {json.dumps(value)}"], err
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_corrupt_all_without_corrupt_is_refused(setup, tmp_path, capsys):
+    """It was silently ignored: a run meant to corrupt every image corrupted none."""
+    assert main(cli_args(setup, tmp_path / "a.jsonl", "--corrupt-all")) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "sicog generate reasoning: error: --corrupt-all applies every --corrupt method to each record: give them with "
+        "--corrupt METHOD[,METHOD]"]
+    assert main(cli_args(setup, tmp_path / "a.jsonl", "--corrupt", "none", "--corrupt-all")) == 2
+    assert not (tmp_path / "a.jsonl").exists()
 
 
 def test_an_unreadable_input_or_unwritable_output_stops_with_one_line(setup, tmp_path, capsys, monkeypatch):

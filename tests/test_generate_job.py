@@ -160,6 +160,27 @@ def test_a_last_record_without_its_newline_is_generated_again(dataset, tmp_path,
     assert job.output.read_bytes() == reference.output.read_bytes()
 
 
+@pytest.mark.parametrize("file", ["output", "errors_output"])
+@pytest.mark.parametrize("keep", ["half the line", "all but the newline"])
+def test_a_merged_file_whose_last_line_lacks_its_newline_regenerates_only_that_record(
+        dataset, tmp_path, model_and_processor, file, keep):
+    """A cut copy or a full disk: the resume check skipped that line, the whole job was generated again, and the
+    merge then failed on the line (invalid JSON, or a second copy of its id) on this run and every rerun."""
+    reference = make_job(dataset, tmp_path / "ref")
+    generate(reference, model_and_processor)
+    job = make_job(dataset, tmp_path / "run")
+    generate(job, model_and_processor)
+    path = getattr(job, file)
+    data = path.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(data[:-1] if keep == "all but the newline" else data[:last + (len(data) - last) // 2])
+    summary = generate(job, model_and_processor)
+    assert (summary.generated, summary.errors) == ((1, 0) if file == "output" else (0, 1))
+    assert job.output.read_bytes() == reference.output.read_bytes()
+    assert job.errors_output.read_bytes() == reference.errors_output.read_bytes()
+    assert not shard_files(job.output) and not shard_files(job.errors_output)
+
+
 def test_two_ranks_split_the_batches_and_merge_exactly_once(dataset, tmp_path, model_and_processor):
     job = make_job(dataset, tmp_path, batch_size=2)
     first = generate(job, model_and_processor, rank=0, world=2, merge=False)

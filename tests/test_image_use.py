@@ -91,6 +91,25 @@ def test_bad_records_are_listed_and_the_rest_measured(tiny_model_factory, tmp_pa
     assert result["records"] == 9 and result["compared"] == 8 and result["without_partner"] == 0
 
 
+def test_a_repeated_id_is_an_error_and_every_error_names_its_field(tiny_model_factory, tmp_path: Path) -> None:
+    """The same record twice was measured twice, silently (weighing double in both losses), and every error had
+    "field": null although its reason named one."""
+    model, processor = tiny_model_factory()
+    data = _colour_data(tmp_path)
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    question_only = [{"from": "human", "value": "<image>\nWhat colour?"}]
+    bad = [records[0], {**records[1], "id": "int-image", "image": 5},
+           {**records[2], "id": "gone", "image": "missing.png"},
+           {**records[3], "id": "no-answer", "conversations": question_only}]
+    data.write_text("".join(json.dumps(record) + "\n" for record in records + bad))
+    result = image_use(model, processor, data, tmp_path / "images", progress=False)
+    assert [(e["line"], e["id"], e["field"]) for e in result["errors"]] == [
+        (9, "img-0", "id"), (10, "int-image", "image"), (11, "gone", "image"), (12, "no-answer", "conversations")]
+    assert result["errors"][0]["reason"] == f"{data}:9 id='img-0' field 'id': duplicate id (first seen on line 1)"
+    assert all(f"field '{e['field']}'" in e["reason"] for e in result["errors"])
+    assert (result["records"], result["compared"]) == (12, 8)
+
+
 def _repeated_pictures(root: Path) -> Path:
     """Two questions per picture on consecutive lines, as instruction data holds them: four 64x64 pictures, and
     one 96x64 picture, the only one of its view layout."""

@@ -61,9 +61,10 @@ def test_a_published_checkpoint_is_refused_with_the_way_to_convert_it(tmp_path: 
 @pytest.mark.parametrize(("content", "says"), [
     ("{bad", "not valid JSON"),
     ("[]", "expected a JSON object, got list"),
-    ('{"model_type": "sicog", "max_slice_nums": "x"}', "not supported between instances of 'str' and 'int'"),
-    ('{"model_type": "sicog", "text_config": {"hidden_size": "x"}}', "Field 'hidden_size' expected int, got str"),
-    ('{"model_type": "sicog", "text_config": 5}', "'int' object has no attribute"),
+    ('{"model_type": "sicog", "max_slice_nums": "x"}', "field 'max_slice_nums': expected an integer, got \"x\""),
+    ('{"model_type": "sicog", "text_config": {"hidden_size": "x"}}',
+     "field 'text_config.hidden_size': expected an integer, got \"x\""),
+    ('{"model_type": "sicog", "text_config": 5}', "field 'text_config': expected an object or null, got 5"),
     ('{"model_type": "sicog", "resampler_num_queries": 143}', "resampler_num_queries=143 is not a perfect square"),
     # Passed validation and failed building the model: a RuntimeError traceback from torch.
     ('{"model_type": "sicog", "text_config": {"hidden_size": -3}}', "text_config.hidden_size=-3 must be >= 1"),

@@ -85,18 +85,59 @@ def save_embeddings(
 
 
 def load_embeddings(path: str | os.PathLike, texts: Sequence[str]) -> tuple[np.ndarray, dict]:
-    """The embeddings of ``texts`` from a file written by this module, checked against the texts."""
+    """The embeddings of ``texts`` from a file written by this module, checked against the texts.
+
+    A problem raises ``ValueError``, one line naming the ``.npy`` or its description (``<path>.json``) and what
+    is wrong: either missing, a description that is no JSON object with the texts' hash and the encoder's
+    settings, an array of other texts, of another shape, or no array of numbers at all.
+    """
     path = Path(path)
     if not path.is_file() or not sidecar(path).is_file():
         raise ValueError(f"{path}: no embeddings file with its description ({sidecar(path).name}) there")
-    description = json.loads(sidecar(path).read_text(encoding="utf-8"))
-    if description.get("texts_sha256") != texts_digest(texts):
+    description = _read_description(sidecar(path))
+    if description["texts_sha256"] != texts_digest(texts):
         raise ValueError(f"{path}: embeddings of other texts ({description.get('texts')} texts); write the texts "
                          "again with `sicog curate texts` from this input and embed them again")
-    vectors = np.load(path, mmap_mode="r")
+    vectors = _read_vectors(path)
     if vectors.ndim != 2 or len(vectors) != len(texts):
         raise ValueError(f"{path}: shape {vectors.shape}, expected {len(texts)} rows")
     return vectors, description
+
+
+def _read_description(path: Path) -> dict:
+    """The description in ``path`` (see :func:`save_embeddings`); ``ValueError`` naming the file, and the field,
+    when it is not one. Curation records the encoder settings from it, so they are checked here too."""
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(description, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(description).__name__}")
+    digest, encoder = description.get("texts_sha256"), description.get("encoder")
+    if not isinstance(digest, str):
+        raise ValueError(f"{path}: field 'texts_sha256': expected the texts' hash (a string), got {json.dumps(digest)}")
+    if not isinstance(encoder, dict):
+        raise ValueError(f"{path}: field 'encoder': expected an object of encoder settings, got {json.dumps(encoder)}")
+    try:
+        EncoderSettings(**encoder)
+    except (TypeError, ValueError) as err:  # a setting unknown, missing or out of range
+        raise ValueError(f"{path}: field 'encoder': {err}") from None
+    return description
+
+
+def _read_vectors(path: Path) -> np.ndarray:
+    """The array of numbers in the ``.npy`` file ``path``, memory-mapped; ``ValueError`` naming the file when it
+    holds none. Without the header check numpy takes any other file for pickled objects and says so."""
+    with path.open("rb") as handle:
+        if handle.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            raise ValueError(f"{path}: not a .npy file (no NumPy array header)")
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except (ValueError, EOFError) as err:  # a cut file, an array of Python objects
+        raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+    if not (np.issubdtype(vectors.dtype, np.floating) or np.issubdtype(vectors.dtype, np.integer)):
+        raise ValueError(f"{path}: holds {vectors.dtype.name} values, not numbers (expected float32 embeddings)")
+    return vectors
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sicog.data.jsonl import iter_records
+from sicog.data.jsonl import RecordError, iter_records
 from sicog.data.mixture import Source
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.eval.pairing import blind_partners
@@ -90,6 +90,31 @@ def swap_partners(encoded: Sequence[Encoded], pictures: Sequence[str]) -> dict[i
     return partners
 
 
+def _measured_record(processor: SicogProcessor, record: dict, image_folder: str | os.PathLike | None, path: str,
+                     line: int, first_line: dict[str, int]) -> tuple[Encoded, str]:
+    """One record encoded with only its last reply supervised, and its picture (the image's resolved path).
+
+    Raises :class:`RecordError` naming the field at fault, also for an id measured before (``first_line``: id ->
+    its line): counted twice, one record would weigh double in both losses.
+    """
+    def fail(message: str, field: str) -> RecordError:
+        return RecordError(message, path=path, line=line, record_id=record.get("id"), field=field)
+
+    check_llava_record(record, path=path, line=line)
+    if str(record["id"]) in first_line:
+        raise fail(f"duplicate id (first seen on line {first_line[str(record['id'])]})", "id")
+    images = [resolve_image(name, image_folder) for name in record_images(record)]
+    if len(images) != 1:
+        raise fail(f"needs exactly one image, has {len(images)}", "image")
+    try:
+        item = last_reply_only(processor.encode(record["conversations"], images, train=True))
+    except ConversationError as err:
+        raise fail(str(err), "conversations") from None
+    except (ImageError, OSError) as err:  # an image missing, unreadable or not decodable
+        raise fail(str(err), "image") from None
+    return item, os.path.realpath(images[0])  # "a.png", "./a.png" and links to it are one picture
+
+
 def image_use(
     model: SicogForConditionalGeneration,
     processor: SicogProcessor,
@@ -103,24 +128,24 @@ def image_use(
     """Per-token loss on the records' answers with their own images and with swapped images.
 
     ``data``: LLaVA conversation records with one image each, measured on their last assistant reply.
-    Records that cannot be read or encoded are listed under ``errors`` (file, line, id, reason); the others
-    are measured.
+    Records that cannot be read or encoded, and any record whose id came before (its first record is measured),
+    are listed under ``errors`` (file, line, id, field, reason); the others are measured.
     """
     encoded: list[Encoded] = []
     pictures: list[str] = []
     errors: list[dict] = []
+    first_line: dict[str, int] = {}
     for line, record in iter_records(data):
         if limit is not None and len(encoded) + len(errors) >= limit:
             break
         try:
-            check_llava_record(record, path=str(data), line=line)
-            images = [resolve_image(name, image_folder) for name in record_images(record)]
-            if len(images) != 1:
-                raise ValueError(f"needs exactly one image, has {len(images)}")
-            encoded.append(last_reply_only(processor.encode(record["conversations"], images, train=True)))
-            pictures.append(os.path.realpath(images[0]))  # "a.png", "./a.png" and links to it are one picture
-        except (ValueError, ConversationError, ImageError, OSError) as err:
-            errors.append(Problem(record.get("id"), Source(str(data), line), str(err)).to_json())
+            item, picture = _measured_record(processor, record, image_folder, str(data), line, first_line)
+        except RecordError as err:
+            errors.append(Problem(record.get("id"), Source(str(data), line), str(err), field=err.field).to_json())
+            continue
+        first_line[str(record["id"])] = line
+        encoded.append(item)
+        pictures.append(picture)
     partners = swap_partners(encoded, pictures)
     compared = sorted(partners)
     own = [encoded[i] for i in compared]

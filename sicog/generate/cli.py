@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import finite_float, non_negative_float, os_error_text, positive_int, require_checkpoint
+from sicog.data.argtypes import finite_float, non_negative_float, os_error_text, positive_int
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
@@ -100,9 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate, then (rank 0, after every rank is done) merge; 0 when every input id is accounted for."""
     from sicog.data.sharding import rank_and_world
-    from sicog.generate.corrupt import parse_methods
     from sicog.generate.job import GenerationJob
     from sicog.generate.settings import resolve_sampling
+    from sicog.model.checkpoint_config import read_checkpoint_config
 
     rank, world = rank_and_world()
     try:
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         job = GenerationJob(
             data=args.data, output=args.output, task=args.task, prompt_type=args.prompt, model_name=str(args.model),
             sampling=sampling, image_folder=args.image_folder, batch_size=args.batch_size, seed=args.seed,
-            corruptions=parse_methods(args.corrupt), corrupt_all=args.corrupt_all,
+            corruptions=_corruptions(args), corrupt_all=args.corrupt_all,
             max_prompt_tokens=args.max_prompt_tokens, max_aspect_ratio=args.max_aspect_ratio,
             progress=not args.no_progress,
         )
@@ -125,9 +125,13 @@ def run(args: argparse.Namespace) -> int:
         from sicog.model.device import resolve_device
 
         device, dtype = resolve_device(args.device, args.dtype)
-        require_checkpoint(args.model)
+        # The whole config.json is checked here: a field of the wrong type would fail inside transformers.
+        read_checkpoint_config(args.model)
     except (ValueError, RuntimeError) as err:
         print(f"sicog generate {args.task}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a config.json that cannot be read (no permission)
+        print(f"sicog generate {args.task}: error: {os_error_text(err)}", file=sys.stderr)
         return 2
     try:
         with output_lock(job.output, enabled=rank == 0), process_group(world):
@@ -138,6 +142,17 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:  # an input that cannot be read, an output that cannot be written (no permission, disk full)
         print(f"sicog generate {args.task}: error: {os_error_text(err)}", file=sys.stderr)
         return 2
+
+
+def _corruptions(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--corrupt`` methods; ``ValueError`` for ``--corrupt-all`` without any, which would corrupt nothing."""
+    from sicog.generate.corrupt import parse_methods
+
+    methods = parse_methods(args.corrupt)
+    if args.corrupt_all and not methods:
+        raise ValueError("--corrupt-all applies every --corrupt method to each record: give them with "
+                         "--corrupt METHOD[,METHOD]")
+    return methods
 
 
 def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank: int, world: int,
