@@ -285,6 +285,14 @@ def test_scripts_pass_the_readme_variables(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["recap_inference.sh", "reasoning_inference.sh"])
+def test_several_inputs_write_beside_the_first(name, tmp_path):
+    """`sicog generate --data a.jsonl,b.jsonl`: the output goes beside the first input, not into a folder named
+    after the whole list."""
+    words = dry_run(name, tmp_path, EXPERIMENT_NAME="job", MODEL_PATH="ckpt", DATA_PATH="d1/a.jsonl,d2/b.jsonl")
+    assert words[words.index("--output") + 1] == "d1/job.jsonl"
+
+
+@pytest.mark.parametrize("name", ["recap_inference.sh", "reasoning_inference.sh"])
 def test_scripts_pass_the_documented_sampling_when_unset(name, tmp_path):
     """As the published recap scripts, the scripts always pass temperature and top_p: unset, they are `sicog
     generate`'s defaults (the paper's), never what the checkpoint's generation_config.json holds."""
