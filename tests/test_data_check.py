@@ -148,6 +148,19 @@ def test_brace_patterns_name_several_files(tmp_path, model, images, capsys):
     assert summary_of(capsys.readouterr().out)["usable"] == 3
 
 
+def test_a_config_field_of_the_wrong_type_is_one_line_naming_it(tmp_path, model, capsys):
+    """It failed inside transformers with a traceback (exit 1)."""
+    import shutil
+
+    damaged = tmp_path / "model"
+    shutil.copytree(model, damaged)
+    config = json.loads((damaged / "config.json").read_text())
+    (damaged / "config.json").write_text(json.dumps({**config, "vision_config": 5}))
+    assert check(write(tmp_path / "d.jsonl", [rec("a")]), str(damaged), None) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"sicog data check: error: {damaged / 'config.json'}: field 'vision_config': expected an object or null, got 5"]
+
+
 def test_stage_must_be_one_training_knows(tmp_path, model, capsys):
     from sicog.data.cli import MAX_LENGTH, SFT_STAGES
     from sicog.train.arguments import STAGES, DataArguments

@@ -89,9 +89,9 @@ def _head(data_path: str, limit: int) -> Iterator[dict]:
 def _check(args: argparse.Namespace) -> int:
     """Print a summary; exit 1 when a record is invalid, would be skipped or is a copy of another, or none is
     usable; 2 when the input cannot be read or the report cannot be written."""
-    from sicog.data.argtypes import require_checkpoint
     from sicog.data.jsonl import RecordError, refuse_overwriting, write_records
     from sicog.data.sources import split_data_path
+    from sicog.model.checkpoint_config import read_checkpoint_config
     from sicog.model.processing import SicogProcessor
     from sicog.train.arguments import STAGES
     from sicog.train.datasets import SupervisedDataset, repeated_ids
@@ -103,7 +103,7 @@ def _check(args: argparse.Namespace) -> int:
         if args.report:
             refuse_overwriting([("data_path", path) for path in split_data_path(args.data_path)], "--report",
                                args.report)
-        require_checkpoint(args.model)
+        read_checkpoint_config(args.model)  # the whole config.json: a field of the wrong type fails inside transformers
         processor = SicogProcessor.from_pretrained(args.model)
         dataset = SupervisedDataset(
             args.data_path, processor, image_folder=args.image_folder, max_length=args.max_length,
