@@ -16,4 +16,4 @@ training_flags --learning-rate "${DPO_LEARNING_RATE:-5e-7}" --batch "${DPO_BATCH
     --save-steps 3000 --save-total-limit 1 --scheduler linear --warmup 0.1
 sicog_exec train --stage dpo --model_name_or_path "$PREV_STAGE_CHECKPOINT" --group_by_modality_length True \
     --dpo_beta "${DPO_BETA:-0.1}" --dpo_gamma "${DPO_GAMMA:-1.0}" --dpo_alpha "${DPO_ALPHA:-1.0}" \
-    "${TRAIN_FLAGS[@]}" "${SICOG_ARGS[@]}"
+    "${TRAIN_FLAGS[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}

@@ -12,4 +12,4 @@ require_vars EXPERIMENT_NAME DATA_PATH PREV_STAGE_CHECKPOINT
 training_flags --learning-rate "${FINETUNE_LEARNING_RATE:-2e-5}" --batch "${FINETUNE_BATCH:-${FINETUNE_RANK_BATCH:-4}}" \
     --paper-batch 128 --folder llava-qwen-uhd-stage0 --save-steps 2000 --save-total-limit 2
 sicog_exec train --stage 0 --model_name_or_path "$PREV_STAGE_CHECKPOINT" --group_by_modality_length True \
-    "${TRAIN_FLAGS[@]}" "${SICOG_ARGS[@]}"
+    "${TRAIN_FLAGS[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}

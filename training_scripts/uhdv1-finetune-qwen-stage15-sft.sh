@@ -15,4 +15,4 @@ sicog_exec train --stage 1.5 --group_by_modality_length True \
     --vision_tower "${CLIP_CKPT_DIR:-$(pretrained clip-vit-large-patch14-336)}" \
     --language_model "${LLM_CKPT_DIR:-$(pretrained Qwen2-7B-Instruct)}" \
     --projector "$MM_PROJECTOR_CHECKPOINT" \
-    "${TRAIN_FLAGS[@]}" "${SICOG_ARGS[@]}"
+    "${TRAIN_FLAGS[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}

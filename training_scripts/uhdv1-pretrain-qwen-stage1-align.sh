@@ -17,4 +17,4 @@ training_flags --learning-rate "${PRETRAIN_LEARNING_RATE:-2e-4}" --batch "${PRET
 sicog_exec train --stage 1 \
     --vision_tower "${CLIP_CKPT_DIR:-$(pretrained clip-vit-large-patch14-336)}" \
     --language_model "${LLM_CKPT_DIR:-$(pretrained Qwen2-7B-Instruct)}" \
-    "${TRAIN_FLAGS[@]}" "${SICOG_ARGS[@]}"
+    "${TRAIN_FLAGS[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
