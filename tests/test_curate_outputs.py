@@ -166,6 +166,12 @@ def _save_objects(path: Path) -> None:
         np.save(handle, np.array([{"a": 1}] * 6, dtype=object).reshape(2, 3), allow_pickle=True)
 
 
+def _save_with_nan(path: Path) -> None:
+    vectors = np.load(path)
+    vectors[1, 0] = np.nan
+    np.save(path, vectors)
+
+
 # What is done to a good embeddings file (its .npy, its description), which of the two the line names, what it says.
 DAMAGES = {
     "description: a JSON array": (lambda npy, desc: desc.write_text("[1, 2]"), "desc",
@@ -186,6 +192,8 @@ DAMAGES = {
                               "not a readable .npy array (Array can't be memory-mapped: Python objects in dtype.)"),
     "array: strings": (lambda npy, desc: np.save(npy, np.array([["a"] * 3] * 2)), "npy",
                        "holds str32 values, not numbers (expected float32 embeddings)"),
+    "array: a NaN": (lambda npy, desc: _save_with_nan(npy), "npy", "row 1 holds a NaN or infinite value (an encoder "
+                     "that overflowed: embed the texts again, e.g. with --dtype float32)"),
 }
 
 

@@ -89,7 +89,7 @@ def load_embeddings(path: str | os.PathLike, texts: Sequence[str]) -> tuple[np.n
 
     A problem raises ``ValueError``, one line naming the ``.npy`` or its description (``<path>.json``) and what
     is wrong: either missing, a description that is no JSON object with the texts' hash and the encoder's
-    settings, an array of other texts, of another shape, or no array of numbers at all.
+    settings, an array of other texts, of another shape, with a NaN or infinite value, or no array of numbers at all.
     """
     path = Path(path)
     if not path.is_file() or not sidecar(path).is_file():
@@ -101,7 +101,18 @@ def load_embeddings(path: str | os.PathLike, texts: Sequence[str]) -> tuple[np.n
     vectors = _read_vectors(path)
     if vectors.ndim != 2 or len(vectors) != len(texts):
         raise ValueError(f"{path}: shape {vectors.shape}, expected {len(texts)} rows")
+    _check_finite(vectors, path)
     return vectors, description
+
+
+def _check_finite(vectors: np.ndarray, path: Path, rows: int = 8192) -> None:
+    """``ValueError`` naming the first row of ``vectors`` with a NaN or infinite value: its similarities would be NaN,
+    which no threshold keeps or drops for a reason. Read ``rows`` at a time: the array may be larger than memory."""
+    for start in range(0, len(vectors), rows):
+        finite = np.isfinite(vectors[start:start + rows]).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"{path}: row {start + int(np.argmin(finite))} holds a NaN or infinite value (an encoder "
+                             "that overflowed: embed the texts again, e.g. with --dtype float32)")
 
 
 def _read_description(path: Path) -> dict:
