@@ -53,7 +53,7 @@ CHANGES = {
     "reasoning_temperature": (0.5, "generate_reasoning"),
     "top_p": (0.5, GENERATE),
     "generation_batch_size": (2, GENERATE),
-    "generate": ({"cache": "static"}, GENERATE),
+    "generate": ({"cache": "dynamic"}, GENERATE),  # the quick preset generates with a static cache
     "caption_max_new_tokens": (20, "generate_captions " + " ".join(f"captions_{a}" for a in "ABCDE")),
     "reasoning_max_new_tokens": (20, "generate_reasoning"),
     "caption_threshold": (0.6, "curate_captions"),
