@@ -58,7 +58,8 @@ sicog_python() {
     fi
 }
 
-# sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1.
+# sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1 (through
+# sicog.launch: torchrun's arguments, a failure in one line after the processes' errors, their exit status).
 # One node: torchrun --standalone (a free port) unless MASTER_ADDR is set. Several nodes: NODE_RANK and
 # MASTER_ADDR are required (MASTER_PORT defaults to 29500). One process that a training script runs under DeepSpeed
 # (SICOG_TORCHRUN=1) gets the rank variables torchrun would set (without them DeepSpeed looks for MPI and mpi4py),
@@ -72,7 +73,7 @@ sicog_exec() {
         cmd=(env RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
              MASTER_PORT="${MASTER_PORT:-$(free_port "$python")}" "$python" -m sicog "$@")
     elif [[ "${NPROC_PER_NODE:-1}" != "1" || "${NNODES:-1}" != "1" ]]; then
-        cmd=("$python" -m torch.distributed.run --nproc_per_node "${NPROC_PER_NODE:-1}")
+        cmd=("$python" -m sicog.launch --nproc_per_node "${NPROC_PER_NODE:-1}")
         if [[ "${NNODES:-1}" != "1" ]]; then
             require_vars NODE_RANK MASTER_ADDR
             cmd+=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"

@@ -60,7 +60,7 @@ def test_dry_run_prints_the_resolved_command(task: str, tmp_path: Path) -> None:
 
 def test_torchrun_when_several_processes(tmp_path: Path) -> None:
     result = run_script("captions", tmp_path, "--dry-run", RAW_DATASET="g.jsonl", NPROC_PER_NODE="2")
-    assert "torch.distributed.run --nproc_per_node 2" in result.stdout
+    assert "sicog.launch --nproc_per_node 2" in result.stdout
 
 
 @pytest.mark.slow

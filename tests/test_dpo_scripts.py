@@ -57,7 +57,7 @@ def test_variables_set_the_hyper_parameters_and_torchrun():
            "DPO_GAMMA": "0", "DPO_ALPHA": "2", "DPO_LEARNING_RATE": "1e-6", "DPO_BATCH": "2", "DEEPSPEED": "zero3",
            "NPROC_PER_NODE": "8"}
     words, flags = parsed(dry_run(env).stdout)
-    assert "torch.distributed.run" in words and flags["--nproc_per_node"] == "8" and flags["--deepspeed"] == "zero3"
+    assert "sicog.launch" in words and flags["--nproc_per_node"] == "8" and flags["--deepspeed"] == "zero3"
     assert (flags["--dpo_beta"], flags["--dpo_gamma"], flags["--dpo_alpha"]) == ("0.2", "0", "2")
     assert (flags["--learning_rate"], flags["--per_device_train_batch_size"]) == ("1e-6", "2")
 

@@ -280,7 +280,7 @@ def test_scripts_pass_the_readme_variables(tmp_path):
     every = dry_run("reasoning_inference.sh", tmp_path, AUGMENT_ALL="1", **noisy)
     assert every[every.index("--corrupt"):] == ["--corrupt", "gaussian_blur,mask", "--corrupt-all"]
     command = dry_run("reasoning_inference.sh", REPO / "docs", NPROC_PER_NODE="4", **noisy)
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node" in command
+    assert command[:3] == [sys.executable, "-m", "sicog.launch"] and "--nproc_per_node" in command
     assert command[command.index("-m", 3):][:4] == ["-m", "sicog", "generate", "reasoning"]
 
 

@@ -110,7 +110,7 @@ def test_multi_node_variables_launch_torchrun():
     env = {**README_ENV, "NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1",
            "MASTER_PORT": "12345", "DEEPSPEED": "zero3"}
     words, flags = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env).stdout)
-    assert "torch.distributed.run" in words
+    assert "sicog.launch" in words
     launch = (flags["--nproc_per_node"], flags["--nnodes"], flags["--node_rank"], flags["--master_addr"])
     assert launch == ("8", "4", "1", "10.0.0.1")
     assert flags["--deepspeed"] == "zero3"
@@ -171,13 +171,13 @@ def test_one_process_with_deepspeed_starts_with_the_rank_variables_and_without_t
     """torchrun's agent would turn the command's one-line error (exit 2) into a traceback and exit 1."""
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DEVICE": "cpu"})
     words, flags = parsed(result.stdout)
-    assert "torch.distributed.run" not in words and words[0] == "env"
+    assert "sicog.launch" not in words and words[0] == "env"
     assert {"RANK=0", "LOCAL_RANK=0", "WORLD_SIZE=1", "LOCAL_WORLD_SIZE=1", "MASTER_ADDR=127.0.0.1"} <= set(words)
     assert int(next(w for w in words if w.startswith("MASTER_PORT=")).split("=")[1]) > 0
     assert words[words.index("-m") + 1] == "sicog"
     assert flags["--use_cpu"] == "True" and "--bf16" not in words  # fp32 on a CPU unless PRECISION says otherwise
     words, _ = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DEEPSPEED": "none"}).stdout)
-    assert "torch.distributed.run" not in words
+    assert "sicog.launch" not in words
 
 
 @pytest.mark.parametrize(("env", "global_batch", "warned"), [
@@ -210,7 +210,7 @@ def test_nproc_per_node_gpu_is_the_number_of_gpus(spelling, tmp_path):
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env)
     assert result.returncode == 0, result.stderr
     words, flags = parsed(result.stdout)
-    assert "torch.distributed.run" in words and flags["--nproc_per_node"] == "4"
+    assert "sicog.launch" in words and flags["--nproc_per_node"] == "4"
     assert "global batch: 16 = 4 per device x 1 accumulation steps x 4 processes per node" in result.stderr
 
 
