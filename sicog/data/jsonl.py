@@ -328,15 +328,12 @@ def unfinished_line(path: str | os.PathLike) -> int | None:
 
 
 def drop_partial_tail(path: str | os.PathLike) -> None:
-    """Cut a last line that a killed writer left without its newline, so appends stay valid JSONL."""
+    """Cut a last line that a killed writer left without its newline, so appends stay valid JSONL (a JSON array,
+    whose last line needs none, is left as it is)."""
     path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with path.open("rb+") as handle:
-        data = handle.read()
-        if data.endswith(b"\n"):
-            return
-        handle.truncate(data.rfind(b"\n") + 1)
+    if path.is_file() and unfinished_line(path) is not None:
+        with path.open("rb+") as handle:
+            handle.truncate(handle.read().rfind(b"\n") + 1)
 
 
 class JsonlAppender:

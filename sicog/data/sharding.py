@@ -105,8 +105,10 @@ def merge_shard_files(
     """Merge every shard of ``output`` and ``errors_output`` into them (see :func:`merge_shards`), then
     remove the shards. Safe to rerun after a kill at any point. Returns ``(n_outputs, n_errors)``."""
     out_shards, err_shards = shard_files(output), shard_files(errors_output)
-    for part in out_shards + err_shards:
-        drop_partial_tail(part)  # a killed run of another world size may have left half a line
+    # A killed run of another world size may have left half a line in a shard, and a cut copy or a full disk in an
+    # earlier merged file; the resume skipped such a line (written_records), so its record is in a shard again.
+    for part in [Path(output), Path(errors_output), *out_shards, *err_shards]:
+        drop_partial_tail(part)
     counts = merge_shards(output, out_shards, expected_ids, error_parts=err_shards, errors_output=errors_output)
     crash_point("merge-written")
     for part in out_shards + err_shards:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sicog.data.jsonl import JsonlAppender, RecordError, atomic_file, error_record, errors_path, unfinished_line
+from sicog.data.jsonl import JsonlAppender, RecordError, error_record, errors_path
 from sicog.data.sharding import done_ids, merge_shard_files, shard_files, shard_path, shard_world, written_records
 from sicog.generate.corrupt import record_methods
 from sicog.generate.inputs import GenerationTask, InputPlan, read_inputs
@@ -268,20 +268,4 @@ def merge_outputs(job: GenerationJob, ids: Sequence[str]) -> tuple[int, int]:
     Returns ``(n_outputs, n_errors)``. Run it once, after every rank has finished; a rerun after a kill
     during the merge finishes it (see :func:`sicog.data.sharding.merge_shards`).
     """
-    for path in (job.output, job.errors_output):
-        _cut_unfinished_line(path)
     return merge_shard_files(job.output, job.errors_output, ids)
-
-
-def _cut_unfinished_line(path: Path) -> None:
-    """Cut the last line of an earlier merged file when it lacks its newline (a cut copy, a full disk).
-
-    The resume check skipped that line (:func:`~sicog.data.sharding.written_records`), so its record was
-    generated again into a shard; left in place, the merge would read it as invalid JSON, or as a second copy of
-    the id, on this run and every rerun. The file is replaced whole: a kill leaves it as it was.
-    """
-    if not path.is_file() or unfinished_line(path) is None:
-        return
-    data = path.read_bytes()
-    with atomic_file(path, "wb") as handle:
-        handle.write(data[:data.rfind(b"\n") + 1])
