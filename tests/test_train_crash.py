@@ -56,6 +56,27 @@ def test_kill_during_checkpoint_save_then_one_rerun_finishes_identically(world, 
     assert final.keys() == uninterrupted.keys()
     assert all(torch.equal(final[k], uninterrupted[k]) for k in final)
     assert all((out / f"checkpoint-{n}" / COMPLETE_MARKER).is_file() for n in (1, 2, 3))
+    assert train_loss(out) == pytest.approx(train_loss(world["root"] / "uninterrupted"), rel=1e-5)
+
+
+def train_loss(out):
+    return json.loads((out / "train_results.json").read_text())["train_loss"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_last_checkpoint_reports_the_whole_runs_loss(world, uninterrupted, tmp_path):
+    """The rerun resumes the last step and trains none (the Trainer alone trained a fourth): the run's weights, and
+    its train loss is still the mean over the run's 3 steps (the Trainer alone reported the fourth step's)."""
+    out = tmp_path / "run"
+    killed = train(world, out, crash_at="train-results")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (out / "model.safetensors").is_file() and not (out / "train_results.json").exists()
+    rerun = train(world, out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    reference = train_loss(world["root"] / "uninterrupted")
+    assert reference > 0 and train_loss(out) == pytest.approx(reference, rel=1e-5)
+    assert not (out / "checkpoint-4").exists()
+    assert all(torch.equal(value, uninterrupted[name]) for name, value in weights(out).items())
 
 
 def test_resume_picks_the_newest_complete_checkpoint(tmp_path, caplog):

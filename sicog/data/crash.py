@@ -4,8 +4,8 @@ A run with ``SICOG_CRASH_AT=NAME`` kills itself with SIGKILL (no cleanup, no ``f
 node or the OOM killer) the first time it reaches ``crash_point(NAME)``; ``NAME:N`` waits for the N-th
 time. Without the variable a crash point does nothing. The points are listed where they are used:
 ``checkpoint-weights``, ``checkpoint-optimizer``, ``checkpoint-trainer-state``, ``checkpoint-unmarked``
-(sicog/train/trainer.py), ``merge-output-written``, ``merge-written`` (sicog/data/sharding.py),
-``curate-written`` (sicog/curate/pipeline.py).
+(sicog/train/trainer.py), ``train-results`` (sicog/train/run.py), ``merge-output-written``, ``merge-written``
+(sicog/data/sharding.py), ``curate-written`` (sicog/curate/pipeline.py).
 """
 
 from __future__ import annotations

@@ -42,11 +42,15 @@ def is_complete(checkpoint: str | os.PathLike) -> bool:
     return (Path(checkpoint) / COMPLETE_MARKER).is_file()
 
 
-def mark_complete(checkpoint: str | os.PathLike, global_step: int, stage: str, run: dict | None = None) -> None:
+def mark_complete(checkpoint: str | os.PathLike, global_step: int, stage: str, run: dict | None = None,
+                  loss_sum: float | None = None) -> None:
     """Write the completion marker: the save of ``checkpoint`` by ``stage`` at ``global_step`` finished; ``run``:
-    the settings of the run that wrote it (see :func:`last_complete_checkpoint`)."""
-    write_json(Path(checkpoint) / COMPLETE_MARKER,
-               {"global_step": global_step, "stage": stage, **({"run": run} if run is not None else {})})
+    the settings of the run that wrote it (see :func:`last_complete_checkpoint`); ``loss_sum``: the sum of the
+    training loss over its steps 1 to ``global_step``, from which a resumed run reports the whole run's mean."""
+    extra = {"run": run} if run is not None else {}
+    if loss_sum is not None:
+        extra["loss_sum"] = loss_sum
+    write_json(Path(checkpoint) / COMPLETE_MARKER, {"global_step": global_step, "stage": stage, **extra})
 
 
 def _marker(checkpoint: str | os.PathLike) -> dict:
@@ -62,6 +66,12 @@ def checkpoint_stage(checkpoint: str | os.PathLike) -> str | None:
     """The stage named in a complete checkpoint's marker (None: a marker from before markers named it, or one
     written by hand that is no JSON object)."""
     return _marker(checkpoint).get("stage")
+
+
+def checkpoint_loss_sum(checkpoint: str | os.PathLike) -> float | None:
+    """The training loss summed over the steps before a complete checkpoint (None: its marker predates the sum)."""
+    value = _marker(checkpoint).get("loss_sum")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def settings_differences(written: dict | None, run: dict | None) -> list[str]:

@@ -83,7 +83,7 @@ def model_card(
     if args.stage == "dpo":
         settings.append(("DPO", f"beta {args.dpo_beta:g}, alpha {args.dpo_alpha:g}, gamma {args.dpo_gamma:g}"))
     if "train_loss" in results:
-        settings.append(("final train loss", f"{results['train_loss']:.4f}"))
+        settings.append(("train loss (mean over the run)", f"{results['train_loss']:.4f}"))
     table = "\n".join(["| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in settings)])
     remote = (
         "\n\nThe checkpoint carries its own code: without the `sicog` package, pass `trust_remote_code=True` to "

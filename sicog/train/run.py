@@ -12,6 +12,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import set_seed
 
+from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json
 from sicog.data.lock import output_lock
 from sicog.model.builders import (
@@ -270,6 +271,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrai
         trainer.save_model(args.output_dir)
         if trainer.is_world_process_zero():
             processor.save_pretrained(args.output_dir)
+    crash_point("train-results")  # kill test point: the last checkpoint and the model saved, the results not
     if trainer.is_world_process_zero():
         if "resampler" in args.trainable_parts():
             projector_from_checkpoint(args.output_dir, args.output_dir)

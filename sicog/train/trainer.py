@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from sicog.data.crash import crash_point
 from sicog.model.builders import share_weights_like_config
-from sicog.train.checkpoints import COMPLETE_MARKER, mark_complete
+from sicog.train.checkpoints import COMPLETE_MARKER, checkpoint_loss_sum, mark_complete
+
+logger = logging.getLogger(__name__)
 
 
 class EpochSeeded:
@@ -104,10 +107,31 @@ class SicogTrainer(Trainer):
         self.vision_tower_lr = vision_tower_lr
         self.sample_log = Path(f"{sample_log}.rank{self.args.process_index}.jsonl") if sample_log else None
         self.seeded_sampler: EpochSeeded | None = None
+        self.loss_before_resume: float | None = 0.0  # the loss summed over the run's steps before this call's
         if self.args.loss_weighting == "micro_batches":
             # Not told the step's token count, the model returns each micro-batch's token mean; the Trainer then
             # divides it by the accumulation steps and the ranks' gradients are averaged: the published weighting.
             self.model_accepts_loss_kwargs = False
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs) -> TrainOutput:
+        """Train as the Trainer does; ``train_loss`` is the mean over all the run's steps, those before a resume too.
+
+        The Trainer reports the mean over the steps of this call: a run killed after its last checkpoint but before
+        its results were written trained no step on the rerun and reported 0, one resumed half way the second half's
+        mean. Each checkpoint's marker holds the loss summed up to it, which completes the sum.
+        """
+        self.loss_before_resume = 0.0
+        if resume_from_checkpoint is not None:
+            self.loss_before_resume = (checkpoint_loss_sum(resume_from_checkpoint)
+                                       if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.loss_before_resume is None:
+            logger.warning("%s does not hold the loss of the steps before it (saved by an older sicog): train_loss "
+                           "is the mean over the steps after it only", resume_from_checkpoint)
+            return output
+        # The Trainer has added its last undrained steps to its sum.
+        train_loss = (self.loss_before_resume + self._total_loss_scalar) / max(output.global_step, 1)
+        return TrainOutput(output.global_step, train_loss, {**output.metrics, "train_loss": train_loss})
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -124,6 +148,11 @@ class SicogTrainer(Trainer):
         return self.seeded_sampler
 
     def _run_epoch(self, model, epoch, *args, **kwargs):
+        if 0 < self.state.max_steps <= self.state.global_step:
+            # Resumed at the run's last step (killed before its results were written): the Trainer checks whether to
+            # stop only after a step, so it would train one more than the run has and save other weights.
+            self.control.should_training_stop = True
+            return None
         # The Trainer's set_epoch goes through accelerate's data loader, which does not reach the sampler under
         # the batch skipping of a multi-process run resumed mid-epoch: that epoch would be drawn as epoch 0.
         if self.seeded_sampler is not None:
@@ -183,7 +212,11 @@ class SicogTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         crash_point("checkpoint-unmarked")  # kill test point: everything written but the completion marker
         if self.args.should_save:
-            mark_complete(folder, self.state.global_step, self.args.stage, self.run_settings)
+            loss_sum = None
+            if self.loss_before_resume is not None:
+                # This call's steps: those already drained into the Trainer's sum and those since its last log.
+                loss_sum = self.loss_before_resume + self._total_loss_scalar + self._tr_loss.item()
+            mark_complete(folder, self.state.global_step, self.args.stage, self.run_settings, loss_sum)
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
                                use_mtime=True)
 
