@@ -11,6 +11,7 @@ import pytest
 from sicog.cli import main
 from sicog.eval import suite as suite_module
 from sicog.eval.suite import checkpoint_signature, framework_command, load_suite, select
+from sicog.model.configuration import SicogConfig
 
 # Figure 1 of the paper (arXiv 2503.12303), in its order.
 FIGURE_1 = ["MMStar", "AI2D", "ScienceQA", "MathVista", "RealWorldQA", "ChartQA", "POPE", "MMVet", "MMBench", "MME",
@@ -41,7 +42,7 @@ def test_commands_for_each_framework(tmp_path) -> None:
     assert "--reuse" in vlm  # a rerun keeps what earlier runs in the folder finished
     assert vlm[vlm.index("--sicog-model") + 1] == str((tmp_path / "ckpt").resolve())
     lmms = framework_command("lmms-eval", suite[:2], "ckpt", "out", processes=8)
-    assert lmms[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "8", "-m"]
+    assert lmms[:7] == [sys.executable, "-m", "sicog.launch", "--standalone", "--nproc-per-node", "8", "-m"]
     assert lmms[7] == "lmms_eval" and lmms[lmms.index("--tasks") + 1] == "mmstar,ai2d"
     assert lmms[lmms.index("--batch_size") + 1] == "auto" and "--log_samples" in lmms
 
@@ -79,7 +80,10 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path, capsys, monkeypatch) -> Non
     assert "unknown benchmark(s) Foo" in capsys.readouterr().err
     assert main(["eval-suite", "--model", str(tmp_path), "--output-dir", "o"]) == 2
     assert f"no SICOG checkpoint at {tmp_path}" in capsys.readouterr().err
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "llava_qwen"}')  # a published checkpoint, not converted
+    assert main(["eval-suite", "--model", str(tmp_path), "--output-dir", "o"]) == 2
+    assert "but a published one: convert it with `sicog convert from-release`" in capsys.readouterr().err
+    SicogConfig().save_pretrained(tmp_path)
     monkeypatch.setattr(suite_module.importlib.util, "find_spec", lambda name: None)
     assert main(["eval-suite", "--model", str(tmp_path), "--output-dir", "o", "--framework", "lmms-eval"]) == 2
     assert "lmms-eval is not installed in this environment" in capsys.readouterr().err
@@ -169,8 +173,7 @@ def _fake_framework(monkeypatch, write, returncode: int = 0) -> list:
 
 
 def _checkpoint(tmp_path):
-    (tmp_path / "ckpt").mkdir(exist_ok=True)
-    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    SicogConfig().save_pretrained(tmp_path / "ckpt")  # its config.json is all the command reads
     return tmp_path / "ckpt"
 
 
@@ -263,8 +266,7 @@ def test_an_output_folder_holds_one_checkpoint(tmp_path, monkeypatch, capsys) ->
     ran = _fake_framework(monkeypatch, lambda: None)
     assert main(["eval-suite", "--model", str(first), "--output-dir", str(out), "--benchmarks", "POPE"]) == 1
     other = tmp_path / "other"
-    other.mkdir()
-    (other / "config.json").write_text("{}")
+    SicogConfig().save_pretrained(other)
     for model, framework, differ in ((other, "vlmevalkit", "model and weights"), (first, "lmms-eval", "framework")):
         assert main(["eval-suite", "--model", str(model), "--output-dir", str(out), "--framework", framework]) == 2
         assert f"--output-dir {out} holds runs of another {differ} (" in capsys.readouterr().err

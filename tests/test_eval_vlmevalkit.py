@@ -12,6 +12,7 @@ from sicog.data.jsonl import load_records
 from sicog.eval.runner import evaluate
 from sicog.eval.tsv import read_benchmark
 from sicog.eval.vlmevalkit import SicogVLM
+from sicog.model.configuration import SicogConfig
 from sicog.model.image_io import ImageError
 from sicog.toy.build import build_world, load_manifest
 
@@ -159,8 +160,7 @@ def test_launcher_registers_the_model_and_runs_run_py(vlmeval, tmp_path, monkeyp
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     (checkout / "run.py").write_text(RUN_PY)
-    (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    SicogConfig().save_pretrained(tmp_path / "ckpt")  # its config.json is all the launcher reads
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.chdir(tmp_path)  # no run.py here: the one beside the vlmeval package is found
@@ -182,7 +182,11 @@ def test_launcher_refuses_bad_input(vlmeval, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         vlmevalkit.main(["--sicog-model", str(tmp_path / "none"), "--model", "sicog", "--data", "MMStar"])
     assert stop.value.code == 2 and "no SICOG checkpoint at" in capsys.readouterr().err
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "llava_qwen"}')  # a published checkpoint, not converted
+    with pytest.raises(SystemExit) as stop:
+        vlmevalkit.main(["--sicog-model", str(tmp_path), "--model", "sicog", "--data", "MMStar"])
+    assert stop.value.code == 2 and "convert it with `sicog convert from-release`" in capsys.readouterr().err
+    SicogConfig().save_pretrained(tmp_path)
     with pytest.raises(SystemExit) as stop:
         vlmevalkit.main(["--sicog-model", str(tmp_path), "--vlmevalkit", str(tmp_path), "--data", "MMStar"])
     assert stop.value.code == 2 and f"no VLMEvalKit run.py in {tmp_path}" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from sicog.data.argtypes import positive_int, require_checkpoint
+from sicog.data.argtypes import os_error_text, positive_int
 from sicog.data.jsonl import atomic_file, write_json
 from sicog.data.yaml_file import read_yaml
 from sicog.eval.batch_size import parse_batch_size
@@ -168,9 +168,9 @@ def framework_command(
     vlmevalkit: str | os.PathLike | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """The command that runs ``benchmarks`` with ``framework`` on the checkpoint ``model``: one process,
-    or ``processes`` under torchrun (each on its own GPU). VLMEvalKit gets ``--reuse``: a rerun after a crash
-    keeps the predictions that earlier runs in ``output_dir`` finished."""
+    """The command that runs ``benchmarks`` with ``framework`` on the checkpoint ``model``: one process, or
+    ``processes`` under torchrun (:mod:`sicog.launch`, each on its own GPU). VLMEvalKit gets ``--reuse``: a rerun
+    after a crash keeps the predictions that earlier runs in ``output_dir`` finished."""
     model = str(Path(model).resolve())
     if framework == VLMEVALKIT:
         module = "sicog.eval.vlmevalkit"
@@ -186,8 +186,8 @@ def framework_command(
         raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
     launcher = [sys.executable, "-m"]
     if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                    str(processes), "-m"]
+        # torchrun through sicog.launch: a failed process is one line after its errors, with its exit status.
+        launcher = [sys.executable, "-m", "sicog.launch", "--standalone", "--nproc-per-node", str(processes), "-m"]
     return [*launcher, module, *args, *extra]
 
 
@@ -304,13 +304,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         benchmarks = select(load_suite(args.suite), args.benchmarks)
         if not args.dry_run:
-            require_checkpoint(args.model)
+            # The whole config.json, before the framework starts (a published llava_qwen folder, a field of the wrong
+            # type): the framework would fail on it only after its own set-up, in a traceback.
+            from sicog.model.checkpoint_config import read_checkpoint_config
+
+            read_checkpoint_config(args.model)
             if importlib.util.find_spec(FRAMEWORKS[args.framework]) is None:
                 raise ValueError(f"{args.framework} is not installed in this environment (docs/evaluation.md: "
                                  "install it beside SICOG)")
             claim_output_dir(args.output_dir, args.model, args.framework, args.extra)
     except (ValueError, OSError) as err:
-        print(f"sicog eval-suite: error: {err}", file=sys.stderr)
+        print(f"sicog eval-suite: error: {os_error_text(err) if isinstance(err, OSError) else err}", file=sys.stderr)
         return 2
     command = framework_command(args.framework, benchmarks, args.model, args.output_dir, processes=args.nproc,
                                 batch_size=args.batch_size, vlmevalkit=args.vlmevalkit, extra=args.extra)

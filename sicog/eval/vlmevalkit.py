@@ -25,10 +25,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sicog.data.argtypes import positive_int, require_checkpoint
+from sicog.data.argtypes import os_error_text, positive_int
 from sicog.eval.generation import encode_item, generate_replies, load_for_eval
 from sicog.eval.prompts import OPEN_QUESTION, PROMPT_STYLES, build_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, is_missing, row_options
+from sicog.model.checkpoint_config import read_checkpoint_config
 
 MESSAGE_TYPES = ("image", "text")
 MODEL_NAME = "sicog"
@@ -211,15 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, run_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     prog = parser.prog
     try:
-        require_checkpoint(args.sicog_model)
+        read_checkpoint_config(args.sicog_model)  # here, not after VLMEvalKit's set-up inside run.py
         run_script = find_run_script(args.vlmevalkit)
         sys.path.insert(0, str(run_script.parent))  # what `python run.py` puts first on the path
         register(args.sicog_model, args.sicog_name, prompt=args.sicog_prompt,
                  max_new_tokens=args.sicog_max_new_tokens, device=args.sicog_device, dtype=args.sicog_dtype)
     except ImportError as err:
         parser.exit(2, f"{prog}: error: VLMEvalKit cannot be imported here ({err})\n")
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         parser.exit(2, f"{prog}: error: {err}\n")
+    except OSError as err:
+        parser.exit(2, f"{prog}: error: {os_error_text(err)}\n")
     sys.argv = [str(run_script), *run_args]
     runpy.run_path(str(run_script), run_name="__main__")
     return 0
