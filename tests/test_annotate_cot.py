@@ -70,6 +70,16 @@ def test_question_without_short_answer_request_gets_the_step_request_appended():
     assert cot_question("And the grass?") == "And the grass? Answer the question step-by-step."
 
 
+def test_a_turn_with_several_images_keeps_its_placeholders_where_they_are():
+    assert cot_question("<image>\n<image>\nSame?") == "<image>\n<image>\nSame? Answer the question step-by-step."
+    assert cot_question("Left: <image> right: <image>\nAnswer the question using a single word or phrase.") == (
+        "Left: <image> right: <image>\nAnswer the question step-by-step.")
+    conversion = convert_record({**cot_record(question="<image>\n<image>\nSame?"), "image": ["a.png", "b.png"]})
+    assert conversion.cot_error is None
+    assert conversion.cot["conversations"][0]["value"].count("<image>") == 2
+    check_llava_record(conversion.cot)
+
+
 def test_missing_image_placeholder_is_added_to_the_first_question():
     conversion = convert_record(cot_record(question="Which year is higher?"))
     cot, short = conversion.cot, conversion.short

@@ -204,6 +204,18 @@ def test_candidates_with_the_image_placeholder_never_reach_the_training_files(tm
     assert summary["kept_at_threshold"]["0.0"] == 1
 
 
+def test_scored_answers_are_the_votes_the_agreement_counts(tmp_path: Path) -> None:
+    """A candidate with <image> gives no vote: scored.jsonl writes its answer empty, as the agreement counts it."""
+    texts = ["The answer is 3.", "<image> The answer is 3.", "So the answer is 3."]
+    encoder = TableEncoder({t: [np.cos(i / 10), np.sin(i / 10)] for i, t in enumerate(texts)})
+    record = {"id": "q", "candidates": texts, "generation": generation("default", "How many cubes?"), "image": "x.jpg"}
+    curate(write_jsonl(tmp_path / "gen.jsonl", [record]), tmp_path / "out",
+           CurationSettings(task="reasoning", threshold=0.0), encoder.settings, encoder_factory=lambda _: encoder)
+    [scored] = load_records(tmp_path / "out" / "scored.jsonl")
+    assert scored["answers"] == ["3", "", "3"]
+    assert scored["agreement"] == pytest.approx(scored["answers"].count(scored["majority_answer"]) / 3, abs=1e-6)
+
+
 def test_report_lists_the_standard_thresholds_and_fallbacks(tmp_path: Path) -> None:
     # The first candidate has no step 5 and is compared whole; the table holds the compared texts.
     encoder = TableEncoder({"A cat.": [1, 0], "A cat sits.": [1, 0.1], "A dog.": [0, 1]})

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sicog.annotate.stepcheck import format_checked_steps
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id, write_jsonl
-from sicog.data.prompts import COT_STEPS, IMAGE_TOKEN, reasoning_prompt, user_turn
+from sicog.data.prompts import COT_STEPS, IMAGE_TOKEN, reasoning_prompt, step_by_step_question, user_turn
 from sicog.data.schema import IMAGE_FIELD_RULE, ROLES, check_llava_record, record_images, valid_image_field
 
 TAGS = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
@@ -75,11 +75,15 @@ def _describe_tag_problem(found: list[tuple[str, str]]) -> str:
 
 
 def cot_question(value: str) -> str:
-    """The question asking for a step-by-step answer, ``<image>`` kept first (see
+    """The question asking for a step-by-step answer, one ``<image>`` kept first (see
     :func:`sicog.data.prompts.step_by_step_question`: a short-answer request is replaced in place, else the
-    step-by-step request is appended)."""
-    prompt = reasoning_prompt("cot-default", value)
-    return user_turn(prompt) if IMAGE_TOKEN in value else prompt
+    step-by-step request is appended). A turn with several placeholders keeps them where they are, as
+    docs/data_formats.md says of such turns: the request alone changes."""
+    prompt = reasoning_prompt("cot-default", value)  # raises on a question that is empty without its placeholders
+    images = value.count(IMAGE_TOKEN)
+    if images > 1:
+        return step_by_step_question(value, keep_images=True)
+    return user_turn(prompt) if images else prompt
 
 
 @dataclass(frozen=True)

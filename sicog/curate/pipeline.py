@@ -27,7 +27,7 @@ from sicog.curate.extract import Task, expects_steps, extract
 from sicog.curate.records import ScoredRecord, pair_record, read_generated_records, training_record
 from sicog.curate.report import HISTOGRAM, REPORT, summarize, write_report
 from sicog.curate.score import mbr_scores
-from sicog.curate.select import record_rng, select
+from sicog.curate.select import counted_answers, record_rng, select
 from sicog.data.answers import parse_answer
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json, write_jsonl
@@ -229,7 +229,7 @@ def _scored_line(scored: ScoredRecord) -> dict:
     )
     if scored.answers is not None:
         out.update(
-            answers=[a.normalized for a in scored.answers],
+            answers=counted_answers([a.normalized for a in scored.answers], scored.item.candidates),
             majority_answer=selection.majority_answer,
             agreement=selection.agreement,
         )

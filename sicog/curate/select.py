@@ -26,6 +26,15 @@ def usable(text: str) -> bool:
     return bool(text.strip()) and IMAGE_TOKEN not in text
 
 
+def counted_answers(answers: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """Each candidate's answer as the majority counts it: an unusable candidate's (see :func:`usable`) is empty.
+
+    Its answer is no vote: a majority carried by unusable candidates would let a usable candidate with another
+    answer be chosen for it.
+    """
+    return [answer if usable(text) else "" for answer, text in zip(answers, texts, strict=True)]
+
+
 @dataclass(frozen=True)
 class Selection:
     """The curation decision for one record."""
@@ -64,9 +73,7 @@ def select(
     # An unusable candidate is never a training answer, whatever its score or the threshold.
     allowed = [usable(text) for text in texts]
     if answers is not None:
-        # Its answer is no vote either: a majority carried by unusable candidates would let a usable
-        # candidate with another answer be chosen for it.
-        answers = [answer if ok else "" for answer, ok in zip(answers, allowed)]
+        answers = counted_answers(answers, texts)
     majority, agreement = (None, None) if answers is None else majority_answer(answers)
     agrees = allowed if answers is None else [ok and a == majority and a != "" for ok, a in zip(allowed, answers)]
     best = best_index(scores, agrees if any(agrees) else allowed)

@@ -52,16 +52,16 @@ def strip_instruction(question: str) -> str:
     return text
 
 
-def step_by_step_question(question: str) -> str:
-    """``question`` (without ``<image>``, stripped) asking for a step-by-step answer as the published
-    convert_cot.py asks it.
+def step_by_step_question(question: str, keep_images: bool = False) -> str:
+    """``question`` (without ``<image>`` unless ``keep_images``, stripped) asking for a step-by-step answer as the
+    published convert_cot.py asks it.
 
     Every :data:`SHORT_ANSWER` is replaced in place by :data:`STEP_BY_STEP_ANSWER`, keeping the text around
     it (``"Q?\\n" + SHORT_ANSWER`` -> ``"Q?\\n" + STEP_BY_STEP_ANSWER``); without one, the request is appended
     after a space. A question that already ends with the request is kept as written: the published
     ``cot-default`` inference sends such a converted question unchanged.
     """
-    text = question.replace(IMAGE_TOKEN, "").strip()
+    text = (question if keep_images else question.replace(IMAGE_TOKEN, "")).strip()
     if SHORT_ANSWER in text:
         return text.replace(SHORT_ANSWER, STEP_BY_STEP_ANSWER)
     if text.endswith(STEP_BY_STEP_ANSWER):
