@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig
 
 from sicog.cli import main
 from sicog.convert.release import ConversionError, release_to_sicog, sicog_to_release
@@ -49,6 +49,23 @@ def release_like_model(tokenizer):
     return model, processor
 
 
+def release_config_fields(model) -> dict:
+    """config.json as the published stack (transformers 4) writes it: the RoPE base at the top level, no
+    rope_parameters, and the LLaVA wrapper's fields, which this model has no setting for."""
+    fields = model.config.text_config.to_dict()
+    rope_theta = fields.pop("rope_parameters")["rope_theta"]
+    fields.pop("dtype", None)
+    fields.update(
+        rope_theta=rope_theta, rope_scaling=None, torch_dtype="float32", sliding_window=131072,
+        use_sliding_window=False, transformers_version="4.40.0.dev0",
+        model_type="llava_qwen", architectures=["LlavaQwenForCausalLM"], mm_projector_type="adapt_spatial_resampler_v1",
+        mm_vision_tower="openai/clip-vit-large-patch14-336", mm_vision_select_layer=-2, mm_hidden_size=32,
+        model_mode="uhd_v1", tokenizer_model_max_length=4096, tokenizer_padding_side="right",
+        image_aspect_ratio="square", mm_use_im_start_end=False, mm_tunable_parts="mm_mlp_adapter,mm_language_model",
+    )
+    return fields
+
+
 def write_release_checkpoint(model, tokenizer, directory, fmt="safetensors"):
     """The published layout: LLM + tower in two shards with an index, the projector in mm_projector.bin."""
     from sicog.model.release_format import to_release_state
@@ -68,13 +85,7 @@ def write_release_checkpoint(model, tokenizer, directory, fmt="safetensors"):
     index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
     (directory / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     torch.save(projector, directory / "mm_projector.bin")
-    fields = model.config.text_config.to_dict()
-    fields.update(
-        model_type="llava_qwen", architectures=["LlavaQwenForCausalLM"], mm_projector_type="adapt_spatial_resampler_v1",
-        mm_vision_tower="openai/clip-vit-large-patch14-336", mm_vision_select_layer=-2, mm_hidden_size=32,
-        model_mode="uhd_v1",
-    )
-    (directory / "config.json").write_text(json.dumps(fields))
+    (directory / "config.json").write_text(json.dumps(release_config_fields(model)))
     qwen_sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
     qwen_sampling.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -105,8 +116,46 @@ def test_release_to_sicog_to_release_is_lossless(tokenizer, tmp_path, fmt, monke
     assert all(torch.equal(projector[k], original[k]) for k in projector)
     config = json.loads((tmp_path / "back" / "config.json").read_text())
     assert config["model_type"] == "llava_qwen" and config["mm_projector_type"] == "adapt_spatial_resampler_v1"
+    # Every field as the published code reads it, the wrapper's too, but where the tower copy now is, the version
+    # that wrote it, and an unused sliding window, which transformers keeps as null.
+    release = json.loads((tmp_path / "release" / "config.json").read_text())
+    changed = {k: (v, config.get(k)) for k, v in release.items() if config.get(k) != v}
+    tower = ("openai/clip-vit-large-patch14-336", str(tmp_path / "back" / "vision_tower"))
+    assert changed == {"mm_vision_tower": tower, "sliding_window": (131072, None),
+                       "transformers_version": ("4.40.0.dev0", config["transformers_version"])}
+    assert "rope_parameters" not in config  # which the published code's transformers 4 would not read
+    # The tokenizer as the published stack reads it (tokenizers before 0.20 refuse merges written as pairs, and
+    # transformers 4.40 reads the chat template from tokenizer_config.json only).
+    saved = json.loads((tmp_path / "back" / "tokenizer.json").read_text())
+    assert saved["model"]["merges"] and all(isinstance(merge, str) for merge in saved["model"]["merges"])
+    assert json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())["chat_template"]
+    prompt = "<|im_start|>user\nHow many red circles are there?<|im_end|>\n"
+    assert AutoTokenizer.from_pretrained(tmp_path / "back")(prompt)["input_ids"] == tokenizer(prompt)["input_ids"]
     written = [p for folder in ("ours", "back") for p in (tmp_path / folder).rglob("*.safetensors")]
     assert written and {stat.S_IMODE(p.stat().st_mode) for p in written} == {FILE_MODE}
+
+
+def test_the_tower_may_be_a_hugging_face_cache_folder_and_must_be_a_clip_folder(tokenizer, tmp_path, capsys):
+    """The published scripts name CLIP as .../hub/models--openai--clip-vit-large-patch14-336, the cache folder
+    `huggingface-cli download --cache-dir` fills: transformers read it as a CLIP config of its defaults (patch 32)."""
+    from sicog.model.builders import local_model_folder
+
+    model, _ = release_like_model(tokenizer)
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    cache = tmp_path / "hub" / "models--openai--clip-tiny"
+    model.vision_tower.config.save_pretrained(cache / "snapshots" / "0123abc")
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text("0123abc")
+    assert local_model_folder(cache) == str(cache / "snapshots" / "0123abc")
+    release_to_sicog(tmp_path / "release", tmp_path / "ours", vision_tower=str(cache))
+    assert load_pretrained(tmp_path / "ours")[0].config.vision_config.patch_size == 14
+    (cache / "refs" / "main").write_text("fedcba9")  # a revision the cache does not hold
+    with pytest.raises(OSError, match="a Hugging Face cache folder of openai/clip-tiny without a usable snapshot"):
+        local_model_folder(cache)
+    assert main(["convert", "from-release", str(tmp_path / "release"), str(tmp_path / "out"), "--vision-tower",
+                 str(tmp_path / "hub")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"sicog convert: error: {tmp_path / 'hub'}: no config.json (not a CLIP checkpoint folder); pass --vision-tower")
 
 
 def test_a_release_tokenizer_without_an_image_token_gets_one(tokenizer, tmp_path, monkeypatch):
@@ -241,6 +290,11 @@ def test_non_release_config_is_refused(tokenizer, tmp_path, capsys):
     assert "model_type 'llava_llama' is not 'llava_qwen'" in capsys.readouterr().err
 
 
+def _edit_config(folder, **fields):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
 def _truncate(path, keep=0.5):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
@@ -261,6 +315,13 @@ def _truncate(path, keep=0.5):
     ("bin", lambda d: _truncate(d / "model-00001-of-00002.bin"), "model-00001-of-00002.bin: not a readable torch file"),
     ("bin", lambda d: (d / "model-00001-of-00002.bin").write_bytes(b""), "model-00001-of-00002.bin: not a readable"),
     ("safetensors", lambda d: _truncate(d / "mm_projector.bin"), "mm_projector.bin: not a readable torch file"),
+    ("safetensors", lambda d: [(d / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
+     "release: no tokenizer (tokenizer.json or tokenizer_config.json)"),
+    ("safetensors", lambda d: _truncate(d / "tokenizer.json"), "release: its tokenizer does not load"),
+    ("safetensors", lambda d: _edit_config(d, hidden_size="128"),
+     "config.json: Field 'hidden_size' expected int, got str (value: '128')"),
+    ("safetensors", lambda d: _edit_config(d, mm_vision_select_layer="-2"),
+     "config.json: field 'mm_vision_select_layer': expected an integer, got \"-2\""),
 ])
 def test_damaged_release_files_are_one_line_errors_naming_the_file(tokenizer, tmp_path, capsys, fmt, damage, named):
     model, _ = release_like_model(tokenizer)

@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoProcessor
 
 from sicog.model.builders import save_pretrained
 from sicog.model.processing import (
@@ -54,6 +55,11 @@ def test_save_load_round_trip(checkpoint, tmp_path):
     assert json.loads((path / "processor_config.json").read_text())["processor_class"] == "SicogProcessor"
     loaded.save_pretrained(tmp_path)  # saving what was loaded writes the same template, not a doubled one
     assert (tmp_path / "chat_template.jinja").read_text() == processor.chat_template
+    # Saved without its model, it has no settings to load with: said so, not read as a 7B model's defaults.
+    with pytest.raises(OSError, match=f"^{tmp_path}: no config.json; a SICOG processor reads its settings"):
+        AutoProcessor.from_pretrained(tmp_path)
+    again = SicogProcessor.from_pretrained(tmp_path, config=processor.config)
+    assert again(text=prompt, images=image())["input_ids"] == first["input_ids"]
 
 
 def test_a_template_saved_by_an_earlier_version_gets_this_versions_rendering_once(checkpoint, tmp_path):
@@ -114,8 +120,6 @@ def test_chat_template_puts_the_image_first_as_encode_does(checkpoint, content):
 
 def test_from_pretrained_passes_tokenizer_options_and_chat_template(checkpoint):
     """transformers' idiom for batched generation, AutoProcessor.from_pretrained(path, padding_side="left")."""
-    from transformers import AutoProcessor
-
     path, _, processor = checkpoint
     assert processor.tokenizer.padding_side == "right"
     left = AutoProcessor.from_pretrained(path, padding_side="left")

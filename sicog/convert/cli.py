@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Convert; a checkpoint that cannot be converted is one line on stderr and exit status 2."""
     from sicog.convert.release import ConversionError, release_to_sicog, sicog_to_release
+    from sicog.data.argtypes import os_error_text
 
     try:
         if args.direction == "from-release":
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             out = sicog_to_release(args.src, args.out, vision_tower_name=args.vision_tower_name)
     except (ConversionError, OSError) as error:
-        print(f"sicog convert: error: {error}", file=sys.stderr)
+        print(f"sicog convert: error: {os_error_text(error) if isinstance(error, OSError) else error}",
+              file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoTokenizer,
     CLIPImageProcessorPil,
@@ -37,6 +38,7 @@ from sicog.model.builders import (
     RELEASE_SEPARATORS,
     _set_generation_ids,
     add_image_token,
+    local_model_folder,
     share_weights_like_config,
 )
 from sicog.model.checkpoint_config import RELEASE_MODEL_TYPE, read_checkpoint_config
@@ -49,6 +51,7 @@ from sicog.model.release_format import (
     RELEASE_RESAMPLER_SETTINGS,
     VISION_PREFIX,
     ConversionError,
+    first_line,
     from_release_state,
     read_json_object,
     read_tensor_file,
@@ -58,6 +61,8 @@ from sicog.model.release_format import (
 )
 
 RELEASE_EMBEDDING, RELEASE_LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+# A tokenizer is saved as one of these (transformers finds the others from them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 CLIP_L14_336_ID = "openai/clip-vit-large-patch14-336"
 TOWER_PREFIX = "vision_tower."
 # The tower's keys with CLIP's own prefix, as transformers saved a model it had loaded under ZeRO-3.
@@ -76,6 +81,16 @@ def text_config_from_release(config: dict) -> Qwen2Config:
     return Qwen2Config(**fields)
 
 
+def load_tokenizer(folder: Path):
+    """The tokenizer saved in ``folder``; :class:`ConversionError` naming the folder when it does not load."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ConversionError(f"{folder}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # noqa: BLE001 - tokenizers reports a damaged tokenizer.json as a bare Exception
+        raise ConversionError(f"{folder}: its tokenizer does not load ({first_line(error)})") from None
+
+
 def _vision_state(weights: dict[str, torch.Tensor], release_config: dict, vision_tower: str | None, src: Path) -> tuple:
     """The tower's config and release-named weights: from the checkpoint if it holds them, else from the CLIP dir."""
     source = vision_tower or release_config.get("mm_vision_tower")
@@ -88,6 +103,10 @@ def _vision_state(weights: dict[str, torch.Tensor], release_config: dict, vision
             f"(config mm_vision_tower={release_config.get('mm_vision_tower')!r}"
             " is not a local directory); pass --vision-tower"
         )
+    source = local_model_folder(source)
+    if not (Path(source) / "config.json").is_file():
+        # transformers would read the folder as a CLIP config of its defaults (patch 32), without a word.
+        raise ConversionError(f"{source}: no config.json (not a CLIP checkpoint folder); pass --vision-tower")
     if has_tower:
         return CLIPVisionConfig.from_pretrained(source), {}
     tower = CLIPVisionModel.from_pretrained(source)
@@ -189,22 +208,34 @@ def release_to_sicog(
         _tie_lm_head(weights, src)
     vision_config, tower_weights = _vision_state(weights, release_config, vision_tower, src)
     weights.update(tower_weights)
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    layer = release_config.get("mm_vision_select_layer", -2)
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise ConversionError(f"{src}/config.json: field 'mm_vision_select_layer': expected an integer, got "
+                              f"{json.dumps(layer)}")
+    tokenizer = load_tokenizer(src)
     add_image_token(tokenizer)
-    text_config = text_config_from_release(release_config)
-    config = SicogConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        slice_comma_id=RELEASE_SEPARATORS[0],
-        slice_newline_id=RELEASE_SEPARATORS[1],
-        vision_feature_layer=release_config.get("mm_vision_select_layer", -2),
-        resampler_num_queries=PROJECTOR_TYPES[projector_type],
-        scale_resolution=RELEASE_GEOMETRY["scale_resolution"],
-        max_slice_nums=RELEASE_GEOMETRY["max_slice_nums"],
-        inference_long_side=RELEASE_INFERENCE_LONG_SIDE,
-        tie_word_embeddings=tied,
-    )
+    try:
+        config = SicogConfig(
+            vision_config=vision_config,
+            text_config=text_config_from_release(release_config),
+            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+            slice_comma_id=RELEASE_SEPARATORS[0],
+            slice_newline_id=RELEASE_SEPARATORS[1],
+            vision_feature_layer=layer,
+            resampler_num_queries=PROJECTOR_TYPES[projector_type],
+            scale_resolution=RELEASE_GEOMETRY["scale_resolution"],
+            max_slice_nums=RELEASE_GEOMETRY["max_slice_nums"],
+            inference_long_side=RELEASE_INFERENCE_LONG_SIDE,
+            tie_word_embeddings=tied,
+        )
+    except (StrictDataclassError, ValueError, TypeError) as error:
+        # The config classes' own checks (a field of the wrong type, sizes that do not fit): several lines around
+        # the cause, which alone says what is wrong.
+        raise ConversionError(f"{src}/config.json: {first_line(error.__cause__ or error)}") from None
+    # What to-release would not write from the model's own settings, to be written back (the wrapper's
+    # tokenizer_model_max_length, image_aspect_ratio, ...).
+    computed = _written_fields(config, release_config.get("mm_vision_tower"))
+    config.release_fields = {k: v for k, v in release_config.items() if k not in computed} or None
     with torch.device("meta"):
         model = SicogForConditionalGeneration(config)
     state = from_release_state(weights, model.state_dict())
@@ -219,8 +250,44 @@ def release_to_sicog(
     return out
 
 
+def release_text_fields(config: SicogConfig) -> dict:
+    """The LLM's config.json fields as the published code's transformers (4.x) reads them: the RoPE base as
+    ``rope_theta`` (with ``rope_scaling``) and the dtype as ``torch_dtype``. transformers 5 nests the base in
+    ``rope_parameters``, which 4.x does not read: it would compute every rotary angle from its default base of
+    10,000 instead of Qwen2's 1,000,000, a different model without a warning."""
+    fields = config.text_config.to_dict()
+    rope = dict(fields.pop("rope_parameters", None) or {})
+    if "rope_theta" in rope:
+        fields["rope_theta"] = rope.pop("rope_theta")
+    fields["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
+    dtype = fields.pop("dtype", None) or config.to_dict().get("dtype")
+    if dtype is not None:
+        fields["torch_dtype"] = dtype
+    return fields
+
+
+def _written_fields(config: SicogConfig, vision_tower_name: str) -> dict:
+    """The config.json fields :func:`release_config_dict` computes from ``config``."""
+    fields = release_text_fields(config)
+    fields.update(
+        model_type=RELEASE_MODEL_TYPE,
+        architectures=["LlavaQwenForCausalLM"],
+        mm_vision_tower=vision_tower_name,
+        mm_projector_type={v: k for k, v in PROJECTOR_TYPES.items()}.get(config.resampler_num_queries),
+        mm_hidden_size=config.vision_config.hidden_size,
+        mm_vision_select_layer=config.vision_feature_layer,
+        mm_vision_select_feature="patch",
+        mm_patch_merge_type="flat",
+        model_mode="uhd_v1",
+        use_mm_proj=True,
+        tie_word_embeddings=config.tie_word_embeddings,
+    )
+    return fields
+
+
 def release_config_dict(config: SicogConfig, vision_tower_name: str) -> dict:
-    """config.json of the published format for ``config`` (refuses settings the published code cannot compute)."""
+    """config.json of the published format for ``config`` (refuses settings the published code cannot compute),
+    with the fields of the release it was converted from that it has no setting for (``release_fields``)."""
     problems = []
     expected = {**RELEASE_RESAMPLER_SETTINGS, "image_layout": "release"}
     problems += [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in expected.items() if getattr(config, k) != v]
@@ -237,21 +304,24 @@ def release_config_dict(config: SicogConfig, vision_tower_name: str) -> dict:
         problems.append(f"resampler_num_queries={config.resampler_num_queries} (needs one of {choices})")
     if problems:
         raise ConversionError("the published code cannot run this model: " + "; ".join(problems))
-    fields = config.text_config.to_dict()
-    fields.update(
-        model_type=RELEASE_MODEL_TYPE,
-        architectures=["LlavaQwenForCausalLM"],
-        mm_vision_tower=vision_tower_name,
-        mm_projector_type=projector_type,
-        mm_hidden_size=config.vision_config.hidden_size,
-        mm_vision_select_layer=config.vision_feature_layer,
-        mm_vision_select_feature="patch",
-        mm_patch_merge_type="flat",
-        model_mode="uhd_v1",
-        use_mm_proj=True,
-        tie_word_embeddings=config.tie_word_embeddings,
-    )
-    return fields
+    return {**(config.release_fields or {}), **_written_fields(config, vision_tower_name)}
+
+
+def legacy_merges(tokenizer_json: Path) -> None:
+    """Write a BPE tokenizer's merges as ``"a b"`` strings, the only form the published stack's tokenizers (before
+    0.20) reads: newer versions write pairs (``["a", "b"]``), which it refuses ("data did not match any variant of
+    untagged enum ModelWrapper"), and read both. Merges whose parts hold a space have no string form; they stay."""
+    if not tokenizer_json.is_file():
+        return
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    merges = model.get("merges")
+    if model.get("type") != "BPE" or not merges or not all(isinstance(m, list) for m in merges):
+        return
+    if any(" " in part for merge in merges for part in merge):
+        return
+    model["merges"] = [" ".join(merge) for merge in merges]
+    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def read_sicog_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -303,6 +373,7 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     fields = release_config_dict(config, vision_tower_name or str(out.resolve() / "vision_tower"))
     state = to_release_state(read_sicog_weights(src))
     tower_weights = _tower_state(state, config.vision_config, src)  # checked before anything is written
+    tokenizer = load_tokenizer(src)
     with _staged(out) as staging:
         save_torch_state_dict(state, staging, max_shard_size="5GB")
         torch.save({k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}, staging / PROJECTOR_BIN)
@@ -315,7 +386,10 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
             image_mean=list(config.image_mean), image_std=list(config.image_std), size={"shortest_edge": size},
             crop_size={"height": size, "width": size},
         ).save_pretrained(staging / "vision_tower")
-        AutoTokenizer.from_pretrained(src).save_pretrained(staging)
+        # In the published stack's form: the chat template inside tokenizer_config.json (it reads no
+        # chat_template.jinja), the merges as strings.
+        tokenizer.save_pretrained(staging, save_jinja_files=False)
+        legacy_merges(staging / "tokenizer.json")
         if (src / "generation_config.json").is_file():
             shutil.copyfile(src / "generation_config.json", staging / "generation_config.json")
         share_weights_like_config(staging)

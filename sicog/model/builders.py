@@ -13,6 +13,8 @@ import stat
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -114,6 +116,26 @@ def _set_generation_ids(model: SicogForConditionalGeneration, tokenizer: PreTrai
     model.generation_config.bos_token_id = None
 
 
+def local_model_folder(path: str | os.PathLike) -> str:
+    """``path``, or the snapshot it stands for when it is a model's folder in a Hugging Face cache
+    (``.../hub/models--ORG--NAME``: what ``huggingface-cli download --cache-dir`` fills, and what the published
+    scripts' ``CLIP_CKPT_DIR`` names). transformers reads such a folder as a checkpoint without ``config.json``:
+    a CLIP config then silently takes its defaults (patch 32, not 14). Any other path is returned as it is.
+
+    Raises ``OSError`` naming the folder when it holds no snapshot of the revision ``refs/main`` names.
+    """
+    folder = Path(path)
+    cache_folder = folder.name.startswith("models--") and (folder / "snapshots").is_dir()
+    if not cache_folder or (folder / "config.json").exists():
+        return str(path)
+    repo_id = folder.name[len("models--"):].replace("--", "/")
+    try:
+        return snapshot_download(repo_id, cache_dir=folder.parent, local_files_only=True)
+    except (HfHubHTTPError, LocalEntryNotFoundError, ValueError) as error:
+        raise OSError(f"{path}: a Hugging Face cache folder of {repo_id} without a usable snapshot "
+                      f"({first_line(error)}); give the snapshots/REVISION folder inside it") from None
+
+
 def build_from_parts(
     vision_path: str | os.PathLike,
     llm_path: str | os.PathLike,
@@ -126,6 +148,7 @@ def build_from_parts(
 
     ``settings`` are :class:`SicogConfig` fields (``resampler_num_queries``, ``scale_resolution``, ...).
     """
+    vision_path, llm_path = local_model_folder(vision_path), local_model_folder(llm_path)
     tokenizer = AutoTokenizer.from_pretrained(llm_path)
     add_image_token(tokenizer)
     vision = CLIPVisionModel.from_pretrained(vision_path, dtype=dtype, attn_implementation=attn_implementation)

@@ -73,6 +73,10 @@ class SicogConfig(PreTrainedConfig):
     image_mean: tuple[float, float, float] | list[float] = CLIP_MEAN
     image_std: tuple[float, float, float] | list[float] = CLIP_STD
     tie_word_embeddings: bool = False
+    # The fields of a published checkpoint's config.json that this model has no setting for (the LLaVA wrapper's
+    # tokenizer_model_max_length, image_aspect_ratio, ...): kept by `sicog convert from-release`, written back by
+    # `to-release`, which is how release -> SICOG -> release keeps them.
+    release_fields: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -416,6 +417,12 @@ class SicogProcessor(ProcessorMixin):
         kwargs.pop("_from_auto", None)
         chat_template = kwargs.pop("chat_template", None)
         hub = {k: kwargs[k] for k in HUB_OPTIONS if kwargs.get(k) is not None}
+        folder = Path(pretrained_model_name_or_path)
+        if config is None and folder.is_dir() and not (folder / hub.get("subfolder", "") / "config.json").is_file():
+            # transformers would read the folder as a config of SicogConfig's defaults (a 7B model's) and fail
+            # later on a mismatch that does not say why.
+            raise OSError(f"{folder}: no config.json; a SICOG processor reads its settings from its model's "
+                          "config.json: save it beside the model (or pass config=)")
         config = config or SicogConfig.from_pretrained(pretrained_model_name_or_path, **hub)
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls(SicogImageProcessor.from_config(config), tokenizer, chat_template, config=config)
