@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 from PIL import Image
@@ -279,11 +281,17 @@ def test_build_from_parts_and_projector_round_trip(tokenizer, tmp_path):
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
     save_projector(model, tmp_path / "projector")
+    # The tower named as the published scripts name CLIP: its folder in a Hugging Face cache.
+    cache = tmp_path / "hub" / "models--openai--clip-tiny"
+    shutil.copytree(tmp_path / "clip", cache / "snapshots" / "r1")
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text("r1")
     torch.manual_seed(99)
     fresh, _ = build_from_parts(
-        tmp_path / "clip", tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2
+        cache, tmp_path / "llm", scale_resolution=64, resampler_num_queries=16, resampler_num_heads=2
     )
     fresh.eval()
+    torch.testing.assert_close(fresh.vision_tower.state_dict(), reference.state_dict(), rtol=0, atol=0)
     features = torch.randn(2, 5, 3, model.config.vision_config.hidden_size)
     with torch.no_grad():
         assert not torch.allclose(fresh.resampler(features), model.resampler(features))
