@@ -28,6 +28,7 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
     GenerationConfig,
+    PreTrainedTokenizerBase,
     Qwen2Config,
 )
 
@@ -81,7 +82,7 @@ def text_config_from_release(config: dict) -> Qwen2Config:
     return Qwen2Config(**fields)
 
 
-def load_tokenizer(folder: Path):
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in ``folder``; :class:`ConversionError` naming the folder when it does not load."""
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ConversionError(f"{folder}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
@@ -266,14 +267,19 @@ def release_text_fields(config: SicogConfig) -> dict:
     return fields
 
 
-def _written_fields(config: SicogConfig, vision_tower_name: str) -> dict:
+def _projector_type(config: SicogConfig) -> str | None:
+    """The published projector type of ``config``'s query count (None: none has it)."""
+    return {queries: name for name, queries in PROJECTOR_TYPES.items()}.get(config.resampler_num_queries)
+
+
+def _written_fields(config: SicogConfig, vision_tower_name: str | None) -> dict:
     """The config.json fields :func:`release_config_dict` computes from ``config``."""
     fields = release_text_fields(config)
     fields.update(
         model_type=RELEASE_MODEL_TYPE,
         architectures=["LlavaQwenForCausalLM"],
         mm_vision_tower=vision_tower_name,
-        mm_projector_type={v: k for k, v in PROJECTOR_TYPES.items()}.get(config.resampler_num_queries),
+        mm_projector_type=_projector_type(config),
         mm_hidden_size=config.vision_config.hidden_size,
         mm_vision_select_layer=config.vision_feature_layer,
         mm_vision_select_feature="patch",
@@ -298,8 +304,7 @@ def release_config_dict(config: SicogConfig, vision_tower_name: str) -> dict:
         problems.append(f"separator ids {separators} (needs {RELEASE_SEPARATORS})")
     if config.resampler_heads != config.text_config.hidden_size // 128:
         problems.append(f"{config.resampler_heads} resampler heads (needs hidden_size // 128)")
-    projector_type = {v: k for k, v in PROJECTOR_TYPES.items()}.get(config.resampler_num_queries)
-    if projector_type is None:
+    if _projector_type(config) is None:
         choices = sorted(PROJECTOR_TYPES.values())
         problems.append(f"resampler_num_queries={config.resampler_num_queries} (needs one of {choices})")
     if problems:
