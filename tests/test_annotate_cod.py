@@ -389,6 +389,21 @@ def test_duplicate_ids_are_refused_before_any_request(server, tmp_path, capsys):
     assert server.requests == []
 
 
+def test_a_second_run_on_the_same_outputs_is_refused_before_any_request(server, tmp_path, capsys):
+    """Two runs appending to one CoD file annotated (and paid for) every record twice."""
+    from sicog.annotate.cod_job import CodJob
+    from sicog.data.lock import output_lock
+
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG")])
+    job = CodJob(input=tmp_path / "captions.jsonl", cod_dir=tmp_path / "cod", dd_dir=tmp_path / "dd")
+    for held in (job.cod_path, job.dd_path):
+        with output_lock(held):
+            assert annotate(server, tmp_path) == 2
+        assert f"sicog annotate cod: error: {held} is in use by another run (pid" in capsys.readouterr().err
+    assert server.requests == []
+    assert annotate(server, tmp_path) == 0 and ids_of(job.cod_path) == ["a"]
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_without_duplicates_or_losses(loopback_only, tmp_path):
     fake = FakeVLM(delay=0.25)

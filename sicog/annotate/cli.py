@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from sicog.data.argtypes import non_negative_int, os_error_text, positive_float, positive_int
 from sicog.data.jsonl import RecordError, blocked_reason, refuse_overwriting
+from sicog.data.lock import OutputLocked, output_lock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     _setup_logging()
     try:
         return _run_cod(args) if args.action == "cod" else _run_cot(args)
-    except _UsageError as err:
+    except (_UsageError, OutputLocked) as err:
         print(f"sicog annotate {args.action}: error: {err}", file=sys.stderr)
         return 2
     except RecordError as err:
@@ -146,10 +148,14 @@ def _run_cod(args: argparse.Namespace) -> int:
     try:
         api = ChatAPI(args.model, base_url=base_url, api_key=api_key, timeout=args.timeout,
                       policy=RetryPolicy(args.max_retries, args.backoff, args.max_backoff))
-        try:
-            summary = run_cod_job(job, api)
-        finally:
-            api.close()
+        # One run per output: two runs appending to the same files would annotate (and pay for) every record twice.
+        with ExitStack() as locks:
+            for output in (job.cod_path, job.dd_path):
+                locks.enter_context(output_lock(output))
+            try:
+                summary = run_cod_job(job, api)
+            finally:
+                api.close()
     except FatalAPIError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
