@@ -5,6 +5,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,6 +221,27 @@ def test_one_run_per_seed_folder_and_a_killed_runs_step_locks_are_cleared(tmp_pa
     engine.run(plan)
     assert sorted(p.name for p in (tmp_path / "run" / "first").iterdir()) == ["log.txt", "out.jsonl"]
     assert not lock_path(tmp_path / "run", folder=True).exists()
+
+
+def test_a_step_lock_a_live_process_here_holds_stops_the_run_and_a_dead_ones_is_taken_over(tmp_path):
+    """A cycle whose main process alone was killed leaves its workers running their steps: the rerun must not
+    start the same step beside one (both appended to one shard, and every later merge failed)."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1}\n')
+    plan = Plan([_head("first", Input(str(source)))])
+    engine = Engine(tmp_path / "run", progress=False)
+    step = tmp_path / "run" / "first"
+    step.mkdir(parents=True)
+    with output_lock(step / "out.jsonl"):  # held by a live process on this host
+        with pytest.raises(OutputLocked, match=f"^{step} is still being written by pid {os.getpid()} on host "):
+            engine.run(plan)
+    assert sorted(p.name for p in step.iterdir()) == []
+    killed = subprocess.run([sys.executable, "-c", "import os, signal\nfrom sicog.data.lock import output_lock\n"
+                             f"held = output_lock({str(step / 'out.jsonl')!r})\nheld.__enter__()\n"
+                             "os.kill(os.getpid(), signal.SIGKILL)"])
+    assert killed.returncode == -9 and lock_path(step / "out.jsonl").exists()
+    engine.run(plan)
+    assert sorted(p.name for p in step.iterdir()) == ["log.txt", "out.jsonl"]
 
 
 def test_plan_refuses_unknown_references():

@@ -15,7 +15,8 @@ key matches a finished entry is skipped; an interrupted step with the same key k
 its own resume logic (trainer checkpoints, generation shards, embedding chunks) continues; a step
 whose key changed starts from an empty folder. A run holds the seed folder's lock (one run per seed
 folder), so a step's own output lock found in a folder it is about to run was left by a killed run
-and is removed.
+and is removed, unless a live process on this host still holds it (a worker of a run whose main process
+alone was killed): then the run stops, naming it.
 
 Steps run in worker processes (``jobs`` at a time) in dependency order. A failed step stops its
 dependants; independent steps go on, and every failure is reported at the end.
@@ -42,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sicog.data.jsonl import write_json
-from sicog.data.lock import locks_in, output_lock
+from sicog.data.lock import lock_path, locks_in, output_lock, remove_left_lock
+from sicog.data.workers import exit_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -342,6 +344,9 @@ class Engine:
                 history = [*entry.get("kept_across_code_changes", []),
                            {"made_by": made_by, "kept_for": self.code, "at": time.time()}]
                 entry.update(key=self.keys[name], code=self.code, kept_across_code_changes=history)
+            for name in todo:  # before any folder is touched: a step still being written stops the run here
+                for left in locks_in(self.root / name):  # a killed run's (this run holds the seed), or its worker's
+                    remove_left_lock(left, own_lock=lock_path(self.root, folder=True))
             for name in todo:
                 entry = self.manifest["steps"].get(name)
                 if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):
@@ -349,8 +354,6 @@ class Engine:
                     # again, so that a run killed before then does not leave it "done" without its output.
                     del self.manifest["steps"][name]
                     shutil.rmtree(self.root / name, ignore_errors=True)
-                for stale in locks_in(self.root / name):  # a killed run's: this run holds the seed
-                    stale.unlink(missing_ok=True)
             # The requested reruns are now pending by their missing entries: the request is done with.
             self.manifest["rerun"] = []
             write_json(self.manifest_path, self.manifest)
@@ -371,7 +374,7 @@ class Engine:
         context = multiprocessing.get_context("spawn")
         bar = tqdm(total=len(todo), desc="cycle steps", unit="step", disable=not self.progress or not todo)
         with concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,
-                                                    initargs=(self.threads,)) as pool:
+                                                    initargs=(self.threads, os.getpid())) as pool:
             while waiting or running:
                 for name in list(waiting):
                     if len(running) >= self.jobs:
@@ -432,7 +435,8 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _init_worker(threads: int | None) -> None:
+def _init_worker(threads: int | None, parent: int) -> None:
+    exit_with_parent(parent)  # a worker left running by a killed cycle would write into the rerun's step
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by launched processes

@@ -52,6 +52,38 @@ def locks_in(folder: str | os.PathLike) -> list[Path]:
     return sorted(Path(folder).glob("*.lock"))
 
 
+def _host(path: Path) -> str | None:
+    """The host line of a lock file's record (None: no record yet, or gone)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return lines[1] if len(lines) > 1 else None
+
+
+def remove_left_lock(path: str | os.PathLike, *, own_lock: str | os.PathLike) -> None:
+    """Remove a lock file that a killed run left, unless a live process on this host holds it: then raise
+    :class:`OutputLocked` naming it.
+
+    ``own_lock``: a lock this process holds, whose record names this host as the lock records write it. A lock
+    recorded on another host cannot be checked from here and is removed, as is one that was being taken when its
+    run was killed (no record yet).
+    """
+    path = Path(path)
+    lock = _OutputFileLock(path, timeout=0)
+    try:
+        lock.acquire()  # taken over when its holder on this host is gone
+    except Timeout:
+        if _host(path) is not None and _host(path) == _host(Path(own_lock)):
+            raise OutputLocked(
+                f"{path.parent} is still being written by {holder(path)} (a process of a run that was killed?); "
+                "wait for it to finish or stop it, then run again"
+            ) from None
+        path.unlink(missing_ok=True)
+        return
+    lock.release()
+
+
 def _unwritable(output: str | os.PathLike, folder: bool, err: OSError) -> str:
     """Why the lock file of ``output`` (a file, or a ``folder``) could not be created (``err``), naming the path at
     fault: a file where a folder must be, worded as every command words it, else the system's reason."""

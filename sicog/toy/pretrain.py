@@ -47,6 +47,7 @@ from transformers import (
 
 from sicog.data.prompts import reasoning_prompt
 from sicog.data.staging import remove_stale_staging, staged_folder
+from sicog.data.workers import exit_with_parent
 from sicog.model.builders import share_weights_like_config, tiny_text_config, tiny_vision_config
 from sicog.model.configuration import CLIP_MEAN, CLIP_STD
 from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_prompt
@@ -107,7 +108,8 @@ def pretrained_parts(
         # The two parts are independent and each seeds its own generators: the CLIP trains in a second
         # process beside the LM, on a second core, with the same weights as one after the other.
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker) as pool:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
+                                                    initargs=(os.getpid(),)) as pool:
             try:
                 clip_job = pool.submit(_clip_part, str(manifest["tokenizer"]), layout.name, seed, clip_steps,
                                        str(staging / "vision"), max(1, torch.get_num_threads() // 2))
@@ -217,13 +219,15 @@ class _TowerTrainer:
         return _loss_summary(self.losses)
 
 
-def _init_worker() -> None:
-    """Set up the CLIP's worker, which the main process stops by terminating it (see pretrained_parts).
+def _init_worker(parent: int) -> None:
+    """Set up the CLIP's worker, which the main process stops by terminating it (see pretrained_parts), and the
+    kernel when the main process is killed (:func:`~sicog.data.workers.exit_with_parent`).
 
     Ctrl-C, which the terminal sends to the whole process group, is ignored: the main process stops the worker,
     without a second traceback from it. tqdm's lock is a thread lock: its default also takes a multiprocessing
     semaphore, which a terminated worker leaves for the resource tracker to warn about.
     """
+    exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tqdm.set_lock(threading.RLock())
 
