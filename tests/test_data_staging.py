@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from sicog.data.jsonl import atomic_file
 from sicog.data.staging import staged_folder, staging_path
 
 
@@ -103,3 +106,20 @@ def test_a_target_whose_name_is_near_the_file_name_limit_is_staged_and_its_stale
         (tmp_path / name).mkdir()
     remove_stale_staging(tmp_path, first.name)
     assert not (tmp_path / dead[first]).exists() and (tmp_path / dead[second]).is_dir()
+
+
+def test_a_file_a_killed_writer_left_goes_with_the_next_write_and_a_live_writers_stays(tmp_path: Path) -> None:
+    """atomic_file: each copy a killed writer left is as large as the file; nothing removed it."""
+    target = tmp_path / "out.jsonl"
+    killed = subprocess.run([sys.executable, "-c", "import os, signal\nfrom sicog.data.jsonl import atomic_file\n"
+                             f"with atomic_file({str(target)!r}) as handle:\n"
+                             "    handle.write('half')\n    handle.flush()\n    os.kill(os.getpid(), signal.SIGKILL)"])
+    assert killed.returncode == -9
+    [left] = [p.name for p in tmp_path.iterdir()]
+    assert left.startswith(f".out.jsonl.writing-{socket.gethostname()}-") and left.endswith(".tmp")
+    with atomic_file(target) as outer:
+        outer.write("outer")
+        with atomic_file(target) as inner:  # this live process's own copy in the making stays
+            inner.write("inner")
+        assert len(list(tmp_path.glob(".out.jsonl.*.tmp"))) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"] and target.read_text() == "outer"

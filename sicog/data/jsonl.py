@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from sicog.data.staging import remove_stale_staging, staging_path
+
 
 class RecordError(ValueError):
     """A record that cannot be used, located by file, line, id and field.
@@ -182,8 +184,10 @@ FILE_MODE = 0o666 & ~_process_umask()
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path`` that replaces ``path`` when the block ends without error.
 
-    Readers never see a half-written file; a killed writer leaves only a hidden ``.NAME.*.tmp``. The
-    file gets the permissions of the user's umask (``mkstemp`` alone would make it private, 0600).
+    Readers never see a half-written file; a killed writer leaves only a hidden ``.NAME.writing-HOST-PID.*.tmp``,
+    which the next write of ``path`` removes once that process is gone (:func:`~sicog.data.staging.
+    remove_stale_staging`). The file gets the permissions of the user's umask (``mkstemp`` alone would make it
+    private, 0600).
     """
     path = Path(path)
     if path.is_dir():
@@ -193,7 +197,8 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         if blocked is not None:  # mkdir would say "File exists" about the output, not about the file in the way
             raise NotADirectoryError(errno.ENOTDIR, blocked, str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        remove_stale_staging(path.parent, path.name)  # each a whole copy of the file, left by a killed writer
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{staging_path(path, 'writing').name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # What a staging folder holds: the new one being written; the old one moved aside for the swap; a checkpoint
-# being converted.
-KINDS = ("building", "replaced", "converting")
-# ".<target>.<kind>-<host>-<pid>"; names from before the host was added have no "<host>-".
-_STAGING = re.compile(rf"\.(?P<target>.+)\.(?:{'|'.join(KINDS)})-(?:(?P<host>.+)-)?(?P<pid>[1-9]\d*)")
+# being converted; a single file being written (sicog.data.jsonl.atomic_file).
+KINDS = ("building", "replaced", "converting", "writing")
+# ".<target>.<kind>-<host>-<pid>", a file's with ".<random>.tmp" after it; names from before the host was added
+# have no "<host>-".
+_STAGING = re.compile(rf"\.(?P<target>.+)\.(?:{'|'.join(KINDS)})-(?:(?P<host>.+)-)?(?P<pid>[1-9]\d*)(?:\.\w+\.tmp)?")
 
 
 # Bytes of the target's name a staging name keeps: with a host name (at most 64 bytes), a kind and a pid it
