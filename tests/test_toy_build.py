@@ -462,6 +462,31 @@ def test_build_into_the_current_folder(world: Path, tmp_path: Path, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
 
 
+def test_a_fill_in_place_a_killed_build_cut_off_is_filled_again(world: Path, tmp_path: Path, monkeypatch) -> None:
+    """Killed half way through moving a world into an empty --out, the same command refused the folder ("holds
+    something else") for good."""
+    import sicog.toy.build as build
+
+    out = tmp_path / "w"
+    out.mkdir()
+    moves, replace = [], os.replace
+
+    def killed_after_three(source, target):
+        if Path(target).parent == out:  # a move into --out
+            if len(moves) == 3:
+                raise KeyboardInterrupt  # the build stops here: out keeps what was moved, as after a SIGKILL
+            moves.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        build_world(out, size="tiny")
+    monkeypatch.undo()
+    assert len(list(out.iterdir())) == 4 and (out / build.FILLING).exists() and not (out / "manifest.json").exists()
+    build_world(out, size="tiny")
+    assert _tree_digest(out) == _tree_digest(world) and not (out / build.FILLING).exists()
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_build_and_removes_its_staging(tmp_path: Path) -> None:
     """SIGTERM (kill, timeout, a scheduler) ends a build as Ctrl-C does: its staging folder is removed. It used to

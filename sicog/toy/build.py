@@ -58,12 +58,17 @@ TRAINING_SETS = (
 )
 
 
+# In a folder being filled in place while the fill lasts (see build_world).
+FILLING = ".sicog-filling"
+
+
 def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force: bool = False) -> dict:
     """Build the toy world into ``out`` and return its manifest.
 
     An existing world with the same version, seed and size is kept as it is. Any other non-empty
     ``out`` (an incomplete world included) raises ``FileExistsError`` unless ``force`` is set, in which
-    case it is replaced; an empty folder is filled in place. Two builds into one ``out`` take its lock
+    case it is replaced; an empty folder is filled in place, and a fill in place that a killed build cut off is
+    emptied and filled again. Two builds into one ``out`` take its lock
     (``OUT.lock`` beside it) to check and replace, so the second finds the first's world: kept when it is
     the same, refused when not.
     """
@@ -84,12 +89,21 @@ def build_world(out: str | os.PathLike, seed: int = 0, size: str = "demo", force
             existing = _world_to_keep(out, seed, size, force)
             if existing is not None:
                 return existing
-            if out.is_dir() and not any(out.iterdir()):
+            filling = out / FILLING
+            if out.is_dir() and (filling.exists() or not any(out.iterdir())):
                 # Filled in place: an empty --out may be the shell's current folder or a mount point, which a
                 # rename would replace (leaving the shell in a deleted folder) or fail on. The manifest goes
-                # last: until it is there, the folder holds no finished world.
+                # last: until it is there, the folder holds no finished world. The marker says that everything
+                # in the folder came from a fill, so that one a killed build cut off is emptied and filled again.
+                for entry in out.iterdir():
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+                filling.touch()
                 for entry in sorted(staging.iterdir(), key=lambda path: path.name == MANIFEST):
                     os.replace(entry, out / entry.name)
+                filling.unlink()
             else:
                 if out.exists():
                     os.replace(out, retired)
@@ -115,7 +129,10 @@ def _world_to_keep(out: Path, seed: int, size: str, force: bool) -> dict | None:
             # A damaged or incomplete world is not this world: refused below like any other content.
             existing, unreadable = {}, f" ({err})"
         if (existing.get("version"), existing.get("seed"), existing.get("size")) == (WORLD_VERSION, seed, size):
+            (out / FILLING).unlink(missing_ok=True)  # a fill killed after its last move: the world is complete
             return existing
+    if (out / FILLING).exists():
+        return None  # a fill in place that a killed build cut off: emptied and filled again (see build_world)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(
             f"{out} exists and holds something else{unreadable}; choose another --out or pass --force"
