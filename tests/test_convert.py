@@ -463,6 +463,29 @@ def test_an_interrupted_conversion_leaves_no_output(checkpoints, tmp_path, monke
     assert not (tmp_path / "out").exists() and sorted(tmp_path.glob(".*")) == []
 
 
+@pytest.mark.parametrize("direction", ["from-release", "to-release"])
+def test_a_conversion_that_finds_its_output_filled_meanwhile_says_so(checkpoints, tmp_path, monkeypatch, capsys,
+                                                                     direction):
+    """Two conversions into one folder: the second to finish said "[Errno 39] Directory not empty" about its hidden
+    staging folder."""
+    import sicog.convert.release as convert
+
+    share = convert.share_weights_like_config
+
+    def other_finished_first(folder):
+        share(folder)
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(convert, "share_weights_like_config", other_finished_first)
+    assert main(["convert", direction, str(checkpoints[direction]), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"sicog convert: error: output folder {tmp_path / 'out'} was filled by another conversion while this one "
+        "ran; it is kept, and this one's copy is dropped")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.json"]
+    assert sorted(tmp_path.glob(".*")) == []
+
+
 def test_staging_folders_of_killed_conversions_are_removed_and_no_others(tmp_path):
     """A conversion killed outright (SIGKILL, the out-of-memory killer) runs no clean-up: its hidden staging folder,
     a whole checkpoint, stayed beside the output for good. The next conversion into the same folder removes those

@@ -252,6 +252,12 @@ def test_embeddings_are_resumed_from_chunks(tmp_path: Path) -> None:
     def no_encoder(_: EncoderSettings) -> TableEncoder:
         raise AssertionError("everything is cached; the encoder must not be loaded")
 
+    chunk = cache / "chunk-000001.npy"
+    chunk.write_bytes(chunk.read_bytes()[:90])  # damaged since it was written whole
+    with pytest.raises(ValueError, match=f"^{chunk}: not a readable embedding chunk .*; delete it to embed its texts"):
+        curate(path, tmp_path / "out", settings, first.settings, encoder_factory=no_encoder)
+    chunk.unlink()
+    curate(path, tmp_path / "out", settings, first.settings, encoder_factory=lambda _: first)
     rescored = CurationSettings(task="captions", threshold=0.99, chunk_size=2)
     summary = curate(path, tmp_path / "out", rescored, first.settings, encoder_factory=no_encoder)
     assert summary["kept"] == 0 and not (tmp_path / "out" / ".embeddings").exists()

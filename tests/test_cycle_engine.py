@@ -4,6 +4,7 @@ dependants, and the plan as data."""
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -242,6 +243,15 @@ def test_a_step_lock_a_live_process_here_holds_stops_the_run_and_a_dead_ones_is_
     assert killed.returncode == -9 and lock_path(step / "out.jsonl").exists()
     engine.run(plan)
     assert sorted(p.name for p in step.iterdir()) == ["log.txt", "out.jsonl"]
+
+
+@pytest.mark.parametrize(("content", "says"), [("{\"steps\": {", "not valid JSON (Expecting"),
+                                              ("[1]", "not a JSON object (list)")])
+def test_a_damaged_manifest_is_named(tmp_path, content, says):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text(content)
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'run' / 'manifest.json'}: {re.escape(says)}"):
+        Engine(tmp_path / "run", progress=False)
 
 
 def test_plan_refuses_unknown_references():

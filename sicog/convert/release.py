@@ -12,6 +12,7 @@ missing, is reported in one error, so nothing is dropped or invented.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -169,7 +170,13 @@ def _staged(out: Path) -> Iterator[Path]:
     target = out.resolve()
     with staged_folder(target, "converting") as staging:
         yield staging
-        os.replace(staging, target)  # an empty ``out`` (allowed by _check_output) is replaced too
+        try:
+            os.replace(staging, target)  # an empty ``out`` (allowed by _check_output) is replaced too
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise ConversionError(f"output folder {out} was filled by another conversion while this one ran; "
+                                  "it is kept, and this one's copy is dropped") from None
 
 
 def release_to_sicog(

@@ -39,6 +39,16 @@ def _chunk_path(directory: Path, index: int) -> Path:
     return directory / f"chunk-{index:06d}.npy"
 
 
+def _load_chunk(path: Path) -> np.ndarray:
+    """A chunk file, memory-mapped; ``ValueError`` naming it when it is damaged (written whole, it can only have
+    been damaged since)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable embedding chunk ({error}); delete it to embed its texts again") \
+            from None
+
+
 def _save_array(path: Path, array: np.ndarray) -> None:
     with atomic_file(path, "wb") as handle:
         np.save(handle, array)
@@ -51,11 +61,11 @@ class EmbeddingStore:
         self.directory = directory
         self.chunk_size = chunk_size
         n_chunks = -(-n_texts // chunk_size)
-        self._chunks = [np.load(_chunk_path(directory, k), mmap_mode="r") for k in range(n_chunks)]
+        self._chunks = [_load_chunk(_chunk_path(directory, k)) for k in range(n_chunks)]
         for k, chunk in enumerate(self._chunks):
             expected = min(chunk_size, n_texts - k * chunk_size)
             if chunk.ndim != 2 or len(chunk) != expected:
-                raise RuntimeError(f"{_chunk_path(directory, k)} has shape {chunk.shape}, expected {expected} rows")
+                raise ValueError(f"{_chunk_path(directory, k)} has shape {chunk.shape}, expected {expected} rows")
 
     def rows(self, indices: Sequence[int]) -> np.ndarray:
         """The embeddings of the texts at ``indices`` (a new float32 array)."""

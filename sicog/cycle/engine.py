@@ -217,7 +217,15 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.manifest_path = self.root / "manifest.json"
-        manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else {}
+        manifest = {}
+        if self.manifest_path.is_file():
+            try:
+                manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                manifest = f"not valid JSON ({error})"
+            if not isinstance(manifest, dict):
+                problem = manifest if isinstance(manifest, str) else f"not a JSON object ({type(manifest).__name__})"
+                raise ValueError(f"{self.manifest_path}: {problem}; remove it to run every step of this seed again")
         self.manifest: dict = {"steps": manifest.get("steps", {}), "input_hashes": manifest.get("input_hashes", {}),
                                "rerun": manifest.get("rerun", [])}
         self.keys: dict[str, str] = {}
