@@ -3,9 +3,9 @@
 #
 # Required:  EXPERIMENT_NAME  the output is ${OUTPUT_DIR}/${EXPERIMENT_NAME}.jsonl (+ .errors.jsonl)
 #            MODEL_PATH       the stage-0 perception checkpoint
-#            DATA_PATH        records {id, image} (.jsonl or .json);
-#                             with SPLIT set the input is ${DATA_PATH}_${SPLIT}.json
-# Optional:  SPLIT, IMAGE_FOLDER (where relative image paths start), OUTPUT_DIR (default: the (first) input's folder),
+#            DATA_PATH        records {id, image} (.jsonl or .json), read as given: SPLIT is not read
+#                             (as the published caption script; reasoning_inference.sh reads it)
+# Optional:  IMAGE_FOLDER (where relative image paths start), OUTPUT_DIR (default: the (first) input's folder),
 #            PROMPT (cod-default | default | cod-conv; default cod-default), NUM_CANDIDATES (default 6),
 #            TEMPERATURE (0.7), TOP_P (0.9): always passed, so the checkpoint's generation_config.json
 #                             (top_p 0.8 on Qwen2-7B-Instruct) does not decide them, as released;

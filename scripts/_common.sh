@@ -220,7 +220,9 @@ optional_flags() {
 }
 
 # generate_flags TASK: `sicog generate TASK` and its flags from the recap variables, in GENERATE_ARGS.
-# Reads MODEL_PATH, DATA_PATH (+ SPLIT: ${DATA_PATH}_${SPLIT}.json), EXPERIMENT_NAME, OUTPUT_DIR,
+# Reads MODEL_PATH, DATA_PATH (+ SPLIT for reasoning: ${DATA_PATH}_${SPLIT}.json, as the published reasoning script
+# reads it; its caption script reads no SPLIT, so one exported for a reasoning job does not redirect a caption job),
+# EXPERIMENT_NAME, OUTPUT_DIR,
 # IMAGE_FOLDER, PROMPT, NUM_CANDIDATES, TEMPERATURE, TOP_P, BEAMS, MAX_NEW_TOKENS, BATCH_SIZE, SEED,
 # AUGMENT_METHODS (one of them per record, as released), AUGMENT_ALL=1 (all of them, in order).
 # TEMPERATURE and TOP_P are always passed, as the published recap scripts pass them: left unset they are
@@ -235,7 +237,7 @@ generate_flags() {
     # Local: optional_flags below reads them by name; the caller's environment is left as it was.
     local TEMPERATURE="${TEMPERATURE:-$default_temperature}" TOP_P="${TOP_P:-$default_top_p}"
     local input="$DATA_PATH"
-    if [[ -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
+    if [[ "$1" == "reasoning" && -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
     # Of several comma-separated inputs (`sicog generate --data a.jsonl,b.jsonl`), the first one's folder.
     local output_dir="${OUTPUT_DIR:-$(dirname "${input%%,*}")}"
     optional_flags IMAGE_FOLDER:--image-folder PROMPT:--prompt NUM_CANDIDATES:--num-candidates \

@@ -269,6 +269,10 @@ def test_scripts_pass_the_readme_variables(tmp_path):
         sys.executable, "-m", "sicog", "generate", "captions", "--model", "ckpt/perception", "--data",
         "data/unlabeled.jsonl", "--output", "data/recaption_job_cod.jsonl", "--prompt", "cod-default",
         "--temperature", "0.7", "--top-p", "0.9", "--num-beams", "1"]
+    # A SPLIT exported for the README's reasoning jobs is not the caption job's: the published caption script
+    # reads none.
+    captions = dry_run("recap_inference.sh", tmp_path, SPLIT="part1", **readme)
+    assert captions[captions.index("--data") + 1] == "data/unlabeled.jsonl"
     noisy = dict(EXPERIMENT_NAME="noisy", MODEL_PATH="ckpt/reasoning", DATA_PATH="data/pairs", SPLIT="part1",
                  AUGMENT_METHODS="gaussian_blur,mask", PROMPT="cot-default", IMAGE_FOLDER="imgs", OUTPUT_DIR="out dir",
                  NUM_CANDIDATES="4", MAX_NEW_TOKENS="256", BATCH_SIZE="16", SEED="3")
