@@ -69,6 +69,13 @@ def test_prompt_types_as_in_the_readme():
     assert caption_prompt("cod-default") == f"{request} Describe the image step-by-step."
     assert caption_prompt("default") == f"{request} Be as descriptive as possible."
     assert caption_prompt("cod-conv", "<image>\nWhat is this?") == "What is this? Describe the image step-by-step."
+    # The record's question as written, its own instruction included (the published recap_558k_new.py appends to
+    # conversations[0]'s value without <image>, stripped).
+    short = "<image>\nWhich shape is it?\nAnswer the question using a single word or phrase."
+    assert caption_prompt("cod-conv", short) == (
+        "Which shape is it?\nAnswer the question using a single word or phrase. Describe the image step-by-step.")
+    with pytest.raises(ValueError, match="needs the record's own question"):
+        caption_prompt("cod-conv", "<image>\n")
     assert reasoning_prompt("cot-default", "How many? Answer the question using a single word or phrase.") == (
         "How many? Answer the question step-by-step.")
     assert reasoning_prompt("default", "How many?") == "How many?"

@@ -70,11 +70,13 @@ def step_by_step_question(question: str, keep_images: bool = False) -> str:
 
 
 def caption_prompt(prompt_type: str, question: str | None = None) -> str:
-    """The user text asking for a caption (``cod-conv`` appends the step-by-step request to ``question``)."""
+    """The user text asking for a caption (``cod-conv`` appends the step-by-step request to ``question``, without
+    ``<image>`` and stripped, and otherwise as written, instructions included, as the published recap script)."""
     if prompt_type == "cod-conv":
-        if not question:
+        text = (question or "").replace(IMAGE_TOKEN, "").strip()
+        if not text:
             raise ValueError("prompt type 'cod-conv' needs the record's own question")
-        return f"{strip_instruction(question)} {STEP_BY_STEP_DESCRIBE}"
+        return f"{text} {STEP_BY_STEP_DESCRIBE}"
     if prompt_type not in CAPTION_PROMPTS:
         raise ValueError(f"unknown caption prompt type {prompt_type!r}; choose from {CAPTION_PROMPT_TYPES}")
     return CAPTION_PROMPTS[prompt_type]
