@@ -83,6 +83,24 @@ def test_batching_gives_the_same_scores_as_one_by_one(taught) -> None:
     assert [t for t, _ in together] == pytest.approx([t for t, _ in alone], abs=1e-4)
 
 
+def test_an_option_is_scored_on_its_reply_alone_and_the_image_as_generation_sees_it(tiny_model_factory) -> None:
+    """A checkpoint trained with release masking also supervises the chat markers and role headers: scored with
+    them, every option got 20 tokens and their log-probability more. A checkpoint that resizes images at inference
+    (inference_long_side) showed the scorer another image than the one its generated answers see."""
+    _, processor = tiny_model_factory(label_masking="release", inference_long_side=32)
+    row = _rows(1)[0]
+    wide = Image.new("RGB", (96, 64), COLORS["red"])
+    for letter, item in encode_options(processor, row, wide).items():
+        supervised = [token for token in item.labels if token != -100]
+        reply = processor.tokenizer(row[letter])["input_ids"]
+        assert supervised[: len(reply)] == reply and len(supervised) == len(reply) + 1  # and the end marker
+        asked = processor.encode([{"from": "human", "value": "<image>\n" + likelihood_prompt(row)}], [wide],
+                                 train=False)
+        assert len(item.pixel_values) == len(asked.pixel_values)
+        image_tokens = item.input_ids.count(processor.image_token_id)
+        assert image_tokens == asked.input_ids.count(processor.image_token_id) > 0
+
+
 def test_choose_by_sum_and_by_mean_and_ties() -> None:
     # B has the highest sum, A the highest mean per token; a tie keeps the earlier letter.
     assert choose("ABC", [(-2.0, 1), (-1.5, 3), (-4.0, 2)]) == ("B", "B")

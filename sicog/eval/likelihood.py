@@ -36,12 +36,15 @@ def likelihood_prompt(row: dict[str, str], short_answer: bool = True) -> str:
 def encode_options(
     processor: SicogProcessor, row: dict[str, str], image, short_answer: bool = True
 ) -> dict[str, Encoded]:
-    """Letter -> a training-style encoding of the row's :func:`likelihood_prompt` with that option's text as
-    the supervised reply. Raises :class:`~sicog.model.processing.ConversationError` for a row that cannot be
-    encoded (a literal ``<image>`` in its text), so that the caller can report that row and score the rest."""
+    """Letter -> an encoding of the row's :func:`likelihood_prompt` with that option's text as the supervised
+    reply: the reply alone supervised (its text and end marker, whatever the checkpoint's training masking also
+    supervises), the image as generation sees it (resized to ``inference_long_side`` where the checkpoint sets
+    one). Raises :class:`~sicog.model.processing.ConversationError` for a row that cannot be encoded (a literal
+    ``<image>`` in its text), so that the caller can report that row and score the rest."""
     human = {"from": "human", "value": user_turn(likelihood_prompt(row, short_answer))}
     return {
-        letter: processor.encode([human, {"from": "gpt", "value": text.strip()}], [image])
+        letter: processor.encode([human, {"from": "gpt", "value": text.strip()}], [image], label_masking="replies",
+                                 inference_images=True)
         for letter, text in row_options(row).items()
     }
 

@@ -231,17 +231,21 @@ class SicogProcessor(ProcessorMixin):
         train: bool = True,
         never_split: bool = False,
         label_masking: str | None = None,
+        inference_images: bool | None = None,
     ) -> Encoded:
         """Encode a conversation. ``train``: the whole dialogue with labels as ``label_masking`` (default
         ``config.label_masking``) says; otherwise the dialogue up to its last user turn plus the
-        generation prompt, images resized as at inference (:meth:`inference_size`)."""
+        generation prompt, images resized as at inference (:meth:`inference_size`). ``inference_images``
+        chooses the images' geometry apart from ``train`` (default: as ``train`` says): a reply scored as the model
+        would answer sees the images as generation does."""
         text = self.encode_text(conversations, train=train, label_masking=label_masking)
         n_placeholders = text.input_ids.count(self.image_token_id)
         if n_placeholders != len(images):
             raise ConversationError(
                 f"conversation has {n_placeholders} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s)"
             )
-        return self._expand(text, images, never_split=never_split, inference=not train)
+        inference = not train if inference_images is None else inference_images
+        return self._expand(text, images, never_split=never_split, inference=inference)
 
     def _expand(self, text: Encoded, images: Sequence, *, never_split: bool, inference: bool) -> Encoded:
         """Replace each image placeholder id of ``text`` by that image's ids (unsupervised, not reply) and
