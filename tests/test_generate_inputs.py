@@ -60,7 +60,9 @@ def test_reasoning_prompts_use_the_question_field_first(tmp_path, folder, proces
     assert plan.tasks[0].conversation() == [
         {"from": "human", "value": "<image>\nHow many circles?\nAnswer the question step-by-step."}]
     plan = read_inputs(data, processor, task="reasoning", prompt_type="default", image_folder=folder)
-    assert [t.prompt for t in plan.tasks] == ["How many circles?", "Which colour?"]
+    # As the published direct-answer prompt: the question as written, only a step-by-step request taken out.
+    assert [t.prompt for t in plan.tasks] == ["How many circles?\nAnswer the question using a single word or phrase.",
+                                              "Which colour?"]
 
 
 @pytest.mark.parametrize("sizes", [[(40, 30)], [(200, 64)], [(150, 130)], [(64, 300)], [(40, 30), (150, 130)]])

@@ -79,6 +79,10 @@ def test_prompt_types_as_in_the_readme():
     assert reasoning_prompt("cot-default", "How many? Answer the question using a single word or phrase.") == (
         "How many? Answer the question step-by-step.")
     assert reasoning_prompt("default", "How many?") == "How many?"
+    # recap_558k_reasoning.py's default: the step-by-step request taken out wherever it stands, nothing else.
+    assert reasoning_prompt("default", "<image>\nHow many?\nAnswer the question step-by-step.") == "How many?\n"
+    assert reasoning_prompt("default", "How many? Answer the question using a single word or phrase.") == (
+        "How many? Answer the question using a single word or phrase.")
 
 
 @pytest.mark.parametrize(("question", "asked"), [

@@ -84,13 +84,16 @@ def caption_prompt(prompt_type: str, question: str | None = None) -> str:
 
 def reasoning_prompt(prompt_type: str, question: str) -> str:
     """The user text for a question: step-by-step (``cot-default``, see :func:`step_by_step_question`) or
-    direct (``default``: the bare question of :func:`strip_instruction`)."""
+    direct (``default``: the question without ``<image>``, stripped, and without the step-by-step request wherever
+    it stands, the rest as written, a short-answer request included, as the published recap_558k_reasoning.py
+    asks it)."""
     if prompt_type not in REASONING_PROMPT_TYPES:
         raise ValueError(f"unknown reasoning prompt type {prompt_type!r}; choose from {REASONING_PROMPT_TYPES}")
-    bare = strip_instruction(question)
-    if not bare:
+    if not strip_instruction(question):
         raise ValueError("empty question")
-    return step_by_step_question(question) if prompt_type == "cot-default" else bare
+    if prompt_type == "cot-default":
+        return step_by_step_question(question)
+    return question.replace(IMAGE_TOKEN, "").strip().replace(STEP_BY_STEP_ANSWER, "")
 
 
 def user_turn(prompt: str, images: int = 1) -> str:
