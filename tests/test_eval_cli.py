@@ -83,6 +83,12 @@ def test_command_refuses_an_output_dir_that_is_a_file(setup, tmp_path, capsys, m
     assert capsys.readouterr().err == inside
 
 
+def _drop_tensors(path: Path, prefix: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v for k, v in load_file(path).items() if not k.startswith(prefix)}, path, metadata={"format": "pt"})
+
+
 def _cut(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -95,6 +101,9 @@ def _cut(path: Path) -> None:
     (lambda ck: _cut(ck / "config.json"), "{ck}/config.json: not valid JSON ("),
     (lambda ck: (ck / "config.json").write_text("[1, 2]"), "{ck}/config.json: expected a JSON object, got list"),
     (lambda ck: _cut(ck / "tokenizer.json"), "{ck}/tokenizer.json: not valid JSON ("),
+    # Loaded with those tensors drawn at random, it evaluated (trained, generated) from noise and succeeded.
+    (lambda ck: _drop_tensors(ck / "model.safetensors", "language_model.model.layers.0."),
+     "{ck}: its weights lack 12 of the model's tensors (language_model.model.layers.0."),
 ])
 def test_a_damaged_checkpoint_is_one_line_naming_the_file(setup, tmp_path, capsys, damage, says) -> None:
     """What a run killed while saving leaves: one error line naming the file, exit 2, no output folder."""

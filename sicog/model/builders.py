@@ -189,10 +189,20 @@ def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditio
             # A config.json holding a JSON list or number would reach the config class as a TypeError naming no file,
             # and another model's (a plain Qwen2 folder) would load as SicogConfig's defaults, with only a warning.
             read_checkpoint_config(path)
-        model = SicogForConditionalGeneration.from_pretrained(path, **kwargs)
-        return model, SicogProcessor.from_pretrained(path, config=model.config)
+        model, loading = SicogForConditionalGeneration.from_pretrained(path, output_loading_info=True, **kwargs)
+        processor = SicogProcessor.from_pretrained(path, config=model.config)
     except (OSError, ValueError, SafetensorError) as error:
         raise CheckpointError(_load_problem(Path(path), error)) from error
+    if loading["missing_keys"]:
+        # transformers initialises them at random and only logs a report: the model would train or generate from
+        # noise and every command would succeed.
+        missing = sorted(loading["missing_keys"])
+        lora = any("lora_" in key for key in loading["unexpected_keys"])
+        hint = ("; a LoRA run's checkpoint-N holds its adapters unmerged: load the run's output folder, where they "
+                "are merged" if lora else "")
+        raise CheckpointError(f"{path}: its weights lack {len(missing)} of the model's tensors "
+                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}){hint}")
+    return model, processor
 
 
 def _load_problem(path: Path, error: Exception) -> str:
