@@ -67,7 +67,7 @@ sicog_python() {
 # The interpreter is SICOG_PYTHON, else sicog_python's choice.
 sicog_exec() {
     local python cmd
-    resolve_nproc_per_node
+    resolve_process_counts
     python="$(sicog_python)"
     if [[ "${NPROC_PER_NODE:-1}" == "1" && "${NNODES:-1}" == "1" && "${SICOG_TORCHRUN:-0}" == "1" ]]; then
         cmd=(env RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
@@ -106,10 +106,21 @@ free_port() {
     "$1" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# resolve_nproc_per_node: NPROC_PER_NODE as a number (default 1). torchrun's own spellings gpu and auto become the number of GPUs
-# that nvidia-smi lists (the scripts multiply it into the global batch); anything else that is not a positive
-# whole number stops the script with one line.
-resolve_nproc_per_node() {
+# positive_number NAME VALUE: VALUE as a whole number above 0 (leading zeros read as decimal), on stdout; anything
+# else stops with one line naming NAME (call it as x="$(positive_number ...)" || exit 2: the exit is the subshell's).
+positive_number() {
+    if [[ "$2" =~ ^[0-9]+$ ]] && ((10#$2 > 0)); then
+        echo "$((10#$2))"
+    else
+        echo "error: $1 must be a whole number above 0 (got '$2')" >&2
+        exit 2
+    fi
+}
+
+# resolve_process_counts: NPROC_PER_NODE and NNODES as numbers (default 1 each). torchrun's own spellings gpu and
+# auto for NPROC_PER_NODE become the number of GPUs that nvidia-smi lists (the scripts multiply it into the global
+# batch); anything else that is not a positive whole number stops the script with one line.
+resolve_process_counts() {
     local value="${NPROC_PER_NODE:-1}" gpus
     if [[ "$value" == "gpu" || "$value" == "auto" ]]; then
         gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
@@ -124,6 +135,7 @@ resolve_nproc_per_node() {
         echo "error: NPROC_PER_NODE must be a number of processes, gpu or auto (got $value)" >&2
         exit 2
     fi
+    NNODES="$(positive_number NNODES "${NNODES:-1}")" || exit 2
 }
 
 # device_kind: cuda when nvidia-smi lists a GPU, else cpu; DEVICE=cpu or DEVICE=cuda decides instead.
@@ -166,19 +178,21 @@ training_flags() {
         esac
         shift 2
     done
-    local device global
-    resolve_nproc_per_node
+    local device global accumulation
+    resolve_process_counts
+    batch="$(positive_number "the per-device batch (FINETUNE_BATCH, PRETRAIN_BATCH or DPO_BATCH)" "$batch")" || exit 2
+    accumulation="$(positive_number ACCU_STEPS "${ACCU_STEPS:-1}")" || exit 2
     device="$(device_kind)"
-    global=$((batch * ${ACCU_STEPS:-1} * NPROC_PER_NODE * ${NNODES:-1}))
-    echo "global batch: $global = $batch per device x ${ACCU_STEPS:-1} accumulation steps x $NPROC_PER_NODE" \
-         "processes per node x ${NNODES:-1} nodes" >&2
+    global=$((batch * accumulation * NPROC_PER_NODE * NNODES))
+    echo "global batch: $global = $batch per device x $accumulation accumulation steps x $NPROC_PER_NODE" \
+         "processes per node x $NNODES nodes" >&2
     if [[ -n "$paper" && "$global" != "$paper" ]]; then
         echo "warning: the paper trains this stage with a global batch of $paper, not $global" \
              "(set the per-device batch, ACCU_STEPS, NPROC_PER_NODE and NNODES so that they multiply to $paper)" >&2
     fi
     TRAIN_FLAGS=(
         --learning_rate "$lr" --per_device_train_batch_size "$batch"
-        --gradient_accumulation_steps "${ACCU_STEPS:-1}"
+        --gradient_accumulation_steps "$accumulation"
         --output_dir "${OUTPUT_DIR:-$SICOG_ROOT/model_weight/$EXPERIMENT_NAME/$folder}"
         --data_path "$DATA_PATH" --model_max_length "${MODEL_MAX_LENGTH:-4096}"
         --lr_scheduler_type "$scheduler" --warmup_steps "$warmup" --weight_decay 0.0
@@ -206,7 +220,11 @@ training_flags() {
         fp32) ;;
         *) echo "error: PRECISION must be bf16, fp16 or fp32 (got ${precision})" >&2; exit 2 ;;
     esac
-    if [[ "${GRADIENT_CHECKPOINTING:-true}" == "true" ]]; then TRAIN_FLAGS+=(--gradient_checkpointing True); fi
+    case "${GRADIENT_CHECKPOINTING:-true}" in
+        true | True | TRUE | 1) TRAIN_FLAGS+=(--gradient_checkpointing True) ;;
+        false | False | FALSE | 0) ;;
+        *) echo "error: GRADIENT_CHECKPOINTING must be true or false (got ${GRADIENT_CHECKPOINTING})" >&2; exit 2 ;;
+    esac
 }
 
 # optional_flags NAME:--flag ...: in OPTIONAL_FLAGS, "--flag value" for every variable NAME that is set.

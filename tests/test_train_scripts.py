@@ -225,6 +225,32 @@ def test_nproc_per_node_that_is_no_count_stops_with_one_line(value, gpus, says, 
     assert result.returncode == 2 and result.stderr.strip() == f"error: {says}"
 
 
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("FINETUNE_BATCH", "1.5", "the per-device batch (FINETUNE_BATCH, PRETRAIN_BATCH or DPO_BATCH) must be a whole "
+                              "number above 0 (got '1.5')"),
+    ("ACCU_STEPS", "abc", "ACCU_STEPS must be a whole number above 0 (got 'abc')"),
+    ("NNODES", "2x", "NNODES must be a whole number above 0 (got '2x')"),
+    ("NNODES", "0", "NNODES must be a whole number above 0 (got '0')"),
+    ("GRADIENT_CHECKPOINTING", "yes", "GRADIENT_CHECKPOINTING must be true or false (got yes)"),
+])
+def test_a_count_or_switch_that_is_none_stops_with_one_line(variable, value, says):
+    """Bash's arithmetic error left the function with none of the stage's flags, and the run then failed on
+    "--data_path is required" although DATA_PATH was set."""
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, variable: value})
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"error: {says}"
+
+
+def test_counts_with_leading_zeros_and_switches_as_python_spells_them():
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "FINETUNE_BATCH": "08", "ACCU_STEPS": "02",
+                                                           "GRADIENT_CHECKPOINTING": "True"})
+    assert result.returncode == 0, result.stderr
+    _, flags = parsed(result.stdout)
+    assert (flags["--per_device_train_batch_size"], flags["--gradient_accumulation_steps"]) == ("8", "2")
+    assert flags["--gradient_checkpointing"] == "True"
+    off = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "GRADIENT_CHECKPOINTING": "0"})
+    assert "--gradient_checkpointing" not in parsed(off.stdout)[1]
+
+
 def test_several_nodes_need_a_node_rank_and_a_master_address():
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "NNODES": "4", "NPROC_PER_NODE": "8"})
     assert result.returncode == 2 and "NODE_RANK" in result.stderr and "MASTER_ADDR" in result.stderr

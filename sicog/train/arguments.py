@@ -60,7 +60,8 @@ class ModelArguments:
         default=SicogConfig.resampler_attention, metadata={"help": "cell (spatially constrained) | global"}
     )
     resampler_pooling: str = field(
-        default=SicogConfig.resampler_pooling, metadata={"help": "roi_align (published) | average (earlier)"}
+        default=SicogConfig.resampler_pooling,
+        metadata={"help": "roi_align (published) | average (earlier)", "choices": ("roi_align", "average")},
     )
     image_layout: str = field(
         default=SicogConfig.image_layout, metadata={"help": "release (published llava_arch) | uhd_v1 (earlier)"}
@@ -68,12 +69,17 @@ class ModelArguments:
     label_masking: str = field(
         default=SicogConfig.label_masking, metadata={"help": "replies | release (published preprocess_qwen)"}
     )
-    slice_separators: str = field(default="auto", metadata={"help": "auto | release (LLaMA ids 29892, 13) | tokenizer"})
+    slice_separators: str = field(default="auto", metadata={"help": "auto | release (LLaMA ids 29892, 13) | tokenizer",
+                                                            "choices": ("auto", "release", "tokenizer")})
     inference_long_side: int | None = field(
         default=None, metadata={"help": "resize to this long side before slicing at inference (published: 1024)"}
     )
     scale_resolution: int = SicogConfig.scale_resolution
     max_slice_nums: int = SicogConfig.max_slice_nums
+
+
+# --augment: none, or the published loader's image resizing (sicog/train/augment.py).
+AUGMENT_CHOICES = ("none", "release")
 
 
 @dataclass
@@ -85,7 +91,8 @@ class DataArguments:
         "(owner/name[:split]), comma-separated sources, or a .yaml mixture"})
     image_folder: str | None = field(default=None, metadata={"help": "folder that image paths are relative to"})
     model_max_length: int = field(default=4096, metadata={"help": "tokens per sample, image tokens included"})
-    augment: str = field(default="none", metadata={"help": "none | release (the published loader's image resizing)"})
+    augment: str = field(default="none", metadata={"help": "none | release (the published loader's image resizing)",
+                                                   "choices": AUGMENT_CHOICES})
     group_by_modality_length: bool = field(
         default=False, metadata={"help": "batches of image or text-only samples of similar length"}
     )
@@ -178,4 +185,6 @@ class SicogTrainingArguments(TrainingArguments):
         unknown = [p for p in parts if p not in PARTS]
         if unknown:
             raise UsageError(f"unknown tunable part(s) {unknown}; choose from {PARTS}")
+        if not parts:
+            raise UsageError(f"--tunable_parts {self.tunable_parts!r} names no part; choose from {PARTS}")
         return parts

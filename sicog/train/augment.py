@@ -17,7 +17,6 @@ from sicog.model.builders import RELEASE_INFERENCE_LONG_SIDE
 from sicog.model.processing import SicogProcessor
 from sicog.model.slicing import fit_long_side
 
-AUGMENT_CHOICES = ("none", "release")
 GRID_SLICES = 6
 GRID_PROBABILITY = 0.1
 TEXT_HEAVY_MARKERS = ("TextVQA", "textvqa")

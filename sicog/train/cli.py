@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from sicog.data.argtypes import non_negative_int, positive_int
+from sicog.data.argtypes import non_negative_int, positive_float, positive_int
 from sicog.data.jsonl import RecordError
 from sicog.data.yaml_file import read_yaml
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments, UsageError
@@ -29,10 +29,20 @@ COUNT_TYPES = {
     "gradient_accumulation_steps": positive_int,
     "eval_accumulation_steps": positive_int,
     "dataloader_num_workers": non_negative_int,
+    # And this package's sizes, rates and ranks, which would otherwise fail (or, for a negative length or a
+    # negative vision learning rate, train wrongly without a word) only once the model is built.
+    "model_max_length": positive_int,
+    "resampler_num_queries": positive_int,
+    "scale_resolution": positive_int,
+    "max_slice_nums": positive_int,
+    "inference_long_side": positive_int,
+    "lora_r": non_negative_int,
+    "learning_rate": positive_float,
+    "vision_tower_lr": positive_float,
 }
 # What a value of a flag's type is, in a config file's error message.
 EXPECTED = {int: "an integer", positive_int: "an integer", non_negative_int: "an integer", float: "a number",
-            str: "a string", string_to_bool: "true or false"}
+            positive_float: "a number", str: "a string", string_to_bool: "true or false"}
 
 
 def build_parser() -> HfArgumentParser:

@@ -30,7 +30,8 @@ from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
 from sicog.data.schema import EMPTY_ANSWER, check_llava_record, record_images, resolve_image, valid_image_field
 from sicog.model.image_io import ImageError, load_image
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
-from sicog.train.augment import AUGMENT_CHOICES, release_augment
+from sicog.train.arguments import AUGMENT_CHOICES
+from sicog.train.augment import release_augment
 
 logger = logging.getLogger(__name__)
 
@@ -353,4 +354,13 @@ def check_dataset(dataset: Dataset, data_path: str, args: TrainingArguments) -> 
         )
     if not len(dataset):
         raise DataProblemsError(f"no usable training records in {data_path}")
+    one_batch_each = args.per_device_train_batch_size * args.world_size
+    if args.dataloader_drop_last and len(dataset) < one_batch_each:
+        # Every process's first batch would be incomplete and dropped: the run would train no step and save its
+        # starting weights (with --max_steps), or fail inside the Trainer (with epochs).
+        raise DataProblemsError(
+            f"{len(dataset)} usable training records in {data_path}, fewer than one batch of every process "
+            f"({args.per_device_train_batch_size} per device x {args.world_size} processes) with "
+            "--dataloader_drop_last: lower the batch size or the process count"
+        )
     return dataset

@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 import torch
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import HFValidationError, StrictDataclassError
 from huggingface_hub.utils import validate_repo_id
 from transformers import set_seed
 
+from sicog.data.argtypes import os_error_text
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json
 from sicog.data.lock import output_lock
@@ -25,6 +26,7 @@ from sicog.model.builders import (
 )
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
+from sicog.model.release_format import first_line
 from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments, UsageError
 from sicog.train.checkpoints import check_resume_target, is_last_step, last_complete_checkpoint
 from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
@@ -94,6 +96,8 @@ def build_model(
         except OSError as err:  # a folder that is no model, or a Hub id neither cached nor reachable
             raise UsageError(f"cannot load --vision_tower {model_args.vision_tower} / --language_model "
                              f"{model_args.language_model}: {str(err).splitlines()[0]}") from None
+        except (ValueError, StrictDataclassError) as err:  # settings that cannot work together (SicogConfig's check)
+            raise UsageError(first_line(err.__cause__ or err)) from None
     else:
         if preset.source == "checkpoint":
             need = "--model_name_or_path"
@@ -155,6 +159,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
     """
     if args.resume_from_checkpoint:
         check_resume_target(args.resume_from_checkpoint)
+    if data_args.sample_log:  # its folder, before the model is loaded: it is first written at the first step
+        try:
+            Path(data_args.sample_log).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"--sample_log {data_args.sample_log}: {os_error_text(err)}") from None
     settings = run_settings(model_args, data_args, args)
     with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
         resume = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir, args.stage, settings)
