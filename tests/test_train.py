@@ -172,6 +172,20 @@ def test_bad_arguments_stop_with_one_line_and_exit_2(world, tmp_path, capsys):
         (["--stage", "1.5", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
           "--projector", str(world["root"] / "images"), *TINY_FLAGS, *common(world, tmp_path / "x")],
          f"--projector {world['root'] / 'images'}: no projector checkpoint at"),
+        # Settings that cannot work together, an empty part list, an unwritable sample log: each failed later in a
+        # traceback (SicogConfig's check, the first step).
+        (["--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), *TINY_FLAGS,
+          *common(world, tmp_path / "x"), "--resampler_num_queries", "15"],
+         "invalid SicogConfig: resampler_num_queries=15 is not a perfect square"),
+        (["--stage", "2", "--model_name_or_path", str(world["base"]), *common(world, tmp_path / "x"),
+          "--tunable_parts", ","], "--tunable_parts ',' names no part"),
+        (["--stage", "2", "--model_name_or_path", str(world["base"]), *common(world, tmp_path / "x"),
+          "--sample_log", str(world["data"] / "ids")], f"--sample_log {world['data'] / 'ids'}: "),
+        # Fewer records than one batch of every process: with --max_steps it trained no step and saved its start.
+        (["--stage", "2", "--model_name_or_path", str(world["base"]), *common(world, tmp_path / "x"),
+          "--per_device_train_batch_size", "8", "--dataloader_drop_last", "True"],
+         f"4 usable training records in {world['data']}, fewer than one batch of every process (8 per device x 1 "
+         "processes) with --dataloader_drop_last"),
     ]
     for argv, says in runs:
         assert main(["train", *argv]) == 2, says

@@ -93,6 +93,27 @@ def test_a_count_below_1_on_the_command_line_stops_in_argparse(tmp_path, trained
     assert trained == []
 
 
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--model_max_length", "-5", "must be at least 1, got -5"),  # cut every sample to input_ids[:-5]
+    ("--learning_rate", "-1", "must be greater than 0, got -1.0"),
+    ("--vision_tower_lr", "-1", "must be greater than 0, got -1.0"),  # gradient ascent on the tower, exit 0
+    ("--lora_r", "-1", "must be 0 or more, got -1"),
+    ("--max_slice_nums", "0", "must be at least 1, got 0"),
+    ("--inference_long_side", "-3", "must be at least 1, got -3"),
+    ("--augment", "foo", "invalid choice: 'foo' (choose from 'none', 'release')"),
+    ("--resampler_pooling", "max", "invalid choice: 'max' (choose from 'roi_align', 'average')"),
+    ("--slice_separators", "foo", "invalid choice: 'foo' (choose from 'auto', 'release', 'tokenizer')"),
+])
+def test_a_size_rate_or_choice_out_of_range_stops_in_argparse(tmp_path, trained, capsys, flag, value, says):
+    """Each failed only once the model was loaded, in a traceback, or trained wrongly without a word."""
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data_path", "d.jsonl", "--output_dir", str(tmp_path), flag, value])
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("sicog train: error: argument " + flag) and last.endswith(says)
+    assert trained == []
+
+
 def test_an_output_folder_that_is_or_lies_in_a_file_is_one_line(tmp_path, capsys):
     """Stopped by the output lock, before the model source is even looked at."""
     afile = tmp_path / "afile"
