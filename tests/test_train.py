@@ -323,7 +323,7 @@ def test_push_to_hub_uploads_once_after_everything_is_saved_with_a_model_card(wo
         assert name in files, f"{name} was not written before the upload"
     assert card.startswith("---\n") and "pipeline_tag: image-text-to-text" in card
     assert "stage 1, alignment." in card
-    assert f"- vision tower: `{world['clip']}`" in card and f"`{world['data']}`: 4 samples trained on" in card
+    assert f"- vision tower: `{world['clip']}`" in card and f"`{world['data']}`: 4 usable samples" in card
     assert "| global batch | 4 (4 per device x 1 accumulation steps x 1 processes) |" in card
     assert "| trained parts | resampler |" in card and "| learning rate | 0.002 |" in card
     assert 'AutoModelForImageTextToText.from_pretrained("me/tiny-stage1")' in card  # the full id, as created

@@ -170,6 +170,22 @@ def test_a_finished_run_started_again_trains_nothing_and_keeps_its_results(world
     assert {name: (tmp_path / "out" / name).read_bytes() for name in before} == before
 
 
+def test_several_data_sources_are_the_same_run_from_another_working_folder(tmp_path, monkeypatch):
+    """Each source of a comma list is compared resolved, as a single source is."""
+    from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+    from sicog.train.run import run_settings
+
+    (tmp_path / "mix").mkdir()
+    for name in ("a.jsonl", "b.json"):
+        (tmp_path / "mix" / name).write_text("")
+    args = SicogTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    monkeypatch.chdir(tmp_path)
+    here = run_settings(ModelArguments(), DataArguments(data_path="mix/a.jsonl,mix/b.json"), args)
+    monkeypatch.chdir(tmp_path / "mix")
+    there = run_settings(ModelArguments(), DataArguments(data_path="a.jsonl, ../mix/b.json"), args)
+    assert here["data_path"] == there["data_path"] == f"{tmp_path / 'mix' / 'a.jsonl'},{tmp_path / 'mix' / 'b.json'}"
+
+
 def test_naming_an_incomplete_checkpoint_is_an_error(world, tmp_path):
     (tmp_path / "checkpoint-5").mkdir()
     from sicog.cli import main

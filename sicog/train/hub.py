@@ -103,7 +103,7 @@ A [SICOG]({PAPER}) (Self-Improving Cognition) multimodal model: stage {args.stag
 
 ## Data
 
-`{data_args.data_path}`: {results['samples']} samples trained on, {results['skipped']} skipped as over-long.
+`{data_args.data_path}`: {results['samples']} usable samples, {results['skipped']} skipped as over-long.
 
 ## Training
 

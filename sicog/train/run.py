@@ -194,6 +194,8 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Sic
     working folder is the same path)."""
 
     def where(value: str | None) -> str | None:
+        if value and "," in value:  # several sources (--data_path a.jsonl,b.json): each resolved
+            return ",".join(where(part.strip()) or "" for part in value.split(","))
         return os.path.realpath(value) if value and os.path.exists(value) else value
 
     return {"model_name_or_path": where(model_args.model_name_or_path), "vision_tower": where(model_args.vision_tower),
