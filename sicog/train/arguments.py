@@ -6,16 +6,25 @@ Besides its own flags, `sicog train` takes every HF ``TrainingArguments`` flag (
 
 from __future__ import annotations
 
+import inspect
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 
 import torch
 from transformers import TrainingArguments
 
+from sicog.model.builders import SEPARATOR_CHOICES
 from sicog.model.configuration import SicogConfig
 from sicog.train.fast_paths import FUSED_LOSSES
 
 PARTS = ("vision_tower", "resampler", "language_model")
+
+
+def config_choices(name: str) -> tuple[str, ...]:
+    """The values SicogConfig's ``Literal`` annotation of ``name`` allows: its flag's choices, checked by argparse
+    before the model is loaded."""
+    return typing.get_args(inspect.get_annotations(SicogConfig, eval_str=True)[name])
 # How the SFT loss weighs the samples of one optimizer step (docs/training.md, "Loss weighting").
 LOSS_WEIGHTINGS = ("tokens", "micro_batches")
 
@@ -57,20 +66,24 @@ class ModelArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager"})
     resampler_num_queries: int = SicogConfig.resampler_num_queries
     resampler_attention: str = field(
-        default=SicogConfig.resampler_attention, metadata={"help": "cell (spatially constrained) | global"}
+        default=SicogConfig.resampler_attention,
+        metadata={"help": "cell (spatially constrained) | global", "choices": config_choices("resampler_attention")},
     )
     resampler_pooling: str = field(
         default=SicogConfig.resampler_pooling,
-        metadata={"help": "roi_align (published) | average (earlier)", "choices": ("roi_align", "average")},
+        metadata={"help": "roi_align (published) | average (earlier)", "choices": config_choices("resampler_pooling")},
     )
     image_layout: str = field(
-        default=SicogConfig.image_layout, metadata={"help": "release (published llava_arch) | uhd_v1 (earlier)"}
+        default=SicogConfig.image_layout,
+        metadata={"help": "release (published llava_arch) | uhd_v1 (earlier)",
+                  "choices": config_choices("image_layout")},
     )
     label_masking: str = field(
-        default=SicogConfig.label_masking, metadata={"help": "replies | release (published preprocess_qwen)"}
+        default=SicogConfig.label_masking,
+        metadata={"help": "replies | release (published preprocess_qwen)", "choices": config_choices("label_masking")},
     )
     slice_separators: str = field(default="auto", metadata={"help": "auto | release (LLaMA ids 29892, 13) | tokenizer",
-                                                            "choices": ("auto", "release", "tokenizer")})
+                                                            "choices": SEPARATOR_CHOICES})
     inference_long_side: int | None = field(
         default=None, metadata={"help": "resize to this long side before slicing at inference (published: 1024)"}
     )
