@@ -183,8 +183,8 @@ def test_the_dpo_schedule_is_required_with_dpo_only(tmp_path, capsys):
     ("curate", {"batch_size": "ten"}, "key 'curate': setting 'batch_size': argument --batch-size:"),
     ("curate", {"batch_size": 0}, "key 'curate': setting 'batch_size': argument --batch-size: must be at least 1"),
     ("model", {"resampler_num_queries": "many"}, "key 'model': setting 'resampler_num_queries': argument "
-                                                 "--resampler_num_queries/--resampler-num-queries: invalid int "
-                                                 "value: 'many'"),
+                                                 "--resampler_num_queries/--resampler-num-queries: invalid "
+                                                 "positive_int value: 'many'"),
 ])
 def test_passed_on_values_are_parsed_by_their_commands_when_the_file_is_read(tmp_path, key, settings, message):
     path = write(tmp_path, **{key: settings})

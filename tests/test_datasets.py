@@ -131,7 +131,8 @@ def test_a_clean_rerun_removes_the_lists_of_an_earlier_run(tmp_path, tiny_model_
     Image.new("RGB", (128, 96)).save(tmp_path / "a.png")
     out = tmp_path / "out"
     out.mkdir()
-    args = SimpleNamespace(output_dir=str(out), process_index=0)
+    args = SimpleNamespace(output_dir=str(out), process_index=0, per_device_train_batch_size=1, world_size=1,
+                           dataloader_drop_last=True)
     too_long = rec("long", question="word " * 300, image="a.png")  # the cut would remove the answer
     broken = write(tmp_path / "broken.jsonl", [rec("ok"), rec("gone", image="missing.png"), too_long])
     with pytest.raises(DataProblemsError):

@@ -95,8 +95,9 @@ def test_a_count_below_1_on_the_command_line_stops_in_argparse(tmp_path, trained
 
 @pytest.mark.parametrize(("flag", "value", "says"), [
     ("--model_max_length", "-5", "must be at least 1, got -5"),  # cut every sample to input_ids[:-5]
-    ("--learning_rate", "-1", "must be greater than 0, got -1.0"),
-    ("--vision_tower_lr", "-1", "must be greater than 0, got -1.0"),  # gradient ascent on the tower, exit 0
+    ("--learning_rate", "-1", "must be 0 or more, got -1"),
+    ("--vision_tower_lr", "-1", "must be 0 or more, got -1"),  # gradient ascent on the tower, exit 0
+    ("--learning_rate", "nan", "must be a finite number, got nan"),
     ("--lora_r", "-1", "must be 0 or more, got -1"),
     ("--max_slice_nums", "0", "must be at least 1, got 0"),
     ("--inference_long_side", "-3", "must be at least 1, got -3"),

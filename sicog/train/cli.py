@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from sicog.data.argtypes import non_negative_int, positive_float, positive_int
+from sicog.data.argtypes import non_negative_float, non_negative_int, positive_int
 from sicog.data.jsonl import RecordError
 from sicog.data.yaml_file import read_yaml
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments, UsageError
@@ -37,12 +37,12 @@ COUNT_TYPES = {
     "max_slice_nums": positive_int,
     "inference_long_side": positive_int,
     "lora_r": non_negative_int,
-    "learning_rate": positive_float,
-    "vision_tower_lr": positive_float,
+    "learning_rate": non_negative_float,
+    "vision_tower_lr": non_negative_float,
 }
 # What a value of a flag's type is, in a config file's error message.
 EXPECTED = {int: "an integer", positive_int: "an integer", non_negative_int: "an integer", float: "a number",
-            positive_float: "a number", str: "a string", string_to_bool: "true or false"}
+            non_negative_float: "a number", str: "a string", string_to_bool: "true or false"}
 
 
 def build_parser() -> HfArgumentParser:
