@@ -74,7 +74,8 @@ def remove_left_lock(path: str | os.PathLike, *, own_lock: str | os.PathLike) ->
     try:
         lock.acquire()  # taken over when its holder on this host is gone
     except Timeout:
-        if _host(path) is not None and _host(path) == _host(Path(own_lock)):
+        host = _host(path)
+        if host is not None and host == _host(Path(own_lock)):
             raise OutputLocked(
                 f"{path.parent} is still being written by {holder(path)} (a process of a run that was killed?); "
                 "wait for it to finish or stop it, then run again"
