@@ -48,3 +48,44 @@ def test_a_worker_dies_with_its_killed_parent(tmp_path):
     while running(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not running(worker)
+
+
+LAUNCHER = '''
+import os, pathlib, signal, sys, time
+pid_file = pathlib.Path(sys.argv[1])
+
+def stop(signum, frame):  # a launcher that stops its processes on SIGTERM (as torchrun does) says so
+    pid_file.with_suffix(".stopped").write_text(signal.Signals(signum).name)
+    sys.exit(1)
+
+signal.signal(signal.SIGTERM, stop)
+pid_file.write_text(str(os.getpid()))
+time.sleep(600)
+'''
+
+WORKER = '''
+import sys
+from sicog.cycle.engine import _run_step
+_run_step(["train"], sys.argv[1], [sys.executable, sys.argv[2], sys.argv[3]])
+'''
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's parent-death signal is Linux's")
+def test_a_launched_step_is_stopped_when_its_cycle_worker_is_killed(tmp_path):
+    """A cycle step run through a launcher (torchrun) gets SIGTERM, which the launcher passes on to the
+    processes it started, when the cycle's worker running the step dies."""
+    (tmp_path / "launcher.py").write_text(LAUNCHER)
+    (tmp_path / "worker.py").write_text(WORKER)
+    pid_file = tmp_path / "launcher.pid"
+    worker = subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "log.txt"),
+                               str(tmp_path / "launcher.py"), str(pid_file)])
+    deadline = time.monotonic() + 120  # liveness bounds, not speeds
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    launched = int(pid_file.read_text())
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    while running(launched) and time.monotonic() < deadline + 120:
+        time.sleep(0.1)
+    assert not running(launched)
+    assert pid_file.with_suffix(".stopped").read_text() == "SIGTERM"

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -466,7 +467,10 @@ def _run_step(argv: Sequence[str], log: str, launcher: Sequence[str]) -> tuple[i
         try:
             print(f"$ sicog {' '.join(argv)}", flush=True)
             if launcher:
-                code = subprocess.run([*launcher, "-m", "sicog", *argv]).returncode
+                # SIGTERM when this worker dies, so that the launcher (torchrun, srun) stops the processes it
+                # started before exiting, instead of leaving them to write into the rerun's step.
+                stop_with_worker = functools.partial(exit_with_parent, os.getpid(), signal.SIGTERM)
+                code = subprocess.run([*launcher, "-m", "sicog", *argv], preexec_fn=stop_with_worker).returncode
             else:
                 from sicog.cli import main
 

@@ -11,9 +11,10 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
-def exit_with_parent(parent: int) -> None:
-    """Have the kernel kill this process (SIGKILL) when ``parent``, the process that started it, dies (Linux; a
-    no-op elsewhere). Call it first in a pool worker's initializer.
+def exit_with_parent(parent: int, signal_number: int = signal.SIGKILL) -> None:
+    """Have the kernel send this process ``signal_number`` (SIGKILL by default) when ``parent``, the process that
+    started it, dies (Linux; a no-op elsewhere). Call it first in a pool worker's initializer, or as the
+    ``preexec_fn`` of a launched command, where it outlasts the command's ``exec``.
 
     A pool's workers otherwise outlive a parent killed with SIGKILL: each finishes the task it runs, writing
     into outputs that a rerun has started to write too, then waits forever for the next task. A parent that died
@@ -22,7 +23,7 @@ def exit_with_parent(parent: int) -> None:
     if sys.platform != "linux":
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(_PR_SET_PDEATHSIG, signal_number, 0, 0, 0) != 0:
         return  # not allowed here (a sandbox): workers keep the default
     if os.getppid() != parent:
         os._exit(1)
