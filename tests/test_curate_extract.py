@@ -54,10 +54,19 @@ def test_reasoning_uses_step_four_not_step_five() -> None:
     assert extract(text, "captions").fallback
 
 
-@pytest.mark.parametrize("first_line", ["3", "Yes", "Blue"])
+@pytest.mark.parametrize("first_line", ["3", "Yes", "Blue", "(B)", "(B) red cube", "Answer: 3", "The answer is 3",
+                                        "**Final answer:** 3"])
 def test_a_short_answer_line_is_not_mistaken_for_a_header(first_line: str) -> None:
     text = f"Step 3: Counted.\nStep 4: {first_line}\nBecause that is what the image shows."
-    assert extract(text, "reasoning").text.startswith(first_line)
+    extraction = extract(text, "reasoning")
+    assert extraction.text.startswith(first_line)
+    assert parse_answer(extraction.text).normalized == parse_answer(text).normalized
+
+
+@pytest.mark.parametrize("step_four", ["Final answer\n3", "(Conclusion) 3", "(Summary): 3", "**Conclusion**\n3"])
+def test_a_header_in_the_step_is_dropped_before_its_answer(step_four: str) -> None:
+    text = f"Step 3: Counted.\nStep 4: {step_four}"
+    assert extract(text, "reasoning").text == "3"
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from sicog.data.answers import answer_line
 from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.steps import final_step
 
@@ -24,7 +25,7 @@ STEP_PROMPT_TYPES = frozenset({"cod-default", "cod-conv", "cot-default"})
 _INLINE_MARKER = re.compile(
     r"(?<=\S)[ \t]+(?=\**[ \t]*step[ \t]*\d+[ \t]*\**[ \t]*[:.)\-\u2013\u2014])", re.IGNORECASE
 )
-_LEADING_PAREN = re.compile(r"^\([^()\n]{0,80}\)[ \t]*[:.\-\u2013\u2014]?[ \t]*")
+_LEADING_PAREN = re.compile(r"^\((?P<inside>[^()\n]{0,80})\)[ \t]*(?P<colon>[:.\-\u2013\u2014]?)[ \t]*")
 _WORD = re.compile(r"[^\W\d_]{4,}")
 
 
@@ -65,17 +66,28 @@ def extract(text: str, task: Task, *, expect_steps: bool = True) -> Extraction:
 def _drop_loose_header(body: str, header: str) -> str:
     """Remove a leading parenthetical and a short header line that paraphrases the known header.
 
-    A first line counts as a header only when it is short, has no sentence-final punctuation, text
-    follows it, and it shares a word stem with the known header (or is bold / a markdown heading),
-    so that a one-word answer line such as "3" or "Yes" is never taken for a header.
+    A parenthetical counts as a header when it holds a word (not an option letter: "(B) red" is an answer)
+    sharing a stem with the known header, or any word and a colon after it ("(Summary): ..."). A first line
+    counts as a header only when it is short, has no sentence-final punctuation, states no answer ("Answer:
+    3", "The answer is 3"), text follows it, and it shares a word stem with the known header (or is bold / a
+    markdown heading), so that a one-word answer line such as "3" or "Yes" is never taken for a header.
     """
-    body = _LEADING_PAREN.sub("", body, count=1).strip()
+    header_stems = {w[:5].lower() for w in _WORD.findall(header)}
+
+    def shares_stem(text: str) -> bool:
+        return any(w[:5].lower() in header_stems for w in _WORD.findall(text))
+
+    paren = _LEADING_PAREN.match(body)
+    if paren and _WORD.search(paren["inside"]) and (paren["colon"] or shares_stem(paren["inside"])):
+        body = body[paren.end():]
+    body = body.strip()
     first, _, rest = body.partition("\n")
     line = first.strip()
     clean = line.strip("*#_ \t").strip()
     if not rest.strip() or not clean or len(clean.split()) > 8 or clean.endswith((".", "!", "?")):
         return body
-    header_stems = {w[:5].lower() for w in _WORD.findall(header)}
-    shares_stem = any(w[:5].lower() in header_stems for w in _WORD.findall(clean))
+    stated, marked = answer_line(clean)
+    if marked and stated.strip("*#_ \t"):
+        return body
     styled = line.startswith(("#", "**")) or line.endswith("**")
-    return rest.strip() if shares_stem or styled else body
+    return rest.strip() if shares_stem(clean) or styled else body
