@@ -206,14 +206,17 @@ def test_candidates_with_the_image_placeholder_never_reach_the_training_files(tm
 
 def test_scored_answers_are_the_votes_the_agreement_counts(tmp_path: Path) -> None:
     """A candidate with <image> gives no vote: scored.jsonl writes its answer empty, as the agreement counts it."""
-    texts = ["The answer is 3.", "<image> The answer is 3.", "So the answer is 3."]
+    texts = ["The answer is 3.", "<image> The answer is 3.", "So the answer is 3.", "The final answer is:", "Three."]
     encoder = TableEncoder({t: [np.cos(i / 10), np.sin(i / 10)] for i, t in enumerate(texts)})
     record = {"id": "q", "candidates": texts, "generation": generation("default", "How many cubes?"), "image": "x.jpg"}
-    curate(write_jsonl(tmp_path / "gen.jsonl", [record]), tmp_path / "out",
-           CurationSettings(task="reasoning", threshold=0.0), encoder.settings, encoder_factory=lambda _: encoder)
+    summary = curate(write_jsonl(tmp_path / "gen.jsonl", [record]), tmp_path / "out",
+                     CurationSettings(task="reasoning", threshold=0.0), encoder.settings,
+                     encoder_factory=lambda _: encoder)
     [scored] = load_records(tmp_path / "out" / "scored.jsonl")
-    assert scored["answers"] == ["3", "", "3"]
-    assert scored["agreement"] == pytest.approx(scored["answers"].count(scored["majority_answer"]) / 3, abs=1e-6)
+    assert scored["answers"] == ["3", "", "3", "", "3"]
+    assert scored["agreement"] == pytest.approx(scored["answers"].count(scored["majority_answer"]) / 5, abs=1e-6)
+    # The report's counts split the candidates as scored.jsonl does: a marker with nothing after it is empty.
+    assert summary["answers"] == {"explicit": 2, "last_sentence": 1, "empty": 2}
 
 
 def test_report_lists_the_standard_thresholds_and_fallbacks(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def generated(path: Path) -> Path:
     return path
 
 
-def test_split_path_scores_exactly_like_one_process(tmp_path, capsys):
+def test_split_path_scores_exactly_like_one_process(tmp_path, capsys, monkeypatch):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     source = generated(tmp_path / "gen.jsonl")
     assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "one"),
@@ -51,6 +51,12 @@ def test_split_path_scores_exactly_like_one_process(tmp_path, capsys):
         assert (tmp_path / "split" / name).read_text() == (tmp_path / "one" / name).read_text()
     summary = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert summary["encoder"]["name_or_path"] == packaged_minilm_path()
+    # Launched with torchrun (as the cycle launches curation), only rank 0 scores and writes, under its lock.
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "rank1"),
+                 "--threshold", "0.5", "--embeddings", str(tmp_path / "emb.npy")]) == 0
+    assert not any((tmp_path / "rank1").iterdir())
 
 
 def test_embeddings_of_other_texts_are_refused(tmp_path, capsys):

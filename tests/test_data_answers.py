@@ -9,13 +9,14 @@ from sicog.data.answers import normalize_answer, parse_answer
 
 @pytest.mark.parametrize("written, same_as", [
     ("3.50", "3.5"), ("3.0", "3"), ("10.500 kg", "10.5 kg"), ("1,000.50", "1000.5"), ("0.0", "0"),
-    ("U.S.A.", "USA"), ("U.S.A", "usa"), ("Washington D.C.", "Washington DC"),
+    ("U.S.A.", "USA"), ("U.S.A", "usa"), ("Washington D.C.", "Washington DC"), ("\u22123", "-3"),
 ])
 def test_equal_answers_written_differently_agree(written: str, same_as: str) -> None:
     assert normalize_answer(written) == normalize_answer(same_as)
 
 
-@pytest.mark.parametrize("one, other", [("1.05", "1.5"), ("3.5", "35"), ("U.S.A.", "U.S."), ("10", "1")])
+@pytest.mark.parametrize("one, other", [("1.05", "1.5"), ("3.5", "35"), ("U.S.A.", "U.S."), ("10", "1"),
+                                          ("\u22123", "3")])
 def test_different_answers_stay_apart(one: str, other: str) -> None:
     assert normalize_answer(one) != normalize_answer(other)
 

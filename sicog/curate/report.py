@@ -71,7 +71,7 @@ def summarize(
         answers = [a for s in items for a in (s.answers or [])]
         agreements = [s.selection.agreement for s in items if s.selection.agreement is not None]
         summary["answers"] = {
-            "explicit": sum(a.explicit for a in answers),
+            "explicit": sum(a.explicit and bool(a.normalized) for a in answers),
             "last_sentence": sum(not a.explicit and bool(a.normalized) for a in answers),
             "empty": sum(not a.normalized for a in answers),
         }

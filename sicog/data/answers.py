@@ -11,9 +11,9 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   sentence; a letter opening the phrase is an option letter and ends it ("B. Because ..." -> "B").
 - **Normalisation**: lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever
   follows a parenthesised letter is dropped); "yes"/"no" alone or before punctuation ("No, it is not.")
-  -> "yes"/"no" ("no parking" stays a phrase); number words zero to twenty -> digits, "1,000" -> "1000",
-  "3.0" -> "3", "3.50" -> "3.5"; capital initials written with periods joined ("U.S.A." -> "usa"); "grey" -> "gray";
-  punctuation and the articles a, an, the removed; whitespace collapsed.
+  -> "yes"/"no" ("no parking" stays a phrase); the minus sign "\u2212" -> "-"; number words zero to twenty
+  -> digits, "1,000" -> "1000", "3.0" -> "3", "3.50" -> "3.5"; capital initials written with periods joined
+  ("U.S.A." -> "usa"); "grey" -> "gray"; punctuation and the articles a, an, the removed; whitespace collapsed.
   Units are kept ("3 cubes" != "3").
 - **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", or the option's own
   text ("red", "The colour is red."). Replies that name two options ("A or B", "B. blue" when blue is A,
@@ -155,7 +155,7 @@ def extract_answer(text: str) -> str:
 def normalize_answer(phrase: str) -> str:
     """Normalise an answer phrase so that equal answers compare equal (rules in the module docstring)."""
     text = _DOTTED_INITIALS.sub(lambda initials: initials.group().replace(".", ""), phrase).strip().lower()
-    text = re.sub(r"[*`$\"'\u201c\u201d\u2018\u2019]", "", text).strip()
+    text = re.sub(r"[*`$\"'\u201c\u201d\u2018\u2019]", "", text).strip().replace("\u2212", "-")  # the minus sign
     text = re.sub(r"^\\text\{(.*)\}$", r"\1", text)
     option = _OPTION.match(text)
     if option:
