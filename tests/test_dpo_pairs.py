@@ -65,8 +65,8 @@ def test_collator_puts_chosen_rows_first_and_keeps_the_reference(pairs, tiny_mod
     views = items[0]["chosen"].pixel_values + items[1]["chosen"].pixel_values
     assert len(batch["pixel_values"]) == 2 * len(views)
     assert all(a is b for a, b in zip(batch["pixel_values"], views + views))
-    assert batch["reference_chosen_logps"].tolist() == [-1.0, -3.0]
-    assert batch["reference_rejected_logps"].tolist() == [-2.0, -4.0]
+    assert batch["reference_chosen_logps"] == [-1.0, -3.0]
+    assert batch["reference_rejected_logps"] == [-2.0, -4.0]
     with pytest.raises(ValueError, match="2 reference values for 3 pairs"):
         dataset.attach_reference([(0.0, 0.0)] * 2)
 

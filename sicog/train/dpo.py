@@ -46,9 +46,11 @@ class DPOTrainer(SicogTrainer):
                 handle.write(json.dumps({"step": self.state.global_step, "ids": ids}) + "\n")
         if "reference_chosen_logps" not in inputs:
             raise ValueError("DPO batches need reference log-probabilities (PairDataset.attach_reference)")
-        reference_chosen = inputs.pop("reference_chosen_logps")
-        reference_rejected = inputs.pop("reference_rejected_logps")
+        reference = inputs.pop("reference_chosen_logps"), inputs.pop("reference_rejected_logps")
         logps = pair_logps(model, inputs)
+        reference_chosen, reference_rejected = (
+            torch.as_tensor(values, dtype=torch.float32, device=logps.chosen.device) for values in reference
+        )
         loss, metrics = dpo_objective(
             logps, reference_chosen, reference_rejected, beta=self.beta, alpha=self.alpha, gamma=self.gamma
         )

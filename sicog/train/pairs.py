@@ -15,7 +15,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -177,7 +176,7 @@ class PairCollator:
     """Pad pairs into one batch: the chosen rows first, then the rejected rows in the same order.
 
     Keeps the pair ids under ``ids`` and, when the items carry them, the reference log-probabilities
-    under ``reference_chosen_logps`` / ``reference_rejected_logps``.
+    under ``reference_chosen_logps`` / ``reference_rejected_logps`` (lists of floats).
     """
 
     def __init__(self, processor: SicogProcessor) -> None:
@@ -188,6 +187,8 @@ class PairCollator:
         batch = self.processor.collate(rows, padding_side="right")
         batch["ids"] = [item["id"] for item in items]
         if all("reference" in item for item in items):
-            reference = torch.tensor([item["reference"] for item in items], dtype=torch.float32)
-            batch["reference_chosen_logps"], batch["reference_rejected_logps"] = reference[:, 0], reference[:, 1]
+            # Python floats, not a tensor: the Trainer casts a batch's float tensors to DeepSpeed's dtype, and bf16
+            # keeps 3 digits of a log-probability summed over a reply (-420.7 -> -420.0).
+            batch["reference_chosen_logps"] = [float(item["reference"][0]) for item in items]
+            batch["reference_rejected_logps"] = [float(item["reference"][1]) for item in items]
         return batch
