@@ -9,7 +9,7 @@ from PIL import Image
 from sicog.data.jsonl import RecordError
 from sicog.model.modeling import flatten_views
 from sicog.model.processing import IGNORE_INDEX
-from sicog.train.dpo_reference import compute_reference
+from sicog.train.dpo_reference import compute_reference, reference_settings
 from sicog.train.pairs import PairCollator, PairDataset, check_pair_record
 
 
@@ -129,3 +129,28 @@ def test_reference_pass_resumes_and_is_cached(pairs, tiny_model_factory, tmp_pat
     assert compute_reference(model, dataset, collator, path=path, key="k1", **options) == resumed
     again = compute_reference(model, dataset, collator, path=path, key="k2", **options)
     assert again != resumed and json.loads(path.read_text())["fingerprint"] == "k2"
+
+
+def test_the_reference_fingerprint_follows_what_decides_the_starting_model(tiny_model_factory, tmp_path):
+    """A reference computed for another starting model is never reused: another projector file, a checkpoint's
+    file rewritten in place, another slicing, attention or chat template each change the settings' digest."""
+    model, processor = tiny_model_factory()
+    checkpoint, projector = tmp_path / "base", tmp_path / "projector.safetensors"
+    model.save_pretrained(checkpoint)
+    projector.write_bytes(b"one")
+
+    def digest(checkpoints=None, model=model, chat_template=processor.chat_template) -> str:
+        checkpoints = checkpoints or {"model_name_or_path": str(checkpoint), "projector": None}
+        return json.dumps(reference_settings(model, chat_template, checkpoints, "images", 64, 0), default=str)
+
+    base = digest()
+    assert digest() == base
+    changed = [
+        digest({"model_name_or_path": str(checkpoint), "projector": str(projector)}),
+        digest(chat_template=processor.chat_template + " "),
+        digest(model=tiny_model_factory(max_slice_nums=2)[0]),
+        digest(model=tiny_model_factory(attn_implementation="eager")[0]),
+    ]
+    (checkpoint / "config.json").write_text((checkpoint / "config.json").read_text() + "\n")
+    changed.append(digest())
+    assert base not in changed and len(set(changed)) == len(changed)

@@ -95,8 +95,10 @@ def build_dpo_trainer(
         args,
     )
     collator = PairCollator(processor)
+    checkpoints = {name: getattr(model_args, name)
+                   for name in ("model_name_or_path", "vision_tower", "language_model", "projector")}
     settings = reference_settings(
-        model_args.model_name_or_path, model.dtype, data_args.image_folder, data_args.model_max_length, args.seed,
+        model, processor.chat_template, checkpoints, data_args.image_folder, data_args.model_max_length, args.seed,
         autocast=args.autocast_dtype(),
     )
     dataset.attach_reference(

@@ -32,11 +32,13 @@ logger = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_logps.json"
 
 
-def _weights_signature(model_path: str | None) -> list:
-    """Names, sizes and times of a checkpoint's weight files: a checkpoint rewritten in place changes it."""
-    if not model_path or not Path(model_path).is_dir():
-        return [model_path]
-    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(model_path).glob("*.safetensors"))]
+def _files_signature(path: str | None) -> list:
+    """Names, sizes and times of a checkpoint folder's files (or of one file): weights, config, processor or
+    tokenizer files rewritten in place change it."""
+    if not path or not Path(path).exists():
+        return [path]
+    files = sorted(p for p in Path(path).iterdir() if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def fingerprint(dataset: PairDataset, settings: dict) -> str:
@@ -49,18 +51,27 @@ def fingerprint(dataset: PairDataset, settings: dict) -> str:
 
 
 def reference_settings(
-    model_path: str | None,
-    dtype: torch.dtype,
+    model: nn.Module,
+    chat_template: str,
+    checkpoints: dict[str, str | None],
     image_folder: str | None,
     max_length: int,
     seed: int,
     autocast: torch.dtype | None = None,
 ) -> dict:
-    """What, besides the pairs, decides the reference log-probabilities."""
+    """What, besides the pairs, decides the reference log-probabilities: the starting ``model``'s files
+    (``checkpoints``: each argument naming a checkpoint or file it was built from, such as ``--projector``), its
+    whole configuration as loaded (which sets the processor's slicing and layout too), its dtype and attention,
+    the chat template, and how the pairs are read."""
     return {
-        "model": str(Path(model_path).resolve()) if model_path and Path(model_path).exists() else model_path,
-        "weights": _weights_signature(model_path),
-        "dtype": str(dtype),
+        "checkpoints": {
+            name: [str(Path(path).resolve()) if path and Path(path).exists() else path, _files_signature(path)]
+            for name, path in checkpoints.items()
+        },
+        "config": model.config.to_dict(),
+        "attention": model.config._attn_implementation,
+        "chat_template": chat_template,
+        "dtype": str(model.dtype),
         "autocast": str(autocast),
         "image_folder": image_folder,
         "max_length": max_length,
