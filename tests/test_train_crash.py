@@ -186,6 +186,23 @@ def test_several_data_sources_are_the_same_run_from_another_working_folder(tmp_p
     assert here["data_path"] == there["data_path"] == f"{tmp_path / 'mix' / 'a.jsonl'},{tmp_path / 'mix' / 'b.json'}"
 
 
+def test_dpo_runs_with_another_objective_are_other_runs(tmp_path):
+    from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+    from sicog.train.checkpoints import settings_differences
+    from sicog.train.run import run_settings
+
+    def settings(stage: str, **objective) -> dict:
+        args = SicogTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", stage=stage,
+                                      **objective)
+        return run_settings(ModelArguments(), DataArguments(data_path="pairs.jsonl"), args)
+
+    first = settings("dpo")
+    for name, value in (("dpo_beta", 5.0), ("dpo_alpha", 0.5), ("dpo_gamma", 0.0)):
+        assert settings_differences(first, settings("dpo", **{name: value})) == [
+            f"{name}: {first[name]!r} -> {value!r}"]
+    assert "dpo_beta" not in settings("2")
+
+
 def test_naming_an_incomplete_checkpoint_is_an_error(world, tmp_path):
     (tmp_path / "checkpoint-5").mkdir()
     from sicog.cli import main

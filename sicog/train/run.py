@@ -198,13 +198,18 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Sic
             return ",".join(where(part.strip()) or "" for part in value.split(","))
         return os.path.realpath(value) if value and os.path.exists(value) else value
 
-    return {"model_name_or_path": where(model_args.model_name_or_path), "vision_tower": where(model_args.vision_tower),
-            "language_model": where(model_args.language_model), "projector": where(model_args.projector),
-            "data_path": where(data_args.data_path), "image_folder": where(data_args.image_folder),
-            "tunable_parts": list(args.trainable_parts()), "learning_rate": args.learning_rate,
-            "max_steps": args.max_steps, "num_train_epochs": args.num_train_epochs, "global_batch": global_batch(args),
-            "seed": args.seed, "lora_r": args.lora_r,
-            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))}
+    settings = {
+        "model_name_or_path": where(model_args.model_name_or_path), "vision_tower": where(model_args.vision_tower),
+        "language_model": where(model_args.language_model), "projector": where(model_args.projector),
+        "data_path": where(data_args.data_path), "image_folder": where(data_args.image_folder),
+        "tunable_parts": list(args.trainable_parts()), "learning_rate": args.learning_rate,
+        "max_steps": args.max_steps, "num_train_epochs": args.num_train_epochs, "global_batch": global_batch(args),
+        "seed": args.seed, "lora_r": args.lora_r,
+        "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+    }
+    if args.stage == "dpo":  # the objective's weights: a beta sweep into one folder would continue the last beta's run
+        settings.update(dpo_beta=args.dpo_beta, dpo_alpha=args.dpo_alpha, dpo_gamma=args.dpo_gamma)
+    return settings
 
 
 def global_batch(args: SicogTrainingArguments) -> int:
