@@ -96,13 +96,20 @@ def test_problems_and_overlong_pairs_are_listed(pairs, tiny_model_factory):
     lines = pairs.read_text().splitlines()
     lines.append(json.dumps({"id": "gone", "image": "nowhere.png", "prompt": "Q?", "chosen": "A.", "rejected": "B."}))
     lines.append(json.dumps({"id": "long", "prompt": "Say hello.", "chosen": "Hello there. " * 60, "rejected": "No."}))
+    same = "Hello there. " * 60
+    lines.append(json.dumps({"id": "same-cut", "prompt": "Say hello.", "chosen": same + "Yes.",
+                             "rejected": same + "No."}))
     pairs.write_text("\n".join(lines) + "\n")
     dataset = PairDataset(pairs, processor, image_folder=pairs.parent / "images", max_length=100, show_progress=False)
     assert [(p.id, p.source.line) for p in dataset.problems] == [("gone", 4)]
     assert "nowhere.png" in dataset.problems[0].reason
-    # the long text pair can be cut (its answers keep supervised tokens); the image pairs cannot fit
+    # the long text pair can be cut (its answers keep supervised tokens); the image pairs cannot fit, and the
+    # answers that differ only after the cut would leave no preference
     assert [r["id"] for r in dataset.records] == ["c", "long"] and max(dataset.lengths) == 100
-    assert {p.id for p in dataset.skipped} == {"a", "b"}
+    reasons = {p.id: p.reason for p in dataset.skipped}
+    assert set(reasons) == {"a", "b", "same-cut"}
+    assert reasons["a"].endswith("the cut would remove an answer")
+    assert reasons["same-cut"].endswith("chosen and rejected differ only after the cut")
     assert len(dataset[1]["chosen"].input_ids) == 100
 
 

@@ -121,14 +121,21 @@ def test_invalid_pairs_stop_the_run_and_are_listed(world, tmp_path, capsys):
     good = world["pairs"].read_text().splitlines()
     same = {"id": "same", "image": "0.png", "prompt": "Q?", "chosen": "A.", "rejected": "A."}
     no_image = {"id": "noimg", "image": "missing.png", "prompt": "Q?", "chosen": "A.", "rejected": "B."}
-    bad.write_text("\n".join([good[0], json.dumps(same), json.dumps(no_image)]) + "\n")
+    # A whole header and cut-off pixels (a truncated download): only decoding finds it.
+    whole = (world["root"] / "images" / "0.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    cut = {"id": "cut", "image": str(tmp_path / "cut.png"), "prompt": "Q?", "chosen": "A.", "rejected": "B."}
+    bad.write_text("\n".join([good[0], json.dumps(same), json.dumps(no_image), json.dumps(cut)]) + "\n")
     args = flags(world, tmp_path / "out", 1)
     args[args.index("--data_path") + 1] = str(bad)
     assert main(["train", *args]) == 2
-    assert "2 invalid training records" in capsys.readouterr().err
+    assert "3 invalid training records" in capsys.readouterr().err
     listed = [json.loads(line) for line in (tmp_path / "out" / "data_errors.jsonl").read_text().splitlines()]
-    assert [(p["id"], p["line"]) for p in listed] == [("same", 2), ("noimg", 3)]
+    assert [(p["id"], p["line"], p["field"], p["category"]) for p in listed] == [
+        ("same", 2, "rejected", "invalid record"), ("noimg", 3, "image", "missing image"),
+        ("cut", 4, "image", "unreadable image")]
     assert "field 'rejected'" in listed[0]["reason"] and "missing.png" in listed[1]["reason"]
+    assert not (tmp_path / "out" / "reference_logps.json").exists()  # stopped before any computation
 
 
 def single_process_reference(world):

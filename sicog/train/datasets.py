@@ -134,6 +134,18 @@ def _located(rid: object, source: Source, message: str, category: str, field: st
     return Problem(rid, source, str(located), category, field)
 
 
+def record_problem(err: ValueError, rid: object, source: Source, conversation_field: str | None) -> Problem:
+    """The problem a record's validation or measurement raised, with its category and field (a conversation
+    whose labels cannot be built is ``conversation_field``'s)."""
+    if isinstance(err, ConversationError):
+        return _located(rid, source, str(err), "labels cannot be built", conversation_field)
+    if isinstance(err, ImageProblem):
+        return _located(rid, source, str(err), err.category, "image")
+    if isinstance(err, RecordError):
+        return Problem(rid, source, str(err), err.kind or "invalid record", err.field)
+    return _located(rid, source, str(err), "invalid record", None)  # any other reason the processor cannot encode it
+
+
 class SupervisedDataset(Dataset):
     """LLaVA conversation records for stages 0, 1, 1.5 and 2.
 
@@ -188,20 +200,11 @@ class SupervisedDataset(Dataset):
             try:
                 check_llava_record(record, path=source.path, line=source.line)
                 length = measure(record, processor, image_folder, never_split)
-            except ConversationError as err:  # its labels cannot be built: named like a schema error
-                self.problems.append(_located(rid, source, str(err), "labels cannot be built", "conversations"))
-                continue
-            except ImageProblem as err:
-                self.problems.append(_located(rid, source, str(err), err.category, "image"))
-                continue
-            except RecordError as err:
+            except ValueError as err:
+                problem = record_problem(err, rid, source, "conversations")
                 # An empty answer teaches nothing but the end marker: skipped and listed like an over-long sample
                 # (public SFT sets hold a few), not a reason to stop the run.
-                found = self.skipped if err.kind == EMPTY_ANSWER else self.problems
-                found.append(Problem(rid, source, str(err), err.kind or "invalid record", err.field))
-                continue
-            except ValueError as err:  # any other reason the processor cannot encode it
-                self.problems.append(_located(rid, source, str(err), "invalid record", None))
+                (self.skipped if problem.category == EMPTY_ANSWER else self.problems).append(problem)
                 continue
             bad = [undecodable[path] for path in (resolve_image(n, image_folder) for n in record_images(record))
                    if path in undecodable]

@@ -90,6 +90,9 @@ def build_dpo_trainer(
             max_length=data_args.model_max_length,
             seed=args.seed,
             show_progress=args.process_index == 0,
+            # The reference pass decodes every image before the first step anyway: decoded first, one that
+            # cannot be is listed with the other invalid pairs instead of stopping the pass part way.
+            decode_images=True,
         ),
         data_args.data_path,
         args,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -21,10 +22,17 @@ from tqdm.auto import tqdm
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
-from sicog.data.schema import check_llava_record, record_images, resolve_image
+from sicog.data.schema import check_llava_record, record_images, resolve_image, valid_image_field
 from sicog.model.image_io import load_image
-from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
-from sicog.train.datasets import Problem, measure
+from sicog.model.processing import IGNORE_INDEX, Encoded, SicogProcessor
+from sicog.train.datasets import (
+    ImageProblem,
+    Problem,
+    decode_failures,
+    default_decode_workers,
+    measure,
+    record_problem,
+)
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -76,7 +84,9 @@ class PairDataset(Dataset):
     """Chosen/rejected pairs for ``sicog train --stage dpo``.
 
     ``lengths`` holds the longer side of each pair (for length-grouped batches). After
-    :meth:`attach_reference`, every item also carries the reference model's log-probabilities.
+    :meth:`attach_reference`, every item also carries the reference model's log-probabilities. With
+    ``decode_images`` every image is decoded in full at construction, so that one whose pixels are cut off is a
+    listed problem too (image headers alone pass it).
     """
 
     def __init__(
@@ -88,6 +98,7 @@ class PairDataset(Dataset):
         max_length: int = 4096,
         seed: int = 0,
         show_progress: bool = True,
+        decode_images: bool = False,
     ) -> None:
         self.processor = processor
         self.image_folder = image_folder
@@ -99,6 +110,12 @@ class PairDataset(Dataset):
         self.skipped: list[Problem] = []
         self.reference: list[tuple[float, float]] | None = None
         records = load_mixture(data_path, seed=seed)
+        undecodable: dict[Path, str] = {}
+        if decode_images:
+            paths = (resolve_image(name, image_folder) for record, _ in records
+                     if isinstance(record, dict) and valid_image_field(record.get("image"))
+                     for name in record_images(record))
+            undecodable = decode_failures(paths, workers=default_decode_workers(), show_progress=show_progress)
         for record, source in tqdm(records, desc="measuring pairs", disable=not show_progress):
             rid = record.get("id") if isinstance(record, dict) else None
             try:
@@ -107,15 +124,18 @@ class PairDataset(Dataset):
                     measure({"conversations": c, "image": record.get("image")}, processor, image_folder, False)
                     for c in pair_conversations(record)
                 ]
-            except (RecordError, ConversationError, ValueError) as err:
-                self.problems.append(Problem(rid, source, str(err)))
+            except ValueError as err:
+                self.problems.append(record_problem(err, rid, source, None))
                 continue
-            if max(lengths) > max_length and not self._truncatable(record):
-                reason = (
-                    f"{max(lengths)} tokens > max_length {max_length} "
-                    "and the cut would fall in image tokens or remove an answer"
-                )
-                self.skipped.append(Problem(str(rid), source, reason))
+            bad = [undecodable[path] for path in (resolve_image(n, image_folder) for n in record_images(record))
+                   if path in undecodable]
+            if bad:
+                self.problems.append(record_problem(ImageProblem(bad[0], "unreadable image"), rid, source, None))
+                continue
+            cut_problem = self._cut_problem(record) if max(lengths) > max_length else None
+            if cut_problem:
+                self.skipped.append(Problem(str(rid), source, f"{max(lengths)} tokens > max_length {max_length} "
+                                                              f"and {cut_problem}", "too long"))
                 continue
             self.records.append(record)
             self.sources.append(source)
@@ -135,16 +155,21 @@ class PairDataset(Dataset):
         # One set of view tensors for both sides: the same slices, and no second copy in the batch.
         return chosen, Encoded(rejected.input_ids, rejected.labels, chosen.pixel_values)
 
-    def _truncatable(self, record: dict) -> bool:
+    def _cut_problem(self, record: dict) -> str | None:
+        """Why ``record`` cannot be cut at ``max_length`` (None when it can)."""
         try:
             sides = self._encode(record)
         except (ValueError, OSError):
-            return False
-        return all(
-            self.processor.image_token_id not in side.input_ids[self.max_length :]
-            and any(label != IGNORE_INDEX for label in side.labels[: self.max_length])
-            for side in sides
-        )
+            return "its images cannot be encoded"
+        for side in sides:
+            if self.processor.image_token_id in side.input_ids[self.max_length :]:
+                return "the cut would fall in image tokens"
+            if all(label == IGNORE_INDEX for label in side.labels[: self.max_length]):
+                return "the cut would remove an answer"
+        chosen, rejected = ((side.input_ids[: self.max_length], side.labels[: self.max_length]) for side in sides)
+        if chosen == rejected:  # no preference left to learn: the DPO term would stay at log 2 without a gradient
+            return "chosen and rejected differ only after the cut"
+        return None
 
     def attach_reference(self, values: Sequence[tuple[float, float]]) -> None:
         """Give every pair its reference log-probabilities ``(chosen, rejected)``, in dataset order."""
