@@ -138,6 +138,17 @@ def test_invalid_pairs_stop_the_run_and_are_listed(world, tmp_path, capsys):
     assert not (tmp_path / "out" / "reference_logps.json").exists()  # stopped before any computation
 
 
+def test_a_reference_file_holding_other_data_is_not_written_over(world, tmp_path, capsys):
+    """--dpo_reference_file naming the pairs file by mistake: the run stops instead of replacing the pairs."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(world["pairs"].read_bytes())
+    args = flags(world, tmp_path / "out", 1, ("--dpo_reference_file", str(pairs)))
+    args[args.index("--data_path") + 1] = str(pairs)
+    assert main(["train", *args]) == 2
+    assert "holds something other than reference log-probabilities" in capsys.readouterr().err
+    assert pairs.read_bytes() == world["pairs"].read_bytes()
+
+
 def single_process_reference(world):
     """The reference log-probabilities of the pairs under the base model, computed in this process."""
     model, processor = load_pretrained(world["base"])

@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -77,6 +79,22 @@ def reference_settings(
         "max_length": max_length,
         "seed": seed,  # a YAML mixture's random sampling decides which pairs, in which order
     }
+
+
+_CACHE_START = re.compile(rb'\s*\{\s*"fingerprint"\s*:')
+
+
+def check_reference_file(path: str | os.PathLike) -> None:
+    """Raise ValueError when ``path`` holds something other than a reference cache, which the run would replace
+    (the pairs file named by mistake, say)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--dpo_reference_file {path} is a folder; name the file to write the reference to")
+    if path.exists():
+        with path.open("rb") as handle:
+            if not _CACHE_START.match(handle.read(256)):
+                raise ValueError(f"--dpo_reference_file {path} holds something other than reference log-probabilities,"
+                                 " which the run would write over it; name a new file or an earlier run's")
 
 
 def _load_cache(path: Path, key: str, n: int) -> list[tuple[float, float]] | None:

@@ -164,6 +164,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
             Path(data_args.sample_log).parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UsageError(f"--sample_log {data_args.sample_log}: {os_error_text(err)}") from None
+    if args.stage == "dpo" and args.dpo_reference_file:
+        from sicog.train.dpo_reference import check_reference_file
+
+        try:
+            check_reference_file(args.dpo_reference_file)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     settings = run_settings(model_args, data_args, args)
     with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
         resume = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir, args.stage, settings)
