@@ -120,6 +120,17 @@ def test_captions_take_any_other_candidate(tmp_path):
     assert (summary.pairs, summary.errors) == (1, 0)
 
 
+def test_an_interleaved_prompt_keeps_its_images_in_place(tmp_path):
+    prompt = "Is the cube in <image> the same colour as the cube in <image>? Answer the question step-by-step."
+    clean = write(tmp_path / "c.jsonl", [{"id": "m1", "image": ["a.png", "b.png"], "conversations": [
+        {"from": "human", "value": prompt}, {"from": "gpt", "value": cot("yes")}]}])
+    noisy = {**generated("m1", [cot("no")], prompt=prompt), "image": ["a.png", "b.png"]}
+    pairs_from_noisy(clean, write(tmp_path / "n.jsonl", [noisy]), tmp_path / "p.jsonl")
+    pair = json.loads((tmp_path / "p.jsonl").read_text())
+    assert pair["prompt"] == prompt
+    check_pair_record(pair)
+
+
 def test_cli(files, capsys):
     clean, noisy, output = files
     args = ["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]

@@ -21,7 +21,7 @@ from sicog.curate.records import GeneratedRecord, check_task, parse_generated
 from sicog.curate.select import record_rng, usable
 from sicog.data.answers import parse_answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl, write_records
-from sicog.data.prompts import IMAGE_TOKEN
+from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import IMAGE_FIELD_RULE, check_llava_record, record_images, valid_image_field
 
 Item = TypeVar("Item")
@@ -31,7 +31,8 @@ NO_CLEAN = "no curated clean answer for this id (not kept by curation, or not in
 
 @dataclass(frozen=True)
 class CleanAnswer:
-    """A curated answer on the clean image: the user text (without ``<image>``) and the chosen answer."""
+    """A curated answer on the clean image: the user text (without the ``<image>`` lines in front, which pair
+    records leave out; an interleaved prompt keeps its placeholders where they stand) and the chosen answer."""
 
     id: str
     line: int
@@ -55,6 +56,13 @@ class NoisySummary:
 
 def _bare(prompt: str) -> str:
     return prompt.replace(IMAGE_TOKEN, "").strip()
+
+
+def _pair_prompt(prompt: str) -> str:
+    """A pair's ``prompt``: without its ``<image>`` lines when they all stand in front (training puts them back
+    there), else as written, so that a question about "the cat in <image>" keeps its images in place."""
+    bare = _bare(prompt)
+    return bare if prompt.strip() == user_turn(bare, prompt.count(IMAGE_TOKEN)) else prompt.strip()
 
 
 def parse_clean(record: dict, *, path: str, line: int) -> CleanAnswer:
@@ -85,7 +93,7 @@ def parse_clean(record: dict, *, path: str, line: int) -> CleanAnswer:
     for value, field in zip((_bare(prompt), chosen.strip()), fields):
         if not value:
             fail("empty", field)
-    return CleanAnswer(rid, line, record, _bare(prompt), chosen)
+    return CleanAnswer(rid, line, record, _pair_prompt(prompt), chosen)
 
 
 def parse_noisy(record: dict, *, path: str, line: int) -> GeneratedRecord:
@@ -141,8 +149,9 @@ def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: i
     def fail(message: str, field: str) -> None:
         raise RecordError(message, path=path, line=noisy.line, record_id=noisy.id, field=field)
 
-    if _bare(noisy.prompt) != clean.prompt:
-        fail(f"prompt {_bare(noisy.prompt)!r} differs from the curated prompt {clean.prompt!r}", "generation.prompt")
+    if _bare(noisy.prompt) != _bare(clean.prompt):
+        fail(f"prompt {_bare(noisy.prompt)!r} differs from the curated prompt {_bare(clean.prompt)!r}",
+             "generation.prompt")
     if record_images(noisy.record) != record_images(clean.record):
         fail(f"images {record_images(noisy.record)} differ from the curated record's {record_images(clean.record)}",
              "image")
