@@ -96,6 +96,13 @@ def test_non_finite_numbers_are_refused(tmp_path, text, key):
     refused(tmp_path, str(path), f"key '{key}': must be a finite number")
 
 
+@pytest.mark.parametrize("key", ["batch_size", "top_p"])
+def test_an_integer_too_large_for_any_step_is_refused(tmp_path, key):
+    path = tmp_path / "big.yaml"
+    path.write_text(f"toy_size: tiny\n{key}: {'9' * 400}\n")
+    refused(tmp_path, str(path), f"key '{key}': must fit in 64 bits, got a 400-digit number")
+
+
 @pytest.mark.parametrize("launcher, processes", [
     ([], 1), (["torchrun", "--nproc_per_node=8"], 8), (["torchrun", "--nproc-per-node=8"], 8),
     (["torchrun", "--nproc-per-node", "4", "--nnodes", "2"], 8),

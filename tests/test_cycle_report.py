@@ -10,7 +10,9 @@ from sicog.cycle.report import (
     NO_LETTER,
     WIN_STANDARD_ERRORS,
     arm_scores,
+    chance_accuracy,
     check_targets,
+    constant_answer_accuracy,
     curation_threshold,
     summarize,
     write_report,
@@ -180,12 +182,15 @@ def test_same_letter_counts_the_letter_each_reply_chose(tmp_path):
                     + "".join(f"{i}\ta.png\tWhat colour?\tred\tblue\tB\n" for i in range(4)))
     replies = ["B", "(B)", "The answer is blue.", "I cannot tell."]
     letters = eval_results(tmp_path / "letters", path, replies, 0.75, 0)
-    scores = arm_scores({"mc": letters, "letters": letters}, None, None)
+    # A moved run: its evals' results.json still name the folder they ran in, which is gone.
+    (tmp_path / "letters").rename(tmp_path / "moved")
+    letters = str(tmp_path / "moved" / "results.json")
+    scores = arm_scores({"mc": letters, "letters": letters}, None, None, path)
     # Three differently worded replies chose B; the fourth chose no letter, a bucket of its own.
     assert scores["letter_counts"] == {"B": 3, NO_LETTER: 1}
     assert (scores["top_reply"], scores["top_reply_share"]) == ("B", 0.75)
     unread = eval_results(tmp_path / "unread", path, ["...", "B or A", "I cannot tell.", "B"], 0.25, 0)
-    scores = arm_scores({"mc": unread, "letters": unread}, None, None)
+    scores = arm_scores({"mc": unread, "letters": unread}, None, None, path)
     assert (scores["top_reply"], scores["top_reply_share"]) == (NO_LETTER, 0.75)
     scored = {"captions": scored_file(tmp_path / "curation", 0.5)}
     write_report(tmp_path, CycleConfig(arms=("A", "D")), [seed(0, {"A": arm(0.5), "D": scores}, scored, str(path))])
@@ -201,7 +206,7 @@ def test_failed_captions_score_zero_and_unscored_rows_stay_unscored(tmp_path, be
     caption_benchmark = [{"id": f"c{i}", "image": f"{i}.png"} for i in range(4)]
     # Every MC row failed: nothing was scored, which is not an accuracy of 0.
     mc = eval_results(tmp_path / "mc", Path(bench), [], None, 2)
-    scores = arm_scores({"mc": mc, "captions": str(captions)}, truth, caption_benchmark)
+    scores = arm_scores({"mc": mc, "captions": str(captions)}, truth, caption_benchmark, bench)
     assert scores["caption"] == {"precision": 0.25, "recall": 0.25, "f1": 0.25}  # three images never captioned
     assert scores["accuracy"] is None and scores["by_category"] == {"x": None}
     assert scores["counts"] == {"mc": {"total": 2, "scored": 0, "errors": 2},
@@ -287,9 +292,27 @@ def test_caption_f1_scores_the_description_a_caption_ends_with(tmp_path, bench):
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"id": "c0", "image": "0.png", "candidates": [text]}) + "\n")
     mc = eval_results(tmp_path / "mc", Path(bench), ["A", "B"], 0.5, 0)
-    scores = arm_scores({"mc": mc, "captions": str(captions)}, truth, [{"id": "c0", "image": "0.png"}])
+    scores = arm_scores({"mc": mc, "captions": str(captions)}, truth, [{"id": "c0", "image": "0.png"}], bench)
     assert scores["caption"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
     # A reply without steps is its own description.
     captions.write_text(json.dumps({"id": "c0", "image": "0.png", "candidates": ["A blue square."]}) + "\n")
-    assert arm_scores({"mc": mc, "captions": str(captions)}, truth, [{"id": "c0", "image": "0.png"}])["caption"][
-        "f1"] == 0.0
+    assert arm_scores({"mc": mc, "captions": str(captions)}, truth, [{"id": "c0", "image": "0.png"}],
+                      bench)["caption"]["f1"] == 0.0
+
+
+def test_chance_and_constant_answer_count_the_rows_the_eval_scores(tmp_path):
+    """A yes/no row is a coin flip; in a multiple-choice benchmark a row with fewer than two options, or without
+    an answer, is not scored by the eval and counts in neither."""
+    yes_no = tmp_path / "pope.tsv"
+    yes_no.write_text("index\timage_path\tquestion\tanswer\n0\ta.png\tA cat?\tyes\n1\ta.png\tA dog?\tNo\n"
+                      "2\ta.png\tA cow?\tno\n")
+    assert chance_accuracy(yes_no) == 0.5
+    assert constant_answer_accuracy(yes_no) == pytest.approx(2 / 3)
+    mixed = tmp_path / "mixed.tsv"
+    mixed.write_text("index\timage_path\tquestion\tA\tB\tC\tD\tanswer\n"
+                     "0\ta.png\tColour?\tred\tblue\tgreen\tblack\tA\n"
+                     "1\ta.png\tShape?\tsquare\tcircle\t\t\tB\n"
+                     "2\ta.png\tA cat?\t\t\t\t\tyes\n"
+                     "3\ta.png\tSize?\tsmall\tlarge\t\t\t\n")
+    assert chance_accuracy(mixed) == pytest.approx((1 / 4 + 1 / 2) / 2)
+    assert constant_answer_accuracy(mixed) == 0.5

@@ -208,7 +208,9 @@ def _value_problem(key: str, value: object) -> str | None:
         return f"unknown dataset(s) {unknown}; choose from {[*DATA_REQUIRED, *DATA_OPTIONAL]}" if unknown else None
     if value is None or isinstance(value, (str, list, dict)):
         return None
-    if not math.isfinite(value):
+    if isinstance(value, int) and abs(value) >= 2**63:  # no step takes it (and math.isfinite overflows on it)
+        return f"must fit in 64 bits, got a {len(str(abs(value)))}-digit number"
+    if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number, got {value}"
     if key in POSITIVE and not value > 0:
         return f"must be greater than 0, got {value}"

@@ -62,18 +62,21 @@ def _counts(results: dict) -> dict[str, int]:
     return {k: results[k] for k in ("total", "scored", "errors")}
 
 
-def letter_counts(letters: dict) -> Counter:
-    """The option letter each generated reply of a letters eval (its results.json) chose, read by the one
-    answer parser with the row's options; a reply that chose none or several counts under :data:`NO_LETTER`."""
+def letter_counts(results: str | Path, benchmark: str | Path) -> Counter:
+    """The option letter each generated reply of a letters eval (its ``results`` file; the predictions beside it)
+    on ``benchmark`` chose, read by the one answer parser with the row's options; a reply that chose none or
+    several counts under :data:`NO_LETTER`. Both are named by the run, not by the paths the eval recorded, which
+    name the folder it ran in (a moved or copied run reads its own files)."""
+    from sicog.eval.runner import PREDICTIONS
     from sicog.eval.tsv import read_benchmark, row_options
 
-    rows = read_benchmark(letters["benchmark"]).by_index
+    rows = read_benchmark(benchmark).by_index
     return Counter(extract_choice(r["prediction"], row_options(rows[str(r["id"])])) or NO_LETTER
-                   for _, r in iter_records(letters["files"]["predictions.jsonl"]))
+                   for _, r in iter_records(Path(results).parent / PREDICTIONS))
 
 
 def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None,
-               caption_benchmark: list[dict] | None) -> dict:
+               caption_benchmark: list[dict] | None, benchmark: str | Path) -> dict:
     """One model's multiple-choice accuracy by option likelihood (the primary score), its blind, generated-letter
     and open short-answer accuracies (overall and by category; None where nothing was scored), with ground truth
     its caption scores over every record of ``caption_benchmark`` (an image without a caption counts 0), and
@@ -90,7 +93,7 @@ def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None,
     if "letters" in evaluation:
         letters, scores["letters"], _ = _accuracy(evaluation["letters"])
         scores["counts"]["letters"] = _counts(letters)
-        chosen = letter_counts(letters)
+        chosen = letter_counts(evaluation["letters"], benchmark)
         scores["letter_counts"] = dict(chosen)
         # A model that gives one letter to most questions scores what that letter's share of answers is.
         top = chosen.most_common(1)
@@ -128,12 +131,13 @@ def seed_results(engine: Engine, seed_plan: SeedPlan, world: World, seed: int) -
     caption_benchmark = [r for _, r in iter_records(bench_caption)] if bench_caption else None
     return {
         "seed": seed,
-        "arms": {arm: arm_scores(evaluation, truth, caption_benchmark) for arm, evaluation in evals.items()},
+        "arms": {arm: arm_scores(evaluation, truth, caption_benchmark, world.files["bench_mc"])
+                 for arm, evaluation in evals.items()},
         "curation": ({task: curation_quality(Path(path), task, truth, seed) for task, path in scored.items()}
                      if truth else {}),
         "scored": scored,
         "lm_reading": _lm_reading(engine, world),
-        "benchmark": json.loads(Path(next(iter(evals.values()))["mc"]).read_text())["benchmark"],
+        "benchmark": world.files["bench_mc"],
         "seconds": {name: steps[name]["seconds"] for name in seed_plan.plan.steps},
         "cpu_seconds": {name: steps[name]["cpu_seconds"] for name in seed_plan.plan.steps},
     }
@@ -147,11 +151,21 @@ def _lm_reading(engine: Engine, world: World) -> dict | None:
     return json.loads(record.read_text())["lm"].get("reading") if record.is_file() else None
 
 
-def constant_answer_accuracy(benchmark: str | Path) -> float:
-    """The best accuracy a model gets by giving the same answer to every question of ``benchmark``."""
-    from sicog.eval.tsv import read_benchmark
+def _scored_rows(benchmark: str | Path) -> tuple[list[dict[str, str]], str]:
+    """The rows of ``benchmark`` that its eval scores (with an answer, and askable: a multiple-choice row with
+    fewer than two options is an error row there), and the benchmark's kind."""
+    from sicog.eval.tsv import is_missing, read_benchmark, row_problem
 
-    answers = Counter(row["answer"].strip() for row in read_benchmark(benchmark).rows)
+    read = read_benchmark(benchmark)
+    return [row for row in read.rows if not is_missing(row.get("answer"))
+            and row_problem(row, read.kind) is None], read.kind
+
+
+def constant_answer_accuracy(benchmark: str | Path) -> float:
+    """The best accuracy a model gets by giving the same answer to every question of ``benchmark`` that is
+    scored."""
+    rows, _ = _scored_rows(benchmark)
+    answers = Counter(row["answer"].strip().lower() for row in rows)
     return answers.most_common(1)[0][1] / sum(answers.values())
 
 
@@ -217,11 +231,11 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool | None]
 
 
 def chance_accuracy(benchmark: str | Path) -> float:
-    """The expected accuracy of picking one of each question's options at random."""
-    from sicog.eval.tsv import read_benchmark, row_options
+    """The expected accuracy of picking one of each scored question's options (yes or no) at random."""
+    from sicog.eval.tsv import MULTIPLE_CHOICE, row_options
 
-    rows = read_benchmark(benchmark).rows
-    return statistics.fmean(1 / max(len(row_options(row)), 1) for row in rows)
+    rows, kind = _scored_rows(benchmark)
+    return statistics.fmean(1 / len(row_options(row)) if kind == MULTIPLE_CHOICE else 0.5 for row in rows)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
