@@ -76,13 +76,14 @@ def _numbers_near(n: int) -> tuple[str, ...]:
 
 def _other_counts(n: int) -> tuple[str, ...]:
     """Wrong counts of objects in one picture: every count from 0 to 4 (or to ``n``) but ``n``, so the
-    options of a counting question do not hint at the answer (numbers near ``n`` centre on it)."""
+    options of a counting question are not centred on the answer (numbers near ``n`` are)."""
     return tuple(str(v) for v in range(max(5, n + 1)) if v != n)
 
 
 def _balanced_choice(rng: random.Random, counts: dict[str, int]) -> str:
-    """A key of ``counts`` chosen so that every distinct count is equally likely: the answer to a counting
-    question then follows no prior that the text alone could learn (most colours of a 2x2 grid occur once)."""
+    """A key of ``counts`` chosen so that every distinct count in the scene is equally likely (most colours of a
+    2x2 grid occur once). This flattens the answers' prior but does not remove it: over many scenes the small
+    counts are allowed more often than 4 (docs/toy_world.md; the blind score measures what is left)."""
     target = rng.choice(sorted(set(counts.values())))
     return rng.choice([k for k, v in counts.items() if v == target])
 
