@@ -387,3 +387,16 @@ def test_a_requested_rerun_survives_until_its_run_starts(tmp_path):
     assert after["rerun"] == [] and after["steps"]["first"] == before["first"]
     assert after["steps"]["second"]["finished_at"] > before["second"]["finished_at"]
     assert Engine(tmp_path / "run").pending(plan) == []
+
+
+def test_a_path_enters_a_key_relative_to_the_run_only_when_it_is_under_the_run(tmp_path):
+    """A moved run keeps the keys of its own paths; a folder whose name only begins like the run's is another
+    folder, named as it is."""
+    keys = {}
+    for name in ("run", "moved"):
+        engine = Engine(tmp_path / name, progress=False)
+        keys[name] = [engine._key_part(arg, {}) for arg in (
+            str(tmp_path / name / "images"), f"a.jsonl,{tmp_path / name / 'b.jsonl'}", str(tmp_path / name),
+            str(tmp_path / f"{name}_images"), f"/elsewhere{tmp_path / name}/x")]
+    assert keys["run"][:3] == keys["moved"][:3] == ["$RUN/images", "a.jsonl,$RUN/b.jsonl", "$RUN"]
+    assert keys["run"][3:] == [str(tmp_path / "run_images"), f"/elsewhere{tmp_path / 'run'}/x"]

@@ -31,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import resource
 import shutil
 import signal
@@ -257,7 +258,9 @@ class Engine:
             return ["ref", keys[arg.step], arg.path]
         if isinstance(arg, Out):
             return ["out", arg.path]
-        return arg.replace(str(self.anchor or self.root), "$RUN")
+        # The run folder as a whole path: "/data/run" in "/data/run/x", not in "/data/run_images" (another folder).
+        anchor = re.escape(str(self.anchor or self.root))
+        return re.sub(rf"(?<![\w.\-/]){anchor}(?![\w.\-])", "$RUN", arg)
 
     def key_parts(self, step: Step, code: str | None = None, keys: Mapping[str, str] | None = None) -> list:
         """What the key of ``step`` hashes: its command with inputs as content hashes and references as the
