@@ -96,7 +96,8 @@ def test_the_texts_file_error_is_one_line_exit_2(tmp_path: Path, capsys) -> None
     (tmp_path / "t.jsonl").write_text("oops\n")
     code = embed_file.main(["--texts", str(tmp_path / "t.jsonl"), "--output", str(tmp_path / "e.npy"),
                             "--encoder", "none"])
-    assert code == 2 and f"{tmp_path / 't.jsonl'}:1: invalid JSON" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert code == 2 and f"{tmp_path / 't.jsonl'}:1: invalid JSON: Expecting value (column 1)" in said
 
 
 def test_embed_file_checks_its_output_and_encoder_before_embedding(tmp_path: Path, capsys) -> None:

@@ -143,7 +143,7 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
-                raise RecordError(f"invalid JSON: {err.msg}", path=path, line=lineno) from None
+                raise RecordError(f"invalid JSON: {err.msg} (column {err.colno})", path=path, line=lineno) from None
             if not isinstance(record, dict):
                 raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=lineno)
             if _SURROGATE_ESCAPE.search(text):

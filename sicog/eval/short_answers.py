@@ -34,7 +34,7 @@ def load_synonyms(path: str | os.PathLike) -> dict[str, str]:
     except OSError as err:
         raise RecordError(f"cannot read the synonym table: {err.strerror or err}", path=path) from None
     except json.JSONDecodeError as err:
-        raise RecordError(f"not valid JSON: {err.msg}", path=path, line=err.lineno) from None
+        raise RecordError(f"not valid JSON: {err.msg} (column {err.colno})", path=path, line=err.lineno) from None
     if not isinstance(table, dict):
         raise RecordError("expected a JSON object: canonical phrase -> list of other phrasings", path=path)
     phrases: dict[str, str] = {}
