@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from sicog.data.jsonl import RecordError
+from sicog.data.lock import OutputLocked, output_lock
 from sicog.model.modeling import flatten_views
 from sicog.model.processing import IGNORE_INDEX
 from sicog.train.dpo_reference import compute_reference, reference_settings
@@ -136,6 +137,10 @@ def test_reference_pass_resumes_and_is_cached(pairs, tiny_model_factory, tmp_pat
     assert compute_reference(model, dataset, collator, path=path, key="k1", **options) == resumed
     again = compute_reference(model, dataset, collator, path=path, key="k2", **options)
     assert again != resumed and json.loads(path.read_text())["fingerprint"] == "k2"
+    # Another run scoring into the same file stops at once, rather than sharing its shard files.
+    with output_lock(path), pytest.raises(OutputLocked, match="in use by another run"):
+        compute_reference(model, dataset, collator, path=path, key="k3", **options)
+    assert json.loads(path.read_text())["fingerprint"] == "k2" and not (tmp_path / ".ref-k3").exists()
 
 
 def test_the_reference_fingerprint_follows_what_decides_the_starting_model(tiny_model_factory, tmp_path):

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from sicog.data.jsonl import JsonlAppender, iter_records, write_json
+from sicog.data.lock import output_lock
 from sicog.data.sharding import shard
 from sicog.train.dpo_loss import pair_logps
 from sicog.train.pairs import PairCollator, PairDataset
@@ -196,6 +197,16 @@ def compute_reference(
     and no DeepSpeed), so that the reference is the starting policy computed the same way.
     """
     path = Path(path)
+    # Two runs scoring into one file (a beta sweep started at once) would append to the same shard files, and
+    # the first to finish would delete them under the other: the second stops at once, naming the first.
+    with output_lock(path, enabled=rank == 0):
+        return _reference(model, dataset, collator, path, key, batch_size, device, rank, world, show_progress,
+                          autocast)
+
+
+def _reference(model: nn.Module, dataset: PairDataset, collator: PairCollator, path: Path, key: str,
+               batch_size: int, device: torch.device | str, rank: int, world: int, show_progress: bool,
+               autocast: torch.dtype | None) -> list[tuple[float, float]]:
     cached = _agreed(_load_cache(path, key, len(dataset)) if rank == 0 else None)
     if cached is not None:
         logger.info("reference log-probabilities read from %s", path)
