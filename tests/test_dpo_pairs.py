@@ -157,6 +157,8 @@ def test_the_reference_fingerprint_follows_what_decides_the_starting_model(tiny_
 
     base = digest()
     assert digest() == base
+    model.config._name_or_path = "base"  # the checkpoint as typed from another working folder: the same model
+    assert digest() == base
     changed = [
         digest({"model_name_or_path": str(checkpoint), "projector": str(projector)}),
         digest(chat_template=processor.chat_template + " "),

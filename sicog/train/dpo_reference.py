@@ -71,7 +71,8 @@ def reference_settings(
             name: [str(Path(path).resolve()) if path and Path(path).exists() else path, _files_signature(path)]
             for name, path in checkpoints.items()
         },
-        "config": model.config.to_dict(),
+        # (the path it was loaded from, as typed, is left out: "checkpoints" holds it resolved)
+        "config": {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"},
         "attention": model.config._attn_implementation,
         "chat_template": chat_template,
         "dtype": str(model.dtype),
