@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # GPU check on one H100/H200: bf16 vs fp32 agreement of a ~1B SICOG model; training-step tokens/s, MFU,
-# peak memory and loss curve of the plain path and of each fast path (--fused_loss liger, --compile_layers,
-# both) and where its time goes (top kernels); SDPA vs eager vs flash-attn; generation throughput (N = 6, batch 8,
-# 32 and 128) on each decoding path (transformers' own, the shared prefill on the dynamic cache, on the static
-# cache, and with compiled steps); greedy and seeded sampled outputs of every decoding path on 8 records.
-# --sections picks sections and their order. Sections and configurations that would start after --budget-s (default 480 s, counted from the
-# start of this script) are skipped and say so; results are saved after every configuration.
+# peak memory, loss curve and bf16 vs fp32 forward of the plain path and of each fast path (--fused_loss liger,
+# --compile_layers, both) and where its time goes (top kernels); SDPA vs eager vs flash-attn; greedy, greedy
+# through N copies and seeded sampled outputs of every decoding path on 8 records (float32); each decoding path's
+# bf16 logits against float32 on the same forced tokens; generation throughput (N = 6, batch 8, 32 and 128) on
+# each decoding path (transformers' own, the shared prefill on the dynamic cache, on the static cache, and with
+# compiled steps). --sections picks sections and their order. Sections and configurations that would start after
+# --budget-s (default 480 s, counted from the start of this script) are skipped and say so; results are saved
+# after every configuration.
 # Results: $OUT/gpu_check.json and gpu_check.md when OUT is set, else in --out DIR (default ./gpu_check_results),
 # also when the wheels or the imports fail (the setup and imports sections say why).
 # Arguments go to benchmarks/gpu_check.py (--tiny: tiny config on the CPU, what the tests run); --dry-run

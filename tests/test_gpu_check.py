@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -50,22 +51,35 @@ def test_tiny_mode_runs_every_section(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "gpu_check.json").read_text())
     sections = results["sections"]
-    assert list(sections) == ["build", "agreement", "training", "attention", "generation", "greedy"]
+    # the correctness checks first, generation (the longest, cut first by the budget) last
+    assert list(sections) == ["build", "agreement", "training", "attention", "greedy", "decoding_agreement",
+                              "generation"]
     assert not [name for name, section in sections.items() if {"error", "skipped", "incomplete"} & set(section)]
     agreement = sections["agreement"]
     assert agreement["ok"] and agreement["mean_cosine"] > 0.99
     assert 0 < agreement["logits_relative_l2"] < 0.05  # bf16 really ran: not fp32 against itself
     training = sections["training"]
     assert training["tokens_per_s"] > 0 and training["views_per_step"] == 2 * 5  # 2 samples x (2x2 slices + global)
+    assert 0 < training["image_tokens_per_sample"] < training["sequence_length"]
     assert training["mfu"] is None  # no known peak for a CPU
     paths = {row["path"]: row for row in training["rows"]}
     assert list(paths) == ["plain", "plain, eager attention", "fused_loss", "compiled", "fused_loss+compiled"]
     # the control computes the same function through other kernels: a small gap, but a measured one
     assert training["noise_floor"] == paths["plain, eager attention"]["max_loss_difference"] < 1e-3
+    assert training["loss_gap_tolerance"] == pytest.approx(4 * training["noise_floor"] + 0.05)
     assert paths["fused_loss"]["error"].startswith("unavailable: --fused_loss liger needs a CUDA device")
     assert paths["compiled"]["tokens_per_s"] > 0 and not paths["compiled"]["error"]
     assert paths["compiled"]["max_loss_difference"] < 1e-3  # the traced layers compute what the eager ones do
     assert paths["plain"]["loss_last"] < paths["plain"]["loss_first"]  # the curve moves: a comparison that can fail
+    for name in ("plain", "plain, eager attention", "compiled"):  # each path's bf16 forward against plain fp32
+        row = paths[name]
+        assert 0 < row["fp32_loss_difference"] < 0.05 and 0.99 < row["fp32_mean_cosine"] <= 1
+        assert row["graphs_compiled_while_timed"] == 0
+    assert paths["compiled"]["graphs_compiled"] > 0 and paths["plain"]["graphs_compiled"] == 0
+    # an unavailable fast path is no failure, but a warning
+    assert results["warnings"] == [f"training {path}: {paths[path]['error']}" for path in ("fused_loss",
+                                                                                          "fused_loss+compiled")]
+    assert "warning: training fused_loss: unavailable" in result.stdout
     profile = training["kernel_profile"]  # the paths that ran (liger is GPU-only): time, then the top operators
     profile_line = r"[\d.]+ ms wall, [\d.]+ ms in operators: .+ \d+%"
     assert set(profile) == {"plain", "plain, eager attention", "compiled"}
@@ -74,6 +88,7 @@ def test_tiny_mode_runs_every_section(tmp_path):
     rows = sections["generation"]["rows"]
     assert [(row["path"], row["batch"], row["N"], row["sequences_per_call"]) for row in rows] == [
         (path, batch, 6, 6 * batch) for batch in (2, 8) for path in ("plain", "shared", "static", "static+compiled")]
+    assert len({row["prompt_tokens"] for row in rows}) == 1  # one prompt length: the warm-up has the timed shapes
     for row in rows:  # one batch of each size: every record got its N candidates
         assert row["candidates_per_s"] * row["seconds"] == pytest.approx(row["sequences_per_call"])
         assert row["new_tokens_per_s"] == pytest.approx(row["candidates_per_s"] * row["new_tokens"])
@@ -83,11 +98,289 @@ def test_tiny_mode_runs_every_section(tmp_path):
     assert set(sections["generation"]["speedup_over_plain"]) == {
         f"{path} batch {batch}" for path in ("shared", "static", "static+compiled") for batch in (2, 8)}
     greedy = sections["greedy"]
-    assert greedy["ok"] and [(row["identical_greedy"], row["identical_sampled"]) for row in greedy["rows"]] == [
-        (8, 8)] * 4
+    assert greedy["ok"] and [(row["identical_greedy"], row["identical_greedy_n"], row["identical_sampled"])
+                             for row in greedy["rows"]] == [(8, 8, 8)] * 4
+    decoding = sections["decoding_agreement"]
+    assert decoding["ok"] and [row["path"] for row in decoding["rows"]] == ["plain", "shared", "static",
+                                                                              "static+compiled"]
+    for row in decoding["rows"]:  # 8 records x N = 6 sequences, each forced onto the fp32 greedy tokens
+        assert row["ok"] and row["sequences"] == 48 and row["mean_cosine"] > 0.99
+        assert 0 < row["logits_relative_l2"] < 0.05  # bf16 against fp32, not a path against itself
     assert results["model"]["total_parameters"] > 0 and results["environment"]["commit"]
     markdown = (tmp_path / "results" / "gpu_check.md").read_text()
     assert "## training" in markdown and "| static+compiled | 8 | 6 | 48 |" in markdown
+
+
+def tiny_model(gpu_check):
+    """The tiny model and processor on the CPU (one thread), and its float32 weights as main() keeps them."""
+    torch.set_num_threads(1)
+    model, processor = gpu_check.build(True, torch.device("cpu"))
+    return model, processor, gpu_check.cpu_copy(model)
+
+
+def only_paths(gpu_check, monkeypatch, *names):
+    """Training measures the named paths alone (the rest would only cost time)."""
+    monkeypatch.setattr(gpu_check, "TRAINING_PATHS", tuple(p for p in gpu_check.TRAINING_PATHS if p[0] in names))
+
+
+def run_training(gpu_check, model, processor, weights):
+    args = gpu_check.parse_args(["--tiny"])
+    return gpu_check.training(model.to(torch.bfloat16), processor, gpu_check.SHAPES["tiny"], torch.device("cpu"),
+                              args, None, weights)
+
+
+def test_agreement_compares_with_fp32_also_after_a_section_cast_the_model(tmp_path, monkeypatch):
+    """attention (bf16; it trains, too) before agreement: the reference is still the float32 model as built."""
+    gpu_check = load_gpu_check()
+    monkeypatch.delenv("OUT", raising=False)
+    found = {}
+    for name, sections in (("alone", ["agreement"]), ("late", ["attention", "agreement"])):
+        assert gpu_check.main(["--tiny", "--out", str(tmp_path / name), "--sections", *sections]) == 0
+        found[name] = json.loads((tmp_path / name / "gpu_check.json").read_text())["sections"]["agreement"]
+    assert found["late"]["logits_relative_l2"] > 0  # not bf16 against bf16
+    assert found["late"]["loss_fp32"] == found["alone"]["loss_fp32"]
+    assert found["late"]["loss_bf16"] == pytest.approx(found["alone"]["loss_bf16"])
+
+
+def test_a_fast_path_whose_loss_curve_departs_fails(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    compile_layers = gpu_check.compile_layers
+
+    def diverging(model, backend="inductor"):
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(3.0)  # another function from the first step on
+        return compile_layers(model, backend=backend)
+
+    monkeypatch.setattr(gpu_check, "compile_layers", diverging)
+    monkeypatch.delenv("OUT", raising=False)
+    assert gpu_check.main(["--tiny", "--out", str(tmp_path), "--sections", "training"]) == 1
+    training = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["training"]
+    rows = {row["path"]: row for row in training["rows"]}
+    assert rows["compiled"]["max_loss_difference"] > training["loss_gap_tolerance"]
+    assert rows["compiled"]["error"].startswith("loss curve departs from the plain one by ")
+    assert training["error"] == f"compiled: {rows['compiled']['error']}"
+    assert not rows["plain"]["error"] and not rows["plain, eager attention"]["error"]
+
+
+def test_the_loss_gap_tolerance_is_a_multiple_of_the_noise_floor_plus_a_bf16_bound():
+    gpu_check = load_gpu_check()
+    assert gpu_check.loss_gap_tolerance(0.01) == pytest.approx(4 * 0.01 + 0.05)
+    assert gpu_check.loss_gap_tolerance(None) == 0.05  # no control measured: the absolute bound alone
+    rows = [{"path": path, "max_loss_difference": gap, "error": ""}
+            for path, gap in (("plain", 0.0), (gpu_check.NOISE_CONTROL, 0.2), ("compiled", 0.09), ("fused_loss", 0.11),
+                              ("fused_loss+compiled", None))]
+    gpu_check.check_loss_gaps(rows, 0.1)
+    assert [bool(row["error"]) for row in rows] == [False, False, False, True, False]
+
+
+def test_a_training_path_that_disagrees_with_fp32_fails(monkeypatch):
+    """Each path's first forward (bf16, starting weights) is compared with the plain float32 forward."""
+    gpu_check = load_gpu_check()
+    model, processor, weights = tiny_model(gpu_check)
+    compile_layers = gpu_check.compile_layers
+
+    def negated_logits(model, backend="inductor"):
+        model.get_output_embeddings().register_forward_hook(lambda module, inputs, output: -output)
+        return compile_layers(model, backend=backend)
+
+    monkeypatch.setattr(gpu_check, "compile_layers", negated_logits)
+    only_paths(gpu_check, monkeypatch, "plain", "compiled")
+    plain, compiled = run_training(gpu_check, model, processor, weights)["rows"]
+    assert not plain["error"] and plain["fp32_mean_cosine"] > 0.99 and 0 < plain["fp32_loss_difference"] < 0.05
+    assert compiled["fp32_mean_cosine"] < 0
+    assert "bf16 disagrees with the plain fp32 forward beyond the tolerance" in compiled["error"]
+
+
+def test_a_training_path_that_compiles_while_timed_fails(monkeypatch):
+    gpu_check = load_gpu_check()
+    model, processor, weights = tiny_model(gpu_check)
+    compiled = itertools.count()  # every look at the counters finds one more graph
+    monkeypatch.setattr(gpu_check, "compile_counts", lambda: {"graphs_compiled": next(compiled), "cudagraph_skips": 0})
+    only_paths(gpu_check, monkeypatch, "plain")
+    plain = run_training(gpu_check, model, processor, weights)["rows"][0]
+    assert plain["graphs_compiled_while_timed"] > 0 and plain["tokens_per_s"] > 0  # the numbers stay
+    assert "graphs compiled during the timed steps" in plain["error"]
+
+
+def test_a_failed_plain_training_path_keeps_the_other_paths_rows(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    train_steps = gpu_check.train_steps
+    calls = []
+
+    def plain_fails(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated, plain path only)")
+        return train_steps(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "train_steps", plain_fails)
+    monkeypatch.delenv("OUT", raising=False)
+    assert gpu_check.main(["--tiny", "--out", str(tmp_path), "--sections", "training"]) == 1
+    training = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["training"]
+    rows = {row["path"]: row for row in training["rows"]}
+    assert training["error"] == "plain: RuntimeError: CUDA out of memory (simulated, plain path only)"
+    assert rows["plain, eager attention"]["tokens_per_s"] > 0 and rows["compiled"]["tokens_per_s"] > 0
+    assert "tokens_per_s" not in training  # the section's own values are the plain path's
+
+
+def test_a_section_that_raises_keeps_the_rows_it_reported():
+    gpu_check = load_gpu_check()
+    sections = gpu_check.Sections(budget_s=60)
+
+    def section():
+        sections.partial({"rows": [{"path": "plain"}]})
+        raise RuntimeError("after the first row")
+
+    sections.run("rows", section)
+    result = sections.results["rows"]
+    assert result["rows"] == [{"path": "plain"}] and result["error"] == "RuntimeError: after the first row"
+    assert "incomplete" not in result
+
+
+def test_training_restarts_each_path_from_a_copy_on_the_cpu(monkeypatch):
+    """On a GPU a copy of the weights on the device would count in every path's peak memory (the CPU cannot show
+    that: this checks that the copy comes from cpu_copy, unpinned here, and that cpu_copy copies)."""
+    gpu_check = load_gpu_check()
+    model, processor, weights = tiny_model(gpu_check)
+    cpu_copy, pins = gpu_check.cpu_copy, []
+    monkeypatch.setattr(gpu_check, "cpu_copy", lambda model, pin=False: pins.append(pin) or cpu_copy(model, pin))
+    only_paths(gpu_check, monkeypatch, "plain")
+    run_training(gpu_check, model, processor, weights)
+    assert pins == [False]  # pinned only for a CUDA device
+    copy = cpu_copy(model)
+    name, value = next(iter(model.state_dict().items()))
+    assert copy[name].device.type == "cpu" and torch.equal(copy[name], value)
+    with torch.no_grad():
+        value.add_(1.0)
+    assert not torch.equal(copy[name], value)
+
+
+def test_a_generation_row_times_only_the_shapes_its_warm_up_ran(tmp_path, monkeypatch):
+    """On the static cache: the timed batches reuse the cache the warm-up batch made (a longer prompt would grow
+    it, and a compiled step would compile again while timed), and a row starts without the previous row's cache
+    (which would count in its peak memory)."""
+    gpu_check = load_gpu_check()
+    model, processor, _ = tiny_model(gpu_check)
+    model.to(torch.bfloat16)
+    gpu_check.prepare_generation(model, gpu_check.SHAPES["tiny"], tmp_path)
+    generate_records, seen = gpu_check.generate_records, []
+
+    def spy(model, processor, root, name, *args, **kwargs):
+        kept = getattr(model, "_static_cache", None)
+        result = generate_records(model, processor, root, name, *args, **kwargs)
+        seen.append((name, kept, model._static_cache))
+        return result
+
+    monkeypatch.setattr(gpu_check, "generate_records", spy)
+    args = gpu_check.parse_args(["--tiny", "--gen-batches", "2"])
+    settings = gpu_check.SamplingSettings(num_candidates=6, max_new_tokens=args.max_new_tokens, cache="static")
+    for batch in (2, 8):
+        row = gpu_check.generation_row(model, processor, torch.device("cpu"), args, tmp_path, "static", batch, settings)
+        assert not row["error"]
+    assert [name for name, _, _ in seen] == ["static-w2", "static-b2", "static-p2", "static-w8", "static-b8"]
+    assert seen[1][2] is seen[0][2] and seen[4][2] is seen[3][2]  # timed on the warm-up's cache
+    assert seen[0][1] is None and seen[3][1] is None  # each row made its own
+
+
+def test_a_generation_row_that_compiles_while_timed_fails(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    compiled = itertools.count()  # every look at the counters finds one more graph
+    monkeypatch.setattr(gpu_check, "compile_counts", lambda: {"graphs_compiled": next(compiled), "cudagraph_skips": 0})
+    monkeypatch.setattr(gpu_check, "generate_records", lambda *args, **kwargs: (1.0, [], 10))
+    args = argparse.Namespace(num_candidates=6, max_new_tokens=8, gen_batches=2, gen_batch_sizes=[4, 8])
+    row = gpu_check.generation_row(fake_model(), None, torch.device("cpu"), args, tmp_path, "static+compiled", 8,
+                                   None)
+    assert row["graphs_compiled_while_timed"] == 1 and row["new_tokens_per_s"] > 0  # the numbers stay
+    assert row["error"] == "1 graphs compiled during the timed batches"
+
+
+def test_repeated_batch_sizes_run_once_and_no_run_resumes_another(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    assert gpu_check.parse_args(["--gen-batch-sizes", "8", "32", "8"]).gen_batch_sizes == [8, 32]
+    model, processor, _ = tiny_model(gpu_check)
+    gpu_check.prepare_generation(model, gpu_check.SHAPES["tiny"], tmp_path)
+    generate, calls = type(model).generate, []
+    monkeypatch.setattr(type(model), "generate", lambda self, *args, **kwargs: calls.append(1) or generate(
+        self, *args, **kwargs))
+    settings = gpu_check.SamplingSettings(num_candidates=2, max_new_tokens=2)
+    for _ in range(2):  # the same name twice: the second run generates again, it does not read the first's outputs
+        candidates = gpu_check.generate_records(model, processor, tmp_path, "same", 2, 2, settings)[1]
+        assert [len(texts) for texts in candidates] == [2, 2]
+    assert len(calls) == 2
+
+
+def test_greedy_copies_go_through_the_shared_prefill(tmp_path, monkeypatch):
+    """At temperature 0 there is one sequence per record, so no path shares a prefill: greedy_n (top-k 1, N copies)
+    is greedy through it."""
+    gpu_check = load_gpu_check()
+    model, processor, _ = tiny_model(gpu_check)
+    prefill, shared = type(model)._prefill_once, []
+
+    def spy(self, inputs_embeds, *args, **kwargs):
+        embeds, mask = prefill(self, inputs_embeds, *args, **kwargs)
+        shared.append(embeds is not inputs_embeds)  # prefilled once, then copied
+        return embeds, mask
+
+    monkeypatch.setattr(type(model), "_prefill_once", spy)
+    generate_records, runs = gpu_check.generate_records, {}
+
+    def named(model, processor, root, name, *args, **kwargs):
+        shared.clear()
+        result = generate_records(model, processor, root, name, *args, **kwargs)
+        runs[name] = any(shared)
+        return result
+
+    monkeypatch.setattr(gpu_check, "generate_records", named)
+    args = argparse.Namespace(max_new_tokens=2, greedy_records=2, num_candidates=2)
+    result = gpu_check.greedy(model, processor, gpu_check.SHAPES["tiny"], torch.device("cpu"), args, tmp_path)
+    assert result["ok"] and [row["identical_greedy_n"] for row in result["rows"]] == [2] * 4
+    assert {name: ran for name, ran in runs.items() if name.startswith("greedy_n")} == {
+        "greedy_n-plain": False, "greedy_n-shared": True, "greedy_n-static": True, "greedy_n-static+compiled": True}
+
+
+def test_every_decoding_path_decodes_the_forced_tokens(tmp_path):
+    gpu_check = load_gpu_check()
+    model, processor, _ = tiny_model(gpu_check)
+    gpu_check.prepare_generation(model, gpu_check.SHAPES["tiny"], tmp_path)
+    inputs = gpu_check.generation_inputs(processor, tmp_path, 3, torch.device("cpu"))
+    words = processor.tokenizer("a blue square near the top", add_special_tokens=False)["input_ids"]
+    tokens = torch.tensor([words[:4], words[1:5], words[2:6]])  # not what the random model picks
+    for path, cache, compiled, shared in gpu_check.DECODING_PATHS:
+        settings = gpu_check.SamplingSettings(num_candidates=2, max_new_tokens=4, cache=cache, compile=compiled,
+                                              shared_prefill=shared)
+        decoded, logits = gpu_check.decoded_logits(model, inputs, settings, gpu_check.ForcedTokens(tokens, 2))
+        assert torch.equal(decoded, tokens.repeat_interleave(2, dim=0)), path
+        assert logits.shape[:2] == (6, 4) and logits.dtype == torch.float32
+
+
+def test_a_decoding_path_whose_logits_depart_from_fp32_fails(tmp_path, monkeypatch, capsys):
+    gpu_check = load_gpu_check()
+    model, processor, weights = tiny_model(gpu_check)
+    decoded_logits = gpu_check.decoded_logits
+
+    def broken_static(model, inputs, settings, forced=None):
+        tokens, logits = decoded_logits(model, inputs, settings, forced)
+        return tokens, -logits if forced is not None and settings.cache == "static" else logits
+
+    monkeypatch.setattr(gpu_check, "decoded_logits", broken_static)
+    args = gpu_check.parse_args(["--tiny", "--greedy-records", "2", "--max-new-tokens", "3", "--num-candidates", "2"])
+    result = gpu_check.decoding_agreement(model.to(torch.bfloat16), processor, gpu_check.SHAPES["tiny"],
+                                          torch.device("cpu"), args, tmp_path, weights)
+    assert [row["ok"] for row in result["rows"]] == [True, True, False, False] and result["ok"] is False
+    assert model.dtype == torch.bfloat16
+    fake_sections(gpu_check, monkeypatch, decoding_agreement=lambda *args: {"ok": False, "rows": []})
+    monkeypatch.delenv("OUT", raising=False)
+    assert gpu_check.main(["--tiny", "--out", str(tmp_path / "main"), "--sections", "decoding_agreement"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("failed: bf16 decoding disagrees with fp32")
+
+
+def test_the_docs_state_the_sample_length_the_script_builds():
+    gpu_check = load_gpu_check()
+    model, processor = gpu_check.build(False, torch.device("meta"))
+    ids = gpu_check.training_batch(processor, gpu_check.SHAPES["full"], 1, torch.device("cpu"))["input_ids"][0]
+    image_tokens = int((ids == model.config.image_token_id).sum())
+    assert f"{image_tokens} image tokens of its {len(ids):,} tokens" in " ".join(gpu_check.__doc__.split())
+    assert f"one 672x672 image (5 views) in {len(ids):,} tokens" in (ROOT / "benchmarks" / "README.md").read_text()
 
 
 def test_out_environment_variable_wins_and_a_failed_build_is_reported(tmp_path, monkeypatch):
@@ -169,18 +462,19 @@ def fake_model():
     return Model()
 
 
-def fake_sections(gpu_check, monkeypatch, generation_row=None, generation=None):
+def fake_sections(gpu_check, monkeypatch, generation_row=None, **sections):
     """main() with a fake model and instant sections: only generation (row by row) or what is given runs."""
     monkeypatch.setattr(gpu_check, "build", lambda tiny, device: (fake_model(), None))
     monkeypatch.setattr(gpu_check, "agreement", lambda *args: {"ok": True})
     monkeypatch.setattr(gpu_check, "training", lambda *args: {"value": 1})
     monkeypatch.setattr(gpu_check, "attention", lambda *args: {"value": 1})
     monkeypatch.setattr(gpu_check, "greedy", lambda *args: {"ok": True, "rows": []})
+    monkeypatch.setattr(gpu_check, "decoding_agreement", lambda *args: {"ok": True, "rows": []})
     monkeypatch.setattr(gpu_check, "prepare_generation", lambda *args: None)
     if generation_row is not None:
         monkeypatch.setattr(gpu_check, "generation_row", generation_row)
-    if generation is not None:
-        monkeypatch.setattr(gpu_check, "generation", generation)
+    for name, section in sections.items():
+        monkeypatch.setattr(gpu_check, name, section)
 
 
 def test_generation_checks_the_budget_before_and_saves_after_every_configuration(tmp_path, monkeypatch):
@@ -199,8 +493,8 @@ def test_generation_checks_the_budget_before_and_saves_after_every_configuration
     monkeypatch.setattr(gpu_check, "generation_row", row)
     monkeypatch.setattr(gpu_check, "prepare_generation", lambda *args: None)
     args = argparse.Namespace(num_candidates=6, max_new_tokens=8, gen_batch_sizes=[8, 32, 128])
-    sections.run("generation", lambda: gpu_check.generation(None, None, {}, torch.device("cpu"), args, tmp_path,
-                                                             sections))
+    sections.run("generation", lambda: gpu_check.generation(fake_model(), None, {}, torch.device("cpu"), args,
+                                                             tmp_path, sections))
     # batch-major: the first size is measured on every path before the next size starts
     assert [(path, batch) for path, batch, _ in calls] == [("plain", 8), ("shared", 8), ("static", 8),
                                                            ("static+compiled", 8)]
@@ -264,21 +558,21 @@ def test_a_run_killed_mid_section_keeps_its_finished_rows(tmp_path, monkeypatch)
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     generation = results["sections"]["generation"]
     assert [(r["path"], r["batch"]) for r in generation["rows"]] == [("plain", 8), ("shared", 8)]
-    assert "incomplete" in generation and "greedy" not in results["sections"]
+    assert "incomplete" in generation and list(results["sections"])[-1] == "generation"
     assert "| shared | 8 |" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_a_skipped_greedy_section_is_not_reported_as_differing_outputs(tmp_path, monkeypatch, capsys):
     gpu_check = load_gpu_check()
 
-    def generation(model, processor, shape, device, args, root, progress):
-        progress.budget_s = 0  # spent by the end of generation: greedy does not start
+    def attention(model, processor, shape, device, args, progress):
+        progress.budget_s = 0  # spent by the end of attention: greedy and what follows do not start
         return {"rows": []}
 
-    fake_sections(gpu_check, monkeypatch, generation=generation)
+    fake_sections(gpu_check, monkeypatch, attention=attention)
     monkeypatch.setattr(gpu_check, "greedy", lambda *args: pytest.fail("greedy ran after the budget was spent"))
     monkeypatch.delenv("OUT", raising=False)
-    assert gpu_check.main(["--tiny", "--out", str(tmp_path)]) == 1
+    assert gpu_check.main(["--tiny", "--out", str(tmp_path), "--sections", "attention", "greedy"]) == 1
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert "time budget" in results["sections"]["greedy"]["skipped"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -288,7 +582,7 @@ def test_a_skipped_greedy_section_is_not_reported_as_differing_outputs(tmp_path,
 def test_greedy_compares_only_the_paths_that_ran(tmp_path, monkeypatch):
     gpu_check = load_gpu_check()
 
-    def generate(model, processor, root, name, records, batch_size, settings):
+    def generate(model, processor, root, name, records, batch_size, settings, varied=False):
         if settings.compile:
             raise RuntimeError("no compiler here")
         return 0.0, [["same text"]] * records, 10
@@ -296,22 +590,22 @@ def test_greedy_compares_only_the_paths_that_ran(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "generate_records", generate)
     monkeypatch.setattr(gpu_check, "prepare_generation", lambda *args: None)
     args = argparse.Namespace(max_new_tokens=8, greedy_records=4, num_candidates=3)
-    result = gpu_check.greedy(None, None, {}, torch.device("cpu"), args, tmp_path)
+    result = gpu_check.greedy(fake_model(), None, {}, torch.device("cpu"), args, tmp_path)
     assert result["ok"] is True  # the other paths agree; the failed path is an error, not a difference
     assert result["error"] == "static+compiled: RuntimeError: no compiler here"
-    assert [(row["identical_greedy"], row["identical_sampled"]) for row in result["rows"]] == [(4, 4)] * 3 + [
-        (None, None)]
+    assert [(row["identical_greedy"], row["identical_greedy_n"], row["identical_sampled"])
+            for row in result["rows"]] == [(4, 4, 4)] * 3 + [(None, None, None)]
 
-    def different(model, processor, root, name, records, batch_size, settings):
-        if settings.sampling and settings.shared_prefill:  # greedy agrees; the second sampled candidate does not
+    def different(model, processor, root, name, records, batch_size, settings, varied=False):
+        if settings.sampling and settings.top_k > 1 and settings.shared_prefill:  # only seeded sampling differs
             return 0.0, [["same", "shared text"]] * records, 10
         return 0.0, [["same", "plain text"][:settings.num_candidates]] * records, 10
 
     monkeypatch.setattr(gpu_check, "generate_records", different)
-    result = gpu_check.greedy(None, None, {}, torch.device("cpu"), args, tmp_path)
+    result = gpu_check.greedy(fake_model(), None, {}, torch.device("cpu"), args, tmp_path)
     assert result["ok"] is False
     shared = result["rows"][1]
-    assert (shared["identical_greedy"], shared["identical_sampled"]) == (4, 0)
+    assert (shared["identical_greedy"], shared["identical_greedy_n"], shared["identical_sampled"]) == (4, 4, 0)
     assert shared["first_difference"] == "sampled, record 0, candidate 1, character 0: 'shared text' vs 'plain text'"
 
 
