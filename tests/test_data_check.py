@@ -209,6 +209,11 @@ def test_head_refuses_an_output_that_is_its_input_and_keeps_the_input(tmp_path, 
     assert check(data, "no-model-needed", None, "--report", str(data)) == 2
     assert f"--report {data} is the same file as data_path {data}" in capsys.readouterr().err
     assert data.read_bytes() == kept
+    # A file a mixture lists is read as much as a file named itself.
+    (tmp_path / "mix.yaml").write_text("datasets:\n  - json_path: h.jsonl\n    sampling_strategy: all\n")
+    assert check(tmp_path / "mix.yaml", "no-model-needed", None, "--report", str(data)) == 2
+    assert f"--report {data} is the same file as data_path {tmp_path / 'h.jsonl'}" in capsys.readouterr().err
+    assert data.read_bytes() == kept
 
 
 def test_head_blames_an_input_it_cannot_read_not_the_output(tmp_path, capsys, monkeypatch):

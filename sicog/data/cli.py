@@ -90,7 +90,7 @@ def _check(args: argparse.Namespace) -> int:
     """Print a summary; exit 1 when a record is invalid, would be skipped or is a copy of another, or none is
     usable; 2 when the input cannot be read or the report cannot be written."""
     from sicog.data.jsonl import RecordError, refuse_overwriting, write_records
-    from sicog.data.sources import split_data_path
+    from sicog.data.mixture import data_sources
     from sicog.model.checkpoint_config import read_checkpoint_config
     from sicog.model.processing import SicogProcessor
     from sicog.train.arguments import STAGES
@@ -101,7 +101,7 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.report:
-            refuse_overwriting([("data_path", path) for path in split_data_path(args.data_path)], "--report",
+            refuse_overwriting([("data_path", path) for path in data_sources(args.data_path)], "--report",
                                args.report)
         read_checkpoint_config(args.model)  # the whole config.json: a field of the wrong type fails inside transformers
         processor = SicogProcessor.from_pretrained(args.model)

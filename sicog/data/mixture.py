@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -103,7 +104,9 @@ def _entry_source(name: str, mixture: Path) -> str:
     return name if HUB_ID.match(name) else str(mixture.parent / path)
 
 
-def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
+def _mixture_entries(path: Path) -> Iterator[tuple[int, list[str], str | None, str]]:
+    """Each entry of a mixture file, checked: its index, its sources (a brace pattern names several), its sampling
+    rule and the key the rule was under."""
     require_file(path, "mixture file")
     spec = read_yaml(path) or {}
     if isinstance(spec, dict):
@@ -111,7 +114,6 @@ def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
     entries = spec.get("datasets") if isinstance(spec, dict) else None
     if not isinstance(entries, list) or not entries:
         raise RecordError("expected a non-empty 'datasets' list", path=path, field="datasets")
-    records: list[tuple[dict, Source]] = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise RecordError("each dataset must be a mapping", path=path, field=f"datasets[{index}]")
@@ -120,11 +122,28 @@ def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
         if not isinstance(name, str) or not name:
             raise RecordError(f"each dataset needs a {' or '.join(PATH_KEYS)}", path=path, field=f"datasets[{index}]")
         rule, key = _entry_value(entry, SAMPLING_KEYS, path, index)
+        yield index, [_entry_source(part, path) for part in expand_braces(name)], rule, key
+
+
+def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
+    records: list[tuple[dict, Source]] = []
+    for index, sources, rule, key in _mixture_entries(path):
         # A brace pattern names several files; the entry's rule samples them together, as one source.
-        loaded = [(r, Source(source, line)) for source in (_entry_source(part, path) for part in expand_braces(name))
-                  for line, r in iter_input_records(source)]
+        loaded = [(r, Source(source, line)) for source in sources for line, r in iter_input_records(source)]
         records += sample(loaded, rule, seed + index, path=str(path), field=f"datasets[{index}].{key}")
     return records
+
+
+def _is_mixture(part: str) -> bool:
+    return part.lower().endswith((".yaml", ".yml"))
+
+
+def data_sources(data_path: str | os.PathLike) -> list[str]:
+    """Every source ``data_path`` reads, a mixture's entries included (their records are not read): what a
+    command's output must not be."""
+    return [source for part in split_data_path(data_path)
+            for source in ([part, *(s for _, sources, _, _ in _mixture_entries(Path(part)) for s in sources)]
+                           if _is_mixture(part) else [part])]
 
 
 def load_mixture(data_path: str | os.PathLike, seed: int = DEFAULT_SEED) -> list[tuple[dict, Source]]:
@@ -132,7 +151,7 @@ def load_mixture(data_path: str | os.PathLike, seed: int = DEFAULT_SEED) -> list
     or a .yaml mixture (``seed`` draws its ``random:`` rules)."""
     records = []
     for part in split_data_path(data_path):
-        if part.lower().endswith((".yaml", ".yml")):
+        if _is_mixture(part):
             records += _read_mixture(Path(part), seed)
         else:
             records += [(r, Source(part, line)) for line, r in iter_input_records(part)]
