@@ -165,6 +165,19 @@ def test_references_name_a_caption_image_without_ground_truth(world: Path, tmp_p
     assert not output.exists() and not list(tmp_path.glob(".r.jsonl*"))
 
 
+@pytest.mark.parametrize("name", ["ground_truth.jsonl", "bench_caption.jsonl", "manifest.json"])
+def test_references_refuse_to_write_over_the_worlds_files(world: Path, tmp_path: Path, capsys, name: str) -> None:
+    import shutil
+
+    copy = tmp_path / "world"
+    shutil.copytree(world, copy)
+    kept = (copy / name).read_bytes()
+    assert main(["toy", "references", "--world", str(copy), "--output", str(copy / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output {copy / name} is the same file as the world's " in err
+    assert (copy / name).read_bytes() == kept
+
+
 def test_embed_refuses_to_write_over_its_texts(tmp_path: Path, capsys) -> None:
     texts = tmp_path / "texts.jsonl"
     write_jsonl(texts, [{"id": "a", "text": "A red circle in the top left."}])

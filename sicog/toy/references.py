@@ -4,16 +4,22 @@ true descriptions (how much worse a model predicts them with swapped images says
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from sicog.data.jsonl import RecordError, iter_records, write_jsonl
+from sicog.data.jsonl import RecordError, iter_records, refuse_overwriting, write_jsonl
 from sicog.data.prompts import CAPTION_PROMPTS, user_turn
-from sicog.toy.build import load_manifest
+from sicog.toy.build import FILES, MANIFEST, load_manifest
 from sicog.toy.score import load_ground_truth
 
 
 def write_image_use_references(world: str | os.PathLike, output: str | os.PathLike) -> int:
-    """Write one LLaVA record per caption-benchmark image, answered by its ground-truth description."""
+    """Write one LLaVA record per caption-benchmark image, answered by its ground-truth description.
+
+    ``ValueError`` before anything is written when ``output`` is one of the world's files (its ground truth, say),
+    which the output would replace."""
     manifest = load_manifest(world)
+    read = [(f"the world's {key}", manifest[key]) for key in FILES]
+    refuse_overwriting([*read, ("the world's manifest", Path(world) / MANIFEST)], "--output", output)
     truth = load_ground_truth(manifest["ground_truth"])
     request = user_turn(CAPTION_PROMPTS["default"])
 
