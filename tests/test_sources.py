@@ -94,6 +94,24 @@ def test_embedded_images_stop_with_the_field_named(tmp_path):
         rows(tmp_path / "many")
 
 
+def test_column_types_json_lacks_are_written_as_text_and_binary_data_is_named(tmp_path):
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({
+        "id": ["a"], "when": [datetime.datetime(2020, 1, 2, 3, 4)], "price": [decimal.Decimal("1.10")],
+        "meta": [{"day": datetime.date(2020, 1, 2)}]}), tmp_path / "typed.parquet")
+    [(_, record)] = rows(tmp_path / "typed.parquet")
+    assert record == {"id": "a", "when": "2020-01-02T03:04:00", "price": "1.10", "meta": {"day": "2020-01-02"}}
+    json.dumps(record)
+    pq.write_table(pa.table({"id": ["a", "b"], "blob": [None, b"\x00"]}), tmp_path / "binary.parquet")
+    with pytest.raises(RecordError, match=r"binary\.parquet:2 field 'blob': holds binary data"):
+        rows(tmp_path / "binary.parquet")
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch) -> Path:
     """An empty Hub cache and datasets cache (offline, as in every test)."""

@@ -17,6 +17,8 @@ a column of embedded images (a ``datasets.Image`` feature) stops with an error n
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import os
 import re
 from collections.abc import Iterator
@@ -84,7 +86,7 @@ def iter_input_records(source: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         for batch in dataset_batches(text):
             for record in batch.to_pylist():
                 row += 1
-                yield row, _without_nulls(record)
+                yield row, _as_json(record, source, row)
     except _read_errors() as err:  # a damaged or truncated file
         raise RecordError(f"cannot read after row {row}: {err}", path=source) from None
 
@@ -98,11 +100,22 @@ def _read_errors() -> tuple[type[Exception], ...]:
     return (OSError, ArrowException)
 
 
-def _without_nulls(value: Any) -> Any:
+def _as_json(value: Any, source: str | os.PathLike, row: int, field: str | None = None) -> Any:
+    """A row's value as JSON holds it, as a .jsonl record would: nulls left out of objects (a column another row
+    fills), times and dates as ISO text, decimals as text (exactly); binary data, which no record field holds,
+    raises :class:`RecordError` naming the row and column."""
     if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+        return {k: _as_json(v, source, row, k if field is None else f"{field}.{k}")
+                for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
+        return [_as_json(v, source, row, f"{field}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime.datetime is a date
+        return value.isoformat()
+    if isinstance(value, (datetime.timedelta, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise RecordError("holds binary data; SICOG records hold text, numbers and image paths", path=source,
+                          line=row, field=field)
     return value
 
 
