@@ -47,6 +47,12 @@ CASES = [
     Case("generate-invalid-json", "generate", jsonl(GOOD_Q, b'{"id": "g2",'), 2, ("data.jsonl:2", "invalid JSON")),
     Case("generate-not-utf8", "generate", jsonl(GOOD_Q, b'{"id": "g2", "question": "caf\xe9?"}'), 2,
          ("data.jsonl:2", "not UTF-8", "column 30")),
+    # A byte order mark is no column: the same byte at the same place as without one.
+    Case("generate-not-utf8-after-a-bom", "generate",
+         jsonl(b'\xef\xbb\xbf{"id": "g1", "image": "ok.png", "question": "caf\xe9?"}'), 2,
+         ("data.jsonl:1", "not UTF-8", "byte b'\\xe9' at column 49")),
+    Case("generate-huge-integer", "generate", jsonl(GOOD_Q, b'{"id": ' + b"9" * 5000 + b"}"), 2,
+         ("data.jsonl:2", "invalid JSON", "integer string conversion")),
     Case("generate-not-an-object", "generate", jsonl(GOOD_Q, b'"just text"'), 2,
          ("data.jsonl:2", "expected an object")),
     Case("generate-missing-id", "generate", jsonl(GOOD_Q, {"image": "ok.png", "question": "Q?"}), 2,

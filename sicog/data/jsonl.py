@@ -66,9 +66,11 @@ def _is_json_array(path: Path) -> bool:
 
 def decode_error(path: str | os.PathLike, data: bytes, err: UnicodeDecodeError, first_line: int = 1) -> RecordError:
     """A :class:`RecordError` naming the line and column of the first byte of ``data`` that is not UTF-8."""
-    line = first_line + data.count(b"\n", 0, err.start)
-    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-    bad = data[err.start : err.start + 1]
+    mark = len(data) - len(err.object)  # utf-8-sig decodes (and counts) after a byte order mark, no column
+    start = err.start + mark
+    line = first_line + data.count(b"\n", 0, start)
+    column = start - max(data.rfind(b"\n", 0, start) + 1, mark) + 1
+    bad = data[start : start + 1]
     message = f"not UTF-8 text (byte {bad!r} at column {column}); save the file as UTF-8"
     return RecordError(message, path=path, line=line)
 
@@ -124,6 +126,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise RecordError(f"invalid JSON: {err}", path=path, line=err.lineno) from None
+        except ValueError as err:  # a number json will not convert (an integer of over 4300 digits)
+            raise RecordError(f"invalid JSON: {err}", path=path) from None
         surrogates = _SURROGATE_ESCAPE.search(text) is not None
         for index, record in enumerate(data, start=1):
             if not isinstance(record, dict):
@@ -144,6 +148,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
                 raise RecordError(f"invalid JSON: {err.msg} (column {err.colno})", path=path, line=lineno) from None
+            except ValueError as err:  # a number json will not convert (an integer of over 4300 digits)
+                raise RecordError(f"invalid JSON: {err}", path=path, line=lineno) from None
             if not isinstance(record, dict):
                 raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=lineno)
             if _SURROGATE_ESCAPE.search(text):
