@@ -109,6 +109,10 @@ def test_copies_are_errors_and_other_records_with_a_used_id_warnings(tmp_path, m
     lines = [json.loads(x) for x in report.read_text().splitlines()]
     assert {(x["category"], x["line"]) for x in lines if x["id"] == "a"} == {("duplicate record", 1)}
     assert f"the same record as {data}:1" in next(x["reason"] for x in lines if x["id"] == "a")
+    # 7 and "7" are one id: the same record with its id written either way is a copy.
+    numbered = write(tmp_path / "n.jsonl", [{**rec("7"), "id": 7}, rec("7")])
+    assert check(numbered, model, images) == 1
+    assert summary_of(capsys.readouterr().out)["duplicate_records"] == 1
 
 
 def test_samples_that_will_be_cut_are_listed_with_their_whole_length(tmp_path, model, images, capsys):

@@ -301,7 +301,9 @@ def repeated_ids(records: Sequence[dict], sources: Sequence[Source]) -> tuple[li
     for index, (record, source) in enumerate(zip(records, sources)):
         rid = str(record["id"])
         contents = earlier.setdefault(rid, {})
-        key = hashlib.blake2b(json.dumps(record, sort_keys=True).encode(), digest_size=16).digest()
+        # The id as every command reads it (7 and "7" are one id): a copy that wrote it as a string is a copy.
+        canonical = json.dumps({**record, "id": rid}, sort_keys=True)
+        key = hashlib.blake2b(canonical.encode(), digest_size=16).digest()
         if key in contents:
             same = sources[contents[key]]
             copies.append(_located(rid, source, f"the same record as {same.path}:{same.line} (a file read twice?)",
