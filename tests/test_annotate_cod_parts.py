@@ -91,6 +91,9 @@ def test_header_forms_of_the_published_reply_are_removed():
     (format_steps(COD_STEPS, BODIES[:2] + [""] + BODIES[3:]), "missing or empty step(s) 3"),
     (format_steps(COD_STEPS, BODIES) + "\n\nStep 6: Extra.\nMore.", "unexpected step(s) 6"),
     (format_steps(COD_STEPS, BODIES[:1] + ["A dog <image> on grass."] + BODIES[2:]), "<image> in step(s) 2"),
+    # A step quoting a recipe's numbered lines: taken as markers, they would cut the real step 3 out.
+    (format_steps(COD_STEPS, BODIES[:1] + ["The poster reads:\n- Step 1: Knead.\n- Step 2: Bake."] + BODIES[2:]),
+     "step markers 1, 2, 1, 2, 3, 4, 5: not steps 1 to 5 once each in order"),
 ])
 def test_unusable_replies_are_rejected_with_a_reason(reply, reason):
     with pytest.raises(ReplyError, match=re.escape(reason)):

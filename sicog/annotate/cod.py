@@ -25,7 +25,7 @@ from sicog.data.prompts import (
     user_turn,
 )
 from sicog.data.schema import check_llava_record
-from sicog.data.steps import split_steps
+from sicog.data.steps import split_steps, step_markers
 
 # The published annotation prompt, verbatim (training_data_annotation/generate_cod_caption.py): the
 # released CoD data was written under it, and its step headers are COD_STEPS.
@@ -178,8 +178,8 @@ def parse_cod_reply(text: str, finish_reason: str | None = None) -> tuple[list[s
     """The five step bodies of a reply and the caption they format to; :class:`ReplyError` says why not.
 
     Lenient about how steps are marked (see :func:`split_steps`), strict about content: all five steps
-    present and non-empty, no other step numbers, no ``<image>`` in a step, and a caption that parses
-    back to the same steps.
+    present and non-empty, each marked once and in order, no other step numbers, no ``<image>`` in a step, and a
+    caption that parses back to the same steps.
     """
     if finish_reason == "length":
         raise ReplyError("reply cut off at the token limit (finish_reason=length)")
@@ -198,6 +198,12 @@ def parse_cod_reply(text: str, finish_reason: str | None = None) -> tuple[list[s
         problems.append(f"unexpected step(s) {', '.join(map(str, extra))}")
     if problems:
         raise ReplyError("; ".join(problems))
+    # A step quoting numbered lines ("- Step 1: knead the dough" on a recipe) would be cut at them, the quoted
+    # lines taken for a later step's text: a reply is usable only with each marker once, in order.
+    markers = step_markers(text)
+    if markers != list(expected):
+        raise ReplyError(f"step markers {', '.join(map(str, markers))}: not steps 1 to {len(COD_STEPS)} once each "
+                         "in order (a step quoting numbered steps?)")
     bodies = [steps[n] for n in expected]
     # The image placeholder marks where image features go; in a caption it would be read as a second image.
     with_placeholder = [str(n) for n, body in zip(expected, bodies) if IMAGE_TOKEN in body]

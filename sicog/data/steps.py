@@ -35,6 +35,11 @@ def format_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
     return "\n\n".join(f"Step {i}: {h}\n{b.strip()}" for i, (h, b) in enumerate(zip(headers, bodies), start=1))
 
 
+def step_markers(text: str) -> list[int]:
+    """The numbers of the step markers :func:`split_steps` finds in ``text``, in the order they stand."""
+    return [int(match.group("number")) for match in _MARKER.finditer(text)]
+
+
 def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
     """Map step number -> body text, the body as written (stripped) but for its header line.
 
