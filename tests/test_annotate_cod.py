@@ -129,8 +129,10 @@ class FakeVLM:
                                      {"Retry-After": "0"})
                 if action in ("500", "401"):
                     return self.send(int(action), {"error": {"message": f"scripted {action}"}})
-                if action == "html":
-                    page = b"<html>bad gateway</html>"
+                if action in ("html", "echo-key"):
+                    # echo-key: a page echoing the request's key across the 200th character, where the reason is cut
+                    page = (b"<html>bad gateway</html>" if action == "html"
+                            else b"<html>" + b"x" * 170 + str(info["auth"]).encode() + b"</html>")
                     self.send_response(200)
                     self.send_header("Content-Type", "text/html")
                     self.send_header("Content-Length", str(len(page)))
@@ -138,16 +140,33 @@ class FakeVLM:
                     return self.wfile.write(page)
                 if action == "slow":
                     fake.stopping.wait(fake.slow_seconds)
+                if action == "not-utf8":
+                    page = b'{"choices": "\xff"}'
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    return self.wfile.write(page)
+                message = {"role": "assistant"}
+                finish = "stop"
                 if action == "malformed":
                     text = f"I cannot describe this image. (debug: {info['auth']})"
                 elif action == "placeholder":
                     text = good_reply(info["colour"], *image.size, info["mime"]).replace("A plain", "An <image> of a")
                 else:
                     text = good_reply(info["colour"], *image.size, info["mime"])
+                message["content"] = text
+                if action == "parts":  # content parts, as some OpenAI-compatible servers send them
+                    message["content"] = [{"type": "text", "text": text[:40]}, {"type": "text", "text": text[40:]}]
+                elif action == "refusal":
+                    message.update(content=None, refusal="I can't help with that.")
+                elif action == "filtered":
+                    message["content"], finish = "", "content_filter"
+                elif action == "string-message":
+                    message = text
                 return self.send(200, {
                     "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
+                    "choices": [{"index": 0, "finish_reason": finish, "message": message}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 })
 
@@ -296,6 +315,26 @@ def test_failures_are_recorded_with_reason_and_never_written_as_data(server, tmp
     logs = capsys.readouterr()
     assert "1 annotated, 6 failed" in logs.err and "failures.jsonl" in logs.err
     assert SECRET not in logs.out + logs.err + caplog.text + all_text_under(root)
+
+
+def test_odd_completions_fail_their_record_with_the_reason_and_the_run_goes_on(server, tmp_path, caplog):
+    """Content parts are read; a refusal, a content-filter stop, a message that is a string and a body that is not
+    UTF-8 each fail their own record (they stopped the whole run with a traceback, on every rerun)."""
+    specs = [("parts", "yellow"), ("refusal", "red"), ("filtered", "blue"), ("string-message", "green"),
+             ("not-utf8", "magenta"), ("echo-key", "cyan")]
+    make_dataset(tmp_path, [(name, colour, (16, 16), "PNG") for name, colour in specs])
+    server.script = {colour: [name] for name, colour in specs}
+    assert annotate(server, tmp_path) == 0
+    assert ids_of(tmp_path / "cod" / "cod.jsonl") == ["parts"]
+    failures = {r["id"]: r for r in load_records(tmp_path / "cod" / "failures.jsonl")}
+    assert "the model refused: I can't help with that." in failures["refusal"]["reason"]
+    assert failures["refusal"]["raw_reply"] == "I can't help with that."
+    assert "finish_reason=content_filter" in failures["filtered"]["reason"]
+    assert "not a chat completion" in failures["string-message"]["reason"]
+    assert "unusable response" in failures["not-utf8"]["reason"]
+    # The key is masked before the reason is cut to 200 characters: no part of it is kept.
+    assert "not a chat completion" in failures["echo-key"]["reason"]
+    assert SECRET[:12] not in all_text_under(tmp_path) + caplog.text
 
 
 def test_a_reply_with_an_image_placeholder_is_asked_again_then_recorded_as_a_failure(server, tmp_path, capsys):

@@ -60,11 +60,12 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class ChatReply:
-    """The assistant text of a completion, why it stopped, and how many HTTP attempts it took."""
+    """The assistant text of a completion, why it stopped, how many HTTP attempts it took, and a refusal."""
 
     text: str
     finish_reason: str | None
     attempts: int
+    refusal: str | None = None  # the model's refusal message, where it gave one instead of text
 
 
 def resolve_endpoint(base_url: str | None) -> tuple[str | None, str]:
@@ -99,13 +100,25 @@ def _retry_after(err: openai.APIStatusError) -> float | None:
         return None
 
 
+def _field(value: Any, name: str) -> Any:
+    """``value``'s field ``name``: an attribute of a parsed object, or a key where a server's odd JSON left a dict."""
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+
 def _reply_of(response: Any, attempts: int) -> ChatReply | None:
-    """The first choice's text of a completion, or None when ``response`` is not a completion."""
-    choices = getattr(response, "choices", None)
-    message = getattr(choices[0], "message", None) if choices else None
-    if message is None:
+    """The first choice's text of a completion (content parts joined, as some compatible servers send them), or
+    None when ``response`` is not a completion."""
+    choices = _field(response, "choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = _field(choice, "message")
+    if message is None or isinstance(message, str):
         return None
-    return ChatReply(message.content or "", getattr(choices[0], "finish_reason", None), attempts)
+    content, refusal = _field(message, "content"), _field(message, "refusal")
+    if isinstance(content, list):
+        content = "".join(text for text in (_field(part, "text") for part in content) if isinstance(text, str))
+    if not isinstance(content, (str, type(None))) or not isinstance(refusal, (str, type(None))):
+        return None
+    return ChatReply(content or "", _field(choice, "finish_reason"), attempts, refusal or None)
 
 
 class ChatAPI:
@@ -158,15 +171,17 @@ class ChatAPI:
                 reason, retry_after = "request timed out", None
             except openai.APIConnectionError as err:
                 reason, retry_after = redact(f"connection error: {err}", self._key), None
-            except (openai.APIError, json.JSONDecodeError) as err:
-                # A body that is not JSON (a proxy's error page cut short): as transient as a 502.
+            except (openai.APIError, json.JSONDecodeError, UnicodeDecodeError) as err:
+                # A body that is not JSON (a proxy's error page cut short, bytes that are not UTF-8): as transient as
+                # a 502.
                 reason, retry_after = redact(f"unusable response: {err}", self._key), None
             else:
                 reply = _reply_of(response, attempts)
                 if reply is not None:
                     return reply
                 # A 200 that is not a completion (an HTML page, an error object): also worth a retry.
-                reason, retry_after = redact(f"not a chat completion: {str(response)[:200]!r}", self._key), None
+                # Masked before it is cut: a key across the cut would keep its first part unmasked.
+                reason, retry_after = f"not a chat completion: {redact(str(response), self._key)[:200]!r}", None
             if attempts > self.policy.max_retries:
                 raise RequestFailed(f"{reason} (gave up after {attempts} attempts)", attempts)
             wait = self.policy.delay(attempts - 1, retry_after)

@@ -174,13 +174,17 @@ def build_messages(image_url: str, source: CodSource) -> list[dict]:
     ]
 
 
-def parse_cod_reply(text: str, finish_reason: str | None = None) -> tuple[list[str], str]:
+def parse_cod_reply(text: str, finish_reason: str | None = None, refusal: str | None = None) -> tuple[list[str], str]:
     """The five step bodies of a reply and the caption they format to; :class:`ReplyError` says why not.
 
     Lenient about how steps are marked (see :func:`split_steps`), strict about content: all five steps
     present and non-empty, each marked once and in order, no other step numbers, no ``<image>`` in a step, and a
     caption that parses back to the same steps.
     """
+    if refusal:
+        raise ReplyError(f"the model refused: {refusal}")
+    if finish_reason == "content_filter":
+        raise ReplyError("reply stopped by the content filter (finish_reason=content_filter)")
     if finish_reason == "length":
         raise ReplyError("reply cut off at the token limit (finish_reason=length)")
     if not text.strip():

@@ -144,9 +144,9 @@ def _annotate(api: ChatAPI, job: CodJob, record: dict, source: CodSource, line: 
             return _Outcome(failure=error_record(record, err.reason, requests=requests + err.attempts, raw_reply=raw))
         requests += reply.attempts
         try:
-            bodies, caption = parse_cod_reply(reply.text, reply.finish_reason)
+            bodies, caption = parse_cod_reply(reply.text, reply.finish_reason, reply.refusal)
         except ReplyError as err:
-            raw, problem = api.redact(reply.text), str(err)
+            raw, problem = api.redact(reply.text or reply.refusal or ""), api.redact(str(err))
             log.warning("id=%s: unusable reply (%s)", source.record_id, problem)
             continue
         try:
