@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cod.add_argument("--max-tokens", type=positive_int, default=2048,
                      help="reply length limit (default: %(default)s)")
     cod.add_argument("--timeout", type=positive_float, default=120.0,
-                     help="seconds per request (default: %(default)s)")
+                     help="seconds the server may take to connect, and between the bytes of its reply "
+                          "(default: %(default)s)")
     cod.add_argument("--max-retries", type=non_negative_int, default=5,
                      help="retries of a request after 429, 5xx, timeouts, connection errors (default: %(default)s)")
     cod.add_argument("--backoff", type=positive_float, default=1.0,
