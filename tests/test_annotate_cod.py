@@ -127,6 +127,11 @@ class FakeVLM:
                 if action == "429":
                     return self.send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
                                      {"Retry-After": "0"})
+                if action == "401-once-green-is-asked":  # a refused key while another request is under way
+                    deadline = time.monotonic() + 120
+                    while not fake.count("green") and time.monotonic() < deadline:
+                        fake.stopping.wait(0.01)
+                    action = "401"
                 if action in ("500", "401"):
                     return self.send(int(action), {"error": {"message": f"scripted {action}"}})
                 if action in ("html", "echo-key"):
@@ -408,6 +413,24 @@ def test_a_refused_key_stops_the_run_without_recording_failures(server, tmp_path
     err = capsys.readouterr().err
     assert "refused the request: HTTP 401" in err and SECRET not in err + caplog.text
     assert ids_of(tmp_path / "cod" / "failures.jsonl") == [] and ids_of(tmp_path / "cod" / "cod.jsonl") == []
+
+
+def test_a_refused_key_stops_the_process_without_waiting_for_replies_under_way(loopback_only, tmp_path):
+    """The interpreter used to wait at exit for the pool's thread still reading a reply (up to --timeout)."""
+    fake = FakeVLM(slow_seconds=900)
+    try:
+        make_dataset(tmp_path, [("slow", "green", (8, 8), "PNG"), ("refused", "red", (8, 8), "PNG")])
+        fake.script = {"green": ["slow"], "red": ["401-once-green-is-asked"]}
+        command = [sys.executable, "-m", "sicog", "annotate", "cod", "--input", str(tmp_path / "captions.jsonl"),
+                   "--image-folder", str(tmp_path / "images"), "--output-dir", str(tmp_path / "out"),
+                   "--base-url", fake.url, "--concurrency", "2", "--timeout", "900", "--no-progress"]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": SECRET}
+        # A liveness bound far below the reply's 900 s, not a speed: the process ends without that reply.
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1 and "refused the request: HTTP 401" in result.stderr
+        assert fake.count("green") == 1 and ids_of(tmp_path / "out" / "failures.jsonl") == []
+    finally:
+        fake.stop()
 
 
 def test_no_key_for_the_official_endpoint_is_a_usage_error(loopback_only, monkeypatch, tmp_path, capsys):

@@ -12,8 +12,7 @@ import json
 import logging
 import os
 import random
-import time
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,10 @@ _RETRY_STATUS = {408, 409, 429}
 
 class FatalAPIError(RuntimeError):
     """The server rejects the configuration itself (key, permissions, model name): every request would fail."""
+
+
+class Stopped(RuntimeError):
+    """The run stopped (a fatal error in another request, Ctrl-C): a request still under way gives up."""
 
 
 class RequestFailed(RuntimeError):
@@ -132,14 +135,19 @@ class ChatAPI:
         api_key: str,
         timeout: float = 120.0,
         policy: RetryPolicy = RetryPolicy(),
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.model = model
         self.base_url = base_url
         self.policy = policy
         self._key = api_key
-        self._sleep = sleep
+        self._stopped = threading.Event()
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+
+    def stop(self) -> None:
+        """Stop every request now, from any thread: the ones under way are cut off (their connections closed) and
+        raise :class:`Stopped`, as does any later one, instead of waiting for a reply or retrying."""
+        self._stopped.set()
+        self._client.close()
 
     def redact(self, text: str) -> str:
         """``text`` with this client's API key masked (for anything the server sent back)."""
@@ -158,6 +166,8 @@ class ChatAPI:
         attempts = 0
         while True:
             attempts += 1
+            if self._stopped.is_set():
+                raise Stopped("the run stopped")
             try:
                 response = self._client.chat.completions.create(model=self.model, messages=messages, **params)
             except openai.APIStatusError as err:
@@ -182,9 +192,12 @@ class ChatAPI:
                 # A 200 that is not a completion (an HTML page, an error object): also worth a retry.
                 # Masked before it is cut: a key across the cut would keep its first part unmasked.
                 reason, retry_after = f"not a chat completion: {redact(str(response), self._key)[:200]!r}", None
+            if self._stopped.is_set():  # the failure is the cut connection, no reason to retry or report
+                raise Stopped("the run stopped")
             if attempts > self.policy.max_retries:
                 raise RequestFailed(f"{reason} (gave up after {attempts} attempts)", attempts)
             wait = self.policy.delay(attempts - 1, retry_after)
             log.warning("%s%s; retry %d/%d in %.1fs", f"{label}: " if label else "", reason, attempts,
                         self.policy.max_retries, wait)
-            self._sleep(wait)
+            if self._stopped.wait(wait):
+                raise Stopped("the run stopped")

@@ -9,7 +9,8 @@ flight; a rerun skips finished ids and rebuilds a description whose CoD line mad
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,14 +232,40 @@ def run_cod_job(job: CodJob, api: ChatAPI) -> CodSummary:
 
 def _run_pending(job: CodJob, api: ChatAPI, pending: list, cod: JsonlAppender, dd: JsonlAppender,
                  failures: JsonlAppender, summary: CodSummary) -> None:
+    """Annotate ``pending`` with ``job.concurrency`` requests at a time, writing each outcome as it comes.
+
+    The workers are daemon threads, not a ThreadPoolExecutor's: the interpreter waits at exit for a pool's threads,
+    and a thread blocked reading a reply cannot be interrupted, so a fatal error or Ctrl-C would wait for every
+    reply under way (up to --timeout). Instead the run stops at once: the requests under way are cut off
+    (:meth:`ChatAPI.stop`) and their threads left to end with the process.
+    """
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    outcomes: queue.SimpleQueue = queue.SimpleQueue()
+    for item in pending:
+        tasks.put(item)
+
+    def work() -> None:
+        while True:
+            try:
+                record, source, line = tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcomes.put((_annotate(api, job, record, source, line), None))
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread, which stops the run
+                outcomes.put((None, err))
+                return
+
+    for n in range(min(max(1, job.concurrency), len(pending))):
+        threading.Thread(target=work, name=f"annotate-{n}", daemon=True).start()
     bar = tqdm(total=summary.total, initial=summary.total - len(pending), desc="annotate cod", unit="rec",
                disable=not job.progress, dynamic_ncols=True)
-    pool = ThreadPoolExecutor(max_workers=max(1, job.concurrency), thread_name_prefix="annotate")
     try:
         with logging_redirect_tqdm():
-            futures = [pool.submit(_annotate, api, job, record, source, line) for record, source, line in pending]
-            for future in as_completed(futures):
-                outcome = future.result()
+            for _ in pending:
+                outcome, error = outcomes.get()
+                if error is not None:
+                    raise error
                 if outcome.failure is not None:
                     failures.write(outcome.failure)
                     failures.flush()
@@ -254,9 +281,7 @@ def _run_pending(job: CodJob, api: ChatAPI, pending: list, cod: JsonlAppender, d
                 bar.set_postfix(done=summary.already_done + summary.annotated,
                                 failed=summary.already_failed + summary.failed)
     except BaseException:
-        # Stop at once (fatal API error, Ctrl-C): queued requests are dropped, in-flight ones are not waited for.
-        pool.shutdown(wait=False, cancel_futures=True)
+        api.stop()  # the requests under way raise Stopped; none is sent after
         raise
     finally:
         bar.close()
-    pool.shutdown()
