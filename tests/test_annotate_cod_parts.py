@@ -200,6 +200,28 @@ def test_cmyk_image_is_converted_before_png_encoding(tmp_path):
     assert decode(image_data_url(path))[1].mode == "RGB"
 
 
+@pytest.mark.parametrize(("mode", "levels", "grey"), [
+    ("I;16", [0, 32896, 65535], [0, 128, 255]),  # a 16-bit scan: its full range
+    ("F", [-1.0, 0.0, 1.0], [0, 128, 255]),  # floats have no fixed range: darkest to lightest
+])
+def test_wide_grey_levels_are_scaled_to_eight_bits_not_clipped(tmp_path, mode, levels, grey):
+    path = tmp_path / "scan.tif"
+    image = Image.new(mode, (3, 1))
+    image.putdata(levels)
+    image.save(path, format="TIFF")
+    header, sent = decode(image_data_url(path))
+    assert header == "data:image/png;base64" and sent.mode == "L" and list(sent.getdata()) == grey
+
+
+def test_a_camera_jpeg_with_more_pictures_is_sent_as_the_jpeg_it_is(tmp_path):
+    path = tmp_path / "camera.jpg"
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(path, format="MPO", save_all=True,
+                                                append_images=[Image.new("RGB", (8, 6))])
+    assert Image.open(path).format == "MPO"
+    url = image_data_url(path)
+    assert url.startswith("data:image/jpeg;base64,") and base64.b64decode(url.split(",", 1)[1]) == path.read_bytes()
+
+
 def test_unreadable_images_raise_a_clear_error(tmp_path):
     with pytest.raises(ImageLoadError, match="cannot read image"):
         image_data_url(tmp_path / "missing.png")

@@ -7,15 +7,31 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 # Formats every OpenAI-compatible vision endpoint accepts as they are; others are re-encoded to PNG.
 API_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
-_PNG_MODES = frozenset({"1", "L", "LA", "I", "P", "RGB", "RGBA"})
+_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
+# Grey levels wider than 8 bits (16-bit and 32-bit integers, floats): converting them to RGB clips every value
+# above 255, and a 16-bit scan comes out nearly white.
+_WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 
 class ImageLoadError(ValueError):
     """An image file that is missing or that Pillow cannot read."""
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A wide grey image as 8-bit grey: 16-bit levels scaled from their full range, other modes (32-bit
+    integers, floats, with no fixed range) stretched from their darkest to their lightest value."""
+    levels = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        low, high = float(levels.min()), float(levels.max())
+    scaled = (levels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(levels)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 
 def image_data_url(path: str | os.PathLike) -> str:
@@ -34,9 +50,12 @@ def image_data_url(path: str | os.PathLike) -> str:
         raise ImageLoadError(f"cannot read image {str(path)!r}: {err}") from None
     try:
         with Image.open(io.BytesIO(data)) as image:
-            mime = image.get_format_mimetype()
+            # A camera JPEG with a multi-picture extension (MPO) is a JPEG, its first picture what decoders show.
+            mime = "image/jpeg" if image.format == "MPO" else image.get_format_mimetype()
             if mime not in API_MIME_TYPES:
-                if image.mode not in _PNG_MODES:
+                if image.mode in _WIDE_MODES:
+                    image = _eight_bit(image)
+                elif image.mode not in _PNG_MODES:
                     image = image.convert("RGB")
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
