@@ -11,7 +11,7 @@ import pytest
 from sicog.data.jsonl import load_records
 from sicog.eval.runner import evaluate
 from sicog.eval.tsv import read_benchmark
-from sicog.eval.vlmevalkit import SicogVLM
+from sicog.eval.vlmevalkit import LITERAL_IMAGE, SicogVLM
 from sicog.model.configuration import SicogConfig
 from sicog.model.image_io import ImageError
 from sicog.toy.build import build_world, load_manifest
@@ -113,6 +113,13 @@ def test_message_forms_and_checks(vlmeval, tiny_model_factory, tmp_path) -> None
         adapter.generate([{"text": "x"}])
     with pytest.raises(ImageError, match="missing.png"):
         adapter.generate([{"type": "image", "value": str(tmp_path / "missing.png")}, {"type": "text", "value": "?"}])
+    # A "<image>" in the text that places none of the message's images is text: MUIRBench's questions name their
+    # pictures so, and the placeholder count stopped the row (and VLMEvalKit's whole dataset).
+    second = tmp_path / "b.png"
+    Image.new("RGB", (20, 30), (200, 10, 10)).save(second)
+    literal = adapter.generate([{"type": "image", "value": str(image)}, {"type": "image", "value": str(second)},
+                                {"type": "text", "value": "Which of <image> is red?"}])
+    assert literal == adapter.generate([str(image), str(second), f"Which of {LITERAL_IMAGE} is red?"])
     with pytest.raises(RuntimeError, match="set_dump_image"):
         adapter.build_prompt({"index": 0, "question": "?", "A": "x", "B": "y"}, dataset="ToyMC")
     with pytest.raises(ValueError, match="either model_path"):
@@ -135,8 +142,11 @@ def test_rows_without_options_are_not_asked_for_a_letter(vlmeval, tiny_model_fac
                  "answer": "red"},
         "yes/no": {"index": 2, "question": "Is it red?", "answer": "Yes"},
     }
+    rows["counts"] = {"index": 3, "question": "How many?", "A": 1.0, "B": 2.0, "C": 3.5, "D": nan, "answer": "B"}
     texts = {kind: adapter.build_prompt(row, dataset="ToyOpen")[-1]["value"] for kind, row in rows.items()}
     assert texts["options"] == f"Which colour?\nA. red\nB. blue\n{MC_INSTRUCTION}"
+    # pandas reads a numeric column with an empty cell as floats: asked as the file writes them, as `sicog eval` does
+    assert texts["counts"] == f"How many?\nA. 1\nB. 2\nC. 3.5\n{MC_INSTRUCTION}"
     assert texts["open"] == "A toy picture.\nWhich colour?"
     assert texts["yes/no"] == f"Is it red?\n{SHORT_ANSWER}"
     cot = SicogVLM(model=model, processor=processor, prompt="cot")

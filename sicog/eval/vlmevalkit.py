@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sicog.data.argtypes import os_error_text, positive_int
+from sicog.data.prompts import IMAGE_TOKEN
 from sicog.eval.generation import encode_item, generate_replies, load_for_eval
 from sicog.eval.prompts import OPEN_QUESTION, PROMPT_STYLES, build_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, is_missing, row_options
@@ -33,6 +34,8 @@ from sicog.model.checkpoint_config import read_checkpoint_config
 
 MESSAGE_TYPES = ("image", "text")
 MODEL_NAME = "sicog"
+# How a literal "<image>" of a message's text that places no image is asked (see SicogVLM.generate_inner).
+LITERAL_IMAGE = "[image]"
 
 
 def dataset_type(dataset: str | None) -> str | None:
@@ -131,7 +134,7 @@ class SicogVLM:
         """
         if not self.use_custom_prompt(dataset):
             raise ValueError(f"build_prompt serves multiple-choice datasets; {dataset!r} is {dataset_type(dataset)!r}")
-        row = {str(k): "" if is_missing(v) else str(v) for k, v in dict(line).items()}
+        row = {str(k): _cell(v) for k, v in dict(line).items()}
         if len(row_options(row)) >= 2:
             kind = MULTIPLE_CHOICE
         elif row.get("answer", "").strip().lower() in ("yes", "no"):
@@ -151,8 +154,22 @@ class SicogVLM:
         """Answer one message: its images in order, its text items joined by new lines."""
         images = [item["value"] for item in message if item["type"] == "image"]
         text = "\n".join(str(item["value"]) for item in message if item["type"] == "text")
+        if text.count(IMAGE_TOKEN) != len(images):
+            # VLMEvalKit passes images as items of their own: a "<image>" in the text that places none of them
+            # (MUIRBench's questions name their pictures so) is text, not a placeholder the count would refuse.
+            text = text.replace(IMAGE_TOKEN, LITERAL_IMAGE)
         encoded = encode_item(self.processor, text, images)
         return generate_replies(self.model, self.processor, [encoded], max_new_tokens=self.max_new_tokens)[0]
+
+
+def _cell(value: Any) -> str:
+    """A TSV cell as the file writes it, from the value pandas read: VLMEvalKit reads a numeric column with an
+    empty cell as floats, and "3" would be asked as "3.0" where `sicog eval`, reading text, asks "3"."""
+    if is_missing(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def register(
