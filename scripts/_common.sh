@@ -32,8 +32,10 @@ positional_vars() {
 
 # require_vars NAME...: fail once, listing every variable that is unset or empty.
 require_vars() {
-    local name missing=()
-    for name in "$@"; do
+    local name missing=() names=("$@") nodes="${NNODES:-1}"
+    # On several nodes sicog_exec needs these too: named now, with the script's own.
+    if [[ "$nodes" =~ ^[0-9]+$ ]] && ((10#$nodes > 1)); then names+=(NODE_RANK MASTER_ADDR); fi
+    for name in "${names[@]}"; do
         [[ -n "${!name:-}" ]] || missing+=("$name")
     done
     if ((${#missing[@]})); then
@@ -76,6 +78,10 @@ sicog_exec() {
         cmd=("$python" -m sicog.launch --nproc_per_node "${NPROC_PER_NODE:-1}")
         if [[ "${NNODES:-1}" != "1" ]]; then
             require_vars NODE_RANK MASTER_ADDR
+            if ! [[ "$NODE_RANK" =~ ^[0-9]+$ ]] || ((10#$NODE_RANK >= NNODES)); then
+                echo "error: NODE_RANK must be a whole number from 0 to $((NNODES - 1)) (got '$NODE_RANK')" >&2
+                exit 2
+            fi
             cmd+=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
                   --master_port "${MASTER_PORT:-29500}")
         elif [[ -n "${MASTER_ADDR:-}" ]]; then
@@ -118,14 +124,21 @@ positive_number() {
 }
 
 # resolve_process_counts: NPROC_PER_NODE and NNODES as numbers (default 1 each). torchrun's own spellings gpu and
-# auto for NPROC_PER_NODE become the number of GPUs that nvidia-smi lists (the scripts multiply it into the global
+# auto for NPROC_PER_NODE become the number of GPUs this process sees, as torchrun counts them: those
+# CUDA_VISIBLE_DEVICES names when it is set, else those nvidia-smi lists (the scripts multiply it into the global
 # batch); anything else that is not a positive whole number stops the script with one line.
 resolve_process_counts() {
     local value="${NPROC_PER_NODE:-1}" gpus
     if [[ "$value" == "gpu" || "$value" == "auto" ]]; then
-        gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+        if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+            gpus=0
+            for _ in ${CUDA_VISIBLE_DEVICES//,/ }; do gpus=$((gpus + 1)); done
+        else
+            gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+        fi
         if ((gpus == 0)); then
-            echo "error: NPROC_PER_NODE=$value: no GPU found (nvidia-smi -L lists none); set the number of processes" >&2
+            echo "error: NPROC_PER_NODE=$value: no GPU found (CUDA_VISIBLE_DEVICES names none, or nvidia-smi -L lists" \
+                 "none); set the number of processes" >&2
             exit 2
         fi
         NPROC_PER_NODE="$gpus"

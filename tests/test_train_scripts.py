@@ -32,7 +32,7 @@ README_ENV = {
 
 def dry_run(script, env, *args, cwd=ROOT):
     ours = (*README_ENV, "FINETUNE_RANK_BATCH", "OUTPUT_DIR", "REPORT_TO", "RUN_NAME", "SAVE_STEPS",
-            "SAVE_TOTAL_LIMIT", "NPROC_PER_NODE", "NNODES")
+            "SAVE_TOTAL_LIMIT", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "CUDA_VISIBLE_DEVICES")
     clean = {k: v for k, v in os.environ.items() if k not in ours}
     return subprocess.run(["bash", str(ROOT / "training_scripts" / script), "--dry-run", *args], cwd=cwd,
                           env={**clean, **env}, capture_output=True, text=True, timeout=60)
@@ -217,7 +217,8 @@ def test_nproc_per_node_gpu_is_the_number_of_gpus(spelling, tmp_path):
 @pytest.mark.parametrize(("value", "gpus", "says"), [
     ("two", 4, "NPROC_PER_NODE must be a number of processes, gpu or auto (got two)"),
     ("0", 4, "NPROC_PER_NODE must be a number of processes, gpu or auto (got 0)"),
-    ("gpu", None, "NPROC_PER_NODE=gpu: no GPU found (nvidia-smi -L lists none); set the number of processes"),
+    ("gpu", None, "NPROC_PER_NODE=gpu: no GPU found (CUDA_VISIBLE_DEVICES names none, or nvidia-smi -L lists none); "
+                  "set the number of processes"),
 ])
 def test_nproc_per_node_that_is_no_count_stops_with_one_line(value, gpus, says, tmp_path):
     env = {**README_ENV, **fake_nvidia_smi(tmp_path / "bin", gpus), "NPROC_PER_NODE": value}
@@ -251,9 +252,32 @@ def test_counts_with_leading_zeros_and_switches_as_python_spells_them():
     assert "--gradient_checkpointing" not in parsed(off.stdout)[1]
 
 
+def test_nproc_per_node_gpu_counts_the_gpus_this_process_sees(tmp_path):
+    """torchrun's gpu counts the devices CUDA_VISIBLE_DEVICES leaves visible, not every GPU of the node."""
+    env = {**README_ENV, **fake_nvidia_smi(tmp_path / "bin", 8), "NPROC_PER_NODE": "gpu", "ACCU_STEPS": "1",
+           "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env)
+    assert result.returncode == 0, result.stderr
+    assert parsed(result.stdout)[1]["--nproc_per_node"] == "4"
+
+
 def test_several_nodes_need_a_node_rank_and_a_master_address():
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "NNODES": "4", "NPROC_PER_NODE": "8"})
     assert result.returncode == 2 and "NODE_RANK" in result.stderr and "MASTER_ADDR" in result.stderr
+    # ... named with the script's own missing variables, at once
+    bare = {k: v for k, v in README_ENV.items() if k not in ("EXPERIMENT_NAME", "DATA_PATH")}
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**bare, "NNODES": "4", "NPROC_PER_NODE": "8"})
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: set these environment variables first: EXPERIMENT_NAME DATA_PATH NODE_RANK MASTER_ADDR")
+
+
+@pytest.mark.parametrize("node_rank", ["4", "-1", "abc", " 1"])
+def test_a_node_rank_outside_the_nodes_stops_with_one_line(node_rank):
+    env = {**README_ENV, "NNODES": "4", "NPROC_PER_NODE": "8", "NODE_RANK": node_rank, "MASTER_ADDR": "10.0.0.1"}
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env)
+    assert result.returncode == 2
+    says = f"error: NODE_RANK must be a whole number from 0 to 3 (got '{node_rank}')"
+    assert result.stderr.strip().splitlines()[-1] == says
 
 
 @pytest.mark.parametrize(("venv", "active", "override", "expected"), [
