@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Candidate answers for unlabeled image-question pairs (`sicog generate reasoning`; see docs/generation.md).
 #
-# Required:  EXPERIMENT_NAME  the output is ${OUTPUT_DIR}/${EXPERIMENT_NAME}.jsonl (+ .errors.jsonl)
+# Required:  EXPERIMENT_NAME  the output is ${OUTPUT_DIR}/${EXPERIMENT_NAME}.jsonl (+ .errors.jsonl);
+#                             with SPLIT set, ${OUTPUT_DIR}/${EXPERIMENT_NAME}_${SPLIT}.jsonl (one per split)
 #            MODEL_PATH       the stage-0 reasoning checkpoint
 #            DATA_PATH        records {id, image, question} (.jsonl or .json);
 #                             with SPLIT set the input is ${DATA_PATH}_${SPLIT}.json

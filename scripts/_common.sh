@@ -252,8 +252,8 @@ optional_flags() {
 
 # generate_flags TASK: `sicog generate TASK` and its flags from the recap variables, in GENERATE_ARGS.
 # Reads MODEL_PATH, DATA_PATH (+ SPLIT for reasoning: ${DATA_PATH}_${SPLIT}.json, as the published reasoning script
-# reads it; its caption script reads no SPLIT, so one exported for a reasoning job does not redirect a caption job),
-# EXPERIMENT_NAME, OUTPUT_DIR,
+# reads it, into ${EXPERIMENT_NAME}_${SPLIT}.jsonl; its caption script reads no SPLIT, so one exported for a
+# reasoning job does not redirect a caption job), EXPERIMENT_NAME, OUTPUT_DIR,
 # IMAGE_FOLDER, PROMPT, NUM_CANDIDATES, TEMPERATURE, TOP_P, BEAMS, MAX_NEW_TOKENS, BATCH_SIZE, SEED,
 # AUGMENT_METHODS (one of them per record, as released), AUGMENT_ALL=1 (all of them, in order).
 # TEMPERATURE and TOP_P are always passed, as the published recap scripts pass them: left unset they are
@@ -267,15 +267,16 @@ generate_flags() {
     read -r default_temperature default_top_p <<<"$defaults"
     # Local: optional_flags below reads them by name; the caller's environment is left as it was.
     local TEMPERATURE="${TEMPERATURE:-$default_temperature}" TOP_P="${TOP_P:-$default_top_p}"
-    local input="$DATA_PATH"
-    if [[ "$1" == "reasoning" && -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json"; fi
+    local input="$DATA_PATH" name="$EXPERIMENT_NAME"
+    # One output per split, as the published script names its file: the README runs the splits one at a time.
+    if [[ "$1" == "reasoning" && -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json" name+="_${SPLIT}"; fi
     # Of several comma-separated inputs (`sicog generate --data a.jsonl,b.jsonl`), the first one's folder.
     local output_dir="${OUTPUT_DIR:-$(dirname "${input%%,*}")}"
     optional_flags IMAGE_FOLDER:--image-folder PROMPT:--prompt NUM_CANDIDATES:--num-candidates \
         TEMPERATURE:--temperature TOP_P:--top-p BEAMS:--num-beams MAX_NEW_TOKENS:--max-new-tokens \
         BATCH_SIZE:--batch-size SEED:--seed AUGMENT_METHODS:--corrupt
     GENERATE_ARGS=(generate "$1" --model "$MODEL_PATH" --data "$input"
-                   --output "${output_dir}/${EXPERIMENT_NAME}.jsonl" ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
+                   --output "${output_dir}/${name}.jsonl" ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
     if [[ "${AUGMENT_ALL:-0}" == "1" ]]; then GENERATE_ARGS+=(--corrupt-all); fi
 }
 

@@ -129,6 +129,20 @@ def test_command_reports_bad_arguments_and_input(setup, tmp_path, capsys):
         main(["generate", "captions", "--model", "m", "--data", "d", "--output", "o", "--prompt", "cot-default"])
 
 
+def test_a_model_named_relative_to_another_folder_is_the_same_model_on_a_rerun(setup, tmp_path, monkeypatch):
+    """The records name the model folder as an absolute path: a rerun from elsewhere resumes instead of refusing."""
+    output = tmp_path / "gen.jsonl"
+    monkeypatch.chdir(setup)
+    args = cli_args(setup, output)
+    args[args.index("--model") + 1] = "model"
+    assert main(args) == 0
+    written = output.read_bytes()
+    assert json.loads(written.splitlines()[0])["generation"]["model"] == str(setup / "model")
+    monkeypatch.chdir(tmp_path)
+    assert main(cli_args(setup, output)) == 0
+    assert output.read_bytes() == written
+
+
 def test_a_refused_rerun_leaves_a_finished_output_and_its_errors_as_they_were(setup, tmp_path, capsys, monkeypatch):
     output = tmp_path / "gen.jsonl"
     assert main(cli_args(setup, output)) == 0
@@ -138,6 +152,15 @@ def test_a_refused_rerun_leaves_a_finished_output_and_its_errors_as_they_were(se
     assert main(cli_args(setup, output, "--seed", "1")) == 2  # other settings: the run stops before any change
     assert "written by a run with other settings" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files  # q7 still in the errors file, no shards
+    # Another input (the next SPLIT): refused at the start, not at the merge after generating all of it.
+    other = tmp_path.parent / f"{tmp_path.name}-other.jsonl"
+    lines = (setup / "questions_train.jsonl").read_text().splitlines()
+    other.write_text("\n".join(lines[1:]) + "\n")
+    args = cli_args(setup, output)
+    args[args.index("--data") + 1] = str(other)
+    assert main(args) == 2
+    assert "field 'id': not a record of this run's input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
 
     def no_model(*args, **kwargs):
         raise RuntimeError("weights unreadable")
@@ -278,8 +301,8 @@ def test_scripts_pass_the_readme_variables(tmp_path):
                  NUM_CANDIDATES="4", MAX_NEW_TOKENS="256", BATCH_SIZE="16", SEED="3")
     assert dry_run("reasoning_inference.sh", tmp_path, "--top-k", "20", **noisy) == [
         sys.executable, "-m", "sicog", "generate", "reasoning", "--model", "ckpt/reasoning", "--data",
-        "data/pairs_part1.json", "--output", "out dir/noisy.jsonl", "--image-folder", "imgs", "--prompt", "cot-default",
-        "--num-candidates", "4", "--temperature", "0.7", "--top-p", "0.9", "--max-new-tokens", "256",
+        "data/pairs_part1.json", "--output", "out dir/noisy_part1.jsonl", "--image-folder", "imgs", "--prompt",
+        "cot-default", "--num-candidates", "4", "--temperature", "0.7", "--top-p", "0.9", "--max-new-tokens", "256",
         "--batch-size", "16", "--seed", "3", "--corrupt", "gaussian_blur,mask", "--top-k", "20"]
     every = dry_run("reasoning_inference.sh", tmp_path, AUGMENT_ALL="1", **noisy)
     assert every[every.index("--corrupt"):] == ["--corrupt", "gaussian_blur,mask", "--corrupt-all"]
@@ -323,7 +346,7 @@ def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_output(set
     result = subprocess.run(["bash", str(SCRIPTS / "reasoning_inference.sh"), "--no-progress"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    reference = tmp_path / "reference.jsonl"
+    reference = tmp_path / "reference_train.jsonl"  # one output per split
 
     output = tmp_path / "killed" / "gen.jsonl"
     part = shard_path(output, 0, 1)

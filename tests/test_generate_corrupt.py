@@ -111,6 +111,9 @@ def test_methods_compose_in_order_and_unknown_names_fail(photo):
     assert parse_methods("['mask']") == ("mask",)
     with pytest.raises(ValueError, match="unknown corruption.*'blurr'.*gaussian_blur"):
         parse_methods("blurr")
+    # Two rotations would undo the swap of width and height that planning counts on.
+    with pytest.raises(ValueError, match=r"\['mirror_rotation'\] given more than once"):
+        parse_methods("mirror_rotation, mirror_rotation")
     out, applied = corrupt(photo, ["mirror_rotation", "mask"], np.random.default_rng(3))
     assert [a["method"] for a in applied] == ["mirror_rotation", "mask"] and out.size == (768, 1024)
 

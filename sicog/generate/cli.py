@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
             shared_prefill=args.shared_prefill,
         )
         job = GenerationJob(
-            data=args.data, output=args.output, task=args.task, prompt_type=args.prompt, model_name=str(args.model),
-            sampling=sampling, image_folder=args.image_folder, batch_size=args.batch_size, seed=args.seed,
+            data=args.data, output=args.output, task=args.task, prompt_type=args.prompt,
+            model_name=_model_name(args.model), sampling=sampling, image_folder=args.image_folder,
+            batch_size=args.batch_size, seed=args.seed,
             corruptions=_corruptions(args), corrupt_all=args.corrupt_all,
             max_prompt_tokens=args.max_prompt_tokens, max_aspect_ratio=args.max_aspect_ratio,
             progress=not args.no_progress,
@@ -196,3 +198,9 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
                   f"{job.errors_output}", file=sys.stderr)
             return 1
     return 0
+
+
+def _model_name(model: str) -> str:
+    """The model as records name it: a folder as an absolute path, so that a rerun from another working folder
+    compares it with its own (a relative path is only known from where it was typed); a Hub id as given."""
+    return os.path.abspath(model) if os.path.exists(model) else model

@@ -119,6 +119,9 @@ def parse_methods(text: str | Sequence[str] | None) -> tuple[str, ...]:
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown:
         raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # a second draw or application of one method is no other method (two rotations undo the swap)
+        raise ValueError(f"corruption(s) {repeated} given more than once; name each method once")
     return names
 
 

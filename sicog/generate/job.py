@@ -103,10 +103,11 @@ def plan_batches(tasks: Sequence[GenerationTask], batch_size: int) -> list[list[
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _resumable(job: GenerationJob, prompts: Mapping[str, str]) -> Callable[[Path, int, dict], None]:
-    """A check that an earlier output record was made with the job's settings and, when its id is in
-    ``prompts`` (id -> the prompt this run plans), with that prompt (mixing them would make one output from
-    two different runs)."""
+def _resumable(job: GenerationJob, prompts: Mapping[str, str], ids: set[str]) -> Callable[[Path, int, dict], None]:
+    """A check that an earlier output record is one of this run's input ``ids``, made with the job's settings
+    and, when its id is in ``prompts`` (id -> the prompt this run plans), with that prompt (mixing them would make
+    one output from two different runs; a record of another input would stop the merge only after every record
+    was generated)."""
 
     def check(path: Path, line: int, record: dict) -> None:
         generation = record.get("generation")
@@ -117,6 +118,12 @@ def _resumable(job: GenerationJob, prompts: Mapping[str, str]) -> Callable[[Path
                 "not a generated record (no 'candidates' list and 'generation' object): --output must be a new "
                 "file or the output of an earlier sicog generate run, never the input",
                 path=path, line=line, record_id=record.get("id"), field="generation",
+            )
+        if str(record.get("id")) not in ids:
+            raise RecordError(
+                "not a record of this run's input: the output was made from another input (another --data, or "
+                "another SPLIT); write to another --output or delete the old files to start over",
+                path=path, line=line, record_id=record.get("id"), field="id",
             )
         _check_resumable(job, prompts, path, line, record, generation)
 
@@ -177,7 +184,7 @@ def written_outputs(job: GenerationJob, plan: InputPlan, *, rank: int = 0, world
     names the first that was not (or that is no generated record at all). Nothing is written or removed, so a
     refused run leaves every file as it was."""
     prompts = {task.id: task.prompt for task in plan.tasks}
-    return done_ids(_earlier_files(job.output, rank, world), _resumable(job, prompts))
+    return done_ids(_earlier_files(job.output, rank, world), _resumable(job, prompts, set(plan.ids)))
 
 
 def run_rank(
