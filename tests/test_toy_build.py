@@ -395,6 +395,28 @@ def test_perception_check_offers_the_truth_and_one_fact_changed(world: Path) -> 
                 "size" if row["category"] == "size" else "position"] < 1.0
 
 
+def test_a_changed_fact_gives_a_scene_the_world_could_draw() -> None:
+    """No labelled object turns small in the perception check (the world labels no small object, so the text
+    alone would tell that option wrong), and no colour and shape pair is made twice."""
+    import random
+
+    from sicog.toy.datasets import PERCEPTION_FACTS, one_fact_changed
+    from sicog.toy.world import LAYOUTS, UNLABELLED_SIZE, sample_scene
+
+    layout, rng = LAYOUTS["sliced"], random.Random(0)
+    labelled = 0
+    for _ in range(1000):
+        scene = sample_scene(rng, layout)
+        for fact in PERCEPTION_FACTS:
+            changed = one_fact_changed(scene, fact, layout, rng)
+            if changed is None:
+                continue
+            assert not any(o.label is not None and o.size == UNLABELLED_SIZE for o in changed.objects)
+            assert len({(o.color, o.shape) for o in changed.objects}) == len(changed.objects)
+            labelled += fact == "size" and any(o.label is not None for o in scene.objects)
+    assert labelled > 100  # the rule was put to the test
+
+
 def _dead_pid() -> int:
     """The pid of a process that has ended."""
     process = subprocess.Popen([sys.executable, "-c", ""])

@@ -30,6 +30,7 @@ from sicog.toy.pretrain import (
     parts_key,
     pixels,
     pretrained_parts,
+    publish,
     reading_check,
     tags_apply,
     times_named,
@@ -90,6 +91,14 @@ def test_the_key_follows_the_world(world: Path, tmp_path: Path) -> None:
     other = build_world(tmp_path / "other", seed=1, size="tiny")
     assert other["seed"] == 1
     assert parts_key(world) == parts_key(world) != parts_key(tmp_path / "other")
+    # The LM's weights follow the threads it trains with: parts of another thread count are other parts.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        other_threads = parts_key(world)
+    finally:
+        torch.set_num_threads(threads)
+    assert other_threads != parts_key(world)
 
 
 def test_alt_texts_name_only_objects_of_the_image() -> None:
@@ -171,6 +180,10 @@ def test_times_named_counts_every_wording_as_whole_words() -> None:
     assert times_named("top right", text) == 1 and times_named("bottom left", text) == 1
     assert times_named("dark gray", text) == 1
     assert times_named("red", "a reddish square") == 0
+    # A place is not named by a longer place holding one of its wordings ("top" is the top center).
+    places = "A red circle in the top left and a blue square in the middle left."
+    assert times_named("top center", places) == times_named("center", places) == 0
+    assert times_named("top left", places) == times_named("middle left", places) == 1
     assert times_named("yes", text) == 0
 
 
@@ -193,6 +206,30 @@ def test_an_interrupted_run_stops_the_clip_worker_and_keeps_nothing(world: Path,
     workers[0].join()
     assert workers[0].exitcode == -signal.SIGTERM
     assert list((tmp_path / "toy-parts").iterdir()) == [], "staging left behind"
+
+
+def test_a_concurrent_build_that_finished_first_wins(tmp_path: Path, monkeypatch) -> None:
+    """Another builder's parts landing between the check and the rename: they are kept, rather than this build
+    failing on a folder that is not empty."""
+    import sicog.toy.pretrain as pretrain
+
+    staging, folder = tmp_path / ".key.building", tmp_path / "key"
+    (staging / "vision").mkdir(parents=True)
+    (staging / PARTS_RECORD).write_text('{"mine": 1}')
+    replace = os.replace
+
+    def theirs_land_first(source, target):
+        (folder / "vision").mkdir(parents=True)
+        (folder / PARTS_RECORD).write_text('{"theirs": 1}')
+        replace(source, target)
+
+    monkeypatch.setattr(pretrain.os, "replace", theirs_land_first)
+    publish(staging, folder)
+    assert (folder / PARTS_RECORD).read_text() == '{"theirs": 1}'
+    monkeypatch.setattr(pretrain.os, "replace", replace)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):  # no parts there: the failure stands
+        publish(staging, tmp_path / "file" / "key")
 
 
 def test_a_run_removes_parts_staging_left_by_killed_runs_only(world: Path, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from sicog.toy.answers import cot_answer, multiple_choice, multiple_choice_promp
 from sicog.toy.language import brief_description, cod_bodies, detailed_description, web_caption
 from sicog.toy.questions import CATEGORIES, MULTIPLE_CHOICE_ONLY, OPEN_ONLY, QUESTION_TYPES, Question, question_kinds
 from sicog.toy.render import png_bytes, render
-from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
+from sicog.toy.world import LAYOUTS, UNLABELLED_SIZE, Layout, Scene, sample_scene
 
 # Records (or benchmark items) per dataset; "detailed" mirrors "cod" and is not listed.
 SIZES: dict[str, dict[str, int]] = {
@@ -329,8 +329,11 @@ def one_fact_changed(scene: Scene, fact: str, layout: Layout, rng: random.Random
         return dataclasses.replace(scene, objects=tuple(objects))
     i = rng.randrange(len(objects))
     obj, taken = objects[i], {(o.color, o.shape) for o in objects}
+    # A changed fact gives a scene the world could draw: a labelled object never turns small (no small object is
+    # labelled, so the text alone would tell that option wrong), and no colour and shape pair occurs twice.
     values = [v for v in getattr(layout, f"{fact}s") if v != getattr(obj, fact) and (
-        fact == "size" or ((v, obj.shape) if fact == "color" else (obj.color, v)) not in taken)]
+        (obj.label is None or v != UNLABELLED_SIZE) if fact == "size"
+        else ((v, obj.shape) if fact == "color" else (obj.color, v)) not in taken)]
     if not values:
         return None
     objects[i] = dataclasses.replace(obj, **{fact: rng.choice(values)})

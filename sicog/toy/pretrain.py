@@ -77,13 +77,14 @@ def cache_root() -> Path:
 
 
 def parts_key(world_dir: str | os.PathLike) -> str:
-    """A hash of everything the parts depend on: world version, seed and layout, tokenizer, sizes, training."""
+    """A hash of everything the parts depend on: world version, seed and layout, tokenizer, sizes, training, and
+    the threads they train with (float sums in another order give other LM weights)."""
     manifest = load_manifest(world_dir)
     digest = hashlib.sha256()
     settings = {
         "parts": PARTS_VERSION, "world": WORLD_VERSION, "seed": manifest["seed"], "layout": manifest["layout"],
         "vision": TOY_VISION, "text": TOY_TEXT, "clip": CLIP_TRAINING, "lm": LM_TRAINING,
-        "steps": STEPS[manifest["size"]],
+        "steps": STEPS[manifest["size"]], "threads": torch.get_num_threads(),
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in sorted(Path(manifest["tokenizer"]).iterdir()):
@@ -134,10 +135,20 @@ def pretrained_parts(
                   "lm": {**lm_loss, "seconds": round(lm_seconds, 1), "reading": reading}}
         share_weights_like_config(staging)
         (staging / PARTS_RECORD).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        # A folder there now (an interrupted or concurrent build) wins: the parts staged here are dropped on leaving.
+        publish(staging, folder)
+    return vision_dir, llm_dir
+
+
+def publish(staging: Path, folder: Path) -> None:
+    """Move the staged parts to ``folder``, unless a concurrent build's parts are there first: theirs win, and
+    the parts staged here are dropped when the staging folder is left (also when theirs land between the check
+    and the rename, which then fails on a folder that is not empty)."""
+    try:
         if not folder.exists():
             os.replace(staging, folder)
-    return vision_dir, llm_dir
+    except OSError:
+        if not (folder / PARTS_RECORD).is_file():  # no finished parts there: a real failure
+            raise
 
 
 # ----- the vision tower ------------------------------------------------------------------------------
@@ -375,15 +386,28 @@ def reading_check(
 
 
 def times_named(phrase: str, text: str) -> int:
-    """How often ``text`` names ``phrase`` in any of the toy language's wordings, as whole words."""
-    return len(_wordings(phrase).findall(text))
+    """How often ``text`` names ``phrase`` in any of the toy language's wordings, as whole words, and not as part
+    of another phrase's wording ("top", the top center, is not named by "top left")."""
+    own, others = _wordings(phrase)
+    return len(own.findall(others.sub("\0", text) if others else text))
 
 
 @functools.cache
-def _wordings(phrase: str) -> re.Pattern[str]:
-    """``phrase`` or any of its synonyms as whole words, longest first; built once per phrase."""
-    wordings = sorted([phrase, *synonym_table().get(phrase, ())], key=len, reverse=True)
-    return re.compile(r"\b(?:" + "|".join(map(re.escape, wordings)) + r")\b", re.IGNORECASE)
+def _wordings(phrase: str) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
+    """``phrase`` or any of its synonyms as whole words, longest first, and the wordings of other phrases that
+    hold one of them (None when none do); built once per phrase."""
+    table = synonym_table()
+
+    def any_of(words: list[str]) -> re.Pattern[str]:
+        return re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")\b",
+                          re.IGNORECASE)
+
+    own, canonical = any_of([phrase, *table.get(phrase, ())]), any_of([phrase])
+    # A wording of another phrase that holds one of ours names something else ("top left" holds "top", a wording
+    # of the top center), unless that phrase holds ours ("in the lower left" is a wording of "in the bottom left").
+    longer = [w for other, words in table.items() if other != phrase and canonical.search(other) is None
+              for w in (other, *words) if own.search(w) and own.fullmatch(w) is None]
+    return own, any_of(longer) if longer else None
 
 
 @torch.no_grad()

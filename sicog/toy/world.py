@@ -33,6 +33,7 @@ SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 SIZES = ("small", "medium", "large")
 # Object side as a fraction of the smaller side of its grid cell.
 SIZE_FACTORS = {"small": 0.42, "medium": 0.64, "large": 0.88}
+UNLABELLED_SIZE = "small"  # too small for a digit: no object of this size carries a label
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "center", "right")
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
@@ -72,7 +73,7 @@ class Layout:
     sizes: tuple[str, ...]
     backgrounds: tuple[str, ...]
     object_counts: dict[int, int] = field(default_factory=dict)
-    label_probability: float = 0.0  # for medium and large objects; small ones are too small for a digit
+    label_probability: float = 0.0  # for objects of other sizes than UNLABELLED_SIZE
     mark_probability: float = 0.0
     border_probability: float = 0.0
 
@@ -237,7 +238,7 @@ def sample_scene(rng: random.Random, layout: Layout = LAYOUTS["sliced"]) -> Scen
     objects = []
     for (row, col), (color, shape) in zip(cells, kinds):
         size = rng.choice(layout.sizes)
-        label = rng.randint(1, 9) if size != "small" and rng.random() < layout.label_probability else None
+        label = rng.randint(1, 9) if size != UNLABELLED_SIZE and rng.random() < layout.label_probability else None
         dx, dy = round(rng.uniform(-1, 1), 2), round(rng.uniform(-1, 1), 2)
         objects.append(SceneObject(shape, color, size, row, col, label, dx, dy))
     mark = None
