@@ -18,7 +18,7 @@ from sicog.cli import main
 from sicog.cycle.engine import Input, Out, Plan, Ref, Step
 from sicog.cycle.plan import SeedPlan
 from sicog.data.lock import output_lock
-from sicog.toy.build import build_world
+from sicog.toy.build import WORLD_VERSION, build_world
 
 
 def world_state(world: Path) -> tuple[int, str]:
@@ -50,7 +50,8 @@ def test_a_second_run_on_a_folder_in_use_stops_before_touching_its_world(tmp_pat
         assert main(["cycle", "--config", other_world, "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"# the toy world in {out / 'world'} would be built first: the one there is world "
-                                 "version 6, seed 0, size tiny; the config's is world version 6, seed 1, size tiny")
+                                 f"version {WORLD_VERSION}, seed 0, size tiny; the config's is world version "
+                                 f"{WORLD_VERSION}, seed 1, size tiny")
     assert world_state(out / "world") == before and not (out / "seed0" / "manifest.json").exists()
     steps = [line for line in printed if line.startswith("[")]
     assert all(line.startswith("[run] ") for line in steps) and len(steps) == 69

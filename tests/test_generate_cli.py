@@ -366,7 +366,8 @@ def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_output(set
     assert rerun.returncode == 0, rerun.stderr
     assert "already done" in rerun.stderr
     assert output.read_bytes() == reference.read_bytes()
-    assert (tmp_path / "killed" / "gen.errors.jsonl").read_bytes() == (tmp_path / "reference.errors.jsonl").read_bytes()
+    killed_errors = (tmp_path / "killed" / "gen.errors.jsonl").read_bytes()
+    assert killed_errors == (tmp_path / "reference_train.errors.jsonl").read_bytes()
     errors = load_records(tmp_path / "killed" / "gen.errors.jsonl")
     ids = [r["id"] for r in load_records(output)] + [e["id"] for e in errors]
     assert sorted(ids) == sorted(f"q{i}" for i in range(12))
