@@ -201,37 +201,30 @@ def compute_reference(
     # Two runs scoring into one file (a beta sweep started at once) would append to the same shard files, and
     # the first to finish would delete them under the other: the second stops at once, naming the first.
     with output_lock(path, enabled=rank == 0):
-        return _reference(model, dataset, collator, path, key, batch_size, device, rank, world, show_progress,
-                          autocast)
-
-
-def _reference(model: nn.Module, dataset: PairDataset, collator: PairCollator, path: Path, key: str,
-               batch_size: int, device: torch.device | str, rank: int, world: int, show_progress: bool,
-               autocast: torch.dtype | None) -> list[tuple[float, float]]:
-    cached = _agreed(_load_cache(path, key, len(dataset)) if rank == 0 else None)
-    if cached is not None:
-        logger.info("reference log-probabilities read from %s", path)
-        return cached
-    if not is_deepspeed_zero3_enabled():
-        model.to(device)  # ZeRO-3 gathers the weights onto the device itself
-    shard_dir = path.with_name(f".{path.stem}-{key[:16]}")
-    part = shard_dir / f"rank{rank:05d}-of-{world:05d}.jsonl"
-    indices = shard(range(len(dataset)), rank, world)
-    share = _score_share(model, dataset, collator, part, indices, batch_size, device, show_progress, autocast)
-    values = _all_shares(share)
-    missing = [i for i in range(len(dataset)) if i not in values]
-    if missing:
-        raise RuntimeError(
-            f"reference log-probabilities missing for {len(missing)} pairs (first indices {missing[:5]})"
-        )
-    result = [values[i] for i in range(len(dataset))]
-    if rank == 0:
-        write_json(path, {
-            "fingerprint": key,
-            "pairs": len(result),
-            "ids": [r["id"] for r in dataset.records],
-            "logps": [list(v) for v in result],
-        })
-    shutil.rmtree(shard_dir, ignore_errors=True)
-    return result
+        cached = _agreed(_load_cache(path, key, len(dataset)) if rank == 0 else None)
+        if cached is not None:
+            logger.info("reference log-probabilities read from %s", path)
+            return cached
+        if not is_deepspeed_zero3_enabled():
+            model.to(device)  # ZeRO-3 gathers the weights onto the device itself
+        shard_dir = path.with_name(f".{path.stem}-{key[:16]}")
+        part = shard_dir / f"rank{rank:05d}-of-{world:05d}.jsonl"
+        indices = shard(range(len(dataset)), rank, world)
+        share = _score_share(model, dataset, collator, part, indices, batch_size, device, show_progress, autocast)
+        values = _all_shares(share)
+        missing = [i for i in range(len(dataset)) if i not in values]
+        if missing:
+            raise RuntimeError(
+                f"reference log-probabilities missing for {len(missing)} pairs (first indices {missing[:5]})"
+            )
+        result = [values[i] for i in range(len(dataset))]
+        if rank == 0:
+            write_json(path, {
+                "fingerprint": key,
+                "pairs": len(result),
+                "ids": [r["id"] for r in dataset.records],
+                "logps": [list(v) for v in result],
+            })
+        shutil.rmtree(shard_dir, ignore_errors=True)
+        return result
 
