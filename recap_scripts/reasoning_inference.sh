@@ -13,7 +13,7 @@
 #            BEAMS (1), MAX_NEW_TOKENS (1200), BATCH_SIZE (8), SEED (0),
 #            AUGMENT_METHODS (noisy images for DPO; comma-separated or the README's quoted list; each record gets
 #                             one of them at random, seeded, as released: gaussian_blur, color_jitter,
-#                             mirror_rotation, mask), AUGMENT_ALL=1 (apply all of them, in order),
+#                             mirror_rotation, mask), AUGMENT_ALL=1 or true (apply all of them, in order),
 #            NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (torchrun; one process per GPU)
 # Arguments: --dry-run prints the command only; anything else is passed on to `sicog generate reasoning`.
 set -euo pipefail

@@ -233,10 +233,17 @@ training_flags() {
         fp32) ;;
         *) echo "error: PRECISION must be bf16, fp16 or fp32 (got ${precision})" >&2; exit 2 ;;
     esac
-    case "${GRADIENT_CHECKPOINTING:-true}" in
-        true | True | TRUE | 1) TRAIN_FLAGS+=(--gradient_checkpointing True) ;;
-        false | False | FALSE | 0) ;;
-        *) echo "error: GRADIENT_CHECKPOINTING must be true or false (got ${GRADIENT_CHECKPOINTING})" >&2; exit 2 ;;
+    if switched_on GRADIENT_CHECKPOINTING true; then TRAIN_FLAGS+=(--gradient_checkpointing True); fi
+}
+
+# switched_on NAME DEFAULT: whether the switch NAME (DEFAULT when unset or empty) is on: true, True, TRUE or 1;
+# false, False, FALSE or 0 is off; anything else stops the script with one line naming NAME.
+switched_on() {
+    local value="${!1:-$2}"
+    case "$value" in
+        true | True | TRUE | 1) return 0 ;;
+        false | False | FALSE | 0) return 1 ;;
+        *) echo "error: $1 must be true or false (got $value)" >&2; exit 2 ;;
     esac
 }
 
@@ -255,7 +262,7 @@ optional_flags() {
 # reads it, into ${EXPERIMENT_NAME}_${SPLIT}.jsonl; its caption script reads no SPLIT, so one exported for a
 # reasoning job does not redirect a caption job), EXPERIMENT_NAME, OUTPUT_DIR,
 # IMAGE_FOLDER, PROMPT, NUM_CANDIDATES, TEMPERATURE, TOP_P, BEAMS, MAX_NEW_TOKENS, BATCH_SIZE, SEED,
-# AUGMENT_METHODS (one of them per record, as released), AUGMENT_ALL=1 (all of them, in order).
+# AUGMENT_METHODS (one of them per record, as released), AUGMENT_ALL=1 or true (all of them, in order).
 # TEMPERATURE and TOP_P are always passed, as the published recap scripts pass them: left unset they are
 # `sicog generate`'s own defaults (the paper's 0.7 and 0.9, read from sicog/generate/settings.py), never the
 # checkpoint's generation_config.json (top_p 0.8 on Qwen2-7B-Instruct).
@@ -277,7 +284,7 @@ generate_flags() {
         BATCH_SIZE:--batch-size SEED:--seed AUGMENT_METHODS:--corrupt
     GENERATE_ARGS=(generate "$1" --model "$MODEL_PATH" --data "$input"
                    --output "${output_dir}/${name}.jsonl" ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
-    if [[ "${AUGMENT_ALL:-0}" == "1" ]]; then GENERATE_ARGS+=(--corrupt-all); fi
+    if switched_on AUGMENT_ALL false; then GENERATE_ARGS+=(--corrupt-all); fi
 }
 
 # curate_flags TASK: `sicog curate TASK` and its flags from the quality-evaluation variables, in

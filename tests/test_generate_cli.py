@@ -304,8 +304,14 @@ def test_scripts_pass_the_readme_variables(tmp_path):
         "data/pairs_part1.json", "--output", "out dir/noisy_part1.jsonl", "--image-folder", "imgs", "--prompt",
         "cot-default", "--num-candidates", "4", "--temperature", "0.7", "--top-p", "0.9", "--max-new-tokens", "256",
         "--batch-size", "16", "--seed", "3", "--corrupt", "gaussian_blur,mask", "--top-k", "20"]
-    every = dry_run("reasoning_inference.sh", tmp_path, AUGMENT_ALL="1", **noisy)
-    assert every[every.index("--corrupt"):] == ["--corrupt", "gaussian_blur,mask", "--corrupt-all"]
+    for on in ("1", "true", "True"):
+        every = dry_run("reasoning_inference.sh", tmp_path, AUGMENT_ALL=on, **noisy)
+        assert every[every.index("--corrupt"):] == ["--corrupt", "gaussian_blur,mask", "--corrupt-all"]
+    assert "--corrupt-all" not in dry_run("reasoning_inference.sh", tmp_path, AUGMENT_ALL="false", **noisy)
+    # A value that is no switch was read as off: one method per record, without a word.
+    refused = subprocess.run(["bash", str(SCRIPTS / "reasoning_inference.sh"), "--dry-run"], cwd=tmp_path,
+                             env=subprocess_env(AUGMENT_ALL="yes", **noisy), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.strip() == "error: AUGMENT_ALL must be true or false (got yes)"
     command = dry_run("reasoning_inference.sh", REPO / "docs", NPROC_PER_NODE="4", **noisy)
     assert command[:3] == [sys.executable, "-m", "sicog.launch"] and "--nproc_per_node" in command
     assert command[command.index("-m", 3):][:4] == ["-m", "sicog", "generate", "reasoning"]
