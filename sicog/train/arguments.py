@@ -91,6 +91,10 @@ class ModelArguments:
     max_slice_nums: int = SicogConfig.max_slice_nums
 
 
+# The flags that name what a run starts from: a full checkpoint, or the parts and a stage-1 projector.
+STARTING_CHECKPOINTS = ("model_name_or_path", "vision_tower", "language_model", "projector")
+
+
 # --augment: none, or the published loader's image resizing (sicog/train/augment.py).
 AUGMENT_CHOICES = ("none", "release")
 

@@ -128,6 +128,22 @@ def decode_failures(paths: Iterable[Path], *, workers: int, show_progress: bool 
     return failures
 
 
+def undecodable_images(loaded: Iterable[tuple[object, Source]], image_folder, *, workers: int,
+                       show_progress: bool = True) -> dict[Path, str]:
+    """Decode in full every image the ``loaded`` records name (see :func:`decode_failures`); the reason of each
+    that fails, by path."""
+    paths = (resolve_image(name, image_folder) for record, _ in loaded
+             if isinstance(record, dict) and valid_image_field(record.get("image")) for name in record_images(record))
+    return decode_failures(paths, workers=workers, show_progress=show_progress)
+
+
+def undecodable_problem(record: dict, source: Source, image_folder, undecodable: dict[Path, str]) -> Problem | None:
+    """The problem of a record naming an image of ``undecodable`` (from :func:`undecodable_images`), if any."""
+    bad = [undecodable[path] for path in (resolve_image(n, image_folder) for n in record_images(record))
+           if path in undecodable]
+    return _located(record.get("id"), source, bad[0], "unreadable image", "image") if bad else None
+
+
 def _located(rid: object, source: Source, message: str, category: str, field: str | None) -> Problem:
     """A problem whose reason names the record's file, line, id and field, as a schema error's does."""
     located = RecordError(message, path=source.path, line=source.line, record_id=rid, field=field)
@@ -189,12 +205,8 @@ class SupervisedDataset(Dataset):
         self.skipped: list[Problem] = []
         self.truncated: list[Problem] = []
         loaded = load_mixture(data_path, seed=seed)
-        undecodable: dict[Path, str] = {}
-        if decode_images:
-            paths = (resolve_image(name, image_folder) for record, _ in loaded
-                     if valid_image_field(record.get("image")) for name in record_images(record))
-            undecodable = decode_failures(paths, workers=decode_workers or default_decode_workers(),
-                                          show_progress=show_progress)
+        undecodable = undecodable_images(loaded, image_folder, workers=decode_workers or default_decode_workers(),
+                                         show_progress=show_progress) if decode_images else {}
         for record, source in tqdm(loaded, desc="measuring samples", disable=not show_progress):
             rid = record.get("id")
             try:
@@ -206,10 +218,8 @@ class SupervisedDataset(Dataset):
                 # (public SFT sets hold a few), not a reason to stop the run.
                 (self.skipped if problem.category == EMPTY_ANSWER else self.problems).append(problem)
                 continue
-            bad = [undecodable[path] for path in (resolve_image(n, image_folder) for n in record_images(record))
-                   if path in undecodable]
-            if bad:
-                self.problems.append(_located(rid, source, bad[0], "unreadable image", "image"))
+            if problem := undecodable_problem(record, source, image_folder, undecodable):
+                self.problems.append(problem)
                 continue
             if length > max_length:
                 if not self._truncatable(record, length):

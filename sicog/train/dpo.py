@@ -15,7 +15,7 @@ import torch
 
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
-from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+from sicog.train.arguments import STARTING_CHECKPOINTS, DataArguments, ModelArguments, SicogTrainingArguments
 from sicog.train.datasets import check_dataset
 from sicog.train.dpo_loss import dpo_objective, pair_logps
 from sicog.train.dpo_reference import REFERENCE_FILE, compute_reference, fingerprint, reference_settings
@@ -98,8 +98,7 @@ def build_dpo_trainer(
         args,
     )
     collator = PairCollator(processor)
-    checkpoints = {name: getattr(model_args, name)
-                   for name in ("model_name_or_path", "vision_tower", "language_model", "projector")}
+    checkpoints = {name: getattr(model_args, name) for name in STARTING_CHECKPOINTS}
     settings = reference_settings(
         model, processor.chat_template, checkpoints, data_args.image_folder, data_args.model_max_length, args.seed,
         autocast=args.autocast_dtype(),

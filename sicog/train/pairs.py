@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -22,16 +21,16 @@ from tqdm.auto import tqdm
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
-from sicog.data.schema import check_llava_record, record_images, resolve_image, valid_image_field
+from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
 from sicog.model.processing import IGNORE_INDEX, Encoded, SicogProcessor
 from sicog.train.datasets import (
-    ImageProblem,
     Problem,
-    decode_failures,
     default_decode_workers,
     measure,
     record_problem,
+    undecodable_images,
+    undecodable_problem,
 )
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
@@ -110,12 +109,8 @@ class PairDataset(Dataset):
         self.skipped: list[Problem] = []
         self.reference: list[tuple[float, float]] | None = None
         records = load_mixture(data_path, seed=seed)
-        undecodable: dict[Path, str] = {}
-        if decode_images:
-            paths = (resolve_image(name, image_folder) for record, _ in records
-                     if isinstance(record, dict) and valid_image_field(record.get("image"))
-                     for name in record_images(record))
-            undecodable = decode_failures(paths, workers=default_decode_workers(), show_progress=show_progress)
+        undecodable = undecodable_images(records, image_folder, workers=default_decode_workers(),
+                                         show_progress=show_progress) if decode_images else {}
         for record, source in tqdm(records, desc="measuring pairs", disable=not show_progress):
             rid = record.get("id") if isinstance(record, dict) else None
             try:
@@ -127,10 +122,8 @@ class PairDataset(Dataset):
             except ValueError as err:
                 self.problems.append(record_problem(err, rid, source, None))
                 continue
-            bad = [undecodable[path] for path in (resolve_image(n, image_folder) for n in record_images(record))
-                   if path in undecodable]
-            if bad:
-                self.problems.append(record_problem(ImageProblem(bad[0], "unreadable image"), rid, source, None))
+            if problem := undecodable_problem(record, source, image_folder, undecodable):
+                self.problems.append(problem)
                 continue
             cut_problem = self._cut_problem(record) if max(lengths) > max_length else None
             if cut_problem:

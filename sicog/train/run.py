@@ -27,7 +27,14 @@ from sicog.model.builders import (
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import SicogProcessor
 from sicog.model.release_format import first_line
-from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTrainingArguments, UsageError
+from sicog.train.arguments import (
+    STAGES,
+    STARTING_CHECKPOINTS,
+    DataArguments,
+    ModelArguments,
+    SicogTrainingArguments,
+    UsageError,
+)
 from sicog.train.checkpoints import check_resume_target, is_last_step, last_complete_checkpoint
 from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
 from sicog.train.fast_paths import compile_layers, fused_loss
@@ -206,8 +213,7 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Sic
         return os.path.realpath(value) if value and os.path.exists(value) else value
 
     settings = {
-        "model_name_or_path": where(model_args.model_name_or_path), "vision_tower": where(model_args.vision_tower),
-        "language_model": where(model_args.language_model), "projector": where(model_args.projector),
+        **{name: where(getattr(model_args, name)) for name in STARTING_CHECKPOINTS},
         "data_path": where(data_args.data_path), "image_folder": where(data_args.image_folder),
         "tunable_parts": list(args.trainable_parts()), "learning_rate": args.learning_rate,
         "max_steps": args.max_steps, "num_train_epochs": args.num_train_epochs, "global_batch": global_batch(args),
