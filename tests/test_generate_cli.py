@@ -143,6 +143,60 @@ def test_a_model_named_relative_to_another_folder_is_the_same_model_on_a_rerun(s
     assert output.read_bytes() == written
 
 
+def test_the_image_folder_is_a_setting_of_the_output_however_it_is_spelled(setup, tmp_path, capsys, monkeypatch):
+    """Records name their images relative to --image-folder: another folder means other images, so a rerun
+    with it is refused; the same folder typed relative to another working folder resumes."""
+    output = tmp_path / "gen.jsonl"
+    monkeypatch.chdir(setup)
+    args = cli_args(setup, output)
+    args[args.index("--image-folder") + 1] = "images"
+    assert main(args) == 0
+    written = output.read_bytes()
+    assert json.loads(written.splitlines()[0])["generation"]["image_folder"] == str(setup / "images")
+    monkeypatch.chdir(tmp_path)
+    assert main(cli_args(setup, output)) == 0 and output.read_bytes() == written
+    shutil.copytree(setup / "images", tmp_path / "other_images")
+    args[args.index("--image-folder") + 1] = str(tmp_path / "other_images")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "written by a run with other settings" in err and "'image_folder'" in err
+    assert output.read_bytes() == written
+
+
+def test_other_decoding_settings_of_the_checkpoint_are_recorded_and_a_changed_one_refuses_a_rerun(setup, tmp_path,
+                                                                                                  capsys):
+    """generate applies every setting of generation_config.json, not only the sampling ones."""
+    plain = tmp_path / "plain.jsonl"
+    assert main(cli_args(setup, plain, "--temperature", "0")) == 0
+    assert all(r["generation"]["other_settings"] == {} for r in load_records(plain))
+    model = tmp_path / "model"
+    shutil.copytree(setup / "model", model)
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**config, "no_repeat_ngram_size": 2}))
+    output = tmp_path / "gen.jsonl"
+    args = cli_args(setup, output, "--temperature", "0")
+    args[args.index("--model") + 1] = str(model)
+    assert main(args) == 0
+    records = load_records(output)
+    assert {json.dumps(r["generation"]["other_settings"]) for r in records} == {'{"no_repeat_ngram_size": 2}'}
+    # Greedy replies of the random tiny model repeat themselves; the setting stops that, so they change.
+    assert [r["candidates"] for r in records] != [r["candidates"] for r in load_records(plain)]
+    (model / "generation_config.json").write_text(json.dumps({**config, "no_repeat_ngram_size": 3}))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "written by a run with other settings" in err and "'other_settings'" in err
+
+
+def test_an_output_that_is_not_a_jsonl_file_is_refused(setup, tmp_path, capsys):
+    """x.json and x.jsonl would share x.errors.jsonl (a rerun of one clears the other's errors)."""
+    assert main(cli_args(setup, tmp_path / "gen.json")) == 2
+    err = capsys.readouterr().err
+    assert "give the path of a .jsonl file (its errors go to gen.errors.jsonl beside it)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refused_rerun_leaves_a_finished_output_and_its_errors_as_they_were(setup, tmp_path, capsys, monkeypatch):
     output = tmp_path / "gen.jsonl"
     assert main(cli_args(setup, output)) == 0

@@ -76,9 +76,10 @@ def test_every_record_gets_n_candidates_and_its_generation_metadata(dataset, tmp
         assert {k: record[k] for k in source} == source
         assert len(record["candidates"]) == 3 and all(isinstance(c, str) for c in record["candidates"])
         assert record["generation"] == {
-            "model": "tiny", "task": "reasoning", "prompt_type": "cot-default",
+            "model": "tiny", "image_folder": str(dataset[1]), "task": "reasoning", "prompt_type": "cot-default",
             "prompt": f"{source['question']} Answer the question step-by-step.", "temperature": 0.8, "top_p": 0.95,
-            "top_k": 50, "repetition_penalty": 1.0, "num_beams": 1, "max_new_tokens": 6, "seed": 0, "corruption": None}
+            "top_k": 50, "repetition_penalty": 1.0, "num_beams": 1, "max_new_tokens": 6, "other_settings": {},
+            "seed": 0, "corruption": None}
     assert any(len(set(r["candidates"])) > 1 for r in outputs)  # samples, not copies
 
 

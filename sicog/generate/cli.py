@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
             max_prompt_tokens=args.max_prompt_tokens, max_aspect_ratio=args.max_aspect_ratio,
             progress=not args.no_progress,
         )
+        if job.output.suffix != ".jsonl":  # x.json and x.jsonl would share x.errors.jsonl
+            raise ValueError(f"--output {job.output}: give the path of a .jsonl file (its errors go to "
+                             f"{job.errors_output.name} beside it)")
         for path in (job.output, job.errors_output):
             if path.is_dir():
                 raise ValueError(f"--output {job.output}: {path} is a folder; give the path of a .jsonl file")

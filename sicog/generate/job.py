@@ -29,10 +29,12 @@ from sicog.model.processing import ConversationError, SicogProcessor
 
 # Generation fields that must agree between the records already written and this run (besides each record's
 # prompt and corruption, checked against what this run plans for its id).
-RESUME_FIELDS = ("model", "task", "prompt_type", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams",
-                 "max_new_tokens", "seed")
+RESUME_FIELDS = ("model", "image_folder", "task", "prompt_type", "temperature", "top_p", "top_k", "repetition_penalty",
+                 "num_beams", "max_new_tokens", "other_settings", "seed")
 # Fields that outputs written before they were recorded carry implicitly.
-RESUME_DEFAULTS = {"repetition_penalty": 1.0}
+RESUME_DEFAULTS = {"repetition_penalty": 1.0, "other_settings": {}}
+# Fields that outputs written before they were recorded do not tell: such outputs resume whatever this run's are.
+UNRECORDED_BEFORE = ("task", "image_folder")
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,11 @@ class GenerationJob:
 
     def metadata(self, prompt: str, corruption: list[dict] | None) -> dict:
         """The ``generation`` field of an output record with this ``prompt`` and image ``corruption``."""
-        return {"model": self.model_name, "task": self.task, "prompt_type": self.prompt_type, "prompt": prompt,
-                **self.sampling.metadata(), "seed": self.seed, "corruption": corruption}
+        # The image folder as an absolute path (None without one), as the model: a rerun from elsewhere knows it.
+        folder = None if self.image_folder is None else os.path.abspath(self.image_folder)
+        return {"model": self.model_name, "image_folder": folder, "task": self.task,
+                "prompt_type": self.prompt_type, "prompt": prompt, **self.sampling.metadata(), "seed": self.seed,
+                "corruption": corruption}
 
     def batch_seed(self, batch_index: int) -> int:
         """The seed set before batch ``batch_index``'s generate call (well mixed, so runs with nearby
@@ -135,7 +140,7 @@ def _check_resumable(job: GenerationJob, prompts: Mapping[str, str], path: Path,
     rid = str(record.get("id"))
     mine = job.metadata("", None)
     # Outputs written before the task was recorded are told apart by their prompts, compared below.
-    fields = [k for k in RESUME_FIELDS if k != "task" or "task" in generation]
+    fields = [k for k in RESUME_FIELDS if k not in UNRECORDED_BEFORE or k in generation]
     theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in fields}
     differ = {k: (theirs[k], mine[k]) for k in fields if not _same_setting(k, theirs[k], mine[k])}
     planned = prompts.get(rid)
@@ -157,9 +162,9 @@ def _check_resumable(job: GenerationJob, prompts: Mapping[str, str], path: Path,
 
 
 def _same_setting(name: str, theirs, mine) -> bool:
-    """Whether a written generation setting equals this run's: the model is the same folder however its path
-    is spelled (relative, with ``..``, through a link)."""
-    if name == "model" and isinstance(theirs, str) and isinstance(mine, str):
+    """Whether a written generation setting equals this run's: the model and the image folder are the same
+    folders however their paths are spelled (relative, with ``..``, through a link)."""
+    if name in ("model", "image_folder") and isinstance(theirs, str) and isinstance(mine, str):
         return os.path.realpath(theirs) == os.path.realpath(mine)
     return theirs == mine
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 # Wider than this, an image is a line: slicing it gives views thousands of pixels long and nothing to see.
@@ -32,6 +33,9 @@ class SamplingSettings:
     compile: bool = False
     # The prompt prefilled once per record, its KV cache copied to the N candidates (not prefilled N times).
     shared_prefill: bool = True
+    # Other decoding settings of the checkpoint's generation_config.json (no_repeat_ngram_size, ...): generate
+    # applies them, so they are recorded with the rest.
+    checkpoint_settings: Mapping = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
@@ -96,33 +100,43 @@ class SamplingSettings:
         """The sampling parameters as written into each record's ``generation`` field."""
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "repetition_penalty": self.repetition_penalty, "num_beams": self.num_beams,
-                "max_new_tokens": self.max_new_tokens}
+                "max_new_tokens": self.max_new_tokens, "other_settings": dict(self.checkpoint_settings)}
 
 
 # Settings a checkpoint's generation_config.json may supply (Qwen2-7B-Instruct's: 0.7, 0.8, 20, 1.05).
 CHECKPOINT_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
+# Keys of a generation_config.json that do not change which tokens are drawn (token ids, what is returned,
+# caching, bookkeeping), or that every run passes to generate itself, so that the checkpoint's value never applies.
+NOT_OTHER_SETTINGS = frozenset({
+    *CHECKPOINT_SAMPLING_FIELDS, "do_sample", "num_beams", "max_new_tokens", "max_length", "num_return_sequences",
+    "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "output_attentions",
+    "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate", "use_cache",
+    "cache_implementation", "compile_config", "disable_compile", "transformers_version", "_from_model_config",
+})
 
 
-def checkpoint_sampling(model_dir: str | os.PathLike) -> dict:
-    """The sampling values the checkpoint's ``generation_config.json`` sets explicitly (none: empty)."""
+def _saved_generation_config(model_dir: str | os.PathLike) -> dict:
+    """What the checkpoint's ``generation_config.json`` sets explicitly (none: empty)."""
     path = Path(model_dir) / "generation_config.json"
     if not path.is_file():
         return {}
     from transformers import GenerationConfig
 
     try:
-        saved = GenerationConfig.from_pretrained(model_dir).to_diff_dict()
+        return GenerationConfig.from_pretrained(model_dir).to_diff_dict()
     except (OSError, ValueError, TypeError) as err:  # not JSON (a cut copy), or not a JSON object
         raise ValueError(f"{path}: cannot be read ({str(err).splitlines()[0]}); repair or delete it") from None
-    values = {name: saved[name] for name in CHECKPOINT_SAMPLING_FIELDS if saved.get(name) is not None}
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int if name == "top_k" else (int, float)):
-            raise ValueError(f"{path}: {name} is {value!r}, not a number")
-    return values
 
 
 def resolve_sampling(model_dir: str | os.PathLike, **given) -> SamplingSettings:
-    """Sampling settings: each value given (not None) wins, then the checkpoint's, then the default."""
-    values = {**checkpoint_sampling(model_dir), **{k: v for k, v in given.items() if v is not None}}
+    """Sampling settings: each value given (not None) wins, then the checkpoint's, then the default; the
+    checkpoint's other decoding settings come along as ``checkpoint_settings``."""
+    saved = _saved_generation_config(model_dir)
+    sampling = {name: saved[name] for name in CHECKPOINT_SAMPLING_FIELDS if saved.get(name) is not None}
+    for name, value in sampling.items():
+        if isinstance(value, bool) or not isinstance(value, int if name == "top_k" else (int, float)):
+            raise ValueError(f"{Path(model_dir) / 'generation_config.json'}: {name} is {value!r}, not a number")
+    values = {**sampling, **{k: v for k, v in given.items() if v is not None}}
     known = {f.name for f in fields(SamplingSettings)}
-    return SamplingSettings(**{k: v for k, v in values.items() if k in known})
+    other = {k: v for k, v in sorted(saved.items()) if k not in NOT_OTHER_SETTINGS}
+    return SamplingSettings(**{k: v for k, v in values.items() if k in known}, checkpoint_settings=other)
