@@ -19,6 +19,9 @@ OPTIONS = {"A": "blue", "B": "red", "C": "green", "D": "yellow"}
         "The answer is B.", "The answer is (B)", "The correct answer is B, since the circle is red.",
         "Answer: B", "**Answer:** B", "Final answer: (B) red", "The answer is:\n\nB",
         "the answer is b", "answer: (b)", "(b)", "b)", "B. The circle on the left is red.",
+        # A reason after the letter names other options' texts, without a comma too.
+        "The answer is B because A is blue.", "The answer is option B which is red.", "Answer: B since C is green",
+        "The correct option is B as the circle is red", "B because the circle is not blue",
     ],
 )
 def test_accepted_formats(reply: str) -> None:
@@ -45,6 +48,7 @@ def test_chain_of_thought_is_read_from_its_conclusion() -> None:
         # The option list echoed: every option is named, none chosen.
         "A. blue\nB. red\nC. green", "(A) blue (B) red (C) green", "A. blue, B. red", "A) blue, B) red",
         "B. red\nC. green", "a. blue\nb. red", "(b) red (d) yellow", "The answer is B. red, C. green",
+        "The answer is A, B or C.", "A, B, or C", "B, C and D", "A; B",
     ],
 )
 def test_ambiguous_or_wrong_formats_choose_nothing(reply: str) -> None:
@@ -112,6 +116,10 @@ def test_short_answers() -> None:
     assert answer_matches("The answer is three.", "3")
     assert answer_matches("Light grey", "light gray")
     assert not answer_matches("The answer is 4.", "3")
+    # A reason ends the phrase, with or without a comma; a reply that is all reason stays as written.
+    assert answer_matches("The answer is 3 because there are three cubes.", "3")
+    assert answer_matches("The answer is red since the light is on", "red")
+    assert parse_answer("The answer is because of the rain.").normalized == "because of rain"
 
 
 def test_a_period_after_an_abbreviation_or_an_initial_does_not_end_the_answer() -> None:

@@ -6,19 +6,20 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   ``\\boxed{X}``, on that line or the next non-empty one; without a marker, the body of structured-CoT
   step 4 when the reply has the steps, else the whole reply.
 - **The answer phrase** (for comparing answers): that text cut at the end of its first sentence and
-  before ", because ..."; without a marker, its last sentence. A period after a common abbreviation
-  ("Mr. Smith", "St. Louis", "e.g.") or after an initial inside a name ("John F. Kennedy") ends no
-  sentence; a letter opening the phrase is an option letter and ends it ("B. Because ..." -> "B").
+  before ", because ..." (or "because"/"since" without the comma); without a marker, its last sentence. A
+  period after a common abbreviation ("Mr. Smith", "St. Louis", "e.g.") or after an initial inside a name
+  ("John F. Kennedy") ends no sentence; a letter opening the phrase is an option letter and ends it
+  ("B. Because ..." -> "B").
 - **Normalisation**: lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever
   follows a parenthesised letter is dropped); "yes"/"no" alone or before punctuation ("No, it is not.")
   -> "yes"/"no" ("no parking" stays a phrase); the minus sign "\u2212" -> "-"; number words zero to twenty
   -> digits, "1,000" -> "1000", "3.0" -> "3", "3.50" -> "3.5"; capital initials written with periods joined
   ("U.S.A." -> "usa"); "grey" -> "gray"; punctuation and the articles a, an, the removed; whitespace collapsed.
   Units are kept ("3 cubes" != "3").
-- **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", or the option's own
-  text ("red", "The colour is red."). Replies that name two options ("A or B", "B. blue" when blue is A,
-  an echoed option list "A. blue, B. red") choose nothing; a lone lower-case letter needs a mark around it
-  (the article "a" is not option A).
+- **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", "B because ...", or the
+  option's own text ("red", "The colour is red."). Replies that name two options ("A or B", "A, B or C",
+  "B. blue" when blue is A, an echoed option list "A. blue, B. red") choose nothing; a lone lower-case
+  letter needs a mark around it (the article "a" is not option A).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 # Words a period follows inside a sentence ("Mr. Smith", "St. Louis", "e.g. 3"). "No." is left out: it is an answer.
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "mt", "ft", "vs", "e.g", "i.e", "cf", "approx"})
 _INITIAL = re.compile(r"[A-Z]\.")
-_REASON_CLAUSE = re.compile(r",\s+(?:because|since|as|which|so)\b.*$", re.IGNORECASE | re.DOTALL)
+# ", because ...", ", as ...", or "because"/"since" without a comma ("3 because there are three").
+_REASON_CLAUSE = re.compile(r"(?:,\s+(?:because|since|as|which|so)|\s+(?:because|since))\b.*$",
+                            re.IGNORECASE | re.DOTALL)
 _TRIM = " \t\n*\"'`"
 
 _OPTION = re.compile(
@@ -73,7 +76,10 @@ _LETTER = re.compile(
     r"(?P<sep>[\s.:,;)]*)(?P<rest>.*)",
     re.IGNORECASE | re.DOTALL,
 )
-_BARE_LETTER = re.compile(r"(?:option\s+)?[(\[]?([A-Z])[)\]]?[.:]?", re.IGNORECASE)
+# Another option letter opening what follows a letter: "A, B" or "A, B or C" names several options.
+_NEXT_LETTER = re.compile(r"(?:option\s+)?[(\[]?([A-Z])[)\]]?[.:]?(?:$|\s*[,;/]|\s+(?:or|and)\b)", re.IGNORECASE)
+# A reason after a letter, with or without a comma: "C because the sky is blue", "option C which is green".
+_REASON_WORD = re.compile(r"(?:because|since|as|which|given|due)\b", re.IGNORECASE)
 # An option letter marked the way option lists mark them, anywhere in a reply: "(c)", "[C]", "c." or "c)"
 # opening a line, and "C.", "C)", "C:" anywhere (upper case only: "e." in "i.e." is no option, nor "C." in "D.C.").
 _MARKED_LETTER = re.compile(
@@ -216,13 +222,15 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if not rest:
         return True, letter
     if not punctuated:
+        if _REASON_WORD.match(rest):
+            return True, letter  # "C because A is red": the letter, not the options its reason names
         return False, None  # "A red circle", "A or B": read as text, not as option A
     wanted = normalize_answer(rest)
     if wanted == normalize_answer(options[letter]):
         return True, letter
     others = set(options) - {letter}
     other_text = any(normalize_answer(options[k]) == wanted for k in others)
-    other_letter = (m := _BARE_LETTER.fullmatch(rest)) is not None and m.group(1).upper() in options
+    other_letter = (m := _NEXT_LETTER.match(rest)) is not None and m.group(1).upper() in options
     # An echoed option list ("A. blue\nB. red", "(A) blue (B) red") marks other letters after the first.
     listed = any(next(filter(None, m.groups())).upper() in others for m in _MARKED_LETTER.finditer(rest))
     if other_text or other_letter or listed:
