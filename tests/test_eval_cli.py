@@ -13,6 +13,7 @@ import pytest
 from ports import free_port
 
 from sicog.cli import main
+from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import load_records
 from sicog.model.builders import save_pretrained
 from sicog.toy.build import build_world, load_manifest
@@ -49,8 +50,34 @@ def test_command_evaluates_a_checkpoint(setup, tmp_path, capsys) -> None:
     assert "math:" in out and "results.xlsx" in out
     record = load_records(tmp_path / "predictions.jsonl")[0]
     assert record["settings"] == {"model": str(setup["model"]), "prompt_style": "direct", "max_new_tokens": 6,
-                                  "mc_scoring": "generate", "blind_seed": None, "short_answer": True}
+                                  "mc_scoring": "generate", "blind_seed": None, "short_answer": True,
+                                  "weights": checkpoint_signature(setup["model"])}
     assert record["prompt"].endswith("Answer with the option's letter from the given choices directly.")
+
+
+def test_a_resumed_run_knows_its_checkpoint_by_folder_and_weights(setup, tmp_path, capsys, monkeypatch) -> None:
+    """The same folder typed relative to elsewhere resumes; weights retrained into it are another model."""
+    model = tmp_path / "model"
+    shutil.copytree(setup["model"], model)
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    args = eval_args(setup, out)
+    args[args.index("--model") + 1] = "model"
+    assert main(args) == 0
+    predictions = (out / "predictions.jsonl").read_bytes()
+    lines = predictions.splitlines(keepends=True)
+    (out / "predictions.jsonl").write_bytes(b"".join(lines[:4]))  # as a run killed after 4 rows left it
+    (out / "results.json").unlink()
+    monkeypatch.chdir(setup["root"])
+    args[args.index("--model") + 1] = str(model)
+    assert main(args) == 0 and (out / "predictions.jsonl").read_bytes() == predictions
+    (out / "predictions.jsonl").write_bytes(b"".join(lines[:4]))
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # retrained in place: the same name, a new file
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "field 'settings': answered with other settings" in err and "'weights'" in err
 
 
 def test_command_reports_bad_input(setup, tmp_path, capsys) -> None:

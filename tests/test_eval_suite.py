@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from sicog.cli import main
+from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.eval import suite as suite_module
-from sicog.eval.suite import checkpoint_signature, framework_command, load_suite, select
+from sicog.eval.suite import framework_command, load_suite, select
 from sicog.model.configuration import SicogConfig
 
 # Figure 1 of the paper (arXiv 2503.12303), in its order.

@@ -4,10 +4,12 @@ sharded over torchrun ranks, resumable (see docs/evaluation.md)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from sicog.data.argtypes import positive_int, require_checkpoint
+from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import RecordError, blocked_reason
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         with output_lock(args.output_dir, folder=True, enabled=rank == 0), process_group(world):
             summary = evaluate(
                 model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
-                max_new_tokens=args.max_new_tokens, model_name=str(args.model), progress=not args.no_progress,
+                max_new_tokens=args.max_new_tokens, model_name=os.path.abspath(args.model),
+                weights=checkpoint_signature(args.model), progress=not args.no_progress,
                 mc_scoring=args.mc_scoring, blind_seed=args.blind_seed, synonyms=args.synonyms,
                 short_answer=not args.as_asked,
             )

@@ -61,6 +61,9 @@ class EvalSettings:
     blind_seed: int | None = None
     # Likelihood: score the options after the short-answer instruction (False: after the question as asked).
     short_answer: bool = True
+    # A digest of the checkpoint folder's files (sicog.data.checkpoint_files): weights retrained into the same
+    # folder are another model. None: not known (a model given as an object, or predictions from before).
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.mc_scoring not in MC_SCORING:
@@ -86,6 +89,16 @@ def open_scoring(mc_scoring: str, synonyms: str | os.PathLike | None = None) -> 
     return ShortAnswers(None if synonyms is None else load_synonyms(synonyms))
 
 
+def _same_settings(theirs: dict, mine: dict) -> bool:
+    """Whether a prediction's stored settings are this run's: a setting it predates has its default, weights
+    are compared where both runs know them, and the model is the same folder however its path is spelled."""
+    theirs = {**_SETTING_DEFAULTS, **theirs}
+    same_model = theirs.get("model") == mine["model"] or (
+        isinstance(theirs.get("model"), str) and os.path.realpath(theirs["model"]) == os.path.realpath(mine["model"]))
+    same_weights = None in (theirs["weights"], mine["weights"]) or theirs["weights"] == mine["weights"]
+    return same_model and same_weights and {**theirs, "model": mine["model"], "weights": mine["weights"]} == mine
+
+
 def _reusable(settings: EvalSettings, benchmark: Benchmark) -> Callable[[Path, int, dict], None]:
     """A check that an earlier prediction or error was made with ``settings`` for the row of ``benchmark``
     that has its id (benchmarks number their rows alike, 0 to N-1: the id alone does not tell)."""
@@ -96,8 +109,7 @@ def _reusable(settings: EvalSettings, benchmark: Benchmark) -> Callable[[Path, i
     def check(path: Path, line: int, record: dict) -> None:
         rid = str(record.get("id"))
         theirs = record.get("settings")
-        # Predictions written before a setting existed were made with its default.
-        if theirs is not None and {**_SETTING_DEFAULTS, **theirs} != mine:
+        if theirs is not None and not _same_settings(theirs, mine):
             raise RecordError(f"answered with other settings ({theirs}, this run: {mine}); {start_over}",
                               path=path, line=line, record_id=rid, field="settings")
         if rid not in hashes:
@@ -249,6 +261,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     image_root: str | os.PathLike | None = None,
     model_name: str | None = None,
+    weights: str | None = None,
     progress: bool = True,
     mc_scoring: str = "generate",
     blind_seed: int | None = None,
@@ -259,7 +272,9 @@ def evaluate(
 
     ``prompt``: "direct" (answer with the option's letter) or "cot" (step by step); ``max_new_tokens``
     defaults to 64 for direct and 1024 for cot answers; ``model_name`` (default: the checkpoint path the
-    model was loaded from) is stored with each prediction so that a resumed run cannot mix models.
+    model was loaded from) is stored with each prediction so that a resumed run cannot mix models, and with it
+    ``weights``, a digest of the checkpoint folder's files (:func:`sicog.data.checkpoint_files.checkpoint_signature`)
+    when known, so that weights retrained into the same folder are not mixed with earlier predictions either.
     ``mc_scoring="likelihood"`` picks the most likely option instead of generating (multiple choice only);
     ``mc_scoring="open"`` asks each question without its options and compares the reply with the right
     option's text, reading phrasings through the ``synonyms`` table file if given (multiple choice only);
@@ -274,7 +289,7 @@ def evaluate(
     name = model_name if model_name is not None else str(getattr(model, "name_or_path", "") or type(model).__name__)
     tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 64)
     settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens, mc_scoring=mc_scoring,
-                            blind_seed=blind_seed, short_answer=short_answer)
+                            blind_seed=blind_seed, short_answer=short_answer, weights=weights)
     short_answers = open_scoring(mc_scoring, synonyms)
     if mc_scoring != "generate" and benchmark.kind != MULTIPLE_CHOICE:
         raise ValueError(f"{benchmark.path}: {mc_scoring} scoring needs a multiple-choice benchmark, not "

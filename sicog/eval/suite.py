@@ -10,7 +10,6 @@ which benchmarks are done, failed or missing, and each one's headline number, th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from sicog.data.argtypes import os_error_text, positive_int
+from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import atomic_file, write_json
 from sicog.data.yaml_file import read_yaml
 from sicog.eval.batch_size import parse_batch_size
@@ -189,14 +189,6 @@ def framework_command(
         # torchrun through sicog.launch: a failed process is one line after its errors, with its exit status.
         launcher = [sys.executable, "-m", "sicog.launch", "--standalone", "--nproc-per-node", str(processes), "-m"]
     return [*launcher, module, *args, *extra]
-
-
-def checkpoint_signature(model: Path) -> str:
-    """A digest of the checkpoint folder's files (names, sizes, modification times): retraining into the same
-    folder changes it, so predictions of the earlier weights are never taken for the new ones."""
-    files = sorted(p for p in model.resolve().iterdir() if p.is_file()) if model.is_dir() else []
-    listing = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
 def claim_output_dir(output_dir: Path, model: Path, framework: str, extra: Sequence[str] = ()) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from sicog.data.checkpoint_files import files_signature
 from sicog.data.jsonl import JsonlAppender, iter_records, write_json
 from sicog.data.lock import output_lock
 from sicog.data.sharding import shard
@@ -33,15 +34,6 @@ from sicog.train.pairs import PairCollator, PairDataset
 logger = logging.getLogger(__name__)
 
 REFERENCE_FILE = "reference_logps.json"
-
-
-def _files_signature(path: str | None) -> list:
-    """Names, sizes and times of a checkpoint folder's files (or of one file): weights, config, processor or
-    tokenizer files rewritten in place change it."""
-    if not path or not Path(path).exists():
-        return [path]
-    files = sorted(p for p in Path(path).iterdir() if p.is_file()) if Path(path).is_dir() else [Path(path)]
-    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def fingerprint(dataset: PairDataset, settings: dict) -> str:
@@ -68,7 +60,7 @@ def reference_settings(
     the chat template, and how the pairs are read."""
     return {
         "checkpoints": {
-            name: [str(Path(path).resolve()) if path and Path(path).exists() else path, _files_signature(path)]
+            name: [str(Path(path).resolve()) if path and Path(path).exists() else path, files_signature(path)]
             for name, path in checkpoints.items()
         },
         # (the path it was loaded from, as typed, is left out: "checkpoints" holds it resolved)
