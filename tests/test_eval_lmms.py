@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sicog.eval.generation import encode_item, generate_replies
+from sicog.eval.generation import LITERAL_IMAGE, encode_item, generate_replies
 
 
 class StandInLmms(abc.ABC):
@@ -207,6 +207,53 @@ def test_chat_requests_answer_like_simple_ones(lmms_module, tiny_model_factory) 
     video = [{"role": "user", "content": [{"type": "video", "url": "v.mp4"}, {"type": "text", "text": "?"}]}]
     with pytest.raises(ValueError, match="task 'toy' split 'test' doc 1: message 0 holds a 'video' item"):
         chat.generate_until([request("?", lambda doc: video, dict(settings), 1, "toy", "test")])
+
+
+def test_a_literal_image_placeholder_in_a_tasks_text_is_asked_as_text(lmms_module, tiny_model_factory) -> None:
+    """egothink's prompts ("USER: <image>\n...") and MMMU's simple prompts naming "<image 1>" twice hold more
+    placeholders than images: each is asked as the text [image], not a count that stops the whole run."""
+    module, _ = lmms_module
+    model, processor = tiny_model_factory(seed=6)
+    settings = {"max_new_tokens": 6, "temperature": 0}
+    simple = module.SicogLMMs(model=model, processor=processor, batch_size=2)
+    chat = module.SicogLMMsChat(model=model, processor=processor, batch_size=2)
+    simple.task_dict = chat.task_dict = {"toy": {"test": docs()}}
+    doc = docs()[0]
+    said = f"USER: {LITERAL_IMAGE}\n{doc['q']}"
+    expected = generate_replies(model, processor, [encode_item(processor, said, [doc["image"]])], max_new_tokens=6)
+    literal = [{"role": "user", "content": [{"type": "image", "url": doc["image"]},
+                                            {"type": "text", "text": f"USER: <image>\n{doc['q']}"}]}]
+    assert chat.generate_until([request("", lambda d: literal, dict(settings), 0, "toy", "test")]) == expected
+    twice = f"<image>\nUSER: <image>\n{doc['q']}"
+    asked = f"{LITERAL_IMAGE}\nUSER: {LITERAL_IMAGE}\n{doc['q']}"
+    expected = generate_replies(model, processor, [encode_item(processor, asked, [doc["image"]])], max_new_tokens=6)
+    assert simple.generate_until([request(twice, dict(settings), to_visual, 0, "toy", "test")]) == expected
+    # As many placeholders as images: they are the images' places.
+    placed = f"{doc['q']}\n<image>"
+    expected = generate_replies(model, processor, [encode_item(processor, placed, [doc["image"]])], max_new_tokens=6)
+    assert simple.generate_until([request(placed, dict(settings), to_visual, 0, "toy", "test")]) == expected
+
+
+def test_a_system_prompt_model_argument_is_a_system_turn(lmms_module, tiny_model_factory, tmp_path) -> None:
+    """`--model_args pretrained=...,system_prompt=...` as lmms-eval's chat models take it: text (its "\\n" a new
+    line) or a file; in the chat model it replaces the task's own system turn."""
+    module, _ = lmms_module
+    model, processor = tiny_model_factory(seed=6)
+    doc = docs()[0]
+    system = "Be brief.\nAnswer in one word."
+    (tmp_path / "system.txt").write_text(system + "\n")
+    turns = [{"from": "system", "value": system}, {"from": "human", "value": f"<image>\n{doc['q']}"}]
+    expected = processor.encode(turns, [doc["image"]], train=False).input_ids
+    own = [{"role": "system", "content": "Be verbose."}, *messages_of(doc)]
+    for given in ("Be brief.\\nAnswer in one word.", str(tmp_path / "system.txt")):
+        simple = module.SicogLMMs(model=model, processor=processor, system_prompt=given)
+        chat = module.SicogLMMsChat(model=model, processor=processor, system_prompt=given)
+        simple.task_dict = chat.task_dict = {"toy": {"test": docs()}}
+        assert simple._encode_request((doc["q"], {}, to_visual, 0, "toy", "test")).input_ids == expected
+        assert chat._encode_request(("", own, {}, 0, "toy", "test")).input_ids == expected
+    plain = module.SicogLMMs(model=model, processor=processor)
+    plain.task_dict = {"toy": {"test": docs()}}
+    assert plain._encode_request((doc["q"], {}, to_visual, 0, "toy", "test")).input_ids != expected
 
 
 def test_batch_size_auto_halves_when_a_batch_does_not_fit(lmms_module, tiny_model_factory, monkeypatch) -> None:

@@ -9,9 +9,10 @@ import types
 import pytest
 
 from sicog.data.jsonl import load_records
+from sicog.eval.generation import LITERAL_IMAGE
 from sicog.eval.runner import evaluate
 from sicog.eval.tsv import read_benchmark
-from sicog.eval.vlmevalkit import LITERAL_IMAGE, SicogVLM
+from sicog.eval.vlmevalkit import SicogVLM
 from sicog.model.configuration import SicogConfig
 from sicog.model.image_io import ImageError
 from sicog.toy.build import build_world, load_manifest

@@ -21,6 +21,8 @@ from sicog.model.processing import ConversationError, Encoded, SicogProcessor
 
 # What makes one item unusable (reported for that item; the others go on).
 ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)
+# A literal "<image>" of a prompt that places no image, as the model is asked it.
+LITERAL_IMAGE = "[image]"
 
 
 def load_for_eval(
@@ -32,15 +34,25 @@ def load_for_eval(
     return model.to(torch_device).eval(), processor
 
 
-def encode_item(processor: SicogProcessor, prompt: str, images: Sequence[str | Image.Image] = ()) -> Encoded:
+def placed_images(text: str, count: int) -> str:
+    """``text`` as the prompt of ``count`` images given apart from it: its ``<image>`` placeholders are their
+    places when there are as many, else each is the text :data:`LITERAL_IMAGE` (MUIRBench's questions and
+    egothink's prompts name pictures so), rather than a count that stops the item."""
+    return text if text.count(IMAGE_TOKEN) in (0, count) else text.replace(IMAGE_TOKEN, LITERAL_IMAGE)
+
+
+def encode_item(processor: SicogProcessor, prompt: str, images: Sequence[str | Image.Image] = (),
+                system: str | None = None) -> Encoded:
     """Encode one user turn: one ``<image>`` per image in front of ``prompt`` unless the prompt places them
-    (a single placeholder is still moved in front, as in training: :func:`~sicog.model.processing.image_first`).
+    (a single placeholder is still moved in front, as in training: :func:`~sicog.model.processing.image_first`),
+    after a ``system`` turn when one is given.
 
     Raises :class:`ImageError` or :class:`ConversationError` for an item that cannot be encoded.
     """
     loaded = [load_image(image) for image in images]
     text = prompt if IMAGE_TOKEN in prompt else user_turn(prompt, len(loaded))
-    return processor.encode([{"from": "human", "value": text}], loaded, train=False)
+    turns = [{"from": "system", "value": system}] if system else []
+    return processor.encode([*turns, {"from": "human", "value": text}], loaded, train=False)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ except ImportError as err:
 
 from sicog.data.sharding import rank_and_world
 from sicog.eval.batch_size import parse_batch_size
-from sicog.eval.generation import encode_item, generate_replies, load_for_eval
+from sicog.eval.generation import LITERAL_IMAGE, encode_item, generate_replies, load_for_eval, placed_images
 from sicog.model.image_io import load_image
 from sicog.model.processing import Encoded
 from sicog.model.tokens import IMAGE_TOKEN
@@ -84,7 +85,8 @@ def conversation_of(messages: Sequence[dict]) -> tuple[list[dict], list[Image.Im
         for item in items:
             kind = item.get("type")
             if kind == "text":
-                parts.append(str(item.get("text", "")))
+                # Images are items of their own: a "<image>" in a text (egothink's prompts) places none.
+                parts.append(str(item.get("text", "")).replace(IMAGE_TOKEN, LITERAL_IMAGE))
             elif kind == "image":
                 images.append(item.get("url"))
                 parts.append(f"{IMAGE_TOKEN}\n")
@@ -92,6 +94,13 @@ def conversation_of(messages: Sequence[dict]) -> tuple[list[dict], list[Image.Im
                 raise ValueError(f"message {number} holds a {kind!r} item; SICOG models take text and images")
         turns.append({"role": message.get("role"), "content": "".join(parts)})
     return turns, images
+
+
+def _system_text(value: str) -> str:
+    """A ``system_prompt`` model argument as lmms-eval's chat models read it: a file's text or the text itself,
+    with ``\\n`` (what a --model_args value can hold) as a new line."""
+    value = str(value).replace("\\n", "\n")
+    return Path(value).read_text(encoding="utf-8").strip() if os.path.isfile(value) else value
 
 
 def _cut_at_stop(text: str, until: Sequence[str]) -> str:
@@ -107,8 +116,10 @@ class SicogLMMs(lmms):
 
     ``pretrained``: the checkpoint folder; ``batch_size``: requests per generate call (N, or ``auto``:
     see :func:`parse_batch_size`); ``max_new_tokens``: the reply budget when the task sets none;
-    ``device``/``dtype`` as for ``sicog eval`` (auto: cuda:LOCAL_RANK, bfloat16). ``model``/``processor``
-    take an already loaded model instead of ``pretrained``.
+    ``device``/``dtype`` as for ``sicog eval`` (auto: cuda:LOCAL_RANK, bfloat16); ``system_prompt``: a system
+    turn before every request (the text, or a file holding it, as lmms-eval's own chat models take it; in the
+    chat model it replaces a task's own system turn). ``model``/``processor`` take an already loaded model
+    instead of ``pretrained``.
     """
 
     is_simple = True
@@ -121,6 +132,7 @@ class SicogLMMs(lmms):
         batch_size: int | str | None = 1,
         max_new_tokens: int | str = 1024,
         max_batch_size: int | str | None = None,
+        system_prompt: str | None = None,
         model=None,
         processor=None,
     ) -> None:
@@ -132,6 +144,8 @@ class SicogLMMs(lmms):
             model, processor = load_for_eval(pretrained, device or "auto", dtype)
         self.model, self.processor = model.eval(), processor
         self.max_new_tokens = int(max_new_tokens)
+        # lmms-eval passes "\n" in a --model_args value as the two characters.
+        self.system_prompt = _system_text(system_prompt) if system_prompt else None
         self._rank, self._world_size = rank_and_world()
 
     @property
@@ -152,7 +166,12 @@ class SicogLMMs(lmms):
     def _encode_request(self, args: tuple) -> Encoded:
         """The prompt of a simple request: its images, then the task's context text."""
         context, _, doc_to_visual, doc_id, task, split = args
-        return encode_item(self.processor, context, self._doc_images(doc_to_visual, doc_id, task, split))
+        return self._encode_context(context, doc_to_visual, doc_id, task, split)
+
+    def _encode_context(self, context: str, doc_to_visual, doc_id, task: str, split: str) -> Encoded:
+        """A task's context text with the document's images (a ``<image>`` that places none is text)."""
+        images = self._doc_images(doc_to_visual, doc_id, task, split)
+        return encode_item(self.processor, placed_images(context, len(images)), images, system=self.system_prompt)
 
     def generate_until(self, requests) -> list[str]:
         """Answer each request, in order.
@@ -215,7 +234,7 @@ class SicogLMMs(lmms):
             [request.args for request in requests], desc="sicog scoring", disable=self.rank != 0
         ):
             continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
-            prompt = encode_item(self.processor, context, self._doc_images(doc_to_visual, doc_id, task, split))
+            prompt = self._encode_context(context, doc_to_visual, doc_id, task, split)
             cont_ids = self.processor.tokenizer.encode(continuation, add_special_tokens=False)
             if not cont_ids:
                 results.append((0.0, True))
@@ -258,6 +277,9 @@ class SicogLMMsChat(SicogLMMs):
         messages: Callable | list = doc_to_messages
         if callable(messages):
             messages = messages(self.task_dict[task][split][doc_id])
+        if self.system_prompt:  # in place of the task's own system turn, if any
+            messages = [{"role": "system", "content": self.system_prompt},
+                        *(m for m in messages if m.get("role") != "system")]
         turns, images = conversation_of(messages)
         return self.processor.encode(turns, [load_image(image) for image in images], train=False)
 

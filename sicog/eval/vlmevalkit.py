@@ -26,16 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from sicog.data.argtypes import os_error_text, positive_int
-from sicog.data.prompts import IMAGE_TOKEN
-from sicog.eval.generation import encode_item, generate_replies, load_for_eval
+from sicog.eval.generation import encode_item, generate_replies, load_for_eval, placed_images
 from sicog.eval.prompts import OPEN_QUESTION, PROMPT_STYLES, build_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, is_missing, row_options
 from sicog.model.checkpoint_config import read_checkpoint_config
 
 MESSAGE_TYPES = ("image", "text")
 MODEL_NAME = "sicog"
-# How a literal "<image>" of a message's text that places no image is asked (see SicogVLM.generate_inner).
-LITERAL_IMAGE = "[image]"
 
 
 def dataset_type(dataset: str | None) -> str | None:
@@ -154,11 +151,8 @@ class SicogVLM:
         """Answer one message: its images in order, its text items joined by new lines."""
         images = [item["value"] for item in message if item["type"] == "image"]
         text = "\n".join(str(item["value"]) for item in message if item["type"] == "text")
-        if text.count(IMAGE_TOKEN) != len(images):
-            # VLMEvalKit passes images as items of their own: a "<image>" in the text that places none of them
-            # (MUIRBench's questions name their pictures so) is text, not a placeholder the count would refuse.
-            text = text.replace(IMAGE_TOKEN, LITERAL_IMAGE)
-        encoded = encode_item(self.processor, text, images)
+        # VLMEvalKit passes images as items of their own: a "<image>" in the text may place none of them.
+        encoded = encode_item(self.processor, placed_images(text, len(images)), images)
         return generate_replies(self.model, self.processor, [encoded], max_new_tokens=self.max_new_tokens)[0]
 
 
