@@ -115,6 +115,11 @@ def test_file_level_problems_name_file_line_and_field(tmp_path) -> None:
               [{"index": 0, "image": "x", "question": "?", "answer": "a cat"}])
     with pytest.raises(RecordError, match=r"bad.tsv:2 id='0' field 'answer': answer 'a cat' is neither yes nor no"):
         read_benchmark(path)
+    # Open questions without answers (a test split) are not yes/no questions to ask as such.
+    for columns in (["index", "image", "question"], ["index", "image", "question", "answer"]):
+        write_tsv(path, columns, [{"index": 0, "image": "x", "question": "Describe the chart."}])
+        with pytest.raises(RecordError, match=r"bad.tsv:1 field 'answer': no options A, B and no answers"):
+            read_benchmark(path)
     with pytest.raises(RecordError, match="benchmark file not found"):
         read_benchmark(tmp_path / "missing.tsv")
     (tmp_path / "folder.tsv").mkdir()

@@ -132,9 +132,16 @@ def _check_unique_columns(columns: list[str], path: Path) -> None:
 
 
 def _kind(columns: list[str], rows: list[tuple[int, dict[str, str]]], path: Path) -> str:
-    """Multiple choice when there are options A and B; yes/no when every answer is yes or no."""
+    """Multiple choice when there are options A and B; yes/no when every answer is yes or no (and one at least
+    is given: without options and answers, open questions look the same)."""
     if "A" in columns and "B" in columns:
         return MULTIPLE_CHOICE
+    if all(is_missing(row.get("answer", "")) for _, row in rows):
+        raise RecordError(
+            "no options A, B and no answers: the rows may be open questions (an open benchmark's test split), "
+            "which the built-in runner does not score and must not ask as yes/no questions (use VLMEvalKit)",
+            path=path, line=1, field="answer",
+        )
     for line, row in rows:
         answer = row.get("answer", "")
         if not is_missing(answer) and answer.strip().lower() not in ("yes", "no"):
