@@ -9,7 +9,7 @@ import types
 import pytest
 
 from sicog.data.jsonl import load_records
-from sicog.eval.generation import LITERAL_IMAGE
+from sicog.eval.generation import LITERAL_IMAGE, generate_replies
 from sicog.eval.runner import evaluate
 from sicog.eval.tsv import read_benchmark
 from sicog.eval.vlmevalkit import SicogVLM
@@ -95,6 +95,29 @@ def test_other_dataset_types_keep_the_dataset_prompt(vlmeval, tiny_model_factory
     assert not adapter.use_custom_prompt("MMVet")
     with pytest.raises(ValueError, match="build_prompt serves multiple-choice datasets; 'POPE' is 'Y/N'"):
         adapter.build_prompt({"index": 0, "question": "Is there a dog?"}, dataset="POPE")
+
+
+def test_multi_turn_conversations_as_vlmevalkit_chats_them(vlmeval, tiny_model_factory, tmp_path) -> None:
+    """VLMEvalKit's multi-turn datasets (MMDU) call chat() with the turns so far, earlier replies as strings:
+    every turn is encoded in order, each image where it stands."""
+    from PIL import Image
+
+    model, processor = tiny_model_factory(seed=4)
+    adapter = SicogVLM(model=model, processor=processor, max_new_tokens=4)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (30, 20), (10, 200, 10)).save(image)
+    first = {"role": "user", "content": [{"type": "image", "value": str(image)}, {"type": "text", "value": "Colour?"}]}
+    # One turn is the single-turn answer.
+    assert adapter.chat([first]) == adapter.generate([str(image), "Colour?"])
+    later = [first, {"role": "assistant", "content": "green"},
+             {"role": "user", "content": [{"type": "text", "value": "And <image> its shape?"}]}]
+    turns = [{"role": "user", "content": "<image>\nColour?"}, {"role": "assistant", "content": "green"},
+             {"role": "user", "content": f"And {LITERAL_IMAGE} its shape?"}]
+    expected = generate_replies(model, processor, [processor.encode(turns, [Image.open(image)], train=False)],
+                                max_new_tokens=4)[0]
+    assert adapter.chat(later) == expected
+    with pytest.raises(ValueError, match="turn 1 is not {'role', 'content'}"):
+        adapter.chat([first, {"text": "?"}])
 
 
 def test_message_forms_and_checks(vlmeval, tiny_model_factory, tmp_path) -> None:

@@ -41,6 +41,24 @@ def placed_images(text: str, count: int) -> str:
     return text if text.count(IMAGE_TOKEN) in (0, count) else text.replace(IMAGE_TOKEN, LITERAL_IMAGE)
 
 
+def chat_turns(messages: Sequence[tuple[str, Sequence[tuple[str, object]]]]) -> tuple[list[dict], list]:
+    """Chat messages, each ``(role, [(kind, value), ...])`` with kind "text" or "image", -> SICOG turns
+    (``{"role", "content"}``) and the images in order. Each image is ``<image>`` on its own line where it
+    stands, as the training data writes it; the texts are joined as written. The images are items of their
+    own, so a ``<image>`` typed in a text places none: it is asked as :data:`LITERAL_IMAGE`."""
+    turns, images = [], []
+    for role, items in messages:
+        parts = []
+        for kind, value in items:
+            if kind == "image":
+                images.append(value)
+                parts.append(f"{IMAGE_TOKEN}\n")
+            else:
+                parts.append(str(value).replace(IMAGE_TOKEN, LITERAL_IMAGE))
+        turns.append({"role": role, "content": "".join(parts)})
+    return turns, images
+
+
 def encode_item(processor: SicogProcessor, prompt: str, images: Sequence[str | Image.Image] = (),
                 system: str | None = None) -> Encoded:
     """Encode one user turn: one ``<image>`` per image in front of ``prompt`` unless the prompt places them

@@ -34,10 +34,9 @@ except ImportError as err:
 
 from sicog.data.sharding import rank_and_world
 from sicog.eval.batch_size import parse_batch_size
-from sicog.eval.generation import LITERAL_IMAGE, encode_item, generate_replies, load_for_eval, placed_images
+from sicog.eval.generation import chat_turns, encode_item, generate_replies, load_for_eval, placed_images
 from sicog.model.image_io import load_image
 from sicog.model.processing import Encoded
-from sicog.model.tokens import IMAGE_TOKEN
 
 MODEL_ID = "sicog"
 CLASS_PATH = "sicog.eval.lmms_eval.SicogLMMs"
@@ -73,27 +72,19 @@ def _images(visuals: Any) -> list[Image.Image | str]:
 
 def conversation_of(messages: Sequence[dict]) -> tuple[list[dict], list[Image.Image | str]]:
     """lmms-eval chat messages (``{"role", "content": [{"type": "text" | "image", ...}]}``) -> SICOG
-    turns, with ``<image>`` where each image stands, and the images in order.
-
-    An image followed by text is written as the training data writes it: ``<image>`` on its own line.
-    """
-    turns, images = [], []
+    turns and the images in order (see :func:`~sicog.eval.generation.chat_turns`)."""
+    read = []
     for number, message in enumerate(messages):
         content = message.get("content")
         items = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
-        parts = []
+        found = []
         for item in items:
             kind = item.get("type")
-            if kind == "text":
-                # Images are items of their own: a "<image>" in a text (egothink's prompts) places none.
-                parts.append(str(item.get("text", "")).replace(IMAGE_TOKEN, LITERAL_IMAGE))
-            elif kind == "image":
-                images.append(item.get("url"))
-                parts.append(f"{IMAGE_TOKEN}\n")
-            else:
+            if kind not in ("text", "image"):
                 raise ValueError(f"message {number} holds a {kind!r} item; SICOG models take text and images")
-        turns.append({"role": message.get("role"), "content": "".join(parts)})
-    return turns, images
+            found.append((kind, item.get("text", "") if kind == "text" else item.get("url")))
+        read.append((message.get("role"), found))
+    return chat_turns(read)
 
 
 def _system_text(value: str) -> str:

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from sicog.data.argtypes import os_error_text, positive_int
-from sicog.eval.generation import encode_item, generate_replies, load_for_eval, placed_images
+from sicog.eval.generation import chat_turns, encode_item, generate_replies, load_for_eval, placed_images
 from sicog.eval.prompts import OPEN_QUESTION, PROMPT_STYLES, build_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, is_missing, row_options
 from sicog.model.checkpoint_config import read_checkpoint_config
+from sicog.model.image_io import load_image
 
 MESSAGE_TYPES = ("image", "text")
 MODEL_NAME = "sicog"
@@ -153,6 +154,26 @@ class SicogVLM:
         text = "\n".join(str(item["value"]) for item in message if item["type"] == "text")
         # VLMEvalKit passes images as items of their own: a "<image>" in the text may place none of them.
         encoded = encode_item(self.processor, placed_images(text, len(images)), images)
+        return generate_replies(self.model, self.processor, [encoded], max_new_tokens=self.max_new_tokens)[0]
+
+
+    def chat(self, messages: list[dict], dataset: str | None = None) -> str:
+        """Check and normalise a conversation, then answer its last user turn (VLMEvalKit's entry point for
+        its multi-turn datasets, such as MMDU). ``messages``: ``{"role", "content"}`` turns, each content a
+        message as :meth:`generate` takes it (earlier replies are strings)."""
+        turns = []
+        for number, turn in enumerate(messages):
+            if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+                raise ValueError(f"turn {number} is not {{'role', 'content'}}: {turn!r}")
+            turns.append({"role": turn["role"], "content": _as_message(turn["content"])})
+        return self.chat_inner(turns, dataset)
+
+    def chat_inner(self, message: list[dict], dataset: str | None = None) -> str:
+        """Answer a normalised conversation: every turn in order, each image an ``<image>`` line where it
+        stands (see :func:`~sicog.eval.generation.chat_turns`)."""
+        turns, images = chat_turns([(turn["role"], [(item["type"], item["value"]) for item in turn["content"]])
+                                    for turn in message])
+        encoded = self.processor.encode(turns, [load_image(image) for image in images], train=False)
         return generate_replies(self.model, self.processor, [encoded], max_new_tokens=self.max_new_tokens)[0]
 
 
