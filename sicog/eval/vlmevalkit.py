@@ -178,8 +178,9 @@ class SicogVLM:
 
 
 def _cell(value: Any) -> str:
-    """A TSV cell as the file writes it, from the value pandas read: VLMEvalKit reads a numeric column with an
-    empty cell as floats, and "3" would be asked as "3.0" where `sicog eval`, reading text, asks "3"."""
+    """A TSV cell from the value pandas read: VLMEvalKit reads a numeric column with an empty cell as floats,
+    and "3" would be asked as "3.0" where `sicog eval`, reading text, asks "3". (What pandas changed beyond
+    that, "1.50" read as 1.5, cannot be told from the value: docs/evaluation.md.)"""
     if is_missing(value):
         return ""
     if isinstance(value, float) and value.is_integer():
