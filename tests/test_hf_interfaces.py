@@ -11,12 +11,14 @@ import sys
 import sysconfig
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoProcessor
 
 from sicog.model.builders import save_pretrained
+from sicog.model.image_io import ImageError
 from sicog.model.processing import (
     CONTENT_PARTS,
     CONTENT_PARTS_END,
@@ -178,6 +180,46 @@ def test_batches_pad_on_the_requested_side(checkpoint):
         processor(text=prompts, images=images, return_tensors="pt")
     with pytest.raises(ConversationError, match="1 <image> placeholder"):
         processor(text=prompts[0], images=[image(), image()])
+    # The tokenizers' other spellings: "do_not_pad" pads nothing, "longest" pads; "max_length" is not supported.
+    assert processor(text=prompts, images=images, padding="do_not_pad")["input_ids"] == alone
+    longest = processor(text=prompts, images=images, padding="longest", return_tensors="pt")
+    assert torch.equal(longest["input_ids"], processor(text=prompts, images=images, padding=True,
+                                                       return_tensors="pt")["input_ids"])
+    with pytest.raises(ValueError, match="padding='max_length': only False, 'do_not_pad', True, 'longest'"):
+        processor(text=prompts, images=images, padding="max_length")
+
+
+def test_one_image_list_per_prompt_must_match_that_prompts_placeholders(checkpoint):
+    """Flattened, the lists would give one prompt's image to another whenever only the totals agree."""
+    _, _, processor = checkpoint
+    red, blue = image(), Image.new("RGB", (128, 96), (40, 40, 200))
+    prompts = ["<image> <image>\nCompare.", "<image>\nWhat colour?"]
+    with pytest.raises(ConversationError, match="prompt 0 has 2 <image> placeholder.s. but its list holds 1 image"):
+        processor(text=[prompts[0], "What colour?"], images=[[red], [blue]])
+    per_prompt = processor(text=prompts, images=[[red, blue], [blue]])
+    assert per_prompt["input_ids"] == processor(text=prompts, images=[red, blue, blue])["input_ids"]
+
+
+@pytest.mark.parametrize("layout", ["float HWC", "uint8 CHW", "narrow CHW", "torch CHW", "grey"])
+def test_arrays_and_tensors_are_read_as_transformers_reads_them(checkpoint, layout):
+    _, _, processor = checkpoint
+    pixels = np.asarray(Image.new("RGB", (50, 40), (200, 40, 40)))
+    if layout == "narrow CHW":
+        pixels = pixels[:, :4]
+    given = {"float HWC": pixels / 255.0, "uint8 CHW": pixels.transpose(2, 0, 1),
+             "narrow CHW": pixels.transpose(2, 0, 1), "torch CHW": torch.from_numpy(pixels.transpose(2, 0, 1).copy()),
+             "grey": pixels[..., 0]}[layout]
+    picture = Image.fromarray(pixels[..., 0]).convert("RGB") if layout == "grey" else Image.fromarray(pixels)
+    prompt = "<image>\nWhat?"
+    got, want = processor(text=prompt, images=[given]), processor(text=prompt, images=[picture])
+    assert got["input_ids"] == want["input_ids"]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got["pixel_values"], want["pixel_values"]))
+
+
+def test_an_array_that_is_no_image_is_one_error_naming_its_shape(checkpoint):
+    _, _, processor = checkpoint
+    with pytest.raises(ImageError, match=r"cannot use the ndarray of shape \(2, 5, 5, 3\) and dtype uint8 as an image"):
+        processor(text="<image>\nWhat?", images=[np.zeros((2, 5, 5, 3), dtype=np.uint8)])
 
 
 def test_batch_decode_decodes_each_row(checkpoint):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
@@ -33,8 +34,26 @@ def check_image_file(path: str | os.PathLike) -> None:
     raise ImageError(f"image file not found: {path}")
 
 
-def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
-    """Open ``source`` fully (truncated files fail here, not later) and return it as RGB."""
+def _array_image(array) -> Image.Image:
+    """An image given as a numpy array or torch tensor, read as transformers' image processors read one: a
+    grey (h, w) array, or channels first or last, floats in [0, 1] or 0-255 integers."""
+    from transformers.image_transforms import to_pil_image
+
+    try:
+        return Image.fromarray(np.asarray(array)) if np.ndim(array) == 2 else to_pil_image(array)
+    except (TypeError, ValueError) as err:
+        shape, dtype = tuple(getattr(array, "shape", ())), getattr(array, "dtype", "?")
+        raise ImageError(
+            f"cannot use the {type(array).__name__} of shape {shape} and dtype {dtype} as an image ({err}): give "
+            "(h, w), (h, w, c) or (c, h, w) with floats in [0, 1] or 0-255 integers, or a path or PIL image"
+        ) from None
+
+
+def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+    """Open ``source`` fully (truncated files fail here, not later) and return it as RGB. A numpy array or
+    torch tensor is read as transformers' image processors read one."""
+    if not isinstance(source, (str, os.PathLike, Image.Image)) and hasattr(source, "shape"):
+        source = _array_image(source)
     if isinstance(source, Image.Image):
         image, name = source, "<in-memory image>"
     else:

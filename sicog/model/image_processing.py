@@ -91,7 +91,7 @@ class SicogImageProcessor(BaseImageProcessor):
 
         ``inference``: resize first as :meth:`inference_size` says (generation and evaluation).
         """
-        image = load_image(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
+        image = load_image(image)
         if inference and (size := self.inference_size(image.width, image.height)) != image.size:
             image = image.resize(size, Image.Resampling.BICUBIC)
         plan = self.plan(image.width, image.height, never_split=never_split)

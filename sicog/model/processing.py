@@ -20,6 +20,8 @@ from .tokens import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
 ROLE_OF = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+# The tokenizers' spellings of ``padding`` that this processor supports: none, or to the batch's longest prompt.
+PADDING = {False: False, "do_not_pad": False, True: True, "longest": True}
 
 
 class ConversationError(ValueError):
@@ -364,8 +366,15 @@ class SicogProcessor(ProcessorMixin):
         if unsupported:
             raise TypeError(f"{type(self).__name__} does not support {sorted(unsupported)}")
         prompts = [text] if isinstance(text, str) else list(text)
-        flat = [load_url(image) for image in flat_images(images)]
         n_placeholders = [prompt.count(IMAGE_TOKEN) for prompt in prompts]
+        per_prompt = (isinstance(images, (list, tuple)) and len(images) == len(prompts) > 1
+                      and all(isinstance(entry, (list, tuple)) for entry in images))
+        for number, (entry, count) in enumerate(zip(images if per_prompt else [], n_placeholders)):
+            # Flattened, images of one prompt would go to another whenever only the totals agree.
+            if len(flat_images(entry)) != count:
+                raise ConversationError(f"prompt {number} has {count} {IMAGE_TOKEN} placeholder(s) but its list "
+                                        f"holds {len(flat_images(entry))} image(s)")
+        flat = [load_url(image) for image in flat_images(images)]
         if sum(n_placeholders) != len(flat):
             raise ConversationError(
                 f"text has {sum(n_placeholders)} {IMAGE_TOKEN} placeholder(s) but {len(flat)} image(s) were given"
@@ -378,6 +387,9 @@ class SicogProcessor(ProcessorMixin):
             start += count
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' or None")
+        if padding not in PADDING:
+            raise ValueError(f"padding={padding!r}: only {', '.join(map(repr, PADDING))}")
+        padding = PADDING[padding]
         lengths = {len(sample.input_ids) for sample in samples}
         if return_tensors == "pt" or padding:
             if len(lengths) > 1 and not padding:
