@@ -104,6 +104,10 @@ def test_release_to_sicog_to_release_is_lossless(tokenizer, tmp_path, fmt, monke
     assert loaded.config.image_layout == "release" and loaded.config.inference_long_side == 1024
     assert (loaded.config.slice_comma_id, loaded.config.slice_newline_id) == (29892, 13)
     assert loaded.generation_config.repetition_penalty == 1.05 and loaded.generation_config.top_k == 20
+    # The release's generation config names no stop or pad id (sampling values alone): the tokenizer's are set
+    # after it is read, not dropped by it.
+    assert loaded.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert loaded.generation_config.pad_token_id == tokenizer.pad_token_id
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     sicog_to_release(tmp_path / "ours", tmp_path / "back")
@@ -158,6 +162,24 @@ def test_the_tower_may_be_a_hugging_face_cache_folder_and_must_be_a_clip_folder(
         f"sicog convert: error: {tmp_path / 'hub'}: no config.json (not a CLIP checkpoint folder); pass --vision-tower")
 
 
+@pytest.mark.parametrize("name", [
+    "/model_weight/huggingface/hub/models--openai--clip-vit-large-patch14-336",
+    "/model_weight/huggingface/hub/models--openai--clip-vit-large-patch14-336/snapshots/0123abc/",
+])
+def test_a_tower_named_by_the_published_scripts_cache_folder_is_clip_l14_336(tokenizer, tmp_path, monkeypatch, name):
+    """A release trained by the published scripts records their CLIP_CKPT_DIR, a cache folder on the machine that
+    trained: with the tower's weights in the checkpoint it names CLIP-L/14-336 as the hub id does."""
+    import sicog.convert.release as convert
+
+    model, _ = release_like_model(tokenizer)
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    _edit_config(tmp_path / "release", mm_vision_tower=name)
+    release_to_sicog(tmp_path / "release", tmp_path / "ours")
+    loaded, _ = load_pretrained(tmp_path / "ours")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 def test_a_release_tokenizer_without_an_image_token_gets_one(tokenizer, tmp_path, monkeypatch):
     """The published checkpoints' tokenizer (Qwen2's) has no <image>: the published code splits the prompt text on
     it. Conversion adds it as one special token, so our ids are the published chunk-by-chunk tokenization."""
@@ -182,6 +204,32 @@ def test_a_release_tokenizer_without_an_image_token_gets_one(tokenizer, tmp_path
         assert ours(prompt)["input_ids"] == before + [image_id] + after
     assert ours.decode([image_id, *before], skip_special_tokens=True) == release_tokenizer.decode(
         before, skip_special_tokens=True)
+
+
+def test_to_release_writes_the_release_special_tokens_where_transformers_4_reads_them(tokenizer, tmp_path,
+                                                                                        monkeypatch):
+    """transformers 5 saves them as extra_special_tokens, which the published stack (transformers 4.40) ignores:
+    its training code's `im_start, im_end = tokenizer.additional_special_tokens_ids` failed on the written folder."""
+    from conftest import bpe_tokenizer
+
+    import sicog.convert.release as convert
+
+    qwen_tokens = ["<|im_start|>", "<|im_end|>"]
+    release_tokenizer = bpe_tokenizer(image_token=False)
+    release_tokenizer.add_special_tokens({"additional_special_tokens": qwen_tokens})
+    model, _ = release_like_model(tokenizer)
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())
+    write_release_checkpoint(model, release_tokenizer, tmp_path / "release")
+    # As transformers 4 writes the published checkpoints' tokenizer_config.json.
+    written = json.loads((tmp_path / "release" / "tokenizer_config.json").read_text())
+    written["additional_special_tokens"] = written.pop("extra_special_tokens")
+    (tmp_path / "release" / "tokenizer_config.json").write_text(json.dumps(written))
+    release_to_sicog(tmp_path / "release", tmp_path / "ours")
+    assert "<image>" in AutoTokenizer.from_pretrained(tmp_path / "ours").extra_special_tokens
+    sicog_to_release(tmp_path / "ours", tmp_path / "back")
+    config = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())
+    assert config["additional_special_tokens"] == qwen_tokens and "extra_special_tokens" not in config
+    assert AutoTokenizer.from_pretrained(tmp_path / "back").extra_special_tokens == qwen_tokens
 
 
 @pytest.mark.parametrize(("fields", "named"), [
@@ -239,10 +287,16 @@ def test_unknown_and_missing_keys_are_listed_in_one_error(tokenizer, tmp_path, m
     projector = read_tensor_file(tmp_path / "release" / "mm_projector.bin")
     projector.pop("model.mm_projector.ln_post.bias")
     projector["model.mm_projector.extra_scale"] = torch.ones(3)
+    proj = projector["model.mm_projector.proj"]  # stored transposed: its shape as the release holds it is named
+    projector["model.mm_projector.proj"] = torch.ones(proj.shape[0], proj.shape[1] + 1)
     torch.save(projector, tmp_path / "release" / "mm_projector.bin")
-    expected = r"unknown keys \['model.mm_projector.extra_scale'\].*missing keys \['model.mm_projector.ln_post.bias'\]"
-    with pytest.raises(ConversionError, match=expected):
+    expected = (f"{tmp_path / 'release'}: release checkpoint does not match the model: "
+                "unknown keys ['model.mm_projector.extra_scale']; missing keys ['model.mm_projector.ln_post.bias']; "
+                f"shape mismatches ['model.mm_projector.proj {(proj.shape[0], proj.shape[1] + 1)} != "
+                f"{tuple(proj.shape)}']")
+    with pytest.raises(ConversionError) as raised:
         release_to_sicog(tmp_path / "release", tmp_path / "ours")
+    assert str(raised.value) == expected
 
 
 def test_export_refuses_what_the_published_code_cannot_compute(tiny_model_factory, tmp_path, capsys):
@@ -253,6 +307,64 @@ def test_export_refuses_what_the_published_code_cannot_compute(tiny_model_factor
     assert main(["convert", "to-release", str(tmp_path / "ours"), str(tmp_path / "out")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sicog convert: error:")]
     assert len(errors) == 1 and "scale_resolution=64 (needs 336)" in errors[0] and "separator ids" in errors[0]
+
+
+def test_export_refuses_an_llm_the_published_code_does_not_build(tokenizer, tmp_path, capsys):
+    """The published code builds a Qwen2 LLM (LlavaQwenForCausalLM) whatever the weights are: a Llama one was
+    written as llava_qwen, exit 0."""
+    from transformers import LlamaConfig
+
+    from sicog.model.builders import save_pretrained
+
+    model, _ = release_like_model(tokenizer)
+    config, text = model.config, model.config.text_config
+    config.text_config = LlamaConfig(vocab_size=text.vocab_size, hidden_size=text.hidden_size,
+                                     intermediate_size=text.intermediate_size, num_hidden_layers=text.num_hidden_layers,
+                                     num_attention_heads=text.num_attention_heads,
+                                     num_key_value_heads=text.num_key_value_heads)
+    save_pretrained(*new_model(config, tokenizer), tmp_path / "ours")
+    capsys.readouterr()
+    assert main(["convert", "to-release", str(tmp_path / "ours"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == ("sicog convert: error: the published code cannot run this model: "
+                                       "text_config.model_type='llama' (needs 'qwen2')\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_to_release_lists_every_tensor_that_does_not_fit_in_one_error(tokenizer, tmp_path, capsys):
+    """Only the tower was checked: a checkpoint missing an LLM or resampler tensor, holding a mis-shaped or an
+    unknown one, was written as a release, exit 0."""
+    from sicog.model.builders import save_pretrained
+
+    model, processor = release_like_model(tokenizer)
+    save_pretrained(model, processor, tmp_path / "ours")
+    weights_file = tmp_path / "ours" / "model.safetensors"
+    state = load_file(weights_file)
+    del state["language_model.model.layers.1.mlp.up_proj.weight"], state["resampler.ln_post.bias"]
+    state["language_model.model.norm.weight"] = torch.ones(5)
+    state["language_model.model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    save_file(state, weights_file)
+    capsys.readouterr()
+    assert main(["convert", "to-release", str(tmp_path / "ours"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"sicog convert: error: {tmp_path / 'ours'}: its weights do not fit its config.json: "
+        "unknown keys ['language_model.model.layers.0.self_attn.rotary_emb.inv_freq']; "
+        "missing keys ['language_model.model.layers.1.mlp.up_proj.weight', 'resampler.ln_post.bias']; "
+        "shape mismatches ['language_model.model.norm.weight (5,) != (128,)']\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_to_release_writes_the_tower_copy_in_the_weights_dtype(tokenizer, tmp_path):
+    """The vision_tower/ copy was always float32: twice the size of a bfloat16 checkpoint's tower."""
+    from sicog.model.builders import save_pretrained
+
+    model, processor = release_like_model(tokenizer)
+    model.to(torch.bfloat16)
+    save_pretrained(model, processor, tmp_path / "ours")
+    sicog_to_release(tmp_path / "ours", tmp_path / "back")
+    tower = load_file(tmp_path / "back" / "vision_tower" / "model.safetensors")
+    expected = model.vision_tower.state_dict()
+    assert sorted(tower) == sorted(expected)
+    assert all(v.dtype == torch.bfloat16 and torch.equal(v, expected[k]) for k, v in tower.items())
 
 
 def test_tower_saved_with_clips_prefix_converts_and_a_tower_that_fits_neither_naming_is_one_line(
@@ -279,9 +391,43 @@ def test_tower_saved_with_clips_prefix_converts_and_a_tower_that_fits_neither_na
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("sicog convert: error:")]
     assert "Traceback" not in err and len(errors) == 1, err
-    assert f"{tmp_path / 'ours'}: the vision tower's weights do not fit" in errors[0]
+    assert f"{tmp_path / 'ours'}: its weights do not fit its config.json" in errors[0]
     assert "missing keys ['vision_tower.embeddings.class_embedding']" in errors[0]
     assert not (tmp_path / "broken").exists()
+
+
+def test_a_clip_folder_lacking_a_tower_weight_is_refused_naming_them(tokenizer, tmp_path, capsys):
+    """transformers only warns about a weight the CLIP folder lacks or holds in another shape, and initialises it at
+    random: the conversion wrote an invented tower, exit 0."""
+    from sicog.model.release_format import VISION_PREFIX
+
+    model, _ = release_like_model(tokenizer)
+    model.vision_tower.save_pretrained(tmp_path / "clip")
+    clip_file = tmp_path / "clip" / "model.safetensors"
+    clip = load_file(clip_file)
+    del clip["encoder.layers.0.self_attn.q_proj.weight"]
+    save_file(clip, clip_file)
+    write_release_checkpoint(model, tokenizer, tmp_path / "release")
+    index_file = tmp_path / "release" / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    for shard in sorted(set(index["weight_map"].values())):  # a release without the tower's weights
+        weights = read_tensor_file(tmp_path / "release" / shard)
+        save_file({k: v for k, v in weights.items() if not k.startswith(VISION_PREFIX)}, tmp_path / "release" / shard)
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if not k.startswith(VISION_PREFIX)}
+    index_file.write_text(json.dumps(index))
+    command = ["convert", "from-release", str(tmp_path / "release"), str(tmp_path / "out"), "--vision-tower",
+               str(tmp_path / "clip")]
+    said = f"sicog convert: error: {tmp_path / 'clip'}: the CLIP tower's weights do not fit its config.json: "
+    missing = "missing keys ['encoder.layers.0.self_attn.q_proj.weight']"
+    assert main(command) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sicog convert: error:")]
+    assert errors == [said + missing] and not (tmp_path / "out").exists()
+    clip["post_layernorm.weight"] = torch.ones(5)  # a traceback from transformers, which refuses it unless told not to
+    save_file(clip, clip_file)
+    assert main(command) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sicog convert: error:")]
+    assert errors == [said + missing + "; shape mismatches ['post_layernorm.weight (5,) != (32,)']"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_non_release_config_is_refused(tokenizer, tmp_path, capsys):
@@ -293,6 +439,14 @@ def test_non_release_config_is_refused(tokenizer, tmp_path, capsys):
 def _edit_config(folder, **fields):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
+def _store_twice(folder, key, fmt="safetensors"):
+    """Put a copy of ``key`` (held by the first shard) into the second shard too, with other values."""
+    first, second = (folder / f"model-0000{i}-of-00002.{fmt}" for i in (1, 2))
+    weights = read_tensor_file(second)
+    weights[key] = torch.zeros_like(read_tensor_file(first)[key])
+    save_file(weights, second) if fmt == "safetensors" else torch.save(weights, second)
 
 
 def _truncate(path, keep=0.5):
@@ -318,13 +472,21 @@ def _truncate(path, keep=0.5):
     ("safetensors", lambda d: [(d / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
      "release: no tokenizer (tokenizer.json or tokenizer_config.json)"),
     ("safetensors", lambda d: _truncate(d / "tokenizer.json"), "release: its tokenizer does not load"),
+    ("safetensors", lambda d: _store_twice(d, "lm_head.weight"), "release: tensor lm_head.weight is stored twice, in "
+     "model-00001-of-00002.safetensors and model-00002-of-00002.safetensors"),
+    ("bin", lambda d: _store_twice(d, "lm_head.weight", "bin"), "release: tensor lm_head.weight is stored twice, in "
+     "model-00001-of-00002.bin and model-00002-of-00002.bin"),
     ("safetensors", lambda d: _edit_config(d, hidden_size="128"),
      "config.json: Field 'hidden_size' expected int, got str (value: '128')"),
     ("safetensors", lambda d: _edit_config(d, mm_vision_select_layer="-2"),
      "config.json: field 'mm_vision_select_layer': expected an integer, got \"-2\""),
 ])
-def test_damaged_release_files_are_one_line_errors_naming_the_file(tokenizer, tmp_path, capsys, fmt, damage, named):
+def test_damaged_release_files_are_one_line_errors_naming_the_file(tokenizer, tmp_path, capsys, monkeypatch, fmt,
+                                                                   damage, named):
+    import sicog.convert.release as convert
+
     model, _ = release_like_model(tokenizer)
+    monkeypatch.setattr(convert, "CLIP_L14_336", model.config.vision_config.to_dict())  # the damage is the only fault
     write_release_checkpoint(model, tokenizer, tmp_path / "release", fmt)
     damage(tmp_path / "release")
     assert main(["convert", "from-release", str(tmp_path / "release"), str(tmp_path / "out")]) == 2

@@ -61,11 +61,16 @@ from sicog.model.release_format import (
     state_problems,
     to_release_state,
 )
+from sicog.model.tokens import IMAGE_TOKEN
 
 RELEASE_EMBEDDING, RELEASE_LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 # A tokenizer is saved as one of these (transformers finds the others from them).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 CLIP_L14_336_ID = "openai/clip-vit-large-patch14-336"
+# Its folder in a Hugging Face cache (``huggingface-cli download --cache-dir``), as the published scripts name it.
+CLIP_L14_336_CACHE = "models--" + CLIP_L14_336_ID.replace("/", "--")
+# The only LLM the published code builds (LlavaQwenForCausalLM).
+RELEASE_TEXT_MODEL_TYPE = "qwen2"
 TOWER_PREFIX = "vision_tower."
 # The tower's keys with CLIP's own prefix, as transformers saved a model it had loaded under ZeRO-3.
 CLIP_PREFIXED = TOWER_PREFIX + "vision_model."
@@ -93,12 +98,38 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
         raise ConversionError(f"{folder}: its tokenizer does not load ({first_line(error)})") from None
 
 
+def _names_clip_l14_336(source: str) -> bool:
+    """Whether ``source`` names CLIP-L/14-336: its hub id (after any prefix), or its folder in a Hugging Face cache
+    as the published scripts record it in ``mm_vision_tower`` (``.../models--openai--clip-vit-large-patch14-336``,
+    or a ``snapshots/REVISION`` folder inside it), a path on the machine that trained."""
+    path = Path(source)
+    in_cache = path.name == CLIP_L14_336_CACHE or (path.parent.name == "snapshots"
+                                                   and path.parent.parent.name == CLIP_L14_336_CACHE)
+    return in_cache or source.rstrip("/").endswith(CLIP_L14_336_ID)
+
+
+def _clip_tower(folder: str) -> CLIPVisionModel:
+    """The CLIP vision tower saved in ``folder``; :class:`ConversionError` naming the folder and the weights when it
+    lacks one or holds one in another shape (transformers only warns, and initialises those at random). Weights of
+    no vision tower are left: a whole CLIP model's folder also holds the text tower."""
+    tower, info = CLIPVisionModel.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True)
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing keys {sorted(info['missing_keys'])}")
+    if info["mismatched_keys"]:
+        wrong = [f"{key} {tuple(found)} != {tuple(needed)}" for key, found, needed in sorted(info["mismatched_keys"])]
+        problems.append(f"shape mismatches {wrong}")
+    if problems:
+        raise ConversionError(f"{folder}: the CLIP tower's weights do not fit its config.json: " + "; ".join(problems))
+    return tower
+
+
 def _vision_state(weights: dict[str, torch.Tensor], release_config: dict, vision_tower: str | None, src: Path) -> tuple:
     """The tower's config and release-named weights: from the checkpoint if it holds them, else from the CLIP dir."""
     source = vision_tower or release_config.get("mm_vision_tower")
     has_tower = any(k.startswith(VISION_PREFIX) for k in weights)
-    if has_tower and source is not None and source.rstrip("/").endswith(CLIP_L14_336_ID) and not Path(source).is_dir():
-        return CLIPVisionConfig(**CLIP_L14_336), {}  # weights in the checkpoint; the hub id fixes the shape
+    if has_tower and source is not None and _names_clip_l14_336(source) and not Path(source).is_dir():
+        return CLIPVisionConfig(**CLIP_L14_336), {}  # weights in the checkpoint; the name fixes the shape
     if source is None or not Path(source).is_dir():
         raise ConversionError(
             f"{src}: needs the CLIP vision tower's directory "
@@ -111,7 +142,7 @@ def _vision_state(weights: dict[str, torch.Tensor], release_config: dict, vision
         raise ConversionError(f"{source}: no config.json (not a CLIP checkpoint folder); pass --vision-tower")
     if has_tower:
         return CLIPVisionConfig.from_pretrained(source), {}
-    tower = CLIPVisionModel.from_pretrained(source)
+    tower = _clip_tower(source)
     return tower.config, {VISION_PREFIX + k: v for k, v in tower.state_dict().items()}
 
 
@@ -246,11 +277,14 @@ def release_to_sicog(
     config.release_fields = {k: v for k, v in release_config.items() if k not in computed} or None
     with torch.device("meta"):
         model = SicogForConditionalGeneration(config)
-    state = from_release_state(weights, model.state_dict())
+    weights_source = f"{src} with {projector_file}" if projector else src
+    state = from_release_state(weights, model.state_dict(), weights_source)
     model.load_state_dict(state, assign=True, strict=True)
-    _set_generation_ids(model, tokenizer)
     if (src / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(src)
+    # After the release's own settings, which may name no stop or pad id (sampling values alone): generation would
+    # then run past the end of every reply.
+    _set_generation_ids(model, tokenizer)
     with _staged(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -302,6 +336,10 @@ def release_config_dict(config: SicogConfig, vision_tower_name: str) -> dict:
     """config.json of the published format for ``config`` (refuses settings the published code cannot compute),
     with the fields of the release it was converted from that it has no setting for (``release_fields``)."""
     problems = []
+    text_type = config.text_config.model_type
+    if text_type != RELEASE_TEXT_MODEL_TYPE:
+        # The published code would build a Qwen2 LLM around these weights (missing tensors, other computation).
+        problems.append(f"text_config.model_type={text_type!r} (needs {RELEASE_TEXT_MODEL_TYPE!r})")
     expected = {**RELEASE_RESAMPLER_SETTINGS, "image_layout": "release"}
     problems += [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in expected.items() if getattr(config, k) != v]
     geometry = {name: getattr(config, name) for name in RELEASE_GEOMETRY}
@@ -336,6 +374,22 @@ def legacy_merges(tokenizer_json: Path) -> None:
     tokenizer_json.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
+def legacy_special_tokens(tokenizer_config: Path) -> None:
+    """Write a tokenizer's extra special tokens as ``additional_special_tokens``, the only name the published stack
+    (transformers 4.40) reads: transformers 5 writes ``extra_special_tokens``, which 4.40 ignores, leaving the list
+    empty, so that the published training code's ``im_start, im_end = tokenizer.additional_special_tokens_ids``
+    fails. ``<image>``, which SICOG adds, is left out: that line unpacks the release's own two (Qwen2's
+    ``<|im_start|>`` and ``<|im_end|>``), and the published code never meets that token. transformers 5 reads the
+    old name as the new one."""
+    data = read_json_object(tokenizer_config)
+    extra = data.get("extra_special_tokens")
+    if not extra:
+        return  # none to name
+    del data["extra_special_tokens"]
+    data["additional_special_tokens"] = [token for token in extra if token != IMAGE_TOKEN]
+    tokenizer_config.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
 def read_sicog_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a SICOG checkpoint directory (single file or shards), under the model's own names.
 
@@ -356,16 +410,20 @@ def read_sicog_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     return out
 
 
-def _tower_state(state: dict[str, torch.Tensor], config: CLIPVisionConfig, src: Path) -> dict[str, torch.Tensor]:
-    """The CLIP tower's weights out of a release-named ``state``, checked against a tower of ``config``."""
-    weights = {k[len(VISION_PREFIX) :]: v for k, v in state.items() if k.startswith(VISION_PREFIX)}
+def _check_sicog_state(state: dict[str, torch.Tensor], config: SicogConfig, src: Path) -> None:
+    """Refuse, in one error naming ``src``, weights that do not load into a model of ``config`` (what its
+    ``config.json`` says): unknown, missing and mis-shaped tensors of the LLM, the resampler and the tower alike,
+    which would otherwise be written into a release the published code cannot load."""
     with torch.device("meta"):
-        expected = CLIPVisionModel(config).state_dict()
-    unknown = [TOWER_PREFIX + k for k in set(weights) - set(expected)]
-    problems = state_problems(weights, expected, lambda key: TOWER_PREFIX + key, unknown)
+        model = SicogForConditionalGeneration(config)
+    expected = model.state_dict()
+    for tied in model.all_tied_weights_keys:  # transformers saves a tied weight once, under the name it is tied to
+        if tied not in state:
+            expected.pop(tied)
+    unknown = [k for k in state if k not in expected]
+    problems = state_problems({k: v for k, v in state.items() if k in expected}, expected, unknown)
     if problems:
-        raise ConversionError(f"{src}: the vision tower's weights do not fit its config.json: " + "; ".join(problems))
-    return weights
+        raise ConversionError(f"{src}: its weights do not fit its config.json: " + "; ".join(problems))
 
 
 def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_tower_name: str | None = None) -> Path:
@@ -383,15 +441,17 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     config = SicogConfig.from_pretrained(src)
     # Where the tower will be once the staging folder is renamed into place.
     fields = release_config_dict(config, vision_tower_name or str(out.resolve() / "vision_tower"))
-    state = to_release_state(read_sicog_weights(src))
-    tower_weights = _tower_state(state, config.vision_config, src)  # checked before anything is written
+    sicog_state = read_sicog_weights(src)
+    _check_sicog_state(sicog_state, config, src)  # before anything is written
+    state = to_release_state(sicog_state)
+    tower_weights = {k[len(TOWER_PREFIX) :]: v for k, v in sicog_state.items() if k.startswith(TOWER_PREFIX)}
     tokenizer = load_tokenizer(src)
     with _staged(out) as staging:
         save_torch_state_dict(state, staging, max_shard_size="5GB")
         torch.save({k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}, staging / PROJECTOR_BIN)
         (staging / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
         tower = CLIPVisionModel(config.vision_config)
-        tower.load_state_dict(tower_weights)
+        tower.load_state_dict(tower_weights, assign=True)  # the tensors themselves: the copy keeps their dtype
         tower.save_pretrained(staging / "vision_tower")
         size = config.vision_config.image_size
         CLIPImageProcessorPil(
@@ -402,6 +462,7 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
         # chat_template.jinja), the merges as strings.
         tokenizer.save_pretrained(staging, save_jinja_files=False)
         legacy_merges(staging / "tokenizer.json")
+        legacy_special_tokens(staging / "tokenizer_config.json")
         if (src / "generation_config.json").is_file():
             shutil.copyfile(src / "generation_config.json", staging / "generation_config.json")
         share_weights_like_config(staging)

@@ -12,7 +12,7 @@ import json
 import os
 import pickle
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -69,8 +69,14 @@ def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             continue
         state: dict[str, torch.Tensor] = {}
+        holder: dict[str, str] = {}  # tensor name -> the file it was read from
         for name in files:
-            state.update(read_tensor_file(directory / name))
+            for key, value in read_tensor_file(directory / name).items():
+                if key in holder:
+                    # Which copy is meant is unknown: taking either could convert the wrong values without a word.
+                    raise ConversionError(f"{directory}: tensor {key} is stored twice, in {holder[key]} and {name}")
+                holder[key] = name
+                state[key] = value
         return state
     raise ConversionError(f"{directory}: no model.safetensors, pytorch_model.bin or their shard index")
 
@@ -137,40 +143,39 @@ def to_release_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def state_problems(
-    state: dict[str, torch.Tensor],
-    expected: dict[str, torch.Tensor],
-    name: Callable[[str], str] = str,
-    unknown: Sequence[str] = (),
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], unknown: Sequence[str] = ()
 ) -> list[str]:
-    """What keeps ``state`` from loading into a model whose state is ``expected``: keys ``unknown`` to it (already
-    under their file names), missing keys and shape mismatches, each kind one item; keys shown as ``name`` gives."""
+    """What keeps ``state`` from loading into a model whose state is ``expected`` (both under the names of the file
+    ``state`` was read from): keys ``unknown`` to the model, missing keys and shape mismatches (``key (shape in the
+    file) != (shape the model needs)``), each kind one item."""
     missing = sorted(set(expected) - set(state))
-    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+             for k in sorted(state) if k in expected and state[k].shape != expected[k].shape]
     problems = []
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")
     if missing:
-        problems.append(f"missing keys {[name(k) for k in missing]}")
+        problems.append(f"missing keys {missing}")
     if wrong:
         problems.append(f"shape mismatches {wrong}")
     return problems
 
 
-def from_release_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Release state -> our names, checked against ``expected`` (our model's state): one error for all problems."""
+def from_release_state(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str | os.PathLike
+) -> dict[str, torch.Tensor]:
+    """Release state -> our names, checked against ``expected`` (our model's state): one error for all problems,
+    naming ``source`` (where ``state`` was read) and every key and shape as the release stores it."""
+    expected_release = to_release_state(expected)  # names and shapes as the release stores them (proj transposed)
+    unknown = [k for k in state if k not in expected_release]
+    known = {k: v for k, v in state.items() if k in expected_release}
+    problems = state_problems(known, expected_release, unknown)
+    if problems:
+        raise ConversionError(f"{source}: release checkpoint does not match the model: " + "; ".join(problems))
     reverse = {release_key(key): key for key in expected}
-    out, unknown = {}, []
+    out = {}
     for key, value in state.items():
-        ours = reverse.get(key)
-        if ours is None:
-            unknown.append(key)
-            continue
+        ours = reverse[key]
         transposed = ours.startswith("resampler.") and ours[len("resampler.") :] in TRANSPOSED
         out[ours] = value.t().contiguous() if transposed else value
-    problems = state_problems(out, expected, release_key, unknown)
-    if problems:
-        raise ConversionError("release checkpoint does not match the model: " + "; ".join(problems))
     return out
-
-
