@@ -42,7 +42,7 @@ from sicog.data.steps import split_steps  # noqa: E402
 from sicog.eval.prompts import MC_INSTRUCTION  # noqa: E402
 from sicog.model.slicing import plan_slices  # noqa: E402
 from sicog.toy.build import FILES, WORLD_VERSION, build_world, load_manifest  # noqa: E402
-from sicog.toy.datasets import CAPTION_REQUESTS, SIZES, TSV_COLUMNS, read_bench_tsv  # noqa: E402
+from sicog.toy.datasets import CAPTION_REQUESTS, COD_DEFAULT_REQUEST, SIZES, TSV_COLUMNS, read_bench_tsv  # noqa: E402
 from sicog.toy.questions import CATEGORIES  # noqa: E402
 from sicog.toy.score import load_ground_truth, score_caption, score_mc  # noqa: E402
 from sicog.toy.world import SLICING  # noqa: E402
@@ -132,6 +132,10 @@ def test_cod_and_detailed_formats(world: Path) -> None:
         assert twin_gpt == steps[5] and STEP_BY_STEP_DESCRIBE not in twin_human
         if human == f"{IMAGE_TOKEN}\n{CAPTION_PROMPTS['cod-default']}":
             assert twin_human == f"{IMAGE_TOKEN}\n{CAPTION_PROMPTS['default']}"
+    # stage 2's descriptions are asked as detailed's are: the exact prompt of the perception check among them.
+    sft_requests = {r["conversations"][0]["value"] for r in load_records(world / "sft.jsonl")}
+    assert f"{IMAGE_TOKEN}\n{CAPTION_PROMPTS['default']}" in sft_requests
+    assert f"{IMAGE_TOKEN}\n{COD_DEFAULT_REQUEST}" not in sft_requests
 
 
 def test_cot_sft_and_question_formats(world: Path) -> None:

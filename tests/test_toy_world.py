@@ -157,3 +157,18 @@ def test_counting_answers_are_not_guessable_from_the_text(kind: str) -> None:
     assert max(answers.values()) / len(questions) < 0.45, answers
     # Every count question offers wrong counts from the same range, whatever its answer.
     assert {frozenset({q.answer, *q.distractors}) for q in questions} == {frozenset("01234")}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_which_is_larger_offers_both_objects_it_asks_about(layout: str) -> None:
+    """Otherwise the one option naming an object of the question gives the answer away without the image."""
+    from sicog.toy.questions import QUESTION_TYPES
+
+    rng = random.Random(3)
+    asked = [QUESTION_TYPES["compare_size"][1](sample_scene(rng, LAYOUTS[layout]), rng) for _ in range(500)]
+    asked = [q for q in asked if q is not None]
+    assert asked
+    for question in asked:
+        named = {name for name in (question.answer, *question.distractors) if f"the {name} " in question.text
+                 or question.text.endswith(f"the {name}?")}
+        assert len(named) == 2 and len(question.distractors) == 3, question

@@ -27,7 +27,7 @@ from sicog.toy.world import LAYOUTS, SLICING
 
 MANIFEST = "manifest.json"
 # Bump when the same seed would give a different tree, so an old world is not mistaken for a current one.
-WORLD_VERSION = 7
+WORLD_VERSION = 8
 # Stable manifest keys -> file or folder names inside the world directory.
 FILES = {
     "align": "align.jsonl",

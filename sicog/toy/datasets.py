@@ -163,6 +163,12 @@ def build_align(writer: WorldWriter, count: int) -> list[dict]:
     return records
 
 
+def _description_request(request: str) -> str:
+    """A caption request as a whole description answers it: the CoD request without its step-by-step sentence
+    is the ``default`` prompt, the one the perception check and the image-use references ask with."""
+    return CAPTION_PROMPTS["default"] if request == COD_DEFAULT_REQUEST else request
+
+
 def build_cod(writer: WorldWriter, count: int) -> tuple[list[dict], list[dict]]:
     """The annotated Chain-of-Description set and its "detailed" twin (step 5 only, same images)."""
     rng, cod, detailed = writer.rng("cod"), [], []
@@ -173,8 +179,7 @@ def build_cod(writer: WorldWriter, count: int) -> tuple[list[dict], list[dict]]:
         bodies = cod_bodies(scene, rng)
         caption = format_steps(COD_STEPS, bodies)
         cod.append(conversation(f"cod-{i:05d}", image, f"{request} {STEP_BY_STEP_DESCRIBE}", caption))
-        twin_request = CAPTION_PROMPTS["default"] if request == COD_DEFAULT_REQUEST else request
-        detailed.append(conversation(f"detailed-{i:05d}", image, twin_request, bodies[4]))
+        detailed.append(conversation(f"detailed-{i:05d}", image, _description_request(request), bodies[4]))
     return cod, detailed
 
 
@@ -264,7 +269,7 @@ def build_sft(writer: WorldWriter, count: int) -> list[dict]:
             scene, _ = writer.draw(rng)
             image, _ = writer.add_image("sft", record_id, scene)
             if roll < SFT_SHORT + SFT_MC + SFT_DETAILED:
-                request, reply = rng.choice(CAPTION_REQUESTS), detailed_description(scene, rng)
+                request, reply = _description_request(rng.choice(CAPTION_REQUESTS)), detailed_description(scene, rng)
             else:
                 request, reply = rng.choice(BRIEF_REQUESTS), brief_description(scene, rng)
             records.append(conversation(record_id, image, request, reply))

@@ -285,7 +285,9 @@ def compare_size(scene: Scene, rng: random.Random) -> Question | None:
     first, second = (big, small) if rng.random() < 0.5 else (small, big)
     return Question(
         "compare_size", "instance reasoning", f"Which is larger, the {first.name} or the {second.name}?", big.name,
-        _others(scene, rng, {o.name for o in scene.objects if o is not small}),
+        # Exactly three, the smaller one always among them: every set of options then names both objects asked
+        # about, so the text alone narrows it to those two and no further.
+        (small.name, *rng.sample(_others(scene, rng, {big.name, small.name}), 2)),
         f"compare the sizes of the {first.name} and the {second.name}",
         f"The {first.name} is {SIZE_WORDS[first.size][0]} and the {second.name} is {SIZE_WORDS[second.size][0]}.",
         f"So the {big.name} is larger.",
