@@ -50,8 +50,9 @@ def test_command_evaluates_a_checkpoint(setup, tmp_path, capsys) -> None:
     assert "math:" in out and "results.xlsx" in out
     record = load_records(tmp_path / "predictions.jsonl")[0]
     assert record["settings"] == {"model": str(setup["model"]), "prompt_style": "direct", "max_new_tokens": 6,
-                                  "mc_scoring": "generate", "blind_seed": None, "short_answer": True,
-                                  "weights": checkpoint_signature(setup["model"])}
+                                  "mc_scoring": "generate", "blind_seed": None, "short_answer": True}
+    assert json.loads((tmp_path / "checkpoint.json").read_text()) == {
+        "model": str(setup["model"].resolve()), "weights": checkpoint_signature(setup["model"])}
     assert record["prompt"].endswith("Answer with the option's letter from the given choices directly.")
 
 
@@ -77,7 +78,8 @@ def test_a_resumed_run_knows_its_checkpoint_by_folder_and_weights(setup, tmp_pat
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "field 'settings': answered with other settings" in err and "'weights'" in err
+    assert f"--output-dir {out} holds runs of another weights (" in err and len(err.strip().splitlines()) == 1
+    assert (out / "predictions.jsonl").read_bytes() == b"".join(lines[:4])
 
 
 def test_command_reports_bad_input(setup, tmp_path, capsys) -> None:

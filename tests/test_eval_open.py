@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from sicog.cli import main
-from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import RecordError, load_records
 from sicog.data.prompts import SHORT_ANSWER, STEP_BY_STEP_ANSWER
 from sicog.eval.prompts import short_answer_prompt
@@ -165,8 +164,7 @@ def test_command_scores_open_answers_resumes_and_rescores(taught, tmp_path) -> N
 
     # Two ranks answer the same as one process.
     ranked, benchmark = tmp_path / "ranked", read_benchmark(bench)
-    settings = EvalSettings(model=str(tmp_path / "model"), mc_scoring="open",
-                            weights=checkpoint_signature(tmp_path / "model"))
+    settings = EvalSettings(model=str(tmp_path / "model"), mc_scoring="open")
     for rank in (0, 1):
         run_rank(benchmark, model, processor, ranked, settings, batch_size=3, rank=rank, world=2, progress=False)
     summary = merge_and_score(benchmark, ranked, open_scoring("open", table))

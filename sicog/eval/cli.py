@@ -10,9 +10,10 @@ from pathlib import Path
 
 from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.checkpoint_files import checkpoint_signature
-from sicog.data.jsonl import RecordError, blocked_reason
+from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
+from sicog.eval.output_dir import check_output_dir, claim_output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,10 +89,9 @@ def _report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def check_output_dir(path: Path) -> None:
-    """Raise ``ValueError`` when ``path`` is a file or lies inside one (it could never be made a folder)."""
-    if blocked := blocked_reason(path):
-        raise ValueError(f"--output-dir {path} {blocked}")
+# What sicog eval records in its output folder: the checkpoint whose predictions it holds (its folder and a digest
+# of its files), so that weights retrained into the same folder never resume the earlier weights' predictions.
+CHECKPOINT_RECORD = "checkpoint.json"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
         open_scoring(args.mc_scoring, args.synonyms)
         check_output_dir(args.output_dir)
         require_checkpoint(args.model)
+        owner = {"model": os.path.realpath(args.model), "weights": checkpoint_signature(args.model)}
+        claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=False)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
+        # Written once the checkpoint loads: a run that stops before leaves no folder behind.
+        claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=rank == 0)
     except (RecordError, ValueError, OSError) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)
         return 2
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             summary = evaluate(
                 model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens, model_name=os.path.abspath(args.model),
-                weights=checkpoint_signature(args.model), progress=not args.no_progress,
+                progress=not args.no_progress,
                 mc_scoring=args.mc_scoring, blind_seed=args.blind_seed, synonyms=args.synonyms,
                 short_answer=not args.as_asked,
             )

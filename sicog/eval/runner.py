@@ -61,9 +61,6 @@ class EvalSettings:
     blind_seed: int | None = None
     # Likelihood: score the options after the short-answer instruction (False: after the question as asked).
     short_answer: bool = True
-    # A digest of the checkpoint folder's files (sicog.data.checkpoint_files): weights retrained into the same
-    # folder are another model. None: not known (a model given as an object, or predictions from before).
-    weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.mc_scoring not in MC_SCORING:
@@ -90,13 +87,12 @@ def open_scoring(mc_scoring: str, synonyms: str | os.PathLike | None = None) -> 
 
 
 def _same_settings(theirs: dict, mine: dict) -> bool:
-    """Whether a prediction's stored settings are this run's: a setting it predates has its default, weights
-    are compared where both runs know them, and the model is the same folder however its path is spelled."""
+    """Whether a prediction's stored settings are this run's: a setting it predates has its default, and the
+    model is the same folder however its path is spelled."""
     theirs = {**_SETTING_DEFAULTS, **theirs}
     same_model = theirs.get("model") == mine["model"] or (
         isinstance(theirs.get("model"), str) and os.path.realpath(theirs["model"]) == os.path.realpath(mine["model"]))
-    same_weights = None in (theirs["weights"], mine["weights"]) or theirs["weights"] == mine["weights"]
-    return same_model and same_weights and {**theirs, "model": mine["model"], "weights": mine["weights"]} == mine
+    return same_model and {**theirs, "model": mine["model"]} == mine
 
 
 def _reusable(settings: EvalSettings, benchmark: Benchmark) -> Callable[[Path, int, dict], None]:
@@ -261,7 +257,6 @@ def evaluate(
     max_new_tokens: int | None = None,
     image_root: str | os.PathLike | None = None,
     model_name: str | None = None,
-    weights: str | None = None,
     progress: bool = True,
     mc_scoring: str = "generate",
     blind_seed: int | None = None,
@@ -272,9 +267,8 @@ def evaluate(
 
     ``prompt``: "direct" (answer with the option's letter) or "cot" (step by step); ``max_new_tokens``
     defaults to 64 for direct and 1024 for cot answers; ``model_name`` (default: the checkpoint path the
-    model was loaded from) is stored with each prediction so that a resumed run cannot mix models, and with it
-    ``weights``, a digest of the checkpoint folder's files (:func:`sicog.data.checkpoint_files.checkpoint_signature`)
-    when known, so that weights retrained into the same folder are not mixed with earlier predictions either.
+    model was loaded from) is stored with each prediction so that a resumed run cannot mix models (``sicog eval``
+    also records the checkpoint's weights in the output folder: :data:`sicog.eval.cli.CHECKPOINT_RECORD`).
     ``mc_scoring="likelihood"`` picks the most likely option instead of generating (multiple choice only);
     ``mc_scoring="open"`` asks each question without its options and compares the reply with the right
     option's text, reading phrasings through the ``synonyms`` table file if given (multiple choice only);
@@ -289,7 +283,7 @@ def evaluate(
     name = model_name if model_name is not None else str(getattr(model, "name_or_path", "") or type(model).__name__)
     tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 64)
     settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens, mc_scoring=mc_scoring,
-                            blind_seed=blind_seed, short_answer=short_answer, weights=weights)
+                            blind_seed=blind_seed, short_answer=short_answer)
     short_answers = open_scoring(mc_scoring, synonyms)
     if mc_scoring != "generate" and benchmark.kind != MULTIPLE_CHOICE:
         raise ValueError(f"{benchmark.path}: {mc_scoring} scoring needs a multiple-choice benchmark, not "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shlex
 import subprocess
@@ -26,7 +25,6 @@ from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import atomic_file, write_json
 from sicog.data.yaml_file import read_yaml
 from sicog.eval.batch_size import parse_batch_size
-from sicog.eval.cli import check_output_dir  # sicog eval's check of the same flag
 from sicog.eval.framework_results import (
     DONE,
     FAILED,
@@ -38,6 +36,7 @@ from sicog.eval.framework_results import (
     read_outcomes,
     result_files,
 )
+from sicog.eval.output_dir import claim_output_dir
 
 # command-line name -> the package that must be importable
 FRAMEWORKS = {VLMEVALKIT: "vlmeval", LMMS_EVAL: "lmms_eval"}
@@ -191,28 +190,15 @@ def framework_command(
     return [*launcher, module, *args, *extra]
 
 
-def claim_output_dir(output_dir: Path, model: Path, framework: str, extra: Sequence[str] = ()) -> None:
-    """Check that ``output_dir`` is (or can be made) a folder holding only runs of checkpoint ``model`` (these
-    weights: :func:`checkpoint_signature`) with ``framework`` and the framework arguments ``extra`` (which may
-    change the predictions: a prompt, a decoding setting), and record that in it (``OWNER_FILE``). ``ValueError``
-    naming the folder and what differs otherwise: VLMEvalKit's ``--reuse`` would take another run's predictions
-    for this one's."""
-    check_output_dir(output_dir)
+def claim_suite_dir(output_dir: Path, model: Path, framework: str, extra: Sequence[str] = ()) -> None:
+    """Check that ``output_dir`` holds only runs of checkpoint ``model`` (these weights:
+    :func:`~sicog.data.checkpoint_files.checkpoint_signature`) with ``framework`` and the framework arguments
+    ``extra`` (which may change the predictions: a prompt, a decoding setting), recorded in ``OWNER_FILE``
+    (:func:`~sicog.eval.output_dir.claim_output_dir`): VLMEvalKit's ``--reuse`` would take another run's
+    predictions for this one's."""
     owner = {"model": str(model.resolve()), "weights": checkpoint_signature(model), "framework": framework,
              "extra": list(extra)}
-    path = output_dir / OWNER_FILE
-    if not path.exists():
-        write_json(path, owner)
-        return
-    try:
-        held = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not readable ({err}); it records whose runs {output_dir} holds") from None
-    if held != owner:
-        differ = [key for key in owner if not isinstance(held, dict) or held.get(key) != owner[key]]
-        raise ValueError(f"--output-dir {output_dir} holds runs of another {' and '.join(differ)} ({path}: "
-                         f"{held}); give this run another folder, or VLMEvalKit's --reuse would take those "
-                         "predictions for its own")
+    claim_output_dir(output_dir, owner, OWNER_FILE, "VLMEvalKit's --reuse")
 
 
 def headline_rows(
@@ -304,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
             if importlib.util.find_spec(FRAMEWORKS[args.framework]) is None:
                 raise ValueError(f"{args.framework} is not installed in this environment (docs/evaluation.md: "
                                  "install it beside SICOG)")
-            claim_output_dir(args.output_dir, args.model, args.framework, args.extra)
+            claim_suite_dir(args.output_dir, args.model, args.framework, args.extra)
     except (ValueError, OSError) as err:
         print(f"sicog eval-suite: error: {os_error_text(err) if isinstance(err, OSError) else err}", file=sys.stderr)
         return 2
