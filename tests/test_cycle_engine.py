@@ -400,3 +400,85 @@ def test_a_path_enters_a_key_relative_to_the_run_only_when_it_is_under_the_run(t
             str(tmp_path / f"{name}_images"), f"/elsewhere{tmp_path / name}/x")]
     assert keys["run"][:3] == keys["moved"][:3] == ["$RUN/images", "a.jsonl,$RUN/b.jsonl", "$RUN"]
     assert keys["run"][3:] == [str(tmp_path / "run_images"), f"/elsewhere{tmp_path / 'run'}/x"]
+
+
+def test_a_rerun_from_a_step_starts_its_unfinished_dependants_clean(tmp_path):
+    """--from X replaces X's output: a dependant that failed part-way must not resume what the old X made."""
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", progress=False).run(plan)
+    engine = Engine(tmp_path / "run", progress=False)
+    engine._record("third", {**engine.manifest["steps"]["third"], "status": "failed"})
+    stale = tmp_path / "run" / "third" / "stale.txt"
+    stale.write_text("made from the old second step")
+    engine.run(plan, force=["second"])
+    assert not stale.exists() and Engine(tmp_path / "run").manifest["steps"]["third"]["status"] == "done"
+
+
+def test_a_step_whose_output_was_deleted_runs_again(tmp_path):
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", progress=False).run(plan)
+    shutil.rmtree(tmp_path / "run" / "third")
+    assert Engine(tmp_path / "run").pending(plan) == ["third"]
+    (tmp_path / "run" / "second" / "out.jsonl").unlink()
+    assert Engine(tmp_path / "run").pending(plan) == ["second", "third"]
+
+
+def test_a_moved_run_starts_its_unfinished_steps_clean(tmp_path):
+    """Their commands would refuse to resume outputs that name the old paths (checkpoints, predictions)."""
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", progress=False).run(plan)
+    engine = Engine(tmp_path / "run", progress=False)
+    engine._record("third", {**engine.manifest["steps"]["third"], "status": "running"})
+    (tmp_path / "run" / "third" / "checkpoint.txt").write_text("names " + str(tmp_path / "run"))
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    moved = Engine(tmp_path / "moved", progress=False)
+    assert moved.pending(plan) == ["third"]
+    moved.run(plan)
+    assert not (tmp_path / "moved" / "third" / "checkpoint.txt").exists()
+    assert Engine(tmp_path / "moved").manifest["root"] == str((tmp_path / "moved").resolve())
+
+
+def test_an_input_edited_in_place_with_its_time_put_back_is_hashed_again(tmp_path):
+    """cp -p, rsync -a and tar restore a file's modification time: its change time still tells."""
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", progress=False).run(plan)
+    source = tmp_path / "in.jsonl"
+    times = source.stat()
+    source.write_text('{"id": 3}\n{"id": 4}\n')  # the same size
+    os.utime(source, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert Engine(tmp_path / "run").pending(plan) == ["first", "second", "third"]
+
+
+def test_a_folder_input_is_hashed_through_its_linked_folders(tmp_path):
+    """A checkpoint whose weights folder is a link: swapping what it points at changes the hash."""
+    engine = Engine(tmp_path / "run", progress=False)
+    for name in ("weights_a", "weights_b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.bin").write_text(name)
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "weights").symlink_to(tmp_path / "weights_a")
+    (checkpoint / "loop").symlink_to(checkpoint)  # a link back is not walked again
+    first = engine.input_hash(str(checkpoint))
+    (checkpoint / "weights").unlink()
+    (checkpoint / "weights").symlink_to(tmp_path / "weights_b")
+    assert engine.input_hash(str(checkpoint)) != first
+
+
+def test_a_setting_that_names_a_file_or_folder_enters_keys_by_content(quick_keys, tmp_path):
+    """An encoder checkpoint or a DeepSpeed config replaced in place reruns what reads it."""
+    out, config, base, plan = quick_keys
+    encoder, deepspeed = tmp_path / "encoder", tmp_path / "zero2.json"
+    encoder.mkdir()
+    (encoder / "model.bin").write_text("weights")
+    deepspeed.write_text('{"zero_optimization": {"stage": 2}}')
+    named = dataclasses.replace(config, encoder=str(encoder), train={"deepspeed": str(deepspeed)})
+    before, named_plan = keys_of(named, out)
+    (encoder / "model.bin").write_text("other weights")
+    after, _ = keys_of(named, out)
+    curation = named_plan.downstream(["curate_captions", "curate_reasoning"])
+    assert {n for n in before if after[n] != before[n]} == curation
+    deepspeed.write_text('{"zero_optimization": {"stage": 3}}')
+    changed, _ = keys_of(named, out)
+    assert {"stage1", "A_stage2", "D_stage15"} <= {n for n in after if changed[n] != after[n]}

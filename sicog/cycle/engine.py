@@ -126,7 +126,7 @@ def content_hash(path: str | os.PathLike) -> str:
     if path.is_file():
         files = [("", path)]
     elif path.is_dir():
-        files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+        files = [(p.relative_to(path).as_posix(), p) for p in _files_under(path)]
     else:
         raise FileNotFoundError(f"cycle input {path} does not exist")
     for name, file in files:
@@ -163,9 +163,23 @@ def code_fingerprint(package: str | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+def _files_under(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted, linked folders entered (``rglob`` does not: a checkpoint whose weights
+    folder is a link would hash without its weights); a link back to a folder already walked is not entered."""
+    found, seen = [], set()
+    for where, folders, names in os.walk(folder, followlinks=True):
+        seen.add(os.path.realpath(where))
+        folders[:] = [name for name in folders if os.path.realpath(os.path.join(where, name)) not in seen]
+        found += [Path(where, name) for name in names if os.path.isfile(os.path.join(where, name))]
+    return sorted(found)
+
+
 def _stat_signature(path: Path) -> list:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    """What tells, without reading them, that the files of ``path`` are unchanged: with the size and the
+    modification time the change time, which no copy tool sets back (``cp -p`` and ``rsync -a`` restore the
+    modification time of a file edited in place)."""
+    files = [path] if path.is_file() else _files_under(path)
+    return [(str(p), (st := p.stat()).st_size, st.st_mtime_ns, st.st_ctime_ns) for p in files]
 
 
 class Plan:
@@ -230,6 +244,11 @@ class Engine:
                 raise ValueError(f"{self.manifest_path}: {problem}; remove it to run every step of this seed again")
         self.manifest: dict = {"steps": manifest.get("steps", {}), "input_hashes": manifest.get("input_hashes", {}),
                                "rerun": manifest.get("rerun", [])}
+        if "root" in manifest:  # where the run was when its steps ran (a run moved since starts unfinished ones again)
+            self.manifest["root"] = manifest["root"]
+        # The steps this run reruns whatever their state (--from and the reruns the manifest records, with their
+        # dependants): set by pending().
+        self.forced: set[str] = set()
         self.keys: dict[str, str] = {}
         # Finished steps kept across a code change in this run: name -> the code fingerprint they were made by.
         self.kept: dict[str, str | None] = {}
@@ -294,8 +313,9 @@ class Engine:
         forced = plan.downstream([*force, *self.manifest["rerun"]])
         self.compute_keys(plan)
         self.kept = self._kept_across_code_change(plan, forced) if self.keep_code_changes else {}
-        return [n for n in plan.steps
-                if n in forced or not (self._finished(n, self.keys[n]) or n in self.kept)]
+        self.forced = forced
+        return [n for n, step in plan.steps.items()
+                if n in forced or not (self._finished(step, self.keys[n]) or n in self.kept)]
 
     def _kept_across_code_change(self, plan: Plan, forced: set[str]) -> dict[str, str | None]:
         """The finished steps whose recorded key is the one they would have with the code fingerprint they were
@@ -334,9 +354,11 @@ class Engine:
         return [self.resolve(arg, step.name) for arg in step.argv]
 
     # ----- running ---------------------------------------------------------------------------------------
-    def _finished(self, name: str, key: str) -> bool:
-        entry = self.manifest["steps"].get(name)
-        return bool(entry and entry["key"] == key and entry["status"] == "done")
+    def _finished(self, step: Step, key: str) -> bool:
+        """Done with ``key``, and its outputs still there (a step folder deleted by hand runs again)."""
+        entry = self.manifest["steps"].get(step.name)
+        return bool(entry and entry["key"] == key and entry["status"] == "done" and (self.root / step.name).is_dir()
+                    and all(self.path(Out(out), step.name).exists() for out in step.outputs()))
 
     def _record(self, name: str, entry: dict) -> None:
         self.manifest["steps"][name] = entry
@@ -359,13 +381,20 @@ class Engine:
             for name in todo:  # before any folder is touched: a step still being written stops the run here
                 for left in locks_in(self.root / name):  # a killed run's (this run holds the seed), or its worker's
                     remove_left_lock(left, own_lock=lock_path(self.root, folder=True))
+            where = str(self.root.resolve())
+            moved = self.manifest.get("root", where) != where
             for name in todo:
                 entry = self.manifest["steps"].get(name)
-                if entry and (entry["key"] != self.keys[name] or entry["status"] == "done"):
-                    # Another key's output, or a forced rerun: start clean, and forget the step until it runs
-                    # again, so that a run killed before then does not leave it "done" without its output.
-                    del self.manifest["steps"][name]
+                # Another key's output, a step asked to run again (--from: its upstream output is being replaced,
+                # so a partial output of the old one must not be resumed), or a run moved since (the commands
+                # refuse to resume a checkpoint or predictions that name the old paths): start clean, and forget
+                # the step until it runs again, so that a run killed before then does not leave it "done"
+                # without its output.
+                if name in self.forced or moved or (entry and (entry["key"] != self.keys[name]
+                                                               or entry["status"] == "done")):
+                    self.manifest["steps"].pop(name, None)
                     shutil.rmtree(self.root / name, ignore_errors=True)
+            self.manifest["root"] = where
             # The requested reruns are now pending by their missing entries: the request is done with.
             self.manifest["rerun"] = []
             write_json(self.manifest_path, self.manifest)

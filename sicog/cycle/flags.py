@@ -5,16 +5,27 @@ command-line flags. Checked when the config is read (:func:`setting_problems`) a
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Collection
 from typing import TYPE_CHECKING
+
+from sicog.cycle.engine import Arg, Input
 
 if TYPE_CHECKING:
     from sicog.cycle.config import CycleConfig
     from sicog.cycle.world import World
 
 
+def setting_arg(value: object) -> Arg:
+    """A setting's value as a step's argument: one naming an existing file or folder (an encoder's checkpoint, a
+    DeepSpeed config) enters the step's key by its content, as the step's other inputs do, so that replacing what
+    it names reruns the step; anything else by its text."""
+    text = str(value)
+    return Input(text) if isinstance(value, str) and os.sep in text and os.path.exists(text) else text
+
+
 def _flags(settings: dict, known: Collection[str], planned: dict[str, str | None], what: str,
-           dashes: bool = False, negatable: Collection[str] = ()) -> list[str]:
+           dashes: bool = False, negatable: Collection[str] = ()) -> list[Arg]:
     """Command-line flags from a settings mapping, checked against the command's own argument names and
     against those the plan sets itself (``planned``: name -> the cycle keys that set it, None for the plan).
     With ``dashes``, true is the bare flag and false is ``--no-`` + the flag for the ``negatable`` names, nothing
@@ -33,7 +44,7 @@ def _flags(settings: dict, known: Collection[str], planned: dict[str, str | None
         if dashes and isinstance(value, bool):
             flags += [flag] if value else ["--no-" + flag[2:]] if key in negatable else []
         else:
-            flags += [flag, str(value)]
+            flags += [flag, setting_arg(value)]
     return flags
 
 
@@ -66,7 +77,7 @@ PLANNED_GENERATE: dict[str, str | None] = {
 }
 
 
-def train_flags(config: CycleConfig) -> list[str]:
+def train_flags(config: CycleConfig) -> list[Arg]:
     """``config.train`` as `sicog train` flags."""
     from sicog.train.arguments import DataArguments, SicogTrainingArguments
 
@@ -78,7 +89,7 @@ def train_flags(config: CycleConfig) -> list[str]:
     return _flags(config.train, known, PLANNED_TRAIN, "train")
 
 
-def model_flags(config: CycleConfig, world: World) -> list[str]:
+def model_flags(config: CycleConfig, world: World) -> list[Arg]:
     """The world's model settings and ``config.model`` as `sicog train` flags (building from parts)."""
     return _flags({**world.model_settings, **config.model}, _model_names(), PLANNED_MODEL, "model")
 
@@ -89,7 +100,7 @@ def _model_names() -> set[str]:
     return {f.name for f in dataclasses.fields(ModelArguments)}
 
 
-def curate_flags(config: CycleConfig) -> list[str]:
+def curate_flags(config: CycleConfig) -> list[Arg]:
     """``config.curate`` as `sicog curate captions|reasoning` flags."""
     from sicog.curate.cli import curation_option_names
 
@@ -98,7 +109,7 @@ def curate_flags(config: CycleConfig) -> list[str]:
                   negatable={name for name, negatable in options.items() if negatable})
 
 
-def generate_flags(config: CycleConfig) -> list[str]:
+def generate_flags(config: CycleConfig) -> list[Arg]:
     """``config.generate`` as `sicog generate` flags."""
     from sicog.generate.cli import generation_option_names
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
 from sicog.cycle.config import REQUIRED, REQUIRED_FOR_DPO, CycleConfig
 from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step
-from sicog.cycle.flags import TRAIN_SCHEDULE, curate_flags, generate_flags, model_flags, train_flags
+from sicog.cycle.flags import TRAIN_SCHEDULE, curate_flags, generate_flags, model_flags, setting_arg, train_flags
 from sicog.cycle.world import World
 from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
@@ -45,12 +45,13 @@ def launcher_processes(launcher: list[str]) -> int | None:
     return None if None in counts else counts[0] * counts[1]
 
 
-def _option(flag: str, value: object) -> list[str]:
-    """``[flag, value]``, or nothing when the value is None (the command's default applies)."""
-    return [] if value is None else [flag, str(value)]
+def _option(flag: str, value: object) -> list[Arg]:
+    """``[flag, value]`` (a path by its content: :func:`~sicog.cycle.flags.setting_arg`), or nothing when the value
+    is None (the command's default applies)."""
+    return [] if value is None else [flag, setting_arg(value)]
 
 
-def _without(flags: list[str], flag: str) -> list[str]:
+def _without(flags: list[Arg], flag: str) -> list[Arg]:
     """``flags`` less ``flag`` and its value: a stage's own setting (stage 1's tunable parts) replaces the
     one ``config.train`` gives every stage, instead of being silently overridden by it."""
     drop = {i for i, f in enumerate(flags) if f == flag}
