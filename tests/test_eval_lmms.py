@@ -184,13 +184,19 @@ def messages_of(doc):
     return [{"role": "user", "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["q"]}]}]
 
 
-def test_chat_requests_answer_like_simple_ones(lmms_module, tiny_model_factory) -> None:
+@pytest.fixture
+def adapters(lmms_module, tiny_model_factory):
+    """The module, a tiny model and processor, greedy settings, and its simple and chat adapters over docs()."""
     module, _ = lmms_module
     model, processor = tiny_model_factory(seed=6)
-    settings = {"max_new_tokens": 6, "temperature": 0}
     simple = module.SicogLMMs(model=model, processor=processor, batch_size=2)
     chat = module.SicogLMMsChat(model=model, processor=processor, batch_size=2)
     simple.task_dict = chat.task_dict = {"toy": {"test": docs()}}
+    return module, model, processor, {"max_new_tokens": 6, "temperature": 0}, simple, chat
+
+
+def test_chat_requests_answer_like_simple_ones(adapters) -> None:
+    module, _, _, settings, simple, chat = adapters
     expected = simple.generate_until([request(d["q"], dict(settings), to_visual, i, "toy", "test")
                                       for i, d in enumerate(docs())])
     replies = chat.generate_until([request(d["q"], messages_of, dict(settings), i, "toy", "test")
@@ -209,15 +215,10 @@ def test_chat_requests_answer_like_simple_ones(lmms_module, tiny_model_factory) 
         chat.generate_until([request("?", lambda doc: video, dict(settings), 1, "toy", "test")])
 
 
-def test_a_literal_image_placeholder_in_a_tasks_text_is_asked_as_text(lmms_module, tiny_model_factory) -> None:
+def test_a_literal_image_placeholder_in_a_tasks_text_is_asked_as_text(adapters) -> None:
     """egothink's prompts ("USER: <image>\n...") and MMMU's simple prompts naming "<image 1>" twice hold more
     placeholders than images: each is asked as the text [image], not a count that stops the whole run."""
-    module, _ = lmms_module
-    model, processor = tiny_model_factory(seed=6)
-    settings = {"max_new_tokens": 6, "temperature": 0}
-    simple = module.SicogLMMs(model=model, processor=processor, batch_size=2)
-    chat = module.SicogLMMsChat(model=model, processor=processor, batch_size=2)
-    simple.task_dict = chat.task_dict = {"toy": {"test": docs()}}
+    _, model, processor, settings, simple, chat = adapters
     doc = docs()[0]
     said = f"USER: {LITERAL_IMAGE}\n{doc['q']}"
     expected = generate_replies(model, processor, [encode_item(processor, said, [doc["image"]])], max_new_tokens=6)

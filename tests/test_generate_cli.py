@@ -129,33 +129,22 @@ def test_command_reports_bad_arguments_and_input(setup, tmp_path, capsys):
         main(["generate", "captions", "--model", "m", "--data", "d", "--output", "o", "--prompt", "cot-default"])
 
 
-def test_a_model_named_relative_to_another_folder_is_the_same_model_on_a_rerun(setup, tmp_path, monkeypatch):
-    """The records name the model folder as an absolute path: a rerun from elsewhere resumes instead of refusing."""
+def test_model_and_image_folder_are_settings_of_the_output_however_they_are_spelled(setup, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """The records name the model and image folders as absolute paths: a rerun from another working folder
+    resumes instead of refusing; another image folder means other images, so a rerun with it is refused."""
     output = tmp_path / "gen.jsonl"
     monkeypatch.chdir(setup)
     args = cli_args(setup, output)
-    args[args.index("--model") + 1] = "model"
+    args[args.index("--model") + 1], args[args.index("--image-folder") + 1] = "model", "images"
     assert main(args) == 0
     written = output.read_bytes()
-    assert json.loads(written.splitlines()[0])["generation"]["model"] == str(setup / "model")
-    monkeypatch.chdir(tmp_path)
-    assert main(cli_args(setup, output)) == 0
-    assert output.read_bytes() == written
-
-
-def test_the_image_folder_is_a_setting_of_the_output_however_it_is_spelled(setup, tmp_path, capsys, monkeypatch):
-    """Records name their images relative to --image-folder: another folder means other images, so a rerun
-    with it is refused; the same folder typed relative to another working folder resumes."""
-    output = tmp_path / "gen.jsonl"
-    monkeypatch.chdir(setup)
-    args = cli_args(setup, output)
-    args[args.index("--image-folder") + 1] = "images"
-    assert main(args) == 0
-    written = output.read_bytes()
-    assert json.loads(written.splitlines()[0])["generation"]["image_folder"] == str(setup / "images")
+    generation = json.loads(written.splitlines()[0])["generation"]
+    assert (generation["model"], generation["image_folder"]) == (str(setup / "model"), str(setup / "images"))
     monkeypatch.chdir(tmp_path)
     assert main(cli_args(setup, output)) == 0 and output.read_bytes() == written
     shutil.copytree(setup / "images", tmp_path / "other_images")
+    args[args.index("--model") + 1] = str(setup / "model")
     args[args.index("--image-folder") + 1] = str(tmp_path / "other_images")
     capsys.readouterr()
     assert main(args) == 2
