@@ -115,13 +115,14 @@ def run(args: argparse.Namespace) -> int:
         owner = {"model": os.path.realpath(args.model), "weights": checkpoint_signature(args.model)}
         claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=False)
         model, processor = load_for_eval(args.model, args.device, args.dtype)
-        # Written once the checkpoint loads: a run that stops before leaves no folder behind.
-        claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=rank == 0)
     except (RecordError, ValueError, OSError) as err:
         print(f"sicog eval: error: {err}", file=sys.stderr)
         return 2
     try:
         with output_lock(args.output_dir, folder=True, enabled=rank == 0), process_group(world):
+            # Written by the run that holds the folder, once the checkpoint loads: a run that stops before leaves
+            # nothing behind.
+            claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=rank == 0)
             summary = evaluate(
                 model, processor, benchmark, args.output_dir, prompt=args.prompt, batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens, model_name=os.path.abspath(args.model),
