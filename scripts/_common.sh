@@ -123,6 +123,17 @@ positive_number() {
     fi
 }
 
+# positive_decimal NAME VALUE: VALUE as a number above 0, whole or with a decimal point (1, 0.5, 2.), on stdout;
+# anything else stops with one line naming NAME (call it as positive_number is called).
+positive_decimal() {
+    if [[ "$2" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && "$2" =~ [1-9] ]]; then
+        echo "$2"
+    else
+        echo "error: $1 must be a number above 0 (got '$2')" >&2
+        exit 2
+    fi
+}
+
 # resolve_process_counts: NPROC_PER_NODE and NNODES as numbers (default 1 each). torchrun's own spellings gpu and
 # auto for NPROC_PER_NODE become the number of GPUs this process sees, as torchrun counts them: those
 # CUDA_VISIBLE_DEVICES names when it is set, else those nvidia-smi lists (the scripts multiply it into the global
@@ -216,10 +227,15 @@ training_flags() {
     if [[ -n "${IMAGE_FOLDER:-}" ]]; then TRAIN_FLAGS+=(--image_folder "$IMAGE_FOLDER"); fi
     if [[ -n "${REPORT_TO:-}" ]]; then TRAIN_FLAGS+=(--report_to "$REPORT_TO"); fi
     if [[ -n "${RUN_NAME:-${EXPERIMENT_NAME:-}}" ]]; then TRAIN_FLAGS+=(--run_name "${RUN_NAME:-$EXPERIMENT_NAME}"); fi
+    # Checked here as the other counts are: EPOCHS=0 trained no step and saved the starting weights as the run's, and
+    # MAX_STEPS=0 handed the length back to the epochs.
+    local length
     if [[ -n "${MAX_STEPS:-}" ]]; then
-        TRAIN_FLAGS+=(--max_steps "$MAX_STEPS")
+        length="$(positive_number MAX_STEPS "$MAX_STEPS")" || exit 2
+        TRAIN_FLAGS+=(--max_steps "$length")
     else
-        TRAIN_FLAGS+=(--num_train_epochs "${EPOCHS:-1}")
+        length="$(positive_decimal EPOCHS "${EPOCHS:-1}")" || exit 2
+        TRAIN_FLAGS+=(--num_train_epochs "$length")
     fi
     case "${DEEPSPEED:-zero2}" in
         none) ;;

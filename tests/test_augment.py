@@ -72,17 +72,22 @@ def test_an_augmented_sample_that_would_lose_every_answer_is_trained_as_it_is(ti
     assert item.input_ids == plain.input_ids and item.labels == plain.labels
 
 
+def write_photos(folder, count: int) -> None:
+    """``count`` photos under ``folder/img`` and a record asking about each in ``folder/data.jsonl``."""
+    (folder / "img").mkdir()
+    records = []
+    for i in range(count):
+        Image.new("RGB", (100, 80), (i, 50, 90)).save(folder / "img" / f"photo_{i}.png")
+        records.append({"id": str(i), "image": f"photo_{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A colour."}]})
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
 def test_a_samples_draws_depend_on_its_index_and_epoch_only(tiny_model_factory, tmp_path):
     """Whichever DataLoader worker or rank builds a sample, and whatever it built before (a resumed run), the
     sample gets the same resizing; another epoch draws afresh."""
     _, processor = tiny_model_factory(max_slice_nums=9)
-    (tmp_path / "img").mkdir()
-    records = []
-    for i in range(40):
-        Image.new("RGB", (100, 80), (i, 50, 90)).save(tmp_path / "img" / f"photo_{i}.png")
-        records.append({"id": str(i), "image": f"photo_{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A colour."}]})
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_photos(tmp_path, 40)
 
     def lengths(order, epoch=0):
         dataset = SupervisedDataset(tmp_path / "data.jsonl", processor, image_folder=tmp_path / "img",
@@ -94,3 +99,27 @@ def test_a_samples_draws_depend_on_its_index_and_epoch_only(tiny_model_factory, 
     assert len(set(forward.values())) == 2  # some samples resized to six slices, the others kept as they are
     assert lengths(reversed(range(40))) == forward
     assert lengths(range(40), epoch=1) != forward
+
+
+def token_counts(items: list) -> list[int]:
+    """A DataLoader collate_fn: each sample's token count (a resized image has more slices, so more tokens)."""
+    return [len(item["encoded"].input_ids) for item in items]
+
+
+def test_persistent_dataloader_workers_draw_each_epochs_augmentations(tiny_model_factory, tmp_path):
+    """`--augment release --dataloader_persistent_workers True`: a persistent worker kept the dataset it started with,
+    epoch 0 included, so every later epoch repeated epoch 0's resizing; the draws depend on seed, epoch and index."""
+    from torch.utils.data import DataLoader
+
+    _, processor = tiny_model_factory(max_slice_nums=9)
+    write_photos(tmp_path, 20)
+    dataset = SupervisedDataset(tmp_path / "data.jsonl", processor, image_folder=tmp_path / "img", max_length=100000,
+                                augment="release", seed=3, show_progress=False)
+    loader = DataLoader(dataset, batch_size=5, num_workers=1, persistent_workers=True, collate_fn=token_counts)
+    drawn, own = [], []
+    for epoch in range(3):
+        dataset.set_epoch(epoch)  # as SicogTrainer does before each epoch, in the main process
+        drawn.append([count for batch in loader for count in batch])
+        own.append([len(dataset[i]["encoded"].input_ids) for i in range(len(dataset))])
+    assert drawn == own
+    assert len({tuple(counts) for counts in own}) == 3  # each epoch resizes other images

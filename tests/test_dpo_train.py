@@ -149,6 +149,30 @@ def test_a_reference_file_holding_other_data_is_not_written_over(world, tmp_path
     assert pairs.read_bytes() == world["pairs"].read_bytes()
 
 
+def test_a_pair_that_fails_in_a_dataloader_worker_comes_back_as_its_error(world, tmp_path):
+    """A pair whose image is cut after the check (a worker decodes it during training): raised in the DataLoader
+    worker, its RecordError reached the trainer wrapped in torch's worker traceback, which `sicog train` printed as
+    its one-line error. The batch comes back as the error itself, for the trainer to raise as the dataset did."""
+    from torch.utils.data import DataLoader
+
+    from sicog.data.jsonl import RecordError
+    from sicog.train.datasets import FailedFetch, unless_failed
+
+    _, processor = load_pretrained(world["base"])
+    pairs = make_pairs(tmp_path, n=2)
+    dataset = PairDataset(pairs, processor, image_folder=tmp_path / "images", show_progress=False)
+    whole = (tmp_path / "images" / "1.png").read_bytes()
+    (tmp_path / "images" / "1.png").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(RecordError) as in_process:
+        dataset[1]
+    batch = next(iter(DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=PairCollator(processor))))
+    assert isinstance(batch, FailedFetch)
+    with pytest.raises(RecordError) as from_worker:
+        unless_failed(batch)
+    assert str(from_worker.value) == str(in_process.value)
+    assert str(in_process.value).startswith(f"{pairs}:2 id='p1': cannot read image ")
+
+
 def single_process_reference(world):
     """The reference log-probabilities of the pairs under the base model, computed in this process."""
     model, processor = load_pretrained(world["base"])

@@ -451,3 +451,26 @@ def test_loss_weighting_micro_batches_reproduces_the_release(world, tmp_path):
     [tokens] = step_losses("tokens", 1, 2)
     assert micro == pytest.approx(release, abs=2e-4)
     assert abs(tokens - per_sample["long"]) < abs(release - per_sample["long"]) - 1e-3, (tokens, per_sample)
+
+
+def test_a_record_that_fails_in_a_dataloader_worker_is_the_same_one_line(world, tmp_path, capsys):
+    """A truncated image (whole header, cut pixels: the check before training passes it) first decoded in a
+    DataLoader worker (the scripts' NUM_WORKERS=4): torch's "Caught RecordError in DataLoader worker process 0.
+    Original Traceback ..." (some 15 lines) was the one-line error."""
+    whole = (world["root"] / "images" / "0.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    data = tmp_path / "cut.jsonl"
+    data.write_text(json.dumps({"id": "cut", "image": str(tmp_path / "cut.png"), "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is this image?"}, {"from": "gpt", "value": "Red."}]}) + "\n")
+    lines = []
+    for workers in ("0", "1"):
+        flags = common(world, tmp_path / f"out-{workers}", steps=1)
+        flags[flags.index("--data_path") + 1] = str(data)
+        flags[flags.index("--per_device_train_batch_size") + 1] = "1"
+        assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *flags, "--report_to", "none",
+                     "--disable_tqdm", "True", "--dataloader_num_workers", workers]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "DataLoader worker" not in err
+        lines.append(err.splitlines()[-1])
+    assert lines[0] == lines[1]
+    assert lines[0].startswith(f"sicog train: error: {data}:1 id='cut': cannot read image {tmp_path / 'cut.png'}: ")

@@ -152,3 +152,75 @@ def test_a_load_error_names_the_checkpoint_unless_it_names_it_already():
     missing = OSError("Error no file named model.safetensors found in directory /data/ck.")
     assert _load_problem(Path("/data/ck"), missing) == str(missing)
     assert _load_problem(Path("/data/c"), missing).startswith("cannot load the checkpoint /data/c: ")
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    # wandb is what the published scripts report to; not installed, the Trainer's constructor failed in a traceback.
+    (["--report_to", "wandb"], "--report_to wandb: wandb is not installed (installed here: tensorboard); install it, "
+                               "or pass --report_to none"),
+    # DPO failed only after its whole reference pass.
+    (["--stage", "dpo", "--report_to", "wandb"], "--report_to wandb: wandb is not installed"),
+    (["--report_to", "nonesuch"], "--report_to nonesuch: no such tracker (transformers knows azure_ml, "),
+    (["--eval_strategy", "steps", "--eval_steps", "1"], "--eval_strategy steps: needs evaluation data, and sicog "
+                                                        "train has none"),
+    (["--eval_on_start", "True"], "--eval_on_start: needs evaluation data"),
+    (["--save_strategy", "best"], "--save_strategy best: needs evaluation data"),
+    (["--seed", "-1"], "--seed -1: must be from 0 to 4294967295"),  # numpy's range, seeded before the model is built
+    (["--seed", str(2**32)], f"--seed {2**32}: must be from 0 to 4294967295"),
+    # Trained no step and saved the starting weights as the run's, exit 0.
+    (["--num_train_epochs", "0"], "--num_train_epochs 0: must be a finite number above 0 (or give --max_steps)"),
+    (["--num_train_epochs", "-2"], "--num_train_epochs -2: must be a finite number above 0"),
+])
+def test_settings_that_failed_once_the_model_was_loaded_stop_before(tmp_path, trained, capsys, monkeypatch, flags,
+                                                                     says):
+    """Each failed in a traceback (exit 1) once the model was loaded and the data measured, or trained nothing."""
+    monkeypatch.setattr("transformers.integrations.get_available_reporting_integrations", lambda: ["tensorboard"])
+    assert main(["train", "--data_path", "d.jsonl", "--output_dir", str(tmp_path), "--use_cpu", *flags]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"sicog train: error: {says}"), err
+    assert trained == []
+
+
+def test_the_settings_around_those_refused_still_start(tmp_path, trained, monkeypatch):
+    monkeypatch.setattr("transformers.integrations.get_available_reporting_integrations", lambda: ["tensorboard"])
+    for flags in (["--report_to", "tensorboard"], ["--report_to", "all"], ["--seed", "0"], ["--seed", str(2**32 - 1)],
+                  ["--num_train_epochs", "0.5"], ["--num_train_epochs", "0", "--max_steps", "3"]):
+        assert main(["train", "--data_path", "d.jsonl", "--output_dir", str(tmp_path), "--use_cpu", *flags]) == 0
+    assert [args.report_to for _, _, args in trained[:2]] == [["tensorboard"], ["tensorboard"]]
+    assert len(trained) == 6
+
+
+def test_a_tracker_in_a_config_file_is_checked_as_on_the_command_line(tmp_path, trained, capsys, monkeypatch):
+    monkeypatch.setattr("transformers.integrations.get_available_reporting_integrations", lambda: [])
+    path = tmp_path / "run.yaml"
+    path.write_text(f"data_path: d.jsonl\noutput_dir: {tmp_path / 'out'}\nreport_to: [wandb]\n")
+    assert main(["train", str(path)]) == 2
+    assert capsys.readouterr().err == (f"sicog train: error: config {path}: --report_to wandb: wandb is not installed "
+                                       "(none is installed here); install it, or pass --report_to none\n")
+    assert trained == []
+
+
+@pytest.mark.parametrize("source", [["--stage", "2", "--model_name_or_path"],
+                                    ["--stage", "1", "--language_model", "llm", "--vision_tower"]])
+def test_flash_attention_that_cannot_run_is_one_line_before_the_model_is_looked_at(tmp_path, capsys, monkeypatch,
+                                                                                    source):
+    """Without flash-attn, loading the model failed in two tracebacks (the Hub-kernel fallback's, then an
+    ImportError). Checked first: the missing model folder is not even reached."""
+    asked = []
+
+    def available(kernels_fallback_ok=False):
+        asked.append(kernels_fallback_ok)
+        return False
+
+    monkeypatch.setattr("transformers.utils.is_flash_attn_2_available", available)
+    argv = ["train", *source, str(tmp_path / "gone"), "--data_path", "d.jsonl", "--output_dir", str(tmp_path / "out"),
+            "--use_cpu", "--report_to", "none", "--attn_implementation", "flash_attention_2"]
+    assert main(argv) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith("sicog train: error: --attn_implementation flash_attention_2: flash-attn cannot run here")
+    assert line.endswith("pip install flash-attn, or use --attn_implementation sdpa")
+    assert asked == [True]  # transformers' own fallback to the Hub's flash-attn kernel counts as usable
+    monkeypatch.setattr("transformers.utils.is_flash_attn_2_available", lambda kernels_fallback_ok=False: True)
+    assert main(argv) == 2
+    says = f"sicog train: error: {source[-1]} {tmp_path / 'gone'}: no such file or folder"
+    assert capsys.readouterr().err.splitlines()[-1] == says

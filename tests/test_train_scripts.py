@@ -233,6 +233,11 @@ def test_nproc_per_node_that_is_no_count_stops_with_one_line(value, gpus, says, 
     ("NNODES", "2x", "NNODES must be a whole number above 0 (got '2x')"),
     ("NNODES", "0", "NNODES must be a whole number above 0 (got '0')"),
     ("GRADIENT_CHECKPOINTING", "yes", "GRADIENT_CHECKPOINTING must be true or false (got yes)"),
+    # EPOCHS=0 trained no step and saved the starting weights as the run's; MAX_STEPS=0 trained the default 3 epochs.
+    ("EPOCHS", "0", "EPOCHS must be a number above 0 (got '0')"),
+    ("EPOCHS", "-1", "EPOCHS must be a number above 0 (got '-1')"),
+    ("EPOCHS", "1e3", "EPOCHS must be a number above 0 (got '1e3')"),
+    ("MAX_STEPS", "0", "MAX_STEPS must be a whole number above 0 (got '0')"),
 ])
 def test_a_count_or_switch_that_is_none_stops_with_one_line(variable, value, says):
     """Bash's arithmetic error left the function with none of the stage's flags, and the run then failed on
@@ -243,10 +248,11 @@ def test_a_count_or_switch_that_is_none_stops_with_one_line(variable, value, say
 
 def test_counts_with_leading_zeros_and_switches_as_python_spells_them():
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "FINETUNE_BATCH": "08", "ACCU_STEPS": "02",
-                                                           "GRADIENT_CHECKPOINTING": "True"})
+                                                           "GRADIENT_CHECKPOINTING": "True", "EPOCHS": "0.5"})
     assert result.returncode == 0, result.stderr
     _, flags = parsed(result.stdout)
     assert (flags["--per_device_train_batch_size"], flags["--gradient_accumulation_steps"]) == ("8", "2")
+    assert flags["--num_train_epochs"] == "0.5"  # sicog train takes a part of an epoch
     assert flags["--gradient_checkpointing"] == "True"
     off = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "GRADIENT_CHECKPOINTING": "0"})
     assert "--gradient_checkpointing" not in parsed(off.stdout)[1]

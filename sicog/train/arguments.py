@@ -7,6 +7,7 @@ Besides its own flags, `sicog train` takes every HF ``TrainingArguments`` flag (
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -172,6 +173,38 @@ class SicogTrainingArguments(TrainingArguments):
         # The Trainer would push at save time, before the processor, projector, results and model card are
         # written; `sicog train` pushes once, after all of them (sicog/train/hub.py).
         self.push_at_end, self.push_to_hub = self.push_to_hub, False
+        self._check_runnable()
+
+    def _check_runnable(self) -> None:
+        """Raise :class:`UsageError` for settings transformers accepts but that fail only once the model is loaded
+        and the data measured (in the Trainer's constructor or first step), or that train nothing."""
+        from transformers.integrations import get_available_reporting_integrations
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, is_flytekit_available
+
+        # transformers' own list of installed trackers leaves out flyte, whose callback it knows all the same.
+        installed = [*get_available_reporting_integrations(), *(["flyte"] if is_flytekit_available() else [])]
+        for name in self.report_to:
+            if name not in INTEGRATION_TO_CALLBACK:
+                raise UsageError(f"--report_to {name}: no such tracker (transformers knows "
+                                 f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}; none turns tracking off)")
+            if name not in installed:
+                have = f"installed here: {', '.join(installed)}" if installed else "none is installed here"
+                raise UsageError(f"--report_to {name}: {name} is not installed ({have}); install it, or pass "
+                                 "--report_to none")
+        # The run has no evaluation data: the Trainer refuses to start (or, --eval_on_start, stops at its first step),
+        # and a "best" checkpoint is chosen by an evaluation metric.
+        evaluating = {f"--eval_strategy {self.eval_strategy.value}": self.eval_strategy != "no",
+                      "--eval_on_start": self.eval_on_start, "--save_strategy best": self.save_strategy == "best"}
+        flag = next((flag for flag, wanted in evaluating.items() if wanted), None)
+        if flag:
+            raise UsageError(f"{flag}: needs evaluation data, and sicog train has none; leave evaluation off "
+                             "(evaluate a saved checkpoint with sicog eval)")
+        if not 0 <= self.seed < 2**32:  # numpy's range: set_seed seeds numpy too
+            raise UsageError(f"--seed {self.seed}: must be from 0 to {2**32 - 1}")
+        # Without --max_steps the epochs set the length: 0 trained no step and saved the starting weights as the run's.
+        if self.max_steps <= 0 and not 0 < self.num_train_epochs < math.inf:
+            raise UsageError(f"--num_train_epochs {self.num_train_epochs:g}: must be a finite number above 0 "
+                             "(or give --max_steps)")
 
     def half_precision(self) -> torch.dtype | None:
         """The 16-bit type of ``--bf16`` / ``--fp16``; None for an fp32 run."""

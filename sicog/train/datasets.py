@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -162,7 +163,40 @@ def record_problem(err: ValueError, rid: object, source: Source, conversation_fi
     return _located(rid, source, str(err), "invalid record", None)  # any other reason the processor cannot encode it
 
 
-class SupervisedDataset(Dataset):
+class FailedFetch:
+    """A DataLoader batch whose record could not be built: the :class:`RecordError` it raised, carried as data.
+
+    Raised inside a DataLoader worker, the error would reach the trainer rebuilt by torch around the worker's whole
+    traceback ("Caught RecordError in DataLoader worker process 0. Original Traceback ..."), and ``sicog train``
+    would print all of that as its one-line error. Returned instead (:meth:`RecordErrorsAsData.__getitems__`, passed
+    on by the collators), it is raised as the dataset raised it once the trainer takes the batch
+    (:func:`unless_failed`), with or without workers.
+    """
+
+    def __init__(self, error: RecordError) -> None:
+        self.error = error
+
+
+def unless_failed(batch: object) -> object:
+    """``batch`` itself; the error of a :class:`FailedFetch`, raised."""
+    if isinstance(batch, FailedFetch):
+        raise batch.error
+    return batch
+
+
+class RecordErrorsAsData:
+    """A dataset mixin: a DataLoader's batch fetch returns a :class:`FailedFetch` where indexing raises."""
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict] | FailedFetch:
+        """The items at ``indices`` (torch's DataLoader fetches a batch this way), or the :class:`FailedFetch` of
+        the first that cannot be built."""
+        try:
+            return [self[index] for index in indices]
+        except RecordError as err:
+            return FailedFetch(err)
+
+
+class SupervisedDataset(RecordErrorsAsData, Dataset):
     """LLaVA conversation records for stages 0, 1, 1.5 and 2.
 
     ``problems`` lists invalid records (bad schema, unreadable image, labels that cannot be built);
@@ -192,7 +226,9 @@ class SupervisedDataset(Dataset):
             raise ValueError(f"augment={augment!r} is not one of {AUGMENT_CHOICES}")
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
+        # In shared memory: DataLoader workers read it, and persistent ones (--dataloader_persistent_workers) keep
+        # the copy of the dataset they started with, so a plain attribute set later would never reach them.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.processor = processor
         self.image_folder = image_folder
         self.max_length = max_length
@@ -258,9 +294,15 @@ class SupervisedDataset(Dataset):
         """Whether each sample carries an image (for modality-grouped batching)."""
         return [bool(record_images(r)) for r in self.records]
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose augmentations are drawn (see :meth:`set_epoch`)."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Draw the augmentations of epoch ``epoch`` (called by the trainer before each epoch)."""
-        self.epoch = epoch
+        """Draw the augmentations of epoch ``epoch`` (called by the trainer before each epoch), in this process and
+        in every DataLoader worker of this dataset, persistent ones too."""
+        self._epoch.fill_(epoch)
 
     def _encode(self, record: dict, index: int | None = None) -> Encoded:
         """``record`` encoded; with ``index``, its images augmented as the sample ``index`` of this epoch."""
@@ -333,7 +375,9 @@ class SupervisedCollator:
     def __init__(self, processor: SicogProcessor) -> None:
         self.processor = processor
 
-    def __call__(self, items: Sequence[dict]) -> dict:
+    def __call__(self, items: Sequence[dict] | FailedFetch) -> dict | FailedFetch:
+        if isinstance(items, FailedFetch):  # raised by the trainer, outside the DataLoader worker (see FailedFetch)
+            return items
         batch = self.processor.collate([item["encoded"] for item in items], padding_side="right")
         batch["ids"] = [item["id"] for item in items]
         return batch

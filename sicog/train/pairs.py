@@ -25,7 +25,9 @@ from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
 from sicog.model.processing import IGNORE_INDEX, Encoded, SicogProcessor
 from sicog.train.datasets import (
+    FailedFetch,
     Problem,
+    RecordErrorsAsData,
     default_decode_workers,
     measure,
     record_problem,
@@ -79,7 +81,7 @@ def check_pair_record(record: Any, *, path: str | None = None, line: int | None 
     check_llava_record({**record, "conversations": conversation}, path=path, line=line)
 
 
-class PairDataset(Dataset):
+class PairDataset(RecordErrorsAsData, Dataset):
     """Chosen/rejected pairs for ``sicog train --stage dpo``.
 
     ``lengths`` holds the longer side of each pair (for length-grouped batches). After
@@ -200,7 +202,9 @@ class PairCollator:
     def __init__(self, processor: SicogProcessor) -> None:
         self.processor = processor
 
-    def __call__(self, items: Sequence[dict]) -> dict:
+    def __call__(self, items: Sequence[dict] | FailedFetch) -> dict | FailedFetch:
+        if isinstance(items, FailedFetch):  # raised by the trainer, outside the DataLoader worker (see FailedFetch)
+            return items
         rows = [item["chosen"] for item in items] + [item["rejected"] for item in items]
         batch = self.processor.collate(rows, padding_side="right")
         batch["ids"] = [item["id"] for item in items]

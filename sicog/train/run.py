@@ -67,6 +67,24 @@ def check_model_sources(model_args: ModelArguments) -> None:
             raise UsageError(f"--{flag} {value}: no such file or folder")
 
 
+def check_attn_implementation(model_args: ModelArguments) -> None:
+    """Stop with a :class:`UsageError` when ``--attn_implementation flash_attention_2`` cannot run here.
+
+    transformers finds out only while it loads the model, and then fails in tracebacks (its Hub-kernel fallback's, then
+    its own ImportError).
+    """
+    from transformers.utils import is_flash_attn_2_available
+
+    if model_args.attn_implementation != "flash_attention_2":
+        return
+    # Without flash-attn, transformers loads the Hub's flash-attn kernel where the kernels package is installed: that
+    # works too (the check fetches it, as loading the model would).
+    if not is_flash_attn_2_available(kernels_fallback_ok=True):
+        raise UsageError("--attn_implementation flash_attention_2: flash-attn cannot run here (it needs the flash-attn "
+                         "package, 2.3.3 or later, and a CUDA GPU; nor could transformers load its flash-attn kernel "
+                         "from the Hub instead): pip install flash-attn, or use --attn_implementation sdpa")
+
+
 def build_model(
     model_args: ModelArguments, args: SicogTrainingArguments
 ) -> tuple[SicogForConditionalGeneration, SicogProcessor]:
@@ -171,6 +189,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
             Path(data_args.sample_log).parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UsageError(f"--sample_log {data_args.sample_log}: {os_error_text(err)}") from None
+    check_attn_implementation(model_args)
     if args.stage == "dpo" and args.dpo_reference_file:
         from sicog.train.dpo_reference import check_reference_file
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotat
 from sicog.data.crash import crash_point
 from sicog.model.builders import share_weights_like_config
 from sicog.train.checkpoints import COMPLETE_MARKER, checkpoint_loss_sum, mark_complete
+from sicog.train.datasets import unless_failed
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +162,12 @@ class SicogTrainer(Trainer):
         if hasattr(self.train_dataset, "set_epoch"):  # the augmentation draws of this epoch
             self.train_dataset.set_epoch(epoch)
         return super()._run_epoch(model, epoch, *args, **kwargs)
+
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int,
+                          device: torch.device) -> tuple[list, torch.Tensor | int | None]:
+        """The Trainer's next batches; a batch whose record could not be built raises its RecordError (see
+        :class:`~sicog.train.datasets.FailedFetch`)."""
+        return super().get_batch_samples(map(unless_failed, epoch_iterator), num_batches, device)
 
     def create_optimizer(self, model=None):
         """The default optimizer, with the vision tower in its own groups when it has its own learning rate."""
