@@ -482,3 +482,9 @@ def test_a_setting_that_names_a_file_or_folder_enters_keys_by_content(quick_keys
     deepspeed.write_text('{"zero_optimization": {"stage": 3}}')
     changed, _ = keys_of(named, out)
     assert {"stage1", "A_stage2", "D_stage15"} <= {n for n in after if changed[n] != after[n]}
+    # A path a step writes is named, not hashed: its keys would change each time training writes it.
+    log = tmp_path / "samples.jsonl"
+    logged = dataclasses.replace(config, train={"sample_log": str(log)})
+    first, _ = keys_of(logged, out)
+    log.write_text('{"step": 1}\n')
+    assert keys_of(logged, out)[0] == first

@@ -88,6 +88,15 @@ def test_longer_option_text_wins_over_its_part() -> None:
     assert extract_choice("dark red or blue", options) is None
 
 
+def test_an_option_whose_text_names_other_letters_is_chosen_by_its_letter() -> None:
+    """ScienceQA's and AI2D's "Both A and B": the letters after C are C's own text, not several options named."""
+    options = {"A": "The cat", "B": "The dog", "C": "Both A and B", "D": "Neither A nor B"}
+    for reply in ("C. A and B", "(C) A and B", "C: A and B are both in the image", "The answer is C. A and B."):
+        assert extract_choice(reply, options) == "C", reply
+    assert extract_choice("C. C, because both are there", options) == "C"
+    assert extract_choice("A, B or C", options) is None and extract_choice("A as well as B", options) is None
+
+
 def test_numbers_and_options_beyond_d() -> None:
     options = {"A": "1", "B": "2", "C": "3", "D": "4", "E": "5", "F": "six apples"}
     assert extract_choice("The answer is three.", options) == "C"

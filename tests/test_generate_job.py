@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -328,11 +329,17 @@ def test_sampling_comes_from_the_checkpoint_unless_flags_override(tmp_path):
     assert (flagged.top_k, flagged.temperature, flagged.top_p) == (50, 0.7, 0.8)
 
 
-def test_outputs_from_before_repetition_penalty_was_recorded_still_resume(dataset, tmp_path, model_and_processor):
-    job = make_job(dataset, tmp_path)
+def test_outputs_from_before_settings_were_recorded_still_resume(dataset, tmp_path, model_and_processor):
+    """A missing penalty means 1.0, this run's value; a missing image folder or set of the checkpoint's other
+    decoding settings is not known, and those settings applied then as now."""
+    sampling = dataclasses.replace(SamplingSettings(num_candidates=3, temperature=0.8, top_p=0.95, max_new_tokens=6),
+                                   checkpoint_settings={"no_repeat_ngram_size": 3})
+    job = make_job(dataset, tmp_path, sampling=sampling)
     generate(job, model_and_processor)
     lines = [json.loads(line) for line in job.output.read_text().splitlines()]
     for record in lines:
-        del record["generation"]["repetition_penalty"]
-    job.output.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    generate(job, model_and_processor)  # resumes: a missing penalty means 1.0, this run's value
+        for name in ("repetition_penalty", "image_folder", "other_settings"):
+            del record["generation"][name]
+    job.output.write_text("".join(json.dumps(r) + "\n" for r in lines[:5]))  # as a killed run left it
+    summary = generate(job, model_and_processor)
+    assert (summary.skipped, summary.generated) == (5 + 1, len(lines) - 5)  # and the record in the errors file

@@ -16,12 +16,17 @@ if TYPE_CHECKING:
     from sicog.cycle.world import World
 
 
-def setting_arg(value: object) -> Arg:
-    """A setting's value as a step's argument: one naming an existing file or folder (an encoder's checkpoint, a
-    DeepSpeed config) enters the step's key by its content, as the step's other inputs do, so that replacing what
-    it names reruns the step; anything else by its text."""
+# Settings whose value is something a step reads (a file or a checkpoint folder), never one it writes: such a value
+# enters the step's key by its content, as the step's other inputs do, so that replacing what it names reruns the
+# step. (A path a step writes, such as train.sample_log, would change every key each time it is written.)
+INPUT_SETTINGS = frozenset({"deepspeed", "projector", "encoder"})
+
+
+def setting_arg(name: str, value: object) -> Arg:
+    """The value of setting ``name`` as a step's argument: by its content when the setting names an input
+    (:data:`INPUT_SETTINGS`) and the file or folder exists, else by its text."""
     text = str(value)
-    return Input(text) if isinstance(value, str) and os.sep in text and os.path.exists(text) else text
+    return Input(text) if name in INPUT_SETTINGS and isinstance(value, str) and os.path.exists(text) else text
 
 
 def _flags(settings: dict, known: Collection[str], planned: dict[str, str | None], what: str,
@@ -44,7 +49,7 @@ def _flags(settings: dict, known: Collection[str], planned: dict[str, str | None
         if dashes and isinstance(value, bool):
             flags += [flag] if value else ["--no-" + flag[2:]] if key in negatable else []
         else:
-            flags += [flag, setting_arg(value)]
+            flags += [flag, setting_arg(key, value)]
     return flags
 
 

@@ -45,10 +45,9 @@ def launcher_processes(launcher: list[str]) -> int | None:
     return None if None in counts else counts[0] * counts[1]
 
 
-def _option(flag: str, value: object) -> list[Arg]:
-    """``[flag, value]`` (a path by its content: :func:`~sicog.cycle.flags.setting_arg`), or nothing when the value
-    is None (the command's default applies)."""
-    return [] if value is None else [flag, setting_arg(value)]
+def _option(flag: str, value: object) -> list[str]:
+    """``[flag, value]``, or nothing when the value is None (the command's default applies)."""
+    return [] if value is None else [flag, str(value)]
 
 
 def _without(flags: list[Arg], flag: str) -> list[Arg]:
@@ -141,8 +140,10 @@ class _Planner:
     def encoder(self, name: str, task: str, generated: Ref) -> tuple[Arg, ...]:
         """The `sicog curate` flags that choose the encoder; the toy's fact encoder is two steps of its own
         (the texts curation compares, then their embeddings), read back with ``--embeddings``."""
+        if self.c.encoder is None:
+            return ()
         if self.c.encoder != TOY_ENCODER:
-            return tuple(_option("--encoder", self.c.encoder))
+            return ("--encoder", setting_arg("encoder", self.c.encoder))
         texts = self.plan.add(Step(f"{name}_texts", ("curate", "texts", task, "--input", generated,
                                                      "--output", Out("texts.jsonl"))))
         embed = self.plan.add(Step(f"{name}_embed", ("toy", "embed", task, "--texts", Ref(texts.step, "texts.jsonl"),

@@ -76,10 +76,14 @@ _LETTER = re.compile(
     r"(?P<sep>[\s.:,;)]*)(?P<rest>.*)",
     re.IGNORECASE | re.DOTALL,
 )
-# Another option letter opening what follows a letter: "A, B" or "A, B or C" names several options.
-_NEXT_LETTER = re.compile(r"(?:option\s+)?[(\[]?([A-Z])[)\]]?[.:]?(?:$|\s*[,;/]|\s+(?:or|and)\b)", re.IGNORECASE)
-# A reason after a letter, with or without a comma: "C because the sky is blue", "option C which is green".
-_REASON_WORD = re.compile(r"(?:because|since|as|which|given|due)\b", re.IGNORECASE)
+# Nothing but option letters after a letter: "A, B" or "A, B or C" names several options (unless the letters are
+# the chosen option's own text: "C. A and B" where C is "Both A and B").
+_LETTER_ITEM = r"(?:option\s+)?[(\[]?[A-Z][)\]]?"
+_LETTER_LIST = re.compile(rf"{_LETTER_ITEM}(?:\s*(?:[,;/]|,?\s+(?:or|and))\s*{_LETTER_ITEM})*[.:]?", re.IGNORECASE)
+_SINGLE_LETTER = re.compile(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
+# A reason after a letter, with or without a comma: "C because the sky is blue", "option C which is green"
+# ("A as well as B" names two).
+_REASON_WORD = re.compile(r"(?:because|since|as(?!\s+well\s+as)|which|given|due)\b", re.IGNORECASE)
 # An option letter marked the way option lists mark them, anywhere in a reply: "(c)", "[C]", "c." or "c)"
 # opening a line, and "C.", "C)", "C:" anywhere (upper case only: "e." in "i.e." is no option, nor "C." in "D.C.").
 _MARKED_LETTER = re.compile(
@@ -230,7 +234,9 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
         return True, letter
     others = set(options) - {letter}
     other_text = any(normalize_answer(options[k]) == wanted for k in others)
-    other_letter = (m := _NEXT_LETTER.match(rest)) is not None and m.group(1).upper() in options
+    named = {c.upper() for c in _SINGLE_LETTER.findall(rest)} if _LETTER_LIST.fullmatch(rest) else set()
+    own = {c.upper() for c in _SINGLE_LETTER.findall(options[letter])}
+    other_letter = bool(named & set(options)) and not named <= own
     # An echoed option list ("A. blue\nB. red", "(A) blue (B) red") marks other letters after the first.
     listed = any(next(filter(None, m.groups())).upper() in others for m in _MARKED_LETTER.finditer(rest))
     if other_text or other_letter or listed:

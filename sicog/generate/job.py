@@ -32,9 +32,10 @@ from sicog.model.processing import ConversationError, SicogProcessor
 RESUME_FIELDS = ("model", "image_folder", "task", "prompt_type", "temperature", "top_p", "top_k", "repetition_penalty",
                  "num_beams", "max_new_tokens", "other_settings", "seed")
 # Fields that outputs written before they were recorded carry implicitly.
-RESUME_DEFAULTS = {"repetition_penalty": 1.0, "other_settings": {}}
-# Fields that outputs written before they were recorded do not tell: such outputs resume whatever this run's are.
-UNRECORDED_BEFORE = ("task", "image_folder")
+RESUME_DEFAULTS = {"repetition_penalty": 1.0}
+# Fields that outputs written before they were recorded do not tell: such outputs resume whatever this run's are
+# (the checkpoint's other decoding settings applied then as now, unrecorded).
+UNRECORDED_BEFORE = ("task", "image_folder", "other_settings")
 
 
 @dataclass(frozen=True)
