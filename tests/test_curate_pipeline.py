@@ -93,12 +93,15 @@ def test_reasoning_majority_agreement_and_full_text_pair(tmp_path: Path, minilm:
     conclusions = ["There are three cubes. The answer is 3.", "There are five cubes. The answer is 5.",
                    "I see 3 cubes in total, so the answer is three.", "The answer is 3.",
                    "Counting again gives five. The answer is 5.", "Three cubes are visible. Answer: 3"]
-    run("reasoning", write_jsonl(tmp_path / "gen.jsonl", [reasoning_record("q1", conclusions)]), tmp_path / "out",
-        minilm, threshold=0.0, min_agreement=0.5)
+    # A VQAv2-style record's own ground truth under "answers" stays as it was.
+    record = {**reasoning_record("q1", conclusions), "answers": ["3", "three", "3", "4"]}
+    run("reasoning", write_jsonl(tmp_path / "gen.jsonl", [record]), tmp_path / "out", minilm, threshold=0.0,
+        min_agreement=0.5)
     [scored] = load_records(tmp_path / "out" / "scored.jsonl")
-    assert scored["answers"] == ["3", "5", "3", "3", "5", "3"]
+    assert scored["answers"] == ["3", "three", "3", "4"]
+    assert scored["candidate_answers"] == ["3", "5", "3", "3", "5", "3"]
     assert scored["majority_answer"] == "3" and scored["agreement"] == round(4 / 6, 6)
-    assert scored["answers"][scored["best_index"]] == "3" and scored["kept"]
+    assert scored["candidate_answers"][scored["best_index"]] == "3" and scored["kept"]
     [pair] = load_records(tmp_path / "out" / "pairs.jsonl")
     assert pair["source"]["chosen_answer"] == "3" and pair["source"]["rejected_answer"] == "5"
     # Both sides are full chains of thought, not just the extracted conclusion.
@@ -213,8 +216,9 @@ def test_scored_answers_are_the_votes_the_agreement_counts(tmp_path: Path) -> No
                      CurationSettings(task="reasoning", threshold=0.0), encoder.settings,
                      encoder_factory=lambda _: encoder)
     [scored] = load_records(tmp_path / "out" / "scored.jsonl")
-    assert scored["answers"] == ["3", "", "3", "", "3"]
-    assert scored["agreement"] == pytest.approx(scored["answers"].count(scored["majority_answer"]) / 5, abs=1e-6)
+    assert scored["candidate_answers"] == ["3", "", "3", "", "3"]
+    agreeing = scored["candidate_answers"].count(scored["majority_answer"])
+    assert scored["agreement"] == pytest.approx(agreeing / 5, abs=1e-6)
     # The report's counts split the candidates as scored.jsonl does: a marker with nothing after it is empty.
     assert summary["answers"] == {"explicit": 2, "last_sentence": 1, "empty": 2}
 

@@ -50,7 +50,7 @@ def test_empty_and_image_placeholder_candidates_are_never_picked(tmp_path: Path)
 def test_the_cycle_analysis_scores_the_picks_arm_c_trains_on(tmp_path: Path) -> None:
     # Answers 0-5; candidate 0 holds <image> in every second record, so no pick may land there.
     records = [{**record(f"c{i}", [("<image> " if i % 2 else "") + "0", *map(str, range(1, 6))]),
-                "answers": [str(j) for j in range(6)], "answer": str(i % 6), "scores": [0.0] * 6}
+                "candidate_answers": [str(j) for j in range(6)], "answer": str(i % 6), "scores": [0.0] * 6}
                for i in range(40)]
     generated = write_jsonl(tmp_path / "gen.jsonl", records)
     one_random_candidate(generated, tmp_path / "r.jsonl", seed=3)

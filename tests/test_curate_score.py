@@ -131,6 +131,15 @@ def test_rejected_is_never_a_copy_of_the_chosen_text() -> None:
     assert select([0.9, 0.9], ["same", "same"], threshold=0.0, rng=random.Random(0)).rejected_index is None
 
 
+def test_a_caption_scoring_as_high_as_the_chosen_one_is_never_rejected() -> None:
+    """Two candidates always score alike: the pair would prefer the first sample drawn to the second."""
+    assert select([0.7, 0.7], ["a red square", "a blue circle"], threshold=0.0,
+                  rng=random.Random(0)).rejected_index is None
+    for seed in range(20):
+        assert select([0.9, 0.9, 0.5], ["one", "two", "three"], threshold=0.0,
+                      rng=random.Random(seed)).rejected_index == 2
+
+
 def test_rejected_never_gives_the_chosen_answer_and_prefers_a_marked_one() -> None:
     # Every candidate answers 3: a pair of two right answers teaches nothing about the answer.
     texts = [f"reasoning {i}. The answer is 3." for i in range(4)]

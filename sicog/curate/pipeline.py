@@ -233,7 +233,8 @@ def _scored_line(scored: ScoredRecord) -> dict:
     )
     if scored.answers is not None:
         out.update(
-            answers=[a.normalized for a in scored.answers],
+            # Not "answers": VQAv2, TextVQA and DocVQA records hold their ground truth under that name.
+            candidate_answers=[a.normalized for a in scored.answers],
             majority_answer=selection.majority_answer,
             agreement=selection.agreement,
         )

@@ -137,10 +137,12 @@ def _rejected(
     # An unusable candidate is no answer to prefer the chosen one over: DPO training refuses an empty rejected
     # one and one containing <image>. Nor is a candidate giving the chosen answer, however it reasons: the pair
     # would teach the model to prefer one right answer over the same answer.
+    # A caption pair prefers the chosen one for its higher score alone: a candidate scoring as high (both of N = 2
+    # always do) would teach a preference for the first sample drawn. A reasoning pair prefers an answer.
     others = [
         i for i in ranking
         if i != best and usable(texts[i]) and texts[i].strip() != texts[best].strip()
-        and (answers is None or answers[i] != answers[best])
+        and (_value(scores[i]) < _value(scores[best]) if answers is None else answers[i] != answers[best])
     ]
     lower = [i for i in ranking[n - max(1, n // 2) :] if i in others] or others
     if not lower:

@@ -82,8 +82,8 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
     ones: which facts curation makes more often true."""
     records = [record for _, record in iter_records(scored)]
     if task != "captions":
-        return _ranking(records, [[a == normalize_answer(str(r["answer"])) for a in r["answers"]] for r in records],
-                        seed)
+        right = [[a == normalize_answer(str(r["answer"])) for a in r["candidate_answers"]] for r in records]
+        return _ranking(records, right, seed)
     checks = [[score_caption(extract(c, "captions").text, truth[r["image"]]) for c in r["candidates"]]
               for r in records]
     quality = _ranking(records, [[objects_right(c) for c in cs] for cs in checks], seed)
