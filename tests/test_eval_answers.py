@@ -125,6 +125,10 @@ def test_short_answers() -> None:
     assert answer_matches("The answer is three.", "3")
     assert answer_matches("Light grey", "light gray")
     assert not answer_matches("The answer is 4.", "3")
+    # One answer however it is written: full-width digits, compound number words, the answer restated in brackets.
+    assert answer_matches("The answer is ３.", "3") and answer_matches("twenty-one", "21")
+    assert answer_matches("Ninety nine balloons", "99 balloons") and answer_matches("The answer is 3 (three).", "3")
+    assert not answer_matches("3 (4)", "3") and not answer_matches("twenty-one", "20")
     # A reason ends the phrase, with or without a comma; a reply that is all reason stays as written.
     assert answer_matches("The answer is 3 because there are three cubes.", "3")
     assert answer_matches("The answer is red since the light is on", "red")

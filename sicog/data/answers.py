@@ -10,12 +10,13 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   period after a common abbreviation ("Mr. Smith", "St. Louis", "e.g.") or after an initial inside a name
   ("John F. Kennedy") ends no sentence; a letter opening the phrase is an option letter and ends it
   ("B. Because ..." -> "B").
-- **Normalisation**: lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever
-  follows a parenthesised letter is dropped); "yes"/"no" alone or before punctuation ("No, it is not.")
-  -> "yes"/"no" ("no parking" stays a phrase); the minus sign "\u2212" -> "-"; number words zero to twenty
-  -> digits, "1,000" -> "1000", "3.0" -> "3", "3.50" -> "3.5"; capital initials written with periods joined
-  ("U.S.A." -> "usa"); "grey" -> "gray"; punctuation and the articles a, an, the removed; whitespace collapsed.
-  Units are kept ("3 cubes" != "3").
+- **Normalisation**: Unicode NFKC (full-width "３" -> "3"); an answer followed by itself in brackets in other
+  words ("3 (three)") -> the answer; lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b"
+  (whatever follows a parenthesised letter is dropped); "yes"/"no" alone or before punctuation ("No, it is
+  not.") -> "yes"/"no" ("no parking" stays a phrase); the minus sign "\u2212" -> "-"; number words zero to
+  ninety-nine -> digits ("twenty-one" -> "21"), "1,000" -> "1000", "3.0" -> "3", "3.50" -> "3.5"; capital
+  initials written with periods joined ("U.S.A." -> "usa"); "grey" -> "gray"; punctuation and the articles a,
+  an, the removed; whitespace collapsed. Units are kept ("3 cubes" != "3").
 - **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", "B because ...", or the
   option's own text ("red", "The colour is red."). Replies that name two options ("A or B", "A, B or C",
   "B. blue" when blue is A, an echoed option list "A. blue, B. red") choose nothing; a lone lower-case
@@ -25,6 +26,7 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -64,6 +66,12 @@ _BARE_POINT = re.compile(r"(?<=\d)\.(?!\d)")
 # case ("e.g.", "a.m.") is left to the usual rules: "e g" is not a word to join, and "a" may be an article.
 _DOTTED_INITIALS = re.compile(r"(?<!\w)[A-Z](?:\.[A-Z])+\.?(?!\w)")
 _TOKEN = re.compile(r"-?\d+(?:\.\d+)?|[^\W_]+")
+_TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_UNITS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# "twenty-one" to "ninety-nine" (and "thirty" alone): one number, not "20 1".
+_TENS_WORDS = re.compile(rf"\b({'|'.join(_TENS)})(?:[\s-]+({'|'.join(_UNITS)}))?\b")
+# An answer followed by itself in brackets in other words: "3 (three)".
+_RESTATED = re.compile(r"(.+?)\s*\(([^()]+)\)")
 _ARTICLES = frozenset({"a", "an", "the"})
 _WORDS = {
     **{word: str(value) for value, word in enumerate(
@@ -153,6 +161,11 @@ def answer_phrase(text: str) -> tuple[str, bool]:
     return (sentences[-1] if sentences else ""), False
 
 
+def _tens_number(match: re.Match) -> str:
+    units = match.group(2)
+    return str(10 * (_TENS.index(match.group(1)) + 2) + (_UNITS.index(units) + 1 if units else 0))
+
+
 def _clean(span: str) -> str:
     return span.strip().strip(_TRIM).rstrip(".").strip(_TRIM)
 
@@ -164,6 +177,10 @@ def extract_answer(text: str) -> str:
 
 def normalize_answer(phrase: str) -> str:
     """Normalise an answer phrase so that equal answers compare equal (rules in the module docstring)."""
+    phrase = unicodedata.normalize("NFKC", phrase)  # full-width digits and letters ("３") as their usual forms
+    restated = _RESTATED.fullmatch(phrase.strip())
+    if restated and normalize_answer(restated.group(1)) == normalize_answer(restated.group(2)):
+        phrase = restated.group(1)  # "3 (three)": the answer said twice
     text = _DOTTED_INITIALS.sub(lambda initials: initials.group().replace(".", ""), phrase).strip().lower()
     text = re.sub(r"[*`$\"'\u201c\u201d\u2018\u2019]", "", text).strip().replace("\u2212", "-")  # the minus sign
     text = re.sub(r"^\\text\{(.*)\}$", r"\1", text)
@@ -173,7 +190,7 @@ def normalize_answer(phrase: str) -> str:
     yes_no = _YES_NO.match(text)
     if yes_no:
         return yes_no.group(1)
-    text = _THOUSANDS.sub("", text)
+    text = _TENS_WORDS.sub(_tens_number, _THOUSANDS.sub("", text))
     text = _BARE_POINT.sub("", _TRAILING_ZEROS.sub(r"\1", text))
     tokens = [_WORDS.get(token, token) for token in _TOKEN.findall(text)]
     return " ".join(token for token in tokens if token not in _ARTICLES)
