@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sicog.cli import main
 from sicog.curate.embed import EncoderSettings, SentenceEncoder, packaged_minilm_path
@@ -285,6 +287,26 @@ def test_cli_uses_the_packaged_encoder_by_default(tmp_path: Path, capsys: pytest
     assert main(["curate", "captions", "--input", str(broken), "--output-dir", str(tmp_path / "b")]) == 1
     assert "every one of the 2 records failed" in capsys.readouterr().err
     assert len(load_records(tmp_path / "b" / "errors.jsonl")) == 2
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--max-length", "1024"], "--max-length 1024: "),  # the packaged MiniLM reads 512 tokens
+    (["--max-length", "0"], "argument --max-length: must be at least 1"),
+    (["--device", "bogus"], "--device bogus: "),
+    (["--device", "cuda:0"], "--device cuda:0: no CUDA GPU is available here"),
+])
+def test_encoder_options_that_cannot_work_stop_with_one_line_before_embedding(tmp_path, capsys, flags, says) -> None:
+    """Each failed deep in the encoder once a text was long enough, with a traceback."""
+    if "cuda" in says and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is available here")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = write_jsonl(tmp_path / "gen.jsonl", [caption_record("img", PARAPHRASES[:3])])
+    with pytest.raises(SystemExit) if "argument" in says else contextlib.nullcontext():
+        code = main(["curate", "captions", "--input", str(path), "--output-dir", str(tmp_path / "out"), *flags])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert says in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert not (tmp_path / "out" / "scored.jsonl").exists()
 
 
 def generated_for(task: str, rid: str, *, tagged: bool) -> dict:

@@ -39,7 +39,7 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     encoder.add_argument("--batch-size", type=positive_int, default=EncoderSettings.batch_size,
                          help="texts per encoder batch")
     encoder.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (NV-Embed-v2)")
-    encoder.add_argument("--max-length", type=int, default=None,
+    encoder.add_argument("--max-length", type=positive_int, default=None,
                          help="maximum tokens per text (NV-Embed-v2 as in the paper: 1024 for captions, 512 for "
                               "reasoning)")
     encoder.add_argument("--query-prefix", default=EncoderSettings.query_prefix,
@@ -50,7 +50,7 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
                          help="model weights dtype")
     encoder.add_argument("--device", default=None,
                          help="e.g. cpu, cuda:0 (default: cuda:LOCAL_RANK under torchrun, else auto)")
-    encoder.add_argument("--chunk-size", type=int, default=CurationSettings.chunk_size,
+    encoder.add_argument("--chunk-size", type=positive_int, default=CurationSettings.chunk_size,
                          help="texts per resumable embedding chunk")
     encoder.add_argument("--keep-embeddings", action="store_true",
                          help="keep the embedding chunks (OUTPUT_DIR/.embeddings) to rescore without re-embedding")

@@ -94,11 +94,18 @@ class SentenceEncoder:
     """A loaded sentence-transformers model that turns texts into unit-length float32 vectors."""
 
     def __init__(self, settings: EncoderSettings) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.settings = settings
-        load: dict[str, Any] = {"device": settings.device or default_device(),
-                                "trust_remote_code": settings.trust_remote_code}
+        device = settings.device or default_device()  # None: sentence-transformers chooses
+        try:
+            usable_device = device is None or torch.device(device).type != "cuda" or torch.cuda.is_available()
+        except RuntimeError as err:  # not a device name at all
+            raise ValueError(f"--device {device}: {str(err).splitlines()[0]}") from None
+        if not usable_device:
+            raise ValueError(f"--device {device}: no CUDA GPU is available here")
+        load: dict[str, Any] = {"device": device, "trust_remote_code": settings.trust_remote_code}
         dtype = _dtype_kwargs(settings.dtype)
         # sentence-transformers < 3 (NV-Embed-v2's pinned 2.7) takes no model_kwargs: cast after loading there.
         if dtype and "model_kwargs" in inspect.signature(SentenceTransformer.__init__).parameters:
@@ -107,6 +114,12 @@ class SentenceEncoder:
         if dtype and "model_kwargs" not in load:
             self.model.to(next(iter(dtype.values())))
         if settings.max_length is not None:
+            # Beyond the model's positions, the first long text fails deep inside it (after others were embedded).
+            limit = getattr(getattr(getattr(self.model[0], "auto_model", None), "config", None),
+                            "max_position_embeddings", None)
+            if isinstance(limit, int) and settings.max_length > limit:
+                raise ValueError(f"--max-length {settings.max_length}: {settings.name_or_path} reads at most {limit} "
+                                 "tokens per text")
             self.model.max_seq_length = settings.max_length
         tokenizer = getattr(self.model, "tokenizer", None)
         if (settings.padding_side is not None or settings.append_eos) and tokenizer is None:
