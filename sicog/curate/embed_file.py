@@ -31,6 +31,7 @@ import numpy as np
 
 from sicog.curate.embed import DTYPES, EncoderNotFound, EncoderSettings
 from sicog.curate.embedding_store import embed_texts
+from sicog.data.argtypes import positive_int
 from sicog.data.jsonl import (
     RecordError,
     atomic_file,
@@ -157,9 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--texts", required=True, help="texts file from `sicog curate texts`")
     parser.add_argument("--output", required=True, help="embeddings .npy (its description goes to <output>.json)")
     parser.add_argument("--encoder", required=True, help="sentence-transformers model directory or hub id")
-    parser.add_argument("--batch-size", type=int, default=EncoderSettings.batch_size)
+    parser.add_argument("--batch-size", type=positive_int, default=EncoderSettings.batch_size)
     parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--max-length", type=int)
+    parser.add_argument("--max-length", type=positive_int)
     parser.add_argument("--query-prefix", default=EncoderSettings.query_prefix)
     parser.add_argument("--append-eos", action="store_true")
     parser.add_argument("--padding-side", choices=("left", "right"))
