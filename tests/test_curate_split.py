@@ -76,3 +76,22 @@ def test_embeddings_of_other_texts_are_refused(tmp_path, capsys):
         from sicog.curate.embed_file import load_embeddings
 
         load_embeddings(tmp_path / "nothing.npy", [])
+
+
+def test_embeddings_made_for_the_other_task_are_refused(tmp_path, capsys):
+    """`sicog toy embed reasoning` compares answers: caption texts embedded so were scored by the wrong facts, at
+    the reasoning threshold."""
+    import numpy as np
+
+    from sicog.curate.embed import EncoderSettings
+    from sicog.curate.embed_file import read_texts, save_embeddings
+
+    source = generated(tmp_path / "gen.jsonl")
+    assert main(["curate", "texts", "captions", "--input", str(source), "--output", str(tmp_path / "texts.jsonl")]) == 0
+    texts = read_texts(tmp_path / "texts.jsonl")
+    save_embeddings(tmp_path / "emb.npy", np.ones((len(texts), 4), np.float32), texts,
+                    EncoderSettings("toy-facts:reasoning"))
+    assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "out"),
+                 "--embeddings", str(tmp_path / "emb.npy")]) == 2
+    assert "made by toy-facts:reasoning, for reasoning, not for captions" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "scored.jsonl").exists()

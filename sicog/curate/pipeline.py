@@ -166,6 +166,12 @@ def curate(
             return None  # the embeddings are made: rank 0 alone scores and writes
         vectors, description = load_embeddings(embeddings, texts)
         store, encoder = ArrayStore(vectors), EncoderSettings(**description["encoder"])
+        # An encoder made for one task ("toy-facts:reasoning" compares answers) scores another task's texts by
+        # the wrong facts, and its name would choose that task's threshold.
+        made_for = encoder.name_or_path.rpartition(":")[2] if encoder.name_or_path.startswith("toy-facts:") else None
+        if made_for is not None and made_for != settings.task:
+            raise ValueError(f"--embeddings {embeddings}: made by {encoder.name_or_path}, for {made_for}, not for "
+                             f"{settings.task}: embed this task's texts with `sicog toy embed {settings.task}`")
     else:
         with process_group(world):
             store = embed_texts(
