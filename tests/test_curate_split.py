@@ -43,8 +43,13 @@ def test_split_path_scores_exactly_like_one_process(tmp_path, capsys, monkeypatc
                             "--device", "cpu"], capture_output=True, text=True, cwd=REPO,
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert embed.returncode == 0, embed.stderr
+    capsys.readouterr()
+    # Encoder options beside --embeddings change nothing: said, not silently dropped (the scripts pass the exported
+    # ENCODER_* variables whichever route the embeddings took, so it is no refusal).
     assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "split"),
-                 "--threshold", "0.5", "--embeddings", str(tmp_path / "emb.npy")]) == 0
+                 "--threshold", "0.5", "--embeddings", str(tmp_path / "emb.npy"), "--encoder", "nvidia/NV-Embed-v2",
+                 "--batch-size", "3"]) == 0
+    assert "warning: --encoder, --batch-size ignored: --embeddings" in capsys.readouterr().err
     one, split = load_records(tmp_path / "one" / "scored.jsonl"), load_records(tmp_path / "split" / "scored.jsonl")
     assert [r["scores"] for r in split] == [r["scores"] for r in one] and len(one) == 3
     for name in ("curated.jsonl", "pairs.jsonl", "errors.jsonl"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
@@ -191,6 +192,11 @@ def _run_curation(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
     )
+    if args.embeddings and (ignored := _ignored_with_embeddings(encoder, settings)):
+        # A warning, not a refusal: the quality-evaluation scripts pass the exported ENCODER_* variables whichever
+        # route the embeddings took.
+        print(f"warning: {', '.join(ignored)} ignored: --embeddings {args.embeddings} are made already, by the "
+              "encoder their description records", file=sys.stderr)
     with output_lock(args.output_dir, folder=True, enabled=rank_and_world()[0] == 0):
         summary = curate(args.input, args.output_dir, settings, encoder, embeddings=args.embeddings)
     if summary is not None:
@@ -207,6 +213,18 @@ def _run_curation(args: argparse.Namespace) -> int:
                   f"{args.output_dir}/errors.jsonl", file=sys.stderr)
             return 1
     return 0
+
+
+def _ignored_with_embeddings(encoder: EncoderSettings, settings: CurationSettings) -> list[str]:
+    """The encoder and embedding options given (not at their defaults) that ``--embeddings`` makes moot."""
+    from sicog.curate.embed import packaged_minilm_path
+
+    default_encoder = EncoderSettings(name_or_path=packaged_minilm_path())
+    given = [name for name in (f.name for f in fields(EncoderSettings))
+             if getattr(encoder, name) != getattr(default_encoder, name)]
+    given += [name for name in ("chunk_size", "keep_embeddings")
+              if getattr(settings, name) != getattr(CurationSettings(task=settings.task), name)]
+    return ["--" + ("encoder" if name == "name_or_path" else name.replace("_", "-")) for name in given]
 
 
 def _run_texts(args: argparse.Namespace) -> int:
