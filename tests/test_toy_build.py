@@ -132,8 +132,7 @@ def test_cod_and_detailed_formats(world: Path) -> None:
         assert twin_gpt == steps[5] and STEP_BY_STEP_DESCRIBE not in twin_human
         if human == f"{IMAGE_TOKEN}\n{CAPTION_PROMPTS['cod-default']}":
             assert twin_human == f"{IMAGE_TOKEN}\n{CAPTION_PROMPTS['default']}"
-    # Stage 2's descriptions keep the bare request the caption benchmark's cod-default prompt extends: without it
-    # stage 2 unlearned captioning under that prompt in two arms of the demo (caption F1 0.81 -> 0.53).
+    # Stage 2's descriptions keep the bare request the caption benchmark's cod-default prompt extends.
     sft_requests = {r["conversations"][0]["value"] for r in load_records(world / "sft.jsonl")}
     assert f"{IMAGE_TOKEN}\n{COD_DEFAULT_REQUEST}" in sft_requests
 

@@ -269,8 +269,7 @@ def build_sft(writer: WorldWriter, count: int) -> list[dict]:
             scene, _ = writer.draw(rng)
             image, _ = writer.add_image("sft", record_id, scene)
             if roll < SFT_SHORT + SFT_MC + SFT_DETAILED:
-                # The bare cod-default request among them: the caption benchmark asks that request step by step, and
-                # without it here stage 2 unlearns captioning under it (caption F1 0.81 -> 0.53 in two arms).
+                # The bare cod-default request among them: the caption benchmark asks that request step by step.
                 request, reply = rng.choice(CAPTION_REQUESTS), detailed_description(scene, rng)
             else:
                 request, reply = rng.choice(BRIEF_REQUESTS), brief_description(scene, rng)
