@@ -114,6 +114,7 @@ def _resumable(job: GenerationJob, prompts: Mapping[str, str], ids: set[str]) ->
     and, when its id is in ``prompts`` (id -> the prompt this run plans), with that prompt (mixing them would make
     one output from two different runs; a record of another input would stop the merge only after every record
     was generated)."""
+    mine = job.metadata("", None)  # once, not per earlier record
 
     def check(path: Path, line: int, record: dict) -> None:
         generation = record.get("generation")
@@ -131,15 +132,14 @@ def _resumable(job: GenerationJob, prompts: Mapping[str, str], ids: set[str]) ->
                 "another SPLIT); write to another --output or delete the old files to start over",
                 path=path, line=line, record_id=record.get("id"), field="id",
             )
-        _check_resumable(job, prompts, path, line, record, generation)
+        _check_resumable(job, mine, prompts, path, line, record, generation)
 
     return check
 
 
-def _check_resumable(job: GenerationJob, prompts: Mapping[str, str], path: Path, line: int, record: dict,
-                     generation: dict) -> None:
+def _check_resumable(job: GenerationJob, mine: dict, prompts: Mapping[str, str], path: Path, line: int,
+                     record: dict, generation: dict) -> None:
     rid = str(record.get("id"))
-    mine = job.metadata("", None)
     # Outputs written before the task was recorded are told apart by their prompts, compared below.
     fields = [k for k in RESUME_FIELDS if k not in UNRECORDED_BEFORE or k in generation]
     theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in fields}
@@ -165,6 +165,8 @@ def _check_resumable(job: GenerationJob, prompts: Mapping[str, str], path: Path,
 def _same_setting(name: str, theirs, mine) -> bool:
     """Whether a written generation setting equals this run's: the model and the image folder are the same
     folders however their paths are spelled (relative, with ``..``, through a link)."""
+    if theirs == mine:
+        return True  # as written by this run's settings: no paths to look up
     if name in ("model", "image_folder") and isinstance(theirs, str) and isinstance(mine, str):
         return os.path.realpath(theirs) == os.path.realpath(mine)
     return theirs == mine
