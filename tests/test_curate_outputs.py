@@ -195,6 +195,8 @@ DAMAGES = {
                        "holds str32 values, not numbers (expected float32 embeddings)"),
     "array: a NaN": (lambda npy, desc: _save_with_nan(npy), "npy", "row 1 holds a NaN or infinite value (an encoder "
                      "that overflowed: embed the texts again, e.g. with --dtype float32)"),
+    "array: vectors of no numbers": (lambda npy, desc: np.save(npy, np.zeros((len(np.load(npy)), 0), np.float32)),
+                                     "npy", "shape (3, 0), expected 3 rows of one or more numbers"),
 }
 
 

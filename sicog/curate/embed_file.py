@@ -90,7 +90,8 @@ def load_embeddings(path: str | os.PathLike, texts: Sequence[str]) -> tuple[np.n
 
     A problem raises ``ValueError``, one line naming the ``.npy`` or its description (``<path>.json``) and what
     is wrong: either missing, a description that is no JSON object with the texts' hash and the encoder's
-    settings, an array of other texts, of another shape, with a NaN or infinite value, or no array of numbers at all.
+    settings, an array of other texts, of another shape (or of vectors with no numbers), with a NaN or infinite
+    value, or no array of numbers at all.
     """
     path = Path(path)
     if not path.is_file() or not sidecar(path).is_file():
@@ -100,8 +101,8 @@ def load_embeddings(path: str | os.PathLike, texts: Sequence[str]) -> tuple[np.n
         raise ValueError(f"{path}: embeddings of other texts ({description.get('texts')} texts); write the texts "
                          "again with `sicog curate texts` from this input and embed them again")
     vectors = _read_vectors(path)
-    if vectors.ndim != 2 or len(vectors) != len(texts):
-        raise ValueError(f"{path}: shape {vectors.shape}, expected {len(texts)} rows")
+    if vectors.ndim != 2 or len(vectors) != len(texts) or vectors.shape[1] == 0:
+        raise ValueError(f"{path}: shape {vectors.shape}, expected {len(texts)} rows of one or more numbers")
     _check_finite(vectors, path)
     return vectors, description
 
