@@ -117,3 +117,14 @@ def test_cli_mix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(load_records(out)) == 5 and "wrote 5 records" in capsys.readouterr().out
     assert main(["curate", "mix", "--inputs", str(first), "--output", str(out), "--ratios", "1", "2"]) == 2
     assert "1 inputs but 2 ratios" in capsys.readouterr().err
+
+
+def test_a_copy_meeting_an_id_of_its_own_file_is_not_advised_prefixes(tmp_path: Path) -> None:
+    # Ratio 2 copies "img" as "img#1", which the file already holds: a prefix per input cannot tell them apart.
+    source = write(tmp_path / "a.jsonl", [llava("img"), llava("img#1")])
+    with pytest.raises(RecordError, match="rename the ids") as err:
+        mix([source], tmp_path / "mix.jsonl", ratios=[2])
+    assert "--prefix-ids" not in str(err.value)
+    other = write(tmp_path / "b.jsonl", [llava("img")])
+    with pytest.raises(RecordError, match="use --prefix-ids"):
+        mix([source, other], tmp_path / "mix.jsonl")

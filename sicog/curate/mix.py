@@ -126,7 +126,9 @@ def mix(
         examples = dict(list(duplicated.items())[:3])
         # Prefixes do not help when a copy's "#1" equals another id of its own file, or when an id holding ':'
         # meets another input's prefix plus id ("a" + "b:c" = "a:b" + "c").
-        advice = "rename the ids" if prefix_ids else "use --prefix-ids to prefix each id with its input's path"
+        within_files = all(len(set(files)) == 1 for files in duplicated.values())
+        advice = "rename the ids" if prefix_ids or within_files else \
+            "use --prefix-ids to prefix each id with its input's path"
         raise RecordError(
             f"{len(duplicated)} id(s) occur more than once in the mixture, e.g. {examples}; {advice}",
             path=output,
