@@ -72,6 +72,18 @@ def test_saying_a_labelled_object_has_no_number_is_wrong() -> None:
     assert score["attributes"]["label"] == {"stated": 2, "correct": 1}
 
 
+def test_every_value_said_of_an_object_counts_not_only_the_first() -> None:
+    # The red circle is large, in the top left, labelled 3: the second value said of each fact is false.
+    caption = ("The red circle is in the top left and in the bottom right, is large and is small, labeled 3 and "
+               "labeled 4.")
+    score = score_caption(caption, TRUTH)
+    assert {a: score["attributes"][a] for a in ("size", "position", "label")} == {
+        "size": {"stated": 1, "correct": 0}, "position": {"stated": 1, "correct": 0},
+        "label": {"stated": 1, "correct": 0}}
+    assert score_caption("The red circle is in the top left, is large, labeled 3.", TRUTH)["attribute_accuracy"] == {
+        "size": 1.0, "position": 1.0, "label": 1.0}
+
+
 def test_cod_caption_with_all_steps_scores_one() -> None:
     bodies = ["A red circle, a blue square and a green triangle.", "x", "y", "z", CAPTION]
     assert score_caption(format_steps(COD_STEPS, bodies), TRUTH)["f1"] == 1.0

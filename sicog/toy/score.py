@@ -146,14 +146,12 @@ def parse_caption(text: str) -> dict:
             name = f"{mention.group('color').lower()} {_SHAPE[mention.group('shape').lower()]}"
             facts = objects.setdefault(name, {a: [] for a in ATTRIBUTES})
             said = _said_of(mention, sentence, starts)
-            size = mention.group("size") or (m.group(1) if (m := _SIZE_PREDICATE.search(said)) else None)
-            if size:
-                facts["size"].append(_SIZE[size.lower()])
-            if position := _POSITION_RE.search(said):
-                facts["position"].append(_POSITION[position.group(0).lower()])
-            if label := _LABEL_RE.search(said):
-                facts["label"].append(int(label.group(1)))
-            elif _NO_LABEL_RE.search(said):
+            # Every value said of the object counts: "correct" means all of them are true.
+            sizes = [mention.group("size")] if mention.group("size") else []
+            facts["size"] += [_SIZE[size.lower()] for size in sizes + _SIZE_PREDICATE.findall(said)]
+            facts["position"] += [_POSITION[position.lower()] for position in _POSITION_RE.findall(said)]
+            facts["label"] += [int(label) for label in _LABEL_RE.findall(said)]
+            if _NO_LABEL_RE.search(said):
                 facts["label"].append(None)
     return {"objects": objects, "background": backgrounds, "mark": marks}
 
