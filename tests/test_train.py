@@ -453,15 +453,21 @@ def test_loss_weighting_micro_batches_reproduces_the_release(world, tmp_path):
     assert abs(tokens - per_sample["long"]) < abs(release - per_sample["long"]) - 1e-3, (tokens, per_sample)
 
 
-def test_a_record_that_fails_in_a_dataloader_worker_is_the_same_one_line(world, tmp_path, capsys):
-    """A truncated image (whole header, cut pixels: the check before training passes it) first decoded in a
-    DataLoader worker (the scripts' NUM_WORKERS=4): torch's "Caught RecordError in DataLoader worker process 0.
-    Original Traceback ..." (some 15 lines) was the one-line error."""
+def _cut_image_data(world, tmp_path) -> Path:
+    """One record whose image has its whole header but half its pixels: the check before training passes it."""
     whole = (world["root"] / "images" / "0.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
     data = tmp_path / "cut.jsonl"
     data.write_text(json.dumps({"id": "cut", "image": str(tmp_path / "cut.png"), "conversations": [
         {"from": "human", "value": "<image>\nWhat colour is this image?"}, {"from": "gpt", "value": "Red."}]}) + "\n")
+    return data
+
+
+def test_a_record_that_fails_in_a_dataloader_worker_is_the_same_one_line(world, tmp_path, capsys):
+    """A truncated image (whole header, cut pixels: the check before training passes it) first decoded in a
+    DataLoader worker (the scripts' NUM_WORKERS=4): torch's "Caught RecordError in DataLoader worker process 0.
+    Original Traceback ..." (some 15 lines) was the one-line error."""
+    data = _cut_image_data(world, tmp_path)
     lines = []
     for workers in ("0", "1"):
         flags = common(world, tmp_path / f"out-{workers}", steps=1)
@@ -474,3 +480,18 @@ def test_a_record_that_fails_in_a_dataloader_worker_is_the_same_one_line(world, 
         lines.append(err.splitlines()[-1])
     assert lines[0] == lines[1]
     assert lines[0].startswith(f"sicog train: error: {data}:1 id='cut': cannot read image {tmp_path / 'cut.png'}: ")
+
+
+def test_a_failed_runs_error_starts_its_own_line_after_the_progress_bar(world, tmp_path, capsys):
+    """A record failing mid-run with the progress bar on: the error line continued the bar's line."""
+    data = _cut_image_data(world, tmp_path)
+    flags = common(world, tmp_path / "out", steps=1)
+    flags[flags.index("--data_path") + 1] = str(data)
+    flags[flags.index("--per_device_train_batch_size") + 1] = "1"
+    assert main(["train", "--stage", "2", "--model_name_or_path", str(world["base"]), *flags, "--report_to", "none",
+                 "--disable_tqdm", "False"]) == 2
+    err = capsys.readouterr().err
+    assert "it/s]" in err  # the bar was drawn
+    lines = err.split("\n")
+    [error] = [line for line in lines if "sicog train: error:" in line]
+    assert error.startswith("sicog train: error:") and lines.index(error) == len(lines) - 2, lines[-3:]

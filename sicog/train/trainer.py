@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
@@ -126,7 +127,11 @@ class SicogTrainer(Trainer):
         if resume_from_checkpoint is not None:
             self.loss_before_resume = (checkpoint_loss_sum(resume_from_checkpoint)
                                        if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None)
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        except BaseException:
+            self._end_progress_bar()
+            raise
         if self.loss_before_resume is None:
             logger.warning("%s does not hold the loss of the steps before it (saved by an older sicog): train_loss "
                            "is the mean over the steps after it only", resume_from_checkpoint)
@@ -134,6 +139,14 @@ class SicogTrainer(Trainer):
         # The Trainer has added its last undrained steps to its sum.
         train_loss = (self.loss_before_resume + self._total_loss_scalar) / max(output.global_step, 1)
         return TrainOutput(output.global_step, train_loss, {**output.metrics, "train_loss": train_loss})
+
+    def _end_progress_bar(self) -> None:
+        """End a failed run's progress bar on its line, as a finished run's is: the one-line error that follows
+        would otherwise continue the bar's line (and the bar be drawn again below it when Python exits)."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()
+                callback.training_bar = None
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
