@@ -13,7 +13,7 @@ from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
-from sicog.eval.output_dir import check_output_dir, claim_output_dir
+from sicog.eval.output_dir import claim_output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
         EvalSettings(model=str(args.model), prompt_style=args.prompt, mc_scoring=args.mc_scoring,
                      short_answer=not args.as_asked)
         open_scoring(args.mc_scoring, args.synonyms)
-        check_output_dir(args.output_dir)
         require_checkpoint(args.model)
         owner = {"model": os.path.realpath(args.model), "weights": checkpoint_signature(args.model)}
         claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=False)
