@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "data": ("sicog.data.cli", "check a training dataset before an expensive launch"),
     "toy": ("sicog.toy.cli", "build the toy world: images with ground truth, every dataset, a tiny tokenizer"),
-    "curate": ("sicog.curate.cli", "self-consistency curation of generated candidates (captions, reasoning, mix)"),
+    "curate": ("sicog.curate.cli", "self-consistency curation of candidates, the stage-1.5 mixture, DPO pairs"),
     "annotate": ("sicog.annotate.cli", "stage-0 annotation: CoD captions through a chat API, CoT conversion"),
     "generate": ("sicog.generate.cli", "sample N candidate captions or CoT answers per record (sharded, resumable)"),
     "eval": ("sicog.eval.cli", "evaluate a checkpoint on a VLMEvalKit-style TSV benchmark (multiple choice, yes/no)"),

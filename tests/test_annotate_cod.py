@@ -394,9 +394,10 @@ def test_rerun_skips_done_and_failed_ids_until_asked_to_retry(server, tmp_path):
     assert ids_of(tmp_path / "cod" / "failures.jsonl") == []
 
 
-def test_description_lost_by_a_kill_is_rebuilt_without_a_request(server, tmp_path):
+def test_description_lost_by_a_kill_is_rebuilt_without_a_request(server, tmp_path, capsys):
     make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
     assert annotate(server, tmp_path) == 0
+    assert "rebuilt" not in capsys.readouterr().err
     dd_path = tmp_path / "dd" / "detailed_description.jsonl"
     complete = {r["id"]: r for r in load_records(dd_path)}
     lines = dd_path.read_text().splitlines(keepends=True)
@@ -404,6 +405,8 @@ def test_description_lost_by_a_kill_is_rebuilt_without_a_request(server, tmp_pat
     assert annotate(server, tmp_path) == 0
     assert len(server.requests) == 2
     assert {r["id"]: r for r in load_records(dd_path)} == complete
+    assert "  1 description(s) rebuilt from CoD lines an interrupted run wrote without them (no request)\n" in \
+        capsys.readouterr().err
 
 
 def test_a_refused_key_stops_the_run_without_recording_failures(server, tmp_path, capsys, caplog):

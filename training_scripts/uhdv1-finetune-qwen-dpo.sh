@@ -14,6 +14,7 @@ require_vars EXPERIMENT_NAME DATA_PATH PREV_STAGE_CHECKPOINT
 # LLaVA-NeXT's scripts/train/dpo.sh: linear decay after a 10% warm-up, a checkpoint every 3000 steps keeping one.
 training_flags --learning-rate "${DPO_LEARNING_RATE:-5e-7}" --batch "${DPO_BATCH:-1}" --folder llava-qwen-uhd-dpo \
     --save-steps 3000 --save-total-limit 1 --scheduler linear --warmup 0.1
+# The DPO weights are passed only when set: their defaults are sicog train's (see its --help).
+optional_flags DPO_BETA:--dpo_beta DPO_GAMMA:--dpo_gamma DPO_ALPHA:--dpo_alpha
 sicog_exec train --stage dpo --model_name_or_path "$PREV_STAGE_CHECKPOINT" --group_by_modality_length True \
-    --dpo_beta "${DPO_BETA:-0.1}" --dpo_gamma "${DPO_GAMMA:-1.0}" --dpo_alpha "${DPO_ALPHA:-1.0}" \
-    "${TRAIN_FLAGS[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
+    ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"} "${TRAIN_FLAGS[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}

@@ -166,6 +166,9 @@ def _run_cod(args: argparse.Namespace) -> int:
         f"(of {summary.total} records)\n  CoD: {job.cod_path}\n  descriptions: {job.dd_path}",
         file=sys.stderr,
     )
+    if summary.restored_descriptions:
+        print(f"  {summary.restored_descriptions} description(s) rebuilt from CoD lines an interrupted run wrote "
+              "without them (no request)", file=sys.stderr)
     if summary.failed or summary.already_failed:
         print(f"  failures: {job.failures_path} (rerun with --retry-failures to try them again)", file=sys.stderr)
     if summary.total and not summary.annotated + summary.already_done:

@@ -1,5 +1,5 @@
-"""``sicog curate captions|reasoning|mix|pairs-from-noisy``: self-consistency curation, the stage-1.5
-mixture, and DPO pairs from noisy generation."""
+"""``sicog curate captions|reasoning|texts|mix|random|pairs-from-noisy``: self-consistency curation (and the
+texts it embeds), the stage-1.5 mixture, a random pick of candidates, and DPO pairs from noisy generation."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def curation_option_names() -> dict[str, bool]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Attach the ``captions``, ``reasoning`` and ``mix`` sub-commands."""
+    """Attach the sub-commands (``captions``, ``reasoning``, ``texts``, ``mix``, ``random``, ``pairs-from-noisy``)."""
     sub = parser.add_subparsers(dest="curate_command",
                                 metavar="{captions,reasoning,texts,mix,random,pairs-from-noisy}",
                                 required=True)

@@ -1,7 +1,12 @@
-"""lmms-eval's ``batch_size`` (N, ``auto`` or ``auto:N``), read one way by ``sicog eval-suite`` (which checks it
-before the framework starts) and by the SICOG model inside lmms-eval. No torch, no lmms-eval."""
+"""Batch sizes: the evaluation commands' defaults, and lmms-eval's ``batch_size`` (N, ``auto`` or ``auto:N``), read
+one way by ``sicog eval-suite`` (which checks it before the framework starts) and by the SICOG model inside
+lmms-eval. No torch, no lmms-eval."""
 
 from __future__ import annotations
+
+# Rows per generate call of `sicog eval`, and records per forward pass of `sicog image-use`.
+EVAL_BATCH_SIZE = 8
+IMAGE_USE_BATCH_SIZE = 16
 
 # The first batch size tried with batch_size=auto when max_batch_size does not say (lm-eval's default too).
 AUTO_BATCH_START = 64

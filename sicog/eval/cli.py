@@ -13,7 +13,9 @@ from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
+from sicog.eval.batch_size import EVAL_BATCH_SIZE
 from sicog.eval.output_dir import claim_output_dir
+from sicog.eval.prompts import DEFAULT_MAX_NEW_TOKENS, MC_SCORING, PROMPT_STYLES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "answer, [category]")
     parser.add_argument("--output-dir", required=True, type=Path,
                         help="predictions.jsonl, errors.jsonl, results.json and results.xlsx go here")
-    parser.add_argument("--prompt", default="direct", choices=("direct", "cot"),
+    parser.add_argument("--prompt", default="direct", choices=PROMPT_STYLES,
                         help="direct: answer with the option's letter; cot: answer step-by-step (default: %(default)s)")
-    parser.add_argument("--mc-scoring", default="generate", choices=("generate", "likelihood", "open"),
+    parser.add_argument("--mc-scoring", default="generate", choices=MC_SCORING,
                         help="generate: read the option from a generated reply; likelihood: pick the option whose "
                              "text the model finds most likely as its reply; open: ask without the options and "
                              "compare the reply with the right option's text (likelihood and open: multiple "
@@ -40,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "caption request scored against descriptions)")
     parser.add_argument("--blind-seed", type=int,
                         help="ask each question with another row's image (seeded shuffle): the blind baseline")
-    parser.add_argument("--batch-size", type=positive_int, default=8,
+    parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
                         help="rows per generate call (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=positive_int, help="default: 64 for direct, 1024 for cot")
+    parser.add_argument("--max-new-tokens", type=positive_int,
+                        help="default: " + ", ".join(f"{n} for {style}" for style, n in DEFAULT_MAX_NEW_TOKENS.items()))
     parser.add_argument("--image-root", type=Path,
                         help="where relative image_path values start (default: the TSV's folder)")
     parser.add_argument("--device", default="auto",

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sicog.data.jsonl import RecordError, iter_records
 from sicog.data.mixture import Source
 from sicog.data.schema import check_llava_record, record_images, resolve_image
+from sicog.eval.batch_size import IMAGE_USE_BATCH_SIZE
 from sicog.eval.pairing import blind_partners
 from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
@@ -37,7 +38,7 @@ def answer_losses(
     model: SicogForConditionalGeneration,
     processor: SicogProcessor,
     encoded: Sequence[Encoded],
-    batch_size: int = 16,
+    batch_size: int = IMAGE_USE_BATCH_SIZE,
     desc: str | None = None,
 ) -> list[tuple[float, int]]:
     """Summed negative log-likelihood of each item's supervised tokens, and how many there are.
@@ -122,7 +123,7 @@ def image_use(
     image_folder: str | os.PathLike | None = None,
     *,
     limit: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = IMAGE_USE_BATCH_SIZE,
     progress: bool = True,
 ) -> dict:
     """Per-token loss on the records' answers with their own images and with swapped images.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sicog.data.argtypes import positive_int, require_checkpoint
 from sicog.data.jsonl import RecordError, write_json
+from sicog.eval.batch_size import IMAGE_USE_BATCH_SIZE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-folder", type=Path, help="where the records' image paths start")
     parser.add_argument("--output", required=True, type=Path, help="JSON with both losses, the gap and any errors")
     parser.add_argument("--limit", type=positive_int, help="read at most this many records")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=positive_int, default=IMAGE_USE_BATCH_SIZE, help="default: %(default)s")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda:0, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -35,6 +35,7 @@ except ImportError as err:
 from sicog.data.sharding import rank_and_world
 from sicog.eval.batch_size import parse_batch_size
 from sicog.eval.generation import chat_turns, encode_item, generate_replies, load_for_eval, placed_images
+from sicog.eval.prompts import FRAMEWORK_MAX_NEW_TOKENS
 from sicog.model.image_io import load_image
 from sicog.model.processing import Encoded
 
@@ -121,7 +122,7 @@ class SicogLMMs(lmms):
         device: str | None = "auto",
         dtype: str = "auto",
         batch_size: int | str | None = 1,
-        max_new_tokens: int | str = 1024,
+        max_new_tokens: int | str = FRAMEWORK_MAX_NEW_TOKENS,
         max_batch_size: int | str | None = None,
         system_prompt: str | None = None,
         model=None,

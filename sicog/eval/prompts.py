@@ -20,6 +20,13 @@ from sicog.data.prompts import SHORT_ANSWER, reasoning_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, is_missing, row_options
 
 PROMPT_STYLES = ("direct", "cot")
+# How a multiple-choice answer is read: from the generated reply, by the options' likelihood, or asked open.
+MC_SCORING = ("generate", "likelihood", "open")
+# `sicog eval`'s reply budget per style: enough for a letter or "yes" with a few words around it, and for a
+# structured chain of thought.
+DEFAULT_MAX_NEW_TOKENS = {"direct": 64, "cot": 1024}
+# The framework adapters' (VLMEvalKit, lmms-eval) budget where a benchmark sets none: their open questions too.
+FRAMEWORK_MAX_NEW_TOKENS = 1024
 # A benchmark kind beside tsv's MULTIPLE_CHOICE and YES_NO: questions answered in the model's own words.
 OPEN_QUESTION = "open"
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."

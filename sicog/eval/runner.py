@@ -30,10 +30,17 @@ from tqdm import tqdm
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records, write_json
 from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
+from sicog.eval.batch_size import EVAL_BATCH_SIZE
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
 from sicog.eval.likelihood import encode_options, image_keys, likelihood_prompt, score_rows
 from sicog.eval.pairing import blind_partners
-from sicog.eval.prompts import PROMPT_STYLES, build_prompt, short_answer_prompt
+from sicog.eval.prompts import (
+    DEFAULT_MAX_NEW_TOKENS,
+    MC_SCORING,
+    PROMPT_STYLES,
+    build_prompt,
+    short_answer_prompt,
+)
 from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx
 from sicog.eval.short_answers import ShortAnswers, load_synonyms
@@ -41,9 +48,6 @@ from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_image
 from sicog.model.processing import ConversationError
 
 PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
-# Enough for a letter or "yes" with a few words around it, and for a structured chain of thought.
-DEFAULT_MAX_NEW_TOKENS = {"direct": 64, "cot": 1024}
-MC_SCORING = ("generate", "likelihood", "open")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class EvalSettings:
 
     model: str
     prompt_style: str = "direct"
-    max_new_tokens: int = 64
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS["direct"]
     # "generate": read the answer from a generated reply; "likelihood": the option the model finds most
     # likely (multiple choice only, sicog/eval/likelihood.py); "open": the question asked without its options,
     # the reply compared with the right option's text (multiple choice only, sicog/eval/short_answers.py).
@@ -139,7 +143,7 @@ def run_rank(
     output_dir: Path,
     settings: EvalSettings,
     *,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
@@ -252,7 +256,7 @@ def evaluate(
     tsv_path: str | os.PathLike | Benchmark,
     output_dir: str | os.PathLike,
     prompt: str = "direct",
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     *,
     max_new_tokens: int | None = None,
     image_root: str | os.PathLike | None = None,
@@ -281,7 +285,8 @@ def evaluate(
     """
     benchmark = tsv_path if isinstance(tsv_path, Benchmark) else read_benchmark(tsv_path, image_root)
     name = model_name if model_name is not None else str(getattr(model, "name_or_path", "") or type(model).__name__)
-    tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 64)
+    # An unknown style gets 1 here and is named by EvalSettings.
+    tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 1)
     settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens, mc_scoring=mc_scoring,
                             blind_seed=blind_seed, short_answer=short_answer)
     short_answers = open_scoring(mc_scoring, synonyms)

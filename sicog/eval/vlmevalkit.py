@@ -27,7 +27,7 @@ from typing import Any
 
 from sicog.data.argtypes import os_error_text, positive_int
 from sicog.eval.generation import chat_turns, encode_item, generate_replies, load_for_eval, placed_images
-from sicog.eval.prompts import OPEN_QUESTION, PROMPT_STYLES, build_prompt
+from sicog.eval.prompts import FRAMEWORK_MAX_NEW_TOKENS, OPEN_QUESTION, PROMPT_STYLES, build_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, is_missing, row_options
 from sicog.model.checkpoint_config import read_checkpoint_config
 from sicog.model.image_io import load_image
@@ -86,7 +86,7 @@ class SicogVLM:
         model_path: str | os.PathLike | None = None,
         *,
         prompt: str = "direct",
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = FRAMEWORK_MAX_NEW_TOKENS,
         device: str = "auto",
         dtype: str = "auto",
         model=None,
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the model name to give run.py's --model (default: %(default)s)")
     parser.add_argument("--sicog-prompt", default="direct", choices=PROMPT_STYLES,
                         help="how multiple-choice questions are asked (default: %(default)s)")
-    parser.add_argument("--sicog-max-new-tokens", type=positive_int, default=1024,
+    parser.add_argument("--sicog-max-new-tokens", type=positive_int, default=FRAMEWORK_MAX_NEW_TOKENS,
                         help="longest reply (default: %(default)s)")
     parser.add_argument("--sicog-device", default="auto",
                         help="auto (one GPU per process when available, else cpu), cpu, cuda:0, ...")

@@ -16,7 +16,13 @@ from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.data.sharding import process_group
 from sicog.generate.corrupt import CORRUPTIONS
-from sicog.generate.settings import CACHES, DEFAULT_MAX_ASPECT_RATIO, SamplingSettings
+from sicog.generate.settings import (
+    CACHES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_SEED,
+    SamplingSettings,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -61,9 +67,9 @@ def _common_arguments() -> argparse.ArgumentParser:
     common.add_argument("--no-shared-prefill", dest="shared_prefill", action="store_false",
                         help="prefill each of a record's N sequences on its own, as transformers does, instead of "
                              "the prompt once with its KV cache copied N times (same candidates, more compute)")
-    common.add_argument("--batch-size", type=positive_int, default=8,
+    common.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help="records per generate call; each yields N sequences (default: %(default)s)")
-    common.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
+    common.add_argument("--seed", type=int, default=DEFAULT_SEED, help="run seed (default: %(default)s)")
     common.add_argument("--corrupt", metavar="METHOD[,METHOD]",
                         help="corrupt images before encoding: one of these methods per record, drawn at random "
                              f"(seeded) as in the release: {', '.join(CORRUPTIONS)}")

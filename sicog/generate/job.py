@@ -24,7 +24,7 @@ from sicog.data.sharding import done_ids, merge_shard_files, shard_files, shard_
 from sicog.generate.corrupt import record_methods
 from sicog.generate.inputs import GenerationTask, InputPlan, read_inputs
 from sicog.generate.sample import ENCODE_ERRORS, encode_task, sample_candidates
-from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO, SamplingSettings
+from sicog.generate.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ASPECT_RATIO, DEFAULT_SEED, SamplingSettings
 from sicog.model.processing import ConversationError, SicogProcessor
 
 # Generation fields that must agree between the records already written and this run (besides each record's
@@ -49,8 +49,8 @@ class GenerationJob:
     model_name: str
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     image_folder: Path | None = None
-    batch_size: int = 8
-    seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = DEFAULT_SEED
     corruptions: tuple[str, ...] = ()
     corrupt_all: bool = False
     max_prompt_tokens: int | None = None

@@ -9,6 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+# Records per generate call (each yields N sequences) and the run seed: with the sampling settings, they decide
+# the bytes a run writes.
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_SEED = 0
 # Wider than this, an image is a line: slicing it gives views thousands of pixels long and nothing to see.
 DEFAULT_MAX_ASPECT_RATIO = 100.0
 # KV caches for decoding: HF's growing one, or one allocated once at full length (fixed shapes, so a
