@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sicog.curate.extract import extract
 from sicog.data.answers import answer_matches, extract_answer, extract_choice, extract_yes_no, parse_answer
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
@@ -34,6 +35,13 @@ def test_chain_of_thought_is_read_from_its_conclusion() -> None:
     assert extract_choice(reply, OPTIONS) == "B"
     # Without a marker, step 4 alone is the answer, not the options named while reasoning.
     assert extract_choice(format_steps(COT_STEPS, ["A?", "A or C.", reasoning, "(b)"]), OPTIONS) == "B"
+    # A marker in steps 1-3 is reasoning: step 4 concludes, with or without a marker of its own; curation reads
+    # the same answer.
+    for step_three in ("The answer is not A, because the circle is not blue.", "So the answer is clearly B."):
+        for conclusion in ("B", "B. red", "red", "(B) red", "**B**"):
+            steps = format_steps(COT_STEPS, ["Determine the answer: the colour.", "A circle.", step_three, conclusion])
+            assert extract_choice(steps, OPTIONS) == "B", (step_three, conclusion)
+            assert parse_answer(extract(steps, "reasoning").text).normalized in ("b", "red"), steps
     # The last marker wins over earlier ones.
     assert extract_choice("At first the answer is A. On reflection, the answer is b.", OPTIONS) == "B"
     # A free-form chain of thought ending with the verdict.
