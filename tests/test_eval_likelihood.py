@@ -193,6 +193,16 @@ def test_options_are_scored_after_the_question_as_asked(taught_replies, tmp_path
     assert not (tmp_path / "generated").exists()
 
 
+def test_likelihood_scoring_refuses_the_step_by_step_style(tmp_path: Path, capsys) -> None:
+    """--prompt cot with likelihood scoring asked the direct question and recorded the run as cot."""
+    bench = _write_tsv(tmp_path / "bench.tsv", _rows())
+    assert main(["eval", "--model", str(tmp_path / "no-model"), "--benchmark", str(bench), "--prompt", "cot",
+                 "--mc-scoring", "likelihood", "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("sicog eval: error: likelihood scoring asks the question directly; --prompt cot "
+                                       "is for generated replies (--mc-scoring generate or open)\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_row_that_cannot_be_encoded_is_reported_and_the_rest_scored(taught, tmp_path: Path) -> None:
     """A literal <image> in a question or an option makes that row an error, not the end of the run."""
     rows = _rows(4)

@@ -73,6 +73,10 @@ class EvalSettings:
             raise ValueError(f"unknown prompt style {self.prompt_style!r}; choose from {', '.join(PROMPT_STYLES)}")
         if not self.short_answer and self.mc_scoring != "likelihood":
             raise ValueError("scoring after the question as asked (--as-asked) is for likelihood scoring only")
+        if self.prompt_style != "direct" and self.mc_scoring == "likelihood":
+            # Likelihood scores each option as the reply itself: no chain of thought is generated before it.
+            raise ValueError(f"likelihood scoring asks the question directly; --prompt {self.prompt_style} is for "
+                             "generated replies (--mc-scoring generate or open)")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
