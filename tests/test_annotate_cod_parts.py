@@ -120,6 +120,15 @@ def test_source_takes_the_bare_question_and_the_caption():
     assert read_source(llava("<image>")).question == ""
 
 
+def test_the_training_question_loses_a_short_answer_or_step_by_step_request():
+    # A CoD record asking for a single word and answered by five steps would teach the model to ignore the request.
+    for instruction in ("Answer the question using a single word or phrase.", "Describe the image step-by-step.",
+                        "Answer the question step-by-step."):
+        source = read_source(llava(f"<image>\nWhat is the man holding?\n{instruction}"))
+        assert source.question == "What is the man holding?"
+        assert source.asked == f"<image>\nWhat is the man holding?\n{instruction}"  # quoted whole to the VLM
+
+
 def test_a_caption_field_is_the_original_description_as_in_the_published_input():
     # generate_cod_caption.py: question = conversations[0].value, caption = data['caption']
     record = {**llava(caption="Red."), "caption": " A red square. "}
