@@ -102,6 +102,30 @@ def test_failed_records_are_tried_again_on_a_rerun_unless_skipped(setup, tmp_pat
     assert sorted(r["id"] for r in load_records(output)) == sorted(r["id"] for r in records)
 
 
+def test_failures_of_a_run_with_other_settings_are_not_kept_as_this_runs(setup, tmp_path, capsys):
+    """--skip-failed kept the failures of a run with another prompt type (or temperature, ...) as this run's own,
+    with their reasons: every record of a cod-conv run without questions failed, and a default run skipped them."""
+    output = tmp_path / "gen.jsonl"
+    images_only = [{"id": f"i{i}", "image": f"{i}.png"} for i in range(3)]
+    write_jsonl(tmp_path / "images.jsonl", images_only)
+    args = ["generate", "captions", "--model", str(setup / "model"), "--data", str(tmp_path / "images.jsonl"),
+            "--image-folder", str(setup / "images"), "--output", str(output), "--num-candidates", "2",
+            "--max-new-tokens", "4", "--no-progress"]
+    assert main([*args, "--prompt", "cod-conv"]) == 1
+    errors = load_records(tmp_path / "gen.errors.jsonl")
+    assert len(errors) == 3 and all(e["generation"]["prompt_type"] == "cod-conv" for e in errors)
+    capsys.readouterr()
+    assert main([*args, "--prompt", "default", "--skip-failed"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'gen.errors.jsonl'}:1 id='i0'" in err
+    assert "failed in a run with other settings" in err and "'prompt_type': ('cod-conv', 'default')" in err
+    assert len(load_records(tmp_path / "gen.errors.jsonl")) == 3 and load_records(output) == []
+    # The same settings keep them; without --skip-failed they are tried again with this run's settings.
+    assert main([*args, "--prompt", "cod-conv", "--skip-failed"]) == 1
+    assert main([*args, "--prompt", "default"]) == 0
+    assert len(load_records(output)) == 3 and load_records(tmp_path / "gen.errors.jsonl") == []
+
+
 def test_a_run_where_every_record_fails_exits_non_zero(setup, tmp_path, capsys):
     records = [{"id": f"x{i}", "image": "nowhere.png", "question": "What?"} for i in range(3)]
     write_jsonl(tmp_path / "bad.jsonl", records)

@@ -48,7 +48,7 @@ def task_step(task: Task) -> tuple[int, Sequence[str]]:
 
 
 def expects_steps(prompt_type: str | None) -> bool:
-    """Whether a candidate generated with ``prompt_type`` should contain numbered steps (unknown: yes)."""
+    """Whether a candidate generated with ``prompt_type`` should contain numbered steps (not recorded, None: yes)."""
     return prompt_type is None or prompt_type in STEP_PROMPT_TYPES
 
 

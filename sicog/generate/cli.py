@@ -170,7 +170,7 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
               retry_failed: bool) -> int:
     import torch.distributed as dist
 
-    from sicog.generate.job import clear_errors, merge_outputs, read_plan, run_rank, written_outputs
+    from sicog.generate.job import clear_errors, earlier_failures, merge_outputs, read_plan, run_rank, written_outputs
     from sicog.model.builders import load_pretrained
     from sicog.model.processing import SicogProcessor
 
@@ -182,6 +182,8 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
         job = dataclasses.replace(job, max_prompt_tokens=max(limit, 1))
     plan = read_plan(job, processor)
     written = written_outputs(job, plan, rank=rank, world=world)
+    # Kept failures are checked now too; retried ones are read after rank 0 has cleared them (none).
+    failed = None if retry_failed else earlier_failures(job, rank=rank, world=world)
     model, processor = load_pretrained(job.model_name, dtype=dtype)
     model.to(device).eval()
     # Earlier errors are removed only now that the run is sure to retry them: a run refused above, or one
@@ -193,7 +195,7 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
                   file=sys.stderr)
     if world > 1:
         dist.barrier()  # no rank reads what is done before earlier errors are cleared
-    summary = run_rank(job, plan, model, processor, rank=rank, world=world, written=written)
+    summary = run_rank(job, plan, model, processor, rank=rank, world=world, written=written, failed=failed)
     print(f"rank {rank}/{world}: {summary.generated} records generated, {summary.errors} errors, "
           f"{summary.skipped} already done ({summary.batches} batches run)", file=sys.stderr)
     if world > 1:

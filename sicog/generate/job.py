@@ -78,6 +78,12 @@ class GenerationJob:
                 "prompt_type": self.prompt_type, "prompt": prompt, **self.sampling.metadata(), "seed": self.seed,
                 "corruption": corruption}
 
+    def settings(self) -> dict:
+        """What an error record keeps of the run that wrote it: the settings a rerun must share to take its
+        failures for its own (``--skip-failed``)."""
+        mine = self.metadata("", None)
+        return {key: mine[key] for key in RESUME_FIELDS}
+
     def batch_seed(self, batch_index: int) -> int:
         """The seed set before batch ``batch_index``'s generate call (well mixed, so runs with nearby
         seeds share no batch seeds)."""
@@ -95,12 +101,16 @@ class RankSummary:
 
 
 def read_plan(job: GenerationJob, processor: SicogProcessor) -> InputPlan:
-    """Read and check the job's input records (see :func:`sicog.generate.inputs.read_inputs`)."""
-    return read_inputs(
+    """Read and check the job's input records (see :func:`sicog.generate.inputs.read_inputs`); each error record
+    keeps the run's settings."""
+    plan = read_inputs(
         job.data, processor, task=job.task, prompt_type=job.prompt_type, image_folder=job.image_folder,
         max_prompt_tokens=job.max_prompt_tokens, max_aspect_ratio=job.max_aspect_ratio,
         transposed=lambda rid: "mirror_rotation" in record_methods(job.corruptions, job.seed, rid, job.corrupt_all),
     )
+    settings = job.settings()
+    plan.errors = [{**error, "generation": settings} for error in plan.errors]
+    return plan
 
 
 def plan_batches(tasks: Sequence[GenerationTask], batch_size: int) -> list[list[GenerationTask]]:
@@ -137,13 +147,19 @@ def _resumable(job: GenerationJob, prompts: Mapping[str, str], ids: set[str]) ->
     return check
 
 
+def _settings_differ(mine: Mapping, generation: Mapping) -> dict:
+    """The run settings (:data:`RESUME_FIELDS`) in which an earlier record's ``generation`` differs from this
+    run's ``mine``: name -> (theirs, this run's)."""
+    # Outputs written before the task was recorded are told apart by their prompts (compared by the caller).
+    fields = [k for k in RESUME_FIELDS if k not in UNRECORDED_BEFORE or k in generation]
+    theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in fields}
+    return {k: (theirs[k], mine[k]) for k in fields if not _same_setting(k, theirs[k], mine[k])}
+
+
 def _check_resumable(job: GenerationJob, mine: dict, prompts: Mapping[str, str], path: Path, line: int,
                      record: dict, generation: dict) -> None:
     rid = str(record.get("id"))
-    # Outputs written before the task was recorded are told apart by their prompts, compared below.
-    fields = [k for k in RESUME_FIELDS if k not in UNRECORDED_BEFORE or k in generation]
-    theirs = {k: generation.get(k, RESUME_DEFAULTS.get(k)) for k in fields}
-    differ = {k: (theirs[k], mine[k]) for k in fields if not _same_setting(k, theirs[k], mine[k])}
+    differ = _settings_differ(mine, generation)
     planned = prompts.get(rid)
     if planned is not None and generation.get("prompt") != planned:
         differ["prompt"] = (generation.get("prompt"), planned)
@@ -195,6 +211,25 @@ def written_outputs(job: GenerationJob, plan: InputPlan, *, rank: int = 0, world
     return done_ids(_earlier_files(job.output, rank, world), _resumable(job, prompts, set(plan.ids)))
 
 
+def earlier_failures(job: GenerationJob, *, rank: int = 0, world: int = 1) -> set[str]:
+    """Ids of the records that earlier runs wrote to the errors files (see :func:`run_rank`), after checking that
+    each failed with this job's settings: a :class:`RecordError` names the first that did not (records of another
+    prompt type, say, would otherwise be kept as this run's failures)."""
+    mine = job.settings()
+
+    def check(path: Path, line: int, record: dict) -> None:
+        generation = record.get("generation")
+        differ = _settings_differ(mine, generation) if isinstance(generation, dict) else {}
+        if differ:
+            raise RecordError(
+                f"failed in a run with other settings (theirs, this run's): {differ}; rerun without --skip-failed "
+                "to try it again, or write to another --output",
+                path=path, line=line, record_id=record.get("id"), field="generation",
+            )
+
+    return done_ids(_earlier_files(job.errors_output, rank, world), check)
+
+
 def run_rank(
     job: GenerationJob,
     plan: InputPlan,
@@ -204,18 +239,19 @@ def run_rank(
     rank: int = 0,
     world: int = 1,
     written: set[str] | None = None,
+    failed: set[str] | None = None,
 ) -> RankSummary:
     """Generate this rank's batches into its shard files, skipping what earlier runs already wrote.
 
-    ``written``: the result of :func:`written_outputs` when the caller has checked the earlier outputs
-    already (it is computed here otherwise); ids in the error files are skipped as well.
+    ``written`` and ``failed``: the results of :func:`written_outputs` and :func:`earlier_failures` when the caller
+    has checked the earlier outputs and errors already (they are computed here otherwise); both are skipped.
     """
     batches = plan_batches(plan.tasks, job.batch_size)
     out_part = shard_path(job.output, rank, world)
     err_part = shard_path(job.errors_output, rank, world)
     # Checked before a shard file is opened, so that a refused run does not leave empty shards behind.
     done = written_outputs(job, plan, rank=rank, world=world) if written is None else set(written)
-    done |= done_ids(_earlier_files(job.errors_output, rank, world))
+    done |= earlier_failures(job, rank=rank, world=world) if failed is None else failed
     summary = RankSummary()
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as errors:
         if rank == 0:
@@ -249,7 +285,7 @@ def _run_batch(job: GenerationJob, index: int, batch: list[GenerationTask], mode
             if task.id not in done:
                 where = "prompt" if isinstance(err, ConversationError) else "image"
                 errors.write(error_record(task.record, str(err), record_id=task.id, field=where,
-                                          file=task.source, line=task.line))
+                                          file=task.source, line=task.line, generation=job.settings()))
                 summary.errors += 1
             continue
         encoded.append(encoding)
