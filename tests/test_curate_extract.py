@@ -131,3 +131,20 @@ def test_release_cot_step_four_is_the_answer_alone() -> None:
             "Step 3: Generate detailed reasoning to solve the task.\nOne, two, three.\n\n"
             "Step 4: Conclude the task with an answer.\n3")
     assert extract(text, "reasoning").text == "3"
+
+
+def test_the_final_step_alone_is_the_body_split_steps_gives_it() -> None:
+    """final_step builds only the wanted step's body (curation reads millions); it must be split_steps' body."""
+    texts = [
+        format_steps(COD_STEPS, ["A dog.", "Brown fur.", "On a sofa.", "A window.", FINAL]),
+        f"**Step 5: {COD_STEPS[4]}**\n{FINAL}\nStep 5: a second step five\nStep 1: late",
+        f"Step 1: A dog.\nStep 5:\n\n### {COD_STEPS[4]}\n{FINAL}",
+        "Step 5:", "no steps at all", f"Step 2: x\nStep 4: y\n**Step 5**: {FINAL}\nStep 6: extra",
+        format_steps(COT_STEPS, ["Count.", "Cubes.", "Three.", "The answer is 3."]),
+    ]
+    from sicog.data.steps import final_step, split_steps
+
+    for text in texts:
+        for step, headers in ((5, COD_STEPS), (4, COT_STEPS), (1, ())):
+            body = split_steps(text, headers).get(step)
+            assert final_step(text, step, headers) == ((body, True) if body else (text.strip(), False)), text

@@ -95,9 +95,14 @@ def test_labels_cover_exactly_the_assistant_replies(tokenizer, tiny_model_factor
     assert tokenizer.decode(encoded.input_ids[: supervised[0][0]]).endswith("<|im_start|>assistant\n")
 
 
-def test_release_labels_follow_the_published_qwen_preprocessing(tokenizer, tiny_model_factory):
+def test_release_labels_follow_the_published_qwen_preprocessing(tokenizer, tiny_model_factory, monkeypatch):
     """Whole assistant turns, plus every newline, <|im_start|> and <|im_end|> token of the other turns."""
     _, processor = tiny_model_factory(label_masking="release")
+
+    def whole_vocabulary():  # Qwen2's has 152K entries: built twice per record, 0.26 s of every sample
+        raise AssertionError("the whole vocabulary was built to encode one record")
+
+    monkeypatch.setattr(processor.tokenizer, "get_vocab", whole_vocabulary)
     turns = conv("<image>\nHow many circles?", "There are 3.")
     encoded = processor.encode(turns, [Image.new("RGB", (64, 64))])
     newline = tokenizer.encode("\n", add_special_tokens=False)

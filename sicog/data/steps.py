@@ -60,12 +60,17 @@ def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
     steps: dict[int, str] = {}
     for i, match in enumerate(matches):
         number = int(match.group("number"))
-        if number in steps:
-            continue
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        header = headers[number - 1] if 0 < number <= len(headers) else None
-        steps[number] = _step_body(match, text[match.end() : end], header)
+        if number not in steps:
+            steps[number] = _body_at(text, matches, i, headers)
     return steps
+
+
+def _body_at(text: str, matches: Sequence[re.Match[str]], i: int, headers: Sequence[str]) -> str:
+    """The body of the step whose marker is ``matches[i]`` (the markers of ``text``, in order)."""
+    match, number = matches[i], int(matches[i].group("number"))
+    end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+    header = headers[number - 1] if 0 < number <= len(headers) else None
+    return _step_body(match, text[match.end() : end], header)
 
 
 def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
@@ -115,7 +120,10 @@ def _after_header(line: str, header: str, pending: str) -> str | None:
 
 def final_step(text: str, step: int, headers: Sequence[str] = ()) -> tuple[str, bool]:
     """The body of ``step`` and whether it was found; the whole text (stripped) when it was not."""
-    body = split_steps(text, headers).get(step)
+    matches = list(_MARKER.finditer(text))
+    # The step's first marker, as in split_steps; the other steps' bodies are not built (curation reads millions).
+    first = next((i for i, match in enumerate(matches) if int(match.group("number")) == step), None)
+    body = _body_at(text, matches, first, headers) if first is not None else ""
     if body:
         return body, True
     return text.strip(), False

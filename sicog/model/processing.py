@@ -279,8 +279,11 @@ class SicogProcessor(ProcessorMixin):
         included: the newline token and the chat markers ``<|im_start|>`` / ``<|im_end|>``."""
         ids = set(self.tokenizer.encode("\n", add_special_tokens=False)[:1])
         for marker in ("<|im_start|>", "<|im_end|>"):
-            if marker in self.tokenizer.get_vocab():
-                ids.add(self.tokenizer.convert_tokens_to_ids(marker))
+            # A marker the vocabulary lacks maps to the unknown token (or None), which maps back to another name.
+            # Not `marker in get_vocab()`: that builds Qwen2's 152K-entry vocabulary, twice for every record.
+            token_id = self.tokenizer.convert_tokens_to_ids(marker)
+            if token_id is not None and self.tokenizer.convert_ids_to_tokens(token_id) == marker:
+                ids.add(token_id)
         return ids
 
     @staticmethod
