@@ -176,3 +176,59 @@ def test_a_cut_that_keeps_no_answer_token_is_skipped_whatever_the_masking(tmp_pa
     assert [r["id"] for r in dataset.records] == ["long-answer"]
     kept = dataset[0]["encoded"]
     assert len(kept.input_ids) == 80 and any(kept.in_reply[i] and kept.labels[i] != -100 for i in range(80))
+
+
+def _measure_on_rank(rank: int, world: int, port: int, checkpoint: str, data: str, folder: str, out: str) -> None:
+    """One rank of a gloo group: the dataset built there, what it holds and how many records this rank measured."""
+    import torch.distributed as dist
+
+    import sicog.train.datasets as datasets
+    from sicog.model.processing import SicogProcessor
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    measured = []
+    real = datasets.measure
+    datasets.measure = lambda record, *args: measured.append(record["id"]) or real(record, *args)
+    processor = SicogProcessor.from_pretrained(checkpoint)
+    dataset = SupervisedDataset(data, processor, image_folder=folder, max_length=200, show_progress=False)
+    held = {"records": [r["id"] for r in dataset.records], "lengths": dataset.lengths,
+            "token_counts": dataset.token_counts, "measured": measured,
+            **{kind: [(p.id, p.reason, p.category) for p in getattr(dataset, kind)]
+               for kind in ("problems", "skipped", "truncated")}}
+    with open(f"{out}.rank{rank}.json", "w") as handle:
+        json.dump(held, handle)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_measure_a_share_each_and_hold_the_whole_result(tmp_path, tiny_model_factory, monkeypatch):
+    """Every rank measured every record (a million records took each of 32 ranks the whole time); now each measures
+    every world-th and they exchange results, which equal one process's, in order."""
+    import torch.multiprocessing as mp
+    from ports import free_port
+
+    from sicog.model.builders import save_pretrained
+
+    model, processor = tiny_model_factory()
+    save_pretrained(model, processor, tmp_path / "ckpt")
+    Image.new("RGB", (128, 96)).save(tmp_path / "a.png")
+    records = [rec(f"r{i}", image="a.png" if i % 2 else None, answer="word " * (3 * i)) for i in range(9)]
+    records += [rec("no-image", image="missing.png"), rec("empty", answer=""), rec("long-answer", "word " * 300),
+                rec("long-question", question="word " * 300, image="a.png"), {"id": "bad", "conversations": []}]
+    data = write(tmp_path / "d.jsonl", records)
+    import sicog.train.datasets as datasets
+
+    measured, real = [], datasets.measure
+    monkeypatch.setattr(datasets, "measure", lambda record, *args: measured.append(record["id"]) or real(record, *args))
+    alone = SupervisedDataset(data, processor, image_folder=tmp_path, max_length=200, show_progress=False)
+    args = (2, free_port(), str(tmp_path / "ckpt"), str(data), str(tmp_path), str(tmp_path / "held"))
+    mp.start_processes(_measure_on_rank, args=args, nprocs=2, start_method="spawn")
+    held = [json.loads((tmp_path / f"held.rank{rank}.json").read_text()) for rank in (0, 1)]
+    expected = {"records": [r["id"] for r in alone.records], "lengths": alone.lengths,
+                "token_counts": alone.token_counts,
+                **{kind: [[p.id, p.reason, p.category] for p in getattr(alone, kind)]
+                   for kind in ("problems", "skipped", "truncated")}}
+    assert expected["problems"] and expected["skipped"] and expected["truncated"]
+    for rank, result in enumerate(held):
+        assert result["measured"] == [r["id"] for r in records[rank::2] if r["id"] in measured]
+        assert {key: value for key, value in result.items() if key != "measured"} == expected
