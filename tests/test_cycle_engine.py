@@ -362,6 +362,33 @@ def test_a_code_change_can_be_ignored_on_purpose_and_the_manifest_says_so(tmp_pa
     assert Engine(tmp_path / "run", code="v2").pending(changed) == []
 
 
+def test_a_step_whose_folder_is_gone_is_not_kept_across_a_code_change(tmp_path, monkeypatch):
+    """A run of new code killed while it removed the old steps' folders left them "done" in the manifest, and
+    --ignore-code-changes then kept them: the run reported success without their outputs."""
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", code="v1", progress=False).run(plan)
+    removed, real_rmtree = [], shutil.rmtree
+
+    def killed_after_one(path, **kwargs):
+        if removed:
+            raise KeyboardInterrupt  # Ctrl-C while the second folder goes
+        removed.append(path)
+        real_rmtree(path, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        Engine(tmp_path / "run", code="v2", progress=False).run(plan)
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "first").exists() and (tmp_path / "run" / "second").exists()
+    assert Engine(tmp_path / "run").manifest["steps"] == {}  # forgotten before their folders went
+    kept = Engine(tmp_path / "run", code="v2", keep_code_changes=True)
+    assert kept.pending(plan) == ["first", "second", "third"] and kept.kept == {}
+    # A folder deleted by hand runs again too, with what reads it.
+    Engine(tmp_path / "run", code="v2", progress=False).run(plan)
+    shutil.rmtree(tmp_path / "run" / "second")
+    assert Engine(tmp_path / "run", code="v3", keep_code_changes=True).pending(plan) == ["second", "third"]
+
+
 def test_outputs_from_before_keys_had_a_code_fingerprint_can_be_kept(tmp_path):
     plan = _chain(tmp_path)
     old = Engine(tmp_path / "run", code="", progress=False)  # keys as they were made without a fingerprint

@@ -324,7 +324,7 @@ class Engine:
         kept: dict[str, str | None] = {}
         for name, step in plan.steps.items():
             entry = self.manifest["steps"].get(name)
-            if name in forced or not entry or entry["status"] != "done":
+            if name in forced or not entry or entry["status"] != "done" or not self._outputs_there(step):
                 continue
             if entry["key"] == self.keys[name]:
                 recorded[name] = entry["key"]
@@ -357,8 +357,12 @@ class Engine:
     def _finished(self, step: Step, key: str) -> bool:
         """Done with ``key``, and its outputs still there (a step folder deleted by hand runs again)."""
         entry = self.manifest["steps"].get(step.name)
-        return bool(entry and entry["key"] == key and entry["status"] == "done" and (self.root / step.name).is_dir()
-                    and all(self.path(Out(out), step.name).exists() for out in step.outputs()))
+        return bool(entry and entry["key"] == key and entry["status"] == "done" and self._outputs_there(step))
+
+    def _outputs_there(self, step: Step) -> bool:
+        """Whether the step's folder and every output it writes exist."""
+        return (self.root / step.name).is_dir() and all(self.path(Out(out), step.name).exists()
+                                                          for out in step.outputs())
 
     def _record(self, name: str, entry: dict) -> None:
         self.manifest["steps"][name] = entry
@@ -383,21 +387,22 @@ class Engine:
                     remove_left_lock(left, own_lock=lock_path(self.root, folder=True))
             where = str(self.root.resolve())
             moved = self.manifest.get("root", where) != where
-            for name in todo:
-                entry = self.manifest["steps"].get(name)
-                # Another key's output, a step asked to run again (--from: its upstream output is being replaced,
-                # so a partial output of the old one must not be resumed), or a run moved since (the commands
-                # refuse to resume a checkpoint or predictions that name the old paths): start clean, and forget
-                # the step until it runs again, so that a run killed before then does not leave it "done"
-                # without its output.
-                if name in self.forced or moved or (entry and (entry["key"] != self.keys[name]
-                                                               or entry["status"] == "done")):
-                    self.manifest["steps"].pop(name, None)
-                    shutil.rmtree(self.root / name, ignore_errors=True)
+            # Another key's output, a step asked to run again (--from: its upstream output is being replaced, so a
+            # partial output of the old one must not be resumed), or a run moved since (the commands refuse to
+            # resume a checkpoint or predictions that name the old paths): start clean.
+            clean = [name for name in todo if name in self.forced or moved or (
+                (entry := self.manifest["steps"].get(name)) and (entry["key"] != self.keys[name]
+                                                                 or entry["status"] == "done"))]
+            for name in clean:
+                self.manifest["steps"].pop(name, None)
             self.manifest["root"] = where
             # The requested reruns are now pending by their missing entries: the request is done with.
             self.manifest["rerun"] = []
+            # Written before any folder is removed: a run killed while removing them leaves no step "done" without
+            # its output.
             write_json(self.manifest_path, self.manifest)
+            for name in clean:
+                shutil.rmtree(self.root / name, ignore_errors=True)
             skipped = len(plan.steps) - len(todo)
             if skipped:
                 logger.info("%d of %d steps finished before: reused%s", skipped, len(plan.steps),
