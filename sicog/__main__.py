@@ -2,6 +2,6 @@
 
 import sys
 
-from sicog.cli import main
+from sicog.cli import console
 
-sys.exit(main())
+sys.exit(console())

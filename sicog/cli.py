@@ -67,5 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(module.run(args) or 0)
 
 
+def console() -> int:
+    """The ``sicog`` console script (and ``python -m sicog``): :func:`main`, with Ctrl-C as one line and exit
+    status 130 instead of a traceback through whatever was running. Every long job resumes on a rerun."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\nsicog: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

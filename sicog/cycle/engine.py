@@ -483,6 +483,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def _init_worker(threads: int | None, parent: int) -> None:
     exit_with_parent(parent)  # a worker left running by a killed cycle would write into the rerun's step
+    # Ctrl-C, which the terminal sends to the whole process group, stops the step a worker runs (see _run_step)
+    # but not an idle worker, which would print a traceback of its own beside the main process's line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by launched processes
@@ -498,6 +501,7 @@ def _run_step(argv: Sequence[str], log: str, launcher: Sequence[str]) -> tuple[i
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+    idle = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the step (its log says where)
     with open(log, "a", encoding="utf-8") as handle:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
@@ -524,6 +528,7 @@ def _run_step(argv: Sequence[str], log: str, launcher: Sequence[str]) -> tuple[i
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+            signal.signal(signal.SIGINT, idle)
     return code, round(time.perf_counter() - started, 1), round(_cpu_seconds() - cpu_before, 1)
 
 
