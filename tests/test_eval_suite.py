@@ -285,6 +285,21 @@ def test_an_output_folder_holds_one_checkpoint(tmp_path, monkeypatch, capsys) ->
     assert len(ran) == 1
 
 
+def test_a_folder_another_run_holds_is_refused_before_the_framework_starts(tmp_path, monkeypatch, capsys) -> None:
+    """Two runs into one folder both ran: VLMEvalKit's predictions written twice at once, one headline table lost."""
+    from sicog.data.lock import output_lock
+
+    out, model = tmp_path / "out", _checkpoint(tmp_path)
+    ran = _fake_framework(monkeypatch, lambda: None)
+    with output_lock(out, folder=True):  # the first run, under way
+        assert main(["eval-suite", "--model", str(model), "--output-dir", str(out), "--benchmarks", "POPE"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sicog eval-suite: error: {out} is in use by another run (") and err.count("\n") == 1
+    assert ran == [] and not (out / "sicog_suite.json").exists()
+    assert main(["eval-suite", "--model", str(model), "--output-dir", str(out), "--benchmarks", "POPE"]) == 1
+    assert len(ran) == 1
+
+
 def test_a_headline_metric_is_found_once() -> None:
     from sicog.eval.framework_results import Headline
 

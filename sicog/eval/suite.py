@@ -10,6 +10,7 @@ which benchmarks are done, failed or missing, and each one's headline number, th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shlex
@@ -23,6 +24,7 @@ from pathlib import Path
 from sicog.data.argtypes import os_error_text, positive_int
 from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import atomic_file, write_json
+from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.yaml_file import read_yaml
 from sicog.eval.batch_size import parse_batch_size
 from sicog.eval.framework_results import (
@@ -278,22 +280,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the framework command, run it, then print and write the headline table: 1 when a benchmark failed or
-    is missing, else the framework's exit status; 2 on bad input."""
-    try:
-        benchmarks = select(load_suite(args.suite), args.benchmarks)
-        if not args.dry_run:
-            # The whole config.json, before the framework starts (a published llava_qwen folder, a field of the wrong
-            # type): the framework would fail on it only after its own set-up, in a traceback.
-            from sicog.model.checkpoint_config import read_checkpoint_config
+    is missing, else the framework's exit status; 2 on bad input or a folder another run holds."""
+    with contextlib.ExitStack() as held:
+        try:
+            benchmarks = select(load_suite(args.suite), args.benchmarks)
+            if not args.dry_run:
+                # The whole config.json, before the framework starts (a published llava_qwen folder, a field of the
+                # wrong type): the framework would fail on it only after its own set-up, in a traceback.
+                from sicog.model.checkpoint_config import read_checkpoint_config
 
-            read_checkpoint_config(args.model)
-            if importlib.util.find_spec(FRAMEWORKS[args.framework]) is None:
-                raise ValueError(f"{args.framework} is not installed in this environment (docs/evaluation.md: "
-                                 "install it beside SICOG)")
-            claim_suite_dir(args.output_dir, args.model, args.framework, args.extra)
-    except (ValueError, OSError) as err:
-        print(f"sicog eval-suite: error: {os_error_text(err) if isinstance(err, OSError) else err}", file=sys.stderr)
-        return 2
+                read_checkpoint_config(args.model)
+                if importlib.util.find_spec(FRAMEWORKS[args.framework]) is None:
+                    raise ValueError(f"{args.framework} is not installed in this environment (docs/evaluation.md: "
+                                     "install it beside SICOG)")
+                # One run per folder: two would write the same predictions and one headline table would be lost.
+                held.enter_context(output_lock(args.output_dir, folder=True))
+                claim_suite_dir(args.output_dir, args.model, args.framework, args.extra)
+        except (ValueError, OSError, OutputLocked) as err:
+            print(f"sicog eval-suite: error: {os_error_text(err) if isinstance(err, OSError) else err}",
+                  file=sys.stderr)
+            return 2
+        return _run_framework(args, benchmarks)
+
+
+def _run_framework(args: argparse.Namespace, benchmarks: Sequence[SuiteBenchmark]) -> int:
+    """:func:`run` once the input is checked (and the output folder held, unless ``--dry-run``)."""
     command = framework_command(args.framework, benchmarks, args.model, args.output_dir, processes=args.nproc,
                                 batch_size=args.batch_size, vlmevalkit=args.vlmevalkit, extra=args.extra)
     print(f"{len(benchmarks)} benchmark(s) through {args.framework}: {', '.join(b.name for b in benchmarks)}")
