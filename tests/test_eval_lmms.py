@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import abc
 import importlib
+import os
+import subprocess
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,3 +303,14 @@ def test_import_without_lmms_eval_says_what_to_install(monkeypatch) -> None:
     monkeypatch.delitem(sys.modules, "sicog.eval.lmms_eval", raising=False)
     with pytest.raises(ImportError, match="pip install lmms-eval"):
         importlib.import_module("sicog.eval.lmms_eval")
+
+
+def test_the_launcher_without_lmms_eval_is_one_line(tmp_path) -> None:
+    """`python -m sicog.eval.lmms_eval` (docs/evaluation.md) where lmms-eval is missing: a traceback, exit 1."""
+    blocker = tmp_path / "lmms_eval.py"
+    blocker.write_text("raise ImportError('No module named lmms_eval (blocked by the test)')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+    result = subprocess.run([sys.executable, "-m", "sicog.eval.lmms_eval", "--model", "sicog"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert result.stderr.startswith("python -m sicog.eval.lmms_eval: error: lmms-eval cannot be imported here (")

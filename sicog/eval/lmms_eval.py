@@ -30,6 +30,10 @@ from tqdm import tqdm
 try:
     from lmms_eval.api.model import lmms
 except ImportError as err:
+    if __name__ == "__main__":  # the launcher (docs/evaluation.md): one line, as the VLMEvalKit launcher gives
+        print(f"python -m sicog.eval.lmms_eval: error: lmms-eval cannot be imported here ({err}); install it beside "
+              "SICOG (docs/evaluation.md)", file=sys.stderr)
+        sys.exit(2)
     raise ImportError("sicog.eval.lmms_eval needs lmms-eval: pip install lmms-eval") from err
 
 from sicog.data.sharding import rank_and_world
