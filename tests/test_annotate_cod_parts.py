@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -27,6 +28,7 @@ from sicog.data.jsonl import RecordError
 from sicog.data.prompts import COD_STEPS
 from sicog.data.schema import ImageOutsideFolder, resolve_image
 from sicog.data.steps import format_steps, split_steps
+from sicog.model.image_io import load_image
 
 BODIES = ["A dog on grass.", "The dog is brown, short-haired.", "The dog is left of a ball.",
           "A fence at the back.", "A brown dog stands on grass left of a red ball, a fence behind."]
@@ -209,17 +211,52 @@ def test_cmyk_image_is_converted_before_png_encoding(tmp_path):
     assert decode(image_data_url(path))[1].mode == "RGB"
 
 
-@pytest.mark.parametrize(("mode", "levels", "grey"), [
-    ("I;16", [0, 32896, 65535], [0, 128, 255]),  # a 16-bit scan: its full range
-    ("F", [-1.0, 0.0, 1.0], [0, 128, 255]),  # floats have no fixed range: darkest to lightest
-])
-def test_wide_grey_levels_are_scaled_to_eight_bits_not_clipped(tmp_path, mode, levels, grey):
-    path = tmp_path / "scan.tif"
-    image = Image.new(mode, (3, 1))
-    image.putdata(levels)
+def _turned_jpeg(path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to view"
+    Image.new("RGB", (64, 32), (200, 10, 10)).save(path, format="JPEG", exif=exif)
+
+
+def _wide_grey(path):
+    image = Image.new("I;16", (3, 1))
+    image.putdata([0, 200, 65535])  # a 16-bit scan: training clips its levels at 255
     image.save(path, format="TIFF")
+
+
+def _transparent(path):
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # transparent red: a viewer shows the background
+    image.save(path, format="PNG")
+
+
+def _animated(path):
+    frames = [Image.new("RGB", (6, 6), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:])
+
+
+@pytest.mark.parametrize("make", [_turned_jpeg, _wide_grey, _transparent, _animated],
+                         ids=["exif-turned", "wide-grey", "alpha", "animated"])
+def test_the_annotator_sees_the_pixels_training_reads(tmp_path, make):
+    """A CoD caption is training data for the pixels the model is given: a photo turned by EXIF (vLLM turns it),
+    wide grey levels scaled instead of clipped, alpha composited, or another frame described other pixels."""
+    path = tmp_path / "picture"
+    make(path)
     header, sent = decode(image_data_url(path))
-    assert header == "data:image/png;base64" and sent.mode == "L" and list(sent.getdata()) == grey
+    assert header == "data:image/png;base64" and sent.mode == "RGB" and not sent.getexif()
+    assert sent.tobytes() == load_image(path).tobytes() and sent.size == load_image(path).size
+
+
+def test_a_broken_png_chunk_is_an_unreadable_image(tmp_path):
+    """Pillow raises SyntaxError for a garbled chunk: it stopped the whole run, on every rerun."""
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="PNG")  # noise: its pixels span several IDAT chunks
+    data = bytearray(buffer.getvalue())
+    second = data.find(b"IDAT", data.find(b"IDAT") + 4)
+    assert second > 0
+    data[second:second + 4] = b"\x00\x01\x02\x03"
+    (tmp_path / "broken.png").write_bytes(bytes(data))
+    with pytest.raises(ImageLoadError, match="not a readable image .*broken PNG file"):
+        image_data_url(tmp_path / "broken.png")
 
 
 def test_a_camera_jpeg_with_more_pictures_is_sent_as_the_jpeg_it_is(tmp_path):

@@ -1,4 +1,4 @@
-"""Images as ``data:`` URLs for the chat API, with the MIME type of the actual bytes."""
+"""Images as ``data:`` URLs for the chat API: the pixels training reads, with the MIME type of the bytes sent."""
 
 from __future__ import annotations
 
@@ -7,38 +7,37 @@ import io
 import os
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-# Formats every OpenAI-compatible vision endpoint accepts as they are; others are re-encoded to PNG.
+from sicog.model.image_io import DECODE_ERRORS, ImageError, load_image
+
+# Formats every OpenAI-compatible vision endpoint accepts as they are.
 API_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
-_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
-# Grey levels wider than 8 bits (16-bit and 32-bit integers, floats): converting them to RGB clips every value
-# above 255, and a 16-bit scan comes out nearly white.
-_WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Modes every decoder turns into the RGB pixels PIL's convert("RGB") gives (training's, see sicog.model.image_io).
+_AS_STORED_MODES = frozenset({"RGB", "L", "P"})
+_ORIENTATION = 0x0112  # the EXIF tag a viewer (and some endpoints, vLLM's among them) turns a photo by
 
 
 class ImageLoadError(ValueError):
     """An image file that is missing or that Pillow cannot read."""
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
-    """A wide grey image as 8-bit grey: 16-bit levels scaled from their full range, other modes (32-bit
-    integers, floats, with no fixed range) stretched from their darkest to their lightest value."""
-    levels = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16"):
-        low, high = 0.0, 65535.0
-    else:
-        low, high = float(levels.min()), float(levels.max())
-    scaled = (levels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(levels)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+def _sent_as_stored(image: Image.Image, mime: str) -> bool:
+    """Whether the endpoint, decoding the file's own bytes, sees the pixels training reads: an API format, no alpha
+    (training drops it, a viewer composites it), one picture (a camera JPEG's extra pictures aside), no EXIF turn
+    (training, like the published code, uses pixels as stored)."""
+    return (mime in API_MIME_TYPES and image.mode in _AS_STORED_MODES and "transparency" not in image.info
+            and (image.format == "MPO" or getattr(image, "n_frames", 1) == 1)
+            and image.getexif().get(_ORIENTATION, 1) == 1)
 
 
 def image_data_url(path: str | os.PathLike) -> str:
-    """``data:<mime>;base64,...`` for ``path``.
+    """``data:<mime>;base64,...`` for ``path``: the CoD caption describes what the trained model will see.
 
-    The MIME type comes from the file's content, not its name (datasets often save JPEG bytes under
-    ``.png``); formats the API does not take (BMP, TIFF, ...) are re-encoded to PNG.
+    The file's bytes when any decoder shows them as training reads them (:func:`_sent_as_stored`), with the MIME
+    type of their content, not of the name (datasets often save JPEG bytes under ``.png``); otherwise the RGB
+    pixels training reads (:func:`sicog.model.image_io.load_image`), as PNG: BMP, TIFF, CMYK, alpha, wide grey
+    levels (clipped at 255, as training clips them), animations (their first frame), a photo turned by EXIF.
     """
     path = Path(path)
     try:
@@ -52,17 +51,11 @@ def image_data_url(path: str | os.PathLike) -> str:
         with Image.open(io.BytesIO(data)) as image:
             # A camera JPEG with a multi-picture extension (MPO) is a JPEG, its first picture what decoders show.
             mime = "image/jpeg" if image.format == "MPO" else image.get_format_mimetype()
-            if mime not in API_MIME_TYPES:
-                if image.mode in _WIDE_MODES:
-                    image = _eight_bit(image)
-                elif image.mode not in _PNG_MODES:
-                    image = image.convert("RGB")
+            image.load()  # decoded in full now: a truncated file fails here, not at the server
+            if not _sent_as_stored(image, mime):
                 buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
+                load_image(image).save(buffer, format="PNG")
                 data, mime = buffer.getvalue(), "image/png"
-            else:
-                # Decode fully now so a truncated file fails here, not at the server.
-                image.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
+    except (*DECODE_ERRORS, ImageError) as err:
         raise ImageLoadError(f"not a readable image {str(path)!r}: {err}") from None
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

@@ -13,6 +13,10 @@ class ImageError(ValueError):
     """An image that cannot be used (missing, unreadable, truncated, empty)."""
 
 
+# What Pillow raises for a file it cannot decode: a broken PNG chunk is a SyntaxError.
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     # PIL's convert("RGB") whatever the mode, as the published training and inference code, VLMEvalKit and
     # lmms-eval do: alpha is dropped, not composited (a transparent pixel shows the colour stored under it), and
@@ -62,7 +66,7 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
         try:
             image = Image.open(name)
             image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except DECODE_ERRORS as err:
             raise ImageError(f"cannot read image {name}: {err}") from None
     if image.width == 0 or image.height == 0:
         raise ImageError(f"image {name} has zero size ({image.width}x{image.height})")
