@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from ports import free_port
 
 from sicog.annotate import cod_job
 from sicog.annotate.cod import SYSTEM_PROMPT
@@ -127,6 +128,9 @@ class FakeVLM:
                 if action == "429":
                     return self.send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
                                      {"Retry-After": "0"})
+                if action == "no-credit":  # OpenAI's answer for an account out of credit
+                    return self.send(429, {"error": {"message": "You exceeded your current quota",
+                                                     "type": "insufficient_quota", "code": "insufficient_quota"}})
                 if action == "401-once-green-is-asked":  # a refused key while another request is under way
                     deadline = time.monotonic() + 120
                     while not fake.count("green") and time.monotonic() < deadline:
@@ -415,6 +419,27 @@ def test_a_refused_key_stops_the_run_without_recording_failures(server, tmp_path
     assert annotate(server, tmp_path, "--concurrency", "1") == 1
     err = capsys.readouterr().err
     assert "refused the request: HTTP 401" in err and SECRET not in err + caplog.text
+    assert ids_of(tmp_path / "cod" / "failures.jsonl") == [] and ids_of(tmp_path / "cod" / "cod.jsonl") == []
+
+
+def test_an_account_out_of_credit_stops_the_run_without_recording_failures(server, tmp_path, capsys):
+    """Its 429 was retried like a rate limit (about 24 s a record) and every record written as failed."""
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "red", (9, 9), "PNG")])
+    server.script = {"red": ["no-credit"] * 10}
+    assert annotate(server, tmp_path, "--concurrency", "1") == 1
+    assert "refused the request: HTTP 429: Error code: 429 - You exceeded your current quota" in capsys.readouterr().err
+    assert len(server.requests) == 1 and ids_of(tmp_path / "cod" / "failures.jsonl") == []
+
+
+def test_a_server_that_never_answers_stops_the_run_naming_the_cause(loopback_only, tmp_path, capsys):
+    """Every record was retried, then written as failed with "connection error: Connection error." alone."""
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+    nobody = f"http://127.0.0.1:{free_port()}/v1"
+    assert main(["annotate", "cod", "--input", str(tmp_path / "captions.jsonl"), "--image-folder",
+                 str(tmp_path / "images"), "--output-dir", str(tmp_path / "cod"), "--base-url", nobody,
+                 "--max-retries", "1", "--backoff", "0.01", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{nobody} never answered: connection error: Connection error. (" in err and "refused" in err.lower()
     assert ids_of(tmp_path / "cod" / "failures.jsonl") == [] and ids_of(tmp_path / "cod" / "cod.jsonl") == []
 
 

@@ -2,8 +2,9 @@
 
 The official ``openai`` client is built with ``max_retries=0`` so that the policy is ours and visible:
 429, 408/409, 5xx, timeouts and connection errors are retried with exponential backoff (and the
-server's ``Retry-After`` when it sends one); 401/403/404 mean the run is misconfigured and stop it;
-other 4xx fail the one request. The API key is never logged and is masked in every error text.
+server's ``Retry-After`` when it sends one); 401/403/404, a 429 for an account out of credit
+(``insufficient_quota``) and a server that never answered any request mean the run cannot succeed and stop
+it; other 4xx fail the one request. The API key is never logged and is masked in every error text.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ DEFAULT_MODEL = "gpt-4o"
 NO_KEY = "EMPTY"
 _FATAL_STATUS = {401, 403, 404}
 _RETRY_STATUS = {408, 409, 429}
+# OpenAI's 429 for an account without credit: no wait makes the next request succeed.
+_FATAL_CODES = {"insufficient_quota"}
 
 
 class FatalAPIError(RuntimeError):
@@ -141,6 +144,8 @@ class ChatAPI:
         self.policy = policy
         self._key = api_key
         self._stopped = threading.Event()
+        # Set once the server has answered anything: until then, a connection error may be a wrong address.
+        self._answered = threading.Event()
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
     def stop(self) -> None:
@@ -171,8 +176,9 @@ class ChatAPI:
             try:
                 response = self._client.chat.completions.create(model=self.model, messages=messages, **params)
             except openai.APIStatusError as err:
+                self._answered.set()
                 reason = redact(f"HTTP {err.status_code}: {err.message}", self._key)
-                if err.status_code in _FATAL_STATUS:
+                if err.status_code in _FATAL_STATUS or err.code in _FATAL_CODES:
                     raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} refused the request: {reason}") from None
                 if err.status_code not in _RETRY_STATUS and err.status_code < 500:
                     raise RequestFailed(reason, attempts) from None
@@ -180,12 +186,15 @@ class ChatAPI:
             except openai.APITimeoutError:
                 reason, retry_after = "request timed out", None
             except openai.APIConnectionError as err:
-                reason, retry_after = redact(f"connection error: {err}", self._key), None
+                # The cause says what failed (an address without http://, a refused connection, a DNS name).
+                cause = f" ({err.__cause__})" if err.__cause__ else ""
+                reason, retry_after = redact(f"connection error: {err}{cause}", self._key), None
             except (openai.APIError, json.JSONDecodeError, UnicodeDecodeError) as err:
                 # A body that is not JSON (a proxy's error page cut short, bytes that are not UTF-8): as transient as
                 # a 502.
                 reason, retry_after = redact(f"unusable response: {err}", self._key), None
             else:
+                self._answered.set()
                 reply = _reply_of(response, attempts)
                 if reply is not None:
                     return reply
@@ -195,6 +204,9 @@ class ChatAPI:
             if self._stopped.is_set():  # the failure is the cut connection, no reason to retry or report
                 raise Stopped("the run stopped")
             if attempts > self.policy.max_retries:
+                if not self._answered.is_set():  # every record would fail the same way: stop, record nothing
+                    raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} (gave up "
+                                        f"after {attempts} attempts)")
                 raise RequestFailed(f"{reason} (gave up after {attempts} attempts)", attempts)
             wait = self.policy.delay(attempts - 1, retry_after)
             log.warning("%s%s; retry %d/%d in %.1fs", f"{label}: " if label else "", reason, attempts,
