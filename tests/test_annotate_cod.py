@@ -577,7 +577,9 @@ def test_an_input_that_is_an_output_file_is_refused_and_kept(server, tmp_path, c
     (["--output-dir", "afile"], "--output-dir afile is a file, not a folder"),
     (["--output-dir", "afile/x"], "--output-dir afile/x cannot be made a folder (afile is a file)"),
     (["--cod-dir", "ok", "--dd-dir", "afile"], "--dd-dir afile is a file, not a folder"),
-], ids=["file", "inside-a-file", "dd-dir-file"])
+    # Every record failed alone, and was kept failed once the folder was fixed, until --retry-failures.
+    (["--output-dir", "ok", "--image-folder", "imgaes"], "--image-folder imgaes: not a folder"),
+], ids=["file", "inside-a-file", "dd-dir-file", "image-folder-mistyped"])
 def test_an_output_folder_that_is_a_file_is_one_line(server, tmp_path, monkeypatch, capsys, flags, says):
     make_dataset(tmp_path, [("a", "red", (8, 8), "PNG")])
     monkeypatch.chdir(tmp_path)

@@ -135,6 +135,9 @@ def _run_cod(args: argparse.Namespace) -> int:
     from sicog.annotate.cod_job import CodJob, run_cod_job
 
     cod_dir, dd_dir = _output_dirs(args, "cod_dir", "dd_dir")
+    if args.image_folder is not None and not Path(args.image_folder).is_dir():
+        # Else every record would fail alone and be kept failed until --retry-failures.
+        raise _UsageError(f"--image-folder {args.image_folder}: not a folder")
     job = CodJob(
         input=args.input, cod_dir=cod_dir, dd_dir=dd_dir, image_folder=args.image_folder,
         allow_outside_images=args.allow_outside_images,
