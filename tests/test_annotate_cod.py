@@ -629,3 +629,11 @@ def test_a_description_is_rebuilt_from_a_cod_line_without_a_model_name(server, t
     dd = {r["id"]: r for r in load_records(tmp_path / "dd" / "detailed_description.jsonl")}
     assert dd["b"]["annotation"] == {"kind": "detailed_description", "model": ""}
     assert dd["b"]["conversations"][1]["value"] == expected_bodies("blue", 8, 8, "image/png")[4]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-backoff", "inf"), ("--timeout", "nan"), ("--backoff", "0")])
+def test_a_wait_that_is_not_a_finite_positive_number_stops_in_argparse(tmp_path, capsys, flag, value):
+    """An infinite longest wait would make the first retry wait forever."""
+    with pytest.raises(SystemExit) as stop:
+        main(["annotate", "cod", "--input", str(tmp_path / "in.jsonl"), "--output-dir", str(tmp_path), flag, value])
+    assert stop.value.code == 2 and f"argument {flag}: " in capsys.readouterr().err

@@ -99,6 +99,10 @@ def test_a_count_below_1_on_the_command_line_stops_in_argparse(tmp_path, trained
     ("--vision_tower_lr", "-1", "must be 0 or more, got -1"),  # gradient ascent on the tower, exit 0
     ("--learning_rate", "nan", "must be a finite number, got nan"),
     ("--lora_r", "-1", "must be 0 or more, got -1"),
+    ("--dpo_beta", "nan", "must be a finite number, got nan"),  # trained to NaN weights, exit 0, loss logged 0
+    ("--dpo_beta", "-0.1", "must be greater than 0, got -0.1"),  # trained towards the rejected answers
+    ("--dpo_gamma", "inf", "must be a finite number, got inf"),
+    ("--dpo_alpha", "-1", "must be 0 or more, got -1"),
     ("--max_slice_nums", "0", "must be at least 1, got 0"),
     ("--inference_long_side", "-3", "must be at least 1, got -3"),
     ("--augment", "foo", "invalid choice: 'foo' (choose from 'none', 'release')"),

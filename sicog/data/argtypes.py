@@ -25,8 +25,8 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """A ``float`` greater than 0 (argparse type)."""
-    value = float(text)
+    """A finite ``float`` greater than 0 (argparse type)."""
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
     return value

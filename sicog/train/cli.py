@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from sicog.data.argtypes import non_negative_float, non_negative_int, positive_int
+from sicog.data.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from sicog.data.jsonl import RecordError
 from sicog.data.yaml_file import read_yaml
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments, UsageError
@@ -39,10 +39,15 @@ COUNT_TYPES = {
     "lora_r": non_negative_int,
     "learning_rate": non_negative_float,
     "vision_tower_lr": non_negative_float,
+    # A NaN or infinite DPO weight trained to NaN weights with exit 0; a negative beta towards the rejected answers.
+    "dpo_beta": positive_float,
+    "dpo_alpha": non_negative_float,
+    "dpo_gamma": non_negative_float,
 }
 # What a value of a flag's type is, in a config file's error message.
 EXPECTED = {int: "an integer", positive_int: "an integer", non_negative_int: "an integer", float: "a number",
-            non_negative_float: "a number", str: "a string", string_to_bool: "true or false"}
+            non_negative_float: "a number", positive_float: "a number", str: "a string",
+            string_to_bool: "true or false"}
 
 
 def build_parser() -> HfArgumentParser:
