@@ -1,6 +1,7 @@
 """Pair records -> encoded chosen/rejected samples, pair batches, and the cached, resumable reference pass."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.model.modeling import flatten_views
 from sicog.model.processing import IGNORE_INDEX
-from sicog.train.dpo_reference import compute_reference, reference_settings
+from sicog.train.dpo_reference import compute_reference, fingerprint, reference_settings
 from sicog.train.pairs import PairCollator, PairDataset, check_pair_record
 
 
@@ -168,3 +169,23 @@ def test_the_reference_fingerprint_follows_what_decides_the_starting_model(tiny_
     (checkpoint / "config.json").write_text((checkpoint / "config.json").read_text() + "\n")
     changed.append(digest())
     assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_the_pairs_fingerprint_follows_their_pictures_and_the_image_folder_not_its_spelling(
+        pairs, tiny_model_factory, tmp_path, monkeypatch):
+    """Pictures rewritten under the same names reused the reference scored on the old ones; an image folder typed
+    relative from two working folders was one setting."""
+    _, processor = tiny_model_factory()
+    folder = pairs.parent / "images"
+
+    def key(image_folder=folder) -> str:
+        dataset = PairDataset(pairs, processor, image_folder=folder, show_progress=False)
+        settings = reference_settings(tiny_model_factory()[0], "t", {}, image_folder, 64, 0)
+        return fingerprint(dataset, settings)
+
+    base = key()
+    monkeypatch.chdir(pairs.parent)
+    assert key(image_folder="images") == base  # the same folder typed another way
+    Image.new("RGB", (96, 64), (30, 220, 30)).save(folder / "wide.png")  # another picture, the same name
+    os.utime(folder / "wide.png", ns=(1, 10**18))
+    assert key() != base

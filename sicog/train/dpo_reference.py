@@ -27,6 +27,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from sicog.data.checkpoint_files import files_signature
 from sicog.data.jsonl import JsonlAppender, iter_records, write_json
 from sicog.data.lock import output_lock
+from sicog.data.schema import record_images, resolve_image
 from sicog.data.sharding import shard
 from sicog.train.dpo_loss import pair_logps
 from sicog.train.pairs import PairCollator, PairDataset
@@ -37,10 +38,13 @@ REFERENCE_FILE = "reference_logps.json"
 
 
 def fingerprint(dataset: PairDataset, settings: dict) -> str:
-    """A digest of every pair (in dataset order) and of the settings that change the log-probabilities."""
+    """A digest of every pair (in dataset order), of its image files (size and time: pictures rewritten under the
+    same names are other inputs) and of the settings that change the log-probabilities."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for record in dataset.records:
-        fields = [record.get("id"), record.get("image"), record["prompt"], record["chosen"], record["rejected"]]
+        images = [files_signature(resolve_image(name, dataset.image_folder)) for name in record_images(record)]
+        fields = [record.get("id"), record.get("image"), record["prompt"], record["chosen"], record["rejected"],
+                  images]
         digest.update(json.dumps(fields, ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()
 
@@ -69,7 +73,7 @@ def reference_settings(
         "chat_template": chat_template,
         "dtype": str(model.dtype),
         "autocast": str(autocast),
-        "image_folder": image_folder,
+        "image_folder": str(Path(image_folder).resolve()) if image_folder else None,  # however it was typed
         "max_length": max_length,
         "seed": seed,  # a YAML mixture's random sampling decides which pairs, in which order
     }
