@@ -178,57 +178,81 @@ def test_a_cut_that_keeps_no_answer_token_is_skipped_whatever_the_masking(tmp_pa
     assert len(kept.input_ids) == 80 and any(kept.in_reply[i] and kept.labels[i] != -100 for i in range(80))
 
 
-def _measure_on_rank(rank: int, world: int, port: int, checkpoint: str, data: str, folder: str, out: str) -> None:
-    """One rank of a gloo group: the dataset built there, what it holds and how many records this rank measured."""
+def _built(kind: str, processor, data, folder):
+    """The dataset of ``kind`` ("samples": SupervisedDataset, "pairs": PairDataset) and what it holds."""
+    from sicog.train.pairs import PairDataset
+
+    dataset = (SupervisedDataset if kind == "samples" else PairDataset)(
+        data, processor, image_folder=folder, max_length=200, show_progress=False)
+    return {"records": [r["id"] for r in dataset.records], "lengths": dataset.lengths,
+            **{kind: [[p.id, p.reason, p.category] for p in getattr(dataset, kind, [])]
+               for kind in ("problems", "skipped", "truncated")}}
+
+
+def _counting_measure(measured: list):
+    """``measure`` of the datasets' module, noting each record it measures."""
+    import sicog.train.datasets as datasets
+
+    real = datasets.measure
+    return lambda record, *args: measured.append(json.dumps(record["conversations"])) or real(record, *args)
+
+
+def _measure_on_rank(rank: int, world: int, port: int, checkpoint: str, data: str, folder: str, out: str,
+                     kind: str) -> None:
+    """One rank of a gloo group: what the dataset built there holds and which records this rank measured."""
     import torch.distributed as dist
 
     import sicog.train.datasets as datasets
+    import sicog.train.pairs as pairs
     from sicog.model.processing import SicogProcessor
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     measured = []
-    real = datasets.measure
-    datasets.measure = lambda record, *args: measured.append(record["id"]) or real(record, *args)
-    processor = SicogProcessor.from_pretrained(checkpoint)
-    dataset = SupervisedDataset(data, processor, image_folder=folder, max_length=200, show_progress=False)
-    held = {"records": [r["id"] for r in dataset.records], "lengths": dataset.lengths,
-            "token_counts": dataset.token_counts, "measured": measured,
-            **{kind: [(p.id, p.reason, p.category) for p in getattr(dataset, kind)]
-               for kind in ("problems", "skipped", "truncated")}}
+    datasets.measure = pairs.measure = _counting_measure(measured)
+    held = _built(kind, SicogProcessor.from_pretrained(checkpoint), data, folder)
     with open(f"{out}.rank{rank}.json", "w") as handle:
-        json.dump(held, handle)
+        json.dump({**held, "measured": measured}, handle)
     dist.destroy_process_group()
 
 
+def _pair(rid, image=None, chosen="Red.", prompt="What colour?"):
+    return {"id": rid, "prompt": prompt, "chosen": chosen, "rejected": "Blue.", **({"image": image} if image else {})}
+
+
 @pytest.mark.slow
-def test_ranks_measure_a_share_each_and_hold_the_whole_result(tmp_path, tiny_model_factory, monkeypatch):
+@pytest.mark.parametrize("kind", ["samples", "pairs"])
+def test_ranks_measure_a_share_each_and_hold_the_whole_result(tmp_path, tiny_model_factory, monkeypatch, kind):
     """Every rank measured every record (a million records took each of 32 ranks the whole time); now each measures
     every world-th and they exchange results, which equal one process's, in order."""
     import torch.multiprocessing as mp
     from ports import free_port
 
+    import sicog.train.datasets as datasets
+    import sicog.train.pairs as pairs
     from sicog.model.builders import save_pretrained
 
     model, processor = tiny_model_factory()
     save_pretrained(model, processor, tmp_path / "ckpt")
     Image.new("RGB", (128, 96)).save(tmp_path / "a.png")
-    records = [rec(f"r{i}", image="a.png" if i % 2 else None, answer="word " * (3 * i)) for i in range(9)]
-    records += [rec("no-image", image="missing.png"), rec("empty", answer=""), rec("long-answer", "word " * 300),
-                rec("long-question", question="word " * 300, image="a.png"), {"id": "bad", "conversations": []}]
+    if kind == "samples":
+        records = [rec(f"r{i}", image="a.png" if i % 2 else None, answer="word " * (3 * i)) for i in range(9)]
+        records += [rec("no-image", image="missing.png"), rec("empty", answer=""),
+                    rec("long-answer", "word " * 300), rec("long-question", question="word " * 300, image="a.png"),
+                    {"id": "bad", "conversations": []}]
+    else:
+        records = [_pair(f"p{i}", image="a.png" if i % 2 else None, chosen="Red. " * i) for i in range(9)]
+        records += [_pair("no-image", image="missing.png"), _pair("long", prompt="word " * 300, image="a.png"),
+                    {"id": "bad", "prompt": "?"}]
     data = write(tmp_path / "d.jsonl", records)
-    import sicog.train.datasets as datasets
-
-    measured, real = [], datasets.measure
-    monkeypatch.setattr(datasets, "measure", lambda record, *args: measured.append(record["id"]) or real(record, *args))
-    alone = SupervisedDataset(data, processor, image_folder=tmp_path, max_length=200, show_progress=False)
-    args = (2, free_port(), str(tmp_path / "ckpt"), str(data), str(tmp_path), str(tmp_path / "held"))
+    measured = []
+    monkeypatch.setattr(datasets, "measure", _counting_measure(measured))
+    monkeypatch.setattr(pairs, "measure", datasets.measure)
+    alone = _built(kind, processor, data, tmp_path)
+    assert alone["problems"] and alone["skipped"] and (kind == "pairs" or alone["truncated"])
+    args = (2, free_port(), str(tmp_path / "ckpt"), str(data), str(tmp_path), str(tmp_path / "held"), kind)
     mp.start_processes(_measure_on_rank, args=args, nprocs=2, start_method="spawn")
     held = [json.loads((tmp_path / f"held.rank{rank}.json").read_text()) for rank in (0, 1)]
-    expected = {"records": [r["id"] for r in alone.records], "lengths": alone.lengths,
-                "token_counts": alone.token_counts,
-                **{kind: [[p.id, p.reason, p.category] for p in getattr(alone, kind)]
-                   for kind in ("problems", "skipped", "truncated")}}
-    assert expected["problems"] and expected["skipped"] and expected["truncated"]
-    for rank, result in enumerate(held):
-        assert result["measured"] == [r["id"] for r in records[rank::2] if r["id"] in measured]
-        assert {key: value for key, value in result.items() if key != "measured"} == expected
+    assert sorted(held[0]["measured"] + held[1]["measured"]) == sorted(measured)
+    for result in held:
+        assert 0 < len(result.pop("measured")) < len(measured)
+        assert result == alone

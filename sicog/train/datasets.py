@@ -14,11 +14,12 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -35,6 +36,7 @@ from sicog.train.arguments import AUGMENT_CHOICES
 from sicog.train.augment import release_augment
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,24 @@ def measure(record: dict, processor: SicogProcessor, image_folder, never_split: 
             raise ImageProblem(f"image {path} has zero size", "zero-size image")
         length += processor.image_token_count(*size, never_split=never_split) - 1
     return length
+
+
+def measure_in_shares(loaded: Sequence[tuple[dict, Source]], outcome: Callable[[dict, Source], T], desc: str,
+                      show_progress: bool) -> list[T]:
+    """``outcome(record, source)`` of every loaded record, in order. Under an initialised process group each rank
+    measures every world-th record and the ranks exchange their results: a million records take each of 32 ranks a
+    32nd of the time, not the whole of it."""
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    mine = [outcome(*loaded[index]) for index in tqdm(range(rank, len(loaded), world), desc=desc, unit="record",
+                                                       disable=not show_progress)]
+    if world == 1:
+        return mine
+    shares: list = [None] * world
+    dist.all_gather_object(shares, mine)
+    return [shares[index % world][index // world] for index in range(len(loaded))]
 
 
 def default_decode_workers() -> int:
@@ -244,7 +264,8 @@ class SupervisedDataset(RecordErrorsAsData, Dataset):
         undecodable = undecodable_images(loaded, image_folder, workers=decode_workers or default_decode_workers(),
                                          show_progress=show_progress) if decode_images else {}
         lists = {"problem": self.problems, "skipped": self.skipped, "truncated": self.truncated}
-        outcomes = self._measure_all(loaded, undecodable, show_progress)
+        outcomes = measure_in_shares(loaded, lambda record, source: self._outcome(record, source, undecodable),
+                                     "measuring samples", show_progress)
         for (record, source), (length, listed) in zip(loaded, outcomes, strict=True):
             if listed is not None:
                 kind, problem = listed
@@ -255,24 +276,6 @@ class SupervisedDataset(RecordErrorsAsData, Dataset):
             self.sources.append(source)
             self.lengths.append(min(length, max_length))
             self.token_counts.append(length)
-
-    def _measure_all(self, loaded: Sequence[tuple[dict, Source]], undecodable: dict[Path, str],
-                     show_progress: bool) -> list[tuple[int, tuple[str, Problem] | None]]:
-        """:meth:`_outcome` of every loaded record, in order. Under an initialised process group each rank measures
-        every world-th record and the ranks exchange their results: a million records take each of 32 ranks a
-        32nd of the time, not the whole of it."""
-        import torch.distributed as dist
-
-        distributed = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        mine = [self._outcome(*loaded[index], undecodable)
-                for index in tqdm(range(rank, len(loaded), world), desc="measuring samples", unit="sample",
-                                  disable=not show_progress)]
-        if world == 1:
-            return mine
-        shares: list = [None] * world
-        dist.all_gather_object(shares, mine)
-        return [shares[index % world][index // world] for index in range(len(loaded))]
 
     def _outcome(self, record: dict, source: Source,
                  undecodable: dict[Path, str]) -> tuple[int, tuple[str, Problem] | None]:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import Source, load_mixture
@@ -30,6 +29,7 @@ from sicog.train.datasets import (
     RecordErrorsAsData,
     default_decode_workers,
     measure,
+    measure_in_shares,
     record_problem,
     undecodable_images,
     undecodable_problem,
@@ -113,28 +113,33 @@ class PairDataset(RecordErrorsAsData, Dataset):
         records = load_mixture(data_path, seed=seed)
         undecodable = undecodable_images(records, image_folder, workers=default_decode_workers(),
                                          show_progress=show_progress) if decode_images else {}
-        for record, source in tqdm(records, desc="measuring pairs", disable=not show_progress):
-            rid = record.get("id") if isinstance(record, dict) else None
-            try:
-                check_pair_record(record, path=source.path, line=source.line)
-                lengths = [
-                    measure({"conversations": c, "image": record.get("image")}, processor, image_folder, False)
-                    for c in pair_conversations(record)
-                ]
-            except ValueError as err:
-                self.problems.append(record_problem(err, rid, source, None))
-                continue
-            if problem := undecodable_problem(record, source, image_folder, undecodable):
-                self.problems.append(problem)
-                continue
-            cut_problem = self._cut_problem(record) if max(lengths) > max_length else None
-            if cut_problem:
-                self.skipped.append(Problem(str(rid), source, f"{max(lengths)} tokens > max_length {max_length} "
-                                                              f"and {cut_problem}", "too long"))
+        outcomes = measure_in_shares(records, lambda record, source: self._outcome(record, source, undecodable),
+                                     "measuring pairs", show_progress)
+        for (record, source), (length, problem) in zip(records, outcomes, strict=True):
+            if problem is not None:
+                (self.skipped if problem.category == "too long" else self.problems).append(problem)
                 continue
             self.records.append(record)
             self.sources.append(source)
-            self.lengths.append(min(max(lengths), max_length))
+            self.lengths.append(length)
+
+    def _outcome(self, record: dict, source: Source, undecodable: dict) -> tuple[int, Problem | None]:
+        """A pair's trained length (its longer side, at most ``max_length``), or the problem that keeps it out (a
+        ``"too long"`` one is skipped, any other invalid)."""
+        rid = record.get("id") if isinstance(record, dict) else None
+        try:
+            check_pair_record(record, path=source.path, line=source.line)
+            lengths = [measure({"conversations": c, "image": record.get("image")}, self.processor, self.image_folder,
+                               False) for c in pair_conversations(record)]
+        except ValueError as err:
+            return 0, record_problem(err, rid, source, None)
+        if problem := undecodable_problem(record, source, self.image_folder, undecodable):
+            return 0, problem
+        cut_problem = self._cut_problem(record) if max(lengths) > self.max_length else None
+        if cut_problem:
+            return 0, Problem(str(rid), source, f"{max(lengths)} tokens > max_length {self.max_length} and "
+                                                f"{cut_problem}", "too long")
+        return min(max(lengths), self.max_length), None
 
     @property
     def has_image(self) -> list[bool]:
