@@ -14,12 +14,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def as_in_a_terminal() -> None:
+    """Ctrl-C's default action in the child, as an interactive shell gives it: tests run in the background (a
+    shell's `&`, as CI may start them) ignore SIGINT, and a child inheriting that installs no KeyboardInterrupt
+    handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupted(argv: list[str], started: str) -> tuple[int, str]:
     """Run ``python -m sicog argv`` in a process group of its own and send the group SIGINT, as a terminal's Ctrl-C
     does, once ``started`` shows in its stderr; its exit status and whole stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "sicog", *argv], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env=env, start_new_session=True)
+                               stderr=subprocess.PIPE, env=env, start_new_session=True, preexec_fn=as_in_a_terminal)
     err, deadline = b"", time.monotonic() + 300
     while started.encode() not in err:
         chunk = os.read(process.stderr.fileno(), 4096)
@@ -64,7 +71,7 @@ def test_ctrl_c_stops_a_cycles_steps_without_a_traceback_from_its_workers(tmp_pa
     its end."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-c", ENGINE, str(tmp_path / "run")], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env=env, start_new_session=True)
+                               stderr=subprocess.PIPE, env=env, start_new_session=True, preexec_fn=as_in_a_terminal)
     log, deadline = tmp_path / "run" / "slow" / "log.txt", time.monotonic() + 300
     while not ((tmp_path / "run" / "quick" / "synonyms.json").exists()
                and "toy align" in (log.read_text() if log.exists() else "")):  # one worker idle, one busy
