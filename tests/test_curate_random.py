@@ -8,7 +8,7 @@ import pytest
 from test_curate_pipeline import generation, write_jsonl
 
 from sicog.cli import main
-from sicog.curate.random_pick import one_random_candidate
+from sicog.curate.random_pick import one_random_candidate, random_index
 from sicog.cycle.analysis import curation_quality
 from sicog.data.jsonl import load_records
 from sicog.data.prompts import caption_prompt
@@ -45,6 +45,13 @@ def test_empty_and_image_placeholder_candidates_are_never_picked(tmp_path: Path)
         assert picked["conversations"][1]["value"] == "A red square." and picked["sicog_source"]["candidate"] == 2
         [error] = load_records(tmp_path / "r.errors.jsonl")
         assert error["id"] == "none" and error["field"] == "candidates" and "contains <image>" in error["reason"]
+
+
+def test_the_pick_is_drawn_by_the_seed_and_the_record_not_by_its_place() -> None:
+    candidates = [f"caption {i}" for i in range(6)]
+    assert all(random_index(candidates, "img-1", 7) == random_index(candidates, "img-1", 7) for _ in range(5))
+    assert len({random_index(candidates, "img-1", seed) for seed in range(40)}) == 6
+    assert len({random_index(candidates, f"img-{i}", 7) for i in range(40)}) == 6
 
 
 def test_the_cycle_analysis_scores_the_picks_arm_c_trains_on(tmp_path: Path) -> None:

@@ -108,19 +108,27 @@ def test_reasoning_drop_reasons() -> None:
         [0.9] * 4, texts, threshold=0.5, rng=random.Random(0), answers=["1", "2", "3", "1"], min_agreement=0.75
     )
     assert (low.kept, low.drop_reason, low.agreement) == (False, LOW_AGREEMENT, 0.5)
+    # An agreement equal to the minimum is kept (2 of 4 at the default 0.5 sits exactly there).
+    even = select([0.9] * 4, texts, threshold=0.5, rng=random.Random(0), answers=["1", "2", "3", "1"],
+                  min_agreement=0.5)
+    assert (even.kept, even.drop_reason, even.agreement) == (True, None, 0.5)
     none = select([0.9] * 4, texts, threshold=0.5, rng=random.Random(0), answers=["", "", "", ""], min_agreement=0.0)
     assert (none.kept, none.drop_reason) == (False, NO_ANSWER)
 
 
-def test_rejected_comes_from_the_lower_scoring_half_and_depends_on_the_seed_only() -> None:
+def test_rejected_comes_from_the_lower_scoring_half_drawn_by_the_seed_and_the_record() -> None:
     scores = [0.6, 0.9, 0.5, 0.8, 0.7, 0.4]
     texts = [f"caption {i}" for i in range(6)]
     drawn = {select(scores, texts, threshold=0.0, rng=random.Random(seed)).rejected_index for seed in range(50)}
     assert drawn == {0, 2, 5}  # the three lowest scores
-    first = select(scores, texts, threshold=0.0, rng=record_rng(7, "img-1")).rejected_index
-    assert all(
-        select(scores, texts, threshold=0.0, rng=record_rng(7, "img-1")).rejected_index == first for _ in range(5)
-    )
+
+    def rejected(seed: int, record_id: str) -> int:
+        return select(scores, texts, threshold=0.0, rng=record_rng(seed, record_id)).rejected_index
+
+    assert all(rejected(7, "img-1") == rejected(7, "img-1") for _ in range(5))  # the same draw every time
+    # Other seeds, and other records with the very same candidates, draw for themselves.
+    assert len({rejected(seed, "img-1") for seed in range(30)}) == 3
+    assert len({rejected(7, f"img-{i}") for i in range(30)}) == 3
 
 
 def test_rejected_is_never_a_copy_of_the_chosen_text() -> None:
