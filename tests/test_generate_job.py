@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -201,6 +202,29 @@ def test_resume_refuses_records_made_with_other_settings(dataset, tmp_path, mode
         generate(make_job(dataset, tmp_path, sampling=hotter), model_and_processor)
     with pytest.raises(RecordError, match=r"'corruption': \(\[\], \['mask'\]\)"):
         generate(make_job(dataset, tmp_path, corruptions=("mask",)), model_and_processor)
+    more = SamplingSettings(num_candidates=4, temperature=0.8, top_p=0.95, max_new_tokens=6)
+    with pytest.raises(RecordError, match=r"'candidates': \(3, 4\)"):  # one output would mix candidate counts
+        generate(make_job(dataset, tmp_path, sampling=more), model_and_processor)
+
+
+def test_a_record_of_several_images_resumes_with_a_corruption_for_each(dataset, tmp_path, model_and_processor):
+    path, images, records = dataset
+    write_jsonl(tmp_path / "two.jsonl", [{"id": "pair", "image": ["0.png", "1.png"],
+                                          "question": "<image>\nFirst. <image>\nSecond. Which is larger?"}])
+    job = make_job(dataset, tmp_path, data=tmp_path / "two.jsonl", corruptions=("mask",))
+    assert generate(job, model_and_processor).generated == 1
+    [record] = load_records(job.output)
+    assert [c["method"] for c in record["generation"]["corruption"]] == ["mask", "mask"]
+    assert generate(job, model_and_processor).generated == 0  # resumed: nothing refused, nothing generated again
+
+
+def test_batches_are_longest_first_and_each_draws_from_a_seed_of_its_own(dataset, model_and_processor):
+    job = make_job(dataset, Path("unused"))
+    plan = read_plan(job, model_and_processor[1])
+    lengths = [task.num_tokens for batch in plan_batches(plan.tasks, 3) for task in batch]
+    assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) > 1
+    assert len({job.batch_seed(index) for index in range(50)}) == 50
+    assert job.batch_seed(0) != make_job(dataset, Path("unused"), seed=1).batch_seed(0)
 
 
 def test_resume_refuses_another_task_or_another_prompt_for_an_id(dataset, tmp_path, model_and_processor):
