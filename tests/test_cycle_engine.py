@@ -14,7 +14,7 @@ import pytest
 
 import sicog
 from sicog.cycle.config import CycleConfig, load_config
-from sicog.cycle.engine import CycleFailed, Engine, Input, Out, Plan, Ref, Step, code_fingerprint
+from sicog.cycle.engine import CycleFailed, Engine, Input, Joined, Out, Plan, Ref, Step, code_fingerprint
 from sicog.cycle.plan import plan_seed
 from sicog.cycle.world import make_world
 from sicog.data.lock import OutputLocked, lock_path, output_lock
@@ -113,7 +113,9 @@ def test_open_answers_read_the_toy_synonyms(quick_keys):
     assert plan.steps["open_synonyms"].argv[:2] == ("toy", "synonyms")
 
 
-@pytest.mark.parametrize("setting", sorted(CHANGES))
+# toy_size builds the demo world (seconds): marked slow.
+@pytest.mark.parametrize("setting", [pytest.param(s, marks=pytest.mark.slow) if s == "toy_size" else s
+                                     for s in sorted(CHANGES)])
 def test_a_setting_reruns_exactly_the_steps_that_depend_on_it(setting, quick_keys):
     out, config, base, plan = quick_keys
     value, direct = CHANGES[setting]
@@ -312,6 +314,21 @@ def _chain(tmp_path: Path, limit: str = "1") -> Plan:
     second = Step("second", ("data", "head", "--input", Ref("first", "out.jsonl"), "--output", Out("out.jsonl"),
                              "--limit", limit))
     return Plan([_head("first", Input(str(source))), second, _head("third", Ref("second", "out.jsonl"))])
+
+
+def test_which_file_of_a_step_is_read_and_how_files_are_joined_enter_the_key(tmp_path):
+    """The plan code is outside the code fingerprint: a step switched to another output of the same step, or to
+    another separator, must not reuse what it made before."""
+    engine = Engine(tmp_path / "run", progress=False)
+    keys = {"first": "k1"}
+
+    def key(*argv) -> str:
+        return engine.key(Step("reader", ("data", "head", *argv)), keys=keys)
+
+    assert key("--input", Ref("first", "a.jsonl")) != key("--input", Ref("first", "b.jsonl"))
+    parts = (Ref("first", "a.jsonl"), Ref("first", "b.jsonl"))
+    assert key("--input", Joined(parts, ",")) != key("--input", Joined(parts, ":"))
+    assert key("--input", Joined(parts, ",")) == key("--input", Joined(parts, ","))
 
 
 def test_the_code_fingerprint_covers_the_package_but_not_the_cycle_or_byte_code(tmp_path):

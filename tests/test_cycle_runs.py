@@ -91,6 +91,7 @@ def manifest(out: Path, seed: int) -> dict:
     return json.loads((out / f"seed{seed}" / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_failed_step_in_one_seed_does_not_stop_the_others(tmp_path, capsys, cheap_cycle):
     failing, reports = cheap_cycle
     failing.add(1)
@@ -104,6 +105,7 @@ def test_a_failed_step_in_one_seed_does_not_stop_the_others(tmp_path, capsys, ch
     assert reports == [{"seeds": [0, 2], "incomplete": {1: ["b"]}}]
 
 
+@pytest.mark.slow
 def test_a_killed_from_run_is_finished_in_every_seed_by_a_plain_rerun(tmp_path, cheap_cycle, monkeypatch):
     out = tmp_path / "run"
     assert main(["cycle", "--quick", "--out", str(out), "--seeds", "2", "--no-progress"]) == 0
@@ -124,6 +126,7 @@ def test_a_killed_from_run_is_finished_in_every_seed_by_a_plain_rerun(tmp_path, 
         assert after["steps"]["b"]["finished_at"] > before[seed]["b"]["finished_at"], seed
 
 
+@pytest.mark.slow
 def test_a_dry_run_read_by_head_stops_quietly(tmp_path):
     """`sicog cycle --dry-run | head`: the reader closing the pipe early is no error and no traceback."""
     command = [sys.executable, "-m", "sicog", "cycle", "--quick", "--out", str(tmp_path / "run"), "--dry-run"]

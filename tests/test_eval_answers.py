@@ -96,6 +96,13 @@ def test_longer_option_text_wins_over_its_part() -> None:
     assert extract_choice("dark red or blue", options) is None
 
 
+def test_a_text_two_options_share_chooses_neither_and_only_upper_case_keys_are_options() -> None:
+    """A benchmark row may repeat an option's text (a translation, a data error): the reply is then no choice."""
+    assert extract_choice("It is red.", {"A": "red", "B": "blue", "C": "Red"}) is None
+    assert extract_choice("The answer is b", {"A": "red", "b": "blue", "hint": "x"}) is None
+    assert extract_choice("blue", {"A": "red", "b": "blue"}) is None
+
+
 def test_an_option_whose_text_names_other_letters_is_chosen_by_its_letter() -> None:
     """ScienceQA's and AI2D's "Both A and B": the letters after C are C's own text, not several options named."""
     options = {"A": "The cat", "B": "The dog", "C": "Both A and B", "D": "Neither A nor B"}
