@@ -42,6 +42,9 @@ def test_chain_of_thought_is_read_from_its_conclusion() -> None:
             steps = format_steps(COT_STEPS, ["Determine the answer: the colour.", "A circle.", step_three, conclusion])
             assert extract_choice(steps, OPTIONS) == "B", (step_three, conclusion)
             assert parse_answer(extract(steps, "reasoning").text).normalized in ("b", "red"), steps
+    # A reply of more steps than four may conclude after step 4.
+    longer = "Step 1: Look.\nStep 2: A circle.\nStep 3: It is not blue.\nStep 4: Compare.\nStep 5: The answer is B."
+    assert extract_choice(longer, OPTIONS) == "B" and extract_yes_no(longer.replace("is B", "is yes")) == "yes"
     # The last marker wins over earlier ones.
     assert extract_choice("At first the answer is A. On reflection, the answer is b.", OPTIONS) == "B"
     # A free-form chain of thought ending with the verdict.

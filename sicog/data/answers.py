@@ -1,11 +1,11 @@
 """Reading the final answer out of a reply: the project's one set of rules, used by evaluation, by curation's
 answer agreement and by the toy world's scorer, so that they never disagree on what a reply answered.
 
-- **Where the answer is**: in the body of structured-CoT step 4 when the reply has the steps (a marker in
-  steps 1-3 is reasoning, not the conclusion), else in the whole reply: after its last marker ("the answer
-  is", "answer:", "the answer to the question would be", "**Final answer:**", "the correct option is", "the
-  best choice would be", ...) or its last ``\\boxed{X}``, on that line or the next non-empty one; without a
-  marker, all of it.
+- **Where the answer is**: from structured-CoT step 4 on when the reply has the steps (a marker in steps 1-3
+  is reasoning, not the conclusion; one in a step 5 of a longer reply counts), else in the whole reply: after
+  its last marker ("the answer is", "answer:", "the answer to the question would be", "**Final answer:**",
+  "the correct option is", "the best choice would be", ...) or its last ``\\boxed{X}``, on that line or the
+  next non-empty one; without a marker, the body of step 4, else all of it.
 - **The answer phrase** (for comparing answers): that text cut at the end of its first sentence and
   before ", because ..." (or "because"/"since" without the comma); without a marker, its last sentence. A
   period after a common abbreviation ("Mr. Smith", "St. Louis", "e.g.") or after an initial inside a name
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sicog.data.prompts import COT_STEPS
-from sicog.data.steps import final_step
+from sicog.data.steps import final_step, step_start
 
 _MARKER = re.compile(
     r"(?:\banswer\b(?:\s+to\s+(?:the|this)\s+question)?|\b(?:correct|right|best|final)\s+(?:option|choice)\b)\**\s*"
@@ -104,17 +104,20 @@ _MARKED_LETTER = re.compile(
 
 def answer_line(text: str) -> tuple[str, bool]:
     """Where the reply's final answer is written, and whether a marker (or ``\\boxed``) introduced it."""
-    # A structured chain of thought concludes in step 4: "the answer is not A" in step 3 is reasoning.
-    body, _ = final_step(text, len(COT_STEPS), COT_STEPS)
-    marks = [(m.end(), None) for m in _MARKER.finditer(body)]
-    marks += [(m.end(), m.group("ans")) for m in _BOXED.finditer(body)]
+    # A structured chain of thought concludes from step 4 on: "the answer is not A" in step 3 is reasoning, while a
+    # reply of more steps may give its answer after step 4 ("Step 5: The answer is B.").
+    start = step_start(text, len(COT_STEPS))
+    conclusion = text if start is None else text[start:]
+    marks = [(m.end(), None) for m in _MARKER.finditer(conclusion)]
+    marks += [(m.end(), m.group("ans")) for m in _BOXED.finditer(conclusion)]
     if marks:
         end, boxed = max(marks, key=lambda mark: mark[0])
         if boxed is not None:
             return boxed.strip(), True
         # "The answer is:\n\nB": the answer may sit on the next non-empty line.
-        lines = [line for line in body[end:].splitlines() if line.strip(_TRIM)]
+        lines = [line for line in conclusion[end:].splitlines() if line.strip(_TRIM)]
         return (lines[0] if lines else ""), True
+    body, _ = final_step(text, len(COT_STEPS), COT_STEPS)
     return body, False
 
 

@@ -122,8 +122,20 @@ def final_step(text: str, step: int, headers: Sequence[str] = ()) -> tuple[str, 
     """The body of ``step`` and whether it was found; the whole text (stripped) when it was not."""
     matches = list(_MARKER.finditer(text))
     # The step's first marker, as in split_steps; the other steps' bodies are not built (curation reads millions).
-    first = next((i for i, match in enumerate(matches) if int(match.group("number")) == step), None)
+    first = _first(matches, step)
     body = _body_at(text, matches, first, headers) if first is not None else ""
     if body:
         return body, True
     return text.strip(), False
+
+
+def step_start(text: str, step: int) -> int | None:
+    """Where the first marker of ``step`` ends in ``text`` (None without one): what follows is that step and any
+    after it."""
+    matches = list(_MARKER.finditer(text))
+    first = _first(matches, step)
+    return None if first is None else matches[first].end()
+
+
+def _first(matches: Sequence[re.Match[str]], step: int) -> int | None:
+    return next((i for i, match in enumerate(matches) if int(match.group("number")) == step), None)
