@@ -392,16 +392,20 @@ def test_a_step_whose_folder_is_gone_is_not_kept_across_a_code_change(tmp_path, 
         removed.append(path)
         real_rmtree(path, **kwargs)
 
+    (tmp_path / "run" / "second" / "stale").write_text("")  # what the old second step left
     monkeypatch.setattr(shutil, "rmtree", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         Engine(tmp_path / "run", code="v2", progress=False).run(plan)
     monkeypatch.undo()
     assert not (tmp_path / "run" / "first").exists() and (tmp_path / "run" / "second").exists()
-    assert Engine(tmp_path / "run").manifest["steps"] == {}  # forgotten before their folders went
+    # Marked before their folders went: none is "done", and the rest of each folder is removed, not resumed.
+    assert {e["status"] for e in Engine(tmp_path / "run").manifest["steps"].values()} == {"removing"}
     kept = Engine(tmp_path / "run", code="v2", keep_code_changes=True)
     assert kept.pending(plan) == ["first", "second", "third"] and kept.kept == {}
-    # A folder deleted by hand runs again too, with what reads it.
     Engine(tmp_path / "run", code="v2", progress=False).run(plan)
+    assert not (tmp_path / "run" / "second" / "stale").exists()
+    assert {e["status"] for e in Engine(tmp_path / "run").manifest["steps"].values()} == {"done"}
+    # A folder deleted by hand runs again too, with what reads it.
     shutil.rmtree(tmp_path / "run" / "second")
     assert Engine(tmp_path / "run", code="v3", keep_code_changes=True).pending(plan) == ["second", "third"]
 

@@ -392,17 +392,19 @@ class Engine:
             # resume a checkpoint or predictions that name the old paths): start clean.
             clean = [name for name in todo if name in self.forced or moved or (
                 (entry := self.manifest["steps"].get(name)) and (entry["key"] != self.keys[name]
-                                                                 or entry["status"] == "done"))]
+                                                                 or entry["status"] in ("done", "removing")))]
+            # Marked before any folder is removed, and forgotten once it is: a run killed in between leaves no step
+            # "done" without its output, and the next run removes the rest of the folder rather than resume it.
             for name in clean:
-                self.manifest["steps"].pop(name, None)
+                self.manifest["steps"][name] = {"key": None, "status": "removing"}
             self.manifest["root"] = where
-            # The requested reruns are now pending by their missing entries: the request is done with.
+            # The requested reruns are now pending by their marks: the request is done with.
             self.manifest["rerun"] = []
-            # Written before any folder is removed: a run killed while removing them leaves no step "done" without
-            # its output.
             write_json(self.manifest_path, self.manifest)
             for name in clean:
                 shutil.rmtree(self.root / name, ignore_errors=True)
+                del self.manifest["steps"][name]
+            write_json(self.manifest_path, self.manifest)
             skipped = len(plan.steps) - len(todo)
             if skipped:
                 logger.info("%d of %d steps finished before: reused%s", skipped, len(plan.steps),
