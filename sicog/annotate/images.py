@@ -35,9 +35,10 @@ def image_data_url(path: str | os.PathLike) -> str:
     """``data:<mime>;base64,...`` for ``path``: the CoD caption describes what the trained model will see.
 
     The file's bytes when any decoder shows them as training reads them (:func:`_sent_as_stored`), with the MIME
-    type of their content, not of the name (datasets often save JPEG bytes under ``.png``); otherwise the RGB
-    pixels training reads (:func:`sicog.model.image_io.load_image`), as PNG: BMP, TIFF, CMYK, alpha, wide grey
-    levels (clipped at 255, as training clips them), animations (their first frame), a photo turned by EXIF.
+    type of their content, not of the name (datasets often save JPEG bytes under ``.png``); a JPEG turned by EXIF
+    as the same JPEG without the tag; otherwise the RGB pixels training reads
+    (:func:`sicog.model.image_io.load_image`), as PNG: BMP, TIFF, CMYK, alpha, wide grey levels (clipped at 255,
+    as training clips them), animations (their first frame).
     """
     path = Path(path)
     try:
@@ -54,8 +55,14 @@ def image_data_url(path: str | os.PathLike) -> str:
             image.load()  # decoded in full now: a truncated file fails here, not at the server
             if not _sent_as_stored(image, mime):
                 buffer = io.BytesIO()
-                load_image(image).save(buffer, format="PNG")
-                data, mime = buffer.getvalue(), "image/png"
+                if image.format == "JPEG" and image.mode in _AS_STORED_MODES:
+                    # Only its EXIF turn kept it out: the same JPEG without the tag, on its own quantisation tables
+                    # (as the published annotation re-saves it), not a PNG six times larger.
+                    image.save(buffer, format="JPEG", quality="keep", subsampling="keep")
+                else:
+                    load_image(image).save(buffer, format="PNG")
+                    mime = "image/png"
+                data = buffer.getvalue()
     except (*DECODE_ERRORS, ImageError) as err:
         raise ImageLoadError(f"not a readable image {str(path)!r}: {err}") from None
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
