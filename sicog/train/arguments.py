@@ -115,7 +115,9 @@ class DataArguments:
         default=False, metadata={"help": "batches of image or text-only samples of similar length"}
     )
     sample_log: str | None = field(
-        default=None, metadata={"help": "write the ids each rank trains on to FILE.rankN.jsonl"}
+        default=None, metadata={"help": "append the ids each rank trains on, with the step, to FILE.rankN.jsonl (a "
+                                        "resumed run appends again the steps after its checkpoint: a step's "
+                                        "later lines are what the model was trained on)"}
     )
 
 

@@ -11,13 +11,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import ProgressCallback, TrainerState
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from sicog.data.crash import crash_point
-from sicog.data.jsonl import atomic_file
 from sicog.model.builders import share_weights_like_config
 from sicog.train.checkpoints import COMPLETE_MARKER, checkpoint_loss_sum, mark_complete
 from sicog.train.datasets import unless_failed
@@ -126,14 +124,9 @@ class SicogTrainer(Trainer):
         mean. Each checkpoint's marker holds the loss summed up to it, which completes the sum.
         """
         self.loss_before_resume = 0.0
-        resumed_at = 0
         if resume_from_checkpoint is not None:
             self.loss_before_resume = (checkpoint_loss_sum(resume_from_checkpoint)
                                        if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None)
-        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
-            resumed_at = TrainerState.load_from_json(str(Path(resume_from_checkpoint) / TRAINER_STATE_NAME)).global_step
-        if self.sample_log is not None and self.sample_log.exists():
-            self._cut_sample_log(resumed_at)
         try:
             output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         except BaseException:
@@ -146,13 +139,6 @@ class SicogTrainer(Trainer):
         # The Trainer has added its last undrained steps to its sum.
         train_loss = (self.loss_before_resume + self._total_loss_scalar) / max(output.global_step, 1)
         return TrainOutput(output.global_step, train_loss, {**output.metrics, "train_loss": train_loss})
-
-    def _cut_sample_log(self, step: int) -> None:
-        """Keep the sample log's steps before ``step``, where this run starts: the steps after the resumed checkpoint
-        are trained again and would be listed twice (a run started afresh keeps none)."""
-        lines = self.sample_log.read_text(encoding="utf-8").splitlines(keepends=True)
-        with atomic_file(self.sample_log) as handle:
-            handle.writelines(line for line in lines if line.strip() and json.loads(line)["step"] < step)
 
     def _end_progress_bar(self) -> None:
         """End a failed run's progress bar on its line, as a finished run's is: the one-line error that follows
