@@ -81,3 +81,20 @@ def test_ctrl_c_stops_a_cycles_steps_without_a_traceback_from_its_workers(tmp_pa
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 130 and "Traceback" not in err, err[-3000:]
     assert "KeyboardInterrupt" in log.read_text() and not (tmp_path / "run" / "slow" / "world").exists()
+
+
+@pytest.mark.slow
+def test_a_cycle_started_ignoring_ctrl_c_finishes_its_steps(tmp_path):
+    """A script's `sicog cycle ... &` starts with SIGINT ignored: its steps must ignore it too, not fail."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", ENGINE, str(tmp_path / "run")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env=env, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    log, deadline = tmp_path / "run" / "slow" / "log.txt", time.monotonic() + 300
+    while "toy align" not in (log.read_text() if log.exists() else ""):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 0, err[-3000:]
+    assert "KeyboardInterrupt" not in log.read_text() and (tmp_path / "run" / "slow" / "world").is_dir()

@@ -483,10 +483,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+# Whether Ctrl-C stops a worker's step: set by _init_worker from what the worker inherited.
+_STEPS_INTERRUPTIBLE = True
+
+
 def _init_worker(threads: int | None, parent: int) -> None:
     exit_with_parent(parent)  # a worker left running by a killed cycle would write into the rerun's step
     # Ctrl-C, which the terminal sends to the whole process group, stops the step a worker runs (see _run_step)
-    # but not an idle worker, which would print a traceback of its own beside the main process's line.
+    # but not an idle worker, which would print a traceback of its own beside the main process's line. A cycle
+    # started ignoring it (a script's `sicog cycle ... &`) lets its steps ignore it too.
+    global _STEPS_INTERRUPTIBLE
+    _STEPS_INTERRUPTIBLE = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if threads:
@@ -503,7 +510,8 @@ def _run_step(argv: Sequence[str], log: str, launcher: Sequence[str]) -> tuple[i
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    idle = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the step (its log says where)
+    # Ctrl-C stops the step (its log says where).
+    idle = signal.signal(signal.SIGINT, signal.default_int_handler if _STEPS_INTERRUPTIBLE else signal.SIG_IGN)
     with open(log, "a", encoding="utf-8") as handle:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
