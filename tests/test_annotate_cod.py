@@ -443,6 +443,18 @@ def test_a_server_that_never_answers_stops_the_run_naming_the_cause(loopback_onl
     assert ids_of(tmp_path / "cod" / "failures.jsonl") == [] and ids_of(tmp_path / "cod" / "cod.jsonl") == []
 
 
+def test_a_first_record_that_times_out_fails_alone(loopback_only, tmp_path):
+    """A timeout reaches a server: it is that record's failure, not a server that never answered."""
+    fake = FakeVLM(slow_seconds=5)
+    try:
+        make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+        fake.script = {"red": ["slow"] * 10}
+        assert annotate(fake, tmp_path, "--concurrency", "1") == 0  # --timeout 1
+        assert ids_of(tmp_path / "cod" / "failures.jsonl") == ["a"] and ids_of(tmp_path / "cod" / "cod.jsonl") == ["b"]
+    finally:
+        fake.stop()
+
+
 def test_a_refused_key_stops_the_process_without_waiting_for_replies_under_way(loopback_only, tmp_path):
     """The interpreter used to wait at exit for the pool's thread still reading a reply (up to --timeout)."""
     fake = FakeVLM(slow_seconds=900)

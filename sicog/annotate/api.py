@@ -3,8 +3,9 @@
 The official ``openai`` client is built with ``max_retries=0`` so that the policy is ours and visible:
 429, 408/409, 5xx, timeouts and connection errors are retried with exponential backoff (and the
 server's ``Retry-After`` when it sends one); 401/403/404, a 429 for an account out of credit
-(``insufficient_quota``) and a server that never answered any request mean the run cannot succeed and stop
-it; other 4xx fail the one request. The API key is never logged and is masked in every error text.
+(``insufficient_quota``) and no server at the address (connection errors until the retries run out, before
+any request was answered) mean the run cannot succeed and stop it; other 4xx fail the one request. The API
+key is never logged and is masked in every error text.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class ChatAPI:
         attempts = 0
         while True:
             attempts += 1
+            unreachable = False  # this attempt found no server (refused, unknown host, an address without http://)
             if self._stopped.is_set():
                 raise Stopped("the run stopped")
             try:
@@ -188,7 +190,7 @@ class ChatAPI:
             except openai.APIConnectionError as err:
                 # The cause says what failed (an address without http://, a refused connection, a DNS name).
                 cause = f" ({err.__cause__})" if err.__cause__ else ""
-                reason, retry_after = redact(f"connection error: {err}{cause}", self._key), None
+                reason, retry_after, unreachable = redact(f"connection error: {err}{cause}", self._key), None, True
             except (openai.APIError, json.JSONDecodeError, UnicodeDecodeError) as err:
                 # A body that is not JSON (a proxy's error page cut short, bytes that are not UTF-8): as transient as
                 # a 502.
@@ -204,7 +206,9 @@ class ChatAPI:
             if self._stopped.is_set():  # the failure is the cut connection, no reason to retry or report
                 raise Stopped("the run stopped")
             if attempts > self.policy.max_retries:
-                if not self._answered.is_set():  # every record would fail the same way: stop, record nothing
+                # No server there, and none ever answered: every record would fail the same way; stop, record nothing.
+                # (A request that times out reached one: a slow record fails alone.)
+                if unreachable and not self._answered.is_set():
                     raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} (gave up "
                                         f"after {attempts} attempts)")
                 raise RequestFailed(f"{reason} (gave up after {attempts} attempts)", attempts)
