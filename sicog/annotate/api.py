@@ -23,6 +23,8 @@ import openai
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gpt-4o"
+# Seconds the server may take to connect, and between the bytes of its reply.
+DEFAULT_TIMEOUT = 120.0
 # Placeholder key for servers that do not check one (a local vLLM started without --api-key).
 NO_KEY = "EMPTY"
 _FATAL_STATUS = {401, 403, 404}
@@ -137,7 +139,7 @@ class ChatAPI:
         *,
         base_url: str | None = None,
         api_key: str,
-        timeout: float = 120.0,
+        timeout: float = DEFAULT_TIMEOUT,
         policy: RetryPolicy = RetryPolicy(),
     ) -> None:
         self.model = model

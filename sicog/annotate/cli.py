@@ -8,6 +8,8 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from sicog.annotate.api import DEFAULT_MODEL, DEFAULT_TIMEOUT, RetryPolicy
+from sicog.annotate.cod_job import CodJob
 from sicog.data.argtypes import non_negative_int, os_error_text, positive_float, positive_int
 from sicog.data.jsonl import RecordError, blocked_reason, refuse_overwriting
 from sicog.data.lock import OutputLocked, output_lock
@@ -27,25 +29,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cod.add_argument("--output-dir", type=Path, help="folder for both outputs (cod.jsonl, detailed_description.jsonl)")
     cod.add_argument("--cod-dir", type=Path, help="folder for cod.jsonl and failures.jsonl (overrides --output-dir)")
     cod.add_argument("--dd-dir", type=Path, help="folder for detailed_description.jsonl (overrides --output-dir)")
-    cod.add_argument("--model", default="gpt-4o", help="model name the server knows (default: %(default)s)")
+    cod.add_argument("--model", default=DEFAULT_MODEL, help="model name the server knows (default: %(default)s)")
     cod.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
                                         "(default: $OPENAI_BASE_URL, else the OpenAI API)")
-    cod.add_argument("--concurrency", type=positive_int, default=8,
+    cod.add_argument("--concurrency", type=positive_int, default=CodJob.concurrency,
                      help="requests in flight (default: %(default)s)")
     cod.add_argument("--limit", type=positive_int, help="annotate only the first N input records")
-    cod.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default: %(default)s)")
-    cod.add_argument("--max-tokens", type=positive_int, default=2048,
+    cod.add_argument("--temperature", type=float, default=CodJob.temperature,
+                     help="sampling temperature (default: %(default)s)")
+    cod.add_argument("--max-tokens", type=positive_int, default=CodJob.max_tokens,
                      help="reply length limit (default: %(default)s)")
-    cod.add_argument("--timeout", type=positive_float, default=120.0,
+    cod.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
                      help="seconds the server may take to connect, and between the bytes of its reply "
                           "(default: %(default)s)")
-    cod.add_argument("--max-retries", type=non_negative_int, default=5,
+    cod.add_argument("--max-retries", type=non_negative_int, default=RetryPolicy.max_retries,
                      help="retries of a request after 429, 5xx, timeouts, connection errors (default: %(default)s)")
-    cod.add_argument("--backoff", type=positive_float, default=1.0,
+    cod.add_argument("--backoff", type=positive_float, default=RetryPolicy.backoff,
                      help="first retry wait in seconds, doubled per retry (default: %(default)s)")
-    cod.add_argument("--max-backoff", type=positive_float, default=60.0,
+    cod.add_argument("--max-backoff", type=positive_float, default=RetryPolicy.max_backoff,
                      help="longest retry wait in seconds (default: %(default)s)")
-    cod.add_argument("--parse-retries", type=non_negative_int, default=2,
+    cod.add_argument("--parse-retries", type=non_negative_int, default=CodJob.parse_retries,
                      help="new requests after a reply without the five steps (default: %(default)s)")
     cod.add_argument("--retry-failures", action="store_true", help="try again the ids recorded in failures.jsonl")
     cod.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -131,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_cod(args: argparse.Namespace) -> int:
-    from sicog.annotate.api import ChatAPI, FatalAPIError, RetryPolicy, resolve_endpoint
-    from sicog.annotate.cod_job import CodJob, run_cod_job
+    from sicog.annotate.api import ChatAPI, FatalAPIError, resolve_endpoint
+    from sicog.annotate.cod_job import run_cod_job
 
     cod_dir, dd_dir = _output_dirs(args, "cod_dir", "dd_dir")
     if args.image_folder is not None and not Path(args.image_folder).is_dir():

@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import RecordError, drop_partial_tail, iter_records, unfinished_line, write_jsonl
+
+T = TypeVar("T")
 
 _SHARD_SUFFIX = re.compile(r"\.rank(\d{5})-of-(\d{5})$")
 
@@ -27,6 +30,18 @@ def shard(items: Sequence, rank: int, world: int) -> list:
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside world size {world}")
     return list(items[rank::world])
+
+
+def gather_shares(share: dict[int, T]) -> dict[int, T]:
+    """Every rank's ``share`` (item index -> value) merged, when a process group is initialised; ``share`` itself
+    otherwise. Every rank must call it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return share
+    shares: list = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, share)
+    return {index: value for part in shares for index, value in part.items()}
 
 
 def shard_path(output: str | os.PathLike, rank: int, world: int) -> Path:

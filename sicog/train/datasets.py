@@ -30,6 +30,7 @@ from transformers import TrainingArguments
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
 from sicog.data.schema import EMPTY_ANSWER, check_llava_record, record_images, resolve_image, valid_image_field
+from sicog.data.sharding import gather_shares, shard
 from sicog.model.image_io import ImageError, load_image
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
 from sicog.train.arguments import AUGMENT_CHOICES
@@ -107,13 +108,11 @@ def measure_in_shares(loaded: Sequence[tuple[dict, Source]], outcome: Callable[[
 
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    mine = [outcome(*loaded[index]) for index in tqdm(range(rank, len(loaded), world), desc=desc, unit="record",
-                                                       disable=not show_progress)]
-    if world == 1:
-        return mine
-    shares: list = [None] * world
-    dist.all_gather_object(shares, mine)
-    return [shares[index % world][index // world] for index in range(len(loaded))]
+    indices = shard(range(len(loaded)), rank, world)
+    share = {index: outcome(*loaded[index]) for index in tqdm(indices, desc=desc, unit="record",
+                                                               disable=not show_progress)}
+    outcomes = gather_shares(share)
+    return [outcomes[index] for index in range(len(loaded))]
 
 
 def default_decode_workers() -> int:

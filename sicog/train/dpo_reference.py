@@ -28,7 +28,7 @@ from sicog.data.checkpoint_files import files_signature
 from sicog.data.jsonl import JsonlAppender, iter_records, write_json
 from sicog.data.lock import output_lock
 from sicog.data.schema import record_images, resolve_image
-from sicog.data.sharding import shard
+from sicog.data.sharding import gather_shares, shard
 from sicog.train.dpo_loss import pair_logps
 from sicog.train.pairs import PairCollator, PairDataset
 
@@ -155,14 +155,6 @@ def _score_share(
     return {int(row["id"]): (row["chosen"], row["rejected"]) for _, row in iter_records(part) if int(row["id"]) in mine}
 
 
-def _all_shares(share: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return share
-    shares: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(shares, share)
-    return {i: value for part in shares for i, value in part.items()}
-
-
 def _agreed(value):
     """Rank 0's ``value`` on every rank (the cache may exist on rank 0's disk only)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -207,7 +199,7 @@ def compute_reference(
         part = shard_dir / f"rank{rank:05d}-of-{world:05d}.jsonl"
         indices = shard(range(len(dataset)), rank, world)
         share = _score_share(model, dataset, collator, part, indices, batch_size, device, show_progress, autocast)
-        values = _all_shares(share)
+        values = gather_shares(share)
         missing = [i for i in range(len(dataset)) if i not in values]
         if missing:
             raise RuntimeError(
