@@ -207,6 +207,11 @@ class SicogTrainingArguments(TrainingArguments):
         if self.max_steps <= 0 and not 0 < self.num_train_epochs < math.inf:
             raise UsageError(f"--num_train_epochs {self.num_train_epochs:g}: must be a finite number above 0 "
                              "(or give --max_steps)")
+        # accelerate's dispatcher has rank 0 load every batch and send the others tensors: a record that fails to
+        # load reached it as data, not as its one-line error (a TypeError traceback); each rank loads its own.
+        if getattr(self.accelerator_config, "dispatch_batches", None):
+            raise UsageError("--accelerator_config dispatch_batches: true is not supported: every rank loads its "
+                             "own batches of sicog train's data (leave it unset)")
 
     def half_precision(self) -> torch.dtype | None:
         """The 16-bit type of ``--bf16`` / ``--fp16``; None for an fp32 run."""
