@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -113,6 +113,23 @@ def measure_in_shares(loaded: Sequence[tuple[dict, Source]], outcome: Callable[[
                                                                disable=not show_progress)}
     outcomes = gather_shares(share)
     return [outcomes[index] for index in range(len(loaded))]
+
+
+# What measuring a record gives: its length, and unless it is simply usable, how it is listed (see usable).
+Outcome = tuple[int, tuple[str, Problem] | None]
+
+
+def usable(loaded: Sequence[tuple[dict, Source]], outcomes: Sequence[Outcome],
+           lists: dict[str, list[Problem]]) -> Iterator[tuple[dict, Source, int]]:
+    """The records to train on, with their lengths, from their :data:`Outcome`; each listed record is appended to
+    ``lists[kind]`` ("problem", "skipped", or "truncated": still trained on)."""
+    for (record, source), (length, listed) in zip(loaded, outcomes, strict=True):
+        if listed is not None:
+            kind, problem = listed
+            lists[kind].append(problem)
+            if kind != "truncated":
+                continue
+        yield record, source, length
 
 
 def default_decode_workers() -> int:
@@ -262,22 +279,16 @@ class SupervisedDataset(RecordErrorsAsData, Dataset):
         loaded = load_mixture(data_path, seed=seed)
         undecodable = undecodable_images(loaded, image_folder, workers=decode_workers or default_decode_workers(),
                                          show_progress=show_progress) if decode_images else {}
-        lists = {"problem": self.problems, "skipped": self.skipped, "truncated": self.truncated}
         outcomes = measure_in_shares(loaded, lambda record, source: self._outcome(record, source, undecodable),
                                      "measuring samples", show_progress)
-        for (record, source), (length, listed) in zip(loaded, outcomes, strict=True):
-            if listed is not None:
-                kind, problem = listed
-                lists[kind].append(problem)
-                if kind != "truncated":
-                    continue
+        lists = {"problem": self.problems, "skipped": self.skipped, "truncated": self.truncated}
+        for record, source, length in usable(loaded, outcomes, lists):
             self.records.append(record)
             self.sources.append(source)
             self.lengths.append(min(length, max_length))
             self.token_counts.append(length)
 
-    def _outcome(self, record: dict, source: Source,
-                 undecodable: dict[Path, str]) -> tuple[int, tuple[str, Problem] | None]:
+    def _outcome(self, record: dict, source: Source, undecodable: dict[Path, str]) -> Outcome:
         """A record's whole token length (0 when unusable) and, when it is not simply usable, how it is listed:
         ``("problem" | "skipped" | "truncated", Problem)``; a truncated record is still trained on."""
         rid = record.get("id")

@@ -25,6 +25,7 @@ from sicog.model.image_io import load_image
 from sicog.model.processing import IGNORE_INDEX, Encoded, SicogProcessor
 from sicog.train.datasets import (
     FailedFetch,
+    Outcome,
     Problem,
     RecordErrorsAsData,
     default_decode_workers,
@@ -33,6 +34,7 @@ from sicog.train.datasets import (
     record_problem,
     undecodable_images,
     undecodable_problem,
+    usable,
 )
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
@@ -115,30 +117,27 @@ class PairDataset(RecordErrorsAsData, Dataset):
                                          show_progress=show_progress) if decode_images else {}
         outcomes = measure_in_shares(records, lambda record, source: self._outcome(record, source, undecodable),
                                      "measuring pairs", show_progress)
-        for (record, source), (length, problem) in zip(records, outcomes, strict=True):
-            if problem is not None:
-                (self.skipped if problem.category == "too long" else self.problems).append(problem)
-                continue
+        for record, source, length in usable(records, outcomes, {"problem": self.problems, "skipped": self.skipped}):
             self.records.append(record)
             self.sources.append(source)
             self.lengths.append(length)
 
-    def _outcome(self, record: dict, source: Source, undecodable: dict) -> tuple[int, Problem | None]:
-        """A pair's trained length (its longer side, at most ``max_length``), or the problem that keeps it out (a
-        ``"too long"`` one is skipped, any other invalid)."""
+    def _outcome(self, record: dict, source: Source, undecodable: dict) -> Outcome:
+        """A pair's trained length (its longer side, at most ``max_length``), or how it is listed: ``("problem",
+        ...)`` when invalid, ``("skipped", ...)`` when too long to cut."""
         rid = record.get("id") if isinstance(record, dict) else None
         try:
             check_pair_record(record, path=source.path, line=source.line)
             lengths = [measure({"conversations": c, "image": record.get("image")}, self.processor, self.image_folder,
                                False) for c in pair_conversations(record)]
         except ValueError as err:
-            return 0, record_problem(err, rid, source, None)
+            return 0, ("problem", record_problem(err, rid, source, None))
         if problem := undecodable_problem(record, source, self.image_folder, undecodable):
-            return 0, problem
+            return 0, ("problem", problem)
         cut_problem = self._cut_problem(record) if max(lengths) > self.max_length else None
         if cut_problem:
-            return 0, Problem(str(rid), source, f"{max(lengths)} tokens > max_length {self.max_length} and "
-                                                f"{cut_problem}", "too long")
+            return 0, ("skipped", Problem(str(rid), source, f"{max(lengths)} tokens > max_length {self.max_length} "
+                                                            f"and {cut_problem}", "too long"))
         return min(max(lengths), self.max_length), None
 
     @property
