@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,10 @@ class GenerationJob:
                 "prompt_type": self.prompt_type, "prompt": prompt, **self.sampling.metadata(), "seed": self.seed,
                 "corruption": corruption}
 
+    @cached_property
     def settings(self) -> dict:
         """What an error record keeps of the run that wrote it: the settings a rerun must share to take its
-        failures for its own (``--skip-failed``)."""
+        failures for its own (``--skip-failed``). Built once per job, not per failed record."""
         mine = self.metadata("", None)
         return {key: mine[key] for key in RESUME_FIELDS}
 
@@ -108,8 +110,7 @@ def read_plan(job: GenerationJob, processor: SicogProcessor) -> InputPlan:
         max_prompt_tokens=job.max_prompt_tokens, max_aspect_ratio=job.max_aspect_ratio,
         transposed=lambda rid: "mirror_rotation" in record_methods(job.corruptions, job.seed, rid, job.corrupt_all),
     )
-    settings = job.settings()
-    plan.errors = [{**error, "generation": settings} for error in plan.errors]
+    plan.errors = [{**error, "generation": job.settings} for error in plan.errors]
     return plan
 
 
@@ -215,7 +216,7 @@ def earlier_failures(job: GenerationJob, *, rank: int = 0, world: int = 1) -> se
     """Ids of the records that earlier runs wrote to the errors files (see :func:`run_rank`), after checking that
     each failed with this job's settings: a :class:`RecordError` names the first that did not (records of another
     prompt type, say, would otherwise be kept as this run's failures)."""
-    mine = job.settings()
+    mine = job.settings
 
     def check(path: Path, line: int, record: dict) -> None:
         generation = record.get("generation")
@@ -285,7 +286,7 @@ def _run_batch(job: GenerationJob, index: int, batch: list[GenerationTask], mode
             if task.id not in done:
                 where = "prompt" if isinstance(err, ConversationError) else "image"
                 errors.write(error_record(task.record, str(err), record_id=task.id, field=where,
-                                          file=task.source, line=task.line, generation=job.settings()))
+                                          file=task.source, line=task.line, generation=job.settings))
                 summary.errors += 1
             continue
         encoded.append(encoding)
