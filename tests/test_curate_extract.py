@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sicog.curate.extract import expects_steps, extract
+from sicog.curate.extract import candidate_answer, expects_steps, extract
 from sicog.data.answers import answer_phrase, normalize_answer, parse_answer
 from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.steps import format_steps
@@ -52,6 +52,20 @@ def test_reasoning_uses_step_four_not_step_five() -> None:
     text = format_steps(COT_STEPS, ["Count cubes.", "Cubes.", "One, two, three.", "The answer is 3."])
     assert extract(text, "reasoning").text == "The answer is 3."
     assert extract(text, "captions").fallback
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("Step 3: It is not blue.\nStep 4: Compare the options.\nStep 5: The answer is B.", "b"),
+        ("Step 3: The answer is not A.\nStep 4: (C) red.\nStep 5: Done.", "c"),
+        ("Step 4: The answer is 3.\nStep 5: I could also say 4, but no.", "3"),
+    ],
+    ids=["answer-in-step-5", "no-marker-anywhere", "marker-in-step-4-wins"],
+)
+def test_a_candidate_answers_where_evaluation_reads_the_answer(text: str, answer: str) -> None:
+    """Answer agreement and evaluation read one answer: a marked one from step 4 on, else step 4's text."""
+    assert candidate_answer(text, extract(text, "reasoning")).normalized == answer
 
 
 @pytest.mark.parametrize("first_line", ["3", "Yes", "Blue", "(B)", "(B) red cube", "Answer: 3", "The answer is 3",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sicog.data.answers import answer_line
+from sicog.data.answers import Answer, answer_line, parse_answer
 from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.steps import final_step
 
@@ -61,6 +61,20 @@ def extract(text: str, task: Task, *, expect_steps: bool = True) -> Extraction:
     if not found:
         return Extraction(text.strip(), False, expect_steps)
     return Extraction(_drop_loose_header(body, headers[step - 1]), True, False)
+
+
+def candidate_answer(text: str, extraction: Extraction) -> Answer:
+    """A reasoning candidate's final answer, read where evaluation reads a reply's: a marker from step 4 on.
+
+    ``extraction`` is the candidate's step 4 (:func:`extract`), read first; when it states no marked answer and a
+    later step does ("Step 5: The answer is B."), that one counts, so that a candidate agrees with the majority
+    when evaluation would score the same answer for it.
+    """
+    answer = parse_answer(extraction.text)
+    if answer.explicit:
+        return answer
+    later = parse_answer(text)
+    return later if later.explicit else answer
 
 
 def _drop_loose_header(body: str, header: str) -> str:

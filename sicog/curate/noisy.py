@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sicog.curate.extract import Task, expects_steps, extract
+from sicog.curate.extract import Task, candidate_answer, expects_steps, extract
 from sicog.curate.records import GeneratedRecord, check_task, parse_generated
 from sicog.curate.select import record_rng, usable
-from sicog.data.answers import parse_answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl, write_records
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import IMAGE_FIELD_RULE, check_llava_record, record_images, valid_image_field
@@ -134,7 +133,7 @@ def _read(
 def _answer(text: str, task: Task, prompt_type: str | None) -> str | None:
     if task != "reasoning":
         return None
-    return parse_answer(extract(text, "reasoning", expect_steps=expects_steps(prompt_type)).text).normalized
+    return candidate_answer(text, extract(text, "reasoning", expect_steps=expects_steps(prompt_type))).normalized
 
 
 def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: int, files: dict[str, str]) -> dict:

@@ -23,12 +23,12 @@ from tqdm import tqdm
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
 from sicog.curate.embed_file import load_embeddings
 from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, ArrayStore, embed_texts
-from sicog.curate.extract import Task, expects_steps, extract
+from sicog.curate.extract import Task, candidate_answer, expects_steps, extract
 from sicog.curate.records import ScoredRecord, pair_record, read_generated_records, training_record
 from sicog.curate.report import HISTOGRAM, REPORT, summarize, write_report
 from sicog.curate.score import mbr_scores
 from sicog.curate.select import counted_answers, record_rng, select
-from sicog.data.answers import Answer, parse_answer
+from sicog.data.answers import Answer
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json, write_jsonl
 from sicog.data.sharding import process_group, rank_and_world
@@ -118,7 +118,7 @@ def read_generated(path: Path, task: Task) -> tuple[list[ScoredRecord], list[dic
         extractions = [extract(text, task, expect_steps=expect) for text in item.candidates]
         # Each answer as the majority counts it, in every file and count the run writes.
         answers = None if task != "reasoning" else counted_answers(
-            [parse_answer(e.text) for e in extractions], item.candidates, NO_VOTE)
+            [candidate_answer(text, e) for text, e in zip(item.candidates, extractions)], item.candidates, NO_VOTE)
         items.append(ScoredRecord(item, extractions, answers, []))
     return items, errors
 
