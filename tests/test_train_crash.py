@@ -171,7 +171,7 @@ def test_a_finished_run_started_again_trains_nothing_and_keeps_its_results(world
 
 
 def test_several_data_sources_are_the_same_run_from_another_working_folder(tmp_path, monkeypatch):
-    """Each source of a comma list is compared resolved, as a single source is."""
+    """Each source of a comma list or a brace pattern is compared resolved, as a single source is."""
     from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
     from sicog.train.run import run_settings
 
@@ -183,7 +183,9 @@ def test_several_data_sources_are_the_same_run_from_another_working_folder(tmp_p
     here = run_settings(ModelArguments(), DataArguments(data_path="mix/a.jsonl,mix/b.json"), args)
     monkeypatch.chdir(tmp_path / "mix")
     there = run_settings(ModelArguments(), DataArguments(data_path="a.jsonl, ../mix/b.json"), args)
-    assert here["data_path"] == there["data_path"] == f"{tmp_path / 'mix' / 'a.jsonl'},{tmp_path / 'mix' / 'b.json'}"
+    pattern = run_settings(ModelArguments(), DataArguments(data_path="{a.jsonl,b.json}"), args)
+    both = f"{tmp_path / 'mix' / 'a.jsonl'},{tmp_path / 'mix' / 'b.json'}"
+    assert here["data_path"] == there["data_path"] == pattern["data_path"] == both
 
 
 def test_dpo_runs_with_another_objective_are_other_runs(tmp_path):

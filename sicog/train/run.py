@@ -16,6 +16,7 @@ from sicog.data.argtypes import os_error_text
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json
 from sicog.data.lock import output_lock
+from sicog.data.sources import split_data_path
 from sicog.model.builders import (
     CheckpointError,
     build_from_parts,
@@ -227,13 +228,14 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Sic
     working folder is the same path)."""
 
     def where(value: str | None) -> str | None:
-        if value and "," in value:  # several sources (--data_path a.jsonl,b.json): each resolved
-            return ",".join(where(part.strip()) or "" for part in value.split(","))
         return os.path.realpath(value) if value and os.path.exists(value) else value
 
     settings = {
         **{name: where(getattr(model_args, name)) for name in STARTING_CHECKPOINTS},
-        "data_path": where(data_args.data_path), "image_folder": where(data_args.image_folder),
+        # Each source the data path names (a comma list, a brace pattern), resolved: "mix/{a,b}.jsonl" from one
+        # folder is "a.jsonl,b.jsonl" from another.
+        "data_path": ",".join(map(where, split_data_path(data_args.data_path))),
+        "image_folder": where(data_args.image_folder),
         "tunable_parts": list(args.trainable_parts()), "learning_rate": args.learning_rate,
         "max_steps": args.max_steps, "num_train_epochs": args.num_train_epochs, "global_batch": global_batch(args),
         "seed": args.seed, "lora_r": args.lora_r,
