@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sicog.curate.extract import extract
+from sicog.curate.extract import candidate_answer, extract
 from sicog.data.answers import answer_matches, extract_answer, extract_choice, extract_yes_no, parse_answer
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
@@ -42,6 +42,10 @@ def test_chain_of_thought_is_read_from_its_conclusion() -> None:
             steps = format_steps(COT_STEPS, ["Determine the answer: the colour.", "A circle.", step_three, conclusion])
             assert extract_choice(steps, OPTIONS) == "B", (step_three, conclusion)
             assert parse_answer(extract(steps, "reasoning").text).normalized in ("b", "red"), steps
+            # The same steps written on one line, as models also write them.
+            inline = " ".join(steps.split())
+            assert extract_choice(inline, OPTIONS) == "B", inline
+            assert candidate_answer(inline, extract(inline, "reasoning")).normalized in ("b", "red"), inline
     # A reply of more steps than four may conclude after step 4.
     longer = "Step 1: Look.\nStep 2: A circle.\nStep 3: It is not blue.\nStep 4: Compare.\nStep 5: The answer is B."
     assert extract_choice(longer, OPTIONS) == "B" and extract_yes_no(longer.replace("is B", "is yes")) == "yes"
@@ -79,6 +83,17 @@ def test_a_repeated_letter_or_other_capitals_are_not_another_option() -> None:
     assert extract_choice("B. red (B)", OPTIONS) == "B"
     assert extract_choice("B. It is red, i.e. warm, as in Washington D.C.", OPTIONS) == "B"
     assert extract_choice("(B) red, the answer", OPTIONS) == "B"
+
+
+@pytest.mark.parametrize("reply",
+                         ["The answer is （B）", "The answer is Ｂ", "（Ｂ）\u3000ｒｅｄ", "The answer is: ＲＥＤ."])
+def test_full_width_replies_choose_as_curation_reads_them(reply: str) -> None:
+    """Full-width letters and brackets (as Chinese-trained models write them) are read as their usual forms."""
+    assert extract_choice(reply, OPTIONS) == "B" and parse_answer(reply).normalized in ("b", "red")
+
+
+def test_full_width_yes_and_no() -> None:
+    assert extract_yes_no("The answer is ＹＥＳ") == "yes" and extract_yes_no("Ｎｏ， it is not.") == "no"
 
 
 def test_options_that_start_with_yes_or_no_are_phrases() -> None:

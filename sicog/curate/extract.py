@@ -14,17 +14,13 @@ from typing import Literal
 
 from sicog.data.answers import Answer, answer_line, parse_answer
 from sicog.data.prompts import COD_STEPS, COT_STEPS
-from sicog.data.steps import final_step
+from sicog.data.steps import break_inline_markers, final_step
 
 Task = Literal["captions", "reasoning"]
 
 # Prompt types that ask for step-by-step output; for the others ("default") the whole text is the unit.
 STEP_PROMPT_TYPES = frozenset({"cod-default", "cod-conv", "cot-default"})
 
-# "... Step 4: ..." after other text on the same line (the shared parser only sees line starts).
-_INLINE_MARKER = re.compile(
-    r"(?<=\S)[ \t]+(?=\**[ \t]*step[ \t]*\d+[ \t]*\**[ \t]*[:.)\-\u2013\u2014])", re.IGNORECASE
-)
 _LEADING_PAREN = re.compile(r"^\((?P<inside>[^()\n]{0,80})\)[ \t]*(?P<colon>[:.\-\u2013\u2014]?)[ \t]*")
 _WORD = re.compile(r"[^\W\d_]{4,}")
 
@@ -57,7 +53,7 @@ def extract(text: str, task: Task, *, expect_steps: bool = True) -> Extraction:
     step, headers = task_step(task)
     body, found = final_step(text, step, headers)
     if not found:
-        body, found = final_step(_INLINE_MARKER.sub("\n", text), step, headers)
+        body, found = final_step(break_inline_markers(text), step, headers)
     if not found:
         return Extraction(text.strip(), False, expect_steps)
     return Extraction(_drop_loose_header(body, headers[step - 1]), True, False)

@@ -2,7 +2,8 @@
 answer agreement and by the toy world's scorer, so that they never disagree on what a reply answered.
 
 - **Where the answer is**: from structured-CoT step 4 on when the reply has the steps (a marker in steps 1-3
-  is reasoning, not the conclusion; one in a step 5 of a longer reply counts), else in the whole reply: after
+  is reasoning, not the conclusion; one in a step 5 of a longer reply counts; steps may be written on one
+  line), else in the whole reply: after
   its last marker ("the answer is", "answer:", "the answer to the question would be", "**Final answer:**",
   "the correct option is", "the best choice would be", ...) or its last ``\\boxed{X}``, on that line or the
   next non-empty one; without a marker, the body of step 4, else all of it.
@@ -32,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sicog.data.prompts import COT_STEPS
-from sicog.data.steps import final_step, step_start
+from sicog.data.steps import break_inline_markers, final_step, step_start
 
 _MARKER = re.compile(
     r"(?:\banswer\b(?:\s+to\s+(?:the|this)\s+question)?|\b(?:correct|right|best|final)\s+(?:option|choice)\b)\**\s*"
@@ -107,6 +108,10 @@ def answer_line(text: str) -> tuple[str, bool]:
     # A structured chain of thought concludes from step 4 on: "the answer is not A" in step 3 is reasoning, while a
     # reply of more steps may give its answer after step 4 ("Step 5: The answer is B.").
     start = step_start(text, len(COT_STEPS))
+    if start is None:  # the steps written on one line ("Step 3: ... Step 4: B"), read as curation reads them
+        inline = break_inline_markers(text)
+        start = step_start(inline, len(COT_STEPS))
+        text = text if start is None else inline
     conclusion = text if start is None else text[start:]
     marks = [(m.end(), None) for m in _MARKER.finditer(conclusion)]
     marks += [(m.end(), m.group("ans")) for m in _BOXED.finditer(conclusion)]
@@ -297,7 +302,8 @@ def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None
     usable = _usable_options(options)
     if not usable or not prediction:
         return None
-    line, marked = answer_line(prediction)
+    # Full-width letters and brackets ("（Ｂ）") as their usual forms, as normalize_answer reads them for curation.
+    line, marked = answer_line(unicodedata.normalize("NFKC", prediction))
     answer = _clean(line)
     if not answer:
         return None
@@ -309,7 +315,7 @@ def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None
 
 def extract_yes_no(prediction: str) -> str | None:
     """"yes" or "no" as the reply's final answer says (any case), or None when it says neither or both."""
-    words = re.findall(r"[a-z]+", extract_answer(prediction).lower())
+    words = re.findall(r"[a-z]+", extract_answer(unicodedata.normalize("NFKC", prediction)).lower())
     if words and words[0] in ("yes", "no"):
         return words[0]  # "No, there is no dog." / "Yes, there is a dog, but no cat."
     said = {"yes", "no"} & set(words)

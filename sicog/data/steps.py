@@ -20,6 +20,10 @@ _MARKER = re.compile(
     r"[:.)\-\u2013\u2014]?[ \t]*",
     re.IGNORECASE | re.MULTILINE,
 )
+# A step marker after other text on its line ("... Step 4: ..."), as models also write them; at the space before it.
+_INLINE_MARKER = re.compile(
+    r"(?<=\S)[ \t]+(?=\**[ \t]*step[ \t]*\d+[ \t]*\**[ \t]*[:.)\-\u2013\u2014])", re.IGNORECASE
+)
 # A Markdown heading line: "## Salient content".
 _HEADING_LINE = re.compile(r"^#{1,6}[ \t]")
 # A line that is one bold span: "**Salient content**", "__Salient content__:".
@@ -127,6 +131,12 @@ def final_step(text: str, step: int, headers: Sequence[str] = ()) -> tuple[str, 
     if body:
         return body, True
     return text.strip(), False
+
+
+def break_inline_markers(text: str) -> str:
+    """``text`` with each step marker written after other text on its line moved to the start of a line of its
+    own, where the readers here look for markers ("Step 1: A dog. Step 2: ..." -> two lines)."""
+    return _INLINE_MARKER.sub("\n", text)
 
 
 def step_start(text: str, step: int) -> int | None:
