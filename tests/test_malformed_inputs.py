@@ -128,7 +128,7 @@ CASES = [
          extra=("--model", "nowhere")),
     Case("check-no-answer", "check", jsonl(GOOD_LLAVA, {**GOOD_LLAVA, "id": "g2", "conversations": [
         {"from": "human", "value": "<image>\nWhat is it?"}]}), 1,
-         ("train.jsonl:2", "field 'conversations'", "no assistant turn"), "report.jsonl", None),
+         ("train.jsonl:2", "field 'conversations'", "no gpt turn"), "report.jsonl", None),
     # sicog cycle --config (input cycle.yaml)
     Case("cycle-wrong-type", "cycle", b"batch_size: eight\n", 2, ("cycle.yaml", "key 'batch_size'", "integer")),
     Case("cycle-negative-steps", "cycle", b"stage1_steps: -3\n", 2, ("cycle.yaml", "key 'stage1_steps'", "at least 1")),

@@ -47,6 +47,7 @@ def test_every_failure_has_a_category() -> None:
         "invalid image field": {"id": "x", "image": "", "conversations": turns("a", "b")},
         "invalid conversations": {"id": "x", "conversations": []},
         "role order": {"id": "x", "conversations": [{"from": "user", "value": "a"}]},
+        "no answer": {"id": "x", "conversations": turns("a")},
         "<image> in answer": {"id": "x", "image": "a.jpg", "conversations": turns("a", "<image>")},
         "placeholder count": {"id": "x", "image": "a.jpg", "conversations": turns("a", "b")},
     }
@@ -67,16 +68,19 @@ def test_a_generated_record_is_checked_before_any_candidate_is_chosen() -> None:
         parse_generated({**record, "image": [""]}, path="gen.jsonl", line=1)
 
 
-def test_curate_mix_sends_empty_answers_to_the_errors_file(tmp_path: Path) -> None:
+def test_curate_mix_sends_empty_and_missing_answers_to_the_errors_file(tmp_path: Path) -> None:
     good = {"id": "ok", "conversations": turns("Q?", "A.")}
     bad = {"id": "bad", "conversations": turns("Q?", "  ")}
+    unanswered = {"id": "asked", "conversations": turns("Q?")}
     source = tmp_path / "curated.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in (good, bad)))
+    source.write_text("".join(json.dumps(r) + "\n" for r in (good, bad, unanswered)))
     [part] = mix([source], tmp_path / "mix.jsonl")
-    assert (part.records, part.errors, part.taken) == (2, 1, 1)
-    [error] = load_records(errors_path(tmp_path / "mix.jsonl"))
-    assert (error["id"], error["line"], error["field"]) == ("bad", 2, "conversations[1].value")
-    assert "empty answer" in error["reason"]
+    assert (part.records, part.errors, part.taken) == (3, 2, 1)
+    empty, missing = load_records(errors_path(tmp_path / "mix.jsonl"))
+    assert (empty["id"], empty["line"], empty["field"]) == ("bad", 2, "conversations[1].value")
+    assert "empty answer" in empty["reason"]
+    assert (missing["id"], missing["line"], missing["field"]) == ("asked", 3, "conversations")
+    assert "no gpt turn" in missing["reason"]
 
 
 def test_training_skips_and_lists_an_empty_answer(tmp_path: Path, tiny_model_factory) -> None:

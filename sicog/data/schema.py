@@ -81,6 +81,8 @@ def check_llava_record(record: Any, *, path: str | None = None, line: int | None
         if role == "gpt" and IMAGE_TOKEN in value:
             fail(f"{IMAGE_TOKEN} in an assistant turn", f"{field}.value", "<image> in answer")
         n_placeholders += value.count(IMAGE_TOKEN)
+    if len(conversations) < 2:  # turns alternate from human: a gpt turn is the second
+        fail("no gpt turn: a record needs an answer to learn from", "conversations", "no answer")
     n_images = len(record_images(record))
     if n_placeholders != n_images:
         fail(f"{n_placeholders} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)", "conversations",
