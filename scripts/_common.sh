@@ -3,7 +3,8 @@
 # honour --dry-run, then exec `sicog ...` (or torchrun -m sicog ... when distributed).
 # Nothing here installs packages or uses absolute paths.
 
-SICOG_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# CDPATH unset for the cd: a cd that finds its folder through CDPATH prints it, and the root would hold it twice.
+SICOG_ROOT="$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
 SICOG_DRY_RUN=0
 SICOG_ARGS=()
 
@@ -306,7 +307,7 @@ generate_flags() {
 # curate_flags TASK: `sicog curate TASK` and its flags from the quality-evaluation variables, in
 # CURATE_ARGS. Reads RAW_DATASET, OUTPUT_DIR (default: <RAW_DATASET without extension>_curated),
 # MODEL_NAME_OR_PATH, TEMPERATURE, ENCODER_MODEL_NAME_OR_PATH, THRESHOLD, MIN_AGREEMENT (reasoning),
-# ENCODER_TRUST_REMOTE_CODE=1, ENCODER_APPEND_EOS=1, ENCODER_MAX_LENGTH, ENCODER_QUERY_PREFIX,
+# ENCODER_TRUST_REMOTE_CODE and ENCODER_APPEND_EOS (switches: true or 1 to turn on), ENCODER_MAX_LENGTH, ENCODER_QUERY_PREFIX,
 # ENCODER_DTYPE, BATCH_SIZE, SEED.
 curate_flags() {
     local stem="${RAW_DATASET%.jsonl}"
@@ -318,6 +319,6 @@ curate_flags() {
     optional_flags "${pairs[@]}"
     CURATE_ARGS=(curate "$1" --input "$RAW_DATASET" --output-dir "${OUTPUT_DIR:-${stem}_curated}"
                  ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
-    if [[ "${ENCODER_TRUST_REMOTE_CODE:-0}" == "1" ]]; then CURATE_ARGS+=(--trust-remote-code); fi
-    if [[ "${ENCODER_APPEND_EOS:-0}" == "1" ]]; then CURATE_ARGS+=(--append-eos); fi
+    if switched_on ENCODER_TRUST_REMOTE_CODE false; then CURATE_ARGS+=(--trust-remote-code); fi
+    if switched_on ENCODER_APPEND_EOS false; then CURATE_ARGS+=(--append-eos); fi
 }

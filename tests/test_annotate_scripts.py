@@ -20,7 +20,7 @@ COT_VARS = ("ORIGINAL_COT_FILE", "OUTPUT_COT_DIR", "OUTPUT_SHORT_DIR")
 
 def run_script(name: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in COD_VARS + COT_VARS}
-    base.update(SICOG_PYTHON=sys.executable, PYTHONPATH=str(REPO), NPROC_PER_NODE="1", **env)
+    base.update({"SICOG_PYTHON": sys.executable, "PYTHONPATH": str(REPO), "NPROC_PER_NODE": "1", **env})
     return subprocess.run(["bash", str(SCRIPTS / name), *args], cwd=cwd, env=base, capture_output=True, text=True,
                           timeout=60)
 
@@ -53,6 +53,14 @@ def test_cod_script_passes_the_exported_variables(tmp_path):
     assert printed_command(result) == [
         sys.executable, "-m", "sicog", "annotate", "cod", "--input", "caps.jsonl", "--image-folder", "imgs",
         "--cod-dir", "out cod", "--dd-dir", "out dd", "--model", "qwen-vl", "--concurrency", "4", "--limit", "5"]
+
+
+@pytest.mark.parametrize("name", ["revise_cod.sh", "revise_cot.sh"])
+def test_annotation_is_one_process_whatever_process_counts_are_exported(name, tmp_path):
+    """Copies of an annotation run would race for one output: the training scripts' process counts do not apply."""
+    env = dict(zip(COD_VARS + COT_VARS, ("caps.jsonl", "imgs", "cod", "dd", "cot.jsonl", "cot", "short")))
+    result = run_script(name, "--dry-run", cwd=tmp_path, **{**env, "NPROC_PER_NODE": "8", "NNODES": "4"})
+    assert printed_command(result)[:5] == [sys.executable, "-m", "sicog", "annotate", name[7:10]]
 
 
 def test_positional_arguments_fill_in_but_never_blank_an_exported_variable(tmp_path):

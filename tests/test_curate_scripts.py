@@ -58,6 +58,19 @@ def test_dry_run_prints_the_resolved_command(task: str, tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
+@pytest.mark.parametrize(("value", "on"), [("true", True), ("True", True), ("1", True), ("false", False), ("", False)])
+def test_encoder_switches_read_as_every_switch(value: str, on: bool, tmp_path: Path) -> None:
+    result = run_script("captions", tmp_path, "--dry-run", RAW_DATASET="g.jsonl", ENCODER_TRUST_REMOTE_CODE=value,
+                        ENCODER_APPEND_EOS=value)
+    assert result.returncode == 0, result.stderr
+    assert ("--trust-remote-code" in result.stdout, "--append-eos" in result.stdout) == (on, on)
+
+
+def test_an_encoder_switch_that_is_neither_on_nor_off_stops_the_script(tmp_path: Path) -> None:
+    result = run_script("captions", tmp_path, "--dry-run", RAW_DATASET="g.jsonl", ENCODER_APPEND_EOS="yes")
+    assert result.returncode == 2 and "ENCODER_APPEND_EOS must be true or false" in result.stderr
+
+
 def test_torchrun_when_several_processes(tmp_path: Path) -> None:
     result = run_script("captions", tmp_path, "--dry-run", RAW_DATASET="g.jsonl", NPROC_PER_NODE="2")
     assert "sicog.launch --nproc_per_node 2" in result.stdout

@@ -30,17 +30,27 @@ README_ENV = {
 }
 
 
-def dry_run(script, env, *args, cwd=ROOT):
+def dry_run(script, env, *args, cwd=ROOT, path=None):
+    """``path``: how the script is named on the command line (default: its absolute path)."""
     ours = (*README_ENV, "FINETUNE_RANK_BATCH", "OUTPUT_DIR", "REPORT_TO", "RUN_NAME", "SAVE_STEPS",
-            "SAVE_TOTAL_LIMIT", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "CUDA_VISIBLE_DEVICES")
+            "SAVE_TOTAL_LIMIT", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "CUDA_VISIBLE_DEVICES",
+            "CDPATH")
     clean = {k: v for k, v in os.environ.items() if k not in ours}
-    return subprocess.run(["bash", str(ROOT / "training_scripts" / script), "--dry-run", *args], cwd=cwd,
+    return subprocess.run(["bash", path or str(ROOT / "training_scripts" / script), "--dry-run", *args], cwd=cwd,
                           env={**clean, **env}, capture_output=True, text=True, timeout=60)
 
 
 def parsed(stdout):
     words = shlex.split(stdout.strip().splitlines()[-1])
     return words, {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+
+
+def test_an_exported_cdpath_leaves_the_checkout_folder_as_it_is():
+    """A cd that finds its folder through CDPATH prints it: the checkout's folder must not take that in."""
+    script = "uhdv1-finetune-qwen-stage2-sft.sh"
+    result = dry_run(script, {**README_ENV, "CDPATH": "."}, path=f"training_scripts/{script}")
+    assert result.returncode == 0, result.stderr
+    assert parsed(result.stdout)[1]["--output_dir"] == str(ROOT / "model_weight" / "exp" / PUBLISHED[script][0])
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
