@@ -31,8 +31,46 @@ positional_vars() {
     SICOG_ARGS=(${rest[@]+"${rest[@]}"})
 }
 
+# read_distributed_args: DISTRIBUTED_ARGS, the torchrun arguments a cluster sets for the published training scripts
+# (`torchrun $DISTRIBUTED_ARGS ...`), read into the variables sicog_exec launches with: --nproc_per_node, --nnodes,
+# --node_rank, --master_addr, --master_port ("--name value" or "--name=value", - or _) fill NPROC_PER_NODE, NNODES,
+# NODE_RANK, MASTER_ADDR, MASTER_PORT; --standalone is one node, as without MASTER_ADDR. A variable set otherwise, or
+# any other argument, stops the script with one line: the run launched would not be the one the cluster asked for.
+read_distributed_args() {
+    local words=() i=0 name value var
+    read -r -a words <<<"${DISTRIBUTED_ARGS:-}"
+    DISTRIBUTED_ARGS=""  # read once
+    while ((i < ${#words[@]})); do
+        name="${words[i]%%=*}"
+        if [[ "${words[i]}" == *=* ]]; then
+            value="${words[i]#*=}" i=$((i + 1))
+        elif [[ "${name//-/_}" == __standalone ]]; then
+            i=$((i + 1))
+            continue
+        else
+            value="${words[i + 1]:-}" i=$((i + 2))
+        fi
+        case "${name//-/_}" in
+            __nproc_per_node) var=NPROC_PER_NODE ;;
+            __nnodes) var=NNODES ;;
+            __node_rank) var=NODE_RANK ;;
+            __master_addr) var=MASTER_ADDR ;;
+            __master_port) var=MASTER_PORT ;;
+            *) echo "error: DISTRIBUTED_ARGS: $name is not read by these scripts; set NPROC_PER_NODE, NNODES," \
+                    "NODE_RANK, MASTER_ADDR and MASTER_PORT instead" >&2
+               exit 2 ;;
+        esac
+        if [[ -n "${!var:-}" && "${!var}" != "$value" ]]; then
+            echo "error: DISTRIBUTED_ARGS says $name $value but $var is ${!var}; set one of them" >&2
+            exit 2
+        fi
+        printf -v "$var" '%s' "$value"
+    done
+}
+
 # require_vars NAME...: fail once, listing every variable that is unset or empty.
 require_vars() {
+    read_distributed_args
     local name missing=() names=("$@") nodes="${NNODES:-1}"
     # On several nodes sicog_exec needs these too: named now, with the script's own.
     if [[ "$nodes" =~ ^[0-9]+$ ]] && ((10#$nodes > 1)); then names+=(NODE_RANK MASTER_ADDR); fi
@@ -140,6 +178,7 @@ positive_decimal() {
 # CUDA_VISIBLE_DEVICES names when it is set, else those nvidia-smi lists (the scripts multiply it into the global
 # batch); anything else that is not a positive whole number stops the script with one line.
 resolve_process_counts() {
+    read_distributed_args
     local value="${NPROC_PER_NODE:-1}" gpus
     if [[ "$value" == "gpu" || "$value" == "auto" ]]; then
         if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then

@@ -34,7 +34,7 @@ def dry_run(script, env, *args, cwd=ROOT, path=None):
     """``path``: how the script is named on the command line (default: its absolute path)."""
     ours = (*README_ENV, "FINETUNE_RANK_BATCH", "OUTPUT_DIR", "REPORT_TO", "RUN_NAME", "SAVE_STEPS",
             "SAVE_TOTAL_LIMIT", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "CUDA_VISIBLE_DEVICES",
-            "CDPATH")
+            "CDPATH", "DISTRIBUTED_ARGS", "MASTER_PORT")
     clean = {k: v for k, v in os.environ.items() if k not in ours}
     return subprocess.run(["bash", path or str(ROOT / "training_scripts" / script), "--dry-run", *args], cwd=cwd,
                           env={**clean, **env}, capture_output=True, text=True, timeout=60)
@@ -124,6 +124,31 @@ def test_multi_node_variables_launch_torchrun():
     launch = (flags["--nproc_per_node"], flags["--nnodes"], flags["--node_rank"], flags["--master_addr"])
     assert launch == ("8", "4", "1", "10.0.0.1")
     assert flags["--deepspeed"] == "zero3"
+
+
+@pytest.mark.parametrize("spelling", ["--nproc_per_node 8 --nnodes 4 --node_rank 1 --master_addr 10.0.0.1 "
+                                      "--master_port 12345",
+                                      "--nproc-per-node=8 --nnodes=4 --node-rank=1 --master-addr=10.0.0.1 "
+                                      "--master-port=12345"])
+def test_the_published_distributed_args_launch_as_the_variables_do(spelling):
+    """The published scripts run `torchrun $DISTRIBUTED_ARGS`: a cluster that sets it gets the same launch."""
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DISTRIBUTED_ARGS": spelling})
+    assert result.returncode == 0, result.stderr
+    words, flags = parsed(result.stdout)
+    launch = (flags["--nproc_per_node"], flags["--nnodes"], flags["--node_rank"], flags["--master_addr"],
+              flags["--master_port"])
+    assert "sicog.launch" in words and launch == ("8", "4", "1", "10.0.0.1", "12345")
+    assert "global batch: 256 = 4 per device x 2 accumulation steps x 8 processes per node x 4 nodes" in result.stderr
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"DISTRIBUTED_ARGS": "--nproc_per_node 8 --rdzv_backend c10d"}, "DISTRIBUTED_ARGS: --rdzv_backend is not read"),
+    ({"DISTRIBUTED_ARGS": "--nproc_per_node 8", "NPROC_PER_NODE": "4"},
+     "DISTRIBUTED_ARGS says --nproc_per_node 8 but NPROC_PER_NODE is 4"),
+])
+def test_distributed_args_the_scripts_cannot_follow_stop_with_one_line(extra, says):
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, **extra})
+    assert result.returncode == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

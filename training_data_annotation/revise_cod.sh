@@ -12,8 +12,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 # Annotation is one process calling an API: the process counts other stages' scripts read (NPROC_PER_NODE,
-# NNODES, often left exported from a training run) would start copies that race for the same output.
-unset NPROC_PER_NODE NNODES SICOG_TORCHRUN
+# NNODES, DISTRIBUTED_ARGS, often left exported for a training run) would start copies racing for one output.
+unset NPROC_PER_NODE NNODES DISTRIBUTED_ARGS SICOG_TORCHRUN
 
 parse_common_args "$@"
 positional_vars ORIGINAL_CAPTION_FILE IMAGE_DIR OUTPUT_COD_DIR OUTPUT_DD_DIR
