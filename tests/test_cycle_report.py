@@ -13,6 +13,7 @@ from sicog.cycle.report import (
     chance_accuracy,
     check_targets,
     constant_answer_accuracy,
+    constant_option_accuracy,
     curation_threshold,
     summarize,
     write_report,
@@ -107,10 +108,12 @@ def test_one_seed_claims_no_win_and_lists_sicogs_targets_as_not_checked(tmp_path
     scored = {"captions": scored_file(tmp_path / "captions", 0.5)}
     arms = {"A": arm(0.40), "B": arm(0.41), "C": arm(0.42), "D": arm(0.60)}
     results = write_report(tmp_path, CycleConfig(arms=("A", "B", "C", "D")), [seed(0, arms, scored, bench)])
-    # With one seed the spread is 0, so any lead would pass as a win: none is claimed in either file.
+    # With one seed the spread is unknown (null, not 0), so no lead passes as a win in either file.
     assert {pair: wins["accuracy"]["beats"] for pair, wins in results["summary"]["verdict"].items()} == {
         "D vs A": None, "D vs B": None, "D vs C": None}
     saved = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert saved["table"]["D"]["accuracy"] == [0.6, None]
+    assert "standard deviation" not in (tmp_path / "report.md").read_text()
     assert saved["verdict"]["D vs B"]["accuracy"]["beats"] is None
     assert saved["targets"] == {f"SICOG beats {o} on MC accuracy by more than {WIN} standard errors of the paired "
                                 "difference (one seed: no spread to compare with)": None for o in "BC"}
@@ -316,3 +319,36 @@ def test_chance_and_constant_answer_count_the_rows_the_eval_scores(tmp_path):
                      "3\ta.png\tSize?\tsmall\tlarge\t\t\t\n")
     assert chance_accuracy(mixed) == pytest.approx((1 / 4 + 1 / 2) / 2)
     assert constant_answer_accuracy(mixed) == 0.5
+    # Preferring "red" wins the colour question and, not offered on the shape one, picks there at random.
+    assert constant_option_accuracy(mixed) == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_a_likelihood_score_is_held_against_texts_not_letters(tmp_path):
+    """MC by likelihood scores option texts: a benchmark whose answers are mostly one letter, each letter a
+    different text, gives it no answer to repeat; the letters' baseline is not its floor."""
+    texts = ["red", "blue", "green", "black"]
+    rows = "".join(f"{i}\ta.png\tColour?\t" + "\t".join(texts[i % 4:] + texts[:i % 4]) + f"\t{'D' if i < 6 else 'A'}\n"
+                   for i in range(10))
+    path = tmp_path / "bench.tsv"
+    path.write_text("index\timage_path\tquestion\tA\tB\tC\tD\tanswer\n" + rows)
+    assert constant_answer_accuracy(path) == 0.6
+    assert constant_option_accuracy(path) == pytest.approx(0.3)
+    arms, scored = {"A": arm(0.4), "D": arm(0.55)}, {"captions": scored_file(tmp_path / "captions", 0.7)}
+    results = write_report(tmp_path, CycleConfig(arms=("A", "D")), [seed(s, arms, scored, str(path)) for s in (0, 1)])
+    assert results["summary"]["constant_option_accuracy"] == pytest.approx(0.3)
+    assert "not skills" not in (tmp_path / "report.md").read_text()
+    arms = {"A": arm(0.25), "D": arm(0.28)}
+    write_report(tmp_path, CycleConfig(arms=("A", "D")), [seed(s, arms, scored, str(path)) for s in (0, 1)])
+    assert "No arm's mean MC accuracy exceeds 0.300" in (tmp_path / "report.md").read_text()
+
+
+def test_a_benchmark_without_answers_reports_its_baselines_as_not_measured(tmp_path):
+    path = tmp_path / "test_split.tsv"
+    path.write_text("index\timage_path\tquestion\tA\tB\tanswer\n0\ta.png\tq?\tyes\tno\t\n")
+    assert constant_answer_accuracy(path) is constant_option_accuracy(path) is chance_accuracy(path) is None
+    scored = {"captions": scored_file(tmp_path / "captions", 0.7)}
+    results = write_report(tmp_path, CycleConfig(arms=("A", "D")),
+                           [seed(0, {"A": arm(0.5), "D": arm(0.6)}, scored, str(path))])
+    assert results["summary"]["chance_accuracy"] is None
+    report = (tmp_path / "report.md").read_text()
+    assert "most common answer (letter) scores n/a" in report and "not skills" not in report

@@ -161,12 +161,30 @@ def _scored_rows(benchmark: str | Path) -> tuple[list[dict[str, str]], str]:
             and row_problem(row, read.kind) is None], read.kind
 
 
-def constant_answer_accuracy(benchmark: str | Path) -> float:
-    """The best accuracy a model gets by giving the same answer to every question of ``benchmark`` that is
-    scored."""
+def constant_answer_accuracy(benchmark: str | Path) -> float | None:
+    """The best accuracy a model gets by giving the same answer (an option letter, yes or no) to every question of
+    ``benchmark`` that is scored: the baseline of generated answers. None when no question is scored."""
     rows, _ = _scored_rows(benchmark)
     answers = Counter(row["answer"].strip().lower() for row in rows)
-    return answers.most_common(1)[0][1] / sum(answers.values())
+    return answers.most_common(1)[0][1] / sum(answers.values()) if answers else None
+
+
+def constant_option_accuracy(benchmark: str | Path) -> float | None:
+    """The best accuracy a scorer of option texts (MC by likelihood, which sees no letters) gets by preferring one
+    text on every question of ``benchmark`` that is scored: right where that text is the right option, wrong where
+    it is another option, a random pick where no option has it. Yes/no questions as
+    :func:`constant_answer_accuracy`. None when no question is scored."""
+    from sicog.eval.tsv import MULTIPLE_CHOICE, row_options
+
+    rows, kind = _scored_rows(benchmark)
+    if kind != MULTIPLE_CHOICE:
+        return constant_answer_accuracy(benchmark)
+    if not rows:
+        return None
+    offered = [{text.strip().lower() for text in row_options(row).values()} for row in rows]
+    right = [row_options(row)[row["answer"].strip()].strip().lower() for row in rows]
+    return max(statistics.fmean((text == answer) if text in texts else 1 / len(texts)
+                                for texts, answer in zip(offered, right)) for text in set(right))
 
 
 def _on_every_seed(values: list[tuple[int, str, bool | None]]) -> tuple[str, bool | None]:
@@ -230,16 +248,20 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool | None]
     return targets
 
 
-def chance_accuracy(benchmark: str | Path) -> float:
-    """The expected accuracy of picking one of each scored question's options (yes or no) at random."""
+def chance_accuracy(benchmark: str | Path) -> float | None:
+    """The expected accuracy of picking one of each scored question's options (yes or no) at random; None when no
+    question is scored."""
     from sicog.eval.tsv import MULTIPLE_CHOICE, row_options
 
     rows, kind = _scored_rows(benchmark)
+    if not rows:
+        return None
     return statistics.fmean(1 / len(row_options(row)) if kind == MULTIPLE_CHOICE else 0.5 for row in rows)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard deviation (n - 1) over seeds; the deviation None with one seed, whose spread is unknown."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -445,7 +467,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
     first = per_seed[0]
     arms = list(first["arms"])
     summary = summarize(per_seed, arms)
-    summary["constant_answer_accuracy"] = constant_answer = constant_answer_accuracy(first["benchmark"])
+    summary["constant_answer_accuracy"] = constant_answer_accuracy(first["benchmark"])
+    summary["constant_option_accuracy"] = constant_option = constant_option_accuracy(first["benchmark"])
     summary["chance_accuracy"] = chance_accuracy(first["benchmark"])
     summary["targets"] = targets = check_targets(summary, per_seed)
     _plot_categories(per_seed, arms, out / "accuracy_by_category.png")
@@ -485,7 +508,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
               "count as the same answer where the world supplies them, as the toy world does). Caption F1: the "
               "objects a caption-benchmark image's caption names against the image's (precision and recall over "
               "objects), read from the description the caption ends with (CoD step 5, what curation reads; the whole "
-              "reply when it has no step 5).", "",
+              "reply when it has no step 5)."
+              + (" Each score: mean ± standard deviation (n - 1) over the seeds." if seeds > 1 else ""), "",
               "| arm | what | MC accuracy | blind | above blind | letters | same letter | open answers | caption F1 "
               "| perception | image use |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -501,8 +525,12 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
                                                 for k in ("open", "caption_f1", "perception"))
         lines.append(f"| {arm} | {name} | {' | '.join(cells)} | {same} | {open_answers} "
                      f"| {caption_f1} | {perception} | {gap} |")
-    lines += ["", f"Always giving the benchmark's most common answer scores {constant_answer:.3f}; picking an "
-                  f"option at random {summary['chance_accuracy']:.3f}. Same letter: the share of answered questions "
+    lines += ["", f"Always giving the benchmark's most common answer (letter) scores "
+                  f"{shown(summary['constant_answer_accuracy'], '.3f')}, the baseline of generated letters; MC "
+                  "accuracy scores option texts, which no letter reaches: preferring the most common right option's "
+                  "text wherever it is offered (a random pick elsewhere) scores "
+                  f"{shown(constant_option, '.3f')}; picking an option at random "
+                  f"{shown(summary['chance_accuracy'], '.3f')}. Same letter: the share of answered questions "
                   "whose generated reply chose the arm's most common option letter, read from the reply as the "
                   "letters accuracy reads it, replies that chose no letter counting as one more choice, and that "
                   "choice (near 100% for a letter: that accuracy is an answer prior). n/a: nothing was scored.",
@@ -556,10 +584,10 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
             lines.append(f"- {arm} {verb} {other} on {metric.replace('_', ' ')}: {w['difference']:+.3f} "
                          f"(standard error over seeds {shown_error(w['se_seeds'])}, of sampling "
                          f"{shown_error(w['se_sampling'])}{needs}).")
-    above = [arm for arm, row in summary["table"].items() if "accuracy" in row and row["accuracy"][0] > constant_answer]
-    if not above:
-        lines += ["", f"No arm's mean multiple-choice accuracy exceeds {constant_answer:.3f}, what always giving the "
-                      "benchmark's most common answer scores: the differences above are not skills."]
+    if constant_option is not None and not any(
+            "accuracy" in row and row["accuracy"][0] > constant_option for row in summary["table"].values()):
+        lines += ["", f"No arm's mean MC accuracy exceeds {constant_option:.3f}, what preferring the most common "
+                      "right option's text scores: the differences above are not skills."]
     if targets:
         status = {True: "met", False: "NOT met", None: "not checked"}
         lines += ["", "Targets of the toy demo (docs/pipeline.md); a curation target is met only when met on every "
@@ -579,8 +607,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
             cells = ["n/a" if v is None else f"{v:.3f}" for v in cells]
             lines.append(f"| {task} | {' | '.join(cells)} | {q['kept']}/{q['records']} |")
         lines += ["", "A caption is right when the description it ends with names every object and nothing else (what "
-                      "the curation targets check); right in every fact when every size, place and background it "
-                      "states is true as well."]
+                      "the curation targets check); right in every fact when every size, place, label, background and "
+                      "mark it states is true as well."]
         captions = first["curation"].get("captions", {})
         if captions.get("candidate_facts"):
             picks = {"all candidates": captions["candidate_facts"]}
