@@ -40,10 +40,13 @@ def main() -> None:
     from sicog.cycle.config import load_config
 
     config = load_config(args.config)
+    # At the cycle's thread count: the parts' cache key holds it, and parts built at another would not be reused.
+    as_cycle = {**os.environ, **({"OMP_NUM_THREADS": str(config.threads)} if config.threads else {})}
     subprocess.run([sys.executable, "-m", "sicog", "toy", "build", "--out", str(warm / "world"), "--size",
-                    config.toy_size, "--seed", str(config.world_seed)], check=True, stdout=subprocess.DEVNULL)
+                    config.toy_size, "--seed", str(config.world_seed)], check=True, stdout=subprocess.DEVNULL,
+                   env=as_cycle)
     subprocess.run([sys.executable, "-m", "sicog", "toy", "parts", "--world", str(warm / "world"),
-                    "--out", str(warm / "parts")], check=True, stdout=subprocess.DEVNULL)
+                    "--out", str(warm / "parts")], check=True, stdout=subprocess.DEVNULL, env=as_cycle)
     for jobs in args.jobs:
         out = root / f"jobs{jobs}"
         before_load = load()

@@ -146,7 +146,10 @@ def timed_training(checkpoint: Path, data: Path, root: Path, args: SicogTraining
     batch = args.per_device_train_batch_size
     for epoch in range(5):
         torch.manual_seed(epoch)
-        order = list(trainer._get_train_sampler(dataset))
+        sampler = trainer._get_train_sampler(dataset)
+        if hasattr(sampler, "set_epoch"):  # the length-grouped samplers draw each epoch's order from it, as training
+            sampler.set_epoch(epoch)
+        order = list(sampler)
         for start in range(0, len(order), batch):
             lengths = [dataset.lengths[i] for i in order[start:start + batch]]
             epoch_real += sum(lengths)
