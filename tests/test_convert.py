@@ -236,6 +236,7 @@ def test_to_release_writes_the_release_special_tokens_where_transformers_4_reads
     ({"model_mode": "llava"}, "model_mode 'llava' is not 'uhd_v1'"),
     ({"model_mode": None}, "model_mode 'llava' (absent: the published code's default) is not 'uhd_v1'"),
     ({"mm_vision_select_feature": "cls_patch"}, "mm_vision_select_feature 'cls_patch' is not 'patch'"),
+    ({"rope_scaling": {"type": "yarn", "factor": 4.0}}, "rope_scaling {\"type\": \"yarn\", \"factor\": 4.0} is set"),
 ])
 def test_a_release_the_published_code_computes_another_way_is_refused(tokenizer, tmp_path, capsys, fields, named):
     """The published code's non-slicing mode, or a tower that keeps CLS, would give other numbers once converted."""
@@ -480,6 +481,19 @@ def _truncate(path, keep=0.5):
      "config.json: Field 'hidden_size' expected int, got str (value: '128')"),
     ("safetensors", lambda d: _edit_config(d, mm_vision_select_layer="-2"),
      "config.json: field 'mm_vision_select_layer': expected an integer, got \"-2\""),
+    ("safetensors", lambda d: _edit_config(d, mm_vision_select_layer=-7),
+     "config.json: invalid SicogConfig: vision_feature_layer=-7 is no hidden state of a"),
+    ("safetensors", lambda d: (d / "generation_config.json").write_text("[1, 2]"),
+     "generation_config.json: 'list' object is not a mapping"),
+    ("safetensors", lambda d: (d / "generation_config.json").write_text('{"max_new_tokens": -5}'),
+     "generation_config.json: `max_new_tokens` must be greater than 0"),
+    ("safetensors", lambda d: _edit_config(d, num_hidden_layers=3), "release/config.json: "),
+    ("safetensors", lambda d: save_file({k: torch.empty(0) for k in load_file(d / "model-00001-of-00002.safetensors")},
+                                        d / "model-00001-of-00002.safetensors")
+     or save_file({k: torch.empty(0) for k in load_file(d / "model-00002-of-00002.safetensors")},
+                  d / "model-00002-of-00002.safetensors")
+     or (d / "mm_projector.bin").unlink(),
+     "every tensor in it is empty (saved under ZeRO-3 without gathering the weights"),
 ])
 def test_damaged_release_files_are_one_line_errors_naming_the_file(tokenizer, tmp_path, capsys, monkeypatch, fmt,
                                                                    damage, named):

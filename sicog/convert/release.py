@@ -29,6 +29,7 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
     GenerationConfig,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
     Qwen2Config,
 )
@@ -79,7 +80,8 @@ RELEASE_GEOMETRY = {"scale_resolution": 336, "max_slice_nums": 7, "patch_size": 
 # config.json fields of the LLaVA wrapper, not of the LLM.
 LLAVA_FIELD_PREFIXES = ("mm_", "model_mode", "image_", "tokenizer_", "use_mm_proj", "vision_tower", "unfreeze_mm",
                         "tune_mm", "delay_load", "add_faster_video", "faster_token", "pos_skipping", "use_pos_skipping",
-                        "feature_scale_mask", "s2_", "vision_resampler", "architectures", "model_type", "auto_map")
+                        "feature_scale_mask", "s2_", "vision_resampler", "architectures", "model_type", "auto_map",
+                        "jbu_ckpt", "add_time_instruction", "force_sample", "freeze_mm")
 
 
 def text_config_from_release(config: dict) -> Qwen2Config:
@@ -93,7 +95,9 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ConversionError(f"{folder}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        # A config given: transformers would otherwise read the folder's config.json (of a model type it does not
+        # know) and blame a problem there on the tokenizer.
+        return AutoTokenizer.from_pretrained(folder, config=PretrainedConfig())
     except Exception as error:  # noqa: BLE001 - tokenizers reports a damaged tokenizer.json as a bare Exception
         raise ConversionError(f"{folder}: its tokenizer does not load ({first_line(error)})") from None
 
@@ -174,6 +178,11 @@ def _check_release_computation(src: Path, release_config: dict) -> None:
             absent = "" if field in release_config else " (absent: the published code's default)"
             raise ConversionError(f"{src}/config.json: {field} {value!r}{absent} is not {supported!r}, the only "
                                   "setting this model computes as the published code does")
+    if release_config.get("rope_scaling") is not None:
+        # The published stack's Qwen2 (transformers 4.40) has no RoPE scaling; this model would apply it.
+        raise ConversionError(f"{src}/config.json: rope_scaling {json.dumps(release_config['rope_scaling'])} is set, "
+                              "which the published code's Qwen2 does not apply; remove it (or set it to null) to "
+                              "convert the model the published code runs")
 
 
 def _check_output(src: Path, out: Path) -> None:
@@ -234,6 +243,14 @@ def release_to_sicog(
         # Converting without the projector the user named would silently keep the checkpoint's own.
         raise ConversionError(f"--projector {projector}: no such file")
     _check_output(src, out)
+    # The cheap checks before the weights, which may take minutes to read.
+    layer = release_config.get("mm_vision_select_layer", -2)
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise ConversionError(f"{src}/config.json: field 'mm_vision_select_layer': expected an integer, got "
+                              f"{json.dumps(layer)}")
+    tokenizer = load_tokenizer(src)
+    add_image_token(tokenizer)
+    generation_config = _generation_config(src)
     weights = read_weights(src)
     projector_file = Path(projector) if projector else src / PROJECTOR_BIN
     if projector_file.is_file():
@@ -247,12 +264,6 @@ def release_to_sicog(
         _tie_lm_head(weights, src)
     vision_config, tower_weights = _vision_state(weights, release_config, vision_tower, src)
     weights.update(tower_weights)
-    layer = release_config.get("mm_vision_select_layer", -2)
-    if not isinstance(layer, int) or isinstance(layer, bool):
-        raise ConversionError(f"{src}/config.json: field 'mm_vision_select_layer': expected an integer, got "
-                              f"{json.dumps(layer)}")
-    tokenizer = load_tokenizer(src)
-    add_image_token(tokenizer)
     try:
         config = SicogConfig(
             vision_config=vision_config,
@@ -280,8 +291,8 @@ def release_to_sicog(
     weights_source = f"{src} with {projector_file}" if projector else src
     state = from_release_state(weights, model.state_dict(), weights_source)
     model.load_state_dict(state, assign=True, strict=True)
-    if (src / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(src)
+    if generation_config is not None:
+        model.generation_config = generation_config
     # After the release's own settings, which may name no stop or pad id (sampling values alone): generation would
     # then run past the end of every reply.
     _set_generation_ids(model, tokenizer)
@@ -290,6 +301,16 @@ def release_to_sicog(
         tokenizer.save_pretrained(staging)
         share_weights_like_config(staging)
     return out
+
+
+def _generation_config(src: Path) -> GenerationConfig | None:
+    """The release's generation_config.json (None without one); :class:`ConversionError` naming it when unusable."""
+    if not (src / "generation_config.json").is_file():
+        return None
+    try:
+        return GenerationConfig.from_pretrained(src)
+    except (ValueError, TypeError) as error:
+        raise ConversionError(f"{src}/generation_config.json: {first_line(error)}") from None
 
 
 def release_text_fields(config: SicogConfig) -> dict:

@@ -111,6 +111,15 @@ class SicogConfig(PreTrainedConfig):
         if too_small:
             raise ValueError("invalid SicogConfig: " + "; ".join(too_small))
         problems = []
+        layers = self.vision_config.num_hidden_layers
+        if not -(layers + 1) <= self.vision_feature_layer <= layers:
+            # A hidden state of the tower: 0 (the embeddings) to its layer count, or counted from the end; beyond, a
+            # slice would quietly pick another layer where the published code raises an IndexError.
+            problems.append(f"vision_feature_layer={self.vision_feature_layer} is no hidden state of a {layers}-layer "
+                            f"vision tower (from {-(layers + 1)} to {layers})")
+        if self.resampler_num_heads is not None and self.resampler_num_heads < 1:
+            problems.append(f"resampler_num_heads={self.resampler_num_heads} must be >= 1 (or unset: one per 128 "
+                            "channels of the LLM width)")
         if self.query_grid**2 != self.resampler_num_queries:
             problems.append(f"resampler_num_queries={self.resampler_num_queries} is not a perfect square")
         if self.scale_resolution % self.patch_size:

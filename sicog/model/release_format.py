@@ -148,17 +148,27 @@ def state_problems(
     """What keeps ``state`` from loading into a model whose state is ``expected`` (both under the names of the file
     ``state`` was read from): keys ``unknown`` to the model, missing keys and shape mismatches (``key (shape in the
     file) != (shape the model needs)``), each kind one item."""
+    if state and all(tensor.numel() == 0 for tensor in state.values()):
+        # What DeepSpeed ZeRO-3 saves without gathering the parameters: every shape would be listed as wrong.
+        return ["every tensor in it is empty (saved under ZeRO-3 without gathering the weights; rebuild them with "
+                "the zero_to_fp32.py script DeepSpeed writes beside its checkpoint)"]
     missing = sorted(set(expected) - set(state))
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
              for k in sorted(state) if k in expected and state[k].shape != expected[k].shape]
     problems = []
     if unknown:
-        problems.append(f"unknown keys {sorted(unknown)}")
+        problems.append(f"unknown keys {_first_of(sorted(unknown))}")
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"missing keys {_first_of(missing)}")
     if wrong:
-        problems.append(f"shape mismatches {wrong}")
+        problems.append(f"shape mismatches {_first_of(wrong)}")
     return problems
+
+
+def _first_of(items: list[str], shown: int = 10) -> str:
+    """``items`` as a list, cut after ``shown`` with the count of the rest (a 7B model has hundreds of keys)."""
+    rest = len(items) - shown
+    return str(items[:shown]) + (f" and {rest} more" if rest > 0 else "")
 
 
 def from_release_state(
