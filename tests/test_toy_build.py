@@ -66,6 +66,18 @@ def _tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+# The tiny world 0's records (every .jsonl file), pinned with the version that builds them: a change to what a seed
+# builds has to bump WORLD_VERSION (and this digest), or an older world left in a run folder is kept as current.
+RECORDS_OF_VERSION = (9, "1ba485b918635347228ba87c9e549ffb9b369d0127779d5f0891de981d51e75c")
+
+
+def test_what_a_seed_builds_is_pinned_to_the_world_version(world: Path) -> None:
+    digest = hashlib.sha256()
+    for path in sorted(world.glob("*.jsonl")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    assert (WORLD_VERSION, digest.hexdigest()) == RECORDS_OF_VERSION
+
+
 def test_manifest_names_every_file_with_counts(world: Path) -> None:
     manifest = json.loads((world / "manifest.json").read_text())
     for key in FILES:

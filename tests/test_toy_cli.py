@@ -165,6 +165,27 @@ def test_references_name_a_caption_image_without_ground_truth(world: Path, tmp_p
     assert not output.exists() and not list(tmp_path.glob(".r.jsonl*"))
 
 
+def test_references_into_a_json_name_are_one_json_array(world: Path, tmp_path: Path) -> None:
+    """As every .json output of the project: the published loader reads .json files with json.load."""
+    assert main(["toy", "references", "--world", str(world), "--output", str(tmp_path / "r.json")]) == 0
+    assert main(["toy", "references", "--world", str(world), "--output", str(tmp_path / "r.jsonl")]) == 0
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert records == [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()] and records
+
+
+@pytest.mark.parametrize("command", [["build", "--size", "tiny", "--out", "", "--force"],
+                                     ["parts", "--world", "w", "--out", ""]])
+def test_an_empty_output_is_refused_not_taken_for_the_working_folder(command: list[str], tmp_path: Path,
+                                                                    monkeypatch, capsys) -> None:
+    """`--out "$WORLD"` with WORLD unset: with --force a build replaced what the working folder held."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exited:
+        main(["toy", *command])
+    assert exited.value.code == 2 and "--out: is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("name", ["ground_truth.jsonl", "bench_caption.jsonl", "manifest.json"])
 def test_references_refuse_to_write_over_the_worlds_files(world: Path, tmp_path: Path, capsys, name: str) -> None:
     import shutil

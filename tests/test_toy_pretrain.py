@@ -185,6 +185,9 @@ def test_times_named_counts_every_wording_as_whole_words() -> None:
     assert times_named("top center", places) == times_named("center", places) == 0
     assert times_named("top left", places) == times_named("middle left", places) == 1
     assert times_named("yes", text) == 0
+    # An object in any wording of its shape, as the reading check's options name objects.
+    assert times_named("blue circle", text) == times_named("red circle", text) == 1
+    assert times_named("green cross", "a green plus sign and a green cross") == 2
 
 
 def test_an_interrupted_run_stops_the_clip_worker_and_keeps_nothing(world: Path, tmp_path: Path,

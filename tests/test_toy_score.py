@@ -67,6 +67,14 @@ def test_wrong_attributes_and_extra_objects_are_counted() -> None:
     assert score["background"] is False and score["mark"] is False
 
 
+@pytest.mark.parametrize("said", ["The {} is medium.", "A medium {} on a plain background."])
+def test_the_middle_size_named_by_its_key_is_read(said: str) -> None:
+    """Short replies name the middle size "medium" (sicog.toy.questions); the caption wordings say "medium-sized"."""
+    small = next(o for o in TRUTH["objects"] if o["size"] == "small")
+    score = score_caption(said.format(f"{small['color']} {small['shape']}"), TRUTH)
+    assert score["attributes"]["size"] == {"stated": 1, "correct": 0}
+
+
 def test_saying_a_labelled_object_has_no_number_is_wrong() -> None:
     score = score_caption("The red circle is large and has no number. The blue square has no number.", TRUTH)
     assert score["attributes"]["label"] == {"stated": 2, "correct": 1}

@@ -8,6 +8,14 @@ import os
 from pathlib import Path
 
 
+def path_text(text: str) -> str:
+    """A path that is not empty (argparse type): "" is what ``--out "$DIR"`` gives with DIR unset, and would
+    resolve to the working folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset variable?)")
+    return text
+
+
 def positive_int(text: str) -> int:
     """An ``int`` of at least 1 (argparse type)."""
     value = int(text)

@@ -26,8 +26,9 @@ from sicog.toy.tokenizer import train_tokenizer
 from sicog.toy.world import LAYOUTS, SLICING
 
 MANIFEST = "manifest.json"
-# Bump when the same seed would give a different tree, so an old world is not mistaken for a current one.
-WORLD_VERSION = 8
+# Bump when the same seed would give a different tree, so an old world is not mistaken for a current one (9: stage
+# 2's descriptions asked with the bare cod-default request, since commit 7db4326, which left the number at 8).
+WORLD_VERSION = 9
 # Stable manifest keys -> file or folder names inside the world directory.
 FILES = {
     "align": "align.jsonl",

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from sicog.data.argtypes import os_error_text
+from sicog.data.argtypes import os_error_text, path_text
 from sicog.data.jsonl import blocked_reason, refuse_overwriting
 from sicog.data.staging import staged_folder, staging_path
 from sicog.toy.datasets import SIZES
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach the ``toy`` sub-commands."""
     sub = parser.add_subparsers(dest="toy_command", metavar="sub-command", required=True)
     build = sub.add_parser("build", help="write images, ground truth, every dataset, a tokenizer and a manifest")
-    build.add_argument("--out", required=True, help="directory to write the world into")
+    build.add_argument("--out", required=True, type=path_text, help="directory to write the world into")
     build.add_argument("--seed", type=int, default=0, help="world seed (same seed -> byte-identical tree)")
     build.add_argument("--size", choices=tuple(SIZES), default="demo",
                        help="dataset sizes and layout (demo: the learnable 2x2 grid; tiny: sliced images, for tests)")
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parts = sub.add_parser("parts", help="the world's pretrained toy vision tower and LLM, copied like downloads "
                                          "(trained once per world and cached, see docs/toy_world.md)")
     parts.add_argument("--world", required=True, help="a built toy world")
-    parts.add_argument("--out", required=True, help="folder for vision/ and llm/")
+    parts.add_argument("--out", required=True, type=path_text, help="folder for vision/ and llm/")
     references = sub.add_parser("references", help="the caption benchmark's images with their true descriptions "
                                                    "(reference answers for `sicog image-use`)")
     references.add_argument("--world", required=True, help="a built toy world")

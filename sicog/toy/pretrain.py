@@ -59,9 +59,9 @@ from sicog.toy.render import render
 from sicog.toy.synonyms import synonym_table
 from sicog.toy.world import LAYOUTS, Layout, Scene, sample_scene
 
-# Bump when the same settings would train different parts or record them differently (7: the reading
-# check's word-count baseline).
-PARTS_VERSION = 7
+# Bump when the same settings would train different parts or record them differently (8: the reading
+# check's word-count baseline counts every wording of a shape).
+PARTS_VERSION = 8
 CLIP_TRAINING = {"batch_size": 128, "lr": 2e-3, "text_hidden_size": 64, "text_layers": 2, "projection": 64}
 LM_TRAINING = {"batch_size": 16, "lr": 2e-3, "max_length": 320}
 # Optimizer steps (CLIP, LM) per world size: the tiny world only checks that the path works.
@@ -402,7 +402,10 @@ def _wordings(phrase: str) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
         return re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")\b",
                           re.IGNORECASE)
 
-    own, canonical = any_of([phrase, *table.get(phrase, ())]), any_of([phrase])
+    head, _, last = phrase.rpartition(" ")
+    # An object ("red circle") in its shape's every wording ("red disk"); the table holds the shape alone.
+    others = table.get(phrase) or ([f"{head} {word}" for word in table.get(last, ())] if head else [])
+    own, canonical = any_of([phrase, *others]), any_of([phrase])
     # A wording of another phrase that holds one of ours names something else ("top left" holds "top", a wording
     # of the top center), unless that phrase holds ours ("in the lower left" is a wording of "in the bottom left").
     longer = [w for other, words in table.items() if other != phrase and canonical.search(other) is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sicog.data.jsonl import RecordError, iter_records, refuse_overwriting, write_jsonl
+from sicog.data.jsonl import RecordError, iter_records, refuse_overwriting, write_records
 from sicog.data.prompts import CAPTION_PROMPTS, user_turn
 from sicog.toy.build import FILES, MANIFEST, load_manifest
 from sicog.toy.score import load_ground_truth
@@ -31,4 +31,4 @@ def write_image_use_references(world: str | os.PathLike, output: str | os.PathLi
         return {"id": record["id"], "image": image, "conversations": [
             {"from": "human", "value": request}, {"from": "gpt", "value": truth[image]["description"]}]}
 
-    return write_jsonl(output, (reference(line, record) for line, record in iter_records(manifest["bench_caption"])))
+    return write_records(output, (reference(line, record) for line, record in iter_records(manifest["bench_caption"])))

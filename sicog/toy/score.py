@@ -49,7 +49,9 @@ def _inverse(table: Mapping[str, Sequence[str]]) -> dict[str, str]:
     return {phrase.lower(): key for key, phrases in table.items() for phrase in phrases}
 
 
-_SIZE = _inverse(SIZE_WORDS)
+# A short reply names the middle size by its key ("The red circle is medium.", sicog.toy.questions), which the
+# language's caption wordings do not use.
+_SIZE = {**_inverse(SIZE_WORDS), "medium": "medium"}
 _SHAPE = _inverse(SHAPE_WORDS)
 _POSITION = _inverse(POSITION_PHRASES)
 _BACKGROUND = _inverse(BACKGROUND_WORDS)
