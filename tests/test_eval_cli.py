@@ -112,6 +112,31 @@ def test_command_refuses_an_output_dir_that_is_a_file(setup, tmp_path, capsys, m
     assert capsys.readouterr().err == inside
 
 
+@pytest.mark.parametrize(("benchmark", "extra", "says"), [
+    ("index\timage_path\tquestion\tanswer\n0\ta.png\tA cat?\tyes\n1\tb.png\tA dog?\tno\n",
+     ("--mc-scoring", "likelihood"), "likelihood scoring needs a multiple-choice benchmark, not yes/no"),
+    ("index\timage_path\tquestion\tA\tB\tanswer\n0\ta.png\tColour?\tred\tblue\tA\n"
+     "1\ta.png\tShape?\tsquare\tcircle\tB\n", ("--blind-seed", "0"),
+     "the blind baseline needs at least two distinct images"),
+])
+def test_a_scoring_the_benchmark_cannot_take_stops_before_the_model_loads(setup, tmp_path, capsys, monkeypatch,
+                                                                         benchmark, extra, says) -> None:
+    """Found after the load, each cost a whole model load and left checkpoint.json claiming the folder."""
+    import sicog.eval.generation
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(sicog.eval.generation, "load_for_eval", no_load)
+    (tmp_path / "bench.tsv").write_text(benchmark)
+    args = eval_args(setup, tmp_path / "out", *extra)
+    args[args.index("--benchmark") + 1] = str(tmp_path / "bench.tsv")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sicog eval: error:") and says in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def _drop_tensors(path: Path, prefix: str) -> None:
     from safetensors.torch import load_file, save_file
 

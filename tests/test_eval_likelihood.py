@@ -203,14 +203,18 @@ def test_likelihood_scoring_refuses_the_step_by_step_style(tmp_path: Path, capsy
     assert not (tmp_path / "out").exists()
 
 
-def test_a_row_that_cannot_be_encoded_is_reported_and_the_rest_scored(taught, tmp_path: Path) -> None:
-    """A literal <image> in a question or an option makes that row an error, not the end of the run."""
+@pytest.mark.parametrize("scoring", ["likelihood", "generate", "open"])
+def test_a_row_that_cannot_be_encoded_is_reported_and_the_rest_scored(taught, tmp_path: Path, scoring: str) -> None:
+    """A literal <image> in a question or an option makes that row an error, not the end of the run; generated
+    replies asked it with the placeholder quietly moved out of the text."""
     rows = _rows(4)
     rows[1]["question"] = f"<image> {QUESTION}"
     rows[2]["C"] = f"{rows[2]['C']} <image>"
     results = evaluate(*taught, _write_tsv(tmp_path / "bench.tsv", rows), tmp_path / "out", batch_size=4,
-                       mc_scoring="likelihood", progress=False)
-    assert (results["errors"], results["scored"], results["correct"]) == (2, 2, 2)
+                       mc_scoring=scoring, progress=False)
+    assert (results["errors"], results["scored"]) == (2, 2)
+    if scoring == "likelihood":
+        assert results["correct"] == 2
     errors = load_records(tmp_path / "out" / "errors.jsonl")
     assert [(e["id"], e["field"], e["file"]) for e in errors] == [("1", "question", str(tmp_path / "bench.tsv")),
                                                                   ("2", "C", str(tmp_path / "bench.tsv"))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,14 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path, capsys, monkeypatch) -> Non
     monkeypatch.setattr(suite_module.importlib.util, "find_spec", lambda name: None)
     assert main(["eval-suite", "--model", str(tmp_path), "--output-dir", "o", "--framework", "lmms-eval"]) == 2
     assert "lmms-eval is not installed in this environment" in capsys.readouterr().err
+
+
+def test_the_packaged_suite_is_found_beside_a_folder_of_its_name(tmp_path, monkeypatch) -> None:
+    """`--output-dir figure1` makes a folder "figure1": the rerun after a crash must still find the suite."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figure1").mkdir()
+    packaged = Path(__file__).resolve().parents[1] / "sicog" / "configs" / "eval_figure1.yaml"
+    assert [b.name for b in load_suite("figure1")] == [b.name for b in load_suite(str(packaged))]
 
 
 def test_an_invalid_suite_yaml_is_one_line_naming_file_line_and_column(tmp_path, capsys) -> None:

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     input."""
     from sicog.data.sharding import rank_and_world
     from sicog.eval.generation import load_for_eval
-    from sicog.eval.runner import EvalSettings, evaluate, open_scoring
+    from sicog.eval.runner import EvalSettings, check_scoring, evaluate, open_scoring
     from sicog.eval.tsv import read_benchmark
 
     rank, world = rank_and_world()
@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         EvalSettings(model=str(args.model), prompt_style=args.prompt, mc_scoring=args.mc_scoring,
                      short_answer=not args.as_asked)
         open_scoring(args.mc_scoring, args.synonyms)
+        check_scoring(benchmark, args.mc_scoring, args.blind_seed)
         require_checkpoint(args.model)
         owner = {"model": os.path.realpath(args.model), "weights": checkpoint_signature(args.model)}
         claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=False)

@@ -178,11 +178,11 @@ def run_rank(
     return counts
 
 
-def _placeholder_field(row: dict[str, str]) -> str:
-    """The field whose text makes the row's conversation unencodable: the first holding a literal image
-    placeholder (the model's one ``<image>`` would then stand twice), else the question."""
+def _placeholder_field(row: dict[str, str]) -> str | None:
+    """The first field whose text holds a literal image placeholder (the row's one ``<image>`` would then stand
+    twice, or be moved from the text unseen), None when none does."""
     names = ("hint", "question", *row_options(row))
-    return next((name for name in names if IMAGE_TOKEN in row.get(name, "")), "question")
+    return next((name for name in names if IMAGE_TOKEN in row.get(name, "")), None)
 
 
 def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settings: EvalSettings,
@@ -195,6 +195,9 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
     ready, encoded = [], []
     for row in batch:
         problem = row_problem(row, benchmark.kind)
+        placeholder = _placeholder_field(row)
+        if problem is None and placeholder is not None:  # in every scoring, not only where encoding refuses it
+            problem = placeholder, f"a literal {IMAGE_TOKEN} placeholder in its text: the row's image would stand twice"
         if problem is not None:
             failures.write(_error(row, benchmark, *problem))
             counts["errors"] += 1
@@ -212,7 +215,7 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
             else:
                 encoded.append(encode_item(processor, prompt, [image]))
         except ENCODE_ERRORS as err:
-            field = _placeholder_field(row) if isinstance(err, ConversationError) else "image"
+            field = "question" if isinstance(err, ConversationError) else "image"
             failures.write(_error(row, benchmark, field, str(err)))
             counts["errors"] += 1
             continue
@@ -252,6 +255,17 @@ def merge_and_score(benchmark: Benchmark, output_dir: Path, short_answers: Short
     write_xlsx(output_dir / SHEET, items, summary)
     write_json(output_dir / RESULTS, summary)
     return summary
+
+
+
+def check_scoring(benchmark: Benchmark, mc_scoring: str, blind_seed: int | None) -> None:
+    """Refuse a scoring ``benchmark`` cannot take (``ValueError``): option scoring without options, a blind score
+    with fewer than two pictures. Reads the benchmark only, so a caller checks before loading a model."""
+    if mc_scoring != "generate" and benchmark.kind != MULTIPLE_CHOICE:
+        raise ValueError(f"{benchmark.path}: {mc_scoring} scoring needs a multiple-choice benchmark, not "
+                         f"{benchmark.kind}")
+    if blind_seed is not None:
+        blind_partners(image_keys(benchmark), blind_seed)
 
 
 def evaluate(
@@ -294,9 +308,7 @@ def evaluate(
     settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens, mc_scoring=mc_scoring,
                             blind_seed=blind_seed, short_answer=short_answer)
     short_answers = open_scoring(mc_scoring, synonyms)
-    if mc_scoring != "generate" and benchmark.kind != MULTIPLE_CHOICE:
-        raise ValueError(f"{benchmark.path}: {mc_scoring} scoring needs a multiple-choice benchmark, not "
-                         f"{benchmark.kind}")
+    check_scoring(benchmark, mc_scoring, blind_seed)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rank, world = rank_and_world()

@@ -79,8 +79,10 @@ def load_suite(spec: str) -> list[SuiteBenchmark]:
     """A packaged suite (``figure1``) or a YAML file with a ``benchmarks`` list of ``{name, vlmevalkit, lmms_eval}``
     (and optionally ``headline``, ``paper``, ``note``); raises ``ValueError`` naming the file, entry and field of
     a problem."""
-    packaged = resources.files("sicog.configs") / f"eval_{spec}.yaml"
-    path = Path(spec) if os.path.exists(spec) else Path(str(packaged))
+    packaged = Path(str(resources.files("sicog.configs") / f"eval_{spec}.yaml"))
+    # A packaged suite's name names it even where a file or folder of that name is here (the output folder of
+    # `--output-dir figure1`); anything else is a file.
+    path = packaged if packaged.is_file() and not spec.endswith((".yaml", ".yml")) else Path(spec)
     if not path.is_file():
         raise ValueError(f"no benchmark suite {spec!r} (a YAML file, or: {DEFAULT_SUITE})")
     loaded = read_yaml(path)
