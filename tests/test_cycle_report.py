@@ -304,8 +304,8 @@ def test_caption_f1_scores_the_description_a_caption_ends_with(tmp_path, bench):
 
 
 def test_chance_and_constant_answer_count_the_rows_the_eval_scores(tmp_path):
-    """A yes/no row is a coin flip; in a multiple-choice benchmark a row with fewer than two options, or without
-    an answer, is not scored by the eval and counts in neither."""
+    """A yes/no row is a coin flip; in a multiple-choice benchmark a row with fewer than two options, without
+    an answer, or with a literal <image> in its text is not scored by the eval and counts in neither."""
     yes_no = tmp_path / "pope.tsv"
     yes_no.write_text("index\timage_path\tquestion\tanswer\n0\ta.png\tA cat?\tyes\n1\ta.png\tA dog?\tNo\n"
                       "2\ta.png\tA cow?\tno\n")
@@ -316,7 +316,8 @@ def test_chance_and_constant_answer_count_the_rows_the_eval_scores(tmp_path):
                      "0\ta.png\tColour?\tred\tblue\tgreen\tblack\tA\n"
                      "1\ta.png\tShape?\tsquare\tcircle\t\t\tB\n"
                      "2\ta.png\tA cat?\t\t\t\t\tyes\n"
-                     "3\ta.png\tSize?\tsmall\tlarge\t\t\t\n")
+                     "3\ta.png\tSize?\tsmall\tlarge\t\t\t\n"
+                     "4\ta.png\t<image> Colour?\tred\tblue\t\t\tB\n")  # an error row of the eval
     assert chance_accuracy(mixed) == pytest.approx((1 / 4 + 1 / 2) / 2)
     assert constant_answer_accuracy(mixed) == 0.5
     # Preferring "red" wins the colour question and, not offered on the shape one, picks there at random.

@@ -28,7 +28,6 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records, write_json
-from sicog.data.prompts import IMAGE_TOKEN
 from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.batch_size import EVAL_BATCH_SIZE
 from sicog.eval.generation import ENCODE_ERRORS, encode_item, generate_replies
@@ -44,7 +43,7 @@ from sicog.eval.prompts import (
 from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx
 from sicog.eval.short_answers import ShortAnswers, load_synonyms
-from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_image, row_options, row_problem
+from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_image, row_problem
 from sicog.model.processing import ConversationError
 
 PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
@@ -178,13 +177,6 @@ def run_rank(
     return counts
 
 
-def _placeholder_field(row: dict[str, str]) -> str | None:
-    """The first field whose text holds a literal image placeholder (the row's one ``<image>`` would then stand
-    twice, or be moved from the text unseen), None when none does."""
-    names = ("hint", "question", *row_options(row))
-    return next((name for name in names if IMAGE_TOKEN in row.get(name, "")), None)
-
-
 def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settings: EvalSettings,
                outputs: JsonlAppender, failures: JsonlAppender, counts: dict[str, int],
                image_rows: dict[str, dict] | None = None) -> None:
@@ -195,9 +187,6 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
     ready, encoded = [], []
     for row in batch:
         problem = row_problem(row, benchmark.kind)
-        placeholder = _placeholder_field(row)
-        if problem is None and placeholder is not None:  # in every scoring, not only where encoding refuses it
-            problem = placeholder, f"a literal {IMAGE_TOKEN} placeholder in its text: the row's image would stand twice"
         if problem is not None:
             failures.write(_error(row, benchmark, *problem))
             counts["errors"] += 1

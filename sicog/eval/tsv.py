@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sicog.data.jsonl import RecordError, read_text, require_file
 from sicog.model.image_io import ImageError, load_image
+from sicog.model.tokens import IMAGE_TOKEN
 
 MULTIPLE_CHOICE = "multiple-choice"
 YES_NO = "yes/no"
@@ -165,6 +166,11 @@ def row_problem(row: dict[str, str], kind: str) -> tuple[str, str] | None:
         answer = row.get("answer", "")
         if not is_missing(answer) and answer.strip() not in options:
             return "answer", f"answer {answer.strip()!r} is not one of the options {', '.join(options)}"
+    # The row's one image goes in front of its text: a placeholder in the text would make it stand twice.
+    placeholder = next((name for name in ("hint", "question", *row_options(row)) if IMAGE_TOKEN in row.get(name, "")),
+                       None)
+    if placeholder is not None:
+        return placeholder, f"a literal {IMAGE_TOKEN} placeholder in its text: the row's image would stand twice"
     return None
 
 
