@@ -85,6 +85,22 @@ def test_a_repeated_letter_or_other_capitals_are_not_another_option() -> None:
     assert extract_choice("(B) red, the answer", OPTIONS) == "B"
 
 
+@pytest.mark.parametrize(("reply", "choice"), [
+    ("The answer is C. Step 4: the water boils.", "C"),
+    ("The answer is A, as shown in step 4.", "A"),
+    ("The answer is D. Step 4 - nothing happens", "D"),
+    ("A. Step 4: Add water", "A"),
+])
+def test_a_step_named_after_the_answer_is_no_chain_of_steps(reply: str, choice: str) -> None:
+    """Only markers that open with steps 1 to 4 are steps written on one line; a reply naming "step 4" of
+    something else keeps its answer."""
+    options = {"A": "Step 4: Add water", "B": "the water boils", "C": "nothing", "D": "it freezes"}
+    assert extract_choice(reply, options) == choice
+    if reply.startswith("The answer is"):
+        assert candidate_answer(reply, extract(reply, "reasoning")).normalized == choice.lower()
+    assert extract_yes_no("Yes. Step 4: no further change is needed.") == "yes"
+
+
 @pytest.mark.parametrize("reply",
                          ["The answer is （B）", "The answer is Ｂ", "（Ｂ）\u3000ｒｅｄ", "The answer is: ＲＥＤ."])
 def test_full_width_replies_choose_as_curation_reads_them(reply: str) -> None:

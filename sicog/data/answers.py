@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sicog.data.prompts import COT_STEPS
-from sicog.data.steps import break_inline_markers, final_step, step_start
+from sicog.data.steps import final_step, inline_steps, step_start
 
 _MARKER = re.compile(
     r"(?:\banswer\b(?:\s+to\s+(?:the|this)\s+question)?|\b(?:correct|right|best|final)\s+(?:option|choice)\b)\**\s*"
@@ -108,10 +108,9 @@ def answer_line(text: str) -> tuple[str, bool]:
     # A structured chain of thought concludes from step 4 on: "the answer is not A" in step 3 is reasoning, while a
     # reply of more steps may give its answer after step 4 ("Step 5: The answer is B.").
     start = step_start(text, len(COT_STEPS))
-    if start is None:  # the steps written on one line ("Step 3: ... Step 4: B"), read as curation reads them
-        inline = break_inline_markers(text)
-        start = step_start(inline, len(COT_STEPS))
-        text = text if start is None else inline
+    inline = inline_steps(text, len(COT_STEPS)) if start is None else None
+    if inline is not None:  # the steps written on one line ("Step 1: ... Step 4: B")
+        text, start = inline, step_start(inline, len(COT_STEPS))
     conclusion = text if start is None else text[start:]
     marks = [(m.end(), None) for m in _MARKER.finditer(conclusion)]
     marks += [(m.end(), m.group("ans")) for m in _BOXED.finditer(conclusion)]

@@ -139,6 +139,14 @@ def break_inline_markers(text: str) -> str:
     return _INLINE_MARKER.sub("\n", text)
 
 
+def inline_steps(text: str, last: int) -> str | None:
+    """:func:`break_inline_markers` of ``text`` when its markers then open with steps 1 to ``last`` in order, a
+    chain of steps written on one line; else None: "The answer is C. Step 4: the water boils." names a step of
+    something else."""
+    broken = break_inline_markers(text)
+    return broken if step_markers(broken)[:last] == list(range(1, last + 1)) else None
+
+
 def step_start(text: str, step: int) -> int | None:
     """Where the first marker of ``step`` ends in ``text`` (None without one): what follows is that step and any
     after it."""
