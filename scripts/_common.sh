@@ -38,7 +38,7 @@ positional_vars() {
 # any other argument, stops the script with one line: the run launched would not be the one the cluster asked for.
 read_distributed_args() {
     local words=() i=0 name value var
-    read -r -a words <<<"${DISTRIBUTED_ARGS:-}"
+    read -r -d '' -a words <<<"${DISTRIBUTED_ARGS:-}" || true  # every line: the value is often written over several
     DISTRIBUTED_ARGS=""  # read once
     while ((i < ${#words[@]})); do
         name="${words[i]%%=*}"

@@ -129,7 +129,9 @@ def test_multi_node_variables_launch_torchrun():
 @pytest.mark.parametrize("spelling", ["--nproc_per_node 8 --nnodes 4 --node_rank 1 --master_addr 10.0.0.1 "
                                       "--master_port 12345",
                                       "--nproc-per-node=8 --nnodes=4 --node-rank=1 --master-addr=10.0.0.1 "
-                                      "--master-port=12345"])
+                                      "--master-port=12345",
+                                      "\n    --nproc_per_node 8\n    --nnodes 4 --node_rank 1"
+                                      "\n    --master_addr 10.0.0.1\n    --master_port 12345\n"])
 def test_the_published_distributed_args_launch_as_the_variables_do(spelling):
     """The published scripts run `torchrun $DISTRIBUTED_ARGS`: a cluster that sets it gets the same launch."""
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DISTRIBUTED_ARGS": spelling})
@@ -142,7 +144,7 @@ def test_the_published_distributed_args_launch_as_the_variables_do(spelling):
 
 
 @pytest.mark.parametrize(("extra", "says"), [
-    ({"DISTRIBUTED_ARGS": "--nproc_per_node 8 --rdzv_backend c10d"}, "DISTRIBUTED_ARGS: --rdzv_backend is not read"),
+    ({"DISTRIBUTED_ARGS": "--nproc_per_node 8\n--rdzv_backend c10d"}, "DISTRIBUTED_ARGS: --rdzv_backend is not read"),
     ({"DISTRIBUTED_ARGS": "--nproc_per_node 8", "NPROC_PER_NODE": "4"},
      "DISTRIBUTED_ARGS says --nproc_per_node 8 but NPROC_PER_NODE is 4"),
 ])
