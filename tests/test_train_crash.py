@@ -188,6 +188,22 @@ def test_several_data_sources_are_the_same_run_from_another_working_folder(tmp_p
     assert here["data_path"] == there["data_path"] == pattern["data_path"] == both
 
 
+def test_a_brace_pattern_recorded_as_typed_is_the_same_run(tmp_path, monkeypatch):
+    """Checkpoints written before sources were resolved one by one hold the pattern as typed: still this run."""
+    from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
+    from sicog.train.checkpoints import settings_differences
+    from sicog.train.run import run_settings
+
+    (tmp_path / "mix").mkdir()
+    for name in ("a.jsonl", "b.json"):
+        (tmp_path / "mix" / name).write_text("")
+    monkeypatch.chdir(tmp_path)
+    args = SicogTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    now = run_settings(ModelArguments(), DataArguments(data_path="mix/{a.jsonl,b.json}"), args)
+    assert settings_differences({**now, "data_path": "mix/{a.jsonl,b.json}"}, now) == []
+    assert settings_differences({**now, "data_path": "mix/a.jsonl"}, now) != []
+
+
 def test_dpo_runs_with_another_objective_are_other_runs(tmp_path):
     from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments
     from sicog.train.checkpoints import settings_differences

@@ -65,6 +65,12 @@ def split_data_path(data_path: str | os.PathLike) -> list[str]:
     return [path for part in parts if part.strip() for path in expand_braces(part.strip())]
 
 
+def resolved_data_path(data_path: str | os.PathLike) -> str:
+    """The sources :func:`split_data_path` names, comma-separated, each that exists as its real path: the same data
+    named from another working folder, or as a brace pattern or a list, gives the same text."""
+    return ",".join(os.path.realpath(path) if os.path.exists(path) else path for path in split_data_path(data_path))
+
+
 def iter_data_path(data_path: str | os.PathLike) -> Iterator[tuple[str, int, dict]]:
     """Yield ``(source, line_or_row, record)`` from every source :func:`split_data_path` names, in order."""
     for source in split_data_path(data_path):

@@ -14,6 +14,7 @@ holding one stops the run instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from transformers.trainer_utils import sort_checkpoints
 
-from sicog.data.jsonl import write_json
+from sicog.data.jsonl import RecordError, write_json
+from sicog.data.sources import resolved_data_path
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,10 @@ def settings_differences(written: dict | None, run: dict | None) -> list[str]:
     marker from before markers held settings is resumed as before)."""
     if written is None or run is None:
         return []
+    if isinstance(written.get("data_path"), str):
+        # Recorded before sources were resolved one by one (a brace pattern as typed): read as this run reads it.
+        with contextlib.suppress(RecordError):
+            written = {**written, "data_path": resolved_data_path(written["data_path"])}
     now = json.loads(json.dumps(run))  # as the marker holds it: tuples as lists
     return [f"{name}: {written[name]!r} -> {value!r}" for name, value in now.items()
             if name in written and written[name] != value]

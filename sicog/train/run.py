@@ -16,7 +16,7 @@ from sicog.data.argtypes import os_error_text
 from sicog.data.crash import crash_point
 from sicog.data.jsonl import write_json
 from sicog.data.lock import output_lock
-from sicog.data.sources import split_data_path
+from sicog.data.sources import resolved_data_path
 from sicog.model.builders import (
     CheckpointError,
     build_from_parts,
@@ -232,9 +232,7 @@ def run_settings(model_args: ModelArguments, data_args: DataArguments, args: Sic
 
     settings = {
         **{name: where(getattr(model_args, name)) for name in STARTING_CHECKPOINTS},
-        # Each source the data path names (a comma list, a brace pattern), resolved: "mix/{a,b}.jsonl" from one
-        # folder is "a.jsonl,b.jsonl" from another.
-        "data_path": ",".join(map(where, split_data_path(data_args.data_path))),
+        "data_path": resolved_data_path(data_args.data_path),
         "image_folder": where(data_args.image_folder),
         "tunable_parts": list(args.trainable_parts()), "learning_rate": args.learning_rate,
         "max_steps": args.max_steps, "num_train_epochs": args.num_train_epochs, "global_batch": global_batch(args),
