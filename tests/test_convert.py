@@ -354,8 +354,12 @@ def test_to_release_lists_every_tensor_that_does_not_fit_in_one_error(tokenizer,
     assert not (tmp_path / "out").exists()
 
 
-def test_to_release_writes_the_tower_copy_in_the_weights_dtype(tokenizer, tmp_path):
-    """The vision_tower/ copy was always float32: twice the size of a bfloat16 checkpoint's tower."""
+def test_to_release_writes_the_tower_copy_in_the_weights_dtype_and_clips_own_names(tokenizer, tmp_path):
+    """The vision_tower/ copy was always float32 (twice the size of a bfloat16 checkpoint's tower), and under
+    transformers 5's bare names, where the published tower class (transformers 4's CLIPVisionModel) looks for
+    vision_model.*: it found none and drew every weight at random."""
+    from transformers import CLIPVisionModel
+
     from sicog.model.builders import save_pretrained
 
     model, processor = release_like_model(tokenizer)
@@ -363,9 +367,12 @@ def test_to_release_writes_the_tower_copy_in_the_weights_dtype(tokenizer, tmp_pa
     save_pretrained(model, processor, tmp_path / "ours")
     sicog_to_release(tmp_path / "ours", tmp_path / "back")
     tower = load_file(tmp_path / "back" / "vision_tower" / "model.safetensors")
-    expected = model.vision_tower.state_dict()
+    expected = {"vision_model." + k: v for k, v in model.vision_tower.state_dict().items()}
     assert sorted(tower) == sorted(expected)
     assert all(v.dtype == torch.bfloat16 and torch.equal(v, expected[k]) for k, v in tower.items())
+    loaded, info = CLIPVisionModel.from_pretrained(tmp_path / "back" / "vision_tower", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert all(torch.equal(v, expected["vision_model." + k]) for k, v in loaded.state_dict().items())
 
 
 def test_tower_saved_with_clips_prefix_converts_and_a_tower_that_fits_neither_naming_is_one_line(

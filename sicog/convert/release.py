@@ -473,7 +473,10 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
         (staging / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
         tower = CLIPVisionModel(config.vision_config)
         tower.load_state_dict(tower_weights, assign=True)  # the tensors themselves: the copy keeps their dtype
-        tower.save_pretrained(staging / "vision_tower")
+        # Under CLIP's vision_model. prefix, as openai's checkpoint and the published stack's CLIPVisionModel
+        # (transformers 4) name them: its tower class finds no weight under transformers 5's bare names.
+        tower.save_pretrained(staging / "vision_tower",
+                              state_dict={"vision_model." + k: v for k, v in tower.state_dict().items()})
         size = config.vision_config.image_size
         CLIPImageProcessorPil(
             image_mean=list(config.image_mean), image_std=list(config.image_std), size={"shortest_edge": size},
