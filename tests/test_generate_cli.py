@@ -102,6 +102,52 @@ def test_failed_records_are_tried_again_on_a_rerun_unless_skipped(setup, tmp_pat
     assert sorted(r["id"] for r in load_records(output)) == sorted(r["id"] for r in records)
 
 
+def test_the_outputs_own_errors_file_as_data_is_refused_before_anything_is_read(setup, tmp_path, capsys):
+    """Retrying the failures clears the errors file: given as --data, the input was lost."""
+    output = tmp_path / "gen.jsonl"
+    assert main(cli_args(setup, output)) == 0
+    errors = tmp_path / "gen.errors.jsonl"
+    before = errors.read_bytes()
+    args = cli_args(setup, output)
+    args[args.index("--data") + 1] = str(errors)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"is the same file as --data {errors}" in err
+    assert errors.read_bytes() == before
+
+
+def test_kept_failures_of_another_input_are_refused_before_the_model_loads(setup, tmp_path, capsys, monkeypatch):
+    """Found by the merge, after every record was generated, and on every rerun after."""
+    import sicog.model.builders
+
+    output = tmp_path / "gen.jsonl"
+    assert main(cli_args(setup, output)) == 0  # q7 fails: its image is missing
+    write_jsonl(tmp_path / "fewer.jsonl", [r for r in load_records(setup / "questions_train.jsonl") if r["id"] != "q7"])
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(sicog.model.builders, "load_pretrained", no_load)
+    capsys.readouterr()
+    assert main(cli_args(setup, output, "--skip-failed", data=str(tmp_path / "fewer.jsonl"))) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'gen.errors.jsonl'}:1 id='q7' field 'id': not a record of this run's input" in err
+
+
+def test_a_finished_output_runs_no_batch_again_for_an_image_that_fails(setup, tmp_path, capsys):
+    """A batch whose other records were done was sampled again for the one whose image fails to decode."""
+    shutil.copytree(setup / "images", tmp_path / "images")
+    (tmp_path / "images" / "1.png").write_bytes((tmp_path / "images" / "1.png").read_bytes()[:60])  # cut off
+    args = cli_args(setup, tmp_path / "gen.jsonl")
+    args[args.index("--image-folder") + 1] = str(tmp_path / "images")
+    assert main(args) == 0
+    first = (tmp_path / "gen.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "(0 batches run)" in capsys.readouterr().err and (tmp_path / "gen.jsonl").read_bytes() == first
+
+
 def test_failures_of_a_run_with_other_settings_are_not_kept_as_this_runs(setup, tmp_path, capsys):
     """--skip-failed kept the failures of a run with another prompt type (or temperature, ...) as this run's own,
     with their reasons: every record of a cod-conv run without questions failed, and a default run skipped them."""

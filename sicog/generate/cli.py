@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sicog.data.argtypes import finite_float, non_negative_float, os_error_text, positive_int
-from sicog.data.jsonl import RecordError
+from sicog.data.jsonl import RecordError, refuse_overwriting
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.data.sharding import process_group
+from sicog.data.sources import split_data_path
 from sicog.generate.corrupt import CORRUPTIONS
 from sicog.generate.settings import (
     CACHES,
@@ -127,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             max_prompt_tokens=args.max_prompt_tokens, max_aspect_ratio=args.max_aspect_ratio,
             progress=not args.no_progress,
         )
+        # Retrying earlier failures clears the errors file: given as --data, the input would be lost.
+        refuse_overwriting([("--data", source) for source in split_data_path(args.data)], "--output", job.output,
+                           also=[job.errors_output])
         if job.output.suffix != ".jsonl":  # x.json and x.jsonl would share x.errors.jsonl
             raise ValueError(f"--output {job.output}: give the path of a .jsonl file (its errors go to "
                              f"{job.errors_output.name} beside it)")
@@ -183,7 +187,7 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
     plan = read_plan(job, processor)
     written = written_outputs(job, plan, rank=rank, world=world)
     # Kept failures are checked now too; retried ones are read after rank 0 has cleared them (none).
-    failed = None if retry_failed else earlier_failures(job, rank=rank, world=world)
+    failed = None if retry_failed else earlier_failures(job, plan, rank=rank, world=world)
     model, processor = load_pretrained(job.model_name, dtype=dtype)
     model.to(device).eval()
     # Earlier errors are removed only now that the run is sure to retry them: a run refused above, or one

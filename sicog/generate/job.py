@@ -212,13 +212,20 @@ def written_outputs(job: GenerationJob, plan: InputPlan, *, rank: int = 0, world
     return done_ids(_earlier_files(job.output, rank, world), _resumable(job, prompts, set(plan.ids)))
 
 
-def earlier_failures(job: GenerationJob, *, rank: int = 0, world: int = 1) -> set[str]:
+def earlier_failures(job: GenerationJob, plan: InputPlan, *, rank: int = 0, world: int = 1) -> set[str]:
     """Ids of the records that earlier runs wrote to the errors files (see :func:`run_rank`), after checking that
-    each failed with this job's settings: a :class:`RecordError` names the first that did not (records of another
-    prompt type, say, would otherwise be kept as this run's failures)."""
-    mine = job.settings
+    each is one of ``plan``'s records and failed with this job's settings: a :class:`RecordError` names the first
+    that did not (records of another prompt type, say, would otherwise be kept as this run's failures, and one of
+    another input would stop the merge only after every record was generated)."""
+    mine, ids = job.settings, set(plan.ids)
 
     def check(path: Path, line: int, record: dict) -> None:
+        if str(record.get("id")) not in ids:
+            raise RecordError(
+                "not a record of this run's input: the errors were written for another input (another --data, or "
+                "another SPLIT); rerun without --skip-failed, or write to another --output",
+                path=path, line=line, record_id=record.get("id"), field="id",
+            )
         generation = record.get("generation")
         differ = _settings_differ(mine, generation) if isinstance(generation, dict) else {}
         if differ:
@@ -252,7 +259,7 @@ def run_rank(
     err_part = shard_path(job.errors_output, rank, world)
     # Checked before a shard file is opened, so that a refused run does not leave empty shards behind.
     done = written_outputs(job, plan, rank=rank, world=world) if written is None else set(written)
-    done |= earlier_failures(job, rank=rank, world=world) if failed is None else failed
+    done |= earlier_failures(job, plan, rank=rank, world=world) if failed is None else failed
     summary = RankSummary()
     with JsonlAppender(out_part) as outputs, JsonlAppender(err_part) as errors:
         if rank == 0:
@@ -291,16 +298,19 @@ def _run_batch(job: GenerationJob, index: int, batch: list[GenerationTask], mode
             continue
         encoded.append(encoding)
         ready.append((task, corruption))
-    candidates = sample_candidates(model, processor, encoded, job.sampling, job.batch_seed(index))
-    for (task, corruption), texts in zip(ready, candidates, strict=True):
-        if task.id in done:
-            summary.skipped += 1
-            continue
-        outputs.write({**task.record, "candidates": texts, "generation": job.metadata(task.prompt, corruption)})
-        summary.generated += 1
+    if all(task.id in done for task, _ in ready):  # the rest failed to encode: nothing new to sample
+        summary.skipped += len(ready)
+    else:
+        candidates = sample_candidates(model, processor, encoded, job.sampling, job.batch_seed(index))
+        for (task, corruption), texts in zip(ready, candidates, strict=True):
+            if task.id in done:
+                summary.skipped += 1
+                continue
+            outputs.write({**task.record, "candidates": texts, "generation": job.metadata(task.prompt, corruption)})
+            summary.generated += 1
+        summary.batches += 1
     outputs.flush()
     errors.flush()
-    summary.batches += 1
 
 
 def clear_errors(job: GenerationJob) -> int:
