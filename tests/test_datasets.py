@@ -146,8 +146,8 @@ def test_a_clean_rerun_removes_the_lists_of_an_earlier_run(tmp_path, tiny_model_
 
 
 def test_records_whose_labels_cannot_be_built_are_listed_before_training(tmp_path, tiny_model_factory):
-    """A conversation with no assistant turn passes the schema but has nothing to learn: a listed problem naming
-    file, line and field at construction, never an error at the step that reaches it."""
+    """A conversation with no assistant turn has nothing to learn: a listed problem naming file, line and field
+    at construction, never an error at the step that reaches it."""
     _, processor = tiny_model_factory()
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     human_only = {"id": "human-only", "image": "a.png",
@@ -157,7 +157,7 @@ def test_records_whose_labels_cannot_be_built_are_listed_before_training(tmp_pat
     assert [r["id"] for r in dataset.records] == ["ok"]
     [problem] = dataset.problems
     assert (problem.id, problem.source.line) == ("human-only", 2)
-    assert "field 'conversations'" in problem.reason and "no assistant turn" in problem.reason
+    assert "field 'conversations'" in problem.reason and "no gpt turn" in problem.reason
     assert any(label != -100 for label in dataset[0]["encoded"].labels)
 
 
