@@ -109,6 +109,16 @@ def test_the_draw_is_seeded_per_record(files, tmp_path):
     assert len(picks) > 1
 
 
+def test_a_wrong_answer_a_marker_states_is_rejected_before_an_unmarked_one(tmp_path):
+    """An answer read from a last sentence may be the chosen one in other words: half the pairs rejected it."""
+    clean = write(tmp_path / "c.jsonl", [curated(f"q{i}") for i in range(20)])
+    unmarked = format_steps(COT_STEPS, ["Count the cubes.", "Cubes.", "Blurry.", "There are three cubes on the table."])
+    noisy = write(tmp_path / "n.jsonl", [generated(f"q{i}", [unmarked, cot("5"), cot("3"), ""]) for i in range(20)])
+    summary = pairs_from_noisy(clean, noisy, tmp_path / "p.jsonl")
+    pairs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert summary.pairs == 20 and {p["source"]["rejected_answer"] for p in pairs} == {"5"}
+
+
 def test_captions_take_any_other_candidate(tmp_path):
     prompt = "Please generate a detailed caption of this image. Describe the image step-by-step."
     clean = write(tmp_path / "c.jsonl", [{"id": "c1", "image": "c1.png", "conversations": [

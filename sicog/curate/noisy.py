@@ -19,6 +19,7 @@ from typing import TypeVar
 from sicog.curate.extract import Task, candidate_answer, expects_steps, extract
 from sicog.curate.records import GeneratedRecord, check_task, parse_generated
 from sicog.curate.select import record_rng, usable
+from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl, write_records
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import IMAGE_FIELD_RULE, check_llava_record, record_images, valid_image_field
@@ -130,10 +131,10 @@ def _read(
     return items, errors
 
 
-def _answer(text: str, task: Task, prompt_type: str | None) -> str | None:
+def _answer(text: str, task: Task, prompt_type: str | None) -> Answer | None:
     if task != "reasoning":
         return None
-    return candidate_answer(text, extract(text, "reasoning", expect_steps=expects_steps(prompt_type))).normalized
+    return candidate_answer(text, extract(text, "reasoning", expect_steps=expects_steps(prompt_type)))
 
 
 def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: int, files: dict[str, str]) -> dict:
@@ -141,7 +142,8 @@ def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: i
 
     The rejected candidate is drawn (seeded by ``seed`` and the id) among the usable candidates (not empty,
     without ``<image>``) other than the chosen text; for reasoning, those whose final answer differs from
-    the chosen answer's are preferred: they are the answers the corruption misled.
+    the chosen answer's are preferred (those whose answer a marker introduced first): they are the answers the
+    corruption misled.
     """
     path = files["noisy_file"]
 
@@ -159,14 +161,17 @@ def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: i
         fail(f"every candidate is empty, contains {IMAGE_TOKEN} or is identical to the chosen answer", "candidates")
     chosen_answer = _answer(clean.chosen, task, noisy.prompt_type)
     answers = {i: _answer(noisy.candidates[i], task, noisy.prompt_type) for i in allowed}
-    differing = [i for i in allowed if chosen_answer is not None and answers[i] != chosen_answer]
-    rejected = record_rng(seed, noisy.id).choice(differing or allowed)
+    differing = [i for i in allowed if chosen_answer is not None and answers[i].normalized != chosen_answer.normalized]
+    # As curation's own pairs: an answer read from a last sentence, without a marker, may be the chosen answer in
+    # other words ("There are three cubes." against "3"); one a marker introduced is what the candidate answered.
+    marked = [i for i in differing if answers[i].explicit]
+    rejected = record_rng(seed, noisy.id).choice(marked or differing or allowed)
     source = {
         "kind": "noisy", "task": task, **files,
         "rejected_index": rejected, "corruption": noisy.record["generation"]["corruption"],
     }
     if chosen_answer is not None:
-        source.update(chosen_answer=chosen_answer, rejected_answer=answers[rejected])
+        source.update(chosen_answer=chosen_answer.normalized, rejected_answer=answers[rejected].normalized)
     pair = {"id": clean.id}
     if "image" in clean.record:
         pair["image"] = clean.record["image"]
