@@ -56,6 +56,16 @@ def test_split_path_scores_exactly_like_one_process(tmp_path, capsys, monkeypatc
         assert (tmp_path / "split" / name).read_text() == (tmp_path / "one" / name).read_text()
     summary = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert summary["encoder"]["name_or_path"] == packaged_minilm_path()
+    # Scoring made embeddings loads no encoder: the packaged one need not be installed (an install for NV-Embed-v2).
+    import sicog.curate.embed
+
+    def not_installed() -> str:
+        raise sicog.curate.embed.EncoderNotFound("the default CPU encoder is not installed")
+
+    monkeypatch.setattr(sicog.curate.embed, "packaged_minilm_path", not_installed)
+    assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "bare"),
+                 "--threshold", "0.5", "--embeddings", str(tmp_path / "emb.npy")]) == 0
+    assert (tmp_path / "bare" / "scored.jsonl").read_text() == (tmp_path / "split" / "scored.jsonl").read_text()
     # Launched with torchrun (as the cycle launches curation), only rank 0 scores and writes, under its lock.
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -181,18 +181,12 @@ def _run_curation(args: argparse.Namespace) -> int:
         generator=args.model_name_or_path,
         temperature=args.temperature,
     )
-    encoder = EncoderSettings(
-        name_or_path=args.encoder or packaged_minilm_path(),
-        trust_remote_code=args.trust_remote_code,
-        max_length=args.max_length,
-        query_prefix=args.query_prefix,
-        append_eos=args.append_eos,
-        padding_side=args.padding_side,
-        dtype=args.dtype,
-        device=args.device,
-        batch_size=args.batch_size,
-    )
-    if args.embeddings and (ignored := _ignored_with_embeddings(encoder, settings)):
+    options = {"trust_remote_code": args.trust_remote_code, "max_length": args.max_length,
+               "query_prefix": args.query_prefix, "append_eos": args.append_eos, "padding_side": args.padding_side,
+               "dtype": args.dtype, "device": args.device, "batch_size": args.batch_size}
+    # With --embeddings no encoder is loaded (their description names the one that made them): none is needed.
+    encoder = None if args.embeddings else EncoderSettings(args.encoder or packaged_minilm_path(), **options)
+    if args.embeddings and (ignored := _ignored_with_embeddings(args.encoder, options, settings)):
         # A warning, not a refusal: the quality-evaluation scripts pass the exported ENCODER_* variables whichever
         # route the embeddings took.
         print(f"warning: {', '.join(ignored)} ignored: --embeddings {args.embeddings} are made already, by the "
@@ -215,16 +209,15 @@ def _run_curation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ignored_with_embeddings(encoder: EncoderSettings, settings: CurationSettings) -> list[str]:
-    """The encoder and embedding options given (not at their defaults) that ``--embeddings`` makes moot."""
-    from sicog.curate.embed import packaged_minilm_path
-
-    default_encoder = EncoderSettings(name_or_path=packaged_minilm_path())
-    given = [name for name in (f.name for f in fields(EncoderSettings))
-             if getattr(encoder, name) != getattr(default_encoder, name)]
+def _ignored_with_embeddings(encoder: str | None, options: dict, settings: CurationSettings) -> list[str]:
+    """The encoder and embedding options given (``encoder`` at all, the others not at their defaults) that
+    ``--embeddings`` makes moot."""
+    defaults = {f.name: f.default for f in fields(EncoderSettings)}
+    given = ["encoder"] if encoder is not None else []
+    given += [name for name, value in options.items() if value != defaults[name]]
     given += [name for name in ("chunk_size", "keep_embeddings")
               if getattr(settings, name) != getattr(CurationSettings(task=settings.task), name)]
-    return ["--" + ("encoder" if name == "name_or_path" else name.replace("_", "-")) for name in given]
+    return ["--" + name.replace("_", "-") for name in given]
 
 
 def _run_texts(args: argparse.Namespace) -> int:

@@ -147,7 +147,7 @@ def curate(
     input_path: str | Path,
     output_dir: str | Path,
     settings: CurationSettings,
-    encoder: EncoderSettings,
+    encoder: EncoderSettings | None,
     *,
     encoder_factory: Callable[[EncoderSettings], SentenceEncoder] = SentenceEncoder,
     embeddings: str | Path | None = None,
@@ -155,8 +155,11 @@ def curate(
     """Run the whole curation; return the summary on rank 0 (``None`` on the other torchrun ranks).
 
     ``embeddings``: a file from ``python -m sicog.curate.embed_file`` holding the embeddings of exactly the
-    texts ``sicog curate texts`` writes for this input; then no encoder is loaded here.
+    texts ``sicog curate texts`` writes for this input; then no encoder is loaded here (``encoder`` may be None:
+    the file's description names the one that made them).
     """
+    if encoder is None and embeddings is None:
+        raise ValueError("curate needs an encoder or the texts' embeddings")
     input_path, output_dir = Path(input_path), Path(output_dir)
     rank, world = rank_and_world()
     items, errors = read_generated(input_path, settings.task)
