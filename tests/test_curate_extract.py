@@ -42,6 +42,12 @@ def test_missing_step_falls_back_to_the_whole_text_and_is_counted() -> None:
     assert (extraction.text, extraction.step_found, extraction.fallback) == (text, False, True)
 
 
+@pytest.mark.parametrize("empty", ["", "   \n"])
+def test_an_empty_candidate_is_no_fallback(empty: str) -> None:
+    """The report's fall-backs count replies whose steps are missing; an empty one is not compared at all."""
+    assert extract(empty, "captions").fallback is False and extract(empty, "reasoning").fallback is False
+
+
 def test_direct_prompt_output_is_compared_whole_without_counting_a_fallback() -> None:
     assert not expects_steps("default") and expects_steps("cod-default") and expects_steps(None)
     extraction = extract(FINAL, "captions", expect_steps=expects_steps("default"))

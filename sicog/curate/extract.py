@@ -55,7 +55,8 @@ def extract(text: str, task: Task, *, expect_steps: bool = True) -> Extraction:
     if not found:
         body, found = final_step(break_inline_markers(text), step, headers)
     if not found:
-        return Extraction(text.strip(), False, expect_steps)
+        # An empty candidate is no format problem: it is left out of the comparison (a zero embedding).
+        return Extraction(text.strip(), False, expect_steps and bool(text.strip()))
     return Extraction(_drop_loose_header(body, headers[step - 1]), True, False)
 
 
