@@ -105,6 +105,28 @@ def test_the_toy_encoder_is_two_steps_before_curation_and_a_sentence_encoder_non
     assert "/some/encoder" in changed_plan.steps["curate_captions"].argv
 
 
+def test_where_launched_processes_meet_is_no_part_of_a_key(quick_keys):
+    """A new rendezvous port reran (and removed) every launched step; the process count is what changes results."""
+    out, config, _, _ = quick_keys
+    launcher = ["torchrun", "--nproc_per_node=2", "--rdzv_endpoint=node0:29500"]
+    keys, plan = keys_of(dataclasses.replace(config, launcher=launcher), out)
+    moved, _ = keys_of(dataclasses.replace(config, launcher=[*launcher[:2], "--rdzv_endpoint=n1:29501", "--rdzv_id=x"]),
+                       out)
+    assert moved == keys
+    more, _ = keys_of(dataclasses.replace(config, launcher=["torchrun", "--nproc_per_node=4"]), out)
+    assert {name for name in keys if more[name] != keys[name]} == plan.downstream(
+        [name for name, step in plan.steps.items() if step.launched])
+
+
+def test_settings_become_flags_in_name_order_and_switches_by_their_own_flags(quick_keys):
+    out, config, base, _ = quick_keys
+    settings = {"max_grad_norm": 0.5, "adam_beta2": 0.99}
+    keys, _ = keys_of(dataclasses.replace(config, train=settings), out)
+    assert keys_of(dataclasses.replace(config, train=dict(reversed(settings.items()))), out)[0] == keys
+    _, plan = keys_of(dataclasses.replace(config, generate={**config.generate, "shared_prefill": False}), out)
+    assert "--no-shared-prefill" in plan.steps["generate_captions"].argv
+
+
 def test_open_answers_read_the_toy_synonyms(quick_keys):
     _, _, _, plan = quick_keys
     argv = plan.steps["open_D"].argv
@@ -266,9 +288,10 @@ def test_plan_refuses_unknown_references():
         plan.add(_head("a", "y.jsonl"))
 
 
-def test_paper_config_dry_run_prints_the_paper_global_batches(tmp_path, capsys):
+def test_paper_config_dry_run_prints_the_paper_global_batches(tmp_path, capsys, monkeypatch):
     from sicog.cli import main
 
+    monkeypatch.delenv("SICOG_MASTER_ADDR", raising=False)
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     batches = {line.split(":")[0].split("] ")[1]: line.split("# global batch ")[1].split(" ")[0]
@@ -276,8 +299,32 @@ def test_paper_config_dry_run_prints_the_paper_global_batches(tmp_path, capsys):
     assert batches.pop("stage1") == "256" and set(batches.values()) == {"128"}
     assert set(batches) == {"A_stage2", "stage0_perception", "stage0_reasoning"} | {
         f"{arm}_{stage}" for arm in "BCD" for stage in ("stage15", "stage2")}
-    assert "2180 steps = 558080 samples" in next(line for line in lines if line.startswith("[run] stage1:"))
-    assert all(line.startswith("[run] ") for line in lines[1:]) and not (tmp_path / "seed0").exists()
+    stage1 = next(line for line in lines if line.startswith("[run] stage1:"))
+    assert "2180 steps = 558080 samples" in stage1
+    # As the published scripts: random batches in stage 1 only, flash-attention and 4 loader workers in every stage.
+    training = [line for line in lines if " train --stage " in line]
+    assert [("--group_by_modality_length" in line) for line in training] == [line != stage1 for line in training]
+    assert all("--attn_implementation flash_attention_2" in line and "--dataloader_num_workers 4" in line
+               for line in training)
+    *steps, missing, unset = lines[1:]
+    assert all(line.startswith("[run] ") for line in steps) and not (tmp_path / "seed0").exists()
+    assert missing.startswith("# inputs not there (a run stops on them): ") and "/data/MMStar.tsv" in missing
+    assert unset == "# launcher variables not set here (a run stops on them): SICOG_MASTER_ADDR"
+
+
+def test_a_paper_run_names_every_missing_input_and_unset_launcher_variable_at_once(tmp_path, capsys, monkeypatch):
+    """It named the first missing input only, or started every launched step with the variable's name as text."""
+    from sicog.cli import main
+
+    monkeypatch.delenv("SICOG_MASTER_ADDR", raising=False)
+    assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("error: the launcher reads environment variable(s) that are not set: "
+                                       "SICOG_MASTER_ADDR\n")
+    monkeypatch.setenv("SICOG_MASTER_ADDR", "node0")
+    assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cycle input(s) not there: ") and err.count("/data/") >= 8 and "MMStar" in err
+    assert not (tmp_path / "run" / "seed0").exists()
 
 
 def test_stage1_tunable_parts_win_over_the_train_settings_of_every_stage(quick_keys):

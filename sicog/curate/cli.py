@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
 from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
-from sicog.data.argtypes import os_error_text, positive_int
+from sicog.data.argtypes import option_flags, os_error_text, positive_int
 from sicog.data.jsonl import RecordError, blocked_reason, errors_path, refuse_overwriting, write_jsonl, write_records
 from sicog.data.lock import OutputLocked, output_lock
 
@@ -66,15 +66,14 @@ def _defaults_text() -> str:
     return ", ".join(f"{name} {d.threshold} {formula[d.include_self]}" for name, d in ENCODER_DEFAULTS.items())
 
 
-def curation_option_names() -> dict[str, bool]:
-    """The settings ``sicog curate captions|reasoning`` take, by argument name (``batch_size``, ...), each with
-    whether it also has a ``--no-`` form (so that a setting of false can be passed, not just left out)."""
-    names: dict[str, bool] = {}
+def curation_option_names() -> dict[str, tuple[str | None, str | None] | None]:
+    """The settings ``sicog curate captions|reasoning`` take, by argument name (``batch_size``, ...), each with its
+    switch flags (:func:`~sicog.data.argtypes.option_flags`)."""
+    names: dict[str, tuple[str | None, str | None] | None] = {}
     for task in ("captions", "reasoning"):
         parser = argparse.ArgumentParser()
         _add_curation_arguments(parser, task)
-        names |= {action.dest: isinstance(action, argparse.BooleanOptionalAction)
-                  for action in parser._actions if action.dest != "help"}
+        names |= option_flags(parser)
     return names
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -107,6 +108,18 @@ def _seed_plans(args: argparse.Namespace, config: CycleConfig, world: World, out
     return seeds
 
 
+def _missing_inputs(seeds: dict[int, tuple[SeedPlan, Engine]]) -> list[str]:
+    """The outside inputs of every seed's plan that are not there, each once."""
+    return list(dict.fromkeys(path for plan, engine in seeds.values() for path in engine.missing_inputs(plan.plan)))
+
+
+def _unset_launcher_variables(launcher: list[str]) -> list[str]:
+    """The environment variables the launcher names (``$VAR``, ``${VAR}``, expanded when a step starts) that are
+    not set: left as text, they would reach torchrun as an address it cannot read."""
+    named = (m.group(1) or m.group(2) for arg in launcher for m in re.finditer(r"\$\{(\w+)\}|\$(\w+)", arg))
+    return sorted({name for name in named if name not in os.environ})
+
+
 def _dry_run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
     """Print every seed's plan against what ``out`` holds now; build, replace and write nothing."""
     from sicog.cycle.world import make_world, toy_world_change
@@ -119,9 +132,13 @@ def _dry_run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
         if change:
             print(f"# the toy world in {out / 'world'} would be built first: {change}; every step reading it is "
                   "shown as to run")
-        for seed, (seed_plan, engine) in _seed_plans(args, config, world, out, missing_inputs_ok=True,
-                                                     unbuilt=unbuilt).items():
+        seeds = _seed_plans(args, config, world, out, missing_inputs_ok=True, unbuilt=unbuilt)
+        for seed, (seed_plan, engine) in seeds.items():
             print_plan(engine, seed_plan.plan, force, seed)
+        if missing := _missing_inputs(seeds):
+            print(f"# inputs not there (a run stops on them): {', '.join(missing)}")
+        if unset := _unset_launcher_variables(config.launcher):
+            print(f"# launcher variables not set here (a run stops on them): {', '.join(unset)}")
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`--dry-run | head`): nothing else was to be done. Standard output then points
@@ -136,8 +153,12 @@ def _run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
     from sicog.cycle.report import seed_results, write_report
     from sicog.cycle.world import make_world
 
+    if unset := _unset_launcher_variables(config.launcher):
+        raise ValueError(f"the launcher reads environment variable(s) that are not set: {', '.join(unset)}")
     world = make_world(config, out)
     seeds = _seed_plans(args, config, world, out)
+    if missing := _missing_inputs(seeds):
+        raise FileNotFoundError(f"cycle input(s) not there: {', '.join(missing)}")
     if args.rerun_from:
         # Recorded in every seed before any runs, so a run killed in seed 0 still reruns the step in seed 1.
         for _, engine in seeds.values():

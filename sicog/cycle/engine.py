@@ -119,6 +119,32 @@ class CycleFailed(RuntimeError):
         super().__init__("; ".join(f"{name}: {reason}" for name, reason in failures.items()))
 
 
+# torchrun accepts both spellings of its process-count flags.
+PROCESS_FLAGS = (("--nproc_per_node", "--nproc-per-node"), ("--nnodes",))
+
+
+def launcher_processes(launcher: list[str]) -> int | None:
+    """Processes a torchrun launcher starts: ``--nproc_per_node`` x ``--nnodes`` (1 without a launcher).
+
+    None when a count is not a number before the launcher runs (torchrun's ``gpu``, ``auto`` or ``cpu``, or an
+    environment variable): the global batch then depends on the machine.
+    """
+    def value(flags: tuple[str, ...]) -> int | None:
+        for i, arg in enumerate(launcher):
+            name, sep, given = arg.partition("=")
+            if name not in flags:
+                continue
+            if not sep:
+                given = launcher[i + 1] if i + 1 < len(launcher) else ""
+            # An elastic range (``--nnodes=1:4``) counts its largest size.
+            count = given.split(":")[-1]
+            return int(count) if count.isdigit() else None
+        return 1
+
+    counts = [value(flags) for flags in PROCESS_FLAGS]
+    return None if None in counts else counts[0] * counts[1]
+
+
 def content_hash(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, or of a folder's relative file names and their bytes (sorted)."""
     path = Path(path)
@@ -286,9 +312,29 @@ class Engine:
         keys of the steps that wrote them (``keys``, default this run's), how it runs, and the code
         fingerprint (``code``, default this run's; ``""`` leaves it out, as keys made before it did)."""
         parts = [self._key_part(arg, self.keys if keys is None else keys) for arg in step.argv]
-        how = {"threads": self.threads, "launcher": self.launcher if step.launched else []}
+        how = {"threads": self.threads, "launcher": self._launch_key() if step.launched else []}
         fingerprint = self.code if code is None else code
         return [parts, {**how, "code": fingerprint} if fingerprint else how]
+
+    def _launch_key(self) -> object:
+        """What of the launcher a launched step's key holds: how many processes share its work (the global batch
+        follows it), not where they meet (a rendezvous port or job id changes no result, and a changed key would
+        remove the step's outputs); the whole launcher when a count is read from the environment."""
+        if not self.launcher:
+            return []
+        processes = launcher_processes(self.launcher)
+        return self.launcher if processes is None else {"processes": processes}
+
+    def missing_inputs(self, plan: Plan) -> list[str]:
+        """The outside inputs of ``plan``'s steps that are not there (those to be built first aside), in order."""
+        def inputs(arg: Arg) -> list[str]:
+            if isinstance(arg, Joined):
+                return [path for part in arg.parts for path in inputs(part)]
+            return [arg.path] if isinstance(arg, Input) else []
+
+        paths = dict.fromkeys(path for step in plan.steps.values() for arg in step.argv for path in inputs(arg))
+        return [path for path in paths if not Path(path).exists() and not any(
+            path == root or path.startswith(root.rstrip("/") + "/") for root in self.unbuilt)]
 
     def key(self, step: Step, code: str | None = None, keys: Mapping[str, str] | None = None) -> str:
         """The step's cache key (arguments as for :meth:`key_parts`); keys of its dependencies must be known."""

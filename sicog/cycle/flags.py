@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Collection
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from sicog.cycle.engine import Arg, Input
+
+# A switch's flags: the one that turns it on, the one that turns it off (None: its default).
+Switch = tuple[str | None, str | None]
 
 if TYPE_CHECKING:
     from sicog.cycle.config import CycleConfig
@@ -29,13 +32,14 @@ def setting_arg(name: str, value: object) -> Arg:
     return Input(text) if name in INPUT_SETTINGS and isinstance(value, str) and os.path.exists(text) else text
 
 
-def _flags(settings: dict, known: Collection[str], planned: dict[str, str | None], what: str,
-           dashes: bool = False, negatable: Collection[str] = ()) -> list[Arg]:
-    """Command-line flags from a settings mapping, checked against the command's own argument names and
-    against those the plan sets itself (``planned``: name -> the cycle keys that set it, None for the plan).
-    With ``dashes``, true is the bare flag and false is ``--no-`` + the flag for the ``negatable`` names, nothing
-    for the others (a switch that is off unless given)."""
-    unknown = sorted(set(settings) - known - set(planned))
+def _flags(settings: dict, known: Mapping[str, Switch | None], planned: dict[str, str | None], what: str,
+           dashes: bool = False) -> list[Arg]:
+    """Command-line flags from a settings mapping, checked against the command's own argument names (``known``:
+    name -> its switch flags, :func:`~sicog.data.argtypes.option_flags`, or None) and against those the plan sets
+    itself (``planned``: name -> the cycle keys that set it, None for the plan). A switch set true or false gets
+    the flag that says so (none where that is its default); any other setting ``--name value`` (with ``dashes``,
+    ``--na-me``). Sorted by name, so that a setting's place in the config file is no part of a step's key."""
+    unknown = sorted(set(settings) - set(known) - set(planned))
     if unknown:
         raise ValueError(f"cycle config: key {what!r}: unknown setting(s) {unknown}")
     owned = sorted(set(settings) & set(planned))
@@ -44,12 +48,12 @@ def _flags(settings: dict, known: Collection[str], planned: dict[str, str | None
                           for name in owned)
         raise ValueError(f"cycle config: key {what!r}: setting(s) {owned} are set by the cycle itself ({where})")
     flags = []
-    for key, value in settings.items():
-        flag = "--" + (key.replace("_", "-") if dashes else key)
-        if dashes and isinstance(value, bool):
-            flags += [flag] if value else ["--no-" + flag[2:]] if key in negatable else []
+    for key, value in sorted(settings.items()):
+        switch = known.get(key)
+        if switch is not None and isinstance(value, bool):
+            flags += [flag] if (flag := switch[0 if value else 1]) else []
         else:
-            flags += [flag, setting_arg(key, value)]
+            flags += ["--" + (key.replace("_", "-") if dashes else key), setting_arg(key, value)]
     return flags
 
 
@@ -61,9 +65,13 @@ PLANNED_TRAIN: dict[str, str | None] = {
     "learning_rate": "stage1_lr, finetune_lr and dpo_lr",
     **dict.fromkeys(("stage", "data_path", "image_folder", "output_dir", "seed")),
 }
-# The schedule every training step gets unless ``train`` gives its own value for a flag (which then replaces it).
+# The schedule every training step gets unless ``train`` gives its own value for a flag (which then replaces
+# it); stage 1 draws random batches, as the published alignment script does (no grouping by modality and length).
 TRAIN_SCHEDULE = {"lr_scheduler_type": "cosine", "warmup_steps": "0.03", "weight_decay": "0.0", "save_total_limit": "1",
                   "group_by_modality_length": "True", "disable_tqdm": "True"}
+# `sicog train` model settings that hold for loading any checkpoint, not only for stage 1's building from parts (the
+# published scripts pass flash-attention to every stage).
+LOAD_SETTINGS = frozenset({"attn_implementation"})
 # `sicog train` model flags stage 1 gets from the cycle's keys.
 PLANNED_MODEL: dict[str, str | None] = {"vision_tower": "vision_tower", "language_model": "language_model",
                                         "model_name_or_path": None}
@@ -86,7 +94,7 @@ def train_flags(config: CycleConfig) -> list[Arg]:
     """``config.train`` as `sicog train` flags."""
     from sicog.train.arguments import DataArguments, SicogTrainingArguments
 
-    known = {f.name for cls in (DataArguments, SicogTrainingArguments) for f in dataclasses.fields(cls)}
+    known = dict.fromkeys(f.name for cls in (DataArguments, SicogTrainingArguments) for f in dataclasses.fields(cls))
     accumulation = config.train.get("gradient_accumulation_steps", 1)
     if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
         raise ValueError(f"cycle config: key 'train': gradient_accumulation_steps must be a whole number of at "
@@ -99,19 +107,24 @@ def model_flags(config: CycleConfig, world: World) -> list[Arg]:
     return _flags({**world.model_settings, **config.model}, _model_names(), PLANNED_MODEL, "model")
 
 
-def _model_names() -> set[str]:
+def load_flags(config: CycleConfig) -> list[Arg]:
+    """The ``config.model`` settings (:data:`LOAD_SETTINGS`) every training step loads its checkpoint with (stage 1,
+    which builds the model, gets all of ``config.model``)."""
+    return _flags({k: v for k, v in config.model.items() if k in LOAD_SETTINGS}, _model_names(), PLANNED_MODEL,
+                  "model")
+
+
+def _model_names() -> dict[str, None]:
     from sicog.train.arguments import ModelArguments
 
-    return {f.name for f in dataclasses.fields(ModelArguments)}
+    return dict.fromkeys(f.name for f in dataclasses.fields(ModelArguments))
 
 
 def curate_flags(config: CycleConfig) -> list[Arg]:
     """``config.curate`` as `sicog curate captions|reasoning` flags."""
     from sicog.curate.cli import curation_option_names
 
-    options = curation_option_names()
-    return _flags(config.curate, set(options), PLANNED_CURATE, "curate", dashes=True,
-                  negatable={name for name, negatable in options.items() if negatable})
+    return _flags(config.curate, curation_option_names(), PLANNED_CURATE, "curate", dashes=True)
 
 
 def generate_flags(config: CycleConfig) -> list[Arg]:

@@ -7,8 +7,16 @@ from dataclasses import dataclass, field
 
 from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
 from sicog.cycle.config import REQUIRED, REQUIRED_FOR_DPO, CycleConfig
-from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step
-from sicog.cycle.flags import TRAIN_SCHEDULE, curate_flags, generate_flags, model_flags, setting_arg, train_flags
+from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step, launcher_processes
+from sicog.cycle.flags import (
+    TRAIN_SCHEDULE,
+    curate_flags,
+    generate_flags,
+    load_flags,
+    model_flags,
+    setting_arg,
+    train_flags,
+)
 from sicog.cycle.world import World
 from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
@@ -17,32 +25,6 @@ POOLS = {"unlabeled_images": ("unlabeled_images", "unlabeled_web", "oracle_capti
          "unlabeled_questions": ("unlabeled_questions", "oracle_reasoning")}
 GENERATION = {"captions": ("stage0_perception", "cod", "unlabeled_images", "cod-default"),
               "reasoning": ("stage0_reasoning", "cot", "unlabeled_questions", "cot-default")}
-
-
-# torchrun accepts both spellings of its process-count flags.
-PROCESS_FLAGS = (("--nproc_per_node", "--nproc-per-node"), ("--nnodes",))
-
-
-def launcher_processes(launcher: list[str]) -> int | None:
-    """Processes a torchrun launcher starts: ``--nproc_per_node`` x ``--nnodes`` (1 without a launcher).
-
-    None when a count is not a number before the launcher runs (torchrun's ``gpu``, ``auto`` or ``cpu``, or an
-    environment variable): the global batch then depends on the machine.
-    """
-    def value(flags: tuple[str, ...]) -> int | None:
-        for i, arg in enumerate(launcher):
-            name, sep, given = arg.partition("=")
-            if name not in flags:
-                continue
-            if not sep:
-                given = launcher[i + 1] if i + 1 < len(launcher) else ""
-            # An elastic range (``--nnodes=1:4``) counts its largest size.
-            count = given.split(":")[-1]
-            return int(count) if count.isdigit() else None
-        return 1
-
-    counts = [value(flags) for flags in PROCESS_FLAGS]
-    return None if None in counts else counts[0] * counts[1]
 
 
 def _option(flag: str, value: object) -> list[str]:
@@ -76,6 +58,7 @@ class _Planner:
         self.result = SeedPlan(Plan(world.steps))
         self.plan = self.result.plan
         self.train_flags = train_flags(config)
+        self.load_flags = load_flags(config)
         self.curate_flags = curate_flags(config)
         self.generate_flags = generate_flags(config)
         self.data: dict[str, Arg] = {k: world.input(k) for k in world.files}
@@ -96,12 +79,14 @@ class _Planner:
             total = batch * accumulation * processes
             note = f"global batch {total} = {batch} per device x {accumulation} accumulation x {processes} " \
                    f"processes; {steps} steps = {steps * total} samples"
-        argv = ["train", "--stage", stage, *source, "--data_path", data, "--image_folder", self.w.image_folder,
-                "--output_dir", Out(), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
-                "--learning_rate", str(lr), "--seed", str(self.seed),
-                *(flag for name, value in {**TRAIN_SCHEDULE, "logging_steps": str(max(1, min(10, steps // 5))),
-                                           "save_steps": str(max(steps // 2, 1))}.items()
-                  if name not in c.train for flag in (f"--{name}", value)),
+        schedule = {**TRAIN_SCHEDULE, "logging_steps": str(max(1, min(10, steps // 5))),
+                    "save_steps": str(max(steps // 2, 1))}
+        if stage == "1":
+            del schedule["group_by_modality_length"]
+        argv = ["train", "--stage", stage, *source, *(self.load_flags if stage != "1" else ()), "--data_path", data,
+                "--image_folder", self.w.image_folder, "--output_dir", Out(), "--max_steps", str(steps),
+                "--per_device_train_batch_size", str(batch), "--learning_rate", str(lr), "--seed", str(self.seed),
+                *(flag for name, value in schedule.items() if name not in c.train for flag in (f"--{name}", value)),
                 *(_without(self.train_flags, "--tunable_parts") if tunable else self.train_flags),
                 *_option("--tunable_parts", tunable)]
         return self.plan.add(Step(name, tuple(argv), launched=True, note=note))

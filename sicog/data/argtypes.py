@@ -70,3 +70,22 @@ def os_error_text(err: OSError) -> str:
     file, without Python's ``[Errno N]``."""
     where = f"{err.filename}: " if err.filename is not None else ""
     return f"{where}{err.strerror or err}"
+
+
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, tuple[str | None, str | None] | None]:
+    """Each option of ``parser`` by its name (``dest``): for a switch, the flag that turns it on and the one that
+    turns it off (None where only its default stands for that: ``--x`` of store_true has no off flag, and
+    ``--no-x`` of store_false no on flag); None for an option that takes a value."""
+    flags: dict[str, tuple[str | None, str | None] | None] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            on = next(flag for flag in action.option_strings if not flag.startswith("--no-"))
+            flags[action.dest] = (on, next(flag for flag in action.option_strings if flag.startswith("--no-")))
+        elif action.nargs == 0 and isinstance(action.const, bool):  # store_true / store_false
+            flag = action.option_strings[-1]
+            flags[action.dest] = (flag, None) if action.const else (None, flag)
+        else:
+            flags[action.dest] = None
+    return flags

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import finite_float, non_negative_float, os_error_text, positive_int
+from sicog.data.argtypes import finite_float, non_negative_float, option_flags, os_error_text, positive_int
 from sicog.data.jsonl import RecordError, refuse_overwriting
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from sicog.generate.job import GenerationJob
 
 
-def generation_option_names() -> set[str]:
-    """The settings ``sicog generate captions|reasoning`` take, by argument name (``cache``, ``dtype``, ...)."""
-    return {action.dest for action in _common_arguments()._actions} | {"prompt"}
+def generation_option_names() -> dict[str, tuple[str | None, str | None] | None]:
+    """The settings ``sicog generate captions|reasoning`` take, by argument name (``cache``, ``dtype``, ...), each
+    with its switch flags (:func:`~sicog.data.argtypes.option_flags`)."""
+    return {**option_flags(_common_arguments()), "prompt": None}
 
 
 def _common_arguments() -> argparse.ArgumentParser:
