@@ -198,6 +198,19 @@ def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
     changed = {n for n in base if keys[n] != base[n]}
     assert changed == plan.downstream(["stage1"]) and "eval_D" in changed and "B_mixture" not in changed
     assert "open_synonyms" not in plan.steps and "--synonyms" not in plan.steps["open_D"].argv
+    # A dataset named by a YAML mixture or a comma list is hashed by every file it reads: an edited entry reruns.
+    (tmp_path / "vision" / "config.json").write_text('{"part": "vision"}')
+    part = tmp_path / "sft_part.jsonl"
+    shutil.copy(data["sft"], part)
+    mixture = tmp_path / "sft.yaml"
+    mixture.write_text(f"datasets:\n  - json_path: {part.name}\n")
+    for value in (str(mixture), f"{part},{data['cod']}"):
+        with_parts = dataclasses.replace(real, data={**data, "sft": value})
+        before, _ = keys_of(with_parts, tmp_path / "run")
+        with part.open("a") as handle:
+            handle.write(json.dumps({"id": f"more{len(value)}", "conversations": turns}) + "\n")
+        after, _ = keys_of(with_parts, tmp_path / "run")
+        assert {n for n in before if after[n] != before[n]} == plan.downstream(sft_steps), value
 
 
 def _head(name: str, source) -> Step:

@@ -295,6 +295,22 @@ def with_preset(values: object, path: Path) -> object:
     return {**_read_yaml(preset_file(name)), **values}
 
 
+def _beside(value: str, base: Path) -> str:
+    """A path of the config file: relative to its folder unless absolute."""
+    return value if os.path.isabs(value) else str(base / value)
+
+
+def _sources_beside(value: str, base: Path, path: Path, key: str) -> str:
+    """A dataset value with each source it names (a comma list, a brace pattern) relative to the config's folder."""
+    from sicog.data.jsonl import RecordError
+    from sicog.data.sources import split_data_path
+
+    try:
+        return ",".join(_beside(source, base) for source in split_data_path(value))
+    except RecordError as err:
+        raise ConfigError(f"{path}: key 'data': {key}: {err}") from None
+
+
 def load_config(spec: str, dpo: bool = False) -> CycleConfig:
     """A packaged preset name (``toy``, ``quick``, ``paper``) or a YAML file path, checked for a run (with
     ``dpo``: one with arm F): every value and the names of the settings passed on to commands
@@ -306,7 +322,8 @@ def load_config(spec: str, dpo: bool = False) -> CycleConfig:
     values = check_values(loaded, path, dpo)
     base = path.parent
     if "data" in values:
-        values["data"] = {k: str(v if os.path.isabs(str(v)) else base / str(v)) for k, v in values["data"].items()}
+        values["data"] = {k: _beside(str(v), base) if k == "image_folder" else _sources_beside(str(v), base, path, k)
+                          for k, v in values["data"].items()}
     for key in ("vision_tower", "language_model"):
         if values.get(key) and not os.path.isabs(values[key]) and (base / values[key]).exists():
             values[key] = str(base / values[key])

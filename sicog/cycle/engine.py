@@ -53,9 +53,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Input:
-    """A file or folder from outside the run; its content is part of the key of every step reading it."""
+    """A file or folder from outside the run; its content is part of the key of every step reading it. A value
+    that names several (a comma list of datasets, a YAML mixture) lists them in ``sources``, whose contents are
+    hashed instead (the mixture file among them): ``path`` is then the argument as the step is given it."""
 
     path: str
+    sources: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """What is read: ``sources``, else ``path``."""
+        return self.sources or (self.path,)
 
 
 @dataclass(frozen=True)
@@ -298,7 +306,7 @@ class Engine:
         if isinstance(arg, Joined):
             return ["joined", arg.separator, [self._key_part(a, keys) for a in arg.parts]]
         if isinstance(arg, Input):
-            return ["input", self.input_hash(arg.path)]
+            return ["input", *map(self.input_hash, arg.files)]
         if isinstance(arg, Ref):
             return ["ref", keys[arg.step], arg.path]
         if isinstance(arg, Out):
@@ -330,7 +338,7 @@ class Engine:
         def inputs(arg: Arg) -> list[str]:
             if isinstance(arg, Joined):
                 return [path for part in arg.parts for path in inputs(part)]
-            return [arg.path] if isinstance(arg, Input) else []
+            return list(arg.files) if isinstance(arg, Input) else []
 
         paths = dict.fromkeys(path for step in plan.steps.values() for arg in step.argv for path in inputs(arg))
         return [path for path in paths if not Path(path).exists() and not any(

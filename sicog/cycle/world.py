@@ -6,6 +6,7 @@ Both give the same keys (``align``, ``cod``, ``cot``, ``sft``, ``unlabeled_image
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +30,17 @@ class World:
     steps: list[Step] = field(default_factory=list)
 
     def input(self, key: str) -> Input:
-        """A dataset of the world as a cycle input."""
+        """A dataset of the world as a cycle input, with every file it reads (a comma list's, a YAML mixture's
+        and its entries') as its sources."""
         if key not in self.files:
             raise KeyError(f"the world has no {key!r} dataset")
-        return Input(self.files[key])
+        value = self.files[key]
+        mixture = value.lower().endswith((".yaml", ".yml"))
+        if "," not in value and not (mixture and os.path.isfile(value)):
+            return Input(value)
+        from sicog.data.mixture import data_sources
+
+        return Input(value, tuple(data_sources(value)))
 
 
 def toy_world_change(config: CycleConfig, out: Path) -> str | None:
