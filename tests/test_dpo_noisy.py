@@ -119,6 +119,19 @@ def test_a_wrong_answer_a_marker_states_is_rejected_before_an_unmarked_one(tmp_p
     assert summary.pairs == 20 and {p["source"]["rejected_answer"] for p in pairs} == {"5"}
 
 
+def test_against_an_unmarked_chosen_answer_no_marked_answer_is_preferred(tmp_path):
+    """Against "There are three cubes." every marked answer looks different, the right "3" too: it was always
+    rejected."""
+    unmarked = format_steps(COT_STEPS, ["Count the cubes.", "Cubes.", "I count.", "There are three cubes."])
+    clean = write(tmp_path / "c.jsonl", [{**curated(f"q{i}"), "conversations": [
+        {"from": "human", "value": f"<image>\n{PROMPT}"}, {"from": "gpt", "value": unmarked}]} for i in range(20)])
+    wrong = format_steps(COT_STEPS, ["Count the cubes.", "Cubes.", "Blurry.", "There are five cubes."])
+    noisy = write(tmp_path / "n.jsonl", [generated(f"q{i}", [cot("3"), wrong]) for i in range(20)])
+    pairs_from_noisy(clean, noisy, tmp_path / "p.jsonl")
+    picks = {json.loads(line)["source"]["rejected_index"] for line in (tmp_path / "p.jsonl").read_text().splitlines()}
+    assert picks == {0, 1}
+
+
 def test_captions_take_any_other_candidate(tmp_path):
     prompt = "Please generate a detailed caption of this image. Describe the image step-by-step."
     clean = write(tmp_path / "c.jsonl", [{"id": "c1", "image": "c1.png", "conversations": [

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from sicog.curate.extract import Task, candidate_answer, expects_steps, extract
 from sicog.curate.records import GeneratedRecord, check_task, parse_generated
-from sicog.curate.select import record_rng, usable
+from sicog.curate.select import marked_first, record_rng, usable
 from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl, write_records
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
@@ -162,10 +162,9 @@ def make_pair(clean: CleanAnswer, noisy: GeneratedRecord, *, task: Task, seed: i
     chosen_answer = _answer(clean.chosen, task, noisy.prompt_type)
     answers = {i: _answer(noisy.candidates[i], task, noisy.prompt_type) for i in allowed}
     differing = [i for i in allowed if chosen_answer is not None and answers[i].normalized != chosen_answer.normalized]
-    # As curation's own pairs: an answer read from a last sentence, without a marker, may be the chosen answer in
-    # other words ("There are three cubes." against "3"); one a marker introduced is what the candidate answered.
-    marked = [i for i in differing if answers[i].explicit]
-    rejected = record_rng(seed, noisy.id).choice(marked or differing or allowed)
+    explicit = {i: answer.explicit for i, answer in answers.items()} if chosen_answer is not None else None
+    preferred = marked_first(differing, explicit, chosen_answer is not None and chosen_answer.explicit)
+    rejected = record_rng(seed, noisy.id).choice(preferred or allowed)
     source = {
         "kind": "noisy", "task": task, **files,
         "rejected_index": rejected, "corruption": noisy.record["generation"]["corruption"],

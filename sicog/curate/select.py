@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -147,10 +147,17 @@ def _rejected(
     lower = [i for i in ranking[n - max(1, n // 2) :] if i in others] or others
     if not lower:
         return None
-    # An answer read from a last sentence, without a marker, may be the chosen answer in other words ("There
-    # are three cubes." against "3"); one a marker introduced is what the candidate answered.
-    marked = [i for i in lower if explicit is not None and explicit[i]]
-    return rng.choice(marked or lower)
+    return rng.choice(marked_first(lower, explicit, explicit is not None and explicit[best]))
+
+
+def marked_first(candidates: list[int], explicit: Sequence[bool] | Mapping[int, bool] | None,
+                 chosen_marked: bool) -> list[int]:
+    """Of ``candidates`` (indices of answers that differ from the chosen one), those whose answer a marker
+    introduced (``explicit``), when the chosen answer's was too and there are any; else all. An answer read from a
+    last sentence may be the chosen one in other words ("There are three cubes." against "3"), and against an
+    unmarked chosen answer every marked one looks different."""
+    marked = [i for i in candidates if explicit is not None and explicit[i]] if chosen_marked else []
+    return marked or candidates
 
 
 def _value(score: float | None) -> float:
