@@ -10,7 +10,7 @@ import yaml
 from sicog.cli import main
 from sicog.cycle.commands import load_checked
 from sicog.cycle.config import ConfigError, load_config
-from sicog.cycle.engine import launcher_processes
+from sicog.cycle.plan import launcher_processes
 
 REAL = {
     "name": "real", "toy_size": None, "vision_tower": "/data/clip", "language_model": "/data/qwen",

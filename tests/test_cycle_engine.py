@@ -105,7 +105,7 @@ def test_the_toy_encoder_is_two_steps_before_curation_and_a_sentence_encoder_non
     assert "/some/encoder" in changed_plan.steps["curate_captions"].argv
 
 
-def test_where_launched_processes_meet_is_no_part_of_a_key(quick_keys):
+def test_where_launched_processes_meet_is_no_part_of_a_key(quick_keys, monkeypatch):
     """A new rendezvous port reran (and removed) every launched step; the process count is what changes results."""
     out, config, _, _ = quick_keys
     launcher = ["torchrun", "--nproc_per_node=2", "--rdzv_endpoint=node0:29500"]
@@ -113,9 +113,17 @@ def test_where_launched_processes_meet_is_no_part_of_a_key(quick_keys):
     moved, _ = keys_of(dataclasses.replace(config, launcher=[*launcher[:2], "--rdzv_endpoint=n1:29501", "--rdzv_id=x"]),
                        out)
     assert moved == keys
+    launched = plan.downstream([name for name, step in plan.steps.items() if step.launched])
     more, _ = keys_of(dataclasses.replace(config, launcher=["torchrun", "--nproc_per_node=4"]), out)
-    assert {name for name in keys if more[name] != keys[name]} == plan.downstream(
-        [name for name, step in plan.steps.items() if step.launched])
+    assert {name for name in keys if more[name] != keys[name]} == launched
+    # Any launcher's counts, also those read from the environment when a step starts.
+    srun = [keys_of(dataclasses.replace(config, launcher=["srun", f"--ntasks={n}", "python"]), out)[0] for n in (4, 8)]
+    assert {name for name in srun[0] if srun[0][name] != srun[1][name]} == launched
+    from_env = dataclasses.replace(config, launcher=["torchrun", "--nproc_per_node=$SICOG_TEST_PROCESSES"])
+    monkeypatch.setenv("SICOG_TEST_PROCESSES", "4")
+    four, _ = keys_of(from_env, out)
+    monkeypatch.setenv("SICOG_TEST_PROCESSES", "8")
+    assert {name for name in four if keys_of(from_env, out)[0][name] != four[name]} == launched
 
 
 def test_settings_become_flags_in_name_order_and_switches_by_their_own_flags(quick_keys):

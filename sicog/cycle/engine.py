@@ -127,30 +127,8 @@ class CycleFailed(RuntimeError):
         super().__init__("; ".join(f"{name}: {reason}" for name, reason in failures.items()))
 
 
-# torchrun accepts both spellings of its process-count flags.
-PROCESS_FLAGS = (("--nproc_per_node", "--nproc-per-node"), ("--nnodes",))
-
-
-def launcher_processes(launcher: list[str]) -> int | None:
-    """Processes a torchrun launcher starts: ``--nproc_per_node`` x ``--nnodes`` (1 without a launcher).
-
-    None when a count is not a number before the launcher runs (torchrun's ``gpu``, ``auto`` or ``cpu``, or an
-    environment variable): the global batch then depends on the machine.
-    """
-    def value(flags: tuple[str, ...]) -> int | None:
-        for i, arg in enumerate(launcher):
-            name, sep, given = arg.partition("=")
-            if name not in flags:
-                continue
-            if not sep:
-                given = launcher[i + 1] if i + 1 < len(launcher) else ""
-            # An elastic range (``--nnodes=1:4``) counts its largest size.
-            count = given.split(":")[-1]
-            return int(count) if count.isdigit() else None
-        return 1
-
-    counts = [value(flags) for flags in PROCESS_FLAGS]
-    return None if None in counts else counts[0] * counts[1]
+# torchrun's flags that say where its processes meet, in its underscore spelling (it also takes dashes).
+RENDEZVOUS_FLAGS = frozenset({"__rdzv_endpoint", "__rdzv_id", "__master_addr", "__master_port"})
 
 
 def content_hash(path: str | os.PathLike) -> str:
@@ -324,14 +302,17 @@ class Engine:
         fingerprint = self.code if code is None else code
         return [parts, {**how, "code": fingerprint} if fingerprint else how]
 
-    def _launch_key(self) -> object:
-        """What of the launcher a launched step's key holds: how many processes share its work (the global batch
-        follows it), not where they meet (a rendezvous port or job id changes no result, and a changed key would
-        remove the step's outputs); the whole launcher when a count is read from the environment."""
-        if not self.launcher:
-            return []
-        processes = launcher_processes(self.launcher)
-        return self.launcher if processes is None else {"processes": processes}
+    def _launch_key(self) -> list[str]:
+        """What of the launcher a launched step's key holds: all of it, as a step starts it (``$VAR`` read from the
+        environment: a node count from SLURM's), but where its processes meet (a rendezvous address, port or job
+        id changes no result, and a changed key would remove the step's outputs)."""
+        key, skip = [], False
+        for arg in (os.path.expandvars(arg) for arg in self.launcher):
+            name, sep, _ = arg.partition("=")
+            if not skip and name.replace("-", "_") not in RENDEZVOUS_FLAGS:
+                key.append(arg)
+            skip = not skip and not sep and name.replace("-", "_") in RENDEZVOUS_FLAGS  # "--flag value": the value
+        return key
 
     def missing_inputs(self, plan: Plan) -> list[str]:
         """The outside inputs of ``plan``'s steps that are not there (those to be built first aside), in order."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
 from sicog.cycle.config import REQUIRED, REQUIRED_FOR_DPO, CycleConfig
-from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step, launcher_processes
+from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step
 from sicog.cycle.flags import (
     TRAIN_SCHEDULE,
     curate_flags,
@@ -25,6 +25,32 @@ POOLS = {"unlabeled_images": ("unlabeled_images", "unlabeled_web", "oracle_capti
          "unlabeled_questions": ("unlabeled_questions", "oracle_reasoning")}
 GENERATION = {"captions": ("stage0_perception", "cod", "unlabeled_images", "cod-default"),
               "reasoning": ("stage0_reasoning", "cot", "unlabeled_questions", "cot-default")}
+
+
+# torchrun accepts both spellings of its process-count flags.
+PROCESS_FLAGS = (("--nproc_per_node", "--nproc-per-node"), ("--nnodes",))
+
+
+def launcher_processes(launcher: list[str]) -> int | None:
+    """Processes a torchrun launcher starts: ``--nproc_per_node`` x ``--nnodes`` (1 without a launcher).
+
+    None when a count is not a number before the launcher runs (torchrun's ``gpu``, ``auto`` or ``cpu``, or an
+    environment variable): the global batch then depends on the machine.
+    """
+    def value(flags: tuple[str, ...]) -> int | None:
+        for i, arg in enumerate(launcher):
+            name, sep, given = arg.partition("=")
+            if name not in flags:
+                continue
+            if not sep:
+                given = launcher[i + 1] if i + 1 < len(launcher) else ""
+            # An elastic range (``--nnodes=1:4``) counts its largest size.
+            count = given.split(":")[-1]
+            return int(count) if count.isdigit() else None
+        return 1
+
+    counts = [value(flags) for flags in PROCESS_FLAGS]
+    return None if None in counts else counts[0] * counts[1]
 
 
 def _option(flag: str, value: object) -> list[str]:
