@@ -58,11 +58,14 @@ def test_a_required_dataset_left_out_is_named_before_anything_runs(tmp_path):
 
 def test_every_source_of_a_dataset_is_relative_to_the_config_file(tmp_path):
     """Only the first of a comma list was: the second was looked for in the working folder."""
-    data = {**REAL["data"], "sft": "sft/a.jsonl,sft/{b,c}.json,/data/d.jsonl", "image_folder": "im,ages"}
+    data = {**REAL["data"], "sft": "sft/a.jsonl,sft/{b,c}.json,/data/d.jsonl,owner/hub_set:train",
+            "image_folder": "im,ages", "bench_mc": "bench,v2/mmstar.tsv"}
     config = load_config(write(tmp_path, data=data))
     assert config.data["sft"] == ",".join([str(tmp_path / "sft" / "a.jsonl"), str(tmp_path / "sft" / "b.json"),
-                                            str(tmp_path / "sft" / "c.json"), "/data/d.jsonl"])
-    assert config.data["image_folder"] == str(tmp_path / "im,ages")  # a folder: one path, commas and all
+                                            str(tmp_path / "sft" / "c.json"), "/data/d.jsonl", "owner/hub_set:train"])
+    # The datasets other commands read are one path each, commas and all.
+    assert config.data["image_folder"] == str(tmp_path / "im,ages")
+    assert config.data["bench_mc"] == str(tmp_path / "bench,v2" / "mmstar.tsv")
     refused(tmp_path, write(tmp_path, data={**REAL["data"], "sft": "sft/{a,b.json"}), "key 'data': sft:",
             "unbalanced braces")
 

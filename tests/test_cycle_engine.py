@@ -212,6 +212,15 @@ def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
     shutil.copy(data["sft"], part)
     mixture = tmp_path / "sft.yaml"
     mixture.write_text(f"datasets:\n  - json_path: {part.name}\n")
+    # A Hub dataset id among them enters the key by its name; a mixture not there yet is listed as missing.
+    hub = dataclasses.replace(real, data={**data, "sft": f"{part},owner/set:train"})
+    hub_keys, hub_plan = keys_of(hub, tmp_path / "run")
+    other = keys_of(dataclasses.replace(real, data={**data, "sft": f"{part},owner/other:train"}), tmp_path / "run")[0]
+    assert {n for n in hub_keys if other[n] != hub_keys[n]} == plan.downstream(sft_steps)
+    later = dataclasses.replace(real, data={**data, "sft": f"{part},{tmp_path / 'later.yaml'}"})
+    engine = Engine(tmp_path / "run" / "seed0", anchor=tmp_path / "run")
+    assert engine.missing_inputs(plan_seed(later, make_world(later, tmp_path / "run"), 0).plan) == [
+        str(tmp_path / "later.yaml")]
     for value in (str(mixture), f"{part},{data['cod']}"):
         with_parts = dataclasses.replace(real, data={**data, "sft": value})
         before, _ = keys_of(with_parts, tmp_path / "run")

@@ -116,6 +116,9 @@ class CycleConfig:
 # and the image-use check's references).
 DATA_REQUIRED = ("align", "cod", "cot", "sft", "unlabeled_images", "unlabeled_questions", "bench_mc", "image_folder")
 DATA_OPTIONAL = (*dict.fromkeys(key for arm in ARMS.values() for key in arm.needs), "image_use")
+# The datasets only `sicog train` reads, which may name several sources (a comma list, a brace pattern, a YAML
+# mixture); every other one is one file, read by commands that take one (`curate mix`, `eval`, `data head`).
+TRAINING_DATA = ("align", "sft")
 
 
 # The training schedule: no command default fits it (`sicog train` would train three epochs at
@@ -301,12 +304,16 @@ def _beside(value: str, base: Path) -> str:
 
 
 def _sources_beside(value: str, base: Path, path: Path, key: str) -> str:
-    """A dataset value with each source it names (a comma list, a brace pattern) relative to the config's folder."""
+    """A training dataset with each source it names (a comma list, a brace pattern) relative to the config's folder;
+    a Hub dataset id (``owner/name``) with no such file there stays an id."""
     from sicog.data.jsonl import RecordError
-    from sicog.data.sources import split_data_path
+    from sicog.data.sources import names_hub_dataset, split_data_path
+
+    def beside(source: str) -> str:
+        return source if names_hub_dataset(source) and not (base / source).exists() else _beside(source, base)
 
     try:
-        return ",".join(_beside(source, base) for source in split_data_path(value))
+        return ",".join(map(beside, split_data_path(value)))
     except RecordError as err:
         raise ConfigError(f"{path}: key 'data': {key}: {err}") from None
 
@@ -322,7 +329,7 @@ def load_config(spec: str, dpo: bool = False) -> CycleConfig:
     values = check_values(loaded, path, dpo)
     base = path.parent
     if "data" in values:
-        values["data"] = {k: _beside(str(v), base) if k == "image_folder" else _sources_beside(str(v), base, path, k)
+        values["data"] = {k: _sources_beside(str(v), base, path, k) if k in TRAINING_DATA else _beside(str(v), base)
                           for k, v in values["data"].items()}
     for key in ("vision_tower", "language_model"):
         if values.get(key) and not os.path.isabs(values[key]) and (base / values[key]).exists():

@@ -54,16 +54,18 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Input:
     """A file or folder from outside the run; its content is part of the key of every step reading it. A value
-    that names several (a comma list of datasets, a YAML mixture) lists them in ``sources``, whose contents are
-    hashed instead (the mixture file among them): ``path`` is then the argument as the step is given it."""
+    that names several (a comma list of datasets, a YAML mixture) lists its files in ``sources``, whose contents are
+    hashed instead (the mixture file among them), and its Hub dataset ids in ``names``, which enter the key as
+    they are: ``path`` is then the argument as the step is given it."""
 
     path: str
     sources: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[str, ...]:
-        """What is read: ``sources``, else ``path``."""
-        return self.sources or (self.path,)
+        """What is read from disk: ``sources``, else (a value of one file or folder) ``path``."""
+        return self.sources if self.sources or self.names else (self.path,)
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,7 @@ class Engine:
         if isinstance(arg, Joined):
             return ["joined", arg.separator, [self._key_part(a, keys) for a in arg.parts]]
         if isinstance(arg, Input):
-            return ["input", *map(self.input_hash, arg.files)]
+            return ["input", *map(self.input_hash, arg.files), *arg.names]
         if isinstance(arg, Ref):
             return ["ref", keys[arg.step], arg.path]
         if isinstance(arg, Out):

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sicog.cycle.config import DATA_REQUIRED, CycleConfig
+from sicog.cycle.config import DATA_REQUIRED, TRAINING_DATA, CycleConfig
 from sicog.cycle.engine import Arg, Input, Out, Ref, Step
 
 
@@ -35,12 +35,19 @@ class World:
         if key not in self.files:
             raise KeyError(f"the world has no {key!r} dataset")
         value = self.files[key]
-        mixture = value.lower().endswith((".yaml", ".yml"))
-        if "," not in value and not (mixture and os.path.isfile(value)):
+        if key not in TRAINING_DATA:
             return Input(value)
         from sicog.data.mixture import data_sources
+        from sicog.data.sources import names_hub_dataset, split_data_path
 
-        return Input(value, tuple(data_sources(value)))
+        # A mixture that is not there yet is a source of its own (named missing), not one to open.
+        parts = [source for part in split_data_path(value)
+                 for source in (data_sources(part) if os.path.isfile(part) else [part])]
+        if parts == [value]:
+            return Input(value)
+        # A Hub dataset id (a mixture entry, or a part of the list) enters the key by its name.
+        hub = tuple(filter(names_hub_dataset, parts))
+        return Input(value, tuple(part for part in parts if part not in hub), hub)
 
 
 def toy_world_change(config: CycleConfig, out: Path) -> str | None:

@@ -36,6 +36,13 @@ HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.-]+
 BATCH_ROWS = 1024
 
 
+def names_hub_dataset(source: str) -> bool:
+    """Whether ``source`` reads as a Hub dataset id (``owner/name[:split]``): no file or folder of that name, and no
+    data file's suffix ("sft/a.jsonl" is a missing file)."""
+    return (HUB_ID.match(source) is not None and not os.path.exists(source)
+            and not source.lower().endswith((*JSON_SUFFIXES, *DATASET_SUFFIXES, ".yaml", ".yml")))
+
+
 def expand_braces(pattern: str) -> list[str]:
     """The paths a brace pattern names, in order (``a/{x,y}.json`` -> ``a/x.json``, ``a/y.json``); a path without
     braces is itself. Unbalanced braces raise :class:`RecordError`."""
