@@ -271,8 +271,7 @@ class Engine:
     def input_hash(self, path: str) -> str:
         """Content hash of an outside input, recomputed only when its files' sizes or times changed. With
         ``missing_inputs_ok`` (a dry run), a missing input hashes as missing instead of failing."""
-        if self.missing_inputs_ok and (not Path(path).exists() or any(
-                path == root or path.startswith(root.rstrip("/") + "/") for root in self.unbuilt)):
+        if self.missing_inputs_ok and (not Path(path).exists() or self._unbuilt(path)):
             return f"missing:{path}"
         signature = _stat_signature(Path(path)) if Path(path).exists() else None
         cached = self.manifest["input_hashes"].get(path)
@@ -324,8 +323,11 @@ class Engine:
             return list(arg.files) if isinstance(arg, Input) else []
 
         paths = dict.fromkeys(path for step in plan.steps.values() for arg in step.argv for path in inputs(arg))
-        return [path for path in paths if not Path(path).exists() and not any(
-            path == root or path.startswith(root.rstrip("/") + "/") for root in self.unbuilt)]
+        return [path for path in paths if not Path(path).exists() and not self._unbuilt(path)]
+
+    def _unbuilt(self, path: str) -> bool:
+        """Whether ``path`` is in an input that will be built before the run (:attr:`unbuilt`)."""
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.unbuilt)
 
     def key(self, step: Step, code: str | None = None, keys: Mapping[str, str] | None = None) -> str:
         """The step's cache key (arguments as for :meth:`key_parts`); keys of its dependencies must be known."""
