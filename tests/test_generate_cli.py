@@ -285,16 +285,21 @@ def test_a_refused_rerun_leaves_a_finished_output_and_its_errors_as_they_were(se
 
 
 def test_an_output_that_is_not_a_generated_file_is_refused(setup, tmp_path, capsys):
-    """`--output` the input itself: its records have no candidates, so none of them counts as done."""
+    """`--output` another stage's file: its records have no candidates, so none of them counts as done; the input
+    itself is refused before it is read."""
     data = tmp_path / "questions.jsonl"
     shutil.copy(setup / "questions_train.jsonl", data)
     before = data.read_bytes()
     args = cli_args(setup, data)
     args[args.index("--data") + 1] = str(data)
     assert main(args) == 2
-    err = capsys.readouterr().err
-    assert f"{data}:1 id='q0' field 'generation': not a generated record" in err
-    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["questions.jsonl"]
+    assert f"--output {data} is the same file as --data {data}" in capsys.readouterr().err
+    other = tmp_path / "other.jsonl"
+    shutil.copy(data, other)
+    assert main(cli_args(setup, other)) == 2
+    assert f"{other}:1 id='q0' field 'generation': not a generated record" in capsys.readouterr().err
+    assert data.read_bytes() == before == other.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.jsonl", "questions.jsonl"]
 
 
 def test_unusable_output_model_and_sampling_arguments_stop_with_one_line(setup, tmp_path, capsys):
