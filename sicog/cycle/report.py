@@ -161,12 +161,33 @@ def _scored_rows(benchmark: str | Path) -> tuple[list[dict[str, str]], str]:
             and row_problem(row, read.kind) is None], read.kind
 
 
+def baselines(benchmark: str | Path) -> dict[str, float | None]:
+    """What answering without skill scores on the questions of ``benchmark`` that its eval scores (the benchmark
+    read once; each None when no question is scored): ``constant_answer_accuracy`` (:func:`constant_answer_accuracy`),
+    ``constant_option_accuracy`` (:func:`constant_option_accuracy`) and ``chance_accuracy``
+    (:func:`chance_accuracy`)."""
+    from sicog.eval.tsv import MULTIPLE_CHOICE, row_options
+
+    rows, kind = _scored_rows(benchmark)
+    if not rows:
+        return dict.fromkeys(("constant_answer_accuracy", "constant_option_accuracy", "chance_accuracy"))
+    answers = Counter(row["answer"].strip().lower() for row in rows)
+    constant_answer = answers.most_common(1)[0][1] / len(rows)
+    if kind == MULTIPLE_CHOICE:
+        offered = [{text.strip().lower() for text in row_options(row).values()} for row in rows]
+        right = [row_options(row)[row["answer"].strip()].strip().lower() for row in rows]
+        constant_option = max(statistics.fmean((text == answer) if text in texts else 1 / len(texts)
+                                               for texts, answer in zip(offered, right)) for text in set(right))
+    return {"constant_answer_accuracy": constant_answer,
+            "constant_option_accuracy": constant_option if kind == MULTIPLE_CHOICE else constant_answer,
+            "chance_accuracy": statistics.fmean(1 / len(row_options(row)) if kind == MULTIPLE_CHOICE else 0.5
+                                                for row in rows)}
+
+
 def constant_answer_accuracy(benchmark: str | Path) -> float | None:
     """The best accuracy a model gets by giving the same answer (an option letter, yes or no) to every question of
     ``benchmark`` that is scored: the baseline of generated answers. None when no question is scored."""
-    rows, _ = _scored_rows(benchmark)
-    answers = Counter(row["answer"].strip().lower() for row in rows)
-    return answers.most_common(1)[0][1] / sum(answers.values()) if answers else None
+    return baselines(benchmark)["constant_answer_accuracy"]
 
 
 def constant_option_accuracy(benchmark: str | Path) -> float | None:
@@ -174,17 +195,7 @@ def constant_option_accuracy(benchmark: str | Path) -> float | None:
     text on every question of ``benchmark`` that is scored: right where that text is the right option, wrong where
     it is another option, a random pick where no option has it. Yes/no questions as
     :func:`constant_answer_accuracy`. None when no question is scored."""
-    from sicog.eval.tsv import MULTIPLE_CHOICE, row_options
-
-    rows, kind = _scored_rows(benchmark)
-    if kind != MULTIPLE_CHOICE:
-        return constant_answer_accuracy(benchmark)
-    if not rows:
-        return None
-    offered = [{text.strip().lower() for text in row_options(row).values()} for row in rows]
-    right = [row_options(row)[row["answer"].strip()].strip().lower() for row in rows]
-    return max(statistics.fmean((text == answer) if text in texts else 1 / len(texts)
-                                for texts, answer in zip(offered, right)) for text in set(right))
+    return baselines(benchmark)["constant_option_accuracy"]
 
 
 def _on_every_seed(values: list[tuple[int, str, bool | None]]) -> tuple[str, bool | None]:
@@ -251,12 +262,7 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool | None]
 def chance_accuracy(benchmark: str | Path) -> float | None:
     """The expected accuracy of picking one of each scored question's options (yes or no) at random; None when no
     question is scored."""
-    from sicog.eval.tsv import MULTIPLE_CHOICE, row_options
-
-    rows, kind = _scored_rows(benchmark)
-    if not rows:
-        return None
-    return statistics.fmean(1 / len(row_options(row)) if kind == MULTIPLE_CHOICE else 0.5 for row in rows)
+    return baselines(benchmark)["chance_accuracy"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -467,9 +473,8 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
     first = per_seed[0]
     arms = list(first["arms"])
     summary = summarize(per_seed, arms)
-    summary["constant_answer_accuracy"] = constant_answer_accuracy(first["benchmark"])
-    summary["constant_option_accuracy"] = constant_option = constant_option_accuracy(first["benchmark"])
-    summary["chance_accuracy"] = chance_accuracy(first["benchmark"])
+    summary.update(baselines(first["benchmark"]))
+    constant_option = summary["constant_option_accuracy"]
     summary["targets"] = targets = check_targets(summary, per_seed)
     _plot_categories(per_seed, arms, out / "accuracy_by_category.png")
     captions_scored = first["arms"][arms[0]]["caption"] is not None
