@@ -110,6 +110,14 @@ def test_non_finite_numbers_are_refused(tmp_path, text, key):
     refused(tmp_path, str(path), f"key '{key}': must be a finite number")
 
 
+def test_a_whole_number_is_the_same_setting_as_its_float(tmp_path):
+    """`top_p: 1` passed on as "1" and `top_p: 1.0` as "1.0": two step keys for one setting."""
+    whole = load_config(write(tmp_path, top_p=1, caption_temperature=1, stage1_lr=1))
+    floats = load_config(write(tmp_path, top_p=1.0, caption_temperature=1.0, stage1_lr=1.0))
+    assert whole == floats and str(whole.top_p) == "1.0"
+    assert load_config(write(tmp_path, batch_size=8)).batch_size == 8 and isinstance(whole.batch_size, int)
+
+
 @pytest.mark.parametrize("key", ["batch_size", "top_p"])
 def test_an_integer_too_large_for_any_step_is_refused(tmp_path, key):
     path = tmp_path / "big.yaml"

@@ -7,6 +7,7 @@ values live in the toy presets (sicog/configs/cycle_toy.yaml, cycle_quick.yaml),
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -162,7 +163,7 @@ POSITIVE = ("stage1_lr", "finetune_lr", "dpo_lr")
 
 def _type_problem(value: object, hint: object) -> tuple[str | None, object]:
     """``(problem, value)``: what is wrong with ``value`` for the type ``hint`` (None if nothing), and the
-    value to use (a YAML 1.1 string such as ``1e-3`` becomes the float it means)."""
+    value to use (a YAML 1.1 string such as ``1e-3``, or an integer, becomes the float it means)."""
     args = typing.get_args(hint)
     if type(None) in args:
         if value is None:
@@ -179,6 +180,11 @@ def _type_problem(value: object, hint: object) -> tuple[str | None, object]:
             except ValueError:
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, int):
+            # `top_p: 1` is the setting `top_p: 1.0` is, so it passes on as the same text (and the same step key);
+            # an integer past any float stays one, for the range check to name.
+            with contextlib.suppress(OverflowError):
+                value = float(value)
         return (None if ok else f"expected a number, got {value!r}"), value
     if hint is str:
         return (None if isinstance(value, str) else f"expected a string, got {value!r}"), value
