@@ -149,6 +149,9 @@ class FakeVLM:
                     return self.wfile.write(page)
                 if action == "slow":
                     fake.stopping.wait(fake.slow_seconds)
+                if action == "drop":  # the request read, the connection closed without a reply
+                    self.close_connection = True
+                    return self.connection.shutdown(socket.SHUT_RDWR)
                 if action == "not-utf8":
                     page = b'{"choices": "\xff"}'
                     self.send_response(200)
@@ -453,6 +456,39 @@ def test_a_first_record_that_times_out_fails_alone(loopback_only, tmp_path):
         assert ids_of(tmp_path / "cod" / "failures.jsonl") == ["a"] and ids_of(tmp_path / "cod" / "cod.jsonl") == ["b"]
     finally:
         fake.stop()
+
+
+def test_a_first_record_whose_connection_drops_fails_alone(server, tmp_path):
+    """A dropped connection was taken for no server at the address: the run stopped, on every rerun, at that record."""
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+    server.script = {"red": ["drop"] * 10}
+    assert annotate(server, tmp_path, "--concurrency", "1") == 0
+    assert ids_of(tmp_path / "cod" / "failures.jsonl") == ["a"] and ids_of(tmp_path / "cod" / "cod.jsonl") == ["b"]
+    assert server.count("red") == 3  # --max-retries 2
+
+
+def test_an_address_where_no_connection_opens_stops_the_run(loopback_only, tmp_path, capsys):
+    """A connect timeout (a firewall dropping the connection) was taken for a slow reply: every record failed."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = [socket.socket() for _ in range(8)]  # a full accept queue: further connections never open
+    for sock in queued:
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+    try:
+        make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+        nobody = f"http://127.0.0.1:{port}/v1"
+        assert main(["annotate", "cod", "--input", str(tmp_path / "captions.jsonl"), "--image-folder",
+                     str(tmp_path / "images"), "--output-dir", str(tmp_path / "cod"), "--base-url", nobody,
+                     "--timeout", "0.5", "--max-retries", "1", "--backoff", "0.01", "--concurrency", "1",
+                     "--no-progress"]) == 1
+        assert f"{nobody} never answered: request timed out (gave up after 2 attempts)" in capsys.readouterr().err
+        assert ids_of(tmp_path / "cod" / "failures.jsonl") == [] and ids_of(tmp_path / "cod" / "cod.jsonl") == []
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
 
 
 def test_a_refused_key_stops_the_process_without_waiting_for_replies_under_way(loopback_only, tmp_path):

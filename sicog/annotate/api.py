@@ -3,8 +3,8 @@
 The official ``openai`` client is built with ``max_retries=0`` so that the policy is ours and visible:
 429, 408/409, 5xx, timeouts and connection errors are retried with exponential backoff (and the
 server's ``Retry-After`` when it sends one); 401/403/404, a 429 for an account out of credit
-(``insufficient_quota``) and no server at the address (connection errors until the retries run out, before
-any request was answered) mean the run cannot succeed and stop it; other 4xx fail the one request. The API
+(``insufficient_quota``) and no server at the address (connections that never open until the retries run out,
+before any request was answered) mean the run cannot succeed and stop it; other 4xx fail the one request. The API
 key is never logged and is masked in every error text.
 """
 
@@ -31,6 +31,10 @@ _FATAL_STATUS = {401, 403, 404}
 _RETRY_STATUS = {408, 409, 429}
 # OpenAI's 429 for an account without credit: no wait makes the next request succeed.
 _FATAL_CODES = {"insufficient_quota"}
+# The transport errors under a failed request that mean no server took it: refused, unknown host, an address without
+# http://, a connection that never opened. Anything else (a connection dropped mid-request, a slow reply) reached one.
+# Matched by name: the client's transport library is httpx or httpx2, by openai version.
+_NO_SERVER = frozenset({"ConnectError", "ConnectTimeout", "UnsupportedProtocol"})
 
 
 class FatalAPIError(RuntimeError):
@@ -99,6 +103,11 @@ def redact(text: str, secret: str | None) -> str:
     if secret and secret != NO_KEY:
         return text.replace(secret, "***")
     return text
+
+
+def _no_server(err: openai.APIError) -> bool:
+    """Whether the transport error under ``err`` says that no server took the request (:data:`_NO_SERVER`)."""
+    return type(err.__cause__).__name__ in _NO_SERVER
 
 
 def _retry_after(err: openai.APIStatusError) -> float | None:
@@ -187,12 +196,13 @@ class ChatAPI:
                 if err.status_code not in _RETRY_STATUS and err.status_code < 500:
                     raise RequestFailed(reason, attempts) from None
                 retry_after = _retry_after(err)
-            except openai.APITimeoutError:
-                reason, retry_after = "request timed out", None
+            except openai.APITimeoutError as err:
+                reason, retry_after, unreachable = "request timed out", None, _no_server(err)
             except openai.APIConnectionError as err:
                 # The cause says what failed (an address without http://, a refused connection, a DNS name).
                 cause = f" ({err.__cause__})" if err.__cause__ else ""
-                reason, retry_after, unreachable = redact(f"connection error: {err}{cause}", self._key), None, True
+                reason, retry_after = redact(f"connection error: {err}{cause}", self._key), None
+                unreachable = _no_server(err)
             except (openai.APIError, json.JSONDecodeError, UnicodeDecodeError) as err:
                 # A body that is not JSON (a proxy's error page cut short, bytes that are not UTF-8): as transient as
                 # a 502.
@@ -209,7 +219,7 @@ class ChatAPI:
                 raise Stopped("the run stopped")
             if attempts > self.policy.max_retries:
                 # No server there, and none ever answered: every record would fail the same way; stop, record nothing.
-                # (A request that times out reached one: a slow record fails alone.)
+                # (A reply that times out or a connection dropped mid-request reached one: that record fails alone.)
                 if unreachable and not self._answered.is_set():
                     raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} (gave up "
                                         f"after {attempts} attempts)")
