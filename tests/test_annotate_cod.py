@@ -163,6 +163,8 @@ class FakeVLM:
                 finish = "stop"
                 if action == "malformed":
                     text = f"I cannot describe this image. (debug: {info['auth']})"
+                elif action == "half-character":  # an emoji cut between tokens: JSON escapes its first half
+                    text = good_reply(info["colour"], *image.size, info["mime"]).replace("A plain", "\ud83d A plain")
                 elif action == "placeholder":
                     text = good_reply(info["colour"], *image.size, info["mime"]).replace("A plain", "An <image> of a")
                 else:
@@ -383,6 +385,17 @@ def test_an_invalid_training_record_fails_its_record_not_the_run(server, tmp_pat
     assert "A plain blue picture." in failures[0]["raw_reply"]
 
 
+def test_a_reply_holding_half_a_character_fails_its_record_with_the_reply_kept(server, tmp_path):
+    """No UTF-8 file can hold an unpaired surrogate: writing it stopped the run with a traceback."""
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+    server.script = {"red": ["half-character"] * 10}
+    assert annotate(server, tmp_path) == 0
+    [failure] = load_records(tmp_path / "cod" / "failures.jsonl")
+    assert failure["id"] == "a" and "the reply holds \\ud83d, half of a UTF-16 pair" in failure["reason"]
+    assert failure["raw_reply"].startswith("Here is") and "\\ud83d A plain red picture." in failure["raw_reply"]
+    assert ids_of(tmp_path / "cod" / "cod.jsonl") == ["b"] and server.count("red") == 2  # --parse-retries 1
+
+
 def test_rerun_skips_done_and_failed_ids_until_asked_to_retry(server, tmp_path):
     make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG"), ("c", "cyan", (8, 8), "PNG")])
     server.script = {"cyan": ["malformed"]}
@@ -399,6 +412,21 @@ def test_rerun_skips_done_and_failed_ids_until_asked_to_retry(server, tmp_path):
     assert sorted(ids_of(tmp_path / "cod" / "cod.jsonl")) == ["a", "b", "c"]
     assert sorted(ids_of(tmp_path / "dd" / "detailed_description.jsonl")) == ["a", "b", "c"]
     assert ids_of(tmp_path / "cod" / "failures.jsonl") == []
+
+
+def test_another_runs_descriptions_are_refused_not_added_to(server, tmp_path, capsys):
+    """A new --cod-dir with the old --dd-dir added a second description of every id, from another model."""
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG")])
+    assert annotate(server, tmp_path) == 0
+    dd_path = tmp_path / "dd" / "detailed_description.jsonl"
+    before, asked = dd_path.read_text(), len(server.requests)
+    (tmp_path / "cod").rename(tmp_path / "cod-first")
+    capsys.readouterr()
+    assert annotate(server, tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {dd_path}: holds descriptions of 2 id(s) without a line in "
+                                                f"{tmp_path / 'cod' / 'cod.jsonl'} (first: 'a')"), err
+    assert dd_path.read_text() == before and len(server.requests) == asked
 
 
 def test_description_lost_by_a_kill_is_rebuilt_without_a_request(server, tmp_path, capsys):
@@ -679,9 +707,11 @@ def test_a_description_is_rebuilt_from_a_cod_line_without_a_model_name(server, t
     assert dd["b"]["conversations"][1]["value"] == expected_bodies("blue", 8, 8, "image/png")[4]
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--max-backoff", "inf"), ("--timeout", "nan"), ("--backoff", "0")])
-def test_a_wait_that_is_not_a_finite_positive_number_stops_in_argparse(tmp_path, capsys, flag, value):
-    """An infinite longest wait would make the first retry wait forever."""
+@pytest.mark.parametrize(("flag", "value"), [("--max-backoff", "inf"), ("--timeout", "nan"), ("--backoff", "0"),
+                                             ("--temperature", "nan"), ("--temperature", "-1")])
+def test_a_number_out_of_its_range_stops_in_argparse(tmp_path, capsys, flag, value):
+    """An infinite longest wait would make the first retry wait forever; a temperature of nan failed, with a
+    traceback, to become a request's JSON."""
     with pytest.raises(SystemExit) as stop:
         main(["annotate", "cod", "--input", str(tmp_path / "in.jsonl"), "--output-dir", str(tmp_path), flag, value])
     assert stop.value.code == 2 and f"argument {flag}: " in capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sicog.annotate.api import DEFAULT_MODEL, DEFAULT_TIMEOUT, RetryPolicy
 from sicog.annotate.cod_job import CodJob
-from sicog.data.argtypes import non_negative_int, os_error_text, positive_float, positive_int
+from sicog.data.argtypes import non_negative_float, non_negative_int, os_error_text, positive_float, positive_int
 from sicog.data.jsonl import RecordError, blocked_reason, refuse_overwriting
 from sicog.data.lock import OutputLocked, output_lock
 
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cod.add_argument("--concurrency", type=positive_int, default=CodJob.concurrency,
                      help="requests in flight (default: %(default)s)")
     cod.add_argument("--limit", type=positive_int, help="annotate only the first N input records")
-    cod.add_argument("--temperature", type=float, default=CodJob.temperature,
+    cod.add_argument("--temperature", type=non_negative_float, default=CodJob.temperature,
                      help="sampling temperature (default: %(default)s)")
     cod.add_argument("--max-tokens", type=positive_int, default=CodJob.max_tokens,
                      help="reply length limit (default: %(default)s)")

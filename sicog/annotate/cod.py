@@ -189,6 +189,11 @@ def parse_cod_reply(text: str, finish_reason: str | None = None, refusal: str | 
         raise ReplyError("reply cut off at the token limit (finish_reason=length)")
     if not text.strip():
         raise ReplyError("empty reply")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a JSON escape of half a character: no training file can hold it
+        raise ReplyError(f"the reply holds {ascii(err.object[err.start])[1:-1]}, half of a UTF-16 pair and no "
+                         "character") from None
     steps = split_steps(text, COD_STEPS)
     if not steps:
         raise ReplyError("no 'Step N' markers in the reply")

@@ -211,6 +211,13 @@ def run_cod_job(job: CodJob, api: ChatAPI) -> CodSummary:
     summary = CodSummary(total=len(selected))
     with JsonlAppender(job.cod_path) as cod, JsonlAppender(job.dd_path) as dd, \
             JsonlAppender(job.failures_path) as failures:
+        orphans = sorted(dd.done_ids - cod.done_ids)
+        if orphans:
+            # Written CoD first, a description always has its CoD line: these are another run's (another --cod-dir),
+            # and annotating on would add a second description of each id.
+            raise RecordError(f"holds descriptions of {len(orphans)} id(s) without a line in {job.cod_path} (first: "
+                              f"{orphans[0]!r}): another run's file; give this run its own --dd-dir",
+                              path=job.dd_path)
         summary.restored_descriptions = _restore_descriptions(job, cod, dd, by_id)
         pending = []
         for line, record in selected:

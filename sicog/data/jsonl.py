@@ -391,9 +391,17 @@ class JsonlAppender:
 
 
 def error_record(record: dict | None, reason: str, *, record_id: Any = None, **extra: Any) -> dict:
-    """The line written to an errors file: the id, why it failed, and the original record."""
+    """The line written to an errors file: the id, why it failed, and the original record. Texts in ``reason`` and
+    ``extra`` (a server's reply) that UTF-8 cannot encode (an unpaired surrogate) keep it as its escape, so that the
+    errors file can always take the line."""
     rid = record_id if record_id is not None else (record or {}).get("id")
+    reason, extra = _writable(reason), {key: _writable(value) for key, value in extra.items()}
     return {"id": None if rid is None else str(rid), "reason": reason, **extra, "record": record}
+
+
+def _writable(value: Any) -> Any:
+    """``value``, a text with any unpaired surrogate written as its escape (``\\ud83d``)."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
 
 
 def errors_path(output: str | os.PathLike) -> Path:
