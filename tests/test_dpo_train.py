@@ -149,6 +149,42 @@ def test_a_reference_file_holding_other_data_is_not_written_over(world, tmp_path
     assert pairs.read_bytes() == world["pairs"].read_bytes()
 
 
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--dpo_alpha", "0", "--dpo_gamma", "0"), "--dpo_alpha 0 --dpo_gamma 0: the objective is then zero"),
+    (("--augment", "release"), "--augment release: --stage dpo scores its reference on the images as stored")])
+def test_settings_that_train_nothing_or_not_the_pairs_scored_are_refused(world, tmp_path, capsys, extra, message):
+    """Both ran with exit 0: zero weights saved the starting model as the result, --augment was ignored."""
+    assert main(["train", *flags(world, tmp_path / "out", 1, extra)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out" / "reference_logps.json").exists()
+
+
+def test_training_steps_score_the_policy_without_dropout_as_the_reference_was(world, tmp_path):
+    """LoRA's dropout (0.05 by default) was on in training steps and off in the reference pass."""
+    from sicog.train.cli import build_parser
+    from sicog.train.dpo import build_dpo_trainer
+    from sicog.train.dpo_loss import pair_logps
+    from sicog.train.run import build_model
+
+    model_args, data_args, args = build_parser().parse_args_into_dataclasses(
+        args=flags(world, tmp_path / "out", 1, ("--lora_r", "4", "--lora_dropout", "0.5")))
+    model, processor = build_model(model_args, args)
+    _, dataset = build_dpo_trainer(model, processor, model_args, data_args, args)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # as after some steps: the adapters no longer add zero
+                parameter.normal_(0, 0.3)
+        batch = PairCollator(processor)([dataset[0], dataset[1]])
+        batch.pop("ids")
+        model.eval()
+        reference = pair_logps(model, batch)
+        model.train()
+        for _ in range(2):
+            scored = pair_logps(model, batch)
+            torch.testing.assert_close((scored.chosen, scored.rejected), (reference.chosen, reference.rejected))
+
+
 def test_a_pair_that_fails_in_a_dataloader_worker_comes_back_as_its_error(world, tmp_path):
     """A pair whose image is cut after the check (a worker decodes it during training): raised in the DataLoader
     worker, its RecordError reached the trainer wrapped in torch's worker traceback, which `sicog train` printed as

@@ -201,6 +201,9 @@ class SicogTrainingArguments(TrainingArguments):
         if flag:
             raise UsageError(f"{flag}: needs evaluation data, and sicog train has none; leave evaluation off "
                              "(evaluate a saved checkpoint with sicog eval)")
+        if self.stage == "dpo" and self.dpo_alpha == 0 and self.dpo_gamma == 0:  # a zero objective: no step moves
+            raise UsageError("--dpo_alpha 0 --dpo_gamma 0: the objective is then zero and trains nothing; give one of "
+                             "them a weight above 0")
         if not 0 <= self.seed < 2**32:  # numpy's range: set_seed seeds numpy too
             raise UsageError(f"--seed {self.seed}: must be from 0 to {2**32 - 1}")
         # Without --max_steps the epochs set the length: 0 trained no step and saved the starting weights as the run's.

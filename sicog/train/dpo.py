@@ -97,6 +97,11 @@ def build_dpo_trainer(
         data_args.data_path,
         args,
     )
+    # No dropout (as the published DPO trainer and TRL's): a training step must score the policy as the reference was
+    # scored, in eval mode; LoRA's dropout (--lora_dropout) made every reward and margin a random sample.
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
     collator = PairCollator(processor)
     checkpoints = {name: getattr(model_args, name) for name in STARTING_CHECKPOINTS}
     settings = reference_settings(

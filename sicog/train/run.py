@@ -191,6 +191,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
         except OSError as err:
             raise UsageError(f"--sample_log {data_args.sample_log}: {os_error_text(err)}") from None
     check_attn_implementation(model_args)
+    if args.stage == "dpo" and data_args.augment != "none":
+        # The reference log-probabilities are scored once, on the images as stored: the policy must see the same ones.
+        raise UsageError(f"--augment {data_args.augment}: --stage dpo scores its reference on the images as stored, "
+                         "so it trains on them too (leave --augment unset)")
     if args.stage == "dpo" and args.dpo_reference_file:
         from sicog.train.dpo_reference import check_reference_file
 
