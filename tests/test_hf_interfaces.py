@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from sicog.model.builders import save_pretrained
 from sicog.model.image_io import ImageError
@@ -77,6 +77,23 @@ def test_a_template_saved_by_an_earlier_version_gets_this_versions_rendering_onc
     assert loaded.chat_template == processor.chat_template
     assert loaded.apply_chat_template(PARTS, add_generation_prompt=True) == (
         processor.apply_chat_template(PARTS, add_generation_prompt=True))
+
+
+def test_image_settings_given_at_load_replace_the_configs_and_a_save_keeps_the_configs(checkpoint, tmp_path, caplog):
+    """They went to the tokenizer, unread; and processor_config.json held a copy of them that no load read."""
+    path, _, processor = checkpoint
+    assert "image_processor" not in json.loads((path / "processor_config.json").read_text())
+    loaded = AutoProcessor.from_pretrained(path, max_slice_nums=1, inference_long_side=32)
+    assert (loaded.image_processor.max_slice_nums, loaded.image_processor.inference_long_side) == (1, 32)
+    assert loaded.image_token_count(200, 90) < processor.image_token_count(200, 90)
+    with caplog.at_level("WARNING", logger="sicog.model.processing"):
+        loaded.save_pretrained(tmp_path)
+    assert "keeps config.json's image settings, not this processor's max_slice_nums (1, config 4), " in caplog.text
+    assert "inference_long_side (32, config None)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sicog.model.processing"):
+        processor.save_pretrained(tmp_path)
+    assert caplog.text == ""
 
 
 def test_image_processor_without_an_inference_side_reloads(checkpoint, tmp_path):
@@ -200,7 +217,7 @@ def test_one_image_list_per_prompt_must_match_that_prompts_placeholders(checkpoi
     assert per_prompt["input_ids"] == processor(text=prompts, images=[red, blue, blue])["input_ids"]
 
 
-@pytest.mark.parametrize("layout", ["float HWC", "uint8 CHW", "narrow CHW", "torch CHW", "grey"])
+@pytest.mark.parametrize("layout", ["float HWC", "uint8 CHW", "narrow CHW", "torch CHW", "grey", "grey float"])
 def test_arrays_and_tensors_are_read_as_transformers_reads_them(checkpoint, layout):
     _, _, processor = checkpoint
     pixels = np.asarray(Image.new("RGB", (50, 40), (200, 40, 40)))
@@ -208,8 +225,8 @@ def test_arrays_and_tensors_are_read_as_transformers_reads_them(checkpoint, layo
         pixels = pixels[:, :4]
     given = {"float HWC": pixels / 255.0, "uint8 CHW": pixels.transpose(2, 0, 1),
              "narrow CHW": pixels.transpose(2, 0, 1), "torch CHW": torch.from_numpy(pixels.transpose(2, 0, 1).copy()),
-             "grey": pixels[..., 0]}[layout]
-    picture = Image.fromarray(pixels[..., 0]).convert("RGB") if layout == "grey" else Image.fromarray(pixels)
+             "grey": pixels[..., 0], "grey float": pixels[..., 0] / 255.0}[layout]  # grey floats were all black
+    picture = Image.fromarray(pixels[..., 0]).convert("RGB") if "grey" in layout else Image.fromarray(pixels)
     prompt = "<image>\nWhat?"
     got, want = processor(text=prompt, images=[given]), processor(text=prompt, images=[picture])
     assert got["input_ids"] == want["input_ids"]
@@ -296,6 +313,12 @@ def test_remote_code_checkpoint_loads_where_sicog_is_not_importable(tiny_model_f
     generated, where = out.strip().splitlines()[-2:]
     assert generated == str(expected[0].tolist())
     assert where.startswith("transformers_modules.") and where.endswith(" []")
+    # A plain save after it writes no auto_map: it wrote `"auto_map": null`, which transformers cannot read.
+    assert "auto_map" not in model.config.__dict__ and "auto_map" not in processor.__dict__
+    save_pretrained(model, processor, tmp_path / "plain")
+    for name in ("config.json", "processor_config.json"):
+        assert "auto_map" not in json.loads((tmp_path / "plain" / name).read_text())
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "plain")
 
 
 def test_generate_warns_on_right_padding_and_names_the_prompt_length(checkpoint, caplog):

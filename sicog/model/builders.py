@@ -261,6 +261,9 @@ def save_pretrained(
     share_weights_like_config(path)
 
 
+_ABSENT = object()
+
+
 @contextlib.contextmanager
 def with_remote_code(model: SicogForConditionalGeneration, processor: SicogProcessor, *, enabled: bool = True):
     """While open, saving ``model`` / ``processor`` also writes the code files of ``sicog.model`` they need
@@ -274,7 +277,9 @@ def with_remote_code(model: SicogForConditionalGeneration, processor: SicogProce
     marks = {type(model): "AutoModelForImageTextToText", type(model.config): "AutoConfig",
              type(processor): "AutoProcessor"}
     before = {cls: cls.__dict__.get("_auto_class") for cls in marks}
-    auto_map = getattr(model.config, "auto_map", None)
+    # The saves write an auto_map into each object: restored as it was, absent where it was (a later plain save of
+    # `"auto_map": null` made a config.json that transformers cannot read).
+    maps = [(obj, obj.__dict__.get("auto_map", _ABSENT)) for obj in (model.config, processor)]
     for cls, auto_class in marks.items():
         cls._auto_class = auto_class
     try:
@@ -285,7 +290,11 @@ def with_remote_code(model: SicogForConditionalGeneration, processor: SicogProce
                 del cls._auto_class
             else:
                 cls._auto_class = value
-        model.config.auto_map = auto_map
+        for obj, auto_map in maps:
+            if auto_map is _ABSENT:
+                obj.__dict__.pop("auto_map", None)
+            else:
+                obj.auto_map = auto_map
 
 
 def _projector_settings(config: SicogConfig) -> dict:

@@ -44,7 +44,8 @@ def _array_image(array) -> Image.Image:
     from transformers.image_transforms import to_pil_image
 
     try:
-        return Image.fromarray(np.asarray(array)) if np.ndim(array) == 2 else to_pil_image(array)
+        # A grey (h, w) array as (h, w, 1): to_pil_image then scales floats in [0, 1] as it does in colour.
+        return to_pil_image(np.asarray(array)[..., None] if np.ndim(array) == 2 else array)
     except (TypeError, ValueError) as err:
         shape, dtype = tuple(getattr(array, "shape", ())), getattr(array, "dtype", "?")
         raise ImageError(

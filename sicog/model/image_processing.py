@@ -16,6 +16,8 @@ from .image_io import load_image
 from .slicing import SlicePlan, fit_long_side, plan_slices, slice_image
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
+# The settings the image processor takes from its model's config (config.json, their one source).
+SETTINGS = ("scale_resolution", "patch_size", "max_slice_nums", "inference_long_side", "image_mean", "image_std")
 
 
 class SicogImageProcessor(BaseImageProcessor):
@@ -49,16 +51,14 @@ class SicogImageProcessor(BaseImageProcessor):
         self.image_std = list(image_std)
 
     @classmethod
-    def from_config(cls, config: SicogConfig) -> SicogImageProcessor:
-        """The image processor of a model with this config."""
-        return cls(
-            scale_resolution=config.scale_resolution,
-            patch_size=config.patch_size,
-            max_slice_nums=config.max_slice_nums,
-            inference_long_side=config.inference_long_side,
-            image_mean=config.image_mean,
-            image_std=config.image_std,
-        )
+    def from_config(cls, config: SicogConfig, **overrides: object) -> SicogImageProcessor:
+        """The image processor of a model with this config, ``overrides`` replacing some of its :data:`SETTINGS`."""
+        return cls(**{**{name: getattr(config, name) for name in SETTINGS}, **overrides})
+
+    def differences(self, config: SicogConfig) -> list[str]:
+        """The :data:`SETTINGS` where this processor differs from ``config``, each as ``name (ours, config's)``."""
+        return [f"{name} ({getattr(self, name)!r}, config {getattr(config, name)!r})" for name in SETTINGS
+                if _plain(getattr(self, name)) != _plain(getattr(config, name))]
 
     def plan(self, width: int, height: int, *, never_split: bool = False) -> SlicePlan:
         """How an image of ``width x height`` pixels (after any inference resize) is sliced."""
@@ -134,3 +134,8 @@ def flat_images(images) -> list:
     if isinstance(images, (list, tuple)):
         return [image for entry in images for image in flat_images(entry)]
     return [images]
+
+
+def _plain(value: object) -> object:
+    """A setting as compared: a tuple of numbers and the list of them alike."""
+    return list(value) if isinstance(value, (list, tuple)) else value

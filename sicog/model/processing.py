@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from .configuration import SicogConfig
-from .image_processing import SicogImageProcessor, flat_images
+from .image_processing import SETTINGS, SicogImageProcessor, flat_images
 from .layout import image_token_count, image_token_ids
 from .slicing import SlicePlan
 from .tokens import IMAGE_TOKEN
@@ -418,10 +419,21 @@ class SicogProcessor(ProcessorMixin):
 
     # ----- persistence --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """The processor's saved settings; the model settings it uses are the checkpoint's ``config.json``."""
+        """The processor's saved settings; the model and image settings it uses are the checkpoint's ``config.json``
+        (a copy of the image processor's here would be read by nothing)."""
         output = super().to_dict()
         output.pop("config", None)
+        output.pop("image_processor", None)
         return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str] | None:
+        """Save as transformers processors do (see :meth:`to_dict`); warns when the image processor's settings
+        differ from the config's, which the checkpoint keeps."""
+        changed = self.image_processor.differences(self.config)
+        if changed:
+            logger.warning("the checkpoint keeps config.json's image settings, not this processor's %s: set them on "
+                           "the model's config to keep them", ", ".join(changed))
+        return super().save_pretrained(save_directory, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -429,12 +441,14 @@ class SicogProcessor(ProcessorMixin):
     ) -> SicogProcessor:
         """Load from a checkpoint holding the tokenizer and ``config.json`` (the settings' one source).
 
-        As transformers processors do, ``chat_template=`` replaces the saved template and the other keyword
-        arguments go to the tokenizer (``padding_side="left"`` for batched generation, hub options,
+        As transformers processors do, ``chat_template=`` replaces the saved template, an image setting
+        (:data:`IMAGE_OVERRIDES`, e.g. ``max_slice_nums=9``) replaces the config's for this processor, and the other
+        keyword arguments go to the tokenizer (``padding_side="left"`` for batched generation, hub options,
         ``trust_remote_code``); the config is read with the hub options alone.
         """
         kwargs.pop("_from_auto", None)
         chat_template = kwargs.pop("chat_template", None)
+        image_settings = {name: kwargs.pop(name) for name in IMAGE_OVERRIDES if name in kwargs}
         hub = {k: kwargs[k] for k in HUB_OPTIONS if kwargs.get(k) is not None}
         folder = Path(pretrained_model_name_or_path)
         if config is None and folder.is_dir() and not (folder / hub.get("subfolder", "") / "config.json").is_file():
@@ -444,9 +458,12 @@ class SicogProcessor(ProcessorMixin):
                           "config.json: save it beside the model (or pass config=)")
         config = config or SicogConfig.from_pretrained(pretrained_model_name_or_path, **hub)
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return cls(SicogImageProcessor.from_config(config), tokenizer, chat_template, config=config)
+        return cls(SicogImageProcessor.from_config(config, **image_settings), tokenizer, chat_template, config=config)
 
 
+logger = logging.getLogger(__name__)
+# The image settings a keyword argument of `from_pretrained` may replace (the patch size is the vision tower's).
+IMAGE_OVERRIDES = tuple(name for name in SETTINGS if name != "patch_size")
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "subfolder", "token")
 
 # Put in front of a chat template, so that every path renders a turn as `encode` does: each message's
