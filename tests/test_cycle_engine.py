@@ -253,6 +253,35 @@ def test_a_failed_step_stops_its_dependants_and_the_rest_runs(tmp_path):
     assert steps["broken"]["status"] == "failed"
 
 
+# A launcher that notes each launched step's start and end in a shared file, holding the step a while so that two
+# launched at once overlap, then runs the step as torchrun would.
+LAUNCHER = """
+import os, subprocess, sys, time
+log = sys.argv[1]
+with open(log, "a") as f:
+    f.write("start\\n")
+time.sleep(2)
+code = subprocess.run([sys.executable, *sys.argv[2:]]).returncode
+with open(log, "a") as f:
+    f.write("end\\n")
+sys.exit(code)
+"""
+
+
+def test_launched_steps_run_one_at_a_time_beside_the_others(tmp_path):
+    """Two at once met at one fixed rendezvous endpoint (or shared the GPUs) and failed."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1}\n')
+    (tmp_path / "launcher.py").write_text(LAUNCHER)
+    log = tmp_path / "launches.txt"
+    launched = [dataclasses.replace(_head(name, Input(str(source))), launched=True) for name in ("a", "b", "c")]
+    engine = Engine(tmp_path / "run", jobs=3, progress=False, launcher=[sys.executable, str(tmp_path / "launcher.py"),
+                                                                         str(log)])
+    engine.run(Plan([*launched, _head("plain", Input(str(source)))]))
+    assert log.read_text() == "start\nend\n" * 3
+    assert all((tmp_path / "run" / name / "out.jsonl").is_file() for name in ("a", "b", "c", "plain"))
+
+
 def test_a_missing_input_is_named_before_anything_runs(tmp_path):
     engine = Engine(tmp_path / "run", progress=False)
     with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):

@@ -473,6 +473,11 @@ class Engine:
                         pending.discard(name)
                         bar.update()
                     elif not deps & pending:
+                        if self.launcher and plan.steps[name].launched and any(
+                                plan.steps[other].launched for other in running.values()):
+                            # A launcher takes every process slot it names (the GPUs, a fixed rendezvous port): a
+                            # second launched step at once would fail to meet its processes or share the devices.
+                            continue
                         waiting.remove(name)
                         if broken:
                             failures[name] = "not run: a worker process died earlier in this run"
