@@ -232,3 +232,14 @@ def test_flash_attention_that_cannot_run_is_one_line_before_the_model_is_looked_
     assert main(argv) == 2
     says = f"sicog train: error: {source[-1]} {tmp_path / 'gone'}: no such file or folder"
     assert capsys.readouterr().err.splitlines()[-1] == says
+
+
+def test_deepspeed_without_a_launcher_is_one_line_before_anything_is_loaded(tmp_path, monkeypatch, capsys):
+    """DeepSpeed, finding no launcher's variables, looked for MPI at the first step: a traceback about mpi4py."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)  # no mpi4py, as on most machines
+    assert main(["train", config(tmp_path, "deepspeed: zero2\nmodel_name_or_path: /no/such/model\n")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "sicog train: error: --deepspeed needs a launcher, even for one process: torchrun --nproc_per_node 1 -m "
+        "sicog train ... (the training scripts start one)"]

@@ -36,10 +36,11 @@ def torchrun(args):
 
 
 def flags(world, out, zero, steps, extra=()):
+    """No --use_cpu, as users run on a machine without a GPU (each process once ran as a one-process run alone)."""
     return [
         "--data_path", str(world["data"]), "--image_folder", str(world["root"] / "images"), "--output_dir", str(out),
         "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--learning_rate", "1e-3",
-        "--logging_steps", "1", "--use_cpu", "--deepspeed", zero, "--seed", "7", "--max_steps", str(steps),
+        "--logging_steps", "1", "--deepspeed", zero, "--seed", "7", "--max_steps", str(steps),
         "--save_steps", "2", "--dataloader_num_workers", "0", *extra,
     ]
 
@@ -76,6 +77,19 @@ def test_two_ranks_cover_the_data_and_resume_exactly(world, tmp_path, zero):
     full_weights, resumed_weights = weights(full), weights(resumed)
     for name in full_weights:
         torch.testing.assert_close(resumed_weights[name], full_weights[name], rtol=1e-4, atol=1e-5)
+    # On one process (the same global batch): ZeRO's shards load only into two; DeepSpeed failed with a traceback.
+    alone = tmp_path / "alone"
+    shutil.copytree(full / "checkpoint-2", alone / "checkpoint-2")
+    one = flags(world, alone, zero, 4)
+    one[one.index("--gradient_accumulation_steps") + 1] = "4"
+    alone_env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}  # one process, as the scripts start it
+    result = subprocess.run([sys.executable, "-m", "sicog", "train", "--stage", "2", "--model_name_or_path",
+                             str(world["base"]), *one], capture_output=True, text=True, env=alone_env, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (f"error: {alone / 'checkpoint-2'} was saved by 2 DeepSpeed processes and this run has 1: its ZeRO "
+            "optimizer shards load only into 2;") in result.stderr
+    assert (full / "checkpoint-2" / "zero_to_fp32.py").is_file()  # the way out the line names
 
 
 def test_stage1_projector_loads_into_stage15_under_zero3(world, tmp_path):

@@ -171,6 +171,9 @@ class SicogTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if isinstance(self.deepspeed, str) and self.deepspeed in ("zero2", "zero3"):
             self.deepspeed = str(resources.files("sicog.configs") / f"{self.deepspeed}.json")
+        if not self.use_cpu and not torch.accelerator.is_available():
+            # Without it, transformers runs each of torchrun's processes on a CPU as a one-process run of its own.
+            self.use_cpu = True
         super().__post_init__()
         # The Trainer would push at save time, before the processor, projector, results and model card are
         # written; `sicog train` pushes once, after all of them (sicog/train/hub.py).

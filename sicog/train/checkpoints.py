@@ -140,6 +140,12 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, stage: str, run: dic
     return newest
 
 
+def deepspeed_processes(checkpoint: str | os.PathLike) -> int | None:
+    """How many processes the DeepSpeed run that saved ``checkpoint`` had: one ZeRO optimizer shard each (None: the
+    checkpoint holds no DeepSpeed state)."""
+    return len(list(Path(checkpoint).glob("global_step*/*zero_pp_rank_*_optim_states.pt"))) or None
+
+
 def check_resume_target(checkpoint: str | os.PathLike) -> None:
     """Raise :class:`IncompleteCheckpointError` when a checkpoint given by name is missing or incomplete."""
     path = Path(checkpoint)

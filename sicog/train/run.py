@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -36,7 +37,12 @@ from sicog.train.arguments import (
     SicogTrainingArguments,
     UsageError,
 )
-from sicog.train.checkpoints import check_resume_target, is_last_step, last_complete_checkpoint
+from sicog.train.checkpoints import (
+    check_resume_target,
+    deepspeed_processes,
+    is_last_step,
+    last_complete_checkpoint,
+)
 from sicog.train.datasets import SupervisedCollator, SupervisedDataset, check_dataset
 from sicog.train.fast_paths import compile_layers, fused_loss
 from sicog.train.hub import create_repo, push_output, write_model_card
@@ -191,6 +197,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
         except OSError as err:
             raise UsageError(f"--sample_log {data_args.sample_log}: {os_error_text(err)}") from None
     check_attn_implementation(model_args)
+    if args.deepspeed and "WORLD_SIZE" not in os.environ and importlib.util.find_spec("mpi4py") is None:
+        # DeepSpeed meets its processes through a launcher's variables, else through MPI: without either it stopped
+        # at the first step with a traceback about mpi4py.
+        raise UsageError("--deepspeed needs a launcher, even for one process: torchrun --nproc_per_node 1 -m sicog "
+                         "train ... (the training scripts start one)")
     if args.stage == "dpo" and data_args.augment != "none":
         # The reference log-probabilities are scored once, on the images as stored: the policy must see the same ones.
         raise UsageError(f"--augment {data_args.augment}: --stage dpo scores its reference on the images as stored, "
@@ -205,6 +216,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
     settings = run_settings(model_args, data_args, args)
     with output_lock(args.output_dir, folder=True, enabled=args.process_index == 0):
         resume = args.resume_from_checkpoint or last_complete_checkpoint(args.output_dir, args.stage, settings)
+        saved = deepspeed_processes(resume) if resume and args.deepspeed else None
+        if saved and saved != args.world_size:  # DeepSpeed stops on it, with a traceback, once the model is loaded
+            raise UsageError(f"{resume} was saved by {saved} DeepSpeed processes and this run has {args.world_size}: "
+                             f"its ZeRO optimizer shards load only into {saved}; rerun with {saved}, or start a new "
+                             "--output_dir from its weights (the checkpoint's zero_to_fp32.py gathers them)")
         if args.push_at_end and args.process_index == 0:
             args.hub_model_id = create_repo(args)
         results = Path(args.output_dir) / "train_results.json"
