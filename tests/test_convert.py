@@ -710,3 +710,18 @@ def test_to_release_of_a_folder_that_is_no_sicog_checkpoint_is_one_line(checkpoi
                                        "(model_type 'llava_qwen', not 'sicog') but a published one: convert it with "
                                        "`sicog convert from-release`\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_projector_file_that_differs_from_the_weights_is_refused(tokenizer, tmp_path, monkeypatch):
+    """A (stale) mm_projector.bin that differs from the projector in the weights is refused, not taken silently."""
+    model, _ = release_like_model(tokenizer)
+    monkeypatch.setattr("sicog.convert.release.CLIP_L14_336", model.config.vision_config.to_dict())
+    release = tmp_path / "release"
+    state = write_release_checkpoint(model, tokenizer, release)
+    for shard in [*release.glob("model-*.safetensors"), release / "model.safetensors.index.json"]:
+        shard.unlink()
+    save_file({k: v.contiguous() for k, v in state.items()}, release / "model.safetensors")  # projector included
+    stale = {k: v + 1 for k, v in state.items() if k.startswith("model.mm_projector.")}
+    torch.save(stale, release / "mm_projector.bin")
+    with pytest.raises(ConversionError, match="hold different values"):
+        release_to_sicog(release, tmp_path / "ours")

@@ -128,3 +128,9 @@ def test_a_copy_meeting_an_id_of_its_own_file_is_not_advised_prefixes(tmp_path: 
     other = write(tmp_path / "b.jsonl", [llava("img")])
     with pytest.raises(RecordError, match="use --prefix-ids"):
         mix([source, other], tmp_path / "mix.jsonl")
+
+
+def test_a_ratio_is_read_as_the_decimal_written():
+    """A ratio's share is the decimal written (1.15 of 10 records = 10 + 1.5 rounded half up = 12)."""
+    records = [{"id": str(i)} for i in range(10)]
+    assert len(take(records, 1.15, random.Random(0))) == 12

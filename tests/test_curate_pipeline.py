@@ -350,3 +350,23 @@ def test_encoder_options_are_explicit(minilm: SentenceEncoder) -> None:
     assert not np.allclose(prefixed.encode(["A dog."]), minilm.encode(["A dog."]))
     with pytest.raises(ValueError, match="batch size"):
         EncoderSettings("x", batch_size=0)
+
+
+def test_embedding_chunks_of_another_encoder_are_not_reused(tmp_path):
+    """An embedding cache of another encoder is never reused (a rerun after a crash with another --encoder)."""
+    import numpy as np
+
+    from sicog.curate.embed import EncoderSettings
+    from sicog.curate.embedding_store import embed_texts
+
+    class Fake:
+        def __init__(self, vector):
+            self.vector = vector
+
+        def encode(self, texts):
+            return np.array([self.vector] * len(texts), dtype=np.float32)
+
+    texts = ["a red cube", "a blue ball"]
+    embed_texts(texts, EncoderSettings("encoder-a"), tmp_path, encoder_factory=lambda s: Fake([1.0, 0.0]))
+    store = embed_texts(texts, EncoderSettings("encoder-b"), tmp_path, encoder_factory=lambda s: Fake([0.0, 1.0]))
+    assert store.all().tolist() == [[0.0, 1.0], [0.0, 1.0]]

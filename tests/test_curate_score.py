@@ -209,3 +209,20 @@ def test_answers_of_image_placeholder_candidates_do_not_make_the_majority() -> N
                       min_agreement=0.5)
     assert (decision.best_index, decision.majority_answer, decision.agreement) == (2, "3", 0.25)
     assert (decision.kept, decision.drop_reason) == (False, LOW_AGREEMENT)
+
+
+@pytest.mark.parametrize("scores,lowest", [([0.9, 0.8, 0.7, 0.6, 0.5], {3, 4}), ([0.9, 0.8, 0.7], {2})])
+def test_rejected_comes_from_the_lower_half_for_an_odd_count(scores, lowest):
+    """With an odd N (cycle_quick uses 3) the rejected one comes from the lower half, not the median."""
+    texts = [f"caption {i}" for i in range(len(scores))]
+    drawn = {select(scores, texts, threshold=0.0, rng=random.Random(seed)).rejected_index for seed in range(60)}
+    assert drawn == lowest
+
+
+def test_against_an_unmarked_chosen_answer_marked_answers_are_not_preferred():
+    """Against an unmarked chosen answer every differing answer may be rejected, marked or not."""
+    answers = ["3", "3", "3", "4", "5"]
+    explicit = [False, False, False, True, False]
+    drawn = {select([0.9, 0.85, 0.8, 0.3, 0.2], [f"c{i}" for i in range(5)], threshold=0.0, rng=random.Random(seed),
+                    answers=answers, explicit=explicit).rejected_index for seed in range(60)}
+    assert drawn == {3, 4}

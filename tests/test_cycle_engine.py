@@ -642,3 +642,15 @@ def test_a_setting_that_names_a_file_or_folder_enters_keys_by_content(quick_keys
     first, _ = keys_of(logged, out)
     log.write_text('{"step": 1}\n')
     assert keys_of(logged, out)[0] == first
+
+
+def test_an_unfinished_step_whose_key_changed_starts_clean(tmp_path):
+    """An interrupted step whose key has changed since must not resume what the old settings left."""
+    plan = _chain(tmp_path)
+    Engine(tmp_path / "run", progress=False).run(plan)
+    engine = Engine(tmp_path / "run", progress=False)
+    engine._record("third", {"key": "the key of other settings", "status": "running"})
+    stale = tmp_path / "run" / "third" / "checkpoint.txt"
+    stale.write_text("made with other settings")
+    engine.run(plan)
+    assert not stale.exists()

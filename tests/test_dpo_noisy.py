@@ -6,6 +6,7 @@ import pytest
 
 from sicog.cli import main
 from sicog.curate.noisy import pairs_from_noisy
+from sicog.data.jsonl import write_jsonl
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
 from sicog.train.pairs import check_pair_record
@@ -212,3 +213,15 @@ def test_noisy_records_generated_for_the_other_task_stop_the_join(files, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{noisy}:2 id='q1' field 'generation.task': {generated_for!r}, not {task!r}" in err
     assert not output.exists()
+
+
+def test_noisy_join_refuses_another_image(tmp_path):
+    """A noisy record of the same id but another image is no rejected answer for the clean one."""
+    clean = [{"id": "a", "image": "cat.png", "prompt": "What is it?", "chosen": "A cat."}]
+    noisy = [{"id": "a", "image": "dog.png", "candidates": ["A dog.", "A wolf."],
+              "generation": {"prompt": "What is it?", "task": "captions", "corruption": [{"method": "noise"}]}}]
+    write_jsonl(tmp_path / "curated.jsonl", clean)
+    write_jsonl(tmp_path / "noisy.jsonl", noisy)
+    summary = pairs_from_noisy(tmp_path / "curated.jsonl", tmp_path / "noisy.jsonl", tmp_path / "pairs.jsonl",
+                               task="captions")
+    assert summary.pairs == 0 and summary.errors == 1

@@ -12,7 +12,16 @@ from PIL import Image
 
 from sicog.data.jsonl import RecordError
 from sicog.eval.prompts import MC_INSTRUCTION, build_prompt
-from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, decode_image, read_benchmark, row_image, row_options, row_problem
+from sicog.eval.tsv import (
+    MULTIPLE_CHOICE,
+    YES_NO,
+    decode_image,
+    read_benchmark,
+    row_hash,
+    row_image,
+    row_options,
+    row_problem,
+)
 from sicog.model.image_io import ImageError
 from sicog.toy.answers import multiple_choice_prompt as toy_multiple_choice_prompt
 
@@ -196,3 +205,20 @@ def test_base64_with_line_breaks_is_decoded() -> None:
     assert "\n" in wrapped.strip()
     assert decode_image(wrapped.strip()).size == (64, 64)
     assert decode_image(wrapped.strip().replace("\n", "\r\n")).size == (64, 64)
+
+
+def test_row_hash_changes_with_the_options(tmp_path):
+    """A prediction is reused only for a row with the same options (row_hash covers them, as documented)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    hashes = []
+    for b in ("blue", "green"):
+        path = tmp_path / f"bench_{b}.tsv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(["index", "question", "A", "B", "answer", "image"])
+            writer.writerow(["0", "What colour is it?", "red", b, "A", image])
+        bench = read_benchmark(path)
+        hashes.append(row_hash(bench, bench.rows[0]))
+    assert hashes[0] != hashes[1]

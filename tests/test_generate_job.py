@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from sicog.data.jsonl import RecordError, load_records, write_jsonl
 from sicog.data.sharding import shard_path
 from sicog.generate.corrupt import record_methods
 from sicog.generate.job import GenerationJob, merge_outputs, plan_batches, read_plan, run_rank, shard_files
-from sicog.generate.sample import encode_task
+from sicog.generate.sample import encode_task, sample_candidates
 from sicog.generate.settings import SamplingSettings
 
 SIZES = [(32, 32), (64, 48), (48, 64), (100, 60), (40, 40), (64, 64), (56, 32), (32, 56), (72, 40), (60, 60)]
@@ -367,3 +368,32 @@ def test_outputs_from_before_settings_were_recorded_still_resume(dataset, tmp_pa
     job.output.write_text("".join(json.dumps(r) + "\n" for r in lines[:5]))  # as a killed run left it
     summary = generate(job, model_and_processor)
     assert (summary.skipped, summary.generated) == (5 + 1, len(lines) - 5)  # and the record in the errors file
+
+
+class _EchoModel:
+    """generate(): each prompt's rows repeated num_return_sequences times (as HF does), plus a token naming the
+    prompt's row, so that a candidate tells which prompt it was sampled for."""
+    device = torch.device("cpu")
+
+    def __init__(self, marks):
+        self.marks = marks
+
+    def generate(self, input_ids, attention_mask, num_return_sequences=1, **kwargs):
+        rows = input_ids.shape[0]
+        mark = torch.tensor(self.marks[:rows]).unsqueeze(1)
+        out = torch.cat([input_ids, mark], dim=1)
+        return out.repeat_interleave(num_return_sequences, dim=0)
+
+
+def test_each_records_candidates_come_from_its_own_prompt(tiny_model_factory):
+    """The candidates of a batch belong to their own record (generate returns each prompt's samples together)."""
+    _, processor = tiny_model_factory()
+    tok = processor.tokenizer
+    words = ["alpha", "bravo", "charlie"]
+    marks = [tok.encode(w, add_special_tokens=False)[0] for w in words]
+    encoded = [processor.encode([{"from": "human", "value": f"question {i}"}], [], train=False) for i in range(3)]
+    settings = SamplingSettings(num_candidates=4, temperature=0.8, top_p=0.95, max_new_tokens=4)
+    groups = sample_candidates(_EchoModel(marks), processor, encoded, settings, seed=0)
+    assert [len(g) for g in groups] == [4, 4, 4]
+    for group, mark in zip(groups, marks):
+        assert set(group) == {processor.decode([mark])}
