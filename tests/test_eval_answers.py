@@ -29,6 +29,18 @@ def test_accepted_formats(reply: str) -> None:
     assert extract_choice(reply, OPTIONS) == "B"
 
 
+@pytest.mark.parametrize("reply", [
+    "The correct answer is **B**. Here is why: A is blue.", "The answer is **B**. The circle is red.", "**B**: red",
+    "**B**. The circle is red.", "The answer is **B** since A is blue.", "The answer is **B** as the circle is red.",
+    "**B** because A is blue",
+])
+def test_a_bold_letter_followed_by_more_text_is_read_as_without_the_bold(reply: str) -> None:
+    """The emphasis after the letter hid it: no answer, or the option its reason named ("since A is blue")."""
+    plain = reply.replace("**", "")
+    assert extract_choice(reply, OPTIONS) == extract_choice(plain, OPTIONS) == "B"
+    assert parse_answer(reply).normalized == parse_answer(plain).normalized  # as curation reads it
+
+
 def test_chain_of_thought_is_read_from_its_conclusion() -> None:
     reasoning = "The circle is blue on the left and red on the right. Option A is wrong."
     reply = format_steps(COT_STEPS, ["Find the colour.", "A blue square, a red circle.", reasoning, "The answer is B."])

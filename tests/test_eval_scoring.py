@@ -115,6 +115,24 @@ def test_mmbench_counts_a_question_right_only_in_every_copy(tmp_path: Path) -> N
     assert summary["headline"] == {"metric": "circular_accuracy", "value": 0.5}
 
 
+def test_a_g_index_column_groups_the_copies_as_vlmevalkit_groups_them(tmp_path: Path) -> None:
+    """`vlmutil circular` numbers copies of indices from 1e6 on 1e7 apart and writes g_index: read by index % 1e6,
+    such a file had no question (circular accuracy None)."""
+    texts = ["red", "blue", "green", "yellow"]
+    rows, replies = [], {}
+    for question in (2_000_000, 2_000_001):
+        for k in range(4):
+            index = question + k * 10_000_000
+            options = texts[k:] + texts[:k]
+            answer = "ABCD"[options.index("red")]
+            rows.append([index, question, "x", "Which colour?", *options, answer, "attribute"])
+            replies[str(index)] = answer if question == 2_000_000 or k < 3 else "A"
+    columns = ["index", "g_index", "image", "question", "A", "B", "C", "D", "answer", "category"]
+    bench = read_benchmark(write_tsv(tmp_path / "MMBench_DEV_EN.tsv", columns, rows))
+    circular = summarize(bench, score_items(bench, replies, {}))["circular"]
+    assert (circular["questions"], circular["correct"], circular["scored"], circular["accuracy"]) == (2, 1, 2, 0.5)
+
+
 def test_a_question_with_an_unscored_copy_is_not_scored(tmp_path: Path) -> None:
     bench, replies = mmbench_bench(tmp_path / "MMBench_DEV_EN.tsv")
     del replies["1000000"]  # question 0's first copy failed (an unusable image, say)

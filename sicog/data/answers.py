@@ -82,7 +82,7 @@ _WORDS = {
     "grey": "gray",
 }
 _LETTER = re.compile(
-    r"(?P<word>(?:option|choice)\s+)?(?P<open>[(\[])?(?P<letter>[A-Za-z])(?P<close>[)\]])?"
+    r"(?P<word>(?:option|choice)\s+)?(?P<open>[(\[])?(?P<letter>[A-Za-z])(?P<close>[)\]])?(?P<emphasis>[*_]*)"
     r"(?P<sep>[\s.:,;)]*)(?P<rest>.*)",
     re.IGNORECASE | re.DOTALL,
 )
@@ -242,8 +242,8 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
         return False, None
     letter, sep, rest = match.group("letter"), match.group("sep"), match.group("rest").strip()
     punctuated = any(c in sep for c in ".:,;)") or bool(match.group("close"))
-    if rest and not sep:
-        return False, None  # the letter starts a word ("Blue")
+    if rest and not sep and not match.group("emphasis"):
+        return False, None  # the letter starts a word ("Blue"); "**B**since" would be a bold letter
     if letter.islower():
         # A lone lower-case letter may be a word (the article "a"); it needs a mark around it.
         if not (marked or match.group("word") or match.group("open") or punctuated):

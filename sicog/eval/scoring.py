@@ -29,7 +29,8 @@ from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, Benchmark, is_missing, row_o
 
 UNCATEGORIZED = "(none)"
 YES = "yes"
-# VLMEvalKit numbers a question's CircularEval copies index + k * 1e6 and groups rows by index % 1e6.
+# VLMEvalKit numbers a question's CircularEval copies index + k * 1e6 and groups rows by their g_index column, or
+# where there is none by index % 1e6 (its `vlmutil circular` writes g_index, with copies 1e7 apart for larger indices).
 CIRCULAR_OFFSET = 1_000_000
 # VLMEvalKit evaluates a multiple-choice dataset circularly when its name holds one of these, in any case
 # (ImageMCQDataset.evaluate_heuristic); nothing in the rows says so.
@@ -135,24 +136,27 @@ def _grouped(items: list[dict], column: str, per_split: bool = False) -> dict[st
     return {name: _accuracy(group) for name, group in _groups(items, column, per_split).items()}
 
 
-def _circular_key(index: str) -> tuple[int | str, bool]:
-    """The question a row belongs to (``index % 1e6``) and whether the row is the question itself rather than
-    a copy. VLMEvalKit requires integer indices; a row with another index is a question without copies."""
+def _circular_key(item: Mapping[str, str]) -> tuple[int | str, bool]:
+    """The question a row belongs to (its ``g_index``, else ``index % 1e6``) and whether the row is the question
+    itself rather than a copy (its index is the question's). VLMEvalKit requires integer indices; a row with another
+    index is a question without copies."""
     try:
-        number = int(index)
+        number = int(item["index"])
+        key = int(item["g_index"]) if not is_missing(item.get("g_index")) else number % CIRCULAR_OFFSET
     except ValueError:
-        return index, True
-    return number % CIRCULAR_OFFSET, 0 <= number < CIRCULAR_OFFSET
+        return item["index"], True
+    return key, number == key
 
 
 def circular_questions(items: list[dict]) -> list[dict]:
-    """One item per question, as VLMEvalKit's circular evaluation groups rows: a row with index below 1e6 and
-    every row whose index is that modulo 1e6 (its copies); copies of no such row are left out, as there.
+    """One item per question, as VLMEvalKit's circular evaluation groups rows: a row whose index is its question's
+    (:func:`_circular_key`) and every other row of that question (its copies); copies of no such row are left out,
+    as there.
     ``correct``: whether every row of the group is right; None when one of them is unscored (no prediction, an
     error, no answer key), since the question's result is then unknown. The question row's ``index``,
     ``category`` and ``l2-category`` are kept."""
     groups: dict[int | str, list[dict]] = {}
-    keyed = [(item, *_circular_key(item["index"])) for item in items]
+    keyed = [(item, *_circular_key(item)) for item in items]
     for item, key, own in keyed:
         if own:
             groups.setdefault(key, []).append(item)
