@@ -233,6 +233,17 @@ def test_curation_analysis_gives_each_fact_for_the_random_and_the_curated_picks(
     assert picks["random"] == candidate_facts(randomly)
     assert picks["random"]["object_precision"] < 1.0  # some random picks name an object in a wrong colour
     assert quality["right_share_curated"] == 1.0 and quality["kept"] == 6
+    # A blank candidate, unscored, states no fact: it was counted in the facts of all candidates (as naming nothing).
+    for record in records:
+        record["candidates"].append("")
+        record["scores"].append(None)
+    write_jsonl(tmp_path / "blank.jsonl", records)
+    with_blank = curation_quality(tmp_path / "blank.jsonl", "captions", truth, seed=0)
+    assert with_blank["candidate_facts"] == quality["candidate_facts"]
+    records = [{**record, "kept": False} for record in records]
+    write_jsonl(tmp_path / "none_kept.jsonl", records)
+    assert curation_quality(tmp_path / "none_kept.jsonl", "captions", truth, seed=0)[
+        "candidate_facts_by_pick"]["curated"] is None
 
 
 @pytest.mark.parametrize("text, message", [

@@ -128,6 +128,14 @@ def test_an_oracle_gain_of_exactly_the_margin_meets_its_target():
         "the oracle teaches: E >= A + 0.15 on MC accuracy (+0.150)": True}
 
 
+def test_a_value_near_its_bar_is_shown_on_the_side_its_verdict_puts_it():
+    """A gain of 0.1496 was shown as the bar it misses (+0.150, NOT met), 0.5002 vs 0.5 as 0.500 vs 0.500 (met)."""
+    per_seed = [{"seed": 0, "arms": {"A": arm(0.55), "E": arm(0.6996)},
+                 "curation": {"captions": curation(0.7998, None, 0.5002, 0.5)}}]
+    shown = " | ".join(check_targets(summarize(per_seed, ["A", "E"]), per_seed))
+    assert "MC accuracy (+0.1496)" in shown and "(seed 0: 0.7998;" in shown and "(seed 0: 0.5002 vs 0.5000)" in shown
+
+
 def curation(auroc: float | None, every_fact: float | None, curated: float, random_pick: float) -> dict:
     return {"auroc": auroc, "every_fact": {"auroc": every_fact}, "right_share_curated": curated,
             "right_share_random_candidate": random_pick}
@@ -177,6 +185,16 @@ def eval_results(folder: Path, benchmark: Path, predictions: list[str], accuracy
                "files": {"predictions.jsonl": str(folder / "predictions.jsonl")}}
     (folder / "results.json").write_text(json.dumps(results))
     return str(folder / "results.json")
+
+
+def test_an_image_use_gap_of_a_diverged_model_is_not_measured(tmp_path):
+    """A NaN gap was shown as "nan" and written to results.json as a bare NaN, which strict JSON readers refuse."""
+    path = tmp_path / "bench.tsv"
+    path.write_text("index\timage_path\tquestion\tA\tB\tanswer\n0\ta.png\tWhat colour?\tred\tblue\tB\n")
+    mc = eval_results(tmp_path / "mc", path, ["B"], 1.0, 0)
+    (tmp_path / "image_use.json").write_text('{"gap": NaN, "records": 4, "compared": 4, "errors": []}')
+    scores = arm_scores({"mc": mc, "image_use": str(tmp_path / "image_use.json")}, None, None, path)
+    assert scores["image_use_gap"] is None and scores["counts"]["image_use"]["scored"] == 4
 
 
 def test_same_letter_counts_the_letter_each_reply_chose(tmp_path):
@@ -280,6 +298,14 @@ def test_a_report_over_the_seeds_that_finished_names_the_incomplete_ones(tmp_pat
     report = (tmp_path / "report.md").read_text()
     assert "**Incomplete: seed 1 did not finish; every number below is over seed 0 only.**" in report
     assert "- seed 1: failed or not run: D_stage2, eval_D" in report
+
+
+def test_an_earlier_runs_figures_are_not_left_beside_a_report_that_does_not_draw_them(tmp_path, bench):
+    (tmp_path / "captions.png").write_bytes(b"an earlier run's figure")
+    scored = {"captions": scored_file(tmp_path / "captions", 0.5)}
+    no_truth = {"A": arm(0.5), "D": arm(0.6)}  # no caption F1: no captions figure
+    write_report(tmp_path, CycleConfig(arms=("A", "D")), [seed(0, no_truth, scored, bench)])
+    assert not (tmp_path / "captions.png").exists() and (tmp_path / "report.md").is_file()
 
 
 def test_caption_f1_scores_the_description_a_caption_ends_with(tmp_path, bench):

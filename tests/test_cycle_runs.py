@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from sicog.cli import main
-from sicog.cycle.engine import Input, Out, Plan, Ref, Step
+from sicog.cycle.engine import CycleFailed, Input, Out, Plan, Ref, Step
 from sicog.cycle.plan import SeedPlan
 from sicog.data.lock import output_lock
 from sicog.toy.build import WORLD_VERSION, build_world
@@ -103,6 +103,24 @@ def test_a_failed_step_in_one_seed_does_not_stop_the_others(tmp_path, capsys, ch
     assert "error: 1 step(s) failed or could not run:" in err
     assert f"  seed1/b: exit 2; log: {out / 'seed1' / 'b' / 'log.txt'}" in err
     assert reports == [{"seeds": [0, 2], "incomplete": {1: ["b"]}}]
+
+
+@pytest.mark.slow
+def test_a_run_in_which_no_seed_finishes_leaves_no_earlier_report(tmp_path, capsys, cheap_cycle, monkeypatch):
+    """The earlier run's report.md and results.json stayed, naming no incomplete seed: they passed for this run's."""
+    _, reports = cheap_cycle
+    out = tmp_path / "run"
+    assert main(["cycle", "--quick", "--out", str(out), "--no-progress", "--jobs", "1"]) == 0
+    (out / "report.md").write_text("# an earlier run's report\n")  # as write_report wrote them
+    (out / "results.json").write_text("{}\n")
+
+    def failed(self, plan):
+        raise CycleFailed({"b": "exit 1; log: b/log.txt"})
+
+    monkeypatch.setattr("sicog.cycle.engine.Engine.run", failed)
+    assert main(["cycle", "--quick", "--out", str(out), "--no-progress", "--jobs", "1", "--seeds", "2"]) == 1
+    assert not (out / "report.md").exists() and not (out / "results.json").exists() and len(reports) == 1
+    assert f"no report: no seed finished; the report of an earlier run in {out} is removed" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -88,22 +88,26 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
               for r in records]
     quality = _ranking(records, [[objects_right(c) for c in cs] for cs in checks], seed)
     quality["every_fact"] = _ranking(records, [[caption_right(c) for c in cs] for cs in checks], seed)
-    quality["candidate_facts"] = _facts([c for cs in checks for c in cs])
-    curated = [cs[r["best_index"]] for r, cs in zip(records, checks, strict=True) if r.get("kept")]
+    # Over the candidates curation scored, as the ranking is: a blank or unusable candidate states no fact.
+    quality["candidate_facts"] = _facts([c for r, cs in zip(records, checks, strict=True)
+                                         for c, score in zip(cs, r["scores"], strict=True) if score is not None])
     quality["candidate_facts_by_pick"] = {
         "random": _facts([cs[pick] for r, cs in zip(records, checks, strict=True)
                           if (pick := random_index(r["candidates"], r["id"], seed)) is not None]),
-        "curated": _facts(curated) if curated else None}
+        "curated": _facts([cs[r["best_index"]] for r, cs in zip(records, checks, strict=True) if r.get("kept")])}
     return quality
 
 
-def candidate_facts(pairs: list[tuple[str, dict]]) -> dict:
+def candidate_facts(pairs: list[tuple[str, dict]]) -> dict | None:
     """How much of what the generator's candidates say is true, fact by fact: the perception model's accuracy."""
     return _facts([score_caption(text, truth) for text, truth in pairs])
 
 
-def _facts(checks: list[dict]) -> dict:
-    """:func:`candidate_facts` of captions already scored by :func:`~sicog.toy.score.score_caption`."""
+def _facts(checks: list[dict]) -> dict | None:
+    """:func:`candidate_facts` of captions already scored by :func:`~sicog.toy.score.score_caption`; None for
+    none (not measured, shown as n/a)."""
+    if not checks:
+        return None
     scores = summarize_captions(checks)
     return {"object_precision": scores["precision"], "object_recall": scores["recall"],
             **{k: v for k, v in scores["attribute_accuracy"].items() if v is not None},

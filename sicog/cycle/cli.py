@@ -150,7 +150,7 @@ def _dry_run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
 def _run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
     """Run every seed (the caller holds ``out``'s lock); a seed with a failed step does not stop the others."""
     from sicog.cycle.engine import CycleFailed
-    from sicog.cycle.report import seed_results, write_report
+    from sicog.cycle.report import clear_report, seed_results, write_report
     from sicog.cycle.world import make_world
 
     if unset := _unset_launcher_variables(config.launcher):
@@ -175,6 +175,8 @@ def _run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
         write_report(out, config, per_seed, incomplete={seed: sorted(failed) for seed, failed in failures.items()})
         print(f"report: {out / 'report.md'}"
               + (f" (seeds {', '.join(map(str, failures))} left out: incomplete)" if failures else ""))
+    elif clear_report(out):  # it would pass for this run's
+        print(f"no report: no seed finished; the report of an earlier run in {out} is removed")
     if failures:
         count = sum(map(len, failures.values()))
         print(f"error: {count} step(s) failed or could not run:", file=sys.stderr)
