@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sicog.data.jsonl import RecordError
+from sicog.data.jsonl import RecordError, iter_records
 from sicog.data.mixture import Source, load_mixture, sample
 from sicog.data.sources import iter_input_records
 
@@ -58,12 +58,25 @@ def test_a_dataset_dict_needs_a_train_split_or_a_named_one(saved):
 def test_unreadable_sources_are_named(saved, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "empty").mkdir()
-    cases = {tmp_path / "notes.txt": "unsupported input file", tmp_path / "empty": "not a dataset folder",
-             tmp_path / "gone.parquet": "file not found", tmp_path / "gone.jsonl": "file not found"}
+    (tmp_path / "data.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00")
+    cases = {tmp_path / "notes.txt": "notes.txt:1: invalid JSON", tmp_path / "empty": "not a dataset folder",
+             tmp_path / "gone.parquet": "file not found", tmp_path / "gone.jsonl": "file not found",
+             tmp_path / "data.jsonl.gz": "is a .gz file, not JSON or JSON Lines: decompress it first"}
     for source, message in cases.items():
         with pytest.raises(RecordError, match=message) as err:
             rows(source)
         assert str(source) in str(err.value)
+
+
+def test_a_file_of_another_name_is_read_by_its_content_as_every_reader_reads_it(tmp_path):
+    """`data check` and train refused a JSON Lines file named .ndjson, which image-use and curate read; and a
+    parquet file given to those was "invalid JSON" there, while train read it."""
+    (tmp_path / "records.ndjson").write_text('{"id": "a"}\n{"id": "b"}\n')
+    assert [r["id"] for _, r in rows(tmp_path / "records.ndjson")] == ["a", "b"]
+    assert [r["id"] for _, r in iter_records(tmp_path / "records.ndjson")] == ["a", "b"]
+    (tmp_path / "records.parquet").write_bytes(b"PAR1")
+    with pytest.raises(RecordError, match="is a .parquet file, not JSON or JSON Lines: `sicog data head --input"):
+        list(iter_records(tmp_path / "records.parquet"))
 
 
 def test_a_damaged_file_is_named(saved, tmp_path):

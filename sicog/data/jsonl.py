@@ -111,6 +111,12 @@ def require_file(path: str | os.PathLike, what: str = "file") -> None:
         raise RecordError(f"{what} not found", path=path)
 
 
+# Files that hold no JSON text, by suffix, with what to do: named as such rather than read as text that is "not UTF-8".
+_CONVERT = "`sicog data head --input FILE --output FILE.jsonl` writes it as JSON Lines"
+NOT_JSON = {".gz": "decompress it first", ".bz2": "decompress it first", ".xz": "decompress it first",
+            ".zst": "decompress it first", ".zip": "unzip it first", ".parquet": _CONVERT, ".arrow": _CONVERT}
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_or_index, record)`` from a ``.jsonl`` file or a ``.json`` array.
 
@@ -120,6 +126,9 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """
     path = Path(path)
     require_file(path)
+    suffix = path.suffix.lower()
+    if suffix in NOT_JSON:
+        raise RecordError(f"is a {suffix} file, not JSON or JSON Lines: {NOT_JSON[suffix]}", path=path)
     if _is_json_array(path):
         text = read_text(path)
         try:

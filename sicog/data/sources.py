@@ -1,6 +1,7 @@
 """Where input records come from: JSON files, or HF ``datasets`` sources.
 
-- ``.jsonl`` / ``.json``: :func:`sicog.data.jsonl.iter_records` (the number given with each record is its line);
+- ``.jsonl`` / ``.json``, or a file of any other name that is not one of the below: JSON Lines or a JSON array, by
+  its content (:func:`sicog.data.jsonl.iter_records`; the number given with each record is its line);
 - a folder written by ``Dataset.save_to_disk`` (a ``DatasetDict`` folder: its ``train`` split, or its only one);
 - a ``.parquet`` file, or an ``.arrow`` file as ``datasets`` writes them;
 - a Hub dataset id ``owner/name`` (``owner/name:split`` for a split other than ``train``), read from the local
@@ -90,9 +91,9 @@ def iter_input_records(source: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
     Every problem raises :class:`RecordError` naming the source (and the row or field when known).
     """
-    text = str(source)
-    if text.lower().endswith(JSON_SUFFIXES):
-        yield from iter_records(source)
+    text, path = str(source), Path(source)
+    if text.lower().endswith(JSON_SUFFIXES) or path.is_file() and path.suffix.lower() not in DATASET_SUFFIXES:
+        yield from iter_records(source)  # any other file read by its content, as every reader of records reads it
         return
     row = 0
     try:
@@ -158,9 +159,6 @@ def dataset_batches(source: str) -> Iterator:
         dataset = _one_split(dataset, None, source)
     elif path.is_file() and path.suffix.lower() == ".arrow":
         dataset = datasets.Dataset.from_file(source)
-    elif path.is_file():
-        raise RecordError(f"unsupported input file (use {', '.join(JSON_SUFFIXES + DATASET_SUFFIXES)}, a dataset "
-                          "folder, or a Hub dataset id)", path=source)
     elif path.suffix.lower() in DATASET_SUFFIXES or not HUB_ID.match(source):
         raise RecordError("file not found", path=source)
     else:
