@@ -138,6 +138,16 @@ def test_problems_are_grouped_by_category_and_located_once(tmp_path, model, imag
     assert line.count(str(data)) == 1 and line.startswith("error (placeholder count): ")
 
 
+def test_an_image_name_with_a_character_that_does_not_show_is_quoted(tmp_path, model, images, capsys):
+    """A newline in the name broke the problem's line in two; a trailing space could not be seen."""
+    data = write(tmp_path / "d.jsonl", [rec("ok", image="ok.png"), rec("nl", image="ok.png\n"),
+                                        rec("space", image="ok.png ")])
+    assert check(data, model, images) == 1
+    lines = [x for x in capsys.readouterr().out.splitlines() if "image file not found" in x]
+    assert len(lines) == 2
+    assert lines[0].endswith(repr(str(images / "ok.png\n"))) and lines[1].endswith(repr(str(images / "ok.png ")))
+
+
 def test_no_usable_record_exits_1(tmp_path, model, images, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -31,6 +31,14 @@ def test_brace_patterns_and_comma_lists_expand_in_order() -> None:
         split_data_path("/d/{a,b.json")
 
 
+def test_a_file_whose_name_holds_a_comma_or_braces_is_one_source(tmp_path: Path) -> None:
+    """It was split at the comma ("llava: file not found"), though other commands read the file."""
+    for name in ("llava,part1.jsonl", "llava{1,2}.jsonl"):
+        write(tmp_path / name, ["a"])
+        assert split_data_path(tmp_path / name) == [str(tmp_path / name)]
+        assert [r["id"] for r, _ in load_mixture(str(tmp_path / name))] == ["a"]
+
+
 def test_training_reads_every_file_of_a_pattern(tmp_path: Path) -> None:
     write(tmp_path / "a.json", ["a1", "a2"])
     write(tmp_path / "b.json", ["b1"])

@@ -120,6 +120,10 @@ def test_file_level_problems_name_file_line_and_field(tmp_path) -> None:
     write_tsv(path, ["index", "image", "question", "A", "B", "answer"], rows)
     with pytest.raises(RecordError, match=r"bad.tsv:3 id='0' field 'index': index repeats line 2"):
         read_benchmark(path)
+    # A blank line and a quoted cell over two lines: the line counts were a row short of the file's.
+    path.write_text('index\timage\tquestion\tA\tB\tanswer\n\n0\tx\t"Two\nlines?"\ta\tb\tA\n0\tx\t?\ta\tb\tA\n')
+    with pytest.raises(RecordError, match=r"bad.tsv:5 id='0' field 'index': index repeats line 4"):
+        read_benchmark(path)
     write_tsv(path, ["index", "image", "question", "answer"],
               [{"index": 0, "image": "x", "question": "?", "answer": "a cat"}])
     with pytest.raises(RecordError, match=r"bad.tsv:2 id='0' field 'answer': answer 'a cat' is neither yes nor no"):

@@ -243,3 +243,15 @@ def test_deepspeed_without_a_launcher_is_one_line_before_anything_is_loaded(tmp_
     assert capsys.readouterr().err.strip().splitlines() == [
         "sicog train: error: --deepspeed needs a launcher, even for one process: torchrun --nproc_per_node 1 -m "
         "sicog train ... (the training scripts start one)"]
+
+
+def test_a_json_config_is_read_as_a_yaml_one_a_bom_dropped_and_a_repeated_key_refused(tmp_path, trained, capsys):
+    """A repeated key kept its last value without a word, and a BOM (which YAML configs may have) was refused."""
+    path = tmp_path / "run.json"
+    path.write_text('\ufeff{"data_path": "d.jsonl", "output_dir": "o", "use_cpu": true, "report_to": "none", '
+                    '"learning_rate": 2e-4}', encoding="utf-8")
+    assert main(["train", str(path)]) == 0 and trained[-1][2].learning_rate == 2e-4
+    path.write_text(path.read_text(encoding="utf-8-sig").replace('"learning_rate"', '"learning_rate": 1e-5, '
+                                                                  '"learning_rate"'))
+    assert main(["train", str(path)]) == 2
+    assert "key 'learning_rate': given twice" in capsys.readouterr().err

@@ -60,10 +60,13 @@ def split_data_path(data_path: str | os.PathLike) -> list[str]:
     """The sources a data path names: its comma-separated parts, each brace pattern expanded, in order.
 
     A comma inside braces belongs to the pattern (``/d/{a,b}.json,/e/c.json`` is three files); empty parts and
-    the spaces around a part are dropped.
+    the spaces around a part are dropped. A path that names a file or folder as a whole is that one source, commas
+    and braces in its name included.
     """
-    parts, depth, start = [], 0, 0
     text = str(data_path)
+    if os.path.exists(text):
+        return [text]
+    parts, depth, start = [], 0, 0
     for index, char in enumerate(text):
         depth += {"{": 1, "}": -1}.get(char, 0)
         if char == "," and depth <= 0:

@@ -107,7 +107,8 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
         if missing:
             raise RecordError(f"missing columns: {', '.join(missing)}", path=path, line=1)
         rows = []
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num  # the line the row ends on: blank lines and cells spanning lines counted
             if None in row:
                 raise RecordError(f"{len(row[None])} more cells than columns", path=path, line=line)
             rows.append((line, {k: ("" if v is None else v) for k, v in row.items()}))

@@ -28,7 +28,7 @@ from sicog.data.prompts import (
 from sicog.data.schema import resolve_image
 from sicog.data.sources import iter_data_path
 from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO
-from sicog.model.image_io import ImageError, check_image_file
+from sicog.model.image_io import ImageError, check_image_file, shown_path
 from sicog.model.processing import SicogProcessor
 
 TASKS = ("captions", "reasoning")
@@ -122,9 +122,9 @@ def image_size(path: Path, max_aspect_ratio: float) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"cannot read image {path}: {err}") from None
+        raise ImageError(f"cannot read image {shown_path(path)}: {err}") from None
     if width <= 0 or height <= 0:
-        raise ImageError(f"degenerate image {path}: zero size ({width}x{height})")
+        raise ImageError(f"degenerate image {shown_path(path)}: zero size ({width}x{height})")
     if max(width, height) / min(width, height) > max_aspect_ratio:
         raise ImageError(
             f"degenerate image {path}: aspect ratio {max(width, height) / min(width, height):.0f}:1 "

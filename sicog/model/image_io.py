@@ -24,6 +24,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` for a one-line message: as written, or quoted when a character of it would not show (a newline
+    would break the line, a trailing space is invisible)."""
+    text = str(path)
+    return repr(text) if text != text.strip() or not text.isprintable() else text
+
+
 def check_image_file(path: str | os.PathLike) -> None:
     """Raise :class:`ImageError` unless ``path`` is a file: missing, a folder, or a path the system refuses to look
     up."""
@@ -32,10 +39,10 @@ def check_image_file(path: str | os.PathLike) -> None:
             return
         folder = Path(path).is_dir()
     except OSError as err:  # is_file() answers False for a missing file but raises for a name over 255 bytes
-        raise ImageError(f"cannot read image {path}: {err.strerror or err}") from None
+        raise ImageError(f"cannot read image {shown_path(path)}: {err.strerror or err}") from None
     if folder:
-        raise ImageError(f"image path is a folder, not an image file: {path}")
-    raise ImageError(f"image file not found: {path}")
+        raise ImageError(f"image path is a folder, not an image file: {shown_path(path)}")
+    raise ImageError(f"image file not found: {shown_path(path)}")
 
 
 def _array_image(array) -> Image.Image:

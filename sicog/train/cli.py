@@ -68,12 +68,25 @@ def read_config(parser: HfArgumentParser, config: str) -> tuple:
     expected ...``) for a value the command line would refuse, and for null where the flag has a default; keys
     that name no flag are left to the parser, which lists them.
     """
-    settings = json.loads(Path(config).read_text(encoding="utf-8")) if config.endswith(".json") else read_yaml(config)
+    if config.endswith(".json"):  # read as YAML files are: a BOM dropped, a repeated key refused
+        settings = json.loads(Path(config).read_text(encoding="utf-8-sig"), object_pairs_hook=_once_each)
+    else:
+        settings = read_yaml(config)
     if not isinstance(settings, dict):
         raise ValueError("expected a mapping of flag names to values")
     actions = {action.dest: action for action in parser._actions if action.type is not None}
     typed = {key: _typed(key, value, actions[key]) if key in actions else value for key, value in settings.items()}
     return parser.parse_dict(typed)
+
+
+def _once_each(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are all different: a repeated one would silently keep its last value."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r}: given twice (the first would be silently dropped)")
+        seen[key] = value
+    return seen
 
 
 def _typed(key: str, value: object, action: argparse.Action) -> object:

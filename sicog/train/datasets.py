@@ -31,7 +31,7 @@ from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
 from sicog.data.schema import EMPTY_ANSWER, check_llava_record, record_images, resolve_image, valid_image_field
 from sicog.data.sharding import gather_shares, shard
-from sicog.model.image_io import ImageError, load_image
+from sicog.model.image_io import ImageError, load_image, shown_path
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
 from sicog.train.arguments import AUGMENT_CHOICES
 from sicog.train.augment import release_augment
@@ -90,11 +90,11 @@ def measure(record: dict, processor: SicogProcessor, image_folder, never_split: 
             with Image.open(path) as image:
                 size = image.size
         except FileNotFoundError:
-            raise ImageProblem(f"image file not found: {path}", "missing image") from None
+            raise ImageProblem(f"image file not found: {shown_path(path)}", "missing image") from None
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise ImageProblem(f"cannot read image {path}: {err}", "unreadable image") from None
+            raise ImageProblem(f"cannot read image {shown_path(path)}: {err}", "unreadable image") from None
         if size[0] == 0 or size[1] == 0:
-            raise ImageProblem(f"image {path} has zero size", "zero-size image")
+            raise ImageProblem(f"image {shown_path(path)} has zero size", "zero-size image")
         length += processor.image_token_count(*size, never_split=never_split) - 1
     return length
 
