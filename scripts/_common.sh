@@ -162,15 +162,27 @@ positive_number() {
     fi
 }
 
-# positive_decimal NAME VALUE: VALUE as a number above 0, whole or with a decimal point (1, 0.5, 2.), on stdout;
-# anything else stops with one line naming NAME (call it as positive_number is called).
+# positive_decimal NAME VALUE: VALUE as a number above 0, whole, with a decimal point or an exponent (1, 0.5, 2.,
+# 2e-5), on stdout; anything else stops with one line naming NAME (call it as positive_number is called).
 positive_decimal() {
-    if [[ "$2" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && "$2" =~ [1-9] ]]; then
+    if [[ "$2" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ && "${2%%[eE]*}" =~ [1-9] ]]; then
         echo "$2"
     else
         echo "error: $1 must be a number above 0 (got '$2')" >&2
         exit 2
     fi
+}
+
+# check_numbers NAME...: stop with one line naming the first variable NAME that is set to something other than a
+# number (0.7, -1, 2e-5); the command checks its range. A typo reached the command as text, and its usage.
+check_numbers() {
+    local name
+    for name in "$@"; do
+        if [[ -n "${!name:-}" && ! "${!name}" =~ ^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]]; then
+            echo "error: $name must be a number (got '${!name}')" >&2
+            exit 2
+        fi
+    done
 }
 
 # resolve_process_counts: NPROC_PER_NODE and NNODES as numbers (default 1 each). torchrun's own spellings gpu and
@@ -202,10 +214,13 @@ resolve_process_counts() {
     NNODES="$(positive_number NNODES "${NNODES:-1}")" || exit 2
 }
 
-# device_kind: cuda when nvidia-smi lists a GPU, else cpu; DEVICE=cpu or DEVICE=cuda decides instead.
+# device_kind: cuda when nvidia-smi lists a GPU, else cpu; DEVICE=cpu or DEVICE=cuda (any case) decides instead.
 device_kind() {
     if [[ -n "${DEVICE:-}" ]]; then
-        echo "$DEVICE"
+        case "${DEVICE,,}" in
+            cpu | cuda) echo "${DEVICE,,}" ;;
+            *) echo "error: DEVICE must be cpu or cuda (got $DEVICE)" >&2; exit 2 ;;
+        esac
     elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         echo cuda
     else
@@ -245,8 +260,10 @@ training_flags() {
     local device global accumulation
     resolve_process_counts
     batch="$(positive_number "the per-device batch (FINETUNE_BATCH, PRETRAIN_BATCH or DPO_BATCH)" "$batch")" || exit 2
+    lr="$(positive_decimal "the learning rate (FINETUNE_LEARNING_RATE, PRETRAIN_LEARNING_RATE or DPO_LEARNING_RATE)" \
+          "$lr")" || exit 2
     accumulation="$(positive_number ACCU_STEPS "${ACCU_STEPS:-1}")" || exit 2
-    device="$(device_kind)"
+    device="$(device_kind)" || exit 2
     global=$((batch * accumulation * NPROC_PER_NODE * NNODES))
     echo "global batch: $global = $batch per device x $accumulation accumulation steps x $NPROC_PER_NODE" \
          "processes per node x $NNODES nodes" >&2
@@ -279,13 +296,19 @@ training_flags() {
     fi
     case "${DEEPSPEED:-zero2}" in
         none) ;;
-        *) TRAIN_FLAGS+=(--deepspeed "${DEEPSPEED:-zero2}"); SICOG_TORCHRUN=1 ;;
+        zero2 | zero3 | *.json) TRAIN_FLAGS+=(--deepspeed "${DEEPSPEED:-zero2}"); SICOG_TORCHRUN=1 ;;
+        *) echo "error: DEEPSPEED must be zero2, zero3, a DeepSpeed .json config or none (got $DEEPSPEED)" >&2; exit 2 ;;
     esac
     if [[ "$device" == "cpu" ]]; then TRAIN_FLAGS+=(--use_cpu True); fi
     local precision="${PRECISION:-$([[ "$device" == "cpu" ]] && echo fp32 || echo bf16)}"
     case "$precision" in
         bf16) TRAIN_FLAGS+=(--bf16 True) ;;
-        fp16) TRAIN_FLAGS+=(--fp16 True) ;;
+        fp16)
+            if [[ "$device" == "cpu" ]]; then  # torch's CPU kernels (and DeepSpeed on a CPU) have no fp16 training
+                echo "error: PRECISION=fp16 needs a GPU; on a CPU use bf16 or fp32" >&2
+                exit 2
+            fi
+            TRAIN_FLAGS+=(--fp16 True) ;;
         fp32) ;;
         *) echo "error: PRECISION must be bf16, fp16 or fp32 (got ${precision})" >&2; exit 2 ;;
     esac
@@ -330,6 +353,8 @@ generate_flags() {
     read -r default_temperature default_top_p <<<"$defaults"
     # Local: optional_flags below reads them by name; the caller's environment is left as it was.
     local TEMPERATURE="${TEMPERATURE:-$default_temperature}" TOP_P="${TOP_P:-$default_top_p}"
+    check_numbers TEMPERATURE TOP_P
+    if [[ -n "${BEAMS:-}" ]]; then positive_number BEAMS "$BEAMS" >/dev/null || exit 2; fi
     local input="$DATA_PATH" name="$EXPERIMENT_NAME"
     # One output per split, as the published script names its file: the README runs the splits one at a time.
     if [[ "$1" == "reasoning" && -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json" name+="_${SPLIT}"; fi
@@ -355,6 +380,7 @@ curate_flags() {
                  THRESHOLD:--threshold ENCODER_MAX_LENGTH:--max-length ENCODER_QUERY_PREFIX:--query-prefix
                  ENCODER_DTYPE:--dtype BATCH_SIZE:--batch-size SEED:--seed)
     if [[ "$1" == "reasoning" ]]; then pairs+=(MIN_AGREEMENT:--min-agreement); fi
+    check_numbers TEMPERATURE THRESHOLD MIN_AGREEMENT
     optional_flags "${pairs[@]}"
     CURATE_ARGS=(curate "$1" --input "$RAW_DATASET" --output-dir "${OUTPUT_DIR:-${stem}_curated}"
                  ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})

@@ -71,6 +71,15 @@ def test_an_encoder_switch_that_is_neither_on_nor_off_stops_the_script(tmp_path:
     assert result.returncode == 2 and "ENCODER_APPEND_EOS must be true or false" in result.stderr
 
 
+@pytest.mark.parametrize(("variable", "value"),
+                         [("THRESHOLD", "0.9x"), ("TEMPERATURE", "warm"), ("MIN_AGREEMENT", "6/10")])
+def test_a_number_that_is_none_stops_the_script_naming_it(variable: str, value: str, tmp_path: Path) -> None:
+    """A typo reached `sicog curate`, whose error named its flag after its usage, not the variable."""
+    result = run_script("reasoning", tmp_path, "--dry-run", RAW_DATASET="g.jsonl", **{variable: value})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {variable} must be a number (got '{value}')"]
+
+
 def test_torchrun_when_several_processes(tmp_path: Path) -> None:
     result = run_script("captions", tmp_path, "--dry-run", RAW_DATASET="g.jsonl", NPROC_PER_NODE="2")
     assert "sicog.launch --nproc_per_node 2" in result.stdout

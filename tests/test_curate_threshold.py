@@ -82,6 +82,17 @@ def test_thresholds_must_be_finite(tmp_path, capsys) -> None:
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
+def test_a_threshold_no_score_reaches_is_refused(tmp_path, capsys) -> None:
+    """THRESHOLD=85 (a percent) kept nothing, with exit 0."""
+    assert CurationSettings(task="captions", threshold=-1.0).threshold == -1.0
+    source = str(generated(tmp_path / "gen.jsonl"))
+    args = ["curate", "captions", "--input", source, "--output-dir", str(tmp_path / "out"), "--threshold", "85"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == "error: threshold is a score, between -1 and 1; got 85 (for 85%, give 0.85)\n"
+    with pytest.raises(ValueError, match="between -1 and 1; got 1.5$"):
+        CurationSettings(task="reasoning", threshold=1.5)
+
+
 def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys) -> None:
     source = str(generated(tmp_path / "gen.jsonl"))
     (tmp_path / "afile").write_text("x\n")

@@ -403,6 +403,18 @@ def dry_run(name: str, cwd: Path, *args: str, **env: str) -> list[str]:
     return shlex.split(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("TEMPERATURE", "0.7x", "TEMPERATURE must be a number (got '0.7x')"),
+    ("TOP_P", "high", "TOP_P must be a number (got 'high')"),
+    ("BEAMS", "one", "BEAMS must be a whole number above 0 (got 'one')")])
+def test_a_number_that_is_none_stops_the_script_naming_it(variable, value, says, tmp_path):
+    """A typo reached `sicog generate`, whose error named its flag after its usage, not the variable."""
+    env = subprocess_env(EXPERIMENT_NAME="job", MODEL_PATH="ckpt", DATA_PATH="d.jsonl", **{variable: value})
+    result = subprocess.run(["bash", str(SCRIPTS / "recap_inference.sh"), "--dry-run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"error: {says}"
+
+
 def test_scripts_pass_the_readme_variables(tmp_path):
     readme = dict(EXPERIMENT_NAME="recaption_job_cod", MODEL_PATH="ckpt/perception", DATA_PATH="data/unlabeled.jsonl",
                   TEMPERATURE="0.7", BEAMS="1", TOP_P="0.9", PROMPT="cod-default")

@@ -255,3 +255,12 @@ def test_a_json_config_is_read_as_a_yaml_one_a_bom_dropped_and_a_repeated_key_re
                                                                   '"learning_rate"'))
     assert main(["train", str(path)]) == 2
     assert "key 'learning_rate': given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["false", "true", "1"])
+def test_a_deepspeed_value_that_is_json_but_no_config_is_one_line(tmp_path, trained, capsys, value):
+    """transformers read `--deepspeed false` as the config False: a traceback in accelerate once training started."""
+    assert main(["train", "--data_path", "d.jsonl", "--output_dir", str(tmp_path), "--deepspeed", value]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"sicog train: error: --deepspeed {value}: give zero2, zero3 or a DeepSpeed JSON config (its file, or its "
+        "text as an object); leave it out to train without DeepSpeed"]

@@ -273,7 +273,14 @@ def test_nproc_per_node_that_is_no_count_stops_with_one_line(value, gpus, says, 
     # EPOCHS=0 trained no step and saved the starting weights as the run's; MAX_STEPS=0 trained the default 3 epochs.
     ("EPOCHS", "0", "EPOCHS must be a number above 0 (got '0')"),
     ("EPOCHS", "-1", "EPOCHS must be a number above 0 (got '-1')"),
-    ("EPOCHS", "1e3", "EPOCHS must be a number above 0 (got '1e3')"),
+    ("EPOCHS", "1e", "EPOCHS must be a number above 0 (got '1e')"),
+    ("EPOCHS", "0e5", "EPOCHS must be a number above 0 (got '0e5')"),
+    # A typo in a learning rate reached sicog train, which printed its whole usage (137 lines).
+    ("FINETUNE_LEARNING_RATE", "2e-5x", "the learning rate (FINETUNE_LEARNING_RATE, PRETRAIN_LEARNING_RATE or "
+                                        "DPO_LEARNING_RATE) must be a number above 0 (got '2e-5x')"),
+    # false is every other switch's value: DeepSpeed then read it as its config, with a traceback.
+    ("DEEPSPEED", "false", "DEEPSPEED must be zero2, zero3, a DeepSpeed .json config or none (got false)"),
+    ("DEVICE", "gpu", "DEVICE must be cpu or cuda (got gpu)"),
     ("MAX_STEPS", "0", "MAX_STEPS must be a whole number above 0 (got '0')"),
 ])
 def test_a_count_or_switch_that_is_none_stops_with_one_line(variable, value, says):
@@ -281,6 +288,19 @@ def test_a_count_or_switch_that_is_none_stops_with_one_line(variable, value, say
     "--data_path is required" although DATA_PATH was set."""
     result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, variable: value})
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"error: {says}"
+
+
+def test_the_device_in_any_case_and_fp16_only_on_a_gpu():
+    """DEVICE=CPU took the GPU branch (bf16 on a CPU), and fp16 on a CPU failed in DeepSpeed with a traceback."""
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DEVICE": "CPU"})
+    assert result.returncode == 0, result.stderr
+    _, flags = parsed(result.stdout)
+    assert flags["--use_cpu"] == "True" and "--bf16" not in flags
+    result = dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "DEVICE": "cpu", "PRECISION": "fp16"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: PRECISION=fp16 needs a GPU; on a CPU use bf16 or fp32"
+    assert parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", {**README_ENV, "EPOCHS": "1e3"}).stdout)[1][
+        "--num_train_epochs"] == "1e3"
 
 
 def test_counts_with_leading_zeros_and_switches_as_python_spells_them():

@@ -107,6 +107,11 @@ class CurationSettings:
         for name, value in (("threshold", self.threshold), ("temperature", self.temperature)):
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number; got {value}")
+        # Every score is a mean similarity (cosine, -1 to 1) or a share of candidates (0 to 1): a threshold past 1,
+        # such as 85 meant as a percent, kept nothing without a word.
+        if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
+            hint = f" (for {self.threshold:g}%, give {self.threshold / 100:g})" if 2 <= self.threshold <= 100 else ""
+            raise ValueError(f"threshold is a score, between -1 and 1; got {self.threshold:g}{hint}")
 
 
 def read_generated(path: Path, task: Task) -> tuple[list[ScoredRecord], list[dict]]:

@@ -7,6 +7,7 @@ Besides its own flags, `sicog train` takes every HF ``TrainingArguments`` flag (
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -121,6 +122,14 @@ class DataArguments:
     )
 
 
+def _json_value(text: str) -> type | None:
+    """The type of the JSON value ``text`` is (None when it is no JSON)."""
+    try:
+        return type(json.loads(text))
+    except ValueError:
+        return None
+
+
 @dataclass
 class SicogTrainingArguments(TrainingArguments):
     """HF training arguments plus the stage and what it trains."""
@@ -171,6 +180,10 @@ class SicogTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if isinstance(self.deepspeed, str) and self.deepspeed in ("zero2", "zero3"):
             self.deepspeed = str(resources.files("sicog.configs") / f"{self.deepspeed}.json")
+        elif isinstance(self.deepspeed, str) and _json_value(self.deepspeed) not in (None, dict):
+            # transformers reads JSON text as the config itself: "false" became False, and a traceback in accelerate.
+            raise UsageError(f"--deepspeed {self.deepspeed}: give zero2, zero3 or a DeepSpeed JSON config (its file, "
+                             "or its text as an object); leave it out to train without DeepSpeed")
         if not self.use_cpu and not torch.accelerator.is_available():
             # Without it, transformers runs each of torchrun's processes on a CPU as a one-process run of its own.
             self.use_cpu = True
