@@ -73,6 +73,15 @@ def test_planned_length_equals_the_processor_encoding(processor, sizes):
     assert PromptCounter(processor)(prompt, sizes) == len(processor.encode(turn, images, train=False).input_ids)
 
 
+def test_one_counter_counts_a_prompt_with_one_image_and_with_two(processor):
+    """Its cache of the rendered text is per prompt and image count: one image's count served two images'."""
+    count, prompt = PromptCounter(processor), "Please describe it."
+    for sizes in ([(40, 30)], [(40, 30), (150, 130)], [(40, 30)]):
+        turn = [{"from": "human", "value": "<image>\n" * len(sizes) + prompt}]
+        images = [Image.new("RGB", size) for size in sizes]
+        assert count(prompt, sizes) == len(processor.encode(turn, images, train=False).input_ids)
+
+
 def test_bad_records_become_error_records_with_their_reason(tmp_path, folder, processor):
     records = [
         {"id": "ok1", "image": "small.png", "question": "Q?"},
