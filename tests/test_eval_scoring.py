@@ -133,6 +133,15 @@ def test_a_g_index_column_groups_the_copies_as_vlmevalkit_groups_them(tmp_path: 
     assert (circular["questions"], circular["correct"], circular["scored"], circular["accuracy"]) == (2, 1, 2, 0.5)
 
 
+def test_counts_tell_unanswered_replies_from_rows_without_a_prediction(tmp_path: Path) -> None:
+    """A row that failed (no prediction) is an error, not a reply without an answer."""
+    bench, replies = mmbench_bench(tmp_path / "rotated.tsv")
+    replies["0"] = "I cannot tell."
+    del replies["1"]
+    summary = summarize(bench, score_items(bench, replies, {"1": "cannot read the decoded image"}))
+    assert (summary["predicted"], summary["no_answer"], summary["errors"]) == (8, 1, 1)
+
+
 def test_a_question_with_an_unscored_copy_is_not_scored(tmp_path: Path) -> None:
     bench, replies = mmbench_bench(tmp_path / "MMBench_DEV_EN.tsv")
     del replies["1000000"]  # question 0's first copy failed (an unusable image, say)
