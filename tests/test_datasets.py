@@ -46,6 +46,18 @@ def test_lengths_are_exact_and_overlong_samples_are_handled(tmp_path, tiny_model
     assert len(truncated.input_ids) == len(truncated.labels) == 200 == dataset.lengths[1]
 
 
+def test_a_sample_of_exactly_max_length_is_whole(tmp_path, tiny_model_factory):
+    _, processor = tiny_model_factory()
+    Image.new("RGB", (128, 96)).save(tmp_path / "a.png")
+    data = write(tmp_path / "d.jsonl", [rec("x", answer="word " * 30, image="a.png")])
+    length = SupervisedDataset(data, processor, image_folder=tmp_path, show_progress=False).lengths[0]
+    exact = SupervisedDataset(data, processor, image_folder=tmp_path, max_length=length, show_progress=False)
+    assert exact.truncated == [] and exact.lengths == [length]
+    shorter = SupervisedDataset(data, processor, image_folder=tmp_path, max_length=length - 1, show_progress=False)
+    assert [p.reason for p in shorter.truncated] == [f"{length} tokens > max_length {length - 1}: its last 1 tokens "
+                                                    "are cut"]
+
+
 def test_problems_name_file_line_and_field(tmp_path, tiny_model_factory):
     _, processor = tiny_model_factory()
     data = write(
