@@ -725,3 +725,30 @@ def test_a_projector_file_that_differs_from_the_weights_is_refused(tokenizer, tm
     torch.save(stale, release / "mm_projector.bin")
     with pytest.raises(ConversionError, match="hold different values"):
         release_to_sicog(release, tmp_path / "ours")
+
+
+def test_merges_with_a_space_in_a_part_stay_pairs(tmp_path):
+    """Such a merge has no "a b" string form: written as one, "a b c" would read back as another merge."""
+    from sicog.convert.release import legacy_merges
+
+    path = tmp_path / "tokenizer.json"
+    plain = {"model": {"type": "BPE", "merges": [["a", "b"], ["ab", "c"]]}}
+    path.write_text(json.dumps(plain))
+    legacy_merges(path)
+    assert json.loads(path.read_text())["model"]["merges"] == ["a b", "ab c"]
+    spaced = {"model": {"type": "BPE", "merges": [["a", "b"], ["a b", "c"]]}}
+    path.write_text(json.dumps(spaced))
+    legacy_merges(path)
+    assert json.loads(path.read_text()) == spaced
+
+
+def test_a_tower_weight_under_both_names_is_refused(tmp_path):
+    """One copy would silently have won."""
+    from sicog.convert.release import read_sicog_weights
+
+    weight = torch.zeros(2)
+    save_file({"vision_tower.post_layernorm.weight": weight,
+               "vision_tower.vision_model.post_layernorm.weight": weight + 1}, tmp_path / "model.safetensors")
+    with pytest.raises(ConversionError, match="holds both vision_tower.post_layernorm.weight and "
+                                              "vision_tower.vision_model.post_layernorm.weight"):
+        read_sicog_weights(tmp_path)
