@@ -370,3 +370,13 @@ def test_embedding_chunks_of_another_encoder_are_not_reused(tmp_path):
     embed_texts(texts, EncoderSettings("encoder-a"), tmp_path, encoder_factory=lambda s: Fake([1.0, 0.0]))
     store = embed_texts(texts, EncoderSettings("encoder-b"), tmp_path, encoder_factory=lambda s: Fake([0.0, 1.0]))
     assert store.all().tolist() == [[0.0, 1.0], [0.0, 1.0]]
+
+
+def test_the_cache_key_tells_texts_apart_where_they_are_cut():
+    """Texts hashed end to end: ["ab", "c"] and ["a", "bc"] would share a cache, each other's vectors."""
+    from sicog.curate.embed import EncoderSettings
+    from sicog.curate.embedding_store import cache_key
+
+    settings = EncoderSettings("encoder-a")
+    assert cache_key(["ab", "c"], settings, 8) != cache_key(["a", "bc"], settings, 8)
+    assert cache_key(["ab", "c"], settings, 8) == cache_key(["ab", "c"], settings, 8)
