@@ -76,6 +76,8 @@ def test_chain_of_thought_is_read_from_its_conclusion() -> None:
         "A. blue\nB. red\nC. green", "(A) blue (B) red (C) green", "A. blue, B. red", "A) blue, B) red",
         "B. red\nC. green", "a. blue\nb. red", "(b) red (d) yellow", "The answer is B. red, C. green",
         "The answer is A, B or C.", "A, B, or C", "B, C and D", "A; B",
+        # The same in bold: the first letter's emphasis once hid the others.
+        "Answer: **A**, **B**", "**A**; **B**", "The answer is **A**, **B** or **C**.",
     ],
 )
 def test_ambiguous_or_wrong_formats_choose_nothing(reply: str) -> None:

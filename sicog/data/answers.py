@@ -82,7 +82,7 @@ _WORDS = {
     "grey": "gray",
 }
 _LETTER = re.compile(
-    r"(?P<word>(?:option|choice)\s+)?(?P<open>[(\[])?(?P<letter>[A-Za-z])(?P<close>[)\]])?(?P<emphasis>[*_]*)"
+    r"(?P<word>(?:option|choice)\s+)?(?P<open>[(\[])?(?P<letter>[A-Za-z])(?P<close>[)\]])?"
     r"(?P<sep>[\s.:,;)]*)(?P<rest>.*)",
     re.IGNORECASE | re.DOTALL,
 )
@@ -91,6 +91,9 @@ _LETTER = re.compile(
 _LETTER_ITEM = r"(?:option\s+)?[(\[]?[A-Z][)\]]?"
 _LETTER_LIST = re.compile(rf"{_LETTER_ITEM}(?:\s*(?:[,;/]|,?\s+(?:or|and))\s*{_LETTER_ITEM})*[.:]?", re.IGNORECASE)
 _SINGLE_LETTER = re.compile(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
+# A single letter in bold or italics ("**B**"): read as the letter, so that "**B**. The car is blue." is "B. The car
+# is blue." and "**A**, **B**" names two options as "A, B" does.
+_EMPHASISED_LETTER = re.compile(r"(?<![A-Za-z*_])[*_]+(?P<letter>[A-Za-z])[*_]+(?![A-Za-z*_])")
 # A reason after a letter, with or without a comma: "C because the sky is blue", "option C which is green"
 # ("A as well as B" names two).
 _REASON_WORD = re.compile(r"(?:because|since|as(?!\s+well\s+as)|which|given|due)\b", re.IGNORECASE)
@@ -242,8 +245,8 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
         return False, None
     letter, sep, rest = match.group("letter"), match.group("sep"), match.group("rest").strip()
     punctuated = any(c in sep for c in ".:,;)") or bool(match.group("close"))
-    if rest and not sep and not match.group("emphasis"):
-        return False, None  # the letter starts a word ("Blue"); "**B**since" would be a bold letter
+    if rest and not sep:
+        return False, None  # the letter starts a word ("Blue")
     if letter.islower():
         # A lone lower-case letter may be a word (the article "a"); it needs a mark around it.
         if not (marked or match.group("word") or match.group("open") or punctuated):
@@ -302,7 +305,7 @@ def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None
     if not usable or not prediction:
         return None
     # Full-width letters and brackets ("（Ｂ）") as their usual forms, as normalize_answer reads them for curation.
-    line, marked = answer_line(unicodedata.normalize("NFKC", prediction))
+    line, marked = answer_line(_EMPHASISED_LETTER.sub(r"\g<letter>", unicodedata.normalize("NFKC", prediction)))
     answer = _clean(line)
     if not answer:
         return None
