@@ -495,6 +495,37 @@ def test_a_first_record_whose_connection_drops_fails_alone(server, tmp_path):
     assert server.count("red") == 3  # --max-retries 2
 
 
+def test_an_address_that_speaks_no_http_stops_the_run(loopback_only, tmp_path, capsys):
+    """A listener that drops every request (another service on the port) is no server: after three records whose
+    requests were all dropped with nothing answered, the run stops instead of failing every record."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def banner() -> None:  # as an SSH server greets, then hangs up on what is no SSH
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=banner, daemon=True).start()
+    try:
+        make_dataset(tmp_path, [(name, colour, (8, 8), "PNG") for name, colour in zip("abcde", COLOURS)])
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        assert main(["annotate", "cod", "--input", str(tmp_path / "captions.jsonl"), "--image-folder",
+                     str(tmp_path / "images"), "--output-dir", str(tmp_path / "cod"), "--base-url", url,
+                     "--max-retries", "0", "--concurrency", "1", "--no-progress"]) == 1
+        assert f"{url} never answered: connection error: " in capsys.readouterr().err
+        assert len(ids_of(tmp_path / "cod" / "failures.jsonl")) == 2 and ids_of(tmp_path / "cod" / "cod.jsonl") == []
+    finally:
+        stop.set()
+        listener.close()
+
+
 def test_an_address_where_no_connection_opens_stops_the_run(loopback_only, tmp_path, capsys):
     """A connect timeout (a firewall dropping the connection) was taken for a slow reply: every record failed."""
     listener = socket.socket()

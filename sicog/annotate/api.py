@@ -35,6 +35,10 @@ _FATAL_CODES = {"insufficient_quota"}
 # http://, a connection that never opened. Anything else (a connection dropped mid-request, a slow reply) reached one.
 # Matched by name: the client's transport library is httpx or httpx2, by openai version.
 _NO_SERVER = frozenset({"ConnectError", "ConnectTimeout", "UnsupportedProtocol"})
+# Records whose every request was dropped, before any request was answered, that make the address no server: a
+# listener that speaks no HTTP drops every one, while one record's dropped request (a server that failed on its
+# image) must not stop a run that would otherwise go on.
+DROPPED_RECORDS_FOR_NO_SERVER = 3
 
 
 class FatalAPIError(RuntimeError):
@@ -158,6 +162,8 @@ class ChatAPI:
         self._stopped = threading.Event()
         # Set once the server has answered anything: until then, a connection error may be a wrong address.
         self._answered = threading.Event()
+        self._dropped_records = 0  # records given up on dropped connections while nothing was answered
+        self._lock = threading.Lock()
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
     def stop(self) -> None:
@@ -184,6 +190,7 @@ class ChatAPI:
         while True:
             attempts += 1
             unreachable = False  # this attempt found no server (refused, unknown host, an address without http://)
+            dropped = False  # this attempt's connection closed without a reply
             if self._stopped.is_set():
                 raise Stopped("the run stopped")
             try:
@@ -203,6 +210,7 @@ class ChatAPI:
                 cause = f" ({err.__cause__})" if err.__cause__ else ""
                 reason, retry_after = redact(f"connection error: {err}{cause}", self._key), None
                 unreachable = _no_server(err)
+                dropped = not unreachable
             except (openai.APIError, json.JSONDecodeError, UnicodeDecodeError) as err:
                 # A body that is not JSON (a proxy's error page cut short, bytes that are not UTF-8): as transient as
                 # a 502.
@@ -219,10 +227,18 @@ class ChatAPI:
                 raise Stopped("the run stopped")
             if attempts > self.policy.max_retries:
                 # No server there, and none ever answered: every record would fail the same way; stop, record nothing.
-                # (A reply that times out or a connection dropped mid-request reached one: that record fails alone.)
+                # (A reply that times out reached one: that record fails alone, as does one whose connections were
+                # dropped, until DROPPED_RECORDS_FOR_NO_SERVER records have been and nothing was answered.)
                 if unreachable and not self._answered.is_set():
                     raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} (gave up "
                                         f"after {attempts} attempts)")
+                if dropped and not self._answered.is_set():
+                    with self._lock:
+                        self._dropped_records += 1
+                        records = self._dropped_records
+                    if records >= DROPPED_RECORDS_FOR_NO_SERVER and not self._answered.is_set():
+                        raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} (every "
+                                            f"request of {records} records, none answered: is it an HTTP server?)")
                 raise RequestFailed(f"{reason} (gave up after {attempts} attempts)", attempts)
             wait = self.policy.delay(attempts - 1, retry_after)
             log.warning("%s%s; retry %d/%d in %.1fs", f"{label}: " if label else "", reason, attempts,
