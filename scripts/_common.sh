@@ -358,8 +358,11 @@ generate_flags() {
     local input="$DATA_PATH" name="$EXPERIMENT_NAME"
     # One output per split, as the published script names its file: the README runs the splits one at a time.
     if [[ "$1" == "reasoning" && -n "${SPLIT:-}" ]]; then input="${DATA_PATH}_${SPLIT}.json" name+="_${SPLIT}"; fi
-    # Of several comma-separated inputs (`sicog generate --data a.jsonl,b.jsonl`), the first one's folder.
-    local output_dir="${OUTPUT_DIR:-$(dirname "${input%%,*}")}"
+    # Of several comma-separated inputs (`sicog generate --data a.jsonl,b.jsonl`), the first one's folder; a path that
+    # names a file as a whole is that one input, commas in its folder's name included (as sicog reads it).
+    local first="$input"
+    if [[ ! -e "$input" ]]; then first="${input%%,*}"; fi
+    local output_dir="${OUTPUT_DIR:-$(dirname "$first")}"
     optional_flags IMAGE_FOLDER:--image-folder PROMPT:--prompt NUM_CANDIDATES:--num-candidates \
         TEMPERATURE:--temperature TOP_P:--top-p BEAMS:--num-beams MAX_NEW_TOKENS:--max-new-tokens \
         BATCH_SIZE:--batch-size SEED:--seed AUGMENT_METHODS:--corrupt

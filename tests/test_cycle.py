@@ -233,10 +233,10 @@ def test_curation_analysis_gives_each_fact_for_the_random_and_the_curated_picks(
     assert picks["random"] == candidate_facts(randomly)
     assert picks["random"]["object_precision"] < 1.0  # some random picks name an object in a wrong colour
     assert quality["right_share_curated"] == 1.0 and quality["kept"] == 6
-    # A blank candidate, unscored, states no fact: it was counted in the facts of all candidates (as naming nothing).
+    # A blank candidate (curation scores it 0.0) states no fact: it was counted in the facts of all candidates.
     for record in records:
         record["candidates"].append("")
-        record["scores"].append(None)
+        record["scores"].append(0.0)
     write_jsonl(tmp_path / "blank.jsonl", records)
     with_blank = curation_quality(tmp_path / "blank.jsonl", "captions", truth, seed=0)
     assert with_blank["candidate_facts"] == quality["candidate_facts"]

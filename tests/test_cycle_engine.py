@@ -177,6 +177,14 @@ def test_dpo_settings_change_arm_f_only(quick_keys):
             "F_stage2", "eval_F", "blind_F", "letters_F", "open_F", "perception_F", "captions_F", "image_use_F"}
 
 
+def test_augmentation_reaches_every_training_step_but_dpo(quick_keys):
+    """`train: {augment: release}` went to arm F too, whose `sicog train --stage dpo` refuses it: its step failed."""
+    out, config, _, _ = quick_keys
+    _, plan = keys_of(dataclasses.replace(config, train={**config.train, "augment": "release"}), out, dpo=True)
+    training = {name: step.argv for name, step in plan.steps.items() if step.argv[0] == "train"}
+    assert [name for name, argv in training.items() if "--augment" not in argv] == ["F_stage2"]
+
+
 def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
     out, _, _, _ = quick_keys
     world = out / "world"

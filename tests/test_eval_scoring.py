@@ -131,6 +131,11 @@ def test_a_g_index_column_groups_the_copies_as_vlmevalkit_groups_them(tmp_path: 
     bench = read_benchmark(write_tsv(tmp_path / "MMBench_DEV_EN.tsv", columns, rows))
     circular = summarize(bench, score_items(bench, replies, {}))["circular"]
     assert (circular["questions"], circular["correct"], circular["scored"], circular["accuracy"]) == (2, 1, 2, 0.5)
+    # As pandas writes a column with a gap: "2000000.0" is the question 2000000 (it made every row a question).
+    for row in rows:
+        row[1] = f"{row[1]}.0"
+    bench = read_benchmark(write_tsv(tmp_path / "MMBench_DEV_EN.tsv", columns, rows))
+    assert summarize(bench, score_items(bench, replies, {}))["circular"]["questions"] == 2
 
 
 def test_counts_tell_unanswered_replies_from_rows_without_a_prediction(tmp_path: Path) -> None:

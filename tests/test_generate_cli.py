@@ -415,6 +415,16 @@ def test_a_number_that_is_none_stops_the_script_naming_it(variable, value, says,
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"error: {says}"
 
 
+def test_an_input_in_a_folder_with_a_comma_writes_beside_it(tmp_path):
+    """sicog reads such a path whole; the script cut it at the comma and wrote the output a folder up."""
+    folder = tmp_path / "my,set"
+    folder.mkdir()
+    (folder / "records.jsonl").write_text("")
+    words = dry_run("recap_inference.sh", tmp_path, EXPERIMENT_NAME="exp", MODEL_PATH="ckpt",
+                    DATA_PATH=str(folder / "records.jsonl"))
+    assert words[words.index("--output") + 1] == str(folder / "exp.jsonl")
+
+
 def test_scripts_pass_the_readme_variables(tmp_path):
     readme = dict(EXPERIMENT_NAME="recaption_job_cod", MODEL_PATH="ckpt/perception", DATA_PATH="data/unlabeled.jsonl",
                   TEMPERATURE="0.7", BEAMS="1", TOP_P="0.9", PROMPT="cod-default")

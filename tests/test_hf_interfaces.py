@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from sicog.model.builders import save_pretrained
-from sicog.model.image_io import ImageError
+from sicog.model.image_io import ImageError, load_image
 from sicog.model.processing import (
     CONTENT_PARTS,
     CONTENT_PARTS_END,
@@ -231,6 +231,15 @@ def test_arrays_and_tensors_are_read_as_transformers_reads_them(checkpoint, layo
     got, want = processor(text=prompt, images=[given]), processor(text=prompt, images=[picture])
     assert got["input_ids"] == want["input_ids"]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got["pixel_values"], want["pixel_values"]))
+
+
+def test_an_image_path_that_would_not_show_is_quoted(tmp_path):
+    """A trailing space or a newline in the name was printed as it is: invisible, or a second line."""
+    for name in ("cut.png ", "cut\n.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+        with pytest.raises(ImageError) as err:
+            load_image(tmp_path / name)
+        assert str(err.value).startswith(f"cannot read image {str(tmp_path / name)!r}: ")
 
 
 def test_an_array_that_is_no_image_is_one_error_naming_its_shape(checkpoint):

@@ -4,6 +4,7 @@ mixture YAML keys of LLaVA-NeXT / LLaVA-OneVision."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -75,8 +76,16 @@ def test_a_file_of_another_name_is_read_by_its_content_as_every_reader_reads_it(
     assert [r["id"] for _, r in rows(tmp_path / "records.ndjson")] == ["a", "b"]
     assert [r["id"] for _, r in iter_records(tmp_path / "records.ndjson")] == ["a", "b"]
     (tmp_path / "records.parquet").write_bytes(b"PAR1")
-    with pytest.raises(RecordError, match="is a .parquet file, not JSON or JSON Lines: `sicog data head --input"):
+    with pytest.raises(RecordError, match="is a .parquet file, not JSON or JSON Lines: `sicog data head --input FILE "
+                                          "--output FILE.jsonl --limit ROWS`"):
         list(iter_records(tmp_path / "records.parquet"))
+    # A mixture or a table given where records are read: said so, not "invalid JSON" on line 1.
+    for name, says in (("mix.yaml", "a YAML mixture is read by `sicog train --data_path` and `sicog data check`"),
+                       ("bench.tsv", "records are JSON Lines or a JSON array (`sicog eval` reads benchmark TSVs)")):
+        (tmp_path / name).write_text("a: 1\n")
+        with pytest.raises(RecordError, match=re.escape(f"{name}: is a {name[name.index('.'):]} file, not JSON or "
+                                                        f"JSON Lines: {says}")):
+            rows(tmp_path / name)
 
 
 def test_a_damaged_file_is_named(saved, tmp_path):

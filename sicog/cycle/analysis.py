@@ -16,6 +16,7 @@ import numpy as np
 
 from sicog.curate.extract import extract
 from sicog.curate.random_pick import random_index
+from sicog.curate.select import usable
 from sicog.data.answers import normalize_answer
 from sicog.data.jsonl import iter_records
 from sicog.toy.score import score_caption, summarize_captions
@@ -88,9 +89,9 @@ def curation_quality(scored: Path, task: str, truth: dict[str, dict], seed: int)
               for r in records]
     quality = _ranking(records, [[objects_right(c) for c in cs] for cs in checks], seed)
     quality["every_fact"] = _ranking(records, [[caption_right(c) for c in cs] for cs in checks], seed)
-    # Over the candidates curation scored, as the ranking is: a blank or unusable candidate states no fact.
+    # Over the usable candidates, as the random pick is: a blank or unusable candidate states no fact.
     quality["candidate_facts"] = _facts([c for r, cs in zip(records, checks, strict=True)
-                                         for c, score in zip(cs, r["scores"], strict=True) if score is not None])
+                                         for c, text in zip(cs, r["candidates"], strict=True) if usable(text)])
     quality["candidate_facts_by_pick"] = {
         "random": _facts([cs[pick] for r, cs in zip(records, checks, strict=True)
                           if (pick := random_index(r["candidates"], r["id"], seed)) is not None]),

@@ -109,12 +109,14 @@ class _Planner:
                     "save_steps": str(max(steps // 2, 1))}
         if stage == "1":
             del schedule["group_by_modality_length"]
+        train_flags = _without(self.train_flags, "--tunable_parts") if tunable else self.train_flags
+        if stage == "dpo":  # DPO scores its reference on the images as stored and refuses --augment
+            train_flags = _without(train_flags, "--augment")
         argv = ["train", "--stage", stage, *source, *(self.load_flags if stage != "1" else ()), "--data_path", data,
                 "--image_folder", self.w.image_folder, "--output_dir", Out(), "--max_steps", str(steps),
                 "--per_device_train_batch_size", str(batch), "--learning_rate", str(lr), "--seed", str(self.seed),
                 *(flag for name, value in schedule.items() if name not in c.train for flag in (f"--{name}", value)),
-                *(_without(self.train_flags, "--tunable_parts") if tunable else self.train_flags),
-                *_option("--tunable_parts", tunable)]
+                *train_flags, *_option("--tunable_parts", tunable)]
         return self.plan.add(Step(name, tuple(argv), launched=True, note=note))
 
     def pools(self) -> None:

@@ -112,9 +112,13 @@ def require_file(path: str | os.PathLike, what: str = "file") -> None:
 
 
 # Files that hold no JSON text, by suffix, with what to do: named as such rather than read as text that is "not UTF-8".
-_CONVERT = "`sicog data head --input FILE --output FILE.jsonl` writes it as JSON Lines"
+_CONVERT = "`sicog data head --input FILE --output FILE.jsonl --limit ROWS` writes its rows as JSON Lines"
+_TABLE = "records are JSON Lines or a JSON array (`sicog eval` reads benchmark TSVs)"
 NOT_JSON = {".gz": "decompress it first", ".bz2": "decompress it first", ".xz": "decompress it first",
-            ".zst": "decompress it first", ".zip": "unzip it first", ".parquet": _CONVERT, ".arrow": _CONVERT}
+            ".zst": "decompress it first", ".zip": "unzip it first", ".parquet": _CONVERT, ".arrow": _CONVERT,
+            ".yaml": "a YAML mixture is read by `sicog train --data_path` and `sicog data check`",
+            ".yml": "a YAML mixture is read by `sicog train --data_path` and `sicog data check`",
+            ".csv": _TABLE, ".tsv": _TABLE}
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

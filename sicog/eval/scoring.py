@@ -21,6 +21,7 @@ name without extension) as VLMEvalKit knows a dataset by its name:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 
 from sicog.data.answers import extract_choice, extract_yes_no
@@ -142,9 +143,13 @@ def _circular_key(item: Mapping[str, str]) -> tuple[int | str, bool]:
     index is a question without copies."""
     try:
         number = int(item["index"])
-        key = int(item["g_index"]) if not is_missing(item.get("g_index")) else number % CIRCULAR_OFFSET
     except ValueError:
         return item["index"], True
+    key, group = number % CIRCULAR_OFFSET, item.get("g_index")
+    if not is_missing(group):
+        with contextlib.suppress(ValueError):  # a whole number, also as pandas writes a column with gaps ("1.0")
+            value = float(group)
+            key = int(value) if value.is_integer() else key
     return key, number == key
 
 

@@ -127,7 +127,7 @@ def image_size(path: Path, max_aspect_ratio: float) -> tuple[int, int]:
         raise ImageError(f"degenerate image {shown_path(path)}: zero size ({width}x{height})")
     if max(width, height) / min(width, height) > max_aspect_ratio:
         raise ImageError(
-            f"degenerate image {path}: aspect ratio {max(width, height) / min(width, height):.0f}:1 "
+            f"degenerate image {shown_path(path)}: aspect ratio {max(width, height) / min(width, height):.0f}:1 "
             f"({width}x{height}) exceeds {max_aspect_ratio:g}:1"
         )
     return width, height

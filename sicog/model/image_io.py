@@ -69,10 +69,10 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
     if isinstance(source, Image.Image):
         image, name = source, "<in-memory image>"
     else:
-        name = str(source)
-        check_image_file(name)
+        name = shown_path(source)
+        check_image_file(source)
         try:
-            image = Image.open(name)
+            image = Image.open(source)
             image.load()
         except DECODE_ERRORS as err:
             raise ImageError(f"cannot read image {name}: {err}") from None
