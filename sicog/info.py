@@ -88,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from sicog.model.builders import real_config
 
     try:
-        config = checkpoint_config(args.checkpoint) if args.checkpoint else real_config()
+        if args.checkpoint == "":  # `--checkpoint "$CKPT"` with CKPT unset: the published model was described instead
+            raise ValueError("--checkpoint is empty: give a checkpoint folder, or leave the flag out for the paper's "
+                             "model")
+        config = checkpoint_config(args.checkpoint) if args.checkpoint is not None else real_config()
     except ValueError as err:
         print(f"sicog info: error: {err}", file=sys.stderr)
         return 2

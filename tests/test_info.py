@@ -84,3 +84,15 @@ def test_an_unreadable_config_is_one_line_naming_it(tmp_path: Path, capsys) -> N
         pytest.skip("running as root: permissions do not apply")
     assert main(["info", "--checkpoint", str(tmp_path)]) == 2
     assert _one_error_line(capsys) == f"sicog info: error: {tmp_path / 'config.json'}: Permission denied"
+
+
+def test_an_empty_checkpoint_or_its_config_file_is_one_line(tmp_path: Path, capsys) -> None:
+    """`--checkpoint "$CKPT"` with CKPT unset described the paper's 8B model (exit 0); naming the config.json itself
+    said that config.json was missing."""
+    assert main(["info", "--checkpoint", ""]) == 2
+    assert _one_error_line(capsys).endswith("--checkpoint is empty: give a checkpoint folder, or leave the flag out "
+                                            "for the paper's model")
+    _tiny_sicog_config().save_pretrained(tmp_path)
+    assert main(["info", "--checkpoint", str(tmp_path / "config.json")]) == 2
+    assert _one_error_line(capsys).endswith(f"{tmp_path / 'config.json'} is a file; give the checkpoint folder that "
+                                            "holds it")

@@ -318,6 +318,8 @@ def test_push_to_hub_uploads_once_after_everything_is_saved_with_a_model_card(wo
     assert calls[0][1] == "tiny-stage1" and calls[0][2]["private"] is True
     _, repo_id, kwargs, files, card = calls[1]
     assert repo_id == "me/tiny-stage1" and "checkpoint-*" in kwargs["ignore_patterns"]
+    # The Trainer's pickle of the arguments holds any --hub_token: it was uploaded, token and all.
+    assert "training_args.bin" in kwargs["ignore_patterns"] and (out / "training_args.bin").is_file()
     for name in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json",
                  "projector.safetensors", "projector_config.json", "train_results.json", "README.md"):
         assert name in files, f"{name} was not written before the upload"
@@ -328,6 +330,13 @@ def test_push_to_hub_uploads_once_after_everything_is_saved_with_a_model_card(wo
     assert "| trained parts | resampler |" in card and "| learning rate | 0.002 |" in card
     assert 'AutoModelForImageTextToText.from_pretrained("me/tiny-stage1")' in card  # the full id, as created
     assert "import sicog" in card and "licences apply" in card
+    # The finished run pushed again to another repository: nothing is trained, and the card names the new one (it
+    # named the first, or the folder).
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    assert main(["train", "--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]),
+                 *TINY_FLAGS, *flags, "--push_to_hub", "True", "--hub_model_id", "org/renamed"]) == 0
+    _, repo_id, _, _, card = calls[-1]
+    assert repo_id == "org/renamed" and "# renamed\n" in card and 'from_pretrained("org/renamed")' in card
 
 
 def test_a_run_that_cannot_push_stops_before_training(world, tmp_path, capsys):
@@ -372,6 +381,11 @@ def test_model_card_metadata_names_only_hub_parts_and_datasets(tmp_path):
     assert card.data.datasets == ["lmms-lab/LLaVA-OneVision-Data"]
     assert "| schedule | cosine, warm-up 3% of the steps, weight decay 0 |" in card.text
     assert "pass `trust_remote_code=True`" in card.text and "train loss" not in card.text
+    # DeepSpeed given as its JSON text or a config's mapping (transformers reads both into a mapping) was left out.
+    args = SicogTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True,
+                                  deepspeed='{"zero_optimization": {"stage": 3}, "train_batch_size": "auto"}')
+    card = model_card(model, data, args, {"global_batch": 128, "samples": 10, "skipped": 0})
+    assert "| precision | fp32, DeepSpeed ZeRO-3 |" in card.text
 
 
 @pytest.mark.parametrize(("precision", "deepspeed", "weights", "autocast"), [

@@ -38,6 +38,8 @@ def read_checkpoint_config(checkpoint: str | os.PathLike) -> dict:
     checkpoint) into SicogConfig's defaults with only a warning: a 7B model that is not there. A field of the wrong
     type fails deep inside it ("'int' object has no attribute 'get'") without naming the field or the file.
     """
+    if Path(checkpoint).is_file():
+        raise ConversionError(f"{checkpoint} is a file; give the checkpoint folder that holds it")
     path = Path(checkpoint) / "config.json"
     if not path.is_file():  # else a mistyped folder would be looked up as a Hub id
         raise ConversionError(f"no SICOG checkpoint at {checkpoint} (config.json missing)")

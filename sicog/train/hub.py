@@ -19,8 +19,9 @@ from sicog.train.arguments import STAGES, DataArguments, ModelArguments, SicogTr
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
-# Trainer checkpoints (optimizer state), the run's lock and temporary files stay local, as with the Trainer's push.
-LOCAL_ONLY = ["_*", ".*", "checkpoint-*"]
+# Trainer checkpoints (optimizer state), the run's lock and temporary files stay local, as with the Trainer's push;
+# so does training_args.bin, the Trainer's pickle of the arguments, which holds any --hub_token it was given.
+LOCAL_ONLY = ["_*", ".*", "checkpoint-*", "training_args.bin"]
 PAPER = "https://arxiv.org/abs/2503.12303"
 
 
@@ -76,8 +77,7 @@ def model_card(
                      f"weight decay {args.weight_decay:g}"),
         ("length", f"{length} steps" if length else f"{args.num_train_epochs:g} epochs"),
         ("max length", f"{data_args.model_max_length} tokens (image tokens included)"),
-        ("precision", precision + (f", DeepSpeed `{Path(args.deepspeed).name}`" if isinstance(args.deepspeed, str)
-                                   else "")),
+        ("precision", precision + _deepspeed(args.deepspeed)),
         ("seed", str(args.seed)),
     ]
     if args.stage == "dpo":
@@ -133,6 +133,17 @@ that trained it is Apache-2.0.
         datasets=_hub_ids(split_data_path(data_args.data_path)) or None,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _deepspeed(config: str | dict | None) -> str:
+    """How the card names the run's DeepSpeed config: its file, or its ZeRO stage when given as JSON text or a mapping
+    (transformers reads the text into a mapping)."""
+    if not config:
+        return ""
+    if isinstance(config, dict):
+        stage = (config.get("zero_optimization") or {}).get("stage")
+        return f", DeepSpeed ZeRO-{stage}" if stage is not None else ", DeepSpeed"
+    return f", DeepSpeed `{Path(config).name}`"
 
 
 def write_model_card(

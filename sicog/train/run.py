@@ -229,6 +229,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
             logger.info("%s holds this run's last step and %s: nothing to train (remove the folder to train again)",
                         resume, results.name)
             metrics = json.loads(results.read_text())
+            if args.push_at_end and args.process_index == 0:  # the card names the repository it now goes to
+                write_model_card(model_args, data_args, args, metrics)
         else:
             metrics = _train(model_args, data_args, args, resume, settings)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
