@@ -251,3 +251,13 @@ def test_a_toy_config_starts_from_the_toy_preset_and_may_name_another(tmp_path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "toy").mkdir()  # a folder named like a preset (an earlier --out toy) does not hide it
     assert load_config("toy") == toy
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_an_out_that_is_a_file_or_lies_in_one_is_one_line(tmp_path, capsys, dry_run):
+    """A run stopped with a traceback (FileExistsError), and a dry run planned a run that could not start."""
+    (tmp_path / "afile").write_text("")
+    for out, says in ((tmp_path / "afile", "is a file, not a folder"),
+                      (tmp_path / "afile" / "run", f"cannot be made a folder ({tmp_path / 'afile'} is a file)")):
+        assert main(["cycle", "--quick", "--out", str(out), *(["--dry-run"] if dry_run else [])]) == 2
+        assert capsys.readouterr().err == f"error: --out {out} {says}\n"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sicog.data.argtypes import positive_int
+from sicog.data.jsonl import blocked_reason
 
 if TYPE_CHECKING:
     from sicog.cycle.config import CycleConfig
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(f"sicog cycle: error: {line}" for line in str(err).splitlines()), file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
+    if blocked := blocked_reason(out):  # a dry run would plan a run that cannot start
+        print(f"error: --out {args.out} {blocked}", file=sys.stderr)
+        return 2
     try:
         if args.dry_run:
             return _dry_run(args, config, out)

@@ -537,7 +537,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
         lines += [f"- seed {seed}: failed or not run: {', '.join(steps)}" for seed, steps in incomplete.items()]
     if config.stage1_tunable_parts and config.stage1_tunable_parts != "resampler":
         lines += ["", f"Stage 1 trains `{config.stage1_tunable_parts}`; the paper trains the projector only "
-                      "(docs/toy_world.md says why the toy preset trains more)."]
+                      "(docs/toy_findings.md, finding 8, says why the toy preset trains more)."]
     mean = lambda arm, key: _mean([s["arms"][arm].get(key) for s in per_seed])  # noqa: E731
     shown = lambda value, form: "n/a" if value is None else format(value, form)  # noqa: E731
     lines += ["", "## Results", "",
