@@ -162,10 +162,13 @@ positive_number() {
     fi
 }
 
+# A decimal number as Python's float() reads one, without a sign: 1, 0.5, 2., .5, 2e-5.
+UNSIGNED_NUMBER='([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?'
+
 # positive_decimal NAME VALUE: VALUE as a number above 0, whole, with a decimal point or an exponent (1, 0.5, 2.,
 # 2e-5), on stdout; anything else stops with one line naming NAME (call it as positive_number is called).
 positive_decimal() {
-    if [[ "$2" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ && "${2%%[eE]*}" =~ [1-9] ]]; then
+    if [[ "$2" =~ ^${UNSIGNED_NUMBER}$ && "${2%%[eE]*}" =~ [1-9] ]]; then
         echo "$2"
     else
         echo "error: $1 must be a number above 0 (got '$2')" >&2
@@ -178,7 +181,7 @@ positive_decimal() {
 check_numbers() {
     local name
     for name in "$@"; do
-        if [[ -n "${!name:-}" && ! "${!name}" =~ ^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]]; then
+        if [[ -n "${!name:-}" && ! "${!name}" =~ ^[-+]?${UNSIGNED_NUMBER}$ ]]; then
             echo "error: $name must be a number (got '${!name}')" >&2
             exit 2
         fi

@@ -166,6 +166,16 @@ class ChatAPI:
         self._lock = threading.Lock()
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
+    def _dropped_record(self) -> str | None:
+        """Count a record given up on dropped connections while nothing was answered; once
+        :data:`DROPPED_RECORDS_FOR_NO_SERVER` have been, why the address is no server, else None."""
+        with self._lock:
+            self._dropped_records += 1
+            records = self._dropped_records
+        if records < DROPPED_RECORDS_FOR_NO_SERVER:
+            return None
+        return f"every request of {records} records, none answered: is it an HTTP server?"
+
     def stop(self) -> None:
         """Stop every request now, from any thread: the ones under way are cut off (their connections closed) and
         raise :class:`Stopped`, as does any later one, instead of waiting for a reply or retrying."""
@@ -229,16 +239,12 @@ class ChatAPI:
                 # No server there, and none ever answered: every record would fail the same way; stop, record nothing.
                 # (A reply that times out reached one: that record fails alone, as does one whose connections were
                 # dropped, until DROPPED_RECORDS_FOR_NO_SERVER records have been and nothing was answered.)
-                if unreachable and not self._answered.is_set():
-                    raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} (gave up "
-                                        f"after {attempts} attempts)")
-                if dropped and not self._answered.is_set():
-                    with self._lock:
-                        self._dropped_records += 1
-                        records = self._dropped_records
-                    if records >= DROPPED_RECORDS_FOR_NO_SERVER and not self._answered.is_set():
-                        raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} (every "
-                                            f"request of {records} records, none answered: is it an HTTP server?)")
+                if not self._answered.is_set():
+                    no_server = (f"gave up after {attempts} attempts" if unreachable
+                                 else self._dropped_record() if dropped else None)
+                    if no_server and not self._answered.is_set():
+                        raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} "
+                                            f"({no_server})")
                 raise RequestFailed(f"{reason} (gave up after {attempts} attempts)", attempts)
             wait = self.policy.delay(attempts - 1, retry_after)
             log.warning("%s%s; retry %d/%d in %.1fs", f"{label}: " if label else "", reason, attempts,

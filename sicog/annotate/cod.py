@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
-from sicog.data.jsonl import RecordError, record_id
+from sicog.data.jsonl import RecordError, record_id, unpaired_surrogate
 from sicog.data.prompts import (
     ANNOTATION_DESCRIBE,
     CAPTION_PROMPTS,
@@ -189,11 +189,8 @@ def parse_cod_reply(text: str, finish_reason: str | None = None, refusal: str | 
         raise ReplyError("reply cut off at the token limit (finish_reason=length)")
     if not text.strip():
         raise ReplyError("empty reply")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:  # a JSON escape of half a character: no training file can hold it
-        raise ReplyError(f"the reply holds {ascii(err.object[err.start])[1:-1]}, half of a UTF-16 pair and no "
-                         "character") from None
+    if char := unpaired_surrogate(text):  # no training file can hold it
+        raise ReplyError(f"the reply holds {char}, half of a UTF-16 pair and no character")
     steps = split_steps(text, COD_STEPS)
     if not steps:
         raise ReplyError("no 'Step N' markers in the reply")

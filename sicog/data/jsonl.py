@@ -89,16 +89,23 @@ def read_text(path: str | os.PathLike) -> str:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+def unpaired_surrogate(text: str) -> str | None:
+    """The escape (``\\ud83d``) of the first unpaired surrogate in ``text``, half of a UTF-16 pair and no character,
+    which no UTF-8 file can hold (``json`` reads one from an escape); None when there is none."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return ascii(err.object[err.start])[1:-1]
+    return None
+
+
 def _check_encodable(path: Path, line: int, record: dict) -> None:
-    """Raise :class:`RecordError` when a string of ``record`` holds an unpaired surrogate (``"\\ud800"``):
-    ``json`` reads it, but no UTF-8 file can hold it, so writing the record would fail far from its line."""
+    """Raise :class:`RecordError` when a string of ``record`` holds an unpaired surrogate
+    (:func:`unpaired_surrogate`): writing the record would fail far from its line."""
     for key, value in record.items():
-        try:
-            dumps({key: value}).encode("utf-8")
-        except UnicodeEncodeError as err:
-            char = ascii(err.object[err.start])[1:-1]
+        if char := unpaired_surrogate(dumps({key: value})):
             raise RecordError(f"holds the escape {char}, half of a UTF-16 pair and no character: fix or drop it",
-                              path=path, line=line, record_id=record.get("id"), field=str(key)) from None
+                              path=path, line=line, record_id=record.get("id"), field=str(key))
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> None:
@@ -114,11 +121,10 @@ def require_file(path: str | os.PathLike, what: str = "file") -> None:
 # Files that hold no JSON text, by suffix, with what to do: named as such rather than read as text that is "not UTF-8".
 _CONVERT = "`sicog data head --input FILE --output FILE.jsonl --limit ROWS` writes its rows as JSON Lines"
 _TABLE = "records are JSON Lines or a JSON array (`sicog eval` reads benchmark TSVs)"
+_MIXTURE = "a YAML mixture is read by `sicog train --data_path` and `sicog data check`"
 NOT_JSON = {".gz": "decompress it first", ".bz2": "decompress it first", ".xz": "decompress it first",
             ".zst": "decompress it first", ".zip": "unzip it first", ".parquet": _CONVERT, ".arrow": _CONVERT,
-            ".yaml": "a YAML mixture is read by `sicog train --data_path` and `sicog data check`",
-            ".yml": "a YAML mixture is read by `sicog train --data_path` and `sicog data check`",
-            ".csv": _TABLE, ".tsv": _TABLE}
+            ".yaml": _MIXTURE, ".yml": _MIXTURE, ".csv": _TABLE, ".tsv": _TABLE}
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

@@ -27,7 +27,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from sicog.data.jsonl import RecordError, require_file
-from sicog.data.sources import HUB_ID, expand_braces, iter_input_records, split_data_path
+from sicog.data.sources import HUB_ID, MIXTURE_SUFFIXES, expand_braces, iter_input_records, split_data_path
 from sicog.data.yaml_file import read_yaml
 
 # The seed of the random: sampling rules when none is given: `sicog train`'s --seed default (42, transformers'
@@ -135,7 +135,7 @@ def _read_mixture(path: Path, seed: int) -> list[tuple[dict, Source]]:
 
 
 def _is_mixture(part: str) -> bool:
-    return part.lower().endswith((".yaml", ".yml"))
+    return part.lower().endswith(MIXTURE_SUFFIXES)
 
 
 def data_sources(data_path: str | os.PathLike) -> list[str]:

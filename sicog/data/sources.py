@@ -35,13 +35,15 @@ DATASET_SUFFIXES = (".parquet", ".arrow")
 # owner/name, optionally :split (a Hub repository id cannot hold a colon).
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.-]+))?$")
 BATCH_ROWS = 1024
+# A YAML mixture's suffixes (sicog/data/mixture.py): a data path ending so names a file, not a Hub dataset.
+MIXTURE_SUFFIXES = (".yaml", ".yml")
 
 
 def names_hub_dataset(source: str) -> bool:
     """Whether ``source`` reads as a Hub dataset id (``owner/name[:split]``): no file or folder of that name, and no
     data file's suffix ("sft/a.jsonl" is a missing file)."""
     return (HUB_ID.match(source) is not None and not os.path.exists(source)
-            and not source.lower().endswith((*JSON_SUFFIXES, *DATASET_SUFFIXES, ".yaml", ".yml")))
+            and not source.lower().endswith((*JSON_SUFFIXES, *DATASET_SUFFIXES, *MIXTURE_SUFFIXES)))
 
 
 def expand_braces(pattern: str) -> list[str]:

@@ -19,6 +19,8 @@ from .layout import image_token_count, image_token_ids
 from .slicing import SlicePlan
 from .tokens import IMAGE_TOKEN
 
+logger = logging.getLogger(__name__)
+
 IGNORE_INDEX = -100
 ROLE_OF = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 # The tokenizers' spellings of ``padding`` that this processor supports: none, or to the batch's longest prompt.
@@ -461,7 +463,6 @@ class SicogProcessor(ProcessorMixin):
         return cls(SicogImageProcessor.from_config(config, **image_settings), tokenizer, chat_template, config=config)
 
 
-logger = logging.getLogger(__name__)
 # The image settings a keyword argument of `from_pretrained` may replace (the patch size is the vision tower's).
 IMAGE_OVERRIDES = tuple(name for name in SETTINGS if name != "patch_size")
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "subfolder", "token")
