@@ -103,6 +103,17 @@ def to_visual(doc):
     return [doc["image"]]
 
 
+def test_replies_stop_at_a_checkpoints_stop_strings(tiny_model_factory) -> None:
+    """A checkpoint's generation config may hold stop_strings, which generate applies only given the tokenizer."""
+    model, processor = tiny_model_factory(seed=6)
+    item = [encode_item(processor, docs()[1]["q"], [docs()[1]["image"]])]
+    whole = generate_replies(model, processor, item, max_new_tokens=6)[0]
+    stop = next(w for w in whole.split() if w.isascii() and w.isalpha() and whole.index(w) + len(w) < len(whole))
+    model.generation_config.stop_strings = [stop]
+    cut = generate_replies(model, processor, item, max_new_tokens=6)[0]
+    assert stop in cut and whole.startswith(cut) and len(cut) < len(whole)
+
+
 def test_generate_until_answers_each_request_in_order(lmms_module, tiny_model_factory) -> None:
     module, _ = lmms_module
     model, processor = tiny_model_factory(seed=6)

@@ -248,6 +248,27 @@ def test_other_decoding_settings_of_the_checkpoint_are_recorded_and_a_changed_on
     assert "written by a run with other settings" in err and "'other_settings'" in err
 
 
+def test_a_checkpoints_stop_strings_end_the_replies(setup, tmp_path):
+    """stop_strings need the tokenizer passed to generate (without it transformers raises)."""
+    plain = tmp_path / "plain.jsonl"
+    assert main(cli_args(setup, plain, "--temperature", "0")) == 0
+    first = load_records(plain)[0]["candidates"][0]
+    # A plain word that ends before the reply does (a byte-fallback character would not match the tokens' text).
+    stop = next(w for w in first.split() if w.isascii() and w.isalpha() and first.index(w) + len(w) < len(first))
+    model = tmp_path / "model"
+    shutil.copytree(setup / "model", model)
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**config, "stop_strings": [stop]}))
+    output = tmp_path / "gen.jsonl"
+    args = cli_args(setup, output, "--temperature", "0")
+    args[args.index("--model") + 1] = str(model)
+    assert main(args) == 0
+    record = load_records(output)[0]
+    assert record["generation"]["other_settings"] == {"stop_strings": [stop]}
+    cut = record["candidates"][0]
+    assert stop in cut and first.startswith(cut) and len(cut) < len(first)
+
+
 def test_an_output_that_is_not_a_jsonl_file_is_refused(setup, tmp_path, capsys):
     """x.json and x.jsonl would share x.errors.jsonl (a rerun of one clears the other's errors)."""
     assert main(cli_args(setup, tmp_path / "gen.json")) == 2

@@ -93,9 +93,11 @@ def generate_replies(
     if "pixel_values" in batch:
         inputs["pixel_values"] = batch["pixel_values"]
     settings = {"do_sample": False, **generate_kwargs}
-    # A generated image placeholder would have no image feature to take its place.
+    # A generated image placeholder would have no image feature to take its place; the tokenizer lets a
+    # checkpoint's stop_strings apply.
     out = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, suppress_tokens=[processor.image_token_id], **settings
+        **inputs, max_new_tokens=max_new_tokens, suppress_tokens=[processor.image_token_id],
+        tokenizer=processor.tokenizer, **settings,
     )
     prompt_len = inputs["input_ids"].shape[1]
     return [processor.decode(out[row, prompt_len:]) for row in range(len(encoded))]

@@ -71,7 +71,8 @@ def sample_candidates(
     if "pixel_values" in batch:
         inputs["pixel_values"] = batch["pixel_values"]
     torch.manual_seed(seed)
-    out = model.generate(**inputs, **settings.generate_kwargs())
+    # The tokenizer lets a checkpoint's stop_strings (generation_config.json) apply.
+    out = model.generate(**inputs, tokenizer=processor.tokenizer, **settings.generate_kwargs())
     prompt_len = inputs["input_ids"].shape[1]
     per = settings.sequences_per_record
     texts = [processor.decode(out[row, prompt_len:]) for row in range(out.shape[0])]
