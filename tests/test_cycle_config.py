@@ -51,6 +51,15 @@ def test_real_data_without_toy_size_null_is_refused_not_run_as_the_toy_demo(tmp_
     assert load_config(write(tmp_path)).toy_size is None
 
 
+def test_embed_command_without_a_sentence_encoder_to_run_is_refused(tmp_path):
+    refused(tmp_path, write(tmp_path, embed_command=["/envs/nvembed/bin/python"]),
+            "embed_command runs a sentence encoder apart, but encoder is None; name the encoder")
+    refused(tmp_path, write(tmp_path, embed_command="/envs/nvembed/bin/python", encoder="/models/NV-Embed-v2"),
+            "key 'embed_command': expected a list of strings")
+    config = load_config(write(tmp_path, embed_command=["/envs/nvembed/bin/python"], encoder="/models/NV-Embed-v2"))
+    assert config.embed_command == ["/envs/nvembed/bin/python"]
+
+
 def test_a_required_dataset_left_out_is_named_before_anything_runs(tmp_path):
     data = {k: v for k, v in REAL["data"].items() if k != "bench_mc"}
     refused(tmp_path, write(tmp_path, data=data), "key 'data': lacks bench_mc")

@@ -73,7 +73,7 @@ SCHEDULE = {"batch_size": 2, "stage1_steps": 2, "stage1_lr": 1e-3, "stage0_steps
 # Settings of a real-data cycle, changed on a real config (see test_real_world_inputs_are_hashed_by_content).
 REAL_ONLY = {"data", "vision_tower", "language_model"}
 # Settings that change which steps there are, each with a test of its own.
-RESHAPING = {"encoder"}
+RESHAPING = {"encoder", "embed_command"}
 
 
 def keys_of(config: CycleConfig, out: Path, dpo: bool = False) -> tuple[dict[str, str], Plan]:
@@ -103,6 +103,72 @@ def test_the_toy_encoder_is_two_steps_before_curation_and_a_sentence_encoder_non
     assert set(changed_plan.steps) == set(plan.steps) - embed
     assert {name for name in changed_plan.steps if keys[name] != base[name]} == plan.downstream(CURATE.split())
     assert "/some/encoder" in changed_plan.steps["curate_captions"].argv
+
+
+def test_an_encoder_run_apart_is_two_steps_before_curation_and_takes_the_encoders_settings(quick_keys):
+    out, config, _, _ = quick_keys
+    apart = dataclasses.replace(config, encoder="/some/encoder", embed_command=["/envs/nvembed/bin/python"],
+                                curate={"batch_size": 7, "include_self": False})
+    keys, plan = keys_of(apart, out)
+    for task in ("captions", "reasoning"):
+        embed, curate = plan.steps[f"curate_{task}_embed"], plan.steps[f"curate_{task}"]
+        assert embed.program == ("/envs/nvembed/bin/python", "-m", "sicog.curate.embed_file")
+        assert embed.argv[-4:] == ("--encoder", "/some/encoder", "--batch-size", "7")
+        assert curate.argv[curate.argv.index("--embeddings") + 1] == Ref(f"curate_{task}_embed", "embeddings.npy")
+        assert "--no-include-self" in curate.argv and not {"--batch-size", "--encoder"} & set(curate.argv)
+    # Another environment may embed otherwise: the embeddings, and what reads them, are made again.
+    other, _ = keys_of(dataclasses.replace(apart, embed_command=["/envs/other/bin/python"]), out)
+    assert {name for name in keys if other[name] != keys[name]} == plan.downstream(
+        ["curate_captions_embed", "curate_reasoning_embed"])
+
+
+def test_a_program_step_imports_this_package_from_the_run_folder(tmp_path):
+    """Another environment's Python imports this package, and none of this environment's libraries, from a folder
+    that holds only a link to it (-S: no site-packages, as a Python that never installed SICOG; -P: nor the working
+    folder, which is this checkout here)."""
+    code = "import sys, sicog; open(sys.argv[1], 'w').write(sicog.__file__)"
+    plan = Plan([Step("where", (Out("where.txt"),), program=(sys.executable, "-S", "-P", "-c", code))])
+    Engine(tmp_path / "run", progress=False).run(plan)
+    where = Path((tmp_path / "run" / "where" / "where.txt").read_text())
+    assert where == tmp_path / "run" / ".sicog_path" / "sicog" / "__init__.py"
+    assert where.resolve() == Path(sicog.__file__).resolve()
+    assert os.listdir(tmp_path / "run" / ".sicog_path") == ["sicog"]
+    log = (tmp_path / "run" / "where" / "log.txt").read_text()
+    assert log.startswith(f"$ {sys.executable} -S -P -c ")
+
+
+def test_an_encoder_run_apart_curates_as_one_process_does(quick_keys, tmp_path):
+    """The planned steps run for real: embed_command's Python (this one, standing in for another environment's)
+    embeds the texts, and curation keeps and scores what `sicog curate` with the encoder in it does."""
+    from test_curate_pipeline import caption_record
+
+    from sicog.cli import main
+    from sicog.curate.embed import packaged_minilm_path
+    from sicog.data.jsonl import load_records, write_jsonl
+
+    out, config, _, _ = quick_keys
+    encoder = packaged_minilm_path()
+    apart = dataclasses.replace(config, encoder=encoder, embed_command=[sys.executable], curate={"device": "cpu"})
+    _, full = keys_of(apart, out)
+    captions = ["A red circle sits left of a blue square.", "A red circle is to the left of a blue square.",
+                "Two green birds fly over a dark lake.", "A blue square lies right of a red circle."]
+    write_jsonl(tmp_path / "candidates.jsonl", [caption_record(f"r{i}", captions[i:] + captions[:i]) for i in range(4)])
+    plan = Plan([Step("generate_captions", ("data", "head", "--input", Input(str(tmp_path / "candidates.jsonl")),
+                                            "--output", Out("generated.jsonl"), "--limit", "4"))])
+    for name in ("curate_captions_texts", "curate_captions_embed", "curate_captions"):
+        plan.add(full.steps[name])
+    engine = Engine(tmp_path / "run", progress=False)
+    engine.run(plan)
+    argv = engine.command(full.steps["curate_captions"])
+    at = argv.index("--embeddings")
+    argv[at:at + 2] = ["--encoder", encoder, "--device", "cpu"]
+    argv[argv.index("--output-dir") + 1] = str(tmp_path / "one")
+    assert main(argv) == 0
+    apart_scored = load_records(tmp_path / "run" / "curate_captions" / "scored.jsonl")
+    assert [r["scores"] for r in apart_scored] == [r["scores"] for r in load_records(tmp_path / "one" / "scored.jsonl")]
+    assert len(apart_scored) == 4
+    for name in ("curated.jsonl", "pairs.jsonl"):
+        assert (tmp_path / "run" / "curate_captions" / name).read_text() == (tmp_path / "one" / name).read_text()
 
 
 def test_where_launched_processes_meet_is_no_part_of_a_key(quick_keys, monkeypatch):
@@ -359,6 +425,7 @@ def test_paper_config_dry_run_prints_the_paper_global_batches(tmp_path, capsys, 
     from sicog.cli import main
 
     monkeypatch.delenv("SICOG_MASTER_ADDR", raising=False)
+    monkeypatch.delenv("SICOG_EMBED_PYTHON", raising=False)
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     batches = {line.split(":")[0].split("] ")[1]: line.split("# global batch ")[1].split(" ")[0]
@@ -373,10 +440,23 @@ def test_paper_config_dry_run_prints_the_paper_global_batches(tmp_path, capsys, 
     assert [("--group_by_modality_length" in line) for line in training] == [line != stage1 for line in training]
     assert all("--attn_implementation flash_attention_2" in line and "--dataloader_num_workers 4" in line
                for line in training)
-    *steps, missing, unset = lines[1:]
+    *steps, missing, launcher, embedding = lines[1:]
     assert all(line.startswith("[run] ") for line in steps) and not (tmp_path / "seed0").exists()
     assert missing.startswith("# inputs not there (a run stops on them): ") and "/data/MMStar.tsv" in missing
-    assert unset == "# launcher variables not set here (a run stops on them): SICOG_MASTER_ADDR"
+    assert launcher == ("# the launcher reads environment variable(s) that are not set: SICOG_MASTER_ADDR "
+                        "(a run stops on it)")
+    assert embedding == ("# embed_command reads environment variable(s) that are not set: SICOG_EMBED_PYTHON "
+                         "(a run stops on it)")
+    # NV-Embed-v2 embeds in its own environment, with the paper's encoder settings; curation reads its embeddings.
+    for task in ("captions", "reasoning"):
+        embed = next(line for line in steps if line.startswith(f"[run] curate_{task}_embed: "))
+        assert embed.split(": ", 1)[1].startswith("srun --nodes=1 --ntasks=1 '${SICOG_EMBED_PYTHON}' -m "
+                                                  "sicog.curate.embed_file --texts ")
+        assert embed.endswith("--encoder /models/NV-Embed-v2 --append-eos --dtype float32 --max-length 1024 "
+                              "--padding-side right --trust-remote-code")
+        curate = next(line for line in steps if line.startswith(f"[run] curate_{task}: "))
+        assert f"--embeddings {tmp_path}/seed0/curate_{task}_embed/embeddings.npy" in curate
+        assert "--encoder" not in curate and "--trust-remote-code" not in curate
 
 
 def test_a_paper_run_names_every_missing_input_and_unset_launcher_variable_at_once(tmp_path, capsys, monkeypatch):
@@ -384,10 +464,19 @@ def test_a_paper_run_names_every_missing_input_and_unset_launcher_variable_at_on
     from sicog.cli import main
 
     monkeypatch.delenv("SICOG_MASTER_ADDR", raising=False)
+    monkeypatch.delenv("SICOG_EMBED_PYTHON", raising=False)
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == ("error: the launcher reads environment variable(s) that are not set: "
-                                       "SICOG_MASTER_ADDR\n")
+                                       "SICOG_MASTER_ADDR; embed_command reads environment variable(s) that are not "
+                                       "set: SICOG_EMBED_PYTHON\n")
     monkeypatch.setenv("SICOG_MASTER_ADDR", "node0")
+    monkeypatch.setenv("SICOG_EMBED_PYTHON", sys.executable)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "error: embed_command starts srun, which is not a program here\n"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cycle input(s) not there: ") and err.count("/data/") >= 8 and "MMStar" in err

@@ -153,8 +153,8 @@ def _read_vectors(path: Path) -> np.ndarray:
     return vectors
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Embed ``--texts`` into ``--output`` (``python -m sicog.curate.embed_file --help``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m sicog.curate.embed_file``."""
     parser = argparse.ArgumentParser(prog="python -m sicog.curate.embed_file", description=__doc__.splitlines()[0])
     parser.add_argument("--texts", required=True, help="texts file from `sicog curate texts`")
     parser.add_argument("--output", required=True, help="embeddings .npy (its description goes to <output>.json)")
@@ -167,7 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--padding-side", choices=("left", "right"))
     parser.add_argument("--dtype", choices=DTYPES)
     parser.add_argument("--device")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Embed ``--texts`` into ``--output`` (``python -m sicog.curate.embed_file --help``)."""
+    args = build_parser().parse_args(argv)
     try:
         refuse_overwriting([("--texts", args.texts)], "--output", args.output, also=[sidecar(args.output)])
         _check_output(Path(args.output))

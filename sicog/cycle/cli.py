@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +60,7 @@ def print_plan(engine: Engine, plan: Plan, force: list[str], seed: int) -> None:
           + (f" (an earlier run's --from {requested} is still to rerun)" if requested else ""))
     for name, step in plan.steps.items():
         launcher = " ".join(engine.launcher) + " -m sicog" if step.launched and engine.launcher else "sicog"
+        launcher = shlex.join(step.program) if step.program else launcher
         note = f"  # {step.note}" if step.note else ""
         status = "run" if name in todo else "keep" if name in engine.kept else "reuse"
         print(f"[{status}] {name}: {launcher} {shlex.join(engine.command(step))}{note}")
@@ -117,11 +119,18 @@ def _missing_inputs(seeds: dict[int, tuple[SeedPlan, Engine]]) -> list[str]:
     return list(dict.fromkeys(path for plan, engine in seeds.values() for path in engine.missing_inputs(plan.plan)))
 
 
-def _unset_launcher_variables(launcher: list[str]) -> list[str]:
-    """The environment variables the launcher names (``$VAR``, ``${VAR}``, expanded when a step starts) that are
-    not set: left as text, they would reach torchrun as an address it cannot read."""
-    named = (m.group(1) or m.group(2) for arg in launcher for m in re.finditer(r"\$\{(\w+)\}|\$(\w+)", arg))
-    return sorted({name for name in named if name not in os.environ})
+def _command_problems(config: CycleConfig) -> list[str]:
+    """Why the launcher or embed_command cannot start here, one entry each: environment variables they name
+    (``$VAR``, ``${VAR}``, expanded when a step starts) that are not set, which would reach torchrun as an address
+    it cannot read, or an embed_command whose interpreter (or launcher) is not there."""
+    problems = []
+    for what, command in (("the launcher", config.launcher), ("embed_command", config.embed_command)):
+        named = (m.group(1) or m.group(2) for arg in command for m in re.finditer(r"\$\{(\w+)\}|\$(\w+)", arg))
+        if unset := sorted({name for name in named if name not in os.environ}):
+            problems.append(f"{what} reads environment variable(s) that are not set: {', '.join(unset)}")
+        elif what == "embed_command" and command and not shutil.which(program := os.path.expandvars(command[0])):
+            problems.append(f"{what} starts {program}, which is not a program here")
+    return problems
 
 
 def _dry_run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
@@ -141,8 +150,8 @@ def _dry_run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
             print_plan(engine, seed_plan.plan, force, seed)
         if missing := _missing_inputs(seeds):
             print(f"# inputs not there (a run stops on them): {', '.join(missing)}")
-        if unset := _unset_launcher_variables(config.launcher):
-            print(f"# launcher variables not set here (a run stops on them): {', '.join(unset)}")
+        for problem in _command_problems(config):
+            print(f"# {problem} (a run stops on it)")
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`--dry-run | head`): nothing else was to be done. Standard output then points
@@ -157,8 +166,8 @@ def _run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
     from sicog.cycle.report import clear_report, seed_results, write_report
     from sicog.cycle.world import make_world
 
-    if unset := _unset_launcher_variables(config.launcher):
-        raise ValueError(f"the launcher reads environment variable(s) that are not set: {', '.join(unset)}")
+    if problems := _command_problems(config):
+        raise ValueError("; ".join(problems))
     world = make_world(config, out)
     seeds = _seed_plans(args, config, world, out)
     if missing := _missing_inputs(seeds):

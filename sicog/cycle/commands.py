@@ -27,9 +27,12 @@ PASSED_ON = ("train", "model", "generate", "curate")
 
 @functools.cache
 def command_parser(command: str) -> argparse.ArgumentParser:
-    """The parser ``sicog <command>`` reads its flags with (as :func:`sicog.cli.main` builds it)."""
+    """The parser ``sicog <command>`` reads its flags with (as :func:`sicog.cli.main` builds it), or, for a module
+    a step runs as a program (``sicog.curate.embed_file``), that module's ``build_parser()``."""
     from sicog.cli import COMMANDS
 
+    if command.startswith("sicog."):
+        return importlib.import_module(command).build_parser()
     if command == "train":  # `sicog train` parses its dataclasses itself
         from sicog.train.cli import build_parser
 
@@ -66,14 +69,15 @@ def _text(arg: Arg) -> str:
 
 
 def _commands(config: CycleConfig, dpo: bool) -> dict[str, list[str]]:
-    """Every step of seed 0's plan (round 1; with ``dpo``, arm F) as its ``sicog`` argv, by step name."""
+    """Every step of seed 0's plan (round 1; with ``dpo``, arm F) as its ``sicog`` argv, by step name; a step run as
+    a program (``... -m sicog.curate.embed_file``) as its module and arguments."""
     from sicog.cycle.plan import plan_seed
     from sicog.cycle.world import make_world
 
     # The toy world's paths only (nothing is built): placeholders are enough to parse.
     world = make_world(config, Path("world-not-built"), build=False)
     steps: dict[str, Step] = plan_seed(config, world, 0, dpo=dpo).plan.steps
-    return {name: [_text(arg) for arg in step.argv] for name, step in steps.items()}
+    return {name: [*step.program[-1:], *(_text(arg) for arg in step.argv)] for name, step in steps.items()}
 
 
 def command_problems(config: CycleConfig, dpo: bool = False) -> list[str]:
@@ -92,9 +96,9 @@ def command_problems(config: CycleConfig, dpo: bool = False) -> list[str]:
             alone = _commands(dataclasses.replace(bare, **{key: {setting: value}}), dpo)
             failing = [name for name in refused if name not in unexplained and parse_problem(alone[name])]
             if failing:
-                problem = parse_problem(alone[failing[0]])
-                problems.append(f"key {key!r}: setting {setting!r}: {problem} (as `sicog {alone[failing[0]][0]}` "
-                                "reads it)")
+                problem, command = parse_problem(alone[failing[0]]), alone[failing[0]][0]
+                reader = f"python -m {command}" if command.startswith("sicog.") else f"sicog {command}"
+                problems.append(f"key {key!r}: setting {setting!r}: {problem} (as `{reader}` reads it)")
             explained.update(failing)
     return problems + [f"step {name!r}: {problem}" for name, problem in refused.items() if name not in explained]
 

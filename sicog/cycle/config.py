@@ -79,6 +79,11 @@ class CycleConfig:
     encoder: str | None = None
     # More `sicog curate` settings by name (batch_size, trust_remote_code, max_length, query_prefix, ...).
     curate: dict[str, typing.Any] = field(default_factory=dict)
+    # The command that starts Python in the encoder's own environment (an interpreter path, after a launcher such
+    # as srun where it must run on a GPU node; ${VAR} read when the step starts). Set: the embeddings are computed
+    # there (`python -m sicog.curate.embed_file`) and curation reads them, for an encoder that does not load with
+    # this package's transformers (NV-Embed-v2). Empty: the encoder runs inside `sicog curate`.
+    embed_command: list[str] = field(default_factory=list)
     # Evaluation (None: the command's default batch).
     eval_batch_size: int | None = None
     launcher: list[str] = field(default_factory=list)
@@ -106,6 +111,9 @@ class CycleConfig:
                     raise ValueError(f"arm {arm} needs data.{' and data.'.join(missing)}")
         if self.encoder == TOY_ENCODER and self.toy_size is None:
             raise ValueError(f"encoder {TOY_ENCODER!r} reads the toy language; choose a sentence encoder for real data")
+        if self.embed_command and self.encoder in (None, TOY_ENCODER):
+            raise ValueError(f"embed_command runs a sentence encoder apart, but encoder is {self.encoder!r}; name the "
+                             "encoder (its folder or hub id) or leave embed_command out")
         self.arms = tuple(a for a in ARMS if a in self.arms)
 
     def to_dict(self) -> dict:

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,9 @@ class Step:
     name: str
     argv: tuple[Arg, ...]
     launched: bool = False
+    # Set: the step runs as this command followed by ``argv`` instead of as a ``sicog`` command, e.g. the Python of
+    # another environment and ``-m`` a module of this package, which that Python imports from here (PYTHONPATH).
+    program: tuple[str, ...] = ()
     # Shown by --dry-run beside the command (e.g. a training step's global batch); not part of the key.
     note: str = ""
 
@@ -299,7 +303,8 @@ class Engine:
         keys of the steps that wrote them (``keys``, default this run's), how it runs, and the code
         fingerprint (``code``, default this run's; ``""`` leaves it out, as keys made before it did)."""
         parts = [self._key_part(arg, self.keys if keys is None else keys) for arg in step.argv]
-        how = {"threads": self.threads, "launcher": self._launch_key() if step.launched else []}
+        how = {"threads": self.threads,
+               "launcher": self._launch_key() if step.launched else [os.path.expandvars(a) for a in step.program]}
         fingerprint = self.code if code is None else code
         return [parts, {**how, "code": fingerprint} if fingerprint else how]
 
@@ -517,7 +522,23 @@ class Engine:
         self._record(step.name, {"key": self.keys[step.name], "status": "running"})
         # ${VAR} in the launcher is read from the environment when the step starts (e.g. SLURM's node list).
         launcher = [os.path.expandvars(arg) for arg in self.launcher] if step.launched else []
-        return _run_step, self.command(step), str(folder / "log.txt"), launcher
+        program = [os.path.expandvars(arg) for arg in step.program]
+        path = str(self._importable_package()) if program else None
+        return _run_step, self.command(step), str(folder / "log.txt"), launcher, program, path
+
+    def _importable_package(self) -> Path:
+        """A folder that holds only a link to this package, for another environment's PYTHONPATH: the folder the
+        package is installed in (site-packages) would bring this environment's libraries with it."""
+        folder = self.root / ".sicog_path"
+        link = folder / "sicog"
+        package = Path(__file__).resolve().parents[1]
+        if not link.is_symlink() or link.resolve() != package:
+            folder.mkdir(parents=True, exist_ok=True)
+            staged = folder / f".sicog-{os.getpid()}"
+            staged.unlink(missing_ok=True)
+            staged.symlink_to(package, target_is_directory=True)
+            os.replace(staged, link)
+        return folder
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -547,9 +568,11 @@ def _init_worker(threads: int | None, parent: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _run_step(argv: Sequence[str], log: str, launcher: Sequence[str]) -> tuple[int, float, float]:
-    """Run one ``sicog`` command in this worker with stdout and stderr going to ``log``; returns
-    ``(exit code, wall seconds, CPU seconds)`` (CPU of this process and of launched ones)."""
+def _run_step(argv: Sequence[str], log: str, launcher: Sequence[str], program: Sequence[str] = (),
+              path: str | None = None) -> tuple[int, float, float]:
+    """Run one ``sicog`` command in this worker, or ``program`` + ``argv`` with this package importable from
+    ``path``, with stdout and stderr going to ``log``; returns ``(exit code, wall seconds, CPU seconds)`` (CPU of
+    this process and of the processes it starts)."""
     started, cpu_before = time.perf_counter(), _cpu_seconds()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -560,11 +583,15 @@ def _run_step(argv: Sequence[str], log: str, launcher: Sequence[str]) -> tuple[i
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
         try:
-            print(f"$ sicog {' '.join(argv)}", flush=True)
-            if launcher:
-                # SIGTERM when this worker dies, so that the launcher (torchrun, srun) stops the processes it
-                # started before exiting, instead of leaving them to write into the rerun's step.
-                stop_with_worker = functools.partial(exit_with_parent, os.getpid(), signal.SIGTERM)
+            print(f"$ {shlex.join(program)}" if program else "$ sicog", " ".join(argv), flush=True)
+            # SIGTERM when this worker dies, so that a launcher (torchrun, srun) stops the processes it started
+            # before exiting, instead of leaving them to write into the rerun's step.
+            stop_with_worker = functools.partial(exit_with_parent, os.getpid(), signal.SIGTERM)
+            if program:
+                paths = os.pathsep.join(filter(None, (path, os.environ.get("PYTHONPATH"))))
+                code = subprocess.run([*program, *argv], env={**os.environ, "PYTHONPATH": paths},
+                                      preexec_fn=stop_with_worker).returncode
+            elif launcher:
                 code = subprocess.run([*launcher, "-m", "sicog", *argv], preexec_fn=stop_with_worker).returncode
             else:
                 from sicog.cli import main

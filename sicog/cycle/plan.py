@@ -85,7 +85,9 @@ class _Planner:
         self.plan = self.result.plan
         self.train_flags = train_flags(config)
         self.load_flags = load_flags(config)
-        self.curate_flags = curate_flags(config)
+        # With embed_command, the encoder's settings go to the embedding step, which runs apart.
+        self.curate_flags = curate_flags(config, encoding=False if config.embed_command else None)
+        self.embed_flags = curate_flags(config, encoding=True)
         self.generate_flags = generate_flags(config)
         self.data: dict[str, Arg] = {k: world.input(k) for k in world.files}
 
@@ -151,17 +153,24 @@ class _Planner:
         return self.plan.add(Step(name, argv, launched=True))
 
     def encoder(self, name: str, task: str, generated: Ref) -> tuple[Arg, ...]:
-        """The `sicog curate` flags that choose the encoder; the toy's fact encoder is two steps of its own
-        (the texts curation compares, then their embeddings), read back with ``--embeddings``."""
-        if self.c.encoder is None:
+        """The `sicog curate` flags that choose the encoder. The toy's fact encoder, and a sentence encoder run in
+        its own environment (``embed_command``), are two steps of their own (the texts curation compares, then
+        their embeddings), read back with ``--embeddings``."""
+        c = self.c
+        if c.encoder is None:
             return ()
-        if self.c.encoder != TOY_ENCODER:
-            return ("--encoder", setting_arg("encoder", self.c.encoder))
+        encoder = setting_arg("encoder", c.encoder)
+        if c.encoder != TOY_ENCODER and not c.embed_command:
+            return ("--encoder", encoder)
         texts = self.plan.add(Step(f"{name}_texts", ("curate", "texts", task, "--input", generated,
                                                      "--output", Out("texts.jsonl"))))
-        embed = self.plan.add(Step(f"{name}_embed", ("toy", "embed", task, "--texts", Ref(texts.step, "texts.jsonl"),
-                                                     "--output", Out("embeddings.npy"))))
-        return ("--embeddings", Ref(embed.step, "embeddings.npy"))
+        embed_argv = ("--texts", Ref(texts.step, "texts.jsonl"), "--output", Out("embeddings.npy"))
+        if c.encoder == TOY_ENCODER:
+            embed = Step(f"{name}_embed", ("toy", "embed", task, *embed_argv))
+        else:
+            embed = Step(f"{name}_embed", (*embed_argv, "--encoder", encoder, *self.embed_flags),
+                         program=(*c.embed_command, "-m", "sicog.curate.embed_file"))
+        return ("--embeddings", Ref(self.plan.add(embed).step, "embeddings.npy"))
 
     def evaluate(self, arm: str, model: Ref, references: Arg | None, synonyms: Arg | None) -> None:
         c, evals = self.c, {}
