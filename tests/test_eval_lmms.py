@@ -229,6 +229,35 @@ def test_chat_requests_answer_like_simple_ones(adapters) -> None:
         chat.generate_until([request("?", lambda doc: video, dict(settings), 1, "toy", "test")])
 
 
+def test_a_data_uri_image_is_the_image_it_holds(adapters) -> None:
+    """lmms-eval's MME-SCI tasks send images as base64 data URIs; they stopped the run as a missing file."""
+    import base64
+    import io
+
+    module, _, _, settings, _, chat = adapters
+    png = io.BytesIO()
+    docs()[0]["image"].save(png, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    as_uri = [{"role": "user", "content": [{"type": "image", "url": uri}, {"type": "text", "text": docs()[0]["q"]}]}]
+    replies = chat.generate_until([request("?", lambda doc: as_uri, dict(settings), 0, "toy", "test"),
+                                   request("?", messages_of, dict(settings), 0, "toy", "test")])
+    assert replies[0] == replies[1]
+    broken = [{"role": "user", "content": [{"type": "image", "url": "data:image/png;base64,AAAA"}]}]
+    with pytest.raises(ValueError, match="task 'toy' split 'test' doc 0: cannot read the image of a data URI"):
+        chat.generate_until([request("?", lambda doc: broken, dict(settings), 0, "toy", "test")])
+
+
+def test_the_blank_line_lmms_eval_stops_every_task_at_does_not_cut_a_reply(adapters, monkeypatch) -> None:
+    """lmms-eval gives each task without stop strings until ["\\n\\n"]: the replies lost every step after the first."""
+    module, _, _, settings, simple, _ = adapters
+    reply = "Step 1: a red circle.\n\nStep 2: The answer is 3. Q: more"
+    monkeypatch.setattr(module, "generate_replies", lambda model, processor, encoded, **kwargs: [reply] * len(encoded))
+    doc = docs()[0]
+    assert simple.generate_until([request(doc["q"], {**settings, "until": ["\n\n"]}, to_visual, 0, "toy", "test"),
+                                  request(doc["q"], {**settings, "until": ["\n\n", "Q:"]}, to_visual, 0, "toy", "test")]
+                                 ) == [reply, "Step 1: a red circle.\n\nStep 2: The answer is 3. "]
+
+
 def test_a_literal_image_placeholder_in_a_tasks_text_is_asked_as_text(adapters) -> None:
     """egothink's prompts ("USER: <image>\n...") and MMMU's simple prompts naming "<image 1>" twice hold more
     placeholders than images: each is asked as the text [image], not a count that stops the whole run."""

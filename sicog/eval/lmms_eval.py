@@ -16,6 +16,8 @@ Importing this module needs lmms-eval installed.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -87,9 +89,25 @@ def conversation_of(messages: Sequence[dict]) -> tuple[list[dict], list[Image.Im
             kind = item.get("type")
             if kind not in ("text", "image"):
                 raise ValueError(f"message {number} holds a {kind!r} item; SICOG models take text and images")
-            found.append((kind, item.get("text", "") if kind == "text" else item.get("url")))
+            found.append((kind, item.get("text", "") if kind == "text" else _image_of(item.get("url"))))
         read.append((message.get("role"), found))
     return chat_turns(read)
+
+
+def _image_of(url: object) -> object:
+    """An image item's ``url`` as given (a path or an image), or the image a ``data:`` URI holds (lmms-eval's
+    MME-SCI tasks send base64 PNGs)."""
+    if not (isinstance(url, str) and url.startswith("data:")):
+        return url
+    header, _, data = url.partition(",")
+    if not header.endswith(";base64"):
+        raise ValueError(f"an image data URI that is not base64 ({header[:40]})")
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        image.load()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read the image of a data URI ({header[:40]}): {err}") from None
+    return image
 
 
 def _system_text(value: str) -> str:
@@ -99,10 +117,15 @@ def _system_text(value: str) -> str:
     return Path(value).read_text(encoding="utf-8").strip() if os.path.isfile(value) else value
 
 
+# The stop string lmms-eval gives every generation task that names none (TaskConfig). SICOG's step-by-step replies
+# hold it between their steps, and lmms-eval's own Qwen models drop it too: a reply cut there loses its answer.
+DEFAULT_STOP = "\n\n"
+
+
 def _cut_at_stop(text: str, until: Sequence[str]) -> str:
-    """The reply up to the first stop string the task gave."""
+    """The reply up to the first stop string the task gave, :data:`DEFAULT_STOP` aside."""
     for stop in until:
-        if stop:
+        if stop and stop != DEFAULT_STOP:
             text = text.split(stop, 1)[0]
     return text
 
