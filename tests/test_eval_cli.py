@@ -187,6 +187,21 @@ def test_image_use_refuses_a_folder_that_is_no_checkpoint(tmp_path, capsys) -> N
     assert capsys.readouterr().err == f"sicog image-use: error: no SICOG checkpoint at {typo} (config.json missing)\n"
 
 
+def test_a_checkpoints_config_file_given_as_the_model_says_to_give_its_folder(setup, tmp_path, capsys) -> None:
+    """eval and image-use said "config.json missing" of a config.json that is there, as no other command does."""
+    config = setup["model"] / "config.json"
+    args = eval_args(setup, tmp_path / "out")
+    args[args.index("--model") + 1] = str(config)
+    assert main(args) == 2
+    said = capsys.readouterr().err
+    assert said == f"sicog eval: error: {config} is a file; give the checkpoint folder that holds it\n"
+    (tmp_path / "refs.jsonl").write_text("")
+    assert main(["image-use", "--model", str(config), "--data", str(tmp_path / "refs.jsonl"),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"sicog image-use: error: {config} is a file; give the checkpoint folder that "
+                                       "holds it\n")
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(setup, tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

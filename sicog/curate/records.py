@@ -116,9 +116,11 @@ def read_generated_records(
 
 
 def human_turn(record: dict, prompt: str) -> str:
-    """The user turn: one ``<image>`` line per image, then the exact generation prompt."""
+    """The user turn: one ``<image>`` line per image, then the exact generation prompt (its own ``<image>`` lines,
+    which a hand-made file may hold, taken out; nothing else: the published default reasoning prompt can end in a
+    line break, and the model was asked it so)."""
     n_images = len(record_images(record)) if isinstance(record.get("image"), (str, list)) else 0
-    return user_turn(prompt.replace(IMAGE_TOKEN, "").strip(), n_images)
+    return user_turn(prompt.replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, ""), n_images)
 
 
 def training_record(item: GeneratedRecord, chosen: str, source: dict[str, Any]) -> dict:

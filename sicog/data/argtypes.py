@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-from pathlib import Path
 
 
 def path_text(text: str) -> str:
@@ -54,15 +52,6 @@ def non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
-
-
-def require_checkpoint(path: str | os.PathLike) -> None:
-    """Raise ``ValueError`` ("no SICOG checkpoint at ...") unless ``path`` is a folder with a ``config.json``.
-
-    Checked before loading, so that a mistyped path is not taken for a Hugging Face hub id.
-    """
-    if not (Path(path) / "config.json").is_file():
-        raise ValueError(f"no SICOG checkpoint at {path} (config.json missing)")
 
 
 def os_error_text(err: OSError) -> str:

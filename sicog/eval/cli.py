@@ -8,14 +8,20 @@ import os
 import sys
 from pathlib import Path
 
-from sicog.data.argtypes import positive_int, require_checkpoint
+from sicog.data.argtypes import positive_int
 from sicog.data.checkpoint_files import checkpoint_signature
 from sicog.data.jsonl import RecordError
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group
 from sicog.eval.batch_size import EVAL_BATCH_SIZE
 from sicog.eval.output_dir import claim_output_dir
-from sicog.eval.prompts import DEFAULT_MAX_NEW_TOKENS, MC_SCORING, PROMPT_STYLES
+from sicog.eval.prompts import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MC_SCORING,
+    DEFAULT_PROMPT_STYLE,
+    MC_SCORING,
+    PROMPT_STYLES,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "answer, [category]")
     parser.add_argument("--output-dir", required=True, type=Path,
                         help="predictions.jsonl, errors.jsonl, results.json and results.xlsx go here")
-    parser.add_argument("--prompt", default="direct", choices=PROMPT_STYLES,
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT_STYLE, choices=PROMPT_STYLES,
                         help="direct: answer with the option's letter; cot: answer step-by-step (default: %(default)s)")
-    parser.add_argument("--mc-scoring", default="generate", choices=MC_SCORING,
+    parser.add_argument("--mc-scoring", default=DEFAULT_MC_SCORING, choices=MC_SCORING,
                         help="generate: read the option from a generated reply; likelihood: pick the option whose "
                              "text the model finds most likely as its reply; open: ask without the options and "
                              "compare the reply with the right option's text (likelihood and open: multiple "
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from sicog.eval.generation import load_for_eval
     from sicog.eval.runner import EvalSettings, check_scoring, evaluate, open_scoring
     from sicog.eval.tsv import read_benchmark
+    from sicog.model.checkpoint_config import read_checkpoint_config
 
     rank, world = rank_and_world()
     try:
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                      short_answer=not args.as_asked)
         open_scoring(args.mc_scoring, args.synonyms)
         check_scoring(benchmark, args.mc_scoring, args.blind_seed)
-        require_checkpoint(args.model)
+        read_checkpoint_config(args.model)  # a mistyped folder is not taken for a Hugging Face hub id
         owner = {"model": os.path.realpath(args.model), "weights": checkpoint_signature(args.model)}
         claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=False)
         model, processor = load_for_eval(args.model, args.device, args.dtype)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from sicog.data.argtypes import positive_int, require_checkpoint
+from sicog.data.argtypes import positive_int
 from sicog.data.jsonl import RecordError, write_json
 from sicog.eval.batch_size import IMAGE_USE_BATCH_SIZE
 
@@ -46,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
     be compared."""
     try:
         _check_paths(args.data, args.output)
-        require_checkpoint(args.model)  # a mistyped folder is not taken for a Hugging Face hub id
         # Imported once the paths are known to be usable: the model code needs torch and transformers.
         from sicog.eval.generation import load_for_eval
         from sicog.eval.image_use import image_use
+        from sicog.model.checkpoint_config import read_checkpoint_config
+
+        read_checkpoint_config(args.model)  # a mistyped folder is not taken for a Hugging Face hub id
 
         model, processor = load_for_eval(args.model, args.device)
         result = image_use(model, processor, args.data, args.image_folder, limit=args.limit,

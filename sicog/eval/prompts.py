@@ -20,8 +20,10 @@ from sicog.data.prompts import SHORT_ANSWER, reasoning_prompt
 from sicog.eval.tsv import MULTIPLE_CHOICE, is_missing, row_options
 
 PROMPT_STYLES = ("direct", "cot")
+DEFAULT_PROMPT_STYLE = "direct"
 # How a multiple-choice answer is read: from the generated reply, by the options' likelihood, or asked open.
 MC_SCORING = ("generate", "likelihood", "open")
+DEFAULT_MC_SCORING = "generate"
 # `sicog eval`'s reply budget per style: enough for a letter or "yes" with a few words around it, and for a
 # structured chain of thought.
 DEFAULT_MAX_NEW_TOKENS = {"direct": 64, "cot": 1024}
@@ -64,13 +66,13 @@ def hinted_question(row: dict[str, str]) -> str:
     return row["question"] if hint is None else f"{hint.strip()}\n{row['question']}"
 
 
-def short_answer_prompt(row: dict[str, str], style: str = "direct") -> str:
+def short_answer_prompt(row: dict[str, str], style: str = DEFAULT_PROMPT_STYLE) -> str:
     """Hint, question and the short-answer instruction, without options (a yes/no row, a multiple-choice row
     scored by option likelihood or asked as an open question)."""
     return _styled(yes_no_prompt(hinted_question(row)), style)
 
 
-def build_prompt(row: dict[str, str], kind: str, style: str = "direct") -> str:
+def build_prompt(row: dict[str, str], kind: str, style: str = DEFAULT_PROMPT_STYLE) -> str:
     """The user text for one benchmark row (without ``<image>``)."""
     if kind == MULTIPLE_CHOICE:
         hint = None if is_missing(row.get("hint")) else row["hint"]

@@ -35,6 +35,8 @@ from sicog.eval.likelihood import encode_options, image_keys, likelihood_prompt,
 from sicog.eval.pairing import blind_partners
 from sicog.eval.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MC_SCORING,
+    DEFAULT_PROMPT_STYLE,
     MC_SCORING,
     PROMPT_STYLES,
     build_prompt,
@@ -54,12 +56,12 @@ class EvalSettings:
     """What decides a prediction (stored with each one; a resumed run must use the same)."""
 
     model: str
-    prompt_style: str = "direct"
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS["direct"]
+    prompt_style: str = DEFAULT_PROMPT_STYLE
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS[DEFAULT_PROMPT_STYLE]
     # "generate": read the answer from a generated reply; "likelihood": the option the model finds most
     # likely (multiple choice only, sicog/eval/likelihood.py); "open": the question asked without its options,
     # the reply compared with the right option's text (multiple choice only, sicog/eval/short_answers.py).
-    mc_scoring: str = "generate"
+    mc_scoring: str = DEFAULT_MC_SCORING
     # Set: ask each question with another row's picture (seeded, never its own), the blind baseline.
     blind_seed: int | None = None
     # Likelihood: score the options after the short-answer instruction (False: after the question as asked).
@@ -262,14 +264,14 @@ def evaluate(
     processor,
     tsv_path: str | os.PathLike | Benchmark,
     output_dir: str | os.PathLike,
-    prompt: str = "direct",
+    prompt: str = DEFAULT_PROMPT_STYLE,
     batch_size: int = EVAL_BATCH_SIZE,
     *,
     max_new_tokens: int | None = None,
     image_root: str | os.PathLike | None = None,
     model_name: str | None = None,
     progress: bool = True,
-    mc_scoring: str = "generate",
+    mc_scoring: str = DEFAULT_MC_SCORING,
     blind_seed: int | None = None,
     synonyms: str | os.PathLike | None = None,
     short_answer: bool = True,

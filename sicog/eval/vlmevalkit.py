@@ -27,7 +27,13 @@ from typing import Any
 
 from sicog.data.argtypes import os_error_text, positive_int
 from sicog.eval.generation import chat_turns, encode_item, generate_replies, load_for_eval, placed_images
-from sicog.eval.prompts import FRAMEWORK_MAX_NEW_TOKENS, OPEN_QUESTION, PROMPT_STYLES, build_prompt
+from sicog.eval.prompts import (
+    DEFAULT_PROMPT_STYLE,
+    FRAMEWORK_MAX_NEW_TOKENS,
+    OPEN_QUESTION,
+    PROMPT_STYLES,
+    build_prompt,
+)
 from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, is_missing, row_options
 from sicog.model.checkpoint_config import read_checkpoint_config
 from sicog.model.image_io import load_image
@@ -85,7 +91,7 @@ class SicogVLM:
         self,
         model_path: str | os.PathLike | None = None,
         *,
-        prompt: str = "direct",
+        prompt: str = DEFAULT_PROMPT_STYLE,
         max_new_tokens: int = FRAMEWORK_MAX_NEW_TOKENS,
         device: str = "auto",
         dtype: str = "auto",
@@ -225,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sicog-model", required=True, type=Path, help="SICOG checkpoint folder")
     parser.add_argument("--sicog-name", default=MODEL_NAME,
                         help="the model name to give run.py's --model (default: %(default)s)")
-    parser.add_argument("--sicog-prompt", default="direct", choices=PROMPT_STYLES,
+    parser.add_argument("--sicog-prompt", default=DEFAULT_PROMPT_STYLE, choices=PROMPT_STYLES,
                         help="how multiple-choice questions are asked (default: %(default)s)")
     parser.add_argument("--sicog-max-new-tokens", type=positive_int, default=FRAMEWORK_MAX_NEW_TOKENS,
                         help="longest reply (default: %(default)s)")
