@@ -14,6 +14,7 @@ from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSetti
 from sicog.data.argtypes import option_flags, os_error_text, positive_int
 from sicog.data.jsonl import RecordError, blocked_reason, errors_path, refuse_overwriting, write_jsonl, write_records
 from sicog.data.lock import OutputLocked, output_lock
+from sicog.model.device import DTYPES
 
 
 def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
@@ -47,7 +48,7 @@ def _add_curation_arguments(parser: argparse.ArgumentParser, task: str) -> None:
                          help="instruction prepended to every text (the paper's NV-Embed-v2 runs used none)")
     encoder.add_argument("--append-eos", action="store_true", help="append the tokenizer's EOS token to every text")
     encoder.add_argument("--padding-side", choices=("left", "right"), default=None, help="tokenizer padding side")
-    encoder.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+    encoder.add_argument("--dtype", choices=DTYPES, default=None,
                          help="model weights dtype")
     encoder.add_argument("--device", default=None,
                          help="e.g. cpu, cuda:0 (default: cuda:LOCAL_RANK under torchrun, else auto)")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-DTYPES = ("float32", "bfloat16", "float16")
+from sicog.model.device import DTYPES
 
 
 class EncoderNotFound(RuntimeError):

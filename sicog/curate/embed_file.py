@@ -18,7 +18,6 @@ the texts' hash and the encoder settings, which scoring checks.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -29,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sicog.curate.embed import DTYPES, EncoderNotFound, EncoderSettings
-from sicog.curate.embedding_store import embed_texts
+from sicog.curate.embed import EncoderNotFound, EncoderSettings
+from sicog.curate.embedding_store import embed_texts, texts_digest
 from sicog.data.argtypes import positive_int
 from sicog.data.jsonl import (
     RecordError,
@@ -40,15 +39,7 @@ from sicog.data.jsonl import (
     refuse_overwriting,
     write_json,
 )
-
-
-def texts_digest(texts: Sequence[str]) -> str:
-    """A hash of the texts and their order (what an embeddings file is valid for)."""
-    digest = hashlib.sha256()
-    for text in texts:
-        encoded = text.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "little") + encoded)
-    return digest.hexdigest()
+from sicog.model.device import DTYPES
 
 
 def read_texts(path: str | os.PathLike) -> list[str]:

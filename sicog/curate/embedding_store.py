@@ -24,15 +24,20 @@ from sicog.data.sharding import shard
 DEFAULT_CHUNK_SIZE = 1024
 
 
-def cache_key(texts: Sequence[str], settings: EncoderSettings, chunk_size: int) -> str:
-    """A hash of everything that determines the chunk files' contents."""
+def texts_digest(texts: Sequence[str]) -> str:
+    """A hash of the texts and their order (what an embeddings file or chunk folder is valid for); each text's
+    length goes in first, so that texts cut at other places never hash alike."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([settings.identity(), chunk_size], sort_keys=True).encode())
     for text in texts:
         encoded = text.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "little"))
-        digest.update(encoded)
-    return digest.hexdigest()[:20]
+        digest.update(len(encoded).to_bytes(8, "little") + encoded)
+    return digest.hexdigest()
+
+
+def cache_key(texts: Sequence[str], settings: EncoderSettings, chunk_size: int) -> str:
+    """A hash of everything that determines the chunk files' contents."""
+    identity = json.dumps([settings.identity(), chunk_size, texts_digest(texts)], sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
 def _chunk_path(directory: Path, index: int) -> Path:

@@ -22,6 +22,7 @@ from sicog.eval.prompts import (
     MC_SCORING,
     PROMPT_STYLES,
 )
+from sicog.model.device import DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where relative image_path values start (default: the TSV's folder)")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                         help="model weights (auto: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

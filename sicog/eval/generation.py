@@ -15,12 +15,10 @@ from PIL import Image
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.model.builders import load_pretrained
 from sicog.model.device import resolve_device
-from sicog.model.image_io import ImageError, load_image
+from sicog.model.image_io import load_image
 from sicog.model.modeling import SicogForConditionalGeneration
-from sicog.model.processing import ConversationError, Encoded, SicogProcessor
+from sicog.model.processing import Encoded, SicogProcessor
 
-# What makes one item unusable (reported for that item; the others go on).
-ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)
 # A literal "<image>" of a prompt that places no image, as the model is asked it.
 LITERAL_IMAGE = "[image]"
 

@@ -36,6 +36,7 @@ from sicog.eval.prompts import (
 )
 from sicog.eval.tsv import MULTIPLE_CHOICE, YES_NO, is_missing, row_options
 from sicog.model.checkpoint_config import read_checkpoint_config
+from sicog.model.device import DTYPES
 from sicog.model.image_io import load_image
 
 MESSAGE_TYPES = ("image", "text")
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest reply (default: %(default)s)")
     parser.add_argument("--sicog-device", default="auto",
                         help="auto (one GPU per process when available, else cpu), cpu, cuda:0, ...")
-    parser.add_argument("--sicog-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+    parser.add_argument("--sicog-dtype", default="auto", choices=("auto", *DTYPES),
                         help="model weights (auto: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--vlmevalkit", type=Path,
                         help="VLMEvalKit checkout holding run.py (default: the current folder, else the checkout "

@@ -24,6 +24,7 @@ from sicog.generate.settings import (
     DEFAULT_SEED,
     SamplingSettings,
 )
+from sicog.model.device import DTYPES
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +85,7 @@ def _common_arguments() -> argparse.ArgumentParser:
                         help="images more elongated than this are degenerate errors (default: %(default)s)")
     common.add_argument("--device", default="auto",
                         help="auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")
-    common.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+    common.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                         help="model weights (auto: bfloat16 on GPU, float32 on CPU)")
     common.add_argument("--skip-failed", action="store_true",
                         help="on a rerun, keep the records that failed before as failed (default: try them again)")

@@ -24,9 +24,9 @@ from sicog.data.jsonl import JsonlAppender, RecordError, error_record, errors_pa
 from sicog.data.sharding import done_ids, merge_shard_files, shard_files, shard_path, shard_world, written_records
 from sicog.generate.corrupt import record_methods
 from sicog.generate.inputs import GenerationTask, InputPlan, read_inputs
-from sicog.generate.sample import ENCODE_ERRORS, encode_task, sample_candidates
+from sicog.generate.sample import encode_task, sample_candidates
 from sicog.generate.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ASPECT_RATIO, DEFAULT_SEED, SamplingSettings
-from sicog.model.processing import ConversationError, SicogProcessor
+from sicog.model.processing import ENCODE_ERRORS, ConversationError, SicogProcessor
 
 # Generation fields that must agree between the records already written and this run (besides each record's
 # prompt and corruption, checked against what this run plans for its id).

@@ -15,11 +15,8 @@ from PIL import Image
 from sicog.generate.corrupt import chosen_methods, corrupt, record_rng
 from sicog.generate.inputs import GenerationTask
 from sicog.generate.settings import SamplingSettings
-from sicog.model.image_io import ImageError, load_image
-from sicog.model.processing import ConversationError, Encoded, SicogProcessor
-
-# What encoding one record can raise; such a record becomes an error record, the batch goes on.
-ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)
+from sicog.model.image_io import load_image
+from sicog.model.processing import Encoded, SicogProcessor
 
 
 def encode_task(

@@ -1,11 +1,17 @@
-"""Where a model runs: the device and weight dtype from ``auto`` or explicit settings."""
+"""Where a model runs: the device and weight dtype from ``auto`` or explicit settings.
+
+Torch is imported where it is used: the command lines take their ``--dtype`` choices from here before any
+model code loads (and the curation encoder's environment may have another torch)."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+# Weight dtypes a --dtype flag takes (besides ``auto``, where a command has it).
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -15,6 +21,8 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
     The GPU is cuda:(LOCAL_RANK modulo the visible GPUs): cuda:LOCAL_RANK under torchrun or accelerate,
     and cuda:0 where a launcher shows each process only its own GPU (VLMEvalKit's run.py does).
     """
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"

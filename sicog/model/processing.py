@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from .configuration import SicogConfig
+from .image_io import ImageError
 from .image_processing import SETTINGS, SicogImageProcessor, flat_images
 from .layout import image_token_count, image_token_ids
 from .slicing import SlicePlan
@@ -29,6 +30,10 @@ PADDING = {False: False, "do_not_pad": False, True: True, "longest": True}
 
 class ConversationError(ValueError):
     """A conversation that cannot be encoded (roles, placeholder counts, template disagreement)."""
+
+
+# What encoding one record can raise for that record alone: callers report the record and go on with the others.
+ENCODE_ERRORS = (ImageError, ConversationError, Image.DecompressionBombError)
 
 
 @dataclass
