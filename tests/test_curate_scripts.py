@@ -102,13 +102,13 @@ def test_script_with_the_papers_encoder_scores_as_the_published_scripts(tmp_path
     # published formula (self-similarity included).
     from sicog.curate.embed import EncoderSettings
     from sicog.curate.embed_file import save_embeddings
-    from sicog.curate.pipeline import compared_texts
+    from sicog.curate.pipeline import compared_texts_and_errors
 
     candidates = [f"Step 4: Counting again. The answer is {n}." for n in (3, 3, 3, 5)]
     record = {"id": "q", "image": "q.jpg", "candidates": candidates,
               "generation": {"prompt_type": "cot-default", "prompt": "How many? Answer the question step-by-step."}}
     (tmp_path / "gen.json").write_text(json.dumps([record]))
-    texts = compared_texts(tmp_path / "gen.json", "reasoning")
+    texts = compared_texts_and_errors(tmp_path / "gen.json", "reasoning")[0]
     save_embeddings(tmp_path / "emb.npy", np.eye(len(texts), 4, dtype=np.float32), texts,
                     EncoderSettings("/models/NV-Embed-v2", trust_remote_code=True, max_length=512))
     result = run_script("reasoning", tmp_path, "--embeddings", "emb.npy", RAW_DATASET="gen.json")

@@ -15,8 +15,14 @@ from test_curate_split import generated
 from sicog.cli import main
 from sicog.curate.cli import add_arguments
 from sicog.curate.embed import EncoderSettings, packaged_minilm_path
-from sicog.curate.embed_file import save_embeddings
-from sicog.curate.pipeline import ENCODER_DEFAULTS, CurationSettings, EncoderDefaults, compared_texts, encoder_defaults
+from sicog.curate.embed_file import build_parser, save_embeddings
+from sicog.curate.pipeline import (
+    ENCODER_DEFAULTS,
+    CurationSettings,
+    EncoderDefaults,
+    compared_texts_and_errors,
+    encoder_defaults,
+)
 
 
 def test_default_threshold_and_formula_by_encoder_name() -> None:
@@ -60,7 +66,7 @@ def test_curate_uses_the_encoders_default_and_prints_the_kept_share(tmp_path, ca
     assert "kept 3 of 3 scored records (100.0%) at threshold 0.0 (--threshold)" in out
 
     # Embeddings computed apart: the default follows the encoder named in their description.
-    texts = compared_texts(source, "captions")
+    texts = compared_texts_and_errors(source, "captions")[0]
     vectors = np.eye(len(texts), 8, dtype=np.float32)
     save_embeddings(tmp_path / "emb.npy", vectors, texts, EncoderSettings("nvidia/NV-Embed-v2", trust_remote_code=True))
     out, summary = run_curate(capsys, "--input", source, "--output-dir", str(tmp_path / "apart"),
@@ -116,7 +122,7 @@ def test_the_papers_threshold_applies_on_the_papers_scale(tmp_path, capsys) -> N
     records = [caption_record("r", [f"A red kettle on the stove, view {i}." for i in range(6)])]
     source = tmp_path / "gen.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    texts = compared_texts(source, "captions")
+    texts = compared_texts_and_errors(source, "captions")[0]
     save_embeddings(tmp_path / "emb.npy", equicorrelated(6, 0.83).astype(np.float32), texts,
                     EncoderSettings("nvidia/NV-Embed-v2", trust_remote_code=True))
     given = ("--input", str(source), "--embeddings", str(tmp_path / "emb.npy"))
@@ -136,14 +142,17 @@ def test_the_papers_threshold_applies_on_the_papers_scale(tmp_path, capsys) -> N
 def test_the_paper_cycle_curates_as_the_paper_did(tmp_path, capsys) -> None:
     # The plan's curation commands, read back by the command's own parser.
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run"), "--dry-run"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[run] curate_")]
-    assert len(lines) == 2
+    lines = capsys.readouterr().out.splitlines()
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    for line in lines:
-        argv = line.split()
+    for task in ("captions", "reasoning"):
+        argv = next(line for line in lines if line.startswith(f"[run] curate_{task}: ")).split()
         args = parser.parse_args(argv[argv.index("curate") + 1 :])
         assert args.threshold == 0.85 and args.include_self is None  # the encoder's formula decides
+        assert args.embeddings.endswith(f"curate_{task}_embed/embeddings.npy")
+        # NV-Embed-v2 embeds in its own environment; the embeddings' description names it, whose defaults apply.
+        argv = next(line for line in lines if line.startswith(f"[run] curate_{task}_embed: ")).split()
+        args = build_parser().parse_args(argv[argv.index("sicog.curate.embed_file") + 1 :])
         assert encoder_defaults(args.encoder)[0] == EncoderDefaults(0.85, include_self=True)
         assert args.query_prefix == "" and args.max_length == 1024 and args.append_eos
-        assert args.padding_side == "right" and args.dtype == "float32"
+        assert args.padding_side == "right" and args.dtype == "float32" and args.trust_remote_code

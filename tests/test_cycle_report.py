@@ -10,10 +10,8 @@ from sicog.cycle.report import (
     NO_LETTER,
     WIN_STANDARD_ERRORS,
     arm_scores,
-    chance_accuracy,
+    baselines,
     check_targets,
-    constant_answer_accuracy,
-    constant_option_accuracy,
     curation_threshold,
     summarize,
     write_report,
@@ -335,8 +333,8 @@ def test_chance_and_constant_answer_count_the_rows_the_eval_scores(tmp_path):
     yes_no = tmp_path / "pope.tsv"
     yes_no.write_text("index\timage_path\tquestion\tanswer\n0\ta.png\tA cat?\tyes\n1\ta.png\tA dog?\tNo\n"
                       "2\ta.png\tA cow?\tno\n")
-    assert chance_accuracy(yes_no) == 0.5
-    assert constant_answer_accuracy(yes_no) == pytest.approx(2 / 3)
+    assert baselines(yes_no)["chance_accuracy"] == 0.5
+    assert baselines(yes_no)["constant_answer_accuracy"] == pytest.approx(2 / 3)
     mixed = tmp_path / "mixed.tsv"
     mixed.write_text("index\timage_path\tquestion\tA\tB\tC\tD\tanswer\n"
                      "0\ta.png\tColour?\tred\tblue\tgreen\tblack\tA\n"
@@ -344,10 +342,11 @@ def test_chance_and_constant_answer_count_the_rows_the_eval_scores(tmp_path):
                      "2\ta.png\tA cat?\t\t\t\t\tyes\n"
                      "3\ta.png\tSize?\tsmall\tlarge\t\t\t\n"
                      "4\ta.png\t<image> Colour?\tred\tblue\t\t\tB\n")  # an error row of the eval
-    assert chance_accuracy(mixed) == pytest.approx((1 / 4 + 1 / 2) / 2)
-    assert constant_answer_accuracy(mixed) == 0.5
+    found = baselines(mixed)
+    assert found["chance_accuracy"] == pytest.approx((1 / 4 + 1 / 2) / 2)
+    assert found["constant_answer_accuracy"] == 0.5
     # Preferring "red" wins the colour question and, not offered on the shape one, picks there at random.
-    assert constant_option_accuracy(mixed) == pytest.approx((1 + 1 / 2) / 2)
+    assert found["constant_option_accuracy"] == pytest.approx((1 + 1 / 2) / 2)
 
 
 def test_a_likelihood_score_is_held_against_texts_not_letters(tmp_path):
@@ -358,8 +357,8 @@ def test_a_likelihood_score_is_held_against_texts_not_letters(tmp_path):
                    for i in range(10))
     path = tmp_path / "bench.tsv"
     path.write_text("index\timage_path\tquestion\tA\tB\tC\tD\tanswer\n" + rows)
-    assert constant_answer_accuracy(path) == 0.6
-    assert constant_option_accuracy(path) == pytest.approx(0.3)
+    assert baselines(path)["constant_answer_accuracy"] == 0.6
+    assert baselines(path)["constant_option_accuracy"] == pytest.approx(0.3)
     arms, scored = {"A": arm(0.4), "D": arm(0.55)}, {"captions": scored_file(tmp_path / "captions", 0.7)}
     results = write_report(tmp_path, CycleConfig(arms=("A", "D")), [seed(s, arms, scored, str(path)) for s in (0, 1)])
     assert results["summary"]["constant_option_accuracy"] == pytest.approx(0.3)
@@ -372,7 +371,7 @@ def test_a_likelihood_score_is_held_against_texts_not_letters(tmp_path):
 def test_a_benchmark_without_answers_reports_its_baselines_as_not_measured(tmp_path):
     path = tmp_path / "test_split.tsv"
     path.write_text("index\timage_path\tquestion\tA\tB\tanswer\n0\ta.png\tq?\tyes\tno\t\n")
-    assert constant_answer_accuracy(path) is constant_option_accuracy(path) is chance_accuracy(path) is None
+    assert baselines(path) == dict.fromkeys(("constant_answer_accuracy", "constant_option_accuracy", "chance_accuracy"))
     scored = {"captions": scored_file(tmp_path / "captions", 0.7)}
     results = write_report(tmp_path, CycleConfig(arms=("A", "D")),
                            [seed(0, {"A": arm(0.5), "D": arm(0.6)}, scored, str(path))])

@@ -9,7 +9,6 @@ from sicog.model.resampler import (
     KEY_POSITION_SIZES,
     Resampler,
     bin_grid,
-    cell_bounds,
     cell_edges,
     resize_table,
     roi_align_cells,
@@ -22,8 +21,8 @@ from roi_align_scalar import roi_align  # noqa: E402
 
 def read_window(length: int, grid: int, index: int, pooling: str) -> tuple[int, int]:
     """``[start, end)`` of the rows (or columns) a cell's keys are computed from."""
-    if pooling == "average":
-        return cell_bounds(length, grid, index)
+    if pooling == "average":  # the inputs adaptive average pooling reads for the cell's bins
+        return (index * length) // grid, -((-(index + 1) * length) // grid)
     # RoIAlign samples inside the fractional box and interpolates with the next row/column.
     start, end = index * length / grid, (index + 1) * length / grid
     return math.floor(start), min(math.ceil(end), length - 1) + 1

@@ -136,14 +136,10 @@ def _index_texts(items: list[ScoredRecord]) -> list[str]:
     return list(index)
 
 
-def compared_texts(input_path: str | Path, task: Task) -> list[str]:
-    """The unique texts curation compares for ``input_path``, in the order their embeddings are indexed."""
-    return compared_texts_and_errors(input_path, task)[0]
-
-
 def compared_texts_and_errors(input_path: str | Path, task: Task) -> tuple[list[str], list[dict]]:
-    """:func:`compared_texts`, and an error line (reason naming file, line, id and field) for each input record
-    that curation will not score (the same lines curation writes to ``errors.jsonl``)."""
+    """The unique texts curation compares for ``input_path``, in the order their embeddings are indexed, and an
+    error line (reason naming file, line, id and field) for each input record that curation will not score (the
+    same lines curation writes to ``errors.jsonl``)."""
     items, errors = read_generated(Path(input_path), task)
     return _index_texts(items), errors
 

@@ -166,9 +166,15 @@ def _scored_rows(benchmark: str | Path) -> tuple[list[dict[str, str]], str]:
 
 def baselines(benchmark: str | Path) -> dict[str, float | None]:
     """What answering without skill scores on the questions of ``benchmark`` that its eval scores (the benchmark
-    read once; each None when no question is scored): ``constant_answer_accuracy`` (:func:`constant_answer_accuracy`),
-    ``constant_option_accuracy`` (:func:`constant_option_accuracy`) and ``chance_accuracy``
-    (:func:`chance_accuracy`)."""
+    read once; each None when no question is scored):
+
+    - ``constant_answer_accuracy``: the best accuracy of giving the same answer (an option letter, yes or no) to
+      every question, the baseline of generated answers;
+    - ``constant_option_accuracy``: the best accuracy a scorer of option texts (MC by likelihood, which sees no
+      letters) gets by preferring one text on every question: right where that text is the right option, wrong
+      where it is another option, a random pick where no option has it (yes/no questions as above);
+    - ``chance_accuracy``: the expected accuracy of picking one of each question's options (yes or no) at random.
+    """
     from sicog.eval.tsv import MULTIPLE_CHOICE, row_options
 
     rows, kind = _scored_rows(benchmark)
@@ -185,20 +191,6 @@ def baselines(benchmark: str | Path) -> dict[str, float | None]:
             "constant_option_accuracy": constant_option if kind == MULTIPLE_CHOICE else constant_answer,
             "chance_accuracy": statistics.fmean(1 / len(row_options(row)) if kind == MULTIPLE_CHOICE else 0.5
                                                 for row in rows)}
-
-
-def constant_answer_accuracy(benchmark: str | Path) -> float | None:
-    """The best accuracy a model gets by giving the same answer (an option letter, yes or no) to every question of
-    ``benchmark`` that is scored: the baseline of generated answers. None when no question is scored."""
-    return baselines(benchmark)["constant_answer_accuracy"]
-
-
-def constant_option_accuracy(benchmark: str | Path) -> float | None:
-    """The best accuracy a scorer of option texts (MC by likelihood, which sees no letters) gets by preferring one
-    text on every question of ``benchmark`` that is scored: right where that text is the right option, wrong where
-    it is another option, a random pick where no option has it. Yes/no questions as
-    :func:`constant_answer_accuracy`. None when no question is scored."""
-    return baselines(benchmark)["constant_option_accuracy"]
 
 
 def _on_every_seed(values: list[tuple[int, str, bool | None]]) -> tuple[str, bool | None]:
@@ -278,12 +270,6 @@ def _as_judged(values: list[float], passed: bool, holds: Callable[..., bool], si
         if holds(*map(float, texts)) == passed:
             break
     return texts
-
-
-def chance_accuracy(benchmark: str | Path) -> float | None:
-    """The expected accuracy of picking one of each scored question's options (yes or no) at random; None when no
-    question is scored."""
-    return baselines(benchmark)["chance_accuracy"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -53,14 +53,6 @@ def resize_table(table: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1).reshape(height * width, -1).to(table.dtype)
 
 
-def cell_bounds(length: int, grid: int, index: int) -> tuple[int, int]:
-    """Rows (or columns) ``[start, end)`` of a feature map of ``length`` covered by cell ``index`` of ``grid``.
-
-    These are exactly the inputs that adaptive average pooling reads for that cell's bins.
-    """
-    return (index * length) // grid, -((-(index + 1) * length) // grid)
-
-
 def bin_grid(width: int, height: int) -> tuple[int, int]:
     """``(rows, cols)`` of RoIAlign bins per cell: the candidate closest to the map's aspect ratio in log space."""
     log_ratio = math.log(width / height)
