@@ -74,6 +74,31 @@ def test_split_path_scores_exactly_like_one_process(tmp_path, capsys, monkeypatc
     assert not list(tmp_path.glob("rank1/*"))  # not even its folder need exist
 
 
+def test_texts_longer_than_the_encoder_reads_are_counted_and_said_on_either_route(tmp_path, capsys):
+    """MiniLM reads 256 tokens: texts that differ only past that scored as one, and nothing said so."""
+    from transformers import AutoTokenizer
+
+    source = generated(tmp_path / "gen.jsonl")
+    limit = ["--max-length", "18", "--device", "cpu"]
+    assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "one"),
+                 "--threshold", "0.5", *limit]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
+    longer = sum(len(tokenizer(text)["input_ids"]) > 18 for text in set(CAPTIONS))
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert 0 < longer < len(CAPTIONS) and one["truncated_texts"] == longer
+    said = f"{longer} of the {len(CAPTIONS)} compared texts are longer than the encoder reads (18 tokens)"
+    assert one["warnings"][0].startswith(said) and said in (tmp_path / "one" / "report.md").read_text()
+    assert main(["curate", "texts", "captions", "--input", str(source), "--output", str(tmp_path / "texts.jsonl")]) == 0
+    embed = subprocess.run([sys.executable, "-m", "sicog.curate.embed_file", "--texts", str(tmp_path / "texts.jsonl"),
+                            "--output", str(tmp_path / "emb.npy"), "--encoder", packaged_minilm_path(), *limit],
+                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert embed.returncode == 0, embed.stderr
+    assert main(["curate", "captions", "--input", str(source), "--output-dir", str(tmp_path / "split"),
+                 "--threshold", "0.5", "--embeddings", str(tmp_path / "emb.npy")]) == 0
+    split = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert (split["truncated_texts"], split["warnings"]) == (one["truncated_texts"], one["warnings"])
+
+
 def test_embeddings_of_other_texts_are_refused(tmp_path, capsys):
     source = generated(tmp_path / "gen.jsonl")
     write_jsonl(tmp_path / "texts.jsonl", [{"text": "something else"}])

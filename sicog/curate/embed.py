@@ -139,6 +139,23 @@ class SentenceEncoder:
         method = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         return int(method())
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The most tokens of a text the encoder reads (its ``max_seq_length``); None when it does not say."""
+        limit = getattr(self.model, "max_seq_length", None)
+        return limit if isinstance(limit, int) else None
+
+    def truncated(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` (as :meth:`encode` sends them: the prefix and EOS included) are longer than
+        :attr:`max_tokens`: they are compared by their beginning alone, so texts that differ only after it score
+        as the same. 0 when the encoder names no limit or exposes no tokenizer to count with."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        kept = [self.settings.query_prefix + text + self._eos for text in texts if text.strip()]
+        if self.max_tokens is None or tokenizer is None or not kept:
+            return 0
+        lengths = tokenizer(kept, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return sum(len(ids) > self.max_tokens for ids in lengths)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` -> ``(len(texts), dim)`` float32 rows of unit length; empty texts give zero rows.
 

@@ -60,7 +60,8 @@ def sidecar(path: str | os.PathLike) -> Path:
 
 
 def save_embeddings(
-    path: str | os.PathLike, vectors: np.ndarray, texts: Sequence[str], settings: EncoderSettings
+    path: str | os.PathLike, vectors: np.ndarray, texts: Sequence[str], settings: EncoderSettings,
+    truncated: tuple[int, int | None] | None = None,
 ) -> None:
     """Write the array, then its description, each atomically, after removing the old description.
 
@@ -70,6 +71,8 @@ def save_embeddings(
     describe.
     """
     description = {"texts": len(texts), "texts_sha256": texts_digest(texts), "encoder": asdict(settings)}
+    if truncated is not None:  # how many texts the encoder cut, at how many tokens (curation reports it)
+        description["truncated"] = {"texts": truncated[0], "max_tokens": truncated[1]}
     sidecar(path).unlink(missing_ok=True)
     with atomic_file(path, "wb") as handle:
         np.save(handle, vectors.astype(np.float32))
@@ -176,11 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Chunk files beside the output, each saved as it is done, with a progress bar: a run killed after
         # hours (1M texts through NV-Embed) resumes from its last chunk instead of starting again.
         chunks = chunk_folder(args.output)
-        vectors = embed_texts(texts, settings, chunks).all()
+        store = embed_texts(texts, settings, chunks)
+        vectors = store.all()
     except (OSError, ValueError, EncoderNotFound) as err:
         print(f"embed_file: error: {err}", file=sys.stderr)
         return 2
-    save_embeddings(args.output, vectors, texts, settings)
+    save_embeddings(args.output, vectors, texts, settings, truncated=store.truncated())
     shutil.rmtree(chunks)
     print(f"{len(texts)} embeddings of dimension {vectors.shape[1]} -> {args.output}")
     return 0

@@ -44,6 +44,11 @@ def _chunk_path(directory: Path, index: int) -> Path:
     return directory / f"chunk-{index:06d}.npy"
 
 
+def _counts_path(directory: Path, index: int) -> Path:
+    """Beside a chunk: how many of its texts the encoder cut (written before the chunk, which marks it done)."""
+    return directory / f"chunk-{index:06d}.json"
+
+
 def _load_chunk(path: Path) -> np.ndarray:
     """A chunk file, memory-mapped; ``ValueError`` naming it when it is damaged (written whole, it can only have
     been damaged since)."""
@@ -72,6 +77,18 @@ class EmbeddingStore:
             if chunk.ndim != 2 or len(chunk) != expected:
                 raise ValueError(f"{_chunk_path(directory, k)} has shape {chunk.shape}, expected {expected} rows")
 
+    def truncated(self) -> tuple[int, int | None] | None:
+        """``(texts longer than the encoder reads, that limit)`` over every chunk; None when a chunk was made
+        without its count."""
+        counts = []
+        for k in range(len(self._chunks)):
+            try:
+                counts.append(json.loads(_counts_path(self.directory, k).read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                return None
+        limits = [c.get("max_tokens") for c in counts]
+        return sum(int(c.get("truncated", 0)) for c in counts), max(filter(None, limits), default=None)
+
     def rows(self, indices: Sequence[int]) -> np.ndarray:
         """The embeddings of the texts at ``indices`` (a new float32 array)."""
         return np.stack([self._chunks[i // self.chunk_size][i % self.chunk_size] for i in indices]).astype(np.float32)
@@ -88,8 +105,13 @@ class ArrayStore:
 
     directory = None  # nothing of it to clean up
 
-    def __init__(self, vectors: np.ndarray) -> None:
+    def __init__(self, vectors: np.ndarray, truncated: tuple[int, int | None] | None = None) -> None:
         self.vectors = vectors
+        self._truncated = truncated
+
+    def truncated(self) -> tuple[int, int | None] | None:
+        """As :meth:`EmbeddingStore.truncated`, from the embeddings' description (None: it does not say)."""
+        return self._truncated
 
     def rows(self, indices: Sequence[int]) -> np.ndarray:
         """The embeddings of the texts at ``indices`` (a new float32 array)."""
@@ -125,6 +147,8 @@ def embed_texts(
         with tqdm(total=total, unit="text", desc=f"embedding (rank {rank}/{world})", position=rank) as bar:
             for k in todo:
                 part = texts[k * chunk_size : (k + 1) * chunk_size]
+                write_json(_counts_path(directory, k), {"truncated": encoder.truncated(part),
+                                                        "max_tokens": encoder.max_tokens})
                 _save_array(_chunk_path(directory, k), encoder.encode(part))
                 bar.update(len(part))
     if world > 1:

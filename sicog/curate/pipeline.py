@@ -169,7 +169,9 @@ def curate(
         if rank != 0:
             return None  # the embeddings are made: rank 0 alone scores and writes
         vectors, description = load_embeddings(embeddings, texts)
-        store, encoder = ArrayStore(vectors), EncoderSettings(**description["encoder"])
+        cut = description.get("truncated")
+        store = ArrayStore(vectors, None if not isinstance(cut, dict) else (cut.get("texts"), cut.get("max_tokens")))
+        encoder = EncoderSettings(**description["encoder"])
         # An encoder made for one task ("toy-facts:reasoning" compares answers) scores another task's texts by
         # the wrong facts, and its name would choose that task's threshold.
         made_for = encoder.name_or_path.rpartition(":")[2] if encoder.name_or_path.startswith("toy-facts:") else None
@@ -208,6 +210,7 @@ def curate(
     write_jsonl(output_dir / ERRORS, errors)
     summary = summarize(items, errors, settings=asdict(settings), encoder=asdict(encoder), input_path=source_file)
     summary.update(curated=n_curated, pairs=n_pairs)
+    _note_truncated(summary, store.truncated(), len(texts))
     if settings.temperature is not None:
         _check_temperature(summary, settings.temperature)
     write_report(output_dir, summary, items)
@@ -217,6 +220,19 @@ def curate(
         with contextlib.suppress(OSError):  # only when no other cache is left in it
             store.directory.parent.rmdir()
     return summary
+
+
+def _note_truncated(summary: dict[str, Any], truncated: tuple[int, int | None] | None, compared: int) -> None:
+    """Record how many compared texts the encoder cut (None: not known, e.g. embeddings made without the count);
+    warn when any was: texts that differ only past the cut score as the same."""
+    count, limit = truncated if truncated is not None else (None, None)
+    summary["truncated_texts"] = count
+    if count:
+        message = (f"{count} of the {compared} compared texts are longer than the encoder reads ({limit} tokens): "
+                   "each is compared by its beginning alone (a larger --max-length, where the encoder allows it, "
+                   "compares more)")
+        summary["warnings"].append(message)
+        log.warning(message)
 
 
 def _check_temperature(summary: dict[str, Any], expected: float) -> None:
