@@ -1,1 +1,4 @@
-"""Record schemas, I/O, chat formatting and datasets: the contract between SICOG stages."""
+"""The contract between SICOG stages, without torch: record schemas and prompts, reading and writing records
+(JSON Lines, datasets, mixtures), answers and steps of replies, and the safety of long jobs (atomic outputs,
+locks, sharding, crash points). The training datasets and their collator are in :mod:`sicog.train.datasets`;
+chat templating and label masking in :mod:`sicog.model.processing`."""

@@ -18,7 +18,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from sicog.data.jsonl import RecordError
-from sicog.data.mixture import Source, load_mixture
+from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
@@ -99,7 +99,7 @@ class PairDataset(RecordErrorsAsData, Dataset):
         *,
         image_folder: str | os.PathLike | None = None,
         max_length: int = 4096,
-        seed: int = 0,
+        seed: int = DEFAULT_SEED,
         show_progress: bool = True,
         decode_images: bool = False,
     ) -> None:
