@@ -15,7 +15,7 @@ from sicog.cli import main
 from sicog.curate.embed import EncoderSettings, SentenceEncoder, packaged_minilm_path
 from sicog.curate.pipeline import CurationSettings, compared_texts_and_errors, curate
 from sicog.data.jsonl import load_records
-from sicog.data.prompts import COD_STEPS, COT_STEPS, caption_prompt, reasoning_prompt, user_turn
+from sicog.data.prompts import COD_STEPS, COT_STEPS, caption_prompt, reasoning_prompt
 from sicog.data.schema import check_llava_record
 from sicog.data.steps import format_steps
 
@@ -114,12 +114,17 @@ def test_reasoning_majority_agreement_and_full_text_pair(tmp_path: Path, minilm:
 
 
 class TableEncoder:
-    """Hand-made embeddings: each text's vector is looked up in a table."""
+    """Hand-made embeddings: each text's vector is looked up in a table (whole: no text is cut)."""
+
+    max_tokens = None
 
     def __init__(self, table: dict[str, list[float]]) -> None:
         self.table = table
         self.settings = EncoderSettings("table")
         self.encoded = 0
+
+    def truncated(self, texts: list[str]) -> int:
+        return 0
 
     def encode(self, texts: list[str]) -> np.ndarray:
         self.encoded += len(texts)
@@ -182,23 +187,6 @@ def test_reasoning_pairs_reject_a_marked_other_answer_and_ties_are_not_kept(tmp_
         tie = load_records(tmp_path / "out" / "scored.jsonl")[1]
         assert (tie["kept"], tie["majority_answer"], tie["rejected_index"]) == (False, None, None)
         assert tie["drop_reason"] == "no majority answer (answers tied for the top count)"
-
-
-def test_the_training_prompt_is_the_generation_prompt_as_the_model_was_asked_it(tmp_path: Path) -> None:
-    """The published default reasoning prompt keeps the line break before a step-by-step request it takes out;
-    curation stripped it, so the model was trained on a prompt it was never asked."""
-    asked = reasoning_prompt("default", "<image>\nHow many cubes?\nAnswer the question step-by-step.")
-    assert asked == "How many cubes?\n"
-    texts = ["The answer is 3.", "So the answer is 3.", "The answer is 5."]
-    encoder = TableEncoder({t: [np.cos(i / 10), np.sin(i / 10)] for i, t in enumerate(texts)})
-    hand_made = "<image>\nHow many cubes?"  # a hand-made file may hold the <image> line in its prompt
-    records = [{"id": "made", "image": "x.jpg", "candidates": texts, "generation": generation("default", asked)},
-               {"id": "hand", "image": "x.jpg", "candidates": texts, "generation": generation("default", hand_made)}]
-    curate(write_jsonl(tmp_path / "gen.jsonl", records), tmp_path / "out",
-           CurationSettings(task="reasoning", threshold=0.0), encoder.settings, encoder_factory=lambda _: encoder)
-    made, hand = load_records(tmp_path / "out" / "curated.jsonl")
-    assert made["conversations"][0]["value"] == user_turn(asked) == "<image>\nHow many cubes?\n"
-    assert hand["conversations"][0]["value"] == "<image>\nHow many cubes?"
 
 
 def test_candidates_with_the_image_placeholder_never_reach_the_training_files(tmp_path: Path) -> None:
@@ -376,7 +364,7 @@ def test_embedding_chunks_of_another_encoder_are_not_reused(tmp_path):
     from sicog.curate.embed import EncoderSettings
     from sicog.curate.embedding_store import embed_texts
 
-    class Fake:
+    class Fake(TableEncoder):
         def __init__(self, vector):
             self.vector = vector
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -343,17 +344,21 @@ sys.exit(code)
 
 
 def test_launched_steps_run_one_at_a_time_beside_the_others(tmp_path):
-    """Two at once met at one fixed rendezvous endpoint (or shared the GPUs) and failed."""
+    """Two at once met at one fixed rendezvous endpoint (or shared the GPUs) and failed. A step run as a program
+    (the curation encoder's own environment, on a GPU) takes the devices as a launched one does."""
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": 1}\n')
     (tmp_path / "launcher.py").write_text(LAUNCHER)
     log = tmp_path / "launches.txt"
+    launcher = [sys.executable, str(tmp_path / "launcher.py"), str(log)]
     launched = [dataclasses.replace(_head(name, Input(str(source))), launched=True) for name in ("a", "b", "c")]
-    engine = Engine(tmp_path / "run", jobs=3, progress=False, launcher=[sys.executable, str(tmp_path / "launcher.py"),
-                                                                         str(log)])
-    engine.run(Plan([*launched, _head("plain", Input(str(source)))]))
-    assert log.read_text() == "start\nend\n" * 3
+    program = Step("embed", ("-c", "import sys; open(sys.argv[1], 'w').write('done')", Out("out.txt")),
+                   program=tuple(launcher))
+    engine = Engine(tmp_path / "run", jobs=3, progress=False, launcher=launcher)
+    engine.run(Plan([*launched, program, _head("plain", Input(str(source)))]))
+    assert log.read_text() == "start\nend\n" * 4
     assert all((tmp_path / "run" / name / "out.jsonl").is_file() for name in ("a", "b", "c", "plain"))
+    assert (tmp_path / "run" / "embed" / "out.txt").read_text() == "done"
 
 
 def test_a_missing_input_is_named_before_anything_runs(tmp_path):
@@ -400,6 +405,27 @@ def test_a_step_lock_a_live_process_here_holds_stops_the_run_and_a_dead_ones_is_
     assert killed.returncode == -9 and lock_path(step / "out.jsonl").exists()
     engine.run(plan)
     assert sorted(p.name for p in step.iterdir()) == ["log.txt", "out.jsonl"]
+
+
+def test_a_step_lock_of_a_killed_process_that_nothing_reaped_is_taken_over(tmp_path):
+    """A killed cycle's workers, orphaned, stay zombies where the machine's first process does not reap them (a
+    container without an init): filelock counts a zombie as alive, and every rerun stopped on its step lock."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1}\n')
+    plan = Plan([_head("first", Input(str(source)))])
+    step = tmp_path / "run" / "first"
+    step.mkdir(parents=True)
+    killed = subprocess.Popen([sys.executable, "-c", "import os, signal\nfrom sicog.data.lock import output_lock\n"
+                               f"held = output_lock({str(step / 'out.jsonl')!r})\nheld.__enter__()\n"
+                               "os.kill(os.getpid(), signal.SIGKILL)"])
+    try:
+        while Path(f"/proc/{killed.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.05)  # not waited for: a zombie until this test reaps it
+        assert lock_path(step / "out.jsonl").read_text().split()[0] == str(killed.pid)
+        Engine(tmp_path / "run", progress=False).run(plan)
+        assert sorted(p.name for p in step.iterdir()) == ["log.txt", "out.jsonl"]
+    finally:
+        killed.wait()
 
 
 @pytest.mark.parametrize(("content", "says"), [("{\"steps\": {", "not valid JSON (Expecting"),
@@ -477,6 +503,12 @@ def test_a_paper_run_names_every_missing_input_and_unset_launcher_variable_at_on
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")
     (tmp_path / "bin" / "srun").chmod(0o755)
+    # The Python it starts, the last word, is checked too: found wrong hours later, after generation, otherwise.
+    monkeypatch.setenv("SICOG_EMBED_PYTHON", str(tmp_path / "nvembed" / "bin" / "python"))
+    assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (f"error: embed_command starts {tmp_path}/nvembed/bin/python, which is not a "
+                                       "program here\n")
+    monkeypatch.setenv("SICOG_EMBED_PYTHON", sys.executable)
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cycle input(s) not there: ") and err.count("/data/") >= 8 and "MMStar" in err

@@ -116,11 +116,10 @@ def read_generated_records(
 
 
 def human_turn(record: dict, prompt: str) -> str:
-    """The user turn: one ``<image>`` line per image, then the exact generation prompt (its own ``<image>`` lines,
-    which a hand-made file may hold, taken out; nothing else: the published default reasoning prompt can end in a
-    line break, and the model was asked it so)."""
+    """The user turn: one ``<image>`` line per image, then the generation prompt without its own ``<image>``
+    placeholders and stripped (as :func:`pair_record` and DPO training strip a pair's prompt)."""
     n_images = len(record_images(record)) if isinstance(record.get("image"), (str, list)) else 0
-    return user_turn(prompt.replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, ""), n_images)
+    return user_turn(prompt.replace(IMAGE_TOKEN, "").strip(), n_images)
 
 
 def training_record(item: GeneratedRecord, chosen: str, source: dict[str, Any]) -> dict:

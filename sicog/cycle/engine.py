@@ -478,8 +478,8 @@ class Engine:
                         pending.discard(name)
                         bar.update()
                     elif not deps & pending:
-                        if self.launcher and plan.steps[name].launched and any(
-                                plan.steps[other].launched for other in running.values()):
+                        if self.launcher and _holds_devices(plan.steps[name]) and any(
+                                _holds_devices(plan.steps[other]) for other in running.values()):
                             # A launcher takes every process slot it names (the GPUs, a fixed rendezvous port): a
                             # second launched step at once would fail to meet its processes or share the devices.
                             continue
@@ -539,6 +539,12 @@ class Engine:
             staged.symlink_to(package, target_is_directory=True)
             os.replace(staged, link)
         return folder
+
+
+def _holds_devices(step: Step) -> bool:
+    """Whether the step takes the machine's accelerators: a launched step, or one run as a program (the curation
+    encoder's own environment, which embeds on a GPU)."""
+    return step.launched or bool(step.program)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -75,7 +75,7 @@ def remove_left_lock(path: str | os.PathLike, *, own_lock: str | os.PathLike) ->
         lock.acquire()  # taken over when its holder on this host is gone
     except Timeout:
         host = _host(path)
-        if host is not None and host == _host(Path(own_lock)):
+        if host is not None and host == _host(Path(own_lock)) and not _unreaped(path):
             raise OutputLocked(
                 f"{path.parent} is still being written by {holder(path)} (a process of a run that was killed?); "
                 "wait for it to finish or stop it, then run again"
@@ -83,6 +83,19 @@ def remove_left_lock(path: str | os.PathLike, *, own_lock: str | os.PathLike) ->
         path.unlink(missing_ok=True)
         return
     lock.release()
+
+
+def _unreaped(path: Path) -> bool:
+    """Whether the holder a lock file records on this host has exited but was never reaped (Linux): a killed run's
+    processes, orphaned, wait for the first process of the machine to reap them, which in a container may never
+    happen, and filelock counts such a process as alive."""
+    try:
+        pid = int(path.read_text(encoding="utf-8").splitlines()[0])
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except (OSError, ValueError, IndexError):
+        return False
+    # The state follows the command name, which may hold spaces and parentheses: read after the last ")".
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _unwritable(output: str | os.PathLike, folder: bool, err: OSError) -> str:
