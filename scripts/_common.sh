@@ -374,22 +374,54 @@ generate_flags() {
     if switched_on AUGMENT_ALL false; then GENERATE_ARGS+=(--corrupt-all); fi
 }
 
-# curate_flags TASK: `sicog curate TASK` and its flags from the quality-evaluation variables, in
-# CURATE_ARGS. Reads RAW_DATASET, OUTPUT_DIR (default: <RAW_DATASET without extension>_curated),
-# MODEL_NAME_OR_PATH, TEMPERATURE, ENCODER_MODEL_NAME_OR_PATH, THRESHOLD, MIN_AGREEMENT (reasoning),
-# ENCODER_TRUST_REMOTE_CODE and ENCODER_APPEND_EOS (switches: true or 1 to turn on), ENCODER_MAX_LENGTH, ENCODER_QUERY_PREFIX,
-# ENCODER_DTYPE, BATCH_SIZE, SEED.
+# curate_flags TASK: `sicog curate TASK` and its flags from the quality-evaluation variables, in CURATE_ARGS, but
+# those that say how the encoder embeds, which go to ENCODER_ARGS (`sicog curate` and embed_file both take them).
+# Reads RAW_DATASET, OUTPUT_DIR (default: <RAW_DATASET without extension>_curated), MODEL_NAME_OR_PATH,
+# TEMPERATURE, THRESHOLD, MIN_AGREEMENT (reasoning), SEED, and for the encoder ENCODER_MODEL_NAME_OR_PATH,
+# ENCODER_TRUST_REMOTE_CODE and ENCODER_APPEND_EOS (switches: true or 1 to turn on), ENCODER_MAX_LENGTH,
+# ENCODER_QUERY_PREFIX, ENCODER_PADDING_SIDE, ENCODER_DTYPE, BATCH_SIZE.
 curate_flags() {
     local stem="${RAW_DATASET%.jsonl}"
     stem="${stem%.json}"
-    local pairs=(MODEL_NAME_OR_PATH:--model-name-or-path TEMPERATURE:--temperature ENCODER_MODEL_NAME_OR_PATH:--encoder
-                 THRESHOLD:--threshold ENCODER_MAX_LENGTH:--max-length ENCODER_QUERY_PREFIX:--query-prefix
-                 ENCODER_DTYPE:--dtype BATCH_SIZE:--batch-size SEED:--seed)
+    local pairs=(MODEL_NAME_OR_PATH:--model-name-or-path TEMPERATURE:--temperature THRESHOLD:--threshold SEED:--seed)
     if [[ "$1" == "reasoning" ]]; then pairs+=(MIN_AGREEMENT:--min-agreement); fi
     check_numbers TEMPERATURE THRESHOLD MIN_AGREEMENT
     optional_flags "${pairs[@]}"
     CURATE_ARGS=(curate "$1" --input "$RAW_DATASET" --output-dir "${OUTPUT_DIR:-${stem}_curated}"
                  ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
-    if switched_on ENCODER_TRUST_REMOTE_CODE false; then CURATE_ARGS+=(--trust-remote-code); fi
-    if switched_on ENCODER_APPEND_EOS false; then CURATE_ARGS+=(--append-eos); fi
+    optional_flags ENCODER_MODEL_NAME_OR_PATH:--encoder ENCODER_MAX_LENGTH:--max-length \
+        ENCODER_QUERY_PREFIX:--query-prefix ENCODER_PADDING_SIDE:--padding-side ENCODER_DTYPE:--dtype \
+        BATCH_SIZE:--batch-size
+    ENCODER_ARGS=(${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
+    if switched_on ENCODER_TRUST_REMOTE_CODE false; then ENCODER_ARGS+=(--trust-remote-code); fi
+    if switched_on ENCODER_APPEND_EOS false; then ENCODER_ARGS+=(--append-eos); fi
+}
+
+# run_curation TASK: curation by the quality-evaluation variables (curate_flags). With ENCODER_PYTHON, the Python of
+# an environment the encoder loads in (NV-Embed-v2's code needs transformers 4.42, which this package does not run
+# with), in three commands as docs/curation.md#nv-embed-v2 gives them: the texts curation compares (sicog curate
+# texts, into <RAW_DATASET without extension>.texts.jsonl), their embeddings made by that Python from this checkout
+# (python -m sicog.curate.embed_file, into .emb.npy beside it), then the scoring here (--embeddings). Each command
+# is printed; --dry-run runs none.
+run_curation() {
+    curate_flags "$1"
+    if [[ -z "${ENCODER_PYTHON:-}" ]]; then
+        sicog_exec "${CURATE_ARGS[@]}" ${ENCODER_ARGS[@]+"${ENCODER_ARGS[@]}"} ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
+    fi
+    require_vars ENCODER_MODEL_NAME_OR_PATH
+    local stem="${RAW_DATASET%.jsonl}" python
+    stem="${stem%.json}"
+    python="$(sicog_python)"
+    run_printed "$python" -m sicog curate texts "$1" --input "$RAW_DATASET" --output "${stem}.texts.jsonl"
+    run_printed env PYTHONPATH="$SICOG_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$ENCODER_PYTHON" -m sicog.curate.embed_file \
+        --texts "${stem}.texts.jsonl" --output "${stem}.emb.npy" "${ENCODER_ARGS[@]}"
+    sicog_exec "${CURATE_ARGS[@]}" --embeddings "${stem}.emb.npy" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
+}
+
+# run_printed COMMAND...: print the command, then run it (not with --dry-run); a failure stops the script.
+run_printed() {
+    printf '%q ' "$@"
+    printf '\n'
+    if ((SICOG_DRY_RUN)); then return 0; fi
+    "$@"
 }

@@ -20,7 +20,8 @@ SCRIPTS = {
 }
 VARIABLES = ("RAW_DATASET", "MODEL_NAME_OR_PATH", "TEMPERATURE", "ENCODER_MODEL_NAME_OR_PATH", "THRESHOLD",
              "OUTPUT_DIR", "MIN_AGREEMENT", "NPROC_PER_NODE", "ENCODER_TRUST_REMOTE_CODE", "ENCODER_APPEND_EOS",
-             "ENCODER_MAX_LENGTH", "ENCODER_QUERY_PREFIX", "ENCODER_DTYPE", "BATCH_SIZE", "SEED")
+             "ENCODER_MAX_LENGTH", "ENCODER_QUERY_PREFIX", "ENCODER_DTYPE", "BATCH_SIZE", "SEED", "ENCODER_PYTHON",
+             "ENCODER_PADDING_SIDE")
 
 
 def run_script(task: str, cwd: Path, *args: str, **variables: str) -> subprocess.CompletedProcess:
@@ -56,6 +57,47 @@ def test_dry_run_prints_the_resolved_command(task: str, tmp_path: Path) -> None:
         assert expected in joined
     assert ("--min-agreement 0.6" in joined) == (task == "reasoning")
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("task", ["captions", "reasoning"])
+def test_an_encoder_in_its_own_environment_embeds_there_and_curation_reads_its_embeddings(task, tmp_path) -> None:
+    """NV-Embed-v2's code needs transformers 4.42: with ENCODER_PYTHON the scripts run docs/curation.md's three
+    commands (they ran the encoder in this environment, where it cannot load)."""
+    variables = {"RAW_DATASET": "gen/candidates.jsonl", "ENCODER_MODEL_NAME_OR_PATH": "nvidia/NV-Embed-v2",
+                 "ENCODER_TRUST_REMOTE_CODE": "1", "ENCODER_APPEND_EOS": "1", "ENCODER_MAX_LENGTH": "1024",
+                 "ENCODER_DTYPE": "float32", "ENCODER_PADDING_SIDE": "right", "THRESHOLD": "0.85", "SEED": "4"}
+    result = run_script(task, tmp_path, "--dry-run", ENCODER_PYTHON="/envs/nvembed/bin/python", **variables)
+    assert result.returncode == 0, result.stderr
+    texts, embed, curate = (shlex.split(line) for line in result.stdout.strip().splitlines())
+    assert texts[1:] == ["-m", "sicog", "curate", "texts", task, "--input", "gen/candidates.jsonl",
+                         "--output", "gen/candidates.texts.jsonl"]
+    assert embed == ["env", f"PYTHONPATH={ROOT}:{ROOT}", "/envs/nvembed/bin/python", "-m", "sicog.curate.embed_file",
+                     "--texts", "gen/candidates.texts.jsonl", "--output", "gen/candidates.emb.npy",
+                     "--encoder", "nvidia/NV-Embed-v2", "--max-length", "1024", "--padding-side", "right",
+                     "--dtype", "float32", "--trust-remote-code", "--append-eos"]
+    assert curate[1:] == ["-m", "sicog", "curate", task, "--input", "gen/candidates.jsonl", "--output-dir",
+                          "gen/candidates_curated", "--threshold", "0.85", "--seed", "4",
+                          "--embeddings", "gen/candidates.emb.npy"]
+    without = run_script(task, tmp_path, "--dry-run", RAW_DATASET="g.jsonl", ENCODER_PYTHON="/envs/nvembed/bin/python")
+    assert without.returncode == 2 and "ENCODER_MODEL_NAME_OR_PATH" in without.stderr
+
+
+@pytest.mark.slow
+def test_an_encoder_run_in_another_python_curates_as_in_this_one(tmp_path: Path) -> None:
+    from sicog.curate.embed import packaged_minilm_path
+
+    candidates = [f"Step 4: Counting again. The answer is {n}." for n in (3, 3, 3, 5)]
+    record = {"id": "q", "image": "q.jpg", "candidates": candidates,
+              "generation": {"prompt_type": "cot-default", "prompt": "How many? Answer the question step-by-step."}}
+    (tmp_path / "gen.json").write_text(json.dumps([record]))
+    variables = {"RAW_DATASET": "gen.json", "ENCODER_MODEL_NAME_OR_PATH": packaged_minilm_path(), "THRESHOLD": "0.5"}
+    here = run_script("reasoning", tmp_path, "--device", "cpu", OUTPUT_DIR="here", **variables)
+    assert here.returncode == 0, here.stderr[-2000:]
+    apart = run_script("reasoning", tmp_path, OUTPUT_DIR="apart", ENCODER_PYTHON=sys.executable, **variables)
+    assert apart.returncode == 0, apart.stderr[-2000:]
+    assert (tmp_path / "gen.emb.npy").is_file() and (tmp_path / "gen.texts.jsonl").is_file()
+    for name in ("scored.jsonl", "curated.jsonl", "pairs.jsonl"):
+        assert (tmp_path / "apart" / name).read_text() == (tmp_path / "here" / name).read_text()
 
 
 @pytest.mark.parametrize(("value", "on"), [("true", True), ("True", True), ("1", True), ("false", False), ("", False)])

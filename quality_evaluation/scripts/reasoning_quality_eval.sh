@@ -13,15 +13,17 @@
 #            MIN_AGREEMENT               and whose majority answer has at least this share (default 0.5)
 #            OUTPUT_DIR                  default: RAW_DATASET without its extension + "_curated"
 #            ENCODER_TRUST_REMOTE_CODE=1, ENCODER_APPEND_EOS=1, ENCODER_MAX_LENGTH, ENCODER_QUERY_PREFIX,
-#            ENCODER_DTYPE, BATCH_SIZE, SEED, NPROC_PER_NODE (ranks sharing the embedding work)
+#            ENCODER_PADDING_SIDE, ENCODER_DTYPE, BATCH_SIZE, SEED, NPROC_PER_NODE (ranks sharing the embedding work)
+#            ENCODER_PYTHON              the Python of an environment the encoder loads in, when it does not load
+#                                        here: the texts are embedded there, from this checkout, and scored here
 # The paper's encoder as the published scripts ran it: ENCODER_MODEL_NAME_OR_PATH=<NV-Embed-v2>
-#            ENCODER_TRUST_REMOTE_CODE=1 ENCODER_APPEND_EOS=1 ENCODER_MAX_LENGTH=512 ENCODER_DTYPE=float32, no
-#            ENCODER_QUERY_PREFIX, and the argument --padding-side right (docs/curation.md#nv-embed-v2).
-# Arguments: --dry-run prints the command only; anything else is passed on to `sicog curate reasoning`.
+#            ENCODER_TRUST_REMOTE_CODE=1 ENCODER_APPEND_EOS=1 ENCODER_MAX_LENGTH=512 ENCODER_DTYPE=float32
+#            ENCODER_PADDING_SIDE=right, no ENCODER_QUERY_PREFIX, and ENCODER_PYTHON=<its environment's python>: its
+#            code needs transformers 4.42 (docs/curation.md#nv-embed-v2 says how to make that environment).
+# Arguments: --dry-run prints the commands only; anything else is passed on to `sicog curate reasoning`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/_common.sh"
 parse_common_args "$@"
 require_vars RAW_DATASET
 
-curate_flags reasoning
-sicog_exec "${CURATE_ARGS[@]}" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
+run_curation reasoning
