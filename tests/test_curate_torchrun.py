@@ -29,6 +29,33 @@ def curate_command(nproc: int, input_path: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
+def test_two_ranks_embed_a_texts_file_as_one_process(tmp_path: Path) -> None:
+    """embed_file under torchrun (NV-Embed-v2 on every GPU of its own environment): the ranks share the chunks."""
+    import numpy as np
+
+    from sicog.curate.embed import packaged_minilm_path
+
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": f"In picture {i}: {c}"}) + "\n"
+                             for i in range(3) for c in CONCLUSIONS))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    embed = ["-m", "sicog.curate.embed_file", "--texts", str(texts), "--encoder", packaged_minilm_path(),
+             "--device", "cpu", "--chunk-size", "4"]
+    ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(free_port())]
+    for launcher, name in (([sys.executable], "single"), (ranks, "ranks")):
+        result = subprocess.run([*launcher, *embed, "--output", str(tmp_path / f"{name}.npy")], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("embedding (rank 1/2)" in result.stderr) == (name == "ranks")
+    single, ranked = np.load(tmp_path / "single.npy"), np.load(tmp_path / "ranks.npy")
+    assert single.shape == (18, 384) and np.array_equal(single, ranked)
+    described = [json.loads((tmp_path / f"{name}.npy.json").read_text()) for name in ("single", "ranks")]
+    assert described[0] == described[1]
+    assert not list(tmp_path.glob("*.chunks"))
+
+
+@pytest.mark.slow
 def test_two_ranks_write_the_same_outputs_as_one_process(tmp_path: Path) -> None:
     records = []
     for i in range(8):  # 48 distinct compared texts -> 12 chunks of 4, six per rank

@@ -121,6 +121,11 @@ def test_an_encoder_run_apart_is_two_steps_before_curation_and_takes_the_encoder
     other, _ = keys_of(dataclasses.replace(apart, embed_command=["/envs/other/bin/python"]), out)
     assert {name for name in keys if other[name] != keys[name]} == plan.downstream(
         ["curate_captions_embed", "curate_reasoning_embed"])
+    # Where its torchrun's processes meet is no part of a key, as for the launcher.
+    ranks = ["/envs/nvembed/bin/python", "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    met = [keys_of(dataclasses.replace(apart, embed_command=[*ranks, f"--rdzv_endpoint=node{i}:2950{i}"]), out)[0]
+           for i in range(2)]
+    assert met[0] == met[1] != keys
 
 
 def test_a_program_step_imports_this_package_from_the_run_folder(tmp_path):
@@ -471,13 +476,15 @@ def test_paper_config_dry_run_prints_the_paper_global_batches(tmp_path, capsys, 
     assert missing.startswith("# inputs not there (a run stops on them): ") and "/data/MMStar.tsv" in missing
     assert launcher == ("# the launcher reads environment variable(s) that are not set: SICOG_MASTER_ADDR "
                         "(a run stops on it)")
-    assert embedding == ("# embed_command reads environment variable(s) that are not set: SICOG_EMBED_PYTHON "
-                         "(a run stops on it)")
+    assert embedding == ("# embed_command reads environment variable(s) that are not set: SICOG_EMBED_PYTHON, "
+                         "SICOG_MASTER_ADDR (a run stops on it)")
     # NV-Embed-v2 embeds in its own environment, with the paper's encoder settings; curation reads its embeddings.
     for task in ("captions", "reasoning"):
         embed = next(line for line in steps if line.startswith(f"[run] curate_{task}_embed: "))
-        assert embed.split(": ", 1)[1].startswith("srun --nodes=1 --ntasks=1 '${SICOG_EMBED_PYTHON}' -m "
-                                                  "sicog.curate.embed_file --texts ")
+        assert embed.split(": ", 1)[1].startswith(
+            "srun --nodes=4 --ntasks-per-node=1 '${SICOG_EMBED_PYTHON}' -m torch.distributed.run --nnodes=4 "
+            "--nproc_per_node=8 --rdzv_backend=c10d '--rdzv_endpoint=${SICOG_MASTER_ADDR}:29500' "
+            "--rdzv_id=sicog-embed -m sicog.curate.embed_file --texts ")
         assert embed.endswith("--encoder /models/NV-Embed-v2 --append-eos --dtype float32 --max-length 1024 "
                               "--padding-side right --trust-remote-code")
         curate = next(line for line in steps if line.startswith(f"[run] curate_{task}: "))
@@ -494,7 +501,7 @@ def test_a_paper_run_names_every_missing_input_and_unset_launcher_variable_at_on
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == ("error: the launcher reads environment variable(s) that are not set: "
                                        "SICOG_MASTER_ADDR; embed_command reads environment variable(s) that are not "
-                                       "set: SICOG_EMBED_PYTHON\n")
+                                       "set: SICOG_EMBED_PYTHON, SICOG_MASTER_ADDR\n")
     monkeypatch.setenv("SICOG_MASTER_ADDR", "node0")
     monkeypatch.setenv("SICOG_EMBED_PYTHON", sys.executable)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
@@ -506,8 +513,7 @@ def test_a_paper_run_names_every_missing_input_and_unset_launcher_variable_at_on
     # The Python it starts, the last word, is checked too: found wrong hours later, after generation, otherwise.
     monkeypatch.setenv("SICOG_EMBED_PYTHON", str(tmp_path / "nvembed" / "bin" / "python"))
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
-    assert capsys.readouterr().err == (f"error: embed_command starts {tmp_path}/nvembed/bin/python, which is not a "
-                                       "program here\n")
+    assert capsys.readouterr().err == f"error: embed_command names {tmp_path}/nvembed/bin/python, which is not there\n"
     monkeypatch.setenv("SICOG_EMBED_PYTHON", sys.executable)
     assert main(["cycle", "--config", "paper", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err

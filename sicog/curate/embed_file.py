@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
-from sicog.curate.embedding_store import embed_texts, texts_digest
+from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, embed_texts, texts_digest
 from sicog.data.argtypes import positive_int
 from sicog.data.jsonl import (
     RecordError,
@@ -39,6 +39,7 @@ from sicog.data.jsonl import (
     refuse_overwriting,
     write_json,
 )
+from sicog.data.sharding import process_group, rank_and_world
 from sicog.model.device import DTYPES
 
 
@@ -161,12 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--padding-side", choices=("left", "right"))
     parser.add_argument("--dtype", choices=DTYPES)
     parser.add_argument("--device")
+    parser.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE,
+                        help="texts per resumable chunk, which is also how torchrun ranks share the work")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Embed ``--texts`` into ``--output`` (``python -m sicog.curate.embed_file --help``)."""
+    """Embed ``--texts`` into ``--output`` (``python -m sicog.curate.embed_file --help``); under torchrun the ranks
+    share the chunks (each on its own GPU) and rank 0 writes the output."""
     args = build_parser().parse_args(argv)
+    rank, world = rank_and_world()
     try:
         refuse_overwriting([("--texts", args.texts)], "--output", args.output, also=[sidecar(args.output)])
         _check_output(Path(args.output))
@@ -179,7 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Chunk files beside the output, each saved as it is done, with a progress bar: a run killed after
         # hours (1M texts through NV-Embed) resumes from its last chunk instead of starting again.
         chunks = chunk_folder(args.output)
-        store = embed_texts(texts, settings, chunks)
+        with process_group(world):
+            store = embed_texts(texts, settings, chunks, rank=rank, world=world, chunk_size=args.chunk_size)
+        if store is None:  # another rank than 0: its chunks are saved
+            return 0
         vectors = store.all()
     except (OSError, ValueError, EncoderNotFound) as err:
         print(f"embed_file: error: {err}", file=sys.stderr)

@@ -122,17 +122,19 @@ def _missing_inputs(seeds: dict[int, tuple[SeedPlan, Engine]]) -> list[str]:
 def _command_problems(config: CycleConfig) -> list[str]:
     """Why the launcher or embed_command cannot start here, one entry each: environment variables they name
     (``$VAR``, ``${VAR}``, expanded when a step starts) that are not set, which would reach torchrun as an address
-    it cannot read, or an embed_command whose program (its first word: a launcher such as srun, or the Python) or
-    Python (its last word, before which ``-m sicog.curate.embed_file`` goes) is not there."""
+    it cannot read, or an embed_command whose program (its first word: srun, or the Python) or a path it names (the
+    Python after srun) is not there."""
     problems = []
     for what, command in (("the launcher", config.launcher), ("embed_command", config.embed_command)):
         named = (m.group(1) or m.group(2) for arg in command for m in re.finditer(r"\$\{(\w+)\}|\$(\w+)", arg))
         if unset := sorted({name for name in named if name not in os.environ}):
             problems.append(f"{what} reads environment variable(s) that are not set: {', '.join(unset)}")
         elif what == "embed_command" and command:
-            programs = dict.fromkeys(os.path.expandvars(word) for word in (command[0], command[-1]))
-            problems += [f"{what} starts {program}, which is not a program here"
-                         for program in programs if not shutil.which(program)]
+            words = [os.path.expandvars(word) for word in command]
+            if not shutil.which(words[0]):
+                problems.append(f"{what} starts {words[0]}, which is not a program here")
+            problems += [f"{what} names {path}, which is not there" for path in words[1:]
+                         if "/" in path and not path.startswith("-") and not os.path.exists(path)]
     return problems
 
 

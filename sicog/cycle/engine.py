@@ -304,21 +304,10 @@ class Engine:
         fingerprint (``code``, default this run's; ``""`` leaves it out, as keys made before it did)."""
         parts = [self._key_part(arg, self.keys if keys is None else keys) for arg in step.argv]
         how = {"threads": self.threads,
-               "launcher": self._launch_key() if step.launched else [os.path.expandvars(a) for a in step.program]}
+               "launcher": _launch_key(self.launcher if step.launched else step.program)}
         fingerprint = self.code if code is None else code
         return [parts, {**how, "code": fingerprint} if fingerprint else how]
 
-    def _launch_key(self) -> list[str]:
-        """What of the launcher a launched step's key holds: all of it, as a step starts it (``$VAR`` read from the
-        environment: a node count from SLURM's), but where its processes meet (a rendezvous address, port or job
-        id changes no result, and a changed key would remove the step's outputs)."""
-        key, skip = [], False
-        for arg in (os.path.expandvars(arg) for arg in self.launcher):
-            name, sep, _ = arg.partition("=")
-            if not skip and name.replace("-", "_") not in RENDEZVOUS_FLAGS:
-                key.append(arg)
-            skip = not skip and not sep and name.replace("-", "_") in RENDEZVOUS_FLAGS  # "--flag value": the value
-        return key
 
     def missing_inputs(self, plan: Plan) -> list[str]:
         """The outside inputs of ``plan``'s steps that are not there (those to be built first aside), in order."""
@@ -539,6 +528,19 @@ class Engine:
             staged.symlink_to(package, target_is_directory=True)
             os.replace(staged, link)
         return folder
+
+
+def _launch_key(command: Sequence[str]) -> list[str]:
+    """What of a launcher (or a step's program) a step's key holds: all of it, as a step starts it (``$VAR`` read
+    from the environment: a node count from SLURM's), but where its processes meet (a rendezvous address, port or
+    job id changes no result, and a changed key would remove the step's outputs)."""
+    key, skip = [], False
+    for arg in (os.path.expandvars(arg) for arg in command):
+        name, sep, _ = arg.partition("=")
+        if not skip and name.replace("-", "_") not in RENDEZVOUS_FLAGS:
+            key.append(arg)
+        skip = not skip and not sep and name.replace("-", "_") in RENDEZVOUS_FLAGS  # "--flag value": the value
+    return key
 
 
 def _holds_devices(step: Step) -> bool:

@@ -121,16 +121,16 @@ def _model_names() -> dict[str, None]:
 
 
 def curate_flags(config: CycleConfig, encoding: bool | None = None) -> list[Arg]:
-    """``config.curate`` as `sicog curate captions|reasoning` flags; ``encoding`` True: only how the encoder embeds
-    (:class:`~sicog.curate.embed.EncoderSettings`, which `python -m sicog.curate.embed_file` takes under the same
-    flags), False: all but those, None: all."""
+    """``config.curate`` as `sicog curate captions|reasoning` flags; ``encoding`` True: only how the texts are
+    embedded (:class:`~sicog.curate.embed.EncoderSettings` and the chunk size, which `python -m
+    sicog.curate.embed_file` takes under the same flags), False: all but those, None: all."""
     from sicog.curate.cli import curation_option_names
     from sicog.curate.embed import EncoderSettings
 
     flags = _flags(config.curate, curation_option_names(), PLANNED_CURATE, "curate", dashes=True)
     if encoding is None:
         return flags
-    encoder = {f.name for f in dataclasses.fields(EncoderSettings)}
+    encoder = {f.name for f in dataclasses.fields(EncoderSettings)} | {"chunk_size"}
     return _flags({k: v for k, v in config.curate.items() if (k in encoder) == encoding}, curation_option_names(),
                   PLANNED_CURATE, "curate", dashes=True)
 
