@@ -401,21 +401,25 @@ curate_flags() {
 # an environment the encoder loads in (NV-Embed-v2's code needs transformers 4.42, which this package does not run
 # with), in three commands as docs/curation.md#nv-embed-v2 gives them: the texts curation compares (sicog curate
 # texts, into <RAW_DATASET without extension>.texts.jsonl), their embeddings made by that Python from this checkout
-# (python -m sicog.curate.embed_file, into .emb.npy beside it), then the scoring here (--embeddings). Each command
-# is printed; --dry-run runs none.
+# (python -m sicog.curate.embed_file, into .emb.npy beside it; with NPROC_PER_NODE above 1, by that many ranks of
+# its torchrun on this node), then the scoring here (--embeddings). Each command is printed; --dry-run runs none.
 run_curation() {
     curate_flags "$1"
     if [[ -z "${ENCODER_PYTHON:-}" ]]; then
         sicog_exec "${CURATE_ARGS[@]}" ${ENCODER_ARGS[@]+"${ENCODER_ARGS[@]}"} ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
     fi
     require_vars ENCODER_MODEL_NAME_OR_PATH
-    local stem="${RAW_DATASET%.jsonl}" python
+    resolve_process_counts
+    local stem="${RAW_DATASET%.jsonl}" python ranks=()
     stem="${stem%.json}"
     python="$(sicog_python)"
+    if ((NPROC_PER_NODE > 1)); then ranks=(-m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE"); fi
     run_printed "$python" -m sicog curate texts "$1" --input "$RAW_DATASET" --output "${stem}.texts.jsonl"
-    run_printed env PYTHONPATH="$SICOG_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$ENCODER_PYTHON" -m sicog.curate.embed_file \
-        --texts "${stem}.texts.jsonl" --output "${stem}.emb.npy" "${ENCODER_ARGS[@]}"
-    sicog_exec "${CURATE_ARGS[@]}" --embeddings "${stem}.emb.npy" ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
+    run_printed env PYTHONPATH="$SICOG_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$ENCODER_PYTHON" ${ranks[@]+"${ranks[@]}"} \
+        -m sicog.curate.embed_file --texts "${stem}.texts.jsonl" --output "${stem}.emb.npy" "${ENCODER_ARGS[@]}"
+    # The embeddings are made: scoring is one process's work.
+    NPROC_PER_NODE=1 NNODES=1 sicog_exec "${CURATE_ARGS[@]}" --embeddings "${stem}.emb.npy" \
+        ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}
 }
 
 # run_printed COMMAND...: print the command, then run it (not with --dry-run); a failure stops the script.

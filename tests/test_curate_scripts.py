@@ -80,6 +80,13 @@ def test_an_encoder_in_its_own_environment_embeds_there_and_curation_reads_its_e
                           "--embeddings", "gen/candidates.emb.npy"]
     without = run_script(task, tmp_path, "--dry-run", RAW_DATASET="g.jsonl", ENCODER_PYTHON="/envs/nvembed/bin/python")
     assert without.returncode == 2 and "ENCODER_MODEL_NAME_OR_PATH" in without.stderr
+    # Ranks share the embedding, in that environment's torchrun; scoring the embeddings made is one process's.
+    ranks = run_script(task, tmp_path, "--dry-run", ENCODER_PYTHON="/envs/nvembed/bin/python", NPROC_PER_NODE="2",
+                       **variables)
+    texts, embed, curate = (shlex.split(line) for line in ranks.stdout.strip().splitlines())
+    assert embed[2:9] == ["/envs/nvembed/bin/python", "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", "-m"]
+    assert curate[1:3] == ["-m", "sicog"]
 
 
 @pytest.mark.slow
