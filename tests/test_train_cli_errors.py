@@ -177,6 +177,9 @@ def test_a_load_error_names_the_checkpoint_unless_it_names_it_already():
     # A record failing to load reached accelerate's dispatcher as data: a TypeError traceback mid-run.
     (["--accelerator_config", '{"dispatch_batches": true}'], "--accelerator_config dispatch_batches: true is not "
                                                               "supported"),
+    # Trained each position to repeat its input token, with no word said.
+    (["--label_smoothing_factor", "0.1"], "--label_smoothing_factor 0.1: not supported (the Trainer's label smoother "
+                                          "would score each position on its own token"),
 ])
 def test_settings_that_failed_once_the_model_was_loaded_stop_before(tmp_path, trained, capsys, monkeypatch, flags,
                                                                      says):
@@ -192,10 +195,10 @@ def test_the_settings_around_those_refused_still_start(tmp_path, trained, monkey
     monkeypatch.setattr("transformers.integrations.get_available_reporting_integrations", lambda: ["tensorboard"])
     for flags in (["--report_to", "tensorboard"], ["--report_to", "all"], ["--seed", "0"], ["--seed", str(2**32 - 1)],
                   ["--num_train_epochs", "0.5"], ["--num_train_epochs", "0", "--max_steps", "3"],
-                  ["--accelerator_config", '{"dispatch_batches": false}']):
+                  ["--accelerator_config", '{"dispatch_batches": false}'], ["--label_smoothing_factor", "0"]):
         assert main(["train", "--data_path", "d.jsonl", "--output_dir", str(tmp_path), "--use_cpu", *flags]) == 0
     assert [args.report_to for _, _, args in trained[:2]] == [["tensorboard"], ["tensorboard"]]
-    assert len(trained) == 7
+    assert len(trained) == 8
 
 
 def test_a_tracker_in_a_config_file_is_checked_as_on_the_command_line(tmp_path, trained, capsys, monkeypatch):

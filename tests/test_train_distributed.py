@@ -92,6 +92,22 @@ def test_two_ranks_cover_the_data_and_resume_exactly(world, tmp_path, zero):
     assert (full / "checkpoint-2" / "zero_to_fp32.py").is_file()  # the way out the line names
 
 
+def test_train_loss_of_a_run_resumed_between_two_logs_is_the_uninterrupted_runs(world, tmp_path):
+    """A checkpoint's marker summed the steps since the last log as rank 0 saw them, where logs average the ranks:
+    two ranks resumed from a save between two logs reported another train_loss."""
+    def run(out):
+        flag = flags(world, out, "zero2", 6)
+        del flag[flag.index("--deepspeed"):flag.index("--deepspeed") + 2]  # plain DDP
+        flag[flag.index("--logging_steps") + 1], flag[flag.index("--save_steps") + 1] = "2", "3"
+        flag[flag.index("--gradient_accumulation_steps") + 1] = "1"
+        torchrun(["--stage", "2", "--model_name_or_path", str(world["base"]), *flag])
+        return json.loads((out / "train_results.json").read_text())["train_loss"]
+
+    uninterrupted = run(tmp_path / "full")
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    assert run(tmp_path / "resumed") == pytest.approx(uninterrupted, rel=1e-6)
+
+
 def test_stage1_projector_loads_into_stage15_under_zero3(world, tmp_path):
     stage1 = tmp_path / "stage1"
     torchrun(["--stage", "1", "--vision_tower", str(world["clip"]), "--language_model", str(world["llm"]), *TINY_FLAGS,

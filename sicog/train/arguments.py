@@ -231,6 +231,11 @@ class SicogTrainingArguments(TrainingArguments):
         if getattr(self.accelerator_config, "dispatch_batches", None):
             raise UsageError("--accelerator_config dispatch_batches: true is not supported: every rank loads its "
                              "own batches of sicog train's data (leave it unset)")
+        # The Trainer's label smoother shifts the labels only for the model classes transformers lists as causal LMs;
+        # SICOG's model is not among them, so every position was trained to repeat its own token.
+        if self.label_smoothing_factor:
+            raise UsageError(f"--label_smoothing_factor {self.label_smoothing_factor:g}: not supported (the Trainer's "
+                             "label smoother would score each position on its own token, not the next one)")
 
     def half_precision(self) -> torch.dtype | None:
         """The 16-bit type of ``--bf16`` / ``--fp16``; None for an fp32 run."""

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices, nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 
 from sicog.data.crash import crash_point
@@ -232,11 +232,13 @@ class SicogTrainer(Trainer):
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
         crash_point("checkpoint-unmarked")  # kill test point: everything written but the completion marker
+        loss_sum = None
+        if self.loss_before_resume is not None:
+            # This call's steps: those already drained into the Trainer's sum and those since its last log, averaged
+            # over the ranks as its logs average them (every rank takes part in the gather).
+            unlogged = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+            loss_sum = self.loss_before_resume + self._total_loss_scalar + unlogged
         if self.args.should_save:
-            loss_sum = None
-            if self.loss_before_resume is not None:
-                # This call's steps: those already drained into the Trainer's sum and those since its last log.
-                loss_sum = self.loss_before_resume + self._total_loss_scalar + self._tr_loss.item()
             mark_complete(folder, self.state.global_step, self.args.stage, self.run_settings, loss_sum)
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
                                use_mtime=True)
