@@ -89,14 +89,19 @@ def test_an_encoder_in_its_own_environment_embeds_there_and_curation_reads_its_e
     assert curate[1:3] == ["-m", "sicog"]
 
 
+def write_counting_record(path: Path) -> None:
+    """One reasoning record, three of its four candidates answering 3 (a JSON array, as the published scripts read)."""
+    candidates = [f"Step 4: Counting again. The answer is {n}." for n in (3, 3, 3, 5)]
+    record = {"id": "q", "image": "q.jpg", "candidates": candidates,
+              "generation": {"prompt_type": "cot-default", "prompt": "How many? Answer the question step-by-step."}}
+    path.write_text(json.dumps([record]))
+
+
 @pytest.mark.slow
 def test_an_encoder_run_in_another_python_curates_as_in_this_one(tmp_path: Path) -> None:
     from sicog.curate.embed import packaged_minilm_path
 
-    candidates = [f"Step 4: Counting again. The answer is {n}." for n in (3, 3, 3, 5)]
-    record = {"id": "q", "image": "q.jpg", "candidates": candidates,
-              "generation": {"prompt_type": "cot-default", "prompt": "How many? Answer the question step-by-step."}}
-    (tmp_path / "gen.json").write_text(json.dumps([record]))
+    write_counting_record(tmp_path / "gen.json")
     variables = {"RAW_DATASET": "gen.json", "ENCODER_MODEL_NAME_OR_PATH": packaged_minilm_path(), "THRESHOLD": "0.5"}
     here = run_script("reasoning", tmp_path, "--device", "cpu", OUTPUT_DIR="here", **variables)
     assert here.returncode == 0, here.stderr[-2000:]
@@ -153,10 +158,7 @@ def test_script_with_the_papers_encoder_scores_as_the_published_scripts(tmp_path
     from sicog.curate.embed_file import save_embeddings
     from sicog.curate.pipeline import compared_texts_and_errors
 
-    candidates = [f"Step 4: Counting again. The answer is {n}." for n in (3, 3, 3, 5)]
-    record = {"id": "q", "image": "q.jpg", "candidates": candidates,
-              "generation": {"prompt_type": "cot-default", "prompt": "How many? Answer the question step-by-step."}}
-    (tmp_path / "gen.json").write_text(json.dumps([record]))
+    write_counting_record(tmp_path / "gen.json")
     texts = compared_texts_and_errors(tmp_path / "gen.json", "reasoning")[0]
     save_embeddings(tmp_path / "emb.npy", np.eye(len(texts), 4, dtype=np.float32), texts,
                     EncoderSettings("/models/NV-Embed-v2", trust_remote_code=True, max_length=512))
