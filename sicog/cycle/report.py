@@ -495,8 +495,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
     arms = list(first["arms"])
     summary = summarize(per_seed, arms)
     summary.update(baselines(first["benchmark"]))
-    constant_option = summary["constant_option_accuracy"]
-    summary["targets"] = targets = check_targets(summary, per_seed)
+    summary["targets"] = check_targets(summary, per_seed)
     _plot_categories(per_seed, arms, out / "accuracy_by_category.png")
     captions_scored = first["arms"][arms[0]]["caption"] is not None
     if captions_scored:
@@ -508,6 +507,21 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
     results = {"config": config.to_dict(), "seeds": len(per_seed), "per_seed": scores, "summary": summary,
                "time": times, "incomplete_seeds": {str(seed): steps for seed, steps in incomplete.items()}}
     write_json(out / "results.json", results)
+    lines = [*_header_lines(config, per_seed, incomplete), *_results_lines(summary, per_seed, arms),
+             *_count_lines(per_seed, arms), *_reading_lines(first), *_breakdown_lines(per_seed, arms),
+             *_standard_error_lines(summary, arms, len(per_seed)), *_outcome_lines(summary, len(per_seed)),
+             *_curation_lines(first), *_plot_and_time_lines(first, captions_scored)]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return results
+
+
+def _shown(value: float | None, form: str) -> str:
+    """A number as ``form``, or n/a when it was not measured."""
+    return "n/a" if value is None else format(value, form)
+
+
+def _header_lines(config: CycleConfig, per_seed: list[dict], incomplete: dict[int, list[str]]) -> list[str]:
+    """The title, the seeds that did not finish and what stage 1 trains."""
     seeds = len(per_seed)
     lines = [
         f"# SICOG cycle report ({config.name}, {seeds} seed{'s' if seeds > 1 else ''})",
@@ -524,24 +538,28 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
     if config.stage1_tunable_parts and config.stage1_tunable_parts != "resampler":
         lines += ["", f"Stage 1 trains `{config.stage1_tunable_parts}`; the paper trains the projector only "
                       "(docs/toy_findings.md, finding 8, says why the toy preset trains more)."]
-    mean = lambda arm, key: _mean([s["arms"][arm].get(key) for s in per_seed])  # noqa: E731
-    shown = lambda value, form: "n/a" if value is None else format(value, form)  # noqa: E731
-    lines += ["", "## Results", "",
-              "MC accuracy: multiple choice by option likelihood (the primary score). Blind: the same with every "
-              "question shown a picture other than its own; above blind: the difference, what the model reads from "
-              "the image. Letters: accuracy of a generated option letter. Open answers: the question asked "
-              "without its options, the generated short answer compared with the right option's text (synonyms "
-              "count as the same answer where the world supplies them, as the toy world does). Caption F1: the "
-              "objects a caption-benchmark image's caption names against the image's (precision and recall over "
-              "objects), read from the description the caption ends with (CoD step 5, what curation reads; the whole "
-              "reply when it has no step 5)."
-              + (" Each score: mean ± standard deviation (n - 1) over the seeds." if seeds > 1 else ""), "",
-              "| arm | what | MC accuracy | blind | above blind | letters | same letter | open answers | caption F1 "
-              "| perception | image use |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _results_lines(summary: dict, per_seed: list[dict], arms: list[str]) -> list[str]:
+    """The results table of every arm and what its columns and the baselines mean."""
+    seeds = len(per_seed)
+    lines = ["", "## Results", "",
+             "MC accuracy: multiple choice by option likelihood (the primary score). Blind: the same with every "
+             "question shown a picture other than its own; above blind: the difference, what the model reads from "
+             "the image. Letters: accuracy of a generated option letter. Open answers: the question asked "
+             "without its options, the generated short answer compared with the right option's text (synonyms "
+             "count as the same answer where the world supplies them, as the toy world does). Caption F1: the "
+             "objects a caption-benchmark image's caption names against the image's (precision and recall over "
+             "objects), read from the description the caption ends with (CoD step 5, what curation reads; the whole "
+             "reply when it has no step 5)."
+             + (" Each score: mean ± standard deviation (n - 1) over the seeds." if seeds > 1 else ""), "",
+             "| arm | what | MC accuracy | blind | above blind | letters | same letter | open answers | caption F1 "
+             "| perception | image use |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
-        gap = shown(mean(arm, "image_use_gap"), ".3f")
-        same = shown(mean(arm, "top_reply_share"), ".0%")
+        gap = _shown(_mean([s["arms"][arm].get("image_use_gap") for s in per_seed]), ".3f")
+        same = _shown(_mean([s["arms"][arm].get("top_reply_share") for s in per_seed]), ".0%")
         tops = dict.fromkeys(s["arms"][arm].get("top_reply") for s in per_seed)
         same += "" if None in tops else f" {'/'.join(tops)}"
         row = summary["table"][arm]
@@ -552,11 +570,11 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
         lines.append(f"| {arm} | {name} | {' | '.join(cells)} | {same} | {open_answers} "
                      f"| {caption_f1} | {perception} | {gap} |")
     lines += ["", f"Always giving the benchmark's most common answer (letter) scores "
-                  f"{shown(summary['constant_answer_accuracy'], '.3f')}, the baseline of generated letters; MC "
+                  f"{_shown(summary['constant_answer_accuracy'], '.3f')}, the baseline of generated letters; MC "
                   "accuracy scores option texts, which no letter reaches: preferring the one option text that does "
                   "best wherever it is offered (a random pick elsewhere) scores "
-                  f"{shown(constant_option, '.3f')}; picking an option at random "
-                  f"{shown(summary['chance_accuracy'], '.3f')}. Same letter: the share of answered questions "
+                  f"{_shown(summary['constant_option_accuracy'], '.3f')}; picking an option at random "
+                  f"{_shown(summary['chance_accuracy'], '.3f')}. Same letter: the share of answered questions "
                   "whose generated reply chose the arm's most common option letter, read from the reply as the "
                   "letters accuracy reads it, replies that chose no letter counting as one more choice, and that "
                   "choice (near 100% for a letter: that accuracy is an answer prior). n/a: nothing was scored.",
@@ -565,22 +583,33 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
                   "chance is 0.5.",
               "", "Image use: the model's loss per token on the reference texts with each record's image swapped for "
                   "another one, minus the loss with the right images. Near 0, the model ignores the picture."]
-    lines += _count_lines(per_seed, arms)
-    if first["lm_reading"]:
-        reading = first["lm_reading"]
-        lines += ["", f"The starting LM reads: given a scene's true description in text, it answers "
-                      f"{reading['accuracy']:.3f} of {reading['questions']} questions about it right (chance "
-                      f"{reading['chance']:.3f}; naming whichever option the description names most often, "
-                      f"whatever object is asked about: {reading['commonest']:.3f}). A step-by-step answer "
-                      "rests on this: it describes, then answers from the description."]
+    return lines
+
+
+def _reading_lines(first: dict) -> list[str]:
+    """How well the starting LM answers from a scene's description in text (none when not measured)."""
+    reading = first["lm_reading"]
+    if not reading:
+        return []
+    return ["", f"The starting LM reads: given a scene's true description in text, it answers "
+                f"{reading['accuracy']:.3f} of {reading['questions']} questions about it right (chance "
+                f"{reading['chance']:.3f}; naming whichever option the description names most often, "
+                f"whatever object is asked about: {reading['commonest']:.3f}). A step-by-step answer "
+                "rests on this: it describes, then answers from the description."]
+
+
+def _breakdown_lines(per_seed: list[dict], arms: list[str]) -> list[str]:
+    """MC accuracy and blind accuracy by question category, and the perception check by changed fact, where every
+    arm has them."""
+    first, lines = per_seed[0], []
     if all("blind_by_category" in first["arms"][arm] for arm in arms):
         categories = sorted(first["arms"][arms[0]]["by_category"])
         lines += ["", "### By category: MC accuracy / blind", "",
                   "A category whose blind accuracy is far above chance is answerable from the question text alone.",
                   "", "| arm | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
         for arm in arms:
-            cells = [f"{shown(_mean([s['arms'][arm]['by_category'].get(c) for s in per_seed]), '.2f')} / "
-                     f"{shown(_mean([s['arms'][arm]['blind_by_category'].get(c) for s in per_seed]), '.2f')}"
+            cells = [f"{_shown(_mean([s['arms'][arm]['by_category'].get(c) for s in per_seed]), '.2f')} / "
+                     f"{_shown(_mean([s['arms'][arm]['blind_by_category'].get(c) for s in per_seed]), '.2f')}"
                      for c in categories]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if all("perception_by_fact" in first["arms"][arm] for arm in arms):
@@ -589,10 +618,14 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
                   "| arm | " + " | ".join(facts) + " |", "|---" * (len(facts) + 1) + "|"]
         for arm in arms:
             lines.append(f"| {arm} | " + " | ".join(
-                shown(_mean([s["arms"][arm]["perception_by_fact"].get(f) for s in per_seed]), ".2f")
+                _shown(_mean([s["arms"][arm]["perception_by_fact"].get(f) for s in per_seed]), ".2f")
                 for f in facts) + " |")
-    lines += _standard_error_lines(summary, arms, seeds)
-    lines += ["", "## Outcome", ""]
+    return lines
+
+
+def _outcome_lines(summary: dict, seeds: int) -> list[str]:
+    """Which arm beats which on each metric, by how much against the noise, and the demo's targets."""
+    lines = ["", "## Outcome", ""]
     if seeds > 1:
         lines.append(f"An arm counts as beating another on a metric when the mean over seeds of their per-seed "
                      f"difference exceeds {WIN_STANDARD_ERRORS:g} standard errors of it, taken as the larger of its "
@@ -601,62 +634,72 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
     else:
         lines.append("With a single seed no spread is known, so no difference below is claimed as a win (use --seeds).")
     lines.append("")
-    shown_error = lambda value: "n/a" if value is None else f"{value:.3f}"  # noqa: E731
     for pair, wins in summary["verdict"].items():
         arm, other = pair.split(" vs ")
         for metric, w in wins.items():
             verb = "beats" if w["beats"] else ("is ahead of" if w["difference"] > 0 else "does not beat")
             needs = "" if w["se"] is None else f"; a win needs more than {WIN_STANDARD_ERRORS * w['se']:+.3f}"
             lines.append(f"- {arm} {verb} {other} on {metric.replace('_', ' ')}: {w['difference']:+.3f} "
-                         f"(standard error over seeds {shown_error(w['se_seeds'])}, of sampling "
-                         f"{shown_error(w['se_sampling'])}{needs}).")
+                         f"(standard error over seeds {_shown(w['se_seeds'], '.3f')}, of sampling "
+                         f"{_shown(w['se_sampling'], '.3f')}{needs}).")
+    constant_option = summary["constant_option_accuracy"]
     if constant_option is not None and not any(
             "accuracy" in row and row["accuracy"][0] > constant_option for row in summary["table"].values()):
         lines += ["", f"No arm's mean MC accuracy exceeds {constant_option:.3f}, what preferring the best single "
                       "option text scores: the differences above are not skills."]
-    if targets:
+    if summary["targets"]:
         status = {True: "met", False: "NOT met", None: "not checked"}
         lines += ["", "Targets of the toy demo (docs/pipeline.md); a curation target is met only when met on every "
                       "seed:", ""]
-        lines += [f"- {status[ok]}: {text}" for text, ok in targets.items()]
-    if first["curation"]:
-        lines += ["", "## Does self-consistency find the right data? (first seed, ground truth known)", "",
-                  "| task | AUROC of MBR score | right: all candidates | right: random pick (C) | right: curated (D) "
-                  "| kept |",
-                  "|---|---|---|---|---|---|"]
-        rows = list(first["curation"].items())
-        if "every_fact" in first["curation"].get("captions", {}):
-            rows.insert(1, ("captions, every fact", first["curation"]["captions"]["every_fact"]))
-        for task, q in rows:
-            cells = [q["auroc"], q["right_share_all_candidates"], q["right_share_random_candidate"],
-                     q["right_share_curated"]]
-            cells = ["n/a" if v is None else f"{v:.3f}" for v in cells]
-            lines.append(f"| {task} | {' | '.join(cells)} | {q['kept']}/{q['records']} |")
-        lines += ["", "A caption is right when the description it ends with names every object and nothing else (what "
-                      "the curation targets check); right in every fact when every size, place, label, background and "
-                      "mark it states is true as well."]
-        captions = first["curation"].get("captions", {})
-        if captions.get("candidate_facts"):
-            picks = {"all candidates": captions["candidate_facts"]}
-            by_pick = captions.get("candidate_facts_by_pick", {})
-            picks.update({"random pick (C)": by_pick.get("random"), "curated (D)": by_pick.get("curated")})
-            facts = list(captions["candidate_facts"])
-            lines += ["", "What the perception model's caption candidates say, fact by fact: the share that is true "
-                          "(objects: named objects that are in the image / objects of the image named). Curation "
-                          "helps a fact where the curated row is above the random pick's.", "",
-                      "| candidates | " + " | ".join(facts) + " |", "|---" * (len(facts) + 1) + "|"]
-            for name, values in picks.items():
-                cells = ["n/a" if not values or values.get(f) is None else f"{values[f]:.3f}" for f in facts]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += [f"- {status[ok]}: {text}" for text, ok in summary["targets"].items()]
+    return lines
+
+
+def _curation_lines(first: dict) -> list[str]:
+    """Against the ground truth of the first seed: whether curation's scores rank right data first, and which
+    facts of the caption candidates curation makes more often true (none without ground truth)."""
+    if not first["curation"]:
+        return []
+    lines = ["", "## Does self-consistency find the right data? (first seed, ground truth known)", "",
+             "| task | AUROC of MBR score | right: all candidates | right: random pick (C) | right: curated (D) "
+             "| kept |",
+             "|---|---|---|---|---|---|"]
+    rows = list(first["curation"].items())
+    if "every_fact" in first["curation"].get("captions", {}):
+        rows.insert(1, ("captions, every fact", first["curation"]["captions"]["every_fact"]))
+    for task, q in rows:
+        cells = [q["auroc"], q["right_share_all_candidates"], q["right_share_random_candidate"],
+                 q["right_share_curated"]]
+        lines.append(f"| {task} | {' | '.join(_shown(v, '.3f') for v in cells)} | {q['kept']}/{q['records']} |")
+    lines += ["", "A caption is right when the description it ends with names every object and nothing else (what "
+                  "the curation targets check); right in every fact when every size, place, label, background and "
+                  "mark it states is true as well."]
+    captions = first["curation"].get("captions", {})
+    if captions.get("candidate_facts"):
+        picks = {"all candidates": captions["candidate_facts"]}
+        by_pick = captions.get("candidate_facts_by_pick", {})
+        picks.update({"random pick (C)": by_pick.get("random"), "curated (D)": by_pick.get("curated")})
+        facts = list(captions["candidate_facts"])
+        lines += ["", "What the perception model's caption candidates say, fact by fact: the share that is true "
+                      "(objects: named objects that are in the image / objects of the image named). Curation "
+                      "helps a fact where the curated row is above the random pick's.", "",
+                  "| candidates | " + " | ".join(facts) + " |", "|---" * (len(facts) + 1) + "|"]
+        for name, values in picks.items():
+            cells = ["n/a" if not values or values.get(f) is None else f"{values[f]:.3f}" for f in facts]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _plot_and_time_lines(first: dict, captions_scored: bool) -> list[str]:
+    """The plots, then the wall and CPU seconds of every step of the first seed."""
     captions_plot = ["![captions](captions.png)", ""] if captions_scored else []
-    lines += ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", *captions_plot,
-              "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
-              "## Time per step (first seed)", "",
-              "Wall and CPU seconds of the run that did the step (a step reused from an earlier run keeps its "
-              "time).", "",
-              "| step | wall s | CPU s |", "|---|---|---|"]
+    lines = ["", "## Plots", "", "![accuracy by category](accuracy_by_category.png)", "", *captions_plot,
+             "![curation scores](curation_scores.png)", "", "![wall time](wall_time.png)", "",
+             "## Time per step (first seed)", "",
+             "Wall and CPU seconds of the run that did the step (a step reused from an earlier run keeps its "
+             "time).", "",
+             "| step | wall s | CPU s |", "|---|---|---|"]
     lines += [f"| {name} | {sec} | {first['cpu_seconds'][name]} |" for name, sec in first["seconds"].items()]
     total_cpu = sum(v or 0 for v in first["cpu_seconds"].values())
     lines.append(f"| all steps | {sum(v or 0 for v in first['seconds'].values()):.0f} | {total_cpu:.0f} |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return results
+    return lines
