@@ -521,6 +521,28 @@ def test_a_paper_run_names_every_missing_input_and_unset_launcher_variable_at_on
     assert not (tmp_path / "run" / "seed0").exists()
 
 
+@pytest.mark.parametrize(("command", "problem"), [
+    (["env", "HF_HOME=/scratch/hf_cache", sys.executable], None),
+    (["srun", "--container-image", "nvcr.io/nvidia/pytorch:24.01-py3", sys.executable], None),
+    ([sys.executable, "-X", "pycache_prefix=/no/such/folder"], None),
+    (["bash", "-c", 'source ~/nvembed/bin/activate && exec python "$@"', "embed"], None),
+    (["srun", "/no/such/env/bin/python", "-m", "torch.distributed.run", "--rdzv_endpoint=node0:29500"],
+     "embed_command names /no/such/env/bin/python, which is not there"),
+    (["/no/such/env/bin/python"], "embed_command starts /no/such/env/bin/python, which is not a program here"),
+])
+def test_embed_commands_are_checked_for_their_program_and_python_alone(quick_keys, tmp_path, monkeypatch, command,
+                                                                       problem):
+    """Every word holding "/" was taken for a path that must exist: env settings, container images, bind mounts."""
+    from sicog.cycle.cli import _command_problems
+
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    _, config, _, _ = quick_keys
+    apart = dataclasses.replace(config, encoder="/some/encoder", embed_command=command)
+    assert _command_problems(apart) == ([problem] if problem else [])
+
+
 def test_stage1_tunable_parts_win_over_the_train_settings_of_every_stage(quick_keys):
     out, config, _, _ = quick_keys
     changed = dataclasses.replace(config, stage1_tunable_parts="resampler",

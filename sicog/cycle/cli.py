@@ -122,8 +122,9 @@ def _missing_inputs(seeds: dict[int, tuple[SeedPlan, Engine]]) -> list[str]:
 def _command_problems(config: CycleConfig) -> list[str]:
     """Why the launcher or embed_command cannot start here, one entry each: environment variables they name
     (``$VAR``, ``${VAR}``, expanded when a step starts) that are not set, which would reach torchrun as an address
-    it cannot read, or an embed_command whose program (its first word: srun, or the Python) or a path it names (the
-    Python after srun) is not there."""
+    it cannot read, or an embed_command whose program (its first word: srun, or the Python) is not there, or whose
+    Python, given as a path, is not there: the last word before its first ``-m`` (else of all) that is no option
+    and no ``NAME=value``."""
     problems = []
     for what, command in (("the launcher", config.launcher), ("embed_command", config.embed_command)):
         named = (m.group(1) or m.group(2) for arg in command for m in re.finditer(r"\$\{(\w+)\}|\$(\w+)", arg))
@@ -133,8 +134,10 @@ def _command_problems(config: CycleConfig) -> list[str]:
             words = [os.path.expandvars(word) for word in command]
             if not shutil.which(words[0]):
                 problems.append(f"{what} starts {words[0]}, which is not a program here")
-            problems += [f"{what} names {path}, which is not there" for path in words[1:]
-                         if "/" in path and not path.startswith("-") and not os.path.exists(path)]
+            before = words[:words.index("-m")] if "-m" in words else words
+            python = next((w for w in reversed(before[1:]) if not w.startswith("-") and "=" not in w), None)
+            if python is not None and "/" in python and not os.path.exists(python):
+                problems.append(f"{what} names {python}, which is not there")
     return problems
 
 
