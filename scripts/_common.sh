@@ -375,19 +375,20 @@ generate_flags() {
 }
 
 # curate_flags TASK: `sicog curate TASK` and its flags from the quality-evaluation variables, in CURATE_ARGS, but
-# those that say how the encoder embeds, which go to ENCODER_ARGS (`sicog curate` and embed_file both take them).
+# those that say how the encoder embeds, which go to ENCODER_ARGS (`sicog curate` and embed_file both take them);
+# CURATE_STEM: RAW_DATASET without its extension.
 # Reads RAW_DATASET, OUTPUT_DIR (default: <RAW_DATASET without extension>_curated), MODEL_NAME_OR_PATH,
 # TEMPERATURE, THRESHOLD, MIN_AGREEMENT (reasoning), SEED, and for the encoder ENCODER_MODEL_NAME_OR_PATH,
 # ENCODER_TRUST_REMOTE_CODE and ENCODER_APPEND_EOS (switches: true or 1 to turn on), ENCODER_MAX_LENGTH,
 # ENCODER_QUERY_PREFIX, ENCODER_PADDING_SIDE, ENCODER_DTYPE, BATCH_SIZE.
 curate_flags() {
-    local stem="${RAW_DATASET%.jsonl}"
-    stem="${stem%.json}"
+    CURATE_STEM="${RAW_DATASET%.jsonl}"
+    CURATE_STEM="${CURATE_STEM%.json}"
     local pairs=(MODEL_NAME_OR_PATH:--model-name-or-path TEMPERATURE:--temperature THRESHOLD:--threshold SEED:--seed)
     if [[ "$1" == "reasoning" ]]; then pairs+=(MIN_AGREEMENT:--min-agreement); fi
     check_numbers TEMPERATURE THRESHOLD MIN_AGREEMENT
     optional_flags "${pairs[@]}"
-    CURATE_ARGS=(curate "$1" --input "$RAW_DATASET" --output-dir "${OUTPUT_DIR:-${stem}_curated}"
+    CURATE_ARGS=(curate "$1" --input "$RAW_DATASET" --output-dir "${OUTPUT_DIR:-${CURATE_STEM}_curated}"
                  ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
     optional_flags ENCODER_MODEL_NAME_OR_PATH:--encoder ENCODER_MAX_LENGTH:--max-length \
         ENCODER_QUERY_PREFIX:--query-prefix ENCODER_PADDING_SIDE:--padding-side ENCODER_DTYPE:--dtype \
@@ -410,8 +411,7 @@ run_curation() {
     fi
     require_vars ENCODER_MODEL_NAME_OR_PATH
     resolve_process_counts
-    local stem="${RAW_DATASET%.jsonl}" python ranks=()
-    stem="${stem%.json}"
+    local stem="$CURATE_STEM" python ranks=()
     python="$(sicog_python)"
     if ((NPROC_PER_NODE > 1)); then ranks=(-m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE"); fi
     run_printed "$python" -m sicog curate texts "$1" --input "$RAW_DATASET" --output "${stem}.texts.jsonl"

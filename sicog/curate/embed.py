@@ -150,7 +150,7 @@ class SentenceEncoder:
         :attr:`max_tokens`: they are compared by their beginning alone, so texts that differ only after it score
         as the same. 0 when the encoder names no limit or exposes no tokenizer to count with."""
         tokenizer = getattr(self.model, "tokenizer", None)
-        kept = [self.settings.query_prefix + text + self._eos for text in texts if text.strip()]
+        kept = [self.settings.query_prefix + sent for sent in self._sent(texts)[1]]
         if self.max_tokens is None or tokenizer is None or not kept:
             return 0
         lengths = tokenizer(kept, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
@@ -163,10 +163,10 @@ class SentenceEncoder:
         similarity to every other candidate is 0.
         """
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        keep = [i for i, text in enumerate(texts) if text.strip()]
+        keep, sent = self._sent(texts)
         if keep:
             vectors = self.model.encode(
-                [texts[i] + self._eos for i in keep],
+                sent,
                 prompt=self.settings.query_prefix or None,
                 batch_size=self.settings.batch_size,
                 convert_to_tensor=True,
@@ -176,6 +176,12 @@ class SentenceEncoder:
             # As a tensor, cast here: sentence-transformers 2.7 cannot turn bfloat16 output into numpy itself.
             out[keep] = l2_normalize(vectors.float().cpu().numpy())
         return out
+
+    def _sent(self, texts: Sequence[str]) -> tuple[list[int], list[str]]:
+        """The positions of the texts that are embedded (not blank) and those texts as the model gets them (EOS
+        appended; the query prefix is the model's ``prompt``)."""
+        keep = [i for i, text in enumerate(texts) if text.strip()]
+        return keep, [texts[i] + self._eos for i in keep]
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -73,7 +73,7 @@ def save_embeddings(
     """
     description = {"texts": len(texts), "texts_sha256": texts_digest(texts), "encoder": asdict(settings)}
     if truncated is not None:  # how many texts the encoder cut, at how many tokens (curation reports it)
-        description["truncated"] = {"texts": truncated[0], "max_tokens": truncated[1]}
+        description["truncated"] = {"truncated": truncated[0], "max_tokens": truncated[1]}
     sidecar(path).unlink(missing_ok=True)
     with atomic_file(path, "wb") as handle:
         np.save(handle, vectors.astype(np.float32))

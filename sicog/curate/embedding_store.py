@@ -49,6 +49,14 @@ def _counts_path(directory: Path, index: int) -> Path:
     return directory / f"chunk-{index:06d}.json"
 
 
+def truncation(counts: object) -> tuple[int, int | None] | None:
+    """``(texts the encoder cut, the tokens it reads)`` from a ``{"truncated", "max_tokens"}`` record (a chunk's, or
+    an embeddings file's description); None when there is none."""
+    if not isinstance(counts, dict) or not isinstance(counts.get("truncated"), int):
+        return None
+    return counts["truncated"], counts.get("max_tokens")
+
+
 def _load_chunk(path: Path) -> np.ndarray:
     """A chunk file, memory-mapped; ``ValueError`` naming it when it is damaged (written whole, it can only have
     been damaged since)."""
@@ -83,11 +91,12 @@ class EmbeddingStore:
         counts = []
         for k in range(len(self._chunks)):
             try:
-                counts.append(json.loads(_counts_path(self.directory, k).read_text(encoding="utf-8")))
+                counts.append(truncation(json.loads(_counts_path(self.directory, k).read_text(encoding="utf-8"))))
             except (OSError, ValueError):
                 return None
-        limits = [c.get("max_tokens") for c in counts]
-        return sum(int(c.get("truncated", 0)) for c in counts), max(filter(None, limits), default=None)
+        if None in counts:
+            return None
+        return sum(cut for cut, _ in counts), max(filter(None, (limit for _, limit in counts)), default=None)
 
     def rows(self, indices: Sequence[int]) -> np.ndarray:
         """The embeddings of the texts at ``indices`` (a new float32 array)."""

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
 from sicog.curate.embed_file import load_embeddings
-from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, ArrayStore, embed_texts
+from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, ArrayStore, embed_texts, truncation
 from sicog.curate.extract import Task, candidate_answer, expects_steps, extract
 from sicog.curate.records import ScoredRecord, pair_record, read_generated_records, training_record
 from sicog.curate.report import HISTOGRAM, REPORT, summarize, write_report
@@ -169,8 +169,7 @@ def curate(
         if rank != 0:
             return None  # the embeddings are made: rank 0 alone scores and writes
         vectors, description = load_embeddings(embeddings, texts)
-        cut = description.get("truncated")
-        store = ArrayStore(vectors, None if not isinstance(cut, dict) else (cut.get("texts"), cut.get("max_tokens")))
+        store = ArrayStore(vectors, truncation(description.get("truncated")))
         encoder = EncoderSettings(**description["encoder"])
         # An encoder made for one task ("toy-facts:reasoning" compares answers) scores another task's texts by
         # the wrong facts, and its name would choose that task's threshold.

@@ -127,12 +127,11 @@ def curate_flags(config: CycleConfig, encoding: bool | None = None) -> list[Arg]
     from sicog.curate.cli import curation_option_names
     from sicog.curate.embed import EncoderSettings
 
-    flags = _flags(config.curate, curation_option_names(), PLANNED_CURATE, "curate", dashes=True)
-    if encoding is None:
-        return flags
-    encoder = {f.name for f in dataclasses.fields(EncoderSettings)} | {"chunk_size"}
-    return _flags({k: v for k, v in config.curate.items() if (k in encoder) == encoding}, curation_option_names(),
-                  PLANNED_CURATE, "curate", dashes=True)
+    settings = config.curate
+    if encoding is not None:  # the two parts are checked as they are turned into flags, each by its call
+        encoder = {f.name for f in dataclasses.fields(EncoderSettings)} | {"chunk_size"}
+        settings = {k: v for k, v in settings.items() if (k in encoder) == encoding}
+    return _flags(settings, curation_option_names(), PLANNED_CURATE, "curate", dashes=True)
 
 
 def generate_flags(config: CycleConfig) -> list[Arg]:

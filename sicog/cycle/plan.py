@@ -86,8 +86,9 @@ class _Planner:
         self.train_flags = train_flags(config)
         self.load_flags = load_flags(config)
         # With embed_command, the encoder's settings go to the embedding step, which runs apart.
-        self.curate_flags = curate_flags(config, encoding=False if config.embed_command else None)
-        self.embed_flags = curate_flags(config, encoding=True)
+        apart = bool(config.embed_command)
+        self.curate_flags = curate_flags(config, encoding=False if apart else None)
+        self.embed_flags = curate_flags(config, encoding=True) if apart else []
         self.generate_flags = generate_flags(config)
         self.data: dict[str, Arg] = {k: world.input(k) for k in world.files}
 

@@ -118,13 +118,16 @@ def require_file(path: str | os.PathLike, what: str = "file") -> None:
         raise RecordError(f"{what} not found", path=path)
 
 
+# Datasets saved as tables (read by sicog.data.sources), and a YAML mixture's suffixes (sicog/data/mixture.py).
+DATASET_SUFFIXES = (".parquet", ".arrow")
+MIXTURE_SUFFIXES = (".yaml", ".yml")
 # Files that hold no JSON text, by suffix, with what to do: named as such rather than read as text that is "not UTF-8".
 _CONVERT = "`sicog data head --input FILE --output FILE.jsonl --limit ROWS` writes its rows as JSON Lines"
 _TABLE = "records are JSON Lines or a JSON array (`sicog eval` reads benchmark TSVs)"
 _MIXTURE = "a YAML mixture is read by `sicog train --data_path` and `sicog data check`"
 NOT_JSON = {".gz": "decompress it first", ".bz2": "decompress it first", ".xz": "decompress it first",
-            ".zst": "decompress it first", ".zip": "unzip it first", ".parquet": _CONVERT, ".arrow": _CONVERT,
-            ".yaml": _MIXTURE, ".yml": _MIXTURE, ".csv": _TABLE, ".tsv": _TABLE}
+            ".zst": "decompress it first", ".zip": "unzip it first", **dict.fromkeys(DATASET_SUFFIXES, _CONVERT),
+            **dict.fromkeys(MIXTURE_SUFFIXES, _MIXTURE), ".csv": _TABLE, ".tsv": _TABLE}
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

@@ -28,15 +28,12 @@ from typing import Any
 
 from braceexpand import UnbalancedBracesError, braceexpand
 
-from sicog.data.jsonl import RecordError, iter_records
+from sicog.data.jsonl import DATASET_SUFFIXES, MIXTURE_SUFFIXES, RecordError, iter_records
 
 JSON_SUFFIXES = (".jsonl", ".json")
-DATASET_SUFFIXES = (".parquet", ".arrow")
 # owner/name, optionally :split (a Hub repository id cannot hold a colon).
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.-]+))?$")
 BATCH_ROWS = 1024
-# A YAML mixture's suffixes (sicog/data/mixture.py): a data path ending so names a file, not a Hub dataset.
-MIXTURE_SUFFIXES = (".yaml", ".yml")
 
 
 def names_hub_dataset(source: str) -> bool:

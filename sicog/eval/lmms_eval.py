@@ -16,8 +16,6 @@ Importing this module needs lmms-eval installed.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -42,7 +40,8 @@ from sicog.data.sharding import rank_and_world
 from sicog.eval.batch_size import parse_batch_size
 from sicog.eval.generation import chat_turns, encode_item, generate_replies, load_for_eval, placed_images
 from sicog.eval.prompts import FRAMEWORK_MAX_NEW_TOKENS
-from sicog.model.image_io import load_image
+from sicog.eval.tsv import decode_image
+from sicog.model.image_io import ImageError, load_image
 from sicog.model.processing import Encoded
 
 MODEL_ID = "sicog"
@@ -103,11 +102,9 @@ def _image_of(url: object) -> object:
     if not header.endswith(";base64"):
         raise ValueError(f"an image data URI that is not base64 ({header[:40]})")
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-        image.load()
-    except (OSError, ValueError) as err:
+        return decode_image(data)
+    except ImageError as err:
         raise ValueError(f"cannot read the image of a data URI ({header[:40]}): {err}") from None
-    return image
 
 
 def _system_text(value: str) -> str:

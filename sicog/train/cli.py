@@ -10,13 +10,12 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from sicog.data.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
-from sicog.data.jsonl import RecordError
+from sicog.data.jsonl import RecordError, read_text
 from sicog.data.yaml_file import read_yaml
 from sicog.train.arguments import DataArguments, ModelArguments, SicogTrainingArguments, UsageError
 
@@ -69,7 +68,7 @@ def read_config(parser: HfArgumentParser, config: str) -> tuple:
     that name no flag are left to the parser, which lists them.
     """
     if config.endswith(".json"):  # read as YAML files are: a BOM dropped, a repeated key refused
-        settings = json.loads(Path(config).read_text(encoding="utf-8-sig"), object_pairs_hook=_once_each)
+        settings = json.loads(read_text(config), object_pairs_hook=_once_each)
     else:
         settings = read_yaml(config)
     if not isinstance(settings, dict):
