@@ -86,3 +86,21 @@ def test_the_loader_reports_a_field_of_the_wrong_type_in_one_line(tmp_path) -> N
     with pytest.raises(CheckpointError) as caught:
         load_pretrained(tmp_path)
     assert str(caught.value) == f"{tmp_path}/config.json: field 'vision_config': expected an object or null, got 5"
+
+
+def test_a_mistyped_path_is_no_folder_and_a_hub_like_name_is_said_to_be_looked_up(tmp_path, monkeypatch) -> None:
+    """A missing path reached the Hub client, whose message was about the form of repo ids (lmms-eval's pretrained=,
+    eval and generate through the loader; a training run's parts)."""
+    from sicog.model.builders import build_from_parts
+
+    typo = tmp_path / "checkpoint-typo"
+    with pytest.raises(CheckpointError) as caught:
+        load_pretrained(typo)
+    assert str(caught.value) == f"no SICOG checkpoint at {typo} (no such folder)"
+    with pytest.raises(OSError) as caught:
+        build_from_parts(tmp_path, typo)
+    assert str(caught.value) == f"{typo}: no such folder"
+    monkeypatch.chdir(tmp_path)  # a relative owner/name that is no folder here can be a Hub id
+    with pytest.raises(CheckpointError) as caught:
+        load_pretrained("model_weight/stage-typo")
+    assert str(caught.value).startswith("no folder model_weight/stage-typo, and as a Hugging Face Hub id: ")

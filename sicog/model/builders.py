@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -122,8 +123,11 @@ def local_model_folder(path: str | os.PathLike) -> str:
     scripts' ``CLIP_CKPT_DIR`` names). transformers reads such a folder as a checkpoint without ``config.json``:
     a CLIP config then silently takes its defaults (patch 32, not 14). Any other path is returned as it is.
 
-    Raises ``OSError`` naming the folder when it holds no snapshot of the revision ``refs/main`` names.
+    Raises ``OSError`` naming the path when there is no such folder and it cannot be a Hub id, or when a cache folder
+    holds no snapshot of the revision ``refs/main`` names.
     """
+    if mistyped_path(path):
+        raise OSError(f"{path}: no such folder")
     folder = Path(path)
     cache_folder = folder.name.startswith("models--") and (folder / "snapshots").is_dir()
     if not cache_folder or (folder / "config.json").exists():
@@ -134,6 +138,18 @@ def local_model_folder(path: str | os.PathLike) -> str:
     except (HfHubHTTPError, LocalEntryNotFoundError, ValueError) as error:
         raise OSError(f"{path}: a Hugging Face cache folder of {repo_id} without a usable snapshot "
                       f"({first_line(error)}); give the snapshots/REVISION folder inside it") from None
+
+
+def mistyped_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is no file or folder here and cannot be a Hugging Face Hub id either (an absolute path, one
+    starting with ``.`` or ``~``, two slashes): transformers would look it up on the Hub and report a malformed id."""
+    if Path(path).exists():
+        return False
+    try:
+        validate_repo_id(str(path))
+    except HFValidationError:
+        return True
+    return False
 
 
 def build_from_parts(
@@ -183,15 +199,18 @@ def load_pretrained(path: str | os.PathLike, **kwargs) -> tuple[SicogForConditio
     Raises :class:`CheckpointError` when it cannot be loaded (a path that is no checkpoint, a missing,
     truncated or invalid file).
     """
-    config = Path(path) / "config.json"
+    if mistyped_path(path):
+        raise CheckpointError(f"no SICOG checkpoint at {path} (no such folder)")
     try:
-        if config.is_file():
+        if Path(path).exists():
             # A config.json holding a JSON list or number would reach the config class as a TypeError naming no file,
             # and another model's (a plain Qwen2 folder) would load as SicogConfig's defaults, with only a warning.
             read_checkpoint_config(path)
         model, loading = SicogForConditionalGeneration.from_pretrained(path, output_loading_info=True, **kwargs)
         processor = SicogProcessor.from_pretrained(path, config=model.config)
     except (OSError, ValueError, SafetensorError) as error:
+        if not Path(path).exists():
+            raise CheckpointError(f"no folder {path}, and as a Hugging Face Hub id: {first_line(error)}") from error
         raise CheckpointError(_load_problem(Path(path), error)) from error
     if loading["missing_keys"]:
         # transformers initialises them at random and only logs a report: the model would train or generate from

@@ -9,8 +9,7 @@ import os
 from pathlib import Path
 
 import torch
-from huggingface_hub.errors import HFValidationError, StrictDataclassError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import StrictDataclassError
 from transformers import set_seed
 
 from sicog.data.argtypes import os_error_text
@@ -23,6 +22,7 @@ from sicog.model.builders import (
     build_from_parts,
     load_pretrained,
     load_projector,
+    mistyped_path,
     projector_from_checkpoint,
     with_remote_code,
 )
@@ -53,24 +53,15 @@ logger = logging.getLogger(__name__)
 PAPER_GLOBAL_BATCH = {"0": 128, "1": 256, "1.5": 128, "2": 128}
 
 
-def _is_repo_id(name: str) -> bool:
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
 def check_model_sources(model_args: ModelArguments) -> None:
     """Stop with a :class:`UsageError` when a model source names a local path that does not exist.
 
-    Without this, a missing folder reaches the Hub client as a repository id and fails with its message
-    about repository names. A name that can be a Hub id (``owner/name``) is left to the loader, except for
-    the projector, which is only read from disk.
+    Here, before anything loads, so the message names the flag. A name that can be a Hub id (``owner/name``) is
+    left to the loader, except for the projector, which is only read from disk.
     """
     for flag in ("model_name_or_path", "vision_tower", "language_model", "projector"):
         value = getattr(model_args, flag)
-        if value and not Path(value).exists() and (flag == "projector" or not _is_repo_id(value)):
+        if value and (not Path(value).exists() if flag == "projector" else mistyped_path(value)):
             raise UsageError(f"--{flag} {value}: no such file or folder")
 
 
