@@ -99,10 +99,29 @@ sicog_python() {
     fi
 }
 
+# launch_flags: LAUNCH_FLAGS, torchrun's arguments for NPROC_PER_NODE processes on each of NNODES nodes. One node:
+# --standalone (a free port) unless MASTER_ADDR is set. Several nodes: NODE_RANK (checked) and MASTER_ADDR are
+# required; MASTER_PORT defaults to 29500.
+launch_flags() {
+    LAUNCH_FLAGS=(--nproc_per_node "${NPROC_PER_NODE:-1}")
+    if [[ "${NNODES:-1}" != "1" ]]; then
+        require_vars NODE_RANK MASTER_ADDR
+        if ! [[ "$NODE_RANK" =~ ^[0-9]+$ ]] || ((10#$NODE_RANK >= NNODES)); then
+            echo "error: NODE_RANK must be a whole number from 0 to $((NNODES - 1)) (got '$NODE_RANK')" >&2
+            exit 2
+        fi
+        LAUNCH_FLAGS+=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
+                       --master_port "${MASTER_PORT:-29500}")
+    elif [[ -n "${MASTER_ADDR:-}" ]]; then
+        LAUNCH_FLAGS+=(--nnodes 1 --node_rank 0 --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
+    else
+        LAUNCH_FLAGS+=(--standalone)
+    fi
+}
+
 # sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1 (through
-# sicog.launch: torchrun's arguments, a failure in one line after the processes' errors, their exit status).
-# One node: torchrun --standalone (a free port) unless MASTER_ADDR is set. Several nodes: NODE_RANK and
-# MASTER_ADDR are required (MASTER_PORT defaults to 29500). One process that a training script runs under DeepSpeed
+# sicog.launch: torchrun's arguments (launch_flags), a failure in one line after the processes' errors, their exit
+# status). One process that a training script runs under DeepSpeed
 # (SICOG_TORCHRUN=1) gets the rank variables torchrun would set (without them DeepSpeed looks for MPI and mpi4py),
 # but not torchrun itself, whose agent turns the command's one-line error and exit 2 into a traceback and exit 1.
 # The interpreter is SICOG_PYTHON, else sicog_python's choice.
@@ -114,21 +133,8 @@ sicog_exec() {
         cmd=(env RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
              MASTER_PORT="${MASTER_PORT:-$(free_port "$python")}" "$python" -m sicog "$@")
     elif [[ "${NPROC_PER_NODE:-1}" != "1" || "${NNODES:-1}" != "1" ]]; then
-        cmd=("$python" -m sicog.launch --nproc_per_node "${NPROC_PER_NODE:-1}")
-        if [[ "${NNODES:-1}" != "1" ]]; then
-            require_vars NODE_RANK MASTER_ADDR
-            if ! [[ "$NODE_RANK" =~ ^[0-9]+$ ]] || ((10#$NODE_RANK >= NNODES)); then
-                echo "error: NODE_RANK must be a whole number from 0 to $((NNODES - 1)) (got '$NODE_RANK')" >&2
-                exit 2
-            fi
-            cmd+=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
-                  --master_port "${MASTER_PORT:-29500}")
-        elif [[ -n "${MASTER_ADDR:-}" ]]; then
-            cmd+=(--nnodes 1 --node_rank 0 --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
-        else
-            cmd+=(--standalone)
-        fi
-        cmd+=(-m sicog "$@")
+        launch_flags
+        cmd=("$python" -m sicog.launch "${LAUNCH_FLAGS[@]}" -m sicog "$@")
     else
         cmd=("$python" -m sicog "$@")
     fi
@@ -402,8 +408,10 @@ curate_flags() {
 # an environment the encoder loads in (NV-Embed-v2's code needs transformers 4.42, which this package does not run
 # with), in three commands as docs/curation.md#nv-embed-v2 gives them: the texts curation compares (sicog curate
 # texts, into <RAW_DATASET without extension>.texts.jsonl), their embeddings made by that Python from this checkout
-# (python -m sicog.curate.embed_file, into .emb.npy beside it; with NPROC_PER_NODE above 1, by that many ranks of
-# its torchrun on this node), then the scoring here (--embeddings). Each command is printed; --dry-run runs none.
+# (python -m sicog.curate.embed_file, into .emb.npy beside it; with NPROC_PER_NODE or NNODES above 1, by the ranks
+# of its torchrun, launch_flags), then the scoring here (--embeddings). On several nodes the texts and the scoring
+# are the first node's (NODE_RANK 0): the other nodes' ranks wait for it at torchrun's rendezvous, and their script
+# ends after the embedding. Each command is printed; --dry-run runs none.
 run_curation() {
     curate_flags "$1"
     if [[ -z "${ENCODER_PYTHON:-}" ]]; then
@@ -411,12 +419,19 @@ run_curation() {
     fi
     require_vars ENCODER_MODEL_NAME_OR_PATH
     resolve_process_counts
-    local stem="$CURATE_STEM" python ranks=()
+    local stem="$CURATE_STEM" python ranks=() first_node=1
     python="$(sicog_python)"
-    if ((NPROC_PER_NODE > 1)); then ranks=(-m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE"); fi
-    run_printed "$python" -m sicog curate texts "$1" --input "$RAW_DATASET" --output "${stem}.texts.jsonl"
+    if ((NPROC_PER_NODE > 1 || NNODES > 1)); then
+        launch_flags
+        ranks=(-m torch.distributed.run "${LAUNCH_FLAGS[@]}")
+    fi
+    if ((NNODES > 1 && 10#${NODE_RANK:-0} > 0)); then first_node=0; fi
+    if ((first_node)); then
+        run_printed "$python" -m sicog curate texts "$1" --input "$RAW_DATASET" --output "${stem}.texts.jsonl"
+    fi
     run_printed env PYTHONPATH="$SICOG_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$ENCODER_PYTHON" ${ranks[@]+"${ranks[@]}"} \
         -m sicog.curate.embed_file --texts "${stem}.texts.jsonl" --output "${stem}.emb.npy" "${ENCODER_ARGS[@]}"
+    if ((!first_node)); then exit 0; fi
     # The embeddings are made: scoring is one process's work.
     NPROC_PER_NODE=1 NNODES=1 sicog_exec "${CURATE_ARGS[@]}" --embeddings "${stem}.emb.npy" \
         ${SICOG_ARGS[@]+"${SICOG_ARGS[@]}"}

@@ -84,9 +84,23 @@ def test_an_encoder_in_its_own_environment_embeds_there_and_curation_reads_its_e
     ranks = run_script(task, tmp_path, "--dry-run", ENCODER_PYTHON="/envs/nvembed/bin/python", NPROC_PER_NODE="2",
                        **variables)
     texts, embed, curate = (shlex.split(line) for line in ranks.stdout.strip().splitlines())
-    assert embed[2:9] == ["/envs/nvembed/bin/python", "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", "-m"]
+    assert embed[2:9] == ["/envs/nvembed/bin/python", "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--standalone", "-m"]
     assert curate[1:3] == ["-m", "sicog"]
+    # On several nodes every node's ranks embed; the texts and the scoring are the first node's (every node wrote
+    # both, and each embedded the whole file on its own).
+    nodes = {"NNODES": "2", "MASTER_ADDR": "node0", "NPROC_PER_NODE": "2"}
+    first = run_script(task, tmp_path, "--dry-run", ENCODER_PYTHON="/envs/nvembed/bin/python", NODE_RANK="0",
+                       **nodes, **variables)
+    texts, embed, curate = (shlex.split(line) for line in first.stdout.strip().splitlines())
+    assert embed[2:14] == ["/envs/nvembed/bin/python", "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--nnodes", "2", "--node_rank", "0", "--master_addr", "node0", "--master_port"]
+    assert texts[1:5] == ["-m", "sicog", "curate", "texts"] and curate[1:4] == ["-m", "sicog", "curate"]
+    second = run_script(task, tmp_path, "--dry-run", ENCODER_PYTHON="/envs/nvembed/bin/python", NODE_RANK="1",
+                        **nodes, **variables)
+    assert second.returncode == 0, second.stderr
+    (embed,) = (shlex.split(line) for line in second.stdout.strip().splitlines())
+    assert embed[2:4] == ["/envs/nvembed/bin/python", "-m"] and embed[9:11] == ["--node_rank", "1"]
 
 
 def write_counting_record(path: Path) -> None:
