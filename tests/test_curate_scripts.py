@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
@@ -122,8 +123,20 @@ def test_an_encoder_run_in_another_python_curates_as_in_this_one(tmp_path: Path)
     apart = run_script("reasoning", tmp_path, OUTPUT_DIR="apart", ENCODER_PYTHON=sys.executable, **variables)
     assert apart.returncode == 0, apart.stderr[-2000:]
     assert (tmp_path / "gen.emb.npy").is_file() and (tmp_path / "gen.texts.jsonl").is_file()
+    # Two nodes on this machine, the second started first: its ranks wait at the rendezvous for the first node's
+    # texts; the first node scores.
+    nodes = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    env.update(variables | nodes, OUTPUT_DIR="nodes", ENCODER_PYTHON=sys.executable, SICOG_PYTHON=sys.executable,
+               HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    launched = [subprocess.Popen(["bash", str(SCRIPTS["reasoning"])], cwd=tmp_path, env={**env, "NODE_RANK": rank},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in ("1", "0")]
+    for node in launched:
+        stderr = node.communicate(timeout=300)[1]
+        assert node.returncode == 0, stderr[-2000:]
     for name in ("scored.jsonl", "curated.jsonl", "pairs.jsonl"):
         assert (tmp_path / "apart" / name).read_text() == (tmp_path / "here" / name).read_text()
+        assert (tmp_path / "nodes" / name).read_text() == (tmp_path / "here" / name).read_text()
 
 
 @pytest.mark.parametrize(("value", "on"), [("true", True), ("True", True), ("1", True), ("false", False), ("", False)])
