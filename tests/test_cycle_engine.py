@@ -8,10 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from zombies import zombie
 
 import sicog
 from sicog.cycle.config import CycleConfig, load_config
@@ -420,17 +420,10 @@ def test_a_step_lock_of_a_killed_process_that_nothing_reaped_is_taken_over(tmp_p
     plan = Plan([_head("first", Input(str(source)))])
     step = tmp_path / "run" / "first"
     step.mkdir(parents=True)
-    killed = subprocess.Popen([sys.executable, "-c", "import os, signal\nfrom sicog.data.lock import output_lock\n"
-                               f"held = output_lock({str(step / 'out.jsonl')!r})\nheld.__enter__()\n"
-                               "os.kill(os.getpid(), signal.SIGKILL)"])
-    try:
-        while Path(f"/proc/{killed.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
-            time.sleep(0.05)  # not waited for: a zombie until this test reaps it
-        assert lock_path(step / "out.jsonl").read_text().split()[0] == str(killed.pid)
+    with zombie(holding_lock_of=step / "out.jsonl") as pid:
+        assert lock_path(step / "out.jsonl").read_text().split()[0] == str(pid)
         Engine(tmp_path / "run", progress=False).run(plan)
         assert sorted(p.name for p in step.iterdir()) == ["log.txt", "out.jsonl"]
-    finally:
-        killed.wait()
 
 
 @pytest.mark.parametrize(("content", "says"), [("{\"steps\": {", "not valid JSON (Expecting"),

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from zombies import zombie
 
 from sicog.data.jsonl import atomic_file
 from sicog.data.staging import staged_folder, staging_path
@@ -82,6 +83,18 @@ def test_stale_folders_of_dead_processes_go_and_a_folder_that_cannot_be_listed_i
     monkeypatch.setattr(Path, "iterdir", original)
     remove_stale_staging(tmp_path, "out")
     assert not dead.exists() and mine.is_dir()  # this process runs: its folder stays
+
+
+def test_the_staging_folder_of_a_writer_that_exited_unreaped_goes(tmp_path: Path) -> None:
+    """A killed conversion's staging folder (a whole checkpoint) stayed while its process was a zombie, and a rerun
+    into the same folder refused before anything removed it."""
+    from sicog.data.staging import remove_stale_staging
+
+    with zombie() as pid:
+        left = tmp_path / f".out.converting-{socket.gethostname()}-{pid}"
+        left.mkdir()
+        remove_stale_staging(tmp_path, "out")
+        assert not left.exists()
 
 
 def test_a_target_whose_name_is_near_the_file_name_limit_is_staged_and_its_stale_folders_found(tmp_path: Path) -> None:

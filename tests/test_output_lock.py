@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from zombies import zombie
 
 from sicog.data.jsonl import load_records, write_jsonl
 from sicog.data.lock import OutputLocked, lock_path, output_lock
@@ -133,6 +134,27 @@ def test_an_empty_lock_file_is_taken_over_only_once_it_is_stale(tmp_path):
     with output_lock(tmp_path, folder=True):
         assert str(os.getpid()) == path.read_text().splitlines()[0]
     assert not path.exists()
+
+
+def test_a_lock_whose_holder_exited_unreaped_is_taken_over_and_a_live_holders_is_not(tmp_path):
+    """filelock counts a zombie as alive: a run killed under a parent that never waits (or orphaned where nothing
+    reaps) stopped every rerun of generate, curate, eval, train and annotate as "in use by another run"."""
+    output = tmp_path / "gen.jsonl"
+    with zombie(holding_lock_of=output) as pid:
+        assert lock_path(output).read_text().splitlines()[0] == str(pid)
+        with output_lock(output):
+            assert lock_path(output).read_text().splitlines()[0] == str(os.getpid())
+    live = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sicog.data.lock import output_lock\n"
+                             f"held = output_lock({str(output)!r})\nheld.__enter__()\nprint(flush=True)\n"
+                             "time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        live.stdout.readline()
+        with pytest.raises(OutputLocked, match=f"pid {live.pid} on host"):
+            with output_lock(output):
+                pass
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_a_lock_that_cannot_be_created_is_one_line_naming_the_path_at_fault(tmp_path, monkeypatch):

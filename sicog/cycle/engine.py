@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sicog.data.jsonl import write_json
-from sicog.data.lock import lock_path, locks_in, output_lock, remove_left_lock
+from sicog.data.lock import locks_in, output_lock, remove_left_lock
 from sicog.data.workers import exit_with_parent
 
 logger = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ class Engine:
                 entry.update(key=self.keys[name], code=self.code, kept_across_code_changes=history)
             for name in todo:  # before any folder is touched: a step still being written stops the run here
                 for left in locks_in(self.root / name):  # a killed run's (this run holds the seed), or its worker's
-                    remove_left_lock(left, own_lock=lock_path(self.root, folder=True))
+                    remove_left_lock(left)
             where = str(self.root.resolve())
             moved = self.manifest.get("root", where) != where
             # Another key's output, a step asked to run again (--from: its upstream output is being replaced, so a

@@ -2,9 +2,9 @@
 
 Two runs writing one output would interleave shard lines and break the exactly-once merge. The lock is
 filelock's :class:`~filelock.SoftFileLock`: a file holding the owner's pid and host, created
-exclusively, removed on exit; a lock left by a dead process on this host is taken over, and so is an
-empty one left by a run killed between creating the file and writing its pid. Under torchrun only rank 0
-takes it (torchrun stops the other ranks when rank 0 exits with an error).
+exclusively, removed on exit; a lock left by a dead process on this host is taken over (one that has exited but was
+never reaped too), and so is an empty one left by a run killed between creating the file and writing its pid. Under
+torchrun only rank 0 takes it (torchrun stops the other ranks when rank 0 exits with an error).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from filelock import SoftFileLock, Timeout
+from filelock._identity import host_name  # the host a lock record names: this one's
 
 from sicog.data.argtypes import os_error_text
 from sicog.data.jsonl import blocked_reason
+from sicog.data.processes import running
 
 #: An empty lock file unchanged this long (seconds) was left by a run killed while taking it: a holder
 #: writes its pid microseconds after creating the file.
@@ -61,21 +63,17 @@ def _host(path: Path) -> str | None:
     return lines[1] if len(lines) > 1 else None
 
 
-def remove_left_lock(path: str | os.PathLike, *, own_lock: str | os.PathLike) -> None:
+def remove_left_lock(path: str | os.PathLike) -> None:
     """Remove a lock file that a killed run left, unless a live process on this host holds it: then raise
-    :class:`OutputLocked` naming it.
-
-    ``own_lock``: a lock this process holds, whose record names this host as the lock records write it. A lock
-    recorded on another host cannot be checked from here and is removed, as is one that was being taken when its
-    run was killed (no record yet).
+    :class:`OutputLocked` naming it. A lock recorded on another host cannot be checked from here and is removed, as
+    is one that was being taken when its run was killed (no record yet).
     """
     path = Path(path)
     lock = _OutputFileLock(path, timeout=0)
     try:
         lock.acquire()  # taken over when its holder on this host is gone
     except Timeout:
-        host = _host(path)
-        if host is not None and host == _host(Path(own_lock)) and not _unreaped(path):
+        if _host(path) == host_name():
             raise OutputLocked(
                 f"{path.parent} is still being written by {holder(path)} (a process of a run that was killed?); "
                 "wait for it to finish or stop it, then run again"
@@ -85,17 +83,14 @@ def remove_left_lock(path: str | os.PathLike, *, own_lock: str | os.PathLike) ->
     lock.release()
 
 
-def _unreaped(path: Path) -> bool:
-    """Whether the holder a lock file records on this host has exited but was never reaped (Linux): a killed run's
-    processes, orphaned, wait for the first process of the machine to reap them, which in a container may never
-    happen, and filelock counts such a process as alive."""
+def _exited_here(path: Path) -> bool:
+    """Whether the holder a lock file records is a process of this host that no longer runs though filelock counts
+    it as alive: one that has exited but was never reaped (see :func:`~sicog.data.processes.running`)."""
     try:
         pid = int(path.read_text(encoding="utf-8").splitlines()[0])
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     except (OSError, ValueError, IndexError):
         return False
-    # The state follows the command name, which may hold spaces and parentheses: read after the last ")".
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+    return _host(path) == host_name() and not running(pid)
 
 
 def _unwritable(output: str | os.PathLike, folder: bool, err: OSError) -> str:
@@ -108,11 +103,11 @@ def _unwritable(output: str | os.PathLike, folder: bool, err: OSError) -> str:
 
 
 class _OutputFileLock(SoftFileLock):
-    """filelock's soft lock, which also takes over a stale empty lock file.
+    """filelock's soft lock, which also takes over a stale empty lock file and one whose holder has exited unreaped.
 
     filelock never breaks an empty marker, because releases before 3.22 held the lock with one; every
-    holder of a SICOG lock writes its record (``filelock>=4.3``), so an old empty one is abandoned. The
-    takeover is filelock's own atomic one, which re-checks the marker before replacing it.
+    holder of a SICOG lock writes its record (``filelock>=4.3``), so an old empty one is abandoned. filelock counts a
+    zombie holder as alive. The takeover is filelock's own atomic one, which re-checks the marker before replacing it.
     """
 
     def _try_break_stale_lock(self) -> None:
@@ -121,7 +116,8 @@ class _OutputFileLock(SoftFileLock):
             return
         with suppress(OSError):  # the marker went away or changed: the next run tries again
             marker = os.stat(self._lock_path)
-            if marker.st_size == 0 and time.time() - marker.st_mtime >= RECORDLESS_GRACE_S:
+            recordless = marker.st_size == 0 and time.time() - marker.st_mtime >= RECORDLESS_GRACE_S
+            if recordless or _exited_here(Path(self._lock_path)):
                 self._take_over(marker, None)
 
 

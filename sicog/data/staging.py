@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sicog.data.processes import running
+
 # What a staging folder holds: the new one being written; the old one moved aside for the swap; a checkpoint
 # being converted; a single file being written (sicog.data.jsonl.atomic_file).
 KINDS = ("building", "replaced", "converting", "writing")
@@ -64,23 +66,12 @@ def remove_stale_staging(folder: Path, target: str | None = None) -> None:
         match = _STAGING.fullmatch(path.name)
         if match is None or (target is not None and match["target"] != _target_part(target)):
             continue
-        if match["host"] not in (None, host) or _alive(int(match["pid"])):
+        if match["host"] not in (None, host) or running(int(match["pid"])):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host (signal 0 only checks that it could be sent)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process; no pid is that large
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 @contextmanager
