@@ -364,6 +364,11 @@ def test_launched_steps_run_one_at_a_time_beside_the_others(tmp_path):
     assert log.read_text() == "start\nend\n" * 4
     assert all((tmp_path / "run" / name / "out.jsonl").is_file() for name in ("a", "b", "c", "plain"))
     assert (tmp_path / "run" / "embed" / "out.txt").read_text() == "done"
+    # Without a launcher, programs still take the devices one at a time (the two embedding steps ran at once).
+    log.unlink()
+    programs = [dataclasses.replace(program, name=name) for name in ("embed_captions", "embed_reasoning")]
+    Engine(tmp_path / "alone", jobs=2, progress=False).run(Plan(programs))
+    assert log.read_text() == "start\nend\n" * 2
 
 
 def test_a_missing_input_is_named_before_anything_runs(tmp_path):

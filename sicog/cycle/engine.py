@@ -467,8 +467,8 @@ class Engine:
                         pending.discard(name)
                         bar.update()
                     elif not deps & pending:
-                        if self.launcher and _holds_devices(plan.steps[name]) and any(
-                                _holds_devices(plan.steps[other]) for other in running.values()):
+                        if _holds_devices(plan.steps[name], self.launcher) and any(
+                                _holds_devices(plan.steps[other], self.launcher) for other in running.values()):
                             # A launcher takes every process slot it names (the GPUs, a fixed rendezvous port): a
                             # second launched step at once would fail to meet its processes or share the devices.
                             continue
@@ -543,10 +543,11 @@ def _launch_key(command: Sequence[str]) -> list[str]:
     return key
 
 
-def _holds_devices(step: Step) -> bool:
-    """Whether the step takes the machine's accelerators: a launched step, or one run as a program (the curation
-    encoder's own environment, which embeds on a GPU)."""
-    return step.launched or bool(step.program)
+def _holds_devices(step: Step, launcher: Sequence[str]) -> bool:
+    """Whether the step takes the machine's accelerators: a launched step when the run has a ``launcher``, or one run
+    as a program with or without it (the curation encoder's own environment, which embeds on a GPU, its command maybe
+    a torchrun with a fixed rendezvous)."""
+    return (step.launched and bool(launcher)) or bool(step.program)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
