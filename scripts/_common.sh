@@ -382,19 +382,19 @@ generate_flags() {
 
 # curate_flags TASK: `sicog curate TASK` and its flags from the quality-evaluation variables, in CURATE_ARGS, but
 # those that say how the encoder embeds, which go to ENCODER_ARGS (`sicog curate` and embed_file both take them);
-# CURATE_STEM: RAW_DATASET without its extension.
+# CURATE_OUTPUT: the output folder.
 # Reads RAW_DATASET, OUTPUT_DIR (default: <RAW_DATASET without extension>_curated), MODEL_NAME_OR_PATH,
 # TEMPERATURE, THRESHOLD, MIN_AGREEMENT (reasoning), SEED, and for the encoder ENCODER_MODEL_NAME_OR_PATH,
 # ENCODER_TRUST_REMOTE_CODE and ENCODER_APPEND_EOS (switches: true or 1 to turn on), ENCODER_MAX_LENGTH,
 # ENCODER_QUERY_PREFIX, ENCODER_PADDING_SIDE, ENCODER_DTYPE, BATCH_SIZE.
 curate_flags() {
-    CURATE_STEM="${RAW_DATASET%.jsonl}"
-    CURATE_STEM="${CURATE_STEM%.json}"
+    local stem="${RAW_DATASET%.jsonl}"
+    CURATE_OUTPUT="${OUTPUT_DIR:-${stem%.json}_curated}"
     local pairs=(MODEL_NAME_OR_PATH:--model-name-or-path TEMPERATURE:--temperature THRESHOLD:--threshold SEED:--seed)
     if [[ "$1" == "reasoning" ]]; then pairs+=(MIN_AGREEMENT:--min-agreement); fi
     check_numbers TEMPERATURE THRESHOLD MIN_AGREEMENT
     optional_flags "${pairs[@]}"
-    CURATE_ARGS=(curate "$1" --input "$RAW_DATASET" --output-dir "${OUTPUT_DIR:-${CURATE_STEM}_curated}"
+    CURATE_ARGS=(curate "$1" --input "$RAW_DATASET" --output-dir "$CURATE_OUTPUT"
                  ${OPTIONAL_FLAGS[@]+"${OPTIONAL_FLAGS[@]}"})
     optional_flags ENCODER_MODEL_NAME_OR_PATH:--encoder ENCODER_MAX_LENGTH:--max-length \
         ENCODER_QUERY_PREFIX:--query-prefix ENCODER_PADDING_SIDE:--padding-side ENCODER_DTYPE:--dtype \
@@ -407,11 +407,12 @@ curate_flags() {
 # run_curation TASK: curation by the quality-evaluation variables (curate_flags). With ENCODER_PYTHON, the Python of
 # an environment the encoder loads in (NV-Embed-v2's code needs transformers 4.42, which this package does not run
 # with), in three commands as docs/curation.md#nv-embed-v2 gives them: the texts curation compares (sicog curate
-# texts, into <RAW_DATASET without extension>.texts.jsonl), their embeddings made by that Python from this checkout
-# (python -m sicog.curate.embed_file, into .emb.npy beside it; with NPROC_PER_NODE or NNODES above 1, by the ranks
-# of its torchrun, launch_flags), then the scoring here (--embeddings). On several nodes the texts and the scoring
-# are the first node's (NODE_RANK 0): the other nodes' ranks wait for it at torchrun's rendezvous, and their script
-# ends after the embedding. Each command is printed; --dry-run runs none.
+# texts, into <output folder>.texts.jsonl: each output its own, with its own encoder settings), their embeddings
+# made by that Python from this checkout (python -m sicog.curate.embed_file, into <output folder>.emb.npy; with
+# NPROC_PER_NODE or NNODES above 1, by the ranks of its torchrun, launch_flags), then the scoring here
+# (--embeddings). The ENCODER_* variables set the encoder; the script's arguments go to the scoring alone. On
+# several nodes the texts and the scoring are the first node's (NODE_RANK 0): the other nodes' ranks wait for it at
+# torchrun's rendezvous, and their script ends after the embedding. Each command is printed; --dry-run runs none.
 run_curation() {
     curate_flags "$1"
     if [[ -z "${ENCODER_PYTHON:-}" ]]; then
@@ -419,7 +420,7 @@ run_curation() {
     fi
     require_vars ENCODER_MODEL_NAME_OR_PATH
     resolve_process_counts
-    local stem="$CURATE_STEM" python ranks=() first_node=1
+    local stem="${CURATE_OUTPUT%/}" python ranks=() first_node=1
     python="$(sicog_python)"
     if ((NPROC_PER_NODE > 1 || NNODES > 1)); then
         launch_flags

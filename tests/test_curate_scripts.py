@@ -71,14 +71,19 @@ def test_an_encoder_in_its_own_environment_embeds_there_and_curation_reads_its_e
     assert result.returncode == 0, result.stderr
     texts, embed, curate = (shlex.split(line) for line in result.stdout.strip().splitlines())
     assert texts[1:] == ["-m", "sicog", "curate", "texts", task, "--input", "gen/candidates.jsonl",
-                         "--output", "gen/candidates.texts.jsonl"]
+                         "--output", "gen/candidates_curated.texts.jsonl"]
     assert embed == ["env", f"PYTHONPATH={ROOT}:{ROOT}", "/envs/nvembed/bin/python", "-m", "sicog.curate.embed_file",
-                     "--texts", "gen/candidates.texts.jsonl", "--output", "gen/candidates.emb.npy",
+                     "--texts", "gen/candidates_curated.texts.jsonl", "--output", "gen/candidates_curated.emb.npy",
                      "--encoder", "nvidia/NV-Embed-v2", "--max-length", "1024", "--padding-side", "right",
                      "--dtype", "float32", "--trust-remote-code", "--append-eos"]
     assert curate[1:] == ["-m", "sicog", "curate", task, "--input", "gen/candidates.jsonl", "--output-dir",
                           "gen/candidates_curated", "--threshold", "0.85", "--seed", "4",
-                          "--embeddings", "gen/candidates.emb.npy"]
+                          "--embeddings", "gen/candidates_curated.emb.npy"]
+    # Each output its own texts and embeddings: two runs over one dataset with other encoder settings mixed theirs.
+    other = run_script(task, tmp_path, "--dry-run", ENCODER_PYTHON="/envs/nvembed/bin/python", **variables,
+                       OUTPUT_DIR="runs/short/")
+    assert shlex.split(other.stdout.splitlines()[1])[5:9] == ["--texts", "runs/short.texts.jsonl", "--output",
+                                                               "runs/short.emb.npy"]
     without = run_script(task, tmp_path, "--dry-run", RAW_DATASET="g.jsonl", ENCODER_PYTHON="/envs/nvembed/bin/python")
     assert without.returncode == 2 and "ENCODER_MODEL_NAME_OR_PATH" in without.stderr
     # Ranks share the embedding, in that environment's torchrun; scoring the embeddings made is one process's.
@@ -122,7 +127,7 @@ def test_an_encoder_run_in_another_python_curates_as_in_this_one(tmp_path: Path)
     assert here.returncode == 0, here.stderr[-2000:]
     apart = run_script("reasoning", tmp_path, OUTPUT_DIR="apart", ENCODER_PYTHON=sys.executable, **variables)
     assert apart.returncode == 0, apart.stderr[-2000:]
-    assert (tmp_path / "gen.emb.npy").is_file() and (tmp_path / "gen.texts.jsonl").is_file()
+    assert (tmp_path / "apart.emb.npy").is_file() and (tmp_path / "apart.texts.jsonl").is_file()
     # Two nodes on this machine, the second started first: its ranks wait at the rendezvous for the first node's
     # texts; the first node scores.
     nodes = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}

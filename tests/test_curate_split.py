@@ -135,3 +135,21 @@ def test_embeddings_made_for_the_other_task_are_refused(tmp_path, capsys):
                  "--embeddings", str(tmp_path / "emb.npy")]) == 2
     assert "made by toy-facts:reasoning, for reasoning, not for captions" in capsys.readouterr().err
     assert not (tmp_path / "out" / "scored.jsonl").exists()
+
+
+def test_a_second_embedding_run_on_one_output_stops_at_once(tmp_path, capsys):
+    """Two runs on one output (srun tasks without torchrun, each its own rank 0) embedded the same chunks, and each
+    removed the other's folder of them: one ended in a traceback, the other blamed a chunk file."""
+    from sicog.curate.embed_file import main as embed_main
+    from sicog.data.lock import lock_path, output_lock
+
+    write_jsonl(tmp_path / "texts.jsonl", [{"text": text} for text in CAPTIONS])
+    output = tmp_path / "emb.npy"
+    with output_lock(output):
+        code = embed_main(["--texts", str(tmp_path / "texts.jsonl"), "--output", str(output), "--encoder",
+                           packaged_minilm_path(), "--device", "cpu"])
+    assert code == 2
+    holder = f"pid {os.getpid()} on host {os.uname().nodename}; lock file {lock_path(output)}"
+    assert capsys.readouterr().err == (f"embed_file: error: {output} is in use by another run ({holder}); wait for it "
+                                       "to finish, or delete the lock file if that run is gone\n")
+    assert not output.exists() and not (tmp_path / "emb.npy.chunks").exists()

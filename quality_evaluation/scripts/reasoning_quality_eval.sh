@@ -20,7 +20,8 @@
 #            ENCODER_TRUST_REMOTE_CODE=1 ENCODER_APPEND_EOS=1 ENCODER_MAX_LENGTH=512 ENCODER_DTYPE=float32
 #            ENCODER_PADDING_SIDE=right, no ENCODER_QUERY_PREFIX, and ENCODER_PYTHON=<its environment's python>: its
 #            code needs transformers 4.42 (docs/curation.md#nv-embed-v2 says how to make that environment).
-# Arguments: --dry-run prints the commands only; anything else is passed on to `sicog curate reasoning`.
+# Arguments: --dry-run prints the commands only; anything else is passed on to `sicog curate reasoning` (with
+#            ENCODER_PYTHON, to the scoring: the ENCODER_* variables set the encoder).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/_common.sh"
 parse_common_args "$@"

@@ -39,6 +39,7 @@ from sicog.data.jsonl import (
     refuse_overwriting,
     write_json,
 )
+from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.sharding import process_group, rank_and_world
 from sicog.model.device import DTYPES
 
@@ -172,6 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     share the chunks (each on its own GPU) and rank 0 writes the output."""
     args = build_parser().parse_args(argv)
     rank, world = rank_and_world()
+    try:
+        # One run per output: two would embed the same chunks and each remove the other's folder of them.
+        with output_lock(args.output, enabled=rank == 0):
+            return _embed(args, rank, world)
+    except OutputLocked as err:
+        print(f"embed_file: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _embed(args: argparse.Namespace, rank: int, world: int) -> int:
+    """:func:`main`'s work, under the output's lock."""
     try:
         refuse_overwriting([("--texts", args.texts)], "--output", args.output, also=[sidecar(args.output)])
         _check_output(Path(args.output))

@@ -16,7 +16,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from filelock import SoftFileLock, Timeout
-from filelock._identity import host_name  # the host a lock record names: this one's
 
 from sicog.data.argtypes import os_error_text
 from sicog.data.jsonl import blocked_reason
@@ -73,7 +72,7 @@ def remove_left_lock(path: str | os.PathLike) -> None:
     try:
         lock.acquire()  # taken over when its holder on this host is gone
     except Timeout:
-        if _host(path) == host_name():
+        if _host(path) == _this_host():
             raise OutputLocked(
                 f"{path.parent} is still being written by {holder(path)} (a process of a run that was killed?); "
                 "wait for it to finish or stop it, then run again"
@@ -83,6 +82,15 @@ def remove_left_lock(path: str | os.PathLike) -> None:
     lock.release()
 
 
+def _this_host() -> str:
+    """This host as filelock's lock records name it. Imported here: ``python -m sicog.curate.embed_file`` takes
+    locks in the encoder's environment too, whose filelock may predate this (its soft lock then never calls the
+    takeover that asks)."""
+    from filelock._identity import host_name
+
+    return host_name()
+
+
 def _exited_here(path: Path) -> bool:
     """Whether the holder a lock file records is a process of this host that no longer runs though filelock counts
     it as alive: one that has exited but was never reaped (see :func:`~sicog.data.processes.running`)."""
@@ -90,7 +98,7 @@ def _exited_here(path: Path) -> bool:
         pid = int(path.read_text(encoding="utf-8").splitlines()[0])
     except (OSError, ValueError, IndexError):
         return False
-    return _host(path) == host_name() and not running(pid)
+    return _host(path) == _this_host() and not running(pid)
 
 
 def _unwritable(output: str | os.PathLike, folder: bool, err: OSError) -> str:
