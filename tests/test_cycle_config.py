@@ -58,6 +58,10 @@ def test_embed_command_without_a_sentence_encoder_to_run_is_refused(tmp_path):
             "key 'embed_command': expected a list of strings")
     config = load_config(write(tmp_path, embed_command=["/envs/nvembed/bin/python"], encoder="/models/NV-Embed-v2"))
     assert config.embed_command == ["/envs/nvembed/bin/python"]
+    # Its curation reads embeddings made by the embed step: keeping them again did nothing but change the step key.
+    refused(tmp_path, write(tmp_path, embed_command=["/envs/nvembed/bin/python"], encoder="/models/NV-Embed-v2",
+                            curate={"keep_embeddings": True}),
+            "curate.keep_embeddings keeps the embeddings made inside `sicog curate`; with embed_command")
 
 
 def test_a_required_dataset_left_out_is_named_before_anything_runs(tmp_path):

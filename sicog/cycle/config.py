@@ -114,6 +114,10 @@ class CycleConfig:
         if self.embed_command and self.encoder in (None, TOY_ENCODER):
             raise ValueError(f"embed_command runs a sentence encoder apart, but encoder is {self.encoder!r}; name the "
                              "encoder (its folder or hub id) or leave embed_command out")
+        if self.embed_command and self.curate.get("keep_embeddings"):
+            # The embed step's output is kept whole in the run folder; curation reading it has none to keep.
+            raise ValueError("curate.keep_embeddings keeps the embeddings made inside `sicog curate`; with "
+                             "embed_command they are the curate_*_embed steps' output, kept already: leave it out")
         self.arms = tuple(a for a in ARMS if a in self.arms)
 
     def to_dict(self) -> dict:
