@@ -149,6 +149,9 @@ class FakeVLM:
                     return self.wfile.write(page)
                 if action == "slow":
                     fake.stopping.wait(fake.slow_seconds)
+                if action == "die":  # the server goes away with this request unanswered
+                    threading.Thread(target=fake.stop, daemon=True).start()
+                    action = "drop"
                 if action == "drop":  # the request read, the connection closed without a reply
                     self.close_connection = True
                     return self.connection.shutdown(socket.SHUT_RDWR)
@@ -472,6 +475,16 @@ def test_a_server_that_never_answers_stops_the_run_naming_the_cause(loopback_onl
     err = capsys.readouterr().err
     assert f"{nobody} never answered: connection error: Connection error. (" in err and "refused" in err.lower()
     assert ids_of(tmp_path / "cod" / "failures.jsonl") == [] and ids_of(tmp_path / "cod" / "cod.jsonl") == []
+
+
+def test_a_server_that_goes_away_mid_run_stops_the_run_recording_nothing_more(server, tmp_path, capsys):
+    """Each later record was retried for its connection refused (about 23 s each), written as failed, and the run
+    exited 0: hours for a large input, and only --retry-failures brought the records back."""
+    make_dataset(tmp_path, [("a", "red", (8, 8), "PNG"), ("b", "blue", (8, 8), "PNG"), ("c", "green", (8, 8), "PNG")])
+    server.script = {"blue": ["die"]}
+    assert annotate(server, tmp_path, "--concurrency", "1") == 1
+    assert f"{server.url} stopped answering: connection error: " in capsys.readouterr().err
+    assert ids_of(tmp_path / "cod" / "cod.jsonl") == ["a"] and ids_of(tmp_path / "cod" / "failures.jsonl") == []
 
 
 def test_a_first_record_that_times_out_fails_alone(loopback_only, tmp_path):

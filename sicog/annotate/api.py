@@ -236,15 +236,18 @@ class ChatAPI:
             if self._stopped.is_set():  # the failure is the cut connection, no reason to retry or report
                 raise Stopped("the run stopped")
             if attempts > self.policy.max_retries:
-                # No server there, and none ever answered: every record would fail the same way; stop, record nothing.
-                # (A reply that times out reached one: that record fails alone, as does one whose connections were
-                # dropped, until DROPPED_RECORDS_FOR_NO_SERVER records have been and nothing was answered.)
-                if not self._answered.is_set():
-                    no_server = (f"gave up after {attempts} attempts" if unreachable
-                                 else self._dropped_record() if dropped else None)
+                # No server there (none ever answered, or the one that did is gone: refused, no such host): every
+                # record would fail the same way; stop, record nothing, and a rerun resumes. (A reply that times out
+                # reached one: that record fails alone, as does one whose connections were dropped, until
+                # DROPPED_RECORDS_FOR_NO_SERVER records have been and nothing was answered.)
+                server = self.base_url or "the OpenAI API"
+                if unreachable:
+                    what = "stopped answering" if self._answered.is_set() else "never answered"
+                    raise FatalAPIError(f"{server} {what}: {reason} (gave up after {attempts} attempts)")
+                if dropped and not self._answered.is_set():
+                    no_server = self._dropped_record()
                     if no_server and not self._answered.is_set():
-                        raise FatalAPIError(f"{self.base_url or 'the OpenAI API'} never answered: {reason} "
-                                            f"({no_server})")
+                        raise FatalAPIError(f"{server} never answered: {reason} ({no_server})")
                 raise RequestFailed(f"{reason} (gave up after {attempts} attempts)", attempts)
             wait = self.policy.delay(attempts - 1, retry_after)
             log.warning("%s%s; retry %d/%d in %.1fs", f"{label}: " if label else "", reason, attempts,
