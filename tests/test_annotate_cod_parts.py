@@ -70,11 +70,31 @@ def test_a_first_line_ending_in_a_colon_is_body_text_when_the_header_is_left_out
 
 
 @pytest.mark.parametrize("marker", ["### Step {i}: Salient Content", "**Step {i}: Salient Content**",
-                                    "Step {i}: **Salient Content**", "**Step {i}**\n## Salient Content"])
+                                    "Step {i}: **Salient Content**", "**Step {i}**\n## Salient Content",
+                                    "**Step {i}: Salient Content**:", "__Step {i}: Salient Content__"])
 def test_a_shortened_header_styled_as_a_heading_is_not_kept_in_the_body(marker):
+    """The last two left "Salient Content**:" and "Salient Content__" in every step of the written captions."""
     reply = "\n\n".join(f"{marker.format(i=i)}\n\n{b}" for i, b in enumerate(BODIES, start=1))
     bodies, _ = parse_cod_reply(reply)
     assert bodies == BODIES
+
+
+@pytest.mark.parametrize("marker", ["**Step {i}: Salient Content** ", "**Step {i}: Salient Content**: ",
+                                    "__Step {i}: Salient Content__ - "])
+def test_a_shortened_bold_header_with_the_text_on_its_line_is_not_kept_in_the_body(marker):
+    reply = "\n\n".join(f"{marker.format(i=i)}{b}" for i, b in enumerate(BODIES, start=1))
+    bodies, _ = parse_cod_reply(reply)
+    assert bodies == BODIES
+
+
+def test_a_horizontal_rule_ends_a_step_and_a_closing_remark_after_one_is_no_part_of_the_caption():
+    """The published prompt separates its example's steps with "---": replies that copy it stored the rule at the end of
+    steps 1-4, and a remark after the last one ("This description is based strictly on ...") in the caption."""
+    steps = [f"**Step {i}**: {h}\n\n{b}" for i, (h, b) in enumerate(zip(COD_STEPS, BODIES), start=1)]
+    reply = "\n\n---\n\n".join(steps) + "\n\n* * *\n\nThis description is based strictly on the image."
+    bodies, caption = parse_cod_reply(reply)
+    assert bodies == BODIES
+    assert split_steps(caption, COD_STEPS) == dict(enumerate(BODIES, start=1))
 
 
 def test_header_forms_of_the_published_reply_are_removed():

@@ -1,9 +1,10 @@
 """Writing and reading step-by-step texts ("Step 1: ...", CoD's five steps, CoT's four).
 
 The reader is lenient about how a step is marked, because it parses model output: "Step 5: ...",
-"**Step 5**:", "**Step 5:** ...", "**Step 5: Header**", "Step 5 -", "### Step 5. Header" followed by the
-text on the next line, any case. It never edits the text of a step: it removes only the marker with its
-own decoration and, where there is one, the step's header line (see :func:`split_steps`).
+"**Step 5**:", "**Step 5:** ...", "**Step 5: Header**", "**Step 5: Header**: ...", "__Step 5: Header__",
+"Step 5 -", "### Step 5. Header" followed by the text on the next line, any case. It never edits the text of a
+step: it removes only the marker with its own decoration and, where there is one, the step's header line (see
+:func:`split_steps`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 # Emphasis closed after the separator ("**Step 1:** text") is resolved in code: the regex cannot tell it
 # from emphasis that opens the body ("Step 1: *Grand Opening* ...").
 _MARKER = re.compile(
-    r"^(?P<lead>[ \t#>*_-]*?)(?P<open>\**)step[ \t]*(?P<number>\d+)[ \t]*(?P<close>\**)[ \t]*"
+    r"^(?P<lead>[ \t#>*_-]*?)(?P<open>\**|_*)step[ \t]*(?P<number>\d+)[ \t]*(?P<close>\**|_*)[ \t]*"
     r"[:.)\-\u2013\u2014]?[ \t]*",
     re.IGNORECASE | re.MULTILINE,
 )
@@ -28,6 +29,9 @@ _INLINE_MARKER = re.compile(
 _HEADING_LINE = re.compile(r"^#{1,6}[ \t]")
 # A line that is one bold span: "**Salient content**", "__Salient content__:".
 _BOLD_LINE = re.compile(r"^(\*\*|__)(?:(?!\1).)+\1[:.]?$")
+# A Markdown horizontal rule on a line of its own ("---", "* * *"): models copy the published prompt's rules between
+# steps, and write closing remarks after one.
+_RULE_LINE = re.compile(r"^[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*$", re.MULTILINE)
 # What may decorate a header line before its text: heading marks and emphasis.
 _HEADER_LEAD = re.compile(r"^[#*_ \t]*")
 
@@ -56,6 +60,7 @@ def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
       (``### Step 1: Salient content``), the marker's own emphasis spans the line
       (``**Step 1: Salient content**``), or the line is a Markdown heading or one bold span.
 
+    A body ends at the next marker or at a horizontal rule ("---" on its own line), whatever follows the rule.
     Any other first line is body text, also one that ends in ":". Emphasis is removed only where it
     belongs to the marker (``**Step 1:**``, ``**Step 1: ...**``) or to a removed header, never from the body.
     When a step number occurs twice, the first occurrence wins; text before the first marker is ignored.
@@ -74,20 +79,25 @@ def _body_at(text: str, matches: Sequence[re.Match[str]], i: int, headers: Seque
     match, number = matches[i], int(matches[i].group("number"))
     end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
     header = headers[number - 1] if 0 < number <= len(headers) else None
-    return _step_body(match, text[match.end() : end], header)
+    rule = _RULE_LINE.search(text, match.end(), end)
+    return _step_body(match, text[match.end() : rule.start() if rule else end], header)
 
 
 def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
     """The body of one step: ``raw`` (the text after ``marker``) without the marker's emphasis and header line."""
     line, _, after = raw.partition("\n")
     # Emphasis opened at "Step" and not closed before the separator is still open here.
-    pending = "*" * max(len(marker.group("open")) - len(marker.group("close")), 0)
+    opened, closed = marker.group("open"), marker.group("close")
+    pending = opened[len(closed) :]
     if pending and re.match(re.escape(pending) + r"(?:[ \t]|$)", line):
         line, pending = line[len(pending) :], ""  # "**Step 1:** text"
     styled = "#" in marker.group("lead")
-    inside = line.rstrip()[: -len(pending)] if pending and line.rstrip().endswith(pending) else None
-    if inside is not None and pending not in inside:
-        line, pending, styled = inside, "", True  # "**Step 1: Salient content**"
+    title, closes, rest = line.partition(pending) if pending else ("", "", "")
+    if closes and pending not in rest:  # the marker's emphasis closes once on this line, after a title
+        rest = rest[re.match(r"[ \t]*[:.\-\u2013\u2014]?[ \t]*", rest).end() :]
+        if rest.strip():
+            return (rest + "\n" + after).strip()  # "**Step 1: Title** text", "**Step 1: Title**: text"
+        line, pending, styled = title, "", True  # "**Step 1: Salient content**", "__Step 1: Title__:"
     if not line.strip():
         # The marker stands alone on its line: a header would be the next non-empty line.
         line, _, after = after.strip().partition("\n")
