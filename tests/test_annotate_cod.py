@@ -599,6 +599,14 @@ def test_duplicate_ids_are_refused_before_any_request(server, tmp_path, capsys):
     assert server.requests == []
 
 
+def test_an_input_without_records_is_refused_writing_nothing(server, tmp_path, capsys):
+    """It exited 0 with empty outputs: a truncated download found out only at training."""
+    make_dataset(tmp_path, [])
+    assert annotate(server, tmp_path) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'captions.jsonl'}: holds no records\n"
+    assert not (tmp_path / "cod" / "cod.jsonl").exists() and server.requests == []
+
+
 def test_a_second_run_on_the_same_outputs_is_refused_before_any_request(server, tmp_path, capsys):
     """Two runs appending to one CoD file annotated (and paid for) every record twice."""
     from sicog.annotate.cod_job import CodJob

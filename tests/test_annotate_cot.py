@@ -292,6 +292,17 @@ def test_a_run_where_every_record_fails_exits_1(tmp_path, capsys):
     assert [r["id"] for r in load_records(tmp_path / "out" / "short_answer.jsonl")] == ["b"]
 
 
+@pytest.mark.parametrize("content", ["", "[]"], ids=["empty-jsonl", "empty-array"])
+def test_an_input_without_records_is_refused_writing_nothing(tmp_path, capsys, content):
+    """It exited 0 with empty outputs: a truncated download found out only at training."""
+    source = tmp_path / "in.json"
+    source.write_text(content)
+    assert main(["annotate", "cot", "--input", str(source), "--output-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {source}: holds no records\n"
+    assert not any((tmp_path / "out").rglob("*.jsonl"))
+
+
 @pytest.mark.parametrize(("flags", "says"), [
     (["--output-dir", "afile"], "--output-dir afile is a file, not a folder"),
     (["--output-dir", "afile/cot"], "--output-dir afile/cot cannot be made a folder (afile is a file)"),

@@ -203,6 +203,8 @@ def _written_description(path: Path, line: int, cod_rec: dict) -> str:
 def run_cod_job(job: CodJob, api: ChatAPI) -> CodSummary:
     """Annotate every selected input record not already done (or failed, unless ``retry_failures``)."""
     entries = load_input(job.input)
+    if not entries:  # a truncated download would "succeed" with empty outputs, found out at training
+        raise RecordError("holds no records", path=job.input)
     by_id = {str(record["id"]): (line, record) for line, record in entries}
     selected = entries[: job.limit] if job.limit is not None else entries
     if job.retry_failures:

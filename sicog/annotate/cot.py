@@ -204,6 +204,8 @@ def run_cot_job(
             errors.append(error_record(record, reason, line=line))
         else:
             cot_records.append(conversion.cot)
+    if not summary.total:  # a truncated download would "succeed" with empty outputs, found out at training
+        raise RecordError("holds no records", path=input_path)
     summary.converted, summary.errors = len(cot_records), len(errors)
     write_jsonl(Path(cot_dir) / COT_FILE, cot_records)
     write_jsonl(Path(short_dir) / SHORT_FILE, short_records)
