@@ -266,6 +266,25 @@ def test_a_toy_config_starts_from_the_toy_preset_and_may_name_another(tmp_path, 
     assert load_config("toy") == toy
 
 
+def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_ids(tmp_path, monkeypatch):
+    """The paper preset's ../../model_weight paths were read from the working folder (a copy there was taken), as
+    were a preset's paths for a file that starts from it."""
+    (tmp_path / "model_weight" / "clip-vit-large-patch14-336").mkdir(parents=True)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")  # where ../../model_weight/clip-vit-large-patch14-336 is there
+    beside_preset = resources.files("sicog.configs") / "../../model_weight"
+    paper = load_config("paper")
+    assert (paper.vision_tower, paper.language_model) == (str(beside_preset / "clip-vit-large-patch14-336"),
+                                                          str(beside_preset / "Qwen2-7B-Instruct"))
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("preset: paper\nvision_tower: openai/clip-vit-large-patch14-336\n")
+    config = load_config(str(mine))
+    assert (config.vision_tower, config.language_model) == ("openai/clip-vit-large-patch14-336",
+                                                            paper.language_model)
+    relative = load_config(write(tmp_path, vision_tower="../towers/clip"))
+    assert relative.vision_tower == str(tmp_path / "../towers/clip")
+
+
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_an_out_that_is_a_file_or_lies_in_one_is_one_line(tmp_path, capsys, dry_run):
     """A run stopped with a traceback (FileExistsError), and a dry run planned a run that could not start."""

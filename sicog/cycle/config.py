@@ -313,12 +313,41 @@ def with_preset(values: object, path: Path) -> object:
         return values
     if name not in PRESETS:
         raise ConfigError(f"{path}: key {PRESET_KEY!r}: one of {', '.join(PRESETS)}, got {name!r}")
-    return {**_read_yaml(preset_file(name)), **values}
+    preset = preset_file(name)
+    return {**_paths_beside(_read_yaml(preset), preset), **values}  # the preset's paths are its file's
+
+
+def _paths_beside(values: dict, path: Path) -> dict:
+    """``values`` (checked) with the paths they name (datasets, the vision tower and language model) relative to the
+    folder of their config file ``path`` unless absolute; Hub ids stay ids."""
+    values, base = dict(values), path.parent
+    if "data" in values:
+        values["data"] = {k: _sources_beside(str(v), base, path, k) if k in TRAINING_DATA else _beside(str(v), base)
+                          for k, v in values["data"].items()}
+    for key in ("vision_tower", "language_model"):
+        if values.get(key):
+            values[key] = _model_beside(values[key], base)
+    return values
 
 
 def _beside(value: str, base: Path) -> str:
     """A path of the config file: relative to its folder unless absolute."""
     return value if os.path.isabs(value) else str(base / value)
+
+
+def _model_beside(value: str, base: Path) -> str:
+    """A model's path of the config file (:func:`_beside`); a name that can be a Hub model id (``owner/name``) with
+    nothing of that name beside the file stays an id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if os.path.isabs(value) or (base / value).exists():
+        return _beside(value, base)
+    try:
+        validate_repo_id(value)
+    except HFValidationError:  # "../../model_weight/clip": a path, read beside the file as the preset says
+        return _beside(value, base)
+    return value
 
 
 def _sources_beside(value: str, base: Path, path: Path, key: str) -> str:
@@ -344,14 +373,7 @@ def load_config(spec: str, dpo: bool = False) -> CycleConfig:
     if not path.is_file():
         raise ConfigError(f"no cycle config {spec!r} (a YAML file, or one of: {', '.join(PRESETS)})")
     loaded = with_preset({} if (raw := _read_yaml(path)) is None else raw, path)
-    values = check_values(loaded, path, dpo)
-    base = path.parent
-    if "data" in values:
-        values["data"] = {k: _sources_beside(str(v), base, path, k) if k in TRAINING_DATA else _beside(str(v), base)
-                          for k, v in values["data"].items()}
-    for key in ("vision_tower", "language_model"):
-        if values.get(key) and not os.path.isabs(values[key]) and (base / values[key]).exists():
-            values[key] = str(base / values[key])
+    values = _paths_beside(check_values(loaded, path, dpo), path)
     if "arms" in values:
         values["arms"] = tuple(values["arms"])
     try:
