@@ -319,6 +319,10 @@ def test_build_refuses_a_world_missing_a_file(world: Path, tmp_path: Path, capsy
     assert "its tokenizer folder" in capsys.readouterr().err
     assert main(["toy", "build", "--out", str(out), "--size", "tiny", "--force"]) == 0
     assert _tree_digest(out) == _tree_digest(world)
+    # One image removed by hand: the world was kept as finished, and its records named the missing file.
+    next((out / "images").rglob("*.png")).unlink()
+    assert main(["toy", "build", "--out", str(out), "--size", "tiny"]) == 2
+    assert f"{out / 'images'} holds 111 images, not the 112 built; rebuild the world" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -206,7 +206,8 @@ def _read_manifest(path: Path) -> dict:
 
 def _checked_manifest(directory: Path) -> dict:
     """The manifest of the world in ``directory`` as written, once it holds every key the commands read, with
-    its type, and every file and folder it names exists; ``ValueError`` naming the manifest otherwise."""
+    its type, every file and folder it names exists and its image folder holds the images built; ``ValueError``
+    naming the manifest otherwise."""
     path = directory / MANIFEST
     manifest = _read_manifest(path)
     missing = [key for key in (*FIELDS, *FILES) if key not in manifest]
@@ -225,6 +226,11 @@ def _checked_manifest(directory: Path) -> dict:
             kind = "folder" if key in FOLDERS else "file"
             raise ValueError(f"{path}: its {key} {kind} {target} is missing; rebuild the world with "
                              f"`sicog toy build --out {directory} --force`")
+    images = directory / manifest["image_folder"]
+    found, built = sum(1 for _ in images.rglob("*.png")), manifest["counts"].get("images")
+    if found != built:  # an image removed by hand: its records would name a missing file
+        raise ValueError(f"{path}: {images} holds {found} images, not the {built} built; rebuild the world with "
+                         f"`sicog toy build --out {directory} --force`")
     return manifest
 
 
