@@ -3,9 +3,10 @@
 With a dynamic cache, every new token grows each layer's keys and values by a copy, and past a size the C
 allocator hands each copy fresh pages from the kernel, whose page faults show up as system time; a static cache is
 allocated once per batch and written in place. This runs `sicog generate captions` as the demo's
-`generate_captions` step does (its prompt, N, temperature and token limit) on the first ``--records`` images of a
-finished demo run, for each (cache, batch size), one at a time in child processes, and reports their CPU seconds
-(user+sys of the child, and its system part) and whether each made the same candidates as the first configuration.
+`generate_captions` step did (its prompt, N, temperature, top-p, token limit and seed, read from its log) on the
+first ``--records`` images of a finished demo run, for each (cache, batch size), one at a time in child processes,
+and reports their CPU seconds (user+sys of the child, and its system part) and whether each made the same
+candidates as the first configuration.
 
     make demo                                                   # once: the run folder it reads
     python benchmarks/bench_generation_cache.py --run runs/demo   # about 5 CPU minutes
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -24,9 +26,15 @@ from pathlib import Path
 
 from cpu_time import stopwatch
 
-# The demo's generate_captions settings (sicog/configs/cycle_toy.yaml).
-DEMO_SETTINGS = ["--prompt", "cod-default", "--num-candidates", "12", "--temperature", "1.0", "--max-new-tokens", "320",
-                 "--seed", "0", "--no-progress"]
+# The options of the run's generate_captions step that say what it generates (not where, nor in what batches).
+SETTINGS = ("--prompt", "--num-candidates", "--temperature", "--top-p", "--max-new-tokens", "--seed")
+
+
+def step_settings(seed_folder: Path) -> dict[str, str]:
+    """:data:`SETTINGS` as the run's generate_captions step ran them: the command its log's first line records."""
+    first = (seed_folder / "generate_captions" / "log.txt").read_text().splitlines()[0]
+    argv = shlex.split(first.removeprefix("$ "))
+    return {option: argv[argv.index(option) + 1] for option in SETTINGS if option in argv}
 
 
 def candidates(output: Path) -> dict[str, list[str]]:
@@ -35,11 +43,13 @@ def candidates(output: Path) -> dict[str, list[str]]:
         return {record["id"]: record["candidates"] for record in map(json.loads, handle)}
 
 
-def generate(seed_folder: Path, world: Path, data: Path, output: Path, cache: str, batch_size: int) -> dict:
+def generate(seed_folder: Path, world: Path, data: Path, output: Path, cache: str, batch_size: int,
+             settings: dict[str, str]) -> dict:
     """One `sicog generate captions` run in a child process: its wall, CPU and system seconds."""
     command = [sys.executable, "-m", "sicog", "generate", "captions", "--model", str(seed_folder / "stage0_perception"),
                "--data", str(data), "--image-folder", str(world / "images"), "--output", str(output),
-               "--cache", cache, "--batch-size", str(batch_size), *DEMO_SETTINGS]
+               "--cache", cache, "--batch-size", str(batch_size), *(x for pair in settings.items() for x in pair),
+               "--no-progress"]
     system_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
     with stopwatch(scope="children") as clock:
         subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -61,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = seed_folder / "pool_unlabeled_images" / "pool.jsonl"
     if not (seed_folder / "stage0_perception" / "config.json").is_file() or not pool.is_file():
         parser.error(f"{args.run} holds no finished demo run (need {pool} and seed{args.seed}/stage0_perception)")
+    settings = step_settings(seed_folder)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "records.jsonl"
@@ -70,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         for pair in args.configs.split(","):
             cache, batch = pair.split(":")
             output = Path(tmp) / f"{cache}-{batch}" / "generated.jsonl"
-            run = generate(seed_folder, args.run / "world", data, output, cache, int(batch))
+            run = generate(seed_folder, args.run / "world", data, output, cache, int(batch), settings)
             made = candidates(output)
             reference = reference or made
             run["same_candidates"] = sum(made[key] == reference[key] for key in reference)
             runs.append(run)
-    print(f"{args.records} images of {pool}, N = 12, 320 new tokens at most, one torch thread; CPU = user+sys of the "
-          f"child process\n")
+    print(f"{args.records} images of {pool}, {' '.join(x for pair in settings.items() for x in pair)} (the run's "
+          "generate_captions step), one torch thread; CPU = user+sys of the child process\n")
     print("| cache | batch | wall s | CPU s | of which system s | records with the same candidates as the first row |")
     print("|---|---:|---:|---:|---:|---:|")
     for run in runs:

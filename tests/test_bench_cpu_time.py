@@ -151,3 +151,13 @@ def test_bench_curation_threshold_reports_cpu_seconds(tmp_path, capsys) -> None:
     for row in timing:
         assert_times(row)
     assert "wall s" in table_header(capsys.readouterr().out)
+
+
+def test_the_cache_benchmark_generates_with_the_runs_own_settings(tmp_path):
+    """It generated with the demo preset's N, temperature and token limit whatever run it was given, and said so."""
+    log = tmp_path / "seed0" / "generate_captions" / "log.txt"
+    log.parent.mkdir(parents=True)
+    log.write_text("$ sicog generate captions --model m --data d --output o --prompt cod-default --num-candidates 3 "
+                   "--top-p 0.9 --max-new-tokens 24 --batch-size 8 --seed 0 --no-progress\nLoading weights\n")
+    assert load("bench_generation_cache").step_settings(tmp_path / "seed0") == {
+        "--prompt": "cod-default", "--num-candidates": "3", "--top-p": "0.9", "--max-new-tokens": "24", "--seed": "0"}
