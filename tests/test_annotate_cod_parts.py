@@ -97,6 +97,24 @@ def test_a_horizontal_rule_ends_a_step_and_a_closing_remark_after_one_is_no_part
     assert split_steps(caption, COD_STEPS) == dict(enumerate(BODIES, start=1))
 
 
+@pytest.mark.parametrize("marker", ["### Step {i}: {h}\n---\n", "**Step {i}: {h}**\n\n* * *\n\n",
+                                    "Step {i}:\n---\n{h}\n"])
+def test_a_rule_under_a_step_header_is_dropped_and_the_step_keeps_its_text(marker):
+    reply = "\n\n".join(marker.format(i=i, h=h) + b for i, (h, b) in enumerate(zip(COD_STEPS, BODIES), start=1))
+    assert parse_cod_reply(reply)[0] == BODIES
+
+
+def test_a_rule_right_under_a_line_of_text_underlines_it_and_ends_nothing():
+    body = "Objects\n---\nA red mug on a desk."
+    assert split_steps(f"Step 1: {COD_STEPS[0]}\n{body}", COD_STEPS)[1] == body
+
+
+@pytest.mark.parametrize("text", ["-3 degrees on the sign.", ".5 of the plate is empty.", "—2 is printed."])
+def test_a_sign_or_point_after_a_closing_bold_header_is_the_texts_own(text):
+    assert split_steps(f"**Step 1: Salient content** {text}", COD_STEPS)[1] == text
+    assert split_steps(f"**Step 1: Salient content**: {text}", COD_STEPS)[1] == text
+
+
 def test_header_forms_of_the_published_reply_are_removed():
     assert parse_cod_reply(published_reply(BODIES))[0] == BODIES
     same_line = "\n".join(f"**Step {i}: {h}** {b}" for i, (h, b) in enumerate(zip(COD_STEPS, BODIES), start=1))

@@ -165,6 +165,16 @@ def test_a_body_with_a_step_line_loses_only_the_four_step_record(tmp_path, capsy
     assert "1 of 3 records converted, 2 errors (1 of them with a short answer only)" in capsys.readouterr().err
 
 
+def test_a_body_with_a_rule_after_a_blank_line_loses_the_four_step_record_and_says_why():
+    answer = tagged([PARTS[0], PARTS[1] + "\n\n---\n\nCheck the axis labels.", PARTS[2], PARTS[3]])
+    with pytest.raises(StepFormatError, match=r"step\(s\) 2 would not parse back \(a horizontal rule after a blank "
+                                              r"line ends a body early\)"):
+        format_checked_steps(COT_STEPS, split_tags(answer))
+    conversion = convert_record(cot_record(answer=answer), path="cot.jsonl", line=2)
+    assert conversion.cot is None and "horizontal rule" in str(conversion.cot_error)
+    assert conversion.short["conversations"][1]["value"] == "2020"
+
+
 def test_the_short_answer_request_is_replaced_in_place_as_published():
     # convert_cot.py's process_long_data: question.replace(<short-answer request>, <step-by-step request>)
     assert cot_question("<image>\nWhat color is the bus?\nAnswer the question using a single word or phrase.") == (

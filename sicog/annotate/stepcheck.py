@@ -1,16 +1,16 @@
 """Step texts that are guaranteed to parse back into the same steps.
 
 Every later stage reads annotations with :func:`sicog.data.steps.split_steps`; a body with a line that
-reads as a "Step N" marker would shift the steps it reads, so such a text is rejected here, at the source.
-(In the :func:`format_steps` layout every other body parses back as written: the header sentence on the
-marker's line is the only line the reader removes.)
+reads as a "Step N" marker would shift the steps it reads, and a horizontal rule after a blank line would end
+its step early, so such a text is rejected here, at the source. (In the :func:`format_steps` layout every other
+body parses back as written: the header sentence on the marker's line is the only line the reader removes.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sicog.data.steps import format_steps, split_steps
+from sicog.data.steps import format_steps, split_steps, step_markers
 
 
 class StepFormatError(ValueError):
@@ -27,8 +27,10 @@ def format_checked_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
     expected = {i: body.strip() for i, body in enumerate(bodies, start=1)}
     if parsed != expected:
         changed = sorted(i for i in set(parsed) | set(expected) if parsed.get(i) != expected.get(i))
-        raise StepFormatError(
-            f"step(s) {', '.join(map(str, changed))} would not parse back (a line of a body reads as a "
-            "'Step N' marker)"
+        cause = (
+            "a line of a body reads as a 'Step N' marker"
+            if any(step_markers(body) for body in bodies)
+            else "a horizontal rule after a blank line ends a body early"
         )
+        raise StepFormatError(f"step(s) {', '.join(map(str, changed))} would not parse back ({cause})")
     return text

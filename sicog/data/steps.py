@@ -29,9 +29,12 @@ _INLINE_MARKER = re.compile(
 _HEADING_LINE = re.compile(r"^#{1,6}[ \t]")
 # A line that is one bold span: "**Salient content**", "__Salient content__:".
 _BOLD_LINE = re.compile(r"^(\*\*|__)(?:(?!\1).)+\1[:.]?$")
-# A Markdown horizontal rule on a line of its own ("---", "* * *"): models copy the published prompt's rules between
-# steps, and write closing remarks after one.
-_RULE_LINE = re.compile(r"^[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*$", re.MULTILINE)
+# A Markdown horizontal rule, a line of its own ("---", "* * *"): models copy the published prompt's rules between
+# steps, and write closing remarks after one. Rules at a body's start are the reply's separators under a header;
+# one after the body's text, a blank line before it (else "---" underlines a heading), ends the body.
+_RULE = r"[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*(?:\n|$)"
+_LEADING_RULES = re.compile(rf"^(?:{_RULE}\s*)+")
+_RULE_AFTER_TEXT = re.compile(rf"\n[ \t]*\n{_RULE}")
 # What may decorate a header line before its text: heading marks and emphasis.
 _HEADER_LEAD = re.compile(r"^[#*_ \t]*")
 
@@ -60,7 +63,8 @@ def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
       (``### Step 1: Salient content``), the marker's own emphasis spans the line
       (``**Step 1: Salient content**``), or the line is a Markdown heading or one bold span.
 
-    A body ends at the next marker or at a horizontal rule ("---" on its own line), whatever follows the rule.
+    A body ends at the next marker or at a horizontal rule after its text ("---" on its own line after a blank
+    line), whatever follows the rule; rules before its text are dropped.
     Any other first line is body text, also one that ends in ":". Emphasis is removed only where it
     belongs to the marker (``**Step 1:**``, ``**Step 1: ...**``) or to a removed header, never from the body.
     When a step number occurs twice, the first occurrence wins; text before the first marker is ignored.
@@ -79,8 +83,9 @@ def _body_at(text: str, matches: Sequence[re.Match[str]], i: int, headers: Seque
     match, number = matches[i], int(matches[i].group("number"))
     end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
     header = headers[number - 1] if 0 < number <= len(headers) else None
-    rule = _RULE_LINE.search(text, match.end(), end)
-    return _step_body(match, text[match.end() : rule.start() if rule else end], header)
+    body = _LEADING_RULES.sub("", _step_body(match, text[match.end() : end], header))
+    rule = _RULE_AFTER_TEXT.search(body)
+    return body[: rule.start()].rstrip() if rule else body
 
 
 def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
@@ -94,13 +99,13 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
     styled = "#" in marker.group("lead")
     title, closes, rest = line.partition(pending) if pending else ("", "", "")
     if closes and pending not in rest:  # the marker's emphasis closes once on this line, after a title
-        rest = rest[re.match(r"[ \t]*[:.\-\u2013\u2014]?[ \t]*", rest).end() :]
+        rest = rest[re.match(r"[ \t]*(?:[:.\-\u2013\u2014](?=[ \t]|$))?[ \t]*", rest).end() :]  # not "-3", ".5"
         if rest.strip():
             return (rest + "\n" + after).strip()  # "**Step 1: Title** text", "**Step 1: Title**: text"
         line, pending, styled = title, "", True  # "**Step 1: Salient content**", "__Step 1: Title__:"
     if not line.strip():
         # The marker stands alone on its line: a header would be the next non-empty line.
-        line, _, after = after.strip().partition("\n")
+        line, _, after = _LEADING_RULES.sub("", after.strip()).partition("\n")
         styled, pending = False, ""
     first = line.strip()
     if header is not None:
