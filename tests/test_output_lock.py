@@ -189,3 +189,16 @@ def test_a_lock_that_cannot_be_created_is_one_line_naming_the_path_at_fault(tmp_
         with output_lock(output):
             pass
     assert str(refused.value) == f"{output} cannot be written ({lock_path(output)}: Permission denied)"
+
+
+def test_an_environment_whose_filelock_lacks_the_takeover_is_told_what_to_install(tmp_path, monkeypatch):
+    """`python -m sicog.curate.embed_file` runs in the encoder's own environment: a filelock there from before the
+    soft lock's stale-marker takeover failed with an AttributeError (4.0) or never took over a stale lock (3.x)."""
+    import filelock
+
+    monkeypatch.setattr(filelock, "__version__", "3.13.1")
+    with pytest.raises(OutputLocked, match=r"^this environment's filelock 3\.13\.1 is older than 4\.3, which the "
+                                           r"output locks need: pip install 'filelock>=4\.3'$"):
+        with output_lock(tmp_path / "x.npy"):
+            pass
+    assert not lock_path(tmp_path / "x.npy").exists()

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import filelock
 from filelock import SoftFileLock, Timeout
+from packaging.version import Version
 
 from sicog.data.argtypes import os_error_text
 from sicog.data.jsonl import blocked_reason
@@ -24,6 +26,9 @@ from sicog.data.processes import running
 #: An empty lock file unchanged this long (seconds) was left by a run killed while taking it: a holder
 #: writes its pid microseconds after creating the file.
 RECORDLESS_GRACE_S = 2.0
+#: The oldest filelock whose soft lock has the stale-marker takeover :class:`_OutputFileLock` extends (as pyproject.toml
+#: requires; repeated here for the encoder's environment, which installs its own).
+MIN_FILELOCK = "4.3"
 
 
 class OutputLocked(RuntimeError):
@@ -137,6 +142,11 @@ def output_lock(output: str | os.PathLike, *, folder: bool = False, enabled: boo
     if not enabled:
         yield
         return
+    if Version(filelock.__version__) < Version(MIN_FILELOCK):
+        raise OutputLocked(
+            f"this environment's filelock {filelock.__version__} is older than {MIN_FILELOCK}, which the output "
+            f"locks need: pip install 'filelock>={MIN_FILELOCK}'"
+        )
     path = lock_path(output, folder=folder)
     lock = _OutputFileLock(path, timeout=0)
     try:
