@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 from sicog.data.jsonl import RecordError, iter_records
 from sicog.data.mixture import Source
+from sicog.data.problems import Problem
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.eval.batch_size import IMAGE_USE_BATCH_SIZE
 from sicog.eval.pairing import blind_partners
 from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
-from sicog.train.datasets import Problem
 
 PAIRING_SEED = 0  # the pairing is fixed: a rerun compares the same records
 

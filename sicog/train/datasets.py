@@ -14,10 +14,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from itertools import islice
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,9 +26,17 @@ from transformers import TrainingArguments
 
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
-from sicog.data.schema import EMPTY_ANSWER, check_llava_record, record_images, resolve_image, valid_image_field
+from sicog.data.problems import (
+    ImageProblem,
+    Problem,
+    default_decode_workers,
+    located,
+    undecodable_images,
+    undecodable_problem,
+)
+from sicog.data.schema import EMPTY_ANSWER, check_llava_record, record_images, resolve_image
 from sicog.data.sharding import gather_shares, shard
-from sicog.model.image_io import ImageError, load_image, shown_path
+from sicog.model.image_io import load_image, shown_path
 from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
 from sicog.train.arguments import AUGMENT_CHOICES
 from sicog.train.augment import release_augment
@@ -39,41 +44,6 @@ from sicog.train.augment import release_augment
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class Problem:
-    """A record that cannot be trained on (or, for ``data check``, one worth a look), and why.
-
-    ``reason`` names the record's location (file:line, id, field) and the cause; ``category`` is a short kind
-    ("missing image", "empty answer", "too long", ...) by which summaries group problems; ``field`` is the
-    field at fault, when one is.
-    """
-
-    id: str | None
-    source: Source
-    reason: str
-    category: str = "invalid record"
-    field: str | None = None
-
-    @property
-    def message(self) -> str:
-        """``reason`` led by the record's location, once: a reason from a :class:`RecordError` names it already."""
-        if self.reason.startswith(f"{self.source.path}:{self.source.line}"):
-            return self.reason
-        return f"{self.source.path}:{self.source.line} id={self.id!r}: {self.reason}"
-
-    def to_json(self) -> dict:
-        """The line written to an errors or skipped file."""
-        return {"id": self.id, "file": self.source.path, "line": self.source.line, "field": self.field,
-                "category": self.category, "reason": self.message}
-
-
-class ImageProblem(ValueError):
-    """An image a record names that cannot be used; ``category`` says how (missing, unreadable, zero size)."""
-
-    def __init__(self, message: str, category: str) -> None:
-        super().__init__(message)
-        self.category = category
 
 
 def measure(record: dict, processor: SicogProcessor, image_folder, never_split: bool) -> int:
@@ -132,71 +102,17 @@ def usable(loaded: Sequence[tuple[dict, Source]], outcomes: Sequence[Outcome],
         yield record, source, length
 
 
-def default_decode_workers() -> int:
-    """Threads that decode images for ``data check`` (Pillow decodes outside the GIL): one per core, at most 8,
-    beyond which the disk, not the decoding, sets the pace."""
-    return min(8, os.cpu_count() or 1)
-
-
-def decode_failures(paths: Iterable[Path], *, workers: int, show_progress: bool = True) -> dict[Path, str]:
-    """Decode every image in full, as training's loader does; the reason of each that fails, by path.
-
-    A header can be whole while the pixels are cut off (a truncated download): only decoding finds it.
-    """
-    paths = list(dict.fromkeys(paths))
-
-    def failure(path: Path) -> str | None:
-        try:
-            load_image(path)
-        except ImageError as err:
-            return str(err)
-        return None
-
-    failures: dict[Path, str] = {}
-    progress = tqdm(total=len(paths), desc="decoding images", unit="image", disable=not show_progress)
-    with ThreadPoolExecutor(max_workers=workers) as pool, progress:
-        # Submitted in slices, so that a million images do not make a million pending futures at once.
-        pending = iter(paths)
-        while batch := list(islice(pending, 64 * workers)):
-            for path, reason in zip(batch, pool.map(failure, batch)):
-                if reason is not None:
-                    failures[path] = reason
-            progress.update(len(batch))
-    return failures
-
-
-def undecodable_images(loaded: Iterable[tuple[object, Source]], image_folder, *, workers: int,
-                       show_progress: bool = True) -> dict[Path, str]:
-    """Decode in full every image the ``loaded`` records name (see :func:`decode_failures`); the reason of each
-    that fails, by path."""
-    paths = (resolve_image(name, image_folder) for record, _ in loaded
-             if isinstance(record, dict) and valid_image_field(record.get("image")) for name in record_images(record))
-    return decode_failures(paths, workers=workers, show_progress=show_progress)
-
-
-def undecodable_problem(record: dict, source: Source, image_folder, undecodable: dict[Path, str]) -> Problem | None:
-    """The problem of a record naming an image of ``undecodable`` (from :func:`undecodable_images`), if any."""
-    bad = [undecodable[path] for path in (resolve_image(n, image_folder) for n in record_images(record))
-           if path in undecodable]
-    return _located(record.get("id"), source, bad[0], "unreadable image", "image") if bad else None
-
-
-def _located(rid: object, source: Source, message: str, category: str, field: str | None) -> Problem:
-    """A problem whose reason names the record's file, line, id and field, as a schema error's does."""
-    located = RecordError(message, path=source.path, line=source.line, record_id=rid, field=field)
-    return Problem(rid, source, str(located), category, field)
-
 
 def record_problem(err: ValueError, rid: object, source: Source, conversation_field: str | None) -> Problem:
     """The problem a record's validation or measurement raised, with its category and field (a conversation
     whose labels cannot be built is ``conversation_field``'s)."""
     if isinstance(err, ConversationError):
-        return _located(rid, source, str(err), "labels cannot be built", conversation_field)
+        return located(rid, source, str(err), "labels cannot be built", conversation_field)
     if isinstance(err, ImageProblem):
-        return _located(rid, source, str(err), err.category, "image")
+        return located(rid, source, str(err), err.category, "image")
     if isinstance(err, RecordError):
         return Problem(rid, source, str(err), err.kind or "invalid record", err.field)
-    return _located(rid, source, str(err), "invalid record", None)  # any other reason the processor cannot encode it
+    return located(rid, source, str(err), "invalid record", None)  # any other reason the processor cannot encode it
 
 
 class FailedFetch:
@@ -397,12 +313,12 @@ def repeated_ids(records: Sequence[dict], sources: Sequence[Source]) -> tuple[li
         key = hashlib.blake2b(canonical.encode(), digest_size=16).digest()
         if key in contents:
             same = sources[contents[key]]
-            copies.append(_located(rid, source, f"the same record as {same.path}:{same.line} (a file read twice?)",
+            copies.append(located(rid, source, f"the same record as {same.path}:{same.line} (a file read twice?)",
                                    "duplicate record", "id"))
             continue
         if contents:
             first = sources[next(iter(contents.values()))]
-            others.append(_located(rid, source, f"id also at {first.path}:{first.line}, with other content",
+            others.append(located(rid, source, f"id also at {first.path}:{first.line}, with other content",
                                    "repeated id", "id"))
         contents[key] = index
     return copies, others

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
+from sicog.data.problems import Problem, default_decode_workers, undecodable_images, undecodable_problem
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
@@ -26,14 +27,10 @@ from sicog.model.processing import IGNORE_INDEX, Encoded, SicogProcessor
 from sicog.train.datasets import (
     FailedFetch,
     Outcome,
-    Problem,
     RecordErrorsAsData,
-    default_decode_workers,
     measure,
     measure_in_shares,
     record_problem,
-    undecodable_images,
-    undecodable_problem,
     usable,
 )
 
