@@ -25,7 +25,7 @@ from sicog.annotate.cod import (
 )
 from sicog.annotate.images import ImageLoadError, image_data_url
 from sicog.data.jsonl import RecordError
-from sicog.data.prompts import COD_STEPS
+from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.schema import ImageOutsideFolder, resolve_image
 from sicog.data.steps import format_steps, split_steps
 from sicog.model.image_io import load_image
@@ -113,6 +113,23 @@ def test_a_rule_right_under_a_line_of_text_underlines_it_and_ends_nothing():
 def test_a_sign_or_point_after_a_closing_bold_header_is_the_texts_own(text):
     assert split_steps(f"**Step 1: Salient content** {text}", COD_STEPS)[1] == text
     assert split_steps(f"**Step 1: Salient content**: {text}", COD_STEPS)[1] == text
+
+
+def test_a_closing_bold_header_before_text_with_bold_of_its_own_is_removed():
+    reply = "**Step 1: Salient Content** The image shows a **red** dog.\n**Step 2: Fine-Grained Details** It is big."
+    assert split_steps(reply, COD_STEPS) == {1: "The image shows a **red** dog.", 2: "It is big."}
+
+
+@pytest.mark.parametrize(("text", "body"), [
+    # a longer sentence that starts like the header is the step's text, whole
+    ("Step 1: Clarify the task objectives: find the colour.", "Clarify the task objectives: find the colour."),
+    ("Step 1: Clarify the task objective\nThe question asks for a colour.", "The question asks for a colour."),
+    ("Step 1:\n**Salient content**:\nA dog on a mat.", "A dog on a mat."),
+    ("Step 1: A dog on a mat.\n\n___\nHope this helps.", "A dog on a mat."),
+    ("Step 1: A dog.\n\n--\nIt is brown.", "A dog.\n\n--\nIt is brown."),  # two dashes are no rule
+])
+def test_header_sentences_bold_lines_and_rules_are_told_from_the_text(text, body):
+    assert split_steps(text + "\nStep 2: More.", COT_STEPS)[1] == body
 
 
 def test_header_forms_of_the_published_reply_are_removed():

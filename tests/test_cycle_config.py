@@ -54,6 +54,9 @@ def test_real_data_without_toy_size_null_is_refused_not_run_as_the_toy_demo(tmp_
 def test_embed_command_without_a_sentence_encoder_to_run_is_refused(tmp_path):
     refused(tmp_path, write(tmp_path, embed_command=["/envs/nvembed/bin/python"]),
             "embed_command runs a sentence encoder apart, but encoder is None; name the encoder")
+    toy = tmp_path / "toy.yaml"
+    toy.write_text("preset: toy\nembed_command: [/envs/nvembed/bin/python]\n")
+    refused(tmp_path, str(toy), "embed_command runs a sentence encoder apart, but encoder is 'toy-facts'")
     refused(tmp_path, write(tmp_path, embed_command="/envs/nvembed/bin/python", encoder="/models/NV-Embed-v2"),
             "key 'embed_command': expected a list of strings")
     config = load_config(write(tmp_path, embed_command=["/envs/nvembed/bin/python"], encoder="/models/NV-Embed-v2"))
@@ -283,6 +286,10 @@ def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_i
                                                             paper.language_model)
     relative = load_config(write(tmp_path, vision_tower="../towers/clip"))
     assert relative.vision_tower == str(tmp_path / "../towers/clip")
+    # "owner/name" is a Hub id unless a folder of that name is beside the file
+    (tmp_path / "towers" / "clip").mkdir(parents=True)
+    monkeypatch.chdir("/")
+    assert load_config(write(tmp_path, vision_tower="towers/clip")).vision_tower == str(tmp_path / "towers" / "clip")
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

@@ -109,22 +109,23 @@ def test_the_toy_encoder_is_two_steps_before_curation_and_a_sentence_encoder_non
 def test_an_encoder_run_apart_is_two_steps_before_curation_and_takes_the_encoders_settings(quick_keys):
     out, config, _, _ = quick_keys
     apart = dataclasses.replace(config, encoder="/some/encoder", embed_command=["/envs/nvembed/bin/python"],
-                                curate={"batch_size": 7, "include_self": False})
+                                curate={"batch_size": 7, "chunk_size": 64, "include_self": False})
     keys, plan = keys_of(apart, out)
     for task in ("captions", "reasoning"):
         embed, curate = plan.steps[f"curate_{task}_embed"], plan.steps[f"curate_{task}"]
         assert embed.program == ("/envs/nvembed/bin/python", "-m", "sicog.curate.embed_file")
-        assert embed.argv[-4:] == ("--encoder", "/some/encoder", "--batch-size", "7")
+        assert embed.argv[-6:] == ("--encoder", "/some/encoder", "--batch-size", "7", "--chunk-size", "64")
         assert curate.argv[curate.argv.index("--embeddings") + 1] == Ref(f"curate_{task}_embed", "embeddings.npy")
-        assert "--no-include-self" in curate.argv and not {"--batch-size", "--encoder"} & set(curate.argv)
+        assert "--no-include-self" in curate.argv
+        assert not {"--batch-size", "--chunk-size", "--encoder"} & set(curate.argv)
     # Another environment may embed otherwise: the embeddings, and what reads them, are made again.
     other, _ = keys_of(dataclasses.replace(apart, embed_command=["/envs/other/bin/python"]), out)
     assert {name for name in keys if other[name] != keys[name]} == plan.downstream(
         ["curate_captions_embed", "curate_reasoning_embed"])
     # Where its torchrun's processes meet is no part of a key, as for the launcher.
     ranks = ["/envs/nvembed/bin/python", "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    met = [keys_of(dataclasses.replace(apart, embed_command=[*ranks, f"--rdzv_endpoint=node{i}:2950{i}"]), out)[0]
-           for i in range(2)]
+    met = [keys_of(dataclasses.replace(apart, embed_command=[*ranks, *endpoint]), out)[0]
+           for endpoint in (["--rdzv_endpoint=node0:29500"], ["--rdzv_endpoint", "node1:29501"])]
     assert met[0] == met[1] != keys
 
 
@@ -141,6 +142,25 @@ def test_a_program_step_imports_this_package_from_the_run_folder(tmp_path):
     assert os.listdir(tmp_path / "run" / ".sicog_path") == ["sicog"]
     log = (tmp_path / "run" / "where" / "log.txt").read_text()
     assert log.startswith(f"$ {sys.executable} -S -P -c ")
+
+
+def test_a_program_step_expands_its_variables_keeps_the_users_pythonpath_and_replaces_a_stale_link(tmp_path,
+                                                                                                  monkeypatch):
+    """The paper preset's program is "${SICOG_EMBED_PYTHON}"; a run folder made by another checkout links to that
+    checkout's package, which the program must not import; the user's own PYTHONPATH still reaches the program."""
+    monkeypatch.setenv("SICOG_TEST_PYTHON", sys.executable)
+    monkeypatch.setenv("PYTHONPATH", "/opt/user-modules")
+    other = tmp_path / "other_checkout" / "sicog"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    (tmp_path / "run" / ".sicog_path").mkdir(parents=True)
+    (tmp_path / "run" / ".sicog_path" / "sicog").symlink_to(other, target_is_directory=True)
+    code = "import os, sys, sicog; open(sys.argv[1], 'w').write(sicog.__file__ + '\\n' + os.environ['PYTHONPATH'])"
+    plan = Plan([Step("where", (Out("where.txt"),), program=("${SICOG_TEST_PYTHON}", "-S", "-P", "-c", code))])
+    Engine(tmp_path / "run", progress=False).run(plan)
+    imported, pythonpath = (tmp_path / "run" / "where" / "where.txt").read_text().split("\n")
+    assert Path(imported).resolve() == Path(sicog.__file__).resolve()
+    assert pythonpath.split(os.pathsep) == [str(tmp_path / "run" / ".sicog_path"), "/opt/user-modules"]
 
 
 def test_an_encoder_run_apart_curates_as_one_process_does(quick_keys, tmp_path):

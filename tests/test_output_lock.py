@@ -202,3 +202,30 @@ def test_an_environment_whose_filelock_lacks_the_takeover_is_told_what_to_instal
         with output_lock(tmp_path / "x.npy"):
             pass
     assert not lock_path(tmp_path / "x.npy").exists()
+
+
+def test_a_lock_of_a_run_on_another_host_is_not_taken_over(tmp_path):
+    """On a folder shared between nodes, a pid that runs nowhere here may run there."""
+    output = tmp_path / "out.jsonl"
+    lock_path(output).write_text("4000000\nother-node\n1\n")
+    with pytest.raises(OutputLocked, match="pid 4000000 on host other-node"):
+        with output_lock(output):
+            pass
+
+
+def test_a_process_that_cannot_be_checked_counts_as_running(monkeypatch):
+    """Another user's process (no permission to signal it), or a system without /proc: its lock is not taken over."""
+    from sicog.data import processes
+
+    def denied(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    def no_proc(path, *args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "kill", denied)
+        assert processes.running(1)
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "read_text", no_proc)
+        assert processes.running(os.getpid())

@@ -121,9 +121,12 @@ def test_multi_node_variables_launch_torchrun():
            "MASTER_PORT": "12345", "DEEPSPEED": "zero3"}
     words, flags = parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env).stdout)
     assert "sicog.launch" in words
-    launch = (flags["--nproc_per_node"], flags["--nnodes"], flags["--node_rank"], flags["--master_addr"])
-    assert launch == ("8", "4", "1", "10.0.0.1")
+    launch = (flags["--nproc_per_node"], flags["--nnodes"], flags["--node_rank"], flags["--master_addr"],
+              flags["--master_port"])
+    assert launch == ("8", "4", "1", "10.0.0.1", "12345")
     assert flags["--deepspeed"] == "zero3"
+    env.pop("MASTER_PORT")  # torchrun's own default, as the published scripts' users expect
+    assert parsed(dry_run("uhdv1-finetune-qwen-stage2-sft.sh", env).stdout)[1]["--master_port"] == "29500"
 
 
 @pytest.mark.parametrize("spelling", ["--nproc_per_node 8 --nnodes 4 --node_rank 1 --master_addr 10.0.0.1 "

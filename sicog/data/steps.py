@@ -98,7 +98,7 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
         line, pending = line[len(pending) :], ""  # "**Step 1:** text"
     styled = "#" in marker.group("lead")
     title, closes, rest = line.partition(pending) if pending else ("", "", "")
-    if closes and pending not in rest:  # the marker's emphasis closes once on this line, after a title
+    if closes:  # the marker's emphasis closes on this line, after a title (the body may have bold of its own)
         rest = rest[re.match(r"[ \t]*(?:[:.\-\u2013\u2014](?=[ \t]|$))?[ \t]*", rest).end() :]  # not "-3", ".5"
         if rest.strip():
             return (rest + "\n" + after).strip()  # "**Step 1: Title** text", "**Step 1: Title**: text"
