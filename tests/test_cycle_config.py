@@ -126,6 +126,11 @@ def test_non_finite_numbers_are_refused(tmp_path, text, key):
     refused(tmp_path, str(path), f"key '{key}': must be a finite number")
 
 
+def test_a_nucleus_mass_of_zero_is_refused(tmp_path):
+    """Generation refuses it, after every training step before generation has run."""
+    refused(tmp_path, write(tmp_path, top_p=0), "key 'top_p': must be greater than 0, got 0.0")
+
+
 def test_a_whole_number_is_the_same_setting_as_its_float(tmp_path):
     """`top_p: 1` passed on as "1" and `top_p: 1.0` as "1.0": two step keys for one setting."""
     whole = load_config(write(tmp_path, top_p=1, caption_temperature=1, stage1_lr=1))
@@ -225,6 +230,8 @@ def test_the_dpo_schedule_is_required_with_dpo_only(tmp_path, capsys):
     ("train", {"bf16": "yes_please"}, "key 'train': setting 'bf16': argument --bf16: Truthy value expected"),
     ("train", {"max_grad_norm": "high"}, "key 'train': setting 'max_grad_norm': argument --max_grad_norm/"
                                          "--max-grad-norm: invalid float value: 'high' (as `sicog train` reads it)"),
+    ("generate", {"top_k": -3}, "key 'generate': setting 'top_k': argument --top-k: must be 0 or more, got -3"),
+    ("generate", {"corrupt": "nosuch"}, "key 'generate': setting 'corrupt': argument --corrupt: unknown corruption(s)"),
     ("curate", {"batch_size": "ten"}, "key 'curate': setting 'batch_size': argument --batch-size:"),
     ("curate", {"batch_size": 0}, "key 'curate': setting 'batch_size': argument --batch-size: must be at least 1"),
     ("model", {"resampler_num_queries": "many"}, "key 'model': setting 'resampler_num_queries': argument "

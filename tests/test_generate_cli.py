@@ -183,8 +183,10 @@ def test_a_run_where_every_record_fails_exits_non_zero(setup, tmp_path, capsys):
 
 
 def test_command_reports_bad_arguments_and_input(setup, tmp_path, capsys):
-    assert main(cli_args(setup, tmp_path / "a.jsonl", "--corrupt", "blur")) == 2
-    assert "unknown corruption(s) ['blur']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(cli_args(setup, tmp_path / "a.jsonl", "--corrupt", "blur"))
+    assert stop.value.code == 2
+    assert "argument --corrupt: unknown corruption(s) ['blur']" in capsys.readouterr().err
     bad = tmp_path / "dup.jsonl"
     write_jsonl(bad, [{"id": "a", "image": "0.png", "question": "?"}, {"id": "a", "image": "1.png", "question": "?"}])
     args = cli_args(setup, tmp_path / "b.jsonl")
@@ -339,8 +341,10 @@ def test_unusable_output_model_and_sampling_arguments_stop_with_one_line(setup, 
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"{config}: cannot be read" in err
-    for flag, value in (("--temperature", "nan"), ("--temperature", "-1"), ("--top-p", "nan"),
-                        ("--repetition-penalty", "inf")):
+    # ranges in the flags' types, so that `sicog cycle` refuses them when it reads its config
+    for flag, value in (("--temperature", "nan"), ("--temperature", "-1"), ("--top-p", "nan"), ("--top-p", "0"),
+                        ("--top-k", "-3"), ("--repetition-penalty", "inf"), ("--repetition-penalty", "-1"),
+                        ("--max-aspect-ratio", "0.5"), ("--seed", "-1")):
         with pytest.raises(SystemExit) as stop:
             main(cli_args(setup, tmp_path / "b.jsonl", flag, value))
         assert stop.value.code == 2

@@ -170,7 +170,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "reasoning_threshold": (-1, 1),
     "min_agreement": (0, 1),
 }
-POSITIVE = ("stage1_lr", "finetune_lr", "dpo_lr")
+POSITIVE = ("stage1_lr", "finetune_lr", "dpo_lr", "top_p")  # top_p also at most 1 (RANGES)
 
 
 def _type_problem(value: object, hint: object) -> tuple[str | None, object]:

@@ -46,6 +46,22 @@ def finite_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A ``float`` in (0, 1] (argparse type), e.g. a nucleus sampling mass."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def at_least_one_float(text: str) -> float:
+    """A finite ``float`` of at least 1 (argparse type), e.g. a ratio of a longer side to a shorter one."""
+    value = finite_float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A finite ``float`` of 0 or more (argparse type), e.g. a temperature where 0 means greedy."""
     value = finite_float(text)

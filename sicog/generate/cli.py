@@ -10,13 +10,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sicog.data.argtypes import finite_float, non_negative_float, option_flags, os_error_text, positive_int
+from sicog.data.argtypes import (
+    at_least_one_float,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    option_flags,
+    os_error_text,
+    positive_float,
+    positive_int,
+)
 from sicog.data.jsonl import RecordError, refuse_overwriting
 from sicog.data.lock import OutputLocked, output_lock
 from sicog.data.prompts import CAPTION_PROMPT_TYPES, REASONING_PROMPT_TYPES
 from sicog.data.sharding import process_group
 from sicog.data.sources import split_data_path
-from sicog.generate.corrupt import CORRUPTIONS
+from sicog.generate.corrupt import CORRUPTIONS, corruption_methods
 from sicog.generate.settings import (
     CACHES,
     DEFAULT_BATCH_SIZE,
@@ -54,9 +63,9 @@ def _common_arguments() -> argparse.ArgumentParser:
                         help="candidates per record (default: %(default)s)")
     from_checkpoint = "default: the checkpoint's generation_config.json, else SamplingSettings' default"
     common.add_argument("--temperature", type=non_negative_float, help=f"0 means greedy ({from_checkpoint})")
-    common.add_argument("--top-p", type=finite_float, help=f"nucleus sampling mass ({from_checkpoint})")
-    common.add_argument("--top-k", type=int, help=f"top-k sampling, 0 for off ({from_checkpoint})")
-    common.add_argument("--repetition-penalty", type=finite_float, help=f"1 for off ({from_checkpoint})")
+    common.add_argument("--top-p", type=fraction, help=f"nucleus sampling mass ({from_checkpoint})")
+    common.add_argument("--top-k", type=non_negative_int, help=f"top-k sampling, 0 for off ({from_checkpoint})")
+    common.add_argument("--repetition-penalty", type=positive_float, help=f"1 for off ({from_checkpoint})")
     common.add_argument("--num-beams", type=positive_int, default=SamplingSettings.num_beams,
                         help="beams (default: %(default)s)")
     common.add_argument("--max-new-tokens", type=positive_int, default=SamplingSettings.max_new_tokens,
@@ -72,8 +81,8 @@ def _common_arguments() -> argparse.ArgumentParser:
                              "the prompt once with its KV cache copied N times (same candidates, more compute)")
     common.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help="records per generate call; each yields N sequences (default: %(default)s)")
-    common.add_argument("--seed", type=int, default=DEFAULT_SEED, help="run seed (default: %(default)s)")
-    common.add_argument("--corrupt", metavar="METHOD[,METHOD]",
+    common.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED, help="run seed (default: %(default)s)")
+    common.add_argument("--corrupt", metavar="METHOD[,METHOD]", type=corruption_methods,
                         help="corrupt images before encoding: one of these methods per record, drawn at random "
                              f"(seeded) as in the release: {', '.join(CORRUPTIONS)}")
     common.add_argument("--corrupt-all", action="store_true",
@@ -81,7 +90,7 @@ def _common_arguments() -> argparse.ArgumentParser:
     common.add_argument("--max-prompt-tokens", type=positive_int,
                         help="longer prompts (images included) become errors "
                              "(default: the LLM's context minus --max-new-tokens)")
-    common.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
+    common.add_argument("--max-aspect-ratio", type=at_least_one_float, default=DEFAULT_MAX_ASPECT_RATIO,
                         help="images more elongated than this are degenerate errors (default: %(default)s)")
     common.add_argument("--device", default="auto",
                         help="auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda:0, ...")
@@ -163,9 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _corruptions(args: argparse.Namespace) -> tuple[str, ...]:
     """The ``--corrupt`` methods; ``ValueError`` for ``--corrupt-all`` without any, which would corrupt nothing."""
-    from sicog.generate.corrupt import parse_methods
-
-    methods = parse_methods(args.corrupt)
+    methods = args.corrupt or ()
     if args.corrupt_all and not methods:
         raise ValueError("--corrupt-all applies every --corrupt method to each record: give them with "
                          "--corrupt METHOD[,METHOD]")

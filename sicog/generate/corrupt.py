@@ -9,6 +9,7 @@ As in the release, a record gets one of the listed corruptions, drawn at random 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -104,6 +105,14 @@ CORRUPTIONS: dict[str, Corruption] = {
     "mirror_rotation": mirror_rotation,
     "mask": mask,
 }
+
+
+def corruption_methods(text: str) -> tuple[str, ...]:
+    """``--corrupt``'s methods (argparse type; see :func:`parse_methods`)."""
+    try:
+        return parse_methods(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_methods(text: str | Sequence[str] | None) -> tuple[str, ...]:
