@@ -32,6 +32,28 @@ def load_for_eval(
     return model.to(torch_device).eval(), processor
 
 
+def context_size(processor: SicogProcessor) -> int:
+    """The LLM's context in tokens: its text config's ``max_position_embeddings``, the limit ``sicog generate``
+    holds its prompts to as well."""
+    return processor.config.text_config.max_position_embeddings
+
+
+def over_context(what: str, num_tokens: int, context: int, new_tokens: int = 0) -> str | None:
+    """Why ``what``, ``num_tokens`` long encoded (images included), does not fit a ``context`` of that many tokens
+    with ``new_tokens`` still to generate after it; None when it fits.
+
+    The limit and the wording are ``sicog generate``'s (``--max-prompt-tokens``, by default the context less the
+    new tokens), so that a row too long for the model is reported the same way everywhere, rather than running
+    out of memory or being scored at positions the model has no place for.
+    """
+    limit = max(context - new_tokens, 1)
+    if num_tokens <= limit:
+        return None
+    less = f" less {new_tokens} new tokens" if new_tokens else ""
+    return (f"{what} is {num_tokens} tokens (images included), over the limit of {limit} (the model's context of "
+            f"{context}{less})")
+
+
 def placed_images(text: str, count: int) -> str:
     """``text`` as the prompt of ``count`` images given apart from it: its ``<image>`` placeholders are their
     places when there are as many, else each is the text :data:`LITERAL_IMAGE` (MUIRBench's questions and

@@ -25,6 +25,7 @@ from sicog.data.mixture import Source
 from sicog.data.problems import Problem
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.eval.batch_size import IMAGE_USE_BATCH_SIZE
+from sicog.eval.generation import context_size, over_context
 from sicog.eval.pairing import blind_partners
 from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
@@ -96,7 +97,8 @@ def _measured_record(processor: SicogProcessor, record: dict, image_folder: str 
     """One record encoded with only its last reply supervised, and its picture (the image's resolved path).
 
     Raises :class:`RecordError` naming the field at fault, also for an id measured before (``first_line``: id ->
-    its line): counted twice, one record would weigh double in both losses.
+    its line): counted twice, one record would weigh double in both losses; and for a conversation longer than the
+    model's context.
     """
     def fail(message: str, field: str) -> RecordError:
         return RecordError(message, path=path, line=line, record_id=record.get("id"), field=field)
@@ -113,6 +115,9 @@ def _measured_record(processor: SicogProcessor, record: dict, image_folder: str 
         raise fail(str(err), "conversations") from None
     except (ImageError, OSError) as err:  # an image missing, unreadable or not decodable
         raise fail(str(err), "image") from None
+    too_long = over_context("conversation", len(item.input_ids), context_size(processor))
+    if too_long is not None:
+        raise fail(too_long, "conversations")
     return item, os.path.realpath(images[0])  # "a.png", "./a.png" and links to it are one picture
 
 
@@ -129,8 +134,9 @@ def image_use(
     """Per-token loss on the records' answers with their own images and with swapped images.
 
     ``data``: LLaVA conversation records with one image each, measured on their last assistant reply.
-    Records that cannot be read or encoded, and any record whose id came before (its first record is measured),
-    are listed under ``errors`` (file, line, id, field, reason); the others are measured.
+    Records that cannot be read or encoded, or are longer than the model's context, and any record whose id came
+    before (its first record is measured), are listed under ``errors`` (file, line, id, field, reason); the others
+    are measured.
     """
     encoded: list[Encoded] = []
     pictures: list[str] = []

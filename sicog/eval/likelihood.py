@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from sicog.data.prompts import user_turn
+from sicog.eval.generation import context_size, over_context
 from sicog.eval.image_use import answer_losses
 from sicog.eval.prompts import hinted_question, short_answer_prompt
 from sicog.eval.tsv import Benchmark, image_cell, row_options
@@ -47,6 +48,20 @@ def encode_options(
                                  inference_images=True)
         for letter, text in row_options(row).items()
     }
+
+
+def options_over_context(processor: SicogProcessor, options: Mapping[str, Encoded]) -> tuple[str, str] | None:
+    """``(field, reason)`` when a row's encoded options (from :func:`encode_options`) do not all fit the model's
+    context, else None. The reason names the longest option over it; the field is ``question`` when no option fits
+    (the question is too long whatever is answered), else that option's letter."""
+    context = context_size(processor)
+    reasons = {letter: over_context(f"prompt with option {letter}", len(item.input_ids), context)
+               for letter, item in options.items()}
+    over = {letter: reason for letter, reason in reasons.items() if reason is not None}
+    if not over:
+        return None
+    longest = max(over, key=lambda letter: len(options[letter].input_ids))
+    return ("question" if len(over) == len(options) else longest), over[longest]
 
 
 def option_scores(

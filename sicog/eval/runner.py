@@ -30,8 +30,8 @@ from tqdm import tqdm
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records, write_json
 from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.batch_size import EVAL_BATCH_SIZE
-from sicog.eval.generation import encode_item, generate_replies
-from sicog.eval.likelihood import encode_options, image_keys, likelihood_prompt, score_rows
+from sicog.eval.generation import context_size, encode_item, generate_replies, over_context
+from sicog.eval.likelihood import encode_options, image_keys, likelihood_prompt, options_over_context, score_rows
 from sicog.eval.pairing import blind_partners
 from sicog.eval.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -182,7 +182,8 @@ def run_rank(
 def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settings: EvalSettings,
                outputs: JsonlAppender, failures: JsonlAppender, counts: dict[str, int],
                image_rows: dict[str, dict] | None = None) -> None:
-    """Encode the batch's rows (a failing row goes to the errors file), answer the rest in one call.
+    """Encode the batch's rows (a failing row, also one too long for the model's context, goes to the errors
+    file), answer the rest in one call.
 
     ``image_rows``: row index -> the row whose image to show instead (the blind baseline)."""
     likelihood = settings.mc_scoring == "likelihood"
@@ -202,14 +203,19 @@ def _run_batch(benchmark: Benchmark, batch: list[dict], model, processor, settin
         try:
             image = row_image(benchmark, (image_rows or {}).get(row["index"], row))
             if likelihood:
-                encoded.append(encode_options(processor, row, image, settings.short_answer))
+                item = encode_options(processor, row, image, settings.short_answer)
+                problem = options_over_context(processor, item)
             else:
-                encoded.append(encode_item(processor, prompt, [image]))
+                item = encode_item(processor, prompt, [image])
+                reason = over_context("prompt", len(item.input_ids), context_size(processor), settings.max_new_tokens)
+                problem = None if reason is None else ("question", reason)
         except ENCODE_ERRORS as err:
-            field = "question" if isinstance(err, ConversationError) else "image"
-            failures.write(_error(row, benchmark, field, str(err)))
+            problem = ("question" if isinstance(err, ConversationError) else "image"), str(err)
+        if problem is not None:
+            failures.write(_error(row, benchmark, *problem))
             counts["errors"] += 1
             continue
+        encoded.append(item)
         ready.append((row, prompt))
     if likelihood:
         replies = score_rows(model, processor, encoded, batch_size=max(len(ready), 1) * 4)
