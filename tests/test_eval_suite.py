@@ -333,3 +333,20 @@ def test_vlmevalkit_runs_are_found_where_run_py_writes_them(tmp_path, monkeypatc
     monkeypatch.setenv("MMEVAL_ROOT", str(tmp_path / "root"))  # run.py then ignores --work-dir
     assert result_files("vlmevalkit", tmp_path / "out", "sicog") == {
         tmp_path / "root" / "sicog" / "T20260102-120000" / "status.json"}
+
+
+def test_an_unknown_suite_field_or_a_repeated_name_is_refused(tmp_path, capsys) -> None:
+    """A mistyped `benchmark:` beside `benchmarks:` was dropped without a word; two benchmarks of one name (in any
+    case, as --benchmarks matches them) made the headline rows and --benchmarks ambiguous."""
+    bad = tmp_path / "suite.yaml"
+    x, y = "{name: X, vlmevalkit: X, lmms_eval: x}", "{name: Y, vlmevalkit: Y, lmms_eval: y}"
+    cases = [
+        (f"benchmark:\n  - {y}\nbenchmarks:\n  - {x}\n",
+         "unknown field(s) benchmark (a suite file has only 'benchmarks')"),
+        (f"benchmarks:\n  - {x}\n  - {y}\n  - {{name: x, vlmevalkit: X2, lmms_eval: x2}}\n",
+         "benchmark 3: field 'name': 'x' repeats benchmark 1"),
+    ]
+    for content, message in cases:
+        bad.write_text(content)
+        assert main(["eval-suite", "--model", "ckpt", "--output-dir", "o", "--suite", str(bad), "--dry-run"]) == 2
+        assert capsys.readouterr().err == f"sicog eval-suite: error: {bad}: {message}\n"

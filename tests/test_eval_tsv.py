@@ -226,3 +226,58 @@ def test_row_hash_changes_with_the_options(tmp_path):
         bench = read_benchmark(path)
         hashes.append(row_hash(bench, bench.rows[0]))
     assert hashes[0] != hashes[1]
+
+
+QUOTE_HEADER = "index\timage_path\tquestion\tA\tB\tanswer\n"
+
+
+def test_a_stray_quote_that_swallows_rows_is_refused_on_the_line_it_starts(tmp_path, capsys) -> None:
+    """A `"` at the start of a cell opens a quoted cell up to the next lone `"`: the rows in between were read as
+    part of the cell (one row lost without a word, another row's answer scored). Quoted as pandas quotes them
+    (VLMEvalKit's TSVs), cells holding tabs, quotes or line ends still read as pandas reads them."""
+    from sicog.cli import main
+
+    path = tmp_path / "q.tsv"
+    path.write_text(QUOTE_HEADER + '0\timg.png\t"Say ""hi""\tthen"\t"a\tb"\tblue\tA\n'
+                    '1\timg.png\t"Two\r\nlines?"\tred\t"multi\nline\n"\tB\n2\timg.png\tThe "odd" one?"\tred\tblue\tB',
+                    newline="")
+    assert [[row[c] for c in ("index", "question", "A", "B")] for row in read_benchmark(path).rows] == [
+        ["0", 'Say "hi"\tthen', "a\tb", "blue"], ["1", "Two\r\nlines?", "red", "multi\nline\n"],
+        ["2", 'The "odd" one?"', "red", "blue"]]
+    # The review's file: row 1's question swallowed row 2, whose answer row 1 then carried.
+    path.write_text(QUOTE_HEADER + '0\timg.png\tWhat color?\tred\tblue\tA\n1\timg.png\t"Is it red or blue?\tred\tblue'
+                    '\tA\n2\timg.png\tThe "odd" one?"\tred\tblue\tB\n3\timg.png\tWhat color?\tred\tblue\tB\n')
+    with pytest.raises(RecordError) as caught:
+        read_benchmark(path)
+    assert str(caught.value) == (f"{path}:3 field 'question': a quoted cell starts on this line and holds line ends "
+                                 'and tabs, as if it swallowed rows: probably an unbalanced quote (")')
+    # The line the cell starts on, after a quoted cell over two lines in the same row.
+    path.write_text(QUOTE_HEADER + '0\timg.png\t"Two\nlines?"\t"red\tblue\tA\n1\timg.png\tQ?\tred\tblue\tA"\tblue\tA\n')
+    with pytest.raises(RecordError, match=r"q.tsv:3 field 'A': a quoted cell starts on this line and holds line"):
+        read_benchmark(path)
+    assert main(["eval", "--model", str(tmp_path / "ckpt"), "--benchmark", str(path), "--output-dir",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sicog eval: error: {path}:3 field 'A': ") and err.count("\n") == 1
+    assert "probably an unbalanced quote" in err
+
+
+@pytest.mark.parametrize(("tail", "line", "column"), [
+    ('2\timg.png\t"What color?\tred\tblue\tB\n3\timg.png\tWhat color?\tred\tblue\tB\n', 3, "question"),
+    ('2\timg.png\tWhat color?\tred\tblue\t"B\n', 3, "answer"),
+    ('2\timg.png\tWhat color?\tred\tblue\t"B', 3, "answer"),
+    ('2\timg.png\tWhat color?\t"red\nor not\tblue\t""B""', 3, "A"),
+], ids=["rows-swallowed", "last-cell", "last-cell-without-line-end", "doubled-quotes-only"])
+def test_a_quote_left_open_at_the_end_of_the_file_is_refused(tmp_path, tail, line, column) -> None:
+    """csv took a quoted cell never closed to run to the end of the file (pandas refuses it): the rows after it,
+    or the last row's line end, became part of the cell, without a word."""
+    path = tmp_path / "open.tsv"
+    path.write_text(QUOTE_HEADER + "1\timg.png\tWhat color?\tred\tblue\tA\n" + tail, newline="")
+    with pytest.raises(RecordError) as caught:
+        read_benchmark(path)
+    assert str(caught.value) == (f"{path}:{line} field {column!r}: a quoted cell starts on this line and is never "
+                                 'closed: probably an unbalanced quote (")')
+    # Closed, the same last cells are read, whether or not the file ends with a line end.
+    for ending in ("", "\n"):
+        path.write_text(QUOTE_HEADER + '1\timg.png\tWhat color?\tred\t"blue\nor not"\t"B"' + ending, newline="")
+        assert read_benchmark(path).rows[0]["answer"] == "B"

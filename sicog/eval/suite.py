@@ -77,8 +77,8 @@ class SuiteBenchmark:
 
 def load_suite(spec: str) -> list[SuiteBenchmark]:
     """A packaged suite (``figure1``) or a YAML file with a ``benchmarks`` list of ``{name, vlmevalkit, lmms_eval}``
-    (and optionally ``headline``, ``paper``, ``note``); raises ``ValueError`` naming the file, entry and field of
-    a problem."""
+    (and optionally ``headline``, ``paper``, ``note``), a name to each, and no other field; raises ``ValueError``
+    naming the file, entry and field of a problem."""
     packaged = Path(str(resources.files("sicog.configs") / f"eval_{spec}.yaml"))
     # A packaged suite's name names it even where a file or folder of that name is here (the output folder of
     # `--output-dir figure1`); anything else is a file.
@@ -89,7 +89,12 @@ def load_suite(spec: str) -> list[SuiteBenchmark]:
     entries = loaded.get("benchmarks") if isinstance(loaded, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: field 'benchmarks': a non-empty list of {{name, vlmevalkit, lmms_eval}} is needed")
+    # A mistyped field (`benchmark:` beside `benchmarks:`) would be dropped without a word.
+    unknown = sorted(str(key) for key in loaded if key != "benchmarks")
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)} (a suite file has only 'benchmarks')")
     suite = []
+    numbers: dict[str, int] = {}  # lower-case name -> the entry's number
     for number, entry in enumerate(entries, start=1):
         where = f"{path}: benchmark {number}"
         if not isinstance(entry, dict):
@@ -100,6 +105,11 @@ def load_suite(spec: str) -> list[SuiteBenchmark]:
         unknown = sorted(set(entry) - set(BENCHMARK_FIELDS))
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        # --benchmarks matches names in any case, and the headline table shows them: two benchmarks of one name
+        # would make both ambiguous.
+        earlier = numbers.setdefault(entry["name"].strip().lower(), number)
+        if earlier != number:
+            raise ValueError(f"{where}: field 'name': {entry['name']!r} repeats benchmark {earlier}")
         if not isinstance(entry.get("note", ""), str):
             raise ValueError(f"{where}: field 'note': a string is needed")
         suite.append(SuiteBenchmark(entry["name"], entry["vlmevalkit"], entry["lmms_eval"],

@@ -16,6 +16,7 @@ import binascii
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -91,27 +92,33 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
 
     ``image_root``: where relative ``image_path`` values start (default: the TSV's folder). Raises
     :class:`RecordError` naming file, line and column for a missing or repeated column, a missing or repeated
-    index, or (without options) an answer that is not yes/no; row-level problems are found by
-    :func:`row_problem` so that they can be reported without stopping the run.
+    index, a probably unbalanced quote (:func:`_check_quotes`), or (without options) an answer that is not
+    yes/no; row-level problems are found by :func:`row_problem` so that they can be reported without stopping
+    the run.
     """
     path = Path(path)
     require_file(path, "benchmark file")
     csv.field_size_limit(1 << 30)  # base64 images exceed csv's default field limit
-    with io.StringIO(read_text(path), newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        columns = list(reader.fieldnames or ())
-        _check_unique_columns(columns, path)
-        missing = [c for c in ("index", "question") if c not in columns]
-        if "image" not in columns and "image_path" not in columns:
-            missing.append("image or image_path")
-        if missing:
-            raise RecordError(f"missing columns: {', '.join(missing)}", path=path, line=1)
-        rows = []
-        for row in reader:
-            line = reader.line_num  # the line the row ends on: blank lines and cells spanning lines counted
-            if None in row:
-                raise RecordError(f"{len(row[None])} more cells than columns", path=path, line=line)
-            rows.append((line, {k: ("" if v is None else v) for k, v in row.items()}))
+    lines = _Lines(read_text(path))
+    reader = csv.reader(lines, delimiter="\t")
+    columns = next(reader, [])
+    _check_quotes(columns, 1, lines.ended, path, [])
+    _check_unique_columns(columns, path)
+    missing = [c for c in ("index", "question") if c not in columns]
+    if "image" not in columns and "image_path" not in columns:
+        missing.append("image or image_path")
+    if missing:
+        raise RecordError(f"missing columns: {', '.join(missing)}", path=path, line=1)
+    rows = []
+    start = reader.line_num + 1
+    for cells in reader:
+        _check_quotes(cells, start, lines.ended, path, columns)
+        line = reader.line_num  # the line the row ends on: blank lines and cells spanning lines counted
+        if len(cells) > len(columns):
+            raise RecordError(f"{len(cells) - len(columns)} more cells than columns", path=path, line=line)
+        if cells:  # a blank line is no row, as in csv.DictReader and pandas
+            rows.append((line, dict(itertools.zip_longest(columns, cells, fillvalue=""))))
+        start = line + 1
     seen: dict[str, int] = {}
     for line, row in rows:
         index = row["index"].strip()
@@ -123,6 +130,50 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
         row["index"] = index
     root = Path(image_root) if image_root is not None else path.parent
     return Benchmark(path, [row for _, row in rows], _kind(columns, rows, path), root)
+
+
+class _Lines:
+    """A text's lines for :mod:`csv`, noting when csv asks for one past the last: a row ends on the line that ends
+    its last cell, so csv asks only to go on with a quoted cell still open at the end of the text."""
+
+    def __init__(self, text: str) -> None:
+        self._handle = io.StringIO(text, newline="")  # lines end at \n, \r\n or \r, as csv counts them
+        self.ended = False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._handle.readline()
+        if not line:
+            self.ended = True
+            raise StopIteration
+        return line
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _check_quotes(cells: list[str], line: int, ended: bool, path: Path, columns: list[str]) -> None:
+    """Raise :class:`RecordError` naming the line where a quoted cell starts when it is probably an unbalanced
+    quote: a stray ``"`` at the start of a cell opens a quoted cell (for csv as for pandas) that runs to the next
+    lone ``"``, swallowing the rows in between; their answers would be lost or scored for another row.
+
+    ``line``: where the row starts; ``ended``: whether csv read to the end of the text for this row (then its last
+    cell's quote is never closed); ``columns``: the header, naming each cell's column. pandas, which writes
+    VLMEvalKit's TSVs, quotes a cell holding a tab or a line end, so a cell may hold either; one holding both is
+    taken to hold swallowed rows."""
+    for number, cell in enumerate(cells):
+        if ended and number == len(cells) - 1:
+            problem = "is never closed"
+        elif "\t" in cell and ("\n" in cell or "\r" in cell):
+            problem = "holds line ends and tabs, as if it swallowed rows"
+        else:
+            continue
+        # The cells before it may span lines too; counted only here, as the (long) base64 image cells would cost.
+        line += sum(len(_LINE_END.findall(before)) for before in cells[:number])
+        raise RecordError(f'a quoted cell starts on this line and {problem}: probably an unbalanced quote (")',
+                          path=path, line=line, field=columns[number] if number < len(columns) else None)
 
 
 def _check_unique_columns(columns: list[str], path: Path) -> None:
