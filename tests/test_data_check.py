@@ -93,6 +93,8 @@ def test_empty_answers_are_invalid(tmp_path, model, images, capsys):
     assert check(data, model, images) == 1
     out = capsys.readouterr().out
     assert summary_of(out)["problems_by_category"] == [["empty answer", 2]]
+    # training skips them as it skips samples too long, and the summary counts each kind apart
+    assert (summary_of(out)["skipped_empty_answer"], summary_of(out)["skipped_too_long"]) == (2, 0)
     assert "d.jsonl:2 id='empty' field 'conversations[1].value': empty answer" in out
 
 

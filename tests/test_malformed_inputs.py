@@ -53,6 +53,8 @@ CASES = [
          ("data.jsonl:1", "not UTF-8", "byte b'\\xe9' at column 49")),
     Case("generate-huge-integer", "generate", jsonl(GOOD_Q, b'{"id": ' + b"9" * 5000 + b"}"), 2,
          ("data.jsonl:2", "invalid JSON", "integer string conversion")),
+    Case("generate-nested-too-deeply", "generate", jsonl(GOOD_Q, b'{"id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+         2, ("data.jsonl:2", "invalid JSON: nested too deeply")),
     Case("generate-not-an-object", "generate", jsonl(GOOD_Q, b'"just text"'), 2,
          ("data.jsonl:2", "expected an object")),
     Case("generate-missing-id", "generate", jsonl(GOOD_Q, {"image": "ok.png", "question": "Q?"}), 2,
@@ -85,6 +87,9 @@ CASES = [
          0, ("gen.jsonl:2", "candidates"), "errors.jsonl", None),
     Case("curate-duplicate-id", "curate", jsonl(GOOD_CURATE, GOOD_CURATE), 0,
          ("gen.jsonl:2", "duplicate id", "field 'id'"), "errors.jsonl", "id"),
+    Case("curate-task-not-a-task", "curate", jsonl(GOOD_CURATE, {**GOOD_CURATE, "id": "g2", "generation": {
+        **GOOD_CURATE["generation"], "task": None}}), 0, ("gen.jsonl:2", "None is no task of `sicog generate`"),
+        "errors.jsonl", "generation.task"),
     Case("curate-no-generation", "curate", jsonl(GOOD_CURATE, {"id": "g2", "candidates": ["a", "b"]}), 0,
          ("gen.jsonl:2", "generation"), "errors.jsonl", None),
     Case("curate-lone-surrogate", "curate", jsonl(GOOD_CURATE, b'{"id": "g2", "candidates": ["\\udfff", "b"]}'), 2,

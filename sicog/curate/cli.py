@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
+from sicog.curate.extract import TASKS
 from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
 from sicog.data.argtypes import option_flags, os_error_text, positive_int
 from sicog.data.jsonl import RecordError, blocked_reason, errors_path, refuse_overwriting, write_jsonl, write_records
@@ -71,7 +72,7 @@ def curation_option_names() -> dict[str, tuple[str | None, str | None] | None]:
     """The settings ``sicog curate captions|reasoning`` take, by argument name (``batch_size``, ...), each with its
     switch flags (:func:`~sicog.data.argtypes.option_flags`)."""
     names: dict[str, tuple[str | None, str | None] | None] = {}
-    for task in ("captions", "reasoning"):
+    for task in TASKS:
         parser = argparse.ArgumentParser()
         _add_curation_arguments(parser, task)
         names |= option_flags(parser)
@@ -101,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "e.g. captions/curated:ID (avoids collisions)")
     texts = sub.add_parser("texts", help="the texts curation compares, to embed apart (see docs/curation.md)",
                            description="write the unique texts curation compares, one {\"text\": ...} per line")
-    texts.add_argument("task", choices=("captions", "reasoning"))
+    texts.add_argument("task", choices=TASKS)
     texts.add_argument("--input", required=True, help="generation output with 'candidates'")
     texts.add_argument("--output", required=True,
                        help="texts file (.jsonl, or .json for a JSON array; invalid records go to "

@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from sicog.data.answers import Answer, answer_line, parse_answer
 from sicog.data.prompts import COD_STEPS, COT_STEPS
 from sicog.data.steps import break_inline_markers, final_step
 
 Task = Literal["captions", "reasoning"]
+TASKS: tuple[Task, ...] = get_args(Task)
 
 # Prompt types that ask for step-by-step output; for the others ("default") the whole text is the unit.
 STEP_PROMPT_TYPES = frozenset({"cod-default", "cod-conv", "cot-default"})

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from sicog.curate.embed import EncoderSettings, SentenceEncoder
 from sicog.curate.embed_file import load_embeddings
 from sicog.curate.embedding_store import DEFAULT_CHUNK_SIZE, ArrayStore, embed_texts, truncation
-from sicog.curate.extract import Task, candidate_answer, expects_steps, extract
+from sicog.curate.extract import TASKS, Task, candidate_answer, expects_steps, extract
 from sicog.curate.records import ScoredRecord, pair_record, read_generated_records, training_record
 from sicog.curate.report import HISTOGRAM, REPORT, summarize, write_report
 from sicog.curate.score import mbr_scores
@@ -96,7 +96,7 @@ class CurationSettings:
     temperature: float | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in ("captions", "reasoning"):
+        if self.task not in TASKS:
             raise ValueError(f"unknown curation task {self.task!r}; choose 'captions' or 'reasoning'")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError(f"min-agreement is a share of candidates, between 0 and 1; got {self.min_agreement}")

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from sicog.curate.extract import Extraction, Task
+from sicog.curate.extract import TASKS, Extraction, Task
 from sicog.curate.select import Selection
 from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
@@ -62,6 +62,9 @@ def parse_generated(record: dict, *, path: str, line: int) -> GeneratedRecord:
     prompt = generation.get("prompt")
     if not isinstance(prompt, str) or not prompt.replace(IMAGE_TOKEN, "").strip():
         fail("missing or empty (needed for the training prompt)", "generation.prompt")
+    if "task" in generation and generation["task"] not in TASKS:
+        fail(f"{generation['task']!r} is no task of `sicog generate` ({' or '.join(map(repr, TASKS))})",
+             "generation.task")
     prompt_type = generation.get("prompt_type")
     prompt_type = prompt_type if isinstance(prompt_type, str) else None
     item = GeneratedRecord(rid, line, record, list(candidates), prompt, prompt_type)
@@ -78,7 +81,8 @@ def check_task(record: dict, task: Task, *, path: str | os.PathLike, line: int) 
     ``generation.task``, written by ``sicog generate``): reasoning answers curated as captions, or the reverse,
     would be kept and labelled as the wrong kind. Records without it (older runs, hand-made files) pass."""
     generation = record.get("generation")
-    if isinstance(generation, dict) and "task" in generation and generation["task"] != task:
+    # Only the other task's name says the file is of the wrong kind; any other value is this record's own error.
+    if isinstance(generation, dict) and generation.get("task") in TASKS and generation["task"] != task:
         raise RecordError(
             f"{generation['task']!r}, not {task!r}: the file holds the output of `sicog generate "
             f"{generation['task']}`, not of `sicog generate {task}`",

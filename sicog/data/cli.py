@@ -91,6 +91,8 @@ def _check(args: argparse.Namespace) -> int:
     usable; 2 when the input cannot be read or the report cannot be written."""
     from sicog.data.jsonl import RecordError, refuse_overwriting, write_records
     from sicog.data.mixture import data_sources
+    from sicog.data.problems import TOO_LONG
+    from sicog.data.schema import EMPTY_ANSWER
     from sicog.model.checkpoint_config import read_checkpoint_config
     from sicog.model.processing import SicogProcessor
     from sicog.train.arguments import STAGES
@@ -124,7 +126,8 @@ def _check(args: argparse.Namespace) -> int:
     summary = {
         "usable": len(dataset),
         "invalid": len(dataset.problems),
-        "skipped_too_long": len(dataset.skipped),
+        "skipped_too_long": sum(p.category == TOO_LONG for p in dataset.skipped),
+        "skipped_empty_answer": sum(p.category == EMPTY_ANSWER for p in dataset.skipped),
         "duplicate_records": len(copies),
         "truncated": len(dataset.truncated),
         "repeated_ids": len(repeats),

@@ -150,6 +150,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             raise RecordError(f"invalid JSON: {err}", path=path, line=err.lineno) from None
         except ValueError as err:  # a number json will not convert (an integer of over 4300 digits)
             raise RecordError(f"invalid JSON: {err}", path=path) from None
+        except RecursionError:
+            raise RecordError(f"invalid JSON: {_TOO_DEEP}", path=path) from None
         surrogates = _SURROGATE_ESCAPE.search(text) is not None
         for index, record in enumerate(data, start=1):
             if not isinstance(record, dict):
@@ -172,11 +174,17 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 raise RecordError(f"invalid JSON: {err.msg} (column {err.colno})", path=path, line=lineno) from None
             except ValueError as err:  # a number json will not convert (an integer of over 4300 digits)
                 raise RecordError(f"invalid JSON: {err}", path=path, line=lineno) from None
+            except RecursionError:
+                raise RecordError(f"invalid JSON: {_TOO_DEEP}", path=path, line=lineno) from None
             if not isinstance(record, dict):
                 raise RecordError(f"expected an object, got {type(record).__name__}", path=path, line=lineno)
             if _SURROGATE_ESCAPE.search(text):
                 _check_encodable(path, lineno, record)
             yield lineno, record
+
+
+# Python's json parser recurses once per level: a line of thousands of nested brackets exceeds the recursion limit.
+_TOO_DEEP = "nested too deeply (arrays or objects within each other past Python's recursion limit)"
 
 
 def load_records(path: str | os.PathLike) -> list[dict]:

@@ -18,6 +18,9 @@ from sicog.data.mixture import Source
 from sicog.data.schema import record_images, resolve_image, valid_image_field
 from sicog.model.image_io import ImageError, load_image
 
+#: The category of a sample longer than training's --max-length, which training skips.
+TOO_LONG = "too long"
+
 
 @dataclass(frozen=True)
 class Problem:

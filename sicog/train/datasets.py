@@ -27,6 +27,7 @@ from transformers import TrainingArguments
 from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
 from sicog.data.problems import (
+    TOO_LONG,
     ImageProblem,
     Problem,
     default_decode_workers,
@@ -223,7 +224,7 @@ class SupervisedDataset(RecordErrorsAsData, Dataset):
         if not self._truncatable(record, length):
             reason = f"{length} tokens > max_length {self.max_length} and the cut would fall in image tokens or " \
                      "remove every answer"
-            return 0, ("skipped", Problem(str(rid), source, reason, "too long"))
+            return 0, ("skipped", Problem(str(rid), source, reason, TOO_LONG))
         reason = f"{length} tokens > max_length {self.max_length}: its last {length - self.max_length} tokens are cut"
         return length, ("truncated", Problem(str(rid), source, reason, "truncated"))
 

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from sicog.data.jsonl import RecordError
 from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
-from sicog.data.problems import Problem, default_decode_workers, undecodable_images, undecodable_problem
+from sicog.data.problems import TOO_LONG, Problem, default_decode_workers, undecodable_images, undecodable_problem
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.model.image_io import load_image
@@ -134,7 +134,7 @@ class PairDataset(RecordErrorsAsData, Dataset):
         cut_problem = self._cut_problem(record) if max(lengths) > self.max_length else None
         if cut_problem:
             return 0, ("skipped", Problem(str(rid), source, f"{max(lengths)} tokens > max_length {self.max_length} "
-                                                            f"and {cut_problem}", "too long"))
+                                                            f"and {cut_problem}", TOO_LONG))
         return min(max(lengths), self.max_length), None
 
     @property
