@@ -90,6 +90,7 @@ CASES = [
     Case("curate-task-not-a-task", "curate", jsonl(GOOD_CURATE, {**GOOD_CURATE, "id": "g2", "generation": {
         **GOOD_CURATE["generation"], "task": None}}), 0, ("gen.jsonl:2", "None is no task of `sicog generate`"),
         "errors.jsonl", "generation.task"),
+    Case("curate-no-records", "curate", b"\n", 2, ("gen.jsonl: holds no records",)),
     Case("curate-no-generation", "curate", jsonl(GOOD_CURATE, {"id": "g2", "candidates": ["a", "b"]}), 0,
          ("gen.jsonl:2", "generation"), "errors.jsonl", None),
     Case("curate-lone-surrogate", "curate", jsonl(GOOD_CURATE, b'{"id": "g2", "candidates": ["\\udfff", "b"]}'), 2,
@@ -105,6 +106,7 @@ CASES = [
          ("bench.tsv:3", "index repeats line 2", "field 'index'")),
     Case("eval-extra-cells", "eval", (TSV_HEAD + TSV_GOOD + "2\tok.png\tQ?\tred\tblue\tA\tB\n").encode(), 2,
          ("bench.tsv:3", "more cells than columns")),
+    Case("eval-no-rows", "eval", TSV_HEAD.encode(), 2, ("bench.tsv: holds no rows under its header",)),
     Case("eval-image-missing", "eval", (TSV_HEAD + TSV_GOOD + "2\tnope.png\tQ?\tred\tblue\tB\n").encode(), 0,
          ("nope.png",), "errors.jsonl", "image"),
     Case("eval-answer-not-an-option", "eval", (TSV_HEAD + TSV_GOOD + "2\tok.png\tQ?\tred\tblue\tE\n").encode(), 0,

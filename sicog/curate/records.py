@@ -97,7 +97,8 @@ def read_generated_records(
     (reason naming file, line, id and field, plus the original record) for each invalid or repeated one.
 
     With ``task``, a record generated for another task raises :class:`RecordError` (:func:`check_task`): then
-    the whole file is of the wrong kind, and listing every record as an error would bury the one cause."""
+    the whole file is of the wrong kind, and listing every record as an error would bury the one cause. So does a
+    file without records."""
     items: list[GeneratedRecord] = []
     errors: list[dict] = []
     first_line: dict[str, int] = {}
@@ -116,6 +117,8 @@ def read_generated_records(
             continue
         first_line[item.id] = line
         items.append(item)
+    if not items and not errors:  # an empty file (a generation that wrote nothing, a wrong path) is no result
+        raise RecordError("holds no records", path=path)
     return items, errors
 
 

@@ -119,6 +119,8 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
         if cells:  # a blank line is no row, as in csv.DictReader and pandas
             rows.append((line, dict(itertools.zip_longest(columns, cells, fillvalue=""))))
         start = line + 1
+    if not rows:  # nothing to score: an accuracy of "n/a" and exit 0 would pass for a result
+        raise RecordError("holds no rows under its header", path=path)
     seen: dict[str, int] = {}
     for line, row in rows:
         index = row["index"].strip()
