@@ -104,12 +104,30 @@ def test_a_rule_under_a_step_header_is_dropped_and_the_step_keeps_its_text(marke
     assert parse_cod_reply(reply)[0] == BODIES
 
 
-def test_a_rule_right_under_a_line_of_text_underlines_it_and_ends_nothing():
-    body = "Objects\n---\nA red mug on a desk."
-    assert split_steps(f"Step 1: {COD_STEPS[0]}\n{body}", COD_STEPS)[1] == body
+@pytest.mark.parametrize("rule", ["---", "***", "___", "- - -"])
+def test_a_rule_right_under_a_steps_text_ends_it(rule):
+    """As the published prompt's example separates its steps, with no blank line around the rule; a closing remark
+    after the last one is no part of the caption."""
+    reply = "\n".join(f"**Step {i}**: {h}\n{b}\n{rule}" for i, (h, b) in enumerate(zip(COD_STEPS, BODIES), start=1))
+    bodies, caption = parse_cod_reply(reply + "\nI hope this helps!")
+    assert bodies == BODIES and "hope" not in caption
 
 
-@pytest.mark.parametrize("text", ["-3 degrees on the sign.", ".5 of the plate is empty.", "—2 is printed."])
+@pytest.mark.parametrize("marker", ["Step 4:\n", "Step 4:\n---\n"])
+def test_a_bold_line_of_its_own_with_a_rule_and_a_remark_after_it_is_the_step(marker):
+    """A bold answer line was taken for a header, and the closing remark after the rule for the step."""
+    text = f"{marker}**The answer is B.**\n\n---\n\nLet me know if you have other questions!"
+    assert split_steps(text, COT_STEPS)[4] == "**The answer is B.**"
+
+
+@pytest.mark.parametrize("separator", ["\u2014", ":", ": ", " - ", ":\r"])
+def test_a_separator_after_a_closing_bold_header_is_removed(separator):
+    newline = "\r\n" if separator.endswith("\r") else ""
+    text = f"**Step 1: Salient Content**{separator.rstrip(chr(13))}{newline}A red bus drives past a lamp post."
+    assert split_steps(text, COD_STEPS)[1] == "A red bus drives past a lamp post."
+
+
+@pytest.mark.parametrize("text", ["-3 degrees on the sign.", ".5 of the plate is empty."])
 def test_a_sign_or_point_after_a_closing_bold_header_is_the_texts_own(text):
     assert split_steps(f"**Step 1: Salient content** {text}", COD_STEPS)[1] == text
     assert split_steps(f"**Step 1: Salient content**: {text}", COD_STEPS)[1] == text

@@ -165,10 +165,12 @@ def test_a_body_with_a_step_line_loses_only_the_four_step_record(tmp_path, capsy
     assert "1 of 3 records converted, 2 errors (1 of them with a short answer only)" in capsys.readouterr().err
 
 
-def test_a_body_with_a_rule_after_a_blank_line_loses_the_four_step_record_and_says_why():
-    answer = tagged([PARTS[0], PARTS[1] + "\n\n---\n\nCheck the axis labels.", PARTS[2], PARTS[3]])
-    with pytest.raises(StepFormatError, match=r"step\(s\) 2 would not parse back \(a horizontal rule after a blank "
-                                              r"line ends a body early\)"):
+@pytest.mark.parametrize("part", [PARTS[1] + "\n---\nCheck the axis labels.", "---\n" + PARTS[1]])
+def test_a_body_with_a_rule_loses_the_four_step_record_and_says_why(part):
+    answer = tagged([PARTS[0], part, PARTS[2], PARTS[3]])
+    with pytest.raises(StepFormatError, match=r"step\(s\) 2 would not parse back \(a horizontal rule in a body: the "
+                                              r"reader drops one at its start and ends the step at one after its "
+                                              r"text\)"):
         format_checked_steps(COT_STEPS, split_tags(answer))
     conversion = convert_record(cot_record(answer=answer), path="cot.jsonl", line=2)
     assert conversion.cot is None and "horizontal rule" in str(conversion.cot_error)

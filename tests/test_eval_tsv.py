@@ -249,17 +249,30 @@ def test_a_stray_quote_that_swallows_rows_is_refused_on_the_line_it_starts(tmp_p
                     '\tA\n2\timg.png\tThe "odd" one?"\tred\tblue\tB\n3\timg.png\tWhat color?\tred\tblue\tB\n')
     with pytest.raises(RecordError) as caught:
         read_benchmark(path)
-    assert str(caught.value) == (f"{path}:3 field 'question': a quoted cell starts on this line and holds line ends "
-                                 'and tabs, as if it swallowed rows: probably an unbalanced quote (")')
+    assert str(caught.value) == (f"{path}:3 field 'question': a quoted cell starts on this line and holds the rest "
+                                 'of its row and more lines, as if it swallowed rows: probably an unbalanced quote (")')
     # The line the cell starts on, after a quoted cell over two lines in the same row.
     path.write_text(QUOTE_HEADER + '0\timg.png\t"Two\nlines?"\t"red\tblue\tA\n1\timg.png\tQ?\tred\tblue\tA"\tblue\tA\n')
-    with pytest.raises(RecordError, match=r"q.tsv:3 field 'A': a quoted cell starts on this line and holds line"):
+    with pytest.raises(RecordError, match=r"q.tsv:3 field 'A': a quoted cell starts on this line and holds the rest"):
         read_benchmark(path)
     assert main(["eval", "--model", str(tmp_path / "ckpt"), "--benchmark", str(path), "--output-dir",
                  str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"sicog eval: error: {path}:3 field 'A': ") and err.count("\n") == 1
     assert "probably an unbalanced quote" in err
+
+
+def test_cells_pandas_wrote_with_tabs_and_line_ends_read_as_pandas_reads_them(tmp_path) -> None:
+    """A table or tab-indented code in a question is no stray quote (it was refused as one)."""
+    import pandas as pd
+
+    questions = ["Which row is oldest?\nName\tAge\nBob\t42\nAnn\t37", "What does it print?\nif x:\n\tprint(1)",
+                 "Tabs\tand\nlines\tboth"]
+    frame = pd.DataFrame({"index": range(3), "image_path": "img.png", "question": questions, "A": "x", "B": "y",
+                          "answer": "A"})
+    frame.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    assert [row["question"] for row in read_benchmark(tmp_path / "p.tsv").rows] == questions
+    assert pd.read_csv(tmp_path / "p.tsv", sep="\t")["question"].tolist() == questions
 
 
 @pytest.mark.parametrize(("tail", "line", "column"), [

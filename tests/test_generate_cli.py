@@ -344,7 +344,7 @@ def test_unusable_output_model_and_sampling_arguments_stop_with_one_line(setup, 
     # ranges in the flags' types, so that `sicog cycle` refuses them when it reads its config
     for flag, value in (("--temperature", "nan"), ("--temperature", "-1"), ("--top-p", "nan"), ("--top-p", "0"),
                         ("--top-k", "-3"), ("--repetition-penalty", "inf"), ("--repetition-penalty", "-1"),
-                        ("--max-aspect-ratio", "0.5"), ("--seed", "-1")):
+                        ("--max-aspect-ratio", "0.5"), ("--max-aspect-ratio", "nan"), ("--seed", "-1")):
         with pytest.raises(SystemExit) as stop:
             main(cli_args(setup, tmp_path / "b.jsonl", flag, value))
         assert stop.value.code == 2

@@ -92,8 +92,8 @@ class Conversion:
 
     ``short`` needs only the tags, so it exists whenever they are valid. ``cot`` is None, with the reason in
     ``cot_error``, when only the 4-step record is unusable: a question that is empty without ``<image>``, a
-    tag body with a line that reads as a "Step N" marker or a horizontal rule after a blank line, or a
-    4-step record that is no valid LLaVA record.
+    tag body with a line that reads as a "Step N" marker or a horizontal rule, or a 4-step record that is no
+    valid LLaVA record.
     """
 
     short: dict

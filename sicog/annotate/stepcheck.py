@@ -1,8 +1,8 @@
 """Step texts that are guaranteed to parse back into the same steps.
 
 Every later stage reads annotations with :func:`sicog.data.steps.split_steps`; a body with a line that
-reads as a "Step N" marker would shift the steps it reads, and a horizontal rule after a blank line would end
-its step early, so such a text is rejected here, at the source. (In the :func:`format_steps` layout every other
+reads as a "Step N" marker would shift the steps it reads, and a horizontal rule would be dropped or end its step
+early, so such a text is rejected here, at the source. (In the :func:`format_steps` layout every other
 body parses back as written: the header sentence on the marker's line is the only line the reader removes.)
 """
 
@@ -30,7 +30,8 @@ def format_checked_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
         cause = (
             "a line of a body reads as a 'Step N' marker"
             if any(step_markers(body) for body in bodies)
-            else "a horizontal rule after a blank line ends a body early"
+            else "a horizontal rule in a body: the reader drops one at its start and ends the step at one after "
+            "its text"
         )
         raise StepFormatError(f"step(s) {', '.join(map(str, changed))} would not parse back ({cause})")
     return text

@@ -55,9 +55,10 @@ def fraction(text: str) -> float:
 
 
 def at_least_one_float(text: str) -> float:
-    """A finite ``float`` of at least 1 (argparse type), e.g. a ratio of a longer side to a shorter one."""
-    value = finite_float(text)
-    if value < 1:
+    """A ``float`` of at least 1, ``inf`` (no limit) included (argparse type), e.g. a ratio of a longer side to a
+    shorter one."""
+    value = float(text)
+    if not value >= 1:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 

@@ -30,11 +30,11 @@ _HEADING_LINE = re.compile(r"^#{1,6}[ \t]")
 # A line that is one bold span: "**Salient content**", "__Salient content__:".
 _BOLD_LINE = re.compile(r"^(\*\*|__)(?:(?!\1).)+\1[:.]?$")
 # A Markdown horizontal rule, a line of its own ("---", "* * *"): models copy the published prompt's rules between
-# steps, and write closing remarks after one. Rules at a body's start are the reply's separators under a header;
-# one after the body's text, a blank line before it (else "---" underlines a heading), ends the body.
-_RULE = r"[ \t]*([-*_])(?:[ \t]*\1){2,}[ \t]*(?:\n|$)"
-_LEADING_RULES = re.compile(rf"^(?:{_RULE}\s*)+")
-_RULE_AFTER_TEXT = re.compile(rf"\n[ \t]*\n{_RULE}")
+# steps, and write closing remarks after one. Rules before a body's text are the reply's separators under a header
+# and are dropped; a rule after its text ends the body.
+_RULE = r"[ \t]*(?:-(?:[ \t]*-){2,}|\*(?:[ \t]*\*){2,}|_(?:[ \t]*_){2,})[ \t]*(?=\n|\Z)"
+_LEADING_RULES = re.compile(rf"\A(?:\s*{_RULE})+\s*")
+_RULE_AFTER_TEXT = re.compile(rf"\n{_RULE}")
 # What may decorate a header line before its text: heading marks and emphasis.
 _HEADER_LEAD = re.compile(r"^[#*_ \t]*")
 
@@ -63,8 +63,9 @@ def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
       (``### Step 1: Salient content``), the marker's own emphasis spans the line
       (``**Step 1: Salient content**``), or the line is a Markdown heading or one bold span.
 
-    A body ends at the next marker or at a horizontal rule after its text ("---" on its own line after a blank
-    line), whatever follows the rule; rules before its text are dropped.
+    A body ends at the next marker or at a horizontal rule after its text ("---", "* * *" on a line of its own),
+    whatever follows the rule; rules before its text are dropped. A line styled as a heading that stands alone under
+    the marker with a rule under it is the step's text, not its header ("**The answer is B.**", "---", a remark).
     Any other first line is body text, also one that ends in ":". Emphasis is removed only where it
     belongs to the marker (``**Step 1:**``, ``**Step 1: ...**``) or to a removed header, never from the body.
     When a step number occurs twice, the first occurrence wins; text before the first marker is ignored.
@@ -99,11 +100,12 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
     styled = "#" in marker.group("lead")
     title, closes, rest = line.partition(pending) if pending else ("", "", "")
     if closes:  # the marker's emphasis closes on this line, after a title (the body may have bold of its own)
-        rest = rest[re.match(r"[ \t]*(?:[:.\-\u2013\u2014](?=[ \t]|$))?[ \t]*", rest).end() :]  # not "-3", ".5"
+        rest = rest[re.match(r"[ \t]*(?:[:\u2013\u2014]|[.\-](?!\d))?[ \t]*", rest).end() :]  # not "-3", ".5"
         if rest.strip():
             return (rest + "\n" + after).strip()  # "**Step 1: Title** text", "**Step 1: Title**: text"
         line, pending, styled = title, "", True  # "**Step 1: Salient content**", "__Step 1: Title__:"
-    if not line.strip():
+    alone = not line.strip()
+    if alone:
         # The marker stands alone on its line: a header would be the next non-empty line.
         line, _, after = _LEADING_RULES.sub("", after.strip()).partition("\n")
         styled, pending = False, ""
@@ -113,7 +115,9 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
         if remainder is not None:
             return (remainder + "\n" + after).strip()
     styled = styled or bool(_HEADING_LINE.match(first) or _BOLD_LINE.match(first))
-    if styled and after.strip():
+    # A styled line of its own followed by a rule ("**The answer is B.**", a blank line, "---", a closing remark)
+    # is the step's text: the rule ends it.
+    if styled and after.strip() and not (alone and re.match(rf"\s*{_RULE}", after)):
         return after.strip()
     return (first + "\n" + after).strip()
 

@@ -163,19 +163,27 @@ def _check_quotes(cells: list[str], line: int, ended: bool, path: Path, columns:
 
     ``line``: where the row starts; ``ended``: whether csv read to the end of the text for this row (then its last
     cell's quote is never closed); ``columns``: the header, naming each cell's column. pandas, which writes
-    VLMEvalKit's TSVs, quotes a cell holding a tab or a line end, so a cell may hold either; one holding both is
-    taken to hold swallowed rows."""
+    VLMEvalKit's TSVs, quotes a cell holding a tab or a line end, so a cell may hold both (a table, indented code);
+    a cell holds swallowed rows when its first line is the rest of its own row: as many tabs as columns follow it,
+    and more lines after."""
     for number, cell in enumerate(cells):
         if ended and number == len(cells) - 1:
             problem = "is never closed"
-        elif "\t" in cell and ("\n" in cell or "\r" in cell):
-            problem = "holds line ends and tabs, as if it swallowed rows"
+        elif columns and _swallows_rows(cell, len(columns) - number - 1):
+            problem = "holds the rest of its row and more lines, as if it swallowed rows"
         else:
             continue
         # The cells before it may span lines too; counted only here, as the (long) base64 image cells would cost.
         line += sum(len(_LINE_END.findall(before)) for before in cells[:number])
         raise RecordError(f'a quoted cell starts on this line and {problem}: probably an unbalanced quote (")',
                           path=path, line=line, field=columns[number] if number < len(columns) else None)
+
+
+def _swallows_rows(cell: str, later_columns: int) -> bool:
+    """Whether ``cell``, with ``later_columns`` columns after its own, holds the rest of its row (its first line
+    has a tab for each of them) and lines after that, the start of rows it swallowed (tab-separated too)."""
+    first, newline, _ = cell.partition("\n")
+    return bool(newline) and first.count("\t") == later_columns and "\t" in cell
 
 
 def _check_unique_columns(columns: list[str], path: Path) -> None:
