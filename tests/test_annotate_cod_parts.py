@@ -113,21 +113,35 @@ def test_a_rule_right_under_a_steps_text_ends_it(rule):
     assert bodies == BODIES and "hope" not in caption
 
 
-@pytest.mark.parametrize("marker", ["Step 4:\n", "Step 4:\n---\n"])
-def test_a_bold_line_of_its_own_with_a_rule_and_a_remark_after_it_is_the_step(marker):
-    """A bold answer line was taken for a header, and the closing remark after the rule for the step."""
-    text = f"{marker}**The answer is B.**\n\n---\n\nLet me know if you have other questions!"
-    assert split_steps(text, COT_STEPS)[4] == "**The answer is B.**"
+@pytest.mark.parametrize(("text", "body"), [
+    ("Step 4:\n**The answer is B.**", "**The answer is B.**"),
+    ("Step 4:\n---\n**The answer is B.**", "**The answer is B.**"),
+    ("### Step 4: The answer is B.", "The answer is B."),
+    ("### Step 4: Answer: B", "Answer: B"),
+    ("Step 4: **The answer is B.**", "**The answer is B.**"),
+    ("**Step 4:** **The answer is B.**", "**The answer is B.**"),
+])
+def test_a_styled_line_that_reads_as_text_with_a_rule_and_a_remark_after_it_is_the_step(text, body):
+    """It was taken for a header, and the closing remark after the rule for the step (and the caption)."""
+    for newline in ("\n", "\r\n"):
+        reply = (text + "\n\n---\n\nLet me know if you have other questions!").replace("\n", newline)
+        assert split_steps(reply, COT_STEPS)[4] == body
 
 
-@pytest.mark.parametrize("separator", ["\u2014", ":", ": ", " - ", ":\r"])
+@pytest.mark.parametrize("title", ["**Step 4: Conclusion**", "### Step 4: Final answer", "Step 4:\n**Conclusion:**"])
+def test_a_title_with_a_rule_under_it_is_the_header(title):
+    assert split_steps(f"{title}\n---\nThe answer is B.", COT_STEPS)[4] == "The answer is B."
+
+
+@pytest.mark.parametrize("separator", ["\u2014", ":", ": ", " - ", "-", ":\r"])
 def test_a_separator_after_a_closing_bold_header_is_removed(separator):
     newline = "\r\n" if separator.endswith("\r") else ""
     text = f"**Step 1: Salient Content**{separator.rstrip(chr(13))}{newline}A red bus drives past a lamp post."
     assert split_steps(text, COD_STEPS)[1] == "A red bus drives past a lamp post."
 
 
-@pytest.mark.parametrize("text", ["-3 degrees on the sign.", ".5 of the plate is empty."])
+@pytest.mark.parametrize("text", ["-3 degrees on the sign.", ".5 of the plate is empty.", "-x = 4, so x = -4.",
+                                  "-$3 is the loss."])
 def test_a_sign_or_point_after_a_closing_bold_header_is_the_texts_own(text):
     assert split_steps(f"**Step 1: Salient content** {text}", COD_STEPS)[1] == text
     assert split_steps(f"**Step 1: Salient content**: {text}", COD_STEPS)[1] == text

@@ -32,9 +32,12 @@ _BOLD_LINE = re.compile(r"^(\*\*|__)(?:(?!\1).)+\1[:.]?$")
 # A Markdown horizontal rule, a line of its own ("---", "* * *"): models copy the published prompt's rules between
 # steps, and write closing remarks after one. Rules before a body's text are the reply's separators under a header
 # and are dropped; a rule after its text ends the body.
-_RULE = r"[ \t]*(?:-(?:[ \t]*-){2,}|\*(?:[ \t]*\*){2,}|_(?:[ \t]*_){2,})[ \t]*(?=\n|\Z)"
+_RULE = r"[ \t]*(?:-(?:[ \t]*-){2,}|\*(?:[ \t]*\*){2,}|_(?:[ \t]*_){2,})[ \t]*\r?(?=\n|\Z)"
 _LEADING_RULES = re.compile(rf"\A(?:\s*{_RULE})+\s*")
 _RULE_AFTER_TEXT = re.compile(rf"\n{_RULE}")
+# A line that ends as a sentence does, its emphasis aside, or states something after a colon ("Answer: B"): text,
+# not a title.
+_SENTENCE = re.compile(r"[.!?][*_]*$|:[*_]*[ \t]+[^\s*_]")
 # What may decorate a header line before its text: heading marks and emphasis.
 _HEADER_LEAD = re.compile(r"^[#*_ \t]*")
 
@@ -64,8 +67,9 @@ def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
       (``**Step 1: Salient content**``), or the line is a Markdown heading or one bold span.
 
     A body ends at the next marker or at a horizontal rule after its text ("---", "* * *" on a line of its own),
-    whatever follows the rule; rules before its text are dropped. A line styled as a heading that stands alone under
-    the marker with a rule under it is the step's text, not its header ("**The answer is B.**", "---", a remark).
+    whatever follows the rule; rules before its text are dropped. A line styled as a heading with a rule under it is
+    the step's header only when it reads as a title: one that ends as a sentence ("**The answer is B.**", "---", a
+    closing remark) is the step's text.
     Any other first line is body text, also one that ends in ":". Emphasis is removed only where it
     belongs to the marker (``**Step 1:**``, ``**Step 1: ...**``) or to a removed header, never from the body.
     When a step number occurs twice, the first occurrence wins; text before the first marker is ignored.
@@ -100,12 +104,12 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
     styled = "#" in marker.group("lead")
     title, closes, rest = line.partition(pending) if pending else ("", "", "")
     if closes:  # the marker's emphasis closes on this line, after a title (the body may have bold of its own)
-        rest = rest[re.match(r"[ \t]*(?:[:\u2013\u2014]|[.\-](?!\d))?[ \t]*", rest).end() :]  # not "-3", ".5"
+        # A separator, not a sign or point of the text ("-3", "-x", ".5"): "-" and "." only before a space or capital.
+        rest = rest[re.match(r"[ \t]*(?:[:\u2013\u2014]|[.\-](?=\s|$|[A-Z]))?[ \t]*", rest).end() :]
         if rest.strip():
             return (rest + "\n" + after).strip()  # "**Step 1: Title** text", "**Step 1: Title**: text"
         line, pending, styled = title, "", True  # "**Step 1: Salient content**", "__Step 1: Title__:"
-    alone = not line.strip()
-    if alone:
+    if not line.strip():
         # The marker stands alone on its line: a header would be the next non-empty line.
         line, _, after = _LEADING_RULES.sub("", after.strip()).partition("\n")
         styled, pending = False, ""
@@ -115,9 +119,9 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
         if remainder is not None:
             return (remainder + "\n" + after).strip()
     styled = styled or bool(_HEADING_LINE.match(first) or _BOLD_LINE.match(first))
-    # A styled line of its own followed by a rule ("**The answer is B.**", a blank line, "---", a closing remark)
-    # is the step's text: the rule ends it.
-    if styled and after.strip() and not (alone and re.match(rf"\s*{_RULE}", after)):
+    # A styled line with a rule under it is a header only if it reads as a title: "**The answer is B.**", "---", a
+    # closing remark is a step whose text the rule ends.
+    if styled and after.strip() and not (re.match(rf"\s*{_RULE}", after) and _SENTENCE.search(first)):
         return after.strip()
     return (first + "\n" + after).strip()
 

@@ -92,33 +92,37 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
 
     ``image_root``: where relative ``image_path`` values start (default: the TSV's folder). Raises
     :class:`RecordError` naming file, line and column for a missing or repeated column, a missing or repeated
-    index, a probably unbalanced quote (:func:`_check_quotes`), or (without options) an answer that is not
-    yes/no; row-level problems are found by :func:`row_problem` so that they can be reported without stopping
-    the run.
+    index, a probably unbalanced quote, or (without options) an answer that is not yes/no; row-level problems are
+    found by :func:`row_problem` so that they can be reported without stopping the run.
     """
     path = Path(path)
     require_file(path, "benchmark file")
     csv.field_size_limit(1 << 30)  # base64 images exceed csv's default field limit
-    lines = _Lines(read_text(path))
-    reader = csv.reader(lines, delimiter="\t")
-    columns = next(reader, [])
-    _check_quotes(columns, 1, lines.ended, path, [])
-    _check_unique_columns(columns, path)
-    missing = [c for c in ("index", "question") if c not in columns]
-    if "image" not in columns and "image_path" not in columns:
-        missing.append("image or image_path")
-    if missing:
-        raise RecordError(f"missing columns: {', '.join(missing)}", path=path, line=1)
-    rows = []
-    start = reader.line_num + 1
-    for cells in reader:
-        _check_quotes(cells, start, lines.ended, path, columns)
-        line = reader.line_num  # the line the row ends on: blank lines and cells spanning lines counted
-        if len(cells) > len(columns):
-            raise RecordError(f"{len(cells) - len(columns)} more cells than columns", path=path, line=line)
-        if cells:  # a blank line is no row, as in csv.DictReader and pandas
-            rows.append((line, dict(itertools.zip_longest(columns, cells, fillvalue=""))))
-        start = line + 1
+    # strict: a quoted cell must close right before a tab or a line end, as pandas (VLMEvalKit's TSVs) and csv write
+    # them. A stray '"' at the start of a cell opens a quoted cell up to the next '"', swallowing the rows in
+    # between (lost, or another row's answer scored); that quote is then followed by other text, or never comes.
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", strict=True)
+    rows, start = [], 1
+    try:
+        columns = next(reader, [])
+        _check_unique_columns(columns, path)
+        missing = [c for c in ("index", "question") if c not in columns]
+        if "image" not in columns and "image_path" not in columns:
+            missing.append("image or image_path")
+        if missing:
+            raise RecordError(f"missing columns: {', '.join(missing)}", path=path, line=1)
+        start = reader.line_num + 1
+        for cells in reader:
+            line = reader.line_num  # the line the row ends on: blank lines and cells spanning lines counted
+            if len(cells) > len(columns):
+                raise RecordError(f"{len(cells) - len(columns)} more cells than columns", path=path, line=line)
+            if cells:  # a blank line is no row, as in csv.DictReader and pandas
+                rows.append((line, dict(itertools.zip_longest(columns, cells, fillvalue=""))))
+            start = line + 1
+    except csv.Error as err:  # its own words hold a raw tab ("'\t' expected after '\"'")
+        how = "is never closed" if "end of data" in str(err) else f"closes before other text on line {reader.line_num}"
+        raise RecordError(f'probably an unbalanced quote (") in the row starting on this line: a quoted cell {how}',
+                          path=path, line=start) from None
     if not rows:  # nothing to score: an accuracy of "n/a" and exit 0 would pass for a result
         raise RecordError("holds no rows under its header", path=path)
     seen: dict[str, int] = {}
@@ -132,58 +136,6 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
         row["index"] = index
     root = Path(image_root) if image_root is not None else path.parent
     return Benchmark(path, [row for _, row in rows], _kind(columns, rows, path), root)
-
-
-class _Lines:
-    """A text's lines for :mod:`csv`, noting when csv asks for one past the last: a row ends on the line that ends
-    its last cell, so csv asks only to go on with a quoted cell still open at the end of the text."""
-
-    def __init__(self, text: str) -> None:
-        self._handle = io.StringIO(text, newline="")  # lines end at \n, \r\n or \r, as csv counts them
-        self.ended = False
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        line = self._handle.readline()
-        if not line:
-            self.ended = True
-            raise StopIteration
-        return line
-
-
-_LINE_END = re.compile(r"\r\n|\r|\n")
-
-
-def _check_quotes(cells: list[str], line: int, ended: bool, path: Path, columns: list[str]) -> None:
-    """Raise :class:`RecordError` naming the line where a quoted cell starts when it is probably an unbalanced
-    quote: a stray ``"`` at the start of a cell opens a quoted cell (for csv as for pandas) that runs to the next
-    lone ``"``, swallowing the rows in between; their answers would be lost or scored for another row.
-
-    ``line``: where the row starts; ``ended``: whether csv read to the end of the text for this row (then its last
-    cell's quote is never closed); ``columns``: the header, naming each cell's column. pandas, which writes
-    VLMEvalKit's TSVs, quotes a cell holding a tab or a line end, so a cell may hold both (a table, indented code);
-    a cell holds swallowed rows when its first line is the rest of its own row: as many tabs as columns follow it,
-    and more lines after."""
-    for number, cell in enumerate(cells):
-        if ended and number == len(cells) - 1:
-            problem = "is never closed"
-        elif columns and _swallows_rows(cell, len(columns) - number - 1):
-            problem = "holds the rest of its row and more lines, as if it swallowed rows"
-        else:
-            continue
-        # The cells before it may span lines too; counted only here, as the (long) base64 image cells would cost.
-        line += sum(len(_LINE_END.findall(before)) for before in cells[:number])
-        raise RecordError(f'a quoted cell starts on this line and {problem}: probably an unbalanced quote (")',
-                          path=path, line=line, field=columns[number] if number < len(columns) else None)
-
-
-def _swallows_rows(cell: str, later_columns: int) -> bool:
-    """Whether ``cell``, with ``later_columns`` columns after its own, holds the rest of its row (its first line
-    has a tab for each of them) and lines after that, the start of rows it swallowed (tab-separated too)."""
-    first, newline, _ = cell.partition("\n")
-    return bool(newline) and first.count("\t") == later_columns and "\t" in cell
 
 
 def _check_unique_columns(columns: list[str], path: Path) -> None:
