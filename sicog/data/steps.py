@@ -121,7 +121,7 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
     styled = styled or bool(_HEADING_LINE.match(first) or _BOLD_LINE.match(first))
     # A styled line with a rule under it is a header only if it reads as a title: "**The answer is B.**", "---", a
     # closing remark is a step whose text the rule ends.
-    if styled and after.strip() and not (re.match(rf"\s*{_RULE}", after) and _SENTENCE.search(first)):
+    if styled and after.strip() and not (_LEADING_RULES.match(after) and _SENTENCE.search(first)):
         return after.strip()
     return (first + "\n" + after).strip()
 
