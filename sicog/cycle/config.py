@@ -19,6 +19,7 @@ from pathlib import Path
 from sicog.cycle.arms import ARMS
 from sicog.cycle.flags import setting_problems
 from sicog.data.jsonl import RecordError
+from sicog.data.sources import can_be_hub_id
 from sicog.data.yaml_file import read_yaml
 from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
@@ -318,8 +319,9 @@ def with_preset(values: object, path: Path) -> object:
 
 
 def _paths_beside(values: dict, path: Path) -> dict:
-    """``values`` (checked) with the paths they name (datasets, the vision tower and language model) relative to the
-    folder of their config file ``path`` unless absolute; Hub ids stay ids."""
+    """``values`` (a config file's, checked, or a packaged preset's) with the paths they name (datasets, the vision
+    tower and language model) relative to the folder of their config file ``path`` unless absolute; Hub ids stay
+    ids."""
     values, base = dict(values), path.parent
     if "data" in values:
         values["data"] = {k: _sources_beside(str(v), base, path, k) if k in TRAINING_DATA else _beside(str(v), base)
@@ -338,14 +340,8 @@ def _beside(value: str, base: Path) -> str:
 def _model_beside(value: str, base: Path) -> str:
     """A model's path of the config file (:func:`_beside`); a name that can be a Hub model id (``owner/name``) with
     nothing of that name beside the file stays an id."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if os.path.isabs(value) or (base / value).exists():
-        return _beside(value, base)
-    try:
-        validate_repo_id(value)
-    except HFValidationError:  # "../../model_weight/clip": a path, read beside the file as the preset says
+    # "../../model_weight/clip" cannot be an id: a path, read beside the file as the preset says.
+    if os.path.isabs(value) or (base / value).exists() or not can_be_hub_id(value):
         return _beside(value, base)
     return value
 

@@ -100,10 +100,10 @@ def _exited_here(path: Path) -> bool:
     """Whether the holder a lock file records is a process of this host that no longer runs though filelock counts
     it as alive: one that has exited but was never reaped (see :func:`~sicog.data.processes.running`)."""
     try:
-        pid = int(path.read_text(encoding="utf-8").splitlines()[0])
-    except (OSError, ValueError, IndexError):
+        pid, host = path.read_text(encoding="utf-8").splitlines()[:2]
+        return host == _this_host() and not running(int(pid))
+    except (OSError, ValueError):  # no record yet, gone, or not one
         return False
-    return _host(path) == _this_host() and not running(pid)
 
 
 def _unwritable(output: str | os.PathLike, folder: bool, err: OSError) -> str:

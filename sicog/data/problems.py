@@ -104,10 +104,10 @@ def undecodable_problem(record: dict, source: Source, image_folder, undecodable:
     """The problem of a record naming an image of ``undecodable`` (from :func:`undecodable_images`), if any."""
     bad = [undecodable[path] for path in (resolve_image(n, image_folder) for n in record_images(record))
            if path in undecodable]
-    return located(record.get("id"), source, bad[0], "unreadable image", "image") if bad else None
+    return located_problem(record.get("id"), source, bad[0], "unreadable image", "image") if bad else None
 
 
-def located(rid: object, source: Source, message: str, category: str, field: str | None) -> Problem:
+def located_problem(rid: object, source: Source, message: str, category: str, field: str | None) -> Problem:
     """A problem whose reason names the record's file, line, id and field, as a schema error's does."""
-    located = RecordError(message, path=source.path, line=source.line, record_id=rid, field=field)
-    return Problem(rid, source, str(located), category, field)
+    error = RecordError(message, path=source.path, line=source.line, record_id=rid, field=field)
+    return Problem(rid, source, str(error), category, field)

@@ -36,6 +36,18 @@ HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.-]+
 BATCH_ROWS = 1024
 
 
+def can_be_hub_id(name: str) -> bool:
+    """Whether ``name`` is a valid Hugging Face Hub repository id (``owner/name``; huggingface_hub's own check)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def names_hub_dataset(source: str) -> bool:
     """Whether ``source`` reads as a Hub dataset id (``owner/name[:split]``): no file or folder of that name, and no
     data file's suffix ("sft/a.jsonl" is a missing file)."""

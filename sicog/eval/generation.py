@@ -17,7 +17,7 @@ from sicog.model.builders import load_pretrained
 from sicog.model.device import resolve_device
 from sicog.model.image_io import load_image
 from sicog.model.modeling import SicogForConditionalGeneration
-from sicog.model.processing import Encoded, SicogProcessor
+from sicog.model.processing import Encoded, SicogProcessor, prompt_limit
 
 # A literal "<image>" of a prompt that places no image, as the model is asked it.
 LITERAL_IMAGE = "[image]"
@@ -32,21 +32,16 @@ def load_for_eval(
     return model.to(torch_device).eval(), processor
 
 
-def context_size(processor: SicogProcessor) -> int:
-    """The LLM's context in tokens: its text config's ``max_position_embeddings``, the limit ``sicog generate``
-    holds its prompts to as well."""
-    return processor.config.text_config.max_position_embeddings
-
-
 def over_context(what: str, num_tokens: int, context: int, new_tokens: int = 0) -> str | None:
     """Why ``what``, ``num_tokens`` long encoded (images included), does not fit a ``context`` of that many tokens
     with ``new_tokens`` still to generate after it; None when it fits.
 
-    The limit and the wording are ``sicog generate``'s (``--max-prompt-tokens``, by default the context less the
-    new tokens), so that a row too long for the model is reported the same way everywhere, rather than running
-    out of memory or being scored at positions the model has no place for.
+    The limit is ``sicog generate``'s default ``--max-prompt-tokens``
+    (:func:`~sicog.model.processing.prompt_limit`), and the wording opens as its does, so that a row too long for
+    the model is reported the same way everywhere, rather than running out of memory or being scored at positions
+    the model has no place for.
     """
-    limit = max(context - new_tokens, 1)
+    limit = prompt_limit(context, new_tokens)
     if num_tokens <= limit:
         return None
     less = f" less {new_tokens} new tokens" if new_tokens else ""

@@ -25,11 +25,11 @@ from sicog.data.mixture import Source
 from sicog.data.problems import Problem
 from sicog.data.schema import check_llava_record, record_images, resolve_image
 from sicog.eval.batch_size import IMAGE_USE_BATCH_SIZE
-from sicog.eval.generation import context_size, over_context
+from sicog.eval.generation import over_context
 from sicog.eval.pairing import blind_partners
 from sicog.model.image_io import ImageError
 from sicog.model.modeling import SicogForConditionalGeneration
-from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor
+from sicog.model.processing import IGNORE_INDEX, ConversationError, Encoded, SicogProcessor, context_size
 
 PAIRING_SEED = 0  # the pairing is fixed: a rerun compares the same records
 

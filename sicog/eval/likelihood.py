@@ -19,12 +19,12 @@ import os
 from collections.abc import Mapping, Sequence
 
 from sicog.data.prompts import user_turn
-from sicog.eval.generation import context_size, over_context
+from sicog.eval.generation import over_context
 from sicog.eval.image_use import answer_losses
 from sicog.eval.prompts import hinted_question, short_answer_prompt
 from sicog.eval.tsv import Benchmark, image_cell, row_options
 from sicog.model.image_io import ImageError
-from sicog.model.processing import Encoded, SicogProcessor
+from sicog.model.processing import Encoded, SicogProcessor, context_size
 
 
 def likelihood_prompt(row: dict[str, str], short_answer: bool = True) -> str:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from sicog.data.jsonl import JsonlAppender, RecordError, error_record, iter_records, write_json
 from sicog.data.sharding import done_ids, merge_shard_files, rank_and_world, shard, shard_files, shard_path
 from sicog.eval.batch_size import EVAL_BATCH_SIZE
-from sicog.eval.generation import context_size, encode_item, generate_replies, over_context
+from sicog.eval.generation import encode_item, generate_replies, over_context
 from sicog.eval.likelihood import encode_options, image_keys, likelihood_prompt, options_over_context, score_rows
 from sicog.eval.pairing import blind_partners
 from sicog.eval.prompts import (
@@ -46,7 +46,7 @@ from sicog.eval.scoring import score_items, summarize
 from sicog.eval.sheet import write_xlsx
 from sicog.eval.short_answers import ShortAnswers, load_synonyms
 from sicog.eval.tsv import MULTIPLE_CHOICE, Benchmark, read_benchmark, row_image, row_problem
-from sicog.model.processing import ENCODE_ERRORS, ConversationError
+from sicog.model.processing import ENCODE_ERRORS, ConversationError, context_size
 
 PREDICTIONS, ERRORS, RESULTS, SHEET = "predictions.jsonl", "errors.jsonl", "results.json", "results.xlsx"
 

@@ -185,14 +185,14 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
 
     from sicog.generate.job import clear_errors, earlier_failures, merge_outputs, read_plan, run_rank, written_outputs
     from sicog.model.builders import load_pretrained
-    from sicog.model.processing import SicogProcessor
+    from sicog.model.processing import SicogProcessor, context_size, prompt_limit
 
     # The input and the earlier outputs are checked with the tokenizer alone, before the (possibly large)
     # model is loaded.
     processor = SicogProcessor.from_pretrained(job.model_name)
     if job.max_prompt_tokens is None:
-        limit = processor.config.text_config.max_position_embeddings - job.sampling.max_new_tokens
-        job = dataclasses.replace(job, max_prompt_tokens=max(limit, 1))
+        limit = prompt_limit(context_size(processor), job.sampling.max_new_tokens)
+        job = dataclasses.replace(job, max_prompt_tokens=limit)
     plan = read_plan(job, processor)
     written = written_outputs(job, plan, rank=rank, world=world)
     # Kept failures are checked now too; retried ones are read after rank 0 has cleared them (none).

@@ -50,6 +50,17 @@ class Encoded:
     in_reply: list[bool] | None = None
 
 
+def context_size(processor: SicogProcessor) -> int:
+    """The LLM's context in tokens: its text config's ``max_position_embeddings``."""
+    return processor.config.text_config.max_position_embeddings
+
+
+def prompt_limit(context: int, new_tokens: int = 0) -> int:
+    """The most tokens a prompt (images included) may hold in a ``context`` of that many and leave ``new_tokens``
+    to generate (at least 1): generate's default ``--max-prompt-tokens``, and eval's and image-use's limit."""
+    return max(context - new_tokens, 1)
+
+
 def image_first(text: str) -> str:
     """A turn's text with its one ``<image>`` moved in front, on a line of its own.
 

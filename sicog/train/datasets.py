@@ -31,7 +31,7 @@ from sicog.data.problems import (
     ImageProblem,
     Problem,
     default_decode_workers,
-    located,
+    located_problem,
     undecodable_images,
     undecodable_problem,
 )
@@ -108,12 +108,13 @@ def record_problem(err: ValueError, rid: object, source: Source, conversation_fi
     """The problem a record's validation or measurement raised, with its category and field (a conversation
     whose labels cannot be built is ``conversation_field``'s)."""
     if isinstance(err, ConversationError):
-        return located(rid, source, str(err), "labels cannot be built", conversation_field)
+        return located_problem(rid, source, str(err), "labels cannot be built", conversation_field)
     if isinstance(err, ImageProblem):
-        return located(rid, source, str(err), err.category, "image")
+        return located_problem(rid, source, str(err), err.category, "image")
     if isinstance(err, RecordError):
         return Problem(rid, source, str(err), err.kind or "invalid record", err.field)
-    return located(rid, source, str(err), "invalid record", None)  # any other reason the processor cannot encode it
+    # any other reason the processor cannot encode it
+    return located_problem(rid, source, str(err), "invalid record", None)
 
 
 class FailedFetch:
@@ -314,13 +315,13 @@ def repeated_ids(records: Sequence[dict], sources: Sequence[Source]) -> tuple[li
         key = hashlib.blake2b(canonical.encode(), digest_size=16).digest()
         if key in contents:
             same = sources[contents[key]]
-            copies.append(located(rid, source, f"the same record as {same.path}:{same.line} (a file read twice?)",
-                                   "duplicate record", "id"))
+            copies.append(located_problem(rid, source, f"the same record as {same.path}:{same.line} (a file read "
+                                                       "twice?)", "duplicate record", "id"))
             continue
         if contents:
             first = sources[next(iter(contents.values()))]
-            others.append(located(rid, source, f"id also at {first.path}:{first.line}, with other content",
-                                   "repeated id", "id"))
+            others.append(located_problem(rid, source, f"id also at {first.path}:{first.line}, with other content",
+                                          "repeated id", "id"))
         contents[key] = index
     return copies, others
 
