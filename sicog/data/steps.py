@@ -3,7 +3,8 @@
 The reader is lenient about how a step is marked, because it parses model output: "Step 5: ...",
 "**Step 5**:", "**Step 5:** ...", "**Step 5: Header**", "**Step 5: Header**: ...", "__Step 5: Header__",
 "Step 5 -", "### Step 5. Header" followed by the text on the next line, any case. It never edits the text of a
-step: it removes only the marker with its own decoration and, where there is one, the step's header line (see
+step: it removes only the marker with its own decoration, where there is one the step's header line, and
+horizontal rules: those before a step's text, and one after it with everything that follows (see
 :func:`split_steps`).
 """
 
@@ -55,7 +56,8 @@ def step_markers(text: str) -> list[int]:
 
 
 def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
-    """Map step number -> body text, the body as written (stripped) but for its header line.
+    """Map step number -> body text, the body as written (stripped) but for its header line, the rules before its
+    text, and a rule after its text with what follows.
 
     The header line is the text after the marker on the marker's line or, when the marker stands alone
     on its line, the next non-empty line. It is removed when
@@ -63,13 +65,14 @@ def split_steps(text: str, headers: Sequence[str] = ()) -> dict[int, str]:
     - it starts with the step's known header sentence (``headers[N - 1]``; any case, the final period
       optional, heading marks and emphasis aside); text after the sentence on that line stays, or
     - it is styled as a heading and more text follows: the marker is a Markdown heading
-      (``### Step 1: Salient content``), the marker's own emphasis spans the line
-      (``**Step 1: Salient content**``), or the line is a Markdown heading or one bold span.
+      (``### Step 1: Salient content``), the marker's own emphasis closes around it (``**Step 1: Salient
+      content**``, ``__Step 1: Title__:``; text after the closing emphasis on that line is the body:
+      ``**Step 1: Title**: text``), or the line is a Markdown heading or one bold span.
 
     A body ends at the next marker or at a horizontal rule after its text ("---", "* * *" on a line of its own),
     whatever follows the rule; rules before its text are dropped. A line styled as a heading with a rule under it is
-    the step's header only when it reads as a title: one that ends as a sentence ("**The answer is B.**", "---", a
-    closing remark) is the step's text.
+    the step's header only when it reads as a title: one that ends as a sentence or states something after a colon
+    ("**The answer is B.**" or "**Answer: B**", then "---" and a closing remark) is the step's text.
     Any other first line is body text, also one that ends in ":". Emphasis is removed only where it
     belongs to the marker (``**Step 1:**``, ``**Step 1: ...**``) or to a removed header, never from the body.
     When a step number occurs twice, the first occurrence wins; text before the first marker is ignored.

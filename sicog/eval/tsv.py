@@ -92,8 +92,9 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
 
     ``image_root``: where relative ``image_path`` values start (default: the TSV's folder). Raises
     :class:`RecordError` naming file, line and column for a missing or repeated column, a missing or repeated
-    index, a probably unbalanced quote, or (without options) an answer that is not yes/no; row-level problems are
-    found by :func:`row_problem` so that they can be reported without stopping the run.
+    index, a probably unbalanced quote, no row under the header (no line), or (without options) an answer that is
+    not yes/no; row-level problems are found by :func:`row_problem` so that they can be reported without stopping
+    the run.
     """
     path = Path(path)
     require_file(path, "benchmark file")
