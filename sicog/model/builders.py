@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -27,7 +28,6 @@ from transformers import (
     Qwen2Config,
 )
 
-from sicog.data.sources import can_be_hub_id
 from sicog.model.checkpoint_config import read_checkpoint_config
 from sicog.model.configuration import CLIP_L14_336, SicogConfig
 from sicog.model.modeling import SicogForConditionalGeneration
@@ -143,7 +143,13 @@ def local_model_folder(path: str | os.PathLike) -> str:
 def mistyped_path(path: str | os.PathLike) -> bool:
     """Whether ``path`` is no file or folder here and cannot be a Hugging Face Hub id either (an absolute path, one
     starting with ``.`` or ``~``, two slashes): transformers would look it up on the Hub and report a malformed id."""
-    return not Path(path).exists() and not can_be_hub_id(str(path))
+    if Path(path).exists():
+        return False
+    try:  # sicog.data.sources.can_be_hub_id's test: the model package imports nothing else of SICOG
+        validate_repo_id(str(path))
+    except HFValidationError:
+        return True
+    return False
 
 
 def build_from_parts(
