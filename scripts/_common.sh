@@ -110,13 +110,14 @@ launch_flags() {
             echo "error: NODE_RANK must be a whole number from 0 to $((NNODES - 1)) (got '$NODE_RANK')" >&2
             exit 2
         fi
-        LAUNCH_FLAGS+=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
-                       --master_port "${MASTER_PORT:-29500}")
+        LAUNCH_FLAGS+=(--nnodes "$NNODES" --node_rank "$NODE_RANK")
     elif [[ -n "${MASTER_ADDR:-}" ]]; then
-        LAUNCH_FLAGS+=(--nnodes 1 --node_rank 0 --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
+        LAUNCH_FLAGS+=(--nnodes 1 --node_rank 0)
     else
         LAUNCH_FLAGS+=(--standalone)
+        return
     fi
+    LAUNCH_FLAGS+=(--master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
 }
 
 # sicog_exec ARGS...: run `python -m sicog ARGS...`, under torchrun when NPROC_PER_NODE or NNODES > 1 (through

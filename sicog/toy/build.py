@@ -220,17 +220,16 @@ def _checked_manifest(directory: Path) -> dict:
     for key, known in (("size", ds.SIZES), ("layout", LAYOUTS)):
         if manifest[key] not in known:
             raise ValueError(f"{path}: {key} {manifest[key]!r} is not one of {', '.join(known)}")
+    rebuild = f"rebuild the world with `sicog toy build --out {directory} --force`"
     for key in FILES:
         target = directory / manifest[key]
         if not (target.is_dir() if key in FOLDERS else target.is_file()):
             kind = "folder" if key in FOLDERS else "file"
-            raise ValueError(f"{path}: its {key} {kind} {target} is missing; rebuild the world with "
-                             f"`sicog toy build --out {directory} --force`")
+            raise ValueError(f"{path}: its {key} {kind} {target} is missing; {rebuild}")
     images = directory / manifest["image_folder"]
     found, built = sum(1 for _ in images.rglob("*.png")), manifest["counts"].get("images")
     if found != built:  # an image removed by hand: its records would name a missing file
-        raise ValueError(f"{path}: {images} holds {found} images, not the {built} built; rebuild the world with "
-                         f"`sicog toy build --out {directory} --force`")
+        raise ValueError(f"{path}: {images} holds {found} images, not the {built} built; {rebuild}")
     return manifest
 
 
