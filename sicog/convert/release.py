@@ -470,7 +470,7 @@ def sicog_to_release(src: str | os.PathLike, out: str | os.PathLike, *, vision_t
     with _staged(out) as staging:
         save_torch_state_dict(state, staging, max_shard_size="5GB")
         torch.save({k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}, staging / PROJECTOR_BIN)
-        (staging / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+        (staging / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tower = CLIPVisionModel(config.vision_config)
         tower.load_state_dict(tower_weights, assign=True)  # the tensors themselves: the copy keeps their dtype
         # Under CLIP's vision_model. prefix, as openai's checkpoint and the published stack's CLIPVisionModel

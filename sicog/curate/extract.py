@@ -24,6 +24,8 @@ STEP_PROMPT_TYPES = frozenset({"cod-default", "cod-conv", "cot-default"})
 
 _LEADING_PAREN = re.compile(r"^\((?P<inside>[^()\n]{0,80})\)[ \t]*(?P<colon>[:.\-\u2013\u2014]?)[ \t]*")
 _WORD = re.compile(r"[^\W\d_]{4,}")
+# What ends a sentence, full-width marks included (a CJK sentence has no spaces: its word count tells it from no title).
+_SENTENCE_MARKS = (".", "!", "?", "\u3002", "\uff01", "\uff1f")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def _drop_loose_header(body: str, header: str) -> str:
     first, _, rest = body.partition("\n")
     line = first.strip()
     clean = line.strip("*#_ \t").strip()
-    if not rest.strip() or not clean or len(clean.split()) > 8 or clean.endswith((".", "!", "?")):
+    if not rest.strip() or not clean or len(clean.split()) > 8 or clean.endswith(_SENTENCE_MARKS):
         return body
     stated, marked = answer_line(clean)
     if marked and stated.strip("*#_ \t"):

@@ -54,7 +54,7 @@ WIN_STANDARD_ERRORS = 2.0
 
 def _accuracy(path: str) -> tuple[dict, float | None, dict[str, float | None]]:
     """An eval's results.json, its accuracy and accuracy by category (None where nothing was scored)."""
-    results = json.loads(Path(path).read_text())
+    results = json.loads(Path(path).read_text(encoding="utf-8"))
     by_category = {k: v["accuracy"] for k, v in results.get("by_category", {}).items()}
     return results, results["accuracy"], by_category
 
@@ -116,7 +116,7 @@ def arm_scores(evaluation: dict[str, str], truth: dict[str, dict] | None,
                                         "errors": len(caption_benchmark) - done}
     scores["image_use_gap"] = None
     if "image_use" in evaluation:
-        image_use = json.loads(Path(evaluation["image_use"]).read_text())
+        image_use = json.loads(Path(evaluation["image_use"]).read_text(encoding="utf-8"))
         gap = image_use["gap"]  # NaN or infinite from a model that diverged: not measured (n/a, null), as missing
         scores["image_use_gap"] = gap if gap is not None and math.isfinite(gap) else None
         scores["counts"]["image_use"] = {"total": image_use["records"], "scored": image_use["compared"],
@@ -151,7 +151,7 @@ def _lm_reading(engine: Engine, world: World) -> dict | None:
     if world.toy_root is None:
         return None
     record = engine.path(world.language_model).parent / PARTS_RECORD
-    return json.loads(record.read_text())["lm"].get("reading") if record.is_file() else None
+    return json.loads(record.read_text(encoding="utf-8"))["lm"].get("reading") if record.is_file() else None
 
 
 def _scored_rows(benchmark: str | Path) -> tuple[list[dict[str, str]], str]:
@@ -386,7 +386,7 @@ def curation_threshold(scored: str | Path) -> float | None:
     """The threshold a curation step used, from the ``summary.json`` beside its ``scored.jsonl`` (with no
     ``--threshold`` the command chooses it by encoder); None when there is no summary."""
     summary = Path(scored).parent / "summary.json"
-    return json.loads(summary.read_text())["settings"]["threshold"] if summary.is_file() else None
+    return json.loads(summary.read_text(encoding="utf-8"))["settings"]["threshold"] if summary.is_file() else None
 
 
 def _plot_curation(scored: dict[str, str], path: Path) -> None:
@@ -511,7 +511,7 @@ def write_report(out: Path, config: CycleConfig, per_seed: list[dict],
              *_count_lines(per_seed, arms), *_reading_lines(first), *_breakdown_lines(per_seed, arms),
              *_standard_error_lines(summary, arms, len(per_seed)), *_outcome_lines(summary, len(per_seed)),
              *_curation_lines(first), *_plot_and_time_lines(first, captions_scored)]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return results
 
 

@@ -12,17 +12,18 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   period after a common abbreviation ("Mr. Smith", "St. Louis", "e.g.") or after an initial inside a name
   ("John F. Kennedy") ends no sentence; a letter opening the phrase is an option letter and ends it
   ("B. Because ..." -> "B").
-- **Normalisation**: Unicode NFKC (full-width "３" -> "3"); an answer followed by itself in brackets in other
-  words ("3 (three)") -> the answer; lower case; option letters "(B)", "B.", "B)", "B", "option B" -> "b"
-  (whatever follows a parenthesised letter is dropped); "yes"/"no" alone or before punctuation ("No, it is
-  not.") -> "yes"/"no" ("no parking" stays a phrase); the minus sign "\u2212" -> "-"; number words zero to
-  ninety-nine -> digits ("twenty-one" -> "21"), "1,000" -> "1000", "3.0" -> "3", "3.50" -> "3.5"; capital
-  initials written with periods joined ("U.S.A." -> "usa"); "grey" -> "gray"; punctuation and the articles a,
-  an, the removed; whitespace collapsed. Units are kept ("3 cubes" != "3").
-- **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", "B because ...", or the
-  option's own text ("red", "The colour is red."). Replies that name two options ("A or B", "A, B or C",
-  "B. blue" when blue is A, an echoed option list "A. blue, B. red") choose nothing; a lone lower-case
-  letter needs a mark around it (the article "a" is not option A).
+- **Normalisation**: Unicode NFKC (full-width "３" -> "3"), the ideographic full stop and comma as "." and ",";
+  an answer followed by itself in brackets in other words ("3 (three)") -> the answer; lower case; option
+  letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever follows a parenthesised letter is dropped);
+  "yes"/"no" alone or before punctuation ("No, it is not.") -> "yes"/"no" ("no parking" stays a phrase); the
+  minus sign "\u2212" -> "-"; number words zero to ninety-nine -> digits ("twenty-one" -> "21"), "1,000" ->
+  "1000", "3.0" -> "3", "3.50" -> "3.5"; capital initials written with periods joined ("U.S.A." -> "usa");
+  "grey" -> "gray"; punctuation and the articles a, an, the removed (words keep their combining marks; an
+  answer of symbols alone, "+" or an emoji, keeps them); whitespace collapsed. Units are kept ("3 cubes" != "3").
+- **Multiple choice**: "B", "(B)", "B.", "B) red", "B" with an explanation on the next line, "Option B", "The
+  answer is b", "B because ...", or the option's own text ("red", "The colour is red."). Replies that name two
+  options ("A or B", "A, B or C", "B. blue" when blue is A, an echoed option list "A. blue, B. red") choose
+  nothing; a lone lower-case letter needs a mark around it (the article "a" is not option A).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import regex
 
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import final_step, inline_steps, step_start
@@ -41,7 +44,8 @@ _MARKER = re.compile(
     re.IGNORECASE,
 )
 _BOXED = re.compile(r"\\boxed\{(?P<ans>[^{}]*)\}")
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# A full-width sentence mark takes no space after it.
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[\u3002\uff01\uff1f]")
 # Words a period follows inside a sentence ("Mr. Smith", "St. Louis", "e.g. 3"). "No." is left out: it is an answer.
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "mt", "ft", "vs", "e.g", "i.e", "cf", "approx"})
 _INITIAL = re.compile(r"[A-Z]\.")
@@ -67,7 +71,10 @@ _BARE_POINT = re.compile(r"(?<=\d)\.(?!\d)")
 # be words of their own and the "A" of "U.S.A." taken for an article; joined, "U.S.A." and "USA" agree. Lower
 # case ("e.g.", "a.m.") is left to the usual rules: "e g" is not a word to join, and "a" may be an article.
 _DOTTED_INITIALS = re.compile(r"(?<!\w)[A-Z](?:\.[A-Z])+\.?(?!\w)")
-_TOKEN = re.compile(r"-?\d+(?:\.\d+)?|[^\W_]+")
+# Words keep their combining marks (Arabic vowels, Devanagari vowel signs: "काम" is one word, not two).
+_TOKEN = regex.compile(r"-?\d+(?:\.\d+)?|[\p{L}\p{N}][\p{L}\p{N}\p{M}]*")
+# The ideographic full stop and comma, which NFKC leaves: "B。" reads as "B.".
+_CJK_PUNCTUATION = str.maketrans({"\u3002": ".", "\u3001": ","})
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _UNITS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # "twenty-one" to "ninety-nine" (and "thirty" alone): one number, not "20 1".
@@ -178,6 +185,11 @@ def _tens_number(match: re.Match) -> str:
     return str(10 * (_TENS.index(match.group(1)) + 2) + (_UNITS.index(units) + 1 if units else 0))
 
 
+def _usual_forms(text: str) -> str:
+    """``text`` with full-width letters, digits and punctuation ("（Ｂ）", "B。") as their usual forms."""
+    return unicodedata.normalize("NFKC", text).translate(_CJK_PUNCTUATION)
+
+
 def _clean(span: str) -> str:
     return span.strip().strip(_TRIM).rstrip(".").strip(_TRIM)
 
@@ -189,7 +201,7 @@ def extract_answer(text: str) -> str:
 
 def normalize_answer(phrase: str) -> str:
     """Normalise an answer phrase so that equal answers compare equal (rules in the module docstring)."""
-    phrase = unicodedata.normalize("NFKC", phrase)  # full-width digits and letters ("３") as their usual forms
+    phrase = _usual_forms(phrase)  # full-width digits and letters ("３") as their usual forms
     restated = _RESTATED.fullmatch(phrase.strip())
     if restated and normalize_answer(restated.group(1)) == normalize_answer(restated.group(2)):
         phrase = restated.group(1)  # "3 (three)": the answer said twice
@@ -205,6 +217,8 @@ def normalize_answer(phrase: str) -> str:
     text = _TENS_WORDS.sub(_tens_number, _THOUSANDS.sub("", text))
     text = _BARE_POINT.sub("", _TRAILING_ZEROS.sub(r"\1", text))
     tokens = [_WORDS.get(token, token) for token in _TOKEN.findall(text)]
+    if not tokens:  # an answer of symbols alone ("+", an emoji) is that answer, not none
+        tokens = [char for char in text if unicodedata.category(char).startswith("S")]
     return " ".join(token for token in tokens if token not in _ARTICLES)
 
 
@@ -244,7 +258,8 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if not match or match.group("letter").upper() not in options:
         return False, None
     letter, sep, rest = match.group("letter"), match.group("sep"), match.group("rest").strip()
-    punctuated = any(c in sep for c in ".:,;)") or bool(match.group("close"))
+    # A line break after the letter ends it as punctuation does ("B\nThe dog is blurred." answers B).
+    punctuated = any(c in sep for c in ".:,;)\n") or bool(match.group("close"))
     if rest and not sep:
         return False, None  # the letter starts a word ("Blue")
     if letter.islower():
@@ -305,7 +320,7 @@ def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None
     if not usable or not prediction:
         return None
     # Full-width letters and brackets ("（Ｂ）") as their usual forms, as normalize_answer reads them for curation.
-    line, marked = answer_line(_EMPHASISED_LETTER.sub(r"\g<letter>", unicodedata.normalize("NFKC", prediction)))
+    line, marked = answer_line(_EMPHASISED_LETTER.sub(r"\g<letter>", _usual_forms(prediction)))
     answer = _clean(line)
     if not answer:
         return None
@@ -317,7 +332,7 @@ def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None
 
 def extract_yes_no(prediction: str) -> str | None:
     """"yes" or "no" as the reply's final answer says (any case), or None when it says neither or both."""
-    words = re.findall(r"[a-z]+", extract_answer(unicodedata.normalize("NFKC", prediction)).lower())
+    words = re.findall(r"[a-z]+", extract_answer(_usual_forms(prediction)).lower())
     if words and words[0] in ("yes", "no"):
         return words[0]  # "No, there is no dog." / "Yes, there is a dog, but no cat."
     said = {"yes", "no"} & set(words)

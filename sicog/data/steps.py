@@ -13,18 +13,25 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+# Spaces and separators as models write them in any script: a no-break or ideographic space, a full-width colon,
+# period or bracket ("Step 1\uff1a") as the ASCII ones.
+_SPACE = r"[ \t\u00a0\u3000]"
+_SEPARATOR = r"[:.)\-\u2013\u2014\uff1a\uff0e\uff09]"
 # A step marker at a line start: heading marks, quote or list bullet ("lead"), the emphasis that opens
 # right at "Step" ("open"), the number, emphasis closed before the separator ("close"), the separator.
 # Emphasis closed after the separator ("**Step 1:** text") is resolved in code: the regex cannot tell it
 # from emphasis that opens the body ("Step 1: *Grand Opening* ...").
 _MARKER = re.compile(
-    r"^(?P<lead>[ \t#>*_-]*?)(?P<open>\**|_*)step[ \t]*(?P<number>\d+)[ \t]*(?P<close>\**|_*)[ \t]*"
-    r"[:.)\-\u2013\u2014]?[ \t]*",
+    rf"^(?P<lead>[ \t#>*_-]*?)(?P<open>\**|_*)step{_SPACE}*(?P<number>\d+){_SPACE}*(?P<close>\**|_*){_SPACE}*"
+    rf"{_SEPARATOR}?{_SPACE}*",
     re.IGNORECASE | re.MULTILINE,
 )
-# A step marker after other text on its line ("... Step 4: ..."), as models also write them; at the space before it.
+# A step marker after other text on its line ("... Step 4: ..."), as models also write them: at the space before it,
+# or right after a sentence's end without one (CJK text takes no space after its marks: "\u3002Step 2\uff1a").
 _INLINE_MARKER = re.compile(
-    r"(?<=\S)[ \t]+(?=\**[ \t]*step[ \t]*\d+[ \t]*\**[ \t]*[:.)\-\u2013\u2014])", re.IGNORECASE
+    rf"(?:(?<=\S){_SPACE}+|(?<=[.!?;\u3002\uff01\uff1f\uff1b]){_SPACE}*)"
+    rf"(?=\**{_SPACE}*step{_SPACE}*\d+{_SPACE}*\**{_SPACE}*{_SEPARATOR})",
+    re.IGNORECASE,
 )
 # A Markdown heading line: "## Salient content".
 _HEADING_LINE = re.compile(r"^#{1,6}[ \t]")
@@ -37,8 +44,8 @@ _RULE = r"[ \t]*(?:-(?:[ \t]*-){2,}|\*(?:[ \t]*\*){2,}|_(?:[ \t]*_){2,})[ \t]*\r
 _LEADING_RULES = re.compile(rf"\A(?:\s*{_RULE})+\s*")
 _RULE_AFTER_TEXT = re.compile(rf"\n{_RULE}")
 # A line that ends as a sentence does, its emphasis aside, or states something after a colon ("Answer: B"): text,
-# not a title.
-_SENTENCE = re.compile(r"[.!?][*_]*$|:[*_]*[ \t]+[^\s*_]")
+# not a title. A full-width sentence mark or colon takes no space after it.
+_SENTENCE = re.compile(r"[.!?\u3002\uff01\uff1f][*_]*$|(?::[*_]*[ \t]+|\uff1a[*_]*[ \t]*)[^\s*_]")
 # What may decorate a header line before its text: heading marks and emphasis.
 _HEADER_LEAD = re.compile(r"^[#*_ \t]*")
 
@@ -108,7 +115,7 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
     title, closes, rest = line.partition(pending) if pending else ("", "", "")
     if closes:  # the marker's emphasis closes on this line, after a title (the body may have bold of its own)
         # A separator, not a sign or point of the text ("-3", "-x", ".5"): "-" and "." only before a space or capital.
-        rest = rest[re.match(r"[ \t]*(?:[:\u2013\u2014]|[.\-](?=\s|$|[A-Z]))?[ \t]*", rest).end() :]
+        rest = rest[re.match(r"[ \t]*(?:[:\u2013\u2014\uff1a]|[.\-](?=\s|$|[A-Z]))?[ \t]*", rest).end() :]
         if rest.strip():
             return (rest + "\n" + after).strip()  # "**Step 1: Title** text", "**Step 1: Title**: text"
         line, pending, styled = title, "", True  # "**Step 1: Salient content**", "__Step 1: Title__:"
@@ -144,7 +151,7 @@ def _after_header(line: str, header: str, pending: str) -> str | None:
         return None  # a longer word or sentence that merely starts like the header
     # The header's own decoration: its period, the emphasis it was wrapped in, a separator.
     closer = pending + "".join(char for char in lead if char in "*_")
-    decoration = re.match(rf"\.?(?:{re.escape(closer)})?\.?[ \t]*(?:[:\-\u2013\u2014][ \t]*)?", remainder)
+    decoration = re.match(rf"\.?(?:{re.escape(closer)})?\.?[ \t]*(?:[:\-\u2013\u2014\uff1a][ \t]*)?", remainder)
     return remainder[decoration.end() :]
 
 

@@ -1,7 +1,9 @@
-"""The results spreadsheet, like VLMEvalKit's: one row per item, and the accuracy table.
+"""The results spreadsheet, laid out like VLMEvalKit's: one row per item, and the accuracy table.
 
 Sheet "predictions": the row's fields (index, category, question, hint, options ...), the answer,
-the model's prediction, the extracted answer, whether it is correct, and the error for failed rows.
+the model's prediction, the extracted answer, whether it is correct, and the error for failed rows. The answer and
+the extracted answer are as scored here (yes/no in lower case), not the TSV's as VLMEvalKit's sheets keep it: its
+yes/no rating reads a sheet of its own, not this one.
 Sheet "accuracy": overall and per category. Sheet "headline": the metric VLMEvalKit reports for the
 benchmark and its value. Yes/no benchmarks add sheet "yes_no" (accuracy, precision, recall and F1 overall and
 per category), circularly evaluated ones sheet "circular" (circular accuracy overall and per category). Text

@@ -332,7 +332,7 @@ def write_projector(state: dict[str, torch.Tensor], config: SicogConfig, path: s
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, path / PROJECTOR_FILE)
-    (path / PROJECTOR_CONFIG).write_text(json.dumps(_projector_settings(config), indent=2) + "\n")
+    (path / PROJECTOR_CONFIG).write_text(json.dumps(_projector_settings(config), indent=2) + "\n", encoding="utf-8")
     share_weights_like_config(path)
     return path / PROJECTOR_FILE
 
@@ -347,7 +347,7 @@ def projector_from_checkpoint(checkpoint: str | os.PathLike, path: str | os.Path
     checkpoint = Path(checkpoint)
     index = checkpoint / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
     else:
         files = ["model.safetensors"]
     prefix = "resampler."
@@ -380,7 +380,7 @@ def load_projector(model: SicogForConditionalGeneration, path: str | os.PathLike
         raise FileNotFoundError(f"no projector checkpoint at {file}")
     settings_file = file.parent / PROJECTOR_CONFIG
     if file.suffix == ".safetensors" and settings_file.is_file():
-        saved = json.loads(settings_file.read_text())
+        saved = json.loads(settings_file.read_text(encoding="utf-8"))
         mine = _projector_settings(model.config)
         differ = {k: (saved[k], v) for k, v in mine.items() if k in saved and saved[k] != v}
         if differ:

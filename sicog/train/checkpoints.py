@@ -58,7 +58,7 @@ def mark_complete(checkpoint: str | os.PathLike, global_step: int, stage: str, r
 def _marker(checkpoint: str | os.PathLike) -> dict:
     """A complete checkpoint's marker ({} for one written by hand that is no JSON object)."""
     try:
-        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
+        marker = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text(encoding="utf-8"))
     except ValueError:
         return {}
     return marker if isinstance(marker, dict) else {}
@@ -93,7 +93,7 @@ def settings_differences(written: dict | None, run: dict | None) -> list[str]:
 def is_last_step(checkpoint: str | os.PathLike) -> bool:
     """Whether ``checkpoint`` was saved at its run's last step (its ``trainer_state.json`` says so)."""
     try:
-        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(state, dict) and 0 < (state.get("max_steps") or 0) <= (state.get("global_step") or 0)

@@ -99,7 +99,7 @@ def _load_cache(path: Path, key: str, n: int) -> list[tuple[float, float]] | Non
     if not path.is_file():
         return None
     try:
-        cached = json.loads(path.read_text())
+        cached = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     if cached.get("fingerprint") != key or len(cached.get("logps", [])) != n:

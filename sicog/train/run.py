@@ -219,7 +219,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: SicogTrain
             # The run finished: resuming would train no step and write a train loss of 0 over its results.
             logger.info("%s holds this run's last step and %s: nothing to train (remove the folder to train again)",
                         resume, results.name)
-            metrics = json.loads(results.read_text())
+            metrics = json.loads(results.read_text(encoding="utf-8"))
             if args.push_at_end and args.process_index == 0:  # the card names the repository it now goes to
                 write_model_card(model_args, data_args, args, metrics)
         else:
