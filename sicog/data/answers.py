@@ -18,12 +18,13 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   "yes"/"no" alone or before punctuation ("No, it is not.") -> "yes"/"no" ("no parking" stays a phrase); the
   minus sign "\u2212" -> "-"; number words zero to ninety-nine -> digits ("twenty-one" -> "21"), "1,000" ->
   "1000", "3.0" -> "3", "3.50" -> "3.5"; capital initials written with periods joined ("U.S.A." -> "usa");
-  "grey" -> "gray"; punctuation and the articles a, an, the removed (words keep their combining marks; an
-  answer of symbols alone, "+" or an emoji, keeps them); whitespace collapsed. Units are kept ("3 cubes" != "3").
-- **Multiple choice**: "B", "(B)", "B.", "B) red", "B" with an explanation on the next line, "Option B", "The
-  answer is b", "B because ...", or the option's own text ("red", "The colour is red."). Replies that name two
-  options ("A or B", "A, B or C", "B. blue" when blue is A, an echoed option list "A. blue, B. red") choose
-  nothing; a lone lower-case letter needs a mark around it (the article "a" is not option A).
+  "grey" -> "gray"; punctuation, symbols and the articles a, an, the removed (words keep their combining marks);
+  whitespace collapsed. Units are kept ("3 cubes" != "3").
+- **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", "B because ...", a capital
+  "B" alone on its line above an explanation that names no other option's letter, or the option's own text
+  ("red", "The colour is red."). Replies that name two options ("A or B", "A, B or C", "B. blue" when blue is
+  A, an echoed option list "A. blue, B. red") choose nothing; a lone lower-case letter needs a mark around it
+  (the article "a" is not option A).
 """
 
 from __future__ import annotations
@@ -217,8 +218,6 @@ def normalize_answer(phrase: str) -> str:
     text = _TENS_WORDS.sub(_tens_number, _THOUSANDS.sub("", text))
     text = _BARE_POINT.sub("", _TRAILING_ZEROS.sub(r"\1", text))
     tokens = [_WORDS.get(token, token) for token in _TOKEN.findall(text)]
-    if not tokens:  # an answer of symbols alone ("+", an emoji) is that answer, not none
-        tokens = [char for char in text if unicodedata.category(char).startswith("S")]
     return " ".join(token for token in tokens if token not in _ARTICLES)
 
 
@@ -258,8 +257,7 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if not match or match.group("letter").upper() not in options:
         return False, None
     letter, sep, rest = match.group("letter"), match.group("sep"), match.group("rest").strip()
-    # A line break after the letter ends it as punctuation does ("B\nThe dog is blurred." answers B).
-    punctuated = any(c in sep for c in ".:,;)\n") or bool(match.group("close"))
+    punctuated = any(c in sep for c in ".:,;)") or bool(match.group("close"))
     if rest and not sep:
         return False, None  # the letter starts a word ("Blue")
     if letter.islower():
@@ -272,6 +270,8 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if not punctuated:
         if _REASON_WORD.match(rest):
             return True, letter  # "C because A is red": the letter, not the options its reason names
+        if _alone_on_its_line(match, options):
+            return True, letter  # "B\nThe dog in the background is blurred."
         return False, None  # "A red circle", "A or B": read as text, not as option A
     wanted = normalize_answer(rest)
     if wanted == normalize_answer(options[letter]):
@@ -286,6 +286,19 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if other_text or other_letter or listed:
         return True, None  # "B. blue" where blue is A, "A, B", or a list of options: several options named
     return True, letter  # "B. The circle is red."
+
+
+def _alone_on_its_line(match: re.Match[str], options: dict[str, str]) -> bool:
+    """Whether a capital letter stands alone on its line above an explanation (``match``: :data:`_LETTER`'s).
+
+    Not when the next line goes on with the letter's sentence ("A\nyellow car is shown": lower case) or names
+    another option's letter: an option list ("A\nB\nC"), another verdict ("A\nC is correct.").
+    """
+    letter, rest = match.group("letter"), match.group("rest")
+    if "\n" not in match.group("sep") or not letter.isupper() or rest[:1].islower():
+        return False
+    named = {c for c in _SINGLE_LETTER.findall(rest) if c.isupper()}
+    return not (named - {letter}) & set(options)
 
 
 def _inside_other(span: tuple[int, int], key: str, spans: dict[str, list[tuple[int, int]]]) -> bool:
