@@ -164,6 +164,8 @@ def test_from_reruns_that_step_and_its_dependants(quick_run, tmp_path):
     assert rerun == {"D_stage15", "D_stage2", "eval_D", "blind_D", "letters_D", "open_D", "perception_D",
                      "captions_D", "image_use_D"}
     assert main(["cycle", "--quick", "--out", str(out), "--from", "no_such_step", "--no-progress"]) == 2
+    # An empty name (an unset variable in a script) is refused too: it ran as a plain run.
+    assert main(["cycle", "--quick", "--out", str(out), "--from", "", "--no-progress"]) == 2
 
 
 def test_dpo_arm_learns_its_pairs_and_is_reported(quick_run, tmp_path):

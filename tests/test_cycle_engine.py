@@ -15,7 +15,18 @@ from zombies import zombie
 
 import sicog
 from sicog.cycle.config import CycleConfig, load_config
-from sicog.cycle.engine import CycleFailed, Engine, Input, Joined, Out, Plan, Ref, Step, code_fingerprint
+from sicog.cycle.engine import (
+    CycleFailed,
+    Engine,
+    Input,
+    Joined,
+    Out,
+    Plan,
+    Ref,
+    Step,
+    code_fingerprint,
+    library_versions,
+)
 from sicog.cycle.plan import plan_seed
 from sicog.cycle.world import make_world
 from sicog.data.lock import OutputLocked, lock_path, output_lock
@@ -277,19 +288,24 @@ def test_augmentation_reaches_every_training_step_but_dpo(quick_keys):
     assert [name for name, argv in training.items() if "--augment" not in argv] == ["F_stage2"]
 
 
-def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
-    out, _, _, _ = quick_keys
-    world = out / "world"
-    for name in ("vision", "llm"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text(f'{{"part": "{name}"}}')
+def real_config(world: Path, vision_tower: str, language_model: str) -> CycleConfig:
+    """A real-data config on the toy world's files."""
     data = {k: str(world / f) for k, f in (("align", "align.jsonl"), ("cod", "cod.jsonl"), ("cot", "cot.jsonl"),
                                            ("sft", "sft.jsonl"), ("unlabeled_images", "unlabeled_images.jsonl"),
                                            ("unlabeled_questions", "unlabeled_questions.jsonl"),
                                            ("unlabeled_web", "unlabeled_web.jsonl"), ("bench_mc", "bench_mc.tsv"))}
     data["image_folder"] = str(world / "images")
-    real = CycleConfig(name="real", toy_size=None, data=data, vision_tower=str(tmp_path / "vision"),
-                       language_model=str(tmp_path / "llm"), arms=("A", "B", "C", "D"), **SCHEDULE)
+    return CycleConfig(name="real", toy_size=None, data=data, vision_tower=vision_tower,
+                       language_model=language_model, arms=("A", "B", "C", "D"), **SCHEDULE)
+
+
+def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
+    out, _, _, _ = quick_keys
+    for name in ("vision", "llm"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(f'{{"part": "{name}"}}')
+    real = real_config(out / "world", str(tmp_path / "vision"), str(tmp_path / "llm"))
+    data = real.data
     base, plan = keys_of(real, tmp_path / "run")
     moved = tmp_path / "moved_sft.jsonl"
     shutil.copy(data["sft"], moved)  # same content elsewhere: nothing reruns
@@ -328,6 +344,39 @@ def test_real_world_inputs_are_hashed_by_content(quick_keys, tmp_path):
             handle.write(json.dumps({"id": f"more{len(value)}", "conversations": turns}) + "\n")
         after, _ = keys_of(with_parts, tmp_path / "run")
         assert {n for n in before if after[n] != before[n]} == plan.downstream(sft_steps), value
+
+
+def test_hub_ids_of_the_starting_models_and_a_lone_hub_dataset_enter_keys_by_name(quick_keys, tmp_path):
+    """They were taken for files: the run stopped on them as inputs not there (exit 2)."""
+    out, _, _, _ = quick_keys
+    real = real_config(out / "world", "openai/clip-vit-large-patch14-336", "Qwen/Qwen2-7B-Instruct")
+    real = dataclasses.replace(real, data={**real.data, "sft": "lmms-lab/LLaVA-NeXT-Data"})
+    base, plan = keys_of(real, tmp_path / "run")
+    engine = Engine(tmp_path / "run" / "seed0", anchor=tmp_path / "run")
+    assert engine.missing_inputs(plan) == []
+    other_model, _ = keys_of(dataclasses.replace(real, language_model="Qwen/Qwen2-1.5B-Instruct"), tmp_path / "run")
+    assert {n for n in base if other_model[n] != base[n]} == plan.downstream(["stage1"])
+    other_data, _ = keys_of(dataclasses.replace(real, data={**real.data, "sft": "owner/other"}), tmp_path / "run")
+    assert {n for n in base if other_data[n] != base[n]} == plan.downstream(
+        ["A_stage2", "B_stage2", "C_stage2", "D_stage2"])
+
+
+def test_an_edited_toy_world_file_reruns_only_the_steps_that_read_it(tmp_path):
+    """The toy parts hashed the whole world folder: a benchmark edited by one line reran the parts and every step
+    trained from them (61 of the quick cycle's 69 steps instead of its 20 multiple-choice evaluations)."""
+    config = load_config("quick")
+    base, plan = keys_of(config, tmp_path)
+    bench = tmp_path / "world" / "bench_mc.tsv"
+    header, first, *rest = bench.read_text().splitlines(keepends=True)
+    index, image, question, *others = first.split("\t")
+    bench.write_text(header + "\t".join([index, image, f"(edited) {question}", *others]) + "".join(rest))
+    keys, _ = keys_of(config, tmp_path)
+    assert {n for n in base if keys[n] != base[n]} == {f"{kind}_{arm}" for kind in ("eval", "blind", "letters", "open")
+                                                       for arm in "ABCDE"}
+    tokenizer = next(path for path in sorted((tmp_path / "world" / "tokenizer").iterdir()) if path.is_file())
+    tokenizer.write_bytes(tokenizer.read_bytes() + b"\n")
+    keys, _ = keys_of(config, tmp_path)
+    assert "parts" in {n for n in base if keys[n] != base[n]}  # what the parts do read still reruns them
 
 
 def _head(name: str, source) -> Step:
@@ -612,7 +661,7 @@ def test_which_file_of_a_step_is_read_and_how_files_are_joined_enter_the_key(tmp
     assert key("--input", Joined(parts, ",")) == key("--input", Joined(parts, ","))
 
 
-def test_the_code_fingerprint_covers_the_package_but_not_the_cycle_or_byte_code(tmp_path):
+def test_the_code_fingerprint_covers_the_package_and_libraries_but_not_the_cycle_or_byte_code(tmp_path, monkeypatch):
     package = tmp_path / "pkg"
     for name, text in (("train/run.py", "x = 1\n"), ("configs/zero2.json", "{}"), ("configs/cycle_toy.yaml", "a: 1"),
                        ("cycle/report.py", "y = 1\n"), ("data/prompts.py", "P = 'describe'\n")):
@@ -631,6 +680,11 @@ def test_the_code_fingerprint_covers_the_package_but_not_the_cycle_or_byte_code(
         assert fingerprint(str(package)) != base, name
         base = fingerprint(str(package))
     assert fingerprint() == fingerprint(os.path.dirname(sicog.__file__))  # by default, the installed package
+    # An upgraded library or another Python can change what a step computes: it is part of the fingerprint too.
+    versions = library_versions()
+    for name in ("python", "torch", "transformers"):
+        monkeypatch.setattr("sicog.cycle.engine.library_versions", lambda n=name: {**versions, n: "0.0.1"})
+        assert fingerprint(str(package)) != base, name
 
 
 def test_changed_code_reruns_every_step(tmp_path):

@@ -124,6 +124,24 @@ def test_a_run_in_which_no_seed_finishes_leaves_no_earlier_report(tmp_path, caps
 
 
 @pytest.mark.slow
+def test_an_interrupted_run_leaves_no_earlier_report(tmp_path, cheap_cycle, monkeypatch):
+    """The report was cleared only when a run ended without a finished seed: after Ctrl-C or a kill the earlier
+    run's report described outputs the interrupted run had already removed."""
+    out = tmp_path / "run"
+    assert main(["cycle", "--quick", "--out", str(out), "--no-progress", "--jobs", "1"]) == 0
+    (out / "report.md").write_text("# an earlier run's report\n")
+    (out / "results.json").write_text("{}\n")
+
+    def interrupted(self, plan):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sicog.cycle.engine.Engine.run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["cycle", "--quick", "--out", str(out), "--no-progress", "--jobs", "1"])
+    assert not (out / "report.md").exists() and not (out / "results.json").exists()
+
+
+@pytest.mark.slow
 def test_a_killed_from_run_is_finished_in_every_seed_by_a_plain_rerun(tmp_path, cheap_cycle, monkeypatch):
     out = tmp_path / "run"
     assert main(["cycle", "--quick", "--out", str(out), "--seeds", "2", "--no-progress"]) == 0

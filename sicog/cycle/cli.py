@@ -105,7 +105,7 @@ def _seed_plans(args: argparse.Namespace, config: CycleConfig, world: World, out
     seeds = {}
     for seed in range(args.seeds):
         seed_plan = plan_seed(config, world, seed, rounds=args.rounds, dpo=args.dpo)
-        if args.rerun_from and args.rerun_from not in seed_plan.plan.steps:
+        if args.rerun_from is not None and args.rerun_from not in seed_plan.plan.steps:
             raise ValueError(f"--from {args.rerun_from!r} is not a step; steps: {', '.join(seed_plan.plan.steps)}")
         seeds[seed] = seed_plan, Engine(out / f"seed{seed}", jobs=args.jobs or default_jobs(config.threads),
                                         anchor=out, threads=config.threads, launcher=config.launcher,
@@ -148,7 +148,7 @@ def _dry_run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
     change = toy_world_change(config, out) if config.toy_size else None
     world = make_world(config, out, build=False)
     unbuilt = (world.toy_root,) if change else ()
-    force = [args.rerun_from] if args.rerun_from else []
+    force = [args.rerun_from] if args.rerun_from is not None else []
     try:
         if change:
             print(f"# the toy world in {out / 'world'} would be built first: {change}; every step reading it is "
@@ -180,10 +180,12 @@ def _run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
     seeds = _seed_plans(args, config, world, out)
     if missing := _missing_inputs(seeds):
         raise FileNotFoundError(f"cycle input(s) not there: {', '.join(missing)}")
-    if args.rerun_from:
+    if args.rerun_from is not None:
         # Recorded in every seed before any runs, so a run killed in seed 0 still reruns the step in seed 1.
         for _, engine in seeds.values():
             engine.request_rerun([args.rerun_from])
+    # An earlier run's report would pass for this run's while it runs, and after it when it is interrupted.
+    earlier_report = clear_report(out)
     per_seed, failures = [], {}
     for seed, (seed_plan, engine) in seeds.items():
         try:
@@ -196,7 +198,7 @@ def _run(args: argparse.Namespace, config: CycleConfig, out: Path) -> int:
         write_report(out, config, per_seed, incomplete={seed: sorted(failed) for seed, failed in failures.items()})
         print(f"report: {out / 'report.md'}"
               + (f" (seeds {', '.join(map(str, failures))} left out: incomplete)" if failures else ""))
-    elif clear_report(out):  # it would pass for this run's
+    elif earlier_report:
         print(f"no report: no seed finished; the report of an earlier run in {out} is removed")
     if failures:
         count = sum(map(len, failures.values()))

@@ -5,9 +5,10 @@ A :class:`Step` is one ``sicog`` command line in which every input and output is
 and :class:`Out` (something this step writes, inside its own folder). A step's key is the hash of that
 command line with inputs replaced by their content hashes and references by the key of the step that
 wrote them, plus the settings that change how it runs (threads, launcher) and the fingerprint of the
-code that runs it (:func:`code_fingerprint`). Any change to a step's command, inputs or code therefore
-changes its key and the keys of everything downstream. With ``keep_code_changes`` a finished step whose
-key differs only by the code fingerprint is kept, and its manifest entry records that it was.
+code that runs it (:func:`code_fingerprint`: the package and the libraries' versions). Any change to a step's
+command, inputs or code therefore changes its key and the keys of everything downstream. With
+``keep_code_changes`` a finished step whose key differs only by the code fingerprint is kept, and its manifest
+entry records that it was.
 
 ``seedK/manifest.json`` records every finished step's key, code fingerprint, outputs, wall and CPU
 seconds, and the steps a run was asked to rerun (``--from``) until that rerun has started. A step whose
@@ -27,10 +28,12 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import multiprocessing
 import os
+import platform
 import re
 import resource
 import shlex
@@ -161,11 +164,28 @@ def content_hash(path: str | os.PathLike) -> str:
 _NOT_STEP_CODE = ("cycle/", "configs/cycle_")
 
 
+# The libraries whose version can change what a step computes (an upgraded transformers generates other text, torch
+# other float sums); with Python's, they are part of the code fingerprint.
+STEP_LIBRARIES = ("torch", "transformers", "tokenizers", "sentence-transformers", "accelerate", "deepspeed", "peft",
+                  "numpy", "pillow", "safetensors")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python's version and each of :data:`STEP_LIBRARIES`' installed version (None: not installed)."""
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), **{name: version(name) for name in STEP_LIBRARIES}}
+
+
 @functools.cache
 def code_fingerprint(package: str | None = None) -> str:
     """A hash of the code steps run: every file of the ``sicog`` package (``package``: another folder), sources
-    and data (prompts, configs) alike, less byte code and the cycle's own modules and presets. Computed once per
-    process."""
+    and data (prompts, configs) alike, less byte code and the cycle's own modules and presets, and the versions of
+    Python and the libraries steps compute with (:func:`library_versions`). Computed once per process."""
     if package is None:
         import sicog
 
@@ -178,6 +198,7 @@ def code_fingerprint(package: str | None = None) -> str:
                 or path.name.startswith(".") or name.startswith(_NOT_STEP_CODE)):
             continue
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(json.dumps(library_versions(), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 

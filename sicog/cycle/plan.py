@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
 from sicog.cycle.config import REQUIRED, REQUIRED_FOR_DPO, CycleConfig
-from sicog.cycle.engine import Arg, Input, Joined, Out, Plan, Ref, Step
+from sicog.cycle.engine import Arg, Joined, Out, Plan, Ref, Step
 from sicog.cycle.flags import (
     TRAIN_SCHEDULE,
     curate_flags,
@@ -17,7 +17,7 @@ from sicog.cycle.flags import (
     setting_arg,
     train_flags,
 )
-from sicog.cycle.world import World
+from sicog.cycle.world import World, toy_input
 from sicog.toy.similarity import ENCODER_NAME as TOY_ENCODER
 
 # Pools cut to the configured sizes, with the references that are in the same order as each pool.
@@ -217,7 +217,8 @@ class _Planner:
             return self.data["image_use"]
         if self.w.toy_root is None:
             return None
-        self.plan.add(Step("image_use_references", ("toy", "references", "--world", Input(self.w.toy_root),
+        world = toy_input(self.w.toy_root, "ground_truth", "bench_caption")
+        self.plan.add(Step("image_use_references", ("toy", "references", "--world", world,
                                                     "--output", Out("references.jsonl"))))
         return Ref("image_use_references", "references.jsonl")
 

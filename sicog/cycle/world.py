@@ -44,10 +44,30 @@ class World:
         parts = [source for part in split_data_path(value)
                  for source in (data_sources(part) if os.path.isfile(part) else [part])]
         if parts == [value]:
-            return Input(value)
+            # A Hub dataset id alone enters the key by its name, as one in a list does.
+            return Input(value, (), (value,)) if names_hub_dataset(value) else Input(value)
         # A Hub dataset id (a mixture entry, or a part of the list) enters the key by its name.
         hub = tuple(filter(names_hub_dataset, parts))
         return Input(value, tuple(part for part in parts if part not in hub), hub)
+
+
+def toy_input(root: str, *keys: str) -> Input:
+    """The toy world folder ``root`` as the input of a step that reads its manifest and the world's files ``keys``
+    (keys of its manifest): the step's key hashes those alone, so an edited benchmark reruns the steps reading it,
+    not the toy parts and everything trained from them."""
+    from sicog.toy.build import FILES, MANIFEST
+
+    return Input(root, (os.path.join(root, MANIFEST), *(os.path.join(root, FILES[key]) for key in keys)))
+
+
+def model_input(value: str) -> Input:
+    """A starting model (a vision tower, a language model) as a cycle input: a folder, hashed by content, or a Hub
+    model id (nothing of that name here), which enters the key by its name."""
+    from sicog.data.sources import can_be_hub_id
+
+    if not os.path.exists(value) and not os.path.isabs(value) and can_be_hub_id(value):
+        return Input(value, (), (value,))
+    return Input(value)
 
 
 def toy_world_change(config: CycleConfig, out: Path) -> str | None:
@@ -82,7 +102,7 @@ def toy_world(config: CycleConfig, out: Path, build: bool = True) -> World:
         except FileExistsError:  # the run's world, from another world seed or size: the cycle owns it, replace it
             build_world(root, seed=config.world_seed, size=config.toy_size, force=True)
     files = {key: str(root / name) for key, name in FILES.items() if key not in FOLDERS}
-    parts = Step("parts", ("toy", "parts", "--world", Input(str(root)), "--out", Out()))
+    parts = Step("parts", ("toy", "parts", "--world", toy_input(str(root), "tokenizer"), "--out", Out()))
     return World(files=files, image_folder=Input(str(root / FILES["image_folder"])),
                  vision_tower=Ref("parts", "vision"), language_model=Ref("parts", "llm"),
                  ground_truth=files["ground_truth"], toy_root=str(root), model_settings=toy_model_settings(),
@@ -95,8 +115,8 @@ def real_world(config: CycleConfig) -> World:
     if missing:
         raise ValueError(f"cycle config: key 'data': lacks {', '.join(missing)}")
     files = {k: v for k, v in config.data.items() if k != "image_folder"}
-    return World(files=files, image_folder=config.data["image_folder"], vision_tower=Input(config.vision_tower),
-                 language_model=Input(config.language_model))
+    return World(files=files, image_folder=config.data["image_folder"], vision_tower=model_input(config.vision_tower),
+                 language_model=model_input(config.language_model))
 
 
 def make_world(config: CycleConfig, out: Path, build: bool = True) -> World:
