@@ -27,6 +27,7 @@ from sicog.cycle.engine import (
     code_fingerprint,
     library_versions,
 )
+from sicog.cycle.flags import DPO_SCHEDULE
 from sicog.cycle.plan import plan_seed
 from sicog.cycle.world import make_world
 from sicog.data.lock import OutputLocked, lock_path, output_lock
@@ -278,6 +279,8 @@ def test_dpo_settings_change_arm_f_only(quick_keys):
         keys, _ = keys_of(dataclasses.replace(config, **{setting: value}), out, dpo=True)
         assert {n for n in base if keys[n] != base[n]} == plan.downstream(["F_stage2"]) == {
             "F_stage2", "eval_F", "blind_F", "letters_F", "open_F", "perception_F", "captions_F", "image_use_F"}
+    argv = plan.steps["F_stage2"].argv  # DPO's schedule, as the DPO script's (the fine-tuning one was used)
+    assert [argv[argv.index(f"--{name}") + 1] for name in DPO_SCHEDULE] == list(DPO_SCHEDULE.values())
 
 
 def test_augmentation_reaches_every_training_step_but_dpo(quick_keys):

@@ -5,6 +5,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from sicog.cycle.flags import DPO_SCHEDULE
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training_scripts" / "uhdv1-finetune-qwen-dpo.sh"
 OURS = ("EXPERIMENT_NAME", "DATA_PATH", "PREV_STAGE_CHECKPOINT", "DPO_LEARNING_RATE", "DPO_BATCH", "DPO_BETA",
@@ -45,6 +47,8 @@ def test_schedule_and_batches_are_llava_next_dpo():
     env = {"EXPERIMENT_NAME": "dpo", "DATA_PATH": "p.jsonl", "PREV_STAGE_CHECKPOINT": "ckpt"}
     words, flags = parsed(dry_run(env).stdout)
     assert (flags["--lr_scheduler_type"], flags["--warmup_steps"]) == ("linear", "0.1")
+    # The cycle's arm F trains on the same schedule.
+    assert {name: flags[f"--{name}"] for name in DPO_SCHEDULE} == DPO_SCHEDULE
     assert words.count("--lr_scheduler_type") == 1 and words.count("--warmup_steps") == 1
     assert flags["--dataloader_drop_last"] == "True" and flags["--group_by_modality_length"] == "True"
     assert (flags["--save_steps"], flags["--save_total_limit"]) == ("3000", "1")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sicog.cycle.flags import TRAIN_SCHEDULE
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
     "uhdv1-finetune-qwen-stage0-warmup.sh": ("0", ["EXPERIMENT_NAME", "DATA_PATH", "PREV_STAGE_CHECKPOINT"]),
@@ -83,6 +85,9 @@ def test_stage_settings_are_the_published_scripts(script, tmp_path):
     assert flags["--dataloader_drop_last"] == "True"
     assert (flags.get("--group_by_modality_length") == "True") == grouped
     assert (flags["--lr_scheduler_type"], flags["--warmup_steps"]) == ("cosine", "0.03")
+    # The cycle's training steps get the same schedule.
+    assert {name: flags[f"--{name}"] for name in ("lr_scheduler_type", "warmup_steps", "weight_decay")} == {
+        name: TRAIN_SCHEDULE[name] for name in ("lr_scheduler_type", "warmup_steps", "weight_decay")}
     env = {**README_ENV, "SAVE_STEPS": "9", "SAVE_TOTAL_LIMIT": "3", "OUTPUT_DIR": str(tmp_path / "out")}
     _, flags = parsed(dry_run(script, env, cwd=tmp_path).stdout)
     assert (flags["--save_steps"], flags["--save_total_limit"]) == ("9", "3")

@@ -69,6 +69,8 @@ PLANNED_TRAIN: dict[str, str | None] = {
 # it); stage 1 draws random batches, as the published alignment script does (no grouping by modality and length).
 TRAIN_SCHEDULE = {"lr_scheduler_type": "cosine", "warmup_steps": "0.03", "weight_decay": "0.0", "save_total_limit": "1",
                   "group_by_modality_length": "True", "disable_tqdm": "True"}
+# DPO's instead (arm F), as the DPO script has it (LLaVA-NeXT's scripts/train/dpo.sh): linear decay after a 10% warm-up.
+DPO_SCHEDULE = {"lr_scheduler_type": "linear", "warmup_steps": "0.1"}
 # `sicog train` model settings that hold for loading any checkpoint, not only for stage 1's building from parts (the
 # published scripts pass flash-attention to every stage).
 LOAD_SETTINGS = frozenset({"attn_implementation"})

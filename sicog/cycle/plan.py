@@ -9,6 +9,7 @@ from sicog.cycle.arms import ARMS, DPO_ARM, TASKS
 from sicog.cycle.config import REQUIRED, REQUIRED_FOR_DPO, CycleConfig
 from sicog.cycle.engine import Arg, Joined, Out, Plan, Ref, Step
 from sicog.cycle.flags import (
+    DPO_SCHEDULE,
     TRAIN_SCHEDULE,
     curate_flags,
     generate_flags,
@@ -115,6 +116,7 @@ class _Planner:
         train_flags = _without(self.train_flags, "--tunable_parts") if tunable else self.train_flags
         if stage == "dpo":  # DPO scores its reference on the images as stored and refuses --augment
             train_flags = _without(train_flags, "--augment")
+            schedule.update(DPO_SCHEDULE)
         argv = ["train", "--stage", stage, *source, *(self.load_flags if stage != "1" else ()), "--data_path", data,
                 "--image_folder", self.w.image_folder, "--output_dir", Out(), "--max_steps", str(steps),
                 "--per_device_train_batch_size", str(batch), "--learning_rate", str(lr), "--seed", str(self.seed),
