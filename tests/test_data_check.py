@@ -178,10 +178,11 @@ def test_a_config_field_of_the_wrong_type_is_one_line_naming_it(tmp_path, model,
 
 
 def test_stage_must_be_one_training_knows(tmp_path, model, capsys):
-    from sicog.data.cli import MAX_LENGTH, SFT_STAGES
-    from sicog.train.arguments import STAGES, DataArguments
+    from sicog.data.cli import DEFAULT_STAGE, MAX_LENGTH, SFT_STAGES
+    from sicog.train.arguments import STAGES, DataArguments, SicogTrainingArguments
 
     assert set(SFT_STAGES) == set(STAGES) - {"dpo"} and MAX_LENGTH == DataArguments.model_max_length
+    assert DEFAULT_STAGE == SicogTrainingArguments.stage
     with pytest.raises(SystemExit) as stop:
         check(write(tmp_path / "d.jsonl", [rec("a")]), model, None, "--stage", "bogus")
     assert stop.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from sicog.cycle.flags import TRAIN_SCHEDULE
+from sicog.train.arguments import DataArguments
+from sicog.train.run import PAPER_GLOBAL_BATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
@@ -85,6 +87,10 @@ def test_stage_settings_are_the_published_scripts(script, tmp_path):
     assert flags["--dataloader_drop_last"] == "True"
     assert (flags.get("--group_by_modality_length") == "True") == grouped
     assert (flags["--lr_scheduler_type"], flags["--warmup_steps"]) == ("cosine", "0.03")
+    # The global batch the script checks against, and its length, are sicog train's.
+    paper = re.search(r"--paper-batch (\d+)", (ROOT / "training_scripts" / script).read_text()).group(1)
+    assert int(paper) == PAPER_GLOBAL_BATCH[flags["--stage"]]
+    assert flags["--model_max_length"] == str(DataArguments.model_max_length)
     # The cycle's training steps get the same schedule.
     assert {name: flags[f"--{name}"] for name in ("lr_scheduler_type", "warmup_steps", "weight_decay")} == {
         name: TRAIN_SCHEDULE[name] for name in ("lr_scheduler_type", "warmup_steps", "weight_decay")}

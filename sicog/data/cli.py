@@ -15,8 +15,9 @@ from sicog.data.argtypes import os_error_text, positive_int
 from sicog.data.mixture import DEFAULT_SEED
 
 # The stages whose data `data check` reads (DPO pairs are another format); `sicog train --stage` names the
-# same ones (tests/test_data_check.py keeps the two lists, and the max-length defaults, in step).
+# same ones (tests/test_data_check.py keeps the two lists, and the stage and max-length defaults, in step).
 SFT_STAGES = ("0", "1", "1.5", "2")
+DEFAULT_STAGE = "2"
 MAX_LENGTH = 4096
 SHOWN = 20  # problems printed; --report lists every one
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--image-folder", help="folder that image paths are relative to")
     check.add_argument("--max-length", type=positive_int, default=MAX_LENGTH,
                        help="sicog train's --model_max_length (default %(default)s)")
-    check.add_argument("--stage", choices=SFT_STAGES, default="2",
+    check.add_argument("--stage", choices=SFT_STAGES, default=DEFAULT_STAGE,
                        help="the stage to train (default %(default)s); stage 1 measures the global view only")
     check.add_argument("--seed", type=int, default=DEFAULT_SEED,
                        help="sicog train's --seed, which draws a YAML mixture's random: rules (default: training's, "
