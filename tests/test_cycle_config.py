@@ -2,7 +2,9 @@
 exit 2), and the plan's own flags and global batch notes."""
 
 import dataclasses
+import os
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import yaml
@@ -284,19 +286,24 @@ def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_i
     monkeypatch.chdir(tmp_path / "a" / "b")  # where ../../model_weight/clip-vit-large-patch14-336 is there
     beside_preset = resources.files("sicog.configs") / "../../model_weight"
     paper = load_config("paper")
-    assert (paper.vision_tower, paper.language_model) == (str(beside_preset / "clip-vit-large-patch14-336"),
-                                                          str(beside_preset / "Qwen2-7B-Instruct"))
+    assert (paper.vision_tower, paper.language_model) == (os.path.abspath(beside_preset / "clip-vit-large-patch14-336"),
+                                                          os.path.abspath(beside_preset / "Qwen2-7B-Instruct"))
     mine = tmp_path / "mine.yaml"
     mine.write_text("preset: paper\nvision_tower: openai/clip-vit-large-patch14-336\n")
     config = load_config(str(mine))
     assert (config.vision_tower, config.language_model) == ("openai/clip-vit-large-patch14-336",
                                                             paper.language_model)
     relative = load_config(write(tmp_path, vision_tower="../towers/clip"))
-    assert relative.vision_tower == str(tmp_path / "../towers/clip")
+    assert relative.vision_tower == os.path.abspath(tmp_path / "../towers/clip")
     # "owner/name" is a Hub id unless a folder of that name is beside the file
     (tmp_path / "towers" / "clip").mkdir(parents=True)
     monkeypatch.chdir("/")
     assert load_config(write(tmp_path, vision_tower="towers/clip")).vision_tower == str(tmp_path / "towers" / "clip")
+    # A path written as one and not there yet stays a path, also with the config named relative to the working folder:
+    # "./towers/other" beside "cycle.yaml" was taken for the Hub id "towers/other", and never reported missing.
+    monkeypatch.chdir(tmp_path)
+    named = Path(write(tmp_path, vision_tower="./towers/other")).name
+    assert load_config(named).vision_tower == str(tmp_path / "towers" / "other")
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

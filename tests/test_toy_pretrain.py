@@ -99,6 +99,12 @@ def test_the_key_follows_the_world(world: Path, tmp_path: Path) -> None:
     finally:
         torch.set_num_threads(threads)
     assert other_threads != parts_key(world)
+    # So do the torch and transformers versions: a warm cache kept the older version's parts after an upgrade.
+    base = parts_key(world)
+    for library in (pretrain.torch, pretrain.transformers):  # as the module sees them (a test may reimport one)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(library, "__version__", "0.0.1")
+            assert parts_key(world) != base, library.__name__
 
 
 def test_alt_texts_name_only_objects_of_the_image() -> None:

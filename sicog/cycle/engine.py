@@ -167,7 +167,7 @@ _NOT_STEP_CODE = ("cycle/", "configs/cycle_")
 # The libraries whose version can change what a step computes (an upgraded transformers generates other text, torch
 # other float sums); with Python's, they are part of the code fingerprint.
 STEP_LIBRARIES = ("torch", "transformers", "tokenizers", "sentence-transformers", "accelerate", "deepspeed", "peft",
-                  "numpy", "pillow", "safetensors")
+                  "liger-kernel", "flash-attn", "datasets", "numpy", "pillow", "safetensors", "regex")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from tqdm import tqdm
 from transformers import (
     AutoTokenizer,
@@ -77,14 +78,16 @@ def cache_root() -> Path:
 
 
 def parts_key(world_dir: str | os.PathLike) -> str:
-    """A hash of everything the parts depend on: world version, seed and layout, tokenizer, sizes, training, and
-    the threads they train with (float sums in another order give other LM weights)."""
+    """A hash of everything the parts depend on: world version, seed and layout, tokenizer, sizes, training, the
+    threads they train with (float sums in another order give other LM weights) and the torch and transformers
+    versions (which may sum them in another order too)."""
     manifest = load_manifest(world_dir)
     digest = hashlib.sha256()
     settings = {
         "parts": PARTS_VERSION, "world": WORLD_VERSION, "seed": manifest["seed"], "layout": manifest["layout"],
         "vision": TOY_VISION, "text": TOY_TEXT, "clip": CLIP_TRAINING, "lm": LM_TRAINING,
         "steps": STEPS[manifest["size"]], "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in sorted(Path(manifest["tokenizer"]).iterdir()):
