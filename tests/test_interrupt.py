@@ -21,6 +21,11 @@ def as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# What a shell reports as status 130 (128 + SIGINT): an exit with 130, or death by SIGINT (seen once, under load:
+# the one line printed, then the interpreter ended by SIGINT on its way out).
+STATUS_130 = (130, -signal.SIGINT)
+
+
 def interrupted(argv: list[str], started: str) -> tuple[int, str]:
     """Run ``python -m sicog argv`` in a process group of its own and send the group SIGINT, as a terminal's Ctrl-C
     does, once ``started`` shows in its stderr; its exit status and whole stderr."""
@@ -41,7 +46,7 @@ def interrupted(argv: list[str], started: str) -> tuple[int, str]:
 def test_ctrl_c_is_one_line_and_the_rerun_finishes(tmp_path):
     out = tmp_path / "world"
     code, err = interrupted(["toy", "build", "--out", str(out), "--size", "demo"], started="toy ")
-    assert code == 130 and "Traceback" not in err, err[-3000:]
+    assert code in STATUS_130 and "Traceback" not in err, err[-3000:]
     assert err.rstrip().splitlines()[-1] == "sicog: interrupted; run the same command again to resume"
     rerun = subprocess.run([sys.executable, "-m", "sicog", "toy", "build", "--out", str(out), "--size", "demo"],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
@@ -79,7 +84,7 @@ def test_ctrl_c_stops_a_cycles_steps_without_a_traceback_from_its_workers(tmp_pa
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
     err = process.stderr.read().decode()
-    assert process.wait(timeout=120) == 130 and "Traceback" not in err, err[-3000:]
+    assert process.wait(timeout=120) in STATUS_130 and "Traceback" not in err, err[-3000:]
     assert "KeyboardInterrupt" in log.read_text() and not (tmp_path / "run" / "slow" / "world").exists()
 
 
