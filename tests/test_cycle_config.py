@@ -286,15 +286,15 @@ def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_i
     monkeypatch.chdir(tmp_path / "a" / "b")  # where ../../model_weight/clip-vit-large-patch14-336 is there
     beside_preset = resources.files("sicog.configs") / "../../model_weight"
     paper = load_config("paper")
-    assert (paper.vision_tower, paper.language_model) == (os.path.abspath(beside_preset / "clip-vit-large-patch14-336"),
-                                                          os.path.abspath(beside_preset / "Qwen2-7B-Instruct"))
+    assert (paper.vision_tower, paper.language_model) == (str(beside_preset / "clip-vit-large-patch14-336"),
+                                                          str(beside_preset / "Qwen2-7B-Instruct"))
     mine = tmp_path / "mine.yaml"
     mine.write_text("preset: paper\nvision_tower: openai/clip-vit-large-patch14-336\n")
     config = load_config(str(mine))
     assert (config.vision_tower, config.language_model) == ("openai/clip-vit-large-patch14-336",
                                                             paper.language_model)
     relative = load_config(write(tmp_path, vision_tower="../towers/clip"))
-    assert relative.vision_tower == os.path.abspath(tmp_path / "../towers/clip")
+    assert relative.vision_tower == str(tmp_path / "../towers/clip")
     # "owner/name" is a Hub id unless a folder of that name is beside the file
     (tmp_path / "towers" / "clip").mkdir(parents=True)
     monkeypatch.chdir("/")
@@ -304,6 +304,12 @@ def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_i
     monkeypatch.chdir(tmp_path)
     named = Path(write(tmp_path, vision_tower="./towers/other")).name
     assert load_config(named).vision_tower == str(tmp_path / "towers" / "other")
+    # ".." beside a config in a linked folder is the linked folder's parent, as the system reads it.
+    (tmp_path / "real" / "configs").mkdir(parents=True)
+    (tmp_path / "real" / "clip").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real" / "configs")
+    linked = write(tmp_path / "linked", vision_tower="../clip")
+    assert os.path.isdir(load_config(linked).vision_tower)
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

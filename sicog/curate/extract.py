@@ -14,7 +14,7 @@ from typing import Literal, get_args
 
 from sicog.data.answers import Answer, answer_line, parse_answer
 from sicog.data.prompts import COD_STEPS, COT_STEPS
-from sicog.data.steps import break_inline_markers, final_step
+from sicog.data.steps import FULL_WIDTH_SENTENCE_ENDS, break_inline_markers, final_step
 
 Task = Literal["captions", "reasoning"]
 TASKS: tuple[Task, ...] = get_args(Task)
@@ -24,8 +24,9 @@ STEP_PROMPT_TYPES = frozenset({"cod-default", "cod-conv", "cot-default"})
 
 _LEADING_PAREN = re.compile(r"^\((?P<inside>[^()\n]{0,80})\)[ \t]*(?P<colon>[:.\-\u2013\u2014]?)[ \t]*")
 _WORD = re.compile(r"[^\W\d_]{4,}")
-# What ends a sentence, full-width marks included (a CJK sentence has no spaces: its word count tells it from no title).
-_SENTENCE_MARKS = (".", "!", "?", "\u3002", "\uff01", "\uff1f")
+# What ends a sentence, full-width marks included: a CJK sentence has no spaces, so the word count cannot tell it
+# from a title.
+_SENTENCE_MARKS = (".", "!", "?", *FULL_WIDTH_SENTENCE_ENDS)
 
 
 @dataclass(frozen=True)

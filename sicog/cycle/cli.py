@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="rerun_from",
                         help="rerun this step (a name in manifest.json) and its dependants, in every seed")
     parser.add_argument("--ignore-code-changes", action="store_true",
-                        help="keep finished steps that the sicog code has changed since (their keys differ only by "
-                             "the code fingerprint): only when you know the change does not alter their outputs; "
-                             "each kept step's manifest entry records it (see docs/pipeline.md)")
+                        help="keep finished steps that the sicog code or a library upgrade has changed since (their "
+                             "keys differ only by the code fingerprint): only when you know the change does not alter "
+                             "their outputs (an upgraded library rarely leaves them as they were); each kept step's "
+                             "manifest entry records it (see docs/pipeline.md)")
     parser.add_argument("--jobs", type=positive_int,
                         help="steps run at once (default: the CPU cores divided by the config's threads per step; "
                              "1 when threads are unset)")

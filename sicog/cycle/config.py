@@ -334,8 +334,9 @@ def _paths_beside(values: dict, path: Path) -> dict:
 
 def _beside(value: str, base: Path) -> str:
     """A path of the config file: relative to its folder unless absolute, made absolute (a relative result, such as
-    "models/clip" of "./models/clip" beside "cfg.yaml", would read as a Hub id where nothing of that name is)."""
-    return value if os.path.isabs(value) else os.path.abspath(base / value)
+    "models/clip" of "./models/clip" beside "cfg.yaml", would read as a Hub id where nothing of that name is); ".."
+    is kept, for the system to resolve through linked folders."""
+    return value if os.path.isabs(value) else str((base / value).absolute())
 
 
 def _model_beside(value: str, base: Path) -> str:

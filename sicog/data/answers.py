@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import regex
 
 from sicog.data.prompts import COT_STEPS
-from sicog.data.steps import final_step, inline_steps, step_start
+from sicog.data.steps import FULL_WIDTH_SENTENCE_ENDS, final_step, inline_steps, step_start
 
 _MARKER = re.compile(
     r"(?:\banswer\b(?:\s+to\s+(?:the|this)\s+question)?|\b(?:correct|right|best|final)\s+(?:option|choice)\b)\**\s*"
@@ -46,7 +46,7 @@ _MARKER = re.compile(
 )
 _BOXED = re.compile(r"\\boxed\{(?P<ans>[^{}]*)\}")
 # A full-width sentence mark takes no space after it.
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|[\u3002\uff01\uff1f]")
+_SENTENCE_END = re.compile(rf"[.!?](?=\s|$)|[{FULL_WIDTH_SENTENCE_ENDS}]")
 # Words a period follows inside a sentence ("Mr. Smith", "St. Louis", "e.g. 3"). "No." is left out: it is an answer.
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "mt", "ft", "vs", "e.g", "i.e", "cf", "approx"})
 _INITIAL = re.compile(r"[A-Z]\.")

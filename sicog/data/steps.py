@@ -14,7 +14,8 @@ import re
 from collections.abc import Sequence
 
 # Spaces and separators as models write them in any script: a no-break or ideographic space, a full-width colon,
-# period or bracket ("Step 1\uff1a") as the ASCII ones.
+# period or bracket ("Step 1\uff1a") as the ASCII ones; CJK text ends its sentences with full-width marks.
+FULL_WIDTH_SENTENCE_ENDS = "\u3002\uff01\uff1f"  # 。！？
 _SPACE = r"[ \t\u00a0\u3000]"
 _SEPARATOR = r"[:.)\-\u2013\u2014\uff1a\uff0e\uff09]"
 # A step marker at a line start: heading marks, quote or list bullet ("lead"), the emphasis that opens
@@ -29,7 +30,7 @@ _MARKER = re.compile(
 # A step marker after other text on its line ("... Step 4: ..."), as models also write them: at the space before it,
 # or right after a sentence's end without one (CJK text takes no space after its marks: "\u3002Step 2\uff1a").
 _INLINE_MARKER = re.compile(
-    rf"(?:(?<=\S){_SPACE}+|(?<=[.!?;\u3002\uff01\uff1f\uff1b]){_SPACE}*)"
+    rf"(?:(?<=\S){_SPACE}+|(?<=[.!?;\uff1b{FULL_WIDTH_SENTENCE_ENDS}]){_SPACE}*)"
     rf"(?=\**{_SPACE}*step{_SPACE}*\d+{_SPACE}*\**{_SPACE}*{_SEPARATOR})",
     re.IGNORECASE,
 )
@@ -45,7 +46,7 @@ _LEADING_RULES = re.compile(rf"\A(?:\s*{_RULE})+\s*")
 _RULE_AFTER_TEXT = re.compile(rf"\n{_RULE}")
 # A line that ends as a sentence does, its emphasis aside, or states something after a colon ("Answer: B"): text,
 # not a title. A full-width sentence mark or colon takes no space after it.
-_SENTENCE = re.compile(r"[.!?\u3002\uff01\uff1f][*_]*$|(?::[*_]*[ \t]+|\uff1a[*_]*[ \t]*)[^\s*_]")
+_SENTENCE = re.compile(rf"[.!?{FULL_WIDTH_SENTENCE_ENDS}][*_]*$|(?::[*_]*[ \t]+|\uff1a[*_]*[ \t]*)[^\s*_]")
 # What may decorate a header line before its text: heading marks and emphasis.
 _HEADER_LEAD = re.compile(r"^[#*_ \t]*")
 
