@@ -4,6 +4,7 @@ dependants, and the plan as data."""
 import dataclasses
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from zombies import zombie
 
 import sicog
@@ -376,10 +378,14 @@ def test_an_edited_toy_world_file_reruns_only_the_steps_that_read_it(tmp_path):
     keys, _ = keys_of(config, tmp_path)
     assert {n for n in base if keys[n] != base[n]} == {f"{kind}_{arm}" for kind in ("eval", "blind", "letters", "open")
                                                        for arm in "ABCDE"}
-    tokenizer = next(path for path in sorted((tmp_path / "world" / "tokenizer").iterdir()) if path.is_file())
-    tokenizer.write_bytes(tokenizer.read_bytes() + b"\n")
-    keys, _ = keys_of(config, tmp_path)
-    assert "parts" in {n for n in base if keys[n] != base[n]}  # what the parts do read still reruns them
+    # What the parts and the image-use references do read still reruns them.
+    for name, step in (("bench_caption.jsonl", "image_use_references"), ("ground_truth.jsonl", "image_use_references"),
+                       ("tokenizer", "parts")):
+        path = tmp_path / "world" / name
+        edited = next(p for p in sorted(path.iterdir()) if p.is_file()) if path.is_dir() else path
+        edited.write_bytes(edited.read_bytes() + b"\n")
+        keys, _ = keys_of(config, tmp_path)
+        assert step in {n for n in base if keys[n] != base[n]}, name
 
 
 def _head(name: str, source) -> Step:
@@ -685,6 +691,7 @@ def test_the_code_fingerprint_covers_the_package_and_libraries_but_not_the_cycle
     assert fingerprint() == fingerprint(os.path.dirname(sicog.__file__))  # by default, the installed package
     # An upgraded library or another Python can change what a step computes: it is part of the fingerprint too.
     versions = library_versions()
+    assert (versions["python"], versions["torch"]) == (platform.python_version(), torch.__version__)
     for name in ("python", "torch", "transformers"):
         monkeypatch.setattr("sicog.cycle.engine.library_versions", lambda n=name: {**versions, n: "0.0.1"})
         assert fingerprint(str(package)) != base, name

@@ -21,15 +21,21 @@ OPTIONS = {"A": "狗", "B": "猫", "C": "鸟"}
 
 
 @pytest.mark.parametrize("marker", ["Step {i}\uff1a{h}\n", "**Step {i}**\uff1a{h}\n", "Step {i}\uff0e{h}\n",
-                                    "Step\u00a0{i}: {h}\n", "Step\u3000{i}\uff1a{h}\n"])
+                                    "Step {i}\uff09{h}\n", "Step\u00a0{i}: {h}\n", "Step\u3000{i}\uff1a{h}\n",
+                                    "**Step {i}: {h}**\uff1a", "Step {i}: {h}\uff1a", "**Step {i}:**\u00a0{h}\n",
+                                    "**Step {i}:**\u3000{h}\n"])
 def test_a_full_width_separator_or_space_in_a_marker_is_read_as_the_ascii_one(marker):
     """With "Step 1：" the header and a stray "：" were in every step of the caption."""
     reply = "\n\n".join(marker.format(i=i, h=h) + b for i, (h, b) in enumerate(zip(COD_STEPS, BODIES), start=1))
     assert parse_cod_reply(reply)[0] == BODIES
 
 
-def test_steps_written_on_one_line_after_full_width_sentence_marks_are_steps():
-    reply = "Step 1: 题目问图中的动物。Step 2: 图中有一只猫。Step 3: 猫是选项B。Step 4: B"
+@pytest.mark.parametrize("mark", ["\u3002", "\uff01", "\uff1f", "\uff1b"])
+@pytest.mark.parametrize("marker", ["Step {i}\uff1a", "Step {i}: ", "Step\u00a0{i}: ", "Step\u3000{i}\uff1a"])
+def test_steps_written_on_one_line_after_full_width_sentence_marks_are_steps(mark, marker):
+    bodies = ["题目问图中的动物", "图中有一只猫", "猫是选项B"]
+    steps = [marker.format(i=i) + body + mark for i, body in enumerate(bodies, start=1)]
+    reply = "".join(steps) + marker.format(i=4) + "B"
     assert extract_choice(reply, OPTIONS) == "B"
     assert extract(reply, "reasoning").step_found
     assert parse_answer(reply).normalized == "b"
@@ -46,7 +52,8 @@ def test_yes_or_no_ended_by_an_ideographic_full_stop():
 
 
 @pytest.mark.parametrize("reply", ["B\nThe dog in the background is blurred.", "B\n\nExplanation: it is not a dog.",
-                                   "**B**\r\n\r\nThe dog is in the background."])
+                                   "**B**\r\n\r\nThe dog is in the background.",
+                                   "B\nB is right: the dog is blurred.", "B\nI think the dog is blurred."])
 def test_a_letter_alone_on_its_line_then_an_explanation_chooses_the_letter(reply):
     """The explanation's mention of another option's text chose that option."""
     assert extract_choice(reply, {"A": "dog", "B": "cat"}) == "B"
@@ -54,22 +61,46 @@ def test_a_letter_alone_on_its_line_then_an_explanation_chooses_the_letter(reply
 
 @pytest.mark.parametrize("reply", ["A\nB", "A\nB. cat", "A\n(B) cat", "A\nB\nC", "A\nC is correct.",
                                    "A\nOption C is correct.", "A\n3 cm\nB\n5 kg", "**A**\nA dog.\n\n**B**\nA cat.",
-                                   "a\nbird is shown.", "A\nbird is shown.", "I\ncannot tell."])
-def test_a_letter_on_its_line_that_another_option_or_the_sentence_follows_is_read_as_before(reply):
-    """Another option's letter on the lines after it, or a sentence going on in lower case: not read as that
-    letter alone (these chose nothing, or the option named, before a lone letter's line counted)."""
-    options = {"A": "dog", "B": "cat", "C": "bird", "I": "ink"}
-    assert extract_choice(reply, options) != reply[0].upper()
+                                   "B\nA is incorrect because it is a dog.", "B\nNot A: the dog is blurred."])
+def test_a_letter_on_its_line_above_another_options_letter_chooses_nothing(reply):
+    """An option list, or a verdict on another option: not the first line's letter, nor the option whose text the
+    explanation names ("B\nA is incorrect because it is a dog." chose A)."""
+    assert extract_choice(reply, {"A": "dog", "B": "cat", "C": "bird"}) is None
 
 
-def test_a_bold_sentence_with_a_full_width_end_is_the_steps_text_not_its_header():
-    assert split_steps("Step 4:\n**答案是B\u3002**\n---\n希望对你有帮助", COT_STEPS)[4] == "**答案是B\u3002**"
-    caption = "Step 5: Compile detailed description\n**图中有三只猫\u3002**\n它们是黑色的\u3002"
-    assert extract(caption, "captions").text == "**图中有三只猫\u3002**\n它们是黑色的\u3002"
+@pytest.mark.parametrize(("reply", "choice"), [("a\nbird is shown.", "C"), ("A\nbird is shown.", "C"),
+                                               ("I\ncannot tell.", None), ("A Cat.", "B"), ("B The dog.", "A")])
+def test_a_letter_whose_sentence_goes_on_is_read_as_text(reply, choice):
+    """On the next line in lower case (the article "a", the pronoun "I"), or on its own line: the option named."""
+    assert extract_choice(reply, {"A": "dog", "B": "cat", "C": "bird", "I": "ink"}) == choice
 
 
-def test_a_full_width_sentence_mark_ends_the_answer_phrase():
-    assert parse_answer("The answer is 三只猫\u3002因为图里有三只\u3002").phrase == "三只猫"
+@pytest.mark.parametrize("mark", ["\u3002", "\uff01", "\uff1f"])
+def test_a_bold_sentence_with_a_full_width_end_is_the_steps_text_not_its_header(mark):
+    assert split_steps(f"Step 4:\n**答案是B{mark}**\n---\n希望对你有帮助", COT_STEPS)[4] == f"**答案是B{mark}**"
+    caption = f"Step 5: {COD_STEPS[4]}\n**图中有三只猫{mark}**\n它们是黑色的\u3002"
+    assert extract(caption, "captions").text == f"**图中有三只猫{mark}**\n它们是黑色的\u3002"
+
+
+def test_a_bold_statement_after_a_full_width_colon_is_the_steps_text():
+    assert split_steps("Step 4:\n**Answer\uff1aB**\n---\n希望对你有帮助", COT_STEPS)[4] == "**Answer\uff1aB**"
+
+
+@pytest.mark.parametrize("mark", ["\u3002", "\uff01", "\uff1f"])
+def test_a_full_width_sentence_mark_ends_the_answer_phrase(mark):
+    assert parse_answer(f"The answer is 三只猫{mark}因为图里有三只\u3002").phrase == "三只猫"
+
+
+@pytest.mark.parametrize(("written", "same_as"), [("No\u3001it is not", "no"), ("1\u3001000", "1000"),
+                                                  ("No\u3002图中没有狗\u3002", "no")])
+def test_the_ideographic_comma_and_full_stop_read_as_the_ascii_ones(written, same_as):
+    assert normalize_answer(written) == same_as
+
+
+@pytest.mark.parametrize("answer", ["\U0001f60a", "| --- |", "+", "\u2192"])
+def test_an_answer_of_symbols_alone_is_none(answer):
+    """A reply's closing emoji or table row is its last sentence: kept, it became every candidate's agreed answer."""
+    assert normalize_answer(answer) == ""
 
 
 @pytest.mark.parametrize(("word", "same_as"), [("\u062b\u064e\u0644\u0627\u062b\u064e\u0629", None),
@@ -85,11 +116,14 @@ def test_a_checkpoint_marker_naming_non_ascii_paths_reads_back_under_an_ascii_lo
     """The marker is written as UTF-8 and was read in the locale's encoding: under a C locale without UTF-8 mode the
     checkpoint counted as one from an older SICOG, and resuming it was refused."""
     code = (
-        "import sys; from sicog.train.checkpoints import mark_complete, checkpoint_stage;"
+        "import json, sys; from pathlib import Path;"
+        "from sicog.train.checkpoints import checkpoint_stage, is_last_step, mark_complete;"
         "mark_complete(sys.argv[1], 2, 'stage2', run={'data_path': '/data/\\u8bad\\u7ec3.jsonl'});"
-        "print(checkpoint_stage(sys.argv[1]))"
+        "state = {'max_steps': 2, 'global_step': 2, 'log_history': [{'data': '/data/\\u8bad\\u7ec3'}]};"
+        "Path(sys.argv[1], 'trainer_state.json').write_text(json.dumps(state, ensure_ascii=False), encoding='utf-8');"
+        "print(checkpoint_stage(sys.argv[1]), is_last_step(sys.argv[1]))"
     )
     env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
                           check=True)
-    assert done.stdout.strip() == "stage2"
+    assert done.stdout.strip() == "stage2 True"

@@ -270,9 +270,7 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if not punctuated:
         if _REASON_WORD.match(rest):
             return True, letter  # "C because A is red": the letter, not the options its reason names
-        if _alone_on_its_line(match, options):
-            return True, letter  # "B\nThe dog in the background is blurred."
-        return False, None  # "A red circle", "A or B": read as text, not as option A
+        return _line_choice(match, options)  # "B\nThe dog in the background is blurred."; "A red circle", "A or B"
     wanted = normalize_answer(rest)
     if wanted == normalize_answer(options[letter]):
         return True, letter
@@ -288,17 +286,18 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     return True, letter  # "B. The circle is red."
 
 
-def _alone_on_its_line(match: re.Match[str], options: dict[str, str]) -> bool:
-    """Whether a capital letter stands alone on its line above an explanation (``match``: :data:`_LETTER`'s).
-
-    Not when the next line goes on with the letter's sentence ("A\nyellow car is shown": lower case) or names
-    another option's letter: an option list ("A\nB\nC"), another verdict ("A\nC is correct.").
-    """
+def _line_choice(match: re.Match[str], options: dict[str, str]) -> tuple[bool, str | None]:
+    """A letter without punctuation and more text after it (``match``: :data:`_LETTER`'s), as
+    :func:`_letter_choice` decides: a capital alone on its line above an explanation chooses it ("B\nThe dog is
+    blurred."), and none when the explanation names another option's letter (an option list "A\nB\nC", another
+    verdict "A\nC is correct.", "B\nA is wrong: it is a dog."); undecided, read as text, is a letter on the line
+    of more words ("A red circle", "A or B") or one whose sentence goes on on the next line in lower case ("A\nyellow
+    car is shown")."""
     letter, rest = match.group("letter"), match.group("rest")
     if "\n" not in match.group("sep") or not letter.isupper() or rest[:1].islower():
-        return False
+        return False, None
     named = {c for c in _SINGLE_LETTER.findall(rest) if c.isupper()}
-    return not (named - {letter}) & set(options)
+    return True, None if (named - {letter}) & set(options) else letter
 
 
 def _inside_other(span: tuple[int, int], key: str, spans: dict[str, list[tuple[int, int]]]) -> bool:

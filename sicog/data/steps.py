@@ -48,7 +48,7 @@ _RULE_AFTER_TEXT = re.compile(rf"\n{_RULE}")
 # not a title. A full-width sentence mark or colon takes no space after it.
 _SENTENCE = re.compile(rf"[.!?{FULL_WIDTH_SENTENCE_ENDS}][*_]*$|(?::[*_]*[ \t]+|\uff1a[*_]*[ \t]*)[^\s*_]")
 # What may decorate a header line before its text: heading marks and emphasis.
-_HEADER_LEAD = re.compile(r"^[#*_ \t]*")
+_HEADER_LEAD = re.compile(r"^[#*_ \t\u00a0\u3000]*")
 
 
 def format_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
@@ -110,7 +110,7 @@ def _step_body(marker: re.Match[str], raw: str, header: str | None) -> str:
     # Emphasis opened at "Step" and not closed before the separator is still open here.
     opened, closed = marker.group("open"), marker.group("close")
     pending = opened[len(closed) :]
-    if pending and re.match(re.escape(pending) + r"(?:[ \t]|$)", line):
+    if pending and re.match(re.escape(pending) + rf"(?:{_SPACE}|$)", line):
         line, pending = line[len(pending) :], ""  # "**Step 1:** text"
     styled = "#" in marker.group("lead")
     title, closes, rest = line.partition(pending) if pending else ("", "", "")
