@@ -53,10 +53,11 @@ def test_yes_or_no_ended_by_an_ideographic_full_stop():
 
 @pytest.mark.parametrize("reply", ["B\nThe dog in the background is blurred.", "B\n\nExplanation: it is not a dog.",
                                    "**B**\r\n\r\nThe dog is in the background.",
-                                   "B\nB is right: the dog is blurred.", "B\nI think the dog is blurred."])
+                                   "B\nB is right: the dog is blurred.", "B\nI think the dog is blurred.",
+                                   "B\nWashington D.C. is the capital, not a dog.", "B\nWashington D.C."])
 def test_a_letter_alone_on_its_line_then_an_explanation_chooses_the_letter(reply):
     """The explanation's mention of another option's text chose that option."""
-    assert extract_choice(reply, {"A": "dog", "B": "cat"}) == "B"
+    assert extract_choice(reply, {"A": "dog", "B": "Washington D.C.", "D": "cat"}) == "B"
 
 
 @pytest.mark.parametrize("reply", ["A\nB", "A\nB. cat", "A\n(B) cat", "A\nB\nC", "A\nC is correct.",

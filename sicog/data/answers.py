@@ -296,7 +296,9 @@ def _line_choice(match: re.Match[str], options: dict[str, str]) -> tuple[bool, s
     letter, rest = match.group("letter"), match.group("rest")
     if "\n" not in match.group("sep") or not letter.isupper() or rest[:1].islower():
         return False, None
-    named = {c for c in _SINGLE_LETTER.findall(rest) if c.isupper()}
+    # The option's own text names no other option ("C\nWashington D.C." where C is "Washington D.C.").
+    explanation = re.sub(re.escape(options[letter].rstrip(".")), " ", rest, flags=re.IGNORECASE)
+    named = {c for c in _SINGLE_LETTER.findall(explanation) if c.isupper()}
     return True, None if (named - {letter}) & set(options) else letter
 
 
