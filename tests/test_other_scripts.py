@@ -54,15 +54,22 @@ def test_yes_or_no_ended_by_an_ideographic_full_stop():
 @pytest.mark.parametrize("reply", ["B\nThe dog in the background is blurred.", "B\n\nExplanation: it is not a dog.",
                                    "**B**\r\n\r\nThe dog is in the background.",
                                    "B\nB is right: the dog is blurred.", "B\nI think the dog is blurred.",
-                                   "B\nWashington D.C. is the capital, not a dog.", "B\nWashington D.C."])
+                                   "B\nWashington D.C. is the capital, not a dog.", "B\nWashington D.C.",
+                                   "B\nA city is shown, not a dog.", "B\nI chose it: no dog is there."])
 def test_a_letter_alone_on_its_line_then_an_explanation_chooses_the_letter(reply):
-    """The explanation's mention of another option's text chose that option."""
-    assert extract_choice(reply, {"A": "dog", "B": "Washington D.C.", "D": "cat"}) == "B"
+    """The explanation's mention of another option's text chose that option (the article "A" and the pronoun "I"
+    are words there, not options)."""
+    assert extract_choice(reply, {"A": "dog", "B": "Washington D.C.", "D": "cat", "I": "ink"}) == "B"
+
+
+def test_an_option_of_periods_alone_is_no_pattern_to_remove():
+    assert extract_choice("A\nBut not the others.", {"A": "...", "B": "cat"}) == "A"
 
 
 @pytest.mark.parametrize("reply", ["A\nB", "A\nB. cat", "A\n(B) cat", "A\nB\nC", "A\nC is correct.",
                                    "A\nOption C is correct.", "A\n3 cm\nB\n5 kg", "**A**\nA dog.\n\n**B**\nA cat.",
-                                   "B\nA is incorrect because it is a dog.", "B\nNot A: the dog is blurred."])
+                                   "B\nA is incorrect because it is a dog.", "B\nNot A: the dog is blurred.",
+                                   "A\nBoth B and C\nB\ndog\nC\nbird"])
 def test_a_letter_on_its_line_above_another_options_letter_chooses_nothing(reply):
     """An option list, or a verdict on another option: not the first line's letter, nor the option whose text the
     explanation names ("B\nA is incorrect because it is a dog." chose A)."""
@@ -92,8 +99,8 @@ def test_a_full_width_sentence_mark_ends_the_answer_phrase(mark):
     assert parse_answer(f"The answer is 三只猫{mark}因为图里有三只\u3002").phrase == "三只猫"
 
 
-@pytest.mark.parametrize(("written", "same_as"), [("No\u3001it is not", "no"), ("1\u3001000", "1000"),
-                                                  ("No\u3002图中没有狗\u3002", "no")])
+@pytest.mark.parametrize(("written", "same_as"), [("No\u3001it is not", "no"), ("5\u3001100", "5 100"),
+                                                  ("1\u30012\u30013", "1 2 3"), ("No\u3002图中没有狗\u3002", "no")])
 def test_the_ideographic_comma_and_full_stop_read_as_the_ascii_ones(written, same_as):
     assert normalize_answer(written) == same_as
 

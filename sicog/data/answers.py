@@ -74,8 +74,9 @@ _BARE_POINT = re.compile(r"(?<=\d)\.(?!\d)")
 _DOTTED_INITIALS = re.compile(r"(?<!\w)[A-Z](?:\.[A-Z])+\.?(?!\w)")
 # Words keep their combining marks (Arabic vowels, Devanagari vowel signs: "काम" is one word, not two).
 _TOKEN = regex.compile(r"-?\d+(?:\.\d+)?|[\p{L}\p{N}][\p{L}\p{N}\p{M}]*")
-# The ideographic full stop and comma, which NFKC leaves: "B。" reads as "B.".
-_CJK_PUNCTUATION = str.maketrans({"\u3002": ".", "\u3001": ","})
+# The ideographic full stop and comma, which NFKC leaves: "B。" reads as "B.". The comma lists ("5、100": 5 and
+# 100), never groups thousands: a space after it keeps "5, 100" apart.
+_CJK_PUNCTUATION = str.maketrans({"\u3002": ".", "\u3001": ", "})
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _UNITS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # "twenty-one" to "ninety-nine" (and "thirty" alone): one number, not "20 1".
@@ -99,6 +100,11 @@ _LETTER = re.compile(
 _LETTER_ITEM = r"(?:option\s+)?[(\[]?[A-Z][)\]]?"
 _LETTER_LIST = re.compile(rf"{_LETTER_ITEM}(?:\s*(?:[,;/]|,?\s+(?:or|and))\s*{_LETTER_ITEM})*[.:]?", re.IGNORECASE)
 _SINGLE_LETTER = re.compile(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
+# A capital letter an explanation names as an option ("A is wrong", "not A:", "C or D"), not the article "A" or the
+# pronoun "I" opening a sentence of other words on its line ("A cat sits", "I think").
+_NAMED_LETTER = re.compile(
+    r"(?<![A-Za-z])[A-Z](?![A-Za-z])(?![ \t]+(?!(?:is|was|are|would|should|could|can|seems|and|or)\b)[a-z])"
+)
 # A single letter in bold or italics ("**B**"): read as the letter, so that "**B**. The car is blue." is "B. The car
 # is blue." and "**A**, **B**" names two options as "A, B" does.
 _EMPHASISED_LETTER = re.compile(r"(?<![A-Za-z*_])[*_]+(?P<letter>[A-Za-z])[*_]+(?![A-Za-z*_])")
@@ -297,8 +303,9 @@ def _line_choice(match: re.Match[str], options: dict[str, str]) -> tuple[bool, s
     if "\n" not in match.group("sep") or not letter.isupper() or rest[:1].islower():
         return False, None
     # The option's own text names no other option ("C\nWashington D.C." where C is "Washington D.C.").
-    explanation = re.sub(re.escape(options[letter].rstrip(".")), " ", rest, flags=re.IGNORECASE)
-    named = {c for c in _SINGLE_LETTER.findall(explanation) if c.isupper()}
+    own = options[letter].rstrip(".")
+    explanation = re.sub(re.escape(own), " ", rest, flags=re.IGNORECASE) if own else rest
+    named = set(_NAMED_LETTER.findall(explanation))
     return True, None if (named - {letter}) & set(options) else letter
 
 
