@@ -4,13 +4,17 @@ texts it embeds), the stage-1.5 mixture, a random pick of candidates, and DPO pa
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
 from sicog.curate.embed import EncoderNotFound, EncoderSettings
 from sicog.curate.extract import TASKS
+from sicog.curate.mix import mix
+from sicog.curate.noisy import pairs_from_noisy
 from sicog.curate.pipeline import ENCODER_DEFAULTS, PAPER_ENCODER, CurationSettings
 from sicog.data.argtypes import option_flags, os_error_text, positive_int
 from sicog.data.jsonl import RecordError, blocked_reason, errors_path, refuse_overwriting, write_jsonl, write_records
@@ -89,17 +93,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("reasoning", "score CoT candidates by step-4 consistency and answer agreement"),
     ):
         _add_curation_arguments(sub.add_parser(task, help=help_text, description=help_text), task)
-    mix = sub.add_parser("mix", help="combine curated files into the stage-1.5 mixture",
+    mixture = sub.add_parser("mix", help="combine curated files into the stage-1.5 mixture",
                          description="combine curated files into the stage-1.5 mixture")
-    mix.add_argument("--inputs", nargs="+", required=True, help="curated LLaVA files")
-    mix.add_argument("--output", required=True,
-                     help="mixture file (.jsonl; .json for a JSON array; errors go to <stem>.errors.jsonl beside it)")
-    mix.add_argument("--ratios", nargs="+", type=float, default=None,
-                     help="one per input: 1 = all, 0.5 = a random half, 2 = twice (default: all 1)")
-    mix.add_argument("--seed", type=int, default=0, help="seed of sampling and shuffling")
-    mix.add_argument("--prefix-ids", action="store_true",
-                     help="prefix each id with the shortest end of its input's path that tells the inputs apart, "
-                          "e.g. captions/curated:ID (avoids collisions)")
+    mixture.add_argument("--inputs", nargs="+", required=True, help="curated LLaVA files")
+    mixture.add_argument("--output", required=True,
+                         help="mixture file (.jsonl; .json for a JSON array; errors go to <stem>.errors.jsonl "
+                              "beside it)")
+    mixture.add_argument("--ratios", nargs="+", type=float, default=None,
+                         help="one per input: 1 = all, 0.5 = a random half, 2 = twice (default: all 1)")
+    mixture.add_argument("--seed", type=int, default=_default(mix, "seed"), help="seed of sampling and shuffling")
+    mixture.add_argument("--prefix-ids", action="store_true",
+                         help="prefix each id with the shortest end of its input's path that tells the inputs apart, "
+                              "e.g. captions/curated:ID (avoids collisions)")
     texts = sub.add_parser("texts", help="the texts curation compares, to embed apart (see docs/curation.md)",
                            description="write the unique texts curation compares, one {\"text\": ...} per line")
     texts.add_argument("task", choices=TASKS)
@@ -125,9 +130,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     noisy.add_argument("--noisy", required=True, help="`sicog generate ... --corrupt ...` output for the same records")
     noisy.add_argument("--output", required=True,
                        help="pairs .jsonl, or .json for a JSON array (errors go to <stem>.errors.jsonl beside it)")
-    noisy.add_argument("--task", choices=("reasoning", "captions"), default="reasoning",
+    noisy.add_argument("--task", choices=("reasoning", "captions"), default=_default(pairs_from_noisy, "task"),
                        help="reasoning: prefer rejected candidates whose final answer differs from the chosen one")
-    noisy.add_argument("--seed", type=int, default=0, help="seed of the rejected-candidate draw")
+    noisy.add_argument("--seed", type=int, default=_default(pairs_from_noisy, "seed"),
+                       help="seed of the rejected-candidate draw")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,8 +244,6 @@ def _run_texts(args: argparse.Namespace) -> int:
 
 
 def _run_mix(args: argparse.Namespace) -> int:
-    from sicog.curate.mix import mix
-
     _refuse_overwriting([("--inputs", path) for path in args.inputs], args.output)
     parts = mix(args.inputs, args.output, ratios=args.ratios, seed=args.seed, prefix_ids=args.prefix_ids)
     print(f"{'input':<50} {'records':>8} {'errors':>7} {'ratio':>6} {'taken':>8}")
@@ -262,8 +266,6 @@ def _run_mix(args: argparse.Namespace) -> int:
 def _run_pairs_from_noisy(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from sicog.curate.noisy import pairs_from_noisy
-
     _refuse_overwriting([("--curated", args.curated), ("--noisy", args.noisy)], args.output)
     summary = pairs_from_noisy(args.curated, args.noisy, args.output, task=args.task, seed=args.seed)
     print(json.dumps(asdict(summary)))
@@ -272,6 +274,11 @@ def _run_pairs_from_noisy(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _default(function: Callable, parameter: str) -> object:
+    """The default of ``parameter`` in ``function``'s signature: the library function holds it, the CLI shows it."""
+    return inspect.signature(function).parameters[parameter].default
 
 
 def _refuse_overwriting(inputs: list[tuple[str, str]], output: str) -> None:

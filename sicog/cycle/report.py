@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -210,13 +209,10 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool | None]
     table, verdict, targets = summary["table"], summary["verdict"], {}
     if "accuracy" in table.get("A", {}) and "accuracy" in table.get("E", {}):
         gain = table["E"]["accuracy"][0] - table["A"]["accuracy"][0]
-        ok = gain >= ORACLE_MARGIN - TARGET_TOLERANCE
-        [shown] = _as_judged([gain], ok, lambda g: g >= ORACLE_MARGIN, sign="+")
+        ok, [shown] = _judged([gain], _reaches_margin, sign="+")
         targets[f"the oracle teaches: E >= A + {ORACLE_MARGIN} on MC accuracy ({shown})"] = ok
         if "above_blind" in table["E"]:
-            seen = table["E"]["above_blind"][0]
-            ok = seen >= ORACLE_MARGIN - TARGET_TOLERANCE
-            [shown] = _as_judged([seen], ok, lambda g: g >= ORACLE_MARGIN, sign="+")
+            ok, [shown] = _judged([table["E"]["above_blind"][0]], _reaches_margin, sign="+")
             targets[f"the oracle reads the image: E's accuracy minus blind >= {ORACLE_MARGIN} ({shown})"] = ok
     for other in ("B", "C"):
         wins = verdict.get(f"D vs {other}")
@@ -241,8 +237,7 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool | None]
         if any(q["auroc"] is not None for _, q in qualities):
             per_seed_auroc = []
             for seed, q in qualities:
-                met = None if q["auroc"] is None else q["auroc"] >= AUROC_TARGET - TARGET_TOLERANCE
-                text = "n/a" if met is None else _as_judged([q["auroc"]], met, lambda auroc: auroc >= AUROC_TARGET)[0]
+                met, [text] = (None, ["n/a"]) if q["auroc"] is None else _judged([q["auroc"]], _reaches_auroc)
                 per_seed_auroc.append((seed, text, met))
             shown, ok = _on_every_seed(per_seed_auroc)
             strict = [q["every_fact"]["auroc"] for _, q in qualities if "every_fact" in q]
@@ -254,22 +249,36 @@ def check_targets(summary: dict, per_seed: list[dict]) -> dict[str, bool | None]
         if any(c is not None and r is not None for _, c, r in pairs):
             per_seed_share = []
             for seed, c, r in pairs:
-                met = None if c is None or r is None else c > r + TARGET_TOLERANCE
-                text = "n/a" if met is None else " vs ".join(_as_judged([c, r], met, operator.gt))
-                per_seed_share.append((seed, text, met))
+                met, texts = (None, ["n/a"]) if c is None or r is None else _judged([c, r], _beats)
+                per_seed_share.append((seed, " vs ".join(texts), met))
             shown, ok = _on_every_seed(per_seed_share)
             targets[f"curated {task} right more often than a random pick{right} on every seed ({shown})"] = ok
     return targets
 
 
-def _as_judged(values: list[float], passed: bool, holds: Callable[..., bool], sign: str = "") -> list[str]:
-    """``values`` to 3 decimals, or to as many more as it takes for the shown values to meet the target's test
-    (``holds``) exactly when the target is ``passed``: a gain of 0.1496 is not shown as the bar of 0.150 it misses."""
+def _reaches_margin(gain: float, slack: float) -> bool:
+    return gain >= ORACLE_MARGIN - slack
+
+
+def _reaches_auroc(auroc: float, slack: float) -> bool:
+    return auroc >= AUROC_TARGET - slack
+
+
+def _beats(curated: float, random_pick: float, slack: float) -> bool:
+    return curated > random_pick + slack
+
+
+def _judged(values: list[float], holds: Callable[..., bool], sign: str = "") -> tuple[bool, list[str]]:
+    """Whether ``values`` pass the target's test ``holds`` (its last argument the rounding slack: a bar reached
+    within TARGET_TOLERANCE is met, a win by less is none), and the values to show: to 3 decimals, or to as many
+    more as it takes for the shown values to pass the exact test just when the target is met, so that a gain of
+    0.1496 is not shown as the bar of 0.150 it misses."""
+    passed = holds(*values, TARGET_TOLERANCE)
     for digits in range(3, 10):
         texts = [f"{value:{sign}.{digits}f}" for value in values]
-        if holds(*map(float, texts)) == passed:
+        if holds(*map(float, texts), 0.0) == passed:
             break
-    return texts
+    return passed, texts
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
