@@ -175,9 +175,11 @@ def test_header_forms_of_the_published_reply_are_removed():
 
 @pytest.mark.parametrize(("reply", "reason"), [
     ("", "empty reply"),
+    ("\u200b\n", "empty reply"),
     ("A brown dog on grass.", "no 'Step N' markers"),
     (format_steps(COD_STEPS[:4], BODIES[:4]), "missing or empty step(s) 5"),
     (format_steps(COD_STEPS, BODIES[:2] + [""] + BODIES[3:]), "missing or empty step(s) 3"),
+    (format_steps(COD_STEPS, BODIES[:2] + ["\u200b"] + BODIES[3:]), "missing or empty step(s) 3"),
     (format_steps(COD_STEPS, BODIES) + "\n\nStep 6: Extra.\nMore.", "unexpected step(s) 6"),
     (format_steps(COD_STEPS, BODIES[:1] + ["A dog <image> on grass."] + BODIES[2:]), "<image> in step(s) 2"),
     # A step quoting a recipe's numbered lines: taken as markers, they would cut the real step 3 out.

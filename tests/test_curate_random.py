@@ -36,7 +36,7 @@ def test_invalid_and_repeated_records_go_to_the_errors_file(tmp_path: Path) -> N
 
 
 def test_empty_and_image_placeholder_candidates_are_never_picked(tmp_path: Path) -> None:
-    usable = record("ok", ["", "A red <image> square.", "A red square.", "  "])
+    usable = record("ok", ["", "A red <image> square.", "A red square.", "  ", "\u200b\ufeff"])
     unusable = record("none", ["<image>", " "])
     for seed in range(10):
         one_random_candidate(write_jsonl(tmp_path / "gen.jsonl", [usable, unusable]), tmp_path / "r.jsonl", seed)

@@ -106,7 +106,7 @@ def test_embed_file_runs_in_the_encoders_environment(tmp_path: Path, extra: tupl
     for name, text in {**FILES, "sitecustomize.py": SITECUSTOMIZE.format(extra=(*extra, *TORCH_MODULES))}.items():
         (stubs / name).parent.mkdir(parents=True, exist_ok=True)
         (stubs / name).write_text(text)
-    texts = ["a cat", "", "a banana"]
+    texts = ["a cat", "", "a banana", "\u200b"]
     (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stubs), str(REPO)])}
     result = subprocess.run(
@@ -116,5 +116,6 @@ def test_embed_file_runs_in_the_encoders_environment(tmp_path: Path, extra: tupl
     )
     assert result.returncode == 0, result.stderr
     vectors = np.load(tmp_path / "emb.npy")
-    assert vectors.shape == (3, 3) and not vectors[1].any()  # the empty text embeds as a zero row
-    assert json.loads((tmp_path / "emb.npy.json").read_text())["texts"] == 3
+    # The empty text and the zero-width space (blank) embed as zero rows.
+    assert vectors.shape == (4, 3) and vectors[[0, 2]].any(axis=1).all() and not vectors[[1, 3]].any()
+    assert json.loads((tmp_path / "emb.npy.json").read_text())["texts"] == 4

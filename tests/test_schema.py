@@ -20,7 +20,7 @@ def turns(*values: str) -> list[dict]:
     return [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)]
 
 
-@pytest.mark.parametrize("answer", ["", " ", "\n\t "])
+@pytest.mark.parametrize("answer", ["", " ", "\n\t ", "\u200b", "\ufeff\u200d \u2060"])
 def test_an_empty_answer_is_refused_naming_its_field(answer: str) -> None:
     record = {"id": "q1", "conversations": turns("Hi?", "Hello.", "And?", answer)}
     with pytest.raises(RecordError) as caught:

@@ -24,7 +24,7 @@ from sicog.data.prompts import (
     strip_instruction,
     user_turn,
 )
-from sicog.data.schema import check_llava_record
+from sicog.data.schema import blank, check_llava_record
 from sicog.data.steps import split_steps, step_markers
 
 # The published annotation prompt, verbatim (training_data_annotation/generate_cod_caption.py): the
@@ -187,7 +187,7 @@ def parse_cod_reply(text: str, finish_reason: str | None = None, refusal: str | 
         raise ReplyError("reply stopped by the content filter (finish_reason=content_filter)")
     if finish_reason == "length":
         raise ReplyError("reply cut off at the token limit (finish_reason=length)")
-    if not text.strip():
+    if blank(text):
         raise ReplyError("empty reply")
     if char := unpaired_surrogate(text):  # no training file can hold it
         raise ReplyError(f"the reply holds {char}, half of a UTF-16 pair and no character")
@@ -195,7 +195,7 @@ def parse_cod_reply(text: str, finish_reason: str | None = None, refusal: str | 
     if not steps:
         raise ReplyError("no 'Step N' markers in the reply")
     expected = range(1, len(COD_STEPS) + 1)
-    missing = [n for n in expected if not steps.get(n)]
+    missing = [n for n in expected if blank(steps.get(n, ""))]
     extra = sorted(n for n in steps if n not in expected)
     problems = []
     if missing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sicog.data.schema import blank
 from sicog.data.steps import format_steps, split_steps, step_markers
 
 
@@ -19,7 +20,7 @@ class StepFormatError(ValueError):
 
 def format_checked_steps(headers: Sequence[str], bodies: Sequence[str]) -> str:
     """:func:`format_steps` of ``bodies``, after checking each is non-empty and parses back unchanged."""
-    empty = [i for i, body in enumerate(bodies, start=1) if not body.strip()]
+    empty = [i for i, body in enumerate(bodies, start=1) if blank(body)]
     if empty:
         raise StepFormatError(f"empty step(s) {', '.join(map(str, empty))}")
     text = format_steps(headers, bodies)

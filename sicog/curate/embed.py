@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sicog.data.schema import blank
 from sicog.model.device import DTYPES
 
 
@@ -180,7 +181,7 @@ class SentenceEncoder:
     def _sent(self, texts: Sequence[str]) -> tuple[list[int], list[str]]:
         """The positions of the texts that are embedded (not blank) and those texts as the model gets them (EOS
         appended; the query prefix is the model's ``prompt``)."""
-        keep = [i for i, text in enumerate(texts) if text.strip()]
+        keep = [i for i, text in enumerate(texts) if not blank(text)]
         return keep, [texts[i] + self._eos for i in keep]
 
 

@@ -16,7 +16,7 @@ from sicog.curate.select import Selection
 from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
-from sicog.data.schema import check_llava_record, record_images
+from sicog.data.schema import blank, check_llava_record, record_images
 
 # Input fields that do not belong in a training record (the training record has its own conversation).
 NOT_TRAINING_FIELDS = frozenset({"candidates", "generation", "conversations"})
@@ -60,7 +60,7 @@ def parse_generated(record: dict, *, path: str, line: int) -> GeneratedRecord:
     if not isinstance(generation, dict):
         fail("missing or not an object (needed for the training prompt)", "generation")
     prompt = generation.get("prompt")
-    if not isinstance(prompt, str) or not prompt.replace(IMAGE_TOKEN, "").strip():
+    if not isinstance(prompt, str) or blank(prompt.replace(IMAGE_TOKEN, "")):
         fail("missing or empty (needed for the training prompt)", "generation.prompt")
     if "task" in generation and generation["task"] not in TASKS:
         fail(f"{generation['task']!r} is no task of `sicog generate` ({' or '.join(map(repr, TASKS))})",

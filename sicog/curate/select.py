@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from sicog.curate.score import best_index, majority_answer
 from sicog.data.prompts import IMAGE_TOKEN
+from sicog.data.schema import blank
 
 SINGLE_CANDIDATE = "single candidate (no other candidate to agree with)"
 BELOW_THRESHOLD = "best score below threshold"
@@ -20,12 +21,13 @@ A = TypeVar("A")  # an answer: its normalised text, or the parsed answer it come
 
 
 def usable(text: str) -> bool:
-    """Whether a candidate can be a training answer: not blank, and free of the image placeholder.
+    """Whether a candidate can be a training answer: not blank (invisible characters count as blank), and free of
+    the image placeholder.
 
     A literal ``<image>`` in an assistant turn breaks the LLaVA record rules (one placeholder per image,
     human turns only), so training and ``curate mix`` would reject the record.
     """
-    return bool(text.strip()) and IMAGE_TOKEN not in text
+    return not blank(text) and IMAGE_TOKEN not in text
 
 
 def counted_answers(answers: Sequence[A], texts: Sequence[str], none: A = "") -> list[A]:

@@ -8,6 +8,7 @@ Fields a stage does not own are kept untouched.
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ def record_images(record: dict) -> list[str]:
 
 
 IMAGE_FIELD_RULE = "must be a non-empty string or a list of non-empty strings"
+
+
+def blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: only whitespace and invisible format characters (a zero-width space or
+    joiner, a byte-order mark), which ``str.strip`` keeps."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
 def valid_image_field(image: object) -> bool:
@@ -76,7 +83,7 @@ def check_llava_record(record: Any, *, path: str | None = None, line: int | None
                  "role order")
         if not isinstance(value, str):
             fail("value must be a string", f"{field}.value", "invalid conversations")
-        if role == "gpt" and not value.strip():
+        if role == "gpt" and blank(value):
             fail("empty answer: an assistant turn needs text to learn from", f"{field}.value", EMPTY_ANSWER)
         if role == "gpt" and IMAGE_TOKEN in value:
             fail(f"{IMAGE_TOKEN} in an assistant turn", f"{field}.value", "<image> in answer")
