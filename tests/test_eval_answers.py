@@ -221,3 +221,66 @@ def test_a_correct_option_phrase_is_an_answer_marker() -> None:
         answer = parse_answer(reply)
         assert (answer.normalized, answer.explicit) == ("b", True), reply
         assert extract_choice(reply, OPTIONS) == "B", reply
+
+
+@pytest.mark.parametrize("reply", [
+    # A discussion of other options, then the conclusion: the last sentence naming an option decides.
+    "A is wrong because the image does not show blue. So B.",
+    "The image clearly does not show blue, which rules out A. Therefore, B.",
+    "It is not blue. It is red.", "The car is red. It is parked next to a tree.",
+    "At first it might look like blue, but a closer look shows otherwise.\nI'd go with B.",
+    "Options:\nA. blue\nB. red\nC. green\nTherefore, B.",
+    "Step 1: Look.\nStep 2: The car is not blue.\nStep 3: Compare.\nStep 4: Conclusion\nB",
+    # Markers with words between "answer" and the letter, or of their own.
+    "The car is not blue.\nSo the answer must be B.", "The answer is therefore B.", "The answer is most likely B.",
+    "The correct answer here is B.", "The answer, therefore, is B.", "The answer in this case is B.", "Answer - B",
+    "### Answer\nB", "The car is not blue.\n\n**Final Answer**\n\n**B**", "The answer is $\\boxed{\\text{B}}$.",
+    # A verdict after the letter.
+    "Option B is correct.", "B is the right answer.", "b is the correct answer.", "B (red) is the best choice.",
+    "(B) is the answer. (A) is a distractor.", "A: incorrect.\nB: correct.\nD: incorrect.",
+    "Option B is correct. Option A is incorrect.",
+    # A later "the answer is not ..." or "this answer is ..." explains; it does not answer again.
+    "The answer is B. The answer is not A because the image does not show blue.",
+    "Answer: B\nExplanation: The answer is not blue, since that is not what the image shows.",
+    "The answer is B. This answer is consistent with what the image shows.",
+    "The answer is B rather than A.", "The answer is B and not A.",
+])
+def test_a_conclusion_after_other_options_are_discussed_is_read(reply: str) -> None:
+    """These read the option the reasoning rejected (A: "blue" or "A" is mentioned), or nothing."""
+    assert extract_choice(reply, OPTIONS) == "B"
+
+
+@pytest.mark.parametrize("reply", [
+    "The car is not blue.", "I can't tell whether the image shows red.", "Both B and A seem plausible.",
+    "At first it might look like blue, but a closer look shows otherwise.\nI cannot determine the answer.",
+    "It is red, not blue... or blue.",
+    # An option list echoed after a preface, or one letter per line with its text below: no conclusion follows.
+    "The options are:\nA. blue\nB. red\nC. green\nD. yellow", "A\nblue\nB\nred\nC\ngreen\nD\nyellow",
+    # A letter above another option's text contradicts itself.
+    "C\nblue", "B\nyellow",
+    # Initials, units and words are no option letters.
+    "It is Washington, D.C.", "It is 25°C.", "N/A",
+])
+def test_a_rejection_a_refusal_or_an_echo_chooses_nothing(reply: str) -> None:
+    assert extract_choice(reply, OPTIONS) is None
+
+
+def test_symbol_options_compare_as_written() -> None:
+    """Symbols normalise to nothing: every symbol once matched the one symbol option, no symbol matched among four."""
+    operators = {"A": "+", "B": "-", "C": "\u00d7", "D": "\u00f7"}
+    assert [extract_choice(reply, operators) for reply in ("+", "-", "\u00d7", "The answer is -", "A\n+")] == [
+        "A", "B", "C", "B", "A"]
+    assert extract_choice("\u00b0", {"A": "3", "B": "red", "C": "+"}) is None
+
+
+@pytest.mark.parametrize("reply, normalized", [
+    ("Option B is correct.", "b"), ("(B) is the answer. (A) is a distractor.", "b"),
+    ("A: incorrect.\nB: correct.\nD: incorrect.", "b"), ("The answer is therefore B.", "b"),
+    ("### Answer\nB", "b"), ("The answer is $\\boxed{\\text{B}}$.", "b"),
+    ("The answer is B. The answer is not A because the image does not show blue.", "b"),
+    ("The answer is red, not blue.", "red"), ("The answer is B rather than A.", "b"),
+])
+def test_curation_reads_the_same_conclusions(reply: str, normalized: str) -> None:
+    assert parse_answer(reply).normalized == normalized
+    steps = format_steps(COT_STEPS, ["Pick the colour.", "A car.", "It is not blue.", reply])
+    assert candidate_answer(steps, extract(steps, "reasoning")).normalized == normalized

@@ -5,8 +5,9 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   is reasoning, not the conclusion; one in a step 5 of a longer reply counts; steps may be written on one
   line), else in the whole reply: after
   its last marker ("the answer is", "answer:", "the answer to the question would be", "**Final answer:**",
-  "the correct option is", "the best choice would be", ...) or its last ``\\boxed{X}``, on that line or the
-  next non-empty one; without a marker, the body of step 4, else all of it.
+  "the correct option is", "the best choice would be", "the answer, therefore, is", "### Answer" above it, ...;
+  not one followed by "not", nor "this answer is"), its last verdict ("Option B is correct": the letter) or its
+  last ``\\boxed{X}``, on that line or the next non-empty one; without a marker, the body of step 4, else all of it.
 - **The answer phrase** (for comparing answers): that text cut at the end of its first sentence and
   before ", because ..." (or "because"/"since" without the comma); without a marker, its last sentence. A
   period after a common abbreviation ("Mr. Smith", "St. Louis", "e.g.") or after an initial inside a name
@@ -22,9 +23,11 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   whitespace collapsed. Units are kept ("3 cubes" != "3").
 - **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", "B because ...", a capital
   "B" alone on its line above an explanation that names no other option's letter, or the option's own text
-  ("red", "The colour is red."). Replies that name two options ("A or B", "A, B or C", "B. blue" when blue is
-  A, an echoed option list "A. blue, B. red") choose nothing; a lone lower-case letter needs a mark around it
-  (the article "a" is not option A).
+  ("red", "The colour is red."); without a marker, the one option the last sentence naming any names (by letter
+  or text; after an option list, if the reply repeats one), unless that sentence rejects or doubts it ("It is
+  not blue.", "I can't tell whether it is red."). Replies that name two options ("A or B", "A, B or C", "B. blue"
+  when blue is A, an echoed option list "A. blue, B. red") choose nothing; a lone lower-case letter needs a mark
+  around it (the article "a" is not option A). Symbols, which normalisation removes, compare as written.
 """
 
 from __future__ import annotations
@@ -39,20 +42,43 @@ import regex
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import FULL_WIDTH_SENTENCE_ENDS, final_step, inline_steps, step_start
 
+# "The answer is", "answer:", "the correct answer here is", "the answer, therefore, is", "the answer is clearly",
+# "Answer - B"; not "this answer is" (a remark on an answer given before).
 _MARKER = re.compile(
-    r"(?:\banswer\b(?:\s+to\s+(?:the|this)\s+question)?|\b(?:correct|right|best|final)\s+(?:option|choice)\b)\**\s*"
-    r"(?:(?:is|would\s+be|should\s+be|will\s+be)\b\s*:?|[:=\uff1a])\**[ \t]*",
+    r"(?:(?<!\bthis\s)(?<!\bthat\s)\banswer\b(?:\s+to\s+(?:the|this)\s+question)?"
+    r"|\b(?:correct|right|best|final)\s+(?:option|choice)\b)\**"
+    r"(?:\s+(?:here|in\s+this\s+case)|\s*,\s*(?:therefore|then|thus)\s*,)?\s*"
+    r"(?:(?:is|would\s+be|should\s+be|will\s+be|must\s+be)\b"
+    r"(?:\s+(?:therefore|thus|then|clearly|definitely|(?:most\s+)?(?:likely|probably))\b)?\s*:?"
+    r"|[:=\uff1a]|[ \t]+[-\u2013\u2014][ \t]+)\**[ \t]*",
     re.IGNORECASE,
 )
-_BOXED = re.compile(r"\\boxed\{(?P<ans>[^{}]*)\}")
+# A marker followed by "not" rejects an option ("The answer is not A because ..."); it gives no answer.
+_NEGATED = re.compile(r"[*\s]*not\b", re.IGNORECASE)
+# "Answer" or "Final answer" as a heading of its own ("### Answer", "**Final Answer**"), the answer on a later line.
+_ANSWER_HEADING = re.compile(r"^[ \t#>*_]*(?:final[ \t]+)?answer[ \t*_:]*$", re.IGNORECASE | re.MULTILINE)
+# A verdict after an option letter: "Option B is correct", "B is the right answer", "(B) is the answer",
+# "B (red) is the best choice", "B: correct". The answer is the letter.
+_VERDICT = re.compile(
+    r"(?<![\w'])(?P<ans>(?:(?:option|choice)\s*)?[(\[]?[A-Za-z][)\]]?)(?:\s*\([^()\n]*\))?"
+    r"(?:\s+is\s+(?:the\s+)?(?:(?:only\s+)?(?:correct|right|best)(?:\s+(?:answer|option|choice|one))?|answer)"
+    r"|:\s*(?:correct|right))\b",
+    re.IGNORECASE,
+)
+# One level of braces inside: "\boxed{\text{B}}".
+_BOXED = re.compile(r"\\boxed\{(?P<ans>(?:[^{}]|\{[^{}]*\})*)\}")
+_TEXT_COMMAND = re.compile(r"\\text\{([^{}]*)\}")
 # A full-width sentence mark takes no space after it.
 _SENTENCE_END = re.compile(rf"[.!?](?=\s|$)|[{FULL_WIDTH_SENTENCE_ENDS}]")
 # Words a period follows inside a sentence ("Mr. Smith", "St. Louis", "e.g. 3"). "No." is left out: it is an answer.
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "mt", "ft", "vs", "e.g", "i.e", "cf", "approx"})
 _INITIAL = re.compile(r"[A-Z]\.")
 # ", because ...", ", as ...", or "because"/"since" without a comma ("3 because there are three").
-_REASON_CLAUSE = re.compile(r"(?:,\s+(?:because|since|as|which|so)|\s+(?:because|since))\b.*$",
-                            re.IGNORECASE | re.DOTALL)
+# ", not A", " rather than A", " and not A": the rejected option after the chosen one.
+_REASON_CLAUSE = re.compile(
+    r"(?:,\s+(?:because|since|as|which|so|not)|\s+(?:because|since|rather\s+than|instead\s+of|(?:and|but)\s+not))\b.*$",
+    re.IGNORECASE | re.DOTALL,
+)
 _TRIM = " \t\n*\"'`"
 
 _OPTION = re.compile(
@@ -101,16 +127,31 @@ _LETTER_ITEM = r"(?:option\s+)?[(\[]?[A-Z][)\]]?"
 _LETTER_LIST = re.compile(rf"{_LETTER_ITEM}(?:\s*(?:[,;/]|,?\s+(?:or|and))\s*{_LETTER_ITEM})*[.:]?", re.IGNORECASE)
 _SINGLE_LETTER = re.compile(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
 # A capital letter an explanation names as an option ("A is wrong", "not A:", "C or D"), not the article "A" or the
-# pronoun "I" opening a sentence of other words on its line ("A cat sits", "I think").
+# pronoun "I" opening a sentence of other words on its line ("A cat sits", "I think"), nor a letter of initials
+# ("D.C."), a unit ("25°C") or a word ("N/A", "x-A").
 _NAMED_LETTER = re.compile(
-    r"(?<![A-Za-z])[A-Z](?![A-Za-z])(?![ \t]+(?!(?:is|was|are|would|should|could|can|seems|and|or)\b)[a-z])"
+    r"(?<![\w.\u00b0/\\'-])"
+    r"(?:[AI](?![ \t]+(?!(?:is|isn|was|are|would|should|could|can|does|did|has|will|may|might|must|seems?|appears?|"
+    r"and|or|nor|but|as|to)\b)[a-z])|[B-HJ-Z])"
+    r"(?![A-Za-z])(?!\.[A-Za-z])"
+)
+# A line opening with an option letter as option lists write them ("A. blue", "(B) red", "C: wrong").
+_LIST_ITEM = re.compile(r"[ \t]*[(\[]?(?P<letter>[A-Z])(?:[.):\]](?P<rest>.*)|[ \t]*)")
+# Words of a sentence that rejects an option rather than choosing it.
+_REJECTION = re.compile(
+    r"\b(?:not|never|neither|nor|wrong|incorrect|false|unlikely|cannot|rules?\s+out|ruled\s+out|eliminat\w*|"
+    r"distractors?|excluded?)\b|n't\b",
+    re.IGNORECASE,
 )
 # A single letter in bold or italics ("**B**"): read as the letter, so that "**B**. The car is blue." is "B. The car
 # is blue." and "**A**, **B**" names two options as "A, B" does.
 _EMPHASISED_LETTER = re.compile(r"(?<![A-Za-z*_])[*_]+(?P<letter>[A-Za-z])[*_]+(?![A-Za-z*_])")
 # A reason after a letter, with or without a comma: "C because the sky is blue", "option C which is green"
 # ("A as well as B" names two).
-_REASON_WORD = re.compile(r"(?:because|since|as(?!\s+well\s+as)|which|given|due)\b", re.IGNORECASE)
+_REASON_WORD = re.compile(
+    r"(?:because|since|as(?!\s+well\s+as)|which|given|due|rather\s+than|instead\s+of|(?:and|but)\s+not)\b",
+    re.IGNORECASE,
+)
 # An option letter marked the way option lists mark them, anywhere in a reply: "(c)", "[C]", "c." or "c)"
 # opening a line, and "C.", "C)", "C:" anywhere (upper case only: "e." in "i.e." is no option, nor "C." in "D.C.").
 _MARKED_LETTER = re.compile(
@@ -129,8 +170,10 @@ def answer_line(text: str) -> tuple[str, bool]:
     if inline is not None:  # the steps written on one line ("Step 1: ... Step 4: B")
         text, start = inline, step_start(inline, len(COT_STEPS))
     conclusion = text if start is None else text[start:]
-    marks = [(m.end(), None) for m in _MARKER.finditer(conclusion)]
-    marks += [(m.end(), m.group("ans")) for m in _BOXED.finditer(conclusion)]
+    marks = [(m.end(), None) for m in _MARKER.finditer(conclusion) if not _NEGATED.match(conclusion, m.end())]
+    marks += [(m.end(), None) for m in _ANSWER_HEADING.finditer(conclusion)]
+    marks += [(m.end(), _TEXT_COMMAND.sub(r"\1", m.group("ans"))) for m in _BOXED.finditer(conclusion)]
+    marks += [(m.end(), m.group("ans")) for m in _VERDICT.finditer(conclusion)]
     if marks:
         end, boxed = max(marks, key=lambda mark: mark[0])
         if boxed is not None:
@@ -296,17 +339,18 @@ def _line_choice(match: re.Match[str], options: dict[str, str]) -> tuple[bool, s
     """A letter without punctuation and more text after it (``match``: :data:`_LETTER`'s), as
     :func:`_letter_choice` decides: a capital alone on its line above an explanation chooses it ("B\nThe dog is
     blurred."), and none when the explanation names another option's letter (an option list "A\nB\nC", another
-    verdict "A\nC is correct.", "B\nA is wrong: it is a dog."); undecided, read as text, is a letter on the line
-    of more words ("A red circle", "A or B") or one whose sentence goes on on the next line in lower case ("A\nyellow
-    car is shown")."""
+    verdict "A\nC is correct.", "B\nA is wrong: it is a dog.") or is another option's text ("C\nleft" where A is
+    "left"); undecided, read as text, is a letter on the line of more words ("A red circle", "A or B") or the
+    article "A" or pronoun "I" whose sentence goes on on the next line in lower case ("A\nyellow car is shown")."""
     letter, rest = match.group("letter"), match.group("rest")
-    if "\n" not in match.group("sep") or not letter.isupper() or rest[:1].islower():
+    if "\n" not in match.group("sep") or not letter.isupper() or (letter in "AI" and rest[:1].islower()):
         return False, None
     # The option's own text names no other option ("C\nWashington D.C." where C is "Washington D.C.").
     own = options[letter].rstrip(".")
     explanation = re.sub(re.escape(own), " ", rest, flags=re.IGNORECASE) if own else rest
     named = set(_NAMED_LETTER.findall(explanation))
-    return True, None if (named - {letter}) & set(options) else letter
+    other_text = _exact_choice(explanation, {k: v for k, v in options.items() if k != letter})[0]
+    return True, None if (named - {letter}) & set(options) or other_text else letter
 
 
 def _inside_other(span: tuple[int, int], key: str, spans: dict[str, list[tuple[int, int]]]) -> bool:
@@ -317,19 +361,75 @@ def _inside_other(span: tuple[int, int], key: str, spans: dict[str, list[tuple[i
     )
 
 
-def _text_choice(answer: str, options: dict[str, str]) -> str | None:
-    """The one option whose text the answer is, or else the one it mentions (whole words)."""
+def _exact_choice(answer: str, options: dict[str, str]) -> tuple[bool, str | None]:
+    """``(decided, letter)``: decided when the answer is some option's text (None when several options have it).
+    Symbols, which normalise to nothing, compare as written ("+" is the option "+", not "-")."""
     wanted = normalize_answer(answer)
-    exact = [k for k, v in options.items() if normalize_answer(v) == wanted]
-    if exact:
-        return exact[0] if len(exact) == 1 else None
-    spans = {}
+    if wanted:
+        exact = [k for k, v in options.items() if normalize_answer(v) == wanted]
+    else:
+        written = _clean(_usual_forms(answer))
+        exact = [k for k, v in options.items() if written and _clean(_usual_forms(v)) == written]
+    return bool(exact), exact[0] if len(exact) == 1 else None
+
+
+def _mentioned(answer: str, options: dict[str, str]) -> set[str]:
+    """The options whose text the answer mentions (whole words, not inside a longer option's text)."""
+    wanted, spans = normalize_answer(answer), {}
     for key, value in options.items():
         text = normalize_answer(value)
         if text:
             spans[key] = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(text)}(?!\w)", wanted)]
-    mentioned = [key for key, found in spans.items() if any(not _inside_other(span, key, spans) for span in found)]
-    return mentioned[0] if len(mentioned) == 1 else None
+    return {key for key, found in spans.items() if any(not _inside_other(span, key, spans) for span in found)}
+
+
+def _text_choice(answer: str, options: dict[str, str]) -> str | None:
+    """The one option whose text the answer is, or else the one it mentions (whole words)."""
+    decided, letter = _exact_choice(answer, options)
+    if decided:
+        return letter
+    mentioned = _mentioned(answer, options)
+    return mentioned.pop() if len(mentioned) == 1 else None
+
+
+def _without_option_texts(sentence: str, options: dict[str, str]) -> str:
+    """``sentence`` with every option's own text replaced by a word: "vitamin C" names no option C, "is not
+    sleeping" in the option "The dog is not sleeping." rejects nothing, and "A cold is visible" stays an article."""
+    for text in sorted(options.values(), key=len, reverse=True):
+        if text.rstrip("."):
+            sentence = re.sub(rf"(?<!\w){re.escape(text.rstrip('.'))}(?!\w)", " thing ", sentence, flags=re.IGNORECASE)
+    return sentence
+
+
+def _concluded_choice(answer: str, options: dict[str, str]) -> str | None:
+    """The option an unmarked reply concludes with: its text as a whole, else the one option named (by its letter
+    or its text) in the last sentence that names any, after an option list if the reply holds one ("A: wrong.\n
+    B: wrong.\nSo C."), unless that sentence rejects it ("It is not blue.", "I can't tell whether it is red.")."""
+    decided, letter = _exact_choice(answer, options)
+    if decided:
+        return letter
+    lines = [line for line in answer.splitlines() if line.strip()]
+    items = [(i, match) for i, line in enumerate(lines) if (match := _LIST_ITEM.fullmatch(line))]
+    if len({match.group("letter") for _, match in items}) >= 2:
+        # An option list names every option; what follows it concludes. A letter alone on its line has its text
+        # on the next.
+        last, match = items[-1]
+        lines = lines[last + 1 + (match.group("rest") is None) :]
+    sentences = []
+    for line in lines:
+        for sentence in filter(str.strip, _sentences(line)):
+            if sentences and sentence.lstrip()[:1].islower():  # "red... or blue": one sentence goes on
+                sentences[-1] += " " + sentence
+            else:
+                sentences.append(sentence)
+    for sentence in reversed(sentences):
+        bare = _without_option_texts(sentence, options)
+        named = (_mentioned(sentence, options) | set(_NAMED_LETTER.findall(bare))) & set(options)
+        if named:
+            return named.pop() if len(named) == 1 and not _REJECTION.search(bare) else None
+        if _REJECTION.search(bare):
+            return None  # "I cannot tell from the image.": no conclusion, whatever an earlier sentence mentioned
+    return None
 
 
 def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None:
@@ -348,7 +448,7 @@ def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None
     decided, letter = _letter_choice(answer, usable, marked)
     if decided:
         return letter
-    return _text_choice(answer, usable)
+    return _text_choice(answer, usable) if marked else _concluded_choice(answer, usable)
 
 
 def extract_yes_no(prediction: str) -> str | None:
