@@ -100,6 +100,7 @@ def test_unknown_datasets_are_refused(tmp_path):
       "set by the cycle itself", "learning_rate: use stage1_lr, finetune_lr and dpo_lr",
       "max_steps: use stage1_steps", "per_device_train_batch_size: use batch_size and stage1_batch_size",
       "seed: the plan"]),
+    ("train", {"num_train_epochs": 3}, ["num_train_epochs: use stage1_steps"]),
     ("train", {"gradient_accumulation_steps": "two"},
      ["key 'train': gradient_accumulation_steps must be a whole number of at least 1, got 'two'"]),
     ("train", {"learnig_rate": 1.0}, ["key 'train': unknown setting(s) ['learnig_rate']"]),
@@ -278,6 +279,23 @@ def test_a_toy_config_starts_from_the_toy_preset_and_may_name_another(tmp_path, 
     assert load_config("toy") == toy
 
 
+def test_a_section_adds_to_its_presets_setting_by_setting_and_null_removes_one(tmp_path):
+    """`train: {report_to: tensorboard}` over the paper preset replaced its whole train section: no bf16, no DeepSpeed,
+    and over the toy preset `train: {bf16: false}` dropped the frozen tower's tunable_parts."""
+    paper = load_config("paper")
+    mine = load_config(write(tmp_path, preset="paper", train={"report_to": "tensorboard", "deepspeed": None},
+                             curate={"batch_size": 64}))
+    assert mine.train == {**{k: v for k, v in paper.train.items() if k != "deepspeed"}, "report_to": "tensorboard"}
+    assert mine.curate == {**paper.curate, "batch_size": 64} and mine.model == paper.model
+    toy_file = tmp_path / "toy.yaml"
+    toy_file.write_text("train: {bf16: false}\nmodel: {resampler_num_queries: 16}\ngenerate: {compile: false}\n")
+    toy, edited = load_config("toy"), load_config(str(toy_file))
+    assert edited.train == {**toy.train, "bf16": False} and edited.model == {**toy.model, "resampler_num_queries": 16}
+    assert edited.generate == {**toy.generate, "compile": False} and "tunable_parts" in edited.train
+    # Without a preset, null is the command's default too: no "--deepspeed None" flag.
+    assert load_config(write(tmp_path, train={"deepspeed": None, "bf16": True})).train == {"bf16": True}
+
+
 def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_ids(tmp_path, monkeypatch):
     """The paper preset's ../../model_weight paths were read from the working folder (a copy there was taken), as
     were a preset's paths for a file that starts from it."""
@@ -295,6 +313,12 @@ def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_i
                                                             paper.language_model)
     relative = load_config(write(tmp_path, vision_tower="../towers/clip"))
     assert relative.vision_tower == str(tmp_path / "../towers/clip")
+    # The encoder and a DeepSpeed file too (they were read from the working folder, and failed after stage 2).
+    (tmp_path / "models" / "enc").mkdir(parents=True)
+    beside = load_config(write(tmp_path, encoder="models/enc", train={"deepspeed": "ds.json"}))
+    assert (beside.encoder, beside.train["deepspeed"]) == (str(tmp_path / "models/enc"), str(tmp_path / "ds.json"))
+    kept = load_config(write(tmp_path, encoder="sentence-transformers/all-MiniLM-L6-v2", train={"deepspeed": "zero3"}))
+    assert (kept.encoder, kept.train["deepspeed"]) == ("sentence-transformers/all-MiniLM-L6-v2", "zero3")
     # "owner/name" is a Hub id unless a folder of that name is beside the file
     (tmp_path / "towers" / "clip").mkdir(parents=True)
     monkeypatch.chdir("/")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from ports import free_port
 
 from sicog.cli import main
@@ -94,6 +95,18 @@ def test_command_reports_bad_input(setup, tmp_path, capsys) -> None:
     assert main(args) == 2
     assert "sicog eval: error:" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("device, says", [
+    ("gpu", "--device gpu: Expected one of"),
+    pytest.param("cuda:0", "--device cuda:0: no CUDA GPU is available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
+])
+def test_an_unusable_device_is_one_line(setup, tmp_path, capsys, device, says) -> None:
+    """A typo or a GPU that is not there ended in torch's traceback (RuntimeError, AssertionError), exit 1."""
+    assert main(eval_args(setup, tmp_path / "a", "--device", device)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sicog eval: error: {says}") and len(err.splitlines()) == 1, err
 
 
 def test_command_refuses_an_output_dir_that_is_a_file(setup, tmp_path, capsys, monkeypatch) -> None:

@@ -57,6 +57,10 @@ def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, t
         ("per_device_train_batch_size: 2.5\n", "key 'per_device_train_batch_size': expected an integer, got 2.5"),
         ("gradient_accumulation_steps: -1\n", "key 'gradient_accumulation_steps': must be at least 1, got -1"),
         ("dataloader_num_workers: -1\n", "key 'dataloader_num_workers': must be 0 or more, got -1"),
+        # transformers keeps every checkpoint with a limit of 0; steps below 0 never save or log.
+        ("save_total_limit: 0\n", "key 'save_total_limit': must be at least 1, got 0"),
+        ("save_steps: -5\n", "key 'save_steps': must be greater than 0, got -5"),
+        ("logging_steps: 0\n", "key 'logging_steps': must be greater than 0, got 0"),
         ("bf16: maybe\n", "key 'bf16': Truthy value expected: got maybe"),
         ("stage: 3\n", "key 'stage': expected one of 0, 1, 1.5, 2, dpo, got 3"),
         ("save_strategy: no\n", "key 'save_strategy': expected one of no, steps, epoch, best, got False (YAML reads "

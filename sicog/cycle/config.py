@@ -306,22 +306,42 @@ def with_preset(values: object, path: Path) -> object:
     """A config file's settings over those of the preset it starts from: the one its ``preset`` key names, else
     for a toy config (no ``data``) the toy preset; a real-data config without ``preset`` starts from nothing, so
     each setting it leaves out takes its command's own default. The presets themselves start from nothing."""
-    if not isinstance(values, dict) or path in {preset_file(name) for name in PRESETS}:
+    if not isinstance(values, dict):
         return values
+    if path in {preset_file(name) for name in PRESETS}:
+        return _over({}, values)
     values = dict(values)
     name = values.pop(PRESET_KEY, None if "data" in values else TOY_BASE)
     if name is None:
-        return values
+        return _over({}, values)
     if name not in PRESETS:
         raise ConfigError(f"{path}: key {PRESET_KEY!r}: one of {', '.join(PRESETS)}, got {name!r}")
     preset = preset_file(name)
-    return {**_paths_beside(_read_yaml(preset), preset), **values}  # the preset's paths are its file's
+    return _over(_paths_beside(_read_yaml(preset), preset), values)  # the preset's paths are its file's
+
+
+# Settings passed on to a command by name: a file's section adds to its preset's, setting by setting, so that
+# `train: {report_to: tensorboard}` over the paper preset keeps its bf16 and DeepSpeed. A setting of null removes the
+# preset's (the command's own default then holds).
+SECTIONS = ("train", "model", "generate", "curate")
+
+
+def _over(preset: dict, values: dict) -> dict:
+    """A file's ``values`` over its ``preset``'s: whole values replaced, :data:`SECTIONS` merged by setting."""
+    merged = {**preset, **values}
+    for key in SECTIONS:
+        section = merged.get(key)
+        if isinstance(preset.get(key), dict) and isinstance(values.get(key), dict):
+            section = {**preset[key], **values[key]}
+        if isinstance(section, dict):
+            merged[key] = {name: value for name, value in section.items() if value is not None}
+    return merged
 
 
 def _paths_beside(values: dict, path: Path) -> dict:
     """``values`` (a config file's, checked, or a packaged preset's) with the paths they name (datasets, the vision
-    tower and language model) relative to the folder of their config file ``path`` unless absolute; Hub ids stay
-    ids."""
+    tower, language model and sentence encoder, a DeepSpeed JSON file) relative to the folder of their config file
+    ``path`` unless absolute; Hub ids stay ids."""
     values, base = dict(values), path.parent
     if "data" in values:
         values["data"] = {k: _sources_beside(str(v), base, path, k) if k in TRAINING_DATA else _beside(str(v), base)
@@ -329,6 +349,11 @@ def _paths_beside(values: dict, path: Path) -> dict:
     for key in ("vision_tower", "language_model"):
         if values.get(key):
             values[key] = _model_beside(values[key], base)
+    if values.get("encoder") and values["encoder"] != TOY_ENCODER:
+        values["encoder"] = _model_beside(values["encoder"], base)
+    deepspeed = values.get("train", {}).get("deepspeed")
+    if isinstance(deepspeed, str) and deepspeed not in ("zero2", "zero3") and not deepspeed.lstrip().startswith("{"):
+        values["train"] = {**values["train"], "deepspeed": _beside(deepspeed, base)}  # a JSON file, not inline JSON
     return values
 
 

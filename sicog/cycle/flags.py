@@ -60,7 +60,8 @@ def _flags(settings: dict, known: Mapping[str, Switch | None], planned: dict[str
 # `sicog train` flags the plan writes into every training step; a `train` setting may not replace them, or the
 # cycle's own keys (and the global batch the plan prints) would silently stop applying.
 PLANNED_TRAIN: dict[str, str | None] = {
-    "max_steps": "stage1_steps, stage0_steps, stage15_steps, stage2_steps and dpo_steps",
+    **dict.fromkeys(("max_steps", "num_train_epochs"), "stage1_steps, stage0_steps, stage15_steps, stage2_steps and "
+                                                       "dpo_steps"),
     "per_device_train_batch_size": "batch_size and stage1_batch_size",
     "learning_rate": "stage1_lr, finetune_lr and dpo_lr",
     **dict.fromkeys(("stage", "data_path", "image_folder", "output_dir", "seed")),

@@ -32,4 +32,13 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
-    return torch.device(device), getattr(torch, dtype)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:  # "gpu", "cuda0": torch's message lists the device types
+        raise ValueError(f"--device {device}: {str(err).splitlines()[0]}") from None
+    if chosen.type == "cuda":  # else the first tensor moved there fails, after the model is read, in a traceback
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is available here")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible here")
+    return chosen, getattr(torch, dtype)

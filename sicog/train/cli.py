@@ -28,6 +28,12 @@ COUNT_TYPES = {
     "gradient_accumulation_steps": positive_int,
     "eval_accumulation_steps": positive_int,
     "dataloader_num_workers": non_negative_int,
+    # transformers reads a limit of 0 or less as none: every checkpoint kept, a full disk on a 7B run. Steps below 0
+    # (a ratio of the run when under 1) never save or log.
+    "save_total_limit": positive_int,
+    "save_steps": positive_float,
+    "logging_steps": positive_float,
+    "eval_steps": positive_float,
     # And this package's sizes, rates and ranks, which would otherwise fail (or, for a negative length or a
     # negative vision learning rate, train wrongly without a word) only once the model is built.
     "model_max_length": positive_int,
