@@ -3,6 +3,7 @@ command line types its flags, counts are at least 1, and an output folder that c
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -245,7 +246,9 @@ def test_deepspeed_without_a_launcher_is_one_line_before_anything_is_loaded(tmp_
     """DeepSpeed, finding no launcher's variables, looked for MPI at the first step: a traceback about mpi4py."""
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)  # no mpi4py, as on most machines
+    find_spec = importlib.util.find_spec  # no mpi4py, as on most machines (other packages found as they are)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None if name == "mpi4py" else find_spec(name,
+                                                                                                             *args))
     assert main(["train", config(tmp_path, "deepspeed: zero2\nmodel_name_or_path: /no/such/model\n")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "sicog train: error: --deepspeed needs a launcher, even for one process: torchrun --nproc_per_node 1 -m "
@@ -262,6 +265,20 @@ def test_a_json_config_is_read_as_a_yaml_one_a_bom_dropped_and_a_repeated_key_re
                                                                   '"learning_rate"'))
     assert main(["train", str(path)]) == 2
     assert "key 'learning_rate': given twice" in capsys.readouterr().err
+
+
+def test_a_misspelt_zero_setting_is_one_line_before_anything_is_loaded(tmp_path, trained, capsys):
+    """DeepSpeed refused `"stgae": 2` only once the Trainer prepared the model: a pydantic traceback, exit 1."""
+    path = tmp_path / "ds.json"
+    path.write_text('{"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stgae": 2, "overlap_comm": 1}}')
+    run = config(tmp_path, f"deepspeed: {path}\n")
+    assert main(["train", run]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"sicog train: error: config {run}: --deepspeed {path}: zero_optimization has no setting(s) ['stgae'] "
+        "(DeepSpeed's ZeRO settings: https://www.deepspeed.ai/docs/config-json/)"]
+    for packaged in ("zero2", "zero3"):  # every setting of the packaged configs is one DeepSpeed knows
+        assert main(["train", config(tmp_path, f"deepspeed: {packaged}\n")]) == 0
+    assert trained
 
 
 @pytest.mark.parametrize("value", ["false", "true", "1"])

@@ -236,6 +236,22 @@ class SicogTrainingArguments(TrainingArguments):
         if self.label_smoothing_factor:
             raise UsageError(f"--label_smoothing_factor {self.label_smoothing_factor:g}: not supported (the Trainer's "
                              "label smoother would score each position on its own token, not the next one)")
+        if self.deepspeed:
+            self._check_zero_settings()
+
+    def _check_zero_settings(self) -> None:
+        """A misspelt ``zero_optimization`` setting ("stgae") is refused by DeepSpeed only once the Trainer prepares the
+        model, in a traceback; here it is one line, before anything is loaded."""
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+        section = self.hf_deepspeed_config.config.get("zero_optimization")
+        if not isinstance(section, dict):
+            return
+        known = {name for key, info in DeepSpeedZeroConfig.model_fields.items() for name in (key, info.alias) if name}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise UsageError(f"--deepspeed {self.deepspeed}: zero_optimization has no setting(s) {unknown} "
+                             "(DeepSpeed's ZeRO settings: https://www.deepspeed.ai/docs/config-json/)")
 
     def half_precision(self) -> torch.dtype | None:
         """The 16-bit type of ``--bf16`` / ``--fp16``; None for an fp32 run."""
