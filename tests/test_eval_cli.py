@@ -131,6 +131,9 @@ def test_command_refuses_an_output_dir_that_is_a_file(setup, tmp_path, capsys, m
     ("index\timage_path\tquestion\tA\tB\tanswer\n0\ta.png\tColour?\tred\tblue\tA\n"
      "1\ta.png\tShape?\tsquare\tcircle\tB\n", ("--blind-seed", "0"),
      "the blind baseline needs at least two distinct images"),
+    # A reply length for a scoring that generates none was ignored without a word.
+    ("index\timage_path\tquestion\tA\tB\tanswer\n0\ta.png\tColour?\tred\tblue\tA\n", ("--mc-scoring", "likelihood"),
+     "--max-new-tokens 6: likelihood scoring generates no reply (leave it out)"),
 ])
 def test_a_scoring_the_benchmark_cannot_take_stops_before_the_model_loads(setup, tmp_path, capsys, monkeypatch,
                                                                          benchmark, extra, says) -> None:

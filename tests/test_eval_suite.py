@@ -123,6 +123,20 @@ def test_lmms_eval_batch_size_is_n_auto_or_auto_n(capsys) -> None:
     for size in ("1", "16", "auto", "auto:4"):
         assert main([*dry_run, "--batch-size", size]) == 0
         assert f" --batch_size {size} " in capsys.readouterr().out
+    assert main(dry_run) == 0 and " --batch_size auto " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("framework, flag, says", [
+    ("vlmevalkit", ["--batch-size", "4"],
+     "--batch-size is lmms-eval's; VLMEvalKit batches nothing (leave it out, or use --framework lmms-eval)"),
+    ("lmms-eval", ["--vlmevalkit", "/VLMEvalKit"],
+     "--vlmevalkit names VLMEvalKit's checkout; lmms-eval reads none (leave it out)"),
+])
+def test_a_flag_of_the_other_framework_is_refused(capsys, framework, flag, says) -> None:
+    """Both were dropped from the command without a word."""
+    assert main(["eval-suite", "--model", "ckpt", "--output-dir", "o", "--framework", framework, *flag,
+                 "--dry-run"]) == 2
+    assert capsys.readouterr().err == f"sicog eval-suite: error: {says}\n"
 
 
 @pytest.mark.parametrize("empty", [",", "", " , "])

@@ -231,6 +231,8 @@ def test_other_decoding_settings_of_the_checkpoint_are_recorded_and_a_changed_on
     plain = tmp_path / "plain.jsonl"
     assert main(cli_args(setup, plain, "--temperature", "0")) == 0
     assert all(r["generation"]["other_settings"] == {} for r in load_records(plain))
+    # Greedy decoding with two candidates writes two copies: said, since curation then compares nothing.
+    assert "warning: temperature 0 decodes greedily: each record's 2 candidates are copies" in capsys.readouterr().err
     model = tmp_path / "model"
     shutil.copytree(setup / "model", model)
     config = json.loads((model / "generation_config.json").read_text())

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     input."""
     from sicog.data.sharding import rank_and_world
     from sicog.eval.generation import load_for_eval
-    from sicog.eval.runner import EvalSettings, check_scoring, evaluate, open_scoring
+    from sicog.eval.runner import EvalSettings, check_max_new_tokens, check_scoring, evaluate, open_scoring
     from sicog.eval.tsv import read_benchmark
     from sicog.model.checkpoint_config import read_checkpoint_config
 
@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
                      short_answer=not args.as_asked)
         open_scoring(args.mc_scoring, args.synonyms)
         check_scoring(benchmark, args.mc_scoring, args.blind_seed)
+        check_max_new_tokens(args.mc_scoring, args.max_new_tokens)
         read_checkpoint_config(args.model)  # a mistyped folder is not taken for a Hugging Face hub id
         owner = {"model": os.path.realpath(args.model), "weights": checkpoint_signature(args.model)}
         claim_output_dir(args.output_dir, owner, CHECKPOINT_RECORD, "a resumed run", write=False)

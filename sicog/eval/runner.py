@@ -95,6 +95,13 @@ def open_scoring(mc_scoring: str, synonyms: str | os.PathLike | None = None) -> 
     return ShortAnswers(None if synonyms is None else load_synonyms(synonyms))
 
 
+def check_max_new_tokens(mc_scoring: str, max_new_tokens: int | None) -> None:
+    """:class:`ValueError` for a reply length given to a scoring that generates no reply (likelihood), which would
+    be ignored."""
+    if mc_scoring == "likelihood" and max_new_tokens is not None:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: likelihood scoring generates no reply (leave it out)")
+
+
 def _same_settings(theirs: dict, mine: dict) -> bool:
     """Whether a prediction's stored settings are this run's: a setting it predates has its default, and the
     model is the same folder however its path is spelled."""
@@ -300,6 +307,7 @@ def evaluate(
     """
     benchmark = tsv_path if isinstance(tsv_path, Benchmark) else read_benchmark(tsv_path, image_root)
     name = model_name if model_name is not None else str(getattr(model, "name_or_path", "") or type(model).__name__)
+    check_max_new_tokens(mc_scoring, max_new_tokens)
     # An unknown style gets 1 here and is named by EvalSettings.
     tokens = max_new_tokens if max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS.get(prompt, 1)
     settings = EvalSettings(model=name, prompt_style=prompt, max_new_tokens=tokens, mc_scoring=mc_scoring,

@@ -177,13 +177,20 @@ def framework_command(
     output_dir: str | os.PathLike,
     *,
     processes: int = 1,
-    batch_size: str = "auto",
+    batch_size: str | None = None,
     vlmevalkit: str | os.PathLike | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The command that runs ``benchmarks`` with ``framework`` on the checkpoint ``model``: one process, or
     ``processes`` under torchrun (:mod:`sicog.launch`, each on its own GPU). VLMEvalKit gets ``--reuse``: a rerun
-    after a crash keeps the predictions that earlier runs in ``output_dir`` finished."""
+    after a crash keeps the predictions that earlier runs in ``output_dir`` finished. ``batch_size`` is lmms-eval's
+    (None: ``auto``), ``vlmevalkit`` VLMEvalKit's checkout; each framework refuses the other's
+    (:class:`ValueError`)."""
+    if framework == VLMEVALKIT and batch_size is not None:
+        raise ValueError("--batch-size is lmms-eval's; VLMEvalKit batches nothing (leave it out, or use "
+                         "--framework lmms-eval)")
+    if framework == LMMS_EVAL and vlmevalkit is not None:
+        raise ValueError("--vlmevalkit names VLMEvalKit's checkout; lmms-eval reads none (leave it out)")
     model = str(Path(model).resolve())
     if framework == VLMEVALKIT:
         module = "sicog.eval.vlmevalkit"
@@ -193,7 +200,7 @@ def framework_command(
     elif framework == LMMS_EVAL:
         module = "lmms_eval"
         args = ["--model", MODEL, "--model_args", f"pretrained={model}",
-                "--tasks", ",".join(b.lmms_eval for b in benchmarks), "--batch_size", batch_size,
+                "--tasks", ",".join(b.lmms_eval for b in benchmarks), "--batch_size", batch_size or "auto",
                 "--output_path", str(output_dir), "--log_samples"]
     else:
         raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
@@ -279,8 +286,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these benchmarks of the suite, comma-separated (e.g. MMStar,MME)")
     parser.add_argument("--nproc", type=positive_int, default=1,
                         help="processes, one GPU each (torchrun on one node; default: %(default)s)")
-    parser.add_argument("--batch-size", type=lmms_batch_size, default="auto",
-                        help="lmms-eval's batch size: N, auto or auto:N (default: %(default)s)")
+    parser.add_argument("--batch-size", type=lmms_batch_size,
+                        help="lmms-eval's batch size: N, auto or auto:N (default: auto)")
     parser.add_argument("--vlmevalkit", type=Path,
                         help="VLMEvalKit checkout holding run.py (default: the current folder, else the checkout of "
                              "the installed vlmeval package)")
@@ -296,6 +303,8 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as held:
         try:
             benchmarks = select(load_suite(args.suite), args.benchmarks)
+            command = framework_command(args.framework, benchmarks, args.model, args.output_dir, processes=args.nproc,
+                                        batch_size=args.batch_size, vlmevalkit=args.vlmevalkit, extra=args.extra)
             if not args.dry_run:
                 # The whole config.json, before the framework starts (a published llava_qwen folder, a field of the
                 # wrong type): the framework would fail on it only after its own set-up, in a traceback.
@@ -312,13 +321,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"sicog eval-suite: error: {os_error_text(err) if isinstance(err, OSError) else err}",
                   file=sys.stderr)
             return 2
-        return _run_framework(args, benchmarks)
+        return _run_framework(args, benchmarks, command)
 
 
-def _run_framework(args: argparse.Namespace, benchmarks: Sequence[SuiteBenchmark]) -> int:
-    """:func:`run` once the input is checked (and the output folder held, unless ``--dry-run``)."""
-    command = framework_command(args.framework, benchmarks, args.model, args.output_dir, processes=args.nproc,
-                                batch_size=args.batch_size, vlmevalkit=args.vlmevalkit, extra=args.extra)
+def _run_framework(args: argparse.Namespace, benchmarks: Sequence[SuiteBenchmark], command: list[str]) -> int:
+    """:func:`run` once the input is checked (and the output folder held, unless ``--dry-run``): run ``command``."""
     print(f"{len(benchmarks)} benchmark(s) through {args.framework}: {', '.join(b.name for b in benchmarks)}")
     print(shlex.join(command), flush=True)
     if args.dry_run:

@@ -187,6 +187,9 @@ def _generate(job: GenerationJob, device: torch.device, dtype: torch.dtype, rank
     from sicog.model.builders import load_pretrained
     from sicog.model.processing import SicogProcessor, context_size, prompt_limit
 
+    if rank == 0 and not job.sampling.sampling and job.sampling.num_candidates > 1:
+        print(f"warning: temperature 0 decodes greedily: each record's {job.sampling.num_candidates} candidates are "
+              "copies of one, and self-consistency curation has nothing to compare", file=sys.stderr)
     # The input and the earlier outputs are checked with the tokenizer alone, before the (possibly large)
     # model is loaded.
     processor = SicogProcessor.from_pretrained(job.model_name)
