@@ -237,7 +237,7 @@ def test_a_correct_option_phrase_is_an_answer_marker() -> None:
     "### Answer\nB", "The car is not blue.\n\n**Final Answer**\n\n**B**", "The answer is $\\boxed{\\text{B}}$.",
     # A verdict after the letter.
     "Option B is correct.", "B is the right answer.", "b is the correct answer.", "B (red) is the best choice.",
-    "(B) is the answer. (A) is a distractor.", "A: incorrect.\nB: correct.\nD: incorrect.",
+    "(B) is the answer. (A) is a distractor.", "So (B) is the right one, since the car is red.",
     "Option B is correct. Option A is incorrect.",
     # A later "the answer is not ..." or "this answer is ..." explains; it does not answer again.
     "The answer is B. The answer is not A because the image does not show blue.",
@@ -254,6 +254,8 @@ def test_a_conclusion_after_other_options_are_discussed_is_read(reply: str) -> N
     "The car is not blue.", "I can't tell whether the image shows red.", "Both B and A seem plausible.",
     "At first it might look like blue, but a closer look shows otherwise.\nI cannot determine the answer.",
     "It is red, not blue... or blue.",
+    # A verdict list: every option gets one, and none is the reply's conclusion.
+    "A: incorrect.\nB: correct.\nD: incorrect.",
     # An option list echoed after a preface, or one letter per line with its text below: no conclusion follows.
     "The options are:\nA. blue\nB. red\nC. green\nD. yellow", "A\nblue\nB\nred\nC\ngreen\nD\nyellow",
     # A letter above another option's text contradicts itself.
@@ -273,9 +275,38 @@ def test_symbol_options_compare_as_written() -> None:
     assert extract_choice("\u00b0", {"A": "3", "B": "red", "C": "+"}) is None
 
 
+@pytest.mark.parametrize("reply, options, choice", [
+    # A negation rejects what its own clause names, not the sentence's other options.
+    ("The car is red and it is not moving.", OPTIONS, "B"), ("Sunny, not cloudy.", {"A": "sunny", "B": "cloudy"}, "A"),
+    ("The dog is lying down but its eyes are open. No, it is not sleeping.", {"A": "Yes", "B": "No"}, "B"),
+    ("False, the cat is not black.", {"A": "True", "B": "False"}, "B"),
+    # A last sentence that names nothing and declines nothing leaves the answer where it was.
+    ("The car is red. I cannot see the driver.", OPTIONS, "B"),
+    # A verdict inside a sentence, or on a letter of an option's text, is no verdict.
+    ("The answer is C. While A is the best guess at first glance, a closer look shows green.", OPTIONS, "C"),
+    ("Vitamin C is the correct answer.", {"A": "Vitamin C", "B": "Iron", "C": "Zinc"}, "A"),
+    # "A" before a capitalised word or a number is an article.
+    ("It is an airplane. A Boeing 747 is parked at the gate.", {"A": "car", "B": "airplane"}, "B"),
+    # The conclusion after an option list whose texts are verdict words.
+    ("A: Left\nB: Right\n\nThe cup is on the left side of the table.", {"A": "Left", "B": "Right"}, "A"),
+    # A later sentence naming another option contradicts the earlier choice: nothing is chosen.
+    ("It is a cat. A dog would be larger.", {"A": "dog", "B": "cat"}, None),
+    ("It is a dog. It could be mistaken for a cat from afar.", {"A": "dog", "B": "cat"}, None),
+])
+def test_clauses_sentences_and_verdicts_are_read_where_they_apply(reply: str, options: dict, choice: str | None):
+    assert extract_choice(reply, options) == choice
+
+
+def test_a_marker_before_not_answers_when_no_other_marker_does() -> None:
+    """"Answer: not visible" lost its marker with the rule that skips "The answer is not A" after an answer."""
+    alone = parse_answer("Answer: not visible")
+    assert (alone.normalized, alone.explicit) == ("not visible", True)
+    assert parse_answer("The answer is 5. The answer is not 6 because it has five.").normalized == "5"
+
+
 @pytest.mark.parametrize("reply, normalized", [
     ("Option B is correct.", "b"), ("(B) is the answer. (A) is a distractor.", "b"),
-    ("A: incorrect.\nB: correct.\nD: incorrect.", "b"), ("The answer is therefore B.", "b"),
+    ("A: incorrect.\nB: correct.\nD: incorrect.", ""), ("The answer is therefore B.", "b"),
     ("### Answer\nB", "b"), ("The answer is $\\boxed{\\text{B}}$.", "b"),
     ("The answer is B. The answer is not A because the image does not show blue.", "b"),
     ("The answer is red, not blue.", "red"), ("The answer is B rather than A.", "b"),

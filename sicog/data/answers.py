@@ -6,13 +6,15 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   line), else in the whole reply: after
   its last marker ("the answer is", "answer:", "the answer to the question would be", "**Final answer:**",
   "the correct option is", "the best choice would be", "the answer, therefore, is", "### Answer" above it, ...;
-  not one followed by "not", nor "this answer is"), its last verdict ("Option B is correct": the letter) or its
-  last ``\\boxed{X}``, on that line or the next non-empty one; without a marker, the body of step 4, else all of it.
+  not "this answer is", nor one followed by "not" where another marker answers), its last verdict opening and
+  ending its sentence ("Option B is correct.": the letter) or its last ``\\boxed{X}``, on that line or the next
+  non-empty one; without a marker, the body of step 4, else all of it.
 - **The answer phrase** (for comparing answers): that text cut at the end of its first sentence and
   before ", because ..." (or "because"/"since" without the comma); without a marker, its last sentence. A
   period after a common abbreviation ("Mr. Smith", "St. Louis", "e.g.") or after an initial inside a name
   ("John F. Kennedy") ends no sentence; a letter opening the phrase is an option letter and ends it
-  ("B. Because ..." -> "B").
+  ("B. Because ..." -> "B"), but a last sentence that gives its letter a verdict against it ("D: incorrect.")
+  answers nothing.
 - **Normalisation**: Unicode NFKC (full-width "３" -> "3"), the ideographic full stop and comma as "." and ",";
   an answer followed by itself in brackets in other words ("3 (three)") -> the answer; lower case; option
   letters "(B)", "B.", "B)", "B", "option B" -> "b" (whatever follows a parenthesised letter is dropped);
@@ -23,11 +25,14 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
   whitespace collapsed. Units are kept ("3 cubes" != "3").
 - **Multiple choice**: "B", "(B)", "B.", "B) red", "Option B", "The answer is b", "B because ...", a capital
   "B" alone on its line above an explanation that names no other option's letter, or the option's own text
-  ("red", "The colour is red."); without a marker, the one option the last sentence naming any names (by letter
-  or text; after an option list, if the reply repeats one), unless that sentence rejects or doubts it ("It is
-  not blue.", "I can't tell whether it is red."). Replies that name two options ("A or B", "A, B or C", "B. blue"
-  when blue is A, an echoed option list "A. blue, B. red") choose nothing; a lone lower-case letter needs a mark
-  around it (the article "a" is not option A). Symbols, which normalisation removes, compare as written.
+  ("red", "The colour is red."); without a marker, the one option chosen in the last sentence naming any (by
+  its text, or by a capital letter that follows no word but "is", "with", "so", "not", ...: "vitamin C" names no
+  option; after an option list, if the reply repeats one), where a clause that rejects or entertains an option
+  ("not blue", "A is wrong", "it might look like blue") chooses nothing, and no earlier sentence chose another;
+  a reply ending by declining ("I cannot tell.") chooses nothing. Replies that name two options ("A or B", "A, B
+  or C", "B. blue" when blue is A, an echoed option list "A. blue, B. red") choose nothing; a lone lower-case
+  letter needs a mark around it (the article "a" is not option A). Symbols, which normalisation removes, compare
+  as written.
 """
 
 from __future__ import annotations
@@ -53,17 +58,22 @@ _MARKER = re.compile(
     r"|[:=\uff1a]|[ \t]+[-\u2013\u2014][ \t]+)\**[ \t]*",
     re.IGNORECASE,
 )
-# A marker followed by "not" rejects an option ("The answer is not A because ..."); it gives no answer.
+# A marker followed by "not" rejects an option ("The answer is not A because ..."): it gives no answer where another
+# marker does.
 _NEGATED = re.compile(r"[*\s]*not\b", re.IGNORECASE)
 # "Answer" or "Final answer" as a heading of its own ("### Answer", "**Final Answer**"), the answer on a later line.
 _ANSWER_HEADING = re.compile(r"^[ \t#>*_]*(?:final[ \t]+)?answer[ \t*_:]*$", re.IGNORECASE | re.MULTILINE)
-# A verdict after an option letter: "Option B is correct", "B is the right answer", "(B) is the answer",
-# "B (red) is the best choice", "B: correct". The answer is the letter.
+# A verdict opening its sentence (after "so", "hence", "thus" or "therefore" at most) and ending it, or going on
+# with its reason: "Option B is correct.", "B is the right answer because ...", "(B) is the answer.", "So B (red) is
+# the best choice." The answer is the letter. "Someone might think A is the correct answer" and "Vitamin C is the
+# correct answer" (the option's text) are no verdicts.
 _VERDICT = re.compile(
-    r"(?<![\w'])(?P<ans>(?:(?:option|choice)\s*)?[(\[]?[A-Za-z][)\]]?)(?:\s*\([^()\n]*\))?"
-    r"(?:\s+is\s+(?:the\s+)?(?:(?:only\s+)?(?:correct|right|best)(?:\s+(?:answer|option|choice|one))?|answer)"
-    r"|:\s*(?:correct|right))\b",
-    re.IGNORECASE,
+    r"(?:^|(?<=[.!?:;\n]))[ \t*_>]*(?:(?:so|hence|thus|therefore)\b,?[ \t]*)?"
+    r"(?P<ans>(?:(?:option|choice)[ \t]*)?[(\[]?[A-Za-z][)\]]?)(?:[ \t]*\([^()\n]*\))?"
+    r"[ \t]+is[ \t]+(?:the[ \t]+)?"
+    r"(?:(?:only[ \t]+)?(?:correct|right|best)(?:[ \t]+(?:answer|option|choice|one))?|answer)"
+    r"(?=[ \t*_]*(?:[.!]|$)|,?[ \t]+(?:because|since|as)\b)",
+    re.IGNORECASE | re.MULTILINE,
 )
 # One level of braces inside: "\boxed{\text{B}}".
 _BOXED = re.compile(r"\\boxed\{(?P<ans>(?:[^{}]|\{[^{}]*\})*)\}")
@@ -127,20 +137,41 @@ _LETTER_ITEM = r"(?:option\s+)?[(\[]?[A-Z][)\]]?"
 _LETTER_LIST = re.compile(rf"{_LETTER_ITEM}(?:\s*(?:[,;/]|,?\s+(?:or|and))\s*{_LETTER_ITEM})*[.:]?", re.IGNORECASE)
 _SINGLE_LETTER = re.compile(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
 # A capital letter an explanation names as an option ("A is wrong", "not A:", "C or D"), not the article "A" or the
-# pronoun "I" opening a sentence of other words on its line ("A cat sits", "I think"), nor a letter of initials
-# ("D.C."), a unit ("25°C") or a word ("N/A", "x-A").
+# pronoun "I" before a word ("A cat sits", "A Boeing 747", "I think"), nor a letter of initials ("D.C."), a unit
+# ("25°C"), a name or a word ("A380", "A-frame", "N/A", "x-A").
 _NAMED_LETTER = re.compile(
     r"(?<![\w.\u00b0/\\'-])"
-    r"(?:[AI](?![ \t]+(?!(?:is|isn|was|are|would|should|could|can|does|did|has|will|may|might|must|seems?|appears?|"
-    r"and|or|nor|but|as|to)\b)[a-z])|[B-HJ-Z])"
-    r"(?![A-Za-z])(?!\.[A-Za-z])"
+    r"(?:[AI](?![ \t]+(?:(?!(?:is|isn|was|are|would|should|could|can|does|did|has|will|may|might|must|seems?|appears?|"
+    r"and|or|nor|but|as|to)\b)[a-z]|[A-Z][a-z]|\d))|[B-HJ-Z])"
+    r"(?![\w-])(?!\.[A-Za-z])"
 )
+# Words after which a capital letter refers to an option ("is B", "go with B", "rules out A", "neither A nor D");
+# after any other word it is a label ("vitamin C", "angle B", "Exit C"). After punctuation, a bracket or at the start
+# of its sentence it refers to an option too.
+_OPTION_REFERRERS = frozenset(
+    "is be was are were it's that's with choose chose pick picked select selected option options choice choices "
+    "answer so therefore thus hence then and or nor neither either not than between out except also both only but "
+    "versus vs over like as".split())
 # A line opening with an option letter as option lists write them ("A. blue", "(B) red", "C: wrong").
 _LIST_ITEM = re.compile(r"[ \t]*[(\[]?(?P<letter>[A-Z])(?:[.):\]](?P<rest>.*)|[ \t]*)")
-# Words of a sentence that rejects an option rather than choosing it.
+# Words of a clause that rejects the options it names, or only entertains them ("it might look like blue at first"),
+# rather than choosing one.
 _REJECTION = re.compile(
     r"\b(?:not|never|neither|nor|wrong|incorrect|false|unlikely|cannot|rules?\s+out|ruled\s+out|eliminat\w*|"
-    r"distractors?|excluded?)\b|n't\b",
+    r"distractors?|excluded?|might|may|could|at\s+first|mistaken)\b|n't\b",
+    re.IGNORECASE,
+)
+# A sentence that declines to answer, naming no option.
+_REFUSAL = re.compile(
+    r"\b(?:cannot|can['\u2019]t|can\s+not|unable\s+to|impossible\s+to)\s+(?:be\s+)?(?:determine|tell|answer|decide|say|"
+    r"identify)\w*|\bnot\s+(?:sure|certain)\b|\b(?:don['\u2019]t|do\s+not)\s+know\b|\bnone\s+of\s+the\s+"
+    r"(?:options|above|choices)\b|\bnot\s+enough\s+information\b",
+    re.IGNORECASE,
+)
+# Where a sentence's clauses part ("red, not blue"; "it is red and it is not moving"): a comma, semicolon or colon
+# before a space, a dash between spaces, and the conjunctions that join clauses.
+_CLAUSE_BREAK = re.compile(
+    r"[,;:](?=\s)|\s+[-\u2013\u2014]\s+|\s+(?:but|though|although|while|whereas|and|yet|because|since)\s+",
     re.IGNORECASE,
 )
 # A single letter in bold or italics ("**B**"): read as the letter, so that "**B**. The car is blue." is "B. The car
@@ -170,12 +201,15 @@ def answer_line(text: str) -> tuple[str, bool]:
     if inline is not None:  # the steps written on one line ("Step 1: ... Step 4: B")
         text, start = inline, step_start(inline, len(COT_STEPS))
     conclusion = text if start is None else text[start:]
-    marks = [(m.end(), None) for m in _MARKER.finditer(conclusion) if not _NEGATED.match(conclusion, m.end())]
-    marks += [(m.end(), None) for m in _ANSWER_HEADING.finditer(conclusion)]
-    marks += [(m.end(), _TEXT_COMMAND.sub(r"\1", m.group("ans"))) for m in _BOXED.finditer(conclusion)]
-    marks += [(m.end(), m.group("ans")) for m in _VERDICT.finditer(conclusion)]
-    if marks:
-        end, boxed = max(marks, key=lambda mark: mark[0])
+    marks = [(m.end(), None, bool(_NEGATED.match(conclusion, m.end()))) for m in _MARKER.finditer(conclusion)]
+    marks += [(m.end(), None, False) for m in _ANSWER_HEADING.finditer(conclusion)]
+    marks += [(m.end(), _TEXT_COMMAND.sub(r"\1", m.group("ans")), False) for m in _BOXED.finditer(conclusion)]
+    marks += [(m.end(), m.group("ans"), False) for m in _VERDICT.finditer(conclusion)]
+    marks.sort(key=lambda mark: mark[0])
+    # "The answer is not A because ..." after an answer explains it; alone, "Answer: not visible" is the answer.
+    answers = [mark for mark in marks if not mark[2]] or marks
+    if answers:
+        end, boxed, _ = answers[-1]
         if boxed is not None:
             return boxed.strip(), True
         # "The answer is:\n\nB": the answer may sit on the next non-empty line.
@@ -280,9 +314,13 @@ class Answer:
 
 
 def parse_answer(text: str) -> Answer:
-    """Find and normalise the final answer of a reply."""
+    """Find and normalise the final answer of a reply. A last sentence that gives an option its verdict against it
+    ("D: incorrect.", "(A) is not the answer.") answers nothing: read as the letter, it voted for that option."""
     phrase, explicit = answer_phrase(text)
-    return Answer(phrase, normalize_answer(phrase), explicit)
+    normalized = normalize_answer(phrase)
+    if not explicit and len(normalized) == 1 and _REJECTION.search(phrase.strip().splitlines()[0]):
+        normalized = ""
+    return Answer(phrase, normalized, explicit)
 
 
 def answer_matches(prediction: str, answer: str) -> bool:
@@ -348,9 +386,20 @@ def _line_choice(match: re.Match[str], options: dict[str, str]) -> tuple[bool, s
     # The option's own text names no other option ("C\nWashington D.C." where C is "Washington D.C.").
     own = options[letter].rstrip(".")
     explanation = re.sub(re.escape(own), " ", rest, flags=re.IGNORECASE) if own else rest
-    named = set(_NAMED_LETTER.findall(explanation))
+    named = _named_letters(explanation)
     other_text = _exact_choice(explanation, {k: v for k, v in options.items() if k != letter})[0]
     return True, None if (named - {letter}) & set(options) or other_text else letter
+
+
+def _named_letters(text: str) -> set[str]:
+    """The capital letters ``text`` names as options (:data:`_NAMED_LETTER`, after no word but the
+    :data:`_OPTION_REFERRERS`)."""
+    named = set()
+    for match in _NAMED_LETTER.finditer(text):
+        words = text[: match.start()].split()
+        if not words or not words[-1][-1:].isalnum() or words[-1].lower().replace("\u2019", "'") in _OPTION_REFERRERS:
+            named.add(match.group())
+    return named
 
 
 def _inside_other(span: tuple[int, int], key: str, spans: dict[str, list[tuple[int, int]]]) -> bool:
@@ -392,43 +441,78 @@ def _text_choice(answer: str, options: dict[str, str]) -> str | None:
     return mentioned.pop() if len(mentioned) == 1 else None
 
 
-def _without_option_texts(sentence: str, options: dict[str, str]) -> str:
-    """``sentence`` with every option's own text replaced by a word: "vitamin C" names no option C, "is not
-    sleeping" in the option "The dog is not sleeping." rejects nothing, and "A cold is visible" stays an article."""
+def _masked(sentence: str, options: dict[str, str]) -> tuple[str, list[str]]:
+    """``sentence`` with each option's own text replaced by a placeholder (the texts, in order of their numbers):
+    "vitamin C" names no option C, "not" in the option "The dog is not sleeping." rejects nothing, "Both B and C"
+    is not cut in two, and "A cold is visible" keeps its article."""
+    texts: list[str] = []
+
+    def hold(match: re.Match[str]) -> str:
+        texts.append(match.group())
+        return f" \x00{len(texts) - 1}\x00 "
+
     for text in sorted(options.values(), key=len, reverse=True):
         if text.rstrip("."):
-            sentence = re.sub(rf"(?<!\w){re.escape(text.rstrip('.'))}(?!\w)", " thing ", sentence, flags=re.IGNORECASE)
-    return sentence
+            sentence = re.sub(rf"(?<!\w){re.escape(text.rstrip('.'))}(?!\w)", hold, sentence, flags=re.IGNORECASE)
+    return sentence, texts
+
+
+_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
+
+
+def _judged_options(sentence: str, options: dict[str, str]) -> tuple[set[str], set[str], bool]:
+    """The options ``sentence`` names (by letter or text), split by clause: ``(chosen, rejected, hedged)``, rejected
+    those named in a clause of a rejecting word ("not blue", "A is wrong", "rules out A"), hedged when it names
+    several joined by "or" ("A or B", "red... or blue")."""
+    masked, texts = _masked(sentence, options)
+    chosen, rejected = set(), set()
+    for clause in _CLAUSE_BREAK.split(masked):
+        text = _PLACEHOLDER.sub(lambda held: texts[int(held.group(1))], clause)
+        named = _mentioned(text, options) | _named_letters(_PLACEHOLDER.sub(" thing ", clause))
+        named &= set(options)
+        (rejected if _REJECTION.search(_PLACEHOLDER.sub(" thing ", clause)) else chosen).update(named)
+    hedged = len(chosen | rejected) > 1 and re.search(r"\bor\b", masked, re.IGNORECASE) is not None
+    return chosen, rejected, hedged
+
+
+def _after_option_list(lines: list[str]) -> list[str] | None:
+    """The lines after an option list (two or more lines opening with option letters: "A. blue", "B: Right", a
+    letter alone with its text on the next line), which name every option; None without one."""
+    items = [(i, match) for i, line in enumerate(lines) if (match := _LIST_ITEM.fullmatch(line))]
+    if len({match.group("letter") for _, match in items}) < 2:
+        return None
+    last, match = items[-1]
+    return lines[last + 1 + (match.group("rest") is None) :]
 
 
 def _concluded_choice(answer: str, options: dict[str, str]) -> str | None:
-    """The option an unmarked reply concludes with: its text as a whole, else the one option named (by its letter
-    or its text) in the last sentence that names any, after an option list if the reply holds one ("A: wrong.\n
-    B: wrong.\nSo C."), unless that sentence rejects it ("It is not blue.", "I can't tell whether it is red.")."""
+    """The option an unmarked reply concludes with: its text as a whole, else the one option chosen (named by its
+    letter or text, in no clause that rejects it) in the last sentence that names any, after an option list if the
+    reply holds one ("A: wrong.\nB: wrong.\nSo C."). None when that sentence chooses none or several ("It is not
+    blue.", "It is A or B."), when an earlier sentence chooses another option ("It is a cat. A dog would be
+    larger."), or when the reply ends by declining to answer ("I cannot tell from the image.")."""
     decided, letter = _exact_choice(answer, options)
     if decided:
         return letter
     lines = [line for line in answer.splitlines() if line.strip()]
-    items = [(i, match) for i, line in enumerate(lines) if (match := _LIST_ITEM.fullmatch(line))]
-    if len({match.group("letter") for _, match in items}) >= 2:
-        # An option list names every option; what follows it concludes. A letter alone on its line has its text
-        # on the next.
-        last, match = items[-1]
-        lines = lines[last + 1 + (match.group("rest") is None) :]
+    after = _after_option_list(lines)
     sentences = []
-    for line in lines:
+    for line in lines if after is None else after:
         for sentence in filter(str.strip, _sentences(line)):
             if sentences and sentence.lstrip()[:1].islower():  # "red... or blue": one sentence goes on
                 sentences[-1] += " " + sentence
             else:
                 sentences.append(sentence)
-    for sentence in reversed(sentences):
-        bare = _without_option_texts(sentence, options)
-        named = (_mentioned(sentence, options) | set(_NAMED_LETTER.findall(bare))) & set(options)
-        if named:
-            return named.pop() if len(named) == 1 and not _REJECTION.search(bare) else None
-        if _REJECTION.search(bare):
-            return None  # "I cannot tell from the image.": no conclusion, whatever an earlier sentence mentioned
+    judged = [_judged_options(sentence, options) for sentence in sentences]
+    for index in reversed(range(len(sentences))):
+        chosen, rejected, hedged = judged[index]
+        if chosen or rejected:
+            if hedged or len(chosen) != 1:
+                return None
+            others = {key for earlier, _, _ in judged[:index] for key in earlier} - chosen
+            return None if others else next(iter(chosen))
+        if _REFUSAL.search(sentences[index]):
+            return None
     return None
 
 
@@ -445,6 +529,8 @@ def extract_choice(prediction: str, options: Mapping[str, object]) -> str | None
     answer = _clean(line)
     if not answer:
         return None
+    if not marked and _after_option_list([line for line in answer.splitlines() if line.strip()]):
+        return _concluded_choice(answer, usable)  # "A: Left\nB: Right\nThe cup is on the left.": what follows
     decided, letter = _letter_choice(answer, usable, marked)
     if decided:
         return letter
