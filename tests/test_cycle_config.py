@@ -294,6 +294,12 @@ def test_a_section_adds_to_its_presets_setting_by_setting_and_null_removes_one(t
     assert edited.generate == {**toy.generate, "compile": False} and "tunable_parts" in edited.train
     # Without a preset, null is the command's default too: no "--deepspeed None" flag.
     assert load_config(write(tmp_path, train={"deepspeed": None, "bf16": True})).train == {"bf16": True}
+    # A section of null drops the preset's; {} (which dropped it before sections were merged) is refused, naming both.
+    toy_file.write_text("train: null\nmodel: {resampler_num_queries: 16}\n")
+    assert load_config(str(toy_file)).train == {}
+    toy_file.write_text("model: {}\ntrain: {group_by_modality_length: true}\n")  # an old copy of cycle_quick.yaml
+    refused(tmp_path, str(toy_file), "key 'model': {} adds nothing to the toy preset's model settings "
+            "(resampler_pooling); write model: null to drop them, or leave the key out")
 
 
 def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_ids(tmp_path, monkeypatch):
@@ -315,8 +321,10 @@ def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_i
     assert relative.vision_tower == str(tmp_path / "../towers/clip")
     # The encoder and a DeepSpeed file too (they were read from the working folder, and failed after stage 2).
     (tmp_path / "models" / "enc").mkdir(parents=True)
-    beside = load_config(write(tmp_path, encoder="models/enc", train={"deepspeed": "ds.json"}))
+    beside = load_config(write(tmp_path, encoder="models/enc", train={"deepspeed": "ds.json"},
+                               model={"projector": "proj/projector.bin"}))
     assert (beside.encoder, beside.train["deepspeed"]) == (str(tmp_path / "models/enc"), str(tmp_path / "ds.json"))
+    assert beside.model["projector"] == str(tmp_path / "proj/projector.bin")
     kept = load_config(write(tmp_path, encoder="sentence-transformers/all-MiniLM-L6-v2", train={"deepspeed": "zero3"}))
     assert (kept.encoder, kept.train["deepspeed"]) == ("sentence-transformers/all-MiniLM-L6-v2", "zero3")
     # "owner/name" is a Hub id unless a folder of that name is beside the file

@@ -6,7 +6,7 @@ import pytest
 
 from sicog.cli import main
 from sicog.curate.noisy import pairs_from_noisy
-from sicog.data.jsonl import write_jsonl
+from sicog.data.jsonl import RecordError, write_jsonl
 from sicog.data.prompts import COT_STEPS
 from sicog.data.steps import format_steps
 from sicog.train.pairs import check_pair_record
@@ -172,21 +172,30 @@ def test_a_pair_record_with_an_unusable_image_or_placeholder_answer_is_an_error(
         {"id": "q2", "image": ["q2.png", ""], "prompt": PROMPT, "chosen": cot("3")},
         {"id": "q3", "image": "q3.png", "prompt": PROMPT, "chosen": "<image>\n" + cot("3")},
         {"id": "q4", "image": "q4.png", "prompt": PROMPT, "chosen": cot("3")},
+        {"id": "q5", "image": "q5.png", "prompt": PROMPT, "chosen": "\u200b"},  # blank: DPO training refuses it
     ])
     # q4's wrong answer carries a placeholder: the pair would be refused by DPO training, so the right one is taken.
     noisy = write(tmp_path / "noisy.jsonl", [generated(rid, [cot("3", "Blurry."), "<image> " + cot("5")])
-                                             for rid in ("q1", "q2", "q3", "q4")])
+                                             for rid in ("q1", "q2", "q3", "q4", "q5")])
     output = tmp_path / "out.jsonl"
     args = ["curate", "pairs-from-noisy", "--curated", str(clean), "--noisy", str(noisy), "--output", str(output)]
     assert main(args) == 0
     errors = [json.loads(line) for line in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
     curated_side = [(e["id"], e["field"]) for e in errors if e["side"] == "curated"]
-    assert curated_side == [("q1", "image"), ("q2", "image"), ("q3", "chosen")]
+    assert curated_side == [("q1", "image"), ("q2", "image"), ("q3", "chosen"), ("q5", "chosen")]
     assert "pairs.jsonl:1 id='q1' field 'image'" in errors[0]["reason"]
     [pair] = [json.loads(line) for line in output.read_text().splitlines()]
     assert pair["id"] == "q4" and pair["rejected"] == cot("3", "Blurry.")
     check_pair_record(pair, path=str(output), line=1)
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("field", ["prompt", "chosen", "rejected"])
+def test_a_blank_pair_text_is_refused(field):
+    """A zero-width space passed as a prompt or an answer: DPO trained against an invisible rejected answer."""
+    pair = {"id": "p", "prompt": PROMPT, "chosen": cot("3"), "rejected": cot("5"), field: "\u200b\u2060"}
+    with pytest.raises(RecordError, match="missing, empty or not a string"):
+        check_pair_record(pair)
 
 
 def test_no_pair_made_from_records_read_exits_1(files, capsys):

@@ -2,9 +2,9 @@
 
 That environment has numpy, sentence-transformers 2.7 and transformers 4.42, and neither SICOG's other
 dependencies (``wrapt`` among them) nor transformers 5. It is stood in for by a ``sitecustomize`` that
-hides every installed package but numpy and torch, and by stand-ins for transformers 4.42 and sentence-transformers
-that import transformers' ``configuration_auto`` as the real ones do (the module SICOG's registration
-hooks wait for).
+hides every installed package but numpy, torch and what transformers requires, and by stand-ins for
+transformers 4.42 and sentence-transformers that import transformers' ``configuration_auto`` as the real ones
+do (the module SICOG's registration hooks wait for).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ SITECUSTOMIZE = '''
 import importlib.abc
 import sys
 
-# packaging and tqdm: requirements of transformers and sentence-transformers.
-ALLOWED = {{"numpy", "packaging", "tqdm", "sicog", "transformers", "sentence_transformers", *{extra!r}}}
+# packaging, regex and tqdm: requirements of transformers and sentence-transformers.
+ALLOWED = {{"numpy", "packaging", "regex", "tqdm", "sicog", "transformers", "sentence_transformers", *{extra!r}}}
 
 
 class Hide(importlib.abc.MetaPathFinder):

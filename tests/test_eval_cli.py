@@ -99,8 +99,11 @@ def test_command_reports_bad_input(setup, tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("device, says", [
     ("gpu", "--device gpu: Expected one of"),
-    pytest.param("cuda:0", "--device cuda:0: no CUDA GPU is available here",
+    pytest.param("cuda:0", "--device cuda:0: no CUDA device is available here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
+    pytest.param("mps", "--device mps: no MPS device is available here",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="an MPS device is there")),
+    ("meta", "--device meta: a meta device holds no weights to run"),
 ])
 def test_an_unusable_device_is_one_line(setup, tmp_path, capsys, device, says) -> None:
     """A typo or a GPU that is not there ended in torch's traceback (RuntimeError, AssertionError), exit 1."""

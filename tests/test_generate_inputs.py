@@ -90,6 +90,7 @@ def test_bad_records_become_error_records_with_their_reason(tmp_path, folder, pr
         {"id": "line", "image": "line.png", "question": "Q?"},
         {"id": "noimg", "question": "Q?"},
         {"id": "noq", "image": "small.png"},
+        {"id": "blankq", "image": "small.png", "question": "\u200b"},
         {"id": "long", "image": "wide.png", "question": "Q?"},
         {"id": "ok2", "image": "small.png", "question": "Q?"},
     ]
@@ -98,14 +99,15 @@ def test_bad_records_become_error_records_with_their_reason(tmp_path, folder, pr
     plan = read_inputs(data, processor, task="reasoning", prompt_type="cot-default", image_folder=folder,
                        max_prompt_tokens=limit)
     assert plan.ids == [r["id"] for r in records]
-    assert [t.id for t in plan.tasks] == ["ok1", "ok2"] and [t.index for t in plan.tasks] == [0, 7]
+    assert [t.id for t in plan.tasks] == ["ok1", "ok2"] and [t.index for t in plan.tasks] == [0, 8]
     errors = {e["id"]: e for e in plan.errors}
-    assert set(errors) == {"gone", "text", "line", "noimg", "noq", "long"}
+    assert set(errors) == {"gone", "text", "line", "noimg", "noq", "blankq", "long"}
     assert "image file not found" in errors["gone"]["reason"] and "missing.png" in errors["gone"]["reason"]
     assert "cannot read image" in errors["text"]["reason"]
     assert "degenerate image" in errors["line"]["reason"] and "150:1" in errors["line"]["reason"]
     assert "needs an image" in errors["noimg"]["reason"]
     assert "needs a question" in errors["noq"]["reason"] and errors["noq"]["field"] == "question"
+    assert "needs a question" in errors["blankq"]["reason"]
     assert f"over the limit of {limit}" in errors["long"]["reason"] and errors["long"]["field"] == "prompt"
     for error in errors.values():
         assert error["file"] == str(data) and error["line"] == 1 + plan.ids.index(error["id"])

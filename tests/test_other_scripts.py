@@ -77,9 +77,10 @@ def test_a_letter_on_its_line_above_another_options_letter_chooses_nothing(reply
 
 
 @pytest.mark.parametrize(("reply", "choice"), [("a\nbird is shown.", "C"), ("A\nbird is shown.", "C"),
-                                               ("I\ncannot tell.", None), ("A Cat.", "B"), ("B The dog.", "A")])
+                                               ("I\ncannot tell.", None), ("A Cat.", "B"), ("B The dog.", None)])
 def test_a_letter_whose_sentence_goes_on_is_read_as_text(reply, choice):
-    """On the next line in lower case (the article "a", the pronoun "I"), or on its own line: the option named."""
+    """On the next line in lower case (the article "a", the pronoun "I"), or on its own line: the option named; a
+    letter before another option's text contradicts itself ("B The dog.", as "C\nblue")."""
     assert extract_choice(reply, {"A": "dog", "B": "cat", "C": "bird", "I": "ink"}) == choice
 
 

@@ -14,13 +14,20 @@ from sicog.curate.records import parse_generated, training_record
 from sicog.data.jsonl import RecordError, errors_path, load_records
 from sicog.data.prompts import caption_prompt
 from sicog.data.schema import check_llava_record
+from sicog.data.text import blank
 
 
 def turns(*values: str) -> list[dict]:
     return [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)]
 
 
-@pytest.mark.parametrize("answer", ["", " ", "\n\t ", "\u200b", "\ufeff\u200d \u2060"])
+def test_blank_text_is_whitespace_controls_and_default_ignorable_characters() -> None:
+    invisible = ["", " \u200b", "\ufeff\u200d", "\ufe0f", "\u034f", "\u3164", "\u1160", "\x00", "\u00ad", "\U000e0041"]
+    shown = ["a\u200b", "\u0600", "\u06dd", "\u0301", "\U0001f44d", "\u200fx"]
+    assert all(blank(text) for text in invisible) and not any(blank(text) for text in shown)
+
+
+@pytest.mark.parametrize("answer", ["", " ", "\n\t ", "\u200b", "\ufeff\u200d \u2060", "\ufe0f", "\u3164"])
 def test_an_empty_answer_is_refused_naming_its_field(answer: str) -> None:
     record = {"id": "q1", "conversations": turns("Hi?", "Hello.", "And?", answer)}
     with pytest.raises(RecordError) as caught:

@@ -24,8 +24,9 @@ from sicog.data.prompts import (
     strip_instruction,
     user_turn,
 )
-from sicog.data.schema import blank, check_llava_record
+from sicog.data.schema import check_llava_record
 from sicog.data.steps import split_steps, step_markers
+from sicog.data.text import blank
 
 # The published annotation prompt, verbatim (training_data_annotation/generate_cod_caption.py): the
 # released CoD data was written under it, and its step headers are COD_STEPS.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sicog.data.schema import blank
 from sicog.data.steps import format_steps, split_steps, step_markers
+from sicog.data.text import blank
 
 
 class StepFormatError(ValueError):

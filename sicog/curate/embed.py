@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sicog.data.schema import blank
+from sicog.data.text import blank
 from sicog.model.device import DTYPES
 
 

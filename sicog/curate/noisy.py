@@ -23,6 +23,7 @@ from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, error_record, errors_path, iter_records, record_id, write_jsonl, write_records
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import IMAGE_FIELD_RULE, check_llava_record, record_images, valid_image_field
+from sicog.data.text import blank
 
 Item = TypeVar("Item")
 NO_NOISY = "no answer generated on a corrupted image for this id"
@@ -90,8 +91,8 @@ def parse_clean(record: dict, *, path: str, line: int) -> CleanAnswer:
             fail(IMAGE_FIELD_RULE, "image")
         if IMAGE_TOKEN in chosen:
             fail(f"{IMAGE_TOKEN} in an answer", "chosen")
-    for value, field in zip((_bare(prompt), chosen.strip()), fields):
-        if not value:
+    for value, field in zip((_bare(prompt), chosen), fields):
+        if blank(value):
             fail("empty", field)
     return CleanAnswer(rid, line, record, _pair_prompt(prompt), chosen)
 

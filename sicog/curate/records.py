@@ -16,7 +16,8 @@ from sicog.curate.select import Selection
 from sicog.data.answers import Answer
 from sicog.data.jsonl import RecordError, error_record, iter_records, record_id
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
-from sicog.data.schema import blank, check_llava_record, record_images
+from sicog.data.schema import check_llava_record, record_images
+from sicog.data.text import blank
 
 # Input fields that do not belong in a training record (the training record has its own conversation).
 NOT_TRAINING_FIELDS = frozenset({"candidates", "generation", "conversations"})

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from sicog.curate.score import best_index, majority_answer
 from sicog.data.prompts import IMAGE_TOKEN
-from sicog.data.schema import blank
+from sicog.data.text import blank
 
 SINGLE_CANDIDATE = "single candidate (no other candidate to agree with)"
 BELOW_THRESHOLD = "best score below threshold"

@@ -317,12 +317,19 @@ def with_preset(values: object, path: Path) -> object:
     if name not in PRESETS:
         raise ConfigError(f"{path}: key {PRESET_KEY!r}: one of {', '.join(PRESETS)}, got {name!r}")
     preset = preset_file(name)
-    return _over(_paths_beside(_read_yaml(preset), preset), values)  # the preset's paths are its file's
+    preset_values = _paths_beside(_read_yaml(preset), preset)  # the preset's paths are its file's
+    emptied = [key for key in SECTIONS if values.get(key) == {} and preset_values.get(key)]
+    if emptied:  # it replaced the preset's section before sections were merged: a file of that time changes meaning
+        raise ConfigError("\n".join(
+            f"{path}: key {key!r}: {{}} adds nothing to the {name} preset's {key} settings "
+            f"({', '.join(sorted(preset_values[key]))}); write {key}: null to drop them, or leave the key out"
+            for key in emptied))
+    return _over(preset_values, values)
 
 
 # Settings passed on to a command by name: a file's section adds to its preset's, setting by setting, so that
 # `train: {report_to: tensorboard}` over the paper preset keeps its bf16 and DeepSpeed. A setting of null removes the
-# preset's (the command's own default then holds).
+# preset's (the command's own default then holds); a section of null removes all of them.
 SECTIONS = ("train", "model", "generate", "curate")
 
 
@@ -330,6 +337,8 @@ def _over(preset: dict, values: dict) -> dict:
     """A file's ``values`` over its ``preset``'s: whole values replaced, :data:`SECTIONS` merged by setting."""
     merged = {**preset, **values}
     for key in SECTIONS:
+        if key in values and values[key] is None:
+            merged[key] = {}
         section = merged.get(key)
         if isinstance(preset.get(key), dict) and isinstance(values.get(key), dict):
             section = {**preset[key], **values[key]}
@@ -340,7 +349,8 @@ def _over(preset: dict, values: dict) -> dict:
 
 def _paths_beside(values: dict, path: Path) -> dict:
     """``values`` (a config file's, checked, or a packaged preset's) with the paths they name (datasets, the vision
-    tower, language model and sentence encoder, a DeepSpeed JSON file) relative to the folder of their config file
+    tower, language model and sentence encoder, a projector's weights, a DeepSpeed JSON file) relative to the folder of
+    their config file
     ``path`` unless absolute; Hub ids stay ids."""
     values, base = dict(values), path.parent
     if "data" in values:
@@ -351,6 +361,8 @@ def _paths_beside(values: dict, path: Path) -> dict:
             values[key] = _model_beside(values[key], base)
     if values.get("encoder") and values["encoder"] != TOY_ENCODER:
         values["encoder"] = _model_beside(values["encoder"], base)
+    if isinstance(values.get("model", {}).get("projector"), str):
+        values["model"] = {**values["model"], "projector": _beside(values["model"]["projector"], base)}
     deepspeed = values.get("train", {}).get("deepspeed")
     if isinstance(deepspeed, str) and deepspeed not in ("zero2", "zero3") and not deepspeed.lstrip().startswith("{"):
         values["train"] = {**values["train"], "deepspeed": _beside(deepspeed, base)}  # a JSON file, not inline JSON

@@ -37,6 +37,7 @@ answer agreement and by the toy world's scorer, so that they never disagree on w
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -151,7 +152,7 @@ _NAMED_LETTER = re.compile(
 _OPTION_REFERRERS = frozenset(
     "is be was are were it's that's with choose chose pick picked select selected option options choice choices "
     "answer so therefore thus hence then and or nor neither either not than between out except also both only but "
-    "versus vs over like as".split())
+    "versus vs over like as make makes making".split())
 # A line opening with an option letter as option lists write them ("A. blue", "(B) red", "C: wrong").
 _LIST_ITEM = re.compile(r"[ \t]*[(\[]?(?P<letter>[A-Z])(?:[.):\]](?P<rest>.*)|[ \t]*)")
 # Words of a clause that rejects the options it names, or only entertains them ("it might look like blue at first"),
@@ -192,6 +193,17 @@ _MARKED_LETTER = re.compile(
 )
 
 
+# A line holding an option letter alone ("B", "(B)", "**B.**"): a reply's direct answer.
+_LONE_LETTER = re.compile(r"^[ \t*_]*[(\[]?(?P<letter>[A-Z])[)\].:]?[ \t*_]*$", re.MULTILINE)
+
+
+def _contradicted(verdict: re.Match[str], text: str) -> bool:
+    """Whether a line before ``verdict`` (a :data:`_VERDICT` match in ``text``) answered another letter alone ("A\n
+    C is correct."): the reply then contradicts itself, and the verdict is no answer."""
+    letter = verdict.group("ans").rstrip(")]")[-1].upper()
+    return any(line.group("letter") != letter for line in _LONE_LETTER.finditer(text, 0, verdict.start()))
+
+
 def answer_line(text: str) -> tuple[str, bool]:
     """Where the reply's final answer is written, and whether a marker (or ``\\boxed``) introduced it."""
     # A structured chain of thought concludes from step 4 on: "the answer is not A" in step 3 is reasoning, while a
@@ -204,7 +216,8 @@ def answer_line(text: str) -> tuple[str, bool]:
     marks = [(m.end(), None, bool(_NEGATED.match(conclusion, m.end()))) for m in _MARKER.finditer(conclusion)]
     marks += [(m.end(), None, False) for m in _ANSWER_HEADING.finditer(conclusion)]
     marks += [(m.end(), _TEXT_COMMAND.sub(r"\1", m.group("ans")), False) for m in _BOXED.finditer(conclusion)]
-    marks += [(m.end(), m.group("ans"), False) for m in _VERDICT.finditer(conclusion)]
+    verdicts = [m for m in _VERDICT.finditer(conclusion) if not _contradicted(m, conclusion)]
+    marks += [(m.end(), m.group("ans"), False) for m in verdicts]
     marks.sort(key=lambda mark: mark[0])
     # "The answer is not A because ..." after an answer explains it; alone, "Answer: not visible" is the answer.
     answers = [mark for mark in marks if not mark[2]] or marks
@@ -283,25 +296,43 @@ def extract_answer(text: str) -> str:
     return _clean(answer_line(text)[0])
 
 
+@functools.lru_cache(maxsize=1 << 16)  # option texts are normalised again for every reply and clause
 def normalize_answer(phrase: str) -> str:
     """Normalise an answer phrase so that equal answers compare equal (rules in the module docstring)."""
     phrase = _usual_forms(phrase)  # full-width digits and letters ("３") as their usual forms
     restated = _RESTATED.fullmatch(phrase.strip())
     if restated and normalize_answer(restated.group(1)) == normalize_answer(restated.group(2)):
         phrase = restated.group(1)  # "3 (three)": the answer said twice
-    text = _DOTTED_INITIALS.sub(lambda initials: initials.group().replace(".", ""), phrase).strip().lower()
-    text = re.sub(r"[*`$\"'\u201c\u201d\u2018\u2019]", "", text).strip().replace("\u2212", "-")  # the minus sign
-    text = re.sub(r"^\\text\{(.*)\}$", r"\1", text)
+    text = _lowered(phrase)
     option = _OPTION.match(text)
     if option:
         return next(group for group in option.groups() if group)
     yes_no = _YES_NO.match(text)
     if yes_no:
         return yes_no.group(1)
+    return _words(text)
+
+
+def _lowered(phrase: str) -> str:
+    """``phrase`` in lower case, initials joined, without quotes and emphasis, the minus sign as "-"."""
+    text = _DOTTED_INITIALS.sub(lambda initials: initials.group().replace(".", ""), phrase).strip().lower()
+    text = re.sub(r"[*`$\"'\u201c\u201d\u2018\u2019]", "", text).strip().replace("\u2212", "-")  # the minus sign
+    return re.sub(r"^\\text\{(.*)\}$", r"\1", text)
+
+
+def _words(text: str) -> str:
+    """A lowered text's words as :func:`normalize_answer` writes them (numbers as digits, no articles)."""
     text = _TENS_WORDS.sub(_tens_number, _THOUSANDS.sub("", text))
     text = _BARE_POINT.sub("", _TRAILING_ZEROS.sub(r"\1", text))
     tokens = [_WORDS.get(token, token) for token in _TOKEN.findall(text)]
     return " ".join(token for token in tokens if token not in _ARTICLES)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_form(text: str) -> str:
+    """``text``'s words, normalised as answers are but for the option-letter and yes/no readings: where an option's
+    text is looked for inside a reply ("a) blue" mentions "blue")."""
+    return _words(_lowered(_usual_forms(text)))
 
 
 @dataclass(frozen=True)
@@ -355,6 +386,8 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if not rest:
         return True, letter
     if not punctuated:
+        if _same_text(rest.strip("()[] \t"), options[letter]):
+            return True, letter  # "A (A+)": the letter and its own text
         if _REASON_WORD.match(rest):
             return True, letter  # "C because A is red": the letter, not the options its reason names
         return _line_choice(match, options)  # "B\nThe dog in the background is blurred."; "A red circle", "A or B"
@@ -371,6 +404,13 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if other_text or other_letter or listed:
         return True, None  # "B. blue" where blue is A, "A, B", or a list of options: several options named
     return True, letter  # "B. The circle is red."
+
+
+def _same_text(answer: str, option: str) -> bool:
+    """Whether ``answer`` is ``option``'s text: as written, or normalised to the same words (symbols alone, which
+    normalise to nothing, as written only)."""
+    wanted = normalize_answer(answer)
+    return _clean(answer) == _clean(option) or bool(wanted) and wanted == normalize_answer(option)
 
 
 def _line_choice(match: re.Match[str], options: dict[str, str]) -> tuple[bool, str | None]:
@@ -396,7 +436,7 @@ def _named_letters(text: str) -> set[str]:
     :data:`_OPTION_REFERRERS`)."""
     named = set()
     for match in _NAMED_LETTER.finditer(text):
-        words = text[: match.start()].split()
+        words = text[: match.start()].rpartition("\n")[2].split()  # a letter opening its line names an option
         if not words or not words[-1][-1:].isalnum() or words[-1].lower().replace("\u2019", "'") in _OPTION_REFERRERS:
             named.add(match.group())
     return named
@@ -424,9 +464,9 @@ def _exact_choice(answer: str, options: dict[str, str]) -> tuple[bool, str | Non
 
 def _mentioned(answer: str, options: dict[str, str]) -> set[str]:
     """The options whose text the answer mentions (whole words, not inside a longer option's text)."""
-    wanted, spans = normalize_answer(answer), {}
+    wanted, spans = _word_form(answer), {}
     for key, value in options.items():
-        text = normalize_answer(value)
+        text = _word_form(value)
         if text:
             spans[key] = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(text)}(?!\w)", wanted)]
     return {key for key, found in spans.items() if any(not _inside_other(span, key, spans) for span in found)}
@@ -457,22 +497,45 @@ def _masked(sentence: str, options: dict[str, str]) -> tuple[str, list[str]]:
     return sentence, texts
 
 
-_PLACEHOLDER = re.compile("\x00(\\d+)\x00")
+_PLACEHOLDER = re.compile(" ?\x00(\\d+)\x00 ?")
+# A sentence that may go on after its mark: an ellipsis, or the period of an option's own text.
+_GOES_ON = re.compile("(?:\\.\\.\\.|\u2026|\x00 ?\\.)\\s*$")
 
 
-def _judged_options(sentence: str, options: dict[str, str]) -> tuple[set[str], set[str], bool]:
-    """The options ``sentence`` names (by letter or text), split by clause: ``(chosen, rejected, hedged)``, rejected
-    those named in a clause of a rejecting word ("not blue", "A is wrong", "rules out A"), hedged when it names
-    several joined by "or" ("A or B", "red... or blue")."""
-    masked, texts = _masked(sentence, options)
-    chosen, rejected = set(), set()
+def _unmasked(text: str, texts: list[str]) -> str:
+    """``text`` (part of :func:`_masked`'s output) with the options' texts back in place."""
+    return _PLACEHOLDER.sub(lambda held: f" {texts[int(held.group(1))]} ", text)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """The options a sentence names (by letter or text), by clause: chosen, rejected (named in a clause of a rejecting
+    or entertaining word: "not blue", "A is wrong", "rules out A", "might look like blue"), those chosen by their
+    text, and whether it hedges (names several joined by "or": "A or B", "red... or blue")."""
+
+    chosen: set[str]
+    rejected: set[str]
+    by_text: set[str]
+    hedged: bool
+
+
+def _judged_options(sentence: str, options: dict[str, str]) -> _Judged:
+    """How ``sentence`` names ``options`` (:class:`_Judged`). Options whose text is a single letter are named by
+    their letter only: "B" is option B, not the option whose text is "B"."""
+    worded = {key: text for key, text in options.items() if not _SINGLE_LETTER.fullmatch(text.strip())}
+    masked, texts = _masked(sentence, worded)
+    chosen, rejected, by_text = set(), set(), set()
     for clause in _CLAUSE_BREAK.split(masked):
-        text = _PLACEHOLDER.sub(lambda held: texts[int(held.group(1))], clause)
-        named = _mentioned(text, options) | _named_letters(_PLACEHOLDER.sub(" thing ", clause))
-        named &= set(options)
-        (rejected if _REJECTION.search(_PLACEHOLDER.sub(" thing ", clause)) else chosen).update(named)
+        bare = _PLACEHOLDER.sub(" thing ", clause)
+        mentioned = _mentioned(_unmasked(clause, texts), worded)
+        named = (mentioned | _named_letters(bare)) & set(options)
+        if _REJECTION.search(bare):
+            rejected |= named
+        else:
+            chosen |= named
+            by_text |= mentioned
     hedged = len(chosen | rejected) > 1 and re.search(r"\bor\b", masked, re.IGNORECASE) is not None
-    return chosen, rejected, hedged
+    return _Judged(chosen, rejected, by_text, hedged)
 
 
 def _after_option_list(lines: list[str]) -> list[str] | None:
@@ -498,19 +561,27 @@ def _concluded_choice(answer: str, options: dict[str, str]) -> str | None:
     after = _after_option_list(lines)
     sentences = []
     for line in lines if after is None else after:
-        for sentence in filter(str.strip, _sentences(line)):
-            if sentences and sentence.lstrip()[:1].islower():  # "red... or blue": one sentence goes on
+        # Split with the options' texts held aside: "Vitamin D." ends its sentence, as no initial inside a name does.
+        masked, texts = _masked(line, options)
+        goes_on = False
+        for part in filter(str.strip, _sentences(masked)):
+            sentence = _unmasked(part, texts)
+            # "red... or blue", "The sky is cloudy. does not describe it" (an option's own period): one sentence.
+            if sentences and goes_on and sentence.lstrip()[:1].islower():
                 sentences[-1] += " " + sentence
             else:
                 sentences.append(sentence)
+            goes_on = _GOES_ON.search(part) is not None
     judged = [_judged_options(sentence, options) for sentence in sentences]
     for index in reversed(range(len(sentences))):
-        chosen, rejected, hedged = judged[index]
-        if chosen or rejected:
-            if hedged or len(chosen) != 1:
+        last = judged[index]
+        if last.chosen or last.rejected:
+            if last.hedged or len(last.chosen) != 1:
                 return None
-            others = {key for earlier, _, _ in judged[:index] for key in earlier} - chosen
-            return None if others else next(iter(chosen))
+            # An earlier sentence that chose another option by its text contradicts this one (a capital there may be
+            # a label: "D is the midpoint of BC").
+            others = {key for earlier in judged[:index] for key in earlier.by_text} - last.chosen
+            return None if others else next(iter(last.chosen))
         if _REFUSAL.search(sentences[index]):
             return None
     return None

@@ -5,6 +5,7 @@ One source of truth for generation, annotation, curation and the toy world.
 
 from __future__ import annotations
 
+from sicog.data.text import blank
 from sicog.model.tokens import IMAGE_TOKEN
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -89,7 +90,7 @@ def reasoning_prompt(prompt_type: str, question: str) -> str:
     asks it)."""
     if prompt_type not in REASONING_PROMPT_TYPES:
         raise ValueError(f"unknown reasoning prompt type {prompt_type!r}; choose from {REASONING_PROMPT_TYPES}")
-    if not strip_instruction(question):
+    if blank(strip_instruction(question)):
         raise ValueError("empty question")
     if prompt_type == "cot-default":
         return step_by_step_question(question)

@@ -8,12 +8,12 @@ Fields a stage does not own are kept untouched.
 from __future__ import annotations
 
 import os
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 from sicog.data.jsonl import RecordError
 from sicog.data.prompts import IMAGE_TOKEN
+from sicog.data.text import blank
 
 ROLES = ("human", "gpt")
 
@@ -33,12 +33,6 @@ def record_images(record: dict) -> list[str]:
 
 
 IMAGE_FIELD_RULE = "must be a non-empty string or a list of non-empty strings"
-
-
-def blank(text: str) -> bool:
-    """Whether ``text`` shows nothing: only whitespace and invisible format characters (a zero-width space or
-    joiner, a byte-order mark), which ``str.strip`` keeps."""
-    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
 def valid_image_field(image: object) -> bool:

@@ -27,6 +27,7 @@ from sicog.data.prompts import (
 )
 from sicog.data.schema import resolve_image
 from sicog.data.sources import iter_data_path
+from sicog.data.text import blank
 from sicog.generate.settings import DEFAULT_MAX_ASPECT_RATIO
 from sicog.model.image_io import ImageError, check_image_file, shown_path
 from sicog.model.processing import SicogProcessor
@@ -75,7 +76,7 @@ def record_question(record: dict) -> str | None:
     Raises :class:`UnusableRecord` when ``conversations`` is there but not a list of turns.
     """
     question = record.get("question")
-    if isinstance(question, str) and question.strip():
+    if isinstance(question, str) and not blank(question):
         return question
     conversations = record.get("conversations")
     if conversations is not None and not isinstance(conversations, list):
@@ -85,7 +86,7 @@ def record_question(record: dict) -> str | None:
     for turn in conversations or ():
         if isinstance(turn, dict) and turn.get("from") == "human" and isinstance(turn.get("value"), str):
             text = turn["value"].replace(IMAGE_TOKEN, "").strip()
-            return text or None
+            return None if blank(text) else text
     return None
 
 

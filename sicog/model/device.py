@@ -36,9 +36,14 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
         chosen = torch.device(device)
     except RuntimeError as err:  # "gpu", "cuda0": torch's message lists the device types
         raise ValueError(f"--device {device}: {str(err).splitlines()[0]}") from None
-    if chosen.type == "cuda":  # else the first tensor moved there fails, after the model is read, in a traceback
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA GPU is available here")
-        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible here")
+    # Else the first tensor moved there fails, after the model is read, in a traceback.
+    if chosen.type == "meta":
+        raise ValueError(f"--device {device}: a meta device holds no weights to run")
+    if chosen.type != "cpu":
+        backend = getattr(torch, chosen.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+        if backend is None or not backend.is_available():
+            raise ValueError(f"--device {device}: no {chosen.type.upper()} device is available here")
+        if chosen.index is not None and chosen.index >= backend.device_count():
+            raise ValueError(f"--device {device}: only {backend.device_count()} {chosen.type.upper()} device(s) are "
+                             "visible here")
     return chosen, getattr(torch, dtype)

@@ -22,6 +22,7 @@ from sicog.data.mixture import DEFAULT_SEED, Source, load_mixture
 from sicog.data.problems import TOO_LONG, Problem, default_decode_workers, undecodable_images, undecodable_problem
 from sicog.data.prompts import IMAGE_TOKEN, user_turn
 from sicog.data.schema import check_llava_record, record_images, resolve_image
+from sicog.data.text import blank
 from sicog.model.image_io import load_image
 from sicog.model.processing import IGNORE_INDEX, Encoded, SicogProcessor
 from sicog.train.datasets import (
@@ -62,7 +63,7 @@ def check_pair_record(record: Any, *, path: str | None = None, line: int | None 
 
     for field in TEXT_FIELDS:
         value = record.get(field)
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or blank(value):
             fail("missing, empty or not a string", field)
         if field != "prompt" and IMAGE_TOKEN in value:
             fail(f"{IMAGE_TOKEN} in an answer", field)
