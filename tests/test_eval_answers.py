@@ -297,6 +297,29 @@ def test_clauses_sentences_and_verdicts_are_read_where_they_apply(reply: str, op
     assert extract_choice(reply, options) == choice
 
 
+ANGLES = {"A": "40°", "B": "50°", "C": "140°", "D": "130°"}
+GRADES = {"A": "E", "B": "C", "C": "D", "D": "B"}  # AI2D's "which letter marks ...": options that are letters
+
+
+@pytest.mark.parametrize("reply, options, choice", [
+    # Labels in a figure are no options: an earlier sentence contradicts only by an option's text.
+    ("In the figure, points A and B lie on the circle. Angle B is 140°.", ANGLES, "C"),
+    ("D is the midpoint of BC. So x = 50°.", ANGLES, "B"),
+    # An option's text ending a sentence ends it, however it is spelled ("Vitamin D." is no initial in a name).
+    ("The supplement is rich in Vitamin D. The other nutrients are not mentioned on the label.",
+     {"A": "Vitamin C", "B": "Vitamin D"}, "B"),
+    ("The sign says Plan B. It might be part of a larger sign.", {"A": "Plan B", "B": "Plan A"}, "A"),
+    # A verdict after a lone letter that answered another contradicts it.
+    ("A\nC is correct.", OPTIONS, None), ("B\nB is correct.", OPTIONS, "B"),
+    ("By the Pythagorean theorem, 3^2 + x^2 = 5^2, which makes B the best answer.", ANGLES, "B"),
+    ("Based on the image, B is the correct answer.", GRADES, "B"),
+    ("Vertex B is at the top. Therefore, B.", GRADES, "B"),
+    ("Looking at the car closely, I compare the options.\n\na) blue", OPTIONS, "A"),
+])
+def test_labels_option_texts_and_letter_options_in_prose(reply: str, options: dict, choice: str | None):
+    assert extract_choice(reply, options) == choice
+
+
 def test_a_marker_before_not_answers_when_no_other_marker_does() -> None:
     """"Answer: not visible" lost its marker with the rule that skips "The answer is not A" after an answer."""
     alone = parse_answer("Answer: not visible")
