@@ -56,8 +56,9 @@ def _benchmark(path: Path, n: int = 4, **edits: dict[str, str]) -> Path:
 def test_a_row_over_the_context_is_an_error_and_the_rest_scored(short_context, tmp_path: Path, scoring: str) -> None:
     """A question far over the context made the run run out of memory (or, less far over, was scored silently)."""
     bench = _benchmark(tmp_path / "bench.tsv", row1={"question": f"{QUESTION} {LONG}"})
-    results = evaluate(*short_context, bench, tmp_path / "out", batch_size=4, max_new_tokens=2, mc_scoring=scoring,
-                       progress=False)
+    new_tokens = None if scoring == "likelihood" else 2  # likelihood scoring generates no reply
+    results = evaluate(*short_context, bench, tmp_path / "out", batch_size=4, max_new_tokens=new_tokens,
+                       mc_scoring=scoring, progress=False)
     assert (results["errors"], results["scored"]) == (1, 3)
     errors = load_records(tmp_path / "out" / ERRORS)
     assert [(e["id"], e["field"], e["file"]) for e in errors] == [("1", "question", str(bench))]
