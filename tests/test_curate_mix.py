@@ -134,3 +134,20 @@ def test_a_ratio_is_read_as_the_decimal_written():
     """A ratio's share is the decimal written (1.15 of 10 records = 10 + 1.5 rounded half up = 12)."""
     records = [{"id": str(i)} for i in range(10)]
     assert len(take(records, 1.15, random.Random(0))) == 12
+
+
+def test_the_commands_defaults_are_the_functions() -> None:
+    """`curate mix` and `curate pairs-from-noisy` take their defaults from the library functions, written once."""
+    import argparse
+    import inspect
+
+    from sicog.curate.cli import add_arguments
+    from sicog.curate.noisy import pairs_from_noisy
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    mixed = parser.parse_args(["mix", "--inputs", "a.jsonl", "--output", "m.jsonl"])
+    noisy = parser.parse_args(["pairs-from-noisy", "--curated", "c.jsonl", "--noisy", "n.jsonl", "--output", "p.jsonl"])
+    assert mixed.seed == inspect.signature(mix).parameters["seed"].default
+    assert (noisy.task, noisy.seed) == tuple(inspect.signature(pairs_from_noisy).parameters[name].default
+                                             for name in ("task", "seed"))

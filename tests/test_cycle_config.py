@@ -297,6 +297,8 @@ def test_a_section_adds_to_its_presets_setting_by_setting_and_null_removes_one(t
     # A section of null drops the preset's; {} (which dropped it before sections were merged) is refused, naming both.
     toy_file.write_text("train: null\nmodel: {resampler_num_queries: 16}\n")
     assert load_config(str(toy_file)).train == {}
+    toy_file.write_text("curate: {}\n")  # a section the preset does not set: nothing to drop
+    assert load_config(str(toy_file)).curate == {}
     toy_file.write_text("model: {}\ntrain: {group_by_modality_length: true}\n")  # an old copy of cycle_quick.yaml
     refused(tmp_path, str(toy_file), "key 'model': {} adds nothing to the toy preset's model settings "
             "(resampler_pooling); write model: null to drop them, or leave the key out")
@@ -325,6 +327,8 @@ def test_model_paths_are_read_beside_the_file_that_names_them_and_hub_ids_stay_i
                                model={"projector": "proj/projector.bin"}))
     assert (beside.encoder, beside.train["deepspeed"]) == (str(tmp_path / "models/enc"), str(tmp_path / "ds.json"))
     assert beside.model["projector"] == str(tmp_path / "proj/projector.bin")
+    inline = '{"zero_optimization": {"stage": 2}}'  # DeepSpeed's config as text stays text
+    assert load_config(write(tmp_path, train={"deepspeed": inline})).train["deepspeed"] == inline
     kept = load_config(write(tmp_path, encoder="sentence-transformers/all-MiniLM-L6-v2", train={"deepspeed": "zero3"}))
     assert (kept.encoder, kept.train["deepspeed"]) == ("sentence-transformers/all-MiniLM-L6-v2", "zero3")
     # "owner/name" is a Hub id unless a folder of that name is beside the file

@@ -154,6 +154,9 @@ def test_curation_targets_hold_only_when_met_on_every_seed_and_name_what_right_m
     assert list(targets(curation(0.8, None, 0.5, 0.2)).values()) == [True, True]
     # A seed whose candidates were all wrong has no AUROC: the target is not checked rather than met.
     assert list(targets(curation(None, None, 0.5, 0.2)).values()) == [None, True]
+    # An AUROC a rounding error under its bar reaches it, shown as the bar.
+    assert "seed 1: 0.800" in next(iter(targets(curation(0.8 - 1e-12, None, 0.5, 0.2))))
+    assert list(targets(curation(0.8 - 1e-12, None, 0.5, 0.2)).values()) == [True, True]
     # A tie is no win, nor is a lead within the rounding tolerance (0.1 + 0.2 against 0.3 in floats).
     assert list(targets(curation(0.8, None, 0.3, 0.3)).values()) == [True, False]
     assert list(targets(curation(0.8, None, 0.1 + 0.2, 0.3)).values()) == [True, False]

@@ -320,6 +320,64 @@ def test_labels_option_texts_and_letter_options_in_prose(reply: str, options: di
     assert extract_choice(reply, options) == choice
 
 
+@pytest.mark.parametrize("reply, choice", [
+    # The latest of the markers, whatever their kinds, is the answer: a reply corrects its draft.
+    ("At first I wrote \\boxed{A}. On reflection the answer is B.", "B"),
+    ("Option A is correct.\nWait: the answer is B.", "B"),
+    # Each way of declining ends the reading, whatever an earlier sentence named.
+    ("It looks red. I am not certain.", None), ("Red? I do not know.", None),
+    ("The car is red. None of the options fit the truck.", None), ("It is red. There is not enough information.", None),
+    ("The car is red. I can't tell the truck's colour.", None), ("The car is red. I am unable to determine it.", None),
+    # Each rejecting or entertaining word keeps its clause from choosing.
+    *[(reply, None) for reply in (
+        "Blue is wrong.", "Option A is false.", "Blue is unlikely.", "It is never blue.", "It cannot be blue.",
+        "The shade rules out blue.", "We can eliminate blue.", "Blue is a distractor.", "Blue is excluded.",
+        "It might be blue.", "It may be blue.", "It could be blue.", "At first it looks blue.",
+        "Blue would be mistaken.")],
+    # Verdicts: after "so", with the option's text, "only", a reason, or after a colon.
+    ("Blue is absent. So B is the correct answer.", "B"),
+    ("B (red) is the correct answer. Blue was a distractor.", "B"),
+    ("B is the only correct answer. A blue car might look similar.", "B"),
+    ("B is the correct answer because the car is red. A blue car might look similar.", "B"),
+    ("Conclusion: B is correct. It might look blue at first.", "B"),
+    ("B is the correct answer for a sunny day. It might look blue at first.", None),  # a verdict ends its sentence
+    # Headings, clause breaks, bracketed option lists, contradicted letters.
+    ("## Final Answer\nB. Blue is absent.", "B"), ("**Answer**\nB. Blue is absent.", "B"),
+    ("The car is red - not blue.", "B"), ("Blue is wrong: the car is red.", "B"),
+    ("(A) blue\n(B) red\n(C) green\nThe car is red.", "B"),
+    ("(A)\nC is correct.", None), ("A.\nC is correct.", None), ("A. C is correct.", None),
+    ("B.\nB is correct.", "B"),
+    ("The answer is B instead of A.", "B"),
+])
+def test_markers_verdicts_refusals_and_rejections_each_decide(reply: str, choice: str | None) -> None:
+    assert extract_choice(reply, OPTIONS) == choice
+
+
+@pytest.mark.parametrize("marker", [
+    "The answer is", "The correct answer here is", "The answer in this case is", "The answer, therefore, is",
+    "The answer must be", "The answer is clearly", "Answer -", "Answer \u2014", "## Final Answer\n", "**Answer**\n"])
+def test_every_marker_reads_a_short_answer_before_a_later_sentence(marker: str) -> None:
+    assert parse_answer(f"{marker} 3 cubes. There were 4 cubes before one fell.").normalized == "3 cubes"
+    said_again = parse_answer("The answer is 3. That answer is supported by the three cubes in the image.")
+    assert said_again.normalized == "3"
+
+
+@pytest.mark.parametrize("reply, normalized", [
+    ("The answer is 3 cubes instead of 4 cubes.", "3 cubes"), ("The answer is 3 cubes and not 4.", "3 cubes"),
+    # The rule that drops "D: incorrect." holds for an unmarked sentence's own line only.
+    ("The answer is (B) not (A).", "b"), ("Answer: B) It might look orange.", "b"), ("B)\nIt is not blue.", "b"),
+])
+def test_reason_cuts_and_the_verdict_against_rule(reply: str, normalized: str) -> None:
+    assert parse_answer(reply).normalized == normalized
+
+
+def test_an_option_period_lets_its_sentence_go_on() -> None:
+    """The option's own period ended the sentence, and "does not describe it" no longer rejected it."""
+    skies = {"A": "The sky is cloudy.", "B": "The sky is clear.", "C": "It is night."}
+    assert extract_choice("The sky is cloudy. does not describe it, since the sun shines.", skies) is None
+    assert extract_choice("A A+", {"A": "A+", "B": "B+"}) == "A"
+
+
 def test_a_marker_before_not_answers_when_no_other_marker_does() -> None:
     """"Answer: not visible" lost its marker with the rule that skips "The answer is not A" after an answer."""
     alone = parse_answer("Answer: not visible")

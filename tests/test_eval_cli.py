@@ -239,3 +239,14 @@ def test_torchrun_two_ranks_match_one_process(setup, tmp_path) -> None:
         ranks_text = (tmp_path / "ranks" / name).read_text().replace(str(tmp_path / "ranks"), "DIR")
         assert ranks_text == single_text, name
     assert not list((tmp_path / "ranks").glob("*.rank*"))
+
+
+def test_a_gpu_index_past_the_visible_ones_is_refused(monkeypatch) -> None:
+    """cuda:3 on a one-GPU machine failed at the first tensor moved there, after the model was read."""
+    from sicog.model.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"--device cuda:3: only 1 CUDA device\(s\) are visible here"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0")[0] == torch.device("cuda:0")

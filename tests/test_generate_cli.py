@@ -233,6 +233,9 @@ def test_other_decoding_settings_of_the_checkpoint_are_recorded_and_a_changed_on
     assert all(r["generation"]["other_settings"] == {} for r in load_records(plain))
     # Greedy decoding with two candidates writes two copies: said, since curation then compares nothing.
     assert "warning: temperature 0 decodes greedily: each record's 2 candidates are copies" in capsys.readouterr().err
+    one = cli_args(setup, tmp_path / "one.jsonl", "--temperature", "0")
+    one[one.index("--num-candidates") + 1] = "1"
+    assert main(one) == 0 and "decodes greedily" not in capsys.readouterr().err
     model = tmp_path / "model"
     shutil.copytree(setup / "model", model)
     config = json.loads((model / "generation_config.json").read_text())

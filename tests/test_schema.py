@@ -102,3 +102,21 @@ def test_training_skips_and_lists_an_empty_answer(tmp_path: Path, tiny_model_fac
     [problem] = dataset.skipped  # listed like an over-long sample: the run goes on
     assert (problem.id, problem.category, problem.field) == ("empty", "empty answer", "conversations[1].value")
     assert not dataset.problems
+
+
+def test_every_reader_of_a_text_takes_a_blank_one_for_empty() -> None:
+    """Each of these took a zero-width space for text: an annotation step, a generation prompt, a question."""
+    from sicog.annotate.stepcheck import StepFormatError, format_checked_steps
+    from sicog.curate.records import parse_generated
+    from sicog.data.prompts import COT_STEPS, reasoning_prompt
+    from sicog.generate.inputs import record_question
+
+    with pytest.raises(StepFormatError, match=r"empty step\(s\) 2"):
+        format_checked_steps(COT_STEPS, ["Look.", "\u200b", "Compare.", "B"])
+    generated = {"id": "g", "image": "a.png", "candidates": ["A cube."],
+                 "generation": {"prompt": "<image>\n\u200b", "task": "captions"}}
+    with pytest.raises(RecordError, match="generation.prompt"):
+        parse_generated(generated, path="gen.jsonl", line=1)
+    assert record_question({"conversations": [{"from": "human", "value": "<image>\n\u200b"}]}) is None
+    with pytest.raises(ValueError, match="empty question"):
+        reasoning_prompt("cot-default", "\u200b")

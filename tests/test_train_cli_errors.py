@@ -62,6 +62,7 @@ def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, t
         ("save_total_limit: 0\n", "key 'save_total_limit': must be at least 1, got 0"),
         ("save_steps: -5\n", "key 'save_steps': must be greater than 0, got -5"),
         ("logging_steps: 0\n", "key 'logging_steps': must be greater than 0, got 0"),
+        ("eval_steps: 0\n", "key 'eval_steps': must be greater than 0, got 0"),
         ("bf16: maybe\n", "key 'bf16': Truthy value expected: got maybe"),
         ("stage: 3\n", "key 'stage': expected one of 0, 1, 1.5, 2, dpo, got 3"),
         ("save_strategy: no\n", "key 'save_strategy': expected one of no, steps, epoch, best, got False (YAML reads "

@@ -200,8 +200,13 @@ _LONE_LETTER = re.compile(r"^[ \t*_]*[(\[]?(?P<letter>[A-Z])[)\].:]?[ \t*_]*$", 
 def _contradicted(verdict: re.Match[str], text: str) -> bool:
     """Whether a line before ``verdict`` (a :data:`_VERDICT` match in ``text``) answered another letter alone ("A\n
     C is correct."): the reply then contradicts itself, and the verdict is no answer."""
-    letter = verdict.group("ans").rstrip(")]")[-1].upper()
+    letter = _verdict_letter(verdict)
     return any(line.group("letter") != letter for line in _LONE_LETTER.finditer(text, 0, verdict.start()))
+
+
+def _verdict_letter(verdict: re.Match[str]) -> str:
+    """The option letter a :data:`_VERDICT` match gives its verdict to."""
+    return verdict.group("ans").rstrip(")]")[-1].upper()
 
 
 def answer_line(text: str) -> tuple[str, bool]:
@@ -401,7 +406,9 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     other_letter = bool(named & set(options)) and not named <= own
     # An echoed option list ("A. blue\nB. red", "(A) blue (B) red") marks other letters after the first.
     listed = any(next(filter(None, m.groups())).upper() in others for m in _MARKED_LETTER.finditer(rest))
-    if other_text or other_letter or listed:
+    # A verdict for another letter after it ("A.\nC is correct."): the reply contradicts itself.
+    verdict = any(_verdict_letter(m) in others for m in _VERDICT.finditer(rest))
+    if other_text or other_letter or listed or verdict:
         return True, None  # "B. blue" where blue is A, "A, B", or a list of options: several options named
     return True, letter  # "B. The circle is red."
 
