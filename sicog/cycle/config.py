@@ -349,9 +349,8 @@ def _over(preset: dict, values: dict) -> dict:
 
 def _paths_beside(values: dict, path: Path) -> dict:
     """``values`` (a config file's, checked, or a packaged preset's) with the paths they name (datasets, the vision
-    tower, language model and sentence encoder, a projector's weights, a DeepSpeed JSON file) relative to the folder of
-    their config file
-    ``path`` unless absolute; Hub ids stay ids."""
+    tower, language model and sentence encoder, a projector's weights, a DeepSpeed JSON file) relative to the folder
+    of their config file ``path`` unless absolute; Hub ids stay ids."""
     values, base = dict(values), path.parent
     if "data" in values:
         values["data"] = {k: _sources_beside(str(v), base, path, k) if k in TRAINING_DATA else _beside(str(v), base)
