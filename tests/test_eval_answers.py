@@ -396,3 +396,14 @@ def test_curation_reads_the_same_conclusions(reply: str, normalized: str) -> Non
     assert parse_answer(reply).normalized == normalized
     steps = format_steps(COT_STEPS, ["Pick the colour.", "A car.", "It is not blue.", reply])
     assert candidate_answer(steps, extract(steps, "reasoning")).normalized == normalized
+
+
+@pytest.mark.parametrize("reply, choice", [
+    # A capital before a verb is a letter named ("A isn't right"), not the article.
+    ("B\nA isn't right.", None), ("B\nA does not fit.", None), ("B\nA might fit.", None), ("B\nA will not fit.", None),
+    # "A" before a number is the article; a capital after a quote, a hyphen or a backslash is part of a word.
+    ("A 5 kg weight is red.", "B"), ("Grade 'A' students drive red cars.", "B"), ("Red. Model T-C.", "B"),
+    ("It is red, \\C.", "B"), ("It\u2019s B.", "B"),
+])
+def test_which_capitals_name_options(reply: str, choice: str | None) -> None:
+    assert extract_choice(reply, OPTIONS) == choice

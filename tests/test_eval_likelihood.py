@@ -220,3 +220,11 @@ def test_a_row_that_cannot_be_encoded_is_reported_and_the_rest_scored(taught, tm
                                                                   ("2", "C", str(tmp_path / "bench.tsv"))]
     assert all("placeholder" in e["reason"] for e in errors)
     assert [r["id"] for r in load_records(tmp_path / "out" / "predictions.jsonl")] == ["0", "3"]
+
+
+def test_a_reply_length_for_likelihood_scoring_is_refused_by_the_library_too(taught, tmp_path: Path) -> None:
+    """evaluate() took max_new_tokens with likelihood scoring and ignored it; the command refuses it first."""
+    bench = _write_tsv(tmp_path / "bench.tsv", _rows(2))
+    with pytest.raises(ValueError, match="--max-new-tokens 4: likelihood scoring generates no reply"):
+        evaluate(*taught, bench, tmp_path / "out", mc_scoring="likelihood", max_new_tokens=4, progress=False)
+    assert not (tmp_path / "out").exists()
