@@ -391,7 +391,7 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if not rest:
         return True, letter
     if not punctuated:
-        if _same_text(rest.strip("()[] \t"), options[letter]):
+        if _exact_choice(rest.strip("()[] \t"), {letter: options[letter]})[0]:
             return True, letter  # "A (A+)": the letter and its own text
         if _REASON_WORD.match(rest):
             return True, letter  # "C because A is red": the letter, not the options its reason names
@@ -411,13 +411,6 @@ def _letter_choice(answer: str, options: dict[str, str], marked: bool) -> tuple[
     if other_text or other_letter or listed or verdict:
         return True, None  # "B. blue" where blue is A, "A, B", or a list of options: several options named
     return True, letter  # "B. The circle is red."
-
-
-def _same_text(answer: str, option: str) -> bool:
-    """Whether ``answer`` is ``option``'s text: as written, or normalised to the same words (symbols alone, which
-    normalise to nothing, as written only)."""
-    wanted = normalize_answer(answer)
-    return _clean(answer) == _clean(option) or bool(wanted) and wanted == normalize_answer(option)
 
 
 def _line_choice(match: re.Match[str], options: dict[str, str]) -> tuple[bool, str | None]:
@@ -526,11 +519,9 @@ class _Judged:
     hedged: bool
 
 
-def _judged_options(sentence: str, options: dict[str, str]) -> _Judged:
-    """How ``sentence`` names ``options`` (:class:`_Judged`). Options whose text is a single letter are named by
-    their letter only: "B" is option B, not the option whose text is "B"."""
-    worded = {key: text for key, text in options.items() if not _SINGLE_LETTER.fullmatch(text.strip())}
-    masked, texts = _masked(sentence, worded)
+def _judged_options(masked: str, texts: list[str], options: dict[str, str], worded: dict[str, str]) -> _Judged:
+    """How a sentence names ``options`` (:class:`_Judged`), given as :func:`_masked` holds the texts of the options
+    ``worded`` aside (those whose text is more than a letter: "B" is option B, not the option whose text is "B")."""
     chosen, rejected, by_text = set(), set(), set()
     for clause in _CLAUSE_BREAK.split(masked):
         bare = _PLACEHOLDER.sub(" thing ", clause)
@@ -566,20 +557,20 @@ def _concluded_choice(answer: str, options: dict[str, str]) -> str | None:
         return letter
     lines = [line for line in answer.splitlines() if line.strip()]
     after = _after_option_list(lines)
-    sentences = []
+    worded = {key: text for key, text in options.items() if not _SINGLE_LETTER.fullmatch(text.strip())}
+    sentences: list[tuple[str, list[str]]] = []  # each masked, with its line's texts
     for line in lines if after is None else after:
         # Split with the options' texts held aside: "Vitamin D." ends its sentence, as no initial inside a name does.
-        masked, texts = _masked(line, options)
+        masked, texts = _masked(line, worded)
         goes_on = False
         for part in filter(str.strip, _sentences(masked)):
-            sentence = _unmasked(part, texts)
             # "red... or blue", "The sky is cloudy. does not describe it" (an option's own period): one sentence.
-            if sentences and goes_on and sentence.lstrip()[:1].islower():
-                sentences[-1] += " " + sentence
+            if goes_on and _unmasked(part, texts).lstrip()[:1].islower():
+                sentences[-1] = (f"{sentences[-1][0]} {part}", texts)
             else:
-                sentences.append(sentence)
+                sentences.append((part, texts))
             goes_on = _GOES_ON.search(part) is not None
-    judged = [_judged_options(sentence, options) for sentence in sentences]
+    judged = [_judged_options(part, texts, options, worded) for part, texts in sentences]
     for index in reversed(range(len(sentences))):
         last = judged[index]
         if last.chosen or last.rejected:
@@ -589,7 +580,7 @@ def _concluded_choice(answer: str, options: dict[str, str]) -> str | None:
             # a label: "D is the midpoint of BC").
             others = {key for earlier in judged[:index] for key in earlier.by_text} - last.chosen
             return None if others else next(iter(last.chosen))
-        if _REFUSAL.search(sentences[index]):
+        if _REFUSAL.search(_unmasked(*sentences[index])):
             return None
     return None
 
